@@ -1,0 +1,1 @@
+"""The benchmark suite: timing loops, network-distance proxy, report."""

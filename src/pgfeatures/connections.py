@@ -1,0 +1,127 @@
+"""Where the database is and how connections to it are made: DSN resolution and pools.
+
+Pools are fixed-size (min_size == max_size): a serving process should not pay
+a connection handshake (several round-trips, plus TLS on a managed service)
+in the middle of a request. Every connection is made with:
+
+- ``autocommit=True``: reads need no transaction, and psycopg would otherwise
+  send a BEGIN before the first statement;
+- ``prepare_threshold=0``: every statement is prepared on first use (planning
+  a 30-subquery statement costs more than running it);
+- ``application_name``: ``pgfeatures-read`` / ``pgfeatures-write`` by default,
+  so pg_stat_activity and pg_stat_statements tell readers from writers.
+
+Separate read and write pools isolate connection capacity (a bulk load cannot
+take the connections readers need) and per-session settings. They do not
+isolate the buffer cache: shared_buffers is shared by every backend of the
+server. Real read isolation is a read replica: point the read pool at it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Awaitable, Callable
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from .errors import DatabaseUnavailableError
+
+DSN_ENV = "PGFEATURES_DSN"
+READ_APP = "pgfeatures-read"
+WRITE_APP = "pgfeatures-write"
+
+
+def resolve_dsn(dsn: str | None = None) -> str:
+    """The DSN given, else ``$PGFEATURES_DSN``, else the embedded server's (started on demand)."""
+    if dsn:
+        return dsn
+    env = os.environ.get(DSN_ENV)
+    if env:
+        return env
+    from . import embedded
+
+    return embedded.ensure_running()
+
+
+def redact(dsn: str) -> str:
+    """The DSN with any password hidden, for error messages."""
+    dsn = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)
+
+
+def connection_kwargs(application_name: str, connect_timeout: float) -> dict[str, object]:
+    return {
+        "autocommit": True,
+        "prepare_threshold": 0,
+        "application_name": application_name,
+        "connect_timeout": max(1, int(round(connect_timeout))),
+    }
+
+
+def unavailable(dsn: str, exc: BaseException, timeout: float | None = None) -> DatabaseUnavailableError:
+    within = f" within {timeout:g}s" if timeout is not None else ""
+    reason = str(exc).strip() or type(exc).__name__
+    return DatabaseUnavailableError(f"cannot reach the database{within} at {redact(dsn)}: {reason}")
+
+
+def check_connection(dsn: str, connect_timeout: float) -> None:
+    """Connect once and run ``SELECT 1``. Raises DatabaseUnavailableError with the reason."""
+    try:
+        with psycopg.connect(dsn, **connection_kwargs("pgfeatures-check", connect_timeout)) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        raise unavailable(dsn, exc, connect_timeout) from exc
+
+
+async def check_connection_async(dsn: str, connect_timeout: float) -> None:
+    try:
+        conn = await psycopg.AsyncConnection.connect(dsn, **connection_kwargs("pgfeatures-check", connect_timeout))
+        async with conn:
+            await conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        raise unavailable(dsn, exc, connect_timeout) from exc
+
+
+def make_pool(
+    dsn: str,
+    *,
+    size: int,
+    application_name: str,
+    connect_timeout: float = 5.0,
+    acquire_timeout: float = 5.0,
+    configure: Callable[[psycopg.Connection], None] | None = None,
+) -> ConnectionPool:
+    """A fixed-size pool, not yet opened. ``configure`` runs on every new connection before it serves."""
+    return ConnectionPool(
+        dsn,
+        min_size=size,
+        max_size=size,
+        kwargs=connection_kwargs(application_name, connect_timeout),
+        configure=configure,
+        timeout=acquire_timeout,
+        name=application_name,
+        open=False,
+    )
+
+
+def make_async_pool(
+    dsn: str,
+    *,
+    size: int,
+    application_name: str,
+    connect_timeout: float = 5.0,
+    acquire_timeout: float = 5.0,
+    configure: Callable[[psycopg.AsyncConnection], Awaitable[None]] | None = None,
+) -> AsyncConnectionPool:
+    return AsyncConnectionPool(
+        dsn,
+        min_size=size,
+        max_size=size,
+        kwargs=connection_kwargs(application_name, connect_timeout),
+        configure=configure,
+        timeout=acquire_timeout,
+        name=application_name,
+        open=False,
+    )

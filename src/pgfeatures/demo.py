@@ -1,0 +1,154 @@
+"""Synthetic demo data: deterministic entities and features, bulk-loaded with binary COPY.
+
+Entity ``i`` has the key ``sha256(b"entity:<i>")``. Table ``t`` holds every
+entity except those with ``(i + t) % MISS_EVERY == 0``, so reads see realistic
+misses. Feature values are float32 from a generator seeded per table, so the
+same (seed, table, rows) always gives the same data and tests can recompute
+the ground truth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from .definitions import KEY_COLUMN, KEY_LENGTH, UPDATED_AT, FeatureTable, Registry
+from .schema import apply_schema, qualified
+
+MISS_EVERY = 50
+DEMO_EPOCH = 1_764_000_000  # a fixed updated_at, so demo data is reproducible
+
+
+def entity_key(i: int) -> bytes:
+    return hashlib.sha256(b"entity:%d" % i).digest()
+
+
+def entity_keys(n: int) -> list[bytes]:
+    return [entity_key(i) for i in range(n)]
+
+
+@dataclass(frozen=True)
+class TableData:
+    """One demo table's rows: entity indexes present, and their float32 feature matrix."""
+
+    entities: np.ndarray  # int64 entity indexes, ascending
+    values: np.ndarray  # float32, shape (len(entities), n_features)
+
+
+def table_data(table_index: int, n_entities: int, n_features: int, seed: int = 0) -> TableData:
+    entities = np.arange(n_entities, dtype=np.int64)
+    entities = entities[(entities + table_index) % MISS_EVERY != 0]
+    rng = np.random.default_rng([seed, table_index])
+    values = rng.random((len(entities), n_features), dtype=np.float32)
+    return TableData(entities, values)
+
+
+def expected(registry: Registry, entity: int, n_entities: int, seed: int = 0) -> dict[str, dict[str, float] | None]:
+    """Ground truth for one entity across every demo table (recomputes the generator)."""
+    out: dict[str, dict[str, float] | None] = {}
+    for ti, table in enumerate(registry.tables.values()):
+        data = table_data(ti, n_entities, len(table.features), seed)
+        pos = np.searchsorted(data.entities, entity)
+        if pos < len(data.entities) and data.entities[pos] == entity:
+            out[table.name] = {f.name: float(v) for f, v in zip(table.features, data.values[pos])}
+        else:
+            out[table.name] = None
+    return out
+
+
+def copy_binary_float4(
+    conn: psycopg.Connection, schema: str, table: FeatureTable, keys: np.ndarray, values: np.ndarray, updated_at: int
+) -> None:
+    """COPY rows of (32-byte key, float4 features..., int4 updated_at) in PostgreSQL's binary format.
+
+    The rows are fixed-width, so the whole COPY payload is one numpy structured
+    array: no per-row Python work (millions of rows per second).
+    """
+    n, k = values.shape
+    fields = [("nfields", ">i2"), ("klen", ">i4"), ("key", f"S{KEY_LENGTH}")]
+    for j in range(k):
+        fields += [(f"l{j}", ">i4"), (f"v{j}", ">f4")]
+    fields += [("ulen", ">i4"), ("u", ">i4")]
+    rows = np.empty(n, dtype=np.dtype(fields))
+    rows["nfields"] = k + 2
+    rows["klen"] = KEY_LENGTH
+    rows["key"] = keys
+    for j in range(k):
+        rows[f"l{j}"] = 4
+        rows[f"v{j}"] = values[:, j]
+    rows["ulen"] = 4
+    rows["u"] = updated_at
+    header = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+    columns = sql.SQL(", ").join(
+        [sql.Identifier(KEY_COLUMN), *(sql.Identifier(f.name) for f in table.features), sql.Identifier(UPDATED_AT)]
+    )
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(qualified(schema, table), columns)
+    with conn.cursor().copy(stmt) as copy:
+        copy.write(header)
+        payload = rows.tobytes()
+        step = 8 << 20
+        for start in range(0, len(payload), step):
+            copy.write(payload[start : start + step])
+        copy.write(b"\xff\xff")
+
+
+def table_row_count(conn: psycopg.Connection, schema: str, table: str) -> int | None:
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f'"{schema}"."{table}"']).fetchone()[0]
+    if not exists:
+        return None
+    return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()[0]
+
+
+def load_demo(
+    conn: psycopg.Connection,
+    registry: Registry,
+    n_entities: int,
+    seed: int = 0,
+    progress: Callable[[str, int], None] | None = None,
+) -> bool:
+    """Create and fill the demo tables unless they already hold this data. Returns True if it loaded.
+
+    Each table is loaded in its own transaction (TRUNCATE + COPY), then the
+    whole schema is VACUUM ANALYZEd so the visibility map is set.
+    """
+    apply_schema(conn, registry)
+    all_keys = np.frombuffer(b"".join(entity_keys(n_entities)), dtype=f"S{KEY_LENGTH}")
+    loaded = False
+    for ti, table in enumerate(registry.tables.values()):
+        data = table_data(ti, n_entities, len(table.features), seed)
+        if table_row_count(conn, registry.schema, table.name) == len(data.entities) and _marker_ok(conn, registry, table, n_entities, seed):
+            if progress:
+                progress(table.name, 0)
+            continue
+        with conn.transaction():
+            conn.execute(sql.SQL("TRUNCATE {}").format(qualified(registry, table)))
+            copy_binary_float4(conn, registry.schema, table, all_keys[data.entities], data.values, DEMO_EPOCH)
+        loaded = True
+        if progress:
+            progress(table.name, len(data.entities))
+    if loaded:
+        t0 = time.perf_counter()
+        for table in registry.tables.values():
+            conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(qualified(registry, table)))
+        if progress:
+            progress(f"vacuum analyze ({time.perf_counter() - t0:.1f}s)", 0)
+    return loaded
+
+
+def _marker_ok(conn: psycopg.Connection, registry: Registry, table: FeatureTable, n_entities: int, seed: int) -> bool:
+    """Spot-check the last entity of a table against the generator (catches other seeds/sizes)."""
+    ti = list(registry.tables).index(table.name)
+    data = table_data(ti, n_entities, len(table.features), seed)
+    last = int(data.entities[-1])
+    row = conn.execute(
+        sql.SQL("SELECT {} FROM {} WHERE hashkey = %b").format(sql.Identifier(table.features[0].name), qualified(registry, table)),
+        [entity_key(last)],
+        binary=True,
+    ).fetchone()
+    return row is not None and row[0] == float(data.values[-1, 0])

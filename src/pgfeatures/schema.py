@@ -1,0 +1,155 @@
+"""DDL for feature tables and drift detection against the live catalog.
+
+``apply_schema`` is idempotent: it creates what is missing and changes
+nothing that exists. A live table that disagrees with its definition (a
+missing, extra or retyped column, no primary key, a missing covering index)
+is reported as drift, never silently altered or ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+
+from .definitions import KEY_COLUMN, KEY_LENGTH, UPDATED_AT, FeatureTable, Registry
+from .errors import SchemaDriftError
+
+
+def qualified(registry_or_schema: Registry | str, table: FeatureTable | str) -> sql.Identifier:
+    schema = registry_or_schema.schema if isinstance(registry_or_schema, Registry) else registry_or_schema
+    name = table.name if isinstance(table, FeatureTable) else table
+    return sql.Identifier(schema, name)
+
+
+def covering_index_name(table: FeatureTable) -> str:
+    return f"{table.name}_covering"[:63]
+
+
+def create_table_sql(schema: str, table: FeatureTable) -> sql.Composed:
+    columns = [
+        sql.SQL("{} bytea PRIMARY KEY CHECK (octet_length({}) = {})").format(
+            sql.Identifier(KEY_COLUMN), sql.Identifier(KEY_COLUMN), sql.Literal(KEY_LENGTH)
+        ),
+        *(sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(f.type.name)) for f in table.features),
+        sql.SQL("{} integer NOT NULL DEFAULT (extract(epoch from now()))::integer").format(sql.Identifier(UPDATED_AT)),
+    ]
+    return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(qualified(schema, table), sql.SQL(", ").join(columns))
+
+
+def covering_index_sql(schema: str, table: FeatureTable) -> sql.Composed:
+    """A unique index on the key that INCLUDEs every column: lookups become index-only scans
+    (once VACUUM has set the visibility map)."""
+    included = [sql.Identifier(f.name) for f in table.features] + [sql.Identifier(UPDATED_AT)]
+    return sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({}) INCLUDE ({})").format(
+        sql.Identifier(covering_index_name(table)),
+        qualified(schema, table),
+        sql.Identifier(KEY_COLUMN),
+        sql.SQL(", ").join(included),
+    )
+
+
+def ddl(registry: Registry) -> list[sql.Composed]:
+    """Every statement ``apply_schema`` may run, in order."""
+    statements = [sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(registry.schema))]
+    for table in registry.tables.values():
+        statements.append(create_table_sql(registry.schema, table))
+        if table.covering_index:
+            statements.append(covering_index_sql(registry.schema, table))
+    return statements
+
+
+@dataclass
+class SchemaReport:
+    created: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+    drift: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.drift
+
+    def describe(self) -> str:
+        lines = []
+        if self.created:
+            lines.append(f"created: {', '.join(self.created)}")
+        if self.existing:
+            lines.append(f"unchanged: {', '.join(self.existing)}")
+        for table, problems in self.drift.items():
+            lines.extend(f"DRIFT {table}: {p}" for p in problems)
+        return "\n".join(lines)
+
+
+_COLUMNS = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+FROM pg_attribute a
+WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+
+_PRIMARY_KEY = """
+SELECT array_agg(a.attname::text)
+FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+WHERE i.indrelid = %s::regclass AND i.indisprimary
+"""
+
+_INDEX_EXISTS = "SELECT to_regclass(%s) IS NOT NULL"
+
+
+def table_exists(conn: psycopg.Connection, schema: str, table: str) -> bool:
+    name = sql.Identifier(schema, table).as_string(conn)
+    return bool(conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name]).fetchone()[0])
+
+
+def drift(conn: psycopg.Connection, schema: str, table: FeatureTable) -> list[str]:
+    """How the live table differs from its definition (empty when it matches)."""
+    name = qualified(schema, table).as_string(conn)
+    live = dict(conn.execute(_COLUMNS, [name]).fetchall())
+    expected = {KEY_COLUMN: "bytea", **{f.name: f.type.name for f in table.features}, UPDATED_AT: "integer"}
+    problems = []
+    for col, typ in expected.items():
+        if col not in live:
+            problems.append(f"column {col} ({typ}) is missing")
+        elif live[col] != typ:
+            problems.append(f"column {col} is {live[col]}, definition says {typ}")
+    for col in live.keys() - expected.keys():
+        problems.append(f"column {col} ({live[col]}) is not in the definition")
+    pk = conn.execute(_PRIMARY_KEY, [name]).fetchone()[0]
+    if pk != [KEY_COLUMN]:
+        problems.append(f"primary key is {pk or 'missing'}, definition says ({KEY_COLUMN})")
+    if table.covering_index:
+        index = sql.Identifier(schema, covering_index_name(table)).as_string(conn)
+        if not conn.execute(_INDEX_EXISTS, [index]).fetchone()[0]:
+            problems.append(f"covering index {covering_index_name(table)} is missing")
+    return problems
+
+
+def apply_schema(conn: psycopg.Connection, registry: Registry, *, raise_on_drift: bool = True) -> SchemaReport:
+    """Create the schema and any missing tables in one transaction; report drift of existing ones.
+
+    Raises SchemaDriftError (after committing what was created) when an existing
+    table disagrees with its definition and ``raise_on_drift`` is true.
+    """
+    report = SchemaReport()
+    with conn.transaction():
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(registry.schema)))
+        for table in registry.tables.values():
+            if table_exists(conn, registry.schema, table.name):
+                problems = drift(conn, registry.schema, table)
+                if problems:
+                    report.drift[table.name] = problems
+                else:
+                    report.existing.append(table.name)
+                continue
+            conn.execute(create_table_sql(registry.schema, table))
+            if table.covering_index:
+                conn.execute(covering_index_sql(registry.schema, table))
+            report.created.append(table.name)
+    if report.drift and raise_on_drift:
+        raise SchemaDriftError(report.describe())
+    return report
+
+
+def drop_schema(conn: psycopg.Connection, schema: str) -> None:
+    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))

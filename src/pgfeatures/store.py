@@ -1,0 +1,364 @@
+"""FeatureStore and AsyncFeatureStore: thin I/O shells around the compiled readers.
+
+Everything a request needs is compiled by ``reader.py`` (pure); a store only
+takes a pooled connection, sends the reader's statement(s) in one flush,
+fetches, and hands the rows to the reader's decoder. The sync and async
+stores share that logic through ``_StoreCore`` and differ only in the I/O
+calls.
+
+Lifecycle: ``open()`` resolves the DSN (starting the embedded server when none
+is given), checks the database answers within ``connect_timeout``, opens the
+read and write pools, prepares the warm-up statements on every read
+connection, reads the hot keys once, and only then sets ``ready``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from .connections import (
+    READ_APP,
+    WRITE_APP,
+    check_connection,
+    check_connection_async,
+    make_async_pool,
+    make_pool,
+    resolve_dsn,
+    unavailable,
+)
+from .definitions import KEY_LENGTH, Registry
+from .errors import DatabaseUnavailableError
+from .reader import (
+    DEFAULT_STRATEGY,
+    BatchReader,
+    Features,
+    FeaturesArg,
+    Fetch,
+    Reader,
+    ReaderCache,
+    Strategy,
+    parse_key,
+    parse_keys,
+)
+
+WARMUP_KEY = bytes(KEY_LENGTH)  # any key will do: warm-up prepares statements, it does not need rows
+
+
+class _StoreCore:
+    """What both stores share: the registry, compiled readers, settings. No I/O."""
+
+    def __init__(
+        self,
+        registry: Registry | str | Path,
+        dsn: str | None = None,
+        *,
+        strategy: Strategy | str = DEFAULT_STRATEGY,
+        pool_size: int = 4,
+        write_pool_size: int = 2,
+        connect_timeout: float = 5.0,
+        acquire_timeout: float = 5.0,
+        read_application_name: str = READ_APP,
+        write_application_name: str = WRITE_APP,
+        hot_keys: Iterable[bytes | str] = (),
+        warm: Iterable[Reader | BatchReader] = (),
+        reader_cache_size: int = 100,
+    ):
+        self.registry = registry if isinstance(registry, Registry) else Registry.from_toml(registry)
+        self.dsn = dsn
+        self.strategy = Strategy.parse(strategy)
+        self.pool_size = pool_size
+        self.write_pool_size = write_pool_size
+        self.connect_timeout = connect_timeout
+        self.acquire_timeout = acquire_timeout
+        self.read_application_name = read_application_name
+        self.write_application_name = write_application_name
+        self.hot_keys = parse_keys(hot_keys)
+        self.readers = ReaderCache(self.registry, maxsize=reader_cache_size)
+        # Prepared on every new read connection before it serves: the default full read, plus extras.
+        self.warm_readers: list[Reader | BatchReader] = [
+            self.reader(),
+            self.batch_reader(),
+            *warm,
+        ]
+        self.ready = False
+
+    def reader(self, tables: Iterable[str] | None = None, features: FeaturesArg = None, strategy: Strategy | str | None = None) -> Reader:
+        """The compiled reader for this request shape (cached). Pass it to ``read`` to skip even the cache lookup."""
+        return self.readers.reader(tables, features, strategy or self.strategy)
+
+    def batch_reader(self, tables: Iterable[str] | None = None, features: FeaturesArg = None) -> BatchReader:
+        return self.readers.batch_reader(tables, features)
+
+    def _warmup_statements(self) -> list[tuple[bytes, tuple[Any, ...]]]:
+        statements = []
+        for r in self.warm_readers:
+            if isinstance(r, BatchReader):
+                statements.append((r.statement, ([WARMUP_KEY],)))
+            else:
+                statements.extend((s, (WARMUP_KEY,)) for s in r.statements)
+        return statements
+
+
+@contextlib.contextmanager
+def _translate_errors(dsn: str, acquire_timeout: float) -> Iterator[None]:
+    try:
+        yield
+    except PoolTimeout as exc:
+        raise DatabaseUnavailableError(
+            f"no database connection available within {acquire_timeout:g}s (pool exhausted or database down): {exc}"
+        ) from exc
+    except psycopg.OperationalError as exc:
+        raise unavailable(dsn, exc) from exc
+
+
+# -- sync -----------------------------------------------------------------------------------------
+
+
+def _execute(conn: psycopg.Connection, reader: Reader, params: tuple[Any, ...]) -> Features:
+    fetch = reader.fetch
+    if fetch is Fetch.ONE or fetch is Fetch.ALL:
+        cur = psycopg.RawCursor(conn)
+        cur.execute(reader.statements[0], params, prepare=True, binary=True)
+        return reader.decode(cur.fetchone() if fetch is Fetch.ONE else cur.fetchall())
+    if fetch is Fetch.PIPELINE:
+        # One cursor per statement: a cursor keeps only its last result in a pipeline.
+        cursors = [psycopg.RawCursor(conn) for _ in reader.statements]
+        with conn.pipeline():
+            for cur, stmt in zip(cursors, reader.statements):
+                cur.execute(stmt, params, prepare=True, binary=True)
+        return reader.decode([cur.fetchone() for cur in cursors])
+    cur = psycopg.RawCursor(conn)
+    rows = []
+    for stmt in reader.statements:
+        cur.execute(stmt, params, prepare=True, binary=True)
+        rows.append(cur.fetchone())
+    return reader.decode(rows)
+
+
+def _execute_batch(conn: psycopg.Connection, reader: BatchReader, keys: list[bytes]) -> list[Features]:
+    cur = psycopg.RawCursor(conn)
+    cur.execute(reader.statement, (keys,), prepare=True, binary=True)
+    return reader.decode(cur.fetchall())
+
+
+class FeatureStore(_StoreCore):
+    """Synchronous feature store. Thread-safe: each call takes its own pooled connection.
+
+    >>> with FeatureStore("features.toml") as store:          # doctest: +SKIP
+    ...     store.get_features(key, tables=["user_stats"])
+    {'user_stats': {'clicks_7d': 3, 'ctr_7d': 0.25}}
+    """
+
+    def __init__(self, registry: Registry | str | Path, dsn: str | None = None, *, open: bool = True, **kwargs: Any):
+        super().__init__(registry, dsn, **kwargs)
+        self.read_pool = self.write_pool = None
+        if open:
+            self.open()
+
+    def open(self) -> None:
+        """Connect, warm every read connection, read hot keys; then ``ready`` is True.
+
+        Raises DatabaseUnavailableError when the database does not answer within ``connect_timeout``.
+        """
+        dsn = self.dsn = resolve_dsn(self.dsn)
+        check_connection(dsn, self.connect_timeout)
+        self.read_pool = make_pool(
+            dsn, size=self.pool_size, application_name=self.read_application_name,
+            connect_timeout=self.connect_timeout, acquire_timeout=self.acquire_timeout, configure=self._warm,
+        )
+        self.write_pool = make_pool(
+            dsn, size=self.write_pool_size, application_name=self.write_application_name,
+            connect_timeout=self.connect_timeout, acquire_timeout=self.acquire_timeout,
+        )
+        try:
+            self.read_pool.open(wait=True, timeout=self.connect_timeout + 10)
+            self.write_pool.open(wait=True, timeout=self.connect_timeout + 10)
+        except PoolTimeout as exc:
+            self.close()
+            raise unavailable(dsn, exc, self.connect_timeout) from exc
+        if self.hot_keys:
+            self.get_features_batch(self.hot_keys)
+        self.ready = True
+
+    def _warm(self, conn: psycopg.Connection) -> None:
+        cur = psycopg.RawCursor(conn)
+        for stmt, params in self._warmup_statements():
+            cur.execute(stmt, params, prepare=True, binary=True)
+            cur.fetchall()
+
+    def close(self) -> None:
+        self.ready = False
+        for pool in (self.read_pool, self.write_pool):
+            if pool is not None:
+                pool.close()
+
+    def __enter__(self) -> "FeatureStore":
+        if self.read_pool is None:
+            self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A read-pool connection, with database errors translated."""
+        assert self.read_pool is not None, "store is not open"
+        with _translate_errors(self.dsn or "", self.acquire_timeout), self.read_pool.connection() as conn:
+            yield conn
+
+    def get_features(
+        self,
+        key: bytes | str,
+        tables: Iterable[str] | None = None,
+        features: FeaturesArg = None,
+        *,
+        strategy: Strategy | str | None = None,
+    ) -> Features:
+        """``{table: {feature: value}}`` for one key; a table where the key has no row maps to None.
+
+        Raises KeyFormatError, UnknownTableError, UnknownFeatureError (naming the valid
+        ones) before any I/O, and DatabaseUnavailableError when the database cannot be reached.
+        """
+        return self.read(self.reader(tables, features, strategy), key)
+
+    def read(self, reader: Reader, key: bytes | str) -> Features:
+        """Run a compiled reader for one key: one round-trip (N for ``sequential``)."""
+        params = (parse_key(key),)
+        with self.connection() as conn:
+            return _execute(conn, reader, params)
+
+    def get_features_batch(
+        self, keys: Sequence[bytes | str], tables: Iterable[str] | None = None, features: FeaturesArg = None
+    ) -> list[Features]:
+        """One result per key, in input order (duplicates repeat), in one round-trip."""
+        return self.read_batch(self.batch_reader(tables, features), keys)
+
+    def read_batch(self, reader: BatchReader, keys: Sequence[bytes | str]) -> list[Features]:
+        parsed = parse_keys(keys)
+        if not parsed:
+            return []
+        with self.connection() as conn:
+            return _execute_batch(conn, reader, parsed)
+
+
+# -- async ----------------------------------------------------------------------------------------
+
+
+async def _execute_async(conn: psycopg.AsyncConnection, reader: Reader, params: tuple[Any, ...]) -> Features:
+    fetch = reader.fetch
+    if fetch is Fetch.ONE or fetch is Fetch.ALL:
+        cur = psycopg.AsyncRawCursor(conn)
+        await cur.execute(reader.statements[0], params, prepare=True, binary=True)
+        return reader.decode(await cur.fetchone() if fetch is Fetch.ONE else await cur.fetchall())
+    if fetch is Fetch.PIPELINE:
+        cursors = [psycopg.AsyncRawCursor(conn) for _ in reader.statements]
+        async with conn.pipeline():
+            for cur, stmt in zip(cursors, reader.statements):
+                await cur.execute(stmt, params, prepare=True, binary=True)
+        return reader.decode([await cur.fetchone() for cur in cursors])
+    cur = psycopg.AsyncRawCursor(conn)
+    rows = []
+    for stmt in reader.statements:
+        await cur.execute(stmt, params, prepare=True, binary=True)
+        rows.append(await cur.fetchone())
+    return reader.decode(rows)
+
+
+async def _execute_batch_async(conn: psycopg.AsyncConnection, reader: BatchReader, keys: list[bytes]) -> list[Features]:
+    cur = psycopg.AsyncRawCursor(conn)
+    await cur.execute(reader.statement, (keys,), prepare=True, binary=True)
+    return reader.decode(await cur.fetchall())
+
+
+class AsyncFeatureStore(_StoreCore):
+    """The asyncio twin of FeatureStore, same API with ``await``. Open with ``async with`` or ``await open()``."""
+
+    def __init__(self, registry: Registry | str | Path, dsn: str | None = None, **kwargs: Any):
+        super().__init__(registry, dsn, **kwargs)
+        self.read_pool = self.write_pool = None
+
+    async def open(self) -> None:
+        import asyncio
+
+        if not self.dsn:
+            self.dsn = await asyncio.to_thread(resolve_dsn, None)
+        dsn = self.dsn
+        await check_connection_async(dsn, self.connect_timeout)
+        self.read_pool = make_async_pool(
+            dsn, size=self.pool_size, application_name=self.read_application_name,
+            connect_timeout=self.connect_timeout, acquire_timeout=self.acquire_timeout, configure=self._warm,
+        )
+        self.write_pool = make_async_pool(
+            dsn, size=self.write_pool_size, application_name=self.write_application_name,
+            connect_timeout=self.connect_timeout, acquire_timeout=self.acquire_timeout,
+        )
+        try:
+            await self.read_pool.open(wait=True, timeout=self.connect_timeout + 10)
+            await self.write_pool.open(wait=True, timeout=self.connect_timeout + 10)
+        except PoolTimeout as exc:
+            await self.close()
+            raise unavailable(dsn, exc, self.connect_timeout) from exc
+        if self.hot_keys:
+            await self.get_features_batch(self.hot_keys)
+        self.ready = True
+
+    async def _warm(self, conn: psycopg.AsyncConnection) -> None:
+        cur = psycopg.AsyncRawCursor(conn)
+        for stmt, params in self._warmup_statements():
+            await cur.execute(stmt, params, prepare=True, binary=True)
+            await cur.fetchall()
+
+    async def close(self) -> None:
+        self.ready = False
+        for pool in (self.read_pool, self.write_pool):
+            if pool is not None:
+                await pool.close()
+
+    async def __aenter__(self) -> "AsyncFeatureStore":
+        if self.read_pool is None:
+            await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @contextlib.asynccontextmanager
+    async def connection(self):  # type: ignore[no-untyped-def]
+        assert self.read_pool is not None, "store is not open"
+        with _translate_errors(self.dsn or "", self.acquire_timeout):
+            async with self.read_pool.connection() as conn:
+                yield conn
+
+    async def get_features(
+        self,
+        key: bytes | str,
+        tables: Iterable[str] | None = None,
+        features: FeaturesArg = None,
+        *,
+        strategy: Strategy | str | None = None,
+    ) -> Features:
+        return await self.read(self.reader(tables, features, strategy), key)
+
+    async def read(self, reader: Reader, key: bytes | str) -> Features:
+        params = (parse_key(key),)
+        async with self.connection() as conn:
+            return await _execute_async(conn, reader, params)
+
+    async def get_features_batch(
+        self, keys: Sequence[bytes | str], tables: Iterable[str] | None = None, features: FeaturesArg = None
+    ) -> list[Features]:
+        return await self.read_batch(self.batch_reader(tables, features), keys)
+
+    async def read_batch(self, reader: BatchReader, keys: Sequence[bytes | str]) -> list[Features]:
+        parsed = parse_keys(keys)
+        if not parsed:
+            return []
+        async with self.connection() as conn:
+            return await _execute_batch_async(conn, reader, parsed)
