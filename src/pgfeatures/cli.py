@@ -145,6 +145,7 @@ def _demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--requests", type=int, default=1000, help="timed requests per strategy and table count")
     p.add_argument("--table-counts", default="10,20,30")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--schema", default="demo", help="schema of the demo tables (default: demo)")
     p.add_argument("--json", dest="json_out", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_demo)
 
@@ -161,7 +162,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .reader import Strategy
     from .store import FeatureStore
 
-    registry = demo_registry()
+    registry = demo_registry(schema=args.schema)
     dsn = dsn_of(args)
     console.print(f"[bold]pgfeatures demo[/bold]: {len(registry.tables)} tables x 8 real features, "
                   f"{args.entities:,} entities, server {dsn}")

@@ -13,7 +13,7 @@ Strategies, all returning identical results:
     requested features as one array. One round-trip, one row, N index lookups.
 ``union``
     One statement; a UNION ALL of per-table selects returning
-    ``(table number, array)``. One round-trip, one row per present table.
+    ``(part number, array)``. One round-trip, one row per present table.
 ``join``
     One statement; the key LEFT JOINed to every table. Kept for comparison:
     each join level carries every column gathered so far.
@@ -311,6 +311,14 @@ def _row_decoder(selection: Selection, parts_per_table: list[tuple[Part, ...]]) 
     """Decoder for one row holding each table's arrays, in selection order."""
     names = selection.tables
     decoders = [TableDecoder(parts, fs) for (_, fs), parts in zip(selection.items, parts_per_table)]
+    if all(d.simple for d in decoders):
+        # The common case (e.g. all-real tables), inlined: no call per table.
+        layout = [(name, d.names) for name, d in zip(names, decoders)]
+
+        def decode_simple(row: Row) -> Features:
+            return {name: None if v is None else dict(zip(fnames, v)) for (name, fnames), v in zip(layout, row)}
+
+        return decode_simple
     if all(len(p) == 1 for p in parts_per_table):
         from_array = [d.from_array for d in decoders]
 
@@ -338,29 +346,48 @@ def _compile_single(selection: Selection) -> Reader:
 
 
 def _compile_union(selection: Selection) -> Reader:
+    # Every branch must return the same column types: floating-point parts share one
+    # array type (real[] when all are real, else float8[]); bigint parts ride in a second
+    # int8[] column, present only when some table needs it.
     parts_per_table = [transport(fs) for _, fs in selection.items]
-    types = {p.array_type for parts in parts_per_table for p in parts}
-    if any(len(parts) > 1 for parts in parts_per_table) or "int8[]" in types:
-        raise DefinitionError("the union strategy carries one float array per table and cannot carry bigint features; use 'single'")
-    common = "float4[]" if types == {"float4[]"} else "float8[]"
+    float_types = {p.array_type for parts in parts_per_table for p in parts if p.array_type != "int8[]"}
+    common = "float4[]" if float_types <= {"float4[]"} else "float8[]"
+    has_int8 = any(p.array_type == "int8[]" for parts in parts_per_table for p in parts)
+    parts_per_table = [
+        tuple(p if p.array_type == "int8[]" else Part(common, p.features) for p in parts) for parts in parts_per_table
+    ]
     branches = []
-    for i, ((table, features), parts) in enumerate(zip(selection.items, parts_per_table)):
-        part = Part(common, features) if common == "float8[]" else parts[0]
-        branches.append(
-            sql.SQL("SELECT {}::int2, {} FROM {} WHERE {} = $1::bytea").format(
-                sql.Literal(i), part.array_sql(), sql.Identifier(selection.schema, table.name), _KEY
+    spans = []
+    number = 0
+    for (table, _), parts in zip(selection.items, parts_per_table):
+        spans.append((number, number + len(parts)))
+        for part in parts:
+            cols = [sql.SQL("{}::int2").format(sql.Literal(number))]
+            if part.array_type == "int8[]":
+                cols += [sql.SQL("NULL::{}").format(sql.SQL(common)), part.array_sql()]
+            else:
+                cols.append(part.array_sql())
+                if has_int8:
+                    cols.append(sql.SQL("NULL::int8[]"))
+            branches.append(
+                sql.SQL("SELECT {} FROM {} WHERE {} = $1::bytea").format(
+                    sql.SQL(", ").join(cols), sql.Identifier(selection.schema, table.name), _KEY
+                )
             )
-        )
+            number += 1
     query = sql.SQL(" UNION ALL ").join(branches)
-    decoders = [TableDecoder((Part(common, fs),), fs) for _, fs in selection.items]
-    names = selection.tables
-    empty = dict.fromkeys(names)
+    decoders = [TableDecoder(parts, fs) for (_, fs), parts in zip(selection.items, parts_per_table)]
+    layout = list(zip(selection.tables, decoders, spans))
+    n_parts = number
 
     def decode(rows: Sequence[Row]) -> Features:
-        out = empty.copy()
-        for i, values in rows:
-            out[names[i]] = decoders[i].from_array(values)
-        return out
+        arrays: list[Any] = [None] * n_parts
+        for row in rows:
+            arrays[row[0]] = row[1] if row[1] is not None else row[-1]
+        return {
+            name: dec.from_array(arrays[a]) if b - a == 1 else dec.from_parts(arrays[a:b])
+            for name, dec, (a, b) in layout
+        }
 
     return Reader(Strategy.UNION, selection, (query.as_bytes(None),), Fetch.ALL, decode)
 

@@ -1,0 +1,66 @@
+"""Shared fixtures: a real PostgreSQL for every test, never a mock.
+
+The server is ``$PGFEATURES_TEST_DSN`` when set, else pgfeatures' embedded
+server (started on demand), where tests use their own database
+``pgfeatures_test``. Each test that creates tables gets a fresh schema,
+dropped afterwards, so tests (and concurrent test runs) never see each
+other's tables.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+TEST_DATABASE = "pgfeatures_test"
+
+
+def _server_dsn() -> str:
+    env = os.environ.get("PGFEATURES_TEST_DSN")
+    if env:
+        return env
+    from pgfeatures import embedded
+
+    admin = embedded.ensure_running()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [TEST_DATABASE]).fetchone()
+        if not exists:
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEST_DATABASE)))
+            except psycopg.errors.DuplicateDatabase:
+                pass  # a concurrent test run created it
+    return make_conninfo(admin, dbname=TEST_DATABASE)
+
+
+@pytest.fixture(scope="session")
+def dsn() -> str:
+    """DSN of the test database (real server)."""
+    return _server_dsn()
+
+
+@pytest.fixture()
+def conn(dsn: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        yield c
+
+
+@pytest.fixture()
+def schema(dsn: str) -> Iterator[str]:
+    """A fresh, unique schema name; the schema is dropped after the test."""
+    name = f"test_{uuid.uuid4().hex[:10]}"
+    yield name
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+def dsn_with(dsn: str, **changes: object) -> str:
+    """The DSN with some connection parameters replaced."""
+    params = conninfo_to_dict(dsn)
+    params.update({k: v for k, v in changes.items()})
+    return make_conninfo("", **params)

@@ -1,0 +1,66 @@
+"""The demo's data is what its generator says, every strategy reads it back exactly, and the command runs."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from pgfeatures import FeatureStore, Strategy
+from pgfeatures.cli import main
+from pgfeatures.definitions import demo_registry
+from pgfeatures.demo import MISS_EVERY, entity_key, expected, load_demo
+
+
+@pytest.fixture()
+def small_demo(conn, schema):
+    registry = demo_registry(n_tables=4, n_features=8, schema=schema)
+    assert load_demo(conn, registry, n_entities=500, seed=3) is True
+    assert load_demo(conn, registry, n_entities=500, seed=3) is False  # reused, not reloaded
+    return registry
+
+
+def test_every_strategy_reads_the_generated_values(small_demo, dsn):
+    rng = random.Random(1)
+    entities = rng.sample(range(500), 40) + [0, MISS_EVERY, 499]
+    assert any(v is None for v in expected(small_demo, MISS_EVERY, 500, seed=3).values())  # misses exist
+    with FeatureStore(small_demo, dsn, pool_size=1) as store:
+        for entity in entities:
+            truth = expected(small_demo, entity, 500, seed=3)
+            for strategy in Strategy:
+                assert store.get_features(entity_key(entity), strategy=strategy) == truth
+        batch = store.get_features_batch([entity_key(e) for e in entities])
+        assert batch == [expected(small_demo, e, 500, seed=3) for e in entities]
+
+
+def test_reload_on_different_seed(conn, small_demo, dsn):
+    assert load_demo(conn, small_demo, n_entities=500, seed=4) is True
+    with FeatureStore(small_demo, dsn, pool_size=1) as store:
+        assert store.get_features(entity_key(7)) == expected(small_demo, 7, 500, seed=4)
+
+
+def test_demo_command_runs_end_to_end(dsn, schema, tmp_path, capsys):
+    out = tmp_path / "demo.json"
+    code = main(["demo", "--dsn", dsn, "--schema", schema, "--entities", "300", "--requests", "40",
+                 "--table-counts", "10,30", "--json", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "sample read for entity 1" in text and "absent key: {'t00': None}" in text
+    figures = json.loads(out.read_text())["figures"]
+    assert {(f["tables"], f["name"]) for f in figures} >= {(30, "single"), (30, "pipeline"), (10, "sequential")}
+    assert all(f["p50_ms"] > 0 and f["n"] > 0 for f in figures)
+
+
+def test_get_command_prints_json_and_names_valid_tables(small_demo, dsn, schema, tmp_path, capsys):
+    defs = tmp_path / "defs.toml"
+    defs.write_text(f'schema = "{schema}"\n' + "".join(
+        f'[tables.t{i:02d}.features]\n' + "".join(f'f{j} = "real"\n' for j in range(8)) for i in range(4)))
+    key = entity_key(5).hex()
+    assert main(["get", "--dsn", dsn, "-d", str(defs), key, "-t", "t01", "-f", "t01.f2"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got == {"t01": {"f2": expected(small_demo, 5, 500, seed=3)["t01"]["f2"]}}
+    assert main(["get", "--dsn", dsn, "-d", str(defs), key, "-t", "nope"]) == 2
+    assert "valid tables: t00, t01, t02, t03" in capsys.readouterr().out
+    assert main(["get", "--dsn", dsn, "-d", str(defs), "abc"]) == 2
+    assert "64 hex characters" in capsys.readouterr().out
