@@ -133,7 +133,7 @@ def test_store_recovers_after_backends_are_killed(conn, schema, dsn):
     """Pooled connections killed server-side (a restart, a failover): reads retry once on a fresh connection."""
     registry = demo_registry(n_tables=1, n_features=1, schema=schema)
     apply_schema(conn, registry)
-    with FeatureStore(registry, dsn, pool_size=1, read_application_name=f"pgf-kill-{schema}") as store:
+    with FeatureStore(registry, dsn, pool_size=3, read_application_name=f"pgf-kill-{schema}") as store:
         assert store.get_features(bytes(32)) == {"t00": None}
         conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
                      [f"pgf-kill-{schema}"])

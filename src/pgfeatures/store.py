@@ -260,7 +260,8 @@ class FeatureStore(_StoreCore):
         getconn/putconn rather than ``pool.connection()``: with autocommit there is no
         transaction to end, and the context managers cost measurable CPU per request.
         A connection that died under the request (server restart, failover, idle
-        kill) is retried once on a fresh one: reads are idempotent.
+        kill) makes the pool check all its idle connections, and the read is
+        retried once on a fresh one: reads are idempotent.
         """
         pool = self.read_pool
         assert pool is not None, "store is not open"
@@ -275,6 +276,7 @@ class FeatureStore(_StoreCore):
                 pool.putconn(conn)
                 if attempt or not conn.broken:
                     raise unavailable(self.dsn or "", exc) from exc
+                pool.check()  # after a restart every idle connection is dead: replace them all
                 continue
             except BaseException:
                 pool.putconn(conn)
@@ -412,6 +414,7 @@ class AsyncFeatureStore(_StoreCore):
                 await pool.putconn(conn)
                 if attempt or not conn.broken:
                     raise unavailable(self.dsn or "", exc) from exc
+                await pool.check()
                 continue
             except BaseException:
                 await pool.putconn(conn)

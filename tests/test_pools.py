@@ -1,0 +1,76 @@
+"""Pools: fixed size, named, autocommit, statements prepared before serving, hot keys read at open."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pgfeatures import AsyncFeatureStore, FeatureStore
+from pgfeatures.definitions import demo_registry
+from pgfeatures.schema import apply_schema
+
+
+@pytest.fixture()
+def registry(conn, schema):
+    reg = demo_registry(n_tables=5, n_features=3, schema=schema)
+    apply_schema(conn, reg)
+    return reg
+
+
+def test_every_read_connection_is_warmed_before_it_serves(registry, dsn, conn, schema):
+    app = f"pgf-read-{schema}"
+    with FeatureStore(registry, dsn, pool_size=3, write_pool_size=2, read_application_name=app,
+                      write_application_name=f"pgf-write-{schema}") as store:
+        assert store.ready
+        default_sql = store.reader().statements[0].decode()
+        batch_sql = store.batch_reader().statement.decode()
+        counts = conn.execute(
+            "SELECT application_name, count(*) FROM pg_stat_activity WHERE application_name IN (%s, %s) GROUP BY 1 ORDER BY 1",
+            [app, f"pgf-write-{schema}"],
+        ).fetchall()
+        assert counts == [(app, 3), (f"pgf-write-{schema}", 2)]  # fixed-size pools, both full at open
+        held = [store.read_pool.getconn() for _ in range(3)]  # every connection of the pool
+        try:
+            for c in held:
+                prepared = {r[0] for r in c.execute("SELECT statement FROM pg_prepared_statements").fetchall()}
+                assert default_sql in prepared and batch_sql in prepared
+                assert c.autocommit and c.prepare_threshold == 0
+        finally:
+            for c in held:
+                store.read_pool.putconn(c)
+
+
+def test_not_ready_until_open_and_after_close(registry, dsn):
+    store = FeatureStore(registry, dsn, pool_size=1, open=False)
+    assert not store.ready
+    store.open()
+    assert store.ready
+    store.close()
+    assert not store.ready
+
+
+def test_hot_keys_are_read_at_open(registry, dsn, conn, schema):
+    conn.execute("SELECT pg_stat_reset()")
+    hot = [bytes([i]) * 32 for i in range(10)]
+    with FeatureStore(registry, dsn, pool_size=1, hot_keys=hot) as store:
+        assert store.ready
+    # the batch read at open touched every table's primary key index
+    scans = conn.execute(
+        "SELECT sum(idx_scan) FROM pg_stat_user_tables WHERE schemaname = %s", [schema]
+    ).fetchone()[0]
+    assert scans >= 5
+
+
+def test_async_store_warms_and_retries_killed_connections(registry, dsn, conn, schema):
+    app = f"pgf-aread-{schema}"
+
+    async def run():
+        async with AsyncFeatureStore(registry, dsn, pool_size=2, read_application_name=app) as store:
+            assert store.ready
+            assert await store.get_features(bytes(32), ["t00"]) == {"t00": None}
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", [app])
+            for _ in range(4):
+                assert await store.get_features(bytes(32), ["t00"]) == {"t00": None}
+
+    asyncio.run(run())
