@@ -56,3 +56,59 @@ class DatabaseUnavailableError(PgFeaturesError, ConnectionError):
 
 class EmbeddedServerError(PgFeaturesError, RuntimeError):
     """The embedded PostgreSQL could not be created, started or stopped."""
+
+
+# -- HTTP service (pgfeatures serve) --
+
+
+class ConfigError(PgFeaturesError, ValueError):
+    """A service setting (flag, environment variable or config-file entry) is invalid."""
+
+
+# -- doctor and warm-up (pgfeatures doctor / warmup) --
+
+
+class WarmupError(PgFeaturesError, RuntimeError):
+    """The cache warm-up cannot run as asked (no feature table, pg_prewarm unavailable, unreadable hot-key file)."""
+
+
+# -- write path (load.py / write.py) --
+
+
+class LoadError(PgFeaturesError):
+    """A bulk load failed before it committed: the table keeps exactly its previous contents.
+
+    ``source``, ``column`` and ``row`` (1-based data row, header excluded) say where, when known.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, column: str | None = None, row: int | None = None):
+        super().__init__(message)
+        self.source, self.column, self.row = source, column, row
+        self.unchanged_table: str | None = None  # set by the loader once the rollback is certain
+
+    def __str__(self) -> str:
+        note = f"; nothing was loaded, {self.unchanged_table} is unchanged" if self.unchanged_table else ""
+        return f"{self.args[0]}{note}"
+
+
+class LoadInputError(LoadError, ValueError):
+    """The input is unusable: unreadable or empty file, missing or extra columns, wrong types,
+    out-of-range or NaN values, malformed or duplicate keys, or invalid load options."""
+
+
+class LoadInterruptedError(LoadError, ConnectionError):
+    """The database connection was lost or the load was cancelled mid-way (``committed`` is None
+    when the connection died during COMMIT, so the outcome is unknown)."""
+
+    committed: bool | None = False
+
+
+class FeatureValueError(PgFeaturesError, ValueError):
+    """A live update carries a value its column cannot hold (wrong type, out of range, NaN)."""
+
+
+# -- benchmark (pgfeatures bench) --
+
+
+class BenchmarkError(PgFeaturesError, ValueError):
+    """A benchmark setting is invalid, or the strategies being compared disagree on the features."""

@@ -1,0 +1,193 @@
+"""The doctor against a real PostgreSQL: a fresh load shows the warm-up and VACUUM findings and
+passes every check once they are followed; a table built wrong fails the matching checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import psycopg
+import pytest
+from psycopg import sql
+from test_warmup import FEATURES, demo_like, dsn, evict, flush_stats, load, write_definitions  # noqa: F401 (dsn: fixture)
+
+from pgfeatures import cli
+from pgfeatures.definitions import WIDE_TYPES, FeatureTable, Registry
+from pgfeatures.doctor import CHECKS, Finding, Report, Status, diagnose, evaluate, gather
+from pgfeatures.warmup import warmup
+
+
+def not_passing(report: Report) -> list[Finding]:
+    return [f for f in report.findings if f.status is not Status.PASS]
+
+
+@pytest.fixture()
+def healthy_server(conn: psycopg.Connection) -> None:
+    """Skips tests that expect every check to pass where the server itself fails one (rightly)."""
+    off = [name for name in ("autovacuum", "track_counts") if conn.execute(f"SHOW {name}").fetchone()[0] != "on"]
+    if off:
+        pytest.skip(f"the test server runs with {', '.join(off)} off: the doctor fails it, as it should")
+
+
+def test_fresh_load_needs_warmup_and_vacuum_then_every_check_passes(dsn, conn, schema, healthy_server):
+    registry = demo_like(schema)  # t00, t01 covering; t02 plain
+    load(conn, registry, vacuum=False)  # a fresh load: COPY + ANALYZE, no VACUUM
+    evict(conn, registry)  # as after a restart
+
+    report = diagnose(registry, dsn)
+    assert {f.check for f in not_passing(report)} == {"cache", "index_only", "vacuum"}, not_passing(report)
+    for name in registry.tables:
+        cache = report.get("cache", name)
+        assert cache.status is Status.FAIL and "pgfeatures warmup" in cache.advice
+        assert cache.measured["probe_hit_ratio"][name] < 0.99
+    vacuum_t00 = f'VACUUM (ANALYZE) "{schema}"."t00"'
+    for name in ("t00", "t01"):  # covered tables: index-only in name only
+        finding = report.get("index_only", name)
+        assert finding.status is Status.FAIL
+        assert finding.measured["heap_fetch_ratio"] == 1.0 and finding.measured["vm_coverage"] == 0.0
+        assert finding.fix == (f'VACUUM (ANALYZE) "{schema}"."{name}"',)
+    assert report.get("index_only", "t02").status is Status.PASS  # plain index scans do not need the map
+    assert "covering_index = true" in report.get("index_only", "t02").advice
+    assert report.get("vacuum", "t00").fix == (f'ALTER TABLE "{schema}"."t00" RESET (autovacuum_enabled)',)
+    assert vacuum_t00 in report.fixes
+    assert report.get("prepared", "server").measured["prepared"] == 2  # the default reader and batch reader
+
+    warmed = warmup(conn, registry)
+    assert warmed.after.ratio >= 0.99
+    for statement in (s for f in not_passing(report) if f.check != "cache" for s in f.fix):
+        conn.execute(statement)
+
+    after = diagnose(registry, dsn)
+    assert after.ok, not_passing(after)
+    assert after.fixes == ()
+    for name in ("t00", "t01"):
+        assert after.get("index_only", name).measured["heap_fetches"] == 0
+
+
+def build_wrong_table(conn: psycopg.Connection, schema: str) -> None:
+    """Wide jsonb/text/numeric/timestamptz rows, autovacuum off, half the rows dead, seq scans forced."""
+    wide = sql.Identifier(schema, "wide")
+    conn.execute(sql.SQL(
+        """CREATE TABLE {} (hashkey bytea PRIMARY KEY, f0 real, attrs jsonb, label text, score numeric,
+                            seen_at timestamptz, updated_at integer NOT NULL DEFAULT 0) WITH (autovacuum_enabled = false)"""
+    ).format(wide))
+    conn.execute(sql.SQL(
+        """INSERT INTO {} SELECT sha256(i::text::bytea), i, jsonb_build_object('clicks', i, 'ctr', i / 7.0, 'segment', 'seg' || i % 9),
+                                 'label ' || i, i / 7.0, now(), 0
+           FROM generate_series(1, 5000) i"""
+    ).format(wide))
+    conn.execute(sql.SQL("UPDATE {} SET f0 = f0 + 1").format(wide))  # every row once: 5000 dead versions
+    conn.execute(sql.SQL("ANALYZE {}").format(wide))
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_indexscan = off")
+        conn.execute("SET LOCAL enable_bitmapscan = off")
+        for i in range(3):
+            conn.execute(sql.SQL("SELECT f0 FROM {} WHERE hashkey = sha256(%s::text::bytea)").format(wide), [i])
+    flush_stats(conn)
+
+
+def test_table_built_wrong_fails_the_matching_checks(dsn, conn, schema):
+    good = FeatureTable.of("t00", FEATURES)
+    registry = Registry.of([good, FeatureTable.of("wide", {"f0": "real"})], schema=schema)
+    load(conn, Registry.of([good], schema=schema), vacuum=True)
+    conn.execute(sql.SQL("ALTER TABLE {} RESET (autovacuum_enabled)").format(sql.Identifier(schema, "t00")))
+    build_wrong_table(conn, schema)
+
+    report = diagnose(registry, dsn)
+    for check in ("row_width", "vacuum", "scans", "schema"):
+        assert report.get(check, "t00").status is Status.PASS, report.get(check, "t00")
+        assert report.get(check, "wide").status is Status.FAIL, check
+
+    width = report.get("row_width", "wide")
+    for column, type_name in [("attrs", "jsonb"), ("label", "text"), ("score", "numeric"), ("seen_at", "timestamp with time zone")]:
+        assert f"{column} {type_name}: {WIDE_TYPES[type_name]}" in width.advice
+    assert width.measured["bytes_per_row"] > report.get("row_width", "t00").measured["bytes_per_row"]
+
+    vacuum = report.get("vacuum", "wide")
+    assert vacuum.measured["dead_ratio"] > 0.2 and not vacuum.measured["autovacuum_enabled"]
+    assert set(vacuum.fix) == {f'ALTER TABLE "{schema}"."wide" RESET (autovacuum_enabled)', f'VACUUM (ANALYZE) "{schema}"."wide"'}
+    assert "autovacuum_vacuum_scale_factor" in vacuum.advice
+
+    scans = report.get("scans", "wide")
+    assert scans.measured["seq_tup_read"] >= 3 * 5000
+    assert "pg_stat_statements" in scans.advice and "hashkey = <key>" in scans.advice
+
+    assert "attrs (jsonb) is not in the definition" in report.get("schema", "wide").value
+    assert report.get("prepared", "server").status is Status.PASS  # served tables only: the store skips drifted ones
+
+    for statement in vacuum.fix:  # following the advice clears the finding
+        conn.execute(statement)
+    assert diagnose(registry, dsn).get("vacuum", "wide").status is Status.PASS
+
+
+def test_working_set_verdicts_follow_the_server_memory(conn, schema):
+    registry = demo_like(schema)
+    load(conn, registry, vacuum=True)
+    facts = gather(conn, registry)
+    (finding,) = evaluate(facts).by_check("working_set")
+    total = finding.measured["working_set_bytes"]
+    # what lookups read: t00 and t01 only their covering index (index-only, vacuumed), t02 its heap and key index
+    by_name = {t.table.name: t for t in facts.existing}
+    covering = [i.bytes for name in ("t00", "t01") for i in by_name[name].indexes if i.name.endswith("_covering")]
+    t02 = by_name["t02"]
+    assert total == sum(covering) + t02.heap_bytes + t02.toast_bytes + sum(i.bytes for i in t02.indexes)
+    assert total < finding.measured["stored_bytes"]
+
+    def verdict(shared_buffers: int, effective_cache_size: int) -> Finding:
+        server = dataclasses.replace(facts.server, shared_buffers=shared_buffers, effective_cache_size=effective_cache_size)
+        (finding,) = evaluate(dataclasses.replace(facts, server=server)).by_check("working_set")
+        return finding
+
+    assert verdict(2 * total, 4 * total).status is Status.PASS
+    warn = verdict(total // 2, 2 * total)
+    assert warn.status is Status.WARN and "OS page cache" in warn.advice
+    fail = verdict(total // 4, total // 2)
+    assert fail.status is Status.FAIL and "go to disk" in fail.advice
+    for finding in (warn, fail):  # the honest part: pools share one cache, a replica has its own
+        assert "Separate read and write pools do not help" in finding.advice and "replica" in finding.advice
+
+
+def test_an_old_open_transaction_is_named(dsn, conn, schema, healthy_server):
+    registry = demo_like(schema)
+    load(conn, registry, vacuum=True)
+    with psycopg.connect(dsn, application_name="forgotten-report") as holder:
+        holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        holder.execute("SELECT 1")  # holds a snapshot until the transaction ends
+        pid = holder.info.backend_pid
+        facts = gather(conn, registry)
+    who, seconds = facts.server.oldest_xact
+    assert who == f"backend {pid} (forgotten-report)" and seconds >= 0
+    assert evaluate(facts).get("vacuum", "server").status is Status.PASS
+    old = dataclasses.replace(facts, server=dataclasses.replace(facts.server, oldest_xact=(who, 3600.0)))
+    finding = evaluate(old).get("vacuum", "server")
+    assert finding.status is Status.WARN and "forgotten-report" in finding.value and "all-visible" in finding.advice
+
+
+def test_missing_tables_and_no_statistics(dsn, conn, schema, healthy_server):
+    registry = demo_like(schema)
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    report = diagnose(registry, dsn)
+    assert {f.status for f in report.by_check("schema")} == {Status.FAIL}
+    assert report.get("prepared", "server").status is Status.FAIL
+    assert any(s.startswith(f'CREATE TABLE IF NOT EXISTS "{schema}"."t00"') for s in report.fixes)
+
+    for statement in report.fixes:  # the advised DDL creates them; empty, never analyzed
+        conn.execute(statement)
+    report = diagnose(registry, dsn)
+    assert report.ok, not_passing(report)  # empty tables: nothing to warm, vacuum or explain
+    assert "no keys to explain" in report.get("index_only", "t00").value
+
+
+def test_cli_doctor_json_and_exit_code(dsn, conn, schema, tmp_path, capsys, healthy_server):
+    registry = demo_like(schema)
+    load(conn, registry, vacuum=True)
+    definitions = write_definitions(tmp_path / "defs.toml", registry)
+    assert cli.main(["doctor", "--dsn", dsn, "-d", definitions, "--json"]) == 1  # autovacuum is off on the tables
+    out = json.loads(capsys.readouterr().out)
+    assert out["status"] == "fail"
+    assert [f["check"] for f in out["findings"]][:1] == ["schema"]
+    assert {f["check"] for f in out["findings"]} == set(CHECKS)
+    for statement in out["fixes"]:
+        conn.execute(statement)
+    assert cli.main(["doctor", "--dsn", dsn, "-d", definitions, "--schema", schema]) == 0
+    assert "pgfeatures doctor" in capsys.readouterr().out
