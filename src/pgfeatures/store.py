@@ -15,9 +15,9 @@ connection, reads the hot keys once, and only then sets ``ready``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg_pool import PoolTimeout
@@ -46,6 +46,10 @@ from .reader import (
     parse_key,
     parse_keys,
 )
+from .write import UpdateRows, plan_updates
+
+if TYPE_CHECKING:  # load.py imports pyarrow: only a bulk load pays for it
+    from .load import LoadSummary
 
 WARMUP_KEY = bytes(KEY_LENGTH)  # any key will do: warm-up prepares statements, it does not need rows
 
@@ -124,6 +128,16 @@ def _translate_errors(dsn: str, acquire_timeout: float) -> Iterator[None]:
 # Each pooled read connection keeps one raw cursor, made when the connection is warmed:
 # making a cursor per request costs more client CPU than decoding 30 tables.
 _CURSOR = "_pgfeatures_cursor"
+_PIPELINE_CURSORS = "_pgfeatures_pipeline_cursors"
+
+
+def _pipeline_cursors(conn: Any, n: int, factory: Any) -> list[Any]:
+    """At least ``n`` cursors kept on the connection for the pipeline strategy (one per statement)."""
+    cursors = getattr(conn, _PIPELINE_CURSORS, None)
+    if cursors is None or len(cursors) < n:
+        cursors = [factory(conn) for _ in range(n)]
+        setattr(conn, _PIPELINE_CURSORS, cursors)
+    return cursors
 
 
 # -- sync -----------------------------------------------------------------------------------------
@@ -137,12 +151,12 @@ def _execute(conn: psycopg.Connection, reader: Reader, params: tuple[Any, ...]) 
         return reader.decode(cur.fetchone() if fetch is Fetch.ONE else cur.fetchall())
     if fetch is Fetch.PIPELINE:
         # One cursor per statement: a cursor keeps only its last result in a pipeline.
-        cursors = [psycopg.RawCursor(conn) for _ in reader.statements]
+        cursors = _pipeline_cursors(conn, len(reader.statements), psycopg.RawCursor)
         with conn.pipeline():
             for cur, stmt in zip(cursors, reader.statements):
                 cur.execute(stmt, params, prepare=True, binary=True)
-        return reader.decode([cur.fetchone() for cur in cursors])
-    cur = psycopg.RawCursor(conn)
+        return reader.decode([cur.fetchone() for cur, _ in zip(cursors, reader.statements)])
+    cur = getattr(conn, _CURSOR, None) or psycopg.RawCursor(conn)
     rows = []
     for stmt in reader.statements:
         cur.execute(stmt, params, prepare=True, binary=True)
@@ -285,6 +299,40 @@ class FeatureStore(_StoreCore):
             return result
         raise AssertionError("unreachable")
 
+    # -- write path (see write.py / load.py): thin shells over the pure planning, on the write pool --
+
+    @contextlib.contextmanager
+    def write_connection(self) -> Iterator[psycopg.Connection]:
+        """A write-pool connection, with database errors translated."""
+        assert self.write_pool is not None, "store is not open"
+        with _translate_errors(self.dsn or "", self.acquire_timeout), self.write_pool.connection() as conn:
+            yield conn
+
+    def write_features(self, table: str, data: Any, **options: Any) -> LoadSummary:
+        """Bulk-load ``data`` (files, Arrow, pandas/polars) into ``table`` in one transaction; see
+        ``load.load`` for the sources, the options (LoadOptions fields and ``progress``) and the errors."""
+        from .load import load
+
+        with self.write_connection() as conn:
+            return load(conn, self.registry, table, data, **options)
+
+    def update_features(self, key: bytes | str, table: str, values: Mapping[str, Any], *, nan: str = "reject") -> None:
+        """Upsert some or all features of one entity, in one round-trip (see write.py)."""
+        self.update_features_batch(table, [(key, values)], nan=nan)
+
+    def update_features_batch(self, table: str, rows: UpdateRows, *, nan: str = "reject") -> int:
+        """Upsert many entities (``{key: values}`` or ``(key, values)`` pairs) in one round-trip and
+        one transaction. Returns the number of distinct keys written."""
+        plans = plan_updates(self.registry, table, rows, nan=nan)
+        with self.write_connection() as conn:
+            if len(plans) == 1:
+                psycopg.RawCursor(conn).execute(plans[0][0].statement, plans[0][1], prepare=True)
+            else:  # rows setting different columns: one statement per column set, one transaction
+                with conn.transaction(), conn.pipeline():
+                    for upsert, params in plans:
+                        psycopg.RawCursor(conn).execute(upsert.statement, params, prepare=True)
+        return sum(len(params[0]) for _, params in plans)
+
 
 # -- async ----------------------------------------------------------------------------------------
 
@@ -296,12 +344,12 @@ async def _execute_async(conn: psycopg.AsyncConnection, reader: Reader, params: 
         await cur.execute(reader.statements[0], params, prepare=True, binary=True)
         return reader.decode(await cur.fetchone() if fetch is Fetch.ONE else await cur.fetchall())
     if fetch is Fetch.PIPELINE:
-        cursors = [psycopg.AsyncRawCursor(conn) for _ in reader.statements]
+        cursors = _pipeline_cursors(conn, len(reader.statements), psycopg.AsyncRawCursor)
         async with conn.pipeline():
             for cur, stmt in zip(cursors, reader.statements):
                 await cur.execute(stmt, params, prepare=True, binary=True)
-        return reader.decode([await cur.fetchone() for cur in cursors])
-    cur = psycopg.AsyncRawCursor(conn)
+        return reader.decode([await cur.fetchone() for cur, _ in zip(cursors, reader.statements)])
+    cur = getattr(conn, _CURSOR, None) or psycopg.AsyncRawCursor(conn)
     rows = []
     for stmt in reader.statements:
         await cur.execute(stmt, params, prepare=True, binary=True)
@@ -422,3 +470,34 @@ class AsyncFeatureStore(_StoreCore):
             await pool.putconn(conn)
             return result
         raise AssertionError("unreachable")
+
+    # -- write path (see write.py / load.py): thin shells over the pure planning, on the write pool --
+
+    @contextlib.asynccontextmanager
+    async def write_connection(self):  # type: ignore[no-untyped-def]
+        """A write-pool connection, with database errors translated."""
+        assert self.write_pool is not None, "store is not open"
+        with _translate_errors(self.dsn or "", self.acquire_timeout):
+            async with self.write_pool.connection() as conn:
+                yield conn
+
+    async def write_features(self, table: str, data: Any, **options: Any) -> LoadSummary:
+        """``FeatureStore.write_features``; file reading and encoding run on a worker thread."""
+        from .load import load_async
+
+        async with self.write_connection() as conn:
+            return await load_async(conn, self.registry, table, data, **options)
+
+    async def update_features(self, key: bytes | str, table: str, values: Mapping[str, Any], *, nan: str = "reject") -> None:
+        await self.update_features_batch(table, [(key, values)], nan=nan)
+
+    async def update_features_batch(self, table: str, rows: UpdateRows, *, nan: str = "reject") -> int:
+        plans = plan_updates(self.registry, table, rows, nan=nan)
+        async with self.write_connection() as conn:
+            if len(plans) == 1:
+                await psycopg.AsyncRawCursor(conn).execute(plans[0][0].statement, plans[0][1], prepare=True)
+            else:
+                async with conn.transaction(), conn.pipeline():
+                    for upsert, params in plans:
+                        await psycopg.AsyncRawCursor(conn).execute(upsert.statement, params, prepare=True)
+        return sum(len(params[0]) for _, params in plans)
