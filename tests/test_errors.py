@@ -37,6 +37,7 @@ def store(conn, schema, dsn):
     (b"x" * 33, "must be 32 bytes, got 33"),
     ("ab" * 31, "64 hex characters, got 62"),
     ("zz" * 32, "non-hex"),
+    ("ab " * 21 + "a", "non-hex"),  # 64 characters with whitespace, which bytes.fromhex would skip
     (12345, "got int"),
     (None, "got NoneType"),
 ])

@@ -79,3 +79,19 @@ def test_async_store_warms_and_retries_killed_connections(registry, dsn, conn, s
                 assert await store.get_features(bytes(32), ["t00"]) == {"t00": None}
 
     asyncio.run(run())
+
+
+def test_read_sessions_use_generic_plans_and_write_pool_is_optional(registry, dsn):
+    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=0) as store:
+        assert store.write_pool is None
+        with store.connection() as c:
+            assert c.execute("SHOW plan_cache_mode").fetchone() == ("force_generic_plan",)
+        # the batch statement (an array parameter) is planned once, not at every execution
+        for n in (1, 3, 7):
+            store.get_features_batch([bytes(32)] * n)
+        with store.connection() as c:
+            stmt = store.batch_reader().statement.decode()
+            plans = c.execute(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = %s", [stmt]
+            ).fetchone()
+            assert plans[1] == 0 and plans[0] >= 4

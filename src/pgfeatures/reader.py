@@ -102,9 +102,12 @@ def parse_key(key: bytes | bytearray | memoryview | str) -> bytes:
         if len(key) != 2 * KEY_LENGTH:
             raise KeyFormatError(f"hex key must be {2 * KEY_LENGTH} hex characters, got {len(key)} characters")
         try:
-            return bytes.fromhex(key)
+            raw = bytes.fromhex(key)
         except ValueError:
-            raise KeyFormatError(f"hex key has non-hex characters: {key!r}") from None
+            raw = b""
+        if len(raw) != KEY_LENGTH:  # fromhex skips whitespace: "ab cd..." would decode short
+            raise KeyFormatError(f"hex key has non-hex characters: {key!r}")
+        return raw
     if isinstance(key, (bytearray, memoryview)):
         return parse_key(bytes(key))
     raise KeyFormatError(f"key must be bytes (32) or a hex string (64 characters), got {type(key).__name__}")

@@ -53,6 +53,13 @@ if TYPE_CHECKING:  # load.py imports pyarrow: only a bulk load pays for it
 
 WARMUP_KEY = bytes(KEY_LENGTH)  # any key will do: warm-up prepares statements, it does not need rows
 
+# Read sessions always use the generic plan of a prepared statement. Under the default
+# plan_cache_mode=auto, PostgreSQL re-plans the batch statement (an array parameter) at every
+# execution, because a custom plan looks cheaper for each array length; planning thirty
+# subqueries costs about as much as running them. Every read is a primary-key lookup whose best
+# plan does not depend on the key, so the generic plan is always the right one.
+READ_SESSION_SETUP = b"SET plan_cache_mode = force_generic_plan"
+
 
 class _StoreCore:
     """What both stores share: the registry, compiled readers, settings. No I/O."""
@@ -195,13 +202,15 @@ class FeatureStore(_StoreCore):
             dsn, size=self.pool_size, application_name=self.read_application_name,
             connect_timeout=self.connect_timeout, acquire_timeout=self.acquire_timeout, configure=self._warm,
         )
-        self.write_pool = make_pool(
-            dsn, size=self.write_pool_size, application_name=self.write_application_name,
-            connect_timeout=self.connect_timeout, acquire_timeout=self.acquire_timeout,
-        )
+        if self.write_pool_size > 0:
+            self.write_pool = make_pool(
+                dsn, size=self.write_pool_size, application_name=self.write_application_name,
+                connect_timeout=self.connect_timeout, acquire_timeout=self.acquire_timeout,
+            )
         try:
             self.read_pool.open(wait=True, timeout=self.connect_timeout + 10)
-            self.write_pool.open(wait=True, timeout=self.connect_timeout + 10)
+            if self.write_pool is not None:
+                self.write_pool.open(wait=True, timeout=self.connect_timeout + 10)
         except PoolTimeout as exc:
             self.close()
             raise unavailable(dsn, exc, self.connect_timeout) from exc
@@ -211,6 +220,7 @@ class FeatureStore(_StoreCore):
 
     def _warm(self, conn: psycopg.Connection) -> None:
         cur = psycopg.RawCursor(conn)
+        cur.execute(READ_SESSION_SETUP)
         for stmt, params in self._warmup_statements():
             cur.execute(stmt, params, prepare=True, binary=True)
             cur.fetchall()
@@ -304,7 +314,8 @@ class FeatureStore(_StoreCore):
     @contextlib.contextmanager
     def write_connection(self) -> Iterator[psycopg.Connection]:
         """A write-pool connection, with database errors translated."""
-        assert self.write_pool is not None, "store is not open"
+        if self.write_pool is None:
+            raise DatabaseUnavailableError("no write pool: the store is not open or was opened with write_pool_size=0")
         with _translate_errors(self.dsn or "", self.acquire_timeout), self.write_pool.connection() as conn:
             yield conn
 
@@ -325,12 +336,19 @@ class FeatureStore(_StoreCore):
         one transaction. Returns the number of distinct keys written."""
         plans = plan_updates(self.registry, table, rows, nan=nan)
         with self.write_connection() as conn:
+            cur = psycopg.RawCursor(conn)
             if len(plans) == 1:
-                psycopg.RawCursor(conn).execute(plans[0][0].statement, plans[0][1], prepare=True)
-            else:  # rows setting different columns: one statement per column set, one transaction
-                with conn.transaction(), conn.pipeline():
+                cur.execute(plans[0][0].statement, plans[0][1], prepare=True)
+                return len(plans[0][1][0])
+            try:  # rows setting different columns: a statement per column set, one transaction, one round-trip
+                with conn.pipeline():
+                    cur.execute(b"BEGIN", prepare=False)
                     for upsert, params in plans:
-                        psycopg.RawCursor(conn).execute(upsert.statement, params, prepare=True)
+                        cur.execute(upsert.statement, params, prepare=True)
+                    cur.execute(b"COMMIT", prepare=False)
+            except BaseException:
+                conn.rollback()
+                raise
         return sum(len(params[0]) for _, params in plans)
 
 
@@ -381,13 +399,15 @@ class AsyncFeatureStore(_StoreCore):
             dsn, size=self.pool_size, application_name=self.read_application_name,
             connect_timeout=self.connect_timeout, acquire_timeout=self.acquire_timeout, configure=self._warm,
         )
-        self.write_pool = make_async_pool(
-            dsn, size=self.write_pool_size, application_name=self.write_application_name,
-            connect_timeout=self.connect_timeout, acquire_timeout=self.acquire_timeout,
-        )
+        if self.write_pool_size > 0:
+            self.write_pool = make_async_pool(
+                dsn, size=self.write_pool_size, application_name=self.write_application_name,
+                connect_timeout=self.connect_timeout, acquire_timeout=self.acquire_timeout,
+            )
         try:
             await self.read_pool.open(wait=True, timeout=self.connect_timeout + 10)
-            await self.write_pool.open(wait=True, timeout=self.connect_timeout + 10)
+            if self.write_pool is not None:
+                await self.write_pool.open(wait=True, timeout=self.connect_timeout + 10)
         except PoolTimeout as exc:
             await self.close()
             raise unavailable(dsn, exc, self.connect_timeout) from exc
@@ -397,6 +417,7 @@ class AsyncFeatureStore(_StoreCore):
 
     async def _warm(self, conn: psycopg.AsyncConnection) -> None:
         cur = psycopg.AsyncRawCursor(conn)
+        await cur.execute(READ_SESSION_SETUP)
         for stmt, params in self._warmup_statements():
             await cur.execute(stmt, params, prepare=True, binary=True)
             await cur.fetchall()
@@ -476,7 +497,8 @@ class AsyncFeatureStore(_StoreCore):
     @contextlib.asynccontextmanager
     async def write_connection(self):  # type: ignore[no-untyped-def]
         """A write-pool connection, with database errors translated."""
-        assert self.write_pool is not None, "store is not open"
+        if self.write_pool is None:
+            raise DatabaseUnavailableError("no write pool: the store is not open or was opened with write_pool_size=0")
         with _translate_errors(self.dsn or "", self.acquire_timeout):
             async with self.write_pool.connection() as conn:
                 yield conn
@@ -494,10 +516,17 @@ class AsyncFeatureStore(_StoreCore):
     async def update_features_batch(self, table: str, rows: UpdateRows, *, nan: str = "reject") -> int:
         plans = plan_updates(self.registry, table, rows, nan=nan)
         async with self.write_connection() as conn:
+            cur = psycopg.AsyncRawCursor(conn)
             if len(plans) == 1:
-                await psycopg.AsyncRawCursor(conn).execute(plans[0][0].statement, plans[0][1], prepare=True)
-            else:
-                async with conn.transaction(), conn.pipeline():
+                await cur.execute(plans[0][0].statement, plans[0][1], prepare=True)
+                return len(plans[0][1][0])
+            try:
+                async with conn.pipeline():
+                    await cur.execute(b"BEGIN", prepare=False)
                     for upsert, params in plans:
-                        await psycopg.AsyncRawCursor(conn).execute(upsert.statement, params, prepare=True)
+                        await cur.execute(upsert.statement, params, prepare=True)
+                    await cur.execute(b"COMMIT", prepare=False)
+            except BaseException:
+                await conn.rollback()
+                raise
         return sum(len(params[0]) for _, params in plans)
