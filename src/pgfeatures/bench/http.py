@@ -1,0 +1,408 @@
+"""HTTP benchmark: what ``pgfeatures serve`` adds over the library call, and what coalescing does.
+
+One command, ``pgfeatures bench-http``, against the demo data (schema
+``demo``, read-only), in one run:
+
+1. **Added latency, one client.** The same reads (random demo keys, all 30
+   tables) through ``AsyncFeatureStore.read`` in this process and through
+   ``POST /v1/features`` of two servers (coalescing off and on), in
+   alternating rounds; added = HTTP percentile minus library percentile.
+2. **Throughput at 1, 8 and 32 concurrent clients** for the library, HTTP
+   with coalescing off and HTTP with coalescing on, again in alternating
+   rounds of ``--seconds`` each, closed loop (each client sends its next
+   request when the previous answer arrived).
+
+Both servers are real ``pgfeatures serve`` processes on loopback ports. The
+client is a minimal HTTP/1.1 keep-alive client on asyncio (uvloop when
+installed), one connection per simulated client, requests pre-encoded; it
+parses each response with orjson, as a model server would, so the library
+and HTTP timings both end with a Python dict. The client shares the
+machine's cores with the servers and PostgreSQL: throughput figures are for
+the whole box, and only ratios within one run are meaningful on a shared
+machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--requests", type=int, default=2000, help="one-client latency: timed requests per variant")
+    p.add_argument("--concurrency", default="1,8,32", help="concurrent clients for the throughput runs")
+    p.add_argument("--seconds", type=float, default=1.0, help="length of one throughput round per variant")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds per concurrency level")
+    p.add_argument("--pool-size", type=int, default=4, help="read connections (servers and library alike)")
+    p.add_argument("--workers", type=int, default=1, help="server worker processes")
+    p.add_argument("--window-us", type=int, default=0, help="coalescing window of the coalescing server (µs)")
+    p.add_argument("--entities", type=int, default=100_000, help="demo entities keys are drawn from")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", dest="json_out", help="also write the figures to this JSON file")
+
+
+# -- a minimal HTTP/1.1 client --------------------------------------------------------------------
+
+
+class HTTPConnection:
+    """One keep-alive connection that sends pre-encoded requests and reads Content-Length responses."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> "HTTPConnection":
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(reader, writer)
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        start = head.lower().find(b"content-length:")
+        if start < 0:
+            raise RuntimeError(f"response without Content-Length: {head!r}")
+        length = int(head[start + 15 : head.index(b"\r\n", start)])
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def post_request(path: str, body: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+# -- servers --------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    """A ``pgfeatures serve`` subprocess on a free loopback port (benchmarks and tests).
+
+    The child's environment is this one without ``PGFEATURES_*`` variables
+    (the flags and ``env`` say everything), plus ``env``.
+    """
+
+    def __init__(self, *flags: str, env: Mapping[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.cmd = [sys.executable, "-m", "pgfeatures.cli", "serve", "--port", str(self.port), *flags]
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PGFEATURES_")} | dict(env or {})
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_within: float | None = 60) -> "ServeProcess":
+        """Start it; unless ``ready_within`` is None, wait until ``/readyz`` answers 200."""
+        self.proc = subprocess.Popen(self.cmd, env=self.env)
+        if ready_within is not None:
+            self.wait_ready(ready_within)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        import httpx
+
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pgfeatures serve exited with {self.proc.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"pgfeatures serve did not become ready within {timeout:g} s")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 30) -> int | None:
+        """SIGTERM (graceful: in-flight requests finish), then SIGKILL after ``timeout``; the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def __enter__(self) -> "ServeProcess":
+        return self if self.proc is not None else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve_flags(dsn: str, *, coalesce: bool, pool_size: int, workers: int, window_us: int) -> list[str]:
+    return [
+        "--dsn", dsn, "--pool-size", str(pool_size), "--workers", str(workers), "--log-level", "warning",
+        "--coalesce" if coalesce else "--no-coalesce", "--coalesce-window-us", str(window_us),
+    ]
+
+
+# -- measurement ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Throughput:
+    variant: str
+    clients: int
+    requests: int
+    seconds: float
+    per_second: float
+    p50_ms: float
+    p99_ms: float
+    cpu_ms: dict[str, float]  # CPU per request: server process(es), their PostgreSQL backends, this client
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU used so far by these processes (Linux /proc; 0 for one that is gone or unreadable)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants (uvicorn's workers), from /proc/<pid>/task/*/children."""
+    out = [pid]
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            for child in children.read_text().split():
+                out.extend(process_tree(int(child)))
+    return out
+
+
+def backend_pids(dsn: str, client_pids: Iterable[int]) -> list[int]:
+    """The PostgreSQL backends serving these client processes' connections (matched by TCP port, Linux /proc)."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    pg_port = int(conninfo_to_dict(dsn).get("port") or 5432)
+    inodes = set()
+    for pid in client_pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:["):
+                        inodes.add(link[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                f = line.split()
+                if f[9] in inodes and int(f[2].rsplit(":", 1)[1], 16) == pg_port:
+                    ports.add(int(f[1].rsplit(":", 1)[1], 16))
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT pid, client_port FROM pg_stat_activity WHERE client_port IS NOT NULL").fetchall()
+    return [pid for pid, port in rows if port in ports]
+
+
+def percentile_ms(latencies_ns: Sequence[int], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(np.asarray(latencies_ns, dtype=np.float64), q)) / 1e6 if latencies_ns else float("nan")
+
+
+async def closed_loop(calls: Sequence[Callable[[int], Awaitable[Any]]], n_keys: int, seconds: float, seed: int) -> tuple[list[int], float]:
+    """Each call (one per client) runs back to back for ``seconds``; returns every latency and the elapsed time."""
+    latencies: list[int] = []
+    clock = time.perf_counter_ns
+    stop_at = clock() + int(seconds * 1e9)
+
+    async def client(call: Callable[[int], Awaitable[Any]], rng: random.Random) -> None:
+        while True:
+            t0 = clock()
+            if t0 >= stop_at:
+                return
+            await call(rng.randrange(n_keys))
+            latencies.append(clock() - t0)
+
+    t0 = clock()
+    await asyncio.gather(*(client(c, random.Random(seed + i)) for i, c in enumerate(calls)))
+    return latencies, (clock() - t0) / 1e9
+
+
+async def run_benchmark(args: argparse.Namespace, dsn: str, servers: dict[str, ServeProcess]) -> dict[str, Any]:
+    import orjson
+
+    from ..definitions import demo_registry
+    from ..demo import entity_keys
+    from ..store import AsyncFeatureStore
+
+    rng = random.Random(args.seed)
+    keys = entity_keys(args.entities)
+    sample = [keys[rng.randrange(len(keys))] for _ in range(5000)]
+    requests = [post_request("/v1/features", orjson.dumps({"key": k.hex()})) for k in sample]
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+    most = max(concurrency)
+
+    async with AsyncFeatureStore(demo_registry(), dsn, pool_size=args.pool_size, write_pool_size=1) as store:
+        reader = store.reader()
+        conns = {name: [await HTTPConnection.open("127.0.0.1", srv.port) for _ in range(most)] for name, srv in servers.items()}
+
+        def library(_: int) -> Callable[[int], Awaitable[Any]]:
+            return lambda i: store.read(reader, sample[i])
+
+        def http(name: str, client: int) -> Callable[[int], Awaitable[Any]]:
+            conn = conns[name][client]
+
+            async def call(i: int) -> Any:
+                status, body = await conn.request(requests[i])
+                if status != 200:
+                    raise RuntimeError(f"{name}: HTTP {status}: {body[:300]!r}")
+                return orjson.loads(body)["features"]
+
+            return call
+
+        variants: dict[str, Callable[[int], Callable[[int], Awaitable[Any]]]] = {"library": library}
+        for name in servers:
+            variants[name] = lambda c, name=name: http(name, c)
+
+        # Same answers everywhere, before anything is timed.
+        for i in range(20):
+            expected = await store.read(reader, sample[i])
+            for name in servers:
+                got = await variants[name](0)(i)
+                if got != expected:
+                    raise RuntimeError(f"{name} disagrees with the library for key {sample[i].hex()}")
+
+        # 1. one client, alternating rounds
+        latency: dict[str, list[int]] = {name: [] for name in variants}
+        rounds = 10
+        per_round = max(1, args.requests // rounds)
+        for name in variants:  # warm-up
+            await closed_loop([variants[name](0)], len(sample), 0.2, args.seed)
+        for r in range(rounds):
+            for name, make in variants.items():
+                call = make(0)
+                order = [rng.randrange(len(sample)) for _ in range(per_round)]
+                out = latency[name]
+                for i in order:
+                    t0 = time.perf_counter_ns()
+                    await call(i)
+                    out.append(time.perf_counter_ns() - t0)
+
+        # 2. throughput, alternating rounds per concurrency level, with CPU time per request
+        # (robust where throughput is not: other processes on a shared machine take CPU, not CPU per request)
+        serving = {"library": []} | {name: process_tree(srv.proc.pid) for name, srv in servers.items() if srv.proc}
+        backends = {name: backend_pids(dsn, pids or [os.getpid()]) for name, pids in serving.items()}
+        through: list[Throughput] = []
+        for clients in concurrency:
+            lat: dict[str, list[int]] = {name: [] for name in variants}
+            elapsed: dict[str, float] = dict.fromkeys(variants, 0.0)
+            cpu = {name: dict.fromkeys(("server", "postgres", "client"), 0.0) for name in variants}
+            for r in range(args.rounds):
+                for name, make in variants.items():
+                    before = (cpu_seconds(serving[name]), cpu_seconds(backends[name]), time.process_time())
+                    got, secs = await closed_loop([make(c) for c in range(clients)], len(sample), args.seconds, args.seed + r)
+                    after = (cpu_seconds(serving[name]), cpu_seconds(backends[name]), time.process_time())
+                    for part, b, a in zip(("server", "postgres", "client"), before, after):
+                        cpu[name][part] += a - b
+                    lat[name].extend(got)
+                    elapsed[name] += secs
+            for name in variants:
+                n = len(lat[name])
+                through.append(Throughput(name, clients, n, elapsed[name], n / elapsed[name],
+                                          percentile_ms(lat[name], 50), percentile_ms(lat[name], 99),
+                                          {part: 1e3 * v / n for part, v in cpu[name].items()}))
+        for group in conns.values():
+            for conn in group:
+                conn.close()
+
+    return {
+        "latency": {name: {"n": len(v), "p50_ms": percentile_ms(v, 50), "p99_ms": percentile_ms(v, 99)} for name, v in latency.items()},
+        "throughput": [asdict(t) for t in through],
+    }
+
+
+def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 132))  # the throughput table is wide; never wrap its cells
+    lat = figures["latency"]
+    base = lat["library"]
+    table = Table(title=f"one client, loopback, 30 tables, {args.requests} requests per variant (alternating rounds)")
+    for col in ["variant", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms"]:
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for name, s in lat.items():
+        added = name != "library"
+        table.add_row(name, f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}",
+                      f"{s['p50_ms'] - base['p50_ms']:+.3f}" if added else "", f"{s['p99_ms'] - base['p99_ms']:+.3f}" if added else "")
+    console.print(table)
+
+    table = Table(title=f"throughput, closed loop, pool {args.pool_size}, {args.workers} worker(s), "
+                        f"{args.rounds} x {args.seconds:g} s per cell (alternating rounds)")
+    for col in ["clients", "variant", "req/s", "p50 ms", "p99 ms", "vs off",
+                "CPU ms/req: server", "postgres", "client", "total"]:
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    rows = figures["throughput"]
+    for clients in sorted({r["clients"] for r in rows}):
+        level = {r["variant"]: r for r in rows if r["clients"] == clients}
+        off = level.get("http")
+        for name, r in level.items():
+            ratio = f"{r['per_second'] / off['per_second']:.2f}x" if off and name != "library" else ""
+            cpu = r["cpu_ms"]
+            table.add_row(str(clients), name, f"{r['per_second']:,.0f}", f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", ratio,
+                          f"{cpu['server']:.3f}" if name != "library" else "", f"{cpu['postgres']:.3f}",
+                          f"{cpu['client']:.3f}", f"{sum(cpu.values()):.3f}")
+        table.add_section()
+    console.print(table)
+    console.print("library = AsyncFeatureStore.read in the client process; http = POST /v1/features, coalescing off; "
+                  f"http+coalesce = coalescing on (window {args.window_us} µs). The client shares the CPU with the "
+                  f"servers and PostgreSQL ({os.cpu_count()} cores). CPU ms/req: user+system time per request of the "
+                  "server process, of the PostgreSQL backends serving it (the library's own, for 'library'), and of "
+                  "this client process; on a shared machine it is steadier than req/s.")
+
+
+def main(args: argparse.Namespace, dsn: str) -> int:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        present = conn.execute("SELECT to_regclass('demo.t29') IS NOT NULL").fetchone()[0]
+    if not present:
+        print("the demo data is missing: run 'pgfeatures demo' first", file=sys.stderr)
+        return 2
+    common = dict(pool_size=args.pool_size, workers=args.workers, window_us=args.window_us)
+    with ServeProcess(*serve_flags(dsn, coalesce=False, **common)) as off, \
+            ServeProcess(*serve_flags(dsn, coalesce=True, **common)) as on:
+        try:
+            import uvloop
+
+            runner: Callable[..., Any] = uvloop.run
+        except ImportError:
+            runner = asyncio.run
+        figures = runner(run_benchmark(args, dsn, {"http": off, "http+coalesce": on}))
+    report(figures, args)
+    if args.json_out:
+        with open(args.json_out, "w") as fh:
+            settings = {k: v for k, v in vars(args).items() if k != "func"}
+            json.dump({"settings": settings, **figures}, fh, indent=2)
+    return 0

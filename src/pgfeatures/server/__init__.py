@@ -1,0 +1,36 @@
+"""The HTTP feature service (``pgfeatures serve``): Starlette on uvicorn over the async store.
+
+- ``config``: settings, flags > environment > config file > defaults;
+- ``service``: one worker's store, coalescing, deadlines, readiness (no HTTP);
+- ``coalesce``: merging concurrent single-key reads into batched queries;
+- ``app``: routes, request parsing, auth, errors; ``create_app`` is the factory;
+- ``errors``: how failures map to HTTP statuses and JSON bodies;
+- ``metrics``: Prometheus metrics; ``openapi``: the OpenAPI document;
+- ``runner``: uvicorn and its workers.
+
+Names are imported on first use, so ``pgfeatures --help`` does not load Starlette.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "create_app": "app",
+    "warmup_hooks": "app",
+    "ServerConfig": "config",
+    "load_config": "config",
+    "run": "runner",
+    "Service": "service",
+    "WarmupHook": "service",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

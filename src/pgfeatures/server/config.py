@@ -1,0 +1,207 @@
+"""The service's settings and where they come from: flags > environment > config file > defaults.
+
+Every setting is one field of ``ServerConfig``; its flag (``--pool-size``),
+environment variable (``PGFEATURES_POOL_SIZE``) and config-file key
+(``pool_size``) are derived from the field name, so the three sources cannot
+drift apart. The config file is TOML with the settings at top level::
+
+    host = "0.0.0.0"
+    port = 8000
+    workers = 2
+    pool_size = 4
+    definitions = "features.toml"
+    coalesce = true
+
+and is named by ``--config`` or ``$PGFEATURES_CONFIG``. Unknown keys and
+values of the wrong type are rejected with a ConfigError that names the
+valid ones: a typo in a config file must not be silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..definitions import Registry, demo_registry
+from ..errors import ConfigError, PgFeaturesError
+from ..reader import Strategy
+
+ENV_PREFIX = "PGFEATURES_"
+CONFIG_FILE_ENV = "PGFEATURES_CONFIG"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false (or 1/0, yes/no, on/off)")
+
+
+def _number(kind: type) -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        if isinstance(value, bool) or (kind is int and isinstance(value, float)):
+            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}")
+        return kind(value)
+
+    return parse
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise ValueError("expected a string")
+    return str(value)
+
+
+def _setting(default: Any, help: str, parse: Callable[[Any], Any], *, minimum: float | None = None, secret: bool = False) -> Any:
+    """A setting's field; a secret one (a DSN may hold a password) is left out of the repr, hence out of tracebacks."""
+    return field(default=default, repr=not secret, metadata={"help": help, "parse": parse, "minimum": minimum})
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``pgfeatures serve`` needs. Build with ``load_config``; every field has a sensible default."""
+
+    host: str = _setting("127.0.0.1", "address to listen on", _text)
+    port: int = _setting(8000, "TCP port to listen on", _number(int), minimum=0)
+    workers: int = _setting(1, "worker processes (each has its own pools)", _number(int), minimum=1)
+    dsn: str | None = _setting(None, "PostgreSQL connection string (default: the embedded server)", _text, secret=True)
+    definitions: str | None = _setting(None, "feature-table definitions TOML (default: the demo layout)", _text)
+    pool_size: int = _setting(4, "read connections per worker", _number(int), minimum=1)
+    strategy: str = _setting("single", "read strategy for single-key requests", _text)
+    prewarm: bool = _setting(
+        False, "load the feature tables and indexes into shared_buffers (pgfeatures warmup) before reporting ready", _bool
+    )
+    max_batch_keys: int = _setting(1000, "most keys one /v1/features/batch request may carry", _number(int), minimum=1)
+    coalesce: bool = _setting(False, "merge concurrent single-key requests into batched queries", _bool)
+    coalesce_window_us: int = _setting(
+        0, "how long the first request of a coalesced batch waits for company, in microseconds "
+        "(0: the requests of the same event-loop iteration)", _number(int), minimum=0
+    )
+    coalesce_max_keys: int = _setting(16, "most keys in one coalesced query", _number(int), minimum=1)
+    acquire_timeout: float = _setting(
+        1.0, "seconds a request waits for a pooled connection before 503", _number(float), minimum=0.001
+    )
+    request_timeout: float = _setting(
+        5.0, "seconds a request may spend on the database in all before 503", _number(float), minimum=0.001
+    )
+    connect_timeout: float = _setting(5.0, "seconds to wait for a new database connection", _number(float), minimum=0.001)
+    retry_after: int = _setting(1, "Retry-After seconds sent with 503 responses", _number(int), minimum=0)
+    token: str | None = _setting(
+        None, "bearer token required on every endpoint but /healthz and /readyz", _text, secret=True
+    )
+    graceful_timeout: float = _setting(
+        30.0, "seconds to let in-flight requests finish on shutdown", _number(float), minimum=0
+    )
+    keep_alive: float = _setting(
+        60.0, "seconds an idle client connection is kept open (model servers reuse theirs)", _number(float), minimum=0
+    )
+    log_level: str = _setting("info", "log level", _text)
+    access_log: bool = _setting(False, "log every request (costs CPU per request)", _bool)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value, minimum = getattr(self, f.name), f.metadata["minimum"]
+            if minimum is not None and value < minimum:
+                raise ConfigError(f"{f.name} must be at least {minimum:g}, got {value!r}")
+        if self.port > 65535:
+            raise ConfigError(f"port must be at most 65535, got {self.port}")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"unknown log_level {self.log_level!r}; valid: {', '.join(LOG_LEVELS)}")
+        try:
+            Strategy.parse(self.strategy)
+        except PgFeaturesError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @property
+    def coalesce_window(self) -> float:
+        return self.coalesce_window_us / 1e6
+
+    @property
+    def max_body_bytes(self) -> int:
+        """Largest request body read: room for ``max_batch_keys`` keys plus a generous feature selection."""
+        return max(1 << 20, self.max_batch_keys * 80)
+
+    def registry(self) -> Registry:
+        """The feature tables served. Raises DefinitionError for a bad definitions file."""
+        return Registry.from_toml(self.definitions) if self.definitions else demo_registry()
+
+    def replace(self, **changes: Any) -> "ServerConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        """For handing the config to worker processes (through their environment)."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ServerConfig":
+        return cls(**json.loads(text))
+
+
+
+SETTINGS: tuple[dataclasses.Field, ...] = dataclasses.fields(ServerConfig)  # type: ignore[arg-type]
+NAMES = tuple(f.name for f in SETTINGS)
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse(f: dataclasses.Field, value: Any, source: str) -> Any:
+    try:
+        return f.metadata["parse"](value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: invalid value {value!r} for {f.name}: {exc}") from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The settings in a TOML config file. Raises ConfigError for a missing file, bad TOML or unknown keys."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(NAMES))
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(NAMES)}")
+    by_name = {f.name: f for f in SETTINGS}
+    return {name: _parse(by_name[name], value, str(path)) for name, value in data.items()}
+
+
+def load_config(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> ServerConfig:
+    """Merge the sources: a flag that is not None wins, then ``PGFEATURES_<NAME>``, then the file, then the default.
+
+    ``config_file`` defaults to ``$PGFEATURES_CONFIG``. Raises ConfigError naming the bad setting and its source.
+    """
+    flags = flags or {}
+    environ = os.environ if environ is None else environ
+    config_file = config_file or environ.get(CONFIG_FILE_ENV)
+    values: dict[str, Any] = read_config_file(config_file) if config_file else {}
+    for f in SETTINGS:
+        env = environ.get(env_name(f.name))
+        if env not in (None, ""):
+            values[f.name] = _parse(f, env, f"${env_name(f.name)}")
+        flag = flags.get(f.name)
+        if flag is not None:
+            values[f.name] = _parse(f, flag, flag_name(f.name))
+    return ServerConfig(**values)

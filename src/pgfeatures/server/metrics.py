@@ -1,0 +1,147 @@
+"""Prometheus metrics of the service, served at ``/metrics``.
+
+- ``pgfeatures_http_requests_total{endpoint,status}`` and
+  ``pgfeatures_http_request_duration_seconds{endpoint}``: every request,
+  timed from the first byte the app sees to the last it sends;
+- ``pgfeatures_db_duration_seconds{kind}``: time in the store per database
+  call (``single``, ``batch``, ``coalesced``), pool wait included;
+- ``pgfeatures_db_errors_total{reason}``: ``unavailable`` (pool timeout,
+  lost connection) and ``timeout`` (request deadline);
+- ``pgfeatures_coalesced_batch_keys``: keys per coalesced query;
+- ``pgfeatures_table_rows_total{table}`` / ``pgfeatures_table_misses_total{table}``:
+  rows found and keys absent, per feature table;
+- ``pgfeatures_pool_connections{state}`` (size, available),
+  ``pgfeatures_pool_requests_waiting``, ``pgfeatures_pool_errors{kind}``:
+  the read pool, from psycopg_pool's statistics;
+- ``pgfeatures_ready``: 1 once warmed up (with several workers, the number
+  of ready workers: ``/readyz`` answers for the worker that took the request).
+
+Per-table counts are summed in plain dicts on the request path and moved to
+the Prometheus counters by ``flush()`` (once a second and at every scrape):
+thirty counter increments per request would cost more than the rest of the
+bookkeeping together.
+
+With several workers, set ``PROMETHEUS_MULTIPROC_DIR`` (``pgfeatures serve``
+does) and every worker writes its values there; a scrape of any worker then
+reports the sum over all of them (gauges: the sum over live workers).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
+
+from ..reader import Features
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+disable_created_metrics()  # the *_created series double the exposition and no dashboard uses them
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Loopback requests take 0.3-3 ms; the tail and timeouts reach seconds.
+LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+POOL_STATS = {"requests_errors": "requests", "connections_errors": "connections", "connections_lost": "lost"}
+
+
+def multiprocess_mode() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+class Metrics:
+    """The service's metrics, in a registry of their own (several apps may live in one process)."""
+
+    def __init__(self, tables: Iterable[str]):
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("pgfeatures_http_requests", "HTTP requests", ["endpoint", "status"], registry=r)
+        self.latency = Histogram(
+            "pgfeatures_http_request_duration_seconds", "HTTP request latency", ["endpoint"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.db_time = Histogram(
+            "pgfeatures_db_duration_seconds", "time in the store per database call (pool wait included)", ["kind"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.db_errors = Counter("pgfeatures_db_errors", "database calls that failed", ["reason"], registry=r)
+        self.batch_keys = Histogram(
+            "pgfeatures_coalesced_batch_keys", "keys per coalesced query", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.rows = Counter("pgfeatures_table_rows", "rows found, per feature table", ["table"], registry=r)
+        self.misses = Counter("pgfeatures_table_misses", "keys absent, per feature table", ["table"], registry=r)
+        self.pool_connections = Gauge(
+            "pgfeatures_pool_connections", "read pool connections", ["state"], registry=r, multiprocess_mode="livesum"
+        )
+        self.pool_waiting = Gauge(
+            "pgfeatures_pool_requests_waiting", "requests waiting for a read connection", registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.pool_errors = Gauge(
+            "pgfeatures_pool_errors", "read pool errors since start (psycopg_pool statistics)", ["kind"], registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.ready = Gauge(
+            "pgfeatures_ready", "1 once warmed up (with several workers: how many are)", registry=r,
+            multiprocess_mode="livesum",
+        )
+        self._rows: dict[str, int] = dict.fromkeys(tables, 0)
+        self._misses: dict[str, int] = dict.fromkeys(tables, 0)
+        # Bound children per (endpoint, status), so the request path skips label lookups.
+        self._children: dict[tuple[str, int], tuple[Histogram, Counter]] = {}
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        children = self._children.get((endpoint, status))
+        if children is None:
+            children = self._children[endpoint, status] = (
+                self.latency.labels(endpoint), self.requests.labels(endpoint, str(status))
+            )
+        children[0].observe(seconds)
+        children[1].inc()
+
+    def count(self, results: Iterable[Features]) -> None:
+        """Add found rows and misses per table (cheap: plain dict increments, flushed later)."""
+        rows, misses = self._rows, self._misses
+        for features in results:
+            for table, values in features.items():
+                if values is None:
+                    misses[table] += 1
+                else:
+                    rows[table] += 1
+
+    def flush(self, pool_stats: Mapping[str, int] | None) -> None:
+        """Move the per-table sums into the counters and refresh the pool gauges."""
+        for pending, counter in ((self._rows, self.rows), (self._misses, self.misses)):
+            for table, n in pending.items():
+                if n:
+                    counter.labels(table).inc(n)
+                    pending[table] = 0
+        if pool_stats is not None:
+            self.pool_connections.labels("size").set(pool_stats.get("pool_size", 0))
+            self.pool_connections.labels("available").set(pool_stats.get("pool_available", 0))
+            self.pool_waiting.set(pool_stats.get("requests_waiting", 0))
+            for stat, kind in POOL_STATS.items():
+                self.pool_errors.labels(kind).set(pool_stats.get(stat, 0))
+
+    def exposition(self) -> bytes:
+        """The text format of every metric (of every worker, in multiprocess mode)."""
+        if multiprocess_mode():
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+
+def worker_exited(pid: int) -> None:
+    """Drop a finished worker's live gauges (multiprocess mode only)."""
+    if multiprocess_mode():
+        multiprocess.mark_process_dead(pid)

@@ -1,0 +1,232 @@
+"""One worker's serving state, without HTTP: the store, coalescing, deadlines, readiness, metrics.
+
+Lifecycle. ``start()`` returns at once and opens the store in the background
+(retrying with backoff while the database is unreachable), then runs the
+warm-up hooks; only then is the service ``ready``. The HTTP server therefore
+answers ``/healthz`` from the first moment and ``/readyz`` says why it is
+not ready yet.
+
+Bounded waits. Every database call has two limits: the store's
+``acquire_timeout`` for a pooled connection (pool exhausted or database
+down), and ``request_timeout`` for the whole call. The call runs in a task of
+its own and is abandoned at the deadline: cancelling a psycopg query waits
+for the server to acknowledge the cancel, which a hung server never does, so
+the request is answered (503) first and the task is cancelled in the
+background, where the pool replaces its connection.
+
+Readiness. The database counts as reachable if a read succeeded within the
+last second and nothing failed since; otherwise one ``SELECT 1`` through the
+read pool (shared by concurrent probes, result cached for a second) decides.
+Going through the pool, rather than a fresh connection, means ``/readyz``
+turns ready again only once the pool has reconnected, i.e. once reads work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+
+from ..definitions import Registry
+from ..errors import DatabaseUnavailableError
+from ..reader import Features, FeaturesArg
+from ..store import AsyncFeatureStore
+from .coalesce import Coalescer
+from .config import ServerConfig
+from .errors import NotReadyError
+from .metrics import Metrics, worker_exited
+
+log = logging.getLogger("pgfeatures.server")
+
+WarmupHook = Callable[[AsyncFeatureStore], Awaitable[object]]
+"""A warm-up step: awaited after the store is open, before the service reports ready."""
+
+T = TypeVar("T")
+
+HEALTHY_FOR = 1.0  # seconds a successful read (or probe) vouches for the database
+PROBE_TIMEOUT = 1.0  # an orchestrator's probe typically times out at 1 s
+METRICS_INTERVAL = 1.0
+OPEN_BACKOFF = (0.5, 10.0)  # first and largest delay between attempts to open the store
+
+
+class Service:
+    """The store and everything around it for one worker process."""
+
+    def __init__(self, config: ServerConfig, registry: Registry, warmup: Iterable[WarmupHook] = ()):
+        self.config = config
+        self.registry = registry
+        self.store = AsyncFeatureStore(
+            registry, config.dsn,
+            strategy=config.strategy, pool_size=config.pool_size, write_pool_size=1,
+            acquire_timeout=config.acquire_timeout, connect_timeout=config.connect_timeout,
+        )
+        self.metrics = Metrics(registry.tables)
+        self.coalescer: Coalescer | None = None
+        if config.coalesce:
+            self.coalescer = Coalescer(
+                self._read_coalesced, window=config.coalesce_window, max_keys=config.coalesce_max_keys,
+                max_in_flight=config.pool_size, on_batch=self.metrics.batch_keys.observe,
+            )
+        self.warmup = list(warmup)
+        self.ready = False
+        self.status = "warming up"  # why not ready, for /readyz
+        self._db_seconds = {k: self.metrics.db_time.labels(k) for k in ("single", "batch", "coalesced", "probe")}
+        self._last_ok = 0.0
+        self._last_error = 0.0
+        self._probe: asyncio.Future[tuple[bool, str]] | None = None
+        self._probe_at = float("-inf")
+        self._probe_result = (False, "not checked")
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Begin opening the store in the background; return at once."""
+        self._spawn(self._open())
+        self._spawn(self._refresh_metrics())
+
+    async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self.coalescer is not None:
+            await self.coalescer.close()
+        await self.store.close()
+        self.ready = False
+        worker_exited(os.getpid())
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        self._keep(asyncio.ensure_future(coro))
+
+    def _keep(self, task: asyncio.Future[Any]) -> None:
+        """Hold a reference to a background task until it ends (the loop keeps only weak ones)."""
+        self._background.add(task)  # type: ignore[arg-type]
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: an abandoned query's error is expected, not news
+
+    async def _open(self) -> None:
+        delay, largest = OPEN_BACKOFF
+        while True:
+            try:
+                await self.store.open()
+                for hook in self.warmup:
+                    await hook(self.store)
+                break
+            except Exception as exc:  # keep trying whatever it is: /readyz and the log say why
+                self.status = f"warming up: {exc}"
+                log.warning("pgfeatures: cannot open the store (retrying in %.1fs): %s", delay, exc)
+                await self.store.close()
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, largest)
+        self._last_ok = time.monotonic()
+        self.ready = True
+        self.status = "ready"
+        self.metrics.ready.set(1)
+        self.flush_metrics()
+        log.info("pgfeatures: ready, %d tables, pool of %d", len(self.registry.tables), self.config.pool_size)
+
+    async def _refresh_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_INTERVAL)
+            self.flush_metrics()
+
+    def flush_metrics(self) -> None:
+        pool = self.store.read_pool
+        self.metrics.flush(pool.get_stats() if pool is not None else None)
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def _check_ready(self) -> None:
+        if not self.ready:
+            raise NotReadyError(f"the service is not ready yet ({self.status})")
+
+    async def read_one(self, key: bytes, tables: Sequence[str] | None, features: FeaturesArg) -> Features:
+        """One key's features: coalesced into a batch when enabled, else one single-key read.
+
+        Raises the store's typed errors for a bad selection (before any I/O), NotReadyError,
+        and DatabaseUnavailableError after at most ``request_timeout``.
+        """
+        self._check_ready()
+        if self.coalescer is not None:
+            reader = self.store.batch_reader(tables, features)
+            result = await self._bounded(self.coalescer.read(reader, key), self.config.request_timeout + self.config.coalesce_window)
+        else:
+            result = await self._db("single", self.store.read, self.store.reader(tables, features), key)
+        self.metrics.count((result,))
+        return result
+
+    async def read_many(self, keys: list[bytes], tables: Sequence[str] | None, features: FeaturesArg) -> list[Features]:
+        """Features of many keys, in input order, in one statement."""
+        self._check_ready()
+        reader = self.store.batch_reader(tables, features)
+        results = await self._db("batch", self.store.read_batch, reader, keys) if keys else []
+        self.metrics.count(results)
+        return results
+
+    async def _read_coalesced(self, reader: Any, keys: list[bytes]) -> list[Features]:
+        return await self._db("coalesced", self.store.read_batch, reader, keys)
+
+    async def _db(self, kind: str, call: Callable[..., Awaitable[T]], *args: Any, timeout: float | None = None) -> T:
+        """Run one store call in its own task, within the deadline; record success or failure."""
+        start = time.perf_counter()
+        task = asyncio.ensure_future(call(*args))
+        try:
+            result = await self._bounded(asyncio.shield(task), timeout or self.config.request_timeout)
+        except DatabaseUnavailableError:
+            timed_out = not task.done()
+            if timed_out:
+                task.cancel()  # abandoned: psycopg cancels the query and the pool replaces the connection
+                self._keep(task)
+            self._last_error = time.monotonic()
+            self.metrics.db_errors.labels("timeout" if timed_out else "unavailable").inc()
+            raise
+        self._last_ok = time.monotonic()
+        self._db_seconds[kind].observe(time.perf_counter() - start)
+        return result
+
+    @staticmethod
+    async def _bounded(awaitable: Awaitable[T], timeout: float) -> T:
+        try:
+            async with asyncio.timeout(timeout):
+                return await awaitable
+        except TimeoutError:
+            raise DatabaseUnavailableError(f"the database did not answer within {timeout:g}s (request_timeout)") from None
+
+    # -- readiness ---------------------------------------------------------------------------------
+
+    async def readiness(self) -> tuple[bool, str]:
+        """(ready, why): warmed up and the database answers. Never waits longer than PROBE_TIMEOUT."""
+        if not self.ready:
+            return False, self.status
+        now = time.monotonic()
+        if self._last_ok > self._last_error and now - self._last_ok < HEALTHY_FOR:
+            return True, "ready"
+        if now - self._probe_at < HEALTHY_FOR:
+            return self._probe_result
+        if self._probe is None:
+            self._probe = asyncio.ensure_future(self._run_probe())
+        return await asyncio.shield(self._probe)
+
+    async def _run_probe(self) -> tuple[bool, str]:
+        try:
+            await self._db("probe", self._select_one, timeout=min(PROBE_TIMEOUT, self.config.request_timeout))
+            result = (True, "ready")
+        except DatabaseUnavailableError as exc:
+            result = (False, f"database unavailable: {exc}")
+        finally:
+            self._probe = None
+        self._probe_at = time.monotonic()
+        self._probe_result = result
+        return result
+
+    async def _select_one(self) -> None:
+        async with self.store.connection() as conn:
+            await conn.execute("SELECT 1")
