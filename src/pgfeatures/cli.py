@@ -287,7 +287,7 @@ def _serve(sub: argparse._SubParsersAction) -> None:
         elif f.name == "definitions":
             add_definitions(p)
         else:
-            kind = argparse.BooleanOptionalAction if f.default is False else "store"
+            kind = argparse.BooleanOptionalAction if isinstance(f.default, bool) else "store"
             p.add_argument(flag_name(f.name), dest=f.name, action=kind, default=None,
                            help=f"{f.metadata['help']} (${env_name(f.name)}; default {f.default})")
     p.set_defaults(func=cmd_serve)
@@ -512,34 +512,36 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _load(sub: argparse._SubParsersAction) -> None:
-    from .load import ApplyStrategy, LoadOptions, Mode, NanPolicy, OnDuplicate, OnInvalid, VacuumPolicy
-
-    d = LoadOptions()
+    # Options left unset keep LoadOptions' defaults; LoadOptions validates the values (and names the
+    # valid ones), so building the parser does not import pyarrow.
     p = sub.add_parser("load", help="bulk-load Parquet/CSV/Arrow files into a feature table, atomically (merge or replace)")
     add_dsn(p)
     add_definitions(p)
     p.add_argument("table")
     p.add_argument("files", nargs="+", metavar="FILE", help="Parquet, CSV (header row) or Arrow IPC files, loaded together")
-    p.add_argument("--mode", choices=[m.value for m in Mode], default=d.mode.value,
+    p.add_argument("--mode", metavar="merge|replace",
                    help="merge: upsert the rows (default); replace: the table becomes exactly these rows")
-    p.add_argument("--key-column", default=d.key_column, help="column holding the entity key (default: hashkey)")
-    p.add_argument("--hash-keys", action="store_true", help="the key column holds natural ids: hash them with SHA-256")
-    p.add_argument("--on-duplicate", choices=[c.value for c in OnDuplicate], default=d.on_duplicate.value,
-                   help="a key seen twice: the last row wins, or the load fails")
-    p.add_argument("--nan", choices=[c.value for c in NanPolicy], default=d.nan.value, help="NaN values: fail, or load as NULL")
-    p.add_argument("--on-invalid", choices=[c.value for c in OnInvalid], default=d.on_invalid.value,
-                   help="invalid values: fail the load, or skip their rows (counted as rejected)")
-    p.add_argument("--partial", action="store_true", help="merge only the feature columns present")
-    p.add_argument("--ignore-extra", action="store_true", help="ignore columns the table does not have")
-    p.add_argument("--strategy", choices=[c.value for c in ApplyStrategy], default=d.strategy.value,
-                   help="merge by upsert or by rebuild-and-swap (auto: rebuild for large loads)")
-    p.add_argument("--vacuum", choices=[c.value for c in VacuumPolicy], default=d.vacuum.value)
-    p.add_argument("--format", choices=["parquet", "csv", "arrow"], help="file format (default: from the extension)")
-    p.add_argument("--updated-at", type=int, help="epoch seconds for rows without updated_at (default: now)")
-    p.add_argument("--batch-rows", type=int, default=d.batch_rows)
-    p.add_argument("--lock-timeout", type=float, default=d.lock_timeout, help="seconds to wait for the table lock")
+    p.add_argument("--key-column", help="column holding the entity key (default: hashkey)")
+    p.add_argument("--hash-keys", action="store_true", default=None, help="the key column holds natural ids: hash them with SHA-256")
+    p.add_argument("--on-duplicate", metavar="last|reject", help="a key seen twice: the last row wins (default), or the load fails")
+    p.add_argument("--nan", metavar="reject|null", help="NaN values: fail the load (default), or load them as NULL")
+    p.add_argument("--on-invalid", metavar="abort|skip",
+                   help="invalid values: fail the load (default), or skip their rows (counted as rejected)")
+    p.add_argument("--partial", action="store_true", default=None, help="merge only the feature columns present")
+    p.add_argument("--ignore-extra", action="store_true", default=None, help="ignore columns the table does not have")
+    p.add_argument("--strategy", metavar="auto|upsert|rebuild",
+                   help="merge by upsert or by rebuild-and-swap (default auto: rebuild for large loads)")
+    p.add_argument("--vacuum", metavar="auto|always|never", help="after the load (default auto: where it pays)")
+    p.add_argument("--format", metavar="parquet|csv|arrow", help="file format (default: from the extension)")
+    p.add_argument("--updated-at", type=int, help="epoch seconds for rows without updated_at (default: the load time)")
+    p.add_argument("--batch-rows", type=int, help="rows per COPY batch (default 65536)")
+    p.add_argument("--lock-timeout", type=float, help="seconds to wait for the table lock (default 10)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_load)
+
+
+LOAD_OPTIONS = ("mode", "key_column", "hash_keys", "on_duplicate", "nan", "on_invalid", "partial", "ignore_extra",
+                "strategy", "vacuum", "format", "updated_at", "batch_rows", "lock_timeout")
 
 
 def cmd_load(args: argparse.Namespace) -> int:
@@ -549,9 +551,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     from .load import load, progress_bar
 
     registry = load_registry(args.definitions)
-    options = {name: getattr(args, name) for name in (
-        "mode", "key_column", "hash_keys", "on_duplicate", "nan", "on_invalid", "partial", "ignore_extra",
-        "strategy", "vacuum", "format", "updated_at", "batch_rows", "lock_timeout")}
+    options = {name: getattr(args, name) for name in LOAD_OPTIONS if getattr(args, name) is not None}
     with psycopg.connect(dsn_of(args), **connection_kwargs(WRITE_APP, 10)) as conn:
         with progress_bar(console, enabled=not args.quiet) as progress:
             summary = load(conn, registry, args.table, args.files, progress=progress, **options)
@@ -567,7 +567,7 @@ def _bench_load(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--read-tables", type=int, default=10, help="tables each read touches, the loaded one included")
     p.add_argument("--readers", type=int, default=1, help="reader processes (each one connection)")
     p.add_argument("--read-rate", type=float, default=1000.0, help="reads/s per reader process; 0: back to back")
-    p.add_argument("--seconds", type=float, default=8.0, help="idle read window before the loads (default 8)")
+    p.add_argument("--seconds", type=float, default=8.0, help="idle read time, half before and half after the loads (default 8)")
     p.add_argument("--schema", default="bench_load", help="scratch schema, dropped afterwards (default bench_load)")
     p.add_argument("--keep", action="store_true", help="keep the scratch schema")
     p.add_argument("--json", dest="json_out", help="also write the figures to this JSON file")
@@ -578,7 +578,8 @@ def cmd_bench_load(args: argparse.Namespace) -> int:
     from .bench.load import run
 
     return run(dsn_of(args), rows=args.rows, features=args.features, read_tables=args.read_tables, readers=args.readers,
-               read_rate=args.read_rate, idle_seconds=args.seconds, schema=args.schema, keep=args.keep, json_out=args.json_out, console=console)
+               read_rate=args.read_rate, idle_seconds=args.seconds, schema=args.schema, keep=args.keep,
+               json_out=args.json_out, console=console)
 
 
 # -- main -----------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ class ServerConfig:
     pool_size: int = _setting(4, "read connections per worker", _number(int), minimum=1)
     strategy: str = _setting("single", "read strategy for single-key requests", _text)
     prewarm: bool = _setting(
-        False, "load the feature tables and indexes into shared_buffers (pgfeatures warmup) before reporting ready", _bool
+        True, "load the feature tables and indexes into shared_buffers (pgfeatures warmup) before reporting ready", _bool
     )
     max_batch_keys: int = _setting(1000, "most keys one /v1/features/batch request may carry", _number(int), minimum=1)
     coalesce: bool = _setting(False, "merge concurrent single-key requests into batched queries", _bool)
