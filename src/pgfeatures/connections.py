@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
@@ -84,44 +85,31 @@ async def check_connection_async(dsn: str, connect_timeout: float) -> None:
         raise unavailable(dsn, exc, connect_timeout) from exc
 
 
-def make_pool(
-    dsn: str,
+def pool_settings(
     *,
     size: int,
     application_name: str,
     connect_timeout: float = 5.0,
     acquire_timeout: float = 5.0,
-    configure: Callable[[psycopg.Connection], None] | None = None,
-) -> ConnectionPool:
-    """A fixed-size pool, not yet opened. ``configure`` runs on every new connection before it serves."""
-    return ConnectionPool(
-        dsn,
-        min_size=size,
-        max_size=size,
-        kwargs=connection_kwargs(application_name, connect_timeout),
-        configure=configure,
-        timeout=acquire_timeout,
-        name=application_name,
-        open=False,
-    )
+    configure: Callable[[Any], Any] | None = None,
+) -> dict[str, Any]:
+    """Arguments of a fixed-size pool, sync or async; ``configure`` runs on every new connection before it serves."""
+    return {
+        "min_size": size,
+        "max_size": size,
+        "kwargs": connection_kwargs(application_name, connect_timeout),
+        "configure": configure,
+        "timeout": acquire_timeout,
+        "name": application_name,
+        "open": False,
+    }
 
 
-def make_async_pool(
-    dsn: str,
-    *,
-    size: int,
-    application_name: str,
-    connect_timeout: float = 5.0,
-    acquire_timeout: float = 5.0,
-    configure: Callable[[psycopg.AsyncConnection], Awaitable[None]] | None = None,
-) -> AsyncConnectionPool:
-    return AsyncConnectionPool(
-        dsn,
-        min_size=size,
-        max_size=size,
-        kwargs=connection_kwargs(application_name, connect_timeout),
-        configure=configure,
-        timeout=acquire_timeout,
-        name=application_name,
-        open=False,
-    )
+def make_pool(dsn: str, **settings: Any) -> ConnectionPool:
+    """A fixed-size pool, not yet opened (``settings``: see ``pool_settings``)."""
+    return ConnectionPool(dsn, **pool_settings(**settings))
+
+
+def make_async_pool(dsn: str, **settings: Any) -> AsyncConnectionPool:
+    """The asyncio twin of ``make_pool``."""
+    return AsyncConnectionPool(dsn, **pool_settings(**settings))

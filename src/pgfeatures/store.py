@@ -106,6 +106,19 @@ class _StoreCore:
     def batch_reader(self, tables: Iterable[str] | None = None, features: FeaturesArg = None) -> BatchReader:
         return self.readers.batch_reader(tables, features)
 
+    def _read_pool_settings(self) -> dict[str, Any]:
+        return {
+            "size": self.pool_size, "application_name": self.read_application_name,
+            "connect_timeout": self.connect_timeout, "acquire_timeout": self.acquire_timeout,
+            "configure": self._warm,  # type: ignore[attr-defined]  # each shell defines its own
+        }
+
+    def _write_pool_settings(self) -> dict[str, Any]:
+        return {
+            "size": self.write_pool_size, "application_name": self.write_application_name,
+            "connect_timeout": self.connect_timeout, "acquire_timeout": self.acquire_timeout,
+        }
+
     def _warmup_statements(self) -> list[tuple[bytes, tuple[Any, ...]]]:
         statements = []
         for r in self.warm_readers:
@@ -198,15 +211,9 @@ class FeatureStore(_StoreCore):
         """
         dsn = self.dsn = resolve_dsn(self.dsn)
         check_connection(dsn, self.connect_timeout)
-        self.read_pool = make_pool(
-            dsn, size=self.pool_size, application_name=self.read_application_name,
-            connect_timeout=self.connect_timeout, acquire_timeout=self.acquire_timeout, configure=self._warm,
-        )
+        self.read_pool = make_pool(dsn, **self._read_pool_settings())
         if self.write_pool_size > 0:
-            self.write_pool = make_pool(
-                dsn, size=self.write_pool_size, application_name=self.write_application_name,
-                connect_timeout=self.connect_timeout, acquire_timeout=self.acquire_timeout,
-            )
+            self.write_pool = make_pool(dsn, **self._write_pool_settings())
         try:
             self.read_pool.open(wait=True, timeout=self.connect_timeout + 10)
             if self.write_pool is not None:
@@ -395,15 +402,9 @@ class AsyncFeatureStore(_StoreCore):
             self.dsn = await asyncio.to_thread(resolve_dsn, None)
         dsn = self.dsn
         await check_connection_async(dsn, self.connect_timeout)
-        self.read_pool = make_async_pool(
-            dsn, size=self.pool_size, application_name=self.read_application_name,
-            connect_timeout=self.connect_timeout, acquire_timeout=self.acquire_timeout, configure=self._warm,
-        )
+        self.read_pool = make_async_pool(dsn, **self._read_pool_settings())
         if self.write_pool_size > 0:
-            self.write_pool = make_async_pool(
-                dsn, size=self.write_pool_size, application_name=self.write_application_name,
-                connect_timeout=self.connect_timeout, acquire_timeout=self.acquire_timeout,
-            )
+            self.write_pool = make_async_pool(dsn, **self._write_pool_settings())
         try:
             await self.read_pool.open(wait=True, timeout=self.connect_timeout + 10)
             if self.write_pool is not None:
