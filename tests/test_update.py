@@ -1,0 +1,158 @@
+"""Live updates: upsert semantics, partial updates, batches, validation before any I/O, both stores."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+import pytest
+from psycopg import sql
+from test_load import MIXED, contents, keys_for, make_registry, snapshot
+
+from pgfeatures import AsyncFeatureStore, FeatureStore
+from pgfeatures.errors import FeatureValueError, KeyFormatError, UnknownFeatureError, UnknownTableError
+from pgfeatures.load import load
+from pgfeatures.schema import apply_schema
+from pgfeatures.write import plan_updates
+
+K = keys_for(range(10))
+
+
+@pytest.fixture()
+def store(dsn, conn, schema):
+    registry = make_registry(schema)
+    apply_schema(conn, registry)
+    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as s:
+        yield s
+
+
+def row(conn, schema, key, table="mixed", columns=(*MIXED, "updated_at")):
+    return dict(zip(columns, contents(conn, schema, table, list(columns)).get(key, (None,) * len(columns))))
+
+
+def test_insert_then_partial_update(store, conn, schema):
+    t0 = int(time.time())
+    store.update_features(K[0], "mixed", {"r": 1.5, "s": 7, "ok": True})
+    first = row(conn, schema, K[0])
+    assert {k: first[k] for k in MIXED} == {"r": 1.5, "d": None, "s": 7, "i": None, "b": None, "ok": True}
+    assert t0 <= first["updated_at"] <= time.time() + 1  # the server rounds now() to whole seconds
+    store.update_features(K[0].hex(), "mixed", {"i": -5, "updated_at": 1_700_000_000})  # hex keys work too
+    second = row(conn, schema, K[0])
+    assert second == {**first, "i": -5, "updated_at": 1_700_000_000}  # other columns kept
+    store.update_features(K[0], "mixed", {"s": None})
+    third = row(conn, schema, K[0])
+    assert third["s"] is None and third["r"] == 1.5 and third["updated_at"] >= t0  # stamped again
+
+
+def test_batch_with_mixed_column_sets_and_repeated_keys(store, conn, schema):
+    written = store.update_features_batch("mixed", [
+        (K[1], {"r": 1.0, "b": 2**62}),
+        (K[2], {"r": 2.0, "b": -1}),
+        (K[3], {"ok": False}),
+        (K[1], {"b": 5, "d": 0.25}),  # merged into the first K[1] entry, later values win
+    ])
+    assert written == 3
+    got = contents(conn, schema, "mixed", list(MIXED))
+    assert got == {K[1]: (1.0, 0.25, None, None, 5, None), K[2]: (2.0, None, None, None, -1, None),
+                   K[3]: (None, None, None, None, None, False)}
+    assert store.update_features_batch("plain", {K[4]: {"f0": 1}, K[5]: {"f0": 2}}) == 2
+    assert contents(conn, schema, "plain", ["f0", "f1"]) == {K[4]: (1.0, None), K[5]: (2.0, None)}
+
+
+def test_one_statement_per_column_set(store):
+    plans = plan_updates(store.registry, "mixed", {K[i]: {"r": float(i), "s": i} for i in range(5)})
+    assert len(plans) == 1 and [len(p) for p in plans[0][1]] == [5, 5, 5]
+    plans = plan_updates(store.registry, "mixed", [(K[0], {"s": 1, "r": 2.0}), (K[1], {"r": 1.0})])
+    assert [tuple(f.name for f in u.features) for u, _ in plans] == [("r", "s"), ("r",)]
+
+
+def test_writes_use_the_write_pool(store):
+    reads, writes = store.read_pool.get_stats().get("requests_num", 0), store.write_pool.get_stats().get("requests_num", 0)
+    store.update_features(K[6], "plain", {"f0": 3.0})
+    assert store.write_pool.get_stats()["requests_num"] == writes + 1
+    assert store.read_pool.get_stats().get("requests_num", 0) == reads
+    assert store.get_features(K[6], ["plain"], {"plain": ["f0", "f1"]}) == {"plain": {"f0": 3.0, "f1": None}}
+
+
+@pytest.mark.parametrize("table,values,error,message", [
+    ("mixed", {"r": "high"}, FeatureValueError, "mixed.r (real): 'high' is not a number"),
+    ("mixed", {"i": True}, FeatureValueError, "mixed.i (integer): True is not a number"),
+    ("mixed", {"ok": 1}, FeatureValueError, "mixed.ok (boolean): 1 is not a boolean"),
+    ("mixed", {"s": 40000}, FeatureValueError, "mixed.s (smallint): 40000 is out of range (-32768..32767)"),
+    ("mixed", {"i": 2.5}, FeatureValueError, "mixed.i (integer): 2.5 is not an integer"),
+    ("mixed", {"r": 1e39}, FeatureValueError, "mixed.r (real): 1e+39 is out of range for real"),
+    ("mixed", {"d": float("nan")}, FeatureValueError, "mixed.d (double precision): nan is NaN"),
+    ("mixed", {"updated_at": None}, FeatureValueError, "mixed.updated_at: cannot be NULL"),
+    ("mixed", {"nope": 1}, UnknownFeatureError, "unknown feature(s) in table 'mixed': nope; valid features: r, d, s, i, b, ok, updated_at"),
+    ("mixed", {}, FeatureValueError, "no values given"),
+    ("missing", {"r": 1}, UnknownTableError, "unknown feature table(s): missing"),
+])
+def test_invalid_values_write_nothing(store, conn, schema, table, values, error, message):
+    store.update_features(K[0], "mixed", {"r": 1.0})
+    before = snapshot(conn, schema, "mixed")
+    with pytest.raises(error) as info:  # the bad row comes last: the good ones before it are not written either
+        store.update_features_batch(table, [(K[7], {"r": 2.0}), (K[8], values)])
+    assert message in str(info.value)
+    assert snapshot(conn, schema, "mixed") == before
+
+
+def test_a_batch_is_one_transaction(store, conn, schema):
+    """A database error in the second statement of a mixed batch undoes the first; the connection stays usable."""
+    conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT small_s CHECK (s < 100)").format(sql.Identifier(schema, "mixed")))
+    before = snapshot(conn, schema, "mixed")
+    with pytest.raises(psycopg.errors.CheckViolation):
+        store.update_features_batch("mixed", [(K[0], {"r": 1.0}), (K[1], {"s": 500})])
+    assert snapshot(conn, schema, "mixed") == before
+    store.update_features_batch("mixed", [(K[0], {"r": 1.0}), (K[1], {"s": 5})])
+    assert contents(conn, schema, "mixed", ["r", "s"]) == {K[0]: (1.0, None), K[1]: (None, 5)}
+
+
+def test_bad_keys_and_nan_policy(store, conn, schema):
+    with pytest.raises(KeyFormatError, match="64 hex characters"):
+        store.update_features("abc", "mixed", {"r": 1.0})
+    store.update_features(K[9], "mixed", {"r": float("nan"), "d": 1.0}, nan="null")
+    assert row(conn, schema, K[9])["r"] is None
+    with pytest.raises(FeatureValueError, match="invalid nan='zero'"):
+        store.update_features(K[9], "mixed", {"r": 1.0}, nan="zero")
+
+
+def test_async_store(dsn, conn, schema):
+    registry = make_registry(schema)
+    apply_schema(conn, registry)
+
+    async def run() -> None:
+        async with AsyncFeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as store:
+            await store.update_features(K[0], "plain", {"f0": 1.0, "f3": 4.0})
+            assert await store.update_features_batch("plain", [(K[0], {"f1": 2.0}), (K[1], {"f2": 3.0}), (K[2], {"f0": 5.0})]) == 3
+            assert (await store.get_features(K[0], ["plain"]))["plain"] == {"f0": 1.0, "f1": 2.0, "f2": None, "f3": 4.0}
+
+    asyncio.run(run())
+    assert contents(conn, schema, "plain", ["f0", "f1", "f2", "f3"]) == {
+        K[0]: (1.0, 2.0, None, 4.0), K[1]: (None, None, 3.0, None), K[2]: (5.0, None, None, None)}
+
+
+def test_concurrent_update_during_rebuild_is_not_lost(dsn, conn, schema, store):
+    """A live update racing a rebuild waits for its lock and lands in the new table."""
+    n = 3000
+    data = pa.table({"hashkey": pa.array(keys_for(range(n)), pa.binary(32)), **{f"f{j}": np.zeros(n, np.float32) for j in range(4)}})
+    load(conn, store.registry, "plain", data)
+    started = threading.Event()
+
+    def update_when_rebuilding(p):
+        if p.phase == "copying untouched rows" and not started.is_set():
+            started.set()
+
+    with psycopg.connect(dsn, autocommit=True) as loader:
+        done = []
+        thread = threading.Thread(target=lambda: done.append(load(loader, store.registry, "plain", data.slice(0, 1000),
+                                                                  strategy="rebuild", progress=update_when_rebuilding)))
+        thread.start()
+        started.wait(20)
+        store.update_features(keys_for([2500])[0], "plain", {"f0": 42.0})  # waits if the rebuild holds its lock
+        thread.join(30)
+    assert done and done[0].strategy == "rebuild"
+    assert contents(conn, schema, "plain", ["f0"])[keys_for([2500])[0]] == (42.0,)
