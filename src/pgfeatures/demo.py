@@ -67,35 +67,26 @@ def copy_binary_float4(
 ) -> None:
     """COPY rows of (32-byte key, float4 features..., int4 updated_at) in PostgreSQL's binary format.
 
-    The rows are fixed-width, so the whole COPY payload is one numpy structured
-    array: no per-row Python work (millions of rows per second).
+    The payload is built by the write path's numpy encoder: no per-row Python
+    (millions of rows per second).
     """
-    n, k = values.shape
-    fields = [("nfields", ">i2"), ("klen", ">i4"), ("key", f"S{KEY_LENGTH}")]
-    for j in range(k):
-        fields += [(f"l{j}", ">i4"), (f"v{j}", ">f4")]
-    fields += [("ulen", ">i4"), ("u", ">i4")]
-    rows = np.empty(n, dtype=np.dtype(fields))
-    rows["nfields"] = k + 2
-    rows["klen"] = KEY_LENGTH
-    rows["key"] = keys
-    for j in range(k):
-        rows[f"l{j}"] = 4
-        rows[f"v{j}"] = values[:, j]
-    rows["ulen"] = 4
-    rows["u"] = updated_at
-    header = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
-    columns = sql.SQL(", ").join(
+    from .load import COPY_HEADER, COPY_TRAILER, encode_copy_rows
+
+    n = len(keys)
+    columns = [(np.ascontiguousarray(keys).view(np.uint8).reshape(n, KEY_LENGTH), None)]
+    columns += [(np.ascontiguousarray(values[:, j]), None) for j in range(values.shape[1])]
+    columns.append((np.full(n, updated_at, dtype=np.int32), None))
+    names = sql.SQL(", ").join(
         [sql.Identifier(KEY_COLUMN), *(sql.Identifier(f.name) for f in table.features), sql.Identifier(UPDATED_AT)]
     )
-    stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(qualified(schema, table), columns)
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(qualified(schema, table), names)
+    payload = encode_copy_rows(columns)
+    step = 8 << 20
     with conn.cursor().copy(stmt) as copy:
-        copy.write(header)
-        payload = rows.tobytes()
-        step = 8 << 20
+        copy.write(COPY_HEADER)
         for start in range(0, len(payload), step):
             copy.write(payload[start : start + step])
-        copy.write(b"\xff\xff")
+        copy.write(COPY_TRAILER)
 
 
 def table_row_count(conn: psycopg.Connection, schema: str, table: str) -> int | None:
