@@ -62,7 +62,17 @@ READ_SESSION_SETUP = b"SET plan_cache_mode = force_generic_plan"
 
 
 class _StoreCore:
-    """What both stores share: the registry, compiled readers, settings. No I/O."""
+    """What both stores share: the registry, compiled readers, settings. No I/O.
+
+    ``registry``: a Registry or the path of a TOML definition. ``dsn``: None means
+    ``$PGFEATURES_DSN``, else the embedded server. ``strategy``: the default read
+    strategy. ``pool_size`` / ``write_pool_size``: fixed pool sizes (a write pool of 0:
+    read-only store). ``connect_timeout``: how long ``open`` waits for the database;
+    ``acquire_timeout``: how long a request waits for a pooled connection before
+    DatabaseUnavailableError. ``hot_keys``: read once at open. ``warm``: extra compiled
+    readers to prepare on every read connection (the full read and full batch always are).
+    ``reader_cache_size``: request shapes kept compiled.
+    """
 
     def __init__(
         self,
