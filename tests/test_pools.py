@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from pgfeatures import AsyncFeatureStore, FeatureStore
 from pgfeatures.definitions import demo_registry
@@ -95,3 +97,30 @@ def test_read_sessions_use_generic_plans_and_write_pool_is_optional(registry, ds
                 "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = %s", [stmt]
             ).fetchone()
             assert plans[1] == 0 and plans[0] >= 4
+
+
+def test_reads_can_go_to_a_replica_dsn(registry, dsn, conn, schema):
+    """read_dsn: the read pool connects there (a replica in production), writes stay on dsn."""
+    from conftest import dsn_with
+
+    other = "pgfeatures_test_replica"
+    if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [other]).fetchone():
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(other)))
+        except Exception:  # a concurrent run created it
+            pass
+    replica = dsn_with(dsn, dbname=other)
+    with psycopg.connect(replica, autocommit=True) as rc:
+        apply_schema(rc, registry)
+        rc.execute(sql.SQL("INSERT INTO {} (hashkey, f0, f1, f2) VALUES (%s, 1, 2, 3)").format(sql.Identifier(schema, "t00")),
+                   [bytes(32)])
+    try:
+        with FeatureStore(registry, dsn, read_dsn=replica, pool_size=1, write_pool_size=1) as store:
+            assert store.get_features(bytes(32), ["t00"]) == {"t00": {"f0": 1.0, "f1": 2.0, "f2": 3.0}}
+            with store.connection() as c:
+                assert c.execute("SELECT current_database()").fetchone() == (other,)
+            with store.write_connection() as c:
+                assert c.execute("SELECT current_database()").fetchone() == (conn.info.dbname,)
+    finally:
+        with psycopg.connect(replica, autocommit=True) as rc:
+            rc.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))

@@ -65,7 +65,8 @@ class _StoreCore:
     """What both stores share: the registry, compiled readers, settings. No I/O.
 
     ``registry``: a Registry or the path of a TOML definition. ``dsn``: None means
-    ``$PGFEATURES_DSN``, else the embedded server. ``strategy``: the default read
+    ``$PGFEATURES_DSN``, else the embedded server. ``read_dsn``: where the read pool
+    connects, e.g. a read replica (default: ``dsn``); writes always go to ``dsn``. ``strategy``: the default read
     strategy. ``pool_size`` / ``write_pool_size``: fixed pool sizes (a write pool of 0:
     read-only store). ``connect_timeout``: how long ``open`` waits for the database;
     ``acquire_timeout``: how long a request waits for a pooled connection before
@@ -89,9 +90,11 @@ class _StoreCore:
         hot_keys: Iterable[bytes | str] = (),
         warm: Iterable[Reader | BatchReader] = (),
         reader_cache_size: int = 100,
+        read_dsn: str | None = None,
     ):
         self.registry = registry if isinstance(registry, Registry) else Registry.from_toml(registry)
         self.dsn = dsn
+        self.read_dsn = read_dsn
         self.strategy = Strategy.parse(strategy)
         self.pool_size = pool_size
         self.write_pool_size = write_pool_size
@@ -220,8 +223,11 @@ class FeatureStore(_StoreCore):
         Raises DatabaseUnavailableError when the database does not answer within ``connect_timeout``.
         """
         dsn = self.dsn = resolve_dsn(self.dsn)
-        check_connection(dsn, self.connect_timeout)
-        self.read_pool = make_pool(dsn, **self._read_pool_settings())
+        read_dsn = self.read_dsn = self.read_dsn or dsn
+        check_connection(read_dsn, self.connect_timeout)
+        if read_dsn != dsn and self.write_pool_size > 0:
+            check_connection(dsn, self.connect_timeout)
+        self.read_pool = make_pool(read_dsn, **self._read_pool_settings())
         if self.write_pool_size > 0:
             self.write_pool = make_pool(dsn, **self._write_pool_settings())
         try:
@@ -261,7 +267,7 @@ class FeatureStore(_StoreCore):
     def connection(self) -> Iterator[psycopg.Connection]:
         """A read-pool connection, with database errors translated."""
         assert self.read_pool is not None, "store is not open"
-        with _translate_errors(self.dsn or "", self.acquire_timeout), self.read_pool.connection() as conn:
+        with _translate_errors(self.read_dsn or "", self.acquire_timeout), self.read_pool.connection() as conn:
             yield conn
 
     def get_features(
@@ -316,7 +322,7 @@ class FeatureStore(_StoreCore):
             except psycopg.OperationalError as exc:
                 pool.putconn(conn)
                 if attempt or not conn.broken:
-                    raise unavailable(self.dsn or "", exc) from exc
+                    raise unavailable(self.read_dsn or "", exc) from exc
                 pool.check()  # after a restart every idle connection is dead: replace them all
                 continue
             except BaseException:
@@ -411,8 +417,11 @@ class AsyncFeatureStore(_StoreCore):
         if not self.dsn:
             self.dsn = await asyncio.to_thread(resolve_dsn, None)
         dsn = self.dsn
-        await check_connection_async(dsn, self.connect_timeout)
-        self.read_pool = make_async_pool(dsn, **self._read_pool_settings())
+        read_dsn = self.read_dsn = self.read_dsn or dsn
+        await check_connection_async(read_dsn, self.connect_timeout)
+        if read_dsn != dsn and self.write_pool_size > 0:
+            await check_connection_async(dsn, self.connect_timeout)
+        self.read_pool = make_async_pool(read_dsn, **self._read_pool_settings())
         if self.write_pool_size > 0:
             self.write_pool = make_async_pool(dsn, **self._write_pool_settings())
         try:
@@ -451,7 +460,7 @@ class AsyncFeatureStore(_StoreCore):
     @contextlib.asynccontextmanager
     async def connection(self):  # type: ignore[no-untyped-def]
         assert self.read_pool is not None, "store is not open"
-        with _translate_errors(self.dsn or "", self.acquire_timeout):
+        with _translate_errors(self.read_dsn or "", self.acquire_timeout):
             async with self.read_pool.connection() as conn:
                 yield conn
 
@@ -493,7 +502,7 @@ class AsyncFeatureStore(_StoreCore):
             except psycopg.OperationalError as exc:
                 await pool.putconn(conn)
                 if attempt or not conn.broken:
-                    raise unavailable(self.dsn or "", exc) from exc
+                    raise unavailable(self.read_dsn or "", exc) from exc
                 await pool.check()
                 continue
             except BaseException:

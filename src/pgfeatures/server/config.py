@@ -76,6 +76,9 @@ class ServerConfig:
     port: int = _setting(8000, "TCP port to listen on", _number(int), minimum=0)
     workers: int = _setting(1, "worker processes (each has its own pools)", _number(int), minimum=1)
     dsn: str | None = _setting(None, "PostgreSQL connection string (default: the embedded server)", _text, secret=True)
+    read_dsn: str | None = _setting(
+        None, "connection string for reads, e.g. a read replica (default: the DSN)", _text, secret=True
+    )
     definitions: str | None = _setting(None, "feature-table definitions TOML (default: the demo layout)", _text)
     pool_size: int = _setting(4, "read connections per worker", _number(int), minimum=1)
     strategy: str = _setting("single", "read strategy for single-key requests", _text)

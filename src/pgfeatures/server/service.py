@@ -60,7 +60,7 @@ class Service:
         self.config = config
         self.registry = registry
         self.store = AsyncFeatureStore(
-            registry, config.dsn,
+            registry, config.dsn, read_dsn=config.read_dsn,
             strategy=config.strategy, pool_size=config.pool_size, write_pool_size=1,
             acquire_timeout=config.acquire_timeout, connect_timeout=config.connect_timeout,
         )
