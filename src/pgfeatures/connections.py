@@ -92,9 +92,18 @@ def pool_settings(
     connect_timeout: float = 5.0,
     acquire_timeout: float = 5.0,
     configure: Callable[[Any], Any] | None = None,
+    reconnect_timeout: float = 10.0,
 ) -> dict[str, Any]:
-    """Arguments of a fixed-size pool, sync or async; ``configure`` runs on every new connection before it serves."""
+    """Arguments of a fixed-size pool, sync or async; ``configure`` runs on every new connection before it serves.
+
+    ``reconnect_timeout`` bounds how long the pool retries a lost connection,
+    with a delay doubling from 1 s, before giving that attempt up; the next
+    request that finds no connection starts a fresh attempt at once. With
+    psycopg_pool's default (300 s) the delay keeps doubling through a long
+    outage, and a service can stay down for minutes after the database is back.
+    """
     return {
+        "reconnect_timeout": reconnect_timeout,
         "min_size": size,
         "max_size": size,
         "kwargs": connection_kwargs(application_name, connect_timeout),

@@ -72,7 +72,9 @@ class _StoreCore:
     ``acquire_timeout``: how long a request waits for a pooled connection before
     DatabaseUnavailableError. ``hot_keys``: read once at open. ``warm``: extra compiled
     readers to prepare on every read connection (the full read and full batch always are).
-    ``reader_cache_size``: request shapes kept compiled.
+    ``reader_cache_size``: request shapes kept compiled. ``reconnect_timeout``: how long a
+    pool retries a lost connection before the next request starts afresh (see
+    ``connections.pool_settings``).
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class _StoreCore:
         warm: Iterable[Reader | BatchReader] = (),
         reader_cache_size: int = 100,
         read_dsn: str | None = None,
+        reconnect_timeout: float = 10.0,
     ):
         self.registry = registry if isinstance(registry, Registry) else Registry.from_toml(registry)
         self.dsn = dsn
@@ -100,6 +103,7 @@ class _StoreCore:
         self.write_pool_size = write_pool_size
         self.connect_timeout = connect_timeout
         self.acquire_timeout = acquire_timeout
+        self.reconnect_timeout = reconnect_timeout
         self.read_application_name = read_application_name
         self.write_application_name = write_application_name
         self.hot_keys = parse_keys(hot_keys)
@@ -123,6 +127,7 @@ class _StoreCore:
         return {
             "size": self.pool_size, "application_name": self.read_application_name,
             "connect_timeout": self.connect_timeout, "acquire_timeout": self.acquire_timeout,
+            "reconnect_timeout": self.reconnect_timeout,
             "configure": self._warm,  # type: ignore[attr-defined]  # each shell defines its own
         }
 
@@ -130,6 +135,7 @@ class _StoreCore:
         return {
             "size": self.write_pool_size, "application_name": self.write_application_name,
             "connect_timeout": self.connect_timeout, "acquire_timeout": self.acquire_timeout,
+            "reconnect_timeout": self.reconnect_timeout,
         }
 
     def _warmup_statements(self) -> list[tuple[bytes, tuple[Any, ...]]]:
