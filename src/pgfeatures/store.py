@@ -123,19 +123,15 @@ class _StoreCore:
     def batch_reader(self, tables: Iterable[str] | None = None, features: FeaturesArg = None) -> BatchReader:
         return self.readers.batch_reader(tables, features)
 
-    def _read_pool_settings(self) -> dict[str, Any]:
+    def _pool_settings(self, *, read: bool) -> dict[str, Any]:
+        """Settings of the read pool (warmed by the shell's ``_warm``) or of the write pool."""
         return {
-            "size": self.pool_size, "application_name": self.read_application_name,
-            "connect_timeout": self.connect_timeout, "acquire_timeout": self.acquire_timeout,
+            "size": self.pool_size if read else self.write_pool_size,
+            "application_name": self.read_application_name if read else self.write_application_name,
+            "connect_timeout": self.connect_timeout,
+            "acquire_timeout": self.acquire_timeout,
             "reconnect_timeout": self.reconnect_timeout,
-            "configure": self._warm,  # type: ignore[attr-defined]  # each shell defines its own
-        }
-
-    def _write_pool_settings(self) -> dict[str, Any]:
-        return {
-            "size": self.write_pool_size, "application_name": self.write_application_name,
-            "connect_timeout": self.connect_timeout, "acquire_timeout": self.acquire_timeout,
-            "reconnect_timeout": self.reconnect_timeout,
+            "configure": self._warm if read else None,  # type: ignore[attr-defined]  # each shell defines its own
         }
 
     def _warmup_statements(self) -> list[tuple[bytes, tuple[Any, ...]]]:
@@ -233,9 +229,9 @@ class FeatureStore(_StoreCore):
         check_connection(read_dsn, self.connect_timeout)
         if read_dsn != dsn and self.write_pool_size > 0:
             check_connection(dsn, self.connect_timeout)
-        self.read_pool = make_pool(read_dsn, **self._read_pool_settings())
+        self.read_pool = make_pool(read_dsn, **self._pool_settings(read=True))
         if self.write_pool_size > 0:
-            self.write_pool = make_pool(dsn, **self._write_pool_settings())
+            self.write_pool = make_pool(dsn, **self._pool_settings(read=False))
         try:
             self.read_pool.open(wait=True, timeout=self.connect_timeout + 10)
             if self.write_pool is not None:
@@ -427,9 +423,9 @@ class AsyncFeatureStore(_StoreCore):
         await check_connection_async(read_dsn, self.connect_timeout)
         if read_dsn != dsn and self.write_pool_size > 0:
             await check_connection_async(dsn, self.connect_timeout)
-        self.read_pool = make_async_pool(read_dsn, **self._read_pool_settings())
+        self.read_pool = make_async_pool(read_dsn, **self._pool_settings(read=True))
         if self.write_pool_size > 0:
-            self.write_pool = make_async_pool(dsn, **self._write_pool_settings())
+            self.write_pool = make_async_pool(dsn, **self._pool_settings(read=False))
         try:
             await self.read_pool.open(wait=True, timeout=self.connect_timeout + 10)
             if self.write_pool is not None:
