@@ -78,6 +78,17 @@ WIDE_TYPES = {
 }
 
 
+def read_toml(path: str | Path, error: type[Exception], what: str) -> dict[str, Any]:
+    """A TOML file's document; a missing file or bad TOML raises ``error`` naming the file."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: invalid TOML: {exc}") from None
+
+
 def feature_type(name: str) -> FeatureType:
     """Resolve a type name (canonical or alias). Raises DefinitionError for wide or unknown types."""
     key = " ".join(name.strip().lower().split())
@@ -215,14 +226,7 @@ class Registry:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "Registry":
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise DefinitionError(f"definition file not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise DefinitionError(f"{path}: invalid TOML: {exc}") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_toml(path, DefinitionError, "definition file"), source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -22,13 +22,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..definitions import Registry, demo_registry
+from ..definitions import Registry, demo_registry, read_toml
 from ..errors import ConfigError, PgFeaturesError
 from ..reader import Strategy
 
@@ -173,13 +172,7 @@ def _parse(f: dataclasses.Field, value: Any, source: str) -> Any:
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The settings in a TOML config file. Raises ConfigError for a missing file, bad TOML or unknown keys."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    data = read_toml(path, ConfigError, "config file")
     unknown = sorted(set(data) - set(NAMES))
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(NAMES)}")
