@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 
 class PgFeaturesError(Exception):
@@ -14,7 +14,21 @@ class DefinitionError(PgFeaturesError, ValueError):
 
 
 class SchemaDriftError(PgFeaturesError):
-    """The live table disagrees with its definition."""
+    """The live database disagrees with the definitions: a table is missing or renamed, a column
+    is missing, extra or of another type, a key or index is missing.
+
+    ``problems`` maps each affected table to what is wrong with it. The message names the tables,
+    the columns and the command that creates what is missing (``pgfeatures init``). Not retryable:
+    an operator must change the database or the definitions.
+    """
+
+    def __init__(self, message: str, problems: Mapping[str, Sequence[str]] | None = None):
+        super().__init__(message)
+        self.problems: dict[str, list[str]] = {t: list(p) for t, p in (problems or {}).items()}
+
+    @property
+    def tables(self) -> list[str]:
+        return list(self.problems)
 
 
 class UnknownTableError(PgFeaturesError, KeyError):
@@ -51,7 +65,43 @@ class UnknownStrategyError(PgFeaturesError, ValueError):
 
 
 class DatabaseUnavailableError(PgFeaturesError, ConnectionError):
-    """The database could not be reached within the connect timeout."""
+    """The database cannot be reached now (refused, down, restarting, connection lost, or no
+    connection could be made within the timeout). Transient: retry later."""
+
+
+class AuthenticationError(DatabaseUnavailableError):
+    """The server refused the credentials (wrong or changed password, expired token, no TLS where
+    TLS is required). Retryable once the credential is renewed: with a credential provider, the
+    next connection asks it again."""
+
+
+class PoolExhaustedError(DatabaseUnavailableError):
+    """Every pooled connection stayed busy for ``acquire_timeout``: the database answers, the
+    store is over capacity. Retry later, or give the store a larger pool."""
+
+
+class QueryTimeoutError(PgFeaturesError, TimeoutError):
+    """A statement ran past its deadline (PostgreSQL's ``statement_timeout``, or the service's
+    ``request_timeout``) and was cancelled. Retryable; a repeated timeout means a slow database."""
+
+
+class StoreClosedError(PgFeaturesError, RuntimeError):
+    """The store was never opened, or has been closed (a service shutting down)."""
+
+
+class ReadOnlyStoreError(PgFeaturesError):
+    """A write was asked of a store that has no write pool (``write_pool_size=0``, or a
+    read-only service). Permanent for this store: not retryable."""
+
+
+class DatabaseError(PgFeaturesError):
+    """The database rejected a statement for a reason that is not an outage, a timeout or schema
+    drift (for example a missing privilege, or a write sent to a read replica). ``sqlstate`` is
+    PostgreSQL's error code when known."""
+
+    def __init__(self, message: str, sqlstate: str | None = None):
+        super().__init__(message)
+        self.sqlstate = sqlstate
 
 
 class EmbeddedServerError(PgFeaturesError, RuntimeError):

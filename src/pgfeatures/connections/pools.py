@@ -20,14 +20,13 @@ server. Real read isolation is a read replica: point the read pool at it.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from .errors import DatabaseUnavailableError
+from .translate import unavailable
 
 DSN_ENV = "PGFEATURES_DSN"
 READ_APP = "pgfeatures-read"
@@ -41,15 +40,9 @@ def resolve_dsn(dsn: str | None = None) -> str:
     env = os.environ.get(DSN_ENV)
     if env:
         return env
-    from . import embedded
+    from .. import embedded
 
     return embedded.ensure_running()
-
-
-def redact(dsn: str) -> str:
-    """The DSN with any password hidden, for error messages."""
-    dsn = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)
 
 
 def connection_kwargs(application_name: str, connect_timeout: float) -> dict[str, object]:
@@ -61,10 +54,24 @@ def connection_kwargs(application_name: str, connect_timeout: float) -> dict[str
     }
 
 
-def unavailable(dsn: str, exc: BaseException, timeout: float | None = None) -> DatabaseUnavailableError:
-    within = f" within {timeout:g}s" if timeout is not None else ""
-    reason = str(exc).strip() or type(exc).__name__
-    return DatabaseUnavailableError(f"cannot reach the database{within} at {redact(dsn)}: {reason}")
+def connect(dsn: str, application_name: str = "pgfeatures", connect_timeout: float = 5.0, **kwargs: Any) -> psycopg.Connection:
+    """One autocommit connection for a command (init, load, doctor, ...), outside any pool.
+
+    Raises DatabaseUnavailableError (AuthenticationError for refused credentials) with the reason.
+    """
+    try:
+        return psycopg.connect(dsn, **{**connection_kwargs(application_name, connect_timeout), **kwargs})
+    except psycopg.Error as exc:
+        raise unavailable(dsn, exc, connect_timeout) from exc
+
+
+async def connect_async(dsn: str, application_name: str = "pgfeatures", connect_timeout: float = 5.0,
+                        **kwargs: Any) -> psycopg.AsyncConnection:
+    """The asyncio twin of ``connect``."""
+    try:
+        return await psycopg.AsyncConnection.connect(dsn, **{**connection_kwargs(application_name, connect_timeout), **kwargs})
+    except psycopg.Error as exc:
+        raise unavailable(dsn, exc, connect_timeout) from exc
 
 
 def check_connection(dsn: str, connect_timeout: float) -> None:

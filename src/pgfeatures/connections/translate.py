@@ -1,0 +1,104 @@
+"""What a psycopg or psycopg_pool exception means to a pgfeatures user: one typed error each.
+
+An outage, an expired credential, a timeout, a drifted schema, a closed store
+and any other database error are different conditions with different
+remedies (wait, renew the credential, run ``pgfeatures init``, fix a grant),
+so they become different exceptions, each saying what happened and where.
+Connection failures carry no SQLSTATE in libpq, so those are told apart by
+libpq's message.
+"""
+
+from __future__ import annotations
+
+import re
+
+import psycopg
+from psycopg_pool import PoolClosed, PoolTimeout
+
+from ..errors import (
+    AuthenticationError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    PgFeaturesError,
+    PoolExhaustedError,
+    QueryTimeoutError,
+    SchemaDriftError,
+    StoreClosedError,
+)
+
+# libpq / server messages of a refused login: the credential, not the network, is the problem.
+_AUTH = re.compile(
+    r"password authentication failed|no password supplied|authentication failed|"
+    r"role \"[^\"]*\" does not exist|no pg_hba\.conf entry|pg_hba\.conf rejects|"
+    r"SSL (?:connection )?is required|server does not support SSL|certificate verify failed|"
+    r"SCRAM|channel binding",
+    re.IGNORECASE,
+)
+_SCHEMA_STATES = {"42P01": "undefined table", "42703": "undefined column", "42804": "datatype mismatch",
+                  "0A000": "cached plan changed result type", "42883": "undefined function"}
+# Class 08 (connection exception), 57P0x (admin/crash shutdown, cannot connect now), 53300 (too many connections)
+_UNAVAILABLE_PREFIXES = ("08", "57P", "53300")
+
+
+def redact(dsn: str) -> str:
+    """The DSN with any password hidden, for error messages."""
+    dsn = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)
+
+
+def _reason(exc: BaseException) -> str:
+    return (str(exc).strip() or type(exc).__name__).replace("connection failed: ", "", 1)
+
+
+def is_auth_failure(exc: BaseException) -> bool:
+    """The exception is a refused login (wrong password, expired token, pg_hba, TLS required)."""
+    if isinstance(exc, psycopg.Error) and exc.sqlstate and exc.sqlstate.startswith("28"):
+        return True
+    return isinstance(exc, psycopg.OperationalError) and bool(_AUTH.search(str(exc)))
+
+
+def unavailable(dsn: str, exc: BaseException, timeout: float | None = None) -> DatabaseUnavailableError:
+    """The DatabaseUnavailableError (AuthenticationError for a refused login) for a failed connection."""
+    within = f" within {timeout:g}s" if timeout is not None else ""
+    if is_auth_failure(exc):
+        return AuthenticationError(
+            f"the database at {redact(dsn)} refused the credentials: {_reason(exc)} "
+            "(renew the password or token; with a credential provider the next connection asks it again)"
+        )
+    return DatabaseUnavailableError(f"cannot reach the database{within} at {redact(dsn)}: {_reason(exc)}")
+
+
+def database_error(exc: BaseException, dsn: str = "", *, acquire_timeout: float | None = None,
+                   last_connect_error: BaseException | None = None) -> PgFeaturesError:
+    """The typed pgfeatures error for a psycopg / psycopg_pool exception.
+
+    ``last_connect_error``: the pool's latest failure to connect, if known, which tells a
+    pool timeout caused by a down database (or a refused credential) from a busy pool.
+    A pgfeatures error is returned as it is; any other exception becomes a DatabaseError.
+    """
+    if isinstance(exc, PgFeaturesError):
+        return exc
+    if isinstance(exc, PoolClosed):
+        return StoreClosedError(f"the store is closed: {exc}")
+    if isinstance(exc, PoolTimeout):
+        waited = f" within {acquire_timeout:g}s" if acquire_timeout is not None else ""
+        if last_connect_error is not None:
+            cause = unavailable(dsn, last_connect_error)
+            kind = type(cause)
+            return kind(f"no database connection{waited}: {cause}")
+        return PoolExhaustedError(f"no database connection available{waited}: every pooled connection is busy "
+                                  f"or being re-established ({exc})")
+    if not isinstance(exc, psycopg.Error):
+        return DatabaseError(f"{type(exc).__name__}: {exc}")
+    state = exc.sqlstate or ""
+    if isinstance(exc, psycopg.errors.QueryCanceled) or state == "57014":
+        return QueryTimeoutError(f"the statement was cancelled: {_reason(exc)} (statement_timeout or a cancel request)")
+    if state in _SCHEMA_STATES:
+        return SchemaDriftError(f"the database does not match the definitions ({_SCHEMA_STATES[state]}): {_reason(exc)}")
+    if is_auth_failure(exc):
+        return unavailable(dsn, exc)
+    if isinstance(exc, psycopg.OperationalError) and (not state or state.startswith(_UNAVAILABLE_PREFIXES)):
+        return unavailable(dsn, exc)
+    if isinstance(exc, psycopg.InterfaceError) and "closed" in str(exc):
+        return DatabaseUnavailableError(f"the connection to {redact(dsn)} is closed: {_reason(exc)}")
+    return DatabaseError(f"the database rejected the statement: {_reason(exc)}", state or None)
