@@ -14,7 +14,7 @@ from psycopg import sql
 from test_load import MIXED, contents, keys_for, make_registry, snapshot
 
 from pgfeatures import AsyncFeatureStore, FeatureStore
-from pgfeatures.errors import FeatureValueError, KeyFormatError, UnknownFeatureError, UnknownTableError
+from pgfeatures.errors import DatabaseError, FeatureValueError, KeyFormatError, UnknownFeatureError, UnknownTableError
 from pgfeatures.load import load
 from pgfeatures.schema import apply_schema
 from pgfeatures.write import plan_updates
@@ -104,8 +104,9 @@ def test_a_batch_is_one_transaction(store, conn, schema):
     """A database error in the second statement of a mixed batch undoes the first; the connection stays usable."""
     conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT small_s CHECK (s < 100)").format(sql.Identifier(schema, "mixed")))
     before = snapshot(conn, schema, "mixed")
-    with pytest.raises(psycopg.errors.CheckViolation):
+    with pytest.raises(DatabaseError, match="violates check constraint") as caught:
         store.update_features_batch("mixed", [(K[0], {"r": 1.0}), (K[1], {"s": 500})])
+    assert caught.value.sqlstate == "23514"
     assert snapshot(conn, schema, "mixed") == before
     store.update_features_batch("mixed", [(K[0], {"r": 1.0}), (K[1], {"s": 5})])
     assert contents(conn, schema, "mixed", ["r", "s"]) == {K[0]: (1.0, None), K[1]: (None, 5)}

@@ -11,7 +11,8 @@ fails when a generated file is not what its source generates.
 The transformation works on tokens, so comments and layout survive:
 
 - ``async def`` / ``async with`` / ``async for`` lose ``async``; ``await`` goes;
-- names are renamed by ``RENAMES`` (``AsyncConnection`` -> ``Connection``,
+- a name ending in ``_async`` loses the suffix (``load_async`` -> ``load``); other
+  names are renamed by ``RENAMES`` (``AsyncConnection`` -> ``Connection``,
   ``__aenter__`` -> ``__enter__``, ``asynccontextmanager`` -> ``contextmanager``, ...);
 - a line ending in ``# sync: <code>`` is replaced by ``<code>`` (same indentation),
   for the few lines whose sync form is not a rename (``await asyncio.to_thread(f, x)``
@@ -55,10 +56,6 @@ RENAMES = {
     "aclose": "close",
     "anext": "next",
     "make_async_pool": "make_pool",
-    "check_connection_async": "check_connection",
-    "connect_async": "connect",
-    "run_async": "run",
-    "load_async": "load",
     "AsyncLock": "Lock",
     "AsyncEvent": "Event",
 }
@@ -105,6 +102,8 @@ def transform(source: str, source_name: str) -> str:
             edits.append((row, col, nxt.start[1] if nxt.start[0] == row else end, ""))
         elif tok.string in RENAMES:
             edits.append((row, col, end, RENAMES[tok.string]))
+        elif tok.string.endswith("_async") and len(tok.string) > len("_async"):
+            edits.append((row, col, end, tok.string[: -len("_async")]))
     for row, start, end, new in sorted(edits, reverse=True):
         line = lines[row - 1]
         lines[row - 1] = line[:start] + new + line[end:]

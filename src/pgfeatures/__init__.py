@@ -1,7 +1,10 @@
 """pgfeatures: online feature serving on PostgreSQL, one round-trip for any number of feature tables."""
 
 from .definitions import Feature, FeatureTable, FeatureType, Registry
+from .connections import Cached, CredentialProvider, EnvPassword, PasswordFile, load_provider
 from .errors import (
+    AuthenticationError,
+    DatabaseError,
     DatabaseUnavailableError,
     DefinitionError,
     EmbeddedServerError,
@@ -11,7 +14,11 @@ from .errors import (
     LoadInputError,
     LoadInterruptedError,
     PgFeaturesError,
+    PoolExhaustedError,
+    QueryTimeoutError,
+    ReadOnlyStoreError,
     SchemaDriftError,
+    StoreClosedError,
     UnknownFeatureError,
     UnknownStrategyError,
     UnknownTableError,
@@ -23,6 +30,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncFeatureStore",
+    "AuthenticationError",
+    "Cached",
+    "CredentialProvider",
+    "DatabaseError",
+    "EnvPassword",
+    "PasswordFile",
+    "PoolExhaustedError",
+    "QueryTimeoutError",
+    "ReadOnlyStoreError",
+    "StoreClosedError",
+    "load_provider",
     "BatchReader",
     "DatabaseUnavailableError",
     "DefinitionError",

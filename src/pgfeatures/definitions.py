@@ -184,6 +184,7 @@ class Registry:
 
     tables: Mapping[str, FeatureTable]
     schema: str = DEFAULT_SCHEMA
+    source: str | None = field(default=None, compare=False)  # the TOML file it came from, for messages
 
     def __post_init__(self) -> None:
         _check_identifier("schema", self.schema)
@@ -192,13 +193,13 @@ class Registry:
                 raise DefinitionError(f"table registered as {name!r} is named {table.name!r}")
 
     @classmethod
-    def of(cls, tables: Iterable[FeatureTable], schema: str = DEFAULT_SCHEMA) -> "Registry":
+    def of(cls, tables: Iterable[FeatureTable], schema: str = DEFAULT_SCHEMA, source: str | None = None) -> "Registry":
         tables = list(tables)
         names = [t.name for t in tables]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise DefinitionError(f"duplicate table(s): {', '.join(dupes)}")
-        return cls({t.name: t for t in tables}, schema)
+        return cls({t.name: t for t in tables}, schema, source)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "definition") -> "Registry":
@@ -222,7 +223,7 @@ class Registry:
                 tables.append(FeatureTable.of(name, spec["features"], bool(spec.get("covering_index", False))))
             except DefinitionError as exc:
                 raise DefinitionError(f"{source}: {exc}") from None
-        return cls.of(tables, data.get("schema", DEFAULT_SCHEMA))
+        return cls.of(tables, data.get("schema", DEFAULT_SCHEMA), source if source != "definition" else None)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "Registry":

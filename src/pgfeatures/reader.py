@@ -41,6 +41,7 @@ A key absent from a table decodes to ``None`` in place of that table's dict.
 from __future__ import annotations
 
 import enum
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -483,16 +484,20 @@ def request_shape(tables: Iterable[str] | None, features: FeaturesArg) -> Any:
 
 
 class ReaderCache:
-    """A bounded LRU of compiled readers, keyed by request shape and strategy.
+    """A bounded LRU of compiled readers, keyed by request shape and strategy. Thread-safe.
 
-    Bounded because every distinct shape is also a prepared statement on each
-    pooled connection; keep it at or below psycopg's ``prepared_max``.
+    Bounded because every statement of a cached reader is also a prepared statement on each
+    pooled connection: the bound counts statements (a pipeline or sequential reader carries one
+    per table), and the stores keep psycopg's ``prepared_max`` above it, so a cached reader's
+    statements stay prepared. A reader evicted here is simply compiled again when asked for.
     """
 
-    def __init__(self, registry: Registry, maxsize: int = 100):
+    def __init__(self, registry: Registry, max_statements: int = 100):
         self.registry = registry
-        self.maxsize = maxsize
+        self.max_statements = max_statements
         self._readers: OrderedDict[Any, Reader | BatchReader] = OrderedDict()
+        self._statements = 0
+        self._lock = threading.Lock()
 
     def reader(self, tables: Iterable[str] | None, features: FeaturesArg, strategy: Strategy | str) -> Reader:
         return self._get(  # type: ignore[return-value]
@@ -508,22 +513,31 @@ class ReaderCache:
 
     def _get(self, key: Any, build: Callable[[], Reader | BatchReader]) -> Reader | BatchReader:
         try:
-            found = self._readers[key]
-        except KeyError:
-            pass
+            with self._lock:
+                found = self._readers.get(key)
+                if found is not None:
+                    self._readers.move_to_end(key)
+                    return found
         except TypeError:  # an unhashable argument: compile without caching
             return build()
-        else:
-            self._readers.move_to_end(key)
-            return found
-        reader = build()
-        self._put(key, reader)
+        reader = build()  # outside the lock: compiling is pure, a race only compiles twice
+        with self._lock:
+            if key not in self._readers:
+                self._readers[key] = reader
+                self._statements += _n_statements(reader)
+                while self._statements > self.max_statements and len(self._readers) > 1:
+                    _, evicted = self._readers.popitem(last=False)
+                    self._statements -= _n_statements(evicted)
         return reader
-
-    def _put(self, key: Any, reader: Reader | BatchReader) -> None:
-        self._readers[key] = reader
-        if len(self._readers) > self.maxsize:
-            self._readers.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._readers)
+
+    @property
+    def statements(self) -> int:
+        """Statements of the readers cached now."""
+        return self._statements
+
+
+def _n_statements(reader: Reader | BatchReader) -> int:
+    return 1 if isinstance(reader, BatchReader) else len(reader.statements)

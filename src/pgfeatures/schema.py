@@ -153,3 +153,82 @@ def apply_schema(conn: psycopg.Connection, registry: Registry, *, raise_on_drift
 
 def drop_schema(conn: psycopg.Connection, schema: str) -> None:
     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+# -- the live catalog, read in one statement, compared in pure code (the stores' open and re-checks) --
+
+CATALOG_QUERY = b"""
+SELECT t.name, c.oid IS NOT NULL,
+  (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
+    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+  (SELECT array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) FROM pg_attribute a
+    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+  (SELECT array_agg(a.attname::text) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid
+    AND a.attnum = ANY(i.indkey) WHERE i.indrelid = c.oid AND i.indisprimary)
+FROM unnest($2::text[]) AS t(name)
+LEFT JOIN pg_class c ON c.relname = t.name AND c.relkind IN ('r', 'p')
+  AND c.relnamespace = (SELECT n.oid FROM pg_namespace n WHERE n.nspname = $1)
+"""
+"""Parameters: the schema and the table names. One row per name: (name, exists, column names,
+column types, primary-key columns)."""
+
+
+@dataclass(frozen=True)
+class TableCheck:
+    """How one live table compares with its definition.
+
+    ``breaking``: what makes reads of the table fail or lie (the table or a column is missing, a
+    column has another type); ``warnings``: what only costs speed or space (no primary key, an
+    extra column).
+    """
+
+    table: str
+    breaking: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+def expected_columns(table: FeatureTable) -> dict[str, str]:
+    """Every column of the table as defined, with its ``format_type`` name."""
+    return {KEY_COLUMN: "bytea", **{f.name: f.type.name for f in table.features}, UPDATED_AT: "integer"}
+
+
+def check_catalog_row(schema: str, table: FeatureTable, row: tuple) -> TableCheck:  # type: ignore[type-arg]
+    """Compare one row of ``CATALOG_QUERY`` with the table's definition (pure)."""
+    _, exists, names, types, primary_key = row
+    if not exists:
+        return TableCheck(table.name, (f"table {schema}.{table.name} does not exist",))
+    live = dict(zip(names or (), types or ()))
+    breaking, warnings = [], []
+    for col, typ in expected_columns(table).items():
+        if col not in live:
+            breaking.append(f"column {col} ({typ}) is missing")
+        elif live[col] != typ:
+            breaking.append(f"column {col} is {live[col]}, the definition says {typ}")
+    for col in live.keys() - expected_columns(table).keys():
+        warnings.append(f"column {col} ({live[col]}) is not in the definition")
+    if list(primary_key or ()) != [KEY_COLUMN]:
+        warnings.append(f"primary key is {primary_key or 'missing'}, the definition says ({KEY_COLUMN})")
+    return TableCheck(table.name, tuple(breaking), tuple(warnings))
+
+
+def check_catalog(registry: Registry, rows: list[tuple]) -> dict[str, TableCheck]:  # type: ignore[type-arg]
+    """Compare the rows of ``CATALOG_QUERY`` with the definitions: {table: TableCheck}."""
+    return {row[0]: check_catalog_row(registry.schema, registry.tables[row[0]], row) for row in rows}
+
+
+def drift_error(registry: Registry, checks: dict[str, TableCheck], source: str | None = None) -> SchemaDriftError:
+    """The SchemaDriftError for the breaking problems in ``checks``, with the command that fixes what it can."""
+    problems = {name: list(c.breaking) for name, c in checks.items() if c.breaking}
+    listed = "; ".join(f"{name}: {', '.join(p)}" for name, p in problems.items())
+    init = f"pgfeatures init -d {source}" if source else "pgfeatures init -d <definitions>"
+    missing = [n for n, p in problems.items() if any("does not exist" in x for x in p)]
+    hints = []
+    if missing:
+        hints.append(f"`{init}` creates the missing table(s) {', '.join(missing)}")
+    if len(missing) < len(problems):
+        hints.append(f"a table whose columns differ needs ALTER TABLE to match the definition "
+                     f"(`{init} --print-sql` shows it), or a definition that matches the table")
+    return SchemaDriftError(
+        f"the database does not match the definitions (schema {registry.schema!r}): {listed}. Fix: {'; '.join(hints)}",
+        problems,
+    )

@@ -1,27 +1,23 @@
-"""Where the database is and how pgfeatures connects to it.
+"""Where the database is and how pgfeatures connects to it (floor 4).
 
-- ``pools``: DSN resolution, connection settings, fixed-size pools, one-off connections;
+- ``dsn``: DSN resolution (argument, ``$PGFEATURES_DSN``, the embedded server) and the
+  settings of every connection (autocommit, prepared statements or not, application_name);
+- ``credentials``: credential providers called for every new connection (rotating passwords,
+  OAuth and IAM tokens);
+- ``pool_async`` / ``pool`` (generated): fixed-size pools with bounded lifetime and
+  reconnects, one-off connections;
 - ``translate``: psycopg / psycopg_pool exceptions as typed pgfeatures errors.
 """
 
-from .pools import (
-    DSN_ENV,
-    READ_APP,
-    WRITE_APP,
-    check_connection,
-    check_connection_async,
-    connect,
-    connect_async,
-    connection_kwargs,
-    make_async_pool,
-    make_pool,
-    pool_settings,
-    resolve_dsn,
-)
-from .translate import database_error, is_auth_failure, redact, unavailable
+from .credentials import Cached, CredentialProvider, CredentialProviderError, EnvPassword, PasswordFile, load_provider
+from .dsn import DSN_ENV, POOLERS, READ_APP, WRITE_APP, check_pooler, connection_kwargs, prepares, resolve_dsn
+from .pool import check_connection, connect, make_pool
+from .pool_async import check_connection_async, connect_async, make_async_pool
+from .translate import ConnectFailures, database_error, is_auth_failure, redact, unavailable
 
 __all__ = [
-    "DSN_ENV", "READ_APP", "WRITE_APP", "check_connection", "check_connection_async", "connect", "connect_async",
-    "connection_kwargs", "database_error", "is_auth_failure", "make_async_pool", "make_pool", "pool_settings",
-    "redact", "resolve_dsn", "unavailable",
+    "Cached", "ConnectFailures", "CredentialProvider", "CredentialProviderError", "DSN_ENV", "EnvPassword",
+    "POOLERS", "PasswordFile", "READ_APP", "WRITE_APP", "check_connection", "check_connection_async", "check_pooler",
+    "connect", "connect_async", "connection_kwargs", "database_error", "is_auth_failure", "load_provider",
+    "make_async_pool", "make_pool", "prepares", "redact", "resolve_dsn", "unavailable",
 ]

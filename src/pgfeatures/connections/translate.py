@@ -11,6 +11,7 @@ libpq's message.
 from __future__ import annotations
 
 import re
+import time
 
 import psycopg
 from psycopg_pool import PoolClosed, PoolTimeout
@@ -51,7 +52,12 @@ def _reason(exc: BaseException) -> str:
 
 
 def is_auth_failure(exc: BaseException) -> bool:
-    """The exception is a refused login (wrong password, expired token, pg_hba, TLS required)."""
+    """The exception is a refused login (wrong password, expired token, pg_hba, TLS required) or a
+    credential provider that failed."""
+    from .credentials import CredentialProviderError
+
+    if isinstance(exc, CredentialProviderError):
+        return True
     if isinstance(exc, psycopg.Error) and exc.sqlstate and exc.sqlstate.startswith("28"):
         return True
     return isinstance(exc, psycopg.OperationalError) and bool(_AUTH.search(str(exc)))
@@ -102,3 +108,24 @@ def database_error(exc: BaseException, dsn: str = "", *, acquire_timeout: float 
     if isinstance(exc, psycopg.InterfaceError) and "closed" in str(exc):
         return DatabaseUnavailableError(f"the connection to {redact(dsn)} is closed: {_reason(exc)}")
     return DatabaseError(f"the database rejected the statement: {_reason(exc)}", state or None)
+
+
+class ConnectFailures:
+    """The latest failure of one pool to open a connection, cleared by the next success.
+
+    A pool timeout alone cannot say why no connection came; this record can: the database is
+    down (connection refused), or it refused the credentials. Updated from the pool's worker
+    threads or tasks: single attribute writes, no lock needed.
+    """
+
+    __slots__ = ("error", "at")
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+        self.at = 0.0
+
+    def failed(self, exc: BaseException) -> None:
+        self.error, self.at = exc, time.monotonic()
+
+    def succeeded(self) -> None:
+        self.error = None

@@ -1,0 +1,132 @@
+"""Pools and one-off connections, with credentials asked for at every connection (async source).
+
+``pool.py`` is generated from this file by ``tools/async_to_sync.py``.
+
+Pools are fixed-size (min_size == max_size): a serving process should not pay
+a connection handshake (several round-trips, plus TLS and SCRAM on a managed
+service) in the middle of a request. ``max_lifetime`` renews each connection
+after at most that long (psycopg_pool spreads the renewals with jitter), so a
+rotating credential is asked for again well before it would expire.
+``reconnect_timeout`` bounds how long the pool retries a lost connection, with
+a delay doubling from 1 s, before giving that attempt up; the next request
+that finds no connection starts a fresh attempt at once. With psycopg_pool's
+default (300 s) the delay keeps doubling through a long outage, and a service
+can stay down for minutes after the database is back.
+
+Separate read and write pools isolate connection capacity (a bulk load cannot
+take the connections readers need) and per-session settings. They do not
+isolate the buffer cache or CPU: shared_buffers is shared by every backend of
+the server. Real read isolation is a read replica.
+"""
+
+from __future__ import annotations
+
+import asyncio  # async-only
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from .credentials import CredentialProvider, credential_params
+from .dsn import connection_kwargs
+from .translate import ConnectFailures, unavailable
+
+
+async def connection_params_async(credentials: CredentialProvider | None) -> dict[str, Any]:
+    """The provider's current parameters (off the event loop: a token fetch may block)."""
+    if credentials is None:
+        return {}
+    return await asyncio.to_thread(credential_params, credentials)  # sync: return credential_params(credentials)
+
+
+async def connect_async(
+    dsn: str,
+    application_name: str = "pgfeatures",
+    connect_timeout: float = 5.0,
+    *,
+    credentials: CredentialProvider | None = None,
+    pooler: str | None = None,
+    **kwargs: Any,
+) -> psycopg.AsyncConnection:
+    """One autocommit connection for a command (init, load, doctor, a probe), outside any pool.
+
+    Raises DatabaseUnavailableError, or AuthenticationError for refused credentials, with the reason.
+    """
+    try:
+        params = await connection_params_async(credentials)
+        return await psycopg.AsyncConnection.connect(
+            dsn, **{**connection_kwargs(application_name, connect_timeout, pooler), **params, **kwargs}
+        )
+    except Exception as exc:
+        raise unavailable(dsn, exc, connect_timeout) from exc
+
+
+async def check_connection_async(dsn: str, connect_timeout: float, credentials: CredentialProvider | None = None) -> None:
+    """Connect once and run ``SELECT 1``. Raises DatabaseUnavailableError / AuthenticationError with the reason."""
+    conn = await connect_async(dsn, "pgfeatures-check", connect_timeout, credentials=credentials)
+    try:
+        await conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        raise unavailable(dsn, exc, connect_timeout) from exc
+    finally:
+        await conn.close()
+
+
+def _recording_class(failures: ConnectFailures) -> type[psycopg.AsyncConnection]:
+    """A connection class that notes its pool's failures to connect (see ``ConnectFailures``)."""
+
+    class RecordingConnection(psycopg.AsyncConnection):  # type: ignore[type-arg]
+        @classmethod
+        async def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:  # type: ignore[override]
+            try:
+                conn = await super().connect(conninfo, **kwargs)
+            except Exception as exc:
+                failures.failed(exc)
+                raise
+            failures.succeeded()
+            return conn
+
+    return RecordingConnection
+
+
+def make_async_pool(
+    dsn: str,
+    *,
+    size: int,
+    application_name: str,
+    connect_timeout: float = 5.0,
+    acquire_timeout: float = 5.0,
+    reconnect_timeout: float = 10.0,
+    max_lifetime: float = 1800.0,
+    configure: Callable[[Any], Any] | None = None,
+    credentials: CredentialProvider | None = None,
+    pooler: str | None = None,
+    failures: ConnectFailures | None = None,
+) -> AsyncConnectionPool:
+    """A fixed-size pool, not yet opened. ``configure`` runs on every new connection before it
+    serves; ``credentials`` is called for every new connection; ``failures`` records why
+    connections could not be made."""
+    base = connection_kwargs(application_name, connect_timeout, pooler)
+    failures = failures or ConnectFailures()
+
+    async def kwargs() -> dict[str, Any]:
+        try:
+            return {**base, **(await connection_params_async(credentials))}
+        except Exception as exc:
+            failures.failed(exc)
+            raise
+
+    return AsyncConnectionPool(
+        dsn,
+        connection_class=_recording_class(failures),
+        kwargs=kwargs if credentials is not None else base,
+        min_size=size,
+        max_size=size,
+        configure=configure,
+        timeout=acquire_timeout,
+        reconnect_timeout=reconnect_timeout,
+        max_lifetime=max_lifetime,
+        name=application_name,
+        open=False,
+    )

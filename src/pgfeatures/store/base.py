@@ -1,0 +1,229 @@
+"""What the sync and async stores share, without I/O: read targets and their health, tables that
+cannot be served, the statements every read connection prepares.
+
+The I/O shells (``store_async.py``, and ``store.py`` generated from it) only take connections,
+run statements and hand rows to these objects and to the compiled readers of ``reader.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..connections import ConnectFailures, redact
+from ..definitions import KEY_LENGTH, Registry
+from ..errors import SchemaDriftError
+from ..reader import BatchReader, Reader
+from ..schema import TableCheck, check_catalog, drift_error
+
+logger = logging.getLogger("pgfeatures")
+
+WARMUP_KEY = bytes(KEY_LENGTH)  # any key will do: warm-up prepares statements, it does not need rows
+
+# Read sessions always use the generic plan of a prepared statement. Under the default
+# plan_cache_mode=auto, PostgreSQL re-plans the batch statement (an array parameter) at every
+# execution, because a custom plan looks cheaper for each array length; planning thirty
+# subqueries costs about as much as running them. Every read is a primary-key lookup whose best
+# plan does not depend on the key, so the generic plan is always the right one. (Behind a
+# transaction-mode pooler a session setting would leak to other clients: not set there.)
+READ_SESSION_SETUP = b"SET plan_cache_mode = force_generic_plan"
+
+# Replica lag: zero while the standby has replayed all it received, else the age of the last
+# replayed transaction. NULL on a primary.
+LAG_QUERY = (
+    b"SELECT CASE WHEN NOT pg_is_in_recovery() THEN 0::float8"
+    b" WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0::float8"
+    b" ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END"
+)
+
+PROBE_INTERVAL = 0.5  # seconds between probes of a read target that is down (or too far behind)
+RECHECK_INTERVAL = 1.0  # seconds between catalog re-checks of a table that could not be served
+ON_DRIFT = ("raise", "isolate")
+
+
+# -- read targets ---------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class ReadTarget:
+    """One server reads can go to: a replica, or the primary (the only one, or the fallback)."""
+
+    name: str
+    dsn: str
+    is_primary: bool
+    failures: ConnectFailures = field(default_factory=ConnectFailures)
+    pool: Any = None
+    down: bool = False
+    reason: str = ""
+    lag: float | None = None
+    probing: bool = False
+    next_probe: float = 0.0
+
+    def describe(self) -> str:
+        state = f"down: {self.reason}" if self.down else "up"
+        lag = f", lag {self.lag:.1f}s" if self.lag else ""
+        return f"{self.name} ({state}{lag})"
+
+
+def target_name(dsn: str, role: str) -> str:
+    """A target's name for logs and readiness: its role and address, never its password."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(dsn)
+    except Exception:
+        return f"{role} {redact(dsn)}"
+    host = params.get("host") or "localhost"
+    port = params.get("port") or "5432"
+    return f"{role} {host}:{port}"
+
+
+class Router:
+    """The order in which a read tries its targets.
+
+    Healthy replicas first, taken in turn (round robin across requests), then the fallback (the
+    primary) if healthy. A target that failed is marked down and skipped until a probe finds it
+    serving again; if every target is down, all are tried anyway, in order (one of them may be back
+    before its probe says so). With ``max_lag``, a replica further behind than that is skipped like
+    a down one. Orders are precomputed when health changes, so a read only picks one.
+    """
+
+    def __init__(self, replicas: Sequence[ReadTarget], fallback: ReadTarget | None, max_lag: float | None = None):
+        self.replicas = tuple(replicas)
+        self.fallback = fallback
+        self.max_lag = max_lag
+        self.targets = (*self.replicas, *([fallback] if fallback else []))
+        self._lock = threading.Lock()
+        self._turn = itertools.count()
+        self._orders: tuple[tuple[ReadTarget, ...], ...] = ()
+        self._rebuild()
+
+    def serving(self, target: ReadTarget) -> bool:
+        if target.down:
+            return False
+        return not (self.max_lag is not None and not target.is_primary and (target.lag or 0.0) > self.max_lag)
+
+    def _rebuild(self) -> None:
+        healthy = [t for t in self.replicas if self.serving(t)]
+        tail = [self.fallback] if self.fallback is not None and self.serving(self.fallback) else []
+        if not healthy and not tail:
+            self._orders = (self.targets,)
+            return
+        rotations = [tuple(healthy[i:] + healthy[:i]) for i in range(len(healthy))] or [()]
+        self._orders = tuple((*r, *tail) for r in rotations)
+
+    def order(self) -> tuple[ReadTarget, ...]:
+        orders = self._orders
+        return orders[next(self._turn) % len(orders)] if len(orders) > 1 else orders[0]
+
+    def mark_down(self, target: ReadTarget, reason: str) -> None:
+        with self._lock:
+            if not target.down:
+                logger.warning("pgfeatures: reads stop using %s: %s", target.name, reason)
+            target.down, target.reason = True, reason
+            target.next_probe = time.monotonic()
+            self._rebuild()
+
+    def mark_up(self, target: ReadTarget) -> None:
+        with self._lock:
+            if target.down:
+                logger.warning("pgfeatures: reads use %s again", target.name)
+            target.down, target.reason = False, ""
+            self._rebuild()
+
+    def set_lag(self, target: ReadTarget, lag: float | None) -> None:
+        with self._lock:
+            before = self.serving(target)
+            target.lag = lag
+            if self.serving(target) != before:
+                logger.warning("pgfeatures: %s is %.1fs behind the primary (max_replica_lag %gs): reads %s it",
+                               target.name, lag or 0.0, self.max_lag, "use" if self.serving(target) else "skip")
+                self._rebuild()
+
+    def due_for_probe(self, now: float) -> list[ReadTarget]:
+        """Targets that need a probe now (down or lagging, and not being probed); marks them probing."""
+        due = []
+        with self._lock:
+            for t in self.targets:
+                lagging = self.max_lag is not None and not t.is_primary
+                if (t.down or lagging) and not t.probing and now >= t.next_probe:
+                    t.probing, t.next_probe = True, now + PROBE_INTERVAL
+                    due.append(t)
+        return due
+
+
+# -- tables that cannot be served -----------------------------------------------------------------
+
+
+class TableHealth:
+    """Which tables cannot be served now, and why (the store's ``on_drift="isolate"`` mode).
+
+    A table is broken when the live catalog says it is missing or a column it reads is missing or
+    of another type. Requests that touch a broken table fail at once with a SchemaDriftError naming
+    it; the others are served. A broken table is re-checked at most every RECHECK_INTERVAL, when a
+    request touches it, and served again once the catalog matches.
+    """
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        self.checks: dict[str, TableCheck] = {}
+        self.broken: frozenset[str] = frozenset()
+        self._next_check: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def update(self, checks: dict[str, TableCheck]) -> None:
+        with self._lock:
+            merged = {**self.checks, **checks}
+            broken = frozenset(n for n, c in merged.items() if c.breaking)
+            for name in broken - self.broken:
+                logger.error("pgfeatures: table %s cannot be served: %s", name, "; ".join(merged[name].breaking))
+            for name in self.broken - broken:
+                logger.warning("pgfeatures: table %s matches its definition again: serving it", name)
+            for name, c in checks.items():
+                for warning in c.warnings:
+                    logger.warning("pgfeatures: table %s: %s", name, warning)
+            self.checks, self.broken = merged, broken
+            now = time.monotonic()
+            for name in broken:
+                self._next_check[name] = now + RECHECK_INTERVAL
+
+    def error(self, tables: Iterable[str]) -> SchemaDriftError:
+        names = [t for t in tables if t in self.broken]
+        return drift_error(self.registry, {n: self.checks[n] for n in names}, self.registry.source)
+
+    def due(self, tables: Iterable[str]) -> list[str]:
+        """Broken tables among ``tables`` whose re-check is due (claims the re-check)."""
+        now = time.monotonic()
+        due = []
+        with self._lock:
+            for t in tables:
+                if t in self.broken and now >= self._next_check.get(t, 0.0):
+                    self._next_check[t] = now + RECHECK_INTERVAL
+                    due.append(t)
+        return due
+
+    def from_rows(self, rows: list[tuple]) -> dict[str, TableCheck]:  # type: ignore[type-arg]
+        return check_catalog(self.registry, rows)
+
+    def status(self) -> dict[str, list[str]]:
+        """{table: problems} of every table that cannot be served now."""
+        return {n: list(self.checks[n].breaking) for n in sorted(self.broken)}
+
+
+# -- warm-up --------------------------------------------------------------------------------------
+
+
+def warmup_statements(readers: Iterable[Reader | BatchReader]) -> list[tuple[Reader | BatchReader, bytes, tuple[Any, ...]]]:
+    """(reader, statement, parameters) that prepare every statement of ``readers``."""
+    statements: list[tuple[Reader | BatchReader, bytes, tuple[Any, ...]]] = []
+    for r in readers:
+        if isinstance(r, BatchReader):
+            statements.append((r, r.statement, ([WARMUP_KEY],)))
+        else:
+            statements.extend((r, s, (WARMUP_KEY,)) for s in r.statements)
+    return statements

@@ -1,0 +1,182 @@
+"""The store calls each failure what it is: drift is not an outage, a timeout is not a lost
+connection, a closed or read-only store says so; one broken table breaks only the requests that
+touch it (house issue item 1 and 2, production issue item 2)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pgfeatures import (
+    AsyncFeatureStore,
+    AuthenticationError,
+    FeatureStore,
+    QueryTimeoutError,
+    ReadOnlyStoreError,
+    SchemaDriftError,
+    StoreClosedError,
+)
+from pgfeatures.definitions import FeatureTable, Registry, demo_registry
+from pgfeatures.reader import ReaderCache
+from pgfeatures.schema import apply_schema
+
+from conftest import dsn_with
+
+KEY = bytes(32)
+
+
+def registry_with_extra_column(schema: str) -> Registry:
+    """t00..t02 as created, but t01 defined with a feature the live table lacks."""
+    base = demo_registry(n_tables=3, n_features=2, schema=schema)
+    tables = dict(base.tables)
+    tables["t01"] = FeatureTable.of("t01", {"f0": "real", "f1": "real", "f9": "real"})
+    return Registry(tables, schema, source="changed.toml")
+
+
+def test_open_fails_at_once_with_the_drift_not_an_outage(conn, schema, dsn):
+    apply_schema(conn, demo_registry(n_tables=3, n_features=2, schema=schema))
+    started = time.monotonic()
+    with pytest.raises(SchemaDriftError) as caught:
+        FeatureStore(registry_with_extra_column(schema), dsn, pool_size=1, write_pool_size=0)
+    assert time.monotonic() - started < 3  # at once: not after a connect timeout
+    message = str(caught.value)
+    assert "t01" in message and "column f9 (real) is missing" in message and "pgfeatures init -d changed.toml" in message
+    assert caught.value.problems == {"t01": ["column f9 (real) is missing"]}
+
+
+def test_isolate_serves_the_other_tables_and_names_the_broken_one(conn, schema, dsn):
+    apply_schema(conn, demo_registry(n_tables=3, n_features=2, schema=schema))
+    with FeatureStore(registry_with_extra_column(schema), dsn, pool_size=2, write_pool_size=0, on_drift="isolate") as store:
+        assert store.get_features(KEY, ["t00", "t02"]) == {"t00": None, "t02": None}
+        with pytest.raises(SchemaDriftError, match="t01: column f9"):
+            store.get_features(KEY, ["t00", "t01"])
+        with pytest.raises(SchemaDriftError, match="t01"):
+            store.get_features(KEY)  # all tables: touches t01
+        assert store.status()["broken_tables"] == {"t01": ["column f9 (real) is missing"]}
+        # fixed behind the store's back: served again after the next re-check
+        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN f9 real").format(sql.Identifier(schema, "t01")))
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                assert store.get_features(KEY, ["t01"]) == {"t01": None}
+                break
+            except SchemaDriftError:
+                assert time.monotonic() < deadline, "t01 still broken 5 s after it was fixed"
+                time.sleep(0.2)
+        assert store.status()["broken_tables"] == {}
+
+
+def test_a_table_renamed_while_serving_breaks_only_its_requests(conn, schema, dsn):
+    registry = demo_registry(n_tables=3, n_features=2, schema=schema)
+    apply_schema(conn, registry)
+    with FeatureStore(registry, dsn, pool_size=2, write_pool_size=0, on_drift="isolate") as store:
+        assert store.get_features(KEY)["t02"] is None
+        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO t02_x").format(sql.Identifier(schema, "t02")))
+        with pytest.raises(SchemaDriftError, match=rf"t02: table {schema}\.t02 does not exist"):
+            store.get_features(KEY)
+        assert store.get_features(KEY, ["t00", "t01"]) == {"t00": None, "t01": None}
+        assert "t02" in store.status()["broken_tables"]
+        # every connection replaced (as after a restart): the new ones still warm up and serve t00
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgfeatures-read' "
+                     "AND datname = current_database()")
+        assert store.get_features(KEY, ["t00"]) == {"t00": None}
+        assert store.get_features_batch([KEY, KEY], ["t01"]) == [{"t01": None}] * 2
+        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO t02").format(sql.Identifier(schema, "t02_x")))
+        time.sleep(1.1)  # the re-check interval
+        assert store.get_features(KEY)["t02"] is None
+
+
+def test_a_missing_table_at_open_is_named(conn, schema, dsn):
+    apply_schema(conn, demo_registry(n_tables=2, n_features=1, schema=schema))
+    with pytest.raises(SchemaDriftError, match=rf"t02: table {schema}\.t02 does not exist.*creates the missing table"):
+        FeatureStore(demo_registry(n_tables=3, n_features=1, schema=schema), dsn, pool_size=1)
+
+
+def test_statement_timeout_is_a_timeout_not_an_outage(conn, schema, dsn):
+    registry = demo_registry(n_tables=1, n_features=1, schema=schema)
+    apply_schema(conn, registry)
+    with FeatureStore(registry, dsn_with(dsn, options="-c statement_timeout=200"), pool_size=1, write_pool_size=0) as store:
+        with psycopg.connect(dsn) as locker:  # a transaction holding the table: the read waits, then is cancelled
+            locker.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema, "t00")))
+            with pytest.raises(QueryTimeoutError, match="statement timeout"):
+                store.get_features(KEY)
+        assert store.get_features(KEY) == {"t00": None}  # the connection still serves
+
+
+def test_closed_and_read_only_stores_say_so(conn, schema, dsn):
+    registry = demo_registry(n_tables=1, n_features=1, schema=schema)
+    apply_schema(conn, registry)
+    store = FeatureStore(registry, dsn, pool_size=1, write_pool_size=0)
+    with pytest.raises(ReadOnlyStoreError, match="no write pool"):
+        store.update_features(KEY, "t00", {"f0": 1.0})
+    store.close()
+    with pytest.raises(StoreClosedError, match="not open"):
+        store.get_features(KEY)
+    never_opened = FeatureStore(registry, dsn, open=False)
+    with pytest.raises(StoreClosedError):
+        never_opened.get_features(KEY)
+    with pytest.raises(StoreClosedError):
+        never_opened.update_features(KEY, "t00", {"f0": 1.0})
+
+
+def test_a_refused_login_is_an_authentication_error(conn, schema, dsn):
+    registry = demo_registry(n_tables=1, n_features=1, schema=schema)
+    with pytest.raises(AuthenticationError, match="refused the credentials.*nobody_here"):
+        FeatureStore(registry, dsn_with(dsn, user="nobody_here"), pool_size=1, connect_timeout=2)
+
+
+def test_async_store_cannot_open_in_its_constructor(schema, dsn):
+    with pytest.raises(TypeError, match="await store.open"):
+        AsyncFeatureStore(demo_registry(n_tables=1, schema=schema), dsn, open=True)
+
+
+def test_async_store_isolates_a_broken_table(conn, schema, dsn):
+    apply_schema(conn, demo_registry(n_tables=3, n_features=2, schema=schema))
+
+    async def run():
+        async with AsyncFeatureStore(registry_with_extra_column(schema), dsn, pool_size=1, write_pool_size=0,
+                                     on_drift="isolate") as store:
+            assert await store.get_features(KEY, ["t00"]) == {"t00": None}
+            with pytest.raises(SchemaDriftError, match="t01"):
+                await store.get_features(KEY, ["t01"])
+        with pytest.raises(SchemaDriftError):
+            await AsyncFeatureStore(registry_with_extra_column(schema), dsn, pool_size=1).open()
+
+    asyncio.run(run())
+
+
+def test_reader_cache_is_thread_safe_and_bounded_in_statements(schema):
+    registry = demo_registry(n_tables=8, n_features=2, schema=schema)
+    cache = ReaderCache(registry, max_statements=20)
+    shapes = [[f"t{i:02d}" for i in range(n)] for n in range(1, 9)]
+    errors: list[BaseException] = []
+
+    def hammer(seed: int) -> None:
+        try:
+            for i in range(400):
+                tables = shapes[(i * 7 + seed) % len(shapes)]
+                strategy = ("single", "pipeline", "sequential")[(i + seed) % 3]
+                reader = cache.reader(tables, None, strategy)
+                assert reader.tables == tuple(tables)
+                assert cache.statements <= 20 or len(cache) == 1
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=hammer, args=(s,)) for s in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors[0]
+    assert cache.statements <= 20
