@@ -157,3 +157,26 @@ def test_concurrent_update_during_rebuild_is_not_lost(dsn, conn, schema, store):
         thread.join(30)
     assert done and done[0].strategy == "rebuild"
     assert contents(conn, schema, "plain", ["f0"])[keys_for([2500])[0]] == (42.0,)
+
+
+def _kill_writers(conn) -> int:
+    rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgfeatures-write' "
+                        "AND datname = current_database() AND pid <> pg_backend_pid()").fetchall()
+    return len(rows)
+
+
+@pytest.mark.parametrize("mixed_batch", [False, True], ids=["one statement", "pipelined transaction"])
+def test_an_update_after_its_connection_was_killed_is_retried_once(store, conn, schema, mixed_batch):
+    store.update_features(K[0], "mixed", {"r": 1.0})
+    assert _kill_writers(conn) == 1
+    rows = [(K[4], {"r": 4.0}), (K[5], {"s": 5})] if mixed_batch else [(K[4], {"r": 4.0})]
+    assert store.update_features_batch("mixed", rows) == len(rows)  # no error: retried on a fresh connection
+    assert row(conn, schema, K[4])["r"] == 4.0
+
+
+def test_a_load_after_its_connection_was_killed_is_retried_once(store, conn, schema):
+    data = pa.table({"hashkey": pa.array([K[6]], pa.binary(32)), "r": pa.array([6.0], pa.float32())})
+    store.write_features("mixed", data, partial=True)
+    assert _kill_writers(conn) == 1
+    store.write_features("mixed", data, partial=True)  # no error: retried on a fresh connection
+    assert row(conn, schema, K[6])["r"] == 6.0
