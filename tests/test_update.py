@@ -40,7 +40,10 @@ def test_insert_then_partial_update(store, conn, schema):
     first = row(conn, schema, K[0])
     assert {k: first[k] for k in MIXED} == {"r": 1.5, "d": None, "s": 7, "i": None, "b": None, "ok": True}
     assert t0 <= first["updated_at"] <= time.time() + 1  # the server rounds now() to whole seconds
-    store.update_features(K[0].hex(), "mixed", {"i": -5, "updated_at": 1_700_000_000})  # hex keys work too
+    # an older event time than the stored row's: kept out (newest wins) unless asked to overwrite
+    assert store.update_features(K[0].hex(), "mixed", {"i": -5, "updated_at": 1_700_000_000}) == 0
+    assert row(conn, schema, K[0]) == first
+    assert store.update_features(K[0].hex(), "mixed", {"i": -5, "updated_at": 1_700_000_000}, overwrite_newer=True) == 1
     second = row(conn, schema, K[0])
     assert second == {**first, "i": -5, "updated_at": 1_700_000_000}  # other columns kept
     store.update_features(K[0], "mixed", {"s": None})
@@ -180,3 +183,45 @@ def test_a_load_after_its_connection_was_killed_is_retried_once(store, conn, sch
     assert _kill_writers(conn) == 1
     store.write_features("mixed", data, partial=True)  # no error: retried on a fresh connection
     assert row(conn, schema, K[6])["r"] == 6.0
+
+
+def test_newest_wins_counts_what_it_skips(store, conn, schema):
+    store.update_features_batch("mixed", [(K[0], {"r": 1.0, "updated_at": 2000}), (K[1], {"r": 1.0, "updated_at": 2000})])
+    result = store.update_features_batch("mixed", [
+        (K[0], {"r": 2.0, "updated_at": 1999}),  # older: skipped
+        (K[1], {"r": 3.0, "updated_at": 2000}),  # same time: written
+        (K[2], {"r": 4.0, "updated_at": 5}),     # new key: written
+        (K[3], {"s": 1}),                        # no event time: stamped now, always written
+    ])
+    assert (int(result), result.skipped, result.keys) == (3, 1, 4)
+    got = contents(conn, schema, "mixed", ["r", "updated_at"])
+    assert got[K[0]] == (1.0, 2000) and got[K[1]] == (3.0, 2000) and got[K[2]] == (4.0, 5)
+
+
+def test_racing_writers_end_with_the_newest_row(dsn, conn, schema):
+    """Writers of the same keys with different event times, committing in any order: the newest stays."""
+    registry = make_registry(schema)
+    apply_schema(conn, registry)
+    keys = K[:5]
+    stamps = list(range(1000, 1040))
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def writer(offset: int) -> None:
+        try:
+            with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as store:
+                barrier.wait()
+                for i in range(offset, len(stamps), 4):  # each writer owns a quarter of the timestamps, in a shuffled order
+                    t = stamps[(i * 7) % len(stamps)]
+                    store.update_features_batch("mixed", [(k, {"i": t, "updated_at": t}) for k in keys])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(o,)) for o in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    got = contents(conn, schema, "mixed", ["i", "updated_at"])
+    assert {k: got[k] for k in keys} == {k: (max(stamps), max(stamps)) for k in keys}

@@ -1,6 +1,6 @@
 """pgfeatures: online feature serving on PostgreSQL, one round-trip for any number of feature tables."""
 
-from .definitions import Feature, FeatureTable, FeatureType, Registry
+from .definitions import Entity, Feature, FeatureService, FeatureTable, FeatureType, Registry, hash_key
 from .connections import Cached, CredentialProvider, EnvPassword, PasswordFile, load_provider
 from .errors import (
     AuthenticationError,
@@ -19,17 +19,25 @@ from .errors import (
     ReadOnlyStoreError,
     SchemaDriftError,
     StoreClosedError,
+    UnknownEntityError,
     UnknownFeatureError,
+    UnknownServiceError,
     UnknownStrategyError,
     UnknownTableError,
 )
-from .reader import MISSING, BatchReader, Reader, Strategy
+from .reader import EXPIRED, MISSING, PRESENT, BatchReader, FeatureResult, Reader, Strategy
 from .store import AsyncFeatureStore, FeatureStore
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncFeatureStore",
+    "EXPIRED",
+    "Entity",
+    "FeatureResult",
+    "FeatureService",
+    "PRESENT",
+    "hash_key",
     "AuthenticationError",
     "Cached",
     "CredentialProvider",
@@ -60,7 +68,9 @@ __all__ = [
     "Registry",
     "SchemaDriftError",
     "Strategy",
+    "UnknownEntityError",
     "UnknownFeatureError",
+    "UnknownServiceError",
     "UnknownStrategyError",
     "UnknownTableError",
 ]

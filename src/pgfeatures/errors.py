@@ -56,8 +56,31 @@ class UnknownFeatureError(PgFeaturesError, KeyError):
         return str(self.args[0])
 
 
+class UnknownServiceError(PgFeaturesError, KeyError):
+    def __init__(self, names: Iterable[str], valid: Iterable[str]):
+        self.names = sorted(names)
+        self.valid = sorted(valid)
+        super().__init__(
+            f"unknown feature service(s): {', '.join(self.names)}; valid services: {', '.join(self.valid) or '(none defined)'}"
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class UnknownEntityError(PgFeaturesError, KeyError):
+    def __init__(self, names: Iterable[str], valid: Iterable[str]):
+        self.names = sorted(names)
+        self.valid = sorted(valid)
+        super().__init__(f"unknown entity: {', '.join(self.names)}; valid entities: {', '.join(self.valid)}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class KeyFormatError(PgFeaturesError, ValueError):
-    """An entity key is not 32 bytes or 64 hex characters."""
+    """An entity key is not what its entity takes (32 bytes or 64 hex characters, an integer, a
+    bounded string, a UUID), or a request lacks the key of an entity it needs."""
 
 
 class UnknownStrategyError(PgFeaturesError, ValueError):

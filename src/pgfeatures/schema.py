@@ -27,11 +27,21 @@ def covering_index_name(table: FeatureTable) -> str:
     return f"{table.name}_covering"[:63]
 
 
+def key_column_sql(table: FeatureTable) -> sql.Composed:
+    """The key column's definition: its entity's type, primary key, and the bound its keys must keep."""
+    entity, key = table.entity, sql.Identifier(table.key_column)
+    if entity.key_type == "bytea32":
+        check = sql.SQL(" CHECK (octet_length({}) = {})").format(key, sql.Literal(KEY_LENGTH))
+    elif entity.key_type == "text":
+        check = sql.SQL(" CHECK (char_length({}) BETWEEN 1 AND {})").format(key, sql.Literal(entity.max_length))
+    else:
+        check = sql.SQL("")
+    return sql.SQL("{} {} PRIMARY KEY{}").format(key, sql.SQL(entity.column_type), check)
+
+
 def create_table_sql(schema: str, table: FeatureTable) -> sql.Composed:
     columns = [
-        sql.SQL("{} bytea PRIMARY KEY CHECK (octet_length({}) = {})").format(
-            sql.Identifier(KEY_COLUMN), sql.Identifier(KEY_COLUMN), sql.Literal(KEY_LENGTH)
-        ),
+        key_column_sql(table),
         *(sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(f.type.name)) for f in table.features),
         sql.SQL("{} integer NOT NULL DEFAULT (extract(epoch from now()))::integer").format(sql.Identifier(UPDATED_AT)),
     ]
@@ -45,7 +55,7 @@ def covering_index_sql(schema: str, table: FeatureTable) -> sql.Composed:
     return sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({}) INCLUDE ({})").format(
         sql.Identifier(covering_index_name(table)),
         qualified(schema, table),
-        sql.Identifier(KEY_COLUMN),
+        sql.Identifier(table.key_column),
         sql.SQL(", ").join(included),
     )
 
@@ -106,7 +116,7 @@ def drift(conn: psycopg.Connection, schema: str, table: FeatureTable) -> list[st
     """How the live table differs from its definition (empty when it matches)."""
     name = qualified(schema, table).as_string(conn)
     live = dict(conn.execute(_COLUMNS, [name]).fetchall())
-    expected = {KEY_COLUMN: "bytea", **{f.name: f.type.name for f in table.features}, UPDATED_AT: "integer"}
+    expected = expected_columns(table)
     problems = []
     for col, typ in expected.items():
         if col not in live:
@@ -116,8 +126,8 @@ def drift(conn: psycopg.Connection, schema: str, table: FeatureTable) -> list[st
     for col in live.keys() - expected.keys():
         problems.append(f"column {col} ({live[col]}) is not in the definition")
     pk = conn.execute(_PRIMARY_KEY, [name]).fetchone()[0]
-    if pk != [KEY_COLUMN]:
-        problems.append(f"primary key is {pk or 'missing'}, definition says ({KEY_COLUMN})")
+    if pk != [table.key_column]:
+        problems.append(f"primary key is {pk or 'missing'}, definition says ({table.key_column})")
     if table.covering_index:
         index = sql.Identifier(schema, covering_index_name(table)).as_string(conn)
         if not conn.execute(_INDEX_EXISTS, [index]).fetchone()[0]:
@@ -189,7 +199,7 @@ class TableCheck:
 
 def expected_columns(table: FeatureTable) -> dict[str, str]:
     """Every column of the table as defined, with its ``format_type`` name."""
-    return {KEY_COLUMN: "bytea", **{f.name: f.type.name for f in table.features}, UPDATED_AT: "integer"}
+    return {table.key_column: table.entity.live_type, **{f.name: f.type.name for f in table.features}, UPDATED_AT: "integer"}
 
 
 def check_catalog_row(schema: str, table: FeatureTable, row: tuple) -> TableCheck:  # type: ignore[type-arg]
@@ -206,8 +216,8 @@ def check_catalog_row(schema: str, table: FeatureTable, row: tuple) -> TableChec
             breaking.append(f"column {col} is {live[col]}, the definition says {typ}")
     for col in live.keys() - expected_columns(table).keys():
         warnings.append(f"column {col} ({live[col]}) is not in the definition")
-    if list(primary_key or ()) != [KEY_COLUMN]:
-        warnings.append(f"primary key is {primary_key or 'missing'}, the definition says ({KEY_COLUMN})")
+    if list(primary_key or ()) != [table.key_column]:
+        warnings.append(f"primary key is {primary_key or 'missing'}, the definition says ({table.key_column})")
     return TableCheck(table.name, tuple(breaking), tuple(warnings))
 
 

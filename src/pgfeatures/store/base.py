@@ -11,9 +11,12 @@ import itertools
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from psycopg.types.numeric import Int8
 
 from ..connections import ConnectFailures, redact
 from ..definitions import KEY_LENGTH, Registry
@@ -218,12 +221,19 @@ class TableHealth:
 # -- warm-up --------------------------------------------------------------------------------------
 
 
+_DUMMY_KEYS = {"bytea32": WARMUP_KEY, "bigint": Int8(0), "text": "-", "uuid": uuid.UUID(int=0)}
+
+
 def warmup_statements(readers: Iterable[Reader | BatchReader]) -> list[tuple[Reader | BatchReader, bytes, tuple[Any, ...]]]:
-    """(reader, statement, parameters) that prepare every statement of ``readers``."""
+    """(reader, statement, parameters) that prepare every statement of ``readers``, with parameters of
+    the types real requests send (so the prepared statement is the one they use)."""
     statements: list[tuple[Reader | BatchReader, bytes, tuple[Any, ...]]] = []
     for r in readers:
+        dummies = tuple(_DUMMY_KEYS[e.key_type] for e in r.selection.entities)
         if isinstance(r, BatchReader):
-            statements.append((r, r.statement, ([WARMUP_KEY],)))
+            statements.append((r, r.statement, tuple([d] for d in dummies)))
+        elif r.param_index:
+            statements.extend((r, s, (dummies[i],)) for s, i in zip(r.statements, r.param_index))
         else:
-            statements.extend((r, s, (WARMUP_KEY,)) for s in r.statements)
+            statements.extend((r, s, dummies) for s in r.statements)
     return statements

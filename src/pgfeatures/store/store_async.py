@@ -70,11 +70,10 @@ from ..reader import (
     Reader,
     ReaderCache,
     Strategy,
-    parse_key,
     parse_keys,
 )
 from ..schema import CATALOG_QUERY, TableCheck
-from ..write import UpdateRows, plan_updates
+from ..write import UpdateCount, UpdateRows, plan_updates
 from .base import (
     LAG_QUERY,
     ON_DRIFT,
@@ -113,24 +112,26 @@ async def _execute_async(conn: psycopg.AsyncConnection, reader: Reader, params: 
         cur = getattr(conn, _CURSOR, None) or psycopg.AsyncRawCursor(conn)
         await cur.execute(reader.statements[0], params, prepare=prepare, binary=True)
         return reader.decode(await cur.fetchone() if fetch is Fetch.ONE else await cur.fetchall())
+    # One statement per table, each taking its own table's entity key.
     if fetch is Fetch.PIPELINE:
         # One cursor per statement: a cursor keeps only its last result in a pipeline.
         cursors = _pipeline_cursors(conn, len(reader.statements), psycopg.AsyncRawCursor)
         async with conn.pipeline():
-            for cur, stmt in zip(cursors, reader.statements):
-                await cur.execute(stmt, params, prepare=prepare, binary=True)
+            for cur, stmt, i in zip(cursors, reader.statements, reader.param_index):
+                await cur.execute(stmt, (params[i],), prepare=prepare, binary=True)
         return reader.decode([await cur.fetchone() for cur, _ in zip(cursors, reader.statements)])
     cur = getattr(conn, _CURSOR, None) or psycopg.AsyncRawCursor(conn)
     rows = []
-    for stmt in reader.statements:
-        await cur.execute(stmt, params, prepare=prepare, binary=True)
+    for stmt, i in zip(reader.statements, reader.param_index):
+        await cur.execute(stmt, (params[i],), prepare=prepare, binary=True)
         rows.append(await cur.fetchone())
     return reader.decode(rows)
 
 
-async def _execute_batch_async(conn: psycopg.AsyncConnection, reader: BatchReader, keys: list[bytes], prepare: bool) -> list[Features]:
+async def _execute_batch_async(conn: psycopg.AsyncConnection, reader: BatchReader, arrays: tuple[list[Any], ...],
+                               prepare: bool) -> list[Features]:
     cur = getattr(conn, _CURSOR, None) or psycopg.AsyncRawCursor(conn)
-    await cur.execute(reader.statement, (keys,), prepare=prepare, binary=True)
+    await cur.execute(reader.statement, arrays, prepare=prepare, binary=True)
     return reader.decode(await cur.fetchall())
 
 
@@ -140,22 +141,28 @@ async def _select_one_async(conn: psycopg.AsyncConnection, reader: None, args: N
     await cur.fetchall()
 
 
-async def _upsert_async(conn: psycopg.AsyncConnection, plans: list[Any], prepare: bool) -> int:
-    cur = psycopg.AsyncRawCursor(conn)
+async def _upsert_async(conn: psycopg.AsyncConnection, plans: list[Any], prepare: bool) -> UpdateCount:
+    keys = sum(len(params[0]) for _, params in plans)
     if len(plans) == 1:
+        cur = psycopg.AsyncRawCursor(conn)
         await cur.execute(plans[0][0].statement, plans[0][1], prepare=prepare)
-        return len(plans[0][1][0])
-    try:  # rows setting different columns: a statement per column set, one transaction, one round-trip
+        return UpdateCount(cur.rowcount, keys - cur.rowcount)
+    # Rows setting different columns: a statement per column set, one transaction, one round-trip.
+    # One cursor per statement: in a pipeline a cursor keeps only its last result (and rowcount).
+    control = psycopg.AsyncRawCursor(conn)
+    cursors = [psycopg.AsyncRawCursor(conn) for _ in plans]
+    try:
         async with conn.pipeline():
-            await cur.execute(b"BEGIN", prepare=False)
-            for upsert, params in plans:
+            await control.execute(b"BEGIN", prepare=False)
+            for cur, (upsert, params) in zip(cursors, plans):
                 await cur.execute(upsert.statement, params, prepare=prepare)
-            await cur.execute(b"COMMIT", prepare=False)
+            await control.execute(b"COMMIT", prepare=False)
     except BaseException:
         if not conn.broken:
             await conn.rollback()
         raise
-    return sum(len(params[0]) for _, params in plans)
+    written = sum(cur.rowcount for cur in cursors)
+    return UpdateCount(written, keys - written)
 
 
 def _rereadable(data: Any) -> bool:
@@ -285,6 +292,15 @@ class AsyncFeatureStore:
         """The compiled many-keys reader for this request shape (cached)."""
         return self.readers.batch_reader(tables, features)
 
+    def _service_readers(self) -> list[Reader | BatchReader]:
+        """Every feature service's single and batch readers, except those touching a broken table."""
+        out: list[Reader | BatchReader] = []
+        for name in self.registry.services:
+            reader = self.readers.service_reader(name, None, self.strategy)
+            if self.health.broken.isdisjoint(reader.tables):
+                out += [reader, self.readers.service_batch_reader(name, None)]
+        return out
+
     def _servable(self) -> list[str] | None:
         """The tables to warm: every table, or (isolate) those that match their definitions."""
         if not self.health.broken:
@@ -314,7 +330,7 @@ class AsyncFeatureStore:
         if self.health.broken and self.on_drift == "raise":
             raise self.health.error(self.health.broken)
         servable = self._servable()
-        self.warm_readers = [self.reader(servable), self.batch_reader(servable), *self.extra_warm]
+        self.warm_readers = [self.reader(servable), self.batch_reader(servable), *self._service_readers(), *self.extra_warm]
         try:
             for target in router.targets:
                 target.pool = make_async_pool(target.dsn, **self._pool_settings(True, target.failures))
@@ -469,37 +485,57 @@ class AsyncFeatureStore:
 
     async def get_features(
         self,
-        key: bytes | str,
+        key: Any,
         tables: Iterable[str] | None = None,
         features: FeaturesArg = None,
         *,
         strategy: Strategy | str | None = None,
     ) -> Features:
-        """``{table: {feature: value}}`` for one key; a table where the key has no row maps to None.
+        """``{table: {feature: value}}`` for one request, with ``.status`` per table (``present``,
+        ``missing`` or ``expired``); a table that is not present maps to None, or to its defaults.
 
-        ``tables``: None for all; ``features``: ``{table: [feature, ...]}`` or ``["table.feature"]``.
+        ``key``: one key per entity the tables need (``{"user": 42, "merchant": "m-1"}``), or a bare
+        key when they need one entity. ``tables``: None for all; ``features``:
+        ``{table: [feature, ...]}`` or ``["table.feature"]``.
         Raises KeyFormatError, UnknownTableError, UnknownFeatureError (naming the valid ones) before
         any I/O; SchemaDriftError for a table that cannot be served; DatabaseUnavailableError (and
         its subclasses) when no read target can answer; QueryTimeoutError; StoreClosedError.
         """
         return await self.read(self.reader(tables, features, strategy), key)
 
-    async def read(self, reader: Reader, key: bytes | str) -> Features:
-        """Run a compiled reader for one key: one round-trip (N for ``sequential``). Raises as ``get_features``."""
-        return await self._run_async(_execute_async, reader, (parse_key(key),))
+    async def read(self, reader: Reader, key: Any) -> Features:
+        """Run a compiled reader for one request's keys: one round-trip (N for ``sequential``). Raises as ``get_features``."""
+        return await self._run_async(_execute_async, reader, reader.binder.one(key))
 
     async def get_features_batch(
-        self, keys: Sequence[bytes | str], tables: Iterable[str] | None = None, features: FeaturesArg = None
+        self, keys: Any, tables: Iterable[str] | None = None, features: FeaturesArg = None
     ) -> list[Features]:
-        """One result per key, in input order (duplicates repeat), in one round-trip. Raises as ``get_features``."""
+        """One result per row of keys, in input order (duplicates repeat), in one round-trip.
+
+        ``keys``: a list of keys (bare, or one per entity as for ``get_features``), or
+        ``{entity: [keys]}`` (one list per entity, of equal lengths). Raises as ``get_features``.
+        """
         return await self.read_batch(self.batch_reader(tables, features), keys)
 
-    async def read_batch(self, reader: BatchReader, keys: Sequence[bytes | str]) -> list[Features]:
-        """Run a compiled batch reader: one statement for all ``keys``. Raises as ``get_features``."""
-        parsed = parse_keys(keys)
-        if not parsed:
+    async def get_service(self, name: str, key: Any, features: FeaturesArg = None) -> Features:
+        """The features of the feature service ``name`` for one request's keys (as ``get_features``),
+        in the service's order, with the service's ttl. ``features``: a subset of the service's.
+
+        Raises UnknownServiceError naming the valid services, and as ``get_features``.
+        """
+        return await self.read(self.readers.service_reader(name, features, self.strategy), key)
+
+    async def get_service_batch(self, name: str, keys: Any, features: FeaturesArg = None) -> list[Features]:
+        """``get_service`` for many rows of keys, in one round-trip (keys as for ``get_features_batch``)."""
+        return await self.read_batch(self.readers.service_batch_reader(name, features), keys)
+
+    async def read_batch(self, reader: BatchReader, keys: Any) -> list[Features]:
+        """Run a compiled batch reader: one statement for all ``keys`` (see ``get_features_batch``).
+        Raises as ``get_features``."""
+        arrays = reader.binder.many(keys)
+        if not arrays[0]:
             return []
-        return await self._run_async(_execute_batch_async, reader, parsed)
+        return await self._run_async(_execute_batch_async, reader, arrays)
 
     async def ping(self) -> None:
         """``SELECT 1`` through the read path (same targets, fallback and retry as a read).
@@ -694,20 +730,25 @@ class AsyncFeatureStore:
                 await self._write_pool().check()
         raise AssertionError("unreachable")
 
-    async def update_features(self, key: bytes | str, table: str, values: Mapping[str, Any], *, nan: str = "reject") -> None:
-        """Upsert some or all features of one entity, in one round-trip (see write.py). Raises as
+    async def update_features(self, key: Any, table: str, values: Mapping[str, Any], *, nan: str = "reject",
+                              overwrite_newer: bool = False) -> UpdateCount:
+        """Upsert some or all features of one entity, in one round-trip (see write.py). Returns 1, or 0
+        when the stored row is newer than the given ``updated_at`` (newest wins). Raises as
         ``update_features_batch``."""
-        await self.update_features_batch(table, [(key, values)], nan=nan)
+        return await self.update_features_batch(table, [(key, values)], nan=nan, overwrite_newer=overwrite_newer)
 
-    async def update_features_batch(self, table: str, rows: UpdateRows, *, nan: str = "reject") -> int:
+    async def update_features_batch(self, table: str, rows: UpdateRows, *, nan: str = "reject",
+                                    overwrite_newer: bool = False) -> UpdateCount:
         """Upsert many entities (``{key: values}`` or ``(key, values)`` pairs) in one round-trip and one
-        transaction. Returns the number of distinct keys written.
+        transaction. Returns the number of distinct keys written (an int), with ``.skipped``: keys whose
+        stored row was newer than the row's ``updated_at`` and was kept (newest wins; pass
+        ``overwrite_newer=True`` to write them anyway).
 
         Raises UnknownTableError, UnknownFeatureError, KeyFormatError, FeatureValueError before any
         I/O; ReadOnlyStoreError; DatabaseUnavailableError; SchemaDriftError. A connection found dead
         is replaced and the update sent once more (an upsert applied twice leaves the same row).
         """
-        plans = plan_updates(self.registry, table, rows, nan=nan)
+        plans = plan_updates(self.registry, table, rows, nan=nan, overwrite_newer=overwrite_newer)
         pool = self._write_pool()
         for attempt in (0, 1):
             try:

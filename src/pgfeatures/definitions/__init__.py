@@ -1,0 +1,46 @@
+"""Definitions (floor 1): entities, feature tables, feature services, types; built in Python or read from TOML.
+
+- ``types``: feature types, value checks, identifiers, durations;
+- ``entities``: entities and their keys (bytea32, bigint, text, uuid; hashed natural ids);
+- ``tables``: features (with defaults) and feature tables (entity, ttl);
+- ``services``: named, versioned feature services;
+- ``registry``: the whole, and its TOML form.
+"""
+
+from .entities import (
+    DEFAULT_ENTITY,
+    DEFAULT_ENTITY_NAME,
+    KEY_COLUMN,
+    KEY_LENGTH,
+    KEY_TYPES,
+    Entity,
+    hash_key,
+    parse_hash_key,
+)
+from .registry import DEFAULT_SCHEMA, Registry, demo_registry, read_toml
+from .services import FeatureService
+from .tables import UPDATED_AT, UPDATED_AT_FEATURE, Feature, FeatureTable
+from .types import (
+    ALIASES,
+    FLOAT32_MAX,
+    INT_RANGE,
+    NAN_POLICIES,
+    TYPES,
+    WIDE_TYPES,
+    FeatureType,
+    check_identifier,
+    check_value,
+    feature_type,
+    format_duration,
+    parse_duration,
+)
+
+RESERVED = frozenset({KEY_COLUMN, UPDATED_AT})
+
+__all__ = [
+    "ALIASES", "DEFAULT_ENTITY", "DEFAULT_ENTITY_NAME", "DEFAULT_SCHEMA", "Entity", "FLOAT32_MAX", "Feature",
+    "FeatureService", "FeatureTable", "FeatureType", "INT_RANGE", "KEY_COLUMN", "KEY_LENGTH", "KEY_TYPES",
+    "NAN_POLICIES", "RESERVED", "Registry", "TYPES", "UPDATED_AT", "UPDATED_AT_FEATURE", "WIDE_TYPES",
+    "check_identifier", "check_value", "demo_registry", "feature_type", "format_duration", "hash_key",
+    "parse_duration", "parse_hash_key", "read_toml",
+]

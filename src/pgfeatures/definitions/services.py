@@ -1,0 +1,118 @@
+"""Feature services: the named, versioned set of features a model reads, across tables and entities.
+
+::
+
+    [services.fraud_v1]
+    features = ["user_stats.*", "merchant_risk.chargeback_rate", "card_stats.amount_avg"]
+    ttl = "1d"            # optional: overrides the tables' ttl for this service's reads
+    version = "2026-11-30" # optional: published with the service
+    description = "fraud model v1"
+
+``table.*`` means every declared feature of the table, in the table's order. The service's
+order (its features as listed, ``*`` expanded) is part of its definition: it is the order of the
+flat vector a model gets (``output="vector"``) and is published by ``GET /v1/services/{name}``.
+A service is compiled once and prepared on every read connection when a store opens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DefinitionError
+from .types import check_identifier, format_duration, parse_duration
+
+if TYPE_CHECKING:
+    from .registry import Registry
+    from .tables import Feature, FeatureTable
+
+
+@dataclass(frozen=True)
+class FeatureService:
+    """A named set of ``"table.feature"`` / ``"table.*"`` references; see the module docstring."""
+
+    name: str
+    features: tuple[str, ...]
+    ttl: int | None = None
+    materialize: bool = False
+    version: str | None = None
+    description: str | None = None
+
+    def __post_init__(self) -> None:
+        check_identifier("service", self.name)
+        if isinstance(self.features, str) or not self.features:
+            raise DefinitionError(f"service {self.name!r}: features must be a non-empty list of \"table.feature\" or \"table.*\"")
+        object.__setattr__(self, "features", tuple(self.features))
+        for ref in self.features:
+            table, dot, feature = str(ref).partition(".")
+            if not dot or not table or not feature:
+                raise DefinitionError(f"service {self.name!r}: {ref!r} must be written \"table.feature\" or \"table.*\"")
+        if self.ttl is not None and (not isinstance(self.ttl, int) or self.ttl <= 0):
+            raise DefinitionError(f"service {self.name!r}: ttl must be a positive number of seconds, got {self.ttl!r}")
+
+    def resolve(self, registry: "Registry") -> tuple[tuple["FeatureTable", tuple["Feature", ...]], ...]:
+        """The service's tables (in order of first mention) and, per table, its features in the order
+        listed. Raises UnknownTableError / UnknownFeatureError / DefinitionError naming the service."""
+        by_table: dict[str, list[Feature]] = {}
+        seen: set[tuple[str, str]] = set()
+        for ref in self.features:
+            table_name, _, feature_name = ref.partition(".")
+            table = registry.table(table_name)
+            chosen = table.features if feature_name == "*" else (table.feature(feature_name),)
+            for f in chosen:
+                if (table_name, f.name) in seen:
+                    raise DefinitionError(f"service {self.name!r}: {table_name}.{f.name} is listed twice")
+                seen.add((table_name, f.name))
+                by_table.setdefault(table_name, []).append(f)
+        return tuple((registry.tables[t], tuple(fs)) for t, fs in by_table.items())
+
+    def order(self, registry: "Registry") -> tuple[str, ...]:
+        """The service's features as ``"table.feature"``, in the service's order (the vector's order)."""
+        out = []
+        for ref in self.features:
+            table_name, _, feature_name = ref.partition(".")
+            table = registry.table(table_name)
+            names = table.feature_names if feature_name == "*" else (feature_name,)
+            out.extend(f"{table_name}.{n}" for n in names)
+        return tuple(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"features": list(self.features)}
+        if self.ttl is not None:
+            out["ttl"] = format_duration(self.ttl)
+        if self.materialize:
+            out["materialize"] = True
+        if self.version is not None:
+            out["version"] = self.version
+        if self.description is not None:
+            out["description"] = self.description
+        return out
+
+    @classmethod
+    def from_dict(cls, name: str, spec: Any) -> "FeatureService":
+        """From the TOML ``[services.<name>]`` table. Raises DefinitionError naming the service."""
+        if not isinstance(spec, Mapping):
+            raise DefinitionError(f"service {name!r} needs a table with features = [\"table.feature\", ...]")
+        valid = {"features", "ttl", "materialize", "version", "description"}
+        unknown = set(spec) - valid
+        if unknown:
+            raise DefinitionError(f"service {name!r}: unknown key(s) {', '.join(sorted(unknown))} (valid: {', '.join(sorted(valid))})")
+        features = spec.get("features")
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            raise DefinitionError(f"service {name!r}: features must be a list of \"table.feature\" or \"table.*\" strings")
+        ttl = parse_duration(spec["ttl"], f"service {name!r}: ttl") if "ttl" in spec else None
+        version = spec.get("version")
+        return cls(name, tuple(features), ttl, bool(spec.get("materialize", False)),
+                   None if version is None else str(version), spec.get("description"))
+
+
+def check_services(registry: "Registry", services: Iterable[FeatureService]) -> None:
+    """Resolve every service against the registry (raises DefinitionError naming the service)."""
+    for service in services:
+        try:
+            service.resolve(registry)
+        except DefinitionError:
+            raise
+        except Exception as exc:
+            raise DefinitionError(f"service {service.name!r}: {exc}") from None

@@ -1,0 +1,97 @@
+"""Compiled readers, cached per request shape (pure, thread-safe)."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from ..definitions import Registry
+from .compile import BatchReader, Reader, Strategy, compile_batch_reader, compile_reader
+from .selection import FeaturesArg, select, select_service
+
+
+def request_shape(tables: Iterable[str] | None, features: FeaturesArg) -> Any:
+    """A hashable key for a (tables, features) request, as the caller wrote it."""
+    t = tables if tables is None or isinstance(tables, (str, tuple)) else tuple(tables)
+    if features is None or isinstance(features, (str, tuple)):
+        f: Any = features
+    elif isinstance(features, Mapping):
+        f = tuple((k, v if isinstance(v, (str, tuple)) else tuple(v)) for k, v in features.items())
+    else:
+        f = tuple(features)
+    return t, f
+
+
+class ReaderCache:
+    """A bounded LRU of compiled readers, keyed by request shape and strategy. Thread-safe.
+
+    Bounded because every statement of a cached reader is also a prepared statement on each
+    pooled connection: the bound counts statements (a pipeline or sequential reader carries one
+    per table), and the stores keep psycopg's ``prepared_max`` above it, so a cached reader's
+    statements stay prepared. A reader evicted here is simply compiled again when asked for.
+    """
+
+    def __init__(self, registry: Registry, max_statements: int = 100):
+        self.registry = registry
+        self.max_statements = max_statements
+        self._readers: OrderedDict[Any, Reader | BatchReader] = OrderedDict()
+        self._statements = 0
+        self._lock = threading.Lock()
+
+    def reader(self, tables: Iterable[str] | None, features: FeaturesArg, strategy: Strategy | str) -> Reader:
+        return self._get(  # type: ignore[return-value]
+            (request_shape(tables, features), strategy),
+            lambda: compile_reader(select(self.registry, tables, features), strategy),
+        )
+
+    def batch_reader(self, tables: Iterable[str] | None, features: FeaturesArg) -> BatchReader:
+        return self._get(  # type: ignore[return-value]
+            (request_shape(tables, features), "batch"),
+            lambda: compile_batch_reader(select(self.registry, tables, features)),
+        )
+
+    def service_reader(self, service: str, features: FeaturesArg, strategy: Strategy | str) -> Reader:
+        """The reader of a feature service (or of a subset of its features). Raises UnknownServiceError."""
+        return self._get(  # type: ignore[return-value]
+            ("service", service, request_shape(None, features)[1], strategy),
+            lambda: compile_reader(select_service(self.registry, service, features), strategy),
+        )
+
+    def service_batch_reader(self, service: str, features: FeaturesArg) -> BatchReader:
+        return self._get(  # type: ignore[return-value]
+            ("service", service, request_shape(None, features)[1], "batch"),
+            lambda: compile_batch_reader(select_service(self.registry, service, features)),
+        )
+
+    def _get(self, key: Any, build: Callable[[], Reader | BatchReader]) -> Reader | BatchReader:
+        try:
+            with self._lock:
+                found = self._readers.get(key)
+                if found is not None:
+                    self._readers.move_to_end(key)
+                    return found
+        except TypeError:  # an unhashable argument: compile without caching
+            return build()
+        reader = build()  # outside the lock: compiling is pure, a race only compiles twice
+        with self._lock:
+            if key not in self._readers:
+                self._readers[key] = reader
+                self._statements += _n_statements(reader)
+                while self._statements > self.max_statements and len(self._readers) > 1:
+                    _, evicted = self._readers.popitem(last=False)
+                    self._statements -= _n_statements(evicted)
+        return reader
+
+    def __len__(self) -> int:
+        return len(self._readers)
+
+    @property
+    def statements(self) -> int:
+        """Statements of the readers cached now."""
+        return self._statements
+
+
+def _n_statements(reader: Reader | BatchReader) -> int:
+    return 1 if isinstance(reader, BatchReader) else len(reader.statements)

@@ -1,0 +1,152 @@
+"""Decoding fetched rows into results: values, defaults and each table's status (pure).
+
+Every table of a result has a status:
+
+- ``present``: the key has a row, fresh enough;
+- ``missing``: the key has no row in the table;
+- ``expired``: it has one, older than the table's (or service's) ttl, so it is not served.
+
+The statement itself decides expiry on the server (see compile.py): a missing row comes back as
+NULL, an expired one as an empty array (or a false freshness flag), so no client clock is
+involved. A table that is not present maps to None, or, when some of its requested features have
+defaults, to a dict of the defaults (None for those without one); a NULL value of a present row
+also takes its feature's default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..definitions import Feature
+from .transport import Part, converter
+
+PRESENT = "present"
+MISSING = "missing"
+EXPIRED = "expired"
+STATUSES = (PRESENT, MISSING, EXPIRED)
+
+Row = tuple[Any, ...]
+TableValues = dict[str, Any] | None
+
+
+class FeatureResult(dict):  # type: ignore[type-arg]
+    """``{table: {feature: value} | None}``, with ``status``: ``{table: "present" | "missing" | "expired"}``.
+
+    A plain dict in every other respect: it compares equal to one and prints as one.
+    """
+
+    __slots__ = ("_status",)
+
+    @property
+    def status(self) -> dict[str, str]:
+        try:
+            status = self._status
+        except AttributeError:
+            status = None
+        if status is None:  # no ttl and no defaults: a table is missing exactly when it is None
+            status = self._status = {t: MISSING if v is None else PRESENT for t, v in self.items()}
+        return status
+
+
+Features = FeatureResult
+
+
+def result(values: dict[str, Any], status: dict[str, str] | None = None) -> FeatureResult:
+    out = FeatureResult(values)
+    out._status = status
+    return out
+
+
+class TableDecoder:
+    """Turns one table's fetched values (arrays per part, or raw columns) into ``(status, values)``."""
+
+    __slots__ = ("names", "order", "converters", "simple", "defaults", "has_defaults", "absent")
+
+    def __init__(self, parts: tuple[Part, ...], asked: tuple[Feature, ...]):
+        flat = [f for p in parts for f in p.features]
+        self.names = tuple(f.name for f in asked)
+        position = {f.name: i for i, f in enumerate(flat)}
+        self.order = tuple(position[n] for n in self.names)
+        array_type = {f.name: p.array_type for p in parts for f in p.features}
+        self.converters = tuple(converter(f, array_type[f.name]) for f in asked)
+        self.defaults = tuple(f.default for f in asked)
+        self.has_defaults = any(d is not None for d in self.defaults)
+        self.absent = dict(zip(self.names, self.defaults)) if self.has_defaults else None
+        self.simple = (len(parts) == 1 and self.order == tuple(range(len(flat))) and not any(self.converters)
+                       and not self.has_defaults)
+
+    def not_present(self) -> TableValues:
+        """The value of a missing or expired table: its defaults, or None."""
+        return dict(self.absent) if self.absent is not None else None
+
+    def values(self, flat: Sequence[Any]) -> dict[str, Any]:
+        if self.simple:
+            return dict(zip(self.names, flat))
+        out = {}
+        for name, pos, conv, default in zip(self.names, self.order, self.converters, self.defaults):
+            v = flat[pos]
+            if v is None:
+                v = default
+            elif conv is not None:
+                v = conv(v)
+            out[name] = v
+        return out
+
+    def from_array(self, values: Sequence[Any] | None) -> tuple[str, TableValues]:
+        """A single-part table's array: None (no row), empty (expired) or the values."""
+        if values is None:
+            return MISSING, self.not_present()
+        if not values:
+            return EXPIRED, self.not_present()
+        return PRESENT, self.values(values)
+
+    def from_parts(self, arrays: Sequence[Sequence[Any] | None]) -> tuple[str, TableValues]:
+        first = arrays[0]
+        if first is None:
+            return MISSING, self.not_present()
+        if not first:
+            return EXPIRED, self.not_present()
+        return PRESENT, self.values([v for a in arrays for v in a])  # type: ignore[union-attr]
+
+    def from_columns(self, present: bool, fresh: bool, columns: Sequence[Any]) -> tuple[str, TableValues]:
+        """Raw columns (join, per-table strategies) with the row's presence and freshness flags."""
+        if not present:
+            return MISSING, self.not_present()
+        if not fresh:
+            return EXPIRED, self.not_present()
+        return PRESENT, self.values(columns)
+
+
+def array_row_decoder(names: Sequence[str], decoders: Sequence[TableDecoder],
+                      parts_per_table: Sequence[tuple[Part, ...]], lazy_status: bool) -> Callable[[Row], FeatureResult]:
+    """Decoder of one row holding each table's arrays in order (single strategy and batch rows).
+
+    ``lazy_status``: no ttl and no defaults, so the status follows from None-ness and is only
+    built if asked for.
+    """
+    names = tuple(names)
+    if lazy_status and all(d.simple for d in decoders):
+        # The common case (e.g. all-real tables, no ttl, no defaults), inlined: no call per table.
+        layout = [(name, d.names) for name, d in zip(names, decoders)]
+
+        def decode_simple(row: Row) -> FeatureResult:
+            return FeatureResult({name: None if v is None else dict(zip(fnames, v)) for (name, fnames), v in zip(layout, row)})
+
+        return decode_simple
+    spans = []
+    pos = 0
+    for parts in parts_per_table:
+        spans.append((pos, pos + len(parts)))
+        pos += len(parts)
+    layout2 = [(name, d.from_array if b - a == 1 else d.from_parts, a, b)
+               for name, d, (a, b) in zip(names, decoders, spans)]
+
+    def decode_row(row: Row) -> FeatureResult:
+        values: dict[str, Any] = {}
+        status: dict[str, str] = {}
+        for name, dec, a, b in layout2:
+            status[name], values[name] = dec(row[a] if b - a == 1 else row[a:b])
+        return result(values, status)
+
+    return decode_row

@@ -1,0 +1,66 @@
+"""How one table's features travel: arrays of one element type that lose nothing (pure).
+
+``real[]`` when every requested feature is ``real``; ``float8[]`` when they are real, double,
+smallint, integer or boolean (all exact in a double; converted back to int/bool on decode);
+``int8[]`` when they are all integer kinds. A table mixing ``bigint`` with floating-point features
+needs two arrays, hence two subqueries (two index lookups): keep bigint out of mixed hot tables
+where you can. An epoch timestamp never rides in a ``real[]``: real is exact only up to 2^24.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import sql
+
+from ..definitions import Feature
+
+RAW = "raw"  # not an array: the columns themselves (join and per-table strategies)
+
+
+@dataclass(frozen=True)
+class Part:
+    """Some of a table's features, sent as one array of one element type (or ``RAW`` columns)."""
+
+    array_type: str  # "float4[]", "float8[]", "int8[]" or RAW
+    features: tuple[Feature, ...]
+
+    def array_sql(self, alias: str | None = None) -> sql.Composable:
+        element = self.array_type[:-2]
+        cols = []
+        for f in self.features:
+            col: sql.Composable = sql.Identifier(alias, f.name) if alias else sql.Identifier(f.name)
+            if f.type.name == "boolean":
+                col = sql.SQL("{}::int").format(col)
+            if self.array_type != "float4[]":
+                col = sql.SQL("{}::{}").format(col, sql.SQL(element))
+            cols.append(col)
+        return sql.SQL("ARRAY[{}]::{}").format(sql.SQL(", ").join(cols), sql.SQL(self.array_type))
+
+    def empty_sql(self) -> sql.Composable:
+        """An empty array of this part's type: an expired row's marker (a missing row is NULL)."""
+        return sql.SQL("'{{}}'::{}").format(sql.SQL(self.array_type))
+
+
+def transport(features: tuple[Feature, ...]) -> tuple[Part, ...]:
+    kinds = {f.type.name for f in features}
+    if kinds == {"real"}:
+        return (Part("float4[]", features),)
+    if all(f.type.exact_in_float8 for f in features):
+        return (Part("float8[]", features),)
+    if all(f.type.python is not float for f in features):
+        return (Part("int8[]", features),)
+    floats = tuple(f for f in features if f.type.python is float)
+    ints = tuple(f for f in features if f.type.python is not float)
+    return (Part("float8[]", floats), Part("int8[]", ints))
+
+
+def converter(feature: Feature, array_type: str) -> Callable[[Any], Any] | None:
+    """What turns a travelled value back into the feature's Python type (None: nothing to do)."""
+    if feature.type.python is bool:
+        return bool
+    if feature.type.python is int and array_type == "float8[]":
+        return int
+    return None
