@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import threading
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Iterable, Mapping, Sequence
@@ -74,6 +75,7 @@ from ..reader import (
     Strategy,
     parse_keys,
 )
+from ..reader.functions import EXISTING_FUNCTIONS, read_function
 from ..schema import CATALOG_QUERY, TableCheck
 from ..write import UpdateCount, UpdateRows, plan_updates
 from .base import (
@@ -279,6 +281,7 @@ class FeatureStore:
         self.write_failures = ConnectFailures()
         self.ready = False
         self._probes: set[Any] = set()
+        self._via_functions: dict[bytes, Any] = {}
         if open or open is None:
             self.open()
 
@@ -333,6 +336,8 @@ class FeatureStore:
             raise self.health.error(self.health.broken)
         servable = self._servable()
         self.warm_readers = [self.reader(servable), self.batch_reader(servable), *self._service_readers(), *self.extra_warm]
+        if not self._prepare:
+            self._via_functions = self._read_functions(router)
         try:
             for target in router.targets:
                 target.pool = make_pool(target.dsn, **self._pool_settings(True, target.failures))
@@ -368,6 +373,50 @@ class FeatureStore:
                 errors.append(exc)
                 router.mark_down(target, str(exc))
         raise errors[0]
+
+    def _read_functions(self, router: Router) -> dict[bytes, Any]:
+        """``pooler="transaction"``: the warm readers in their function form (see reader/functions.py),
+        each function created on the primary where it is missing. A shape whose function cannot be
+        had (no CREATE privilege, primary down and not created by ``pgfeatures init``) reads unprepared."""
+        forms = [(r, f) for r in self.warm_readers if (f := read_function(r)) is not None]
+        if not forms:
+            return {}
+        names = list(dict.fromkeys(f.name for _, f in forms))
+        existing: set[str] = set()
+        for dsn in [self.dsn or "", *(t.dsn for t in router.targets)]:
+            try:
+                conn = connect(dsn, "pgfeatures-init", self.connect_timeout,
+                                           credentials=self.credentials, pooler=self.pooler)
+            except PgFeaturesError as exc:
+                logger.warning("pgfeatures: cannot check the read functions at %s: %s", target_name(dsn, "server"), exc)
+                continue
+            try:
+                cur = psycopg.RawCursor(conn)
+                cur.execute(EXISTING_FUNCTIONS, (self.registry.schema, names), prepare=False)
+                existing = {row[0] for row in cur.fetchall()}
+                for reader, form in forms:
+                    if form.name in existing:
+                        continue
+                    try:
+                        conn.execute(form.create, prepare=False)
+                        existing.add(form.name)
+                    except psycopg.Error as exc:
+                        logger.warning("pgfeatures: cannot create the read function %s (%s): reads of tables %s are "
+                                       "planned at every call; run `pgfeatures init` as the schema's owner",
+                                       form.name, str(exc).strip(), ", ".join(reader.tables))
+                break
+            except psycopg.Error as exc:
+                logger.warning("pgfeatures: cannot check the read functions: %s", str(exc).strip())
+            finally:
+                conn.close()
+        out: dict[bytes, Any] = {}
+        for reader, form in forms:
+            if form.name in existing:
+                if isinstance(reader, BatchReader):
+                    out[reader.statement] = dataclasses.replace(reader, statement=form.call)
+                else:
+                    out[reader.statements[0]] = dataclasses.replace(reader, statements=(form.call,))
+        return out
 
     def _inspect(self, target: ReadTarget, tables: list[str]) -> dict[str, TableCheck]:
         conn = connect(target.dsn, "pgfeatures-check", self.connect_timeout,
@@ -505,6 +554,8 @@ class FeatureStore:
 
     def read(self, reader: Reader, key: Any) -> Features:
         """Run a compiled reader for one request's keys: one round-trip (N for ``sequential``). Raises as ``get_features``."""
+        if self._via_functions:
+            reader = self._via_functions.get(reader.statements[0], reader)
         return self._run(_execute, reader, reader.binder.one(key))
 
     def get_features_batch(
@@ -535,6 +586,8 @@ class FeatureStore:
         arrays = reader.binder.many(keys)
         if not arrays[0]:
             return []
+        if self._via_functions:
+            reader = self._via_functions.get(reader.statement, reader)
         return self._run(_execute_batch, reader, arrays)
 
     def ping(self) -> None:
