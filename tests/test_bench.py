@@ -75,9 +75,11 @@ def _rows(result: dict[str, Any], rtt: float, tables: int) -> dict[str, dict[str
 
 def test_every_cell_has_every_row_with_consistent_figures(result: dict[str, Any]) -> None:
     redis_up = "redis" not in result["skipped"]
-    expected_rows = {"select1", "raw", *reads.STRATEGIES} | ({"redis", "redis batch"} if redis_up else set())
+    variants = {"ttl", "pooler functions", "unprepared"}
     for rtt in (0.0, RTT):
         for tables in (2, 3):
+            expected_rows = ({"select1", "raw", *reads.STRATEGIES, f"{min(tables, 3)} entities"} | variants
+                             | ({"redis", "redis batch"} if redis_up else set()))
             rows = _rows(result, rtt, tables)
             assert set(rows) == expected_rows
             for r in rows.values():
@@ -176,7 +178,7 @@ def test_redis_rows_match_or_skip_cleanly(result: dict[str, Any], dsn: str, benc
 def test_cli_run_without_redis_or_extras(result: dict[str, Any], dsn: str, bench_schema: str, tmp_path: Path) -> None:
     out = tmp_path / "cli.json"
     argv = ["bench", "--dsn", dsn, "--schema", bench_schema, "--entities", "300", "--rtt", "0", "--tables", "1",
-            "--strategies", "single", "--clients", "", "--instrument", "", "--requests", "10", "--row-seconds", "0.01",
+            "--strategies", "single", "--variants", "", "--clients", "", "--instrument", "", "--requests", "10", "--row-seconds", "0.01",
             "--redis-url", "redis://127.0.0.1:1/0", "--json", str(out)]
     assert main(argv) == 0
     saved = reads.load(out)

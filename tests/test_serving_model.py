@@ -53,6 +53,7 @@ txn_count_30d = "bigint"
 
 [tables.device_seen]
 entity = "device"
+ttl = "1d"
 features = {{ first_seen = "integer", risky = "boolean" }}
 
 [tables.session_f]
@@ -202,6 +203,16 @@ def test_ttl_is_decided_by_the_server_with_status_expired(store, conn, schema):
         assert r50["user_stats"]["ctr_7d"] == 1.0 and r51["user_stats"] == {"clicks_7d": 0, "ctr_7d": None, "is_new": True}
     batch = store.get_features_batch([50, 51], ["user_stats"])
     assert [b.status["user_stats"] for b in batch] == ["present", "expired"]
+
+
+def test_ttl_without_defaults_expired_is_none_with_its_status(store, conn):
+    store.update_features("dev-old", "device_seen", {"first_seen": 1, "risky": False, "updated_at": server_now(conn) - 90000})
+    for strategy in Strategy:
+        got = store.get_features("dev-old", ["device_seen"], strategy=strategy)
+        assert got == {"device_seen": None} and got.status == {"device_seen": "expired"}, strategy
+    batch = store.get_features_batch(["dev-a", "dev-old", "dev-none"], ["device_seen"])
+    assert [b["device_seen"] is None for b in batch] == [False, True, True]
+    assert [b.status["device_seen"] for b in batch] == ["present", "expired", "missing"]
 
 
 def test_defaults_replace_nulls_of_a_present_row(store):

@@ -457,6 +457,7 @@ def _bench(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--client-modes", help="threads,async (default both)")
     g.add_argument("--instrument", help="strategies to break down into components (default single,pipeline; empty to skip)")
     g.add_argument("--explain-every", type=int, help="EXPLAIN (ANALYZE) twin every N instrumented requests (default 5)")
+    g.add_argument("--variants", help="entities,ttl,pooler,unprepared: variants of the default read (default all; empty to skip)")
     g.add_argument("--redis-url", help="also measure the same data in Redis (e.g. redis://127.0.0.1:6379/0); skipped when absent")
     g.add_argument("--quick", action="store_true", help="a ~50 s smoke run: loopback and 20 ms, 30 tables, short rows")
     d = p.add_argument_group("data")
@@ -494,6 +495,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "clients": _csv(args.clients, int), "client_seconds": args.client_seconds,
             "client_modes": _csv(args.client_modes, str), "instrument": _csv(args.instrument, str),
             "explain_every": args.explain_every, "redis_url": args.redis_url, "schema": args.schema,
+            "variants": _csv(args.variants, str),
             "entities": args.entities, "seed": args.seed,
         }
         given = {k: v for k, v in given.items() if v is not None}

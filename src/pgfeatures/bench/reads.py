@@ -14,7 +14,14 @@ patch of a shared machine hits them all alike):
 ``parallel``    the tables split across ``parallel`` connections, read at once
                 (``AsyncFeatureStore``, one ``read`` per part, gathered);
 ``redis`` / ``redis batch``  the same features from Redis hashes at the same
-                distance (``redis_baseline``), when ``redis_url`` answers.
+                distance (``redis_baseline``), when ``redis_url`` answers;
+``variants`` of the default read over the same data (``BenchConfig.variants``):
+                ``3 entities`` (the tables split among three entities, keyed alike: one key
+                parameter per entity), ``ttl`` (every table with a ttl: the freshness predicate
+                decided in the statement), ``pooler functions`` (``pooler="transaction"``: no
+                prepared statement, the read through its server-side function) and ``unprepared``
+                (the default statement on a plain connection that never prepares: what a
+                transaction pooler costs without the functions).
 
 Each row gets about ``row_seconds`` of requests (``requests`` at most,
 ``min_requests`` at least); the baseline and default rows, the ones quoted,
@@ -59,6 +66,8 @@ from .proxy import dsn_target, maybe_proxied
 from .runner import measure_tasks, measure_threads, run_interleaved
 
 STRATEGIES = ("pipeline", "sequential", "single", "union", "join", "batch", "parallel")
+VARIANTS = ("entities", "ttl", "pooler", "unprepared")
+BENCH_TTL = 10 * 365 * 86400  # the ttl variant: long enough that every demo row is fresh (same results)
 CLIENT_MODES = ("threads", "async")
 HEADLINE_WEIGHT = 3  # select1 and the default strategy get this many times the requests of other rows
 TARGET_SAMPLES = 300  # ... and at least this many where the targets are checked (farthest, most tables): a p99
@@ -90,6 +99,7 @@ class BenchConfig:
     schema: str = "demo"
     seed: int = 0
     redis_url: str | None = None
+    variants: tuple[str, ...] = VARIANTS
 
     @classmethod
     def quick(cls, **changes: Any) -> "BenchConfig":
@@ -105,6 +115,9 @@ class BenchConfig:
         bad = [s for s in self.instrument if s not in STRATEGIES or s == "parallel"]
         if bad:
             raise BenchmarkError(f"cannot instrument {', '.join(bad)}; valid: {', '.join(s for s in STRATEGIES if s != 'parallel')}")
+        bad = [v for v in self.variants if v not in VARIANTS]
+        if bad:
+            raise BenchmarkError(f"unknown variants {', '.join(bad)}; valid: {', '.join(VARIANTS)}")
         bad = [m for m in self.client_modes if m not in CLIENT_MODES]
         if bad:
             raise BenchmarkError(f"unknown client modes {', '.join(bad)}; valid: {', '.join(CLIENT_MODES)}")
@@ -185,6 +198,8 @@ class _Distance:
     raw: psycopg.Connection
     parallel: _AsyncSide | None
     redis: redis_baseline.RedisFeatures | None
+    variants: dict[str, FeatureStore]
+    unprepared: psycopg.Connection | None
 
 
 def _rows(cfg: BenchConfig, d: _Distance, names: list[str]) -> list[_Row]:
@@ -218,6 +233,25 @@ def _rows(cfg: BenchConfig, d: _Distance, names: list[str]) -> list[_Row]:
                 round_trips=count if sequential else 1, local_ms=(0.12 * count) if sequential else 0.6,
                 default=strategy is DEFAULT_STRATEGY, weight=HEADLINE_WEIGHT if strategy is DEFAULT_STRATEGY else 1,
             ))
+    if "entities" in d.variants:
+        multi = d.variants["entities"]
+        reader = multi.reader(names)
+        entity_names = [e.name for e in reader.selection.entities]
+        rows.append(_Row(f"{len(entity_names)} entities", "strategy",
+                         lambda k: multi.read(reader, {e: k for e in entity_names}), local_ms=0.6))
+    if "ttl" in d.variants:
+        rows.append(_Row("ttl", "strategy", (lambda st: lambda k: st.get_features(k, names))(d.variants["ttl"]), local_ms=0.6))
+    if "pooler" in d.variants:
+        rows.append(_Row("pooler functions", "strategy", (lambda st: lambda k: st.get_features(k, names))(d.variants["pooler"]),
+                         local_ms=0.7))
+    if d.unprepared is not None:
+        plain = psycopg.RawCursor(d.unprepared)
+
+        def unprepared(key: bytes) -> Any:
+            plain.execute(default_stmt, (key,), prepare=False, binary=True)
+            return plain.fetchone()
+
+        rows.append(_Row("unprepared", "raw", unprepared, local_ms=1.2))
     if d.redis is not None:
         rows.append(_Row("redis", "redis", d.redis.reader(names), local_ms=0.2))
         rows.append(_Row("redis batch", "redis", d.redis.batch_reader(names), batch=True, local_ms=0.02 * cfg.batch_size))
@@ -294,6 +328,17 @@ def _distance(cfg: BenchConfig, registry: Registry, dsn: str, rtt: float, redis_
         store = stack.enter_context(FeatureStore(registry, cell_dsn, pool_size=1, write_pool_size=1))
         raw = stack.enter_context(psycopg.connect(cell_dsn, **connection_kwargs(RAW_APP, 10)))  # type: ignore[arg-type]
         par = stack.enter_context(_AsyncSide(registry, cell_dsn, cfg.parallel)) if "parallel" in cfg.strategies else None
+        variants: dict[str, FeatureStore] = {}
+        shapes = [list(registry.tables)[:c] for c in cfg.table_counts]
+        for name, variant in variant_registries(registry, cfg.variants).items():
+            options: dict[str, Any] = {"pooler": "transaction"} if name == "pooler" else {}
+            store_v = FeatureStore(variant, cell_dsn, pool_size=1, write_pool_size=0, open=False, **options)
+            store_v.extra_warm = [store_v.reader(names) for names in shapes]  # every timed shape has its function
+            stack.enter_context(store_v)
+            variants[name] = store_v
+        unprepared = None
+        if "unprepared" in cfg.variants:
+            unprepared = stack.enter_context(psycopg.connect(cell_dsn, **connection_kwargs(RAW_APP, 10, "transaction")))
         rf = None
         if redis_ok and cfg.redis_url:
             url = cfg.redis_url
@@ -301,7 +346,25 @@ def _distance(cfg: BenchConfig, registry: Registry, dsn: str, rtt: float, redis_
             client = redis_baseline.connect(redis_baseline.via(url, rp.address) if rp and rp.address else url)
             stack.callback(client.close)
             rf = redis_baseline.RedisFeatures(client, registry)
-        yield _Distance(rtt, cell_dsn, store, raw, par, rf)
+        yield _Distance(rtt, cell_dsn, store, raw, par, rf, variants, unprepared)
+
+
+def variant_registries(registry: Registry, variants: Sequence[str]) -> dict[str, Registry]:
+    """The same tables as other definitions: split among three entities (keyed alike, so the same
+    key reads the same rows), with a ttl on every table, or unchanged (for the pooler variant)."""
+    from ..definitions import Entity
+
+    out: dict[str, Registry] = {}
+    tables = list(registry.tables.values())
+    if "entities" in variants:
+        entities = [Entity(name, column="hashkey") for name in ("user", "merchant", "card")]
+        split = [replace(t, entity=entities[i * len(entities) // len(tables)]) for i, t in enumerate(tables)]
+        out["entities"] = Registry.of(split, registry.schema)
+    if "ttl" in variants:
+        out["ttl"] = Registry.of([replace(t, ttl=BENCH_TTL) for t in tables], registry.schema)
+    if "pooler" in variants:
+        out["pooler"] = registry
+    return out
 
 
 def _throughput(cfg: BenchConfig, registry: Registry, d: _Distance, names: list[str], keys: list[bytes]) -> list[dict[str, Any]]:

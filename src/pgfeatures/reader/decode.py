@@ -36,7 +36,7 @@ class FeatureResult(dict):  # type: ignore[type-arg]
     A plain dict in every other respect: it compares equal to one and prints as one.
     """
 
-    __slots__ = ("_status",)
+    __slots__ = ("_status", "_arrays")
 
     @property
     def status(self) -> dict[str, str]:
@@ -44,8 +44,13 @@ class FeatureResult(dict):  # type: ignore[type-arg]
             status = self._status
         except AttributeError:
             status = None
-        if status is None:  # no ttl and no defaults: a table is missing exactly when it is None
-            status = self._status = {t: MISSING if v is None else PRESENT for t, v in self.items()}
+        if status is None:
+            arrays = getattr(self, "_arrays", None)
+            if arrays is not None:  # built on demand from the fetched arrays: NULL missing, empty expired
+                status = {t: MISSING if a is None else EXPIRED if not a else PRESENT for t, a in zip(self, arrays)}
+            else:  # no ttl and no defaults: a table is missing exactly when it is None
+                status = {t: MISSING if v is None else PRESENT for t, v in self.items()}
+            self._status = status
         return status
 
 
@@ -126,7 +131,8 @@ def array_row_decoder(names: Sequence[str], decoders: Sequence[TableDecoder],
     built if asked for.
     """
     names = tuple(names)
-    if lazy_status and all(d.simple for d in decoders):
+    simple = all(d.simple for d in decoders) and all(len(p) == 1 for p in parts_per_table)
+    if lazy_status and simple:
         # The common case (e.g. all-real tables, no ttl, no defaults), inlined: no call per table.
         layout = [(name, d.names) for name, d in zip(names, decoders)]
 
@@ -134,6 +140,17 @@ def array_row_decoder(names: Sequence[str], decoders: Sequence[TableDecoder],
             return FeatureResult({name: None if v is None else dict(zip(fnames, v)) for (name, fnames), v in zip(layout, row)})
 
         return decode_simple
+    if simple:
+        # A ttl but no defaults: an expired table (empty array) is None like a missing one, and the
+        # status is built from the row only if asked for.
+        layout = [(name, d.names) for name, d in zip(names, decoders)]
+
+        def decode_ttl(row: Row) -> FeatureResult:
+            out = FeatureResult({name: dict(zip(fnames, v)) if v else None for (name, fnames), v in zip(layout, row)})
+            out._arrays = row
+            return out
+
+        return decode_ttl
     spans = []
     pos = 0
     for parts in parts_per_table:
