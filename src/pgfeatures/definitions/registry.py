@@ -22,13 +22,16 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DefinitionError, UnknownEntityError, UnknownServiceError, UnknownTableError
 from .entities import DEFAULT_ENTITY, Entity
 from .services import FeatureService, check_services
 from .tables import FeatureTable
 from .types import check_identifier, parse_duration
+
+if TYPE_CHECKING:
+    from .layout import EntityLayout
 
 DEFAULT_SCHEMA = "features"
 
@@ -146,6 +149,13 @@ class Registry:
             return self.services[name]
         except (KeyError, TypeError):
             raise UnknownServiceError([str(name)], self.services) from None
+
+    def layouts(self, service: str) -> tuple["EntityLayout", ...]:
+        """The serving tables of a materialized service (one per entity it reads; see layout.py)."""
+        from .layout import service_layouts
+
+        svc = self.service(service)
+        return service_layouts(svc, svc.resolve(self))
 
     def resolve(self, tables: Iterable[str] | None) -> tuple[FeatureTable, ...]:
         """Tables in the order asked (duplicates dropped); None means all. Raises UnknownTableError."""

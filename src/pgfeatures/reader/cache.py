@@ -8,7 +8,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..definitions import Registry
+from ..definitions.layout import EntityLayout
 from .compile import BatchReader, Reader, Strategy, compile_batch_reader, compile_reader
+from .materialized import compile_materialized_batch_reader, compile_materialized_reader
 from .selection import FeaturesArg, select, select_service
 
 
@@ -39,6 +41,8 @@ class ReaderCache:
         self._readers: OrderedDict[Any, Reader | BatchReader] = OrderedDict()
         self._statements = 0
         self._lock = threading.Lock()
+        # Built materialized services and their serving tables: read from serving rows (set by the store).
+        self.materialized: dict[str, tuple[EntityLayout, ...]] = {}
 
     def reader(self, tables: Iterable[str] | None, features: FeaturesArg, strategy: Strategy | str) -> Reader:
         return self._get(  # type: ignore[return-value]
@@ -53,13 +57,26 @@ class ReaderCache:
         )
 
     def service_reader(self, service: str, features: FeaturesArg, strategy: Strategy | str) -> Reader:
-        """The reader of a feature service (or of a subset of its features). Raises UnknownServiceError."""
+        """The reader of a feature service (or of a subset of its features): from its serving rows when
+        it is materialized and built (``materialized``), else the flexible read. Raises UnknownServiceError."""
+        layouts = self.materialized.get(service)
+        if layouts is not None:
+            return self._get(  # type: ignore[return-value]
+                ("materialized", service, request_shape(None, features)[1]),
+                lambda: compile_materialized_reader(select_service(self.registry, service, features), layouts),
+            )
         return self._get(  # type: ignore[return-value]
             ("service", service, request_shape(None, features)[1], strategy),
             lambda: compile_reader(select_service(self.registry, service, features), strategy),
         )
 
     def service_batch_reader(self, service: str, features: FeaturesArg) -> BatchReader:
+        layouts = self.materialized.get(service)
+        if layouts is not None:
+            return self._get(  # type: ignore[return-value]
+                ("materialized batch", service, request_shape(None, features)[1]),
+                lambda: compile_materialized_batch_reader(select_service(self.registry, service, features), layouts),
+            )
         return self._get(  # type: ignore[return-value]
             ("service", service, request_shape(None, features)[1], "batch"),
             lambda: compile_batch_reader(select_service(self.registry, service, features)),

@@ -92,6 +92,7 @@ class Reader:
     decode: Callable[[Any], FeatureResult]
     binder: KeyBinder
     param_index: tuple[int, ...] = ()
+    materialized: bool = False  # reads a materialized service's serving rows
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -110,6 +111,7 @@ class BatchReader:
     statement: bytes
     decode: Callable[[Sequence[Row]], list[FeatureResult]]
     binder: KeyBinder
+    materialized: bool = False
 
     @property
     def tables(self) -> tuple[str, ...]:

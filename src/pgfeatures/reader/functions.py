@@ -41,7 +41,10 @@ class ReadFunction:
 
 
 def read_function(reader: Reader | BatchReader) -> ReadFunction | None:
-    """The function form of a ``single`` or batch reader (None for the other strategies)."""
+    """The function form of a ``single`` or batch reader (None for the other strategies, and for the
+    reads of serving rows, which are one lookup per entity: cheap to plan)."""
+    if reader.materialized:
+        return None
     if isinstance(reader, BatchReader):
         statement, suffix = reader.statement, "[]"
     elif reader.strategy is Strategy.SINGLE:

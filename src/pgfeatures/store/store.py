@@ -75,6 +75,7 @@ from ..reader import (
     Strategy,
     parse_keys,
 )
+from ..materialize.build import status
 from ..reader.functions import EXISTING_FUNCTIONS, read_function
 from ..schema import CATALOG_QUERY, TableCheck
 from ..write import UpdateCount, UpdateRows, plan_updates
@@ -334,6 +335,7 @@ class FeatureStore:
         self.health.update(checks)
         if self.health.broken and self.on_drift == "raise":
             raise self.health.error(self.health.broken)
+        self._find_materialized(router)
         servable = self._servable()
         self.warm_readers = [self.reader(servable), self.batch_reader(servable), *self._service_readers(), *self.extra_warm]
         if not self._prepare:
@@ -373,6 +375,30 @@ class FeatureStore:
                 errors.append(exc)
                 router.mark_down(target, str(exc))
         raise errors[0]
+
+    def _find_materialized(self, router: Router) -> None:
+        """Which materialized services are built (their serving tables match the definitions): those
+        are read from their serving rows; the others by the flexible read, with a warning."""
+        wanted = [name for name, svc in self.registry.services.items() if svc.materialize]
+        if not wanted:
+            return
+        target = next((t for t in router.targets if not t.down), router.targets[0])
+        conn = connect(target.dsn, "pgfeatures-check", self.connect_timeout,
+                                   credentials=self.credentials, pooler=self.pooler)
+        try:
+            states = status(conn, self.registry)
+        except psycopg.Error as exc:
+            raise database_error(exc, target.dsn) from exc
+        finally:
+            conn.close()
+        built = {}
+        for name in wanted:
+            if states.get(name) == "built":
+                built[name] = self.registry.layouts(name)
+            else:
+                logger.warning("pgfeatures: service %s is materialize = true but its serving rows are %s: it is read "
+                               "table by table until `pgfeatures materialize %s` builds them", name, states.get(name), name)
+        self.readers.materialized = built
 
     def _read_functions(self, router: Router) -> dict[bytes, Any]:
         """``pooler="transaction"``: the warm readers in their function form (see reader/functions.py),

@@ -1,0 +1,111 @@
+"""The serving rows of a materialized feature service: which column holds which feature (pure).
+
+A service declared ``materialize = true`` keeps, per entity it reads, one serving row per key::
+
+    "<schema>"."_pgf_svc_<service>__<entity>" (
+        <key column> <key type> PRIMARY KEY,
+        r  real[],               -- every real feature of the entity's tables, in the service's order
+        d  double precision[],   -- double, smallint, integer, boolean (exact in a double)
+        i  bigint[],             -- bigint (exact only in an int8)
+        ts bigint[]              -- per table: its row's updated_at, NULL where the key has no row
+    )
+
+so a read is one primary-key lookup per entity, and the row says, per table, whether the key was
+present (and how old its row is: expiry is decided against the server's clock in the same
+statement), missing or NULL, exactly as the flexible read does. Arrays that would always be empty
+are left out. The layout's fingerprint is stored as the serving table's comment: a definition that
+changed since the rows were built is detected (``pgfeatures init``) and rebuilt
+(``pgfeatures materialize``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from .entities import Entity
+from .services import FeatureService
+from .tables import Feature, FeatureTable
+
+# Serving array per feature type: (column, element type of the array)
+GROUPS = {"real": ("r", "real"), "double precision": ("d", "double precision"), "smallint": ("d", "double precision"),
+          "integer": ("d", "double precision"), "boolean": ("d", "double precision"), "bigint": ("i", "bigint")}
+GROUP_ORDER = ("r", "d", "i")
+TS = "ts"
+PREFIX = "_pgf_svc_"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one feature lives in a serving row: array ``group`` (r, d, i), 0-based ``index``."""
+
+    table: str
+    feature: Feature
+    group: str
+    index: int
+
+
+@dataclass(frozen=True)
+class EntityLayout:
+    """One entity's serving table: its tables (in the service's order, ``ts`` positions), every
+    feature's slot, the arrays it has."""
+
+    service: str
+    entity: Entity
+    table_name: str
+    tables: tuple[FeatureTable, ...]
+    slots: tuple[Slot, ...]
+    groups: tuple[str, ...]  # the arrays present, in GROUP_ORDER
+    fingerprint: str
+
+    def element_type(self, group: str) -> str:
+        return {"r": "real", "d": "double precision", "i": "bigint"}[group]
+
+    def size(self, group: str) -> int:
+        return sum(1 for s in self.slots if s.group == group)
+
+    def table_slots(self, table: str) -> tuple[Slot, ...]:
+        return tuple(s for s in self.slots if s.table == table)
+
+    def ts_index(self, table: str) -> int:
+        return next(i for i, t in enumerate(self.tables) if t.name == table)
+
+
+def serving_table_name(service: str, entity: str) -> str:
+    """``_pgf_svc_<service>__<entity>``, shortened with a hash when over PostgreSQL's 63 characters."""
+    name = f"{PREFIX}{service}__{entity}"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    return f"{name[:52]}_{digest}"
+
+
+def service_layouts(service: FeatureService, items: tuple[tuple[FeatureTable, tuple[Feature, ...]], ...]
+                    ) -> tuple[EntityLayout, ...]:
+    """The serving tables of ``service`` given its resolved ``items`` (``FeatureService.resolve``)."""
+    by_entity: dict[str, list[tuple[FeatureTable, tuple[Feature, ...]]]] = {}
+    entities: dict[str, Entity] = {}
+    for table, features in items:
+        by_entity.setdefault(table.entity.name, []).append((table, features))
+        entities[table.entity.name] = table.entity
+    out = []
+    for name, parts in by_entity.items():
+        counters = {g: 0 for g in GROUP_ORDER}
+        slots = []
+        for table, features in parts:
+            for f in features:
+                group = GROUPS[f.type.name][0]
+                slots.append(Slot(table.name, f, group, counters[group]))
+                counters[group] += 1
+        groups = tuple(g for g in GROUP_ORDER if counters[g])
+        entity = entities[name]
+        shape = {
+            "service": service.name, "entity": [entity.name, entity.key_type, entity.column],
+            "tables": [t.name for t, _ in parts],
+            "slots": [[s.table, s.feature.name, s.feature.type.name, s.group, s.index] for s in slots],
+        }
+        fingerprint = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+        out.append(EntityLayout(service.name, entity, serving_table_name(service.name, name),
+                                tuple(t for t, _ in parts), tuple(slots), groups, fingerprint))
+    return tuple(out)
