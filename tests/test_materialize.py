@@ -128,3 +128,44 @@ def test_a_changed_definition_is_stale_until_rebuilt(setup, conn, dsn, schema):
         assert store.readers.service_reader("svc", None, "single").materialized
         write_random(store, changed, rng, keys, 10, now + 9)
         assert_same(store, requests)
+
+
+def test_vector_output_in_the_service_order(setup, dsn):
+    import numpy as np
+
+    registry, rng, keys, now, requests = setup
+    order = registry.service("svc").order(registry)
+    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=0) as store:
+        for k in requests[:8]:
+            for service in ("svc", "flex"):
+                d = store.get_service(service, k)
+                v = store.get_service(service, k, output="list")
+                assert v.names == order and v.status == d.status
+                assert v.values == [None if d[n.split(".")[0]] is None else d[n.split(".")[0]][n.split(".")[1]] for n in order]
+                a = store.get_service(service, k, output="numpy")
+                assert a.values.dtype == np.float64 and a.values.shape == (len(order),)
+                assert np.array_equal(a.values, np.array(v.values, dtype=np.float64), equal_nan=True)
+        batch = store.get_service_batch("svc", requests, output="numpy")
+        assert batch.values.shape == (len(requests), len(order))
+        flex = store.get_service_batch("flex", requests, output="numpy")
+        assert np.array_equal(batch.values, flex.values, equal_nan=True) and batch.status == flex.status
+
+
+def test_all_real_materialized_vector_is_the_serving_row(conn, schema, dsn):
+    tables = [FeatureTable.of(f"r{i}", {f"f{j}": "real" for j in range(3)}, ttl=3600 if i == 1 else None) for i in range(3)]
+    registry = Registry.of(tables, schema, services=[FeatureService("v", ("r0.*", "r1.*", "r2.*"), materialize=True),
+                                                      FeatureService("vf", ("r0.*", "r1.*", "r2.*"))])
+    apply_schema(conn, registry)
+    k1, k2 = bytes([1]) * 32, bytes([2]) * 32
+    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as store:
+        store.update_features(k1, "r0", {"f0": 0.5, "f1": 1.5, "f2": 2.5})
+        store.update_features(k1, "r1", {"f0": 3.5, "updated_at": 1})  # expired
+        store.update_features(k2, "r2", {"f1": 0.25})
+    materialize(conn, registry, "v")
+    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=0) as store:
+        for k in (k1, k2, bytes(32)):
+            v, f = store.get_service("v", k, output="list"), store.get_service("vf", k, output="list")
+            assert v.values == f.values and v.status == f.status
+            n = store.get_service("v", k, output="numpy")
+            assert n.values.dtype.name == "float32"
+        assert store.get_service("v", k1, output="list").values == [0.5, 1.5, 2.5, None, None, None, None, None, None]

@@ -12,6 +12,7 @@ from ..definitions.layout import EntityLayout
 from .compile import BatchReader, Reader, Strategy, compile_batch_reader, compile_reader
 from .materialized import compile_materialized_batch_reader, compile_materialized_reader
 from .selection import FeaturesArg, select, select_service
+from .vector import vector_batch_reader, vector_reader
 
 
 def request_shape(tables: Iterable[str] | None, features: FeaturesArg) -> Any:
@@ -68,6 +69,21 @@ class ReaderCache:
         return self._get(  # type: ignore[return-value]
             ("service", service, request_shape(None, features)[1], strategy),
             lambda: compile_reader(select_service(self.registry, service, features), strategy),
+        )
+
+    def service_vector_reader(self, service: str, features: FeaturesArg, strategy: Strategy | str) -> Reader:
+        """``service_reader`` decoding to a ServiceVector (the same statement)."""
+        order = self.registry.service(service).order(self.registry)
+        return self._get(  # type: ignore[return-value]
+            ("vector", service, request_shape(None, features)[1], strategy, service in self.materialized),
+            lambda: vector_reader(self.service_reader(service, features, strategy), order),
+        )
+
+    def service_vector_batch_reader(self, service: str, features: FeaturesArg) -> BatchReader:
+        order = self.registry.service(service).order(self.registry)
+        return self._get(  # type: ignore[return-value]
+            ("vector batch", service, request_shape(None, features)[1], service in self.materialized),
+            lambda: vector_batch_reader(self.service_batch_reader(service, features), order),
         )
 
     def service_batch_reader(self, service: str, features: FeaturesArg) -> BatchReader:

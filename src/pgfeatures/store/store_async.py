@@ -77,6 +77,7 @@ from ..materialize.build_async import status_async
 from ..reader.functions import EXISTING_FUNCTIONS, read_function
 from ..schema import CATALOG_QUERY, TableCheck
 from ..write import UpdateCount, UpdateRows, plan_updates
+from ..reader.vector import as_numpy, check_output, stack_numpy
 from .base import (
     LAG_QUERY,
     ON_DRIFT,
@@ -594,17 +595,31 @@ class AsyncFeatureStore:
         """
         return await self.read_batch(self.batch_reader(tables, features), keys)
 
-    async def get_service(self, name: str, key: Any, features: FeaturesArg = None) -> Features:
+    async def get_service(self, name: str, key: Any, features: FeaturesArg = None, *, output: str = "dict") -> Any:
         """The features of the feature service ``name`` for one request's keys (as ``get_features``),
-        in the service's order, with the service's ttl. ``features``: a subset of the service's.
+        with the service's ttl; from its serving rows when it is materialized and built.
 
+        ``features``: a subset of the service's. ``output``: ``"dict"`` (a FeatureResult, tables in
+        the service's order), ``"list"`` or ``"numpy"``: a ServiceVector, the features as one flat
+        vector in the service's order (``.names``), missing values None (NaN in numpy; float32 when
+        every feature is real, else float64), and ``.status`` per table.
         Raises UnknownServiceError naming the valid services, and as ``get_features``.
         """
-        return await self.read(self.readers.service_reader(name, features, self.strategy), key)
+        if output == "dict":
+            return await self.read(self.readers.service_reader(name, features, self.strategy), key)
+        check_output(output)
+        vector = await self.read(self.readers.service_vector_reader(name, features, self.strategy), key)  # type: ignore[arg-type]
+        return as_numpy(vector, self.registry) if output == "numpy" else vector
 
-    async def get_service_batch(self, name: str, keys: Any, features: FeaturesArg = None) -> list[Features]:
-        """``get_service`` for many rows of keys, in one round-trip (keys as for ``get_features_batch``)."""
-        return await self.read_batch(self.readers.service_batch_reader(name, features), keys)
+    async def get_service_batch(self, name: str, keys: Any, features: FeaturesArg = None, *, output: str = "dict") -> Any:
+        """``get_service`` for many rows of keys, in one round-trip (keys as for ``get_features_batch``):
+        a list of results in input order, or with ``output="numpy"`` one ServiceVectors (a 2-D array,
+        a row per request)."""
+        if output == "dict":
+            return await self.read_batch(self.readers.service_batch_reader(name, features), keys)
+        check_output(output)
+        vectors = await self.read_batch(self.readers.service_vector_batch_reader(name, features), keys)  # type: ignore[arg-type]
+        return stack_numpy(vectors, self.registry) if output == "numpy" else vectors
 
     async def read_batch(self, reader: BatchReader, keys: Any) -> list[Features]:
         """Run a compiled batch reader: one statement for all ``keys`` (see ``get_features_batch``).

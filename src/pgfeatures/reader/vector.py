@@ -1,0 +1,177 @@
+"""A service's features as one flat vector in the service's order, with the status per table (pure).
+
+A model wants ``[f1, f2, ..., f240]`` in a fixed order, not 30 dicts. The order is the service's
+(its features as listed, ``table.*`` expanded, see ``FeatureService.order``), restricted to a
+subset when one is asked for. A feature whose table is missing or expired, or whose value is NULL,
+takes its default, else None (NaN in a numpy array).
+
+The vector decoders read the same rows as the dict decoders (same statement, same prepared
+statement) and never build the per-table dicts. For a materialized service of one entity whose
+features are all ``real`` and stored in the service's order, the vector is the serving row's
+``real[]`` as fetched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .compile import BatchReader, Reader
+from .decode import EXPIRED, MISSING, PRESENT, FeatureResult, Row
+
+ServiceOrder = tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceVector:
+    """One request's features in the service's order (``names``), and each table's status."""
+
+    values: Any  # list, or a numpy array (output="numpy")
+    status: dict[str, str]
+    names: ServiceOrder
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceVectors:
+    """A batch's features as a 2-D numpy array (a row per request, a column per ``names``), with
+    each request's status per table."""
+
+    values: Any
+    status: list[dict[str, str]]
+    names: ServiceOrder
+
+
+def service_order(reader: Reader | BatchReader, order: Sequence[str]) -> ServiceOrder:
+    """``order`` (the service's ``table.feature`` list) restricted to what ``reader`` reads."""
+    asked = {f"{t.name}.{f.name}" for t, fs in reader.selection.items for f in fs}
+    return tuple(name for name in order if name in asked)
+
+
+def vector_of(result: FeatureResult, names: ServiceOrder) -> list[Any]:
+    """The flat vector of a decoded result (the general path: any strategy, any layout)."""
+    out = []
+    for name in names:
+        table, _, feature = name.partition(".")
+        values = result[table]
+        out.append(None if values is None else values.get(feature))
+    return out
+
+
+def _fast_materialized(reader: Reader | BatchReader, names: ServiceOrder) -> Callable[[Row], tuple[list[Any], dict[str, str]]] | None:
+    """The serving row's real[] as the vector: one entity, only real features, in layout order, no defaults."""
+    selection = reader.selection
+    if not reader.materialized or len(selection.entities) != 1 or selection.has_defaults:
+        return None
+    if any(f.type.name != "real" for _, fs in selection.items for f in fs):
+        return None
+    flat = [f"{t.name}.{f.name}" for t, fs in selection.items for f in fs]
+    if tuple(flat) != names:
+        return None
+    tables = [(t.name, ttl, len(fs)) for (t, fs), ttl in zip(selection.items, selection.ttls)]
+    return None if not tables else _FastVector(tables).decode
+
+
+class _FastVector:
+    """Row layout of a one-entity all-real materialized read: (now, r, ts)."""
+
+    def __init__(self, tables: list[tuple[str, int | None, int]]):
+        self.tables = tables
+        self.total = sum(n for _, _, n in tables)
+
+    def decode(self, row: Row) -> tuple[list[Any], dict[str, str]]:
+        now, r, ts = row[0], row[1], row[2]
+        status: dict[str, str] = {}
+        if r is None:
+            return [None] * self.total, {name: MISSING for name, _, _ in self.tables}
+        values = r
+        pos = 0
+        for j, (name, ttl, n) in enumerate(self.tables):
+            stamp = ts[j]
+            if stamp is None or (ttl is not None and stamp < now - ttl):
+                status[name] = MISSING if stamp is None else EXPIRED
+                if values is r:
+                    values = list(r)
+                values[pos:pos + n] = [None] * n
+            else:
+                status[name] = PRESENT
+            pos += n
+        return values, status
+
+
+def vector_reader(reader: Reader, order: Sequence[str]) -> Reader:
+    """``reader`` with a decoder returning a ServiceVector (same statements)."""
+    names = service_order(reader, order)
+    fast = _fast_materialized(reader, names) if len(reader.statements) == 1 else None
+    decode_dict = reader.decode
+    if fast is not None and reader.selection.tables:
+        def decode(row: Any) -> ServiceVector:
+            values, status = fast(row)
+            return ServiceVector(values, status, names)
+    else:
+        def decode(row: Any) -> ServiceVector:
+            result = decode_dict(row)
+            return ServiceVector(vector_of(result, names), result.status, names)
+    return replace(reader, decode=decode)
+
+
+def vector_batch_reader(reader: BatchReader, order: Sequence[str]) -> BatchReader:
+    """``reader`` (a batch) with a decoder returning one ServiceVector per row."""
+    names = service_order(reader, order)
+    fast = _fast_materialized(reader, names)
+    if fast is not None:
+        def decode(rows: Sequence[Row]) -> list[ServiceVector]:
+            out = []
+            for row in rows:
+                values, status = fast(row)
+                out.append(ServiceVector(values, status, names))
+            return out
+    else:
+        decode_rows = reader.decode
+
+        def decode(rows: Sequence[Row]) -> list[ServiceVector]:
+            return [ServiceVector(vector_of(r, names), r.status, names) for r in decode_rows(rows)]
+    return replace(reader, decode=decode)
+
+
+OUTPUTS = ("dict", "list", "numpy")
+
+
+def check_output(output: str) -> None:
+    if output not in OUTPUTS:
+        from ..errors import DefinitionError
+
+        raise DefinitionError(f"unknown output {output!r}; valid: {', '.join(OUTPUTS)}")
+
+
+def _dtype(names: ServiceOrder, registry: Any) -> Any:
+    import numpy as np
+
+    types = {registry.tables[n.partition(".")[0]].feature(n.partition(".")[2]).type.name for n in names}
+    return np.float32 if types <= {"real"} else np.float64
+
+
+def _numpy() -> Any:
+    try:
+        import numpy as np
+    except ImportError:
+        from ..errors import PgFeaturesError
+
+        raise PgFeaturesError("output='numpy' needs numpy: pip install numpy (or 'pgfeatures[load]')") from None
+    return np
+
+
+def as_numpy(vector: ServiceVector, registry: Any) -> ServiceVector:
+    """The vector as a 1-D numpy array (None -> NaN)."""
+    np = _numpy()
+    return ServiceVector(np.array(vector.values, dtype=_dtype(vector.names, registry)), vector.status, vector.names)
+
+
+def stack_numpy(vectors: list[ServiceVector], registry: Any) -> ServiceVectors:
+    """A batch's vectors as one 2-D numpy array."""
+    np = _numpy()
+    if not vectors:
+        return ServiceVectors(np.zeros((0, 0), dtype=np.float64), [], ())
+    names = vectors[0].names
+    values = np.array([v.values for v in vectors], dtype=_dtype(names, registry))
+    return ServiceVectors(values, [v.status for v in vectors], names)
