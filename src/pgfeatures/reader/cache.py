@@ -73,18 +73,19 @@ class ReaderCache:
 
     def service_vector_reader(self, service: str, features: FeaturesArg, strategy: Strategy | str) -> Reader:
         """``service_reader`` decoding to a ServiceVector (the same statement)."""
-        order = self.registry.service(service).order(self.registry)
         return self._get(  # type: ignore[return-value]
             ("vector", service, request_shape(None, features)[1], strategy, service in self.materialized),
-            lambda: vector_reader(self.service_reader(service, features, strategy), order),
+            lambda: vector_reader(self.service_reader(service, features, strategy), self._order(service)),
         )
 
     def service_vector_batch_reader(self, service: str, features: FeaturesArg) -> BatchReader:
-        order = self.registry.service(service).order(self.registry)
         return self._get(  # type: ignore[return-value]
             ("vector batch", service, request_shape(None, features)[1], service in self.materialized),
-            lambda: vector_batch_reader(self.service_batch_reader(service, features), order),
+            lambda: vector_batch_reader(self.service_batch_reader(service, features), self._order(service)),
         )
+
+    def _order(self, service: str) -> tuple[str, ...]:
+        return self.registry.service(service).order(self.registry)
 
     def service_batch_reader(self, service: str, features: FeaturesArg) -> BatchReader:
         layouts = self.materialized.get(service)
