@@ -8,6 +8,7 @@ is reported as drift, never silently altered or ignored.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import psycopg
@@ -94,7 +95,11 @@ FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = AN
 WHERE i.indrelid = %s::regclass AND i.indisprimary
 """
 
-_INDEX_EXISTS = "SELECT to_regclass(%s) IS NOT NULL"
+_INDEXES = """
+SELECT array_agg(ic.relname::text)
+FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+WHERE i.indrelid = %s::regclass AND NOT i.indisprimary
+"""
 
 
 def table_exists(conn: psycopg.Connection, schema: str, table: str) -> bool:
@@ -102,27 +107,41 @@ def table_exists(conn: psycopg.Connection, schema: str, table: str) -> bool:
     return bool(conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name]).fetchone()[0])
 
 
+def expected_columns(table: FeatureTable) -> dict[str, str]:
+    """Column name -> type (as ``format_type`` spells it) of the table ``create_table_sql`` makes."""
+    return {KEY_COLUMN: "bytea", **{f.name: f.type.name for f in table.features}, UPDATED_AT: "integer"}
+
+
+def drift_problems(table: FeatureTable, columns: Mapping[str, str], primary_key: Sequence[str] | None,
+                   indexes: Collection[str]) -> list[str]:
+    """How a live table differs from its definition, from what the catalog says about it (pure).
+
+    ``columns``: name -> ``format_type`` in column order; ``primary_key``: its columns (None or
+    empty: no primary key); ``indexes``: names of the table's other indexes. The one comparison
+    behind ``drift`` and the loader's check before a load.
+    """
+    expected = expected_columns(table)
+    problems = []
+    for col, typ in expected.items():
+        if col not in columns:
+            problems.append(f"column {col} ({typ}) is missing")
+        elif columns[col] != typ:
+            problems.append(f"column {col} is {columns[col]}, definition says {typ}")
+    problems += [f"column {col} ({typ}) is not in the definition" for col, typ in columns.items() if col not in expected]
+    if list(primary_key or []) != [KEY_COLUMN]:
+        problems.append(f"primary key is {list(primary_key) if primary_key else 'missing'}, definition says ({KEY_COLUMN})")
+    if table.covering_index and covering_index_name(table) not in indexes:
+        problems.append(f"covering index {covering_index_name(table)} is missing")
+    return problems
+
+
 def drift(conn: psycopg.Connection, schema: str, table: FeatureTable) -> list[str]:
     """How the live table differs from its definition (empty when it matches)."""
     name = qualified(schema, table).as_string(conn)
     live = dict(conn.execute(_COLUMNS, [name]).fetchall())
-    expected = {KEY_COLUMN: "bytea", **{f.name: f.type.name for f in table.features}, UPDATED_AT: "integer"}
-    problems = []
-    for col, typ in expected.items():
-        if col not in live:
-            problems.append(f"column {col} ({typ}) is missing")
-        elif live[col] != typ:
-            problems.append(f"column {col} is {live[col]}, definition says {typ}")
-    for col in live.keys() - expected.keys():
-        problems.append(f"column {col} ({live[col]}) is not in the definition")
     pk = conn.execute(_PRIMARY_KEY, [name]).fetchone()[0]
-    if pk != [KEY_COLUMN]:
-        problems.append(f"primary key is {pk or 'missing'}, definition says ({KEY_COLUMN})")
-    if table.covering_index:
-        index = sql.Identifier(schema, covering_index_name(table)).as_string(conn)
-        if not conn.execute(_INDEX_EXISTS, [index]).fetchone()[0]:
-            problems.append(f"covering index {covering_index_name(table)} is missing")
-    return problems
+    indexes = conn.execute(_INDEXES, [name]).fetchone()[0] or []
+    return drift_problems(table, live, pk, indexes)
 
 
 def apply_schema(conn: psycopg.Connection, registry: Registry, *, raise_on_drift: bool = True) -> SchemaReport:
