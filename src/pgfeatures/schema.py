@@ -8,6 +8,7 @@ is reported as drift, never silently altered or ignored.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -49,6 +50,27 @@ def covering_index_sql(schema: str, table: FeatureTable) -> sql.Composed:
         sql.Identifier(KEY_COLUMN),
         sql.SQL(", ").join(included),
     )
+
+
+# Advisory lock space of pgfeatures' DDL ("pgfd"); the second key is a hash of the schema or table.
+DDL_LOCK_SPACE = 0x70676664
+
+
+def ddl_lock(schema: str, table: str | None = None) -> tuple[sql.Composed, tuple[int, int]]:
+    """The statement (and its parameters) taking pgfeatures' transaction-level advisory lock for
+    creating ``schema`` (``table`` None) or one table of it.
+
+    Concurrent ``CREATE SCHEMA/TABLE IF NOT EXISTS`` race in PostgreSQL: the second creator
+    waits on the first one's uncommitted catalog row, then fails with a unique violation
+    (``pg_namespace_nspname_index``, ``pg_type_typname_nsp_index``) instead of finding the object.
+    Everything in pgfeatures that creates (or swaps) a feature table or its schema takes these
+    locks first, in the order schema then table, and holds them to COMMIT: the second creator
+    then waits for the first one's COMMIT and finds the object. A hash collision only makes two
+    unrelated creators wait for each other.
+    """
+    digest = hashlib.sha256(f"{schema}\0{'' if table is None else table}".encode()).digest()
+    key = int.from_bytes(digest[:4], "big", signed=True)
+    return sql.SQL("SELECT pg_advisory_xact_lock({}::integer, %s::integer)").format(sql.Literal(DDL_LOCK_SPACE)), (key,)
 
 
 def ddl(registry: Registry) -> list[sql.Composed]:
@@ -148,12 +170,15 @@ def apply_schema(conn: psycopg.Connection, registry: Registry, *, raise_on_drift
     """Create the schema and any missing tables in one transaction; report drift of existing ones.
 
     Raises SchemaDriftError (after committing what was created) when an existing
-    table disagrees with its definition and ``raise_on_drift`` is true.
+    table disagrees with its definition and ``raise_on_drift`` is true. Safe to run concurrently
+    with another ``apply_schema`` or a first load (see ``ddl_lock``): it waits for them.
     """
     report = SchemaReport()
     with conn.transaction():
+        conn.execute(*ddl_lock(registry.schema))  # held to COMMIT: see ddl_lock
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(registry.schema)))
         for table in registry.tables.values():
+            conn.execute(*ddl_lock(registry.schema, table.name))  # a first load may be creating it
             if table_exists(conn, registry.schema, table.name):
                 problems = drift(conn, registry.schema, table)
                 if problems:

@@ -21,7 +21,7 @@ from psycopg import sql
 
 from ..definitions import KEY_COLUMN, UPDATED_AT, Registry
 from ..errors import LoadError, LoadInputError, LoadInterruptedError, SchemaDriftError
-from ..schema import covering_index_sql, create_table_sql, qualified
+from ..schema import covering_index_sql, create_table_sql, ddl_lock, qualified
 from .columns import Columns, plan_columns
 from .copy import COPY_HEADER, COPY_TRAILER
 from .dedupe import find_duplicates
@@ -194,11 +194,19 @@ class Job:
     def plan(self) -> Plan:
         schema, table, options, summary = self.registry.schema, self.table, self.options, self.summary
         live = qualified(schema, table)
+        self.phase = "checking the table"
         for name, value in TRANSACTION_SETTINGS.items():
             yield Op(*setting(name, value))
         rows = yield Op(CATALOG, (live.as_string(None),), fetch=True)
         if not rows:  # the first load creates the table, in the same transaction
-            yield Op(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident(schema)))
+            # Under schema.py's DDL locks, so a concurrent `pgfeatures init` (or another first load)
+            # waits for this COMMIT instead of failing on the uncommitted catalog rows, and vice versa.
+            self.phase = "creating the table"
+            found = yield Op(sql.SQL("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)"), (schema,), fetch=True)
+            if not found[0][0]:
+                yield Op(*ddl_lock(schema))
+                yield Op(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident(schema)))
+            yield Op(*ddl_lock(schema, table.name))
             yield Op(create_table_sql(schema, table))
             if table.covering_index:
                 yield Op(covering_index_sql(schema, table))
@@ -301,6 +309,7 @@ class Job:
         self._report("analyzing")
         yield Op(sql.SQL("ANALYZE {}").format(new))  # statistics exist from the moment of the swap
         self._report("swapping")
+        yield Op(*ddl_lock(schema, table.name))  # the DROP and RENAMEs: not while `init` looks at the table
         for stmt, params in swap_sql(schema, table, new_name, catalog, options.lock_timeout):
             yield Op(stmt, params)
 
