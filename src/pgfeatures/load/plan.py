@@ -47,6 +47,7 @@ from .statements import (
     new_table_sql,
     setting,
     stage_ddl,
+    stage_table,
     staged_values,
     swap_sql,
     table_columns,
@@ -218,7 +219,7 @@ class Job:
             raise SchemaDriftError(f"table {summary.table} differs from its definition: {'; '.join(drift)} "
                                    "(see `pgfeatures init`); nothing was loaded", problems={table.name: drift})
         columns = self.columns[0]
-        stage = ident(schema, f"_pgf_stage_{self.token}")
+        stage = stage_table(self.token)
         yield Op(stage_ddl(stage, columns))
         self._report("reading")
         yield Copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(stage), self._chunks())

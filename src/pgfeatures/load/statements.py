@@ -88,15 +88,23 @@ def setting(name: str, value: str) -> tuple[sql.Composable, tuple[Any, ...]]:
     return sql.SQL("SELECT set_config(%s, %s, true)"), (name, value)
 
 
+def stage_table(token: str) -> sql.Identifier:
+    """The load's staging table: a TEMP table, in the session's own temporary schema."""
+    return ident("pg_temp", f"_pgf_stage_{token}")
+
+
 def stage_ddl(stage: sql.Identifier, columns: Columns) -> sql.Composed:
     cols = [sql.SQL("{} bytea").format(ident(KEY_COLUMN))]
     cols += [sql.SQL("{} {}").format(ident(f.name), sql.SQL(f.type.name)) for f in columns.features]
     if columns.updated_at:
         cols.append(sql.SQL("{} integer").format(ident(UPDATED_AT)))
     cols.append(sql.SQL("seq bigint"))
-    # UNLOGGED: no WAL for rows that live only for this transaction. Created inside the load's
-    # transaction, it vanishes with a rollback or a dead connection.
-    return sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(stage, sql.SQL(", ").join(cols))
+    # TEMP: no WAL for rows that live only for this transaction, and nothing for crash recovery
+    # to replay: PostgreSQL removes temporary files when it starts. (An UNLOGGED stage made the
+    # first start after a kill -9 of the postmaster fail, "could not create file ...: File
+    # exists", while recovery reset the half-created unlogged relation.) Created inside the load's
+    # transaction and dropped at its end, it vanishes with a rollback or a dead connection.
+    return sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(stage, sql.SQL(", ").join(cols))
 
 
 def table_columns(columns: Columns) -> list[sql.Identifier]:
