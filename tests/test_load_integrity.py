@@ -204,7 +204,8 @@ def test_the_summary_says_what_a_file_was_verified_against(conn, schema, tmp_pat
     assert summary.notes == [f"{bare_file} carries no integrity information (no page checksums, no column statistics): "
                              "damage that still decodes cannot be detected; write it with page checksums "
                              "(pyarrow: write_page_checksum=True)"]
-    assert "no integrity information" in summary.describe()
+    text = summary.describe()
+    assert "no integrity information" in text and f"verified against: page checksums ({crc_file})" in text
     assert summary.rows_read == 3000 and summary.inserted == 3000
     some = tmp_path / "d.parquet"
     pq.write_table(data(1000, seed=4), some, write_statistics=["hashkey", "f0", "f1"])

@@ -151,6 +151,12 @@ class LoadSummary:
         ]
         if self.rows_before is not None and self.rows_after is not None:
             lines.append(f"table rows {self.rows_before:,} -> {self.rows_after:,}")
+        if self.integrity:
+            ways = set(self.integrity.values())
+            if len(ways) == 1 and len(self.integrity) > 1:
+                lines.append(f"verified against: {ways.pop()} ({len(self.integrity)} files)")
+            else:
+                lines += [f"verified against: {how} ({name})" for name, how in self.integrity.items()]
         lines += [f"rejected: {e}" for e in self.examples]
         lines += [f"note: {n}" for n in self.notes]
         if self.maintenance:

@@ -236,7 +236,10 @@ class Job:
                 raise LoadInputError(f"duplicate keys: {duplicates.keys:,} key(s) appear more than once, the first at {where} "
                                      "(on_duplicate='last' / --on-duplicate last keeps the last row)",
                                      source=self.starts[0][1] if len(self.starts) == 1 else None, column=columns.key)
-            yield Op(sql.SQL("DELETE FROM {} WHERE seq = ANY(%s)").format(stage), (duplicates.superseded.tolist(),))
+            # ::bigint[]: psycopg sends small ints as integer[], and seq = ANY(integer[]) (a cross-type
+            # operator) compares every row with every element: 172 s for 200,000 duplicates among
+            # 400,000 rows. Against bigint[] PostgreSQL hashes the array: 1.7 s for the whole load.
+            yield Op(sql.SQL("DELETE FROM {} WHERE seq = ANY(%s::bigint[])").format(stage), (duplicates.superseded.tolist(),))
             summary.superseded = len(duplicates.superseded)
             unique -= summary.superseded
         summary.strategy = yield from self._choose(catalog, unique)
