@@ -18,7 +18,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_load import keys_for, make_registry, snapshot
+from test_load import make_registry, snapshot
 
 from pgfeatures.errors import CorruptFileError, LoadInputError
 from pgfeatures.load import load
@@ -238,3 +238,21 @@ def test_page_header_crc_detection(tmp_path):
         assert has_page_checksum(raw[meta.dictionary_page_offset:][:64]) is checksums
         assert has_page_checksum(raw[meta.data_page_offset:][:64]) is checksums
     assert not has_page_checksum(b"") and not has_page_checksum(b"\x00")
+
+
+def test_a_damaged_arrow_ipc_file_is_called_corrupt(conn, table, tmp_path):
+    path = tmp_path / "data.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, data(4000).schema) as writer:
+        writer.write_table(data(4000), max_chunksize=1000)
+    raw = bytearray(path.read_bytes())
+    truncated = tmp_path / "truncated.arrow"
+    truncated.write_bytes(bytes(raw[: len(raw) // 2]))
+    with pytest.raises(CorruptFileError, match="not a readable Arrow IPC file"):
+        load(conn, table, "plain", truncated)
+    stream = tmp_path / "data.arrows"
+    with pa.OSFile(str(stream), "wb") as sink, pa.ipc.new_stream(sink, data(4000).schema) as writer:
+        writer.write_table(data(4000), max_chunksize=1000)
+    raw = stream.read_bytes()
+    stream.write_bytes(raw[: len(raw) * 3 // 4])  # the stream format opens from its head: the damage shows mid-way
+    with pytest.raises(CorruptFileError, match="cannot read the rows after row 2,000: the file is corrupt"):
+        load(conn, table, "plain", stream, batch_rows=500)

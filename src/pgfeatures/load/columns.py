@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from ..definitions import KEY_COLUMN, KEY_LENGTH, UPDATED_AT, Feature, FeatureTable
+from ..definitions import KEY_LENGTH, UPDATED_AT, Feature, FeatureTable
 from ..errors import LoadInputError
 from .options import LoadOptions
 from .sources import Source

@@ -129,7 +129,8 @@ class IpcSource(Source):
             try:  # the streaming IPC format has no footer
                 self.reader, self.rows = pa.ipc.open_stream(pa.memory_map(str(path))), None
             except (pa.ArrowException, OSError) as exc:
-                raise _arrow_error(self.name, exc, "not a readable Arrow IPC file") from None
+                raise CorruptFileError(f"{self.name}: not a readable Arrow IPC file (truncated, corrupt, or not Arrow "
+                                       f"IPC): {str(exc).strip() or type(exc).__name__}", source=self.name) from None
         schema = self.reader.schema
         self.names, self.types = schema.names, dict(zip(schema.names, schema.types))
 
@@ -138,7 +139,16 @@ class IpcSource(Source):
             stream: Iterable[pa.RecordBatch] = (self.reader.get_batch(i) for i in range(self.reader.num_record_batches))
         else:
             stream = self.reader
-        for batch in stream:
+        batches, done = iter(stream), 0
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except (pa.ArrowException, OSError) as exc:  # a damaged message or body (IPC carries no checksums)
+                raise CorruptFileError(f"{self.name}: cannot read the rows after row {done:,}: the file is corrupt: "
+                                       f"{str(exc).strip() or type(exc).__name__}", source=self.name, row=done + 1) from None
+            done += batch.num_rows
             yield from pa.Table.from_batches([batch.select(list(columns))]).to_batches(max_chunksize=batch_rows)
 
 
