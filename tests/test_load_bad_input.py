@@ -31,6 +31,7 @@ from pgfeatures.errors import (
     UnknownTableError,
 )
 from pgfeatures.load import load
+from pgfeatures.schema import drift
 
 
 @pytest.fixture()
@@ -211,8 +212,11 @@ def test_bad_options_and_unknown_table(conn, base):
 
 def test_drifted_table_is_not_loaded(conn, schema, base):
     conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN surprise int").format(sql.Identifier(schema, "plain")))
-    fails(SchemaDriftError, "column surprise is not in the definition", "nothing was loaded")(
+    # the same comparison, and the same words, as schema.drift (pgfeatures init)
+    err = fails(SchemaDriftError, "column surprise (integer) is not in the definition", "nothing was loaded")(
         lambda: load(conn, base, "plain", plain(range(3))))
+    assert err.problems == {"plain": drift(conn, schema, base.table("plain"))} == {"plain": [
+        "column surprise (integer) is not in the definition"]}
     conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN surprise").format(sql.Identifier(schema, "plain")))
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
+import logging
 import os
 import pwd
 import shutil
@@ -35,6 +36,8 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import EmbeddedServerError
+
+log = logging.getLogger("pgfeatures")
 
 SERVICE_USER = "pgfeatures"
 DATABASE = "postgres"
@@ -245,20 +248,39 @@ def dsn() -> str:
     return f"host=127.0.0.1 port={port} user=postgres dbname={DATABASE}"
 
 
+def _start(timeout: float) -> None:
+    _run(
+        [str(_bin_dir() / "pg_ctl"), "-D", str(pgdata()), "-l", str(pgdata() / "log"),
+         "-w", "-t", str(int(timeout)), "start"],
+        timeout=timeout + 5,
+    )
+
+
 def ensure_running(timeout: float = 60) -> str:
     """Create the cluster if needed, start it if stopped, and return its DSN.
 
-    Raises EmbeddedServerError with the server log's location on failure.
+    After an unclean stop (a stale ``postmaster.pid``: the postmaster was killed), a failed
+    start is retried once, with a warning on the ``pgfeatures`` logger: PostgreSQL's crash
+    recovery can stop with ``could not create file "base/...": File exists`` while it resets an
+    unlogged relation that was being written at the crash (PostgreSQL 15 and 18 do), and the
+    next start then succeeds with the data intact. Raises EmbeddedServerError with the server
+    log's location on failure.
     """
     with _lock():
         if not (pgdata() / "PG_VERSION").exists():
             _initdb()
         if _running_pid() is None:
-            _run(
-                [str(_bin_dir() / "pg_ctl"), "-D", str(pgdata()), "-l", str(pgdata() / "log"),
-                 "-w", "-t", str(int(timeout)), "start"],
-                timeout=timeout + 5,
-            )
+            crashed = (pgdata() / "postmaster.pid").exists()
+            try:
+                _start(timeout)
+            except EmbeddedServerError as exc:
+                if not crashed:
+                    raise
+                log.warning("the embedded PostgreSQL did not start after an unclean stop (its crash recovery can "
+                            "fail once on an unlogged relation); starting it again. First attempt: %s",
+                            " ".join(str(exc).split()))
+                time.sleep(0.5)  # orphaned backends of the killed postmaster may still be exiting
+                _start(timeout)
     return dsn()
 
 

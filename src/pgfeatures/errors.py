@@ -169,11 +169,39 @@ class LoadInputError(LoadError, ValueError):
     out-of-range or NaN values, malformed or duplicate keys, or invalid load options."""
 
 
+class CorruptFileError(LoadInputError):
+    """A source file is damaged: a Parquet page fails its checksum, decoded values contradict the
+    column statistics the writer recorded, or the file cannot be decoded at all (truncated,
+    garbled). ``row_group`` says where, when known. Not retryable: the file must be rewritten."""
+
+    row_group: int | None = None
+
+
 class LoadInterruptedError(LoadError, ConnectionError):
-    """The database connection was lost or the load was cancelled mid-way (``committed`` is None
-    when the connection died during COMMIT, so the outcome is unknown)."""
+    """The database connection was lost or the load was cancelled mid-way.
+
+    Whether running the same load again (on a fresh connection) is safe:
+
+    ``committed``
+        False: the load's transaction never reached COMMIT, so nothing was applied. None: the
+        connection died during COMMIT, so the outcome is unknown (the load may or may not have
+        been applied; a retry could apply it twice, which for ``mode="merge"`` with the same rows
+        is harmless, but the caller must decide).
+    ``source_rereadable``
+        True when the load's data can be read again from the start: file paths, pyarrow
+        Tables/RecordBatches, pandas/polars DataFrames, lists of RecordBatches. False for one-shot
+        streams (iterators or generators of batches, a RecordBatchReader, an Arrow C stream):
+        they were consumed, and a second load would see only what is left.
+
+    ``retry_safe`` is both: nothing committed and the data still readable.
+    """
 
     committed: bool | None = False
+    source_rereadable: bool = False
+
+    @property
+    def retry_safe(self) -> bool:
+        return self.committed is False and self.source_rereadable
 
 
 class FeatureValueError(PgFeaturesError, ValueError):

@@ -8,12 +8,14 @@ is reported as drift, never silently altered or ignored.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import psycopg
 from psycopg import sql
 
-from .definitions import KEY_COLUMN, KEY_LENGTH, UPDATED_AT, FeatureTable, Registry
+from .definitions import KEY_LENGTH, UPDATED_AT, FeatureTable, Registry
 from .errors import SchemaDriftError
 
 
@@ -60,6 +62,27 @@ def covering_index_sql(schema: str, table: FeatureTable) -> sql.Composed:
     )
 
 
+# Advisory lock space of pgfeatures' DDL ("pgfd"); the second key is a hash of the schema or table.
+DDL_LOCK_SPACE = 0x70676664
+
+
+def ddl_lock(schema: str, table: str | None = None) -> tuple[sql.Composed, tuple[int, int]]:
+    """The statement (and its parameters) taking pgfeatures' transaction-level advisory lock for
+    creating ``schema`` (``table`` None) or one table of it.
+
+    Concurrent ``CREATE SCHEMA/TABLE IF NOT EXISTS`` race in PostgreSQL: the second creator
+    waits on the first one's uncommitted catalog row, then fails with a unique violation
+    (``pg_namespace_nspname_index``, ``pg_type_typname_nsp_index``) instead of finding the object.
+    Everything in pgfeatures that creates (or swaps) a feature table or its schema takes these
+    locks first, in the order schema then table, and holds them to COMMIT: the second creator
+    then waits for the first one's COMMIT and finds the object. A hash collision only makes two
+    unrelated creators wait for each other.
+    """
+    digest = hashlib.sha256(f"{schema}\0{'' if table is None else table}".encode()).digest()
+    key = int.from_bytes(digest[:4], "big", signed=True)
+    return sql.SQL("SELECT pg_advisory_xact_lock({}::integer, %s::integer)").format(sql.Literal(DDL_LOCK_SPACE)), (key,)
+
+
 def ddl(registry: Registry) -> list[sql.Composed]:
     """Every statement ``apply_schema`` may run, in order."""
     statements = [sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(registry.schema))]
@@ -104,7 +127,11 @@ FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = AN
 WHERE i.indrelid = %s::regclass AND i.indisprimary
 """
 
-_INDEX_EXISTS = "SELECT to_regclass(%s) IS NOT NULL"
+_INDEXES = """
+SELECT array_agg(ic.relname::text)
+FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+WHERE i.indrelid = %s::regclass AND NOT i.indisprimary
+"""
 
 
 def table_exists(conn: psycopg.Connection, schema: str, table: str) -> bool:
@@ -112,39 +139,65 @@ def table_exists(conn: psycopg.Connection, schema: str, table: str) -> bool:
     return bool(conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name]).fetchone()[0])
 
 
+def expected_columns(table: FeatureTable) -> dict[str, str]:
+    """Column name -> type (as ``format_type`` spells it) of the table ``create_table_sql`` makes."""
+    return {table.key_column: table.entity.live_type, **{f.name: f.type.name for f in table.features}, UPDATED_AT: "integer"}
+
+
+def compare(table: FeatureTable, columns: Mapping[str, str], primary_key: Sequence[str] | None,
+            indexes: Collection[str]) -> tuple[list[str], list[str]]:
+    """How a live table differs from its definition, from what the catalog says about it (pure):
+    (what breaks reads: a missing column, another type; what only costs: an extra column, no
+    primary key, no covering index)."""
+    expected = expected_columns(table)
+    breaking, other = [], []
+    for col, typ in expected.items():
+        if col not in columns:
+            breaking.append(f"column {col} ({typ}) is missing")
+        elif columns[col] != typ:
+            breaking.append(f"column {col} is {columns[col]}, definition says {typ}")
+    other += [f"column {col} ({typ}) is not in the definition" for col, typ in columns.items() if col not in expected]
+    if list(primary_key or []) != [table.key_column]:
+        other.append(f"primary key is {list(primary_key) if primary_key else 'missing'}, definition says ({table.key_column})")
+    if table.covering_index and covering_index_name(table) not in indexes:
+        other.append(f"covering index {covering_index_name(table)} is missing")
+    return breaking, other
+
+
+def drift_problems(table: FeatureTable, columns: Mapping[str, str], primary_key: Sequence[str] | None,
+                   indexes: Collection[str]) -> list[str]:
+    """How a live table differs from its definition (pure): every problem ``compare`` finds.
+
+    ``columns``: name -> ``format_type`` in column order; ``primary_key``: its columns (None or
+    empty: no primary key); ``indexes``: names of the table's other indexes. The one comparison
+    behind ``drift``, the loader's check before a load and the stores' check at open.
+    """
+    breaking, other = compare(table, columns, primary_key, indexes)
+    return breaking + other
+
+
 def drift(conn: psycopg.Connection, schema: str, table: FeatureTable) -> list[str]:
     """How the live table differs from its definition (empty when it matches)."""
     name = qualified(schema, table).as_string(conn)
     live = dict(conn.execute(_COLUMNS, [name]).fetchall())
-    expected = expected_columns(table)
-    problems = []
-    for col, typ in expected.items():
-        if col not in live:
-            problems.append(f"column {col} ({typ}) is missing")
-        elif live[col] != typ:
-            problems.append(f"column {col} is {live[col]}, definition says {typ}")
-    for col in live.keys() - expected.keys():
-        problems.append(f"column {col} ({live[col]}) is not in the definition")
     pk = conn.execute(_PRIMARY_KEY, [name]).fetchone()[0]
-    if pk != [table.key_column]:
-        problems.append(f"primary key is {pk or 'missing'}, definition says ({table.key_column})")
-    if table.covering_index:
-        index = sql.Identifier(schema, covering_index_name(table)).as_string(conn)
-        if not conn.execute(_INDEX_EXISTS, [index]).fetchone()[0]:
-            problems.append(f"covering index {covering_index_name(table)} is missing")
-    return problems
+    indexes = conn.execute(_INDEXES, [name]).fetchone()[0] or []
+    return drift_problems(table, live, pk, indexes)
 
 
 def apply_schema(conn: psycopg.Connection, registry: Registry, *, raise_on_drift: bool = True) -> SchemaReport:
     """Create the schema and any missing tables in one transaction; report drift of existing ones.
 
     Raises SchemaDriftError (after committing what was created) when an existing
-    table disagrees with its definition and ``raise_on_drift`` is true.
+    table disagrees with its definition and ``raise_on_drift`` is true. Safe to run concurrently
+    with another ``apply_schema`` or a first load (see ``ddl_lock``): it waits for them.
     """
     report = SchemaReport()
     with conn.transaction():
+        conn.execute(*ddl_lock(registry.schema))  # held to COMMIT: see ddl_lock
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(registry.schema)))
         for table in registry.tables.values():
+            conn.execute(*ddl_lock(registry.schema, table.name))  # a first load may be creating it
             if table_exists(conn, registry.schema, table.name):
                 problems = drift(conn, registry.schema, table)
                 if problems:
@@ -174,13 +227,15 @@ SELECT t.name, c.oid IS NOT NULL,
   (SELECT array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) FROM pg_attribute a
     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
   (SELECT array_agg(a.attname::text) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid
-    AND a.attnum = ANY(i.indkey) WHERE i.indrelid = c.oid AND i.indisprimary)
+    AND a.attnum = ANY(i.indkey) WHERE i.indrelid = c.oid AND i.indisprimary),
+  (SELECT array_agg(ic.relname::text) FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+    WHERE i.indrelid = c.oid AND NOT i.indisprimary)
 FROM unnest($2::text[]) AS t(name)
 LEFT JOIN pg_class c ON c.relname = t.name AND c.relkind IN ('r', 'p')
   AND c.relnamespace = (SELECT n.oid FROM pg_namespace n WHERE n.nspname = $1)
 """
 """Parameters: the schema and the table names. One row per name: (name, exists, column names,
-column types, primary-key columns)."""
+column types, primary-key columns, other index names)."""
 
 
 @dataclass(frozen=True)
@@ -197,28 +252,13 @@ class TableCheck:
     warnings: tuple[str, ...] = ()
 
 
-def expected_columns(table: FeatureTable) -> dict[str, str]:
-    """Every column of the table as defined, with its ``format_type`` name."""
-    return {table.key_column: table.entity.live_type, **{f.name: f.type.name for f in table.features}, UPDATED_AT: "integer"}
-
-
 def check_catalog_row(schema: str, table: FeatureTable, row: tuple) -> TableCheck:  # type: ignore[type-arg]
     """Compare one row of ``CATALOG_QUERY`` with the table's definition (pure)."""
-    _, exists, names, types, primary_key = row
+    _, exists, names, types, primary_key, indexes = row
     if not exists:
         return TableCheck(table.name, (f"table {schema}.{table.name} does not exist",))
-    live = dict(zip(names or (), types or ()))
-    breaking, warnings = [], []
-    for col, typ in expected_columns(table).items():
-        if col not in live:
-            breaking.append(f"column {col} ({typ}) is missing")
-        elif live[col] != typ:
-            breaking.append(f"column {col} is {live[col]}, the definition says {typ}")
-    for col in live.keys() - expected_columns(table).keys():
-        warnings.append(f"column {col} ({live[col]}) is not in the definition")
-    if list(primary_key or ()) != [table.key_column]:
-        warnings.append(f"primary key is {primary_key or 'missing'}, the definition says ({table.key_column})")
-    return TableCheck(table.name, tuple(breaking), tuple(warnings))
+    breaking, other = compare(table, dict(zip(names or (), types or ())), primary_key, indexes or ())
+    return TableCheck(table.name, tuple(breaking), tuple(other))
 
 
 def check_catalog(registry: Registry, rows: list[tuple]) -> dict[str, TableCheck]:  # type: ignore[type-arg]

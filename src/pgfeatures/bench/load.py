@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from psycopg import sql
 
 from ..definitions import FeatureTable, Registry
-from ..load import LoadSummary, load
+from ..load import LoadSummary, decode_copy, load
 from ..schema import apply_schema, drop_schema
 from .runner import Stats, summarize
 
@@ -55,11 +55,11 @@ def read_back(conn: psycopg.Connection, schema: str, features: int) -> tuple[np.
     with conn.cursor().copy(query) as copy:
         for chunk in copy:
             buffer += chunk
-    fields = [("n", ">i2"), ("kl", ">i4"), ("k", np.uint8, (32,))]
-    fields += [x for j in range(features) for x in ((f"l{j}", ">i4"), (f"v{j}", ">f4"))]
-    rows = np.frombuffer(bytes(buffer[19:-2]), dtype=np.dtype(fields))  # header 19 bytes, trailer 2
-    keys = np.ascontiguousarray(rows["k"])
-    values = np.stack([rows[f"v{j}"].astype(np.float32) for j in range(features)], axis=1)
+    decoded = decode_copy(buffer, [(32,), *[np.float32] * features])
+    if any(nulls is not None for _, nulls in decoded):
+        raise AssertionError("read-back found NULLs in a table loaded without any")
+    keys = decoded[0][0]
+    values = np.stack([v for v, _ in decoded[1:]], axis=1)
     return _sorted(keys, values)
 
 

@@ -169,11 +169,6 @@ async def _upsert_async(conn: psycopg.AsyncConnection, plans: list[Any], prepare
     return UpdateCount(written, keys - written)
 
 
-def _rereadable(data: Any) -> bool:
-    """A load source that a retry can read again from the start (not a one-shot iterator)."""
-    return not hasattr(data, "__next__")
-
-
 class AsyncFeatureStore:
     """Feature store on asyncio: reads any subset of tables for one key or many in one round-trip,
     and writes (bulk loads, live updates) through a separate write pool. Safe to share between
@@ -818,7 +813,7 @@ class AsyncFeatureStore:
                 async with self.write_connection() as conn:
                     return await load_async(conn, self.registry, table, data, **options)
             except LoadInterruptedError as exc:
-                if attempt or exc.committed is not False or not _rereadable(data):
+                if attempt or not exc.retry_safe:  # committed, unknown, or a one-shot source: say so, do not guess
                     raise
                 logger.warning("pgfeatures: load into %s lost its connection before COMMIT (%s); retrying once", table, exc)
                 await self._write_pool().check()

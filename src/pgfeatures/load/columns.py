@@ -1,0 +1,101 @@
+"""Which source columns feed which table columns: names matched to the table definition, and
+types checked against what each column type accepts, before any row is read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from ..definitions import KEY_LENGTH, UPDATED_AT, Feature, FeatureTable
+from ..errors import LoadInputError
+from .options import LoadOptions
+from .sources import Source
+
+
+def kind_of(t: pa.DataType) -> str:
+    if pa.types.is_dictionary(t):
+        return kind_of(t.value_type)
+    for kind, test in (("null", pa.types.is_null), ("boolean", pa.types.is_boolean), ("integer", pa.types.is_integer),
+                       ("floating", pa.types.is_floating), ("decimal", pa.types.is_decimal),
+                       ("string", lambda x: pa.types.is_string(x) or pa.types.is_large_string(x)),
+                       ("fixed binary", pa.types.is_fixed_size_binary),
+                       ("binary", lambda x: pa.types.is_binary(x) or pa.types.is_large_binary(x))):
+        if test(t):
+            return kind
+    return "other"
+
+
+_NUMERIC = {"null", "integer", "floating", "decimal"}
+ACCEPTS = {"real": _NUMERIC, "double precision": _NUMERIC, "smallint": _NUMERIC, "integer": _NUMERIC,
+            "bigint": _NUMERIC, "boolean": {"null", "boolean"}}
+_CSV_TYPES = {"real": pa.float64(), "double precision": pa.float64(), "smallint": pa.int64(), "integer": pa.int64(),
+              "bigint": pa.int64(), "boolean": pa.bool_()}
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which source columns feed which table columns. Staging order: hashkey, features, [updated_at], seq."""
+
+    key: str
+    features: tuple[Feature, ...]
+    updated_at: bool
+
+    @property
+    def source_columns(self) -> list[str]:
+        return [self.key, *(f.name for f in self.features), *([UPDATED_AT] if self.updated_at else [])]
+
+    @property
+    def csv_types(self) -> dict[str, pa.DataType]:
+        types = {self.key: pa.string(), **{f.name: _CSV_TYPES[f.type.name] for f in self.features}}
+        return {**types, UPDATED_AT: pa.int64()} if self.updated_at else types
+
+
+def plan_columns(source: Source, table: FeatureTable, options: LoadOptions) -> Columns:
+    """Match a source's columns to the table. Raises LoadInputError for missing, extra, duplicate or mistyped columns."""
+    name, names = source.name, source.names
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise LoadInputError(f"{name}: duplicate column name(s) {', '.join(dupes)}", source=name)
+    valid = [options.key_column, *table.feature_names, UPDATED_AT]
+    if options.key_column not in names:
+        raise LoadInputError(f"{name}: no key column {options.key_column!r} (columns: {', '.join(names) or 'none'}); "
+                             "name the key column with key_column= (--key-column)", source=name, column=options.key_column)
+    features = tuple(f for f in table.features if f.name in names)
+    missing = [f.name for f in table.features if f.name not in names]
+    if missing and not options.partial:
+        raise LoadInputError(f"{name}: missing column(s) {', '.join(missing)}; table {table.name} has "
+                             f"{', '.join(table.feature_names)} (partial=True / --partial merges only the columns present)",
+                             source=name, column=missing[0])
+    if not features and UPDATED_AT not in names:
+        raise LoadInputError(f"{name}: no feature column of table {table.name} ({', '.join(table.feature_names)})", source=name)
+    extra = [n for n in names if n not in valid]
+    if extra and not options.ignore_extra:
+        raise LoadInputError(f"{name}: unexpected column(s) {', '.join(extra)}; valid: {', '.join(valid)} "
+                             "(ignore_extra=True / --ignore-extra skips them)", source=name, column=extra[0])
+    if source.types is not None:
+        _check_key_type(source, options)
+        for f in features:
+            kind = kind_of(source.types[f.name])
+            if kind not in ACCEPTS[f.type.name]:
+                raise LoadInputError(f"{name}: column {f.name!r} is {source.types[f.name]}, which cannot load into "
+                                     f"{f.type.name} (accepted: {', '.join(sorted(ACCEPTS[f.type.name]))})",
+                                     source=name, column=f.name)
+        if UPDATED_AT in names and kind_of(source.types[UPDATED_AT]) not in _NUMERIC:
+            raise LoadInputError(f"{name}: column {UPDATED_AT!r} is {source.types[UPDATED_AT]}; it must hold integer "
+                                 "epoch seconds", source=name, column=UPDATED_AT)
+    return Columns(options.key_column, features, UPDATED_AT in names)
+
+
+def _check_key_type(source: Source, options: LoadOptions) -> None:
+    assert source.types is not None
+    t = source.types[options.key_column]
+    kind = kind_of(t)
+    ok = kind in ("string", "binary", "fixed binary") or (options.hash_keys and kind == "integer")
+    if kind == "fixed binary" and not options.hash_keys and t.byte_width != KEY_LENGTH:
+        ok = False
+    if not ok:
+        raise LoadInputError(
+            f"{source.name}: key column {options.key_column!r} is {t}; keys must be {KEY_LENGTH}-byte binary, "
+            f"{2 * KEY_LENGTH} hex characters, or natural ids (string, integer, binary) with hash_keys=True (--hash-keys)",
+            source=source.name, column=options.key_column)

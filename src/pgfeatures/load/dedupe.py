@@ -1,0 +1,44 @@
+"""Keys seen more than once in one load, found with numpy in O(n log n)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Odd 64-bit multipliers mixing a key's four words into one hash; equal hashes are then compared in full.
+_MIX = np.array([1, 0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9], dtype=np.uint64)
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    superseded: np.ndarray  # ordinals (seq) of rows that a later row with the same key replaces
+    keys: int  # distinct keys seen more than once
+    first: np.ndarray  # ordinals of every occurrence of the first duplicated key
+
+
+def find_duplicates(keys: np.ndarray, seqs: np.ndarray) -> Duplicates | None:
+    """Keys (``(n, 32)`` uint8) seen more than once, in O(n log n) over 64-bit hashes; None if all are unique."""
+    if len(keys) < 2:
+        return None
+    words = np.ascontiguousarray(keys).view(np.uint64)
+    hashes = np.bitwise_xor.reduce(words * _MIX, axis=1)
+    ordered = np.sort(hashes)
+    if not (ordered[1:] == ordered[:-1]).any():  # the common case, at half the cost of an argsort
+        return None
+    order = np.argsort(hashes, kind="stable")
+    same = hashes[order][1:] == hashes[order][:-1]
+    if not same.any():
+        return None
+    candidates = order[np.flatnonzero(np.r_[same, False] | np.r_[False, same])]
+    groups, inverse, counts = np.unique(words[candidates], axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.ravel()
+    repeated = counts[inverse] > 1
+    if not repeated.any():
+        return None  # hash collisions only
+    rows, group = candidates[repeated], inverse[repeated]
+    by_group = np.lexsort((seqs[rows], group))  # each key's rows in load order; the last one wins
+    rows, group = rows[by_group], group[by_group]
+    superseded = seqs[rows][:-1][group[1:] == group[:-1]]
+    first_group = group[np.argmin(seqs[rows])]
+    return Duplicates(superseded, int((counts > 1).sum()), np.sort(seqs[rows[group == first_group]]))

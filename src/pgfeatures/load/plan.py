@@ -1,0 +1,408 @@
+"""One load as a plan: ``Job.plan()`` is a generator that yields the statements and COPY streams
+to run and gets their results back, so the same plan drives a sync and an async connection
+(driver.py, driver_async.py) and holds every decision: catalog check, staging, duplicates,
+the choice of upsert, rebuild or replace, the swap, maintenance after COMMIT, and which error a
+failure becomes. No database I/O happens here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+from psycopg import sql
+
+from ..definitions import KEY_COLUMN, UPDATED_AT, Registry
+from ..errors import LoadError, LoadInputError, LoadInterruptedError, SchemaDriftError
+from ..schema import covering_index_sql, create_table_sql, ddl_lock, qualified
+from .columns import Columns, plan_columns
+from .copy import COPY_HEADER, COPY_TRAILER
+from .dedupe import find_duplicates
+from .options import (
+    MAX_EXAMPLES,
+    REBUILD_FRACTION,
+    REBUILD_MIN_ROWS,
+    VACUUM_FRACTION,
+    ApplyStrategy,
+    LoadOptions,
+    LoadProgress,
+    LoadSummary,
+    Mode,
+    OnDuplicate,
+    ProgressCallback,
+    VacuumPolicy,
+)
+from .sources import CsvSource, Source, open_sources
+from .statements import (
+    CATALOG,
+    Catalog,
+    ident,
+    new_table_sql,
+    setting,
+    stage_ddl,
+    stage_table,
+    staged_values,
+    swap_sql,
+    table_columns,
+    upsert_sql,
+)
+from .validate import stage_batch
+
+# Per-transaction settings: the rebuild's anti-join hashes the staged keys, index builds sort them.
+TRANSACTION_SETTINGS = {"work_mem": "256MB", "maintenance_work_mem": "512MB", "max_parallel_maintenance_workers": "0"}
+
+
+@dataclass(frozen=True)
+class Op:
+    """One statement for a driver to run; ``fetch``: send back the rows, else the rowcount."""
+
+    query: sql.Composable
+    params: tuple[Any, ...] = ()
+    fetch: bool = False
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A COPY FROM STDIN fed by ``chunks`` (CPU work: drivers may run ``next()`` off the event loop)."""
+
+    query: sql.Composable
+    chunks: Iterator[bytes | memoryview]
+
+
+Plan = Generator["Op | Copy", Any, LoadSummary]
+
+
+class Job:
+    """One load: its sources, options and running state. ``plan()`` does no database I/O: it yields
+    statements and COPY streams for a driver (sync or async) to run, and returns the summary."""
+
+    def __init__(self, registry: Registry, table: str, data: Any, options: LoadOptions, progress: ProgressCallback | None):
+        self.registry, self.table, self.options, self.progress = registry, registry.table(table), options, progress
+        self.started = time.perf_counter()
+        self.updated_at = options.updated_at if options.updated_at is not None else int(time.time())
+        self.summary = LoadSummary(qualified(registry, self.table).as_string(None), options.mode.value)  # type: ignore[union-attr]
+        self.phase, self.source, self.row = "opening", None, 0
+        self.keys: list[np.ndarray] = []
+        self.seqs: list[np.ndarray] = []
+        self.starts: list[tuple[int, str]] = []  # (first ordinal, source name)
+        self.token = secrets.token_hex(4)
+        self.maintenance_started: float | None = None
+        self.table_rows = 0.0  # rows in the live table before the load (estimate)
+        try:
+            self.sources = open_sources(data, options.format)
+            self.columns = self._check_sources()
+        except LoadError as exc:
+            exc.unchanged_table = self.summary.table
+            raise
+        self.summary.sources = [s.name for s in self.sources]
+        for source, cols in zip(self.sources, self.columns):
+            check = source.integrity(cols.source_columns)
+            if check is not None:
+                self.summary.integrity[source.name] = check.describe()
+                note = check.note()
+                if note:
+                    self.summary.notes.append(note)
+        # Whether the same data could be loaded again from the start (see LoadInterruptedError).
+        self.rereadable = all(s.rereadable for s in self.sources)
+        self.total = None if any(s.rows is None for s in self.sources) else sum(s.rows or 0 for s in self.sources)
+
+    def _check_sources(self) -> list[Columns]:
+        """Every source's columns, before any database work. All sources must feed the same columns."""
+        columns = [plan_columns(s, self.table, self.options) for s in self.sources]
+        first = columns[0]
+        for source, cols in zip(self.sources[1:], columns[1:]):
+            if (cols.features, cols.updated_at) != (first.features, first.updated_at):
+                raise LoadInputError(f"{source.name} has columns {', '.join(cols.source_columns[1:])} but "
+                                     f"{self.sources[0].name} has {', '.join(first.source_columns[1:])}: one load takes "
+                                     "one set of columns", source=source.name)
+        for source in self.sources:
+            if source.rows == 0:
+                raise LoadInputError(self._no_rows(source.name), source=source.name)
+        return columns
+
+    def _no_rows(self, name: str) -> str:
+        return f"{name}: no rows; refusing to load an empty source" + (
+            " (mode='replace' would empty the table)" if self.options.mode is Mode.REPLACE else "")
+
+    def _report(self, phase: str) -> None:
+        self.phase = phase
+        if self.progress:
+            self.progress(LoadProgress(phase, self.summary.rows_read, self.total, self.source))
+
+    def _where(self, seq: int) -> str:
+        starts = [s for s, _ in self.starts]
+        i = int(np.searchsorted(starts, seq, side="right")) - 1
+        return f"{self.starts[i][1]} row {seq - self.starts[i][0] + 1}"
+
+    # -- reading
+
+    def _batches(self, source: Source, columns: Columns) -> Iterator[pa.RecordBatch]:
+        stream = source.batches(columns.source_columns, columns.csv_types, self.options.batch_rows)
+        while True:
+            try:
+                batch = next(stream)
+            except StopIteration:
+                return
+            except (pa.ArrowException, OSError) as exc:
+                if isinstance(source, CsvSource) and "conversion error" in str(exc):
+                    located = source.diagnose(columns.source_columns, columns.csv_types)
+                    if located is not None:
+                        raise located from None
+                raise LoadInputError(f"{source.name}: cannot read the rows after row {self.row:,}: {exc}",
+                                     source=source.name, row=self.row + 1) from None
+            yield batch
+
+    def _chunks(self) -> Iterator[bytes | memoryview]:
+        """The COPY payload, batch by batch; collects the staged keys for the duplicate check."""
+        yield COPY_HEADER
+        seq = 0
+        summary = self.summary
+        for source, columns in zip(self.sources, self.columns):
+            self.source, self.row = source.name, 0
+            self.starts.append((seq, source.name))
+            for batch in self._batches(source, columns):
+                try:
+                    staged = stage_batch(batch, columns, self.options, self.updated_at, source.name, self.row + 1, seq)
+                except LoadInputError:
+                    # An invalid value in a damaged file is damage, not bad input: say which.
+                    damage = source.suspect(columns.source_columns)
+                    if damage is not None:
+                        raise damage from None
+                    raise
+                self.row += batch.num_rows
+                seq += batch.num_rows
+                summary.rows_read += batch.num_rows
+                summary.rejected += staged.rejected
+                summary.examples += staged.examples[: MAX_EXAMPLES - len(summary.examples)]
+                if len(staged.seqs):
+                    self.keys.append(staged.keys)
+                    self.seqs.append(staged.seqs)
+                    yield staged.payload
+                self._report("reading")
+            if self.row == 0:
+                raise LoadInputError(self._no_rows(source.name), source=source.name)
+        yield COPY_TRAILER
+
+    # -- applying
+
+    def plan(self) -> Plan:
+        schema, table, options, summary = self.registry.schema, self.table, self.options, self.summary
+        live = qualified(schema, table)
+        self.phase = "checking the table"
+        for name, value in TRANSACTION_SETTINGS.items():
+            yield Op(*setting(name, value))
+        rows = yield Op(CATALOG, (live.as_string(None),), fetch=True)
+        if not rows:  # the first load creates the table, in the same transaction
+            # Under schema.py's DDL locks, so a concurrent `pgfeatures init` (or another first load)
+            # waits for this COMMIT instead of failing on the uncommitted catalog rows, and vice versa.
+            self.phase = "creating the table"
+            found = yield Op(sql.SQL("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)"), (schema,), fetch=True)
+            if not found[0][0]:
+                yield Op(*ddl_lock(schema))
+                yield Op(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident(schema)))
+            yield Op(*ddl_lock(schema, table.name))
+            yield Op(create_table_sql(schema, table))
+            if table.covering_index:
+                yield Op(covering_index_sql(schema, table))
+            rows = yield Op(CATALOG, (live.as_string(None),), fetch=True)
+        catalog = Catalog.from_row(rows[0])
+        self.table_rows = max(catalog.reltuples, 0.0)  # estimate; counted below when never analyzed
+        drift = catalog.drift(table)
+        if drift:
+            raise SchemaDriftError(f"table {summary.table} differs from its definition: {'; '.join(drift)} "
+                                   "(see `pgfeatures init`); nothing was loaded", problems={table.name: drift})
+        columns = self.columns[0]
+        stage = stage_table(self.token)
+        yield Op(stage_ddl(stage, columns))
+        self._report("reading")
+        yield Copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(stage), self._chunks())
+        self.source = None
+        unique = summary.rows_read - summary.rejected
+        if unique == 0:
+            raise LoadInputError(f"every row was rejected ({summary.rejected:,}); first: {summary.examples[0]}")
+        self._report("deduplicating")
+        duplicates = find_duplicates(np.concatenate(self.keys), np.concatenate(self.seqs))
+        self.keys, self.seqs = [], []
+        if duplicates is not None:
+            if options.on_duplicate is OnDuplicate.REJECT:
+                where = ", ".join(self._where(int(s)) for s in duplicates.first[:3])
+                raise LoadInputError(f"duplicate keys: {duplicates.keys:,} key(s) appear more than once, the first at {where} "
+                                     "(on_duplicate='last' / --on-duplicate last keeps the last row)",
+                                     source=self.starts[0][1] if len(self.starts) == 1 else None, column=columns.key)
+            # ::bigint[]: psycopg sends small ints as integer[], and seq = ANY(integer[]) (a cross-type
+            # operator) compares every row with every element: 172 s for 200,000 duplicates among
+            # 400,000 rows. Against bigint[] PostgreSQL hashes the array: 1.7 s for the whole load.
+            yield Op(sql.SQL("DELETE FROM {} WHERE seq = ANY(%s::bigint[])").format(stage), (duplicates.superseded.tolist(),))
+            summary.superseded = len(duplicates.superseded)
+            unique -= summary.superseded
+        summary.strategy = yield from self._choose(catalog, unique)
+        if summary.strategy == "upsert":
+            self._report("merging")
+            params = () if columns.updated_at else (self.updated_at,)
+            rows = yield Op(upsert_sql(live, stage, columns), params, fetch=True)
+            summary.inserted, summary.updated = rows[0]
+        else:
+            yield from self._swap(catalog, stage, unique)
+        yield Op(sql.SQL("DROP TABLE {}").format(stage))
+        self._report("committing")
+        return summary
+
+    def _choose(self, catalog: Catalog, unique: int) -> Generator[Op, Any, str]:
+        options, table = self.options, self.table
+        blockers = catalog.swap_blockers(table)
+        if options.mode is Mode.REPLACE or options.strategy is ApplyStrategy.REBUILD:
+            if blockers:
+                raise LoadError(f"cannot swap in a new {self.summary.table}: it has {', '.join(blockers)}, which a new "
+                                "table would not carry over; use mode='merge' with strategy='upsert'")
+            return "replace" if options.mode is Mode.REPLACE else "rebuild"
+        if options.strategy is ApplyStrategy.UPSERT or options.partial:
+            return "upsert"
+        rows = catalog.reltuples
+        if rows < 0:  # never analyzed: count
+            rows = (yield Op(sql.SQL("SELECT count(*) FROM {}").format(qualified(self.registry, table)), fetch=True))[0][0]
+            self.table_rows = rows
+        if unique < max(REBUILD_MIN_ROWS, REBUILD_FRACTION * rows):
+            return "upsert"
+        if blockers:
+            self.summary.notes.append(f"upsert instead of rebuild: the table has {', '.join(blockers)}")
+            return "upsert"
+        return "rebuild"
+
+    def _swap(self, catalog: Catalog, stage: sql.Identifier, unique: int) -> Generator[Op, Any, None]:
+        schema, table, summary, options = self.registry.schema, self.table, self.summary, self.options
+        live = qualified(schema, table)
+        new_name = f"_pgf_new_{self.token}"
+        new = ident(schema, new_name)
+        columns = self.columns[0]
+        if summary.strategy == "rebuild":
+            # Live writers wait from here to COMMIT: their changes would not reach the new table.
+            # SHARE ROW EXCLUSIVE lets readers in but conflicts with itself, so two rebuilds of one
+            # table queue up instead of deadlocking at the swap.
+            yield Op(*setting("lock_timeout", f"{int(options.lock_timeout * 1000)}ms"))
+            yield Op(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(live))
+        summary.rows_before = (yield Op(sql.SQL("SELECT count(*) FROM {}").format(live), fetch=True))[0][0]
+        for stmt in new_table_sql(schema, table, new_name, catalog):
+            yield Op(stmt)
+        self._report("filling the new table")
+        params = () if columns.updated_at else (self.updated_at,)
+        yield Op(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
+            new, sql.SQL(", ").join(table_columns(columns)), staged_values(columns), stage), params)
+        kept = 0
+        if summary.strategy == "rebuild":
+            self._report("copying untouched rows")
+            all_columns = sql.SQL(", ").join([ident(KEY_COLUMN), *(ident(f.name) for f in table.features), ident(UPDATED_AT)])
+            kept = yield Op(sql.SQL(
+                "INSERT INTO {new} ({cols}) SELECT {cols} FROM {live} l WHERE NOT EXISTS "
+                "(SELECT FROM {stage} s WHERE s.{key} = l.{key})"
+            ).format(new=new, cols=all_columns, live=live, stage=stage, key=ident(KEY_COLUMN)))
+            summary.updated = summary.rows_before - kept
+        summary.inserted = unique - summary.updated
+        summary.rows_after = unique + kept
+        self._report("indexing")
+        yield Op(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
+            new, ident(f"{new_name}_pkey"), ident(KEY_COLUMN)))
+        if table.covering_index:
+            yield Op(covering_index_sql(schema, dataclasses.replace(table, name=new_name)))
+        self._report("analyzing")
+        yield Op(sql.SQL("ANALYZE {}").format(new))  # statistics exist from the moment of the swap
+        self._report("swapping")
+        yield Op(*ddl_lock(schema, table.name))  # the DROP and RENAMEs: not while `init` looks at the table
+        for stmt, params in swap_sql(schema, table, new_name, catalog, options.lock_timeout):
+            yield Op(stmt, params)
+
+    # -- after COMMIT
+
+    def finish(self) -> None:
+        self.summary.seconds = time.perf_counter() - self.started
+        self.phase = "committed"
+
+    def maintenance(self) -> sql.Composable | None:
+        """The statement to run after COMMIT (None: nothing pays); its effect goes into the summary.
+
+        VACUUM pays when the table has a covering index (only VACUUM sets the visibility map that
+        index-only scans need) or after an upsert that updated many rows (dead row versions).
+        A rebuilt or replaced table was analyzed before the swap and has no dead rows.
+        """
+        summary, options, table = self.summary, self.options, self.table
+        live = qualified(self.registry, table)
+        if options.vacuum is VacuumPolicy.NEVER:
+            summary.maintenance = "none (vacuum='never'); autovacuum will get to the table"
+            return None
+        many_updates = summary.strategy == "upsert" and summary.updated >= VACUUM_FRACTION * max(self.table_rows, 1)
+        self.maintenance_started = time.perf_counter()
+        if options.vacuum is VacuumPolicy.ALWAYS or table.covering_index or many_updates:
+            why = ["visibility map set, so the covering index serves index-only scans"] if table.covering_index else []
+            why += ["dead row versions of the updated rows reclaimed"] if many_updates else []
+            summary.maintenance = "VACUUM (ANALYZE)" + (f": {'; '.join(why)}" if why else "")
+            self._report("vacuuming")
+            return sql.SQL("VACUUM (ANALYZE) {}").format(live)
+        if summary.strategy != "upsert":
+            summary.maintenance = "ANALYZE before the swap: a fresh table has no dead rows to vacuum"
+            return None
+        summary.maintenance = "ANALYZE: planner statistics refreshed"
+        self._report("analyzing")
+        return sql.SQL("ANALYZE {}").format(live)
+
+    def maintenance_failed(self, exc: BaseException) -> None:
+        self.summary.maintenance = f"{self.summary.maintenance.split(':')[0]} failed ({exc}); the load itself is committed"
+
+    def finish_maintenance(self) -> LoadSummary:
+        if self.maintenance_started is not None:
+            self.summary.maintenance_seconds = time.perf_counter() - self.maintenance_started
+        self._report("done")
+        return self.summary
+
+    def failure(self, exc: BaseException) -> BaseException:
+        """The error to raise for ``exc`` (raised inside the load's transaction, so rolled back).
+
+        A LoadInterruptedError says whether a retry is safe: ``committed`` (False, or None when
+        the connection died during COMMIT) and ``source_rereadable`` (the data can be read again).
+        """
+        where = self.phase + (f" {self.source} near row {self.row:,}" if self.source else "")
+        if isinstance(exc, LoadError):
+            error = exc
+        elif isinstance(exc, psycopg.errors.LockNotAvailable):
+            error = LoadError(f"could not lock {self.summary.table} within {self.options.lock_timeout:g}s ({where}): a "
+                              "long transaction holds it (see pg_stat_activity)")
+        elif isinstance(exc, psycopg.errors.QueryCanceled):
+            error = LoadInterruptedError(f"load cancelled ({where}): {exc}")
+        elif isinstance(exc, psycopg.OperationalError) and (exc.sqlstate or "08").startswith(("08", "57P")):
+            # No SQLSTATE (the socket died), connection exceptions, or the server shutting the session down.
+            if self.phase == "commit":
+                error = LoadInterruptedError(f"connection lost during COMMIT of the load into {self.summary.table}: it may "
+                                             f"or may not have been applied; check the table ({exc})")
+                error.committed = None
+                error.source_rereadable = self.rereadable
+                return error  # not "unchanged": the COMMIT may have gone through
+            error = LoadInterruptedError(f"database connection lost ({where}): {exc}")
+        elif isinstance(exc, psycopg.Error):
+            error = LoadError(f"database error ({where}): {exc}")
+        else:
+            return exc
+        if isinstance(error, LoadInterruptedError):
+            error.committed = False
+            error.source_rereadable = self.rereadable
+        error.unchanged_table = self.summary.table
+        return error
+
+
+def check_idle(status: Any) -> None:
+    """A load runs its own transaction: refuse a connection that is inside one."""
+    if status != psycopg.pq.TransactionStatus.IDLE:
+        raise LoadError("a load runs in its own transaction: pass a connection that is not inside one")
+
+
+def step(plan: Plan, result: Any) -> Op | Copy | None:
+    """The plan's next operation, None when it is done. (StopIteration must not cross a thread boundary:
+    asyncio cannot carry it through a Future.)"""
+    try:
+        return plan.send(result)
+    except StopIteration:
+        return None

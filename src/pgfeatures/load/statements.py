@@ -1,0 +1,167 @@
+"""The SQL a load runs: the one catalog query that tells a load about the live table, the staging
+table, the merge, and the rebuild-and-swap statements. Identifiers are quoted with psycopg.sql;
+no user input is formatted into SQL."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import sql
+
+from ..definitions import KEY_COLUMN, UPDATED_AT, FeatureTable
+from ..schema import covering_index_name, drift_problems, qualified
+from .columns import Columns
+
+
+CATALOG = sql.SQL("""
+SELECT c.reltuples::float8, c.relpersistence::text, pg_get_userbyid(c.relowner)::text, current_user::text,
+  c.reloptions::text[],
+  (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
+    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+  (SELECT array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) FROM pg_attribute a
+    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+  (SELECT conname::text FROM pg_constraint WHERE conrelid = c.oid AND contype = 'p'),
+  (SELECT array_agg(a.attname::text) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid
+    AND a.attnum = ANY(i.indkey) WHERE i.indrelid = c.oid AND i.indisprimary),
+  (SELECT array_agg(ic.relname::text) FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+    WHERE i.indrelid = c.oid AND NOT i.indisprimary),
+  (SELECT array_agg(g.grantee || ',' || g.privilege_type || ',' || g.is_grantable::text)
+    FROM (SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee)::text END AS grantee,
+                 a.privilege_type, a.is_grantable
+          FROM aclexplode(c.relacl) a WHERE a.grantee <> c.relowner) g),
+  ARRAY(
+    SELECT 'trigger ' || tgname FROM pg_trigger WHERE tgrelid = c.oid AND NOT tgisinternal
+    UNION SELECT 'view ' || r.ev_class::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+      WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = c.oid AND r.ev_class <> c.oid
+    UNION SELECT 'foreign key ' || conname || ' of ' || conrelid::regclass::text FROM pg_constraint
+      WHERE confrelid = c.oid AND contype = 'f'
+    UNION SELECT 'publication ' || p.pubname FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+      WHERE pr.prrelid = c.oid
+    UNION SELECT 'row-level security policy ' || polname FROM pg_policy WHERE polrelid = c.oid
+    UNION SELECT 'inheritance' FROM pg_inherits WHERE inhrelid = c.oid OR inhparent = c.oid)
+FROM pg_class c WHERE c.oid = to_regclass(%s)
+""")
+
+_PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"})
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What a load needs to know about the live table, read in one query."""
+
+    reltuples: float  # -1: never analyzed
+    persistence: str
+    owner: str
+    current_user: str
+    reloptions: tuple[str, ...]
+    columns: dict[str, str]
+    primary_key: str | None  # the constraint's name
+    primary_key_columns: tuple[str, ...]
+    indexes: tuple[str, ...]  # besides the primary key
+    grants: tuple[tuple[str, str, bool], ...]
+    dependents: tuple[str, ...]
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> "Catalog":
+        grants = tuple((g, p, s == "true") for g, p, s in (item.rsplit(",", 2) for item in row[10] or ()))
+        return cls(row[0], row[1], row[2], row[3], tuple(row[4] or ()), dict(zip(row[5] or (), row[6] or ())),
+                   row[7], tuple(row[8] or ()), tuple(row[9] or ()), grants, tuple(row[11] or ()))
+
+    def drift(self, table: FeatureTable) -> list[str]:
+        """How the live table differs from the definition: schema.py's comparison, on this catalog row."""
+        return drift_problems(table, self.columns, self.primary_key_columns, self.indexes)
+
+    def swap_blockers(self, table: FeatureTable) -> list[str]:
+        """What a swap would lose or break: the new table only gets what schema.py creates, grants and owner."""
+        own = {covering_index_name(table)} if table.covering_index else set()
+        return [*self.dependents, *(f"index {i}" for i in self.indexes if i not in own)]
+
+
+def ident(*names: str) -> sql.Identifier:
+    return sql.Identifier(*names)
+
+
+def setting(name: str, value: str) -> tuple[sql.Composable, tuple[Any, ...]]:
+    return sql.SQL("SELECT set_config(%s, %s, true)"), (name, value)
+
+
+def stage_table(token: str) -> sql.Identifier:
+    """The load's staging table: a TEMP table, in the session's own temporary schema."""
+    return ident("pg_temp", f"_pgf_stage_{token}")
+
+
+def stage_ddl(stage: sql.Identifier, columns: Columns) -> sql.Composed:
+    cols = [sql.SQL("{} bytea").format(ident(KEY_COLUMN))]
+    cols += [sql.SQL("{} {}").format(ident(f.name), sql.SQL(f.type.name)) for f in columns.features]
+    if columns.updated_at:
+        cols.append(sql.SQL("{} integer").format(ident(UPDATED_AT)))
+    cols.append(sql.SQL("seq bigint"))
+    # TEMP: no WAL for rows that live only for this transaction, and nothing for crash recovery
+    # to replay: PostgreSQL removes temporary files when it starts. (An UNLOGGED stage made the
+    # first start after a kill -9 of the postmaster fail, "could not create file ...: File
+    # exists", while recovery reset the half-created unlogged relation.) Created inside the load's
+    # transaction and dropped at its end, it vanishes with a rollback or a dead connection.
+    return sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(stage, sql.SQL(", ").join(cols))
+
+
+def table_columns(columns: Columns) -> list[sql.Identifier]:
+    return [ident(KEY_COLUMN), *(ident(f.name) for f in columns.features), ident(UPDATED_AT)]
+
+
+def staged_values(columns: Columns) -> sql.Composed:
+    """The stage's columns in table order; updated_at is the load time (``%s``) unless the source has it."""
+    cols: list[sql.Composable] = [ident(KEY_COLUMN), *(ident(f.name) for f in columns.features)]
+    cols.append(ident(UPDATED_AT) if columns.updated_at else sql.SQL("%s::integer"))
+    return sql.SQL(", ").join(cols)
+
+
+def upsert_sql(live: sql.Identifier, stage: sql.Identifier, columns: Columns) -> sql.Composed:
+    """Merge the stage into the live table; returns one row: (inserted, updated)."""
+    sets = [sql.SQL("{0} = EXCLUDED.{0}").format(c) for c in table_columns(columns)[1:]]
+    return sql.SQL(
+        "WITH merged AS (INSERT INTO {live} AS t ({cols}) SELECT {values} FROM {stage} ORDER BY {key} "
+        "ON CONFLICT ({key}) DO UPDATE SET {sets} RETURNING (t.xmax = 0) AS inserted) "
+        "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged"
+    ).format(live=live, cols=sql.SQL(", ").join(table_columns(columns)), values=staged_values(columns), stage=stage,
+             key=ident(KEY_COLUMN), sets=sql.SQL(", ").join(sets))
+
+
+def swap_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog, lock_timeout: float) -> list[tuple[sql.Composable, tuple[Any, ...]]]:
+    """Give the new table the live one's owner and grants, then drop the live table and rename the new one
+    (and its primary key and covering index) into place."""
+    new = ident(schema, new_name)
+    ops: list[tuple[sql.Composable, tuple[Any, ...]]] = []
+    if catalog.owner != catalog.current_user:
+        ops.append((sql.SQL("ALTER TABLE {} OWNER TO {}").format(new, ident(catalog.owner)), ()))
+    for grantee, privilege, grantable in catalog.grants:
+        if privilege in _PRIVILEGES:
+            to = sql.SQL("PUBLIC") if grantee == "PUBLIC" else ident(grantee)
+            ops.append((sql.SQL("GRANT {} ON {} TO {}{}").format(sql.SQL(privilege), new, to,
+                                                                  sql.SQL(" WITH GRANT OPTION" if grantable else "")), ()))
+    ops.append(setting("lock_timeout", f"{int(lock_timeout * 1000)}ms"))
+    ops.append((sql.SQL("DROP TABLE {}").format(qualified(schema, table)), ()))
+    ops.append((sql.SQL("ALTER TABLE {} RENAME TO {}").format(new, ident(table.name)), ()))
+    ops.append((sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+        qualified(schema, table), ident(f"{new_name}_pkey"), ident(catalog.primary_key or f"{table.name}_pkey")), ()))
+    if table.covering_index:
+        ops.append((sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+            ident(schema, covering_index_name(dataclasses.replace(table, name=new_name))),
+            ident(covering_index_name(table))), ()))
+    return ops
+
+
+def new_table_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog) -> list[sql.Composable]:
+    """The new table, shaped like the live one: columns, defaults, NOT NULL and CHECK constraints,
+    storage, persistence and storage parameters. Its primary key is added after the rows are in."""
+    unlogged = sql.SQL("UNLOGGED ") if catalog.persistence == "u" else sql.SQL("")
+    stmts: list[sql.Composable] = [sql.SQL(
+        "CREATE {}TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMMENTS)"
+    ).format(unlogged, ident(schema, new_name), qualified(schema, table))]
+    if catalog.reloptions:
+        opts = [sql.SQL("{} = {}").format(ident(*k.split(".")), sql.Literal(v))  # e.g. toast.autovacuum_enabled
+                for k, v in (o.split("=", 1) for o in catalog.reloptions)]
+        stmts.append(sql.SQL("ALTER TABLE {} SET ({})").format(ident(schema, new_name), sql.SQL(", ").join(opts)))
+    return stmts
