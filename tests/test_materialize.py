@@ -169,3 +169,39 @@ def test_all_real_materialized_vector_is_the_serving_row(conn, schema, dsn):
             n = store.get_service("v", k, output="numpy")
             assert n.values.dtype.name == "float32"
         assert store.get_service("v", k1, output="list").values == [0.5, 1.5, 2.5, None, None, None, None, None, None]
+
+
+@pytest.mark.parametrize("mode, strategy", [("merge", "upsert"), ("merge", "rebuild"), ("replace", "auto")])
+def test_bulk_loads_keep_the_serving_rows_in_step(conn, dsn, schema, mode, strategy):
+    import hashlib
+
+    import pyarrow as pa
+
+    from pgfeatures.load import load
+
+    rng = random.Random(11)
+    tables = [FeatureTable.of(f"h{i}", {f"c{j}": rng.choice(TYPES) for j in range(3)}) for i in range(3)]
+    registry = Registry.of(tables, schema, services=[FeatureService("svc", ("h0.*", "h1.*", "h2.c0"), materialize=True),
+                                                      FeatureService("flex", ("h0.*", "h1.*", "h2.c0"))])
+    apply_schema(conn, registry)
+    keys = [hashlib.sha256(b"%d" % i).digest() for i in range(80)]
+    arrow_types = {"real": pa.float32(), "double precision": pa.float64(), "smallint": pa.int16(),
+                   "integer": pa.int32(), "bigint": pa.int64(), "boolean": pa.bool_()}
+
+    def data(table: FeatureTable, chosen: list[bytes]) -> pa.Table:
+        cols = {"hashkey": pa.array(chosen, pa.binary(32))}
+        for f in table.features:
+            cols[f.name] = pa.array([_value(rng, f.type.name) for _ in chosen], arrow_types[f.type.name])
+        return pa.table(cols)
+
+    for table in tables:
+        load(conn, registry, table.name, data(table, rng.sample(keys, 50)))
+    materialize(conn, registry, "svc")
+    summary = load(conn, registry, "h1", data(tables[1], keys[::3] + [bytes(32)]), mode=mode, strategy=strategy)
+    assert summary.strategy == ("replace" if mode == "replace" else strategy)
+    requests = keys[:40] + [bytes(32)]
+    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=0) as store:
+        assert store.readers.service_reader("svc", None, "single").materialized
+        for k in requests:
+            mat, flex = store.get_service("svc", k), store.get_service("flex", k)
+            assert mat == flex and mat.status == flex.status, k.hex()

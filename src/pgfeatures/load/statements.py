@@ -34,6 +34,7 @@ SELECT c.reltuples::float8, c.relpersistence::text, pg_get_userbyid(c.relowner):
           FROM aclexplode(c.relacl) a WHERE a.grantee <> c.relowner) g),
   ARRAY(
     SELECT 'trigger ' || tgname FROM pg_trigger WHERE tgrelid = c.oid AND NOT tgisinternal
+      AND NOT starts_with(tgname, '_pgf_')
     UNION SELECT 'view ' || r.ev_class::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
       WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = c.oid AND r.ev_class <> c.oid
     UNION SELECT 'foreign key ' || conname || ' of ' || conrelid::regclass::text FROM pg_constraint
@@ -41,7 +42,11 @@ SELECT c.reltuples::float8, c.relpersistence::text, pg_get_userbyid(c.relowner):
     UNION SELECT 'publication ' || p.pubname FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
       WHERE pr.prrelid = c.oid
     UNION SELECT 'row-level security policy ' || polname FROM pg_policy WHERE polrelid = c.oid
-    UNION SELECT 'inheritance' FROM pg_inherits WHERE inhrelid = c.oid OR inhparent = c.oid)
+    UNION SELECT 'inheritance' FROM pg_inherits WHERE inhrelid = c.oid OR inhparent = c.oid),
+  ARRAY(SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal
+    AND starts_with(t.tgname, '_pgf_') ORDER BY t.tgname),
+  (SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronamespace = c.relnamespace
+    AND p.proname = '_pgf_refresh__' || c.relname AND p.pronargs = 0)
 FROM pg_class c WHERE c.oid = to_regclass(%s)
 """)
 
@@ -63,12 +68,17 @@ class Catalog:
     indexes: tuple[str, ...]  # besides the primary key
     grants: tuple[tuple[str, str, bool], ...]
     dependents: tuple[str, ...]
+    # The triggers that keep materialized services' serving rows in step (materialize/sql.py), and
+    # the function that recomputes this table's slice of them: a swap moves the first and calls the second.
+    serving_triggers: tuple[str, ...] = ()
+    refresh: str | None = None
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> "Catalog":
         grants = tuple((g, p, s == "true") for g, p, s in (item.rsplit(",", 2) for item in row[10] or ()))
         return cls(row[0], row[1], row[2], row[3], tuple(row[4] or ()), dict(zip(row[5] or (), row[6] or ())),
-                   row[7], tuple(row[8] or ()), tuple(row[9] or ()), grants, tuple(row[11] or ()))
+                   row[7], tuple(row[8] or ()), tuple(row[9] or ()), grants, tuple(row[11] or ()),
+                   tuple(row[12] or ()), row[13])
 
     def drift(self, table: FeatureTable) -> list[str]:
         """How the live table differs from the definition: schema.py's comparison, on this catalog row."""
@@ -150,6 +160,11 @@ def swap_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog, 
         ops.append((sql.SQL("ALTER INDEX {} RENAME TO {}").format(
             ident(schema, covering_index_name(dataclasses.replace(table, name=new_name))),
             ident(covering_index_name(table))), ()))
+    # Materialized services: the serving-row triggers go to the new table (their definitions name the
+    # table, which now is the new one), and the table's slice of every serving row is recomputed.
+    ops += [(sql.SQL(definition), ()) for definition in catalog.serving_triggers]  # type: ignore[arg-type]
+    if catalog.refresh:
+        ops.append((sql.SQL("SELECT {}").format(sql.SQL(catalog.refresh)), ()))  # type: ignore[arg-type]
     return ops
 
 
