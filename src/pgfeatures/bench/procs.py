@@ -266,14 +266,9 @@ def make_workdir(kind: str) -> Path:
 def _owner_alive(folder: Path) -> bool:
     try:
         pid_text, start = (folder / OWNER_FILE).read_text().split()
-        pid = int(pid_text)
+        return pid_alive(int(pid_text)) and _start_time(int(pid_text)) == start
     except (FileNotFoundError, ValueError):
-        # No marker (yet): being created right now, or not ours. Only old unmarked folders are orphans.
-        try:
-            return time.time() - folder.stat().st_mtime < 3600
-        except FileNotFoundError:
-            return True
-    return pid_alive(pid) and _start_time(pid) == start
+        return True  # no readable marker: not ours to judge
 
 
 def _kill_pidfile(pidfile: Path) -> None:
@@ -302,12 +297,12 @@ def _kill_pidfile(pidfile: Path) -> None:
 def reap_orphans() -> list[Path]:
     """Stop what crashed owners left running under ``/tmp/pgfeatures-*`` and remove their folders.
 
-    Only folders with an owner marker (or unmarked and older than an hour) whose owner process is gone
-    are touched. Returns the folders removed.
+    Only folders with an owner marker whose owner process is gone are touched (other pgfeatures
+    folders, such as bench-schema's, have none). Returns the folders removed.
     """
     removed = []
     for folder in Path("/tmp").glob(f"{WORK_PREFIX}*-*"):
-        if not folder.is_dir() or not (folder / OWNER_FILE).exists() or _owner_alive(folder):
+        if not folder.is_dir() or _owner_alive(folder):
             continue
         for pidfile in [*folder.glob("*/postmaster.pid"), *folder.glob("*.pid")]:
             _kill_pidfile(pidfile)
