@@ -162,16 +162,18 @@ def test_concurrent_update_during_rebuild_is_not_lost(dsn, conn, schema, store):
     assert contents(conn, schema, "plain", ["f0"])[keys_for([2500])[0]] == (42.0,)
 
 
-def _kill_writers(conn) -> int:
-    rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgfeatures-write' "
-                        "AND datname = current_database() AND pid <> pg_backend_pid()").fetchall()
-    return len(rows)
+def _kill_writers(conn, store) -> int:
+    """Terminate the store's (one) write connection; other test runs' connections are left alone."""
+    with store.write_connection() as writer:
+        pid = writer.info.backend_pid
+    rows = conn.execute("SELECT pg_terminate_backend(%s)", [pid]).fetchall()
+    return sum(1 for r in rows if r[0])
 
 
 @pytest.mark.parametrize("mixed_batch", [False, True], ids=["one statement", "pipelined transaction"])
 def test_an_update_after_its_connection_was_killed_is_retried_once(store, conn, schema, mixed_batch):
     store.update_features(K[0], "mixed", {"r": 1.0})
-    assert _kill_writers(conn) == 1
+    assert _kill_writers(conn, store) == 1
     rows = [(K[4], {"r": 4.0}), (K[5], {"s": 5})] if mixed_batch else [(K[4], {"r": 4.0})]
     assert store.update_features_batch("mixed", rows) == len(rows)  # no error: retried on a fresh connection
     assert row(conn, schema, K[4])["r"] == 4.0
@@ -180,7 +182,7 @@ def test_an_update_after_its_connection_was_killed_is_retried_once(store, conn, 
 def test_a_load_after_its_connection_was_killed_is_retried_once(store, conn, schema):
     data = pa.table({"hashkey": pa.array([K[6]], pa.binary(32)), "r": pa.array([6.0], pa.float32())})
     store.write_features("mixed", data, partial=True)
-    assert _kill_writers(conn) == 1
+    assert _kill_writers(conn, store) == 1
     store.write_features("mixed", data, partial=True)  # no error: retried on a fresh connection
     assert row(conn, schema, K[6])["r"] == 6.0
 

@@ -1,8 +1,9 @@
 """``pgfeatures bench-schema``: what the doctor's advice buys, measured.
 
-Everything runs on a private embedded cluster (a temporary ``PGFEATURES_HOME``
-under /tmp, stopped and removed at the end), never on the shared server: the
-cold-cache case restarts PostgreSQL. Three measurements:
+Everything runs on a private cluster (``clusters.Cluster``: the embedded
+server's binaries and buffer cache size, in a folder under /tmp, stopped and
+removed at the end), never on the shared server: the cold-cache case restarts
+PostgreSQL. Three measurements:
 
 1. **Covering vs plain index.** The same rows (8 ``real`` + ``updated_at``) in
    a table with only its primary key and in one with a covering index (after
@@ -32,14 +33,11 @@ import json
 import os
 import platform
 import random
-import shutil
+import secrets
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,12 +48,13 @@ from psycopg import sql
 from rich.console import Console
 from rich.table import Table
 
-from .. import demo
+from .. import demo, embedded
 from ..definitions import KEY_LENGTH, UPDATED_AT, FeatureTable, Registry, demo_registry
 from ..reader import compile_batch_reader, compile_reader, select
 from ..schema import apply_schema
 from ..store import FeatureStore
 from ..warmup import warmup
+from .clusters import Cluster
 from .runner import Stats, measure_interleaved
 
 SCHEMA = "bench"
@@ -78,40 +77,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # -- the private cluster --------------------------------------------------------------------------
 
 
-@dataclass
-class PrivateCluster:
-    """An embedded PostgreSQL of our own, driven through ``pgfeatures db`` with its own PGFEATURES_HOME."""
-
-    home: Path
-    env: dict[str, str]
-    dsn: str = ""
-
-    def db(self, action: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "pgfeatures.cli", "db", action], env=self.env,
-                              capture_output=True, text=True, timeout=300)
-        if done.returncode not in (0, 3):
-            raise RuntimeError(f"pgfeatures db {action} failed: {done.stderr.strip() or done.stdout.strip()}")
-        return done.stdout.strip()
-
-    def restart(self) -> None:
-        self.db("stop")
-        self.db("start")
+# The embedded server's settings that matter to these measurements: its buffer cache size and the
+# libraries the doctor and warm-up use.
+BENCH_SETTINGS: dict[str, str | int | float | bool] = {
+    "max_connections": 200,
+    "shared_preload_libraries": "pg_stat_statements,pg_prewarm",
+    "pg_prewarm.autoprewarm": False,
+    "track_io_timing": True,
+}
 
 
 @contextmanager
-def private_cluster() -> Iterator[PrivateCluster]:
-    # Under /tmp, not a private temp dir: the server's system user must be able to traverse the parents.
-    home = Path(tempfile.mkdtemp(prefix="pgfeatures-bench-", dir="/tmp"))
-    env = {k: v for k, v in os.environ.items() if k != "PGFEATURES_DSN"}
-    env["PGFEATURES_HOME"] = str(home)
-    cluster = PrivateCluster(home, env)
-    try:
-        cluster.dsn = cluster.db("dsn")  # creates and starts it
+def private_cluster() -> Iterator[Cluster]:
+    """A private cluster configured like the embedded server (``clusters.Cluster``), removed at the end.
+
+    ``dsn()`` is a superuser over loopback TCP (scram-sha-256), like the embedded server's DSN.
+    """
+    with Cluster(shared_buffers=embedded.SERVER_SETTINGS["shared_buffers"], settings=BENCH_SETTINGS,
+                 name="bench-schema") as cluster:
+        cluster.create_role("bench", secrets.token_urlsafe(16), superuser=True)
         yield cluster
-    finally:
-        with suppress(Exception):
-            cluster.db("stop")
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def drop_os_cache() -> str | None:
@@ -291,7 +276,7 @@ def first_requests(dsn: str, registry: Registry, keys: Sequence[bytes]) -> list[
     return times
 
 
-def measure_first_requests(cluster: PrivateCluster, registry: Registry, keys: Sequence[bytes], rounds: int,
+def measure_first_requests(cluster: Cluster, registry: Registry, keys: Sequence[bytes], rounds: int,
                            drop: bool, seed: int) -> tuple[dict[str, dict[str, float]], str]:
     rng = random.Random(seed)
     cases: list[tuple[str, bool, bool, bool]] = [  # name, restart, drop OS cache, warm up
@@ -316,9 +301,9 @@ def measure_first_requests(cluster: PrivateCluster, registry: Registry, keys: Se
             if drop_cache:
                 drop_os_cache()
             if warm:
-                with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+                with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
                     samples[name]["warmup_s"].append(warmup(conn, registry).seconds)
-            times = first_requests(cluster.dsn, registry, rng.sample(list(keys), FIRST_N))
+            times = first_requests(cluster.dsn(), registry, rng.sample(list(keys), FIRST_N))
             samples[name]["first"].append(times[0])
             samples[name]["first_n"].append(statistics.fmean(times))
     figures = {name: {k: statistics.median(v) for k, v in s.items() if v} for name, s in samples.items()}
@@ -334,14 +319,14 @@ def main(args: argparse.Namespace) -> int:
                   f"{args.requests} requests per variant, {args.tables} tables x {args.rounds} rounds for first requests")
     t0 = time.perf_counter()
     with private_cluster() as cluster:
-        with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
             keys = load(conn, args.rows, args.tables, args.seed)
             version = conn.info.server_version
             sizes = table_sizes(conn, ["plain", "covering", *WIDE_DDL])
             plain_bytes, covering_bytes = conn.execute(_LOOKUP_BYTES).fetchone()
         console.print(f"loaded in {time.perf_counter() - t0:.1f}s")
-        index = measure_requests(cluster.dsn, narrow_variants(), keys, args.requests, args.seed)
-        rows = measure_requests(cluster.dsn, [v for v in narrow_variants() if v.name == "plain"] + wide_variants(),
+        index = measure_requests(cluster.dsn(), narrow_variants(), keys, args.requests, args.seed)
+        rows = measure_requests(cluster.dsn(), [v for v in narrow_variants() if v.name == "plain"] + wide_variants(),
                                 keys, args.requests, args.seed)
         for name, m in rows.items():
             m.bytes_per_row, m.size_bytes = sizes[name]

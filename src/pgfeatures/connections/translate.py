@@ -31,7 +31,7 @@ from ..errors import (
 _AUTH = re.compile(
     r"password authentication failed|no password supplied|authentication failed|"
     r"role \"[^\"]*\" does not exist|no pg_hba\.conf entry|pg_hba\.conf rejects|"
-    r"SSL (?:connection )?is required|server does not support SSL|certificate verify failed|"
+    r"SSL (?:connection )?(?:is )?required|server does not support SSL|certificate verify failed|"
     r"SCRAM|channel binding",
     re.IGNORECASE,
 )
