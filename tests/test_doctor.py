@@ -9,13 +9,16 @@ import dataclasses
 import hashlib
 import json
 import time
+import uuid
+from collections.abc import Iterator
 
 import numpy as np
 import psycopg
 import pyarrow as pa
 import pytest
 from psycopg import sql
-from test_warmup import FEATURES, demo_like, dsn, evict, flush_stats, load, write_definitions  # noqa: F401 (dsn: fixture)
+from conftest import dsn_with
+from test_warmup import FEATURES, demo_like, evict, flush_stats, load, write_definitions
 
 from pgfeatures import cli
 from pgfeatures.definitions import WIDE_TYPES, FeatureTable, Registry
@@ -23,6 +26,27 @@ from pgfeatures.doctor import CHECKS, Finding, Report, Status, diagnose, evaluat
 from pgfeatures.load import load as bulk_load
 from pgfeatures.schema import apply_schema
 from pgfeatures.warmup import warmup
+
+
+@pytest.fixture(scope="module")
+def dsn(dsn: str) -> Iterator[str]:
+    """Overrides conftest's ``dsn`` (and so ``conn`` and ``schema``): a database of this module's
+    run alone, dropped afterwards. VACUUM marks pages all-visible only below the oldest snapshot
+    of the same database, so a concurrent test run's long transaction in a shared database would
+    turn a correct table's verdict (rightly) into heap fetches. Where databases cannot be created,
+    the shared one."""
+    name = f"pgfeatures_test_doctor_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        try:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        except psycopg.errors.InsufficientPrivilege:
+            yield dsn
+            return
+    try:
+        yield dsn_with(dsn, dbname=name)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def not_passing(report: Report) -> list[Finding]:

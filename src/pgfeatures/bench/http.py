@@ -112,7 +112,8 @@ class ServeProcess:
 
     def start(self, ready_within: float | None = 60) -> "ServeProcess":
         """Start it; unless ``ready_within`` is None, wait until ``/readyz`` answers 200."""
-        self.proc = subprocess.Popen(self.cmd, env=self.env)
+        # The server's own output goes to stderr (fd 2): stdout is the benchmark's (one JSON document with --json).
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=2)
         if ready_within is not None:
             self.wait_ready(ready_within)
         return self

@@ -104,7 +104,8 @@ def private_cluster() -> Iterator[PrivateCluster]:
     env["PGFEATURES_HOME"] = str(home)
     cluster = PrivateCluster(home, env)
     try:
-        cluster.dsn = cluster.db("dsn")  # creates and starts it
+        cluster.db("start")  # creates and starts it
+        cluster.dsn = cluster.db("dsn")
         yield cluster
     finally:
         with suppress(Exception):
