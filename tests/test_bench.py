@@ -178,8 +178,8 @@ def test_redis_rows_match_or_skip_cleanly(result: dict[str, Any], dsn: str, benc
 def test_cli_run_without_redis_or_extras(result: dict[str, Any], dsn: str, bench_schema: str, tmp_path: Path) -> None:
     out = tmp_path / "cli.json"
     argv = ["bench", "--dsn", dsn, "--schema", bench_schema, "--entities", "300", "--rtt", "0", "--tables", "1",
-            "--strategies", "single", "--variants", "", "--clients", "", "--instrument", "", "--requests", "10", "--row-seconds", "0.01",
-            "--redis-url", "redis://127.0.0.1:1/0", "--json", str(out)]
+            "--strategies", "single", "--variants", "", "--clients", "", "--instrument", "", "--requests", "10",
+            "--row-seconds", "0.01", "--redis-url", "redis://127.0.0.1:1/0", "--save", str(out)]
     assert main(argv) == 0
     saved = reads.load(out)
     assert {r["name"] for r in saved["latency"]} == {"select1", "raw", "single"}
@@ -201,7 +201,7 @@ def test_bad_settings_say_what_is_valid(dsn: str) -> None:
         reads.BenchConfig(table_counts=(31,)).validate()
     with pytest.raises(BenchmarkError, match="threads, async"):
         reads.BenchConfig(client_modes=("processes",)).validate()
-    assert main(["bench", "--rtt", "0,x", "--json", os.devnull]) == 2
+    assert main(["bench", "--rtt", "0,x", "--save", os.devnull]) == 2
 
 
 def test_runner_keeps_its_api() -> None:

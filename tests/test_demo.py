@@ -40,14 +40,18 @@ def test_reload_on_different_seed(conn, small_demo, dsn):
         assert store.get_features(entity_key(7)) == expected(small_demo, 7, 500, seed=4)
 
 
-def test_demo_command_runs_end_to_end(dsn, schema, tmp_path, capsys):
-    out = tmp_path / "demo.json"
-    code = main(["demo", "--dsn", dsn, "--schema", schema, "--entities", "300", "--requests", "40",
-                 "--table-counts", "10,30", "--json", str(out)])
-    assert code == 0
+def test_demo_command_runs_end_to_end(dsn, schema, capsys):
+    argv = ["demo", "--dsn", dsn, "--schema", schema, "--entities", "300", "--requests", "40", "--table-counts", "10,30"]
+    assert main(argv) == 0
     text = capsys.readouterr().out
     assert "sample read for entity 1" in text and "absent key: {'t00': None}" in text
-    figures = json.loads(out.read_text())["figures"]
+    assert "pipeline" in text and "single" in text  # the latency table
+    assert main([*argv, "--json"]) == 0  # --json: the figures as one JSON document on stdout, nothing else
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert "already present, reused" in captured.err
+    assert result["entities"] == 300 and result["loaded"] is False
+    figures = result["figures"]
     assert {(f["tables"], f["name"]) for f in figures} >= {(30, "single"), (30, "pipeline"), (10, "sequential")}
     assert all(f["p50_ms"] > 0 and f["n"] > 0 for f in figures)
 
@@ -61,6 +65,6 @@ def test_get_command_prints_json_and_names_valid_tables(small_demo, dsn, schema,
     got = json.loads(capsys.readouterr().out)
     assert got == {"t01": {"f2": expected(small_demo, 5, 500, seed=3)["t01"]["f2"]}}
     assert main(["get", "--dsn", dsn, "-d", str(defs), key, "-t", "nope"]) == 2
-    assert "valid tables: t00, t01, t02, t03" in capsys.readouterr().out
+    assert "valid tables: t00, t01, t02, t03" in capsys.readouterr().err
     assert main(["get", "--dsn", dsn, "-d", str(defs), "abc"]) == 2
-    assert "64 hex characters" in capsys.readouterr().out
+    assert "64 hex characters" in capsys.readouterr().err

@@ -59,7 +59,9 @@ def test_lifecycle_and_stale_pid(private_home):
 
     wait_until_stopped(pid)
     assert (private_home / "pgdata" / "postmaster.pid").exists()
-    assert dsn_of(private_home) == dsn  # `db dsn` starts it on demand
+    assert dsn_of(private_home) == dsn  # `db dsn` prints the DSN without starting the server
+    assert run(private_home, "db", "status").returncode == 3
+    assert run(private_home, "db", "start").returncode == 0  # the stale postmaster.pid does not stop a start
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
 

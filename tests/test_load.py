@@ -358,9 +358,9 @@ def test_cli_load(dsn, conn, schema, tmp_path, capsys):
     assert "rows read 3" in out and "inserted 3" in out
     assert contents(conn, schema, "plain", ["f0"]) == {k: (float(i),) for i, k in enumerate(ks)}
     assert cli_main(["load", "plain", str(path), "--dsn", dsn, "-d", str(definitions)]) == 2
-    assert "no key column 'hashkey'" in " ".join(capsys.readouterr().out.split())
+    assert "no key column 'hashkey'" in " ".join(capsys.readouterr().err.split())
     assert cli_main(["load", "plain", str(path), "--dsn", dsn, "-d", str(definitions), "--mode", "upsert", "-q"]) == 2
-    assert "invalid mode='upsert'; valid: merge, replace" in " ".join(capsys.readouterr().out.split())
+    assert "invalid mode='upsert'; valid: merge, replace" in " ".join(capsys.readouterr().err.split())
 
 
 # -- pure pieces -----------------------------------------------------------------------------------

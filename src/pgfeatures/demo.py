@@ -1,4 +1,5 @@
-"""Synthetic demo data: deterministic entities and features, bulk-loaded with binary COPY.
+"""The demo: deterministic entities and features, bulk-loaded with binary COPY, and the
+measurement ``pgfeatures demo`` prints (``run_demo``: every read strategy at several table counts).
 
 Entity ``i`` has the key ``sha256(b"entity:<i>")``. Table ``t`` holds every
 entity except those with ``(i + t) % MISS_EVERY == 0``, so reads see realistic
@@ -12,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import psycopg
@@ -20,6 +22,9 @@ from psycopg import sql
 
 from .definitions import KEY_COLUMN, KEY_LENGTH, UPDATED_AT, FeatureTable, Registry
 from .schema import apply_schema, qualified
+
+if TYPE_CHECKING:
+    from .bench.runner import Stats
 
 MISS_EVERY = 50
 DEMO_EPOCH = 1_764_000_000  # a fixed updated_at, so demo data is reproducible
@@ -149,3 +154,92 @@ def _marker_ok(conn: psycopg.Connection, registry: Registry, table: FeatureTable
         if row is None or row[0] != float(data.values[pos, 0]):
             return False
     return True
+
+
+# -- the measurement ------------------------------------------------------------------------------
+
+# Strategies in the order they are shown: the baseline first, the default last.
+DEMO_STRATEGIES = ("sequential", "pipeline", "join", "union", "single")
+BATCH_ROW = "batch x100 (per key)"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """What ``pgfeatures demo`` loads and measures (each field is one of its flags)."""
+
+    entities: int = field(default=100_000, metadata={"help": "synthetic entities"})
+    requests: int = field(default=1000, metadata={"help": "timed requests per strategy and table count"})
+    table_counts: tuple[int, ...] = field(default=(10, 20, 30), metadata={"help": "tables per request, comma-separated"})
+    seed: int = field(default=0, metadata={"help": "seed of the data and of the key choice"})
+    schema: str = field(default="demo", metadata={"help": "schema of the demo tables (loaded if absent, reused if present)"})
+
+    def __post_init__(self) -> None:
+        from .errors import PgFeaturesError
+
+        if self.entities < 101 or self.requests < 1:
+            raise PgFeaturesError(f"the demo needs at least 101 entities and 1 request, got {self.entities} and {self.requests}")
+        if not self.table_counts or min(self.table_counts) < 1 or max(self.table_counts) > 30:
+            raise PgFeaturesError(f"table counts must be between 1 and 30 (the demo has 30 tables), got {self.table_counts}")
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What the demo measured: latency per strategy and table count, and a sample of what it read."""
+
+    settings: DemoSettings
+    server_version: int
+    loaded: bool  # False: the data was already there and was reused
+    load_seconds: float
+    stats: dict[int, dict[str, "Stats"]]  # table count -> row name -> latency
+    sample_key: bytes
+    sample: Any  # entity 1, a few features of t00 and t01
+    absent: Any  # a key no table holds
+    missing_in_t01: Any  # entity 49, absent from t01 by construction
+
+    def figures(self) -> list[dict[str, Any]]:
+        return [{"tables": count, **s.as_dict()} for count, rows in self.stats.items() for s in rows.values()]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"server_version": self.server_version, "entities": self.settings.entities,
+                "requests": self.settings.requests, "loaded": self.loaded, "load_seconds": self.load_seconds,
+                "figures": self.figures(), "sample": {"key": self.sample_key.hex(), "features": self.sample}}
+
+
+def run_demo(dsn: str, settings: DemoSettings = DemoSettings(), *,
+             progress: Callable[[str, int], None] | None = None) -> DemoResult:
+    """Load the demo tables (unless present) and time every strategy at each table count, interleaved.
+
+    ``progress(name, rows)`` is called after each table is loaded and after the final VACUUM.
+    Raises DatabaseUnavailableError (or AuthenticationError) when the database cannot be reached.
+    """
+    from .bench.runner import measure_interleaved
+    from .connections import connect
+    from .definitions import demo_registry
+    from .reader import Strategy
+    from .store import FeatureStore
+
+    registry = demo_registry(schema=settings.schema)
+    t0 = time.perf_counter()
+    with connect(dsn, "pgfeatures-demo", 10) as conn:
+        server_version = conn.info.server_version
+        loaded = load_demo(conn, registry, settings.entities, settings.seed, progress=progress)
+    load_seconds = time.perf_counter() - t0
+
+    keys = entity_keys(settings.entities)
+    strategies = [Strategy(name) for name in DEMO_STRATEGIES]
+    results: dict[int, dict[str, Stats]] = {}
+    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as store:
+        for count in settings.table_counts:
+            names = list(registry.tables)[:count]
+            calls = {s.value: (lambda r: (lambda k: store.read(r, k)))(store.reader(names, strategy=s)) for s in strategies}
+            batch = store.batch_reader(names)
+            batches = [keys[i : i + 100] for i in range(0, len(keys) - 100, 100)]
+            stats = measure_interleaved(calls, keys, settings.requests, seed=settings.seed)
+            stats.update(measure_interleaved({BATCH_ROW: lambda ks: store.read_batch(batch, ks)},
+                                             batches, max(50, settings.requests // 20), per={BATCH_ROW: 100}))
+            results[count] = stats
+        sample_key = keys[1]
+        sample = store.get_features(sample_key, ["t00", "t01"], {"t00": ["f0", "f1", "f2"], "t01": ["f0", "updated_at"]})
+        absent = store.get_features(bytes(32), ["t00"])
+        missing_in_t01 = store.get_features(keys[49], ["t01"])
+    return DemoResult(settings, server_version, loaded, load_seconds, results, sample_key, sample, absent, missing_in_t01)

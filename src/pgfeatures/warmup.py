@@ -242,6 +242,7 @@ SELECT oid::int8, pg_stat_get_xact_blocks_fetched(oid), pg_stat_get_xact_blocks_
 FROM pg_class WHERE oid = ANY(%s::oid[])
 """
 
+_INDEX_PATHS = "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true)"
 _EXPLAIN = b"EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, FORMAT JSON) "
 _TID_SCAN = sql.SQL("SELECT count(*) FROM {} WHERE ctid = ANY(%s::text[]::tid[])")
 
@@ -305,13 +306,19 @@ def probe(
     ``places`` random heap pages. Random places change from run to run, so an
     earlier probe does not make a later one look warm. Plans: the batch
     statement runs under EXPLAIN (ANALYZE, BUFFERS) for ``keys[table]``
-    (present keys), which shows the scan used and its heap fetches.
+    (present keys), which shows the scan used and its heap fetches. Sequential and bitmap scans
+    are disabled in the probe's transaction, so the plans are those of a big table's lookups.
     """
     rng = rng or random.Random()
     results: dict[str, TableProbe] = {}
     by_oid = {r.oid: r.name for r in rels}
     heap_blocks = {r.table: r.blocks for r in rels if not r.is_index}
     yield Query("BEGIN READ ONLY")
+    # Lookups are probed as they run on a big table: on a small one the planner rightly prefers a
+    # sequential scan, which says nothing about whether the key index serves lookups (and a
+    # heap-only read would hide the covering index's heap fetches). Disabled, a Seq Scan is
+    # chosen only where no index can serve the lookup at all.
+    yield Query(_INDEX_PATHS)
     # The "xact" counters hold every access not yet flushed to the statistics system, which
     # can span earlier transactions; nothing is flushed inside a transaction, so differences
     # between points of this one are exactly what happened in between.

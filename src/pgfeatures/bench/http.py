@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import random
 import socket
@@ -49,7 +48,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window-us", type=int, default=0, help="coalescing window of the coalescing server (µs)")
     p.add_argument("--entities", type=int, default=100_000, help="demo entities keys are drawn from")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", dest="json_out", help="also write the figures to this JSON file")
 
 
 # -- a minimal HTTP/1.1 client --------------------------------------------------------------------
@@ -114,7 +112,8 @@ class ServeProcess:
 
     def start(self, ready_within: float | None = 60) -> "ServeProcess":
         """Start it; unless ``ready_within`` is None, wait until ``/readyz`` answers 200."""
-        self.proc = subprocess.Popen(self.cmd, env=self.env)
+        # The server's own output goes to stderr (fd 2): stdout is the benchmark's (one JSON document with --json).
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=2)
         if ready_within is not None:
             self.wait_ready(ready_within)
         return self
@@ -342,11 +341,13 @@ async def run_benchmark(args: argparse.Namespace, dsn: str, servers: dict[str, S
     }
 
 
-def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
+def report(figures: dict[str, Any], args: argparse.Namespace, console: Any = None) -> None:
+    """Print the figures as tables on ``console`` (a rich Console; default: stdout)."""
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=max(Console().width, 132))  # the throughput table is wide; never wrap its cells
+    console = console or Console()
+    console.width = max(console.width, 132)  # the throughput table is wide; never wrap its cells
     lat = figures["latency"]
     base = lat["library"]
     table = Table(title=f"one client, loopback, 30 tables, {args.requests} requests per variant (alternating rounds)")
@@ -382,14 +383,16 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
                   "this client process; on a shared machine it is steadier than req/s.")
 
 
-def main(args: argparse.Namespace, dsn: str) -> int:
-    import psycopg
+def main(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
+    """Measure (see the module docstring) and return the figures with the settings. Raises
+    BenchmarkError when the demo data is missing, DatabaseUnavailableError when the database is down."""
+    from ..connections import connect
+    from ..errors import BenchmarkError
 
-    with psycopg.connect(dsn) as conn:
+    with connect(dsn, "pgfeatures-bench-http") as conn:
         present = conn.execute("SELECT to_regclass('demo.t29') IS NOT NULL").fetchone()[0]
     if not present:
-        print("the demo data is missing: run 'pgfeatures demo' first", file=sys.stderr)
-        return 2
+        raise BenchmarkError("the demo data is missing: run 'pgfeatures demo' first")
     common = dict(pool_size=args.pool_size, workers=args.workers, window_us=args.window_us)
     with ServeProcess(*serve_flags(dsn, coalesce=False, **common)) as off, \
             ServeProcess(*serve_flags(dsn, coalesce=True, **common)) as on:
@@ -400,9 +403,5 @@ def main(args: argparse.Namespace, dsn: str) -> int:
         except ImportError:
             runner = asyncio.run
         figures = runner(run_benchmark(args, dsn, {"http": off, "http+coalesce": on}))
-    report(figures, args)
-    if args.json_out:
-        with open(args.json_out, "w") as fh:
-            settings = {k: v for k, v in vars(args).items() if k != "func"}
-            json.dump({"settings": settings, **figures}, fh, indent=2)
-    return 0
+    settings = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("func", "json", "resolved_dsn")}
+    return {"settings": settings, **figures}

@@ -134,7 +134,9 @@ def _loads(path1: Path, path2: Path, path3: Path) -> list[tuple[str, Path, dict[
 
 def run(dsn: str, *, rows: int = 1_000_000, features: int = 8, read_tables: int = 10, readers: int = 1,
         read_rate: float = 1000.0, idle_seconds: float = 8.0, schema: str = "bench_load", keep: bool = False, json_out: str | None = None,
-        console: Any = None, seed: int = 0) -> int:
+        console: Any = None, seed: int = 0) -> dict[str, Any]:
+    """Run the benchmark, printing its tables to ``console`` (rich); returns the figures (also
+    written to ``json_out`` when given)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -229,7 +231,7 @@ def run(dsn: str, *, rows: int = 1_000_000, features: int = 8, read_tables: int 
     results["reads"] = rows_stats
     if json_out:
         Path(json_out).write_text(json.dumps(results, indent=2))
-    return 0
+    return results
 
 
 def _figure(label: str, summary: LoadSummary) -> dict[str, Any]:

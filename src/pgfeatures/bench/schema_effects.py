@@ -29,7 +29,6 @@ machine hits every variant alike; compare within one run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -71,7 +70,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drop-os-cache", action="store_true",
                    help="also measure with the OS page cache dropped (root only; affects the whole host)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", dest="json_out", help="also write the figures to this JSON file")
 
 
 # -- the private cluster --------------------------------------------------------------------------
@@ -313,8 +311,9 @@ def measure_first_requests(cluster: Cluster, registry: Registry, keys: Sequence[
 # -- main -----------------------------------------------------------------------------------------
 
 
-def main(args: argparse.Namespace) -> int:
-    console = Console()
+def main(args: argparse.Namespace, console: Console | None = None) -> dict[str, Any]:
+    """Measure on a private cluster, print the tables on ``console`` (default: stdout); returns the figures."""
+    console = console or Console()
     console.print(f"[bold]pgfeatures bench-schema[/bold]: private embedded cluster, {args.rows:,} rows per table, "
                   f"{args.requests} requests per variant, {args.tables} tables x {args.rounds} rounds for first requests")
     t0 = time.perf_counter()
@@ -336,14 +335,11 @@ def main(args: argparse.Namespace) -> int:
         first, os_cache = measure_first_requests(cluster, cold_registry(args.tables), cold_keys, args.rounds,
                                                  args.drop_os_cache, args.seed)
     _print(console, index, rows, first, os_cache, args, version)
-    if args.json_out:
-        with open(args.json_out, "w") as fh:
-            json.dump({"server_version": version, "rows": args.rows, "requests": args.requests, "tables": args.tables,
-                       "rounds": args.rounds, "os_cache": os_cache,
-                       "covering_vs_plain": [m.as_dict() for m in index.values()],
-                       "row_width": [m.as_dict() for m in rows.values()],
-                       "first_request": first}, fh, indent=2)
-    return 0
+    return {"server_version": version, "rows": args.rows, "requests": args.requests, "tables": args.tables,
+            "rounds": args.rounds, "os_cache": os_cache,
+            "covering_vs_plain": [m.as_dict() for m in index.values()],
+            "row_width": [m.as_dict() for m in rows.values()],
+            "first_request": first}
 
 
 def _num(x: float | None, fmt: str) -> str:

@@ -1,51 +1,34 @@
-"""``pgfeatures doctor``: check, against the live database, what fast reads depend on.
-
-Each check returns findings (one per feature table, or one for the server)
-with a status (pass / warn / fail), the measured value, advice, and the SQL
-that fixes it when a statement is safe to run as-is (VACUUM, ANALYZE,
-pg_prewarm, resetting a disabled autovacuum): ``Report.fixes``. Changes that
-need a decision (a column type, a server setting) are advice only.
-
-The work is split in two: ``gather`` reads the facts (catalog, statistics, a
-probe of the real statements) and ``diagnose`` adds what a serving connection
-has prepared; the checks are pure functions of those facts, so every verdict can be tested
-and explained from data. The checks, in order:
+"""The doctor's checks: pure functions from ``Facts`` to ``Finding`` verdicts, in order.
 
 ``schema``      the live table matches its definition (drift fails every other check's premise)
 ``prepared``    a serving connection of a FeatureStore has its statements prepared after warm-up
 ``cache``       lookups at random places hit shared_buffers for every table and index (target > 99 %)
 ``scans``       no sequential scan read rows of a feature table (pg_stat_user_tables)
-``index_only``  covered lookups are index-only for real: EXPLAIN heap fetches, visibility-map coverage
+``index_only``  lookups use the key index (plans probed with sequential scans disabled, as on a big
+                table); covered lookups are index-only for real: heap fetches, visibility-map coverage
 ``row_width``   bytes per row, and column types that widen rows, with the narrower type to use
 ``working_set`` what lookups read (tables, indexes) against shared_buffers and effective_cache_size
-``vacuum``      dead rows, autovacuum switched on (server and table), statistics present
+``vacuum``      dead rows (counted afresh when the lazy statistics counters claim many), autovacuum
+                switched on (server and table), statistics present
 
-The cache and index-only verdicts come from a probe (see ``warmup``): the
-store's batch statement at random places of every table (or the hot keys),
-counted with the transaction's own block counters, then under EXPLAIN
-(ANALYZE, BUFFERS) for real keys from the table's statistics. The cumulative
-``pg_statio_*`` ratio is reported next to it but does not decide: it survives
-restarts and is dominated by history, so it says little about whether the
-cache is warm now.
+Each check claims only what it measured: a verdict from numbers that may be stale says so and is
+at most a warning.
 """
 
 from __future__ import annotations
 
-import enum
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
-from .connections import resolve_dsn
-from .definitions import KEY_COLUMN, WIDE_TYPES, FeatureTable, Registry
-from .reader import BatchReader, Reader
-from .schema import create_table_sql, covering_index_sql, drift, qualified
-from .store import FeatureStore
-from .warmup import Blocks, Probe, connect, measure, run
+from ..definitions import KEY_COLUMN, WIDE_TYPES
+from ..schema import covering_index_sql, create_table_sql
+from ..warmup import Blocks
+from .facts import Facts, ServerFacts, TableFacts
+from .report import SERVER, Finding, Report, Status
+
 
 # Thresholds. Each is explained in docs/doctor.md.
 HIT_PASS, HIT_WARN = 0.99, 0.90  # probe hit ratio per relation
@@ -56,373 +39,7 @@ DEAD_WARN, DEAD_FAIL = 0.05, 0.20  # dead rows / (live + dead)
 WORKING_SET_SHARE = 0.75  # of shared_buffers the feature tables may fill and still "fit"
 SMALL_TABLE_PAGES = 8  # below this, a sequential scan is the planner's right choice
 LONG_XACT_SECONDS = 300  # an open transaction older than this holds VACUUM back for too long
-
-SERVER = "server"
-
-
-class Status(str, enum.Enum):
-    PASS = "pass"
-    WARN = "warn"
-    FAIL = "fail"
-
-    @property
-    def rank(self) -> int:
-        return ("pass", "warn", "fail").index(self.value)
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One check's verdict on one subject (``schema.table`` or ``server``)."""
-
-    check: str
-    subject: str
-    status: Status
-    value: str  # what was measured, for people
-    advice: str = ""
-    fix: tuple[str, ...] = ()  # SQL safe to run as-is
-    measured: Mapping[str, Any] = field(default_factory=dict)  # the numbers, for --json
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "check": self.check, "subject": self.subject, "status": self.status.value, "value": self.value,
-            "advice": self.advice, "fix": list(self.fix), "measured": dict(self.measured),
-        }
-
-
-@dataclass(frozen=True)
-class Report:
-    findings: tuple[Finding, ...]
-
-    @property
-    def status(self) -> Status:
-        return max((f.status for f in self.findings), key=lambda s: s.rank, default=Status.PASS)
-
-    @property
-    def ok(self) -> bool:
-        """Every check passes."""
-        return self.status is Status.PASS
-
-    @property
-    def fixes(self) -> tuple[str, ...]:
-        """The fix statements of every finding that is not a pass, in check order, without repeats."""
-        return tuple(dict.fromkeys(s for f in self.findings if f.status is not Status.PASS for s in f.fix))
-
-    def by_check(self, check: str) -> list[Finding]:
-        return [f for f in self.findings if f.check == check]
-
-    def get(self, check: str, subject: str) -> Finding:
-        """The finding of ``check`` on ``subject`` (a table name, qualified or not, or ``server``)."""
-        for f in self.findings:
-            if f.check == check and (f.subject == subject or f.subject.endswith("." + subject)):
-                return f
-        raise KeyError(f"no {check!r} finding for {subject!r}")
-
-    def as_dict(self) -> dict[str, Any]:
-        counts = {s.value: sum(f.status is s for f in self.findings) for s in Status}
-        return {"status": self.status.value, "counts": counts, "fixes": list(self.fixes),
-                "findings": [f.as_dict() for f in self.findings]}
-
-
-# -- facts ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    type: str  # format_type(): "real", "jsonb", "numeric(10,2)", ...
-    varlena: bool  # variable length (attlen = -1)
-    avg_width: int | None  # pg_stats
-    fits_integer: bool | None  # bigint columns: every value ANALYZE sampled fits in integer
-
-
-@dataclass(frozen=True)
-class Index:
-    name: str
-    bytes: int
-    statio: Mapping[str, Any]  # pg_statio_user_indexes row
-
-
-@dataclass(frozen=True)
-class TableFacts:
-    table: FeatureTable
-    subject: str  # schema.table, for people
-    ident: str  # the quoted SQL name, for statements
-    exists: bool
-    drift: tuple[str, ...] = ()
-    heap_bytes: int = 0
-    toast_bytes: int = 0
-    total_bytes: int = 0
-    reltuples: float = -1  # pg_class estimate, -1 before the first VACUUM or ANALYZE
-    relallvisible: int = 0
-    all_visible: int | None = None  # exact, from pg_visibility when installed
-    reloptions: Mapping[str, str] = field(default_factory=dict)
-    stat: Mapping[str, Any] = field(default_factory=dict)  # pg_stat_user_tables row
-    statio: Mapping[str, Any] = field(default_factory=dict)  # pg_statio_user_tables row
-    columns: tuple[Column, ...] = ()
-    indexes: tuple[Index, ...] = ()
-    block_size: int = 8192
-
-    @property
-    def pages(self) -> int:
-        return self.heap_bytes // self.block_size
-
-    @property
-    def vm_coverage(self) -> float:
-        """Share of heap pages marked all-visible (1.0 for an empty table)."""
-        if self.pages == 0:
-            return 1.0
-        visible = self.all_visible if self.all_visible is not None else self.relallvisible
-        return min(1.0, visible / self.pages)
-
-    @property
-    def rows(self) -> int:
-        """Row count for sizes: the catalog estimate (kept across statistics resets), else the live count."""
-        return int(self.reltuples) if self.reltuples > 0 else self.live_rows
-
-    @property
-    def analyzed(self) -> bool:
-        return any(c.avg_width is not None for c in self.columns)
-
-    @property
-    def live_rows(self) -> int:
-        return int(self.stat.get("n_live_tup") or 0)
-
-    @property
-    def dead_rows(self) -> int:
-        return int(self.stat.get("n_dead_tup") or 0)
-
-
-@dataclass(frozen=True)
-class ServerFacts:
-    shared_buffers: int
-    effective_cache_size: int
-    block_size: int
-    autovacuum: bool
-    track_counts: bool
-    vacuum_scale_factor: float
-    extensions: frozenset[str]  # installed in this database
-    oldest_xact: tuple[str, float] | None = None  # (who, seconds): the oldest transaction VACUUM must respect
-
-
-@dataclass(frozen=True)
-class PreparedFacts:
-    """What one serving connection of a FeatureStore had prepared after its warm-up."""
-
-    expected: tuple[str, ...]
-    prepared: frozenset[str] = frozenset()
-    application_name: str = ""
-    pid: int | None = None
-    plans: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # statement -> (generic, custom)
-    served: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # pg_stat_statements, when installed
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class Facts:
-    registry: Registry
-    server: ServerFacts
-    tables: Mapping[str, TableFacts]
-    probe: Probe
-    prepared: PreparedFacts | None
-
-    @property
-    def existing(self) -> list[TableFacts]:
-        return [t for t in self.tables.values() if t.exists]
-
-
-# Transactions of this database that hold back the horizon VACUUM works below.
-_OLDEST_XACT = """
-SELECT 'backend ' || pid || coalesce(' (' || nullif(application_name, '') || ')', ''),
-       extract(epoch FROM now() - xact_start)::float8
-FROM pg_stat_activity
-WHERE datname = current_database() AND backend_xmin IS NOT NULL AND pid <> pg_backend_pid() AND xact_start IS NOT NULL
-UNION ALL
-SELECT 'prepared transaction ' || gid, extract(epoch FROM now() - prepared)::float8
-FROM pg_prepared_xacts WHERE database = current_database()
-ORDER BY 2 DESC LIMIT 1
-"""
-
-_SERVER = """
-SELECT pg_size_bytes(current_setting('shared_buffers')),
-       pg_size_bytes(current_setting('effective_cache_size')),
-       current_setting('block_size')::int,
-       current_setting('autovacuum')::bool,
-       current_setting('track_counts')::bool,
-       current_setting('autovacuum_vacuum_scale_factor')::float8,
-       ARRAY(SELECT extname::text FROM pg_extension)
-"""
-
-# Whole statistics rows as JSON, so columns added in later versions (last_seq_scan, ...) are
-# used when present and nothing breaks when absent.
-_TABLES = """
-SELECT c.relname::text, pg_relation_size(c.oid), coalesce(pg_relation_size(nullif(c.reltoastrelid, 0)), 0),
-       pg_total_relation_size(c.oid), c.reltuples::float8, c.relallvisible, coalesce(c.reloptions, '{}'),
-       to_jsonb(s), to_jsonb(io)
-FROM pg_class c
-JOIN pg_namespace n ON n.oid = c.relnamespace
-LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
-LEFT JOIN pg_statio_user_tables io ON io.relid = c.oid
-WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind = 'r'
-"""
-
-_INDEXES = """
-SELECT t.relname::text, i.relname::text, pg_relation_size(i.oid), to_jsonb(io)
-FROM pg_index x
-JOIN pg_class i ON i.oid = x.indexrelid
-JOIN pg_class t ON t.oid = x.indrelid
-JOIN pg_namespace n ON n.oid = t.relnamespace
-LEFT JOIN pg_statio_user_indexes io ON io.indexrelid = i.oid
-WHERE n.nspname = %s AND t.relname = ANY(%s)
-ORDER BY 1, 2
-"""
-
-_COLUMNS = """
-SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod), a.attlen = -1, st.avg_width,
-       CASE WHEN a.atttypid = 'int8'::regtype THEN
-         (SELECT min(v) >= -2147483648 AND max(v) <= 2147483647
-          FROM unnest(coalesce(st.histogram_bounds::text::int8[], '{}') || coalesce(st.most_common_vals::text::int8[], '{}')) v)
-       END
-FROM pg_attribute a
-JOIN pg_class c ON c.oid = a.attrelid
-JOIN pg_namespace n ON n.oid = c.relnamespace
-LEFT JOIN pg_stats st ON st.schemaname = n.nspname AND st.tablename = c.relname AND st.attname = a.attname AND NOT st.inherited
-WHERE n.nspname = %s AND c.relname = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY 1, a.attnum
-"""
-
-_ALL_VISIBLE = """
-SELECT c.relname::text, (pg_visibility_map_summary(c.oid)).all_visible
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind = 'r'
-"""
-
-_PREPARED = """
-SELECT statement, generic_plans, custom_plans, pg_backend_pid(), current_setting('application_name')
-FROM pg_prepared_statements
-"""
-
-_SERVED = """
-SELECT query, calls, mean_exec_time, shared_blks_hit, shared_blks_read
-FROM pg_stat_statements
-WHERE query = ANY(%s) AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-"""
-
-
-def _options(reloptions: Sequence[str]) -> dict[str, str]:
-    return dict(o.split("=", 1) for o in reloptions if "=" in o)
-
-
-def _server_facts(conn: psycopg.Connection) -> ServerFacts:
-    row = conn.execute(_SERVER).fetchone()
-    oldest = conn.execute(_OLDEST_XACT).fetchone()
-    return ServerFacts(*row[:6], frozenset(row[6]), oldest)
-
-
-def _table_facts(
-    conn: psycopg.Connection, registry: Registry, block_size: int, extensions: frozenset[str]
-) -> dict[str, TableFacts]:
-    args = (registry.schema, list(registry.tables))
-    columns: dict[str, list[Column]] = {}
-    for table, *values in conn.execute(_COLUMNS, args):
-        columns.setdefault(table, []).append(Column(*values))
-    indexes: dict[str, list[Index]] = {}
-    for table, name, size, statio in conn.execute(_INDEXES, args):
-        indexes.setdefault(table, []).append(Index(name, size, statio or {}))
-    all_visible = dict(conn.execute(_ALL_VISIBLE, args).fetchall()) if "pg_visibility" in extensions else {}
-    found = {row[0]: row[1:] for row in conn.execute(_TABLES, args)}
-    facts = {}
-    for name, table in registry.tables.items():
-        subject, ident = f"{registry.schema}.{name}", qualified(registry, table).as_string(conn)
-        if name not in found:
-            facts[name] = TableFacts(table, subject, ident, exists=False)
-            continue
-        heap, toast, total, reltuples, allvis, reloptions, stat, statio = found[name]
-        facts[name] = TableFacts(
-            table, subject, ident, True, tuple(drift(conn, registry.schema, table)), heap, toast, total, reltuples, allvis,
-            all_visible.get(name), _options(reloptions), stat or {}, statio or {},
-            tuple(columns.get(name, ())), tuple(indexes.get(name, ())), block_size,
-        )
-    return facts
-
-
-def _statements(readers: Iterable[Reader | BatchReader]) -> tuple[str, ...]:
-    out: list[str] = []
-    for r in readers:
-        out.extend(s.decode() for s in (r.statements if isinstance(r, Reader) else (r.statement,)))
-    return tuple(dict.fromkeys(out))
-
-
-def prepared_facts(store: FeatureStore) -> PreparedFacts:
-    """Ask one read-pool connection of an open FeatureStore what it has prepared.
-
-    pg_prepared_statements is per session, so it must be asked from inside a
-    serving connection, after the store's warm-up ran on it.
-    """
-    expected = _statements(store.warm_readers)
-    with store.connection() as conn:
-        rows = conn.execute(_PREPARED, prepare=False).fetchall()
-        served: dict[str, dict[str, Any]] = {}
-        if _has_extension(conn, "pg_stat_statements"):
-            try:
-                for query, calls, mean_ms, hit, read in conn.execute(_SERVED, (list(expected),), prepare=False):
-                    served[query] = {"calls": calls, "mean_exec_ms": mean_ms, "shared_blks_hit": hit, "shared_blks_read": read}
-            except psycopg.Error:
-                pass  # installed but not preloaded, or not readable by this user: the check does not need it
-    plans = {r[0]: (r[1], r[2]) for r in rows}
-    pid, app = (rows[0][3], rows[0][4]) if rows else (None, "")
-    return PreparedFacts(expected, frozenset(plans), app, pid, plans, served)
-
-
-def _has_extension(conn: psycopg.Connection, name: str) -> bool:
-    query = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = %s)"
-    return bool(conn.execute(query, (name,), prepare=False).fetchone()[0])
-
-
-def _serving_registry(registry: Registry, tables: Mapping[str, TableFacts]) -> Registry | None:
-    """The tables a store can prepare statements for: present and without drift."""
-    usable = [t.table for t in tables.values() if t.exists and not t.drift]
-    return Registry.of(usable, registry.schema) if usable else None
-
-
-def _open_store_facts(registry: Registry | None, dsn: str) -> PreparedFacts:
-    if registry is None:
-        return PreparedFacts((), error="no feature table is usable (see the schema check): nothing to prepare")
-    try:
-        with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1, read_application_name="pgfeatures-doctor") as store:
-            return prepared_facts(store)
-    except Exception as exc:  # reported as a finding: the doctor must finish its other checks
-        return PreparedFacts((), error=f"{type(exc).__name__}: {exc}")
-
-
-def gather(conn: psycopg.Connection, registry: Registry, hot_keys: Sequence[bytes] = ()) -> Facts:
-    """Read every fact the checks need but the serving connection's (``prepared`` is None), on an
-    autocommit connection. The probe runs first, before anything else here touches the tables' pages."""
-    found = run(conn, measure(registry, hot_keys))
-    server = _server_facts(conn)
-    return Facts(registry, server, _table_facts(conn, registry, server.block_size, server.extensions), found, None)
-
-
-def diagnose(
-    registry: Registry,
-    dsn: str | None = None,
-    *,
-    hot_keys: Sequence[bytes] = (),
-    store: FeatureStore | None = None,
-) -> Report:
-    """Run every check. ``store``: an open FeatureStore whose serving connections to inspect
-    (default: a one-connection store opened on the usable tables). Raises
-    DatabaseUnavailableError when the database cannot be reached."""
-    dsn = (store.dsn or "") if store is not None else resolve_dsn(dsn)
-    with connect(dsn, "pgfeatures-doctor") as conn:
-        facts = gather(conn, registry, hot_keys)
-    if store is not None:
-        prepared = prepared_facts(store)
-    else:
-        prepared = _open_store_facts(_serving_registry(registry, facts.tables), dsn)
-    return evaluate(replace(facts, prepared=prepared))
-
-
-# -- checks (pure) --------------------------------------------------------------------------------
+STALE_SECONDS = 600  # statistics counters this soon after a VACUUM may still hold counts flushed after it
 
 
 def _pct(x: float | None) -> str:
@@ -593,9 +210,12 @@ def check_index_only(f: Facts) -> list[Finding]:
                                measured=measured))
             continue
         if any(s.node == "Seq Scan" for s in scans):
-            out.append(Finding("index_only", t.subject, Status.FAIL, f"lookups run as {', '.join(kinds)}",
-                               f"the key lookup uses no index: {t.subject} needs its primary key on {KEY_COLUMN}",
-                               measured=measured))
+            # The probe disables sequential and bitmap scans: a Seq Scan here means no index can serve
+            # the lookup at all, not that the planner preferred scanning a small table.
+            out.append(Finding("index_only", t.subject, Status.FAIL,
+                               f"lookups run as {', '.join(kinds)} even with sequential scans disabled",
+                               f"the key lookup can use no index: {t.subject} needs its primary key on {KEY_COLUMN} "
+                               "(see the schema check)", measured=measured))
             continue
         ios = [s for s in scans if s.node == "Index Only Scan"]
         if not t.table.covering_index:
@@ -708,30 +328,52 @@ def check_working_set(f: Facts) -> list[Finding]:
                     "the working set exceeds effective_cache_size too: misses go to disk; " + options, measured=measured)]
 
 
+def _dead_rows(f: Facts, t: TableFacts) -> tuple[int, int, str, str | None]:
+    """(live, dead, source, doubt): a fresh count when there is one, else the statistics counters,
+    with why they may be stale when they claim many dead rows."""
+    if t.exact is not None:
+        return t.exact.live, t.exact.dead, "pgstattuple_approx", None
+    doubt = None
+    if t.counted_dead_ratio > DEAD_WARN:
+        recent = (f" the last VACUUM ran {t.vacuumed_ago:,.0f}s ago, and a session's counts reach them up to a second "
+                  "after it commits, so counts of a load it vacuumed can land after that VACUUM and stay"
+                  if t.vacuumed_ago is not None and t.vacuumed_ago < STALE_SECONDS else "")
+        doubt = (f"these are pg_stat_user_tables' counters, updated lazily, and may be stale:{recent or ' they are not a count'}; "
+                 f"{f.server.pgstattuple or 'pgstattuple was not used'}. For an exact count: CREATE EXTENSION pgstattuple "
+                 "(or grant pg_stat_scan_tables) and run the doctor again")
+    return t.live_rows, t.dead_rows, "pg_stat_user_tables", doubt
+
+
 def check_vacuum(f: Facts) -> list[Finding]:
     out = [_vacuum_server(f.server)]
     for t in f.existing:
-        live, dead = t.live_rows, t.dead_rows
+        live, dead, source, doubt = _dead_rows(f, t)
         ratio = dead / (live + dead) if live + dead else 0.0
         enabled = t.reloptions.get("autovacuum_enabled", "true").lower() not in ("false", "off", "0", "no")
         scale = t.reloptions.get("autovacuum_vacuum_scale_factor", f"{f.server.vacuum_scale_factor:g}")
         last_analyze = t.stat.get("last_analyze") or t.stat.get("last_autoanalyze")
         vacuumed = t.stat.get("last_vacuum") or t.stat.get("last_autovacuum")
-        value = (f"{dead:,} dead / {live:,} live rows ({_pct(ratio)}); last vacuum {vacuumed or 'never'}, "
+        value = (f"{dead:,} dead / {live:,} live rows ({_pct(ratio)}, {source}); last vacuum {vacuumed or 'never'}, "
                  f"last analyze {last_analyze or ('unknown' if t.analyzed else 'never')}; "
                  f"autovacuum {'on' if enabled else 'OFF'} (scale factor {scale})")
-        measured = {"dead_rows": dead, "live_rows": live, "dead_ratio": ratio, "autovacuum_enabled": enabled,
-                    "scale_factor": scale, "last_vacuum": vacuumed, "last_analyze": last_analyze}
+        measured = {"dead_rows": dead, "live_rows": live, "dead_ratio": ratio, "dead_rows_source": source,
+                    "counter_dead_rows": t.dead_rows, "counter_live_rows": t.live_rows,
+                    "autovacuum_enabled": enabled, "scale_factor": scale, "last_vacuum": vacuumed,
+                    "last_analyze": last_analyze, "seconds_since_vacuum": t.vacuumed_ago}
         status, advice, fix = Status.PASS, [], []
         if not enabled:
             status = Status.FAIL
             advice.append("autovacuum is disabled on this table: dead rows and unset visibility-map pages accumulate")
             fix.append(f"ALTER TABLE {t.ident} RESET (autovacuum_enabled)")
         if ratio > DEAD_WARN:
-            status = max(status, Status.FAIL if ratio > DEAD_FAIL else Status.WARN, key=lambda x: x.rank)
+            # Only a count can fail the check; counters that may be stale can only warn.
+            level = Status.FAIL if ratio > DEAD_FAIL and doubt is None else Status.WARN
+            status = max(status, level, key=lambda x: x.rank)
             advice.append(f"{_pct(ratio)} of the rows are dead: lookups step over them and index-only scans visit the heap; "
                           f"VACUUM now, and for a table updated in place lower the trigger: ALTER TABLE {t.ident} "
                           "SET (autovacuum_vacuum_scale_factor = 0.02)")
+            if doubt:
+                advice.append(doubt)
             fix.append(_vacuum(t))
         if not t.analyzed and t.rows:
             status = max(status, Status.WARN, key=lambda x: x.rank)

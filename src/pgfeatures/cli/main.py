@@ -1,0 +1,120 @@
+"""The parser, the dispatch, and the one error handler of the ``pgfeatures`` command line.
+
+Only the command being run has its options configured, so ``pgfeatures --help`` and a command's
+``--help`` import nothing the command does not need. Every error a command raises ends here:
+a pgfeatures error (and, as a last resort, a psycopg error, translated by
+``pgfeatures.connections.database_error``) becomes one line ``error: ...`` on stderr and the exit
+code ``EXIT_ERROR`` (2); a missing optional dependency names the extra to install. No traceback
+reaches the user; ``PGFEATURES_DEBUG=1`` shows it for an unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from ..errors import PgFeaturesError
+from . import bench, db, demo, doctor, read, schema, serve, write
+from .common import (
+    EXIT_CODES,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    DEFINITIONS_ENV,
+    CliError,
+    Command,
+    missing_module,
+    require,
+)
+from .output import Output
+
+COMMANDS: tuple[Command, ...] = (
+    *db.COMMANDS, *schema.COMMANDS, *read.COMMANDS, *demo.COMMANDS, *write.COMMANDS, *serve.COMMANDS,
+    *doctor.COMMANDS, *bench.COMMANDS,
+)
+BY_NAME = {c.name: c for c in COMMANDS}
+
+DESCRIPTION = "Online feature serving on PostgreSQL."
+EPILOG = f"""common options: --dsn (else $PGFEATURES_DSN, else the embedded server) and -d/--definitions
+(else ${DEFINITIONS_ENV}, else the demo layout: 30 tables t00..t29 x f0..f7 real in schema demo).
+--json: one JSON document on stdout and nothing else there; messages for people go to stderr.
+
+{EXIT_CODES}"""
+
+
+def _chosen(argv: Sequence[str]) -> Command | None:
+    """The command named on the command line (the first word: the top level has no other options)."""
+    for word in argv:
+        if not word.startswith("-"):
+            return BY_NAME.get(word)
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``argv``, only the command it names is configured (None: every command)."""
+    parser = argparse.ArgumentParser(prog="pgfeatures", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = _chosen(argv) if argv is not None else None
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help, epilog=EXIT_CODES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        if argv is None or command is chosen:
+            command.configure(p)
+        p.set_defaults(_command=command)
+    return parser
+
+
+def fail(out: Output | None, message: str, code: int = EXIT_ERROR) -> int:
+    """Print ``error: message`` on stderr as one line of plain text (no markup), and return the exit code."""
+    text = "; ".join(" ".join(line.split()) for line in message.strip().splitlines() if line.strip())
+    print(f"error: {text}", file=(out.stderr if out else sys.stderr), flush=True)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns its exit code (see ``EXIT_CODES``). Never raises but SystemExit
+    from ``--help``/usage errors, which is returned as the code too."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out: Output | None = None
+    args = argparse.Namespace()
+    command = _chosen(argv)
+    try:
+        if command is not None:  # before its parser is configured: that may import what is missing
+            require(command.name, *command.needs)
+        try:
+            args = build_parser(argv).parse_args(argv)
+        except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
+            return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_ERROR
+        command = args._command
+        out = Output(json_mode=bool(getattr(args, "json", False)))
+        return int(command.run(args, out) or 0)
+    except KeyboardInterrupt:
+        return fail(out, "interrupted", EXIT_INTERRUPTED)
+    except CliError as exc:
+        return fail(out, str(exc), exc.exit_code)
+    except PgFeaturesError as exc:
+        return fail(out, str(exc))
+    except ImportError as exc:
+        return fail(out, str(missing_module(command.name if command else "", exc, command.needs if command else ())))
+    except Exception as exc:
+        return fail(out, _unexpected(exc, args))
+
+
+def _unexpected(exc: Exception, args: argparse.Namespace) -> str:
+    """The message for an exception no command translated: a psycopg error as its typed pgfeatures
+    error, a file that cannot be opened by its name and reason, anything else as an internal error."""
+    import psycopg
+
+    if isinstance(exc, psycopg.Error):
+        from ..connections import database_error
+
+        return str(database_error(exc, getattr(args, "resolved_dsn", "") or ""))
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    if os.environ.get("PGFEATURES_DEBUG"):
+        traceback.print_exc()
+    return (f"internal error: {type(exc).__name__}: {exc} (a bug: please report it; "
+            "PGFEATURES_DEBUG=1 prints the traceback)")

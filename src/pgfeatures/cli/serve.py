@@ -1,0 +1,63 @@
+"""``pgfeatures serve`` (the HTTP service) and ``pgfeatures bench-http`` (what HTTP adds).
+
+``serve``'s flags are the fields of ``pgfeatures.server.config.ServerConfig`` (help from the
+fields' metadata, parsing by the config itself), so flags, environment variables and config-file
+keys cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import Command, Flag, add_dsn, add_json, add_settings, dsn_of, given
+from .output import Output
+
+
+def configure_serve(p: argparse.ArgumentParser) -> None:
+    from ..server.config import CONFIG_FILE_ENV, ServerConfig, env_name
+
+    p.add_argument("--config", help=f"TOML file of settings (default: ${CONFIG_FILE_ENV})")
+    add_settings(p, ServerConfig, {"definitions": Flag(short="-d")}, env=env_name)
+
+
+def run_serve(args: argparse.Namespace, out: Output) -> int:
+    from ..connections import resolve_dsn
+    from ..server import load_config, run
+    from ..server.config import ServerConfig
+
+    config = load_config(given(args, ServerConfig), config_file=args.config)
+    registry = config.registry()  # a bad definitions file fails here, not in every worker
+    config = config.replace(dsn=resolve_dsn(config.dsn))  # the embedded server starts once, here
+    args.resolved_dsn = config.dsn
+    out.say(f"pgfeatures serve: http://{config.host}:{config.port} ({config.workers} worker(s), "
+            f"{len(registry.tables)} tables in schema {registry.schema!r}, coalescing "
+            f"{'on' if config.coalesce else 'off'})")
+    run(config)
+    return 0
+
+
+def configure_bench_http(p: argparse.ArgumentParser) -> None:
+    from ..bench.http import add_arguments
+
+    add_dsn(p)
+    add_arguments(p)
+    add_json(p)
+
+
+def run_bench_http(args: argparse.Namespace, out: Output) -> int:
+    from ..bench.http import main, report
+
+    figures = main(args, dsn_of(args))
+    if args.json:
+        out.json(figures)
+    else:
+        report(figures, args, out.console())
+    return 0
+
+
+COMMANDS = (
+    Command("serve", "serve features over HTTP (settings: flags > PGFEATURES_<NAME> env > --config file > defaults)",
+            configure_serve, run_serve, needs=("server",)),
+    Command("bench-http", "benchmark the HTTP service against the library (demo data)",
+            configure_bench_http, run_bench_http, needs=("server", "bench")),
+)

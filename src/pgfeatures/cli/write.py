@@ -1,0 +1,93 @@
+"""``pgfeatures load`` (atomic bulk loads) and ``pgfeatures bench-load`` (their throughput)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from .common import Command, Flag, add_definitions, add_dsn, add_json, add_settings, connect, dsn_of, given, load_registry
+from .output import Output
+
+# Help for the LoadOptions fields (pgfeatures.load, which has no field metadata). A field missing
+# here still gets its flag; tests/test_cli.py fails until it has help.
+LOAD_FLAGS = {
+    "mode": Flag("merge: upsert the rows; replace: the table becomes exactly these rows"),
+    "key_column": Flag("column holding the entity key"),
+    "hash_keys": Flag("the key column holds natural ids: hash them with SHA-256"),
+    "on_duplicate": Flag("a key seen twice: the last row wins, or the load fails"),
+    "nan": Flag("NaN values: fail the load, or load them as NULL"),
+    "on_invalid": Flag("invalid values: fail the load, or skip their rows (counted as rejected)"),
+    "partial": Flag("merge only the feature columns present (the others keep their values)"),
+    "ignore_extra": Flag("ignore source columns the table does not have"),
+    "strategy": Flag("merge by upsert or by rebuild-and-swap (auto: rebuild for large loads)"),
+    "vacuum": Flag("VACUUM after the load (auto: where it pays, for index-only scans)"),
+    "updated_at": Flag("epoch seconds for rows without updated_at (default: the load time)", parse=int),
+    "format": Flag("file format (default: from the extension)", metavar="parquet|csv|arrow"),
+    "batch_rows": Flag("rows per COPY batch"),
+    "lock_timeout": Flag("seconds to wait for the table lock"),
+}
+
+
+def configure_load(p: argparse.ArgumentParser) -> None:
+    # The flags come from LoadOptions itself (imported with the command, never for --help of
+    # another one); LoadOptions validates the values and names the valid ones.
+    from ..load import LoadOptions
+
+    add_dsn(p)
+    add_definitions(p)
+    p.add_argument("table")
+    p.add_argument("files", nargs="+", metavar="FILE", help="Parquet, CSV (header row) or Arrow IPC files, loaded together")
+    add_settings(p, LoadOptions, LOAD_FLAGS)
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_json(p)
+
+
+def run_load(args: argparse.Namespace, out: Output) -> int:
+    from ..connections import WRITE_APP
+    from ..load import LoadOptions, load, progress_bar
+
+    registry = load_registry(args.definitions)
+    options = given(args, LoadOptions)
+    show = not args.quiet and out.have_rich
+    with connect(args, WRITE_APP, timeout=10) as conn:
+        with progress_bar(out.console(err=True) if show else None, enabled=show) as progress:
+            summary = load(conn, registry, args.table, args.files, progress=progress, **options)
+    if args.json:
+        out.json({**dataclasses.asdict(summary), "rows_per_second": summary.rows_per_second})
+    else:
+        out.say(summary.describe())
+    return 0
+
+
+def configure_bench_load(p: argparse.ArgumentParser) -> None:
+    add_dsn(p)
+    p.add_argument("--rows", type=int, default=1_000_000, help="rows per load (default 1000000)")
+    p.add_argument("--features", type=int, default=8, help="real features in the loaded table (default 8)")
+    p.add_argument("--read-tables", type=int, default=10, help="tables each read touches, the loaded one included")
+    p.add_argument("--readers", type=int, default=1, help="reader processes (each one connection)")
+    p.add_argument("--read-rate", type=float, default=1000.0, help="reads/s per reader process; 0: back to back")
+    p.add_argument("--seconds", type=float, default=8.0, help="idle read time, half before and half after the loads (default 8)")
+    p.add_argument("--schema", default="bench_load", help="scratch schema, dropped afterwards (default bench_load)")
+    p.add_argument("--keep", action="store_true", help="keep the scratch schema")
+    add_json(p)
+
+
+def run_bench_load(args: argparse.Namespace, out: Output) -> int:
+    from ..bench.load import run
+
+    dsn = dsn_of(args)
+    connect(args, "pgfeatures-bench-load", dsn).close()  # a down database fails here, with a clear message
+    results = run(dsn, rows=args.rows, features=args.features, read_tables=args.read_tables, readers=args.readers,
+                  read_rate=args.read_rate, idle_seconds=args.seconds, schema=args.schema, keep=args.keep,
+                  console=out.console())
+    if args.json:
+        out.json(results)
+    return 0
+
+
+COMMANDS = (
+    Command("load", "bulk-load Parquet/CSV/Arrow files into a feature table, atomically (merge or replace)",
+            configure_load, run_load, needs=("load",)),
+    Command("bench-load", "bulk-load throughput (rows/s) and read p99 idle vs during loads",
+            configure_bench_load, run_bench_load, needs=("load", "bench")),
+)

@@ -1,0 +1,119 @@
+"""Every command's errors reach the user as one line ``error: ...`` on stderr, exit code 2, never a
+traceback: a down database, a refused login, and the user's own mistakes (bad TOML, a missing
+file, an unknown table, a bad key, a bad option), each naming what is wrong.
+
+Real subprocesses (``python -m pgfeatures.cli``), a real PostgreSQL, a real refused port.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cli_run import cli, error_line
+from conftest import dsn_with
+
+REFUSED = "postgresql://postgres@127.0.0.1:1/x"  # nothing listens on port 1
+KEY = "ab" * 32
+
+
+@pytest.fixture()
+def defs(tmp_path, schema):
+    path = tmp_path / "features.toml"
+    path.write_text(f'schema = "{schema}"\n[tables.a.features]\nf = "real"\n[tables.b.features]\ng = "integer"\n')
+    return str(path)
+
+
+# A command line per command that connects; each must say that the database cannot be reached.
+CONNECTING = {
+    "init": ["init", "-d", "{defs}"],
+    "get": ["get", "-d", "{defs}", KEY],
+    "demo": ["demo", "--entities", "200", "--requests", "1"],
+    "load": ["load", "a", "{data}", "-d", "{defs}"],
+    "doctor": ["doctor", "-d", "{defs}"],
+    "warmup": ["warmup", "-d", "{defs}"],
+    "bench": ["bench", "--quick", "--save", "{tmp}/bench.json"],
+    "bench-load": ["bench-load", "--rows", "100"],
+    "bench-http": ["bench-http"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(CONNECTING))
+def test_a_refused_port_is_one_line_naming_the_server(command, defs, tmp_path):
+    data = tmp_path / "data.csv"
+    data.write_text(f"hashkey,f\n{KEY},1.5\n")
+    args = [a.format(defs=defs, data=data, tmp=tmp_path) for a in CONNECTING[command]]
+    line = error_line(cli(*args, env={"PGFEATURES_DSN": REFUSED}))
+    assert "cannot reach the database" in line and "127.0.0.1:1/x" in line and "refused" in line.lower(), line
+
+
+def test_the_issue_reproduction_init_with_a_refused_dsn(tmp_path):
+    (tmp_path / "features.toml").write_text('[tables.a.features]\nf = "real"\n')
+    done = cli("init", "-d", str(tmp_path / "features.toml"), env={"PGFEATURES_DSN": REFUSED})
+    assert "OperationalError" not in done.stderr
+    assert error_line(done).startswith("error: cannot reach the database within 5s at postgresql://postgres@127.0.0.1:1/x")
+
+
+@pytest.mark.parametrize("command", ["init", "get", "doctor"])
+def test_a_refused_login_names_the_role(command, dsn, defs):
+    bad = dsn_with(dsn, user="pgfeatures_no_such_role")
+    args = [a.format(defs=defs) for a in CONNECTING[command]]
+    line = error_line(cli(*args, "--dsn", bad))
+    assert "refused the credentials" in line and 'role "pgfeatures_no_such_role" does not exist' in line, line
+
+
+def test_bad_toml_names_the_file_and_the_place(tmp_path, dsn):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("schema = \n")
+    line = error_line(cli("init", "--dsn", dsn, "-d", str(bad)))
+    assert f"{bad}: invalid TOML" in line and "line 1" in line
+
+
+def test_a_hint_in_brackets_survives(tmp_path, dsn):
+    path = tmp_path / "nofeatures.toml"
+    path.write_text('[tables.user_stats]\ncovering_index = true\n')
+    line = error_line(cli("init", "--dsn", dsn, "-d", str(path)))
+    assert "needs a [tables.user_stats.features] table" in line, line  # rich markup used to eat it
+
+
+def test_missing_files_are_named(tmp_path, dsn, defs, schema):
+    line = error_line(cli("init", "--dsn", dsn, "-d", str(tmp_path / "absent.toml")))
+    assert "not found" in line and str(tmp_path / "absent.toml") in line
+    assert cli("init", "--dsn", dsn, "-d", defs).returncode == 0
+    line = error_line(cli("load", "a", str(tmp_path / "absent.parquet"), "--dsn", dsn, "-d", defs, "-q"))
+    assert "absent.parquet" in line and "unchanged" in line, line
+    line = error_line(cli("warmup", "--dsn", dsn, "-d", defs, "--hot-keys", str(tmp_path / "hot.txt")))
+    assert "cannot read the hot-key file" in line and "hot.txt" in line
+
+
+def test_unknown_table_bad_key_and_bad_option_say_what_is_valid(dsn, defs):
+    assert cli("init", "--dsn", dsn, "-d", defs).returncode == 0
+    line = error_line(cli("get", "--dsn", dsn, "-d", defs, KEY, "-t", "nope"))
+    assert "unknown feature table(s): nope; valid tables: a, b" in line
+    line = error_line(cli("get", "--dsn", dsn, "-d", defs, "abc"))
+    assert "64 hex characters" in line
+    line = error_line(cli("get", "--dsn", dsn, "-d", defs, KEY, "-f", "a.nope"))
+    assert "unknown feature(s) in table 'a': nope; valid features: f" in line
+    line = error_line(cli("load", "a", defs, "--dsn", dsn, "-d", defs, "--mode", "upsert", "-q"))
+    assert "invalid mode='upsert'; valid: merge, replace" in line
+
+
+def test_usage_errors_exit_2_without_a_traceback():
+    done = cli("get")
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "the following arguments are required" in done.stderr
+    done = cli("bench", "--rtt", "0,x")
+    assert done.returncode == 2 and "bad list '0,x'" in done.stderr and "Traceback" not in done.stderr
+    done = cli("nope")
+    assert done.returncode == 2 and "invalid choice: 'nope'" in done.stderr
+
+
+def test_init_keeps_exit_2_on_drift_and_json_stays_json(dsn, defs, tmp_path, schema):
+    assert cli("init", "--dsn", dsn, "-d", defs).returncode == 0
+    changed = tmp_path / "changed.toml"
+    changed.write_text(f'schema = "{schema}"\n[tables.a.features]\nf = "double"\n[tables.b.features]\ng = "integer"\n')
+    done = cli("init", "--dsn", dsn, "-d", str(changed), "--json")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    report = json.loads(done.stdout)  # stdout is the report and nothing else
+    assert report["ok"] is False and report["unchanged"] == ["b"]
+    assert report["drift"] == {"a": ["column f is real, definition says double precision"]}
+    assert "schema drift" in done.stderr
