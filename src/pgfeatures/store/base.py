@@ -36,12 +36,13 @@ WARMUP_KEY = bytes(KEY_LENGTH)  # any key will do: warm-up prepares statements, 
 # transaction-mode pooler a session setting would leak to other clients: not set there.)
 READ_SESSION_SETUP = b"SET plan_cache_mode = force_generic_plan"
 
-# Replica lag: zero while the standby has replayed all it received, else the age of the last
-# replayed transaction. NULL on a primary.
+# Replica lag: zero on a primary and while the standby has replayed all it received, else the age
+# of the last replayed transaction; infinite when it is behind but has replayed no transaction yet
+# since it started (no timestamp to measure by): too far behind for a bound, whatever the bound.
 LAG_QUERY = (
     b"SELECT CASE WHEN NOT pg_is_in_recovery() THEN 0::float8"
     b" WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0::float8"
-    b" ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END"
+    b" ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 'Infinity') END"
 )
 
 PROBE_INTERVAL = 0.5  # seconds between probes of a read target that is down (or too far behind)
@@ -104,6 +105,8 @@ class Router:
         self._lock = threading.Lock()
         self._turn = itertools.count()
         self._orders: tuple[tuple[ReadTarget, ...], ...] = ()
+        self.down_count = 0  # targets down now: reads start probes only while some are
+        self.next_probe_at = float("inf")  # the earliest time a probe is due (read without the lock)
         self._rebuild()
 
     def serving(self, target: ReadTarget) -> bool:
@@ -112,6 +115,10 @@ class Router:
         return not (self.max_lag is not None and not target.is_primary and (target.lag or 0.0) > self.max_lag)
 
     def _rebuild(self) -> None:
+        self.down_count = sum(1 for t in self.targets if t.down)
+        self.next_probe_at = min((t.next_probe for t in self.targets if t.down), default=float("inf"))
+        if self.max_lag is not None:
+            self.next_probe_at = min(self.next_probe_at, min((t.next_probe for t in self.replicas), default=float("inf")))
         healthy = [t for t in self.replicas if self.serving(t)]
         tail = [self.fallback] if self.fallback is not None and self.serving(self.fallback) else []
         if not healthy and not tail:
@@ -157,6 +164,8 @@ class Router:
                 if (t.down or lagging) and not t.probing and now >= t.next_probe:
                     t.probing, t.next_probe = True, now + PROBE_INTERVAL
                     due.append(t)
+            watched = [t for t in self.targets if t.down or (self.max_lag is not None and not t.is_primary)]
+            self.next_probe_at = min((t.next_probe for t in watched), default=float("inf"))
         return due
 
 

@@ -687,7 +687,7 @@ class FeatureStore:
                 pool.putconn(conn)
                 if target.down:
                     router.mark_up(target)
-                if router.max_lag is not None:
+                if time.monotonic() >= router.next_probe_at:  # a target is down or lagging, and due for a probe
                     self._probe_soon()
                 return result
             # Down: its connections died, or it cannot make new ones. A pool that is merely busy
