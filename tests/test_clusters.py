@@ -346,8 +346,13 @@ def test_transaction_mode_works_with_unnamed_statements(one_server_connection: P
             assert a.execute("SELECT %s::int", [i]).fetchone() == (i,)
             assert b.execute("SELECT %s::int + 100", [i]).fetchone() == (i + 100,)
         primary.terminate(user="app")
-        assert a.execute("SELECT %s::int", [7]).fetchone() == (7,)
-        assert b.execute("SELECT %s::int + 100", [7]).fetchone() == (107,)
+        for conn, query, want in ((a, "SELECT %s::int", 7), (b, "SELECT %s::int + 100", 107)):
+            try:  # PgBouncer may hand out the terminated server connection once, and pass its error on
+                conn.execute(query, [7])
+            except psycopg.errors.AdminShutdown:
+                pass
+            for _ in range(3):  # from then on every statement works (named ones would fail for good)
+                assert conn.execute(query, [7]).fetchone() == (want,)
 
 
 def test_transaction_mode_session_settings_follow_the_server_connection(one_server_connection: PgBouncer) -> None:
