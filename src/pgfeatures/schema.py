@@ -32,6 +32,7 @@ def covering_index_name(table: FeatureTable) -> str:
 def key_column_sql(table: FeatureTable) -> sql.Composed:
     """The key column's definition: its entity's type, primary key, and the bound its keys must keep."""
     entity, key = table.entity, sql.Identifier(table.key_column)
+    check: sql.Composable
     if entity.key_type == "bytea32":
         check = sql.SQL(" CHECK (octet_length({}) = {})").format(key, sql.Literal(KEY_LENGTH))
     elif entity.key_type == "text":
@@ -66,7 +67,7 @@ def covering_index_sql(schema: str, table: FeatureTable) -> sql.Composed:
 DDL_LOCK_SPACE = 0x70676664
 
 
-def ddl_lock(schema: str, table: str | None = None) -> tuple[sql.Composed, tuple[int, int]]:
+def ddl_lock(schema: str, table: str | None = None) -> tuple[sql.Composed, tuple[int]]:
     """The statement (and its parameters) taking pgfeatures' transaction-level advisory lock for
     creating ``schema`` (``table`` None) or one table of it.
 
@@ -136,7 +137,8 @@ WHERE i.indrelid = %s::regclass AND NOT i.indisprimary
 
 def table_exists(conn: psycopg.Connection, schema: str, table: str) -> bool:
     name = sql.Identifier(schema, table).as_string(conn)
-    return bool(conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name]).fetchone()[0])
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name]).fetchone()
+    return bool(row and row[0])
 
 
 def expected_columns(table: FeatureTable) -> dict[str, str]:
@@ -179,9 +181,10 @@ def drift_problems(table: FeatureTable, columns: Mapping[str, str], primary_key:
 def drift(conn: psycopg.Connection, schema: str, table: FeatureTable) -> list[str]:
     """How the live table differs from its definition (empty when it matches)."""
     name = qualified(schema, table).as_string(conn)
-    live = dict(conn.execute(_COLUMNS, [name]).fetchall())
-    pk = conn.execute(_PRIMARY_KEY, [name]).fetchone()[0]
-    indexes = conn.execute(_INDEXES, [name]).fetchone()[0] or []
+    live: dict[str, str] = dict(conn.execute(_COLUMNS, [name]).fetchall())
+    pk_row, index_row = conn.execute(_PRIMARY_KEY, [name]).fetchone(), conn.execute(_INDEXES, [name]).fetchone()
+    pk = pk_row[0] if pk_row else None
+    indexes = (index_row[0] if index_row else None) or []
     return drift_problems(table, live, pk, indexes)
 
 

@@ -94,6 +94,36 @@ def run_bench_schema(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+SOAK_FLAGS = {
+    "requests": Flag("requests per phase (direct, then replica)"),
+    "concurrency": Flag("concurrent HTTP clients"),
+    "tables": Flag("feature tables (8 real features each)"),
+    "entities": Flag("entities per table"),
+    "outage": Flag("seconds the primary stays down in the restart and kill -9 faults"),
+    "replica_down": Flag("seconds the replica stays down"),
+    "pool_size": Flag("read connections of the service"),
+    "seed": Flag("seed of the keys and passwords"),
+}
+
+
+def configure_bench_soak(p: argparse.ArgumentParser) -> None:
+    from ..bench.soak import SoakConfig
+
+    add_settings(p, SoakConfig, SOAK_FLAGS)
+    add_json(p)
+
+
+def run_bench_soak(args: argparse.Namespace, out: Output) -> int:
+    from ..bench.soak import SoakConfig, print_report, run_soak
+
+    console = out.console()
+    report = run_soak(SoakConfig(**given(args, SoakConfig)), progress=lambda line: console.print(line, highlight=False))
+    print_report(report, console)
+    if args.json:
+        out.json(report)
+    return 0
+
+
 def configure_proxy(p: argparse.ArgumentParser) -> None:
     add_dsn(p)
     p.add_argument("--target", help="host:port to forward to (default: the host and port of --dsn)")
@@ -137,6 +167,8 @@ COMMANDS = (
             configure_bench, run_bench, needs=("bench",)),
     Command("bench-schema", "measure what the doctor's advice buys (private embedded cluster)",
             configure_bench_schema, run_bench_schema, needs=("bench", "embedded")),
+    Command("bench-soak", "a bounded load test of pgfeatures serve through restarts, kill -9, password rotation and a "
+            "replica stop (private clusters)", configure_bench_soak, run_bench_soak, needs=("bench", "embedded")),
     Command("proxy", "TCP proxy adding network latency (e.g. 20 ms round-trip) in front of PostgreSQL",
             configure_proxy, run_proxy),
 )

@@ -69,7 +69,7 @@ class FeatureService:
 
     def order(self, registry: "Registry") -> tuple[str, ...]:
         """The service's features as ``"table.feature"``, in the service's order (the vector's order)."""
-        out = []
+        out: list[str] = []
         for ref in self.features:
             table_name, _, feature_name = ref.partition(".")
             table = registry.table(table_name)

@@ -27,7 +27,7 @@ with the tables (triggers can be disabled, ``session_replication_role = replica`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from psycopg import sql
 
@@ -55,7 +55,7 @@ def create_table_sql(schema: str, layout: EntityLayout, name: str | None = None,
     cols = [sql.SQL("{} {}{}").format(sql.Identifier(entity.column), sql.SQL(entity.column_type), pk)]
     cols += [sql.SQL("{} {}[] NOT NULL").format(sql.Identifier(g), _element(layout, g)) for g in layout.groups]
     cols.append(sql.SQL("{} bigint[] NOT NULL").format(sql.Identifier(TS)))
-    out = [sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}) WITH (fillfactor = {})").format(
+    out: list[sql.Composed] = [sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}) WITH (fillfactor = {})").format(
         ident, sql.SQL(", ").join(cols), sql.Literal(FILLFACTOR))]
     # Keep the arrays in the row (no TOAST pointer to follow on a read); a 240-feature row is ~1.1 kB.
     out.append(sql.SQL("ALTER TABLE {} {}").format(ident, sql.SQL(", ").join(
@@ -78,9 +78,9 @@ def _value(alias: str, slot: Slot) -> sql.Composable:
     return col
 
 
-def _arrays(layout: EntityLayout, aliases: dict[str, str | None]) -> list[sql.Composable]:
+def _arrays(layout: EntityLayout, aliases: Mapping[str, str | None]) -> list[sql.Composable]:
     """Each array of the serving row, built from the tables whose alias is given (NULL for the others)."""
-    out = []
+    out: list[sql.Composable] = []
     for group in layout.groups:
         values = [_value(a, s) if (a := aliases.get(s.table)) else sql.SQL("NULL")
                   for s in layout.slots if s.group == group]

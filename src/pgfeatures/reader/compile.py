@@ -89,7 +89,7 @@ class Reader:
     selection: Selection
     statements: tuple[bytes, ...]
     fetch: Fetch
-    decode: Callable[[Any], FeatureResult]
+    decode: Callable[[Any], Any]  # a FeatureResult (or a ServiceVector, see vector.py)
     binder: KeyBinder
     param_index: tuple[int, ...] = ()
     materialized: bool = False  # reads a materialized service's serving rows
@@ -109,7 +109,7 @@ class BatchReader:
 
     selection: Selection
     statement: bytes
-    decode: Callable[[Sequence[Row]], list[FeatureResult]]
+    decode: Callable[[Sequence[Row]], list[Any]]  # FeatureResults (or ServiceVectors)
     binder: KeyBinder
     materialized: bool = False
 
@@ -135,13 +135,14 @@ def _param(selection: Selection, table: FeatureTable) -> sql.Composable:
 
 def _subqueries(selection: Selection, key_of: Callable[[FeatureTable], sql.Composable]
                 ) -> tuple[list[sql.Composable], list[tuple[Part, ...]]]:
-    cols, parts_per_table = [], []
+    cols: list[sql.Composable] = []
+    parts_per_table: list[tuple[Part, ...]] = []
     for (table, features), ttl in zip(selection.items, selection.ttls):
         parts = transport(features)
         parts_per_table.append(parts)
         ident = sql.Identifier(selection.schema, table.name)
         for part in parts:
-            value = part.array_sql()
+            value: sql.Composable = part.array_sql()
             if ttl is not None:
                 value = sql.SQL("CASE WHEN {} THEN {} ELSE {} END").format(fresh_sql(ttl), value, part.empty_sql())
             cols.append(sql.SQL("(SELECT {} FROM {} WHERE {} = {})").format(
@@ -181,10 +182,10 @@ def _compile_union(selection: Selection) -> Reader:
     for (table, _), parts, ttl in zip(selection.items, parts_per_table, selection.ttls):
         spans.append((number, number + len(parts)))
         for part in parts:
-            value = part.array_sql()
+            value: sql.Composable = part.array_sql()
             if ttl is not None:
                 value = sql.SQL("CASE WHEN {} THEN {} ELSE {} END").format(fresh_sql(ttl), value, part.empty_sql())
-            cols = [sql.SQL("{}::int2").format(sql.Literal(number))]
+            cols: list[sql.Composable] = [sql.SQL("{}::int2").format(sql.Literal(number))]
             if part.array_type == "int8[]":
                 cols += [sql.SQL("NULL::{}").format(sql.SQL(common)), value]
             else:
@@ -246,7 +247,7 @@ def _compile_per_table(selection: Selection, strategy: Strategy) -> Reader:
     statements = []
     layout = []
     for (table, features), ttl in zip(selection.items, selection.ttls):
-        cols = [sql.Identifier(f.name) for f in features]
+        cols: list[sql.Composable] = [sql.Identifier(f.name) for f in features]
         if ttl is not None:
             cols.append(fresh_sql(ttl))
         statements.append(sql.SQL("SELECT {} FROM {} WHERE {} = {}").format(

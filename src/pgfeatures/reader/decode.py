@@ -37,6 +37,8 @@ class FeatureResult(dict):  # type: ignore[type-arg]
     """
 
     __slots__ = ("_status", "_arrays")
+    _status: dict[str, str] | None
+    _arrays: Row | None
 
     @property
     def status(self) -> dict[str, str]:

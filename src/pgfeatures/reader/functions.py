@@ -54,7 +54,7 @@ def read_function(reader: Reader | BatchReader) -> ReadFunction | None:
     selection = reader.selection
     name = FUNCTION_PREFIX + hashlib.sha256(statement).hexdigest()[:24]
     args = sql.SQL(", ").join(sql.SQL(e.cast + suffix) for e in selection.entities)
-    columns = []
+    columns: list[sql.Composable] = []
     for _, features in selection.items:
         for part in transport(features):
             columns.append(sql.SQL("{} {}").format(sql.Identifier(f"c{len(columns)}"), sql.SQL(part.array_type)))

@@ -603,7 +603,7 @@ class FeatureStore:
         if output == "dict":
             return self.read(self.readers.service_reader(name, features, self.strategy), key)
         check_output(output)
-        vector = self.read(self.readers.service_vector_reader(name, features, self.strategy), key)  # type: ignore[arg-type]
+        vector: Any = self.read(self.readers.service_vector_reader(name, features, self.strategy), key)
         return as_numpy(vector, self.registry) if output == "numpy" else vector
 
     def get_service_batch(self, name: str, keys: Any, features: FeaturesArg = None, *, output: str = "dict") -> Any:
@@ -613,7 +613,7 @@ class FeatureStore:
         if output == "dict":
             return self.read_batch(self.readers.service_batch_reader(name, features), keys)
         check_output(output)
-        vectors = self.read_batch(self.readers.service_vector_batch_reader(name, features), keys)  # type: ignore[arg-type]
+        vectors: Any = self.read_batch(self.readers.service_vector_batch_reader(name, features), keys)
         return stack_numpy(vectors, self.registry) if output == "numpy" else vectors
 
     def read_batch(self, reader: BatchReader, keys: Any) -> list[Features]:
@@ -838,6 +838,7 @@ class FeatureStore:
         plans = plan_updates(self.registry, table, rows, nan=nan, overwrite_newer=overwrite_newer)
         pool = self._write_pool()
         for attempt in (0, 1):
+            conn: psycopg.Connection | None
             try:
                 conn = pool.getconn()
             except (PoolTimeout, PoolClosed) as exc:
