@@ -99,7 +99,7 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    """A ``pgfeatures serve`` subprocess on a free loopback port (benchmarks and tests).
+    """A ``pgfeatures serve`` subprocess on a free loopback port: the benchmark's launcher (tests have their own, tests/support/serve.py).
 
     The child's environment is this one without ``PGFEATURES_*`` variables
     (the flags and ``env`` say everything), plus ``env``.
