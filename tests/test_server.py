@@ -161,10 +161,14 @@ GOOD = data.hexkey(1)
         ("/v1/features", {"key": GOOD, "features": {"stats": [1]}}, 400, "invalid_request", "features.stats must be an array"),
         ("/v1/features", {"key": GOOD, "tables": ["flags"], "features": {"stats": ["a"]}}, 400, "invalid_selection",
          "not requested: stats"),
-        ("/v1/features/batch", {"keys": [GOOD] * (MAX_KEYS + 1)}, 400, "too_many_keys", f"the limit is {MAX_KEYS}"),
+        ("/v1/features/batch", {"keys": [GOOD] * (MAX_KEYS + 1)}, 413, "too_many_keys",
+         f"the limit is {MAX_KEYS}: send fewer keys per request, or raise it with --max-batch-keys or "
+         "PGFEATURES_MAX_BATCH_KEYS"),
         ("/v1/features/batch", {"keys": [GOOD, GOOD, "x"]}, 400, "invalid_key", "keys[2]"),
         ("/v1/features/batch", {"keys": GOOD}, 400, "invalid_request", "keys must be an array"),
-        ("/v1/features/batch", b"x" * (2 << 20), 413, "payload_too_large", "the limit is"),
+        ("/v1/features/batch", b"x" * (2 << 20), 413, "payload_too_large",
+         "over 1048576; the limit is max(1 MiB, 80 bytes x max_batch_keys): raise it with --max-batch-keys or "
+         "PGFEATURES_MAX_BATCH_KEYS"),
     ],
 )
 def test_bad_requests_say_what_is_valid(
@@ -175,6 +179,17 @@ def test_bad_requests_say_what_is_valid(
     error = r.json()["error"]
     assert error["type"] == kind
     assert says in error["message"]
+
+
+def test_body_limit_holds_without_content_length(client: httpx.Client) -> None:
+    """A chunked body (no Content-Length) is counted as it streams in."""
+    def body() -> Iterator[bytes]:
+        for _ in range(33):
+            yield b" " * (32 << 10)
+
+    r = client.post("/v1/features/batch", content=body())
+    assert r.status_code == 413, r.text
+    assert "exceeds 1048576 bytes; the limit is max(1 MiB" in r.json()["error"]["message"]
 
 
 def test_unknown_paths_and_methods(client: httpx.Client) -> None:

@@ -143,16 +143,22 @@ def tables_document(registry: Registry) -> dict[str, Any]:
 # -- routes ---------------------------------------------------------------------------------------
 
 
+BODY_LIMIT_HINT = (
+    "the limit is max(1 MiB, 80 bytes x max_batch_keys): raise it with --max-batch-keys or "
+    "PGFEATURES_MAX_BATCH_KEYS (max_batch_keys in the config file)"
+)
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refused with 413 past ``limit`` bytes (checked as it streams in, not after)."""
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
-        raise RequestError("payload_too_large", f"the body is {length} bytes; the limit is {limit}", 413)
+        raise RequestError("payload_too_large", f"the body is {length} bytes, over {limit}; {BODY_LIMIT_HINT}", 413)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise RequestError("payload_too_large", f"the body exceeds the limit of {limit} bytes", 413)
+            raise RequestError("payload_too_large", f"the body exceeds {limit} bytes; {BODY_LIMIT_HINT}", 413)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -176,7 +182,12 @@ def routes(service: Service) -> list[Route]:
         if not isinstance(texts, list):
             raise RequestError("invalid_request", f"keys must be an array of 64-hex-character keys, got {_json_type(texts)}")
         if len(texts) > max_keys:
-            raise RequestError("too_many_keys", f"{len(texts)} keys in one request; the limit is {max_keys} (max_batch_keys)")
+            raise RequestError(
+                "too_many_keys",
+                f"{len(texts)} keys in one request; the limit is {max_keys}: send fewer keys per request, or raise "
+                "it with --max-batch-keys or PGFEATURES_MAX_BATCH_KEYS (max_batch_keys in the config file)",
+                413,
+            )
         keys = [parse_hex_key(k, f"keys[{i}]") for i, k in enumerate(texts)]
         tables, selection = parse_selection(body)
         results = await service.read_many(keys, tables, selection)

@@ -11,8 +11,10 @@ Bounded waits. Every database call has two limits: the store's
 down), and ``request_timeout`` for the whole call. The call runs in a task of
 its own and is abandoned at the deadline: cancelling a psycopg query waits
 for the server to acknowledge the cancel, which a hung server never does, so
-the request is answered (503) first and the task is cancelled in the
-background, where the pool replaces its connection.
+the request is answered first (QueryTimeoutError: 504 ``query_timeout``)
+and the task is cancelled in the background, where the pool replaces its
+connection. Whatever fails, the caller gets a pgfeatures typed error, whose
+class says whether to retry (see ``errors.py``).
 
 Readiness. The database counts as reachable if a read succeeded within the
 last second and nothing failed since; otherwise one ``SELECT 1`` through the
@@ -31,8 +33,12 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 
+import psycopg
+from psycopg_pool import PoolClosed, PoolTimeout
+
+from ..connections import database_error
 from ..definitions import Registry
-from ..errors import DatabaseUnavailableError
+from ..errors import DatabaseUnavailableError, PgFeaturesError, QueryTimeoutError, StoreClosedError
 from ..reader import Features, FeaturesArg
 from ..store import AsyncFeatureStore
 from .coalesce import Coalescer
@@ -73,6 +79,7 @@ class Service:
             )
         self.warmup = list(warmup)
         self.ready = False
+        self.closing = False
         self.status = "warming up"  # why not ready, for /readyz
         self._db_seconds = {k: self.metrics.db_time.labels(k) for k in ("single", "batch", "coalesced", "probe")}
         self._last_ok = 0.0
@@ -90,6 +97,8 @@ class Service:
         self._spawn(self._refresh_metrics())
 
     async def stop(self) -> None:
+        """Close the store; reads from now on get StoreClosedError (503 ``shutting_down``)."""
+        self.closing = True
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -145,6 +154,8 @@ class Service:
     # -- reads -------------------------------------------------------------------------------------
 
     def _check_ready(self) -> None:
+        if self.closing:
+            raise StoreClosedError("the service is shutting down: retry on another instance")
         if not self.ready:
             raise NotReadyError(f"the service is not ready yet ({self.status})")
 
@@ -152,7 +163,8 @@ class Service:
         """One key's features: coalesced into a batch when enabled, else one single-key read.
 
         Raises the store's typed errors for a bad selection (before any I/O), NotReadyError,
-        and DatabaseUnavailableError after at most ``request_timeout``.
+        StoreClosedError, the database's typed errors (DatabaseUnavailableError, ...), and
+        QueryTimeoutError after at most ``request_timeout``.
         """
         self._check_ready()
         if self.coalescer is not None:
@@ -175,30 +187,59 @@ class Service:
         return await self._db("coalesced", self.store.read_batch, reader, keys)
 
     async def _db(self, kind: str, call: Callable[..., Awaitable[T]], *args: Any, timeout: float | None = None) -> T:
-        """Run one store call in its own task, within the deadline; record success or failure."""
+        """Run one store call in its own task, within the deadline; record success or failure.
+
+        Every failure leaves as a pgfeatures typed error: psycopg and pool exceptions that
+        escape the store are translated (``connections.database_error``), and a call still
+        running at the deadline is abandoned (cancelled in the background, where the pool
+        replaces its connection) with QueryTimeoutError.
+        """
         start = time.perf_counter()
+        limit = timeout or self.config.request_timeout
         task = asyncio.ensure_future(call(*args))
         try:
-            result = await self._bounded(asyncio.shield(task), timeout or self.config.request_timeout)
-        except DatabaseUnavailableError:
-            timed_out = not task.done()
-            if timed_out:
+            async with asyncio.timeout(limit):
+                result = await asyncio.shield(task)
+        except BaseException as exc:
+            if not task.done():  # the deadline passed, or the request itself was cancelled
                 task.cancel()  # abandoned: psycopg cancels the query and the pool replaces the connection
                 self._keep(task)
-            self._last_error = time.monotonic()
-            self.metrics.db_errors.labels("timeout" if timed_out else "unavailable").inc()
-            raise
+                if not isinstance(exc, TimeoutError):
+                    raise
+                self._failed("timeout")
+                raise QueryTimeoutError(
+                    f"the database did not answer within {limit:g}s (request_timeout); the query was cancelled"
+                ) from None
+            error = self._translate(exc)
+            if isinstance(error, DatabaseUnavailableError):
+                self._failed("unavailable")
+            elif isinstance(error, QueryTimeoutError):
+                self._failed("timeout")
+            if error is exc:
+                raise
+            raise error from exc
         self._last_ok = time.monotonic()
         self._db_seconds[kind].observe(time.perf_counter() - start)
         return result
+
+    def _translate(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, (psycopg.Error, PoolTimeout, PoolClosed)) and not isinstance(exc, PgFeaturesError):
+            return database_error(exc, self.store.read_dsn or "", acquire_timeout=self.config.acquire_timeout)
+        return exc
+
+    def _failed(self, reason: str) -> None:
+        self._last_error = time.monotonic()
+        self.metrics.db_errors.labels(reason).inc()
 
     @staticmethod
     async def _bounded(awaitable: Awaitable[T], timeout: float) -> T:
         try:
             async with asyncio.timeout(timeout):
                 return await awaitable
-        except TimeoutError:
-            raise DatabaseUnavailableError(f"the database did not answer within {timeout:g}s (request_timeout)") from None
+        except TimeoutError as exc:
+            if isinstance(exc, QueryTimeoutError):  # the call's own deadline, raised inside
+                raise
+            raise QueryTimeoutError(f"the database did not answer within {timeout:g}s (request_timeout)") from None
 
     # -- readiness ---------------------------------------------------------------------------------
 
