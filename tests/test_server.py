@@ -344,26 +344,3 @@ def test_bad_settings_are_named(tmp_path: Path, file: str, env: dict[str, str], 
     path.write_text(file)
     with pytest.raises(ConfigError, match=re.escape(says)):
         load_config({}, environ=env, config_file=path)
-
-
-# -- coalescer, on the real store -----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("window, sizes", [(0.0, [16, 4]), (0.002, [16, 4])])
-def test_coalescer_batches_wait_for_a_free_slot(dsn: str, definitions: Path, window: float, sizes: list[int]) -> None:
-    """20 reads in one loop iteration, one slot: a full batch of max_keys, the rest once it is back."""
-    from pgfeatures.server.coalesce import Coalescer
-    from pgfeatures.store import AsyncFeatureStore
-
-    async def run() -> tuple[list[int], list[dict]]:
-        async with AsyncFeatureStore(definitions, dsn, pool_size=1, write_pool_size=1) as store:
-            seen: list[int] = []
-            coalescer = Coalescer(store.read_batch, window=window, max_keys=16, max_in_flight=1, on_batch=seen.append)
-            reader = store.batch_reader(["flags", "profile"])
-            results = await asyncio.gather(*(coalescer.read(reader, data.key(i % data.N_KEYS)) for i in range(20)))
-            await coalescer.close()
-            return seen, results
-
-    seen, results = asyncio.run(run())
-    assert seen == sizes
-    assert results == [data.expected(i % data.N_KEYS, ("flags", "profile")) for i in range(20)]
