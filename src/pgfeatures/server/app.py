@@ -42,6 +42,7 @@ from ..definitions import Registry
 from ..errors import KeyFormatError, PgFeaturesError
 from ..reader import Features, FeaturesArg
 from .config import ServerConfig
+from .encoding import dumps, result
 from .errors import JSON, RequestError, error_body, error_response
 from .metrics import CONTENT_TYPE
 from .openapi import openapi_document
@@ -118,12 +119,8 @@ def parse_selection(body: Mapping[str, Any]) -> tuple[list[str] | None, Features
     return tables, {table: _names(names, f"features.{table}") for table, names in features.items()}
 
 
-def result(key: str, features: Features) -> dict[str, Any]:
-    return {"key": key, "features": features, "missing": [t for t, v in features.items() if v is None]}
-
-
 def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(payload), status, headers, media_type=JSON)
+    return Response(dumps(payload), status, headers, media_type=JSON)
 
 
 def tables_document(registry: Registry) -> dict[str, Any]:

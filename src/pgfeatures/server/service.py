@@ -43,6 +43,7 @@ from ..reader import Features, FeaturesArg
 from ..store import AsyncFeatureStore
 from .coalesce import Coalescer
 from .config import ServerConfig
+from .encoding import Float32Plan
 from .errors import NotReadyError
 from .metrics import Metrics, worker_exited
 
@@ -53,6 +54,7 @@ WarmupHook = Callable[[AsyncFeatureStore], Awaitable[object]]
 
 T = TypeVar("T")
 
+PLANS_KEPT = 256  # request shapes whose Float32Plan is kept
 HEALTHY_FOR = 1.0  # seconds a successful read (or probe) vouches for the database
 PROBE_TIMEOUT = 1.0  # an orchestrator's probe typically times out at 1 s
 METRICS_INTERVAL = 1.0
@@ -88,6 +90,7 @@ class Service:
         self._probe_at = float("-inf")
         self._probe_result = (False, "not checked")
         self._background: set[asyncio.Task[Any]] = set()
+        self._plans: dict[int, tuple[Any, Float32Plan]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -161,6 +164,7 @@ class Service:
 
     async def read_one(self, key: bytes, tables: Sequence[str] | None, features: FeaturesArg) -> Features:
         """One key's features: coalesced into a batch when enabled, else one single-key read.
+        ``real`` values come back as numpy.float32 scalars (exact; see ``encoding``).
 
         Raises the store's typed errors for a bad selection (before any I/O), NotReadyError,
         StoreClosedError, the database's typed errors (DatabaseUnavailableError, ...), and
@@ -168,11 +172,13 @@ class Service:
         """
         self._check_ready()
         if self.coalescer is not None:
-            reader = self.store.batch_reader(tables, features)
+            reader: Any = self.store.batch_reader(tables, features)
             result = await self._bounded(self.coalescer.read(reader, key), self.config.request_timeout + self.config.coalesce_window)
         else:
-            result = await self._db("single", self.store.read, self.store.reader(tables, features), key)
+            reader = self.store.reader(tables, features)
+            result = await self._db("single", self.store.read, reader, key)
         self.metrics.count((result,))
+        self._float32(reader).apply((result,))
         return result
 
     async def read_many(self, keys: list[bytes], tables: Sequence[str] | None, features: FeaturesArg) -> list[Features]:
@@ -181,7 +187,17 @@ class Service:
         reader = self.store.batch_reader(tables, features)
         results = await self._db("batch", self.store.read_batch, reader, keys) if keys else []
         self.metrics.count(results)
+        self._float32(reader).apply(results)
         return results
+
+    def _float32(self, reader: Any) -> Float32Plan:
+        """The reader's Float32Plan (cached by reader identity; readers are cached by the store)."""
+        entry = self._plans.get(id(reader))
+        if entry is None or entry[0] is not reader:
+            if len(self._plans) >= PLANS_KEPT:
+                self._plans.clear()
+            entry = self._plans[id(reader)] = (reader, Float32Plan(reader.selection))
+        return entry[1]
 
     async def _read_coalesced(self, reader: Any, keys: list[bytes]) -> list[Features]:
         return await self._db("coalesced", self.store.read_batch, reader, keys)
