@@ -59,7 +59,7 @@ class _ThreadedASGITransport(httpx.BaseTransport):
             return response.status_code, response.headers.raw, await response.aread()
 
         status, headers, body = self.loop.run(call())
-        return httpx.Response(status, headers=headers, content=body, request=request)
+        return httpx.Response(status, headers=headers, stream=httpx.ByteStream(body), request=request)  # no added Content-Length
 
 
 @contextlib.contextmanager

@@ -85,6 +85,14 @@ class ServerConfig:
         True, "load the feature tables and indexes into shared_buffers (pgfeatures warmup) before reporting ready", _bool
     )
     max_batch_keys: int = _setting(1000, "most keys one /v1/features/batch request may carry", _number(int), minimum=1)
+    batch_chunk_keys: int = _setting(
+        100, "keys per database statement of a batch; a larger batch is read in chunks and its answer streamed",
+        _number(int), minimum=1,
+    )
+    batch_connections: int = _setting(
+        0, "read connections batch chunks may hold at once, so single-key reads keep the rest "
+        "(0: half the pool, at least 1)", _number(int), minimum=0,
+    )
     coalesce: bool = _setting(False, "merge concurrent single-key requests into batched queries", _bool)
     coalesce_window_us: int = _setting(
         0, "how long the first request of a coalesced batch waits for company, in microseconds "
@@ -120,6 +128,8 @@ class ServerConfig:
             raise ConfigError(f"port must be at most 65535, got {self.port}")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"unknown log_level {self.log_level!r}; valid: {', '.join(LOG_LEVELS)}")
+        if self.batch_connections > self.pool_size:
+            raise ConfigError(f"batch_connections ({self.batch_connections}) cannot exceed pool_size ({self.pool_size})")
         try:
             Strategy.parse(self.strategy)
         except PgFeaturesError as exc:
@@ -128,6 +138,11 @@ class ServerConfig:
     @property
     def coalesce_window(self) -> float:
         return self.coalesce_window_us / 1e6
+
+    @property
+    def batch_slots(self) -> int:
+        """How many batch chunks may hold a read connection at once."""
+        return self.batch_connections or max(1, self.pool_size // 2)
 
     @property
     def max_body_bytes(self) -> int:

@@ -157,7 +157,7 @@ def openapi_document(registry: Registry, config: ServerConfig) -> dict[str, Any]
     timeout = _json(error, "the database did not answer within request_timeout: retry after Retry-After", retry)
     failed = _json(error, "the database disagrees with the definitions (schema_drift) or rejected the statement "
                           "(database_error, with its sqlstate): retrying will not help")
-    bad = _json(error, "malformed JSON, unknown field, table or feature, bad key format")
+    bad = _json(error, "malformed JSON, unknown field, table or feature, bad key format, too many keys")
     guarded: dict[str, Any] = {}
     if config.token:
         guarded = {"security": [{"bearer": []}], "responses": {"401": _json(error, "missing or wrong bearer token")}}
@@ -171,7 +171,7 @@ def openapi_document(registry: Registry, config: ServerConfig) -> dict[str, Any]
             out["responses"].update(guarded["responses"])
         return out
 
-    read_responses = {"400": bad, "413": _json(error, "request body or batch too large: the message names the setting"),
+    read_responses = {"400": bad, "413": _json(error, "request body too large: the message names the setting"),
                       "500": failed, "503": unavailable, "504": timeout}
     doc: dict[str, Any] = {
         "openapi": "3.1.0",

@@ -29,7 +29,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 
@@ -38,8 +38,8 @@ from psycopg_pool import PoolClosed, PoolTimeout
 
 from ..connections import database_error
 from ..definitions import Registry
-from ..errors import DatabaseUnavailableError, PgFeaturesError, QueryTimeoutError, StoreClosedError
-from ..reader import Features, FeaturesArg
+from ..errors import DatabaseUnavailableError, PgFeaturesError, PoolExhaustedError, QueryTimeoutError, StoreClosedError
+from ..reader import BatchReader, Features, FeaturesArg
 from ..store import AsyncFeatureStore
 from .coalesce import Coalescer
 from .config import ServerConfig
@@ -79,6 +79,8 @@ class Service:
                 self._read_coalesced, window=config.coalesce_window, max_keys=config.coalesce_max_keys,
                 max_in_flight=config.pool_size, on_batch=self.metrics.batch_keys.observe,
             )
+        # Batch chunks hold at most this many read connections at once; single-key reads keep the rest.
+        self._batch_slots = asyncio.Semaphore(config.batch_slots)
         self.warmup = list(warmup)
         self.ready = False
         self.closing = False
@@ -181,14 +183,47 @@ class Service:
         self._float32(reader).apply((result,))
         return result
 
-    async def read_many(self, keys: list[bytes], tables: Sequence[str] | None, features: FeaturesArg) -> list[Features]:
-        """Features of many keys, in input order, in one statement."""
+    def open_batch(self, keys: Sequence[bytes], tables: Sequence[str] | None,
+                   features: FeaturesArg) -> AsyncIterator[list[Features]]:
+        """The features of many keys, in input order, as chunks of at most ``batch_chunk_keys``.
+
+        Checks readiness and the selection now (raising as ``read_one`` does, before any I/O);
+        each chunk is then one statement, read when the iterator asks for it. A chunk waits at
+        most ``acquire_timeout`` for one of the ``batch_slots`` connections batches may hold
+        (PoolExhaustedError), then at most ``request_timeout`` for the database.
+        """
         self._check_ready()
-        reader = self.store.batch_reader(tables, features)
-        results = await self._db("batch", self.store.read_batch, reader, keys) if keys else []
-        self.metrics.count(results)
-        self._float32(reader).apply(results)
-        return results
+        return self._chunks(self.store.batch_reader(tables, features), keys)
+
+    async def read_many(self, keys: Sequence[bytes], tables: Sequence[str] | None, features: FeaturesArg) -> list[Features]:
+        """Features of many keys, in input order (all chunks, in memory)."""
+        return [r async for chunk in self.open_batch(keys, tables, features) for r in chunk]
+
+    async def _chunks(self, reader: BatchReader, keys: Sequence[bytes]) -> AsyncIterator[list[Features]]:
+        step = self.config.batch_chunk_keys
+        plan = self._float32(reader)
+        for start in range(0, len(keys), step):
+            results = await self._read_chunk(reader, keys[start:start + step])
+            self.metrics.count(results)
+            plan.apply(results)
+            yield results
+
+    async def _read_chunk(self, reader: BatchReader, keys: Sequence[bytes]) -> list[Features]:
+        slots = self._batch_slots
+        try:
+            async with asyncio.timeout(self.config.acquire_timeout):
+                await slots.acquire()
+        except TimeoutError:
+            self.metrics.db_errors.labels("batch_slots").inc()
+            raise PoolExhaustedError(
+                f"batches already hold {self.config.batch_slots} of the {self.config.pool_size} read connections "
+                f"(batch_connections) and none came free within {self.config.acquire_timeout:g}s (acquire_timeout): "
+                "retry, send smaller batches, or raise --batch-connections / --pool-size"
+            ) from None
+        try:
+            return await self._db("batch", self.store.read_batch, reader, keys)
+        finally:
+            slots.release()
 
     def _float32(self, reader: Any) -> Float32Plan:
         """The reader's Float32Plan (cached by reader identity; readers are cached by the store)."""
