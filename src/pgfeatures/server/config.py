@@ -86,12 +86,12 @@ class ServerConfig:
     )
     max_batch_keys: int = _setting(1000, "most keys one /v1/features/batch request may carry", _number(int), minimum=1)
     batch_chunk_keys: int = _setting(
-        100, "keys per database statement of a batch; a larger batch is read in chunks and its answer streamed",
+        50, "keys per database statement of a batch; a larger batch is read in chunks and its answer streamed",
         _number(int), minimum=1,
     )
     batch_connections: int = _setting(
         0, "read connections batch chunks may hold at once, so single-key reads keep the rest "
-        "(0: half the pool, at least 1)", _number(int), minimum=0,
+        "(0: a quarter of the pool, at least 1)", _number(int), minimum=0,
     )
     coalesce: bool = _setting(False, "merge concurrent single-key requests into batched queries", _bool)
     coalesce_window_us: int = _setting(
@@ -142,7 +142,7 @@ class ServerConfig:
     @property
     def batch_slots(self) -> int:
         """How many batch chunks may hold a read connection at once."""
-        return self.batch_connections or max(1, self.pool_size // 2)
+        return self.batch_connections or max(1, self.pool_size // 4)
 
     @property
     def max_body_bytes(self) -> int:

@@ -63,16 +63,21 @@ class Float32Plan:
         """Replace, in place, every real value of these results by its numpy.float32 (exact: the
         value already is a float32, widened)."""
         if self.all_real:
-            present = [(r, t, d) for r in results for t in self.all_real if (d := r[t]) is not None]
+            present = [d for r in results for t in self.all_real if (d := r[t]) is not None]
             if present:
                 try:
-                    scalars = iter(list(np.fromiter(chain.from_iterable(d.values() for _, _, d in present), _F32)))
-                except TypeError:  # a NULL value somewhere: convert table by table
-                    for r, t, d in present:
-                        r[t] = {k: None if v is None else _F32(v) for k, v in d.items()}
+                    scalars = list(np.fromiter(chain.from_iterable([d.values() for d in present]), _F32))
+                except TypeError:  # a NULL value somewhere: convert value by value
+                    for d in present:
+                        for k, v in d.items():
+                            if v is not None:
+                                d[k] = _F32(v)
                 else:
-                    for r, t, d in present:
-                        r[t] = dict(zip(d, scalars))  # zip stops at the end of d without taking a scalar more
+                    # In place, in the order fromiter read them (measured faster than building new dicts).
+                    take = iter(scalars).__next__
+                    for d in present:
+                        for k in d:
+                            d[k] = take()
         for r in results:
             for t, names in self.mixed:
                 d = r[t]
