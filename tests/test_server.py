@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -295,23 +294,6 @@ def test_cli_process_with_prewarm_and_layered_settings(dsn: str, definitions: Pa
         metrics = c.get("/metrics").text
         assert data.metric(metrics, "pgfeatures_pool_connections", state="size") == 2  # the flag beat env and file
         assert data.metric(metrics, "pgfeatures_coalesced_batch_keys_count") == 0  # --no-coalesce beat the file
-
-
-def test_several_workers_share_metrics(dsn: str, definitions: Path) -> None:
-    with ServeProcess("--dsn", dsn, "--definitions", str(definitions), "--workers", "2", "--pool-size", "1") as proc:
-        with httpx.Client(base_url=proc.url, timeout=10) as c:
-            # /readyz answers for the worker that took the request; pgfeatures_ready counts ready workers.
-            for _ in range(100):
-                if data.metric(c.get("/metrics").text, "pgfeatures_ready") == 2:
-                    break
-                time.sleep(0.1)
-            else:
-                pytest.fail("the workers never all became ready")
-            for i in range(20):
-                assert c.post("/v1/features", json={"key": data.hexkey(i % 10)}).json()["features"] == data.expected(i % 10)
-            text = c.get("/metrics").text
-    assert data.metric(text, "pgfeatures_http_requests_total", endpoint="/v1/features", status="200") == 20
-    assert data.metric(text, "pgfeatures_pool_connections", state="size") == 2  # one connection per worker, summed
 
 
 # -- settings -------------------------------------------------------------------------------------

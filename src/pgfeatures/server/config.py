@@ -113,6 +113,10 @@ class ServerConfig:
     graceful_timeout: float = _setting(
         30.0, "seconds to let in-flight requests finish on shutdown", _number(float), minimum=0
     )
+    header_timeout: float = _setting(
+        10.0, "seconds a client may take to send a request's headers before a 408 closes the connection",
+        _number(float), minimum=0.001,
+    )
     keep_alive: float = _setting(
         60.0, "seconds an idle client connection is kept open (model servers reuse theirs)", _number(float), minimum=0
     )
