@@ -311,7 +311,7 @@ class ServiceMiddleware:
         self.app = app
         self.metrics = service.metrics
         self.endpoints = frozenset(endpoints)
-        token = service.config.token
+        token = service.config.bearer_token
         self.expected = f"Bearer {token}".encode() if token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

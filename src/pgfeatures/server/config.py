@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from typing import Any
 from ..definitions import Registry, demo_registry, read_toml
 from ..errors import ConfigError, PgFeaturesError
 from ..reader import Strategy
+
+log = logging.getLogger("pgfeatures.server")
 
 ENV_PREFIX = "PGFEATURES_"
 CONFIG_FILE_ENV = "PGFEATURES_CONFIG"
@@ -108,7 +111,11 @@ class ServerConfig:
     connect_timeout: float = _setting(5.0, "seconds to wait for a new database connection", _number(float), minimum=0.001)
     retry_after: int = _setting(1, "Retry-After seconds sent with 503 responses", _number(int), minimum=0)
     token: str | None = _setting(
-        None, "bearer token required on every endpoint but /healthz and /readyz", _text, secret=True
+        None, "bearer token required on every endpoint but /healthz and /readyz (prefer PGFEATURES_TOKEN or "
+        "--token-file: a flag is visible to every user in ps)", _text, secret=True
+    )
+    token_file: str | None = _setting(
+        None, "file holding the bearer token (read at startup; surrounding whitespace ignored)", _text
     )
     graceful_timeout: float = _setting(
         30.0, "seconds to let in-flight requests finish on shutdown", _number(float), minimum=0
@@ -132,6 +139,10 @@ class ServerConfig:
             raise ConfigError(f"port must be at most 65535, got {self.port}")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"unknown log_level {self.log_level!r}; valid: {', '.join(LOG_LEVELS)}")
+        if self.token is not None and self.token_file is not None:
+            raise ConfigError("set token or token_file, not both")
+        # Read once here, so that a bad file fails at startup; not a field, so it never travels as JSON.
+        object.__setattr__(self, "_bearer", read_token_file(self.token_file) if self.token_file else self.token)
         if self.batch_connections > self.pool_size:
             raise ConfigError(f"batch_connections ({self.batch_connections}) cannot exceed pool_size ({self.pool_size})")
         try:
@@ -142,6 +153,11 @@ class ServerConfig:
     @property
     def coalesce_window(self) -> float:
         return self.coalesce_window_us / 1e6
+
+    @property
+    def bearer_token(self) -> str | None:
+        """The token requests must carry (from ``token`` or ``token_file``), or None: no auth."""
+        return self._bearer  # type: ignore[attr-defined,no-any-return]
 
     @property
     def batch_slots(self) -> int:
@@ -168,6 +184,17 @@ class ServerConfig:
     def from_json(cls, text: str) -> "ServerConfig":
         return cls(**json.loads(text))
 
+
+
+def read_token_file(path: str) -> str:
+    """The token in a file, without surrounding whitespace. Raises ConfigError naming the file."""
+    try:
+        token = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read token_file {path}: {exc}") from None
+    if not token:
+        raise ConfigError(f"token_file {path} is empty")
+    return token
 
 
 SETTINGS: tuple[dataclasses.Field, ...] = dataclasses.fields(ServerConfig)  # type: ignore[arg-type]
@@ -210,6 +237,9 @@ def load_config(
     """
     flags = flags or {}
     environ = os.environ if environ is None else environ
+    if flags.get("token") is not None:
+        log.warning("pgfeatures: the bearer token was given as %s, which every user of this machine can read in ps; "
+                    "set %s or use %s instead", flag_name("token"), env_name("token"), flag_name("token_file"))
     config_file = config_file or environ.get(CONFIG_FILE_ENV)
     values: dict[str, Any] = read_config_file(config_file) if config_file else {}
     for f in SETTINGS:

@@ -159,7 +159,7 @@ def openapi_document(registry: Registry, config: ServerConfig) -> dict[str, Any]
                           "(database_error, with its sqlstate): retrying will not help")
     bad = _json(error, "malformed JSON, unknown field, table or feature, bad key format, too many keys")
     guarded: dict[str, Any] = {}
-    if config.token:
+    if config.bearer_token:
         guarded = {"security": [{"bearer": []}], "responses": {"401": _json(error, "missing or wrong bearer token")}}
 
     def op(summary: str, responses: dict[str, Any], body: str | None = None) -> dict[str, Any]:
@@ -205,6 +205,6 @@ def openapi_document(registry: Registry, config: ServerConfig) -> dict[str, Any]
         },
         "components": {"schemas": _schemas(registry, config)},
     }
-    if config.token:
+    if config.bearer_token:
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     return doc
