@@ -60,8 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-singles", type=int, default=8, help="batch mode: single-key clients")
     p.add_argument("--batch-keys", type=int, default=1000, help="batch mode: keys per batch of the batch client")
     p.add_argument("--memory-keys", type=int, default=100_000, help="memory mode: keys of the huge batch")
-    p.add_argument("--baseline-src", help="batch/memory modes: also run a server from this source tree (a 'src' "
-                                          "directory, e.g. of a checkout of main)")
+    p.add_argument("--baseline-src", help="also run a server (coalescing off) from this source tree: a 'src' "
+                                          "directory, e.g. of a checkout of main; variant 'baseline'")
     p.add_argument("--serve-flag", action="append", default=[], metavar="FLAG",
                    help="batch/memory modes: an extra flag for the 'chunked' server, e.g. --serve-flag=--batch-chunk-keys=50")
 
@@ -458,9 +458,15 @@ def main(args: argparse.Namespace, dsn: str) -> int:
         _save(figures, args)
         return 0
     common = dict(pool_size=args.pool_size, workers=args.workers, window_us=args.window_us)
-    with ServeProcess(*serve_flags(dsn, coalesce=False, **common)) as off, \
-            ServeProcess(*serve_flags(dsn, coalesce=True, **common)) as on:
-        figures = runner(run_benchmark(args, dsn, {"http": off, "http+coalesce": on}))
+    servers = {"http": ServeProcess(*serve_flags(dsn, coalesce=False, **common)),
+               "http+coalesce": ServeProcess(*serve_flags(dsn, coalesce=True, **common))}
+    if args.baseline_src:  # coalescing off, from another source tree
+        servers["baseline"] = ServeProcess(*serve_flags(dsn, coalesce=False, **common),
+                                           env={"PYTHONPATH": os.path.abspath(args.baseline_src)})
+    with contextlib.ExitStack() as stack:
+        for srv in servers.values():
+            stack.enter_context(srv)
+        figures = runner(run_benchmark(args, dsn, servers))
     report(figures, args)
     _save(figures, args)
     return 0

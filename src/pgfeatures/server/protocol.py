@@ -1,14 +1,20 @@
 """uvicorn's HTTP protocol (httptools) with a header timeout.
 
-uvicorn bounds an idle kept-alive connection (``keep_alive``) but not a
-request whose headers never finish: a client that connects and sends
-nothing, or half a request line, holds a connection (and a slot of any
-connection limit in front of the service) until the kernel gives up, many
-minutes later. ``HeaderTimeoutProtocol`` starts a timer when a connection
-opens and when a request's first byte arrives, and stops it when the
-request's headers are complete; if it fires, the client gets a 408 and the
-connection is closed. Bodies are not covered: once the headers are in, the
-request belongs to the app (``max_body_bytes`` bounds its size).
+uvicorn bounds a kept-alive connection that is idle between requests
+(``keep_alive``), but neither a new connection that sends nothing nor a
+request whose headers never finish: either holds a connection (and a slot of
+any connection limit in front of the service) until the kernel gives up,
+many minutes later. ``HeaderTimeoutProtocol``:
+
+- treats a new connection like an idle kept-alive one: closed after
+  ``keep_alive`` seconds without a byte (clients that open their pool ahead
+  of traffic keep it that long);
+- starts a timer when a request's first byte arrives and stops it when the
+  request's headers are complete; if it fires (``header_timeout``), the
+  client gets a 408 and the connection is closed.
+
+Bodies are not covered: once the headers are in, the request belongs to the
+app (``max_body_bytes`` bounds its size).
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ def configured_header_timeout() -> float:
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
     """HttpToolsProtocol that answers 408 and closes a connection whose request headers are not
-    complete within ``header_timeout`` seconds of the connection opening or the request starting."""
+    complete within ``header_timeout`` seconds of the request's first byte, and closes a new
+    connection that sends nothing for ``keep_alive`` seconds."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -48,7 +55,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_header_timer()
+        # uvicorn's own idle timer, which it arms only after a response; the first byte cancels it.
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
