@@ -142,6 +142,8 @@ def test_request_deadline_is_a_504_query_timeout(dsn: str, definitions: Path) ->
             try:
                 error = assert_error(await read(c), 504, "query_timeout", True)
                 assert "within 1s (request_timeout)" in error["message"]
+                # not ready meanwhile (a timed-out probe is still a retryable failure, never a 500)
+                assert (await c.get("/readyz")).status_code in (503, 504)
             finally:
                 proxy.resume()
             async with asyncio.timeout(30):

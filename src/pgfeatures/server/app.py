@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..definitions import KEY_LENGTH, Registry
 from ..errors import KeyFormatError, PgFeaturesError
-from ..reader import Features, FeaturesArg
+from ..reader import FeaturesArg
 from .config import ServerConfig
 from .encoding import BATCH_HEAD, BATCH_TAIL, batch_pieces, dumps, result
 from .errors import JSON, RequestError, error_body, error_response

@@ -16,6 +16,11 @@ and the task is cancelled in the background, where the pool replaces its
 connection. Whatever fails, the caller gets a pgfeatures typed error, whose
 class says whether to retry (see ``errors.py``).
 
+Batches. A batch is read in chunks of ``batch_chunk_keys`` keys, one
+statement each, with these bounds per chunk; at most ``batch_slots``
+chunks (of all batches together) hold a read connection at once, so
+single-key reads always have the rest of the pool (``open_batch``).
+
 Readiness. The database counts as reachable if a read succeeded within the
 last second and nothing failed since; otherwise one ``SELECT 1`` through the
 read pool (shared by concurrent probes, result cached for a second) decides.
@@ -31,7 +36,6 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
-
 
 import psycopg
 from psycopg_pool import PoolClosed, PoolTimeout
