@@ -109,7 +109,7 @@ class ServerConfig:
         5.0, "seconds a request may spend on the database in all before 503", _number(float), minimum=0.001
     )
     connect_timeout: float = _setting(5.0, "seconds to wait for a new database connection", _number(float), minimum=0.001)
-    retry_after: int = _setting(1, "Retry-After seconds sent with 503 responses", _number(int), minimum=0)
+    retry_after: int = _setting(1, "Retry-After seconds sent with retryable (503, 504) responses", _number(int), minimum=0)
     token: str | None = _setting(
         None, "bearer token required on every endpoint but /healthz and /readyz (prefer PGFEATURES_TOKEN or "
         "--token-file: a flag is visible to every user in ps)", _text, secret=True
