@@ -11,23 +11,20 @@ from __future__ import annotations
 import time
 
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 
 from pgfeatures import DatabaseUnavailableError, FeatureStore
 from pgfeatures.definitions import demo_registry
 from pgfeatures.schema import apply_schema
 
 from conftest import dsn_with
-from test_server_db_down import Proxy
+from support.proxy import Proxy
 
 OUTAGE = 9.0  # long enough for the default backoff (1, 2, 4, 8 s) to overshoot the outage's end
 
 
 @pytest.fixture()
 def proxy(dsn):
-    params = conninfo_to_dict(dsn)
-    p = Proxy(str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432))
-    p.start()
+    p = Proxy.to(dsn)
     yield p
     p.close()
 

@@ -1,16 +1,17 @@
-"""``pgfeatures serve`` end to end: a real server process, a real PostgreSQL, an HTTP client.
+"""The HTTP API end to end over a real PostgreSQL: the app in-process (its lifespan run, an HTTP
+client over ASGI), plus real ``pgfeatures serve`` processes where only a process will do
+(startup through the CLI, several workers).
 
-Two servers share one small test schema (see server_data.py): one with
-coalescing off and a bearer token, its settings coming from a config file,
-the environment and flags at once; one with coalescing on. Every answer is
-compared with the ground truth the test inserted, never with the store.
+The apps share one small test schema (see support/server_data.py): one with coalescing off and
+a bearer token, its settings coming from a config file, the environment and flags at once; one
+with coalescing on. Every answer is compared with the ground truth the test inserted, never
+with the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-import server_data as data
-from pgfeatures.bench.http import ServeProcess
 from pgfeatures.errors import ConfigError
 from pgfeatures.server.config import ServerConfig, load_config
+from support import server_data as data
+from support.inprocess import app_client, running_app
+from support.serve import ServeProcess
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -36,28 +38,30 @@ def definitions(dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     data.drop(dsn, schema)
 
 
-@pytest.fixture(scope="module")
-def server(dsn: str, definitions: Path) -> Iterator[ServeProcess]:
+def layered_config(dsn: str, definitions: Path) -> ServerConfig:
     """Coalescing off; max_batch_keys from the config file, token from the environment, the rest from flags."""
-    config = definitions.parent / "serve.toml"
-    config.write_text(f"max_batch_keys = {MAX_KEYS}\npool_size = 9\ncoalesce = true\n")
-    with ServeProcess(
-        "--config", str(config), "--definitions", str(definitions), "--pool-size", "2", "--no-coalesce",
-        env={"PGFEATURES_DSN": dsn, "PGFEATURES_TOKEN": TOKEN, "PGFEATURES_POOL_SIZE": "7"},
-    ) as proc:
-        yield proc
+    file = definitions.parent / "serve.toml"
+    file.write_text(f"max_batch_keys = {MAX_KEYS}\npool_size = 9\ncoalesce = true\n")
+    return load_config(
+        {"definitions": str(definitions), "pool_size": "2", "coalesce": False, "prewarm": False},
+        environ={"PGFEATURES_DSN": dsn, "PGFEATURES_TOKEN": TOKEN, "PGFEATURES_POOL_SIZE": "7"},
+        config_file=file,
+    )
 
 
 @pytest.fixture(scope="module")
-def coalescing(dsn: str, definitions: Path) -> Iterator[ServeProcess]:
-    with ServeProcess("--dsn", dsn, "--definitions", str(definitions), "--coalesce", "--coalesce-window-us", "500") as proc:
-        yield proc
+def app(dsn: str, definitions: Path) -> Iterator[httpx.Client]:
+    """The app in-process, without credentials."""
+    with running_app(layered_config(dsn, definitions)) as c:
+        yield c
 
 
 @pytest.fixture()
-def client(server: ServeProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as c:
-        yield c
+def client(app: httpx.Client) -> Iterator[httpx.Client]:
+    """The same app, with the bearer token."""
+    app.headers.update(AUTH)
+    yield app
+    del app.headers["Authorization"]
 
 
 # -- reads ----------------------------------------------------------------------------------------
@@ -107,24 +111,25 @@ def test_batch_in_input_order_with_duplicates_and_misses(client: httpx.Client) -
     assert client.post("/v1/features/batch", json={"keys": []}).json() == {"results": []}
 
 
-def test_coalescing_answers_each_request_with_its_own_key(coalescing: ServeProcess) -> None:
+def test_coalescing_answers_each_request_with_its_own_key(dsn: str, definitions: Path) -> None:
     """Many concurrent single-key requests of two shapes: each gets exactly its key's features."""
     shapes = [None, ["stats", "flags"]]
+    config = ServerConfig(dsn=dsn, definitions=str(definitions), coalesce=True, coalesce_window_us=500, prewarm=False)
 
-    async def run() -> list[tuple[int, list[str] | None, httpx.Response]]:
-        async with httpx.AsyncClient(base_url=coalescing.url, timeout=10) as c:
+    async def run() -> tuple[list[tuple[int, list[str] | None, httpx.Response]], str]:
+        async with app_client(config) as (_, c):
             jobs = [(i % data.N_KEYS, shapes[i % 2]) for i in range(60)]
 
             async def one(i: int, tables: list[str] | None) -> tuple[int, list[str] | None, httpx.Response]:
                 body = {"key": data.hexkey(i)} | ({"tables": tables} if tables else {})
                 return i, tables, await c.post("/v1/features", json=body)
 
-            return await asyncio.gather(*(one(i, t) for i, t in jobs))
+            return await asyncio.gather(*(one(i, t) for i, t in jobs)), (await c.get("/metrics")).text
 
-    for i, tables, r in asyncio.run(run()):
+    responses, metrics = asyncio.run(run())
+    for i, tables, r in responses:
         assert r.status_code == 200, r.text
         assert r.json()["features"] == data.expected(i, tuple(tables or ("profile", "stats", "flags")))
-    metrics = httpx.get(f"{coalescing.url}/metrics").text
     assert data.metric(metrics, "pgfeatures_coalesced_batch_keys_sum") == 60  # every request went through a batch
     assert 1 <= data.metric(metrics, "pgfeatures_coalesced_batch_keys_count") <= 60
 
@@ -155,10 +160,14 @@ GOOD = data.hexkey(1)
         ("/v1/features", {"key": GOOD, "features": {"stats": [1]}}, 400, "invalid_request", "features.stats must be an array"),
         ("/v1/features", {"key": GOOD, "tables": ["flags"], "features": {"stats": ["a"]}}, 400, "invalid_selection",
          "not requested: stats"),
-        ("/v1/features/batch", {"keys": [GOOD] * (MAX_KEYS + 1)}, 400, "too_many_keys", f"the limit is {MAX_KEYS}"),
+        ("/v1/features/batch", {"keys": [GOOD] * (MAX_KEYS + 1)}, 400, "too_many_keys",
+         f"the limit is {MAX_KEYS}: send fewer keys per request, or raise it with --max-batch-keys or "
+         "PGFEATURES_MAX_BATCH_KEYS"),
         ("/v1/features/batch", {"keys": [GOOD, GOOD, "x"]}, 400, "invalid_key", "keys[2]"),
         ("/v1/features/batch", {"keys": GOOD}, 400, "invalid_request", "keys must be an array"),
-        ("/v1/features/batch", b"x" * (2 << 20), 413, "payload_too_large", "the limit is"),
+        ("/v1/features/batch", b"x" * (2 << 20), 413, "payload_too_large",
+         "over 1048576; the limit is max(1 MiB, 80 bytes x max_batch_keys): raise it with --max-batch-keys or "
+         "PGFEATURES_MAX_BATCH_KEYS"),
     ],
 )
 def test_bad_requests_say_what_is_valid(
@@ -171,6 +180,17 @@ def test_bad_requests_say_what_is_valid(
     assert says in error["message"]
 
 
+def test_body_limit_holds_without_content_length(client: httpx.Client) -> None:
+    """A chunked body (no Content-Length) is counted as it streams in."""
+    def body() -> Iterator[bytes]:
+        for _ in range(33):
+            yield b" " * (32 << 10)
+
+    r = client.post("/v1/features/batch", content=body())
+    assert r.status_code == 413, r.text
+    assert "exceeds 1048576 bytes; the limit is max(1 MiB" in r.json()["error"]["message"]
+
+
 def test_unknown_paths_and_methods(client: httpx.Client) -> None:
     r = client.get("/v1/features")
     assert r.status_code == 405 and r.headers["allow"] == "POST"
@@ -180,17 +200,16 @@ def test_unknown_paths_and_methods(client: httpx.Client) -> None:
     assert "POST /v1/features/batch" in r.json()["error"]["message"]
 
 
-def test_bearer_token_guards_all_but_probes(server: ServeProcess) -> None:
-    with httpx.Client(base_url=server.url, timeout=10) as anonymous:
-        for method, path in [("POST", "/v1/features"), ("GET", "/v1/tables"), ("GET", "/metrics"), ("GET", "/openapi.json")]:
-            r = anonymous.request(method, path, json={"key": GOOD})
-            assert r.status_code == 401, path
-            assert r.headers["www-authenticate"] == "Bearer"
-            assert r.json()["error"]["type"] == "unauthorized"
-        r = anonymous.post("/v1/features", json={"key": GOOD}, headers={"Authorization": f"Bearer {TOKEN}x"})
-        assert r.status_code == 401
-        assert anonymous.get("/healthz").json() == {"status": "alive"}
-        assert anonymous.get("/readyz").json() == {"status": "ready"}
+def test_bearer_token_guards_all_but_probes(app: httpx.Client) -> None:
+    for method, path in [("POST", "/v1/features"), ("GET", "/v1/tables"), ("GET", "/metrics"), ("GET", "/openapi.json")]:
+        r = app.request(method, path, json={"key": GOOD})
+        assert r.status_code == 401, path
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert r.json()["error"]["type"] == "unauthorized"
+    r = app.post("/v1/features", json={"key": GOOD}, headers={"Authorization": f"Bearer {TOKEN}x"})
+    assert r.status_code == 401
+    assert app.get("/healthz").json() == {"status": "alive"}
+    assert app.get("/readyz").json() == {"status": "ready"}
 
 
 # -- other endpoints ------------------------------------------------------------------------------
@@ -259,28 +278,22 @@ def test_warmup_hooks_run_before_ready(dsn: str, definitions: Path) -> None:
     asyncio.run(asyncio.wait_for(run(), 30))
 
 
-def test_prewarm_runs_before_ready(dsn: str, definitions: Path) -> None:
-    with ServeProcess("--dsn", dsn, "--definitions", str(definitions), "--prewarm") as proc:
-        assert httpx.get(f"{proc.url}/readyz").json() == {"status": "ready"}
-        r = httpx.post(f"{proc.url}/v1/features", json={"key": data.hexkey(2)})
-        assert r.json()["features"] == data.expected(2)
-
-
-def test_several_workers_share_metrics(dsn: str, definitions: Path) -> None:
-    with ServeProcess("--dsn", dsn, "--definitions", str(definitions), "--workers", "2", "--pool-size", "1") as proc:
-        with httpx.Client(base_url=proc.url, timeout=10) as c:
-            # /readyz answers for the worker that took the request; pgfeatures_ready counts ready workers.
-            for _ in range(100):
-                if data.metric(c.get("/metrics").text, "pgfeatures_ready") == 2:
-                    break
-                time.sleep(0.1)
-            else:
-                pytest.fail("the workers never all became ready")
-            for i in range(20):
-                assert c.post("/v1/features", json={"key": data.hexkey(i % 10)}).json()["features"] == data.expected(i % 10)
-            text = c.get("/metrics").text
-    assert data.metric(text, "pgfeatures_http_requests_total", endpoint="/v1/features", status="200") == 20
-    assert data.metric(text, "pgfeatures_pool_connections", state="size") == 2  # one connection per worker, summed
+def test_cli_process_with_prewarm_and_layered_settings(dsn: str, definitions: Path) -> None:
+    """A real ``pgfeatures serve``: settings from a config file, the environment and flags; ready after pg_prewarm."""
+    file = definitions.parent / "serve-cli.toml"
+    file.write_text(f"max_batch_keys = {MAX_KEYS}\npool_size = 9\ncoalesce = true\n")
+    with ServeProcess(
+        "--config", str(file), "--definitions", str(definitions), "--pool-size", "2", "--no-coalesce", "--prewarm",
+        env={"PGFEATURES_DSN": dsn, "PGFEATURES_TOKEN": TOKEN, "PGFEATURES_POOL_SIZE": "7"},
+    ) as proc, httpx.Client(base_url=proc.url, headers=AUTH, timeout=10) as c:
+        assert c.get("/readyz").json() == {"status": "ready"}
+        assert c.post("/v1/features", json={"key": data.hexkey(2)}).json()["features"] == data.expected(2)
+        assert httpx.get(f"{proc.url}/v1/tables").status_code == 401  # the token from the environment
+        too_many = c.post("/v1/features/batch", json={"keys": [GOOD] * (MAX_KEYS + 1)})  # the limit from the file
+        assert too_many.json()["error"]["type"] == "too_many_keys", too_many.text
+        metrics = c.get("/metrics").text
+        assert data.metric(metrics, "pgfeatures_pool_connections", state="size") == 2  # the flag beat env and file
+        assert data.metric(metrics, "pgfeatures_coalesced_batch_keys_count") == 0  # --no-coalesce beat the file
 
 
 # -- settings -------------------------------------------------------------------------------------
@@ -313,26 +326,3 @@ def test_bad_settings_are_named(tmp_path: Path, file: str, env: dict[str, str], 
     path.write_text(file)
     with pytest.raises(ConfigError, match=re.escape(says)):
         load_config({}, environ=env, config_file=path)
-
-
-# -- coalescer, on the real store -----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("window, sizes", [(0.0, [16, 4]), (0.002, [16, 4])])
-def test_coalescer_batches_wait_for_a_free_slot(dsn: str, definitions: Path, window: float, sizes: list[int]) -> None:
-    """20 reads in one loop iteration, one slot: a full batch of max_keys, the rest once it is back."""
-    from pgfeatures.server.coalesce import Coalescer
-    from pgfeatures.store import AsyncFeatureStore
-
-    async def run() -> tuple[list[int], list[dict]]:
-        async with AsyncFeatureStore(definitions, dsn, pool_size=1, write_pool_size=1) as store:
-            seen: list[int] = []
-            coalescer = Coalescer(store.read_batch, window=window, max_keys=16, max_in_flight=1, on_batch=seen.append)
-            reader = store.batch_reader(["flags", "profile"])
-            results = await asyncio.gather(*(coalescer.read(reader, data.key(i % data.N_KEYS)) for i in range(20)))
-            await coalescer.close()
-            return seen, results
-
-    seen, results = asyncio.run(run())
-    assert seen == sizes
-    assert results == [data.expected(i % data.N_KEYS, ("flags", "profile")) for i in range(20)]

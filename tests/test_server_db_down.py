@@ -1,16 +1,16 @@
 """The service when the database goes away: 503s with Retry-After, /readyz failing, recovery without restart.
 
-The server reaches PostgreSQL through a TCP proxy owned by the test, so the
-database can be made to disappear (listener closed, every connection reset:
-what clients see when a server stops or fails over) or to hang (bytes held:
-what they see when it stalls), and come back, without touching the shared
-PostgreSQL. Time bounds in here are generous ceilings that only a hung
+The server (a real process: these are about processes, sockets and signals)
+reaches PostgreSQL through a TCP proxy owned by the test (support/proxy.py),
+so the database can be made to disappear (listener closed, every connection
+reset: what clients see when a server stops or fails over) or to hang (bytes
+held: what they see when it stalls), and come back, without touching the
+shared PostgreSQL. Time bounds in here are generous ceilings that only a hung
 request would reach; no test asserts a latency.
 """
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import threading
 import time
@@ -20,89 +20,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-import server_data as data
-from pgfeatures.bench.http import ServeProcess, free_port
+from support import server_data as data
+from support.proxy import Proxy
+from support.serve import ServeProcess
 
 ACQUIRE_TIMEOUT = 0.5
 REQUEST_TIMEOUT = 2.0
 CEILING = 15.0  # no request may take longer: a hung request fails the test through httpx's timeout
 
 
-class Proxy:
-    """A TCP proxy on its own event loop thread that can be stopped, restarted on the same port, and paused."""
-
-    def __init__(self, target_host: str, target_port: int):
-        self.target = (target_host, target_port)
-        self.port = free_port()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self._server: asyncio.base_events.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._flowing: asyncio.Event = self._call(self._event())
-
-    async def _event(self) -> asyncio.Event:
-        event = asyncio.Event()
-        event.set()
-        return event
-
-    def _call(self, coro):  # type: ignore[no-untyped-def]
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
-
-    def start(self) -> None:
-        """Listen (again) on the same port."""
-        self._server = self._call(asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True))
-
-    def stop(self) -> None:
-        """Stop listening and reset every proxied connection."""
-        async def stop() -> None:
-            assert self._server is not None
-            self._server.close()
-            for writer in list(self._writers):
-                writer.transport.abort()
-            self._writers.clear()
-
-        self._call(stop())
-
-    def pause(self) -> None:
-        """Hold every byte in both directions: the database seems to hang."""
-        self.loop.call_soon_threadsafe(self._flowing.clear)
-
-    def resume(self) -> None:
-        self.loop.call_soon_threadsafe(self._flowing.set)
-
-    def close(self) -> None:
-        self.stop()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers |= {writer, up_writer}
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True)
-        for w in (writer, up_writer):
-            self._writers.discard(w)
-            w.transport.abort()
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while chunk := await reader.read(1 << 16):
-            await self._flowing.wait()
-            writer.write(chunk)
-            await writer.drain()
-        writer.transport.abort()
-
-
 @pytest.fixture(scope="module")
 def proxy(dsn: str) -> Iterator[Proxy]:
-    params = conninfo_to_dict(dsn)
-    p = Proxy(str(params.get("host", "127.0.0.1")), int(params.get("port", 5432)))
-    p.start()
+    p = Proxy.to(dsn)
     yield p
     p.close()
 
@@ -115,9 +45,8 @@ def definitions(dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def start_server(dsn: str, proxy: Proxy, definitions: Path, *, ready: bool = True) -> ServeProcess:
-    proxied = make_conninfo(dsn, host="127.0.0.1", port=str(proxy.port))
     return ServeProcess(
-        "--dsn", proxied, "--definitions", str(definitions), "--pool-size", "2", "--retry-after", "3",
+        "--dsn", proxy.dsn(dsn), "--definitions", str(definitions), "--pool-size", "2", "--retry-after", "3",
         "--acquire-timeout", str(ACQUIRE_TIMEOUT), "--request-timeout", str(REQUEST_TIMEOUT), "--connect-timeout", "2",
         "--graceful-timeout", "20",
     ).start(ready_within=60 if ready else None)
@@ -171,11 +100,13 @@ def test_stopped_database_503_then_recovery_without_restart(server: ServeProcess
     assert server.proc is not None and server.proc.poll() is None  # the same process throughout
 
 
-def test_hung_database_is_a_503_not_a_hung_request(server: ServeProcess, proxy: Proxy) -> None:
+def test_hung_database_is_a_504_not_a_hung_request(server: ServeProcess, proxy: Proxy) -> None:
     with httpx.Client(base_url=server.url, timeout=CEILING) as c:
         assert read(c).status_code == 200
         proxy.pause()
-        assert_unavailable(read(c))  # after request_timeout, not never
+        r = read(c)  # after request_timeout, not never
+        assert r.status_code == 504 and r.headers["retry-after"] == "3", r.text
+        assert r.json()["error"]["type"] == "query_timeout"
         assert "did not answer within" in read(c).json()["error"]["message"]
         proxy.resume()
         wait_until(lambda: read(c).status_code == 200, "reading again")

@@ -27,8 +27,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-import server_data as data
-from pgfeatures.bench.http import ServeProcess
+from support import server_data as data
+from support.serve import ServeProcess
 
 # Per operation and generation mode; raise it for a longer hunt (600 runs clean in ~40 s).
 EXAMPLES = int(os.environ.get("PGFEATURES_FUZZ_EXAMPLES", "100"))

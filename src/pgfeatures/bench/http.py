@@ -1,7 +1,8 @@
 """HTTP benchmark: what ``pgfeatures serve`` adds over the library call, and what coalescing does.
 
 One command, ``pgfeatures bench-http``, against the demo data (schema
-``demo``, read-only), in one run:
+``demo``, read-only). ``--mode batch`` and ``--mode memory`` measure large
+batches instead (see ``http_batch.py``). The default mode, in one run:
 
 1. **Added latency, one client.** The same reads (random demo keys, all 30
    tables) through ``AsyncFeatureStore.read`` in this process and through
@@ -11,6 +12,9 @@ One command, ``pgfeatures bench-http``, against the demo data (schema
    with coalescing off and HTTP with coalescing on, again in alternating
    rounds of ``--seconds`` each, closed loop (each client sends its next
    request when the previous answer arrived).
+3. **The cost of printing ``real`` features as float32** (the shortest
+   decimal), in-process on the same decoded results: the conversion to
+   numpy float32 scalars plus the encoding, against plain encoding.
 
 Both servers are real ``pgfeatures serve`` processes on loopback ports. The
 client is a minimal HTTP/1.1 keep-alive client on asyncio (uvloop when
@@ -48,6 +52,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window-us", type=int, default=0, help="coalescing window of the coalescing server (µs)")
     p.add_argument("--entities", type=int, default=100_000, help="demo entities keys are drawn from")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", choices=("standard", "batch", "memory"), default="standard",
+                   help="standard: latency, throughput, coalescing; batch: single-key latency alongside big batches; "
+                        "memory: server RSS around one huge batch")
+    p.add_argument("--batch-singles", type=int, default=8, help="batch mode: single-key clients")
+    p.add_argument("--batch-keys", type=int, default=1000, help="batch mode: keys per batch of the batch client")
+    p.add_argument("--memory-keys", type=int, default=100_000, help="memory mode: keys of the huge batch")
+    p.add_argument("--baseline-src", help="also run a server (coalescing off) from this source tree: a 'src' "
+                                          "directory, e.g. of a checkout of main; variant 'baseline'")
+    p.add_argument("--serve-flag", action="append", default=[], metavar="FLAG",
+                   help="batch/memory modes: an extra flag for the 'chunked' server, e.g. --serve-flag=--batch-chunk-keys=50")
 
 
 # -- a minimal HTTP/1.1 client --------------------------------------------------------------------
@@ -97,7 +111,7 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    """A ``pgfeatures serve`` subprocess on a free loopback port (benchmarks and tests).
+    """A ``pgfeatures serve`` subprocess on a free loopback port: the benchmark's launcher (tests have their own, tests/support/serve.py).
 
     The child's environment is this one without ``PGFEATURES_*`` variables
     (the flags and ``env`` say everything), plus ``env``.
@@ -248,6 +262,13 @@ async def closed_loop(calls: Sequence[Callable[[int], Awaitable[Any]]], n_keys: 
     return latencies, (clock() - t0) / 1e9
 
 
+def as_float32(features: dict[str, Any]) -> dict[str, Any]:
+    """The demo's (all-real) features with every value rounded to float32, for comparing answers."""
+    import numpy as np
+
+    return {t: None if v is None else {f: np.float32(x) for f, x in v.items()} for t, v in features.items()}
+
+
 async def run_benchmark(args: argparse.Namespace, dsn: str, servers: dict[str, ServeProcess]) -> dict[str, Any]:
     import orjson
 
@@ -284,11 +305,11 @@ async def run_benchmark(args: argparse.Namespace, dsn: str, servers: dict[str, S
         for name in servers:
             variants[name] = lambda c, name=name: http(name, c)
 
-        # Same answers everywhere, before anything is timed.
+        # Same answers everywhere, before anything is timed (HTTP prints reals as float32: compare as float32).
         for i in range(20):
-            expected = await store.read(reader, sample[i])
+            expected = as_float32(await store.read(reader, sample[i]))
             for name in servers:
-                got = await variants[name](0)(i)
+                got = as_float32(await variants[name](0)(i))
                 if got != expected:
                     raise RuntimeError(f"{name} disagrees with the library for key {sample[i].hex()}")
 
@@ -335,14 +356,47 @@ async def run_benchmark(args: argparse.Namespace, dsn: str, servers: dict[str, S
             for conn in group:
                 conn.close()
 
+        float32 = await float32_cost(store, reader, sample)
+
     return {
         "latency": {name: {"n": len(v), "p50_ms": percentile_ms(v, 50), "p99_ms": percentile_ms(v, 99)} for name, v in latency.items()},
         "throughput": [asdict(t) for t in through],
+        "float32": float32,
     }
+
+
+async def float32_cost(store: Any, reader: Any, sample: Sequence[bytes], n: int = 2000) -> dict[str, float]:
+    """µs per request: plain JSON of a decoded 30-table result, the float32 conversion, JSON with numpy scalars."""
+    import orjson
+
+    from ..server.encoding import Float32Plan, dumps, result
+
+    plan = Float32Plan(reader.selection)
+    fresh = [await store.read(reader, sample[i % len(sample)]) for i in range(2 * n)]
+    clock = time.perf_counter
+    t0 = clock()
+    for r in fresh[:n]:
+        orjson.dumps(result("k", r))
+    plain = clock() - t0
+    convert = encode = 0.0
+    for r in fresh[n:]:
+        t0 = clock()
+        plan.apply((r,))
+        t1 = clock()
+        dumps(result("k", r))
+        convert += t1 - t0
+        encode += clock() - t1
+    return {"plain_encode_us": 1e6 * plain / n, "convert_us": 1e6 * convert / n, "numpy_encode_us": 1e6 * encode / n,
+            "added_us": 1e6 * (convert + encode - plain) / n}
 
 
 def report(figures: dict[str, Any], args: argparse.Namespace, console: Any = None) -> None:
     """Print the figures as tables on ``console`` (a rich Console; default: stdout)."""
+    if figures.get("mode", "standard") != "standard":
+        from . import http_batch
+
+        http_batch.report(figures, args, console)
+        return
     from rich.console import Console
     from rich.table import Table
 
@@ -376,6 +430,11 @@ def report(figures: dict[str, Any], args: argparse.Namespace, console: Any = Non
                           f"{cpu['client']:.3f}", f"{sum(cpu.values()):.3f}")
         table.add_section()
     console.print(table)
+    f32 = figures.get("float32")
+    if f32:
+        console.print(f"real features printed as float32 (in-process, per 30-table request): conversion "
+                      f"{f32['convert_us']:.1f} µs + encoding {f32['numpy_encode_us']:.1f} µs against plain encoding "
+                      f"{f32['plain_encode_us']:.1f} µs: {f32['added_us']:+.1f} µs")
     console.print("library = AsyncFeatureStore.read in the client process; http = POST /v1/features, coalescing off; "
                   f"http+coalesce = coalescing on (window {args.window_us} µs). The client shares the CPU with the "
                   f"servers and PostgreSQL ({os.cpu_count()} cores). CPU ms/req: user+system time per request of the "
@@ -393,15 +452,25 @@ def main(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
         present = conn.execute("SELECT to_regclass('demo.t29') IS NOT NULL").fetchone()[0]
     if not present:
         raise BenchmarkError("the demo data is missing: run 'pgfeatures demo' first")
-    common = dict(pool_size=args.pool_size, workers=args.workers, window_us=args.window_us)
-    with ServeProcess(*serve_flags(dsn, coalesce=False, **common)) as off, \
-            ServeProcess(*serve_flags(dsn, coalesce=True, **common)) as on:
-        try:
-            import uvloop
+    try:
+        import uvloop
 
-            runner: Callable[..., Any] = uvloop.run
-        except ImportError:
-            runner = asyncio.run
-        figures = runner(run_benchmark(args, dsn, {"http": off, "http+coalesce": on}))
+        runner: Callable[..., Any] = uvloop.run
+    except ImportError:
+        runner = asyncio.run
     settings = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("func", "json", "resolved_dsn")}
-    return {"settings": settings, **figures}
+    if args.mode != "standard":
+        from . import http_batch
+
+        return {"settings": settings, "mode": args.mode, **http_batch.run(args, dsn, runner)}
+    common = dict(pool_size=args.pool_size, workers=args.workers, window_us=args.window_us)
+    servers = {"http": ServeProcess(*serve_flags(dsn, coalesce=False, **common)),
+               "http+coalesce": ServeProcess(*serve_flags(dsn, coalesce=True, **common))}
+    if args.baseline_src:  # coalescing off, from another source tree
+        servers["baseline"] = ServeProcess(*serve_flags(dsn, coalesce=False, **common),
+                                           env={"PYTHONPATH": os.path.abspath(args.baseline_src)})
+    with contextlib.ExitStack() as stack:
+        for srv in servers.values():
+            stack.enter_context(srv)
+        figures = runner(run_benchmark(args, dsn, servers))
+    return {"settings": settings, "mode": "standard", **figures}

@@ -1,11 +1,14 @@
 """The HTTP feature service (``pgfeatures serve``): Starlette on uvicorn over the async store.
 
 - ``config``: settings, flags > environment > config file > defaults;
-- ``service``: one worker's store, coalescing, deadlines, readiness (no HTTP);
+- ``service``: one worker's store, coalescing, deadlines, batch chunks, readiness (no HTTP);
 - ``coalesce``: merging concurrent single-key reads into batched queries;
 - ``app``: routes, request parsing, auth, errors; ``create_app`` is the factory;
+- ``encoding``: results as JSON, ``real`` values printed as float32;
+- ``streaming``: a large batch's answer sent chunk by chunk;
 - ``errors``: how failures map to HTTP statuses and JSON bodies;
 - ``metrics``: Prometheus metrics; ``openapi``: the OpenAPI document;
+- ``protocol``: uvicorn's HTTP protocol with a header timeout;
 - ``runner``: uvicorn and its workers.
 
 Names are imported on first use, so ``pgfeatures --help`` does not load Starlette.

@@ -24,8 +24,12 @@ is in whole milliseconds), so a sub-millisecond window is kept by re-checking
 the part of a window beyond 1 ms is slept on a timer.
 
 A failed batch fails every request in it with the same error (the database
-is unavailable for all of them alike). A request cancelled while parked is
-simply dropped from its batch's results.
+is unavailable for all of them alike). A request cancelled while parked
+leaves its batch (its key is not sent; a batch left empty is not sent at
+all); one cancelled while its batch runs does not cancel the batch, whose
+other requests get their rows. ``close()`` fails every parked and running
+request with StoreClosedError (503 ``shutting_down``), and so does any read
+after it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+from ..errors import StoreClosedError
 from ..reader import BatchReader, Features
 
 ReadBatch = Callable[[BatchReader, list[bytes]], Awaitable[list[Features]]]
@@ -85,9 +90,15 @@ class Coalescer:
         self._timer: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
 
     async def read(self, reader: BatchReader, key: bytes) -> Features:
-        """The features of one (already parsed) key, read as part of a batch of its request shape."""
+        """The features of one (already parsed) key, read as part of a batch of its request shape.
+
+        Raises what the batch's ``read_batch`` raised, or StoreClosedError once closed.
+        """
+        if self._closed:
+            raise _closed()
         loop = self._loop or self._bind()
         queue = self._queues.get(id(reader))
         if queue is None:
@@ -140,6 +151,11 @@ class Coalescer:
         n = self.max_keys
         keys, futures = queue.keys[:n], queue.futures[:n]
         del queue.keys[:n], queue.futures[:n]
+        if any(f.done() for f in futures):  # requests cancelled while parked leave the batch
+            kept = [(k, f) for k, f in zip(keys, futures) if not f.done()]
+            keys, futures = [k for k, _ in kept], [f for _, f in kept]
+            if not keys:
+                return
         self._in_flight += 1
         if self._on_batch is not None:
             self._on_batch(len(keys))
@@ -152,7 +168,12 @@ class Coalescer:
             results = await self._read_batch(reader, keys)
         except asyncio.CancelledError:
             for future in futures:
-                future.cancel()
+                if future.done():
+                    continue
+                if self._closed:
+                    future.set_exception(_closed())
+                else:
+                    future.cancel()
             raise
         except Exception as exc:
             for future in futures:
@@ -168,15 +189,22 @@ class Coalescer:
                 self._pump()
 
     async def close(self) -> None:
-        """Cancel running batches (their requests see CancelledError) and parked keys."""
+        """Fail parked requests and cancel running batches: their requests, and any later read,
+        get StoreClosedError."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         for queue in self._queues.values():
             for future in queue.futures:
-                future.cancel()
+                if not future.done():
+                    future.set_exception(_closed())
         self._queues.clear()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _closed() -> StoreClosedError:
+    return StoreClosedError("the service is shutting down: retry on another instance")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from typing import Any
 from ..definitions import Registry, demo_registry, read_toml
 from ..errors import ConfigError, PgFeaturesError
 from ..reader import Strategy
+
+log = logging.getLogger("pgfeatures.server")
 
 ENV_PREFIX = "PGFEATURES_"
 CONFIG_FILE_ENV = "PGFEATURES_CONFIG"
@@ -85,6 +88,14 @@ class ServerConfig:
         True, "load the feature tables and indexes into shared_buffers (pgfeatures warmup) before reporting ready", _bool
     )
     max_batch_keys: int = _setting(1000, "most keys one /v1/features/batch request may carry", _number(int), minimum=1)
+    batch_chunk_keys: int = _setting(
+        50, "keys per database statement of a batch; a larger batch is read in chunks and its answer streamed",
+        _number(int), minimum=1,
+    )
+    batch_connections: int = _setting(
+        0, "read connections batch chunks may hold at once, so single-key reads keep the rest "
+        "(0: a quarter of the pool, at least 1)", _number(int), minimum=0,
+    )
     coalesce: bool = _setting(False, "merge concurrent single-key requests into batched queries", _bool)
     coalesce_window_us: int = _setting(
         0, "how long the first request of a coalesced batch waits for company, in microseconds "
@@ -98,12 +109,20 @@ class ServerConfig:
         5.0, "seconds a request may spend on the database in all before 503", _number(float), minimum=0.001
     )
     connect_timeout: float = _setting(5.0, "seconds to wait for a new database connection", _number(float), minimum=0.001)
-    retry_after: int = _setting(1, "Retry-After seconds sent with 503 responses", _number(int), minimum=0)
+    retry_after: int = _setting(1, "Retry-After seconds sent with retryable (503, 504) responses", _number(int), minimum=0)
     token: str | None = _setting(
-        None, "bearer token required on every endpoint but /healthz and /readyz", _text, secret=True
+        None, "bearer token required on every endpoint but /healthz and /readyz (prefer PGFEATURES_TOKEN or "
+        "--token-file: a flag is visible to every user in ps)", _text, secret=True
+    )
+    token_file: str | None = _setting(
+        None, "file holding the bearer token (read at startup; surrounding whitespace ignored)", _text
     )
     graceful_timeout: float = _setting(
         30.0, "seconds to let in-flight requests finish on shutdown", _number(float), minimum=0
+    )
+    header_timeout: float = _setting(
+        10.0, "seconds a client may take to send a request's headers before a 408 closes the connection",
+        _number(float), minimum=0.001,
     )
     keep_alive: float = _setting(
         60.0, "seconds an idle client connection is kept open (model servers reuse theirs)", _number(float), minimum=0
@@ -120,6 +139,12 @@ class ServerConfig:
             raise ConfigError(f"port must be at most 65535, got {self.port}")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"unknown log_level {self.log_level!r}; valid: {', '.join(LOG_LEVELS)}")
+        if self.token is not None and self.token_file is not None:
+            raise ConfigError("set token or token_file, not both")
+        # Read once here, so that a bad file fails at startup; not a field, so it never travels as JSON.
+        object.__setattr__(self, "_bearer", read_token_file(self.token_file) if self.token_file else self.token)
+        if self.batch_connections > self.pool_size:
+            raise ConfigError(f"batch_connections ({self.batch_connections}) cannot exceed pool_size ({self.pool_size})")
         try:
             Strategy.parse(self.strategy)
         except PgFeaturesError as exc:
@@ -128,6 +153,16 @@ class ServerConfig:
     @property
     def coalesce_window(self) -> float:
         return self.coalesce_window_us / 1e6
+
+    @property
+    def bearer_token(self) -> str | None:
+        """The token requests must carry (from ``token`` or ``token_file``), or None: no auth."""
+        return self._bearer  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def batch_slots(self) -> int:
+        """How many batch chunks may hold a read connection at once."""
+        return self.batch_connections or max(1, self.pool_size // 4)
 
     @property
     def max_body_bytes(self) -> int:
@@ -149,6 +184,17 @@ class ServerConfig:
     def from_json(cls, text: str) -> "ServerConfig":
         return cls(**json.loads(text))
 
+
+
+def read_token_file(path: str) -> str:
+    """The token in a file, without surrounding whitespace. Raises ConfigError naming the file."""
+    try:
+        token = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read token_file {path}: {exc}") from None
+    if not token:
+        raise ConfigError(f"token_file {path} is empty")
+    return token
 
 
 SETTINGS: tuple[dataclasses.Field, ...] = dataclasses.fields(ServerConfig)  # type: ignore[arg-type]
@@ -191,6 +237,9 @@ def load_config(
     """
     flags = flags or {}
     environ = os.environ if environ is None else environ
+    if flags.get("token") is not None:
+        log.warning("pgfeatures: the bearer token was given as %s, which every user of this machine can read in ps; "
+                    "set %s or use %s instead", flag_name("token"), env_name("token"), flag_name("token_file"))
     config_file = config_file or environ.get(CONFIG_FILE_ENV)
     values: dict[str, Any] = read_config_file(config_file) if config_file else {}
     for f in SETTINGS:

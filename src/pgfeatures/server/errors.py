@@ -1,26 +1,57 @@
-"""What each failure looks like over HTTP: status, error type and a JSON body that says what is valid.
+"""What each failure looks like over HTTP: a status that tells the caller whether to retry, an
+error type, and a JSON body that says what was wrong and what is valid.
 
-Every error response has the body ``{"error": {"type": ..., "message": ...}}``.
-The message of a pgfeatures typed error is passed through unchanged: it
-already names what was wrong and what is valid (the tables, the features,
-the key format).
+Every error response has the body::
+
+    {"error": {"type": ..., "message": ..., "retryable": true|false}}
+
+plus ``"sqlstate"`` for a database error. Retryable errors (an outage, an
+exhausted pool, a timeout, a service warming up or shutting down) also carry
+``Retry-After``. The message of a pgfeatures typed error is passed through
+unchanged: it already names what was wrong and what is valid (the tables,
+the features, the key format, the setting to raise). Anything that is not a
+pgfeatures error is a bug: a 500 ``internal`` whose message names only the
+exception's class (the details go to the server log).
+
+``ERRORS`` maps every typed error of ``pgfeatures.errors`` (and the two of the
+service) to its answer; ``tests/test_server_errors.py`` fails when a new
+error class is added without a row here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from starlette.responses import Response
 
 from ..errors import (
+    AuthenticationError,
+    CorruptFileError,
+    BenchmarkError,
+    ConfigError,
+    DatabaseError,
     DatabaseUnavailableError,
     DefinitionError,
+    EmbeddedServerError,
+    FeatureValueError,
     KeyFormatError,
+    LoadError,
+    LoadInputError,
+    LoadInterruptedError,
     PgFeaturesError,
+    PoolExhaustedError,
+    QueryTimeoutError,
+    ReadOnlyStoreError,
+    SchemaDriftError,
+    StoreClosedError,
+    UnknownEntityError,
     UnknownFeatureError,
+    UnknownServiceError,
     UnknownStrategyError,
     UnknownTableError,
+    WarmupError,
 )
 
 JSON = "application/json"
@@ -44,41 +75,64 @@ class NotReadyError(PgFeaturesError):
 class HTTPError:
     status: int
     type: str
-    retry: bool = False  # send Retry-After
+    retryable: bool = False  # the same request may succeed later: sent with Retry-After
 
 
-# Most specific first: UnknownTableError is also a KeyError, KeyFormatError a ValueError.
-_BY_CLASS: tuple[tuple[type[Exception], HTTPError], ...] = (
+# Most specific first: AuthenticationError and PoolExhaustedError are DatabaseUnavailableErrors,
+# LoadInputError a LoadError, UnknownTableError also a KeyError, KeyFormatError a ValueError.
+ERRORS: tuple[tuple[type[Exception], HTTPError], ...] = (
+    # the request is wrong: do not retry it as it is
     (KeyFormatError, HTTPError(400, "invalid_key")),
+    (UnknownServiceError, HTTPError(404, "unknown_service")),
+    (UnknownEntityError, HTTPError(400, "unknown_entity")),
+    (CorruptFileError, HTTPError(400, "corrupt_file")),
     (UnknownTableError, HTTPError(400, "unknown_table")),
     (UnknownFeatureError, HTTPError(400, "unknown_feature")),
     (UnknownStrategyError, HTTPError(400, "unknown_strategy")),
+    (FeatureValueError, HTTPError(400, "invalid_value")),
     (DefinitionError, HTTPError(400, "invalid_selection")),
-    (DatabaseUnavailableError, HTTPError(503, "database_unavailable", retry=True)),
-    (NotReadyError, HTTPError(503, "not_ready", retry=True)),
+    (LoadInputError, HTTPError(400, "invalid_input")),
+    # transient: retry after Retry-After (elsewhere if there is an elsewhere)
+    (AuthenticationError, HTTPError(503, "database_auth_failed", retryable=True)),
+    (PoolExhaustedError, HTTPError(503, "pool_exhausted", retryable=True)),
+    (DatabaseUnavailableError, HTTPError(503, "database_unavailable", retryable=True)),
+    (EmbeddedServerError, HTTPError(503, "database_unavailable", retryable=True)),
+    (LoadInterruptedError, HTTPError(503, "database_unavailable", retryable=True)),
+    (QueryTimeoutError, HTTPError(504, "query_timeout", retryable=True)),
+    (StoreClosedError, HTTPError(503, "shutting_down", retryable=True)),
+    (NotReadyError, HTTPError(503, "not_ready", retryable=True)),
+    # permanent until an operator acts: retrying the same request gives the same answer
+    (ReadOnlyStoreError, HTTPError(403, "read_only")),
+    (SchemaDriftError, HTTPError(500, "schema_drift")),
+    (DatabaseError, HTTPError(500, "database_error")),
+    (LoadError, HTTPError(500, "load_failed")),
+    (ConfigError, HTTPError(500, "config_error")),
+    (WarmupError, HTTPError(500, "warmup_failed")),
+    (BenchmarkError, HTTPError(500, "benchmark_error")),
 )
-_INTERNAL = HTTPError(500, "internal")
+INTERNAL = HTTPError(500, "internal")
 
 
 def classify(exc: BaseException) -> HTTPError:
     """The HTTP status and error type for an exception; anything unexpected is a 500 ``internal``."""
     if isinstance(exc, RequestError):
         return HTTPError(exc.status, exc.type)
-    for cls, error in _BY_CLASS:
+    for cls, error in ERRORS:
         if isinstance(exc, cls):
             return error
-    return _INTERNAL
+    return INTERNAL
 
 
-def error_body(type: str, message: str) -> bytes:
-    return orjson.dumps({"error": {"type": type, "message": message}})
+def error_body(type: str, message: str, retryable: bool = False, **extra: Any) -> bytes:
+    return orjson.dumps({"error": {"type": type, "message": message, "retryable": retryable, **extra}})
 
 
 def error_response(exc: BaseException, retry_after: int) -> Response:
-    """The JSON error response for ``exc``; 503s carry ``Retry-After``."""
+    """The JSON error response for ``exc``; retryable ones carry ``Retry-After``."""
     error = classify(exc)
     headers = dict(exc.headers) if isinstance(exc, RequestError) else {}
-    if error.retry:
+    if error.retryable:
         headers["Retry-After"] = str(retry_after)
-    message = str(exc) if error is not _INTERNAL else f"internal error ({type(exc).__name__}); see the server log"
-    return Response(error_body(error.type, message), error.status, headers, media_type=JSON)
+    extra = {"sqlstate": exc.sqlstate} if isinstance(exc, DatabaseError) and exc.sqlstate else {}
+    message = str(exc) if error is not INTERNAL else f"internal error ({type(exc).__name__}); see the server log"
+    return Response(error_body(error.type, message, error.retryable, **extra), error.status, headers, media_type=JSON)

@@ -23,13 +23,18 @@ bookkeeping together.
 
 With several workers, set ``PROMETHEUS_MULTIPROC_DIR`` (``pgfeatures serve``
 does) and every worker writes its values there; a scrape of any worker then
-reports the sum over all of them (gauges: the sum over live workers).
+reports the sum over all of them (gauges: the sum over live workers). A
+worker that exits cleanly drops its live gauges itself; one that is killed
+cannot, so every scrape first drops the live-gauge files of workers that no
+longer run (their counters stay: counts never go backwards).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -51,6 +56,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Loopback requests take 0.3-3 ms; the tail and timeouts reach seconds.
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]*_(\d+)\.db")
 POOL_STATS = {"requests_errors": "requests", "connections_errors": "connections", "connections_lost": "lost"}
 
 
@@ -135,6 +141,7 @@ class Metrics:
     def exposition(self) -> bytes:
         """The text format of every metric (of every worker, in multiprocess mode)."""
         if multiprocess_mode():
+            forget_dead_workers()
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry)
@@ -145,3 +152,31 @@ def worker_exited(pid: int) -> None:
     """Drop a finished worker's live gauges (multiprocess mode only)."""
     if multiprocess_mode():
         multiprocess.mark_process_dead(pid)
+
+
+def forget_dead_workers() -> None:
+    """Drop the live gauges of worker processes that no longer run (killed, so they could not)."""
+    folder = os.environ.get(MULTIPROC_ENV)
+    if not folder:
+        return
+    pids = {int(m.group(1)) for p in Path(folder).glob("gauge_live*.db") if (m := _LIVE_GAUGE_FILE.fullmatch(p.name))}
+    for pid in pids:
+        if not _running(pid):
+            multiprocess.mark_process_dead(pid, folder)
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (a killed worker not yet reaped is one)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -130,12 +130,17 @@ def _schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
             "properties": {
                 "error": {
                     "type": "object",
-                    "required": ["type", "message"],
+                    "required": ["type", "message", "retryable"],
                     "properties": {
-                        "type": {"type": "string", "description": "invalid_json, invalid_request, invalid_key, "
-                                 "unknown_table, unknown_feature, invalid_selection, too_many_keys, unauthorized, "
-                                 "not_found, method_not_allowed, payload_too_large, database_unavailable, not_ready"},
+                        "type": {"type": "string", "description": "see docs/http.md: invalid_json, invalid_request, "
+                                 "invalid_key, unknown_table, unknown_feature, invalid_selection, too_many_keys, "
+                                 "payload_too_large, unauthorized, not_found, method_not_allowed, database_unavailable, "
+                                 "database_auth_failed, pool_exhausted, query_timeout, shutting_down, not_ready, "
+                                 "read_only, schema_drift, database_error, internal"},
                         "message": {"type": "string", "description": "what was wrong and what is valid"},
+                        "retryable": {"type": "boolean", "description": "the same request may succeed later "
+                                      "(after Retry-After seconds)"},
+                        "sqlstate": {"type": "string", "description": "PostgreSQL's error code (database_error)"},
                     },
                 }
             },
@@ -147,10 +152,14 @@ def openapi_document(registry: Registry, config: ServerConfig) -> dict[str, Any]
     """The OpenAPI document for this registry and these settings."""
     error = _ref("Error")
     retry = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds before retrying"}}
-    unavailable = _json(error, "database unavailable or pool exhausted (after a bounded wait), or still warming up", retry)
+    unavailable = _json(error, "database unavailable, credentials refused, pool exhausted (after a bounded wait), "
+                               "still warming up or shutting down: retry after Retry-After", retry)
+    timeout = _json(error, "the database did not answer within request_timeout: retry after Retry-After", retry)
+    failed = _json(error, "the database disagrees with the definitions (schema_drift) or rejected the statement "
+                          "(database_error, with its sqlstate): retrying will not help")
     bad = _json(error, "malformed JSON, unknown field, table or feature, bad key format, too many keys")
     guarded: dict[str, Any] = {}
-    if config.token:
+    if config.bearer_token:
         guarded = {"security": [{"bearer": []}], "responses": {"401": _json(error, "missing or wrong bearer token")}}
 
     def op(summary: str, responses: dict[str, Any], body: str | None = None) -> dict[str, Any]:
@@ -162,7 +171,8 @@ def openapi_document(registry: Registry, config: ServerConfig) -> dict[str, Any]
             out["responses"].update(guarded["responses"])
         return out
 
-    read_responses = {"400": bad, "413": _json(error, "request body too large"), "503": unavailable}
+    read_responses = {"400": bad, "413": _json(error, "request body too large: the message names the setting"),
+                      "500": failed, "503": unavailable, "504": timeout}
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
@@ -195,6 +205,6 @@ def openapi_document(registry: Registry, config: ServerConfig) -> dict[str, Any]
         },
         "components": {"schemas": _schemas(registry, config)},
     }
-    if config.token:
+    if config.bearer_token:
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     return doc

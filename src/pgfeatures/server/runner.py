@@ -23,6 +23,7 @@ import tempfile
 
 from .config import ServerConfig
 from .metrics import MULTIPROC_ENV
+from .protocol import HeaderTimeoutProtocol
 
 CONFIG_ENV = "PGFEATURES_SERVER_CONFIG"
 FACTORY = "pgfeatures.server.app:app_from_env"
@@ -60,7 +61,7 @@ def run(config: ServerConfig) -> None:
             port=config.port,
             workers=config.workers,
             loop="auto",  # uvloop when installed
-            http="auto",  # httptools when installed
+            http=HeaderTimeoutProtocol,  # httptools, plus the header timeout uvicorn lacks
             log_level=config.log_level,
             log_config=log_config(),
             access_log=config.access_log,

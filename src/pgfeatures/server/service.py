@@ -11,8 +11,15 @@ Bounded waits. Every database call has two limits: the store's
 down), and ``request_timeout`` for the whole call. The call runs in a task of
 its own and is abandoned at the deadline: cancelling a psycopg query waits
 for the server to acknowledge the cancel, which a hung server never does, so
-the request is answered (503) first and the task is cancelled in the
-background, where the pool replaces its connection.
+the request is answered first (QueryTimeoutError: 504 ``query_timeout``)
+and the task is cancelled in the background, where the pool replaces its
+connection. Whatever fails, the caller gets a pgfeatures typed error, whose
+class says whether to retry (see ``errors.py``).
+
+Batches. A batch is read in chunks of ``batch_chunk_keys`` keys, one
+statement each, with these bounds per chunk; at most ``batch_slots``
+chunks (of all batches together) hold a read connection at once, so
+single-key reads always have the rest of the pool (``open_batch``).
 
 Readiness. The database counts as reachable if a read succeeded within the
 last second and nothing failed since; otherwise one ``SELECT 1`` through the
@@ -27,16 +34,20 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+import psycopg
+from psycopg_pool import PoolClosed, PoolTimeout
 
+from ..connections import database_error
 from ..definitions import Registry
-from ..errors import DatabaseUnavailableError
-from ..reader import Features, FeaturesArg
+from ..errors import DatabaseUnavailableError, PgFeaturesError, PoolExhaustedError, QueryTimeoutError, StoreClosedError
+from ..reader import BatchReader, Features, FeaturesArg
 from ..store import AsyncFeatureStore
 from .coalesce import Coalescer
 from .config import ServerConfig
+from .encoding import Float32Plan
 from .errors import NotReadyError
 from .metrics import Metrics, worker_exited
 
@@ -47,6 +58,7 @@ WarmupHook = Callable[[AsyncFeatureStore], Awaitable[object]]
 
 T = TypeVar("T")
 
+PLANS_KEPT = 256  # request shapes whose Float32Plan is kept
 HEALTHY_FOR = 1.0  # seconds a successful read (or probe) vouches for the database
 PROBE_TIMEOUT = 1.0  # an orchestrator's probe typically times out at 1 s
 METRICS_INTERVAL = 1.0
@@ -71,8 +83,11 @@ class Service:
                 self._read_coalesced, window=config.coalesce_window, max_keys=config.coalesce_max_keys,
                 max_in_flight=config.pool_size, on_batch=self.metrics.batch_keys.observe,
             )
+        # Batch chunks hold at most this many read connections at once; single-key reads keep the rest.
+        self._batch_slots = asyncio.Semaphore(config.batch_slots)
         self.warmup = list(warmup)
         self.ready = False
+        self.closing = False
         self.status = "warming up"  # why not ready, for /readyz
         self._db_seconds = {k: self.metrics.db_time.labels(k) for k in ("single", "batch", "coalesced", "probe")}
         self._last_ok = 0.0
@@ -81,6 +96,7 @@ class Service:
         self._probe_at = float("-inf")
         self._probe_result = (False, "not checked")
         self._background: set[asyncio.Task[Any]] = set()
+        self._plans: dict[int, tuple[Any, Float32Plan]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -90,6 +106,8 @@ class Service:
         self._spawn(self._refresh_metrics())
 
     async def stop(self) -> None:
+        """Close the store; reads from now on get StoreClosedError (503 ``shutting_down``)."""
+        self.closing = True
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -145,60 +163,138 @@ class Service:
     # -- reads -------------------------------------------------------------------------------------
 
     def _check_ready(self) -> None:
+        if self.closing:
+            raise StoreClosedError("the service is shutting down: retry on another instance")
         if not self.ready:
             raise NotReadyError(f"the service is not ready yet ({self.status})")
 
     async def read_one(self, key: bytes, tables: Sequence[str] | None, features: FeaturesArg) -> Features:
         """One key's features: coalesced into a batch when enabled, else one single-key read.
+        ``real`` values come back as numpy.float32 scalars (exact; see ``encoding``).
 
         Raises the store's typed errors for a bad selection (before any I/O), NotReadyError,
-        and DatabaseUnavailableError after at most ``request_timeout``.
+        StoreClosedError, the database's typed errors (DatabaseUnavailableError, ...), and
+        QueryTimeoutError after at most ``request_timeout``.
         """
         self._check_ready()
         if self.coalescer is not None:
-            reader = self.store.batch_reader(tables, features)
+            reader: Any = self.store.batch_reader(tables, features)
             result = await self._bounded(self.coalescer.read(reader, key), self.config.request_timeout + self.config.coalesce_window)
         else:
-            result = await self._db("single", self.store.read, self.store.reader(tables, features), key)
+            reader = self.store.reader(tables, features)
+            result = await self._db("single", self.store.read, reader, key)
         self.metrics.count((result,))
+        self._float32(reader).apply((result,))
         return result
 
-    async def read_many(self, keys: list[bytes], tables: Sequence[str] | None, features: FeaturesArg) -> list[Features]:
-        """Features of many keys, in input order, in one statement."""
+    def open_batch(self, keys: Sequence[bytes], tables: Sequence[str] | None,
+                   features: FeaturesArg) -> AsyncIterator[list[Features]]:
+        """The features of many keys, in input order, as chunks of at most ``batch_chunk_keys``.
+
+        Checks readiness and the selection now (raising as ``read_one`` does, before any I/O);
+        each chunk is then one statement, read when the iterator asks for it. A chunk waits at
+        most ``acquire_timeout`` for one of the ``batch_slots`` connections batches may hold
+        (PoolExhaustedError), then at most ``request_timeout`` for the database.
+        """
         self._check_ready()
-        reader = self.store.batch_reader(tables, features)
-        results = await self._db("batch", self.store.read_batch, reader, keys) if keys else []
-        self.metrics.count(results)
-        return results
+        return self._chunks(self.store.batch_reader(tables, features), keys)
+
+    async def read_many(self, keys: Sequence[bytes], tables: Sequence[str] | None, features: FeaturesArg) -> list[Features]:
+        """Features of many keys, in input order (all chunks, in memory)."""
+        return [r async for chunk in self.open_batch(keys, tables, features) for r in chunk]
+
+    async def _chunks(self, reader: BatchReader, keys: Sequence[bytes]) -> AsyncIterator[list[Features]]:
+        step = self.config.batch_chunk_keys
+        plan = self._float32(reader)
+        for start in range(0, len(keys), step):
+            results = await self._read_chunk(reader, keys[start:start + step])
+            self.metrics.count(results)
+            plan.apply(results)
+            yield results
+
+    async def _read_chunk(self, reader: BatchReader, keys: Sequence[bytes]) -> list[Features]:
+        slots = self._batch_slots
+        try:
+            async with asyncio.timeout(self.config.acquire_timeout):
+                await slots.acquire()
+        except TimeoutError:
+            self.metrics.db_errors.labels("batch_slots").inc()
+            raise PoolExhaustedError(
+                f"batches already hold {self.config.batch_slots} of the {self.config.pool_size} read connections "
+                f"(batch_connections) and none came free within {self.config.acquire_timeout:g}s (acquire_timeout): "
+                "retry, send smaller batches, or raise --batch-connections / --pool-size"
+            ) from None
+        try:
+            return await self._db("batch", self.store.read_batch, reader, keys)
+        finally:
+            slots.release()
+
+    def _float32(self, reader: Any) -> Float32Plan:
+        """The reader's Float32Plan (cached by reader identity; readers are cached by the store)."""
+        entry = self._plans.get(id(reader))
+        if entry is None or entry[0] is not reader:
+            if len(self._plans) >= PLANS_KEPT:
+                self._plans.clear()
+            entry = self._plans[id(reader)] = (reader, Float32Plan(reader.selection))
+        return entry[1]
 
     async def _read_coalesced(self, reader: Any, keys: list[bytes]) -> list[Features]:
         return await self._db("coalesced", self.store.read_batch, reader, keys)
 
     async def _db(self, kind: str, call: Callable[..., Awaitable[T]], *args: Any, timeout: float | None = None) -> T:
-        """Run one store call in its own task, within the deadline; record success or failure."""
+        """Run one store call in its own task, within the deadline; record success or failure.
+
+        Every failure leaves as a pgfeatures typed error: psycopg and pool exceptions that
+        escape the store are translated (``connections.database_error``), and a call still
+        running at the deadline is abandoned (cancelled in the background, where the pool
+        replaces its connection) with QueryTimeoutError.
+        """
         start = time.perf_counter()
+        limit = timeout or self.config.request_timeout
         task = asyncio.ensure_future(call(*args))
         try:
-            result = await self._bounded(asyncio.shield(task), timeout or self.config.request_timeout)
-        except DatabaseUnavailableError:
-            timed_out = not task.done()
-            if timed_out:
+            async with asyncio.timeout(limit):
+                result = await asyncio.shield(task)
+        except BaseException as exc:
+            if not task.done():  # the deadline passed, or the request itself was cancelled
                 task.cancel()  # abandoned: psycopg cancels the query and the pool replaces the connection
                 self._keep(task)
-            self._last_error = time.monotonic()
-            self.metrics.db_errors.labels("timeout" if timed_out else "unavailable").inc()
-            raise
+                if not isinstance(exc, TimeoutError):
+                    raise
+                self._failed("timeout")
+                raise QueryTimeoutError(
+                    f"the database did not answer within {limit:g}s (request_timeout); the query was cancelled"
+                ) from None
+            error = self._translate(exc)
+            if isinstance(error, DatabaseUnavailableError):
+                self._failed("unavailable")
+            elif isinstance(error, QueryTimeoutError):
+                self._failed("timeout")
+            if error is exc:
+                raise
+            raise error from exc
         self._last_ok = time.monotonic()
         self._db_seconds[kind].observe(time.perf_counter() - start)
         return result
+
+    def _translate(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, (psycopg.Error, PoolTimeout, PoolClosed)) and not isinstance(exc, PgFeaturesError):
+            return database_error(exc, self.store.read_dsn or "", acquire_timeout=self.config.acquire_timeout)
+        return exc
+
+    def _failed(self, reason: str) -> None:
+        self._last_error = time.monotonic()
+        self.metrics.db_errors.labels(reason).inc()
 
     @staticmethod
     async def _bounded(awaitable: Awaitable[T], timeout: float) -> T:
         try:
             async with asyncio.timeout(timeout):
                 return await awaitable
-        except TimeoutError:
-            raise DatabaseUnavailableError(f"the database did not answer within {timeout:g}s (request_timeout)") from None
+        except TimeoutError as exc:
+            if isinstance(exc, QueryTimeoutError):  # the call's own deadline, raised inside
+                raise
+            raise QueryTimeoutError(f"the database did not answer within {timeout:g}s (request_timeout)") from None
 
     # -- readiness ---------------------------------------------------------------------------------
 
