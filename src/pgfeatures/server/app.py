@@ -247,10 +247,15 @@ def routes(service: Service) -> list[Route]:
         return json_response({"status": "alive"})
 
     async def readyz(request: Request) -> Response:
+        # Ready: serving. Degraded (still 200: the other tables are served): some tables cannot be,
+        # named with why. Not ready (503): warming up, or no read target answers.
         ready, reason = await service.readiness()
+        details = service.details()
         if ready:
-            return json_response({"status": "ready"})
-        return json_response({"status": "not_ready", "reason": reason}, 503, {"Retry-After": str(config.retry_after)})
+            status = "degraded" if details["broken_tables"] else "ready"
+            return json_response({"status": status, **details})
+        return json_response({"status": "not_ready", "reason": reason, **details}, 503,
+                             {"Retry-After": str(config.retry_after)})
 
     async def metrics(request: Request) -> Response:
         service.flush_metrics()

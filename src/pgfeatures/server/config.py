@@ -30,6 +30,7 @@ from typing import Any
 
 from ..definitions import Registry, demo_registry, read_toml
 from ..errors import ConfigError, PgFeaturesError
+from ..connections import check_pooler
 from ..reader import Strategy
 
 log = logging.getLogger("pgfeatures.server")
@@ -79,7 +80,29 @@ class ServerConfig:
     workers: int = _setting(1, "worker processes (each has its own pools)", _number(int), minimum=1)
     dsn: str | None = _setting(None, "PostgreSQL connection string (default: the embedded server)", _text, secret=True)
     read_dsn: str | None = _setting(
-        None, "connection string for reads, e.g. a read replica (default: the DSN)", _text, secret=True
+        None, "read replicas' connection strings, separated by ';' (default: reads go to the DSN)", _text, secret=True
+    )
+    read_fallback: bool = _setting(
+        True, "while every replica is down (or too far behind), read from the primary", _bool
+    )
+    max_replica_lag: float | None = _setting(
+        None, "seconds a replica may be behind the primary and still be read (default: no bound)", _number(float),
+        minimum=0
+    )
+    credentials: str | None = _setting(
+        None, "credential provider 'module:callable', called for every new connection (rotating passwords, "
+        "OAuth or IAM tokens; see docs/production.md)", _text
+    )
+    password_file: str | None = _setting(
+        None, "file holding the database password, read at every new connection (a rotated secret is picked up)", _text
+    )
+    pooler: str | None = _setting(
+        None, "'transaction' behind a transaction-mode pooler (PgBouncer): nothing prepared, reads through "
+        "server-side functions; 'session' or unset: prepared statements", _text
+    )
+    max_lifetime: float = _setting(
+        1800.0, "seconds after which a pooled database connection is replaced (credentials renewed)", _number(float),
+        minimum=1
     )
     definitions: str | None = _setting(None, "feature-table definitions TOML (default: the demo layout)", _text)
     pool_size: int = _setting(4, "read connections per worker", _number(int), minimum=1)
@@ -133,7 +156,7 @@ class ServerConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value, minimum = getattr(self, f.name), f.metadata["minimum"]
-            if minimum is not None and value < minimum:
+            if minimum is not None and value is not None and value < minimum:
                 raise ConfigError(f"{f.name} must be at least {minimum:g}, got {value!r}")
         if self.port > 65535:
             raise ConfigError(f"port must be at most 65535, got {self.port}")
@@ -143,12 +166,32 @@ class ServerConfig:
             raise ConfigError("set token or token_file, not both")
         # Read once here, so that a bad file fails at startup; not a field, so it never travels as JSON.
         object.__setattr__(self, "_bearer", read_token_file(self.token_file) if self.token_file else self.token)
+        if self.credentials is not None and self.password_file is not None:
+            raise ConfigError("set credentials or password_file, not both")
+        try:
+            check_pooler(self.pooler)
+        except PgFeaturesError as exc:
+            raise ConfigError(str(exc)) from None
         if self.batch_connections > self.pool_size:
             raise ConfigError(f"batch_connections ({self.batch_connections}) cannot exceed pool_size ({self.pool_size})")
         try:
             Strategy.parse(self.strategy)
         except PgFeaturesError as exc:
             raise ConfigError(str(exc)) from None
+
+    @property
+    def read_dsns(self) -> list[str]:
+        return [d.strip() for d in (self.read_dsn or "").split(";") if d.strip()]
+
+    def credential_provider(self) -> Any:
+        """The credential provider the settings name (None: the DSN's own password). Raises ConfigError."""
+        from ..connections import PasswordFile, load_provider
+
+        if self.password_file:
+            return PasswordFile(self.password_file)
+        if self.credentials:
+            return load_provider(self.credentials)
+        return None
 
     @property
     def coalesce_window(self) -> float:

@@ -122,7 +122,15 @@ def _schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
         "Status": {
             "type": "object",
             "required": ["status"],
-            "properties": {"status": {"type": "string"}, "reason": {"type": "string"}},
+            "properties": {
+                "status": {"type": "string", "description": "alive, ready, degraded (some tables cannot be served) or not_ready"},
+                "reason": {"type": "string"},
+                "read_targets": {"type": "array", "items": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "up": {"type": "boolean"}, "reason": {"type": "string"},
+                    "lag": {"type": ["number", "null"]}}}},
+                "broken_tables": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                                  "description": "tables that cannot be served, with why"},
+            },
         },
         "Error": {
             "type": "object",
@@ -195,7 +203,7 @@ def openapi_document(registry: Registry, config: ServerConfig) -> dict[str, Any]
             "/v1/tables": {"get": op("the feature tables and their features", {"200": _json(_ref("TableList"), "tables")})},
             "/healthz": {"get": {"summary": "process alive", "responses": {"200": _json(_ref("Status"), "alive")}}},
             "/readyz": {"get": {"summary": "warmed up and the database answers", "responses": {
-                "200": _json(_ref("Status"), "ready"),
+                "200": _json(_ref("Status"), "ready, or degraded: serving, but some tables cannot be (named)"),
                 "503": _json(_ref("Status"), "not ready (warming up or database unreachable)", retry),
             }}},
             "/metrics": {"get": op("Prometheus metrics", {

@@ -42,7 +42,14 @@ from psycopg_pool import PoolClosed, PoolTimeout
 
 from ..connections import database_error
 from ..definitions import Registry
-from ..errors import DatabaseUnavailableError, PgFeaturesError, PoolExhaustedError, QueryTimeoutError, StoreClosedError
+from ..errors import (
+    AuthenticationError,
+    DatabaseUnavailableError,
+    PgFeaturesError,
+    PoolExhaustedError,
+    QueryTimeoutError,
+    StoreClosedError,
+)
 from ..reader import BatchReader, Features, FeaturesArg
 from ..store import AsyncFeatureStore
 from .coalesce import Coalescer
@@ -71,10 +78,13 @@ class Service:
     def __init__(self, config: ServerConfig, registry: Registry, warmup: Iterable[WarmupHook] = ()):
         self.config = config
         self.registry = registry
+        # A broken table (missing, renamed, drifted) only breaks the requests that touch it.
         self.store = AsyncFeatureStore(
-            registry, config.dsn, read_dsn=config.read_dsn,
-            strategy=config.strategy, pool_size=config.pool_size, write_pool_size=1,
-            acquire_timeout=config.acquire_timeout, connect_timeout=config.connect_timeout,
+            registry, config.dsn, read_dsns=config.read_dsns, read_fallback=config.read_fallback,
+            max_replica_lag=config.max_replica_lag, credentials=config.credential_provider(), pooler=config.pooler,
+            max_lifetime=config.max_lifetime, strategy=config.strategy, pool_size=config.pool_size,
+            write_pool_size=1, acquire_timeout=config.acquire_timeout, connect_timeout=config.connect_timeout,
+            on_drift="isolate",
         )
         self.metrics = Metrics(registry.tables)
         self.coalescer: Coalescer | None = None
@@ -312,10 +322,14 @@ class Service:
         return await asyncio.shield(self._probe)
 
     async def _run_probe(self) -> tuple[bool, str]:
+        """``SELECT 1`` through the read path: a dead pooled connection is replaced and the probe
+        retried at once, as a read would be, so readiness follows the database within one probe."""
         try:
-            await self._db("probe", self._select_one, timeout=min(PROBE_TIMEOUT, self.config.request_timeout))
+            await self._db("probe", self.store.ping, timeout=min(PROBE_TIMEOUT, self.config.request_timeout))
             result = (True, "ready")
-        except DatabaseUnavailableError as exc:
+        except AuthenticationError as exc:
+            result = (False, f"database refused the credentials: {exc}")
+        except (DatabaseUnavailableError, QueryTimeoutError, StoreClosedError) as exc:
             result = (False, f"database unavailable: {exc}")
         finally:
             self._probe = None
@@ -323,6 +337,7 @@ class Service:
         self._probe_result = result
         return result
 
-    async def _select_one(self) -> None:
-        async with self.store.connection() as conn:
-            await conn.execute("SELECT 1")
+    def details(self) -> dict[str, Any]:
+        """What /readyz shows beside its status: the read targets and the tables that cannot be served."""
+        status = self.store.status()
+        return {"read_targets": status["read_targets"], "broken_tables": status["broken_tables"]}
