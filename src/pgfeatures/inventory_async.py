@@ -14,10 +14,11 @@ What it costs:
 - the row count is the planner's estimate (``pg_class.reltuples``), free; a table never vacuumed
   or analyzed has none, and is counted when it is small (under ``COUNT_BELOW_BYTES``), else the
   statistics counters' live rows are given, else nothing;
+- the catalog is read without locking any table;
 - ``max(updated_at)`` is one index probe when an index leads with ``updated_at``, and otherwise
-  a scan of the whole table (measured in docs/doctor.md: about 5 ms per 100,000 rows here). Each
-  table's is bounded by ``timeout`` seconds (``statement_timeout``, which also bounds waiting for
-  a lock); one that takes longer is reported as unknown, with why, and the others go on.
+  a scan of the whole table (measured in docs/doctor.md). Each table's is bounded by ``timeout``
+  seconds (``statement_timeout``, which also bounds waiting for a lock held on the table); one that
+  takes longer is reported as unknown, with why, and the others go on.
 
 ``conn``: an autocommit connection (each table is read in its own short transaction, so a
 timeout loses nothing else). Statements are never prepared, so a connection behind a
@@ -40,20 +41,29 @@ from .materialize.build_async import status_async
 DEFAULT_TIMEOUT = 2.0  # seconds for each table's max(updated_at) (and count, when it counts)
 COUNT_BELOW_BYTES = 8 * 2**20  # a never-analyzed table smaller than this is counted (a few ms)
 
-# One row per table name: exists, reltuples, heap bytes, the statistics counters' live rows,
-# the first index leading with updated_at (None: none), and the server's clock.
+# One row per table name: exists, reltuples, the statistics counters' live rows, the first index
+# leading with updated_at (None: none). Catalog reads only: no lock on the tables, so a table held
+# by a long lock (a swap, an ALTER) cannot hold this up; what needs one is bounded per table.
 CATALOG = b"""
-SELECT t.name, c.oid IS NOT NULL, c.reltuples::float8, pg_relation_size(c.oid), s.n_live_tup,
+SELECT t.name, c.oid IS NOT NULL, c.reltuples::float8, s.n_live_tup,
   (SELECT ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
     WHERE i.indrelid = c.oid AND a.attname = $3 AND i.indisvalid AND i.indpred IS NULL
-    ORDER BY ic.relname LIMIT 1),
-  extract(epoch FROM clock_timestamp())::float8
+    ORDER BY ic.relname LIMIT 1)
 FROM unnest($2::text[]) AS t(name)
 LEFT JOIN pg_class c ON c.relname = t.name AND c.relkind IN ('r', 'p')
   AND c.relnamespace = (SELECT n.oid FROM pg_namespace n WHERE n.nspname = $1)
 LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
 """
+
+
+def _freshness_sql(schema: str, table: str, count: bool, newest: bool) -> sql.Composed:
+    """(count when asked and the table is small, else NULL; max(updated_at) when asked; the server's clock)."""
+    ident = sql.Identifier(schema, table)
+    counted = sql.SQL("CASE WHEN pg_relation_size({}::regclass) < {} THEN (SELECT count(*) FROM {}) END").format(
+        sql.Literal(ident.as_string(None)), sql.Literal(COUNT_BELOW_BYTES), ident) if count else sql.SQL("NULL::int8")
+    top = sql.SQL("(SELECT max({}) FROM {})").format(sql.Identifier(UPDATED_AT), ident) if newest else sql.SQL("NULL::int8")
+    return sql.SQL("SELECT {}, {}, extract(epoch FROM clock_timestamp())::float8").format(counted, top)
 
 
 @dataclass(frozen=True)
@@ -158,7 +168,7 @@ async def tables_async(conn: psycopg.AsyncConnection, registry: Registry, *, tim
     services = _services_of(registry)
     out = []
     for table in registry.tables.values():
-        exists, reltuples, size, live, index, _ = found[table.name]
+        exists, reltuples, live, index = found[table.name]
         info: dict[str, Any] = {}
         if not exists:
             info.update(newest_note=f"table {registry.schema}.{table.name} does not exist: pgfeatures init creates it")
@@ -166,22 +176,20 @@ async def tables_async(conn: psycopg.AsyncConnection, registry: Registry, *, tim
             info.update(updated_at_index=index)
             if reltuples >= 0:
                 info.update(rows=int(reltuples), rows_source="reltuples")
-            # Never vacuumed or analyzed (reltuples -1): count it if small, in the same scan as max().
-            count = reltuples < 0 and size < COUNT_BELOW_BYTES
+            count = reltuples < 0  # never vacuumed or analyzed: counted when small
             if newest or count:
-                query = sql.SQL("SELECT {}, max({}), extract(epoch FROM clock_timestamp())::float8 FROM {}").format(
-                    sql.SQL("count(*)" if count else "NULL::int8"), sql.Identifier(UPDATED_AT),
-                    sql.Identifier(registry.schema, table.name))
                 started = time.perf_counter()
-                row = await _bounded_async(conn, query, timeout)
+                row = await _bounded_async(conn, _freshness_sql(registry.schema, table.name, count, newest), timeout)
                 seconds = time.perf_counter() - started
                 if row is None:
                     how = f"an index ({index})" if index else f"a scan of the whole table (no index leads with {UPDATED_AT})"
-                    info.update(newest_note=f"max({UPDATED_AT}) took longer than {timeout:g}s: it needs {how}; "
-                                            "see docs/doctor.md on indexing updated_at", newest_seconds=seconds)
+                    if newest:
+                        info.update(newest_note=f"max({UPDATED_AT}) took longer than {timeout:g}s (it needs {how}, and "
+                                                "waits for any lock held on the table); see docs/doctor.md on indexing "
+                                                f"{UPDATED_AT}", newest_seconds=seconds)
                 else:
                     n, top, now = row
-                    if count:
+                    if n is not None:
                         info.update(rows=int(n), rows_source="count")
                     if newest:
                         info.update(newest_seconds=seconds)

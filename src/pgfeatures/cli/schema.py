@@ -5,6 +5,8 @@ what drifted and which materialized services need building) and ``pgfeatures mat
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .common import EXIT_ERROR, CliError, Command, add_definitions, add_dsn, add_json, connect, load_registry
@@ -161,6 +163,23 @@ def _check_tables(conn: "psycopg.Connection", registry: "Registry", service: str
         raise drift_error(registry, checks, source)
 
 
+@contextlib.contextmanager
+def _steps(out: Output, title: str) -> Iterator[Callable[[str], None]]:
+    """Each step of a long operation as a line on stderr: with rich, a spinner showing the current
+    step and a timed line per step; without it, plain lines."""
+    if not out.have_rich:
+        out.note(title)
+        yield lambda step: out.note(f"  {step}")
+        return
+    console = out.console(err=True)
+    with console.status(title) as spinner:
+        def step(text: str) -> None:
+            console.log(text)
+            spinner.update(f"{title}: {text}")
+
+        yield step
+
+
 def run_materialize(args: argparse.Namespace, out: Output) -> int:
     import psycopg
 
@@ -177,9 +196,9 @@ def run_materialize(args: argparse.Namespace, out: Output) -> int:
         raise CliError(f"--lock-timeout must be positive, got {args.lock_timeout:g}")
     with connect(args, "pgfeatures-materialize", timeout=10) as conn:
         _check_tables(conn, registry, svc.name, args.definitions)
-        with out.progress(f"materializing {svc.name}", None) as progress:
+        with _steps(out, f"materializing {svc.name}") as step:
             try:
-                summary = materialize(conn, registry, svc.name, progress=progress.describe, lock_timeout=args.lock_timeout)
+                summary = materialize(conn, registry, svc.name, progress=step, lock_timeout=args.lock_timeout)
             except psycopg.errors.LockNotAvailable:
                 raise CliError(f"could not lock the tables of {svc.name} within {args.lock_timeout:g}s: a long write or "
                                "load holds them; nothing changed. Retry, or raise --lock-timeout") from None
