@@ -87,12 +87,13 @@ def _unhashed(registry: Registry) -> Registry:
 
 
 def twin_registry(registry: Registry, services: Sequence[str]) -> Registry:
-    """A copy of ``registry`` (entities unhashed) with, for each of ``services``, the same service
-    not materialized, named ``<service>__doctor_flex``: read table by table."""
+    """A copy of ``registry`` (entities unhashed) with only ``services`` and, for each, the same
+    service not materialized, named ``<service>__doctor_flex``: read table by table."""
     base = _unhashed(registry)
-    twins = [dataclasses.replace(base.service(name), name=_twin(name), materialize=False) for name in services]
+    chosen = [base.service(name) for name in services]
+    twins = [dataclasses.replace(svc, name=_twin(svc.name), materialize=False) for svc in chosen]
     return Registry.of(base.tables.values(), base.schema, base.source, entities=base.entities.values(),
-                       services=[*base.services.values(), *twins])
+                       services=[*chosen, *twins])
 
 
 def _twin(name: str) -> str:
