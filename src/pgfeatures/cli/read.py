@@ -99,9 +99,8 @@ def parse_requests(registry: "Registry", keys: Sequence[str], rows: Sequence[str
         requests: list[Any] = []
         for i, row in enumerate(rows):
             where = f"--key #{i + 1}"
-            parts = [p for p in _NEXT_ENTITY.split(row)]
             pairs = []
-            for part in parts:
+            for part in _NEXT_ENTITY.split(row):
                 pair = _entity_key(part, registry, where)
                 if pair is None:
                     raise CliError(f"{where} {row!r}: write each key as ENTITY=KEY, comma-separated "
