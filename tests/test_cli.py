@@ -79,7 +79,7 @@ def test_serve_flags_are_the_server_config_fields():
 
 def test_every_command_builds_and_documents_the_exit_codes(capsys):
     names = [c.name for c in COMMANDS]
-    assert len(names) == len(set(names)) and {"db", "init", "get", "serve", "bench-soak"} <= set(names)
+    assert len(names) == len(set(names)) and {"db", "init", "get", "serve", "bench-soak", "tables", "materialize"} <= set(names)
     build_parser()  # every command configured at once
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
@@ -106,5 +106,5 @@ def test_json_means_one_document_on_stdout(dsn, schema, tmp_path):
         json.loads(done.stdout)  # the whole of stdout is one JSON document
     assert json.loads(cli(*runs["init"]).stdout)["unchanged"] == ["a"]
     assert json.loads(cli(*runs["load"]).stdout)["rows_read"] == 1
-    assert json.loads(cli(*runs["get"]).stdout) == {"a": None}
-    assert json.loads(cli("get", "--dsn", dsn, "-d", str(defs), "01" * 32).stdout)["a"]["f"] == 0.5
+    assert json.loads(cli(*runs["get"]).stdout)["features"] == {"a": None}
+    assert json.loads(cli("get", "--dsn", dsn, "-d", str(defs), "01" * 32).stdout)["features"]["a"]["f"] == 0.5

@@ -99,8 +99,9 @@ def test_unknown_table_bad_key_and_bad_option_say_what_is_valid(dsn, defs):
 
 
 def test_usage_errors_exit_2_without_a_traceback():
-    done = cli("get")
+    done = cli("load")
     assert done.returncode == 2 and "Traceback" not in done.stderr and "the following arguments are required" in done.stderr
+    assert "no key given" in error_line(cli("get", "-d", "/nonexistent.toml"))  # keys are checked before the file is read
     done = cli("bench", "--rtt", "0,x")
     assert done.returncode == 2 and "bad list '0,x'" in done.stderr and "Traceback" not in done.stderr
     done = cli("nope")

@@ -53,9 +53,14 @@ def test_init_get_db_and_doctor_work_without_any_extra(dsn, schema, tmp_path):
     defs.write_text(f'schema = "{schema}"\n[tables.a.features]\nf = "real"\n')
     core = {"blocked": EXTRAS_MODULES}
     done = cli("init", "--dsn", dsn, "-d", str(defs), **core)
-    assert done.returncode == 0 and done.stdout.strip() == "created: a", done.stderr
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and lines[0] == "created: a", done.stderr
+    assert lines[1] == "read functions (for transaction-mode poolers): 2 created, 0 already present, of 2"
     done = cli("get", "--dsn", dsn, "-d", str(defs), KEY, **core)
-    assert done.returncode == 0 and json.loads(done.stdout) == {"a": None}, done.stderr
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"key": KEY, "features": {"a": None}, "status": {"a": "missing"}, "missing": ["a"]}
+    done = cli("tables", "--dsn", dsn, "-d", str(defs), **core)  # plain-text tables without rich
+    assert done.returncode == 0 and "pgfeatures tables" in done.stdout and "entity (hashkey bytea32)" in done.stdout, done.stderr
     done = cli("db", "status", **core)
     assert done.returncode in (0, 3) and "initialized:" in done.stdout and "Traceback" not in done.stderr
     done = cli("doctor", "--dsn", dsn, "-d", str(defs), **core)  # the table falls back to plain text

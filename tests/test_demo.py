@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import random
+import struct
 
 import pytest
 
 from pgfeatures import FeatureStore, Strategy
 from pgfeatures.cli import main
+from pgfeatures.cli.read import shortest_real
 from pgfeatures.definitions import demo_registry
 from pgfeatures.demo import MISS_EVERY, entity_key, expected, load_demo
 
@@ -63,7 +65,9 @@ def test_get_command_prints_json_and_names_valid_tables(small_demo, dsn, schema,
     key = entity_key(5).hex()
     assert main(["get", "--dsn", dsn, "-d", str(defs), key, "-t", "t01", "-f", "t01.f2"]) == 0
     got = json.loads(capsys.readouterr().out)
-    assert got == {"t01": {"f2": expected(small_demo, 5, 500, seed=3)["t01"]["f2"]}}
+    value = expected(small_demo, 5, 500, seed=3)["t01"]["f2"]  # a float32, as a Python float
+    assert got == {"key": key, "features": {"t01": {"f2": shortest_real(value)}}, "status": {"t01": "present"}, "missing": []}
+    assert struct.pack("<f", got["features"]["t01"]["f2"]) == struct.pack("<f", value)  # the same float32, printed short
     assert main(["get", "--dsn", dsn, "-d", str(defs), key, "-t", "nope"]) == 2
     assert "valid tables: t00, t01, t02, t03" in capsys.readouterr().err
     assert main(["get", "--dsn", dsn, "-d", str(defs), "abc"]) == 2

@@ -25,6 +25,7 @@ from pgfeatures.definitions import WIDE_TYPES, FeatureTable, Registry
 from pgfeatures.doctor import CHECKS, Finding, Report, Status, diagnose, evaluate, gather
 from pgfeatures.load import load as bulk_load
 from pgfeatures.schema import apply_schema
+from pgfeatures.store import FeatureStore
 from pgfeatures.warmup import warmup
 
 
@@ -318,3 +319,106 @@ def test_dead_rows_from_counters_alone_only_warn_and_say_why(dsn, conn, schema, 
     recounted = evaluate(gather(conn, registry)).get("vacuum", "t00")  # a real count of real dead rows fails
     assert recounted.measured["dead_rows_source"] == "pgstattuple_approx", recounted
     assert recounted.status is Status.FAIL and recounted.measured["dead_ratio"] > 0.2
+
+
+def entity_registry(schema: str) -> Registry:
+    """Tables keyed by a bigint, a text and a hashed entity, each with its own key column name."""
+    return Registry.from_dict({
+        "schema": schema,
+        "entities": {"user": {"key": "bigint", "column": "uid"}, "device": {"key": "text", "max_length": 32},
+                     "merchant": {"hash": "sha256", "column": "merchant_key"}},
+        "tables": {"user_stats": {"entity": "user", "features": {"clicks": "integer", "ctr": "real"}},
+                   "device_seen": {"entity": "device", "features": {"n": "integer"}},
+                   "merchant_risk": {"entity": "merchant", "covering_index": True, "features": {"rate": "real"}}},
+        "services": {"fraud": {"features": ["user_stats.*", "device_seen.n", "merchant_risk.rate"], "materialize": True}},
+    })
+
+
+def fill_entities(dsn: str, registry: Registry, n: int = 60) -> None:
+    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as store:
+        store.update_features_batch("user_stats", [(i, {"clicks": i, "ctr": i / 7}) for i in range(1, n + 1)])
+        store.update_features_batch("device_seen", [(f"dev-{i}", {"n": i}) for i in range(n)])
+        store.update_features_batch("merchant_risk", [(f"m-{i}", {"rate": i / 100}) for i in range(n)])
+
+
+def test_tables_keyed_by_their_own_entity_columns_pass(dsn, conn, schema, healthy_server):
+    """The probe sampled and generated 32-byte keys of a 'hashkey' column for every table: a table
+    keyed by 'uid bigint' failed to probe ('bigint out of range'), and row_width flagged its bigint
+    key as a feature that fits in integer."""
+    registry = entity_registry(schema)
+    apply_schema(conn, registry)
+    fill_entities(dsn, registry, 5000)
+    for table in registry.tables:
+        conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(schema, table)))
+    report = diagnose(registry, dsn)
+    for table in registry.tables:
+        for check in ("cache", "index_only", "row_width"):
+            finding = report.get(check, table)
+            assert finding.status is Status.PASS, finding
+            assert "probe failed" not in finding.value
+    assert report.get("index_only", "user_stats").value.startswith("Index Scan using user_stats_pkey")
+    assert report.get("index_only", "merchant_risk").value.startswith("Index Only Scan using merchant_risk_covering")
+
+
+def materialized_finding(dsn: str, registry: Registry) -> Finding:
+    (finding,) = diagnose(registry, dsn).by_check("materialized")
+    return finding
+
+
+def test_materialized_services_are_compared_with_a_fresh_read(dsn, conn, schema):
+    from pgfeatures.materialize.build import materialize
+
+    registry = entity_registry(schema)
+    apply_schema(conn, registry)
+    fill_entities(dsn, registry)
+    missing = materialized_finding(dsn, registry)
+    assert missing.status is Status.WARN and missing.value == "serving rows missing"
+    assert "pgfeatures materialize fraud" in missing.advice
+
+    materialize(conn, registry, "fraud")
+    built = materialized_finding(dsn, registry)
+    assert built.status is Status.PASS, built
+    assert built.measured["differing"] == 0 and built.measured["sampled"] >= 3 * 60  # every key of every entity
+    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as store:  # writes through pgfeatures: in step
+        store.update_features_batch("user_stats", [(i, {"clicks": -i}) for i in range(1, 30)])
+    assert materialized_finding(dsn, registry).status is Status.PASS
+
+    # A write behind pgfeatures' back: the triggers disabled, a row changed, the triggers enabled again.
+    users = sql.Identifier(schema, "user_stats")
+    conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER ALL").format(users))
+    conn.execute(sql.SQL("UPDATE {} SET clicks = 1000 WHERE uid = 7").format(users))
+    disabled = materialized_finding(dsn, registry)
+    assert disabled.status is Status.FAIL
+    assert "maintenance trigger(s) disabled on user_stats" in disabled.value
+    assert all(s.startswith(f'ALTER TABLE "{schema}"."user_stats" ENABLE TRIGGER "_pgf_m_') for s in disabled.fix)
+    conn.execute(sql.SQL("ALTER TABLE {} ENABLE TRIGGER ALL").format(users))
+    drifted = materialized_finding(dsn, registry)
+    assert drifted.status is Status.FAIL, drifted  # the triggers are back, the row is still wrong
+    assert drifted.measured["differing"] == 1 and drifted.measured["disabled_triggers"] == []
+    assert "1 of" in drifted.value and "user=7: table user_stats" in drifted.value and "'clicks': 1000" in drifted.value
+    assert "pgfeatures materialize fraud" in drifted.advice
+
+    materialize(conn, registry, "fraud")  # the repair the finding names
+    assert materialized_finding(dsn, registry).status is Status.PASS
+
+    # A direct write to a serving row, and a key inserted with the triggers off (no serving row at all).
+    (layout,) = [layout for layout in registry.layouts("fraud") if layout.entity.name == "device"]
+    conn.execute(sql.SQL("UPDATE {} SET d[1] = -5 WHERE device_id = 'dev-3'").format(sql.Identifier(schema, layout.table_name)))
+    merchants = sql.Identifier(schema, "merchant_risk")
+    conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER ALL").format(merchants))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (sha256('m-new'::bytea), 0.25)").format(merchants))
+    conn.execute(sql.SQL("ALTER TABLE {} ENABLE TRIGGER ALL").format(merchants))
+    both = materialized_finding(dsn, registry)
+    assert both.status is Status.FAIL and both.measured["differing"] == 2, both
+
+    # A changed definition: the rows are stale until rebuilt.
+    changed = Registry.from_dict({**registry.to_dict(), "services": {"fraud": {"features": ["user_stats.ctr", "device_seen.n"], "materialize": True}}})
+    stale = materialized_finding(dsn, changed)
+    assert stale.status is Status.WARN and "stale" in stale.value and "pgfeatures materialize fraud" in stale.advice
+
+
+def test_no_materialized_service_is_one_passing_line(dsn, conn, schema):
+    registry = Registry.of([FeatureTable.of("a", {"f": "real"})], schema=schema)
+    apply_schema(conn, registry)
+    finding = materialized_finding(dsn, registry)
+    assert finding.status is Status.PASS and finding.subject == "services"

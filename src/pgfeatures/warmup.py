@@ -41,6 +41,7 @@ from __future__ import annotations
 import enum
 import random
 import time
+import uuid
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,9 +50,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
+from psycopg.types.numeric import Int8
 
 from .connections import unavailable
-from .definitions import KEY_COLUMN, KEY_LENGTH, UPDATED_AT, Registry
+from .definitions import KEY_LENGTH, UPDATED_AT, Registry
 from .errors import KeyFormatError, WarmupError
 from .reader import compile_batch_reader, parse_key, parse_keys, select
 from .schema import covering_index_name, qualified
@@ -231,11 +233,16 @@ class Probe:
         }
 
 
+# The key histogram ANALYZE keeps, per table, of the table's own key column (its entity's), as text:
+# parsed back by the key's own type in one statement per key type.
 _KEY_SAMPLE = """
-SELECT tablename::text, histogram_bounds::text::bytea[]
-FROM pg_stats
-WHERE schemaname = %s AND tablename = ANY(%s) AND attname = %s AND NOT inherited AND histogram_bounds IS NOT NULL
+SELECT s.tablename::text, s.histogram_bounds::text
+FROM pg_stats s JOIN unnest(%s::text[], %s::text[]) AS k(tablename, attname)
+  ON k.tablename = s.tablename AND k.attname = s.attname
+WHERE s.schemaname = %s AND NOT s.inherited AND s.histogram_bounds IS NOT NULL
 """
+
+_KEY_ARRAY = {"bytea": "bytea[]", "int8": "int8[]", "text": "text[]", "uuid": "uuid[]"}
 
 _BLOCK_COUNTS = """
 SELECT oid::int8, pg_stat_get_xact_blocks_fetched(oid), pg_stat_get_xact_blocks_hit(oid)
@@ -247,15 +254,58 @@ _EXPLAIN = b"EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, FORMAT JSON) "
 _TID_SCAN = sql.SQL("SELECT count(*) FROM {} WHERE ctid = ANY(%s::text[]::tid[])")
 
 
+def _hot_tables(registry: Registry, tables: Sequence[str]) -> list[str]:
+    """The tables hot keys (32-byte keys, or 64 hex characters) apply to: those of 32-byte keys not hashed from natural ids."""
+    return [t for t in tables if registry.tables[t].entity.key_type == "bytea32" and not registry.tables[t].entity.hash]
+
+
 def sample_keys(
     registry: Registry, tables: Sequence[str], hot_keys: Sequence[bytes] = ()
-) -> Steps[tuple[str, dict[str, list[bytes]]]]:
-    """Keys to probe per table: the hot keys when given, else the key histogram of ``pg_stats``."""
+) -> Steps[tuple[str, dict[str, list[Any]]]]:
+    """Keys to probe per table: the hot keys when given (for the tables of 32-byte keys), else the
+    key histogram of ``pg_stats`` (of each table's own key column, as its key type)."""
     if hot_keys:
-        return "hot keys", {t: list(hot_keys[:PROBE_KEYS]) for t in tables}
-    rows = yield Query(_KEY_SAMPLE, (registry.schema, list(tables), KEY_COLUMN))
-    keys = {t: [bytes(k) for k in ks if k is not None] for t, ks in rows}
+        return "hot keys", {t: list(hot_keys[:PROBE_KEYS]) for t in _hot_tables(registry, tables)}
+    keys: dict[str, list[Any]] = {}
+    by_cast: dict[str, list[str]] = {}
+    for t in tables:
+        by_cast.setdefault(registry.tables[t].entity.cast, []).append(t)
+    for cast, names in by_cast.items():
+        rows = yield Query(_KEY_SAMPLE, (names, [registry.tables[t].key_column for t in names], registry.schema))
+        for table, text in rows:
+            parsed = yield Query(sql.SQL("SELECT %s::text::{}").format(sql.SQL(_KEY_ARRAY[cast])), (text,))
+            keys[table] = [_key_param(cast, k) for k in parsed[0][0] or () if k is not None]
     return ("statistics" if keys else "none"), keys
+
+
+def _key_param(cast: str, key: Any) -> Any:
+    """A key as the batch statement's parameter takes it (bytes, an Int8, a str, a UUID)."""
+    if cast == "int8":
+        return Int8(key)
+    return bytes(key) if cast == "bytea" else key
+
+
+def random_keys(registry: Registry, table: str, n: int, known: Sequence[Any], rng: random.Random) -> list[Any]:
+    """``n`` keys (mostly absent) spread over the table's key space, so each lookup descends to a
+    random index leaf: uniform random bytes for 32-byte keys and UUIDs; for integer and text keys,
+    between two random neighbours of the key histogram (``known``), which follows where the keys are."""
+    entity = registry.tables[table].entity
+    kind = entity.key_type
+    if kind == "bytea32":
+        return [rng.randbytes(KEY_LENGTH) for _ in range(n)]
+    if kind == "uuid":
+        return [uuid.UUID(int=rng.getrandbits(128)) for _ in range(n)]
+    bounds = sorted(known)
+    if kind == "bigint":
+        lo, hi = (int(bounds[0]), int(bounds[-1])) if bounds else (0, 2**31)
+        return [Int8(rng.randint(lo, max(lo, hi))) for _ in range(n)]
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    out = []
+    for _ in range(n):
+        suffix = "".join(rng.choice(alphabet) for _ in range(4))
+        base = rng.choice(bounds) if bounds else ""
+        out.append((base + suffix)[: entity.max_length])
+    return out
 
 
 def scan_nodes(plan: Any) -> list[tuple[str, Scan]]:
@@ -326,10 +376,12 @@ def probe(
     errors: dict[str, str] = {}
     for name in tables:
         statement = compile_batch_reader(select(registry, [name])).statement
-        lookups = list(keys.get(name, ())) if source == "hot keys" else [rng.randbytes(KEY_LENGTH) for _ in range(places)]
+        hot = source == "hot keys" and name in keys
+        lookups = list(keys[name]) if hot else random_keys(
+            registry, name, places, () if source == "hot keys" else keys.get(name, ()), rng)
         _, error = yield from _attempt(Query(statement, (lookups,), raw=True))
         pages = rng.sample(range(heap_blocks[name]), min(places, heap_blocks[name]))
-        if source != "hot keys" and pages and error is None:
+        if not hot and pages and error is None:
             tids = [f"({page},1)" for page in pages]
             _, error = yield from _attempt(Query(_TID_SCAN.format(qualified(registry, registry.tables[name])), (tids,)))
         if error:
@@ -477,9 +529,9 @@ def _read_through_indexes(registry: Registry, tables: Sequence[str]) -> Steps[li
     index again). Sequential scans are avoided on purpose: they count as seq scans on a hot table and
     use a small ring buffer whose pages do not stay cached."""
     warmed = []
-    key = sql.Identifier(KEY_COLUMN)
     for name in tables:
         table = registry.tables[name]
+        key = sql.Identifier(table.key_column)
         ident = qualified(registry, table)
         yield Query("BEGIN READ ONLY")
         yield Query(_NO_SEQSCAN)
@@ -495,6 +547,9 @@ def _read_through_indexes(registry: Registry, tables: Sequence[str]) -> Steps[li
 
 
 def _read_hot_keys(registry: Registry, tables: Sequence[str], hot_keys: Sequence[bytes]) -> Steps[None]:
+    tables = _hot_tables(registry, tables)  # hot keys are 32-byte keys: tables of other key types have none
+    if not tables or not hot_keys:
+        return
     statement = compile_batch_reader(select(registry, tables)).statement
     for start in range(0, len(hot_keys), HOT_KEY_CHUNK):
         yield Query(statement, (list(hot_keys[start : start + HOT_KEY_CHUNK]),), raw=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from .common import EXIT_CHECK_FAILED, Command, add_definitions, add_dsn, add_json, connect, dsn_of, load_registry
+from .common import EXIT_CHECK_FAILED, CliError, Command, add_definitions, add_dsn, add_json, connect, dsn_of, load_registry
 from .output import Output
 
 
@@ -26,16 +26,23 @@ def _target(args: argparse.Namespace) -> tuple:
     return registry, load_hot_keys(args.hot_keys) if args.hot_keys else []
 
 
+DEFAULT_SAMPLE = 200  # doctor.materialized.DEFAULT_SAMPLE (not imported: --help stays light)
+
+
 def configure_doctor(p: argparse.ArgumentParser) -> None:
     _add_target(p)
     p.add_argument("--verbose", "-v", action="store_true", help="list every passing table, not one line per check")
+    p.add_argument("--sample", type=int, default=DEFAULT_SAMPLE, metavar="N",
+                   help=f"keys compared per entity of each built materialized service (default {DEFAULT_SAMPLE})")
 
 
 def run_doctor(args: argparse.Namespace, out: Output) -> int:
     from ..doctor import CHECKS, Status, diagnose
 
+    if args.sample < 1:
+        raise CliError(f"--sample must be at least 1, got {args.sample}")
     registry, hot_keys = _target(args)
-    report = diagnose(registry, dsn_of(args), hot_keys=hot_keys)
+    report = diagnose(registry, dsn_of(args), hot_keys=hot_keys, sample=args.sample)
     code = EXIT_CHECK_FAILED if report.status is Status.FAIL else 0
     if args.json:
         out.json(report.as_dict())
@@ -49,9 +56,12 @@ def run_doctor(args: argparse.Namespace, out: Output) -> int:
         if len(shown) < len(findings):
             others = "all" if len(passing) == len(findings) else "the other"
             tables = [f for f in passing if f.subject != "server"]
-            subject = f"{others} {len(tables)} tables" + (" + server" if len(tables) < len(passing) else "")
+            noun = "services" if check == "materialized" else "tables"
+            subject = f"{others} {len(tables)} {noun}" + (" + server" if len(tables) < len(passing) else "")
             rows.append([check, subject, "pass", f"e.g. {tables[0].value if tables else passing[0].value}", ""])
-    out.table(f"pgfeatures doctor: schema {registry.schema!r}, {len(registry.tables)} tables",
+    services = sum(1 for s in registry.services.values() if s.materialize)
+    extra = f", {services} materialized service(s)" if services else ""
+    out.table(f"pgfeatures doctor: schema {registry.schema!r}, {len(registry.tables)} tables{extra}",
               ["check", "subject", "status", "measured", "advice"], rows, status="status", lines=True)
     if report.fixes:
         out.say("fix (safe to run as-is):", style="bold")

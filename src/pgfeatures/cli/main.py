@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Sequence
 
 from ..errors import PgFeaturesError
-from . import bench, db, demo, doctor, read, schema, serve, write
+from . import bench, db, demo, doctor, inventory, read, schema, serve, write
 from .common import (
     EXIT_CODES,
     EXIT_ERROR,
@@ -31,7 +31,7 @@ from .common import (
 from .output import Output
 
 COMMANDS: tuple[Command, ...] = (
-    *db.COMMANDS, *schema.COMMANDS, *read.COMMANDS, *demo.COMMANDS, *write.COMMANDS, *serve.COMMANDS,
+    *db.COMMANDS, *schema.COMMANDS, *inventory.COMMANDS, *read.COMMANDS, *demo.COMMANDS, *write.COMMANDS, *serve.COMMANDS,
     *doctor.COMMANDS, *bench.COMMANDS,
 )
 BY_NAME = {c.name: c for c in COMMANDS}

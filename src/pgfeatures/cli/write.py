@@ -9,7 +9,8 @@ from .common import Command, Flag, add_definitions, add_dsn, add_json, add_setti
 from .output import Output
 
 # Help for the LoadOptions fields (pgfeatures.load, which has no field metadata). A field missing
-# here still gets its flag; tests/test_cli.py fails until it has help.
+# here still gets its flag; tests/test_cli.py fails until it has help. An entry for a field
+# LoadOptions does not have adds no flag.
 LOAD_FLAGS = {
     "mode": Flag("merge: upsert the rows; replace: the table becomes exactly these rows"),
     "key_column": Flag("column holding the entity key"),
@@ -25,6 +26,9 @@ LOAD_FLAGS = {
     "format": Flag("file format (default: from the extension)", metavar="parquet|csv|arrow"),
     "batch_rows": Flag("rows per COPY batch"),
     "lock_timeout": Flag("seconds to wait for the table lock"),
+    # LoadOptions.overwrite_newer (newest wins in bulk loads): the flag appears with the field.
+    "overwrite_newer": Flag("write every loaded row, even where the stored row is newer (a larger updated_at); "
+                            "default: newest wins, the newer stored row is kept"),
 }
 
 

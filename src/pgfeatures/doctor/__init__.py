@@ -9,6 +9,8 @@ Split in two, so that every verdict can be tested and explained from data:
 
 - ``facts``: the SQL that gathers (catalog, statistics, a probe of the real statements, what a
   serving connection has prepared, fresh dead-row counts where the counters are doubted);
+- ``materialized``: the facts of materialized services (state, triggers, and a sample of serving
+  rows compared with a fresh table-by-table read of the same keys);
 - ``checks``: pure functions of those facts (the checks, in order, are listed there);
 - ``report``: ``Finding`` and ``Report``.
 
@@ -42,11 +44,12 @@ from .facts import (
     prepared_facts,
     serving_registry,
 )
+from .materialized import DEFAULT_SAMPLE, Difference, ServiceFacts, materialized_facts
 from .report import SERVER, Finding, Report, Status
 
 __all__ = [
-    "CHECKS", "SERVER", "Column", "DeadRows", "Facts", "Finding", "Index", "PreparedFacts", "Report", "ServerFacts",
-    "Status", "TableFacts", "diagnose", "evaluate", "gather", "prepared_facts",
+    "CHECKS", "DEFAULT_SAMPLE", "SERVER", "Column", "DeadRows", "Difference", "ServiceFacts", "Facts", "Finding", "Index", "PreparedFacts", "Report", "ServerFacts",
+    "Status", "TableFacts", "diagnose", "evaluate", "gather", "materialized_facts", "prepared_facts",
 ]
 
 
@@ -56,16 +59,19 @@ def diagnose(
     *,
     hot_keys: Sequence[bytes] = (),
     store: FeatureStore | None = None,
+    sample: int = DEFAULT_SAMPLE,
 ) -> Report:
     """Run every check. ``store``: an open FeatureStore whose serving connections to inspect
-    (default: a one-connection store opened on the usable tables). Raises
+    (default: a one-connection store opened on the usable tables); ``sample``: keys compared per
+    entity of every built materialized service (see ``materialized``). Raises
     DatabaseUnavailableError (AuthenticationError for a refused login) when the database cannot
     be reached."""
     dsn = (store.dsn or "") if store is not None else resolve_dsn(dsn)
     with connect(dsn, "pgfeatures-doctor", 10) as conn:
         facts = gather(conn, registry, hot_keys, recount_dead_above=DEAD_WARN)
+        services = materialized_facts(registry, dsn, conn, sample=sample)
     if store is not None:
         prepared = prepared_facts(store)
     else:
         prepared = open_store_facts(serving_registry(registry, facts.tables), dsn)
-    return evaluate(replace(facts, prepared=prepared))
+    return evaluate(replace(facts, prepared=prepared, materialized=services))

@@ -10,6 +10,8 @@
 ``working_set`` what lookups read (tables, indexes) against shared_buffers and effective_cache_size
 ``vacuum``      dead rows (counted afresh when the lazy statistics counters claim many), autovacuum
                 switched on (server and table), statistics present
+``materialized`` every materialized service is built for its definition, its maintenance triggers are in
+                place and enabled, and its serving rows equal a fresh table-by-table read on a sample of keys
 
 Each check claims only what it measured: a verdict from numbers that may be stale says so and is
 at most a warning.
@@ -23,7 +25,7 @@ from typing import Any
 
 from psycopg import sql
 
-from ..definitions import KEY_COLUMN, WIDE_TYPES
+from ..definitions import WIDE_TYPES
 from ..schema import covering_index_sql, create_table_sql
 from ..warmup import Blocks
 from .facts import Facts, ServerFacts, TableFacts
@@ -186,7 +188,7 @@ def check_scans(f: Facts) -> list[Finding]:
             out.append(Finding(
                 "scans", t.subject, Status.FAIL, value,
                 f"a statement reads {t.subject} without its key index: find it in pg_stat_statements (queries "
-                f"naming the table, by shared_blks_read); lookups must filter on {KEY_COLUMN} = <key>; check the "
+                f"naming the table, by shared_blks_read); lookups must filter on {t.table.key_column} = <key>; check the "
                 "primary key (schema check) and that no session turns enable_indexscan off. One-off scans (an index "
                 "build, a count(*)) are harmless; once explained, reset the counters: SELECT "
                 f"pg_stat_reset_single_table_counters({_regclass(f.registry.schema, t.table.name)}::regclass); ANALYZE {name} "
@@ -214,7 +216,7 @@ def check_index_only(f: Facts) -> list[Finding]:
             # the lookup at all, not that the planner preferred scanning a small table.
             out.append(Finding("index_only", t.subject, Status.FAIL,
                                f"lookups run as {', '.join(kinds)} even with sequential scans disabled",
-                               f"the key lookup can use no index: {t.subject} needs its primary key on {KEY_COLUMN} "
+                               f"the key lookup can use no index: {t.subject} needs its primary key on {t.table.key_column} "
                                "(see the schema check)", measured=measured))
             continue
         ios = [s for s in scans if s.node == "Index Only Scan"]
@@ -268,7 +270,7 @@ def check_row_width(f: Facts) -> list[Finding]:
     for t in f.existing:
         variable, fixed = [], []
         for c in t.columns:
-            if c.name == KEY_COLUMN:
+            if c.name == t.table.key_column:  # its type is the entity's key type, not a feature's
                 continue
             base = _base_type(c.type)
             if base in WIDE_TYPES:
@@ -404,6 +406,59 @@ def _vacuum_server(s: ServerFacts) -> Finding:
     return Finding("vacuum", SERVER, Status.PASS, value, measured=measured)
 
 
+SERVICES = "services"  # the subject of the materialized check when no service is materialized
+
+
+def check_materialized(f: Facts) -> list[Finding]:
+    if not f.materialized:
+        return [Finding("materialized", SERVICES, Status.PASS, "no materialized services in the definitions")]
+    out = []
+    for name, s in f.materialized.items():
+        subject, rebuild = f"service {name}", f"pgfeatures materialize {name}"
+        measured: dict[str, Any] = {"state": s.state, "sampled": s.sampled, "differing": s.differing,
+                                    "examples": [e.describe() for e in s.examples],
+                                    "disabled_triggers": list(s.disabled_triggers), "missing_triggers": list(s.missing_triggers),
+                                    "command": rebuild}
+        if s.state in ("missing", "stale"):
+            what = "missing" if s.state == "missing" else "built for another definition of the service (stale)"
+            out.append(Finding("materialized", subject, Status.WARN, f"serving rows {what}",
+                               f"reads of {name} go table by table meanwhile (correct, one lookup per table instead of "
+                               f"one per entity); build them: {rebuild}", measured=measured))
+            continue
+        if s.error:
+            out.append(Finding("materialized", subject, Status.WARN, f"could not compare the serving rows: {s.error}",
+                               "see the schema check", measured=measured))
+            continue
+        problems, advice, fix = [], [], []
+        if s.differing:
+            problems.append(f"{s.differing:,} of {s.sampled:,} sampled keys differ from a fresh read of the tables; e.g. "
+                            + "; ".join(e.describe() for e in s.examples[:1]))
+            advice.append("the serving rows were changed behind pgfeatures' back (a trigger disabled, a session with "
+                          "session_replication_role = replica, a direct write to the serving table): reads of the "
+                          f"service return stale values. Rebuild them: {rebuild}")
+        if s.disabled_triggers:
+            on = sorted({item.partition(".")[0] for item in s.disabled_triggers})
+            problems.append(f"{len(s.disabled_triggers)} maintenance trigger(s) disabled on {', '.join(on)}")
+            advice.append("writes to those tables no longer reach the serving rows: enable the triggers, then rebuild "
+                          f"the rows written meanwhile: {rebuild}")
+            for item in s.disabled_triggers:
+                table, _, trigger = item.partition(".")
+                fix.append(sql.SQL("ALTER TABLE {} ENABLE TRIGGER {}").format(
+                    sql.Identifier(f.registry.schema, table), sql.Identifier(trigger)).as_string(None))
+        if s.missing_triggers:
+            on = sorted({item.partition(".")[0] for item in s.missing_triggers})
+            problems.append(f"{len(s.missing_triggers)} maintenance trigger(s) missing on {', '.join(on)}")
+            advice.append(f"writes to those tables do not reach the serving rows; {rebuild} recreates the triggers")
+        if problems:
+            out.append(Finding("materialized", subject, Status.FAIL, "; ".join(problems), "; ".join(advice),
+                               tuple(fix), measured))
+        else:
+            out.append(Finding("materialized", subject, Status.PASS,
+                               f"built; {s.sampled:,} sampled keys equal a fresh read of the tables; triggers in place",
+                               measured=measured))
+    return out
+
+
 CHECKS: dict[str, Callable[[Facts], list[Finding]]] = {
     "schema": check_schema,
     "prepared": check_prepared,
@@ -413,6 +468,7 @@ CHECKS: dict[str, Callable[[Facts], list[Finding]]] = {
     "row_width": check_row_width,
     "working_set": check_working_set,
     "vacuum": check_vacuum,
+    "materialized": check_materialized,
 }
 
 

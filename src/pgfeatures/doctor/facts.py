@@ -22,6 +22,7 @@ from ..reader import BatchReader, Reader
 from ..schema import drift, qualified
 from ..store import FeatureStore
 from ..warmup import Probe, measure, run
+from .materialized import ServiceFacts
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ class Facts:
     tables: Mapping[str, TableFacts]
     probe: Probe
     prepared: PreparedFacts | None
+    materialized: Mapping[str, ServiceFacts] = field(default_factory=dict)  # per materialized service
 
     @property
     def existing(self) -> list[TableFacts]:

@@ -1,0 +1,227 @@
+"""The doctor's facts about materialized services: is each built, are its triggers in place, and do
+its serving rows say what the feature tables say?
+
+Serving rows are kept in step by triggers in the writing statement's own transaction (see
+``materialize/sql.py``), so they can only drift when something goes around the triggers: a
+trigger disabled (``ALTER TABLE ... DISABLE TRIGGER``), a session with
+``session_replication_role = replica`` (logical replication, some restore tools), or a direct write
+to a serving table. The doctor therefore compares, for every built service, a random sample of
+keys (``sample``; half drawn from the serving rows, half from the feature tables, so that rows
+missing on either side are found) read twice: from the serving rows (the service as served), and
+table by table by the same service with ``materialize`` off (``dataclasses.replace``, under another
+name, in a copy of the registry). Keys that differ are read once more before they count, so a write
+landing between the two reads is not mistaken for drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ..definitions import Registry
+from ..definitions.layout import EntityLayout
+from ..materialize import sql as m
+from ..materialize.build import status
+from ..store import FeatureStore
+from ..warmup import random_keys
+
+DEFAULT_SAMPLE = 200  # keys compared per entity of every built service
+EXAMPLES = 3
+TWIN_SUFFIX = "__doctor_flex"
+SCAN_BELOW = 20_000  # rows: a smaller relation is sampled exactly (ORDER BY random()), a larger one with TABLESAMPLE
+
+_TRIGGERS = b"""
+SELECT c.relname::text, t.tgname::text, t.tgenabled::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND t.tgname = ANY($2::text[]) AND NOT t.tgisinternal
+"""
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One key whose serving row disagrees with the tables, for one table of the service."""
+
+    entity: str
+    key: str  # as people write it (hex for 32-byte keys)
+    table: str
+    served: Any
+    served_status: str
+    fresh: Any
+    fresh_status: str
+
+    def describe(self) -> str:
+        return (f"{self.entity}={self.key}: table {self.table}: serving rows say {self.served!r} ({self.served_status}), "
+                f"the tables say {self.fresh!r} ({self.fresh_status})")
+
+
+@dataclass(frozen=True)
+class ServiceFacts:
+    """One materialized service as found: ``state`` (built, stale, missing), and for a built one the
+    comparison of ``sampled`` keys (``differing`` of them disagree, ``examples``), the maintenance
+    triggers that are disabled or missing, or why it could not be compared (``error``)."""
+
+    service: str
+    state: str
+    sampled: int = 0
+    differing: int = 0
+    examples: tuple[Difference, ...] = ()
+    disabled_triggers: tuple[str, ...] = ()  # "table.trigger"
+    missing_triggers: tuple[str, ...] = ()
+    error: str | None = None
+
+
+def _unhashed(registry: Registry) -> Registry:
+    """The registry with every hashed entity taking its stored 32-byte keys as they are (keys sampled
+    from the tables are digests already: hashing them again would find nothing)."""
+    entities = {name: dataclasses.replace(e, hash=None) if e.hash else e for name, e in registry.entities.items()}
+    tables = [dataclasses.replace(t, entity=entities[t.entity.name]) for t in registry.tables.values()]
+    return Registry.of(tables, registry.schema, registry.source, entities=entities.values(),
+                       services=registry.services.values())
+
+
+def twin_registry(registry: Registry, services: Sequence[str]) -> Registry:
+    """A copy of ``registry`` (entities unhashed) with only ``services`` and, for each, the same
+    service not materialized, named ``<service>__doctor_flex``: read table by table."""
+    base = _unhashed(registry)
+    chosen = [base.service(name) for name in services]
+    twins = [dataclasses.replace(svc, name=_twin(svc.name), materialize=False) for svc in chosen]
+    return Registry.of(base.tables.values(), base.schema, base.source, entities=base.entities.values(),
+                       services=[*chosen, *twins])
+
+
+def _twin(name: str) -> str:
+    return (name + TWIN_SUFFIX)[:63]
+
+
+def _sample(conn: psycopg.Connection, schema: str, relation: str, column: str, n: int) -> list[Any]:
+    """Up to ``n`` random keys of ``column`` in ``relation``."""
+    ident = sql.Identifier(schema, relation)
+    row = conn.execute(sql.SQL("SELECT reltuples::float8 FROM pg_class WHERE oid = {}::regclass").format(
+        sql.Literal(ident.as_string(conn))), prepare=False).fetchone()
+    rows = row[0] if row else -1
+    if rows < SCAN_BELOW:  # small, or never analyzed (-1)
+        source: sql.Composable = ident
+    else:  # pages at random, about 10x the keys wanted, then keys at random among them
+        pct = min(100.0, 100.0 * 10 * n / rows)
+        source = sql.SQL("{} TABLESAMPLE SYSTEM ({})").format(ident, sql.Literal(pct))
+    query = sql.SQL("SELECT {} FROM {} ORDER BY random() LIMIT {}").format(sql.Identifier(column), source, sql.Literal(n))
+    return [r[0] for r in conn.execute(query, prepare=False).fetchall()]
+
+
+def _keys(conn: psycopg.Connection, registry: Registry, layout: EntityLayout, n: int) -> list[Any]:
+    """Keys of ``layout``'s entity: half from its serving rows, half from the feature tables it reads."""
+    schema, column = registry.schema, layout.entity.column
+    keys = _sample(conn, schema, layout.table_name, column, max(1, n // 2))
+    per_table = max(1, (n - len(keys)) // max(1, len(layout.tables)))
+    for table in layout.tables:
+        keys += _sample(conn, schema, table.name, table.key_column, per_table)
+    out = list(dict.fromkeys(bytes(k) if isinstance(k, memoryview) else k for k in keys))
+    return out[:n]
+
+
+def _triggers(conn: psycopg.Connection, registry: Registry, layouts: Sequence[EntityLayout]) -> tuple[list[str], list[str]]:
+    """(disabled, missing) maintenance triggers of ``layouts``, as ``table.trigger``."""
+    expected = {(t.name, f"{m.trigger_name(layout, t)}_{event.lower()}") for layout in layouts for t in layout.tables
+                for event in m.EVENTS}
+    cur = psycopg.RawCursor(conn)
+    cur.execute(_TRIGGERS, (registry.schema, sorted({name for _, name in expected})), prepare=False)
+    found = {(table, name): enabled for table, name, enabled in cur.fetchall()}
+    disabled = sorted(f"{t}.{n}" for (t, n), e in found.items() if (t, n) in expected and e == "D")
+    missing = sorted(f"{t}.{n}" for t, n in expected if (t, n) not in found)
+    return disabled, missing
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def _shown(key: Any) -> str:
+    return key.hex() if isinstance(key, (bytes, bytearray)) else str(key)
+
+
+def _differences(registry: Registry, service: str, requests: Sequence[Mapping[str, Any]], served: Sequence[Any],
+                 fresh: Sequence[Any]) -> dict[tuple[str, Any], Difference]:
+    """{(entity, key): the first table where it differs}."""
+    entity_of = {t.name: t.entity.name for t in registry.tables.values()}
+    out: dict[tuple[str, Any], Difference] = {}
+    for request, s, f in zip(requests, served, fresh):
+        for table in s:
+            if _same(s[table], f[table]) and s.status[table] == f.status[table]:
+                continue
+            entity = entity_of[table]
+            out.setdefault((entity, request[entity]), Difference(
+                entity, _shown(request[entity]), table, s[table], s.status[table], f[table], f.status[table]))
+    return out
+
+
+def compare_service(store: FeatureStore, conn: psycopg.Connection, registry: Registry, service: str,
+                    sample: int = DEFAULT_SAMPLE, rng: random.Random | None = None) -> ServiceFacts:
+    """Compare a built service's serving rows with the tables on a sample of keys (see the module
+    docstring). ``store``: open on ``twin_registry(registry, [service, ...])``."""
+    rng = rng or random.Random()
+    layouts = registry.layouts(service)
+    disabled, missing = _triggers(conn, registry, layouts)
+    per_entity = {}
+    for layout in layouts:
+        keys = _keys(conn, registry, layout, sample)
+        if not keys:  # an entity with no rows anywhere: any valid key, found nowhere on either side
+            keys = random_keys(registry, layout.tables[0].name, 1, (), rng)
+        per_entity[layout.entity.name] = keys
+    n = max(len(k) for k in per_entity.values())
+    requests = [{e: keys[i % len(keys)] for e, keys in per_entity.items()} for i in range(n)]
+    twin = _twin(service)
+    found = _differences(registry, service, requests, store.get_service_batch(service, requests),
+                         store.get_service_batch(twin, requests))
+    if found:  # read those again: a write landing between the two reads is not drift
+        again = [r for r in requests if any((e, r[e]) in found for e in r)]
+        found = _differences(registry, service, again, store.get_service_batch(service, again),
+                             store.get_service_batch(twin, again))
+    sampled = sum(len(set(map(_shown, k))) for k in per_entity.values())
+    return ServiceFacts(service, "built", sampled, len(found), tuple(list(found.values())[:EXAMPLES]),
+                        tuple(disabled), tuple(missing))
+
+
+def materialized_facts(registry: Registry, dsn: str, conn: psycopg.Connection, *,
+                       sample: int = DEFAULT_SAMPLE) -> dict[str, ServiceFacts]:
+    """Every materialized service's facts: its state, and for a built one the comparison (see
+    ``compare_service``). A service that cannot be compared (a table missing, the store cannot
+    open) has ``error`` set: the doctor reports it and goes on."""
+    wanted = [name for name, svc in registry.services.items() if svc.materialize]
+    if not wanted:
+        return {}
+    try:
+        states = status(conn, registry)
+    except psycopg.Error as exc:
+        return {name: ServiceFacts(name, "unknown", error=_first_line(exc)) for name in wanted}
+    out = {name: ServiceFacts(name, states.get(name, "missing")) for name in wanted}
+    built = [name for name in wanted if out[name].state == "built"]
+    if not built:
+        return out
+    twins = twin_registry(registry, built)
+    try:
+        with FeatureStore(twins, dsn, pool_size=1, write_pool_size=0, on_drift="isolate",
+                          read_application_name="pgfeatures-doctor") as store:
+            for name in built:
+                try:
+                    out[name] = compare_service(store, conn, twins, name, sample)
+                except Exception as exc:  # reported as a finding: the doctor must finish its other checks
+                    out[name] = ServiceFacts(name, "built", error=f"{type(exc).__name__}: {_first_line(exc)}")
+    except Exception as exc:
+        for name in built:
+            out[name] = ServiceFacts(name, "built", error=f"{type(exc).__name__}: {_first_line(exc)}")
+    return out
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
