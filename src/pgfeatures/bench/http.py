@@ -117,7 +117,8 @@ class ServeProcess:
     (the flags and ``env`` say everything), plus ``env``.
     """
 
-    def __init__(self, *flags: str, env: Mapping[str, str] | None = None):
+    def __init__(self, *flags: str, env: Mapping[str, str] | None = None, output: Any = None):
+        self.output = output  # a file for the server's output (default: this process's stderr)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.cmd = [sys.executable, "-m", "pgfeatures.cli", "serve", "--port", str(self.port), *flags]
@@ -127,7 +128,10 @@ class ServeProcess:
     def start(self, ready_within: float | None = 60) -> "ServeProcess":
         """Start it; unless ``ready_within`` is None, wait until ``/readyz`` answers 200."""
         # The server's own output goes to stderr (fd 2): stdout is the benchmark's (one JSON document with --json).
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=2)
+        if self.output is not None:
+            self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self.output, stderr=self.output)
+        else:
+            self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=2)
         if ready_within is not None:
             self.wait_ready(ready_within)
         return self

@@ -45,6 +45,7 @@ from .clusters import Cluster, Replica, process_stats
 from .http import HTTPConnection, ServeProcess, percentile_ms, post_request, process_tree
 
 ROLE = "app"
+AFTER = 3.0  # seconds of load after the last fault
 READ_APPS = ("pgfeatures-read", "pgfeatures-write", "pgfeatures-probe", "pgfeatures-check")
 
 
@@ -78,6 +79,7 @@ class _Sample:
     sent: float
     seconds: float
     status: int
+    error: str | None = None  # a failed request's answer (the first ones are kept for the report)
 
 
 class _Phase:
@@ -93,46 +95,58 @@ class _Phase:
         self.done = asyncio.Event()
         self.count = 0
 
-    async def run(self) -> list[Fault]:
+    async def run(self, resources: Callable[[], dict[str, Any]]) -> tuple[list[Fault], dict[str, Any]]:
+        """Load the service; the faults at fixed request counts; at least ``AFTER`` seconds of load after
+        the last one. Returns the faults and the resources measured once the load is steady."""
         rng = random.Random(self.cfg.seed)
         keys = [_key(i) for i in range(self.cfg.entities)]
         bodies = [orjson.dumps({"key": k.hex()}) for k in rng.sample(keys, min(2000, len(keys)))]
         requests = [post_request("/v1/features", b) for b in bodies]
         clients = [await HTTPConnection.open("127.0.0.1", self.server.port) for _ in range(self.cfg.concurrency)]
-        points = [int(self.cfg.requests * (i + 1) / (len(self.faults) + 1)) for i in range(len(self.faults))]
+        steady = int(self.cfg.requests * 0.1)
+        points = [steady + int((self.cfg.requests - steady) * (i + 1) / (len(self.faults) + 1)) for i in range(len(self.faults))]
         faults: list[Fault] = []
         tasks = [asyncio.ensure_future(self._client(c, requests, rng.randrange(10**6))) for c in clients]
         poller = asyncio.ensure_future(self._poll_ready())
         try:
+            while self.count < steady:
+                await asyncio.sleep(0.01)
+            before = await asyncio.to_thread(resources)
             for point, (name, inject) in zip(points, self.faults):
                 while self.count < point:
                     await asyncio.sleep(0.01)
                 fault = Fault(name, self.name, started=time.monotonic())
                 fault.reachable = await asyncio.to_thread(inject)
                 faults.append(fault)
-            await asyncio.gather(*tasks)
+            last = time.monotonic()
+            while self.count < self.cfg.requests or time.monotonic() - last < AFTER:
+                await asyncio.sleep(0.01)
         finally:
             self.done.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
             poller.cancel()
             for c in clients:
                 c.close()
         for fault in faults:
             fault.first_ok = next((s.sent + s.seconds for s in self.samples if s.sent >= fault.reachable and s.status == 200), None)
             fault.ready_again = next((t for t, ok in self.ready if t >= fault.reachable and ok), None)
-        return faults
+        return faults, before
 
     async def _client(self, conn: HTTPConnection, requests: Sequence[bytes], seed: int) -> None:
         rng = random.Random(seed)
-        while self.count < self.cfg.requests:
+        while not self.done.is_set():
             self.count += 1
             raw = requests[rng.randrange(len(requests))]
             sent = time.monotonic()
+            error = None
             try:
-                status, _ = await conn.request(raw)
-            except (OSError, asyncio.IncompleteReadError):
-                status = 0
+                status, body = await conn.request(raw)
+                if status != 200:
+                    error = body[:300].decode(errors="replace")
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                status, error = 0, f"connection: {exc}"
                 conn = await HTTPConnection.open("127.0.0.1", self.server.port)
-            self.samples.append(_Sample(sent, time.monotonic() - sent, status))
+            self.samples.append(_Sample(sent, time.monotonic() - sent, status, error))
 
     async def _poll_ready(self) -> None:
         conn = await HTTPConnection.open("127.0.0.1", self.server.port)
@@ -258,22 +272,22 @@ def run_soak(cfg: SoakConfig, progress: Callable[[str], None] = print) -> dict[s
         ]
         report: dict[str, Any] = {"config": asdict(cfg), "phases": []}
         for name, flags, faults, clusters in phases:
-            with ServeProcess(*base, *flags) as server:
-                time.sleep(0.5)
-                before = _resources(server, clusters)
+            log = Path(tmp) / f"serve-{name}.log"
+            with open(log, "wb") as output, ServeProcess(*base, *flags, output=output) as server:
                 progress(f"phase {name}: {cfg.requests:,} requests at concurrency {cfg.concurrency}, "
-                         f"faults: {', '.join(f for f, _ in faults)}")
+                         f"faults: {', '.join(f for f, _ in faults)} (service log: {log})")
                 phase = _Phase(name, cfg, server, faults)
                 t0 = time.monotonic()
-                done = asyncio.run(phase.run())
+                done, before = asyncio.run(phase.run(lambda: _resources(server, clusters)))
                 seconds = time.monotonic() - t0
-                time.sleep(1.5)  # let the pools settle (lifetimes, replaced connections)
+                time.sleep(2.0)  # let the pools settle (replaced connections, probes)
                 after = _resources(server, clusters)
                 _summarise(done, phase.samples)
                 in_windows = sum(f.results["during"]["failed"] for f in done)
                 total_failed = sum(1 for s in phase.samples if s.status != 200)
+                errors = [f"{s.sent - t0:.2f}s {s.status} {s.error}" for s in phase.samples if s.status != 200][:8]
                 report["phases"].append({
-                    "phase": name, "requests": len(phase.samples), "seconds": round(seconds, 1),
+                    "phase": name, "requests": len(phase.samples), "seconds": round(seconds, 1), "errors": errors,
                     "failed": total_failed, "failed_outside_windows": total_failed - in_windows,
                     "resources_before": before, "resources_after": after,
                     "faults": [{"fault": f.name, **f.results} for f in done],
@@ -309,6 +323,8 @@ def print_report(report: dict[str, Any], console: Any) -> None:
                           str(f["first_ok_after_reachable_s"]), str(f["ready_after_reachable_s"]),
                           pp(f["before"]), pp(f["during"]), pp(f["after"]))
         console.print(table)
+        for line in phase.get("errors", []):
+            console.print(f"  failed: {line}", markup=False, highlight=False)
         b, a = phase["resources_before"], phase["resources_after"]
         console.print(f"  service RSS {b['rss_mb']} -> {a['rss_mb']} MB, fds {b['fds']} -> {a['fds']}, "
                       f"database connections {b['db_connections']} -> {a['db_connections']}", highlight=False)
