@@ -43,6 +43,7 @@ def _config(schema: str, **changes: Any) -> reads.BenchConfig:
         rtts_ms=(0.0, RTT), table_counts=(2, 3), requests=30, min_requests=10, row_seconds=0.02,
         batch_size=5, parallel=2, clients=(1, 2), client_seconds=0.15, instrument=("single", "pipeline", "batch"),
         explain_every=2, entities=300, sample=120, schema=schema, redis_url=REDIS_URL,
+        service_clients=(1, 2), cold_entities=600, cold_requests=40,
     )
     return reads.BenchConfig(**{**base.__dict__, **changes})
 
@@ -78,8 +79,9 @@ def test_every_cell_has_every_row_with_consistent_figures(result: dict[str, Any]
     variants = {"ttl", "pooler functions", "unprepared"}
     for rtt in (0.0, RTT):
         for tables in (2, 3):
+            services = {"service", "service materialized", "service vector", "service vector materialized"}
             expected_rows = ({"select1", "raw", *reads.STRATEGIES, f"{min(tables, 3)} entities"} | variants
-                             | ({"redis", "redis batch"} if redis_up else set()))
+                             | ({"redis", "redis batch"} if redis_up else set()) | (services if tables == 3 else set()))
             rows = _rows(result, rtt, tables)
             assert set(rows) == expected_rows
             for r in rows.values():
@@ -92,6 +94,19 @@ def test_every_cell_has_every_row_with_consistent_figures(result: dict[str, Any]
             assert rows["single"]["default"] and not rows["union"]["default"]
             assert rows["sequential"]["round_trips"] == tables and rows["single"]["round_trips"] == 1
             assert rows["batch"]["keys_per_call"] == 5
+
+
+def test_the_materialized_service_part(result: dict[str, Any]) -> None:
+    mat = result["materialized"]
+    assert mat["build_s"] > 0
+    assert {(t["name"], t["clients"]) for t in mat["throughput"]} == {
+        (n, c) for n in ("service", "service materialized", "service vector materialized") for c in (1, 2)}
+    assert all(t["rps"] > 0 and t["machine_cpu_ms"] > 0 for t in mat["throughput"])
+    cold = mat["cold"]
+    assert cold["requests"] == 40 and cold["flexible_mean_ms"] > 0 and cold["materialized_mean_ms"] > 0
+    checks = {c["check"] for c in result["checks"]}
+    assert any(c.startswith("materialized / unmaterialized p50") for c in checks)
+    assert any(c.startswith("cold reads") for c in checks)
 
 
 def test_the_proxy_delay_is_in_every_far_row(result: dict[str, Any]) -> None:
@@ -178,7 +193,7 @@ def test_redis_rows_match_or_skip_cleanly(result: dict[str, Any], dsn: str, benc
 def test_cli_run_without_redis_or_extras(result: dict[str, Any], dsn: str, bench_schema: str, tmp_path: Path) -> None:
     out = tmp_path / "cli.json"
     argv = ["bench", "--dsn", dsn, "--schema", bench_schema, "--entities", "300", "--rtt", "0", "--tables", "1",
-            "--strategies", "single", "--variants", "", "--clients", "", "--instrument", "", "--requests", "10",
+            "--strategies", "single", "--variants", "", "--no-materialized", "--clients", "", "--instrument", "", "--requests", "10",
             "--row-seconds", "0.01", "--redis-url", "redis://127.0.0.1:1/0", "--save", str(out)]
     assert main(argv) == 0
     saved = reads.load(out)

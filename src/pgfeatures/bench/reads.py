@@ -100,12 +100,17 @@ class BenchConfig:
     seed: int = 0
     redis_url: str | None = None
     variants: tuple[str, ...] = VARIANTS
+    materialized: bool = True  # the materialized-service part (bench/materialized.py)
+    service_clients: tuple[int, ...] = (1, 8, 32)  # its throughput (empty: skip)
+    cold_entities: int = 100_000  # its cold-read part, on a private cluster (0: skip)
+    cold_requests: int = 1000
 
     @classmethod
     def quick(cls, **changes: Any) -> "BenchConfig":
         """A ~50 s smoke run: loopback and 20 ms, 30 tables, shorter rows."""
         return replace(cls(rtts_ms=(0.0, 20.0), table_counts=(30,), row_seconds=0.3, clients=(1, 4),
-                           client_seconds=0.5, instrument=("single",)), **changes)
+                           client_seconds=0.5, instrument=("single",), service_clients=(1, 8),
+                           cold_entities=20_000, cold_requests=300), **changes)
 
     def validate(self) -> None:
         """Raises BenchmarkError naming the bad setting and what is valid."""
@@ -200,6 +205,7 @@ class _Distance:
     redis: redis_baseline.RedisFeatures | None
     variants: dict[str, FeatureStore]
     unprepared: psycopg.Connection | None
+    services: FeatureStore | None = None  # a store of the registry with the bench services (materialized part)
 
 
 def _rows(cfg: BenchConfig, d: _Distance, names: list[str]) -> list[_Row]:
@@ -252,6 +258,12 @@ def _rows(cfg: BenchConfig, d: _Distance, names: list[str]) -> list[_Row]:
             return plain.fetchone()
 
         rows.append(_Row("unprepared", "raw", unprepared, local_ms=1.2))
+    if d.services is not None and count == len(d.store.registry.tables):
+        from . import materialized
+
+        for name, call in materialized.latency_calls(d.services).items():
+            rows.append(_Row(name, "service", call, local_ms=0.4 if "materialized" in name else 0.6,
+                             weight=HEADLINE_WEIGHT))
     if d.redis is not None:
         rows.append(_Row("redis", "redis", d.redis.reader(names), local_ms=0.2))
         rows.append(_Row("redis batch", "redis", d.redis.batch_reader(names), batch=True, local_ms=0.02 * cfg.batch_size))
@@ -346,7 +358,13 @@ def _distance(cfg: BenchConfig, registry: Registry, dsn: str, rtt: float, redis_
             client = redis_baseline.connect(redis_baseline.via(url, rp.address) if rp and rp.address else url)
             stack.callback(client.close)
             rf = redis_baseline.RedisFeatures(client, registry)
-        yield _Distance(rtt, cell_dsn, store, raw, par, rf, variants, unprepared)
+        services = None
+        if cfg.materialized:
+            from . import materialized
+
+            services = stack.enter_context(FeatureStore(materialized.service_registry(registry), cell_dsn, pool_size=1,
+                                                        write_pool_size=0))
+        yield _Distance(rtt, cell_dsn, store, raw, par, rf, variants, unprepared, services)
 
 
 def variant_registries(registry: Registry, variants: Sequence[str]) -> dict[str, Registry]:
@@ -430,6 +448,12 @@ def run_benchmark(dsn: str, cfg: BenchConfig, *, argv: Sequence[str] | None = No
         progress(f"demo data {'loaded' if loaded else 'present'}: {len(registry.tables)} tables x 8 real, "
                  f"{cfg.entities:,} entities in schema {cfg.schema} ({time.perf_counter() - t0:.1f}s)")
         server_version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+        mat: dict[str, Any] = {}
+        if cfg.materialized:
+            from . import materialized
+
+            mat["build_s"] = round(materialized.build(conn, materialized.service_registry(registry)), 2)
+            progress(f"materialized service {materialized.MAT} built in {mat['build_s']:.1f}s")
     ids, keys, batches = _keys(cfg)
     skipped: dict[str, str] = {}
     redis_version = None
@@ -466,11 +490,24 @@ def run_benchmark(dsn: str, cfg: BenchConfig, *, argv: Sequence[str] | None = No
             if cfg.clients and cfg.client_modes:
                 throughput += _throughput(cfg, registry, d, widest, keys)
         progress(f"rtt {rtt:g} ms done ({time.time() - started:.0f}s)")
+    if cfg.materialized:
+        from . import materialized
+
+        svc_registry = materialized.service_registry(registry)
+        with FeatureStore(svc_registry, dsn, pool_size=1, write_pool_size=0) as store:
+            materialized.check_same(store, keys[:50])
+        if cfg.service_clients:
+            progress(f"materialized service throughput at {', '.join(map(str, cfg.service_clients))} async clients")
+            mat["throughput"] = materialized.throughput(svc_registry, dsn, keys, cfg.service_clients, cfg.client_seconds,
+                                                        cfg.seed)
+        if cfg.cold_entities:
+            mat["cold"] = materialized.cold(cfg.cold_entities, cfg.cold_requests, progress=progress, seed=cfg.seed)
     result = {
         "meta": environment(dsn, server_version, redis_version, cfg, argv, started),
         "latency": latency,
         "throughput": throughput,
         "breakdown": breakdown,
+        "materialized": mat,
         "skipped": skipped,
     }
     result["checks"] = evaluate(result)
@@ -527,6 +564,7 @@ def evaluate(result: dict[str, Any]) -> list[dict[str, Any]]:
         redis = _find(rows, 0.0, tables, "redis")
         if redis and best:
             add(f"{default} / redis p50 (loopback, {tables} tables)", "-", f"x{best['p50_ms'] / redis['p50_ms']:.2f}", None)
+    _materialized_checks(result, add)
     for b in result.get("breakdown", []):
         add(f"breakdown adds up ({b['label']}, {b['rtt_ms']:g} ms)", "within 5%",
             f"{b['unattributed_pct']:+.2f}% left", b["sums_ok"])
@@ -611,6 +649,38 @@ def _ms(value: float) -> str:
     return f"{value:.3f}" if value < 100 else f"{value:.1f}"  # keeps the table within 80 columns
 
 
+def _materialized_checks(result: dict[str, Any], add: Callable[[str, str, str, bool | None], None]) -> None:
+    """Issue 13's targets: materialized against unmaterialized, within the same run."""
+    rows = result["latency"]
+    tables = max((r["tables"] for r in rows), default=0)
+    flex, mat = _find(rows, 0.0, tables, "service"), _find(rows, 0.0, tables, "service materialized")
+    if flex and mat:
+        ratio = mat["p50_ms"] / flex["p50_ms"]
+        add(f"materialized / unmaterialized p50 (loopback, {tables} tables)", "<= 0.5x", f"x{ratio:.2f}", ratio <= 0.5)
+        redis = _find(rows, 0.0, tables, "redis")
+        if redis:
+            r = mat["p50_ms"] / redis["p50_ms"]
+            add(f"materialized / redis p50 (loopback, {tables} tables)", "<= 1.5x", f"x{r:.2f}", r <= 1.5)
+    through = result.get("materialized", {}).get("throughput", [])
+    by = {(t["name"], t["clients"]): t for t in through}
+    for c in sorted({t["clients"] for t in through} - {1}):
+        base = by.get(("service", c))
+        for name, target in (("service materialized", 2.0), ("service vector materialized", 3.0)):
+            got = by.get((name, c))
+            if base and got:
+                x = got["rps"] / base["rps"]
+                add(f"{name} / service req/s ({c} async clients)", f">= {target:g}x", f"x{x:.2f}", x >= target)
+        got = by.get(("service materialized", c))
+        if base and got:
+            x = got["machine_cpu_ms"] / base["machine_cpu_ms"]
+            add(f"machine CPU per request, materialized / service ({c} clients)", "<= 0.4x", f"x{x:.2f}", x <= 0.4)
+    cold = result.get("materialized", {}).get("cold")
+    if cold:
+        how = "restart + dropped OS cache" if cold["os_cache_dropped"] else "restart (OS cache kept)"
+        add(f"cold reads ({how}), first {cold['requests']}: service / materialized mean", ">= 5x",
+            f"x{cold['speedup']:.2f}", cold["speedup"] >= 5)
+
+
 def print_result(result: dict[str, Any], console: Any) -> None:
     """Rich tables: latency per distance, throughput, breakdown, targets."""
     from rich import box
@@ -646,6 +716,23 @@ def print_result(result: dict[str, Any], console: Any) -> None:
             t.add_row(f"{r['rtt_ms']:g}", str(r["tables"]), r["mode"], str(r["clients"]), f"{r['rps']:.0f}",
                       f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['cpu_ms']:.3f}")
         console.print(t)
+    mat = result.get("materialized") or {}
+    if mat.get("throughput"):
+        t = Table(title=f"feature service over every table: materialized or not, async clients, one process "
+                        f"(built in {mat.get('build_s', 0):.1f}s)", box=box.SIMPLE_HEAD)
+        for col in ["variant", "clients", "req/s", "p50", "p99", "client CPU/req", "machine CPU/req"]:
+            t.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
+        for r in mat["throughput"]:
+            t.add_row(r["name"], str(r["clients"]), f"{r['rps']:.0f}", f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}",
+                      f"{r['cpu_ms']:.3f}", f"{r['machine_cpu_ms']:.3f}")
+        console.print(t)
+    if mat.get("cold"):
+        c = mat["cold"]
+        how = "restart + dropped OS page cache" if c["os_cache_dropped"] else f"restart only ({c['os_cache_refused']})"
+        console.print(f"cold reads ({how}, shared_buffers {c['shared_buffers']}, {c['tables']} tables x "
+                      f"{c['entities']:,} entities): mean of the first {c['requests']} requests: service "
+                      f"{c['flexible_mean_ms']:.3f} ms, materialized {c['materialized_mean_ms']:.3f} ms "
+                      f"(x{c['speedup']:.1f})", highlight=False)
     for b in result["breakdown"]:
         t = Table(title=f"where the time goes: {b['label']}, {b['tables']} tables, {b['rtt_ms']:g} ms round-trip "
                         f"({b['n']} requests, {b['explained']} EXPLAIN twins)", box=box.SIMPLE_HEAD)
