@@ -203,7 +203,8 @@ def test_unknown_paths_and_methods(client: httpx.Client) -> None:
 
 
 def test_bearer_token_guards_all_but_probes(app: httpx.Client) -> None:
-    for method, path in [("POST", "/v1/features"), ("GET", "/v1/tables"), ("GET", "/metrics"), ("GET", "/openapi.json")]:
+    for method, path in [("POST", "/v1/features"), ("GET", "/v1/tables"), ("GET", "/metrics"), ("GET", "/openapi.json"),
+                         ("POST", "/v1/push/stats"), ("GET", "/v1/services"), ("POST", "/v1/features/batch")]:
         r = app.request(method, path, json={"key": GOOD})
         assert r.status_code == 401, path
         assert r.headers["www-authenticate"] == "Bearer"
@@ -276,6 +277,8 @@ def test_warmup_hooks_run_before_ready(dsn: str, definitions: Path) -> None:
                 r = await c.get("/readyz")
                 assert r.status_code == 503 and r.json()["reason"] == "warming up"
                 assert (await c.post("/v1/features", json={"key": GOOD})).json()["error"]["type"] == "not_ready"
+                tables = (await c.get("/v1/tables")).json()  # answered while warming up (the store is open)
+                assert [t["name"] for t in tables["tables"]] == ["profile", "stats", "flags"]
                 release.set()
                 while (await c.get("/readyz")).status_code != 200:
                     await asyncio.sleep(0.01)

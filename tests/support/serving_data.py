@@ -113,18 +113,18 @@ def server_now(conn: psycopg.Connection) -> int:
 
 
 def create(dsn: str, schema: str, folder: Path) -> tuple[Path, Registry]:
-    """Create the tables in ``schema``, write the rows through the store, build the materialized
-    service, and write the definitions TOML; returns its path and the registry."""
+    """Create the tables in ``schema``, build the materialized service, write the rows through the
+    store, and write the definitions TOML; returns its path and the registry."""
     path = folder / "serving.toml"
     path.write_text(DEFINITIONS.format(schema=schema))
     registry = Registry.from_toml(path)
     with psycopg.connect(dsn, autocommit=True) as conn:
         apply_schema(conn, registry)
+        materialize(conn, registry, "user_vec")  # built empty: the writes below reach it through its triggers
         now = server_now(conn)
         with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as store:
             for table, rows in ROWS.items():
                 store.update_features_batch(table, [(k, {**v, "updated_at": now - age}) for k, (age, v) in rows.items()])
-        materialize(conn, registry, "user_vec")
     return path, registry
 
 

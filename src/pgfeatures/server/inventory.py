@@ -104,7 +104,12 @@ class Inventory:
 
     async def _refresh(self) -> None:
         started = time.monotonic()
-        dsn = self._dsn()
+        router = self.store.router
+        if router is None:  # not open yet (or closed): its DSN may not even be resolved
+            self.snapshot = Snapshot(self.snapshot.tables, self.snapshot.services, None,
+                                     "the store is not open yet (the service is warming up)")
+            return
+        dsn = str(router.order()[0].dsn)
         try:
             conn = await connect_async(dsn, "pgfeatures-inventory", self.store.connect_timeout,
                                        credentials=self.store.credentials, pooler=self.store.pooler)
@@ -127,12 +132,6 @@ class Inventory:
                 self._newest.pop(info.name, None)
             # else: max(updated_at) timed out: the previous measurement still bounds the age
         self.snapshot = Snapshot({t.name: t for t in tables}, {s.name: s for s in services}, time.monotonic(), None)
-
-    def _dsn(self) -> str:
-        router = self.store.router
-        if router is not None:
-            return str(router.order()[0].dsn)
-        return str(self.store.dsn or "")
 
     # -- what it reports ---------------------------------------------------------------------------
 
