@@ -16,7 +16,6 @@ import os
 import tomllib
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import schemathesis

@@ -20,7 +20,6 @@ timed, both services' answers are compared on sample keys (they must be equal).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import random
 import tempfile
 import time

@@ -62,7 +62,7 @@ from ..errors import (
     QueryTimeoutError,
     StoreClosedError,
 )
-from ..reader import BatchReader, Features, FeaturesArg
+from ..reader import BatchReader, FeaturesArg
 from ..store import AsyncFeatureStore
 from ..write import UpdateCount
 from .coalesce import Coalescer
