@@ -76,6 +76,7 @@ def test_one_key_every_table(client: httpx.Client, i: int) -> None:
     assert body == {
         "key": data.hexkey(i),
         "features": data.expected(i),
+        "status": data.status(i),
         "missing": [t for t, v in data.expected(i).items() if v is None],
     }
 
@@ -108,6 +109,7 @@ def test_batch_in_input_order_with_duplicates_and_misses(client: httpx.Client) -
     for i, got in zip(order, results):
         assert got["features"] == data.expected(i, ("flags", "stats"))
         assert got["missing"] == [t for t in ("flags", "stats") if data.rows(t, i) is None]
+        assert got["status"] == data.status(i, ("flags", "stats"))
     assert client.post("/v1/features/batch", json={"keys": []}).json() == {"results": []}
 
 
@@ -201,7 +203,8 @@ def test_unknown_paths_and_methods(client: httpx.Client) -> None:
 
 
 def test_bearer_token_guards_all_but_probes(app: httpx.Client) -> None:
-    for method, path in [("POST", "/v1/features"), ("GET", "/v1/tables"), ("GET", "/metrics"), ("GET", "/openapi.json")]:
+    for method, path in [("POST", "/v1/features"), ("GET", "/v1/tables"), ("GET", "/metrics"), ("GET", "/openapi.json"),
+                         ("POST", "/v1/push/stats"), ("GET", "/v1/services"), ("POST", "/v1/features/batch")]:
         r = app.request(method, path, json={"key": GOOD})
         assert r.status_code == 401, path
         assert r.headers["www-authenticate"] == "Bearer"
@@ -219,13 +222,18 @@ def test_tables(client: httpx.Client, definitions: Path) -> None:
     body = client.get("/v1/tables").json()
     assert body["schema"] == definitions.read_text().split('"')[1]
     stats = next(t for t in body["tables"] if t["name"] == "stats")
-    assert stats["features"] == [{"name": "a", "type": "real"}, {"name": "b", "type": "real"}]
+    assert stats["features"] == [{"name": "a", "type": "real", "default": None}, {"name": "b", "type": "real", "default": None}]
+    assert stats["entity"] == {"name": "entity", "key_type": "bytea32", "key_column": "hashkey"}
+    assert stats["exists"] is True and stats["rows"] == 5  # keys 0, 2, 4, 6, 8
+    assert stats["newest_updated_at"] == data.updated_at(8)
     assert [t["name"] for t in body["tables"]] == ["profile", "stats", "flags"]
 
 
 def test_openapi_names_tables_features_and_limits(client: httpx.Client) -> None:
     doc = client.get("/openapi.json").json()
-    assert set(doc["paths"]) == {"/v1/features", "/v1/features/batch", "/v1/tables", "/healthz", "/readyz", "/metrics", "/openapi.json"}
+    assert set(doc["paths"]) == {"/v1/features", "/v1/features/batch", "/v1/services", "/v1/tables", "/healthz",
+                                 "/readyz", "/metrics", "/openapi.json", "/v1/push/profile", "/v1/push/stats",
+                                 "/v1/push/flags"}
     schemas = doc["components"]["schemas"]
     assert schemas["Tables"]["items"]["enum"] == ["profile", "stats", "flags"]
     assert schemas["BatchRequest"]["properties"]["keys"]["maxItems"] == MAX_KEYS
@@ -269,6 +277,8 @@ def test_warmup_hooks_run_before_ready(dsn: str, definitions: Path) -> None:
                 r = await c.get("/readyz")
                 assert r.status_code == 503 and r.json()["reason"] == "warming up"
                 assert (await c.post("/v1/features", json={"key": GOOD})).json()["error"]["type"] == "not_ready"
+                tables = (await c.get("/v1/tables")).json()  # answered while warming up (the store is open)
+                assert [t["name"] for t in tables["tables"]] == ["profile", "stats", "flags"]
                 release.set()
                 while (await c.get("/readyz")).status_code != 200:
                     await asyncio.sleep(0.01)

@@ -217,3 +217,16 @@ def test_shutting_down_is_503_shutting_down(dsn: str, definitions: Path) -> None
             assert_error(await read(c), 503, "shutting_down", True)
 
     asyncio.run(asyncio.wait_for(run(), 30))
+
+
+def test_a_psycopg_error_escaping_the_store_is_translated(dsn: str, definitions: Path) -> None:
+    """The service's last line of translation (``Service._translate``) names the database, not a bug:
+    it read an attribute the store does not have, so such an error became a 500 ``internal``."""
+    from pgfeatures.definitions import Registry
+    from pgfeatures.errors import DatabaseUnavailableError
+    from pgfeatures.server.service import Service
+
+    service = Service(config(dsn, definitions), Registry.from_toml(definitions))
+    error = service._translate(psycopg.OperationalError("connection lost"))
+    assert isinstance(error, DatabaseUnavailableError)
+    assert classify(error).status == 503

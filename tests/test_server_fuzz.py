@@ -2,17 +2,20 @@
 
 Schemathesis generates valid and invalid requests for every operation of
 ``/openapi.json`` served by a real ``pgfeatures serve`` process (on the
-small test schema) and checks: no server error, documented status codes,
-content types, headers and response bodies. The example count is bounded
-so the whole file stays within a few seconds.
+serving test schema: entities of every key type, feature services, one of
+them materialized; see support/serving_data.py) and checks: no server error,
+documented status codes, content types, headers and response bodies. Feature
+services and pushes are documented per service and per table, so each has
+its own operations (pushes write into the fuzz server's own schema). The
+example count is bounded so the whole file stays within about a minute.
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import schemathesis
@@ -27,19 +30,24 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from support import server_data as data
+from support import serving_data as data
 from support.serve import ServeProcess
 
 # Per operation and generation mode; raise it for a longer hunt (600 runs clean in ~40 s).
 EXAMPLES = int(os.environ.get("PGFEATURES_FUZZ_EXAMPLES", "100"))
+# The per-service and per-table operations share most of their code: fewer examples each.
+EACH = int(os.environ.get("PGFEATURES_FUZZ_EXAMPLES_EACH", "30"))
+_DEFINITIONS = tomllib.loads(data.DEFINITIONS.format(schema="s"))
+SERVICES, TABLES = list(_DEFINITIONS["services"]), list(_DEFINITIONS["tables"])
 
 
 @pytest.fixture(scope="module")
 def server(dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     schema = f"test_fuzz_{uuid.uuid4().hex[:10]}"
-    path: Path = data.create(dsn, schema, tmp_path_factory.mktemp("fuzz"))
+    path, _ = data.create(dsn, schema, tmp_path_factory.mktemp("fuzz"))
     try:
-        with ServeProcess("--dsn", dsn, "--definitions", str(path), "--max-batch-keys", "20", "--coalesce") as proc:
+        with ServeProcess("--dsn", dsn, "--definitions", str(path), "--max-batch-keys", "20", "--coalesce",
+                          "--no-prewarm") as proc:
             yield proc
     finally:
         data.drop(dsn, schema)
@@ -48,6 +56,10 @@ def server(dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
 OPERATIONS = [
     ("POST", "/v1/features"),
     ("POST", "/v1/features/batch"),
+    ("GET", "/v1/services"),
+    *[op for name in SERVICES for op in (("GET", f"/v1/services/{name}"), ("POST", f"/v1/services/{name}"),
+                                         ("POST", f"/v1/services/{name}/batch"))],
+    *[("POST", f"/v1/push/{name}") for name in TABLES],
     ("GET", "/v1/tables"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -69,6 +81,7 @@ def api(server: ServeProcess) -> schemathesis.BaseSchema:
 
 
 def test_every_operation_is_fuzzed(api: schemathesis.BaseSchema) -> None:
+    assert SERVICES == ["fraud_v1", "user_vec", "fresh_merchant"] and len(TABLES) == 6
     assert sorted((op.ok().method.upper(), op.ok().path) for op in api.get_all_operations()) == sorted(OPERATIONS)
 
 
@@ -87,9 +100,11 @@ def test_api_conforms_to_its_openapi_document(
     api: schemathesis.BaseSchema, method: str, path: str, mode: GenerationMode
 ) -> None:
     operation = api[path][method]
+    each = path.startswith(("/v1/services/", "/v1/push/"))
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=EACH if each else EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
+              database=None)
     def fuzz(case: schemathesis.Case) -> None:
         case.call_and_validate(checks=CHECKS, timeout=10)
 

@@ -66,6 +66,11 @@ def expected(i: int, tables: tuple[str, ...] = ("profile", "stats", "flags")) ->
     return {t: rows(t, i) for t in tables}
 
 
+def status(i: int, tables: tuple[str, ...] = ("profile", "stats", "flags")) -> dict[str, str]:
+    """Each table's status for entity ``i`` (these tables have no ttl: present or missing)."""
+    return {t: "missing" if rows(t, i) is None else "present" for t in tables}
+
+
 def create(dsn: str, schema: str, folder: Path) -> Path:
     """Create the tables in ``schema``, fill them, and write the definitions TOML; returns its path."""
     path = folder / "features.toml"
@@ -94,8 +99,9 @@ def drop(dsn: str, schema: str) -> None:
 
 
 def metric(text: str, name: str, **labels: str) -> float:
-    """One sample of a Prometheus text exposition (0 if absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = "^" + re.escape(name) + (r"\{" + re.escape(want) + r"\}" if want else "") + r" (\S+)$"
-    found = re.search(pattern, text, re.M)
-    return float(found.group(1)) if found else 0.0
+    """One sample of a Prometheus text exposition, whatever the order of its labels (0 if absent)."""
+    for line in text.splitlines():
+        found = re.match(r"^" + re.escape(name) + r"(?:\{(.*)\})? (\S+)$", line)
+        if found and dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', found.group(1) or "")) == labels:
+            return float(found.group(2))
+    return 0.0

@@ -2,7 +2,9 @@
 
 One command, ``pgfeatures bench-http``, against the demo data (schema
 ``demo``, read-only). ``--mode batch`` and ``--mode memory`` measure large
-batches instead (see ``http_batch.py``). The default mode, in one run:
+batches instead (see ``http_batch.py``), ``--mode services`` a materialized
+feature service against the same service read table by table (see
+``http_services.py``). The default mode, in one run:
 
 1. **Added latency, one client.** The same reads (random demo keys, all 30
    tables) through ``AsyncFeatureStore.read`` in this process and through
@@ -52,9 +54,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window-us", type=int, default=0, help="coalescing window of the coalescing server (µs)")
     p.add_argument("--entities", type=int, default=100_000, help="demo entities keys are drawn from")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mode", choices=("standard", "batch", "memory"), default="standard",
+    p.add_argument("--mode", choices=("standard", "batch", "memory", "services"), default="standard",
                    help="standard: latency, throughput, coalescing; batch: single-key latency alongside big batches; "
-                        "memory: server RSS around one huge batch")
+                        "memory: server RSS around one huge batch; services: a materialized 30-table feature service "
+                        "against the same service unmaterialized (dict and vector output)")
+    p.add_argument("--services-schema", default="bench_services",
+                   help="services mode: schema of its copy of the demo data and its two services (loaded and "
+                        "materialized once, then reused)")
     p.add_argument("--batch-singles", type=int, default=8, help="batch mode: single-key clients")
     p.add_argument("--batch-keys", type=int, default=1000, help="batch mode: keys per batch of the batch client")
     p.add_argument("--memory-keys", type=int, default=100_000, help="memory mode: keys of the huge batch")
@@ -396,6 +402,15 @@ async def float32_cost(store: Any, reader: Any, sample: Sequence[bytes], n: int 
 
 def report(figures: dict[str, Any], args: argparse.Namespace, console: Any = None) -> None:
     """Print the figures as tables on ``console`` (a rich Console; default: stdout)."""
+    if figures.get("mode") == "services":
+        from rich.console import Console
+
+        from . import http_services
+
+        console = console or Console()
+        console.width = max(console.width, 132)
+        http_services.report(figures, args, console)
+        return
     if figures.get("mode", "standard") != "standard":
         from . import http_batch
 
@@ -452,10 +467,6 @@ def main(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     from ..connections import connect
     from ..errors import BenchmarkError
 
-    with connect(dsn, "pgfeatures-bench-http") as conn:
-        present = conn.execute("SELECT to_regclass('demo.t29') IS NOT NULL").fetchone()[0]
-    if not present:
-        raise BenchmarkError("the demo data is missing: run 'pgfeatures demo' first")
     try:
         import uvloop
 
@@ -463,6 +474,15 @@ def main(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     except ImportError:
         runner = asyncio.run
     settings = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("func", "json", "resolved_dsn")}
+    if args.mode == "services":  # loads its own copy of the demo data
+        from . import http_services
+
+        return {"settings": settings, "mode": args.mode,
+                **http_services.run(args, dsn, runner, lambda m: print(m, file=sys.stderr))}
+    with connect(dsn, "pgfeatures-bench-http") as conn:
+        present = conn.execute("SELECT to_regclass('demo.t29') IS NOT NULL").fetchone()[0]
+    if not present:
+        raise BenchmarkError("the demo data is missing: run 'pgfeatures demo' first")
     if args.mode != "standard":
         from . import http_batch
 

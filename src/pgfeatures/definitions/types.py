@@ -15,6 +15,7 @@ from typing import Any
 from ..errors import DefinitionError, FeatureValueError
 
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite real
+FLOAT32_ZERO = 2.0**-150  # the largest magnitude that rounds to a real 0 (half the smallest subnormal)
 INT_RANGE = {"smallint": (-(2**15), 2**15 - 1), "integer": (-(2**31), 2**31 - 1), "bigint": (-(2**63), 2**63 - 1)}
 NAN_POLICIES = ("reject", "null")
 
@@ -141,6 +142,8 @@ def check_value(where: str, type_: FeatureType, value: Any, nan: str = "reject")
         number = float(number)
         if kind == "real" and math.isfinite(number) and abs(number) > FLOAT32_MAX:
             raise invalid(f"is out of range for real (at most ±{FLOAT32_MAX:.7g})")
+        if kind == "real" and 0 < abs(number) <= FLOAT32_ZERO:  # PostgreSQL refuses what rounds to 0 (underflow)
+            raise invalid(f"is too small for real (rounds to 0; non-zero values need a magnitude above {FLOAT32_ZERO:.2g})")
         return number
     if isinstance(number, float):
         if not number.is_integer():

@@ -1,11 +1,14 @@
 """The HTTP feature service (``pgfeatures serve``): Starlette on uvicorn over the async store.
 
 - ``config``: settings, flags > environment > config file > defaults;
-- ``service``: one worker's store, coalescing, deadlines, batch chunks, readiness (no HTTP);
+- ``service``: one worker's store, coalescing, deadlines, batch chunks, pushes, readiness (no HTTP);
 - ``coalesce``: merging concurrent single-key reads into batched queries;
-- ``app``: routes, request parsing, auth, errors; ``create_app`` is the factory;
+- ``app``: routes, auth, errors; ``create_app`` is the factory;
+- ``parsing``: request bodies checked before any I/O: keys per entity, selections, pushes, output;
 - ``encoding``: results as JSON, ``real`` values printed as float32;
+- ``vectors``: a feature service's vector as JSON or raw little-endian numbers;
 - ``streaming``: a large batch's answer sent chunk by chunk;
+- ``inventory``: tables and services as found (rows, age of the newest row), refreshed in the background;
 - ``errors``: how failures map to HTTP statuses and JSON bodies;
 - ``metrics``: Prometheus metrics; ``openapi``: the OpenAPI document;
 - ``protocol``: uvicorn's HTTP protocol with a header timeout;

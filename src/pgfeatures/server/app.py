@@ -1,20 +1,29 @@
-"""The HTTP API: a Starlette app over a ``Service``: routes, request parsing, auth, errors, timing.
+"""The HTTP API: a Starlette app over a ``Service``: routes, auth, errors, timing.
 
-Endpoints (JSON bodies, encoded with orjson)::
+Endpoints (JSON bodies, encoded with orjson; request parsing in ``parsing.py``)::
 
-    POST /v1/features         {"key": hex, "tables"?: [...], "features"?: {...} | [...]}
-    POST /v1/features/batch   {"keys": [hex, ...], "tables"?: [...], "features"?: ...}
-    GET  /v1/tables           the feature tables and their features
-    GET  /healthz             the process is alive
-    GET  /readyz              warmed up and the database answers (else 503)
-    GET  /metrics             Prometheus text format
-    GET  /openapi.json        the OpenAPI document
+    POST /v1/features                {"key": key, "tables"?: [...], "features"?: {...} | [...]}
+    POST /v1/features/batch          {"keys": [key, ...], "tables"?: [...], "features"?: ...}
+    POST /v1/services/{name}         {"key": key, "features"?: [...], "output"?: "dict" | "vector"}
+    POST /v1/services/{name}/batch   {"keys": [key, ...], "features"?: [...], "output"?: ...}
+    GET  /v1/services                the feature services: entities, tables, ttl, materialized state
+    GET  /v1/services/{name}         the same for one, with its vector's column names and types
+    POST /v1/push/{table}            {"rows": [{"key": key, "features": {...}}, ...], "overwrite_newer"?: bool}
+                                     (or one {"key", "features"}) -> {"written": n, "skipped": m}
+    GET  /v1/tables                  tables: entity, features, ttl, rows, age of the newest row
+    GET  /healthz                    the process is alive
+    GET  /readyz                     warmed up and the database answers (else 503)
+    GET  /metrics                    Prometheus text format
+    GET  /openapi.json               the OpenAPI document
 
-A result is ``{"key": ..., "features": {table: {feature: value} | null},
-"missing": [tables without a row]}``; a batch returns ``{"results": [...]}``
-in input order. Errors are ``{"error": {"type": ..., "message": ...}}``
-(see ``errors.py``). Request bodies are validated strictly (unknown fields,
-wrong types, bad keys are 400s naming what is valid) before any I/O.
+A key is a bare key (64 hex characters for 32-byte keys; an integer or a string for other
+entities) when the request reads one entity, or ``{entity: key}``. A result is ``{"key",
+"features": {table: {feature: value} | null}, "status": {table: "present" | "missing" |
+"expired"}, "missing": [tables not present]}``; a batch returns ``{"results": [...]}`` in input
+order. A service's vector (``"output": "vector"``) is ``{"key", "values", "status"}``, or raw
+numbers with ``Accept: application/octet-stream`` (see ``vectors.py``). Errors are ``{"error":
+{"type": ..., "message": ...}}`` (see ``errors.py``). Request bodies are validated strictly
+(unknown fields, wrong types, bad keys are 400s naming what is valid) before any I/O.
 
 Bearer-token auth and request timing are one pure ASGI middleware:
 Starlette's ``BaseHTTPMiddleware`` would cost a task and a queue per request.
@@ -24,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
@@ -38,144 +46,37 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..definitions import KEY_LENGTH, Registry
-from ..errors import KeyFormatError, PgFeaturesError
-from ..reader import FeaturesArg
+from ..definitions import Registry
+from ..errors import PgFeaturesError, ReadOnlyStoreError
 from .config import ServerConfig
-from .encoding import BATCH_HEAD, BATCH_TAIL, batch_pieces, dumps, result
+from .encoding import JSONBatch, dumps, result
 from .errors import JSON, RequestError, error_body, error_response
 from .metrics import CONTENT_TYPE
 from .openapi import openapi_document
+from .parsing import (
+    BATCH_FIELDS,
+    SERVICE_BATCH_FIELDS,
+    SERVICE_FIELDS,
+    SINGLE_FIELDS,
+    check_fields,
+    parse_features,
+    parse_json,
+    parse_key,
+    parse_keys,
+    parse_output,
+    parse_push,
+    parse_selection,
+)
 from .service import Service, WarmupHook
-from .streaming import BatchAnswer, StreamedAnswer
+from .streaming import BatchAnswer, Encoder, StreamedAnswer
+from .vectors import OCTET_STREAM, OctetBatch
 
-_HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
-_HEX_KEYS = re.compile(r"[0-9a-fA-F]*")
 PROBES = frozenset({"/healthz", "/readyz"})  # never behind the token: orchestrators have none
-SINGLE_FIELDS = ("key", "tables", "features")
-BATCH_FIELDS = ("keys", "tables", "features")
-
-
-# -- request parsing (pure) -----------------------------------------------------------------------
-
-
-def parse_json(raw: bytes) -> dict[str, Any]:
-    """The request body as a JSON object. Raises RequestError."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise RequestError("invalid_json", f"the body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise RequestError("invalid_request", f"the body must be a JSON object, got {_json_type(body)}")
-    return body
-
-
-def _json_type(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number"
-    )
-
-
-def check_fields(body: Mapping[str, Any], allowed: Sequence[str], required: str) -> None:
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        raise RequestError("invalid_request", f"unknown field(s): {', '.join(unknown)}; valid fields: {', '.join(allowed)}")
-    if required not in body:
-        raise RequestError("invalid_request", f"missing field {required!r}; valid fields: {', '.join(allowed)}")
-
-
-def parse_hex_key(value: Any, where: str = "key") -> bytes:
-    """A key as 64 hex characters (nothing else: no whitespace, no 0x). Raises KeyFormatError."""
-    if not isinstance(value, str):
-        raise KeyFormatError(f"{where}: a key must be a string of 64 hex characters, got {_json_type(value)}")
-    if not _HEX_KEY.fullmatch(value):
-        if len(value) != 64:
-            raise KeyFormatError(f"{where}: a key must be 64 hex characters, got {len(value)} characters")
-        raise KeyFormatError(f"{where}: a key must be 64 hex characters (0-9, a-f), got {value!r}")
-    return bytes.fromhex(value)
-
-
-class PackedKeys(Sequence[bytes]):
-    """Keys held as one bytes object of 32-byte keys; slicing gives the keys of one chunk."""
-
-    __slots__ = ("raw",)
-
-    def __init__(self, raw: bytes):
-        self.raw = raw
-
-    def __len__(self) -> int:
-        return len(self.raw) // KEY_LENGTH
-
-    def __getitem__(self, index: Any) -> Any:
-        raw, n = self.raw, KEY_LENGTH
-        if isinstance(index, slice):
-            return [raw[i * n:(i + 1) * n] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        return raw[index * n:(index + 1) * n]
-
-
-def parse_hex_keys(texts: list[Any]) -> PackedKeys:
-    """Many keys as 64 hex characters each, checked in C in one pass over the joined text;
-    on any failure the keys are checked one by one so the error names the first bad one
-    (``keys[i]: ...``). Raises KeyFormatError."""
-    try:
-        joined = "".join(texts)
-    except TypeError:
-        joined = ""  # a non-string: found below
-    if len(joined) == 2 * KEY_LENGTH * len(texts) and _HEX_KEYS.fullmatch(joined) and all(
-        len(t) == 2 * KEY_LENGTH for t in texts
-    ):
-        return PackedKeys(bytes.fromhex(joined))
-    for i, text in enumerate(texts):
-        parse_hex_key(text, f"keys[{i}]")
-    raise AssertionError("unreachable: the joined keys failed but every key passed")  # pragma: no cover
-
-
-def _names(value: Any, field: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise RequestError("invalid_request", f"{field} must be an array of strings, got {_json_type(value)}")
-    if not value:
-        raise RequestError("invalid_request", f"{field} must not be empty (omit it to read all)")
-    return value
-
-
-def parse_selection(body: Mapping[str, Any]) -> tuple[list[str] | None, FeaturesArg]:
-    """``tables`` and ``features`` checked for shape; names are checked by the store (UnknownTableError, ...)."""
-    tables = body.get("tables")
-    if tables is not None:
-        tables = _names(tables, "tables")
-    features = body.get("features")
-    if features is None or isinstance(features, list):
-        return tables, features if features is None else _names(features, "features")
-    if not isinstance(features, dict):
-        raise RequestError(
-            "invalid_request",
-            f"features must be an object {{table: [feature, ...]}} or an array [\"table.feature\", ...], got {_json_type(features)}",
-        )
-    if not features:
-        raise RequestError("invalid_request", "features must name at least one table (omit it to read all)")
-    return tables, {table: _names(names, f"features.{table}") for table, names in features.items()}
+SERVICE_ENDPOINTS = frozenset({"/v1/services/{name}", "/v1/services/{name}/batch"})
 
 
 def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     return Response(dumps(payload), status, headers, media_type=JSON)
-
-
-def tables_document(registry: Registry) -> dict[str, Any]:
-    return {
-        "schema": registry.schema,
-        "tables": [
-            {
-                "name": t.name,
-                "covering_index": t.covering_index,
-                "features": [{"name": f.name, "type": f.type.name} for f in t.features],
-            }
-            for t in registry.tables.values()
-        ],
-    }
 
 
 # -- routes ---------------------------------------------------------------------------------------
@@ -203,37 +104,106 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def routes(service: Service) -> list[Route]:
     config = service.config
+    registry = service.registry
     limit = config.max_body_bytes
     max_keys = config.max_batch_keys
+
+    async def answer_batch(reader: Any, shown: Sequence[Any], keys: Sequence[Any], encoder: Encoder,
+                           vector: bool = False) -> Response:
+        """One response for a batch read in one chunk; a stream for more (a failure in the first
+        chunk is still an ordinary error response)."""
+        chunks = service.open_batch(reader, keys, vector)
+        first: list[Any] = await anext(chunks, [])
+        if len(first) == len(keys):
+            await chunks.aclose()  # type: ignore[attr-defined]
+            body = encoder.start() + encoder.chunk(shown, first) + encoder.end()
+            return Response(body, headers=encoder.headers, media_type=encoder.content_type)
+        return StreamedAnswer(BatchAnswer(shown, first, chunks, encoder), encoder.content_type,  # type: ignore[return-value]
+                              encoder.headers)
 
     async def features(request: Request) -> Response:
         body = parse_json(await read_body(request, limit))
         check_fields(body, SINGLE_FIELDS, "key")
-        key = parse_hex_key(body["key"])
         tables, selection = parse_selection(body)
-        return json_response(result(body["key"], await service.read_one(key, tables, selection)))
+        reader = service.features_reader(tables, selection)
+        key = parse_key(body["key"], reader.binder, registry)
+        return json_response(result(body["key"], await service.read_one(reader, key)))
 
     async def batch(request: Request) -> Response:
         body = parse_json(await read_body(request, limit))
         check_fields(body, BATCH_FIELDS, "keys")
-        texts = body["keys"]
-        if not isinstance(texts, list):
-            raise RequestError("invalid_request", f"keys must be an array of 64-hex-character keys, got {_json_type(texts)}")
-        if len(texts) > max_keys:
-            raise RequestError(
-                "too_many_keys",
-                f"{len(texts)} keys in one request; the limit is {max_keys}: send fewer keys per request, or raise "
-                "it with --max-batch-keys or PGFEATURES_MAX_BATCH_KEYS (max_batch_keys in the config file)",
-            )
-        keys = parse_hex_keys(texts)
         tables, selection = parse_selection(body)
+        reader = service.features_batch_reader(tables, selection)
+        shown = body["keys"]
+        keys = parse_keys(shown, reader.binder, registry, max_keys)
         del body
-        chunks = service.open_batch(keys, tables, selection)
-        first = await anext(chunks, [])  # a failure here is still an ordinary error response
-        if len(first) == len(keys):
-            await chunks.aclose()  # type: ignore[attr-defined]
-            return Response(BATCH_HEAD + batch_pieces(texts, first, True) + BATCH_TAIL, media_type=JSON)
-        return StreamedAnswer(BatchAnswer(texts, first, chunks), JSON)  # type: ignore[return-value]
+        return await answer_batch(reader, shown, keys, JSONBatch())
+
+    async def service_one(request: Request) -> Response:
+        raw = await read_body(request, limit)
+        name = request.path_params["name"]
+        registry.service(name)  # UnknownServiceError (404) names the valid services
+        body = parse_json(raw)
+        check_fields(body, SERVICE_FIELDS, "key")
+        vector, octets = parse_output(body, request.headers.get("accept"))
+        reader = service.service_reader(name, parse_features(body), vector)
+        key = parse_key(body["key"], reader.binder, registry)
+        got = await service.read_one(reader, key, vector)
+        if not vector:
+            return json_response(result(body["key"], got))
+        plan = service.vector_plan(reader)
+        if octets:
+            return Response(plan.values([got]) + plan.status([got]), headers=plan.headers(1), media_type=OCTET_STREAM)
+        return json_response(plan.rows([body["key"]], [got])[0])
+
+    async def service_batch(request: Request) -> Response:
+        raw = await read_body(request, limit)
+        name = request.path_params["name"]
+        registry.service(name)
+        body = parse_json(raw)
+        check_fields(body, SERVICE_BATCH_FIELDS, "keys")
+        vector, octets = parse_output(body, request.headers.get("accept"))
+        reader = service.service_batch_reader(name, parse_features(body), vector)
+        shown = body["keys"]
+        keys = parse_keys(shown, reader.binder, registry, max_keys)
+        del body, raw
+        encoder: Encoder
+        if not vector:
+            encoder = JSONBatch()
+        elif octets:
+            encoder = OctetBatch(service.vector_plan(reader), len(keys))
+        else:
+            encoder = JSONBatch(service.vector_plan(reader).rows)
+        return await answer_batch(reader, shown, keys, encoder, vector)
+
+    async def services(request: Request) -> Response:
+        await service.inventory.current()
+        return json_response({"services": [service.describe_service(n) for n in registry.services]})
+
+    async def describe(request: Request) -> Response:
+        name = request.path_params["name"]
+        registry.service(name)
+        await service.inventory.current()
+        return json_response(service.describe_service(name, detail=True))
+
+    async def one_service(request: Request) -> Response:
+        return await (describe(request) if request.method in ("GET", "HEAD") else service_one(request))
+
+    async def push(request: Request) -> Response:
+        raw = await read_body(request, limit)
+        table = request.path_params["table"]
+        registry.table(table)  # UnknownTableError names the valid tables
+        if config.write_pool_size == 0:
+            raise ReadOnlyStoreError("this service is read-only (write_pool_size = 0): it takes no pushes; push to a "
+                                     "service with a write pool (--write-pool-size 1 or more)")
+        rows, overwrite = parse_push(parse_json(raw), table, registry, max_keys)
+        del raw
+        count = await service.push(table, rows, overwrite)
+        return json_response({"written": int(count), "skipped": count.skipped})
+
+    async def tables(request: Request) -> Response:
+        await service.inventory.current()
+        return json_response(service.inventory.tables_document())
 
     def static_json(document: Any) -> Any:
         body = orjson.dumps(document)  # encoded once
@@ -258,14 +228,20 @@ def routes(service: Service) -> list[Route]:
                              {"Retry-After": str(config.retry_after)})
 
     async def metrics(request: Request) -> Response:
+        await service.inventory.current()  # the age gauges: refreshed if due, at most every inventory_interval
+        service.metrics.set_ages(service.inventory.ages())
         service.flush_metrics()
         return Response(service.metrics.exposition(), media_type=CONTENT_TYPE)
 
     return [
         Route("/v1/features", features, methods=["POST"]),
         Route("/v1/features/batch", batch, methods=["POST"]),
-        Route("/v1/tables", static_json(tables_document(service.registry)), methods=["GET"]),
-        Route("/openapi.json", static_json(openapi_document(service.registry, config)), methods=["GET"]),
+        Route("/v1/services", services, methods=["GET"]),
+        Route("/v1/services/{name}", one_service, methods=["GET", "POST"]),
+        Route("/v1/services/{name}/batch", service_batch, methods=["POST"]),
+        Route("/v1/push/{table}", push, methods=["POST"]),
+        Route("/v1/tables", tables, methods=["GET"]),
+        Route("/openapi.json", static_json(openapi_document(registry, config)), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -315,7 +291,7 @@ class ServiceMiddleware:
     def __init__(self, app: ASGIApp, service: Service, endpoints: Iterable[str]):
         self.app = app
         self.metrics = service.metrics
-        self.endpoints = frozenset(endpoints)
+        self.endpoints = frozenset(endpoints)  # paths without parameters: a label as they are
         token = service.config.bearer_token
         self.expected = f"Bearer {token}".encode() if token else None
 
@@ -339,7 +315,14 @@ class ServiceMiddleware:
             else:
                 await _unauthorized(scope, receive, send_timed)
         finally:
-            self.metrics.observe_request(path if path in self.endpoints else "other", status, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            route = scope.get("route")  # set by the router: the path template is the label (bounded)
+            endpoint = getattr(route, "path", None) or (path if path in self.endpoints else "other")
+            self.metrics.observe_request(endpoint, status, seconds)
+            if endpoint in SERVICE_ENDPOINTS:
+                name = scope.get("path_params", {}).get("name")
+                if name is not None:
+                    self.metrics.observe_service(name, endpoint, status, seconds)
 
     def _authorized(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:

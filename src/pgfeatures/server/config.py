@@ -106,11 +106,17 @@ class ServerConfig:
     )
     definitions: str | None = _setting(None, "feature-table definitions TOML (default: the demo layout)", _text)
     pool_size: int = _setting(4, "read connections per worker", _number(int), minimum=1)
+    write_pool_size: int = _setting(
+        1, "write connections per worker, for POST /v1/push (0: a read-only service, pushes are 403 read_only)",
+        _number(int), minimum=0,
+    )
     strategy: str = _setting("single", "read strategy for single-key requests", _text)
     prewarm: bool = _setting(
         True, "load the feature tables and indexes into shared_buffers (pgfeatures warmup) before reporting ready", _bool
     )
-    max_batch_keys: int = _setting(1000, "most keys one /v1/features/batch request may carry", _number(int), minimum=1)
+    max_batch_keys: int = _setting(
+        1000, "most keys one batch request (or rows one push) may carry", _number(int), minimum=1
+    )
     batch_chunk_keys: int = _setting(
         50, "keys per database statement of a batch; a larger batch is read in chunks and its answer streamed",
         _number(int), minimum=1,
@@ -118,6 +124,10 @@ class ServerConfig:
     batch_connections: int = _setting(
         0, "read connections batch chunks may hold at once, so single-key reads keep the rest "
         "(0: a quarter of the pool, at least 1)", _number(int), minimum=0,
+    )
+    inventory_interval: float = _setting(
+        15.0, "seconds between refreshes of the table inventory (GET /v1/tables: rows, age of the newest row; "
+        "the age gauges), which run only when asked for", _number(float), minimum=0,
     )
     coalesce: bool = _setting(False, "merge concurrent single-key requests into batched queries", _bool)
     coalesce_window_us: int = _setting(

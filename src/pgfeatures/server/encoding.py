@@ -1,5 +1,9 @@
 """How results become JSON: the answer's shape, ``real`` features printed as float32, batches in pieces.
 
+A result is ``{"key", "features": {table: {feature: value} | null}, "status": {table: "present" |
+"missing" | "expired"}, "missing": [tables not present]}``: a table that is not present maps to
+null, or to its features' defaults when it has some, so ``status`` says which it is.
+
 ``real`` features: the store decodes a ``real`` value into a Python float
 holding the exact float32 value, which a JSON encoder prints as the shortest
 decimal of that *double* (``0.10999999940395355`` for a stored ``0.11``).
@@ -18,14 +22,14 @@ their real values one by one. Measured by ``pgfeatures bench-http``
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
 from typing import Any
 
 import numpy as np
 import orjson
 
-from ..reader import Features, Selection
+from ..reader import PRESENT, Features, Selection
 
 OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _F32 = np.float32
@@ -36,8 +40,10 @@ def dumps(payload: Any) -> bytes:
     return orjson.dumps(payload, option=OPTIONS)
 
 
-def result(key: str, features: Features) -> dict[str, Any]:
-    return {"key": key, "features": features, "missing": [t for t, v in features.items() if v is None]}
+def result(key: Any, features: Features) -> dict[str, Any]:
+    """One request's answer; ``key`` as the request sent it."""
+    status = features.status
+    return {"key": key, "features": features, "status": status, "missing": [t for t, s in status.items() if s != PRESENT]}
 
 
 class Float32Plan:
@@ -88,11 +94,37 @@ class Float32Plan:
                             d[name] = _F32(v)
 
 
-def batch_pieces(texts: Sequence[str], results: Iterable[Features], first: bool) -> bytes:
-    """One chunk of a batch answer's ``results`` array: the results' JSON, comma-separated,
-    with a leading comma unless it is the first chunk."""
-    body = dumps([result(k, r) for k, r in zip(texts, results)])[1:-1]  # drop the chunk's own brackets
-    return body if first or not body else b"," + body
+def results(keys: Sequence[Any], features: Iterable[Features]) -> list[dict[str, Any]]:
+    """The answers of a chunk of a batch, in order."""
+    return [result(k, r) for k, r in zip(keys, features)]
+
+
+class JSONBatch:
+    """A batch answer ``{"results": [...]}`` in pieces: ``start()``, one ``chunk()`` per chunk of
+    results (comma-separated across chunks), ``end()``. ``rows(keys, results)`` makes a chunk's
+    objects (default: ``results``; vectors: ``VectorPlan.rows``)."""
+
+    content_type = "application/json"
+
+    def __init__(self, rows: Callable[[Sequence[Any], Sequence[Any]], list[Any]] = results):
+        self.rows = rows
+        self.headers: dict[str, str] = {}
+        self._first = True
+
+    def start(self) -> bytes:
+        return BATCH_HEAD
+
+    def chunk(self, keys: Sequence[Any], chunk: Sequence[Any]) -> bytes:
+        body = dumps(self.rows(keys, chunk))[1:-1]  # drop the chunk's own brackets
+        if not body:
+            return b""
+        if self._first:
+            self._first = False
+            return body
+        return b"," + body
+
+    def end(self) -> bytes:
+        return BATCH_TAIL
 
 
 BATCH_HEAD = b'{"results":['

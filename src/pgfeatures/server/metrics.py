@@ -8,8 +8,19 @@
 - ``pgfeatures_db_errors_total{reason}``: ``unavailable`` (pool timeout,
   lost connection) and ``timeout`` (request deadline);
 - ``pgfeatures_coalesced_batch_keys``: keys per coalesced query;
-- ``pgfeatures_table_rows_total{table}`` / ``pgfeatures_table_misses_total{table}``:
-  rows found and keys absent, per feature table;
+- ``pgfeatures_service_requests_total{service,endpoint,status}``,
+  ``pgfeatures_service_request_duration_seconds{service,endpoint}`` and
+  ``pgfeatures_service_db_duration_seconds{service}``: the same per feature
+  service (label values: the definitions' services only);
+- ``pgfeatures_table_rows_total{table}`` / ``pgfeatures_table_misses_total{table}`` /
+  ``pgfeatures_table_expired_total{table}``: per feature table, rows served,
+  keys without a row, rows older than the ttl;
+- ``pgfeatures_table_newest_row_age_seconds{table}``: seconds since the
+  newest row's ``updated_at`` (server clock; an upper bound, see
+  ``inventory.py``; NaN when it is no longer known, absent until first known),
+  set at each scrape;
+- ``pgfeatures_push_rows_total{table,result}``: pushed keys ``written`` or
+  ``skipped`` (the stored row was newer);
 - ``pgfeatures_pool_connections{state}`` (size, available),
   ``pgfeatures_pool_requests_waiting``, ``pgfeatures_pool_errors{kind}``:
   the read pool, from psycopg_pool's statistics;
@@ -47,7 +58,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from ..reader import Features
+from ..reader import EXPIRED, PRESENT
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 disable_created_metrics()  # the *_created series double the exposition and no dashboard uses them
@@ -67,7 +78,7 @@ def multiprocess_mode() -> bool:
 class Metrics:
     """The service's metrics, in a registry of their own (several apps may live in one process)."""
 
-    def __init__(self, tables: Iterable[str]):
+    def __init__(self, tables: Iterable[str], services: Iterable[str] = ()):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("pgfeatures_http_requests", "HTTP requests", ["endpoint", "status"], registry=r)
@@ -83,8 +94,26 @@ class Metrics:
         self.batch_keys = Histogram(
             "pgfeatures_coalesced_batch_keys", "keys per coalesced query", buckets=BATCH_BUCKETS, registry=r
         )
+        self.service_requests = Counter("pgfeatures_service_requests", "HTTP requests per feature service",
+                                        ["service", "endpoint", "status"], registry=r)
+        self.service_latency = Histogram(
+            "pgfeatures_service_request_duration_seconds", "HTTP request latency per feature service",
+            ["service", "endpoint"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.service_db_time = Histogram(
+            "pgfeatures_service_db_duration_seconds", "time in the store per database call, per feature service",
+            ["service"], buckets=LATENCY_BUCKETS, registry=r,
+        )
         self.rows = Counter("pgfeatures_table_rows", "rows found, per feature table", ["table"], registry=r)
         self.misses = Counter("pgfeatures_table_misses", "keys absent, per feature table", ["table"], registry=r)
+        self.expired = Counter("pgfeatures_table_expired", "rows older than the ttl, per feature table", ["table"], registry=r)
+        self.newest_age = Gauge(
+            "pgfeatures_table_newest_row_age_seconds", "seconds since the newest row's updated_at (an upper bound; "
+            "NaN: unknown)", ["table"], registry=r, multiprocess_mode="livemostrecent",
+        )
+        self.pushed_rows = Counter("pgfeatures_push_rows", "pushed keys, written or skipped (a newer row was kept)",
+                                   ["table", "result"], registry=r)
+        self.services = frozenset(services)
         self.pool_connections = Gauge(
             "pgfeatures_pool_connections", "read pool connections", ["state"], registry=r, multiprocess_mode="livesum"
         )
@@ -100,8 +129,11 @@ class Metrics:
             "pgfeatures_ready", "1 once warmed up (with several workers: how many are)", registry=r,
             multiprocess_mode="livesum",
         )
+        tables = list(tables)
         self._rows: dict[str, int] = dict.fromkeys(tables, 0)
         self._misses: dict[str, int] = dict.fromkeys(tables, 0)
+        self._expired: dict[str, int] = dict.fromkeys(tables, 0)
+        self._service_children: dict[tuple[str, str, int], tuple[Histogram, Counter]] = {}
         # Bound children per (endpoint, status), so the request path skips label lookups.
         self._children: dict[tuple[str, int], tuple[Histogram, Counter]] = {}
 
@@ -114,19 +146,44 @@ class Metrics:
         children[0].observe(seconds)
         children[1].inc()
 
-    def count(self, results: Iterable[Features]) -> None:
-        """Add found rows and misses per table (cheap: plain dict increments, flushed later)."""
-        rows, misses = self._rows, self._misses
-        for features in results:
-            for table, values in features.items():
-                if values is None:
-                    misses[table] += 1
-                else:
+    def observe_service(self, service: str, endpoint: str, status: int, seconds: float) -> None:
+        """A request of a feature service (ignored for a name that is not one: labels stay bounded)."""
+        if service not in self.services:
+            return
+        children = self._service_children.get((service, endpoint, status))
+        if children is None:
+            children = self._service_children[service, endpoint, status] = (
+                self.service_latency.labels(service, endpoint), self.service_requests.labels(service, endpoint, str(status))
+            )
+        children[0].observe(seconds)
+        children[1].inc()
+
+    def count(self, results: Iterable[object]) -> None:
+        """Add rows present, missing and expired per table, from each result's ``status`` (cheap: plain
+        dict increments, flushed later)."""
+        rows, misses, expired = self._rows, self._misses, self._expired
+        for result in results:
+            for table, state in result.status.items():  # type: ignore[attr-defined]
+                if state == PRESENT:
                     rows[table] += 1
+                elif state == EXPIRED:
+                    expired[table] += 1
+                else:
+                    misses[table] += 1
+
+    def pushed(self, table: str, written: int, skipped: int) -> None:
+        if written:
+            self.pushed_rows.labels(table, "written").inc(written)
+        if skipped:
+            self.pushed_rows.labels(table, "skipped").inc(skipped)
+
+    def set_ages(self, ages: Mapping[str, float]) -> None:
+        for table, age in ages.items():
+            self.newest_age.labels(table).set(age)
 
     def flush(self, pool_stats: Mapping[str, int] | None) -> None:
         """Move the per-table sums into the counters and refresh the pool gauges."""
-        for pending, counter in ((self._rows, self.rows), (self._misses, self.misses)):
+        for pending, counter in ((self._rows, self.rows), (self._misses, self.misses), (self._expired, self.expired)):
             for table, n in pending.items():
                 if n:
                     counter.labels(table).inc(n)

@@ -1,10 +1,16 @@
 """The OpenAPI 3.1 document served at ``/openapi.json``, written by hand from the registry and settings.
 
-Hand-written because the API is small and its contract is exact: table and
-feature names are enumerated from the registry, the key pattern and the
-batch limit come from the settings, and every error response has the same
-``{"error": {"type", "message"}}`` body. The fuzz test
-(``tests/test_server_fuzz.py``) holds the server to this document.
+Hand-written because the API is small and its contract is exact: table, feature, entity and
+service names are enumerated from the registry, the key forms come from the entities' key types,
+the batch limit from the settings, and every error response has the same ``{"error": {"type",
+"message"}}`` body. Feature services and pushes are documented per service and per table
+(``/v1/services/fraud_v1``, ``/v1/push/user_stats``), each with its own keys and features, so a
+client generated from the document has one call per service and the fuzz test
+(``tests/test_server_fuzz.py``) reaches the read and write paths of each.
+
+Request schemas are never stricter than the server: whatever violates one is refused (the fuzz
+test's negative mode checks it); a request that fits may still be refused for what a schema cannot
+say (a bare key that is not of the entity the request reads, an id too long once hashed...).
 """
 
 from __future__ import annotations
@@ -12,10 +18,16 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
-from ..definitions import Registry
+from ..definitions import UPDATED_AT, Entity, Registry
+from ..definitions.entities import INT8_RANGE
 from .config import ServerConfig
 
 KEY_PATTERN = "^[0-9a-fA-F]{64}$"
+
+STATUS = {"type": "string", "enum": ["present", "missing", "expired"]}
+VALUE = {"type": ["number", "integer", "boolean", "null"]}
+_JSON_TYPES = {"real": "number", "double precision": "number", "smallint": "integer", "integer": "integer",
+               "bigint": "integer", "boolean": "boolean"}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -29,36 +41,139 @@ def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | No
     return out
 
 
+# -- keys -----------------------------------------------------------------------------------------
+
+
+def bare_key(entity: Entity) -> list[dict[str, Any]]:
+    """What a bare key of ``entity`` may be in JSON (the alternatives of an anyOf)."""
+    if entity.hash:
+        return [{"type": "string", "minLength": 1, "description": f"{entity.name}: a natural id, hashed with SHA-256"},
+                {"type": "integer", "description": f"{entity.name}: a natural id (its decimal text is hashed)"}]
+    if entity.key_type == "bytea32":
+        return [{"type": "string", "pattern": KEY_PATTERN, "description": f"{entity.name}: 32 bytes as 64 hex characters"}]
+    if entity.key_type == "bigint":
+        lo, hi = INT8_RANGE
+        return [{"type": "integer", "minimum": lo, "maximum": hi, "description": f"{entity.name}: a bigint"},
+                {"type": "string", "description": f"{entity.name}: a bigint's decimal text"}]
+    if entity.key_type == "text":
+        return [{"type": "string", "minLength": 1, "maxLength": entity.max_length, "description": f"{entity.name}: text"},
+                {"type": "integer", "description": f"{entity.name}: an integer, taken as its decimal text"}]
+    return [{"type": "string", "description": f"{entity.name}: a UUID (canonical text or 32 hex digits)"}]
+
+
+def entity_keys(registry: Registry, required: list[str]) -> dict[str, Any]:
+    """``{entity: key}``: any of the registry's entities (each one named is checked), ``required`` ones."""
+    out: dict[str, Any] = {
+        "type": "object",
+        "properties": {name: {"anyOf": bare_key(e)} for name, e in registry.entities.items()},
+        "additionalProperties": False,
+        "minProperties": 1,
+        "description": "one key per entity: " + "; ".join(f"{e.name}: {e.accepts}" for e in registry.entities.values()),
+    }
+    if required:
+        out["required"] = required
+    return out
+
+
+def key_of(registry: Registry, entities: list[Entity]) -> dict[str, Any]:
+    """A request's key when it reads ``entities`` (or, with a subset of features, some of them): bare
+    (any of them: a subset may read one entity only) or ``{entity: key}``."""
+    bare: list[dict[str, Any]] = []
+    for entity in entities:
+        bare += [form for form in bare_key(entity) if form not in bare]
+    return {"anyOf": [*bare, entity_keys(registry, [entities[0].name] if len(entities) == 1 else [])]}
+
+
+def any_key(registry: Registry) -> dict[str, Any]:
+    """``/v1/features``' key: the request's tables decide its entities, so any entity's bare form."""
+    alternatives: list[dict[str, Any]] = []
+    for entity in registry.entities.values():
+        for form in bare_key(entity):
+            if form not in alternatives:
+                alternatives.append(form)
+    return {"anyOf": [*alternatives, entity_keys(registry, [])],
+            "description": "a bare key when the request reads one entity, else {entity: key}"}
+
+
+# -- schemas --------------------------------------------------------------------------------------
+
+
+def _selection(tables: dict[str, list[str]], description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "oneOf": [
+            {"type": "null"},
+            {
+                "type": "object",
+                "properties": {t: {"type": "array", "minItems": 1, "items": {"type": "string", "enum": fs}}
+                               for t, fs in tables.items()},
+                "additionalProperties": False,
+                "minProperties": 1,
+            },
+            {"type": "array", "minItems": 1,
+             "items": {"type": "string", "enum": [f"{t}.{f}" for t, fs in tables.items() for f in fs]}},
+        ],
+    }
+
+
+def _service_schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    output = {"type": ["string", "null"], "enum": ["dict", "vector", None],
+              "description": "dict (default): features by table; vector: the values in the service's order "
+                             "(also with Accept: application/octet-stream, as raw little-endian numbers)"}
+    for name, svc in registry.services.items():
+        items = svc.resolve(registry)
+        entities = list(dict.fromkeys(t.entity for t, _ in items))
+        offered = {t.name: [f.name for f in fs] for t, fs in items}
+        out[f"Key.{name}"] = key_of(registry, entities)
+        out[f"Features.{name}"] = _selection(offered, f"a subset of {name}'s features (null or absent: all)")
+        out[f"Request.{name}"] = {
+            "type": "object", "required": ["key"], "additionalProperties": False,
+            "properties": {"key": _ref(f"Key.{name}"), "features": _ref(f"Features.{name}"), "output": output},
+        }
+        out[f"BatchRequest.{name}"] = {
+            "type": "object", "required": ["keys"], "additionalProperties": False,
+            "properties": {"keys": {"type": "array", "items": _ref(f"Key.{name}"), "maxItems": config.max_batch_keys},
+                           "features": _ref(f"Features.{name}"), "output": output},
+        }
+    return out
+
+
+def _push_schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, table in registry.tables.items():
+        values: dict[str, Any] = {f.name: {"type": [_JSON_TYPES[f.type.name], "null"]} for f in table.features}
+        values[UPDATED_AT] = {"type": "integer", "description": "epoch seconds the values were true at: a row older "
+                              "than the stored one is skipped (newest wins) unless overwrite_newer"}
+        out[f"PushKey.{name}"] = key_of(registry, [table.entity])
+        out[f"PushFeatures.{name}"] = {"type": "object", "properties": values, "additionalProperties": False,
+                                       "minProperties": 1, "description": "features to set (others are kept)"}
+        row = {"key": _ref(f"PushKey.{name}"), "features": _ref(f"PushFeatures.{name}")}
+        overwrite = {"type": "boolean", "description": "write rows older than the stored ones too (default false)"}
+        out[f"Push.{name}"] = {"anyOf": [
+            {"type": "object", "required": ["rows"], "additionalProperties": False, "properties": {
+                "rows": {"type": "array", "maxItems": config.max_batch_keys, "items": {
+                    "type": "object", "required": ["key", "features"], "additionalProperties": False, "properties": row}},
+                "overwrite_newer": overwrite}},
+            {"type": "object", "required": ["key", "features"], "additionalProperties": False,
+             "properties": {**row, "overwrite_newer": overwrite}},
+        ]}
+    return out
+
+
 def _schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
     tables = list(registry.tables.values())
-    value = {"type": ["number", "integer", "boolean", "null"]}
+    nullable_str = {"type": ["string", "null"]}
     return {
-        "Key": {"type": "string", "pattern": KEY_PATTERN, "description": "entity key: 32 bytes as 64 hex characters"},
+        "Key": any_key(registry),
         "Tables": {
             "type": ["array", "null"], "minItems": 1,
             "items": {"type": "string", "enum": [t.name for t in tables]},
             "description": "feature tables to read, in this order (null or absent: all, or the tables named in features)",
         },
-        "Features": {
-            "description": "features to read: {table: [feature, ...]} or [\"table.feature\", ...]; "
-                           "tables not named read all their features (null or absent: all)",
-            "oneOf": [
-                {"type": "null"},
-                {
-                    "type": "object",
-                    "properties": {
-                        t.name: {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(t.readable_names)}}
-                        for t in tables
-                    },
-                    "additionalProperties": False,
-                    "minProperties": 1,
-                },
-                {
-                    "type": "array", "minItems": 1,
-                    "items": {"type": "string", "enum": [f"{t.name}.{f}" for t in tables for f in t.readable_names]},
-                },
-            ],
-        },
+        "Features": _selection({t.name: list(t.readable_names) for t in tables},
+                               "features to read: {table: [feature, ...]} or [\"table.feature\", ...]; tables not "
+                               "named read all their features (null or absent: all)"),
         "FeaturesRequest": {
             "type": "object",
             "required": ["key"],
@@ -77,15 +192,28 @@ def _schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
         },
         "FeaturesResult": {
             "type": "object",
-            "required": ["key", "features", "missing"],
+            "required": ["key", "features", "status", "missing"],
             "properties": {
-                "key": {"type": "string", "description": "the key as sent"},
+                "key": {"description": "the key as sent"},
                 "features": {
                     "type": "object",
-                    "description": "{table: {feature: value}}; null where the key has no row in the table",
-                    "additionalProperties": {"type": ["object", "null"], "additionalProperties": value},
+                    "description": "{table: {feature: value}}; null where the table is not present, or its "
+                                   "features' defaults when it has some",
+                    "additionalProperties": {"type": ["object", "null"], "additionalProperties": VALUE},
                 },
-                "missing": {"type": "array", "items": {"type": "string"}, "description": "tables without a row for the key"},
+                "status": {"type": "object", "additionalProperties": STATUS,
+                           "description": "per table: present, missing (no row) or expired (older than the ttl)"},
+                "missing": {"type": "array", "items": {"type": "string"}, "description": "tables not present"},
+            },
+        },
+        "VectorResult": {
+            "type": "object",
+            "required": ["key", "values", "status"],
+            "properties": {
+                "key": {"description": "the key as sent"},
+                "values": {"type": "array", "items": VALUE,
+                           "description": "in the service's order (GET /v1/services/{name}: names); null where missing"},
+                "status": {"type": "object", "additionalProperties": STATUS},
             },
         },
         "BatchResult": {
@@ -93,6 +221,42 @@ def _schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
             "required": ["results"],
             "properties": {"results": {"type": "array", "items": _ref("FeaturesResult"), "description": "in input order"}},
         },
+        "ServiceResult": {"oneOf": [_ref("FeaturesResult"), _ref("VectorResult")]},
+        "ServiceBatchResult": {
+            "type": "object",
+            "required": ["results"],
+            "properties": {"results": {"type": "array", "items": _ref("ServiceResult"), "description": "in input order"}},
+        },
+        "PushResult": {
+            "type": "object",
+            "required": ["written", "skipped"],
+            "properties": {"written": {"type": "integer", "description": "distinct keys written"},
+                           "skipped": {"type": "integer", "description": "keys whose stored row was newer (kept)"}},
+        },
+        "Service": {
+            "type": "object",
+            "required": ["name", "entities", "tables", "columns", "dtype", "materialize", "serving"],
+            "properties": {
+                "name": {"type": "string"}, "version": nullable_str, "description": nullable_str,
+                "entities": {"type": "array", "items": {"type": "object", "required": ["name", "key_type"], "properties": {
+                    "name": {"type": "string"}, "key_type": {"type": "string"}, "hash": {"type": "string"},
+                    "accepts": {"type": "string"}}}},
+                "tables": {"type": "array", "items": {"type": "string"}},
+                "ttl": {"type": ["integer", "null"], "description": "seconds (null: the tables' own)"},
+                "materialize": {"type": "boolean"},
+                "state": {"type": ["string", "null"], "enum": ["built", "stale", "missing", None],
+                          "description": "the serving rows of a materialized service, as last found"},
+                "serving": {"type": "string", "enum": ["materialized", "tables"],
+                            "description": "what this worker reads: the serving rows, or the tables"},
+                "columns": {"type": "integer"},
+                "dtype": {"type": "string", "enum": ["float32", "float64"],
+                          "description": "of the raw (application/octet-stream) vector"},
+                "names": {"type": "array", "items": {"type": "string"}, "description": "the vector's columns, in order"},
+                "types": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "ServiceList": {"type": "object", "required": ["services"],
+                        "properties": {"services": {"type": "array", "items": _ref("Service")}}},
         "TableList": {
             "type": "object",
             "required": ["schema", "tables"],
@@ -102,21 +266,35 @@ def _schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
                     "type": "array",
                     "items": {
                         "type": "object",
-                        "required": ["name", "features"],
+                        "required": ["name", "entity", "features", "newest_age"],
                         "properties": {
                             "name": {"type": "string"},
+                            "entity": {"type": "object", "properties": {
+                                "name": {"type": "string"}, "key_type": {"type": "string"},
+                                "key_column": {"type": "string"}}},
                             "covering_index": {"type": "boolean"},
                             "features": {
                                 "type": "array",
                                 "items": {
                                     "type": "object",
                                     "required": ["name", "type"],
-                                    "properties": {"name": {"type": "string"}, "type": {"type": "string"}},
+                                    "properties": {"name": {"type": "string"}, "type": {"type": "string"},
+                                                   "default": VALUE},
                                 },
                             },
+                            "ttl": {"type": ["integer", "null"]},
+                            "rows": {"type": ["integer", "null"], "description": "an estimate"},
+                            "newest_updated_at": {"type": ["integer", "null"]},
+                            "newest_age": {"type": ["number", "null"],
+                                           "description": "seconds since the newest row's updated_at (server clock), "
+                                                          "an upper bound; null: unknown"},
+                            "newest_note": nullable_str,
                         },
                     },
                 },
+                "inventory": {"type": "object", "properties": {
+                    "age": {"type": ["number", "null"], "description": "seconds since the last refresh"},
+                    "interval": {"type": "number"}, "error": nullable_str}},
             },
         },
         "Status": {
@@ -141,8 +319,9 @@ def _schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
                     "required": ["type", "message", "retryable"],
                     "properties": {
                         "type": {"type": "string", "description": "see docs/http.md: invalid_json, invalid_request, "
-                                 "invalid_key, unknown_table, unknown_feature, invalid_selection, too_many_keys, "
-                                 "payload_too_large, unauthorized, not_found, method_not_allowed, database_unavailable, "
+                                 "invalid_key, unknown_entity, unknown_table, unknown_feature, unknown_service, "
+                                 "invalid_selection, invalid_value, too_many_keys, too_many_rows, payload_too_large, "
+                                 "not_acceptable, unauthorized, not_found, method_not_allowed, database_unavailable, "
                                  "database_auth_failed, pool_exhausted, query_timeout, shutting_down, not_ready, "
                                  "read_only, schema_drift, database_error, internal"},
                         "message": {"type": "string", "description": "what was wrong and what is valid"},
@@ -153,7 +332,19 @@ def _schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
                 }
             },
         },
+        **_service_schemas(registry, config),
+        **_push_schemas(registry, config),
     }
+
+
+RAW_HEADERS = {
+    "X-Pgfeatures-Rows": {"schema": {"type": "integer"}, "description": "application/octet-stream: rows of values"},
+    "X-Pgfeatures-Columns": {"schema": {"type": "integer"}, "description": "application/octet-stream: values per row"},
+    "X-Pgfeatures-Dtype": {"schema": {"type": "string", "enum": ["float32", "float64"]},
+                           "description": "application/octet-stream: little-endian float32 or float64"},
+    "X-Pgfeatures-Tables": {"schema": {"type": "string"}, "description": "application/octet-stream: the tables of "
+                            "the status trailer (one byte per row and table: 0 present, 1 missing, 2 expired)"},
+}
 
 
 def openapi_document(registry: Registry, config: ServerConfig) -> dict[str, Any]:
@@ -165,7 +356,7 @@ def openapi_document(registry: Registry, config: ServerConfig) -> dict[str, Any]
     timeout = _json(error, "the database did not answer within request_timeout: retry after Retry-After", retry)
     failed = _json(error, "the database disagrees with the definitions (schema_drift) or rejected the statement "
                           "(database_error, with its sqlstate): retrying will not help")
-    bad = _json(error, "malformed JSON, unknown field, table or feature, bad key format, too many keys")
+    bad = _json(error, "malformed JSON, unknown field, entity, table or feature, bad key, too many keys")
     guarded: dict[str, Any] = {}
     if config.bearer_token:
         guarded = {"security": [{"bearer": []}], "responses": {"401": _json(error, "missing or wrong bearer token")}}
@@ -181,36 +372,72 @@ def openapi_document(registry: Registry, config: ServerConfig) -> dict[str, Any]
 
     read_responses = {"400": bad, "413": _json(error, "request body too large: the message names the setting"),
                       "500": failed, "503": unavailable, "504": timeout}
+    service_responses = {**read_responses, "406": _json(error, "Accept: application/octet-stream with \"output\": \"dict\"")}
+
+    def vector(schema: str, description: str) -> dict[str, Any]:
+        return {"description": description, "headers": RAW_HEADERS, "content": {
+            "application/json": {"schema": _ref(schema)},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary",
+                                                    "description": "the values, then the status trailer"}},
+        }}
+
+    paths: dict[str, Any] = {
+        "/v1/features": {"post": op(
+            "features of one key",
+            {"200": _json(_ref("FeaturesResult"), "the key's features and each table's status"), **read_responses},
+            "FeaturesRequest",
+        )},
+        "/v1/features/batch": {"post": op(
+            f"features of up to {config.max_batch_keys} keys in one database round-trip",
+            {"200": _json(_ref("BatchResult"), "one result per key, in input order"), **read_responses},
+            "BatchRequest",
+        )},
+        "/v1/services": {"get": op("the feature services", {"200": _json(_ref("ServiceList"), "services")})},
+    }
+    for name, svc in registry.services.items():
+        about = f"feature service {name}" + (f" ({svc.description})" if svc.description else "")
+        paths[f"/v1/services/{name}"] = {
+            "get": op(f"{about}: entities, tables, vector columns", {"200": _json(_ref("Service"), "the service")}),
+            "post": op(f"{about}: one request's features, or its vector",
+                       {"200": vector("ServiceResult", "features by table, or the vector"), **service_responses},
+                       f"Request.{name}"),
+        }
+        paths[f"/v1/services/{name}/batch"] = {"post": op(
+            f"{about}: up to {config.max_batch_keys} requests",
+            {"200": vector("ServiceBatchResult", "one result per key, in input order; raw: the rows concatenated"),
+             **service_responses},
+            f"BatchRequest.{name}",
+        )}
+    write_responses = {**read_responses, "403": _json(error, "a read-only service (write_pool_size = 0): read_only")}
+    for name in registry.tables:
+        paths[f"/v1/push/{name}"] = {"post": op(
+            f"upsert rows of {name} (newest wins when rows carry updated_at)",
+            {"200": _json(_ref("PushResult"), "keys written and skipped"), **write_responses},
+            f"Push.{name}",
+        )}
+    paths.update({
+        "/v1/tables": {"get": op("the feature tables: entity, features, ttl, rows, age of the newest row",
+                                 {"200": _json(_ref("TableList"), "tables")})},
+        "/healthz": {"get": {"summary": "process alive", "responses": {"200": _json(_ref("Status"), "alive")}}},
+        "/readyz": {"get": {"summary": "warmed up and the database answers", "responses": {
+            "200": _json(_ref("Status"), "ready, or degraded: serving, but some tables cannot be (named)"),
+            "503": _json(_ref("Status"), "not ready (warming up or database unreachable)", retry),
+        }}},
+        "/metrics": {"get": op("Prometheus metrics", {
+            "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+        })},
+        "/openapi.json": {"get": op("this document", {"200": _json({"type": "object"}, "OpenAPI document")})},
+    })
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "pgfeatures",
             "version": __version__,
             "description": f"Online features from PostgreSQL schema {registry.schema!r}: "
-                           f"{len(registry.tables)} tables, one database round-trip per request.",
+                           f"{len(registry.tables)} tables, {len(registry.services)} feature services, "
+                           "one database round-trip per request.",
         },
-        "paths": {
-            "/v1/features": {"post": op(
-                "features of one key",
-                {"200": _json(_ref("FeaturesResult"), "the key's features"), **read_responses},
-                "FeaturesRequest",
-            )},
-            "/v1/features/batch": {"post": op(
-                f"features of up to {config.max_batch_keys} keys in one database round-trip",
-                {"200": _json(_ref("BatchResult"), "one result per key, in input order"), **read_responses},
-                "BatchRequest",
-            )},
-            "/v1/tables": {"get": op("the feature tables and their features", {"200": _json(_ref("TableList"), "tables")})},
-            "/healthz": {"get": {"summary": "process alive", "responses": {"200": _json(_ref("Status"), "alive")}}},
-            "/readyz": {"get": {"summary": "warmed up and the database answers", "responses": {
-                "200": _json(_ref("Status"), "ready, or degraded: serving, but some tables cannot be (named)"),
-                "503": _json(_ref("Status"), "not ready (warming up or database unreachable)", retry),
-            }}},
-            "/metrics": {"get": op("Prometheus metrics", {
-                "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            })},
-            "/openapi.json": {"get": op("this document", {"200": _json({"type": "object"}, "OpenAPI document")})},
-        },
+        "paths": paths,
         "components": {"schemas": _schemas(registry, config)},
     }
     if config.bearer_token:

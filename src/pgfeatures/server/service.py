@@ -21,6 +21,17 @@ statement each, with these bounds per chunk; at most ``batch_slots``
 chunks (of all batches together) hold a read connection at once, so
 single-key reads always have the rest of the pool (``open_batch``).
 
+Feature services and vectors. A request names its reader (``features_reader``, ``service_reader``,
+and their batch forms): the store's compiled reader for the request shape, or its batch form when
+coalescing, decoding to FeatureResults or (``vector``) to ServiceVectors. Database time is also
+recorded per feature service.
+
+Writes. ``push`` runs ``update_features_batch`` on the store's write pool (``write_pool_size``; 0
+makes a read-only service whose pushes are 403 ``read_only``), under the same deadline.
+
+Inventory. ``inventory`` (see ``inventory.py``) holds what the tables hold and how fresh they
+are, refreshed in the background when asked for, at most every ``inventory_interval``.
+
 Readiness. The database counts as reachable if a read succeeded within the
 last second and nothing failed since; otherwise one ``SELECT 1`` through the
 read pool (shared by concurrent probes, result cached for a second) decides.
@@ -31,10 +42,11 @@ turns ready again only once the pool has reconnected, i.e. once reads work.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -50,13 +62,16 @@ from ..errors import (
     QueryTimeoutError,
     StoreClosedError,
 )
-from ..reader import BatchReader, Features, FeaturesArg
+from ..reader import BatchReader, FeaturesArg
 from ..store import AsyncFeatureStore
+from ..write import UpdateCount
 from .coalesce import Coalescer
 from .config import ServerConfig
 from .encoding import Float32Plan
 from .errors import NotReadyError
+from .inventory import Inventory
 from .metrics import Metrics, worker_exited
+from .vectors import VectorPlan
 
 log = logging.getLogger("pgfeatures.server")
 
@@ -83,10 +98,11 @@ class Service:
             registry, config.dsn, read_dsns=config.read_dsns, read_fallback=config.read_fallback,
             max_replica_lag=config.max_replica_lag, credentials=config.credential_provider(), pooler=config.pooler,
             max_lifetime=config.max_lifetime, strategy=config.strategy, pool_size=config.pool_size,
-            write_pool_size=1, acquire_timeout=config.acquire_timeout, connect_timeout=config.connect_timeout,
-            on_drift="isolate",
+            write_pool_size=config.write_pool_size, acquire_timeout=config.acquire_timeout,
+            connect_timeout=config.connect_timeout, on_drift="isolate",
         )
-        self.metrics = Metrics(registry.tables)
+        self.metrics = Metrics(registry.tables, registry.services)
+        self.inventory = Inventory(self.store, registry, config.inventory_interval)
         self.coalescer: Coalescer | None = None
         if config.coalesce:
             self.coalescer = Coalescer(
@@ -99,14 +115,15 @@ class Service:
         self.ready = False
         self.closing = False
         self.status = "warming up"  # why not ready, for /readyz
-        self._db_seconds = {k: self.metrics.db_time.labels(k) for k in ("single", "batch", "coalesced", "probe")}
+        self._db_seconds = {k: self.metrics.db_time.labels(k) for k in ("single", "batch", "coalesced", "probe", "push")}
+        self._service_seconds = {name: self.metrics.service_db_time.labels(name) for name in registry.services}
         self._last_ok = 0.0
         self._last_error = 0.0
         self._probe: asyncio.Future[tuple[bool, str]] | None = None
         self._probe_at = float("-inf")
         self._probe_result = (False, "not checked")
         self._background: set[asyncio.Task[Any]] = set()
-        self._plans: dict[int, tuple[Any, Float32Plan]] = {}
+        self._plans: dict[int, tuple[Any, Any]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -123,6 +140,7 @@ class Service:
         await asyncio.gather(*self._background, return_exceptions=True)
         if self.coalescer is not None:
             await self.coalescer.close()
+        await self.inventory.close()
         await self.store.close()
         self.ready = False
         worker_exited(os.getpid())
@@ -159,6 +177,7 @@ class Service:
         self.status = "ready"
         self.metrics.ready.set(1)
         self.flush_metrics()
+        self.inventory.refresh_soon()
         log.info("pgfeatures: ready, %d tables, pool of %d", len(self.registry.tables), self.config.pool_size)
 
     async def _refresh_metrics(self) -> None:
@@ -178,51 +197,79 @@ class Service:
         if not self.ready:
             raise NotReadyError(f"the service is not ready yet ({self.status})")
 
-    async def read_one(self, key: bytes, tables: Sequence[str] | None, features: FeaturesArg) -> Features:
-        """One key's features: coalesced into a batch when enabled, else one single-key read.
-        ``real`` values come back as numpy.float32 scalars (exact; see ``encoding``).
+    def features_reader(self, tables: Sequence[str] | None, features: FeaturesArg) -> Any:
+        """The reader of one request for these tables and features (the batch form when coalescing).
+        Raises the store's typed errors for a bad selection (UnknownTableError, ...): no I/O."""
+        if self.coalescer is not None:
+            return self.store.batch_reader(tables, features)
+        return self.store.reader(tables, features)
 
-        Raises the store's typed errors for a bad selection (before any I/O), NotReadyError,
-        StoreClosedError, the database's typed errors (DatabaseUnavailableError, ...), and
-        QueryTimeoutError after at most ``request_timeout``.
+    def features_batch_reader(self, tables: Sequence[str] | None, features: FeaturesArg) -> BatchReader:
+        return self.store.batch_reader(tables, features)
+
+    def service_reader(self, name: str, features: FeaturesArg, vector: bool) -> Any:
+        """The reader of one request of the feature service ``name`` (all its features, or the subset
+        ``features``), decoding to ServiceVectors with ``vector``. Raises UnknownServiceError naming
+        the valid services, DefinitionError for features it does not serve: no I/O."""
+        readers = self.store.readers
+        if self.coalescer is not None:
+            return self.service_batch_reader(name, features, vector)
+        if vector:
+            return readers.service_vector_reader(name, features, self.store.strategy)
+        return readers.service_reader(name, features, self.store.strategy)
+
+    def service_batch_reader(self, name: str, features: FeaturesArg, vector: bool) -> BatchReader:
+        readers = self.store.readers
+        if vector:
+            return readers.service_vector_batch_reader(name, features)
+        return readers.service_batch_reader(name, features)
+
+    async def read_one(self, reader: Any, key: Any, vector: bool = False) -> Any:
+        """One request's features (a FeatureResult, or a ServiceVector with ``vector``), through
+        ``reader`` (from ``features_reader`` / ``service_reader``): coalesced into a batch when
+        enabled, else one read. ``key``: already checked (``parsing.parse_key``). ``real`` values of a
+        FeatureResult come back as numpy.float32 scalars (exact; see ``encoding``).
+
+        Raises NotReadyError, StoreClosedError, the database's typed errors (DatabaseUnavailableError,
+        ...), and QueryTimeoutError after at most ``request_timeout``.
         """
         self._check_ready()
         if self.coalescer is not None:
-            reader: Any = self.store.batch_reader(tables, features)
             result = await self._bounded(self.coalescer.read(reader, key), self.config.request_timeout + self.config.coalesce_window)
         else:
-            reader = self.store.reader(tables, features)
-            result = await self._db("single", self.store.read, reader, key)
+            result = await self._db("single", self.store.read, reader, key, service=reader.selection.service)
         self.metrics.count((result,))
-        self._float32(reader).apply((result,))
+        if not vector:
+            self._float32(reader).apply((result,))
         return result
 
-    def open_batch(self, keys: Sequence[bytes], tables: Sequence[str] | None,
-                   features: FeaturesArg) -> AsyncIterator[list[Features]]:
-        """The features of many keys, in input order, as chunks of at most ``batch_chunk_keys``.
+    def open_batch(self, reader: BatchReader, keys: Sequence[Any], vector: bool = False) -> AsyncIterator[list[Any]]:
+        """The results of many requests (keys already checked), in input order, as chunks of at most
+        ``batch_chunk_keys``.
 
-        Checks readiness and the selection now (raising as ``read_one`` does, before any I/O);
-        each chunk is then one statement, read when the iterator asks for it. A chunk waits at
-        most ``acquire_timeout`` for one of the ``batch_slots`` connections batches may hold
-        (PoolExhaustedError), then at most ``request_timeout`` for the database.
+        Checks readiness now (raising as ``read_one`` does, before any I/O); each chunk is then one
+        statement, read when the iterator asks for it. A chunk waits at most ``acquire_timeout`` for
+        one of the ``batch_slots`` connections batches may hold (PoolExhaustedError), then at most
+        ``request_timeout`` for the database.
         """
         self._check_ready()
-        return self._chunks(self.store.batch_reader(tables, features), keys)
+        return self._chunks(reader, keys, vector)
 
-    async def read_many(self, keys: Sequence[bytes], tables: Sequence[str] | None, features: FeaturesArg) -> list[Features]:
-        """Features of many keys, in input order (all chunks, in memory)."""
-        return [r async for chunk in self.open_batch(keys, tables, features) for r in chunk]
+    async def read_many(self, reader: BatchReader, keys: Sequence[Any], vector: bool = False) -> list[Any]:
+        """The results of many requests, in input order (all chunks, in memory)."""
+        return [r async for chunk in self.open_batch(reader, keys, vector) for r in chunk]
 
-    async def _chunks(self, reader: BatchReader, keys: Sequence[bytes]) -> AsyncIterator[list[Features]]:
+    async def _chunks(self, reader: BatchReader, keys: Sequence[Any], vector: bool) -> AsyncIterator[list[Any]]:
         step = self.config.batch_chunk_keys
-        plan = self._float32(reader)
+        plan = None if vector else self._float32(reader)
         for start in range(0, len(keys), step):
             results = await self._read_chunk(reader, keys[start:start + step])
             self.metrics.count(results)
-            plan.apply(results)
+            if plan is not None:
+                plan.apply(results)
             yield results
 
-    async def _read_chunk(self, reader: BatchReader, keys: Sequence[bytes]) -> list[Features]:
+    async def _read_chunk(self, reader: BatchReader, keys: Sequence[Any]) -> list[Any]:
         slots = self._batch_slots
         try:
             async with asyncio.timeout(self.config.acquire_timeout):
@@ -235,24 +282,74 @@ class Service:
                 "retry, send smaller batches, or raise --batch-connections / --pool-size"
             ) from None
         try:
-            return await self._db("batch", self.store.read_batch, reader, keys)
+            return await self._db("batch", self.store.read_batch, reader, keys, service=reader.selection.service)
         finally:
             slots.release()
 
     def _float32(self, reader: Any) -> Float32Plan:
         """The reader's Float32Plan (cached by reader identity; readers are cached by the store)."""
+        return self._plan(reader, Float32Plan, reader.selection)  # type: ignore[no-any-return]
+
+    def vector_plan(self, reader: Any) -> VectorPlan:
+        """How the vectors of ``reader`` are encoded (cached by reader identity)."""
+        return self._plan(reader, VectorPlan, reader, self.registry)  # type: ignore[no-any-return]
+
+    def _plan(self, reader: Any, make: Callable[..., Any], *args: Any) -> Any:
         entry = self._plans.get(id(reader))
-        if entry is None or entry[0] is not reader:
+        if entry is None or entry[0] is not reader or not isinstance(entry[1], make):  # type: ignore[arg-type]
             if len(self._plans) >= PLANS_KEPT:
                 self._plans.clear()
-            entry = self._plans[id(reader)] = (reader, Float32Plan(reader.selection))
+            entry = self._plans[id(reader)] = (reader, make(*args))
         return entry[1]
 
-    async def _read_coalesced(self, reader: Any, keys: list[bytes]) -> list[Features]:
-        return await self._db("coalesced", self.store.read_batch, reader, keys)
+    def describe_service(self, name: str, detail: bool = False) -> dict[str, Any]:
+        """``GET /v1/services`` (one entry) and, with ``detail``, ``GET /v1/services/{name}``: what the
+        service reads, its vector's shape (and column names and types), whether it is materialized,
+        its serving rows' state as last found, and whether this worker reads them (``serving``).
+        Raises UnknownServiceError. No I/O."""
+        svc = self.registry.service(name)
+        items = svc.resolve(self.registry)
+        entities = list(dict.fromkeys(t.entity for t, _ in items))
+        plan = self.vector_plan(self.store.readers.service_vector_batch_reader(name, None))
+        doc: dict[str, Any] = {
+            "name": name, "version": svc.version, "description": svc.description,
+            "entities": [{"name": e.name, "key_type": e.key_type, **({"hash": e.hash} if e.hash else {}),
+                          "accepts": e.accepts} for e in entities],
+            "tables": [t.name for t, _ in items], "ttl": svc.ttl, "materialize": svc.materialize,
+            "state": self.inventory.service_state(name) if svc.materialize else None,
+            "serving": "materialized" if name in self.store.readers.materialized else "tables",
+            "columns": len(plan.names), "dtype": plan.dtype,
+        }
+        if detail:
+            doc["names"] = list(plan.names)
+            doc["types"] = list(plan.types)
+        return doc
 
-    async def _db(self, kind: str, call: Callable[..., Awaitable[T]], *args: Any, timeout: float | None = None) -> T:
-        """Run one store call in its own task, within the deadline; record success or failure.
+    # -- writes ------------------------------------------------------------------------------------
+
+    async def push(self, table: str, rows: Sequence[tuple[Any, Mapping[str, Any]]], overwrite_newer: bool) -> UpdateCount:
+        """Upsert rows of ``table`` through the store's write pool (``update_features_batch``: one
+        statement per set of columns, one transaction; newest wins unless ``overwrite_newer``).
+
+        Raises UnknownFeatureError / FeatureValueError / KeyFormatError before any I/O,
+        ReadOnlyStoreError without a write pool, NotReadyError, the database's typed errors, and
+        QueryTimeoutError after ``request_timeout`` (the write may then have been applied or not:
+        retrying is safe, an upsert applied twice leaves the same row).
+        """
+        self._check_ready()
+        call = functools.partial(self.store.update_features_batch, table, rows, overwrite_newer=overwrite_newer)
+        count: UpdateCount = await self._db("push", call, write=True)
+        self.metrics.pushed(table, int(count), count.skipped)
+        return count
+
+    async def _read_coalesced(self, reader: Any, keys: list[Any]) -> list[Any]:
+        return await self._db("coalesced", self.store.read_batch, reader, keys, service=reader.selection.service)
+
+    async def _db(self, kind: str, call: Callable[..., Awaitable[T]], *args: Any, timeout: float | None = None,
+                  service: str | None = None, write: bool = False) -> T:
+        """Run one store call in its own task, within the deadline; record success or failure
+        (per feature service too, with ``service``). A ``write`` says nothing about the read path,
+        so it does not count for readiness.
 
         Every failure leaves as a pgfeatures typed error: psycopg and pool exceptions that
         escape the store are translated (``connections.database_error``), and a call still
@@ -271,30 +368,35 @@ class Service:
                 self._keep(task)
                 if not isinstance(exc, TimeoutError):
                     raise
-                self._failed("timeout")
+                self._failed("timeout", write)
                 raise QueryTimeoutError(
                     f"the database did not answer within {limit:g}s (request_timeout); the query was cancelled"
                 ) from None
             error = self._translate(exc)
             if isinstance(error, DatabaseUnavailableError):
-                self._failed("unavailable")
+                self._failed("unavailable", write)
             elif isinstance(error, QueryTimeoutError):
-                self._failed("timeout")
+                self._failed("timeout", write)
             if error is exc:
                 raise
             raise error from exc
-        self._last_ok = time.monotonic()
-        self._db_seconds[kind].observe(time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        if not write:
+            self._last_ok = time.monotonic()
+        self._db_seconds[kind].observe(seconds)
+        if service is not None:
+            self._service_seconds[service].observe(seconds)
         return result
 
     def _translate(self, exc: BaseException) -> BaseException:
         if isinstance(exc, (psycopg.Error, PoolTimeout, PoolClosed)) and not isinstance(exc, PgFeaturesError):
-            return database_error(exc, self.store.read_dsn or "", acquire_timeout=self.config.acquire_timeout)
+            return database_error(exc, self.store.dsn or "", acquire_timeout=self.config.acquire_timeout)
         return exc
 
-    def _failed(self, reason: str) -> None:
-        self._last_error = time.monotonic()
-        self.metrics.db_errors.labels(reason).inc()
+    def _failed(self, reason: str, write: bool = False) -> None:
+        if not write:  # a write pool's failure says nothing about reads
+            self._last_error = time.monotonic()
+        self.metrics.db_errors.labels(f"push_{reason}" if write else reason).inc()
 
     @staticmethod
     async def _bounded(awaitable: Awaitable[T], timeout: float) -> T:

@@ -1,8 +1,9 @@
-"""A JSON answer sent in pieces as they are produced (HTTP/1.1 chunked transfer encoding).
+"""An answer sent in pieces as they are produced (HTTP/1.1 chunked transfer encoding).
 
 A large batch is read in chunks (``Service.open_batch``); its answer leaves
 chunk by chunk, so the server never holds more than one chunk's results and
-their JSON, and the client starts reading at once.
+their encoding (JSON, or a vector batch's raw values), and the client starts
+reading at once.
 
 Once the 200 and the first piece are out, a failure cannot change the status.
 The answer is then cut off: the failure is logged, and the response ends
@@ -17,13 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Protocol
 
 from starlette.types import Receive, Scope, Send
 
-from ..reader import Features
-from .encoding import BATCH_HEAD, BATCH_TAIL, batch_pieces
 from .errors import classify
 
 log = logging.getLogger("pgfeatures.server")
@@ -37,18 +36,32 @@ class Pieces(Protocol):
         ...
 
 
-class StreamedAnswer:
-    """An ASGI response: status 200, ``content_type``, body = the pieces, in order."""
+class Encoder(Protocol):
+    """A batch answer's encoding, piece by piece (``encoding.JSONBatch``, ``vectors.OctetBatch``)."""
 
-    def __init__(self, body: Pieces, content_type: str):
+    content_type: str
+    headers: dict[str, str]
+
+    def start(self) -> bytes: ...
+
+    def chunk(self, keys: Sequence[Any], results: Sequence[Any]) -> bytes: ...
+
+    def end(self) -> bytes: ...
+
+
+class StreamedAnswer:
+    """An ASGI response: status 200, ``content_type`` and ``headers``, body = the pieces, in order."""
+
+    def __init__(self, body: Pieces, content_type: str, headers: Mapping[str, str] | None = None):
         self.body = body
-        self.content_type = content_type.encode()
+        self.headers = [(b"content-type", content_type.encode())]
+        self.headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gone = asyncio.ensure_future(_disconnected(receive))
         pieces = self.body.pieces()
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", self.content_type)]})
+            await send({"type": "http.response.start", "status": 200, "headers": self.headers})
             async for piece in pieces:
                 if gone.done():
                     return  # the client left: stop reading the database
@@ -70,27 +83,30 @@ async def _disconnected(receive: Receive) -> None:
 
 
 class BatchAnswer:
-    """``{"results": [...]}`` of a batch, one piece per chunk: the first chunk (already read, so
-    that a failure there was still an ordinary error response), then the rest as they are read."""
+    """A batch's answer, one piece per chunk: the first chunk (already read, so that a failure there
+    was still an ordinary error response), then the rest as they are read, in ``encoder``'s form."""
 
-    def __init__(self, texts: Sequence[str], first: list[Features], chunks: AsyncIterator[list[Features]]):
-        self.texts = texts
+    def __init__(self, keys: Sequence[Any], first: list[Any], chunks: AsyncIterator[list[Any]], encoder: Encoder):
+        self.keys = keys
         self.first = first
         self.chunks = chunks
+        self.encoder = encoder
         self.sent = 0
 
     def describe(self) -> str:
-        return f"{self.sent} of {len(self.texts)} keys"
+        return f"{self.sent} of {len(self.keys)} keys"
 
     async def pieces(self) -> AsyncIterator[bytes]:
-        texts = self.texts
+        keys, encoder = self.keys, self.encoder
         try:
-            yield BATCH_HEAD + batch_pieces(texts[:len(self.first)], self.first, True)
+            yield encoder.start() + encoder.chunk(keys[:len(self.first)], self.first)
             self.sent = done = len(self.first)
             self.first = []
             async for chunk in self.chunks:
-                yield batch_pieces(texts[done:done + len(chunk)], chunk, False)
+                piece = encoder.chunk(keys[done:done + len(chunk)], chunk)
                 self.sent = done = done + len(chunk)
-            yield BATCH_TAIL
+                if piece:
+                    yield piece
+            yield encoder.end()
         finally:
             await self.chunks.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,114 @@
+"""A feature service's vector over HTTP: as JSON, or as raw little-endian numbers.
+
+JSON: ``{"key", "values": [...], "status": {table: "present" | "missing" | "expired"}}``, the
+values in the service's order (``GET /v1/services/{name}`` publishes it as ``names``); a missing
+value is null; ``real`` values print as the shortest decimal that reads back as the same float32.
+
+``application/octet-stream`` (``Accept``): the values as one little-endian array, ``float32`` when
+every feature of the vector is ``real``, else ``float64`` (integers and booleans as numbers, 1 and 0;
+a ``bigint`` beyond 2^53 is rounded), a missing value as NaN. A batch is its rows concatenated
+(row-major, ``rows x columns``). After the values comes the **status trailer**: one byte per row
+and table, ``0`` present, ``1`` missing, ``2`` expired, rows in order, tables in the order of the
+``X-Pgfeatures-Tables`` header. Headers: ``X-Pgfeatures-Rows``, ``X-Pgfeatures-Columns``,
+``X-Pgfeatures-Dtype`` (``float32`` / ``float64``), ``X-Pgfeatures-Tables``. In numpy::
+
+    rows, cols = int(h["x-pgfeatures-rows"]), int(h["x-pgfeatures-columns"])
+    dtype = "<f4" if h["x-pgfeatures-dtype"] == "float32" else "<f8"
+    values = np.frombuffer(body, dtype, count=rows * cols).reshape(rows, cols)
+    status = np.frombuffer(body, np.uint8, offset=values.nbytes).reshape(rows, -1)
+
+The status goes last, not in a header, because a batch's statuses (rows x tables) outgrow what
+clients accept in headers (h11, httpx's HTTP/1.1 parser, takes 16 KiB), and because a streamed
+batch's headers leave before its rows are read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..definitions import Registry
+from ..reader import EXPIRED, MISSING, PRESENT
+from ..reader.vector import ServiceVector, service_order
+
+OCTET_STREAM = "application/octet-stream"
+STATUS_CODES = {PRESENT: 0, MISSING: 1, EXPIRED: 2}
+_F32 = np.float32
+
+
+class VectorPlan:
+    """How one vector reader's vectors are encoded: the names and types of its columns, the tables
+    of its status, the dtype of its raw form."""
+
+    __slots__ = ("names", "types", "tables", "all_real", "reals", "dtype", "_np")
+
+    def __init__(self, reader: Any, registry: Registry):
+        selection = reader.selection
+        service = registry.service(selection.service)
+        self.names = service_order(reader, service.order(registry))
+        self.types = tuple(registry.tables[t].feature(f).type.name for t, _, f in (n.partition(".") for n in self.names))
+        self.tables = selection.tables
+        self.all_real = all(t == "real" for t in self.types)
+        self.reals = () if self.all_real else tuple(i for i, t in enumerate(self.types) if t == "real")
+        self.dtype = "float32" if self.all_real else "float64"
+        self._np = np.dtype("<f4" if self.all_real else "<f8")
+
+    # -- JSON ----------------------------------------------------------------------------------------
+
+    def rows(self, keys: Sequence[Any], vectors: Sequence[ServiceVector]) -> list[dict[str, Any]]:
+        """The JSON objects of these vectors (real values as float32: numpy prints them shortest)."""
+        if not vectors:
+            return []
+        if self.all_real:
+            # One conversion for the chunk; each row is a contiguous view, None became NaN (printed null).
+            matrix = np.array([v.values for v in vectors], dtype=_F32)
+            return [{"key": k, "values": row, "status": v.status} for k, row, v in zip(keys, matrix, vectors)]
+        return [{"key": k, "values": self._mixed(v.values), "status": v.status} for k, v in zip(keys, vectors)]
+
+    def _mixed(self, values: Sequence[Any]) -> list[Any]:
+        out = list(values)
+        for i in self.reals:
+            v = out[i]
+            if v is not None:
+                out[i] = _F32(v)
+        return out
+
+    # -- raw -----------------------------------------------------------------------------------------
+
+    def headers(self, rows: int) -> dict[str, str]:
+        return {"X-Pgfeatures-Rows": str(rows), "X-Pgfeatures-Columns": str(len(self.names)),
+                "X-Pgfeatures-Dtype": self.dtype, "X-Pgfeatures-Tables": ",".join(self.tables)}
+
+    def values(self, vectors: Sequence[ServiceVector]) -> bytes:
+        """The rows' values, concatenated, little-endian (None as NaN)."""
+        if not vectors:
+            return b""
+        return np.array([v.values for v in vectors], dtype=self._np).tobytes()
+
+    def status(self, vectors: Iterable[ServiceVector]) -> bytes:
+        """One byte per row and table (0 present, 1 missing, 2 expired), tables in ``self.tables``' order."""
+        codes, tables = STATUS_CODES, self.tables
+        return bytes(codes[v.status[t]] for v in vectors for t in tables)
+
+
+class OctetBatch:
+    """A batch of vectors as raw values in pieces, the status trailer last (see the module docstring)."""
+
+    content_type = OCTET_STREAM
+
+    def __init__(self, plan: VectorPlan, rows: int):
+        self.plan = plan
+        self.headers = plan.headers(rows)
+        self._status = bytearray()
+
+    def start(self) -> bytes:
+        return b""
+
+    def chunk(self, keys: Sequence[Any], vectors: Sequence[ServiceVector]) -> bytes:
+        self._status += self.plan.status(vectors)
+        return self.plan.values(vectors)
+
+    def end(self) -> bytes:
+        return bytes(self._status)
