@@ -95,7 +95,7 @@ def get(dsn: str, defs: str, *args: str) -> dict:
 
 def test_get_takes_one_key_per_entity_and_prints_what_the_http_api_does(loaded, dsn, defs):
     one = get(dsn, defs, "user=42", "merchant=m-1")
-    assert one == {"key": {"user": "42", "merchant": "m-1"},
+    assert one == {"key": {"user": 42, "merchant": "m-1"},  # a bigint key echoed as a number, as HTTP does
                    "features": {"user_stats": {"clicks": 3, "ctr": 0.11}, "merchant_risk": {"rate": 0.3}},
                    "status": {"user_stats": "present", "merchant_risk": "present"}, "missing": []}
     expired = get(dsn, defs, "user=43", "merchant=m-2")  # 2h old with a 1h ttl; no such merchant
@@ -105,11 +105,11 @@ def test_get_takes_one_key_per_entity_and_prints_what_the_http_api_does(loaded, 
     # one entity read: bare keys, one (a request) or several (a batch)
     assert get(dsn, defs, "-t", "user_stats", "42")["features"] == {"user_stats": {"clicks": 3, "ctr": 0.11}}
     batch = get(dsn, defs, "-f", "user_stats.ctr", "42", "43", "42")
-    assert [r["key"] for r in batch["results"]] == ["42", "43", "42"]
+    assert [r["key"] for r in batch["results"]] == [42, 43, 42]
     assert [r["features"]["user_stats"] for r in batch["results"]] == [{"ctr": 0.11}, None, {"ctr": 0.11}]
     # a batch of requests with a key per entity
     rows = get(dsn, defs, "--key", "user=42,merchant=m-1", "-k", "merchant=nope,user=43")["results"]
-    assert [r["key"] for r in rows] == [{"user": "42", "merchant": "m-1"}, {"merchant": "nope", "user": "43"}]
+    assert [r["key"] for r in rows] == [{"user": 42, "merchant": "m-1"}, {"merchant": "nope", "user": 43}]
     assert [r["status"] for r in rows] == [{"user_stats": "present", "merchant_risk": "present"},
                                            {"user_stats": "expired", "merchant_risk": "missing"}]
 
@@ -119,7 +119,7 @@ def test_get_reads_services_and_their_vectors(loaded, dsn, defs):
     assert list(served["features"]) == ["user_stats", "merchant_risk"]
     assert served["features"]["user_stats"] == {"ctr": 0.11, "clicks": 3}
     vector = get(dsn, defs, "--service", "fraud", "user=42", "merchant=m-1", "--output", "vector")
-    assert vector == {"key": {"user": "42", "merchant": "m-1"}, "service": "fraud",
+    assert vector == {"key": {"user": 42, "merchant": "m-1"}, "service": "fraud",
                       "names": ["user_stats.ctr", "merchant_risk.rate", "user_stats.clicks"], "values": [0.11, 0.3, 3],
                       "status": {"user_stats": "present", "merchant_risk": "present"}, "missing": []}
     subset = get(dsn, defs, "--service", "fraud", "-f", "user_stats.clicks", "42", "43", "-o", "vector")["results"]

@@ -98,6 +98,16 @@ def test_a_missing_table_at_open_is_named(conn, schema, dsn):
         FeatureStore(demo_registry(n_tables=3, n_features=1, schema=schema), dsn, pool_size=1)
 
 
+def test_with_every_table_missing_isolate_opens_and_each_read_names_the_drift(schema, dsn):
+    registry = demo_registry(n_tables=2, n_features=2, schema=schema)  # never created
+    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=0, on_drift="isolate") as store:
+        assert store.ready
+        with pytest.raises(SchemaDriftError, match="t00.*does not exist"):
+            store.get_features(KEY, ["t00"])
+        with pytest.raises(SchemaDriftError, match="does not exist"):
+            store.get_features_batch([KEY])
+
+
 def test_statement_timeout_is_a_timeout_not_an_outage(conn, schema, dsn):
     registry = demo_registry(n_tables=1, n_features=1, schema=schema)
     apply_schema(conn, registry)

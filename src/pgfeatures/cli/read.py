@@ -139,6 +139,16 @@ def _check_keys(binder: Any, requests: Sequence[Any], single: bool) -> None:
             raise KeyFormatError(str(exc) if single else f"request {i + 1} ({_shown(r)}): {exc}") from None
 
 
+def _echoed(registry: "Registry", entities: Sequence[str], request: Any) -> Any:
+    """A request's keys as the output shows them: a ``bigint`` key as a JSON number (as HTTP echoes it)."""
+    def one(entity: str, key: Any) -> Any:
+        return int(key) if registry.entities[entity].key_type == "bigint" else key
+
+    if isinstance(request, Mapping):
+        return {name: one(name, key) for name, key in request.items()}
+    return one(entities[0], request) if len(entities) == 1 else request
+
+
 def _shown(request: Any) -> str:
     return ",".join(f"{k}={v}" for k, v in request.items()) if isinstance(request, Mapping) else str(request)
 
@@ -236,7 +246,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
             results = [store.get_features(requests[0], tables, features, strategy=args.strategy)]
         else:
             results = store.get_features_batch(requests, tables, features)
-    shown = [vector_json(k, service, r, reals) if vector else result_json(k, r, reals) for k, r in zip(requests, results)]
+    keys = [_echoed(registry, probe.binder.names, k) for k in requests]
+    shown = [vector_json(k, service, r, reals) if vector else result_json(k, r, reals) for k, r in zip(keys, results)]
     out.json(shown[0] if single else {"results": shown})
     return 0
 

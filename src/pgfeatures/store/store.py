@@ -333,7 +333,9 @@ class FeatureStore:
             raise self.health.error(self.health.broken)
         self._find_materialized(router)
         servable = self._servable()
-        self.warm_readers = [self.reader(servable), self.batch_reader(servable), *self._service_readers(), *self.extra_warm]
+        # Every table broken (isolate): nothing to warm; each request names what is broken.
+        table_readers = [self.reader(servable), self.batch_reader(servable)] if servable != [] else []
+        self.warm_readers = [*table_readers, *self._service_readers(), *self.extra_warm]
         if not self._prepare:
             self._via_functions = self._read_functions(router)
         try:
@@ -357,7 +359,7 @@ class FeatureStore:
             self._close_pools(router)
             raise
         self.router = router
-        if self.hot_keys:
+        if self.hot_keys and servable != []:
             self.get_features_batch(self.hot_keys, servable)
         self.ready = True
 

@@ -331,7 +331,9 @@ class AsyncFeatureStore:
             raise self.health.error(self.health.broken)
         await self._find_materialized_async(router)
         servable = self._servable()
-        self.warm_readers = [self.reader(servable), self.batch_reader(servable), *self._service_readers(), *self.extra_warm]
+        # Every table broken (isolate): nothing to warm; each request names what is broken.
+        table_readers = [self.reader(servable), self.batch_reader(servable)] if servable != [] else []
+        self.warm_readers = [*table_readers, *self._service_readers(), *self.extra_warm]
         if not self._prepare:
             self._via_functions = await self._read_functions_async(router)
         try:
@@ -355,7 +357,7 @@ class AsyncFeatureStore:
             await self._close_pools_async(router)
             raise
         self.router = router
-        if self.hot_keys:
+        if self.hot_keys and servable != []:
             await self.get_features_batch(self.hot_keys, servable)
         self.ready = True
 
