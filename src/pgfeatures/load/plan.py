@@ -19,12 +19,13 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from ..definitions import KEY_COLUMN, UPDATED_AT, Registry
+from ..definitions import Registry
 from ..errors import LoadError, LoadInputError, LoadInterruptedError, SchemaDriftError
 from ..schema import covering_index_sql, create_table_sql, ddl_lock, qualified
 from .columns import Columns, plan_columns
 from .copy import COPY_HEADER, COPY_TRAILER
 from .dedupe import find_duplicates
+from .keys import Keys, comparable
 from .options import (
     MAX_EXAMPLES,
     REBUILD_FRACTION,
@@ -43,14 +44,14 @@ from .sources import CsvSource, Source, open_sources
 from .statements import (
     CATALOG,
     Catalog,
+    fill_sql,
     ident,
+    kept_sql,
     new_table_sql,
     setting,
     stage_ddl,
     stage_table,
-    staged_values,
     swap_sql,
-    table_columns,
     upsert_sql,
 )
 from .validate import stage_batch
@@ -89,12 +90,13 @@ class Job:
         self.updated_at = options.updated_at if options.updated_at is not None else int(time.time())
         self.summary = LoadSummary(qualified(registry, self.table).as_string(None), options.mode.value)  # type: ignore[union-attr]
         self.phase, self.source, self.row = "opening", None, 0
-        self.keys: list[np.ndarray] = []
+        self.keys: list[Keys] = []
         self.seqs: list[np.ndarray] = []
         self.starts: list[tuple[int, str]] = []  # (first ordinal, source name)
         self.token = secrets.token_hex(4)
         self.maintenance_started: float | None = None
         self.table_rows = 0.0  # rows in the live table before the load (estimate)
+        self.newest_wins = not options.overwrite_newer  # applies when the source carries updated_at
         try:
             self.sources = open_sources(data, options.format)
             self.columns = self._check_sources()
@@ -219,6 +221,9 @@ class Job:
             raise SchemaDriftError(f"table {summary.table} differs from its definition: {'; '.join(drift)} "
                                    "(see `pgfeatures init`); nothing was loaded", problems={table.name: drift})
         columns = self.columns[0]
+        if columns.entity.key_type == "text" and catalog.server_encoding.upper() not in ("UTF8", "UTF-8"):
+            raise LoadError(f"cannot load text keys into {summary.table}: the database's encoding is "
+                            f"{catalog.server_encoding}, and binary COPY sends text as UTF-8")
         stage = stage_table(self.token)
         yield Op(stage_ddl(stage, columns))
         self._report("reading")
@@ -228,7 +233,7 @@ class Job:
         if unique == 0:
             raise LoadInputError(f"every row was rejected ({summary.rejected:,}); first: {summary.examples[0]}")
         self._report("deduplicating")
-        duplicates = find_duplicates(np.concatenate(self.keys), np.concatenate(self.seqs))
+        duplicates = find_duplicates(comparable(columns.entity.key_type, self.keys), np.concatenate(self.seqs))
         self.keys, self.seqs = [], []
         if duplicates is not None:
             if options.on_duplicate is OnDuplicate.REJECT:
@@ -246,8 +251,9 @@ class Job:
         if summary.strategy == "upsert":
             self._report("merging")
             params = () if columns.updated_at else (self.updated_at,)
-            rows = yield Op(upsert_sql(live, stage, columns), params, fetch=True)
+            rows = yield Op(upsert_sql(live, stage, columns, self.newest_wins), params, fetch=True)
             summary.inserted, summary.updated = rows[0]
+            summary.skipped_newer = unique - summary.inserted - summary.updated
         else:
             yield from self._swap(catalog, stage, unique)
         yield Op(sql.SQL("DROP TABLE {}").format(stage))
@@ -292,22 +298,20 @@ class Job:
             yield Op(stmt)
         self._report("filling the new table")
         params = () if columns.updated_at else (self.updated_at,)
-        yield Op(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
-            new, sql.SQL(", ").join(table_columns(columns)), staged_values(columns), stage), params)
+        newest_wins = self.newest_wins and summary.strategy == "rebuild"  # replace: exactly the loaded rows
+        written = yield Op(fill_sql(new, live, stage, columns, newest_wins), params)
+        summary.skipped_newer = unique - written
         kept = 0
         if summary.strategy == "rebuild":
             self._report("copying untouched rows")
-            all_columns = sql.SQL(", ").join([ident(KEY_COLUMN), *(ident(f.name) for f in table.features), ident(UPDATED_AT)])
-            kept = yield Op(sql.SQL(
-                "INSERT INTO {new} ({cols}) SELECT {cols} FROM {live} l WHERE NOT EXISTS "
-                "(SELECT FROM {stage} s WHERE s.{key} = l.{key})"
-            ).format(new=new, cols=all_columns, live=live, stage=stage, key=ident(KEY_COLUMN)))
-            summary.updated = summary.rows_before - kept
-        summary.inserted = unique - summary.updated
-        summary.rows_after = unique + kept
+            kept = yield Op(kept_sql(new, live, stage, table, columns, newest_wins))
+            # kept = untouched rows + the live rows kept because they are newer (one per skipped row)
+            summary.updated = summary.rows_before - (kept - summary.skipped_newer)
+        summary.inserted = written - summary.updated
+        summary.rows_after = written + kept
         self._report("indexing")
         yield Op(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
-            new, ident(f"{new_name}_pkey"), ident(KEY_COLUMN)))
+            new, ident(f"{new_name}_pkey"), ident(table.key_column)))
         if table.covering_index:
             yield Op(covering_index_sql(schema, dataclasses.replace(table, name=new_name)))
         self._report("analyzing")
