@@ -173,10 +173,11 @@ def _bigint(arr: pa.Array, column: str, entity: Entity, valid: np.ndarray, probl
     if kind == "integer":
         values = arr.fill_null(0).to_numpy(zero_copy_only=False)
         if values.dtype == np.uint64:
-            over = valid & (values > hi)
+            given = values
+            over = valid & (given > hi)
             if over.any():
-                problems.append(Problem(column, over, lambda i: f"key {int(values[i])} is out of range for bigint ({lo}..{hi})"))
-            values = np.where(over, 0, values)
+                problems.append(Problem(column, over, lambda i: f"key {int(given[i])} is out of range for bigint ({lo}..{hi})"))
+            values = np.where(over, 0, given)
         return values.astype(np.int64)
     if kind != "string":
         raise LoadInputError(f"key column {column!r} is {arr.type}; {expected}", column=column)
@@ -194,7 +195,8 @@ def _bigint(arr: pa.Array, column: str, entity: Entity, valid: np.ndarray, probl
     if over.any():
         problems.append(Problem(column, over, lambda i: f"key {text[i].as_py()} is out of range for bigint ({lo}..{hi})"))
     fine = ok & ~over
-    return pc.cast(pc.if_else(pa.array(fine), text, "0"), pa.int64()).to_numpy(zero_copy_only=False)
+    unsigned = pc.replace_substring_regex(text, r"^\+", "")  # "+5": pyarrow's cast takes no plus sign
+    return pc.cast(pc.if_else(pa.array(fine), unsigned, "0"), pa.int64()).to_numpy(zero_copy_only=False)
 
 
 def _text(arr: pa.Array, column: str, entity: Entity, valid: np.ndarray, problems: list[Problem]) -> pa.Array:

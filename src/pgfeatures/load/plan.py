@@ -305,8 +305,8 @@ class Job:
         if summary.strategy == "rebuild":
             self._report("copying untouched rows")
             kept = yield Op(kept_sql(new, live, stage, table, columns, newest_wins))
-            # kept = untouched rows + the live rows kept because they are newer (one per skipped row)
-            summary.updated = summary.rows_before - (kept - summary.skipped_newer)
+            # kept: the untouched rows and the live rows newer than their staged row; the others were replaced
+            summary.updated = summary.rows_before - kept
         summary.inserted = written - summary.updated
         summary.rows_after = written + kept
         self._report("indexing")
