@@ -99,7 +99,7 @@ def encode_copy_rows(columns: Sequence[Column]) -> memoryview:
     template = np.zeros((), dtype)  # the field count and the lengths are the same in every row
     template["n"] = len(columns)
     for j in range(len(columns)):
-        template[f"l{j}"] = dtype.fields[f"v{j}"][0].itemsize
+        template[f"l{j}"] = _field(dtype, j)[0].itemsize
     rows = np.empty(n, dtype)
     rows[...] = template
     for j, (values, nulls) in enumerate(columns):
@@ -107,20 +107,27 @@ def encode_copy_rows(columns: Sequence[Column]) -> memoryview:
             rows[f"v{j}"] = padded[j][0]
             rows[f"l{j}"] = values.lengths
         else:  # byte-swapping into a contiguous array first is faster than a converting strided copy
-            rows[f"v{j}"] = values if values.ndim == 2 else values.astype(dtype.fields[f"v{j}"][0])
+            rows[f"v{j}"] = values if values.ndim == 2 else values.astype(_field(dtype, j)[0])
         if nulls is not None:
             rows[f"l{j}"][nulls] = -1
     raw = rows.view(np.uint8)
     if all(nulls is None for _, nulls in columns) and not padded:
-        return memoryview(raw)
+        return raw.data
     keep = np.ones((n, dtype.itemsize), dtype=bool)
     for j, (_, nulls) in enumerate(columns):
-        field, start = dtype.fields[f"v{j}"][:2]
+        field, start = _field(dtype, j)
         if j in padded:
             keep[:, start : start + field.itemsize] = padded[j][1]
         if nulls is not None:
             keep[nulls, start : start + field.itemsize] = False
-    return memoryview(raw.reshape(n, dtype.itemsize)[keep])
+    return raw.reshape(n, dtype.itemsize)[keep].data
+
+
+def _field(dtype: np.dtype, j: int) -> tuple[np.dtype, int]:
+    """(dtype, byte offset) of column ``j``'s value in a row dtype of ``_row_dtype``."""
+    assert dtype.fields is not None
+    value, offset = dtype.fields[f"v{j}"][:2]
+    return value, offset
 
 
 def _row_dtype(kinds: Sequence[Any]) -> np.dtype:
@@ -163,7 +170,7 @@ def decode_copy(data: bytes | bytearray | memoryview, kinds: Sequence[Any]) -> l
     width = len(kinds)
     if len(body) % dtype.itemsize == 0:
         rows = np.frombuffer(body, dtype=dtype)
-        expected = [dtype.fields[f"v{j}"][0].itemsize for j in range(width)]
+        expected = [_field(dtype, j)[0].itemsize for j in range(width)]
         if (rows["n"] == width).all() and all((rows[f"l{j}"] == expected[j]).all() for j in range(width)):
             return [(_native(rows[f"v{j}"]), None) for j in range(width)]
     return _decode_rows(body, kinds, dtype)
@@ -177,7 +184,7 @@ def _native(values: np.ndarray) -> np.ndarray:
 
 def _decode_rows(body: memoryview, kinds: Sequence[Any], dtype: np.dtype) -> list[Column]:
     """The general case, row by row: some fields are NULL (length -1, no value bytes)."""
-    sizes = [dtype.fields[f"v{j}"][0].itemsize for j in range(len(kinds))]
+    sizes = [_field(dtype, j)[0].itemsize for j in range(len(kinds))]
     starts: list[list[int]] = [[] for _ in kinds]  # value offsets of each column's non-NULL fields
     nulls: list[list[bool]] = [[] for _ in kinds]
     pos, end = 0, len(body)

@@ -44,6 +44,7 @@ from .sources import CsvSource, Source, open_sources
 from .statements import (
     CATALOG,
     Catalog,
+    Query,
     fill_sql,
     ident,
     kept_sql,
@@ -64,7 +65,7 @@ TRANSACTION_SETTINGS = {"work_mem": "256MB", "maintenance_work_mem": "512MB", "m
 class Op:
     """One statement for a driver to run; ``fetch``: send back the rows, else the rowcount."""
 
-    query: sql.Composable
+    query: Query
     params: tuple[Any, ...] = ()
     fetch: bool = False
 
@@ -73,7 +74,7 @@ class Op:
 class Copy:
     """A COPY FROM STDIN fed by ``chunks`` (CPU work: drivers may run ``next()`` off the event loop)."""
 
-    query: sql.Composable
+    query: Query
     chunks: Iterator[bytes | memoryview]
 
 
@@ -88,8 +89,9 @@ class Job:
         self.registry, self.table, self.options, self.progress = registry, registry.table(table), options, progress
         self.started = time.perf_counter()
         self.updated_at = options.updated_at if options.updated_at is not None else int(time.time())
-        self.summary = LoadSummary(qualified(registry, self.table).as_string(None), options.mode.value)  # type: ignore[union-attr]
-        self.phase, self.source, self.row = "opening", None, 0
+        self.summary = LoadSummary(qualified(registry, self.table).as_string(None), Mode(options.mode).value)
+        self.phase, self.row = "opening", 0
+        self.source: str | None = None
         self.keys: list[Keys] = []
         self.seqs: list[np.ndarray] = []
         self.starts: list[tuple[int, str]] = []  # (first ordinal, source name)
@@ -327,7 +329,7 @@ class Job:
         self.summary.seconds = time.perf_counter() - self.started
         self.phase = "committed"
 
-    def maintenance(self) -> sql.Composable | None:
+    def maintenance(self) -> Query | None:
         """The statement to run after COMMIT (None: nothing pays); its effect goes into the summary.
 
         VACUUM pays when the table has a covering index (only VACUUM sets the visibility map that

@@ -92,11 +92,14 @@ class Catalog:
         return [*self.dependents, *(f"index {i}" for i in self.indexes if i not in own)]
 
 
+Query = sql.SQL | sql.Composed  # what a load runs (psycopg's execute and copy take these)
+
+
 def ident(*names: str) -> sql.Identifier:
     return sql.Identifier(*names)
 
 
-def setting(name: str, value: str) -> tuple[sql.Composable, tuple[Any, ...]]:
+def setting(name: str, value: str) -> tuple[Query, tuple[Any, ...]]:
     return sql.SQL("SELECT set_config(%s, %s, true)"), (name, value)
 
 
@@ -106,7 +109,7 @@ def stage_table(token: str) -> sql.Identifier:
 
 
 def stage_ddl(stage: sql.Identifier, columns: Columns) -> sql.Composed:
-    cols = [sql.SQL("{} {}").format(ident(columns.key_column), sql.SQL(columns.entity.column_type))]
+    cols: list[sql.Composable] = [sql.SQL("{} {}").format(ident(columns.key_column), sql.SQL(columns.entity.column_type))]
     cols += [sql.SQL("{} {}").format(ident(f.name), sql.SQL(f.type.name)) for f in columns.features]
     if columns.updated_at:
         cols.append(sql.SQL("{} integer").format(ident(UPDATED_AT)))
@@ -178,11 +181,11 @@ def kept_sql(new: sql.Identifier, live: sql.Identifier, stage: sql.Identifier, t
         new=new, cols=cols, live=live, stage=stage, key=key, newer=newer)
 
 
-def swap_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog, lock_timeout: float) -> list[tuple[sql.Composable, tuple[Any, ...]]]:
+def swap_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog, lock_timeout: float) -> list[tuple[Query, tuple[Any, ...]]]:
     """Give the new table the live one's owner and grants, then drop the live table and rename the new one
     (and its primary key and covering index) into place."""
     new = ident(schema, new_name)
-    ops: list[tuple[sql.Composable, tuple[Any, ...]]] = []
+    ops: list[tuple[Query, tuple[Any, ...]]] = []
     if catalog.owner != catalog.current_user:
         ops.append((sql.SQL("ALTER TABLE {} OWNER TO {}").format(new, ident(catalog.owner)), ()))
     for grantee, privilege, grantable in catalog.grants:
@@ -207,11 +210,11 @@ def swap_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog, 
     return ops
 
 
-def new_table_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog) -> list[sql.Composable]:
+def new_table_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog) -> list[Query]:
     """The new table, shaped like the live one: columns, defaults, NOT NULL and CHECK constraints,
     storage, persistence and storage parameters. Its primary key is added after the rows are in."""
     unlogged = sql.SQL("UNLOGGED ") if catalog.persistence == "u" else sql.SQL("")
-    stmts: list[sql.Composable] = [sql.SQL(
+    stmts: list[Query] = [sql.SQL(
         "CREATE {}TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMMENTS)"
     ).format(unlogged, ident(schema, new_name), qualified(schema, table))]
     if catalog.reloptions:
