@@ -132,3 +132,46 @@ def test_a_load_killed_mid_copy_leaves_table_and_serving_rows_untouched(conn, re
     assert {name: table_rows(name) for name in before} == before
     with FeatureStore(reg, dsn, pool_size=1, write_pool_size=0) as store:
         assert_served_as_flexible(store, KEYS + [399_999])
+
+
+KEYED = {"bigint": (Entity("user", "bigint", "uid"), lambda i: i * 31 - 500),
+         "text": (Entity("device", "text", max_length=12), lambda i: f"dev-{i}"),
+         "uuid": (Entity("session", "uuid"), lambda i: str(__import__("uuid").UUID(int=i + 1))),
+         "hashed": (Entity("merchant", hash="sha256"), lambda i: f"m-{i}")}
+
+
+@pytest.mark.parametrize("strategy", ["upsert", "rebuild", "replace"])
+@pytest.mark.parametrize("key_type", list(KEYED))
+def test_loads_of_every_key_type_keep_materialized_services_in_step(conn, schema, dsn, key_type, strategy):
+    entity, make = KEYED[key_type]
+    tables = [FeatureTable.of("m1", {"a": "real", "w": "integer"}, entity=entity),
+              FeatureTable.of("m2", {"b": "real"}, entity=entity)]
+    registry = Registry.of(tables, schema, services=[FeatureService("svc", ("m1.*", "m2.b"), materialize=True),
+                                                      FeatureService("flex", ("m1.*", "m2.b"))])
+    apply_schema(conn, registry)
+
+    def data(ids: list[int], stamp: int, with_b: bool = False) -> pa.Table:
+        cols: dict[str, Any] = {entity.column: [make(i) for i in ids]}
+        if with_b:
+            cols["b"] = pa.array([i / 4 for i in ids], pa.float32())
+        else:
+            cols.update(a=pa.array([i + stamp / 8 for i in ids], pa.float32()), w=pa.array(ids, pa.int32()))
+        return pa.table({**cols, "updated_at": pa.array([stamp] * len(ids), pa.int64())})
+
+    load(conn, registry, "m1", data(list(range(0, 200)), 100))
+    load(conn, registry, "m2", data(list(range(100, 300)), 100, with_b=True))
+    materialize(conn, registry, "svc")
+    mode = "replace" if strategy == "replace" else "merge"
+    summary = load(conn, registry, "m1", data(list(range(150, 400)), 200), mode=mode,
+                   strategy="rebuild" if strategy == "replace" else strategy)
+    assert (summary.strategy, summary.inserted, summary.updated) == ((strategy, 200, 50) if mode == "merge" else (strategy, 250, 0))
+    if strategy == "rebuild":
+        assert "materialized services: serving rows recomputed for the staged keys" in summary.notes
+    elif strategy == "replace":
+        assert "materialized services: the table's slice of every serving row recomputed" in summary.notes
+    requests = [make(i) for i in range(0, 420, 7)]
+    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=0) as store:
+        mats, flexes = store.get_service_batch("svc", requests), store.get_service_batch("flex", requests)
+        assert mats == flexes and [m.status for m in mats] == [f.status for f in flexes]
+        present = [m.status["m1"] for m in mats]
+        assert present.count("present") == len([i for i in range(0, 420, 7) if (i < 400 if mode == "merge" else 150 <= i < 400)])

@@ -43,6 +43,7 @@ from .options import (
 from .sources import CsvSource, Source, open_sources
 from .statements import (
     CATALOG,
+    SERVING_COMMENTS,
     Catalog,
     Query,
     fill_sql,
@@ -53,6 +54,7 @@ from .statements import (
     stage_ddl,
     stage_table,
     swap_sql,
+    trigger_names,
     upsert_sql,
 )
 from .validate import stage_batch
@@ -320,8 +322,37 @@ class Job:
         yield Op(sql.SQL("ANALYZE {}").format(new))  # statistics exist from the moment of the swap
         self._report("swapping")
         yield Op(*ddl_lock(schema, table.name))  # the DROP and RENAMEs: not while `init` looks at the table
-        for stmt, params in swap_sql(schema, table, new_name, catalog, options.lock_timeout):
+        # A merge changes only the staged keys: their serving rows are recomputed (O(load)), not the
+        # whole table's slice (``_pgf_refresh__<table>()``, O(table)), when the serving tables are the
+        # ones this registry describes; otherwise (or for a replace) the refresh function runs.
+        staged_only = (yield from self._staged_refresh(catalog, stage)) if summary.strategy == "rebuild" else None
+        for stmt, params in swap_sql(schema, table, new_name, catalog, options.lock_timeout, refresh=staged_only is None):
             yield Op(stmt, params)
+        for stmt in staged_only or ():
+            yield Op(stmt)
+        if catalog.refresh and catalog.serving_triggers:
+            summary.notes.append("materialized services: serving rows recomputed for the staged keys" if staged_only is not None
+                                 else "materialized services: the table's slice of every serving row recomputed")
+
+    def _staged_refresh(self, catalog: Catalog, stage: sql.Identifier) -> Generator[Op, Any, list[Query] | None]:
+        """The statements recomputing the serving rows of the staged keys, or None (then refresh them all)
+        unless every serving-row trigger on the table belongs to a layout of this registry, built for it."""
+        if not catalog.refresh or not catalog.serving_triggers:
+            return None
+        from ..materialize import sql as m
+        from ..materialize.build import materialized_layouts
+
+        schema, table = self.registry.schema, self.table
+        layouts = m.layouts_reading(materialized_layouts(self.registry), table.name)
+        expected = {f"{m.trigger_name(layout, table)}_{event.lower()}" for layout in layouts for event in m.EVENTS}
+        if not layouts or trigger_names(catalog) != expected:
+            return None
+        rows = yield Op(SERVING_COMMENTS, (schema, [layout.table_name for layout in layouts]), fetch=True)
+        built = {name: m.fingerprint_of(comment) for name, comment in rows}
+        if any(built.get(layout.table_name) != layout.fingerprint for layout in layouts):
+            return None
+        changed = m.changed_by_stage(schema, table, stage)
+        return [stmt for layout in layouts for stmt in m.maintain_sql(schema, layout, table, changed)]
 
     # -- after COMMIT
 

@@ -181,7 +181,20 @@ def kept_sql(new: sql.Identifier, live: sql.Identifier, stage: sql.Identifier, t
         new=new, cols=cols, live=live, stage=stage, key=key, newer=newer)
 
 
-def swap_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog, lock_timeout: float) -> list[tuple[Query, tuple[Any, ...]]]:
+SERVING_COMMENTS = sql.SQL("""
+SELECT c.relname::text, obj_description(c.oid, 'pg_class') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = ANY(%s::text[]) AND c.relkind = 'r'
+""")
+"""The serving tables (of the names given) that exist, with their comments (their layouts' fingerprints)."""
+
+
+def trigger_names(catalog: Catalog) -> set[str]:
+    """The names of the table's serving-row triggers (``CREATE TRIGGER <name> AFTER ...``)."""
+    return {definition.split()[2] for definition in catalog.serving_triggers}
+
+
+def swap_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog, lock_timeout: float,
+             refresh: bool = True) -> list[tuple[Query, tuple[Any, ...]]]:
     """Give the new table the live one's owner and grants, then drop the live table and rename the new one
     (and its primary key and covering index) into place."""
     new = ident(schema, new_name)
@@ -205,7 +218,7 @@ def swap_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog, 
     # Materialized services: the serving-row triggers go to the new table (their definitions name the
     # table, which now is the new one), and the table's slice of every serving row is recomputed.
     ops += [(sql.SQL(definition), ()) for definition in catalog.serving_triggers]  # type: ignore[arg-type]
-    if catalog.refresh:
+    if catalog.refresh and refresh:
         ops.append((sql.SQL("SELECT {}").format(sql.SQL(catalog.refresh)), ()))  # type: ignore[arg-type]
     return ops
 
