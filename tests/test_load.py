@@ -264,7 +264,7 @@ def test_updated_at_is_load_time_unless_given(conn, schema, reg):
     load(conn, reg, "plain", pa.table({"hashkey": pa.array(keys_for(range(3)), pa.binary(32)),
                                        **{f"f{j}": [0.5] * 3 for j in range(4)},
                                        "updated_at": pa.array([1_700_000_000, None, 1_700_000_002], pa.int64())}),
-         updated_at=1_600_000_000)
+         updated_at=1_600_000_000, overwrite_newer=True)  # older than the stored load-time stamps
     got = contents(conn, schema, "plain", ["updated_at"])
     assert [got[k][0] for k in keys_for(range(3))] == [1_700_000_000, 1_600_000_000, 1_700_000_002]
 

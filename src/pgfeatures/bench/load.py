@@ -214,17 +214,17 @@ def run(dsn: str, *, rows: int = 1_000_000, features: int = 8, read_tables: int 
         reads.add_column(col, justify="left" if col == "window" else "right")
     idle_stats = _window_stats("idle", samples, idle)
     rows_stats: list[dict[str, Any]] = []
-    entries = [("idle", idle_stats, None)]
+    entries: list[tuple[str, Stats | None, LoadSummary | None]] = [("idle", idle_stats, None)]
     entries += [(f"during {label}", _window_stats(label, samples, [w]), s) for label, w, s in windows]
     entries.append(("during any load", _window_stats("any", samples, [w for _, w, _ in windows]), None))
-    for label, stats, summary in entries:
+    for label, stats, during in entries:
         if stats is None or idle_stats is None:
             reads.add_row(label, "0", "-", "-", "-", "-", "-")
             continue
         reads.add_row(label, f"{stats.n:,}", f"{stats.p50_ms:.3f}", f"{stats.p90_ms:.3f}", f"{stats.p99_ms:.3f}",
-                      f"{stats.p99_ms / idle_stats.p99_ms:.1f}x", f"{summary.rows_per_second:,.0f}" if summary else "")
+                      f"{stats.p99_ms / idle_stats.p99_ms:.1f}x", f"{during.rows_per_second:,.0f}" if during else "")
         rows_stats.append({"window": label, **stats.as_dict(),
-                           **({"load_rows_per_s": summary.rows_per_second} if summary else {})})
+                           **({"load_rows_per_s": during.rows_per_second} if during else {})})
     console.print(reads)
     console.print("Reads use the read pool of their own process; loads use one write connection. On a 2-core machine "
                   "the loader, its backend, the reader and its backend share two CPUs.")

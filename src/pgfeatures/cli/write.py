@@ -73,6 +73,10 @@ def configure_bench_load(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=8.0, help="idle read time, half before and half after the loads (default 8)")
     p.add_argument("--schema", default="bench_load", help="scratch schema, dropped afterwards (default bench_load)")
     p.add_argument("--keep", action="store_true", help="keep the scratch schema")
+    p.add_argument("--part", choices=("all", "loads", "write-cost"), default="all",
+                   help="loads: throughput and reads during loads; write-cost: merges into a plain table vs a table of a "
+                        "materialized 30-table service, and live-update latency (default all)")
+    p.add_argument("--service-tables", type=int, default=30, help="write-cost: tables of the materialized service (default 30)")
     add_json(p)
 
 
@@ -81,9 +85,16 @@ def run_bench_load(args: argparse.Namespace, out: Output) -> int:
 
     dsn = dsn_of(args)
     connect(args, "pgfeatures-bench-load", dsn).close()  # a down database fails here, with a clear message
-    results = run(dsn, rows=args.rows, features=args.features, read_tables=args.read_tables, readers=args.readers,
-                  read_rate=args.read_rate, idle_seconds=args.seconds, schema=args.schema, keep=args.keep,
-                  console=out.console())
+    results: dict[str, object] = {}
+    if args.part in ("all", "loads"):
+        results = run(dsn, rows=args.rows, features=args.features, read_tables=args.read_tables, readers=args.readers,
+                      read_rate=args.read_rate, idle_seconds=args.seconds, schema=args.schema, keep=args.keep,
+                      console=out.console())
+    if args.part in ("all", "write-cost"):
+        from ..bench.write_cost import run as run_write_cost
+
+        results["write_cost"] = run_write_cost(dsn, rows=args.rows, tables=args.service_tables, features=args.features,
+                                               schema=f"{args.schema}_write", keep=args.keep, console=out.console())
     if args.json:
         out.json(results)
     return 0

@@ -14,7 +14,7 @@ damaged file, a lost connection, a lock timeout) leaves it exactly as it was:
 4. The staged rows are applied (``plan``, ``statements``):
 
    ``upsert``
-       ``INSERT ... SELECT ... ORDER BY hashkey ON CONFLICT (hashkey) DO UPDATE`` into the live
+       ``INSERT ... SELECT ... ORDER BY key ON CONFLICT (key) DO UPDATE`` into the live
        table. Cheapest when the load is small next to the table.
    ``rebuild`` (merge mode)
        A new table is filled with the staged rows plus the live rows the load does not touch,
@@ -31,10 +31,13 @@ damaged file, a lost connection, a lock timeout) leaves it exactly as it was:
 5. After COMMIT: ANALYZE, and VACUUM where it pays (``Job.maintenance``).
 
 The plan is one generator (``plan.Job``) run by an async driver (``driver_async``) and its
-generated sync twin (``driver``). Keys come as 32 raw bytes, 64 hex characters, or natural ids
-hashed with SHA-256 (``hash_keys=True``; strings as UTF-8, integers as their decimal text,
-binary as is). ``updated_at`` is the load's start time (epoch seconds) unless the source has an
-``updated_at`` column (nulls in it also take the load time).
+generated sync twin (``driver``). Keys are the table's entity keys, checked per key type
+(``keys``: bytea32 as 32 raw bytes or 64 hex characters, bigint, bounded text, uuid, natural ids
+of a ``hash = "sha256"`` entity or with ``hash_keys=True`` hashed with SHA-256); the source key
+column defaults to the entity's key column. ``updated_at`` is the load's start time (epoch
+seconds) unless the source has an ``updated_at`` column (nulls in it also take the load time);
+then newest wins: a row never overwrites a stored row with a newer ``updated_at`` (skipped,
+``LoadSummary.skipped_newer``) unless ``overwrite_newer=True``.
 """
 
 from __future__ import annotations

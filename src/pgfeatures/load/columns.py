@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from ..definitions import KEY_LENGTH, UPDATED_AT, Feature, FeatureTable
+from ..definitions import KEY_LENGTH, UPDATED_AT, Entity, Feature, FeatureTable
 from ..errors import LoadInputError
 from .options import LoadOptions
 from .sources import Source
@@ -35,11 +35,18 @@ _CSV_TYPES = {"real": pa.float64(), "double precision": pa.float64(), "smallint"
 
 @dataclass(frozen=True)
 class Columns:
-    """Which source columns feed which table columns. Staging order: hashkey, features, [updated_at], seq."""
+    """Which source columns feed which table columns. Staging order: the entity's key column (named and
+    typed as in the table), features, [updated_at], seq. ``key`` is the source's key column."""
 
     key: str
     features: tuple[Feature, ...]
     updated_at: bool
+    entity: Entity
+
+    @property
+    def key_column(self) -> str:
+        """The table's (and the stage's) key column."""
+        return self.entity.column
 
     @property
     def source_columns(self) -> list[str]:
@@ -57,10 +64,15 @@ def plan_columns(source: Source, table: FeatureTable, options: LoadOptions) -> C
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise LoadInputError(f"{name}: duplicate column name(s) {', '.join(dupes)}", source=name)
-    valid = [options.key_column, *table.feature_names, UPDATED_AT]
-    if options.key_column not in names:
-        raise LoadInputError(f"{name}: no key column {options.key_column!r} (columns: {', '.join(names) or 'none'}); "
-                             "name the key column with key_column= (--key-column)", source=name, column=options.key_column)
+    key = options.key_column or table.key_column
+    valid = [key, *table.feature_names, UPDATED_AT]
+    if key not in names:
+        raise LoadInputError(f"{name}: no key column {key!r} (columns: {', '.join(names) or 'none'}); "
+                             "name the key column with key_column= (--key-column)", source=name, column=key)
+    entity = table.entity
+    if options.hash_keys and entity.key_type != "bytea32":
+        raise LoadInputError(f"hash_keys=True (--hash-keys) hashes natural ids into 32-byte keys, but table {table.name} "
+                             f"is of entity {entity.name!r}, keyed by {entity.key_type}: its keys are {entity.accepts}")
     features = tuple(f for f in table.features if f.name in names)
     missing = [f.name for f in table.features if f.name not in names]
     if missing and not options.partial:
@@ -74,7 +86,7 @@ def plan_columns(source: Source, table: FeatureTable, options: LoadOptions) -> C
         raise LoadInputError(f"{name}: unexpected column(s) {', '.join(extra)}; valid: {', '.join(valid)} "
                              "(ignore_extra=True / --ignore-extra skips them)", source=name, column=extra[0])
     if source.types is not None:
-        _check_key_type(source, options)
+        _check_key_type(source, key, entity, options.hash_keys)
         for f in features:
             kind = kind_of(source.types[f.name])
             if kind not in ACCEPTS[f.type.name]:
@@ -84,18 +96,27 @@ def plan_columns(source: Source, table: FeatureTable, options: LoadOptions) -> C
         if UPDATED_AT in names and kind_of(source.types[UPDATED_AT]) not in _NUMERIC:
             raise LoadInputError(f"{name}: column {UPDATED_AT!r} is {source.types[UPDATED_AT]}; it must hold integer "
                                  "epoch seconds", source=name, column=UPDATED_AT)
-    return Columns(options.key_column, features, UPDATED_AT in names)
+    return Columns(key, features, UPDATED_AT in names, entity)
 
 
-def _check_key_type(source: Source, options: LoadOptions) -> None:
+# The source key kinds each key type takes (keys.py parses them): natural ids for hashed entities.
+KEY_KINDS = {"hashed": {"string", "integer", "binary", "fixed binary"}, "bytea32": {"string", "binary", "fixed binary"},
+             "bigint": {"integer", "string"}, "text": {"string", "integer"}, "uuid": {"string", "binary", "fixed binary"}}
+_FIXED_WIDTH = {"bytea32": KEY_LENGTH, "uuid": 16}
+
+
+def _check_key_type(source: Source, key: str, entity: Entity, hash_keys: bool) -> None:
     assert source.types is not None
-    t = source.types[options.key_column]
+    t = source.types[key]
     kind = kind_of(t)
-    ok = kind in ("string", "binary", "fixed binary") or (options.hash_keys and kind == "integer")
-    if kind == "fixed binary" and not options.hash_keys and t.byte_width != KEY_LENGTH:
-        ok = False
-    if not ok:
-        raise LoadInputError(
-            f"{source.name}: key column {options.key_column!r} is {t}; keys must be {KEY_LENGTH}-byte binary, "
-            f"{2 * KEY_LENGTH} hex characters, or natural ids (string, integer, binary) with hash_keys=True (--hash-keys)",
-            source=source.name, column=options.key_column)
+    hashed = bool(entity.hash or hash_keys)
+    kinds = KEY_KINDS["hashed" if hashed else entity.key_type]
+    width = None if hashed else _FIXED_WIDTH.get(entity.key_type)
+    if kind in kinds and not (kind == "fixed binary" and width is not None and t.byte_width != width):
+        return
+    if entity.key_type == "bytea32" and not entity.hash:
+        what = (f"keys must be {KEY_LENGTH}-byte binary, {2 * KEY_LENGTH} hex characters, or natural ids (string, "
+                "integer, binary) with hash_keys=True (--hash-keys)")
+    else:
+        what = f"{entity.name} keys ({entity.key_type}{', hashed' if entity.hash else ''}) are {entity.accepts}"
+    raise LoadInputError(f"{source.name}: key column {key!r} is {t}; {what}", source=source.name, column=key)

@@ -5,21 +5,76 @@ load streams into ``COPY ... FROM STDIN (FORMAT BINARY)``; ``decode_copy`` parse
 The format: an 11-byte signature, a 32-bit flags word, a 32-bit header-extension length and that
 many bytes; then per row a 16-bit field count and per field a 32-bit length (-1: NULL) and the
 value in network byte order; then the 16-bit trailer -1.
+
+Entity keys per key type (``key_values``): ``bytea32`` as 32 raw bytes, ``uuid`` as its 16 bytes
+(the binary form of uuid), ``bigint`` as a big-endian int64, ``text`` as its UTF-8 bytes (variable
+width: ``VarBytes``; binary COPY sends text in the server encoding, which a load checks is UTF8).
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 COPY_HEADER = SIGNATURE + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"  # no flags, no header extension
 COPY_TRAILER = b"\xff\xff"
 
-Column = tuple[np.ndarray, "np.ndarray | None"]  # (values, NULL mask or None)
+
+
+@dataclass(frozen=True)
+class VarBytes:
+    """Variable-width values (text keys): ``offsets`` (n + 1, int64) into ``data`` (uint8)."""
+
+    offsets: np.ndarray
+    data: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @classmethod
+    def from_arrow(cls, arr: pa.Array) -> "VarBytes":
+        """The bytes of a (large_)string or (large_)binary array without NULLs (no copy)."""
+        wide = pa.types.is_large_binary(arr.type) or pa.types.is_large_string(arr.type)
+        dtype = np.dtype(np.int64 if wide else np.int32)
+        buffers = arr.buffers()
+        offsets = np.frombuffer(buffers[1], dtype=dtype, count=len(arr) + 1, offset=arr.offset * dtype.itemsize)
+        data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
+        return cls(offsets.astype(np.int64), data)
+
+    def padded(self, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """(n, width) bytes, each value zero-padded, and the (n, width) mask of its real bytes."""
+        n = len(self)
+        real = np.arange(width) < self.lengths[:, None]
+        source = np.concatenate([self.data, np.zeros(max(width, 1), np.uint8)])
+        index = np.where(real, self.offsets[:-1, None] + np.arange(width), len(source) - 1)
+        return (source[index] if n else np.zeros((0, width), np.uint8)), real
+
+
+Column = tuple[Any, "np.ndarray | None"]  # (values: ndarray or VarBytes, NULL mask or None)
+
+KEY_WIDTHS = {"bytea32": 32, "uuid": 16}  # fixed-width raw bytes; bigint is int64, text VarBytes
+
+
+def key_values(key_type: str, keys: Any) -> Any:
+    """A batch of validated keys as encoder values: (n, 32) or (n, 16) uint8 for bytea32 and uuid,
+    int64 for bigint, ``VarBytes`` for text (from a string array)."""
+    if key_type == "text":
+        return keys if isinstance(keys, VarBytes) else VarBytes.from_arrow(keys)
+    if key_type == "bigint":
+        return np.asarray(keys, dtype=np.int64)
+    if keys.ndim != 2 or keys.shape[1] != KEY_WIDTHS[key_type]:
+        raise ValueError(f"{key_type} keys must be (n, {KEY_WIDTHS[key_type]}) bytes, got {keys.shape}")
+    return keys
 
 
 class CopyFormatError(ValueError):
@@ -30,32 +85,49 @@ def encode_copy_rows(columns: Sequence[Column]) -> memoryview:
     """Rows in PostgreSQL's binary COPY format (without header/trailer), built with numpy.
 
     ``columns`` are (values, nulls): fixed-width numpy values (``(n, w)`` uint8 for raw bytes such
-    as keys) and a boolean NULL mask or None. Every row is first laid out at full width in one
-    structured array (field count, then length + big-endian value per column); NULL fields get
-    length -1, and their value bytes are then squeezed out with one boolean mask over the buffer.
+    as keys) or ``VarBytes`` (text), and a boolean NULL mask or None. Every row is first laid out at
+    full width in one structured array (field count, then length + big-endian value per column;
+    variable-width values padded to the batch's longest); NULL fields get length -1, and their value
+    bytes (and the padding) are then squeezed out with one boolean mask over the buffer.
     """
     n = len(columns[0][0])
-    dtype = _row_dtype([(v.shape[1],) if v.ndim == 2 else v.dtype for v, _ in columns])
+    padded = {j: v.padded(max(int(v.lengths.max()) if len(v) else 0, 1))
+              for j, (v, _) in enumerate(columns) if isinstance(v, VarBytes)}
+    kinds = [(padded[j][0].shape[1],) if j in padded else (v.shape[1],) if v.ndim == 2 else v.dtype
+             for j, (v, _) in enumerate(columns)]
+    dtype = _row_dtype(kinds)
     template = np.zeros((), dtype)  # the field count and the lengths are the same in every row
     template["n"] = len(columns)
     for j in range(len(columns)):
-        template[f"l{j}"] = dtype.fields[f"v{j}"][0].itemsize
+        template[f"l{j}"] = _field(dtype, j)[0].itemsize
     rows = np.empty(n, dtype)
     rows[...] = template
     for j, (values, nulls) in enumerate(columns):
-        # Byte-swapping into a contiguous array first is faster than a converting strided copy.
-        rows[f"v{j}"] = values if values.ndim == 2 else values.astype(dtype.fields[f"v{j}"][0])
+        if j in padded:
+            rows[f"v{j}"] = padded[j][0]
+            rows[f"l{j}"] = values.lengths
+        else:  # byte-swapping into a contiguous array first is faster than a converting strided copy
+            rows[f"v{j}"] = values if values.ndim == 2 else values.astype(_field(dtype, j)[0])
         if nulls is not None:
             rows[f"l{j}"][nulls] = -1
     raw = rows.view(np.uint8)
-    if all(nulls is None for _, nulls in columns):
-        return memoryview(raw)
+    if all(nulls is None for _, nulls in columns) and not padded:
+        return raw.data
     keep = np.ones((n, dtype.itemsize), dtype=bool)
     for j, (_, nulls) in enumerate(columns):
+        field, start = _field(dtype, j)
+        if j in padded:
+            keep[:, start : start + field.itemsize] = padded[j][1]
         if nulls is not None:
-            field, start = dtype.fields[f"v{j}"][:2]
             keep[nulls, start : start + field.itemsize] = False
-    return memoryview(raw.reshape(n, dtype.itemsize)[keep])
+    return raw.reshape(n, dtype.itemsize)[keep].data
+
+
+def _field(dtype: np.dtype, j: int) -> tuple[np.dtype, int]:
+    """(dtype, byte offset) of column ``j``'s value in a row dtype of ``_row_dtype``."""
+    assert dtype.fields is not None
+    value, offset = dtype.fields[f"v{j}"][:2]
+    return value, offset
 
 
 def _row_dtype(kinds: Sequence[Any]) -> np.dtype:
@@ -98,7 +170,7 @@ def decode_copy(data: bytes | bytearray | memoryview, kinds: Sequence[Any]) -> l
     width = len(kinds)
     if len(body) % dtype.itemsize == 0:
         rows = np.frombuffer(body, dtype=dtype)
-        expected = [dtype.fields[f"v{j}"][0].itemsize for j in range(width)]
+        expected = [_field(dtype, j)[0].itemsize for j in range(width)]
         if (rows["n"] == width).all() and all((rows[f"l{j}"] == expected[j]).all() for j in range(width)):
             return [(_native(rows[f"v{j}"]), None) for j in range(width)]
     return _decode_rows(body, kinds, dtype)
@@ -112,7 +184,7 @@ def _native(values: np.ndarray) -> np.ndarray:
 
 def _decode_rows(body: memoryview, kinds: Sequence[Any], dtype: np.dtype) -> list[Column]:
     """The general case, row by row: some fields are NULL (length -1, no value bytes)."""
-    sizes = [dtype.fields[f"v{j}"][0].itemsize for j in range(len(kinds))]
+    sizes = [_field(dtype, j)[0].itemsize for j in range(len(kinds))]
     starts: list[list[int]] = [[] for _ in kinds]  # value offsets of each column's non-NULL fields
     nulls: list[list[bool]] = [[] for _ in kinds]
     pos, end = 0, len(body)

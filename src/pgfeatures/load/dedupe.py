@@ -6,8 +6,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Odd 64-bit multipliers mixing a key's four words into one hash; equal hashes are then compared in full.
+# Odd 64-bit multipliers mixing a key's words into one hash; equal hashes are then compared in full.
 _MIX = np.array([1, 0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9], dtype=np.uint64)
+
+
+def _mix(words: int) -> np.ndarray:
+    if words <= len(_MIX):
+        return _MIX[:words]
+    return np.resize(_MIX, words) * np.arange(1, 2 * words, 2, dtype=np.uint64)  # more odd multipliers
 
 
 @dataclass(frozen=True)
@@ -18,11 +24,12 @@ class Duplicates:
 
 
 def find_duplicates(keys: np.ndarray, seqs: np.ndarray) -> Duplicates | None:
-    """Keys (``(n, 32)`` uint8) seen more than once, in O(n log n) over 64-bit hashes; None if all are unique."""
+    """Keys (``(n, w)`` uint8, w a multiple of 8: keys.comparable) seen more than once, in O(n log n)
+    over 64-bit hashes; None if all are unique."""
     if len(keys) < 2:
         return None
     words = np.ascontiguousarray(keys).view(np.uint64)
-    hashes = np.bitwise_xor.reduce(words * _MIX, axis=1)
+    hashes = np.bitwise_xor.reduce(words * _mix(words.shape[1]), axis=1)
     ordered = np.sort(hashes)
     if not (ordered[1:] == ordered[:-1]).any():  # the common case, at half the cost of an argsort
         return None

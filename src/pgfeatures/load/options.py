@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..definitions import KEY_COLUMN
 from ..errors import LoadInputError
 
 REBUILD_FRACTION = 0.25  # auto strategy: rebuild when loaded rows >= this fraction of the table...
@@ -66,8 +65,8 @@ class LoadOptions:
     """How to read, validate and apply a load. Invalid values raise LoadInputError naming the valid ones."""
 
     mode: Mode | str = Mode.MERGE
-    key_column: str = KEY_COLUMN  # the source column holding the entity key
-    hash_keys: bool = False  # key column holds natural ids: hash them with SHA-256
+    key_column: str | None = None  # the source column holding the entity key; default: the entity's key column
+    hash_keys: bool = False  # key column holds natural ids: hash them with SHA-256 (hashed entities always are)
     on_duplicate: OnDuplicate | str = OnDuplicate.LAST
     nan: NanPolicy | str = NanPolicy.REJECT
     on_invalid: OnInvalid | str = OnInvalid.ABORT
@@ -76,6 +75,9 @@ class LoadOptions:
     strategy: ApplyStrategy | str = ApplyStrategy.AUTO
     vacuum: VacuumPolicy | str = VacuumPolicy.AUTO
     updated_at: int | None = None  # epoch seconds for rows without one; default: the load's start time
+    # Newest wins: a source row carrying updated_at never overwrites a stored row with a larger one
+    # (skipped and counted in LoadSummary.skipped_newer). True: write every row anyway.
+    overwrite_newer: bool = False
     format: str | None = None  # parquet, csv or arrow; default: from the file extension
     batch_rows: int = BATCH_ROWS
     lock_timeout: float = 10.0  # seconds to wait for the table lock (rebuild and swap)
@@ -127,6 +129,7 @@ class LoadSummary:
     rows_read: int = 0
     rejected: int = 0  # rows left out for invalid values (on_invalid="skip")
     superseded: int = 0  # rows dropped because a later row had the same key (on_duplicate="last")
+    skipped_newer: int = 0  # rows not written: the stored row's updated_at is newer (newest wins)
     inserted: int = 0
     updated: int = 0
     rows_before: int | None = None  # exact for rebuild and replace
@@ -149,6 +152,9 @@ class LoadSummary:
             f"rows read {self.rows_read:,} | inserted {self.inserted:,} | updated {self.updated:,} | "
             f"rejected {self.rejected:,} | duplicates superseded {self.superseded:,}",
         ]
+        if self.skipped_newer:
+            lines.append(f"skipped {self.skipped_newer:,} row(s): the stored row is newer (newest wins; "
+                         "--overwrite-newer / overwrite_newer=True writes them)")
         if self.rows_before is not None and self.rows_after is not None:
             lines.append(f"table rows {self.rows_before:,} -> {self.rows_after:,}")
         if self.integrity:

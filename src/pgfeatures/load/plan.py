@@ -19,12 +19,13 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from ..definitions import KEY_COLUMN, UPDATED_AT, Registry
+from ..definitions import Registry
 from ..errors import LoadError, LoadInputError, LoadInterruptedError, SchemaDriftError
 from ..schema import covering_index_sql, create_table_sql, ddl_lock, qualified
 from .columns import Columns, plan_columns
 from .copy import COPY_HEADER, COPY_TRAILER
 from .dedupe import find_duplicates
+from .keys import Keys, comparable
 from .options import (
     MAX_EXAMPLES,
     REBUILD_FRACTION,
@@ -42,15 +43,18 @@ from .options import (
 from .sources import CsvSource, Source, open_sources
 from .statements import (
     CATALOG,
+    SERVING_COMMENTS,
     Catalog,
+    Query,
+    fill_sql,
     ident,
+    kept_sql,
     new_table_sql,
     setting,
     stage_ddl,
     stage_table,
-    staged_values,
     swap_sql,
-    table_columns,
+    trigger_names,
     upsert_sql,
 )
 from .validate import stage_batch
@@ -63,7 +67,7 @@ TRANSACTION_SETTINGS = {"work_mem": "256MB", "maintenance_work_mem": "512MB", "m
 class Op:
     """One statement for a driver to run; ``fetch``: send back the rows, else the rowcount."""
 
-    query: sql.Composable
+    query: Query
     params: tuple[Any, ...] = ()
     fetch: bool = False
 
@@ -72,7 +76,7 @@ class Op:
 class Copy:
     """A COPY FROM STDIN fed by ``chunks`` (CPU work: drivers may run ``next()`` off the event loop)."""
 
-    query: sql.Composable
+    query: Query
     chunks: Iterator[bytes | memoryview]
 
 
@@ -87,14 +91,16 @@ class Job:
         self.registry, self.table, self.options, self.progress = registry, registry.table(table), options, progress
         self.started = time.perf_counter()
         self.updated_at = options.updated_at if options.updated_at is not None else int(time.time())
-        self.summary = LoadSummary(qualified(registry, self.table).as_string(None), options.mode.value)  # type: ignore[union-attr]
-        self.phase, self.source, self.row = "opening", None, 0
-        self.keys: list[np.ndarray] = []
+        self.summary = LoadSummary(qualified(registry, self.table).as_string(None), Mode(options.mode).value)
+        self.phase, self.row = "opening", 0
+        self.source: str | None = None
+        self.keys: list[Keys] = []
         self.seqs: list[np.ndarray] = []
         self.starts: list[tuple[int, str]] = []  # (first ordinal, source name)
         self.token = secrets.token_hex(4)
         self.maintenance_started: float | None = None
         self.table_rows = 0.0  # rows in the live table before the load (estimate)
+        self.newest_wins = not options.overwrite_newer  # applies when the source carries updated_at
         try:
             self.sources = open_sources(data, options.format)
             self.columns = self._check_sources()
@@ -219,6 +225,9 @@ class Job:
             raise SchemaDriftError(f"table {summary.table} differs from its definition: {'; '.join(drift)} "
                                    "(see `pgfeatures init`); nothing was loaded", problems={table.name: drift})
         columns = self.columns[0]
+        if columns.entity.key_type == "text" and catalog.server_encoding.upper() not in ("UTF8", "UTF-8"):
+            raise LoadError(f"cannot load text keys into {summary.table}: the database's encoding is "
+                            f"{catalog.server_encoding}, and binary COPY sends text as UTF-8")
         stage = stage_table(self.token)
         yield Op(stage_ddl(stage, columns))
         self._report("reading")
@@ -228,7 +237,7 @@ class Job:
         if unique == 0:
             raise LoadInputError(f"every row was rejected ({summary.rejected:,}); first: {summary.examples[0]}")
         self._report("deduplicating")
-        duplicates = find_duplicates(np.concatenate(self.keys), np.concatenate(self.seqs))
+        duplicates = find_duplicates(comparable(columns.entity.key_type, self.keys), np.concatenate(self.seqs))
         self.keys, self.seqs = [], []
         if duplicates is not None:
             if options.on_duplicate is OnDuplicate.REJECT:
@@ -246,8 +255,9 @@ class Job:
         if summary.strategy == "upsert":
             self._report("merging")
             params = () if columns.updated_at else (self.updated_at,)
-            rows = yield Op(upsert_sql(live, stage, columns), params, fetch=True)
+            rows = yield Op(upsert_sql(live, stage, columns, self.newest_wins), params, fetch=True)
             summary.inserted, summary.updated = rows[0]
+            summary.skipped_newer = unique - summary.inserted - summary.updated
         else:
             yield from self._swap(catalog, stage, unique)
         yield Op(sql.SQL("DROP TABLE {}").format(stage))
@@ -292,30 +302,57 @@ class Job:
             yield Op(stmt)
         self._report("filling the new table")
         params = () if columns.updated_at else (self.updated_at,)
-        yield Op(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
-            new, sql.SQL(", ").join(table_columns(columns)), staged_values(columns), stage), params)
+        newest_wins = self.newest_wins and summary.strategy == "rebuild"  # replace: exactly the loaded rows
+        written = yield Op(fill_sql(new, live, stage, columns, newest_wins), params)
+        summary.skipped_newer = unique - written
         kept = 0
         if summary.strategy == "rebuild":
             self._report("copying untouched rows")
-            all_columns = sql.SQL(", ").join([ident(KEY_COLUMN), *(ident(f.name) for f in table.features), ident(UPDATED_AT)])
-            kept = yield Op(sql.SQL(
-                "INSERT INTO {new} ({cols}) SELECT {cols} FROM {live} l WHERE NOT EXISTS "
-                "(SELECT FROM {stage} s WHERE s.{key} = l.{key})"
-            ).format(new=new, cols=all_columns, live=live, stage=stage, key=ident(KEY_COLUMN)))
+            kept = yield Op(kept_sql(new, live, stage, table, columns, newest_wins))
+            # kept: the untouched rows and the live rows newer than their staged row; the others were replaced
             summary.updated = summary.rows_before - kept
-        summary.inserted = unique - summary.updated
-        summary.rows_after = unique + kept
+        summary.inserted = written - summary.updated
+        summary.rows_after = written + kept
         self._report("indexing")
         yield Op(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
-            new, ident(f"{new_name}_pkey"), ident(KEY_COLUMN)))
+            new, ident(f"{new_name}_pkey"), ident(table.key_column)))
         if table.covering_index:
             yield Op(covering_index_sql(schema, dataclasses.replace(table, name=new_name)))
         self._report("analyzing")
         yield Op(sql.SQL("ANALYZE {}").format(new))  # statistics exist from the moment of the swap
         self._report("swapping")
         yield Op(*ddl_lock(schema, table.name))  # the DROP and RENAMEs: not while `init` looks at the table
-        for stmt, params in swap_sql(schema, table, new_name, catalog, options.lock_timeout):
+        # A merge changes only the staged keys: their serving rows are recomputed (O(load)), not the
+        # whole table's slice (``_pgf_refresh__<table>()``, O(table)), when the serving tables are the
+        # ones this registry describes; otherwise (or for a replace) the refresh function runs.
+        staged_only = (yield from self._staged_refresh(catalog, stage)) if summary.strategy == "rebuild" else None
+        for stmt, params in swap_sql(schema, table, new_name, catalog, options.lock_timeout, refresh=staged_only is None):
             yield Op(stmt, params)
+        for stmt in staged_only or ():
+            yield Op(stmt)
+        if catalog.refresh and catalog.serving_triggers:
+            summary.notes.append("materialized services: serving rows recomputed for the staged keys" if staged_only is not None
+                                 else "materialized services: the table's slice of every serving row recomputed")
+
+    def _staged_refresh(self, catalog: Catalog, stage: sql.Identifier) -> Generator[Op, Any, list[Query] | None]:
+        """The statements recomputing the serving rows of the staged keys, or None (then refresh them all)
+        unless every serving-row trigger on the table belongs to a layout of this registry, built for it."""
+        if not catalog.refresh or not catalog.serving_triggers:
+            return None
+        from ..materialize import sql as m
+        from ..materialize.build import materialized_layouts
+
+        schema, table = self.registry.schema, self.table
+        layouts = m.layouts_reading(materialized_layouts(self.registry), table.name)
+        expected = {f"{m.trigger_name(layout, table)}_{event.lower()}" for layout in layouts for event in m.EVENTS}
+        if not layouts or trigger_names(catalog) != expected:
+            return None
+        rows = yield Op(SERVING_COMMENTS, (schema, [layout.table_name for layout in layouts]), fetch=True)
+        built = {name: m.fingerprint_of(comment) for name, comment in rows}
+        if any(built.get(layout.table_name) != layout.fingerprint for layout in layouts):
+            return None
+        changed = m.changed_by_stage(schema, table, stage)
+        return [stmt for layout in layouts for stmt in m.maintain_sql(schema, layout, table, changed)]
 
     # -- after COMMIT
 
@@ -323,7 +360,7 @@ class Job:
         self.summary.seconds = time.perf_counter() - self.started
         self.phase = "committed"
 
-    def maintenance(self) -> sql.Composable | None:
+    def maintenance(self) -> Query | None:
         """The statement to run after COMMIT (None: nothing pays); its effect goes into the summary.
 
         VACUUM pays when the table has a covering index (only VACUUM sets the visibility map that

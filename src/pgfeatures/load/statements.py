@@ -11,7 +11,7 @@ from typing import Any
 
 from psycopg import sql
 
-from ..definitions import KEY_COLUMN, UPDATED_AT, FeatureTable
+from ..definitions import UPDATED_AT, FeatureTable
 from ..schema import covering_index_name, drift_problems, qualified
 from .columns import Columns
 
@@ -46,7 +46,8 @@ SELECT c.reltuples::float8, c.relpersistence::text, pg_get_userbyid(c.relowner):
   ARRAY(SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal
     AND starts_with(t.tgname, '_pgf_') ORDER BY t.tgname),
   (SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronamespace = c.relnamespace
-    AND p.proname = '_pgf_refresh__' || c.relname AND p.pronargs = 0)
+    AND p.proname = '_pgf_refresh__' || c.relname AND p.pronargs = 0),
+  current_setting('server_encoding')
 FROM pg_class c WHERE c.oid = to_regclass(%s)
 """)
 
@@ -72,13 +73,14 @@ class Catalog:
     # the function that recomputes this table's slice of them: a swap moves the first and calls the second.
     serving_triggers: tuple[str, ...] = ()
     refresh: str | None = None
+    server_encoding: str = "UTF8"  # binary COPY sends text keys in it: a load of text keys needs UTF8
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> "Catalog":
         grants = tuple((g, p, s == "true") for g, p, s in (item.rsplit(",", 2) for item in row[10] or ()))
         return cls(row[0], row[1], row[2], row[3], tuple(row[4] or ()), dict(zip(row[5] or (), row[6] or ())),
                    row[7], tuple(row[8] or ()), tuple(row[9] or ()), grants, tuple(row[11] or ()),
-                   tuple(row[12] or ()), row[13])
+                   tuple(row[12] or ()), row[13], row[14])
 
     def drift(self, table: FeatureTable) -> list[str]:
         """How the live table differs from the definition: schema.py's comparison, on this catalog row."""
@@ -90,11 +92,14 @@ class Catalog:
         return [*self.dependents, *(f"index {i}" for i in self.indexes if i not in own)]
 
 
+Query = sql.SQL | sql.Composed  # what a load runs (psycopg's execute and copy take these)
+
+
 def ident(*names: str) -> sql.Identifier:
     return sql.Identifier(*names)
 
 
-def setting(name: str, value: str) -> tuple[sql.Composable, tuple[Any, ...]]:
+def setting(name: str, value: str) -> tuple[Query, tuple[Any, ...]]:
     return sql.SQL("SELECT set_config(%s, %s, true)"), (name, value)
 
 
@@ -104,7 +109,7 @@ def stage_table(token: str) -> sql.Identifier:
 
 
 def stage_ddl(stage: sql.Identifier, columns: Columns) -> sql.Composed:
-    cols = [sql.SQL("{} bytea").format(ident(KEY_COLUMN))]
+    cols: list[sql.Composable] = [sql.SQL("{} {}").format(ident(columns.key_column), sql.SQL(columns.entity.column_type))]
     cols += [sql.SQL("{} {}").format(ident(f.name), sql.SQL(f.type.name)) for f in columns.features]
     if columns.updated_at:
         cols.append(sql.SQL("{} integer").format(ident(UPDATED_AT)))
@@ -118,32 +123,82 @@ def stage_ddl(stage: sql.Identifier, columns: Columns) -> sql.Composed:
 
 
 def table_columns(columns: Columns) -> list[sql.Identifier]:
-    return [ident(KEY_COLUMN), *(ident(f.name) for f in columns.features), ident(UPDATED_AT)]
+    return [ident(columns.key_column), *(ident(f.name) for f in columns.features), ident(UPDATED_AT)]
 
 
-def staged_values(columns: Columns) -> sql.Composed:
+def staged_values(columns: Columns, alias: str | None = None) -> sql.Composed:
     """The stage's columns in table order; updated_at is the load time (``%s``) unless the source has it."""
-    cols: list[sql.Composable] = [ident(KEY_COLUMN), *(ident(f.name) for f in columns.features)]
-    cols.append(ident(UPDATED_AT) if columns.updated_at else sql.SQL("%s::integer"))
+    def col(name: str) -> sql.Identifier:
+        return ident(alias, name) if alias else ident(name)
+
+    cols: list[sql.Composable] = [col(columns.key_column), *(col(f.name) for f in columns.features)]
+    cols.append(col(UPDATED_AT) if columns.updated_at else sql.SQL("%s::integer"))
     return sql.SQL(", ").join(cols)
 
 
-def upsert_sql(live: sql.Identifier, stage: sql.Identifier, columns: Columns) -> sql.Composed:
-    """Merge the stage into the live table; returns one row: (inserted, updated)."""
+def _newer_stored(columns: Columns, newest_wins: bool) -> sql.Composable:
+    """The upsert's condition: newest wins (write.py's rule: equal timestamps overwrite)."""
+    if not (newest_wins and columns.updated_at):
+        return sql.SQL("")
+    return sql.SQL(" WHERE t.{0} <= EXCLUDED.{0}").format(ident(UPDATED_AT))
+
+
+def upsert_sql(live: sql.Identifier, stage: sql.Identifier, columns: Columns, newest_wins: bool = False) -> sql.Composed:
+    """Merge the stage into the live table; returns one row: (inserted, updated). With ``newest_wins``
+    (and updated_at in the source) a stored row with a larger updated_at is left alone: PostgreSQL
+    evaluates the condition on the latest committed row version under the row lock, so concurrent
+    writers of a key end with the newest row whatever order they commit in."""
     sets = [sql.SQL("{0} = EXCLUDED.{0}").format(c) for c in table_columns(columns)[1:]]
     return sql.SQL(
         "WITH merged AS (INSERT INTO {live} AS t ({cols}) SELECT {values} FROM {stage} ORDER BY {key} "
-        "ON CONFLICT ({key}) DO UPDATE SET {sets} RETURNING (t.xmax = 0) AS inserted) "
+        "ON CONFLICT ({key}) DO UPDATE SET {sets}{where} RETURNING (t.xmax = 0) AS inserted) "
         "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged"
     ).format(live=live, cols=sql.SQL(", ").join(table_columns(columns)), values=staged_values(columns), stage=stage,
-             key=ident(KEY_COLUMN), sets=sql.SQL(", ").join(sets))
+             key=ident(columns.key_column), sets=sql.SQL(", ").join(sets), where=_newer_stored(columns, newest_wins))
 
 
-def swap_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog, lock_timeout: float) -> list[tuple[sql.Composable, tuple[Any, ...]]]:
+def fill_sql(new: sql.Identifier, live: sql.Identifier, stage: sql.Identifier, columns: Columns,
+             newest_wins: bool) -> sql.Composed:
+    """A rebuild's first step: the staged rows into the new table, but (newest wins) not those whose
+    live row has a larger updated_at: the live row is copied instead (``kept_sql``)."""
+    query = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} s").format(
+        new, sql.SQL(", ").join(table_columns(columns)), staged_values(columns, "s"), stage)
+    if newest_wins and columns.updated_at:
+        query = sql.SQL("{} WHERE NOT EXISTS (SELECT FROM {} l WHERE l.{} = s.{} AND l.{} > s.{})").format(
+            query, live, ident(columns.key_column), ident(columns.key_column), ident(UPDATED_AT), ident(UPDATED_AT))
+    return query
+
+
+def kept_sql(new: sql.Identifier, live: sql.Identifier, stage: sql.Identifier, table: FeatureTable, columns: Columns,
+             newest_wins: bool) -> sql.Composed:
+    """A rebuild's second step: the live rows the load does not replace (untouched, or newer than the staged row)."""
+    key = ident(table.key_column)
+    cols = sql.SQL(", ").join([key, *(ident(f.name) for f in table.features), ident(UPDATED_AT)])
+    newer = (sql.SQL(" AND s.{0} >= l.{0}").format(ident(UPDATED_AT)) if newest_wins and columns.updated_at
+             else sql.SQL(""))
+    return sql.SQL("INSERT INTO {new} ({cols}) SELECT {cols} FROM {live} l WHERE NOT EXISTS "
+                   "(SELECT FROM {stage} s WHERE s.{key} = l.{key}{newer})").format(
+        new=new, cols=cols, live=live, stage=stage, key=key, newer=newer)
+
+
+SERVING_COMMENTS = sql.SQL("""
+SELECT c.relname::text, obj_description(c.oid, 'pg_class') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = ANY(%s::text[]) AND c.relkind = 'r'
+""")
+"""The serving tables (of the names given) that exist, with their comments (their layouts' fingerprints)."""
+
+
+def trigger_names(catalog: Catalog) -> set[str]:
+    """The names of the table's serving-row triggers (``CREATE TRIGGER <name> AFTER ...``)."""
+    return {definition.split()[2] for definition in catalog.serving_triggers}
+
+
+def swap_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog, lock_timeout: float,
+             refresh: bool = True) -> list[tuple[Query, tuple[Any, ...]]]:
     """Give the new table the live one's owner and grants, then drop the live table and rename the new one
     (and its primary key and covering index) into place."""
     new = ident(schema, new_name)
-    ops: list[tuple[sql.Composable, tuple[Any, ...]]] = []
+    ops: list[tuple[Query, tuple[Any, ...]]] = []
     if catalog.owner != catalog.current_user:
         ops.append((sql.SQL("ALTER TABLE {} OWNER TO {}").format(new, ident(catalog.owner)), ()))
     for grantee, privilege, grantable in catalog.grants:
@@ -163,16 +218,16 @@ def swap_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog, 
     # Materialized services: the serving-row triggers go to the new table (their definitions name the
     # table, which now is the new one), and the table's slice of every serving row is recomputed.
     ops += [(sql.SQL(definition), ()) for definition in catalog.serving_triggers]  # type: ignore[arg-type]
-    if catalog.refresh:
+    if catalog.refresh and refresh:
         ops.append((sql.SQL("SELECT {}").format(sql.SQL(catalog.refresh)), ()))  # type: ignore[arg-type]
     return ops
 
 
-def new_table_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog) -> list[sql.Composable]:
+def new_table_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog) -> list[Query]:
     """The new table, shaped like the live one: columns, defaults, NOT NULL and CHECK constraints,
     storage, persistence and storage parameters. Its primary key is added after the rows are in."""
     unlogged = sql.SQL("UNLOGGED ") if catalog.persistence == "u" else sql.SQL("")
-    stmts: list[sql.Composable] = [sql.SQL(
+    stmts: list[Query] = [sql.SQL(
         "CREATE {}TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMMENTS)"
     ).format(unlogged, ident(schema, new_name), qualified(schema, table))]
     if catalog.reloptions:
