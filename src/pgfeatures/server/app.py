@@ -115,7 +115,7 @@ def routes(service: Service) -> list[Route]:
         chunks = service.open_batch(reader, keys, vector)
         first: list[Any] = await anext(chunks, [])
         if len(first) == len(keys):
-            await chunks.aclose()  # type: ignore[attr-defined]
+            await chunks.aclose()
             body = encoder.start() + encoder.chunk(shown, first) + encoder.end()
             return Response(body, headers=encoder.headers, media_type=encoder.content_type)
         return StreamedAnswer(BatchAnswer(shown, first, chunks, encoder), encoder.content_type,  # type: ignore[return-value]

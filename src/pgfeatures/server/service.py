@@ -46,7 +46,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -244,7 +244,7 @@ class Service:
             self._float32(reader).apply((result,))
         return result
 
-    def open_batch(self, reader: BatchReader, keys: Sequence[Any], vector: bool = False) -> AsyncIterator[list[Any]]:
+    def open_batch(self, reader: BatchReader, keys: Sequence[Any], vector: bool = False) -> AsyncGenerator[list[Any], None]:
         """The results of many requests (keys already checked), in input order, as chunks of at most
         ``batch_chunk_keys``.
 
@@ -260,7 +260,7 @@ class Service:
         """The results of many requests, in input order (all chunks, in memory)."""
         return [r async for chunk in self.open_batch(reader, keys, vector) for r in chunk]
 
-    async def _chunks(self, reader: BatchReader, keys: Sequence[Any], vector: bool) -> AsyncIterator[list[Any]]:
+    async def _chunks(self, reader: BatchReader, keys: Sequence[Any], vector: bool) -> AsyncGenerator[list[Any], None]:
         step = self.config.batch_chunk_keys
         plan = None if vector else self._float32(reader)
         for start in range(0, len(keys), step):
