@@ -78,7 +78,9 @@ def copy_binary_float4(
     from .load import COPY_HEADER, COPY_TRAILER, encode_copy_rows
 
     n = len(keys)
-    columns = [(np.ascontiguousarray(keys).view(np.uint8).reshape(n, KEY_LENGTH), None)]
+    columns: list[tuple[np.ndarray, np.ndarray | None]] = [  # (values, NULL mask): load.copy's Column
+        (np.ascontiguousarray(keys).view(np.uint8).reshape(n, KEY_LENGTH), None)
+    ]
     columns += [(np.ascontiguousarray(values[:, j]), None) for j in range(values.shape[1])]
     columns.append((np.full(n, updated_at, dtype=np.int32), None))
     names = sql.SQL(", ").join(

@@ -146,7 +146,7 @@ def _services_of(registry: Registry) -> dict[str, list[str]]:
     return out
 
 
-def _bounded(conn: psycopg.Connection, query: sql.Composable, timeout: float) -> tuple[Any, ...] | None:
+def _bounded(conn: psycopg.Connection, query: sql.Composed, timeout: float) -> tuple[Any, ...] | None:
     """The one row of ``query``, run under ``statement_timeout``; None when it took longer."""
     try:
         with conn.transaction():

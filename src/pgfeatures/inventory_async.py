@@ -144,7 +144,7 @@ def _services_of(registry: Registry) -> dict[str, list[str]]:
     return out
 
 
-async def _bounded_async(conn: psycopg.AsyncConnection, query: sql.Composable, timeout: float) -> tuple[Any, ...] | None:
+async def _bounded_async(conn: psycopg.AsyncConnection, query: sql.Composed, timeout: float) -> tuple[Any, ...] | None:
     """The one row of ``query``, run under ``statement_timeout``; None when it took longer."""
     try:
         async with conn.transaction():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -255,7 +256,7 @@ class TableCheck:
     warnings: tuple[str, ...] = ()
 
 
-def check_catalog_row(schema: str, table: FeatureTable, row: tuple) -> TableCheck:  # type: ignore[type-arg]
+def check_catalog_row(schema: str, table: FeatureTable, row: tuple[Any, ...]) -> TableCheck:
     """Compare one row of ``CATALOG_QUERY`` with the table's definition (pure)."""
     _, exists, names, types, primary_key, indexes = row
     if not exists:
@@ -264,7 +265,7 @@ def check_catalog_row(schema: str, table: FeatureTable, row: tuple) -> TableChec
     return TableCheck(table.name, tuple(breaking), tuple(other))
 
 
-def check_catalog(registry: Registry, rows: list[tuple]) -> dict[str, TableCheck]:  # type: ignore[type-arg]
+def check_catalog(registry: Registry, rows: list[tuple[Any, ...]]) -> dict[str, TableCheck]:
     """Compare the rows of ``CATALOG_QUERY`` with the definitions: {table: TableCheck}."""
     return {row[0]: check_catalog_row(registry.schema, registry.tables[row[0]], row) for row in rows}
 

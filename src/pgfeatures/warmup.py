@@ -76,7 +76,7 @@ HOT_KEY_CHUNK = 1000  # hot keys per batch statement
 class Query:
     """One statement for a driver to run. ``raw``: ``$n`` placeholders (the store's own statements)."""
 
-    statement: sql.Composable | bytes | str
+    statement: sql.SQL | sql.Composed | bytes | str  # what Cursor.execute takes (psycopg.abc.Query, bar t-strings)
     params: Sequence[Any] | None = None
     raw: bool = False
 

@@ -42,6 +42,7 @@ there; ``PgBouncer(tls=True)`` gives a TLS-only endpoint in front of it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -58,6 +59,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from .. import embedded
+from ..connections.rows import one_row
 from .pgbouncer import PgBouncer
 from .procs import (
     ClusterError,
@@ -142,6 +144,10 @@ def _hba(tls: bool) -> str:
     if tls:
         lines.append("hostnossl all        all       0.0.0.0/0     reject")
     return "\n".join(lines) + "\n"
+
+
+def _exited(pid: int) -> bool:
+    return not pid_alive(pid)
 
 
 class Cluster:
@@ -306,7 +312,7 @@ class Cluster:
         children = child_pids(pid)
         os.kill(pid, signal.SIGKILL)
         for p in [pid, *children]:
-            wait_for(lambda p=p: not pid_alive(p), timeout, f"process {p} of the killed postmaster {pid} to exit")
+            wait_for(functools.partial(_exited, p), timeout, f"process {p} of the killed postmaster {pid} to exit")
         log.info("cluster %s: postmaster %d killed with SIGKILL", self.name, pid)
 
     def crash_backend(self, timeout: float = 30) -> int:
@@ -314,7 +320,7 @@ class Cluster:
         connection and reinitializes, as after any backend crash. Returns the killed pid once the
         server accepts logins again."""
         with self.admin() as conn:
-            pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+            pid = one_row(conn.execute("SELECT pg_backend_pid()"))[0]
             os.kill(pid, signal.SIGKILL)
         wait_for(self._accepts_logins, timeout, f"cluster {self.name} to recover from a backend crash",
                  interval=0.05, detail=lambda: log_tail(self.logfile))
@@ -411,7 +417,7 @@ class Cluster:
     def create_role(self, name: str, password: str, *, superuser: bool = False, replication: bool = False,
                     create_db: bool = False) -> None:
         """A login role with a scram-sha-256 password, allowed to create schemas in the ``postgres`` database."""
-        options = [sql.SQL("LOGIN PASSWORD {}").format(sql.Literal(password))]
+        options: list[sql.Composable] = [sql.SQL("LOGIN PASSWORD {}").format(sql.Literal(password))]
         options += [sql.SQL(o) for o, on in (("SUPERUSER", superuser), ("REPLICATION", replication),
                                              ("CREATEDB", create_db)) if on]
         with self.admin() as conn:

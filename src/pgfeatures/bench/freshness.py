@@ -29,6 +29,7 @@ import psycopg
 from psycopg import sql
 
 from ..connections import resolve_dsn
+from ..connections.rows import one_row
 from ..definitions import FeatureTable, Registry
 from ..inventory import tables
 from ..schema import apply_schema
@@ -52,7 +53,7 @@ def _time_max(conn: psycopg.Connection, registry: Registry) -> tuple[float, str]
     """Median milliseconds of ``max(updated_at)`` (never prepared: each run is planned as the
     inventory's is), and the scan its plan uses."""
     query = sql.SQL("SELECT max(updated_at) FROM {}").format(sql.Identifier(registry.schema, "t"))
-    plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(query), prepare=False).fetchone()[0]
+    plan = one_row(conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(query), prepare=False))[0]
     nodes, stack = [], [plan[0]["Plan"]]
     while stack:
         node = stack.pop()
@@ -68,8 +69,8 @@ def _time_max(conn: psycopg.Connection, registry: Registry) -> tuple[float, str]
 
 
 def _hot(conn: psycopg.Connection, registry: Registry) -> tuple[int, int]:
-    row = conn.execute("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE schemaname = %s AND relname = 't'",
-                       [registry.schema]).fetchone()
+    row = one_row(conn.execute("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE schemaname = %s AND relname = 't'",
+                               [registry.schema]))
     return int(row[0]), int(row[1])
 
 
@@ -108,7 +109,7 @@ def run(dsn: str, rows: int, updates: int) -> dict[str, Any]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         try:
             _fill(conn, registry, rows)
-            size = conn.execute("SELECT pg_total_relation_size(%s::regclass)", [f"{SCHEMA}.t"]).fetchone()[0]
+            size = one_row(conn.execute("SELECT pg_total_relation_size(%s::regclass)", [f"{SCHEMA}.t"]))[0]
             out: dict[str, Any] = {"rows": rows, "table_bytes": size}
             out["without_index"] = _round(conn, dsn, registry, rows, updates, 1800000000)
             conn.execute(sql.SQL("CREATE INDEX t_updated_at ON {} (updated_at)").format(sql.Identifier(SCHEMA, "t")))

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import socket
@@ -313,14 +314,14 @@ async def run_benchmark(args: argparse.Namespace, dsn: str, servers: dict[str, S
 
         variants: dict[str, Callable[[int], Callable[[int], Awaitable[Any]]]] = {"library": library}
         for name in servers:
-            variants[name] = lambda c, name=name: http(name, c)
+            variants[name] = functools.partial(http, name)
 
         # Same answers everywhere, before anything is timed (HTTP prints reals as float32: compare as float32).
         for i in range(20):
             expected = as_float32(await store.read(reader, sample[i]))
             for name in servers:
-                got = as_float32(await variants[name](0)(i))
-                if got != expected:
+                answer = as_float32(await variants[name](0)(i))
+                if answer != expected:
                     raise RuntimeError(f"{name} disagrees with the library for key {sample[i].hex()}")
 
         # 1. one client, alternating rounds
@@ -341,7 +342,8 @@ async def run_benchmark(args: argparse.Namespace, dsn: str, servers: dict[str, S
 
         # 2. throughput, alternating rounds per concurrency level, with CPU time per request
         # (robust where throughput is not: other processes on a shared machine take CPU, not CPU per request)
-        serving = {"library": []} | {name: process_tree(srv.proc.pid) for name, srv in servers.items() if srv.proc}
+        serving: dict[str, list[int]] = {"library": []}
+        serving |= {name: process_tree(srv.proc.pid) for name, srv in servers.items() if srv.proc}
         backends = {name: backend_pids(dsn, pids or [os.getpid()]) for name, pids in serving.items()}
         through: list[Throughput] = []
         for clients in concurrency:
@@ -465,6 +467,7 @@ def main(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     """Measure (see the module docstring) and return the figures with the settings. Raises
     BenchmarkError when the demo data is missing, DatabaseUnavailableError when the database is down."""
     from ..connections import connect
+    from ..connections.rows import one_row
     from ..errors import BenchmarkError
 
     try:
@@ -480,7 +483,7 @@ def main(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
         return {"settings": settings, "mode": args.mode,
                 **http_services.run(args, dsn, runner, lambda m: print(m, file=sys.stderr))}
     with connect(dsn, "pgfeatures-bench-http") as conn:
-        present = conn.execute("SELECT to_regclass('demo.t29') IS NOT NULL").fetchone()[0]
+        present = one_row(conn.execute("SELECT to_regclass('demo.t29') IS NOT NULL"))[0]
     if not present:
         raise BenchmarkError("the demo data is missing: run 'pgfeatures demo' first")
     if args.mode != "standard":

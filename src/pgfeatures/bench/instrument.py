@@ -47,6 +47,7 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.adapt import PyFormat, Transformer
 
+from ..connections.rows import one_row
 from ..reader import BatchReader, Fetch, Reader
 
 COMPONENTS = ("acquire", "send", "server", "network", "receive", "decode", "release")
@@ -245,15 +246,16 @@ class InstrumentedRead:
         return results
 
     def _decode(self, prep: _Prepared, results: list[pq.abc.PGresult]) -> Any:
-        if self.fetch is None:  # batch
-            return self.reader.decode(_rows(prep, results[0]))
+        reader = self.reader
+        if isinstance(reader, BatchReader):  # self.fetch is None
+            return reader.decode(_rows(prep, results[0]))
         if self.fetch is Fetch.ONE:
             rows = _rows(prep, results[0])
-            return self.reader.decode(rows[0] if rows else None)
+            return reader.decode(rows[0] if rows else None)
         if self.fetch is Fetch.ALL:
-            return self.reader.decode(_rows(prep, results[0]))
+            return reader.decode(_rows(prep, results[0]))
         per_statement = [_rows(prep, r) for r in results]
-        return self.reader.decode([rows[0] if rows else None for rows in per_statement])
+        return reader.decode([rows[0] if rows else None for rows in per_statement])
 
     def explain(self, arg: Any) -> tuple[float, dict[str, float]]:
         """Server execution time (ms, summed over statements) and per-table lookup time of one execution."""
@@ -267,7 +269,7 @@ class InstrumentedRead:
                     sql.Identifier(name.decode()), sql.Literal(arg)
                 )
                 # prepare=False: a twin per key must not fill (and evict from) the connection's prepared cache
-                plan = conn.execute(query, prepare=False).fetchone()[0]  # type: ignore[index]
+                plan = one_row(conn.execute(query, prepare=False))[0]
                 doc = (json.loads(plan) if isinstance(plan, str) else plan)[0]
                 server += float(doc["Execution Time"])
                 _relation_times(doc["Plan"], per_table)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -56,9 +57,11 @@ import psycopg
 
 from .. import __version__, demo
 from ..connections import connection_kwargs, redact
+from ..connections.rows import one_row
 from ..definitions import Registry, demo_registry
 from ..errors import BenchmarkError
-from ..reader import DEFAULT_STRATEGY, Features, Strategy
+from ..reader import DEFAULT_STRATEGY, Strategy
+from ..reader.decode import TableValues
 from ..store import AsyncFeatureStore, FeatureStore
 from . import redis_baseline
 from .instrument import measure_breakdown
@@ -180,12 +183,12 @@ class _AsyncSide:
         self.loop.run_until_complete(self.store.close())
         self.loop.close()
 
-    def parallel(self, names: Sequence[str], parts: int) -> Callable[[bytes], Features]:
+    def parallel(self, names: Sequence[str], parts: int) -> Callable[[bytes], dict[str, TableValues]]:
         readers = [self.store.reader(chunk) for chunk in _split(names, parts)]
         read, run = self.store.read, self.loop.run_until_complete
 
-        async def read_all(key: bytes) -> Features:
-            out: Features = {}
+        async def read_all(key: bytes) -> dict[str, TableValues]:
+            out: dict[str, TableValues] = {}
             for part in await asyncio.gather(*(read(r, key) for r in readers)):
                 out.update(part)
             return out
@@ -338,7 +341,7 @@ def _distance(cfg: BenchConfig, registry: Registry, dsn: str, rtt: float, redis_
         pg = stack.enter_context(maybe_proxied(dsn_target(dsn), rtt, cfg.jitter_ms, seed))
         cell_dsn = pg.dsn(dsn) if pg else dsn
         store = stack.enter_context(FeatureStore(registry, cell_dsn, pool_size=1, write_pool_size=1))
-        raw = stack.enter_context(psycopg.connect(cell_dsn, **connection_kwargs(RAW_APP, 10)))  # type: ignore[arg-type]
+        raw = stack.enter_context(psycopg.connect(cell_dsn, **connection_kwargs(RAW_APP, 10)))
         par = stack.enter_context(_AsyncSide(registry, cell_dsn, cfg.parallel)) if "parallel" in cfg.strategies else None
         variants: dict[str, FeatureStore] = {}
         shapes = [list(registry.tables)[:c] for c in cfg.table_counts]
@@ -413,12 +416,12 @@ def _breakdowns(cfg: BenchConfig, d: _Distance, names: list[str], keys: list[byt
     for s in cfg.instrument:
         if s == "batch":
             reader: Any = store.batch_reader(names)
-            plain: Callable[[Any], Any] = lambda ks, r=reader: store.read_batch(r, ks)  # noqa: E731
+            plain: Callable[[Any], Any] = functools.partial(store.read_batch, reader)
             args: Sequence[Any] = batches
             n = int(max(cfg.min_requests, min(cfg.requests // 10, cfg.row_seconds * 1e3 / (est_ms + 0.15 * cfg.batch_size))))
         else:
             reader = store.reader(names, strategy=s)
-            plain = lambda k, r=reader: store.read(r, k)  # noqa: E731
+            plain = functools.partial(store.read, reader)
             args = keys
             trips = len(names) if s == "sequential" else 1
             n = int(max(cfg.min_requests, min(cfg.requests, cfg.row_seconds * 1e3 / (trips * est_ms))))
@@ -447,7 +450,7 @@ def run_benchmark(dsn: str, cfg: BenchConfig, *, argv: Sequence[str] | None = No
         loaded = demo.load_demo(conn, registry, cfg.entities, cfg.seed)
         progress(f"demo data {'loaded' if loaded else 'present'}: {len(registry.tables)} tables x 8 real, "
                  f"{cfg.entities:,} entities in schema {cfg.schema} ({time.perf_counter() - t0:.1f}s)")
-        server_version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+        server_version = one_row(conn.execute("SHOW server_version"))[0]
         mat: dict[str, Any] = {}
         if cfg.materialized:
             from . import materialized

@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import redis
+from redis.typing import EncodableT, FieldT
 
 from ..definitions import Registry
 from ..demo import entity_key, table_data
-from ..reader import Features
+
+# What the readers return: plain dicts (comparable with a FeatureResult, which is one), not FeatureResults.
+Features = dict[str, dict[str, Any] | None]
 
 KEY_PREFIX = b"pgfeatures:bench:"
 TTL_S = 24 * 3600
@@ -81,15 +85,15 @@ class RedisFeatures:
     def load(self, entities: Sequence[int], n_entities: int, seed: int = 0) -> int:
         """Write the given demo entities (ids), exactly as ``demo.load_demo`` generates them. Returns keys written."""
         ids = np.asarray(sorted(set(entities)), dtype=np.int64)
-        fields: list[dict[bytes, bytes]] = [{} for _ in ids]
+        fields: list[dict[FieldT, EncodableT]] = [{} for _ in ids]
         for ti, table in enumerate(self.registry.tables.values()):
             data = table_data(ti, n_entities, len(table.features), seed)
             pos = np.minimum(np.searchsorted(data.entities, ids), len(data.entities) - 1)
             present = data.entities[pos] == ids
             packed = data.values[pos].astype("<f4")
             name = table.name.encode()
-            for i in np.flatnonzero(present):
-                fields[i][name] = packed[i].tobytes()
+            for at in np.flatnonzero(present):
+                fields[at][name] = packed[at].tobytes()
         pipe = self.client.pipeline(transaction=False)
         for i, entity in enumerate(ids):
             key = self.prefix + entity_key(int(entity))
@@ -121,7 +125,8 @@ class RedisFeatures:
         hmget, prefix = self.client.hmget, self.prefix
 
         def read(key: bytes) -> Features:
-            return decode(hmget(prefix + key, fields))
+            # bytes, not str: the client does not decode responses
+            return decode(cast("list[bytes | None]", hmget(prefix + key, fields)))
 
         return read
 

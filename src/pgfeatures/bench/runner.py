@@ -64,7 +64,7 @@ class Measured:
 
 
 def _each(value: T | Mapping[str, T], name: str) -> T:
-    return value[name] if isinstance(value, Mapping) else value  # type: ignore[return-value]
+    return value[name] if isinstance(value, Mapping) else value
 
 
 def run_interleaved(

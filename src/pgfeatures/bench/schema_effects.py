@@ -48,6 +48,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import demo, embedded
+from ..connections.rows import one_row
 from ..definitions import KEY_LENGTH, UPDATED_AT, FeatureTable, Registry, demo_registry
 from ..reader import compile_batch_reader, compile_reader, select
 from ..schema import apply_schema
@@ -250,11 +251,11 @@ def table_sizes(conn: psycopg.Connection, names: Sequence[str]) -> dict[str, tup
     out = {}
     for name in names:
         rel = sql.Identifier(SCHEMA, name).as_string(conn)
-        heap, total, rows = conn.execute(
+        heap, total, rows = one_row(conn.execute(
             "SELECT pg_relation_size(c.oid) + coalesce(pg_relation_size(nullif(c.reltoastrelid, 0)), 0), "
             "pg_total_relation_size(c.oid), greatest(c.reltuples, 1) FROM pg_class c WHERE c.oid = %s::regclass",
             [rel],
-        ).fetchone()
+        ))
         out[name] = (heap / rows, total)
     return out
 
@@ -322,7 +323,7 @@ def main(args: argparse.Namespace, console: Console | None = None) -> dict[str, 
             keys = load(conn, args.rows, args.tables, args.seed)
             version = conn.info.server_version
             sizes = table_sizes(conn, ["plain", "covering", *WIDE_DDL])
-            plain_bytes, covering_bytes = conn.execute(_LOOKUP_BYTES).fetchone()
+            plain_bytes, covering_bytes = one_row(conn.execute(_LOOKUP_BYTES))
         console.print(f"loaded in {time.perf_counter() - t0:.1f}s")
         index = measure_requests(cluster.dsn(), narrow_variants(), keys, args.requests, args.seed)
         rows = measure_requests(cluster.dsn(), [v for v in narrow_variants() if v.name == "plain"] + wide_variants(),

@@ -137,7 +137,7 @@ def add_definitions(p: argparse.ArgumentParser, help: str | None = None) -> None
                    help=help or f"feature-table definitions (TOML; default: ${DEFINITIONS_ENV}, else the demo layout)")
 
 
-def add_json(p: argparse.ArgumentParser) -> None:
+def add_json(p: argparse._ActionsContainer) -> None:  # a parser or an argument group
     p.add_argument("--json", action="store_true",
                    help="print the result as one JSON document on stdout, and nothing else there "
                         "(messages for people go to stderr)")

@@ -134,7 +134,7 @@ def load_provider(spec: str) -> CredentialProvider:
             raise ConfigError(f"credential provider {spec!r}: {module_name} has no attribute {attr!r}") from None
     if not callable(target):
         raise ConfigError(f"credential provider {spec!r} is not callable")
-    return target  # type: ignore[no-any-return]
+    return target
 
 
 def credential_params(provider: CredentialProvider) -> dict[str, Any]:

@@ -77,9 +77,9 @@ def check_connection(dsn: str, connect_timeout: float, credentials: CredentialPr
 def _recording_class(failures: ConnectFailures) -> type[psycopg.Connection]:
     """A connection class that notes its pool's failures to connect (see ``ConnectFailures``)."""
 
-    class RecordingConnection(psycopg.Connection):  # type: ignore[type-arg]
+    class RecordingConnection(psycopg.Connection):
         @classmethod
-        def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:  # type: ignore[override]
+        def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
             try:
                 conn = super().connect(conninfo, **kwargs)
             except Exception as exc:

@@ -76,9 +76,9 @@ async def check_connection_async(dsn: str, connect_timeout: float, credentials: 
 def _recording_class(failures: ConnectFailures) -> type[psycopg.AsyncConnection]:
     """A connection class that notes its pool's failures to connect (see ``ConnectFailures``)."""
 
-    class RecordingConnection(psycopg.AsyncConnection):  # type: ignore[type-arg]
+    class RecordingConnection(psycopg.AsyncConnection):
         @classmethod
-        async def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:  # type: ignore[override]
+        async def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
             try:
                 conn = await super().connect(conninfo, **kwargs)
             except Exception as exc:

@@ -268,7 +268,8 @@ def _base_type(type_name: str) -> str:
 def check_row_width(f: Facts) -> list[Finding]:
     out = []
     for t in f.existing:
-        variable, fixed = [], []
+        variable: list[str] = []
+        fixed: list[str] = []
         for c in t.columns:
             if c.name == t.table.key_column:  # its type is the entity's key type, not a feature's
                 continue

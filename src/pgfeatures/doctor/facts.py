@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 
+from ..connections.rows import one_row
 from ..definitions import FeatureTable, Registry
 from ..reader import BatchReader, Reader
 from ..schema import drift, qualified
@@ -231,9 +232,10 @@ def _options(reloptions: Sequence[str]) -> dict[str, str]:
 
 
 def _server_facts(conn: psycopg.Connection) -> ServerFacts:
-    row = conn.execute(_SERVER).fetchone()
-    oldest = conn.execute(_OLDEST_XACT).fetchone()
-    return ServerFacts(*row[:6], frozenset(row[6]), oldest)
+    shared_buffers, cache, block_size, autovacuum, track_counts, scale_factor, extensions = one_row(conn.execute(_SERVER))
+    oldest = conn.execute(_OLDEST_XACT).fetchone()  # None: no transaction holds VACUUM back
+    return ServerFacts(shared_buffers, cache, block_size, autovacuum, track_counts, scale_factor, frozenset(extensions),
+                       oldest)
 
 
 def _table_facts(
@@ -246,7 +248,7 @@ def _table_facts(
     indexes: dict[str, list[Index]] = {}
     for table, name, size, statio in conn.execute(_INDEXES, args):
         indexes.setdefault(table, []).append(Index(name, size, statio or {}))
-    all_visible = dict(conn.execute(_ALL_VISIBLE, args).fetchall()) if "pg_visibility" in extensions else {}
+    all_visible: dict[str, int] = dict(conn.execute(_ALL_VISIBLE, args).fetchall()) if "pg_visibility" in extensions else {}
     found = {row[0]: row[1:] for row in conn.execute(_TABLES, args)}
     facts = {}
     for name, table in registry.tables.items():
@@ -293,7 +295,7 @@ def prepared_facts(store: FeatureStore) -> PreparedFacts:
 
 def _has_extension(conn: psycopg.Connection, name: str) -> bool:
     query = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = %s)"
-    return bool(conn.execute(query, (name,), prepare=False).fetchone()[0])
+    return bool(one_row(conn.execute(query, (name,), prepare=False))[0])
 
 
 def serving_registry(registry: Registry, tables: Mapping[str, TableFacts]) -> Registry | None:
@@ -345,7 +347,7 @@ def count_dead_rows(conn: psycopg.Connection, tables: Mapping[str, TableFacts], 
     out = dict(tables)
     for t in doubted if reason is None else ():
         try:
-            live, dead = conn.execute(_APPROX, (t.ident,)).fetchone()
+            live, dead = one_row(conn.execute(_APPROX, (t.ident,)))
         except psycopg.Error as exc:  # typically a missing privilege: pg_stat_scan_tables
             reason = f"pgstattuple_approx cannot read {t.subject} ({_first_line(exc)})"
             break

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from ..definitions import Registry
 from ..definitions.layout import EntityLayout
@@ -13,6 +13,8 @@ from .compile import BatchReader, Reader, Strategy, compile_batch_reader, compil
 from .materialized import compile_materialized_batch_reader, compile_materialized_reader
 from .selection import FeaturesArg, select, select_service
 from .vector import vector_batch_reader, vector_reader
+
+R = TypeVar("R", Reader, BatchReader)
 
 
 def request_shape(tables: Iterable[str] | None, features: FeaturesArg) -> Any:
@@ -46,13 +48,13 @@ class ReaderCache:
         self.materialized: dict[str, tuple[EntityLayout, ...]] = {}
 
     def reader(self, tables: Iterable[str] | None, features: FeaturesArg, strategy: Strategy | str) -> Reader:
-        return self._get(  # type: ignore[return-value]
+        return self._get(
             (request_shape(tables, features), strategy),
             lambda: compile_reader(select(self.registry, tables, features), strategy),
         )
 
     def batch_reader(self, tables: Iterable[str] | None, features: FeaturesArg) -> BatchReader:
-        return self._get(  # type: ignore[return-value]
+        return self._get(
             (request_shape(tables, features), "batch"),
             lambda: compile_batch_reader(select(self.registry, tables, features)),
         )
@@ -62,24 +64,24 @@ class ReaderCache:
         it is materialized and built (``materialized``), else the flexible read. Raises UnknownServiceError."""
         layouts = self.materialized.get(service)
         if layouts is not None:
-            return self._get(  # type: ignore[return-value]
+            return self._get(
                 ("materialized", service, request_shape(None, features)[1]),
                 lambda: compile_materialized_reader(select_service(self.registry, service, features), layouts),
             )
-        return self._get(  # type: ignore[return-value]
+        return self._get(
             ("service", service, request_shape(None, features)[1], strategy),
             lambda: compile_reader(select_service(self.registry, service, features), strategy),
         )
 
     def service_vector_reader(self, service: str, features: FeaturesArg, strategy: Strategy | str) -> Reader:
         """``service_reader`` decoding to a ServiceVector (the same statement)."""
-        return self._get(  # type: ignore[return-value]
+        return self._get(
             ("vector", service, request_shape(None, features)[1], strategy, service in self.materialized),
             lambda: vector_reader(self.service_reader(service, features, strategy), self._order(service)),
         )
 
     def service_vector_batch_reader(self, service: str, features: FeaturesArg) -> BatchReader:
-        return self._get(  # type: ignore[return-value]
+        return self._get(
             ("vector batch", service, request_shape(None, features)[1], service in self.materialized),
             lambda: vector_batch_reader(self.service_batch_reader(service, features), self._order(service)),
         )
@@ -90,22 +92,23 @@ class ReaderCache:
     def service_batch_reader(self, service: str, features: FeaturesArg) -> BatchReader:
         layouts = self.materialized.get(service)
         if layouts is not None:
-            return self._get(  # type: ignore[return-value]
+            return self._get(
                 ("materialized batch", service, request_shape(None, features)[1]),
                 lambda: compile_materialized_batch_reader(select_service(self.registry, service, features), layouts),
             )
-        return self._get(  # type: ignore[return-value]
+        return self._get(
             ("service", service, request_shape(None, features)[1], "batch"),
             lambda: compile_batch_reader(select_service(self.registry, service, features)),
         )
 
-    def _get(self, key: Any, build: Callable[[], Reader | BatchReader]) -> Reader | BatchReader:
+    def _get(self, key: Any, build: Callable[[], R]) -> R:
         try:
             with self._lock:
                 found = self._readers.get(key)
                 if found is not None:
                     self._readers.move_to_end(key)
-                    return found
+                    # every key names its kind ("batch", "vector", ...): what it holds, build made
+                    return cast(R, found)
         except TypeError:  # an unhashable argument: compile without caching
             return build()
         reader = build()  # outside the lock: compiling is pure, a race only compiles twice

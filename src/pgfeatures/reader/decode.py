@@ -30,7 +30,7 @@ Row = tuple[Any, ...]
 TableValues = dict[str, Any] | None
 
 
-class FeatureResult(dict):  # type: ignore[type-arg]
+class FeatureResult(dict[str, TableValues]):
     """``{table: {feature: value} | None}``, with ``status``: ``{table: "present" | "missing" | "expired"}``.
 
     A plain dict in every other respect: it compares equal to one and prints as one.

@@ -210,7 +210,9 @@ class ServerConfig:
     @property
     def bearer_token(self) -> str | None:
         """The token requests must carry (from ``token`` or ``token_file``), or None: no auth."""
-        return self._bearer  # type: ignore[attr-defined,no-any-return]
+        # Set by __post_init__ with object.__setattr__: a declared attribute would be a dataclass field,
+        # hence a setting (and would travel as JSON).
+        return self._bearer  # type: ignore[attr-defined]
 
     @property
     def batch_slots(self) -> int:
@@ -250,7 +252,7 @@ def read_token_file(path: str) -> str:
     return token
 
 
-SETTINGS: tuple[dataclasses.Field, ...] = dataclasses.fields(ServerConfig)  # type: ignore[arg-type]
+SETTINGS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(ServerConfig)
 NAMES = tuple(f.name for f in SETTINGS)
 
 

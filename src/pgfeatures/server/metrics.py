@@ -46,6 +46,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -68,6 +69,13 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]*_(\d+)\.db")
+
+
+class WithStatus(Protocol):
+    """A read's result: a FeatureResult or a ServiceVector, each with its tables' status."""
+
+    @property
+    def status(self) -> Mapping[str, str]: ...
 POOL_STATS = {"requests_errors": "requests", "connections_errors": "connections", "connections_lost": "lost"}
 
 
@@ -158,12 +166,12 @@ class Metrics:
         children[0].observe(seconds)
         children[1].inc()
 
-    def count(self, results: Iterable[object]) -> None:
+    def count(self, results: Iterable[WithStatus]) -> None:
         """Add rows present, missing and expired per table, from each result's ``status`` (cheap: plain
         dict increments, flushed later)."""
         rows, misses, expired = self._rows, self._misses, self._expired
         for result in results:
-            for table, state in result.status.items():  # type: ignore[attr-defined]
+            for table, state in result.status.items():
                 if state == PRESENT:
                     rows[table] += 1
                 elif state == EXPIRED:

@@ -20,6 +20,7 @@ import copy
 import os
 import shutil
 import tempfile
+from typing import cast
 
 from .config import ServerConfig
 from .metrics import MULTIPROC_ENV
@@ -65,8 +66,9 @@ def run(config: ServerConfig) -> None:
             log_level=config.log_level,
             log_config=log_config(),
             access_log=config.access_log,
-            timeout_graceful_shutdown=config.graceful_timeout,
-            timeout_keep_alive=config.keep_alive,
+            # uvicorn annotates both int but uses them as asyncio delays, where fractions of a second work
+            timeout_graceful_shutdown=cast(int, config.graceful_timeout),
+            timeout_keep_alive=cast(int, config.keep_alive),
             server_header=False,
         )
     finally:

@@ -46,7 +46,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -79,6 +79,7 @@ WarmupHook = Callable[[AsyncFeatureStore], Awaitable[object]]
 """A warm-up step: awaited after the store is open, before the service reports ready."""
 
 T = TypeVar("T")
+P = TypeVar("P")  # a plan: Float32Plan, VectorPlan
 
 PLANS_KEPT = 256  # request shapes whose Float32Plan is kept
 HEALTHY_FOR = 1.0  # seconds a successful read (or probe) vouches for the database
@@ -122,7 +123,7 @@ class Service:
         self._probe: asyncio.Future[tuple[bool, str]] | None = None
         self._probe_at = float("-inf")
         self._probe_result = (False, "not checked")
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background: set[asyncio.Future[Any]] = set()
         self._plans: dict[int, tuple[Any, Any]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -150,10 +151,10 @@ class Service:
 
     def _keep(self, task: asyncio.Future[Any]) -> None:
         """Hold a reference to a background task until it ends (the loop keeps only weak ones)."""
-        self._background.add(task)  # type: ignore[arg-type]
+        self._background.add(task)
         task.add_done_callback(self._forget)
 
-    def _forget(self, task: asyncio.Task[Any]) -> None:
+    def _forget(self, task: asyncio.Future[Any]) -> None:
         self._background.discard(task)
         if not task.cancelled():
             task.exception()  # retrieved: an abandoned query's error is expected, not news
@@ -243,7 +244,7 @@ class Service:
             self._float32(reader).apply((result,))
         return result
 
-    def open_batch(self, reader: BatchReader, keys: Sequence[Any], vector: bool = False) -> AsyncIterator[list[Any]]:
+    def open_batch(self, reader: BatchReader, keys: Sequence[Any], vector: bool = False) -> AsyncGenerator[list[Any], None]:
         """The results of many requests (keys already checked), in input order, as chunks of at most
         ``batch_chunk_keys``.
 
@@ -259,7 +260,7 @@ class Service:
         """The results of many requests, in input order (all chunks, in memory)."""
         return [r async for chunk in self.open_batch(reader, keys, vector) for r in chunk]
 
-    async def _chunks(self, reader: BatchReader, keys: Sequence[Any], vector: bool) -> AsyncIterator[list[Any]]:
+    async def _chunks(self, reader: BatchReader, keys: Sequence[Any], vector: bool) -> AsyncGenerator[list[Any], None]:
         step = self.config.batch_chunk_keys
         plan = None if vector else self._float32(reader)
         for start in range(0, len(keys), step):
@@ -288,19 +289,21 @@ class Service:
 
     def _float32(self, reader: Any) -> Float32Plan:
         """The reader's Float32Plan (cached by reader identity; readers are cached by the store)."""
-        return self._plan(reader, Float32Plan, reader.selection)  # type: ignore[no-any-return]
+        return self._plan(reader, Float32Plan, reader.selection)
 
     def vector_plan(self, reader: Any) -> VectorPlan:
         """How the vectors of ``reader`` are encoded (cached by reader identity)."""
-        return self._plan(reader, VectorPlan, reader, self.registry)  # type: ignore[no-any-return]
+        return self._plan(reader, VectorPlan, reader, self.registry)
 
-    def _plan(self, reader: Any, make: Callable[..., Any], *args: Any) -> Any:
+    def _plan(self, reader: Any, make: type[P], *args: Any) -> P:
         entry = self._plans.get(id(reader))
-        if entry is None or entry[0] is not reader or not isinstance(entry[1], make):  # type: ignore[arg-type]
-            if len(self._plans) >= PLANS_KEPT:
-                self._plans.clear()
-            entry = self._plans[id(reader)] = (reader, make(*args))
-        return entry[1]
+        if entry is not None and entry[0] is reader and isinstance(entry[1], make):
+            return entry[1]
+        if len(self._plans) >= PLANS_KEPT:
+            self._plans.clear()
+        plan = make(*args)
+        self._plans[id(reader)] = (reader, plan)
+        return plan
 
     def describe_service(self, name: str, detail: bool = False) -> dict[str, Any]:
         """``GET /v1/services`` (one entry) and, with ``detail``, ``GET /v1/services/{name}``: what the

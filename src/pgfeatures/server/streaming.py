@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, Protocol
 
 from starlette.types import Receive, Scope, Send
@@ -29,7 +29,7 @@ log = logging.getLogger("pgfeatures.server")
 
 
 class Pieces(Protocol):
-    def pieces(self) -> AsyncIterator[bytes]: ...
+    def pieces(self) -> AsyncGenerator[bytes, None]: ...
 
     def describe(self) -> str:
         """How far it got, for the log line of a failure."""
@@ -73,7 +73,7 @@ class StreamedAnswer:
             return  # no final message: the connection is closed without the terminating chunk
         finally:
             gone.cancel()
-            await pieces.aclose()  # type: ignore[attr-defined]
+            await pieces.aclose()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
@@ -86,7 +86,7 @@ class BatchAnswer:
     """A batch's answer, one piece per chunk: the first chunk (already read, so that a failure there
     was still an ordinary error response), then the rest as they are read, in ``encoder``'s form."""
 
-    def __init__(self, keys: Sequence[Any], first: list[Any], chunks: AsyncIterator[list[Any]], encoder: Encoder):
+    def __init__(self, keys: Sequence[Any], first: list[Any], chunks: AsyncGenerator[list[Any], None], encoder: Encoder):
         self.keys = keys
         self.first = first
         self.chunks = chunks
@@ -96,7 +96,7 @@ class BatchAnswer:
     def describe(self) -> str:
         return f"{self.sent} of {len(self.keys)} keys"
 
-    async def pieces(self) -> AsyncIterator[bytes]:
+    async def pieces(self) -> AsyncGenerator[bytes, None]:
         keys, encoder = self.keys, self.encoder
         try:
             yield encoder.start() + encoder.chunk(keys[:len(self.first)], self.first)
@@ -109,4 +109,4 @@ class BatchAnswer:
                     yield piece
             yield encoder.end()
         finally:
-            await self.chunks.aclose()  # type: ignore[attr-defined]
+            await self.chunks.aclose()

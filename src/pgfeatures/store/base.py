@@ -219,7 +219,7 @@ class TableHealth:
                     due.append(t)
         return due
 
-    def from_rows(self, rows: list[tuple]) -> dict[str, TableCheck]:  # type: ignore[type-arg]
+    def from_rows(self, rows: list[tuple[Any, ...]]) -> dict[str, TableCheck]:
         return check_catalog(self.registry, rows)
 
     def status(self) -> dict[str, list[str]]:
