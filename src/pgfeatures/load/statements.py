@@ -217,9 +217,9 @@ def swap_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog, 
             ident(covering_index_name(table))), ()))
     # Materialized services: the serving-row triggers go to the new table (their definitions name the
     # table, which now is the new one), and the table's slice of every serving row is recomputed.
-    ops += [(sql.SQL(definition), ()) for definition in catalog.serving_triggers]  # type: ignore[arg-type]
+    ops += [(sql.SQL(definition), ()) for definition in catalog.serving_triggers]
     if catalog.refresh and refresh:
-        ops.append((sql.SQL("SELECT {}").format(sql.SQL(catalog.refresh)), ()))  # type: ignore[arg-type]
+        ops.append((sql.SQL("SELECT {}").format(sql.SQL(catalog.refresh)), ()))
     return ops
 
 

@@ -334,7 +334,7 @@ class FeatureStore:
         self._find_materialized(router)
         servable = self._servable()
         # Every table broken (isolate): nothing to warm; each request names what is broken.
-        table_readers = [self.reader(servable), self.batch_reader(servable)] if servable != [] else []
+        table_readers: list[Reader | BatchReader] = [self.reader(servable), self.batch_reader(servable)] if servable != [] else []
         self.warm_readers = [*table_readers, *self._service_readers(), *self.extra_warm]
         if not self._prepare:
             self._via_functions = self._read_functions(router)

@@ -332,7 +332,7 @@ class AsyncFeatureStore:
         await self._find_materialized_async(router)
         servable = self._servable()
         # Every table broken (isolate): nothing to warm; each request names what is broken.
-        table_readers = [self.reader(servable), self.batch_reader(servable)] if servable != [] else []
+        table_readers: list[Reader | BatchReader] = [self.reader(servable), self.batch_reader(servable)] if servable != [] else []
         self.warm_readers = [*table_readers, *self._service_readers(), *self.extra_warm]
         if not self._prepare:
             self._via_functions = await self._read_functions_async(router)
