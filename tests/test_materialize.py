@@ -93,6 +93,13 @@ def test_materialized_reads_equal_the_flexible_read_after_every_kind_of_write(se
         conn.execute(sql.SQL("DELETE FROM {} WHERE user_id < 20").format(sql.Identifier(schema, "tb1")))
         conn.execute(sql.SQL("UPDATE {} SET c0 = NULL").format(sql.Identifier(schema, "tb0")))
         assert_same(store, requests)
+        # an UPDATE that moves keys: the old keys' slices are cleared, the new keys get serving rows
+        tb1 = sql.Identifier(schema, "tb1")
+        old = [k for (k,) in conn.execute(sql.SQL("SELECT user_id FROM {} ORDER BY user_id LIMIT 2").format(tb1))]
+        conn.execute(sql.SQL("UPDATE {} SET user_id = user_id + 1000 WHERE user_id = ANY(%s)").format(tb1), (old,))
+        moved = [{"user": k + d, "device": "d1"} for d in (0, 1000) for k in old]
+        assert [store.get_service("svc", k).status["tb1"] for k in moved] == ["missing"] * 2 + ["present"] * 2
+        assert_same(store, requests + moved)
         conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(schema, "tb4")))
         assert_same(store, requests)
         # a failed write leaves both untouched
@@ -205,3 +212,35 @@ def test_bulk_loads_keep_the_serving_rows_in_step(conn, dsn, schema, mode, strat
         for k in requests:
             mat, flex = store.get_service("svc", k), store.get_service("flex", k)
             assert mat == flex and mat.status == flex.status, k.hex()
+
+
+def test_two_writers_creating_the_same_new_key_in_two_tables_both_commit(setup, conn, dsn, schema):
+    """Both triggers insert the new key's serving row: the second waits for the first and sets its
+    slice in that row (ON CONFLICT), instead of failing with a unique violation."""
+    registry, rng, keys, now, requests = setup
+    first, second = psycopg.connect(dsn), psycopg.connect(dsn)
+    try:
+        first.execute(sql.SQL("INSERT INTO {} (user_id, c0) VALUES (5000, NULL)").format(sql.Identifier(schema, "tb1")))
+        done = []
+        import threading
+
+        def write_second() -> None:
+            second.execute(sql.SQL("INSERT INTO {} (user_id) VALUES (5000)").format(sql.Identifier(schema, "tb2")))
+            second.commit()
+            done.append(True)
+
+        thread = threading.Thread(target=write_second)
+        thread.start()
+        time.sleep(0.5)
+        assert not done  # waiting for the first writer's serving row
+        first.commit()
+        thread.join(10)
+        assert done == [True]
+    finally:
+        first.close()
+        second.close()
+    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=0) as store:
+        new = {"user": 5000, "device": "d1"}
+        got = store.get_service("svc", new)
+        assert got.status["tb1"] == "present" and got.status["tb2"] in ("present", "expired")
+        assert_same(store, [new])

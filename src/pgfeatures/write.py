@@ -155,6 +155,9 @@ def plan_updates(registry: Registry, table: str, rows: UpdateRows, *, nan: str =
         groups.setdefault(tuple(sorted(values, key=order.__getitem__)), []).append((key, values))
     plans = []
     for names, members in groups.items():
+        # In key order, the order a load's merge takes (``ORDER BY`` the key): writers of the same keys
+        # lock their rows in the same order, so a batch racing a load waits instead of deadlocking.
+        members.sort(key=lambda member: member[0])
         upsert = compile_upsert(registry.schema, ft, names, UPDATED_AT in names and not overwrite_newer)
         params = ([k for k, _ in members], *([v[n] for _, v in members] for n in names))
         plans.append((upsert, params))

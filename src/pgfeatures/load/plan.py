@@ -352,7 +352,8 @@ class Job:
         if any(built.get(layout.table_name) != layout.fingerprint for layout in layouts):
             return None
         changed = m.changed_by_stage(schema, table, stage)
-        return [stmt for layout in layouts for stmt in m.maintain_sql(schema, layout, table, changed)]
+        new_keys = self.summary.inserted > 0  # keys new to this table may be new to the entity
+        return [stmt for layout in layouts for stmt in m.maintain_sql(schema, layout, table, changed, new_keys)]
 
     # -- after COMMIT
 
