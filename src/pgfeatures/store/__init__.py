@@ -1,7 +1,12 @@
 """The feature stores (floor 5): thin I/O shells around the compiled readers.
 
-- ``store_async``: AsyncFeatureStore, the source;
+- ``store_async``: AsyncFeatureStore, the source: options, lifecycle, public methods;
 - ``store``: FeatureStore, generated from it (``tools/async_to_sync.py``);
+- ``opening_async`` / ``opening``: what ``open`` does: catalog inspection, materialized
+  services, read functions, the pools and the warm-up of each read connection;
+- ``reads_async`` / ``reads``: the read path: statements on a connection, routing and retry over
+  the read targets, rechecks of broken tables, probes of targets that are down;
+- ``writes_async`` / ``writes``: the write path: the write pool, upserts and their retry;
 - ``base``: what both share without I/O: read targets and routing, tables that cannot be
   served, warm-up statements.
 """

@@ -1,8 +1,9 @@
 """What the sync and async stores share, without I/O: read targets and their health, tables that
 cannot be served, the statements every read connection prepares.
 
-The I/O shells (``store_async.py``, and ``store.py`` generated from it) only take connections,
-run statements and hand rows to these objects and to the compiled readers of ``reader.py``.
+The I/O shells (``store_async.py``, ``opening_async.py``, ``reads_async.py``, ``writes_async.py``,
+and the sync twins generated from them) only take connections, run statements and hand rows to
+these objects and to the compiled readers of ``reader.py``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ LAG_QUERY = (
     b" ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 'Infinity') END"
 )
 
+# Each pooled read connection keeps one raw cursor, made when the connection is warmed:
+# making a cursor per request costs more client CPU than decoding 30 tables.
+READ_CURSOR = "_pgfeatures_cursor"
+PIPELINE_CURSORS = "_pgfeatures_pipeline_cursors"
+
 PROBE_INTERVAL = 0.5  # seconds between probes of a read target that is down (or too far behind)
 RECHECK_INTERVAL = 1.0  # seconds between catalog re-checks of a table that could not be served
 ON_DRIFT = ("raise", "isolate")
@@ -72,6 +78,15 @@ class ReadTarget:
         state = f"down: {self.reason}" if self.down else "up"
         lag = f", lag {self.lag:.1f}s" if self.lag else ""
         return f"{self.name} ({state}{lag})"
+
+
+def pipeline_cursors(conn: Any, n: int, factory: Any) -> list[Any]:
+    """At least ``n`` cursors kept on the connection for the pipeline strategy (one per statement)."""
+    cursors = getattr(conn, PIPELINE_CURSORS, None)
+    if cursors is None or len(cursors) < n:
+        cursors = [factory(conn) for _ in range(n)]
+        setattr(conn, PIPELINE_CURSORS, cursors)
+    return cursors
 
 
 def target_name(dsn: str, role: str) -> str:

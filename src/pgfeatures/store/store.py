@@ -23,6 +23,17 @@ the rows to the reader's decoder. Around that it owns:
   once on a fresh connection, and a live update too (an upsert applied twice leaves the same row);
   a bulk load only when nothing can have been committed and its source can be read again.
 
+This module holds the store's options, its lifecycle (``open``, ``close``, ``status``) and its
+public methods; the work behind them is in one module per concept, each an async source with a
+generated sync twin, functions taking the store:
+
+- ``opening_async.py``: what ``open`` does (catalog inspection, materialized services, read
+  functions, the pools and the warm-up of each read connection);
+- ``reads_async.py``: the read path (statements on a connection, routing and retry over the read
+  targets, rechecks of broken tables, probes of targets that are down);
+- ``writes_async.py``: the write path (the write pool, upserts and their retry);
+- ``base.py``: what all share without I/O.
+
 Every failure is a typed error (see ``errors.py``): DatabaseUnavailableError (down), its
 subclasses AuthenticationError (credentials refused) and PoolExhaustedError (busy),
 QueryTimeoutError, SchemaDriftError, StoreClosedError, ReadOnlyStoreError, DatabaseError.
@@ -30,11 +41,8 @@ QueryTimeoutError, SchemaDriftError, StoreClosedError, ReadOnlyStoreError, Datab
 
 from __future__ import annotations
 
-import threading
 import contextlib
-import dataclasses
 import logging
-import time
 from collections.abc import Iterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,20 +56,14 @@ from ..connections import (
     ConnectFailures,
     CredentialProvider,
     check_pooler,
-    connect,
     database_error,
-    make_pool,
     prepares,
     resolve_dsn,
 )
 from ..definitions import Registry
 from ..errors import (
-    DatabaseUnavailableError,
     DefinitionError,
     LoadInterruptedError,
-    PgFeaturesError,
-    ReadOnlyStoreError,
-    SchemaDriftError,
     StoreClosedError,
 )
 from ..reader import (
@@ -69,106 +71,28 @@ from ..reader import (
     BatchReader,
     Features,
     FeaturesArg,
-    Fetch,
     Reader,
     ReaderCache,
     Strategy,
     parse_keys,
 )
-from ..materialize.build import status
-from ..reader.functions import EXISTING_FUNCTIONS, read_function
-from ..schema import CATALOG_QUERY, TableCheck
 from ..write import UpdateCount, UpdateRows, plan_updates
 from ..reader.vector import as_numpy, check_output, stack_numpy
 from .base import (
-    LAG_QUERY,
     ON_DRIFT,
-    READ_SESSION_SETUP,
     ReadTarget,
     Router,
     TableHealth,
     target_name,
-    warmup_statements,
 )
+from .opening import close_pools, find_materialized, first_inspection, open_pools, read_functions
+from .reads import execute, execute_batch, run, select_one, unavailable
+from .writes import apply_updates, write_pool
 
 if TYPE_CHECKING:  # load imports pyarrow: only a bulk load pays for it
     from ..load import LoadSummary
 
 logger = logging.getLogger("pgfeatures")
-
-# Each pooled read connection keeps one raw cursor, made when the connection is warmed:
-# making a cursor per request costs more client CPU than decoding 30 tables.
-_CURSOR = "_pgfeatures_cursor"
-_PIPELINE_CURSORS = "_pgfeatures_pipeline_cursors"
-SLOW_WARMUP = 1.0  # seconds: a connection warm-up slower than this is logged
-
-
-def _pipeline_cursors(conn: Any, n: int, factory: Any) -> list[Any]:
-    """At least ``n`` cursors kept on the connection for the pipeline strategy (one per statement)."""
-    cursors = getattr(conn, _PIPELINE_CURSORS, None)
-    if cursors is None or len(cursors) < n:
-        cursors = [factory(conn) for _ in range(n)]
-        setattr(conn, _PIPELINE_CURSORS, cursors)
-    return cursors
-
-
-def _execute(conn: psycopg.Connection, reader: Reader, params: tuple[Any, ...], prepare: bool) -> Features:
-    fetch = reader.fetch
-    if fetch is Fetch.ONE or fetch is Fetch.ALL:
-        cur = getattr(conn, _CURSOR, None) or psycopg.RawCursor(conn)
-        cur.execute(reader.statements[0], params, prepare=prepare, binary=True)
-        return reader.decode(cur.fetchone() if fetch is Fetch.ONE else cur.fetchall())
-    # One statement per table, each taking its own table's entity key.
-    if fetch is Fetch.PIPELINE:
-        # One cursor per statement: a cursor keeps only its last result in a pipeline.
-        cursors = _pipeline_cursors(conn, len(reader.statements), psycopg.RawCursor)
-        with conn.pipeline():
-            for cur, stmt, i in zip(cursors, reader.statements, reader.param_index):
-                cur.execute(stmt, (params[i],), prepare=prepare, binary=True)
-        return reader.decode([cur.fetchone() for cur, _ in zip(cursors, reader.statements)])
-    cur = getattr(conn, _CURSOR, None) or psycopg.RawCursor(conn)
-    rows = []
-    for stmt, i in zip(reader.statements, reader.param_index):
-        cur.execute(stmt, (params[i],), prepare=prepare, binary=True)
-        rows.append(cur.fetchone())
-    return reader.decode(rows)
-
-
-def _execute_batch(conn: psycopg.Connection, reader: BatchReader, arrays: tuple[list[Any], ...],
-                               prepare: bool) -> list[Features]:
-    cur = getattr(conn, _CURSOR, None) or psycopg.RawCursor(conn)
-    cur.execute(reader.statement, arrays, prepare=prepare, binary=True)
-    return reader.decode(cur.fetchall())
-
-
-def _select_one(conn: psycopg.Connection, reader: None, args: None, prepare: bool) -> None:
-    cur = getattr(conn, _CURSOR, None) or psycopg.RawCursor(conn)
-    cur.execute(b"SELECT 1", prepare=False)
-    cur.fetchall()
-
-
-def _upsert(conn: psycopg.Connection, plans: list[Any], prepare: bool) -> UpdateCount:
-    keys = sum(len(params[0]) for _, params in plans)
-    if len(plans) == 1:
-        cur = psycopg.RawCursor(conn)
-        cur.execute(plans[0][0].statement, plans[0][1], prepare=prepare)
-        return UpdateCount(cur.rowcount, keys - cur.rowcount)
-    # Rows setting different columns: a statement per column set, one transaction, one round-trip.
-    # One cursor per statement: in a pipeline a cursor keeps only its last result (and rowcount).
-    control = psycopg.RawCursor(conn)
-    cursors = [psycopg.RawCursor(conn) for _ in plans]
-    try:
-        with conn.pipeline():
-            control.execute(b"BEGIN", prepare=False)
-            for cur, (upsert, params) in zip(cursors, plans):
-                cur.execute(upsert.statement, params, prepare=prepare)
-            control.execute(b"COMMIT", prepare=False)
-    except BaseException:
-        if not conn.broken:
-            conn.rollback()
-        raise
-    written = sum(cur.rowcount for cur in cursors)
-    return UpdateCount(written, keys - written)
 
 
 class FeatureStore:
@@ -327,187 +251,28 @@ class FeatureStore:
         replicas = [ReadTarget(target_name(d, f"replica {i + 1}"), d, False) for i, d in enumerate(self.read_dsns)]
         primary = ReadTarget(target_name(dsn, "primary"), dsn, True) if not replicas or self.read_fallback else None
         router = Router(replicas, primary, self.max_replica_lag)
-        checks = self._first_inspection(router)
+        checks = first_inspection(self, router)
         self.health.update(checks)
         if self.health.broken and self.on_drift == "raise":
             raise self.health.error(self.health.broken)
-        self._find_materialized(router)
+        find_materialized(self, router)
         servable = self._servable()
         # Every table broken (isolate): nothing to warm; each request names what is broken.
         table_readers: list[Reader | BatchReader] = [self.reader(servable), self.batch_reader(servable)] if servable != [] else []
         self.warm_readers = [*table_readers, *self._service_readers(), *self.extra_warm]
         if not self._prepare:
-            self._via_functions = self._read_functions(router)
-        try:
-            for target in router.targets:
-                target.pool = make_pool(target.dsn, **self._pool_settings(True, target.failures))
-                target.pool.open(wait=False)
-            if self.write_pool_size > 0:
-                self.write_pool = make_pool(dsn, **self._pool_settings(False, self.write_failures))
-                self.write_pool.open(wait=False)  # writes are not needed to serve reads
-            for target in router.targets:
-                if not target.down:
-                    try:
-                        target.pool.wait(timeout=self.connect_timeout + 10)
-                    except PoolTimeout:
-                        router.mark_down(target, str(target.failures.error or "its pool did not fill in time"))
-            if all(t.down for t in router.targets):
-                first = router.targets[0]
-                raise database_error(PoolTimeout("no connection"), first.dsn, acquire_timeout=self.connect_timeout,
-                                     last_connect_error=first.failures.error)
-        except BaseException:
-            self._close_pools(router)
-            raise
+            self._via_functions = read_functions(self, router)
+        open_pools(self, router, dsn)
         self.router = router
         if self.hot_keys and servable != []:
             self.get_features_batch(self.hot_keys, servable)
         self.ready = True
 
-    def _first_inspection(self, router: Router) -> dict[str, TableCheck]:
-        """The catalog checks, read on the first read target that answers; unreachable ones are marked down."""
-        errors: list[PgFeaturesError] = []
-        for target in router.targets:
-            try:
-                return self._inspect(target, list(self.registry.tables))
-            except DatabaseUnavailableError as exc:
-                errors.append(exc)
-                router.mark_down(target, str(exc))
-        raise errors[0]
-
-    def _find_materialized(self, router: Router) -> None:
-        """Which materialized services are built (their serving tables match the definitions): those
-        are read from their serving rows; the others by the flexible read, with a warning."""
-        wanted = [name for name, svc in self.registry.services.items() if svc.materialize]
-        if not wanted:
-            return
-        target = next((t for t in router.targets if not t.down), router.targets[0])
-        conn = connect(target.dsn, "pgfeatures-check", self.connect_timeout,
-                                   credentials=self.credentials, pooler=self.pooler)
-        try:
-            states = status(conn, self.registry)
-        except psycopg.Error as exc:
-            raise database_error(exc, target.dsn) from exc
-        finally:
-            conn.close()
-        built = {}
-        for name in wanted:
-            if states.get(name) == "built":
-                built[name] = self.registry.layouts(name)
-            else:
-                logger.warning("pgfeatures: service %s is materialize = true but its serving rows are %s: it is read "
-                               "table by table until `pgfeatures materialize %s` builds them", name, states.get(name), name)
-        self.readers.materialized = built
-
-    def _read_functions(self, router: Router) -> dict[bytes, Any]:
-        """``pooler="transaction"``: the warm readers in their function form (see reader/functions.py),
-        each function created on the primary where it is missing. A shape whose function cannot be
-        had (no CREATE privilege, primary down and not created by ``pgfeatures init``) reads unprepared."""
-        forms = [(r, f) for r in self.warm_readers if (f := read_function(r)) is not None]
-        if not forms:
-            return {}
-        names = list(dict.fromkeys(f.name for _, f in forms))
-        existing: set[str] = set()
-        for dsn in [self.dsn or "", *(t.dsn for t in router.targets)]:
-            try:
-                conn = connect(dsn, "pgfeatures-init", self.connect_timeout,
-                                           credentials=self.credentials, pooler=self.pooler)
-            except PgFeaturesError as exc:
-                logger.warning("pgfeatures: cannot check the read functions at %s: %s", target_name(dsn, "server"), exc)
-                continue
-            try:
-                cur = psycopg.RawCursor(conn)
-                cur.execute(EXISTING_FUNCTIONS, (self.registry.schema, names), prepare=False)
-                existing = {row[0] for row in cur.fetchall()}
-                for reader, form in forms:
-                    if form.name in existing:
-                        continue
-                    try:
-                        conn.execute(form.create, prepare=False)
-                        existing.add(form.name)
-                    except psycopg.Error as exc:
-                        logger.warning("pgfeatures: cannot create the read function %s (%s): reads of tables %s are "
-                                       "planned at every call; run `pgfeatures init` as the schema's owner",
-                                       form.name, str(exc).strip(), ", ".join(reader.tables))
-                break
-            except psycopg.Error as exc:
-                logger.warning("pgfeatures: cannot check the read functions: %s", str(exc).strip())
-            finally:
-                conn.close()
-        out: dict[bytes, Any] = {}
-        for reader, form in forms:
-            if form.name in existing:
-                if isinstance(reader, BatchReader):
-                    out[reader.statement] = dataclasses.replace(reader, statement=form.call)
-                else:
-                    out[reader.statements[0]] = dataclasses.replace(reader, statements=(form.call,))
-        return out
-
-    def _inspect(self, target: ReadTarget, tables: list[str]) -> dict[str, TableCheck]:
-        conn = connect(target.dsn, "pgfeatures-check", self.connect_timeout,
-                                   credentials=self.credentials, pooler=self.pooler)
-        try:
-            return self._catalog(conn, tables)
-        except psycopg.Error as exc:
-            raise database_error(exc, target.dsn) from exc
-        finally:
-            conn.close()
-
-    def _catalog(self, conn: psycopg.Connection, tables: list[str]) -> dict[str, TableCheck]:
-        cur = psycopg.RawCursor(conn)
-        cur.execute(CATALOG_QUERY, (self.registry.schema, tables), prepare=False)
-        return self.health.from_rows(cur.fetchall())
-
-    def _pool_settings(self, read: bool, failures: ConnectFailures) -> dict[str, Any]:
-        return {
-            "size": self.pool_size if read else self.write_pool_size,
-            "application_name": self.read_application_name if read else self.write_application_name,
-            "connect_timeout": self.connect_timeout,
-            "acquire_timeout": self.acquire_timeout,
-            "reconnect_timeout": self.reconnect_timeout,
-            "max_lifetime": self.max_lifetime,
-            "configure": self._warm if read else None,
-            "credentials": self.credentials,
-            "pooler": self.pooler,
-            "failures": failures,
-        }
-
-    def _warm(self, conn: psycopg.Connection) -> None:
-        """Prepare the warm-up statements on a new read connection, before it serves.
-
-        A statement that fails because a table or column is missing is skipped (and logged): one
-        broken table must not keep every connection from serving the others.
-        """
-        started = time.monotonic()
-        cur = psycopg.RawCursor(conn)
-        if self._prepare:
-            statements = warmup_statements(self.warm_readers)
-            conn.prepared_max = max(conn.prepared_max or 0, self.readers.max_statements + len(statements))
-            cur.execute(READ_SESSION_SETUP)
-            for reader, stmt, params in statements:
-                try:
-                    cur.execute(stmt, params, prepare=True, binary=True)
-                    cur.fetchall()
-                except psycopg.Error as exc:
-                    if conn.broken or not isinstance(database_error(exc), SchemaDriftError):
-                        raise
-                    logger.warning("pgfeatures: not prepared on a new connection (tables %s): %s",
-                                   ", ".join(reader.tables), str(exc).strip())
-        setattr(conn, _CURSOR, cur)
-        seconds = time.monotonic() - started
-        if seconds > SLOW_WARMUP:
-            logger.warning("pgfeatures: warming a read connection took %.1fs", seconds)
-
     def close(self) -> None:
         """Close the pools; in-flight calls finish or fail with StoreClosedError. Closing twice is harmless."""
         self.ready = False
         router, self.router = self.router, None
-        self._close_pools(router)
-
-    def _close_pools(self, router: Router | None) -> None:
-        pools = [t.pool for t in (router.targets if router else ()) if t.pool is not None]
-        for pool in [*pools, *([self.write_pool] if self.write_pool is not None else [])]:
-            pool.close()
-        self.write_pool = None
+        close_pools(self, router)
 
     def __enter__(self) -> "FeatureStore":
         self.open()
@@ -532,7 +297,7 @@ class FeatureStore:
         try:
             conn = target.pool.getconn()
         except (PoolTimeout, PoolClosed) as exc:
-            raise self._unavailable(exc, target) from None
+            raise unavailable(self, exc, target) from None
         try:
             yield conn
         except psycopg.Error as exc:
@@ -580,7 +345,7 @@ class FeatureStore:
         """Run a compiled reader for one request's keys: one round-trip (N for ``sequential``). Raises as ``get_features``."""
         if self._via_functions:
             reader = self._via_functions.get(reader.statements[0], reader)
-        return self._run(_execute, reader, reader.binder.one(key))
+        return run(self, execute, reader, reader.binder.one(key))
 
     def get_features_batch(
         self, keys: Any, tables: Iterable[str] | None = None, features: FeaturesArg = None
@@ -626,169 +391,22 @@ class FeatureStore:
             return []
         if self._via_functions:
             reader = self._via_functions.get(reader.statement, reader)
-        return self._run(_execute_batch, reader, arrays)
+        return run(self, execute_batch, reader, arrays)
 
     def ping(self) -> None:
         """``SELECT 1`` through the read path (same targets, fallback and retry as a read).
 
         Raises what a read would: DatabaseUnavailableError / AuthenticationError / StoreClosedError.
         """
-        self._run(_select_one, None, None)
-
-    def _run(self, execute: Any, reader: Any, args: Any) -> Any:
-        """Run ``execute(conn, reader, args, prepare)`` on a read target, moving on to the next
-        target when one fails.
-
-        getconn/putconn rather than ``pool.connection()``: with autocommit there is no transaction
-        to end, and the context managers cost measurable CPU per request. A connection that died
-        under the request (server restart, failover, idle kill) makes the pool check its idle
-        connections; the read is retried once on that target if connections survived, else the
-        target is marked down and the next one tried. Reads are idempotent.
-        """
-        router = self.router
-        if router is None:
-            raise StoreClosedError("the store is not open: call open() or use it as a context manager")
-        if self.health.broken and reader is not None and not self.health.broken.isdisjoint(reader.tables):
-            self._recheck(reader.tables)
-        error: BaseException | None = None
-        target: ReadTarget | None = None
-        order = router.order()
-        last = order[-1]
-        for target in order:
-            pool = target.pool
-            for attempt in (0, 1):
-                try:
-                    conn = pool.getconn()
-                except PoolTimeout as exc:
-                    error = exc
-                    break
-                except PoolClosed as exc:
-                    raise StoreClosedError(f"the store is closed: {exc}") from None
-                try:
-                    result = execute(conn, reader, args, self._prepare)
-                except psycopg.OperationalError as exc:
-                    pool.putconn(conn)
-                    if not conn.broken:  # the server answered with an error: not a lost connection
-                        raise database_error(exc, target.dsn) from exc
-                    error = exc
-                    if attempt == 0:
-                        logger.info("pgfeatures: read connection to %s lost (%s); checking the pool", target.name,
-                                    str(exc).strip())
-                        pool.check()
-                        # Retry here if connections survived, or if there is nowhere else to go
-                        # (getconn then waits for the replacement the check started).
-                        if target is last or pool.get_stats().get("pool_available", 0):
-                            continue
-                    break
-                except psycopg.Error as exc:
-                    pool.putconn(conn)
-                    raise (self._read_failed(exc, reader, target, conn)) from exc
-                except BaseException:
-                    pool.putconn(conn)
-                    raise
-                pool.putconn(conn)
-                if target.down:
-                    router.mark_up(target)
-                if time.monotonic() >= router.next_probe_at:  # a target is down or lagging, and due for a probe
-                    self._probe_soon()
-                return result
-            # Down: its connections died, or it cannot make new ones. A pool that is merely busy
-            # (a timeout with no failure to connect) is not down: the read spills to the next target.
-            if not isinstance(error, PoolTimeout) or target.failures.error is not None:
-                router.mark_down(target, str(self._unavailable(error, target)))
-                self._probe_soon()
-        assert target is not None
-        raise self._unavailable(error, target) from error
-
-    def _unavailable(self, error: BaseException | None, target: ReadTarget) -> PgFeaturesError:
-        if error is None:
-            return DatabaseUnavailableError(f"{target.name} is unavailable")
-        return database_error(error, target.dsn, acquire_timeout=self.acquire_timeout,
-                              last_connect_error=target.failures.error)
-
-    def _read_failed(self, exc: psycopg.Error, reader: Any, target: ReadTarget,
-                                 conn: psycopg.Connection) -> PgFeaturesError:
-        """The error for a statement the server rejected; a missing table or column is re-checked
-        in the catalog so the error (and the tables left out from now on) name it."""
-        error = database_error(exc, target.dsn)
-        if not isinstance(error, SchemaDriftError) or reader is None:
-            return error
-        checks = self._recheck_tables(list(reader.tables))
-        if checks is not None and self.health.broken & set(reader.tables):
-            return self.health.error(reader.tables)
-        return error
-
-    def _recheck(self, tables: Sequence[str]) -> None:
-        """Re-check the broken ones of ``tables`` (if due); raise SchemaDriftError if any is still broken."""
-        due = self.health.due(tables)
-        if due:
-            self._recheck_tables(due)
-        if not self.health.broken.isdisjoint(tables):
-            raise self.health.error(tables)
-
-    def _recheck_tables(self, tables: list[str]) -> dict[str, TableCheck] | None:
-        router = self.router
-        for target in router.order() if router else ():
-            try:
-                checks = self._inspect(target, tables)
-            except PgFeaturesError:
-                continue
-            self.health.update(checks)
-            return checks
-        return None
-
-    # -- probes of read targets that are down ------------------------------------------------------
-
-    def _probe_soon(self) -> None:
-        """Start a background probe of every read target that is down (or lagging) and due for one."""
-        router = self.router
-        if router is None:
-            return
-        for target in router.due_for_probe(time.monotonic()):
-            threading.Thread(target=self._probe, args=(target,), daemon=True).start()
-
-    def _probe(self, target: ReadTarget) -> None:
-        """Is ``target`` serving? A fresh connection (through the credential provider) measures its lag;
-        if it answers, the pool's dead connections are replaced and the target is used again once
-        its pool has a live connection."""
-        router = self.router
-        try:
-            conn = connect(target.dsn, "pgfeatures-probe", self.connect_timeout,
-                                       credentials=self.credentials, pooler=self.pooler)
-            try:
-                cur = conn.execute(LAG_QUERY, prepare=False)
-                row = cur.fetchone()
-            finally:
-                conn.close()
-            if router is None:
-                return
-            router.set_lag(target, row[0] if row else None)
-            if target.down:
-                target.pool.check()
-                if target.pool.get_stats().get("pool_available", 0):
-                    router.mark_up(target)
-        except (PgFeaturesError, psycopg.Error, PoolClosed) as exc:
-            target.reason = str(exc)
-        except Exception:  # a probe must never take the store down; log and try again later
-            logger.exception("pgfeatures: probe of %s failed", target.name)
-        finally:
-            target.probing = False
+        run(self, select_one, None, None)
 
     # -- writes -------------------------------------------------------------------------------------
-
-    def _write_pool(self) -> ConnectionPool:
-        if self.write_pool is None:
-            if self.router is None:
-                raise StoreClosedError("the store is not open: call open() or use it as a context manager")
-            raise ReadOnlyStoreError("this store has no write pool (write_pool_size=0, or a read-only service): "
-                                     "it cannot write")
-        return self.write_pool
 
     @contextlib.contextmanager
     def write_connection(self) -> Iterator[psycopg.Connection]:
         """A write-pool connection, with database errors translated. Raises ReadOnlyStoreError
         without a write pool, DatabaseUnavailableError when the primary cannot be reached."""
-        pool = self._write_pool()
+        pool = write_pool(self)
         try:
             conn = pool.getconn()
         except (PoolTimeout, PoolClosed) as exc:
@@ -816,7 +434,7 @@ class FeatureStore:
                 if attempt or not exc.retry_safe:  # committed, unknown, or a one-shot source: say so, do not guess
                     raise
                 logger.warning("pgfeatures: load into %s lost its connection before COMMIT (%s); retrying once", table, exc)
-                self._write_pool().check()
+                write_pool(self).check()
         raise AssertionError("unreachable")
 
     def update_features(self, key: Any, table: str, values: Mapping[str, Any], *, nan: str = "reject",
@@ -838,26 +456,4 @@ class FeatureStore:
         is replaced and the update sent once more (an upsert applied twice leaves the same row).
         """
         plans = plan_updates(self.registry, table, rows, nan=nan, overwrite_newer=overwrite_newer)
-        pool = self._write_pool()
-        for attempt in (0, 1):
-            conn: psycopg.Connection | None
-            try:
-                conn = pool.getconn()
-            except (PoolTimeout, PoolClosed) as exc:
-                raise database_error(exc, self.dsn or "", acquire_timeout=self.acquire_timeout,
-                                     last_connect_error=self.write_failures.error) from None
-            try:
-                return _upsert(conn, plans, self._prepare)
-            except psycopg.OperationalError as exc:
-                if attempt or not conn.broken:
-                    raise database_error(exc, self.dsn or "") from exc
-                logger.warning("pgfeatures: write connection lost (%s); retrying the update once", str(exc).strip())
-                pool.putconn(conn)
-                conn = None
-                pool.check()
-            except psycopg.Error as exc:
-                raise database_error(exc, self.dsn or "") from exc
-            finally:
-                if conn is not None:
-                    pool.putconn(conn)
-        raise AssertionError("unreachable")
+        return apply_updates(self, plans)

@@ -1,0 +1,231 @@
+"""Opening a store (async source): everything ``open()`` does before the store serves.
+
+Owns, for ``store_async.AsyncFeatureStore`` (and, generated from this module by
+``tools/async_to_sync.py``, for the sync store):
+
+- **catalog inspection**: the live catalog compared with the definitions in one statement, on the
+  first read target that answers at open (``first_inspection_async``), and for one target when a
+  broken table is re-checked (``inspect_target_async``, used by ``reads_async.py``);
+- **materialized services**: which are built and so read from their serving rows;
+- **read functions** (``pooler="transaction"``): the warm readers in their function form, each
+  function created where it is missing;
+- **the pools**: their settings, opening them (read pools per target, the write pool), waiting for
+  the read pools to fill, closing them; and the warm-up of every new read connection (session
+  setting, warm-up statements prepared, its raw cursor).
+
+The order of the steps, and what a failed step means, stay in ``AsyncFeatureStore.open``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from ..connections import ConnectFailures, connect_async, database_error, make_async_pool
+from ..errors import DatabaseUnavailableError, PgFeaturesError, SchemaDriftError
+from ..materialize.build_async import status_async
+from ..reader import BatchReader
+from ..reader.functions import EXISTING_FUNCTIONS, read_function
+from ..schema import CATALOG_QUERY, TableCheck
+from .base import READ_CURSOR, READ_SESSION_SETUP, ReadTarget, Router, target_name, warmup_statements
+
+if TYPE_CHECKING:
+    from .store_async import AsyncFeatureStore
+
+logger = logging.getLogger("pgfeatures")
+
+SLOW_WARMUP = 1.0  # seconds: a connection warm-up slower than this is logged
+
+
+# -- catalog inspection --------------------------------------------------------------------------
+
+async def first_inspection_async(store: AsyncFeatureStore, router: Router) -> dict[str, TableCheck]:
+    """The catalog checks, read on the first read target that answers; unreachable ones are marked down."""
+    errors: list[PgFeaturesError] = []
+    for target in router.targets:
+        try:
+            return await inspect_target_async(store, target, list(store.registry.tables))
+        except DatabaseUnavailableError as exc:
+            errors.append(exc)
+            router.mark_down(target, str(exc))
+    raise errors[0]
+
+
+async def inspect_target_async(store: AsyncFeatureStore, target: ReadTarget, tables: list[str]) -> dict[str, TableCheck]:
+    """The catalog checks of ``tables`` on ``target``, through a fresh connection."""
+    conn = await connect_async(target.dsn, "pgfeatures-check", store.connect_timeout,
+                               credentials=store.credentials, pooler=store.pooler)
+    try:
+        return await _catalog_async(store, conn, tables)
+    except psycopg.Error as exc:
+        raise database_error(exc, target.dsn) from exc
+    finally:
+        await conn.close()
+
+
+async def _catalog_async(store: AsyncFeatureStore, conn: psycopg.AsyncConnection, tables: list[str]) -> dict[str, TableCheck]:
+    cur = psycopg.AsyncRawCursor(conn)
+    await cur.execute(CATALOG_QUERY, (store.registry.schema, tables), prepare=False)
+    return store.health.from_rows(await cur.fetchall())
+
+
+# -- materialized services and read functions ----------------------------------------------------
+
+async def find_materialized_async(store: AsyncFeatureStore, router: Router) -> None:
+    """Which materialized services are built (their serving tables match the definitions): those
+    are read from their serving rows; the others by the flexible read, with a warning."""
+    wanted = [name for name, svc in store.registry.services.items() if svc.materialize]
+    if not wanted:
+        return
+    target = next((t for t in router.targets if not t.down), router.targets[0])
+    conn = await connect_async(target.dsn, "pgfeatures-check", store.connect_timeout,
+                               credentials=store.credentials, pooler=store.pooler)
+    try:
+        states = await status_async(conn, store.registry)
+    except psycopg.Error as exc:
+        raise database_error(exc, target.dsn) from exc
+    finally:
+        await conn.close()
+    built = {}
+    for name in wanted:
+        if states.get(name) == "built":
+            built[name] = store.registry.layouts(name)
+        else:
+            logger.warning("pgfeatures: service %s is materialize = true but its serving rows are %s: it is read "
+                           "table by table until `pgfeatures materialize %s` builds them", name, states.get(name), name)
+    store.readers.materialized = built
+
+
+async def read_functions_async(store: AsyncFeatureStore, router: Router) -> dict[bytes, Any]:
+    """``pooler="transaction"``: the warm readers in their function form (see reader/functions.py),
+    each function created on the primary where it is missing. A shape whose function cannot be
+    had (no CREATE privilege, primary down and not created by ``pgfeatures init``) reads unprepared."""
+    forms = [(r, f) for r in store.warm_readers if (f := read_function(r)) is not None]
+    if not forms:
+        return {}
+    names = list(dict.fromkeys(f.name for _, f in forms))
+    existing: set[str] = set()
+    for dsn in [store.dsn or "", *(t.dsn for t in router.targets)]:
+        try:
+            conn = await connect_async(dsn, "pgfeatures-init", store.connect_timeout,
+                                       credentials=store.credentials, pooler=store.pooler)
+        except PgFeaturesError as exc:
+            logger.warning("pgfeatures: cannot check the read functions at %s: %s", target_name(dsn, "server"), exc)
+            continue
+        try:
+            cur = psycopg.AsyncRawCursor(conn)
+            await cur.execute(EXISTING_FUNCTIONS, (store.registry.schema, names), prepare=False)
+            existing = {row[0] for row in await cur.fetchall()}
+            for reader, form in forms:
+                if form.name in existing:
+                    continue
+                try:
+                    await conn.execute(form.create, prepare=False)
+                    existing.add(form.name)
+                except psycopg.Error as exc:
+                    logger.warning("pgfeatures: cannot create the read function %s (%s): reads of tables %s are "
+                                   "planned at every call; run `pgfeatures init` as the schema's owner",
+                                   form.name, str(exc).strip(), ", ".join(reader.tables))
+            break
+        except psycopg.Error as exc:
+            logger.warning("pgfeatures: cannot check the read functions: %s", str(exc).strip())
+        finally:
+            await conn.close()
+    out: dict[bytes, Any] = {}
+    for reader, form in forms:
+        if form.name in existing:
+            if isinstance(reader, BatchReader):
+                out[reader.statement] = dataclasses.replace(reader, statement=form.call)
+            else:
+                out[reader.statements[0]] = dataclasses.replace(reader, statements=(form.call,))
+    return out
+
+
+# -- the pools -----------------------------------------------------------------------------------
+
+async def open_pools_async(store: AsyncFeatureStore, router: Router, dsn: str) -> None:
+    """Open a read pool per read target and the write pool (if any), and wait for the read pools to
+    fill: a target whose pool does not fill in time is marked down. Raises DatabaseUnavailableError
+    when every target is down; the pools opened so far are closed on any failure."""
+    try:
+        for target in router.targets:
+            target.pool = make_async_pool(target.dsn, **pool_settings(store, True, target.failures))
+            await target.pool.open(wait=False)
+        if store.write_pool_size > 0:
+            store.write_pool = make_async_pool(dsn, **pool_settings(store, False, store.write_failures))
+            await store.write_pool.open(wait=False)  # writes are not needed to serve reads
+        for target in router.targets:
+            if not target.down:
+                try:
+                    await target.pool.wait(timeout=store.connect_timeout + 10)
+                except PoolTimeout:
+                    router.mark_down(target, str(target.failures.error or "its pool did not fill in time"))
+        if all(t.down for t in router.targets):
+            first = router.targets[0]
+            raise database_error(PoolTimeout("no connection"), first.dsn, acquire_timeout=store.connect_timeout,
+                                 last_connect_error=first.failures.error)
+    except BaseException:
+        await close_pools_async(store, router)
+        raise
+
+
+async def close_pools_async(store: AsyncFeatureStore, router: Router | None) -> None:
+    """Close the read pools of ``router``'s targets and the store's write pool (and cancel probes)."""
+    for task in list(store._probes):  # async-only
+        task.cancel()  # async-only
+    pools = [t.pool for t in (router.targets if router else ()) if t.pool is not None]
+    for pool in [*pools, *([store.write_pool] if store.write_pool is not None else [])]:
+        await pool.close()
+    store.write_pool = None
+
+
+def pool_settings(store: AsyncFeatureStore, read: bool, failures: ConnectFailures) -> dict[str, Any]:
+    """The settings of a read pool (``read``) or of the write pool, from the store's options."""
+
+    async def configure_async(conn: psycopg.AsyncConnection) -> None:
+        await warm_connection_async(store, conn)
+
+    return {
+        "size": store.pool_size if read else store.write_pool_size,
+        "application_name": store.read_application_name if read else store.write_application_name,
+        "connect_timeout": store.connect_timeout,
+        "acquire_timeout": store.acquire_timeout,
+        "reconnect_timeout": store.reconnect_timeout,
+        "max_lifetime": store.max_lifetime,
+        "configure": configure_async if read else None,
+        "credentials": store.credentials,
+        "pooler": store.pooler,
+        "failures": failures,
+    }
+
+
+async def warm_connection_async(store: AsyncFeatureStore, conn: psycopg.AsyncConnection) -> None:
+    """Prepare the warm-up statements on a new read connection, before it serves.
+
+    A statement that fails because a table or column is missing is skipped (and logged): one
+    broken table must not keep every connection from serving the others.
+    """
+    started = time.monotonic()
+    cur = psycopg.AsyncRawCursor(conn)
+    if store._prepare:
+        statements = warmup_statements(store.warm_readers)
+        conn.prepared_max = max(conn.prepared_max or 0, store.readers.max_statements + len(statements))
+        await cur.execute(READ_SESSION_SETUP)
+        for reader, stmt, params in statements:
+            try:
+                await cur.execute(stmt, params, prepare=True, binary=True)
+                await cur.fetchall()
+            except psycopg.Error as exc:
+                if conn.broken or not isinstance(database_error(exc), SchemaDriftError):
+                    raise
+                logger.warning("pgfeatures: not prepared on a new connection (tables %s): %s",
+                               ", ".join(reader.tables), str(exc).strip())
+    setattr(conn, READ_CURSOR, cur)
+    seconds = time.monotonic() - started
+    if seconds > SLOW_WARMUP:
+        logger.warning("pgfeatures: warming a read connection took %.1fs", seconds)

@@ -1,0 +1,235 @@
+"""The store's read path (async source): how a compiled read reaches a read target.
+
+Owns, for ``store_async.AsyncFeatureStore`` (and, generated from this module by
+``tools/async_to_sync.py``, for the sync store):
+
+- **the statements on one connection**: a compiled reader's statement(s) sent in one flush
+  (``single``/``batch``, ``pipeline``, ``sequential``) and the rows handed to its decoder;
+- **routing and retry**: ``run_async`` takes a pooled connection of the first read target that
+  serves (``base.Router``), retries once a read whose connection died under it, marks a target
+  down and moves on to the next at once;
+- **rechecks of broken tables**: a request touching a table that could not be served re-checks
+  it in the catalog when due, and a statement rejected for a missing table or column re-checks it;
+- **probes**: a background probe of every read target that is down (or lagging) brings it back.
+
+The store's lifecycle (open, close) and public read methods stay in ``store_async.py``; the
+open-time inspection that rechecks reuse is in ``opening_async.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio  # sync: import threading
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg_pool import PoolClosed, PoolTimeout
+
+from ..connections import connect_async, database_error
+from ..errors import DatabaseUnavailableError, PgFeaturesError, SchemaDriftError, StoreClosedError
+from ..reader import BatchReader, Features, Fetch, Reader
+from ..schema import TableCheck
+from .base import LAG_QUERY, READ_CURSOR, ReadTarget, pipeline_cursors
+from .opening_async import inspect_target_async
+
+if TYPE_CHECKING:
+    from .store_async import AsyncFeatureStore
+
+logger = logging.getLogger("pgfeatures")
+
+
+# -- statements on one connection ----------------------------------------------------------------
+
+async def execute_async(conn: psycopg.AsyncConnection, reader: Reader, params: tuple[Any, ...], prepare: bool) -> Features:
+    """One request's reader on ``conn``: its statement(s) in one flush (N for ``sequential``), decoded."""
+    fetch = reader.fetch
+    if fetch is Fetch.ONE or fetch is Fetch.ALL:
+        cur = getattr(conn, READ_CURSOR, None) or psycopg.AsyncRawCursor(conn)
+        await cur.execute(reader.statements[0], params, prepare=prepare, binary=True)
+        return reader.decode(await cur.fetchone() if fetch is Fetch.ONE else await cur.fetchall())
+    # One statement per table, each taking its own table's entity key.
+    if fetch is Fetch.PIPELINE:
+        # One cursor per statement: a cursor keeps only its last result in a pipeline.
+        cursors = pipeline_cursors(conn, len(reader.statements), psycopg.AsyncRawCursor)
+        async with conn.pipeline():
+            for cur, stmt, i in zip(cursors, reader.statements, reader.param_index):
+                await cur.execute(stmt, (params[i],), prepare=prepare, binary=True)
+        return reader.decode([await cur.fetchone() for cur, _ in zip(cursors, reader.statements)])
+    cur = getattr(conn, READ_CURSOR, None) or psycopg.AsyncRawCursor(conn)
+    rows = []
+    for stmt, i in zip(reader.statements, reader.param_index):
+        await cur.execute(stmt, (params[i],), prepare=prepare, binary=True)
+        rows.append(await cur.fetchone())
+    return reader.decode(rows)
+
+
+async def execute_batch_async(conn: psycopg.AsyncConnection, reader: BatchReader, arrays: tuple[list[Any], ...],
+                              prepare: bool) -> list[Features]:
+    """A batch reader on ``conn``: one statement for all the keys, decoded."""
+    cur = getattr(conn, READ_CURSOR, None) or psycopg.AsyncRawCursor(conn)
+    await cur.execute(reader.statement, arrays, prepare=prepare, binary=True)
+    return reader.decode(await cur.fetchall())
+
+
+async def select_one_async(conn: psycopg.AsyncConnection, reader: None, args: None, prepare: bool) -> None:
+    """``SELECT 1`` on ``conn`` (the store's ``ping``)."""
+    cur = getattr(conn, READ_CURSOR, None) or psycopg.AsyncRawCursor(conn)
+    await cur.execute(b"SELECT 1", prepare=False)
+    await cur.fetchall()
+
+
+# -- routing and retry over the read targets -----------------------------------------------------
+
+async def run_async(store: AsyncFeatureStore, execute: Any, reader: Any, args: Any) -> Any:
+    """Run ``execute(conn, reader, args, prepare)`` on a read target of ``store``, moving on to the
+    next target when one fails.
+
+    getconn/putconn rather than ``pool.connection()``: with autocommit there is no transaction
+    to end, and the context managers cost measurable CPU per request. A connection that died
+    under the request (server restart, failover, idle kill) makes the pool check its idle
+    connections; the read is retried once on that target if connections survived, else the
+    target is marked down and the next one tried. Reads are idempotent.
+    """
+    router = store.router
+    if router is None:
+        raise StoreClosedError("the store is not open: call open() or use it as a context manager")
+    if store.health.broken and reader is not None and not store.health.broken.isdisjoint(reader.tables):
+        await recheck_async(store, reader.tables)
+    error: BaseException | None = None
+    target: ReadTarget | None = None
+    order = router.order()
+    last = order[-1]
+    for target in order:
+        pool = target.pool
+        for attempt in (0, 1):
+            try:
+                conn = await pool.getconn()
+            except PoolTimeout as exc:
+                error = exc
+                break
+            except PoolClosed as exc:
+                raise StoreClosedError(f"the store is closed: {exc}") from None
+            try:
+                result = await execute(conn, reader, args, store._prepare)
+            except psycopg.OperationalError as exc:
+                await pool.putconn(conn)
+                if not conn.broken:  # the server answered with an error: not a lost connection
+                    raise database_error(exc, target.dsn) from exc
+                error = exc
+                if attempt == 0:
+                    logger.info("pgfeatures: read connection to %s lost (%s); checking the pool", target.name,
+                                str(exc).strip())
+                    await pool.check()
+                    # Retry here if connections survived, or if there is nowhere else to go
+                    # (getconn then waits for the replacement the check started).
+                    if target is last or pool.get_stats().get("pool_available", 0):
+                        continue
+                break
+            except psycopg.Error as exc:
+                await pool.putconn(conn)
+                raise (await read_failed_async(store, exc, reader, target, conn)) from exc
+            except BaseException:
+                await pool.putconn(conn)
+                raise
+            await pool.putconn(conn)
+            if target.down:
+                router.mark_up(target)
+            if time.monotonic() >= router.next_probe_at:  # a target is down or lagging, and due for a probe
+                probe_soon(store)
+            return result
+        # Down: its connections died, or it cannot make new ones. A pool that is merely busy
+        # (a timeout with no failure to connect) is not down: the read spills to the next target.
+        if not isinstance(error, PoolTimeout) or target.failures.error is not None:
+            router.mark_down(target, str(unavailable(store, error, target)))
+            probe_soon(store)
+    assert target is not None
+    raise unavailable(store, error, target) from error
+
+
+def unavailable(store: AsyncFeatureStore, error: BaseException | None, target: ReadTarget) -> PgFeaturesError:
+    """The typed error for a read target that could not serve (``error``: why, if known)."""
+    if error is None:
+        return DatabaseUnavailableError(f"{target.name} is unavailable")
+    return database_error(error, target.dsn, acquire_timeout=store.acquire_timeout,
+                          last_connect_error=target.failures.error)
+
+
+# -- rechecks of tables that cannot be served ----------------------------------------------------
+
+async def read_failed_async(store: AsyncFeatureStore, exc: psycopg.Error, reader: Any, target: ReadTarget,
+                            conn: psycopg.AsyncConnection) -> PgFeaturesError:
+    """The error for a statement the server rejected; a missing table or column is re-checked
+    in the catalog so the error (and the tables left out from now on) name it."""
+    error = database_error(exc, target.dsn)
+    if not isinstance(error, SchemaDriftError) or reader is None:
+        return error
+    checks = await recheck_tables_async(store, list(reader.tables))
+    if checks is not None and store.health.broken & set(reader.tables):
+        return store.health.error(reader.tables)
+    return error
+
+
+async def recheck_async(store: AsyncFeatureStore, tables: Sequence[str]) -> None:
+    """Re-check the broken ones of ``tables`` (if due); raise SchemaDriftError if any is still broken."""
+    due = store.health.due(tables)
+    if due:
+        await recheck_tables_async(store, due)
+    if not store.health.broken.isdisjoint(tables):
+        raise store.health.error(tables)
+
+
+async def recheck_tables_async(store: AsyncFeatureStore, tables: list[str]) -> dict[str, TableCheck] | None:
+    """The catalog checks of ``tables`` on the first read target that answers (None if none does),
+    recorded in the store's table health."""
+    router = store.router
+    for target in router.order() if router else ():
+        try:
+            checks = await inspect_target_async(store, target, tables)
+        except PgFeaturesError:
+            continue
+        store.health.update(checks)
+        return checks
+    return None
+
+
+# -- probes of read targets that are down --------------------------------------------------------
+
+def probe_soon(store: AsyncFeatureStore) -> None:
+    """Start a background probe of every read target that is down (or lagging) and due for one."""
+    router = store.router
+    if router is None:
+        return
+    for target in router.due_for_probe(time.monotonic()):
+        task = asyncio.ensure_future(probe_async(store, target))  # sync: threading.Thread(target=probe, args=(store, target), daemon=True).start()
+        store._probes.add(task)  # async-only
+        task.add_done_callback(store._probes.discard)  # async-only
+
+
+async def probe_async(store: AsyncFeatureStore, target: ReadTarget) -> None:
+    """Is ``target`` serving? A fresh connection (through the credential provider) measures its lag;
+    if it answers, the pool's dead connections are replaced and the target is used again once
+    its pool has a live connection."""
+    router = store.router
+    try:
+        conn = await connect_async(target.dsn, "pgfeatures-probe", store.connect_timeout,
+                                   credentials=store.credentials, pooler=store.pooler)
+        try:
+            cur = await conn.execute(LAG_QUERY, prepare=False)
+            row = await cur.fetchone()
+        finally:
+            await conn.close()
+        if router is None:
+            return
+        router.set_lag(target, row[0] if row else None)
+        if target.down:
+            await target.pool.check()
+            if target.pool.get_stats().get("pool_available", 0):
+                router.mark_up(target)
+    except (PgFeaturesError, psycopg.Error, PoolClosed) as exc:
+        target.reason = str(exc)
+    except Exception:  # a probe must never take the store down; log and try again later
+        logger.exception("pgfeatures: probe of %s failed", target.name)
+    finally:
+        target.probing = False

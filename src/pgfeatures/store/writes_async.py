@@ -1,0 +1,95 @@
+"""The store's write path (async source): the write pool, and the upserts of live updates.
+
+Owns, for ``store_async.AsyncFeatureStore`` (and, generated from this module by
+``tools/async_to_sync.py``, for the sync store):
+
+- **the write pool**: the store's separate pool on the primary, or ReadOnlyStoreError without one;
+- **live updates**: the upsert plans of ``write.py`` sent in one round-trip and one transaction
+  (a statement per column set, in a pipeline), and retried once on a fresh connection when the
+  connection was found dead (an upsert applied twice leaves the same row).
+
+The public write methods (``write_connection``, ``write_features``, ``update_features*``) and
+their documentation stay in ``store_async.py``; bulk loads are ``pgfeatures.load``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+
+from ..connections import database_error
+from ..errors import ReadOnlyStoreError, StoreClosedError
+from ..write import UpdateCount
+
+if TYPE_CHECKING:
+    from .store_async import AsyncFeatureStore
+
+logger = logging.getLogger("pgfeatures")
+
+
+def write_pool(store: AsyncFeatureStore) -> AsyncConnectionPool:
+    """The store's write pool. Raises StoreClosedError when the store is not open, ReadOnlyStoreError
+    when it has no write pool."""
+    if store.write_pool is None:
+        if store.router is None:
+            raise StoreClosedError("the store is not open: call open() or use it as a context manager")
+        raise ReadOnlyStoreError("this store has no write pool (write_pool_size=0, or a read-only service): "
+                                 "it cannot write")
+    return store.write_pool
+
+
+async def upsert_async(conn: psycopg.AsyncConnection, plans: list[Any], prepare: bool) -> UpdateCount:
+    """Send the upsert ``plans`` (``(Upsert, params)`` pairs) on ``conn``: one statement, or one per
+    column set in one transaction and one round-trip."""
+    keys = sum(len(params[0]) for _, params in plans)
+    if len(plans) == 1:
+        cur = psycopg.AsyncRawCursor(conn)
+        await cur.execute(plans[0][0].statement, plans[0][1], prepare=prepare)
+        return UpdateCount(cur.rowcount, keys - cur.rowcount)
+    # Rows setting different columns: a statement per column set, one transaction, one round-trip.
+    # One cursor per statement: in a pipeline a cursor keeps only its last result (and rowcount).
+    control = psycopg.AsyncRawCursor(conn)
+    cursors = [psycopg.AsyncRawCursor(conn) for _ in plans]
+    try:
+        async with conn.pipeline():
+            await control.execute(b"BEGIN", prepare=False)
+            for cur, (upsert, params) in zip(cursors, plans):
+                await cur.execute(upsert.statement, params, prepare=prepare)
+            await control.execute(b"COMMIT", prepare=False)
+    except BaseException:
+        if not conn.broken:
+            await conn.rollback()
+        raise
+    written = sum(cur.rowcount for cur in cursors)
+    return UpdateCount(written, keys - written)
+
+
+async def apply_updates_async(store: AsyncFeatureStore, plans: list[Any]) -> UpdateCount:
+    """Apply the upsert ``plans`` through the store's write pool; a connection found dead is
+    replaced and the update sent once more. Raises as ``update_features_batch``."""
+    pool = write_pool(store)
+    for attempt in (0, 1):
+        conn: psycopg.AsyncConnection | None
+        try:
+            conn = await pool.getconn()
+        except (PoolTimeout, PoolClosed) as exc:
+            raise database_error(exc, store.dsn or "", acquire_timeout=store.acquire_timeout,
+                                 last_connect_error=store.write_failures.error) from None
+        try:
+            return await upsert_async(conn, plans, store._prepare)
+        except psycopg.OperationalError as exc:
+            if attempt or not conn.broken:
+                raise database_error(exc, store.dsn or "") from exc
+            logger.warning("pgfeatures: write connection lost (%s); retrying the update once", str(exc).strip())
+            await pool.putconn(conn)
+            conn = None
+            await pool.check()
+        except psycopg.Error as exc:
+            raise database_error(exc, store.dsn or "") from exc
+        finally:
+            if conn is not None:
+                await pool.putconn(conn)
+    raise AssertionError("unreachable")
