@@ -66,7 +66,7 @@ def check_same(store: FeatureStore, keys: Sequence[bytes]) -> None:
 
 
 def latency_calls(store: FeatureStore) -> dict[str, Callable[[bytes], Any]]:
-    """The four latency rows (``reads._rows`` adds them to every cell with all the tables)."""
+    """The four latency rows (``reads_cell._rows`` adds them to every cell with all the tables)."""
     get = store.get_service
     return {
         "service": lambda k: get(FLEX, k),
