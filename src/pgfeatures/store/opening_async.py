@@ -174,6 +174,26 @@ async def open_pools_async(store: AsyncFeatureStore, router: Router, dsn: str) -
         raise
 
 
+async def renew_pool_async(store: AsyncFeatureStore, target: ReadTarget) -> bool:
+    """Replace ``target``'s pool by a new one, once the database answers again but the pool has no
+    connection: its reconnection attempts wait out psycopg_pool's backoff (1, 2, 4 s ...), so after
+    an outage of a few seconds the old pool could stay empty for seconds more (3.1 s measured in the
+    soak). The new pool connects at once; requests waiting on the old one retry on the new one.
+    Returns whether the pool was replaced (False: the new pool did not fill either)."""
+    new = make_async_pool(target.dsn, **pool_settings(store, True, target.failures))
+    await new.open(wait=False)
+    try:
+        await new.wait(timeout=store.connect_timeout)
+    except PoolTimeout:
+        await new.close()
+        return False
+    old, target.pool = target.pool, new
+    logger.info("pgfeatures: %s answers again; its pool renewed", target.name)
+    if old is not None:
+        await old.close(timeout=0)
+    return True
+
+
 async def close_pools_async(store: AsyncFeatureStore, router: Router | None) -> None:
     """Close the read pools of ``router``'s targets and the store's write pool (and cancel probes)."""
     for task in list(store._probes):  # async-only

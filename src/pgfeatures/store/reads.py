@@ -34,7 +34,7 @@ from ..errors import DatabaseUnavailableError, PgFeaturesError, SchemaDriftError
 from ..reader import BatchReader, Features, Fetch, Reader
 from ..schema import TableCheck
 from .base import LAG_QUERY, READ_CURSOR, ReadTarget, pipeline_cursors
-from .opening import inspect_target
+from .opening import inspect_target, renew_pool
 
 if TYPE_CHECKING:
     from .store import FeatureStore
@@ -112,7 +112,10 @@ def run(store: FeatureStore, execute: Any, reader: Any, args: Any) -> Any:
                 error = exc
                 break
             except PoolClosed as exc:
-                raise StoreClosedError(f"the store is closed: {exc}") from None
+                if store.router is None or target.pool is pool:
+                    raise StoreClosedError(f"the store is closed: {exc}") from None
+                pool = target.pool  # the probe renewed it while this request waited: wait on the new one
+                continue
             try:
                 result = execute(conn, reader, args, store._prepare)
             except psycopg.OperationalError as exc:
@@ -225,6 +228,8 @@ def probe(store: FeatureStore, target: ReadTarget) -> None:
         router.set_lag(target, row[0] if row else None)
         if target.down:
             target.pool.check()
+            if not target.pool.get_stats().get("pool_available", 0):
+                renew_pool(store, target)
             if target.pool.get_stats().get("pool_available", 0):
                 router.mark_up(target)
     except (PgFeaturesError, psycopg.Error, PoolClosed) as exc:

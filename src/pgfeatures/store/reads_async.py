@@ -32,7 +32,7 @@ from ..errors import DatabaseUnavailableError, PgFeaturesError, SchemaDriftError
 from ..reader import BatchReader, Features, Fetch, Reader
 from ..schema import TableCheck
 from .base import LAG_QUERY, READ_CURSOR, ReadTarget, pipeline_cursors
-from .opening_async import inspect_target_async
+from .opening_async import inspect_target_async, renew_pool_async
 
 if TYPE_CHECKING:
     from .store_async import AsyncFeatureStore
@@ -110,7 +110,10 @@ async def run_async(store: AsyncFeatureStore, execute: Any, reader: Any, args: A
                 error = exc
                 break
             except PoolClosed as exc:
-                raise StoreClosedError(f"the store is closed: {exc}") from None
+                if store.router is None or target.pool is pool:
+                    raise StoreClosedError(f"the store is closed: {exc}") from None
+                pool = target.pool  # the probe renewed it while this request waited: wait on the new one
+                continue
             try:
                 result = await execute(conn, reader, args, store._prepare)
             except psycopg.OperationalError as exc:
@@ -225,6 +228,8 @@ async def probe_async(store: AsyncFeatureStore, target: ReadTarget) -> None:
         router.set_lag(target, row[0] if row else None)
         if target.down:
             await target.pool.check()
+            if not target.pool.get_stats().get("pool_available", 0):
+                await renew_pool_async(store, target)
             if target.pool.get_stats().get("pool_available", 0):
                 router.mark_up(target)
     except (PgFeaturesError, psycopg.Error, PoolClosed) as exc:
