@@ -87,7 +87,7 @@ from .base import (
 )
 from .opening import close_pools, find_materialized, first_inspection, open_pools, read_functions
 from .reads import execute, execute_batch, run, select_one, unavailable
-from .writes import apply_updates, write_pool
+from .writes import apply_updates, write_conn, write_pool
 
 if TYPE_CHECKING:  # load imports pyarrow: only a bulk load pays for it
     from ..load import LoadSummary
@@ -407,11 +407,7 @@ class FeatureStore:
         """A write-pool connection, with database errors translated. Raises ReadOnlyStoreError
         without a write pool, DatabaseUnavailableError when the primary cannot be reached."""
         pool = write_pool(self)
-        try:
-            conn = pool.getconn()
-        except (PoolTimeout, PoolClosed) as exc:
-            raise database_error(exc, self.dsn or "", acquire_timeout=self.acquire_timeout,
-                                 last_connect_error=self.write_failures.error) from None
+        conn = write_conn(self, pool)
         try:
             yield conn
         except psycopg.Error as exc:

@@ -86,7 +86,7 @@ from .base import (
 )
 from .opening_async import close_pools_async, find_materialized_async, first_inspection_async, open_pools_async, read_functions_async
 from .reads_async import execute_async, execute_batch_async, run_async, select_one_async, unavailable
-from .writes_async import apply_updates_async, write_pool
+from .writes_async import apply_updates_async, write_conn_async, write_pool
 
 if TYPE_CHECKING:  # load imports pyarrow: only a bulk load pays for it
     from ..load import LoadSummary
@@ -406,11 +406,7 @@ class AsyncFeatureStore:
         """A write-pool connection, with database errors translated. Raises ReadOnlyStoreError
         without a write pool, DatabaseUnavailableError when the primary cannot be reached."""
         pool = write_pool(self)
-        try:
-            conn = await pool.getconn()
-        except (PoolTimeout, PoolClosed) as exc:
-            raise database_error(exc, self.dsn or "", acquire_timeout=self.acquire_timeout,
-                                 last_connect_error=self.write_failures.error) from None
+        conn = await write_conn_async(self, pool)
         try:
             yield conn
         except psycopg.Error as exc:

@@ -69,17 +69,23 @@ def upsert(conn: psycopg.Connection, plans: list[Any], prepare: bool) -> UpdateC
     return UpdateCount(written, keys - written)
 
 
+def write_conn(store: FeatureStore, pool: ConnectionPool) -> psycopg.Connection:
+    """A connection of the write ``pool``; a pool that gives none (busy, closed, primary down)
+    raises DatabaseUnavailableError naming why."""
+    try:
+        return pool.getconn()
+    except (PoolTimeout, PoolClosed) as exc:
+        raise database_error(exc, store.dsn or "", acquire_timeout=store.acquire_timeout,
+                             last_connect_error=store.write_failures.error) from None
+
+
 def apply_updates(store: FeatureStore, plans: list[Any]) -> UpdateCount:
     """Apply the upsert ``plans`` through the store's write pool; a connection found dead is
     replaced and the update sent once more. Raises as ``update_features_batch``."""
     pool = write_pool(store)
     for attempt in (0, 1):
         conn: psycopg.Connection | None
-        try:
-            conn = pool.getconn()
-        except (PoolTimeout, PoolClosed) as exc:
-            raise database_error(exc, store.dsn or "", acquire_timeout=store.acquire_timeout,
-                                 last_connect_error=store.write_failures.error) from None
+        conn = write_conn(store, pool)
         try:
             return upsert(conn, plans, store._prepare)
         except psycopg.OperationalError as exc:

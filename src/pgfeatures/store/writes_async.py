@@ -67,17 +67,23 @@ async def upsert_async(conn: psycopg.AsyncConnection, plans: list[Any], prepare:
     return UpdateCount(written, keys - written)
 
 
+async def write_conn_async(store: AsyncFeatureStore, pool: AsyncConnectionPool) -> psycopg.AsyncConnection:
+    """A connection of the write ``pool``; a pool that gives none (busy, closed, primary down)
+    raises DatabaseUnavailableError naming why."""
+    try:
+        return await pool.getconn()
+    except (PoolTimeout, PoolClosed) as exc:
+        raise database_error(exc, store.dsn or "", acquire_timeout=store.acquire_timeout,
+                             last_connect_error=store.write_failures.error) from None
+
+
 async def apply_updates_async(store: AsyncFeatureStore, plans: list[Any]) -> UpdateCount:
     """Apply the upsert ``plans`` through the store's write pool; a connection found dead is
     replaced and the update sent once more. Raises as ``update_features_batch``."""
     pool = write_pool(store)
     for attempt in (0, 1):
         conn: psycopg.AsyncConnection | None
-        try:
-            conn = await pool.getconn()
-        except (PoolTimeout, PoolClosed) as exc:
-            raise database_error(exc, store.dsn or "", acquire_timeout=store.acquire_timeout,
-                                 last_connect_error=store.write_failures.error) from None
+        conn = await write_conn_async(store, pool)
         try:
             return await upsert_async(conn, plans, store._prepare)
         except psycopg.OperationalError as exc:
