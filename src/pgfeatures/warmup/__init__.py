@@ -37,7 +37,7 @@ FeatureStore and the HTTP server's start-up (``warm_store_async``, before
 
 The package, one module per concept (every name is importable from ``pgfeatures.warmup``):
 
-- ``steps``: ``Query``, ``Steps`` and their drivers ``run`` / ``run_async``;
+- ``steps``: ``Query`` and ``Steps``; ``driver_async`` (``run_async``) and ``driver`` (``run``, generated) execute them;
 - ``cache_probe``: the relations, the keys a probe reads, the probe (``probe``, ``measure``);
 - ``prewarm``: the warm-up (``Method``, ``warmup_steps``, ``WarmupReport``) and its entry points
   (``warmup``, ``warm_store``, their async twins, ``connect``, ``load_hot_keys``).
@@ -73,7 +73,9 @@ from .prewarm import (
     warmup_async,
     warmup_steps,
 )
-from .steps import Query, Rows, Steps, run, run_async
+from .driver import run
+from .driver_async import run_async
+from .steps import Query, Rows, Steps
 
 __all__ = [
     "HOT_KEY_CHUNK", "PROBE_KEYS", "PROBE_PLACES", "Blocks", "Method", "Probe", "Query", "Relation", "Rows", "Scan",

@@ -25,7 +25,9 @@ from ..errors import KeyFormatError, WarmupError
 from ..reader import compile_batch_reader, parse_key, parse_keys, select
 from ..schema import covering_index_name, qualified
 from .cache_probe import Probe, Relation, existing_tables, hot_tables, probe, relations, sample_keys
-from .steps import Query, Steps, run, run_async
+from .driver import run
+from .driver_async import run_async
+from .steps import Query, Steps
 
 if TYPE_CHECKING:
     from ..store import AsyncFeatureStore, FeatureStore
