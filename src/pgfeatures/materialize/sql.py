@@ -107,15 +107,22 @@ def build_sql(schema: str, layout: EntityLayout, target: str) -> sql.Composed:
         keys, joins)
 
 
+def _slices(layout: EntityLayout, table: FeatureTable) -> list[tuple[str, int, int, list[Slot]]]:
+    """``(array, first, last, slots)`` per array holding ``table``'s features (1-based bounds: a
+    table's slots are contiguous within each array)."""
+    slots = layout.table_slots(table.name)
+    out = []
+    for group in layout.groups:
+        mine = [s for s in slots if s.group == group]
+        if mine:
+            out.append((group, mine[0].index + 1, mine[-1].index + 1, mine))
+    return out
+
+
 def _slice_sets(layout: EntityLayout, table: FeatureTable, alias: str | None) -> list[sql.Composable]:
     """``r[a:b] = ARRAY[...]`` for each array holding ``table``'s features, and ``ts[j] = ...``."""
     sets: list[sql.Composable] = []
-    slots = layout.table_slots(table.name)
-    for group in layout.groups:
-        mine = [s for s in slots if s.group == group]
-        if not mine:
-            continue
-        a, b = mine[0].index + 1, mine[-1].index + 1  # a table's slots are contiguous within each array
+    for group, a, b, mine in _slices(layout, table):
         values = [_value(alias, s) if alias else sql.SQL("NULL") for s in mine]
         sets.append(sql.SQL("{}[{}:{}] = ARRAY[{}]::{}[]").format(
             sql.Identifier(group), sql.Literal(a), sql.Literal(b), sql.SQL(", ").join(values), _element(layout, group)))
@@ -147,13 +154,9 @@ def maintain_sql(schema: str, layout: EntityLayout, table: FeatureTable, changed
 
 def _slice_sets_from_excluded(layout: EntityLayout, table: FeatureTable) -> list[sql.Composable]:
     """``r[a:b] = EXCLUDED.r[a:b]`` and ``ts[j] = EXCLUDED.ts[j]``: ``table``'s slice of a conflicting insert."""
-    sets: list[sql.Composable] = []
-    slots = layout.table_slots(table.name)
-    for group in layout.groups:
-        mine = [s for s in slots if s.group == group]
-        if mine:
-            a, b = sql.Literal(mine[0].index + 1), sql.Literal(mine[-1].index + 1)
-            sets.append(sql.SQL("{g}[{a}:{b}] = EXCLUDED.{g}[{a}:{b}]").format(g=sql.Identifier(group), a=a, b=b))
+    sets: list[sql.Composable] = [
+        sql.SQL("{g}[{a}:{b}] = EXCLUDED.{g}[{a}:{b}]").format(g=sql.Identifier(group), a=sql.Literal(a), b=sql.Literal(b))
+        for group, a, b, _ in _slices(layout, table)]
     j = sql.Literal(layout.ts_index(table.name) + 1)
     sets.append(sql.SQL("{g}[{j}] = EXCLUDED.{g}[{j}]").format(g=sql.Identifier(TS), j=j))
     return sets
