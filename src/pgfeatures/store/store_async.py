@@ -1,6 +1,6 @@
 """The feature store (async source).
 
-The asyncio store is written here and the sync store is generated from it by
+The asyncio store is written in ``store_async.py`` and the sync store is generated from it by
 ``tools/async_to_sync.py`` (``store_async.py`` -> ``store.py``): the two are one source and
 differ only in ``await``.
 
@@ -95,7 +95,7 @@ logger = logging.getLogger("pgfeatures")
 
 
 class AsyncFeatureStore:
-    """Feature store on asyncio: reads any subset of tables for one key or many in one round-trip,
+    """The feature store: reads any subset of tables for one key or many in one round-trip,
     and writes (bulk loads, live updates) through a separate write pool. Safe to share between
     tasks (the sync FeatureStore: between threads): each call takes its own pooled connection.
 
