@@ -33,7 +33,7 @@ needs_pgbouncer = pytest.mark.skipif(
     find_pgbouncer() is None,
     reason="PgBouncer is not installed (/usr/sbin/pgbouncer: apt-get install pgbouncer, as .ci/run does)")
 
-RECOVERY_BOUND = 5.0  # seconds after the database is back; PgBouncer's default server_login_retry (15 s) exceeds it
+RECOVERY_BOUND = 2.0  # seconds after the database is back (the bound); PgBouncer's default server_login_retry (15 s) exceeds it
 
 
 @pytest.fixture(scope="module")

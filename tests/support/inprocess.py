@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import httpx
 from starlette.applications import Starlette
 
+from pgfeatures.definitions import Registry
 from pgfeatures.server import ServerConfig, create_app
 
 BASE_URL = "http://app"
@@ -64,12 +65,13 @@ class _ThreadedASGITransport(httpx.BaseTransport):
 
 @contextlib.contextmanager
 def running_app(config: ServerConfig, *, warmup: Iterable[Any] | None = (), ready_within: float = 30,
-                headers: dict[str, str] | None = None) -> Iterator[httpx.Client]:
+                headers: dict[str, str] | None = None, registry: Registry | None = None) -> Iterator[httpx.Client]:
     """A client of the app, once ``/readyz`` says ready. Server errors come back as responses.
 
     ``warmup``: the app's warm-up hooks (default none; None: the config's, i.e. pg_prewarm).
+    ``registry``: the definitions, instead of the config's file.
     """
-    app = create_app(config, warmup=warmup)
+    app = create_app(config, warmup=warmup, registry=registry)
     loop = _LoopThread()
     lifespan = app.router.lifespan_context(app)
     loop.run(lifespan.__aenter__())
@@ -89,9 +91,10 @@ def running_app(config: ServerConfig, *, warmup: Iterable[Any] | None = (), read
 
 @contextlib.asynccontextmanager
 async def app_client(config: ServerConfig, *, warmup: Iterable[Any] | None = (), ready: bool = True,
-                     ready_within: float = 30) -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
+                     ready_within: float = 30, registry: Registry | None = None,
+                     ) -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
     """The app (lifespan running) and an async client over ASGI; with ``ready``, once ready."""
-    app = create_app(config, warmup=warmup)
+    app = create_app(config, warmup=warmup, registry=registry)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=transport, base_url=BASE_URL, timeout=30) as client:
