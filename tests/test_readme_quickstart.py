@@ -45,8 +45,8 @@ def last_json(stdout: str) -> dict:
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the Quickstart's HTTP part uses curl")
 def test_the_quickstart_runs_as_written(tmp_path, schema, dsn, conn):
     kinds = [kind for kind, _ in quickstart_blocks()]
-    assert kinds == ["toml", "bash", "json", "python", "text", "bash"], kinds
-    (_, toml), (_, shell), (_, printed), (_, script), (_, output), (_, http) = quickstart_blocks()
+    assert kinds == ["toml", "bash", "json", "python", "text", "bash", "json"], kinds
+    (_, toml), (_, shell), (_, printed), (_, script), (_, output), (_, http), (_, answered) = quickstart_blocks()
     assert 'schema = "quickstart"' in toml
     (tmp_path / "features.toml").write_text(toml.replace('schema = "quickstart"', f'schema = "{schema}"'))
     env = {**os.environ, "PGFEATURES_DSN": dsn}
@@ -61,7 +61,9 @@ def test_the_quickstart_runs_as_written(tmp_path, schema, dsn, conn):
         return done.stdout
 
     expected = json.loads(printed)
-    assert last_json(run(shell)) == expected
+    stdout = run(shell)
+    assert last_json(stdout) == expected
+    assert stdout.endswith(printed), "the README shows the output other than the CLI prints it"
 
     (tmp_path / "quickstart.py").write_text(script)
     done = subprocess.run([sys.executable, "quickstart.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -72,3 +74,4 @@ def test_the_quickstart_runs_as_written(tmp_path, schema, dsn, conn):
     assert "8000" in http
     answer = run(http.replace("8000", str(free_port())))
     assert last_json(answer) == expected  # after the line serve prints when it starts
+    assert answer.splitlines()[-1] == answered.strip(), "the README shows the HTTP answer other than it is"
