@@ -26,7 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg_pool import PoolTimeout
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..connections import ConnectFailures, connect, database_error, make_pool
 from ..errors import DatabaseUnavailableError, PgFeaturesError, SchemaDriftError
@@ -34,7 +34,7 @@ from ..materialize.build import status
 from ..reader import BatchReader
 from ..reader.functions import EXISTING_FUNCTIONS, read_function
 from ..schema import CATALOG_QUERY, TableCheck
-from .base import READ_CURSOR, READ_SESSION_SETUP, ReadTarget, Router, target_name, warmup_statements
+from .base import PROBE_INTERVAL, READ_CURSOR, READ_SESSION_SETUP, ReadTarget, Router, target_name, warmup_statements
 
 if TYPE_CHECKING:
     from .store import FeatureStore
@@ -193,6 +193,39 @@ def renew_pool(store: FeatureStore, target: ReadTarget) -> bool:
     logger.info("pgfeatures: %s answers again; its pool renewed", target.name)
     if old is not None:
         old.close(timeout=0)
+    return True
+
+
+def renew_write_pool(store: FeatureStore, old: ConnectionPool) -> bool:
+    """Replace the write pool ``old``, which gave no connection and whose last connection attempt
+    failed, once the primary answers a fresh connection: like ``renew_pool_async`` for the read
+    pools, so writes need not wait out psycopg_pool's reconnection backoff after an outage. The
+    primary is asked at most every PROBE_INTERVAL. Returns whether the store's write pool is now
+    another pool than ``old`` (renewed here or by a concurrent writer)."""
+    with store._write_renewal:
+        if store.write_pool is not old:
+            return True
+        now = time.monotonic()
+        if now < store._write_probe_at:
+            return False
+        store._write_probe_at = now + PROBE_INTERVAL
+        dsn = store.dsn or ""
+        try:
+            probe = connect(dsn, store.write_application_name, store.connect_timeout,
+                                        credentials=store.credentials, pooler=store.pooler)
+        except PgFeaturesError:
+            return False
+        probe.close()
+        new = make_pool(dsn, **pool_settings(store, False, store.write_failures))
+        new.open(wait=False)
+        try:
+            new.wait(timeout=store.connect_timeout)
+        except PoolTimeout:
+            new.close()
+            return False
+        store.write_pool = new
+    logger.info("pgfeatures: the primary %s answers again; the write pool renewed", target_name(dsn, "primary"))
+    old.close(timeout=0)
     return True
 
 

@@ -24,7 +24,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg_pool import PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ..connections import ConnectFailures, connect_async, database_error, make_async_pool
 from ..errors import DatabaseUnavailableError, PgFeaturesError, SchemaDriftError
@@ -32,7 +32,7 @@ from ..materialize.build_async import status_async
 from ..reader import BatchReader
 from ..reader.functions import EXISTING_FUNCTIONS, read_function
 from ..schema import CATALOG_QUERY, TableCheck
-from .base import READ_CURSOR, READ_SESSION_SETUP, ReadTarget, Router, target_name, warmup_statements
+from .base import PROBE_INTERVAL, READ_CURSOR, READ_SESSION_SETUP, ReadTarget, Router, target_name, warmup_statements
 
 if TYPE_CHECKING:
     from .store_async import AsyncFeatureStore
@@ -191,6 +191,39 @@ async def renew_pool_async(store: AsyncFeatureStore, target: ReadTarget) -> bool
     logger.info("pgfeatures: %s answers again; its pool renewed", target.name)
     if old is not None:
         await old.close(timeout=0)
+    return True
+
+
+async def renew_write_pool_async(store: AsyncFeatureStore, old: AsyncConnectionPool) -> bool:
+    """Replace the write pool ``old``, which gave no connection and whose last connection attempt
+    failed, once the primary answers a fresh connection: like ``renew_pool_async`` for the read
+    pools, so writes need not wait out psycopg_pool's reconnection backoff after an outage. The
+    primary is asked at most every PROBE_INTERVAL. Returns whether the store's write pool is now
+    another pool than ``old`` (renewed here or by a concurrent writer)."""
+    async with store._write_renewal:
+        if store.write_pool is not old:
+            return True
+        now = time.monotonic()
+        if now < store._write_probe_at:
+            return False
+        store._write_probe_at = now + PROBE_INTERVAL
+        dsn = store.dsn or ""
+        try:
+            probe = await connect_async(dsn, store.write_application_name, store.connect_timeout,
+                                        credentials=store.credentials, pooler=store.pooler)
+        except PgFeaturesError:
+            return False
+        await probe.close()
+        new = make_async_pool(dsn, **pool_settings(store, False, store.write_failures))
+        await new.open(wait=False)
+        try:
+            await new.wait(timeout=store.connect_timeout)
+        except PoolTimeout:
+            await new.close()
+            return False
+        store.write_pool = new
+    logger.info("pgfeatures: the primary %s answers again; the write pool renewed", target_name(dsn, "primary"))
+    await old.close(timeout=0)
     return True
 
 

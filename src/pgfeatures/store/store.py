@@ -41,6 +41,7 @@ QueryTimeoutError, SchemaDriftError, StoreClosedError, ReadOnlyStoreError, Datab
 
 from __future__ import annotations
 
+import threading
 import contextlib
 import logging
 from collections.abc import Iterator, Iterable, Mapping, Sequence
@@ -200,6 +201,8 @@ class FeatureStore:
         self.router: Router | None = None
         self.write_pool: ConnectionPool | None = None
         self.write_failures = ConnectFailures()
+        self._write_renewal = threading.Lock()
+        self._write_probe_at = 0.0
         self.ready = False
         self._probes: set[Any] = set()
         self._via_functions: dict[bytes, Any] = {}
@@ -406,8 +409,7 @@ class FeatureStore:
     def write_connection(self) -> Iterator[psycopg.Connection]:
         """A write-pool connection, with database errors translated. Raises ReadOnlyStoreError
         without a write pool, DatabaseUnavailableError when the primary cannot be reached."""
-        pool = write_pool(self)
-        conn = write_conn(self, pool)
+        pool, conn = write_conn(self)
         try:
             yield conn
         except psycopg.Error as exc:

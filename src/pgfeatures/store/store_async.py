@@ -39,7 +39,7 @@ QueryTimeoutError, SchemaDriftError, StoreClosedError, ReadOnlyStoreError, Datab
 
 from __future__ import annotations
 
-import asyncio  # async-only
+import asyncio  # sync: import threading
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -199,6 +199,8 @@ class AsyncFeatureStore:
         self.router: Router | None = None
         self.write_pool: AsyncConnectionPool | None = None
         self.write_failures = ConnectFailures()
+        self._write_renewal = asyncio.Lock()  # sync: self._write_renewal = threading.Lock()
+        self._write_probe_at = 0.0
         self.ready = False
         self._probes: set[Any] = set()
         self._via_functions: dict[bytes, Any] = {}
@@ -405,8 +407,7 @@ class AsyncFeatureStore:
     async def write_connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
         """A write-pool connection, with database errors translated. Raises ReadOnlyStoreError
         without a write pool, DatabaseUnavailableError when the primary cannot be reached."""
-        pool = write_pool(self)
-        conn = await write_conn_async(self, pool)
+        pool, conn = await write_conn_async(self)
         try:
             yield conn
         except psycopg.Error as exc:

@@ -25,6 +25,7 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 from ..connections import database_error
 from ..errors import ReadOnlyStoreError, StoreClosedError
 from ..write import UpdateCount
+from .opening import renew_write_pool
 
 if TYPE_CHECKING:
     from .store import FeatureStore
@@ -69,23 +70,35 @@ def upsert(conn: psycopg.Connection, plans: list[Any], prepare: bool) -> UpdateC
     return UpdateCount(written, keys - written)
 
 
-def write_conn(store: FeatureStore, pool: ConnectionPool) -> psycopg.Connection:
-    """A connection of the write ``pool``; a pool that gives none (busy, closed, primary down)
-    raises DatabaseUnavailableError naming why."""
+def write_conn(store: FeatureStore) -> tuple[ConnectionPool, psycopg.Connection]:
+    """The store's write pool and a connection of it. A pool that gives none (busy, closed, primary
+    down) raises DatabaseUnavailableError naming why; one that gave none because its connections
+    died and psycopg_pool is still backing off is renewed if the primary answers now, and asked once
+    more (``renew_write_pool_async``)."""
+    pool = write_pool(store)
     try:
-        return pool.getconn()
-    except (PoolTimeout, PoolClosed) as exc:
-        raise database_error(exc, store.dsn or "", acquire_timeout=store.acquire_timeout,
-                             last_connect_error=store.write_failures.error) from None
+        return pool, pool.getconn()
+    except PoolTimeout as exc:
+        failure: Exception = exc
+    except PoolClosed as exc:
+        failure = exc
+    if isinstance(failure, PoolTimeout) and store.write_failures.error is not None \
+            and renew_write_pool(store, pool):
+        pool = write_pool(store)
+        try:
+            return pool, pool.getconn()
+        except (PoolTimeout, PoolClosed) as exc:
+            failure = exc
+    raise database_error(failure, store.dsn or "", acquire_timeout=store.acquire_timeout,
+                         last_connect_error=store.write_failures.error) from None
 
 
 def apply_updates(store: FeatureStore, plans: list[Any]) -> UpdateCount:
     """Apply the upsert ``plans`` through the store's write pool; a connection found dead is
     replaced and the update sent once more. Raises as ``update_features_batch``."""
-    pool = write_pool(store)
     for attempt in (0, 1):
         conn: psycopg.Connection | None
-        conn = write_conn(store, pool)
+        pool, conn = write_conn(store)
         try:
             return upsert(conn, plans, store._prepare)
         except psycopg.OperationalError as exc:
@@ -94,7 +107,7 @@ def apply_updates(store: FeatureStore, plans: list[Any]) -> UpdateCount:
             logger.warning("pgfeatures: write connection lost (%s); retrying the update once", str(exc).strip())
             pool.putconn(conn)
             conn = None
-            pool.check()
+            write_pool(store).check()
         except psycopg.Error as exc:
             raise database_error(exc, store.dsn or "") from exc
         finally:

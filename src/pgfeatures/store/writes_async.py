@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 from ..connections import database_error
 from ..errors import ReadOnlyStoreError, StoreClosedError
 from ..write import UpdateCount
+from .opening_async import renew_write_pool_async
 
 if TYPE_CHECKING:
     from .store_async import AsyncFeatureStore
@@ -67,23 +68,35 @@ async def upsert_async(conn: psycopg.AsyncConnection, plans: list[Any], prepare:
     return UpdateCount(written, keys - written)
 
 
-async def write_conn_async(store: AsyncFeatureStore, pool: AsyncConnectionPool) -> psycopg.AsyncConnection:
-    """A connection of the write ``pool``; a pool that gives none (busy, closed, primary down)
-    raises DatabaseUnavailableError naming why."""
+async def write_conn_async(store: AsyncFeatureStore) -> tuple[AsyncConnectionPool, psycopg.AsyncConnection]:
+    """The store's write pool and a connection of it. A pool that gives none (busy, closed, primary
+    down) raises DatabaseUnavailableError naming why; one that gave none because its connections
+    died and psycopg_pool is still backing off is renewed if the primary answers now, and asked once
+    more (``renew_write_pool_async``)."""
+    pool = write_pool(store)
     try:
-        return await pool.getconn()
-    except (PoolTimeout, PoolClosed) as exc:
-        raise database_error(exc, store.dsn or "", acquire_timeout=store.acquire_timeout,
-                             last_connect_error=store.write_failures.error) from None
+        return pool, await pool.getconn()
+    except PoolTimeout as exc:
+        failure: Exception = exc
+    except PoolClosed as exc:
+        failure = exc
+    if isinstance(failure, PoolTimeout) and store.write_failures.error is not None \
+            and await renew_write_pool_async(store, pool):
+        pool = write_pool(store)
+        try:
+            return pool, await pool.getconn()
+        except (PoolTimeout, PoolClosed) as exc:
+            failure = exc
+    raise database_error(failure, store.dsn or "", acquire_timeout=store.acquire_timeout,
+                         last_connect_error=store.write_failures.error) from None
 
 
 async def apply_updates_async(store: AsyncFeatureStore, plans: list[Any]) -> UpdateCount:
     """Apply the upsert ``plans`` through the store's write pool; a connection found dead is
     replaced and the update sent once more. Raises as ``update_features_batch``."""
-    pool = write_pool(store)
     for attempt in (0, 1):
         conn: psycopg.AsyncConnection | None
-        conn = await write_conn_async(store, pool)
+        pool, conn = await write_conn_async(store)
         try:
             return await upsert_async(conn, plans, store._prepare)
         except psycopg.OperationalError as exc:
@@ -92,7 +105,7 @@ async def apply_updates_async(store: AsyncFeatureStore, plans: list[Any]) -> Upd
             logger.warning("pgfeatures: write connection lost (%s); retrying the update once", str(exc).strip())
             await pool.putconn(conn)
             conn = None
-            await pool.check()
+            await write_pool(store).check()
         except psycopg.Error as exc:
             raise database_error(exc, store.dsn or "") from exc
         finally:
