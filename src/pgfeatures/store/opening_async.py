@@ -148,6 +148,12 @@ async def read_functions_async(store: AsyncFeatureStore, router: Router) -> dict
 
 # -- the pools -----------------------------------------------------------------------------------
 
+OPEN_GRACE = 10.0  # seconds a read pool may take to fill at open, beyond connect_timeout (warm-up prepares)
+STALLED = ("its connections were opened but did not finish their warm-up (a pooler with no free server "
+           "connection, e.g. PgBouncer in session mode with default_pool_size below the clients' connections, "
+           "or a database that accepts logins but does not answer)")
+
+
 async def open_pools_async(store: AsyncFeatureStore, router: Router, dsn: str) -> None:
     """Open a read pool per read target and the write pool (if any), and wait for the read pools to
     fill: a target whose pool does not fill in time is marked down. Raises DatabaseUnavailableError
@@ -162,11 +168,14 @@ async def open_pools_async(store: AsyncFeatureStore, router: Router, dsn: str) -
         for target in router.targets:
             if not target.down:
                 try:
-                    await target.pool.wait(timeout=store.connect_timeout + 10)
+                    await target.pool.wait(timeout=store.connect_timeout + OPEN_GRACE)
                 except PoolTimeout:
-                    router.mark_down(target, str(target.failures.error or "its pool did not fill in time"))
+                    router.mark_down(target, str(target.failures.error or STALLED))
         if all(t.down for t in router.targets):
             first = router.targets[0]
+            if first.failures.error is None:  # connected, but never finished its warm-up
+                raise DatabaseUnavailableError(f"no read connection ready within {store.connect_timeout + OPEN_GRACE:g}s "
+                                               f"at {first.name}: {STALLED}")
             raise database_error(PoolTimeout("no connection"), first.dsn, acquire_timeout=store.connect_timeout,
                                  last_connect_error=first.failures.error)
     except BaseException:
