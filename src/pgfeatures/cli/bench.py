@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import Command, Flag, CliError, add_dsn, add_json, add_settings, connect, csv, dsn_of, given
+from .common import Command, Flag, CliError, add_dsn, add_json, add_settings, connect, csv, dsn_of, dsn_with_credentials, given
 from .output import Output
 
 # Help for the BenchConfig fields (pgfeatures.bench.reads has no field metadata), and the flags
@@ -69,7 +69,8 @@ def run_bench(args: argparse.Namespace, out: Output) -> int:
         config = reads.BenchConfig.quick(**settings) if args.quick else reads.BenchConfig(**settings)
         dsn = dsn_of(args)
         connect(args, "pgfeatures-bench", dsn).close()  # a down database fails here, with a clear message
-        result = reads.run_benchmark(dsn, config, argv=["pgfeatures", *sys.argv[1:]], progress=console.print)
+        result = reads.run_benchmark(dsn_with_credentials(args, dsn), config, argv=["pgfeatures", *sys.argv[1:]],
+                                     progress=console.print)
         reads.save(result, args.save)
     if args.json:
         out.json(result)
@@ -129,7 +130,7 @@ def run_bench_soak(args: argparse.Namespace, out: Output) -> int:
 
 
 def configure_proxy(p: argparse.ArgumentParser) -> None:
-    add_dsn(p)
+    add_dsn(p, credentials=False)  # the DSN only says where to forward: the proxy never logs in
     p.add_argument("--target", help="host:port to forward to (default: the host and port of --dsn)")
     p.add_argument("--listen", default="127.0.0.1:0", help="host:port to listen on (default 127.0.0.1:0, a free port)")
     p.add_argument("--rtt", type=float, default=20.0, help="round-trip delay in ms, split evenly between directions (default 20)")

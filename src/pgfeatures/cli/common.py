@@ -1,5 +1,13 @@
 """What every command shares: the common options, the one way flags are derived from a settings
-dataclass, the extras a command needs, and where the database is.
+dataclass, the extras a command needs, and where the database is and how to log in.
+
+Where and how to log in, the same for every command that connects: ``--dsn`` (else
+``$PGFEATURES_DSN``, else the embedded server), and a credential provider asked for the password
+at every connection, ``--credentials module:callable`` (else ``$PGFEATURES_CREDENTIALS``) or
+``--password-file FILE`` (else ``$PGFEATURES_PASSWORD_FILE``), one of the two: the flags and
+variables ``pgfeatures serve`` takes (``ServerConfig``'s ``credentials`` and ``password_file``).
+``connect`` passes the provider to the connection; code that takes only a DSN gets
+``dsn_with_credentials``, the DSN with the provider's answer merged in.
 
 Flags from settings: ``add_settings(parser, SomeSettings)`` adds one option per dataclass field
 (``pool_size`` -> ``--pool-size``, dest ``pool_size``, default None so an unset flag keeps the
@@ -26,10 +34,14 @@ from typing import TYPE_CHECKING, Any
 from ..errors import PgFeaturesError
 
 if TYPE_CHECKING:
+    from ..connections import CredentialProvider
     from ..definitions import Registry
     from .output import Output
 
 DEFINITIONS_ENV = "PGFEATURES_DEFINITIONS"
+# The names pgfeatures serve derives from ServerConfig's fields (PGFEATURES_<FIELD>): one spelling for every command.
+CREDENTIALS_ENV = "PGFEATURES_CREDENTIALS"
+PASSWORD_FILE_ENV = "PGFEATURES_PASSWORD_FILE"
 
 # Exit codes, documented in ``pgfeatures --help`` and the README.
 EXIT_OK = 0
@@ -128,8 +140,16 @@ def missing_module(command: str, exc: ImportError, needs: Iterable[str] = ()) ->
 # -- shared options -------------------------------------------------------------------------------
 
 
-def add_dsn(p: argparse.ArgumentParser, help: str | None = None) -> None:
+def add_dsn(p: argparse.ArgumentParser, help: str | None = None, *, credentials: bool = True) -> None:
+    """``--dsn``, and (for a command that logs in: ``credentials``) ``--credentials`` / ``--password-file``."""
     p.add_argument("--dsn", help=help or "PostgreSQL connection string (default: $PGFEATURES_DSN, else the embedded server)")
+    if credentials:
+        p.add_argument("--credentials", metavar="MODULE:CALLABLE",
+                       help="credential provider called for every new connection; it returns the password or a mapping "
+                            "of libpq parameters, which override the DSN's (rotating passwords, OAuth or IAM tokens; "
+                            f"default: ${CREDENTIALS_ENV})")
+        p.add_argument("--password-file", metavar="FILE",
+                       help=f"file holding the password, read at every new connection (default: ${PASSWORD_FILE_ENV})")
 
 
 def add_definitions(p: argparse.ArgumentParser, help: str | None = None) -> None:
@@ -166,12 +186,66 @@ def dsn_of(args: argparse.Namespace, dsn: str | None = None) -> str:
     return resolved
 
 
+def credentials_of(args: argparse.Namespace) -> "CredentialProvider | None":
+    """The credential provider of the command: ``--credentials`` (else ``$PGFEATURES_CREDENTIALS``),
+    a ``module:callable`` loaded by ``load_provider``, or ``--password-file`` (else
+    ``$PGFEATURES_PASSWORD_FILE``), a ``PasswordFile``; None: the DSN's own password (or libpq's
+    ``PGPASSWORD`` / ``.pgpass``). Both set is an error, as for ``pgfeatures serve``.
+
+    Loaded once per command (remembered on ``args``, so a ``Cached`` provider caches across the
+    command's connections). Raises ConfigError naming what is wrong with the provider."""
+    if hasattr(args, "_credentials"):
+        provider: CredentialProvider | None = args._credentials
+        return provider
+    from ..connections import PasswordFile, load_provider
+    from ..errors import ConfigError
+
+    spec = getattr(args, "credentials", None) or os.environ.get(CREDENTIALS_ENV) or None
+    path = getattr(args, "password_file", None) or os.environ.get(PASSWORD_FILE_ENV) or None
+    if spec and path:
+        raise ConfigError(f"give a credential provider (--credentials or ${CREDENTIALS_ENV}) or a password file "
+                          f"(--password-file or ${PASSWORD_FILE_ENV}), not both")
+    provider = PasswordFile(path) if path else load_provider(spec) if spec else None
+    args._credentials = provider
+    return provider
+
+
 def connect(args: argparse.Namespace, application_name: str, dsn: str | None = None, timeout: float = 5.0) -> Any:
-    """A one-off autocommit connection for a command, through ``pgfeatures.connections.connect``
-    (errors come back typed: DatabaseUnavailableError, AuthenticationError)."""
+    """A one-off autocommit connection for a command, through ``pgfeatures.connections.connect``,
+    with the command's credential provider (errors come back typed: DatabaseUnavailableError,
+    AuthenticationError, also for a provider that fails)."""
     from ..connections import connect as open_connection
 
-    return open_connection(dsn or dsn_of(args), application_name, timeout)
+    dsn = dsn or dsn_of(args)
+    return open_connection(dsn, application_name, timeout, credentials=credentials_of(args))
+
+
+def dsn_with_credentials(args: argparse.Namespace, dsn: str | None = None) -> str:
+    """The DSN with the credential provider's answer merged in (the DSN unchanged without a
+    provider), for library code that takes only a DSN (doctor, demo, the benchmarks): the provider
+    is asked once, now, so a command that runs for longer than the credential lives fails its later
+    logins. The result holds the password: show ``dsn_of(args)``, never this.
+
+    Raises AuthenticationError when the provider fails, as a connection through it would."""
+    dsn = dsn or dsn_of(args)
+    provider = credentials_of(args)
+    if provider is None:
+        return dsn
+    from psycopg.conninfo import make_conninfo
+
+    from ..connections import CredentialProviderError, unavailable
+    from ..connections.credentials import credential_params
+
+    try:
+        params = credential_params(provider)
+    except CredentialProviderError as exc:
+        raise unavailable(dsn, exc) from None
+    try:
+        return make_conninfo(dsn, **params)
+    except Exception as exc:  # psycopg.ProgrammingError: a parameter libpq does not know
+        from ..errors import ConfigError
+
+        raise ConfigError(f"credential provider {provider!r} returned parameters the DSN cannot take: {exc}") from None
 
 
 # -- flags from settings dataclasses --------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import platform
 
-from .common import Command, add_dsn, add_json, add_settings, dsn_of, given
+from .common import Command, add_dsn, add_json, add_settings, dsn_of, dsn_with_credentials, given
 from .output import Output
 
 
@@ -23,7 +23,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
     from ..demo import DemoSettings, run_demo
 
     settings = DemoSettings(**given(args, DemoSettings))
-    dsn = dsn_of(args)
+    dsn = dsn_of(args)  # shown; the one with the credential merged in is not
+    login = dsn_with_credentials(args, dsn)
     n_tables = len(demo_registry(schema=settings.schema).tables)
     out.say(f"pgfeatures demo: {n_tables} tables x 8 real features, {settings.entities:,} entities, server {dsn}",
             style="bold")
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
             else:
                 bar.advance(name)
 
-        result = run_demo(dsn, settings, progress=step)
+        result = run_demo(login, settings, progress=step)
     out.say(f"data {'loaded' if result.loaded else 'already present, reused'} in {result.load_seconds:.1f}s")
     if args.json:
         out.json(result.as_dict())

@@ -5,7 +5,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from .common import EXIT_CHECK_FAILED, CliError, Command, add_definitions, add_dsn, add_json, connect, dsn_of, load_registry
+from .common import (
+    EXIT_CHECK_FAILED,
+    CliError,
+    Command,
+    add_definitions,
+    add_dsn,
+    add_json,
+    connect,
+    dsn_with_credentials,
+    load_registry,
+)
 from .output import Output
 
 
@@ -42,7 +52,8 @@ def run_doctor(args: argparse.Namespace, out: Output) -> int:
     if args.sample < 1:
         raise CliError(f"--sample must be at least 1, got {args.sample}")
     registry, hot_keys = _target(args)
-    report = diagnose(registry, dsn_of(args), hot_keys=hot_keys, sample=args.sample)
+    # diagnose takes a DSN (its connections and stores are its own): the provider is asked once, here
+    report = diagnose(registry, dsn_with_credentials(args), hot_keys=hot_keys, sample=args.sample)
     code = EXIT_CHECK_FAILED if report.status is Status.FAIL else 0
     if args.json:
         out.json(report.as_dict())

@@ -31,7 +31,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .common import CliError, Command, add_definitions, add_dsn, add_json, dsn_of, load_registry
+from .common import CliError, Command, add_definitions, add_dsn, add_json, credentials_of, dsn_of, load_registry
 from .output import Output
 
 if TYPE_CHECKING:
@@ -237,7 +237,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
     _check_keys(probe.binder, requests, single)
     reals = _real_features(registry)
     vector = args.output == "vector"
-    with FeatureStore(registry, dsn_of(args), pool_size=1, write_pool_size=0, on_drift="isolate") as store:
+    with FeatureStore(registry, dsn_of(args), pool_size=1, write_pool_size=0, on_drift="isolate",
+                      credentials=credentials_of(args)) as store:
         if service is not None:
             output = "list" if vector else "dict"
             results = ([store.get_service(service, requests[0], features, output=output)] if single

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import Command, Flag, add_dsn, add_json, add_settings, dsn_of, given
+from .common import Command, Flag, add_dsn, add_json, add_settings, dsn_with_credentials, given
 from .output import Output
 
 
@@ -27,6 +27,7 @@ def run_serve(args: argparse.Namespace, out: Output) -> int:
 
     config = load_config(given(args, ServerConfig), config_file=args.config)
     registry = config.registry()  # a bad definitions file fails here, not in every worker
+    config.credential_provider()  # and so does a provider that cannot be loaded (each worker loads its own)
     config = config.replace(dsn=resolve_dsn(config.dsn))  # the embedded server starts once, here
     args.resolved_dsn = config.dsn
     out.say(f"pgfeatures serve: http://{config.host}:{config.port} ({config.workers} worker(s), "
@@ -47,7 +48,8 @@ def configure_bench_http(p: argparse.ArgumentParser) -> None:
 def run_bench_http(args: argparse.Namespace, out: Output) -> int:
     from ..bench.http import main, report
 
-    figures = main(args, dsn_of(args))
+    # the servers it starts and its own stores take a DSN: the credential is asked for once, merged in
+    figures = main(args, dsn_with_credentials(args))
     if args.json:
         out.json(figures)
     else:

@@ -5,7 +5,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from .common import Command, Flag, add_definitions, add_dsn, add_json, add_settings, connect, dsn_of, given, load_registry
+from .common import (
+    Command,
+    Flag,
+    add_definitions,
+    add_dsn,
+    add_json,
+    add_settings,
+    connect,
+    dsn_of,
+    dsn_with_credentials,
+    given,
+    load_registry,
+)
 from .output import Output
 
 # Help for the LoadOptions fields (pgfeatures.load, which has no field metadata). A field missing
@@ -85,6 +97,7 @@ def run_bench_load(args: argparse.Namespace, out: Output) -> int:
 
     dsn = dsn_of(args)
     connect(args, "pgfeatures-bench-load", dsn).close()  # a down database fails here, with a clear message
+    dsn = dsn_with_credentials(args, dsn)  # the benchmark takes a DSN: the credential is asked for once
     results: dict[str, object] = {}
     if args.part in ("all", "loads"):
         results = run(dsn, rows=args.rows, features=args.features, read_tables=args.read_tables, readers=args.readers,
