@@ -534,7 +534,7 @@ def test_cli_a_wrong_credential_is_one_line_naming_the_refused_login(cli_cluster
 def test_cli_provider_problems_are_one_line(cli_cluster: Cluster, workdir: Path) -> None:
     env = {"PGFEATURES_DSN": cli_cluster.dsn("app", password=""), "PGFEATURES_DEFINITIONS": "features.toml"}
     line = error_line(pgfeatures("tables", "--password-file", "missing-file", cwd=workdir, env=env))
-    assert "refused the credentials: cannot read the password file missing-file: No such file or directory" in line
+    assert "no credentials for the database at" in line and "cannot read the password file missing-file: No such file or directory" in line, line
     line = error_line(pgfeatures("get", CLI_KEY, "--credentials", "mycompany.nope:token", cwd=workdir, env=env))
     assert line.startswith("error: credential provider 'mycompany.nope:token': no module named 'mycompany.nope'"), line
     line = error_line(pgfeatures("doctor", "--credentials", "mycompany.features", cwd=workdir, env=env))

@@ -65,7 +65,11 @@ def is_auth_failure(exc: BaseException) -> bool:
 
 def unavailable(dsn: str, exc: BaseException, timeout: float | None = None) -> DatabaseUnavailableError:
     """The DatabaseUnavailableError (AuthenticationError for a refused login) for a failed connection."""
+    from .credentials import CredentialProviderError
+
     within = f" within {timeout:g}s" if timeout is not None else ""
+    if isinstance(exc, CredentialProviderError):  # nothing was sent to the database
+        return AuthenticationError(f"no credentials for the database at {redact(dsn)}: {_reason(exc)}")
     if is_auth_failure(exc):
         return AuthenticationError(
             f"the database at {redact(dsn)} refused the credentials: {_reason(exc)} "
