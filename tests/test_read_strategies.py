@@ -107,11 +107,18 @@ def test_batch_all_tables(store, truth):
     assert store.get_features_batch([]) == []
 
 
-def test_compiled_reader_is_reused(store):
+def test_compiled_reader_is_reused(store, truth):
     r1 = store.reader(["tbl_1", "tbl_2"])
     assert store.reader(["tbl_1", "tbl_2"]) is r1
-    assert store.reader(("tbl_1", "tbl_2")) is not None
-    assert store.reader(["tbl_2", "tbl_1"]) is not r1
+    assert store.reader(("tbl_1", "tbl_2")) is r1  # a tuple is the same request shape as the list
+    assert store.reader(["tbl_1", "tbl_2"], strategy="single") is r1  # the store's default, named
+    assert store.reader(["tbl_2", "tbl_1"]) is not r1  # another order is another result: compiled apart
+    assert store.reader(["tbl_1", "tbl_2"], strategy="pipeline") is not r1
+    # a read of that shape uses the cached reader: nothing is compiled or cached anew
+    cached = len(store.readers)
+    key = truth.keys[0]
+    assert store.get_features(key, ("tbl_1", "tbl_2")) == store.read(r1, key)
+    assert store.reader(["tbl_1", "tbl_2"]) is r1 and len(store.readers) == cached
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

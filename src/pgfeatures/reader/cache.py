@@ -10,11 +10,12 @@ from typing import Any, TypeVar, cast
 from ..definitions import Registry
 from ..definitions.layout import EntityLayout
 from .compile import BatchReader, Reader, Strategy, compile_batch_reader, compile_reader
+from .decode import FeatureResult
 from .materialized import compile_materialized_batch_reader, compile_materialized_reader
 from .selection import FeaturesArg, select, select_service
-from .vector import vector_batch_reader, vector_reader
+from .vector import ServiceVector, vector_batch_reader, vector_reader
 
-R = TypeVar("R", Reader, BatchReader)
+R = TypeVar("R", bound="Reader[Any] | BatchReader[Any]")
 
 
 def request_shape(tables: Iterable[str] | None, features: FeaturesArg) -> Any:
@@ -41,25 +42,25 @@ class ReaderCache:
     def __init__(self, registry: Registry, max_statements: int = 100):
         self.registry = registry
         self.max_statements = max_statements
-        self._readers: OrderedDict[Any, Reader | BatchReader] = OrderedDict()
+        self._readers: OrderedDict[Any, Reader[Any] | BatchReader[Any]] = OrderedDict()
         self._statements = 0
         self._lock = threading.Lock()
         # Built materialized services and their serving tables: read from serving rows (set by the store).
         self.materialized: dict[str, tuple[EntityLayout, ...]] = {}
 
-    def reader(self, tables: Iterable[str] | None, features: FeaturesArg, strategy: Strategy | str) -> Reader:
+    def reader(self, tables: Iterable[str] | None, features: FeaturesArg, strategy: Strategy | str) -> Reader[FeatureResult]:
         return self._get(
             (request_shape(tables, features), strategy),
             lambda: compile_reader(select(self.registry, tables, features), strategy),
         )
 
-    def batch_reader(self, tables: Iterable[str] | None, features: FeaturesArg) -> BatchReader:
+    def batch_reader(self, tables: Iterable[str] | None, features: FeaturesArg) -> BatchReader[FeatureResult]:
         return self._get(
             (request_shape(tables, features), "batch"),
             lambda: compile_batch_reader(select(self.registry, tables, features)),
         )
 
-    def service_reader(self, service: str, features: FeaturesArg, strategy: Strategy | str) -> Reader:
+    def service_reader(self, service: str, features: FeaturesArg, strategy: Strategy | str) -> Reader[FeatureResult]:
         """The reader of a feature service (or of a subset of its features): from its serving rows when
         it is materialized and built (``materialized``), else the flexible read. Raises UnknownServiceError."""
         layouts = self.materialized.get(service)
@@ -73,14 +74,14 @@ class ReaderCache:
             lambda: compile_reader(select_service(self.registry, service, features), strategy),
         )
 
-    def service_vector_reader(self, service: str, features: FeaturesArg, strategy: Strategy | str) -> Reader:
+    def service_vector_reader(self, service: str, features: FeaturesArg, strategy: Strategy | str) -> Reader[ServiceVector]:
         """``service_reader`` decoding to a ServiceVector (the same statement)."""
         return self._get(
             ("vector", service, request_shape(None, features)[1], strategy, service in self.materialized),
             lambda: vector_reader(self.service_reader(service, features, strategy), self._order(service)),
         )
 
-    def service_vector_batch_reader(self, service: str, features: FeaturesArg) -> BatchReader:
+    def service_vector_batch_reader(self, service: str, features: FeaturesArg) -> BatchReader[ServiceVector]:
         return self._get(
             ("vector batch", service, request_shape(None, features)[1], service in self.materialized),
             lambda: vector_batch_reader(self.service_batch_reader(service, features), self._order(service)),
@@ -89,7 +90,7 @@ class ReaderCache:
     def _order(self, service: str) -> tuple[str, ...]:
         return self.registry.service(service).order(self.registry)
 
-    def service_batch_reader(self, service: str, features: FeaturesArg) -> BatchReader:
+    def service_batch_reader(self, service: str, features: FeaturesArg) -> BatchReader[FeatureResult]:
         layouts = self.materialized.get(service)
         if layouts is not None:
             return self._get(
@@ -130,5 +131,5 @@ class ReaderCache:
         return self._statements
 
 
-def _n_statements(reader: Reader | BatchReader) -> int:
+def _n_statements(reader: Reader[Any] | BatchReader[Any]) -> int:
     return 1 if isinstance(reader, BatchReader) else len(reader.statements)

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Generic, TypeVar
 
 from psycopg import sql
 
@@ -68,6 +68,10 @@ class Strategy(str, enum.Enum):
 DEFAULT_STRATEGY = Strategy.SINGLE
 
 
+D = TypeVar("D", covariant=True)  # what a reader decodes to: a FeatureResult, or a ServiceVector (vector.py)
+E = TypeVar("E")
+
+
 class Fetch(enum.Enum):
     """How an I/O shell runs a reader's statements and what it hands to ``decode``."""
 
@@ -78,18 +82,20 @@ class Fetch(enum.Enum):
 
 
 @dataclass(frozen=True)
-class Reader:
+class Reader(Generic[D]):
     """A compiled single-request reader. Build with ``compile_reader``; reuse for every request of that shape.
 
     ``bind(keys)`` turns the request's keys into the parameters; ``param_index[i]`` is the parameter
     statement ``i`` takes (per-table strategies: each statement takes its table's entity key only).
+    ``D`` is what ``decode`` returns: a FeatureResult (``Reader[FeatureResult]``, every compiled
+    reader), or a ServiceVector (``vector.vector_reader``).
     """
 
     strategy: Strategy
     selection: Selection
     statements: tuple[bytes, ...]
     fetch: Fetch
-    decode: Callable[[Any], Any]  # a FeatureResult (or a ServiceVector, see vector.py)
+    decode: Callable[[Any], D]  # what ``fetch`` fetched (a row, or rows) -> the request's result
     binder: KeyBinder
     param_index: tuple[int, ...] = ()
     materialized: bool = False  # reads a materialized service's serving rows
@@ -102,20 +108,33 @@ class Reader:
     def bind(self) -> Callable[[Any], tuple[Any, ...]]:
         return self.binder.one
 
+    def decoding(self, decode: Callable[[Any], E]) -> Reader[E]:
+        """This reader with another decoder: the same statements (so the same prepared statements)."""
+        same: Reader[Any] = self
+        return replace(same, decode=decode)
+
 
 @dataclass(frozen=True)
-class BatchReader:
-    """A compiled many-keys reader: one statement taking one array per entity; rows come back in input order."""
+class BatchReader(Generic[D]):
+    """A compiled many-keys reader: one statement taking one array per entity; rows come back in input order.
+
+    ``D`` is what ``decode`` returns per row: a FeatureResult, or a ServiceVector (``vector.vector_batch_reader``).
+    """
 
     selection: Selection
     statement: bytes
-    decode: Callable[[Sequence[Row]], list[Any]]  # FeatureResults (or ServiceVectors)
+    decode: Callable[[Sequence[Row]], list[D]]
     binder: KeyBinder
     materialized: bool = False
 
     @property
     def tables(self) -> tuple[str, ...]:
         return self.selection.tables
+
+    def decoding(self, decode: Callable[[Sequence[Row]], list[E]]) -> BatchReader[E]:
+        """This reader with another decoder: the same statement (so the same prepared statement)."""
+        same: BatchReader[Any] = self
+        return replace(same, decode=decode)
 
 
 def _binder(selection: Selection) -> KeyBinder:
@@ -158,14 +177,14 @@ def _lazy(selection: Selection) -> bool:
     return not selection.has_ttl and not selection.has_defaults
 
 
-def _compile_single(selection: Selection) -> Reader:
+def _compile_single(selection: Selection) -> Reader[FeatureResult]:
     cols, parts_per_table = _subqueries(selection, lambda t: _param(selection, t))
     query = sql.SQL("SELECT {}").format(sql.SQL(", ").join(cols))
     decode = array_row_decoder(selection.tables, _decoders(selection, parts_per_table), parts_per_table, _lazy(selection))
     return Reader(Strategy.SINGLE, selection, (query.as_bytes(None),), Fetch.ONE, decode, _binder(selection))
 
 
-def _compile_union(selection: Selection) -> Reader:
+def _compile_union(selection: Selection) -> Reader[FeatureResult]:
     # Every branch must return the same column types: floating-point parts share one array type
     # (real[] when all are real, else float8[]); bigint parts ride in a second int8[] column,
     # present only when some table needs it.
@@ -215,7 +234,7 @@ def _compile_union(selection: Selection) -> Reader:
     return Reader(Strategy.UNION, selection, (query.as_bytes(None),), Fetch.ALL, decode, _binder(selection))
 
 
-def _compile_join(selection: Selection) -> Reader:
+def _compile_join(selection: Selection) -> Reader[FeatureResult]:
     keys = sql.SQL(", ").join(
         sql.SQL(f"${i + 1}::{e.cast} AS {{}}").format(sql.Identifier(f"e{i}")) for i, e in enumerate(selection.entities))
     cols: list[sql.Composable] = []
@@ -243,7 +262,7 @@ def _compile_join(selection: Selection) -> Reader:
     return Reader(Strategy.JOIN, selection, (query.as_bytes(None),), Fetch.ONE, decode, _binder(selection))
 
 
-def _compile_per_table(selection: Selection, strategy: Strategy) -> Reader:
+def _compile_per_table(selection: Selection, strategy: Strategy) -> Reader[FeatureResult]:
     statements = []
     layout = []
     for (table, features), ttl in zip(selection.items, selection.ttls):
@@ -270,7 +289,7 @@ def _compile_per_table(selection: Selection, strategy: Strategy) -> Reader:
     return Reader(strategy, selection, tuple(statements), fetch, decode, _binder(selection), index)
 
 
-def compile_reader(selection: Selection, strategy: Strategy | str = DEFAULT_STRATEGY) -> Reader:
+def compile_reader(selection: Selection, strategy: Strategy | str = DEFAULT_STRATEGY) -> Reader[FeatureResult]:
     strategy = Strategy.parse(strategy)
     if strategy is Strategy.SINGLE:
         return _compile_single(selection)
@@ -281,7 +300,7 @@ def compile_reader(selection: Selection, strategy: Strategy | str = DEFAULT_STRA
     return _compile_per_table(selection, strategy)
 
 
-def compile_batch_reader(selection: Selection) -> BatchReader:
+def compile_batch_reader(selection: Selection) -> BatchReader[FeatureResult]:
     """Many keys, one statement: per-table scalar subqueries over
     ``unnest($1::T1[], $2::T2[], ...) WITH ORDINALITY`` (one array per entity, zipped row by row).
 

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 from psycopg import sql
 
 from ..definitions import Registry
 from .compile import BatchReader, Reader, Strategy, compile_batch_reader, compile_reader
+from .decode import FeatureResult
 from .selection import select, select_service
 from .transport import transport
 
@@ -40,7 +42,7 @@ class ReadFunction:
     call: bytes
 
 
-def read_function(reader: Reader | BatchReader) -> ReadFunction | None:
+def read_function(reader: Reader[Any] | BatchReader[Any]) -> ReadFunction | None:
     """The function form of a ``single`` or batch reader (None for the other strategies, and for the
     reads of serving rows, which are one lookup per entity: cheap to plan)."""
     if reader.materialized:
@@ -69,10 +71,10 @@ def read_function(reader: Reader | BatchReader) -> ReadFunction | None:
     return ReadFunction(selection.schema, name, create, call)
 
 
-def registry_readers(registry: Registry) -> list[Reader | BatchReader]:
+def registry_readers(registry: Registry) -> list[Reader[FeatureResult] | BatchReader[FeatureResult]]:
     """The readers a store prepares at open (the full read, the full batch, every service's single and
     batch readers), compiled here without a store: what ``pgfeatures init`` gives a function form."""
-    readers: list[Reader | BatchReader] = [compile_reader(select(registry)), compile_batch_reader(select(registry))]
+    readers: list[Reader[FeatureResult] | BatchReader[FeatureResult]] = [compile_reader(select(registry)), compile_batch_reader(select(registry))]
     for name in registry.services:
         readers += [compile_reader(select_service(registry, name)), compile_batch_reader(select_service(registry, name))]
     return readers

@@ -82,7 +82,7 @@ def _plan(selection: Selection, layouts: Sequence[EntityLayout]) -> tuple[list[s
     return cols, joins, decode
 
 
-def compile_materialized_reader(selection: Selection, layouts: Sequence[EntityLayout]) -> Reader:
+def compile_materialized_reader(selection: Selection, layouts: Sequence[EntityLayout]) -> Reader[FeatureResult]:
     """The single-request reader of a materialized service (or a subset of its features)."""
     cols, joins, decode = _plan(selection, layouts)
     keys = sql.SQL(", ").join(
@@ -92,7 +92,7 @@ def compile_materialized_reader(selection: Selection, layouts: Sequence[EntityLa
                   materialized=True)
 
 
-def compile_materialized_batch_reader(selection: Selection, layouts: Sequence[EntityLayout]) -> BatchReader:
+def compile_materialized_batch_reader(selection: Selection, layouts: Sequence[EntityLayout]) -> BatchReader[FeatureResult]:
     """The many-keys reader of a materialized service: rows in input order."""
     cols, joins, decode_row = _plan(selection, layouts)
     entities = selection.entities

@@ -14,7 +14,7 @@ features are all ``real`` and stored in the service's order, the vector is the s
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from .compile import BatchReader, Reader
@@ -42,7 +42,7 @@ class ServiceVectors:
     names: ServiceOrder
 
 
-def service_order(reader: Reader | BatchReader, order: Sequence[str]) -> ServiceOrder:
+def service_order(reader: Reader[Any] | BatchReader[Any], order: Sequence[str]) -> ServiceOrder:
     """``order`` (the service's ``table.feature`` list) restricted to what ``reader`` reads."""
     asked = {f"{t.name}.{f.name}" for t, fs in reader.selection.items for f in fs}
     return tuple(name for name in order if name in asked)
@@ -58,7 +58,7 @@ def vector_of(result: FeatureResult, names: ServiceOrder) -> list[Any]:
     return out
 
 
-def _fast_materialized(reader: Reader | BatchReader, names: ServiceOrder) -> Callable[[Row], tuple[list[Any], dict[str, str]]] | None:
+def _fast_materialized(reader: Reader[Any] | BatchReader[Any], names: ServiceOrder) -> Callable[[Row], tuple[list[Any], dict[str, str]]] | None:
     """The serving row's real[] as the vector: one entity, only real features, in layout order, no defaults."""
     selection = reader.selection
     if not reader.materialized or len(selection.entities) != 1 or selection.has_defaults:
@@ -99,7 +99,7 @@ class _FastVector:
         return values, status
 
 
-def vector_reader(reader: Reader, order: Sequence[str]) -> Reader:
+def vector_reader(reader: Reader[FeatureResult], order: Sequence[str]) -> Reader[ServiceVector]:
     """``reader`` with a decoder returning a ServiceVector (same statements)."""
     names = service_order(reader, order)
     fast = _fast_materialized(reader, names) if len(reader.statements) == 1 else None
@@ -112,10 +112,10 @@ def vector_reader(reader: Reader, order: Sequence[str]) -> Reader:
         def decode(row: Any) -> ServiceVector:
             result = decode_dict(row)
             return ServiceVector(vector_of(result, names), result.status, names)
-    return replace(reader, decode=decode)
+    return reader.decoding(decode)
 
 
-def vector_batch_reader(reader: BatchReader, order: Sequence[str]) -> BatchReader:
+def vector_batch_reader(reader: BatchReader[FeatureResult], order: Sequence[str]) -> BatchReader[ServiceVector]:
     """``reader`` (a batch) with a decoder returning one ServiceVector per row."""
     names = service_order(reader, order)
     fast = _fast_materialized(reader, names)
@@ -131,7 +131,7 @@ def vector_batch_reader(reader: BatchReader, order: Sequence[str]) -> BatchReade
 
         def decode(rows: Sequence[Row]) -> list[ServiceVector]:
             return [ServiceVector(vector_of(r, names), r.status, names) for r in decode_rows(rows)]
-    return replace(reader, decode=decode)
+    return reader.decoding(decode)
 
 
 OUTPUTS = ("dict", "list", "numpy")

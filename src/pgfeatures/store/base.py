@@ -248,10 +248,11 @@ class TableHealth:
 _DUMMY_KEYS = {"bytea32": WARMUP_KEY, "bigint": Int8(0), "text": "-", "uuid": uuid.UUID(int=0)}
 
 
-def warmup_statements(readers: Iterable[Reader | BatchReader]) -> list[tuple[Reader | BatchReader, bytes, tuple[Any, ...]]]:
+def warmup_statements(readers: Iterable[Reader[Any] | BatchReader[Any]]
+                      ) -> list[tuple[Reader[Any] | BatchReader[Any], bytes, tuple[Any, ...]]]:
     """(reader, statement, parameters) that prepare every statement of ``readers``, with parameters of
     the types real requests send (so the prepared statement is the one they use)."""
-    statements: list[tuple[Reader | BatchReader, bytes, tuple[Any, ...]]] = []
+    statements: list[tuple[Reader[Any] | BatchReader[Any], bytes, tuple[Any, ...]]] = []
     for r in readers:
         dummies = tuple(_DUMMY_KEYS[e.key_type] for e in r.selection.entities)
         if isinstance(r, BatchReader):

@@ -23,15 +23,15 @@ from __future__ import annotations
 import threading
 import logging
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg_pool import PoolClosed, PoolTimeout
 
 from ..connections import connect, database_error
 from ..errors import DatabaseUnavailableError, PgFeaturesError, SchemaDriftError, StoreClosedError
-from ..reader import BatchReader, Features, Fetch, Reader
+from ..reader import BatchReader, Fetch, Reader
 from ..schema import TableCheck
 from .base import LAG_QUERY, READ_CURSOR, ReadTarget, pipeline_cursors
 from .opening import inspect_target, renew_pool
@@ -41,10 +41,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("pgfeatures")
 
+T = TypeVar("T")  # what a read returns (a FeatureResult, a ServiceVector, a list of them, None for ``ping``)
+R = TypeVar("R", bound="Reader[Any] | BatchReader[Any] | None")  # the compiled reader a read runs (None: ``ping``)
+A = TypeVar("A")  # its arguments (the bound parameters)
+# What ``run_async`` runs on a connection: ``execute_async``, ``execute_batch_async``, ``select_one_async``.
+Execute = Callable[[psycopg.Connection, R, A, bool], T]
+
 
 # -- statements on one connection ----------------------------------------------------------------
 
-def execute(conn: psycopg.Connection, reader: Reader, params: tuple[Any, ...], prepare: bool) -> Features:
+def execute(conn: psycopg.Connection, reader: Reader[T], params: tuple[Any, ...], prepare: bool) -> T:
     """One request's reader on ``conn``: its statement(s) in one flush (N for ``sequential``), decoded."""
     fetch = reader.fetch
     if fetch is Fetch.ONE or fetch is Fetch.ALL:
@@ -67,8 +73,8 @@ def execute(conn: psycopg.Connection, reader: Reader, params: tuple[Any, ...], p
     return reader.decode(rows)
 
 
-def execute_batch(conn: psycopg.Connection, reader: BatchReader, arrays: tuple[list[Any], ...],
-                              prepare: bool) -> list[Features]:
+def execute_batch(conn: psycopg.Connection, reader: BatchReader[T], arrays: tuple[list[Any], ...],
+                              prepare: bool) -> list[T]:
     """A batch reader on ``conn``: one statement for all the keys, decoded."""
     cur = getattr(conn, READ_CURSOR, None) or psycopg.RawCursor(conn)
     cur.execute(reader.statement, arrays, prepare=prepare, binary=True)
@@ -84,7 +90,7 @@ def select_one(conn: psycopg.Connection, reader: None, args: None, prepare: bool
 
 # -- routing and retry over the read targets -----------------------------------------------------
 
-def run(store: FeatureStore, execute: Any, reader: Any, args: Any) -> Any:
+def run(store: FeatureStore, execute: Execute[R, A, T], reader: R, args: A) -> T:
     """Run ``execute(conn, reader, args, prepare)`` on a read target of ``store``, moving on to the
     next target when one fails.
 
@@ -163,8 +169,8 @@ def unavailable(store: FeatureStore, error: BaseException | None, target: ReadTa
 
 # -- rechecks of tables that cannot be served ----------------------------------------------------
 
-def read_failed(store: FeatureStore, exc: psycopg.Error, reader: Any, target: ReadTarget,
-                            conn: psycopg.Connection) -> PgFeaturesError:
+def read_failed(store: FeatureStore, exc: psycopg.Error, reader: Reader[Any] | BatchReader[Any] | None,
+                            target: ReadTarget, conn: psycopg.Connection) -> PgFeaturesError:
     """The error for a statement the server rejected; a missing table or column is re-checked
     in the catalog so the error (and the tables left out from now on) name it."""
     error = database_error(exc, target.dsn)

@@ -21,15 +21,15 @@ from __future__ import annotations
 import asyncio  # sync: import threading
 import logging
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence  # sync: from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg_pool import PoolClosed, PoolTimeout
 
 from ..connections import connect_async, database_error
 from ..errors import DatabaseUnavailableError, PgFeaturesError, SchemaDriftError, StoreClosedError
-from ..reader import BatchReader, Features, Fetch, Reader
+from ..reader import BatchReader, Fetch, Reader
 from ..schema import TableCheck
 from .base import LAG_QUERY, READ_CURSOR, ReadTarget, pipeline_cursors
 from .opening_async import inspect_target_async, renew_pool_async
@@ -39,10 +39,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("pgfeatures")
 
+T = TypeVar("T")  # what a read returns (a FeatureResult, a ServiceVector, a list of them, None for ``ping``)
+R = TypeVar("R", bound="Reader[Any] | BatchReader[Any] | None")  # the compiled reader a read runs (None: ``ping``)
+A = TypeVar("A")  # its arguments (the bound parameters)
+# What ``run_async`` runs on a connection: ``execute_async``, ``execute_batch_async``, ``select_one_async``.
+Execute = Callable[[psycopg.AsyncConnection, R, A, bool], Awaitable[T]]  # sync: Execute = Callable[[psycopg.Connection, R, A, bool], T]
+
 
 # -- statements on one connection ----------------------------------------------------------------
 
-async def execute_async(conn: psycopg.AsyncConnection, reader: Reader, params: tuple[Any, ...], prepare: bool) -> Features:
+async def execute_async(conn: psycopg.AsyncConnection, reader: Reader[T], params: tuple[Any, ...], prepare: bool) -> T:
     """One request's reader on ``conn``: its statement(s) in one flush (N for ``sequential``), decoded."""
     fetch = reader.fetch
     if fetch is Fetch.ONE or fetch is Fetch.ALL:
@@ -65,8 +71,8 @@ async def execute_async(conn: psycopg.AsyncConnection, reader: Reader, params: t
     return reader.decode(rows)
 
 
-async def execute_batch_async(conn: psycopg.AsyncConnection, reader: BatchReader, arrays: tuple[list[Any], ...],
-                              prepare: bool) -> list[Features]:
+async def execute_batch_async(conn: psycopg.AsyncConnection, reader: BatchReader[T], arrays: tuple[list[Any], ...],
+                              prepare: bool) -> list[T]:
     """A batch reader on ``conn``: one statement for all the keys, decoded."""
     cur = getattr(conn, READ_CURSOR, None) or psycopg.AsyncRawCursor(conn)
     await cur.execute(reader.statement, arrays, prepare=prepare, binary=True)
@@ -82,7 +88,7 @@ async def select_one_async(conn: psycopg.AsyncConnection, reader: None, args: No
 
 # -- routing and retry over the read targets -----------------------------------------------------
 
-async def run_async(store: AsyncFeatureStore, execute: Any, reader: Any, args: Any) -> Any:
+async def run_async(store: AsyncFeatureStore, execute: Execute[R, A, T], reader: R, args: A) -> T:
     """Run ``execute(conn, reader, args, prepare)`` on a read target of ``store``, moving on to the
     next target when one fails.
 
@@ -161,8 +167,8 @@ def unavailable(store: AsyncFeatureStore, error: BaseException | None, target: R
 
 # -- rechecks of tables that cannot be served ----------------------------------------------------
 
-async def read_failed_async(store: AsyncFeatureStore, exc: psycopg.Error, reader: Any, target: ReadTarget,
-                            conn: psycopg.AsyncConnection) -> PgFeaturesError:
+async def read_failed_async(store: AsyncFeatureStore, exc: psycopg.Error, reader: Reader[Any] | BatchReader[Any] | None,
+                            target: ReadTarget, conn: psycopg.AsyncConnection) -> PgFeaturesError:
     """The error for a statement the server rejected; a missing table or column is re-checked
     in the catalog so the error (and the tables left out from now on) name it."""
     error = database_error(exc, target.dsn)

@@ -46,7 +46,7 @@ import contextlib
 import logging
 from collections.abc import Iterator, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
@@ -94,6 +94,8 @@ if TYPE_CHECKING:  # load imports pyarrow: only a bulk load pays for it
     from ..load import LoadSummary
 
 logger = logging.getLogger("pgfeatures")
+
+T = TypeVar("T")  # what a compiled reader decodes to: a FeatureResult, or a ServiceVector
 
 
 class FeatureStore:
@@ -164,7 +166,7 @@ class FeatureStore:
         reconnect_timeout: float = 10.0,
         on_drift: str = "raise",
         hot_keys: Iterable[bytes | str] = (),
-        warm: Iterable[Reader | BatchReader] = (),
+        warm: Iterable[Reader[Any] | BatchReader[Any]] = (),
         reader_cache_size: int = 100,
         read_application_name: str = READ_APP,
         write_application_name: str = WRITE_APP,
@@ -196,7 +198,7 @@ class FeatureStore:
         self.hot_keys = parse_keys(hot_keys)
         self.readers = ReaderCache(self.registry, max_statements=reader_cache_size)
         self.extra_warm = list(warm)
-        self.warm_readers: list[Reader | BatchReader] = []
+        self.warm_readers: list[Reader[Any] | BatchReader[Any]] = []
         self.health = TableHealth(self.registry)
         self.router: Router | None = None
         self.write_pool: ConnectionPool | None = None
@@ -212,18 +214,18 @@ class FeatureStore:
     # -- compiled readers ---------------------------------------------------------------------------
 
     def reader(self, tables: Iterable[str] | None = None, features: FeaturesArg = None,
-               strategy: Strategy | str | None = None) -> Reader:
+               strategy: Strategy | str | None = None) -> Reader[Features]:
         """The compiled reader for this request shape (cached). Pass it to ``read`` to skip even the
         cache lookup. Raises UnknownTableError / UnknownFeatureError naming the valid ones."""
         return self.readers.reader(tables, features, strategy or self.strategy)
 
-    def batch_reader(self, tables: Iterable[str] | None = None, features: FeaturesArg = None) -> BatchReader:
+    def batch_reader(self, tables: Iterable[str] | None = None, features: FeaturesArg = None) -> BatchReader[Features]:
         """The compiled many-keys reader for this request shape (cached)."""
         return self.readers.batch_reader(tables, features)
 
-    def _service_readers(self) -> list[Reader | BatchReader]:
+    def _service_readers(self) -> list[Reader[Features] | BatchReader[Features]]:
         """Every feature service's single and batch readers, except those touching a broken table."""
-        out: list[Reader | BatchReader] = []
+        out: list[Reader[Features] | BatchReader[Features]] = []
         for name in self.registry.services:
             reader = self.readers.service_reader(name, None, self.strategy)
             if self.health.broken.isdisjoint(reader.tables):
@@ -261,7 +263,7 @@ class FeatureStore:
         find_materialized(self, router)
         servable = self._servable()
         # Every table broken (isolate): nothing to warm; each request names what is broken.
-        table_readers: list[Reader | BatchReader] = [self.reader(servable), self.batch_reader(servable)] if servable != [] else []
+        table_readers: list[Reader[Features] | BatchReader[Features]] = [self.reader(servable), self.batch_reader(servable)] if servable != [] else []
         self.warm_readers = [*table_readers, *self._service_readers(), *self.extra_warm]
         if not self._prepare:
             self._via_functions = read_functions(self, router)
@@ -344,7 +346,7 @@ class FeatureStore:
         """
         return self.read(self.reader(tables, features, strategy), key)
 
-    def read(self, reader: Reader, key: Any) -> Features:
+    def read(self, reader: Reader[T], key: Any) -> T:
         """Run a compiled reader for one request's keys: one round-trip (N for ``sequential``). Raises as ``get_features``."""
         if self._via_functions:
             reader = self._via_functions.get(reader.statements[0], reader)
@@ -373,7 +375,7 @@ class FeatureStore:
         if output == "dict":
             return self.read(self.readers.service_reader(name, features, self.strategy), key)
         check_output(output)
-        vector: Any = self.read(self.readers.service_vector_reader(name, features, self.strategy), key)
+        vector = self.read(self.readers.service_vector_reader(name, features, self.strategy), key)
         return as_numpy(vector, self.registry) if output == "numpy" else vector
 
     def get_service_batch(self, name: str, keys: Any, features: FeaturesArg = None, *, output: str = "dict") -> Any:
@@ -383,10 +385,10 @@ class FeatureStore:
         if output == "dict":
             return self.read_batch(self.readers.service_batch_reader(name, features), keys)
         check_output(output)
-        vectors: Any = self.read_batch(self.readers.service_vector_batch_reader(name, features), keys)
+        vectors = self.read_batch(self.readers.service_vector_batch_reader(name, features), keys)
         return stack_numpy(vectors, self.registry) if output == "numpy" else vectors
 
-    def read_batch(self, reader: BatchReader, keys: Any) -> list[Features]:
+    def read_batch(self, reader: BatchReader[T], keys: Any) -> list[T]:
         """Run a compiled batch reader: one statement for all ``keys`` (see ``get_features_batch``).
         Raises as ``get_features``."""
         arrays = reader.binder.many(keys)
