@@ -6,11 +6,18 @@ a pgfeatures error (and, as a last resort, a psycopg error, translated by
 ``pgfeatures.connections.database_error``) becomes one line ``error: ...`` on stderr and the exit
 code ``EXIT_ERROR`` (2); a missing optional dependency names the extra to install. No traceback
 reaches the user; ``PGFEATURES_DEBUG=1`` shows it for an unexpected error.
+
+Log records go to stderr, from ``$PGFEATURES_LOG_LEVEL``: the ``pgfeatures`` logger's from
+``warning`` by default (a retried start, a table that cannot be served; ``info`` adds reconnects,
+retries, loads and warm-ups), psycopg's from ``error`` unless the variable is set (its pool's
+"error connecting" lines repeat what pgfeatures reports once). ``serve`` logs through uvicorn
+(``--log-level``).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import traceback
@@ -89,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
             return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_ERROR
         command = args._command
+        if command.name != "serve":
+            _log_to_stderr(os.environ.get(LOG_LEVEL_ENV))
         out = Output(json_mode=bool(getattr(args, "json", False)))
         return int(command.run(args, out) or 0)
     except KeyboardInterrupt:
@@ -101,6 +110,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(out, str(missing_module(command.name if command else "", exc, command.needs if command else ())))
     except Exception as exc:
         return fail(out, _unexpected(exc, args))
+
+
+LOG_LEVEL_ENV = "PGFEATURES_LOG_LEVEL"
+
+
+def _log_to_stderr(level: str | None) -> None:
+    """The ``pgfeatures`` and ``psycopg`` loggers to stderr from ``level`` (None: warning and error)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    chosen = logging.getLevelName(level.upper()) if level else None
+    for name, default in (("pgfeatures", logging.WARNING), ("psycopg", logging.ERROR)):
+        logger = logging.getLogger(name)
+        logger.setLevel(chosen if isinstance(chosen, int) else default)
+        logger.addHandler(handler)
+        logger.propagate = False
 
 
 def _unexpected(exc: Exception, args: argparse.Namespace) -> str:

@@ -17,11 +17,15 @@ Separate read and write pools isolate connection capacity (a bulk load cannot
 take the connections readers need) and per-session settings. They do not
 isolate the buffer cache or CPU: shared_buffers is shared by every backend of
 the server. Real read isolation is a read replica.
+
+A pool logs (logger ``pgfeatures.connections``) when it first fails to connect (a warning, once
+per outage, not per attempt) and when it connects again (info, with how long it had failed).
 """
 
 from __future__ import annotations
 
 import asyncio  # async-only
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +34,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from .credentials import CredentialProvider, credential_params
 from .dsn import connection_kwargs
-from .translate import ConnectFailures, unavailable
+from .translate import ConnectFailures, _reason, redact, unavailable
+
+logger = logging.getLogger("pgfeatures.connections")
 
 
 async def connection_params_async(credentials: CredentialProvider | None) -> dict[str, Any]:
@@ -73,8 +79,13 @@ async def check_connection_async(dsn: str, connect_timeout: float, credentials: 
         await conn.close()
 
 
+def _first_line(exc: BaseException) -> str:
+    return _reason(exc).splitlines()[0]
+
+
 def _recording_class(failures: ConnectFailures) -> type[psycopg.AsyncConnection]:
-    """A connection class that notes its pool's failures to connect (see ``ConnectFailures``)."""
+    """A connection class that notes its pool's failures to connect (see ``ConnectFailures``), and
+    logs when the pool loses the database and when it connects again (once each, not per attempt)."""
 
     class RecordingConnection(psycopg.AsyncConnection):
         @classmethod
@@ -82,9 +93,14 @@ def _recording_class(failures: ConnectFailures) -> type[psycopg.AsyncConnection]
             try:
                 conn = await super().connect(conninfo, **kwargs)
             except Exception as exc:
-                failures.failed(exc)
+                if failures.failed(exc):
+                    logger.warning("pgfeatures: pool %s cannot connect to %s (%s); it keeps trying",
+                                   kwargs.get("application_name"), redact(conninfo), _first_line(exc))
                 raise
-            failures.succeeded()
+            failed_for = failures.succeeded()
+            if failed_for is not None:
+                logger.info("pgfeatures: pool %s connected to %s again (after %.1fs of failed attempts)",
+                            kwargs.get("application_name"), redact(conninfo), failed_for)
             return conn
 
     return RecordingConnection
@@ -114,7 +130,9 @@ def make_async_pool(
         try:
             return {**base, **(await connection_params_async(credentials))}
         except Exception as exc:
-            failures.failed(exc)
+            if failures.failed(exc):
+                logger.warning("pgfeatures: pool %s: the credential provider failed (%s); the pool keeps trying",
+                               application_name, _first_line(exc))
             raise
 
     return AsyncConnectionPool(

@@ -119,17 +119,28 @@ class ConnectFailures:
 
     A pool timeout alone cannot say why no connection came; this record can: the database is
     down (connection refused), or it refused the credentials. Updated from the pool's worker
-    threads or tasks: single attribute writes, no lock needed.
+    threads or tasks: single attribute writes, no lock needed (two workers failing at once may
+    both see themselves as the first failure: a log line twice, nothing worse).
     """
 
-    __slots__ = ("error", "at")
+    __slots__ = ("error", "at", "since")
 
     def __init__(self) -> None:
         self.error: BaseException | None = None
-        self.at = 0.0
+        self.at = 0.0  # the latest failure
+        self.since = 0.0  # the first failure since the last success
 
-    def failed(self, exc: BaseException) -> None:
+    def failed(self, exc: BaseException) -> bool:
+        """Record a failure; True when it is the first since the last success (the pool just lost the database)."""
+        first = self.error is None
         self.error, self.at = exc, time.monotonic()
+        if first:
+            self.since = self.at
+        return first
 
-    def succeeded(self) -> None:
+    def succeeded(self) -> float | None:
+        """Clear the failure; the seconds connecting had been failing, None when it was not."""
+        if self.error is None:
+            return None
         self.error = None
+        return time.monotonic() - self.since

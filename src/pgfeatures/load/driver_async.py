@@ -5,19 +5,27 @@ edit this file, then regenerate) run the same plan (plan.py) in one transaction,
 maintenance after COMMIT. Async: plan steps and COPY chunks are CPU work (reading files, numpy),
 so they run on a worker thread and the event loop keeps serving while a load runs. Sync: psycopg's
 queued writer sends each chunk on a thread while the next one is encoded.
+
+A load logs (logger ``pgfeatures.load``) once, at its end: committed (info), rolled back (a
+warning; info for bad input, the caller's to fix), or of unknown outcome (connection lost during
+COMMIT: a warning); and a failed VACUUM/ANALYZE after a committed load (a warning).
 """
 
 from __future__ import annotations
 
 import asyncio  # sync: from psycopg.copy import QueuedLibpqWriter
+import logging
 from typing import Any
 
 import psycopg
 
 from ..definitions import Registry
+from ..errors import LoadInputError, LoadInterruptedError
 from .options import LoadOptions, LoadSummary, ProgressCallback, load_options
 from .plan import Copy, Job, Plan, check_idle, step
 from .prefetch import prefetched  # async-only
+
+logger = logging.getLogger("pgfeatures.load")
 
 
 async def _execute(conn: psycopg.AsyncConnection, plan: Plan) -> None:
@@ -60,6 +68,7 @@ async def load_async(
             job.phase = "commit"
     except BaseException as exc:
         error = job.failure(exc)
+        _log_failure(table, error)
         if error is exc:
             raise
         raise error from exc
@@ -72,6 +81,23 @@ async def load_async(
             await conn.execute(statement, prepare=False)
         except psycopg.Error as exc:
             job.maintenance_failed(exc)
+            logger.warning("pgfeatures: load into %s: %s", table, job.summary.maintenance)
         finally:
             await conn.set_autocommit(autocommit)  # sync: conn.autocommit = autocommit
-    return job.finish_maintenance()
+    summary = job.finish_maintenance()
+    logger.info("pgfeatures: %s into %s committed: %d rows read, %d inserted, %d updated in %.1fs",
+                summary.mode, table, summary.rows_read, summary.inserted, summary.updated, summary.seconds)
+    return summary
+
+
+def _log_failure(table: str, error: BaseException) -> None:
+    """The log line of a load that did not commit: rolled back, or (connection lost during COMMIT) unknown.
+    Bad input is the caller's to fix (it gets the error): info; the database's failures: a warning."""
+    if isinstance(error, LoadInterruptedError) and error.committed is None:
+        logger.warning("pgfeatures: load into %s: %s", table, error)
+    elif isinstance(error, LoadInputError):
+        logger.info("pgfeatures: load into %s rolled back, the table is unchanged: %s", table, error)
+    elif isinstance(error, Exception):
+        logger.warning("pgfeatures: load into %s rolled back, the table is unchanged: %s", table, error)
+    else:  # cancelled (KeyboardInterrupt, a cancelled task)
+        logger.info("pgfeatures: load into %s cancelled and rolled back, the table is unchanged", table)

@@ -5,11 +5,16 @@ Owns the method (pg_prewarm, else full index reads: ``Method``), the whole warm-
 (``warmup_steps``) and its report (``WarmupReport``), and the entry points: ``warmup`` /
 ``warmup_async`` on a connection, ``warm_store`` / ``warm_store_async`` for an open store,
 ``connect`` (an autocommit connection), ``load_hot_keys`` (a hot-key file).
+
+Every finished warm-up is logged (logger ``pgfeatures.warmup``): what it did and how long it took
+(info; a warning past SLOW_WARMUP, as it holds a server's readiness back), and as warnings what
+keeps the cache from being warm (a working set larger than shared_buffers, missing tables).
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +38,9 @@ if TYPE_CHECKING:
     from ..store import AsyncFeatureStore, FeatureStore
 
 HOT_KEY_CHUNK = 1000  # hot keys per batch statement
+SLOW_WARMUP = 30.0  # seconds: a warm-up slower than this is logged as a warning (it holds readiness back)
+
+logger = logging.getLogger("pgfeatures.warmup")
 
 
 # -- warm-up --------------------------------------------------------------------------------------
@@ -213,6 +221,27 @@ def connect(dsn: str, application_name: str) -> psycopg.Connection:
         raise unavailable(dsn, exc) from exc
 
 
+def _logged(report: WarmupReport) -> WarmupReport:
+    """Log a finished warm-up: what it did (info), and what keeps the cache from being warm (warnings)."""
+    def ratio(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.0%}"
+
+    level = logging.WARNING if report.seconds > SLOW_WARMUP else logging.INFO
+    logger.log(level, "pgfeatures: warm-up (%s) of %d relation(s) and %d hot key(s) took %.1fs%s: hit ratio %s -> %s",
+               report.method, len(report.warmed), report.hot_keys, report.seconds,
+               f" (slower than {SLOW_WARMUP:g}s)" if level == logging.WARNING else "",
+               ratio(report.before.ratio), ratio(report.after.ratio))
+    if report.note:  # the fallback (index reads): slower, but it warms the same pages
+        logger.info("pgfeatures: warm-up: %s", report.note)
+    if not report.fits:
+        logger.warning("pgfeatures: warm-up: the tables and indexes (%d MB) do not fit in shared_buffers (%d MB): "
+                       "the last loaded evicted the first", report.working_set_bytes >> 20, report.shared_buffers_bytes >> 20)
+    if report.missing:
+        logger.warning("pgfeatures: warm-up: table(s) %s do not exist (create them with 'pgfeatures init')",
+                       ", ".join(report.missing))
+    return report
+
+
 def _check_autocommit(conn: psycopg.Connection | psycopg.AsyncConnection) -> None:
     if not conn.autocommit:
         raise WarmupError("warm-up needs an autocommit connection (it manages its own transactions)")
@@ -227,7 +256,7 @@ def warmup(
     ``warmup_steps``, and psycopg errors when the database fails.
     """
     _check_autocommit(conn)
-    return run(conn, warmup_steps(registry, parse_keys(hot_keys), Method.parse(method)))
+    return _logged(run(conn, warmup_steps(registry, parse_keys(hot_keys), Method.parse(method))))
 
 
 async def warmup_async(
@@ -235,7 +264,7 @@ async def warmup_async(
 ) -> WarmupReport:
     """The asyncio twin of ``warmup``."""
     _check_autocommit(conn)
-    return await run_async(conn, warmup_steps(registry, parse_keys(hot_keys), Method.parse(method)))
+    return _logged(await run_async(conn, warmup_steps(registry, parse_keys(hot_keys), Method.parse(method))))
 
 
 def warm_store(store: "FeatureStore", *, method: Method | str = Method.AUTO) -> WarmupReport:
