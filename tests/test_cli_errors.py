@@ -8,6 +8,7 @@ Real subprocesses (``python -m pgfeatures.cli``), a real PostgreSQL, a real refu
 from __future__ import annotations
 
 import json
+import pathlib
 
 import pytest
 from cli_run import cli, error_line
@@ -118,3 +119,45 @@ def test_init_keeps_exit_2_on_drift_and_json_stays_json(dsn, defs, tmp_path, sch
     assert report["ok"] is False and report["unchanged"] == ["b"]
     assert report["drift"] == {"a": ["column f is real, definition says double precision"]}
     assert "schema drift" in done.stderr
+
+
+def test_get_after_the_definitions_changed_without_init(dsn, defs, tmp_path, schema):
+    """A feature added to the definitions and ``pgfeatures init`` not run: ``get`` (on_drift="isolate")
+    still reads the tables that match; a read of the drifted one is one error line naming the table,
+    the missing column and the ALTER TABLE that adds it (``init`` never alters a table), no traceback. (The library's default,
+    on_drift="raise", refuses to open with that error: test_store_errors.py,
+    test_open_fails_at_once_with_the_drift_not_an_outage.)"""
+    from pgfeatures import FeatureStore
+
+    assert cli("init", "--dsn", dsn, "-d", defs).returncode == 0
+    with FeatureStore(defs, dsn, pool_size=1, write_pool_size=1) as store:
+        store.update_features(KEY, "b", {"g": 7})
+    changed = tmp_path / "changed.toml"
+    changed.write_text(f'schema = "{schema}"\n[tables.a.features]\nf = "real"\nh = "double precision"\n'
+                       '[tables.b.features]\ng = "integer"\n')
+
+    done = cli("get", "--dsn", dsn, "-d", str(changed), KEY, "-t", "b")
+    assert done.returncode == 0 and "Traceback" not in done.stderr and "error:" not in done.stderr, done.stderr
+    assert json.loads(done.stdout) == {"key": KEY, "features": {"b": {"g": 7}}, "status": {"b": "present"}, "missing": []}
+
+    for args in (["-t", "a"], ["-t", "a,b"], []):  # the drifted table, alone, with another, or all tables
+        line = error_line(cli("get", "--dsn", dsn, "-d", str(changed), KEY, *args))
+        assert "does not match the definitions" in line and "a: column h (double precision) is missing" in line, line
+        alter = f'ALTER TABLE "{schema}"."a" ADD COLUMN "h" double precision'
+        assert "`pgfeatures init` never alters a table" in line and alter in line, line
+    # A table added to the definitions: the error names the init that creates it, and after it the read works.
+    added = tmp_path / "added.toml"
+    added.write_text(pathlib.Path(defs).read_text() + '[tables.c.features]\nx = "real"\n')
+    line = error_line(cli("get", "--dsn", dsn, "-d", str(added), KEY, "-t", "c"))
+    assert f"c: table {schema}.c does not exist" in line and f"`pgfeatures init -d {added}` creates the missing table(s) c" in line, line
+    assert cli("get", "--dsn", dsn, "-d", str(added), KEY, "-t", "b").returncode == 0
+    assert cli("init", "--dsn", dsn, "-d", str(added)).returncode == 0
+    done = cli("get", "--dsn", dsn, "-d", str(added), KEY, "-t", "c")
+    assert done.returncode == 0 and json.loads(done.stdout)["status"] == {"c": "missing"}, done.stderr
+
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:  # the statement the drift error gave is the fix
+        conn.execute(alter)
+    done = cli("get", "--dsn", dsn, "-d", str(changed), KEY, "-t", "a")
+    assert done.returncode == 0 and json.loads(done.stdout)["status"] == {"a": "missing"}, done.stderr

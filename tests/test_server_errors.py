@@ -219,6 +219,31 @@ def test_shutting_down_is_503_shutting_down(dsn: str, definitions: Path) -> None
     asyncio.run(asyncio.wait_for(run(), 30))
 
 
+@pytest.mark.parametrize("coalesce", [False, True], ids=["single", "coalesced"])
+def test_a_read_racing_the_store_closing_is_503_shutting_down(dsn: str, definitions: Path, coalesce: bool) -> None:
+    """A request admitted before the store closed, waiting for a pooled connection when it does
+    (psycopg_pool fails it with PoolClosed): the store's StoreClosedError, so the same answer as a
+    request after shutdown, 503 ``shutting_down``, never a 500."""
+    async def run() -> None:
+        async with app_client(config(dsn, definitions, pool_size=1, coalesce=coalesce)) as (app, c):
+            assert (await read(c)).status_code == 200
+            store = app.state.service.store
+            pool = store.read_pool
+            held = await pool.getconn()  # the only read connection: the next read waits for it
+            try:
+                pending = read(c)
+                async with asyncio.timeout(10):
+                    while pool.get_stats().get("requests_waiting", 0) < 1:
+                        await asyncio.sleep(0.01)
+                await store.close()
+                error = assert_error(await pending, 503, "shutting_down", True)
+                assert "closed" in error["message"]
+            finally:
+                await pool.putconn(held)
+
+    asyncio.run(asyncio.wait_for(run(), 30))
+
+
 def test_a_psycopg_error_escaping_the_store_is_translated(dsn: str, definitions: Path) -> None:
     """The service's last line of translation (``Service._translate``) names the database, not a bug:
     it read an attribute the store does not have, so such an error became a 500 ``internal``."""

@@ -46,7 +46,8 @@ def test_open_fails_at_once_with_the_drift_not_an_outage(conn, schema, dsn):
         FeatureStore(registry_with_extra_column(schema), dsn, pool_size=1, write_pool_size=0)
     assert time.monotonic() - started < 3  # at once: not after a connect timeout
     message = str(caught.value)
-    assert "t01" in message and "column f9 (real) is missing" in message and "pgfeatures init -d changed.toml" in message
+    assert "t01" in message and "column f9 (real) is missing" in message
+    assert f'ALTER TABLE "{schema}"."t01" ADD COLUMN "f9" real' in message  # what fixes it: init never alters a table
     assert caught.value.problems == {"t01": ["column f9 (real) is missing"]}
 
 
@@ -189,3 +190,106 @@ def test_reader_cache_is_thread_safe_and_bounded_in_statements(schema):
         sys.setswitchinterval(interval)
     assert not errors, errors[0]
     assert cache.statements <= 20
+
+
+def _wait_for_waiters(pool, n: int = 1) -> None:
+    deadline = time.monotonic() + 10
+    while pool.get_stats().get("requests_waiting", 0) < n:
+        assert time.monotonic() < deadline, "the request never waited for a connection"
+        time.sleep(0.01)
+
+
+def test_requests_waiting_for_a_connection_when_the_store_closes_get_store_closed(conn, schema, dsn):
+    """close() fails the reads (and writes) waiting for a pooled connection: psycopg_pool's PoolClosed
+    reaches the caller as StoreClosedError, at once (not after acquire_timeout)."""
+    registry = demo_registry(n_tables=1, n_features=1, schema=schema)
+    apply_schema(conn, registry)
+    store = FeatureStore(registry, dsn, pool_size=1, write_pool_size=1, acquire_timeout=30)
+    read_pool, write_pool = store.read_pool, store.write_pool
+    held = read_pool.getconn(), write_pool.getconn()  # the only connections: the next requests wait for them
+    errors: dict[str, BaseException] = {}
+
+    def call(name: str, request) -> None:
+        try:
+            request()
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            errors[name] = exc
+
+    threads = [threading.Thread(target=call, args=("read", lambda: store.get_features(KEY))),
+               threading.Thread(target=call, args=("batch", lambda: store.get_features_batch([KEY, KEY]))),
+               threading.Thread(target=call, args=("write", lambda: store.update_features(KEY, "t00", {"f0": 1.0})))]
+    for t in threads:
+        t.start()
+    _wait_for_waiters(read_pool, 2)
+    _wait_for_waiters(write_pool, 1)
+    started = time.monotonic()
+    store.close()
+    for t in threads:
+        t.join(10)
+    assert time.monotonic() - started < 10  # not the 30 s acquire_timeout
+    read_pool.putconn(held[0])
+    write_pool.putconn(held[1])
+    assert sorted(errors) == ["batch", "read", "write"]
+    for name, error in errors.items():
+        assert type(error) is StoreClosedError and "closed" in str(error), (name, error)
+
+
+def test_reads_racing_close_get_store_closed_and_nothing_else(conn, schema, dsn):
+    """Requests in flight while close() runs either succeed or fail with StoreClosedError: never
+    PoolClosed, a psycopg error, or an AttributeError of a half-closed store."""
+    registry = demo_registry(n_tables=2, n_features=1, schema=schema)
+    apply_schema(conn, registry)
+    store = FeatureStore(registry, dsn, pool_size=2, write_pool_size=1, acquire_timeout=5)
+    outcomes: list[BaseException | None] = []
+    served = threading.Event()
+
+    def hammer(i: int) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if i % 3 == 0:
+                    store.get_features_batch([KEY] * 8)
+                elif i % 3 == 1:
+                    store.get_features(KEY, ["t01"], strategy="pipeline")
+                else:
+                    store.update_features(KEY, "t00", {"f0": float(i)})
+                served.set()
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                outcomes.append(exc)
+                return
+        outcomes.append(None)
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    assert served.wait(10)
+    time.sleep(0.1)
+    store.close()
+    for t in threads:
+        t.join(30)
+    assert len(outcomes) == 6
+    for outcome in outcomes:
+        assert type(outcome) is StoreClosedError, repr(outcome)
+
+
+def test_async_requests_racing_close_get_store_closed(conn, schema, dsn):
+    registry = demo_registry(n_tables=1, n_features=1, schema=schema)
+    apply_schema(conn, registry)
+
+    async def run() -> list[BaseException | dict]:
+        store = AsyncFeatureStore(registry, dsn, pool_size=1, write_pool_size=1, acquire_timeout=30)
+        await store.open()
+        pool = store.read_pool
+        held = await pool.getconn()
+        waiting = [asyncio.ensure_future(store.get_features(KEY)), asyncio.ensure_future(store.get_features_batch([KEY]))]
+        while pool.get_stats().get("requests_waiting", 0) < 2:
+            await asyncio.sleep(0.01)
+        await store.close()
+        results = await asyncio.gather(*waiting, store.get_features(KEY), store.ping(), return_exceptions=True)
+        await pool.putconn(held)
+        return results
+
+    results = asyncio.run(asyncio.wait_for(run(), 20))
+    assert len(results) == 4
+    for r in results:
+        assert type(r) is StoreClosedError, repr(r)

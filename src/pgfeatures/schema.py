@@ -254,6 +254,16 @@ class TableCheck:
     table: str
     breaking: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    add_columns: tuple[str, ...] = ()  # ALTER TABLE ... ADD COLUMN statements for the missing columns
+
+
+def add_column_statements(schema: str, table: FeatureTable, columns: Mapping[str, str]) -> tuple[str, ...]:
+    """The ``ALTER TABLE ... ADD COLUMN`` statements that give the live table (``columns``: name ->
+    type) the columns of its definition it lacks (pure; identifiers quoted). ``pgfeatures init``
+    never alters a table: these are for the operator to review and run."""
+    target = qualified(schema, table).as_string(None)
+    return tuple(f"ALTER TABLE {target} ADD COLUMN {sql.Identifier(col).as_string(None)} {typ}"
+                 for col, typ in expected_columns(table).items() if col not in columns)
 
 
 def check_catalog_row(schema: str, table: FeatureTable, row: tuple[Any, ...]) -> TableCheck:
@@ -261,8 +271,9 @@ def check_catalog_row(schema: str, table: FeatureTable, row: tuple[Any, ...]) ->
     _, exists, names, types, primary_key, indexes = row
     if not exists:
         return TableCheck(table.name, (f"table {schema}.{table.name} does not exist",))
-    breaking, other = compare(table, dict(zip(names or (), types or ())), primary_key, indexes or ())
-    return TableCheck(table.name, tuple(breaking), tuple(other))
+    live = dict(zip(names or (), types or ()))
+    breaking, other = compare(table, live, primary_key, indexes or ())
+    return TableCheck(table.name, tuple(breaking), tuple(other), add_column_statements(schema, table, live))
 
 
 def check_catalog(registry: Registry, rows: list[tuple[Any, ...]]) -> dict[str, TableCheck]:
@@ -279,9 +290,12 @@ def drift_error(registry: Registry, checks: dict[str, TableCheck], source: str |
     hints = []
     if missing:
         hints.append(f"`{init}` creates the missing table(s) {', '.join(missing)}")
-    if len(missing) < len(problems):
-        hints.append(f"a table whose columns differ needs ALTER TABLE to match the definition "
-                     f"(`{init} --print-sql` shows it), or a definition that matches the table")
+    alters = [stmt for c in checks.values() if c.breaking for stmt in c.add_columns]
+    if alters:
+        hints.append(f"add the missing column(s) (`pgfeatures init` never alters a table): {'; '.join(alters)}")
+    if any(", definition says " in p for ps in problems.values() for p in ps):
+        hints.append("a column of another type needs ALTER TABLE ... ALTER COLUMN ... TYPE, or a definition "
+                     "that matches the table")
     return SchemaDriftError(
         f"the database does not match the definitions (schema {registry.schema!r}): {listed}. Fix: {'; '.join(hints)}",
         problems,
