@@ -199,6 +199,9 @@ def renew_pool(store: FeatureStore, target: ReadTarget) -> bool:
         new.close()
         return False
     old, target.pool = target.pool, new
+    if store.router is None:  # the store closed meanwhile: its close may not have seen the new pool
+        new.close()
+        return False
     logger.info("pgfeatures: %s answers again; its pool renewed", target.name)
     if old is not None:
         old.close(timeout=0)
@@ -233,6 +236,9 @@ def renew_write_pool(store: FeatureStore, old: ConnectionPool) -> bool:
             new.close()
             return False
         store.write_pool = new
+    if store.router is None:  # the store closed meanwhile: its close may not have seen the new pool
+        new.close()
+        return False
     logger.info("pgfeatures: the primary %s answers again; the write pool renewed", target_name(dsn, "primary"))
     old.close(timeout=0)
     return True

@@ -197,6 +197,9 @@ async def renew_pool_async(store: AsyncFeatureStore, target: ReadTarget) -> bool
         await new.close()
         return False
     old, target.pool = target.pool, new
+    if store.router is None:  # the store closed meanwhile: its close may not have seen the new pool
+        await new.close()
+        return False
     logger.info("pgfeatures: %s answers again; its pool renewed", target.name)
     if old is not None:
         await old.close(timeout=0)
@@ -231,6 +234,9 @@ async def renew_write_pool_async(store: AsyncFeatureStore, old: AsyncConnectionP
             await new.close()
             return False
         store.write_pool = new
+    if store.router is None:  # the store closed meanwhile: its close may not have seen the new pool
+        await new.close()
+        return False
     logger.info("pgfeatures: the primary %s answers again; the write pool renewed", target_name(dsn, "primary"))
     await old.close(timeout=0)
     return True

@@ -8,7 +8,7 @@ Owns, for ``store_async.FeatureStore`` (and, generated from this module by
 - **the statements on one connection**: a compiled reader's statement(s) sent in one flush
   (``single``/``batch``, ``pipeline``, ``sequential``) and the rows handed to its decoder;
 - **routing and retry**: ``run_async`` takes a pooled connection of the first read target that
-  serves (``base.Router``), retries once a read whose connection died under it, marks a target
+  serves (``base.Router``), retries a read whose connection died under it, marks a target
   down and moves on to the next at once;
 - **rechecks of broken tables**: a request touching a table that could not be served re-checks
   it in the catalog when due, and a statement rejected for a missing table or column re-checks it;
@@ -97,8 +97,9 @@ def run(store: FeatureStore, execute: Execute[R, A, T], reader: R, args: A) -> T
     getconn/putconn rather than ``pool.connection()``: with autocommit there is no transaction
     to end, and the context managers cost measurable CPU per request. A connection that died
     under the request (server restart, failover, idle kill) makes the pool check its idle
-    connections; the read is retried once on that target if connections survived, else the
-    target is marked down and the next one tried. Reads are idempotent.
+    connections; the read is retried on that target if connections survived (again for each
+    further dead one, at most pool_size times), else the target is marked down and the next one
+    tried. Reads are idempotent.
     """
     router = store.router
     if router is None:
@@ -111,7 +112,11 @@ def run(store: FeatureStore, execute: Execute[R, A, T], reader: R, args: A) -> T
     last = order[-1]
     for target in order:
         pool = target.pool
-        for attempt in (0, 1):
+        # A read on a connection found dead is retried: once after a restart, but after a mass
+        # termination more of the pool's connections may be dead without the pool knowing (in use
+        # during the check, returned after it), and each is found and dropped in turn: at most
+        # pool_size of them, so at most pool_size + 1 attempts.
+        for attempt in range(store.pool_size + 1):
             try:
                 conn = pool.getconn()
             except PoolTimeout as exc:
@@ -133,10 +138,10 @@ def run(store: FeatureStore, execute: Execute[R, A, T], reader: R, args: A) -> T
                     logger.info("pgfeatures: read connection to %s lost (%s); checking the pool", target.name,
                                 str(exc).strip())
                     pool.check()
-                    # Retry here if connections survived, or if there is nowhere else to go
-                    # (getconn then waits for the replacement the check started).
-                    if target is last or pool.get_stats().get("pool_available", 0):
-                        continue
+                # Retry here if connections survived, or if there is nowhere else to go
+                # (getconn then waits for the replacement the check started).
+                if target is last or pool.get_stats().get("pool_available", 0):
+                    continue
                 break
             except psycopg.Error as exc:
                 pool.putconn(conn)

@@ -7,7 +7,7 @@ Owns, for ``store_async.FeatureStore`` (and, generated from this module by
 
 - **the write pool**: the store's separate pool on the primary, or ReadOnlyStoreError without one;
 - **live updates**: the upsert plans of ``write.py`` sent in one round-trip and one transaction
-  (a statement per column set, in a pipeline), and retried once on a fresh connection when the
+  (a statement per column set, in a pipeline), and retried on a fresh connection when the
   connection was found dead (an upsert applied twice leaves the same row).
 
 The public write methods (``write_connection``, ``write_features``, ``update_features*``) and
@@ -95,19 +95,22 @@ def write_conn(store: FeatureStore) -> tuple[ConnectionPool, psycopg.Connection]
 
 def apply_updates(store: FeatureStore, plans: list[Any]) -> UpdateCount:
     """Apply the upsert ``plans`` through the store's write pool; a connection found dead is
-    replaced and the update sent once more. Raises as ``update_features_batch``."""
-    for attempt in (0, 1):
+    replaced and the update sent again (for each further dead connection of the pool too, as a
+    read is: at most write_pool_size + 1 attempts). Raises as ``update_features_batch``."""
+    attempts = store.write_pool_size + 1
+    for attempt in range(attempts):
         conn: psycopg.Connection | None
         pool, conn = write_conn(store)
         try:
             return upsert(conn, plans, store._prepare)
         except psycopg.OperationalError as exc:
-            if attempt or not conn.broken:
+            if attempt == attempts - 1 or not conn.broken:
                 raise database_error(exc, store.dsn or "") from exc
-            logger.warning("pgfeatures: write connection lost (%s); retrying the update once", str(exc).strip())
+            logger.warning("pgfeatures: write connection lost (%s); retrying the update", str(exc).strip())
             pool.putconn(conn)
             conn = None
-            write_pool(store).check()
+            if attempt == 0:
+                write_pool(store).check()
         except psycopg.Error as exc:
             raise database_error(exc, store.dsn or "") from exc
         finally:
