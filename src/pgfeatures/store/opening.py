@@ -185,22 +185,40 @@ def open_pools(store: FeatureStore, router: Router, dsn: str) -> None:
         raise
 
 
+def filled_pool(store: FeatureStore, dsn: str, read: bool,
+                            failures: ConnectFailures) -> ConnectionPool | None:
+    """A new read (``read``) or write pool on ``dsn`` once it holds its connections; None (and the
+    pool closed) if it does not fill within the store's connect_timeout."""
+    new = make_pool(dsn, **pool_settings(store, read, failures))
+    new.open(wait=False)
+    try:
+        new.wait(timeout=store.connect_timeout)
+    except PoolTimeout:
+        new.close()
+        return None
+    return new
+
+
+def still_open(store: FeatureStore, new: ConnectionPool) -> bool:
+    """After a renewal installed ``new``: whether the store is still open. If it closed meanwhile,
+    its close may not have seen ``new``, which is closed here."""
+    if store.router is None:
+        new.close()
+        return False
+    return True
+
+
 def renew_pool(store: FeatureStore, target: ReadTarget) -> bool:
     """Replace ``target``'s pool by a new one, once the database answers again but the pool has no
     connection: its reconnection attempts wait out psycopg_pool's backoff (1, 2, 4 s ...), so after
     an outage of a few seconds the old pool could stay empty for seconds more (3.1 s measured in the
     soak). The new pool connects at once; requests waiting on the old one retry on the new one.
     Returns whether the pool was replaced (False: the new pool did not fill either)."""
-    new = make_pool(target.dsn, **pool_settings(store, True, target.failures))
-    new.open(wait=False)
-    try:
-        new.wait(timeout=store.connect_timeout)
-    except PoolTimeout:
-        new.close()
+    new = filled_pool(store, target.dsn, True, target.failures)
+    if new is None:
         return False
     old, target.pool = target.pool, new
-    if store.router is None:  # the store closed meanwhile: its close may not have seen the new pool
-        new.close()
+    if not still_open(store, new):
         return False
     logger.info("pgfeatures: %s answers again; its pool renewed", target.name)
     if old is not None:
@@ -228,16 +246,11 @@ def renew_write_pool(store: FeatureStore, old: ConnectionPool) -> bool:
         except PgFeaturesError:
             return False
         probe.close()
-        new = make_pool(dsn, **pool_settings(store, False, store.write_failures))
-        new.open(wait=False)
-        try:
-            new.wait(timeout=store.connect_timeout)
-        except PoolTimeout:
-            new.close()
+        new = filled_pool(store, dsn, False, store.write_failures)
+        if new is None:
             return False
         store.write_pool = new
-    if store.router is None:  # the store closed meanwhile: its close may not have seen the new pool
-        new.close()
+    if not still_open(store, new):
         return False
     logger.info("pgfeatures: the primary %s answers again; the write pool renewed", target_name(dsn, "primary"))
     old.close(timeout=0)

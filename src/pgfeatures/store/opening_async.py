@@ -183,22 +183,40 @@ async def open_pools_async(store: AsyncFeatureStore, router: Router, dsn: str) -
         raise
 
 
+async def filled_pool_async(store: AsyncFeatureStore, dsn: str, read: bool,
+                            failures: ConnectFailures) -> AsyncConnectionPool | None:
+    """A new read (``read``) or write pool on ``dsn`` once it holds its connections; None (and the
+    pool closed) if it does not fill within the store's connect_timeout."""
+    new = make_async_pool(dsn, **pool_settings(store, read, failures))
+    await new.open(wait=False)
+    try:
+        await new.wait(timeout=store.connect_timeout)
+    except PoolTimeout:
+        await new.close()
+        return None
+    return new
+
+
+async def still_open_async(store: AsyncFeatureStore, new: AsyncConnectionPool) -> bool:
+    """After a renewal installed ``new``: whether the store is still open. If it closed meanwhile,
+    its close may not have seen ``new``, which is closed here."""
+    if store.router is None:
+        await new.close()
+        return False
+    return True
+
+
 async def renew_pool_async(store: AsyncFeatureStore, target: ReadTarget) -> bool:
     """Replace ``target``'s pool by a new one, once the database answers again but the pool has no
     connection: its reconnection attempts wait out psycopg_pool's backoff (1, 2, 4 s ...), so after
     an outage of a few seconds the old pool could stay empty for seconds more (3.1 s measured in the
     soak). The new pool connects at once; requests waiting on the old one retry on the new one.
     Returns whether the pool was replaced (False: the new pool did not fill either)."""
-    new = make_async_pool(target.dsn, **pool_settings(store, True, target.failures))
-    await new.open(wait=False)
-    try:
-        await new.wait(timeout=store.connect_timeout)
-    except PoolTimeout:
-        await new.close()
+    new = await filled_pool_async(store, target.dsn, True, target.failures)
+    if new is None:
         return False
     old, target.pool = target.pool, new
-    if store.router is None:  # the store closed meanwhile: its close may not have seen the new pool
-        await new.close()
+    if not await still_open_async(store, new):
         return False
     logger.info("pgfeatures: %s answers again; its pool renewed", target.name)
     if old is not None:
@@ -226,16 +244,11 @@ async def renew_write_pool_async(store: AsyncFeatureStore, old: AsyncConnectionP
         except PgFeaturesError:
             return False
         await probe.close()
-        new = make_async_pool(dsn, **pool_settings(store, False, store.write_failures))
-        await new.open(wait=False)
-        try:
-            await new.wait(timeout=store.connect_timeout)
-        except PoolTimeout:
-            await new.close()
+        new = await filled_pool_async(store, dsn, False, store.write_failures)
+        if new is None:
             return False
         store.write_pool = new
-    if store.router is None:  # the store closed meanwhile: its close may not have seen the new pool
-        await new.close()
+    if not await still_open_async(store, new):
         return False
     logger.info("pgfeatures: the primary %s answers again; the write pool renewed", target_name(dsn, "primary"))
     await old.close(timeout=0)
