@@ -14,7 +14,15 @@ from psycopg import sql
 from test_load import MIXED, contents, keys_for, make_registry, snapshot
 
 from pgfeatures import AsyncFeatureStore, FeatureStore
-from pgfeatures.errors import DatabaseError, FeatureValueError, KeyFormatError, UnknownFeatureError, UnknownTableError
+from pgfeatures.errors import (
+    DatabaseError,
+    DatabaseUnavailableError,
+    FeatureValueError,
+    KeyFormatError,
+    UnknownFeatureError,
+    UnknownTableError,
+    WriteOutcomeUnknownError,
+)
 from pgfeatures.load import load
 from pgfeatures.schema import apply_schema
 from pgfeatures.write import plan_updates
@@ -163,27 +171,68 @@ def test_concurrent_update_during_rebuild_is_not_lost(dsn, conn, schema, store):
 
 
 def _kill_writers(conn, store) -> int:
-    """Terminate the store's (one) write connection; other test runs' connections are left alone."""
+    """Terminate the store's (one) write connection and wait until its backend has exited (so the
+    server's FATAL has reached the idle pooled connection); other test runs' connections are left alone."""
     with store.write_connection() as writer:
         pid = writer.info.backend_pid
-    rows = conn.execute("SELECT pg_terminate_backend(%s)", [pid]).fetchall()
+    rows = conn.execute("SELECT pg_terminate_backend(%s, 5000)", [pid]).fetchall()
     return sum(1 for r in rows if r[0])
 
 
 @pytest.mark.parametrize("mixed_batch", [False, True], ids=["one statement", "pipelined transaction"])
-def test_an_update_after_its_connection_was_killed_is_retried_once(store, conn, schema, mixed_batch):
+def test_an_update_after_its_idle_connection_was_killed_goes_to_a_live_one(store, conn, schema, mixed_batch):
     store.update_features(K[0], "mixed", {"r": 1.0})
     assert _kill_writers(conn, store) == 1
     rows = [(K[4], {"r": 4.0}), (K[5], {"s": 5})] if mixed_batch else [(K[4], {"r": 4.0})]
-    assert store.update_features_batch("mixed", rows) == len(rows)  # no error: retried on a fresh connection
+    assert store.update_features_batch("mixed", rows) == len(rows)  # no error: the dead one found before sending
     assert row(conn, schema, K[4])["r"] == 4.0
+
+
+@pytest.mark.parametrize("mixed_batch", [False, True], ids=["one statement", "pipelined transaction"])
+def test_an_update_whose_connection_is_lost_after_sending_is_not_sent_again(store, conn, dsn, schema, mixed_batch):
+    """The writer's statement waits on a row lock; its backend is terminated meanwhile. The outcome
+    is unknown to the client (in general the server may have committed before the connection
+    ended), so the error says so, and the update is not resent: once the lock is released, nothing
+    was written (a resend would wait on the lock and then write)."""
+    store.update_features(K[7], "mixed", {"r": 1.0, "s": 1})
+    rows = [(K[7], {"r": 2.0}), (K[8], {"s": 8})] if mixed_batch else [(K[7], {"r": 2.0})]
+    outcome: list[BaseException | int] = []
+    with psycopg.connect(dsn) as locker:
+        locker.execute(sql.SQL("SELECT 1 FROM {} WHERE hashkey = %s FOR UPDATE").format(sql.Identifier(schema, "mixed")), [K[7]])
+        with store.write_connection() as writer:
+            pid = writer.info.backend_pid
+
+        def write() -> None:
+            try:
+                outcome.append(store.update_features_batch("mixed", rows))
+            except BaseException as exc:  # noqa: BLE001 - asserted below
+                outcome.append(exc)
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'", [pid]).fetchall():
+            assert time.monotonic() < deadline, "the update never waited on the lock"
+            time.sleep(0.01)
+        conn.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])
+        thread.join(5)  # a resend would wait on the lock: still running
+        still_waiting = thread.is_alive()
+        locker.rollback()
+    thread.join(10)
+    assert not still_waiting, "the update was sent again after its connection was lost"
+    assert len(outcome) == 1 and isinstance(outcome[0], WriteOutcomeUnknownError), outcome
+    assert isinstance(outcome[0], DatabaseUnavailableError)
+    assert "may or may not have been applied" in str(outcome[0]) and "was not sent again" in str(outcome[0])
+    assert row(conn, schema, K[7])["r"] == 1.0 and row(conn, schema, K[8])["s"] is None  # aborted, and not resent
+    assert store.update_features_batch("mixed", rows) == len(rows)  # the store writes again at once
+    assert row(conn, schema, K[7])["r"] == 2.0
 
 
 def test_a_load_after_its_connection_was_killed_is_retried_once(store, conn, schema):
     data = pa.table({"hashkey": pa.array([K[6]], pa.binary(32)), "r": pa.array([6.0], pa.float32())})
     store.write_features("mixed", data, partial=True)
     assert _kill_writers(conn, store) == 1
-    store.write_features("mixed", data, partial=True)  # no error: retried on a fresh connection
+    store.write_features("mixed", data, partial=True)  # no error: the dead connection is replaced
     assert row(conn, schema, K[6])["r"] == 6.0
 
 

@@ -24,6 +24,7 @@ from .errors import (
     UnknownServiceError,
     UnknownStrategyError,
     UnknownTableError,
+    WriteOutcomeUnknownError,
 )
 from .reader import EXPIRED, MISSING, PRESENT, BatchReader, FeatureResult, Reader, Strategy
 from .store import AsyncFeatureStore, FeatureStore
@@ -72,5 +73,5 @@ __all__ = [
     "UnknownFeatureError",
     "UnknownServiceError",
     "UnknownStrategyError",
-    "UnknownTableError",
+    "UnknownTableError", "WriteOutcomeUnknownError",
 ]

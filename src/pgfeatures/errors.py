@@ -98,6 +98,15 @@ class AuthenticationError(DatabaseUnavailableError):
     next connection asks it again."""
 
 
+class WriteOutcomeUnknownError(DatabaseUnavailableError):
+    """The connection to the primary was lost after a live update was sent: whether the server
+    applied it before the connection ended is unknown, so it was not sent again (a resend could
+    overwrite a newer write another writer made meanwhile). Reading the rows tells. Sending it again
+    is harmless when the rows carry their event time in ``updated_at``: newest wins, so a resend
+    never overwrites a newer row. A connection found dead *before* anything was sent on it is
+    replaced and the update sent on another, without this error."""
+
+
 class PoolExhaustedError(DatabaseUnavailableError):
     """Every pooled connection stayed busy for ``acquire_timeout``: the database answers, the
     store is over capacity. Retry later, or give the store a larger pool."""

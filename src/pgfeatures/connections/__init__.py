@@ -6,11 +6,13 @@
   OAuth and IAM tokens);
 - ``pool_async`` / ``pool`` (generated): fixed-size pools with bounded lifetime and
   reconnects, one-off connections;
+- ``liveness``: whether an idle pooled connection was closed by the server, without a round-trip;
 - ``translate``: psycopg / psycopg_pool exceptions as typed pgfeatures errors.
 """
 
 from .credentials import Cached, CredentialProvider, CredentialProviderError, EnvPassword, PasswordFile, load_provider
 from .dsn import DSN_ENV, POOLERS, READ_APP, WRITE_APP, check_pooler, connection_kwargs, prepares, resolve_dsn
+from .liveness import went_away
 from .pool import check_connection, connect, make_pool
 from .pool_async import check_connection_async, connect_async, make_async_pool
 from .translate import ConnectFailures, database_error, is_auth_failure, redact, unavailable
@@ -19,5 +21,5 @@ __all__ = [
     "Cached", "ConnectFailures", "CredentialProvider", "CredentialProviderError", "DSN_ENV", "EnvPassword",
     "POOLERS", "PasswordFile", "READ_APP", "WRITE_APP", "check_connection", "check_connection_async", "check_pooler",
     "connect", "connect_async", "connection_kwargs", "database_error", "is_auth_failure", "load_provider",
-    "make_async_pool", "make_pool", "prepares", "redact", "resolve_dsn", "unavailable",
+    "make_async_pool", "make_pool", "prepares", "redact", "resolve_dsn", "unavailable", "went_away",
 ]

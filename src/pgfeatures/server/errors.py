@@ -51,6 +51,7 @@ from ..errors import (
     UnknownServiceError,
     UnknownStrategyError,
     UnknownTableError,
+    WriteOutcomeUnknownError,
     WarmupError,
 )
 
@@ -94,6 +95,7 @@ ERRORS: tuple[tuple[type[Exception], HTTPError], ...] = (
     (LoadInputError, HTTPError(400, "invalid_input")),
     # transient: retry after Retry-After (elsewhere if there is an elsewhere)
     (AuthenticationError, HTTPError(503, "database_auth_failed", retryable=True)),
+    (WriteOutcomeUnknownError, HTTPError(503, "write_outcome_unknown", retryable=True)),
     (PoolExhaustedError, HTTPError(503, "pool_exhausted", retryable=True)),
     (DatabaseUnavailableError, HTTPError(503, "database_unavailable", retryable=True)),
     (EmbeddedServerError, HTTPError(503, "database_unavailable", retryable=True)),

@@ -18,8 +18,10 @@ the rows to the reader's decoder. Around that it owns:
   table and column that disagrees; ``"isolate"`` serves every other table and fails only the
   requests that touch a broken table (the HTTP service and the CLI run so);
 - **retries**: a read whose connection died under it (restart, failover, idle kill) is retried
-  once on a fresh connection, and a live update too (an upsert applied twice leaves the same row);
-  a bulk load only when nothing can have been committed and its source can be read again.
+  on a fresh connection (for each dead pooled connection it meets, at most pool_size + 1 times);
+  a live update is sent only on a connection known alive (one the server closed while idle is
+  replaced before anything is sent) and never twice (lost after sending: WriteOutcomeUnknownError);
+  a bulk load is retried only when nothing can have been committed and its source can be read again.
 
 This module holds the store's options, its lifecycle (``open``, ``close``, ``status``) and its
 public methods; the work behind them is in one module per concept, each an async source with a
@@ -297,8 +299,9 @@ class AsyncFeatureStore:
         if router is None:
             raise StoreClosedError("the store is not open: call open() or use it as a context manager")
         target = router.order()[0]
+        pool = target.pool  # the connection goes back to the pool it came from, even if renewed meanwhile
         try:
-            conn = await target.pool.getconn()
+            conn = await pool.getconn()
         except (PoolTimeout, PoolClosed) as exc:
             raise unavailable(self, exc, target) from None
         try:
@@ -306,7 +309,7 @@ class AsyncFeatureStore:
         except psycopg.Error as exc:
             raise database_error(exc, target.dsn) from exc
         finally:
-            await target.pool.putconn(conn)
+            await pool.putconn(conn)
 
     def status(self) -> dict[str, Any]:
         """What the store can serve now: read targets (up or down, why, lag), tables that cannot be
@@ -450,8 +453,11 @@ class AsyncFeatureStore:
         ``overwrite_newer=True`` to write them anyway).
 
         Raises UnknownTableError, UnknownFeatureError, KeyFormatError, FeatureValueError before any
-        I/O; ReadOnlyStoreError; DatabaseUnavailableError; SchemaDriftError. A connection found dead
-        is replaced and the update sent once more (an upsert applied twice leaves the same row).
+        I/O; ReadOnlyStoreError; DatabaseUnavailableError; SchemaDriftError. A pooled connection the
+        server closed while idle (a restart, ``pg_terminate_backend``) is found before anything is
+        sent on it and replaced; a connection lost after the update was sent raises
+        WriteOutcomeUnknownError (a DatabaseUnavailableError): it may or may not have been applied, and
+        it is not sent again.
         """
         plans = plan_updates(self.registry, table, rows, nan=nan, overwrite_newer=overwrite_newer)
         return await apply_updates_async(self, plans)

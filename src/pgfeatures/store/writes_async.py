@@ -5,8 +5,10 @@ Owns, for ``store_async.AsyncFeatureStore`` (and, generated from this module by
 
 - **the write pool**: the store's separate pool on the primary, or ReadOnlyStoreError without one;
 - **live updates**: the upsert plans of ``write.py`` sent in one round-trip and one transaction
-  (a statement per column set, in a pipeline), and retried on a fresh connection when the
-  connection was found dead (an upsert applied twice leaves the same row).
+  (a statement per column set, in a pipeline), on a connection known alive: one the server closed
+  while idle is found before anything is sent (``connections.went_away``) and replaced. An update
+  is never sent twice: a connection lost after sending leaves the outcome unknown, and says so
+  (WriteOutcomeUnknownError), because a resend could overwrite a newer write made meanwhile.
 
 The public write methods (``write_connection``, ``write_features``, ``update_features*``) and
 their documentation stay in ``store_async.py``; bulk loads are ``pgfeatures.load``.
@@ -20,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
-from ..connections import database_error
-from ..errors import ReadOnlyStoreError, StoreClosedError
+from ..connections import database_error, redact, went_away
+from ..errors import ReadOnlyStoreError, StoreClosedError, WriteOutcomeUnknownError
 from ..write import UpdateCount
 from .opening_async import renew_write_pool_async
 
@@ -69,19 +71,40 @@ async def upsert_async(conn: psycopg.AsyncConnection, plans: list[Any], prepare:
 
 
 async def write_conn_async(store: AsyncFeatureStore) -> tuple[AsyncConnectionPool, psycopg.AsyncConnection]:
-    """The store's write pool and a connection of it. A pool that gives none (busy, closed, primary
-    down) raises DatabaseUnavailableError naming why; one that gave none because its connections
-    died and psycopg_pool is still backing off is renewed if the primary answers now, and asked once
-    more (``renew_write_pool_async``)."""
+    """The store's write pool and a live connection of it: a pooled connection the server closed
+    while it sat idle (found without a round-trip, ``connections.went_away``) is discarded, the
+    pool checked, and another taken, so nothing is ever sent on a dead connection that was known
+    dead. A pool that gives none (busy, closed, primary down) raises DatabaseUnavailableError
+    naming why; one that gave none because its connections died and psycopg_pool is still backing
+    off is renewed if the primary answers now (``renew_write_pool_async``)."""
     pool = write_pool(store)
+    for attempt in range(store.write_pool_size + 2):
+        pool, conn = await _getconn_async(store, pool)
+        if attempt == store.write_pool_size + 1 or not went_away(conn):
+            return pool, conn
+        logger.info("pgfeatures: a pooled write connection was closed by the server; taking another")
+        await conn.close()
+        await pool.putconn(conn)  # closed: the pool replaces it
+        if attempt == 0:
+            await pool.check()  # the others died too, as a rule: replace them all now
+    raise AssertionError("unreachable")
+
+
+async def _getconn_async(store: AsyncFeatureStore,
+                         pool: AsyncConnectionPool) -> tuple[AsyncConnectionPool, psycopg.AsyncConnection]:
+    """A connection of ``pool``, or of the pool that replaced it (a renewal closes the old pool
+    under its waiters); errors as ``write_conn_async``."""
     try:
         return pool, await pool.getconn()
     except PoolTimeout as exc:
         failure: Exception = exc
     except PoolClosed as exc:
         failure = exc
-    if isinstance(failure, PoolTimeout) and store.write_failures.error is not None \
-            and await renew_write_pool_async(store, pool):
+    if isinstance(failure, PoolClosed):
+        renewed = store.write_pool is not None and store.write_pool is not pool
+    else:
+        renewed = store.write_failures.error is not None and await renew_write_pool_async(store, pool)
+    if renewed:
         pool = write_pool(store)
         try:
             return pool, await pool.getconn()
@@ -92,26 +115,21 @@ async def write_conn_async(store: AsyncFeatureStore) -> tuple[AsyncConnectionPoo
 
 
 async def apply_updates_async(store: AsyncFeatureStore, plans: list[Any]) -> UpdateCount:
-    """Apply the upsert ``plans`` through the store's write pool; a connection found dead is
-    replaced and the update sent again (for each further dead connection of the pool too, as a
-    read is: at most write_pool_size + 1 attempts). Raises as ``update_features_batch``."""
-    attempts = store.write_pool_size + 1
-    for attempt in range(attempts):
-        conn: psycopg.AsyncConnection | None
-        pool, conn = await write_conn_async(store)
-        try:
-            return await upsert_async(conn, plans, store._prepare)
-        except psycopg.OperationalError as exc:
-            if attempt == attempts - 1 or not conn.broken:
-                raise database_error(exc, store.dsn or "") from exc
-            logger.warning("pgfeatures: write connection lost (%s); retrying the update", str(exc).strip())
-            await pool.putconn(conn)
-            conn = None
-            if attempt == 0:
-                await write_pool(store).check()
-        except psycopg.Error as exc:
-            raise database_error(exc, store.dsn or "") from exc
-        finally:
-            if conn is not None:
-                await pool.putconn(conn)
-    raise AssertionError("unreachable")
+    """Apply the upsert ``plans`` through the store's write pool, on a connection known alive
+    (``write_conn_async``). Sent once: a connection lost after the update was sent raises
+    WriteOutcomeUnknownError (the server may have committed it; a resend could overwrite a newer
+    write made meanwhile). Raises as ``update_features_batch``."""
+    pool, conn = await write_conn_async(store)
+    try:
+        return await upsert_async(conn, plans, store._prepare)
+    except psycopg.OperationalError as exc:
+        if conn.broken:
+            raise WriteOutcomeUnknownError(
+                f"the connection to the primary {redact(store.dsn or '')} was lost after the update was sent "
+                f"({str(exc).strip()}): it may or may not have been applied, and was not sent again (read the "
+                "rows to know; a resend is harmless when the rows carry updated_at: newest wins)") from exc
+        raise database_error(exc, store.dsn or "") from exc
+    except psycopg.Error as exc:
+        raise database_error(exc, store.dsn or "") from exc
+    finally:
+        await pool.putconn(conn)
