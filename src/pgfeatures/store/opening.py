@@ -188,7 +188,9 @@ def open_pools(store: FeatureStore, router: Router, dsn: str) -> None:
 def filled_pool(store: FeatureStore, dsn: str, read: bool,
                             failures: ConnectFailures) -> ConnectionPool | None:
     """A new read (``read``) or write pool on ``dsn`` once it holds its connections; None (and the
-    pool closed) if it does not fill within the store's connect_timeout."""
+    pool closed) if it does not fill within the store's connect_timeout. A caller cancelled while
+    it fills (a closing store, a client gone) leaves no pool behind: it is closed, then the
+    cancellation goes on."""
     new = make_pool(dsn, **pool_settings(store, read, failures))
     new.open(wait=False)
     try:
@@ -196,15 +198,23 @@ def filled_pool(store: FeatureStore, dsn: str, read: bool,
     except PoolTimeout:
         new.close()
         return None
+    except BaseException:
+        new.close()
+        raise
     return new
 
 
-def still_open(store: FeatureStore, new: ConnectionPool) -> bool:
-    """After a renewal installed ``new``: whether the store is still open. If it closed meanwhile,
-    its close may not have seen ``new``, which is closed here."""
-    if store.router is None:
-        new.close()
+def close_if_closed(store: FeatureStore, router: Router | None,
+                                *pools: ConnectionPool | None) -> bool:
+    """After a renewal installed a new pool: whether the store is still the open store it was when
+    the renewal started (``router``: the read targets it had). If it closed (or closed and opened
+    again) meanwhile, its close may have seen either pool, so ``pools`` (the new and the replaced
+    one) are closed here; closing a closed pool does nothing."""
+    if store.router is not None and store.router is router:
         return False
+    for pool in pools:
+        if pool is not None:
+            pool.close(timeout=0)
     return True
 
 
@@ -213,12 +223,16 @@ def renew_pool(store: FeatureStore, target: ReadTarget) -> bool:
     connection: its reconnection attempts wait out psycopg_pool's backoff (1, 2, 4 s ...), so after
     an outage of a few seconds the old pool could stay empty for seconds more (3.1 s measured in the
     soak). The new pool connects at once; requests waiting on the old one retry on the new one.
-    Returns whether the pool was replaced (False: the new pool did not fill either)."""
+    Returns whether the pool was replaced (False: the new pool did not fill either, or the store
+    closed meanwhile: then both pools are closed)."""
+    router = store.router
+    if router is None or not any(t is target for t in router.targets):  # the store closed (or reopened) since the probe began
+        return False
     new = filled_pool(store, target.dsn, True, target.failures)
     if new is None:
         return False
     old, target.pool = target.pool, new
-    if not still_open(store, new):
+    if close_if_closed(store, router, new, old):
         return False
     logger.info("pgfeatures: %s answers again; its pool renewed", target.name)
     if old is not None:
@@ -230,31 +244,40 @@ def renew_write_pool(store: FeatureStore, old: ConnectionPool) -> bool:
     """Replace the write pool ``old``, which gave no connection and whose last connection attempt
     failed, once the primary answers a fresh connection: like ``renew_pool_async`` for the read
     pools, so writes need not wait out psycopg_pool's reconnection backoff after an outage. The
-    primary is asked at most every PROBE_INTERVAL. Returns whether the store's write pool is now
-    another pool than ``old`` (renewed here or by a concurrent writer)."""
+    primary is asked at most every PROBE_INTERVAL, counted from the end of the last attempt (writers
+    that queued behind an attempt do not each try again). Returns whether the store's write pool is
+    now another pool than ``old`` (renewed here or by a concurrent writer)."""
+    router = store.router
     with store._write_renewal:
         if store.write_pool is not old:
-            return True
-        now = time.monotonic()
-        if now < store._write_probe_at:
+            return store.write_pool is not None
+        if time.monotonic() < store._write_probe_at:
             return False
-        store._write_probe_at = now + PROBE_INTERVAL
-        dsn = store.dsn or ""
         try:
-            probe = connect(dsn, store.write_application_name, store.connect_timeout,
-                                        credentials=store.credentials, pooler=store.pooler)
-        except PgFeaturesError:
-            return False
-        probe.close()
-        new = filled_pool(store, dsn, False, store.write_failures)
+            new = _filled_write_pool(store)
+        finally:
+            store._write_probe_at = time.monotonic() + PROBE_INTERVAL
         if new is None:
             return False
+        if store.write_pool is not old or close_if_closed(store, router, new):
+            new.close(timeout=0)  # the store closed or opened again meanwhile: ``old`` is not ours
+            return False
         store.write_pool = new
-    if not still_open(store, new):
-        return False
-    logger.info("pgfeatures: the primary %s answers again; the write pool renewed", target_name(dsn, "primary"))
+    logger.info("pgfeatures: the primary %s answers again; the write pool renewed", target_name(store.dsn or "", "primary"))
     old.close(timeout=0)
     return True
+
+
+def _filled_write_pool(store: FeatureStore) -> ConnectionPool | None:
+    """A new write pool, if the primary answers a fresh connection and the pool fills; else None."""
+    dsn = store.dsn or ""
+    try:
+        probe = connect(dsn, store.write_application_name, store.connect_timeout,
+                                    credentials=store.credentials, pooler=store.pooler)
+    except PgFeaturesError:
+        return None
+    probe.close()
+    return filled_pool(store, dsn, False, store.write_failures)
 
 
 def close_pools(store: FeatureStore, router: Router | None) -> None:

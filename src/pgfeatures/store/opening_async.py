@@ -18,6 +18,7 @@ The order of the steps, and what a failed step means, stay in ``AsyncFeatureStor
 
 from __future__ import annotations
 
+import asyncio  # async-only
 import dataclasses
 import logging
 import time
@@ -186,7 +187,9 @@ async def open_pools_async(store: AsyncFeatureStore, router: Router, dsn: str) -
 async def filled_pool_async(store: AsyncFeatureStore, dsn: str, read: bool,
                             failures: ConnectFailures) -> AsyncConnectionPool | None:
     """A new read (``read``) or write pool on ``dsn`` once it holds its connections; None (and the
-    pool closed) if it does not fill within the store's connect_timeout."""
+    pool closed) if it does not fill within the store's connect_timeout. A caller cancelled while
+    it fills (a closing store, a client gone) leaves no pool behind: it is closed, then the
+    cancellation goes on."""
     new = make_async_pool(dsn, **pool_settings(store, read, failures))
     await new.open(wait=False)
     try:
@@ -194,15 +197,23 @@ async def filled_pool_async(store: AsyncFeatureStore, dsn: str, read: bool,
     except PoolTimeout:
         await new.close()
         return None
+    except BaseException:
+        await new.close()
+        raise
     return new
 
 
-async def still_open_async(store: AsyncFeatureStore, new: AsyncConnectionPool) -> bool:
-    """After a renewal installed ``new``: whether the store is still open. If it closed meanwhile,
-    its close may not have seen ``new``, which is closed here."""
-    if store.router is None:
-        await new.close()
+async def close_if_closed_async(store: AsyncFeatureStore, router: Router | None,
+                                *pools: AsyncConnectionPool | None) -> bool:
+    """After a renewal installed a new pool: whether the store is still the open store it was when
+    the renewal started (``router``: the read targets it had). If it closed (or closed and opened
+    again) meanwhile, its close may have seen either pool, so ``pools`` (the new and the replaced
+    one) are closed here; closing a closed pool does nothing."""
+    if store.router is not None and store.router is router:
         return False
+    for pool in pools:
+        if pool is not None:
+            await pool.close(timeout=0)
     return True
 
 
@@ -211,12 +222,16 @@ async def renew_pool_async(store: AsyncFeatureStore, target: ReadTarget) -> bool
     connection: its reconnection attempts wait out psycopg_pool's backoff (1, 2, 4 s ...), so after
     an outage of a few seconds the old pool could stay empty for seconds more (3.1 s measured in the
     soak). The new pool connects at once; requests waiting on the old one retry on the new one.
-    Returns whether the pool was replaced (False: the new pool did not fill either)."""
+    Returns whether the pool was replaced (False: the new pool did not fill either, or the store
+    closed meanwhile: then both pools are closed)."""
+    router = store.router
+    if router is None or not any(t is target for t in router.targets):  # the store closed (or reopened) since the probe began
+        return False
     new = await filled_pool_async(store, target.dsn, True, target.failures)
     if new is None:
         return False
     old, target.pool = target.pool, new
-    if not await still_open_async(store, new):
+    if await close_if_closed_async(store, router, new, old):
         return False
     logger.info("pgfeatures: %s answers again; its pool renewed", target.name)
     if old is not None:
@@ -228,37 +243,49 @@ async def renew_write_pool_async(store: AsyncFeatureStore, old: AsyncConnectionP
     """Replace the write pool ``old``, which gave no connection and whose last connection attempt
     failed, once the primary answers a fresh connection: like ``renew_pool_async`` for the read
     pools, so writes need not wait out psycopg_pool's reconnection backoff after an outage. The
-    primary is asked at most every PROBE_INTERVAL. Returns whether the store's write pool is now
-    another pool than ``old`` (renewed here or by a concurrent writer)."""
+    primary is asked at most every PROBE_INTERVAL, counted from the end of the last attempt (writers
+    that queued behind an attempt do not each try again). Returns whether the store's write pool is
+    now another pool than ``old`` (renewed here or by a concurrent writer)."""
+    router = store.router
     async with store._write_renewal:
         if store.write_pool is not old:
-            return True
-        now = time.monotonic()
-        if now < store._write_probe_at:
+            return store.write_pool is not None
+        if time.monotonic() < store._write_probe_at:
             return False
-        store._write_probe_at = now + PROBE_INTERVAL
-        dsn = store.dsn or ""
         try:
-            probe = await connect_async(dsn, store.write_application_name, store.connect_timeout,
-                                        credentials=store.credentials, pooler=store.pooler)
-        except PgFeaturesError:
-            return False
-        await probe.close()
-        new = await filled_pool_async(store, dsn, False, store.write_failures)
+            new = await _filled_write_pool_async(store)
+        finally:
+            store._write_probe_at = time.monotonic() + PROBE_INTERVAL
         if new is None:
             return False
+        if store.write_pool is not old or await close_if_closed_async(store, router, new):
+            await new.close(timeout=0)  # the store closed or opened again meanwhile: ``old`` is not ours
+            return False
         store.write_pool = new
-    if not await still_open_async(store, new):
-        return False
-    logger.info("pgfeatures: the primary %s answers again; the write pool renewed", target_name(dsn, "primary"))
+    logger.info("pgfeatures: the primary %s answers again; the write pool renewed", target_name(store.dsn or "", "primary"))
     await old.close(timeout=0)
     return True
 
 
+async def _filled_write_pool_async(store: AsyncFeatureStore) -> AsyncConnectionPool | None:
+    """A new write pool, if the primary answers a fresh connection and the pool fills; else None."""
+    dsn = store.dsn or ""
+    try:
+        probe = await connect_async(dsn, store.write_application_name, store.connect_timeout,
+                                    credentials=store.credentials, pooler=store.pooler)
+    except PgFeaturesError:
+        return None
+    await probe.close()
+    return await filled_pool_async(store, dsn, False, store.write_failures)
+
+
 async def close_pools_async(store: AsyncFeatureStore, router: Router | None) -> None:
     """Close the read pools of ``router``'s targets and the store's write pool (and cancel probes)."""
-    for task in list(store._probes):  # async-only
+    probes = list(store._probes)  # async-only
+    for task in probes:  # async-only
         task.cancel()  # async-only
+    # A cancelled probe closes the pool it was filling (filled_pool_async); wait until it has.  # async-only
+    await asyncio.gather(*probes, return_exceptions=True)  # async-only
     pools = [t.pool for t in (router.targets if router else ()) if t.pool is not None]
     for pool in [*pools, *([store.write_pool] if store.write_pool is not None else [])]:
         await pool.close()
