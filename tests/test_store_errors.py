@@ -293,3 +293,37 @@ def test_async_requests_racing_close_get_store_closed(conn, schema, dsn):
     assert len(results) == 4
     for r in results:
         assert type(r) is StoreClosedError, repr(r)
+
+
+def test_the_alter_given_for_a_missing_updated_at_gives_it_as_init_creates_it(conn, schema, dsn):
+    """A table someone created without ``updated_at``: the ALTER the error gives, run as given on a
+    table with rows, makes it what ``init`` would have made (NOT NULL, stamped), so reads and
+    newest-wins updates work on the old rows too."""
+    registry = demo_registry(n_tables=1, n_features=1, schema=schema)
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    conn.execute(sql.SQL("CREATE TABLE {} (hashkey bytea PRIMARY KEY, f0 real)").format(sql.Identifier(schema, "t00")))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, 1.5)").format(sql.Identifier(schema, "t00")), [KEY])
+    with pytest.raises(SchemaDriftError) as caught:
+        FeatureStore(registry, dsn, pool_size=1, write_pool_size=0)
+    [alter] = [part for part in str(caught.value).split("; ") if "ADD COLUMN" in part]
+    alter = alter[alter.index("ALTER TABLE"):]
+    assert alter == (f'ALTER TABLE "{schema}"."t00" ADD COLUMN "updated_at" integer NOT NULL '
+                     "DEFAULT (extract(epoch from now()))::integer")
+    conn.execute(alter)
+    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as store:
+        assert store.get_features(KEY) == {"t00": {"f0": 1.5}}
+        assert store.update_features(KEY, "t00", {"f0": 2.5, "updated_at": 1}) == 0  # the stored row is newer
+        assert store.update_features(KEY, "t00", {"f0": 3.5, "updated_at": 2**31 - 1}) == 1  # a NULL stamp would skip it
+        assert store.get_features(KEY) == {"t00": {"f0": 3.5}}
+
+
+def test_a_table_without_its_key_column_is_not_offered_an_alter(conn, schema, dsn):
+    registry = demo_registry(n_tables=1, n_features=1, schema=schema)
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    conn.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, f0 real, updated_at integer NOT NULL DEFAULT 0)").format(
+        sql.Identifier(schema, "t00")))
+    with pytest.raises(SchemaDriftError) as caught:
+        FeatureStore(registry, dsn, pool_size=1, write_pool_size=0)
+    message = str(caught.value)
+    assert "column hashkey (bytea) is missing" in message and "ADD COLUMN" not in message
+    assert "t00 lack(s) the entity's key column: point the entity's key_column at the table's key, or recreate" in message

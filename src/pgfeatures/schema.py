@@ -43,13 +43,20 @@ def key_column_sql(table: FeatureTable) -> sql.Composed:
     return sql.SQL("{} {} PRIMARY KEY{}").format(key, sql.SQL(entity.column_type), check)
 
 
+def column_definitions(table: FeatureTable) -> dict[str, sql.Composed]:
+    """Each column of the table as ``CREATE TABLE`` declares it (name, type, constraints, default),
+    by column name: the key, the features, ``updated_at``."""
+    return {
+        table.key_column: key_column_sql(table),
+        **{f.name: sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(f.type.name)) for f in table.features},
+        UPDATED_AT: sql.SQL("{} integer NOT NULL DEFAULT (extract(epoch from now()))::integer").format(
+            sql.Identifier(UPDATED_AT)),
+    }
+
+
 def create_table_sql(schema: str, table: FeatureTable) -> sql.Composed:
-    columns = [
-        key_column_sql(table),
-        *(sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(f.type.name)) for f in table.features),
-        sql.SQL("{} integer NOT NULL DEFAULT (extract(epoch from now()))::integer").format(sql.Identifier(UPDATED_AT)),
-    ]
-    return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(qualified(schema, table), sql.SQL(", ").join(columns))
+    return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
+        qualified(schema, table), sql.SQL(", ").join(column_definitions(table).values()))
 
 
 def covering_index_sql(schema: str, table: FeatureTable) -> sql.Composed:
@@ -259,11 +266,13 @@ class TableCheck:
 
 def add_column_statements(schema: str, table: FeatureTable, columns: Mapping[str, str]) -> tuple[str, ...]:
     """The ``ALTER TABLE ... ADD COLUMN`` statements that give the live table (``columns``: name ->
-    type) the columns of its definition it lacks (pure; identifiers quoted). ``pgfeatures init``
-    never alters a table: these are for the operator to review and run."""
-    target = qualified(schema, table).as_string(None)
-    return tuple(f"ALTER TABLE {target} ADD COLUMN {sql.Identifier(col).as_string(None)} {typ}"
-                 for col, typ in expected_columns(table).items() if col not in columns)
+    type) the feature and ``updated_at`` columns of its definition it lacks, declared as
+    ``CREATE TABLE`` declares them (pure; identifiers quoted). A missing key column is not among
+    them (a key column added to a table with rows has no keys: see ``drift_error``).
+    ``pgfeatures init`` never alters a table: these are for the operator to review and run."""
+    return tuple(sql.SQL("ALTER TABLE {} ADD COLUMN {}").format(qualified(schema, table), definition).as_string(None)
+                 for col, definition in column_definitions(table).items()
+                 if col not in columns and col != table.key_column)
 
 
 def check_catalog_row(schema: str, table: FeatureTable, row: tuple[Any, ...]) -> TableCheck:
@@ -293,6 +302,11 @@ def drift_error(registry: Registry, checks: dict[str, TableCheck], source: str |
     alters = [stmt for c in checks.values() if c.breaking for stmt in c.add_columns]
     if alters:
         hints.append(f"add the missing column(s) (`pgfeatures init` never alters a table): {'; '.join(alters)}")
+    keyless = [n for n, p in problems.items()
+               if any(x.startswith(f"column {registry.tables[n].key_column} (") and x.endswith(" is missing") for x in p)]
+    if keyless:
+        hints.append(f"{', '.join(keyless)} lack(s) the entity's key column: point the entity's key_column at the "
+                     "table's key, or recreate the table (drop it, then `pgfeatures init`)")
     if any(", definition says " in p for ps in problems.values() for p in ps):
         hints.append("a column of another type needs ALTER TABLE ... ALTER COLUMN ... TYPE, or a definition "
                      "that matches the table")
