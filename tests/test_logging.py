@@ -144,3 +144,25 @@ def test_a_warm_up_is_logged_with_its_duration(logs, conn, schema):
     [done] = records(logs, "pgfeatures.warmup", "warm-up (")
     assert done.levelno == logging.INFO
     assert f"warm-up ({report.method}) of {len(report.warmed)} relation(s) and 0 hot key(s) took" in done.getMessage()
+
+
+def test_the_cli_logs_to_the_current_stderr_once_and_leaves_logging_as_it_was(capsys, monkeypatch):
+    """What ``main()`` wraps every command but ``serve`` in, used twice in one process (as tests and
+    scripts call ``main()``): each record printed once, to the stderr of that moment, at the chosen
+    level; afterwards no handler, level or propagation change remains."""
+    from pgfeatures.cli.main import _stderr_logging
+
+    pg, psy = logging.getLogger("pgfeatures"), logging.getLogger("psycopg")
+    before = [(lg.level, lg.propagate, list(lg.handlers)) for lg in (pg, psy)]
+    for round_ in range(2):
+        with _stderr_logging(None):
+            logging.getLogger("pgfeatures.load").warning("warned %d", round_)
+            logging.getLogger("pgfeatures.load").info("not at the default level")
+            logging.getLogger("psycopg.pool").warning("pool noise")
+        assert capsys.readouterr().err == f"warned {round_}\n"
+    with _stderr_logging("info"):
+        logging.getLogger("pgfeatures.warmup").info("at info")
+    with _stderr_logging("no-such-level"):  # unknown: the defaults
+        logging.getLogger("pgfeatures").info("hidden")
+    assert capsys.readouterr().err == "at info\n"
+    assert [(lg.level, lg.propagate, list(lg.handlers)) for lg in (pg, psy)] == before

@@ -17,11 +17,13 @@ retries, loads and warm-ups), psycopg's from ``error`` unless the variable is se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from ..errors import PgFeaturesError
 from . import bench, db, demo, doctor, inventory, read, schema, serve, write
@@ -96,10 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
             return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_ERROR
         command = args._command
-        if command.name != "serve":
-            _log_to_stderr(os.environ.get(LOG_LEVEL_ENV))
         out = Output(json_mode=bool(getattr(args, "json", False)))
-        return int(command.run(args, out) or 0)
+        if command.name == "serve":  # uvicorn configures logging for the service
+            return int(command.run(args, out) or 0)
+        with _stderr_logging(os.environ.get(LOG_LEVEL_ENV)):
+            return int(command.run(args, out) or 0)
     except KeyboardInterrupt:
         return fail(out, "interrupted", EXIT_INTERRUPTED)
     except CliError as exc:
@@ -115,16 +118,44 @@ def main(argv: Sequence[str] | None = None) -> int:
 LOG_LEVEL_ENV = "PGFEATURES_LOG_LEVEL"
 
 
-def _log_to_stderr(level: str | None) -> None:
-    """The ``pgfeatures`` and ``psycopg`` loggers to stderr from ``level`` (None: warning and error)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (tests swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _stderr_logging(level: str | None) -> Iterator[None]:
+    """While a command runs: the ``pgfeatures`` and ``psycopg`` loggers to stderr from ``level``
+    (``$PGFEATURES_LOG_LEVEL``; None or a name logging does not know: pgfeatures' warnings, psycopg's
+    errors). Afterwards the loggers are as they were, so ``main()`` called in-process (tests, a
+    user's script) leaves no handler or level behind."""
     chosen = logging.getLevelName(level.upper()) if level else None
+    handler = _Stderr()
+    saved = []
     for name, default in (("pgfeatures", logging.WARNING), ("psycopg", logging.ERROR)):
         logger = logging.getLogger(name)
+        saved.append((logger, logger.level, logger.propagate))
         logger.setLevel(chosen if isinstance(chosen, int) else default)
         logger.addHandler(handler)
-        logger.propagate = False
+        logger.propagate = False  # a root handler someone configured would print each record twice
+    try:
+        yield
+    finally:
+        for logger, old_level, propagate in saved:
+            logger.removeHandler(handler)
+            logger.setLevel(old_level)
+            logger.propagate = propagate
 
 
 def _unexpected(exc: Exception, args: argparse.Namespace) -> str:
