@@ -206,6 +206,12 @@ def test_bulk_loads_keep_the_serving_rows_in_step(conn, dsn, schema, mode, strat
     materialize(conn, registry, "svc")
     summary = load(conn, registry, "h1", data(tables[1], keys[::3] + [bytes(32)]), mode=mode, strategy=strategy)
     assert summary.strategy == ("replace" if mode == "replace" else strategy)
+    # the load rewrote many serving rows in place: their dead versions are reclaimed after COMMIT too
+    serving = "_pgf_svc_svc__entity"
+    assert f"dead serving-row versions reclaimed in {serving}" in summary.maintenance, summary.maintenance
+    vacuumed = conn.execute("SELECT n_dead_tup, vacuum_count FROM pg_stat_user_tables WHERE schemaname = %s AND relname = %s",
+                            [schema, serving]).fetchone()
+    assert vacuumed is not None and vacuumed[1] >= 1, vacuumed
     requests = keys[:40] + [bytes(32)]
     with FeatureStore(registry, dsn, pool_size=1, write_pool_size=0) as store:
         assert store.readers.service_reader("svc", None, "single").materialized
