@@ -276,3 +276,37 @@ def test_racing_writers_end_with_the_newest_row(dsn, conn, schema):
     assert not errors, errors[0]
     got = contents(conn, schema, "mixed", ["i", "updated_at"])
     assert {k: got[k] for k in keys} == {k: (max(stamps), max(stamps)) for k in keys}
+
+
+def test_a_live_connection_on_a_descriptor_past_fd_setsize_is_not_taken_for_dead(dsn):
+    """A service with many sockets gets connections on descriptors above 1024, where select()
+    cannot look: the liveness check must still say alive (else every write would reconnect)."""
+    import os
+    import resource
+
+    from pgfeatures.connections import went_away
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1100:
+        pytest.skip(f"the descriptor limit ({hard}) is below 1100 here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1100), hard))
+    fillers = []
+    try:
+        while (fd := os.open(os.devnull, os.O_RDONLY)) < 1030:
+            fillers.append(fd)
+        os.close(fd)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            assert conn.pgconn.socket >= 1024
+            assert not went_away(conn)
+            conn.execute("SELECT 1")
+            assert not went_away(conn)
+            other = psycopg.connect(dsn, autocommit=True)
+            try:
+                conn.execute("SELECT pg_terminate_backend(%s, 5000)", [other.info.backend_pid])
+                assert went_away(other)  # the server's FATAL and end of file are waiting
+            finally:
+                other.close()
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -25,7 +25,17 @@ def went_away(conn: psycopg.Connection | psycopg.AsyncConnection) -> bool:
     if pgconn.status != pq.ConnStatus.OK or pgconn.transaction_status != pq.TransactionStatus.IDLE:
         return True
     try:
-        readable, _, _ = select.select([pgconn.socket], [], [], 0)
-    except (OSError, ValueError, psycopg.OperationalError):
+        return _readable(pgconn.socket)
+    except (OSError, psycopg.OperationalError):
         return True
+
+
+def _readable(fd: int) -> bool:
+    """Whether ``fd`` has input now. poll(), not select(): select() refuses descriptors past
+    FD_SETSIZE (1024), which a busy server's connections reach."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([fd], [], [], 0)  # Windows: select() takes sockets of any number
     return bool(readable)
