@@ -263,6 +263,8 @@ def renew_write_pool(store: FeatureStore, old: ConnectionPool) -> bool:
             new.close(timeout=0)  # the store closed or opened again meanwhile: ``old`` is not ours
             return False
         store.write_pool = new
+        if close_if_closed(store, router, new):  # a close that ran between the check and here
+            return False
     logger.info("pgfeatures: the primary %s answers again; the write pool renewed", target_name(store.dsn or "", "primary"))
     old.close(timeout=0)
     return True

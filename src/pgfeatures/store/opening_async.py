@@ -262,6 +262,8 @@ async def renew_write_pool_async(store: AsyncFeatureStore, old: AsyncConnectionP
             await new.close(timeout=0)  # the store closed or opened again meanwhile: ``old`` is not ours
             return False
         store.write_pool = new
+        if await close_if_closed_async(store, router, new):  # a close that ran between the check and here
+            return False
     logger.info("pgfeatures: the primary %s answers again; the write pool renewed", target_name(store.dsn or "", "primary"))
     await old.close(timeout=0)
     return True
