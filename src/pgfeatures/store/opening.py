@@ -259,11 +259,11 @@ def renew_write_pool(store: FeatureStore, old: ConnectionPool) -> bool:
             store._write_probe_at = time.monotonic() + PROBE_INTERVAL
         if new is None:
             return False
-        if store.write_pool is not old or close_if_closed(store, router, new):
-            new.close(timeout=0)  # the store closed or opened again meanwhile: ``old`` is not ours
+        if store.write_pool is not old:  # the store closed (or opened again) meanwhile: ``old`` is not ours
+            new.close(timeout=0)
             return False
         store.write_pool = new
-        if close_if_closed(store, router, new):  # a close that ran between the check and here
+        if close_if_closed(store, router, new):  # a close that ran before or during the install
             return False
     logger.info("pgfeatures: the primary %s answers again; the write pool renewed", target_name(store.dsn or "", "primary"))
     old.close(timeout=0)

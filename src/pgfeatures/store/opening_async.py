@@ -258,11 +258,11 @@ async def renew_write_pool_async(store: AsyncFeatureStore, old: AsyncConnectionP
             store._write_probe_at = time.monotonic() + PROBE_INTERVAL
         if new is None:
             return False
-        if store.write_pool is not old or await close_if_closed_async(store, router, new):
-            await new.close(timeout=0)  # the store closed or opened again meanwhile: ``old`` is not ours
+        if store.write_pool is not old:  # the store closed (or opened again) meanwhile: ``old`` is not ours
+            await new.close(timeout=0)
             return False
         store.write_pool = new
-        if await close_if_closed_async(store, router, new):  # a close that ran between the check and here
+        if await close_if_closed_async(store, router, new):  # a close that ran before or during the install
             return False
     logger.info("pgfeatures: the primary %s answers again; the write pool renewed", target_name(store.dsn or "", "primary"))
     await old.close(timeout=0)
