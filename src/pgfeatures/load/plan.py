@@ -20,6 +20,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from ..definitions import Registry
+from ..definitions.layout import EntityLayout
 from ..errors import LoadError, LoadInputError, LoadInterruptedError, SchemaDriftError
 from ..schema import covering_index_sql, create_table_sql, ddl_lock, qualified
 from .columns import Columns, plan_columns
@@ -100,7 +101,7 @@ class Job:
         self.token = secrets.token_hex(4)
         self.maintenance_started: float | None = None
         self.table_rows = 0.0  # rows in the live table before the load (estimate)
-        self.serving_tables: list[str] = []  # serving tables of materialized services the load's writes rewrite
+        self.serving_layouts: list[EntityLayout] = []  # layouts of the registry's materialized services reading the table
         self.newest_wins = not options.overwrite_newer  # applies when the source carries updated_at
         try:
             self.sources = open_sources(data, options.format)
@@ -225,7 +226,7 @@ class Job:
             from ..materialize import sql as m
             from ..materialize.build import materialized_layouts
 
-            self.serving_tables = [layout.table_name for layout in m.layouts_reading(materialized_layouts(self.registry), table.name)]
+            self.serving_layouts = m.layouts_reading(materialized_layouts(self.registry), table.name)
         drift = catalog.drift(table)
         if drift:
             raise SchemaDriftError(f"table {summary.table} differs from its definition: {'; '.join(drift)} "
@@ -351,10 +352,8 @@ class Job:
         if not catalog.refresh or not catalog.serving_triggers:
             return None
         from ..materialize import sql as m
-        from ..materialize.build import materialized_layouts
 
-        schema, table = self.registry.schema, self.table
-        layouts = m.layouts_reading(materialized_layouts(self.registry), table.name)
+        schema, table, layouts = self.registry.schema, self.table, self.serving_layouts
         expected = {f"{m.trigger_name(layout, table)}_{event.lower()}" for layout in layouts for event in m.EVENTS}
         if not layouts or trigger_names(catalog) != expected:
             return None
@@ -390,13 +389,14 @@ class Job:
         # Every key the load wrote rewrote its serving rows in place (rebuilds too): many dead row
         # versions there, which the next large write would otherwise prune page by page, in its own
         # transaction (a full-page image per page: 600 MB of WAL in a 1M-row merge, measured).
-        serving = [ident(self.registry.schema, name) for name in self.serving_tables] if (
+        names = [layout.table_name for layout in self.serving_layouts]
+        serving = [ident(self.registry.schema, name) for name in names] if (
             summary.updated + summary.inserted >= VACUUM_FRACTION * max(self.table_rows, 1)) else []
         self.maintenance_started = time.perf_counter()
         if options.vacuum is VacuumPolicy.ALWAYS or table.covering_index or many_updates or serving:
             why = ["visibility map set, so the covering index serves index-only scans"] if table.covering_index else []
             why += ["dead row versions of the updated rows reclaimed"] if many_updates else []
-            why += [f"dead serving-row versions reclaimed in {', '.join(self.serving_tables)}"] if serving else []
+            why += [f"dead serving-row versions reclaimed in {', '.join(names)}"] if serving else []
             summary.maintenance = "VACUUM (ANALYZE)" + (f": {'; '.join(why)}" if why else "")
             self._report("vacuuming")
             return sql.SQL("VACUUM (ANALYZE) {}").format(sql.SQL(", ").join([live, *serving]))
