@@ -48,6 +48,7 @@ EXIT_OK = 0
 EXIT_CHECK_FAILED = 1  # doctor: a check failed
 EXIT_ERROR = 2  # any error: bad input or usage, database down or refusing the login, schema drift (init), missing extra
 EXIT_NOT_RUNNING = 3  # db status: the embedded server is not running; db dsn: no embedded cluster exists
+EXIT_CANNOT_LISTEN = 4  # serve: the address is in use or cannot be listened on
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES = f"""exit codes:
@@ -56,6 +57,7 @@ EXIT_CODES = f"""exit codes:
   {EXIT_ERROR}    error: bad input or usage, database unreachable or login refused, schema drift (init),
        a missing extra; one line 'error: ...' on stderr says what is wrong
   {EXIT_NOT_RUNNING}    db status: the embedded server is not running; db dsn: no embedded cluster exists
+  {EXIT_CANNOT_LISTEN}    serve: cannot listen on --host:--port (in use, or not permitted)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)"""
 
 

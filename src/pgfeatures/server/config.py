@@ -136,10 +136,10 @@ class ServerConfig:
     )
     coalesce_max_keys: int = _setting(16, "most keys in one coalesced query", _number(int), minimum=1)
     acquire_timeout: float = _setting(
-        1.0, "seconds a request waits for a pooled connection before 503", _number(float), minimum=0.001
+        1.0, "seconds a request waits for a pooled connection before 503 pool_exhausted", _number(float), minimum=0.001
     )
     request_timeout: float = _setting(
-        5.0, "seconds a request may spend on the database in all before 503", _number(float), minimum=0.001
+        5.0, "seconds a request may spend on the database in all before 504 query_timeout", _number(float), minimum=0.001
     )
     connect_timeout: float = _setting(5.0, "seconds to wait for a new database connection", _number(float), minimum=0.001)
     retry_after: int = _setting(1, "Retry-After seconds sent with retryable (503, 504) responses", _number(int), minimum=0)

@@ -12,6 +12,10 @@ server CPU per request the same or higher (0.45 against 0.34 ms at one
 client, 0.34-0.37 against 0.30-0.35 ms at 32), so it bought nothing; uvicorn
 drains in-flight requests on SIGTERM, runs ``workers=N`` from one call, and
 is what Starlette deploys with. See docs/http.md.
+
+The listening socket is bound here (``bind``), before anything is printed or started, and handed
+to uvicorn: an address in use is an OSError for the caller to report, not uvicorn's log line and
+exit code after a banner that said the service was up.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import socket
 import tempfile
 from typing import cast
 
@@ -46,16 +51,38 @@ def log_config() -> dict:
     return config
 
 
-def run(config: ServerConfig) -> None:
-    """Serve until SIGINT/SIGTERM; in-flight requests get ``graceful_timeout`` seconds to finish."""
+def bind(config: ServerConfig) -> socket.socket:
+    """The socket the service will listen on, bound to ``host:port`` and listening (connections
+    queue until the service accepts them). Raises OSError: the address is in use, not this
+    machine's, or not permitted."""
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET  # as uvicorn decides
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart reuses its port at once
+        sock.bind((config.host, config.port))
+        sock.listen(socket.SOMAXCONN)
+    except BaseException:
+        sock.close()
+        raise
+    sock.set_inheritable(True)  # the workers (with --workers > 1) are spawned with it
+    return sock
+
+
+def run(config: ServerConfig, sock: socket.socket | None = None) -> bool:
+    """Serve on ``sock`` (default: ``bind(config)``, raising its OSError) until SIGINT/SIGTERM;
+    in-flight requests get ``graceful_timeout`` seconds to finish. Closes the socket. False if the
+    service did not start (uvicorn logged why)."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    sock = sock or bind(config)
 
     os.environ[CONFIG_ENV] = config.to_json()
     metrics_dir = None
     if config.workers > 1 and not os.environ.get(MULTIPROC_ENV):
         metrics_dir = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="pgfeatures-metrics-")
     try:
-        uvicorn.run(
+        uvicorn_config = uvicorn.Config(
             FACTORY,
             factory=True,
             host=config.host,
@@ -71,6 +98,16 @@ def run(config: ServerConfig) -> None:
             timeout_keep_alive=cast(int, config.keep_alive),
             server_header=False,
         )
+        if config.workers > 1:
+            Multiprocess(uvicorn_config, sockets=[sock]).run()
+            return True
+        server = uvicorn.Server(uvicorn_config)
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:  # as uvicorn.run: Ctrl-C during startup
+            pass
+        return server.started
     finally:
+        sock.close()
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
