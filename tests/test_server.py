@@ -275,7 +275,7 @@ def test_warmup_hooks_run_before_ready(dsn: str, definitions: Path) -> None:
                     await asyncio.sleep(0.01)
                 assert store_open_in_hook == [True]  # the hook runs on an open store
                 r = await c.get("/readyz")
-                assert r.status_code == 503 and r.json()["reason"] == "warming up"
+                assert r.status_code == 503 and r.json()["reason"] == "warming_up" and r.json()["message"] == "warming up"
                 assert (await c.post("/v1/features", json={"key": GOOD})).json()["error"]["type"] == "not_ready"
                 tables = (await c.get("/v1/tables")).json()  # answered while warming up (the store is open)
                 assert [t["name"] for t in tables["tables"]] == ["profile", "stats", "flags"]

@@ -88,7 +88,8 @@ def test_stopped_database_503_then_recovery_without_restart(server: ServeProcess
         assert_unavailable(batch)
         wait_until(lambda: c.get("/readyz").status_code == 503, "not ready")
         r = c.get("/readyz")
-        assert r.json()["status"] == "not_ready" and "database unavailable" in r.json()["reason"]
+        assert r.json()["status"] == "not_ready" and r.json()["reason"] == "database_unavailable"
+        assert "database unavailable" in r.json()["message"]
         assert r.headers["retry-after"] == "3"
         assert c.get("/healthz").status_code == 200  # alive all along: no restart wanted
 
@@ -142,7 +143,7 @@ def test_unreachable_at_startup_serves_probes_and_becomes_ready(dsn: str, proxy:
         with httpx.Client(base_url=server.url, timeout=CEILING) as c:
             wait_until(lambda: _alive(c), "alive")
             r = c.get("/readyz")
-            assert r.status_code == 503 and r.json()["reason"].startswith("warming up")
+            assert r.status_code == 503 and r.json()["reason"] == "warming_up" and r.json()["message"].startswith("warming up")
             r = read(c)
             assert r.status_code == 503 and r.json()["error"]["type"] == "not_ready"
             proxy.start()

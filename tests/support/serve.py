@@ -98,6 +98,20 @@ class ServeProcess:
                 raise RuntimeError(f"pgfeatures serve did not become ready within {timeout:g} s")
             time.sleep(0.05)
 
+    def wait_alive(self, timeout: float) -> None:
+        """Wait until ``/healthz`` answers (the service may not be ready)."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pgfeatures serve exited with {self.proc.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"pgfeatures serve did not answer /healthz within {timeout:g} s")
+            time.sleep(0.05)
+
     def workers(self) -> list[int]:
         """The worker processes (with ``--workers`` > 1; uvicorn's supervisor is ``pid``)."""
         return [p for p in children(self.pid) if alive(p) and b"spawn_main" in _cmdline(p)]

@@ -12,7 +12,8 @@ Endpoints (JSON bodies, encoded with orjson; request parsing in ``parsing.py``):
                                      (or one {"key", "features"}) -> {"written": n, "skipped": m}
     GET  /v1/tables                  tables: entity, features, ttl, rows, age of the newest row
     GET  /healthz                    the process is alive
-    GET  /readyz                     warmed up and the database answers (else 503)
+    GET  /readyz                     warmed up and the database answers (else 503), with a reason class;
+                                     details (targets, broken tables, the failure) with the token
     GET  /metrics                    Prometheus text format
     GET  /openapi.json               the OpenAPI document
 
@@ -216,15 +217,21 @@ def routes(service: Service) -> list[Route]:
     async def healthz(request: Request) -> Response:
         return json_response({"status": "alive"})
 
+    token = bearer(config)
+
     async def readyz(request: Request) -> Response:
         # Ready: serving. Degraded (still 200: the other tables are served): some tables cannot be,
-        # named with why. Not ready (503): warming up, or no read target answers.
-        ready, reason = await service.readiness()
+        # named with why. Not ready (503): warming up, or no read target answers, with a reason class.
+        # The probe is open (orchestrators have no token): the details (read targets' hosts, broken
+        # tables, what failed in words) only with the token, or probe_details.
+        state = await service.readiness()
         details = service.details()
-        if ready:
+        shown = details if config.probe_details or token is None or authorized(request.scope, token) else {}
+        if state.ready:
             status = "degraded" if details["broken_tables"] else "ready"
-            return json_response({"status": status, **details})
-        return json_response({"status": "not_ready", "reason": reason, **details}, 503,
+            return json_response({"status": status, **shown})
+        message = {"message": state.message} if shown else {}
+        return json_response({"status": "not_ready", "reason": state.reason, **message, **shown}, 503,
                              {"Retry-After": str(config.retry_after)})
 
     async def metrics(request: Request) -> Response:
@@ -285,6 +292,20 @@ def exception_handlers(service: Service, app_routes: list[Route]) -> dict[Any, A
 # -- auth and timing ------------------------------------------------------------------------------
 
 
+def bearer(config: ServerConfig) -> bytes | None:
+    """The Authorization header value requests must carry, or None: no token, no auth."""
+    token = config.bearer_token
+    return f"Bearer {token}".encode() if token else None
+
+
+def authorized(scope: Scope, expected: bytes) -> bool:
+    """The request carries the token (compared in constant time)."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return hmac.compare_digest(value, expected)
+    return False
+
+
 class ServiceMiddleware:
     """Checks the bearer token (all paths but the probes) and times every request into the metrics."""
 
@@ -292,8 +313,7 @@ class ServiceMiddleware:
         self.app = app
         self.metrics = service.metrics
         self.endpoints = frozenset(endpoints)  # paths without parameters: a label as they are
-        token = service.config.bearer_token
-        self.expected = f"Bearer {token}".encode() if token else None
+        self.expected = bearer(service.config)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -310,7 +330,7 @@ class ServiceMiddleware:
             await send(message)
 
         try:
-            if self.expected is None or path in PROBES or self._authorized(scope):
+            if self.expected is None or path in PROBES or authorized(scope, self.expected):
                 await self.app(scope, receive, send_timed)
             else:
                 await _unauthorized(scope, receive, send_timed)
@@ -323,14 +343,6 @@ class ServiceMiddleware:
                 name = scope.get("path_params", {}).get("name")
                 if name is not None:
                     self.metrics.observe_service(name, endpoint, status, seconds)
-
-    def _authorized(self, scope: Scope) -> bool:
-        if self.expected is None:  # no token: not called (see __call__)
-            return False
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                return hmac.compare_digest(value, self.expected)
-        return False
 
 
 async def _unauthorized(scope: Scope, receive: Receive, send: Send) -> None:

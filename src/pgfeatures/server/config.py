@@ -150,6 +150,10 @@ class ServerConfig:
     token_file: str | None = _setting(
         None, "file holding the bearer token (read at startup; surrounding whitespace ignored)", _text
     )
+    probe_details: bool = _setting(
+        False, "/readyz shows its details (read targets with their hosts, tables that cannot be served, what "
+        "failed) to requests without the token too; by default only the status and a reason class", _bool
+    )
     graceful_timeout: float = _setting(
         30.0, "seconds to let in-flight requests finish on shutdown", _number(float), minimum=0
     )

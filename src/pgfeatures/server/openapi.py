@@ -302,7 +302,10 @@ def _schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
             "required": ["status"],
             "properties": {
                 "status": {"type": "string", "description": "alive, ready, degraded (some tables cannot be served) or not_ready"},
-                "reason": {"type": "string"},
+                "reason": {"type": "string", "description": "not_ready: why, as a class (warming_up, shutting_down, "
+                           "database_unavailable, database_auth_failed, query_timeout, ...)"},
+                "message": {"type": "string", "description": "not_ready: what failed, in words (with the token, or "
+                            "probe_details; as are read_targets and broken_tables)"},
                 "read_targets": {"type": "array", "items": {"type": "object", "properties": {
                     "name": {"type": "string"}, "up": {"type": "boolean"}, "reason": {"type": "string"},
                     "lag": {"type": ["number", "null"]}}}},

@@ -47,7 +47,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 from psycopg_pool import PoolClosed, PoolTimeout
@@ -68,7 +68,7 @@ from ..write import UpdateCount
 from .coalesce import Coalescer
 from .config import ServerConfig
 from .encoding import Float32Plan
-from .errors import NotReadyError
+from .errors import NotReadyError, classify
 from .inventory import Inventory
 from .metrics import Metrics, worker_exited
 from .vectors import VectorPlan
@@ -81,6 +81,18 @@ WarmupHook = Callable[[AsyncFeatureStore], Awaitable[object]]
 T = TypeVar("T")
 P = TypeVar("P")  # a plan: Float32Plan, VectorPlan
 
+class Readiness(NamedTuple):
+    """What ``/readyz`` says: ``reason`` is a class (``ready``, ``warming_up``, ``shutting_down``, or the
+    error type a read would get: ``database_unavailable``, ``database_auth_failed``, ``query_timeout``,
+    ...), fit for anyone; ``message`` says what happened in words that may name hosts, users and a
+    credential provider's error, for those holding the token."""
+
+    ready: bool
+    reason: str
+    message: str
+
+
+READY = Readiness(True, "ready", "ready")
 PLANS_KEPT = 256  # request shapes whose Float32Plan is kept
 HEALTHY_FOR = 1.0  # seconds a successful read (or probe) vouches for the database
 PROBE_TIMEOUT = 1.0  # an orchestrator's probe typically times out at 1 s
@@ -120,9 +132,9 @@ class Service:
         self._service_seconds = {name: self.metrics.service_db_time.labels(name) for name in registry.services}
         self._last_ok = 0.0
         self._last_error = 0.0
-        self._probe: asyncio.Future[tuple[bool, str]] | None = None
+        self._probe: asyncio.Future[Readiness] | None = None
         self._probe_at = float("-inf")
-        self._probe_result = (False, "not checked")
+        self._probe_result = Readiness(False, "database_unavailable", "not checked")
         self._background: set[asyncio.Future[Any]] = set()
         self._plans: dict[int, tuple[Any, Any]] = {}
 
@@ -413,29 +425,31 @@ class Service:
 
     # -- readiness ---------------------------------------------------------------------------------
 
-    async def readiness(self) -> tuple[bool, str]:
-        """(ready, why): warmed up and the database answers. Never waits longer than PROBE_TIMEOUT."""
+    async def readiness(self) -> Readiness:
+        """Warmed up and the database answers, or why not. Never waits longer than PROBE_TIMEOUT."""
+        if self.closing:
+            return Readiness(False, "shutting_down", "the service is shutting down")
         if not self.ready:
-            return False, self.status
+            return Readiness(False, "warming_up", self.status)
         now = time.monotonic()
         if self._last_ok > self._last_error and now - self._last_ok < HEALTHY_FOR:
-            return True, "ready"
+            return READY
         if now - self._probe_at < HEALTHY_FOR:
             return self._probe_result
         if self._probe is None:
             self._probe = asyncio.ensure_future(self._run_probe())
         return await asyncio.shield(self._probe)
 
-    async def _run_probe(self) -> tuple[bool, str]:
+    async def _run_probe(self) -> Readiness:
         """``SELECT 1`` through the read path: a dead pooled connection is replaced and the probe
         retried at once, as a read would be, so readiness follows the database within one probe."""
         try:
             await self._db("probe", self.store.ping, timeout=min(PROBE_TIMEOUT, self.config.request_timeout))
-            result = (True, "ready")
+            result = READY
         except AuthenticationError as exc:
-            result = (False, f"database refused the credentials: {exc}")
+            result = Readiness(False, classify(exc).type, f"database refused the credentials: {exc}")
         except (DatabaseUnavailableError, QueryTimeoutError, StoreClosedError) as exc:
-            result = (False, f"database unavailable: {exc}")
+            result = Readiness(False, classify(exc).type, f"database unavailable: {exc}")
         finally:
             self._probe = None
         self._probe_at = time.monotonic()
