@@ -13,8 +13,10 @@ its own and is abandoned at the deadline: cancelling a psycopg query waits
 for the server to acknowledge the cancel, which a hung server never does, so
 the request is answered first (QueryTimeoutError: 504 ``query_timeout``)
 and the task is cancelled in the background, where the pool replaces its
-connection. Whatever fails, the caller gets a pgfeatures typed error, whose
-class says whether to retry (see ``errors.py``).
+connection. A call whose answer arrives in the loop iteration where its
+deadline fires is late too (QueryTimeoutError, not the bare TimeoutError of
+``asyncio.timeout``). Whatever fails, the caller gets a pgfeatures typed
+error, whose class says whether to retry (see ``errors.py``).
 
 Batches. A batch is read in chunks of ``batch_chunk_keys`` keys, one
 statement each, with these bounds per chunk; at most ``batch_slots``
@@ -374,8 +376,9 @@ class Service:
         start = time.perf_counter()
         limit = timeout or self.config.request_timeout
         task = asyncio.ensure_future(call(*args))
+        deadline = asyncio.timeout(limit)
         try:
-            async with asyncio.timeout(limit):
+            async with deadline:
                 result = await asyncio.shield(task)
         except BaseException as exc:
             if not task.done():  # the deadline passed, or the request itself was cancelled
@@ -386,6 +389,16 @@ class Service:
                 self._failed("timeout", write)
                 raise QueryTimeoutError(
                     f"the database did not answer within {limit:g}s (request_timeout); the query was cancelled"
+                ) from None
+            if deadline.expired() and isinstance(exc, TimeoutError):
+                # The call finished in the loop iteration where the deadline fired (its answer and the
+                # timer seen together): the deadline passed first, so this is a timeout like any other,
+                # whatever the call returned (retrieved here, so it is not reported as never retrieved).
+                if not task.cancelled():
+                    task.exception()
+                self._failed("timeout", write)
+                raise QueryTimeoutError(
+                    f"the database did not answer within {limit:g}s (request_timeout)"
                 ) from None
             error = self._translate(exc)
             if isinstance(error, DatabaseUnavailableError):
@@ -406,6 +419,8 @@ class Service:
     def _translate(self, exc: BaseException) -> BaseException:
         if isinstance(exc, (psycopg.Error, PoolTimeout, PoolClosed)) and not isinstance(exc, PgFeaturesError):
             return database_error(exc, self.store.dsn or "", acquire_timeout=self.config.acquire_timeout)
+        if isinstance(exc, TimeoutError) and not isinstance(exc, PgFeaturesError):  # a deadline below the store's
+            return QueryTimeoutError(f"a database call timed out: {exc or type(exc).__name__}")
         return exc
 
     def _failed(self, reason: str, write: bool = False) -> None:
