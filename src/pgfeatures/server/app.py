@@ -42,7 +42,7 @@ import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -72,6 +72,7 @@ from .service import Service, WarmupHook
 from .streaming import BatchAnswer, Encoder, StreamedAnswer
 from .vectors import OCTET_STREAM, OctetBatch
 
+CLIENT_CLOSED = 499  # the status the metrics record for a request whose client left before its body was in (nginx's)
 PROBES = frozenset({"/healthz", "/readyz"})  # never behind the token: orchestrators have none
 SERVICE_ENDPOINTS = frozenset({"/v1/services/{name}", "/v1/services/{name}/batch"})
 
@@ -286,7 +287,14 @@ def exception_handlers(service: Service, app_routes: list[Route]) -> dict[Any, A
     async def internal_error(request: Request, exc: Exception) -> Response:
         return error_response(exc, retry_after)
 
-    return {PgFeaturesError: pgfeatures_error, HTTPException: http_error, Exception: internal_error}
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        # The client left (or was cut off: a body not sent within body_timeout) before its body was
+        # read. No one reads this answer but the metrics; it is not a bug to log a traceback for.
+        return error_response(RequestError("client_disconnected", "the client closed the connection before "
+                                           "sending the whole body", CLIENT_CLOSED), retry_after)
+
+    return {PgFeaturesError: pgfeatures_error, HTTPException: http_error, ClientDisconnect: client_gone,
+            Exception: internal_error}
 
 
 # -- auth and timing ------------------------------------------------------------------------------

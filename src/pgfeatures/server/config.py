@@ -161,6 +161,17 @@ class ServerConfig:
         10.0, "seconds a client may take to send a request's headers before a 408 closes the connection",
         _number(float), minimum=0.001,
     )
+    body_timeout: float = _setting(
+        10.0, "seconds a client may take to send a request's body after its headers before a 408 closes the "
+        "connection", _number(float), minimum=0.001,
+    )
+    max_header_bytes: int = _setting(
+        65536, "most bytes of a request's line and headers (read before the token is checked); past it a 431 "
+        "closes the connection", _number(int), minimum=1024,
+    )
+    max_headers: int = _setting(
+        100, "most headers in one request; past it a 431 closes the connection", _number(int), minimum=8,
+    )
     keep_alive: float = _setting(
         60.0, "seconds an idle client connection is kept open (model servers reuse theirs)", _number(float), minimum=0
     )
