@@ -100,6 +100,14 @@ def test_newest_wins_unless_overwrite_newer(client: httpx.Client, dsn: str) -> N
     assert metric(metrics, "pgfeatures_db_duration_seconds_count", kind="push") == 3
 
 
+def test_integral_numbers_with_a_fraction_are_integers(client: httpx.Client) -> None:
+    """OpenAPI's ``integer`` takes 800.0: so does a push, for keys and for integer features."""
+    r = client.post("/v1/push/user_stats", json={"rows": [{"key": 800.0, "features": {"clicks_7d": 8.0}},
+                                                          {"key": {"user": 801.0}, "features": {"clicks_7d": 9}}]})
+    assert r.json() == {"written": 2, "skipped": 0}, r.text
+    assert user_stats(client, 800)[0]["clicks_7d"] == 8 and user_stats(client, 801)[0]["clicks_7d"] == 9
+
+
 def test_push_into_a_materialized_service_shows_in_its_vector(client: httpx.Client) -> None:
     before = client.post("/v1/services/user_vec", json={"key": 42, "output": "vector"}).json()
     assert before["values"] == [0.1, 0.2, 0.3, 0.25]
@@ -135,6 +143,11 @@ def test_push_into_a_materialized_service_shows_in_its_vector(client: httpx.Clie
     ("/v1/push/user_stats", {"rows": [{"key": i, "features": {"clicks_7d": 1}} for i in range(MAX_ROWS + 1)]}, 400,
      "too_many_rows", f"the limit is {MAX_ROWS}"),
     ("/v1/push/user_stats", {"rows": {"key": 1}}, 400, "invalid_request", "rows must be an array"),
+    # a float from 2**53 on may not be the integer the client wrote (2**53 + 1 reads as 2**53): an integer literal, please
+    ("/v1/push/merchant_risk", {"key": "m-1", "features": {"txn_count_30d": 2.0**53}}, 400, "invalid_value",
+     "features.txn_count_30d: 9007199254740992.0 is a number beyond ±2**53 written with a fraction or exponent"),
+    ("/v1/push/user_stats", {"key": 2.0**53, "features": {"clicks_7d": 1}}, 400, "invalid_key",
+     "send the key as an integer literal"),
 ])
 def test_bad_pushes_say_what_is_valid_and_write_nothing(client: httpx.Client, path: str, body: dict[str, Any],
                                                         status: int, kind: str, says: str) -> None:

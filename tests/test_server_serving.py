@@ -104,6 +104,28 @@ def test_batch_of_entity_keys_in_input_order(client: httpx.Client, registry: Reg
     assert got == [features_answer(registry, k, ["user_emb"], k if isinstance(k, dict) else {"user": k}) for k in mixed]
 
 
+def test_an_integral_number_with_a_fraction_is_the_integer(client: httpx.Client, registry: Registry) -> None:
+    """JSON (and OpenAPI's ``integer``) does not tell 42.0 from 42: a key written so is the integer, bare, in an
+    object of entity keys and in a batch; the answer shows the key as sent. Before: 400 'got float'."""
+    for table, key, value in [("user_stats", 42.0, 42), ("merchant_risk", 7.0, 7), ("device_seen", 5.0, 5)]:
+        r = client.post("/v1/features", json={"key": key, "tables": [table]})
+        assert r.status_code == 200, r.text
+        assert r.json() == {**features_answer(registry, value, [table]), "key": key}
+    keys = {"user": 42.0, "merchant": "m-1", "device": "dev-a"}
+    r = client.post("/v1/services/fraud_v1", json={"key": keys})
+    assert r.status_code == 200 and r.json()["key"] == keys and r.json()["status"]["user_stats"] == "present", r.text
+    got = client.post("/v1/features/batch", json={"keys": [42.0, 43], "tables": ["user_stats"]}).json()["results"]
+    assert [x["key"] for x in got] == [42.0, 43] and got[0]["features"] == features_answer(registry, 42, ["user_stats"])["features"]
+
+
+@pytest.mark.parametrize("key", [2.0**53, -(2.0**53), 1e18])
+def test_an_integral_number_with_a_fraction_beyond_2_to_the_53_is_refused(client: httpx.Client, key: float) -> None:
+    """From 2**53 on, a float is not every integer (2**53 + 1 reads as 2**53): not the key the client wrote, perhaps."""
+    r = client.post("/v1/features", json={"key": key, "tables": ["user_stats"]})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_key", r.text
+    assert "send the key as an integer literal" in r.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("path, body, kind, says", [
     ("/v1/features", {"key": "abc", "tables": ["user_stats"]}, "invalid_key",
      "key: user key must be an integer (a signed 64-bit bigint), or its decimal text, got 'abc'"),

@@ -8,9 +8,15 @@ the batch limit from the settings, and every error response has the same ``{"err
 client generated from the document has one call per service and the fuzz test
 (``tests/test_server_fuzz.py``) reaches the read and write paths of each.
 
-Request schemas are never stricter than the server: whatever violates one is refused (the fuzz
-test's negative mode checks it); a request that fits may still be refused for what a schema cannot
-say (a bare key that is not of the entity the request reads, an id too long once hashed...).
+Request schemas say exactly what the server accepts, no more and no less (the fuzz test checks
+both ways: schema-valid requests are served, schema-invalid ones refused with a 4xx). That takes
+more than types: a key's forms are bounded as the server bounds them (a bigint's decimal text up
+to the int8 range, a text key's length, a UUID's spellings), and which entities a request's key
+must carry depends on what it reads: a bare key only when it reads one entity, an object of
+entity keys naming every entity it reads. Those rules are ``if``/``then`` clauses over the
+request (``_key_rules``). Left out: an integral number written with a fraction or exponent
+(``5.0``) counts as the integer only within ±2**53, where it is exact (JSON Schema cannot tell
+``5.0`` from ``5``).
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
-from ..definitions import UPDATED_AT, Entity, Registry
+from ..definitions import FLOAT32_MAX, INT_RANGE, UPDATED_AT, UPDATED_AT_FEATURE, Entity, Registry
+from ..definitions.types import FLOAT32_ZERO
 from ..definitions.entities import INT8_RANGE
 from .config import ServerConfig
 
@@ -26,8 +33,25 @@ KEY_PATTERN = "^[0-9a-fA-F]{64}$"
 
 STATUS = {"type": "string", "enum": ["present", "missing", "expired"]}
 VALUE = {"type": ["number", "integer", "boolean", "null"]}
-_JSON_TYPES = {"real": "number", "double precision": "number", "smallint": "integer", "integer": "integer",
-               "bigint": "integer", "boolean": "boolean"}
+DOUBLE_MAX = 1.7976931348623157e308  # the largest finite double: JSON numbers beyond it are not numbers the server reads
+
+
+def value_schema(type_name: str, nullable: bool = True) -> dict[str, Any]:
+    """What a pushed value of a feature of this type may be, as the write path checks it: integers
+    within the column's range, reals within float32's (and not so small they would round to 0),
+    doubles finite, booleans; and null (NULL) when ``nullable``."""
+    if type_name == "boolean":
+        schema: dict[str, Any] = {"type": "boolean"}
+    elif type_name in INT_RANGE:
+        lo, hi = INT_RANGE[type_name]
+        schema = {"type": "integer", "minimum": lo, "maximum": hi}
+    elif type_name == "real":
+        schema = {"type": "number", "anyOf": [
+            {"const": 0}, {"exclusiveMinimum": FLOAT32_ZERO, "maximum": FLOAT32_MAX},
+            {"minimum": -FLOAT32_MAX, "exclusiveMaximum": -FLOAT32_ZERO}]}
+    else:
+        schema = {"type": "number", "minimum": -DOUBLE_MAX, "maximum": DOUBLE_MAX}
+    return {"anyOf": [schema, {"type": "null"}]} if nullable else schema
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -43,22 +67,49 @@ def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | No
 
 # -- keys -----------------------------------------------------------------------------------------
 
+INT8_MIN, INT8_MAX = INT8_RANGE
+JSON_INT_MAX = 2**64 - 1  # the largest integer the server's JSON parser keeps exact (beyond: a float, refused)
+# C-locale whitespace around a bigint's decimal text, as PostgreSQL's int8in takes it
+_SPACE = "[\\t\\n\\u000b\\f\\r ]*"
+_UUID_DIGITS = "[0-9a-fA-F]{4}(?:-?[0-9a-fA-F]{4}){7}"
+# PostgreSQL's uuid_in: 32 hex digits, a hyphen allowed after any group of four, braces around the
+# whole; and the URN prefix (in lower case: the spelling every key parser takes)
+UUID_PATTERN = f"^(?:urn:uuid:)?(?:\\{{{_UUID_DIGITS}\\}}|{_UUID_DIGITS})$"
+
+
+def decimal_at_most(bound: int) -> str:
+    """A regex (no anchors) of the decimal digit strings, leading zeros allowed, whose value is at most ``bound``."""
+    digits = str(bound)
+    shorter = f"[0-9]{{1,{len(digits) - 1}}}|" if len(digits) > 1 else ""
+    exact = [f"{digits[:i]}[0-{int(d) - 1}][0-9]{{{len(digits) - i - 1}}}" for i, d in enumerate(digits) if d != "0"]
+    return f"0*(?:{shorter}{'|'.join([*exact, digits])})"
+
+
+BIGINT_TEXT_PATTERN = f"^{_SPACE}(?:\\+?{decimal_at_most(INT8_MAX)}|-{decimal_at_most(-INT8_MIN)}){_SPACE}$"
+
 
 def bare_key(entity: Entity) -> list[dict[str, Any]]:
-    """What a bare key of ``entity`` may be in JSON (the alternatives of an anyOf)."""
+    """What a bare key of ``entity`` may be in JSON (the alternatives of an anyOf), bounded as its parser bounds it."""
+    name = entity.name
     if entity.hash:
-        return [{"type": "string", "minLength": 1, "description": f"{entity.name}: a natural id, hashed with SHA-256"},
-                {"type": "integer", "description": f"{entity.name}: a natural id (its decimal text is hashed)"}]
+        return [{"type": "string", "minLength": 1, "description": f"{name}: a natural id, hashed with SHA-256"},
+                {"type": "integer", "minimum": INT8_MIN, "maximum": JSON_INT_MAX,
+                 "description": f"{name}: a natural id (its decimal text is hashed)"}]
     if entity.key_type == "bytea32":
-        return [{"type": "string", "pattern": KEY_PATTERN, "description": f"{entity.name}: 32 bytes as 64 hex characters"}]
+        return [{"type": "string", "pattern": KEY_PATTERN, "description": f"{name}: 32 bytes as 64 hex characters"}]
     if entity.key_type == "bigint":
-        lo, hi = INT8_RANGE
-        return [{"type": "integer", "minimum": lo, "maximum": hi, "description": f"{entity.name}: a bigint"},
-                {"type": "string", "description": f"{entity.name}: a bigint's decimal text"}]
+        return [{"type": "integer", "minimum": INT8_MIN, "maximum": INT8_MAX, "description": f"{name}: a bigint"},
+                {"type": "string", "pattern": BIGINT_TEXT_PATTERN,
+                 "description": f"{name}: a bigint's decimal text (a sign, digits, surrounding whitespace)"}]
     if entity.key_type == "text":
-        return [{"type": "string", "minLength": 1, "maxLength": entity.max_length, "description": f"{entity.name}: text"},
-                {"type": "integer", "description": f"{entity.name}: an integer, taken as its decimal text"}]
-    return [{"type": "string", "description": f"{entity.name}: a UUID (canonical text or 32 hex digits)"}]
+        longest = entity.max_length
+        return [{"type": "string", "minLength": 1, "maxLength": longest, "pattern": "^[^\\u0000]*$",
+                 "description": f"{name}: text without NUL characters"},
+                {"type": "integer", "minimum": max(INT8_MIN, -(10 ** (longest - 1) - 1)),
+                 "maximum": min(JSON_INT_MAX, 10**longest - 1),
+                 "description": f"{name}: an integer, taken as its decimal text"}]
+    return [{"type": "string", "pattern": UUID_PATTERN,
+             "description": f"{name}: a UUID (32 hex digits, hyphens between groups of four, braces, urn:uuid:)"}]
 
 
 def entity_keys(registry: Registry, required: list[str]) -> dict[str, Any]:
@@ -76,23 +127,89 @@ def entity_keys(registry: Registry, required: list[str]) -> dict[str, Any]:
 
 
 def key_of(registry: Registry, entities: list[Entity]) -> dict[str, Any]:
-    """A request's key when it reads ``entities`` (or, with a subset of features, some of them): bare
-    (any of them: a subset may read one entity only) or ``{entity: key}``."""
+    """A key for a request that may read ``entities``: a bare key of any of them or ``{entity: key}``
+    (which of them a request must name: ``_key_rules``)."""
     bare: list[dict[str, Any]] = []
     for entity in entities:
         bare += [form for form in bare_key(entity) if form not in bare]
-    return {"anyOf": [*bare, entity_keys(registry, [entities[0].name] if len(entities) == 1 else [])]}
+    return {"anyOf": [*bare, entity_keys(registry, [entities[0].name] if len(entities) == 1 else [])],
+            "description": "a bare key when the request reads one entity, else {entity: key} naming each entity it reads"}
 
 
 def any_key(registry: Registry) -> dict[str, Any]:
     """``/v1/features``' key: the request's tables decide its entities, so any entity's bare form."""
-    alternatives: list[dict[str, Any]] = []
-    for entity in registry.entities.values():
-        for form in bare_key(entity):
-            if form not in alternatives:
-                alternatives.append(form)
-    return {"anyOf": [*alternatives, entity_keys(registry, [])],
-            "description": "a bare key when the request reads one entity, else {entity: key}"}
+    return key_of(registry, list(registry.entities.values()))
+
+
+def _key_rules(registry: Registry, offered: dict[str, list[str]], batch: bool, tables_field: bool) -> list[dict[str, Any]]:
+    """The clauses (of an allOf) that tie a request's key to what it reads, as the server does: for
+    each entity the request reads, its key is ``{entity: key}`` naming that entity, or a bare key of
+    it when the request reads no other entity.
+
+    ``offered``: {table: [feature selectors]} the request may name (in ``features``, and in
+    ``tables`` with ``tables_field``: ``/v1/features``, where no ``tables`` means every table, or
+    those ``features`` names). A request without ``features`` (and ``tables``) reads every table
+    offered. ``batch``: the keys are the items of ``keys``. Also, for ``/v1/features``, features may
+    only be given for tables in ``tables`` when both are given.
+    """
+    no_tables = {"properties": {"tables": {"type": "null"}}}  # absent or null
+    no_features = {"properties": {"features": {"type": "null"}}}
+
+    def features_ref(tables: list[str]) -> dict[str, Any]:
+        """``features`` names one of ``tables``."""
+        refs = [f"{t}.{f}" for t in tables for f in offered[t]]
+        return {"required": ["features"], "properties": {"features": {"anyOf": [
+            {"type": "object", "anyOf": [{"required": [t]} for t in tables]},
+            {"type": "array", "contains": {"enum": refs}}]}}}
+
+    def features_within(tables: list[str]) -> dict[str, Any]:
+        """``features`` names only ``tables``."""
+        refs = [f"{t}.{f}" for t in tables for f in offered[t]]
+        return {"required": ["features"], "properties": {"features": {"anyOf": [
+            {"type": "object", "propertyNames": {"enum": tables}},
+            {"type": "array", "items": {"enum": refs}}]}}}
+
+    def reads(tables: list[str]) -> dict[str, Any]:
+        """The request reads one of ``tables``."""
+        everything = {"allOf": [no_tables, no_features]} if tables_field else no_features
+        named = {"allOf": [no_tables, features_ref(tables)]} if tables_field else features_ref(tables)
+        alternatives = [everything, named]
+        if tables_field:
+            alternatives.insert(0, {"required": ["tables"], "properties": {"tables": {
+                "type": "array", "contains": {"enum": tables}}}})
+        return {"anyOf": alternatives}
+
+    def reads_only(tables: list[str]) -> dict[str, Any]:
+        """The request reads no table but ``tables``."""
+        alternatives: list[dict[str, Any]] = []
+        if set(tables) == set(offered):
+            alternatives.append({"allOf": [no_tables, no_features]} if tables_field else no_features)
+        if tables_field:
+            alternatives.append({"required": ["tables"], "properties": {"tables": {"type": "array", "items": {"enum": tables}}}})
+            alternatives.append({"allOf": [no_tables, features_within(tables)]})
+        else:
+            alternatives.append(features_within(tables))
+        return {"anyOf": alternatives}
+
+    def keys_are(schema: dict[str, Any]) -> dict[str, Any]:
+        field = "keys" if batch else "key"
+        return {"required": [field], "properties": {field: {"items": schema} if batch else schema}}
+
+    by_entity: dict[str, list[str]] = {}
+    for table in offered:
+        by_entity.setdefault(registry.tables[table].entity.name, []).append(table)
+    rules = []
+    for name, tables in by_entity.items():
+        named = {"type": "object", "required": [name]}
+        bare = {"anyOf": bare_key(registry.entities[name])}
+        rules.append({"if": reads(tables), "then": {"anyOf": [
+            keys_are(named), {"allOf": [keys_are({"anyOf": [named, bare]}), reads_only(tables)]}]}})
+    if tables_field:  # features only for tables asked for, when tables are given
+        for table in offered:
+            rules.append({"if": {"allOf": [{"required": ["tables"], "properties": {"tables": {"type": "array"}}},
+                                           features_ref([table])]},
+                          "then": {"properties": {"tables": {"contains": {"const": table}}}}})
+    return rules
 
 
 # -- schemas --------------------------------------------------------------------------------------
@@ -130,11 +247,13 @@ def _service_schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]
         out[f"Request.{name}"] = {
             "type": "object", "required": ["key"], "additionalProperties": False,
             "properties": {"key": _ref(f"Key.{name}"), "features": _ref(f"Features.{name}"), "output": output},
+            "allOf": _key_rules(registry, offered, batch=False, tables_field=False),
         }
         out[f"BatchRequest.{name}"] = {
             "type": "object", "required": ["keys"], "additionalProperties": False,
             "properties": {"keys": {"type": "array", "items": _ref(f"Key.{name}"), "maxItems": config.max_batch_keys},
                            "features": _ref(f"Features.{name}"), "output": output},
+            "allOf": _key_rules(registry, offered, batch=True, tables_field=False),
         }
     return out
 
@@ -142,9 +261,10 @@ def _service_schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]
 def _push_schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, table in registry.tables.items():
-        values: dict[str, Any] = {f.name: {"type": [_JSON_TYPES[f.type.name], "null"]} for f in table.features}
-        values[UPDATED_AT] = {"type": "integer", "description": "epoch seconds the values were true at: a row older "
-                              "than the stored one is skipped (newest wins) unless overwrite_newer"}
+        values: dict[str, Any] = {f.name: value_schema(f.type.name) for f in table.features}
+        values[UPDATED_AT] = {**value_schema(UPDATED_AT_FEATURE.type.name, nullable=False),
+                              "description": "epoch seconds the values were true at: a row older than the stored "
+                              "one is skipped (newest wins) unless overwrite_newer"}
         out[f"PushKey.{name}"] = key_of(registry, [table.entity])
         out[f"PushFeatures.{name}"] = {"type": "object", "properties": values, "additionalProperties": False,
                                        "minProperties": 1, "description": "features to set (others are kept)"}
@@ -163,6 +283,7 @@ def _push_schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
 
 def _schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
     tables = list(registry.tables.values())
+    readable = {t.name: list(t.readable_names) for t in tables}
     nullable_str = {"type": ["string", "null"]}
     return {
         "Key": any_key(registry),
@@ -171,7 +292,7 @@ def _schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
             "items": {"type": "string", "enum": [t.name for t in tables]},
             "description": "feature tables to read, in this order (null or absent: all, or the tables named in features)",
         },
-        "Features": _selection({t.name: list(t.readable_names) for t in tables},
+        "Features": _selection(readable,
                                "features to read: {table: [feature, ...]} or [\"table.feature\", ...]; tables not "
                                "named read all their features (null or absent: all)"),
         "FeaturesRequest": {
@@ -179,6 +300,7 @@ def _schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
             "required": ["key"],
             "properties": {"key": _ref("Key"), "tables": _ref("Tables"), "features": _ref("Features")},
             "additionalProperties": False,
+            "allOf": _key_rules(registry, readable, batch=False, tables_field=True),
         },
         "BatchRequest": {
             "type": "object",
@@ -189,6 +311,7 @@ def _schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
                 "features": _ref("Features"),
             },
             "additionalProperties": False,
+            "allOf": _key_rules(registry, readable, batch=True, tables_field=True),
         },
         "FeaturesResult": {
             "type": "object",

@@ -7,6 +7,12 @@ named in an object is checked, even one the request does not read, and a name th
 is an error: bad input never passes silently. Keys are then handed to the store as sent (the store
 parses them again when it binds them: hashing is not idempotent, so parsed keys cannot be passed).
 
+Numbers. JSON does not tell ``5.0`` from ``5``, and OpenAPI's ``integer`` matches both: a key (and
+a pushed value of an integer feature) written as an integral float is taken as the integer below
+±2**53, where a float holds every integer; from there on, it may not be the number the client
+wrote (2**53 + 1 reads as 2**53), so it is refused with a request to send an integer literal (or,
+for keys, the text).
+
 The fast path: a read of the default kind of entity (32-byte keys, not hashed) with bare 64-hex
 keys, the only form before entities existed. A single key is matched by one regex; a batch's keys
 are joined and checked in C in one pass, then held as one bytes object (``PackedKeys``).
@@ -20,8 +26,8 @@ from typing import Any
 
 import orjson
 
-from ..definitions import KEY_LENGTH, Entity, Registry
-from ..errors import KeyFormatError, UnknownEntityError
+from ..definitions import INT_RANGE, KEY_LENGTH, UPDATED_AT, Entity, Registry
+from ..errors import FeatureValueError, KeyFormatError, UnknownEntityError
 from ..reader import FeaturesArg
 from .errors import RequestError
 
@@ -121,6 +127,26 @@ def hex_only(binder: Any) -> bool:
     return len(entities) == 1 and entities[0].key_type == "bytea32" and entities[0].hash is None
 
 
+EXACT_FLOAT = 2**53  # floats hold every integer below this magnitude; 2**53 itself is also 2**53 + 1 rounded
+
+
+def json_key(value: Any, where: str) -> Any:
+    """A key as sent, with integral floats (``5.0``) as the integers they are, in an object of entity
+    keys too. Raises KeyFormatError for an integral float beyond ±2**53 (not exact)."""
+    if type(value) is float:
+        return _exact_integer(value, where) if value.is_integer() else value
+    if isinstance(value, dict) and any(type(v) is float for v in value.values()):
+        return {name: json_key(v, f"{where}.{name}") for name, v in value.items()}
+    return value
+
+
+def _exact_integer(value: float, where: str) -> int:
+    if abs(value) >= EXACT_FLOAT:
+        raise KeyFormatError(f"{where}: {value!r} is a number beyond ±2**53 written with a fraction or exponent, "
+                             "which JSON does not carry exactly: send the key as an integer literal, or as text")
+    return int(value)
+
+
 def _check_entity_keys(registry: Registry, keys: Mapping[str, Any], where: str) -> None:
     """Every entity named in a key object exists and its key is one it takes."""
     if not keys:
@@ -138,8 +164,9 @@ def _check_entity_keys(registry: Registry, keys: Mapping[str, Any], where: str) 
 
 def parse_key(value: Any, binder: Any, registry: Registry, where: str = "key") -> Any:
     """One request's key, checked against what ``binder``'s reader reads: bytes for a 64-hex key of
-    the fast path, else the key as sent. Raises KeyFormatError / UnknownEntityError saying what
-    each entity takes (or which entity key is missing)."""
+    the fast path, else the key as sent (integral floats as integers: ``json_key``). Raises
+    KeyFormatError / UnknownEntityError saying what each entity takes (or which entity key is missing)."""
+    value = json_key(value, where)
     if isinstance(value, Mapping):
         _check_entity_keys(registry, value, where)
     elif hex_only(binder):
@@ -170,9 +197,8 @@ def parse_keys(values: Any, binder: Any, registry: Registry, max_keys: int) -> S
             pass  # not all strings: some are objects of entity keys (or wrong), checked one by one
         else:
             return parse_hex_keys(values)
-    for i, value in enumerate(values):
-        parse_key(value, binder, registry, f"keys[{i}]")
-    return values
+    parsed = [parse_key(value, binder, registry, f"keys[{i}]") for i, value in enumerate(values)]
+    return parsed if any(p is not v for p, v in zip(parsed, values)) else values
 
 
 # -- selections and options -----------------------------------------------------------------------
@@ -259,6 +285,7 @@ def parse_output(body: Mapping[str, Any], accept: str | None) -> tuple[bool, boo
 def _push_key(value: Any, entity: Entity, registry: Registry, where: str) -> Any:
     """A pushed row's key: the table's entity key, bare or as ``{entity: key}`` (other entities named
     must exist and take their keys, and are otherwise ignored)."""
+    value = json_key(value, where)
     if isinstance(value, Mapping):
         _check_entity_keys(registry, value, where)
         if entity.name not in value:
@@ -272,11 +299,16 @@ def _push_key(value: Any, entity: Entity, registry: Registry, where: str) -> Any
     return value
 
 
-def _push_features(value: Any, where: str) -> Mapping[str, Any]:
+def _push_features(value: Any, where: str, integers: frozenset[str]) -> Mapping[str, Any]:
+    """A row's features; values of the ``integers`` features written as floats beyond ±2**53 are refused (not exact)."""
     if not isinstance(value, dict):
         raise RequestError("invalid_request", f"{where}features must be an object {{feature: value}}, got {json_type(value)}")
     if not value:
         raise RequestError("invalid_request", f"{where}features must set at least one feature")
+    for name, v in value.items():
+        if type(v) is float and abs(v) >= EXACT_FLOAT and name in integers:
+            raise FeatureValueError(f"{where}features.{name}: {v!r} is a number beyond ±2**53 written with a fraction "
+                                    "or exponent, which JSON does not carry exactly: send it as an integer literal")
     return value
 
 
@@ -286,6 +318,7 @@ def parse_push(body: Mapping[str, Any], table: str, registry: Registry, max_rows
     Keys are checked here (``rows[i]: ...``); feature names and values by the store before any I/O.
     Raises UnknownTableError, RequestError, KeyFormatError, UnknownEntityError."""
     entity = registry.table(table).entity
+    integers = frozenset(f.name for f in registry.table(table).features if f.type.name in INT_RANGE) | {UPDATED_AT}
     check_fields(body, PUSH_FIELDS, None)
     overwrite = body.get("overwrite_newer", False)
     if not isinstance(overwrite, bool):
@@ -314,10 +347,11 @@ def parse_push(body: Mapping[str, Any], table: str, registry: Registry, max_rows
                 raise RequestError("invalid_request", f"{where}: " + "; ".join(
                     ([f"unknown field(s): {', '.join(unknown)}"] if unknown else [])
                     + ([f"missing field(s): {', '.join(missing)}"] if missing else [])) + "; valid fields: key, features")
-            out.append((_push_key(row["key"], entity, registry, where), _push_features(row["features"], where + ".")))
+            out.append((_push_key(row["key"], entity, registry, where),
+                        _push_features(row["features"], where + ".", integers)))
         return out, overwrite
     missing = [f for f in PUSH_ROW_FIELDS if f not in body]
     if missing:
         raise RequestError("invalid_request", f"missing field(s) {', '.join(missing)}: send \"rows\": [{{\"key\", "
                                               "\"features\"}, ...], or one \"key\" with its \"features\"")
-    return [(_push_key(body["key"], entity, registry, "key"), _push_features(body["features"], ""))], overwrite
+    return [(_push_key(body["key"], entity, registry, "key"), _push_features(body["features"], "", integers))], overwrite
