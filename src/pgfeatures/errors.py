@@ -136,6 +136,26 @@ class DatabaseError(PgFeaturesError):
         self.sqlstate = sqlstate
 
 
+class WriteConflictError(PgFeaturesError):
+    """A write was rolled back because it conflicted with a concurrent one (a deadlock or a
+    serialization failure, SQLSTATE 40P01 / 40001) and still did after pgfeatures retried it: nothing
+    of it was applied, and sending it again is safe."""
+
+    def __init__(self, message: str, sqlstate: str | None = None):
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class MaterializeError(PgFeaturesError):
+    """A materialized service's serving rows cannot be built as asked (for example a table of the
+    serving table's name exists that pgfeatures did not build); nothing was changed."""
+
+
+class ChangeBlockedError(PgFeaturesError):
+    """A definition change (``pgfeatures apply``) could not take the locks it needs in time: the
+    message names what holds them. Nothing was changed; retry when they are released."""
+
+
 class EmbeddedServerError(PgFeaturesError, RuntimeError):
     """The embedded PostgreSQL could not be created, started or stopped."""
 

@@ -5,12 +5,13 @@ Serving rows are kept in step by triggers in the writing statement's own transac
 ``materialize/sql.py``), so they can only drift when something goes around the triggers: a
 trigger disabled (``ALTER TABLE ... DISABLE TRIGGER``), a session with
 ``session_replication_role = replica`` (logical replication, some restore tools), or a direct write
-to a serving table. The doctor therefore compares, for every built service, a random sample of
-keys (``sample``; half drawn from the serving rows, half from the feature tables, so that rows
-missing on either side are found) read twice: from the serving rows (the service as served), and
-table by table by the same service with ``materialize`` off (``dataclasses.replace``, under another
-name, in a copy of the registry). Keys that differ are read once more before they count, so a write
-landing between the two reads is not mistaken for drift.
+to a serving table. The doctor therefore compares, for every service whose serving rows exist for
+its definition (even with its triggers disabled: that is when they drift), a random sample of keys
+(``sample``; half drawn from the serving rows, half from the feature tables, so that rows missing on
+either side are found) read twice: from the serving rows (a reader compiled for them, run through
+the store), and table by table by the same service with ``materialize`` off
+(``dataclasses.replace``, under another name, in a copy of the registry). Keys that differ are read
+once more before they count, so a write landing between the two reads is not mistaken for drift.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ from psycopg import sql
 from ..definitions import Registry
 from ..definitions.layout import EntityLayout
 from ..materialize import sql as m
-from ..materialize.build import status
+from ..materialize.build import serving_catalog
+from ..materialize.state import BUILT, MISSING, service_state
+from ..reader.materialized import compile_materialized_batch_reader
+from ..reader.selection import select_service
 from ..store import FeatureStore
 from ..warmup import random_keys
 
@@ -181,11 +185,14 @@ def compare_service(store: FeatureStore, conn: psycopg.Connection, registry: Reg
     n = max(len(k) for k in per_entity.values())
     requests = [{e: keys[i % len(keys)] for e, keys in per_entity.items()} for i in range(n)]
     twin = _twin(service)
-    found = _differences(registry, service, requests, store.get_service_batch(service, requests),
+    # The serving rows as they are, whatever the store would serve (it reads a service whose triggers
+    # are disabled table by table: correct for a reader, useless for this comparison).
+    served = compile_materialized_batch_reader(select_service(registry, service), layouts)
+    found = _differences(registry, service, requests, store.read_batch(served, requests),
                          store.get_service_batch(twin, requests))
     if found:  # read those again: a write landing between the two reads is not drift
         again = [r for r in requests if any((e, r[e]) in found for e in r)]
-        found = _differences(registry, service, again, store.get_service_batch(service, again),
+        found = _differences(registry, service, again, store.read_batch(served, again),
                              store.get_service_batch(twin, again))
     sampled = sum(len(set(map(_shown, k))) for k in per_entity.values())
     return ServiceFacts(service, "built", sampled, len(found), tuple(list(found.values())[:EXAMPLES]),
@@ -201,11 +208,18 @@ def materialized_facts(registry: Registry, dsn: str, conn: psycopg.Connection, *
     if not wanted:
         return {}
     try:
-        states = status(conn, registry)
+        catalog = serving_catalog(conn, registry.schema)
     except psycopg.Error as exc:
         return {name: ServiceFacts(name, "unknown", error=_first_line(exc)) for name in wanted}
-    out = {name: ServiceFacts(name, states.get(name, "missing")) for name in wanted}
-    built = [name for name in wanted if out[name].state == "built"]
+    out = {}
+    for name in wanted:
+        layouts = registry.layouts(name)
+        state = service_state(catalog.state(layout) for layout in layouts)
+        # Rows built for this definition are compared even when their triggers or guard are gone.
+        rows = all(catalog.tables.get(l.table_name) is not None and catalog.tables[l.table_name].fingerprint == l.fingerprint
+                   for l in layouts)
+        out[name] = ServiceFacts(name, BUILT if rows else state.state if state.state != BUILT else MISSING)
+    built = [name for name in wanted if out[name].state == BUILT]
     if not built:
         return out
     twins = twin_registry(registry, built)

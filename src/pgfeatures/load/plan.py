@@ -22,6 +22,7 @@ from psycopg import sql
 from ..definitions import Registry
 from ..definitions.layout import EntityLayout
 from ..errors import LoadError, LoadInputError, LoadInterruptedError, SchemaDriftError
+from ..materialize import sql as m
 from ..schema import covering_index_sql, create_table_sql, ddl_lock, qualified
 from .columns import Columns, plan_columns
 from .copy import COPY_HEADER, COPY_TRAILER
@@ -44,9 +45,10 @@ from .options import (
 from .sources import CsvSource, Source, open_sources
 from .statements import (
     CATALOG,
-    SERVING_COMMENTS,
+    SWAP_STATE,
     Catalog,
     Query,
+    SwapState,
     fill_sql,
     ident,
     kept_sql,
@@ -55,7 +57,6 @@ from .statements import (
     stage_ddl,
     stage_table,
     swap_sql,
-    trigger_names,
     upsert_sql,
 )
 from .validate import stage_batch
@@ -223,7 +224,6 @@ class Job:
         catalog = Catalog.from_row(rows[0])
         self.table_rows = max(catalog.reltuples, 0.0)  # estimate; counted below when never analyzed
         if catalog.serving_triggers:
-            from ..materialize import sql as m
             from ..materialize.build import materialized_layouts
 
             self.serving_layouts = m.layouts_reading(materialized_layouts(self.registry), table.name)
@@ -329,41 +329,59 @@ class Job:
         yield Op(sql.SQL("ANALYZE {}").format(new))  # statistics exist from the moment of the swap
         self._report("swapping")
         yield Op(*ddl_lock(schema, table.name))  # the DROP and RENAMEs: not while `init` looks at the table
-        # A merge changes only the staged keys: their serving rows are recomputed (O(load)), not the
-        # whole table's slice (``_pgf_refresh__<table>()``, O(table)), when the serving tables are the
-        # ones this registry describes; otherwise (or for a replace) the refresh function runs.
-        staged_only = (yield from self._staged_refresh(catalog, stage)) if summary.strategy == "rebuild" else None
-        for stmt, params in swap_sql(schema, table, new_name, catalog, options.lock_timeout, refresh=staged_only is None):
-            yield Op(stmt, params)
-        if staged_only:
+        # Lock the live table before reading what the swap carries over: a `pgfeatures materialize` that
+        # committed while this load ran has put its triggers and guard view on it (read at the start, the
+        # load would swap them away and the serving rows would silently stop following the table).
+        yield Op(*setting("lock_timeout", f"{int(options.lock_timeout * 1000)}ms"))
+        yield Op(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(live))
+        path = (yield Op(sql.SQL("SELECT current_setting('search_path')"), fetch=True))[0][0]
+        yield Op(*setting("search_path", ""))
+        state = SwapState.from_row(((yield Op(SWAP_STATE, (live.as_string(None),), fetch=True)) or [None])[0])
+        yield Op(*setting("search_path", path))
+        # A merge changes only the staged keys: the serving rows of layouts this registry built are
+        # recomputed for those keys (O(load)); any other layout's (another definition file's, or a
+        # replace) through its refresh function, the table's whole slice (O(table)).
+        refreshes: list[Query] = []
+        staged = whole = 0
+        for function in state.functions_of_triggers():
+            layout = self._built_layout(function, state) if summary.strategy == "rebuild" else None
+            if layout is not None:
+                refreshes += self._staged_refresh(layout, stage)
+                staged += 1
+            elif (refresh := m.refresh_of_trigger(function)) in state.functions:
+                refreshes.append(sql.SQL("SELECT {}()").format(ident(schema, refresh)))
+                whole += 1
+        legacy = (m.LEGACY_REFRESH_PREFIX + table.name)[:63]
+        if legacy in state.functions:  # serving rows of a version before LAYOUT_VERSION 2
+            refreshes.append(sql.SQL("SELECT {}()").format(ident(schema, legacy)))
+            whole += 1
+        if staged:
             # The refresh joins the staged keys: without statistics the planner takes the stage for
             # 200 rows and looks each serving row up by index (1,000,000 lookups, 6 s of a 1M-row
             # merge, measured); with them, it hashes (bench-load --part write-cost).
             yield Op(sql.SQL("ANALYZE {}").format(stage))
-        for stmt in staged_only or ():
-            yield Op(stmt)
-        if catalog.refresh and catalog.serving_triggers:
-            summary.notes.append("materialized services: serving rows recomputed for the staged keys" if staged_only is not None
+        for stmt, params in swap_sql(schema, table, new_name, catalog, state, refreshes):
+            yield Op(stmt, params)
+        if staged or whole:
+            summary.notes.append("materialized services: serving rows recomputed for the staged keys" if not whole
                                  else "materialized services: the table's slice of every serving row recomputed")
 
-    def _staged_refresh(self, catalog: Catalog, stage: sql.Identifier) -> Generator[Op, Any, list[Query] | None]:
-        """The statements recomputing the serving rows of the staged keys, or None (then refresh them all)
-        unless every serving-row trigger on the table belongs to a layout of this registry, built for it."""
-        if not catalog.refresh or not catalog.serving_triggers:
-            return None
-        from ..materialize import sql as m
+    def _built_layout(self, function: str, state: SwapState) -> EntityLayout | None:
+        """The registry's layout that trigger function ``function`` keeps in step, if its triggers are all
+        on the table (then its rows are in step with the live table and only the staged keys change)."""
+        for layout in self.serving_layouts:
+            if m.trigger_name(layout, self.table) == function:
+                expected = {f"{function}_{event.lower()}" for event in m.EVENTS}
+                return layout if expected <= state.trigger_names else None
+        return None
 
-        schema, table, layouts = self.registry.schema, self.table, self.serving_layouts
-        expected = {f"{m.trigger_name(layout, table)}_{event.lower()}" for layout in layouts for event in m.EVENTS}
-        if not layouts or trigger_names(catalog) != expected:
-            return None
-        rows = yield Op(SERVING_COMMENTS, (schema, [layout.table_name for layout in layouts]), fetch=True)
-        built = {name: m.fingerprint_of(comment) for name, comment in rows}
-        if any(built.get(layout.table_name) != layout.fingerprint for layout in layouts):
-            return None
+    def _staged_refresh(self, layout: EntityLayout, stage: sql.Identifier) -> list[Query]:
+        """The statements recomputing ``layout``'s serving rows of the staged keys, the serving table locked
+        against other writers first (the order every writer takes: no deadlock, see materialize/sql.py)."""
+        schema, table = self.registry.schema, self.table
         changed = m.changed_by_stage(schema, table, stage)
         new_keys = self.summary.inserted > 0  # keys new to this table may be new to the entity
-        return [stmt for layout in layouts for stmt in m.maintain_sql(schema, layout, table, changed, new_keys)]
+        return [m.lock_table_sql(schema, layout), *m.maintain_sql(schema, layout, table, changed, new_keys)]
 
     # -- after COMMIT
 

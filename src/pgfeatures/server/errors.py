@@ -28,8 +28,9 @@ from starlette.responses import Response
 
 from ..errors import (
     AuthenticationError,
-    CorruptFileError,
     BenchmarkError,
+    ChangeBlockedError,
+    CorruptFileError,
     ConfigError,
     DatabaseError,
     DatabaseUnavailableError,
@@ -40,6 +41,7 @@ from ..errors import (
     LoadError,
     LoadInputError,
     LoadInterruptedError,
+    MaterializeError,
     PgFeaturesError,
     PoolExhaustedError,
     QueryTimeoutError,
@@ -51,8 +53,9 @@ from ..errors import (
     UnknownServiceError,
     UnknownStrategyError,
     UnknownTableError,
-    WriteOutcomeUnknownError,
     WarmupError,
+    WriteConflictError,
+    WriteOutcomeUnknownError,
 )
 
 JSON = "application/json"
@@ -100,6 +103,8 @@ ERRORS: tuple[tuple[type[Exception], HTTPError], ...] = (
     (DatabaseUnavailableError, HTTPError(503, "database_unavailable", retryable=True)),
     (EmbeddedServerError, HTTPError(503, "database_unavailable", retryable=True)),
     (LoadInterruptedError, HTTPError(503, "database_unavailable", retryable=True)),
+    (WriteConflictError, HTTPError(503, "write_conflict", retryable=True)),
+    (ChangeBlockedError, HTTPError(503, "change_blocked", retryable=True)),
     (QueryTimeoutError, HTTPError(504, "query_timeout", retryable=True)),
     (StoreClosedError, HTTPError(503, "shutting_down", retryable=True)),
     (NotReadyError, HTTPError(503, "not_ready", retryable=True)),
@@ -108,6 +113,7 @@ ERRORS: tuple[tuple[type[Exception], HTTPError], ...] = (
     (SchemaDriftError, HTTPError(500, "schema_drift")),
     (DatabaseError, HTTPError(500, "database_error")),
     (LoadError, HTTPError(500, "load_failed")),
+    (MaterializeError, HTTPError(500, "materialize_failed")),
     (ConfigError, HTTPError(500, "config_error")),
     (WarmupError, HTTPError(500, "warmup_failed")),
     (BenchmarkError, HTTPError(500, "benchmark_error")),

@@ -67,6 +67,7 @@ from ..definitions import Registry
 from ..errors import (
     DefinitionError,
     LoadInterruptedError,
+    SchemaDriftError,
     StoreClosedError,
 )
 from ..reader import (
@@ -350,10 +351,31 @@ class FeatureStore:
         return self.read(self.reader(tables, features, strategy), key)
 
     def read(self, reader: Reader[T], key: Any) -> T:
-        """Run a compiled reader for one request's keys: one round-trip (N for ``sequential``). Raises as ``get_features``."""
+        """Run a compiled reader for one request's keys: one round-trip (N for ``sequential``). Raises as ``get_features``.
+
+        A reader of a materialized service's serving rows whose rows cannot be read any more (the
+        service was rebuilt for another definition, or a table it reads was dropped) is never
+        answered from other rows: its statement fails, the service is read table by table from then
+        on, and this request is answered that way (one more round-trip, once)."""
+        params = reader.binder.one(key)
         if self._via_functions:
             reader = self._via_functions.get(reader.statements[0], reader)
-        return run(self, execute, reader, reader.binder.one(key))
+        try:
+            return run(self, execute, reader, params)
+        except SchemaDriftError as exc:
+            if reader.fallback is None:
+                raise
+            fallback: Reader[T] = self._serving_rows_gone(reader, exc)
+        return self.read(fallback, key)
+
+    def _serving_rows_gone(self, reader: Reader[Any] | BatchReader[Any], exc: SchemaDriftError) -> Any:
+        """The flexible twin of a materialized reader whose serving rows cannot be read (see ``read``)."""
+        service = reader.selection.service or ""
+        if self.readers.demote(service):
+            logger.warning("pgfeatures: the serving rows of service %s cannot be read any more (%s): it is read table by "
+                           "table until they are rebuilt and the definitions reloaded", service, str(exc).strip())
+        assert reader.fallback is not None
+        return reader.fallback()
 
     def get_features_batch(
         self, keys: Any, tables: Iterable[str] | None = None, features: FeaturesArg = None
@@ -399,7 +421,13 @@ class FeatureStore:
             return []
         if self._via_functions:
             reader = self._via_functions.get(reader.statement, reader)
-        return run(self, execute_batch, reader, arrays)
+        try:
+            return run(self, execute_batch, reader, arrays)
+        except SchemaDriftError as exc:
+            if reader.fallback is None:
+                raise
+            fallback: BatchReader[T] = self._serving_rows_gone(reader, exc)
+        return self.read_batch(fallback, keys)
 
     def ping(self) -> None:
         """``SELECT 1`` through the read path (same targets, fallback and retry as a read).

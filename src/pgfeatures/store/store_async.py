@@ -65,6 +65,7 @@ from ..definitions import Registry
 from ..errors import (
     DefinitionError,
     LoadInterruptedError,
+    SchemaDriftError,
     StoreClosedError,
 )
 from ..reader import (
@@ -348,10 +349,31 @@ class AsyncFeatureStore:
         return await self.read(self.reader(tables, features, strategy), key)
 
     async def read(self, reader: Reader[T], key: Any) -> T:
-        """Run a compiled reader for one request's keys: one round-trip (N for ``sequential``). Raises as ``get_features``."""
+        """Run a compiled reader for one request's keys: one round-trip (N for ``sequential``). Raises as ``get_features``.
+
+        A reader of a materialized service's serving rows whose rows cannot be read any more (the
+        service was rebuilt for another definition, or a table it reads was dropped) is never
+        answered from other rows: its statement fails, the service is read table by table from then
+        on, and this request is answered that way (one more round-trip, once)."""
+        params = reader.binder.one(key)
         if self._via_functions:
             reader = self._via_functions.get(reader.statements[0], reader)
-        return await run_async(self, execute_async, reader, reader.binder.one(key))
+        try:
+            return await run_async(self, execute_async, reader, params)
+        except SchemaDriftError as exc:
+            if reader.fallback is None:
+                raise
+            fallback: Reader[T] = self._serving_rows_gone(reader, exc)
+        return await self.read(fallback, key)
+
+    def _serving_rows_gone(self, reader: Reader[Any] | BatchReader[Any], exc: SchemaDriftError) -> Any:
+        """The flexible twin of a materialized reader whose serving rows cannot be read (see ``read``)."""
+        service = reader.selection.service or ""
+        if self.readers.demote(service):
+            logger.warning("pgfeatures: the serving rows of service %s cannot be read any more (%s): it is read table by "
+                           "table until they are rebuilt and the definitions reloaded", service, str(exc).strip())
+        assert reader.fallback is not None
+        return reader.fallback()
 
     async def get_features_batch(
         self, keys: Any, tables: Iterable[str] | None = None, features: FeaturesArg = None
@@ -397,7 +419,13 @@ class AsyncFeatureStore:
             return []
         if self._via_functions:
             reader = self._via_functions.get(reader.statement, reader)
-        return await run_async(self, execute_batch_async, reader, arrays)
+        try:
+            return await run_async(self, execute_batch_async, reader, arrays)
+        except SchemaDriftError as exc:
+            if reader.fallback is None:
+                raise
+            fallback: BatchReader[T] = self._serving_rows_gone(reader, exc)
+        return await self.read_batch(fallback, keys)
 
     async def ping(self) -> None:
         """``SELECT 1`` through the read path (same targets, fallback and retry as a read).
