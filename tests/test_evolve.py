@@ -66,3 +66,214 @@ def test_a_reader_of_the_old_definition_never_decodes_the_new_layout(conn, schem
             check_answer(reader.get_service("s", key), key, tables)
             vector = reader.get_service("s", key, output="list")
             assert vector.values == [value(key, 1, 1), value(key, 1, 2), value(key, 2, 1)]
+
+
+def test_a_reader_of_a_rebuilt_service_logs_once_and_reports_table_by_table(conn, schema, dsn, caplog):
+    old = registry_of(schema, {"t": ["f1"], "u": ["f1"]}, {"s": ["t.*", "u.*"]})
+    apply_schema(conn, old)
+    fill(conn, schema, "t", 1, ["f1"], range(1, 5))
+    fill(conn, schema, "u", 2, ["f1"], range(1, 5))
+    materialize(conn, old, "s")
+    with FeatureStore(old, dsn, pool_size=1, write_pool_size=0) as reader:
+        new = registry_of(schema, {"t": ["f1"], "u": ["f1"]}, {"s": ["u.*", "t.*"]})  # another order: another layout
+        materialize(conn, new, "s")
+        with caplog.at_level("WARNING", logger="pgfeatures"):
+            for key in range(1, 5):
+                assert reader.get_service("s", key, output="list").values == [value(key, 1, 1), value(key, 2, 1)]
+                check_answer(reader.get_service_batch("s", [key])[0], key, {"t": 1, "u": 2})
+        warnings = [r for r in caplog.records if "serving rows of service s cannot be read" in r.getMessage()]
+        assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+        assert "s" not in reader.readers.materialized
+
+
+# -- serving rows that cannot fall out of step unseen ------------------------------------------------
+
+def two_table_service(conn: psycopg.Connection, schema: str, name: str = "t") -> Registry:
+    registry = registry_of(schema, {name: ["f1", "f2"], "u": ["f1"]}, {"s": [f"{name}.*", "u.*"]})
+    apply_schema(conn, registry)
+    fill(conn, schema, name, 1, ["f1", "f2"], range(1, 40))
+    fill(conn, schema, "u", 2, ["f1"], range(1, 40))
+    return registry
+
+
+def assert_in_step(store: FeatureStore, conn: psycopg.Connection, schema: str, registry: Registry, keys: range) -> None:
+    """The serving rows (read directly) say what the tables say, for every key."""
+    from pgfeatures.reader.materialized import compile_materialized_batch_reader
+    from pgfeatures.reader.selection import select_service
+
+    (layout,) = registry.layouts("s")
+    served = store.read_batch(compile_materialized_batch_reader(select_service(registry, "s"), [layout]), list(keys))
+    fresh = store.get_features_batch(list(keys), [t.name for t in layout.tables])
+    for got, want in zip(served, fresh):
+        assert dict(got) == dict(want) and got.status == want.status
+
+
+@pytest.mark.parametrize("mode", ["rebuild", "replace"])
+def test_a_swap_racing_the_first_materialize_keeps_the_new_triggers(conn, schema, dsn, mode):
+    """The load read the table's (absent) triggers at its start; `materialize` committed while it copied;
+    its swap must carry the new triggers over and refresh the rows, not swap them away."""
+    import pyarrow as pa
+
+    from pgfeatures.load import LoadProgress, load
+
+    registry = two_table_service(conn, schema)
+    built: list[bool] = []
+
+    def progress(p: LoadProgress) -> None:
+        if p.phase == "reading" and not built:
+            with psycopg.connect(dsn, autocommit=True) as other:
+                materialize(other, registry, "s")
+            built.append(True)
+
+    keys = list(range(1, 60))
+    data = pa.table({"user_id": pa.array(keys, pa.int64()), "f1": pa.array([value(k, 1, 1) for k in keys], pa.int32()),
+                     "f2": pa.array([value(k, 1, 2) for k in keys], pa.int32())})
+    load(conn, registry, "t", data, mode="replace" if mode == "replace" else "merge",
+         strategy="rebuild" if mode == "rebuild" else "auto", progress=progress)
+    assert built
+    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as store:
+        assert store.readers.service_reader("s", None, "single").materialized
+        assert_in_step(store, conn, schema, registry, range(1, 60))
+        store.update_features(7, "t", {"f1": value(7, 1, 1) + 1_000_000})  # later writes reach the rows too
+        assert store.get_service("s", 7)["t"]["f1"] == value(7, 1, 1) + 1_000_000
+        assert_in_step(store, conn, schema, registry, range(1, 60))
+
+
+def test_a_table_of_a_materialized_service_cannot_be_dropped_unseen(conn, schema, dsn):
+    from pgfeatures.errors import SchemaDriftError
+    from pgfeatures.materialize.build import states
+
+    registry = two_table_service(conn, schema)
+    materialize(conn, registry, "s")
+    t = sql.Identifier(schema, "t")
+    with pytest.raises(psycopg.errors.DependentObjectsStillExist):  # a plain DROP is refused, naming the guard
+        conn.execute(sql.SQL("DROP TABLE {}").format(t))
+    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=0, on_drift="isolate") as store:
+        assert store.get_service("s", 3)["t"]["f1"] == value(3, 1, 1)
+        conn.execute(sql.SQL("DROP TABLE {} CASCADE").format(t))
+        # dropped while serving: never read from the serving rows as present; a typed error names it
+        with pytest.raises(SchemaDriftError, match="t"):
+            store.get_service("s", 3)
+        assert store.get_service("s", 3, features=["u.f1"]) == {"u": {"f1": value(3, 2, 1)}}
+    state = states(conn, registry)["s"]
+    assert state.state == "stale" and "guard" in state.reason
+    apply_schema(conn, registry)  # re-created empty, by hand or by init: still stale, never "built"
+    fill(conn, schema, "t", 1, ["f1", "f2"], range(1, 3))
+    assert states(conn, registry)["s"].state == "stale"
+    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=0) as store:
+        assert not store.readers.service_reader("s", None, "single").materialized
+        got = store.get_service("s", 5)
+        assert got.status == {"t": "missing", "u": "present"}
+    materialize(conn, registry, "s")
+    assert states(conn, registry)["s"].state == "built"
+
+
+def test_triggers_disabled_or_dropped_by_hand_make_the_service_stale(conn, schema):
+    from pgfeatures.materialize.build import states
+
+    registry = two_table_service(conn, schema)
+    materialize(conn, registry, "s")
+    u = sql.Identifier(schema, "u")
+    conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER ALL").format(u))
+    assert "disabled" in states(conn, registry)["s"].reason
+    conn.execute(sql.SQL("ALTER TABLE {} ENABLE TRIGGER ALL").format(u))
+    assert states(conn, registry)["s"].state == "built"
+    (trigger,) = conn.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname LIKE '%%_insert'",
+                              [u.as_string(conn)]).fetchone()
+    conn.execute(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(trigger), u))
+    state = states(conn, registry)["s"]
+    assert state.state == "stale" and "lacks its maintenance triggers" in state.reason
+
+
+def test_two_definition_files_in_one_schema_keep_each_others_triggers(conn, schema, dsn):
+    """File A's service and file B's service both read table t; materializing B must not remove A's triggers."""
+    a = registry_of(schema, {"t": ["f1", "f2"], "u": ["f1"]}, {"sa": ["t.*", "u.*"]})
+    b = registry_of(schema, {"t": ["f1", "f2"]}, {"sb": ["t.f2"]})
+    apply_schema(conn, a)
+    fill(conn, schema, "t", 1, ["f1", "f2"], range(1, 10))
+    fill(conn, schema, "u", 2, ["f1"], range(1, 10))
+    materialize(conn, a, "sa")
+    materialize(conn, b, "sb")
+    from pgfeatures.materialize.build import status
+
+    assert status(conn, a) == {"sa": "built"} and status(conn, b) == {"sb": "built"}
+    fill(conn, schema, "t", 1, ["f1", "f2"], range(1, 20))  # writes reach both services' rows
+    with FeatureStore(a, dsn, pool_size=1, write_pool_size=0) as sa, FeatureStore(b, dsn, pool_size=1, write_pool_size=0) as sb:
+        for key in range(1, 20):
+            assert sa.get_service("sa", key, output="list").values == [value(key, 1, 1), value(key, 1, 2), value(key, 2, 1) if key < 10 else None]
+            assert sb.get_service("sb", key, output="list").values == [value(key, 1, 2)]
+    materialize(conn, a, "sa")  # and rebuilding A leaves B's alone
+    assert status(conn, b) == {"sb": "built"}
+
+
+@pytest.mark.parametrize("mode", ["rebuild", "replace"])
+def test_a_table_with_a_63_byte_name_keeps_its_serving_rows_in_step_through_swaps(conn, schema, dsn, mode):
+    import pyarrow as pa
+
+    from pgfeatures.load import load
+
+    name = "t" * 63
+    registry = two_table_service(conn, schema, name)
+    materialize(conn, registry, "s")
+    keys = list(range(1, 50))
+    data = pa.table({"user_id": pa.array(keys, pa.int64()),
+                     "f1": pa.array([value(k, 1, 1) + 7 for k in keys], pa.int32()),
+                     "f2": pa.array([value(k, 1, 2) + 7 for k in keys], pa.int32())})
+    load(conn, registry, name, data, mode="replace" if mode == "replace" else "merge",
+         strategy="rebuild" if mode == "rebuild" else "auto")
+    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=0) as store:
+        assert store.readers.service_reader("s", None, "single").materialized
+        assert store.get_service("s", 5)[name] == {"f1": value(5, 1, 1) + 7, "f2": value(5, 1, 2) + 7}
+        assert_in_step(store, conn, schema, registry, range(1, 50))
+
+
+def test_a_user_table_named_like_an_internal_one_is_never_dropped(conn, schema):
+    from pgfeatures.errors import MaterializeError
+
+    registry = two_table_service(conn, schema)
+    (layout,) = registry.layouts("s")
+    legacy = sql.Identifier(schema, "_pgf_svc_s__user")  # the name versions before 2 gave this serving table
+    conn.execute(sql.SQL("CREATE TABLE {} (user_id int8, note text)").format(legacy))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'mine')").format(legacy))
+    materialize(conn, registry, "s")
+    assert conn.execute(sql.SQL("SELECT note FROM {}").format(legacy)).fetchall() == [("mine",)]
+    # a table of exactly the serving table's name that pgfeatures did not build: refused, kept
+    mine = sql.Identifier(schema, layout.table_name)
+    conn.execute(sql.SQL("DROP TABLE {} CASCADE").format(mine))
+    conn.execute(sql.SQL("CREATE TABLE {} (x int)").format(mine))
+    with pytest.raises(MaterializeError, match="did not build"):
+        materialize(conn, registry, "s")
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(mine)).fetchone() == (0,)
+
+
+def test_internal_names_are_refused_at_definition_time():
+    from pgfeatures.errors import DefinitionError
+
+    with pytest.raises(DefinitionError, match="reserved"):
+        FeatureTable.of("_pgf_svc_s__user", {"f": "real"})
+    with pytest.raises(DefinitionError, match="reserved"):
+        FeatureTable.of("t", {"_pgf_x": "real"})
+    with pytest.raises(DefinitionError, match="seq"):
+        FeatureTable.of("t", {"seq": "real"})
+    with pytest.raises(DefinitionError, match="reserved"):
+        FeatureService("_pgf_s", ("t.*",))
+    keyed_ts = Entity("user", "bigint", "ts")
+    table = FeatureTable.of("t", {"f": "real"}, entity=keyed_ts)
+    Registry.of([table], "s")  # fine while no service is materialized
+    with pytest.raises(DefinitionError, match="ts"):
+        Registry.of([table], "s", services=[FeatureService("m", ("t.*",), materialize=True)])
+
+
+def test_services_whose_names_join_alike_get_distinct_serving_tables():
+    ab = Entity("c", "bigint", "cid")
+    bc = Entity("b__c", "bigint", "bcid")
+    tables = [FeatureTable.of("x", {"f": "real"}, entity=ab), FeatureTable.of("y", {"f": "real"}, entity=bc)]
+    registry = Registry.of(tables, "s", services=[FeatureService("a__b", ("x.*",), materialize=True),
+                                                  FeatureService("a", ("y.*",), materialize=True)])
+    (first,), (second,) = registry.layouts("a__b"), registry.layouts("a")
+    assert first.table_name != second.table_name
+    assert all(len(n.encode()) <= 63 for n in (first.table_name, second.table_name))
+    long = "s" * 63
+    registry = Registry.of(tables, "s", services=[FeatureService(long, ("x.*",), materialize=True)])
+    (layout,) = registry.layouts(long)
+    assert len(layout.table_name.encode()) <= 63 and layout.table_name.endswith(layout.fingerprint[:12])

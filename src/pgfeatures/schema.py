@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from .definitions import KEY_LENGTH, UPDATED_AT, FeatureTable, Registry
+from .definitions.names import derived
 from .errors import SchemaDriftError
 
 
@@ -26,8 +27,9 @@ def qualified(registry_or_schema: Registry | str, table: FeatureTable | str) -> 
     return sql.Identifier(schema, name)
 
 
-def covering_index_name(table: FeatureTable) -> str:
-    return f"{table.name}_covering"[:63]
+def covering_index_name(table: FeatureTable | str) -> str:
+    """The covering index of a table (or of a table of that name: a swap's new table)."""
+    return derived(table if isinstance(table, str) else table.name, "_covering")
 
 
 def key_column_sql(table: FeatureTable) -> sql.Composed:
@@ -59,13 +61,13 @@ def create_table_sql(schema: str, table: FeatureTable) -> sql.Composed:
         qualified(schema, table), sql.SQL(", ").join(column_definitions(table).values()))
 
 
-def covering_index_sql(schema: str, table: FeatureTable) -> sql.Composed:
+def covering_index_sql(schema: str, table: FeatureTable, name: str | None = None) -> sql.Composed:
     """A unique index on the key that INCLUDEs every column: lookups become index-only scans
-    (once VACUUM has set the visibility map)."""
+    (once VACUUM has set the visibility map). ``name``: the table's name if not its definition's."""
     included = [sql.Identifier(f.name) for f in table.features] + [sql.Identifier(UPDATED_AT)]
     return sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({}) INCLUDE ({})").format(
-        sql.Identifier(covering_index_name(table)),
-        qualified(schema, table),
+        sql.Identifier(covering_index_name(name or table.name)),
+        qualified(schema, name or table.name),
         sql.Identifier(table.key_column),
         sql.SQL(", ").join(included),
     )

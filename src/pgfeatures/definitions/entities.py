@@ -33,6 +33,7 @@ from typing import Any
 from psycopg.types.numeric import Int8
 
 from ..errors import DefinitionError, KeyFormatError
+from .names import check_not_reserved
 from .types import check_identifier
 
 KEY_COLUMN = "hashkey"
@@ -100,7 +101,7 @@ class Entity:
     hash: str | None = None
 
     def __post_init__(self) -> None:
-        check_identifier("entity", self.name)
+        check_not_reserved("entity", check_identifier("entity", self.name))
         if self.key_type not in KEY_TYPES:
             raise DefinitionError(f"entity {self.name!r}: unknown key type {self.key_type!r} (valid: {', '.join(KEY_TYPES)})")
         if self.hash is not None:
@@ -112,7 +113,7 @@ class Entity:
         if not self.column:
             default = KEY_COLUMN if self.name == DEFAULT_ENTITY_NAME else f"{self.name}_id"
             object.__setattr__(self, "column", default)
-        check_identifier("key column", self.column)
+        check_not_reserved("key column", check_identifier("key column", self.column))
         if not isinstance(self.max_length, int) or isinstance(self.max_length, bool) or not 1 <= self.max_length <= 10_000:
             raise DefinitionError(f"entity {self.name!r}: max_length must be an integer from 1 to 10000, got {self.max_length!r}")
 

@@ -75,6 +75,7 @@ class Registry:
             if name != service.name:
                 raise DefinitionError(f"service registered as {name!r} is named {service.name!r}")
         check_services(self, self.services.values())
+        _check_serving_keys(self)
 
     @classmethod
     def of(
@@ -170,6 +171,22 @@ class Registry:
         if not names:
             raise DefinitionError("empty table list: pass None for all tables")
         return tuple(self.tables[n] for n in names)
+
+
+def _check_serving_keys(registry: Registry) -> None:
+    """A materialized service's serving table holds the key column beside its arrays: the key column
+    may not take an array's name."""
+    from .layout import SERVING_COLUMNS
+
+    for service in registry.services.values():
+        if not service.materialize:
+            continue
+        for table, _ in service.resolve(registry):
+            if table.key_column in SERVING_COLUMNS:
+                raise DefinitionError(
+                    f"service {service.name!r} is materialized, and entity {table.entity.name!r} is keyed by column "
+                    f"{table.key_column!r}, a name its serving rows use for their own columns "
+                    f"({', '.join(sorted(SERVING_COLUMNS))}): rename the key column (key_column) or do not materialize")
 
 
 def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:

@@ -28,6 +28,7 @@ from psycopg import sql
 
 from ..definitions import Registry
 from ..definitions.layout import EntityLayout
+from ..definitions.names import derived
 from ..materialize import sql as m
 from ..materialize.build import serving_catalog
 from ..materialize.state import BUILT, MISSING, service_state
@@ -101,7 +102,7 @@ def twin_registry(registry: Registry, services: Sequence[str]) -> Registry:
 
 
 def _twin(name: str) -> str:
-    return (name + TWIN_SUFFIX)[:63]
+    return derived(name, TWIN_SUFFIX)
 
 
 def _sample(conn: psycopg.Connection, schema: str, relation: str, column: str, n: int) -> list[Any]:

@@ -7,7 +7,6 @@ failure becomes. No database I/O happens here.
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 import time
 from collections.abc import Generator, Iterator
@@ -324,7 +323,7 @@ class Job:
         yield Op(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
             new, ident(f"{new_name}_pkey"), ident(table.key_column)))
         if table.covering_index:
-            yield Op(covering_index_sql(schema, dataclasses.replace(table, name=new_name)))
+            yield Op(covering_index_sql(schema, table, new_name))
         self._report("analyzing")
         yield Op(sql.SQL("ANALYZE {}").format(new))  # statistics exist from the moment of the swap
         self._report("swapping")

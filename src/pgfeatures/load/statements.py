@@ -4,7 +4,6 @@ no user input is formatted into SQL."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -245,7 +244,7 @@ def swap_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog, 
         qualified(schema, table), ident(f"{new_name}_pkey"), ident(catalog.primary_key or f"{table.name}_pkey")), ()))
     if table.covering_index:
         ops.append((sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-            ident(schema, covering_index_name(dataclasses.replace(table, name=new_name))),
+            ident(schema, covering_index_name(new_name)),
             ident(covering_index_name(table))), ()))
     # The definitions name the table, which now is the new one.
     ops += [(sql.SQL(definition), ()) for definition in state.triggers]
