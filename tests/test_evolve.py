@@ -277,3 +277,75 @@ def test_services_whose_names_join_alike_get_distinct_serving_tables():
     registry = Registry.of(tables, "s", services=[FeatureService(long, ("x.*",), materialize=True)])
     (layout,) = registry.layouts(long)
     assert len(layout.table_name.encode()) <= 63 and layout.table_name.endswith(layout.fingerprint[:12])
+
+
+# -- running readers follow the definitions ----------------------------------------------------------
+
+def test_reload_serves_the_new_definitions_and_keeps_the_old_on_error(conn, schema, dsn, tmp_path):
+    from pgfeatures.errors import DefinitionError, SchemaDriftError
+
+    old = two_table_service(conn, schema)
+    materialize(conn, old, "s")
+    with FeatureStore(old, dsn, pool_size=2, write_pool_size=0) as store:
+        before = store.fingerprint
+        assert store.get_service("s", 4, output="list").values == [value(4, 1, 1), value(4, 1, 2), value(4, 2, 1)]
+        # a definition naming a column the table does not have: refused, the old one serves on
+        drifted = registry_of(schema, {"t": ["f0", "f1", "f2"], "u": ["f1"]}, {"s": ["t.*", "u.*"]})
+        with pytest.raises(SchemaDriftError, match="f0"):
+            store.reload(drifted)
+        bad = tmp_path / "bad.toml"
+        bad.write_text("[tables.t\n")
+        with pytest.raises(DefinitionError, match="bad.toml"):
+            store.reload(bad)
+        assert store.fingerprint == before
+        assert store.get_service("s", 4, output="list").values == [value(4, 1, 1), value(4, 1, 2), value(4, 2, 1)]
+        # the change made (column added, service rebuilt), then reloaded: the new layout, from its serving rows
+        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN f0 integer").format(sql.Identifier(schema, "t")))
+        fill(conn, schema, "t", 1, ["f0", "f1", "f2"], range(1, 40))
+        materialize(conn, drifted, "s")
+        assert store.reload(drifted) == drifted.fingerprint != before
+        assert store.readers.service_reader("s", None, "single").materialized
+        assert store.get_service("s", 4, output="list").values == [value(4, 1, 0), value(4, 1, 1), value(4, 1, 2), value(4, 2, 1)]
+
+
+def test_requests_running_through_a_reload_are_all_answered_right(conn, schema, dsn):
+    import asyncio
+
+    old = two_table_service(conn, schema)
+    materialize(conn, old, "s")
+    new = registry_of(schema, {"t": ["f1", "f2"], "u": ["f1"]}, {"s": ["u.*", "t.f2"]})
+    answers = asyncio.run(asyncio.wait_for(_read_through_reloads(old, new, dsn), 60))
+    assert len(answers) > 50
+    for key, result in answers:
+        check_answer(result, key, {"t": 1, "u": 2})
+        assert set(result) == {"t", "u"} and all(result.status[t] == "present" for t in result)
+
+
+async def _read_through_reloads(old: Registry, new: Registry, dsn: str) -> list[tuple[int, object]]:
+    import asyncio
+
+    from pgfeatures import AsyncFeatureStore
+
+    async with AsyncFeatureStore(old, dsn, pool_size=3, write_pool_size=0) as store:
+        answers: list[tuple[int, object]] = []
+        stop = asyncio.Event()
+
+        async def read(i: int) -> None:
+            while not stop.is_set():
+                key = 1 + (i * 7 + len(answers)) % 38
+                answers.append((key, await store.get_service("s", key)))
+
+        readers = [asyncio.create_task(read(i)) for i in range(6)]
+        await asyncio.sleep(0.2)
+        for _ in range(3):
+            with psycopg.connect(dsn, autocommit=True) as other:  # rebuilt for the new definition under the readers
+                materialize(other, new, "s")
+            await store.reload(new)
+            await asyncio.sleep(0.1)
+            with psycopg.connect(dsn, autocommit=True) as other:
+                materialize(other, old, "s")
+            await store.reload(old)
+            await asyncio.sleep(0.1)
+        stop.set()
+        await asyncio.gather(*readers)
+    return answers

@@ -18,6 +18,8 @@ Errors name the file, the entity, table or service, and what is valid.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -132,6 +134,17 @@ class Registry:
         if self.services:
             out["services"] = {s.name: s.to_dict() for s in self.services.values()}
         return out
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of everything the definitions say (``to_dict``), to tell which definitions a running
+        store or service serves (``/v1/services``, ``/metrics``, ``pgfeatures plan``)."""
+        found = self.__dict__.get("_fingerprint")
+        if found is None:
+            text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+            found = hashlib.sha256(text.encode()).hexdigest()[:16]
+            object.__setattr__(self, "_fingerprint", found)
+        return str(found)
 
     def table(self, name: str) -> FeatureTable:
         try:

@@ -22,7 +22,7 @@ from psycopg.types.numeric import Int8
 from ..connections import ConnectFailures, redact
 from ..definitions import KEY_LENGTH, Registry
 from ..errors import SchemaDriftError
-from ..reader import BatchReader, Reader
+from ..reader import BatchReader, Reader, ReaderCache
 from ..schema import TableCheck, check_catalog, drift_error
 
 logger = logging.getLogger("pgfeatures")
@@ -240,6 +240,32 @@ class TableHealth:
     def status(self) -> dict[str, list[str]]:
         """{table: problems} of every table that cannot be served now."""
         return {n: list(self.checks[n].breaking) for n in sorted(self.broken)}
+
+
+# -- what a store serves from one set of definitions -----------------------------------------------
+
+
+@dataclass(eq=False)
+class Served:
+    """Everything a store serves from one set of definitions: the registry, its compiled readers
+    (and which services are read from serving rows), the health of its tables, the readers every
+    read connection prepares, their pooler functions. Built whole before it serves (at open, and by
+    ``reload`` while the previous one goes on serving), then swapped in with one assignment: a
+    request takes the store's current one once, and finishes on it."""
+
+    registry: Registry
+    readers: ReaderCache
+    health: TableHealth
+    warm: list[Reader[Any] | BatchReader[Any]] = field(default_factory=list)
+    via_functions: dict[bytes, Any] = field(default_factory=dict)
+
+    @classmethod
+    def new(cls, registry: Registry, reader_cache_size: int) -> "Served":
+        return cls(registry, ReaderCache(registry, max_statements=reader_cache_size), TableHealth(registry))
+
+    @property
+    def fingerprint(self) -> str:
+        return self.registry.fingerprint
 
 
 # -- warm-up --------------------------------------------------------------------------------------

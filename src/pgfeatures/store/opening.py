@@ -26,15 +26,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from ..connections import ConnectFailures, connect, database_error, make_pool
 from ..errors import DatabaseUnavailableError, PgFeaturesError, SchemaDriftError
-from ..materialize.build import status
+from ..materialize.build import states
 from ..reader import BatchReader
 from ..reader.functions import EXISTING_FUNCTIONS, read_function
 from ..schema import CATALOG_QUERY, TableCheck
-from .base import PROBE_INTERVAL, READ_CURSOR, READ_SESSION_SETUP, ReadTarget, Router, target_name, warmup_statements
+from .base import PROBE_INTERVAL, READ_CURSOR, READ_SESSION_SETUP, ReadTarget, Router, Served, target_name, warmup_statements
 
 if TYPE_CHECKING:
     from .store import FeatureStore
@@ -46,68 +46,77 @@ SLOW_WARMUP = 1.0  # seconds: a connection warm-up slower than this is logged
 
 # -- catalog inspection --------------------------------------------------------------------------
 
-def first_inspection(store: FeatureStore, router: Router) -> dict[str, TableCheck]:
-    """The catalog checks, read on the first read target that answers; unreachable ones are marked down."""
+def first_inspection(store: FeatureStore, router: Router, served: Served) -> dict[str, TableCheck]:
+    """The catalog checks of ``served``'s tables, read on the first read target that answers;
+    unreachable ones are marked down."""
     errors: list[PgFeaturesError] = []
     for target in router.targets:
+        if target.down and any(not t.down for t in router.targets):
+            continue
         try:
-            return inspect_target(store, target, list(store.registry.tables))
+            return inspect_target(store, target, list(served.registry.tables), served)
         except DatabaseUnavailableError as exc:
             errors.append(exc)
             router.mark_down(target, str(exc))
     raise errors[0]
 
 
-def inspect_target(store: FeatureStore, target: ReadTarget, tables: list[str]) -> dict[str, TableCheck]:
-    """The catalog checks of ``tables`` on ``target``, through a fresh connection."""
+def inspect_target(store: FeatureStore, target: ReadTarget, tables: list[str],
+                               served: Served | None = None) -> dict[str, TableCheck]:
+    """The catalog checks of ``tables`` (of ``served``, else what the store serves now) on ``target``,
+    through a fresh connection."""
     conn = connect(target.dsn, "pgfeatures-check", store.connect_timeout,
                                credentials=store.credentials, pooler=store.pooler)
     try:
-        return _catalog(store, conn, tables)
+        return _catalog(served or store._served, conn, tables)
     except psycopg.Error as exc:
         raise database_error(exc, target.dsn) from exc
     finally:
         conn.close()
 
 
-def _catalog(store: FeatureStore, conn: psycopg.Connection, tables: list[str]) -> dict[str, TableCheck]:
+def _catalog(served: Served, conn: psycopg.Connection, tables: list[str]) -> dict[str, TableCheck]:
     cur = psycopg.RawCursor(conn)
-    cur.execute(CATALOG_QUERY, (store.registry.schema, tables), prepare=False)
-    return store.health.from_rows(cur.fetchall())
+    cur.execute(CATALOG_QUERY, (served.registry.schema, tables), prepare=False)
+    return served.health.from_rows(cur.fetchall())
 
 
 # -- materialized services and read functions ----------------------------------------------------
 
-def find_materialized(store: FeatureStore, router: Router) -> None:
-    """Which materialized services are built (their serving tables match the definitions): those
-    are read from their serving rows; the others by the flexible read, with a warning."""
-    wanted = [name for name, svc in store.registry.services.items() if svc.materialize]
+def find_materialized(store: FeatureStore, router: Router, served: Served) -> None:
+    """Which of ``served``'s materialized services are built (their serving rows exist for these
+    definitions and follow the tables): those are read from their serving rows; the others by the
+    flexible read, with a warning saying why."""
+    registry = served.registry
+    wanted = [name for name, svc in registry.services.items() if svc.materialize]
     if not wanted:
         return
     target = next((t for t in router.targets if not t.down), router.targets[0])
     conn = connect(target.dsn, "pgfeatures-check", store.connect_timeout,
                                credentials=store.credentials, pooler=store.pooler)
     try:
-        states = status(conn, store.registry)
+        found = states(conn, registry)
     except psycopg.Error as exc:
         raise database_error(exc, target.dsn) from exc
     finally:
         conn.close()
     built = {}
     for name in wanted:
-        if states.get(name) == "built":
-            built[name] = store.registry.layouts(name)
+        state = found[name]
+        if state.state == "built":
+            built[name] = registry.layouts(name)
         else:
-            logger.warning("pgfeatures: service %s is materialize = true but its serving rows are %s: it is read "
-                           "table by table until `pgfeatures materialize %s` builds them", name, states.get(name), name)
-    store.readers.materialized = built
+            logger.warning("pgfeatures: service %s is materialize = true but its serving rows are %s (%s): it is read "
+                           "table by table until `pgfeatures materialize %s` builds them", name, state.state, state.reason,
+                           name)
+    served.readers.materialized = built
 
 
-def read_functions(store: FeatureStore, router: Router) -> dict[bytes, Any]:
+def read_functions(store: FeatureStore, router: Router, served: Served) -> dict[bytes, Any]:
     """``pooler="transaction"``: the warm readers in their function form (see reader/functions.py),
     each function created on the primary where it is missing. A shape whose function cannot be
     had (no CREATE privilege, primary down and not created by ``pgfeatures init``) reads unprepared."""
-    forms = [(r, f) for r in store.warm_readers if (f := read_function(r)) is not None]
+    forms = [(r, f) for r in served.warm if (f := read_function(r)) is not None]
     if not forms:
         return {}
     names = list(dict.fromkeys(f.name for _, f in forms))
@@ -121,7 +130,7 @@ def read_functions(store: FeatureStore, router: Router) -> dict[bytes, Any]:
             continue
         try:
             cur = psycopg.RawCursor(conn)
-            cur.execute(EXISTING_FUNCTIONS, (store.registry.schema, names), prepare=False)
+            cur.execute(EXISTING_FUNCTIONS, (served.registry.schema, names), prepare=False)
             existing = {row[0] for row in cur.fetchall()}
             for reader, form in forms:
                 if form.name in existing:
@@ -146,6 +155,64 @@ def read_functions(store: FeatureStore, router: Router) -> dict[bytes, Any]:
             else:
                 out[reader.statements[0]] = dataclasses.replace(reader, statements=(form.call,))
     return out
+
+
+# -- preparing what a store serves on its read connections ---------------------------------------
+
+SERVED = "_pgfeatures_served"  # the Served whose warm readers a read connection has prepared
+
+
+def prepare_served(conn: psycopg.Connection, cur: psycopg.RawCursor, served: Served) -> None:
+    """Prepare ``served``'s warm readers on ``conn`` (skipping, with a warning, what a missing table or
+    column keeps from preparing), and mark the connection as prepared for it."""
+    statements = warmup_statements(served.warm)
+    conn.prepared_max = max(conn.prepared_max or 0, served.readers.max_statements + len(statements))
+    for reader, stmt, params in statements:
+        try:
+            cur.execute(stmt, params, prepare=True, binary=True)
+            cur.fetchall()
+        except psycopg.Error as exc:
+            if conn.broken or not isinstance(database_error(exc), SchemaDriftError):
+                raise
+            logger.warning("pgfeatures: not prepared on a read connection (tables %s): %s",
+                           ", ".join(reader.tables), str(exc).strip())
+    setattr(conn, SERVED, served)
+
+
+def prepare_everywhere(store: FeatureStore, router: Router, served: Served) -> int:
+    """Prepare ``served``'s warm readers on every idle connection of every read pool, one connection
+    at a time (the rest keep serving), before a reload swaps ``served`` in. A connection that is busy
+    throughout, or opened meanwhile, prepares the new statements at their first use instead. Returns
+    the connections prepared."""
+    if not store._prepare:
+        return 0
+    prepared = 0
+    for target in router.targets:
+        pool = target.pool
+        if pool is None or target.down:
+            continue
+        seen: set[int] = set()
+        # A pool hands its connections out first-in first-out: taking and returning one connection at a
+        # time goes round all of them in pool_size turns when nothing else runs, a few more when reads do.
+        for _ in range(3 * store.pool_size):
+            try:
+                conn = pool.getconn(timeout=store.acquire_timeout)
+            except (PoolTimeout, PoolClosed):
+                break
+            try:
+                if getattr(conn, SERVED, None) is not served:
+                    cur = getattr(conn, READ_CURSOR, None) or psycopg.RawCursor(conn)
+                    prepare_served(conn, cur, served)
+                    prepared += 1
+                seen.add(id(conn))
+            except psycopg.Error as exc:
+                if not conn.broken:
+                    raise database_error(exc, target.dsn) from exc
+            finally:
+                pool.putconn(conn)
+            if len(seen) >= pool.get_stats().get("pool_size", store.pool_size):
+                break
+    return prepared
 
 
 # -- the pools -----------------------------------------------------------------------------------
@@ -311,7 +378,8 @@ def pool_settings(store: FeatureStore, read: bool, failures: ConnectFailures) ->
 
 
 def warm_connection(store: FeatureStore, conn: psycopg.Connection) -> None:
-    """Prepare the warm-up statements on a new read connection, before it serves.
+    """Prepare the warm-up statements of what the store serves now on a new read connection, before
+    it serves.
 
     A statement that fails because a table or column is missing is skipped (and logged): one
     broken table must not keep every connection from serving the others.
@@ -319,18 +387,8 @@ def warm_connection(store: FeatureStore, conn: psycopg.Connection) -> None:
     started = time.monotonic()
     cur = psycopg.RawCursor(conn)
     if store._prepare:
-        statements = warmup_statements(store.warm_readers)
-        conn.prepared_max = max(conn.prepared_max or 0, store.readers.max_statements + len(statements))
         cur.execute(READ_SESSION_SETUP)
-        for reader, stmt, params in statements:
-            try:
-                cur.execute(stmt, params, prepare=True, binary=True)
-                cur.fetchall()
-            except psycopg.Error as exc:
-                if conn.broken or not isinstance(database_error(exc), SchemaDriftError):
-                    raise
-                logger.warning("pgfeatures: not prepared on a new connection (tables %s): %s",
-                               ", ".join(reader.tables), str(exc).strip())
+        prepare_served(conn, cur, store._served)
     setattr(conn, READ_CURSOR, cur)
     seconds = time.monotonic() - started
     if seconds > SLOW_WARMUP:

@@ -25,15 +25,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from ..connections import ConnectFailures, connect_async, database_error, make_async_pool
 from ..errors import DatabaseUnavailableError, PgFeaturesError, SchemaDriftError
-from ..materialize.build_async import status_async
+from ..materialize.build_async import states_async
 from ..reader import BatchReader
 from ..reader.functions import EXISTING_FUNCTIONS, read_function
 from ..schema import CATALOG_QUERY, TableCheck
-from .base import PROBE_INTERVAL, READ_CURSOR, READ_SESSION_SETUP, ReadTarget, Router, target_name, warmup_statements
+from .base import PROBE_INTERVAL, READ_CURSOR, READ_SESSION_SETUP, ReadTarget, Router, Served, target_name, warmup_statements
 
 if TYPE_CHECKING:
     from .store_async import AsyncFeatureStore
@@ -45,68 +45,77 @@ SLOW_WARMUP = 1.0  # seconds: a connection warm-up slower than this is logged
 
 # -- catalog inspection --------------------------------------------------------------------------
 
-async def first_inspection_async(store: AsyncFeatureStore, router: Router) -> dict[str, TableCheck]:
-    """The catalog checks, read on the first read target that answers; unreachable ones are marked down."""
+async def first_inspection_async(store: AsyncFeatureStore, router: Router, served: Served) -> dict[str, TableCheck]:
+    """The catalog checks of ``served``'s tables, read on the first read target that answers;
+    unreachable ones are marked down."""
     errors: list[PgFeaturesError] = []
     for target in router.targets:
+        if target.down and any(not t.down for t in router.targets):
+            continue
         try:
-            return await inspect_target_async(store, target, list(store.registry.tables))
+            return await inspect_target_async(store, target, list(served.registry.tables), served)
         except DatabaseUnavailableError as exc:
             errors.append(exc)
             router.mark_down(target, str(exc))
     raise errors[0]
 
 
-async def inspect_target_async(store: AsyncFeatureStore, target: ReadTarget, tables: list[str]) -> dict[str, TableCheck]:
-    """The catalog checks of ``tables`` on ``target``, through a fresh connection."""
+async def inspect_target_async(store: AsyncFeatureStore, target: ReadTarget, tables: list[str],
+                               served: Served | None = None) -> dict[str, TableCheck]:
+    """The catalog checks of ``tables`` (of ``served``, else what the store serves now) on ``target``,
+    through a fresh connection."""
     conn = await connect_async(target.dsn, "pgfeatures-check", store.connect_timeout,
                                credentials=store.credentials, pooler=store.pooler)
     try:
-        return await _catalog_async(store, conn, tables)
+        return await _catalog_async(served or store._served, conn, tables)
     except psycopg.Error as exc:
         raise database_error(exc, target.dsn) from exc
     finally:
         await conn.close()
 
 
-async def _catalog_async(store: AsyncFeatureStore, conn: psycopg.AsyncConnection, tables: list[str]) -> dict[str, TableCheck]:
+async def _catalog_async(served: Served, conn: psycopg.AsyncConnection, tables: list[str]) -> dict[str, TableCheck]:
     cur = psycopg.AsyncRawCursor(conn)
-    await cur.execute(CATALOG_QUERY, (store.registry.schema, tables), prepare=False)
-    return store.health.from_rows(await cur.fetchall())
+    await cur.execute(CATALOG_QUERY, (served.registry.schema, tables), prepare=False)
+    return served.health.from_rows(await cur.fetchall())
 
 
 # -- materialized services and read functions ----------------------------------------------------
 
-async def find_materialized_async(store: AsyncFeatureStore, router: Router) -> None:
-    """Which materialized services are built (their serving tables match the definitions): those
-    are read from their serving rows; the others by the flexible read, with a warning."""
-    wanted = [name for name, svc in store.registry.services.items() if svc.materialize]
+async def find_materialized_async(store: AsyncFeatureStore, router: Router, served: Served) -> None:
+    """Which of ``served``'s materialized services are built (their serving rows exist for these
+    definitions and follow the tables): those are read from their serving rows; the others by the
+    flexible read, with a warning saying why."""
+    registry = served.registry
+    wanted = [name for name, svc in registry.services.items() if svc.materialize]
     if not wanted:
         return
     target = next((t for t in router.targets if not t.down), router.targets[0])
     conn = await connect_async(target.dsn, "pgfeatures-check", store.connect_timeout,
                                credentials=store.credentials, pooler=store.pooler)
     try:
-        states = await status_async(conn, store.registry)
+        found = await states_async(conn, registry)
     except psycopg.Error as exc:
         raise database_error(exc, target.dsn) from exc
     finally:
         await conn.close()
     built = {}
     for name in wanted:
-        if states.get(name) == "built":
-            built[name] = store.registry.layouts(name)
+        state = found[name]
+        if state.state == "built":
+            built[name] = registry.layouts(name)
         else:
-            logger.warning("pgfeatures: service %s is materialize = true but its serving rows are %s: it is read "
-                           "table by table until `pgfeatures materialize %s` builds them", name, states.get(name), name)
-    store.readers.materialized = built
+            logger.warning("pgfeatures: service %s is materialize = true but its serving rows are %s (%s): it is read "
+                           "table by table until `pgfeatures materialize %s` builds them", name, state.state, state.reason,
+                           name)
+    served.readers.materialized = built
 
 
-async def read_functions_async(store: AsyncFeatureStore, router: Router) -> dict[bytes, Any]:
+async def read_functions_async(store: AsyncFeatureStore, router: Router, served: Served) -> dict[bytes, Any]:
     """``pooler="transaction"``: the warm readers in their function form (see reader/functions.py),
     each function created on the primary where it is missing. A shape whose function cannot be
     had (no CREATE privilege, primary down and not created by ``pgfeatures init``) reads unprepared."""
-    forms = [(r, f) for r in store.warm_readers if (f := read_function(r)) is not None]
+    forms = [(r, f) for r in served.warm if (f := read_function(r)) is not None]
     if not forms:
         return {}
     names = list(dict.fromkeys(f.name for _, f in forms))
@@ -120,7 +129,7 @@ async def read_functions_async(store: AsyncFeatureStore, router: Router) -> dict
             continue
         try:
             cur = psycopg.AsyncRawCursor(conn)
-            await cur.execute(EXISTING_FUNCTIONS, (store.registry.schema, names), prepare=False)
+            await cur.execute(EXISTING_FUNCTIONS, (served.registry.schema, names), prepare=False)
             existing = {row[0] for row in await cur.fetchall()}
             for reader, form in forms:
                 if form.name in existing:
@@ -145,6 +154,64 @@ async def read_functions_async(store: AsyncFeatureStore, router: Router) -> dict
             else:
                 out[reader.statements[0]] = dataclasses.replace(reader, statements=(form.call,))
     return out
+
+
+# -- preparing what a store serves on its read connections ---------------------------------------
+
+SERVED = "_pgfeatures_served"  # the Served whose warm readers a read connection has prepared
+
+
+async def prepare_served_async(conn: psycopg.AsyncConnection, cur: psycopg.AsyncRawCursor, served: Served) -> None:
+    """Prepare ``served``'s warm readers on ``conn`` (skipping, with a warning, what a missing table or
+    column keeps from preparing), and mark the connection as prepared for it."""
+    statements = warmup_statements(served.warm)
+    conn.prepared_max = max(conn.prepared_max or 0, served.readers.max_statements + len(statements))
+    for reader, stmt, params in statements:
+        try:
+            await cur.execute(stmt, params, prepare=True, binary=True)
+            await cur.fetchall()
+        except psycopg.Error as exc:
+            if conn.broken or not isinstance(database_error(exc), SchemaDriftError):
+                raise
+            logger.warning("pgfeatures: not prepared on a read connection (tables %s): %s",
+                           ", ".join(reader.tables), str(exc).strip())
+    setattr(conn, SERVED, served)
+
+
+async def prepare_everywhere_async(store: AsyncFeatureStore, router: Router, served: Served) -> int:
+    """Prepare ``served``'s warm readers on every idle connection of every read pool, one connection
+    at a time (the rest keep serving), before a reload swaps ``served`` in. A connection that is busy
+    throughout, or opened meanwhile, prepares the new statements at their first use instead. Returns
+    the connections prepared."""
+    if not store._prepare:
+        return 0
+    prepared = 0
+    for target in router.targets:
+        pool = target.pool
+        if pool is None or target.down:
+            continue
+        seen: set[int] = set()
+        # A pool hands its connections out first-in first-out: taking and returning one connection at a
+        # time goes round all of them in pool_size turns when nothing else runs, a few more when reads do.
+        for _ in range(3 * store.pool_size):
+            try:
+                conn = await pool.getconn(timeout=store.acquire_timeout)
+            except (PoolTimeout, PoolClosed):
+                break
+            try:
+                if getattr(conn, SERVED, None) is not served:
+                    cur = getattr(conn, READ_CURSOR, None) or psycopg.AsyncRawCursor(conn)
+                    await prepare_served_async(conn, cur, served)
+                    prepared += 1
+                seen.add(id(conn))
+            except psycopg.Error as exc:
+                if not conn.broken:
+                    raise database_error(exc, target.dsn) from exc
+            finally:
+                await pool.putconn(conn)
+            if len(seen) >= pool.get_stats().get("pool_size", store.pool_size):
+                break
+    return prepared
 
 
 # -- the pools -----------------------------------------------------------------------------------
@@ -315,7 +382,8 @@ def pool_settings(store: AsyncFeatureStore, read: bool, failures: ConnectFailure
 
 
 async def warm_connection_async(store: AsyncFeatureStore, conn: psycopg.AsyncConnection) -> None:
-    """Prepare the warm-up statements on a new read connection, before it serves.
+    """Prepare the warm-up statements of what the store serves now on a new read connection, before
+    it serves.
 
     A statement that fails because a table or column is missing is skipped (and logged): one
     broken table must not keep every connection from serving the others.
@@ -323,18 +391,8 @@ async def warm_connection_async(store: AsyncFeatureStore, conn: psycopg.AsyncCon
     started = time.monotonic()
     cur = psycopg.AsyncRawCursor(conn)
     if store._prepare:
-        statements = warmup_statements(store.warm_readers)
-        conn.prepared_max = max(conn.prepared_max or 0, store.readers.max_statements + len(statements))
         await cur.execute(READ_SESSION_SETUP)
-        for reader, stmt, params in statements:
-            try:
-                await cur.execute(stmt, params, prepare=True, binary=True)
-                await cur.fetchall()
-            except psycopg.Error as exc:
-                if conn.broken or not isinstance(database_error(exc), SchemaDriftError):
-                    raise
-                logger.warning("pgfeatures: not prepared on a new connection (tables %s): %s",
-                               ", ".join(reader.tables), str(exc).strip())
+        await prepare_served_async(conn, cur, store._served)
     setattr(conn, READ_CURSOR, cur)
     seconds = time.monotonic() - started
     if seconds > SLOW_WARMUP:

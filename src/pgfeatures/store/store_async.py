@@ -84,10 +84,18 @@ from .base import (
     ON_DRIFT,
     ReadTarget,
     Router,
+    Served,
     TableHealth,
     target_name,
 )
-from .opening_async import close_pools_async, find_materialized_async, first_inspection_async, open_pools_async, read_functions_async
+from .opening_async import (
+    close_pools_async,
+    find_materialized_async,
+    first_inspection_async,
+    open_pools_async,
+    prepare_everywhere_async,
+    read_functions_async,
+)
 from .reads_async import execute_async, execute_batch_async, run_async, select_one_async, unavailable
 from .writes_async import apply_updates_async, write_conn_async, write_pool
 
@@ -172,7 +180,7 @@ class AsyncFeatureStore:
         read_application_name: str = READ_APP,
         write_application_name: str = WRITE_APP,
     ):
-        self.registry = registry if isinstance(registry, Registry) else Registry.from_toml(registry)
+        registry = registry if isinstance(registry, Registry) else Registry.from_toml(registry)
         self.dsn = dsn
         if isinstance(read_dsns, str):
             read_dsns = [read_dsns]
@@ -197,10 +205,10 @@ class AsyncFeatureStore:
         self.read_application_name = read_application_name
         self.write_application_name = write_application_name
         self.hot_keys = parse_keys(hot_keys)
-        self.readers = ReaderCache(self.registry, max_statements=reader_cache_size)
+        self.reader_cache_size = reader_cache_size
         self.extra_warm = list(warm)
-        self.warm_readers: list[Reader[Any] | BatchReader[Any]] = []
-        self.health = TableHealth(self.registry)
+        self._served = Served.new(registry, reader_cache_size)  # see ``reload``
+        self._reloading = asyncio.Lock()  # sync: self._reloading = threading.Lock()
         self.router: Router | None = None
         self.write_pool: AsyncConnectionPool | None = None
         self.write_failures = ConnectFailures()
@@ -208,9 +216,34 @@ class AsyncFeatureStore:
         self._write_probe_at = 0.0
         self.ready = False
         self._probes: set[Any] = set()
-        self._via_functions: dict[bytes, Any] = {}
         if open:  # sync: if open or open is None:
             raise TypeError("the asyncio store cannot open in its constructor: use `await store.open()` or `async with`")  # sync: self.open()
+
+    # -- what it serves ------------------------------------------------------------------------------
+
+    @property
+    def registry(self) -> Registry:
+        """The definitions served now (``reload`` replaces them)."""
+        return self._served.registry
+
+    @property
+    def readers(self) -> ReaderCache:
+        """The compiled readers of the definitions served now."""
+        return self._served.readers
+
+    @property
+    def health(self) -> TableHealth:
+        return self._served.health
+
+    @property
+    def warm_readers(self) -> list[Reader[Any] | BatchReader[Any]]:
+        """The readers prepared on every read connection before it serves."""
+        return self._served.warm
+
+    @property
+    def fingerprint(self) -> str:
+        """The fingerprint of the definitions served now (``Registry.fingerprint``)."""
+        return self._served.fingerprint
 
     # -- compiled readers ---------------------------------------------------------------------------
 
@@ -224,20 +257,34 @@ class AsyncFeatureStore:
         """The compiled many-keys reader for this request shape (cached)."""
         return self.readers.batch_reader(tables, features)
 
-    def _service_readers(self) -> list[Reader[Features] | BatchReader[Features]]:
-        """Every feature service's single and batch readers, except those touching a broken table."""
-        out: list[Reader[Features] | BatchReader[Features]] = []
-        for name in self.registry.services:
-            reader = self.readers.service_reader(name, None, self.strategy)
-            if self.health.broken.isdisjoint(reader.tables):
-                out += [reader, self.readers.service_batch_reader(name, None)]
-        return out
+    def _warm_readers(self, served: Served) -> list[Reader[Any] | BatchReader[Any]]:
+        """What every read connection prepares for ``served``: the full read and batch of every table
+        that can be served, every feature service's single and batch readers (except those touching a
+        broken table), and the readers asked for (``warm``)."""
+        readers, broken = served.readers, served.health.broken
+        servable = _servable(served)
+        out: list[Reader[Any] | BatchReader[Any]] = []
+        if servable != []:  # every table broken (isolate): nothing to warm; each request names what is broken
+            out += [readers.reader(servable, None, self.strategy), readers.batch_reader(servable, None)]
+        for name in served.registry.services:
+            reader = readers.service_reader(name, None, self.strategy)
+            if broken.isdisjoint(reader.tables):
+                out += [reader, readers.service_batch_reader(name, None)]
+        return [*out, *self.extra_warm]
 
-    def _servable(self) -> list[str] | None:
-        """The tables to warm: every table, or (isolate) those that match their definitions."""
-        if not self.health.broken:
-            return None
-        return [t for t in self.registry.tables if t not in self.health.broken]
+    async def _compile(self, router: Router, served: Served) -> Served:
+        """Make ``served`` ready to serve: its tables checked against the live catalog (SchemaDriftError
+        with ``on_drift="raise"``), its built materialized services found, its warm readers compiled
+        (and, behind a transaction-mode pooler, their functions found or created)."""
+        checks = await first_inspection_async(self, router, served)
+        served.health.update(checks)
+        if served.health.broken and self.on_drift == "raise":
+            raise served.health.error(served.health.broken)
+        await find_materialized_async(self, router, served)
+        served.warm = self._warm_readers(served)
+        if not self._prepare:
+            served.via_functions = await read_functions_async(self, router, served)
+        return served
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -257,22 +304,40 @@ class AsyncFeatureStore:
         replicas = [ReadTarget(target_name(d, f"replica {i + 1}"), d, False) for i, d in enumerate(self.read_dsns)]
         primary = ReadTarget(target_name(dsn, "primary"), dsn, True) if not replicas or self.read_fallback else None
         router = Router(replicas, primary, self.max_replica_lag)
-        checks = await first_inspection_async(self, router)
-        self.health.update(checks)
-        if self.health.broken and self.on_drift == "raise":
-            raise self.health.error(self.health.broken)
-        await find_materialized_async(self, router)
-        servable = self._servable()
-        # Every table broken (isolate): nothing to warm; each request names what is broken.
-        table_readers: list[Reader[Features] | BatchReader[Features]] = [self.reader(servable), self.batch_reader(servable)] if servable != [] else []
-        self.warm_readers = [*table_readers, *self._service_readers(), *self.extra_warm]
-        if not self._prepare:
-            self._via_functions = await read_functions_async(self, router)
+        self._served = await self._compile(router, Served.new(self.registry, self.reader_cache_size))
         await open_pools_async(self, router, dsn)
         self.router = router
+        servable = _servable(self._served)
         if self.hot_keys and servable != []:
             await self.get_features_batch(self.hot_keys, servable)
         self.ready = True
+
+    async def reload(self, registry: Registry | str | Path) -> str:
+        """Serve ``registry`` (a Registry, or the path of a TOML file) from now on, without closing.
+
+        The new definitions are compiled and checked against the live catalog, their materialized
+        services found, and their readers prepared on every idle read connection while the old ones
+        go on serving; then they are swapped in at once. Requests already running finish on the old
+        readers. Returns the new definitions' fingerprint.
+
+        Raises DefinitionError (a file that does not load), SchemaDriftError (a table or column of the
+        new definitions is missing or of another type, with ``on_drift="raise"``),
+        DatabaseUnavailableError, StoreClosedError: in every case the old definitions go on serving.
+        """
+        router = self.router
+        if router is None:
+            raise StoreClosedError("the store is not open: call open() or use it as a context manager")
+        if not isinstance(registry, Registry):
+            registry = await asyncio.to_thread(Registry.from_toml, registry)  # sync: registry = Registry.from_toml(registry)
+        async with self._reloading:
+            served = await self._compile(router, Served.new(registry, self.reader_cache_size))
+            await prepare_everywhere_async(self, router, served)
+            if self.router is not router:
+                raise StoreClosedError("the store closed while reloading its definitions")
+            old, self._served = self._served, served
+        if old.fingerprint != served.fingerprint:
+            logger.warning("pgfeatures: definitions reloaded: %s -> %s", old.fingerprint, served.fingerprint)
+        return served.fingerprint
 
     async def close(self) -> None:
         """Close the pools; in-flight calls finish or fail with StoreClosedError. Closing twice is harmless."""
@@ -356,8 +421,9 @@ class AsyncFeatureStore:
         answered from other rows: its statement fails, the service is read table by table from then
         on, and this request is answered that way (one more round-trip, once)."""
         params = reader.binder.one(key)
-        if self._via_functions:
-            reader = self._via_functions.get(reader.statements[0], reader)
+        via = self._served.via_functions
+        if via:
+            reader = via.get(reader.statements[0], reader)
         try:
             return await run_async(self, execute_async, reader, params)
         except SchemaDriftError as exc:
@@ -417,8 +483,9 @@ class AsyncFeatureStore:
         arrays = reader.binder.many(keys)
         if not arrays[0]:
             return []
-        if self._via_functions:
-            reader = self._via_functions.get(reader.statement, reader)
+        via = self._served.via_functions
+        if via:
+            reader = via.get(reader.statement, reader)
         try:
             return await run_async(self, execute_batch_async, reader, arrays)
         except SchemaDriftError as exc:
@@ -489,3 +556,10 @@ class AsyncFeatureStore:
         """
         plans = plan_updates(self.registry, table, rows, nan=nan, overwrite_newer=overwrite_newer)
         return await apply_updates_async(self, plans)
+
+
+def _servable(served: Served) -> list[str] | None:
+    """The tables of ``served`` to warm: every table (None), or (isolate) those that match their definitions."""
+    if not served.health.broken:
+        return None
+    return [t for t in served.registry.tables if t not in served.health.broken]
