@@ -136,10 +136,10 @@ class DatabaseError(PgFeaturesError):
         self.sqlstate = sqlstate
 
 
-class WriteConflictError(PgFeaturesError):
-    """A write was rolled back because it conflicted with a concurrent one (a deadlock or a
-    serialization failure, SQLSTATE 40P01 / 40001) and still did after pgfeatures retried it: nothing
-    of it was applied, and sending it again is safe."""
+class ConflictError(PgFeaturesError):
+    """PostgreSQL rolled a statement back because it conflicted with a concurrent one (a deadlock or a
+    serialization failure, SQLSTATE 40P01 / 40001; on a replica, a conflict with recovery). Nothing of
+    it was applied: retrying is safe (pgfeatures retries live updates itself before raising this)."""
 
     def __init__(self, message: str, sqlstate: str | None = None):
         super().__init__(message)

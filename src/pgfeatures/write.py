@@ -87,6 +87,7 @@ class Upsert:
     features: tuple[Feature, ...]
     statement: bytes
     newest_wins: bool = False
+    lock_statement: bytes = b""  # locks the stored rows of the keys ($1) in key order (several column sets)
 
 
 @functools.lru_cache(maxsize=512)
@@ -103,7 +104,9 @@ def compile_upsert(schema: str, table: FeatureTable, names: tuple[str, ...], new
         sql.Identifier(schema, table.name), sql.SQL(", ").join(cols), sql.SQL(", ").join(arrays),
         key, sql.SQL(", ").join(sets), where,
     )
-    return Upsert(table.name, features, query.as_bytes(None), newest_wins)
+    lock = sql.SQL("SELECT FROM {} WHERE {} = ANY({}) ORDER BY {} FOR NO KEY UPDATE").format(
+        sql.Identifier(schema, table.name), key, sql.SQL(f"$1::{table.entity.cast}[]"), key)
+    return Upsert(table.name, features, query.as_bytes(None), newest_wins, lock.as_bytes(None))
 
 
 def check_value(table: str, feature: Feature, value: Any, nan: str = "reject") -> Any:

@@ -18,6 +18,7 @@ from psycopg_pool import PoolClosed, PoolTimeout
 
 from ..errors import (
     AuthenticationError,
+    ConflictError,
     DatabaseError,
     DatabaseUnavailableError,
     PgFeaturesError,
@@ -37,6 +38,8 @@ _AUTH = re.compile(
 )
 _SCHEMA_STATES = {"42P01": "undefined table", "42703": "undefined column", "42804": "datatype mismatch",
                   "0A000": "cached plan changed result type", "42883": "undefined function"}
+# A deadlock or a serialization failure (on a replica also a conflict with recovery): rolled back, retryable.
+CONFLICT_STATES = frozenset({"40P01", "40001"})
 # Class 08 (connection exception), 57P0x (admin/crash shutdown, cannot connect now), 53300 (too many connections)
 _UNAVAILABLE_PREFIXES = ("08", "57P", "53300")
 
@@ -103,6 +106,9 @@ def database_error(exc: BaseException, dsn: str = "", *, acquire_timeout: float 
     state = exc.sqlstate or ""
     if isinstance(exc, psycopg.errors.QueryCanceled) or state == "57014":
         return QueryTimeoutError(f"the statement was cancelled: {_reason(exc)} (statement_timeout or a cancel request)")
+    if state in CONFLICT_STATES:
+        return ConflictError(f"rolled back, conflicting with a concurrent statement ({_reason(exc)}): nothing of it was "
+                             "applied; retry it", state)
     if state in _SCHEMA_STATES:
         return SchemaDriftError(f"the database does not match the definitions ({_SCHEMA_STATES[state]}): {_reason(exc)}")
     if is_auth_failure(exc):

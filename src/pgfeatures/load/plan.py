@@ -20,6 +20,7 @@ from psycopg import sql
 
 from ..definitions import Registry
 from ..definitions.layout import EntityLayout
+from ..connections.translate import CONFLICT_STATES
 from ..errors import LoadError, LoadInputError, LoadInterruptedError, SchemaDriftError
 from ..materialize import sql as m
 from ..schema import covering_index_sql, create_table_sql, ddl_lock, qualified
@@ -44,6 +45,7 @@ from .options import (
 from .sources import CsvSource, Source, open_sources
 from .statements import (
     CATALOG,
+    SERVING_OF,
     SWAP_STATE,
     Catalog,
     Query,
@@ -52,6 +54,7 @@ from .statements import (
     ident,
     kept_sql,
     new_table_sql,
+    serving_of_params,
     setting,
     stage_ddl,
     stage_table,
@@ -260,6 +263,18 @@ class Job:
         summary.strategy = yield from self._choose(catalog, unique)
         if summary.strategy == "upsert":
             self._report("merging")
+            if catalog.serving_triggers:
+                # A merge writes many keys, and its statement fires both the INSERT and the UPDATE triggers:
+                # two passes over the serving rows, each in key order, which live writers of the service's
+                # other tables could meet in the opposite order. So the table, then its serving tables are
+                # locked first (against writers; readers go on): the order every writer takes, the table it
+                # writes before the serving rows.
+                yield Op(*setting("lock_timeout", f"{int(options.lock_timeout * 1000)}ms"))
+                yield Op(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(live))
+                serving = [row[0] for row in (yield Op(SERVING_OF, serving_of_params(live.as_string(None)), fetch=True))]
+                if serving:
+                    yield Op(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
+                        sql.SQL(", ").join(ident(schema, name) for name in serving)))
             params = () if columns.updated_at else (self.updated_at,)
             rows = yield Op(upsert_sql(live, stage, columns, self.newest_wins), params, fetch=True)
             summary.inserted, summary.updated = rows[0]
@@ -328,15 +343,24 @@ class Job:
         yield Op(sql.SQL("ANALYZE {}").format(new))  # statistics exist from the moment of the swap
         self._report("swapping")
         yield Op(*ddl_lock(schema, table.name))  # the DROP and RENAMEs: not while `init` looks at the table
-        # Lock the live table before reading what the swap carries over: a `pgfeatures materialize` that
-        # committed while this load ran has put its triggers and guard view on it (read at the start, the
-        # load would swap them away and the serving rows would silently stop following the table).
+        # Locks in one order: the live table against writers (a rebuild holds it already), then what the
+        # swap carries over is read (a `pgfeatures materialize` needs a SHARE lock on the table, so it has
+        # committed before this point or waits for this load: read at the load's start, its triggers and
+        # guard view would be swapped away and the serving rows silently stop following the table), then
+        # the serving tables its triggers write, against their other writers (a swap of another table of
+        # the service waits here rather than locking this table's guard view in the other order), then the
+        # live table's exclusive lock for the DROP and RENAMEs.
         yield Op(*setting("lock_timeout", f"{int(options.lock_timeout * 1000)}ms"))
-        yield Op(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(live))
+        yield Op(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(live))
+        serving = [row[0] for row in (yield Op(SERVING_OF, serving_of_params(live.as_string(None)), fetch=True))]
+        if serving:
+            yield Op(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
+                sql.SQL(", ").join(ident(schema, name) for name in serving)))
         path = (yield Op(sql.SQL("SELECT current_setting('search_path')"), fetch=True))[0][0]
         yield Op(*setting("search_path", ""))
         state = SwapState.from_row(((yield Op(SWAP_STATE, (live.as_string(None),), fetch=True)) or [None])[0])
         yield Op(*setting("search_path", path))
+        yield Op(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(live))
         # A merge changes only the staged keys: the serving rows of layouts this registry built are
         # recomputed for those keys (O(load)); any other layout's (another definition file's, or a
         # replace) through its refresh function, the table's whole slice (O(table)).
@@ -445,6 +469,10 @@ class Job:
         elif isinstance(exc, psycopg.errors.LockNotAvailable):
             error = LoadError(f"could not lock {self.summary.table} within {self.options.lock_timeout:g}s ({where}): a "
                               "long transaction holds it (see pg_stat_activity)")
+        elif isinstance(exc, psycopg.Error) and exc.sqlstate in CONFLICT_STATES:
+            # A deadlock or serialization failure: PostgreSQL rolled the whole load back, so running it
+            # again is safe (the store does, once, when the source can be read again).
+            error = LoadInterruptedError(f"the load was rolled back, conflicting with a concurrent write ({where}): {exc}")
         elif isinstance(exc, psycopg.errors.QueryCanceled):
             error = LoadInterruptedError(f"load cancelled ({where}): {exc}")
         elif isinstance(exc, psycopg.OperationalError) and (exc.sqlstate or "08").startswith(("08", "57P")):

@@ -195,6 +195,23 @@ SELECT
 FROM pg_class c WHERE c.oid = to_regclass(%s)
 """)
 
+# The serving tables that read the live table (by their records, materialize/sql.py): a swap locks them
+# before it reads the rest of SWAP_STATE, so two swaps of tables of one service never hold each other's
+# guard views (reading a view's definition locks it).
+SERVING_OF = sql.SQL("""
+SELECT s.relname::text FROM pg_class s, pg_class c WHERE c.oid = to_regclass(%s) AND s.relnamespace = c.relnamespace
+  AND s.relkind = 'r' AND starts_with(s.relname, '_pgf_svc_') AND starts_with(obj_description(s.oid, 'pg_class'), %s)
+  AND (substr(obj_description(s.oid, 'pg_class'), %s)::jsonb -> 'tables') ? c.relname::text
+ORDER BY s.relname
+""")
+
+
+def serving_of_params(live: str) -> tuple[str, str, int]:
+    """SERVING_OF's parameters for the live table (its qualified name)."""
+    from ..materialize.sql import COMMENT_PREFIX
+
+    return live, COMMENT_PREFIX + "{", len(COMMENT_PREFIX) + 1
+
 
 @dataclass(frozen=True)
 class SwapState:

@@ -267,13 +267,17 @@ def _slice_sets_from_excluded(layout: EntityLayout, table: FeatureTable) -> list
     return sets
 
 
-def lock_rows_sql(schema: str, layout: EntityLayout, keys: Sequence[sql.Composable]) -> sql.Composed:
-    """Lock the serving rows of the keys of the relations ``keys`` in key order (a plpgsql PERFORM):
-    the order every writer takes them in, so writers of different tables queue, never deadlock."""
+def lock_rows_sql(schema: str, layout: EntityLayout, keys: Sequence[sql.Composable]) -> list[sql.Composed]:
+    """Lock the serving rows of the keys of the relations ``keys`` in key order (plpgsql): the order
+    every writer takes them in, so writers of different tables queue, never deadlock. The table's
+    ROW EXCLUSIVE lock first, as the UPDATE that follows would take it: a row lock alone takes only
+    ROW SHARE, which a whole-table refresh (``lock_table_sql``) does not wait for, and a refresh that
+    went ahead would then wait for these rows while this writer waited for the table."""
     key = sql.Identifier(layout.entity.column)
     union = sql.SQL(" UNION ALL ").join(sql.SQL("SELECT {} FROM {}").format(key, rel) for rel in keys)
-    return sql.SQL("PERFORM FROM {} s WHERE s.{} IN ({}) ORDER BY s.{} FOR NO KEY UPDATE").format(
-        _ident(layout, schema), key, union, key)
+    return [sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(_ident(layout, schema)),
+            sql.SQL("PERFORM FROM {} s WHERE s.{} IN ({}) ORDER BY s.{} FOR NO KEY UPDATE").format(
+                _ident(layout, schema), key, union, key)]
 
 
 def lock_table_sql(schema: str, layout: EntityLayout) -> sql.Composed:
@@ -347,9 +351,9 @@ def trigger_sql(schema: str, layout: EntityLayout, table: FeatureTable) -> list[
     ).format(
         insert=_statements([upsert_sql(schema, layout, table, new)]),
         moved=keys_moved,
-        moved_keys=_statements([lock_rows_sql(schema, layout, [old, new]), clear_old, upsert_sql(schema, layout, table, new)]),
-        same=_statements([lock_rows_sql(schema, layout, [new]), update_sql(schema, layout, table, new)]),
-        delete=_statements([lock_rows_sql(schema, layout, [old]), clear_old]),
+        moved_keys=_statements([*lock_rows_sql(schema, layout, [old, new]), clear_old, upsert_sql(schema, layout, table, new)]),
+        same=_statements([*lock_rows_sql(schema, layout, [new]), update_sql(schema, layout, table, new)]),
+        delete=_statements([*lock_rows_sql(schema, layout, [old]), clear_old]),
         truncate=_statements([lock_table_sql(schema, layout), clear_all]))
     out = [sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
         fn, sql.Literal(body.as_string(None)))]

@@ -30,6 +30,7 @@ from ..errors import (
     AuthenticationError,
     BenchmarkError,
     ChangeBlockedError,
+    ConflictError,
     CorruptFileError,
     ConfigError,
     DatabaseError,
@@ -54,7 +55,6 @@ from ..errors import (
     UnknownStrategyError,
     UnknownTableError,
     WarmupError,
-    WriteConflictError,
     WriteOutcomeUnknownError,
 )
 
@@ -103,7 +103,7 @@ ERRORS: tuple[tuple[type[Exception], HTTPError], ...] = (
     (DatabaseUnavailableError, HTTPError(503, "database_unavailable", retryable=True)),
     (EmbeddedServerError, HTTPError(503, "database_unavailable", retryable=True)),
     (LoadInterruptedError, HTTPError(503, "database_unavailable", retryable=True)),
-    (WriteConflictError, HTTPError(503, "write_conflict", retryable=True)),
+    (ConflictError, HTTPError(503, "conflict", retryable=True)),
     (ChangeBlockedError, HTTPError(503, "change_blocked", retryable=True)),
     (QueryTimeoutError, HTTPError(504, "query_timeout", retryable=True)),
     (StoreClosedError, HTTPError(503, "shutting_down", retryable=True)),
@@ -141,6 +141,6 @@ def error_response(exc: BaseException, retry_after: int) -> Response:
     headers = dict(exc.headers) if isinstance(exc, RequestError) else {}
     if error.retryable:
         headers["Retry-After"] = str(retry_after)
-    extra = {"sqlstate": exc.sqlstate} if isinstance(exc, DatabaseError) and exc.sqlstate else {}
+    extra = {"sqlstate": exc.sqlstate} if isinstance(exc, (DatabaseError, ConflictError)) and exc.sqlstate else {}
     message = str(exc) if error is not INTERNAL else f"internal error ({type(exc).__name__}); see the server log"
     return Response(error_body(error.type, message, error.retryable, **extra), error.status, headers, media_type=JSON)
