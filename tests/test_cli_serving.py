@@ -319,7 +319,7 @@ def test_materialize_errors(defs, dsn):
     assert "service 'plain' is not declared materialize = true: add materialize = true to [services.plain]" in line
     assert "(materialized services: fraud)" in line
     line = error_line(cli("materialize", "fraud", "--dsn", dsn, "-d", defs))  # before init: no tables
-    assert "does not exist" in line and "pgfeatures init" in line, line
+    assert "does not exist" in line and "pgfeatures apply" in line, line
 
 
 # -- load --overwrite-newer -----------------------------------------------------------------------

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import PgFeaturesError
-from . import bench, db, demo, doctor, inventory, read, schema, serve, write
+from . import bench, db, demo, doctor, evolve, inventory, read, schema, serve, write
 from .common import (
     EXIT_CODES,
     EXIT_ERROR,
@@ -40,7 +40,7 @@ from .common import (
 from .output import Output
 
 COMMANDS: tuple[Command, ...] = (
-    *db.COMMANDS, *schema.COMMANDS, *inventory.COMMANDS, *read.COMMANDS, *demo.COMMANDS, *write.COMMANDS, *serve.COMMANDS,
+    *db.COMMANDS, *schema.COMMANDS, *evolve.COMMANDS, *inventory.COMMANDS, *read.COMMANDS, *demo.COMMANDS, *write.COMMANDS, *serve.COMMANDS,
     *doctor.COMMANDS, *bench.COMMANDS,
 )
 BY_NAME = {c.name: c for c in COMMANDS}

@@ -77,8 +77,8 @@ def check_schema(f: Facts) -> list[Finding]:
                                "create it: pgfeatures init (with the same --definitions)", tuple(ddl)))
         elif t.drift:
             out.append(Finding("schema", t.subject, Status.FAIL, "; ".join(t.drift),
-                               "the live table differs from its definition; pgfeatures never alters a table: "
-                               "migrate the table or correct the definition", measured={"drift": list(t.drift)}))
+                               "the live table differs from its definition: `pgfeatures plan` (same --definitions) "
+                               "shows the change, `pgfeatures apply` makes it online", measured={"drift": list(t.drift)}))
         else:
             out.append(Finding("schema", t.subject, Status.PASS, "matches its definition"))
     return out

@@ -360,6 +360,12 @@ class Job:
         yield Op(*setting("search_path", ""))
         state = SwapState.from_row(((yield Op(SWAP_STATE, (live.as_string(None),), fetch=True)) or [None])[0])
         yield Op(*setting("search_path", path))
+        # The exclusive locks, in the order readers take theirs: readers of serving rows lock the serving
+        # table, then its guard view, then the tables the view reads. So the guard views go first (they
+        # depend on the live table: re-created on the new one below), then the live table itself; the swap
+        # never holds the table while it waits for a view a reader holds while waiting for the table.
+        for name, _, _ in state.guards:
+            yield Op(sql.SQL("DROP VIEW {}").format(ident(schema, name)))
         yield Op(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(live))
         # A merge changes only the staged keys: the serving rows of layouts this registry built are
         # recomputed for those keys (O(load)); any other layout's (another definition file's, or a

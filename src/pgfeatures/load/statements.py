@@ -243,7 +243,7 @@ def swap_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog, 
     """Give the new table the live one's owner and grants, then drop the live table and rename the new one
     (and its primary key and covering index) into place; move the serving-row triggers and the guard views
     of materialized services to it, and run ``refreshes`` (which recompute its slice of their rows). Run
-    with the live table ACCESS EXCLUSIVE-locked and ``state`` read under that lock."""
+    with the live table ACCESS EXCLUSIVE-locked, ``state`` read under its locks, and its guard views dropped."""
     new = ident(schema, new_name)
     ops: list[tuple[Query, tuple[Any, ...]]] = []
     if catalog.owner != catalog.current_user:
@@ -253,8 +253,6 @@ def swap_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog, 
             to = sql.SQL("PUBLIC") if grantee == "PUBLIC" else ident(grantee)
             ops.append((sql.SQL("GRANT {} ON {} TO {}{}").format(sql.SQL(privilege), new, to,
                                                                   sql.SQL(" WITH GRANT OPTION" if grantable else "")), ()))
-    for name, _, _ in state.guards:  # they depend on the live table: re-created below, on the new one
-        ops.append((sql.SQL("DROP VIEW {}").format(ident(schema, name)), ()))
     ops.append((sql.SQL("DROP TABLE {}").format(qualified(schema, table)), ()))
     ops.append((sql.SQL("ALTER TABLE {} RENAME TO {}").format(new, ident(table.name)), ()))
     ops.append((sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(

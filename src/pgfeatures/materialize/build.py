@@ -34,6 +34,7 @@ from psycopg import sql
 
 from ..definitions import Registry
 from ..definitions.layout import EntityLayout
+from ..definitions.names import derived
 from ..errors import DefinitionError, MaterializeError
 from . import sql as m
 from .state import LayoutState, ServingCatalog, ServingTable, service_state
@@ -110,7 +111,7 @@ def materialize(conn: psycopg.Connection, registry: Registry, service: str, *,
         lock_tables(conn, registry.schema, tables_of(materialized_layouts(registry, service)), lock_timeout,
                                 progress)
         prepared = prepare_build(conn, registry, service, progress=progress)
-        switch(conn, registry.schema, [prepared], progress=progress)
+        switch(conn, registry.schema, [prepared], progress=progress, lock_timeout=lock_timeout)
     vacuum(conn, registry.schema, prepared.layouts, progress)
     prepared.summary.seconds = time.perf_counter() - prepared.started
     return prepared.summary
@@ -166,20 +167,79 @@ def prepare_build(conn: psycopg.Connection, registry: Registry, service: str, *,
 
 
 def switch(conn: psycopg.Connection, schema: str, builds: Sequence[PreparedBuild],
-                       progress: Progress | None = None) -> None:
+                       progress: Progress | None = None, lock_timeout: float = 10.0) -> None:
     """Switch prepared builds in (inside their transaction): drop each service's previous serving
     tables and their objects, rename the new tables into place, create their guard views, triggers and
     refresh functions. The exclusive locks this takes are held until COMMIT: callers commit at once."""
     started = time.perf_counter()
+    lock_for_switch(conn, schema, builds, (), (), lock_timeout)
+    drop_replaced(conn, schema, builds)
+    install(conn, schema, builds, progress)
+    for build in builds:
+        build.summary.switch_seconds = time.perf_counter() - started
+
+
+def lock_for_switch(conn: psycopg.Connection, schema: str, builds: Sequence[PreparedBuild],
+                                dropped: Sequence[tuple[str, Sequence[str]]], tables: Collection[str],
+                                lock_timeout: float) -> None:
+    """The exclusive locks a switch needs, in the order no reader can deadlock with: the serving tables
+    replaced (of ``builds``, and of the ``dropped`` services, as (service, entities)), then, all at once
+    or none (``sql.lock_exclusively_sql``), the tables their triggers are on, the tables the new layouts
+    read, and ``tables``."""
+    catalog = serving_catalog(conn, schema)
+    olds = [old for build in builds for old in catalog.owned(build.service, [lay.entity.name for lay in build.layouts])]
+    olds += [old for service, entities in dropped for old in catalog.owned(service, entities)]
+    serving = sorted({old.name for old in olds})
+    members = set(tables) | {table for old in olds for table, _ in catalog.triggers_of(old)}
+    members |= {t.name for build in builds for layout in build.layouts for t in layout.tables}
+    cur = psycopg.RawCursor(conn)
+    cur.execute(b"SELECT r FROM unnest($1::text[]) r WHERE to_regclass(quote_ident($2) || '.' || quote_ident(r)) "
+                      b"IS NOT NULL ORDER BY r", (sorted(members), schema), prepare=False)
+    existing = [row[0] for row in cur.fetchall()]
+    # Readers of serving rows lock the serving table, then its guard view, then the tables the view reads:
+    # the serving tables first then (no reader of them holds anything else once they are had), the feature
+    # tables all at once or none (flexible reads lock them in any order). Never LOCK a guard view: that
+    # locks every table it reads too; the DROP VIEW that follows takes the view's lock alone.
+    if serving:
+        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+            sql.SQL(", ").join(sql.Identifier(schema, n) for n in serving)))
+    if existing:
+        conn.execute(m.lock_exclusively_sql([sql.Identifier(schema, n) for n in existing], lock_timeout))
+
+
+def drop_replaced(conn: psycopg.Connection, schema: str, builds: Sequence[PreparedBuild]) -> None:
+    """The first half of ``switch_async``: drop the serving tables (and their objects) the builds replace."""
     catalog = serving_catalog(conn, schema)
     for build in builds:
         entities = [layout.entity.name for layout in build.layouts]
         for old in catalog.owned(build.service, entities):
             drop_serving(conn, schema, catalog, old)
             build.summary.replaced.append(old.name)
+
+
+def drop_service(conn: psycopg.Connection, schema: str, service: str, entities: Sequence[str]) -> list[str]:
+    """Drop every serving table of ``service`` (of its entities' legacy names too) and their objects:
+    the service is no longer materialized. Returns the tables dropped."""
+    catalog = serving_catalog(conn, schema)
+    dropped = []
+    for old in catalog.owned(service, entities):
+        drop_serving(conn, schema, catalog, old)
+        dropped.append(old.name)
+    return dropped
+
+
+def install(conn: psycopg.Connection, schema: str, builds: Sequence[PreparedBuild],
+                        progress: Progress | None = None) -> None:
+    """The second half of ``switch_async``: the new tables renamed into place, with their guard views,
+    triggers and refresh functions."""
+    for build in builds:
         for layout in build.layouts:
+            new = build.new_names[layout.table_name]
             conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                sql.Identifier(schema, build.new_names[layout.table_name]), sql.Identifier(layout.table_name)))
+                sql.Identifier(schema, new), sql.Identifier(layout.table_name)))
+            conn.execute(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+                sql.Identifier(schema, layout.table_name), sql.Identifier(f"{new}_pkey"),
+                sql.Identifier(derived(layout.table_name, "_pkey"))))
             for statement in m.guard_sql(schema, layout):
                 conn.execute(statement)
             for table in layout.tables:
@@ -188,8 +248,6 @@ def switch(conn: psycopg.Connection, schema: str, builds: Sequence[PreparedBuild
                 conn.execute(m.refresh_sql(schema, layout, table))
         if progress:
             progress(f"{build.service}: switched to {', '.join(layout.table_name for layout in build.layouts)}")
-    for build in builds:
-        build.summary.switch_seconds = time.perf_counter() - started
 
 
 def drop_serving(conn: psycopg.Connection, schema: str, catalog: ServingCatalog, old: ServingTable) -> None:

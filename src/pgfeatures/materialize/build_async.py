@@ -32,6 +32,7 @@ from psycopg import sql
 
 from ..definitions import Registry
 from ..definitions.layout import EntityLayout
+from ..definitions.names import derived
 from ..errors import DefinitionError, MaterializeError
 from . import sql as m
 from .state import LayoutState, ServingCatalog, ServingTable, service_state
@@ -108,7 +109,7 @@ async def materialize_async(conn: psycopg.AsyncConnection, registry: Registry, s
         await lock_tables_async(conn, registry.schema, tables_of(materialized_layouts(registry, service)), lock_timeout,
                                 progress)
         prepared = await prepare_build_async(conn, registry, service, progress=progress)
-        await switch_async(conn, registry.schema, [prepared], progress=progress)
+        await switch_async(conn, registry.schema, [prepared], progress=progress, lock_timeout=lock_timeout)
     await vacuum_async(conn, registry.schema, prepared.layouts, progress)
     prepared.summary.seconds = time.perf_counter() - prepared.started
     return prepared.summary
@@ -164,20 +165,79 @@ async def prepare_build_async(conn: psycopg.AsyncConnection, registry: Registry,
 
 
 async def switch_async(conn: psycopg.AsyncConnection, schema: str, builds: Sequence[PreparedBuild],
-                       progress: Progress | None = None) -> None:
+                       progress: Progress | None = None, lock_timeout: float = 10.0) -> None:
     """Switch prepared builds in (inside their transaction): drop each service's previous serving
     tables and their objects, rename the new tables into place, create their guard views, triggers and
     refresh functions. The exclusive locks this takes are held until COMMIT: callers commit at once."""
     started = time.perf_counter()
+    await lock_for_switch_async(conn, schema, builds, (), (), lock_timeout)
+    await drop_replaced_async(conn, schema, builds)
+    await install_async(conn, schema, builds, progress)
+    for build in builds:
+        build.summary.switch_seconds = time.perf_counter() - started
+
+
+async def lock_for_switch_async(conn: psycopg.AsyncConnection, schema: str, builds: Sequence[PreparedBuild],
+                                dropped: Sequence[tuple[str, Sequence[str]]], tables: Collection[str],
+                                lock_timeout: float) -> None:
+    """The exclusive locks a switch needs, in the order no reader can deadlock with: the serving tables
+    replaced (of ``builds``, and of the ``dropped`` services, as (service, entities)), then, all at once
+    or none (``sql.lock_exclusively_sql``), the tables their triggers are on, the tables the new layouts
+    read, and ``tables``."""
+    catalog = await serving_catalog_async(conn, schema)
+    olds = [old for build in builds for old in catalog.owned(build.service, [lay.entity.name for lay in build.layouts])]
+    olds += [old for service, entities in dropped for old in catalog.owned(service, entities)]
+    serving = sorted({old.name for old in olds})
+    members = set(tables) | {table for old in olds for table, _ in catalog.triggers_of(old)}
+    members |= {t.name for build in builds for layout in build.layouts for t in layout.tables}
+    cur = psycopg.AsyncRawCursor(conn)
+    await cur.execute(b"SELECT r FROM unnest($1::text[]) r WHERE to_regclass(quote_ident($2) || '.' || quote_ident(r)) "
+                      b"IS NOT NULL ORDER BY r", (sorted(members), schema), prepare=False)
+    existing = [row[0] for row in await cur.fetchall()]
+    # Readers of serving rows lock the serving table, then its guard view, then the tables the view reads:
+    # the serving tables first then (no reader of them holds anything else once they are had), the feature
+    # tables all at once or none (flexible reads lock them in any order). Never LOCK a guard view: that
+    # locks every table it reads too; the DROP VIEW that follows takes the view's lock alone.
+    if serving:
+        await conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+            sql.SQL(", ").join(sql.Identifier(schema, n) for n in serving)))
+    if existing:
+        await conn.execute(m.lock_exclusively_sql([sql.Identifier(schema, n) for n in existing], lock_timeout))
+
+
+async def drop_replaced_async(conn: psycopg.AsyncConnection, schema: str, builds: Sequence[PreparedBuild]) -> None:
+    """The first half of ``switch_async``: drop the serving tables (and their objects) the builds replace."""
     catalog = await serving_catalog_async(conn, schema)
     for build in builds:
         entities = [layout.entity.name for layout in build.layouts]
         for old in catalog.owned(build.service, entities):
             await drop_serving_async(conn, schema, catalog, old)
             build.summary.replaced.append(old.name)
+
+
+async def drop_service_async(conn: psycopg.AsyncConnection, schema: str, service: str, entities: Sequence[str]) -> list[str]:
+    """Drop every serving table of ``service`` (of its entities' legacy names too) and their objects:
+    the service is no longer materialized. Returns the tables dropped."""
+    catalog = await serving_catalog_async(conn, schema)
+    dropped = []
+    for old in catalog.owned(service, entities):
+        await drop_serving_async(conn, schema, catalog, old)
+        dropped.append(old.name)
+    return dropped
+
+
+async def install_async(conn: psycopg.AsyncConnection, schema: str, builds: Sequence[PreparedBuild],
+                        progress: Progress | None = None) -> None:
+    """The second half of ``switch_async``: the new tables renamed into place, with their guard views,
+    triggers and refresh functions."""
+    for build in builds:
         for layout in build.layouts:
+            new = build.new_names[layout.table_name]
             await conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                sql.Identifier(schema, build.new_names[layout.table_name]), sql.Identifier(layout.table_name)))
+                sql.Identifier(schema, new), sql.Identifier(layout.table_name)))
+            await conn.execute(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+                sql.Identifier(schema, layout.table_name), sql.Identifier(f"{new}_pkey"),
+                sql.Identifier(derived(layout.table_name, "_pkey"))))
             for statement in m.guard_sql(schema, layout):
                 await conn.execute(statement)
             for table in layout.tables:
@@ -186,8 +246,6 @@ async def switch_async(conn: psycopg.AsyncConnection, schema: str, builds: Seque
                 await conn.execute(m.refresh_sql(schema, layout, table))
         if progress:
             progress(f"{build.service}: switched to {', '.join(layout.table_name for layout in build.layouts)}")
-    for build in builds:
-        build.summary.switch_seconds = time.perf_counter() - started
 
 
 async def drop_serving_async(conn: psycopg.AsyncConnection, schema: str, catalog: ServingCatalog, old: ServingTable) -> None:

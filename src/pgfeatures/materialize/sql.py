@@ -392,6 +392,34 @@ def layouts_reading(layouts: Sequence[EntityLayout], table: str) -> list[EntityL
     return [layout for layout in layouts if any(t.name == table for t in layout.tables)]
 
 
+# -- exclusive locks, taken without making readers wait ------------------------------------------
+
+TRY_LOCK = "20ms"  # one try at a switch's exclusive locks: well under deadlock_timeout (1 s by default)
+
+
+def lock_exclusively_sql(relations: Sequence[sql.Composable], timeout: float) -> sql.Composed:
+    """ACCESS EXCLUSIVE locks on the tables ``relations`` (qualified identifiers; never a view: LOCK on a
+    view locks every table it reads), all at once or none, within ``timeout`` seconds (then SQLSTATE
+    55P03, lock_not_available).
+
+    Each try waits at most TRY_LOCK, in a subtransaction that gives back whatever it got when it
+    fails, then the next comes 5 ms later. So a switch never holds one table's exclusive lock for long
+    while it waits for another's: a reader that locks the same tables in another order (a flexible
+    read names its tables in any order) waits a few milliseconds instead of deadlocking with it (the
+    try ends long before PostgreSQL's deadlock check), and once the switch has them all readers wait
+    only until its COMMIT. (NOWAIT would not do: writers queued behind the SHARE lock a build holds
+    make every NOWAIT try fail; a waiting request goes ahead of them.)"""
+    body = sql.SQL(
+        "DECLARE deadline timestamptz := clock_timestamp() + {} * interval '1 second';\n"
+        "before text := current_setting('lock_timeout');\n"
+        "BEGIN\nLOOP\nBEGIN\nPERFORM set_config('lock_timeout', {}, true);\n"
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE;\nPERFORM set_config('lock_timeout', before, true);\nRETURN;\n"
+        "EXCEPTION WHEN lock_not_available THEN\nIF clock_timestamp() >= deadline THEN RAISE; END IF;\n"
+        "PERFORM pg_sleep(0.005);\nEND;\nEND LOOP;\nEND").format(
+            sql.Literal(timeout), sql.Literal(TRY_LOCK), sql.SQL(", ").join(relations))
+    return sql.SQL("DO {}").format(sql.Literal(body.as_string(None)))
+
+
 # -- what the catalog says -----------------------------------------------------------------------
 
 SERVING_STATE = b"""
