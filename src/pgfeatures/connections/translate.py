@@ -149,18 +149,20 @@ class ConnectFailures:
     def answered(self, token: object) -> None:
         self._asking.pop(token, None)
 
-    def cause(self) -> BaseException | None:
+    def cause(self, pending_for: float = 0.0) -> BaseException | None:
         """Why the pool may have no connection: its latest failure to connect, else a credential
-        provider call it is still waiting on (a provider that has not answered yet, whose deadline
-        has not passed), else None (nothing failed: the pool is busy)."""
+        provider call it has been waiting on for at least ``pending_for`` seconds (a provider that
+        has not answered, its deadline not yet passed; a call of a few milliseconds made while the
+        pool was merely busy does not count), else None (nothing failed: the pool is busy)."""
         if self.error is not None:
             return self.error
-        pending = list(self._asking.values())  # a copy: pool workers add and remove entries
+        now = time.monotonic()
+        pending = [since for since in list(self._asking.values()) if now - since >= pending_for]  # a copy: workers change it
         if not pending:
             return None
         from .credentials import CredentialProviderTimeout
 
-        return CredentialProviderTimeout(f"the credential provider has not answered for {time.monotonic() - min(pending):.1f}s")
+        return CredentialProviderTimeout(f"the credential provider has not answered for {now - min(pending):.1f}s")
 
     def failed(self, exc: BaseException) -> bool:
         """Record a failure; True when it is the first since the last success (the pool just lost the database)."""

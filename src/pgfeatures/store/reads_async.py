@@ -162,7 +162,7 @@ async def run_async(store: AsyncFeatureStore, execute: Execute[R, A, T], reader:
         # Down: its connections died, or it cannot make new ones (or waits on a credential provider
         # that has not answered). A pool that is merely busy (a timeout with nothing failing) is not
         # down: the read spills to the next target.
-        if not isinstance(error, PoolTimeout) or target.failures.cause() is not None:
+        if not isinstance(error, PoolTimeout) or target.failures.cause(store.acquire_timeout / 2) is not None:
             router.mark_down(target, str(unavailable(store, error, target)))
             probe_soon(store)
     assert target is not None
@@ -174,7 +174,7 @@ def unavailable(store: AsyncFeatureStore, error: BaseException | None, target: R
     if error is None:
         return DatabaseUnavailableError(f"{target.name} is unavailable")
     return database_error(error, target.dsn, acquire_timeout=store.acquire_timeout,
-                          last_connect_error=target.failures.cause())
+                          last_connect_error=target.failures.cause(store.acquire_timeout / 2))
 
 
 # -- rechecks of tables that cannot be served ----------------------------------------------------
