@@ -47,6 +47,7 @@ EXPECTED = {
     "LoadInputError": (400, "invalid_input", False),
     "DatabaseUnavailableError": (503, "database_unavailable", True),
     "AuthenticationError": (503, "database_auth_failed", True),
+    "CredentialsTimeoutError": (503, "credentials_timeout", True),
     "WriteOutcomeUnknownError": (503, "write_outcome_unknown", True),
     "PoolExhaustedError": (503, "pool_exhausted", True),
     "EmbeddedServerError": (503, "database_unavailable", True),

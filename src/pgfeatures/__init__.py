@@ -4,6 +4,7 @@ from .definitions import Entity, Feature, FeatureService, FeatureTable, FeatureT
 from .connections import Cached, CredentialProvider, EnvPassword, PasswordFile, load_provider
 from .errors import (
     AuthenticationError,
+    CredentialsTimeoutError,
     DatabaseError,
     DatabaseUnavailableError,
     DefinitionError,
@@ -40,6 +41,7 @@ __all__ = [
     "PRESENT",
     "hash_key",
     "AuthenticationError",
+    "CredentialsTimeoutError",
     "Cached",
     "CredentialProvider",
     "DatabaseError",

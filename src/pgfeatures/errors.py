@@ -98,6 +98,12 @@ class AuthenticationError(DatabaseUnavailableError):
     next connection asks it again."""
 
 
+class CredentialsTimeoutError(AuthenticationError):
+    """The credential provider did not answer within ``credentials_timeout`` (a token endpoint that
+    hangs): no login was attempted. Retryable: the next connection asks the provider again, and the
+    store is back within a probe of it answering."""
+
+
 class WriteOutcomeUnknownError(DatabaseUnavailableError):
     """The connection to the primary was lost after a live update was sent: whether the server
     applied it before the connection ended is unknown, so it was not sent again (a resend could

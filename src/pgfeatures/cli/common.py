@@ -226,7 +226,8 @@ def dsn_with_credentials(args: argparse.Namespace, dsn: str | None = None) -> st
     is asked once, now, so a command that runs for longer than the credential lives fails its later
     logins. The result holds the password: show ``dsn_of(args)``, never this.
 
-    Raises AuthenticationError when the provider fails, as a connection through it would."""
+    Raises AuthenticationError when the provider fails (CredentialsTimeoutError when it does not
+    answer within its deadline), as a connection through it would."""
     dsn = dsn or dsn_of(args)
     provider = credentials_of(args)
     if provider is None:
@@ -234,10 +235,10 @@ def dsn_with_credentials(args: argparse.Namespace, dsn: str | None = None) -> st
     from psycopg.conninfo import make_conninfo
 
     from ..connections import CredentialProviderError, unavailable
-    from ..connections.credentials import credential_params
+    from ..connections.credentials import with_deadline
 
     try:
-        params = credential_params(provider)
+        params = with_deadline(provider).params()
     except CredentialProviderError as exc:
         raise unavailable(dsn, exc) from None
     try:

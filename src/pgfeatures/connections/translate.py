@@ -19,6 +19,7 @@ from psycopg_pool import PoolClosed, PoolTimeout
 from ..errors import (
     AuthenticationError,
     ConflictError,
+    CredentialsTimeoutError,
     DatabaseError,
     DatabaseUnavailableError,
     PgFeaturesError,
@@ -67,12 +68,14 @@ def is_auth_failure(exc: BaseException) -> bool:
 
 
 def unavailable(dsn: str, exc: BaseException, timeout: float | None = None) -> DatabaseUnavailableError:
-    """The DatabaseUnavailableError (AuthenticationError for a refused login) for a failed connection."""
-    from .credentials import CredentialProviderError
+    """The DatabaseUnavailableError (AuthenticationError for a refused login, CredentialsTimeoutError
+    for a credential provider past its deadline) for a failed connection."""
+    from .credentials import CredentialProviderError, CredentialProviderTimeout
 
     within = f" within {timeout:g}s" if timeout is not None else ""
     if isinstance(exc, CredentialProviderError):  # nothing was sent to the database
-        return AuthenticationError(f"no credentials for the database at {redact(dsn)}: {_reason(exc)}")
+        kind = CredentialsTimeoutError if isinstance(exc, CredentialProviderTimeout) else AuthenticationError
+        return kind(f"no credentials for the database at {redact(dsn)}: {_reason(exc)}")
     if is_auth_failure(exc):
         return AuthenticationError(
             f"the database at {redact(dsn)} refused the credentials: {_reason(exc)} "
@@ -129,12 +132,37 @@ class ConnectFailures:
     both see themselves as the first failure: a log line twice, nothing worse).
     """
 
-    __slots__ = ("error", "at", "since")
+    __slots__ = ("error", "at", "since", "_asking")
 
     def __init__(self) -> None:
         self.error: BaseException | None = None
         self.at = 0.0  # the latest failure
         self.since = 0.0  # the first failure since the last success
+        self._asking: dict[object, float] = {}  # connection attempts waiting on the credential provider: since when
+
+    def asking(self) -> object:
+        """Note a connection attempt that waits on the credential provider; pass the token to ``answered``."""
+        token = object()
+        self._asking[token] = time.monotonic()
+        return token
+
+    def answered(self, token: object) -> None:
+        self._asking.pop(token, None)
+
+    def cause(self, pending_for: float = 0.0) -> BaseException | None:
+        """Why the pool may have no connection: its latest failure to connect, else a credential
+        provider call it has been waiting on for at least ``pending_for`` seconds (a provider that
+        has not answered, its deadline not yet passed; a call of a few milliseconds made while the
+        pool was merely busy does not count), else None (nothing failed: the pool is busy)."""
+        if self.error is not None:
+            return self.error
+        now = time.monotonic()
+        pending = [since for since in list(self._asking.values()) if now - since >= pending_for]  # a copy: workers change it
+        if not pending:
+            return None
+        from .credentials import CredentialProviderTimeout
+
+        return CredentialProviderTimeout(f"the credential provider has not answered for {now - min(pending):.1f}s")
 
     def failed(self, exc: BaseException) -> bool:
         """Record a failure; True when it is the first since the last success (the pool just lost the database)."""

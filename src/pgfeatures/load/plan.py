@@ -53,6 +53,7 @@ from .statements import (
     fill_sql,
     ident,
     kept_sql,
+    new_indexes_sql,
     new_table_sql,
     serving_of_params,
     setting,
@@ -335,10 +336,8 @@ class Job:
         summary.inserted = written - summary.updated
         summary.rows_after = written + kept
         self._report("indexing")
-        yield Op(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
-            new, ident(f"{new_name}_pkey"), ident(table.key_column)))
-        if table.covering_index:
-            yield Op(covering_index_sql(schema, table, new_name))
+        for stmt in new_indexes_sql(schema, table, new_name, catalog):
+            yield Op(stmt)
         self._report("analyzing")
         yield Op(sql.SQL("ANALYZE {}").format(new))  # statistics exist from the moment of the swap
         self._report("swapping")

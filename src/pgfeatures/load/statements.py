@@ -5,13 +5,13 @@ no user input is formatted into SQL."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg import sql
 
 from ..definitions import UPDATED_AT, FeatureTable
-from ..schema import covering_index_name, drift_problems, qualified
+from ..schema import covering_index_name, covering_index_sql, drift_problems, qualified
 from .columns import Columns
 
 
@@ -45,8 +45,11 @@ SELECT c.reltuples::float8, c.relpersistence::text, pg_get_userbyid(c.relowner):
     UNION SELECT 'inheritance' FROM pg_inherits WHERE inhrelid = c.oid OR inhparent = c.oid),
   ARRAY(SELECT t.tgname::text FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal
     AND starts_with(t.tgname, '_pgf_') ORDER BY t.tgname),
-  current_setting('server_encoding')
-FROM pg_class c WHERE c.oid = to_regclass(%s)
+  current_setting('server_encoding'),
+  (SELECT spcname::text FROM pg_tablespace WHERE oid = coalesce(nullif(c.reltablespace, 0), db.dattablespace)),
+  (SELECT array_agg(ARRAY[ic.relname::text, t.spcname::text]) FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+    JOIN pg_tablespace t ON t.oid = coalesce(nullif(ic.reltablespace, 0), db.dattablespace) WHERE i.indrelid = c.oid)
+FROM pg_class c, pg_database db WHERE c.oid = to_regclass(%s) AND db.datname = current_database()
 """)
 
 _PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"})
@@ -71,13 +74,18 @@ class Catalog:
     # began (materialize/sql.py); the swap reads them again under its lock (``SwapState``).
     serving_triggers: tuple[str, ...] = ()
     server_encoding: str = "UTF8"  # binary COPY sends text keys in it: a load of text keys needs UTF8
+    # Where the table and each of its indexes (by name) are stored: a swap builds the new ones there
+    # too. Always a name, the database's default tablespace included (an explicit TABLESPACE clause
+    # is not moved by a session's default_tablespace; the database's default needs no privilege).
+    tablespace: str | None = None
+    index_tablespaces: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> "Catalog":
         grants = tuple((g, p, s == "true") for g, p, s in (item.rsplit(",", 2) for item in row[10] or ()))
         return cls(row[0], row[1], row[2], row[3], tuple(row[4] or ()), dict(zip(row[5] or (), row[6] or ())),
                    row[7], tuple(row[8] or ()), tuple(row[9] or ()), grants, tuple(row[11] or ()),
-                   tuple(row[12] or ()), row[13])
+                   tuple(row[12] or ()), row[13], row[14], {name: spc for name, spc in row[15] or ()})
 
     def drift(self, table: FeatureTable) -> list[str]:
         """How the live table differs from the definition: schema.py's comparison, on this catalog row."""
@@ -271,15 +279,32 @@ def swap_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog, 
     return ops
 
 
+def _tablespace(name: str | None) -> sql.Composable:
+    return sql.SQL(" TABLESPACE {}").format(ident(name)) if name else sql.SQL("")
+
+
 def new_table_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog) -> list[Query]:
     """The new table, shaped like the live one: columns, defaults, NOT NULL and CHECK constraints,
-    storage, persistence and storage parameters. Its primary key is added after the rows are in."""
+    storage, persistence, storage parameters and tablespace. Its primary key is added after the rows are in."""
     unlogged = sql.SQL("UNLOGGED ") if catalog.persistence == "u" else sql.SQL("")
     stmts: list[Query] = [sql.SQL(
-        "CREATE {}TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMMENTS)"
-    ).format(unlogged, ident(schema, new_name), qualified(schema, table))]
+        "CREATE {}TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMMENTS){}"
+    ).format(unlogged, ident(schema, new_name), qualified(schema, table), _tablespace(catalog.tablespace))]
     if catalog.reloptions:
         opts = [sql.SQL("{} = {}").format(ident(*k.split(".")), sql.Literal(v))  # e.g. toast.autovacuum_enabled
                 for k, v in (o.split("=", 1) for o in catalog.reloptions)]
         stmts.append(sql.SQL("ALTER TABLE {} SET ({})").format(ident(schema, new_name), sql.SQL(", ").join(opts)))
+    return stmts
+
+
+def new_indexes_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog) -> list[Query]:
+    """The new table's primary key and (if defined) covering index, each in the tablespace of the
+    live one it replaces (named after the new table until the swap renames them)."""
+    pkey_tablespace = catalog.index_tablespaces.get(catalog.primary_key or f"{table.name}_pkey")
+    stmts: list[Query] = [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({}){}").format(
+        ident(schema, new_name), ident(f"{new_name}_pkey"), ident(table.key_column),
+        sql.SQL(" USING INDEX") + _tablespace(pkey_tablespace) if pkey_tablespace else sql.SQL(""))]
+    if table.covering_index:
+        spc = catalog.index_tablespaces.get(covering_index_name(table))
+        stmts.append(covering_index_sql(schema, table, new_name) + _tablespace(spc))
     return stmts

@@ -33,6 +33,7 @@ from ..errors import (
     ConflictError,
     CorruptFileError,
     ConfigError,
+    CredentialsTimeoutError,
     DatabaseError,
     DatabaseUnavailableError,
     DefinitionError,
@@ -83,7 +84,8 @@ class HTTPError:
 
 
 # Most specific first: AuthenticationError and PoolExhaustedError are DatabaseUnavailableErrors,
-# LoadInputError a LoadError, UnknownTableError also a KeyError, KeyFormatError a ValueError.
+# CredentialsTimeoutError an AuthenticationError, LoadInputError a LoadError, UnknownTableError also a
+# KeyError, KeyFormatError a ValueError.
 ERRORS: tuple[tuple[type[Exception], HTTPError], ...] = (
     # the request is wrong: do not retry it as it is
     (KeyFormatError, HTTPError(400, "invalid_key")),
@@ -97,6 +99,7 @@ ERRORS: tuple[tuple[type[Exception], HTTPError], ...] = (
     (DefinitionError, HTTPError(400, "invalid_selection")),
     (LoadInputError, HTTPError(400, "invalid_input")),
     # transient: retry after Retry-After (elsewhere if there is an elsewhere)
+    (CredentialsTimeoutError, HTTPError(503, "credentials_timeout", retryable=True)),
     (AuthenticationError, HTTPError(503, "database_auth_failed", retryable=True)),
     (WriteOutcomeUnknownError, HTTPError(503, "write_outcome_unknown", retryable=True)),
     (PoolExhaustedError, HTTPError(503, "pool_exhausted", retryable=True)),

@@ -322,7 +322,7 @@ def _schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
                                  "invalid_key, unknown_entity, unknown_table, unknown_feature, unknown_service, "
                                  "invalid_selection, invalid_value, too_many_keys, too_many_rows, payload_too_large, "
                                  "not_acceptable, unauthorized, not_found, method_not_allowed, database_unavailable, "
-                                 "database_auth_failed, write_outcome_unknown, pool_exhausted, query_timeout, shutting_down, not_ready, "
+                                 "database_auth_failed, credentials_timeout, write_outcome_unknown, pool_exhausted, query_timeout, shutting_down, not_ready, "
                                  "read_only, schema_drift, database_error, internal"},
                         "message": {"type": "string", "description": "what was wrong and what is valid"},
                         "retryable": {"type": "boolean", "description": "the same request may succeed later "

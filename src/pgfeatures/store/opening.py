@@ -12,8 +12,9 @@ Owns, for ``store_async.FeatureStore`` (and, generated from this module by
 - **read functions** (``pooler="transaction"``): the warm readers in their function form, each
   function created where it is missing;
 - **the pools**: their settings, opening them (read pools per target, the write pool), waiting for
-  the read pools to fill, closing them; and the warm-up of every new read connection (session
-  setting, warm-up statements prepared, its raw cursor).
+  the read pools to fill, renewing them (after an outage, and at ``max_lifetime``), closing them;
+  and the warm-up of every new read connection (session setting, warm-up statements prepared,
+  its raw cursor).
 
 The order of the steps, and what a failed step means, stay in ``FeatureStore.open``.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +36,17 @@ from ..materialize.build import states
 from ..reader import BatchReader
 from ..reader.functions import EXISTING_FUNCTIONS, read_function
 from ..schema import CATALOG_QUERY, TableCheck
-from .base import PROBE_INTERVAL, READ_CURSOR, READ_SESSION_SETUP, ReadTarget, Router, Served, target_name, warmup_statements
+from .base import (
+    PROBE_INTERVAL,
+    READ_CURSOR,
+    READ_SESSION_SETUP,
+    RENEWAL_RETRY,
+    ReadTarget,
+    Router,
+    Served,
+    target_name,
+    warmup_statements,
+)
 
 if TYPE_CHECKING:
     from .store import FeatureStore
@@ -231,6 +243,7 @@ def open_pools(store: FeatureStore, router: Router, dsn: str) -> None:
         for target in router.targets:
             target.pool = make_pool(target.dsn, **pool_settings(store, True, target.failures))
             target.pool.open(wait=False)
+            router.renew_after(target, lifetime(store))
         if store.write_pool_size > 0:
             store.write_pool = make_pool(dsn, **pool_settings(store, False, store.write_failures))
             store.write_pool.open(wait=False)  # writes are not needed to serve reads
@@ -239,14 +252,15 @@ def open_pools(store: FeatureStore, router: Router, dsn: str) -> None:
                 try:
                     target.pool.wait(timeout=store.connect_timeout + OPEN_GRACE)
                 except PoolTimeout:
-                    router.mark_down(target, str(target.failures.error or STALLED))
+                    router.mark_down(target, str(target.failures.cause() or STALLED))
         if all(t.down for t in router.targets):
             first = router.targets[0]
-            if first.failures.error is None:  # connected, but never finished its warm-up
+            cause = first.failures.cause()
+            if cause is None:  # connected, but never finished its warm-up
                 raise DatabaseUnavailableError(f"no read connection ready within {store.connect_timeout + OPEN_GRACE:g}s "
                                                f"at {first.name}: {STALLED}")
             raise database_error(PoolTimeout("no connection"), first.dsn, acquire_timeout=store.connect_timeout,
-                                 last_connect_error=first.failures.error)
+                                 last_connect_error=cause)
     except BaseException:
         close_pools(store, router)
         raise
@@ -285,26 +299,61 @@ def close_if_closed(store: FeatureStore, router: Router | None,
     return True
 
 
-def renew_pool(store: FeatureStore, target: ReadTarget) -> bool:
-    """Replace ``target``'s pool by a new one, once the database answers again but the pool has no
-    connection: its reconnection attempts wait out psycopg_pool's backoff (1, 2, 4 s ...), so after
-    an outage of a few seconds the old pool could stay empty for seconds more (3.1 s measured in the
-    soak). The new pool connects at once; requests waiting on the old one retry on the new one.
-    Returns whether the pool was replaced (False: the new pool did not fill either, or the store
-    closed meanwhile: then both pools are closed)."""
+def renew_pool(store: FeatureStore, target: ReadTarget, why: str = "answers again") -> bool:
+    """Replace ``target``'s pool by a new one once the new one holds its connections; requests
+    waiting on the old one retry on the new one, and those using its connections finish on them.
+
+    Done once the database answers again but the pool has no connection: its reconnection attempts
+    wait out psycopg_pool's backoff (1, 2, 4 s ...), so after an outage of a few seconds the old
+    pool could stay empty for seconds more (3.1 s measured in the soak); the new pool connects at
+    once. And at ``max_lifetime`` (``renew_expiring_async``): the old pool serves until the new
+    one is ready. The new pool records its failures to connect in a record of its own, which
+    becomes the target's once installed (a renewal filling must not make the old pool's timeouts
+    look like the new pool's pending provider calls).
+
+    Returns whether the pool was replaced (False: the new pool did not fill, or the store closed
+    meanwhile: then both pools are closed)."""
     router = store.router
     if router is None or not any(t is target for t in router.targets):  # the store closed (or reopened) since the probe began
         return False
-    new = filled_pool(store, target.dsn, True, target.failures)
+    failures = ConnectFailures()
+    new = filled_pool(store, target.dsn, True, failures)
     if new is None:
+        target.renewal_failure = str(failures.cause() or f"its connections were not ready within {store.connect_timeout:g}s")
         return False
-    old, target.pool = target.pool, new
+    old, target.pool, target.failures = target.pool, new, failures
     if close_if_closed(store, router, new, old):
         return False
-    logger.info("pgfeatures: %s answers again; its pool renewed", target.name)
+    router.renew_after(target, lifetime(store))
+    logger.info("pgfeatures: %s %s; its pool renewed", target.name, why)
     if old is not None:
         old.close(timeout=0)
     return True
+
+
+def renew_expiring(store: FeatureStore, target: ReadTarget) -> None:
+    """``max_lifetime``: replace ``target``'s pool by a new one, filled while the old one serves
+    (psycopg_pool's own max_lifetime closes a connection before its replacement is made, and reads
+    wait out the new login and warm-up: with a provider slower than ``acquire_timeout``, they
+    failed). A renewal that cannot fill (the provider or the database failing) leaves the old
+    connections serving, logs why, and is tried again after RENEWAL_RETRY seconds."""
+    router = store.router
+    renewed = False
+    try:
+        renewed = renew_pool(store, target, "reached max_lifetime")
+    finally:
+        target.renewing = False
+    if not renewed and router is not None and store.router is router:
+        retry = min(RENEWAL_RETRY, store.max_lifetime)
+        logger.warning("pgfeatures: %s: renewing the read pool (max_lifetime) failed (%s); its connections keep "
+                       "serving, tried again in %gs", target.name, target.renewal_failure, retry)
+        router.renew_after(target, retry)
+
+
+def lifetime(store: FeatureStore) -> float:
+    """Seconds until a new read pool is renewed: 90-100 % of max_lifetime, so that the targets of a
+    store (and the worker processes of a service) do not all renew at once."""
+    return store.max_lifetime * random.uniform(0.9, 1.0)
 
 
 def renew_write_pool(store: FeatureStore, old: ConnectionPool) -> bool:
@@ -369,7 +418,8 @@ def pool_settings(store: FeatureStore, read: bool, failures: ConnectFailures) ->
         "connect_timeout": store.connect_timeout,
         "acquire_timeout": store.acquire_timeout,
         "reconnect_timeout": store.reconnect_timeout,
-        "max_lifetime": store.max_lifetime,
+        # A read pool is renewed whole (renew_expiring_async): its connections never expire one by one.
+        "max_lifetime": float("inf") if read else store.max_lifetime,
         "configure": configure if read else None,
         "credentials": store.credentials,
         "pooler": store.pooler,

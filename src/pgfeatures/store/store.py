@@ -63,6 +63,7 @@ from ..connections import (
     prepares,
     resolve_dsn,
 )
+from ..connections.credentials import DEFAULT_CREDENTIALS_TIMEOUT, with_deadline
 from ..definitions import Registry
 from ..errors import (
     DefinitionError,
@@ -134,11 +135,16 @@ class FeatureStore:
       behind the primary is not read.
     - ``credentials``: a credential provider (see ``pgfeatures.connections.credentials``), called
       for every new connection; its password or parameters override the DSN's.
+      ``credentials_timeout``: seconds it may take to answer; past that the connection attempt
+      fails with CredentialsTimeoutError (the provider is asked again by the next attempt).
     - ``pooler``: ``"transaction"`` behind a transaction-mode pooler such as PgBouncer: no
       statement is ever prepared and no session setting made (slower: see README); ``"session"``
       or None: prepared statements, the fast path.
     - ``max_lifetime``: seconds after which a pooled connection is replaced (with jitter), so
-      rotating credentials are renewed in time and server-side connection caps are respected.
+      rotating credentials are renewed in time and server-side connection caps are respected. A
+      read pool is renewed whole: a new pool is filled (through the provider) while the old one
+      serves, then takes its place, so a renewal never makes a read wait or fail; a renewal that
+      cannot fill (provider or database failing) keeps the old connections and is tried again.
     - ``connect_timeout``: how long ``open`` and each new connection wait for the database;
       ``acquire_timeout``: how long a request waits for a pooled connection;
       ``reconnect_timeout``: how long a pool keeps retrying a lost connection before the next
@@ -170,6 +176,7 @@ class FeatureStore:
         read_fallback: bool = True,
         max_replica_lag: float | None = None,
         credentials: CredentialProvider | None = None,
+        credentials_timeout: float = DEFAULT_CREDENTIALS_TIMEOUT,
         pooler: str | None = None,
         max_lifetime: float = 1800.0,
         connect_timeout: float = 5.0,
@@ -189,7 +196,7 @@ class FeatureStore:
         self.read_dsns = tuple(dict.fromkeys([*read_dsns, *([read_dsn] if read_dsn else [])]))
         self.read_fallback = read_fallback
         self.max_replica_lag = max_replica_lag
-        self.credentials = credentials
+        self.credentials = with_deadline(credentials, credentials_timeout) if credentials is not None else None
         self.pooler = check_pooler(pooler)
         self._prepare = prepares(self.pooler)
         self.max_lifetime = max_lifetime

@@ -117,7 +117,7 @@ async def _getconn_async(store: AsyncFeatureStore,
         except (PoolTimeout, PoolClosed) as exc:
             failure = exc
     raise database_error(failure, store.dsn or "", acquire_timeout=store.acquire_timeout,
-                         last_connect_error=store.write_failures.error) from None
+                         last_connect_error=store.write_failures.cause(store.acquire_timeout / 2)) from None
 
 
 CONFLICT_RETRIES = 3  # a live update rolled back by a deadlock or serialization failure is sent again this often
