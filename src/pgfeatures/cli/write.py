@@ -29,6 +29,8 @@ LOAD_FLAGS = {
     "hash_keys": Flag("the key column holds natural ids: hash them with SHA-256"),
     "on_duplicate": Flag("a key seen twice: the last row wins, or the load fails"),
     "nan": Flag("NaN values: fail the load, or load them as NULL"),
+    "inf": Flag("±Infinity in real/double precision columns: fail the load, or load them as they are "
+                "(JSON answers carry them as \"Infinity\"/\"-Infinity\")"),
     "on_invalid": Flag("invalid values: fail the load, or skip their rows (counted as rejected)"),
     "partial": Flag("merge only the feature columns present (the others keep their values)"),
     "ignore_extra": Flag("ignore source columns the table does not have"),

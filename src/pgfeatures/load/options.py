@@ -49,6 +49,11 @@ class NanPolicy(_Choice):
     NULL = "null"  # NaN is loaded as NULL
 
 
+class InfPolicy(_Choice):
+    REJECT = "reject"
+    KEEP = "keep"  # ±Infinity is loaded as it is (JSON answers carry it as "Infinity" / "-Infinity")
+
+
 class OnInvalid(_Choice):
     ABORT = "abort"  # the first invalid value fails the load
     SKIP = "skip"  # rows with invalid values are left out and counted as rejected
@@ -69,6 +74,7 @@ class LoadOptions:
     hash_keys: bool = False  # key column holds natural ids: hash them with SHA-256 (hashed entities always are)
     on_duplicate: OnDuplicate | str = OnDuplicate.LAST
     nan: NanPolicy | str = NanPolicy.REJECT
+    inf: InfPolicy | str = InfPolicy.REJECT  # ±Infinity in real / double precision columns
     on_invalid: OnInvalid | str = OnInvalid.ABORT
     partial: bool = False  # merge only the feature columns present (others keep their values)
     ignore_extra: bool = False  # skip source columns the table does not have
@@ -83,7 +89,8 @@ class LoadOptions:
     lock_timeout: float = 10.0  # seconds to wait for the table lock (rebuild and swap)
 
     def __post_init__(self) -> None:
-        for name, cls in (("mode", Mode), ("on_duplicate", OnDuplicate), ("nan", NanPolicy), ("on_invalid", OnInvalid),
+        for name, cls in (("mode", Mode), ("on_duplicate", OnDuplicate), ("nan", NanPolicy), ("inf", InfPolicy),
+                          ("on_invalid", OnInvalid),
                           ("strategy", ApplyStrategy), ("vacuum", VacuumPolicy)):
             object.__setattr__(self, name, cls.parse(getattr(self, name), name))
         if self.format is not None and self.format not in FORMATS:
