@@ -38,6 +38,9 @@ LOAD_FLAGS = {
     "vacuum": Flag("VACUUM after the load (auto: where it pays, for index-only scans)"),
     "updated_at": Flag("epoch seconds for rows without updated_at (default: the load time)", parse=int),
     "format": Flag("file format (default: from the extension)", metavar="parquet|csv|arrow"),
+    "require_checksums": Flag("refuse, before loading anything, a file that is not page-checksummed throughout "
+                              "(Parquet written without page checksums, pyarrow's default; CSV; Arrow IPC): damage "
+                              "in it that still decodes could not be detected"),
     "batch_rows": Flag("rows per COPY batch"),
     "lock_timeout": Flag("seconds to wait for the table lock"),
     # LoadOptions.overwrite_newer (newest wins in bulk loads): the flag appears with the field.

@@ -85,6 +85,9 @@ class LoadOptions:
     # (skipped and counted in LoadSummary.skipped_newer). True: write every row anyway.
     overwrite_newer: bool = False
     format: str | None = None  # parquet, csv or arrow; default: from the file extension
+    # Refuse, before anything is loaded, a file whose every page is not checksummed (Parquet written without
+    # page checksums, CSV, Arrow IPC): damage in it that still decodes could not be detected.
+    require_checksums: bool = False
     batch_rows: int = BATCH_ROWS
     lock_timeout: float = 10.0  # seconds to wait for the table lock (rebuild and swap)
 
@@ -127,7 +130,8 @@ ProgressCallback = Callable[[LoadProgress], None]
 @dataclass
 class LoadSummary:
     """What a committed load did. ``integrity`` says, per Parquet file, what its rows were checked
-    against (page checksums, column statistics, or nothing the file carried)."""
+    against (page checksums; column statistics only, which miss a value changed inside the recorded
+    range; or nothing the file carried)."""
 
     table: str
     mode: str
