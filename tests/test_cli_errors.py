@@ -55,12 +55,28 @@ def test_the_issue_reproduction_init_with_a_refused_dsn(tmp_path):
     assert error_line(done).startswith("error: cannot reach the database within 5s at postgresql://postgres@127.0.0.1:1/x")
 
 
+# Settings that cannot work are called what they are, with the fix (never "renew the password" or
+# "cannot reach the database"): a role the server does not have, a database it does not have, a DSN
+# libpq cannot parse.
+SETTINGS = {
+    "role": (lambda dsn: dsn_with(dsn, user="pgfeatures_no_such_role"),
+             ["has no role 'pgfeatures_no_such_role'", "create it (CREATE ROLE ... LOGIN) or connect as an existing role"]),
+    "database": (lambda dsn: dsn_with(dsn, dbname="pgfeatures_no_such_db"),
+                 ["has no database 'pgfeatures_no_such_db'", "create it (CREATE DATABASE, or createdb pgfeatures_no_such_db)"]),
+    "dsn": (lambda dsn: dsn + " port=abc", ["is malformed", 'invalid integer value "abc" for connection option "port"',
+                                            "write it as key=value pairs"]),
+    "syntax": (lambda dsn: "host=127.0.0.1 this is not a dsn", ["is malformed", 'missing "=" after "this"']),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SETTINGS))
 @pytest.mark.parametrize("command", ["init", "get", "doctor"])
-def test_a_refused_login_names_the_role(command, dsn, defs):
-    bad = dsn_with(dsn, user="pgfeatures_no_such_role")
+def test_connection_settings_that_cannot_work_say_what_and_the_fix(command, kind, dsn, defs):
+    bad, expected = SETTINGS[kind]
     args = [a.format(defs=defs) for a in CONNECTING[command]]
-    line = error_line(cli(*args, "--dsn", bad))
-    assert "refused the credentials" in line and 'role "pgfeatures_no_such_role" does not exist' in line, line
+    line = error_line(cli(*args, "--dsn", bad(dsn)))
+    assert all(text in line for text in expected), line
+    assert "renew the password" not in line and "cannot reach the database" not in line, line
 
 
 def test_bad_toml_names_the_file_and_the_place(tmp_path, dsn):

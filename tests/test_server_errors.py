@@ -58,6 +58,7 @@ EXPECTED = {
     "DatabaseError": (500, "database_error", False),
     "LoadError": (500, "load_failed", False),
     "ConfigError": (500, "config_error", False),
+    "ConnectionSettingsError": (500, "config_error", False),
     "WarmupError": (500, "warmup_failed", False),
     "BenchmarkError": (500, "benchmark_error", False),
 }

@@ -4,6 +4,7 @@ from .definitions import Entity, Feature, FeatureService, FeatureTable, FeatureT
 from .connections import Cached, CredentialProvider, EnvPassword, PasswordFile, load_provider
 from .errors import (
     AuthenticationError,
+    ConnectionSettingsError,
     DatabaseError,
     DatabaseUnavailableError,
     DefinitionError,
@@ -41,6 +42,7 @@ __all__ = [
     "hash_key",
     "AuthenticationError",
     "Cached",
+    "ConnectionSettingsError",
     "CredentialProvider",
     "DatabaseError",
     "EnvPassword",
