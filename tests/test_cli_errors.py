@@ -177,3 +177,22 @@ def test_get_after_the_definitions_changed_without_init(dsn, defs, tmp_path, sch
         conn.execute(alter)
     done = cli("get", "--dsn", dsn, "-d", str(changed), KEY, "-t", "a")
     assert done.returncode == 0 and json.loads(done.stdout)["status"] == {"a": "missing"}, done.stderr
+
+
+# -- which definitions a command used --------------------------------------------------------------
+
+
+def test_a_command_without_definitions_says_it_uses_the_demo_layout(dsn, defs):
+    note = ("note: no definitions given (-d/--definitions FILE or $PGFEATURES_DEFINITIONS): using the demo layout "
+            "(30 tables t00..t29 x f0..f7 real, schema demo)")
+    done = cli("get", "--dsn", dsn, "-t", "user_stats", KEY)
+    assert note in done.stderr.splitlines(), done.stderr
+    assert error_line(done) == ("error: unknown feature table(s): user_stats; valid tables: "
+                                + ", ".join(f"t{i:02d}" for i in range(30)) + "; these are the names of the demo layout "
+                                "(30 tables t00..t29 x f0..f7 real, schema demo), since no definitions were given: pass "
+                                "yours with -d/--definitions FILE or $PGFEATURES_DEFINITIONS")
+    for given in (["-d", defs], []):  # a file, or the variable: no note, no hint
+        done = cli("get", "--dsn", dsn, "-t", "user_stats", KEY, *given,
+                   env={"PGFEATURES_DEFINITIONS": None if given else defs})
+        assert "note:" not in done.stderr and "demo layout" not in done.stderr, done.stderr
+        assert error_line(done).startswith("error: unknown feature table(s): user_stats; valid tables: a, b")

@@ -27,6 +27,7 @@ import enum
 import importlib
 import importlib.util
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -163,13 +164,26 @@ def add_json(p: argparse._ActionsContainer) -> None:  # a parser or an argument 
                         "(messages for people go to stderr)")
 
 
+DEMO_LAYOUT = "the demo layout (30 tables t00..t29 x f0..f7 real, schema demo)"
+NO_DEFINITIONS = (f"no definitions given (-d/--definitions FILE or ${DEFINITIONS_ENV}): using {DEMO_LAYOUT}")
+
+
+def uses_demo_layout(args: argparse.Namespace) -> bool:
+    """Whether the command takes definitions (``-d``) and was given none: it runs on the demo layout."""
+    return hasattr(args, "definitions") and not args.definitions and not os.environ.get(DEFINITIONS_ENV)
+
+
 def load_registry(path: str | None) -> "Registry":
-    """The definitions file given, else ``$PGFEATURES_DEFINITIONS``, else the demo layout.
-    Raises DefinitionError naming the file for a missing file, bad TOML or a bad definition."""
+    """The definitions file given, else ``$PGFEATURES_DEFINITIONS``, else the demo layout, with a note on
+    stderr saying so (and how to pass yours). Raises DefinitionError naming the file for a missing
+    file, bad TOML or a bad definition."""
     from ..definitions import Registry, demo_registry
 
     path = path or os.environ.get(DEFINITIONS_ENV)
-    return Registry.from_toml(path) if path else demo_registry()
+    if path:
+        return Registry.from_toml(path)
+    print(f"note: {NO_DEFINITIONS}", file=sys.stderr, flush=True)
+    return demo_registry()
 
 
 def dsn_of(args: argparse.Namespace, dsn: str | None = None) -> str:

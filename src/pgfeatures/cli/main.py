@@ -25,9 +25,10 @@ import traceback
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..errors import PgFeaturesError
+from ..errors import PgFeaturesError, UnknownEntityError, UnknownFeatureError, UnknownServiceError, UnknownTableError
 from . import bench, db, demo, doctor, inventory, read, schema, serve, write
 from .common import (
+    DEMO_LAYOUT,
     EXIT_CODES,
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -36,6 +37,7 @@ from .common import (
     Command,
     missing_module,
     require,
+    uses_demo_layout,
 )
 from .output import Output
 
@@ -107,6 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(out, "interrupted", EXIT_INTERRUPTED)
     except CliError as exc:
         return fail(out, str(exc), exc.exit_code)
+    except (UnknownTableError, UnknownFeatureError, UnknownServiceError, UnknownEntityError) as exc:
+        # valid names of the demo layout, when the user meant their own definitions: say where they came from
+        hint = (f"; these are the names of {DEMO_LAYOUT}, since no definitions were given: pass yours with "
+                f"-d/--definitions FILE or ${DEFINITIONS_ENV}") if uses_demo_layout(args) else ""
+        return fail(out, str(exc) + hint)
     except PgFeaturesError as exc:
         return fail(out, str(exc))
     except ImportError as exc:
