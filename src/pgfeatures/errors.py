@@ -140,6 +140,11 @@ class EmbeddedServerError(PgFeaturesError, RuntimeError):
     """The embedded PostgreSQL could not be created, started or stopped."""
 
 
+class ExtraNotInstalledError(PgFeaturesError, ImportError):
+    """A call needs an optional dependency group (an extra, e.g. ``load`` for bulk loads) that is not
+    installed: the core install is psycopg only. The message names the extra and the pip command."""
+
+
 # -- HTTP service (pgfeatures serve) --
 
 

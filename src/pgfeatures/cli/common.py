@@ -187,14 +187,16 @@ def load_registry(path: str | None) -> "Registry":
 
 
 def dsn_of(args: argparse.Namespace, dsn: str | None = None) -> str:
-    """``--dsn``, else ``$PGFEATURES_DSN``, else the embedded server (started on demand).
+    """``--dsn``, else ``$PGFEATURES_DSN``, else the embedded server (started on demand: only starting it
+    needs the embedded extra; a running one, as ``pgfeatures db dsn`` names it, serves a core install too).
 
     The DSN is remembered on ``args`` so that the error handler can name the server in a message."""
+    from .. import embedded
     from ..connections import DSN_ENV, resolve_dsn
 
     given = dsn or getattr(args, "dsn", None) or os.environ.get(DSN_ENV)
-    if not given:
-        require(f"{args.command} without --dsn or $PGFEATURES_DSN", "embedded")
+    if not given and not embedded.status().running:
+        require(f"{args.command} without --dsn or $PGFEATURES_DSN (and no embedded server running)", "embedded")
     resolved = resolve_dsn(given)
     args.resolved_dsn = resolved
     return resolved

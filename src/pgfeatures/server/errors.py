@@ -35,6 +35,7 @@ from ..errors import (
     DatabaseUnavailableError,
     DefinitionError,
     EmbeddedServerError,
+    ExtraNotInstalledError,
     FeatureValueError,
     KeyFormatError,
     LoadError,
@@ -109,6 +110,7 @@ ERRORS: tuple[tuple[type[Exception], HTTPError], ...] = (
     (DatabaseError, HTTPError(500, "database_error")),
     (LoadError, HTTPError(500, "load_failed")),
     (ConfigError, HTTPError(500, "config_error")),
+    (ExtraNotInstalledError, HTTPError(500, "missing_extra")),
     (WarmupError, HTTPError(500, "warmup_failed")),
     (BenchmarkError, HTTPError(500, "benchmark_error")),
 )

@@ -66,6 +66,7 @@ from ..connections import (
 from ..definitions import Registry
 from ..errors import (
     DefinitionError,
+    ExtraNotInstalledError,
     LoadInterruptedError,
     StoreClosedError,
 )
@@ -426,8 +427,13 @@ class FeatureStore:
         """Bulk-load ``data`` (files, Arrow, pandas/polars) into ``table`` in one transaction; see
         ``pgfeatures.load.load`` for the sources, the options (LoadOptions fields and ``progress``) and
         the errors. A load whose connection was found dead before anything could commit is retried
-        once on a fresh connection when its source can be read again; otherwise the error says so."""
-        from ..load import load
+        once on a fresh connection when its source can be read again; otherwise the error says so.
+        Raises ExtraNotInstalledError without the load extra (numpy, pyarrow)."""
+        try:
+            from ..load import load
+        except ImportError as exc:  # the core install: psycopg only
+            raise ExtraNotInstalledError(f"write_features needs the load extra (module {exc.name or exc!r} is missing): "
+                                         "pip install 'pgfeatures[load]'") from None
 
         for attempt in (0, 1):
             try:
