@@ -7,11 +7,15 @@ Real subprocesses (``python -m pgfeatures.cli``), a real PostgreSQL, a real refu
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
-from cli_run import cli, error_line
+from cli_run import EXTRAS_MODULES, cli, error_line
 from conftest import dsn_with
 
 REFUSED = "postgresql://postgres@127.0.0.1:1/x"  # nothing listens on port 1
@@ -196,3 +200,27 @@ def test_a_command_without_definitions_says_it_uses_the_demo_layout(dsn, defs):
                    env={"PGFEATURES_DEFINITIONS": None if given else defs})
         assert "note:" not in done.stderr and "demo layout" not in done.stderr, done.stderr
         assert error_line(done).startswith("error: unknown feature table(s): user_stats; valid tables: a, b")
+
+
+# -- Unix manners ------------------------------------------------------------------------------------
+
+
+def test_a_reader_closing_the_pipe_stops_the_command_quietly(dsn, defs):
+    # `pgfeatures get ... | head`: the output outgrows the pipe, the reader leaves after a few bytes
+    assert cli("init", "--dsn", dsn, "-d", defs).returncode == 0
+    keys = [f"{i:064x}" for i in range(3000)]
+    env = {k: v for k, v in os.environ.items() if k not in ("PGFEATURES_DSN", "PGFEATURES_DEFINITIONS")}
+    proc = subprocess.Popen([sys.executable, "-m", "pgfeatures.cli", "get", "--dsn", dsn, "-d", defs, *keys],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(10) == b'{\n  "resul'
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141, err  # 128 + SIGPIPE, what a shell reports for a Unix tool the pipe killed
+    assert err == "", err
+
+
+def test_version_is_the_installed_package_version():
+    done = cli("--version", blocked=EXTRAS_MODULES)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"pgfeatures {importlib.metadata.version('pgfeatures')}\n"

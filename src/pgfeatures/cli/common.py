@@ -50,6 +50,7 @@ EXIT_CHECK_FAILED = 1  # doctor: a check failed
 EXIT_ERROR = 2  # any error: bad input or usage, database down or refusing the login, schema drift (init), missing extra
 EXIT_NOT_RUNNING = 3  # db status: the embedded server is not running; db dsn: no embedded cluster exists
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: stdout's reader went away (`... | head`), as for a Unix tool
 
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}    success
@@ -57,7 +58,8 @@ EXIT_CODES = f"""exit codes:
   {EXIT_ERROR}    error: bad input or usage, database unreachable or login refused, schema drift (init),
        a missing extra; one line 'error: ...' on stderr says what is wrong
   {EXIT_NOT_RUNNING}    db status: the embedded server is not running; db dsn: no embedded cluster exists
-  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)"""
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+  {EXIT_BROKEN_PIPE}  the output's reader closed the pipe (e.g. `pgfeatures get ... | head`): it stops quietly"""
 
 
 class CliError(PgFeaturesError):
