@@ -8,8 +8,8 @@ a stored non-finite value is the string ``"Infinity"``, ``"-Infinity"`` or ``"Na
 ``application/octet-stream`` (``Accept``): the values as one little-endian array, ``float32`` when
 every feature of the vector is ``real``, else ``float64`` (integers and booleans as numbers, 1 and 0;
 a ``bigint`` beyond 2^53 is rounded), a missing value as NaN. Stored ±Infinity is ±Infinity, and a
-stored NaN is NaN too (so in this form NaN is NULL or NaN; writes refuse NaN by default). A batch is its rows concatenated
-(row-major, ``rows x columns``). After the values comes the **status trailer**: one byte per row
+stored NaN is NaN too (so in this form NaN is NULL or NaN; writes refuse NaN by default). A batch is
+its rows concatenated (row-major, ``rows x columns``). After the values comes the **status trailer**: one byte per row
 and table, ``0`` present, ``1`` missing, ``2`` expired, rows in order, tables in the order of the
 ``X-Pgfeatures-Tables`` header. Headers: ``X-Pgfeatures-Rows``, ``X-Pgfeatures-Columns``,
 ``X-Pgfeatures-Dtype`` (``float32`` / ``float64``), ``X-Pgfeatures-Tables``. In numpy::
@@ -75,7 +75,8 @@ class VectorPlan:
                 for i in np.flatnonzero(~finite.all(axis=1)).tolist():
                     values = vectors[i].values
                     where = np.flatnonzero(~finite[i]).tolist()
-                    if itemgetter(*where, 0)(values).count(None) != len(where) + (values[0] is None):
+                    given = itemgetter(*where)(values) if len(where) > 1 else (values[where[0]],)  # picked in C
+                    if given.count(None) != len(given):  # a stored non-finite value: the row as a list
                         rows[i] = [None if v is None else json_real(v) for v in values]
             return [{"key": k, "values": row, "status": v.status} for k, row, v in zip(keys, rows, vectors)]
         return [{"key": k, "values": self._mixed(v.values), "status": v.status} for k, v in zip(keys, vectors)]
