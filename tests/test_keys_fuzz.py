@@ -119,6 +119,8 @@ def postgres(conn: psycopg.Connection, expression: str, text: str | bytes) -> An
 @example(text="1_000")
 @example(text="0x1F")
 @example(text="\x1c5")
+@example(text="1" * 5000)  # int() refuses 4,300 digits
+@example(text=" -" + "0" * 5000 + "7 ")
 def test_bigint_text_means_what_postgres_reads(pg: psycopg.Connection, text: str) -> None:
     ours = parsed(ENTITIES["user"], text)
     theirs = postgres(pg, "%s::int8", text)
@@ -200,7 +202,8 @@ VALID_UTF8 = st.text(max_size=24)  # an Arrow string column holds valid UTF-8 on
 @given(name=st.sampled_from(list(ENTITIES)), data=st.data())
 def test_loader_key_columns_accept_what_entity_parse_accepts(name: str, data: st.DataObject) -> None:
     entity = ENTITIES[name]
-    texts = data.draw(st.lists(st.one_of(TEXTS[name].filter(_utf8), VALID_UTF8), min_size=1, max_size=12))
+    texts = data.draw(st.lists(st.one_of(TEXTS[name].filter(_utf8), VALID_UTF8, st.just("1" * 5000)),
+                               min_size=1, max_size=12))
     keys, problems = key_column(pa.array(texts, pa.string()), entity.column, entity, False)
     for i, text in enumerate(texts):
         ours = parsed(entity, text)

@@ -53,6 +53,18 @@ _UUID_DIGITS = r"[0-9a-fA-F]{4}(?:-?[0-9a-fA-F]{4}){7}"
 UUID_TEXT = re.compile(rf"(?:[uU][rR][nN]:[uU][uU][iI][dD]:)?(?:\{{{_UUID_DIGITS}\}}|{_UUID_DIGITS})")
 _NOT_HEX = re.compile(r"[^0-9a-fA-F]")
 
+def bigint_text_value(text: str) -> int | None:
+    """The value of a text that ``BIGINT_TEXT`` matches, or None when it is beyond 64 bits (checked
+    before ``int()``, which refuses 4,300 digits and more, leading zeros included)."""
+    text = text.strip(" \t\n\r\v\f")
+    sign = "-" if text[0] == "-" else ""
+    digits = text.lstrip("+-").lstrip("0") or "0"
+    if len(digits) > 19:
+        return None
+    value = int(sign + digits)
+    return value if INT8_RANGE[0] <= value <= INT8_RANGE[1] else None
+
+
 # Key type -> (column type in DDL, format_type() of the live column, parameter cast)
 _SQL_TYPES = {
     "bytea32": ("bytea", "bytea", "bytea"),
@@ -185,7 +197,13 @@ class Entity:
         if isinstance(key, str):
             if not BIGINT_TEXT.fullmatch(key):  # int() would take "1_0", "٣" and Unicode spaces, and fail on "+-5"
                 raise KeyFormatError(f"{self.name} key must be {self.accepts}, got {key!r}")
-            key = int(key)
+            value = bigint_text_value(key)
+            if value is None:
+                lo, hi = INT8_RANGE
+                text = key.strip(" \t\n\r\v\f")  # digits and a sign only: shown as the number it is
+                raise KeyFormatError(f"{self.name} key {text if len(text) <= 40 else text[:37] + '...'} is out of "
+                                     f"range for bigint ({lo}..{hi})")
+            key = value
         if not isinstance(key, int):
             raise KeyFormatError(f"{self.name} key must be {self.accepts}, got {type(key).__name__}")
         lo, hi = INT8_RANGE

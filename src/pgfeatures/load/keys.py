@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..definitions import KEY_LENGTH, Entity
-from ..definitions.entities import BIGINT_TEXT, INT8_RANGE, UUID_TEXT
+from ..definitions.entities import BIGINT_TEXT, INT8_RANGE, UUID_TEXT, bigint_text_value
 from ..errors import LoadInputError
 from .columns import kind_of
 
@@ -57,6 +57,10 @@ for _i, _c in enumerate(b"ABCDEF"):
 def shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def nulls_of(arr: pa.Array) -> np.ndarray | None:
@@ -193,9 +197,10 @@ def _bigint(arr: pa.Array, column: str, entity: Entity, valid: np.ndarray, probl
     long = ok & (digits >= 19)  # may not fit in 64 bits: checked one by one (rare)
     over = np.zeros(len(arr), dtype=bool)
     for i in np.flatnonzero(long):
-        over[i] = not lo <= int(text[i].as_py()) <= hi
+        over[i] = bigint_text_value(text[i].as_py()) is None
     if over.any():
-        problems.append(Problem(column, over, lambda i: f"key {text[i].as_py()} is out of range for bigint ({lo}..{hi})"))
+        problems.append(Problem(column, over, lambda i: f"key {_cut(text[i].as_py())} is out of range for bigint "
+                                f"({lo}..{hi})"))
     fine = ok & ~over
     unsigned = pc.replace_substring_regex(text, r"^\+", "")  # "+5": pyarrow's cast takes no plus sign
     return pc.cast(pc.if_else(pa.array(fine), unsigned, "0"), pa.int64()).to_numpy(zero_copy_only=False)
