@@ -78,6 +78,7 @@ TEXTS = {
 NOT_TEXT = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70), st.floats(), st.booleans(), st.none(), st.binary(max_size=40),
     st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.just(10**5000), st.just(-(10**5000)),  # past str()'s 4,300 digits
 )
 
 

@@ -86,12 +86,23 @@ def hash_key(natural_id: str | int | bytes) -> bytes:
             raise KeyFormatError(f"a natural id must be valid Unicode text: {natural_id!r} has no UTF-8 form "
                                  f"({exc.reason} at character {exc.start})") from None
     elif isinstance(natural_id, int):
-        data = str(natural_id).encode()
+        data = _decimal(natural_id).encode()
     elif isinstance(natural_id, (bytes, bytearray, memoryview)):
         data = bytes(natural_id)
     else:
         raise KeyFormatError(f"a natural id must be a string, an integer or bytes, got {type(natural_id).__name__}")
     return hashlib.sha256(data).digest()
+
+
+def _decimal(number: int) -> str:
+    """An integer's decimal text; KeyFormatError past str()'s limit (4,300 digits): no key has that many."""
+    if number.bit_length() > 14_000:  # about 4,214 digits: below the limit, far beyond any key
+        raise KeyFormatError(f"an integer key must be shorter, got {_huge(number)}")
+    return str(number)
+
+
+def _huge(number: int) -> str:
+    return f"an integer of about {number.bit_length() * 0.30103:,.0f} digits"
 
 
 def parse_hash_key(key: Any) -> bytes:
@@ -208,11 +219,14 @@ class Entity:
             raise KeyFormatError(f"{self.name} key must be {self.accepts}, got {type(key).__name__}")
         lo, hi = INT8_RANGE
         if not lo <= key <= hi:
-            raise KeyFormatError(f"{self.name} key {key} is out of range for bigint ({lo}..{hi})")
+            shown = str(key) if key.bit_length() <= 256 else _huge(key)  # str() refuses 4,300 digits and more
+            raise KeyFormatError(f"{self.name} key {shown} is out of range for bigint ({lo}..{hi})")
         return key
 
     def _text(self, key: Any) -> str:
         if isinstance(key, int) and not isinstance(key, bool):
+            if key.bit_length() > 14_000:
+                raise KeyFormatError(f"{self.name} key must be {self.accepts}, got {_huge(key)}")
             key = str(key)
         if not isinstance(key, str):
             raise KeyFormatError(f"{self.name} key must be {self.accepts}, got {type(key).__name__}")
