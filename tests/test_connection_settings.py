@@ -89,7 +89,7 @@ def test_serve_refuses_a_malformed_dsn_at_start(dsn):
     proc = serve("--dsn", "host=127.0.0.1 this is not a dsn")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, (out, err)
-    assert err.strip() == ("error: the DSN 'host=127.0.0.1 this is not a dsn' is malformed: missing \"=\" after \"this\" "
+    assert err.strip().splitlines()[-1] == ("error: the DSN 'host=127.0.0.1 this is not a dsn' is malformed: missing \"=\" after \"this\" "
                            "in connection info string; write it as key=value pairs (host=db.example.com port=5432 "
                            "dbname=features user=app) or as a URI (postgresql://app@db.example.com:5432/features)")
     assert "pgfeatures serve: http" not in out  # refused before the banner
