@@ -62,6 +62,8 @@ EXPECTED = {
     "LoadError": (500, "load_failed", False),
     "MaterializeError": (500, "materialize_failed", False),
     "ConfigError": (500, "config_error", False),
+    "ConnectionSettingsError": (500, "config_error", False),
+    "ExtraNotInstalledError": (500, "missing_extra", False),
     "WarmupError": (500, "warmup_failed", False),
     "BenchmarkError": (500, "benchmark_error", False),
 }

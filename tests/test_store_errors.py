@@ -23,6 +23,7 @@ from pgfeatures import (
     StoreClosedError,
 )
 from pgfeatures.definitions import FeatureTable, Registry, demo_registry
+from pgfeatures.errors import ConnectionSettingsError
 from pgfeatures.reader import ReaderCache
 from pgfeatures.schema import apply_schema
 
@@ -136,10 +137,12 @@ def test_closed_and_read_only_stores_say_so(conn, schema, dsn):
         never_opened.update_features(KEY, "t00", {"f0": 1.0})
 
 
-def test_a_refused_login_is_an_authentication_error(conn, schema, dsn):
+def test_a_role_the_server_does_not_have_is_a_settings_error_not_a_credential_to_renew(conn, schema, dsn):
+    # (A wrong password is an AuthenticationError: tests/test_clusters.py, with password logins.)
     registry = demo_registry(n_tables=1, n_features=1, schema=schema)
-    with pytest.raises(AuthenticationError, match="refused the credentials.*nobody_here"):
+    with pytest.raises(ConnectionSettingsError, match="has no role 'nobody_here'") as info:
         FeatureStore(registry, dsn_with(dsn, user="nobody_here"), pool_size=1, connect_timeout=2)
+    assert not isinstance(info.value, AuthenticationError)
 
 
 def test_async_store_cannot_open_in_its_constructor(schema, dsn):

@@ -166,11 +166,23 @@ class EmbeddedServerError(PgFeaturesError, RuntimeError):
     """The embedded PostgreSQL could not be created, started or stopped."""
 
 
+class ExtraNotInstalledError(PgFeaturesError, ImportError):
+    """A call needs an optional dependency group (an extra, e.g. ``load`` for bulk loads) that is not
+    installed: the core install is psycopg only. The message names the extra and the pip command."""
+
+
 # -- HTTP service (pgfeatures serve) --
 
 
 class ConfigError(PgFeaturesError, ValueError):
     """A service setting (flag, environment variable or config-file entry) is invalid."""
+
+
+class ConnectionSettingsError(ConfigError):
+    """The connection settings cannot work as written: a DSN libpq cannot parse (or a value it
+    refuses, such as ``port=abc``), or a database or role the server does not have. Neither an
+    outage nor a credential to renew: the same settings fail the same way until the DSN is fixed
+    (or the database or role is created). The message says which and how."""
 
 
 # -- doctor and warm-up (pgfeatures doctor / warmup) --

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import Command, Flag, add_dsn, add_json, add_settings, dsn_with_credentials, given
+from .common import NO_DEFINITIONS, Command, Flag, add_dsn, add_json, add_settings, dsn_with_credentials, given
 from .output import Output
 
 
@@ -27,6 +27,8 @@ def run_serve(args: argparse.Namespace, out: Output) -> int:
 
     config = load_config(given(args, ServerConfig), config_file=args.config)
     registry = config.registry()  # a bad definitions file fails here, not in every worker
+    if not config.definitions:
+        out.note(f"note: {NO_DEFINITIONS}")
     config.credential_provider()  # and so does a provider that cannot be loaded (each worker loads its own)
     config = config.replace(dsn=resolve_dsn(config.dsn))  # the embedded server starts once, here
     args.resolved_dsn = config.dsn

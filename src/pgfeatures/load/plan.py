@@ -115,6 +115,12 @@ class Job:
             raise
         self.summary.sources = [s.name for s in self.sources]
         for source, cols in zip(self.sources, self.columns):
+            why = source.unverifiable(cols.source_columns) if options.require_checksums else None
+            if why is not None:
+                error = LoadInputError(f"{source.name}: require_checksums (--require-checksums): {why}, so damage "
+                                       "that still decodes could not be detected; refusing to load it", source=source.name)
+                error.unchanged_table = self.summary.table
+                raise error
             check = source.integrity(cols.source_columns)
             if check is not None:
                 self.summary.integrity[source.name] = check.describe()

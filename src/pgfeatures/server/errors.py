@@ -38,6 +38,7 @@ from ..errors import (
     DatabaseUnavailableError,
     DefinitionError,
     EmbeddedServerError,
+    ExtraNotInstalledError,
     FeatureValueError,
     KeyFormatError,
     LoadError,
@@ -118,6 +119,7 @@ ERRORS: tuple[tuple[type[Exception], HTTPError], ...] = (
     (LoadError, HTTPError(500, "load_failed")),
     (MaterializeError, HTTPError(500, "materialize_failed")),
     (ConfigError, HTTPError(500, "config_error")),
+    (ExtraNotInstalledError, HTTPError(500, "missing_extra")),
     (WarmupError, HTTPError(500, "warmup_failed")),
     (BenchmarkError, HTTPError(500, "benchmark_error")),
 )

@@ -18,14 +18,18 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
-from ..definitions import UPDATED_AT, Entity, Registry
+from ..definitions import NONFINITE_JSON, UPDATED_AT, Entity, Registry
 from ..definitions.entities import INT8_RANGE
 from .config import ServerConfig
 
 KEY_PATTERN = "^[0-9a-fA-F]{64}$"
 
 STATUS = {"type": "string", "enum": ["present", "missing", "expired"]}
-VALUE = {"type": ["number", "integer", "boolean", "null"]}
+# A value: a number, a boolean, null (missing or NULL), or a stored non-finite real / double precision
+# value as a string (JSON has no number for it).
+VALUE = {"anyOf": [{"type": ["number", "integer", "boolean", "null"]},
+                   {"type": "string", "enum": list(NONFINITE_JSON),
+                    "description": "a stored non-finite real or double precision value (writes refuse them by default)"}]}
 _JSON_TYPES = {"real": "number", "double precision": "number", "smallint": "integer", "integer": "integer",
                "bigint": "integer", "boolean": "boolean"}
 

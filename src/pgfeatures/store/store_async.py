@@ -65,6 +65,7 @@ from ..connections.credentials import DEFAULT_CREDENTIALS_TIMEOUT, with_deadline
 from ..definitions import Registry
 from ..errors import (
     DefinitionError,
+    ExtraNotInstalledError,
     LoadInterruptedError,
     SchemaDriftError,
     StoreClosedError,
@@ -526,8 +527,13 @@ class AsyncFeatureStore:
         """Bulk-load ``data`` (files, Arrow, pandas/polars) into ``table`` in one transaction; see
         ``pgfeatures.load.load`` for the sources, the options (LoadOptions fields and ``progress``) and
         the errors. A load whose connection was found dead before anything could commit is retried
-        once on a fresh connection when its source can be read again; otherwise the error says so."""
-        from ..load import load_async
+        once on a fresh connection when its source can be read again; otherwise the error says so.
+        Raises ExtraNotInstalledError without the load extra (numpy, pyarrow)."""
+        try:
+            from ..load import load_async
+        except ImportError as exc:  # the core install: psycopg only
+            raise ExtraNotInstalledError(f"write_features needs the load extra (module {exc.name or exc!r} is missing): "
+                                         "pip install 'pgfeatures[load]'") from None
 
         for attempt in (0, 1):
             try:
@@ -541,18 +547,19 @@ class AsyncFeatureStore:
         raise AssertionError("unreachable")
 
     async def update_features(self, key: Any, table: str, values: Mapping[str, Any], *, nan: str = "reject",
-                              overwrite_newer: bool = False) -> UpdateCount:
+                              inf: str = "reject", overwrite_newer: bool = False) -> UpdateCount:
         """Upsert some or all features of one entity, in one round-trip (see write.py). Returns 1, or 0
         when the stored row is newer than the given ``updated_at`` (newest wins). Raises as
         ``update_features_batch``."""
-        return await self.update_features_batch(table, [(key, values)], nan=nan, overwrite_newer=overwrite_newer)
+        return await self.update_features_batch(table, [(key, values)], nan=nan, inf=inf, overwrite_newer=overwrite_newer)
 
-    async def update_features_batch(self, table: str, rows: UpdateRows, *, nan: str = "reject",
+    async def update_features_batch(self, table: str, rows: UpdateRows, *, nan: str = "reject", inf: str = "reject",
                                     overwrite_newer: bool = False) -> UpdateCount:
         """Upsert many entities (``{key: values}`` or ``(key, values)`` pairs) in one round-trip and one
         transaction. Returns the number of distinct keys written (an int), with ``.skipped``: keys whose
         stored row was newer than the row's ``updated_at`` and was kept (newest wins; pass
-        ``overwrite_newer=True`` to write them anyway).
+        ``overwrite_newer=True`` to write them anyway). NaN is refused unless ``nan="null"`` (written as
+        NULL), ±Infinity unless ``inf="keep"`` (written as it is; JSON answers carry it as "Infinity").
 
         Raises UnknownTableError, UnknownFeatureError, KeyFormatError, FeatureValueError before any
         I/O; ReadOnlyStoreError; DatabaseUnavailableError; SchemaDriftError. A pooled connection the
@@ -561,7 +568,7 @@ class AsyncFeatureStore:
         WriteOutcomeUnknownError (a DatabaseUnavailableError): it may or may not have been applied, and
         it is not sent again.
         """
-        plans = plan_updates(self.registry, table, rows, nan=nan, overwrite_newer=overwrite_newer)
+        plans = plan_updates(self.registry, table, rows, nan=nan, inf=inf, overwrite_newer=overwrite_newer)
         return await apply_updates_async(self, plans)
 
 
