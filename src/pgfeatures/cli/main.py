@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import PgFeaturesError
-from . import bench, db, demo, doctor, inventory, read, schema, serve, write
+from . import bench, db, demo, doctor, feast, inventory, read, schema, serve, write
 from .common import (
     EXIT_CODES,
     EXIT_ERROR,
@@ -41,7 +41,7 @@ from .output import Output
 
 COMMANDS: tuple[Command, ...] = (
     *db.COMMANDS, *schema.COMMANDS, *inventory.COMMANDS, *read.COMMANDS, *demo.COMMANDS, *write.COMMANDS, *serve.COMMANDS,
-    *doctor.COMMANDS, *bench.COMMANDS,
+    *doctor.COMMANDS, *bench.COMMANDS, *feast.COMMANDS,
 )
 BY_NAME = {c.name: c for c in COMMANDS}
 
