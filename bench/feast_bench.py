@@ -64,7 +64,7 @@ def feast_postgres(dsn: str, schema: str) -> dict[str, Any]:
 
 
 def write_repo(root: Path, project: str, online: dict[str, Any], entities: int, views: int = VIEWS,
-               name: str = "v") -> list[str]:
+               name: str = "v", engine: str | None = None) -> list[str]:
     """A repository of ``views`` views x 8 float32 keyed by driver_id (Int64), data for ``entities`` ids;
     returns the feature refs."""
     root.mkdir(parents=True, exist_ok=True)
@@ -85,6 +85,8 @@ def write_repo(root: Path, project: str, online: dict[str, Any], entities: int, 
     (root / "repo.py").write_text("\n".join(lines) + "\n")
     config = {"project": project, "provider": "local", "registry": str(root / "registry.db"), "online_store": online,
               "offline_store": {"type": "file"}, "entity_key_serialization_version": 3}
+    if engine:
+        config["batch_engine"] = {"type": engine}
     (root / "feature_store.yaml").write_text(yaml.safe_dump(config))
     return [f"{name}{i:02d}:f{j}" for i in range(views) for j in range(FEATURES)]
 
@@ -317,14 +319,17 @@ def main() -> None:
                         ["store", "clients", "requests/s", "errors"], rows))
         if "materialize" in parts:
             result["materialize"] = {}
-            for name in ("pgfeatures", "feast postgres"):
-                root = work / ("m_" + name.replace(" ", "_"))
-                write_repo(root, f"{tag}_m_{name.replace(' ', '_')}", onlines[name], args.materialize_rows, 1, "big")
+            runs = [("pgfeatures, PgfeaturesComputeEngine", "pgfeatures", "pgfeatures.feast.PgfeaturesComputeEngine"),
+                    ("pgfeatures, Feast's local engine", "pgfeatures", None),
+                    ("feast postgres, Feast's local engine", "feast postgres", None)]
+            for i, (label, name, engine) in enumerate(runs):
+                root = work / f"m{i}"
+                write_repo(root, f"{tag}_m{i}", onlines[name], args.materialize_rows, 1, "big", engine)
                 store = apply(root)
                 seconds = materialize(store)
-                result["materialize"][name] = {"rows": args.materialize_rows, "seconds": round(seconds, 2),
-                                               "rows_per_s": round(args.materialize_rows / seconds)}
-                print(f"materialize {name}: {args.materialize_rows:,} rows in {seconds:.1f} s", file=sys.stderr)
+                result["materialize"][label] = {"rows": args.materialize_rows, "seconds": round(seconds, 2),
+                                                "rows_per_s": round(args.materialize_rows / seconds)}
+                print(f"materialize {label}: {args.materialize_rows:,} rows in {seconds:.1f} s", file=sys.stderr)
             rows = [[name, r["rows"], r["seconds"], f"{r['rows_per_s']:,}"] for name, r in result["materialize"].items()]
             print(table("feast materialize, one view of 8 float32", ["store", "rows", "seconds", "rows/s"], rows))
     finally:

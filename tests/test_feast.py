@@ -100,6 +100,21 @@ def test_every_feature_of_every_row_matches_feast_sqlite(stores: Any) -> None:
     assert nulls  # driver 1005's null features: present, no value (as Feast's stores say)
 
 
+def test_materialize_through_the_arrow_engine_matches(stores: Any, tmp_path: Path, dsn: str, schema: str) -> None:
+    """batch_engine: pgfeatures.feast.PgfeaturesComputeEngine writes the offline Arrow straight to the COPY
+    load: the same answers as Feast's protobuf path (and as sqlite)."""
+    sqlite, _ = stores
+    engine = feast_repo.make_store(tmp_path, "arrow", {"type": STORE, "dsn": dsn, "db_schema": schema},
+                                   batch_engine={"type": "pgfeatures.feast.PgfeaturesComputeEngine"})
+    try:
+        rows = entity_rows()
+        assert check_same(rows, engine.get_online_features(ALL_FEATURES, rows),
+                          sqlite.get_online_features(ALL_FEATURES, rows)) > 0
+        assert type(engine._get_provider().batch_engine).__name__ == "PgfeaturesComputeEngine"
+    finally:
+        asyncio.run(engine._get_provider().online_store.close())
+
+
 def test_single_entity_service_and_async_match(stores: Any) -> None:
     sqlite, pg = stores
     service = pg.get_feature_service("driver_service")

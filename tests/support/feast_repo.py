@@ -109,9 +109,10 @@ def definitions(root: Path) -> dict[str, Any]:
     }
 
 
-def write_config(root: Path, project: str, online_store: dict[str, Any]) -> Path:
-    """``feature_store.yaml`` of a repository at ``root`` (local provider, file registry)."""
+def write_config(root: Path, project: str, online_store: dict[str, Any], **extra: Any) -> Path:
+    """``feature_store.yaml`` of a repository at ``root`` (local provider, file registry), with ``extra`` settings."""
     config = {
+        **extra,
         "project": project,
         "provider": "local",
         "registry": str(root / "registry.db"),
@@ -124,14 +125,15 @@ def write_config(root: Path, project: str, online_store: dict[str, Any]) -> Path
     return path
 
 
-def make_store(root: Path, project: str, online_store: dict[str, Any], objects: dict[str, Any] | None = None) -> Any:
+def make_store(root: Path, project: str, online_store: dict[str, Any], objects: dict[str, Any] | None = None,
+               **extra: Any) -> Any:
     """A Feast FeatureStore for a repository at ``root`` with the objects applied (``feast apply``)
     and the batch views materialized."""
     from feast import FeatureStore
 
     root.mkdir(parents=True, exist_ok=True)
     write_data(root)
-    write_config(root, project, online_store)
+    write_config(root, project, online_store, **extra)
     objects = objects if objects is not None else definitions(root)
     store = FeatureStore(repo_path=str(root))
     store.apply(list(objects.values()))

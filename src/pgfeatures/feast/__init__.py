@@ -12,11 +12,14 @@ Install with the ``feast`` extra (``pip install 'pgfeatures[feast]'``) and set i
 - ``response``: Feast's OnlineResponse held as Python columns;
 - ``writes``: Feast's write batches as Arrow tables for pgfeatures' COPY load;
 - ``online_store``: the store itself and its ``online_store:`` config;
+- ``engine``: a Feast compute engine whose ``feast materialize`` writes Arrow straight to the COPY load;
 - ``importer``: ``pgfeatures import-feast``: a Feast repository's definitions as pgfeatures TOML.
 
 See docs/feast.md.
 """
 
+from .engine import PgfeaturesComputeEngine, PgfeaturesComputeEngineConfig
 from .online_store import PgfeaturesOnlineStore, PgfeaturesOnlineStoreConfig
 
-__all__ = ["PgfeaturesOnlineStore", "PgfeaturesOnlineStoreConfig"]
+__all__ = ["PgfeaturesComputeEngine", "PgfeaturesComputeEngineConfig", "PgfeaturesOnlineStore",
+           "PgfeaturesOnlineStoreConfig"]

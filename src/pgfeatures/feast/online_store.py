@@ -51,7 +51,7 @@ from .keys import key_part, proto_key, proto_value
 from .mapping import PROTO_FIELDS, ViewLayout, registry_of, view_layout
 from .plan import RequestPlan, event_time, plan_request
 from .response import PRESENT, Column, PgfeaturesOnlineResponse, append_columns
-from .writes import arrow_batch
+from .writes import arrow_batch, arrow_table
 
 STORE_TYPE = "pgfeatures.feast.PgfeaturesOnlineStore"
 
@@ -475,6 +475,17 @@ class PgfeaturesOnlineStore(OnlineStore):
             await store.write_features(layout.table.name, batch)
         if progress:
             progress(len(data))
+
+    def write_arrow(self, config: RepoConfig, table: FeatureView, data: Any) -> None:
+        """Write the offline store's Arrow table of a view (its join keys, features and timestamp field)
+        in one bulk load, with no protobuf per value: what PgfeaturesComputeEngine's materialization calls."""
+        layout = self._layout(config, table)
+        source = table.batch_source
+        if source is None:
+            raise DefinitionError(f"feature view {table.name!r} has no batch source to materialize from")
+        batch = arrow_table(layout, data, source.timestamp_field)
+        if batch.num_rows:
+            self._sync_store(config, [layout]).write_features(layout.table.name, batch)
 
     # -- definitions: feast apply / teardown --------------------------------------------------------
 
