@@ -326,7 +326,7 @@ def main() -> None:
                     ("feast postgres, Feast's local engine", "feast postgres", None)]
             for i, (label, name, engine) in enumerate(runs):
                 root = work / f"m{i}"
-                n = args.materialize_peer_rows or args.materialize_rows if name == "feast postgres" else args.materialize_rows
+                n = (args.materialize_peer_rows or args.materialize_rows) if name == "feast postgres" else args.materialize_rows
                 write_repo(root, f"{tag}_m{i}", onlines[name], n, 1, "big", engine)
                 store = apply(root)
                 seconds = materialize(store)
