@@ -227,6 +227,14 @@ def apply_schema(conn: psycopg.Connection, registry: Registry, *, raise_on_drift
     return report
 
 
+def drop_tables(conn: psycopg.Connection, schema: str, tables: Sequence[str]) -> None:
+    """Drop feature tables of ``schema`` that exist (and what depends on them), each under its DDL lock
+    (see ``ddl_lock``). Runs in the caller's transaction, if any."""
+    for name in tables:
+        conn.execute(*ddl_lock(schema, name))
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(qualified(schema, name)))
+
+
 def drop_schema(conn: psycopg.Connection, schema: str) -> None:
     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 

