@@ -280,3 +280,42 @@ def test_cli_renders_a_saved_result(result: dict[str, Any], tmp_path: Path) -> N
     reads.save(result, saved)
     assert main(["bench", "--from-json", str(saved), "--report", str(out)]) == 0
     assert out.read_text().startswith("<!DOCTYPE html>")
+
+
+# -- the OS page cache ----------------------------------------------------------------------------
+
+
+def test_the_os_page_cache_is_dropped_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bench`` (and ``--quick``) ran the cold-read part with the host's page cache dropped four times
+    when run as root, unasked. The drop goes to ``DROP_CACHES``, here a file of the test (nothing
+    host-wide): untouched without ``drop_os_cache``, written once per cold start with it."""
+    from pgfeatures.bench import materialized, schema_effects
+
+    target = tmp_path / "drop_caches"
+    monkeypatch.setattr(schema_effects, "DROP_CACHES", target)
+    assert reads.BenchConfig().drop_os_cache is False and reads.BenchConfig.quick().drop_os_cache is False
+    kept = materialized.cold(300, 10, rounds=1, tables=2, progress=lambda line: None)
+    assert not target.exists(), "the OS page cache was dropped without --drop-os-cache"
+    assert kept["os_cache_drops"] == 0 and kept["os_cache_dropped"] is False
+    assert "--drop-os-cache" in kept["os_cache_refused"]
+    dropped = materialized.cold(300, 10, rounds=1, tables=2, progress=lambda line: None, drop_os_cache=True)
+    assert target.read_text() == "3\n" and dropped["os_cache_drops"] == 2 and dropped["os_cache_dropped"] is True
+
+
+def test_tables_are_full_width_when_stdout_is_not_a_terminal(result: dict[str, Any], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Piped to a file (here: pytest's capture, not a terminal), rich's default of 80 columns cut the
+    targets table: its PASS/MISS column was gone. Every target keeps its verdict, on one line."""
+    saved = tmp_path / "result.json"
+    reads.save(result, saved)
+    capsys.readouterr()
+    assert main(["bench", "--from-json", str(saved)]) == 0
+    text = capsys.readouterr().out
+    targets = text[text.index("targets (issue 6)"):]
+    for check in result["checks"]:
+        line = next((ln for ln in targets.splitlines() if ln.strip().startswith(check["check"])), None)
+        assert line is not None, f"the check {check['check']!r} is cut or wrapped:\n{targets}"
+        if check["ok"] is not None:
+            assert line.rstrip().endswith("PASS" if check["ok"] else "MISS"), line
+    assert "…" not in text
+    assert max(len(ln) for ln in text.splitlines()) > 80

@@ -7,11 +7,15 @@ Real subprocesses (``python -m pgfeatures.cli``), a real PostgreSQL, a real refu
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
-from cli_run import cli, error_line
+from cli_run import EXTRAS_MODULES, cli, error_line
 from conftest import dsn_with
 
 REFUSED = "postgresql://postgres@127.0.0.1:1/x"  # nothing listens on port 1
@@ -55,12 +59,28 @@ def test_the_issue_reproduction_init_with_a_refused_dsn(tmp_path):
     assert error_line(done).startswith("error: cannot reach the database within 5s at postgresql://postgres@127.0.0.1:1/x")
 
 
+# Settings that cannot work are called what they are, with the fix (never "renew the password" or
+# "cannot reach the database"): a role the server does not have, a database it does not have, a DSN
+# libpq cannot parse.
+SETTINGS = {
+    "role": (lambda dsn: dsn_with(dsn, user="pgfeatures_no_such_role"),
+             ["has no role 'pgfeatures_no_such_role'", "create it (CREATE ROLE ... LOGIN) or connect as an existing role"]),
+    "database": (lambda dsn: dsn_with(dsn, dbname="pgfeatures_no_such_db"),
+                 ["has no database 'pgfeatures_no_such_db'", "create it (CREATE DATABASE, or createdb pgfeatures_no_such_db)"]),
+    "dsn": (lambda dsn: dsn + " port=abc", ["is malformed", 'invalid integer value "abc" for connection option "port"',
+                                            "write it as key=value pairs"]),
+    "syntax": (lambda dsn: "host=127.0.0.1 this is not a dsn", ["is malformed", 'missing "=" after "this"']),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SETTINGS))
 @pytest.mark.parametrize("command", ["init", "get", "doctor"])
-def test_a_refused_login_names_the_role(command, dsn, defs):
-    bad = dsn_with(dsn, user="pgfeatures_no_such_role")
+def test_connection_settings_that_cannot_work_say_what_and_the_fix(command, kind, dsn, defs):
+    bad, expected = SETTINGS[kind]
     args = [a.format(defs=defs) for a in CONNECTING[command]]
-    line = error_line(cli(*args, "--dsn", bad))
-    assert "refused the credentials" in line and 'role "pgfeatures_no_such_role" does not exist' in line, line
+    line = error_line(cli(*args, "--dsn", bad(dsn)))
+    assert all(text in line for text in expected), line
+    assert "renew the password" not in line and "cannot reach the database" not in line, line
 
 
 def test_bad_toml_names_the_file_and_the_place(tmp_path, dsn):
@@ -124,7 +144,7 @@ def test_init_keeps_exit_2_on_drift_and_json_stays_json(dsn, defs, tmp_path, sch
 def test_get_after_the_definitions_changed_without_init(dsn, defs, tmp_path, schema):
     """A feature added to the definitions and ``pgfeatures init`` not run: ``get`` (on_drift="isolate")
     still reads the tables that match; a read of the drifted one is one error line naming the table,
-    the missing column and the ALTER TABLE that adds it (``init`` never alters a table), no traceback. (The library's default,
+    the missing column and the plan/apply that adds it, no traceback. (The library's default,
     on_drift="raise", refuses to open with that error: test_store_errors.py,
     test_open_fails_at_once_with_the_drift_not_an_outage.)"""
     from pgfeatures import FeatureStore
@@ -143,21 +163,61 @@ def test_get_after_the_definitions_changed_without_init(dsn, defs, tmp_path, sch
     for args in (["-t", "a"], ["-t", "a,b"], []):  # the drifted table, alone, with another, or all tables
         line = error_line(cli("get", "--dsn", dsn, "-d", str(changed), KEY, *args))
         assert "does not match the definitions" in line and "a: column h (double precision) is missing" in line, line
-        alter = f'ALTER TABLE "{schema}"."a" ADD COLUMN "h" double precision'
-        assert "`pgfeatures init` never alters a table" in line and alter in line, line
+        assert f"`pgfeatures plan -d {changed}` shows the change and `pgfeatures apply -d {changed}` makes it" in line, line
     # A table added to the definitions: the error names the init that creates it, and after it the read works.
     added = tmp_path / "added.toml"
     added.write_text(pathlib.Path(defs).read_text() + '[tables.c.features]\nx = "real"\n')
     line = error_line(cli("get", "--dsn", dsn, "-d", str(added), KEY, "-t", "c"))
-    assert f"c: table {schema}.c does not exist" in line and f"`pgfeatures init -d {added}` creates the missing table(s) c" in line, line
+    assert f"c: table {schema}.c does not exist" in line and f"`pgfeatures apply -d {added}` makes it" in line, line
     assert cli("get", "--dsn", dsn, "-d", str(added), KEY, "-t", "b").returncode == 0
     assert cli("init", "--dsn", dsn, "-d", str(added)).returncode == 0
     done = cli("get", "--dsn", dsn, "-d", str(added), KEY, "-t", "c")
     assert done.returncode == 0 and json.loads(done.stdout)["status"] == {"c": "missing"}, done.stderr
 
-    import psycopg
-
-    with psycopg.connect(dsn, autocommit=True) as conn:  # the statement the drift error gave is the fix
-        conn.execute(alter)
+    applied = cli("apply", "--dsn", dsn, "-d", str(changed))  # the command the drift error gave is the fix
+    assert applied.returncode == 0 and "add column h (double precision) to a" in applied.stderr, applied.stderr
     done = cli("get", "--dsn", dsn, "-d", str(changed), KEY, "-t", "a")
     assert done.returncode == 0 and json.loads(done.stdout)["status"] == {"a": "missing"}, done.stderr
+
+
+# -- which definitions a command used --------------------------------------------------------------
+
+
+def test_a_command_without_definitions_says_it_uses_the_demo_layout(dsn, defs):
+    note = ("note: no definitions given (-d/--definitions FILE or $PGFEATURES_DEFINITIONS): using the demo layout "
+            "(30 tables t00..t29 x f0..f7 real, schema demo)")
+    done = cli("get", "--dsn", dsn, "-t", "user_stats", KEY)
+    assert note in done.stderr.splitlines(), done.stderr
+    assert error_line(done) == ("error: unknown feature table(s): user_stats; valid tables: "
+                                + ", ".join(f"t{i:02d}" for i in range(30)) + "; these are the names of the demo layout "
+                                "(30 tables t00..t29 x f0..f7 real, schema demo), since no definitions were given: pass "
+                                "yours with -d/--definitions FILE or $PGFEATURES_DEFINITIONS")
+    for given in (["-d", defs], []):  # a file, or the variable: no note, no hint
+        done = cli("get", "--dsn", dsn, "-t", "user_stats", KEY, *given,
+                   env={"PGFEATURES_DEFINITIONS": None if given else defs})
+        assert "note:" not in done.stderr and "demo layout" not in done.stderr, done.stderr
+        assert error_line(done).startswith("error: unknown feature table(s): user_stats; valid tables: a, b")
+
+
+# -- Unix manners ------------------------------------------------------------------------------------
+
+
+def test_a_reader_closing_the_pipe_stops_the_command_quietly(dsn, defs):
+    # `pgfeatures get ... | head`: the output outgrows the pipe, the reader leaves after a few bytes
+    assert cli("init", "--dsn", dsn, "-d", defs).returncode == 0
+    keys = [f"{i:064x}" for i in range(3000)]
+    env = {k: v for k, v in os.environ.items() if k not in ("PGFEATURES_DSN", "PGFEATURES_DEFINITIONS")}
+    proc = subprocess.Popen([sys.executable, "-m", "pgfeatures.cli", "get", "--dsn", dsn, "-d", defs, *keys],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(10) == b'{\n  "resul'
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141, err  # 128 + SIGPIPE, what a shell reports for a Unix tool the pipe killed
+    assert err == "", err
+
+
+def test_version_is_the_installed_package_version():
+    done = cli("--version", blocked=EXTRAS_MODULES)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"pgfeatures {importlib.metadata.version('pgfeatures')}\n"

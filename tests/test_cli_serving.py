@@ -298,7 +298,8 @@ def test_materialize_builds_the_serving_rows(loaded, dsn, defs, conn):
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["service"] == "fraud" and summary["state"] == "built"
-    assert summary["rows"] == {f"_pgf_svc_fraud__{e}": n for e, n in (("user", 2), ("merchant", 1))}
+    names = {layout.entity.name: layout.table_name for layout in loaded.layouts("fraud")}
+    assert summary["rows"] == {names[e]: n for e, n in (("user", 2), ("merchant", 1))}
     assert "locking 2 feature table(s)" in done.stderr  # progress, on stderr
     assert status(conn, loaded) == {"fraud": "built"}
     # the serving rows are what get reads now, and they say the same
@@ -318,7 +319,7 @@ def test_materialize_errors(defs, dsn):
     assert "service 'plain' is not declared materialize = true: add materialize = true to [services.plain]" in line
     assert "(materialized services: fraud)" in line
     line = error_line(cli("materialize", "fraud", "--dsn", dsn, "-d", defs))  # before init: no tables
-    assert "does not exist" in line and "pgfeatures init" in line, line
+    assert "does not exist" in line and "pgfeatures apply" in line, line
 
 
 # -- load --overwrite-newer -----------------------------------------------------------------------

@@ -90,6 +90,9 @@ def test_password_login_and_wrong_password_is_an_authentication_error(primary: C
     assert isinstance(unavailable(primary.dsn("app", "wrong"), raised.value), AuthenticationError)
     with pytest.raises(AuthenticationError):  # the superuser has no password: only the unix socket admits it
         connect(primary.dsn("postgres", "anything"), connect_timeout=5)
+    # with password logins PostgreSQL reports a missing role as a failed password: it stays a refused login
+    with pytest.raises(AuthenticationError, match="password authentication failed"):
+        connect(primary.dsn("nobody_here", "anything"), connect_timeout=5)
     assert one(primary.admin_dsn()) == "postgres"
 
 

@@ -32,7 +32,7 @@ from pgfeatures.bench.clusters import Cluster
 from pgfeatures.connections import CredentialProviderError, load_provider
 from pgfeatures.connections.credentials import credential_params
 from pgfeatures.definitions import demo_registry
-from pgfeatures.errors import ConfigError
+from pgfeatures.errors import ConfigError, CredentialsTimeoutError, PgFeaturesError
 from pgfeatures.schema import apply_schema
 
 SCHEMA = "cred"
@@ -430,6 +430,332 @@ def test_max_lifetime_renews_connections_through_the_provider(primary: Cluster, 
     assert _refused(primary, "pw-1")  # the renewed connection could only have logged in with the new password
 
 
+class Hanging:
+    """A real provider in front of a token endpoint that can hang. While ``hanging`` is set a call
+    blocks until the end of the test (``release``), as a request on a dead TCP connection does: a
+    call that hung stays hung after the endpoint is fixed; a call made once it is fixed answers."""
+
+    def __init__(self, password: str):
+        self.password = password
+        self.hanging = threading.Event()
+        self._released = threading.Event()
+        self._lock = threading.Lock()
+        self.calls = 0
+        self.hung = 0
+
+    def __call__(self) -> str:
+        with self._lock:
+            self.calls += 1
+            hangs = self.hanging.is_set()
+            self.hung += hangs
+        if hangs:
+            self._released.wait(120)
+            raise RuntimeError("token endpoint: connection reset")
+        return self.password
+
+    def release(self) -> None:
+        self._released.set()
+
+    def __repr__(self) -> str:
+        return "Hanging()"
+
+
+HANG_TIMEOUT = 1.0  # credentials_timeout of the hanging-provider tests
+
+
+def _outcome(read: Any) -> tuple[bool, BaseException | None]:
+    try:
+        assert read() == EXPECTED
+        return True, None
+    except PgFeaturesError as exc:
+        return False, exc
+
+
+def _check_hang_errors(errors: list[BaseException], provider: Hanging, hung_for: float) -> None:
+    """Every read that failed while the provider hung says so (not pool_exhausted), and the
+    provider was not called once per attempt: at most one call a deadline, plus the first ones."""
+    assert errors, "no read failed while the provider hung"
+    assert all(isinstance(e, CredentialsTimeoutError) for e in errors), [f"{type(e).__name__}: {e}" for e in errors]
+    assert any(f"credential provider Hanging() did not answer within {HANG_TIMEOUT:g}s" in str(e) for e in errors), \
+        [str(e) for e in errors]
+    assert provider.hung <= hung_for / HANG_TIMEOUT + 4, (provider.hung, hung_for)
+
+
+def test_a_hanging_provider_is_a_credentials_timeout_and_reads_return_within_a_probe(primary: Cluster) -> None:
+    """The provider hangs (calls that hung never return), the store's connections are lost: reads
+    fail with CredentialsTimeoutError naming the provider within their acquire_timeout, and once
+    the provider answers again reads are back within a deadline and a probe (psycopg_pool's own
+    retries would wait for the hung calls)."""
+    provider = Hanging("pw-1")
+    with FeatureStore(REGISTRY, primary.dsn("app", password=""), credentials=provider, credentials_timeout=HANG_TIMEOUT,
+                      pool_size=2, write_pool_size=0, acquire_timeout=1.0) as store:
+        assert store.get_features(KEY) == EXPECTED
+        try:
+            provider.hanging.set()
+            assert primary.terminate(user="app") >= 1
+            errors, started = [], time.monotonic()
+            while time.monotonic() - started < 4:
+                ok, error = _outcome(lambda: store.get_features(KEY))
+                assert not ok, "a read succeeded with every connection lost and the provider hanging"
+                errors.append(error)
+            _check_hang_errors(errors, provider, time.monotonic() - started)
+            provider.hanging.clear()
+            fixed = time.monotonic()
+            while not _outcome(lambda: store.get_features(KEY))[0]:
+                assert time.monotonic() - fixed < 10, "reads did not come back 10 s after the provider answered"
+            back = time.monotonic() - fixed
+            assert back < HANG_TIMEOUT + 2.0, f"reads back {back:.1f}s after the provider answered again"
+        finally:
+            provider.release()
+
+
+def test_async_store_a_hanging_provider_is_a_credentials_timeout_and_reads_return_within_a_probe(primary: Cluster) -> None:
+    provider = Hanging("pw-1")
+
+    async def run() -> None:
+        async with AsyncFeatureStore(REGISTRY, primary.dsn("app", password=""), credentials=provider,
+                                     credentials_timeout=HANG_TIMEOUT, pool_size=2, write_pool_size=0,
+                                     acquire_timeout=1.0) as store:
+            assert await store.get_features(KEY) == EXPECTED
+            provider.hanging.set()
+            assert await asyncio.to_thread(primary.terminate, user="app") >= 1
+            errors, started = [], time.monotonic()
+            while time.monotonic() - started < 4:
+                try:
+                    await store.get_features(KEY)
+                    raise AssertionError("a read succeeded with every connection lost and the provider hanging")
+                except PgFeaturesError as exc:
+                    errors.append(exc)
+            _check_hang_errors(errors, provider, time.monotonic() - started)
+            provider.hanging.clear()
+            fixed = time.monotonic()
+            while True:
+                try:
+                    assert await store.get_features(KEY) == EXPECTED
+                    break
+                except PgFeaturesError:
+                    assert time.monotonic() - fixed < 10, "reads did not come back 10 s after the provider answered"
+            back = time.monotonic() - fixed
+            assert back < HANG_TIMEOUT + 2.0, f"reads back {back:.1f}s after the provider answered again"
+
+    try:
+        asyncio.run(asyncio.wait_for(run(), 60))
+    finally:
+        provider.release()
+
+
+def test_opening_with_a_hanging_provider_fails_within_its_deadline(primary: Cluster) -> None:
+    provider = Hanging("pw-1")
+    provider.hanging.set()
+    try:
+        started = time.monotonic()
+        with pytest.raises(CredentialsTimeoutError, match=r"credential provider Hanging\(\) did not answer within 1s"):
+            FeatureStore(REGISTRY, primary.dsn("app", password=""), credentials=provider, credentials_timeout=1,
+                         pool_size=1, write_pool_size=0)
+        assert time.monotonic() - started < 5
+    finally:
+        provider.release()
+
+
+class Slow:
+    """A healthy provider whose token endpoint takes longer to answer than a request waits for a
+    pooled connection (``pgfeatures serve``'s acquire_timeout is 1 s)."""
+
+    def __init__(self, password: str, seconds: float):
+        self.password, self.seconds = password, seconds
+        self.calls = 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        time.sleep(self.seconds)
+        return self.password
+
+
+def test_max_lifetime_renewal_fails_no_read(primary: Cluster) -> None:
+    """Connections renewed by max_lifetime under a read loop, through a provider slower than the
+    acquire timeout: the old connections serve until the new ones are ready, so no read fails."""
+    provider = Slow("pw-1", 1.3)
+    failures: list[BaseException] = []
+    reads = 0
+    with FeatureStore(REGISTRY, primary.dsn("app", password=""), credentials=provider, pool_size=2, write_pool_size=0,
+                      max_lifetime=2.0, acquire_timeout=1.0) as store:
+        first = _app_backends(primary)
+        opened_calls = provider.calls
+        started = time.monotonic()
+        done = threading.Event()
+
+        def loop() -> None:
+            nonlocal reads
+            while not done.is_set():
+                ok, error = _outcome(lambda: store.get_features(KEY))
+                reads += ok
+                if error is not None:
+                    failures.append(error)
+                time.sleep(0.005)
+
+        threads = [threading.Thread(target=loop) for _ in range(3)]
+        for t in threads:
+            t.start()
+        while provider.calls < opened_calls + 4 or _app_backends(primary) & first:  # two renewals of both connections
+            assert time.monotonic() - started < 30, (provider.calls, opened_calls)
+            time.sleep(0.1)
+        time.sleep(0.5)
+        done.set()
+        for t in threads:
+            t.join(30)
+    assert failures == [] and reads > 100, (reads, [f"{type(e).__name__}: {e}" for e in failures[:3]])
+
+
+def test_async_store_max_lifetime_renewal_fails_no_read(primary: Cluster) -> None:
+    provider = Slow("pw-1", 1.3)
+
+    async def run() -> tuple[int, list[BaseException]]:
+        ok, failures = 0, []
+        async with AsyncFeatureStore(REGISTRY, primary.dsn("app", password=""), credentials=provider, pool_size=2,
+                                     write_pool_size=0, max_lifetime=2.0, acquire_timeout=1.0) as store:
+            first = await asyncio.to_thread(_app_backends, primary)
+            opened_calls = provider.calls
+            done = asyncio.Event()
+
+            async def loop() -> None:
+                nonlocal ok
+                while not done.is_set():
+                    try:
+                        assert await store.get_features(KEY) == EXPECTED
+                        ok += 1
+                    except PgFeaturesError as exc:
+                        failures.append(exc)
+                    await asyncio.sleep(0.005)
+
+            readers = [asyncio.create_task(loop()) for _ in range(3)]
+            started = time.monotonic()
+            while provider.calls < opened_calls + 4 or (await asyncio.to_thread(_app_backends, primary)) & first:
+                assert time.monotonic() - started < 30, (provider.calls, opened_calls)
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
+            done.set()
+            await asyncio.gather(*readers)
+        return ok, failures
+
+    ok, failures = asyncio.run(asyncio.wait_for(run(), 60))
+    assert failures == [] and ok > 100, (ok, [f"{type(e).__name__}: {e}" for e in failures[:3]])
+
+
+SERVE_DEFS = 'schema = "credserve"\n[tables.a.features]\nf = "real"\n'
+SERVE_KEY = "cd" * 32
+SERVE_PROVIDER = """
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def _call():
+    with open(HERE / "calls", "a") as calls:
+        calls.write("1\\n")
+
+
+def hanging():
+    \"\"\"While the file 'hang' exists a call hangs until the test ends ('released'); else it answers.\"\"\"
+    _call()
+    if (HERE / "hang").exists():
+        while not (HERE / "released").exists():
+            time.sleep(0.05)
+        raise RuntimeError("token endpoint: connection reset")
+    return "pw-1"
+
+
+def slow():
+    \"\"\"A healthy token endpoint slower than serve's acquire_timeout (1 s).\"\"\"
+    _call()
+    time.sleep(1.3)
+    return "pw-1"
+"""
+
+
+@pytest.fixture()
+def served(primary: Cluster, tmp_path: Path) -> Iterator[Path]:
+    """A directory with the definitions and the provider module ``credserve_provider``; its table
+    created on ``primary`` with one row. Hung provider calls are released at the end."""
+    from pgfeatures.definitions import Registry
+
+    (tmp_path / "features.toml").write_text(SERVE_DEFS)
+    (tmp_path / "credserve_provider.py").write_text(SERVE_PROVIDER)
+    registry = Registry.from_toml(tmp_path / "features.toml")
+    with primary.admin() as conn:
+        apply_schema(conn, registry)
+        conn.execute("GRANT USAGE ON SCHEMA credserve TO app; GRANT SELECT ON ALL TABLES IN SCHEMA credserve TO app")
+        conn.execute("INSERT INTO credserve.a (hashkey, f) VALUES (%s, 1.5)", [bytes.fromhex(SERVE_KEY)])
+    try:
+        yield tmp_path
+    finally:
+        (tmp_path / "released").touch()
+
+
+def _serve(primary: Cluster, directory: Path, provider: str, *flags: str) -> Any:
+    from support.serve import ServeProcess
+
+    path = os.pathsep.join([str(directory), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return ServeProcess("-d", str(directory / "features.toml"), "--dsn", primary.dsn("app", password=""),
+                        "--credentials", f"credserve_provider:{provider}", "--no-prewarm", "--pool-size", "2",
+                        "--write-pool-size", "0", *flags, env={"PYTHONPATH": path})
+
+
+def _calls(directory: Path) -> int:
+    path = directory / "calls"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_serve_a_hanging_provider_is_503_credentials_timeout_and_serves_within_a_probe_of_it_answering(
+        primary: Cluster, served: Path) -> None:
+    import httpx
+
+    with _serve(primary, served, "hanging", "--credentials-timeout", "1") as serve:
+        def read() -> httpx.Response:
+            return httpx.post(f"{serve.url}/v1/features", json={"key": SERVE_KEY}, timeout=30)
+
+        assert read().json()["features"] == {"a": {"f": 1.5}}
+        (served / "hang").touch()
+        assert primary.terminate(user="app") >= 2
+        answers, started = [], time.monotonic()
+        while time.monotonic() - started < 4:
+            answers.append(read())
+        failed = [r for r in answers if r.status_code != 200]
+        assert failed, "no request failed while the provider hung"
+        for r in failed:
+            assert (r.status_code, r.json()["error"]["type"], r.json()["error"]["retryable"]) == \
+                (503, "credentials_timeout", True), r.text
+            assert r.headers.get("retry-after") == "1"
+        assert any("credential provider <function hanging at" in r.json()["error"]["message"]
+                   and "did not answer within 1s" in r.json()["error"]["message"] for r in failed), failed[-1].text
+        (served / "hang").unlink()
+        fixed = time.monotonic()
+        while (r := read()).status_code != 200:
+            assert r.json()["error"]["type"] == "credentials_timeout", r.text
+            assert time.monotonic() - fixed < 10, "not serving 10 s after the provider answered again"
+        back = time.monotonic() - fixed
+        assert back < 3.0, f"serving again {back:.1f}s after the provider answered again"
+
+
+def test_serve_max_lifetime_renewal_fails_no_request(primary: Cluster, served: Path) -> None:
+    """The issue's run: connections renewed by max_lifetime while requests come, the provider (a
+    healthy token endpoint) slower than serve's acquire_timeout: every request is answered."""
+    import httpx
+
+    with _serve(primary, served, "slow", "--max-lifetime", "2") as serve:
+        opened = _calls(served)
+        statuses: list[int] = []
+        with httpx.Client(base_url=serve.url, timeout=30) as client:
+            started = time.monotonic()
+            while _calls(served) < opened + 4:  # both connections renewed twice
+                assert time.monotonic() - started < 30, (_calls(served), opened)
+                r = client.post("/v1/features", json={"key": SERVE_KEY})
+                statuses.append(r.status_code)
+                assert r.status_code == 200, r.text
+                time.sleep(0.01)
+        assert len(statuses) > 100
+
+
 # -- the CLI, every command that connects ---------------------------------------------------------
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "pgfeatures"
@@ -544,6 +870,21 @@ def test_cli_provider_problems_are_one_line(cli_cluster: Cluster, workdir: Path)
     assert "not both" in line and "--credentials" in line and "--password-file" in line
     line = error_line(pgfeatures("serve", "--port", "0", "--credentials", "mycompany.features:nothing", cwd=workdir, env=env))
     assert line == "error: credential provider 'mycompany.features:nothing': mycompany.features has no attribute 'nothing'"
+
+
+def test_cli_a_hanging_provider_fails_within_its_deadline_naming_it(cli_cluster: Cluster, workdir: Path) -> None:
+    """A provider that never answers: each command fails after the provider's deadline (5 s),
+    saying so in one line, instead of waiting and then blaming a pooler."""
+    (workdir / "mycompany" / "stuck.py").write_text("import time\n\ndef token():\n    time.sleep(3600)\n")
+    env = {"PGFEATURES_DSN": cli_cluster.dsn("app", password=""), "PGFEATURES_DEFINITIONS": "features.toml"}
+    for command in (["get", CLI_KEY], ["doctor"], ["init"]):
+        started = time.monotonic()
+        done = pgfeatures(*command, "--credentials", "mycompany.stuck:token", cwd=workdir, env=env)
+        took = time.monotonic() - started
+        line = error_line(done)
+        assert done.returncode == 2 and "did not answer within 5s (credentials_timeout)" in line, (command, line)
+        assert "credential provider <function token at" in line and "PgBouncer" not in line, line
+        assert took < 30, (command, took)
 
 
 def test_serve_finds_the_provider_in_the_working_directory(cli_cluster: Cluster, workdir: Path) -> None:

@@ -5,9 +5,11 @@ the doctor does not cry wolf."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -422,3 +424,70 @@ def test_no_materialized_service_is_one_passing_line(dsn, conn, schema):
     apply_schema(conn, registry)
     finding = materialized_finding(dsn, registry)
     assert finding.status is Status.PASS and finding.subject == "services"
+
+
+FULL_DEFS = """schema = "{schema}"
+[entities.user]
+key = "bigint"
+column = "uid"
+[tables.user_stats]
+entity = "user"
+[tables.user_stats.features]
+clicks = "integer"
+ctr = "real"
+[tables.user_seen]
+entity = "user"
+[tables.user_seen.features]
+n = "bigint"
+[services.fraud]
+features = ["user_stats.*", "user_seen.n"]
+materialize = true
+ttl = "7d"
+"""
+
+
+def test_full_compares_every_serving_row_and_a_sample_says_what_it_cannot_see(dsn, conn, schema, tmp_path):
+    """Two drifts a sample cannot be relied on for: a serving row's updated_at forged within the TTL
+    (every read is the same: no sample can see it) and one changed key among 2,000 (a sample of 20
+    keys sees it with a probability of 1 %). ``--full`` names both keys and their tables; the
+    sampled check says what it could not have seen."""
+    from pgfeatures.materialize.build import materialize
+
+    definitions = tmp_path / "features.toml"
+    definitions.write_text(FULL_DEFS.format(schema=schema))
+    registry = Registry.from_toml(definitions)
+    apply_schema(conn, registry)
+    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as store:  # updated_at: now
+        store.update_features_batch("user_stats", [(i, {"clicks": i, "ctr": i / 7}) for i in range(1, 2001)])
+        store.update_features_batch("user_seen", [(i, {"n": i}) for i in range(1, 2001, 2)])
+    materialize(conn, registry, "fraud")
+    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, registry.layouts("fraud")[0].table_name)))
+    clean = diagnose(registry, dsn, full=True).get("materialized", "service fraud")
+    assert clean.status is Status.PASS and clean.measured["full"] and clean.measured["sampled"] == 2000, clean
+    assert "every serving row (2,000 keys) equals the tables" in clean.value
+
+    (layout,) = registry.layouts("fraud")
+    serving = sql.Identifier(schema, layout.table_name)
+    ts = sql.Literal(layout.ts_index("user_stats") + 1)
+    conn.execute(sql.SQL("UPDATE {} SET ts[{}] = ts[{}] - 3600 WHERE uid = 1234").format(serving, ts, ts))  # an hour older: still fresh
+    conn.execute(sql.SQL("UPDATE {} SET i[1] = -5 WHERE uid = 777").format(serving))  # user_seen.n of one key
+    sampled = diagnose(registry, dsn, sample=20).get("materialized", "service fraud")
+    assert re.search(r"\d\.\d% of about 2,000 serving rows", sampled.value), sampled
+    assert "updated_at changed within the TTL" in sampled.advice and "--full" in sampled.advice
+    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=0) as store:  # the forged row reads the same
+        assert dict(store.get_service("fraud", 1234).status) == {"user_stats": "present", "user_seen": "missing"}
+
+    full = diagnose(registry, dsn, full=True).get("materialized", "service fraud")
+    assert full.status is Status.FAIL and full.measured["differing"] == 2, full
+    assert full.measured["differing_per_table"] == {"user_stats": 1, "user_seen": 1}
+    assert "user=777: the serving row differs from the tables (user_seen)" in full.value
+    assert "user=1234: the serving row differs from the tables (user_stats)" in full.value
+    assert "pgfeatures materialize fraud" in full.advice
+
+    # A key with rows in the tables but no serving row, through the CLI.
+    conn.execute(sql.SQL("DELETE FROM {} WHERE uid = 6").format(serving))
+    report = tmp_path / "doctor.json"
+    with open(report, "w") as out, contextlib.redirect_stdout(out):
+        assert cli.main(["doctor", "--dsn", dsn, "-d", str(definitions), "--full", "--json"]) == 1
+    (finding,) = [f for f in json.loads(report.read_text())["findings"] if f["check"] == "materialized"]
+    assert finding["measured"]["differing"] == 3 and "user=6: no serving row, the tables have it (user_stats)" in finding["value"]

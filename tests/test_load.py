@@ -184,6 +184,69 @@ def test_swaps_keep_the_table_exactly_as_schema_py_made_it(conn, schema, mode, s
     assert leftovers == 0  # no stage, new table or index left behind
 
 
+@pytest.fixture()
+def tablespace(conn, schema) -> Any:
+    """A real tablespace: a directory under PGFEATURES_HOME owned by the server's OS user (the
+    embedded server runs as ``pgfeatures`` when the tests run as root). Dropped afterwards, with
+    the test's schema (whose tables it holds)."""
+    import os
+    import pwd
+    import shutil
+    import uuid
+
+    from pgfeatures import embedded
+
+    name = f"ts_{uuid.uuid4().hex[:10]}"
+    directory = embedded.home() / "tablespaces" / name
+    directory.mkdir(parents=True)
+    if os.geteuid() == 0:
+        user = pwd.getpwnam(embedded.SERVICE_USER)
+        for path in (directory.parent, directory):
+            os.chown(path, user.pw_uid, user.pw_gid)
+    conn.execute(sql.SQL("CREATE TABLESPACE {} LOCATION {}").format(sql.Identifier(name), sql.Literal(str(directory))))
+    try:
+        yield name
+    finally:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL("DROP TABLESPACE IF EXISTS {}").format(sql.Identifier(name)))
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def tablespaces(conn: psycopg.Connection, schema: str, table: str) -> dict[str, str | None]:
+    """The tablespace of the table and of each of its indexes (None: the database's default)."""
+    rows = conn.execute(
+        "SELECT c.relname::text, t.spcname::text FROM pg_class c LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace "
+        "WHERE c.oid = %s::regclass OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = %s::regclass)",
+        [f"{schema}.{table}"] * 2).fetchall()
+    return {("table" if name == table else name): spc for name, spc in rows}
+
+
+@pytest.mark.parametrize("mode,strategy", [("replace", "auto"), ("merge", "rebuild")])
+def test_swaps_keep_the_tablespaces_of_the_table_and_its_indexes(conn, schema, tablespace, mode, strategy):
+    """A swap built the new table and its indexes in the default tablespace: a table moved to its
+    own tablespace by an operator was silently moved back by the next rebuild or replace."""
+    reg = make_registry(schema, covering=True)
+    apply_schema(conn, reg)
+    load(conn, reg, "mixed", mixed_table(range(0, 100), seed=4))
+    table = sql.Identifier(schema, "mixed")
+    conn.execute(sql.SQL("ALTER TABLE {} SET TABLESPACE {}").format(table, sql.Identifier(tablespace)))
+    conn.execute(sql.SQL("ALTER INDEX {} SET TABLESPACE {}").format(sql.Identifier(schema, "mixed_pkey"),
+                                                                    sql.Identifier(tablespace)))
+    before = tablespaces(conn, schema, "mixed")
+    covering = next(name for name in before if name not in ("table", "mixed_pkey"))
+    assert before == {"table": tablespace, "mixed_pkey": tablespace, covering: None}  # the covering index stays in the default
+    summary = load(conn, reg, "mixed", mixed_table(range(50, 120), seed=5), mode=mode, strategy=strategy)
+    assert summary.strategy == ("replace" if mode == "replace" else "rebuild")
+    assert tablespaces(conn, schema, "mixed") == before
+    conn.execute(sql.SQL("ALTER INDEX {} SET TABLESPACE {}").format(sql.Identifier(schema, covering),
+                                                                    sql.Identifier(tablespace)))
+    conn.execute(sql.SQL("ALTER INDEX {} SET TABLESPACE pg_default").format(sql.Identifier(schema, "mixed_pkey")))
+    before = tablespaces(conn, schema, "mixed")
+    assert before == {"table": tablespace, "mixed_pkey": None, covering: tablespace}
+    load(conn, reg, "mixed", mixed_table(range(60, 130), seed=6), mode=mode, strategy=strategy)
+    assert tablespaces(conn, schema, "mixed") == before
+
+
 def test_concurrent_rebuilds_queue_instead_of_deadlocking(dsn, conn, schema, reg):
     ids = range(3000)
     load(conn, reg, "plain", pa.table({"hashkey": pa.array(keys_for(ids), pa.binary(32)),

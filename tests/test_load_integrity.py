@@ -20,12 +20,15 @@ import pyarrow.parquet as pq
 import pytest
 from test_load import make_registry, snapshot
 
+from pgfeatures.cli import main as cli_main
 from pgfeatures.errors import CorruptFileError, LoadInputError
 from pgfeatures.load import load
 from pgfeatures.load.integrity import ParquetIntegrity, has_page_checksum
 
 ROWS = 100_000
 GROUP = 25_000
+STATISTICS_ONLY = ("column statistics only (decoded values within the recorded min/max, null counts as recorded: "
+                   "a value changed inside that range loads undetected)")
 
 
 def data(rows: int = ROWS, seed: int = 0, nulls: bool = False) -> pa.Table:
@@ -134,7 +137,7 @@ def test_garbage_inside_the_recorded_range_is_not_detectable_without_checksums(c
     raw[at : at + 4] = struct.pack("<f", 0.5)
     path.write_bytes(bytes(raw))
     summary = load(conn, make_registry(schema), "plain", path)
-    assert summary.integrity == {str(path): "column statistics (min/max, null counts)"}
+    assert summary.integrity == {str(path): STATISTICS_ONLY}
     with_checksums = tmp_path / "crc.parquet"
     pq.write_table(clean, with_checksums, compression="none", use_dictionary=False, write_page_checksum=True)
     raw = bytearray(with_checksums.read_bytes())
@@ -197,15 +200,16 @@ def test_the_summary_says_what_a_file_was_verified_against(conn, schema, tmp_pat
     pq.write_table(data(1000, seed=3), bare_file, write_statistics=False)
     summary = load(conn, reg, "plain", [plain_file, crc_file, bare_file])
     assert summary.integrity == {
-        str(plain_file): "column statistics (min/max, null counts)",
-        str(crc_file): "page checksums",
+        str(plain_file): STATISTICS_ONLY,
+        str(crc_file): "page checksums (every data page's bytes)",
         str(bare_file): "nothing: the file has no page checksums and no column statistics",
     }
     assert summary.notes == [f"{bare_file} carries no integrity information (no page checksums, no column statistics): "
                              "damage that still decodes cannot be detected; write it with page checksums "
                              "(pyarrow: write_page_checksum=True)"]
     text = summary.describe()
-    assert "no integrity information" in text and f"verified against: page checksums ({crc_file})" in text
+    assert "no integrity information" in text and f"verified against: page checksums (every data page's bytes) ({crc_file})" in text
+    assert f"verified against: {STATISTICS_ONLY} ({plain_file})" in text
     assert summary.rows_read == 3000 and summary.inserted == 3000
     some = tmp_path / "d.parquet"
     pq.write_table(data(1000, seed=4), some, write_statistics=["hashkey", "f0", "f1"])
@@ -256,3 +260,117 @@ def test_a_damaged_arrow_ipc_file_is_called_corrupt(conn, table, tmp_path):
     stream.write_bytes(raw[: len(raw) * 3 // 4])  # the stream format opens from its head: the damage shows mid-way
     with pytest.raises(CorruptFileError, match="cannot read the rows after row 2,000: the file is corrupt"):
         load(conn, table, "plain", stream, batch_rows=500)
+
+
+# -- single-bit flips: what each kind of file catches, and --require-checksums ----------------------
+
+
+FLIPS = 40
+
+
+def flipped(clean: Path, tmp_path: Path, seed: int) -> tuple[Path, int]:
+    """A copy of ``clean`` with one random bit flipped, and where."""
+    raw = bytearray(clean.read_bytes())
+    rng = np.random.default_rng(seed)
+    at = int(rng.integers(4, len(raw) - 8))  # past the magic, before the footer length and magic
+    raw[at] ^= 1 << int(rng.integers(8))
+    path = tmp_path / "flipped.parquet"
+    path.write_bytes(bytes(raw))
+    return path, at
+
+
+@pytest.mark.parametrize("checksums", [False, True])
+def test_single_bit_flips_never_load_wrong_values_under_a_claim_of_verification(conn, schema, tmp_path, checksums):
+    # Without page checksums most flips load wrong values (random keys among random keys, floats
+    # inside [0, 1)); the summary must say the file was checked against statistics only, and
+    # require_checksums refuses it. With checksums no flip loads a wrong value.
+    reg = make_registry(schema)
+    clean = data(2000, seed=5)
+    pristine = tmp_path / "pristine.parquet"
+    pq.write_table(clean, pristine, write_page_checksum=checksums)
+    wrong = 0
+    for seed in range(FLIPS):
+        path, at = flipped(pristine, tmp_path, seed)
+        try:
+            summary = load(conn, reg, "plain", path, mode="replace", vacuum="never")
+        except LoadInputError:
+            continue
+        if contents_of(conn, schema) != expected_of(clean):
+            wrong += 1
+            assert not checksums, f"a flip at byte {at} loaded wrong values from a checksummed file"
+            assert summary.integrity == {str(path): STATISTICS_ONLY}, summary.integrity
+            assert f"verified against: {STATISTICS_ONLY}" in summary.describe()
+            with pytest.raises(LoadInputError, match=r"require_checksums \(--require-checksums\): column\(s\) "
+                                                     r"hashkey, f0, f1, f2, f3 have no page checksums"):
+                load(conn, reg, "plain", path, require_checksums=True)
+    print(f"{wrong} of {FLIPS} single-bit flips loaded wrong values (page checksums: {checksums})")
+    assert wrong > FLIPS // 2 if not checksums else wrong == 0, wrong
+
+
+def contents_of(conn: psycopg.Connection, schema: str) -> dict[bytes, tuple[Any, ...]]:
+    from test_load import contents
+
+    return contents(conn, schema, "plain", ["f0", "f1", "f2", "f3"])
+
+
+def expected_of(clean: pa.Table) -> dict[bytes, tuple[Any, ...]]:
+    keys = clean.column("hashkey").to_pylist()
+    columns = [clean.column(f"f{j}").to_pylist() for j in range(4)]
+    return {k: tuple(c[i] for c in columns) for i, k in enumerate(keys)}
+
+
+def test_require_checksums_refuses_every_unverifiable_file_before_loading(conn, table, tmp_path, dsn, schema,
+                                                                         capsys):
+    crc = tmp_path / "crc.parquet"
+    pq.write_table(data(500, seed=6), crc, write_page_checksum=True)
+    assert load(conn, table, "plain", crc, require_checksums=True).inserted == 500
+    conn.execute(f'DELETE FROM "{schema}".plain WHERE hashkey = ANY(%s)', [data(500, seed=6).column("hashkey").to_pylist()])
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(data(500, seed=7), plain)
+    some = tmp_path / "some.parquet"  # one column written without: still refused
+    pq.write_table(data(500, seed=8), some, write_page_checksum=True)
+    csv = tmp_path / "rows.csv"
+    csv.write_text("hashkey,f0,f1,f2,f3\n" + "ab" * 32 + ",1,2,3,4\n")
+    ipc = tmp_path / "rows.arrow"
+    with pa.ipc.new_file(ipc, data(10).schema) as writer:
+        writer.write_table(data(10))
+    for path, why in [(plain, "column(s) hashkey, f0, f1, f2, f3 have no page checksums"),
+                      (csv, "CSV files carry no checksums"), (ipc, "Arrow IPC files carry no checksums")]:
+        with pytest.raises(LoadInputError) as info:
+            load(conn, table, "plain", [crc, path], require_checksums=True)
+        assert str(info.value).startswith(f"{path}: require_checksums (--require-checksums): {why}"), str(info.value)
+        assert str(info.value).endswith(f'so damage that still decodes could not be detected; refusing to load it; '
+                                        f'nothing was loaded, "{schema}"."plain" is unchanged')
+    assert load(conn, table, "plain", data(10, seed=9), require_checksums=True).inserted == 10  # in memory: no file
+    conn.execute(f'DELETE FROM "{schema}".plain WHERE hashkey = ANY(%s)', [data(10, seed=9).column("hashkey").to_pylist()])
+    defs = tmp_path / "defs.toml"
+    defs.write_text(f'schema = "{schema}"\n[tables.plain.features]\nf0 = "real"\nf1 = "real"\nf2 = "real"\nf3 = "real"\n')
+    assert cli_main(["load", "plain", str(plain), "--dsn", dsn, "-d", str(defs), "--require-checksums", "-q"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {plain}: require_checksums (--require-checksums): column(s)")
+
+
+# -- CSV text that is not UTF-8 --------------------------------------------------------------------
+
+
+def test_csv_that_is_not_utf8_names_the_file_row_and_encoding(conn, table, tmp_path, dsn, schema, capsys):
+    key = "ab" * 32
+    bad_value = tmp_path / "value.csv"
+    bad_value.write_bytes(b"hashkey,f0,f1,f2,f3\n" + key.encode() + b",1,2,3,4\n" + b"caf\xe9" + b",1,2,3,4\n")
+    bad_header = tmp_path / "header.csv"
+    bad_header.write_bytes("hashkey,f0,f1,f2,f3,r\xe9sum\xe9\n".encode("latin-1") + key.encode() + b",1,2,3,4,x\n")
+    hint = "pgfeatures reads CSV files as UTF-8: convert the file first, e.g. iconv -f latin1 -t utf-8 IN > OUT"
+    with pytest.raises(LoadInputError) as info:
+        load(conn, table, "plain", bad_value)
+    assert str(info.value).startswith(f"{bad_value}: row 2, column 'hashkey': b'caf\\xe9' is not UTF-8 text "
+                                      f"(byte 0xe9 at byte 4); {hint}"), str(info.value)
+    assert (info.value.row, info.value.column) == (2, "hashkey")
+    with pytest.raises(LoadInputError) as info:
+        load(conn, table, "plain", bad_header, ignore_extra=True)
+    assert str(info.value).startswith(f"{bad_header}: the header row is not UTF-8 text (column name b'r\\xe9sum\\xe9': "
+                                      f"byte 0xe9 at byte 2); {hint}"), str(info.value)
+    defs = tmp_path / "defs.toml"
+    defs.write_text(f'schema = "{schema}"\n[tables.plain.features]\nf0 = "real"\nf1 = "real"\nf2 = "real"\nf3 = "real"\n')
+    for path in (bad_value, bad_header):
+        assert cli_main(["load", "plain", str(path), "--dsn", dsn, "-d", str(defs), "--ignore-extra", "-q"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {path}: ") and hint in err and "internal error" not in err, err

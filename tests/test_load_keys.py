@@ -139,10 +139,10 @@ INVALID = [
       "row 4, column 'device_id': device key must not contain NUL characters",
       "row 5, column 'device_id': key is null"]),
     ("session", [str(U[0]), "not-a-uuid", str(U[1])[:-1] + "g"], pa.string(),
-     ["row 2, column 'session_id': key 'not-a-uuid' is not a UUID; session keys are a UUID (canonical text, 32 hex digits, "
-      "16 bytes, or uuid.UUID)",
-      f"row 3, column 'session_id': key '{str(U[1])[:-1]}g' is not a UUID; session keys are a UUID (canonical text, 32 hex "
-      "digits, 16 bytes, or uuid.UUID)"]),
+     ["row 2, column 'session_id': key 'not-a-uuid' is not a UUID; session keys are a UUID (32 hex digits, hyphens and "
+      "braces as PostgreSQL takes them, or urn:uuid:...; 16 bytes, or uuid.UUID)",
+      f"row 3, column 'session_id': key '{str(U[1])[:-1]}g' is not a UUID; session keys are a UUID (32 hex digits, "
+      "hyphens and braces as PostgreSQL takes them, or urn:uuid:...; 16 bytes, or uuid.UUID)"]),
     ("merchant", ["m-1", ""], pa.string(), ["row 2, column 'merchant_key': merchant key: a natural id must not be empty"]),
 ]
 
@@ -166,7 +166,7 @@ def test_wrong_key_column_types_and_hash_keys_name_what_is_valid(conn, reg):
                                              r"\(a signed 64-bit bigint\), or its decimal text"):
         load(conn, reg, "users", frame("uid", [1.5], pa.float64()))
     with pytest.raises(LoadInputError, match=r"key column 'session_id' is fixed_size_binary\[8\]; session keys \(uuid\) are a "
-                                             r"UUID \(canonical text, 32 hex digits, 16 bytes, or uuid.UUID\)"):
+                                             r"UUID \(32 hex digits, hyphens and braces as PostgreSQL takes them"):
         load(conn, reg, "sessions", frame("session_id", [b"12345678"], pa.binary(8)))
     with pytest.raises(LoadInputError, match=r"hash_keys=True \(--hash-keys\) hashes natural ids into 32-byte keys, but table "
                                              r"users is of entity 'user', keyed by bigint"):

@@ -109,8 +109,9 @@ def test_a_load_killed_mid_copy_leaves_table_and_serving_rows_untouched(conn, re
     def table_rows(name: str) -> list[tuple[Any, ...]]:
         return conn.execute(sql.SQL("SELECT * FROM {} ORDER BY 1").format(sql.Identifier(schema, name))).fetchall()
 
-    before = {name: table_rows(name) for name in ("t1", "_pgf_svc_svc__user")}
-    assert len(before["_pgf_svc_svc__user"]) == len(KEYS)
+    serving = reg.layouts("svc")[0].table_name
+    before = {name: table_rows(name) for name in ("t1", serving)}
+    assert len(before[serving]) == len(KEYS)
 
     def batches() -> Iterator[pa.RecordBatch]:
         for i in range(400):

@@ -207,7 +207,7 @@ def test_bulk_loads_keep_the_serving_rows_in_step(conn, dsn, schema, mode, strat
     summary = load(conn, registry, "h1", data(tables[1], keys[::3] + [bytes(32)]), mode=mode, strategy=strategy)
     assert summary.strategy == ("replace" if mode == "replace" else strategy)
     # the load rewrote many serving rows in place: their dead versions are reclaimed after COMMIT too
-    serving = "_pgf_svc_svc__entity"
+    serving = registry.layouts("svc")[0].table_name
     assert f"dead serving-row versions reclaimed in {serving}" in summary.maintenance, summary.maintenance
     vacuumed = conn.execute("SELECT n_dead_tup, vacuum_count FROM pg_stat_user_tables WHERE schemaname = %s AND relname = %s",
                             [schema, serving]).fetchone()

@@ -37,7 +37,7 @@ def test_transaction_mode_prepares_nothing_and_reads_the_same(conn, schema, dsn)
         assert pooled.get_features(keys[1], ["tbl_2"]) == direct.get_features(keys[1], ["tbl_2"])  # no function form
         assert _prepared(pooled) == 0
         # the warm shapes were read through their functions
-        assert len(pooled._via_functions) == 4
+        assert len(pooled._served.via_functions) == 4
     names = [f.name for f in registry_functions(registry)]
     found = conn.execute("SELECT proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
                          "WHERE n.nspname = %s AND proname LIKE %s", [schema, FUNCTION_PREFIX + "%"]).fetchall()

@@ -98,6 +98,12 @@ class AuthenticationError(DatabaseUnavailableError):
     next connection asks it again."""
 
 
+class CredentialsTimeoutError(AuthenticationError):
+    """The credential provider did not answer within ``credentials_timeout`` (a token endpoint that
+    hangs): no login was attempted. Retryable: the next connection asks the provider again, and the
+    store is back within a probe of it answering."""
+
+
 class WriteOutcomeUnknownError(DatabaseUnavailableError):
     """The connection to the primary was lost after a live update was sent: whether the server
     applied it before the connection ended is unknown, so it was not sent again (a resend could
@@ -136,8 +142,33 @@ class DatabaseError(PgFeaturesError):
         self.sqlstate = sqlstate
 
 
+class ConflictError(PgFeaturesError):
+    """PostgreSQL rolled a statement back because it conflicted with a concurrent one (a deadlock or a
+    serialization failure, SQLSTATE 40P01 / 40001; on a replica, a conflict with recovery). Nothing of
+    it was applied: retrying is safe (pgfeatures retries live updates itself before raising this)."""
+
+    def __init__(self, message: str, sqlstate: str | None = None):
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class MaterializeError(PgFeaturesError):
+    """A materialized service's serving rows cannot be built as asked (for example a table of the
+    serving table's name exists that pgfeatures did not build); nothing was changed."""
+
+
+class ChangeBlockedError(PgFeaturesError):
+    """A definition change (``pgfeatures apply``) could not take the locks it needs in time: the
+    message names what holds them. Nothing was changed; retry when they are released."""
+
+
 class EmbeddedServerError(PgFeaturesError, RuntimeError):
     """The embedded PostgreSQL could not be created, started or stopped."""
+
+
+class ExtraNotInstalledError(PgFeaturesError, ImportError):
+    """A call needs an optional dependency group (an extra, e.g. ``load`` for bulk loads) that is not
+    installed: the core install is psycopg only. The message names the extra and the pip command."""
 
 
 # -- HTTP service (pgfeatures serve) --
@@ -145,6 +176,13 @@ class EmbeddedServerError(PgFeaturesError, RuntimeError):
 
 class ConfigError(PgFeaturesError, ValueError):
     """A service setting (flag, environment variable or config-file entry) is invalid."""
+
+
+class ConnectionSettingsError(ConfigError):
+    """The connection settings cannot work as written: a DSN libpq cannot parse (or a value it
+    refuses, such as ``port=abc``), or a database or role the server does not have. Neither an
+    outage nor a credential to renew: the same settings fail the same way until the DSN is fixed
+    (or the database or role is created). The message says which and how."""
 
 
 # -- doctor and warm-up (pgfeatures doctor / warmup) --

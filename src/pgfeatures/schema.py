@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from .definitions import KEY_LENGTH, UPDATED_AT, FeatureTable, Registry
+from .definitions.names import derived
 from .errors import SchemaDriftError
 
 
@@ -26,8 +27,9 @@ def qualified(registry_or_schema: Registry | str, table: FeatureTable | str) -> 
     return sql.Identifier(schema, name)
 
 
-def covering_index_name(table: FeatureTable) -> str:
-    return f"{table.name}_covering"[:63]
+def covering_index_name(table: FeatureTable | str) -> str:
+    """The covering index of a table (or of a table of that name: a swap's new table)."""
+    return derived(table if isinstance(table, str) else table.name, "_covering")
 
 
 def key_column_sql(table: FeatureTable) -> sql.Composed:
@@ -59,13 +61,13 @@ def create_table_sql(schema: str, table: FeatureTable) -> sql.Composed:
         qualified(schema, table), sql.SQL(", ").join(column_definitions(table).values()))
 
 
-def covering_index_sql(schema: str, table: FeatureTable) -> sql.Composed:
+def covering_index_sql(schema: str, table: FeatureTable, name: str | None = None) -> sql.Composed:
     """A unique index on the key that INCLUDEs every column: lookups become index-only scans
-    (once VACUUM has set the visibility map)."""
+    (once VACUUM has set the visibility map). ``name``: the table's name if not its definition's."""
     included = [sql.Identifier(f.name) for f in table.features] + [sql.Identifier(UPDATED_AT)]
     return sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({}) INCLUDE ({})").format(
-        sql.Identifier(covering_index_name(table)),
-        qualified(schema, table),
+        sql.Identifier(covering_index_name(name or table.name)),
+        qualified(schema, name or table.name),
         sql.Identifier(table.key_column),
         sql.SQL(", ").join(included),
     )
@@ -225,6 +227,14 @@ def apply_schema(conn: psycopg.Connection, registry: Registry, *, raise_on_drift
     return report
 
 
+def drop_tables(conn: psycopg.Connection, schema: str, tables: Sequence[str]) -> None:
+    """Drop feature tables of ``schema`` that exist (and what depends on them), each under its DDL lock
+    (see ``ddl_lock``). Runs in the caller's transaction, if any."""
+    for name in tables:
+        conn.execute(*ddl_lock(schema, name))
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(qualified(schema, name)))
+
+
 def drop_schema(conn: psycopg.Connection, schema: str) -> None:
     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
@@ -261,18 +271,6 @@ class TableCheck:
     table: str
     breaking: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
-    add_columns: tuple[str, ...] = ()  # ALTER TABLE ... ADD COLUMN statements for the missing columns
-
-
-def add_column_statements(schema: str, table: FeatureTable, columns: Mapping[str, str]) -> tuple[str, ...]:
-    """The ``ALTER TABLE ... ADD COLUMN`` statements that give the live table (``columns``: name ->
-    type) the feature and ``updated_at`` columns of its definition it lacks, declared as
-    ``CREATE TABLE`` declares them (pure; identifiers quoted). A missing key column is not among
-    them (a key column added to a table with rows has no keys: see ``drift_error``).
-    ``pgfeatures init`` never alters a table: these are for the operator to review and run."""
-    return tuple(sql.SQL("ALTER TABLE {} ADD COLUMN {}").format(qualified(schema, table), definition).as_string(None)
-                 for col, definition in column_definitions(table).items()
-                 if col not in columns and col != table.key_column)
 
 
 def check_catalog_row(schema: str, table: FeatureTable, row: tuple[Any, ...]) -> TableCheck:
@@ -282,7 +280,7 @@ def check_catalog_row(schema: str, table: FeatureTable, row: tuple[Any, ...]) ->
         return TableCheck(table.name, (f"table {schema}.{table.name} does not exist",))
     live = dict(zip(names or (), types or ()))
     breaking, other = compare(table, live, primary_key, indexes or ())
-    return TableCheck(table.name, tuple(breaking), tuple(other), add_column_statements(schema, table, live))
+    return TableCheck(table.name, tuple(breaking), tuple(other))
 
 
 def check_catalog(registry: Registry, rows: list[tuple[Any, ...]]) -> dict[str, TableCheck]:
@@ -291,25 +289,21 @@ def check_catalog(registry: Registry, rows: list[tuple[Any, ...]]) -> dict[str, 
 
 
 def drift_error(registry: Registry, checks: dict[str, TableCheck], source: str | None = None) -> SchemaDriftError:
-    """The SchemaDriftError for the breaking problems in ``checks``, with the command that fixes what it can."""
+    """The SchemaDriftError for the breaking problems in ``checks``, with the commands that fix what they can
+    (``pgfeatures plan`` shows the change, ``pgfeatures apply`` makes it online)."""
     problems = {name: list(c.breaking) for name, c in checks.items() if c.breaking}
     listed = "; ".join(f"{name}: {', '.join(p)}" for name, p in problems.items())
-    init = f"pgfeatures init -d {source}" if source else "pgfeatures init -d <definitions>"
-    missing = [n for n, p in problems.items() if any("does not exist" in x for x in p)]
-    hints = []
-    if missing:
-        hints.append(f"`{init}` creates the missing table(s) {', '.join(missing)}")
-    alters = [stmt for c in checks.values() if c.breaking for stmt in c.add_columns]
-    if alters:
-        hints.append(f"add the missing column(s) (`pgfeatures init` never alters a table): {'; '.join(alters)}")
+    where = f" -d {source}" if source else " -d <definitions>"
+    hints = [f"`pgfeatures plan{where}` shows the change and `pgfeatures apply{where}` makes it, online (missing tables "
+             "created, missing columns added)"]
     keyless = [n for n, p in problems.items()
                if any(x.startswith(f"column {registry.tables[n].key_column} (") and x.endswith(" is missing") for x in p)]
     if keyless:
         hints.append(f"{', '.join(keyless)} lack(s) the entity's key column: point the entity's key_column at the "
-                     "table's key, or recreate the table (drop it, then `pgfeatures init`)")
+                     "table's key, or recreate the table")
     if any(", definition says " in p for ps in problems.values() for p in ps):
-        hints.append("a column of another type needs ALTER TABLE ... ALTER COLUMN ... TYPE, or a definition "
-                     "that matches the table")
+        hints.append("a column of another type is altered by `pgfeatures apply --allow-destructive` (a rewrite of the "
+                     "table), or correct the definition")
     return SchemaDriftError(
         f"the database does not match the definitions (schema {registry.schema!r}): {listed}. Fix: {'; '.join(hints)}",
         problems,

@@ -28,8 +28,8 @@ so one statement text serves any number of rows and is prepared once per
 - a key given twice in one batch: its values are merged in order, later
   values winning;
 - values are checked before any I/O (type, integer range, float32 range for
-  ``real``, NaN per policy): FeatureValueError names the table, feature, key
-  and what is valid.
+  ``real``, NaN and ±Infinity per policy: both refused by default):
+  FeatureValueError names the table, feature, key and what is valid.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from psycopg import sql
 
 from .definitions import (
     FLOAT32_MAX,
+    INF_POLICIES,
     INT_RANGE,
     NAN_POLICIES,
     UPDATED_AT,
@@ -54,7 +55,7 @@ from .definitions import (
 from .definitions import check_value as _check
 from .errors import FeatureValueError, UnknownFeatureError
 
-__all__ = ["FLOAT32_MAX", "INT_RANGE", "NAN_POLICIES", "Upsert", "UpdateCount", "check_value", "compile_upsert",
+__all__ = ["FLOAT32_MAX", "INF_POLICIES", "INT_RANGE", "NAN_POLICIES", "Upsert", "UpdateCount", "check_value", "compile_upsert",
            "key_text", "plan_updates"]
 
 Values = Mapping[str, Any]
@@ -87,6 +88,7 @@ class Upsert:
     features: tuple[Feature, ...]
     statement: bytes
     newest_wins: bool = False
+    lock_statement: bytes = b""  # locks the stored rows of the keys ($1) in key order (several column sets)
 
 
 @functools.lru_cache(maxsize=512)
@@ -103,14 +105,16 @@ def compile_upsert(schema: str, table: FeatureTable, names: tuple[str, ...], new
         sql.Identifier(schema, table.name), sql.SQL(", ").join(cols), sql.SQL(", ").join(arrays),
         key, sql.SQL(", ").join(sets), where,
     )
-    return Upsert(table.name, features, query.as_bytes(None), newest_wins)
+    lock = sql.SQL("SELECT FROM {} WHERE {} = ANY({}) ORDER BY {} FOR NO KEY UPDATE").format(
+        sql.Identifier(schema, table.name), key, sql.SQL(f"$1::{table.entity.cast}[]"), key)
+    return Upsert(table.name, features, query.as_bytes(None), newest_wins, lock.as_bytes(None))
 
 
-def check_value(table: str, feature: Feature, value: Any, nan: str = "reject") -> Any:
+def check_value(table: str, feature: Feature, value: Any, nan: str = "reject", inf: str = "reject") -> Any:
     """``value`` as the Python type its column takes; raises FeatureValueError saying what is valid."""
     if value is None and feature.name == UPDATED_AT:
         raise FeatureValueError(f"{table}.{UPDATED_AT}: cannot be NULL (leave it out to stamp the update time)")
-    return _check(f"{table}.{feature.name}", feature.type, value, nan)
+    return _check(f"{table}.{feature.name}", feature.type, value, nan, inf)
 
 
 def key_text(key: Any) -> str:
@@ -122,7 +126,7 @@ def _rows(rows: UpdateRows) -> Iterable[tuple[Any, Values]]:
     return rows.items() if isinstance(rows, Mapping) else rows
 
 
-def plan_updates(registry: Registry, table: str, rows: UpdateRows, *, nan: str = "reject",
+def plan_updates(registry: Registry, table: str, rows: UpdateRows, *, nan: str = "reject", inf: str = "reject",
                  overwrite_newer: bool = False) -> list[tuple[Upsert, tuple[Any, ...]]]:
     """(compiled upsert, parameters) per set of columns written, in first-seen order.
 
@@ -131,6 +135,8 @@ def plan_updates(registry: Registry, table: str, rows: UpdateRows, *, nan: str =
     """
     if nan not in NAN_POLICIES:
         raise FeatureValueError(f"invalid nan={nan!r}; valid: {', '.join(NAN_POLICIES)}")
+    if inf not in INF_POLICIES:
+        raise FeatureValueError(f"invalid inf={inf!r}; valid: {', '.join(INF_POLICIES)}")
     ft = registry.table(table)
     writable = {f.name: f for f in (*ft.features, UPDATED_AT_FEATURE)}
     merged: dict[Any, dict[str, Any]] = {}
@@ -143,7 +149,7 @@ def plan_updates(registry: Registry, table: str, rows: UpdateRows, *, nan: str =
         if unknown:
             raise UnknownFeatureError(table, unknown, writable)
         try:
-            checked = {n: check_value(table, writable[n], v, nan) for n, v in values.items()}
+            checked = {n: check_value(table, writable[n], v, nan, inf) for n, v in values.items()}
         except FeatureValueError as exc:
             raise FeatureValueError(f"{exc} (key {key_text(parsed)})") from None
         merged.setdefault(parsed, {}).update(checked)

@@ -71,7 +71,8 @@ def probe(url: str | None, timeout: float = 2.0) -> str | None:
 
 
 def server_version(client: redis.Redis) -> str:
-    return str(client.info("server").get("redis_version", "?"))
+    info: dict[str, Any] = cast(Any, client.info("server"))  # redis 7.4's stubs type it as maybe-awaitable
+    return str(info.get("redis_version", "?"))
 
 
 class RedisFeatures:
@@ -96,7 +97,7 @@ class RedisFeatures:
                 fields[at][name] = packed[at].tobytes()
         pipe = self.client.pipeline(transaction=False)
         for i, entity in enumerate(ids):
-            key = self.prefix + entity_key(int(entity))
+            key: Any = self.prefix + entity_key(int(entity))  # bytes keys: valid, though redis 7.4's stubs say str
             pipe.delete(key)
             if fields[i]:
                 pipe.hset(key, mapping=fields[i])
@@ -122,7 +123,8 @@ class RedisFeatures:
     def reader(self, tables: Sequence[str]) -> Callable[[bytes], Features]:
         """One key, one HMGET, one round-trip."""
         fields, decode = self._decoder(tables)
-        hmget, prefix = self.client.hmget, self.prefix
+        hmget: Any = self.client.hmget  # bytes keys: valid, though redis 7.4's stubs say str
+        prefix = self.prefix
 
         def read(key: bytes) -> Features:
             # bytes, not str: the client does not decode responses
@@ -136,7 +138,7 @@ class RedisFeatures:
         prefix = self.prefix
 
         def read_batch(keys: Sequence[bytes]) -> list[Features]:
-            pipe = self.client.pipeline(transaction=False)
+            pipe: Any = self.client.pipeline(transaction=False)
             for key in keys:
                 pipe.hmget(prefix + key, fields)
             return [decode(values) for values in pipe.execute()]

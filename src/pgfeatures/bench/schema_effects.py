@@ -98,11 +98,16 @@ def private_cluster() -> Iterator[Cluster]:
         yield cluster
 
 
+# Writing 3 here empties the page cache of the whole host: only ever on an explicit --drop-os-cache.
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
 def drop_os_cache() -> str | None:
-    """Empty the OS page cache; None on success, else why it was refused."""
+    """Empty the OS page cache of the whole host (``DROP_CACHES``); None on success, else why it was
+    refused. Call it only when the user asked (``--drop-os-cache``)."""
     os.sync()
     try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        DROP_CACHES.write_text("3\n")
     except OSError as exc:
         return exc.strerror or str(exc)
     return None

@@ -32,6 +32,8 @@ BENCH_FLAGS = {
     "service_clients": Flag("async clients for the materialized-service throughput (empty to skip)", parse=csv(int)),
     "cold_entities": Flag("entities of the materialized-service cold-read test on a private cluster (0 to skip)"),
     "cold_requests": Flag("requests timed after each cold start"),
+    "drop_os_cache": Flag("also empty the OS page cache before each cold start (root only; affects the whole host: "
+                          "every process's cached files)"),
     "redis_url": Flag("also measure the same data in Redis (e.g. redis://127.0.0.1:6379/0); skipped when absent"),
     "schema": Flag("schema of the demo tables (loaded if absent, reused if present)"),
     "entities": Flag("demo entities"),
@@ -47,7 +49,8 @@ def configure_bench(p: argparse.ArgumentParser) -> None:
     add_dsn(p)
     g = p.add_argument_group("what to measure (defaults: the reference run, about 2.5 minutes)")
     add_settings(g, BenchConfig, BENCH_FLAGS, skip=DATA_FIELDS)
-    g.add_argument("--quick", action="store_true", help="a ~50 s smoke run: loopback and 20 ms, 30 tables, short rows")
+    g.add_argument("--quick", action="store_true",
+                   help="a ~2 min smoke run (108 s measured on 2 busy cores): loopback and 20 ms, 30 tables, short rows")
     add_settings(p.add_argument_group("data"), BenchConfig, BENCH_FLAGS, only=DATA_FIELDS)
     o = p.add_argument_group("output")
     o.add_argument("--save", default="pgfeatures-bench.json", metavar="FILE",

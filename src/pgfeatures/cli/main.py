@@ -25,9 +25,11 @@ import traceback
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..errors import PgFeaturesError
-from . import bench, db, demo, doctor, inventory, read, schema, serve, write
+from ..errors import PgFeaturesError, UnknownEntityError, UnknownFeatureError, UnknownServiceError, UnknownTableError
+from . import bench, db, demo, doctor, evolve, feast, inventory, read, schema, serve, write
 from .common import (
+    DEMO_LAYOUT,
+    EXIT_BROKEN_PIPE,
     EXIT_CODES,
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -36,12 +38,13 @@ from .common import (
     Command,
     missing_module,
     require,
+    uses_demo_layout,
 )
 from .output import Output
 
 COMMANDS: tuple[Command, ...] = (
-    *db.COMMANDS, *schema.COMMANDS, *inventory.COMMANDS, *read.COMMANDS, *demo.COMMANDS, *write.COMMANDS, *serve.COMMANDS,
-    *doctor.COMMANDS, *bench.COMMANDS,
+    *db.COMMANDS, *schema.COMMANDS, *evolve.COMMANDS, *inventory.COMMANDS, *read.COMMANDS, *demo.COMMANDS,
+    *write.COMMANDS, *serve.COMMANDS, *doctor.COMMANDS, *bench.COMMANDS, *feast.COMMANDS,
 )
 BY_NAME = {c.name: c for c in COMMANDS}
 
@@ -61,10 +64,34 @@ def _chosen(argv: Sequence[str]) -> Command | None:
     return None
 
 
+def package_version() -> str:
+    """The installed distribution's version (its metadata), else the source tree's ``__version__``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pgfeatures")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        from .. import __version__
+
+        return __version__
+
+
+class _Version(argparse.Action):
+    """``--version``: looks the version up only when asked (``--help`` and commands never pay for it)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(f"pgfeatures {package_version()}", flush=True)
+        parser.exit()
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser; with ``argv``, only the command it names is configured (None: every command)."""
     parser = argparse.ArgumentParser(prog="pgfeatures", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_Version, help="print the installed pgfeatures version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = _chosen(argv) if argv is not None else None
     for command in COMMANDS:
@@ -105,14 +132,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(command.run(args, out) or 0)
     except KeyboardInterrupt:
         return fail(out, "interrupted", EXIT_INTERRUPTED)
+    except BrokenPipeError:  # the reader went away (`pgfeatures get ... | head`): stop quietly, as Unix tools do
+        return _pipe_closed()
     except CliError as exc:
         return fail(out, str(exc), exc.exit_code)
+    except (UnknownTableError, UnknownFeatureError, UnknownServiceError, UnknownEntityError) as exc:
+        # valid names of the demo layout, when the user meant their own definitions: say where they came from
+        hint = (f"; these are the names of {DEMO_LAYOUT}, since no definitions were given: pass yours with "
+                f"-d/--definitions FILE or ${DEFINITIONS_ENV}") if uses_demo_layout(args) else ""
+        return fail(out, str(exc) + hint)
     except PgFeaturesError as exc:
         return fail(out, str(exc))
     except ImportError as exc:
         return fail(out, str(missing_module(command.name if command else "", exc, command.needs if command else ())))
     except Exception as exc:
         return fail(out, _unexpected(exc, args))
+
+
+def _pipe_closed() -> int:
+    """After stdout's reader closed the pipe: point stdout at /dev/null, so that the interpreter's final
+    flush does not fail again, and end with the exit code of a process killed by SIGPIPE."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a file descriptor (a test's capture): nothing left to flush
+        pass
+    return EXIT_BROKEN_PIPE
 
 
 LOG_LEVEL_ENV = "PGFEATURES_LOG_LEVEL"

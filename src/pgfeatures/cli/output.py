@@ -20,6 +20,14 @@ from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
 _STYLES = {"pass": "green", "ok": "green", "warn": "yellow", "fail": "red", "error": "red", "bold": "bold"}
+UNBOUNDED_WIDTH = 1000  # columns of a rich console that is not a terminal: tables as wide as their content
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def have_rich() -> bool:
@@ -57,7 +65,11 @@ class Output:
         if to_err not in self._consoles:
             from rich.console import Console
 
-            self._consoles[to_err] = Console(file=self.stderr if to_err else self.stdout, highlight=False)
+            stream = self.stderr if to_err else self.stdout
+            # Not a terminal (a pipe, a file, a CI log): there is no width to fit, and rich's default of
+            # 80 columns would cut the tables (the benchmark's targets table lost its PASS/MISS column).
+            width = None if _isatty(stream) else UNBOUNDED_WIDTH
+            self._consoles[to_err] = Console(file=stream, highlight=False, width=width)
         return self._consoles[to_err]
 
     def say(self, text: str = "", *, style: str | None = None, err: bool = False) -> None:

@@ -19,7 +19,8 @@ The output follows the HTTP API: one request prints ``{"key", "features", "statu
 a batch ``{"results": [...]}`` in input order. ``--service NAME --output vector`` prints the
 service's flat vector instead of ``features``: ``{"key", "service", "names", "values", "status",
 "missing"}``. ``real`` values print as the shortest decimal that reads back as the same float32
-(``0.11``, not ``0.10999999940395355``).
+(``0.11``, not ``0.10999999940395355``); a stored non-finite value prints as the string
+``"Infinity"``, ``"-Infinity"`` or ``"NaN"``, as over HTTP (JSON has no number for it).
 """
 
 from __future__ import annotations
@@ -177,7 +178,16 @@ def _real_features(registry: "Registry") -> dict[str, frozenset[str]]:
 
 
 def _short(value: Any) -> Any:
-    return shortest_real(value) if isinstance(value, float) else value
+    return shortest_real(value) if isinstance(value, float) and math.isfinite(value) else _plain(value)
+
+
+def _plain(value: Any) -> Any:
+    """A value for JSON: a non-finite float as its string (json.dumps would print a bare Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        from ..definitions import nonfinite_json
+
+        return nonfinite_json(value)
+    return value
 
 
 def features_json(result: Any, reals: Mapping[str, frozenset[str]]) -> dict[str, Any]:
@@ -185,7 +195,7 @@ def features_json(result: Any, reals: Mapping[str, frozenset[str]]) -> dict[str,
     out: dict[str, Any] = {}
     for table, values in result.items():
         real = reals.get(table, frozenset())
-        out[table] = None if values is None else {f: _short(v) if f in real else v for f, v in values.items()}
+        out[table] = None if values is None else {f: _short(v) if f in real else _plain(v) for f, v in values.items()}
     return out
 
 
@@ -201,7 +211,7 @@ def vector_json(key: Any, service: str, vector: Any, reals: Mapping[str, frozens
     values = []
     for name, value in zip(vector.names, vector.values):
         table, _, feature = name.partition(".")
-        values.append(_short(value) if feature in reals.get(table, frozenset()) else value)
+        values.append(_short(value) if feature in reals.get(table, frozenset()) else _plain(value))
     status = dict(vector.status)
     return {"key": key, "service": service, "names": list(vector.names), "values": values, "status": status,
             "missing": [t for t, s in status.items() if s != "present"]}

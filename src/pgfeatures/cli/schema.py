@@ -130,8 +130,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
         out.say(f"service {name}: serving rows {why}; it is read table by table until you run: {action}",
                 style="warn", err=args.json)
     if not report.ok:
-        out.say("schema drift: the tables above disagree with their definitions; nothing was changed for them "
-                "(pgfeatures never alters a table: migrate it or correct the definition)", style="fail", err=args.json)
+        where = f" -d {args.definitions}" if args.definitions else ""
+        out.say("schema drift: the tables above disagree with their definitions; init changed nothing for them. "
+                f"`pgfeatures plan{where}` shows the change, `pgfeatures apply{where}` makes it online",
+                style="fail", err=args.json)
         return EXIT_ERROR
     return 0
 

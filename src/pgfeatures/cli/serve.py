@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import errno
 
-from .common import EXIT_CANNOT_LISTEN, CliError, Command, Flag, add_dsn, add_json, add_settings, dsn_with_credentials, given
+from .common import (EXIT_CANNOT_LISTEN, NO_DEFINITIONS, CliError, Command, Flag, add_dsn, add_json, add_settings,
+                     dsn_with_credentials, given)
 from .output import Output
 
 
@@ -29,6 +30,8 @@ def run_serve(args: argparse.Namespace, out: Output) -> int:
 
     config = load_config(given(args, ServerConfig), config_file=args.config)
     registry = config.registry()  # a bad definitions file fails here, not in every worker
+    if not config.definitions:
+        out.note(f"note: {NO_DEFINITIONS}")
     config.credential_provider()  # and so does a provider that cannot be loaded (each worker loads its own)
     address = f"{config.host}:{config.port}"
     try:

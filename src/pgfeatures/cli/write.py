@@ -29,6 +29,8 @@ LOAD_FLAGS = {
     "hash_keys": Flag("the key column holds natural ids: hash them with SHA-256"),
     "on_duplicate": Flag("a key seen twice: the last row wins, or the load fails"),
     "nan": Flag("NaN values: fail the load, or load them as NULL"),
+    "inf": Flag("±Infinity in real/double precision columns: fail the load, or load them as they are "
+                "(JSON answers carry them as \"Infinity\"/\"-Infinity\")"),
     "on_invalid": Flag("invalid values: fail the load, or skip their rows (counted as rejected)"),
     "partial": Flag("merge only the feature columns present (the others keep their values)"),
     "ignore_extra": Flag("ignore source columns the table does not have"),
@@ -36,6 +38,9 @@ LOAD_FLAGS = {
     "vacuum": Flag("VACUUM after the load (auto: where it pays, for index-only scans)"),
     "updated_at": Flag("epoch seconds for rows without updated_at (default: the load time)", parse=int),
     "format": Flag("file format (default: from the extension)", metavar="parquet|csv|arrow"),
+    "require_checksums": Flag("refuse, before loading anything, a file that is not page-checksummed throughout "
+                              "(Parquet written without page checksums, pyarrow's default; CSV; Arrow IPC): damage "
+                              "in it that still decodes could not be detected"),
     "batch_rows": Flag("rows per COPY batch"),
     "lock_timeout": Flag("seconds to wait for the table lock"),
     # LoadOptions.overwrite_newer (newest wins in bulk loads): the flag appears with the field.

@@ -15,11 +15,12 @@ from .dsn import DSN_ENV, POOLERS, READ_APP, WRITE_APP, check_pooler, connection
 from .liveness import went_away
 from .pool import check_connection, connect, make_pool
 from .pool_async import check_connection_async, connect_async, make_async_pool
-from .translate import ConnectFailures, database_error, is_auth_failure, redact, unavailable
+from .translate import ConnectFailures, check_dsn, database_error, is_auth_failure, redact, settings_error, unavailable
 
 __all__ = [
     "Cached", "ConnectFailures", "CredentialProvider", "CredentialProviderError", "DSN_ENV", "EnvPassword",
     "POOLERS", "PasswordFile", "READ_APP", "WRITE_APP", "check_connection", "check_connection_async", "check_pooler",
-    "connect", "connect_async", "connection_kwargs", "database_error", "is_auth_failure", "load_provider",
-    "make_async_pool", "make_pool", "prepares", "redact", "resolve_dsn", "unavailable", "went_away",
+    "check_dsn", "connect", "connect_async", "connection_kwargs", "database_error", "is_auth_failure",
+    "load_provider", "make_async_pool", "make_pool", "prepares", "redact", "resolve_dsn", "settings_error",
+    "unavailable", "went_away",
 ]

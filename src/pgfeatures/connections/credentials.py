@@ -30,10 +30,21 @@ docs/production.md; neither SDK is a dependency of pgfeatures.
 A provider that raises makes that connection attempt fail (the pool retries
 with backoff); the error is reported as an AuthenticationError naming the
 provider.
+
+A provider that hangs (a token endpoint that does not answer) must not hang
+the store: every call has a deadline (``credentials_timeout``, default
+5 s, see ``ProviderDeadline``), after which the connection attempt fails with
+a CredentialsTimeoutError naming the provider. A call that overran its
+deadline is left to finish in its own thread (Python cannot stop it); while
+one is hung, concurrent callers share one call and a new call is started at
+most once a deadline, so a provider hung for an hour leaves at most one thread
+per deadline behind, and the first call that answers brings the store back.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import importlib
 import os
 import sys
@@ -49,9 +60,17 @@ CredentialProvider = Callable[[], Union[str, Mapping[str, Any]]]
 """Returns the password, or libpq connection parameters, for the next connection."""
 
 
+DEFAULT_CREDENTIALS_TIMEOUT = 5.0  # seconds a credential provider may take to answer
+
+
 class CredentialProviderError(Exception):
     """A credential provider failed (raised inside a connection attempt, then classified as an
     authentication failure)."""
+
+
+class CredentialProviderTimeout(CredentialProviderError):
+    """A credential provider did not answer within its deadline (classified as a
+    CredentialsTimeoutError)."""
 
 
 class PasswordFile:
@@ -181,3 +200,106 @@ def credential_params(provider: CredentialProvider) -> dict[str, Any]:
         f"credential provider {provider!r} returned {type(value).__name__}: expected a password (str) "
         "or a mapping of connection parameters"
     )
+
+
+class ProviderDeadline:
+    """``provider`` called with a deadline of ``seconds``: each call runs in its own daemon thread
+    and the caller waits at most ``seconds`` for its answer, normalised by ``credential_params``.
+
+    Raises CredentialProviderTimeout past the deadline, CredentialProviderError when the provider
+    fails. A call that overran its deadline keeps its thread until the provider returns; while such
+    a call is pending, callers share the latest call instead of each starting one, and a new call
+    is started only once that one is a deadline old: a hung provider costs at most one thread per
+    deadline, and a provider that answers again is heard within a deadline. Calls that do not
+    overlap a hung one are independent (one per new connection, as before).
+
+    ``repr`` is the provider's: messages name the provider the user gave.
+    """
+
+    def __init__(self, provider: CredentialProvider, seconds: float = DEFAULT_CREDENTIALS_TIMEOUT):
+        if seconds <= 0:
+            raise ConfigError(f"credentials_timeout must be more than 0 seconds, got {seconds:g}")
+        self.provider: CredentialProvider = provider.provider if isinstance(provider, ProviderDeadline) else provider
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._hung: set[concurrent.futures.Future[dict[str, Any]]] = set()  # overran their deadline, still running
+        self._latest: tuple[concurrent.futures.Future[dict[str, Any]], float] | None = None
+
+    def __call__(self) -> dict[str, Any]:
+        return self.params()
+
+    def __repr__(self) -> str:
+        return repr(self.provider)
+
+    def params(self) -> dict[str, Any]:
+        """The provider's answer as libpq parameters, waiting at most ``seconds`` (blocking)."""
+        call = self._call()
+        try:
+            return call.result(timeout=self.seconds)
+        except concurrent.futures.TimeoutError:
+            raise self._overran(call) from None
+
+    async def params_async(self) -> dict[str, Any]:
+        """``params`` for the event loop: waits without blocking it and without an executor thread
+        (a hung provider must not take the loop's default executor, which DNS lookups need)."""
+        call = self._call()
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future[None] = loop.create_future()
+
+        def wake(_: object) -> None:
+            try:
+                loop.call_soon_threadsafe(_wake, answered)
+            except RuntimeError:  # the loop closed meanwhile: nobody waits
+                pass
+
+        call.add_done_callback(wake)
+        try:
+            await asyncio.wait_for(answered, self.seconds)
+        except TimeoutError:
+            raise self._overran(call) from None
+        return call.result()
+
+    def _call(self) -> concurrent.futures.Future[dict[str, Any]]:
+        """The call to wait on: a new one, or (while a call is hung) the latest if it is younger than the deadline."""
+        now = time.monotonic()
+        with self._lock:
+            latest = self._latest
+            if self._hung and latest is not None and not latest[0].done() and now - latest[1] < self.seconds:
+                return latest[0]
+            call: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+            self._latest = (call, now)
+        threading.Thread(target=self._run, args=(call,), name="pgfeatures-credentials", daemon=True).start()
+        return call
+
+    def _run(self, call: concurrent.futures.Future[dict[str, Any]]) -> None:
+        try:
+            call.set_result(credential_params(self.provider))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, whatever it is
+            call.set_exception(exc)
+        with self._lock:
+            self._hung.discard(call)
+
+    def _overran(self, call: concurrent.futures.Future[dict[str, Any]]) -> CredentialProviderTimeout:
+        with self._lock:
+            if not call.done():
+                self._hung.add(call)
+        return CredentialProviderTimeout(f"credential provider {self.provider!r} did not answer within "
+                                         f"{self.seconds:g}s (credentials_timeout)")
+
+    def hung_calls(self) -> int:
+        """Calls that overran their deadline and have not returned yet (threads left behind)."""
+        with self._lock:
+            return len(self._hung)
+
+
+def _wake(answered: asyncio.Future[None]) -> None:
+    if not answered.done():
+        answered.set_result(None)
+
+
+def with_deadline(provider: CredentialProvider, seconds: float | None = None) -> ProviderDeadline:
+    """``provider`` with a deadline: itself if it already has one (and ``seconds`` is None or its
+    own), else wrapped with ``seconds`` (default DEFAULT_CREDENTIALS_TIMEOUT)."""
+    if isinstance(provider, ProviderDeadline) and (seconds is None or seconds == provider.seconds):
+        return provider
+    return ProviderDeadline(provider, DEFAULT_CREDENTIALS_TIMEOUT if seconds is None else seconds)

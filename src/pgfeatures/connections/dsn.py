@@ -32,14 +32,16 @@ POOLERS = ("session", "transaction")
 def resolve_dsn(dsn: str | None = None) -> str:
     """The DSN given, else ``$PGFEATURES_DSN``, else the embedded server's (started on demand).
 
-    Raises EmbeddedServerError when the embedded server is needed but cannot start (or is not
-    installed: the ``pgfeatures[embedded]`` extra).
+    Raises ConnectionSettingsError for a DSN libpq cannot parse, EmbeddedServerError when the
+    embedded server is needed but cannot start (or is not installed: the ``pgfeatures[embedded]`` extra).
     """
+    from .translate import check_dsn
+
     if dsn:
-        return dsn
+        return check_dsn(dsn)
     env = os.environ.get(DSN_ENV)
     if env:
-        return env
+        return check_dsn(env)
     from .. import embedded
 
     return embedded.ensure_running()

@@ -33,7 +33,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from .credentials import CredentialProvider, credential_params
+from .credentials import CredentialProvider, with_deadline
 from .dsn import connection_kwargs
 from .translate import ConnectFailures, _reason, redact, unavailable
 
@@ -41,10 +41,12 @@ logger = logging.getLogger("pgfeatures.connections")
 
 
 def connection_params(credentials: CredentialProvider | None) -> dict[str, Any]:
-    """The provider's current parameters (off the event loop: a token fetch may block)."""
+    """The provider's current parameters, asked in a thread of its own (a token fetch may block)
+    and waited for at most its deadline (``ProviderDeadline``; a provider given without one gets
+    the default). Raises CredentialProviderError (CredentialProviderTimeout past the deadline)."""
     if credentials is None:
         return {}
-    return credential_params(credentials)
+    return with_deadline(credentials).params()
 
 
 def connect(
@@ -128,6 +130,7 @@ def make_pool(
     failures = failures or ConnectFailures()
 
     def kwargs() -> dict[str, Any]:
+        asking = failures.asking()
         try:
             return {**base, **(connection_params(credentials))}
         except Exception as exc:
@@ -135,6 +138,8 @@ def make_pool(
                 logger.warning("pgfeatures: pool %s: the credential provider failed (%s); the pool keeps trying",
                                application_name, _first_line(exc))
             raise
+        finally:
+            failures.answered(asking)
 
     return ConnectionPool(
         dsn,

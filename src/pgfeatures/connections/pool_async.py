@@ -24,7 +24,6 @@ per outage, not per attempt) and when it connects again (info, with how long it 
 
 from __future__ import annotations
 
-import asyncio  # async-only
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +31,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from .credentials import CredentialProvider, credential_params
+from .credentials import CredentialProvider, with_deadline
 from .dsn import connection_kwargs
 from .translate import ConnectFailures, _reason, redact, unavailable
 
@@ -40,10 +39,12 @@ logger = logging.getLogger("pgfeatures.connections")
 
 
 async def connection_params_async(credentials: CredentialProvider | None) -> dict[str, Any]:
-    """The provider's current parameters (off the event loop: a token fetch may block)."""
+    """The provider's current parameters, asked in a thread of its own (a token fetch may block)
+    and waited for at most its deadline (``ProviderDeadline``; a provider given without one gets
+    the default). Raises CredentialProviderError (CredentialProviderTimeout past the deadline)."""
     if credentials is None:
         return {}
-    return await asyncio.to_thread(credential_params, credentials)  # sync: return credential_params(credentials)
+    return await with_deadline(credentials).params_async()
 
 
 async def connect_async(
@@ -127,6 +128,7 @@ def make_async_pool(
     failures = failures or ConnectFailures()
 
     async def kwargs() -> dict[str, Any]:
+        asking = failures.asking()
         try:
             return {**base, **(await connection_params_async(credentials))}
         except Exception as exc:
@@ -134,6 +136,8 @@ def make_async_pool(
                 logger.warning("pgfeatures: pool %s: the credential provider failed (%s); the pool keeps trying",
                                application_name, _first_line(exc))
             raise
+        finally:
+            failures.answered(asking)
 
     return AsyncConnectionPool(
         dsn,

@@ -1,11 +1,12 @@
 """What a psycopg or psycopg_pool exception means to a pgfeatures user: one typed error each.
 
-An outage, an expired credential, a timeout, a drifted schema, a closed store
-and any other database error are different conditions with different
-remedies (wait, renew the credential, run ``pgfeatures init``, fix a grant),
-so they become different exceptions, each saying what happened and where.
-Connection failures carry no SQLSTATE in libpq, so those are told apart by
-libpq's message.
+An outage, an expired credential, a timeout, a drifted schema, a closed store,
+connection settings that cannot work (a malformed DSN, a database or role the
+server does not have) and any other database error are different conditions
+with different remedies (wait, renew the credential, run ``pgfeatures init``,
+fix the DSN, fix a grant), so they become different exceptions, each saying
+what happened, where, and the fix. Connection failures carry no SQLSTATE in
+libpq, so those are told apart by libpq's message.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ import re
 import time
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import PoolClosed, PoolTimeout
 
 from ..errors import (
     AuthenticationError,
+    ConflictError,
+    CredentialsTimeoutError,
+    ConnectionSettingsError,
     DatabaseError,
     DatabaseUnavailableError,
     PgFeaturesError,
@@ -30,13 +35,27 @@ from ..errors import (
 # libpq / server messages of a refused login: the credential, not the network, is the problem.
 _AUTH = re.compile(
     r"password authentication failed|no password supplied|authentication failed|"
-    r"role \"[^\"]*\" does not exist|no pg_hba\.conf entry|pg_hba\.conf rejects|"
+    r"no pg_hba\.conf entry|pg_hba\.conf rejects|"
     r"SSL (?:connection )?(?:is )?required|server does not support SSL|certificate verify failed|"
     r"SCRAM|channel binding",
     re.IGNORECASE,
 )
 _SCHEMA_STATES = {"42P01": "undefined table", "42703": "undefined column", "42804": "datatype mismatch",
                   "0A000": "cached plan changed result type", "42883": "undefined function"}
+# A deadlock or a serialization failure (on a replica also a conflict with recovery): rolled back, retryable.
+CONFLICT_STATES = frozenset({"40P01", "40001"})
+# The server answered, and the settings name what it does not have (with trust or peer auth, and
+# for the database after a login; with password auth PostgreSQL reports a missing role as a failed
+# password, which stays an AuthenticationError).
+_NO_ROLE = re.compile(r'role "((?:[^"]|"")*)" does not exist')
+_NO_DATABASE = re.compile(r'database "((?:[^"]|"")*)" does not exist')
+# libpq refusing the connection string itself, before any network I/O.
+_MALFORMED = re.compile(
+    r'missing "=" after|invalid connection option|invalid URI|end of string reached|unterminated quoted string|'
+    r'invalid percent-encoded token|forbidden value %00|invalid integer value|invalid \S+ value|bad value for|'
+    r'invalid port number|could not match \d+ (?:host names|port numbers)|unexpected spaces found',
+    re.IGNORECASE,
+)
 # Class 08 (connection exception), 57P0x (admin/crash shutdown, cannot connect now), 53300 (too many connections)
 _UNAVAILABLE_PREFIXES = ("08", "57P", "53300")
 
@@ -63,13 +82,67 @@ def is_auth_failure(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError) and bool(_AUTH.search(str(exc)))
 
 
-def unavailable(dsn: str, exc: BaseException, timeout: float | None = None) -> DatabaseUnavailableError:
-    """The DatabaseUnavailableError (AuthenticationError for a refused login) for a failed connection."""
-    from .credentials import CredentialProviderError
+def _where(dsn: str) -> str:
+    """``host:port`` of a DSN for a message (the whole DSN, redacted, when it does not parse)."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return redact(dsn)
+    host = params.get("host") or params.get("hostaddr") or "the default host (PGHOST, or the local socket)"
+    return f"{host}:{params['port']}" if params.get("port") else str(host)
+
+
+def settings_error(dsn: str, exc: BaseException) -> ConnectionSettingsError | None:
+    """The ConnectionSettingsError for a connection that failed because of its settings (a malformed
+    DSN, a database or role the server does not have), with the fix; None for any other failure."""
+    if not isinstance(exc, psycopg.Error):
+        return None
+    reason = _reason(exc)
+    if (m := _NO_DATABASE.search(reason)) is not None:
+        name = m.group(1).replace('""', '"')
+        return ConnectionSettingsError(
+            f"the database server at {_where(dsn)} has no database {name!r} (dbname in the DSN {redact(dsn)}): "
+            f"create it (CREATE DATABASE, or createdb {name}) or name an existing one; the server said: {reason}")
+    if (m := _NO_ROLE.search(reason)) is not None:
+        name = m.group(1).replace('""', '"')
+        return ConnectionSettingsError(
+            f"the database server at {_where(dsn)} has no role {name!r} (user in the DSN {redact(dsn)}, else the "
+            f"PGUSER or operating-system user): create it (CREATE ROLE ... LOGIN) or connect as an existing role; "
+            f"the server said: {reason}")
+    if _MALFORMED.search(reason):
+        return malformed_dsn(dsn, reason)
+    return None
+
+
+def malformed_dsn(dsn: str, reason: str) -> ConnectionSettingsError:
+    """The error for a DSN libpq refuses (``reason``: libpq's words, which may quote the DSN: redacted too)."""
+    return ConnectionSettingsError(
+        f"the DSN {redact(dsn)!r} is malformed: {redact(reason)}; write it as key=value pairs (host=db.example.com "
+        "port=5432 dbname=features user=app) or as a URI (postgresql://app@db.example.com:5432/features)")
+
+
+def check_dsn(dsn: str) -> str:
+    """``dsn`` if libpq can parse it; ConnectionSettingsError saying what is wrong and how to write one."""
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.Error as exc:
+        raise malformed_dsn(dsn, _reason(exc)) from None
+    return dsn
+
+
+def unavailable(dsn: str, exc: BaseException, timeout: float | None = None) -> PgFeaturesError:
+    """The typed error for a failed connection: DatabaseUnavailableError (AuthenticationError for a
+    refused login, CredentialsTimeoutError for a credential provider past its deadline), or
+    ConnectionSettingsError when the settings themselves cannot work."""
+    from .credentials import CredentialProviderError, CredentialProviderTimeout
 
     within = f" within {timeout:g}s" if timeout is not None else ""
     if isinstance(exc, CredentialProviderError):  # nothing was sent to the database
-        return AuthenticationError(f"no credentials for the database at {redact(dsn)}: {_reason(exc)}")
+        kind = CredentialsTimeoutError if isinstance(exc, CredentialProviderTimeout) else AuthenticationError
+        return kind(f"no credentials for the database at {redact(dsn)}: {_reason(exc)}")
+    settings = settings_error(dsn, exc)
+    if settings is not None:
+        return settings
     if is_auth_failure(exc):
         return AuthenticationError(
             f"the database at {redact(dsn)} refused the credentials: {_reason(exc)} "
@@ -103,8 +176,15 @@ def database_error(exc: BaseException, dsn: str = "", *, acquire_timeout: float 
     state = exc.sqlstate or ""
     if isinstance(exc, psycopg.errors.QueryCanceled) or state == "57014":
         return QueryTimeoutError(f"the statement was cancelled: {_reason(exc)} (statement_timeout or a cancel request)")
+    if state in CONFLICT_STATES:
+        return ConflictError(f"rolled back, conflicting with a concurrent statement ({_reason(exc)}): nothing of it was "
+                             "applied; retry it", state)
     if state in _SCHEMA_STATES:
         return SchemaDriftError(f"the database does not match the definitions ({_SCHEMA_STATES[state]}): {_reason(exc)}")
+    if isinstance(exc, (psycopg.OperationalError, psycopg.ProgrammingError)) and not state:
+        settings = settings_error(dsn, exc)  # a connection attempt: no SQLSTATE, libpq's message says why
+        if settings is not None:
+            return settings
     if is_auth_failure(exc):
         return unavailable(dsn, exc)
     if isinstance(exc, psycopg.OperationalError) and (not state or state.startswith(_UNAVAILABLE_PREFIXES)):
@@ -123,12 +203,37 @@ class ConnectFailures:
     both see themselves as the first failure: a log line twice, nothing worse).
     """
 
-    __slots__ = ("error", "at", "since")
+    __slots__ = ("error", "at", "since", "_asking")
 
     def __init__(self) -> None:
         self.error: BaseException | None = None
         self.at = 0.0  # the latest failure
         self.since = 0.0  # the first failure since the last success
+        self._asking: dict[object, float] = {}  # connection attempts waiting on the credential provider: since when
+
+    def asking(self) -> object:
+        """Note a connection attempt that waits on the credential provider; pass the token to ``answered``."""
+        token = object()
+        self._asking[token] = time.monotonic()
+        return token
+
+    def answered(self, token: object) -> None:
+        self._asking.pop(token, None)
+
+    def cause(self, pending_for: float = 0.0) -> BaseException | None:
+        """Why the pool may have no connection: its latest failure to connect, else a credential
+        provider call it has been waiting on for at least ``pending_for`` seconds (a provider that
+        has not answered, its deadline not yet passed; a call of a few milliseconds made while the
+        pool was merely busy does not count), else None (nothing failed: the pool is busy)."""
+        if self.error is not None:
+            return self.error
+        now = time.monotonic()
+        pending = [since for since in list(self._asking.values()) if now - since >= pending_for]  # a copy: workers change it
+        if not pending:
+            return None
+        from .credentials import CredentialProviderTimeout
+
+        return CredentialProviderTimeout(f"the credential provider has not answered for {now - min(pending):.1f}s")
 
     def failed(self, exc: BaseException) -> bool:
         """Record a failure; True when it is the first since the last success (the pool just lost the database)."""

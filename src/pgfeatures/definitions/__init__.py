@@ -23,8 +23,11 @@ from .tables import UPDATED_AT, UPDATED_AT_FEATURE, Feature, FeatureTable
 from .types import (
     ALIASES,
     FLOAT32_MAX,
+    FLOAT32_OVERFLOW,
+    INF_POLICIES,
     INT_RANGE,
     NAN_POLICIES,
+    NONFINITE_JSON,
     TYPES,
     WIDE_TYPES,
     FeatureType,
@@ -32,15 +35,16 @@ from .types import (
     check_value,
     feature_type,
     format_duration,
+    nonfinite_json,
     parse_duration,
 )
 
 RESERVED = frozenset({KEY_COLUMN, UPDATED_AT})
 
 __all__ = [
-    "ALIASES", "DEFAULT_ENTITY", "DEFAULT_ENTITY_NAME", "DEFAULT_SCHEMA", "Entity", "FLOAT32_MAX", "Feature",
-    "FeatureService", "FeatureTable", "FeatureType", "INT_RANGE", "KEY_COLUMN", "KEY_LENGTH", "KEY_TYPES",
-    "NAN_POLICIES", "RESERVED", "Registry", "TYPES", "UPDATED_AT", "UPDATED_AT_FEATURE", "WIDE_TYPES",
+    "ALIASES", "DEFAULT_ENTITY", "DEFAULT_ENTITY_NAME", "DEFAULT_SCHEMA", "Entity", "FLOAT32_MAX", "FLOAT32_OVERFLOW",
+    "Feature", "FeatureService", "FeatureTable", "FeatureType", "INF_POLICIES", "INT_RANGE", "KEY_COLUMN", "KEY_LENGTH", "KEY_TYPES",
+    "NAN_POLICIES", "NONFINITE_JSON", "RESERVED", "Registry", "TYPES", "UPDATED_AT", "UPDATED_AT_FEATURE", "WIDE_TYPES",
     "check_identifier", "check_value", "demo_registry", "feature_type", "format_duration", "hash_key",
-    "parse_duration", "parse_hash_key", "read_toml",
+    "nonfinite_json", "parse_duration", "parse_hash_key", "read_toml",
 ]

@@ -26,6 +26,7 @@ they are.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ from typing import Any
 from psycopg.types.numeric import Int8
 
 from ..errors import DefinitionError, KeyFormatError
+from .names import check_not_reserved
 from .types import check_identifier
 
 KEY_COLUMN = "hashkey"
@@ -42,6 +44,27 @@ HASHES = ("sha256",)
 DEFAULT_ENTITY_NAME = "entity"
 DEFAULT_TEXT_LENGTH = 256
 INT8_RANGE = (-(2**63), 2**63 - 1)
+# PostgreSQL's own grammars, so a key means what the database would make of the same text:
+# int8in's decimal form (leading and trailing C-locale whitespace, a sign, ASCII digits; PostgreSQL 16+
+# also takes "1_000" and 0x/0o/0b prefixes, which are not decimal text and are refused here), and
+# uuid_in's (32 hex digits, a hyphen allowed after any group of four, braces around the whole), with
+# the RFC 9562 URN prefix ``urn:uuid:`` besides.
+BIGINT_TEXT = re.compile(r"[ \t\n\r\v\f]*[+-]?[0-9]+[ \t\n\r\v\f]*")
+_UUID_DIGITS = r"[0-9a-fA-F]{4}(?:-?[0-9a-fA-F]{4}){7}"
+UUID_TEXT = re.compile(rf"(?:[uU][rR][nN]:[uU][uU][iI][dD]:)?(?:\{{{_UUID_DIGITS}\}}|{_UUID_DIGITS})")
+_NOT_HEX = re.compile(r"[^0-9a-fA-F]")
+
+def bigint_text_value(text: str) -> int | None:
+    """The value of a text that ``BIGINT_TEXT`` matches, or None when it is beyond 64 bits (checked
+    before ``int()``, which refuses 4,300 digits and more, leading zeros included)."""
+    text = text.strip(" \t\n\r\v\f")
+    sign = "-" if text[0] == "-" else ""
+    digits = text.lstrip("+-").lstrip("0") or "0"
+    if len(digits) > 19:
+        return None
+    value = int(sign + digits)
+    return value if INT8_RANGE[0] <= value <= INT8_RANGE[1] else None
+
 
 # Key type -> (column type in DDL, format_type() of the live column, parameter cast)
 _SQL_TYPES = {
@@ -58,14 +81,29 @@ def hash_key(natural_id: str | int | bytes) -> bytes:
     if isinstance(natural_id, bool):
         raise KeyFormatError(f"a natural id must be a string, an integer or bytes, got {natural_id!r}")
     if isinstance(natural_id, str):
-        data = natural_id.encode()
+        try:
+            data = natural_id.encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 form to hash
+            raise KeyFormatError(f"a natural id must be valid Unicode text: {natural_id!r} has no UTF-8 form "
+                                 f"({exc.reason} at character {exc.start})") from None
     elif isinstance(natural_id, int):
-        data = str(natural_id).encode()
+        data = _decimal(natural_id).encode()
     elif isinstance(natural_id, (bytes, bytearray, memoryview)):
         data = bytes(natural_id)
     else:
         raise KeyFormatError(f"a natural id must be a string, an integer or bytes, got {type(natural_id).__name__}")
     return hashlib.sha256(data).digest()
+
+
+def _decimal(number: int) -> str:
+    """An integer's decimal text; KeyFormatError past str()'s limit (4,300 digits): no key has that many."""
+    if number.bit_length() > 14_000:  # about 4,214 digits: below the limit, far beyond any key
+        raise KeyFormatError(f"an integer key must be shorter, got {_huge(number)}")
+    return str(number)
+
+
+def _huge(number: int) -> str:
+    return f"an integer of about {number.bit_length() * 0.30103:,.0f} digits"
 
 
 def parse_hash_key(key: Any) -> bytes:
@@ -100,7 +138,7 @@ class Entity:
     hash: str | None = None
 
     def __post_init__(self) -> None:
-        check_identifier("entity", self.name)
+        check_not_reserved("entity", check_identifier("entity", self.name))
         if self.key_type not in KEY_TYPES:
             raise DefinitionError(f"entity {self.name!r}: unknown key type {self.key_type!r} (valid: {', '.join(KEY_TYPES)})")
         if self.hash is not None:
@@ -112,7 +150,7 @@ class Entity:
         if not self.column:
             default = KEY_COLUMN if self.name == DEFAULT_ENTITY_NAME else f"{self.name}_id"
             object.__setattr__(self, "column", default)
-        check_identifier("key column", self.column)
+        check_not_reserved("key column", check_identifier("key column", self.column))
         if not isinstance(self.max_length, int) or isinstance(self.max_length, bool) or not 1 <= self.max_length <= 10_000:
             raise DefinitionError(f"entity {self.name!r}: max_length must be an integer from 1 to 10000, got {self.max_length!r}")
 
@@ -140,57 +178,78 @@ class Entity:
             "bytea32": "32 bytes, or 64 hex characters",
             "bigint": "an integer (a signed 64-bit bigint), or its decimal text",
             "text": f"a string of 1 to {self.max_length} characters",
-            "uuid": "a UUID (canonical text, 32 hex digits, 16 bytes, or uuid.UUID)",
+            "uuid": "a UUID (32 hex digits, hyphens and braces as PostgreSQL takes them, or urn:uuid:...; "
+                    "16 bytes, or uuid.UUID)",
         }[self.key_type]
 
     def parse(self, key: Any) -> Any:
-        """The database parameter for ``key``. Raises KeyFormatError saying what is valid."""
+        """The database parameter for ``key``. Raises KeyFormatError naming the entity and saying what is valid."""
         if self.hash:
             if isinstance(key, str) and not key:
                 raise KeyFormatError(f"{self.name} key: a natural id must not be empty")
-            return hash_key(key)
+            try:
+                return hash_key(key)
+            except KeyFormatError as exc:
+                raise KeyFormatError(f"{self.name} key: {exc}") from None
         kind = self.key_type
         if kind == "bytea32":
-            return parse_hash_key(key)
+            try:
+                return parse_hash_key(key)
+            except KeyFormatError as exc:
+                raise KeyFormatError(f"{self.name} {exc}") from None
         if kind == "bigint":
             return Int8(self._integer(key))
         if kind == "text":
-            if isinstance(key, int) and not isinstance(key, bool):
-                key = str(key)
-            if not isinstance(key, str):
-                raise KeyFormatError(f"{self.name} key must be {self.accepts}, got {type(key).__name__}")
-            if not 1 <= len(key) <= self.max_length:
-                raise KeyFormatError(f"{self.name} key must be {self.accepts}, got {len(key)} characters")
-            if "\x00" in key:
-                raise KeyFormatError(f"{self.name} key must not contain NUL characters")
-            return key
+            return self._text(key)
         return self._uuid(key)
 
     def _integer(self, key: Any) -> int:
         if isinstance(key, bool):
             raise KeyFormatError(f"{self.name} key must be {self.accepts}, got {key!r}")
         if isinstance(key, str):
-            text = key.strip()
-            if not text or not (text.lstrip("+-").isdigit() and text.isascii()):
+            if not BIGINT_TEXT.fullmatch(key):  # int() would take "1_0", "٣" and Unicode spaces, and fail on "+-5"
                 raise KeyFormatError(f"{self.name} key must be {self.accepts}, got {key!r}")
-            key = int(text)
+            value = bigint_text_value(key)
+            if value is None:
+                lo, hi = INT8_RANGE
+                text = key.strip(" \t\n\r\v\f")  # digits and a sign only: shown as the number it is
+                raise KeyFormatError(f"{self.name} key {text if len(text) <= 40 else text[:37] + '...'} is out of "
+                                     f"range for bigint ({lo}..{hi})")
+            key = value
         if not isinstance(key, int):
             raise KeyFormatError(f"{self.name} key must be {self.accepts}, got {type(key).__name__}")
         lo, hi = INT8_RANGE
         if not lo <= key <= hi:
-            raise KeyFormatError(f"{self.name} key {key} is out of range for bigint ({lo}..{hi})")
+            shown = str(key) if key.bit_length() <= 256 else _huge(key)  # str() refuses 4,300 digits and more
+            raise KeyFormatError(f"{self.name} key {shown} is out of range for bigint ({lo}..{hi})")
+        return key
+
+    def _text(self, key: Any) -> str:
+        if isinstance(key, int) and not isinstance(key, bool):
+            if key.bit_length() > 14_000:
+                raise KeyFormatError(f"{self.name} key must be {self.accepts}, got {_huge(key)}")
+            key = str(key)
+        if not isinstance(key, str):
+            raise KeyFormatError(f"{self.name} key must be {self.accepts}, got {type(key).__name__}")
+        if not 1 <= len(key) <= self.max_length:
+            raise KeyFormatError(f"{self.name} key must be {self.accepts}, got {len(key)} characters")
+        if "\x00" in key:
+            raise KeyFormatError(f"{self.name} key must not contain NUL characters")
+        if not key.isascii():
+            try:
+                key.encode()
+            except UnicodeEncodeError as exc:  # a lone surrogate: PostgreSQL's text cannot hold it
+                raise KeyFormatError(f"{self.name} key must be valid Unicode text: {key!r} has no UTF-8 form "
+                                     f"({exc.reason} at character {exc.start})") from None
         return key
 
     def _uuid(self, key: Any) -> uuid.UUID:
         if isinstance(key, uuid.UUID):
             return key
-        try:
-            if isinstance(key, (bytes, bytearray)) and len(key) == 16:
-                return uuid.UUID(bytes=bytes(key))
-            if isinstance(key, str):
-                return uuid.UUID(key)
-        except ValueError:
-            pass
+        if isinstance(key, (bytes, bytearray)) and len(key) == 16:
+            return uuid.UUID(bytes=bytes(key))
+        if isinstance(key, str) and UUID_TEXT.fullmatch(key):  # uuid.UUID alone takes "+", "0x", "_" and spaces
+            return uuid.UUID(hex=_NOT_HEX.sub("", key[9:] if key[:1] in "uU" else key))
         shown = repr(key) if isinstance(key, (str, bytes)) else type(key).__name__
         raise KeyFormatError(f"{self.name} key must be {self.accepts}, got {shown}")
 

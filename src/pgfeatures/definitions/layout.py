@@ -13,9 +13,15 @@ A service declared ``materialize = true`` keeps, per entity it reads, one servin
 so a read is one primary-key lookup per entity, and the row says, per table, whether the key was
 present (and how old its row is: expiry is decided against the server's clock in the same
 statement), missing or NULL, exactly as the flexible read does. Arrays that would always be empty
-are left out. The layout's fingerprint is stored as the serving table's comment: a definition that
-changed since the rows were built is detected (``pgfeatures init``) and rebuilt
-(``pgfeatures materialize``).
+are left out.
+
+**A layout is named by its fingerprint.** The fingerprint hashes everything a decoder depends on
+(the service, the entity and its key, every feature's array and position, the tables' order, the
+layout format), and the serving table's name ends with it: ``_pgf_svc_<service>__<entity>_<fp12>``.
+A reader compiled for a layout reads the table of that name and nothing else, so a definition
+change (a new layout, a new table) can never make a running reader decode rows it was not compiled
+for: the old table is dropped when the new one is built, and the old reader's statement fails
+(and falls back to the flexible read) instead of reading the new rows.
 """
 
 from __future__ import annotations
@@ -34,6 +40,11 @@ GROUPS = {"real": ("r", "real"), "double precision": ("d", "double precision"), 
 GROUP_ORDER = ("r", "d", "i")
 TS = "ts"
 PREFIX = "_pgf_svc_"
+# The serving row's format: part of every fingerprint, so rows built by a version that lays them out
+# differently are never read by this one (they are rebuilt: ``pgfeatures apply``).
+LAYOUT_VERSION = 2
+SERVING_COLUMNS = frozenset({*GROUP_ORDER, TS})  # a key column may not take these names
+MAX_IDENTIFIER = 63  # bytes: PostgreSQL truncates longer names silently
 
 
 @dataclass(frozen=True)
@@ -72,8 +83,17 @@ class EntityLayout:
         return next(i for i, t in enumerate(self.tables) if t.name == table)
 
 
-def serving_table_name(service: str, entity: str) -> str:
-    """``_pgf_svc_<service>__<entity>``, shortened with a hash when over PostgreSQL's 63 characters."""
+def serving_table_name(service: str, entity: str, fingerprint: str) -> str:
+    """``_pgf_svc_<service>__<entity>_<first 12 of the fingerprint>``, the readable part shortened so
+    the whole fits PostgreSQL's 63 bytes (the fingerprint, which covers service and entity, keeps
+    names of different layouts apart: services ``a__b``/``c`` and ``a``/``b__c`` get two tables)."""
+    suffix = f"_{fingerprint[:12]}"
+    room = MAX_IDENTIFIER - len(PREFIX) - len(suffix)
+    return f"{PREFIX}{f'{service}__{entity}'[:room]}{suffix}"
+
+
+def legacy_serving_table_name(service: str, entity: str) -> str:
+    """The name versions before LAYOUT_VERSION 2 gave a serving table (found and dropped on rebuild)."""
     name = f"{PREFIX}{service}__{entity}"
     if len(name) <= 63:
         return name
@@ -101,11 +121,12 @@ def service_layouts(service: FeatureService, items: tuple[tuple[FeatureTable, tu
         groups = tuple(g for g in GROUP_ORDER if counters[g])
         entity = entities[name]
         shape = {
+            "version": LAYOUT_VERSION,
             "service": service.name, "entity": [entity.name, entity.key_type, entity.column],
             "tables": [t.name for t, _ in parts],
             "slots": [[s.table, s.feature.name, s.feature.type.name, s.group, s.index] for s in slots],
         }
         fingerprint = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
-        out.append(EntityLayout(service.name, entity, serving_table_name(service.name, name),
+        out.append(EntityLayout(service.name, entity, serving_table_name(service.name, name, fingerprint),
                                 tuple(t for t, _ in parts), tuple(slots), groups, fingerprint))
     return tuple(out)

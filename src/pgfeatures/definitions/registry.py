@@ -18,6 +18,8 @@ Errors name the file, the entity, table or service, and what is valid.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -75,6 +77,7 @@ class Registry:
             if name != service.name:
                 raise DefinitionError(f"service registered as {name!r} is named {service.name!r}")
         check_services(self, self.services.values())
+        _check_serving_keys(self)
 
     @classmethod
     def of(
@@ -132,6 +135,17 @@ class Registry:
             out["services"] = {s.name: s.to_dict() for s in self.services.values()}
         return out
 
+    @property
+    def fingerprint(self) -> str:
+        """A hash of everything the definitions say (``to_dict``), to tell which definitions a running
+        store or service serves (``/v1/services``, ``/metrics``, ``pgfeatures plan``)."""
+        found = self.__dict__.get("_fingerprint")
+        if found is None:
+            text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+            found = hashlib.sha256(text.encode()).hexdigest()[:16]
+            object.__setattr__(self, "_fingerprint", found)
+        return str(found)
+
     def table(self, name: str) -> FeatureTable:
         try:
             return self.tables[name]
@@ -170,6 +184,22 @@ class Registry:
         if not names:
             raise DefinitionError("empty table list: pass None for all tables")
         return tuple(self.tables[n] for n in names)
+
+
+def _check_serving_keys(registry: Registry) -> None:
+    """A materialized service's serving table holds the key column beside its arrays: the key column
+    may not take an array's name."""
+    from .layout import SERVING_COLUMNS
+
+    for service in registry.services.values():
+        if not service.materialize:
+            continue
+        for table, _ in service.resolve(registry):
+            if table.key_column in SERVING_COLUMNS:
+                raise DefinitionError(
+                    f"service {service.name!r} is materialized, and entity {table.entity.name!r} is keyed by column "
+                    f"{table.key_column!r}, a name its serving rows use for their own columns "
+                    f"({', '.join(sorted(SERVING_COLUMNS))}): rename the key column (key_column) or do not materialize")
 
 
 def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DefinitionError
+from .names import check_not_reserved
 from .types import check_identifier, format_duration, parse_duration
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class FeatureService:
     description: str | None = None
 
     def __post_init__(self) -> None:
-        check_identifier("service", self.name)
+        check_not_reserved("service", check_identifier("service", self.name))
         if isinstance(self.features, str) or not self.features:
             raise DefinitionError(f"service {self.name!r}: features must be a non-empty list of \"table.feature\" or \"table.*\"")
         object.__setattr__(self, "features", tuple(self.features))

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import DefinitionError, UnknownFeatureError
 from .entities import DEFAULT_ENTITY, Entity
+from .names import STAGE_COLUMNS, check_not_reserved
 from .types import TYPES, FeatureType, check_identifier, check_value, feature_type
 
 UPDATED_AT = "updated_at"
@@ -37,7 +38,10 @@ class Feature:
     default: Any = None
 
     def __post_init__(self) -> None:
-        check_identifier("feature", self.name)
+        check_not_reserved("feature", check_identifier("feature", self.name))
+        if self.name in STAGE_COLUMNS:
+            raise DefinitionError(f"invalid feature name {self.name!r}: the loader's staging table uses a column of "
+                                  "that name; rename the feature")
         if self.default is not None:
             try:
                 object.__setattr__(self, "default", check_value(f"default of {self.name}", self.type, self.default))
@@ -72,7 +76,7 @@ class FeatureTable:
     _by_name: Mapping[str, Feature] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        check_identifier("table", self.name)
+        check_not_reserved("table", check_identifier("table", self.name))
         if not self.features:
             raise DefinitionError(f"table {self.name!r} has no features")
         if self.ttl is not None and (not isinstance(self.ttl, int) or isinstance(self.ttl, bool) or self.ttl <= 0):

@@ -14,10 +14,22 @@ from typing import Any
 
 from ..errors import DefinitionError, FeatureValueError
 
-FLOAT32_MAX = 3.4028234663852886e38  # the largest finite real
+FLOAT32_MAX = 3.4028234663852886e38  # the largest finite real, printed shortest as 3.4028235e+38
+# Halfway between FLOAT32_MAX and 2**128: the smallest magnitude that rounds to infinity as a float32
+# (PostgreSQL refuses it as out of range). Everything below rounds to at most FLOAT32_MAX, including
+# 3.4028235e+38, the text the server prints for FLOAT32_MAX, so what the server prints it accepts.
+FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
+FLOAT32_SHOWN = "3.4028235e+38"  # FLOAT32_MAX as the server prints it
 FLOAT32_ZERO = 2.0**-150  # the largest magnitude that rounds to a real 0 (half the smallest subnormal)
 INT_RANGE = {"smallint": (-(2**15), 2**15 - 1), "integer": (-(2**31), 2**31 - 1), "bigint": (-(2**63), 2**63 - 1)}
 NAN_POLICIES = ("reject", "null")
+INF_POLICIES = ("reject", "keep")  # ±Infinity: refused (JSON cannot carry it as a number), or written as it is
+NONFINITE_JSON = ("Infinity", "-Infinity", "NaN")  # how JSON answers carry stored non-finite values
+
+
+def nonfinite_json(value: float) -> str:
+    """The JSON form of a non-finite float: ``"Infinity"``, ``"-Infinity"`` or ``"NaN"``."""
+    return "NaN" if value != value else "Infinity" if value > 0 else "-Infinity"
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -112,10 +124,12 @@ def format_duration(seconds: int) -> str:
     return f"{seconds}s"
 
 
-def check_value(where: str, type_: FeatureType, value: Any, nan: str = "reject") -> Any:
+def check_value(where: str, type_: FeatureType, value: Any, nan: str = "reject", inf: str = "reject") -> Any:
     """``value`` as the Python type a column of ``type_`` takes; FeatureValueError says what is valid.
 
-    ``where`` names the column (``table.feature``). NaN: rejected, or None with ``nan="null"``.
+    ``where`` names the column (``table.feature``). NaN: refused, or None with ``nan="null"``.
+    ±Infinity: refused, or kept with ``inf="keep"`` (JSON answers carry it as ``"Infinity"``).
+    A ``real`` takes every value that rounds to a finite float32 (up to ±3.4028235e+38 as printed).
     """
     if value is None:
         return None
@@ -129,6 +143,9 @@ def check_value(where: str, type_: FeatureType, value: Any, nan: str = "reject")
             return bool(value)
         raise invalid("is not a boolean (True, False or None)")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if isinstance(value, str) and value in NONFINITE_JSON:
+            raise invalid("is not a number: it is how JSON answers carry a stored non-finite value, which writes "
+                          "refuse by default (NaN: nan='null' writes NULL; ±Infinity: inf='keep' writes it)")
         raise invalid("is not a number")
     if isinstance(value, numbers.Integral):
         number: float | int = int(value)
@@ -140,8 +157,13 @@ def check_value(where: str, type_: FeatureType, value: Any, nan: str = "reject")
             raise invalid("is NaN, which this store rejects (nan='null' writes NULL)")
     if kind in ("real", "double precision"):
         number = float(number)
-        if kind == "real" and math.isfinite(number) and abs(number) > FLOAT32_MAX:
-            raise invalid(f"is out of range for real (at most ±{FLOAT32_MAX:.7g})")
+        if math.isinf(number):
+            if inf == "keep":
+                return number
+            raise invalid("is infinite, which this store refuses by default (inf='keep' writes it; JSON answers "
+                          "carry it as \"Infinity\")")
+        if kind == "real" and abs(number) >= FLOAT32_OVERFLOW:
+            raise invalid(f"is out of range for real (at most ±{FLOAT32_SHOWN})")
         if kind == "real" and 0 < abs(number) <= FLOAT32_ZERO:  # PostgreSQL refuses what rounds to 0 (underflow)
             raise invalid(f"is too small for real (rounds to 0; non-zero values need a magnitude above {FLOAT32_ZERO:.2g})")
         return number

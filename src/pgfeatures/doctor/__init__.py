@@ -44,11 +44,11 @@ from .facts import (
     prepared_facts,
     serving_registry,
 )
-from .materialized import DEFAULT_SAMPLE, Difference, ServiceFacts, materialized_facts
+from .materialized import DEFAULT_SAMPLE, Difference, RowDifference, ServiceFacts, materialized_facts
 from .report import SERVER, Finding, Report, Status
 
 __all__ = [
-    "CHECKS", "DEFAULT_SAMPLE", "SERVER", "Column", "DeadRows", "Difference", "ServiceFacts", "Facts", "Finding", "Index", "PreparedFacts", "Report", "ServerFacts",
+    "CHECKS", "DEFAULT_SAMPLE", "SERVER", "Column", "DeadRows", "Difference", "ServiceFacts", "Facts", "Finding", "Index", "PreparedFacts", "Report", "RowDifference", "ServerFacts",
     "Status", "TableFacts", "diagnose", "evaluate", "gather", "materialized_facts", "prepared_facts",
 ]
 
@@ -60,16 +60,18 @@ def diagnose(
     hot_keys: Sequence[bytes] = (),
     store: FeatureStore | None = None,
     sample: int = DEFAULT_SAMPLE,
+    full: bool = False,
 ) -> Report:
     """Run every check. ``store``: an open FeatureStore whose serving connections to inspect
     (default: a one-connection store opened on the usable tables); ``sample``: keys compared per
-    entity of every built materialized service (see ``materialized``). Raises
+    entity of every built materialized service (see ``materialized``); ``full``: compare every
+    serving row instead (one statement per serving table, reading every row of the tables). Raises
     DatabaseUnavailableError (AuthenticationError for a refused login) when the database cannot
     be reached."""
     dsn = (store.dsn or "") if store is not None else resolve_dsn(dsn)
     with connect(dsn, "pgfeatures-doctor", 10) as conn:
         facts = gather(conn, registry, hot_keys, recount_dead_above=DEAD_WARN)
-        services = materialized_facts(registry, dsn, conn, sample=sample)
+        services = materialized_facts(registry, dsn, conn, sample=sample, full=full)
     if store is not None:
         prepared = prepared_facts(store)
     else:

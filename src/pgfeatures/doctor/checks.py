@@ -12,6 +12,7 @@
                 switched on (server and table), statistics present
 ``materialized`` every materialized service is built for its definition, its maintenance triggers are in
                 place and enabled, and its serving rows equal a fresh table-by-table read on a sample of keys
+                (``full``: every serving row equals the tables as stored)
 
 Each check claims only what it measured: a verdict from numbers that may be stale says so and is
 at most a warning.
@@ -77,8 +78,8 @@ def check_schema(f: Facts) -> list[Finding]:
                                "create it: pgfeatures init (with the same --definitions)", tuple(ddl)))
         elif t.drift:
             out.append(Finding("schema", t.subject, Status.FAIL, "; ".join(t.drift),
-                               "the live table differs from its definition; pgfeatures never alters a table: "
-                               "migrate the table or correct the definition", measured={"drift": list(t.drift)}))
+                               "the live table differs from its definition: `pgfeatures plan` (same --definitions) "
+                               "shows the change, `pgfeatures apply` makes it online", measured={"drift": list(t.drift)}))
         else:
             out.append(Finding("schema", t.subject, Status.PASS, "matches its definition"))
     return out
@@ -419,7 +420,8 @@ def check_materialized(f: Facts) -> list[Finding]:
         measured: dict[str, Any] = {"state": s.state, "sampled": s.sampled, "differing": s.differing,
                                     "examples": [e.describe() for e in s.examples],
                                     "disabled_triggers": list(s.disabled_triggers), "missing_triggers": list(s.missing_triggers),
-                                    "command": rebuild}
+                                    "command": rebuild, "full": s.full, "rows": s.rows,
+                                    "differing_per_table": dict(s.per_table)}
         if s.state in ("missing", "stale"):
             what = "missing" if s.state == "missing" else "built for another definition of the service (stale)"
             out.append(Finding("materialized", subject, Status.WARN, f"serving rows {what}",
@@ -431,9 +433,14 @@ def check_materialized(f: Facts) -> list[Finding]:
                                "see the schema check", measured=measured))
             continue
         problems, advice, fix = [], [], []
-        if s.differing:
+        if s.differing and s.full:
+            tables = ", ".join(f"{t}: {n:,}" for t, n in s.per_table.items())
+            problems.append(f"{s.differing:,} of {s.sampled:,} keys differ from the tables ({tables}); e.g. "
+                            + "; ".join(e.describe() for e in s.examples))
+        elif s.differing:
             problems.append(f"{s.differing:,} of {s.sampled:,} sampled keys differ from a fresh read of the tables; e.g. "
                             + "; ".join(e.describe() for e in s.examples[:1]))
+        if s.differing:
             advice.append("the serving rows were changed behind pgfeatures' back (a trigger disabled, a session with "
                           "session_replication_role = replica, a direct write to the serving table): reads of the "
                           f"service return stale values. Rebuild them: {rebuild}")
@@ -450,14 +457,32 @@ def check_materialized(f: Facts) -> list[Finding]:
             on = sorted({item.partition(".")[0] for item in s.missing_triggers})
             problems.append(f"{len(s.missing_triggers)} maintenance trigger(s) missing on {', '.join(on)}")
             advice.append(f"writes to those tables do not reach the serving rows; {rebuild} recreates the triggers")
+        if not s.full:
+            advice.append(sample_limits(s))
         if problems:
             out.append(Finding("materialized", subject, Status.FAIL, "; ".join(problems), "; ".join(advice),
                                tuple(fix), measured))
+        elif s.full:
+            out.append(Finding("materialized", subject, Status.PASS,
+                               f"built; every serving row ({s.sampled:,} keys) equals the tables, values and updated_at; "
+                               "triggers in place", measured=measured))
         else:
             out.append(Finding("materialized", subject, Status.PASS,
-                               f"built; {s.sampled:,} sampled keys equal a fresh read of the tables; triggers in place",
-                               measured=measured))
+                               f"built; {s.sampled:,} sampled keys ({_share(s)}) equal a fresh read of the tables; "
+                               "triggers in place (a sample can miss a few changed keys and cannot see an updated_at "
+                               "changed within the TTL: --full compares every row)", "; ".join(advice), measured=measured))
     return out
+
+
+def _share(s: Any) -> str:
+    return f"{min(1.0, s.sampled / s.rows):.1%} of about {s.rows:,} serving rows" if s.rows else "serving rows never analyzed"
+
+
+def sample_limits(s: Any) -> str:
+    """What a sample of serving rows can and cannot detect (said with every sampled comparison)."""
+    return (f"a sample ({_share(s)}) finds drift that touches many keys, and every trigger is checked; it can miss "
+            "a few changed keys (each is compared with the probability of its share) and cannot see an updated_at "
+            "changed within the TTL (the read is the same): `pgfeatures doctor --full` compares every serving row")
 
 
 CHECKS: dict[str, Callable[[Facts], list[Finding]]] = {

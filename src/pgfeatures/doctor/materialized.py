@@ -5,12 +5,22 @@ Serving rows are kept in step by triggers in the writing statement's own transac
 ``materialize/sql.py``), so they can only drift when something goes around the triggers: a
 trigger disabled (``ALTER TABLE ... DISABLE TRIGGER``), a session with
 ``session_replication_role = replica`` (logical replication, some restore tools), or a direct write
-to a serving table. The doctor therefore compares, for every built service, a random sample of
-keys (``sample``; half drawn from the serving rows, half from the feature tables, so that rows
-missing on either side are found) read twice: from the serving rows (the service as served), and
-table by table by the same service with ``materialize`` off (``dataclasses.replace``, under another
-name, in a copy of the registry). Keys that differ are read once more before they count, so a write
-landing between the two reads is not mistaken for drift.
+to a serving table. The doctor therefore compares, for every service whose serving rows exist for
+its definition (even with its triggers disabled: that is when they drift), a random sample of keys
+(``sample``; half drawn from the serving rows, half from the feature tables, so that rows missing on
+either side are found) read twice: from the serving rows (a reader compiled for them, run through
+the store), and table by table by the same service with ``materialize`` off
+(``dataclasses.replace``, under another name, in a copy of the registry). Keys that differ are read
+once more before they count, so a write landing between the two reads is not mistaken for drift.
+
+A sample finds drift that touches many keys, and the triggers' state is checked in full; but a
+single changed key among many is found only with probability sample / rows, and a serving row whose
+``updated_at`` was changed within the TTL reads the same (same values, same status) and is not
+seen at all. ``full=True`` (``pgfeatures doctor --full``) compares every serving row with the tables
+instead: one set-based statement per serving table (``full_comparison_sql``: the tables joined on
+the union of their keys, full-joined with the serving rows, each table's slice and ``ts`` entry
+compared as stored), naming the differing keys and the tables they differ in. It reads every row
+of every table of the service once.
 """
 
 from __future__ import annotations
@@ -26,9 +36,13 @@ import psycopg
 from psycopg import sql
 
 from ..definitions import Registry
-from ..definitions.layout import EntityLayout
+from ..definitions.layout import TS, EntityLayout
+from ..definitions.names import derived
 from ..materialize import sql as m
-from ..materialize.build import status
+from ..materialize.build import serving_catalog
+from ..materialize.state import BUILT, MISSING, service_state
+from ..reader.materialized import compile_materialized_batch_reader
+from ..reader.selection import select_service
 from ..store import FeatureStore
 from ..warmup import random_keys
 
@@ -62,19 +76,40 @@ class Difference:
 
 
 @dataclass(frozen=True)
+class RowDifference:
+    """One key whose serving row differs from the tables as stored (the full comparison): the
+    tables whose slice (values or updated_at) differs; ``unserved``: the key has no serving row."""
+
+    entity: str
+    key: str
+    tables: tuple[str, ...]
+    unserved: bool = False
+
+    def describe(self) -> str:
+        what = "no serving row, the tables have it" if self.unserved else "the serving row differs from the tables"
+        return f"{self.entity}={self.key}: {what} ({', '.join(self.tables)})"
+
+
+@dataclass(frozen=True)
 class ServiceFacts:
     """One materialized service as found: ``state`` (built, stale, missing), and for a built one the
     comparison of ``sampled`` keys (``differing`` of them disagree, ``examples``), the maintenance
-    triggers that are disabled or missing, or why it could not be compared (``error``)."""
+    triggers that are disabled or missing, or why it could not be compared (``error``).
+
+    ``full``: every serving row was compared (``sampled`` is then every key, ``per_table`` the
+    differing keys per table); else a sample of about ``rows`` serving rows."""
 
     service: str
     state: str
     sampled: int = 0
     differing: int = 0
-    examples: tuple[Difference, ...] = ()
+    examples: tuple[Difference | RowDifference, ...] = ()
     disabled_triggers: tuple[str, ...] = ()  # "table.trigger"
     missing_triggers: tuple[str, ...] = ()
     error: str | None = None
+    full: bool = False
+    rows: int = 0  # serving rows (an estimate, for a sample: what share of them it saw)
+    per_table: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
 def _unhashed(registry: Registry) -> Registry:
@@ -97,15 +132,21 @@ def twin_registry(registry: Registry, services: Sequence[str]) -> Registry:
 
 
 def _twin(name: str) -> str:
-    return (name + TWIN_SUFFIX)[:63]
+    return derived(name, TWIN_SUFFIX)
+
+
+def _estimate(conn: psycopg.Connection, schema: str, relation: str) -> float:
+    """The planner's row estimate of ``relation`` (-1: never analyzed)."""
+    ident = sql.Identifier(schema, relation)
+    row = conn.execute(sql.SQL("SELECT reltuples::float8 FROM pg_class WHERE oid = {}::regclass").format(
+        sql.Literal(ident.as_string(conn))), prepare=False).fetchone()
+    return row[0] if row else -1
 
 
 def _sample(conn: psycopg.Connection, schema: str, relation: str, column: str, n: int) -> list[Any]:
     """Up to ``n`` random keys of ``column`` in ``relation``."""
     ident = sql.Identifier(schema, relation)
-    row = conn.execute(sql.SQL("SELECT reltuples::float8 FROM pg_class WHERE oid = {}::regclass").format(
-        sql.Literal(ident.as_string(conn))), prepare=False).fetchone()
-    rows = row[0] if row else -1
+    rows = _estimate(conn, schema, relation)
     if rows < SCAN_BELOW:  # small, or never analyzed (-1)
         source: sql.Composable = ident
     else:  # pages at random, about 10x the keys wanted, then keys at random among them
@@ -181,32 +222,121 @@ def compare_service(store: FeatureStore, conn: psycopg.Connection, registry: Reg
     n = max(len(k) for k in per_entity.values())
     requests = [{e: keys[i % len(keys)] for e, keys in per_entity.items()} for i in range(n)]
     twin = _twin(service)
-    found = _differences(registry, service, requests, store.get_service_batch(service, requests),
+    # The serving rows as they are, whatever the store would serve (it reads a service whose triggers
+    # are disabled table by table: correct for a reader, useless for this comparison).
+    served = compile_materialized_batch_reader(select_service(registry, service), layouts)
+    found = _differences(registry, service, requests, store.read_batch(served, requests),
                          store.get_service_batch(twin, requests))
     if found:  # read those again: a write landing between the two reads is not drift
         again = [r for r in requests if any((e, r[e]) in found for e in r)]
-        found = _differences(registry, service, again, store.get_service_batch(service, again),
+        found = _differences(registry, service, again, store.read_batch(served, again),
                              store.get_service_batch(twin, again))
     sampled = sum(len(set(map(_shown, k))) for k in per_entity.values())
+    rows = sum(max(0, int(_estimate(conn, registry.schema, layout.table_name))) for layout in layouts)
     return ServiceFacts(service, "built", sampled, len(found), tuple(list(found.values())[:EXAMPLES]),
-                        tuple(disabled), tuple(missing))
+                        tuple(disabled), tuple(missing), rows=rows)
+
+
+def full_comparison_sql(schema: str, layout: EntityLayout, examples: int = EXAMPLES) -> sql.Composed:
+    """One statement comparing every serving row of ``layout`` with its tables, as stored: the
+    tables' rows (joined on the union of their keys) full-joined with the serving rows, and per
+    table its slice of the arrays and its ``ts`` entry compared with the table's row. Returns one
+    row per differing key among the first ``examples`` (key, no serving row, differing tables),
+    each carrying the totals: keys compared, keys differing, and differing keys per table in the
+    layout's table order (one row with a NULL key when none differs)."""
+    key = sql.Identifier(layout.entity.column)
+    aliases = {t.name: f"t{i}" for i, t in enumerate(layout.tables)}
+    keys = sql.SQL(" UNION ").join(
+        sql.SQL("SELECT {} AS k FROM {}").format(sql.Identifier(t.key_column), sql.Identifier(schema, t.name))
+        for t in layout.tables)
+    joins = sql.SQL(" ").join(
+        sql.SQL("LEFT JOIN {} {} ON {}.{} = k.k").format(sql.Identifier(schema, t.name), sql.Identifier(aliases[t.name]),
+                                                       sql.Identifier(aliases[t.name]), sql.Identifier(t.key_column))
+        for t in layout.tables)
+    differs = []
+    for t in layout.tables:
+        # The table's slice of each array and its ts entry as a build writes them from the table's row
+        # (materialize/sql.py's own value expressions: the comparison follows how values are stored),
+        # against the serving row's. A key without a serving row differs in the tables that have it.
+        alias = aliases[t.name]
+        stored: list[sql.Composable] = []
+        fresh: list[sql.Composable] = []
+        for group, a, b, slots in m._slices(layout, t):
+            stored.append(sql.SQL("s.{}[{}:{}]").format(sql.Identifier(group), sql.Literal(a), sql.Literal(b)))
+            fresh.append(sql.SQL("ARRAY[{}]::{}[]").format(sql.SQL(", ").join(m._value(alias, slot) for slot in slots),
+                                                          sql.SQL(layout.element_type(group))))
+        stored.append(sql.SQL("s.{}[{}]").format(sql.Identifier(TS), sql.Literal(layout.ts_index(t.name) + 1)))
+        fresh.append(m.stamp_sql(alias))
+        differs.append(sql.SQL("CASE WHEN CASE WHEN s.{} IS NULL THEN {}.{} IS NOT NULL ELSE ROW({}) IS DISTINCT FROM "
+                               "ROW({}) END THEN {} END").format(
+            key, sql.Identifier(alias), sql.Identifier(t.key_column), sql.SQL(", ").join(stored),
+            sql.SQL(", ").join(fresh), sql.Literal(t.name)))
+    per_table = sql.SQL(", ").join(sql.SQL("count(*) FILTER (WHERE {} = ANY(tables))").format(sql.Literal(t.name))
+                                   for t in layout.tables)
+    return sql.SQL(
+        "WITH cmp AS MATERIALIZED (SELECT coalesce(k.k, s.{key}) AS key, s.{key} IS NULL AS unserved, "
+        "array_remove(ARRAY[{differs}]::text[], NULL) AS tables "
+        "FROM ({keys}) k {joins} FULL JOIN {serving} s ON s.{key} = k.k) "
+        "SELECT d.key, d.unserved, d.tables, c.compared, c.differing, c.per_table FROM "
+        "(SELECT count(*) AS compared, count(*) FILTER (WHERE cardinality(tables) > 0) AS differing, "
+        "ARRAY[{per_table}] AS per_table FROM cmp) c "
+        "LEFT JOIN LATERAL (SELECT key, unserved, tables FROM cmp WHERE cardinality(tables) > 0 "
+        "ORDER BY key LIMIT {examples}) d ON true"
+    ).format(key=key, differs=sql.SQL(", ").join(differs), keys=keys, joins=joins,
+             serving=sql.Identifier(schema, layout.table_name), per_table=per_table, examples=sql.Literal(examples))
+
+
+def compare_service_full(conn: psycopg.Connection, registry: Registry, service: str) -> ServiceFacts:
+    """Compare every serving row of a built service with its tables (``full_comparison_sql``, one
+    statement per serving table), and check its triggers."""
+    layouts = registry.layouts(service)
+    disabled, missing = _triggers(conn, registry, layouts)
+    compared = differing = 0
+    per_table: dict[str, int] = {}
+    examples: list[RowDifference] = []
+    for layout in layouts:
+        rows = conn.execute(full_comparison_sql(registry.schema, layout), prepare=False).fetchall()
+        compared += rows[0][3]
+        differing += rows[0][4]
+        for table, n in zip(layout.tables, rows[0][5]):
+            if n:
+                per_table[table.name] = per_table.get(table.name, 0) + n
+        examples += [RowDifference(layout.entity.name, _shown(bytes(k) if isinstance(k, memoryview) else k),
+                                   tuple(tables), unserved) for k, unserved, tables, *_ in rows if k is not None]
+    return ServiceFacts(service, "built", compared, differing, tuple(examples[:EXAMPLES]), tuple(disabled),
+                        tuple(missing), full=True, rows=compared, per_table=per_table)
 
 
 def materialized_facts(registry: Registry, dsn: str, conn: psycopg.Connection, *,
-                       sample: int = DEFAULT_SAMPLE) -> dict[str, ServiceFacts]:
+                       sample: int = DEFAULT_SAMPLE, full: bool = False) -> dict[str, ServiceFacts]:
     """Every materialized service's facts: its state, and for a built one the comparison (see
-    ``compare_service``). A service that cannot be compared (a table missing, the store cannot
-    open) has ``error`` set: the doctor reports it and goes on."""
+    ``compare_service``; with ``full``, ``compare_service_full``: every serving row). A service
+    that cannot be compared (a table missing, the store cannot open) has ``error`` set: the doctor
+    reports it and goes on."""
     wanted = [name for name, svc in registry.services.items() if svc.materialize]
     if not wanted:
         return {}
     try:
-        states = status(conn, registry)
+        catalog = serving_catalog(conn, registry.schema)
     except psycopg.Error as exc:
         return {name: ServiceFacts(name, "unknown", error=_first_line(exc)) for name in wanted}
-    out = {name: ServiceFacts(name, states.get(name, "missing")) for name in wanted}
-    built = [name for name in wanted if out[name].state == "built"]
+    out = {}
+    for name in wanted:
+        layouts = registry.layouts(name)
+        state = service_state(catalog.state(layout) for layout in layouts)
+        # Rows built for this definition are compared even when their triggers or guard are gone.
+        rows = all(catalog.tables.get(l.table_name) is not None and catalog.tables[l.table_name].fingerprint == l.fingerprint
+                   for l in layouts)
+        out[name] = ServiceFacts(name, BUILT if rows else state.state if state.state != BUILT else MISSING)
+    built = [name for name in wanted if out[name].state == BUILT]
     if not built:
+        return out
+    if full:
+        for name in built:
+            try:
+                out[name] = compare_service_full(conn, registry, name)
+            except psycopg.Error as exc:  # reported as a finding: the doctor must finish its other checks
+                out[name] = ServiceFacts(name, "built", error=f"{type(exc).__name__}: {_first_line(exc)}", full=True)
         return out
     twins = twin_registry(registry, built)
     try:

@@ -52,6 +52,7 @@ from .options import (
     REBUILD_MIN_ROWS,
     VACUUM_FRACTION,
     ApplyStrategy,
+    InfPolicy,
     LoadOptions,
     LoadProgress,
     LoadSummary,
@@ -70,7 +71,7 @@ from .statements import upsert_sql
 
 __all__ = [
     "BATCH_ROWS", "COPY_HEADER", "COPY_TRAILER", "REBUILD_FRACTION", "REBUILD_MIN_ROWS", "TRANSACTION_SETTINGS",
-    "VACUUM_FRACTION", "ApplyStrategy", "CopyFormatError", "Duplicates", "LoadOptions", "LoadProgress", "LoadSummary",
+    "VACUUM_FRACTION", "ApplyStrategy", "CopyFormatError", "Duplicates", "InfPolicy", "LoadOptions", "LoadProgress", "LoadSummary",
     "Mode", "NanPolicy", "OnDuplicate", "OnInvalid", "Plan", "ProgressCallback", "VacuumPolicy", "decode_copy",
     "encode_copy_rows", "find_duplicates", "load", "load_async", "load_options", "open_sources", "progress_bar",
     "upsert_sql",

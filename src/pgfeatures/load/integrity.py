@@ -16,6 +16,9 @@ checksums by default, so the loader checks, per row group and column chunk:
 
 A file whose columns carry neither is loaded with a note in the summary. Failures raise
 ``CorruptFileError`` (a ``LoadInputError``) naming the file, the row group and the column.
+``describe()`` says precisely what was verified (page checksums; or column statistics *only*, which
+a value changed inside the recorded range passes), and ``unchecksummed()`` names the columns
+``require_checksums`` refuses a file for.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ import pyarrow.compute as pc
 from ..errors import CorruptFileError
 
 _PAGE_HEADER_BYTES = 64  # a PageHeader's first four fields fit in far fewer
+PAGE_CHECKSUMS = "page checksums (every data page's bytes)"
+STATISTICS_ONLY = ("column statistics only (decoded values within the recorded min/max, null counts as recorded: "
+                   "a value changed inside that range loads undetected)")
 
 
 def has_page_checksum(header: bytes) -> bool:
@@ -148,17 +154,27 @@ class ParquetIntegrity:
     # -- what the file carries
 
     def describe(self) -> str:
-        """One line for the summary: what this file's rows are verified against."""
-        chunks = [c for group in self.groups for c in group]
-        crc = sum(c.checksummed for c in chunks)
-        stats = sum(not c.checksummed and (c.bounds is not None or c.nulls is not None) for c in chunks)
-        if chunks and crc == len(chunks):
-            return "page checksums"
-        parts = (["page checksums"] if crc else []) + (["column statistics (min/max, null counts)"] if stats else [])
+        """One line for the summary: what this file's rows are verified against, and what that misses."""
+        columns = [c.column for c in self.groups[0]] if self.groups else []
         unchecked = self.unchecked()
+        bare = set(self.unchecksummed())
+        crc = [c for c in columns if c not in bare]
+        stats = [c for c in columns if c in bare and c not in unchecked]
+        if columns and not bare:
+            return PAGE_CHECKSUMS
+        parts = []
+        if crc:
+            parts.append(f"{PAGE_CHECKSUMS} for {', '.join(crc)}")
+        if stats:
+            parts.append(STATISTICS_ONLY + (f" for {', '.join(stats)}" if crc or unchecked else ""))
         if not parts:
             return "nothing: the file has no page checksums and no column statistics"
-        return " and ".join(parts) + (f"; unchecked: {', '.join(unchecked)}" if unchecked else "")
+        return "; ".join(parts) + (f"; unchecked: {', '.join(unchecked)}" if unchecked else "")
+
+    def unchecksummed(self) -> list[str]:
+        """Columns with a chunk whose pages carry no checksum (what ``require_checksums`` refuses)."""
+        seen = {c.column for group in self.groups for c in group if not c.checksummed}
+        return [c for c in (ch.column for ch in self.groups[0]) if c in seen] if self.groups else []
 
     def unchecked(self) -> list[str]:
         """Columns with a chunk that carries neither checksums nor statistics."""

@@ -7,11 +7,12 @@ key type   a source key may be                                          staged a
 bytea32    32-byte binary, 64 hex characters (natural ids with           (n, 32) uint8
            ``hash_keys``)
 hashed     a natural id: string (UTF-8), integer (decimal text), binary  (n, 32) uint8 SHA-256
-bigint     an integer column, or decimal text (CSV)                      int64
+bigint     an integer column, or decimal text (CSV; PostgreSQL's form:   int64
+           ASCII digits, a sign, spaces/tabs/newlines around)
 text       a string (or an integer: its decimal text) of 1 to            string array
            ``max_length`` characters, no NUL
-uuid       text (canonical, 32 hex digits, braces or ``urn:uuid:``),     (n, 16) uint8
-           16-byte binary
+uuid       text as PostgreSQL reads it (32 hex digits, a hyphen after    (n, 16) uint8
+           any four, braces around) or with ``urn:uuid:``; 16 bytes
 =========  ===========================================================  ===================
 
 The rules are ``Entity.parse``'s (definitions/entities.py), vectorized; ``hash_key`` is the hash.
@@ -29,11 +30,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..definitions import KEY_LENGTH, Entity
-from ..definitions.entities import INT8_RANGE
+from ..definitions.entities import BIGINT_TEXT, INT8_RANGE, UUID_TEXT, bigint_text_value
 from ..errors import LoadInputError
 from .columns import kind_of
 
 UUID_LENGTH = 16
+_C_SPACE = " \t\n\r\v\f"  # isspace() in the C locale: what PostgreSQL's integer input skips
 
 
 @dataclass
@@ -55,6 +57,10 @@ for _i, _c in enumerate(b"ABCDEF"):
 def shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def nulls_of(arr: pa.Array) -> np.ndarray | None:
@@ -181,8 +187,8 @@ def _bigint(arr: pa.Array, column: str, entity: Entity, valid: np.ndarray, probl
         return values.astype(np.int64)
     if kind != "string":
         raise LoadInputError(f"key column {column!r} is {arr.type}; {expected}", column=column)
-    text = pc.utf8_trim_whitespace(arr)
-    form = pc.match_substring_regex(text, r"^[+-]?[0-9]+$").fill_null(False).to_numpy(zero_copy_only=False)
+    text = pc.utf8_trim(arr, _C_SPACE)  # PostgreSQL's whitespace only (utf8_trim_whitespace takes Unicode's)
+    form = pc.match_substring_regex(arr, f"^{BIGINT_TEXT.pattern}$").fill_null(False).to_numpy(zero_copy_only=False)
     bad_form = valid & ~form
     if bad_form.any():
         problems.append(Problem(column, bad_form, lambda i: f"key {shown(arr[i].as_py())} is not an integer; {expected}"))
@@ -191,9 +197,10 @@ def _bigint(arr: pa.Array, column: str, entity: Entity, valid: np.ndarray, probl
     long = ok & (digits >= 19)  # may not fit in 64 bits: checked one by one (rare)
     over = np.zeros(len(arr), dtype=bool)
     for i in np.flatnonzero(long):
-        over[i] = not lo <= int(text[i].as_py()) <= hi
+        over[i] = bigint_text_value(text[i].as_py()) is None
     if over.any():
-        problems.append(Problem(column, over, lambda i: f"key {text[i].as_py()} is out of range for bigint ({lo}..{hi})"))
+        problems.append(Problem(column, over, lambda i: f"key {_cut(text[i].as_py())} is out of range for bigint "
+                                f"({lo}..{hi})"))
     fine = ok & ~over
     unsigned = pc.replace_substring_regex(text, r"^\+", "")  # "+5": pyarrow's cast takes no plus sign
     return pc.cast(pc.if_else(pa.array(fine), unsigned, "0"), pa.int64()).to_numpy(zero_copy_only=False)
@@ -232,14 +239,13 @@ def _uuid(arr: pa.Array, column: str, entity: Entity, valid: np.ndarray, problem
         return fixed_rows(offsets, data, UUID_LENGTH, valid & ~bad)
     if kind != "string":
         raise LoadInputError(f"key column {column!r} is {arr.type}; {what}", column=column)
-    # uuid.UUID's rule: drop "urn:" and "uuid:", then braces at either end and every hyphen; 32 hex digits remain.
-    text = pc.replace_substring(pc.replace_substring(arr, "urn:", ""), "uuid:", "")
-    text = pc.replace_substring(pc.utf8_trim(text, "{}"), "-", "")
+    # Entity.parse's rule (PostgreSQL's uuid text, or with urn:uuid:): check the form, then keep the hex digits.
+    form = pc.match_substring_regex(arr, f"^{UUID_TEXT.pattern}$").fill_null(False).to_numpy(zero_copy_only=False)
+    text = pc.replace_substring_regex(pc.replace_substring_regex(arr, "^[uU][rR][nN]:[uU][uU][iI][dD]:", ""), "[{}-]", "")
     offsets, data = binary_parts(text.fill_null("") if text.null_count else text)
-    lengths = np.diff(offsets)
-    ok = valid & (lengths == 2 * UUID_LENGTH)
-    keys, not_hex = _from_hex(fixed_rows(offsets, data, 2 * UUID_LENGTH, ok), ok)
-    bad = (valid & ~ok) | not_hex
+    ok = valid & form
+    keys, _ = _from_hex(fixed_rows(offsets, data, 2 * UUID_LENGTH, ok), ok)
+    bad = valid & ~form
     if bad.any():
         problems.append(Problem(column, bad, lambda i: f"key {shown(arr[i].as_py())} is not a UUID; {what}"))
     return keys

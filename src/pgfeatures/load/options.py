@@ -49,6 +49,11 @@ class NanPolicy(_Choice):
     NULL = "null"  # NaN is loaded as NULL
 
 
+class InfPolicy(_Choice):
+    REJECT = "reject"
+    KEEP = "keep"  # ±Infinity is loaded as it is (JSON answers carry it as "Infinity" / "-Infinity")
+
+
 class OnInvalid(_Choice):
     ABORT = "abort"  # the first invalid value fails the load
     SKIP = "skip"  # rows with invalid values are left out and counted as rejected
@@ -69,6 +74,7 @@ class LoadOptions:
     hash_keys: bool = False  # key column holds natural ids: hash them with SHA-256 (hashed entities always are)
     on_duplicate: OnDuplicate | str = OnDuplicate.LAST
     nan: NanPolicy | str = NanPolicy.REJECT
+    inf: InfPolicy | str = InfPolicy.REJECT  # ±Infinity in real / double precision columns
     on_invalid: OnInvalid | str = OnInvalid.ABORT
     partial: bool = False  # merge only the feature columns present (others keep their values)
     ignore_extra: bool = False  # skip source columns the table does not have
@@ -79,11 +85,15 @@ class LoadOptions:
     # (skipped and counted in LoadSummary.skipped_newer). True: write every row anyway.
     overwrite_newer: bool = False
     format: str | None = None  # parquet, csv or arrow; default: from the file extension
+    # Refuse, before anything is loaded, a file whose every page is not checksummed (Parquet written without
+    # page checksums, CSV, Arrow IPC): damage in it that still decodes could not be detected.
+    require_checksums: bool = False
     batch_rows: int = BATCH_ROWS
     lock_timeout: float = 10.0  # seconds to wait for the table lock (rebuild and swap)
 
     def __post_init__(self) -> None:
-        for name, cls in (("mode", Mode), ("on_duplicate", OnDuplicate), ("nan", NanPolicy), ("on_invalid", OnInvalid),
+        for name, cls in (("mode", Mode), ("on_duplicate", OnDuplicate), ("nan", NanPolicy), ("inf", InfPolicy),
+                          ("on_invalid", OnInvalid),
                           ("strategy", ApplyStrategy), ("vacuum", VacuumPolicy)):
             object.__setattr__(self, name, cls.parse(getattr(self, name), name))
         if self.format is not None and self.format not in FORMATS:
@@ -120,7 +130,8 @@ ProgressCallback = Callable[[LoadProgress], None]
 @dataclass
 class LoadSummary:
     """What a committed load did. ``integrity`` says, per Parquet file, what its rows were checked
-    against (page checksums, column statistics, or nothing the file carried)."""
+    against (page checksums; column statistics only, which miss a value changed inside the recorded
+    range; or nothing the file carried)."""
 
     table: str
     mode: str

@@ -7,7 +7,6 @@ failure becomes. No database I/O happens here.
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 import time
 from collections.abc import Generator, Iterator
@@ -21,7 +20,9 @@ from psycopg import sql
 
 from ..definitions import Registry
 from ..definitions.layout import EntityLayout
+from ..connections.translate import CONFLICT_STATES
 from ..errors import LoadError, LoadInputError, LoadInterruptedError, SchemaDriftError
+from ..materialize import sql as m
 from ..schema import covering_index_sql, create_table_sql, ddl_lock, qualified
 from .columns import Columns, plan_columns
 from .copy import COPY_HEADER, COPY_TRAILER
@@ -44,18 +45,21 @@ from .options import (
 from .sources import CsvSource, Source, open_sources
 from .statements import (
     CATALOG,
-    SERVING_COMMENTS,
+    SERVING_OF,
+    SWAP_STATE,
     Catalog,
     Query,
+    SwapState,
     fill_sql,
     ident,
     kept_sql,
+    new_indexes_sql,
     new_table_sql,
+    serving_of_params,
     setting,
     stage_ddl,
     stage_table,
     swap_sql,
-    trigger_names,
     upsert_sql,
 )
 from .validate import stage_batch
@@ -111,6 +115,12 @@ class Job:
             raise
         self.summary.sources = [s.name for s in self.sources]
         for source, cols in zip(self.sources, self.columns):
+            why = source.unverifiable(cols.source_columns) if options.require_checksums else None
+            if why is not None:
+                error = LoadInputError(f"{source.name}: require_checksums (--require-checksums): {why}, so damage "
+                                       "that still decodes could not be detected; refusing to load it", source=source.name)
+                error.unchanged_table = self.summary.table
+                raise error
             check = source.integrity(cols.source_columns)
             if check is not None:
                 self.summary.integrity[source.name] = check.describe()
@@ -223,7 +233,6 @@ class Job:
         catalog = Catalog.from_row(rows[0])
         self.table_rows = max(catalog.reltuples, 0.0)  # estimate; counted below when never analyzed
         if catalog.serving_triggers:
-            from ..materialize import sql as m
             from ..materialize.build import materialized_layouts
 
             self.serving_layouts = m.layouts_reading(materialized_layouts(self.registry), table.name)
@@ -261,6 +270,18 @@ class Job:
         summary.strategy = yield from self._choose(catalog, unique)
         if summary.strategy == "upsert":
             self._report("merging")
+            if catalog.serving_triggers:
+                # A merge writes many keys, and its statement fires both the INSERT and the UPDATE triggers:
+                # two passes over the serving rows, each in key order, which live writers of the service's
+                # other tables could meet in the opposite order. So the table, then its serving tables are
+                # locked first (against writers; readers go on): the order every writer takes, the table it
+                # writes before the serving rows.
+                yield Op(*setting("lock_timeout", f"{int(options.lock_timeout * 1000)}ms"))
+                yield Op(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(live))
+                serving = [row[0] for row in (yield Op(SERVING_OF, serving_of_params(live.as_string(None)), fetch=True))]
+                if serving:
+                    yield Op(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
+                        sql.SQL(", ").join(ident(schema, name) for name in serving)))
             params = () if columns.updated_at else (self.updated_at,)
             rows = yield Op(upsert_sql(live, stage, columns, self.newest_wins), params, fetch=True)
             summary.inserted, summary.updated = rows[0]
@@ -321,49 +342,80 @@ class Job:
         summary.inserted = written - summary.updated
         summary.rows_after = written + kept
         self._report("indexing")
-        yield Op(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
-            new, ident(f"{new_name}_pkey"), ident(table.key_column)))
-        if table.covering_index:
-            yield Op(covering_index_sql(schema, dataclasses.replace(table, name=new_name)))
+        for stmt in new_indexes_sql(schema, table, new_name, catalog):
+            yield Op(stmt)
         self._report("analyzing")
         yield Op(sql.SQL("ANALYZE {}").format(new))  # statistics exist from the moment of the swap
         self._report("swapping")
         yield Op(*ddl_lock(schema, table.name))  # the DROP and RENAMEs: not while `init` looks at the table
-        # A merge changes only the staged keys: their serving rows are recomputed (O(load)), not the
-        # whole table's slice (``_pgf_refresh__<table>()``, O(table)), when the serving tables are the
-        # ones this registry describes; otherwise (or for a replace) the refresh function runs.
-        staged_only = (yield from self._staged_refresh(catalog, stage)) if summary.strategy == "rebuild" else None
-        for stmt, params in swap_sql(schema, table, new_name, catalog, options.lock_timeout, refresh=staged_only is None):
-            yield Op(stmt, params)
-        if staged_only:
+        # Locks in one order: the live table against writers (a rebuild holds it already), then what the
+        # swap carries over is read (a `pgfeatures materialize` needs a SHARE lock on the table, so it has
+        # committed before this point or waits for this load: read at the load's start, its triggers and
+        # guard view would be swapped away and the serving rows silently stop following the table), then
+        # the serving tables its triggers write, against their other writers (a swap of another table of
+        # the service waits here rather than locking this table's guard view in the other order), then the
+        # live table's exclusive lock for the DROP and RENAMEs.
+        yield Op(*setting("lock_timeout", f"{int(options.lock_timeout * 1000)}ms"))
+        yield Op(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(live))
+        serving = [row[0] for row in (yield Op(SERVING_OF, serving_of_params(live.as_string(None)), fetch=True))]
+        if serving:
+            yield Op(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
+                sql.SQL(", ").join(ident(schema, name) for name in serving)))
+        path = (yield Op(sql.SQL("SELECT current_setting('search_path')"), fetch=True))[0][0]
+        yield Op(*setting("search_path", ""))
+        state = SwapState.from_row(((yield Op(SWAP_STATE, (live.as_string(None),), fetch=True)) or [None])[0])
+        yield Op(*setting("search_path", path))
+        # The exclusive locks, in the order readers take theirs: readers of serving rows lock the serving
+        # table, then its guard view, then the tables the view reads. So the guard views go first (they
+        # depend on the live table: re-created on the new one below), then the live table itself; the swap
+        # never holds the table while it waits for a view a reader holds while waiting for the table.
+        for name, _, _ in state.guards:
+            yield Op(sql.SQL("DROP VIEW {}").format(ident(schema, name)))
+        yield Op(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(live))
+        # A merge changes only the staged keys: the serving rows of layouts this registry built are
+        # recomputed for those keys (O(load)); any other layout's (another definition file's, or a
+        # replace) through its refresh function, the table's whole slice (O(table)).
+        refreshes: list[Query] = []
+        staged = whole = 0
+        for function in state.functions_of_triggers():
+            layout = self._built_layout(function, state) if summary.strategy == "rebuild" else None
+            if layout is not None:
+                refreshes += self._staged_refresh(layout, stage)
+                staged += 1
+            elif (refresh := m.refresh_of_trigger(function)) in state.functions:
+                refreshes.append(sql.SQL("SELECT {}()").format(ident(schema, refresh)))
+                whole += 1
+        legacy = (m.LEGACY_REFRESH_PREFIX + table.name)[:63]
+        if legacy in state.functions:  # serving rows of a version before LAYOUT_VERSION 2
+            refreshes.append(sql.SQL("SELECT {}()").format(ident(schema, legacy)))
+            whole += 1
+        if staged:
             # The refresh joins the staged keys: without statistics the planner takes the stage for
             # 200 rows and looks each serving row up by index (1,000,000 lookups, 6 s of a 1M-row
             # merge, measured); with them, it hashes (bench-load --part write-cost).
             yield Op(sql.SQL("ANALYZE {}").format(stage))
-        for stmt in staged_only or ():
-            yield Op(stmt)
-        if catalog.refresh and catalog.serving_triggers:
-            summary.notes.append("materialized services: serving rows recomputed for the staged keys" if staged_only is not None
+        for stmt, params in swap_sql(schema, table, new_name, catalog, state, refreshes):
+            yield Op(stmt, params)
+        if staged or whole:
+            summary.notes.append("materialized services: serving rows recomputed for the staged keys" if not whole
                                  else "materialized services: the table's slice of every serving row recomputed")
 
-    def _staged_refresh(self, catalog: Catalog, stage: sql.Identifier) -> Generator[Op, Any, list[Query] | None]:
-        """The statements recomputing the serving rows of the staged keys, or None (then refresh them all)
-        unless every serving-row trigger on the table belongs to a layout of this registry, built for it."""
-        if not catalog.refresh or not catalog.serving_triggers:
-            return None
-        from ..materialize import sql as m
+    def _built_layout(self, function: str, state: SwapState) -> EntityLayout | None:
+        """The registry's layout that trigger function ``function`` keeps in step, if its triggers are all
+        on the table (then its rows are in step with the live table and only the staged keys change)."""
+        for layout in self.serving_layouts:
+            if m.trigger_name(layout, self.table) == function:
+                expected = {f"{function}_{event.lower()}" for event in m.EVENTS}
+                return layout if expected <= state.trigger_names else None
+        return None
 
-        schema, table, layouts = self.registry.schema, self.table, self.serving_layouts
-        expected = {f"{m.trigger_name(layout, table)}_{event.lower()}" for layout in layouts for event in m.EVENTS}
-        if not layouts or trigger_names(catalog) != expected:
-            return None
-        rows = yield Op(SERVING_COMMENTS, (schema, [layout.table_name for layout in layouts]), fetch=True)
-        built = {name: m.fingerprint_of(comment) for name, comment in rows}
-        if any(built.get(layout.table_name) != layout.fingerprint for layout in layouts):
-            return None
+    def _staged_refresh(self, layout: EntityLayout, stage: sql.Identifier) -> list[Query]:
+        """The statements recomputing ``layout``'s serving rows of the staged keys, the serving table locked
+        against other writers first (the order every writer takes: no deadlock, see materialize/sql.py)."""
+        schema, table = self.registry.schema, self.table
         changed = m.changed_by_stage(schema, table, stage)
         new_keys = self.summary.inserted > 0  # keys new to this table may be new to the entity
-        return [stmt for layout in layouts for stmt in m.maintain_sql(schema, layout, table, changed, new_keys)]
+        return [m.lock_table_sql(schema, layout), *m.maintain_sql(schema, layout, table, changed, new_keys)]
 
     # -- after COMMIT
 
@@ -428,6 +480,10 @@ class Job:
         elif isinstance(exc, psycopg.errors.LockNotAvailable):
             error = LoadError(f"could not lock {self.summary.table} within {self.options.lock_timeout:g}s ({where}): a "
                               "long transaction holds it (see pg_stat_activity)")
+        elif isinstance(exc, psycopg.Error) and exc.sqlstate in CONFLICT_STATES:
+            # A deadlock or serialization failure: PostgreSQL rolled the whole load back, so running it
+            # again is safe (the store does, once, when the source can be read again).
+            error = LoadInterruptedError(f"the load was rolled back, conflicting with a concurrent write ({where}): {exc}")
         elif isinstance(exc, psycopg.errors.QueryCanceled):
             error = LoadInterruptedError(f"load cancelled ({where}): {exc}")
         elif isinstance(exc, psycopg.OperationalError) and (exc.sqlstate or "08").startswith(("08", "57P")):

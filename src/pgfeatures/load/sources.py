@@ -43,6 +43,11 @@ class Source:
         """After an invalid value in the batch just read: the damage to the file that explains it, if any."""
         return None
 
+    def unverifiable(self, columns: Sequence[str]) -> str | None:
+        """Why damage to this file that still decodes could go undetected (what ``require_checksums``
+        refuses), or None: checksummed throughout, or not a file (in-memory data)."""
+        return None
+
 
 class ParquetSource(Source):
     """A Parquet file, read row group by row group so every batch can be checked against its
@@ -101,6 +106,13 @@ class ParquetSource(Source):
         error.row = done + 1
         return error
 
+    def unverifiable(self, columns: Sequence[str]) -> str | None:
+        bare = self.integrity(columns).unchecksummed()
+        if not bare:
+            return None
+        return (f"column(s) {', '.join(bare)} have no page checksums (the writer left them out: pyarrow's default; "
+                "pyarrow.parquet.write_table(..., write_page_checksum=True) writes them)")
+
     def suspect(self, columns: Sequence[str]) -> LoadInputError | None:
         group, check = self.group, self._integrity
         if group is None or check is None or not check.needs_values(group):
@@ -134,6 +146,9 @@ class IpcSource(Source):
         schema = self.reader.schema
         self.names, self.types = schema.names, dict(zip(schema.names, schema.types))
 
+    def unverifiable(self, columns: Sequence[str]) -> str | None:
+        return "Arrow IPC files carry no checksums"
+
     def batches(self, columns: Sequence[str], types: Mapping[str, pa.DataType], batch_rows: int) -> Iterator[pa.RecordBatch]:
         if isinstance(self.reader, pa.ipc.RecordBatchFileReader):
             stream: Iterable[pa.RecordBatch] = (self.reader.get_batch(i) for i in range(self.reader.num_record_batches))
@@ -164,10 +179,13 @@ class CsvSource(Source):
         self.name, self.path, self.types, self.rows = str(path), path, None, None
         try:
             reader = pcsv.open_csv(path, convert_options=pcsv.ConvertOptions(null_values=self.NULLS))
+            self.names = reader.schema.names
+            reader.close()
+        except UnicodeDecodeError as exc:  # the column names are decoded as UTF-8
+            raise LoadInputError(f"{self.name}: the header row is not UTF-8 text (column name {exc.object!r}: "
+                                 f"{_undecodable(exc)}); {_UTF8_ONLY}", source=self.name) from None
         except (pa.ArrowException, OSError) as exc:
             raise _arrow_error(self.name, exc, "not a readable CSV file (a header row is required)") from None
-        self.names = reader.schema.names
-        reader.close()
 
     def batches(self, columns: Sequence[str], types: Mapping[str, pa.DataType], batch_rows: int) -> Iterator[pa.RecordBatch]:
         import pyarrow.csv as pcsv
@@ -178,38 +196,72 @@ class CsvSource(Source):
         for batch in reader:
             yield from pa.Table.from_batches([batch]).to_batches(max_chunksize=batch_rows)
 
+    def unverifiable(self, columns: Sequence[str]) -> str | None:
+        return "CSV files carry no checksums"
+
     def diagnose(self, columns: Sequence[str], types: Mapping[str, pa.DataType]) -> LoadInputError | None:
-        """After a CSV conversion error (which pyarrow reports without a row): find the first bad value."""
+        """After a CSV conversion error (which pyarrow reports without a row): find the first bad value,
+        text that is not UTF-8 included."""
         import pyarrow.csv as pcsv
 
-        as_text = {c: pa.string() for c in columns}
-        convert = pcsv.ConvertOptions(column_types=as_text, include_columns=list(columns), null_values=self.NULLS,
+        as_bytes = {c: pa.binary() for c in columns}  # read as bytes: text that is not UTF-8 is found here too
+        convert = pcsv.ConvertOptions(column_types=as_bytes, include_columns=list(columns), null_values=self.NULLS,
                                       strings_can_be_null=True)
         start = 0
         for batch in pcsv.open_csv(self.path, convert_options=convert):
             for name in columns:
+                raw = batch.column(name)
+                lo = _first_failing(raw, pa.string())
+                if lo is not None:
+                    return self._not_utf8(start + lo + 1, name, raw[lo].as_py())
                 target = types[name]
                 if target == pa.string():
                     continue
-                col = batch.column(name)
-                try:
-                    pc.cast(col, target)
+                col = pc.cast(raw, pa.string())
+                lo = _first_failing(col, target)
+                if lo is None:
                     continue
-                except pa.ArrowInvalid:
-                    pass
-                lo, hi = 0, len(col)  # the first failing row: the shortest failing prefix
-                while hi - lo > 1:
-                    mid = (lo + hi) // 2
-                    try:
-                        pc.cast(col.slice(lo, mid - lo), target)
-                        lo = mid
-                    except pa.ArrowInvalid:
-                        hi = mid
                 row = start + lo + 1
                 return LoadInputError(f"{self.name}: row {row}, column {name!r}: {col[lo].as_py()!r} is not a valid "
                                       f"{_CSV_KIND[str(target)]}", source=self.name, column=name, row=row)
             start += batch.num_rows
         return None
+
+    def _not_utf8(self, row: int, column: str, raw: bytes) -> LoadInputError:
+        try:
+            raw.decode()
+            why = "not UTF-8"
+        except UnicodeDecodeError as exc:
+            why = _undecodable(exc)
+        return LoadInputError(f"{self.name}: row {row}, column {column!r}: {raw!r} is not UTF-8 text ({why}); "
+                              f"{_UTF8_ONLY}", source=self.name, column=column, row=row)
+
+
+_UTF8_ONLY = ("pgfeatures reads CSV files as UTF-8: convert the file first, e.g. iconv -f latin1 -t utf-8 IN > OUT "
+              "(or write it as Parquet)")
+
+
+def _undecodable(exc: UnicodeDecodeError) -> str:
+    bad = exc.object[exc.start:exc.end]
+    return f"byte{'s' if len(bad) > 1 else ''} 0x{bad.hex()} at byte {exc.start + 1}"
+
+
+def _first_failing(col: pa.Array, target: pa.DataType) -> int | None:
+    """The index of the first value of ``col`` that does not cast to ``target``; None when all do."""
+    try:
+        pc.cast(col, target)
+        return None
+    except pa.ArrowInvalid:
+        pass
+    lo, hi = 0, len(col)  # the first failing row: the shortest failing prefix
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            pc.cast(col.slice(lo, mid - lo), target)
+            lo = mid
+        except pa.ArrowInvalid:
+            hi = mid
+    return lo
 
 
 _CSV_KIND = {"double": "number", "int64": "integer", "bool": "boolean (true/false/1/0)"}

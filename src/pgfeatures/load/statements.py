@@ -4,15 +4,14 @@ no user input is formatted into SQL."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg import sql
 
 from ..definitions import UPDATED_AT, FeatureTable
-from ..schema import covering_index_name, drift_problems, qualified
+from ..schema import covering_index_name, covering_index_sql, drift_problems, qualified
 from .columns import Columns
 
 
@@ -37,18 +36,20 @@ SELECT c.reltuples::float8, c.relpersistence::text, pg_get_userbyid(c.relowner):
       AND NOT starts_with(tgname, '_pgf_')
     UNION SELECT 'view ' || r.ev_class::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
       WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = c.oid AND r.ev_class <> c.oid
+        AND NOT starts_with((SELECT v.relname FROM pg_class v WHERE v.oid = r.ev_class), '_pgf_guard_')
     UNION SELECT 'foreign key ' || conname || ' of ' || conrelid::regclass::text FROM pg_constraint
       WHERE confrelid = c.oid AND contype = 'f'
     UNION SELECT 'publication ' || p.pubname FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
       WHERE pr.prrelid = c.oid
     UNION SELECT 'row-level security policy ' || polname FROM pg_policy WHERE polrelid = c.oid
     UNION SELECT 'inheritance' FROM pg_inherits WHERE inhrelid = c.oid OR inhparent = c.oid),
-  ARRAY(SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal
+  ARRAY(SELECT t.tgname::text FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal
     AND starts_with(t.tgname, '_pgf_') ORDER BY t.tgname),
-  (SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronamespace = c.relnamespace
-    AND p.proname = '_pgf_refresh__' || c.relname AND p.pronargs = 0),
-  current_setting('server_encoding')
-FROM pg_class c WHERE c.oid = to_regclass(%s)
+  current_setting('server_encoding'),
+  (SELECT spcname::text FROM pg_tablespace WHERE oid = coalesce(nullif(c.reltablespace, 0), db.dattablespace)),
+  (SELECT array_agg(ARRAY[ic.relname::text, t.spcname::text]) FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+    JOIN pg_tablespace t ON t.oid = coalesce(nullif(ic.reltablespace, 0), db.dattablespace) WHERE i.indrelid = c.oid)
+FROM pg_class c, pg_database db WHERE c.oid = to_regclass(%s) AND db.datname = current_database()
 """)
 
 _PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"})
@@ -69,18 +70,22 @@ class Catalog:
     indexes: tuple[str, ...]  # besides the primary key
     grants: tuple[tuple[str, str, bool], ...]
     dependents: tuple[str, ...]
-    # The triggers that keep materialized services' serving rows in step (materialize/sql.py), and
-    # the function that recomputes this table's slice of them: a swap moves the first and calls the second.
+    # The names of the triggers that keep materialized services' serving rows in step, when the load
+    # began (materialize/sql.py); the swap reads them again under its lock (``SwapState``).
     serving_triggers: tuple[str, ...] = ()
-    refresh: str | None = None
     server_encoding: str = "UTF8"  # binary COPY sends text keys in it: a load of text keys needs UTF8
+    # Where the table and each of its indexes (by name) are stored: a swap builds the new ones there
+    # too. Always a name, the database's default tablespace included (an explicit TABLESPACE clause
+    # is not moved by a session's default_tablespace; the database's default needs no privilege).
+    tablespace: str | None = None
+    index_tablespaces: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> "Catalog":
         grants = tuple((g, p, s == "true") for g, p, s in (item.rsplit(",", 2) for item in row[10] or ()))
         return cls(row[0], row[1], row[2], row[3], tuple(row[4] or ()), dict(zip(row[5] or (), row[6] or ())),
                    row[7], tuple(row[8] or ()), tuple(row[9] or ()), grants, tuple(row[11] or ()),
-                   tuple(row[12] or ()), row[13], row[14])
+                   tuple(row[12] or ()), row[13], row[14], {name: spc for name, spc in row[15] or ()})
 
     def drift(self, table: FeatureTable) -> list[str]:
         """How the live table differs from the definition: schema.py's comparison, on this catalog row."""
@@ -181,22 +186,72 @@ def kept_sql(new: sql.Identifier, live: sql.Identifier, stage: sql.Identifier, t
         new=new, cols=cols, live=live, stage=stage, key=key, newer=newer)
 
 
-SERVING_COMMENTS = sql.SQL("""
-SELECT c.relname::text, obj_description(c.oid, 'pg_class') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %s AND c.relname = ANY(%s::text[]) AND c.relkind = 'r'
+# What a swap must carry over to the new table, read under the swap's ACCESS EXCLUSIVE lock (so a
+# `pgfeatures materialize` that committed while the load ran is seen): the serving-row triggers, the
+# guard views of materialized services that read the table (re-created from their definitions), and
+# which refresh functions exist. Read with search_path = '' so every definition is schema-qualified.
+SWAP_STATE = sql.SQL("""
+SELECT
+  ARRAY(SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal
+    AND starts_with(t.tgname, '_pgf_') ORDER BY t.tgname),
+  ARRAY(SELECT ARRAY[v.relname::text, pg_get_viewdef(v.oid), coalesce(obj_description(v.oid, 'pg_class'), '')]
+    FROM pg_class v WHERE v.relkind = 'v' AND starts_with(v.relname, '_pgf_guard_') AND v.oid IN (
+      SELECT r.ev_class FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+      WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = c.oid) ORDER BY v.relname),
+  ARRAY(SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = c.relnamespace AND p.pronargs = 0
+    AND (starts_with(p.proname, '_pgf_r_') OR p.proname = left('_pgf_refresh__' || c.relname, 63)))
+FROM pg_class c WHERE c.oid = to_regclass(%s)
 """)
-"""The serving tables (of the names given) that exist, with their comments (their layouts' fingerprints)."""
+
+# The serving tables that read the live table (by their records, materialize/sql.py): a swap locks them
+# before it reads the rest of SWAP_STATE, so two swaps of tables of one service never hold each other's
+# guard views (reading a view's definition locks it).
+SERVING_OF = sql.SQL("""
+SELECT s.relname::text FROM pg_class s, pg_class c WHERE c.oid = to_regclass(%s) AND s.relnamespace = c.relnamespace
+  AND s.relkind = 'r' AND starts_with(s.relname, '_pgf_svc_') AND starts_with(obj_description(s.oid, 'pg_class'), %s)
+  AND (substr(obj_description(s.oid, 'pg_class'), %s)::jsonb -> 'tables') ? c.relname::text
+ORDER BY s.relname
+""")
 
 
-def trigger_names(catalog: Catalog) -> set[str]:
-    """The names of the table's serving-row triggers (``CREATE TRIGGER <name> AFTER ...``)."""
-    return {definition.split()[2] for definition in catalog.serving_triggers}
+def serving_of_params(live: str) -> tuple[str, str, int]:
+    """SERVING_OF's parameters for the live table (its qualified name)."""
+    from ..materialize.sql import COMMENT_PREFIX
+
+    return live, COMMENT_PREFIX + "{", len(COMMENT_PREFIX) + 1
 
 
-def swap_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog, lock_timeout: float,
-             refresh: bool = True) -> list[tuple[Query, tuple[Any, ...]]]:
+@dataclass(frozen=True)
+class SwapState:
+    """The live table's serving-row triggers (definitions), guard views (name, definition, comment)
+    and the refresh functions of its schema, read under the swap's lock (``SWAP_STATE``)."""
+
+    triggers: tuple[str, ...] = ()
+    guards: tuple[tuple[str, str, str], ...] = ()
+    functions: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any] | None) -> "SwapState":
+        if row is None:
+            return cls()
+        return cls(tuple(row[0] or ()), tuple(tuple(g) for g in row[1] or ()), frozenset(row[2] or ()))
+
+    @property
+    def trigger_names(self) -> set[str]:
+        """The triggers' names (``CREATE TRIGGER <name> AFTER ...``)."""
+        return {definition.split()[2] for definition in self.triggers}
+
+    def functions_of_triggers(self) -> list[str]:
+        """The trigger functions (``_pgf_m_<h>``) behind the triggers, each once."""
+        return sorted({name.rsplit("_", 1)[0] for name in self.trigger_names})
+
+
+def swap_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog, state: SwapState,
+             refreshes: Sequence[Query]) -> list[tuple[Query, tuple[Any, ...]]]:
     """Give the new table the live one's owner and grants, then drop the live table and rename the new one
-    (and its primary key and covering index) into place."""
+    (and its primary key and covering index) into place; move the serving-row triggers and the guard views
+    of materialized services to it, and run ``refreshes`` (which recompute its slice of their rows). Run
+    with the live table ACCESS EXCLUSIVE-locked, ``state`` read under its locks, and its guard views dropped."""
     new = ident(schema, new_name)
     ops: list[tuple[Query, tuple[Any, ...]]] = []
     if catalog.owner != catalog.current_user:
@@ -206,32 +261,50 @@ def swap_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog, 
             to = sql.SQL("PUBLIC") if grantee == "PUBLIC" else ident(grantee)
             ops.append((sql.SQL("GRANT {} ON {} TO {}{}").format(sql.SQL(privilege), new, to,
                                                                   sql.SQL(" WITH GRANT OPTION" if grantable else "")), ()))
-    ops.append(setting("lock_timeout", f"{int(lock_timeout * 1000)}ms"))
     ops.append((sql.SQL("DROP TABLE {}").format(qualified(schema, table)), ()))
     ops.append((sql.SQL("ALTER TABLE {} RENAME TO {}").format(new, ident(table.name)), ()))
     ops.append((sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
         qualified(schema, table), ident(f"{new_name}_pkey"), ident(catalog.primary_key or f"{table.name}_pkey")), ()))
     if table.covering_index:
         ops.append((sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-            ident(schema, covering_index_name(dataclasses.replace(table, name=new_name))),
+            ident(schema, covering_index_name(new_name)),
             ident(covering_index_name(table))), ()))
-    # Materialized services: the serving-row triggers go to the new table (their definitions name the
-    # table, which now is the new one), and the table's slice of every serving row is recomputed.
-    ops += [(sql.SQL(definition), ()) for definition in catalog.serving_triggers]
-    if catalog.refresh and refresh:
-        ops.append((sql.SQL("SELECT {}").format(sql.SQL(catalog.refresh)), ()))
+    # The definitions name the table, which now is the new one.
+    ops += [(sql.SQL(definition), ()) for definition in state.triggers]
+    for name, definition, comment in state.guards:
+        view = ident(schema, name)
+        ops.append((sql.SQL("CREATE VIEW {} AS {}").format(view, sql.SQL(definition.rstrip().rstrip(";"))), ()))
+        ops.append((sql.SQL("COMMENT ON VIEW {} IS {}").format(view, sql.Literal(comment)), ()))
+    ops += [(query, ()) for query in refreshes]
     return ops
+
+
+def _tablespace(name: str | None) -> sql.Composable:
+    return sql.SQL(" TABLESPACE {}").format(ident(name)) if name else sql.SQL("")
 
 
 def new_table_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog) -> list[Query]:
     """The new table, shaped like the live one: columns, defaults, NOT NULL and CHECK constraints,
-    storage, persistence and storage parameters. Its primary key is added after the rows are in."""
+    storage, persistence, storage parameters and tablespace. Its primary key is added after the rows are in."""
     unlogged = sql.SQL("UNLOGGED ") if catalog.persistence == "u" else sql.SQL("")
     stmts: list[Query] = [sql.SQL(
-        "CREATE {}TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMMENTS)"
-    ).format(unlogged, ident(schema, new_name), qualified(schema, table))]
+        "CREATE {}TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMMENTS){}"
+    ).format(unlogged, ident(schema, new_name), qualified(schema, table), _tablespace(catalog.tablespace))]
     if catalog.reloptions:
         opts = [sql.SQL("{} = {}").format(ident(*k.split(".")), sql.Literal(v))  # e.g. toast.autovacuum_enabled
                 for k, v in (o.split("=", 1) for o in catalog.reloptions)]
         stmts.append(sql.SQL("ALTER TABLE {} SET ({})").format(ident(schema, new_name), sql.SQL(", ").join(opts)))
+    return stmts
+
+
+def new_indexes_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog) -> list[Query]:
+    """The new table's primary key and (if defined) covering index, each in the tablespace of the
+    live one it replaces (named after the new table until the swap renames them)."""
+    pkey_tablespace = catalog.index_tablespaces.get(catalog.primary_key or f"{table.name}_pkey")
+    stmts: list[Query] = [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({}){}").format(
+        ident(schema, new_name), ident(f"{new_name}_pkey"), ident(table.key_column),
+        sql.SQL(" USING INDEX") + _tablespace(pkey_tablespace) if pkey_tablespace else sql.SQL(""))]
+    if table.covering_index:
+        spc = catalog.index_tablespaces.get(covering_index_name(table))
+        stmts.append(covering_index_sql(schema, table, new_name) + _tablespace(spc))
     return stmts

@@ -1,5 +1,6 @@
 """One batch's values, checked and encoded: Arrow columns to numpy with every invalid row found
-(nulls, NaN, out-of-range and non-integral values, malformed keys), then the binary COPY rows.
+(nulls, NaN and ±Infinity per policy, out-of-range and non-integral values, malformed keys), then the
+binary COPY rows.
 Vectorized throughout; the only per-row Python is SHA-256 of natural ids (keys.py checks the keys)."""
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ import pyarrow.compute as pc
 
 from ..definitions import UPDATED_AT, UPDATED_AT_FEATURE, Feature
 from ..errors import LoadInputError
-from ..write import FLOAT32_MAX, INT_RANGE
+from ..definitions.types import FLOAT32_SHOWN
+from ..write import INT_RANGE
 from .columns import ACCEPTS, Columns, kind_of
 from .copy import encode_copy_rows, key_values
 from .keys import Keys, Problem, decoded, key_column, nulls_of, take
-from .options import MAX_EXAMPLES, LoadOptions, NanPolicy, OnInvalid
+from .options import MAX_EXAMPLES, InfPolicy, LoadOptions, NanPolicy, OnInvalid
 
 _NP_TYPE = {"real": np.float32, "double precision": np.float64, "smallint": np.int16, "integer": np.int32,
             "bigint": np.int64, "boolean": np.bool_}
 
-def _float_column(arr: pa.Array, column: str, type_name: str, nan: NanPolicy) -> tuple[np.ndarray, np.ndarray | None, list[Problem]]:
+def _float_column(arr: pa.Array, column: str, type_name: str, nan: NanPolicy,
+                  inf: InfPolicy) -> tuple[np.ndarray, np.ndarray | None, list[Problem]]:
     nulls = nulls_of(arr)
     if type_name == "real" and arr.type == pa.float32():
         values = arr.to_numpy(zero_copy_only=False)
@@ -36,13 +39,19 @@ def _float_column(arr: pa.Array, column: str, type_name: str, nan: NanPolicy) ->
             nulls = isnan if nulls is None else nulls | isnan
         else:
             problems.append(Problem(column, isnan, lambda i: "NaN is not allowed (nan='null' / --nan null loads NaN as NULL)"))
+    if inf is not InfPolicy.KEEP:
+        isinf = np.isinf(values)
+        if isinf.any():
+            given = values
+            problems.append(Problem(column, isinf, lambda i: f"{float(given[i])!r} is infinite, which this store refuses "
+                                    "by default (inf='keep' / --inf keep loads it)"))
     if type_name == "real" and values.dtype != np.float32:
         with np.errstate(over="ignore"):
             narrowed = values.astype(np.float32)
         over = np.isinf(narrowed) & np.isfinite(values)
         if over.any():
             wide = values
-            problems.append(Problem(column, over, lambda i: f"{float(wide[i])!r} is out of range for real (at most ±{FLOAT32_MAX:.7g})"))
+            problems.append(Problem(column, over, lambda i: f"{float(wide[i])!r} is out of range for real (at most ±{FLOAT32_SHOWN})"))
         values = narrowed
     return values, nulls, problems
 
@@ -88,14 +97,15 @@ def _bool_column(arr: pa.Array, column: str) -> tuple[np.ndarray, np.ndarray | N
     return (arr.fill_null(False) if nulls is not None else arr).to_numpy(zero_copy_only=False), nulls, []
 
 
-def _feature_column(arr: pa.Array, feature: Feature, nan: NanPolicy) -> tuple[np.ndarray, np.ndarray | None, list[Problem]]:
+def _feature_column(arr: pa.Array, feature: Feature, nan: NanPolicy,
+                    inf: InfPolicy = InfPolicy.REJECT) -> tuple[np.ndarray, np.ndarray | None, list[Problem]]:
     arr = decoded(arr)
     kind = kind_of(arr.type)
     if kind not in ACCEPTS[feature.type.name]:  # CSV and iterables are typed only now
         raise LoadInputError(f"column {feature.name!r} is {arr.type}, which cannot load into {feature.type.name}",
                              column=feature.name)
     if feature.type.name in ("real", "double precision"):
-        return _float_column(arr, feature.name, feature.type.name, nan)
+        return _float_column(arr, feature.name, feature.type.name, nan, inf)
     if feature.type.name == "boolean":
         return _bool_column(arr, feature.name)
     return _int_column(arr, feature.name, feature.type.name, nan)
@@ -125,7 +135,7 @@ def stage_batch(batch: pa.RecordBatch, columns: Columns, options: LoadOptions, u
         keys, problems = key_column(batch.column(columns.key), columns.key, columns.entity, bool(options.hash_keys))
         encoded: list[tuple[np.ndarray, np.ndarray | None]] = []
         for feature in columns.features:
-            values, nulls, found = _feature_column(batch.column(feature.name), feature, options.nan)  # type: ignore[arg-type]
+            values, nulls, found = _feature_column(batch.column(feature.name), feature, options.nan, options.inf)  # type: ignore[arg-type]
             encoded.append((values, nulls))
             problems += found
         if columns.updated_at:

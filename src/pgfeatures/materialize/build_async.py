@@ -1,4 +1,4 @@
-"""Building a materialized service's serving rows, and telling whether they are current (async source).
+"""Building a materialized service's serving rows, and telling whether they can be read (async source).
 
 ``build.py`` is generated from this file by ``tools/async_to_sync.py``.
 
@@ -9,21 +9,22 @@ serving table of the service from the feature tables, online and atomically, in 
    (their changes would be missing from rows built from an older snapshot), readers never wait;
 2. per entity, a new table is filled from the union of the entity's tables' keys, its primary key
    built in bulk, analyzed;
-3. the new table takes the serving table's name (the old one, if any, is dropped): readers of the
-   serving rows switch at COMMIT, from the old rows to the new, never seeing a half-built state;
-4. the triggers that keep the rows in step with every write, and the refresh functions the
-   loader's table swap calls, are (re)created on every table read.
+3. the switch, last and brief: the service's previous serving tables (any layout, any version) and
+   their triggers, refresh functions and guard views are dropped, the new tables take their
+   layouts' names, and each gets its guard view, triggers and refresh functions. Readers of the new
+   layout see it at COMMIT; readers of an old layout find their table gone and read the service
+   table by table (never the new rows: a layout's name is its fingerprint, see layout.py).
 
-Then VACUUM (ANALYZE) sets the new tables' visibility map. ``status_async`` compares the serving
-tables' fingerprints with the definitions: ``built``, ``stale`` (built for another definition:
-rebuild it) or ``missing``.
+Then VACUUM (ANALYZE) sets the new tables' visibility map. A table named like the new serving
+table that pgfeatures did not build is an error, never dropped. ``states_async`` says per service
+whether its rows can be read (``state.py``).
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import psycopg
@@ -31,28 +32,39 @@ from psycopg import sql
 
 from ..definitions import Registry
 from ..definitions.layout import EntityLayout
-from ..errors import DefinitionError
+from ..definitions.names import derived
+from ..errors import DefinitionError, MaterializeError
 from . import sql as m
+from .state import LayoutState, ServingCatalog, ServingTable, service_state
 
 Progress = Callable[[str], None]
-
-OLD_TRIGGERS = b"""
-SELECT c.relname::text, t.tgname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND t.tgname LIKE $2 AND NOT t.tgisinternal
-"""
 
 
 @dataclass
 class BuildSummary:
-    """What ``materialize`` did: rows per serving table, seconds."""
+    """What ``materialize`` did: rows per serving table, seconds, and how long the final switch held
+    its exclusive locks (``switch_seconds``: the most any reader of the service could have waited)."""
 
     service: str
     rows: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    switch_seconds: float = 0.0
+    replaced: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         built = ", ".join(f"{name} ({n:,} rows)" for name, n in self.rows.items())
-        return f"materialized {self.service} in {self.seconds:.1f}s: {built}"
+        return f"materialized {self.service} in {self.seconds:.1f}s (switch {self.switch_seconds * 1000:.0f} ms): {built}"
+
+
+@dataclass
+class PreparedBuild:
+    """A service's new serving tables, filled and indexed under temporary names, not yet switched in."""
+
+    service: str
+    layouts: list[EntityLayout]
+    new_names: dict[str, str]  # layout table name -> temporary name
+    summary: BuildSummary
+    started: float
 
 
 def materialized_layouts(registry: Registry, service: str | None = None) -> list[EntityLayout]:
@@ -65,61 +77,203 @@ def materialized_layouts(registry: Registry, service: str | None = None) -> list
     return [layout for name, svc in registry.services.items() if svc.materialize for layout in registry.layouts(name)]
 
 
-async def status_async(conn: psycopg.AsyncConnection, registry: Registry) -> dict[str, str]:
-    """Per materialized service: ``built`` (its serving tables match the definitions), ``stale``
-    (built for another definition of the service: run ``pgfeatures materialize``) or ``missing``."""
-    layouts = materialized_layouts(registry)
-    found = await _fingerprints_async(conn, registry.schema, layouts)
-    states: dict[str, set[str]] = {}
-    for layout in layouts:
-        state = "missing" if layout.table_name not in found else (
-            "built" if found[layout.table_name] == layout.fingerprint else "stale")
-        states.setdefault(layout.service, set()).add(state)
-    return {name: "missing" if "missing" in s else "stale" if "stale" in s else "built" for name, s in states.items()}
-
-
-async def _fingerprints_async(conn: psycopg.AsyncConnection, schema: str, layouts: list[EntityLayout]) -> dict[str, str | None]:
+async def serving_catalog_async(conn: psycopg.AsyncConnection, schema: str) -> ServingCatalog:
+    """The schema's serving tables, guard views and maintenance triggers (one query)."""
     cur = psycopg.AsyncRawCursor(conn)
-    await cur.execute(m.SERVING_TABLES, (schema, [layout.table_name for layout in layouts]), prepare=False)
-    return {name: m.fingerprint_of(comment) for name, comment in await cur.fetchall()}
+    await cur.execute(m.SERVING_STATE, (schema,), prepare=False)
+    return ServingCatalog.from_row(await cur.fetchone())
+
+
+async def states_async(conn: psycopg.AsyncConnection, registry: Registry) -> dict[str, LayoutState]:
+    """Per materialized service: whether its serving rows can be read (``built``), and if not why
+    (``missing``: build it; ``stale``: rebuild it): see state.py."""
+    catalog = await serving_catalog_async(conn, registry.schema)
+    return {name: service_state(catalog.state(layout) for layout in registry.layouts(name))
+            for name, svc in registry.services.items() if svc.materialize}
+
+
+async def status_async(conn: psycopg.AsyncConnection, registry: Registry) -> dict[str, str]:
+    """Per materialized service: ``built``, ``missing`` or ``stale`` (see ``states_async``)."""
+    return {name: s.state for name, s in (await states_async(conn, registry)).items()}
 
 
 async def materialize_async(conn: psycopg.AsyncConnection, registry: Registry, service: str, *,
                             progress: Progress | None = None, lock_timeout: float = 10.0) -> BuildSummary:
     """Build (or rebuild) ``service``'s serving rows online; see the module docstring.
 
-    Raises DefinitionError (unknown or not materialized service), SchemaDriftError-like database
-    errors as psycopg errors translated by the caller; on any error nothing changed.
+    Raises DefinitionError (unknown or not materialized service), MaterializeError (a table named like
+    a serving table pgfeatures did not build), psycopg errors for the caller to translate (a lock not
+    had within ``lock_timeout``: LockNotAvailable); on any error nothing changed.
     """
-    report = progress or (lambda message: None)
-    layouts = materialized_layouts(registry, service)
-    schema = registry.schema
-    summary = BuildSummary(service)
-    started = time.perf_counter()
-    tables = sorted({t.name for layout in layouts for t in layout.tables})
     async with conn.transaction():
-        await conn.execute(sql.SQL("SELECT set_config('lock_timeout', {}, true)").format(
-            sql.Literal(f"{int(lock_timeout * 1000)}ms")))
-        report(f"locking {len(tables)} feature table(s) against writes (readers go on)")
+        await lock_tables_async(conn, registry.schema, tables_of(materialized_layouts(registry, service)), lock_timeout,
+                                progress)
+        prepared = await prepare_build_async(conn, registry, service, progress=progress)
+        await switch_async(conn, registry.schema, [prepared], progress=progress, lock_timeout=lock_timeout)
+    await vacuum_async(conn, registry.schema, prepared.layouts, progress)
+    prepared.summary.seconds = time.perf_counter() - prepared.started
+    return prepared.summary
+
+
+def tables_of(layouts: Sequence[EntityLayout]) -> list[str]:
+    """The feature tables ``layouts`` read, sorted: the order every build locks them in."""
+    return sorted({t.name for layout in layouts for t in layout.tables})
+
+
+async def lock_tables_async(conn: psycopg.AsyncConnection, schema: str, tables: Sequence[str], lock_timeout: float,
+                            progress: Progress | None = None) -> None:
+    """SHARE-lock ``tables`` (inside the caller's transaction): writers wait until COMMIT, readers go on."""
+    await conn.execute(sql.SQL("SELECT set_config('lock_timeout', {}, true)").format(
+        sql.Literal(f"{int(lock_timeout * 1000)}ms")))
+    if progress:
+        progress(f"locking {len(tables)} feature table(s) against writes (readers go on)")
+    if tables:
         await conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(
             sql.SQL(", ").join(sql.Identifier(schema, t) for t in tables)))
-        await conn.execute(b"SELECT set_config('work_mem', '256MB', true), set_config('maintenance_work_mem', '512MB', true)")
-        for layout in layouts:
-            new = f"_pgf_new_{secrets.token_hex(6)}"
-            report(f"building {layout.table_name} from {len(layout.tables)} table(s)")
-            for statement in m.create_table_sql(schema, layout, new, primary_key=False):
-                await conn.execute(statement)
-            cur = await conn.execute(m.build_sql(schema, layout, new))
-            summary.rows[layout.table_name] = cur.rowcount
-            report(f"indexing {layout.table_name} ({cur.rowcount:,} rows)")
-            await conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(
-                sql.Identifier(schema, new), sql.Identifier(layout.entity.column)))
-            await conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, new)))
-            await conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, layout.table_name)))
+
+
+async def prepare_build_async(conn: psycopg.AsyncConnection, registry: Registry, service: str, *,
+                              absent: Collection[tuple[str, str]] = (), progress: Progress | None = None) -> PreparedBuild:
+    """Fill ``service``'s new serving tables under temporary names (inside the caller's transaction,
+    its tables SHARE-locked). ``absent``: ``(table, feature)`` columns that ``apply`` adds just before
+    the switch (NULL in every row)."""
+    report = progress or (lambda message: None)
+    started = time.perf_counter()
+    layouts = materialized_layouts(registry, service)
+    schema = registry.schema
+    catalog = await serving_catalog_async(conn, schema)
+    for layout in layouts:
+        if layout.table_name in catalog.foreign:
+            raise MaterializeError(f"cannot build {service}: a table {schema}.{layout.table_name} exists that pgfeatures did "
+                                   "not build (the _pgf_ prefix is reserved); rename or drop it, then retry")
+    summary = BuildSummary(service)
+    await conn.execute(b"SELECT set_config('work_mem', '256MB', true), set_config('maintenance_work_mem', '512MB', true)")
+    new_names = {}
+    for layout in layouts:
+        new = f"_pgf_new_{secrets.token_hex(6)}"
+        report(f"building {layout.table_name} from {len(layout.tables)} table(s)")
+        for statement in m.create_table_sql(schema, layout, new, primary_key=False):
+            await conn.execute(statement)
+        cur = await conn.execute(m.build_sql(schema, layout, new, absent))
+        summary.rows[layout.table_name] = cur.rowcount
+        report(f"indexing {layout.table_name} ({cur.rowcount:,} rows)")
+        await conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(
+            sql.Identifier(schema, new), sql.Identifier(layout.entity.column)))
+        await conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, new)))
+        new_names[layout.table_name] = new
+    return PreparedBuild(service, layouts, new_names, summary, started)
+
+
+async def switch_async(conn: psycopg.AsyncConnection, schema: str, builds: Sequence[PreparedBuild],
+                       progress: Progress | None = None, lock_timeout: float = 10.0) -> None:
+    """Switch prepared builds in (inside their transaction): drop each service's previous serving
+    tables and their objects, rename the new tables into place, create their guard views, triggers and
+    refresh functions. The exclusive locks this takes are held until COMMIT: callers commit at once."""
+    started = time.perf_counter()
+    await lock_for_switch_async(conn, schema, builds, (), (), lock_timeout)
+    await drop_replaced_async(conn, schema, builds)
+    await install_async(conn, schema, builds, progress)
+    for build in builds:
+        build.summary.switch_seconds = time.perf_counter() - started
+
+
+async def lock_for_switch_async(conn: psycopg.AsyncConnection, schema: str, builds: Sequence[PreparedBuild],
+                                dropped: Sequence[tuple[str, Sequence[str]]], tables: Collection[str],
+                                lock_timeout: float) -> None:
+    """The exclusive locks a switch needs, in the order no reader can deadlock with: the serving tables
+    replaced (of ``builds``, and of the ``dropped`` services, as (service, entities)), then, all at once
+    or none (``sql.lock_exclusively_sql``), the tables their triggers are on, the tables the new layouts
+    read, and ``tables``."""
+    catalog = await serving_catalog_async(conn, schema)
+    olds = [old for build in builds for old in catalog.owned(build.service, [lay.entity.name for lay in build.layouts])]
+    olds += [old for service, entities in dropped for old in catalog.owned(service, entities)]
+    serving = sorted({old.name for old in olds})
+    members = set(tables) | {table for old in olds for table, _ in catalog.triggers_of(old)}
+    members |= {t.name for build in builds for layout in build.layouts for t in layout.tables}
+    cur = psycopg.AsyncRawCursor(conn)
+    await cur.execute(b"SELECT r FROM unnest($1::text[]) r WHERE to_regclass(quote_ident($2) || '.' || quote_ident(r)) "
+                      b"IS NOT NULL ORDER BY r", (sorted(members), schema), prepare=False)
+    existing = [row[0] for row in await cur.fetchall()]
+    # Readers of serving rows lock the serving table, then its guard view, then the tables the view reads:
+    # the serving tables first then (no reader of them holds anything else once they are had), the feature
+    # tables all at once or none (flexible reads lock them in any order). Never LOCK a guard view: that
+    # locks every table it reads too; the DROP VIEW that follows takes the view's lock alone.
+    if serving:
+        await conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+            sql.SQL(", ").join(sql.Identifier(schema, n) for n in serving)))
+    if existing:
+        await conn.execute(m.lock_exclusively_sql([sql.Identifier(schema, n) for n in existing], lock_timeout))
+
+
+async def drop_replaced_async(conn: psycopg.AsyncConnection, schema: str, builds: Sequence[PreparedBuild]) -> None:
+    """The first half of ``switch_async``: drop the serving tables (and their objects) the builds replace."""
+    catalog = await serving_catalog_async(conn, schema)
+    for build in builds:
+        entities = [layout.entity.name for layout in build.layouts]
+        for old in catalog.owned(build.service, entities):
+            await drop_serving_async(conn, schema, catalog, old)
+            build.summary.replaced.append(old.name)
+
+
+async def drop_service_async(conn: psycopg.AsyncConnection, schema: str, service: str, entities: Sequence[str]) -> list[str]:
+    """Drop every serving table of ``service`` (of its entities' legacy names too) and their objects:
+    the service is no longer materialized. Returns the tables dropped."""
+    catalog = await serving_catalog_async(conn, schema)
+    dropped = []
+    for old in catalog.owned(service, entities):
+        await drop_serving_async(conn, schema, catalog, old)
+        dropped.append(old.name)
+    return dropped
+
+
+async def install_async(conn: psycopg.AsyncConnection, schema: str, builds: Sequence[PreparedBuild],
+                        progress: Progress | None = None) -> None:
+    """The second half of ``switch_async``: the new tables renamed into place, with their guard views,
+    triggers and refresh functions."""
+    for build in builds:
+        for layout in build.layouts:
+            new = build.new_names[layout.table_name]
             await conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
                 sql.Identifier(schema, new), sql.Identifier(layout.table_name)))
-        await install_triggers_async(conn, registry, report)
-    report("vacuuming the new serving tables")
+            await conn.execute(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+                sql.Identifier(schema, layout.table_name), sql.Identifier(f"{new}_pkey"),
+                sql.Identifier(derived(layout.table_name, "_pkey"))))
+            for statement in m.guard_sql(schema, layout):
+                await conn.execute(statement)
+            for table in layout.tables:
+                for statement in m.trigger_sql(schema, layout, table):
+                    await conn.execute(statement)
+                await conn.execute(m.refresh_sql(schema, layout, table))
+        if progress:
+            progress(f"{build.service}: switched to {', '.join(layout.table_name for layout in build.layouts)}")
+
+
+async def drop_serving_async(conn: psycopg.AsyncConnection, schema: str, catalog: ServingCatalog, old: ServingTable) -> None:
+    """Drop a serving table and everything that belongs to it: its triggers on the tables it reads,
+    their refresh functions, its guard view."""
+    for table, trigger in catalog.triggers_of(old):
+        await conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger),
+                                                                           sql.Identifier(schema, table)))
+    functions = {trigger[: len(m.TRIGGER_PREFIX) + 20] for _, trigger in catalog.triggers_of(old)}
+    for table in old.tables:
+        functions.add(m.trigger_name_for(old.name, table))
+    for function in sorted(functions):
+        await conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(schema, function)))
+        await conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(schema, m.refresh_of_trigger(function))))
+    if old.legacy:  # a version before LAYOUT_VERSION 2 kept one refresh function per table, naming this table
+        for table in sorted({table for table, _ in catalog.triggers_of(old)}):
+            await conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
+                sql.Identifier(schema, (m.LEGACY_REFRESH_PREFIX + table)[:63])))
+    else:
+        await conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(schema, m.guard_name_for(old.fingerprint))))
+    await conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, old.name)))
+
+
+async def vacuum_async(conn: psycopg.AsyncConnection, schema: str, layouts: Sequence[EntityLayout],
+                       progress: Progress | None = None) -> None:
+    """VACUUM (ANALYZE) new serving tables (outside a transaction): sets their visibility map."""
+    if progress:
+        progress("vacuuming the new serving tables")
     autocommit = conn.autocommit
     try:
         await conn.set_autocommit(True)
@@ -127,30 +281,3 @@ async def materialize_async(conn: psycopg.AsyncConnection, registry: Registry, s
             await conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(schema, layout.table_name)))
     finally:
         await conn.set_autocommit(autocommit)
-    summary.seconds = time.perf_counter() - started
-    return summary
-
-
-async def install_triggers_async(conn: psycopg.AsyncConnection, registry: Registry, report: Progress | None = None) -> int:
-    """(Re)create the maintenance triggers of every *built* materialized service on the tables it
-    reads, and every table's refresh function. Returns the number of triggers. Run inside the
-    caller's transaction (a build), or alone."""
-    layouts = materialized_layouts(registry)
-    found = await _fingerprints_async(conn, registry.schema, layouts)
-    built = [layout for layout in layouts if found.get(layout.table_name) == layout.fingerprint]
-    schema = registry.schema
-    cur = psycopg.AsyncRawCursor(conn)
-    await cur.execute(OLD_TRIGGERS, (schema, m.TRIGGER_PREFIX + "%"), prepare=False)
-    for table_name, trigger in await cur.fetchall():  # a table may have left a service: start afresh
-        await conn.execute(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(trigger), sql.Identifier(schema, table_name)))
-    count = 0
-    for layout in built:
-        for table in layout.tables:
-            for statement in m.trigger_sql(schema, layout, table):
-                await conn.execute(statement)
-            count += 1
-    for table in {t.name: t for layout in built for t in layout.tables}.values():
-        await conn.execute(m.refresh_sql(schema, built, table))
-    if report:
-        report(f"{count} maintenance trigger(s) in place")
-    return count

@@ -18,24 +18,89 @@ what the same statements issued by the writer cost (73,000 vs 70,000 rows/s thro
 ``INSERT ... ON CONFLICT``); ``UPDATE ... FROM`` joins in bulk (2-3x faster than ``ON CONFLICT``),
 and with the serving table's fillfactor of 50 the serving rows are updated in place (HOT).
 
-The loader's table swap (a rebuild or replace load) moves the ``_pgf_`` triggers to the new table
-and then calls ``_pgf_refresh__<table>()``, which recomputes the table's slice in every serving
-row (and clears it where the key is gone). A full build reads every table of the entity once,
-joined on the union of their keys. ``pgfeatures doctor`` still compares a sample of serving rows
-with the tables (triggers can be disabled, ``session_replication_role = replica`` skips them).
+Every object here belongs to one layout (one serving table, named by its fingerprint): its
+trigger function and triggers on each table it reads (``_pgf_m_<h>``), a refresh function per
+table (``_pgf_r_<h>``, the same ``h``), and a guard view (``_pgf_guard_<fingerprint>``) that
+selects every column the layout reads from every table it reads, ``WHERE false``. Building one
+service never touches another's objects, so definition files that share a schema coexist.
+
+- **The guard view** makes the tables' shape a dependency of the serving rows: ``DROP TABLE`` of a
+  table a materialized service reads, or ``DROP``/``ALTER ... TYPE`` of a column it reads, fails
+  ("other objects depend on it") unless CASCADE drops the guard too; and every read of the serving
+  rows names the guard (``WHERE NOT EXISTS (SELECT FROM guard)``, folded to a constant by the
+  planner, no cost measured), so once the guard is gone no reader uses those rows: its statement
+  fails and the store reads the service table by table until it is rebuilt.
+- **Locks in one order.** Writers of different tables of a service meet in its serving rows. Each
+  maintenance pass takes the serving rows' locks in key order (an ordered ``FOR NO KEY UPDATE``
+  pass, or one upsert ordered by key), and whole-table refreshes lock the serving table first, so
+  concurrent writers queue instead of deadlocking.
+- The loader's table swap (a rebuild or replace load) takes the live table's lock, then reads the
+  serving triggers on it, moves them to the new table, re-creates the guard views and recomputes
+  the table's slice through each layout's refresh function, in the load's transaction.
+
+``pgfeatures doctor`` still compares serving rows with the tables (triggers can be disabled,
+``session_replication_role = replica`` skips them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+import json
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
 from psycopg import sql
 
 from ..definitions import UPDATED_AT, FeatureTable
-from ..definitions.layout import TS, EntityLayout, Slot
+from ..definitions.layout import LAYOUT_VERSION, TS, EntityLayout, Slot
 
 FILLFACTOR = 50  # room on each page for the updated row version: updates stay HOT (no index insert)
-COMMENT_PREFIX = "pgfeatures serving rows, layout "
+COMMENT_PREFIX = "pgfeatures serving rows "
+LEGACY_COMMENT_PREFIX = "pgfeatures serving rows, layout "  # LAYOUT_VERSION 1
+
+TRIGGER_PREFIX = "_pgf_m_"
+REFRESH_PREFIX = "_pgf_r_"
+GUARD_PREFIX = "_pgf_guard_"
+LEGACY_REFRESH_PREFIX = "_pgf_refresh__"
+EVENTS = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
+
+
+# -- names: every object belongs to one layout ---------------------------------------------------
+
+def _short(*parts: str) -> str:
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:20]
+
+
+def trigger_name_for(serving_table: str, table: str) -> str:
+    """The trigger function keeping ``serving_table`` in step with ``table`` (its triggers add
+    ``_<event>``); the same rule named them before LAYOUT_VERSION 2."""
+    return f"{TRIGGER_PREFIX}{_short(serving_table, table)}"
+
+
+def trigger_name(layout: EntityLayout, table: FeatureTable | str) -> str:
+    return trigger_name_for(layout.table_name, table if isinstance(table, str) else table.name)
+
+
+def refresh_name_for(serving_table: str, table: str) -> str:
+    """The refresh function that goes with ``trigger_name_for(serving_table, table)``."""
+    return f"{REFRESH_PREFIX}{_short(serving_table, table)}"
+
+
+def refresh_name(layout: EntityLayout, table: FeatureTable | str) -> str:
+    return refresh_name_for(layout.table_name, table if isinstance(table, str) else table.name)
+
+
+def refresh_of_trigger(trigger: str) -> str:
+    """The refresh function of a trigger (``_pgf_m_<h>_<event>`` or ``_pgf_m_<h>``)."""
+    return REFRESH_PREFIX + trigger[len(TRIGGER_PREFIX): len(TRIGGER_PREFIX) + 20]
+
+
+def guard_name(layout: EntityLayout) -> str:
+    return guard_name_for(layout.fingerprint)
+
+
+def guard_name_for(fingerprint: str) -> str:
+    return GUARD_PREFIX + fingerprint
 
 
 def _ident(layout: EntityLayout, schema: str) -> sql.Identifier:
@@ -46,16 +111,41 @@ def _element(layout: EntityLayout, group: str) -> sql.SQL:
     return sql.SQL(layout.element_type(group))
 
 
+# -- the serving table and what it records about itself ------------------------------------------
+
+def describe(layout: EntityLayout) -> dict[str, Any]:
+    """What the serving table's comment records: whose rows these are (read back by ``parse_comment``)."""
+    return {"service": layout.service, "entity": layout.entity.name, "fingerprint": layout.fingerprint,
+            "tables": [t.name for t in layout.tables], "version": LAYOUT_VERSION}
+
+
+def parse_comment(comment: str | None) -> dict[str, Any] | None:
+    """A serving table's record (``describe``); ``{"legacy": fingerprint}`` for tables built by a
+    version before LAYOUT_VERSION 2; None for a table pgfeatures did not build."""
+    if not comment:
+        return None
+    if comment.startswith(LEGACY_COMMENT_PREFIX):
+        return {"legacy": comment[len(LEGACY_COMMENT_PREFIX):].strip()}
+    if comment.startswith(COMMENT_PREFIX):
+        try:
+            record = json.loads(comment[len(COMMENT_PREFIX):])
+        except ValueError:
+            return None
+        return record if isinstance(record, dict) and "fingerprint" in record else None
+    return None
+
+
 def create_table_sql(schema: str, layout: EntityLayout, name: str | None = None, primary_key: bool = True) -> list[sql.Composed]:
     """CREATE TABLE of an entity's serving rows (``name``: another name, for a build to swap in;
-    ``primary_key=False``: the key index is built after the rows are in, which is faster)."""
+    ``primary_key=False``: the key index is built after the rows are in, which is faster). Not
+    ``IF NOT EXISTS``: a table of that name that is not this build's is an error, never reused."""
     ident = sql.Identifier(schema, name or layout.table_name)
     entity = layout.entity
     pk = sql.SQL(" PRIMARY KEY") if primary_key else sql.SQL(" NOT NULL")
     cols = [sql.SQL("{} {}{}").format(sql.Identifier(entity.column), sql.SQL(entity.column_type), pk)]
     cols += [sql.SQL("{} {}[] NOT NULL").format(sql.Identifier(g), _element(layout, g)) for g in layout.groups]
     cols.append(sql.SQL("{} bigint[] NOT NULL").format(sql.Identifier(TS)))
-    out: list[sql.Composed] = [sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}) WITH (fillfactor = {})").format(
+    out: list[sql.Composed] = [sql.SQL("CREATE TABLE {} ({}) WITH (fillfactor = {})").format(
         ident, sql.SQL(", ").join(cols), sql.Literal(FILLFACTOR))]
     # Keep the arrays in the row (no TOAST pointer to follow on a read); a 240-feature row is ~1.1 kB.
     out.append(sql.SQL("ALTER TABLE {} {}").format(ident, sql.SQL(", ").join(
@@ -66,10 +156,20 @@ def create_table_sql(schema: str, layout: EntityLayout, name: str | None = None,
 
 def comment_sql(schema: str, layout: EntityLayout, name: str | None = None) -> sql.Composed:
     return sql.SQL("COMMENT ON TABLE {} IS {}").format(
-        sql.Identifier(schema, name or layout.table_name), sql.Literal(COMMENT_PREFIX + layout.fingerprint))
+        sql.Identifier(schema, name or layout.table_name),
+        sql.Literal(COMMENT_PREFIX + json.dumps(describe(layout), sort_keys=True)))
 
 
-def _value(alias: str, slot: Slot) -> sql.Composable:
+# -- values of a serving row ---------------------------------------------------------------------
+
+def stamp_sql(alias: str) -> sql.Composable:
+    """A row's ``updated_at`` as the serving row's ``ts`` entry."""
+    return sql.SQL("{}::int8").format(sql.Identifier(alias, UPDATED_AT))
+
+
+def _value(alias: str, slot: Slot, absent: Collection[tuple[str, str]] = ()) -> sql.Composable:
+    if (slot.table, slot.feature.name) in absent:  # a column `apply` adds in the same transaction: NULL in every row
+        return sql.SQL("NULL")
     col: sql.Composable = sql.Identifier(alias, slot.feature.name)
     if slot.group == "d":
         if slot.feature.type.name == "boolean":
@@ -78,21 +178,22 @@ def _value(alias: str, slot: Slot) -> sql.Composable:
     return col
 
 
-def _arrays(layout: EntityLayout, aliases: Mapping[str, str | None]) -> list[sql.Composable]:
+def _arrays(layout: EntityLayout, aliases: Mapping[str, str | None],
+            absent: Collection[tuple[str, str]] = ()) -> list[sql.Composable]:
     """Each array of the serving row, built from the tables whose alias is given (NULL for the others)."""
     out: list[sql.Composable] = []
     for group in layout.groups:
-        values = [_value(a, s) if (a := aliases.get(s.table)) else sql.SQL("NULL")
+        values = [_value(a, s, absent) if (a := aliases.get(s.table)) else sql.SQL("NULL")
                   for s in layout.slots if s.group == group]
         out.append(sql.SQL("ARRAY[{}]::{}[]").format(sql.SQL(", ").join(values), _element(layout, group)))
-    stamps = [sql.SQL("{}::int8").format(sql.Identifier(a, UPDATED_AT)) if (a := aliases.get(t.name)) else sql.SQL("NULL")
-              for t in layout.tables]
+    stamps = [stamp_sql(a) if (a := aliases.get(t.name)) else sql.SQL("NULL") for t in layout.tables]
     out.append(sql.SQL("ARRAY[{}]::int8[]").format(sql.SQL(", ").join(stamps)))
     return out
 
 
-def build_sql(schema: str, layout: EntityLayout, target: str) -> sql.Composed:
-    """Fill serving table ``target`` from every table of the entity: one row per key found in any of them."""
+def build_sql(schema: str, layout: EntityLayout, target: str, absent: Collection[tuple[str, str]] = ()) -> sql.Composed:
+    """Fill serving table ``target`` from every table of the entity: one row per key found in any of
+    them. ``absent``: ``(table, feature)`` columns that do not exist yet (NULL everywhere)."""
     key = sql.Identifier(layout.entity.column)
     keys = sql.SQL(" UNION ").join(
         sql.SQL("SELECT {} FROM {}").format(key, sql.Identifier(schema, t.name)) for t in layout.tables)
@@ -103,9 +204,33 @@ def build_sql(schema: str, layout: EntityLayout, target: str) -> sql.Composed:
         for t in layout.tables)
     cols = [key, *(sql.Identifier(g) for g in layout.groups), sql.Identifier(TS)]
     return sql.SQL("INSERT INTO {} ({}) SELECT k.{}, {} FROM ({}) k {}").format(
-        sql.Identifier(schema, target), sql.SQL(", ").join(cols), key, sql.SQL(", ").join(_arrays(layout, aliases)),
+        sql.Identifier(schema, target), sql.SQL(", ").join(cols), key, sql.SQL(", ").join(_arrays(layout, aliases, absent)),
         keys, joins)
 
+
+def guard_sql(schema: str, layout: EntityLayout) -> list[sql.Composed]:
+    """The layout's guard view: every column it reads (keys, features, updated_at) of every table it
+    reads, ``WHERE false``. See the module docstring."""
+    cols: list[sql.Composable] = []
+    for i, table in enumerate(layout.tables):
+        alias = f"t{i}"
+        names = [layout.entity.column, *(s.feature.name for s in layout.table_slots(table.name)), UPDATED_AT]
+        cols += [sql.SQL("{} AS {}").format(sql.Identifier(alias, n), sql.Identifier(f"{alias}_{n}")) for n in names]
+    sources = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(schema, t.name), sql.Identifier(f"t{i}"))
+                                 for i, t in enumerate(layout.tables))
+    view = sql.Identifier(schema, guard_name(layout))
+    return [sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT {} FROM {} WHERE false").format(view, sql.SQL(", ").join(cols), sources),
+            sql.SQL("COMMENT ON VIEW {} IS {}").format(view, sql.Literal(
+                f"pgfeatures: materialized service {layout.service} reads these columns (serving rows "
+                f"{layout.table_name}); dropping one marks the service stale until `pgfeatures materialize` rebuilds it"))]
+
+
+def guarded(schema: str, layout: EntityLayout) -> sql.Composed:
+    """The condition a read of the serving rows carries: true while the guard view exists."""
+    return sql.SQL("NOT EXISTS (SELECT FROM {})").format(sql.Identifier(schema, guard_name(layout)))
+
+
+# -- keeping the rows in step --------------------------------------------------------------------
 
 def _slices(layout: EntityLayout, table: FeatureTable) -> list[tuple[str, int, int, list[Slot]]]:
     """``(array, first, last, slots)`` per array holding ``table``'s features (1-based bounds: a
@@ -127,29 +252,9 @@ def _slice_sets(layout: EntityLayout, table: FeatureTable, alias: str | None) ->
         sets.append(sql.SQL("{}[{}:{}] = ARRAY[{}]::{}[]").format(
             sql.Identifier(group), sql.Literal(a), sql.Literal(b), sql.SQL(", ").join(values), _element(layout, group)))
     j = layout.ts_index(table.name) + 1
-    stamp = sql.SQL("{}::int8").format(sql.Identifier(alias, UPDATED_AT)) if alias else sql.SQL("NULL::int8")
+    stamp = stamp_sql(alias) if alias else sql.SQL("NULL::int8")
     sets.append(sql.SQL("{}[{}] = {}").format(sql.Identifier(TS), sql.Literal(j), stamp))
     return sets
-
-
-def maintain_sql(schema: str, layout: EntityLayout, table: FeatureTable, changed: sql.Composable,
-                 new_keys: bool = True) -> list[sql.Composed]:
-    """After a write to ``table``: copy the rows of ``changed`` (a relation with the table's columns,
-    e.g. ``(SELECT t.* FROM s.t t WHERE t.key = ANY($1))``) into their serving rows, creating the
-    serving rows of new keys (``new_keys=False``: the writer knows there are none, and the statement
-    that looks for them is left out). One or two statements; all in the write's transaction."""
-    key = sql.Identifier(layout.entity.column)
-    svc = _ident(layout, schema)
-    update = sql.SQL("UPDATE {} s SET {} FROM {} c WHERE s.{} = c.{}").format(
-        svc, sql.SQL(", ").join(_slice_sets(layout, table, "c")), changed, key, key)
-    cols = [key, *(sql.Identifier(g) for g in layout.groups), sql.Identifier(TS)]
-    # ON CONFLICT: two writers of different tables of the entity may both create a new key's serving
-    # row; the second to commit then sets its slice in the first one's row instead of failing.
-    insert = sql.SQL("INSERT INTO {} AS s ({}) SELECT c.{}, {} FROM {} c WHERE NOT EXISTS (SELECT FROM {} s WHERE s.{} = c.{}) "
-                     "ON CONFLICT ({}) DO UPDATE SET {}").format(
-        svc, sql.SQL(", ").join(cols), key, sql.SQL(", ").join(_arrays(layout, {table.name: "c"})),
-        changed, svc, key, key, key, sql.SQL(", ").join(_slice_sets_from_excluded(layout, table)))
-    return [update, insert] if new_keys else [update]
 
 
 def _slice_sets_from_excluded(layout: EntityLayout, table: FeatureTable) -> list[sql.Composable]:
@@ -162,6 +267,53 @@ def _slice_sets_from_excluded(layout: EntityLayout, table: FeatureTable) -> list
     return sets
 
 
+def lock_rows_sql(schema: str, layout: EntityLayout, keys: Sequence[sql.Composable]) -> list[sql.Composed]:
+    """Lock the serving rows of the keys of the relations ``keys`` in key order (plpgsql): the order
+    every writer takes them in, so writers of different tables queue, never deadlock. The table's
+    ROW EXCLUSIVE lock first, as the UPDATE that follows would take it: a row lock alone takes only
+    ROW SHARE, which a whole-table refresh (``lock_table_sql``) does not wait for, and a refresh that
+    went ahead would then wait for these rows while this writer waited for the table."""
+    key = sql.Identifier(layout.entity.column)
+    union = sql.SQL(" UNION ALL ").join(sql.SQL("SELECT {} FROM {}").format(key, rel) for rel in keys)
+    return [sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(_ident(layout, schema)),
+            sql.SQL("PERFORM FROM {} s WHERE s.{} IN ({}) ORDER BY s.{} FOR NO KEY UPDATE").format(
+                _ident(layout, schema), key, union, key)]
+
+
+def lock_table_sql(schema: str, layout: EntityLayout) -> sql.Composed:
+    """A whole-table rewrite of the serving rows (a refresh, a large load) locks the table first, against
+    other writers of the service (readers go on), rather than taking a million row locks in some order."""
+    return sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(_ident(layout, schema))
+
+
+def update_sql(schema: str, layout: EntityLayout, table: FeatureTable, changed: sql.Composable) -> sql.Composed:
+    """Copy the rows of ``changed`` (a relation with the table's columns) into their serving rows,
+    which exist (``upsert_sql`` when some may not)."""
+    key = sql.Identifier(layout.entity.column)
+    return sql.SQL("UPDATE {} s SET {} FROM {} c WHERE s.{} = c.{}").format(
+        _ident(layout, schema), sql.SQL(", ").join(_slice_sets(layout, table, "c")), changed, key, key)
+
+
+def upsert_sql(schema: str, layout: EntityLayout, table: FeatureTable, changed: sql.Composable) -> sql.Composed:
+    """Copy the rows of ``changed`` into their serving rows, creating those of new keys: one pass in
+    key order (so it locks in the order every writer does). ON CONFLICT: two writers of different
+    tables may both create a new key's serving row; the second sets its slice in the first one's."""
+    key = sql.Identifier(layout.entity.column)
+    cols = [key, *(sql.Identifier(g) for g in layout.groups), sql.Identifier(TS)]
+    return sql.SQL("INSERT INTO {} AS s ({}) SELECT c.{}, {} FROM {} c ORDER BY c.{} "
+                   "ON CONFLICT ({}) DO UPDATE SET {}").format(
+        _ident(layout, schema), sql.SQL(", ").join(cols), key, sql.SQL(", ").join(_arrays(layout, {table.name: "c"})),
+        changed, key, key, sql.SQL(", ").join(_slice_sets_from_excluded(layout, table)))
+
+
+def maintain_sql(schema: str, layout: EntityLayout, table: FeatureTable, changed: sql.Composable,
+                 new_keys: bool = True) -> list[sql.Composed]:
+    """After a write to ``table`` by a writer that holds the serving table's lock (``lock_table_sql``):
+    copy the rows of ``changed`` (e.g. ``(SELECT t.* FROM s.t t WHERE ...)``) into their serving rows,
+    creating those of new keys (``new_keys=False``: the writer knows there are none)."""
+    return [upsert_sql(schema, layout, table, changed) if new_keys else update_sql(schema, layout, table, changed)]
+
+
 def clear_missing_sql(schema: str, layout: EntityLayout, table: FeatureTable) -> sql.Composed:
     """After ``table`` was replaced: clear its slice in the serving rows of keys it no longer has."""
     key = sql.Identifier(layout.entity.column)
@@ -169,25 +321,6 @@ def clear_missing_sql(schema: str, layout: EntityLayout, table: FeatureTable) ->
     return sql.SQL("UPDATE {} s SET {} WHERE s.{}[{}] IS NOT NULL AND NOT EXISTS (SELECT FROM {} t WHERE t.{} = s.{})").format(
         _ident(layout, schema), sql.SQL(", ").join(_slice_sets(layout, table, None)), sql.Identifier(TS), sql.Literal(j),
         sql.Identifier(schema, table.name), key, key)
-
-
-TRIGGER_PREFIX = "_pgf_m_"
-REFRESH_PREFIX = "_pgf_refresh__"
-EVENTS = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
-
-
-def _short(*parts: str) -> str:
-    import hashlib
-
-    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:20]
-
-
-def trigger_name(layout: EntityLayout, table: FeatureTable) -> str:
-    return f"{TRIGGER_PREFIX}{_short(layout.table_name, table.name)}"
-
-
-def refresh_name(table: FeatureTable) -> str:
-    return (REFRESH_PREFIX + table.name)[:63]
 
 
 def _statements(statements: Sequence[sql.Composable]) -> sql.Composable:
@@ -200,7 +333,7 @@ def trigger_sql(schema: str, layout: EntityLayout, table: FeatureTable) -> list[
     svc = _ident(layout, schema)
     name = trigger_name(layout, table)
     fn = sql.Identifier(schema, name)
-    upsert = maintain_sql(schema, layout, table, sql.Identifier("new_rows"))
+    new, old = sql.Identifier("new_rows"), sql.Identifier("old_rows")
     clear_old = sql.SQL("UPDATE {} s SET {} FROM old_rows o WHERE s.{} = o.{} AND NOT EXISTS "
                         "(SELECT FROM {} t WHERE t.{} = o.{})").format(
         svc, sql.SQL(", ").join(_slice_sets(layout, table, None)), key, key, sql.Identifier(schema, table.name), key, key)
@@ -213,10 +346,15 @@ def trigger_sql(schema: str, layout: EntityLayout, table: FeatureTable) -> list[
     # a nested loop is quadratic (545 s for a 100,000-row UPDATE at the default work_mem, measured).
     keys_moved = sql.SQL("EXISTS (SELECT {} FROM old_rows EXCEPT SELECT {} FROM new_rows)").format(key, key)
     body = sql.SQL(
-        "BEGIN\nIF TG_OP = 'INSERT' THEN\n{}ELSIF TG_OP = 'UPDATE' THEN\nIF {} THEN\n{}{}ELSE\n{}END IF;\n"
-        "ELSIF TG_OP = 'DELETE' THEN\n{}ELSE\n{}END IF;\nRETURN NULL;\nEND"
-    ).format(_statements(upsert), keys_moved, _statements([clear_old]), _statements(upsert), _statements(upsert[:1]),
-             _statements([clear_old]), _statements([clear_all]))
+        "BEGIN\nIF TG_OP = 'INSERT' THEN\n{insert}ELSIF TG_OP = 'UPDATE' THEN\nIF {moved} THEN\n{moved_keys}ELSE\n{same}"
+        "END IF;\nELSIF TG_OP = 'DELETE' THEN\n{delete}ELSE\n{truncate}END IF;\nRETURN NULL;\nEND"
+    ).format(
+        insert=_statements([upsert_sql(schema, layout, table, new)]),
+        moved=keys_moved,
+        moved_keys=_statements([*lock_rows_sql(schema, layout, [old, new]), clear_old, upsert_sql(schema, layout, table, new)]),
+        same=_statements([*lock_rows_sql(schema, layout, [new]), update_sql(schema, layout, table, new)]),
+        delete=_statements([*lock_rows_sql(schema, layout, [old]), clear_old]),
+        truncate=_statements([lock_table_sql(schema, layout), clear_all]))
     out = [sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
         fn, sql.Literal(body.as_string(None)))]
     target = sql.Identifier(schema, table.name)
@@ -228,22 +366,15 @@ def trigger_sql(schema: str, layout: EntityLayout, table: FeatureTable) -> list[
     return out
 
 
-def refresh_sql(schema: str, layouts: Sequence[EntityLayout], table: FeatureTable) -> sql.Composed:
-    """``_pgf_refresh__<table>()``: recompute the table's slice in every serving row of ``layouts``
-    (after the loader swapped a new table in); a no-op function when no layout reads the table."""
-    statements: list[sql.Composable] = []
-    for layout in layouts_reading(layouts, table.name):
-        statements += maintain_sql(schema, layout, table, whole_table(schema, table))
-        statements.append(clear_missing_sql(schema, layout, table))
+def refresh_sql(schema: str, layout: EntityLayout, table: FeatureTable) -> sql.Composed:
+    """``_pgf_r_<h>()``: recompute ``table``'s slice in every serving row of ``layout`` (after the
+    loader swapped a new table in), the serving table locked against other writers first."""
+    statements: list[sql.Composable] = [lock_table_sql(schema, layout),
+                                        *maintain_sql(schema, layout, table, whole_table(schema, table)),
+                                        clear_missing_sql(schema, layout, table)]
     body = sql.SQL("BEGIN\n{}END").format(_statements(statements))
     return sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS void LANGUAGE plpgsql AS {}").format(
-        sql.Identifier(schema, refresh_name(table)), sql.Literal(body.as_string(None)))
-
-
-def changed_by_keys(schema: str, table: FeatureTable, param: str = "$1") -> sql.Composed:
-    """The table's rows whose keys are in the array parameter ``param`` (a live update's keys)."""
-    return sql.SQL("(SELECT t.* FROM {} t WHERE t.{} = ANY({}::{}[]))").format(
-        sql.Identifier(schema, table.name), sql.Identifier(table.key_column), sql.SQL(param), sql.SQL(table.entity.cast))
+        sql.Identifier(schema, refresh_name(layout, table)), sql.Literal(body.as_string(None)))
 
 
 def changed_by_stage(schema: str, table: FeatureTable, stage: sql.Composable) -> sql.Composed:
@@ -261,14 +392,46 @@ def layouts_reading(layouts: Sequence[EntityLayout], table: str) -> list[EntityL
     return [layout for layout in layouts if any(t.name == table for t in layout.tables)]
 
 
-SERVING_TABLES = b"""
-SELECT c.relname::text, obj_description(c.oid, 'pg_class') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = $1 AND c.relname = ANY($2::text[]) AND c.relkind = 'r'
+# -- exclusive locks, taken without making readers wait ------------------------------------------
+
+TRY_LOCK = "20ms"  # one try at a switch's exclusive locks: well under deadlock_timeout (1 s by default)
+
+
+def lock_exclusively_sql(relations: Sequence[sql.Composable], timeout: float) -> sql.Composed:
+    """ACCESS EXCLUSIVE locks on the tables ``relations`` (qualified identifiers; never a view: LOCK on a
+    view locks every table it reads), all at once or none, within ``timeout`` seconds (then SQLSTATE
+    55P03, lock_not_available).
+
+    Each try waits at most TRY_LOCK, in a subtransaction that gives back whatever it got when it
+    fails, then the next comes 5 ms later. So a switch never holds one table's exclusive lock for long
+    while it waits for another's: a reader that locks the same tables in another order (a flexible
+    read names its tables in any order) waits a few milliseconds instead of deadlocking with it (the
+    try ends long before PostgreSQL's deadlock check), and once the switch has them all readers wait
+    only until its COMMIT. (NOWAIT would not do: writers queued behind the SHARE lock a build holds
+    make every NOWAIT try fail; a waiting request goes ahead of them.)"""
+    body = sql.SQL(
+        "DECLARE deadline timestamptz := clock_timestamp() + {} * interval '1 second';\n"
+        "before text := current_setting('lock_timeout');\n"
+        "BEGIN\nLOOP\nBEGIN\nPERFORM set_config('lock_timeout', {}, true);\n"
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE;\nPERFORM set_config('lock_timeout', before, true);\nRETURN;\n"
+        "EXCEPTION WHEN lock_not_available THEN\nIF clock_timestamp() >= deadline THEN RAISE; END IF;\n"
+        "PERFORM pg_sleep(0.005);\nEND;\nEND LOOP;\nEND").format(
+            sql.Literal(timeout), sql.Literal(TRY_LOCK), sql.SQL(", ").join(relations))
+    return sql.SQL("DO {}").format(sql.Literal(body.as_string(None)))
+
+
+# -- what the catalog says -----------------------------------------------------------------------
+
+SERVING_STATE = b"""
+SELECT
+  (SELECT coalesce(array_agg(c.relname::text || ' ' || coalesce(obj_description(c.oid, 'pg_class'), '')), '{}')
+     FROM pg_class c WHERE c.relnamespace = n.oid AND c.relkind = 'r' AND starts_with(c.relname, '_pgf_svc_')),
+  (SELECT coalesce(array_agg(c.relname::text), '{}')
+     FROM pg_class c WHERE c.relnamespace = n.oid AND c.relkind = 'v' AND starts_with(c.relname, '_pgf_guard_')),
+  (SELECT coalesce(array_agg(c.relname::text || ' ' || tg.tgname::text || ' ' || tg.tgenabled::text), '{}')
+     FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid
+    WHERE c.relnamespace = n.oid AND starts_with(tg.tgname, '_pgf_m_') AND NOT tg.tgisinternal)
+FROM pg_namespace n WHERE n.nspname = $1
 """
-"""Parameters: the schema and serving-table names. Those that exist, with their comments (fingerprints)."""
-
-
-def fingerprint_of(comment: str | None) -> str | None:
-    if comment and comment.startswith(COMMENT_PREFIX):
-        return comment[len(COMMENT_PREFIX):].strip()
-    return None
+"""Parameter: the schema. One row (none if the schema does not exist): its serving tables as
+``name comment``, its guard views, its maintenance triggers as ``table trigger enabled``."""

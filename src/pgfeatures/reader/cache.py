@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -67,7 +68,9 @@ class ReaderCache:
         if layouts is not None:
             return self._get(
                 ("materialized", service, request_shape(None, features)[1]),
-                lambda: compile_materialized_reader(select_service(self.registry, service, features), layouts),
+                lambda: dataclasses.replace(
+                    compile_materialized_reader(select_service(self.registry, service, features), layouts),
+                    fallback=lambda: self.service_reader(service, features, strategy)),
             )
         return self._get(
             ("service", service, request_shape(None, features)[1], strategy),
@@ -76,16 +79,33 @@ class ReaderCache:
 
     def service_vector_reader(self, service: str, features: FeaturesArg, strategy: Strategy | str) -> Reader[ServiceVector]:
         """``service_reader`` decoding to a ServiceVector (the same statement)."""
+        materialized = service in self.materialized
         return self._get(
-            ("vector", service, request_shape(None, features)[1], strategy, service in self.materialized),
-            lambda: vector_reader(self.service_reader(service, features, strategy), self._order(service)),
+            ("vector", service, request_shape(None, features)[1], strategy, materialized),
+            lambda: self._falling_back(vector_reader(self.service_reader(service, features, strategy), self._order(service)),
+                                       materialized, lambda: self.service_vector_reader(service, features, strategy)),
         )
 
     def service_vector_batch_reader(self, service: str, features: FeaturesArg) -> BatchReader[ServiceVector]:
+        materialized = service in self.materialized
         return self._get(
-            ("vector batch", service, request_shape(None, features)[1], service in self.materialized),
-            lambda: vector_batch_reader(self.service_batch_reader(service, features), self._order(service)),
+            ("vector batch", service, request_shape(None, features)[1], materialized),
+            lambda: self._falling_back(vector_batch_reader(self.service_batch_reader(service, features), self._order(service)),
+                                       materialized, lambda: self.service_vector_batch_reader(service, features)),
         )
+
+    @staticmethod
+    def _falling_back(reader: R, materialized: bool, fallback: Callable[[], Any]) -> R:
+        return cast(R, dataclasses.replace(cast(Any, reader), fallback=fallback)) if materialized else reader
+
+    def demote(self, service: str) -> bool:
+        """Stop reading ``service`` from its serving rows (they cannot be read: see ``Reader.fallback``):
+        from now on its readers are the flexible ones. Returns whether it was read from them."""
+        with self._lock:
+            if service not in self.materialized:
+                return False
+            self.materialized = {name: layouts for name, layouts in self.materialized.items() if name != service}
+            return True
 
     def _order(self, service: str) -> tuple[str, ...]:
         return self.registry.service(service).order(self.registry)
@@ -95,7 +115,9 @@ class ReaderCache:
         if layouts is not None:
             return self._get(
                 ("materialized batch", service, request_shape(None, features)[1]),
-                lambda: compile_materialized_batch_reader(select_service(self.registry, service, features), layouts),
+                lambda: dataclasses.replace(
+                    compile_materialized_batch_reader(select_service(self.registry, service, features), layouts),
+                    fallback=lambda: self.service_batch_reader(service, features)),
             )
         return self._get(
             ("service", service, request_shape(None, features)[1], "batch"),

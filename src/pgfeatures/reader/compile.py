@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
 from psycopg import sql
@@ -99,6 +99,9 @@ class Reader(Generic[D]):
     binder: KeyBinder
     param_index: tuple[int, ...] = ()
     materialized: bool = False  # reads a materialized service's serving rows
+    # A materialized reader's flexible twin (same request, same result type), for when the serving
+    # rows it was compiled for cannot be read any more (rebuilt for another layout, or stale).
+    fallback: Callable[[], Reader[D]] | None = field(default=None, compare=False, repr=False)
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -126,6 +129,7 @@ class BatchReader(Generic[D]):
     decode: Callable[[Sequence[Row]], list[D]]
     binder: KeyBinder
     materialized: bool = False
+    fallback: Callable[[], BatchReader[D]] | None = field(default=None, compare=False, repr=False)  # see Reader
 
     @property
     def tables(self) -> tuple[str, ...]:

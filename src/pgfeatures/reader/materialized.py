@@ -4,8 +4,15 @@
 
     SELECT floor(extract(epoch FROM now()))::int8, s0.r, s0.ts, s1.r, s1.d, s1.ts
     FROM (SELECT $1::int8 AS e0, $2::bytea AS e1) k
-    LEFT JOIN "s"."_pgf_svc_fraud_v1__user" s0 ON s0.user_id = k.e0
-    LEFT JOIN "s"."_pgf_svc_fraud_v1__merchant" s1 ON s1.merchant_key = k.e1
+    LEFT JOIN "s"."_pgf_svc_fraud_v1__user_3f9a..." s0 ON s0.user_id = k.e0
+    LEFT JOIN "s"."_pgf_svc_fraud_v1__merchant_b21c..." s1 ON s1.merchant_key = k.e1
+    WHERE NOT EXISTS (SELECT FROM "s"."_pgf_guard_3f9a...") AND NOT EXISTS (SELECT FROM "s"."_pgf_guard_b21c...")
+
+A reader is compiled for the layouts it was given and reads the tables named by their fingerprints
+and nothing else; the guards (empty views over the columns the layout reads, see
+materialize/sql.py) make the statement fail once a table or column it reads was dropped. Either
+way the statement fails instead of decoding rows it was not compiled for, and the store reads
+the service table by table instead (``Reader.fallback``).
 
 The decoder gives exactly what the flexible read gives for the same service (or subset of it):
 per table, ``ts`` NULL means missing, a ``ts`` older than the ttl by the statement's own ``now()``
@@ -21,6 +28,7 @@ from typing import Any
 from psycopg import sql
 
 from ..definitions.layout import TS, EntityLayout
+from ..materialize.sql import guarded
 from .compile import BatchReader, Fetch, Reader, Strategy, _binder
 from .decode import EXPIRED, MISSING, PRESENT, FeatureResult, Row, result
 from .selection import Selection
@@ -28,10 +36,12 @@ from .selection import Selection
 _NOW = sql.SQL("floor(extract(epoch FROM now()))::int8")
 
 
-def _plan(selection: Selection, layouts: Sequence[EntityLayout]) -> tuple[list[sql.Composable], list[sql.Composable], Callable[[Row], FeatureResult]]:
+def _plan(selection: Selection, layouts: Sequence[EntityLayout]
+          ) -> tuple[list[sql.Composable], list[sql.Composable], sql.Composable, Callable[[Row], FeatureResult]]:
     by_entity = {layout.entity.name: layout for layout in layouts}
     cols: list[sql.Composable] = [_NOW]
     joins: list[sql.Composable] = []
+    guards: list[sql.Composable] = []
     offsets: dict[str, dict[str, int]] = {}  # entity -> {array: column}
     for i, entity in enumerate(selection.entities):
         layout = by_entity[entity.name]
@@ -43,6 +53,8 @@ def _plan(selection: Selection, layouts: Sequence[EntityLayout]) -> tuple[list[s
         joins.append(sql.SQL("LEFT JOIN {} {} ON {} = k.{}").format(
             sql.Identifier(selection.schema, layout.table_name), sql.Identifier(alias),
             sql.Identifier(alias, entity.column), sql.Identifier(f"e{i}")))
+        guards.append(guarded(selection.schema, layout))
+    guard = sql.SQL(" AND ").join(guards)
     tables = []
     for (table, features), ttl in zip(selection.items, selection.ttls):
         layout = by_entity[table.entity.name]
@@ -79,27 +91,28 @@ def _plan(selection: Selection, layouts: Sequence[EntityLayout]) -> tuple[list[s
             values[name] = out
         return result(values, status)
 
-    return cols, joins, decode
+    return cols, joins, guard, decode
 
 
 def compile_materialized_reader(selection: Selection, layouts: Sequence[EntityLayout]) -> Reader[FeatureResult]:
     """The single-request reader of a materialized service (or a subset of its features)."""
-    cols, joins, decode = _plan(selection, layouts)
+    cols, joins, where, decode = _plan(selection, layouts)
     keys = sql.SQL(", ").join(
         sql.SQL(f"${i + 1}::{e.cast} AS {{}}").format(sql.Identifier(f"e{i}")) for i, e in enumerate(selection.entities))
-    query = sql.SQL("SELECT {} FROM (SELECT {}) k {}").format(sql.SQL(", ").join(cols), keys, sql.SQL(" ").join(joins))
+    query = sql.SQL("SELECT {} FROM (SELECT {}) k {} WHERE {}").format(
+        sql.SQL(", ").join(cols), keys, sql.SQL(" ").join(joins), where)
     return Reader(Strategy.SINGLE, selection, (query.as_bytes(None),), Fetch.ONE, decode, _binder(selection),
                   materialized=True)
 
 
 def compile_materialized_batch_reader(selection: Selection, layouts: Sequence[EntityLayout]) -> BatchReader[FeatureResult]:
     """The many-keys reader of a materialized service: rows in input order."""
-    cols, joins, decode_row = _plan(selection, layouts)
+    cols, joins, where, decode_row = _plan(selection, layouts)
     entities = selection.entities
     arrays = sql.SQL(", ").join(sql.SQL(f"${i + 1}::{e.cast}[]") for i, e in enumerate(entities))
     names = sql.SQL(", ").join(sql.Identifier(f"e{i}") for i in range(len(entities)))
-    query = sql.SQL("SELECT {} FROM unnest({}) WITH ORDINALITY AS k({}, i) {} ORDER BY k.i").format(
-        sql.SQL(", ").join(cols), arrays, names, sql.SQL(" ").join(joins))
+    query = sql.SQL("SELECT {} FROM unnest({}) WITH ORDINALITY AS k({}, i) {} WHERE {} ORDER BY k.i").format(
+        sql.SQL(", ").join(cols), arrays, names, sql.SQL(" ").join(joins), where)
 
     def decode(rows: Sequence[Row]) -> list[FeatureResult]:
         return [decode_row(row) for row in rows]

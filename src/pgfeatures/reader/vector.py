@@ -155,9 +155,10 @@ def _numpy() -> Any:
     try:
         import numpy as np
     except ImportError:
-        from ..errors import PgFeaturesError
+        from ..errors import ExtraNotInstalledError
 
-        raise PgFeaturesError("output='numpy' needs numpy: pip install numpy (or 'pgfeatures[load]')") from None
+        raise ExtraNotInstalledError("output='numpy' needs numpy, which the load extra brings: "
+                                     "pip install 'pgfeatures[load]' (or pip install numpy)") from None
     return np
 
 

@@ -96,6 +96,10 @@ class ServerConfig:
     password_file: str | None = _setting(
         None, "file holding the database password, read at every new connection (a rotated secret is picked up)", _text
     )
+    credentials_timeout: float = _setting(
+        5.0, "seconds the credential provider (or password file) may take to answer before the connection attempt "
+        "fails with 503 credentials_timeout (a token endpoint that hangs)", _number(float), minimum=0.001
+    )
     pooler: str | None = _setting(
         None, "'transaction' behind a transaction-mode pooler (PgBouncer): nothing prepared, reads through "
         "server-side functions; 'session' or unset: prepared statements", _text

@@ -13,22 +13,32 @@ orjson (``OPT_SERIALIZE_NUMPY``) prints shortest for float32. The values are
 not changed, only how they are printed: parse the JSON number and round it
 to float32 and you have the stored value, bit for bit.
 
+Non-finite values: JSON has no number for ±Infinity or NaN (orjson prints
+``null``, which would read as NULL under ``present``), so a stored non-finite
+``real`` or ``double precision`` value is answered as the string
+``"Infinity"``, ``"-Infinity"`` or ``"NaN"`` (``definitions.nonfinite_json``;
+the OpenAPI value schema declares them). Writes refuse them by default.
+
 Cost: the values of every all-``real`` table of a request (or of a batch
 chunk) go through one ``numpy.fromiter`` and come back as scalars, so the
-per-value work stays in C; tables that mix ``real`` with other types convert
-their real values one by one. Measured by ``pgfeatures bench-http``
-(docs/http.md): on the order of 10-20 µs per 30-table request.
+per-value work stays in C (one ``isfinite`` over the same array finds a
+non-finite value); tables that mix ``real`` with other types convert their
+real values one by one, and ``double precision`` values are checked one by
+one. Measured by ``pgfeatures bench-http`` (docs/http.md): on the order of
+10-20 µs per 30-table request.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
-from itertools import chain
+from itertools import accumulate, chain
 from typing import Any
 
 import numpy as np
 import orjson
 
+from ..definitions import nonfinite_json
 from ..reader import PRESENT, Features, Selection
 
 OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -40,6 +50,11 @@ def dumps(payload: Any) -> bytes:
     return orjson.dumps(payload, option=OPTIONS)
 
 
+def json_real(value: float) -> Any:
+    """A ``real`` value for JSON: its float32 scalar (printed shortest), or the string of a non-finite one."""
+    return _F32(value) if value - value == 0 else nonfinite_json(value)
+
+
 def result(key: Any, features: Features) -> dict[str, Any]:
     """One request's answer; ``key`` as the request sent it."""
     status = features.status
@@ -47,38 +62,51 @@ def result(key: Any, features: Features) -> dict[str, Any]:
 
 
 class Float32Plan:
-    """Which values of a request shape are ``real``, and how to turn them into float32 scalars."""
+    """Which values of a request shape are ``real`` or ``double precision``, and how they become JSON:
+    real values as float32 scalars, non-finite ones (either type) as their strings."""
 
-    __slots__ = ("all_real", "mixed")
+    __slots__ = ("all_real", "mixed", "doubles")
 
     def __init__(self, selection: Selection):
         self.all_real: list[str] = []  # tables whose every asked feature is real
         self.mixed: list[tuple[str, tuple[str, ...]]] = []  # tables with some: (table, real feature names)
+        self.doubles: list[tuple[str, tuple[str, ...]]] = []  # tables with double precision features
         for table, features in selection.items:
             real = tuple(f.name for f in features if f.type.name == "real")
             if real and len(real) == len(features):
                 self.all_real.append(table.name)
             elif real:
                 self.mixed.append((table.name, real))
+            double = tuple(f.name for f in features if f.type.name == "double precision")
+            if double:
+                self.doubles.append((table.name, double))
 
     @property
     def empty(self) -> bool:
-        return not self.all_real and not self.mixed
+        return not self.all_real and not self.mixed and not self.doubles
 
     def apply(self, results: Sequence[Features]) -> None:
         """Replace, in place, every real value of these results by its numpy.float32 (exact: the
-        value already is a float32, widened)."""
+        value already is a float32, widened), and every non-finite real or double by its string."""
         if self.all_real:
             present = [d for r in results for t in self.all_real if (d := r[t]) is not None]
             if present:
                 try:
-                    scalars = list(np.fromiter(chain.from_iterable([d.values() for d in present]), _F32))
-                except TypeError:  # a NULL value somewhere: convert value by value
+                    array = np.fromiter(chain.from_iterable([d.values() for d in present]), _F32)
+                except TypeError:  # a value numpy does not take: convert value by value
                     for d in present:
                         for k, v in d.items():
                             if v is not None:
-                                d[k] = _F32(v)
+                                d[k] = json_real(v)
                 else:
+                    scalars: list[Any] = list(array)
+                    finite = np.isfinite(array)
+                    if not finite.all():  # NULL (None reads as NaN) or a stored non-finite value: tell them apart
+                        ends = list(accumulate(map(len, present)))
+                        for i in np.flatnonzero(~finite).tolist():
+                            j = bisect_right(ends, i)
+                            v = list(present[j].values())[i - (ends[j - 1] if j else 0)]
+                            scalars[i] = None if v is None else nonfinite_json(v)
                     # In place, in the order fromiter read them (measured faster than building new dicts).
                     take = iter(scalars).__next__
                     for d in present:
@@ -91,7 +119,14 @@ class Float32Plan:
                     for name in names:
                         v = d[name]
                         if v is not None:
-                            d[name] = _F32(v)
+                            d[name] = json_real(v)
+            for t, names in self.doubles:
+                d = r[t]
+                if d is not None:
+                    for name in names:
+                        v = d[name]
+                        if v is not None and v - v:  # inf - inf and NaN - NaN are NaN, which is true
+                            d[name] = nonfinite_json(v)
 
 
 def results(keys: Sequence[Any], features: Iterable[Features]) -> list[dict[str, Any]]:

@@ -28,18 +28,23 @@ from starlette.responses import Response
 
 from ..errors import (
     AuthenticationError,
-    CorruptFileError,
     BenchmarkError,
+    ChangeBlockedError,
+    ConflictError,
+    CorruptFileError,
     ConfigError,
+    CredentialsTimeoutError,
     DatabaseError,
     DatabaseUnavailableError,
     DefinitionError,
     EmbeddedServerError,
+    ExtraNotInstalledError,
     FeatureValueError,
     KeyFormatError,
     LoadError,
     LoadInputError,
     LoadInterruptedError,
+    MaterializeError,
     PgFeaturesError,
     PoolExhaustedError,
     QueryTimeoutError,
@@ -51,8 +56,8 @@ from ..errors import (
     UnknownServiceError,
     UnknownStrategyError,
     UnknownTableError,
-    WriteOutcomeUnknownError,
     WarmupError,
+    WriteOutcomeUnknownError,
 )
 
 JSON = "application/json"
@@ -80,7 +85,8 @@ class HTTPError:
 
 
 # Most specific first: AuthenticationError and PoolExhaustedError are DatabaseUnavailableErrors,
-# LoadInputError a LoadError, UnknownTableError also a KeyError, KeyFormatError a ValueError.
+# CredentialsTimeoutError an AuthenticationError, LoadInputError a LoadError, UnknownTableError also a
+# KeyError, KeyFormatError a ValueError.
 ERRORS: tuple[tuple[type[Exception], HTTPError], ...] = (
     # the request is wrong: do not retry it as it is
     (KeyFormatError, HTTPError(400, "invalid_key")),
@@ -94,12 +100,15 @@ ERRORS: tuple[tuple[type[Exception], HTTPError], ...] = (
     (DefinitionError, HTTPError(400, "invalid_selection")),
     (LoadInputError, HTTPError(400, "invalid_input")),
     # transient: retry after Retry-After (elsewhere if there is an elsewhere)
+    (CredentialsTimeoutError, HTTPError(503, "credentials_timeout", retryable=True)),
     (AuthenticationError, HTTPError(503, "database_auth_failed", retryable=True)),
     (WriteOutcomeUnknownError, HTTPError(503, "write_outcome_unknown", retryable=True)),
     (PoolExhaustedError, HTTPError(503, "pool_exhausted", retryable=True)),
     (DatabaseUnavailableError, HTTPError(503, "database_unavailable", retryable=True)),
     (EmbeddedServerError, HTTPError(503, "database_unavailable", retryable=True)),
     (LoadInterruptedError, HTTPError(503, "database_unavailable", retryable=True)),
+    (ConflictError, HTTPError(503, "conflict", retryable=True)),
+    (ChangeBlockedError, HTTPError(503, "change_blocked", retryable=True)),
     (QueryTimeoutError, HTTPError(504, "query_timeout", retryable=True)),
     (StoreClosedError, HTTPError(503, "shutting_down", retryable=True)),
     (NotReadyError, HTTPError(503, "not_ready", retryable=True)),
@@ -108,7 +117,9 @@ ERRORS: tuple[tuple[type[Exception], HTTPError], ...] = (
     (SchemaDriftError, HTTPError(500, "schema_drift")),
     (DatabaseError, HTTPError(500, "database_error")),
     (LoadError, HTTPError(500, "load_failed")),
+    (MaterializeError, HTTPError(500, "materialize_failed")),
     (ConfigError, HTTPError(500, "config_error")),
+    (ExtraNotInstalledError, HTTPError(500, "missing_extra")),
     (WarmupError, HTTPError(500, "warmup_failed")),
     (BenchmarkError, HTTPError(500, "benchmark_error")),
 )
@@ -135,6 +146,6 @@ def error_response(exc: BaseException, retry_after: int) -> Response:
     headers = dict(exc.headers) if isinstance(exc, RequestError) else {}
     if error.retryable:
         headers["Retry-After"] = str(retry_after)
-    extra = {"sqlstate": exc.sqlstate} if isinstance(exc, DatabaseError) and exc.sqlstate else {}
+    extra = {"sqlstate": exc.sqlstate} if isinstance(exc, (DatabaseError, ConflictError)) and exc.sqlstate else {}
     message = str(exc) if error is not INTERNAL else f"internal error ({type(exc).__name__}); see the server log"
     return Response(error_body(error.type, message, error.retryable, **extra), error.status, headers, media_type=JSON)

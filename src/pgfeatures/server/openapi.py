@@ -24,31 +24,36 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
-from ..definitions import FLOAT32_MAX, INT_RANGE, UPDATED_AT, UPDATED_AT_FEATURE, Entity, Registry
+from ..definitions import FLOAT32_OVERFLOW, INT_RANGE, NONFINITE_JSON, UPDATED_AT, UPDATED_AT_FEATURE, Entity, Registry
 from ..definitions.types import FLOAT32_ZERO
-from ..definitions.entities import INT8_RANGE
+from ..definitions.entities import INT8_RANGE, UUID_TEXT
 from .config import ServerConfig
 
 KEY_PATTERN = "^[0-9a-fA-F]{64}$"
 
 STATUS = {"type": "string", "enum": ["present", "missing", "expired"]}
-VALUE = {"type": ["number", "integer", "boolean", "null"]}
+# A value: a number, a boolean, null (missing or NULL), or a stored non-finite real / double precision
+# value as a string (JSON has no number for it).
+VALUE = {"anyOf": [{"type": ["number", "integer", "boolean", "null"]},
+                   {"type": "string", "enum": list(NONFINITE_JSON),
+                    "description": "a stored non-finite real or double precision value (writes refuse them by default)"}]}
 DOUBLE_MAX = 1.7976931348623157e308  # the largest finite double: JSON numbers beyond it are not numbers the server reads
 
 
 def value_schema(type_name: str, nullable: bool = True) -> dict[str, Any]:
     """What a pushed value of a feature of this type may be, as the write path checks it: integers
     within the column's range, reals within float32's (and not so small they would round to 0),
-    doubles finite, booleans; and null (NULL) when ``nullable``."""
+    doubles finite, booleans; and null (NULL) when ``nullable``. (Non-finite values, which JSON has
+    no number for, are refused by pushes: the strings answers carry them as are not values to write.)"""
     if type_name == "boolean":
         schema: dict[str, Any] = {"type": "boolean"}
     elif type_name in INT_RANGE:
         lo, hi = INT_RANGE[type_name]
         schema = {"type": "integer", "minimum": lo, "maximum": hi}
-    elif type_name == "real":
+    elif type_name == "real":  # what rounds to a finite float32 and not to 0 (PostgreSQL's overflow and underflow)
         schema = {"type": "number", "anyOf": [
-            {"const": 0}, {"exclusiveMinimum": FLOAT32_ZERO, "maximum": FLOAT32_MAX},
-            {"minimum": -FLOAT32_MAX, "exclusiveMaximum": -FLOAT32_ZERO}]}
+            {"const": 0}, {"exclusiveMinimum": FLOAT32_ZERO, "exclusiveMaximum": FLOAT32_OVERFLOW},
+            {"exclusiveMinimum": -FLOAT32_OVERFLOW, "exclusiveMaximum": -FLOAT32_ZERO}]}
     else:
         schema = {"type": "number", "minimum": -DOUBLE_MAX, "maximum": DOUBLE_MAX}
     return {"anyOf": [schema, {"type": "null"}]} if nullable else schema
@@ -69,12 +74,10 @@ def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | No
 
 INT8_MIN, INT8_MAX = INT8_RANGE
 JSON_INT_MAX = 2**64 - 1  # the largest integer the server's JSON parser keeps exact (beyond: a float, refused)
-# C-locale whitespace around a bigint's decimal text, as PostgreSQL's int8in takes it
+# C-locale whitespace around a bigint's decimal text, as PostgreSQL's int8in (and entities.BIGINT_TEXT) takes it
 _SPACE = "[\\t\\n\\u000b\\f\\r ]*"
-_UUID_DIGITS = "[0-9a-fA-F]{4}(?:-?[0-9a-fA-F]{4}){7}"
-# PostgreSQL's uuid_in: 32 hex digits, a hyphen allowed after any group of four, braces around the
-# whole; and the URN prefix (in lower case: the spelling every key parser takes)
-UUID_PATTERN = f"^(?:urn:uuid:)?(?:\\{{{_UUID_DIGITS}\\}}|{_UUID_DIGITS})$"
+# A UUID as its key parser spells it (PostgreSQL's uuid_in, and the URN prefix)
+UUID_PATTERN = f"^(?:{UUID_TEXT.pattern})$"
 
 
 def decimal_at_most(bound: int) -> str:
@@ -448,7 +451,7 @@ def _schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
                                  "invalid_key, unknown_entity, unknown_table, unknown_feature, unknown_service, "
                                  "invalid_selection, invalid_value, too_many_keys, too_many_rows, payload_too_large, "
                                  "not_acceptable, unauthorized, not_found, method_not_allowed, database_unavailable, "
-                                 "database_auth_failed, write_outcome_unknown, pool_exhausted, query_timeout, shutting_down, not_ready, "
+                                 "database_auth_failed, credentials_timeout, write_outcome_unknown, pool_exhausted, query_timeout, shutting_down, not_ready, "
                                  "read_only, schema_drift, database_error, internal"},
                         "message": {"type": "string", "description": "what was wrong and what is valid"},
                         "retryable": {"type": "boolean", "description": "the same request may succeed later "

@@ -2,12 +2,14 @@
 
 JSON: ``{"key", "values": [...], "status": {table: "present" | "missing" | "expired"}}``, the
 values in the service's order (``GET /v1/services/{name}`` publishes it as ``names``); a missing
-value is null; ``real`` values print as the shortest decimal that reads back as the same float32.
+value is null; ``real`` values print as the shortest decimal that reads back as the same float32;
+a stored non-finite value is the string ``"Infinity"``, ``"-Infinity"`` or ``"NaN"`` (never null).
 
 ``application/octet-stream`` (``Accept``): the values as one little-endian array, ``float32`` when
 every feature of the vector is ``real``, else ``float64`` (integers and booleans as numbers, 1 and 0;
-a ``bigint`` beyond 2^53 is rounded), a missing value as NaN. A batch is its rows concatenated
-(row-major, ``rows x columns``). After the values comes the **status trailer**: one byte per row
+a ``bigint`` beyond 2^53 is rounded), a missing value as NaN. Stored ±Infinity is ±Infinity, and a
+stored NaN is NaN too (so in this form NaN is NULL or NaN; writes refuse NaN by default). A batch is
+its rows concatenated (row-major, ``rows x columns``). After the values comes the **status trailer**: one byte per row
 and table, ``0`` present, ``1`` missing, ``2`` expired, rows in order, tables in the order of the
 ``X-Pgfeatures-Tables`` header. Headers: ``X-Pgfeatures-Rows``, ``X-Pgfeatures-Columns``,
 ``X-Pgfeatures-Dtype`` (``float32`` / ``float64``), ``X-Pgfeatures-Tables``. In numpy::
@@ -25,13 +27,15 @@ batch's headers leave before its rows are read.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
 
-from ..definitions import Registry
+from ..definitions import Registry, nonfinite_json
 from ..reader import EXPIRED, MISSING, PRESENT
 from ..reader.vector import ServiceVector, service_order
+from .encoding import json_real
 
 OCTET_STREAM = "application/octet-stream"
 STATUS_CODES = {PRESENT: 0, MISSING: 1, EXPIRED: 2}
@@ -42,7 +46,7 @@ class VectorPlan:
     """How one vector reader's vectors are encoded: the names and types of its columns, the tables
     of its status, the dtype of its raw form."""
 
-    __slots__ = ("names", "types", "tables", "all_real", "reals", "dtype", "_np")
+    __slots__ = ("names", "types", "tables", "all_real", "reals", "doubles", "dtype", "_np")
 
     def __init__(self, reader: Any, registry: Registry):
         selection = reader.selection
@@ -52,6 +56,7 @@ class VectorPlan:
         self.tables = selection.tables
         self.all_real = all(t == "real" for t in self.types)
         self.reals = () if self.all_real else tuple(i for i, t in enumerate(self.types) if t == "real")
+        self.doubles = tuple(i for i, t in enumerate(self.types) if t == "double precision")
         self.dtype = "float32" if self.all_real else "float64"
         self._np = np.dtype("<f4" if self.all_real else "<f8")
 
@@ -64,7 +69,16 @@ class VectorPlan:
         if self.all_real:
             # One conversion for the chunk; each row is a contiguous view, None became NaN (printed null).
             matrix = np.array([v.values for v in vectors], dtype=_F32)
-            return [{"key": k, "values": row, "status": v.status} for k, row, v in zip(keys, matrix, vectors)]
+            rows: list[Any] = list(matrix)
+            finite = np.isfinite(matrix)
+            if not finite.all():  # a missing value (None reads as NaN), or a stored non-finite one: tell them apart
+                for i in np.flatnonzero(~finite.all(axis=1)).tolist():
+                    values = vectors[i].values
+                    where = np.flatnonzero(~finite[i]).tolist()
+                    given = itemgetter(*where)(values) if len(where) > 1 else (values[where[0]],)  # picked in C
+                    if given.count(None) != len(given):  # a stored non-finite value: the row as a list
+                        rows[i] = [None if v is None else json_real(v) for v in values]
+            return [{"key": k, "values": row, "status": v.status} for k, row, v in zip(keys, rows, vectors)]
         return [{"key": k, "values": self._mixed(v.values), "status": v.status} for k, v in zip(keys, vectors)]
 
     def _mixed(self, values: Sequence[Any]) -> list[Any]:
@@ -72,7 +86,11 @@ class VectorPlan:
         for i in self.reals:
             v = out[i]
             if v is not None:
-                out[i] = _F32(v)
+                out[i] = json_real(v)
+        for i in self.doubles:
+            v = out[i]
+            if v is not None and v - v:  # inf - inf and NaN - NaN are NaN, which is true
+                out[i] = nonfinite_json(v)
         return out
 
     # -- raw -----------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from psycopg.types.numeric import Int8
 from ..connections import ConnectFailures, redact
 from ..definitions import KEY_LENGTH, Registry
 from ..errors import SchemaDriftError
-from ..reader import BatchReader, Reader
+from ..reader import BatchReader, Reader, ReaderCache
 from ..schema import TableCheck, check_catalog, drift_error
 
 logger = logging.getLogger("pgfeatures")
@@ -52,6 +52,7 @@ READ_CURSOR = "_pgfeatures_cursor"
 PIPELINE_CURSORS = "_pgfeatures_pipeline_cursors"
 
 PROBE_INTERVAL = 0.5  # seconds between probes of a read target that is down (or too far behind)
+RENEWAL_RETRY = 10.0  # seconds before a max_lifetime renewal that could not fill its pool is tried again
 RECHECK_INTERVAL = 1.0  # seconds between catalog re-checks of a table that could not be served
 ON_DRIFT = ("raise", "isolate")
 
@@ -73,6 +74,9 @@ class ReadTarget:
     lag: float | None = None
     probing: bool = False
     next_probe: float = 0.0
+    renew_at: float = float("inf")  # when its pool is due for renewal (max_lifetime)
+    renewing: bool = False
+    renewal_failure: str = ""  # why the latest renewal could not fill its pool
 
     def describe(self) -> str:
         state = f"down: {self.reason}" if self.down else "up"
@@ -122,6 +126,7 @@ class Router:
         self._orders: tuple[tuple[ReadTarget, ...], ...] = ()
         self.down_count = 0  # targets down now: reads start probes only while some are
         self.next_probe_at = float("inf")  # the earliest time a probe is due (read without the lock)
+        self.next_renewal_at = float("inf")  # the earliest time a pool is due for renewal (read without the lock)
         self._rebuild()
 
     def serving(self, target: ReadTarget) -> bool:
@@ -131,6 +136,7 @@ class Router:
 
     def _rebuild(self) -> None:
         self.down_count = sum(1 for t in self.targets if t.down)
+        self._next_renewal()
         self.next_probe_at = min((t.next_probe for t in self.targets if t.down), default=float("inf"))
         if self.max_lag is not None:
             self.next_probe_at = min(self.next_probe_at, min((t.next_probe for t in self.replicas), default=float("inf")))
@@ -169,6 +175,25 @@ class Router:
                 logger.warning("pgfeatures: %s is %.1fs behind the primary (max_replica_lag %gs): reads %s it",
                                target.name, lag or 0.0, self.max_lag, "use" if self.serving(target) else "skip")
                 self._rebuild()
+
+    def renew_after(self, target: ReadTarget, seconds: float) -> None:
+        """Make ``target``'s pool due for renewal ``seconds`` from now (its connections' lifetime, or a retry)."""
+        with self._lock:
+            target.renew_at = time.monotonic() + seconds
+            self._next_renewal()
+
+    def due_for_renewal(self, now: float) -> list[ReadTarget]:
+        """Targets whose pool is due for renewal now (and not being renewed); marks them renewing."""
+        with self._lock:
+            due = [t for t in self.targets if not t.renewing and not t.down and now >= t.renew_at]
+            for t in due:
+                t.renewing, t.renew_at = True, float("inf")
+            self._next_renewal()
+        return due
+
+    def _next_renewal(self) -> None:
+        """A target that is down is not renewed (its probe renews its pool when it answers)."""
+        self.next_renewal_at = min((t.renew_at for t in self.targets if not t.down), default=float("inf"))
 
     def due_for_probe(self, now: float) -> list[ReadTarget]:
         """Targets that need a probe now (down or lagging, and not being probed); marks them probing."""
@@ -240,6 +265,32 @@ class TableHealth:
     def status(self) -> dict[str, list[str]]:
         """{table: problems} of every table that cannot be served now."""
         return {n: list(self.checks[n].breaking) for n in sorted(self.broken)}
+
+
+# -- what a store serves from one set of definitions -----------------------------------------------
+
+
+@dataclass(eq=False)
+class Served:
+    """Everything a store serves from one set of definitions: the registry, its compiled readers
+    (and which services are read from serving rows), the health of its tables, the readers every
+    read connection prepares, their pooler functions. Built whole before it serves (at open, and by
+    ``reload`` while the previous one goes on serving), then swapped in with one assignment: a
+    request takes the store's current one once, and finishes on it."""
+
+    registry: Registry
+    readers: ReaderCache
+    health: TableHealth
+    warm: list[Reader[Any] | BatchReader[Any]] = field(default_factory=list)
+    via_functions: dict[bytes, Any] = field(default_factory=dict)
+
+    @classmethod
+    def new(cls, registry: Registry, reader_cache_size: int) -> "Served":
+        return cls(registry, ReaderCache(registry, max_statements=reader_cache_size), TableHealth(registry))
+
+    @property
+    def fingerprint(self) -> str:
+        return self.registry.fingerprint
 
 
 # -- warm-up --------------------------------------------------------------------------------------

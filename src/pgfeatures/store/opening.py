@@ -12,8 +12,9 @@ Owns, for ``store_async.FeatureStore`` (and, generated from this module by
 - **read functions** (``pooler="transaction"``): the warm readers in their function form, each
   function created where it is missing;
 - **the pools**: their settings, opening them (read pools per target, the write pool), waiting for
-  the read pools to fill, closing them; and the warm-up of every new read connection (session
-  setting, warm-up statements prepared, its raw cursor).
+  the read pools to fill, renewing them (after an outage, and at ``max_lifetime``), closing them;
+  and the warm-up of every new read connection (session setting, warm-up statements prepared,
+  its raw cursor).
 
 The order of the steps, and what a failed step means, stay in ``FeatureStore.open``.
 """
@@ -22,19 +23,30 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import time
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from ..connections import ConnectFailures, connect, database_error, make_pool
 from ..errors import DatabaseUnavailableError, PgFeaturesError, SchemaDriftError
-from ..materialize.build import status
+from ..materialize.build import states
 from ..reader import BatchReader
 from ..reader.functions import EXISTING_FUNCTIONS, read_function
 from ..schema import CATALOG_QUERY, TableCheck
-from .base import PROBE_INTERVAL, READ_CURSOR, READ_SESSION_SETUP, ReadTarget, Router, target_name, warmup_statements
+from .base import (
+    PROBE_INTERVAL,
+    READ_CURSOR,
+    READ_SESSION_SETUP,
+    RENEWAL_RETRY,
+    ReadTarget,
+    Router,
+    Served,
+    target_name,
+    warmup_statements,
+)
 
 if TYPE_CHECKING:
     from .store import FeatureStore
@@ -46,68 +58,77 @@ SLOW_WARMUP = 1.0  # seconds: a connection warm-up slower than this is logged
 
 # -- catalog inspection --------------------------------------------------------------------------
 
-def first_inspection(store: FeatureStore, router: Router) -> dict[str, TableCheck]:
-    """The catalog checks, read on the first read target that answers; unreachable ones are marked down."""
+def first_inspection(store: FeatureStore, router: Router, served: Served) -> dict[str, TableCheck]:
+    """The catalog checks of ``served``'s tables, read on the first read target that answers;
+    unreachable ones are marked down."""
     errors: list[PgFeaturesError] = []
     for target in router.targets:
+        if target.down and any(not t.down for t in router.targets):
+            continue
         try:
-            return inspect_target(store, target, list(store.registry.tables))
+            return inspect_target(store, target, list(served.registry.tables), served)
         except DatabaseUnavailableError as exc:
             errors.append(exc)
             router.mark_down(target, str(exc))
     raise errors[0]
 
 
-def inspect_target(store: FeatureStore, target: ReadTarget, tables: list[str]) -> dict[str, TableCheck]:
-    """The catalog checks of ``tables`` on ``target``, through a fresh connection."""
+def inspect_target(store: FeatureStore, target: ReadTarget, tables: list[str],
+                               served: Served | None = None) -> dict[str, TableCheck]:
+    """The catalog checks of ``tables`` (of ``served``, else what the store serves now) on ``target``,
+    through a fresh connection."""
     conn = connect(target.dsn, "pgfeatures-check", store.connect_timeout,
                                credentials=store.credentials, pooler=store.pooler)
     try:
-        return _catalog(store, conn, tables)
+        return _catalog(served or store._served, conn, tables)
     except psycopg.Error as exc:
         raise database_error(exc, target.dsn) from exc
     finally:
         conn.close()
 
 
-def _catalog(store: FeatureStore, conn: psycopg.Connection, tables: list[str]) -> dict[str, TableCheck]:
+def _catalog(served: Served, conn: psycopg.Connection, tables: list[str]) -> dict[str, TableCheck]:
     cur = psycopg.RawCursor(conn)
-    cur.execute(CATALOG_QUERY, (store.registry.schema, tables), prepare=False)
-    return store.health.from_rows(cur.fetchall())
+    cur.execute(CATALOG_QUERY, (served.registry.schema, tables), prepare=False)
+    return served.health.from_rows(cur.fetchall())
 
 
 # -- materialized services and read functions ----------------------------------------------------
 
-def find_materialized(store: FeatureStore, router: Router) -> None:
-    """Which materialized services are built (their serving tables match the definitions): those
-    are read from their serving rows; the others by the flexible read, with a warning."""
-    wanted = [name for name, svc in store.registry.services.items() if svc.materialize]
+def find_materialized(store: FeatureStore, router: Router, served: Served) -> None:
+    """Which of ``served``'s materialized services are built (their serving rows exist for these
+    definitions and follow the tables): those are read from their serving rows; the others by the
+    flexible read, with a warning saying why."""
+    registry = served.registry
+    wanted = [name for name, svc in registry.services.items() if svc.materialize]
     if not wanted:
         return
     target = next((t for t in router.targets if not t.down), router.targets[0])
     conn = connect(target.dsn, "pgfeatures-check", store.connect_timeout,
                                credentials=store.credentials, pooler=store.pooler)
     try:
-        states = status(conn, store.registry)
+        found = states(conn, registry)
     except psycopg.Error as exc:
         raise database_error(exc, target.dsn) from exc
     finally:
         conn.close()
     built = {}
     for name in wanted:
-        if states.get(name) == "built":
-            built[name] = store.registry.layouts(name)
+        state = found[name]
+        if state.state == "built":
+            built[name] = registry.layouts(name)
         else:
-            logger.warning("pgfeatures: service %s is materialize = true but its serving rows are %s: it is read "
-                           "table by table until `pgfeatures materialize %s` builds them", name, states.get(name), name)
-    store.readers.materialized = built
+            logger.warning("pgfeatures: service %s is materialize = true but its serving rows are %s (%s): it is read "
+                           "table by table until `pgfeatures materialize %s` builds them", name, state.state, state.reason,
+                           name)
+    served.readers.materialized = built
 
 
-def read_functions(store: FeatureStore, router: Router) -> dict[bytes, Any]:
+def read_functions(store: FeatureStore, router: Router, served: Served) -> dict[bytes, Any]:
     """``pooler="transaction"``: the warm readers in their function form (see reader/functions.py),
     each function created on the primary where it is missing. A shape whose function cannot be
     had (no CREATE privilege, primary down and not created by ``pgfeatures init``) reads unprepared."""
-    forms = [(r, f) for r in store.warm_readers if (f := read_function(r)) is not None]
+    forms = [(r, f) for r in served.warm if (f := read_function(r)) is not None]
     if not forms:
         return {}
     names = list(dict.fromkeys(f.name for _, f in forms))
@@ -121,7 +142,7 @@ def read_functions(store: FeatureStore, router: Router) -> dict[bytes, Any]:
             continue
         try:
             cur = psycopg.RawCursor(conn)
-            cur.execute(EXISTING_FUNCTIONS, (store.registry.schema, names), prepare=False)
+            cur.execute(EXISTING_FUNCTIONS, (served.registry.schema, names), prepare=False)
             existing = {row[0] for row in cur.fetchall()}
             for reader, form in forms:
                 if form.name in existing:
@@ -148,6 +169,64 @@ def read_functions(store: FeatureStore, router: Router) -> dict[bytes, Any]:
     return out
 
 
+# -- preparing what a store serves on its read connections ---------------------------------------
+
+SERVED = "_pgfeatures_served"  # the Served whose warm readers a read connection has prepared
+
+
+def prepare_served(conn: psycopg.Connection, cur: psycopg.RawCursor, served: Served) -> None:
+    """Prepare ``served``'s warm readers on ``conn`` (skipping, with a warning, what a missing table or
+    column keeps from preparing), and mark the connection as prepared for it."""
+    statements = warmup_statements(served.warm)
+    conn.prepared_max = max(conn.prepared_max or 0, served.readers.max_statements + len(statements))
+    for reader, stmt, params in statements:
+        try:
+            cur.execute(stmt, params, prepare=True, binary=True)
+            cur.fetchall()
+        except psycopg.Error as exc:
+            if conn.broken or not isinstance(database_error(exc), SchemaDriftError):
+                raise
+            logger.warning("pgfeatures: not prepared on a read connection (tables %s): %s",
+                           ", ".join(reader.tables), str(exc).strip())
+    setattr(conn, SERVED, served)
+
+
+def prepare_everywhere(store: FeatureStore, router: Router, served: Served) -> int:
+    """Prepare ``served``'s warm readers on every idle connection of every read pool, one connection
+    at a time (the rest keep serving), before a reload swaps ``served`` in. A connection that is busy
+    throughout, or opened meanwhile, prepares the new statements at their first use instead. Returns
+    the connections prepared."""
+    if not store._prepare:
+        return 0
+    prepared = 0
+    for target in router.targets:
+        pool = target.pool
+        if pool is None or target.down:
+            continue
+        seen: set[int] = set()
+        # A pool hands its connections out first-in first-out: taking and returning one connection at a
+        # time goes round all of them in pool_size turns when nothing else runs, a few more when reads do.
+        for _ in range(3 * store.pool_size):
+            try:
+                conn = pool.getconn(timeout=store.acquire_timeout)
+            except (PoolTimeout, PoolClosed):
+                break
+            try:
+                if getattr(conn, SERVED, None) is not served:
+                    cur = getattr(conn, READ_CURSOR, None) or psycopg.RawCursor(conn)
+                    prepare_served(conn, cur, served)
+                    prepared += 1
+                seen.add(id(conn))
+            except psycopg.Error as exc:
+                if not conn.broken:
+                    raise database_error(exc, target.dsn) from exc
+            finally:
+                pool.putconn(conn)
+            if len(seen) >= pool.get_stats().get("pool_size", store.pool_size):
+                break
+    return prepared
+
+
 # -- the pools -----------------------------------------------------------------------------------
 
 OPEN_GRACE = 10.0  # seconds a read pool may take to fill at open, beyond connect_timeout (warm-up prepares)
@@ -164,6 +243,7 @@ def open_pools(store: FeatureStore, router: Router, dsn: str) -> None:
         for target in router.targets:
             target.pool = make_pool(target.dsn, **pool_settings(store, True, target.failures))
             target.pool.open(wait=False)
+            router.renew_after(target, lifetime(store))
         if store.write_pool_size > 0:
             store.write_pool = make_pool(dsn, **pool_settings(store, False, store.write_failures))
             store.write_pool.open(wait=False)  # writes are not needed to serve reads
@@ -172,14 +252,15 @@ def open_pools(store: FeatureStore, router: Router, dsn: str) -> None:
                 try:
                     target.pool.wait(timeout=store.connect_timeout + OPEN_GRACE)
                 except PoolTimeout:
-                    router.mark_down(target, str(target.failures.error or STALLED))
+                    router.mark_down(target, str(target.failures.cause() or STALLED))
         if all(t.down for t in router.targets):
             first = router.targets[0]
-            if first.failures.error is None:  # connected, but never finished its warm-up
+            cause = first.failures.cause()
+            if cause is None:  # connected, but never finished its warm-up
                 raise DatabaseUnavailableError(f"no read connection ready within {store.connect_timeout + OPEN_GRACE:g}s "
                                                f"at {first.name}: {STALLED}")
             raise database_error(PoolTimeout("no connection"), first.dsn, acquire_timeout=store.connect_timeout,
-                                 last_connect_error=first.failures.error)
+                                 last_connect_error=cause)
     except BaseException:
         close_pools(store, router)
         raise
@@ -218,26 +299,61 @@ def close_if_closed(store: FeatureStore, router: Router | None,
     return True
 
 
-def renew_pool(store: FeatureStore, target: ReadTarget) -> bool:
-    """Replace ``target``'s pool by a new one, once the database answers again but the pool has no
-    connection: its reconnection attempts wait out psycopg_pool's backoff (1, 2, 4 s ...), so after
-    an outage of a few seconds the old pool could stay empty for seconds more (3.1 s measured in the
-    soak). The new pool connects at once; requests waiting on the old one retry on the new one.
-    Returns whether the pool was replaced (False: the new pool did not fill either, or the store
-    closed meanwhile: then both pools are closed)."""
+def renew_pool(store: FeatureStore, target: ReadTarget, why: str = "answers again") -> bool:
+    """Replace ``target``'s pool by a new one once the new one holds its connections; requests
+    waiting on the old one retry on the new one, and those using its connections finish on them.
+
+    Done once the database answers again but the pool has no connection: its reconnection attempts
+    wait out psycopg_pool's backoff (1, 2, 4 s ...), so after an outage of a few seconds the old
+    pool could stay empty for seconds more (3.1 s measured in the soak); the new pool connects at
+    once. And at ``max_lifetime`` (``renew_expiring_async``): the old pool serves until the new
+    one is ready. The new pool records its failures to connect in a record of its own, which
+    becomes the target's once installed (a renewal filling must not make the old pool's timeouts
+    look like the new pool's pending provider calls).
+
+    Returns whether the pool was replaced (False: the new pool did not fill, or the store closed
+    meanwhile: then both pools are closed)."""
     router = store.router
     if router is None or not any(t is target for t in router.targets):  # the store closed (or reopened) since the probe began
         return False
-    new = filled_pool(store, target.dsn, True, target.failures)
+    failures = ConnectFailures()
+    new = filled_pool(store, target.dsn, True, failures)
     if new is None:
+        target.renewal_failure = str(failures.cause() or f"its connections were not ready within {store.connect_timeout:g}s")
         return False
-    old, target.pool = target.pool, new
+    old, target.pool, target.failures = target.pool, new, failures
     if close_if_closed(store, router, new, old):
         return False
-    logger.info("pgfeatures: %s answers again; its pool renewed", target.name)
+    router.renew_after(target, lifetime(store))
+    logger.info("pgfeatures: %s %s; its pool renewed", target.name, why)
     if old is not None:
         old.close(timeout=0)
     return True
+
+
+def renew_expiring(store: FeatureStore, target: ReadTarget) -> None:
+    """``max_lifetime``: replace ``target``'s pool by a new one, filled while the old one serves
+    (psycopg_pool's own max_lifetime closes a connection before its replacement is made, and reads
+    wait out the new login and warm-up: with a provider slower than ``acquire_timeout``, they
+    failed). A renewal that cannot fill (the provider or the database failing) leaves the old
+    connections serving, logs why, and is tried again after RENEWAL_RETRY seconds."""
+    router = store.router
+    renewed = False
+    try:
+        renewed = renew_pool(store, target, "reached max_lifetime")
+    finally:
+        target.renewing = False
+    if not renewed and router is not None and store.router is router:
+        retry = min(RENEWAL_RETRY, store.max_lifetime)
+        logger.warning("pgfeatures: %s: renewing the read pool (max_lifetime) failed (%s); its connections keep "
+                       "serving, tried again in %gs", target.name, target.renewal_failure, retry)
+        router.renew_after(target, retry)
+
+
+def lifetime(store: FeatureStore) -> float:
+    """Seconds until a new read pool is renewed: 90-100 % of max_lifetime, so that the targets of a
+    store (and the worker processes of a service) do not all renew at once."""
+    return store.max_lifetime * random.uniform(0.9, 1.0)
 
 
 def renew_write_pool(store: FeatureStore, old: ConnectionPool) -> bool:
@@ -302,7 +418,8 @@ def pool_settings(store: FeatureStore, read: bool, failures: ConnectFailures) ->
         "connect_timeout": store.connect_timeout,
         "acquire_timeout": store.acquire_timeout,
         "reconnect_timeout": store.reconnect_timeout,
-        "max_lifetime": store.max_lifetime,
+        # A read pool is renewed whole (renew_expiring_async): its connections never expire one by one.
+        "max_lifetime": float("inf") if read else store.max_lifetime,
         "configure": configure if read else None,
         "credentials": store.credentials,
         "pooler": store.pooler,
@@ -311,7 +428,8 @@ def pool_settings(store: FeatureStore, read: bool, failures: ConnectFailures) ->
 
 
 def warm_connection(store: FeatureStore, conn: psycopg.Connection) -> None:
-    """Prepare the warm-up statements on a new read connection, before it serves.
+    """Prepare the warm-up statements of what the store serves now on a new read connection, before
+    it serves.
 
     A statement that fails because a table or column is missing is skipped (and logged): one
     broken table must not keep every connection from serving the others.
@@ -319,18 +437,8 @@ def warm_connection(store: FeatureStore, conn: psycopg.Connection) -> None:
     started = time.monotonic()
     cur = psycopg.RawCursor(conn)
     if store._prepare:
-        statements = warmup_statements(store.warm_readers)
-        conn.prepared_max = max(conn.prepared_max or 0, store.readers.max_statements + len(statements))
         cur.execute(READ_SESSION_SETUP)
-        for reader, stmt, params in statements:
-            try:
-                cur.execute(stmt, params, prepare=True, binary=True)
-                cur.fetchall()
-            except psycopg.Error as exc:
-                if conn.broken or not isinstance(database_error(exc), SchemaDriftError):
-                    raise
-                logger.warning("pgfeatures: not prepared on a new connection (tables %s): %s",
-                               ", ".join(reader.tables), str(exc).strip())
+        prepare_served(conn, cur, store._served)
     setattr(conn, READ_CURSOR, cur)
     seconds = time.monotonic() - started
     if seconds > SLOW_WARMUP:

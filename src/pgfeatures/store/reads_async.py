@@ -10,7 +10,10 @@ Owns, for ``store_async.AsyncFeatureStore`` (and, generated from this module by
   down and moves on to the next at once;
 - **rechecks of broken tables**: a request touching a table that could not be served re-checks
   it in the catalog when due, and a statement rejected for a missing table or column re-checks it;
-- **probes**: a background probe of every read target that is down (or lagging) brings it back.
+- **probes**: a background probe of every read target that is down (or lagging) brings it back;
+  a target that is down is probed every PROBE_INTERVAL until it serves again;
+- **renewals**: a read that finds a read pool due for renewal (``max_lifetime``) starts it in the
+  background (``opening_async.renew_expiring_async``).
 
 The store's lifecycle (open, close) and public read methods stay in ``store_async.py``; the
 open-time inspection that rechecks reuse is in ``opening_async.py``.
@@ -31,8 +34,8 @@ from ..connections import connect_async, database_error
 from ..errors import DatabaseUnavailableError, PgFeaturesError, SchemaDriftError, StoreClosedError
 from ..reader import BatchReader, Fetch, Reader
 from ..schema import TableCheck
-from .base import LAG_QUERY, READ_CURSOR, ReadTarget, pipeline_cursors
-from .opening_async import inspect_target_async, renew_pool_async
+from .base import LAG_QUERY, PROBE_INTERVAL, READ_CURSOR, ReadTarget, Router, pipeline_cursors
+from .opening_async import inspect_target_async, renew_expiring_async, renew_pool_async
 
 if TYPE_CHECKING:
     from .store_async import AsyncFeatureStore
@@ -150,12 +153,16 @@ async def run_async(store: AsyncFeatureStore, execute: Execute[R, A, T], reader:
             await pool.putconn(conn)
             if target.down:
                 router.mark_up(target)
-            if time.monotonic() >= router.next_probe_at:  # a target is down or lagging, and due for a probe
+            now = time.monotonic()
+            if now >= router.next_probe_at:  # a target is down or lagging, and due for a probe
                 probe_soon(store)
+            if now >= router.next_renewal_at:  # a pool is due for renewal (max_lifetime)
+                renew_soon(store)
             return result
-        # Down: its connections died, or it cannot make new ones. A pool that is merely busy
-        # (a timeout with no failure to connect) is not down: the read spills to the next target.
-        if not isinstance(error, PoolTimeout) or target.failures.error is not None:
+        # Down: its connections died, or it cannot make new ones (or waits on a credential provider
+        # that has not answered). A pool that is merely busy (a timeout with nothing failing) is not
+        # down: the read spills to the next target.
+        if not isinstance(error, PoolTimeout) or target.failures.cause(store.acquire_timeout / 2) is not None:
             router.mark_down(target, str(unavailable(store, error, target)))
             probe_soon(store)
     assert target is not None
@@ -167,7 +174,7 @@ def unavailable(store: AsyncFeatureStore, error: BaseException | None, target: R
     if error is None:
         return DatabaseUnavailableError(f"{target.name} is unavailable")
     return database_error(error, target.dsn, acquire_timeout=store.acquire_timeout,
-                          last_connect_error=target.failures.error)
+                          last_connect_error=target.failures.cause(store.acquire_timeout / 2))
 
 
 # -- rechecks of tables that cannot be served ----------------------------------------------------
@@ -222,10 +229,25 @@ def probe_soon(store: AsyncFeatureStore) -> None:
 
 
 async def probe_async(store: AsyncFeatureStore, target: ReadTarget) -> None:
-    """Is ``target`` serving? A fresh connection (through the credential provider) measures its lag;
-    if it answers, the pool's dead connections are replaced and the target is used again once
-    its pool has a live connection."""
+    """Probe ``target`` (``probe_once_async``); while it stays down, again every PROBE_INTERVAL
+    until it serves or the store closes. A target that is down is not left waiting for reads to
+    start probes: a read waits up to acquire_timeout on a pool that has no connection, and the
+    target comes back within a probe of the database (and the credential provider) answering."""
     router = store.router
+    try:
+        while router is not None and store.router is router:
+            await probe_once_async(store, router, target)
+            if not target.down:
+                return
+            await asyncio.sleep(PROBE_INTERVAL)  # sync: time.sleep(PROBE_INTERVAL)
+    finally:
+        target.probing = False
+
+
+async def probe_once_async(store: AsyncFeatureStore, router: Router, target: ReadTarget) -> None:
+    """Is ``target`` serving? A fresh connection (through the credential provider) measures its lag;
+    if it answers, the pool's dead connections are replaced (a pool with none left is renewed) and
+    the target is used again once its pool has a live connection."""
     try:
         conn = await connect_async(target.dsn, "pgfeatures-probe", store.connect_timeout,
                                    credentials=store.credentials, pooler=store.pooler)
@@ -234,8 +256,6 @@ async def probe_async(store: AsyncFeatureStore, target: ReadTarget) -> None:
             row = await cur.fetchone()
         finally:
             await conn.close()
-        if router is None:
-            return
         router.set_lag(target, row[0] if row else None)
         if target.down:
             await target.pool.check()
@@ -247,5 +267,16 @@ async def probe_async(store: AsyncFeatureStore, target: ReadTarget) -> None:
         target.reason = str(exc)
     except Exception:  # a probe must never take the store down; log and try again later
         logger.exception("pgfeatures: probe of %s failed", target.name)
-    finally:
-        target.probing = False
+
+
+# -- renewals of read pools at max_lifetime ------------------------------------------------------
+
+def renew_soon(store: AsyncFeatureStore) -> None:
+    """Start, in the background, the renewal of every read pool due for one (``max_lifetime``)."""
+    router = store.router
+    if router is None:
+        return
+    for target in router.due_for_renewal(time.monotonic()):
+        task = asyncio.ensure_future(renew_expiring_async(store, target))  # sync: threading.Thread(target=renew_expiring, args=(store, target), daemon=True).start()
+        store._probes.add(task)  # async-only
+        task.add_done_callback(store._probes.discard)  # async-only

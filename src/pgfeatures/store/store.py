@@ -63,10 +63,13 @@ from ..connections import (
     prepares,
     resolve_dsn,
 )
+from ..connections.credentials import DEFAULT_CREDENTIALS_TIMEOUT, with_deadline
 from ..definitions import Registry
 from ..errors import (
     DefinitionError,
+    ExtraNotInstalledError,
     LoadInterruptedError,
+    SchemaDriftError,
     StoreClosedError,
 )
 from ..reader import (
@@ -85,10 +88,18 @@ from .base import (
     ON_DRIFT,
     ReadTarget,
     Router,
+    Served,
     TableHealth,
     target_name,
 )
-from .opening import close_pools, find_materialized, first_inspection, open_pools, read_functions
+from .opening import (
+    close_pools,
+    find_materialized,
+    first_inspection,
+    open_pools,
+    prepare_everywhere,
+    read_functions,
+)
 from .reads import execute, execute_batch, run, select_one, unavailable
 from .writes import apply_updates, write_conn, write_pool
 
@@ -125,11 +136,16 @@ class FeatureStore:
       behind the primary is not read.
     - ``credentials``: a credential provider (see ``pgfeatures.connections.credentials``), called
       for every new connection; its password or parameters override the DSN's.
+      ``credentials_timeout``: seconds it may take to answer; past that the connection attempt
+      fails with CredentialsTimeoutError (the provider is asked again by the next attempt).
     - ``pooler``: ``"transaction"`` behind a transaction-mode pooler such as PgBouncer: no
       statement is ever prepared and no session setting made (slower: see README); ``"session"``
       or None: prepared statements, the fast path.
     - ``max_lifetime``: seconds after which a pooled connection is replaced (with jitter), so
-      rotating credentials are renewed in time and server-side connection caps are respected.
+      rotating credentials are renewed in time and server-side connection caps are respected. A
+      read pool is renewed whole: a new pool is filled (through the provider) while the old one
+      serves, then takes its place, so a renewal never makes a read wait or fail; a renewal that
+      cannot fill (provider or database failing) keeps the old connections and is tried again.
     - ``connect_timeout``: how long ``open`` and each new connection wait for the database;
       ``acquire_timeout``: how long a request waits for a pooled connection;
       ``reconnect_timeout``: how long a pool keeps retrying a lost connection before the next
@@ -161,6 +177,7 @@ class FeatureStore:
         read_fallback: bool = True,
         max_replica_lag: float | None = None,
         credentials: CredentialProvider | None = None,
+        credentials_timeout: float = DEFAULT_CREDENTIALS_TIMEOUT,
         pooler: str | None = None,
         max_lifetime: float = 1800.0,
         connect_timeout: float = 5.0,
@@ -173,14 +190,14 @@ class FeatureStore:
         read_application_name: str = READ_APP,
         write_application_name: str = WRITE_APP,
     ):
-        self.registry = registry if isinstance(registry, Registry) else Registry.from_toml(registry)
+        registry = registry if isinstance(registry, Registry) else Registry.from_toml(registry)
         self.dsn = dsn
         if isinstance(read_dsns, str):
             read_dsns = [read_dsns]
         self.read_dsns = tuple(dict.fromkeys([*read_dsns, *([read_dsn] if read_dsn else [])]))
         self.read_fallback = read_fallback
         self.max_replica_lag = max_replica_lag
-        self.credentials = credentials
+        self.credentials = with_deadline(credentials, credentials_timeout) if credentials is not None else None
         self.pooler = check_pooler(pooler)
         self._prepare = prepares(self.pooler)
         self.max_lifetime = max_lifetime
@@ -198,10 +215,10 @@ class FeatureStore:
         self.read_application_name = read_application_name
         self.write_application_name = write_application_name
         self.hot_keys = parse_keys(hot_keys)
-        self.readers = ReaderCache(self.registry, max_statements=reader_cache_size)
+        self.reader_cache_size = reader_cache_size
         self.extra_warm = list(warm)
-        self.warm_readers: list[Reader[Any] | BatchReader[Any]] = []
-        self.health = TableHealth(self.registry)
+        self._served = Served.new(registry, reader_cache_size)  # see ``reload``
+        self._reloading = threading.Lock()
         self.router: Router | None = None
         self.write_pool: ConnectionPool | None = None
         self.write_failures = ConnectFailures()
@@ -209,9 +226,34 @@ class FeatureStore:
         self._write_probe_at = 0.0
         self.ready = False
         self._probes: set[Any] = set()
-        self._via_functions: dict[bytes, Any] = {}
         if open or open is None:
             self.open()
+
+    # -- what it serves ------------------------------------------------------------------------------
+
+    @property
+    def registry(self) -> Registry:
+        """The definitions served now (``reload`` replaces them)."""
+        return self._served.registry
+
+    @property
+    def readers(self) -> ReaderCache:
+        """The compiled readers of the definitions served now."""
+        return self._served.readers
+
+    @property
+    def health(self) -> TableHealth:
+        return self._served.health
+
+    @property
+    def warm_readers(self) -> list[Reader[Any] | BatchReader[Any]]:
+        """The readers prepared on every read connection before it serves."""
+        return self._served.warm
+
+    @property
+    def fingerprint(self) -> str:
+        """The fingerprint of the definitions served now (``Registry.fingerprint``)."""
+        return self._served.fingerprint
 
     # -- compiled readers ---------------------------------------------------------------------------
 
@@ -225,20 +267,34 @@ class FeatureStore:
         """The compiled many-keys reader for this request shape (cached)."""
         return self.readers.batch_reader(tables, features)
 
-    def _service_readers(self) -> list[Reader[Features] | BatchReader[Features]]:
-        """Every feature service's single and batch readers, except those touching a broken table."""
-        out: list[Reader[Features] | BatchReader[Features]] = []
-        for name in self.registry.services:
-            reader = self.readers.service_reader(name, None, self.strategy)
-            if self.health.broken.isdisjoint(reader.tables):
-                out += [reader, self.readers.service_batch_reader(name, None)]
-        return out
+    def _warm_readers(self, served: Served) -> list[Reader[Any] | BatchReader[Any]]:
+        """What every read connection prepares for ``served``: the full read and batch of every table
+        that can be served, every feature service's single and batch readers (except those touching a
+        broken table), and the readers asked for (``warm``)."""
+        readers, broken = served.readers, served.health.broken
+        servable = _servable(served)
+        out: list[Reader[Any] | BatchReader[Any]] = []
+        if servable != []:  # every table broken (isolate): nothing to warm; each request names what is broken
+            out += [readers.reader(servable, None, self.strategy), readers.batch_reader(servable, None)]
+        for name in served.registry.services:
+            reader = readers.service_reader(name, None, self.strategy)
+            if broken.isdisjoint(reader.tables):
+                out += [reader, readers.service_batch_reader(name, None)]
+        return [*out, *self.extra_warm]
 
-    def _servable(self) -> list[str] | None:
-        """The tables to warm: every table, or (isolate) those that match their definitions."""
-        if not self.health.broken:
-            return None
-        return [t for t in self.registry.tables if t not in self.health.broken]
+    def _compile(self, router: Router, served: Served) -> Served:
+        """Make ``served`` ready to serve: its tables checked against the live catalog (SchemaDriftError
+        with ``on_drift="raise"``), its built materialized services found, its warm readers compiled
+        (and, behind a transaction-mode pooler, their functions found or created)."""
+        checks = first_inspection(self, router, served)
+        served.health.update(checks)
+        if served.health.broken and self.on_drift == "raise":
+            raise served.health.error(served.health.broken)
+        find_materialized(self, router, served)
+        served.warm = self._warm_readers(served)
+        if not self._prepare:
+            served.via_functions = read_functions(self, router, served)
+        return served
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -258,22 +314,40 @@ class FeatureStore:
         replicas = [ReadTarget(target_name(d, f"replica {i + 1}"), d, False) for i, d in enumerate(self.read_dsns)]
         primary = ReadTarget(target_name(dsn, "primary"), dsn, True) if not replicas or self.read_fallback else None
         router = Router(replicas, primary, self.max_replica_lag)
-        checks = first_inspection(self, router)
-        self.health.update(checks)
-        if self.health.broken and self.on_drift == "raise":
-            raise self.health.error(self.health.broken)
-        find_materialized(self, router)
-        servable = self._servable()
-        # Every table broken (isolate): nothing to warm; each request names what is broken.
-        table_readers: list[Reader[Features] | BatchReader[Features]] = [self.reader(servable), self.batch_reader(servable)] if servable != [] else []
-        self.warm_readers = [*table_readers, *self._service_readers(), *self.extra_warm]
-        if not self._prepare:
-            self._via_functions = read_functions(self, router)
+        self._served = self._compile(router, Served.new(self.registry, self.reader_cache_size))
         open_pools(self, router, dsn)
         self.router = router
+        servable = _servable(self._served)
         if self.hot_keys and servable != []:
             self.get_features_batch(self.hot_keys, servable)
         self.ready = True
+
+    def reload(self, registry: Registry | str | Path) -> str:
+        """Serve ``registry`` (a Registry, or the path of a TOML file) from now on, without closing.
+
+        The new definitions are compiled and checked against the live catalog, their materialized
+        services found, and their readers prepared on every idle read connection while the old ones
+        go on serving; then they are swapped in at once. Requests already running finish on the old
+        readers. Returns the new definitions' fingerprint.
+
+        Raises DefinitionError (a file that does not load), SchemaDriftError (a table or column of the
+        new definitions is missing or of another type, with ``on_drift="raise"``),
+        DatabaseUnavailableError, StoreClosedError: in every case the old definitions go on serving.
+        """
+        router = self.router
+        if router is None:
+            raise StoreClosedError("the store is not open: call open() or use it as a context manager")
+        if not isinstance(registry, Registry):
+            registry = Registry.from_toml(registry)
+        with self._reloading:
+            served = self._compile(router, Served.new(registry, self.reader_cache_size))
+            prepare_everywhere(self, router, served)
+            if self.router is not router:
+                raise StoreClosedError("the store closed while reloading its definitions")
+            old, self._served = self._served, served
+        if old.fingerprint != served.fingerprint:
+            logger.warning("pgfeatures: definitions reloaded: %s -> %s", old.fingerprint, served.fingerprint)
+        return served.fingerprint
 
     def close(self) -> None:
         """Close the pools; in-flight calls finish or fail with StoreClosedError. Closing twice is harmless."""
@@ -350,10 +424,32 @@ class FeatureStore:
         return self.read(self.reader(tables, features, strategy), key)
 
     def read(self, reader: Reader[T], key: Any) -> T:
-        """Run a compiled reader for one request's keys: one round-trip (N for ``sequential``). Raises as ``get_features``."""
-        if self._via_functions:
-            reader = self._via_functions.get(reader.statements[0], reader)
-        return run(self, execute, reader, reader.binder.one(key))
+        """Run a compiled reader for one request's keys: one round-trip (N for ``sequential``). Raises as ``get_features``.
+
+        A reader of a materialized service's serving rows whose rows cannot be read any more (the
+        service was rebuilt for another definition, or a table it reads was dropped) is never
+        answered from other rows: its statement fails, the service is read table by table from then
+        on, and this request is answered that way (one more round-trip, once)."""
+        params = reader.binder.one(key)
+        via = self._served.via_functions
+        if via:
+            reader = via.get(reader.statements[0], reader)
+        try:
+            return run(self, execute, reader, params)
+        except SchemaDriftError as exc:
+            if reader.fallback is None:
+                raise
+            fallback: Reader[T] = self._serving_rows_gone(reader, exc)
+        return self.read(fallback, key)
+
+    def _serving_rows_gone(self, reader: Reader[Any] | BatchReader[Any], exc: SchemaDriftError) -> Any:
+        """The flexible twin of a materialized reader whose serving rows cannot be read (see ``read``)."""
+        service = reader.selection.service or ""
+        if self.readers.demote(service):
+            logger.warning("pgfeatures: the serving rows of service %s cannot be read any more (%s): it is read table by "
+                           "table until they are rebuilt and the definitions reloaded", service, str(exc).strip())
+        assert reader.fallback is not None
+        return reader.fallback()
 
     def get_features_batch(
         self, keys: Any, tables: Iterable[str] | None = None, features: FeaturesArg = None
@@ -397,9 +493,16 @@ class FeatureStore:
         arrays = reader.binder.many(keys)
         if not arrays[0]:
             return []
-        if self._via_functions:
-            reader = self._via_functions.get(reader.statement, reader)
-        return run(self, execute_batch, reader, arrays)
+        via = self._served.via_functions
+        if via:
+            reader = via.get(reader.statement, reader)
+        try:
+            return run(self, execute_batch, reader, arrays)
+        except SchemaDriftError as exc:
+            if reader.fallback is None:
+                raise
+            fallback: BatchReader[T] = self._serving_rows_gone(reader, exc)
+        return self.read_batch(fallback, keys)
 
     def ping(self) -> None:
         """``SELECT 1`` through the read path (same targets, fallback and retry as a read).
@@ -426,8 +529,13 @@ class FeatureStore:
         """Bulk-load ``data`` (files, Arrow, pandas/polars) into ``table`` in one transaction; see
         ``pgfeatures.load.load`` for the sources, the options (LoadOptions fields and ``progress``) and
         the errors. A load whose connection was found dead before anything could commit is retried
-        once on a fresh connection when its source can be read again; otherwise the error says so."""
-        from ..load import load
+        once on a fresh connection when its source can be read again; otherwise the error says so.
+        Raises ExtraNotInstalledError without the load extra (numpy, pyarrow)."""
+        try:
+            from ..load import load
+        except ImportError as exc:  # the core install: psycopg only
+            raise ExtraNotInstalledError(f"write_features needs the load extra (module {exc.name or exc!r} is missing): "
+                                         "pip install 'pgfeatures[load]'") from None
 
         for attempt in (0, 1):
             try:
@@ -441,18 +549,19 @@ class FeatureStore:
         raise AssertionError("unreachable")
 
     def update_features(self, key: Any, table: str, values: Mapping[str, Any], *, nan: str = "reject",
-                              overwrite_newer: bool = False) -> UpdateCount:
+                              inf: str = "reject", overwrite_newer: bool = False) -> UpdateCount:
         """Upsert some or all features of one entity, in one round-trip (see write.py). Returns 1, or 0
         when the stored row is newer than the given ``updated_at`` (newest wins). Raises as
         ``update_features_batch``."""
-        return self.update_features_batch(table, [(key, values)], nan=nan, overwrite_newer=overwrite_newer)
+        return self.update_features_batch(table, [(key, values)], nan=nan, inf=inf, overwrite_newer=overwrite_newer)
 
-    def update_features_batch(self, table: str, rows: UpdateRows, *, nan: str = "reject",
+    def update_features_batch(self, table: str, rows: UpdateRows, *, nan: str = "reject", inf: str = "reject",
                                     overwrite_newer: bool = False) -> UpdateCount:
         """Upsert many entities (``{key: values}`` or ``(key, values)`` pairs) in one round-trip and one
         transaction. Returns the number of distinct keys written (an int), with ``.skipped``: keys whose
         stored row was newer than the row's ``updated_at`` and was kept (newest wins; pass
-        ``overwrite_newer=True`` to write them anyway).
+        ``overwrite_newer=True`` to write them anyway). NaN is refused unless ``nan="null"`` (written as
+        NULL), ±Infinity unless ``inf="keep"`` (written as it is; JSON answers carry it as "Infinity").
 
         Raises UnknownTableError, UnknownFeatureError, KeyFormatError, FeatureValueError before any
         I/O; ReadOnlyStoreError; DatabaseUnavailableError; SchemaDriftError. A pooled connection the
@@ -461,5 +570,12 @@ class FeatureStore:
         WriteOutcomeUnknownError (a DatabaseUnavailableError): it may or may not have been applied, and
         it is not sent again.
         """
-        plans = plan_updates(self.registry, table, rows, nan=nan, overwrite_newer=overwrite_newer)
+        plans = plan_updates(self.registry, table, rows, nan=nan, inf=inf, overwrite_newer=overwrite_newer)
         return apply_updates(self, plans)
+
+
+def _servable(served: Served) -> list[str] | None:
+    """The tables of ``served`` to warm: every table (None), or (isolate) those that match their definitions."""
+    if not served.health.broken:
+        return None
+    return [t for t in served.registry.tables if t not in served.health.broken]

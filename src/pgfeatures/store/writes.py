@@ -18,14 +18,16 @@ their documentation stay in ``store_async.py``; bulk loads are ``pgfeatures.load
 
 from __future__ import annotations
 
+import time
 import logging
+import random
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from ..connections import database_error, redact, went_away
-from ..errors import ReadOnlyStoreError, StoreClosedError, WriteOutcomeUnknownError
+from ..errors import ConflictError, ReadOnlyStoreError, StoreClosedError, WriteOutcomeUnknownError
 from ..write import UpdateCount
 from .opening import renew_write_pool
 
@@ -61,6 +63,10 @@ def upsert(conn: psycopg.Connection, plans: list[Any], prepare: bool) -> UpdateC
     try:
         with conn.pipeline():
             control.execute(b"BEGIN", prepare=False)
+            # The rows of all column sets locked first, in key order (the order every writer takes), so two
+            # such transactions never hold one key each while waiting for the other's.
+            locked = sorted({k for _, params in plans for k in params[0]})
+            control.execute(plans[0][0].lock_statement, (locked,), prepare=prepare)
             for cur, (upsert, params) in zip(cursors, plans):
                 cur.execute(upsert.statement, params, prepare=prepare)
             control.execute(b"COMMIT", prepare=False)
@@ -113,25 +119,37 @@ def _getconn(store: FeatureStore,
         except (PoolTimeout, PoolClosed) as exc:
             failure = exc
     raise database_error(failure, store.dsn or "", acquire_timeout=store.acquire_timeout,
-                         last_connect_error=store.write_failures.error) from None
+                         last_connect_error=store.write_failures.cause(store.acquire_timeout / 2)) from None
+
+
+CONFLICT_RETRIES = 3  # a live update rolled back by a deadlock or serialization failure is sent again this often
 
 
 def apply_updates(store: FeatureStore, plans: list[Any]) -> UpdateCount:
     """Apply the upsert ``plans`` through the store's write pool, on a connection known alive
     (``write_conn_async``). Sent once: a connection lost after the update was sent raises
     WriteOutcomeUnknownError (the server may have committed it; a resend could overwrite a newer
-    write made meanwhile). Raises as ``update_features_batch``."""
-    pool, conn = write_conn(store)
-    try:
-        return upsert(conn, plans, store._prepare)
-    except psycopg.OperationalError as exc:
-        if conn.broken:
-            raise WriteOutcomeUnknownError(
-                f"the connection to the primary {redact(store.dsn or '')} was lost after the update was sent "
-                f"({str(exc).strip()}): it may or may not have been applied, and was not sent again (read the "
-                "rows to know; a resend is harmless when the rows carry updated_at: newest wins)") from exc
-        raise database_error(exc, store.dsn or "") from exc
-    except psycopg.Error as exc:
-        raise database_error(exc, store.dsn or "") from exc
-    finally:
-        pool.putconn(conn)
+    write made meanwhile). An update PostgreSQL rolled back for a conflict with a concurrent write
+    (deadlock, serialization failure) certainly did not apply: it is sent again, up to
+    CONFLICT_RETRIES times after a short random pause, then raises ConflictError. Raises as
+    ``update_features_batch``."""
+    for attempt in range(CONFLICT_RETRIES + 1):
+        pool, conn = write_conn(store)
+        try:
+            return upsert(conn, plans, store._prepare)
+        except psycopg.OperationalError as exc:
+            if conn.broken:
+                raise WriteOutcomeUnknownError(
+                    f"the connection to the primary {redact(store.dsn or '')} was lost after the update was sent "
+                    f"({str(exc).strip()}): it may or may not have been applied, and was not sent again (read the "
+                    "rows to know; a resend is harmless when the rows carry updated_at: newest wins)") from exc
+            error = database_error(exc, store.dsn or "")
+        except psycopg.Error as exc:
+            error = database_error(exc, store.dsn or "")
+        finally:
+            pool.putconn(conn)
+        if not isinstance(error, ConflictError) or attempt == CONFLICT_RETRIES:
+            raise error
+        logger.info("pgfeatures: a live update was rolled back by a conflicting write (%s); sending it again", error)
+        time.sleep(random.uniform(0.002, 0.02) * (attempt + 1))
+    raise AssertionError("unreachable")

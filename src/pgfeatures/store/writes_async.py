@@ -16,14 +16,16 @@ their documentation stay in ``store_async.py``; bulk loads are ``pgfeatures.load
 
 from __future__ import annotations
 
+import asyncio  # sync: import time
 import logging
+import random
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from ..connections import database_error, redact, went_away
-from ..errors import ReadOnlyStoreError, StoreClosedError, WriteOutcomeUnknownError
+from ..errors import ConflictError, ReadOnlyStoreError, StoreClosedError, WriteOutcomeUnknownError
 from ..write import UpdateCount
 from .opening_async import renew_write_pool_async
 
@@ -59,6 +61,10 @@ async def upsert_async(conn: psycopg.AsyncConnection, plans: list[Any], prepare:
     try:
         async with conn.pipeline():
             await control.execute(b"BEGIN", prepare=False)
+            # The rows of all column sets locked first, in key order (the order every writer takes), so two
+            # such transactions never hold one key each while waiting for the other's.
+            locked = sorted({k for _, params in plans for k in params[0]})
+            await control.execute(plans[0][0].lock_statement, (locked,), prepare=prepare)
             for cur, (upsert, params) in zip(cursors, plans):
                 await cur.execute(upsert.statement, params, prepare=prepare)
             await control.execute(b"COMMIT", prepare=False)
@@ -111,25 +117,37 @@ async def _getconn_async(store: AsyncFeatureStore,
         except (PoolTimeout, PoolClosed) as exc:
             failure = exc
     raise database_error(failure, store.dsn or "", acquire_timeout=store.acquire_timeout,
-                         last_connect_error=store.write_failures.error) from None
+                         last_connect_error=store.write_failures.cause(store.acquire_timeout / 2)) from None
+
+
+CONFLICT_RETRIES = 3  # a live update rolled back by a deadlock or serialization failure is sent again this often
 
 
 async def apply_updates_async(store: AsyncFeatureStore, plans: list[Any]) -> UpdateCount:
     """Apply the upsert ``plans`` through the store's write pool, on a connection known alive
     (``write_conn_async``). Sent once: a connection lost after the update was sent raises
     WriteOutcomeUnknownError (the server may have committed it; a resend could overwrite a newer
-    write made meanwhile). Raises as ``update_features_batch``."""
-    pool, conn = await write_conn_async(store)
-    try:
-        return await upsert_async(conn, plans, store._prepare)
-    except psycopg.OperationalError as exc:
-        if conn.broken:
-            raise WriteOutcomeUnknownError(
-                f"the connection to the primary {redact(store.dsn or '')} was lost after the update was sent "
-                f"({str(exc).strip()}): it may or may not have been applied, and was not sent again (read the "
-                "rows to know; a resend is harmless when the rows carry updated_at: newest wins)") from exc
-        raise database_error(exc, store.dsn or "") from exc
-    except psycopg.Error as exc:
-        raise database_error(exc, store.dsn or "") from exc
-    finally:
-        await pool.putconn(conn)
+    write made meanwhile). An update PostgreSQL rolled back for a conflict with a concurrent write
+    (deadlock, serialization failure) certainly did not apply: it is sent again, up to
+    CONFLICT_RETRIES times after a short random pause, then raises ConflictError. Raises as
+    ``update_features_batch``."""
+    for attempt in range(CONFLICT_RETRIES + 1):
+        pool, conn = await write_conn_async(store)
+        try:
+            return await upsert_async(conn, plans, store._prepare)
+        except psycopg.OperationalError as exc:
+            if conn.broken:
+                raise WriteOutcomeUnknownError(
+                    f"the connection to the primary {redact(store.dsn or '')} was lost after the update was sent "
+                    f"({str(exc).strip()}): it may or may not have been applied, and was not sent again (read the "
+                    "rows to know; a resend is harmless when the rows carry updated_at: newest wins)") from exc
+            error = database_error(exc, store.dsn or "")
+        except psycopg.Error as exc:
+            error = database_error(exc, store.dsn or "")
+        finally:
+            await pool.putconn(conn)
+        if not isinstance(error, ConflictError) or attempt == CONFLICT_RETRIES:
+            raise error
+        logger.info("pgfeatures: a live update was rolled back by a conflicting write (%s); sending it again", error)
+        await asyncio.sleep(random.uniform(0.002, 0.02) * (attempt + 1))  # sync: time.sleep(random.uniform(0.002, 0.02) * (attempt + 1))
+    raise AssertionError("unreachable")

@@ -1,0 +1,551 @@
+"""The Feast online store backed by pgfeatures' narrow tables.
+
+``feature_store.yaml``::
+
+    online_store:
+      type: pgfeatures.feast.PgfeaturesOnlineStore
+      dsn: postgresql://feast@db/features     # default: $PGFEATURES_DSN, else the embedded server
+      pool_size: 4
+
+- ``feast apply`` (``update``) creates one pgfeatures table per feature view (see mapping.py),
+  in the schema ``db_schema`` (default: the Feast project's name); an existing table that
+  disagrees is reported as pgfeatures reports drift; removed views' tables are dropped.
+- Writes (``feast materialize``, ``push``, ``write_to_online_store``) go through pgfeatures'
+  bulk load: binary COPY into a stage, merged in one transaction, newest event time wins.
+- ``get_online_features`` reads every requested view for every entity row with one statement
+  and one round-trip; a view's ``ttl`` is enforced in that statement on the server's clock: an
+  expired row comes back as ``OUTSIDE_MAX_AGE`` with no value. The async methods are native
+  (``async_supported``), so ``feast serve`` calls them without a thread pool.
+
+The plugin keeps a pgfeatures store (sync, and one for the running event loop for async calls)
+whose definitions are every feature view it has seen; a view seen with a new definition reopens it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from feast import Entity as FeastEntity
+from feast import FeatureService as FeastFeatureService
+from feast import FeatureView, utils
+from feast.infra.online_stores.online_store import OnlineStore
+from feast.infra.supported_async_methods import SupportedAsyncMethods
+from feast.online_response import OnlineResponse
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.repo_config import FeastConfigBaseModel, RepoConfig
+from pydantic import StrictStr
+
+from ..connections import connect, load_provider, resolve_dsn
+from ..definitions import UPDATED_AT, Registry, check_identifier
+from ..errors import DefinitionError
+from ..reader import EXPIRED
+from ..schema import apply_schema, drop_tables
+from ..store import AsyncFeatureStore, FeatureStore
+from .keys import key_part, proto_key, proto_value
+from .mapping import PROTO_FIELDS, ViewLayout, registry_of, view_layout
+from .plan import RequestPlan, event_time, plan_request
+from .response import PRESENT, Column, PgfeaturesOnlineResponse, append_columns
+from .writes import arrow_batch, arrow_table
+
+STORE_TYPE = "pgfeatures.feast.PgfeaturesOnlineStore"
+
+
+class PgfeaturesOnlineStoreConfig(FeastConfigBaseModel):
+    """``online_store:`` settings. Every production option of a pgfeatures store is here; unknown
+    keys are refused by Feast's config check."""
+
+    type: StrictStr = STORE_TYPE
+    dsn: StrictStr | None = None  # default: $PGFEATURES_DSN, else the embedded server
+    db_schema: StrictStr | None = None  # default: the Feast project's name
+    pool_size: int = 4
+    write_pool_size: int = 2
+    read_dsn: StrictStr | None = None
+    read_dsns: list[StrictStr] = []
+    read_fallback: bool = True
+    max_replica_lag: float | None = None
+    credentials: StrictStr | None = None  # "module:callable", a pgfeatures credential provider
+    pooler: StrictStr | None = None  # "transaction" behind a transaction-mode pooler
+    max_lifetime: float = 1800.0
+    connect_timeout: float = 5.0
+    acquire_timeout: float = 5.0
+    text_key_length: int = 256  # the longest String join key value accepted
+
+
+def store_options(config: PgfeaturesOnlineStoreConfig) -> dict[str, Any]:
+    """pgfeatures store keyword arguments from the Feast config."""
+    return {
+        "dsn": config.dsn,
+        "pool_size": config.pool_size,
+        "write_pool_size": config.write_pool_size,
+        "read_dsns": tuple(config.read_dsns),
+        "read_dsn": config.read_dsn,
+        "read_fallback": config.read_fallback,
+        "max_replica_lag": config.max_replica_lag,
+        "credentials": load_provider(config.credentials) if config.credentials else None,
+        "pooler": config.pooler,
+        "max_lifetime": config.max_lifetime,
+        "connect_timeout": config.connect_timeout,
+        "acquire_timeout": config.acquire_timeout,
+        "on_drift": "isolate",  # a view not applied yet fails only the requests that touch it
+    }
+
+
+def schema_of(config: RepoConfig) -> str:
+    """The PostgreSQL schema of the project's tables. Raises DefinitionError naming the setting."""
+    name = config.online_store.db_schema or config.project
+    try:
+        return check_identifier("schema", name)
+    except DefinitionError as exc:
+        source = "online_store.db_schema" if config.online_store.db_schema else "the project name (set online_store.db_schema)"
+        raise DefinitionError(f"{source}: {exc}") from None
+
+
+def _request_context(registry: Any, project: str, features: Any, full_feature_names: bool) -> tuple[Any, ...] | None:
+    """Feast's own resolution of a request (cached by Feast until its registry refreshes), or None
+    when this Feast has no such function (then the generic path answers)."""
+    resolve = getattr(utils, "_get_cached_request_context", None)
+    if resolve is None:
+        return None
+    return resolve(registry, project, features, full_feature_names)
+
+
+def _columnar(entity_rows: Any) -> dict[str, Any]:
+    if isinstance(entity_rows, list):
+        columnar: dict[str, list[Any]] = {k: [] for k in entity_rows[0].keys()}
+        for row in entity_rows:
+            for key, value in row.items():
+                try:
+                    columnar[key].append(value)
+                except KeyError as exc:
+                    raise ValueError("All entity_rows must have the same keys.") from exc
+        return columnar
+    return dict(entity_rows)
+
+
+def _ddl_connection(config: RepoConfig) -> Any:
+    """One connection to the primary for ``feast apply`` / ``teardown`` (outside the pools)."""
+    settings = config.online_store
+    credentials = load_provider(settings.credentials) if settings.credentials else None
+    return connect(resolve_dsn(settings.dsn), "pgfeatures-feast-apply", settings.connect_timeout,
+                   credentials=credentials, pooler=settings.pooler)
+
+
+@dataclass
+class _Compiled:
+    """A request plan compiled for one pgfeatures store (sync or async) and one Feast resolution."""
+
+    context: tuple[Any, ...] | None
+    store: Any
+    plan: RequestPlan
+
+
+class PgfeaturesOnlineStore(OnlineStore):
+    """Feast's online store interface over pgfeatures (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._layouts: dict[str, ViewLayout] = {}
+        self._registry: Registry | None = None
+        self._generation = 0
+        self._sync: FeatureStore | None = None
+        self._sync_generation = -1
+        self._async: AsyncFeatureStore | None = None
+        self._async_generation = -1
+        self._async_loop: asyncio.AbstractEventLoop | None = None
+        self._async_lock: asyncio.Lock | None = None
+        self._compiled: dict[Any, _Compiled] = {}
+
+    @property
+    def async_supported(self) -> SupportedAsyncMethods:
+        return SupportedAsyncMethods(read=True, write=True)
+
+    # -- definitions and stores ---------------------------------------------------------------------
+
+    def _learn(self, config: RepoConfig, layouts: Sequence[ViewLayout]) -> tuple[Registry, int]:
+        """Add views to the definitions served (a changed view replaces its old definition)."""
+        with self._lock:
+            if self._registry is None or any(self._layouts.get(lay.table.name) != lay for lay in layouts):
+                merged = dict(self._layouts)
+                merged.update((lay.table.name, lay) for lay in layouts)
+                registry = registry_of(list(merged.values()), schema_of(config))
+                self._layouts, self._registry = merged, registry
+                self._generation += 1
+            return self._registry, self._generation
+
+    def _layout(self, config: RepoConfig, view: Any) -> ViewLayout:
+        return view_layout(view, config.online_store.text_key_length)
+
+    def _sync_store(self, config: RepoConfig, layouts: Sequence[ViewLayout]) -> FeatureStore:
+        registry, generation = self._learn(config, layouts)
+        store = self._sync
+        if store is not None and self._sync_generation == generation:
+            return store
+        with self._lock:
+            if self._sync is not None and self._sync_generation == generation:
+                return self._sync
+            new = FeatureStore(registry, **store_options(config.online_store))
+            old, self._sync, self._sync_generation = self._sync, new, generation
+        if old is not None:
+            old.close()
+        return new
+
+    async def _async_store(self, config: RepoConfig, layouts: Sequence[ViewLayout]) -> AsyncFeatureStore:
+        registry, generation = self._learn(config, layouts)
+        loop = asyncio.get_running_loop()
+        if self._async is not None and self._async_loop is loop and self._async_generation == generation:
+            return self._async
+        if self._async_loop is not loop or self._async_lock is None:
+            # A store's pools belong to the loop that opened them; a new loop gets its own store.
+            self._async, self._async_loop, self._async_lock, self._async_generation = None, loop, asyncio.Lock(), -1
+        async with self._async_lock:
+            if self._async is not None and self._async_generation == generation:
+                return self._async
+            new = AsyncFeatureStore(registry, **store_options(config.online_store))
+            await new.open()
+            old, self._async, self._async_generation = self._async, new, generation
+        if old is not None:
+            await old.close()
+        return new
+
+    def _forget(self, names: Sequence[str]) -> None:
+        with self._lock:
+            for name in names:
+                self._layouts.pop(name, None)
+            self._registry = None
+            self._generation += 1
+            self._compiled.clear()
+
+    # -- reads --------------------------------------------------------------------------------------
+
+    def _fast_context(self, registry: Any, project: str, features: Any, full_feature_names: bool,
+                      include_metadata: bool) -> tuple[Any, ...] | None:
+        """Feast's resolution of the request when the one-statement fast path can answer it whole:
+        plain feature views only (no on-demand views, request data, entityless views, versions,
+        renamed join keys)."""
+        if include_metadata:
+            return None
+        context = _request_context(registry, project, features, full_feature_names)
+        if context is None:
+            return None
+        _, odfvs, _, _, _, grouped_refs, _, request_data, entityless = context
+        if odfvs or request_data or entityless or not grouped_refs:
+            return None
+        for view, _ in grouped_refs:
+            projection = view.projection
+            if getattr(projection, "join_key_map", None) or getattr(projection, "version_tag", None) is not None:
+                return None
+        return context
+
+    def _plan(self, config: RepoConfig, grouped_refs: Sequence[tuple[Any, Sequence[str]]], full_feature_names: bool
+              ) -> tuple[list[ViewLayout], Callable[[Any], RequestPlan]]:
+        layouts = [self._layout(config, view) for view, _ in grouped_refs]
+        by_name = {lay.table.name: lay for lay in layouts}
+
+        def compile_for(store: Any) -> RequestPlan:
+            plan = plan_request(grouped_refs, by_name, full_feature_names)
+            for group in plan.groups:
+                group.reader = store.batch_reader([t.table for t in group.tables], group.features)
+            plan.feature_types = OnlineStore._build_feature_types(list(grouped_refs))
+            return plan
+
+        return layouts, compile_for
+
+    def _cached(self, key: Any, context: tuple[Any, ...], store: Any) -> RequestPlan | None:
+        compiled = self._compiled.get(key)
+        if compiled is not None and compiled.context is context and compiled.store is store:
+            return compiled.plan
+        return None
+
+    def _fast_request(self, context: tuple[Any, ...], plan: RequestPlan, entity_rows: Any
+                      ) -> tuple[list[Column], dict[str, list[Any]], int] | None:
+        """The join-key columns (echoed as Feast echoes them) and the request's key values, or None
+        when the request needs Feast's generic path (entity names for join keys, proto values,
+        missing join keys: Feast's own checks and errors)."""
+        name_to_join_key = context[2]
+        columns = _columnar(entity_rows)
+        request: dict[str, list[Any]] = {}
+        echo: list[Column] = []
+        n = -1
+        for name, values in columns.items():
+            if name in plan.join_keys:
+                if not isinstance(values, Sequence) or isinstance(values, (str, bytes)):
+                    return None
+                values = list(values)
+                if values and isinstance(values[0], ValueProto):
+                    return None
+                if n == -1:
+                    n = len(values)
+                elif len(values) != n:
+                    raise ValueError("All entity rows must have the same columns.")
+                kind = plan.join_keys[name]
+                normal = [key_part(name, kind, v) for v in values]
+                request[name] = normal
+                echo.append(Column(name, kind, normal, [PRESENT] * n, [0] * n))
+            elif name in name_to_join_key:
+                return None
+        if len(request) != len(plan.join_keys) or n <= 0:
+            return None
+        return echo, request, n
+
+    def get_online_features(self, config: RepoConfig, features: Any, entity_rows: Any, registry: Any, project: str,
+                            full_feature_names: bool = False, include_feature_view_version_metadata: bool = False,
+                            ) -> OnlineResponse:
+        """Every requested view for every entity row in one statement (see the module docstring)."""
+        context = self._fast_context(registry, project, features, full_feature_names, include_feature_view_version_metadata)
+        if context is not None:
+            key = ("sync", features.name if isinstance(features, FeastFeatureService) else tuple(features), project,
+                   full_feature_names)
+            store = self._sync
+            plan = self._cached(key, context, store) if store is not None and self._sync_generation == self._generation else None
+            if plan is None:
+                layouts, compile_for = self._plan(config, context[5], full_feature_names)
+                store = self._sync_store(config, layouts)
+                plan = compile_for(store)
+                self._compiled[key] = _Compiled(context, store, plan)
+            request = self._fast_request(context, plan, entity_rows)
+            if request is not None:
+                echo, values, n = request
+                assert store is not None
+                found = self._execute(store, plan, values, n)
+                return PgfeaturesOnlineResponse(echo + [found[name] for name in plan.order], plan.feature_types)
+        return super().get_online_features(config, features, entity_rows, registry, project, full_feature_names,
+                                           include_feature_view_version_metadata)
+
+    async def get_online_features_async(self, config: RepoConfig, features: Any, entity_rows: Any, registry: Any,
+                                        project: str, full_feature_names: bool = False,
+                                        include_feature_view_version_metadata: bool = False) -> OnlineResponse:
+        """``get_online_features`` on the asyncio store: one statement, no thread."""
+        context = self._fast_context(registry, project, features, full_feature_names, include_feature_view_version_metadata)
+        if context is not None:
+            key = ("async", features.name if isinstance(features, FeastFeatureService) else tuple(features), project,
+                   full_feature_names)
+            store = self._async
+            current = (store is not None and self._async_generation == self._generation
+                       and self._async_loop is asyncio.get_running_loop())
+            plan = self._cached(key, context, store) if current else None
+            if plan is None:
+                layouts, compile_for = self._plan(config, context[5], full_feature_names)
+                store = await self._async_store(config, layouts)
+                plan = compile_for(store)
+                self._compiled[key] = _Compiled(context, store, plan)
+            request = self._fast_request(context, plan, entity_rows)
+            if request is not None:
+                echo, values, n = request
+                assert store is not None
+                found = await self._execute_async(store, plan, values, n)
+                return PgfeaturesOnlineResponse(echo + [found[name] for name in plan.order], plan.feature_types)
+        return await super().get_online_features_async(config, features, entity_rows, registry, project,
+                                                        full_feature_names, include_feature_view_version_metadata)
+
+    @staticmethod
+    def _execute(store: FeatureStore, plan: RequestPlan, request: Mapping[str, Sequence[Any]], n: int) -> dict[str, Column]:
+        out: dict[str, Column] = {}
+        for group in plan.groups:
+            keys, rows = group.keys(request, n)
+            assert group.reader is not None
+            results = store.read_batch(group.reader, keys) if next(iter(keys.values())) else []
+            out.update(group.columns(results, rows, n))
+        return out
+
+    @staticmethod
+    async def _execute_async(store: AsyncFeatureStore, plan: RequestPlan, request: Mapping[str, Sequence[Any]],
+                             n: int) -> dict[str, Column]:
+        out: dict[str, Column] = {}
+        for group in plan.groups:
+            keys, rows = group.keys(request, n)
+            assert group.reader is not None
+            results = await store.read_batch(group.reader, keys) if next(iter(keys.values())) else []
+            out.update(group.columns(results, rows, n))
+        return out
+
+    @staticmethod
+    def _generic_request(plan: RequestPlan, join_key_values: Mapping[str, Sequence[Any]]) -> tuple[dict[str, list[Any]], int]:
+        request = {col: [proto_value(v) if isinstance(v, ValueProto) else v for v in join_key_values[col]]
+                   for col in plan.join_keys}
+        n = len(next(iter(join_key_values.values()))) if join_key_values else 0
+        return request, n
+
+    @staticmethod
+    def _fill(plan: RequestPlan, found: Mapping[str, Column], response: Any, grouped_refs: Sequence[Any],
+              include_metadata: bool) -> None:
+        append_columns(response, [found[name] for name in plan.order])
+        if include_metadata:
+            existing = {m.name for m in response.metadata.feature_view_metadata}
+            for view, _ in grouped_refs:
+                name = view.projection.name_alias or view.projection.name
+                if name not in existing:
+                    meta = response.metadata.feature_view_metadata.add()
+                    meta.name = name
+                    meta.version = getattr(view, "current_version_number", 0) or 0
+                    existing.add(name)
+
+    def _read_features_per_fv(self, config: RepoConfig, grouped_refs: list[Any], join_key_values: dict[str, Any],
+                              entity_name_to_join_key_map: dict[str, str], online_features_response: Any,
+                              full_feature_names: bool, include_feature_view_version_metadata: bool) -> None:
+        """Feast's generic path (on-demand views, request data, ...): still one statement for all views."""
+        layouts, compile_for = self._plan(config, grouped_refs, full_feature_names)
+        store = self._sync_store(config, layouts)
+        plan = compile_for(store)
+        request, n = self._generic_request(plan, join_key_values)
+        found = self._execute(store, plan, request, n)
+        self._fill(plan, found, online_features_response, grouped_refs, include_feature_view_version_metadata)
+
+    async def _read_features_per_fv_async(self, config: RepoConfig, grouped_refs: list[Any], join_key_values: dict[str, Any],
+                                          entity_name_to_join_key_map: dict[str, str], online_features_response: Any,
+                                          full_feature_names: bool, include_feature_view_version_metadata: bool) -> None:
+        layouts, compile_for = self._plan(config, grouped_refs, full_feature_names)
+        store = await self._async_store(config, layouts)
+        plan = compile_for(store)
+        request, n = self._generic_request(plan, join_key_values)
+        found = await self._execute_async(store, plan, request, n)
+        self._fill(plan, found, online_features_response, grouped_refs, include_feature_view_version_metadata)
+
+    def _online_read_plan(self, config: RepoConfig, table: FeatureView, entity_keys: Sequence[EntityKeyProto],
+                          requested_features: Sequence[str] | None) -> tuple[ViewLayout, list[str], list[Any]]:
+        layout = self._layout(config, table)
+        names = list(requested_features) if requested_features else list(layout.table.feature_names)
+        keys = [proto_key(layout.keys, k) for k in entity_keys]
+        return layout, names, keys
+
+    @staticmethod
+    def _online_rows(layout: ViewLayout, names: Sequence[str], keys: Sequence[Any], results: Sequence[Any]
+                     ) -> list[tuple[datetime | None, dict[str, ValueProto] | None]]:
+        fields = dict(layout.feature_types)
+        found = iter(results)
+        out: list[tuple[datetime | None, dict[str, ValueProto] | None]] = []
+        t = layout.table.name
+        for key in keys:
+            res = None if key is None else next(found)
+            values = None if res is None else res[t]
+            if res is None or values is None or (layout.table.ttl is not None and res.status[t] == EXPIRED):
+                out.append((None, None))
+                continue
+            seconds, nanos = event_time(values[UPDATED_AT])
+            stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).replace(microsecond=nanos // 1000)
+            out.append((stamp, {n: ValueProto() if values[n] is None else ValueProto(**{PROTO_FIELDS[fields[n]]: values[n]})
+                                for n in names}))
+        return out
+
+    def online_read(self, config: RepoConfig, table: FeatureView, entity_keys: list[EntityKeyProto],
+                    requested_features: list[str] | None = None) -> list[tuple[datetime | None, dict[str, ValueProto] | None]]:
+        """One view's rows for some entity keys (an expired row reads as not found)."""
+        layout, names, keys = self._online_read_plan(config, table, entity_keys, requested_features)
+        store = self._sync_store(config, [layout])
+        given = [k for k in keys if k is not None]
+        results = store.get_features_batch({layout.keys.entity.name: given}, [layout.table.name],
+                                           {layout.table.name: [*names, UPDATED_AT]}) if given else []
+        return self._online_rows(layout, names, keys, results)
+
+    async def online_read_async(self, config: RepoConfig, table: FeatureView, entity_keys: list[EntityKeyProto],
+                                requested_features: list[str] | None = None
+                                ) -> list[tuple[datetime | None, dict[str, ValueProto] | None]]:
+        layout, names, keys = self._online_read_plan(config, table, entity_keys, requested_features)
+        store = await self._async_store(config, [layout])
+        given = [k for k in keys if k is not None]
+        results = await store.get_features_batch({layout.keys.entity.name: given}, [layout.table.name],
+                                                 {layout.table.name: [*names, UPDATED_AT]}) if given else []
+        return self._online_rows(layout, names, keys, results)
+
+    # -- writes -------------------------------------------------------------------------------------
+
+    def online_write_batch(self, config: RepoConfig, table: FeatureView,
+                           data: list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]],
+                           progress: Callable[[int], Any] | None) -> None:
+        """One bulk load (COPY, one transaction, newest event time wins) of Feast's batch."""
+        layout = self._layout(config, table)
+        batch = arrow_batch(layout, data)
+        if batch.num_rows:
+            self._sync_store(config, [layout]).write_features(layout.table.name, batch)
+        if progress:
+            progress(len(data))
+
+    async def online_write_batch_async(self, config: RepoConfig, table: FeatureView,
+                                       data: list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]],
+                                       progress: Callable[[int], Any] | None) -> None:
+        layout = self._layout(config, table)
+        batch = arrow_batch(layout, data)
+        if batch.num_rows:
+            store = await self._async_store(config, [layout])
+            await store.write_features(layout.table.name, batch)
+        if progress:
+            progress(len(data))
+
+    def write_arrow(self, config: RepoConfig, table: FeatureView, data: Any) -> None:
+        """Write the offline store's Arrow table of a view (its join keys, features and timestamp field)
+        in one bulk load, with no protobuf per value: what PgfeaturesComputeEngine's materialization calls."""
+        layout = self._layout(config, table)
+        source = table.batch_source
+        if source is None:
+            raise DefinitionError(f"feature view {table.name!r} has no batch source to materialize from")
+        batch = arrow_table(layout, data, source.timestamp_field)
+        if batch.num_rows:
+            self._sync_store(config, [layout]).write_features(layout.table.name, batch)
+
+    # -- definitions: feast apply / teardown --------------------------------------------------------
+
+    def update(self, config: RepoConfig, tables_to_delete: Sequence[FeatureView], tables_to_keep: Sequence[FeatureView],
+               entities_to_delete: Sequence[FeastEntity], entities_to_keep: Sequence[FeastEntity], partial: bool) -> None:
+        """Create the tables of ``tables_to_keep`` (existing ones are checked for drift) and drop those of
+        ``tables_to_delete``, in one transaction. Every view is checked before anything is created:
+        DefinitionError names the view and the field that pgfeatures cannot store."""
+        keep = [self._layout(config, view) for view in tables_to_keep]
+        dropped = [view.name for view in tables_to_delete]
+        schema = schema_of(config)
+        with self._lock:
+            served = dict(self._layouts) if partial else {}
+        for name in dropped:
+            served.pop(name, None)
+        served.update((lay.table.name, lay) for lay in keep)
+        registry_of(list(served.values()), schema)  # every view together: join keys typed alike
+        created = registry_of(keep, schema)
+        self._close_stores()
+        with _ddl_connection(config) as conn, conn.transaction():
+            drop_tables(conn, schema, dropped)
+            apply_schema(conn, created)
+        with self._lock:
+            self._layouts = served
+            self._registry = None
+            self._generation += 1
+            self._compiled.clear()
+
+    def teardown(self, config: RepoConfig, tables: Sequence[FeatureView], entities: Sequence[FeastEntity]) -> None:
+        """Drop the views' tables."""
+        names = [view.name for view in tables]
+        self._close_stores()
+        schema = schema_of(config)
+        with _ddl_connection(config) as conn, conn.transaction():
+            drop_tables(conn, schema, names)
+        self._forget(names)
+
+    def _close_stores(self) -> None:
+        with self._lock:
+            sync, self._sync, self._sync_generation = self._sync, None, -1
+        if sync is not None:
+            sync.close()
+        # An async store is closed on its own loop (close()); here it is only let go.
+        self._async, self._async_generation = None, -1
+
+    async def close(self) -> None:
+        """Close the pools (Feast's server calls this at shutdown)."""
+        store, loop = self._async, self._async_loop
+        self._async, self._async_generation, self._async_loop, self._async_lock = None, -1, None, None
+        if store is not None and loop is asyncio.get_running_loop():  # a finished loop's pools went with it
+            await store.close()
+        self._close_stores()
+
+    # -- what pgfeatures does not do ----------------------------------------------------------------
+
+    def retrieve_online_documents(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("pgfeatures stores no vector features (it stores Float32, Float64, Int32, Int64 and "
+                                  "Bool columns), so it has no document retrieval: use an online store with vector search")
+
+    def retrieve_online_documents_v2(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("pgfeatures stores no vector features (it stores Float32, Float64, Int32, Int64 and "
+                                  "Bool columns), so it has no nearest-neighbour read: use an online store with vector search")
+
