@@ -23,14 +23,17 @@ def serve_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("PGFEATURES_", "PROMETHEUS_MULTIPROC_DIR"))}
 
 
-def test_a_port_in_use_is_one_error_line_and_its_exit_code(dsn: str) -> None:
+def test_a_port_in_use_is_one_error_line_and_its_exit_code(dsn: str, tmp_path: Path) -> None:
     """Before: the banner, uvicorn's '[Errno 98] address already in use' and exit 3 ('database not running')."""
+    definitions = tmp_path / "features.toml"
+    definitions.write_text('schema = "startup"\n[tables.t.features]\nf = "real"\n')
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         done = subprocess.run([sys.executable, "-m", "pgfeatures.cli", "serve", "--port", str(port), "--dsn", dsn,
-                               "--no-prewarm"], env=serve_env(), capture_output=True, text=True, timeout=60)
+                               "-d", str(definitions), "--no-prewarm"], env=serve_env(), capture_output=True, text=True,
+                              timeout=60)
     assert done.returncode == EXIT_CANNOT_LISTEN, (done.returncode, done.stdout, done.stderr)
     assert done.stdout == "", "the banner was printed although nothing can be served"
     lines = done.stderr.splitlines()
