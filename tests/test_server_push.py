@@ -100,6 +100,13 @@ def test_newest_wins_unless_overwrite_newer(client: httpx.Client, dsn: str) -> N
     assert metric(metrics, "pgfeatures_db_duration_seconds_count", kind="push") == 3
 
 
+def test_an_empty_push_writes_nothing(client: httpx.Client) -> None:
+    """Found by the strict fuzz test after a merge: no rows was an IndexError in the write path (a 500)."""
+    for table in ("user_stats", "legacy"):
+        r = client.post(f"/v1/push/{table}", json={"rows": [], "overwrite_newer": True})
+        assert r.status_code == 200 and r.json() == {"written": 0, "skipped": 0}, r.text
+
+
 def test_integral_numbers_with_a_fraction_are_integers(client: httpx.Client) -> None:
     """OpenAPI's ``integer`` takes 800.0: so does a push, for keys and for integer features."""
     r = client.post("/v1/push/user_stats", json={"rows": [{"key": 800.0, "features": {"clicks_7d": 8.0}},

@@ -133,6 +133,8 @@ def apply_updates(store: FeatureStore, plans: list[Any]) -> UpdateCount:
     (deadlock, serialization failure) certainly did not apply: it is sent again, up to
     CONFLICT_RETRIES times after a short random pause, then raises ConflictError. Raises as
     ``update_features_batch``."""
+    if not plans:  # no rows: nothing to send (and no plan to take the lock statement from)
+        return UpdateCount(0)
     for attempt in range(CONFLICT_RETRIES + 1):
         pool, conn = write_conn(store)
         try:

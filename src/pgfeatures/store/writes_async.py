@@ -131,6 +131,8 @@ async def apply_updates_async(store: AsyncFeatureStore, plans: list[Any]) -> Upd
     (deadlock, serialization failure) certainly did not apply: it is sent again, up to
     CONFLICT_RETRIES times after a short random pause, then raises ConflictError. Raises as
     ``update_features_batch``."""
+    if not plans:  # no rows: nothing to send (and no plan to take the lock statement from)
+        return UpdateCount(0)
     for attempt in range(CONFLICT_RETRIES + 1):
         pool, conn = await write_conn_async(store)
         try:
