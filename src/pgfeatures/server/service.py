@@ -83,6 +83,7 @@ WarmupHook = Callable[[AsyncFeatureStore], Awaitable[object]]
 T = TypeVar("T")
 P = TypeVar("P")  # a plan: Float32Plan, VectorPlan
 
+
 class Readiness(NamedTuple):
     """What ``/readyz`` says: ``reason`` is a class (``ready``, ``warming_up``, ``shutting_down``, or the
     error type a read would get: ``database_unavailable``, ``database_auth_failed``, ``query_timeout``,
@@ -95,6 +96,7 @@ class Readiness(NamedTuple):
 
 
 READY = Readiness(True, "ready", "ready")
+
 PLANS_KEPT = 256  # request shapes whose Float32Plan is kept
 HEALTHY_FOR = 1.0  # seconds a successful read (or probe) vouches for the database
 PROBE_TIMEOUT = 1.0  # an orchestrator's probe typically times out at 1 s
