@@ -65,7 +65,7 @@ def test_a_defined_but_uncreated_table_is_named_not_warming_up_forever(conn, sch
         assert "column f9 (real) is missing" in ready["broken_tables"]["t01"][0]
         assert client.post("/v1/features", json={"key": KEY, "tables": ["t00"]}).status_code == 200
         drifted = client.post("/v1/features", json={"key": KEY, "tables": ["t01"]})
-        assert drifted.status_code == 500 and "pgfeatures init" in drifted.json()["error"]["message"]
+        assert drifted.status_code == 500 and "pgfeatures apply" in drifted.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("pool_size", [4, 16])
