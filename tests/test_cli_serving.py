@@ -248,7 +248,7 @@ def test_init_on_a_table_it_did_not_create_reports_it_fits(defs, dsn, conn, sche
     """A table made by hand, keyed by the column the definitions name (uid, a primary key under
     its own constraint name, no CHECK, no default for updated_at), fits; init creates the rest."""
     conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    conn.execute(sql.SQL("CREATE TABLE {} (uid bigint NOT NULL, clicks integer, ctr real, updated_at integer, "
+    conn.execute(sql.SQL("CREATE TABLE {} (uid bigint NOT NULL, clicks integer, ctr real, updated_at timestamptz, "
                          "CONSTRAINT mine PRIMARY KEY (uid))").format(sql.Identifier(schema, "user_stats")))
     done = cli("init", "--dsn", dsn, "-d", defs, "--json")
     assert done.returncode == 0, done.stderr
@@ -335,6 +335,6 @@ def test_load_overwrite_newer(loaded, dsn, defs, tmp_path, conn):
     done = cli("load", "user_stats", str(data), "--key-column", "uid", "--overwrite-newer", "--dsn", dsn, "-d", defs,
                "-q", "--json")
     assert done.returncode == 0, done.stderr
-    stored = conn.execute(sql.SQL("SELECT clicks, updated_at FROM {} WHERE uid = 42").format(
+    stored = conn.execute(sql.SQL("SELECT clicks, extract(epoch FROM updated_at)::int8 FROM {} WHERE uid = 42").format(
         sql.Identifier(loaded.schema, "user_stats"))).fetchone()
     assert stored == (100, 1000)

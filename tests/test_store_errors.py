@@ -307,13 +307,13 @@ def test_the_alter_given_for_a_missing_updated_at_gives_it_as_init_creates_it(co
         FeatureStore(registry, dsn, pool_size=1, write_pool_size=0)
     [alter] = [part for part in str(caught.value).split("; ") if "ADD COLUMN" in part]
     alter = alter[alter.index("ALTER TABLE"):]
-    assert alter == (f'ALTER TABLE "{schema}"."t00" ADD COLUMN "updated_at" integer NOT NULL '
-                     "DEFAULT (extract(epoch from now()))::integer")
+    assert alter == f'ALTER TABLE "{schema}"."t00" ADD COLUMN "updated_at" timestamptz NOT NULL DEFAULT now()'
     conn.execute(alter)
     with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as store:
         assert store.get_features(KEY) == {"t00": {"f0": 1.5}}
         assert store.update_features(KEY, "t00", {"f0": 2.5, "updated_at": 1}) == 0  # the stored row is newer
-        assert store.update_features(KEY, "t00", {"f0": 3.5, "updated_at": 2**31 - 1}) == 1  # a NULL stamp would skip it
+        server_now = conn.execute("SELECT now()").fetchone()[0]
+        assert store.update_features(KEY, "t00", {"f0": 3.5, "updated_at": server_now}) == 1  # a NULL stamp would skip it
         assert store.get_features(KEY) == {"t00": {"f0": 3.5}}
 
 

@@ -30,6 +30,7 @@ translates them, e.g. with ``pgfeatures.connections.database_error``).
 
 from __future__ import annotations
 
+import datetime
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,8 +65,8 @@ def _freshness_sql(schema: str, table: str, count: bool, newest: bool) -> sql.Co
     ident = sql.Identifier(schema, table)
     counted = sql.SQL("CASE WHEN pg_relation_size({}::regclass) < {} THEN (SELECT count(*) FROM {}) END").format(
         sql.Literal(ident.as_string(None)), sql.Literal(COUNT_BELOW_BYTES), ident) if count else sql.SQL("NULL::int8")
-    top = sql.SQL("(SELECT max({}) FROM {})").format(sql.Identifier(UPDATED_AT), ident) if newest else sql.SQL("NULL::int8")
-    return sql.SQL("SELECT {}, {}, extract(epoch FROM clock_timestamp())::float8").format(counted, top)
+    top = sql.SQL("(SELECT max({}) FROM {})").format(sql.Identifier(UPDATED_AT), ident) if newest else sql.SQL("NULL::timestamptz")
+    return sql.SQL("SELECT {}, {}, clock_timestamp()").format(counted, top)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class TableInfo:
     exists: bool
     rows: int | None = None
     rows_source: str | None = None
-    newest_updated_at: int | None = None
+    newest_updated_at: datetime.datetime | None = None  # aware, UTC
     newest_age: float | None = None
     newest_note: str | None = None
     newest_seconds: float | None = None  # what finding max(updated_at) took (client-measured)
@@ -198,7 +199,8 @@ def tables(conn: psycopg.Connection, registry: Registry, *, timeout: float = DEF
                         if top is None:
                             info.update(newest_note="the table is empty")
                         else:
-                            info.update(newest_updated_at=int(top), newest_age=round(now - top, 3))
+                            info.update(newest_updated_at=top.astimezone(datetime.timezone.utc),
+                                        newest_age=round((now - top).total_seconds(), 3))
             if "rows" not in info and live:
                 info.update(rows=int(live), rows_source="pg_stat_user_tables")
         entity = table.entity

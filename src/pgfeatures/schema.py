@@ -16,8 +16,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .definitions import KEY_LENGTH, UPDATED_AT, FeatureTable, Registry
+from .definitions import EVENT_TIME, KEY_LENGTH, UPDATED_AT, FeatureTable, Registry
 from .errors import SchemaDriftError
+
+LEGACY_EVENT_TIME = "integer"  # updated_at as older versions made it: epoch seconds, up to 2038
 
 
 def qualified(registry_or_schema: Registry | str, table: FeatureTable | str) -> sql.Identifier:
@@ -49,9 +51,28 @@ def column_definitions(table: FeatureTable) -> dict[str, sql.Composed]:
     return {
         table.key_column: key_column_sql(table),
         **{f.name: sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(f.type.name)) for f in table.features},
-        UPDATED_AT: sql.SQL("{} integer NOT NULL DEFAULT (extract(epoch from now()))::integer").format(
-            sql.Identifier(UPDATED_AT)),
+        UPDATED_AT: sql.SQL("{} timestamptz NOT NULL DEFAULT now()").format(sql.Identifier(UPDATED_AT)),
     }
+
+
+def event_time_micros_sql(expr: sql.Composable) -> sql.Composed:
+    """``expr`` (a timestamptz) as int8 epoch microseconds: how event time travels to readers and
+    into the ``ts`` entries of serving rows. Exact (``extract`` is numeric); a row's ``updated_at``
+    of ``infinity`` has no such number and fails the statement (pgfeatures never writes one)."""
+    return sql.SQL("(extract(epoch FROM {}) * 1000000)::int8").format(expr)
+
+
+def migrate_event_time_sql(schema: str, table: FeatureTable | str) -> list[sql.Composed]:
+    """The statements that turn a legacy ``updated_at integer`` (epoch seconds, as versions before
+    event time made it) into ``timestamptz``, values kept (``to_timestamp``), default ``now()``.
+
+    One ``ALTER TABLE``: it rewrites the table (and rebuilds its indexes) under an ACCESS EXCLUSIVE
+    lock, so readers and writers of the table wait for it. Maintenance triggers of materialized
+    services made before it still compute ``ts`` in seconds: rebuild those services afterwards
+    (``pgfeatures materialize``; their layouts are stale anyway, see ``LAYOUT_FORMAT``)."""
+    col = sql.Identifier(UPDATED_AT)
+    return [sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT, ALTER COLUMN {} TYPE timestamptz USING "
+                    "to_timestamp({}), ALTER COLUMN {} SET DEFAULT now()").format(qualified(schema, table), col, col, col, col)]
 
 
 def create_table_sql(schema: str, table: FeatureTable) -> sql.Composed:
@@ -151,7 +172,8 @@ def table_exists(conn: psycopg.Connection, schema: str, table: str) -> bool:
 
 def expected_columns(table: FeatureTable) -> dict[str, str]:
     """Column name -> type (as ``format_type`` spells it) of the table ``create_table_sql`` makes."""
-    return {table.key_column: table.entity.live_type, **{f.name: f.type.name for f in table.features}, UPDATED_AT: "integer"}
+    return {table.key_column: table.entity.live_type, **{f.name: f.type.name for f in table.features},
+            UPDATED_AT: EVENT_TIME.name}
 
 
 def compare(table: FeatureTable, columns: Mapping[str, str], primary_key: Sequence[str] | None,
@@ -164,6 +186,9 @@ def compare(table: FeatureTable, columns: Mapping[str, str], primary_key: Sequen
     for col, typ in expected.items():
         if col not in columns:
             breaking.append(f"column {col} ({typ}) is missing")
+        elif col == UPDATED_AT and columns[col] == LEGACY_EVENT_TIME:
+            breaking.append(f"legacy event time: column {col} is {LEGACY_EVENT_TIME} epoch seconds (as versions before "
+                            f"timestamptz event time made it), definition says {typ}")
         elif columns[col] != typ:
             breaking.append(f"column {col} is {columns[col]}, definition says {typ}")
     other += [f"column {col} ({typ}) is not in the definition" for col, typ in columns.items() if col not in expected]
@@ -262,6 +287,7 @@ class TableCheck:
     breaking: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     add_columns: tuple[str, ...] = ()  # ALTER TABLE ... ADD COLUMN statements for the missing columns
+    migrations: tuple[str, ...] = ()  # statements migrating what older versions made (legacy event time)
 
 
 def add_column_statements(schema: str, table: FeatureTable, columns: Mapping[str, str]) -> tuple[str, ...]:
@@ -282,7 +308,9 @@ def check_catalog_row(schema: str, table: FeatureTable, row: tuple[Any, ...]) ->
         return TableCheck(table.name, (f"table {schema}.{table.name} does not exist",))
     live = dict(zip(names or (), types or ()))
     breaking, other = compare(table, live, primary_key, indexes or ())
-    return TableCheck(table.name, tuple(breaking), tuple(other), add_column_statements(schema, table, live))
+    migrations = (tuple(s.as_string(None) for s in migrate_event_time_sql(schema, table))
+                  if live.get(UPDATED_AT) == LEGACY_EVENT_TIME else ())
+    return TableCheck(table.name, tuple(breaking), tuple(other), add_column_statements(schema, table, live), migrations)
 
 
 def check_catalog(registry: Registry, rows: list[tuple[Any, ...]]) -> dict[str, TableCheck]:
@@ -302,12 +330,16 @@ def drift_error(registry: Registry, checks: dict[str, TableCheck], source: str |
     alters = [stmt for c in checks.values() if c.breaking for stmt in c.add_columns]
     if alters:
         hints.append(f"add the missing column(s) (`pgfeatures init` never alters a table): {'; '.join(alters)}")
+    migrations = [stmt for c in checks.values() if c.breaking for stmt in c.migrations]
+    if migrations:
+        hints.append(f"migrate the legacy event time to timestamptz (rewrites the table under an exclusive lock; "
+                     f"then rebuild the materialized services reading it): {'; '.join(migrations)}")
     keyless = [n for n, p in problems.items()
                if any(x.startswith(f"column {registry.tables[n].key_column} (") and x.endswith(" is missing") for x in p)]
     if keyless:
         hints.append(f"{', '.join(keyless)} lack(s) the entity's key column: point the entity's key_column at the "
                      "table's key, or recreate the table (drop it, then `pgfeatures init`)")
-    if any(", definition says " in p for ps in problems.values() for p in ps):
+    if any(", definition says " in p and not p.startswith("legacy event time") for ps in problems.values() for p in ps):
         hints.append("a column of another type needs ALTER TABLE ... ALTER COLUMN ... TYPE, or a definition "
                      "that matches the table")
     return SchemaDriftError(

@@ -45,7 +45,7 @@ def _fill(conn: psycopg.Connection, registry: Registry, rows: int) -> None:
     apply_schema(conn, registry)
     conn.execute(sql.SQL(
         "INSERT INTO {} SELECT sha256(i::text::bytea), random(), random(), random(), random(), random(), random(), "
-        "random(), random(), 1700000000 + i FROM generate_series(1, {}) i").format(ident, sql.Literal(rows)))
+        "random(), random(), now() - interval '1 day' + i * interval '1 microsecond' FROM generate_series(1, {}) i").format(ident, sql.Literal(rows)))
     conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(ident))
 
 

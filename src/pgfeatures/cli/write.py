@@ -20,6 +20,17 @@ from .common import (
 )
 from .output import Output
 
+
+def _event_time_text(text: str) -> int | float | str:
+    """``--updated-at``: epoch seconds when a number, else the text (ISO 8601, checked by the load)."""
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    return text
+
+
 # Help for the LoadOptions fields (pgfeatures.load, which has no field metadata). A field missing
 # here still gets its flag; tests/test_cli.py fails until it has help. An entry for a field
 # LoadOptions does not have adds no flag.
@@ -27,14 +38,21 @@ LOAD_FLAGS = {
     "mode": Flag("merge: upsert the rows; replace: the table becomes exactly these rows"),
     "key_column": Flag("column holding the entity key"),
     "hash_keys": Flag("the key column holds natural ids: hash them with SHA-256"),
-    "on_duplicate": Flag("a key seen twice: the last row wins, or the load fails"),
+    "on_duplicate": Flag("a key seen twice: the row with the newest updated_at wins (equal: the later row), "
+                         "the last row wins, or the load fails", metavar="newest|last|reject"),
     "nan": Flag("NaN values: fail the load, or load them as NULL"),
     "on_invalid": Flag("invalid values: fail the load, or skip their rows (counted as rejected)"),
     "partial": Flag("merge only the feature columns present (the others keep their values)"),
     "ignore_extra": Flag("ignore source columns the table does not have"),
     "strategy": Flag("merge by upsert or by rebuild-and-swap (auto: rebuild for large loads)"),
     "vacuum": Flag("VACUUM after the load (auto: where it pays, for index-only scans)"),
-    "updated_at": Flag("epoch seconds for rows without updated_at (default: the load time)", parse=int),
+    "updated_at": Flag("event time of rows without one: ISO 8601 with a zone, or epoch seconds (default: the load's "
+                       "transaction time on the database server)", parse=_event_time_text),
+    "event_time_unit": Flag("unit of epoch numbers in the updated_at column: s, ms or us", metavar="s|ms|us"),
+    "event_time_zone": Flag("time zone of updated_at values without one (timestamps without a zone, ISO strings "
+                            "without an offset), e.g. UTC; default: such values are refused", metavar="ZONE"),
+    "max_future_skew": Flag("seconds an updated_at may be ahead of the database server's clock; rows further "
+                            "ahead are invalid (see --on-invalid)", metavar="SECONDS"),
     "format": Flag("file format (default: from the extension)", metavar="parquet|csv|arrow"),
     "batch_rows": Flag("rows per COPY batch"),
     "lock_timeout": Flag("seconds to wait for the table lock"),

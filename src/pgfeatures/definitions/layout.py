@@ -7,7 +7,7 @@ A service declared ``materialize = true`` keeps, per entity it reads, one servin
         r  real[],               -- every real feature of the entity's tables, in the service's order
         d  double precision[],   -- double, smallint, integer, boolean (exact in a double)
         i  bigint[],             -- bigint (exact only in an int8)
-        ts bigint[]              -- per table: its row's updated_at, NULL where the key has no row
+        ts bigint[]              -- per table: its row's updated_at in epoch microseconds, NULL where the key has no row
     )
 
 so a read is one primary-key lookup per entity, and the row says, per table, whether the key was
@@ -30,7 +30,11 @@ from .tables import Feature, FeatureTable
 
 # Serving array per feature type: (column, element type of the array)
 GROUPS = {"real": ("r", "real"), "double precision": ("d", "double precision"), "smallint": ("d", "double precision"),
-          "integer": ("d", "double precision"), "boolean": ("d", "double precision"), "bigint": ("i", "bigint")}
+          "integer": ("d", "double precision"), "boolean": ("d", "double precision"), "bigint": ("i", "bigint"),
+          "timestamp with time zone": ("i", "bigint")}  # event time, as epoch microseconds
+# What the arrays mean, beyond the slots: part of every fingerprint, so serving rows built by a version
+# that wrote them otherwise are stale (rebuilt), never decoded. 2: ts in epoch microseconds (1: seconds).
+LAYOUT_FORMAT = 2
 GROUP_ORDER = ("r", "d", "i")
 TS = "ts"
 PREFIX = "_pgf_svc_"
@@ -101,7 +105,7 @@ def service_layouts(service: FeatureService, items: tuple[tuple[FeatureTable, tu
         groups = tuple(g for g in GROUP_ORDER if counters[g])
         entity = entities[name]
         shape = {
-            "service": service.name, "entity": [entity.name, entity.key_type, entity.column],
+            "format": LAYOUT_FORMAT, "service": service.name, "entity": [entity.name, entity.key_type, entity.column],
             "tables": [t.name for t, _ in parts],
             "slots": [[s.table, s.feature.name, s.feature.type.name, s.group, s.index] for s in slots],
         }

@@ -25,7 +25,7 @@ from typing import Any
 
 from psycopg import sql
 
-from ..definitions import WIDE_TYPES
+from ..definitions import EVENT_TIME, UPDATED_AT, WIDE_TYPES
 from ..schema import covering_index_sql, create_table_sql
 from ..warmup import Blocks
 from .facts import Facts, ServerFacts, TableFacts
@@ -274,6 +274,8 @@ def check_row_width(f: Facts) -> list[Finding]:
             if c.name == t.table.key_column:  # its type is the entity's key type, not a feature's
                 continue
             base = _base_type(c.type)
+            if c.name == UPDATED_AT and base == EVENT_TIME.name:  # pgfeatures' own event time, 8 bytes by design
+                continue
             if base in WIDE_TYPES:
                 (variable if c.varlena else fixed).append(f"{c.name} {c.type}: {WIDE_TYPES[base]}")
             elif base == "bigint" and c.fits_integer:

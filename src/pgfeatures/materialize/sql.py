@@ -6,7 +6,7 @@ reads carries statement-level triggers (``AFTER INSERT / UPDATE / DELETE`` with 
 ``AFTER TRUNCATE``) that copy the written rows' *slice* (the table's positions in the arrays and its
 ``ts`` entry) into the serving rows of the keys written::
 
-    UPDATE svc s SET r[41:48] = ARRAY[c.f0, ...]::real[], ts[6] = c.updated_at
+    UPDATE svc s SET r[41:48] = ARRAY[c.f0, ...]::real[], ts[6] = <c.updated_at in epoch microseconds>
     FROM new_rows c WHERE s.key = c.key;
     INSERT INTO svc (key, r, ts) SELECT c.key, <the slice padded with NULLs>, ... FROM new_rows c
     WHERE NOT EXISTS (SELECT FROM svc s WHERE s.key = c.key);
@@ -31,8 +31,9 @@ from collections.abc import Mapping, Sequence
 
 from psycopg import sql
 
-from ..definitions import UPDATED_AT, FeatureTable
+from ..definitions import EVENT_TIME, UPDATED_AT, FeatureTable
 from ..definitions.layout import TS, EntityLayout, Slot
+from ..schema import event_time_micros_sql
 
 FILLFACTOR = 50  # room on each page for the updated row version: updates stay HOT (no index insert)
 COMMENT_PREFIX = "pgfeatures serving rows, layout "
@@ -69,8 +70,15 @@ def comment_sql(schema: str, layout: EntityLayout, name: str | None = None) -> s
         sql.Identifier(schema, name or layout.table_name), sql.Literal(COMMENT_PREFIX + layout.fingerprint))
 
 
+def _stamp(alias: str) -> sql.Composable:
+    """A row's ``ts`` entry: its updated_at in epoch microseconds (what the readers decode)."""
+    return event_time_micros_sql(sql.Identifier(alias, UPDATED_AT))
+
+
 def _value(alias: str, slot: Slot) -> sql.Composable:
     col: sql.Composable = sql.Identifier(alias, slot.feature.name)
+    if slot.feature.type is EVENT_TIME:
+        return event_time_micros_sql(col)
     if slot.group == "d":
         if slot.feature.type.name == "boolean":
             col = sql.SQL("{}::int").format(col)
@@ -85,8 +93,7 @@ def _arrays(layout: EntityLayout, aliases: Mapping[str, str | None]) -> list[sql
         values = [_value(a, s) if (a := aliases.get(s.table)) else sql.SQL("NULL")
                   for s in layout.slots if s.group == group]
         out.append(sql.SQL("ARRAY[{}]::{}[]").format(sql.SQL(", ").join(values), _element(layout, group)))
-    stamps = [sql.SQL("{}::int8").format(sql.Identifier(a, UPDATED_AT)) if (a := aliases.get(t.name)) else sql.SQL("NULL")
-              for t in layout.tables]
+    stamps = [_stamp(a) if (a := aliases.get(t.name)) else sql.SQL("NULL") for t in layout.tables]
     out.append(sql.SQL("ARRAY[{}]::int8[]").format(sql.SQL(", ").join(stamps)))
     return out
 
@@ -127,7 +134,7 @@ def _slice_sets(layout: EntityLayout, table: FeatureTable, alias: str | None) ->
         sets.append(sql.SQL("{}[{}:{}] = ARRAY[{}]::{}[]").format(
             sql.Identifier(group), sql.Literal(a), sql.Literal(b), sql.SQL(", ").join(values), _element(layout, group)))
     j = layout.ts_index(table.name) + 1
-    stamp = sql.SQL("{}::int8").format(sql.Identifier(alias, UPDATED_AT)) if alias else sql.SQL("NULL::int8")
+    stamp = _stamp(alias) if alias else sql.SQL("NULL::int8")
     sets.append(sql.SQL("{}[{}] = {}").format(sql.Identifier(TS), sql.Literal(j), stamp))
     return sets
 

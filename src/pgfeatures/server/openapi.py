@@ -25,7 +25,7 @@ from .config import ServerConfig
 KEY_PATTERN = "^[0-9a-fA-F]{64}$"
 
 STATUS = {"type": "string", "enum": ["present", "missing", "expired"]}
-VALUE = {"type": ["number", "integer", "boolean", "null"]}
+VALUE = {"type": ["number", "integer", "boolean", "string", "null"]}  # string: event time, RFC 3339
 _JSON_TYPES = {"real": "number", "double precision": "number", "smallint": "integer", "integer": "integer",
                "bigint": "integer", "boolean": "boolean"}
 
@@ -143,8 +143,10 @@ def _push_schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, table in registry.tables.items():
         values: dict[str, Any] = {f.name: {"type": [_JSON_TYPES[f.type.name], "null"]} for f in table.features}
-        values[UPDATED_AT] = {"type": "integer", "description": "epoch seconds the values were true at: a row older "
-                              "than the stored one is skipped (newest wins) unless overwrite_newer"}
+        values[UPDATED_AT] = {"type": ["string", "number"], "description": "event time the values were true at: RFC 3339 "
+                              "with a zone (2026-05-01T12:00:00Z) or epoch seconds; a row older than the stored one is "
+                              "skipped (newest wins) unless overwrite_newer; one more than the service's max_future_skew "
+                              "ahead of the database's clock fails the push (400)"}
         out[f"PushKey.{name}"] = key_of(registry, [table.entity])
         out[f"PushFeatures.{name}"] = {"type": "object", "properties": values, "additionalProperties": False,
                                        "minProperties": 1, "description": "features to set (others are kept)"}
@@ -284,7 +286,7 @@ def _schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
                             },
                             "ttl": {"type": ["integer", "null"]},
                             "rows": {"type": ["integer", "null"], "description": "an estimate"},
-                            "newest_updated_at": {"type": ["integer", "null"]},
+                            "newest_updated_at": {"type": ["string", "null"], "format": "date-time"},
                             "newest_age": {"type": ["number", "null"],
                                            "description": "seconds since the newest row's updated_at (server clock), "
                                                           "an upper bound; null: unknown"},

@@ -6,7 +6,7 @@ value is null; ``real`` values print as the shortest decimal that reads back as 
 
 ``application/octet-stream`` (``Accept``): the values as one little-endian array, ``float32`` when
 every feature of the vector is ``real``, else ``float64`` (integers and booleans as numbers, 1 and 0;
-a ``bigint`` beyond 2^53 is rounded), a missing value as NaN. A batch is its rows concatenated
+a ``bigint`` beyond 2^53 is rounded; an event time as epoch seconds), a missing value as NaN. A batch is its rows concatenated
 (row-major, ``rows x columns``). After the values comes the **status trailer**: one byte per row
 and table, ``0`` present, ``1`` missing, ``2`` expired, rows in order, tables in the order of the
 ``X-Pgfeatures-Tables`` header. Headers: ``X-Pgfeatures-Rows``, ``X-Pgfeatures-Columns``,
@@ -31,7 +31,7 @@ import numpy as np
 
 from ..definitions import Registry
 from ..reader import EXPIRED, MISSING, PRESENT
-from ..reader.vector import ServiceVector, service_order
+from ..reader.vector import ServiceVector, as_numbers, event_time_positions, service_order
 
 OCTET_STREAM = "application/octet-stream"
 STATUS_CODES = {PRESENT: 0, MISSING: 1, EXPIRED: 2}
@@ -42,7 +42,7 @@ class VectorPlan:
     """How one vector reader's vectors are encoded: the names and types of its columns, the tables
     of its status, the dtype of its raw form."""
 
-    __slots__ = ("names", "types", "tables", "all_real", "reals", "dtype", "_np")
+    __slots__ = ("names", "types", "tables", "all_real", "reals", "dtype", "_np", "_times")
 
     def __init__(self, reader: Any, registry: Registry):
         selection = reader.selection
@@ -54,6 +54,7 @@ class VectorPlan:
         self.reals = () if self.all_real else tuple(i for i, t in enumerate(self.types) if t == "real")
         self.dtype = "float32" if self.all_real else "float64"
         self._np = np.dtype("<f4" if self.all_real else "<f8")
+        self._times = event_time_positions(self.names, registry)  # raw: as epoch seconds
 
     # -- JSON ----------------------------------------------------------------------------------------
 
@@ -85,7 +86,7 @@ class VectorPlan:
         """The rows' values, concatenated, little-endian (None as NaN)."""
         if not vectors:
             return b""
-        return np.array([v.values for v in vectors], dtype=self._np).tobytes()
+        return np.array([as_numbers(v.values, self._times) for v in vectors], dtype=self._np).tobytes()
 
     def status(self, vectors: Iterable[ServiceVector]) -> bytes:
         """One byte per row and table (0 present, 1 missing, 2 expired), tables in ``self.tables``' order."""
