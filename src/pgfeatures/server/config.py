@@ -111,6 +111,10 @@ class ServerConfig:
         _number(int), minimum=0,
     )
     strategy: str = _setting("single", "read strategy for single-key requests", _text)
+    max_future_skew: float = _setting(
+        300.0, "seconds a pushed updated_at may be ahead of the database server's clock; a push with one further "
+        "ahead is refused whole (400 invalid_value)", _number(float), minimum=0,
+    )
     prewarm: bool = _setting(
         True, "load the feature tables and indexes into shared_buffers (pgfeatures warmup) before reporting ready", _bool
     )

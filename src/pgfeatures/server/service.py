@@ -100,7 +100,7 @@ class Service:
             max_replica_lag=config.max_replica_lag, credentials=config.credential_provider(), pooler=config.pooler,
             max_lifetime=config.max_lifetime, strategy=config.strategy, pool_size=config.pool_size,
             write_pool_size=config.write_pool_size, acquire_timeout=config.acquire_timeout,
-            connect_timeout=config.connect_timeout, on_drift="isolate",
+            connect_timeout=config.connect_timeout, on_drift="isolate", max_future_skew=config.max_future_skew,
         )
         self.metrics = Metrics(registry.tables, registry.services)
         self.inventory = Inventory(self.store, registry, config.inventory_interval)
