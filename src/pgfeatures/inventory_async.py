@@ -118,8 +118,10 @@ class TableInfo:
 
 @dataclass(frozen=True)
 class ServiceInfo:
-    """One feature service: its features in order, its tables and entities, and for a materialized
-    one the state of its serving rows (``built``, ``stale``, ``missing``; None when not materialized)."""
+    """One feature service: its features in order, its tables and entities, its ttl and the TTL it
+    applies to each table (``table_ttls``: the stricter of its own and the table's, unless
+    ``ttl_override``), and for a materialized one the state of its serving rows (``built``,
+    ``stale``, ``missing``; None when not materialized)."""
 
     name: str
     features: tuple[str, ...]
@@ -130,10 +132,13 @@ class ServiceInfo:
     materialize: bool
     state: str | None = None
     serving_tables: tuple[str, ...] = field(default=())
+    ttl_override: bool = False
+    table_ttls: dict[str, int | None] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "features": list(self.features), "tables": list(self.tables),
-                "entities": list(self.entities), "ttl": self.ttl, "version": self.version,
+                "entities": list(self.entities), "ttl": self.ttl, "ttl_override": self.ttl_override,
+                "table_ttls": dict(self.table_ttls), "version": self.version,
                 "materialize": self.materialize, "state": self.state, "serving_tables": list(self.serving_tables)}
 
 
@@ -219,5 +224,6 @@ async def services_async(conn: psycopg.AsyncConnection, registry: Registry) -> l
         out.append(ServiceInfo(
             name, svc.order(registry), tuple(t.name for t, _ in items),
             tuple(dict.fromkeys(t.entity.name for t, _ in items)), svc.ttl, svc.version, svc.materialize,
-            states.get(name) if svc.materialize else None, tuple(layout.table_name for layout in layouts)))
+            states.get(name) if svc.materialize else None, tuple(layout.table_name for layout in layouts),
+            svc.ttl_override, svc.table_ttls(registry)))
     return out

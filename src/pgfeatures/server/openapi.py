@@ -245,6 +245,10 @@ def _schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
                     "accepts": {"type": "string"}}}},
                 "tables": {"type": "array", "items": {"type": "string"}},
                 "ttl": {"type": ["integer", "null"], "description": "seconds (null: the tables' own)"},
+                "ttl_override": {"type": "boolean", "description": "the service's ttl replaces the tables' (else the "
+                                 "stricter of the two applies)"},
+                "table_ttls": {"type": "object", "additionalProperties": {"type": ["integer", "null"]},
+                               "description": "the TTL (seconds) this service applies to each table it reads"},
                 "materialize": {"type": "boolean"},
                 "state": {"type": ["string", "null"], "enum": ["built", "stale", "missing", None],
                           "description": "the serving rows of a materialized service, as last found"},

@@ -307,7 +307,7 @@ class Service:
 
     def describe_service(self, name: str, detail: bool = False) -> dict[str, Any]:
         """``GET /v1/services`` (one entry) and, with ``detail``, ``GET /v1/services/{name}``: what the
-        service reads, its vector's shape (and column names and types), whether it is materialized,
+        service reads (with the TTL it applies to each table), its vector's shape (and column names and types), whether it is materialized,
         its serving rows' state as last found, and whether this worker reads them (``serving``).
         Raises UnknownServiceError. No I/O."""
         svc = self.registry.service(name)
@@ -318,7 +318,8 @@ class Service:
             "name": name, "version": svc.version, "description": svc.description,
             "entities": [{"name": e.name, "key_type": e.key_type, **({"hash": e.hash} if e.hash else {}),
                           "accepts": e.accepts} for e in entities],
-            "tables": [t.name for t, _ in items], "ttl": svc.ttl, "materialize": svc.materialize,
+            "tables": [t.name for t, _ in items], "ttl": svc.ttl, "ttl_override": svc.ttl_override,
+            "table_ttls": {t.name: svc.effective_ttl(t) for t, _ in items}, "materialize": svc.materialize,
             "state": self.inventory.service_state(name) if svc.materialize else None,
             "serving": "materialized" if name in self.store.readers.materialized else "tables",
             "columns": len(plan.names), "dtype": plan.dtype,
