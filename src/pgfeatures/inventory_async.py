@@ -15,8 +15,9 @@ What it costs:
   or analyzed has none, and is counted when it is small (under ``COUNT_BELOW_BYTES``), else the
   statistics counters' live rows are given, else nothing;
 - the catalog is read without locking any table;
-- ``max(updated_at)`` is one index probe when an index leads with ``updated_at``, and otherwise
-  a scan of the whole table (measured in docs/doctor.md). Each table's is bounded by ``timeout``
+- ``max(updated_at)`` is one index probe when an index leads with ``updated_at`` (every table
+  pgfeatures creates has one: ``schema.freshness_index_sql``), and otherwise a scan of the whole
+  table, which the table's ``newest_note`` says, with the index to create (docs/doctor.md). Each table's is bounded by ``timeout``
   seconds (``statement_timeout``, which also bounds waiting for a lock held on the table); one that
   takes longer is reported as unknown, with why, and the others go on.
 
@@ -38,6 +39,7 @@ from psycopg import sql
 
 from .definitions import UPDATED_AT, Registry
 from .materialize.build_async import status_async
+from .schema import freshness_index_sql
 
 DEFAULT_TIMEOUT = 2.0  # seconds for each table's max(updated_at) (and count, when it counts)
 COUNT_BELOW_BYTES = 8 * 2**20  # a never-analyzed table smaller than this is counted (a few ms)
@@ -204,6 +206,10 @@ async def tables_async(conn: psycopg.AsyncConnection, registry: Registry, *, tim
                         else:
                             info.update(newest_updated_at=top.astimezone(datetime.timezone.utc),
                                         newest_age=round((now - top).total_seconds(), 3))
+                            if not index:
+                                info.update(newest_note=f"measured by a scan of the whole table: no index leads with "
+                                                        f"{UPDATED_AT} (pgfeatures creates one with every table: "
+                                                        f"{freshness_index_sql(registry.schema, table, True).as_string(None)})")
             if "rows" not in info and live:
                 info.update(rows=int(live), rows_source="pg_stat_user_tables")
         entity = table.entity

@@ -32,6 +32,37 @@ def covering_index_name(table: FeatureTable) -> str:
     return f"{table.name}_covering"[:63]
 
 
+def freshness_index_name(table: FeatureTable | str) -> str:
+    """``<table>_updated_at``; a name that would pass 63 bytes is shortened with a hash (never truncated
+    into the table's own name)."""
+    name = table.name if isinstance(table, FeatureTable) else table
+    full = f"{name}_updated_at"
+    if len(full.encode()) <= 63:
+        return full
+    return f"{name[:40]}_updated_at_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def freshness_index_sql(schema: str, table: FeatureTable | str, concurrently: bool = False) -> sql.Composed:
+    """The index on ``updated_at`` every table pgfeatures creates has: the age of the newest row
+    (``pgfeatures tables``, ``GET /v1/tables``, every ``/metrics`` scrape) is one probe of its end,
+    never a scan of the table, and ``pgfeatures expire`` deletes the oldest rows in its order. It
+    costs writers: an update that changes ``updated_at`` cannot be HOT (docs/doctor.md has the
+    figures). ``concurrently``: for a live table (outside a transaction)."""
+    return sql.SQL("CREATE INDEX {}IF NOT EXISTS {} ON {} ({})").format(
+        sql.SQL("CONCURRENTLY " if concurrently else ""), sql.Identifier(freshness_index_name(table)),
+        qualified(schema, table), sql.Identifier(UPDATED_AT))
+
+
+def table_ddl(schema: str, table: FeatureTable) -> list[sql.Composed]:
+    """Every statement creating ``table`` as pgfeatures makes it: the table, its covering index (when
+    asked for) and its index on ``updated_at``."""
+    out = [create_table_sql(schema, table)]
+    if table.covering_index:
+        out.append(covering_index_sql(schema, table))
+    out.append(freshness_index_sql(schema, table))
+    return out
+
+
 def key_column_sql(table: FeatureTable) -> sql.Composed:
     """The key column's definition: its entity's type, primary key, and the bound its keys must keep."""
     entity, key = table.entity, sql.Identifier(table.key_column)
@@ -67,12 +98,14 @@ def migrate_event_time_sql(schema: str, table: FeatureTable | str) -> list[sql.C
     event time made it) into ``timestamptz``, values kept (``to_timestamp``), default ``now()``.
 
     One ``ALTER TABLE``: it rewrites the table (and rebuilds its indexes) under an ACCESS EXCLUSIVE
-    lock, so readers and writers of the table wait for it. Maintenance triggers of materialized
+    lock, so readers and writers of the table wait for it; then the index on ``updated_at`` tables
+    made now have (``freshness_index_sql``), built in the same transaction. Maintenance triggers of materialized
     services made before it still compute ``ts`` in seconds: rebuild those services afterwards
     (``pgfeatures materialize``; their layouts are stale anyway, see ``LAYOUT_FORMAT``)."""
     col = sql.Identifier(UPDATED_AT)
     return [sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT, ALTER COLUMN {} TYPE timestamptz USING "
-                    "to_timestamp({}), ALTER COLUMN {} SET DEFAULT now()").format(qualified(schema, table), col, col, col, col)]
+                    "to_timestamp({}), ALTER COLUMN {} SET DEFAULT now()").format(qualified(schema, table), col, col, col, col),
+            freshness_index_sql(schema, table)]
 
 
 def create_table_sql(schema: str, table: FeatureTable) -> sql.Composed:
@@ -117,9 +150,7 @@ def ddl(registry: Registry) -> list[sql.Composed]:
     """Every statement ``apply_schema`` may run, in order."""
     statements = [sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(registry.schema))]
     for table in registry.tables.values():
-        statements.append(create_table_sql(registry.schema, table))
-        if table.covering_index:
-            statements.append(covering_index_sql(registry.schema, table))
+        statements += table_ddl(registry.schema, table)
     return statements
 
 
@@ -241,9 +272,8 @@ def apply_schema(conn: psycopg.Connection, registry: Registry, *, raise_on_drift
                 else:
                     report.existing.append(table.name)
                 continue
-            conn.execute(create_table_sql(registry.schema, table))
-            if table.covering_index:
-                conn.execute(covering_index_sql(registry.schema, table))
+            for statement in table_ddl(registry.schema, table):
+                conn.execute(statement)
             report.created.append(table.name)
     if report.drift and raise_on_drift:
         raise SchemaDriftError(report.describe())

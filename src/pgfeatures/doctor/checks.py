@@ -26,7 +26,7 @@ from typing import Any
 from psycopg import sql
 
 from ..definitions import EVENT_TIME, UPDATED_AT, WIDE_TYPES
-from ..schema import covering_index_sql, create_table_sql
+from ..schema import table_ddl
 from ..warmup import Blocks
 from .facts import Facts, ServerFacts, TableFacts
 from .report import SERVER, Finding, Report, Status
@@ -70,9 +70,7 @@ def check_schema(f: Facts) -> list[Finding]:
     for t in f.tables.values():
         if not t.exists:
             ddl = [sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(f.registry.schema)).as_string(None),
-                   create_table_sql(f.registry.schema, t.table).as_string(None)]
-            if t.table.covering_index:
-                ddl.append(covering_index_sql(f.registry.schema, t.table).as_string(None))
+                   *(statement.as_string(None) for statement in table_ddl(f.registry.schema, t.table))]
             out.append(Finding("schema", t.subject, Status.FAIL, "table is missing",
                                "create it: pgfeatures init (with the same --definitions)", tuple(ddl)))
         elif t.drift:
@@ -370,7 +368,10 @@ def check_vacuum(f: Facts) -> list[Finding]:
             status = Status.FAIL
             advice.append("autovacuum is disabled on this table: dead rows and unset visibility-map pages accumulate")
             fix.append(f"ALTER TABLE {t.ident} RESET (autovacuum_enabled)")
-        if ratio > DEAD_WARN:
+        few = dead < f.server.vacuum_threshold and enabled  # autovacuum's own floor: harmless in any table
+        if few and ratio > DEAD_WARN:
+            value += f"; below autovacuum_vacuum_threshold ({f.server.vacuum_threshold}): a few updated rows, left to autovacuum"
+        elif ratio > DEAD_WARN:
             # Only a count can fail the check; counters that may be stale can only warn.
             level = Status.FAIL if ratio > DEAD_FAIL and doubt is None else Status.WARN
             status = max(status, level, key=lambda x: x.rank)

@@ -22,7 +22,16 @@ from psycopg import sql
 from ..definitions import UPDATED_AT, Registry, parse_event_time, to_micros
 from ..definitions.layout import EntityLayout
 from ..errors import FeatureValueError, LoadError, LoadInputError, LoadInterruptedError, SchemaDriftError
-from ..schema import LEGACY_EVENT_TIME, covering_index_sql, create_table_sql, ddl_lock, migrate_event_time_sql, qualified
+from ..schema import (
+    LEGACY_EVENT_TIME,
+    covering_index_sql,
+    ddl_lock,
+    freshness_index_name,
+    freshness_index_sql,
+    migrate_event_time_sql,
+    qualified,
+    table_ddl,
+)
 from .columns import Columns, plan_columns
 from .copy import COPY_HEADER, COPY_TRAILER
 from .dedupe import find_duplicates
@@ -227,9 +236,8 @@ class Job:
                 yield Op(*ddl_lock(schema))
                 yield Op(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident(schema)))
             yield Op(*ddl_lock(schema, table.name))
-            yield Op(create_table_sql(schema, table))
-            if table.covering_index:
-                yield Op(covering_index_sql(schema, table))
+            for statement in table_ddl(schema, table):
+                yield Op(statement)
             rows = yield Op(CATALOG, (live.as_string(None),), fetch=True)
         catalog = Catalog.from_row(rows[0])
         self.table_rows = max(catalog.reltuples, 0.0)  # estimate; counted below when never analyzed
@@ -313,8 +321,11 @@ class Job:
         if options.strategy is ApplyStrategy.UPSERT or options.partial:
             return "upsert"
         rows = catalog.reltuples
-        if rows < 0:  # never analyzed: count
-            rows = (yield Op(sql.SQL("SELECT count(*) FROM {}").format(qualified(self.registry, table)), fetch=True))[0][0]
+        if rows < 0:  # never analyzed: ANALYZE samples it (a count(*) would be a sequential scan, which the doctor flags)
+            live = qualified(self.registry, table)
+            yield Op(sql.SQL("ANALYZE {}").format(live))
+            rows = (yield Op(sql.SQL("SELECT greatest(reltuples, 0)::float8 FROM pg_class WHERE oid = %s::regclass"),
+                             (live.as_string(None),), fetch=True))[0][0]
             self.table_rows = rows
         if unique < max(REBUILD_MIN_ROWS, REBUILD_FRACTION * rows):
             return "upsert"
@@ -356,6 +367,8 @@ class Job:
             new, ident(f"{new_name}_pkey"), ident(table.key_column)))
         if table.covering_index:
             yield Op(covering_index_sql(schema, dataclasses.replace(table, name=new_name)))
+        if freshness_index_name(table) in catalog.indexes:  # the new table is shaped like the live one
+            yield Op(freshness_index_sql(schema, new_name))
         self._report("analyzing")
         yield Op(sql.SQL("ANALYZE {}").format(new))  # statistics exist from the moment of the swap
         self._report("swapping")

@@ -12,7 +12,7 @@ from typing import Any
 from psycopg import sql
 
 from ..definitions import UPDATED_AT, FeatureTable
-from ..schema import covering_index_name, drift_problems, qualified
+from ..schema import covering_index_name, drift_problems, freshness_index_name, qualified
 from .columns import Columns
 
 
@@ -89,6 +89,7 @@ class Catalog:
     def swap_blockers(self, table: FeatureTable) -> list[str]:
         """What a swap would lose or break: the new table only gets what schema.py creates, grants and owner."""
         own = {covering_index_name(table)} if table.covering_index else set()
+        own.add(freshness_index_name(table))
         return [*self.dependents, *(f"index {i}" for i in self.indexes if i not in own)]
 
 
@@ -218,6 +219,9 @@ def swap_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog, 
         ops.append((sql.SQL("ALTER INDEX {} RENAME TO {}").format(
             ident(schema, covering_index_name(dataclasses.replace(table, name=new_name))),
             ident(covering_index_name(table))), ()))
+    if freshness_index_name(table) in catalog.indexes:
+        ops.append((sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+            ident(schema, freshness_index_name(new_name)), ident(freshness_index_name(table))), ()))
     # Materialized services: the serving-row triggers go to the new table (their definitions name the
     # table, which now is the new one), and the table's slice of every serving row is recomputed.
     ops += [(sql.SQL(definition), ()) for definition in catalog.serving_triggers]
