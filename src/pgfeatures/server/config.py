@@ -133,6 +133,13 @@ class ServerConfig:
         15.0, "seconds between refreshes of the table inventory (GET /v1/tables: rows, age of the newest row; "
         "the age gauges), which run only when asked for", _number(float), minimum=0,
     )
+    expire_every: float = _setting(
+        0.0, "seconds between background runs of pgfeatures expire (rows older than their table's ttl plus "
+        "expire_grace deleted in small batches); 0: never", _number(float), minimum=0,
+    )
+    expire_grace: float = _setting(
+        3600.0, "seconds rows are kept beyond their table's ttl before expire deletes them", _number(float), minimum=0,
+    )
     coalesce: bool = _setting(False, "merge concurrent single-key requests into batched queries", _bool)
     coalesce_window_us: int = _setting(
         0, "how long the first request of a coalesced batch waits for company, in microseconds "

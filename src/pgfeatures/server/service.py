@@ -32,6 +32,10 @@ makes a read-only service whose pushes are 403 ``read_only``), under the same de
 Inventory. ``inventory`` (see ``inventory.py``) holds what the tables hold and how fresh they
 are, refreshed in the background when asked for, at most every ``inventory_interval``.
 
+Retention. With ``expire_every``, ``pgfeatures expire`` runs in the background (``retention_async``):
+rows past their table's ttl plus ``expire_grace`` deleted in small batches, counted in
+``pgfeatures_expired_rows_total``.
+
 Readiness. The database counts as reachable if a read succeeded within the
 last second and nothing failed since; otherwise one ``SELECT 1`` through the
 read pool (shared by concurrent probes, result cached for a second) decides.
@@ -52,7 +56,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import PoolClosed, PoolTimeout
 
-from ..connections import database_error
+from ..connections import connect_async, database_error
 from ..definitions import Registry
 from ..errors import (
     AuthenticationError,
@@ -132,6 +136,8 @@ class Service:
         """Begin opening the store in the background; return at once."""
         self._spawn(self._open())
         self._spawn(self._refresh_metrics())
+        if self.config.expire_every > 0:
+            self._spawn(self._expire_loop())
 
     async def stop(self) -> None:
         """Close the store; reads from now on get StoreClosedError (503 ``shutting_down``)."""
@@ -180,6 +186,32 @@ class Service:
         self.flush_metrics()
         self.inventory.refresh_soon()
         log.info("pgfeatures: ready, %d tables, pool of %d", len(self.registry.tables), self.config.pool_size)
+
+    async def _expire_loop(self) -> None:
+        """``--expire-every``: ``pgfeatures expire`` in the background, on a connection of its own to the
+        primary (never one of the pools'), every ``expire_every`` seconds once the store is open. With
+        several workers each runs it; a table being expired by one is skipped by the others (advisory
+        lock). A failed run is logged and retried at the next interval."""
+        from ..retention_async import expire_async
+
+        while True:
+            await asyncio.sleep(self.config.expire_every)
+            if not self.ready or self.store.dsn is None or self.config.write_pool_size == 0:
+                continue
+            try:
+                conn = await connect_async(self.store.dsn, "pgfeatures-expire", self.store.connect_timeout,
+                                           credentials=self.store.credentials, pooler=self.store.pooler)
+                try:
+                    results = await expire_async(conn, self.registry, grace=self.config.expire_grace)
+                finally:
+                    await conn.close()
+            except (PgFeaturesError, psycopg.Error) as exc:
+                log.warning("pgfeatures: expire failed (retrying in %gs): %s", self.config.expire_every, exc)
+                continue
+            for result in results:
+                self.metrics.expired_deleted(result.table, result.deleted)
+                if result.deleted:
+                    log.info("pgfeatures: expire: %s", result.describe())
 
     async def _refresh_metrics(self) -> None:
         while True:
