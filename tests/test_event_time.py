@@ -83,7 +83,8 @@ def test_live_updates_take_datetimes_iso_strings_with_a_zone_and_epoch_seconds(c
             (5, {"a": 5.0, "updated_at": 1_777_636_800.25}),
         ])
         for bad, why in (("2026-05-01T12:00:00", "no time zone"), (dt.datetime(2026, 5, 1), "no time zone"),
-                         ("yesterday", "ISO 8601"), (True, "not")):
+                         ("yesterday", "ISO 8601"), (True, "not"), (-1.7976931348623155e+308, "out of range"),
+                         (10**20, "out of range"), (float("nan"), "finite")):
             with pytest.raises(FeatureValueError, match=why) as err:
                 store.update_features(9, "t", {"a": 1.0, "updated_at": bad})
             assert "t.updated_at" in str(err.value) and "key 9" in str(err.value)

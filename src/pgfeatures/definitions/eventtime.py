@@ -95,9 +95,8 @@ def parse_event_time(where: str, value: Any, unit: str = "s") -> dt.datetime:
         number = float(value) if not isinstance(value, numbers.Integral) else int(value)
         if isinstance(number, float) and not math.isfinite(number):
             raise invalid("is not a finite number")
-        micros = number * UNITS[unit]
-        micros = int(micros) if isinstance(micros, int) else int(round(micros))
-        if not MIN_MICROS <= micros <= MAX_MICROS:
+        scaled = number * UNITS[unit]  # an int stays exact; a float out of range stays a (finite or infinite) float
+        if not MIN_MICROS <= scaled <= MAX_MICROS:
             raise invalid(f"is out of range as epoch {unit} (years 1 to 9999)")
-        return from_micros(micros)
+        return from_micros(scaled if isinstance(scaled, int) else int(round(scaled)))
     return moment.astimezone(UTC)
