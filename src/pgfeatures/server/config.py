@@ -135,7 +135,8 @@ class ServerConfig:
     )
     expire_every: float = _setting(
         0.0, "seconds between background runs of pgfeatures expire (rows older than their table's ttl plus "
-        "expire_grace deleted in small batches); 0: never", _number(float), minimum=0,
+        "expire_grace deleted in small batches, on the primary; a read-only service never expires); 0: never",
+        _number(float), minimum=0,
     )
     expire_grace: float = _setting(
         3600.0, "seconds rows are kept beyond their table's ttl before expire deletes them", _number(float), minimum=0,
