@@ -43,6 +43,7 @@ from psycopg import sql
 
 from pgfeatures import FeatureStore
 from pgfeatures.connections import resolve_dsn
+from pgfeatures.connections.rows import one_row
 from pgfeatures.definitions import FeatureTable, Registry
 from pgfeatures.load import load
 from pgfeatures.schema import apply_schema
@@ -55,12 +56,12 @@ def _key(i: int) -> bytes:
 
 
 def _now(conn: psycopg.Connection) -> int:
-    return int(conn.execute("SELECT extract(epoch FROM now())::int8").fetchone()[0])
+    return int(one_row(conn.execute("SELECT extract(epoch FROM now())::int8"))[0])
 
 
 def _event_type(conn: psycopg.Connection, schema: str, table: str) -> str:
-    return conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass "
-                        "AND attname = 'updated_at'", [f"{schema}.{table}"]).fetchone()[0]
+    return str(one_row(conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
+                                    "%s::regclass AND attname = 'updated_at'", [f"{schema}.{table}"]))[0])
 
 
 def _drop_freshness_indexes(conn: psycopg.Connection, schema: str, tables: list[str]) -> None:
@@ -78,8 +79,8 @@ def _fill(conn: psycopg.Connection, schema: str, table: str, rows: int, width: i
 
 
 def _database_ms(conn: psycopg.Connection, schema: str) -> float:
-    row = conn.execute("SELECT coalesce(sum(total_exec_time), 0) FROM pg_stat_statements WHERE query LIKE %s "
-                       "AND query NOT LIKE '%%pg_stat%%'", [f"%{schema}%"]).fetchone()
+    row = one_row(conn.execute("SELECT coalesce(sum(total_exec_time), 0) FROM pg_stat_statements WHERE query LIKE %s "
+                               "AND query NOT LIKE '%%pg_stat%%'", [f"%{schema}%"]))
     return float(row[0])
 
 
