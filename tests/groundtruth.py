@@ -6,6 +6,8 @@ it is an independent ground truth for every read strategy.
 
 from __future__ import annotations
 
+import datetime
+
 import hashlib
 import random
 from dataclasses import dataclass
@@ -78,7 +80,8 @@ def build(conn: psycopg.Connection, schema: str, n_keys: int = 120, seed: int = 
         params = []
         for k in present:
             values = {f.name: _value(rng, f.type.name) for f in table.features}
-            values["updated_at"] = rng.randint(1_600_000_000, 1_800_000_000)
+            values["updated_at"] = datetime.datetime.fromtimestamp(rng.randint(1_600_000_000, 1_800_000_000) + rng.random(),
+                                                                   datetime.timezone.utc).replace(microsecond=rng.randrange(10**6))
             rows[table.name][k] = values
             params.append([k, *(values[c] for c in cols)])
         with conn.cursor() as cur:

@@ -46,7 +46,7 @@ def reg(conn, schema) -> Registry:
 
 def rows_of(conn: psycopg.Connection, reg: Registry, table: str) -> dict[Any, tuple[Any, ...]]:
     t = reg.table(table)
-    query = sql.SQL("SELECT {}, a, n, updated_at FROM {}").format(sql.Identifier(t.key_column),
+    query = sql.SQL("SELECT {}, a, n, extract(epoch FROM updated_at)::int8 FROM {}").format(sql.Identifier(t.key_column),
                                                                   sql.Identifier(reg.schema, table))
     return {(bytes(r[0]) if isinstance(r[0], (bytes, memoryview)) else r[0]): tuple(r[1:])
             for r in conn.execute(query).fetchall()}

@@ -46,7 +46,7 @@ def rows(keys: list[int], stamps: list[int], writer: int) -> pa.Table:
 
 
 def stored(conn: psycopg.Connection, schema: str) -> dict[int, tuple[Any, ...]]:
-    query = sql.SQL("SELECT uid, a, w, updated_at FROM {}").format(sql.Identifier(schema, "t1"))
+    query = sql.SQL("SELECT uid, a, w, extract(epoch FROM updated_at)::int8 FROM {}").format(sql.Identifier(schema, "t1"))
     return {r[0]: tuple(r[1:]) for r in conn.execute(query).fetchall()}
 
 

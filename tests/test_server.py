@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pgfeatures.definitions import rfc3339
 from pgfeatures.errors import ConfigError
 from pgfeatures.server.config import ServerConfig, load_config
 from support import server_data as data
@@ -94,7 +95,7 @@ def test_subsets_in_both_notations(client: httpx.Client) -> None:
     by_table = client.post("/v1/features", json={"key": key, "tables": ["stats", "profile"],
                                                  "features": {"profile": ["score", "updated_at"]}}).json()
     assert list(by_table["features"]) == ["stats", "profile"]  # the order asked
-    assert by_table["features"] == {"stats": data.rows("stats", 2), "profile": {"score": 3.0, "updated_at": data.updated_at(2)}}
+    assert by_table["features"] == {"stats": data.rows("stats", 2), "profile": {"score": 3.0, "updated_at": rfc3339(data.updated_at(2))}}
     dotted = client.post("/v1/features", json={"key": key, "features": ["flags.g", "profile.clicks"]}).json()
     assert dotted["features"] == {"flags": {"g": False}, "profile": {"clicks": 20}}
     assert dotted["missing"] == []
@@ -231,7 +232,7 @@ def test_tables(client: httpx.Client, definitions: Path) -> None:
     assert stats["features"] == [{"name": "a", "type": "real", "default": None}, {"name": "b", "type": "real", "default": None}]
     assert stats["entity"] == {"name": "entity", "key_type": "bytea32", "key_column": "hashkey"}
     assert stats["exists"] is True and stats["rows"] == 5  # keys 0, 2, 4, 6, 8
-    assert stats["newest_updated_at"] == data.updated_at(8)
+    assert stats["newest_updated_at"] == rfc3339(data.updated_at(8))
     assert [t["name"] for t in body["tables"]] == ["profile", "stats", "flags"]
 
 

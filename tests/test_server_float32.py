@@ -60,9 +60,9 @@ def definitions(dsn: str, schema: str, tmp_path: Path) -> Path:
         apply_schema(conn, Registry.from_toml(path))
         for i, values in REALS.items():
             conn.execute(sql.SQL("INSERT INTO {} (hashkey, updated_at, a, b, c, d, e, f) "
-                                 "VALUES (%s, 0, %s, %s, %s, %s, %s, %s)").format(
+                                 "VALUES (%s, to_timestamp(0), %s, %s, %s, %s, %s, %s)").format(
                 sql.Identifier(schema, "reals")), [key(i), *values])
-            conn.execute(sql.SQL("INSERT INTO {} (hashkey, updated_at, r, n) VALUES (%s, 0, %s, %s)").format(
+            conn.execute(sql.SQL("INSERT INTO {} (hashkey, updated_at, r, n) VALUES (%s, to_timestamp(0), %s, %s)").format(
                 sql.Identifier(schema, "mixed")), [key(i), *MIXED[i]])
     return path
 

@@ -7,6 +7,7 @@ Each test gets a fresh schema of its own (support/serving_data.py), since it wri
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import httpx
 import psycopg
 import pytest
 
-from pgfeatures.definitions import Registry
+from pgfeatures.definitions import Registry, rfc3339
 from pgfeatures.server import ServerConfig
 from support import serving_data as data
 from support.inprocess import running_app
@@ -195,7 +196,7 @@ def test_the_age_of_the_newest_row_follows_writes(client: httpx.Client, dsn: str
     client.post("/v1/push/session_f", json={"key": "87654321-4321-8765-4321-876543218765",
                                             "features": {"dwell": 2.0, "updated_at": t - 30}})
     moved = session_table(client)
-    assert moved["newest_updated_at"] == t - 30
+    assert moved["newest_updated_at"] == rfc3339(datetime.datetime.fromtimestamp(t - 30, datetime.timezone.utc))
     assert 30 <= moved["newest_age"] < 90
     gauge = metric(client.get("/metrics").text, "pgfeatures_table_newest_row_age_seconds", table="session_f")
     assert 30 <= gauge < 90

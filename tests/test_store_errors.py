@@ -316,7 +316,8 @@ def test_apply_adds_a_missing_updated_at_as_init_creates_it(conn, schema, dsn):
     with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as store:
         assert store.get_features(KEY) == {"t00": {"f0": 1.5}}
         assert store.update_features(KEY, "t00", {"f0": 2.5, "updated_at": 1}) == 0  # the stored row is newer
-        assert store.update_features(KEY, "t00", {"f0": 3.5, "updated_at": 2**31 - 1}) == 1  # a NULL stamp would skip it
+        server_now = conn.execute("SELECT now()").fetchone()[0]
+        assert store.update_features(KEY, "t00", {"f0": 3.5, "updated_at": server_now}) == 1  # a NULL stamp would skip it
         assert store.get_features(KEY) == {"t00": {"f0": 3.5}}
 
 

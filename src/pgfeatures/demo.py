@@ -70,19 +70,21 @@ def expected(registry: Registry, entity: int, n_entities: int, seed: int = 0) ->
 def copy_binary_float4(
     conn: psycopg.Connection, schema: str, table: FeatureTable, keys: np.ndarray, values: np.ndarray, updated_at: int
 ) -> None:
-    """COPY rows of (32-byte key, float4 features..., int4 updated_at) in PostgreSQL's binary format.
+    """COPY rows of (32-byte key, float4 features..., timestamptz updated_at: ``updated_at`` epoch
+    seconds) in PostgreSQL's binary format.
 
     The payload is built by the write path's numpy encoder: no per-row Python
     (millions of rows per second).
     """
     from .load import COPY_HEADER, COPY_TRAILER, encode_copy_rows
+    from .load.copy import timestamptz_values
 
     n = len(keys)
     columns: list[tuple[np.ndarray, np.ndarray | None]] = [  # (values, NULL mask): load.copy's Column
         (np.ascontiguousarray(keys).view(np.uint8).reshape(n, KEY_LENGTH), None)
     ]
     columns += [(np.ascontiguousarray(values[:, j]), None) for j in range(values.shape[1])]
-    columns.append((np.full(n, updated_at, dtype=np.int32), None))
+    columns.append((timestamptz_values(np.full(n, updated_at * 1_000_000, dtype=np.int64)), None))
     names = sql.SQL(", ").join(
         [sql.Identifier(KEY_COLUMN), *(sql.Identifier(f.name) for f in table.features), sql.Identifier(UPDATED_AT)]
     )

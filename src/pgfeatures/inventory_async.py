@@ -15,8 +15,9 @@ What it costs:
   or analyzed has none, and is counted when it is small (under ``COUNT_BELOW_BYTES``), else the
   statistics counters' live rows are given, else nothing;
 - the catalog is read without locking any table;
-- ``max(updated_at)`` is one index probe when an index leads with ``updated_at``, and otherwise
-  a scan of the whole table (measured in docs/doctor.md). Each table's is bounded by ``timeout``
+- ``max(updated_at)`` is one index probe when an index leads with ``updated_at`` (every table
+  pgfeatures creates has one: ``schema.freshness_index_sql``), and otherwise a scan of the whole
+  table, which the table's ``newest_note`` says, with the index to create (docs/doctor.md). Each table's is bounded by ``timeout``
   seconds (``statement_timeout``, which also bounds waiting for a lock held on the table); one that
   takes longer is reported as unknown, with why, and the others go on.
 
@@ -28,6 +29,7 @@ translates them, e.g. with ``pgfeatures.connections.database_error``).
 
 from __future__ import annotations
 
+import datetime
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +39,7 @@ from psycopg import sql
 
 from .definitions import UPDATED_AT, Registry
 from .materialize.build_async import status_async
+from .schema import freshness_index_sql
 
 DEFAULT_TIMEOUT = 2.0  # seconds for each table's max(updated_at) (and count, when it counts)
 COUNT_BELOW_BYTES = 8 * 2**20  # a never-analyzed table smaller than this is counted (a few ms)
@@ -62,8 +65,8 @@ def _freshness_sql(schema: str, table: str, count: bool, newest: bool) -> sql.Co
     ident = sql.Identifier(schema, table)
     counted = sql.SQL("CASE WHEN pg_relation_size({}::regclass) < {} THEN (SELECT count(*) FROM {}) END").format(
         sql.Literal(ident.as_string(None)), sql.Literal(COUNT_BELOW_BYTES), ident) if count else sql.SQL("NULL::int8")
-    top = sql.SQL("(SELECT max({}) FROM {})").format(sql.Identifier(UPDATED_AT), ident) if newest else sql.SQL("NULL::int8")
-    return sql.SQL("SELECT {}, {}, extract(epoch FROM clock_timestamp())::float8").format(counted, top)
+    top = sql.SQL("(SELECT max({}) FROM {})").format(sql.Identifier(UPDATED_AT), ident) if newest else sql.SQL("NULL::timestamptz")
+    return sql.SQL("SELECT {}, {}, clock_timestamp()").format(counted, top)
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ class TableInfo:
     exists: bool
     rows: int | None = None
     rows_source: str | None = None
-    newest_updated_at: int | None = None
+    newest_updated_at: datetime.datetime | None = None  # aware, UTC
     newest_age: float | None = None
     newest_note: str | None = None
     newest_seconds: float | None = None  # what finding max(updated_at) took (client-measured)
@@ -117,8 +120,10 @@ class TableInfo:
 
 @dataclass(frozen=True)
 class ServiceInfo:
-    """One feature service: its features in order, its tables and entities, and for a materialized
-    one the state of its serving rows (``built``, ``stale``, ``missing``; None when not materialized)."""
+    """One feature service: its features in order, its tables and entities, its ttl and the TTL it
+    applies to each table (``table_ttls``: the stricter of its own and the table's, unless
+    ``ttl_override``), and for a materialized one the state of its serving rows (``built``,
+    ``stale``, ``missing``; None when not materialized)."""
 
     name: str
     features: tuple[str, ...]
@@ -129,10 +134,13 @@ class ServiceInfo:
     materialize: bool
     state: str | None = None
     serving_tables: tuple[str, ...] = field(default=())
+    ttl_override: bool = False
+    table_ttls: dict[str, int | None] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "features": list(self.features), "tables": list(self.tables),
-                "entities": list(self.entities), "ttl": self.ttl, "version": self.version,
+                "entities": list(self.entities), "ttl": self.ttl, "ttl_override": self.ttl_override,
+                "table_ttls": dict(self.table_ttls), "version": self.version,
                 "materialize": self.materialize, "state": self.state, "serving_tables": list(self.serving_tables)}
 
 
@@ -196,7 +204,12 @@ async def tables_async(conn: psycopg.AsyncConnection, registry: Registry, *, tim
                         if top is None:
                             info.update(newest_note="the table is empty")
                         else:
-                            info.update(newest_updated_at=int(top), newest_age=round(now - top, 3))
+                            info.update(newest_updated_at=top.astimezone(datetime.timezone.utc),
+                                        newest_age=round((now - top).total_seconds(), 3))
+                            if not index:
+                                info.update(newest_note=f"measured by a scan of the whole table: no index leads with "
+                                                        f"{UPDATED_AT} (pgfeatures creates one with every table: "
+                                                        f"{freshness_index_sql(registry.schema, table, True).as_string(None)})")
             if "rows" not in info and live:
                 info.update(rows=int(live), rows_source="pg_stat_user_tables")
         entity = table.entity
@@ -217,5 +230,6 @@ async def services_async(conn: psycopg.AsyncConnection, registry: Registry) -> l
         out.append(ServiceInfo(
             name, svc.order(registry), tuple(t.name for t, _ in items),
             tuple(dict.fromkeys(t.entity.name for t, _ in items)), svc.ttl, svc.version, svc.materialize,
-            states.get(name) if svc.materialize else None, tuple(layout.table_name for layout in layouts)))
+            states.get(name) if svc.materialize else None, tuple(layout.table_name for layout in layouts),
+            svc.ttl_override, svc.table_ttls(registry)))
     return out

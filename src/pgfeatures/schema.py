@@ -16,9 +16,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .definitions import KEY_LENGTH, UPDATED_AT, FeatureTable, Registry
+from .definitions import EVENT_TIME, KEY_LENGTH, UPDATED_AT, FeatureTable, Registry
 from .definitions.names import derived
 from .errors import SchemaDriftError
+
+LEGACY_EVENT_TIME = "integer"  # updated_at as older versions made it: epoch seconds, up to 2038
 
 
 def qualified(registry_or_schema: Registry | str, table: FeatureTable | str) -> sql.Identifier:
@@ -30,6 +32,33 @@ def qualified(registry_or_schema: Registry | str, table: FeatureTable | str) -> 
 def covering_index_name(table: FeatureTable | str) -> str:
     """The covering index of a table (or of a table of that name: a swap's new table)."""
     return derived(table if isinstance(table, str) else table.name, "_covering")
+
+
+def freshness_index_name(table: FeatureTable | str) -> str:
+    """``<table>_updated_at``; a name that would pass 63 bytes is shortened with a hash (never truncated
+    into the table's own name)."""
+    return derived(table.name if isinstance(table, FeatureTable) else table, "_updated_at")
+
+
+def freshness_index_sql(schema: str, table: FeatureTable | str, concurrently: bool = False) -> sql.Composed:
+    """The index on ``updated_at`` every table pgfeatures creates has: the age of the newest row
+    (``pgfeatures tables``, ``GET /v1/tables``, every ``/metrics`` scrape) is one probe of its end,
+    never a scan of the table, and ``pgfeatures expire`` deletes the oldest rows in its order. It
+    costs writers: an update that changes ``updated_at`` cannot be HOT (docs/doctor.md has the
+    figures). ``concurrently``: for a live table (outside a transaction)."""
+    return sql.SQL("CREATE INDEX {}IF NOT EXISTS {} ON {} ({})").format(
+        sql.SQL("CONCURRENTLY " if concurrently else ""), sql.Identifier(freshness_index_name(table)),
+        qualified(schema, table), sql.Identifier(UPDATED_AT))
+
+
+def table_ddl(schema: str, table: FeatureTable) -> list[sql.Composed]:
+    """Every statement creating ``table`` as pgfeatures makes it: the table, its covering index (when
+    asked for) and its index on ``updated_at``."""
+    out = [create_table_sql(schema, table)]
+    if table.covering_index:
+        out.append(covering_index_sql(schema, table))
+    out.append(freshness_index_sql(schema, table))
+    return out
 
 
 def key_column_sql(table: FeatureTable) -> sql.Composed:
@@ -51,9 +80,30 @@ def column_definitions(table: FeatureTable) -> dict[str, sql.Composed]:
     return {
         table.key_column: key_column_sql(table),
         **{f.name: sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(f.type.name)) for f in table.features},
-        UPDATED_AT: sql.SQL("{} integer NOT NULL DEFAULT (extract(epoch from now()))::integer").format(
-            sql.Identifier(UPDATED_AT)),
+        UPDATED_AT: sql.SQL("{} timestamptz NOT NULL DEFAULT now()").format(sql.Identifier(UPDATED_AT)),
     }
+
+
+def event_time_micros_sql(expr: sql.Composable) -> sql.Composed:
+    """``expr`` (a timestamptz) as int8 epoch microseconds: how event time travels to readers and
+    into the ``ts`` entries of serving rows. Exact (``extract`` is numeric); a row's ``updated_at``
+    of ``infinity`` has no such number and fails the statement (pgfeatures never writes one)."""
+    return sql.SQL("(extract(epoch FROM {}) * 1000000)::int8").format(expr)
+
+
+def migrate_event_time_sql(schema: str, table: FeatureTable | str) -> list[sql.Composed]:
+    """The statements that turn a legacy ``updated_at integer`` (epoch seconds, as versions before
+    event time made it) into ``timestamptz``, values kept (``to_timestamp``), default ``now()``.
+
+    One ``ALTER TABLE``: it rewrites the table (and rebuilds its indexes) under an ACCESS EXCLUSIVE
+    lock, so readers and writers of the table wait for it; then the index on ``updated_at`` tables
+    made now have (``freshness_index_sql``), built in the same transaction. Maintenance triggers of materialized
+    services made before it still compute ``ts`` in seconds: rebuild those services afterwards
+    (``pgfeatures materialize``; their layouts are stale anyway, see ``layout.LAYOUT_VERSION``)."""
+    col = sql.Identifier(UPDATED_AT)
+    return [sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT, ALTER COLUMN {} TYPE timestamptz USING "
+                    "to_timestamp({}), ALTER COLUMN {} SET DEFAULT now()").format(qualified(schema, table), col, col, col, col),
+            freshness_index_sql(schema, table)]
 
 
 def create_table_sql(schema: str, table: FeatureTable) -> sql.Composed:
@@ -98,9 +148,7 @@ def ddl(registry: Registry) -> list[sql.Composed]:
     """Every statement ``apply_schema`` may run, in order."""
     statements = [sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(registry.schema))]
     for table in registry.tables.values():
-        statements.append(create_table_sql(registry.schema, table))
-        if table.covering_index:
-            statements.append(covering_index_sql(registry.schema, table))
+        statements += table_ddl(registry.schema, table)
     return statements
 
 
@@ -153,7 +201,8 @@ def table_exists(conn: psycopg.Connection, schema: str, table: str) -> bool:
 
 def expected_columns(table: FeatureTable) -> dict[str, str]:
     """Column name -> type (as ``format_type`` spells it) of the table ``create_table_sql`` makes."""
-    return {table.key_column: table.entity.live_type, **{f.name: f.type.name for f in table.features}, UPDATED_AT: "integer"}
+    return {table.key_column: table.entity.live_type, **{f.name: f.type.name for f in table.features},
+            UPDATED_AT: EVENT_TIME.name}
 
 
 def compare(table: FeatureTable, columns: Mapping[str, str], primary_key: Sequence[str] | None,
@@ -166,6 +215,9 @@ def compare(table: FeatureTable, columns: Mapping[str, str], primary_key: Sequen
     for col, typ in expected.items():
         if col not in columns:
             breaking.append(f"column {col} ({typ}) is missing")
+        elif col == UPDATED_AT and columns[col] == LEGACY_EVENT_TIME:
+            breaking.append(f"legacy event time: column {col} is {LEGACY_EVENT_TIME} epoch seconds (as versions before "
+                            f"timestamptz event time made it), definition says {typ}")
         elif columns[col] != typ:
             breaking.append(f"column {col} is {columns[col]}, definition says {typ}")
     other += [f"column {col} ({typ}) is not in the definition" for col, typ in columns.items() if col not in expected]
@@ -218,9 +270,8 @@ def apply_schema(conn: psycopg.Connection, registry: Registry, *, raise_on_drift
                 else:
                     report.existing.append(table.name)
                 continue
-            conn.execute(create_table_sql(registry.schema, table))
-            if table.covering_index:
-                conn.execute(covering_index_sql(registry.schema, table))
+            for statement in table_ddl(registry.schema, table):
+                conn.execute(statement)
             report.created.append(table.name)
     if report.drift and raise_on_drift:
         raise SchemaDriftError(report.describe())
@@ -271,6 +322,7 @@ class TableCheck:
     table: str
     breaking: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    migrations: tuple[str, ...] = ()  # statements migrating what older versions made (legacy event time)
 
 
 def check_catalog_row(schema: str, table: FeatureTable, row: tuple[Any, ...]) -> TableCheck:
@@ -280,7 +332,9 @@ def check_catalog_row(schema: str, table: FeatureTable, row: tuple[Any, ...]) ->
         return TableCheck(table.name, (f"table {schema}.{table.name} does not exist",))
     live = dict(zip(names or (), types or ()))
     breaking, other = compare(table, live, primary_key, indexes or ())
-    return TableCheck(table.name, tuple(breaking), tuple(other))
+    migrations = (tuple(s.as_string(None) for s in migrate_event_time_sql(schema, table))
+                  if live.get(UPDATED_AT) == LEGACY_EVENT_TIME else ())
+    return TableCheck(table.name, tuple(breaking), tuple(other), migrations)
 
 
 def check_catalog(registry: Registry, rows: list[tuple[Any, ...]]) -> dict[str, TableCheck]:
@@ -296,12 +350,15 @@ def drift_error(registry: Registry, checks: dict[str, TableCheck], source: str |
     where = f" -d {source}" if source else " -d <definitions>"
     hints = [f"`pgfeatures plan{where}` shows the change and `pgfeatures apply{where}` makes it, online (missing tables "
              "created, missing columns added)"]
+    if any(c.migrations for c in checks.values() if c.breaking):
+        hints.append("a legacy event time (integer updated_at) is migrated to timestamptz by the same apply (a rewrite "
+                     "of the table under an exclusive lock; the materialized services reading it are rebuilt)")
     keyless = [n for n, p in problems.items()
                if any(x.startswith(f"column {registry.tables[n].key_column} (") and x.endswith(" is missing") for x in p)]
     if keyless:
         hints.append(f"{', '.join(keyless)} lack(s) the entity's key column: point the entity's key_column at the "
                      "table's key, or recreate the table")
-    if any(", definition says " in p for ps in problems.values() for p in ps):
+    if any(", definition says " in p and not p.startswith("legacy event time") for ps in problems.values() for p in ps):
         hints.append("a column of another type is altered by `pgfeatures apply --allow-destructive` (a rewrite of the "
                      "table), or correct the definition")
     return SchemaDriftError(

@@ -7,6 +7,8 @@ per table so responses have misses.
 
 from __future__ import annotations
 
+import datetime
+
 import hashlib
 import re
 from pathlib import Path
@@ -58,8 +60,8 @@ def rows(table: str, i: int) -> dict[str, Any] | None:
     return None
 
 
-def updated_at(i: int) -> int:
-    return 1_700_000_000 + i
+def updated_at(i: int) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(1_700_000_000 + i, datetime.timezone.utc)
 
 
 def expected(i: int, tables: tuple[str, ...] = ("profile", "stats", "flags")) -> dict[str, Any]:

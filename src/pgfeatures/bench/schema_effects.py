@@ -127,10 +127,10 @@ def _ident(name: str) -> sql.Identifier:
 
 WIDE_DDL = {
     "wide_jsonb": ("hashkey bytea PRIMARY KEY, doc jsonb, updated_at timestamptz",
-                   "hashkey, jsonb_build_object({pairs}), to_timestamp(updated_at)"),
+                   "hashkey, jsonb_build_object({pairs}), updated_at"),
     "wide_mixed": (f"hashkey bytea PRIMARY KEY, {', '.join(f'{f} numeric' for f in FEATURES)}, label text, updated_at timestamptz",
                    f"hashkey, {', '.join(f'{f}::numeric' for f in FEATURES)}, 'segment-' || get_byte(hashkey, 0) % 20, "
-                   "to_timestamp(updated_at)"),
+                   "updated_at"),
 }
 
 

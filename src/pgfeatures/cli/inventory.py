@@ -66,10 +66,11 @@ def run(args: argparse.Namespace, out: Output) -> int:
             state = "not materialized" if not s.materialize else s.state or "unknown"
             if s.state in ("missing", "stale"):
                 state += f": pgfeatures materialize {s.name}"
-            srows.append([s.name, str(len(s.features)), ", ".join(s.tables), "-" if s.ttl is None else format_duration(s.ttl),
-                          s.version or "-", state])
-        out.table("feature services", ["service", "features", "tables", "ttl", "version", "serving rows"], srows,
-                  right=["features"])
+            ttls = ", ".join(f"{t} {'-' if ttl is None else format_duration(ttl)}" for t, ttl in s.table_ttls.items())
+            srows.append([s.name, str(len(s.features)), ", ".join(s.tables),
+                          ttls + (" (override)" if s.ttl_override else ""), s.version or "-", state])
+        out.table("feature services", ["service", "features", "tables", "ttl per table", "version", "serving rows"],
+                  srows, right=["features"])
     return 0
 
 

@@ -14,10 +14,13 @@ psycopg only) the same tables come out as aligned plain text and progress as pla
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
+
+from ..definitions import rfc3339
 
 _STYLES = {"pass": "green", "ok": "green", "warn": "yellow", "fail": "red", "error": "red", "bold": "bold"}
 UNBOUNDED_WIDTH = 1000  # columns of a rich console that is not a terminal: tables as wide as their content
@@ -86,7 +89,7 @@ class Output:
 
     def json(self, data: Any) -> None:
         """The machine-readable result: one JSON document on stdout."""
-        print(json.dumps(data, indent=2, default=str), file=self.stdout, flush=True)
+        print(json.dumps(data, indent=2, default=_json_default), file=self.stdout, flush=True)
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[str] | None], *,
               right: Sequence[str] = (), status: str | None = None, lines: bool = False) -> None:
@@ -156,3 +159,11 @@ class Progress:
             self._bar.update(self._task, description=text)
         else:
             self._output.note(f"  {text}")
+
+
+def _json_default(value: Any) -> Any:
+    """What the JSON output prints for a value json cannot: event times as RFC 3339 (as the HTTP
+    service does), anything else as its text."""
+    if isinstance(value, datetime.datetime) and value.tzinfo is not None:
+        return rfc3339(value)
+    return str(value)

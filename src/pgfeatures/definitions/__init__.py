@@ -1,6 +1,7 @@
 """Definitions (floor 1): entities, feature tables, feature services, types; built in Python or read from TOML.
 
 - ``types``: feature types, value checks, identifiers, durations;
+- ``eventtime``: event time (``updated_at``): what callers may give, how it travels and prints;
 - ``entities``: entities and their keys (bytea32, bigint, text, uuid; hashed natural ids);
 - ``tables``: features (with defaults) and feature tables (entity, ttl);
 - ``services``: named, versioned feature services;
@@ -17,6 +18,7 @@ from .entities import (
     hash_key,
     parse_hash_key,
 )
+from .eventtime import DEFAULT_MAX_FUTURE_SKEW, from_micros, parse_event_time, rfc3339, to_micros
 from .registry import DEFAULT_SCHEMA, Registry, demo_registry, read_toml
 from .services import FeatureService
 from .tables import UPDATED_AT, UPDATED_AT_FEATURE, Feature, FeatureTable
@@ -27,6 +29,7 @@ from .types import (
     INF_POLICIES,
     INT_RANGE,
     NAN_POLICIES,
+    EVENT_TIME,
     NONFINITE_JSON,
     TYPES,
     WIDE_TYPES,
@@ -42,9 +45,10 @@ from .types import (
 RESERVED = frozenset({KEY_COLUMN, UPDATED_AT})
 
 __all__ = [
-    "ALIASES", "DEFAULT_ENTITY", "DEFAULT_ENTITY_NAME", "DEFAULT_SCHEMA", "Entity", "FLOAT32_MAX", "FLOAT32_OVERFLOW",
-    "Feature", "FeatureService", "FeatureTable", "FeatureType", "INF_POLICIES", "INT_RANGE", "KEY_COLUMN", "KEY_LENGTH", "KEY_TYPES",
-    "NAN_POLICIES", "NONFINITE_JSON", "RESERVED", "Registry", "TYPES", "UPDATED_AT", "UPDATED_AT_FEATURE", "WIDE_TYPES",
-    "check_identifier", "check_value", "demo_registry", "feature_type", "format_duration", "hash_key",
-    "nonfinite_json", "parse_duration", "parse_hash_key", "read_toml",
+    "ALIASES", "DEFAULT_ENTITY", "DEFAULT_ENTITY_NAME", "DEFAULT_MAX_FUTURE_SKEW", "DEFAULT_SCHEMA", "EVENT_TIME",
+    "Entity", "FLOAT32_MAX", "FLOAT32_OVERFLOW", "Feature", "FeatureService", "FeatureTable", "FeatureType", "INF_POLICIES",
+    "INT_RANGE", "KEY_COLUMN", "KEY_LENGTH", "KEY_TYPES", "NAN_POLICIES", "NONFINITE_JSON", "RESERVED", "Registry", "TYPES",
+    "UPDATED_AT", "UPDATED_AT_FEATURE", "WIDE_TYPES", "check_identifier", "check_value", "demo_registry", "feature_type",
+    "format_duration", "from_micros", "hash_key", "nonfinite_json", "parse_duration", "parse_event_time", "parse_hash_key",
+    "read_toml", "rfc3339", "to_micros",
 ]

@@ -7,7 +7,7 @@ A service declared ``materialize = true`` keeps, per entity it reads, one servin
         r  real[],               -- every real feature of the entity's tables, in the service's order
         d  double precision[],   -- double, smallint, integer, boolean (exact in a double)
         i  bigint[],             -- bigint (exact only in an int8)
-        ts bigint[]              -- per table: its row's updated_at, NULL where the key has no row
+        ts bigint[]              -- per table: its row's updated_at in epoch microseconds, NULL where the key has no row
     )
 
 so a read is one primary-key lookup per entity, and the row says, per table, whether the key was
@@ -36,13 +36,16 @@ from .tables import Feature, FeatureTable
 
 # Serving array per feature type: (column, element type of the array)
 GROUPS = {"real": ("r", "real"), "double precision": ("d", "double precision"), "smallint": ("d", "double precision"),
-          "integer": ("d", "double precision"), "boolean": ("d", "double precision"), "bigint": ("i", "bigint")}
+          "integer": ("d", "double precision"), "boolean": ("d", "double precision"), "bigint": ("i", "bigint"),
+          "timestamp with time zone": ("i", "bigint")}  # event time, as epoch microseconds
 GROUP_ORDER = ("r", "d", "i")
 TS = "ts"
 PREFIX = "_pgf_svc_"
-# The serving row's format: part of every fingerprint, so rows built by a version that lays them out
-# differently are never read by this one (they are rebuilt: ``pgfeatures apply``).
-LAYOUT_VERSION = 2
+# The serving row's format, beyond the slots: part of every fingerprint (and so of the serving table's
+# name), so rows built by a version that lays them out otherwise are never read by this one (they are
+# rebuilt: ``pgfeatures apply``). 1: tables named by service and entity, ts in epoch seconds; 2: named by
+# fingerprint; 3: ts in epoch microseconds (event time is a timestamptz).
+LAYOUT_VERSION = 3
 SERVING_COLUMNS = frozenset({*GROUP_ORDER, TS})  # a key column may not take these names
 MAX_IDENTIFIER = 63  # bytes: PostgreSQL truncates longer names silently
 

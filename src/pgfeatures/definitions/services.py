@@ -4,9 +4,14 @@
 
     [services.fraud_v1]
     features = ["user_stats.*", "merchant_risk.chargeback_rate", "card_stats.amount_avg"]
-    ttl = "1d"            # optional: overrides the tables' ttl for this service's reads
+    ttl = "1d"            # optional: a table's rows older than this are not served by this service
+    ttl_override = false  # optional: true makes ttl replace the tables' own, even where theirs is stricter
     version = "2026-11-30" # optional: published with the service
     description = "fraud model v1"
+
+The TTL that applies to a table read by a service (``effective_ttl``) is the stricter of the
+service's and the table's: a service cannot serve a 1-day-old row of a 12-hour table as present by
+accident. ``ttl_override = true`` says it on purpose: the service's ttl replaces the tables'.
 
 ``table.*`` means every declared feature of the table, in the table's order. The service's
 order (its features as listed, ``*`` expanded) is part of its definition: it is the order of the
@@ -39,6 +44,7 @@ class FeatureService:
     materialize: bool = False
     version: str | None = None
     description: str | None = None
+    ttl_override: bool = False
 
     def __post_init__(self) -> None:
         check_not_reserved("service", check_identifier("service", self.name))
@@ -51,6 +57,21 @@ class FeatureService:
                 raise DefinitionError(f"service {self.name!r}: {ref!r} must be written \"table.feature\" or \"table.*\"")
         if self.ttl is not None and (not isinstance(self.ttl, int) or self.ttl <= 0):
             raise DefinitionError(f"service {self.name!r}: ttl must be a positive number of seconds, got {self.ttl!r}")
+        if self.ttl_override and self.ttl is None:
+            raise DefinitionError(f"service {self.name!r}: ttl_override = true needs a ttl (it replaces the tables' ttl)")
+
+    def effective_ttl(self, table: "FeatureTable") -> int | None:
+        """The TTL (seconds; None: none) this service applies to ``table``'s rows: the stricter of the
+        service's and the table's, or the service's when ``ttl_override``."""
+        if self.ttl is None:
+            return table.ttl
+        if self.ttl_override or table.ttl is None:
+            return self.ttl
+        return min(self.ttl, table.ttl)
+
+    def table_ttls(self, registry: "Registry") -> dict[str, int | None]:
+        """``{table: effective TTL}`` for every table the service reads, in the service's order."""
+        return {table.name: self.effective_ttl(table) for table, _ in self.resolve(registry)}
 
     def resolve(self, registry: "Registry") -> tuple[tuple["FeatureTable", tuple["Feature", ...]], ...]:
         """The service's tables (in order of first mention) and, per table, its features in the order
@@ -82,6 +103,8 @@ class FeatureService:
         out: dict[str, Any] = {"features": list(self.features)}
         if self.ttl is not None:
             out["ttl"] = format_duration(self.ttl)
+        if self.ttl_override:
+            out["ttl_override"] = True
         if self.materialize:
             out["materialize"] = True
         if self.version is not None:
@@ -95,7 +118,7 @@ class FeatureService:
         """From the TOML ``[services.<name>]`` table. Raises DefinitionError naming the service."""
         if not isinstance(spec, Mapping):
             raise DefinitionError(f"service {name!r} needs a table with features = [\"table.feature\", ...]")
-        valid = {"features", "ttl", "materialize", "version", "description"}
+        valid = {"features", "ttl", "ttl_override", "materialize", "version", "description"}
         unknown = set(spec) - valid
         if unknown:
             raise DefinitionError(f"service {name!r}: unknown key(s) {', '.join(sorted(unknown))} (valid: {', '.join(sorted(valid))})")
@@ -104,8 +127,11 @@ class FeatureService:
             raise DefinitionError(f"service {name!r}: features must be a list of \"table.feature\" or \"table.*\" strings")
         ttl = parse_duration(spec["ttl"], f"service {name!r}: ttl") if "ttl" in spec else None
         version = spec.get("version")
+        override = spec.get("ttl_override", False)
+        if not isinstance(override, bool):
+            raise DefinitionError(f"service {name!r}: ttl_override must be true or false, got {override!r}")
         return cls(name, tuple(features), ttl, bool(spec.get("materialize", False)),
-                   None if version is None else str(version), spec.get("description"))
+                   None if version is None else str(version), spec.get("description"), override)
 
 
 def check_services(registry: "Registry", services: Iterable[FeatureService]) -> None:

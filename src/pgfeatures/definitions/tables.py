@@ -10,8 +10,8 @@
     clicks_7d = "integer"
     ctr_7d = { type = "real", default = 0.0 }   # served when the row is missing, expired or NULL
 
-Every table has its entity's key column (primary key) and ``updated_at integer`` (epoch
-seconds: when the row's values were true, or when they were written) besides its features.
+Every table has its entity's key column (primary key) and ``updated_at timestamptz`` (event time:
+when the row's values were true, or when they were written; see eventtime.py) besides its features.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 from ..errors import DefinitionError, UnknownFeatureError
 from .entities import DEFAULT_ENTITY, Entity
 from .names import STAGE_COLUMNS, check_not_reserved
-from .types import TYPES, FeatureType, check_identifier, check_value, feature_type
+from .types import EVENT_TIME, FeatureType, check_identifier, check_value, feature_type
 
 UPDATED_AT = "updated_at"
 
@@ -49,7 +49,7 @@ class Feature:
                 raise DefinitionError(str(exc)) from None
 
 
-UPDATED_AT_FEATURE = Feature(UPDATED_AT, TYPES["integer"])
+UPDATED_AT_FEATURE = Feature(UPDATED_AT, EVENT_TIME)
 
 
 def _feature(name: str, spec: Any) -> Feature:

@@ -10,9 +10,11 @@ import math
 import numbers
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ..errors import DefinitionError, FeatureValueError
+from .eventtime import parse_event_time
 
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite real, printed shortest as 3.4028235e+38
 # Halfway between FLOAT32_MAX and 2**128: the smallest magnitude that rounds to infinity as a float32
@@ -55,6 +57,10 @@ TYPES: dict[str, FeatureType] = {
     "boolean": FeatureType("boolean", bool, True),
 }
 
+# The type of ``updated_at`` (event time: definitions/eventtime.py). Not a feature type a definition
+# may declare (yet): it travels as int8 epoch microseconds and comes back as an aware datetime.
+EVENT_TIME = FeatureType("timestamp with time zone", datetime, False)
+
 ALIASES = {
     "float4": "real", "float": "double precision", "float8": "double precision", "double": "double precision",
     "int2": "smallint", "int": "integer", "int4": "integer", "int8": "bigint", "bool": "boolean",
@@ -68,7 +74,7 @@ WIDE_TYPES = {
     "json": "parsed on every read and variable-length; one column per feature, as real/integer",
     "jsonb": "variable-length, often TOASTed; one column per feature, as real/integer",
     "numeric": "variable-length arbitrary precision, slow to decode; use real or double precision",
-    "timestamptz": "8 bytes and converted on every read; use updated_at-style integer epoch seconds",
+    "timestamptz": "8 bytes and converted on every read; event time is the table's updated_at, other times fit integer epoch seconds",
     "timestamp with time zone": "8 bytes and converted on every read; use integer epoch seconds",
     "timestamp": "8 bytes and converted on every read; use integer epoch seconds",
     "bytea": "variable-length; only the entity key should be bytea",
@@ -134,6 +140,8 @@ def check_value(where: str, type_: FeatureType, value: Any, nan: str = "reject",
     if value is None:
         return None
     kind = type_.name
+    if type_ is EVENT_TIME:
+        return parse_event_time(where, value)
 
     def invalid(why: str) -> FeatureValueError:
         return FeatureValueError(f"{where} ({kind}): {value!r} {why}")

@@ -26,8 +26,8 @@ from typing import Any
 
 from psycopg import sql
 
-from ..definitions import WIDE_TYPES
-from ..schema import covering_index_sql, create_table_sql
+from ..definitions import EVENT_TIME, UPDATED_AT, WIDE_TYPES
+from ..schema import table_ddl
 from ..warmup import Blocks
 from .facts import Facts, ServerFacts, TableFacts
 from .report import SERVER, Finding, Report, Status
@@ -71,9 +71,7 @@ def check_schema(f: Facts) -> list[Finding]:
     for t in f.tables.values():
         if not t.exists:
             ddl = [sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(f.registry.schema)).as_string(None),
-                   create_table_sql(f.registry.schema, t.table).as_string(None)]
-            if t.table.covering_index:
-                ddl.append(covering_index_sql(f.registry.schema, t.table).as_string(None))
+                   *(statement.as_string(None) for statement in table_ddl(f.registry.schema, t.table))]
             out.append(Finding("schema", t.subject, Status.FAIL, "table is missing",
                                "create it: pgfeatures init (with the same --definitions)", tuple(ddl)))
         elif t.drift:
@@ -275,6 +273,8 @@ def check_row_width(f: Facts) -> list[Finding]:
             if c.name == t.table.key_column:  # its type is the entity's key type, not a feature's
                 continue
             base = _base_type(c.type)
+            if c.name == UPDATED_AT and base == EVENT_TIME.name:  # pgfeatures' own event time, 8 bytes by design
+                continue
             if base in WIDE_TYPES:
                 (variable if c.varlena else fixed).append(f"{c.name} {c.type}: {WIDE_TYPES[base]}")
             elif base == "bigint" and c.fits_integer:
@@ -369,7 +369,10 @@ def check_vacuum(f: Facts) -> list[Finding]:
             status = Status.FAIL
             advice.append("autovacuum is disabled on this table: dead rows and unset visibility-map pages accumulate")
             fix.append(f"ALTER TABLE {t.ident} RESET (autovacuum_enabled)")
-        if ratio > DEAD_WARN:
+        few = dead < f.server.vacuum_threshold and enabled  # autovacuum's own floor: harmless in any table
+        if few and ratio > DEAD_WARN:
+            value += f"; below autovacuum_vacuum_threshold ({f.server.vacuum_threshold}): a few updated rows, left to autovacuum"
+        elif ratio > DEAD_WARN:
             # Only a count can fail the check; counters that may be stale can only warn.
             level = Status.FAIL if ratio > DEAD_FAIL and doubt is None else Status.WARN
             status = max(status, level, key=lambda x: x.rank)

@@ -120,6 +120,7 @@ class ServerFacts:
     extensions: frozenset[str]  # installed in this database
     oldest_xact: tuple[str, float] | None = None  # (who, seconds): the oldest transaction VACUUM must respect
     pgstattuple: str | None = None  # why dead rows could not be counted afresh (None: they could, or were not doubted)
+    vacuum_threshold: int = 50  # autovacuum_vacuum_threshold: dead rows autovacuum leaves alone in any table
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,8 @@ SELECT pg_size_bytes(current_setting('shared_buffers')),
        current_setting('autovacuum')::bool,
        current_setting('track_counts')::bool,
        current_setting('autovacuum_vacuum_scale_factor')::float8,
-       ARRAY(SELECT extname::text FROM pg_extension)
+       ARRAY(SELECT extname::text FROM pg_extension),
+       current_setting('autovacuum_vacuum_threshold')::int
 """
 
 # Whole statistics rows as JSON, so columns added in later versions (last_seq_scan, ...) are
@@ -232,10 +234,11 @@ def _options(reloptions: Sequence[str]) -> dict[str, str]:
 
 
 def _server_facts(conn: psycopg.Connection) -> ServerFacts:
-    shared_buffers, cache, block_size, autovacuum, track_counts, scale_factor, extensions = one_row(conn.execute(_SERVER))
+    shared_buffers, cache, block_size, autovacuum, track_counts, scale_factor, extensions, threshold = one_row(
+        conn.execute(_SERVER))
     oldest = conn.execute(_OLDEST_XACT).fetchone()  # None: no transaction holds VACUUM back
     return ServerFacts(shared_buffers, cache, block_size, autovacuum, track_counts, scale_factor, frozenset(extensions),
-                       oldest)
+                       oldest, vacuum_threshold=threshold)
 
 
 def _table_facts(

@@ -134,7 +134,9 @@ def apply(conn: psycopg.Connection, registry: Registry, *, allow_destructive: bo
             plan = make_plan(registry, live, allow_destructive=allow_destructive, drop_tables=drop_tables,
                              drop_services=drop_services)
             result = ApplyResult(plan)
-            creating = [c for c in plan.changes if c.kind == ADDITIVE and c.action in ("create schema", "create table")]
+            # New objects, and indexes (SHARE locks: writers wait, readers go on), before anything is taken exclusively.
+            creating = [c for c in plan.changes if c.kind == ADDITIVE and c.action in ("create schema", "create table",
+                                                                                      "create index")]
             for change in creating:
                 report(change.prose)
                 for statement in change.ddl:

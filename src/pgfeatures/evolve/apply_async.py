@@ -132,7 +132,9 @@ async def apply_async(conn: psycopg.AsyncConnection, registry: Registry, *, allo
             plan = make_plan(registry, live, allow_destructive=allow_destructive, drop_tables=drop_tables,
                              drop_services=drop_services)
             result = ApplyResult(plan)
-            creating = [c for c in plan.changes if c.kind == ADDITIVE and c.action in ("create schema", "create table")]
+            # New objects, and indexes (SHARE locks: writers wait, readers go on), before anything is taken exclusively.
+            creating = [c for c in plan.changes if c.kind == ADDITIVE and c.action in ("create schema", "create table",
+                                                                                      "create index")]
             for change in creating:
                 report(change.prose)
                 for statement in change.ddl:

@@ -27,7 +27,18 @@ from psycopg import sql
 
 from ..definitions import UPDATED_AT, FeatureTable, Registry
 from ..materialize.state import BUILT, ServingCatalog
-from ..schema import column_definitions, covering_index_name, covering_index_sql, create_table_sql, expected_columns, qualified
+from ..schema import (
+    LEGACY_EVENT_TIME,
+    column_definitions,
+    covering_index_name,
+    covering_index_sql,
+    expected_columns,
+    freshness_index_name,
+    freshness_index_sql,
+    migrate_event_time_sql,
+    qualified,
+    table_ddl,
+)
 
 ADDITIVE, DESTRUCTIVE, NOTE = "additive", "destructive", "note"
 
@@ -126,11 +137,8 @@ def make_plan(registry: Registry, live: Live, *, allow_destructive: bool = False
     for table in registry.tables.values():
         found = live.tables.get(table.name)
         if found is None:
-            statements: list[sql.Composed] = [create_table_sql(schema, table)]
-            if table.covering_index:
-                statements.append(covering_index_sql(schema, table))
             add(Change(ADDITIVE, "create table", table.name, f"create table {table.name} ({len(table.features)} "
-                       f"feature(s), key {table.key_column})", tuple(statements)))
+                       f"feature(s), key {table.key_column})", tuple(table_ddl(schema, table))))
             continue
         _table_changes(plan, schema, table, found, allow_destructive)
     for name in sorted(set(live.tables) - set(registry.tables)):
@@ -178,6 +186,12 @@ def _table_changes(plan: Plan, schema: str, table: FeatureTable, found: LiveTabl
                                        f"add column {UPDATED_AT} to {table.name}",
                                        ((sql.SQL("ALTER TABLE {} ADD COLUMN {}").format(ident, definitions[column])),)))
             plan.added.add((table.name, column))
+        elif column == UPDATED_AT and found.columns[column] == LEGACY_EVENT_TIME:
+            plan.changes.append(Change(ADDITIVE, "migrate event time", f"{table.name}.{column}",
+                                       f"migrate {table.name}.{UPDATED_AT} from integer epoch seconds to timestamptz, "
+                                       "values kept (rewrites the table under an exclusive lock: its readers and writers "
+                                       "wait for it, and the materialized services reading it are rebuilt)",
+                                       tuple(migrate_event_time_sql(schema, table))))
         elif found.columns[column] != type_name:
             change = Change(DESTRUCTIVE, "retype column", f"{table.name}.{column}",
                             f"column {table.name}.{column} is {found.columns[column]}, the definition says {type_name}: "
@@ -193,6 +207,12 @@ def _table_changes(plan: Plan, schema: str, table: FeatureTable, found: LiveTabl
                         f"column {table.name}.{column} ({found.columns[column]}) is not in the definitions: drop it",
                         ((sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(ident, sql.Identifier(column))),))
         _destructive(plan, change, allow_destructive)
+    migrating = found.columns.get(UPDATED_AT) == LEGACY_EVENT_TIME  # the migration creates the index itself
+    if freshness_index_name(table) not in found.indexes and UPDATED_AT in found.columns and not migrating:
+        plan.changes.append(Change(ADDITIVE, "create index", freshness_index_name(table),
+                                   f"create the index on {table.name}.{UPDATED_AT} (the age of the newest row without a "
+                                   "scan; writers of the table wait while it builds, readers do not)",
+                                   (freshness_index_sql(schema, table),)))
     if table.covering_index and covering_index_name(table) not in found.indexes:
         plan.changes.append(Change(ADDITIVE, "create index", covering_index_name(table),
                                    f"create the covering index of {table.name} (writers of the table wait while it "
@@ -213,7 +233,8 @@ def _service_changes(plan: Plan, registry: Registry, live: Live, drop_services: 
             continue
         states = [live.serving.state(layout) for layout in layouts]
         changed = any(c.subject.partition(".")[0] in {t.name for layout in layouts for t in layout.tables}
-                      for c in plan.changes if c.action in ("add column", "retype column", "drop column", "create table"))
+                      for c in plan.changes if c.action in ("add column", "retype column", "drop column", "create table",
+                                                            "migrate event time"))
         if all(s.state == BUILT for s in states) and not changed:
             continue
         reasons = sorted({s.reason for s in states if s.state != BUILT})
@@ -284,5 +305,6 @@ def describe(plan: Plan, statements: bool = True) -> Iterable[str]:
 
 def tables_written(plan: Plan) -> list[str]:
     """Feature tables whose shape the plan changes (an exclusive lock each, at the end)."""
-    return sorted({c.subject.partition(".")[0] for c in plan.changes
-                   if c.kind != NOTE and c.action in ("add column", "retype column", "drop column", "create index")})
+    tables = {c.subject.partition(".")[0] for c in plan.changes
+              if c.kind != NOTE and c.action in ("add column", "retype column", "drop column", "migrate event time")}
+    return sorted(tables)

@@ -9,8 +9,9 @@ damaged file, a lost connection, a lock timeout) leaves it exactly as it was:
    or column statistics), validation and a vectorized (numpy) encoder (``validate``, ``copy``)
    into a staging table by ``COPY ... (FORMAT BINARY)``. Nothing per row runs in Python on the
    fast path.
-3. Keys that appear more than once in the load are found with numpy (``dedupe``); the earlier
-   rows are dropped (``on_duplicate="last"``) or the load fails (``"reject"``).
+3. Keys that appear more than once in the load are found with numpy (``dedupe``); all but the
+   newest row (``on_duplicate="newest"``: by ``updated_at``, then load order) or the last
+   (``"last"``) are dropped, or the load fails (``"reject"``).
 4. The staged rows are applied (``plan``, ``statements``):
 
    ``upsert``
@@ -34,10 +35,13 @@ The plan is one generator (``plan.Job``) run by an async driver (``driver_async`
 generated sync twin (``driver``). Keys are the table's entity keys, checked per key type
 (``keys``: bytea32 as 32 raw bytes or 64 hex characters, bigint, bounded text, uuid, natural ids
 of a ``hash = "sha256"`` entity or with ``hash_keys=True`` hashed with SHA-256); the source key
-column defaults to the entity's key column. ``updated_at`` is the load's start time (epoch
-seconds) unless the source has an ``updated_at`` column (nulls in it also take the load time);
-then newest wins: a row never overwrites a stored row with a newer ``updated_at`` (skipped,
-``LoadSummary.skipped_newer``) unless ``overwrite_newer=True``.
+column defaults to the entity's key column. ``updated_at`` is the load's transaction time on the
+database server unless the source has an ``updated_at`` column (``eventtime``: timestamps, ISO
+8601 strings with a zone, epoch numbers in ``event_time_unit``; nulls in it also take the load's
+time; more than ``max_future_skew`` ahead of the server's clock is invalid); then newest wins: a
+row never overwrites a stored row with a newer ``updated_at`` (skipped,
+``LoadSummary.skipped_newer``) unless ``overwrite_newer=True``, and of a key's rows in one load
+the newest is kept (``on_duplicate="newest"``).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ def kind_of(t: pa.DataType) -> str:
         return kind_of(t.value_type)
     for kind, test in (("null", pa.types.is_null), ("boolean", pa.types.is_boolean), ("integer", pa.types.is_integer),
                        ("floating", pa.types.is_floating), ("decimal", pa.types.is_decimal),
+                       ("timestamp", pa.types.is_timestamp),
                        ("string", lambda x: pa.types.is_string(x) or pa.types.is_large_string(x)),
                        ("fixed binary", pa.types.is_fixed_size_binary),
                        ("binary", lambda x: pa.types.is_binary(x) or pa.types.is_large_binary(x))):
@@ -29,6 +30,8 @@ def kind_of(t: pa.DataType) -> str:
 _NUMERIC = {"null", "integer", "floating", "decimal"}
 ACCEPTS = {"real": _NUMERIC, "double precision": _NUMERIC, "smallint": _NUMERIC, "integer": _NUMERIC,
             "bigint": _NUMERIC, "boolean": {"null", "boolean"}}
+# What an updated_at column may hold: timestamps, ISO 8601 strings, epoch numbers (in event_time_unit).
+EVENT_TIME_KINDS = {"null", "integer", "floating", "decimal", "string", "timestamp"}
 _CSV_TYPES = {"real": pa.float64(), "double precision": pa.float64(), "smallint": pa.int64(), "integer": pa.int64(),
               "bigint": pa.int64(), "boolean": pa.bool_()}
 
@@ -55,7 +58,7 @@ class Columns:
     @property
     def csv_types(self) -> dict[str, pa.DataType]:
         types = {self.key: pa.string(), **{f.name: _CSV_TYPES[f.type.name] for f in self.features}}
-        return {**types, UPDATED_AT: pa.int64()} if self.updated_at else types
+        return {**types, UPDATED_AT: pa.string()} if self.updated_at else types  # ISO 8601 or epoch: validate.py
 
 
 def plan_columns(source: Source, table: FeatureTable, options: LoadOptions) -> Columns:
@@ -93,10 +96,22 @@ def plan_columns(source: Source, table: FeatureTable, options: LoadOptions) -> C
                 raise LoadInputError(f"{name}: column {f.name!r} is {source.types[f.name]}, which cannot load into "
                                      f"{f.type.name} (accepted: {', '.join(sorted(ACCEPTS[f.type.name]))})",
                                      source=name, column=f.name)
-        if UPDATED_AT in names and kind_of(source.types[UPDATED_AT]) not in _NUMERIC:
-            raise LoadInputError(f"{name}: column {UPDATED_AT!r} is {source.types[UPDATED_AT]}; it must hold integer "
-                                 "epoch seconds", source=name, column=UPDATED_AT)
+        if UPDATED_AT in names:
+            check_event_time_type(name, source.types[UPDATED_AT], options)
     return Columns(key, features, UPDATED_AT in names, entity)
+
+
+def check_event_time_type(source: str, t: pa.DataType, options: LoadOptions) -> None:
+    """Raise LoadInputError unless an ``updated_at`` column of type ``t`` can be read as event time."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if kind_of(t) not in EVENT_TIME_KINDS:
+        raise LoadInputError(f"{source}: column {UPDATED_AT!r} is {t}; event time is a timestamp, an ISO 8601 string "
+                             f"with a zone, or epoch numbers in event_time_unit (s, ms, us)", source=source, column=UPDATED_AT)
+    if pa.types.is_timestamp(t) and t.tz is None and options.event_time_zone is None:
+        raise LoadInputError(f"{source}: column {UPDATED_AT!r} is {t}, with no time zone: which zone its times are in "
+                             "is not known; name it with event_time_zone= (--event-time-zone, e.g. UTC)",
+                             source=source, column=UPDATED_AT)
 
 
 # The source key kinds each key type takes (keys.py parses them): natural ids for hashed entities.

@@ -6,6 +6,8 @@ The format: an 11-byte signature, a 32-bit flags word, a 32-bit header-extension
 many bytes; then per row a 16-bit field count and per field a 32-bit length (-1: NULL) and the
 value in network byte order; then the 16-bit trailer -1.
 
+Event time (``timestamptz``) is an int64 of microseconds since 2000-01-01 UTC (``timestamptz_values``).
+
 Entity keys per key type (``key_values``): ``bytea32`` as 32 raw bytes, ``uuid`` as its 16 bytes
 (the binary form of uuid), ``bigint`` as a big-endian int64, ``text`` as its UTF-8 bytes (variable
 width: ``VarBytes``; binary COPY sends text in the server encoding, which a load checks is UTF8).
@@ -75,6 +77,14 @@ def key_values(key_type: str, keys: Any) -> Any:
     if keys.ndim != 2 or keys.shape[1] != KEY_WIDTHS[key_type]:
         raise ValueError(f"{key_type} keys must be (n, {KEY_WIDTHS[key_type]}) bytes, got {keys.shape}")
     return keys
+
+
+PG_EPOCH_MICROS = 946_684_800_000_000  # 2000-01-01T00:00:00Z, PostgreSQL's timestamp origin, in Unix microseconds
+
+
+def timestamptz_values(micros: np.ndarray) -> np.ndarray:
+    """Epoch microseconds as binary COPY's ``timestamptz`` values (microseconds since 2000-01-01 UTC)."""
+    return micros - PG_EPOCH_MICROS
 
 
 class CopyFormatError(ValueError):

@@ -18,14 +18,15 @@ def _mix(words: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Duplicates:
-    superseded: np.ndarray  # ordinals (seq) of rows that a later row with the same key replaces
+    superseded: np.ndarray  # ordinals (seq) of rows that another row with the same key replaces
     keys: int  # distinct keys seen more than once
     first: np.ndarray  # ordinals of every occurrence of the first duplicated key
 
 
-def find_duplicates(keys: np.ndarray, seqs: np.ndarray) -> Duplicates | None:
+def find_duplicates(keys: np.ndarray, seqs: np.ndarray, stamps: np.ndarray | None = None) -> Duplicates | None:
     """Keys (``(n, w)`` uint8, w a multiple of 8: keys.comparable) seen more than once, in O(n log n)
-    over 64-bit hashes; None if all are unique."""
+    over 64-bit hashes; None if all are unique. Of a key's rows the one with the largest ``stamps``
+    (event time) wins, equal ones by load order; without ``stamps``, the last row loaded wins."""
     if len(keys) < 2:
         return None
     words = np.ascontiguousarray(keys).view(np.uint64)
@@ -44,7 +45,8 @@ def find_duplicates(keys: np.ndarray, seqs: np.ndarray) -> Duplicates | None:
     if not repeated.any():
         return None  # hash collisions only
     rows, group = candidates[repeated], inverse[repeated]
-    by_group = np.lexsort((seqs[rows], group))  # each key's rows in load order; the last one wins
+    # each key's rows in event-time order (if given), then load order; the last one wins
+    by_group = np.lexsort((seqs[rows], group) if stamps is None else (seqs[rows], stamps[rows], group))
     rows, group = rows[by_group], group[by_group]
     superseded = seqs[rows][:-1][group[1:] == group[:-1]]
     first_group = group[np.argmin(seqs[rows])]

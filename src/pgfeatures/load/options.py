@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..definitions import DEFAULT_MAX_FUTURE_SKEW
+from ..definitions.eventtime import UNITS
 from ..errors import LoadInputError
 
 REBUILD_FRACTION = 0.25  # auto strategy: rebuild when loaded rows >= this fraction of the table...
@@ -40,7 +42,8 @@ class ApplyStrategy(_Choice):
 
 
 class OnDuplicate(_Choice):
-    LAST = "last"  # a key seen twice: the later row wins
+    NEWEST = "newest"  # a key seen twice: the row with the newest updated_at wins (equal: the later row)
+    LAST = "last"  # a key seen twice: the later row wins, whatever its updated_at
     REJECT = "reject"  # a key seen twice fails the load
 
 
@@ -72,7 +75,7 @@ class LoadOptions:
     mode: Mode | str = Mode.MERGE
     key_column: str | None = None  # the source column holding the entity key; default: the entity's key column
     hash_keys: bool = False  # key column holds natural ids: hash them with SHA-256 (hashed entities always are)
-    on_duplicate: OnDuplicate | str = OnDuplicate.LAST
+    on_duplicate: OnDuplicate | str = OnDuplicate.NEWEST
     nan: NanPolicy | str = NanPolicy.REJECT
     inf: InfPolicy | str = InfPolicy.REJECT  # ±Infinity in real / double precision columns
     on_invalid: OnInvalid | str = OnInvalid.ABORT
@@ -80,7 +83,16 @@ class LoadOptions:
     ignore_extra: bool = False  # skip source columns the table does not have
     strategy: ApplyStrategy | str = ApplyStrategy.AUTO
     vacuum: VacuumPolicy | str = VacuumPolicy.AUTO
-    updated_at: int | None = None  # epoch seconds for rows without one; default: the load's start time
+    # Event time for rows without one (no updated_at column, or NULL in it): an aware datetime, an ISO
+    # 8601 string with a zone or epoch seconds; default: the load's transaction time on the database server.
+    updated_at: Any = None
+    event_time_unit: str = "s"  # the unit of an integer (or floating) updated_at column: s, ms or us (epoch)
+    # The zone of an updated_at without one (Arrow timestamps without a time zone, ISO strings without an
+    # offset), e.g. "UTC" or "Europe/Paris"; None: such values are refused (which zone they mean is not known).
+    event_time_zone: str | None = None
+    # Seconds an event time may be ahead of the database server's clock (None: no bound); a row further
+    # ahead is invalid (on_invalid: the load fails naming it, or it is skipped and counted).
+    max_future_skew: float | None = DEFAULT_MAX_FUTURE_SKEW
     # Newest wins: a source row carrying updated_at never overwrites a stored row with a larger one
     # (skipped and counted in LoadSummary.skipped_newer). True: write every row anyway.
     overwrite_newer: bool = False
@@ -103,6 +115,20 @@ class LoadOptions:
                                  "and strategy 'auto' or 'upsert'")
         if self.batch_rows < 1 or self.lock_timeout <= 0:
             raise LoadInputError("batch_rows and lock_timeout must be positive")
+        if self.event_time_unit not in UNITS:
+            raise LoadInputError(f"invalid event_time_unit={self.event_time_unit!r}; valid: {', '.join(UNITS)} "
+                                 "(epoch seconds, milliseconds, microseconds)")
+        if self.event_time_zone is not None:
+            import zoneinfo
+
+            try:
+                zoneinfo.ZoneInfo(self.event_time_zone)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise LoadInputError(f"invalid event_time_zone={self.event_time_zone!r}: not a time zone "
+                                     "(e.g. UTC, Europe/Paris)") from None
+        skew = self.max_future_skew
+        if skew is not None and (isinstance(skew, bool) or not isinstance(skew, (int, float)) or not skew >= 0):
+            raise LoadInputError(f"invalid max_future_skew={skew!r}: seconds >= 0, or None for no bound")
 
 
 def load_options(options: LoadOptions | None = None, **changes: Any) -> LoadOptions:
@@ -139,7 +165,7 @@ class LoadSummary:
     sources: list[str] = field(default_factory=list)
     rows_read: int = 0
     rejected: int = 0  # rows left out for invalid values (on_invalid="skip")
-    superseded: int = 0  # rows dropped because a later row had the same key (on_duplicate="last")
+    superseded: int = 0  # rows dropped because a newer (or, on_duplicate="last", a later) row had the same key
     skipped_newer: int = 0  # rows not written: the stored row's updated_at is newer (newest wins)
     inserted: int = 0
     updated: int = 0

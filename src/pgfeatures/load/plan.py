@@ -18,15 +18,16 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from ..definitions import Registry
+from ..definitions import UPDATED_AT, Registry, parse_event_time, to_micros
 from ..definitions.layout import EntityLayout
 from ..connections.translate import CONFLICT_STATES
-from ..errors import LoadError, LoadInputError, LoadInterruptedError, SchemaDriftError
+from ..errors import FeatureValueError, LoadError, LoadInputError, LoadInterruptedError, SchemaDriftError
 from ..materialize import sql as m
-from ..schema import covering_index_sql, create_table_sql, ddl_lock, qualified
+from ..schema import LEGACY_EVENT_TIME, ddl_lock, qualified, table_ddl
 from .columns import Columns, plan_columns
 from .copy import COPY_HEADER, COPY_TRAILER
 from .dedupe import find_duplicates
+from .eventtime import EventClock
 from .keys import Keys, comparable
 from .options import (
     MAX_EXAMPLES,
@@ -95,12 +96,14 @@ class Job:
     def __init__(self, registry: Registry, table: str, data: Any, options: LoadOptions, progress: ProgressCallback | None):
         self.registry, self.table, self.options, self.progress = registry, registry.table(table), options, progress
         self.started = time.perf_counter()
-        self.updated_at = options.updated_at if options.updated_at is not None else int(time.time())
+        self.stamp = None  # the event time of rows without one, when the caller gives it (else the server's now())
+        self.clock = EventClock(0, 0, None)  # set from the server's clock when the load starts
         self.summary = LoadSummary(qualified(registry, self.table).as_string(None), Mode(options.mode).value)
         self.phase, self.row = "opening", 0
         self.source: str | None = None
         self.keys: list[Keys] = []
         self.seqs: list[np.ndarray] = []
+        self.stamps: list[np.ndarray] = []
         self.starts: list[tuple[int, str]] = []  # (first ordinal, source name)
         self.token = secrets.token_hex(4)
         self.maintenance_started: float | None = None
@@ -108,6 +111,11 @@ class Job:
         self.serving_layouts: list[EntityLayout] = []  # layouts of the registry's materialized services reading the table
         self.newest_wins = not options.overwrite_newer  # applies when the source carries updated_at
         try:
+            if options.updated_at is not None:
+                try:
+                    self.stamp = parse_event_time("updated_at=", options.updated_at)
+                except FeatureValueError as exc:
+                    raise LoadInputError(str(exc)) from None
             self.sources = open_sources(data, options.format)
             self.columns = self._check_sources()
         except LoadError as exc:
@@ -187,7 +195,7 @@ class Job:
             self.starts.append((seq, source.name))
             for batch in self._batches(source, columns):
                 try:
-                    staged = stage_batch(batch, columns, self.options, self.updated_at, source.name, self.row + 1, seq)
+                    staged = stage_batch(batch, columns, self.options, self.clock, source.name, self.row + 1, seq)
                 except LoadInputError:
                     # An invalid value in a damaged file is damage, not bad input: say which.
                     damage = source.suspect(columns.source_columns)
@@ -202,6 +210,8 @@ class Job:
                 if len(staged.seqs):
                     self.keys.append(staged.keys)
                     self.seqs.append(staged.seqs)
+                    if staged.stamps is not None:
+                        self.stamps.append(staged.stamps)
                     yield staged.payload
                 self._report("reading")
             if self.row == 0:
@@ -216,6 +226,7 @@ class Job:
         self.phase = "checking the table"
         for name, value in TRANSACTION_SETTINGS.items():
             yield Op(*setting(name, value))
+        yield from self._read_clock()
         rows = yield Op(CATALOG, (live.as_string(None),), fetch=True)
         if not rows:  # the first load creates the table, in the same transaction
             # Under schema.py's DDL locks, so a concurrent `pgfeatures init` (or another first load)
@@ -226,9 +237,8 @@ class Job:
                 yield Op(*ddl_lock(schema))
                 yield Op(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident(schema)))
             yield Op(*ddl_lock(schema, table.name))
-            yield Op(create_table_sql(schema, table))
-            if table.covering_index:
-                yield Op(covering_index_sql(schema, table))
+            for statement in table_ddl(schema, table):
+                yield Op(statement)
             rows = yield Op(CATALOG, (live.as_string(None),), fetch=True)
         catalog = Catalog.from_row(rows[0])
         self.table_rows = max(catalog.reltuples, 0.0)  # estimate; counted below when never analyzed
@@ -238,8 +248,12 @@ class Job:
             self.serving_layouts = m.layouts_reading(materialized_layouts(self.registry), table.name)
         drift = catalog.drift(table)
         if drift:
+            where = f" -d {self.registry.source}" if self.registry.source else ""
+            fix = f"`pgfeatures plan{where}` shows the change, `pgfeatures apply{where}` makes it"
+            if catalog.columns.get(UPDATED_AT) == LEGACY_EVENT_TIME:
+                fix += " (it migrates the legacy event time to timestamptz)"
             raise SchemaDriftError(f"table {summary.table} differs from its definition: {'; '.join(drift)} "
-                                   "(see `pgfeatures init`); nothing was loaded", problems={table.name: drift})
+                                   f"({fix}); nothing was loaded", problems={table.name: drift})
         columns = self.columns[0]
         if columns.entity.key_type == "text" and catalog.server_encoding.upper() not in ("UTF8", "UTF-8"):
             raise LoadError(f"cannot load text keys into {summary.table}: the database's encoding is "
@@ -253,13 +267,16 @@ class Job:
         if unique == 0:
             raise LoadInputError(f"every row was rejected ({summary.rejected:,}); first: {summary.examples[0]}")
         self._report("deduplicating")
-        duplicates = find_duplicates(comparable(columns.entity.key_type, self.keys), np.concatenate(self.seqs))
-        self.keys, self.seqs = [], []
+        newest = options.on_duplicate is OnDuplicate.NEWEST and columns.updated_at
+        duplicates = find_duplicates(comparable(columns.entity.key_type, self.keys), np.concatenate(self.seqs),
+                                     np.concatenate(self.stamps) if newest else None)
+        self.keys, self.seqs, self.stamps = [], [], []
         if duplicates is not None:
             if options.on_duplicate is OnDuplicate.REJECT:
                 where = ", ".join(self._where(int(s)) for s in duplicates.first[:3])
                 raise LoadInputError(f"duplicate keys: {duplicates.keys:,} key(s) appear more than once, the first at {where} "
-                                     "(on_duplicate='last' / --on-duplicate last keeps the last row)",
+                                     "(on_duplicate='newest' / --on-duplicate newest keeps the row with the newest "
+                                     "updated_at, 'last' / --on-duplicate last the last row)",
                                      source=self.starts[0][1] if len(self.starts) == 1 else None, column=columns.key)
             # ::bigint[]: psycopg sends small ints as integer[], and seq = ANY(integer[]) (a cross-type
             # operator) compares every row with every element: 172 s for 200,000 duplicates among
@@ -282,8 +299,9 @@ class Job:
                 if serving:
                     yield Op(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
                         sql.SQL(", ").join(ident(schema, name) for name in serving)))
-            params = () if columns.updated_at else (self.updated_at,)
-            rows = yield Op(upsert_sql(live, stage, columns, self.newest_wins), params, fetch=True)
+            stamp = self.stamp is not None and not columns.updated_at
+            rows = yield Op(upsert_sql(live, stage, columns, self.newest_wins, stamp), (self.stamp,) if stamp else (),
+                            fetch=True)
             summary.inserted, summary.updated = rows[0]
             summary.skipped_newer = unique - summary.inserted - summary.updated
         else:
@@ -291,6 +309,19 @@ class Job:
         yield Op(sql.SQL("DROP TABLE {}").format(stage))
         self._report("committing")
         return summary
+
+    def _read_clock(self) -> Generator[Op, Any, None]:
+        """The server's clock at the load's start (its transaction's ``now()``, which every statement of
+        the load sees): event times are filled and checked against it, never against this machine's."""
+        options = self.options
+        rows = yield Op(sql.SQL("SELECT now()"), fetch=True)
+        now = to_micros(rows[0][0])
+        skew = options.max_future_skew
+        limit = None if skew is None else now + int(skew * 1_000_000)
+        default = now if self.stamp is None else to_micros(self.stamp)
+        self.clock = EventClock(now, default, limit, options.event_time_unit, options.event_time_zone, skew)
+        if self.stamp is not None and limit is not None and default > limit:
+            raise LoadInputError(f"updated_at={options.updated_at!r}: {self.clock.future(default)}")
 
     def _choose(self, catalog: Catalog, unique: int) -> Generator[Op, Any, str]:
         options, table = self.options, self.table
@@ -303,8 +334,11 @@ class Job:
         if options.strategy is ApplyStrategy.UPSERT or options.partial:
             return "upsert"
         rows = catalog.reltuples
-        if rows < 0:  # never analyzed: count
-            rows = (yield Op(sql.SQL("SELECT count(*) FROM {}").format(qualified(self.registry, table)), fetch=True))[0][0]
+        if rows < 0:  # never analyzed: ANALYZE samples it (a count(*) would be a sequential scan, which the doctor flags)
+            live = qualified(self.registry, table)
+            yield Op(sql.SQL("ANALYZE {}").format(live))
+            rows = (yield Op(sql.SQL("SELECT greatest(reltuples, 0)::float8 FROM pg_class WHERE oid = %s::regclass"),
+                             (live.as_string(None),), fetch=True))[0][0]
             self.table_rows = rows
         if unique < max(REBUILD_MIN_ROWS, REBUILD_FRACTION * rows):
             return "upsert"
@@ -329,9 +363,9 @@ class Job:
         for stmt in new_table_sql(schema, table, new_name, catalog):
             yield Op(stmt)
         self._report("filling the new table")
-        params = () if columns.updated_at else (self.updated_at,)
+        stamp = self.stamp is not None and not columns.updated_at
         newest_wins = self.newest_wins and summary.strategy == "rebuild"  # replace: exactly the loaded rows
-        written = yield Op(fill_sql(new, live, stage, columns, newest_wins), params)
+        written = yield Op(fill_sql(new, live, stage, columns, newest_wins, stamp), (self.stamp,) if stamp else ())
         summary.skipped_newer = unique - written
         kept = 0
         if summary.strategy == "rebuild":

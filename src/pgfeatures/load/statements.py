@@ -11,7 +11,7 @@ from typing import Any
 from psycopg import sql
 
 from ..definitions import UPDATED_AT, FeatureTable
-from ..schema import covering_index_name, covering_index_sql, drift_problems, qualified
+from ..schema import covering_index_name, covering_index_sql, drift_problems, freshness_index_name, freshness_index_sql, qualified
 from .columns import Columns
 
 
@@ -94,6 +94,7 @@ class Catalog:
     def swap_blockers(self, table: FeatureTable) -> list[str]:
         """What a swap would lose or break: the new table only gets what schema.py creates, grants and owner."""
         own = {covering_index_name(table)} if table.covering_index else set()
+        own.add(freshness_index_name(table))
         return [*self.dependents, *(f"index {i}" for i in self.indexes if i not in own)]
 
 
@@ -117,7 +118,7 @@ def stage_ddl(stage: sql.Identifier, columns: Columns) -> sql.Composed:
     cols: list[sql.Composable] = [sql.SQL("{} {}").format(ident(columns.key_column), sql.SQL(columns.entity.column_type))]
     cols += [sql.SQL("{} {}").format(ident(f.name), sql.SQL(f.type.name)) for f in columns.features]
     if columns.updated_at:
-        cols.append(sql.SQL("{} integer").format(ident(UPDATED_AT)))
+        cols.append(sql.SQL("{} timestamptz").format(ident(UPDATED_AT)))
     cols.append(sql.SQL("seq bigint"))
     # TEMP: no WAL for rows that live only for this transaction, and nothing for crash recovery
     # to replay: PostgreSQL removes temporary files when it starts. (An UNLOGGED stage made the
@@ -131,13 +132,15 @@ def table_columns(columns: Columns) -> list[sql.Identifier]:
     return [ident(columns.key_column), *(ident(f.name) for f in columns.features), ident(UPDATED_AT)]
 
 
-def staged_values(columns: Columns, alias: str | None = None) -> sql.Composed:
-    """The stage's columns in table order; updated_at is the load time (``%s``) unless the source has it."""
+def staged_values(columns: Columns, alias: str | None = None, stamp: bool = False) -> sql.Composed:
+    """The stage's columns in table order. Without updated_at in the source, each row's event time is
+    the load's stamp: ``%s`` (``stamp``: given by the caller) or the transaction's ``now()`` on the
+    server (never the client's clock)."""
     def col(name: str) -> sql.Identifier:
         return ident(alias, name) if alias else ident(name)
 
     cols: list[sql.Composable] = [col(columns.key_column), *(col(f.name) for f in columns.features)]
-    cols.append(col(UPDATED_AT) if columns.updated_at else sql.SQL("%s::integer"))
+    cols.append(col(UPDATED_AT) if columns.updated_at else sql.SQL("%s::timestamptz" if stamp else "now()"))
     return sql.SQL(", ").join(cols)
 
 
@@ -148,7 +151,8 @@ def _newer_stored(columns: Columns, newest_wins: bool) -> sql.Composable:
     return sql.SQL(" WHERE t.{0} <= EXCLUDED.{0}").format(ident(UPDATED_AT))
 
 
-def upsert_sql(live: sql.Identifier, stage: sql.Identifier, columns: Columns, newest_wins: bool = False) -> sql.Composed:
+def upsert_sql(live: sql.Identifier, stage: sql.Identifier, columns: Columns, newest_wins: bool = False,
+               stamp: bool = False) -> sql.Composed:
     """Merge the stage into the live table; returns one row: (inserted, updated). With ``newest_wins``
     (and updated_at in the source) a stored row with a larger updated_at is left alone: PostgreSQL
     evaluates the condition on the latest committed row version under the row lock, so concurrent
@@ -158,16 +162,16 @@ def upsert_sql(live: sql.Identifier, stage: sql.Identifier, columns: Columns, ne
         "WITH merged AS (INSERT INTO {live} AS t ({cols}) SELECT {values} FROM {stage} ORDER BY {key} "
         "ON CONFLICT ({key}) DO UPDATE SET {sets}{where} RETURNING (t.xmax = 0) AS inserted) "
         "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged"
-    ).format(live=live, cols=sql.SQL(", ").join(table_columns(columns)), values=staged_values(columns), stage=stage,
+    ).format(live=live, cols=sql.SQL(", ").join(table_columns(columns)), values=staged_values(columns, None, stamp), stage=stage,
              key=ident(columns.key_column), sets=sql.SQL(", ").join(sets), where=_newer_stored(columns, newest_wins))
 
 
 def fill_sql(new: sql.Identifier, live: sql.Identifier, stage: sql.Identifier, columns: Columns,
-             newest_wins: bool) -> sql.Composed:
+             newest_wins: bool, stamp: bool = False) -> sql.Composed:
     """A rebuild's first step: the staged rows into the new table, but (newest wins) not those whose
     live row has a larger updated_at: the live row is copied instead (``kept_sql``)."""
     query = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} s").format(
-        new, sql.SQL(", ").join(table_columns(columns)), staged_values(columns, "s"), stage)
+        new, sql.SQL(", ").join(table_columns(columns)), staged_values(columns, "s", stamp), stage)
     if newest_wins and columns.updated_at:
         query = sql.SQL("{} WHERE NOT EXISTS (SELECT FROM {} l WHERE l.{} = s.{} AND l.{} > s.{})").format(
             query, live, ident(columns.key_column), ident(columns.key_column), ident(UPDATED_AT), ident(UPDATED_AT))
@@ -269,6 +273,9 @@ def swap_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog, 
         ops.append((sql.SQL("ALTER INDEX {} RENAME TO {}").format(
             ident(schema, covering_index_name(new_name)),
             ident(covering_index_name(table))), ()))
+    if freshness_index_name(table) in catalog.indexes:
+        ops.append((sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+            ident(schema, freshness_index_name(new_name)), ident(freshness_index_name(table))), ()))
     # The definitions name the table, which now is the new one.
     ops += [(sql.SQL(definition), ()) for definition in state.triggers]
     for name, definition, comment in state.guards:
@@ -298,8 +305,9 @@ def new_table_sql(schema: str, table: FeatureTable, new_name: str, catalog: Cata
 
 
 def new_indexes_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog) -> list[Query]:
-    """The new table's primary key and (if defined) covering index, each in the tablespace of the
-    live one it replaces (named after the new table until the swap renames them)."""
+    """The new table's primary key, (if defined) covering index and (if the live table has it) index on
+    updated_at, each in the tablespace of the live one it replaces (named after the new table until the
+    swap renames them)."""
     pkey_tablespace = catalog.index_tablespaces.get(catalog.primary_key or f"{table.name}_pkey")
     stmts: list[Query] = [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({}){}").format(
         ident(schema, new_name), ident(f"{new_name}_pkey"), ident(table.key_column),
@@ -307,4 +315,7 @@ def new_indexes_sql(schema: str, table: FeatureTable, new_name: str, catalog: Ca
     if table.covering_index:
         spc = catalog.index_tablespaces.get(covering_index_name(table))
         stmts.append(covering_index_sql(schema, table, new_name) + _tablespace(spc))
+    if freshness_index_name(table) in catalog.indexes:  # the new table is shaped like the live one
+        spc = catalog.index_tablespaces.get(freshness_index_name(table))
+        stmts.append(freshness_index_sql(schema, new_name) + _tablespace(spc))
     return stmts

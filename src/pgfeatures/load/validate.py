@@ -11,12 +11,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..definitions import UPDATED_AT, UPDATED_AT_FEATURE, Feature
+from ..definitions import UPDATED_AT, Feature
 from ..errors import LoadInputError
 from ..definitions.types import FLOAT32_SHOWN
 from ..write import INT_RANGE
 from .columns import ACCEPTS, Columns, kind_of
-from .copy import encode_copy_rows, key_values
+from .copy import encode_copy_rows, key_values, timestamptz_values
+from .eventtime import EventClock, event_times
 from .keys import Keys, Problem, decoded, key_column, nulls_of, take
 from .options import MAX_EXAMPLES, InfPolicy, LoadOptions, NanPolicy, OnInvalid
 
@@ -121,11 +122,13 @@ class Staged:
     seqs: np.ndarray  # their ordinals across the whole load
     rejected: int
     examples: list[str]
+    stamps: np.ndarray | None = None  # their event times (epoch microseconds), when the source has updated_at
 
 
-def stage_batch(batch: pa.RecordBatch, columns: Columns, options: LoadOptions, updated_at: int,
+def stage_batch(batch: pa.RecordBatch, columns: Columns, options: LoadOptions, clock: EventClock,
                  source: str, first_row: int, seq0: int) -> Staged:
-    """Validate and encode one batch. ``first_row`` is the 1-based row number of its first row in ``source``.
+    """Validate and encode one batch. ``first_row`` is the 1-based row number of its first row in ``source``;
+    ``clock`` fills and checks event times (eventtime.py).
 
     Raises LoadInputError for the first invalid row (on_invalid="abort"); with "skip", invalid
     rows are left out and counted.
@@ -138,11 +141,10 @@ def stage_batch(batch: pa.RecordBatch, columns: Columns, options: LoadOptions, u
             values, nulls, found = _feature_column(batch.column(feature.name), feature, options.nan, options.inf)  # type: ignore[arg-type]
             encoded.append((values, nulls))
             problems += found
+        stamps = None
         if columns.updated_at:
-            stamps, nulls, found = _feature_column(batch.column(UPDATED_AT), UPDATED_AT_FEATURE, NanPolicy.REJECT)
-            if nulls is not None:
-                stamps = np.where(nulls, updated_at, stamps)
-            encoded.append((stamps, None))
+            stamps, found = event_times(batch.column(UPDATED_AT), clock)
+            encoded.append((timestamptz_values(stamps), None))
             problems += found
     except LoadInputError as exc:
         raise LoadInputError(f"{source}: {exc.args[0]}", source=source, column=exc.column) from None
@@ -164,6 +166,7 @@ def stage_batch(batch: pa.RecordBatch, columns: Columns, options: LoadOptions, u
         rejected = int(bad.sum())
         keys, seqs = take(keys, keep), seqs[keep]
         encoded = [(v[keep], None if m is None else m[keep]) for v, m in encoded]
+        stamps = None if stamps is None else stamps[keep]
     payload = (encode_copy_rows([(key_values(columns.entity.key_type, keys), None), *encoded, (seqs, None)])
                if len(seqs) else memoryview(b""))
-    return Staged(payload, keys, seqs, rejected, examples)
+    return Staged(payload, keys, seqs, rejected, examples, stamps)

@@ -6,7 +6,7 @@ reads carries statement-level triggers (``AFTER INSERT / UPDATE / DELETE`` with 
 ``AFTER TRUNCATE``) that copy the written rows' *slice* (the table's positions in the arrays and its
 ``ts`` entry) into the serving rows of the keys written::
 
-    UPDATE svc s SET r[41:48] = ARRAY[c.f0, ...]::real[], ts[6] = c.updated_at
+    UPDATE svc s SET r[41:48] = ARRAY[c.f0, ...]::real[], ts[6] = <c.updated_at in epoch microseconds>
     FROM new_rows c WHERE s.key = c.key;
     INSERT INTO svc (key, r, ts) SELECT c.key, <the slice padded with NULLs>, ... FROM new_rows c
     WHERE NOT EXISTS (SELECT FROM svc s WHERE s.key = c.key);
@@ -51,8 +51,9 @@ from typing import Any
 
 from psycopg import sql
 
-from ..definitions import UPDATED_AT, FeatureTable
+from ..definitions import EVENT_TIME, UPDATED_AT, FeatureTable
 from ..definitions.layout import LAYOUT_VERSION, TS, EntityLayout, Slot
+from ..schema import event_time_micros_sql
 
 FILLFACTOR = 50  # room on each page for the updated row version: updates stay HOT (no index insert)
 COMMENT_PREFIX = "pgfeatures serving rows "
@@ -163,14 +164,16 @@ def comment_sql(schema: str, layout: EntityLayout, name: str | None = None) -> s
 # -- values of a serving row ---------------------------------------------------------------------
 
 def stamp_sql(alias: str) -> sql.Composable:
-    """A row's ``updated_at`` as the serving row's ``ts`` entry."""
-    return sql.SQL("{}::int8").format(sql.Identifier(alias, UPDATED_AT))
+    """A row's ``ts`` entry: its updated_at in epoch microseconds (what the readers decode)."""
+    return event_time_micros_sql(sql.Identifier(alias, UPDATED_AT))
 
 
 def _value(alias: str, slot: Slot, absent: Collection[tuple[str, str]] = ()) -> sql.Composable:
     if (slot.table, slot.feature.name) in absent:  # a column `apply` adds in the same transaction: NULL in every row
         return sql.SQL("NULL")
     col: sql.Composable = sql.Identifier(alias, slot.feature.name)
+    if slot.feature.type is EVENT_TIME:
+        return event_time_micros_sql(col)
     if slot.group == "d":
         if slot.feature.type.name == "boolean":
             col = sql.SQL("{}::int").format(col)
@@ -214,7 +217,8 @@ def guard_sql(schema: str, layout: EntityLayout) -> list[sql.Composed]:
     cols: list[sql.Composable] = []
     for i, table in enumerate(layout.tables):
         alias = f"t{i}"
-        names = [layout.entity.column, *(s.feature.name for s in layout.table_slots(table.name)), UPDATED_AT]
+        names = list(dict.fromkeys([layout.entity.column, *(s.feature.name for s in layout.table_slots(table.name)),
+                                    UPDATED_AT]))  # a service may list updated_at as a feature
         cols += [sql.SQL("{} AS {}").format(sql.Identifier(alias, n), sql.Identifier(f"{alias}_{n}")) for n in names]
     sources = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(schema, t.name), sql.Identifier(f"t{i}"))
                                  for i, t in enumerate(layout.tables))

@@ -22,13 +22,13 @@ into a FeatureResult. Strategies, all returning identical results:
 
 A table with a ttl is decided fresh or expired inside the statement, on the server's clock::
 
-    (SELECT CASE WHEN "updated_at" >= floor(extract(epoch FROM now()))::int8 - 604800
+    (SELECT CASE WHEN "updated_at" >= now() - '604800 seconds'::interval
                  THEN ARRAY[...]::float4[] ELSE '{}'::float4[] END
      FROM "s"."user_stats" WHERE "user_id" = $1::int8)
 
 so a missing row is NULL, an expired one an empty array, and the request stays one statement
-and one round-trip: an entity's age is ``now - updated_at`` in whole seconds, and a row of age
-exactly ``ttl`` is still served.
+and one round-trip: an entity's age is ``now() - updated_at`` (to the microsecond), and a row of
+age exactly ``ttl`` is still served.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from ..errors import UnknownStrategyError
 from .decode import FeatureResult, Row, TableDecoder, array_row_decoder, result
 from .keys import KeyBinder
 from .selection import Selection
-from .transport import RAW, Part, transport
+from .transport import RAW, Part, column_sql, transport
 
 
 class Strategy(str, enum.Enum):
@@ -146,9 +146,9 @@ def _binder(selection: Selection) -> KeyBinder:
 
 
 def fresh_sql(ttl: int, alias: str | None = None) -> sql.Composable:
-    """The row is at most ``ttl`` seconds old, by the server's clock."""
+    """The row is at most ``ttl`` seconds old, by the server's clock (the statement's ``now()``)."""
     col = sql.Identifier(alias, UPDATED_AT) if alias else sql.Identifier(UPDATED_AT)
-    return sql.SQL("{} >= floor(extract(epoch FROM now()))::int8 - {}").format(col, sql.Literal(ttl))
+    return sql.SQL("{} >= now() - {}::interval").format(col, sql.Literal(f"{ttl} seconds"))
 
 
 def _param(selection: Selection, table: FeatureTable) -> sql.Composable:
@@ -249,7 +249,7 @@ def _compile_join(selection: Selection) -> Reader[FeatureResult]:
         start = len(cols)
         cols.append(sql.SQL("{} IS NOT NULL").format(sql.Identifier(alias, table.key_column)))
         cols.append(fresh_sql(ttl, alias) if ttl is not None else sql.SQL("true"))
-        cols.extend(sql.Identifier(alias, f.name) for f in features)
+        cols.extend(column_sql(f, alias) for f in features)
         layout.append((table.name, TableDecoder((Part(RAW, features),), features), start, len(cols)))
         joins.append(sql.SQL("LEFT JOIN {} {} ON {} = k.{}").format(
             sql.Identifier(selection.schema, table.name), sql.Identifier(alias),
@@ -270,7 +270,7 @@ def _compile_per_table(selection: Selection, strategy: Strategy) -> Reader[Featu
     statements = []
     layout = []
     for (table, features), ttl in zip(selection.items, selection.ttls):
-        cols: list[sql.Composable] = [sql.Identifier(f.name) for f in features]
+        cols: list[sql.Composable] = [column_sql(f) for f in features]
         if ttl is not None:
             cols.append(fresh_sql(ttl))
         statements.append(sql.SQL("SELECT {} FROM {} WHERE {} = {}").format(

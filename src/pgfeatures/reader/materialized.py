@@ -2,7 +2,7 @@
 
 ::
 
-    SELECT floor(extract(epoch FROM now()))::int8, s0.r, s0.ts, s1.r, s1.d, s1.ts
+    SELECT (extract(epoch FROM now()) * 1000000)::int8, s0.r, s0.ts, s1.r, s1.d, s1.ts
     FROM (SELECT $1::int8 AS e0, $2::bytea AS e1) k
     LEFT JOIN "s"."_pgf_svc_fraud_v1__user_3f9a..." s0 ON s0.user_id = k.e0
     LEFT JOIN "s"."_pgf_svc_fraud_v1__merchant_b21c..." s1 ON s1.merchant_key = k.e1
@@ -15,8 +15,8 @@ way the statement fails instead of decoding rows it was not compiled for, and th
 the service table by table instead (``Reader.fallback``).
 
 The decoder gives exactly what the flexible read gives for the same service (or subset of it):
-per table, ``ts`` NULL means missing, a ``ts`` older than the ttl by the statement's own ``now()``
-means expired (the server's clock, same statement), else present; NULL values take their
+per table, ``ts`` NULL means missing, a ``ts`` (epoch microseconds) older than the ttl by the
+statement's own ``now()`` means expired (the server's clock, same statement), else present; NULL values take their
 feature's default, and a table that is not present maps to its defaults or None.
 """
 
@@ -27,13 +27,16 @@ from typing import Any
 
 from psycopg import sql
 
+from ..definitions import EVENT_TIME, from_micros
 from ..definitions.layout import TS, EntityLayout
 from ..materialize.sql import guarded
+from ..schema import event_time_micros_sql
 from .compile import BatchReader, Fetch, Reader, Strategy, _binder
 from .decode import EXPIRED, MISSING, PRESENT, FeatureResult, Row, result
 from .selection import Selection
 
-_NOW = sql.SQL("floor(extract(epoch FROM now()))::int8")
+_NOW = event_time_micros_sql(sql.SQL("now()"))  # the statement's clock, in the unit of ts: epoch microseconds
+MICROS = 1_000_000
 
 
 def _plan(selection: Selection, layouts: Sequence[EntityLayout]
@@ -63,10 +66,13 @@ def _plan(selection: Selection, layouts: Sequence[EntityLayout]
         fields = []
         for f in features:
             slot = slots[f.name]
-            conv = bool if f.type.python is bool else int if (f.type.python is int and slot.group == "d") else None
+            conv: Callable[[Any], Any] | None = (
+                bool if f.type.python is bool else int if (f.type.python is int and slot.group == "d")
+                else from_micros if f.type is EVENT_TIME else None)
             fields.append((f.name, where[slot.group], slot.index, conv, f.default))
         absent = {name: default for name, _, _, _, default in fields} if any(f.default is not None for f in features) else None
-        tables.append((table.name, where[TS], layout.ts_index(table.name), ttl, tuple(fields), absent))
+        ttl_micros = None if ttl is None else ttl * MICROS
+        tables.append((table.name, where[TS], layout.ts_index(table.name), ttl_micros, tuple(fields), absent))
 
     def decode(row: Row) -> FeatureResult:
         now = row[0]

@@ -82,8 +82,9 @@ def select(registry: Registry, tables: Iterable[str] | None = None, features: Fe
 
 
 def select_service(registry: Registry, service: FeatureService | str, features: FeaturesArg = None) -> Selection:
-    """The service's features (in the service's order), or the subset ``features`` of them, with the
-    service's ttl (if it has one) over the tables' own. Raises UnknownServiceError and the errors of ``select``."""
+    """The service's features (in the service's order), or the subset ``features`` of them, each
+    table with the service's effective TTL for it (``FeatureService.effective_ttl``). Raises
+    UnknownServiceError and the errors of ``select``."""
     svc = registry.service(service) if isinstance(service, str) else service
     items = svc.resolve(registry)
     if features is not None:
@@ -97,7 +98,7 @@ def select_service(registry: Registry, service: FeatureService | str, features: 
             if extra:
                 raise DefinitionError(f"service {svc.name!r} does not serve {', '.join(f'{table}.{n}' for n in extra)}")
         items = tuple((t, tuple(f for f in fs if f.name in wanted[t.name])) for t, fs in items if t.name in wanted)
-    ttls = tuple(svc.ttl if svc.ttl is not None else t.ttl for t, _ in items)
+    ttls = tuple(svc.effective_ttl(t) for t, _ in items)
     return Selection(registry.schema, items, ttls, svc.name, tuple(registry.entities))
 
 

@@ -5,6 +5,10 @@ smallint, integer or boolean (all exact in a double; converted back to int/bool 
 ``int8[]`` when they are all integer kinds. A table mixing ``bigint`` with floating-point features
 needs two arrays, hence two subqueries (two index lookups): keep bigint out of mixed hot tables
 where you can. An epoch timestamp never rides in a ``real[]``: real is exact only up to 2^24.
+
+Event time (``updated_at``, and any timestamp feature) travels as int8 epoch microseconds
+(``schema.event_time_micros_sql``) in an ``int8[]`` or as a raw column, and becomes an aware UTC
+datetime on decode (``converter``): exact, and independent of the session's ``TimeZone``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from typing import Any
 
 from psycopg import sql
 
-from ..definitions import Feature
+from ..definitions import EVENT_TIME, Feature, from_micros
+from ..schema import event_time_micros_sql
 
 RAW = "raw"  # not an array: the columns themselves (join and per-table strategies)
 
@@ -31,7 +36,10 @@ class Part:
         element = self.array_type[:-2]
         cols = []
         for f in self.features:
-            col: sql.Composable = sql.Identifier(alias, f.name) if alias else sql.Identifier(f.name)
+            col: sql.Composable = column_sql(f, alias)
+            if f.type is EVENT_TIME:
+                cols.append(col)  # already int8
+                continue
             if f.type.name == "boolean":
                 col = sql.SQL("{}::int").format(col)
             if self.array_type != "float4[]":
@@ -42,6 +50,12 @@ class Part:
     def empty_sql(self) -> sql.Composable:
         """An empty array of this part's type: an expired row's marker (a missing row is NULL)."""
         return sql.SQL("'{{}}'::{}").format(sql.SQL(self.array_type))
+
+
+def column_sql(feature: Feature, alias: str | None = None) -> sql.Composable:
+    """The feature's column as it travels: itself, or for event time its epoch microseconds."""
+    col = sql.Identifier(alias, feature.name) if alias else sql.Identifier(feature.name)
+    return event_time_micros_sql(col) if feature.type is EVENT_TIME else col
 
 
 def transport(features: tuple[Feature, ...]) -> tuple[Part, ...]:
@@ -59,6 +73,8 @@ def transport(features: tuple[Feature, ...]) -> tuple[Part, ...]:
 
 def converter(feature: Feature, array_type: str) -> Callable[[Any], Any] | None:
     """What turns a travelled value back into the feature's Python type (None: nothing to do)."""
+    if feature.type is EVENT_TIME:
+        return from_micros
     if feature.type.python is bool:
         return bool
     if feature.type.python is int and array_type == "float8[]":

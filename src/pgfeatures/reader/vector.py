@@ -1,6 +1,7 @@
 """A service's features as one flat vector in the service's order, with the status per table (pure).
 
-A model wants ``[f1, f2, ..., f240]`` in a fixed order, not 30 dicts. The order is the service's
+A model wants ``[f1, f2, ..., f240]`` in a fixed order, not 30 dicts. (An event time in a vector is an
+aware datetime in a list, epoch seconds in a numpy array or raw numbers.) The order is the service's
 (its features as listed, ``table.*`` expanded, see ``FeatureService.order``), restricted to a
 subset when one is asked for. A feature whose table is missing or expired, or whose value is NULL,
 takes its default, else None (NaN in a numpy array).
@@ -17,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..definitions import EVENT_TIME, to_micros
 from .compile import BatchReader, Reader
 from .decode import EXPIRED, MISSING, PRESENT, FeatureResult, Row
 
@@ -68,12 +70,13 @@ def _fast_materialized(reader: Reader[Any] | BatchReader[Any], names: ServiceOrd
     flat = [f"{t.name}.{f.name}" for t, fs in selection.items for f in fs]
     if tuple(flat) != names:
         return None
-    tables = [(t.name, ttl, len(fs)) for (t, fs), ttl in zip(selection.items, selection.ttls)]
+    # (table, ttl in microseconds: the unit of the row's ts and now, number of features)
+    tables = [(t.name, None if ttl is None else ttl * 1_000_000, len(fs)) for (t, fs), ttl in zip(selection.items, selection.ttls)]
     return None if not tables else _FastVector(tables).decode
 
 
 class _FastVector:
-    """Row layout of a one-entity all-real materialized read: (now, r, ts)."""
+    """Row layout of a one-entity all-real materialized read: (now, r, ts), now and ts in epoch microseconds."""
 
     def __init__(self, tables: list[tuple[str, int | None, int]]):
         self.tables = tables
@@ -144,11 +147,30 @@ def check_output(output: str) -> None:
         raise DefinitionError(f"unknown output {output!r}; valid: {', '.join(OUTPUTS)}")
 
 
+def _types(names: ServiceOrder, registry: Any) -> list[str]:
+    return [registry.tables[n.partition(".")[0]].feature(n.partition(".")[2]).type.name for n in names]
+
+
 def _dtype(names: ServiceOrder, registry: Any) -> Any:
     import numpy as np
 
-    types = {registry.tables[n.partition(".")[0]].feature(n.partition(".")[2]).type.name for n in names}
-    return np.float32 if types <= {"real"} else np.float64
+    return np.float32 if set(_types(names, registry)) <= {"real"} else np.float64
+
+
+def event_time_positions(names: ServiceOrder, registry: Any) -> tuple[int, ...]:
+    """Where a vector holds event times (``updated_at``): as numbers they are epoch seconds."""
+    return tuple(i for i, t in enumerate(_types(names, registry)) if t == EVENT_TIME.name)
+
+
+def as_numbers(values: Sequence[Any], positions: tuple[int, ...]) -> Sequence[Any]:
+    """``values`` with the event times at ``positions`` as epoch seconds (float), for numeric vectors."""
+    if not positions:
+        return values
+    out = list(values)
+    for i in positions:
+        if out[i] is not None:
+            out[i] = to_micros(out[i]) / 1e6
+    return out
 
 
 def _numpy() -> Any:
@@ -165,7 +187,8 @@ def _numpy() -> Any:
 def as_numpy(vector: ServiceVector, registry: Any) -> ServiceVector:
     """The vector as a 1-D numpy array (None -> NaN)."""
     np = _numpy()
-    return ServiceVector(np.array(vector.values, dtype=_dtype(vector.names, registry)), vector.status, vector.names)
+    values = as_numbers(vector.values, event_time_positions(vector.names, registry))
+    return ServiceVector(np.array(values, dtype=_dtype(vector.names, registry)), vector.status, vector.names)
 
 
 def stack_numpy(vectors: list[ServiceVector], registry: Any) -> ServiceVectors:
@@ -174,5 +197,6 @@ def stack_numpy(vectors: list[ServiceVector], registry: Any) -> ServiceVectors:
     if not vectors:
         return ServiceVectors(np.zeros((0, 0), dtype=np.float64), [], ())
     names = vectors[0].names
-    values = np.array([v.values for v in vectors], dtype=_dtype(names, registry))
+    times = event_time_positions(names, registry)
+    values = np.array([as_numbers(v.values, times) for v in vectors], dtype=_dtype(names, registry))
     return ServiceVectors(values, [v.status for v in vectors], names)

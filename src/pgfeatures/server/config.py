@@ -115,6 +115,10 @@ class ServerConfig:
         _number(int), minimum=0,
     )
     strategy: str = _setting("single", "read strategy for single-key requests", _text)
+    max_future_skew: float = _setting(
+        300.0, "seconds a pushed updated_at may be ahead of the database server's clock; a push with one further "
+        "ahead is refused whole (400 invalid_value)", _number(float), minimum=0,
+    )
     prewarm: bool = _setting(
         True, "load the feature tables and indexes into shared_buffers (pgfeatures warmup) before reporting ready", _bool
     )
@@ -132,6 +136,14 @@ class ServerConfig:
     inventory_interval: float = _setting(
         15.0, "seconds between refreshes of the table inventory (GET /v1/tables: rows, age of the newest row; "
         "the age gauges), which run only when asked for", _number(float), minimum=0,
+    )
+    expire_every: float = _setting(
+        0.0, "seconds between background runs of pgfeatures expire (rows older than their table's ttl plus "
+        "expire_grace deleted in small batches, on the primary; a read-only service never expires); 0: never",
+        _number(float), minimum=0,
+    )
+    expire_grace: float = _setting(
+        3600.0, "seconds rows are kept beyond their table's ttl before expire deletes them", _number(float), minimum=0,
     )
     coalesce: bool = _setting(False, "merge concurrent single-key requests into batched queries", _bool)
     coalesce_window_us: int = _setting(

@@ -41,7 +41,7 @@ import orjson
 from ..definitions import nonfinite_json
 from ..reader import PRESENT, Features, Selection
 
-OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_UTC_Z  # event times (aware UTC datetimes): RFC 3339, "Z"
 _F32 = np.float32
 
 

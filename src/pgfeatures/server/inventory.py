@@ -21,6 +21,7 @@ no age (the gauge is NaN, or absent when it was never known).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import math
 import time
@@ -59,7 +60,7 @@ class Inventory:
         self.interval = interval
         self.snapshot = Snapshot()
         # table -> (age at measurement, monotonic time of measurement, max(updated_at))
-        self._newest: dict[str, tuple[float, float, int]] = {}
+        self._newest: dict[str, tuple[float, float, datetime.datetime]] = {}
         self._known: set[str] = set()  # tables whose age was ever known (their gauge exists)
         self._task: asyncio.Task[None] | None = None
         self._services_of: dict[str, list[str]] = {}
@@ -143,7 +144,7 @@ class Inventory:
         age, at, _ = found
         return round(age + ((time.monotonic() if now is None else now) - at), 3)
 
-    def newest_updated_at(self, table: str) -> int | None:
+    def newest_updated_at(self, table: str) -> datetime.datetime | None:
         found = self._newest.get(table)
         return None if found is None else found[2]
 

@@ -121,6 +121,8 @@ class Metrics:
         )
         self.pushed_rows = Counter("pgfeatures_push_rows", "pushed keys, written or skipped (a newer row was kept)",
                                    ["table", "result"], registry=r)
+        self.expired_rows = Counter("pgfeatures_expired_rows", "rows deleted past their table's ttl (serve "
+                                    "--expire-every)", ["table"], registry=r)
         self.services = frozenset(services)
         self.pool_connections = Gauge(
             "pgfeatures_pool_connections", "read pool connections", ["state"], registry=r, multiprocess_mode="livesum"
@@ -184,6 +186,10 @@ class Metrics:
             self.pushed_rows.labels(table, "written").inc(written)
         if skipped:
             self.pushed_rows.labels(table, "skipped").inc(skipped)
+
+    def expired_deleted(self, table: str, deleted: int) -> None:
+        if deleted:
+            self.expired_rows.labels(table).inc(deleted)
 
     def set_ages(self, ages: Mapping[str, float]) -> None:
         for table, age in ages.items():

@@ -24,7 +24,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
-from ..definitions import FLOAT32_OVERFLOW, INT_RANGE, NONFINITE_JSON, UPDATED_AT, UPDATED_AT_FEATURE, Entity, Registry
+from ..definitions import FLOAT32_OVERFLOW, INT_RANGE, NONFINITE_JSON, UPDATED_AT, Entity, Registry
+from ..definitions.eventtime import MAX_MICROS, MIN_MICROS
 from ..definitions.types import FLOAT32_ZERO
 from ..definitions.entities import INT8_RANGE, UUID_TEXT
 from .config import ServerConfig
@@ -36,7 +37,11 @@ STATUS = {"type": "string", "enum": ["present", "missing", "expired"]}
 # value as a string (JSON has no number for it).
 VALUE = {"anyOf": [{"type": ["number", "integer", "boolean", "null"]},
                    {"type": "string", "enum": list(NONFINITE_JSON),
-                    "description": "a stored non-finite real or double precision value (writes refuse them by default)"}]}
+                    "description": "a stored non-finite real or double precision value (writes refuse them by default)"},
+                   {"type": "string", "format": "date-time", "description": "an event time (updated_at), RFC 3339"}]}
+# Epoch seconds a pushed updated_at may be (years 1 to 9999, as parse_event_time checks; how far ahead of
+# the database's clock it may be, max_future_skew, depends on that clock: no schema can say it).
+EPOCH_RANGE = {"minimum": MIN_MICROS / 1_000_000, "maximum": MAX_MICROS // 1_000_000}
 DOUBLE_MAX = 1.7976931348623157e308  # the largest finite double: JSON numbers beyond it are not numbers the server reads
 
 
@@ -265,9 +270,11 @@ def _push_schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, table in registry.tables.items():
         values: dict[str, Any] = {f.name: value_schema(f.type.name) for f in table.features}
-        values[UPDATED_AT] = {**value_schema(UPDATED_AT_FEATURE.type.name, nullable=False),
-                              "description": "epoch seconds the values were true at: a row older than the stored "
-                              "one is skipped (newest wins) unless overwrite_newer"}
+        values[UPDATED_AT] = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "number", **EPOCH_RANGE}],
+                              "description": "event time the values were true at: RFC 3339 with a zone "
+                              "(2026-05-01T12:00:00Z) or epoch seconds; a row older than the stored one is skipped "
+                              "(newest wins) unless overwrite_newer; one more than the service's max_future_skew ahead "
+                              "of the database's clock fails the push (400 invalid_value)"}
         out[f"PushKey.{name}"] = key_of(registry, [table.entity])
         out[f"PushFeatures.{name}"] = {"type": "object", "properties": values, "additionalProperties": False,
                                        "minProperties": 1, "description": "features to set (others are kept)"}
@@ -369,6 +376,10 @@ def _schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
                     "accepts": {"type": "string"}}}},
                 "tables": {"type": "array", "items": {"type": "string"}},
                 "ttl": {"type": ["integer", "null"], "description": "seconds (null: the tables' own)"},
+                "ttl_override": {"type": "boolean", "description": "the service's ttl replaces the tables' (else the "
+                                 "stricter of the two applies)"},
+                "table_ttls": {"type": "object", "additionalProperties": {"type": ["integer", "null"]},
+                               "description": "the TTL (seconds) this service applies to each table it reads"},
                 "materialize": {"type": "boolean"},
                 "state": {"type": ["string", "null"], "enum": ["built", "stale", "missing", None],
                           "description": "the serving rows of a materialized service, as last found"},
@@ -410,7 +421,7 @@ def _schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
                             },
                             "ttl": {"type": ["integer", "null"]},
                             "rows": {"type": ["integer", "null"], "description": "an estimate"},
-                            "newest_updated_at": {"type": ["integer", "null"]},
+                            "newest_updated_at": {"type": ["string", "null"], "format": "date-time"},
                             "newest_age": {"type": ["number", "null"],
                                            "description": "seconds since the newest row's updated_at (server clock), "
                                                           "an upper bound; null: unknown"},

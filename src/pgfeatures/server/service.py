@@ -34,6 +34,10 @@ makes a read-only service whose pushes are 403 ``read_only``), under the same de
 Inventory. ``inventory`` (see ``inventory.py``) holds what the tables hold and how fresh they
 are, refreshed in the background when asked for, at most every ``inventory_interval``.
 
+Retention. With ``expire_every``, ``pgfeatures expire`` runs in the background (``retention_async``):
+rows past their table's ttl plus ``expire_grace`` deleted in small batches, counted in
+``pgfeatures_expired_rows_total``.
+
 Readiness. The database counts as reachable if a read succeeded within the
 last second and nothing failed since; otherwise one ``SELECT 1`` through the
 read pool (shared by concurrent probes, result cached for a second) decides.
@@ -54,7 +58,7 @@ from typing import Any, NamedTuple, TypeVar
 import psycopg
 from psycopg_pool import PoolClosed, PoolTimeout
 
-from ..connections import database_error
+from ..connections import connect_async, database_error
 from ..definitions import Registry
 from ..errors import (
     AuthenticationError,
@@ -117,7 +121,7 @@ class Service:
             credentials_timeout=config.credentials_timeout, pooler=config.pooler,
             max_lifetime=config.max_lifetime, strategy=config.strategy, pool_size=config.pool_size,
             write_pool_size=config.write_pool_size, acquire_timeout=config.acquire_timeout,
-            connect_timeout=config.connect_timeout, on_drift="isolate",
+            connect_timeout=config.connect_timeout, on_drift="isolate", max_future_skew=config.max_future_skew,
         )
         self.metrics = Metrics(registry.tables, registry.services)
         self.inventory = Inventory(self.store, registry, config.inventory_interval)
@@ -149,6 +153,8 @@ class Service:
         """Begin opening the store in the background; return at once."""
         self._spawn(self._open())
         self._spawn(self._refresh_metrics())
+        if self.config.expire_every > 0:
+            self._spawn(self._expire_loop())
 
     async def stop(self) -> None:
         """Close the store; reads from now on get StoreClosedError (503 ``shutting_down``)."""
@@ -197,6 +203,32 @@ class Service:
         self.flush_metrics()
         self.inventory.refresh_soon()
         log.info("pgfeatures: ready, %d tables, pool of %d", len(self.registry.tables), self.config.pool_size)
+
+    async def _expire_loop(self) -> None:
+        """``--expire-every``: ``pgfeatures expire`` in the background, on a connection of its own to the
+        primary (never one of the pools'), every ``expire_every`` seconds once the store is open. With
+        several workers each runs it; a table being expired by one is skipped by the others (advisory
+        lock). A failed run is logged and retried at the next interval."""
+        from ..retention_async import expire_async
+
+        while True:
+            await asyncio.sleep(self.config.expire_every)
+            if not self.ready or self.store.dsn is None or self.config.write_pool_size == 0:
+                continue
+            try:
+                conn = await connect_async(self.store.dsn, "pgfeatures-expire", self.store.connect_timeout,
+                                           credentials=self.store.credentials, pooler=self.store.pooler)
+                try:
+                    results = await expire_async(conn, self.registry, grace=self.config.expire_grace)
+                finally:
+                    await conn.close()
+            except (PgFeaturesError, psycopg.Error) as exc:
+                log.warning("pgfeatures: expire failed (retrying in %gs): %s", self.config.expire_every, exc)
+                continue
+            for result in results:
+                self.metrics.expired_deleted(result.table, result.deleted)
+                if result.deleted:
+                    log.info("pgfeatures: expire: %s", result.describe())
 
     async def _refresh_metrics(self) -> None:
         while True:
@@ -324,7 +356,7 @@ class Service:
 
     def describe_service(self, name: str, detail: bool = False) -> dict[str, Any]:
         """``GET /v1/services`` (one entry) and, with ``detail``, ``GET /v1/services/{name}``: what the
-        service reads, its vector's shape (and column names and types), whether it is materialized,
+        service reads (with the TTL it applies to each table), its vector's shape (and column names and types), whether it is materialized,
         its serving rows' state as last found, and whether this worker reads them (``serving``).
         Raises UnknownServiceError. No I/O."""
         svc = self.registry.service(name)
@@ -335,7 +367,8 @@ class Service:
             "name": name, "version": svc.version, "description": svc.description,
             "entities": [{"name": e.name, "key_type": e.key_type, **({"hash": e.hash} if e.hash else {}),
                           "accepts": e.accepts} for e in entities],
-            "tables": [t.name for t, _ in items], "ttl": svc.ttl, "materialize": svc.materialize,
+            "tables": [t.name for t, _ in items], "ttl": svc.ttl, "ttl_override": svc.ttl_override,
+            "table_ttls": {t.name: svc.effective_ttl(t) for t, _ in items}, "materialize": svc.materialize,
             "state": self.inventory.service_state(name) if svc.materialize else None,
             "serving": "materialized" if name in self.store.readers.materialized else "tables",
             "columns": len(plan.names), "dtype": plan.dtype,

@@ -7,9 +7,10 @@ a stored non-finite value is the string ``"Infinity"``, ``"-Infinity"`` or ``"Na
 
 ``application/octet-stream`` (``Accept``): the values as one little-endian array, ``float32`` when
 every feature of the vector is ``real``, else ``float64`` (integers and booleans as numbers, 1 and 0;
-a ``bigint`` beyond 2^53 is rounded), a missing value as NaN. Stored ±Infinity is ±Infinity, and a
-stored NaN is NaN too (so in this form NaN is NULL or NaN; writes refuse NaN by default). A batch is
-its rows concatenated (row-major, ``rows x columns``). After the values comes the **status trailer**: one byte per row
+a ``bigint`` beyond 2^53 is rounded; an event time as epoch seconds), a missing value as NaN. Stored
+±Infinity is ±Infinity, and a stored NaN is NaN too (so in this form NaN is NULL or NaN; writes refuse NaN by
+default). A batch is its rows concatenated (row-major, ``rows x columns``). After the values comes the **status
+trailer**: one byte per row
 and table, ``0`` present, ``1`` missing, ``2`` expired, rows in order, tables in the order of the
 ``X-Pgfeatures-Tables`` header. Headers: ``X-Pgfeatures-Rows``, ``X-Pgfeatures-Columns``,
 ``X-Pgfeatures-Dtype`` (``float32`` / ``float64``), ``X-Pgfeatures-Tables``. In numpy::
@@ -34,7 +35,7 @@ import numpy as np
 
 from ..definitions import Registry, nonfinite_json
 from ..reader import EXPIRED, MISSING, PRESENT
-from ..reader.vector import ServiceVector, service_order
+from ..reader.vector import ServiceVector, as_numbers, event_time_positions, service_order
 from .encoding import json_real
 
 OCTET_STREAM = "application/octet-stream"
@@ -46,7 +47,7 @@ class VectorPlan:
     """How one vector reader's vectors are encoded: the names and types of its columns, the tables
     of its status, the dtype of its raw form."""
 
-    __slots__ = ("names", "types", "tables", "all_real", "reals", "doubles", "dtype", "_np")
+    __slots__ = ("names", "types", "tables", "all_real", "reals", "doubles", "dtype", "_np", "_times")
 
     def __init__(self, reader: Any, registry: Registry):
         selection = reader.selection
@@ -59,6 +60,7 @@ class VectorPlan:
         self.doubles = tuple(i for i, t in enumerate(self.types) if t == "double precision")
         self.dtype = "float32" if self.all_real else "float64"
         self._np = np.dtype("<f4" if self.all_real else "<f8")
+        self._times = event_time_positions(self.names, registry)  # raw: as epoch seconds
 
     # -- JSON ----------------------------------------------------------------------------------------
 
@@ -103,7 +105,7 @@ class VectorPlan:
         """The rows' values, concatenated, little-endian (None as NaN)."""
         if not vectors:
             return b""
-        return np.array([v.values for v in vectors], dtype=self._np).tobytes()
+        return np.array([as_numbers(v.values, self._times) for v in vectors], dtype=self._np).tobytes()
 
     def status(self, vectors: Iterable[ServiceVector]) -> bytes:
         """One byte per row and table (0 present, 1 missing, 2 expired), tables in ``self.tables``' order."""

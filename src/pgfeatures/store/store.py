@@ -64,7 +64,7 @@ from ..connections import (
     resolve_dsn,
 )
 from ..connections.credentials import DEFAULT_CREDENTIALS_TIMEOUT, with_deadline
-from ..definitions import Registry
+from ..definitions import DEFAULT_MAX_FUTURE_SKEW, Registry
 from ..errors import (
     DefinitionError,
     ExtraNotInstalledError,
@@ -82,7 +82,7 @@ from ..reader import (
     Strategy,
     parse_keys,
 )
-from ..write import UpdateCount, UpdateRows, plan_updates
+from ..write import UpdateCount, UpdateRows, check_skew, plan_updates
 from ..reader.vector import as_numpy, check_output, stack_numpy
 from .base import (
     ON_DRIFT,
@@ -159,6 +159,9 @@ class FeatureStore:
     - ``reader_cache_size``: most prepared statements kept per connection for compiled request
       shapes (bounded LRU).
     - ``read_application_name`` / ``write_application_name``: ``application_name`` of the pools.
+    - ``max_future_skew``: seconds an event time (``updated_at``) written by a live update may be
+      ahead of the database server's clock (default 300); a batch with one further ahead is refused
+      whole (FeatureValueError naming the row). None: no bound.
 
     Raises DefinitionError for bad definitions, ConfigError for bad settings (before any I/O).
     """
@@ -189,6 +192,7 @@ class FeatureStore:
         reader_cache_size: int = 100,
         read_application_name: str = READ_APP,
         write_application_name: str = WRITE_APP,
+        max_future_skew: float | None = DEFAULT_MAX_FUTURE_SKEW,
     ):
         registry = registry if isinstance(registry, Registry) else Registry.from_toml(registry)
         self.dsn = dsn
@@ -214,6 +218,8 @@ class FeatureStore:
         self.on_drift = on_drift
         self.read_application_name = read_application_name
         self.write_application_name = write_application_name
+        check_skew(max_future_skew)
+        self.max_future_skew = max_future_skew
         self.hot_keys = parse_keys(hot_keys)
         self.reader_cache_size = reader_cache_size
         self.extra_warm = list(warm)
@@ -563,14 +569,21 @@ class FeatureStore:
         ``overwrite_newer=True`` to write them anyway). NaN is refused unless ``nan="null"`` (written as
         NULL), ±Infinity unless ``inf="keep"`` (written as it is; JSON answers carry it as "Infinity").
 
+        ``updated_at`` (event time) is an aware datetime, an ISO 8601 string with a zone or epoch
+        seconds; rows without it are stamped with the database server's clock. A key given twice is
+        merged in event-time order when every occurrence carries one (newest wins), else in order.
+
         Raises UnknownTableError, UnknownFeatureError, KeyFormatError, FeatureValueError before any
-        I/O; ReadOnlyStoreError; DatabaseUnavailableError; SchemaDriftError. A pooled connection the
+        I/O; FeatureValueError, with nothing written, when an event time is more than the store's
+        ``max_future_skew`` ahead of the server's clock; ReadOnlyStoreError;
+        DatabaseUnavailableError; SchemaDriftError. A pooled connection the
         server closed while idle (a restart, ``pg_terminate_backend``) is found before anything is
         sent on it and replaced; a connection lost after the update was sent raises
         WriteOutcomeUnknownError (a DatabaseUnavailableError): it may or may not have been applied, and
         it is not sent again.
         """
-        plans = plan_updates(self.registry, table, rows, nan=nan, inf=inf, overwrite_newer=overwrite_newer)
+        plans = plan_updates(self.registry, table, rows, nan=nan, inf=inf, overwrite_newer=overwrite_newer,
+                             max_future_skew=self.max_future_skew)
         return apply_updates(self, plans)
 
 

@@ -26,7 +26,7 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from ..connections import database_error, redact, went_away
 from ..errors import ConflictError, ReadOnlyStoreError, StoreClosedError, WriteOutcomeUnknownError
-from ..write import UpdateCount
+from ..write import UpdateCount, future_error
 from .opening_async import renew_write_pool_async
 
 if TYPE_CHECKING:
@@ -48,12 +48,14 @@ def write_pool(store: AsyncFeatureStore) -> AsyncConnectionPool:
 
 async def upsert_async(conn: psycopg.AsyncConnection, plans: list[Any], prepare: bool) -> UpdateCount:
     """Send the upsert ``plans`` (``(Upsert, params)`` pairs) on ``conn``: one statement, or one per
-    column set in one transaction and one round-trip."""
+    column set in one transaction and one round-trip. Raises FeatureValueError when the server
+    refused a guarded batch (an event time too far ahead of its clock: ``write.future_error``)."""
     keys = sum(len(params[0]) for _, params in plans)
     if len(plans) == 1:
         cur = psycopg.AsyncRawCursor(conn)
         await cur.execute(plans[0][0].statement, plans[0][1], prepare=prepare)
-        return UpdateCount(cur.rowcount, keys - cur.rowcount)
+        written = await _written_async(plans, [cur])
+        return UpdateCount(written, keys - written)
     # Rows setting different columns: a statement per column set, one transaction, one round-trip.
     # One cursor per statement: in a pipeline a cursor keeps only its last result (and rowcount).
     control = psycopg.AsyncRawCursor(conn)
@@ -72,8 +74,20 @@ async def upsert_async(conn: psycopg.AsyncConnection, plans: list[Any], prepare:
         if not conn.broken:
             await conn.rollback()
         raise
-    written = sum(cur.rowcount for cur in cursors)
+    written = await _written_async(plans, cursors)
     return UpdateCount(written, keys - written)
+
+
+async def _written_async(plans: list[Any], cursors: list[Any]) -> int:
+    """Rows the statements wrote: their rowcounts, or what guarded statements returned (after
+    checking that the server did not refuse the batch)."""
+    if not plans or not plans[0][0].guarded:
+        return sum(cur.rowcount for cur in cursors)
+    rows = [await cur.fetchone() for cur in cursors]
+    error = future_error(plans, rows[0][1])
+    if error is not None:
+        raise error
+    return sum(int(row[0]) for row in rows)
 
 
 async def write_conn_async(store: AsyncFeatureStore) -> tuple[AsyncConnectionPool, psycopg.AsyncConnection]:
