@@ -20,6 +20,16 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 TEST_DATABASE = "pgfeatures_test"
 
+# Feast sets $PROMETHEUS_MULTIPROC_DIR when it is imported (tests/test_feast*.py, at collection), and
+# prometheus_client picks file-backed metrics if that variable is set when it is first imported: then
+# every in-process app of the run would write its metrics to, and read them from, Feast's folder.
+# Imported here first, before any test module, prometheus_client keeps its in-process metrics (and
+# pgfeatures.server.metrics follows what prometheus_client chose).
+try:
+    import prometheus_client  # noqa: F401
+except ImportError:  # a core-only install (tests/test_core_install.py)
+    pass
+
 
 def _server_dsn() -> str:
     env = os.environ.get("PGFEATURES_TEST_DSN")

@@ -43,6 +43,7 @@ EXPECTED = {
     "UnknownFeatureError": (400, "unknown_feature", False),
     "UnknownStrategyError": (400, "unknown_strategy", False),
     "FeatureValueError": (400, "invalid_value", False),
+    "EventTimeInFutureError": (400, "event_time_in_future", False),
     "DefinitionError": (400, "invalid_selection", False),
     "LoadInputError": (400, "invalid_input", False),
     "DatabaseUnavailableError": (503, "database_unavailable", True),

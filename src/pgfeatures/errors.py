@@ -255,6 +255,12 @@ class FeatureValueError(PgFeaturesError, ValueError):
     """A live update carries a value its column cannot hold (wrong type, out of range, NaN)."""
 
 
+class EventTimeInFutureError(FeatureValueError):
+    """A write's event time (``updated_at``) is further ahead of the database server's clock than
+    ``max_future_skew`` allows: nothing of the batch was written. (Time-dependent: no static schema can
+    say it, so the OpenAPI document says it in words, and HTTP answers 400 ``event_time_in_future``.)"""
+
+
 # -- benchmark (pgfeatures bench) --
 
 

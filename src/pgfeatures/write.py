@@ -67,7 +67,7 @@ from .definitions import (
     rfc3339,
 )
 from .definitions import check_value as _check
-from .errors import FeatureValueError, UnknownFeatureError
+from .errors import EventTimeInFutureError, FeatureValueError, UnknownFeatureError
 
 __all__ = ["FLOAT32_MAX", "INF_POLICIES", "INT_RANGE", "NAN_POLICIES", "Upsert", "UpdateCount", "check_value",
            "compile_upsert", "future_error", "key_text", "plan_updates"]
@@ -221,7 +221,7 @@ def check_skew(max_future_skew: float | None) -> dt.timedelta | None:
     return dt.timedelta(seconds=max_future_skew)
 
 
-def future_error(plans: Sequence[tuple[Upsert, tuple[Any, ...]]], now: dt.datetime) -> FeatureValueError | None:
+def future_error(plans: Sequence[tuple[Upsert, tuple[Any, ...]]], now: dt.datetime) -> EventTimeInFutureError | None:
     """The error of a guarded batch the server refused: its newest event time is more than the
     skew ahead of ``now`` (the server's clock, as the guarded statements returned it); None when it
     was written. Names the first row (key and value) that was too far ahead."""
@@ -238,7 +238,7 @@ def future_error(plans: Sequence[tuple[Upsert, tuple[Any, ...]]], now: dt.dateti
             for key, stamp in zip(params[0], params[1 + names.index(UPDATED_AT)]):
                 if stamp > limit:
                     ahead = (stamp - now).total_seconds()
-                    return FeatureValueError(
+                    return EventTimeInFutureError(
                         f"{upsert.table}.{UPDATED_AT}: {rfc3339(stamp)} (key {key_text(key)}) is in the future: "
                         f"{ahead:,.3f}s ahead of the database server's clock ({rfc3339(now)}), more than "
                         f"max_future_skew ({skew.total_seconds():g}s) allows; nothing of the batch was written. An "

@@ -16,6 +16,8 @@ Endpoints (JSON bodies, encoded with orjson; request parsing in ``parsing.py``):
                                      details (targets, broken tables, the failure) with the token
     GET  /metrics                    Prometheus text format
     GET  /openapi.json               the OpenAPI document
+    POST /v1/admin/reload            read the definitions file again and serve it (as SIGHUP does): every
+                                     reader compiled and prepared first, then swapped in; -> {"fingerprint", ...}
 
 A key is a bare key (64 hex characters for 32-byte keys; an integer or a string for other
 entities) when the request reads one entity, or ``{entity: key}``. A result is ``{"key",
@@ -32,8 +34,11 @@ Starlette's ``BaseHTTPMiddleware`` would cost a task and a queue per request.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
@@ -48,7 +53,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..definitions import Registry
-from ..errors import PgFeaturesError, ReadOnlyStoreError
+from ..errors import DefinitionError, PgFeaturesError, ReadOnlyStoreError
 from .config import ServerConfig
 from .encoding import JSONBatch, dumps, result
 from .errors import JSON, RequestError, error_body, error_response
@@ -106,7 +111,6 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def routes(service: Service) -> list[Route]:
     config = service.config
-    registry = service.registry
     limit = config.max_body_bytes
     max_keys = config.max_batch_keys
 
@@ -128,7 +132,7 @@ def routes(service: Service) -> list[Route]:
         check_fields(body, SINGLE_FIELDS, "key")
         tables, selection = parse_selection(body)
         reader = service.features_reader(tables, selection)
-        key = parse_key(body["key"], reader.binder, registry)
+        key = parse_key(body["key"], reader.binder, service.registry)
         return json_response(result(body["key"], await service.read_one(reader, key)))
 
     async def batch(request: Request) -> Response:
@@ -137,19 +141,19 @@ def routes(service: Service) -> list[Route]:
         tables, selection = parse_selection(body)
         reader = service.features_batch_reader(tables, selection)
         shown = body["keys"]
-        keys = parse_keys(shown, reader.binder, registry, max_keys)
+        keys = parse_keys(shown, reader.binder, service.registry, max_keys)
         del body
         return await answer_batch(reader, shown, keys, JSONBatch())
 
     async def service_one(request: Request) -> Response:
         raw = await read_body(request, limit)
         name = request.path_params["name"]
-        registry.service(name)  # UnknownServiceError (404) names the valid services
+        service.registry.service(name)  # UnknownServiceError (404) names the valid services
         body = parse_json(raw)
         check_fields(body, SERVICE_FIELDS, "key")
         vector, octets = parse_output(body, request.headers.get("accept"))
         reader = service.service_reader(name, parse_features(body), vector)
-        key = parse_key(body["key"], reader.binder, registry)
+        key = parse_key(body["key"], reader.binder, service.registry)
         got = await service.read_one(reader, key, vector)
         if not vector:
             return json_response(result(body["key"], got))
@@ -161,13 +165,13 @@ def routes(service: Service) -> list[Route]:
     async def service_batch(request: Request) -> Response:
         raw = await read_body(request, limit)
         name = request.path_params["name"]
-        registry.service(name)
+        service.registry.service(name)
         body = parse_json(raw)
         check_fields(body, SERVICE_BATCH_FIELDS, "keys")
         vector, octets = parse_output(body, request.headers.get("accept"))
         reader = service.service_batch_reader(name, parse_features(body), vector)
         shown = body["keys"]
-        keys = parse_keys(shown, reader.binder, registry, max_keys)
+        keys = parse_keys(shown, reader.binder, service.registry, max_keys)
         del body, raw
         encoder: Encoder
         if not vector:
@@ -180,11 +184,11 @@ def routes(service: Service) -> list[Route]:
 
     async def services(request: Request) -> Response:
         await service.inventory.current()
-        return json_response({"services": [service.describe_service(n) for n in registry.services]})
+        return json_response({"services": [service.describe_service(n) for n in service.registry.services]})
 
     async def describe(request: Request) -> Response:
         name = request.path_params["name"]
-        registry.service(name)
+        service.registry.service(name)
         await service.inventory.current()
         return json_response(service.describe_service(name, detail=True))
 
@@ -194,11 +198,11 @@ def routes(service: Service) -> list[Route]:
     async def push(request: Request) -> Response:
         raw = await read_body(request, limit)
         table = request.path_params["table"]
-        registry.table(table)  # UnknownTableError names the valid tables
+        service.registry.table(table)  # UnknownTableError names the valid tables
         if config.write_pool_size == 0:
             raise ReadOnlyStoreError("this service is read-only (write_pool_size = 0): it takes no pushes; push to a "
                                      "service with a write pool (--write-pool-size 1 or more)")
-        rows, overwrite = parse_push(parse_json(raw), table, registry, max_keys)
+        rows, overwrite = parse_push(parse_json(raw), table, service.registry, max_keys)
         del raw
         count = await service.push(table, rows, overwrite)
         return json_response({"written": int(count), "skipped": count.skipped})
@@ -207,13 +211,26 @@ def routes(service: Service) -> list[Route]:
         await service.inventory.current()
         return json_response(service.inventory.tables_document())
 
-    def static_json(document: Any) -> Any:
-        body = orjson.dumps(document)  # encoded once
+    documents: dict[str, bytes] = {}  # the OpenAPI document, encoded once per definitions served
 
-        async def endpoint(request: Request) -> Response:
-            return Response(body, media_type=JSON)
+    async def openapi(request: Request) -> Response:
+        registry = service.registry
+        body = documents.get(registry.fingerprint)
+        if body is None:
+            documents.clear()
+            body = documents[registry.fingerprint] = orjson.dumps(openapi_document(registry, config))
+        return Response(body, media_type=JSON)
 
-        return endpoint
+    async def reload(request: Request) -> Response:
+        # Serve the definitions file as it is now; with several workers, every worker does (the supervisor
+        # passes SIGHUP on to each: see runner.py; this one finds nothing left to change then).
+        try:
+            done = await service.reload()
+        except DefinitionError as exc:
+            raise RequestError("invalid_definitions", f"{exc}; the previous definitions go on serving", 400) from None
+        if config.workers > 1:
+            os.kill(os.getppid(), signal.SIGHUP)
+        return json_response(done)
 
     async def healthz(request: Request) -> Response:
         return json_response({"status": "alive"})
@@ -249,7 +266,8 @@ def routes(service: Service) -> list[Route]:
         Route("/v1/services/{name}/batch", service_batch, methods=["POST"]),
         Route("/v1/push/{table}", push, methods=["POST"]),
         Route("/v1/tables", tables, methods=["GET"]),
-        Route("/openapi.json", static_json(openapi_document(registry, config)), methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/v1/admin/reload", reload, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -380,9 +398,11 @@ def create_app(
     *,
     registry: Registry | None = None,
     warmup: Iterable[WarmupHook] | None = None,
+    reload_on_sighup: bool = False,
 ) -> Starlette:
     """The ASGI app. The store opens in the background at startup; ``warmup`` hooks (default:
-    ``warmup_hooks(config)``) run after it, before the app reports ready.
+    ``warmup_hooks(config)``) run after it, before the app reports ready. ``reload_on_sighup``: SIGHUP
+    reloads the definitions (``Service.reload``; what ``pgfeatures serve`` asks for).
 
     Raises DefinitionError for a bad definitions file, ConfigError for bad settings.
     """
@@ -392,9 +412,13 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await service.start()
+        if reload_on_sighup:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, service.reload_soon)
         try:
             yield
         finally:
+            if reload_on_sighup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await service.stop()
 
     app = Starlette(
@@ -411,4 +435,4 @@ def app_from_env() -> Starlette:
     """The app factory uvicorn's workers call: settings from ``$PGFEATURES_SERVER_CONFIG`` (set by ``run``)."""
     from .runner import config_from_env
 
-    return create_app(config_from_env())
+    return create_app(config_from_env(), reload_on_sighup=True)

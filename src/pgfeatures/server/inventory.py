@@ -64,9 +64,17 @@ class Inventory:
         self._known: set[str] = set()  # tables whose age was ever known (their gauge exists)
         self._task: asyncio.Task[None] | None = None
         self._services_of: dict[str, list[str]] = {}
+        self.serve(registry)
+
+    def serve(self, registry: Registry) -> None:
+        """Report on ``registry`` from now on (a reload): refreshed at the next ask."""
+        self.registry = registry
+        services_of: dict[str, list[str]] = {}
         for name in registry.services:
             for t, _ in registry.service(name).resolve(registry):
-                self._services_of.setdefault(t.name, []).append(name)
+                services_of.setdefault(t.name, []).append(name)
+        self._services_of = services_of
+        self.snapshot.refreshed_at = None
 
     def due(self) -> bool:
         at = self.snapshot.refreshed_at

@@ -48,6 +48,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
 
+from prometheus_client import values
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -59,6 +60,7 @@ from prometheus_client import (
     multiprocess,
 )
 
+from ..definitions import Registry
 from ..reader import EXPIRED, PRESENT
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -80,7 +82,10 @@ POOL_STATS = {"requests_errors": "requests", "connections_errors": "connections"
 
 
 def multiprocess_mode() -> bool:
-    return bool(os.environ.get(MULTIPROC_ENV))
+    """Whether metrics live in files shared by worker processes: decided, as prometheus_client decides
+    it, once, when it was imported (``$PROMETHEUS_MULTIPROC_DIR`` set then). A variable set later (Feast
+    sets one when it is imported) must not make this process read files its metrics were never written to."""
+    return values.ValueClass is not values.MutexValue and bool(os.environ.get(MULTIPROC_ENV))
 
 
 class Metrics:
@@ -139,6 +144,11 @@ class Metrics:
             "pgfeatures_ready", "1 once warmed up (with several workers: how many are)", registry=r,
             multiprocess_mode="livesum",
         )
+        self.definitions = Gauge(
+            "pgfeatures_definitions", "the fingerprint of the definitions served (with several workers: how many serve it)",
+            ["fingerprint"], registry=r, multiprocess_mode="livesum",
+        )
+        self._fingerprint: str | None = None
         tables = list(tables)
         self._rows: dict[str, int] = dict.fromkeys(tables, 0)
         self._misses: dict[str, int] = dict.fromkeys(tables, 0)
@@ -146,6 +156,18 @@ class Metrics:
         self._service_children: dict[tuple[str, str, int], tuple[Histogram, Counter]] = {}
         # Bound children per (endpoint, status), so the request path skips label lookups.
         self._children: dict[tuple[str, int], tuple[Histogram, Counter]] = {}
+
+    def serve(self, registry: Registry) -> None:
+        """Count for ``registry``'s tables and services too (those of earlier definitions stay: labels stay
+        bounded by the definitions served), and show its fingerprint."""
+        for table in registry.tables:
+            for pending in (self._rows, self._misses, self._expired):
+                pending.setdefault(table, 0)
+        self.services = self.services | frozenset(registry.services)
+        if self._fingerprint is not None and self._fingerprint != registry.fingerprint:
+            self.definitions.labels(self._fingerprint).set(0)
+        self._fingerprint = registry.fingerprint
+        self.definitions.labels(registry.fingerprint).set(1)
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         children = self._children.get((endpoint, status))

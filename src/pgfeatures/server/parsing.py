@@ -130,19 +130,21 @@ def hex_only(binder: Any) -> bool:
 EXACT_FLOAT = 2**53  # floats hold every integer below this magnitude; 2**53 itself is also 2**53 + 1 rounded
 
 
-def json_key(value: Any, where: str) -> Any:
+def json_key(value: Any, where: str, entity: str | None = None) -> Any:
     """A key as sent, with integral floats (``5.0``) as the integers they are, in an object of entity
-    keys too. Raises KeyFormatError for an integral float beyond ±2**53 (not exact)."""
+    keys too. Raises KeyFormatError for an integral float beyond ±2**53 (not exact), naming the entity
+    (``entity``: the one a bare key is for, when the request reads one)."""
     if type(value) is float:
-        return _exact_integer(value, where) if value.is_integer() else value
+        return _exact_integer(value, where, entity) if value.is_integer() else value
     if isinstance(value, dict) and any(type(v) is float for v in value.values()):
-        return {name: json_key(v, f"{where}.{name}") for name, v in value.items()}
+        return {name: json_key(v, f"{where}.{name}", name) for name, v in value.items()}
     return value
 
 
-def _exact_integer(value: float, where: str) -> int:
+def _exact_integer(value: float, where: str, entity: str | None) -> int:
     if abs(value) >= EXACT_FLOAT:
-        raise KeyFormatError(f"{where}: {value!r} is a number beyond ±2**53 written with a fraction or exponent, "
+        whose = f"{entity} key " if entity else ""
+        raise KeyFormatError(f"{where}: {whose}{value!r} is a number beyond ±2**53 written with a fraction or exponent, "
                              "which JSON does not carry exactly: send the key as an integer literal, or as text")
     return int(value)
 
@@ -166,7 +168,8 @@ def parse_key(value: Any, binder: Any, registry: Registry, where: str = "key") -
     """One request's key, checked against what ``binder``'s reader reads: bytes for a 64-hex key of
     the fast path, else the key as sent (integral floats as integers: ``json_key``). Raises
     KeyFormatError / UnknownEntityError saying what each entity takes (or which entity key is missing)."""
-    value = json_key(value, where)
+    entities = binder.entities
+    value = json_key(value, where, entities[0].name if len(entities) == 1 else None)
     if isinstance(value, Mapping):
         _check_entity_keys(registry, value, where)
     elif hex_only(binder):
@@ -285,7 +288,7 @@ def parse_output(body: Mapping[str, Any], accept: str | None) -> tuple[bool, boo
 def _push_key(value: Any, entity: Entity, registry: Registry, where: str) -> Any:
     """A pushed row's key: the table's entity key, bare or as ``{entity: key}`` (other entities named
     must exist and take their keys, and are otherwise ignored)."""
-    value = json_key(value, where)
+    value = json_key(value, where, entity.name)
     if isinstance(value, Mapping):
         _check_entity_keys(registry, value, where)
         if entity.name not in value:

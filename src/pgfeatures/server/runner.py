@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import signal
 import socket
 import tempfile
 from typing import cast
@@ -68,13 +69,29 @@ def bind(config: ServerConfig) -> socket.socket:
     return sock
 
 
+def _reloading_workers() -> type:
+    from uvicorn.supervisors import Multiprocess
+
+    class ReloadingWorkers(Multiprocess):
+        """uvicorn's supervisor of worker processes, but SIGHUP reloads the definitions in every worker
+        (passed on to each: they reload in place, ``Service.reload``) instead of restarting the workers,
+        whose replacements would answer 503 while they warm up."""
+
+        def handle_hup(self) -> None:
+            for worker in self.processes:
+                if worker.process.pid is not None and worker.is_alive(timeout=1):
+                    os.kill(worker.process.pid, signal.SIGHUP)
+
+    return ReloadingWorkers
+
+
 def run(config: ServerConfig, sock: socket.socket | None = None) -> bool:
     """Serve on ``sock`` (default: ``bind(config)``, raising its OSError) until SIGINT/SIGTERM;
     in-flight requests get ``graceful_timeout`` seconds to finish. Closes the socket. False if the
     service did not start (uvicorn logged why)."""
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
+    ReloadingWorkers = _reloading_workers()
     sock = sock or bind(config)
 
     os.environ[CONFIG_ENV] = config.to_json()
@@ -99,7 +116,7 @@ def run(config: ServerConfig, sock: socket.socket | None = None) -> bool:
             server_header=False,
         )
         if config.workers > 1:
-            Multiprocess(uvicorn_config, sockets=[sock]).run()
+            ReloadingWorkers(uvicorn_config, sockets=[sock]).run()
             return True
         server = uvicorn.Server(uvicorn_config)
         try:

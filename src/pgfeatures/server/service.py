@@ -146,6 +146,8 @@ class Service:
         self._probe_result = Readiness(False, "database_unavailable", "not checked")
         self._background: set[asyncio.Future[Any]] = set()
         self._plans: dict[int, tuple[Any, Any]] = {}
+        self._reloading = asyncio.Lock()
+        self.metrics.serve(registry)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -238,6 +240,43 @@ class Service:
     def flush_metrics(self) -> None:
         pool = self.store.read_pool
         self.metrics.flush(pool.get_stats() if pool is not None else None)
+
+    # -- definitions -------------------------------------------------------------------------------
+
+    async def reload(self, registry: Registry | None = None) -> dict[str, Any]:
+        """Serve ``registry`` (default: the definitions file read again) from now on, without a restart:
+        the store compiles, checks and prepares the new readers on every read connection and swaps them
+        in (``AsyncFeatureStore.reload``: requests in flight finish on the old ones), then this worker's
+        own per-definition state follows (validation, metrics labels, inventory, OpenAPI document).
+
+        Returns ``{"fingerprint", "previous", "changed"}``. Raises DefinitionError (a file that does not
+        load), SchemaDriftError (a table or column of the new definitions missing: apply them first),
+        NotReadyError (still warming up: the definitions are read when the store opens), the database's
+        typed errors; in every case the previous definitions go on serving."""
+        self._check_ready()
+        async with self._reloading:
+            new: Registry = registry if registry is not None else await asyncio.to_thread(self.config.registry)
+            previous = self.registry.fingerprint
+            if new.fingerprint != previous or new != self.registry:
+                await self.store.reload(new, on_drift="raise")  # new definitions the database lacks: refused
+                self.registry = new
+                self.metrics.serve(new)
+                self._service_seconds = {name: self.metrics.service_db_time.labels(name) for name in new.services}
+                self.inventory.serve(new)
+                self._plans.clear()
+                log.warning("pgfeatures: definitions reloaded (%s -> %s)", previous, new.fingerprint)
+            return {"fingerprint": new.fingerprint, "previous": previous, "changed": new.fingerprint != previous}
+
+    def reload_soon(self) -> None:
+        """``reload`` in the background (SIGHUP): the outcome goes to the log."""
+        async def run() -> None:
+            try:
+                await self.reload()
+            except Exception as exc:  # the previous definitions go on serving: say why, do not crash the worker
+                log.error("pgfeatures: reload failed, the previous definitions (%s) go on serving: %s",
+                          self.registry.fingerprint, exc)
+
+        self._spawn(run())
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -365,6 +404,7 @@ class Service:
         plan = self.vector_plan(self.store.readers.service_vector_batch_reader(name, None))
         doc: dict[str, Any] = {
             "name": name, "version": svc.version, "description": svc.description,
+            "definitions": self.registry.fingerprint,
             "entities": [{"name": e.name, "key_type": e.key_type, **({"hash": e.hash} if e.hash else {}),
                           "accepts": e.accepts} for e in entities],
             "tables": [t.name for t, _ in items], "ttl": svc.ttl, "ttl_override": svc.ttl_override,

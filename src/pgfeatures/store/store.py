@@ -288,13 +288,13 @@ class FeatureStore:
                 out += [reader, readers.service_batch_reader(name, None)]
         return [*out, *self.extra_warm]
 
-    def _compile(self, router: Router, served: Served) -> Served:
+    def _compile(self, router: Router, served: Served, on_drift: str | None = None) -> Served:
         """Make ``served`` ready to serve: its tables checked against the live catalog (SchemaDriftError
-        with ``on_drift="raise"``), its built materialized services found, its warm readers compiled
-        (and, behind a transaction-mode pooler, their functions found or created)."""
+        with ``on_drift="raise"``, default the store's), its built materialized services found, its warm
+        readers compiled (and, behind a transaction-mode pooler, their functions found or created)."""
         checks = first_inspection(self, router, served)
         served.health.update(checks)
-        if served.health.broken and self.on_drift == "raise":
+        if served.health.broken and (on_drift or self.on_drift) == "raise":
             raise served.health.error(served.health.broken)
         find_materialized(self, router, served)
         served.warm = self._warm_readers(served)
@@ -328,13 +328,16 @@ class FeatureStore:
             self.get_features_batch(self.hot_keys, servable)
         self.ready = True
 
-    def reload(self, registry: Registry | str | Path) -> str:
+    def reload(self, registry: Registry | str | Path, *, on_drift: str | None = None) -> str:
         """Serve ``registry`` (a Registry, or the path of a TOML file) from now on, without closing.
 
         The new definitions are compiled and checked against the live catalog, their materialized
         services found, and their readers prepared on every idle read connection while the old ones
         go on serving; then they are swapped in at once. Requests already running finish on the old
         readers. Returns the new definitions' fingerprint.
+
+        ``on_drift``: as the constructor's, for this reload (default: the store's); a service serving with
+        ``"isolate"`` reloads with ``"raise"``, so definitions the database does not match are refused.
 
         Raises DefinitionError (a file that does not load), SchemaDriftError (a table or column of the
         new definitions is missing or of another type, with ``on_drift="raise"``),
@@ -346,7 +349,9 @@ class FeatureStore:
         if not isinstance(registry, Registry):
             registry = Registry.from_toml(registry)
         with self._reloading:
-            served = self._compile(router, Served.new(registry, self.reader_cache_size))
+            if on_drift is not None and on_drift not in ON_DRIFT:
+                raise DefinitionError(f"unknown on_drift {on_drift!r}; valid: {', '.join(ON_DRIFT)}")
+            served = self._compile(router, Served.new(registry, self.reader_cache_size), on_drift)
             prepare_everywhere(self, router, served)
             if self.router is not router:
                 raise StoreClosedError("the store closed while reloading its definitions")
