@@ -24,12 +24,24 @@ runpy.run_module("pgfeatures.cli", run_name="__main__", alter_sys=True)
 """
 
 # Everything the core install (psycopg + psycopg_pool) does not bring.
-EXTRAS_MODULES = ("rich", "numpy", "pyarrow", "starlette", "uvicorn", "orjson", "prometheus_client", "matplotlib",
-                  "redis", "uvloop", "httptools")
+EXTRAS_MODULES = (
+    "rich",
+    "numpy",
+    "pyarrow",
+    "starlette",
+    "uvicorn",
+    "orjson",
+    "prometheus_client",
+    "matplotlib",
+    "redis",
+    "uvloop",
+    "httptools",
+)
 
 
-def cli(*args: str, env: Mapping[str, str | None] | None = None, blocked: Iterable[str] = (),
-        timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, env: Mapping[str, str | None] | None = None, blocked: Iterable[str] = (), timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
     """Run ``pgfeatures ARGS...``; ``env`` entries override the environment (None removes one)."""
     environ = {k: v for k, v in os.environ.items() if k not in ("PGFEATURES_DSN", "PGFEATURES_DEFINITIONS")}
     for key, value in (env or {}).items():
@@ -38,7 +50,9 @@ def cli(*args: str, env: Mapping[str, str | None] | None = None, blocked: Iterab
         else:
             environ[key] = value
     blocked = list(blocked)
-    command = [sys.executable, "-c", _BLOCKER, ",".join(blocked)] if blocked else [sys.executable, "-m", "pgfeatures.cli"]
+    command = (
+        [sys.executable, "-c", _BLOCKER, ",".join(blocked)] if blocked else [sys.executable, "-m", "pgfeatures.cli"]
+    )
     return subprocess.run([*command, *args], env=environ, capture_output=True, text=True, timeout=timeout)
 
 

@@ -7,7 +7,6 @@ it is an independent ground truth for every read strategy.
 from __future__ import annotations
 
 import datetime
-
 import hashlib
 import random
 from dataclasses import dataclass
@@ -53,7 +52,9 @@ class GroundTruth:
         return out
 
 
-def build(conn: psycopg.Connection, schema: str, n_keys: int = 120, seed: int = 7, float_only: bool = False) -> GroundTruth:
+def build(
+    conn: psycopg.Connection, schema: str, n_keys: int = 120, seed: int = 7, float_only: bool = False
+) -> GroundTruth:
     rng = random.Random(seed)
     tables = []
     for i in range(8):
@@ -63,7 +64,9 @@ def build(conn: psycopg.Connection, schema: str, n_keys: int = 120, seed: int = 
             types = ["real"] * 8  # the common all-real table
         else:
             types = [rng.choice(TYPES) for _ in range(rng.randint(1, 6))]
-        tables.append(FeatureTable.of(f"tbl_{i}", {f"c{j}": t for j, t in enumerate(types)}, covering_index=(i % 3 == 0)))
+        tables.append(
+            FeatureTable.of(f"tbl_{i}", {f"c{j}": t for j, t in enumerate(types)}, covering_index=(i % 3 == 0))
+        )
     registry = Registry.of(tables, schema=schema)
     apply_schema(conn, registry)
     keys = [hashlib.sha256(b"gt:%d" % i).digest() for i in range(n_keys)]
@@ -80,8 +83,9 @@ def build(conn: psycopg.Connection, schema: str, n_keys: int = 120, seed: int = 
         params = []
         for k in present:
             values = {f.name: _value(rng, f.type.name) for f in table.features}
-            values["updated_at"] = datetime.datetime.fromtimestamp(rng.randint(1_600_000_000, 1_800_000_000) + rng.random(),
-                                                                   datetime.timezone.utc).replace(microsecond=rng.randrange(10**6))
+            values["updated_at"] = datetime.datetime.fromtimestamp(
+                rng.randint(1_600_000_000, 1_800_000_000) + rng.random(), datetime.UTC
+            ).replace(microsecond=rng.randrange(10**6))
             rows[table.name][k] = values
             params.append([k, *(values[c] for c in cols)])
         with conn.cursor() as cur:

@@ -20,12 +20,12 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
-from test_evolve import check_answer, fill, registry_of, value
 
 from pgfeatures import FeatureStore
 from pgfeatures.errors import ChangeBlockedError
 from pgfeatures.evolve.apply import apply, plan_changes
 from pgfeatures.materialize.build import states
+from test_evolve import check_answer, fill, registry_of, value
 
 
 def actions(plan) -> list[tuple[str, str, str]]:
@@ -35,8 +35,12 @@ def actions(plan) -> list[tuple[str, str, str]]:
 def test_plan_then_apply_from_nothing_to_a_changed_definition(conn, schema):
     v1 = registry_of(schema, {"t": ["f1", "f2"], "u": ["f1"]}, {"s": ["t.*", "u.*"]})
     first = plan_changes(conn, v1)
-    assert actions(first) == [("additive", "create schema", schema), ("additive", "create table", "t"),
-                              ("additive", "create table", "u"), ("additive", "build service", "s")]
+    assert actions(first) == [
+        ("additive", "create schema", schema),
+        ("additive", "create table", "t"),
+        ("additive", "create table", "u"),
+        ("additive", "build service", "s"),
+    ]
     apply(conn, v1)
     assert plan_changes(conn, v1).empty and states(conn, v1)["s"].state == "built"
     # a feature added and one dropped from t, a table no longer defined, a service no longer materialized
@@ -45,10 +49,16 @@ def test_plan_then_apply_from_nothing_to_a_changed_definition(conn, schema):
     assert ("additive", "add column", "t.f0") in actions(plan)
     assert ("note", "drop column (needs --allow-destructive)", "t.f2") in actions(plan) and plan.blocked
     assert ("note", "table kept", "u") in actions(plan)
-    assert 'ALTER TABLE "%s"."t" ADD COLUMN "f0" integer' % schema in [s for c in plan.changes for s in c.statements]
+    assert f'ALTER TABLE "{schema}"."t" ADD COLUMN "f0" integer' in [s for c in plan.changes for s in c.statements]
     apply(conn, v2)
-    columns = [r[0] for r in conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
-                                          "AND NOT attisdropped ORDER BY attnum", [f"{schema}.t"])]
+    columns = [
+        r[0]
+        for r in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+            "AND NOT attisdropped ORDER BY attnum",
+            [f"{schema}.t"],
+        )
+    ]
     assert columns == ["user_id", "f1", "f2", "updated_at", "f0"]  # f2 kept: destructive changes need the flag
     assert ("note", "other service", "s") in actions(plan)  # not in v2: kept (another file's?), its guard too
     from pgfeatures.errors import MaterializeError
@@ -93,6 +103,7 @@ def test_readers_of_both_definitions_are_right_through_an_apply(conn, schema, ds
     answers = 0
     stop = threading.Event()
     with FeatureStore(old, dsn, pool_size=2, write_pool_size=0) as store:
+
         def read() -> None:
             nonlocal answers
             key = 1
@@ -130,16 +141,23 @@ def test_an_apply_a_long_transaction_blocks_names_it_and_changes_nothing(conn, s
     before = states(conn, old)["s"]
     new = registry_of(schema, {"t": ["f0", "f1"], "u": ["f1"]}, {"s": ["t.*", "u.*"]})
     with psycopg.connect(dsn, application_name="long-report") as holder:
-        holder.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "t")))  # open transaction: holds it
+        holder.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "t"))
+        )  # open transaction: holds it
         with pytest.raises(ChangeBlockedError) as caught:
             apply(conn, new, lock_timeout=0.5)
         message = str(caught.value)
-        assert "nothing was changed" in message and "long-report" in message and f"pid {holder.info.backend_pid}" in message
+        assert (
+            "nothing was changed" in message
+            and "long-report" in message
+            and f"pid {holder.info.backend_pid}" in message
+        )
     assert plan_changes(conn, new).build == ["s"] and states(conn, old)["s"] == before
     assert conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE '_pgf_new_%'").fetchone() == (0,)
 
 
 # -- killed midway: as before, never between ------------------------------------------------------
+
 
 def _slow_apply_setup(dsn: str, schema: str, rows: int) -> tuple:
     """A materialized service over tables big enough that its rebuild takes a while."""
@@ -147,8 +165,12 @@ def _slow_apply_setup(dsn: str, schema: str, rows: int) -> tuple:
     with psycopg.connect(dsn, autocommit=True) as c:
         apply(c, old)
         for name, cols in (("t", "f1, f2"), ("u", "f1")):
-            c.execute(sql.SQL("INSERT INTO {} (user_id, {}) SELECT g, {} FROM generate_series(1, %s) g").format(
-                sql.Identifier(schema, name), sql.SQL(cols), sql.SQL(", ".join("g" for _ in cols.split(",")))), [rows])
+            c.execute(
+                sql.SQL("INSERT INTO {} (user_id, {}) SELECT g, {} FROM generate_series(1, %s) g").format(
+                    sql.Identifier(schema, name), sql.SQL(cols), sql.SQL(", ".join("g" for _ in cols.split(",")))
+                ),
+                [rows],
+            )
         apply(c, old)
     new = registry_of(schema, {"t": ["f0", "f1", "f2"], "u": ["f1"]}, {"s": ["t.*", "u.*"]})
     return old, new
@@ -157,16 +179,21 @@ def _slow_apply_setup(dsn: str, schema: str, rows: int) -> tuple:
 def _as_before(conn: psycopg.Connection, schema: str, old, new) -> None:
     assert states(conn, old)["s"].state == "built"
     assert [c.action for c in plan_changes(conn, new).changes] == ["add column", "rebuild service"]
-    assert conn.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                        "WHERE n.nspname = %s AND c.relname LIKE '_pgf_new_%%'", [schema]).fetchone() == (0,)
+    assert conn.execute(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname LIKE '_pgf_new_%%'",
+        [schema],
+    ).fetchone() == (0,)
 
 
 def _definitions_file(tmp_path: Path, schema: str) -> Path:
     path = tmp_path / "new.toml"
-    path.write_text(f'schema = "{schema}"\n[entities.user]\nkey = "bigint"\n'
-                    '[tables.t]\nentity = "user"\n[tables.t.features]\nf0 = "integer"\nf1 = "integer"\nf2 = "integer"\n'
-                    '[tables.u]\nentity = "user"\n[tables.u.features]\nf1 = "integer"\n'
-                    '[services.s]\nfeatures = ["t.*", "u.*"]\nmaterialize = true\n')
+    path.write_text(
+        f'schema = "{schema}"\n[entities.user]\nkey = "bigint"\n'
+        '[tables.t]\nentity = "user"\n[tables.t.features]\nf0 = "integer"\nf1 = "integer"\nf2 = "integer"\n'
+        '[tables.u]\nentity = "user"\n[tables.u.features]\nf1 = "integer"\n'
+        '[services.s]\nfeatures = ["t.*", "u.*"]\nmaterialize = true\n'
+    )
     return path
 
 
@@ -174,8 +201,10 @@ def _wait_for_build(dsn: str, application_name: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as watcher:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            row = watcher.execute("SELECT query FROM pg_stat_activity WHERE application_name = %s AND state = 'active'",
-                                  [application_name]).fetchone()
+            row = watcher.execute(
+                "SELECT query FROM pg_stat_activity WHERE application_name = %s AND state = 'active'",
+                [application_name],
+            ).fetchone()
             if row and "INSERT INTO" in row[0] and "_pgf_new_" in row[0]:
                 return
             time.sleep(0.02)
@@ -185,13 +214,18 @@ def _wait_for_build(dsn: str, application_name: str) -> None:
 def test_an_apply_process_killed_midway_leaves_the_database_as_before(conn, schema, dsn, tmp_path):
     old, new = _slow_apply_setup(dsn, schema, 300_000)
     path = _definitions_file(tmp_path, schema)
-    proc = subprocess.Popen([sys.executable, "-m", "pgfeatures.cli", "apply", "--dsn", dsn, "-d", str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgfeatures.cli", "apply", "--dsn", dsn, "-d", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     _wait_for_build(dsn, "pgfeatures-apply")
     proc.kill()  # SIGKILL: no cleanup of any kind
     proc.wait(30)
     deadline = time.monotonic() + 60  # the backend notices its client is gone once its statement ends
-    while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgfeatures-apply'").fetchone()[0]:
+    while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgfeatures-apply'").fetchone()[
+        0
+    ]:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     _as_before(conn, schema, old, new)
@@ -220,8 +254,12 @@ def test_a_server_killed_midway_through_an_apply_comes_back_as_before(private_ho
     old, new = _slow_apply_setup(dsn, schema, 300_000)
     path = _definitions_file(tmp_path, schema)
     env = {**os.environ, "PGFEATURES_HOME": str(private_home)}
-    proc = subprocess.Popen([sys.executable, "-m", "pgfeatures.cli", "apply", "--dsn", dsn, "-d", str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgfeatures.cli", "apply", "--dsn", dsn, "-d", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     _wait_for_build(dsn, "pgfeatures-apply")
     kill_postmaster(private_home)
     out, err = proc.communicate(timeout=60)

@@ -39,8 +39,11 @@ def mapped() -> dict[str, tuple[int | None, str]]:
 
 def test_the_map_lists_every_module_and_only_modules_that_exist():
     entries = mapped()
-    tree = {p.name + ("/" if p.is_dir() else "") for p in PACKAGE.iterdir()
-            if (p.is_dir() and (p / "__init__.py").exists()) or p.suffix == ".py"} - {"__init__.py"}
+    tree = {
+        p.name + ("/" if p.is_dir() else "")
+        for p in PACKAGE.iterdir()
+        if (p.is_dir() and (p / "__init__.py").exists()) or p.suffix == ".py"
+    } - {"__init__.py"}
     generated = {f"{name}.py" for name in ("inventory", "retention")}  # named beside their async source
     assert set(entries) - tree == set(), "in the map but not in the tree"
     assert tree - set(entries) - generated == set(), "in the tree but not in the map"

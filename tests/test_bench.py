@@ -40,10 +40,24 @@ REDIS_URL = os.environ.get("PGFEATURES_TEST_REDIS_URL", "redis://127.0.0.1:6379/
 
 def _config(schema: str, **changes: Any) -> reads.BenchConfig:
     base = reads.BenchConfig(
-        rtts_ms=(0.0, RTT), table_counts=(2, 3), requests=30, min_requests=10, row_seconds=0.02,
-        batch_size=5, parallel=2, clients=(1, 2), client_seconds=0.15, instrument=("single", "pipeline", "batch"),
-        explain_every=2, entities=300, sample=120, schema=schema, redis_url=REDIS_URL,
-        service_clients=(1, 2), cold_entities=600, cold_requests=40,
+        rtts_ms=(0.0, RTT),
+        table_counts=(2, 3),
+        requests=30,
+        min_requests=10,
+        row_seconds=0.02,
+        batch_size=5,
+        parallel=2,
+        clients=(1, 2),
+        client_seconds=0.15,
+        instrument=("single", "pipeline", "batch"),
+        explain_every=2,
+        entities=300,
+        sample=120,
+        schema=schema,
+        redis_url=REDIS_URL,
+        service_clients=(1, 2),
+        cold_entities=600,
+        cold_requests=40,
     )
     return reads.BenchConfig(**{**base.__dict__, **changes})
 
@@ -80,8 +94,12 @@ def test_every_cell_has_every_row_with_consistent_figures(result: dict[str, Any]
     for rtt in (0.0, RTT):
         for tables in (2, 3):
             services = {"service", "service materialized", "service vector", "service vector materialized"}
-            expected_rows = ({"select1", "raw", *reads.STRATEGIES, f"{min(tables, 3)} entities"} | variants
-                             | ({"redis", "redis batch"} if redis_up else set()) | (services if tables == 3 else set()))
+            expected_rows = (
+                {"select1", "raw", *reads.STRATEGIES, f"{min(tables, 3)} entities"}
+                | variants
+                | ({"redis", "redis batch"} if redis_up else set())
+                | (services if tables == 3 else set())
+            )
             rows = _rows(result, rtt, tables)
             assert set(rows) == expected_rows
             for r in rows.values():
@@ -100,7 +118,8 @@ def test_the_materialized_service_part(result: dict[str, Any]) -> None:
     mat = result["materialized"]
     assert mat["build_s"] > 0
     assert {(t["name"], t["clients"]) for t in mat["throughput"]} == {
-        (n, c) for n in ("service", "service materialized", "service vector materialized") for c in (1, 2)}
+        (n, c) for n in ("service", "service materialized", "service vector materialized") for c in (1, 2)
+    }
     assert all(t["rps"] > 0 and t["machine_cpu_ms"] > 0 for t in mat["throughput"])
     cold = mat["cold"]
     assert cold["requests"] == 40 and cold["flexible_mean_ms"] > 0 and cold["materialized_mean_ms"] > 0
@@ -192,9 +211,36 @@ def test_redis_rows_match_or_skip_cleanly(result: dict[str, Any], dsn: str, benc
 
 def test_cli_run_without_redis_or_extras(result: dict[str, Any], dsn: str, bench_schema: str, tmp_path: Path) -> None:
     out = tmp_path / "cli.json"
-    argv = ["bench", "--dsn", dsn, "--schema", bench_schema, "--entities", "300", "--rtt", "0", "--tables", "1",
-            "--strategies", "single", "--variants", "", "--no-materialized", "--clients", "", "--instrument", "", "--requests", "10",
-            "--row-seconds", "0.01", "--redis-url", "redis://127.0.0.1:1/0", "--save", str(out)]
+    argv = [
+        "bench",
+        "--dsn",
+        dsn,
+        "--schema",
+        bench_schema,
+        "--entities",
+        "300",
+        "--rtt",
+        "0",
+        "--tables",
+        "1",
+        "--strategies",
+        "single",
+        "--variants",
+        "",
+        "--no-materialized",
+        "--clients",
+        "",
+        "--instrument",
+        "",
+        "--requests",
+        "10",
+        "--row-seconds",
+        "0.01",
+        "--redis-url",
+        "redis://127.0.0.1:1/0",
+        "--save",
+        str(out),
+    ]
     assert main(argv) == 0
     saved = reads.load(out)
     assert {r["name"] for r in saved["latency"]} == {"select1", "raw", "single"}
@@ -222,7 +268,9 @@ def test_bad_settings_say_what_is_valid(dsn: str) -> None:
 def test_runner_keeps_its_api() -> None:
     stats = measure_interleaved({"a": lambda x: x, "b": lambda x: x * 2}, [1, 2, 3], 40, rounds=4, warmup=1)
     assert set(stats) == {"a", "b"} and stats["a"].n == 40
-    measured = run_interleaved({"a": len, "b": len}, {"a": ["x"], "b": [[1, 2]]}, {"a": 7, "b": 3}, per={"b": 2}, warmup=0)
+    measured = run_interleaved(
+        {"a": len, "b": len}, {"a": ["x"], "b": [[1, 2]]}, {"a": 7, "b": 3}, per={"b": 2}, warmup=0
+    )
     assert measured["a"].stats.n == 7 and measured["b"].stats.n == 3 and len(measured["b"].latencies_ms) == 3
 
 
@@ -252,8 +300,14 @@ def test_report_is_one_self_contained_page(result: dict[str, Any]) -> None:
     text = " ".join(page.text)
     assert page.tags.get("svg", 0) >= 6  # distributions, vs tables, vs round-trip, throughput, breakdown, per table
     assert page.tags.get("script", 0) == 0 and page.external == []
-    for heading in ("Latency distribution per strategy", "Latency vs table count", "Latency vs round-trip",
-                    "Throughput vs concurrent clients", "Where the time goes", "Machine, versions, command"):
+    for heading in (
+        "Latency distribution per strategy",
+        "Latency vs table count",
+        "Latency vs round-trip",
+        "Throughput vs concurrent clients",
+        "Where the time goes",
+        "Machine, versions, command",
+    ):
         assert heading in text
     assert "pgfeatures bench --tiny" in text and result["meta"]["versions"]["postgresql"] in text
 
@@ -268,8 +322,12 @@ def test_report_renders_in_a_headless_browser(result: dict[str, Any], tmp_path: 
     dom = subprocess.run([*common, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=90)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert dom.stdout.count("<svg") >= 6 and "Where the time goes" in dom.stdout
-    done = subprocess.run([*common, "--window-size=1400,3000", f"--screenshot={shot}", path.as_uri()],
-                          capture_output=True, text=True, timeout=90)
+    done = subprocess.run(
+        [*common, "--window-size=1400,3000", f"--screenshot={shot}", path.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000  # a blank page compresses to a few KB
@@ -302,8 +360,9 @@ def test_the_os_page_cache_is_dropped_only_when_asked(tmp_path: Path, monkeypatc
     assert target.read_text() == "3\n" and dropped["os_cache_drops"] == 2 and dropped["os_cache_dropped"] is True
 
 
-def test_tables_are_full_width_when_stdout_is_not_a_terminal(result: dict[str, Any], tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_tables_are_full_width_when_stdout_is_not_a_terminal(
+    result: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Piped to a file (here: pytest's capture, not a terminal), rich's default of 80 columns cut the
     targets table: its PASS/MISS column was gone. Every target keeps its verdict, on one line."""
     saved = tmp_path / "result.json"
@@ -311,7 +370,7 @@ def test_tables_are_full_width_when_stdout_is_not_a_terminal(result: dict[str, A
     capsys.readouterr()
     assert main(["bench", "--from-json", str(saved)]) == 0
     text = capsys.readouterr().out
-    targets = text[text.index("targets (issue 6)"):]
+    targets = text[text.index("targets (issue 6)") :]
     for check in result["checks"]:
         line = next((ln for ln in targets.splitlines() if ln.strip().startswith(check["check"])), None)
         assert line is not None, f"the check {check['check']!r} is cut or wrapped:\n{targets}"

@@ -7,8 +7,8 @@ import dataclasses
 import json
 
 import pytest
-from cli_run import cli
 
+from cli_run import cli
 from pgfeatures.bench.reads import BenchConfig
 from pgfeatures.cli import build_parser, main
 from pgfeatures.cli.bench import BENCH_FLAGS
@@ -29,12 +29,15 @@ def options_of(name: str) -> dict[str, object]:
     return {a.dest: a for a in subparser(name)._actions}  # noqa: SLF001
 
 
-@pytest.mark.parametrize("command, cls, helps", [
-    ("load", LoadOptions, LOAD_FLAGS),
-    ("bench", BenchConfig, BENCH_FLAGS),
-    ("serve", ServerConfig, {}),
-    ("demo", DemoSettings, {}),
-])
+@pytest.mark.parametrize(
+    "command, cls, helps",
+    [
+        ("load", LoadOptions, LOAD_FLAGS),
+        ("bench", BenchConfig, BENCH_FLAGS),
+        ("serve", ServerConfig, {}),
+        ("demo", DemoSettings, {}),
+    ],
+)
 def test_every_settings_field_is_a_flag_with_help(command, cls, helps):
     actions = options_of(command)
     for f in dataclasses.fields(cls):
@@ -79,7 +82,15 @@ def test_serve_flags_are_the_server_config_fields():
 
 def test_every_command_builds_and_documents_the_exit_codes(capsys):
     names = [c.name for c in COMMANDS]
-    assert len(names) == len(set(names)) and {"db", "init", "get", "serve", "bench-soak", "tables", "materialize"} <= set(names)
+    assert len(names) == len(set(names)) and {
+        "db",
+        "init",
+        "get",
+        "serve",
+        "bench-soak",
+        "tables",
+        "materialize",
+    } <= set(names)
     build_parser()  # every command configured at once
     assert main(["--help"]) == 0
     text = capsys.readouterr().out

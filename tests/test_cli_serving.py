@@ -15,9 +15,9 @@ import threading
 import numpy as np
 import psycopg
 import pytest
-from cli_run import cli, error_line
 from psycopg import sql
 
+from cli_run import cli, error_line
 from pgfeatures import FeatureStore
 from pgfeatures.cli.read import shortest_real
 from pgfeatures.definitions import Registry
@@ -78,8 +78,13 @@ def loaded(defs, dsn, conn) -> Registry:
     registry = Registry.from_toml(defs)
     now = server_now(conn)
     with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as store:
-        store.update_features_batch("user_stats", [(42, {"clicks": 3, "ctr": 0.11, "updated_at": now - 60}),
-                                                   (43, {"clicks": 9, "ctr": 0.5, "updated_at": now - 7200})])
+        store.update_features_batch(
+            "user_stats",
+            [
+                (42, {"clicks": 3, "ctr": 0.11, "updated_at": now - 60}),
+                (43, {"clicks": 9, "ctr": 0.5, "updated_at": now - 7200}),
+            ],
+        )
         store.update_features("m-1", "merchant_risk", {"rate": 0.3, "updated_at": now - 30})
     return registry
 
@@ -95,9 +100,12 @@ def get(dsn: str, defs: str, *args: str) -> dict:
 
 def test_get_takes_one_key_per_entity_and_prints_what_the_http_api_does(loaded, dsn, defs):
     one = get(dsn, defs, "user=42", "merchant=m-1")
-    assert one == {"key": {"user": 42, "merchant": "m-1"},  # a bigint key echoed as a number, as HTTP does
-                   "features": {"user_stats": {"clicks": 3, "ctr": 0.11}, "merchant_risk": {"rate": 0.3}},
-                   "status": {"user_stats": "present", "merchant_risk": "present"}, "missing": []}
+    assert one == {
+        "key": {"user": 42, "merchant": "m-1"},  # a bigint key echoed as a number, as HTTP does
+        "features": {"user_stats": {"clicks": 3, "ctr": 0.11}, "merchant_risk": {"rate": 0.3}},
+        "status": {"user_stats": "present", "merchant_risk": "present"},
+        "missing": [],
+    }
     expired = get(dsn, defs, "user=43", "merchant=m-2")  # 2h old with a 1h ttl; no such merchant
     assert expired["features"] == {"user_stats": {"clicks": 0, "ctr": None}, "merchant_risk": {"rate": 0.5}}  # defaults
     assert expired["status"] == {"user_stats": "expired", "merchant_risk": "missing"}
@@ -110,8 +118,10 @@ def test_get_takes_one_key_per_entity_and_prints_what_the_http_api_does(loaded, 
     # a batch of requests with a key per entity
     rows = get(dsn, defs, "--key", "user=42,merchant=m-1", "-k", "merchant=nope,user=43")["results"]
     assert [r["key"] for r in rows] == [{"user": 42, "merchant": "m-1"}, {"merchant": "nope", "user": 43}]
-    assert [r["status"] for r in rows] == [{"user_stats": "present", "merchant_risk": "present"},
-                                           {"user_stats": "expired", "merchant_risk": "missing"}]
+    assert [r["status"] for r in rows] == [
+        {"user_stats": "present", "merchant_risk": "present"},
+        {"user_stats": "expired", "merchant_risk": "missing"},
+    ]
 
 
 def test_get_reads_services_and_their_vectors(loaded, dsn, defs):
@@ -119,32 +129,51 @@ def test_get_reads_services_and_their_vectors(loaded, dsn, defs):
     assert list(served["features"]) == ["user_stats", "merchant_risk"]
     assert served["features"]["user_stats"] == {"ctr": 0.11, "clicks": 3}
     vector = get(dsn, defs, "--service", "fraud", "user=42", "merchant=m-1", "--output", "vector")
-    assert vector == {"key": {"user": 42, "merchant": "m-1"}, "service": "fraud",
-                      "names": ["user_stats.ctr", "merchant_risk.rate", "user_stats.clicks"], "values": [0.11, 0.3, 3],
-                      "status": {"user_stats": "present", "merchant_risk": "present"}, "missing": []}
+    assert vector == {
+        "key": {"user": 42, "merchant": "m-1"},
+        "service": "fraud",
+        "names": ["user_stats.ctr", "merchant_risk.rate", "user_stats.clicks"],
+        "values": [0.11, 0.3, 3],
+        "status": {"user_stats": "present", "merchant_risk": "present"},
+        "missing": [],
+    }
     subset = get(dsn, defs, "--service", "fraud", "-f", "user_stats.clicks", "42", "43", "-o", "vector")["results"]
     assert [(r["names"], r["values"], r["status"]) for r in subset] == [
-        (["user_stats.clicks"], [3], {"user_stats": "present"}), (["user_stats.clicks"], [0], {"user_stats": "expired"})]
+        (["user_stats.clicks"], [3], {"user_stats": "present"}),
+        (["user_stats.clicks"], [0], {"user_stats": "expired"}),
+    ]
     assert get(dsn, defs, "--service", "plain", "m-1")["features"] == {"merchant_risk": {"rate": 0.3}}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["foo=1"], "unknown entity 'foo' in argument 'foo=1'; valid entities: user, merchant"),
-    (["user=42"], "no key for entity 'merchant', which table(s) merchant_risk need"),
-    (["42"], "this request reads entities user, merchant: pass one key per entity, as user=KEY merchant=KEY"),
-    (["user=abc", "merchant=m"], "user key must be an integer (a signed 64-bit bigint), or its decimal text, got 'abc'"),
-    (["-t", "user_stats", "4x", "5"], "request 1 (4x): user key must be an integer"),
-    (["--key", "user=1,merchant=m", "--key", "user=x,merchant=m"], "request 2 (user=x,merchant=m): user key must be an integer"),
-    (["--key", "user=1,bogus=2"], "unknown entity 'bogus'"),
-    (["--key", "42"], "--key #1 '42': write each key as ENTITY=KEY"),
-    (["user=1", "user=2"], "entity 'user' is given twice"),
-    (["user=1", "7"], "bare key '7' mixed with ENTITY=KEY arguments"),
-    (["user=1", "--key", "user=2"], "not both"),
-    (["--service", "nope", "1"], "unknown feature service(s): nope; valid services: fraud, plain"),
-    (["--service", "fraud", "-t", "user_stats", "1"], "--tables does not apply to --service"),
-    (["--service", "fraud", "-f", "merchant_risk.nope", "user=1", "merchant=m"], "does not serve merchant_risk.nope"),
-    (["-o", "vector", "user=1", "merchant=m"], "--output vector needs --service NAME"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["foo=1"], "unknown entity 'foo' in argument 'foo=1'; valid entities: user, merchant"),
+        (["user=42"], "no key for entity 'merchant', which table(s) merchant_risk need"),
+        (["42"], "this request reads entities user, merchant: pass one key per entity, as user=KEY merchant=KEY"),
+        (
+            ["user=abc", "merchant=m"],
+            "user key must be an integer (a signed 64-bit bigint), or its decimal text, got 'abc'",
+        ),
+        (["-t", "user_stats", "4x", "5"], "request 1 (4x): user key must be an integer"),
+        (
+            ["--key", "user=1,merchant=m", "--key", "user=x,merchant=m"],
+            "request 2 (user=x,merchant=m): user key must be an integer",
+        ),
+        (["--key", "user=1,bogus=2"], "unknown entity 'bogus'"),
+        (["--key", "42"], "--key #1 '42': write each key as ENTITY=KEY"),
+        (["user=1", "user=2"], "entity 'user' is given twice"),
+        (["user=1", "7"], "bare key '7' mixed with ENTITY=KEY arguments"),
+        (["user=1", "--key", "user=2"], "not both"),
+        (["--service", "nope", "1"], "unknown feature service(s): nope; valid services: fraud, plain"),
+        (["--service", "fraud", "-t", "user_stats", "1"], "--tables does not apply to --service"),
+        (
+            ["--service", "fraud", "-f", "merchant_risk.nope", "user=1", "merchant=m"],
+            "does not serve merchant_risk.nope",
+        ),
+        (["-o", "vector", "user=1", "merchant=m"], "--output vector needs --service NAME"),
+    ],
+)
 def test_get_errors_are_one_line_before_any_io(defs, args, message):
     # a refused port: every one of these fails on the command line, before connecting
     line = error_line(cli("get", "--dsn", "postgresql://postgres@127.0.0.1:1/x", "-d", defs, *args))
@@ -176,8 +205,10 @@ def test_tables_lists_entities_features_rows_and_the_age_of_the_newest_row(loade
     by_name = {t["name"]: t for t in report["tables"]}
     users = by_name["user_stats"]
     assert users["entity"] == {"name": "user", "key_type": "bigint", "key_column": "uid"}
-    assert users["features"] == [{"name": "clicks", "type": "integer", "default": 0},
-                                 {"name": "ctr", "type": "real", "default": None}]
+    assert users["features"] == [
+        {"name": "clicks", "type": "integer", "default": 0},
+        {"name": "ctr", "type": "real", "default": None},
+    ]
     assert users["ttl"] == 3600 and users["exists"] is True and users["services"] == ["fraud"]
     assert (users["rows"], users["rows_source"]) == (2, "count")  # never analyzed, small: counted
     assert users["newest_updated_at"] == server_now(conn) - 60 or abs(users["newest_age"] - 60) < 5
@@ -192,7 +223,9 @@ def test_tables_lists_entities_features_rows_and_the_age_of_the_newest_row(loade
 
     conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, "user_stats")))
     conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, "user_stats_updated_at")))
-    conn.execute(sql.SQL("CREATE INDEX ON {} (updated_at)").format(sql.Identifier(schema, "user_stats")))  # any such index
+    conn.execute(
+        sql.SQL("CREATE INDEX ON {} (updated_at)").format(sql.Identifier(schema, "user_stats"))
+    )  # any such index
     text = cli("tables", "--dsn", dsn, "-d", defs, env={"COLUMNS": "300"})
     assert text.returncode == 0 and "user_stats" in text.stdout and "fraud" in text.stdout, text.stderr
     assert "pgfeatures materialize fraud" in text.stdout
@@ -207,7 +240,9 @@ def test_a_slow_max_updated_at_is_reported_unknown_and_the_others_go_on(loaded, 
 
     def hold() -> None:
         with psycopg.connect(dsn) as other:
-            other.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema, "user_stats")))
+            other.execute(
+                sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema, "user_stats"))
+            )
             locked.set()
             release.wait(30)
 
@@ -218,7 +253,9 @@ def test_a_slow_max_updated_at_is_reported_unknown_and_the_others_go_on(loaded, 
         found = {t.name: t for t in inventory_tables(conn, loaded, timeout=0.3)}
         users = found["user_stats"]
         assert users.newest_age is None and "took longer than 0.3s" in users.newest_note
-        assert "it needs an index (user_stats_updated_at), and waits for any lock held on the table" in users.newest_note
+        assert (
+            "it needs an index (user_stats_updated_at), and waits for any lock held on the table" in users.newest_note
+        )
         assert found["merchant_risk"].newest_age is not None  # measured all the same
         assert conn.execute("SHOW statement_timeout").fetchone()[0] == "0"  # nothing leaked into the session
     finally:
@@ -250,8 +287,12 @@ def test_init_on_a_table_it_did_not_create_reports_it_fits(defs, dsn, conn, sche
     """A table made by hand, keyed by the column the definitions name (uid, a primary key under
     its own constraint name, no CHECK, no default for updated_at), fits; init creates the rest."""
     conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    conn.execute(sql.SQL("CREATE TABLE {} (uid bigint NOT NULL, clicks integer, ctr real, updated_at timestamptz, "
-                         "CONSTRAINT mine PRIMARY KEY (uid))").format(sql.Identifier(schema, "user_stats")))
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (uid bigint NOT NULL, clicks integer, ctr real, updated_at timestamptz, "
+            "CONSTRAINT mine PRIMARY KEY (uid))"
+        ).format(sql.Identifier(schema, "user_stats"))
+    )
     done = cli("init", "--dsn", dsn, "-d", defs, "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -263,9 +304,13 @@ def test_init_on_a_table_it_did_not_create_reports_it_fits(defs, dsn, conn, sche
     assert report["functions"] == {"total": len(expected), "created": len(expected), "present": 0, "error": None}
     found = {r[0] for r in psycopg.RawCursor(conn).execute(EXISTING_FUNCTIONS, (schema, sorted(expected))).fetchall()}
     assert found == expected and len(expected) == 6  # full read, full batch, and each service's read and batch
-    assert report["services"] == {"fraud": "missing"} and report["actions"] == [f"pgfeatures materialize fraud -d {defs}"]
-    assert f"service fraud: serving rows missing; it is read table by table until you run: pgfeatures materialize fraud -d {defs}" \
+    assert report["services"] == {"fraud": "missing"} and report["actions"] == [
+        f"pgfeatures materialize fraud -d {defs}"
+    ]
+    assert (
+        f"service fraud: serving rows missing; it is read table by table until you run: pgfeatures materialize fraud -d {defs}"
         in done.stderr
+    )
 
     again = cli("init", "--dsn", dsn, "-d", defs)
     assert again.returncode == 0, again.stderr
@@ -316,7 +361,8 @@ def test_materialize_builds_the_serving_rows(loaded, dsn, defs, conn):
 
 def test_materialize_errors(defs, dsn):
     assert "unknown feature service(s): nope; valid services: fraud, plain" in error_line(
-        cli("materialize", "nope", "--dsn", dsn, "-d", defs))
+        cli("materialize", "nope", "--dsn", dsn, "-d", defs)
+    )
     line = error_line(cli("materialize", "plain", "--dsn", dsn, "-d", defs))
     assert "service 'plain' is not declared materialize = true: add materialize = true to [services.plain]" in line
     assert "(materialized services: fraud)" in line
@@ -327,17 +373,34 @@ def test_materialize_errors(defs, dsn):
 # -- load --overwrite-newer -----------------------------------------------------------------------
 
 
-@pytest.mark.skipif("overwrite_newer" not in {f.name for f in dataclasses.fields(LoadOptions)},
-                    reason="LoadOptions.overwrite_newer (newest-wins bulk loads) is not in this tree yet")
+@pytest.mark.skipif(
+    "overwrite_newer" not in {f.name for f in dataclasses.fields(LoadOptions)},
+    reason="LoadOptions.overwrite_newer (newest-wins bulk loads) is not in this tree yet",
+)
 def test_load_overwrite_newer(loaded, dsn, defs, tmp_path, conn):
     data = tmp_path / "old.csv"
     data.write_text("uid,clicks,ctr,updated_at\n42,100,0.5,1000\n")  # far older than the stored row
     kept = cli("load", "user_stats", str(data), "--key-column", "uid", "--dsn", dsn, "-d", defs, "-q", "--json")
     assert kept.returncode == 0, kept.stderr
     assert get(dsn, defs, "-t", "user_stats", "42")["features"]["user_stats"]["clicks"] == 3  # newest wins
-    done = cli("load", "user_stats", str(data), "--key-column", "uid", "--overwrite-newer", "--dsn", dsn, "-d", defs,
-               "-q", "--json")
+    done = cli(
+        "load",
+        "user_stats",
+        str(data),
+        "--key-column",
+        "uid",
+        "--overwrite-newer",
+        "--dsn",
+        dsn,
+        "-d",
+        defs,
+        "-q",
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
-    stored = conn.execute(sql.SQL("SELECT clicks, extract(epoch FROM updated_at)::int8 FROM {} WHERE uid = 42").format(
-        sql.Identifier(loaded.schema, "user_stats"))).fetchone()
+    stored = conn.execute(
+        sql.SQL("SELECT clicks, extract(epoch FROM updated_at)::int8 FROM {} WHERE uid = 42").format(
+            sql.Identifier(loaded.schema, "user_stats")
+        )
+    ).fetchone()
     assert stored == (100, 1000)

@@ -31,7 +31,8 @@ from pgfeatures.errors import AuthenticationError, DatabaseUnavailableError
 
 needs_pgbouncer = pytest.mark.skipif(
     find_pgbouncer() is None,
-    reason="PgBouncer is not installed (/usr/sbin/pgbouncer: apt-get install pgbouncer, as .ci/run does)")
+    reason="PgBouncer is not installed (/usr/sbin/pgbouncer: apt-get install pgbouncer, as .ci/run does)",
+)
 
 RECOVERY_BOUND = 2.0  # seconds after the database is back (the issue's bound); PgBouncer's default server_login_retry (15 s) exceeds it
 
@@ -187,10 +188,12 @@ def test_crashed_backend_resets_every_connection_and_the_server_recovers(cluster
 
 
 def test_a_killed_owner_leaves_nothing_running() -> None:
-    script = ("import os; from pgfeatures.bench.clusters import Cluster, PgBouncer; c = Cluster(name='orphan');"
-              " c.create_role('app', 'pw'); pids = [c.pid()]; dirs = [c.base]\n"
-              "if PgBouncer.available(): b = PgBouncer(c); pids.append(b.pid); dirs.append(b.base)\n"
-              "print(*pids, flush=True); print(*dirs, flush=True); os._exit(0)")  # no atexit, as if killed
+    script = (
+        "import os; from pgfeatures.bench.clusters import Cluster, PgBouncer; c = Cluster(name='orphan');"
+        " c.create_role('app', 'pw'); pids = [c.pid()]; dirs = [c.base]\n"
+        "if PgBouncer.available(): b = PgBouncer(c); pids.append(b.pid); dirs.append(b.base)\n"
+        "print(*pids, flush=True); print(*dirs, flush=True); os._exit(0)"
+    )  # no atexit, as if killed
     child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert child.returncode == 0, child.stderr
     pid_line, dir_line = child.stdout.splitlines()
@@ -285,7 +288,8 @@ def test_pgbouncer_auth_file_follows_a_rotation_after_rewrite_and_reload(primary
 @pytest.mark.parametrize("mode", ["session", "transaction"])
 @pytest.mark.parametrize("fault", ["restart", "kill9"])
 def test_pgbouncer_recovers_promptly_after_the_database_comes_back(
-        cluster: Cluster, mode: str, fault: str, record_property: pytest.RecordProperty) -> None:
+    cluster: Cluster, mode: str, fault: str, record_property: pytest.RecordProperty
+) -> None:
     with PgBouncer(cluster, pool_mode=mode) as bouncer:
         held = psycopg.connect(bouncer.dsn(), autocommit=True, prepare_threshold=None)
         held.execute("SELECT 1")  # in session mode, this links it to a server connection
@@ -324,41 +328,55 @@ def terminate_app_and_settle(bouncer: PgBouncer, primary: Cluster, timeout: floa
     """
     primary.terminate(user="app")
     deadline = time.monotonic() + timeout
-    while any(p["user"] == "app" and p["sv_active"] + p["sv_idle"] + p["sv_used"] + p["sv_tested"] for p in bouncer.pools()):
+    while any(
+        p["user"] == "app" and p["sv_active"] + p["sv_idle"] + p["sv_used"] + p["sv_tested"] for p in bouncer.pools()
+    ):
         assert time.monotonic() < deadline, f"PgBouncer still holds app's server connections: {bouncer.pools()}"
         time.sleep(0.02)
 
 
 def test_transaction_mode_breaks_named_prepared_statements(one_server_connection: PgBouncer, primary: Cluster) -> None:
     dsn = one_server_connection.dsn("app")
-    with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as a, \
-            psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as b:
+    with (
+        psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as a,
+        psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as b,
+    ):
         assert a.execute("SELECT 1").fetchone() == (1,)  # Parse "_pg3_0" on the one server connection
-        with pytest.raises(psycopg.errors.DuplicatePreparedStatement, match='prepared statement "_pg3_0" already exists'):
+        with pytest.raises(
+            psycopg.errors.DuplicatePreparedStatement, match='prepared statement "_pg3_0" already exists'
+        ):
             b.execute("SELECT 2")  # b's own first statement is also "_pg3_0"
     terminate_app_and_settle(one_server_connection, primary)  # a fresh server connection: no "_pg3_0" on it
     with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as c:
         assert c.execute("SELECT 3").fetchone() == (3,)
-        terminate_app_and_settle(one_server_connection, primary)  # the server connection is replaced, and "_pg3_0" with it
+        terminate_app_and_settle(
+            one_server_connection, primary
+        )  # the server connection is replaced, and "_pg3_0" with it
         for _ in range(3):  # psycopg still believes it is prepared: the connection never heals
             with pytest.raises(psycopg.errors.InvalidSqlStatementName, match='"_pg3_0" does not exist'):
                 c.execute("SELECT 3")
 
 
-def test_transaction_mode_breaks_psycopg_default_threshold_too(one_server_connection: PgBouncer, primary: Cluster) -> None:
+def test_transaction_mode_breaks_psycopg_default_threshold_too(
+    one_server_connection: PgBouncer, primary: Cluster
+) -> None:
     terminate_app_and_settle(one_server_connection, primary)
     with psycopg.connect(one_server_connection.dsn("app"), autocommit=True) as conn:  # prepare_threshold=5
         for i in range(6):  # the fifth execution of the same statement prepares it
             assert conn.execute("SELECT %s::int", [i]).fetchone() == (i,)
-        terminate_app_and_settle(one_server_connection, primary)  # a restart, server_lifetime or a lost backend would do the same
+        terminate_app_and_settle(
+            one_server_connection, primary
+        )  # a restart, server_lifetime or a lost backend would do the same
         with pytest.raises(psycopg.errors.InvalidSqlStatementName):
             conn.execute("SELECT %s::int", [6])
 
 
 def test_transaction_mode_works_with_unnamed_statements(one_server_connection: PgBouncer, primary: Cluster) -> None:
     dsn = one_server_connection.dsn("app")
-    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as a, \
-            psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as b:
+    with (
+        psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as a,
+        psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as b,
+    ):
         for i in range(10):  # past psycopg's default threshold (5), where it would prepare
             assert a.execute("SELECT %s::int", [i]).fetchone() == (i,)
             assert b.execute("SELECT %s::int + 100", [i]).fetchone() == (i + 100,)
@@ -370,8 +388,10 @@ def test_transaction_mode_works_with_unnamed_statements(one_server_connection: P
 
 def test_transaction_mode_session_settings_follow_the_server_connection(one_server_connection: PgBouncer) -> None:
     dsn = one_server_connection.dsn("app")
-    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as a, \
-            psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as b:
+    with (
+        psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as a,
+        psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as b,
+    ):
         a.execute("SET plan_cache_mode = force_generic_plan")  # a session setting, e.g. the store's read setup
         assert b.execute("SHOW plan_cache_mode").fetchone() == ("force_generic_plan",)  # another client has it
         b.execute("RESET plan_cache_mode")

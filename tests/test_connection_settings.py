@@ -18,26 +18,34 @@ import sys
 import threading
 
 import pytest
-from conftest import dsn_with
 
+from conftest import dsn_with
 from pgfeatures import AsyncFeatureStore, FeatureStore
 from pgfeatures.connections import connect, database_error, unavailable
 from pgfeatures.definitions import demo_registry
 from pgfeatures.errors import ConfigError, ConnectionSettingsError, DatabaseUnavailableError
 
 CASES = {
-    "role": (lambda dsn: dsn_with(dsn, user="pgf_no_such_role"),
-             r"the database server at 127\.0\.0\.1:\d+ has no role 'pgf_no_such_role' \(user in the DSN .*user=pgf_no_such_role"
-             r".*\): create it \(CREATE ROLE \.\.\. LOGIN\) or connect as an existing role; the server said: .*FATAL: +role "
-             r"\"pgf_no_such_role\" does not exist"),
-    "database": (lambda dsn: dsn_with(dsn, dbname="pgf_no_such_db"),
-                 r"the database server at 127\.0\.0\.1:\d+ has no database 'pgf_no_such_db' \(dbname in the DSN .*\): "
-                 r"create it \(CREATE DATABASE, or createdb pgf_no_such_db\) or name an existing one"),
-    "port": (lambda dsn: dsn + " port=abc",
-             r"the DSN '.*port=abc' is malformed: .*invalid integer value \"abc\" for connection option \"port\"; write it "
-             r"as key=value pairs \(host=db\.example\.com port=5432 dbname=features user=app\) or as a URI"),
-    "syntax": (lambda dsn: "postgresql://app:secret@[::1/features",
-               r"the DSN 'postgresql://app:\*\*\*@\[::1/features' is malformed: .*"),  # the password never shown
+    "role": (
+        lambda dsn: dsn_with(dsn, user="pgf_no_such_role"),
+        r"the database server at 127\.0\.0\.1:\d+ has no role 'pgf_no_such_role' \(user in the DSN .*user=pgf_no_such_role"
+        r".*\): create it \(CREATE ROLE \.\.\. LOGIN\) or connect as an existing role; the server said: .*FATAL: +role "
+        r"\"pgf_no_such_role\" does not exist",
+    ),
+    "database": (
+        lambda dsn: dsn_with(dsn, dbname="pgf_no_such_db"),
+        r"the database server at 127\.0\.0\.1:\d+ has no database 'pgf_no_such_db' \(dbname in the DSN .*\): "
+        r"create it \(CREATE DATABASE, or createdb pgf_no_such_db\) or name an existing one",
+    ),
+    "port": (
+        lambda dsn: dsn + " port=abc",
+        r"the DSN '.*port=abc' is malformed: .*invalid integer value \"abc\" for connection option \"port\"; write it "
+        r"as key=value pairs \(host=db\.example\.com port=5432 dbname=features user=app\) or as a URI",
+    ),
+    "syntax": (
+        lambda dsn: "postgresql://app:secret@[::1/features",
+        r"the DSN 'postgresql://app:\*\*\*@\[::1/features' is malformed: .*",
+    ),  # the password never shown
 }
 
 
@@ -81,17 +89,35 @@ def test_an_outage_and_a_query_error_are_not_settings_errors(dsn):
 
 def serve(*flags: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PGFEATURES_")}
-    return subprocess.Popen([sys.executable, "-m", "pgfeatures.cli", "serve", "--port", "0", "--log-level", "warning",
-                             "--no-prewarm", *flags], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pgfeatures.cli",
+            "serve",
+            "--port",
+            "0",
+            "--log-level",
+            "warning",
+            "--no-prewarm",
+            *flags,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_serve_refuses_a_malformed_dsn_at_start(dsn):
     proc = serve("--dsn", "host=127.0.0.1 this is not a dsn")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, (out, err)
-    assert err.strip().splitlines()[-1] == ("error: the DSN 'host=127.0.0.1 this is not a dsn' is malformed: missing \"=\" after \"this\" "
-                           "in connection info string; write it as key=value pairs (host=db.example.com port=5432 "
-                           "dbname=features user=app) or as a URI (postgresql://app@db.example.com:5432/features)")
+    assert err.strip().splitlines()[-1] == (
+        'error: the DSN \'host=127.0.0.1 this is not a dsn\' is malformed: missing "=" after "this" '
+        "in connection info string; write it as key=value pairs (host=db.example.com port=5432 "
+        "dbname=features user=app) or as a URI (postgresql://app@db.example.com:5432/features)"
+    )
     assert "pgfeatures serve: http" not in out  # refused before the banner
 
 

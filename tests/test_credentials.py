@@ -25,8 +25,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from cli_run import error_line
 
+from cli_run import error_line
 from pgfeatures import AsyncFeatureStore, Cached, EnvPassword, FeatureStore, PasswordFile
 from pgfeatures.bench.clusters import Cluster
 from pgfeatures.connections import CredentialProviderError, load_provider
@@ -193,9 +193,12 @@ def importable(tmp_path, monkeypatch) -> Path:
 
 
 def test_load_provider_loads_a_function_and_a_dotted_attribute(importable):
-    name = _module(importable, "def token():\n    return 'pw'\n\n"
-                               "class Tokens:\n    @staticmethod\n    def fresh():\n        return {'password': 'x'}\n"
-                               "\ncached = None\n")
+    name = _module(
+        importable,
+        "def token():\n    return 'pw'\n\n"
+        "class Tokens:\n    @staticmethod\n    def fresh():\n        return {'password': 'x'}\n"
+        "\ncached = None\n",
+    )
     assert load_provider(f"{name}:token")() == "pw"
     assert load_provider(f"{name}:Tokens.fresh")() == {"password": "x"}
     assert load_provider(f" {name} : token ")() == "pw"  # spaces around the parts are forgiven
@@ -213,14 +216,18 @@ def test_load_provider_names_a_missing_module():
     with pytest.raises(ConfigError) as info:
         load_provider("pgf_no_such_module_xyz.features:token")
     text = str(info.value)
-    assert text.startswith("credential provider 'pgf_no_such_module_xyz.features:token': no module named "
-                           "'pgf_no_such_module_xyz' (looked in the current directory ")
+    assert text.startswith(
+        "credential provider 'pgf_no_such_module_xyz.features:token': no module named "
+        "'pgf_no_such_module_xyz' (looked in the current directory "
+    )
     assert os.getcwd() in text
 
 
 def test_load_provider_tells_a_missing_dependency_from_a_missing_module(importable):
     name = _module(importable, "import pgf_no_such_sdk_xyz\n\ndef token():\n    return 'pw'\n")
-    with pytest.raises(ConfigError, match=rf"'{name}:token': importing {name} failed: No module named 'pgf_no_such_sdk_xyz'"):
+    with pytest.raises(
+        ConfigError, match=rf"'{name}:token': importing {name} failed: No module named 'pgf_no_such_sdk_xyz'"
+    ):
         load_provider(f"{name}:token")
 
 
@@ -294,8 +301,11 @@ def test_credential_params_rejects_another_type(value, kind):
     def provider() -> Any:
         return value
 
-    with pytest.raises(CredentialProviderError, match=rf"returned {kind}: expected a password \(str\) or a mapping "
-                                                      r"of connection parameters"):
+    with pytest.raises(
+        CredentialProviderError,
+        match=rf"returned {kind}: expected a password \(str\) or a mapping "
+        r"of connection parameters",
+    ):
         credential_params(provider)
 
 
@@ -323,7 +333,9 @@ def test_credential_params_reports_a_provider_that_raises():
 def _prepare(cluster: Cluster) -> None:
     with cluster.admin() as conn:
         apply_schema(conn, REGISTRY)
-        conn.execute(f"GRANT USAGE ON SCHEMA {SCHEMA} TO app; GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {SCHEMA} TO app")
+        conn.execute(
+            f"GRANT USAGE ON SCHEMA {SCHEMA} TO app; GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {SCHEMA} TO app"
+        )
         conn.execute(f"INSERT INTO {SCHEMA}.t00 (hashkey, f0, f1) VALUES (%s, 1, 2) ON CONFLICT DO NOTHING", [KEY])
 
 
@@ -352,8 +364,9 @@ def test_async_store_password_rotation_under_load_fails_no_request(primary: Clus
 
     async def run() -> tuple[int, list[BaseException], list[int]]:
         ok, failures, calls = 0, [], []
-        async with AsyncFeatureStore(REGISTRY, dsn, credentials=provider, pool_size=2, write_pool_size=1,
-                                     acquire_timeout=5) as store:
+        async with AsyncFeatureStore(
+            REGISTRY, dsn, credentials=provider, pool_size=2, write_pool_size=1, acquire_timeout=5
+        ) as store:
             done = asyncio.Event()
 
             async def reader() -> None:
@@ -390,8 +403,9 @@ def test_async_store_password_rotation_under_load_fails_no_request(primary: Clus
 
 
 def _app_backends(cluster: Cluster) -> set[int]:
-    rows = cluster.execute("SELECT pid FROM pg_stat_activity WHERE usename = 'app' AND application_name = %s",
-                           ["pgfeatures-read"])
+    rows = cluster.execute(
+        "SELECT pid FROM pg_stat_activity WHERE usename = 'app' AND application_name = %s", ["pgfeatures-read"]
+    )
     return {int(r[0]) for r in rows}
 
 
@@ -402,8 +416,14 @@ def test_max_lifetime_renews_connections_through_the_provider(primary: Cluster, 
     secret = tmp_path / "pg-password"
     secret.write_text("pw-1\n")
     provider = Recording(PasswordFile(secret))
-    with FeatureStore(REGISTRY, primary.dsn("app", password=""), credentials=provider, pool_size=1, write_pool_size=0,
-                      max_lifetime=lifetime) as store:
+    with FeatureStore(
+        REGISTRY,
+        primary.dsn("app", password=""),
+        credentials=provider,
+        pool_size=1,
+        write_pool_size=0,
+        max_lifetime=lifetime,
+    ) as store:
         opened = time.monotonic()
         asked = len(provider.calls)
         assert asked >= 1
@@ -415,7 +435,9 @@ def test_max_lifetime_renews_connections_through_the_provider(primary: Cluster, 
         secret.write_text("pw-2\n")
         deadline = opened + lifetime + 10
         while len(provider.calls) == asked:
-            assert time.monotonic() < deadline, f"no connection renewed {lifetime + 10:g}s after max_lifetime={lifetime:g}"
+            assert time.monotonic() < deadline, (
+                f"no connection renewed {lifetime + 10:g}s after max_lifetime={lifetime:g}"
+            )
             assert store.get_features(KEY) == EXPECTED
             time.sleep(0.05)
         renewed = provider.calls[asked]
@@ -476,8 +498,9 @@ def _check_hang_errors(errors: list[BaseException], provider: Hanging, hung_for:
     provider was not called once per attempt: at most one call a deadline, plus the first ones."""
     assert errors, "no read failed while the provider hung"
     assert all(isinstance(e, CredentialsTimeoutError) for e in errors), [f"{type(e).__name__}: {e}" for e in errors]
-    assert any(f"credential provider Hanging() did not answer within {HANG_TIMEOUT:g}s" in str(e) for e in errors), \
-        [str(e) for e in errors]
+    assert any(f"credential provider Hanging() did not answer within {HANG_TIMEOUT:g}s" in str(e) for e in errors), [
+        str(e) for e in errors
+    ]
     assert provider.hung <= hung_for / HANG_TIMEOUT + 4, (provider.hung, hung_for)
 
 
@@ -487,8 +510,15 @@ def test_a_hanging_provider_is_a_credentials_timeout_and_reads_return_within_a_p
     the provider answers again reads are back within a deadline and a probe (psycopg_pool's own
     retries would wait for the hung calls)."""
     provider = Hanging("pw-1")
-    with FeatureStore(REGISTRY, primary.dsn("app", password=""), credentials=provider, credentials_timeout=HANG_TIMEOUT,
-                      pool_size=2, write_pool_size=0, acquire_timeout=1.0) as store:
+    with FeatureStore(
+        REGISTRY,
+        primary.dsn("app", password=""),
+        credentials=provider,
+        credentials_timeout=HANG_TIMEOUT,
+        pool_size=2,
+        write_pool_size=0,
+        acquire_timeout=1.0,
+    ) as store:
         assert store.get_features(KEY) == EXPECTED
         try:
             provider.hanging.set()
@@ -509,13 +539,21 @@ def test_a_hanging_provider_is_a_credentials_timeout_and_reads_return_within_a_p
             provider.release()
 
 
-def test_async_store_a_hanging_provider_is_a_credentials_timeout_and_reads_return_within_a_probe(primary: Cluster) -> None:
+def test_async_store_a_hanging_provider_is_a_credentials_timeout_and_reads_return_within_a_probe(
+    primary: Cluster,
+) -> None:
     provider = Hanging("pw-1")
 
     async def run() -> None:
-        async with AsyncFeatureStore(REGISTRY, primary.dsn("app", password=""), credentials=provider,
-                                     credentials_timeout=HANG_TIMEOUT, pool_size=2, write_pool_size=0,
-                                     acquire_timeout=1.0) as store:
+        async with AsyncFeatureStore(
+            REGISTRY,
+            primary.dsn("app", password=""),
+            credentials=provider,
+            credentials_timeout=HANG_TIMEOUT,
+            pool_size=2,
+            write_pool_size=0,
+            acquire_timeout=1.0,
+        ) as store:
             assert await store.get_features(KEY) == EXPECTED
             provider.hanging.set()
             assert await asyncio.to_thread(primary.terminate, user="app") >= 1
@@ -550,8 +588,14 @@ def test_opening_with_a_hanging_provider_fails_within_its_deadline(primary: Clus
     try:
         started = time.monotonic()
         with pytest.raises(CredentialsTimeoutError, match=r"credential provider Hanging\(\) did not answer within 1s"):
-            FeatureStore(REGISTRY, primary.dsn("app", password=""), credentials=provider, credentials_timeout=1,
-                         pool_size=1, write_pool_size=0)
+            FeatureStore(
+                REGISTRY,
+                primary.dsn("app", password=""),
+                credentials=provider,
+                credentials_timeout=1,
+                pool_size=1,
+                write_pool_size=0,
+            )
         assert time.monotonic() - started < 5
     finally:
         provider.release()
@@ -577,8 +621,15 @@ def test_max_lifetime_renewal_fails_no_read(primary: Cluster) -> None:
     provider = Slow("pw-1", 1.3)
     failures: list[BaseException] = []
     reads = 0
-    with FeatureStore(REGISTRY, primary.dsn("app", password=""), credentials=provider, pool_size=2, write_pool_size=0,
-                      max_lifetime=2.0, acquire_timeout=1.0) as store:
+    with FeatureStore(
+        REGISTRY,
+        primary.dsn("app", password=""),
+        credentials=provider,
+        pool_size=2,
+        write_pool_size=0,
+        max_lifetime=2.0,
+        acquire_timeout=1.0,
+    ) as store:
         first = _app_backends(primary)
         opened_calls = provider.calls
         started = time.monotonic()
@@ -611,8 +662,15 @@ def test_async_store_max_lifetime_renewal_fails_no_read(primary: Cluster) -> Non
 
     async def run() -> tuple[int, list[BaseException]]:
         ok, failures = 0, []
-        async with AsyncFeatureStore(REGISTRY, primary.dsn("app", password=""), credentials=provider, pool_size=2,
-                                     write_pool_size=0, max_lifetime=2.0, acquire_timeout=1.0) as store:
+        async with AsyncFeatureStore(
+            REGISTRY,
+            primary.dsn("app", password=""),
+            credentials=provider,
+            pool_size=2,
+            write_pool_size=0,
+            max_lifetime=2.0,
+            acquire_timeout=1.0,
+        ) as store:
             first = await asyncio.to_thread(_app_backends, primary)
             opened_calls = provider.calls
             done = asyncio.Event()
@@ -696,9 +754,21 @@ def _serve(primary: Cluster, directory: Path, provider: str, *flags: str) -> Any
     from support.serve import ServeProcess
 
     path = os.pathsep.join([str(directory), *filter(None, [os.environ.get("PYTHONPATH")])])
-    return ServeProcess("-d", str(directory / "features.toml"), "--dsn", primary.dsn("app", password=""),
-                        "--credentials", f"credserve_provider:{provider}", "--no-prewarm", "--pool-size", "2",
-                        "--write-pool-size", "0", *flags, env={"PYTHONPATH": path})
+    return ServeProcess(
+        "-d",
+        str(directory / "features.toml"),
+        "--dsn",
+        primary.dsn("app", password=""),
+        "--credentials",
+        f"credserve_provider:{provider}",
+        "--no-prewarm",
+        "--pool-size",
+        "2",
+        "--write-pool-size",
+        "0",
+        *flags,
+        env={"PYTHONPATH": path},
+    )
 
 
 def _calls(directory: Path) -> int:
@@ -707,10 +777,12 @@ def _calls(directory: Path) -> int:
 
 
 def test_serve_a_hanging_provider_is_503_credentials_timeout_and_serves_within_a_probe_of_it_answering(
-        primary: Cluster, served: Path) -> None:
+    primary: Cluster, served: Path
+) -> None:
     import httpx
 
     with _serve(primary, served, "hanging", "--credentials-timeout", "1") as serve:
+
         def read() -> httpx.Response:
             return httpx.post(f"{serve.url}/v1/features", json={"key": SERVE_KEY}, timeout=30)
 
@@ -723,11 +795,17 @@ def test_serve_a_hanging_provider_is_503_credentials_timeout_and_serves_within_a
         failed = [r for r in answers if r.status_code != 200]
         assert failed, "no request failed while the provider hung"
         for r in failed:
-            assert (r.status_code, r.json()["error"]["type"], r.json()["error"]["retryable"]) == \
-                (503, "credentials_timeout", True), r.text
+            assert (r.status_code, r.json()["error"]["type"], r.json()["error"]["retryable"]) == (
+                503,
+                "credentials_timeout",
+                True,
+            ), r.text
             assert r.headers.get("retry-after") == "1"
-        assert any("credential provider <function hanging at" in r.json()["error"]["message"]
-                   and "did not answer within 1s" in r.json()["error"]["message"] for r in failed), failed[-1].text
+        assert any(
+            "credential provider <function hanging at" in r.json()["error"]["message"]
+            and "did not answer within 1s" in r.json()["error"]["message"]
+            for r in failed
+        ), failed[-1].text
         (served / "hang").unlink()
         fixed = time.monotonic()
         while (r := read()).status_code != 200:
@@ -759,8 +837,10 @@ def test_serve_max_lifetime_renewal_fails_no_request(primary: Cluster, served: P
 # -- the CLI, every command that connects ---------------------------------------------------------
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "pgfeatures"
-CLI_DEFS = ('schema = "clicred"\n[tables.a.features]\nf = "real"\n[tables.b.features]\ng = "integer"\n'
-            '[services.svc]\nfeatures = ["a.*", "b.*"]\nmaterialize = true\n')
+CLI_DEFS = (
+    'schema = "clicred"\n[tables.a.features]\nf = "real"\n[tables.b.features]\ng = "integer"\n'
+    '[services.svc]\nfeatures = ["a.*", "b.*"]\nmaterialize = true\n'
+)
 CLI_KEY = "ab" * 32
 
 
@@ -796,7 +876,8 @@ def workdir(tmp_path: Path) -> Path:
     (tmp_path / "mycompany" / "features.py").write_text(
         "from pathlib import Path\n\n"
         "def lakebase_token():\n"
-        "    return {'password': (Path(__file__).parent.parent / 'pg-password').read_text().strip()}\n")
+        "    return {'password': (Path(__file__).parent.parent / 'pg-password').read_text().strip()}\n"
+    )
     return tmp_path
 
 
@@ -809,7 +890,9 @@ def test_cli_commands_log_in_through_the_provider(cli_cluster: Cluster, workdir:
 
     done = pgfeatures("init", cwd=workdir, env=by_file)  # $PGFEATURES_PASSWORD_FILE
     assert done.returncode == 0 and done.stdout.startswith("created: a, b\n"), done.stderr
-    done = pgfeatures("load", "a", "data.csv", "--json", cwd=workdir, env=by_provider)  # $PGFEATURES_CREDENTIALS, from cwd
+    done = pgfeatures(
+        "load", "a", "data.csv", "--json", cwd=workdir, env=by_provider
+    )  # $PGFEATURES_CREDENTIALS, from cwd
     assert done.returncode == 0 and json.loads(done.stdout)["inserted"] == 1, done.stderr
     done = pgfeatures("materialize", "svc", "--password-file", "pg-password", cwd=workdir, env=base)
     assert done.returncode == 0, done.stderr
@@ -824,8 +907,14 @@ def test_cli_commands_log_in_through_the_provider(cli_cluster: Cluster, workdir:
     assert done.returncode in (0, 1) and json.loads(done.stdout)["findings"][0]["check"] == "schema", done.stderr
     # the flags win over the environment, as --dsn does over $PGFEATURES_DSN
     (workdir / "wrong-password").write_text("not-it\n")
-    done = pgfeatures("get", CLI_KEY, "--password-file", "pg-password", cwd=workdir,
-                      env={**base, "PGFEATURES_PASSWORD_FILE": str(workdir / "wrong-password")})
+    done = pgfeatures(
+        "get",
+        CLI_KEY,
+        "--password-file",
+        "pg-password",
+        cwd=workdir,
+        env={**base, "PGFEATURES_PASSWORD_FILE": str(workdir / "wrong-password")},
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -847,11 +936,16 @@ CONNECTING = {
 
 @pytest.mark.parametrize("how", ["password-file", "credentials"])
 @pytest.mark.parametrize("command", sorted(CONNECTING))
-def test_cli_a_wrong_credential_is_one_line_naming_the_refused_login(cli_cluster: Cluster, workdir: Path,
-                                                                       command: str, how: str) -> None:
+def test_cli_a_wrong_credential_is_one_line_naming_the_refused_login(
+    cli_cluster: Cluster, workdir: Path, command: str, how: str
+) -> None:
     (workdir / "pg-password").write_text("not-the-password\n")  # both the file and the provider answer it
     env = {"PGFEATURES_DSN": cli_cluster.dsn("app", password=""), "PGFEATURES_DEFINITIONS": "features.toml"}
-    flag = ["--password-file", "pg-password"] if how == "password-file" else ["--credentials", "mycompany.features:lakebase_token"]
+    flag = (
+        ["--password-file", "pg-password"]
+        if how == "password-file"
+        else ["--credentials", "mycompany.features:lakebase_token"]
+    )
     line = error_line(pgfeatures(*CONNECTING[command], *flag, cwd=workdir, env=env))
     assert "refused the credentials" in line and 'password authentication failed for user "app"' in line, line
     assert "not-the-password" not in line
@@ -860,16 +954,30 @@ def test_cli_a_wrong_credential_is_one_line_naming_the_refused_login(cli_cluster
 def test_cli_provider_problems_are_one_line(cli_cluster: Cluster, workdir: Path) -> None:
     env = {"PGFEATURES_DSN": cli_cluster.dsn("app", password=""), "PGFEATURES_DEFINITIONS": "features.toml"}
     line = error_line(pgfeatures("tables", "--password-file", "missing-file", cwd=workdir, env=env))
-    assert "no credentials for the database at" in line and "cannot read the password file missing-file: No such file or directory" in line, line
+    assert (
+        "no credentials for the database at" in line
+        and "cannot read the password file missing-file: No such file or directory" in line
+    ), line
     line = error_line(pgfeatures("get", CLI_KEY, "--credentials", "mycompany.nope:token", cwd=workdir, env=env))
     assert line.startswith("error: credential provider 'mycompany.nope:token': no module named 'mycompany.nope'"), line
     line = error_line(pgfeatures("doctor", "--credentials", "mycompany.features", cwd=workdir, env=env))
     assert "must be written 'module:callable'" in line
-    line = error_line(pgfeatures("init", "--password-file", "pg-password", cwd=workdir,
-                                 env={**env, "PGFEATURES_CREDENTIALS": "mycompany.features:lakebase_token"}))
+    line = error_line(
+        pgfeatures(
+            "init",
+            "--password-file",
+            "pg-password",
+            cwd=workdir,
+            env={**env, "PGFEATURES_CREDENTIALS": "mycompany.features:lakebase_token"},
+        )
+    )
     assert "not both" in line and "--credentials" in line and "--password-file" in line
-    line = error_line(pgfeatures("serve", "--port", "0", "--credentials", "mycompany.features:nothing", cwd=workdir, env=env))
-    assert line == "error: credential provider 'mycompany.features:nothing': mycompany.features has no attribute 'nothing'"
+    line = error_line(
+        pgfeatures("serve", "--port", "0", "--credentials", "mycompany.features:nothing", cwd=workdir, env=env)
+    )
+    assert (
+        line == "error: credential provider 'mycompany.features:nothing': mycompany.features has no attribute 'nothing'"
+    )
 
 
 def test_cli_a_hanging_provider_fails_within_its_deadline_naming_it(cli_cluster: Cluster, workdir: Path) -> None:
@@ -898,9 +1006,25 @@ def test_serve_finds_the_provider_in_the_working_directory(cli_cluster: Cluster,
         port = s.getsockname()[1]
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PGFEATURES_") and not k.startswith("PG")}
     proc = subprocess.Popen(
-        [str(CONSOLE_SCRIPT), "serve", "--port", str(port), "--no-prewarm", "-d", "features.toml",
-         "--dsn", cli_cluster.dsn("app", password=""), "--credentials", "mycompany.features:lakebase_token"],
-        cwd=workdir, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            str(CONSOLE_SCRIPT),
+            "serve",
+            "--port",
+            str(port),
+            "--no-prewarm",
+            "-d",
+            "features.toml",
+            "--dsn",
+            cli_cluster.dsn("app", password=""),
+            "--credentials",
+            "mycompany.features:lakebase_token",
+        ],
+        cwd=workdir,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:

@@ -31,12 +31,18 @@ def test_toml_round_trip(tmp_path):
     assert list(reg.tables) == ["user_stats", "card"]
     us = reg.table("user_stats")
     assert us.covering_index
-    assert [(f.name, f.type.name) for f in us.features] == [("clicks_7d", "integer"), ("ctr_7d", "real"), ("is_new", "boolean")]
+    assert [(f.name, f.type.name) for f in us.features] == [
+        ("clicks_7d", "integer"),
+        ("ctr_7d", "real"),
+        ("is_new", "boolean"),
+    ]
     assert Registry.from_dict(reg.to_dict()) == reg
 
 
-@pytest.mark.parametrize("wide, hint", [("jsonb", "one column per feature"), ("text", "codes"), ("numeric", "real or double"),
-                                         ("timestamptz", "epoch")])
+@pytest.mark.parametrize(
+    "wide, hint",
+    [("jsonb", "one column per feature"), ("text", "codes"), ("numeric", "real or double"), ("timestamptz", "epoch")],
+)
 def test_wide_types_are_rejected_with_a_reason(wide, hint):
     with pytest.raises(DefinitionError) as err:
         feature_type(wide)
@@ -48,15 +54,18 @@ def test_unknown_type_lists_valid_types():
         feature_type("float16")
 
 
-@pytest.mark.parametrize("doc, message", [
-    ({"tables": {}}, "no \\[tables"),
-    ({"tables": {"t": {"features": {"hashkey": "real"}}}}, "reserved"),
-    ({"tables": {"t": {"features": {"x": "jsonb"}}}}, "not allowed"),
-    ({"tables": {"Bad-Name": {"features": {"x": "real"}}}}, "invalid table name"),
-    ({"tables": {"t": {"features": {"x": "real"}, "colour": 1}}}, "unknown key"),
-    ({"tables": {"t": {"features": {}}}}, "no features"),
-    ({"tables": {"t": {"features": {"x": "real"}}}, "shema": "x"}, "unknown key"),
-])
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ({"tables": {}}, "no \\[tables"),
+        ({"tables": {"t": {"features": {"hashkey": "real"}}}}, "reserved"),
+        ({"tables": {"t": {"features": {"x": "jsonb"}}}}, "not allowed"),
+        ({"tables": {"Bad-Name": {"features": {"x": "real"}}}}, "invalid table name"),
+        ({"tables": {"t": {"features": {"x": "real"}, "colour": 1}}}, "unknown key"),
+        ({"tables": {"t": {"features": {}}}}, "no features"),
+        ({"tables": {"t": {"features": {"x": "real"}}}, "shema": "x"}, "unknown key"),
+    ],
+)
 def test_bad_definitions(doc, message):
     with pytest.raises(DefinitionError, match=message):
         Registry.from_dict(doc)

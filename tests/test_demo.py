@@ -43,7 +43,19 @@ def test_reload_on_different_seed(conn, small_demo, dsn):
 
 
 def test_demo_command_runs_end_to_end(dsn, schema, capsys):
-    argv = ["demo", "--dsn", dsn, "--schema", schema, "--entities", "300", "--requests", "40", "--table-counts", "10,30"]
+    argv = [
+        "demo",
+        "--dsn",
+        dsn,
+        "--schema",
+        schema,
+        "--entities",
+        "300",
+        "--requests",
+        "40",
+        "--table-counts",
+        "10,30",
+    ]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "sample read for entity 1" in text and "absent key: {'t00': None}" in text
@@ -60,14 +72,23 @@ def test_demo_command_runs_end_to_end(dsn, schema, capsys):
 
 def test_get_command_prints_json_and_names_valid_tables(small_demo, dsn, schema, tmp_path, capsys):
     defs = tmp_path / "defs.toml"
-    defs.write_text(f'schema = "{schema}"\n' + "".join(
-        f'[tables.t{i:02d}.features]\n' + "".join(f'f{j} = "real"\n' for j in range(8)) for i in range(4)))
+    defs.write_text(
+        f'schema = "{schema}"\n'
+        + "".join(f"[tables.t{i:02d}.features]\n" + "".join(f'f{j} = "real"\n' for j in range(8)) for i in range(4))
+    )
     key = entity_key(5).hex()
     assert main(["get", "--dsn", dsn, "-d", str(defs), key, "-t", "t01", "-f", "t01.f2"]) == 0
     got = json.loads(capsys.readouterr().out)
     value = expected(small_demo, 5, 500, seed=3)["t01"]["f2"]  # a float32, as a Python float
-    assert got == {"key": key, "features": {"t01": {"f2": shortest_real(value)}}, "status": {"t01": "present"}, "missing": []}
-    assert struct.pack("<f", got["features"]["t01"]["f2"]) == struct.pack("<f", value)  # the same float32, printed short
+    assert got == {
+        "key": key,
+        "features": {"t01": {"f2": shortest_real(value)}},
+        "status": {"t01": "present"},
+        "missing": [],
+    }
+    assert struct.pack("<f", got["features"]["t01"]["f2"]) == struct.pack(
+        "<f", value
+    )  # the same float32, printed short
     assert main(["get", "--dsn", dsn, "-d", str(defs), key, "-t", "nope"]) == 2
     assert "valid tables: t00, t01, t02, t03" in capsys.readouterr().err
     assert main(["get", "--dsn", dsn, "-d", str(defs), "abc"]) == 2

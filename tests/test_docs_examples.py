@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from support.serve import ServeProcess
 from test_readme_quickstart import BIN, quickstart_blocks
 
@@ -43,11 +44,21 @@ def test_the_push_examples_of_the_http_doc_answer_what_they_say(tmp_path, schema
     toml, shell = quickstart_blocks()[0][1], quickstart_blocks()[1][1]
     (tmp_path / "features.toml").write_text(toml.replace('schema = "quickstart"', f'schema = "{schema}"'))
     env = {k: v for k, v in os.environ.items() if k != "PGFEATURES_DEFINITIONS"} | {"PGFEATURES_DSN": dsn}
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", shell.replace(".venv/bin/", BIN)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", shell.replace(".venv/bin/", BIN)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     with ServeProcess("-d", str(tmp_path / "features.toml"), "--dsn", dsn, "--no-prewarm") as server:
         for command, said in examples:
-            done = subprocess.run(["bash", "-c", command.replace("localhost:8000", f"127.0.0.1:{server.port}")],
-                                  capture_output=True, text=True, timeout=30)
+            done = subprocess.run(
+                ["bash", "-c", command.replace("localhost:8000", f"127.0.0.1:{server.port}")],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             assert json.loads(done.stdout) == said, (command, done.stdout, done.stderr)

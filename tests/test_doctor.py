@@ -19,9 +19,8 @@ import psycopg
 import pyarrow as pa
 import pytest
 from psycopg import sql
-from conftest import dsn_with
-from test_warmup import FEATURES, demo_like, evict, flush_stats, load, write_definitions
 
+from conftest import dsn_with
 from pgfeatures import cli
 from pgfeatures.definitions import WIDE_TYPES, FeatureTable, Registry
 from pgfeatures.doctor import CHECKS, Finding, Report, Status, diagnose, evaluate, gather
@@ -29,6 +28,7 @@ from pgfeatures.load import load as bulk_load
 from pgfeatures.schema import apply_schema
 from pgfeatures.store import FeatureStore
 from pgfeatures.warmup import warmup
+from test_warmup import FEATURES, demo_like, evict, flush_stats, load, write_definitions
 
 
 @pytest.fixture(scope="module")
@@ -102,15 +102,19 @@ def test_fresh_load_needs_warmup_and_vacuum_then_every_check_passes(dsn, conn, s
 def build_wrong_table(conn: psycopg.Connection, schema: str) -> None:
     """Wide jsonb/text/numeric/timestamptz rows, autovacuum off, half the rows dead, seq scans forced."""
     wide = sql.Identifier(schema, "wide")
-    conn.execute(sql.SQL(
-        """CREATE TABLE {} (hashkey bytea PRIMARY KEY, f0 real, attrs jsonb, label text, score numeric,
+    conn.execute(
+        sql.SQL(
+            """CREATE TABLE {} (hashkey bytea PRIMARY KEY, f0 real, attrs jsonb, label text, score numeric,
                             seen_at timestamptz, updated_at integer NOT NULL DEFAULT 0) WITH (autovacuum_enabled = false)"""
-    ).format(wide))
-    conn.execute(sql.SQL(
-        """INSERT INTO {} SELECT sha256(i::text::bytea), i, jsonb_build_object('clicks', i, 'ctr', i / 7.0, 'segment', 'seg' || i % 9),
+        ).format(wide)
+    )
+    conn.execute(
+        sql.SQL(
+            """INSERT INTO {} SELECT sha256(i::text::bytea), i, jsonb_build_object('clicks', i, 'ctr', i / 7.0, 'segment', 'seg' || i % 9),
                                  'label ' || i, i / 7.0, now(), 0
            FROM generate_series(1, 5000) i"""
-    ).format(wide))
+        ).format(wide)
+    )
     conn.execute(sql.SQL("UPDATE {} SET f0 = f0 + 1").format(wide))  # every row once: 5000 dead versions
     conn.execute(sql.SQL("ANALYZE {}").format(wide))
     with conn.transaction():
@@ -138,13 +142,21 @@ def test_table_built_wrong_fails_the_matching_checks(dsn, conn, schema):
         assert report.get(check, "wide").status is Status.FAIL, check
 
     width = report.get("row_width", "wide")
-    for column, type_name in [("attrs", "jsonb"), ("label", "text"), ("score", "numeric"), ("seen_at", "timestamp with time zone")]:
+    for column, type_name in [
+        ("attrs", "jsonb"),
+        ("label", "text"),
+        ("score", "numeric"),
+        ("seen_at", "timestamp with time zone"),
+    ]:
         assert f"{column} {type_name}: {WIDE_TYPES[type_name]}" in width.advice
     assert width.measured["bytes_per_row"] > report.get("row_width", "t00").measured["bytes_per_row"]
 
     vacuum = report.get("vacuum", "wide")
     assert vacuum.measured["dead_ratio"] > 0.2 and not vacuum.measured["autovacuum_enabled"]
-    assert set(vacuum.fix) == {f'ALTER TABLE "{schema}"."wide" RESET (autovacuum_enabled)', f'VACUUM (ANALYZE) "{schema}"."wide"'}
+    assert set(vacuum.fix) == {
+        f'ALTER TABLE "{schema}"."wide" RESET (autovacuum_enabled)',
+        f'VACUUM (ANALYZE) "{schema}"."wide"',
+    }
     assert "autovacuum_vacuum_scale_factor" in vacuum.advice
 
     assert vacuum.measured["dead_rows_source"] == "pgstattuple_approx"  # counted, not the lazy counters
@@ -172,12 +184,15 @@ def test_working_set_verdicts_follow_the_server_memory(conn, schema):
     by_name = {t.table.name: t for t in facts.existing}
     covering = [i.bytes for name in ("t00", "t01") for i in by_name[name].indexes if i.name.endswith("_covering")]
     t02 = by_name["t02"]
-    assert total == sum(covering) + t02.heap_bytes + t02.toast_bytes + sum(i.bytes for i in t02.indexes
-                                                                           if i.name == "t02_pkey")
+    assert total == sum(covering) + t02.heap_bytes + t02.toast_bytes + sum(
+        i.bytes for i in t02.indexes if i.name == "t02_pkey"
+    )
     assert total < finding.measured["stored_bytes"]
 
     def verdict(shared_buffers: int, effective_cache_size: int) -> Finding:
-        server = dataclasses.replace(facts.server, shared_buffers=shared_buffers, effective_cache_size=effective_cache_size)
+        server = dataclasses.replace(
+            facts.server, shared_buffers=shared_buffers, effective_cache_size=effective_cache_size
+        )
         (finding,) = evaluate(dataclasses.replace(facts, server=server)).by_check("working_set")
         return finding
 
@@ -239,14 +254,18 @@ def test_cli_doctor_json_and_exit_code(dsn, conn, schema, tmp_path, capsys, heal
 def arrow_rows(n: int, features: list[str], seed: int) -> pa.Table:
     keys = [hashlib.sha256(b"row:%d" % i).digest() for i in range(n)]
     rng = np.random.default_rng(seed)
-    return pa.table({"hashkey": pa.array(keys, pa.binary(32)), **{f: rng.random(n, dtype=np.float32) for f in features}})
+    return pa.table(
+        {"hashkey": pa.array(keys, pa.binary(32)), **{f: rng.random(n, dtype=np.float32) for f in features}}
+    )
 
 
 def test_a_small_correctly_built_table_passes(dsn, conn, schema, healthy_server):
     """A new table of 50 rows: the planner rightly scans it sequentially, which must not read as a
     missing primary key (it did: index_only failed with 'lookups run as Seq Scan')."""
-    registry = Registry.of([FeatureTable.of("small", {"f0": "real", "f1": "real"}, True),
-                            FeatureTable.of("tiny", {"f0": "real"})], schema=schema)
+    registry = Registry.of(
+        [FeatureTable.of("small", {"f0": "real", "f1": "real"}, True), FeatureTable.of("tiny", {"f0": "real"})],
+        schema=schema,
+    )
     apply_schema(conn, registry)  # what pgfeatures init does
     bulk_load(conn, registry, "small", arrow_rows(50, ["f0", "f1"], 1))
     bulk_load(conn, registry, "tiny", arrow_rows(50, ["f0"], 2))
@@ -257,10 +276,16 @@ def test_a_small_correctly_built_table_passes(dsn, conn, schema, healthy_server)
     assert report.get("index_only", "tiny").value.startswith("Index Scan using tiny_pkey")
 
     # Without a primary key no index can serve the lookup: that still fails, and says so.
-    conn.execute(sql.SQL("CREATE TABLE {} (hashkey bytea, f0 real, updated_at integer NOT NULL DEFAULT 0)").format(
-        sql.Identifier(schema, "nokey")))
-    conn.execute(sql.SQL("INSERT INTO {} SELECT sha256(i::text::bytea), i, 0 FROM generate_series(1, 50) i").format(
-        sql.Identifier(schema, "nokey")))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (hashkey bytea, f0 real, updated_at integer NOT NULL DEFAULT 0)").format(
+            sql.Identifier(schema, "nokey")
+        )
+    )
+    conn.execute(
+        sql.SQL("INSERT INTO {} SELECT sha256(i::text::bytea), i, 0 FROM generate_series(1, 50) i").format(
+            sql.Identifier(schema, "nokey")
+        )
+    )
     conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, "nokey")))
     broken = Registry.of([*registry.tables.values(), FeatureTable.of("nokey", {"f0": "real"})], schema=schema)
     report = diagnose(broken, dsn)
@@ -272,8 +297,9 @@ def test_a_small_correctly_built_table_passes(dsn, conn, schema, healthy_server)
 
 
 def counters(conn: psycopg.Connection, schema: str, table: str) -> tuple[int, int]:
-    return conn.execute("SELECT n_live_tup, n_dead_tup FROM pg_stat_user_tables WHERE schemaname = %s AND relname = %s",
-                        [schema, table]).fetchone()
+    return conn.execute(
+        "SELECT n_live_tup, n_dead_tup FROM pg_stat_user_tables WHERE schemaname = %s AND relname = %s", [schema, table]
+    ).fetchone()
 
 
 def test_right_after_a_vacuuming_load_vacuum_passes(dsn, conn, schema, healthy_server):
@@ -327,15 +353,24 @@ def test_dead_rows_from_counters_alone_only_warn_and_say_why(dsn, conn, schema, 
 
 def entity_registry(schema: str) -> Registry:
     """Tables keyed by a bigint, a text and a hashed entity, each with its own key column name."""
-    return Registry.from_dict({
-        "schema": schema,
-        "entities": {"user": {"key": "bigint", "column": "uid"}, "device": {"key": "text", "max_length": 32},
-                     "merchant": {"hash": "sha256", "column": "merchant_key"}},
-        "tables": {"user_stats": {"entity": "user", "features": {"clicks": "integer", "ctr": "real"}},
-                   "device_seen": {"entity": "device", "features": {"n": "integer"}},
-                   "merchant_risk": {"entity": "merchant", "covering_index": True, "features": {"rate": "real"}}},
-        "services": {"fraud": {"features": ["user_stats.*", "device_seen.n", "merchant_risk.rate"], "materialize": True}},
-    })
+    return Registry.from_dict(
+        {
+            "schema": schema,
+            "entities": {
+                "user": {"key": "bigint", "column": "uid"},
+                "device": {"key": "text", "max_length": 32},
+                "merchant": {"hash": "sha256", "column": "merchant_key"},
+            },
+            "tables": {
+                "user_stats": {"entity": "user", "features": {"clicks": "integer", "ctr": "real"}},
+                "device_seen": {"entity": "device", "features": {"n": "integer"}},
+                "merchant_risk": {"entity": "merchant", "covering_index": True, "features": {"rate": "real"}},
+            },
+            "services": {
+                "fraud": {"features": ["user_stats.*", "device_seen.n", "merchant_risk.rate"], "materialize": True}
+            },
+        }
+    )
 
 
 def fill_entities(dsn: str, registry: Registry, n: int = 60) -> None:
@@ -407,7 +442,9 @@ def test_materialized_services_are_compared_with_a_fresh_read(dsn, conn, schema)
 
     # A direct write to a serving row, and a key inserted with the triggers off (no serving row at all).
     (layout,) = [layout for layout in registry.layouts("fraud") if layout.entity.name == "device"]
-    conn.execute(sql.SQL("UPDATE {} SET d[1] = -5 WHERE device_id = 'dev-3'").format(sql.Identifier(schema, layout.table_name)))
+    conn.execute(
+        sql.SQL("UPDATE {} SET d[1] = -5 WHERE device_id = 'dev-3'").format(sql.Identifier(schema, layout.table_name))
+    )
     merchants = sql.Identifier(schema, "merchant_risk")
     conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER ALL").format(merchants))
     conn.execute(sql.SQL("INSERT INTO {} VALUES (sha256('m-new'::bytea), 0.25)").format(merchants))
@@ -416,7 +453,12 @@ def test_materialized_services_are_compared_with_a_fresh_read(dsn, conn, schema)
     assert both.status is Status.FAIL and both.measured["differing"] == 2, both
 
     # A changed definition: the rows are stale until rebuilt.
-    changed = Registry.from_dict({**registry.to_dict(), "services": {"fraud": {"features": ["user_stats.ctr", "device_seen.n"], "materialize": True}}})
+    changed = Registry.from_dict(
+        {
+            **registry.to_dict(),
+            "services": {"fraud": {"features": ["user_stats.ctr", "device_seen.n"], "materialize": True}},
+        }
+    )
     stale = materialized_finding(dsn, changed)
     assert stale.status is Status.WARN and "stale" in stale.value and "pgfeatures materialize fraud" in stale.advice
 
@@ -471,7 +513,9 @@ def test_full_compares_every_serving_row_and_a_sample_says_what_it_cannot_see(ds
     (layout,) = registry.layouts("fraud")
     serving = sql.Identifier(schema, layout.table_name)
     ts = sql.Literal(layout.ts_index("user_stats") + 1)
-    conn.execute(sql.SQL("UPDATE {} SET ts[{}] = ts[{}] - 3600 WHERE uid = 1234").format(serving, ts, ts))  # an hour older: still fresh
+    conn.execute(
+        sql.SQL("UPDATE {} SET ts[{}] = ts[{}] - 3600 WHERE uid = 1234").format(serving, ts, ts)
+    )  # an hour older: still fresh
     conn.execute(sql.SQL("UPDATE {} SET i[1] = -5 WHERE uid = 777").format(serving))  # user_seen.n of one key
     sampled = diagnose(registry, dsn, sample=20).get("materialized", "service fraud")
     assert re.search(r"\d\.\d% of about 2,000 serving rows", sampled.value), sampled
@@ -492,4 +536,7 @@ def test_full_compares_every_serving_row_and_a_sample_says_what_it_cannot_see(ds
     with open(report, "w") as out, contextlib.redirect_stdout(out):
         assert cli.main(["doctor", "--dsn", dsn, "-d", str(definitions), "--full", "--json"]) == 1
     (finding,) = [f for f in json.loads(report.read_text())["findings"] if f["check"] == "materialized"]
-    assert finding["measured"]["differing"] == 3 and "user=6: no serving row, the tables have it (user_stats)" in finding["value"]
+    assert (
+        finding["measured"]["differing"] == 3
+        and "user=6: no serving row, the tables have it (user_stats)" in finding["value"]
+    )

@@ -30,7 +30,9 @@ def private_home():
 def run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PGFEATURES_DSN",)}
     env["PGFEATURES_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "pgfeatures.cli", *args], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pgfeatures.cli", *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def dsn_of(home: Path) -> str:
@@ -45,9 +47,16 @@ def test_lifecycle_and_stale_pid(private_home):
     assert started.returncode == 0, started.stdout + started.stderr
     dsn = dsn_of(private_home)
     with psycopg.connect(dsn) as conn:
-        assert conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()[0] == "pg_stat_statements,pg_prewarm"
+        assert (
+            conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()[0]
+            == "pg_stat_statements,pg_prewarm"
+        )
     pid = int((private_home / "pgdata" / "postmaster.pid").read_text().splitlines()[0])
-    uid = int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Uid:")).split()[1])
+    uid = int(
+        next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Uid:")).split()[
+            1
+        ]
+    )
     if os.geteuid() == 0:  # postgres refuses root: the server runs as the service user
         assert uid != 0
     status = run(private_home, "db", "status")

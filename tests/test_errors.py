@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from conftest import dsn_with
 from pgfeatures import (
     AsyncFeatureStore,
     DatabaseUnavailableError,
@@ -21,8 +22,6 @@ from pgfeatures import (
 from pgfeatures.definitions import demo_registry
 from pgfeatures.schema import apply_schema
 
-from conftest import dsn_with
-
 
 @pytest.fixture()
 def store(conn, schema, dsn):
@@ -32,15 +31,18 @@ def store(conn, schema, dsn):
         yield s
 
 
-@pytest.mark.parametrize("key, message", [
-    (b"x" * 31, "must be 32 bytes, got 31"),
-    (b"x" * 33, "must be 32 bytes, got 33"),
-    ("ab" * 31, "64 hex characters, got 62"),
-    ("zz" * 32, "non-hex"),
-    ("ab " * 21 + "a", "non-hex"),  # 64 characters with whitespace, which bytes.fromhex would skip
-    (12345, "got int"),
-    (None, "got NoneType"),
-])
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        (b"x" * 31, "must be 32 bytes, got 31"),
+        (b"x" * 33, "must be 32 bytes, got 33"),
+        ("ab" * 31, "64 hex characters, got 62"),
+        ("zz" * 32, "non-hex"),
+        ("ab " * 21 + "a", "non-hex"),  # 64 characters with whitespace, which bytes.fromhex would skip
+        (12345, "got int"),
+        (None, "got NoneType"),
+    ],
+)
 def test_bad_keys(store, key, message):
     with pytest.raises(KeyFormatError, match=message):
         store.get_features(key)
@@ -112,7 +114,9 @@ def test_async_store_reports_unreachable_database(dsn):
         port = s.getsockname()[1]
 
     async def run():
-        store = AsyncFeatureStore(demo_registry(n_tables=1), dsn_with(dsn, host="127.0.0.1", port=port), connect_timeout=2)
+        store = AsyncFeatureStore(
+            demo_registry(n_tables=1), dsn_with(dsn, host="127.0.0.1", port=port), connect_timeout=2
+        )
         with pytest.raises(DatabaseUnavailableError, match="cannot reach the database"):
             await store.open()
         assert not store.ready
@@ -136,7 +140,8 @@ def test_store_recovers_after_backends_are_killed(conn, schema, dsn):
     apply_schema(conn, registry)
     with FeatureStore(registry, dsn, pool_size=3, read_application_name=f"pgf-kill-{schema}") as store:
         assert store.get_features(bytes(32)) == {"t00": None}
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-                     [f"pgf-kill-{schema}"])
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", [f"pgf-kill-{schema}"]
+        )
         # the dead connection is noticed, discarded and the read retried once on a fresh one
         assert [store.get_features(bytes(32)) for _ in range(3)] == [{"t00": None}] * 3

@@ -24,17 +24,22 @@ def value(key: int, table: int, feature: int) -> int:
 
 def registry_of(schema: str, features: dict[str, list[str]], services: dict[str, list[str]]) -> Registry:
     tables = [FeatureTable.of(name, {f: "integer" for f in names}, entity=USER) for name, names in features.items()]
-    return Registry.of(tables, schema, services=[FeatureService(n, tuple(refs), materialize=True)
-                                                 for n, refs in services.items()])
+    return Registry.of(
+        tables, schema, services=[FeatureService(n, tuple(refs), materialize=True) for n, refs in services.items()]
+    )
 
 
 def fill(conn: psycopg.Connection, schema: str, table: str, table_no: int, columns: list[str], keys: range) -> None:
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in ["user_id", *columns])
     for k in keys:
-        conn.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (user_id) DO UPDATE SET {}").format(
-            sql.Identifier(schema, table), cols, sql.SQL(", ").join(sql.Literal(v) for v in
-                                                                    [k, *(value(k, table_no, int(c[1:])) for c in columns)]),
-            sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in columns)))
+        conn.execute(
+            sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (user_id) DO UPDATE SET {}").format(
+                sql.Identifier(schema, table),
+                cols,
+                sql.SQL(", ").join(sql.Literal(v) for v in [k, *(value(k, table_no, int(c[1:])) for c in columns)]),
+                sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in columns),
+            )
+        )
 
 
 def check_answer(result, key: int, tables: dict[str, int]) -> None:
@@ -88,6 +93,7 @@ def test_a_reader_of_a_rebuilt_service_logs_once_and_reports_table_by_table(conn
 
 # -- serving rows that cannot fall out of step unseen ------------------------------------------------
 
+
 def two_table_service(conn: psycopg.Connection, schema: str, name: str = "t") -> Registry:
     registry = registry_of(schema, {name: ["f1", "f2"], "u": ["f1"]}, {"s": [f"{name}.*", "u.*"]})
     apply_schema(conn, registry)
@@ -126,10 +132,22 @@ def test_a_swap_racing_the_first_materialize_keeps_the_new_triggers(conn, schema
             built.append(True)
 
     keys = list(range(1, 60))
-    data = pa.table({"user_id": pa.array(keys, pa.int64()), "f1": pa.array([value(k, 1, 1) for k in keys], pa.int32()),
-                     "f2": pa.array([value(k, 1, 2) for k in keys], pa.int32())})
-    load(conn, registry, "t", data, mode="replace" if mode == "replace" else "merge",
-         strategy="rebuild" if mode == "rebuild" else "auto", progress=progress)
+    data = pa.table(
+        {
+            "user_id": pa.array(keys, pa.int64()),
+            "f1": pa.array([value(k, 1, 1) for k in keys], pa.int32()),
+            "f2": pa.array([value(k, 1, 2) for k in keys], pa.int32()),
+        }
+    )
+    load(
+        conn,
+        registry,
+        "t",
+        data,
+        mode="replace" if mode == "replace" else "merge",
+        strategy="rebuild" if mode == "rebuild" else "auto",
+        progress=progress,
+    )
     assert built
     with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as store:
         assert store.readers.service_reader("s", None, "single").materialized
@@ -178,8 +196,9 @@ def test_triggers_disabled_or_dropped_by_hand_make_the_service_stale(conn, schem
     assert "disabled" in states(conn, registry)["s"].reason
     conn.execute(sql.SQL("ALTER TABLE {} ENABLE TRIGGER ALL").format(u))
     assert states(conn, registry)["s"].state == "built"
-    (trigger,) = conn.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname LIKE '%%_insert'",
-                              [u.as_string(conn)]).fetchone()
+    (trigger,) = conn.execute(
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname LIKE '%%_insert'", [u.as_string(conn)]
+    ).fetchone()
     conn.execute(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(trigger), u))
     state = states(conn, registry)["s"]
     assert state.state == "stale" and "lacks its maintenance triggers" in state.reason
@@ -198,9 +217,16 @@ def test_two_definition_files_in_one_schema_keep_each_others_triggers(conn, sche
 
     assert status(conn, a) == {"sa": "built"} and status(conn, b) == {"sb": "built"}
     fill(conn, schema, "t", 1, ["f1", "f2"], range(1, 20))  # writes reach both services' rows
-    with FeatureStore(a, dsn, pool_size=1, write_pool_size=0) as sa, FeatureStore(b, dsn, pool_size=1, write_pool_size=0) as sb:
+    with (
+        FeatureStore(a, dsn, pool_size=1, write_pool_size=0) as sa,
+        FeatureStore(b, dsn, pool_size=1, write_pool_size=0) as sb,
+    ):
         for key in range(1, 20):
-            assert sa.get_service("sa", key, output="list").values == [value(key, 1, 1), value(key, 1, 2), value(key, 2, 1) if key < 10 else None]
+            assert sa.get_service("sa", key, output="list").values == [
+                value(key, 1, 1),
+                value(key, 1, 2),
+                value(key, 2, 1) if key < 10 else None,
+            ]
             assert sb.get_service("sb", key, output="list").values == [value(key, 1, 2)]
     materialize(conn, a, "sa")  # and rebuilding A leaves B's alone
     assert status(conn, b) == {"sb": "built"}
@@ -216,11 +242,21 @@ def test_a_table_with_a_63_byte_name_keeps_its_serving_rows_in_step_through_swap
     registry = two_table_service(conn, schema, name)
     materialize(conn, registry, "s")
     keys = list(range(1, 50))
-    data = pa.table({"user_id": pa.array(keys, pa.int64()),
-                     "f1": pa.array([value(k, 1, 1) + 7 for k in keys], pa.int32()),
-                     "f2": pa.array([value(k, 1, 2) + 7 for k in keys], pa.int32())})
-    load(conn, registry, name, data, mode="replace" if mode == "replace" else "merge",
-         strategy="rebuild" if mode == "rebuild" else "auto")
+    data = pa.table(
+        {
+            "user_id": pa.array(keys, pa.int64()),
+            "f1": pa.array([value(k, 1, 1) + 7 for k in keys], pa.int32()),
+            "f2": pa.array([value(k, 1, 2) + 7 for k in keys], pa.int32()),
+        }
+    )
+    load(
+        conn,
+        registry,
+        name,
+        data,
+        mode="replace" if mode == "replace" else "merge",
+        strategy="rebuild" if mode == "rebuild" else "auto",
+    )
     with FeatureStore(registry, dsn, pool_size=1, write_pool_size=0) as store:
         assert store.readers.service_reader("s", None, "single").materialized
         assert store.get_service("s", 5)[name] == {"f1": value(5, 1, 1) + 7, "f2": value(5, 1, 2) + 7}
@@ -268,8 +304,11 @@ def test_services_whose_names_join_alike_get_distinct_serving_tables():
     ab = Entity("c", "bigint", "cid")
     bc = Entity("b__c", "bigint", "bcid")
     tables = [FeatureTable.of("x", {"f": "real"}, entity=ab), FeatureTable.of("y", {"f": "real"}, entity=bc)]
-    registry = Registry.of(tables, "s", services=[FeatureService("a__b", ("x.*",), materialize=True),
-                                                  FeatureService("a", ("y.*",), materialize=True)])
+    registry = Registry.of(
+        tables,
+        "s",
+        services=[FeatureService("a__b", ("x.*",), materialize=True), FeatureService("a", ("y.*",), materialize=True)],
+    )
     (first,), (second,) = registry.layouts("a__b"), registry.layouts("a")
     assert first.table_name != second.table_name
     assert all(len(n.encode()) <= 63 for n in (first.table_name, second.table_name))
@@ -280,6 +319,7 @@ def test_services_whose_names_join_alike_get_distinct_serving_tables():
 
 
 # -- running readers follow the definitions ----------------------------------------------------------
+
 
 def test_reload_serves_the_new_definitions_and_keeps_the_old_on_error(conn, schema, dsn, tmp_path):
     from pgfeatures.errors import DefinitionError, SchemaDriftError
@@ -305,7 +345,12 @@ def test_reload_serves_the_new_definitions_and_keeps_the_old_on_error(conn, sche
         materialize(conn, drifted, "s")
         assert store.reload(drifted) == drifted.fingerprint != before
         assert store.readers.service_reader("s", None, "single").materialized
-        assert store.get_service("s", 4, output="list").values == [value(4, 1, 0), value(4, 1, 1), value(4, 1, 2), value(4, 2, 1)]
+        assert store.get_service("s", 4, output="list").values == [
+            value(4, 1, 0),
+            value(4, 1, 1),
+            value(4, 1, 2),
+            value(4, 2, 1),
+        ]
 
 
 def test_requests_running_through_a_reload_are_all_answered_right(conn, schema, dsn):

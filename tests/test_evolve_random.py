@@ -56,15 +56,20 @@ def random_registry(schema: str, rng: random.Random) -> Registry:
     return Registry.of(tables, schema, services=[FeatureService("s", tuple(refs), materialize=rng.random() < 0.6)])
 
 
-def truth(conn: psycopg.Connection, schema: str, registry: Registry, key: int) -> dict[str, dict[str, int | None] | None] | None:
+def truth(
+    conn: psycopg.Connection, schema: str, registry: Registry, key: int
+) -> dict[str, dict[str, int | None] | None] | None:
     """What the tables hold for the service of ``registry`` (None: some table or column it reads is gone)."""
     out: dict[str, dict[str, int | None] | None] = {}
     for table, features in registry.service("s").resolve(registry):
         try:
             with conn.transaction():
-                row = conn.execute(sql.SQL("SELECT {} FROM {} WHERE user_id = %s").format(
-                    sql.SQL(", ").join(sql.Identifier(f.name) for f in features), sql.Identifier(schema, table.name)),
-                    [key]).fetchone()
+                row = conn.execute(
+                    sql.SQL("SELECT {} FROM {} WHERE user_id = %s").format(
+                        sql.SQL(", ").join(sql.Identifier(f.name) for f in features), sql.Identifier(schema, table.name)
+                    ),
+                    [key],
+                ).fetchone()
         except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
             return None
         out[table.name] = None if row is None else dict(zip((f.name for f in features), row))
@@ -91,10 +96,12 @@ def test_random_interleavings_never_give_a_wrong_value(conn, schema, dsn, seed):
     current = random_registry(schema, rng)
     apply(conn, current, allow_destructive=True)
     seen: dict[str, int] = {}
-    with FeatureStore(current, dsn, pool_size=1, write_pool_size=1, on_drift="isolate") as a, \
-            FeatureStore(current, dsn, pool_size=1, write_pool_size=0, on_drift="isolate") as b:
+    with (
+        FeatureStore(current, dsn, pool_size=1, write_pool_size=1, on_drift="isolate") as a,
+        FeatureStore(current, dsn, pool_size=1, write_pool_size=0, on_drift="isolate") as b,
+    ):
         history = [current]
-        for step in range(40):
+        for _ in range(40):
             op = rng.choice(["define", "define", "load", "load", "update", "drop", "reload", "reload", "rebuild"])
             if op == "define":  # a new definition applied (destructive at times: columns dropped)
                 current = random_registry(schema, rng)
@@ -112,23 +119,33 @@ def test_random_interleavings_never_give_a_wrong_value(conn, schema, dsn, seed):
                 for f in table.features:
                     data[f.name] = pa.array([encoded(version, k, no, FEATURES.index(f.name)) for k in keys], pa.int32())
                 try:
-                    load(conn, current, table.name, pa.table(data), mode=rng.choice(["merge", "replace"]),
-                         strategy=rng.choice(["auto", "upsert", "rebuild"]))
+                    load(
+                        conn,
+                        current,
+                        table.name,
+                        pa.table(data),
+                        mode=rng.choice(["merge", "replace"]),
+                        strategy=rng.choice(["auto", "upsert", "rebuild"]),
+                    )
                 except PgFeaturesError:
                     pass  # the live table drifted from ``current`` (a column gone): refused, nothing loaded
             elif op == "update":
                 version += 1
                 table = rng.choice(list(current.tables.values()))
                 no = TABLES.index(table.name)
-                rows = [(k, {f.name: encoded(version, k, no, FEATURES.index(f.name)) for f in table.features})
-                        for k in rng.sample(KEYS, 5)]
+                rows = [
+                    (k, {f.name: encoded(version, k, no, FEATURES.index(f.name)) for f in table.features})
+                    for k in rng.sample(KEYS, 5)
+                ]
                 try:
                     a.reload(current)
                     a.update_features_batch(table.name, rows)
                 except PgFeaturesError:
                     pass
             elif op == "drop":  # a table dropped by hand (CASCADE takes guard views), re-created by the next apply
-                conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(schema, rng.choice(TABLES))))
+                conn.execute(
+                    sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(schema, rng.choice(TABLES)))
+                )
                 if rng.random() < 0.7:
                     apply(conn, current)
             elif op == "rebuild":
@@ -167,7 +184,9 @@ def test_readers_running_through_random_changes_only_see_values_that_belong(conn
                 reads["ok"] += 1
                 for table, values in got.items():
                     for feature, value in (values or {}).items():
-                        if value is not None and not decodes_to(value, key, TABLES.index(table), FEATURES.index(feature)):
+                        if value is not None and not decodes_to(
+                            value, key, TABLES.index(table), FEATURES.index(feature)
+                        ):
                             wrong.append(f"{table}.{feature} of {key}: {value}")
                 if local.random() < 0.05:
                     try:

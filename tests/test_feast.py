@@ -104,12 +104,20 @@ def test_materialize_through_the_arrow_engine_matches(stores: Any, tmp_path: Pat
     """batch_engine: pgfeatures.feast.PgfeaturesComputeEngine writes the offline Arrow straight to the COPY
     load: the same answers as Feast's protobuf path (and as sqlite)."""
     sqlite, _ = stores
-    engine = feast_repo.make_store(tmp_path, "arrow", {"type": STORE, "dsn": dsn, "db_schema": schema},
-                                   batch_engine={"type": "pgfeatures.feast.PgfeaturesComputeEngine"})
+    engine = feast_repo.make_store(
+        tmp_path,
+        "arrow",
+        {"type": STORE, "dsn": dsn, "db_schema": schema},
+        batch_engine={"type": "pgfeatures.feast.PgfeaturesComputeEngine"},
+    )
     try:
         rows = entity_rows()
-        assert check_same(rows, engine.get_online_features(ALL_FEATURES, rows),
-                          sqlite.get_online_features(ALL_FEATURES, rows)) > 0
+        assert (
+            check_same(
+                rows, engine.get_online_features(ALL_FEATURES, rows), sqlite.get_online_features(ALL_FEATURES, rows)
+            )
+            > 0
+        )
         assert type(engine._get_provider().batch_engine).__name__ == "PgfeaturesComputeEngine"
     finally:
         asyncio.run(engine._get_provider().online_store.close())
@@ -119,14 +127,19 @@ def test_single_entity_service_and_async_match(stores: Any) -> None:
     sqlite, pg = stores
     service = pg.get_feature_service("driver_service")
     for rows in ([{"driver_id": 1001, "customer_id": "c-1"}], [{"driver_id": 9999, "customer_id": "nobody"}]):
-        check_same(rows, pg.get_online_features(service, rows), sqlite.get_online_features(
-            sqlite.get_feature_service("driver_service"), rows))
+        check_same(
+            rows,
+            pg.get_online_features(service, rows),
+            sqlite.get_online_features(sqlite.get_feature_service("driver_service"), rows),
+        )
         ours = asyncio.run(pg.get_online_features_async(ALL_FEATURES, rows))
         check_same(rows, ours, sqlite.get_online_features(ALL_FEATURES, rows))
     # Columnar entity rows, as feast serve passes them.
     columnar = {"driver_id": DRIVERS, "customer_id": (CUSTOMERS * 2)[: len(DRIVERS)]}
     as_rows = [{"driver_id": d, "customer_id": c} for d, c in zip(DRIVERS, CUSTOMERS * 2)]
-    check_same(as_rows, pg.get_online_features(ALL_FEATURES, columnar), sqlite.get_online_features(ALL_FEATURES, columnar))
+    check_same(
+        as_rows, pg.get_online_features(ALL_FEATURES, columnar), sqlite.get_online_features(ALL_FEATURES, columnar)
+    )
 
 
 def test_on_demand_view_takes_feasts_generic_path_and_matches(stores: Any) -> None:
@@ -134,8 +147,10 @@ def test_on_demand_view_takes_feasts_generic_path_and_matches(stores: Any) -> No
     rows = [{"driver_id": d, "boost": 1.0} for d in DRIVERS]
     features = ["driver_stats:conv", "driver_stats:trips", "conv_boosted:conv_boosted"]
     theirs = answer(sqlite.get_online_features(features, rows))  # sqlite has no async read
-    for mine in (answer(pg.get_online_features(features, rows)),
-                 answer(asyncio.run(pg.get_online_features_async(features, rows)))):
+    for mine in (
+        answer(pg.get_online_features(features, rows)),
+        answer(asyncio.run(pg.get_online_features_async(features, rows))),
+    ):
         assert list(mine) == list(theirs)
         for column in ("driver_id", "conv", "trips"):
             for i, (got, want) in enumerate(zip(mine[column], theirs[column])):
@@ -151,8 +166,9 @@ def test_push_writes_newest_wins_and_reads_back(stores: Any) -> None:
     import pandas as pd
 
     sqlite, pg = stores
-    frame = pd.DataFrame({"driver_id": [1001, 1002], "speed": [50.5, 60.25],
-                          "event_timestamp": [NOW - dt.timedelta(minutes=5)] * 2})
+    frame = pd.DataFrame(
+        {"driver_id": [1001, 1002], "speed": [50.5, 60.25], "event_timestamp": [NOW - dt.timedelta(minutes=5)] * 2}
+    )
     older = frame.assign(speed=[1.0, 2.0], event_timestamp=[NOW - dt.timedelta(hours=2)] * 2)
     for store in stores:
         store.push("driver_push", frame)
@@ -160,8 +176,11 @@ def test_push_writes_newest_wins_and_reads_back(stores: Any) -> None:
     rows = [{"driver_id": d} for d in (1001, 1002, 1003)]
     ours = answer(pg.get_online_features(["driver_live:speed"], rows))
     assert [v for v, _, _ in ours["speed"]] == [50.5, 60.25, None]
-    check_same(rows, pg.get_online_features(["driver_live:speed"], rows),
-               sqlite.get_online_features(["driver_live:speed"], rows))
+    check_same(
+        rows,
+        pg.get_online_features(["driver_live:speed"], rows),
+        sqlite.get_online_features(["driver_live:speed"], rows),
+    )
     asyncio.run(pg.push_async("driver_push", frame.assign(speed=[70.0, 80.0], event_timestamp=[NOW] * 2)))
     assert answer(pg.get_online_features(["driver_live:speed"], rows))["speed"][0][0] == 70.0
 
@@ -195,18 +214,40 @@ def test_apply_refuses_what_pgfeatures_cannot_store_and_creates_nothing(tmp_path
     driver = objects["driver"]
     src = FileSource(path=str(tmp_path / "driver_stats.parquet"), timestamp_field="event_timestamp")
     cases = [
-        (FeatureView(name="names", entities=[driver], source=src,
-                     schema=[Field(name="driver_id", dtype=Int64),
-                             Field(name="label", dtype=String)]), "feature view 'names': field 'label' is of Feast type String"),
-        (FeatureView(name="vectors", entities=[driver], source=src,
-                     schema=[Field(name="emb", dtype=Array(Float32))]), "feature view 'vectors': field 'emb'"),
-        (FeatureView(name="Upper", entities=[driver], source=src, schema=[Field(name="x", dtype=Float32)]),
-         "invalid table name 'Upper'"),
-        (FeatureView(name="bad_feature", entities=[driver], source=src, schema=[Field(name="Bad-Name", dtype=Float32)]),
-         "feature view 'bad_feature': field 'Bad-Name'"),
-        (FeatureView(name="float_key", entities=[Entity(name="f", join_keys=["f_id"], value_type=ValueType.DOUBLE)],
-                     source=src, schema=[Field(name="f_id", dtype=Float64), Field(name="x", dtype=Float32)]),
-         "feature view 'float_key': join key 'f_id' is of Feast type Float64, which pgfeatures cannot key on"),
+        (
+            FeatureView(
+                name="names",
+                entities=[driver],
+                source=src,
+                schema=[Field(name="driver_id", dtype=Int64), Field(name="label", dtype=String)],
+            ),
+            "feature view 'names': field 'label' is of Feast type String",
+        ),
+        (
+            FeatureView(
+                name="vectors", entities=[driver], source=src, schema=[Field(name="emb", dtype=Array(Float32))]
+            ),
+            "feature view 'vectors': field 'emb'",
+        ),
+        (
+            FeatureView(name="Upper", entities=[driver], source=src, schema=[Field(name="x", dtype=Float32)]),
+            "invalid table name 'Upper'",
+        ),
+        (
+            FeatureView(
+                name="bad_feature", entities=[driver], source=src, schema=[Field(name="Bad-Name", dtype=Float32)]
+            ),
+            "feature view 'bad_feature': field 'Bad-Name'",
+        ),
+        (
+            FeatureView(
+                name="float_key",
+                entities=[Entity(name="f", join_keys=["f_id"], value_type=ValueType.DOUBLE)],
+                source=src,
+                schema=[Field(name="f_id", dtype=Float64), Field(name="x", dtype=Float32)],
+            ),
+            "feature view 'float_key': join key 'f_id' is of Feast type Float64, which pgfeatures cannot key on",
+        ),
     ]
     store = FeatureStore(repo_path=str(tmp_path))
     for view, message in cases:
@@ -225,7 +266,9 @@ def test_write_of_a_wrong_type_is_refused_naming_view_entity_feature(stores: Any
     view = pg.get_feature_view("driver_stats")
     key = EntityKey(join_keys=["driver_id"], entity_values=[Value(int64_val=1001)])
     bad = [(key, {"conv": Value(string_val="fast")}, NOW, None)]
-    with pytest.raises(FeatureValueError, match=r"feature view 'driver_stats', entity 1001, feature 'conv': a string_val"):
+    with pytest.raises(
+        FeatureValueError, match=r"feature view 'driver_stats', entity 1001, feature 'conv': a string_val"
+    ):
         pg._get_provider().online_write_batch(pg.config, view, bad, None)
     got = answer(pg.get_online_features(["driver_stats:conv"], [{"driver_id": 1001}]))
     assert got["conv"][0][0] == 0.5  # unchanged
@@ -250,7 +293,6 @@ def test_import_feast_cli_writes_definitions_pgfeatures_serves(stores: Any, dsn:
     import json
 
     from cli_run import cli
-
     from pgfeatures import Registry
     from pgfeatures.feast.importer import import_repo
 
@@ -260,12 +302,26 @@ def test_import_feast_cli_writes_definitions_pgfeatures_serves(stores: Any, dsn:
     assert done.returncode == 0, done.stderr
     assert "not imported: on-demand feature view 'conv_boosted'" in done.stderr
     assert Registry.from_toml(out) == import_repo(Path(pg.repo_path)).registry
-    got = cli("get", "--dsn", dsn, "-d", str(out), "--service", "driver_service", "--json",
-              "driver_id=1001", "customer_id=c-1")
+    got = cli(
+        "get",
+        "--dsn",
+        dsn,
+        "-d",
+        str(out),
+        "--service",
+        "driver_service",
+        "--json",
+        "driver_id=1001",
+        "customer_id=c-1",
+    )
     assert got.returncode == 0, got.stderr
     document = json.loads(got.stdout)
     assert document["features"]["driver_stats"] == {"conv": 0.5, "trips": 10}
     assert document["status"] == {"driver_stats": "present", "customer_profile": "present"}
     missing = cli("import-feast", str(tmp_path / "nowhere"))
-    assert missing.returncode == 2 and missing.stderr.strip().startswith("error: ") and "feature_store.yaml" in missing.stderr
+    assert (
+        missing.returncode == 2
+        and missing.stderr.strip().startswith("error: ")
+        and "feature_store.yaml" in missing.stderr
+    )
     assert len(missing.stderr.strip().splitlines()) == 1

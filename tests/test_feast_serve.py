@@ -44,10 +44,17 @@ def served(tmp_path_factory: pytest.TempPathFactory, dsn: str) -> Iterator[tuple
     store = feast_repo.make_store(root, "served", {"type": STORE, "dsn": dsn, "db_schema": schema})
     port = free_port()
     feast_bin = Path(sys.executable).parent / "feast"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
-                                                          os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([str(feast_bin), "-c", str(root), "serve", "-p", str(port), "--no-access-log"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen(
+        [str(feast_bin), "-c", str(root), "serve", "-p", str(port), "--no-access-log"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -85,7 +92,9 @@ def by_name(answer: dict[str, Any]) -> dict[str, Any]:
 
 def library(store: Any, features: Any, entities: dict[str, list[Any]]) -> Any:
     """What feast serve answers, computed from the library's response (Feast's own conversion)."""
-    return by_name(json.loads(json.dumps(convert_response_to_dict(store.get_online_features(features, entities).proto))))
+    return by_name(
+        json.loads(json.dumps(convert_response_to_dict(store.get_online_features(features, entities).proto)))
+    )
 
 
 def test_http_answer_equals_the_librarys(served: tuple[Any, str]) -> None:

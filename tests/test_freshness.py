@@ -11,9 +11,6 @@ import psycopg
 import pyarrow as pa
 import pytest
 from psycopg import sql
-from test_doctor import dsn as doctor_dsn  # noqa: F401  (a database of this module's own: VACUUM sees no other snapshot)
-from test_doctor import healthy_server  # noqa: F401
-from test_warmup import flush_stats
 
 from pgfeatures import FeatureStore
 from pgfeatures.definitions import FeatureTable, Registry
@@ -21,6 +18,9 @@ from pgfeatures.doctor import Status, diagnose
 from pgfeatures.inventory import tables
 from pgfeatures.load import load
 from pgfeatures.schema import apply_schema
+from test_doctor import dsn as doctor_dsn  # noqa: F401  (a database of this module's own: VACUUM sees no other snapshot)
+from test_doctor import healthy_server  # noqa: F401
+from test_warmup import flush_stats
 
 dsn = doctor_dsn
 
@@ -38,13 +38,18 @@ def rows(n: int, seed: int) -> pa.Table:
 
 
 def scans(conn: psycopg.Connection, schema: str, table: str) -> int:
-    return conn.execute("SELECT seq_scan FROM pg_stat_user_tables WHERE schemaname = %s AND relname = %s",
-                        [schema, table]).fetchone()[0]
+    return conn.execute(
+        "SELECT seq_scan FROM pg_stat_user_tables WHERE schemaname = %s AND relname = %s", [schema, table]
+    ).fetchone()[0]
 
 
 def indexes(conn: psycopg.Connection, schema: str, table: str) -> set[str]:
-    return {r[0] for r in conn.execute("SELECT indexname::text FROM pg_indexes WHERE schemaname = %s AND tablename = %s",
-                                       [schema, table])}
+    return {
+        r[0]
+        for r in conn.execute(
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = %s AND tablename = %s", [schema, table]
+        )
+    }
 
 
 def test_the_newest_rows_age_is_an_index_probe_through_every_kind_of_load(dsn, conn, schema):
@@ -72,9 +77,14 @@ def test_a_first_load_creates_the_index_with_the_table(conn, schema):
 
 
 def test_the_doctor_passes_after_pgfeatures_own_scrapes_and_on_a_small_table_with_a_few_dead_rows(
-        dsn, conn, schema, healthy_server):  # noqa: F811
-    registry = Registry.of([FeatureTable.of("big", {"f0": "real"}), FeatureTable.of("seven", {"f0": "real"})],
-                           schema=schema)
+    dsn,
+    conn,
+    schema,
+    healthy_server,  # noqa: F811  (the fixture imported from test_doctor)
+):
+    registry = Registry.of(
+        [FeatureTable.of("big", {"f0": "real"}), FeatureTable.of("seven", {"f0": "real"})], schema=schema
+    )
     apply_schema(conn, registry)
     load(conn, registry, "big", rows(20_000, 1))
     with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as store:

@@ -32,11 +32,11 @@ from psycopg import sql
 
 from pgfeatures.cli import main as cli_main
 from pgfeatures.definitions import Entity, Registry
-from pgfeatures.server.parsing import json_key
 from pgfeatures.errors import KeyFormatError
 from pgfeatures.load.keys import key_column
 from pgfeatures.schema import apply_schema
 from pgfeatures.server import ServerConfig
+from pgfeatures.server.parsing import json_key
 from support.inprocess import running_app
 
 ENTITIES = {
@@ -52,7 +52,9 @@ _C_SPACE = " \t\n\r\v\f"
 SPACE = st.text(alphabet=_C_SPACE + "\xa0\u2003\x1c\x85", max_size=2)
 DIGITS = st.text(alphabet="0123456789", min_size=1, max_size=22)
 BIGINT_TEXT = st.one_of(
-    st.builds(lambda a, s, d, b: a + s + d + b, SPACE, st.sampled_from(["", "+", "-", "+-", "--", "-+"]), DIGITS, SPACE),
+    st.builds(
+        lambda a, s, d, b: a + s + d + b, SPACE, st.sampled_from(["", "+", "-", "+-", "--", "-+"]), DIGITS, SPACE
+    ),
     st.text(alphabet=_C_SPACE + "+-0123456789_xXoObBaf٣\xa0", max_size=24),
     st.integers(min_value=-(2**64), max_value=2**64).map(str),
     st.text(max_size=24),
@@ -61,8 +63,8 @@ HEX = "0123456789abcdefABCDEF"
 UUID_TEXT = st.one_of(
     st.uuids().map(str),
     st.uuids().map(lambda u: u.hex),
-    st.uuids().map(lambda u: "{%s}" % u),
-    st.uuids().map(lambda u: "urn:uuid:%s" % u),
+    st.uuids().map(lambda u: "{" + str(u) + "}"),
+    st.uuids().map(lambda u: f"urn:uuid:{u}"),
     # hex digits with hyphens, braces, signs and spaces anywhere: what uuid.UUID alone would take
     st.text(alphabet=HEX + "-{} +_xurn:id", min_size=28, max_size=44),
     st.text(max_size=44),
@@ -73,13 +75,22 @@ TEXTS = {
     "device": st.one_of(ANY_TEXT, st.text(min_size=0, max_size=20)),
     "session": UUID_TEXT,
     "merchant": st.one_of(ANY_TEXT, st.text(max_size=20)),
-    "entity": st.one_of(st.text(alphabet=HEX + " \n", min_size=60, max_size=66), st.binary(min_size=32, max_size=32).map(bytes.hex),
-                        st.text(max_size=70)),
+    "entity": st.one_of(
+        st.text(alphabet=HEX + " \n", min_size=60, max_size=66),
+        st.binary(min_size=32, max_size=32).map(bytes.hex),
+        st.text(max_size=70),
+    ),
 }
 NOT_TEXT = st.one_of(
-    st.integers(min_value=-(2**70), max_value=2**70), st.floats(), st.booleans(), st.none(), st.binary(max_size=40),
-    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
-    st.just(10**5000), st.just(-(10**5000)),  # past str()'s 4,300 digits
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(),
+    st.booleans(),
+    st.none(),
+    st.binary(max_size=40),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.just(10**5000),
+    st.just(-(10**5000)),  # past str()'s 4,300 digits
 )
 
 
@@ -105,7 +116,10 @@ def postgres(conn: psycopg.Connection, expression: str, text: str | bytes) -> An
     """What PostgreSQL makes of ``text`` in ``expression`` (``%s`` the text), or REFUSED."""
     try:
         return conn.execute(sql.SQL("SELECT " + expression), [text]).fetchone()[0]
-    except (psycopg.Error, UnicodeEncodeError):  # refused by the server, or text psycopg cannot even send (NUL, surrogates)
+    except (
+        psycopg.Error,
+        UnicodeEncodeError,
+    ):  # refused by the server, or text psycopg cannot even send (NUL, surrogates)
         return REFUSED
 
 
@@ -128,7 +142,8 @@ def test_bigint_text_means_what_postgres_reads(pg: psycopg.Connection, text: str
     theirs = postgres(pg, "%s::int8", text)
     if isinstance(ours, KeyFormatError):
         non_decimal = re.fullmatch(r"[+-]?(?:0[xXoObB][0-9a-fA-F_]+|[0-9_]+)", text.strip(_C_SPACE)) and (
-            "_" in text or re.search("0[xXoObB]", text))
+            "_" in text or re.search("0[xXoObB]", text)
+        )
         assert theirs is REFUSED or non_decimal, (text, theirs)
     else:
         assert theirs == int(ours), (text, ours, theirs)
@@ -204,8 +219,9 @@ VALID_UTF8 = st.text(max_size=24)  # an Arrow string column holds valid UTF-8 on
 @given(name=st.sampled_from(list(ENTITIES)), data=st.data())
 def test_loader_key_columns_accept_what_entity_parse_accepts(name: str, data: st.DataObject) -> None:
     entity = ENTITIES[name]
-    texts = data.draw(st.lists(st.one_of(TEXTS[name].filter(_utf8), VALID_UTF8, st.just("1" * 5000)),
-                               min_size=1, max_size=12))
+    texts = data.draw(
+        st.lists(st.one_of(TEXTS[name].filter(_utf8), VALID_UTF8, st.just("1" * 5000)), min_size=1, max_size=12)
+    )
     keys, problems = key_column(pa.array(texts, pa.string()), entity.column, entity, False)
     for i, text in enumerate(texts):
         ours = parsed(entity, text)
@@ -247,8 +263,10 @@ key = "uuid"
 [entities.merchant]
 hash = "sha256"
 column = "merchant_key"
-""" + "".join(f'[tables.{t}]\n' + (f'entity = "{e}"\n' if e != "entity" else "") + 'features = {{ f = "real" }}\n'
-            for e, t in TABLES.items())
+""" + "".join(
+    f"[tables.{t}]\n" + (f'entity = "{e}"\n' if e != "entity" else "") + 'features = {{ f = "real" }}\n'
+    for e, t in TABLES.items()
+)
 
 
 @pytest.fixture(scope="module")
@@ -269,16 +287,23 @@ def client(dsn: str, definitions: Path) -> Iterator[httpx.Client]:
 
 
 JSON_KEYS = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**64) + 1, max_value=2**64 - 1),
-              st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=40)),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**64) + 1, max_value=2**64 - 1),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=40),
+    ),
     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=2)),
     max_leaves=4,
 )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(name=st.sampled_from([n for n in ENTITIES if n != "entity"]), key=st.one_of(
-    JSON_KEYS, BIGINT_TEXT.filter(_utf8), UUID_TEXT.filter(_utf8)))
+@given(
+    name=st.sampled_from([n for n in ENTITIES if n != "entity"]),
+    key=st.one_of(JSON_KEYS, BIGINT_TEXT.filter(_utf8), UUID_TEXT.filter(_utf8)),
+)
 @example(name="user", key="+-5")
 @example(name="user", key="--5")
 def test_http_answers_any_key_with_200_or_400_naming_the_entity(client: httpx.Client, name: str, key: Any) -> None:
@@ -292,12 +317,17 @@ def test_http_answers_any_key_with_200_or_400_naming_the_entity(client: httpx.Cl
                 assert f"{name} key" in error["message"], error
         else:  # what HTTP accepts, the library accepts once JSON's integral floats are read as integers
             sent = json_key(key, "key")
-            assert parsed(ENTITIES[name], sent) is not None and not isinstance(parsed(ENTITIES[name], sent), KeyFormatError)
+            assert parsed(ENTITIES[name], sent) is not None and not isinstance(
+                parsed(ENTITIES[name], sent), KeyFormatError
+            )
 
 
 @pytest.mark.parametrize("key", ["+-5", "--5"])
-def test_the_cli_names_the_entity_of_a_bad_bigint_key(dsn: str, definitions: Path, key: str,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_cli_names_the_entity_of_a_bad_bigint_key(
+    dsn: str, definitions: Path, key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert cli_main(["get", "--dsn", dsn, "-d", str(definitions), "-t", "users", f"user={key}"]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == f"error: user key must be an integer (a signed 64-bit bigint), or its decimal text, got {key!r}"
+    assert (
+        err.strip() == f"error: user key must be an integer (a signed 64-bit bigint), or its decimal text, got {key!r}"
+    )

@@ -33,8 +33,10 @@ MIXED = {"r": "real", "d": "double precision", "s": "smallint", "i": "integer", 
 
 def make_registry(schema: str, covering: bool = False) -> Registry:
     return Registry.of(
-        [FeatureTable.of("mixed", MIXED, covering_index=covering),
-         FeatureTable.of("plain", {f"f{j}": "real" for j in range(4)}, covering_index=covering)],
+        [
+            FeatureTable.of("mixed", MIXED, covering_index=covering),
+            FeatureTable.of("plain", {f"f{j}": "real" for j in range(4)}, covering_index=covering),
+        ],
         schema=schema,
     )
 
@@ -51,8 +53,10 @@ def snapshot(conn: psycopg.Connection, schema: str, table: str) -> list[tuple[An
 
 def contents(conn: psycopg.Connection, schema: str, table: str, columns: list[str]) -> dict[bytes, tuple[Any, ...]]:
     # updated_at (a timestamptz) as epoch seconds, which the tests write it as
-    cols = [sql.SQL("extract(epoch FROM {})::float8").format(sql.Identifier(c)) if c == "updated_at" else sql.Identifier(c)
-            for c in columns]
+    cols = [
+        sql.SQL("extract(epoch FROM {})::float8").format(sql.Identifier(c)) if c == "updated_at" else sql.Identifier(c)
+        for c in columns
+    ]
     query = sql.SQL("SELECT hashkey, {} FROM {}").format(sql.SQL(", ").join(cols), sql.Identifier(schema, table))
     # binary results: a real comes back as the exact float32 value, not its shortest decimal text
     return {bytes(r[0]): tuple(r[1:]) for r in conn.execute(query, binary=True).fetchall()}
@@ -74,15 +78,17 @@ def mixed_table(ids: range | list[int], seed: int = 0, nulls: bool = True, key_t
         mask = rng.random(n) < 0.1 if nulls else None
         return pa.array(values, typ, mask=mask)
 
-    return pa.table({
-        "hashkey": key,
-        "r": col(rng.uniform(-1e6, 1e6, n).astype(np.float32), pa.float32()),
-        "d": col(rng.uniform(-1e12, 1e12, n), pa.float64()),
-        "s": col(rng.integers(-(2**15), 2**15, n), pa.int16()),
-        "i": col(rng.integers(-(2**31), 2**31, n), pa.int32()),
-        "b": col(rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64), pa.int64()),
-        "ok": col(rng.random(n) < 0.5, pa.bool_()),
-    })
+    return pa.table(
+        {
+            "hashkey": key,
+            "r": col(rng.uniform(-1e6, 1e6, n).astype(np.float32), pa.float32()),
+            "d": col(rng.uniform(-1e12, 1e12, n), pa.float64()),
+            "s": col(rng.integers(-(2**15), 2**15, n), pa.int16()),
+            "i": col(rng.integers(-(2**31), 2**31, n), pa.int32()),
+            "b": col(rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64), pa.int64()),
+            "ok": col(rng.random(n) < 0.5, pa.bool_()),
+        }
+    )
 
 
 def expected_rows(table: pa.Table) -> dict[bytes, tuple[Any, ...]]:
@@ -119,8 +125,9 @@ def reg(conn: psycopg.Connection, schema: str) -> Registry:
 # -- formats, keys, strategies ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt,key_type", [("parquet", "fixed"), ("parquet", "binary"), ("csv", "hex"),
-                                          ("arrow", "hex"), ("table", "fixed")])
+@pytest.mark.parametrize(
+    "fmt,key_type", [("parquet", "fixed"), ("parquet", "binary"), ("csv", "hex"), ("arrow", "hex"), ("table", "fixed")]
+)
 def test_formats_read_back_exactly(conn, schema, reg, tmp_path, fmt, key_type):
     data = mixed_table(range(300), seed=1, key_type=key_type)
     source: Any = data if fmt == "table" else write_source(data, tmp_path / "mixed", fmt)
@@ -150,13 +157,22 @@ def structure(conn: psycopg.Connection, schema: str, table: str) -> dict[str, An
         "columns": conn.execute(
             "SELECT attname, format_type(atttypid, atttypmod), attnotnull, pg_get_expr(adbin, adrelid) FROM pg_attribute "
             "LEFT JOIN pg_attrdef ON adrelid = attrelid AND adnum = attnum "
-            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum", [name]).fetchall(),
-        "constraints": conn.execute("SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint "
-                                    "WHERE conrelid = %s::regclass ORDER BY 1", [name]).fetchall(),
-        "indexes": conn.execute("SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = %s::regclass ORDER BY 1",
-                                [name]).fetchall(),
-        "table": conn.execute("SELECT relacl::text, reloptions, relpersistence, pg_get_userbyid(relowner) FROM pg_class "
-                              "WHERE oid = %s::regclass", [name]).fetchone(),
+            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            [name],
+        ).fetchall(),
+        "constraints": conn.execute(
+            "SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = %s::regclass ORDER BY 1",
+            [name],
+        ).fetchall(),
+        "indexes": conn.execute(
+            "SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = %s::regclass ORDER BY 1", [name]
+        ).fetchall(),
+        "table": conn.execute(
+            "SELECT relacl::text, reloptions, relpersistence, pg_get_userbyid(relowner) FROM pg_class "
+            "WHERE oid = %s::regclass",
+            [name],
+        ).fetchone(),
     }
 
 
@@ -175,14 +191,21 @@ def test_swaps_keep_the_table_exactly_as_schema_py_made_it(conn, schema, mode, s
     assert summary.strategy == ("replace" if mode == "replace" else "rebuild")
     assert structure(conn, schema, "mixed") == before
     assert drift(conn, schema, reg.table("mixed")) == []
-    expected = expected_rows(data) if mode == "replace" else {**expected_rows(mixed_table(range(0, 100), seed=4)), **expected_rows(data)}
+    expected = (
+        expected_rows(data)
+        if mode == "replace"
+        else {**expected_rows(mixed_table(range(0, 100), seed=4)), **expected_rows(data)}
+    )
     assert contents(conn, schema, "mixed", list(MIXED)) == expected
     assert (summary.rows_before, summary.rows_after) == (100, 70 if mode == "replace" else 120)
     assert (summary.inserted, summary.updated) == ((70, 0) if mode == "replace" else (20, 50))
     with pytest.raises(psycopg.errors.CheckViolation):  # the key-length CHECK came along
         conn.execute(sql.SQL("INSERT INTO {} (hashkey) VALUES ('\\x00')").format(table))
-    leftovers = conn.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                             "WHERE n.nspname = %s AND c.relname LIKE '\\_pgf%%'", [schema]).fetchone()[0]
+    leftovers = conn.execute(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname LIKE '\\_pgf%%'",
+        [schema],
+    ).fetchone()[0]
     assert leftovers == 0  # no stage, new table or index left behind
 
 
@@ -219,7 +242,8 @@ def tablespaces(conn: psycopg.Connection, schema: str, table: str) -> dict[str, 
     rows = conn.execute(
         "SELECT c.relname::text, t.spcname::text FROM pg_class c LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace "
         "WHERE c.oid = %s::regclass OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = %s::regclass)",
-        [f"{schema}.{table}"] * 2).fetchall()
+        [f"{schema}.{table}"] * 2,
+    ).fetchall()
     return {("table" if name == table else name): spc for name, spc in rows}
 
 
@@ -232,8 +256,11 @@ def test_swaps_keep_the_tablespaces_of_the_table_and_its_indexes(conn, schema, t
     load(conn, reg, "mixed", mixed_table(range(0, 100), seed=4))
     table = sql.Identifier(schema, "mixed")
     conn.execute(sql.SQL("ALTER TABLE {} SET TABLESPACE {}").format(table, sql.Identifier(tablespace)))
-    conn.execute(sql.SQL("ALTER INDEX {} SET TABLESPACE {}").format(sql.Identifier(schema, "mixed_pkey"),
-                                                                    sql.Identifier(tablespace)))
+    conn.execute(
+        sql.SQL("ALTER INDEX {} SET TABLESPACE {}").format(
+            sql.Identifier(schema, "mixed_pkey"), sql.Identifier(tablespace)
+        )
+    )
     before = tablespaces(conn, schema, "mixed")
     covering = next(name for name in before if name not in ("table", "mixed_pkey", "mixed_updated_at"))
     # the covering index and the index on updated_at stay in the default
@@ -241,11 +268,15 @@ def test_swaps_keep_the_tablespaces_of_the_table_and_its_indexes(conn, schema, t
     summary = load(conn, reg, "mixed", mixed_table(range(50, 120), seed=5), mode=mode, strategy=strategy)
     assert summary.strategy == ("replace" if mode == "replace" else "rebuild")
     assert tablespaces(conn, schema, "mixed") == before
-    conn.execute(sql.SQL("ALTER INDEX {} SET TABLESPACE {}").format(sql.Identifier(schema, covering),
-                                                                    sql.Identifier(tablespace)))
+    conn.execute(
+        sql.SQL("ALTER INDEX {} SET TABLESPACE {}").format(sql.Identifier(schema, covering), sql.Identifier(tablespace))
+    )
     conn.execute(sql.SQL("ALTER INDEX {} SET TABLESPACE pg_default").format(sql.Identifier(schema, "mixed_pkey")))
-    conn.execute(sql.SQL("ALTER INDEX {} SET TABLESPACE {}").format(sql.Identifier(schema, "mixed_updated_at"),
-                                                                    sql.Identifier(tablespace)))
+    conn.execute(
+        sql.SQL("ALTER INDEX {} SET TABLESPACE {}").format(
+            sql.Identifier(schema, "mixed_updated_at"), sql.Identifier(tablespace)
+        )
+    )
     before = tablespaces(conn, schema, "mixed")
     assert before == {"table": tablespace, "mixed_pkey": None, covering: tablespace, "mixed_updated_at": tablespace}
     load(conn, reg, "mixed", mixed_table(range(60, 130), seed=6), mode=mode, strategy=strategy)
@@ -254,13 +285,27 @@ def test_swaps_keep_the_tablespaces_of_the_table_and_its_indexes(conn, schema, t
 
 def test_concurrent_rebuilds_queue_instead_of_deadlocking(dsn, conn, schema, reg):
     ids = range(3000)
-    load(conn, reg, "plain", pa.table({"hashkey": pa.array(keys_for(ids), pa.binary(32)),
-                                       **{f"f{j}": np.zeros(3000, np.float32) for j in range(4)}}))
+    load(
+        conn,
+        reg,
+        "plain",
+        pa.table(
+            {
+                "hashkey": pa.array(keys_for(ids), pa.binary(32)),
+                **{f"f{j}": np.zeros(3000, np.float32) for j in range(4)},
+            }
+        ),
+    )
     first_locked, second_started = threading.Event(), threading.Event()
     results: dict[str, Any] = {}
 
     def run(name: str, value: float, progress: Any, after: threading.Event | None = None) -> None:
-        data = pa.table({"hashkey": pa.array(keys_for(ids), pa.binary(32)), **{f"f{j}": np.full(3000, value, np.float32) for j in range(4)}})
+        data = pa.table(
+            {
+                "hashkey": pa.array(keys_for(ids), pa.binary(32)),
+                **{f"f{j}": np.full(3000, value, np.float32) for j in range(4)},
+            }
+        )
         if after is not None:
             after.wait(20)
         try:
@@ -275,8 +320,9 @@ def test_concurrent_rebuilds_queue_instead_of_deadlocking(dsn, conn, schema, reg
             second_started.wait(20)
 
     first = threading.Thread(target=run, args=("first", 1.0, hold))
-    second = threading.Thread(target=run, args=("second", 2.0, lambda p: p.phase == "deduplicating" and second_started.set(),
-                                                first_locked))
+    second = threading.Thread(
+        target=run, args=("second", 2.0, lambda p: p.phase == "deduplicating" and second_started.set(), first_locked)
+    )
     first.start()
     second.start()
     first.join(60)
@@ -287,15 +333,30 @@ def test_concurrent_rebuilds_queue_instead_of_deadlocking(dsn, conn, schema, reg
 
 def test_covering_index_gets_vacuumed_for_index_only_scans(conn, schema):
     reg = make_registry(schema, covering=True)
-    summary = load(conn, reg, "plain", pa.table({"hashkey": pa.array(keys_for(range(2000)), pa.binary(32)),
-                                                 **{f"f{j}": np.arange(2000, dtype=np.float32) for j in range(4)}}))
+    summary = load(
+        conn,
+        reg,
+        "plain",
+        pa.table(
+            {
+                "hashkey": pa.array(keys_for(range(2000)), pa.binary(32)),
+                **{f"f{j}": np.arange(2000, dtype=np.float32) for j in range(4)},
+            }
+        ),
+    )
     assert summary.maintenance.startswith("VACUUM (ANALYZE)") and "index-only" in summary.maintenance
     name = sql.Identifier(schema, "plain").as_string(conn)
-    pages, visible = conn.execute("SELECT relpages, relallvisible FROM pg_class WHERE oid = %s::regclass", [name]).fetchone()
+    pages, visible = conn.execute(
+        "SELECT relpages, relallvisible FROM pg_class WHERE oid = %s::regclass", [name]
+    ).fetchone()
     assert pages > 0 and visible == pages
     conn.execute("SET enable_seqscan = off")
-    plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT f0, f1, f2, f3, updated_at FROM {} WHERE hashkey = %s")
-                        .format(sql.Identifier(schema, "plain")), [keys_for([7])[0]]).fetchone()[0]
+    plan = conn.execute(
+        sql.SQL("EXPLAIN (FORMAT JSON) SELECT f0, f1, f2, f3, updated_at FROM {} WHERE hashkey = %s").format(
+            sql.Identifier(schema, "plain")
+        ),
+        [keys_for([7])[0]],
+    ).fetchone()[0]
     assert plan[0]["Plan"]["Node Type"] == "Index Only Scan"
 
 
@@ -309,15 +370,23 @@ def test_first_load_creates_the_table(conn, schema):
 
 def test_natural_ids_are_hashed_with_sha256(conn, schema, reg, tmp_path):
     ids = ["user-1", "user-2", "ünïcode"]
-    load(conn, reg, "plain", pa.table({"user_id": ids, **{f"f{j}": [1.0, 2.0, 3.0] for j in range(4)}}),
-         key_column="user_id", hash_keys=True)
+    load(
+        conn,
+        reg,
+        "plain",
+        pa.table({"user_id": ids, **{f"f{j}": [1.0, 2.0, 3.0] for j in range(4)}}),
+        key_column="user_id",
+        hash_keys=True,
+    )
     got = contents(conn, schema, "plain", ["f0"])
     assert got == {hashlib.sha256(s.encode()).digest(): (float(v),) for s, v in zip(ids, [1, 2, 3])}
     # integers hash as their decimal text, in Parquet and CSV alike
     path = tmp_path / "ints.csv"
     path.write_text("uid,f0,f1,f2,f3\n42,1,2,3,4\n")
     load(conn, reg, "plain", path, key_column="uid", hash_keys=True)
-    pq.write_table(pa.table({"uid": pa.array([43], pa.int64()), **{f"f{j}": [5.0] for j in range(4)}}), tmp_path / "i.parquet")
+    pq.write_table(
+        pa.table({"uid": pa.array([43], pa.int64()), **{f"f{j}": [5.0] for j in range(4)}}), tmp_path / "i.parquet"
+    )
     load(conn, reg, "plain", tmp_path / "i.parquet", key_column="uid", hash_keys=True)
     got = contents(conn, schema, "plain", ["f0"])
     assert got[hashlib.sha256(b"42").digest()] == (1.0,) and got[hashlib.sha256(b"43").digest()] == (5.0,)
@@ -325,21 +394,37 @@ def test_natural_ids_are_hashed_with_sha256(conn, schema, reg, tmp_path):
 
 def test_updated_at_is_load_time_unless_given(conn, schema, reg):
     t0 = int(time.time())
-    load(conn, reg, "plain", pa.table({"hashkey": pa.array(keys_for(range(3)), pa.binary(32)),
-                                       **{f"f{j}": [0.5] * 3 for j in range(4)}}))
+    load(
+        conn,
+        reg,
+        "plain",
+        pa.table({"hashkey": pa.array(keys_for(range(3)), pa.binary(32)), **{f"f{j}": [0.5] * 3 for j in range(4)}}),
+    )
     stamps = {r[0] for r in contents(conn, schema, "plain", ["updated_at"]).values()}
     assert len(stamps) == 1 and t0 <= stamps.pop() <= time.time()  # the load's transaction time, to the microsecond
-    load(conn, reg, "plain", pa.table({"hashkey": pa.array(keys_for(range(3)), pa.binary(32)),
-                                       **{f"f{j}": [0.5] * 3 for j in range(4)},
-                                       "updated_at": pa.array([1_700_000_000, None, 1_700_000_002], pa.int64())}),
-         updated_at=1_600_000_000, overwrite_newer=True)  # older than the stored load-time stamps
+    load(
+        conn,
+        reg,
+        "plain",
+        pa.table(
+            {
+                "hashkey": pa.array(keys_for(range(3)), pa.binary(32)),
+                **{f"f{j}": [0.5] * 3 for j in range(4)},
+                "updated_at": pa.array([1_700_000_000, None, 1_700_000_002], pa.int64()),
+            }
+        ),
+        updated_at=1_600_000_000,
+        overwrite_newer=True,
+    )  # older than the stored load-time stamps
     got = contents(conn, schema, "plain", ["updated_at"])
     assert [got[k][0] for k in keys_for(range(3))] == [1_700_000_000, 1_600_000_000, 1_700_000_002]
 
 
 def test_duplicate_keys_last_row_wins_across_files(conn, schema, reg, tmp_path):
     ks = keys_for(range(4))
-    a = pa.table({"hashkey": pa.array([ks[0], ks[1], ks[0]], pa.binary(32)), **{f"f{j}": [1.0, 2.0, 3.0] for j in range(4)}})
+    a = pa.table(
+        {"hashkey": pa.array([ks[0], ks[1], ks[0]], pa.binary(32)), **{f"f{j}": [1.0, 2.0, 3.0] for j in range(4)}}
+    )
     b = pa.table({"hashkey": pa.array([ks[1], ks[2]], pa.binary(32)), **{f"f{j}": [4.0, 5.0] for j in range(4)}})
     pq.write_table(a, tmp_path / "a.parquet")
     pq.write_table(b, tmp_path / "b.parquet")
@@ -352,8 +437,13 @@ def test_partial_merge_changes_only_the_given_columns(conn, schema, reg):
     full = mixed_table(range(10), seed=7, nulls=False)
     load(conn, reg, "mixed", full)
     ks = keys_for([3, 4, 99])
-    summary = load(conn, reg, "mixed", pa.table({"hashkey": pa.array(ks, pa.binary(32)), "s": pa.array([1, 2, 3], pa.int16())}),
-                   partial=True)
+    summary = load(
+        conn,
+        reg,
+        "mixed",
+        pa.table({"hashkey": pa.array(ks, pa.binary(32)), "s": pa.array([1, 2, 3], pa.int16())}),
+        partial=True,
+    )
     assert (summary.inserted, summary.updated) == (1, 2)
     got = contents(conn, schema, "mixed", list(MIXED))
     before = expected_rows(full)
@@ -363,9 +453,17 @@ def test_partial_merge_changes_only_the_given_columns(conn, schema, reg):
 
 
 def test_nan_null_policy_and_skip_invalid_rows(conn, schema, reg):
-    data = pa.table({"hashkey": pa.array(keys_for(range(4)), pa.binary(32)),
-                     "r": pa.array([1.0, float("nan"), 3.0, 4.0], pa.float64()),
-                     "d": [1.0] * 4, "s": pa.array([1, 2, 70000, 4], pa.int64()), "i": [1] * 4, "b": [1] * 4, "ok": [True] * 4})
+    data = pa.table(
+        {
+            "hashkey": pa.array(keys_for(range(4)), pa.binary(32)),
+            "r": pa.array([1.0, float("nan"), 3.0, 4.0], pa.float64()),
+            "d": [1.0] * 4,
+            "s": pa.array([1, 2, 70000, 4], pa.int64()),
+            "i": [1] * 4,
+            "b": [1] * 4,
+            "ok": [True] * 4,
+        }
+    )
     summary = load(conn, reg, "mixed", data, nan="null", on_invalid="skip")
     assert (summary.rows_read, summary.rejected, summary.inserted) == (4, 1, 3)
     assert "row 3, column 's'" in summary.examples[0] and "out of range for smallint" in summary.examples[0]
@@ -405,8 +503,9 @@ def test_store_write_features_sync_and_async(dsn, conn, schema, reg):
 
     async def run() -> Any:
         async with AsyncFeatureStore(reg, dsn, pool_size=1, write_pool_size=1) as store:
-            return await store.write_features("mixed", mixed_table(range(20, 60), seed=11), mode="replace",
-                                              progress=lambda p: phases.append(p.phase))
+            return await store.write_features(
+                "mixed", mixed_table(range(20, 60), seed=11), mode="replace", progress=lambda p: phases.append(p.phase)
+            )
 
     phases: list[str] = []
     summary = asyncio.run(run())
@@ -417,7 +516,9 @@ def test_store_write_features_sync_and_async(dsn, conn, schema, reg):
 
 def test_cli_load(dsn, conn, schema, tmp_path, capsys):
     definitions = tmp_path / "features.toml"
-    definitions.write_text(f'schema = "{schema}"\n[tables.plain.features]\n' + "".join(f'f{j} = "real"\n' for j in range(4)))
+    definitions.write_text(
+        f'schema = "{schema}"\n[tables.plain.features]\n' + "".join(f'f{j} = "real"\n' for j in range(4))
+    )
     path = tmp_path / "data.csv"
     ks = keys_for(range(3))
     path.write_text("id,f0,f1,f2,f3\n" + "".join(f"{k.hex()},{i},1,2,3\n" for i, k in enumerate(ks)))

@@ -37,7 +37,9 @@ def same(got: list, want: list) -> None:
         if gm is not None:
             assert np.array_equal(gm, mask)
         # bit for bit on the non-NULL values (views as raw bytes: -0.0 and NaN payloads count)
-        assert np.array_equal(np.ascontiguousarray(gv[~mask]).view(np.uint8), np.ascontiguousarray(wv[~mask]).view(np.uint8))
+        assert np.array_equal(
+            np.ascontiguousarray(gv[~mask]).view(np.uint8), np.ascontiguousarray(wv[~mask]).view(np.uint8)
+        )
 
 
 @pytest.mark.parametrize("nulls", [False, True])
@@ -60,7 +62,9 @@ def test_postgres_reads_the_encoder_and_the_decoder_reads_postgres(conn, nulls):
     want = [None if cols[j][1] is not None and cols[j][1][0] else cols[j][0][0].item() for j in (1, 3, 5, 6)]
     assert list(first) == want
     buffer = bytearray()
-    with conn.cursor().copy("COPY (SELECT k, a, b, c, d, e, f FROM codec ORDER BY seq) TO STDOUT (FORMAT BINARY)") as copy:
+    with conn.cursor().copy(
+        "COPY (SELECT k, a, b, c, d, e, f FROM codec ORDER BY seq) TO STDOUT (FORMAT BINARY)"
+    ) as copy:
         for chunk in copy:
             buffer += chunk
     same(decode_copy(buffer, KINDS), cols)
@@ -70,7 +74,9 @@ def test_bench_read_back_uses_the_codec(conn, schema):
     conn.execute(f'CREATE SCHEMA "{schema}"')
     conn.execute(f'CREATE TABLE "{schema}".loaded (hashkey bytea, f0 real, f1 real)')
     keys = [bytes([i]) * 32 for i in (3, 1, 2)]
-    conn.cursor().executemany(f'INSERT INTO "{schema}".loaded VALUES (%s, %s, %s)', [(k, i + 0.5, -i) for i, k in enumerate(keys)])
+    conn.cursor().executemany(
+        f'INSERT INTO "{schema}".loaded VALUES (%s, %s, %s)', [(k, i + 0.5, -i) for i, k in enumerate(keys)]
+    )
     got_keys, got_values = read_back(conn, schema, 2)
     assert [bytes(k) for k in got_keys] == sorted(keys)
     assert got_values.tolist() == [[1.5, -1.0], [2.5, -2.0], [0.5, 0.0]]

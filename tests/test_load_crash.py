@@ -23,12 +23,12 @@ import numpy as np
 import psycopg
 import pyarrow.parquet as pq
 import pytest
-from test_embedded import dsn_of, run
-from test_load import snapshot
 
 from pgfeatures.bench.load import make_table
 from pgfeatures.definitions import FeatureTable, Registry
 from pgfeatures.load import load
+from test_embedded import dsn_of, run
+from test_load import snapshot
 
 SCHEMA = "crash"
 REGISTRY = Registry.of([FeatureTable.of("t", {f"f{j}": "real" for j in range(8)})], schema=SCHEMA)
@@ -73,8 +73,11 @@ def _parent(pid: str) -> int | None:
 def copying(dsn: str, application: str) -> int:
     """Rows the named connection's COPY has processed so far (0: no COPY running)."""
     with psycopg.connect(dsn, autocommit=True) as admin:
-        row = admin.execute("SELECT p.tuples_processed FROM pg_stat_progress_copy p JOIN pg_stat_activity a USING (pid) "
-                            "WHERE a.application_name = %s", [application]).fetchone()
+        row = admin.execute(
+            "SELECT p.tuples_processed FROM pg_stat_progress_copy p JOIN pg_stat_activity a USING (pid) "
+            "WHERE a.application_name = %s",
+            [application],
+        ).fetchone()
     return row[0] if row else 0
 
 
@@ -102,8 +105,13 @@ def test_postmaster_killed_mid_copy_restarts_first_time_with_the_old_contents(ho
         before = snapshot(conn, SCHEMA, "t")
     path = tmp_path / "big.parquet"
     pq.write_table(make_table(keys, 8, 2), path)
-    loader = subprocess.Popen([sys.executable, "-c", LOADER, dsn, str(path), mode], env=env_of(home),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    loader = subprocess.Popen(
+        [sys.executable, "-c", LOADER, dsn, str(path), mode],
+        env=env_of(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert loader.stdout is not None and loader.stdout.readline().strip() == "copying", loader.stderr
         assert copying(dsn, "crash-loader") > 0  # the COPY into the stage is under way
@@ -139,11 +147,20 @@ def test_start_after_a_crash_in_an_unlogged_table_retries_once(home):
     dsn = dsn_of(home)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
-        load(conn, REGISTRY, "t", make_table(np.frombuffer(np.random.default_rng(1).bytes(32 * 500), np.uint8)
-                                             .reshape(500, 32), 8, 3))
+        load(
+            conn,
+            REGISTRY,
+            "t",
+            make_table(np.frombuffer(np.random.default_rng(1).bytes(32 * 500), np.uint8).reshape(500, 32), 8, 3),
+        )
         before = snapshot(conn, SCHEMA, "t")
-    writer = subprocess.Popen([sys.executable, "-c", CRASH_IN_UNLOGGED, dsn], env=env_of(home),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", CRASH_IN_UNLOGGED, dsn],
+        env=env_of(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert writer.stdout is not None and writer.stdout.readline().strip() == "copying"
         time.sleep(0.3)

@@ -18,23 +18,27 @@ import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_load import make_registry, snapshot
 
 from pgfeatures.cli import main as cli_main
 from pgfeatures.errors import CorruptFileError, LoadInputError
 from pgfeatures.load import load
 from pgfeatures.load.integrity import ParquetIntegrity, has_page_checksum
+from test_load import make_registry, snapshot
 
 ROWS = 100_000
 GROUP = 25_000
-STATISTICS_ONLY = ("column statistics only (decoded values within the recorded min/max, null counts as recorded: "
-                   "a value changed inside that range loads undetected)")
+STATISTICS_ONLY = (
+    "column statistics only (decoded values within the recorded min/max, null counts as recorded: "
+    "a value changed inside that range loads undetected)"
+)
 
 
 def data(rows: int = ROWS, seed: int = 0, nulls: bool = False) -> pa.Table:
     rng = np.random.default_rng(seed)
     keys = np.frombuffer(rng.bytes(32 * rows), np.uint8).reshape(rows, 32)
-    cols: dict[str, Any] = {"hashkey": pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), rows, [None, pa.py_buffer(keys.tobytes())])}
+    cols: dict[str, Any] = {
+        "hashkey": pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), rows, [None, pa.py_buffer(keys.tobytes())])
+    }
     for j in range(4):
         mask = rng.random(rows) < 0.1 if nulls else None
         cols[f"f{j}"] = pa.array(rng.random(rows, dtype=np.float32), pa.float32(), mask=mask)
@@ -204,18 +208,25 @@ def test_the_summary_says_what_a_file_was_verified_against(conn, schema, tmp_pat
         str(crc_file): "page checksums (every data page's bytes)",
         str(bare_file): "nothing: the file has no page checksums and no column statistics",
     }
-    assert summary.notes == [f"{bare_file} carries no integrity information (no page checksums, no column statistics): "
-                             "damage that still decodes cannot be detected; write it with page checksums "
-                             "(pyarrow: write_page_checksum=True)"]
+    assert summary.notes == [
+        f"{bare_file} carries no integrity information (no page checksums, no column statistics): "
+        "damage that still decodes cannot be detected; write it with page checksums "
+        "(pyarrow: write_page_checksum=True)"
+    ]
     text = summary.describe()
-    assert "no integrity information" in text and f"verified against: page checksums (every data page's bytes) ({crc_file})" in text
+    assert (
+        "no integrity information" in text
+        and f"verified against: page checksums (every data page's bytes) ({crc_file})" in text
+    )
     assert f"verified against: {STATISTICS_ONLY} ({plain_file})" in text
     assert summary.rows_read == 3000 and summary.inserted == 3000
     some = tmp_path / "d.parquet"
     pq.write_table(data(1000, seed=4), some, write_statistics=["hashkey", "f0", "f1"])
     summary = load(conn, reg, "plain", some)
-    assert summary.notes == [f"{some}: column(s) f2, f3 carry neither page checksums nor statistics: damage in them "
-                             "that still decodes cannot be detected"]
+    assert summary.notes == [
+        f"{some}: column(s) f2, f3 carry neither page checksums nor statistics: damage in them "
+        "that still decodes cannot be detected"
+    ]
 
 
 def test_null_counts_must_match_the_statistics(tmp_path):
@@ -239,8 +250,8 @@ def test_page_header_crc_detection(tmp_path):
         pq.write_table(data(100), path, write_page_checksum=checksums)
         meta = pq.ParquetFile(path).metadata.row_group(0).column(1)
         raw = path.read_bytes()
-        assert has_page_checksum(raw[meta.dictionary_page_offset:][:64]) is checksums
-        assert has_page_checksum(raw[meta.data_page_offset:][:64]) is checksums
+        assert has_page_checksum(raw[meta.dictionary_page_offset :][:64]) is checksums
+        assert has_page_checksum(raw[meta.data_page_offset :][:64]) is checksums
     assert not has_page_checksum(b"") and not has_page_checksum(b"\x00")
 
 
@@ -300,8 +311,11 @@ def test_single_bit_flips_never_load_wrong_values_under_a_claim_of_verification(
             assert not checksums, f"a flip at byte {at} loaded wrong values from a checksummed file"
             assert summary.integrity == {str(path): STATISTICS_ONLY}, summary.integrity
             assert f"verified against: {STATISTICS_ONLY}" in summary.describe()
-            with pytest.raises(LoadInputError, match=r"require_checksums \(--require-checksums\): column\(s\) "
-                                                     r"hashkey, f0, f1, f2, f3 have no page checksums"):
+            with pytest.raises(
+                LoadInputError,
+                match=r"require_checksums \(--require-checksums\): column\(s\) "
+                r"hashkey, f0, f1, f2, f3 have no page checksums",
+            ):
                 load(conn, reg, "plain", path, require_checksums=True)
     print(f"{wrong} of {FLIPS} single-bit flips loaded wrong values (page checksums: {checksums})")
     assert wrong > FLIPS // 2 if not checksums else wrong == 0, wrong
@@ -319,12 +333,13 @@ def expected_of(clean: pa.Table) -> dict[bytes, tuple[Any, ...]]:
     return {k: tuple(c[i] for c in columns) for i, k in enumerate(keys)}
 
 
-def test_require_checksums_refuses_every_unverifiable_file_before_loading(conn, table, tmp_path, dsn, schema,
-                                                                         capsys):
+def test_require_checksums_refuses_every_unverifiable_file_before_loading(conn, table, tmp_path, dsn, schema, capsys):
     crc = tmp_path / "crc.parquet"
     pq.write_table(data(500, seed=6), crc, write_page_checksum=True)
     assert load(conn, table, "plain", crc, require_checksums=True).inserted == 500
-    conn.execute(f'DELETE FROM "{schema}".plain WHERE hashkey = ANY(%s)', [data(500, seed=6).column("hashkey").to_pylist()])
+    conn.execute(
+        f'DELETE FROM "{schema}".plain WHERE hashkey = ANY(%s)', [data(500, seed=6).column("hashkey").to_pylist()]
+    )
     plain = tmp_path / "plain.parquet"
     pq.write_table(data(500, seed=7), plain)
     some = tmp_path / "some.parquet"  # one column written without: still refused
@@ -334,17 +349,26 @@ def test_require_checksums_refuses_every_unverifiable_file_before_loading(conn, 
     ipc = tmp_path / "rows.arrow"
     with pa.ipc.new_file(ipc, data(10).schema) as writer:
         writer.write_table(data(10))
-    for path, why in [(plain, "column(s) hashkey, f0, f1, f2, f3 have no page checksums"),
-                      (csv, "CSV files carry no checksums"), (ipc, "Arrow IPC files carry no checksums")]:
+    for path, why in [
+        (plain, "column(s) hashkey, f0, f1, f2, f3 have no page checksums"),
+        (csv, "CSV files carry no checksums"),
+        (ipc, "Arrow IPC files carry no checksums"),
+    ]:
         with pytest.raises(LoadInputError) as info:
             load(conn, table, "plain", [crc, path], require_checksums=True)
         assert str(info.value).startswith(f"{path}: require_checksums (--require-checksums): {why}"), str(info.value)
-        assert str(info.value).endswith(f'so damage that still decodes could not be detected; refusing to load it; '
-                                        f'nothing was loaded, "{schema}"."plain" is unchanged')
+        assert str(info.value).endswith(
+            f"so damage that still decodes could not be detected; refusing to load it; "
+            f'nothing was loaded, "{schema}"."plain" is unchanged'
+        )
     assert load(conn, table, "plain", data(10, seed=9), require_checksums=True).inserted == 10  # in memory: no file
-    conn.execute(f'DELETE FROM "{schema}".plain WHERE hashkey = ANY(%s)', [data(10, seed=9).column("hashkey").to_pylist()])
+    conn.execute(
+        f'DELETE FROM "{schema}".plain WHERE hashkey = ANY(%s)', [data(10, seed=9).column("hashkey").to_pylist()]
+    )
     defs = tmp_path / "defs.toml"
-    defs.write_text(f'schema = "{schema}"\n[tables.plain.features]\nf0 = "real"\nf1 = "real"\nf2 = "real"\nf3 = "real"\n')
+    defs.write_text(
+        f'schema = "{schema}"\n[tables.plain.features]\nf0 = "real"\nf1 = "real"\nf2 = "real"\nf3 = "real"\n'
+    )
     assert cli_main(["load", "plain", str(plain), "--dsn", dsn, "-d", str(defs), "--require-checksums", "-q"]) == 2
     assert capsys.readouterr().err.startswith(f"error: {plain}: require_checksums (--require-checksums): column(s)")
 
@@ -361,15 +385,19 @@ def test_csv_that_is_not_utf8_names_the_file_row_and_encoding(conn, table, tmp_p
     hint = "pgfeatures reads CSV files as UTF-8: convert the file first, e.g. iconv -f latin1 -t utf-8 IN > OUT"
     with pytest.raises(LoadInputError) as info:
         load(conn, table, "plain", bad_value)
-    assert str(info.value).startswith(f"{bad_value}: row 2, column 'hashkey': b'caf\\xe9' is not UTF-8 text "
-                                      f"(byte 0xe9 at byte 4); {hint}"), str(info.value)
+    assert str(info.value).startswith(
+        f"{bad_value}: row 2, column 'hashkey': b'caf\\xe9' is not UTF-8 text (byte 0xe9 at byte 4); {hint}"
+    ), str(info.value)
     assert (info.value.row, info.value.column) == (2, "hashkey")
     with pytest.raises(LoadInputError) as info:
         load(conn, table, "plain", bad_header, ignore_extra=True)
-    assert str(info.value).startswith(f"{bad_header}: the header row is not UTF-8 text (column name b'r\\xe9sum\\xe9': "
-                                      f"byte 0xe9 at byte 2); {hint}"), str(info.value)
+    assert str(info.value).startswith(
+        f"{bad_header}: the header row is not UTF-8 text (column name b'r\\xe9sum\\xe9': byte 0xe9 at byte 2); {hint}"
+    ), str(info.value)
     defs = tmp_path / "defs.toml"
-    defs.write_text(f'schema = "{schema}"\n[tables.plain.features]\nf0 = "real"\nf1 = "real"\nf2 = "real"\nf3 = "real"\n')
+    defs.write_text(
+        f'schema = "{schema}"\n[tables.plain.features]\nf0 = "real"\nf1 = "real"\nf2 = "real"\nf3 = "real"\n'
+    )
     for path in (bad_value, bad_header):
         assert cli_main(["load", "plain", str(path), "--dsn", dsn, "-d", str(defs), "--ignore-extra", "-q"]) == 2
         err = capsys.readouterr().err

@@ -29,10 +29,15 @@ KEYS = list(range(300))
 
 @pytest.fixture()
 def reg(conn, schema) -> Registry:
-    tables = [FeatureTable.of("t1", {"a": "real", "w": "integer"}, entity=USER),
-              FeatureTable.of("t2", {"b": "double precision"}, entity=USER)]
-    registry = Registry.of(tables, schema, services=[FeatureService("svc", ("t1.*", "t2.b"), materialize=True),
-                                                      FeatureService("flex", ("t1.*", "t2.b"))])
+    tables = [
+        FeatureTable.of("t1", {"a": "real", "w": "integer"}, entity=USER),
+        FeatureTable.of("t2", {"b": "double precision"}, entity=USER),
+    ]
+    registry = Registry.of(
+        tables,
+        schema,
+        services=[FeatureService("svc", ("t1.*", "t2.b"), materialize=True), FeatureService("flex", ("t1.*", "t2.b"))],
+    )
     apply_schema(conn, registry)
     load(conn, registry, "t1", rows(KEYS, [10] * len(KEYS), writer=0))
     load(conn, registry, "t2", pa.table({"uid": KEYS[::2], "b": [0.25] * len(KEYS[::2])}))
@@ -41,12 +46,20 @@ def reg(conn, schema) -> Registry:
 
 
 def rows(keys: list[int], stamps: list[int], writer: int) -> pa.Table:
-    return pa.table({"uid": pa.array(keys, pa.int64()), "a": pa.array([float(s) for s in stamps], pa.float32()),
-                     "w": pa.array([writer] * len(keys), pa.int32()), "updated_at": pa.array(stamps, pa.int64())})
+    return pa.table(
+        {
+            "uid": pa.array(keys, pa.int64()),
+            "a": pa.array([float(s) for s in stamps], pa.float32()),
+            "w": pa.array([writer] * len(keys), pa.int32()),
+            "updated_at": pa.array(stamps, pa.int64()),
+        }
+    )
 
 
 def stored(conn: psycopg.Connection, schema: str) -> dict[int, tuple[Any, ...]]:
-    query = sql.SQL("SELECT uid, a, w, extract(epoch FROM updated_at)::int8 FROM {}").format(sql.Identifier(schema, "t1"))
+    query = sql.SQL("SELECT uid, a, w, extract(epoch FROM updated_at)::int8 FROM {}").format(
+        sql.Identifier(schema, "t1")
+    )
     return {r[0]: tuple(r[1:]) for r in conn.execute(query).fetchall()}
 
 
@@ -58,29 +71,48 @@ def assert_served_as_flexible(store: FeatureStore, keys: list[int]) -> None:
 def test_racing_writers_end_with_the_newest_row(conn, reg, dsn, schema):
     rng = random.Random(1)
     expected = {k: (10.0, 0, 10) for k in KEYS}
-    with FeatureStore(reg, dsn, pool_size=1, write_pool_size=1) as store, \
-            psycopg.connect(dsn, autocommit=True) as c1, psycopg.connect(dsn, autocommit=True) as c2:
+    with (
+        FeatureStore(reg, dsn, pool_size=1, write_pool_size=1) as store,
+        psycopg.connect(dsn, autocommit=True) as c1,
+        psycopg.connect(dsn, autocommit=True) as c2,
+    ):
         for round_ in range(24):
             keys = sorted(rng.sample(KEYS, 200) + [10_000 + 30 * round_ + i for i in range(30)])  # new keys race too
             base = 100 + 1000 * round_
-            stamps = {1: [base + 2 * rng.randrange(400) for _ in keys], 2: [base + 2 * rng.randrange(400) + 1 for _ in keys]}
-            kind = ("load", "live", "rebuild")[round_ % 3]  # the second writer: a load, live updates, or the first rebuilds
+            stamps = {
+                1: [base + 2 * rng.randrange(400) for _ in keys],
+                2: [base + 2 * rng.randrange(400) + 1 for _ in keys],
+            }
+            kind = ("load", "live", "rebuild")[
+                round_ % 3
+            ]  # the second writer: a load, live updates, or the first rebuilds
             barrier = threading.Barrier(2)
             errors: list[BaseException] = []
 
             def first() -> None:
                 barrier.wait()
                 time.sleep(rng.random() * 0.01)
-                load(c1, reg, "t1", rows(keys, stamps[1], 1), strategy="rebuild" if kind == "rebuild" else "upsert",
-                     vacuum="never")
+                load(
+                    c1,
+                    reg,
+                    "t1",
+                    rows(keys, stamps[1], 1),
+                    strategy="rebuild" if kind == "rebuild" else "upsert",
+                    vacuum="never",
+                )
 
             def second() -> None:
                 barrier.wait()
                 time.sleep(rng.random() * 0.01)
                 if kind == "live":
                     for lo in range(0, len(keys), 50):  # several transactions, each in key order
-                        store.update_features_batch("t1", [(k, {"a": float(s), "w": 2, "updated_at": s}) for k, s in
-                                                           zip(keys[lo:lo + 50], stamps[2][lo:lo + 50])])
+                        store.update_features_batch(
+                            "t1",
+                            [
+                                (k, {"a": float(s), "w": 2, "updated_at": s})
+                                for k, s in zip(keys[lo : lo + 50], stamps[2][lo : lo + 50])
+                            ],
+                        )
                 else:
                     load(c2, reg, "t1", rows(keys, stamps[2], 2), strategy="upsert", vacuum="never")
 
@@ -135,20 +167,27 @@ def test_a_load_killed_mid_copy_leaves_table_and_serving_rows_untouched(conn, re
         assert_served_as_flexible(store, KEYS + [399_999])
 
 
-KEYED = {"bigint": (Entity("user", "bigint", "uid"), lambda i: i * 31 - 500),
-         "text": (Entity("device", "text", max_length=12), lambda i: f"dev-{i}"),
-         "uuid": (Entity("session", "uuid"), lambda i: str(__import__("uuid").UUID(int=i + 1))),
-         "hashed": (Entity("merchant", hash="sha256"), lambda i: f"m-{i}")}
+KEYED = {
+    "bigint": (Entity("user", "bigint", "uid"), lambda i: i * 31 - 500),
+    "text": (Entity("device", "text", max_length=12), lambda i: f"dev-{i}"),
+    "uuid": (Entity("session", "uuid"), lambda i: str(__import__("uuid").UUID(int=i + 1))),
+    "hashed": (Entity("merchant", hash="sha256"), lambda i: f"m-{i}"),
+}
 
 
 @pytest.mark.parametrize("strategy", ["upsert", "rebuild", "replace"])
 @pytest.mark.parametrize("key_type", list(KEYED))
 def test_loads_of_every_key_type_keep_materialized_services_in_step(conn, schema, dsn, key_type, strategy):
     entity, make = KEYED[key_type]
-    tables = [FeatureTable.of("m1", {"a": "real", "w": "integer"}, entity=entity),
-              FeatureTable.of("m2", {"b": "real"}, entity=entity)]
-    registry = Registry.of(tables, schema, services=[FeatureService("svc", ("m1.*", "m2.b"), materialize=True),
-                                                      FeatureService("flex", ("m1.*", "m2.b"))])
+    tables = [
+        FeatureTable.of("m1", {"a": "real", "w": "integer"}, entity=entity),
+        FeatureTable.of("m2", {"b": "real"}, entity=entity),
+    ]
+    registry = Registry.of(
+        tables,
+        schema,
+        services=[FeatureService("svc", ("m1.*", "m2.b"), materialize=True), FeatureService("flex", ("m1.*", "m2.b"))],
+    )
     apply_schema(conn, registry)
 
     def data(ids: list[int], stamp: int, with_b: bool = False) -> pa.Table:
@@ -163,9 +202,17 @@ def test_loads_of_every_key_type_keep_materialized_services_in_step(conn, schema
     load(conn, registry, "m2", data(list(range(100, 300)), 100, with_b=True))
     materialize(conn, registry, "svc")
     mode = "replace" if strategy == "replace" else "merge"
-    summary = load(conn, registry, "m1", data(list(range(150, 400)), 200), mode=mode,
-                   strategy="rebuild" if strategy == "replace" else strategy)
-    assert (summary.strategy, summary.inserted, summary.updated) == ((strategy, 200, 50) if mode == "merge" else (strategy, 250, 0))
+    summary = load(
+        conn,
+        registry,
+        "m1",
+        data(list(range(150, 400)), 200),
+        mode=mode,
+        strategy="rebuild" if strategy == "replace" else strategy,
+    )
+    assert (summary.strategy, summary.inserted, summary.updated) == (
+        (strategy, 200, 50) if mode == "merge" else (strategy, 250, 0)
+    )
     if strategy == "rebuild":
         assert "materialized services: serving rows recomputed for the staged keys" in summary.notes
     elif strategy == "replace":
@@ -175,4 +222,6 @@ def test_loads_of_every_key_type_keep_materialized_services_in_step(conn, schema
         mats, flexes = store.get_service_batch("svc", requests), store.get_service_batch("flex", requests)
         assert mats == flexes and [m.status for m in mats] == [f.status for f in flexes]
         present = [m.status["m1"] for m in mats]
-        assert present.count("present") == len([i for i in range(0, 420, 7) if (i < 400 if mode == "merge" else 150 <= i < 400)])
+        assert present.count("present") == len(
+            [i for i in range(0, 420, 7) if (i < 400 if mode == "merge" else 150 <= i < 400)]
+        )

@@ -20,18 +20,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
-from test_load import contents, keys_for, make_registry
-from test_load_bad_input import _load_in_thread, _loader, _terminate
 
 from pgfeatures.errors import LoadInputError, LoadInterruptedError
 from pgfeatures.load import load
+from test_load import contents, keys_for, make_registry
+from test_load_bad_input import _load_in_thread, _loader, _terminate
 
 N = 3000
 
 
 def table(value: float = 1.0) -> pa.Table:
-    return pa.table({"hashkey": pa.array(keys_for(range(N)), pa.binary(32)),
-                     **{f"f{j}": np.full(N, value, np.float32) for j in range(4)}})
+    return pa.table(
+        {
+            "hashkey": pa.array(keys_for(range(N)), pa.binary(32)),
+            **{f"f{j}": np.full(N, value, np.float32) for j in range(4)},
+        }
+    )
 
 
 SOURCES: dict[str, tuple[Callable[[Any], Any], bool]] = {
@@ -40,7 +44,10 @@ SOURCES: dict[str, tuple[Callable[[Any], Any], bool]] = {
     "pandas DataFrame": (lambda tmp: table().to_pandas(), True),
     "list of RecordBatches": (lambda tmp: table().to_batches(max_chunksize=500), True),
     "generator of RecordBatches": (lambda tmp: (b for b in table().to_batches(max_chunksize=500)), False),
-    "RecordBatchReader": (lambda tmp: pa.RecordBatchReader.from_batches(table().schema, table().to_batches(max_chunksize=500)), False),
+    "RecordBatchReader": (
+        lambda tmp: pa.RecordBatchReader.from_batches(table().schema, table().to_batches(max_chunksize=500)),
+        False,
+    ),
 }
 
 
@@ -53,8 +60,12 @@ def _parquet(tmp: Any) -> str:
 @pytest.mark.parametrize("kind", list(SOURCES))
 def test_backend_terminated_mid_copy(dsn, conn, schema, tmp_path, kind):
     reg = make_registry(schema)
-    load(conn, reg, "plain", pa.table({"hashkey": pa.array(keys_for([0]), pa.binary(32)),
-                                       **{f"f{j}": [7.0] for j in range(4)}}))
+    load(
+        conn,
+        reg,
+        "plain",
+        pa.table({"hashkey": pa.array(keys_for([0]), pa.binary(32)), **{f"f{j}": [7.0] for j in range(4)}}),
+    )
     make, rereadable = SOURCES[kind]
     data = make(tmp_path)
     loader, name = _loader(dsn)
@@ -74,7 +85,9 @@ def test_backend_terminated_mid_copy(dsn, conn, schema, tmp_path, kind):
     # What the attribute promises: the same data, loaded again on a fresh connection.
     if rereadable:
         summary = load(conn, reg, "plain", data, batch_rows=500)
-        assert summary.rows_read == N and contents(conn, schema, "plain", ["f0"]) == {k: (1.0,) for k in keys_for(range(N))}
+        assert summary.rows_read == N and contents(conn, schema, "plain", ["f0"]) == {
+            k: (1.0,) for k in keys_for(range(N))
+        }
         return
     try:  # only what the first attempt had not consumed, if anything
         summary = load(conn, reg, "plain", data, batch_rows=500)
@@ -89,19 +102,28 @@ def test_backend_terminated_during_commit(dsn, conn, schema):
     load(conn, reg, "plain", table(1.0))
     lock = secrets.randbelow(2**31)
     # A deferred constraint trigger runs inside COMMIT; it waits on an advisory lock this test holds.
-    conn.execute(sql.SQL("CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS "
-                         "'BEGIN PERFORM pg_advisory_xact_lock({}); RETURN NULL; END'").format(
-        sql.Identifier(schema, "wait_at_commit"), sql.Literal(lock)))
-    conn.execute(sql.SQL("CREATE CONSTRAINT TRIGGER wait_at_commit AFTER INSERT OR UPDATE ON {} DEFERRABLE INITIALLY "
-                         "DEFERRED FOR EACH ROW EXECUTE FUNCTION {}()").format(
-        sql.Identifier(schema, "plain"), sql.Identifier(schema, "wait_at_commit")))
+    conn.execute(
+        sql.SQL(
+            "CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS "
+            "'BEGIN PERFORM pg_advisory_xact_lock({}); RETURN NULL; END'"
+        ).format(sql.Identifier(schema, "wait_at_commit"), sql.Literal(lock))
+    )
+    conn.execute(
+        sql.SQL(
+            "CREATE CONSTRAINT TRIGGER wait_at_commit AFTER INSERT OR UPDATE ON {} DEFERRABLE INITIALLY "
+            "DEFERRED FOR EACH ROW EXECUTE FUNCTION {}()"
+        ).format(sql.Identifier(schema, "plain"), sql.Identifier(schema, "wait_at_commit"))
+    )
     conn.execute("SELECT pg_advisory_lock(%s)", [lock])
     loader, name = _loader(dsn)
     phases: list[str] = []
     try:
         with loader:
-            thread, errors = _load_in_thread(lambda: load(loader, reg, "plain", table(2.0), strategy="upsert",
-                                                          progress=lambda p: phases.append(p.phase)))
+            thread, errors = _load_in_thread(
+                lambda: load(
+                    loader, reg, "plain", table(2.0), strategy="upsert", progress=lambda p: phases.append(p.phase)
+                )
+            )
             _terminate(dsn, name, waiting_for_lock=True)
             thread.join(30)
     finally:

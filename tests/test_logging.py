@@ -13,19 +13,18 @@ import uuid
 import numpy as np
 import pyarrow as pa
 import pytest
-from test_load import keys_for, make_registry
-from test_load_bad_input import _terminate
-from test_store_errors import registry_with_extra_column
 
+from conftest import dsn_with
 from pgfeatures import DatabaseUnavailableError, FeatureStore
 from pgfeatures.definitions import demo_registry
 from pgfeatures.errors import LoadInputError
 from pgfeatures.load import load
 from pgfeatures.schema import apply_schema
 from pgfeatures.warmup import warmup
-
-from conftest import dsn_with
 from support.proxy import Proxy
+from test_load import keys_for, make_registry
+from test_load_bad_input import _terminate
+from test_store_errors import registry_with_extra_column
 
 KEY = bytes(32)
 
@@ -47,8 +46,9 @@ def test_a_read_retried_after_its_connection_was_terminated(logs, conn, schema, 
     with FeatureStore(registry, dsn, pool_size=1, write_pool_size=0, read_application_name=app) as store:
         assert store.get_features(KEY) == {"t00": None, "t01": None}
         assert not records(logs, "pgfeatures", "lost")
-        killed = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-                              [app]).fetchall()
+        killed = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", [app]
+        ).fetchall()
         assert killed == [(True,)]
         assert store.get_features(KEY) == {"t00": None, "t01": None}  # retried on the replacement connection
     [lost] = records(logs, "pgfeatures", "read connection to")
@@ -61,8 +61,15 @@ def test_a_pool_logs_losing_the_database_once_and_getting_it_back(logs, conn, sc
     proxy = Proxy.to(dsn)
     try:
         via_proxy = dsn_with(dsn, host="127.0.0.1", port=proxy.port)
-        with FeatureStore(registry, via_proxy, pool_size=1, write_pool_size=0, connect_timeout=1,
-                          acquire_timeout=0.3, reconnect_timeout=2) as store:
+        with FeatureStore(
+            registry,
+            via_proxy,
+            pool_size=1,
+            write_pool_size=0,
+            connect_timeout=1,
+            acquire_timeout=0.3,
+            reconnect_timeout=2,
+        ) as store:
             assert store.get_features(KEY) == {"t00": None}
             proxy.stop()
             ends = time.monotonic() + 3
@@ -84,14 +91,20 @@ def test_a_pool_logs_losing_the_database_once_and_getting_it_back(logs, conn, sc
                     assert time.monotonic() < deadline, "reads still failing 10 s after the database came back"
                     time.sleep(0.1)
         [back] = records(logs, "pgfeatures.connections", "again")
-        assert back.levelno == logging.INFO and "connected to" in back.getMessage() and "failed attempts" in back.getMessage()
+        assert (
+            back.levelno == logging.INFO
+            and "connected to" in back.getMessage()
+            and "failed attempts" in back.getMessage()
+        )
     finally:
         proxy.close()
 
 
 def test_drift_at_open_with_isolate_names_the_table(logs, conn, schema, dsn):
     apply_schema(conn, demo_registry(n_tables=3, n_features=2, schema=schema))
-    with FeatureStore(registry_with_extra_column(schema), dsn, pool_size=1, write_pool_size=0, on_drift="isolate") as store:
+    with FeatureStore(
+        registry_with_extra_column(schema), dsn, pool_size=1, write_pool_size=0, on_drift="isolate"
+    ) as store:
         assert store.get_features(KEY, ["t00"]) == {"t00": None}
     [drift] = records(logs, "pgfeatures", "cannot be served")
     assert drift.levelno == logging.ERROR
@@ -104,8 +117,12 @@ def test_a_load_retried_after_its_connection_was_terminated(logs, conn, schema, 
     registry = make_registry(schema)
     apply_schema(conn, registry)
     n = 3000
-    data = pa.table({"hashkey": pa.array(keys_for(range(n)), pa.binary(32)),
-                     **{f"f{j}": np.full(n, 1.0, np.float32) for j in range(4)}})
+    data = pa.table(
+        {
+            "hashkey": pa.array(keys_for(range(n)), pa.binary(32)),
+            **{f"f{j}": np.full(n, 1.0, np.float32) for j in range(4)},
+        }
+    )
     app = f"pgf-log-{uuid.uuid4().hex[:8]}"
     killed: list[int] = []
 
@@ -121,9 +138,14 @@ def test_a_load_retried_after_its_connection_was_terminated(logs, conn, schema, 
     assert rolled_back.levelno == logging.WARNING
     assert "load into plain rolled back, the table is unchanged: database connection lost" in rolled_back.getMessage()
     [retry] = records(logs, "pgfeatures", "retrying once")
-    assert retry.levelno == logging.WARNING and "load into plain lost its connection before COMMIT" in retry.getMessage()
+    assert (
+        retry.levelno == logging.WARNING and "load into plain lost its connection before COMMIT" in retry.getMessage()
+    )
     [committed] = records(logs, "pgfeatures.load", "committed")
-    assert committed.levelno == logging.INFO and f"into plain committed: {n} rows read, {n} inserted" in committed.getMessage()
+    assert (
+        committed.levelno == logging.INFO
+        and f"into plain committed: {n} rows read, {n} inserted" in committed.getMessage()
+    )
     assert logs.records.index(rolled_back) < logs.records.index(retry) < logs.records.index(committed)
 
 

@@ -21,11 +21,14 @@ TYPES = ["real", "double precision", "smallint", "integer", "bigint", "boolean"]
 def _value(rng: random.Random, type_name: str):
     if rng.random() < 0.15:
         return None
-    return {"real": lambda: float(__import__("numpy").float32(rng.uniform(-1e3, 1e3))),
-            "double precision": lambda: rng.uniform(-1e9, 1e9),
-            "smallint": lambda: rng.randint(-32768, 32767), "integer": lambda: rng.randint(-(2**31), 2**31 - 1),
-            "bigint": lambda: rng.choice([2**53 + 1, -(2**62), rng.randint(-(2**63), 2**63 - 1)]),
-            "boolean": lambda: rng.random() < 0.5}[type_name]()
+    return {
+        "real": lambda: float(__import__("numpy").float32(rng.uniform(-1e3, 1e3))),
+        "double precision": lambda: rng.uniform(-1e9, 1e9),
+        "smallint": lambda: rng.randint(-32768, 32767),
+        "integer": lambda: rng.randint(-(2**31), 2**31 - 1),
+        "bigint": lambda: rng.choice([2**53 + 1, -(2**62), rng.randint(-(2**63), 2**63 - 1)]),
+        "boolean": lambda: rng.random() < 0.5,
+    }[type_name]()
 
 
 def random_registry(schema: str, seed: int) -> Registry:
@@ -35,18 +38,25 @@ def random_registry(schema: str, seed: int) -> Registry:
     tables = []
     for i in range(6):
         entity = user if i % 3 else dev
-        features = {f"c{j}": {"type": rng.choice(TYPES), **({"default": 0} if rng.random() < 0.2 else {})}
-                    for j in range(rng.randint(1, 5))}
+        features = {
+            f"c{j}": {"type": rng.choice(TYPES), **({"default": 0} if rng.random() < 0.2 else {})}
+            for j in range(rng.randint(1, 5))
+        }
         for f in features.values():
             if "default" in f and f["type"] == "boolean":
                 f["default"] = False
         tables.append(FeatureTable.of(f"tb{i}", features, entity=entity, ttl=3600 if i == 2 else None))
     refs = [f"tb{i}.*" for i in (1, 0, 2, 4, 5)] + ["tb3.c0"]
-    return Registry.of(tables, schema, services=[FeatureService("svc", tuple(refs), materialize=True),
-                                                  FeatureService("flex", tuple(refs))])
+    return Registry.of(
+        tables,
+        schema,
+        services=[FeatureService("svc", tuple(refs), materialize=True), FeatureService("flex", tuple(refs))],
+    )
 
 
-def write_random(store: FeatureStore, registry: Registry, rng: random.Random, keys: dict[str, list], n: int, now: int) -> None:
+def write_random(
+    store: FeatureStore, registry: Registry, rng: random.Random, keys: dict[str, list], n: int, now: int
+) -> None:
     for table in registry.tables.values():
         rows = []
         for k in rng.sample(keys[table.entity.name], n):
@@ -75,7 +85,9 @@ def setup(conn, schema, dsn):
         write_random(store, registry, rng, keys, 30, now)
     summary = materialize(conn, registry, "svc")
     assert summary.rows and all(n > 0 for n in summary.rows.values())
-    requests = [{"user": rng.choice(keys["user"] + [999]), "device": rng.choice(keys["device"] + ["none"])} for _ in range(25)]
+    requests = [
+        {"user": rng.choice(keys["user"] + [999]), "device": rng.choice(keys["device"] + ["none"])} for _ in range(25)
+    ]
     return registry, rng, keys, now, requests
 
 
@@ -123,8 +135,14 @@ def test_a_subset_of_a_materialized_service_is_served_from_its_rows(setup, dsn):
 
 def test_a_changed_definition_is_stale_until_rebuilt(setup, conn, dsn, schema):
     registry, rng, keys, now, requests = setup
-    changed = Registry.of(registry.tables.values(), schema, services=[
-        FeatureService("svc", ("tb1.*", "tb0.*"), materialize=True), FeatureService("flex", ("tb1.*", "tb0.*"))])
+    changed = Registry.of(
+        registry.tables.values(),
+        schema,
+        services=[
+            FeatureService("svc", ("tb1.*", "tb0.*"), materialize=True),
+            FeatureService("flex", ("tb1.*", "tb0.*")),
+        ],
+    )
     assert status(conn, changed) == {"svc": "stale"}
     with FeatureStore(changed, dsn, pool_size=1, write_pool_size=0) as store:
         assert not store.readers.service_reader("svc", None, "single").materialized  # served table by table meanwhile
@@ -148,7 +166,9 @@ def test_vector_output_in_the_service_order(setup, dsn):
                 d = store.get_service(service, k)
                 v = store.get_service(service, k, output="list")
                 assert v.names == order and v.status == d.status
-                assert v.values == [None if d[n.split(".")[0]] is None else d[n.split(".")[0]][n.split(".")[1]] for n in order]
+                assert v.values == [
+                    None if d[n.split(".")[0]] is None else d[n.split(".")[0]][n.split(".")[1]] for n in order
+                ]
                 a = store.get_service(service, k, output="numpy")
                 assert a.values.dtype == np.float64 and a.values.shape == (len(order),)
                 assert np.array_equal(a.values, np.array(v.values, dtype=np.float64), equal_nan=True)
@@ -159,9 +179,17 @@ def test_vector_output_in_the_service_order(setup, dsn):
 
 
 def test_all_real_materialized_vector_is_the_serving_row(conn, schema, dsn):
-    tables = [FeatureTable.of(f"r{i}", {f"f{j}": "real" for j in range(3)}, ttl=3600 if i == 1 else None) for i in range(3)]
-    registry = Registry.of(tables, schema, services=[FeatureService("v", ("r0.*", "r1.*", "r2.*"), materialize=True),
-                                                      FeatureService("vf", ("r0.*", "r1.*", "r2.*"))])
+    tables = [
+        FeatureTable.of(f"r{i}", {f"f{j}": "real" for j in range(3)}, ttl=3600 if i == 1 else None) for i in range(3)
+    ]
+    registry = Registry.of(
+        tables,
+        schema,
+        services=[
+            FeatureService("v", ("r0.*", "r1.*", "r2.*"), materialize=True),
+            FeatureService("vf", ("r0.*", "r1.*", "r2.*")),
+        ],
+    )
     apply_schema(conn, registry)
     k1, k2 = bytes([1]) * 32, bytes([2]) * 32
     with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as store:
@@ -188,12 +216,24 @@ def test_bulk_loads_keep_the_serving_rows_in_step(conn, dsn, schema, mode, strat
 
     rng = random.Random(11)
     tables = [FeatureTable.of(f"h{i}", {f"c{j}": rng.choice(TYPES) for j in range(3)}) for i in range(3)]
-    registry = Registry.of(tables, schema, services=[FeatureService("svc", ("h0.*", "h1.*", "h2.c0"), materialize=True),
-                                                      FeatureService("flex", ("h0.*", "h1.*", "h2.c0"))])
+    registry = Registry.of(
+        tables,
+        schema,
+        services=[
+            FeatureService("svc", ("h0.*", "h1.*", "h2.c0"), materialize=True),
+            FeatureService("flex", ("h0.*", "h1.*", "h2.c0")),
+        ],
+    )
     apply_schema(conn, registry)
     keys = [hashlib.sha256(b"%d" % i).digest() for i in range(80)]
-    arrow_types = {"real": pa.float32(), "double precision": pa.float64(), "smallint": pa.int16(),
-                   "integer": pa.int32(), "bigint": pa.int64(), "boolean": pa.bool_()}
+    arrow_types = {
+        "real": pa.float32(),
+        "double precision": pa.float64(),
+        "smallint": pa.int16(),
+        "integer": pa.int32(),
+        "bigint": pa.int64(),
+        "boolean": pa.bool_(),
+    }
 
     def data(table: FeatureTable, chosen: list[bytes]) -> pa.Table:
         cols = {"hashkey": pa.array(chosen, pa.binary(32))}
@@ -209,8 +249,10 @@ def test_bulk_loads_keep_the_serving_rows_in_step(conn, dsn, schema, mode, strat
     # the load rewrote many serving rows in place: their dead versions are reclaimed after COMMIT too
     serving = registry.layouts("svc")[0].table_name
     assert f"dead serving-row versions reclaimed in {serving}" in summary.maintenance, summary.maintenance
-    vacuumed = conn.execute("SELECT n_dead_tup, vacuum_count FROM pg_stat_user_tables WHERE schemaname = %s AND relname = %s",
-                            [schema, serving]).fetchone()
+    vacuumed = conn.execute(
+        "SELECT n_dead_tup, vacuum_count FROM pg_stat_user_tables WHERE schemaname = %s AND relname = %s",
+        [schema, serving],
+    ).fetchone()
     assert vacuumed is not None and vacuumed[1] >= 1, vacuumed
     requests = keys[:40] + [bytes(32)]
     with FeatureStore(registry, dsn, pool_size=1, write_pool_size=0) as store:

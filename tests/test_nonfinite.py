@@ -102,17 +102,24 @@ def defs(dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[P
         for key, tables in ROWS.items():
             for table, values in tables.items():
                 names = [f.name for f in registry.tables[table].features]
-                conn.execute(sql.SQL("INSERT INTO {} (user_id, {}) VALUES (%s, {})").format(
-                    sql.Identifier(schema, table), sql.SQL(", ").join(map(sql.Identifier, names)),
-                    sql.SQL(", ").join(sql.Placeholder() * len(names))), [key, *values])
+                conn.execute(
+                    sql.SQL("INSERT INTO {} (user_id, {}) VALUES (%s, {})").format(
+                        sql.Identifier(schema, table),
+                        sql.SQL(", ").join(map(sql.Identifier, names)),
+                        sql.SQL(", ").join(sql.Placeholder() * len(names)),
+                    ),
+                    [key, *values],
+                )
         yield path, registry
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 def strict_json(text: str | bytes) -> Any:
     """JSON as the standard has it: no bare NaN/Infinity tokens (Python's json takes them)."""
+
     def refuse(token: str) -> None:
         raise AssertionError(f"not JSON: {token}")
+
     return json.loads(text, parse_constant=refuse)
 
 
@@ -132,8 +139,14 @@ def vector_of(key: int, service: str) -> list[Any]:
 
 @pytest.fixture(scope="module", params=["plain", "coalesced"])
 def client(request: pytest.FixtureRequest, dsn: str, defs: tuple[Path, Registry]) -> Iterator[httpx.Client]:
-    config = ServerConfig(dsn=dsn, definitions=str(defs[0]), prewarm=False, pool_size=2, batch_chunk_keys=2,
-                          coalesce=request.param == "coalesced")
+    config = ServerConfig(
+        dsn=dsn,
+        definitions=str(defs[0]),
+        prewarm=False,
+        pool_size=2,
+        batch_chunk_keys=2,
+        coalesce=request.param == "coalesced",
+    )
     with running_app(config) as c:
         yield c
 
@@ -168,8 +181,9 @@ def test_service_reads_dict_and_vector_serve_the_declared_strings(client: httpx.
 
 @pytest.mark.parametrize("service", ["flat", "flat_m", "both", "both_m"])
 def test_raw_vectors_carry_the_ieee_values(client: httpx.Client, service: str) -> None:
-    r = client.post(f"/v1/services/{service}/batch", json={"keys": [1, 2, 3]},
-                    headers={"Accept": "application/octet-stream"})
+    r = client.post(
+        f"/v1/services/{service}/batch", json={"keys": [1, 2, 3]}, headers={"Accept": "application/octet-stream"}
+    )
     assert r.status_code == 200, r.text
     dtype = "<f4" if r.headers["x-pgfeatures-dtype"] == "float32" else "<f8"
     values = np.frombuffer(r.content, dtype, count=3 * int(r.headers["x-pgfeatures-columns"])).reshape(3, -1)
@@ -186,9 +200,11 @@ def test_raw_vectors_carry_the_ieee_values(client: httpx.Client, service: str) -
 def test_the_openapi_value_schema_declares_the_strings(defs: tuple[Path, Registry]) -> None:
     document = openapi_document(defs[1], ServerConfig(definitions=str(defs[0])))
     value = document["components"]["schemas"]["FeaturesResult"]["properties"]["features"]["additionalProperties"][
-        "additionalProperties"]
+        "additionalProperties"
+    ]
     assert {"type": "string", "enum": ["Infinity", "-Infinity", "NaN"]}.items() <= next(
-        s for s in value["anyOf"] if s.get("type") == "string").items()
+        s for s in value["anyOf"] if s.get("type") == "string"
+    ).items()
 
 
 # -- the library and the CLI --------------------------------------------------------------------------
@@ -204,8 +220,9 @@ def test_the_library_returns_the_stored_values(dsn: str, defs: tuple[Path, Regis
             assert vector[:2] == [INF, -INF] and math.isnan(vector[2]) and math.isnan(vector[3]) and vector[4] == INF
 
 
-def test_the_cli_prints_the_declared_strings(dsn: str, defs: tuple[Path, Registry],
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_cli_prints_the_declared_strings(
+    dsn: str, defs: tuple[Path, Registry], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert cli_main(["get", "--dsn", dsn, "-d", str(defs[0]), "1", "2"]) == 0
     results = strict_json(capsys.readouterr().out)["results"]
     assert [r["features"] for r in results] == [features_of(1), features_of(2)]
@@ -219,8 +236,11 @@ def test_the_cli_prints_the_declared_strings(dsn: str, defs: tuple[Path, Registr
 def test_writes_refuse_infinity_by_default_and_keep_it_when_asked(dsn: str, defs: tuple[Path, Registry]) -> None:
     with FeatureStore(defs[1], dsn, pool_size=1) as store:
         for value in (INF, -INF, np.float32("inf")):
-            with pytest.raises(FeatureValueError, match=r"reals.a \(real\): .* is infinite, which this store refuses "
-                                                        r"by default \(inf='keep' writes it"):
+            with pytest.raises(
+                FeatureValueError,
+                match=r"reals.a \(real\): .* is infinite, which this store refuses "
+                r"by default \(inf='keep' writes it",
+            ):
                 store.update_features(50, "reals", {"a": value})
         with pytest.raises(FeatureValueError, match=r"mixed.d \(double precision\): -inf is infinite"):
             store.update_features(50, "mixed", {"d": -INF})
@@ -233,13 +253,22 @@ def test_writes_refuse_infinity_by_default_and_keep_it_when_asked(dsn: str, defs
             store.update_features(50, "mixed", {"d": 1.0}, inf="null")
 
 
-def test_loads_refuse_infinity_by_default_and_keep_it_when_asked(conn: psycopg.Connection, dsn: str,
-                                                                 defs: tuple[Path, Registry]) -> None:
+def test_loads_refuse_infinity_by_default_and_keep_it_when_asked(
+    conn: psycopg.Connection, dsn: str, defs: tuple[Path, Registry]
+) -> None:
     registry = defs[1]
-    frame = pa.table({"user_id": pa.array([60, 61], pa.int64()), "a": pa.array([1.0, INF], pa.float32()),
-                      "d": pa.array([-INF, 2.0], pa.float64())})
-    with pytest.raises(LoadInputError, match=r"row 1, column 'd': -inf is infinite, which this store refuses by "
-                                             r"default \(inf='keep' / --inf keep loads it\)"):
+    frame = pa.table(
+        {
+            "user_id": pa.array([60, 61], pa.int64()),
+            "a": pa.array([1.0, INF], pa.float32()),
+            "d": pa.array([-INF, 2.0], pa.float64()),
+        }
+    )
+    with pytest.raises(
+        LoadInputError,
+        match=r"row 1, column 'd': -inf is infinite, which this store refuses by "
+        r"default \(inf='keep' / --inf keep loads it\)",
+    ):
         load(conn, registry, "mixed", frame.select(["user_id", "d"]), partial=True)
     with pytest.raises(LoadInputError, match=r"row 2, column 'a': inf is infinite"):
         load(conn, registry, "reals", frame.select(["user_id", "a"]), partial=True)
@@ -258,8 +287,11 @@ def push_client(dsn: str, defs: tuple[Path, Registry]) -> Iterator[httpx.Client]
 def test_what_the_server_prints_it_accepts(push_client: httpx.Client) -> None:
     read = push_client.post("/v1/features", json={"key": 3, "features": ["reals.a"]})
     assert b'"a":3.4028235e+38' in read.content
-    r = push_client.post("/v1/push/reals", content=b'{"key": 70, "features": {"a": 3.4028235e+38, "b": -3.4028235e+38}}',
-                         headers={"Content-Type": "application/json"})
+    r = push_client.post(
+        "/v1/push/reals",
+        content=b'{"key": 70, "features": {"a": 3.4028235e+38, "b": -3.4028235e+38}}',
+        headers={"Content-Type": "application/json"},
+    )
     assert r.status_code == 200 and r.json()["written"] == 1, r.text
     back = push_client.post("/v1/features", json={"key": 70, "features": ["reals.a", "reals.b"]})
     assert b'"a":3.4028235e+38,"b":-3.4028235e+38' in back.content

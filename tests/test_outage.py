@@ -12,11 +12,10 @@ import time
 
 import pytest
 
+from conftest import dsn_with
 from pgfeatures import DatabaseUnavailableError, FeatureStore
 from pgfeatures.definitions import demo_registry
 from pgfeatures.schema import apply_schema
-
-from conftest import dsn_with
 from support.proxy import Proxy
 
 OUTAGE = 9.0  # long enough for the default backoff (1, 2, 4, 8 s) to overshoot the outage's end
@@ -33,8 +32,9 @@ def test_reads_recover_promptly_after_a_long_outage(conn, schema, dsn, proxy):
     registry = demo_registry(n_tables=2, n_features=1, schema=schema)
     apply_schema(conn, registry)
     via_proxy = dsn_with(dsn, host="127.0.0.1", port=proxy.port)
-    with FeatureStore(registry, via_proxy, pool_size=2, write_pool_size=0, connect_timeout=1,
-                      acquire_timeout=0.3, reconnect_timeout=2) as store:
+    with FeatureStore(
+        registry, via_proxy, pool_size=2, write_pool_size=0, connect_timeout=1, acquire_timeout=0.3, reconnect_timeout=2
+    ) as store:
         assert store.get_features(bytes(32)) == {"t00": None, "t01": None}
         proxy.stop()
         ends = time.monotonic() + OUTAGE

@@ -24,7 +24,9 @@ def five_tables(conn, schema):
     registry = Registry.of([FeatureTable.of(f"p{i}", {"v": "integer"}) for i in range(5)], schema=schema)
     apply_schema(conn, registry)
     for i in range(5):
-        conn.execute(sql.SQL("INSERT INTO {} (hashkey, v) VALUES (%s, %s)").format(sql.Identifier(schema, f"p{i}")), [KEY, i])
+        conn.execute(
+            sql.SQL("INSERT INTO {} (hashkey, v) VALUES (%s, %s)").format(sql.Identifier(schema, f"p{i}")), [KEY, i]
+        )
     return registry
 
 
@@ -33,7 +35,9 @@ def test_single_cursor_pipeline_silently_loses_rows(five_tables, dsn, schema):
         cur = conn.cursor()
         with conn.pipeline():
             for i in range(5):
-                cur.execute(sql.SQL("SELECT v FROM {} WHERE hashkey = %s").format(sql.Identifier(schema, f"p{i}")), [KEY])
+                cur.execute(
+                    sql.SQL("SELECT v FROM {} WHERE hashkey = %s").format(sql.Identifier(schema, f"p{i}")), [KEY]
+                )
         fetched = [cur.fetchone() for _ in range(5)]
     # the last table's row once, then None: four tables silently lost
     assert fetched == [(4,), None, None, None, None]
@@ -44,7 +48,9 @@ def test_cursor_per_statement_pipeline_returns_every_row(five_tables, dsn, schem
         cursors = [conn.cursor() for _ in range(5)]
         with conn.pipeline():
             for i, cur in enumerate(cursors):
-                cur.execute(sql.SQL("SELECT v FROM {} WHERE hashkey = %s").format(sql.Identifier(schema, f"p{i}")), [KEY])
+                cur.execute(
+                    sql.SQL("SELECT v FROM {} WHERE hashkey = %s").format(sql.Identifier(schema, f"p{i}")), [KEY]
+                )
         assert [cur.fetchone() for cur in cursors] == [(i,) for i in range(5)]
 
 

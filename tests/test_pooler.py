@@ -3,16 +3,14 @@ warm shapes go through server-side PL/pgSQL functions (planned once per backend)
 
 from __future__ import annotations
 
-import psycopg
 import pytest
 
+from groundtruth import build
 from pgfeatures import FeatureStore
 from pgfeatures.definitions import FeatureService, Registry
 from pgfeatures.errors import ConfigError
 from pgfeatures.reader import Strategy
 from pgfeatures.reader.functions import FUNCTION_PREFIX, registry_functions
-
-from groundtruth import build
 
 
 def _prepared(store: FeatureStore) -> int:
@@ -22,11 +20,14 @@ def _prepared(store: FeatureStore) -> int:
 
 def test_transaction_mode_prepares_nothing_and_reads_the_same(conn, schema, dsn):
     truth = build(conn, schema, n_keys=40)
-    registry = Registry.of(truth.registry.tables.values(), schema,
-                           services=[FeatureService("svc", ("tbl_0.*", "tbl_3.*"))])
+    registry = Registry.of(
+        truth.registry.tables.values(), schema, services=[FeatureService("svc", ("tbl_0.*", "tbl_3.*"))]
+    )
     keys = truth.keys[:20] + [truth.absent]
-    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=0) as direct, \
-            FeatureStore(registry, dsn, pool_size=1, write_pool_size=0, pooler="transaction") as pooled:
+    with (
+        FeatureStore(registry, dsn, pool_size=1, write_pool_size=0) as direct,
+        FeatureStore(registry, dsn, pool_size=1, write_pool_size=0, pooler="transaction") as pooled,
+    ):
         assert _prepared(direct) > 0
         for strategy in Strategy:
             for key in keys[:5]:
@@ -39,8 +40,11 @@ def test_transaction_mode_prepares_nothing_and_reads_the_same(conn, schema, dsn)
         # the warm shapes were read through their functions
         assert len(pooled._served.via_functions) == 4
     names = [f.name for f in registry_functions(registry)]
-    found = conn.execute("SELECT proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-                         "WHERE n.nspname = %s AND proname LIKE %s", [schema, FUNCTION_PREFIX + "%"]).fetchall()
+    found = conn.execute(
+        "SELECT proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = %s AND proname LIKE %s",
+        [schema, FUNCTION_PREFIX + "%"],
+    ).fetchall()
     assert sorted(r[0] for r in found) == sorted(set(names))
 
 

@@ -22,8 +22,14 @@ def registry(conn, schema):
 
 def test_every_read_connection_is_warmed_before_it_serves(registry, dsn, conn, schema):
     app = f"pgf-read-{schema}"
-    with FeatureStore(registry, dsn, pool_size=3, write_pool_size=2, read_application_name=app,
-                      write_application_name=f"pgf-write-{schema}") as store:
+    with FeatureStore(
+        registry,
+        dsn,
+        pool_size=3,
+        write_pool_size=2,
+        read_application_name=app,
+        write_application_name=f"pgf-write-{schema}",
+    ) as store:
         assert store.ready
         default_sql = store.reader().statements[0].decode()
         batch_sql = store.batch_reader().statement.decode()
@@ -53,7 +59,9 @@ def test_not_ready_until_open_and_after_close(registry, dsn):
 
 
 def index_scans(conn, schema) -> int:
-    return conn.execute("SELECT coalesce(sum(idx_scan), 0) FROM pg_stat_user_tables WHERE schemaname = %s", [schema]).fetchone()[0]
+    return conn.execute(
+        "SELECT coalesce(sum(idx_scan), 0) FROM pg_stat_user_tables WHERE schemaname = %s", [schema]
+    ).fetchone()[0]
 
 
 @pytest.mark.parametrize("hot", [False, True])
@@ -112,8 +120,10 @@ def test_reads_can_go_to_a_replica_dsn(registry, dsn, conn, schema):
     replica = dsn_with(dsn, dbname=other)
     with psycopg.connect(replica, autocommit=True) as rc:
         apply_schema(rc, registry)
-        rc.execute(sql.SQL("INSERT INTO {} (hashkey, f0, f1, f2) VALUES (%s, 1, 2, 3)").format(sql.Identifier(schema, "t00")),
-                   [bytes(32)])
+        rc.execute(
+            sql.SQL("INSERT INTO {} (hashkey, f0, f1, f2) VALUES (%s, 1, 2, 3)").format(sql.Identifier(schema, "t00")),
+            [bytes(32)],
+        )
     try:
         with FeatureStore(registry, dsn, read_dsn=replica, pool_size=1, write_pool_size=1) as store:
             assert store.get_features(bytes(32), ["t00"]) == {"t00": {"f0": 1.0, "f1": 2.0, "f2": 3.0}}

@@ -9,8 +9,8 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -28,13 +28,17 @@ REGISTRY = demo_registry(n_tables=3, n_features=2, schema=SCHEMA)
 KEY = bytes(range(32))
 EXPECTED = {"t00": {"f0": 1.0, "f1": 2.0}, "t01": None, "t02": None}
 
-needs_pgbouncer = pytest.mark.skipif(not PgBouncer.available(), reason="Debian's pgbouncer is not installed (.ci/run installs it)")
+needs_pgbouncer = pytest.mark.skipif(
+    not PgBouncer.available(), reason="Debian's pgbouncer is not installed (.ci/run installs it)"
+)
 
 
 def _prepare(cluster: Cluster) -> None:
     with psycopg.connect(cluster.admin_dsn(), autocommit=True) as conn:
         apply_schema(conn, REGISTRY)
-        conn.execute(f"GRANT USAGE ON SCHEMA {SCHEMA} TO app; GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {SCHEMA} TO app")
+        conn.execute(
+            f"GRANT USAGE ON SCHEMA {SCHEMA} TO app; GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {SCHEMA} TO app"
+        )
         conn.execute(f"INSERT INTO {SCHEMA}.t00 (hashkey, f0, f1) VALUES (%s, 1, 2) ON CONFLICT DO NOTHING", [KEY])
 
 
@@ -75,7 +79,7 @@ class Load:
         time.sleep(seconds)
         return self.seen[start:]
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for t in self.threads:
             t.start()
         time.sleep(0.3)
@@ -91,8 +95,12 @@ def test_password_rotation_under_load_fails_no_request(primary: Cluster, tmp_pat
     secret = tmp_path / "pg-password"
     secret.write_text("pw-1\n")
     dsn = primary.dsn("app", password="")  # the password comes from the provider
-    with FeatureStore(REGISTRY, dsn, credentials=PasswordFile(secret), pool_size=2, write_pool_size=1,
-                      acquire_timeout=5) as store, Load(lambda: store.get_features(KEY)) as load:
+    with (
+        FeatureStore(
+            REGISTRY, dsn, credentials=PasswordFile(secret), pool_size=2, write_pool_size=1, acquire_timeout=5
+        ) as store,
+        Load(lambda: store.get_features(KEY)) as load,
+    ):
         for new in ("pw-2", "pw-3"):
             primary.set_password("app", new)  # the operator rotates it ...
             secret.write_text(new + "\n")  # ... and the secret file follows
@@ -103,8 +111,9 @@ def test_password_rotation_under_load_fails_no_request(primary: Cluster, tmp_pat
 
 
 def test_a_rotated_password_without_a_provider_is_an_authentication_error(primary: Cluster) -> None:
-    with FeatureStore(REGISTRY, primary.dsn("app"), pool_size=1, write_pool_size=0, acquire_timeout=1.5,
-                      connect_timeout=2) as store:
+    with FeatureStore(
+        REGISTRY, primary.dsn("app"), pool_size=1, write_pool_size=0, acquire_timeout=1.5, connect_timeout=2
+    ) as store:
         primary.set_password("app", "elsewhere")
         primary.terminate(user="app")
         with pytest.raises(AuthenticationError, match="password authentication failed"):
@@ -115,8 +124,9 @@ def test_a_rotated_password_without_a_provider_is_an_authentication_error(primar
 
 def test_replica_loss_under_load_falls_back_to_the_primary_and_comes_back(primary: Cluster) -> None:
     replica = primary.replica(name="prod-replica")
-    with FeatureStore(REGISTRY, primary.dsn("app"), read_dsns=[replica.dsn("app")], pool_size=2, write_pool_size=0,
-                      acquire_timeout=5) as store:
+    with FeatureStore(
+        REGISTRY, primary.dsn("app"), read_dsns=[replica.dsn("app")], pool_size=2, write_pool_size=0, acquire_timeout=5
+    ) as store:
         with Load(lambda: store.get_features(KEY)) as load:
             replica.stop()
             time.sleep(1.5)  # reads go to the primary meanwhile
@@ -137,8 +147,14 @@ def test_reads_spread_over_replicas_and_fall_back_to_the_other_replica_then_the_
     read returns tells where it ran. Zero failed reads through every step."""
     a, b = primary.replica(name="prod-a"), primary.replica(name="prod-b")
     old, new = EXPECTED["t01"], {"f0": 9.0, "f1": None}
-    with FeatureStore(REGISTRY, primary.dsn("app"), read_dsns=[a.dsn("app"), b.dsn("app")], pool_size=2,
-                      write_pool_size=1, acquire_timeout=5) as store:
+    with FeatureStore(
+        REGISTRY,
+        primary.dsn("app"),
+        read_dsns=[a.dsn("app"), b.dsn("app")],
+        pool_size=2,
+        write_pool_size=1,
+        acquire_timeout=5,
+    ) as store:
         a.execute("SELECT pg_wal_replay_pause()")
         store.update_features(KEY, "t01", new)
         b.wait_caught_up()
@@ -172,12 +188,25 @@ def test_a_read_only_store_opens_with_the_primary_down(primary: Cluster) -> None
     replica = primary.replica(name="prod-replica2")
     primary.stop()
     try:
-        with FeatureStore(REGISTRY, primary.dsn("app"), read_dsns=[replica.dsn("app")], pool_size=1,
-                          write_pool_size=0, connect_timeout=2) as store:
+        with FeatureStore(
+            REGISTRY,
+            primary.dsn("app"),
+            read_dsns=[replica.dsn("app")],
+            pool_size=1,
+            write_pool_size=0,
+            connect_timeout=2,
+        ) as store:
             assert store.get_features(KEY) == EXPECTED
         # with a write pool the store still opens: writes wait for the primary, reads are served
-        with FeatureStore(REGISTRY, primary.dsn("app"), read_dsns=[replica.dsn("app")], pool_size=1,
-                          write_pool_size=1, connect_timeout=2, acquire_timeout=1) as store:
+        with FeatureStore(
+            REGISTRY,
+            primary.dsn("app"),
+            read_dsns=[replica.dsn("app")],
+            pool_size=1,
+            write_pool_size=1,
+            connect_timeout=2,
+            acquire_timeout=1,
+        ) as store:
             assert store.get_features(KEY) == EXPECTED
             with pytest.raises(DatabaseUnavailableError):
                 store.update_features(KEY, "t01", {"f0": 1.0})
@@ -189,8 +218,9 @@ def test_async_store_falls_back_while_the_replica_is_down(primary: Cluster) -> N
     replica = primary.replica(name="prod-replica3")
 
     async def run() -> list[object]:
-        async with AsyncFeatureStore(REGISTRY, primary.dsn("app"), read_dsns=[replica.dsn("app")], pool_size=2,
-                                     write_pool_size=0) as store:
+        async with AsyncFeatureStore(
+            REGISTRY, primary.dsn("app"), read_dsns=[replica.dsn("app")], pool_size=2, write_pool_size=0
+        ) as store:
             got = [await store.get_features(KEY)]
             await asyncio.to_thread(replica.stop)
             for _ in range(20):
@@ -204,8 +234,14 @@ def test_async_store_falls_back_while_the_replica_is_down(primary: Cluster) -> N
 def test_a_lagging_replica_is_not_read(primary: Cluster) -> None:
     replica = primary.replica(name="prod-lag")
     replica.execute("SELECT pg_wal_replay_pause()")
-    with FeatureStore(REGISTRY, primary.dsn("app"), read_dsns=[replica.dsn("app")], pool_size=1, write_pool_size=1,
-                      max_replica_lag=0.5) as store:
+    with FeatureStore(
+        REGISTRY,
+        primary.dsn("app"),
+        read_dsns=[replica.dsn("app")],
+        pool_size=1,
+        write_pool_size=1,
+        max_replica_lag=0.5,
+    ) as store:
         store.update_features(KEY, "t01", {"f0": 7.0})  # on the primary; the paused replica does not have it
         deadline = time.monotonic() + 10
         while store.get_features(KEY)["t01"] is None:  # served by the replica until the lag shows
@@ -230,15 +266,18 @@ def _until_read_works(read: Callable[[], object], within: float) -> float:
 
 def _function_calls(primary: Cluster) -> int:
     """Calls of pgfeatures' read functions counted by the server (``track_functions = 'pl'``)."""
-    rows = primary.execute("SELECT pg_stat_clear_snapshot(), coalesce(sum(calls), 0) FROM pg_stat_user_functions "
-                           f"WHERE schemaname = '{SCHEMA}' AND funcname LIKE '_pgf_read_%'")
+    rows = primary.execute(
+        "SELECT pg_stat_clear_snapshot(), coalesce(sum(calls), 0) FROM pg_stat_user_functions "
+        f"WHERE schemaname = '{SCHEMA}' AND funcname LIKE '_pgf_read_%'"
+    )
     return int(rows[0][1])
 
 
 @needs_pgbouncer
 @pytest.mark.parametrize("mode", ["session", "transaction"])
-def test_pgbouncer_in_both_modes_with_a_restart_behind_it(primary: Cluster, mode: str,
-                                                         record_property: pytest.RecordProperty) -> None:
+def test_pgbouncer_in_both_modes_with_a_restart_behind_it(
+    primary: Cluster, mode: str, record_property: pytest.RecordProperty
+) -> None:
     """In transaction mode one server connection behind PgBouncer (``default_pool_size = 1``): every
     client shares it, so what the store leaves on it is what the next client meets. (In session mode
     each of the store's connections holds a server connection of its own.)"""
@@ -247,9 +286,12 @@ def test_pgbouncer_in_both_modes_with_a_restart_behind_it(primary: Cluster, mode
         primary.configure(track_functions="pl")
         with primary.admin() as admin:
             create_functions(admin, REGISTRY)  # what `pgfeatures init` does, as the schema's owner
-    with PgBouncer(primary, pool_mode=mode, settings={"default_pool_size": 1 if pooler else 4}) as bouncer, \
-            FeatureStore(REGISTRY, bouncer.dsn("app"), pooler=pooler, pool_size=2, write_pool_size=1,
-                         acquire_timeout=5) as store:
+    with (
+        PgBouncer(primary, pool_mode=mode, settings={"default_pool_size": 1 if pooler else 4}) as bouncer,
+        FeatureStore(
+            REGISTRY, bouncer.dsn("app"), pooler=pooler, pool_size=2, write_pool_size=1, acquire_timeout=5
+        ) as store,
+    ):
         for _ in range(5):
             assert store.get_features(KEY) == EXPECTED
             assert store.get_features_batch([KEY, bytes(32)]) == [EXPECTED, {"t00": None, "t01": None, "t02": None}]
@@ -280,8 +322,9 @@ def test_serve_behind_pgbouncer_in_transaction_mode_rides_out_a_restart(primary:
     """The HTTP service with ``pooler = "transaction"``: ready, reads and pushes through PgBouncer,
     back within 2 s of a database restart behind it, readiness included."""
     with PgBouncer(primary, pool_mode="transaction", settings={"default_pool_size": 2}) as bouncer:
-        config = ServerConfig(dsn=bouncer.dsn("app"), pooler="transaction", pool_size=2, write_pool_size=1,
-                              prewarm=False)
+        config = ServerConfig(
+            dsn=bouncer.dsn("app"), pooler="transaction", pool_size=2, write_pool_size=1, prewarm=False
+        )
         with running_app(config, registry=REGISTRY) as client:
             read = lambda: client.post("/v1/features", json={"key": KEY.hex()})  # noqa: E731
             assert read().json()["features"] == EXPECTED
@@ -302,15 +345,22 @@ def test_serve_behind_pgbouncer_in_transaction_mode_rides_out_a_restart(primary:
 def test_a_rotated_password_is_named_by_http_and_readiness(primary: Cluster) -> None:
     """A password changed under a running service without a provider: requests get 503
     ``database_auth_failed`` with the server's words, and ``/readyz`` names the cause."""
-    config = ServerConfig(dsn=primary.dsn("app", "pw-1"), pool_size=1, write_pool_size=0, prewarm=False,
-                          acquire_timeout=1.0, connect_timeout=2.0)
+    config = ServerConfig(
+        dsn=primary.dsn("app", "pw-1"),
+        pool_size=1,
+        write_pool_size=0,
+        prewarm=False,
+        acquire_timeout=1.0,
+        connect_timeout=2.0,
+    )
     with running_app(config, registry=REGISTRY) as client:
         assert client.post("/v1/features", json={"key": KEY.hex()}).status_code == 200
         primary.set_password("app", "elsewhere")
         primary.terminate(user="app")
         deadline = time.monotonic() + 10
-        while (r := client.post("/v1/features", json={"key": KEY.hex()})).status_code != 503 \
-                or r.json()["error"]["type"] != "database_auth_failed":
+        while (r := client.post("/v1/features", json={"key": KEY.hex()})).status_code != 503 or r.json()["error"][
+            "type"
+        ] != "database_auth_failed":
             assert time.monotonic() < deadline, f"no database_auth_failed within 10 s: {r.status_code} {r.text}"
             time.sleep(0.1)
         assert "password authentication failed" in r.json()["error"]["message"]
@@ -343,9 +393,10 @@ def _stop_read_start(primary: Cluster, read: Callable[[], object]) -> Callable[[
         primary.stop()
         lost = time.monotonic()
         with pytest.raises(DatabaseUnavailableError):  # the pool finds its connections dead and retries
-            read()                                     # them after 1 s, 3 s, 7 s ...
+            read()  # them after 1 s, 3 s, 7 s ...
         time.sleep(max(0.0, 3.3 - (time.monotonic() - lost)))  # back just after the 3 s attempt
         primary.start()
+
     return run
 
 
@@ -354,16 +405,18 @@ def test_reads_are_back_within_a_probe_of_the_database_after_an_outage_of_second
     dead) would find the database up only at about 7 s; the store's probe sees it answer within
     ~0.5 s and renews the pool, so reads work again well within 2 s of the database being back
     (3.5 s without the renewal, and 3.1 s in the soak)."""
-    with FeatureStore(REGISTRY, primary.dsn("app", "pw-1"), pool_size=2, write_pool_size=0, acquire_timeout=0.5,
-                      connect_timeout=1) as store:
+    with FeatureStore(
+        REGISTRY, primary.dsn("app", "pw-1"), pool_size=2, write_pool_size=0, acquire_timeout=0.5, connect_timeout=1
+    ) as store:
         read = lambda: store.get_features(KEY)  # noqa: E731
         assert _outage_then_back(_stop_read_start(primary, read), read) < 2.0
 
 
 def test_async_reads_are_back_within_a_probe_of_the_database_after_an_outage_of_seconds(primary: Cluster) -> None:
     async def body() -> float:
-        async with AsyncFeatureStore(REGISTRY, primary.dsn("app", "pw-1"), pool_size=2, write_pool_size=0,
-                                     acquire_timeout=0.5, connect_timeout=1) as store:
+        async with AsyncFeatureStore(
+            REGISTRY, primary.dsn("app", "pw-1"), pool_size=2, write_pool_size=0, acquire_timeout=0.5, connect_timeout=1
+        ) as store:
             loop = asyncio.get_running_loop()
 
             def read() -> object:  # from a worker thread, so the store's own tasks run meanwhile
@@ -377,8 +430,9 @@ def test_async_reads_are_back_within_a_probe_of_the_database_after_an_outage_of_
 def test_writes_are_back_within_a_probe_of_the_database_after_an_outage_of_seconds(primary: Cluster) -> None:
     """The write pool, like the read pools, is renewed once the primary answers again, instead of
     waiting out psycopg_pool's reconnection backoff (1, 3, 7 s after its connections died)."""
-    with FeatureStore(REGISTRY, primary.dsn("app", "pw-1"), pool_size=1, write_pool_size=1, acquire_timeout=0.5,
-                      connect_timeout=1) as store:
+    with FeatureStore(
+        REGISTRY, primary.dsn("app", "pw-1"), pool_size=1, write_pool_size=1, acquire_timeout=0.5, connect_timeout=1
+    ) as store:
         write = lambda: store.update_features(bytes(32), "t02", {"f0": 1.0})  # noqa: E731
         assert write() == 1
         primary.stop()
@@ -400,8 +454,10 @@ def test_writes_are_back_within_a_probe_of_the_database_after_an_outage_of_secon
 
 def test_async_writes_are_back_within_a_probe_of_the_database_after_an_outage_of_seconds(primary: Cluster) -> None:
     async def body() -> float:
-        async with AsyncFeatureStore(REGISTRY, primary.dsn("app", "pw-1"), pool_size=1, write_pool_size=1,
-                                     acquire_timeout=0.5, connect_timeout=1) as store:
+        async with AsyncFeatureStore(
+            REGISTRY, primary.dsn("app", "pw-1"), pool_size=1, write_pool_size=1, acquire_timeout=0.5, connect_timeout=1
+        ) as store:
+
             async def write() -> int:
                 return await store.update_features(bytes(32), "t02", {"f0": 2.0})
 

@@ -85,7 +85,10 @@ def test_each_direction_is_delayed(echo: tuple[str, int]) -> None:
 
 
 def test_asymmetric_links(echo: tuple[str, int]) -> None:
-    with LatencyProxy(echo, to_server=Link(15.0), to_client=Link(0.0)) as proxy, socket.create_connection(proxy.address) as sock:
+    with (
+        LatencyProxy(echo, to_server=Link(15.0), to_client=Link(0.0)) as proxy,
+        socket.create_connection(proxy.address) as sock,
+    ):
         assert proxy.describe().startswith(f"{echo[0]}:{echo[1]}, delay 15 ms to server + 0 ms to client")
         assert min(_roundtrip_ms(sock) for _ in range(3)) >= 15.0 - SLACK_MS
 
@@ -114,13 +117,17 @@ def test_target_down_closes_the_client() -> None:
 
 
 def test_postgres_through_the_proxy(dsn: str) -> None:
-    with LatencyProxy(dsn_target(dsn), rtt_ms=RTT_MS) as proxy, psycopg.connect(proxy.dsn(dsn), autocommit=True) as conn:
+    with (
+        LatencyProxy(dsn_target(dsn), rtt_ms=RTT_MS) as proxy,
+        psycopg.connect(proxy.dsn(dsn), autocommit=True) as conn,
+    ):
         t0 = time.perf_counter()
         assert conn.execute("SELECT 1").fetchone() == (1,)
         assert (time.perf_counter() - t0) * 1e3 >= RTT_MS - SLACK_MS
         # A multi-megabyte answer, byte-exact: the server's checksum equals ours.
-        text, digest = conn.execute("SELECT string_agg(md5(i::text), ''), md5(string_agg(md5(i::text), '')) "
-                                    "FROM generate_series(1, 60000) i").fetchone()  # type: ignore[misc]
+        text, digest = conn.execute(
+            "SELECT string_agg(md5(i::text), ''), md5(string_agg(md5(i::text), '')) FROM generate_series(1, 60000) i"
+        ).fetchone()  # type: ignore[misc]
         assert len(text) == 60000 * 32
         assert hashlib.md5(text.encode()).hexdigest() == digest
 
@@ -156,7 +163,7 @@ class _SteppedLoop:
     def time(self) -> float:
         return self.now
 
-    def call_at(self, when: float, callback: object) -> "_SteppedLoop":
+    def call_at(self, when: float, callback: object) -> _SteppedLoop:
         self.timers.append((when, callback))
         return self
 

@@ -7,9 +7,8 @@ import random
 
 import pytest
 
-from pgfeatures import AsyncFeatureStore, FeatureStore, Strategy
-
 from groundtruth import GroundTruth, build
+from pgfeatures import AsyncFeatureStore, FeatureStore, Strategy
 
 STRATEGIES = [s.value for s in Strategy]
 
@@ -69,7 +68,9 @@ def test_values_keep_their_python_types(store, truth):
 
 
 def test_nulls_are_returned_as_none(store, truth):
-    nulls = [(t, k, f) for t, rows in truth.rows.items() for k, row in rows.items() for f, v in row.items() if v is None]
+    nulls = [
+        (t, k, f) for t, rows in truth.rows.items() for k, row in rows.items() for f, v in row.items() if v is None
+    ]
     assert nulls, "ground truth should contain NULLs"
     for table, key, feature in nulls[:30]:
         for strategy in ("single", "pipeline", "join"):

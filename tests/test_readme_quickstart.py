@@ -54,8 +54,14 @@ def test_the_quickstart_runs_as_written(tmp_path, schema, dsn, conn):
 
     def run(block: str, timeout: float = 120) -> str:
         assert ".venv/bin/" in block  # the README says to use the venv's commands
-        done = subprocess.run(["bash", "-euo", "pipefail", "-c", block.replace(".venv/bin/", BIN)], cwd=tmp_path,
-                              env=env, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block.replace(".venv/bin/", BIN)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         assert done.returncode == 0, f"{block}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
         assert "Traceback" not in done.stderr, done.stderr
         return done.stdout
@@ -66,8 +72,9 @@ def test_the_quickstart_runs_as_written(tmp_path, schema, dsn, conn):
     assert stdout.endswith(printed), "the README shows the output other than the CLI prints it"
 
     (tmp_path / "quickstart.py").write_text(script)
-    done = subprocess.run([sys.executable, "quickstart.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "quickstart.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == output.strip().splitlines()
 

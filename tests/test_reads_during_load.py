@@ -16,17 +16,19 @@ import time
 import numpy as np
 import pyarrow as pa
 import pytest
-from test_load import keys_for, make_registry
 
 from pgfeatures import FeatureStore
 from pgfeatures.schema import apply_schema
+from test_load import keys_for, make_registry
 
 N = 2000
 KEYS = keys_for(range(N))
 
 
 def generation(g: int) -> pa.Table:
-    return pa.table({"hashkey": pa.array(KEYS, pa.binary(32)), **{f"f{j}": np.full(N, g, np.float32) for j in range(4)}})
+    return pa.table(
+        {"hashkey": pa.array(KEYS, pa.binary(32)), **{f"f{j}": np.full(N, g, np.float32) for j in range(4)}}
+    )
 
 
 @pytest.mark.parametrize("covering", [False, True])
@@ -77,17 +79,32 @@ def test_reads_see_whole_loads_only(dsn, conn, schema, covering):
                 if row is None or len(set(row.values())) != 1:
                     problems.append(f"single read saw {row}")
 
-        threads = [threading.Thread(target=read_batches, args=(0,)), threading.Thread(target=read_batches, args=(1,)),
-                   threading.Thread(target=read_single)]
+        threads = [
+            threading.Thread(target=read_batches, args=(0,)),
+            threading.Thread(target=read_batches, args=(1,)),
+            threading.Thread(target=read_single),
+        ]
         for t in threads:
             t.start()
-        plans = [("merge", "upsert"), ("merge", "rebuild"), ("replace", "auto"), ("merge", "upsert"), ("replace", "auto")]
+        plans = [
+            ("merge", "upsert"),
+            ("merge", "rebuild"),
+            ("replace", "auto"),
+            ("merge", "upsert"),
+            ("replace", "auto"),
+        ]
         try:
             for g, (mode, strategy) in enumerate(plans, start=2):
                 loading.set()
                 # Slow the reading phase a little so reads overlap every load's open transaction.
-                summary = store.write_features("plain", generation(g), mode=mode, strategy=strategy, batch_rows=250,
-                                               progress=lambda p: time.sleep(0.01) if p.phase == "reading" else None)
+                summary = store.write_features(
+                    "plain",
+                    generation(g),
+                    mode=mode,
+                    strategy=strategy,
+                    batch_rows=250,
+                    progress=lambda p: time.sleep(0.01) if p.phase == "reading" else None,
+                )
                 loading.clear()
                 assert summary.rows_read == N and summary.inserted + summary.updated == N
                 time.sleep(0.05)

@@ -11,23 +11,25 @@ from urllib.parse import urlsplit
 
 import pytest
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
-from support.proxy import Proxy
 
+from conftest import dsn_with
 from pgfeatures import AsyncFeatureStore, FeatureStore
 from pgfeatures.connections import ConnectFailures
 from pgfeatures.definitions import demo_registry
 from pgfeatures.schema import apply_schema
 from pgfeatures.store.opening import renew_pool, renew_write_pool
 from pgfeatures.store.opening_async import filled_pool_async
-
-from conftest import dsn_with
+from support.proxy import Proxy
 
 
 def open_pools(conninfo_part: str) -> list[object]:
     """The pools not closed whose conninfo contains ``conninfo_part``."""
     gc.collect()
-    return [p for p in gc.get_objects() if isinstance(p, (ConnectionPool, AsyncConnectionPool))
-            and not p.closed and conninfo_part in p.conninfo]
+    return [
+        p
+        for p in gc.get_objects()
+        if isinstance(p, (ConnectionPool, AsyncConnectionPool)) and not p.closed and conninfo_part in p.conninfo
+    ]
 
 
 @pytest.fixture()

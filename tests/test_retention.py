@@ -22,8 +22,10 @@ HOUR = 3600
 
 
 def make_registry(schema: str) -> Registry:
-    tables = [FeatureTable.of("hourly", {"a": "real"}, entity=USER, ttl=HOUR),
-              FeatureTable.of("kept", {"b": "real"}, entity=USER)]  # no ttl: never expires
+    tables = [
+        FeatureTable.of("hourly", {"a": "real"}, entity=USER, ttl=HOUR),
+        FeatureTable.of("kept", {"b": "real"}, entity=USER),
+    ]  # no ttl: never expires
     services = [FeatureService("both", ("hourly.a", "kept.b"), materialize=True)]
     return Registry.of(tables, schema=schema, services=services)
 
@@ -33,10 +35,13 @@ def ages(conn: psycopg.Connection, registry: Registry, minutes: dict[int, float]
     now = conn.execute("SELECT now()").fetchone()[0]
     column = registry.table(table).features[0].name
     with conn.cursor() as cur:
-        cur.executemany(sql.SQL("INSERT INTO {} (uid, {}, updated_at) VALUES (%s, 1.0, %s) ON CONFLICT (uid) DO UPDATE "
-                                "SET updated_at = EXCLUDED.updated_at").format(
-            sql.Identifier(registry.schema, table), sql.Identifier(column)),
-            [(k, now - dt.timedelta(minutes=m)) for k, m in minutes.items()])
+        cur.executemany(
+            sql.SQL(
+                "INSERT INTO {} (uid, {}, updated_at) VALUES (%s, 1.0, %s) ON CONFLICT (uid) DO UPDATE "
+                "SET updated_at = EXCLUDED.updated_at"
+            ).format(sql.Identifier(registry.schema, table), sql.Identifier(column)),
+            [(k, now - dt.timedelta(minutes=m)) for k, m in minutes.items()],
+        )
 
 
 def keys(conn: psycopg.Connection, registry: Registry, table: str = "hourly") -> set[int]:
@@ -72,8 +77,11 @@ def test_expire_deletes_rows_older_than_the_ttl_plus_grace_in_batches_and_keeps_
 def test_older_than_replaces_the_ttl_and_a_service_with_ttl_override_keeps_what_it_serves(conn, schema):
     from pgfeatures.retention import expire
 
-    registry = Registry.of(make_registry(schema).tables.values(), schema=schema,
-                           services=[FeatureService("long", ("hourly.a",), ttl=3 * HOUR, ttl_override=True)])
+    registry = Registry.of(
+        make_registry(schema).tables.values(),
+        schema=schema,
+        services=[FeatureService("long", ("hourly.a",), ttl=3 * HOUR, ttl_override=True)],
+    )
     apply_schema(conn, registry)
     ages(conn, registry, {1: 30, 2: 120, 3: 170})
     ages(conn, registry, {1: 30, 2: 120, 3: 170}, table="kept")
@@ -90,7 +98,9 @@ def test_expire_never_waits_for_a_writer_holding_a_row(conn, reg, dsn):
 
     ages(conn, reg, {1: 300, 2: 300, 3: 300})
     with psycopg.connect(dsn) as writer:  # a transaction holding row 2, as a live update would
-        writer.execute(sql.SQL("SELECT * FROM {} WHERE uid = 2 FOR UPDATE").format(sql.Identifier(reg.schema, "hourly")))
+        writer.execute(
+            sql.SQL("SELECT * FROM {} WHERE uid = 2 FOR UPDATE").format(sql.Identifier(reg.schema, "hourly"))
+        )
         started = time.monotonic()
         (hourly, _) = expire(conn, reg, grace=0)
         assert time.monotonic() - started < 5 and hourly.deleted == 2 and keys(conn, reg) == {2}
@@ -103,9 +113,11 @@ def test_cli_expire_reports_what_it_deleted(conn, reg, dsn, tmp_path, capsys):
     from pgfeatures.cli import main as cli_main
 
     defs = tmp_path / "defs.toml"
-    defs.write_text(f'schema = "{reg.schema}"\n[entities.user]\nkey = "bigint"\ncolumn = "uid"\n'
-                    '[tables.hourly]\nentity = "user"\nttl = "1h"\nfeatures = { a = "real" }\n'
-                    '[tables.kept]\nentity = "user"\nfeatures = { b = "real" }\n')
+    defs.write_text(
+        f'schema = "{reg.schema}"\n[entities.user]\nkey = "bigint"\ncolumn = "uid"\n'
+        '[tables.hourly]\nentity = "user"\nttl = "1h"\nfeatures = { a = "real" }\n'
+        '[tables.kept]\nentity = "user"\nfeatures = { b = "real" }\n'
+    )
     ages(conn, reg, {1: 10, 2: 200, 3: 300})
     assert cli_main(["expire", "--dsn", dsn, "-d", str(defs), "--grace", "30m", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -120,9 +132,11 @@ def test_serve_expires_in_the_background(conn, reg, dsn, tmp_path):
     from support.inprocess import running_app
 
     defs = tmp_path / "defs.toml"
-    defs.write_text(f'schema = "{reg.schema}"\n[entities.user]\nkey = "bigint"\ncolumn = "uid"\n'
-                    '[tables.hourly]\nentity = "user"\nttl = "1h"\nfeatures = { a = "real" }\n'
-                    '[tables.kept]\nentity = "user"\nfeatures = { b = "real" }\n')
+    defs.write_text(
+        f'schema = "{reg.schema}"\n[entities.user]\nkey = "bigint"\ncolumn = "uid"\n'
+        '[tables.hourly]\nentity = "user"\nttl = "1h"\nfeatures = { a = "real" }\n'
+        '[tables.kept]\nentity = "user"\nfeatures = { b = "real" }\n'
+    )
     ages(conn, reg, {1: 10, 2: 200})
     config = ServerConfig(dsn=dsn, definitions=str(defs), prewarm=False, pool_size=1, expire_every=0.2, expire_grace=60)
     counted = 'pgfeatures_expired_rows_total{table="hourly"} 1.0'

@@ -13,7 +13,10 @@ from pgfeatures.schema import apply_schema, drift
 
 def registry(schema: str) -> Registry:
     return Registry.of(
-        [FeatureTable.of("a", {"x": "real", "n": "integer"}, covering_index=True), FeatureTable.of("b", {"y": "bigint"})],
+        [
+            FeatureTable.of("a", {"x": "real", "n": "integer"}, covering_index=True),
+            FeatureTable.of("b", {"y": "bigint"}),
+        ],
         schema=schema,
     )
 
@@ -21,7 +24,8 @@ def registry(schema: str) -> Registry:
 def catalog_snapshot(conn, schema):
     return conn.execute(
         "SELECT c.relname, c.oid, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s ORDER BY 1", [schema]
+        "WHERE n.nspname = %s ORDER BY 1",
+        [schema],
     ).fetchall()
 
 
@@ -39,7 +43,9 @@ def test_init_twice_changes_nothing(conn, schema):
 def test_key_length_is_enforced_by_the_table(conn, schema):
     apply_schema(conn, registry(schema))
     with pytest.raises(Exception, match="check constraint"):
-        conn.execute(sql.SQL("INSERT INTO {} (hashkey, y) VALUES (%s, 1)").format(sql.Identifier(schema, "b")), [b"short"])
+        conn.execute(
+            sql.SQL("INSERT INTO {} (hashkey, y) VALUES (%s, 1)").format(sql.Identifier(schema, "b")), [b"short"]
+        )
 
 
 def test_drift_is_reported(conn, schema):

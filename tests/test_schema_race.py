@@ -21,24 +21,31 @@ import numpy as np
 import psycopg
 import pyarrow as pa
 from psycopg import sql
-from test_load import keys_for
 
 from pgfeatures.definitions import FeatureTable, Registry
 from pgfeatures.load import load
 from pgfeatures.schema import apply_schema, drift
+from test_load import keys_for
 
 TABLES = 300
 ROUNDS = 16
 
 
 def registry(schema: str) -> Registry:
-    return Registry.of([FeatureTable.of(f"t{i:03d}", {"x": "real", "n": "integer"}, covering_index=i % 2 == 0)
-                        for i in range(TABLES)], schema=schema)
+    return Registry.of(
+        [FeatureTable.of(f"t{i:03d}", {"x": "real", "n": "integer"}, covering_index=i % 2 == 0) for i in range(TABLES)],
+        schema=schema,
+    )
 
 
 def rows(n: int = 50) -> pa.Table:
-    return pa.table({"hashkey": pa.array(keys_for(range(n)), pa.binary(32)), "x": np.arange(n, dtype=np.float32),
-                     "n": np.arange(n, dtype=np.int32)})
+    return pa.table(
+        {
+            "hashkey": pa.array(keys_for(range(n)), pa.binary(32)),
+            "x": np.arange(n, dtype=np.float32),
+            "n": np.arange(n, dtype=np.int32),
+        }
+    )
 
 
 def test_init_and_first_load_race(dsn, schema):
@@ -79,12 +86,19 @@ def test_init_and_first_load_race(dsn, schema):
                 t.join(120)
             for name, result in results.items():
                 if isinstance(result, Exception):
-                    failures.append(f"round {round_} ({target}, load after {delay:.2f}s): {name}: {type(result).__name__}: {result}")
+                    failures.append(
+                        f"round {round_} ({target}, load after {delay:.2f}s): {name}: {type(result).__name__}: {result}"
+                    )
             if len(results) != 2:
                 failures.append(f"round {round_}: a thread did not finish")
             if not any(isinstance(r, Exception) for r in results.values()):
                 assert all(drift(admin, schema, t) == [] for t in reg.tables.values())
-                assert admin.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, target))).fetchone()[0] == 50
+                assert (
+                    admin.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, target))).fetchone()[
+                        0
+                    ]
+                    == 50
+                )
                 report = results["init"]
                 assert sorted(report.created + report.existing) == sorted(reg.tables) and report.ok
     assert not failures, "\n".join(failures)

@@ -83,7 +83,9 @@ def test_one_key_every_table(client: httpx.Client, i: int) -> None:
 
 
 def test_types_survive_json(client: httpx.Client) -> None:
-    profile = client.post("/v1/features", json={"key": data.hexkey(3), "tables": ["profile"]}).json()["features"]["profile"]
+    profile = client.post("/v1/features", json={"key": data.hexkey(3), "tables": ["profile"]}).json()["features"][
+        "profile"
+    ]
     assert profile["big"] == 2**60 + 3 and isinstance(profile["big"], int)  # beyond 2^53: not through a double
     assert profile["clicks"] == 30 and isinstance(profile["clicks"], int)
     assert profile["active"] is False
@@ -92,10 +94,15 @@ def test_types_survive_json(client: httpx.Client) -> None:
 
 def test_subsets_in_both_notations(client: httpx.Client) -> None:
     key = data.hexkey(2)
-    by_table = client.post("/v1/features", json={"key": key, "tables": ["stats", "profile"],
-                                                 "features": {"profile": ["score", "updated_at"]}}).json()
+    by_table = client.post(
+        "/v1/features",
+        json={"key": key, "tables": ["stats", "profile"], "features": {"profile": ["score", "updated_at"]}},
+    ).json()
     assert list(by_table["features"]) == ["stats", "profile"]  # the order asked
-    assert by_table["features"] == {"stats": data.rows("stats", 2), "profile": {"score": 3.0, "updated_at": rfc3339(data.updated_at(2))}}
+    assert by_table["features"] == {
+        "stats": data.rows("stats", 2),
+        "profile": {"score": 3.0, "updated_at": rfc3339(data.updated_at(2))},
+    }
     dotted = client.post("/v1/features", json={"key": key, "features": ["flags.g", "profile.clicks"]}).json()
     assert dotted["features"] == {"flags": {"g": False}, "profile": {"clicks": 20}}
     assert dotted["missing"] == []
@@ -153,30 +160,74 @@ GOOD = data.hexkey(1)
     [
         ("/v1/features", b'{"key": ', 400, "invalid_json", "not valid JSON"),
         ("/v1/features", b"[1, 2]", 400, "invalid_request", "must be a JSON object"),
-        ("/v1/features", {"key": GOOD, "tabels": ["stats"]}, 400, "invalid_request", "valid fields: key, tables, features"),
+        (
+            "/v1/features",
+            {"key": GOOD, "tabels": ["stats"]},
+            400,
+            "invalid_request",
+            "valid fields: key, tables, features",
+        ),
         ("/v1/features", {"tables": ["stats"]}, 400, "invalid_request", "missing field 'key'"),
         ("/v1/features", {"key": GOOD[:-1]}, 400, "invalid_key", "64 hex characters, got 63"),
         ("/v1/features", {"key": "zz" + GOOD[2:]}, 400, "invalid_key", "0-9, a-f"),
         ("/v1/features", {"key": " " + GOOD[1:]}, 400, "invalid_key", "0-9, a-f"),
         ("/v1/features", {"key": 12}, 400, "invalid_key", "got a number"),
-        ("/v1/features", {"key": GOOD, "tables": ["stats", "nope"]}, 400, "unknown_table", "valid tables: flags, profile, stats"),
-        ("/v1/features", {"key": GOOD, "tables": "stats"}, 400, "invalid_request", "tables must be an array of strings"),
+        (
+            "/v1/features",
+            {"key": GOOD, "tables": ["stats", "nope"]},
+            400,
+            "unknown_table",
+            "valid tables: flags, profile, stats",
+        ),
+        (
+            "/v1/features",
+            {"key": GOOD, "tables": "stats"},
+            400,
+            "invalid_request",
+            "tables must be an array of strings",
+        ),
         ("/v1/features", {"key": GOOD, "tables": []}, 400, "invalid_request", "must not be empty"),
-        ("/v1/features", {"key": GOOD, "features": {"stats": ["a", "zz"]}}, 400, "unknown_feature",
-         "valid features: a, b, updated_at"),
+        (
+            "/v1/features",
+            {"key": GOOD, "features": {"stats": ["a", "zz"]}},
+            400,
+            "unknown_feature",
+            "valid features: a, b, updated_at",
+        ),
         ("/v1/features", {"key": GOOD, "features": ["stats"]}, 400, "invalid_selection", "'table.feature'"),
         ("/v1/features", {"key": GOOD, "features": {}}, 400, "invalid_request", "at least one table"),
-        ("/v1/features", {"key": GOOD, "features": {"stats": [1]}}, 400, "invalid_request", "features.stats must be an array"),
-        ("/v1/features", {"key": GOOD, "tables": ["flags"], "features": {"stats": ["a"]}}, 400, "invalid_selection",
-         "not requested: stats"),
-        ("/v1/features/batch", {"keys": [GOOD] * (MAX_KEYS + 1)}, 400, "too_many_keys",
-         f"the limit is {MAX_KEYS}: send fewer keys per request, or raise it with --max-batch-keys or "
-         "PGFEATURES_MAX_BATCH_KEYS"),
+        (
+            "/v1/features",
+            {"key": GOOD, "features": {"stats": [1]}},
+            400,
+            "invalid_request",
+            "features.stats must be an array",
+        ),
+        (
+            "/v1/features",
+            {"key": GOOD, "tables": ["flags"], "features": {"stats": ["a"]}},
+            400,
+            "invalid_selection",
+            "not requested: stats",
+        ),
+        (
+            "/v1/features/batch",
+            {"keys": [GOOD] * (MAX_KEYS + 1)},
+            400,
+            "too_many_keys",
+            f"the limit is {MAX_KEYS}: send fewer keys per request, or raise it with --max-batch-keys or "
+            "PGFEATURES_MAX_BATCH_KEYS",
+        ),
         ("/v1/features/batch", {"keys": [GOOD, GOOD, "x"]}, 400, "invalid_key", "keys[2]"),
         ("/v1/features/batch", {"keys": GOOD}, 400, "invalid_request", "keys must be an array"),
-        ("/v1/features/batch", b"x" * (2 << 20), 413, "payload_too_large",
-         "over 1048576; the limit is max(1 MiB, 80 bytes x max_batch_keys): raise it with --max-batch-keys or "
-         "PGFEATURES_MAX_BATCH_KEYS"),
+        (
+            "/v1/features/batch",
+            b"x" * (2 << 20),
+            413,
+            "payload_too_large",
+            "over 1048576; the limit is max(1 MiB, 80 bytes x max_batch_keys): raise it with --max-batch-keys or "
+            "PGFEATURES_MAX_BATCH_KEYS",
+        ),
     ],
 )
 def test_bad_requests_say_what_is_valid(
@@ -191,6 +242,7 @@ def test_bad_requests_say_what_is_valid(
 
 def test_body_limit_holds_without_content_length(client: httpx.Client) -> None:
     """A chunked body (no Content-Length) is counted as it streams in."""
+
     def body() -> Iterator[bytes]:
         for _ in range(33):
             yield b" " * (32 << 10)
@@ -210,8 +262,15 @@ def test_unknown_paths_and_methods(client: httpx.Client) -> None:
 
 
 def test_bearer_token_guards_all_but_probes(app: httpx.Client) -> None:
-    for method, path in [("POST", "/v1/features"), ("GET", "/v1/tables"), ("GET", "/metrics"), ("GET", "/openapi.json"),
-                         ("POST", "/v1/push/stats"), ("GET", "/v1/services"), ("POST", "/v1/features/batch")]:
+    for method, path in [
+        ("POST", "/v1/features"),
+        ("GET", "/v1/tables"),
+        ("GET", "/metrics"),
+        ("GET", "/openapi.json"),
+        ("POST", "/v1/push/stats"),
+        ("GET", "/v1/services"),
+        ("POST", "/v1/features/batch"),
+    ]:
         r = app.request(method, path, json={"key": GOOD})
         assert r.status_code == 401, path
         assert r.headers["www-authenticate"] == "Bearer"
@@ -229,7 +288,10 @@ def test_tables(client: httpx.Client, definitions: Path) -> None:
     body = client.get("/v1/tables").json()
     assert body["schema"] == definitions.read_text().split('"')[1]
     stats = next(t for t in body["tables"] if t["name"] == "stats")
-    assert stats["features"] == [{"name": "a", "type": "real", "default": None}, {"name": "b", "type": "real", "default": None}]
+    assert stats["features"] == [
+        {"name": "a", "type": "real", "default": None},
+        {"name": "b", "type": "real", "default": None},
+    ]
     assert stats["entity"] == {"name": "entity", "key_type": "bytea32", "key_column": "hashkey"}
     assert stats["exists"] is True and stats["rows"] == 5  # keys 0, 2, 4, 6, 8
     assert stats["newest_updated_at"] == rfc3339(data.updated_at(8))
@@ -238,9 +300,19 @@ def test_tables(client: httpx.Client, definitions: Path) -> None:
 
 def test_openapi_names_tables_features_and_limits(client: httpx.Client) -> None:
     doc = client.get("/openapi.json").json()
-    assert set(doc["paths"]) == {"/v1/features", "/v1/features/batch", "/v1/services", "/v1/tables", "/healthz",
-                                 "/readyz", "/metrics", "/openapi.json", "/v1/push/profile", "/v1/push/stats",
-                                 "/v1/push/flags"}
+    assert set(doc["paths"]) == {
+        "/v1/features",
+        "/v1/features/batch",
+        "/v1/services",
+        "/v1/tables",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/v1/push/profile",
+        "/v1/push/stats",
+        "/v1/push/flags",
+    }
     schemas = doc["components"]["schemas"]
     assert schemas["Tables"]["items"]["enum"] == ["profile", "stats", "flags"]
     assert schemas["BatchRequest"]["properties"]["keys"]["maxItems"] == MAX_KEYS
@@ -272,7 +344,7 @@ def test_warmup_hooks_run_before_ready(dsn: str, definitions: Path) -> None:
         store_open_in_hook: list[bool] = []
 
         async def hook(store: object) -> None:
-            store_open_in_hook.append(getattr(store, "ready"))
+            store_open_in_hook.append(store.ready)
             await release.wait()
 
         app = create_app(ServerConfig(dsn=dsn, definitions=str(definitions)), warmup=[hook])
@@ -282,7 +354,9 @@ def test_warmup_hooks_run_before_ready(dsn: str, definitions: Path) -> None:
                     await asyncio.sleep(0.01)
                 assert store_open_in_hook == [True]  # the hook runs on an open store
                 r = await c.get("/readyz")
-                assert r.status_code == 503 and r.json()["reason"] == "warming_up" and r.json()["message"] == "warming up"
+                assert (
+                    r.status_code == 503 and r.json()["reason"] == "warming_up" and r.json()["message"] == "warming up"
+                )
                 assert (await c.post("/v1/features", json={"key": GOOD})).json()["error"]["type"] == "not_ready"
                 tables = (await c.get("/v1/tables")).json()  # answered while warming up (the store is open)
                 assert [t["name"] for t in tables["tables"]] == ["profile", "stats", "flags"]
@@ -299,10 +373,20 @@ def test_cli_process_with_prewarm_and_layered_settings(dsn: str, definitions: Pa
     """A real ``pgfeatures serve``: settings from a config file, the environment and flags; ready after pg_prewarm."""
     file = definitions.parent / "serve-cli.toml"
     file.write_text(f"max_batch_keys = {MAX_KEYS}\npool_size = 9\ncoalesce = true\n")
-    with ServeProcess(
-        "--config", str(file), "--definitions", str(definitions), "--pool-size", "2", "--no-coalesce", "--prewarm",
-        env={"PGFEATURES_DSN": dsn, "PGFEATURES_TOKEN": TOKEN, "PGFEATURES_POOL_SIZE": "7"},
-    ) as proc, httpx.Client(base_url=proc.url, headers=AUTH, timeout=10) as c:
+    with (
+        ServeProcess(
+            "--config",
+            str(file),
+            "--definitions",
+            str(definitions),
+            "--pool-size",
+            "2",
+            "--no-coalesce",
+            "--prewarm",
+            env={"PGFEATURES_DSN": dsn, "PGFEATURES_TOKEN": TOKEN, "PGFEATURES_POOL_SIZE": "7"},
+        ) as proc,
+        httpx.Client(base_url=proc.url, headers=AUTH, timeout=10) as c,
+    ):
         assert c.get("/readyz").json()["status"] == "ready"
         assert c.post("/v1/features", json={"key": data.hexkey(2)}).json()["features"] == data.expected(2)
         assert httpx.get(f"{proc.url}/v1/tables").status_code == 401  # the token from the environment
@@ -319,7 +403,12 @@ def test_cli_process_with_prewarm_and_layered_settings(dsn: str, definitions: Pa
 def test_config_precedence_flag_env_file_default(tmp_path: Path) -> None:
     file = tmp_path / "serve.toml"
     file.write_text('port = 9001\nworkers = 3\npool_size = 5\nhost = "0.0.0.0"\n')
-    env = {"PGFEATURES_CONFIG": str(file), "PGFEATURES_WORKERS": "4", "PGFEATURES_POOL_SIZE": "6", "PGFEATURES_COALESCE": "yes"}
+    env = {
+        "PGFEATURES_CONFIG": str(file),
+        "PGFEATURES_WORKERS": "4",
+        "PGFEATURES_POOL_SIZE": "6",
+        "PGFEATURES_COALESCE": "yes",
+    }
     config = load_config({"pool_size": "7", "port": None}, environ=env)
     assert (config.pool_size, config.workers, config.port, config.host) == (7, 4, 9001, "0.0.0.0")
     assert config.coalesce is True

@@ -23,9 +23,11 @@ import pytest
 from psycopg import sql
 
 from pgfeatures.definitions import demo_registry
-from pgfeatures.demo import entity_key, expected as demo_expected
+from pgfeatures.demo import entity_key
+from pgfeatures.demo import expected as demo_expected
 from pgfeatures.server import ServerConfig, create_app
-from support import demo_data, server_data as data
+from support import demo_data
+from support import server_data as data
 from support.inprocess import app_client, running_app
 
 CHUNK = 4
@@ -98,15 +100,18 @@ def test_large_batch_against_the_demo_ground_truth(dsn: str, demo: tuple[Path, i
     truth: dict[int, dict] = {}
     for i, got in zip(ids, results):
         assert got["key"] == entity_key(i).hex()
-        want = truth.get(i) or truth.setdefault(i, demo_expected(registry, i, entities) if i < entities
-                                                else dict.fromkeys(registry.tables))
+        want = truth.get(i) or truth.setdefault(
+            i, demo_expected(registry, i, entities) if i < entities else dict.fromkeys(registry.tables)
+        )
         assert got["missing"] == [t for t, v in want.items() if v is None]
         for table, values in want.items():
             if values is None:
                 assert got["features"][table] is None
             else:  # float32 exact
-                assert np.array(list(got["features"][table].values()), np.float32).tobytes() == \
-                    np.array(list(values.values()), np.float32).tobytes()
+                assert (
+                    np.array(list(got["features"][table].values()), np.float32).tobytes()
+                    == np.array(list(values.values()), np.float32).tobytes()
+                )
 
 
 # -- fairness: batches take a bounded share of the pool -------------------------------------------
@@ -132,17 +137,20 @@ def lock_table(dsn: str, schema: str) -> Iterator[Any]:
 
 async def waiting_on_lock(dsn: str, schema: str, at_least: int) -> None:
     """Until at least this many read connections wait for a lock on a table of the schema."""
-    query = ("SELECT count(*) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid AND NOT l.granted "
-             "JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace "
-             "WHERE a.application_name = 'pgfeatures-read' AND n.nspname = %s")
+    query = (
+        "SELECT count(*) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid AND NOT l.granted "
+        "JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE a.application_name = 'pgfeatures-read' AND n.nspname = %s"
+    )
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         async with asyncio.timeout(10):
             while (await (await conn.execute(query, [schema])).fetchone())[0] < at_least:  # type: ignore[index]
                 await asyncio.sleep(0.02)
 
 
-def test_single_key_read_completes_while_batches_hold_their_share(dsn: str, schema: str, definitions: Path,
-                                                                  lock_table: Any) -> None:
+def test_single_key_read_completes_while_batches_hold_their_share(
+    dsn: str, schema: str, definitions: Path, lock_table: Any
+) -> None:
     """Pool of 2, batches may hold 1: two batches held in the database cannot take the connection a
     single-key read needs. Without the bound the second batch takes it and the read gets a 503."""
     settings = dict(pool_size=2, batch_connections=1, batch_chunk_keys=CHUNK, acquire_timeout=3.0, request_timeout=20.0)
@@ -154,7 +162,9 @@ def test_single_key_read_completes_while_batches_hold_their_share(dsn: str, sche
                 first = asyncio.ensure_future(c.post("/v1/features/batch", json=batch_body(list(range(10)))))
                 await waiting_on_lock(dsn, schema, 1)
                 second = asyncio.ensure_future(c.post("/v1/features/batch", json=batch_body([3, 1, 4, 1, 5])))
-                await asyncio.sleep(0.3)  # the second batch is waiting (for the batch slot, or, unbounded, for the lock)
+                await asyncio.sleep(
+                    0.3
+                )  # the second batch is waiting (for the batch slot, or, unbounded, for the lock)
                 single = await c.post("/v1/features", json={"key": data.hexkey(2), "tables": ["profile"]})
             finally:
                 lock_table.release()
@@ -168,8 +178,9 @@ def test_single_key_read_completes_while_batches_hold_their_share(dsn: str, sche
         assert [x["features"] for x in r.json()["results"]] == [data.expected(i) for i in ids]
 
 
-def test_a_batch_that_cannot_get_its_share_is_a_503_pool_exhausted(dsn: str, schema: str, definitions: Path,
-                                                                   lock_table: Any) -> None:
+def test_a_batch_that_cannot_get_its_share_is_a_503_pool_exhausted(
+    dsn: str, schema: str, definitions: Path, lock_table: Any
+) -> None:
     settings = dict(pool_size=2, batch_connections=1, acquire_timeout=0.5, request_timeout=20.0, retry_after=2)
 
     async def run() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
@@ -185,7 +196,10 @@ def test_a_batch_that_cannot_get_its_share_is_a_503_pool_exhausted(dsn: str, sch
             return await first, second, single
 
     first, second, single = asyncio.run(asyncio.wait_for(run(), 60))
-    assert first.status_code == 200 and [x["features"] for x in first.json()["results"]] == [data.expected(1), data.expected(2)]
+    assert first.status_code == 200 and [x["features"] for x in first.json()["results"]] == [
+        data.expected(1),
+        data.expected(2),
+    ]
     assert second.status_code == 503 and second.headers["retry-after"] == "2", second.text
     error = second.json()["error"]
     assert error["type"] == "pool_exhausted" and error["retryable"] is True
@@ -196,8 +210,9 @@ def test_a_batch_that_cannot_get_its_share_is_a_503_pool_exhausted(dsn: str, sch
 # -- a failure mid-stream cuts the answer off -----------------------------------------------------
 
 
-def test_failure_mid_stream_leaves_the_answer_incomplete(dsn: str, schema: str, definitions: Path, lock_table: Any,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_failure_mid_stream_leaves_the_answer_incomplete(
+    dsn: str, schema: str, definitions: Path, lock_table: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     """Once the 200 is out, a failing chunk must not end the answer as if it were whole: the
     response stops without its final message (the server closes the connection), and the log says why."""
     app = create_app(config(dsn, definitions, batch_chunk_keys=CHUNK, request_timeout=0.5))
@@ -224,10 +239,21 @@ def test_failure_mid_stream_leaves_the_answer_incomplete(dsn: str, schema: str, 
                 if message["type"] == "http.response.body" and len(messages) == 2:
                     lock_table.lock("stats")  # after the first chunk is out, the next one waits for the lock
 
-            scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-                     "method": "POST", "scheme": "http", "path": "/v1/features/batch", "raw_path": b"/v1/features/batch",
-                     "query_string": b"", "root_path": "", "headers": [(b"content-type", b"application/json")],
-                     "client": ("127.0.0.1", 1), "server": ("app", 80), "state": {}}
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0", "spec_version": "2.3"},
+                "http_version": "1.1",
+                "method": "POST",
+                "scheme": "http",
+                "path": "/v1/features/batch",
+                "raw_path": b"/v1/features/batch",
+                "query_string": b"",
+                "root_path": "",
+                "headers": [(b"content-type", b"application/json")],
+                "client": ("127.0.0.1", 1),
+                "server": ("app", 80),
+                "state": {},
+            }
             try:
                 await asyncio.wait_for(app(scope, receive, send), 30)
             finally:

@@ -16,8 +16,26 @@ from pgfeatures.materialize.build import status
 def test_services_mode_runs_and_compares_like_with_like(dsn: str, schema: str) -> None:
     p = argparse.ArgumentParser()
     http.add_arguments(p)
-    args = p.parse_args(["--mode", "services", "--entities", "300", "--requests", "20", "--concurrency", "1,2",
-                         "--rounds", "1", "--seconds", "0.2", "--pool-size", "2", "--services-schema", schema])
+    args = p.parse_args(
+        [
+            "--mode",
+            "services",
+            "--entities",
+            "300",
+            "--requests",
+            "20",
+            "--concurrency",
+            "1,2",
+            "--rounds",
+            "1",
+            "--seconds",
+            "0.2",
+            "--pool-size",
+            "2",
+            "--services-schema",
+            schema,
+        ]
+    )
     said: list[str] = []
     figures = http_services.run(args, dsn, asyncio.run, said.append)["services"]
     assert any("materialized mat30" in s for s in said), said

@@ -15,11 +15,9 @@ from typing import Any
 
 import psycopg
 import pytest
-
-from pgfeatures.errors import SchemaDriftError
 from psycopg import sql
 
-from pgfeatures.errors import StoreClosedError
+from pgfeatures.errors import SchemaDriftError, StoreClosedError
 from pgfeatures.server.coalesce import Coalescer
 from pgfeatures.store import AsyncFeatureStore
 from support import server_data as data
@@ -61,6 +59,7 @@ def expected(i: int) -> dict:
 @pytest.mark.parametrize("window, sizes", [(0.0, [16, 4]), (0.002, [16, 4])])
 def test_batches_wait_for_a_free_slot(dsn: str, definitions: Path, window: float, sizes: list[int]) -> None:
     """20 reads in one loop iteration, one slot: a full batch of max_keys, the rest once it is back."""
+
     async def run() -> tuple[list[int], list[dict]]:
         async with opened(dsn, definitions) as store:
             seen: list[int] = []
@@ -83,8 +82,9 @@ def test_a_failing_batch_fails_every_request_in_it(dsn: str, schema: str, defini
             reader = store.batch_reader(TABLES)
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, "flags")))
-            failed = await asyncio.gather(*(coalescer.read(reader, data.key(i)) for i in range(10)),
-                                          return_exceptions=True)
+            failed = await asyncio.gather(
+                *(coalescer.read(reader, data.key(i)) for i in range(10)), return_exceptions=True
+            )
             # the coalescer is not wedged by the failure: the next batch of another shape works
             other = store.batch_reader(["profile"])
             after = await asyncio.gather(*(coalescer.read(other, data.key(i)) for i in range(3)))

@@ -46,9 +46,22 @@ def definitions(dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 def start_server(dsn: str, proxy: Proxy, definitions: Path, *, ready: bool = True) -> ServeProcess:
     return ServeProcess(
-        "--dsn", proxy.dsn(dsn), "--definitions", str(definitions), "--pool-size", "2", "--retry-after", "3",
-        "--acquire-timeout", str(ACQUIRE_TIMEOUT), "--request-timeout", str(REQUEST_TIMEOUT), "--connect-timeout", "2",
-        "--graceful-timeout", "20",
+        "--dsn",
+        proxy.dsn(dsn),
+        "--definitions",
+        str(definitions),
+        "--pool-size",
+        "2",
+        "--retry-after",
+        "3",
+        "--acquire-timeout",
+        str(ACQUIRE_TIMEOUT),
+        "--request-timeout",
+        str(REQUEST_TIMEOUT),
+        "--connect-timeout",
+        "2",
+        "--graceful-timeout",
+        "20",
     ).start(ready_within=60 if ready else None)
 
 
@@ -121,11 +134,16 @@ def test_sigterm_drains_in_flight_requests(server: ServeProcess, proxy: Proxy) -
         assert read(c).status_code == 200
         proxy.pause()
         result: dict[str, httpx.Response] = {}
-        request = threading.Thread(target=lambda: result.setdefault("r", read(httpx.Client(base_url=server.url, timeout=CEILING))))
+        request = threading.Thread(
+            target=lambda: result.setdefault("r", read(httpx.Client(base_url=server.url, timeout=CEILING)))
+        )
         request.start()
         # In flight once it holds a pool connection (the metrics scrape refreshes the pool gauges).
-        wait_until(lambda: data.metric(c.get("/metrics").text, "pgfeatures_pool_connections", state="available") < 2,
-                   "in flight", within=REQUEST_TIMEOUT)
+        wait_until(
+            lambda: data.metric(c.get("/metrics").text, "pgfeatures_pool_connections", state="available") < 2,
+            "in flight",
+            within=REQUEST_TIMEOUT,
+        )
     server.proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)  # let the server start shutting down while the request is still held
     proxy.resume()
@@ -143,7 +161,11 @@ def test_unreachable_at_startup_serves_probes_and_becomes_ready(dsn: str, proxy:
         with httpx.Client(base_url=server.url, timeout=CEILING) as c:
             wait_until(lambda: _alive(c), "alive")
             r = c.get("/readyz")
-            assert r.status_code == 503 and r.json()["reason"] == "warming_up" and r.json()["message"].startswith("warming up")
+            assert (
+                r.status_code == 503
+                and r.json()["reason"] == "warming_up"
+                and r.json()["message"].startswith("warming up")
+            )
             r = read(c)
             assert r.status_code == 503 and r.json()["error"]["type"] == "not_ready"
             proxy.start()

@@ -22,14 +22,13 @@ import pytest
 from psycopg import sql
 
 import pgfeatures.errors as errors_module
+from conftest import dsn_with
 from pgfeatures.errors import PgFeaturesError
 from pgfeatures.server import ServerConfig, create_app
 from pgfeatures.server.errors import NotReadyError, RequestError, classify, error_response
 from support import server_data as data
 from support.inprocess import BASE_URL, app_client
 from support.proxy import Proxy
-
-from conftest import dsn_with
 
 RETRY_AFTER = 7
 
@@ -71,8 +70,11 @@ EXPECTED = {
 
 
 def typed_errors() -> list[type[PgFeaturesError]]:
-    return [c for _, c in inspect.getmembers(errors_module, inspect.isclass)
-            if issubclass(c, PgFeaturesError) and c is not PgFeaturesError and c.__module__ == errors_module.__name__]
+    return [
+        c
+        for _, c in inspect.getmembers(errors_module, inspect.isclass)
+        if issubclass(c, PgFeaturesError) and c is not PgFeaturesError and c.__module__ == errors_module.__name__
+    ]
 
 
 def instance(cls: type[PgFeaturesError]) -> PgFeaturesError:
@@ -113,7 +115,9 @@ def test_service_errors_and_bugs() -> None:
     bug = error_response(KeyError("secret detail"), 1)
     assert bug.status_code == 500
     assert orjson.loads(bug.body)["error"] == {
-        "type": "internal", "message": "internal error (KeyError); see the server log", "retryable": False,
+        "type": "internal",
+        "message": "internal error (KeyError); see the server log",
+        "retryable": False,
     }
 
 
@@ -126,8 +130,7 @@ def definitions(dsn: str, schema: str, tmp_path: Path) -> Path:
 
 
 def config(dsn: str, definitions: Path, **settings: object) -> ServerConfig:
-    return ServerConfig(dsn=dsn, definitions=str(definitions), prewarm=False, retry_after=RETRY_AFTER,
-                        **settings)  # type: ignore[arg-type]
+    return ServerConfig(dsn=dsn, definitions=str(definitions), prewarm=False, retry_after=RETRY_AFTER, **settings)  # type: ignore[arg-type]
 
 
 def read(client: httpx.AsyncClient, i: int = 2) -> asyncio.Future[httpx.Response]:
@@ -192,7 +195,11 @@ def reader_role(dsn: str, schema: str, definitions: Path) -> Iterator[str]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), sql.Identifier(role)))
-        conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(sql.Identifier(schema), sql.Identifier(role)))
+        conn.execute(
+            sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(
+                sql.Identifier(schema), sql.Identifier(role)
+            )
+        )
     yield role
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [role])
@@ -200,14 +207,18 @@ def reader_role(dsn: str, schema: str, definitions: Path) -> Iterator[str]:
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
-def test_revoked_privilege_is_a_database_error_with_sqlstate(dsn: str, schema: str, definitions: Path,
-                                                             reader_role: str) -> None:
+def test_revoked_privilege_is_a_database_error_with_sqlstate(
+    dsn: str, schema: str, definitions: Path, reader_role: str
+) -> None:
     async def run() -> None:
         async with app_client(config(dsn_with(dsn, user=reader_role), definitions)) as (app, c):
             assert (await read(c)).json()["features"] == data.expected(2)
             with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute(sql.SQL("REVOKE SELECT ON {} FROM {}").format(
-                    sql.Identifier(schema, "stats"), sql.Identifier(reader_role)))
+                conn.execute(
+                    sql.SQL("REVOKE SELECT ON {} FROM {}").format(
+                        sql.Identifier(schema, "stats"), sql.Identifier(reader_role)
+                    )
+                )
             error = assert_error(await read(c), 500, "database_error", False)
             assert error["sqlstate"] == "42501" and "permission denied" in error["message"]
 
@@ -232,6 +243,7 @@ def test_a_read_racing_the_store_closing_is_503_shutting_down(dsn: str, definiti
     """A request admitted before the store closed, waiting for a pooled connection when it does
     (psycopg_pool fails it with PoolClosed): the store's StoreClosedError, so the same answer as a
     request after shutdown, 503 ``shutting_down``, never a 500."""
+
     async def run() -> None:
         async with app_client(config(dsn, definitions, pool_size=1, coalesce=coalesce)) as (app, c):
             assert (await read(c)).status_code == 200
@@ -329,7 +341,9 @@ def test_requests_straddling_the_moment_a_blocked_query_returns(dsn: str, schema
             body = {"key": data.hexkey(2), "tables": ["stats"]}
             assert (await c.post("/v1/features", json=body)).status_code == 200
             with psycopg.connect(dsn) as locker:
-                locker.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema, "stats")))
+                locker.execute(
+                    sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema, "stats"))
+                )
 
                 def release() -> None:
                     import time

@@ -59,11 +59,19 @@ def definitions(dsn: str, schema: str, tmp_path: Path) -> Path:
     with psycopg.connect(dsn, autocommit=True) as conn:
         apply_schema(conn, Registry.from_toml(path))
         for i, values in REALS.items():
-            conn.execute(sql.SQL("INSERT INTO {} (hashkey, updated_at, a, b, c, d, e, f) "
-                                 "VALUES (%s, to_timestamp(0), %s, %s, %s, %s, %s, %s)").format(
-                sql.Identifier(schema, "reals")), [key(i), *values])
-            conn.execute(sql.SQL("INSERT INTO {} (hashkey, updated_at, r, n) VALUES (%s, to_timestamp(0), %s, %s)").format(
-                sql.Identifier(schema, "mixed")), [key(i), *MIXED[i]])
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (hashkey, updated_at, a, b, c, d, e, f) "
+                    "VALUES (%s, to_timestamp(0), %s, %s, %s, %s, %s, %s)"
+                ).format(sql.Identifier(schema, "reals")),
+                [key(i), *values],
+            )
+            conn.execute(
+                sql.SQL("INSERT INTO {} (hashkey, updated_at, r, n) VALUES (%s, to_timestamp(0), %s, %s)").format(
+                    sql.Identifier(schema, "mixed")
+                ),
+                [key(i), *MIXED[i]],
+            )
     return path
 
 
@@ -74,7 +82,10 @@ def stored(value: float | None) -> np.float32 | None:
 
 def check_values(results: list[dict], ids: list[int]) -> None:
     for i, got in zip(ids, results):
-        expected = {"reals": dict(zip("abcdef", map(stored, REALS[i]))), "mixed": {"r": stored(MIXED[i][0]), "n": MIXED[i][1]}}
+        expected = {
+            "reals": dict(zip("abcdef", map(stored, REALS[i]))),
+            "mixed": {"r": stored(MIXED[i][0]), "n": MIXED[i][1]},
+        }
         for table, features in expected.items():
             for name, want in features.items():
                 value = got["features"][table][name]

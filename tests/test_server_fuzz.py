@@ -27,10 +27,9 @@ into the fuzz schema). Example counts are bounded; raise them for a longer hunt.
 
 from __future__ import annotations
 
-import datetime
-
 import asyncio
 import copy
+import datetime
 import os
 import time
 import tomllib
@@ -87,15 +86,21 @@ def definitions(dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def strict() -> SchemathesisConfig:
     """Strict both ways: a valid request gets a 2xx, an invalid one a 4xx (never a 5xx). Keys are
     shown in failures (schemathesis masks fields named like secrets, and "key" is one)."""
-    return SchemathesisConfig.from_dict({"output": {"sanitization": {"enabled": False}}, "checks": {
-        "positive_data_acceptance": {"expected-statuses": ["2xx"]},
-        "negative_data_rejection": {"expected-statuses": ["4xx"]},
-    }})
+    return SchemathesisConfig.from_dict(
+        {
+            "output": {"sanitization": {"enabled": False}},
+            "checks": {
+                "positive_data_acceptance": {"expected-statuses": ["2xx"]},
+                "negative_data_rejection": {"expected-statuses": ["4xx"]},
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="module")
 def document(dsn: str, definitions: Path) -> dict[str, Any]:
     """The document the app serves at /openapi.json (read without starting the app: it is static)."""
+
     async def fetch() -> dict[str, Any]:
         app = create_app(ServerConfig(dsn=dsn, definitions=str(definitions), **SETTINGS))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client:
@@ -119,8 +124,9 @@ def relaxed(document: dict[str, Any]) -> schemathesis.BaseSchema:
 
 
 @pytest.fixture()
-def app(api: schemathesis.BaseSchema, relaxed: schemathesis.BaseSchema, dsn: str,
-        definitions: Path) -> Iterator[Starlette]:
+def app(
+    api: schemathesis.BaseSchema, relaxed: schemathesis.BaseSchema, dsn: str, definitions: Path
+) -> Iterator[Starlette]:
     """A fresh app per test, reached over ASGI. Its lifespan (the store) is started by schemathesis'
     client, and ended by schemathesis' pytest plugin when the test ends (an app is not started twice)."""
     app = create_app(ServerConfig(dsn=dsn, definitions=str(definitions), **SETTINGS), warmup=())
@@ -140,8 +146,15 @@ OPERATIONS = [
     ("POST", "/v1/features"),
     ("POST", "/v1/features/batch"),
     ("GET", "/v1/services"),
-    *[op for name in SERVICES for op in (("GET", f"/v1/services/{name}"), ("POST", f"/v1/services/{name}"),
-                                         ("POST", f"/v1/services/{name}/batch"))],
+    *[
+        op
+        for name in SERVICES
+        for op in (
+            ("GET", f"/v1/services/{name}"),
+            ("POST", f"/v1/services/{name}"),
+            ("POST", f"/v1/services/{name}/batch"),
+        )
+    ],
     *[("POST", f"/v1/push/{name}") for name in TABLES],
     ("GET", "/v1/tables"),
     ("GET", "/healthz"),
@@ -174,8 +187,13 @@ CASES = [
 
 
 # Keys of every entity, in some of the forms each takes (the forms themselves are fuzzed through the services and pushes)
-KEYS = {"user": [42, "43", " -7 "], "merchant": ["m-1", 7], "device": ["dev-a", 12], "session": [str(data.SESSION),
-        "{" + data.SESSION.hex + "}"], "entity": [data.LEGACY]}
+KEYS = {
+    "user": [42, "43", " -7 "],
+    "merchant": ["m-1", 7],
+    "device": ["dev-a", 12],
+    "session": [str(data.SESSION), "{" + data.SESSION.hex + "}"],
+    "entity": [data.LEGACY],
+}
 
 
 def entities_read(registry: Registry, body: Any) -> list[str]:
@@ -183,7 +201,11 @@ def entities_read(registry: Registry, body: Any) -> list[str]:
     if not isinstance(body, dict):
         return []
     tables, features = body.get("tables"), body.get("features")
-    named = list(features) if isinstance(features, dict) else [f.partition(".")[0] for f in features or [] if isinstance(f, str)]
+    named = (
+        list(features)
+        if isinstance(features, dict)
+        else [f.partition(".")[0] for f in features or [] if isinstance(f, str)]
+    )
     read = tables if isinstance(tables, list) and tables else named or list(registry.tables)
     return list(dict.fromkeys(registry.tables[t].entity.name for t in read if t in registry.tables))
 
@@ -205,7 +227,7 @@ def future_event_time(body: Any) -> bool:
     from pgfeatures.definitions import parse_event_time
 
     rows = body.get("rows") if isinstance(body, dict) and "rows" in body else [body]
-    limit = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=300)
+    limit = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=300)
     for row in rows:
         stamp = row.get("features", {}).get("updated_at") if isinstance(row, dict) else None
         if stamp is not None and parse_event_time("updated_at", stamp) > limit:
@@ -221,8 +243,14 @@ def exact_validator(document: dict[str, Any], name: str) -> jsonschema_rs.Valida
 # Operations are driven one by one with Hypothesis (schemathesis' lazy pytest loader does not run on pytest 9).
 @pytest.mark.parametrize("method, path, mode", CASES)
 def test_api_conforms_to_its_openapi_document(
-    api: schemathesis.BaseSchema, relaxed: schemathesis.BaseSchema, document: dict[str, Any], app: Starlette,
-    definitions: Path, method: str, path: str, mode: GenerationMode,
+    api: schemathesis.BaseSchema,
+    relaxed: schemathesis.BaseSchema,
+    document: dict[str, Any],
+    app: Starlette,
+    definitions: Path,
+    method: str,
+    path: str,
+    mode: GenerationMode,
 ) -> None:
     cross_field = CROSS_FIELD.get(path)
     operation = (relaxed if cross_field else api)[path][method]
@@ -233,8 +261,9 @@ def test_api_conforms_to_its_openapi_document(
     registry = Registry.from_toml(definitions)
 
     @given(case=operation.as_strategy(generation_mode=mode), draw=st.data())
-    @settings(max_examples=EACH if each else EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
-              database=None)
+    @settings(
+        max_examples=EACH if each else EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None
+    )
     def fuzz(case: schemathesis.Case, draw: st.DataObject) -> None:
         if path.startswith("/v1/push/") and mode is GenerationMode.POSITIVE:
             response = case.call(app=app)
@@ -263,12 +292,14 @@ def test_api_conforms_to_its_openapi_document(
         assert accepted == valid, (
             f"{'valid' if valid else 'invalid'} by the document, but answered {response.status_code}: "
             f"{response.text[:300]}\nbody: {case.body!r}"
-            + ("" if valid else f"\nthe document says: {next(exact.iter_errors(case.body)).message[:300]}"))
+            + ("" if valid else f"\nthe document says: {next(exact.iter_errors(case.body)).message[:300]}")
+        )
 
     fuzz()
     if verdicts:  # the superset's requests fall on both sides of the rules, so both sides are checked
         assert verdicts.count(True) >= len(verdicts) // 10 and verdicts.count(False) >= len(verdicts) // 10, (
-            f"{verdicts.count(True)} valid, {verdicts.count(False)} invalid")
+            f"{verdicts.count(True)} valid, {verdicts.count(False)} invalid"
+        )
 
 
 U = str(data.SESSION)
@@ -279,11 +310,26 @@ SAID = [
     ("/v1/services/fraud_v1", {"key": FRAUD}, True),
     ("/v1/services/fraud_v1", {"key": {"user": 42}}, False),
     ("/v1/services/fraud_v1", {"key": 42, "features": ["user_stats.ctr_7d"]}, True),  # the subset reads one entity
-    ("/v1/services/fraud_v1", {"key": {"user": 42}, "features": {"user_stats": ["ctr_7d"], "merchant_risk": ["chargeback_rate"]}}, False),
-    ("/v1/services/fraud_v1", {"key": {"user": 42, "merchant": 7}, "features": {"user_stats": ["ctr_7d"], "merchant_risk": ["chargeback_rate"]}}, True),
+    (
+        "/v1/services/fraud_v1",
+        {"key": {"user": 42}, "features": {"user_stats": ["ctr_7d"], "merchant_risk": ["chargeback_rate"]}},
+        False,
+    ),
+    (
+        "/v1/services/fraud_v1",
+        {
+            "key": {"user": 42, "merchant": 7},
+            "features": {"user_stats": ["ctr_7d"], "merchant_risk": ["chargeback_rate"]},
+        },
+        True,
+    ),
     ("/v1/services/fraud_v1/batch", {"keys": [FRAUD, 42]}, False),
     ("/v1/services/user_vec", {"key": 5.0}, True),  # an integer, as far as JSON goes
-    ("/v1/features", {"key": 42, "tables": ["user_stats"], "features": {"user_emb": ["e0"]}}, False),  # not a table asked for
+    (
+        "/v1/features",
+        {"key": 42, "tables": ["user_stats"], "features": {"user_emb": ["e0"]}},
+        False,
+    ),  # not a table asked for
     ("/v1/features", {"key": 42, "tables": ["user_stats", "user_emb"], "features": {"user_emb": ["e0"]}}, True),
     ("/v1/features", {"key": 42}, False),  # every table: five entities
     ("/v1/features", {"key": 42, "features": ["user_emb.e0", "user_stats.ctr_7d"]}, True),
@@ -295,7 +341,11 @@ SAID = [
     ("/v1/features", {"key": 10**16, "tables": ["device_seen"]}, False),  # 17 digits for a key of 16 characters
     ("/v1/features", {"key": "urn:uuid:{" + U + "}", "tables": ["session_f"]}, True),
     ("/v1/features", {"key": "config file", "tables": ["session_f"]}, False),
-    ("/v1/features/batch", {"keys": [{"user": 1}, {"user": 2, "merchant": 3}], "tables": ["user_stats", "merchant_risk"]}, False),
+    (
+        "/v1/features/batch",
+        {"keys": [{"user": 1}, {"user": 2, "merchant": 3}], "tables": ["user_stats", "merchant_risk"]},
+        False,
+    ),
     ("/v1/push/legacy", {"key": data.LEGACY, "features": {"updated_at": 253402300800}}, False),  # past year 9999
     ("/v1/push/legacy", {"key": data.LEGACY, "features": {"updated_at": 1_700_000_000.5}}, True),  # epoch seconds, past
     ("/v1/push/user_stats", {"key": 900, "features": {"ctr_7d": 1e-46}}, False),  # rounds to a real 0
@@ -305,12 +355,19 @@ SAID = [
 
 
 @pytest.mark.parametrize("path, body, valid", SAID, ids=[f"{p} {b}" for p, b, _ in SAID])
-def test_the_document_says_what_the_server_does(document: dict[str, Any], app: Starlette, path: str,
-                                                body: dict[str, Any], valid: bool) -> None:
+def test_the_document_says_what_the_server_does(
+    document: dict[str, Any], app: Starlette, path: str, body: dict[str, Any], valid: bool
+) -> None:
     """Requests on both sides of each rule: valid by the document exactly when the server serves them."""
-    name = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
-    assert jsonschema_rs.validator_for({"$ref": f"#/components/schemas/{name}",
-                                        "components": document["components"]}).is_valid(body) is valid
+    name = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit(
+        "/", 1
+    )[1]
+    assert (
+        jsonschema_rs.validator_for(
+            {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
+        ).is_valid(body)
+        is valid
+    )
     with asgi.get_client(app) as client:
         response = client.post(path, json=body)
     assert (200 <= response.status_code < 300) is valid and response.status_code < 500, response.text

@@ -42,8 +42,16 @@ def server(dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
     definitions = data.create(dsn, schema, tmp_path_factory.mktemp("hostile"))
     try:
         # the body timeout as an environment variable, so that a server that does not know it still starts
-        with ServeProcess("--dsn", dsn, "--definitions", str(definitions), "--no-prewarm", "--header-timeout", "30",
-                          env={"PGFEATURES_TOKEN": TOKEN, "PGFEATURES_BODY_TIMEOUT": str(BODY_TIMEOUT)}) as proc:
+        with ServeProcess(
+            "--dsn",
+            dsn,
+            "--definitions",
+            str(definitions),
+            "--no-prewarm",
+            "--header-timeout",
+            "30",
+            env={"PGFEATURES_TOKEN": TOKEN, "PGFEATURES_BODY_TIMEOUT": str(BODY_TIMEOUT)},
+        ) as proc:
             yield proc
     finally:
         data.drop(dsn, schema)
@@ -75,13 +83,19 @@ def answer(sock: socket.socket) -> bytes:
 
 def post(body: bytes, token: str | None = TOKEN, extra: bytes = b"") -> bytes:
     auth = b"Authorization: Bearer %s\r\n" % token.encode() if token else b""
-    return (b"POST /v1/features HTTP/1.1\r\nHost: t\r\n%s%sContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-            % (auth, extra, len(body), body))
+    return (
+        b"POST /v1/features HTTP/1.1\r\nHost: t\r\n%s%sContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (auth, extra, len(body), body)
+    )
 
 
 def read_ok(server: ServeProcess) -> None:
     with connect(server) as sock:
-        sock.sendall(post(b'{"key": "%s"}' % data.hexkey(1).encode()).replace(b"HTTP/1.1\r\n", b"HTTP/1.1\r\nConnection: close\r\n", 1))
+        sock.sendall(
+            post(b'{"key": "%s"}' % data.hexkey(1).encode()).replace(
+                b"HTTP/1.1\r\n", b"HTTP/1.1\r\nConnection: close\r\n", 1
+            )
+        )
         got = answer(sock)
     assert got.startswith(b"HTTP/1.1 200 "), got[:300]
 
@@ -142,8 +156,13 @@ def test_too_many_headers_get_a_431(server: ServeProcess) -> None:
 
 def test_large_but_reasonable_headers_are_served(server: ServeProcess) -> None:
     with connect(server) as sock:
-        sock.sendall(post(b'{"key": "%s"}' % data.hexkey(1).encode(), extra=b"Connection: close\r\nX-Jwt: %s\r\n" % (b"j" * 16_000)
-                          + b"".join(b"X-N%d: v\r\n" % i for i in range(80))))
+        sock.sendall(
+            post(
+                b'{"key": "%s"}' % data.hexkey(1).encode(),
+                extra=b"Connection: close\r\nX-Jwt: %s\r\n" % (b"j" * 16_000)
+                + b"".join(b"X-N%d: v\r\n" % i for i in range(80)),
+            )
+        )
         got = answer(sock)
     assert got.startswith(b"HTTP/1.1 200 "), got[:200]
 
@@ -199,5 +218,7 @@ def test_trickled_bodies_are_cut_and_their_descriptors_freed(server: ServeProces
     read_ok(server)
     # the app saw each cut-off client leave (499 in the metrics), never an error of its own (a 500 and a traceback)
     metrics = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
-    assert data.metric(metrics, "pgfeatures_http_requests_total", endpoint="/v1/features", status="499") == len(with_token)
+    assert data.metric(metrics, "pgfeatures_http_requests_total", endpoint="/v1/features", status="499") == len(
+        with_token
+    )
     assert not data.metric(metrics, "pgfeatures_http_requests_total", endpoint="/v1/features", status="500")

@@ -30,9 +30,20 @@ def test_rss_does_not_grow_after_a_huge_batch(dsn: str, schema: str, tmp_path: P
     def body(n: int) -> bytes:
         return orjson.dumps({"keys": [entity_key(rng.randrange(ENTITIES)).hex() for _ in range(n)]})
 
-    with ServeProcess("--dsn", dsn, "--definitions", str(path), "--max-batch-keys", str(HUGE),
-                      "--request-timeout", "120", "--no-prewarm") as proc, \
-            httpx.Client(base_url=proc.url, timeout=300) as client:
+    with (
+        ServeProcess(
+            "--dsn",
+            dsn,
+            "--definitions",
+            str(path),
+            "--max-batch-keys",
+            str(HUGE),
+            "--request-timeout",
+            "120",
+            "--no-prewarm",
+        ) as proc,
+        httpx.Client(base_url=proc.url, timeout=300) as client,
+    ):
         for _ in range(3):  # the steady state of ordinary batches
             assert client.post("/v1/features/batch", content=body(1000)).status_code == 200
         before = rss_bytes(proc.pid)
@@ -45,4 +56,6 @@ def test_rss_does_not_grow_after_a_huge_batch(dsn: str, schema: str, tmp_path: P
         for _ in range(3):
             assert client.post("/v1/features/batch", content=body(1000)).status_code == 200
         after = rss_bytes(proc.pid)
-    assert after - before < MARGIN, f"RSS grew by {(after - before) / 2**20:.1f} MiB ({before / 2**20:.1f} -> {after / 2**20:.1f})"
+    assert after - before < MARGIN, (
+        f"RSS grew by {(after - before) / 2**20:.1f} MiB ({before / 2**20:.1f} -> {after / 2**20:.1f})"
+    )

@@ -46,10 +46,22 @@ def leaks(text: str, dsn: str) -> list[str]:
 def test_not_ready_tells_a_stranger_only_the_reason_class(dsn: str, definitions: Path, tmp_path: Path) -> None:
     """Before: 503 with the database's host, port, user and name and the provider's exception text."""
     (tmp_path / "failing_provider.py").write_text(PROVIDER)
-    with ServeProcess("--dsn", dsn, "--definitions", str(definitions), "--no-prewarm",
-                      "--credentials", "failing_provider:provider",
-                      env={"PGFEATURES_TOKEN": TOKEN, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}).start(None) as proc, \
-            httpx.Client(base_url=proc.url, timeout=10) as c:
+    with (
+        ServeProcess(
+            "--dsn",
+            dsn,
+            "--definitions",
+            str(definitions),
+            "--no-prewarm",
+            "--credentials",
+            "failing_provider:provider",
+            env={
+                "PGFEATURES_TOKEN": TOKEN,
+                "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+            },
+        ).start(None) as proc,
+        httpx.Client(base_url=proc.url, timeout=10) as c,
+    ):
         proc.wait_alive(30)
         stranger = c.get("/readyz")
         assert stranger.status_code == 503 and stranger.headers["retry-after"]
@@ -68,8 +80,12 @@ def test_not_ready_tells_a_stranger_only_the_reason_class(dsn: str, definitions:
 
 
 def test_ready_tells_a_stranger_only_ready(dsn: str, definitions: Path) -> None:
-    with ServeProcess("--dsn", dsn, "--definitions", str(definitions), "--no-prewarm",
-                      env={"PGFEATURES_TOKEN": TOKEN}) as proc, httpx.Client(base_url=proc.url, timeout=10) as c:
+    with (
+        ServeProcess(
+            "--dsn", dsn, "--definitions", str(definitions), "--no-prewarm", env={"PGFEATURES_TOKEN": TOKEN}
+        ) as proc,
+        httpx.Client(base_url=proc.url, timeout=10) as c,
+    ):
         stranger = c.get("/readyz")
         assert stranger.status_code == 200 and stranger.json() == {"status": "ready"}, stranger.text
         insider = c.get("/readyz", headers=AUTH).json()

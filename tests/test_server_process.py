@@ -32,8 +32,17 @@ def definitions(dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 @pytest.fixture(scope="module")
 def server(dsn: str, definitions: Path) -> Iterator[ServeProcess]:
-    with ServeProcess("--dsn", dsn, "--definitions", str(definitions), "--no-prewarm",
-                      "--header-timeout", str(HEADER_TIMEOUT), "--keep-alive", str(KEEP_ALIVE)) as proc:
+    with ServeProcess(
+        "--dsn",
+        dsn,
+        "--definitions",
+        str(definitions),
+        "--no-prewarm",
+        "--header-timeout",
+        str(HEADER_TIMEOUT),
+        "--keep-alive",
+        str(KEEP_ALIVE),
+    ) as proc:
         yield proc
 
 
@@ -61,15 +70,19 @@ def read_response(sock: socket.socket) -> bytes:
     while b"\r\n\r\n" not in raw:
         raw += sock.recv(65536)
     head, _, body = raw.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    length = int(
+        next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    )
     while len(body) < length:
         body += sock.recv(65536)
     return head + b"\r\n\r\n" + body
 
 
 def request(body: bytes = b'{"key": "' + data.hexkey(1).encode() + b'"}') -> bytes:
-    return b"POST /v1/features HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
-        len(body), body)
+    return (
+        b"POST /v1/features HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(body), body)
+    )
 
 
 def test_unfinished_headers_are_cut_off_with_a_408(server: ServeProcess) -> None:
@@ -144,9 +157,21 @@ def test_several_workers_share_metrics_and_forget_a_killed_one(dsn: str, definit
     live gauges, so pgfeatures_ready stays 2 instead of counting the dead one as ready too."""
     folder = tmp_path / "metrics"
     folder.mkdir()
-    with ServeProcess("--dsn", dsn, "--definitions", str(definitions), "--workers", "2", "--pool-size", "1",
-                      "--no-prewarm", env={"PROMETHEUS_MULTIPROC_DIR": str(folder)}) as proc, \
-            httpx.Client(base_url=proc.url, timeout=10) as c:
+    with (
+        ServeProcess(
+            "--dsn",
+            dsn,
+            "--definitions",
+            str(definitions),
+            "--workers",
+            "2",
+            "--pool-size",
+            "1",
+            "--no-prewarm",
+            env={"PROMETHEUS_MULTIPROC_DIR": str(folder)},
+        ) as proc,
+        httpx.Client(base_url=proc.url, timeout=10) as c,
+    ):
         wait_until(lambda: data.metric(c.get("/metrics").text, "pgfeatures_ready") == 2, "both workers ready")
         for i in range(20):
             assert c.post("/v1/features", json={"key": data.hexkey(i % 10)}).json()["features"] == data.expected(i % 10)

@@ -46,8 +46,10 @@ def test_a_renamed_table_breaks_only_its_requests_and_readiness_names_it(conn, s
         assert ready.status_code == 200 and ready.json()["status"] == "degraded"
         assert "t02" in ready.json()["broken_tables"]
         # every read connection replaced: new connections still warm up and serve the other tables
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgfeatures-read'"
-                     " AND datname = current_database()")
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgfeatures-read'"
+            " AND datname = current_database()"
+        )
         assert client.post("/v1/features", json={"key": KEY, "tables": ["t00"]}).status_code == 200
         conn.execute(sql.SQL("ALTER TABLE {} RENAME TO t02").format(sql.Identifier(schema, "t02_x")))
         time.sleep(1.1)
@@ -57,7 +59,9 @@ def test_a_renamed_table_breaks_only_its_requests_and_readiness_names_it(conn, s
 
 def test_a_defined_but_uncreated_table_is_named_not_warming_up_forever(conn, schema, dsn, tmp_path):
     apply_schema(conn, demo_registry(n_tables=2, n_features=1, schema=schema))
-    config = ServerConfig(dsn=dsn, definitions=_defs(tmp_path, schema, 3, extra_feature=True), pool_size=2, prewarm=False)
+    config = ServerConfig(
+        dsn=dsn, definitions=_defs(tmp_path, schema, 3, extra_feature=True), pool_size=2, prewarm=False
+    )
     with running_app(config, ready_within=10) as client:
         ready = client.get("/readyz").json()
         assert ready["status"] == "degraded"
@@ -75,8 +79,13 @@ def test_readiness_follows_a_restart_within_one_probe(tmp_path, pool_size):
         with psycopg.connect(cluster.admin_dsn(), autocommit=True) as admin:
             apply_schema(admin, demo_registry(n_tables=2, n_features=1, schema="r"))
             admin.execute("GRANT USAGE ON SCHEMA r TO app; GRANT SELECT ON ALL TABLES IN SCHEMA r TO app")
-        config = ServerConfig(dsn=cluster.dsn("app"), definitions=_defs(tmp_path, "r", 2), pool_size=pool_size,
-                              prewarm=False, acquire_timeout=2)
+        config = ServerConfig(
+            dsn=cluster.dsn("app"),
+            definitions=_defs(tmp_path, "r", 2),
+            pool_size=pool_size,
+            prewarm=False,
+            acquire_timeout=2,
+        )
         with running_app(config) as client:
             cluster.restart()
             back = time.monotonic()
@@ -93,8 +102,14 @@ def test_a_read_only_service_is_ready_with_the_primary_down(tmp_path):
             admin.execute("GRANT USAGE ON SCHEMA r TO app; GRANT SELECT ON ALL TABLES IN SCHEMA r TO app")
         replica = primary.replica(name="ro-replica")
         primary.stop()
-        config = ServerConfig(dsn=primary.dsn("app"), read_dsn=replica.dsn("app"), definitions=_defs(tmp_path, "r", 2),
-                              pool_size=2, prewarm=False, connect_timeout=2)
+        config = ServerConfig(
+            dsn=primary.dsn("app"),
+            read_dsn=replica.dsn("app"),
+            definitions=_defs(tmp_path, "r", 2),
+            pool_size=2,
+            prewarm=False,
+            connect_timeout=2,
+        )
         with running_app(config, ready_within=15) as client:
             assert client.post("/v1/features", json={"key": KEY}).json()["features"] == {"t00": None, "t01": None}
             targets = client.get("/readyz").json()["read_targets"]

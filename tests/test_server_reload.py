@@ -14,13 +14,13 @@ import httpx
 import psycopg
 import pytest
 from psycopg import sql
-from support import server_data as data
-from support.inprocess import running_app
-from support.serve import ServeProcess
 
 from pgfeatures.definitions import Registry
 from pgfeatures.evolve.apply import apply
 from pgfeatures.server import ServerConfig
+from support import server_data as data
+from support.inprocess import running_app
+from support.serve import ServeProcess
 
 TOKEN = "reload-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -43,8 +43,11 @@ def setup(conn: psycopg.Connection, schema: str, path: Path) -> Registry:
     path.write_text(V1.format(schema=schema))
     registry = Registry.from_toml(path)
     apply(conn, registry)
-    conn.execute(sql.SQL("INSERT INTO {} (user_id, a, b) SELECT g, g * 10 + 1, g * 10 + 2 FROM generate_series(1, 50) g")
-                 .format(sql.Identifier(schema, "t")))
+    conn.execute(
+        sql.SQL("INSERT INTO {} (user_id, a, b) SELECT g, g * 10 + 1, g * 10 + 2 FROM generate_series(1, 50) g").format(
+            sql.Identifier(schema, "t")
+        )
+    )
     apply(conn, registry)  # build the serving rows with the rows in
     return registry
 
@@ -71,8 +74,11 @@ def test_reload_over_http_swaps_the_definitions_and_keeps_the_old_on_error(conn,
     with running_app(config, headers=AUTH) as client:
         assert client.get("/v1/services/s").json()["definitions"] == old.fingerprint
         assert client.post("/v1/admin/reload", headers={"Authorization": "Bearer nope"}).status_code == 401
-        assert client.post("/v1/admin/reload").json() == {"fingerprint": old.fingerprint, "previous": old.fingerprint,
-                                                          "changed": False}
+        assert client.post("/v1/admin/reload").json() == {
+            "fingerprint": old.fingerprint,
+            "previous": old.fingerprint,
+            "changed": False,
+        }
         # a file that does not load: 400, the old definitions serve on
         path.write_text("[tables.t\n")
         broken = client.post("/v1/admin/reload")
@@ -106,8 +112,9 @@ def test_sighup_reloads_a_real_serve_under_load_without_a_failed_request(conn, s
     failures: list[str] = []
     answers = {"old": 0, "new": 0}
     stop = threading.Event()
-    with ServeProcess("--dsn", dsn, "-d", str(path), "--workers", str(workers), "--no-prewarm",
-                      env={"PGFEATURES_TOKEN": TOKEN}) as server:
+    with ServeProcess(
+        "--dsn", dsn, "-d", str(path), "--workers", str(workers), "--no-prewarm", env={"PGFEATURES_TOKEN": TOKEN}
+    ) as server:
 
         def client(seed: int) -> None:
             with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as http:

@@ -47,24 +47,43 @@ def client(request: pytest.FixtureRequest, dsn: str, defs: tuple[Path, Registry]
         yield c
 
 
-def features_answer(registry: Registry, key: Any, tables: list[str], by_entity: dict[str, Any] | None = None) -> dict[str, Any]:
+def features_answer(
+    registry: Registry, key: Any, tables: list[str], by_entity: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The expected answer of /v1/features for ``key`` (the key of each table's entity in ``by_entity``)."""
     keys = {t: (by_entity or {})[registry.tables[t].entity.name] if by_entity else key for t in tables}
     status = {t: data.status(registry, t, keys[t]) for t in tables}
-    return {"key": key, "features": {t: data.features(registry, t, keys[t]) for t in tables}, "status": status,
-            "missing": [t for t, s in status.items() if s != "present"]}
+    return {
+        "key": key,
+        "features": {t: data.features(registry, t, keys[t]) for t in tables},
+        "status": status,
+        "missing": [t for t, s in status.items() if s != "present"],
+    }
 
 
 # -- keys per entity ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("table, key", [
-    ("user_stats", 42), ("user_stats", "42"), ("user_stats", 43), ("user_stats", 44), ("user_stats", 99),
-    ("merchant_risk", "m-1"), ("merchant_risk", 7), ("merchant_risk", "7"), ("merchant_risk", "zz"),
-    ("device_seen", "dev-a"), ("device_seen", 5),
-    ("session_f", SESSION), ("session_f", data.SESSION.hex),
-    ("legacy", data.LEGACY), ("legacy", "ab" * 32),
-])
+@pytest.mark.parametrize(
+    "table, key",
+    [
+        ("user_stats", 42),
+        ("user_stats", "42"),
+        ("user_stats", 43),
+        ("user_stats", 44),
+        ("user_stats", 99),
+        ("merchant_risk", "m-1"),
+        ("merchant_risk", 7),
+        ("merchant_risk", "7"),
+        ("merchant_risk", "zz"),
+        ("device_seen", "dev-a"),
+        ("device_seen", 5),
+        ("session_f", SESSION),
+        ("session_f", data.SESSION.hex),
+        ("legacy", data.LEGACY),
+        ("legacy", "ab" * 32),
+    ],
+)
 def test_a_bare_key_of_each_key_type(client: httpx.Client, registry: Registry, table: str, key: Any) -> None:
     r = client.post("/v1/features", json={"key": key, "tables": [table]})
     assert r.status_code == 200, r.text
@@ -93,8 +112,13 @@ def test_status_says_expired_and_missing_beside_the_defaults(client: httpx.Clien
 
 def test_batch_of_entity_keys_in_input_order(client: httpx.Client, registry: Registry) -> None:
     tables = ["user_stats", "merchant_risk"]
-    rows = [{"user": 42, "merchant": "m-1"}, {"user": "7", "merchant": 7}, {"user": 42, "merchant": "m-1"},
-            {"user": 44, "merchant": "nobody"}, {"merchant": "m-1", "user": 43}]
+    rows = [
+        {"user": 42, "merchant": "m-1"},
+        {"user": "7", "merchant": 7},
+        {"user": 42, "merchant": "m-1"},
+        {"user": 44, "merchant": "nobody"},
+        {"merchant": "m-1", "user": 43},
+    ]
     r = client.post("/v1/features/batch", json={"keys": rows, "tables": tables})
     assert r.status_code == 200, r.text
     assert r.json() == {"results": [features_answer(registry, k, tables, k) for k in rows]}
@@ -115,7 +139,9 @@ def test_an_integral_number_with_a_fraction_is_the_integer(client: httpx.Client,
     r = client.post("/v1/services/fraud_v1", json={"key": keys})
     assert r.status_code == 200 and r.json()["key"] == keys and r.json()["status"]["user_stats"] == "present", r.text
     got = client.post("/v1/features/batch", json={"keys": [42.0, 43], "tables": ["user_stats"]}).json()["results"]
-    assert [x["key"] for x in got] == [42.0, 43] and got[0]["features"] == features_answer(registry, 42, ["user_stats"])["features"]
+    assert [x["key"] for x in got] == [42.0, 43] and got[0]["features"] == features_answer(
+        registry, 42, ["user_stats"]
+    )["features"]
 
 
 @pytest.mark.parametrize("key", [2.0**53, -(2.0**53), 1e18])
@@ -126,33 +152,70 @@ def test_an_integral_number_with_a_fraction_beyond_2_to_the_53_is_refused(client
     assert "send the key as an integer literal" in r.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("path, body, kind, says", [
-    ("/v1/features", {"key": "abc", "tables": ["user_stats"]}, "invalid_key",
-     "key: user key must be an integer (a signed 64-bit bigint), or its decimal text, got 'abc'"),
-    ("/v1/features", {"key": 2**63, "tables": ["user_stats"]}, "invalid_key", "out of range for bigint"),
-    ("/v1/features", {"key": True, "tables": ["user_stats"]}, "invalid_key", "user key must be an integer"),
-    ("/v1/features", {"key": 1.5, "tables": ["merchant_risk"]}, "invalid_key", "a natural id must be a string, an integer"),
-    ("/v1/features", {"key": "", "tables": ["merchant_risk"]}, "invalid_key", "must not be empty"),
-    ("/v1/features", {"key": "x" * 17, "tables": ["device_seen"]}, "invalid_key", "1 to 16 characters, got 17"),
-    ("/v1/features", {"key": "not-a-uuid", "tables": ["session_f"]}, "invalid_key", "session key must be a UUID"),
-    ("/v1/features", {"key": "ab" * 31, "tables": ["legacy"]}, "invalid_key", "64 hex characters, got 62"),
-    ("/v1/features", {"key": 42, "tables": ["user_stats", "merchant_risk"]}, "invalid_key",
-     "this request reads entities user, merchant: pass one key per entity"),
-    ("/v1/features", {"key": {"user": 42}, "tables": ["user_stats", "merchant_risk"]}, "invalid_key",
-     "no key for entity 'merchant', which table(s) merchant_risk need"),
-    ("/v1/features", {"key": {"user": 42, "usr": 1}, "tables": ["user_stats"]}, "unknown_entity",
-     "unknown entity: usr; valid entities: device, entity, merchant, session, user"),
-    ("/v1/features", {"key": {"user": 42, "device": "x" * 20}, "tables": ["user_stats"]}, "invalid_key",
-     "device key must be a string of 1 to 16 characters"),  # an entity the request does not read is checked too
-    ("/v1/features", {"key": {}, "tables": ["user_stats"]}, "invalid_key", "must name at least one entity"),
-    ("/v1/features/batch", {"keys": [42, 43, "x"], "tables": ["user_stats"]}, "invalid_key", "keys[2]: user key"),
-    ("/v1/features/batch", {"keys": [{"user": 1, "merchant": "a"}, {"user": 2}], "tables": ["user_stats", "merchant_risk"]},
-     "invalid_key", "keys[1]: no key for entity 'merchant'"),
-    ("/v1/features/batch", {"keys": [data.LEGACY, 5], "tables": ["legacy"]}, "invalid_key",
-     "keys[1]: a key must be a string of 64 hex characters, got a number"),
-])
-def test_bad_keys_name_the_entity_and_what_it_takes(client: httpx.Client, path: str, body: dict[str, Any], kind: str,
-                                                    says: str) -> None:
+@pytest.mark.parametrize(
+    "path, body, kind, says",
+    [
+        (
+            "/v1/features",
+            {"key": "abc", "tables": ["user_stats"]},
+            "invalid_key",
+            "key: user key must be an integer (a signed 64-bit bigint), or its decimal text, got 'abc'",
+        ),
+        ("/v1/features", {"key": 2**63, "tables": ["user_stats"]}, "invalid_key", "out of range for bigint"),
+        ("/v1/features", {"key": True, "tables": ["user_stats"]}, "invalid_key", "user key must be an integer"),
+        (
+            "/v1/features",
+            {"key": 1.5, "tables": ["merchant_risk"]},
+            "invalid_key",
+            "a natural id must be a string, an integer",
+        ),
+        ("/v1/features", {"key": "", "tables": ["merchant_risk"]}, "invalid_key", "must not be empty"),
+        ("/v1/features", {"key": "x" * 17, "tables": ["device_seen"]}, "invalid_key", "1 to 16 characters, got 17"),
+        ("/v1/features", {"key": "not-a-uuid", "tables": ["session_f"]}, "invalid_key", "session key must be a UUID"),
+        ("/v1/features", {"key": "ab" * 31, "tables": ["legacy"]}, "invalid_key", "64 hex characters, got 62"),
+        (
+            "/v1/features",
+            {"key": 42, "tables": ["user_stats", "merchant_risk"]},
+            "invalid_key",
+            "this request reads entities user, merchant: pass one key per entity",
+        ),
+        (
+            "/v1/features",
+            {"key": {"user": 42}, "tables": ["user_stats", "merchant_risk"]},
+            "invalid_key",
+            "no key for entity 'merchant', which table(s) merchant_risk need",
+        ),
+        (
+            "/v1/features",
+            {"key": {"user": 42, "usr": 1}, "tables": ["user_stats"]},
+            "unknown_entity",
+            "unknown entity: usr; valid entities: device, entity, merchant, session, user",
+        ),
+        (
+            "/v1/features",
+            {"key": {"user": 42, "device": "x" * 20}, "tables": ["user_stats"]},
+            "invalid_key",
+            "device key must be a string of 1 to 16 characters",
+        ),  # an entity the request does not read is checked too
+        ("/v1/features", {"key": {}, "tables": ["user_stats"]}, "invalid_key", "must name at least one entity"),
+        ("/v1/features/batch", {"keys": [42, 43, "x"], "tables": ["user_stats"]}, "invalid_key", "keys[2]: user key"),
+        (
+            "/v1/features/batch",
+            {"keys": [{"user": 1, "merchant": "a"}, {"user": 2}], "tables": ["user_stats", "merchant_risk"]},
+            "invalid_key",
+            "keys[1]: no key for entity 'merchant'",
+        ),
+        (
+            "/v1/features/batch",
+            {"keys": [data.LEGACY, 5], "tables": ["legacy"]},
+            "invalid_key",
+            "keys[1]: a key must be a string of 64 hex characters, got a number",
+        ),
+    ],
+)
+def test_bad_keys_name_the_entity_and_what_it_takes(
+    client: httpx.Client, path: str, body: dict[str, Any], kind: str, says: str
+) -> None:
     r = client.post(path, json=body)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["type"] == kind
@@ -177,15 +240,24 @@ def test_service_dict_output(client: httpx.Client, registry: Registry) -> None:
     fresh = client.post("/v1/services/fresh_merchant", json={"key": "m-1"}).json()
     assert fresh["status"] == {"merchant_risk": "expired"} and fresh["missing"] == ["merchant_risk"]
     assert fresh["features"] == {"merchant_risk": {"chargeback_rate": 0.5, "txn_count_30d": None}}
-    subset = client.post("/v1/services/fraud_v1", json={"key": FRAUD_KEYS, "features": ["device_seen.first_seen"]}).json()
+    subset = client.post(
+        "/v1/services/fraud_v1", json={"key": FRAUD_KEYS, "features": ["device_seen.first_seen"]}
+    ).json()
     assert subset["features"] == {"device_seen": {"first_seen": 1_700_000_000}}
 
 
-@pytest.mark.parametrize("service, keys", [
-    ("fraud_v1", FRAUD_KEYS), ("fraud_v1", {"user": 44, "merchant": 7, "device": "nope"}),
-    ("user_vec", {"user": 42}), ("user_vec", {"user": 43}), ("user_vec", {"user": 44}), ("user_vec", {"user": 1}),
-    ("fresh_merchant", {"merchant": 7}),
-])
+@pytest.mark.parametrize(
+    "service, keys",
+    [
+        ("fraud_v1", FRAUD_KEYS),
+        ("fraud_v1", {"user": 44, "merchant": 7, "device": "nope"}),
+        ("user_vec", {"user": 42}),
+        ("user_vec", {"user": 43}),
+        ("user_vec", {"user": 44}),
+        ("user_vec", {"user": 1}),
+        ("fresh_merchant", {"merchant": 7}),
+    ],
+)
 def test_service_vector_as_json(client: httpx.Client, registry: Registry, service: str, keys: dict[str, Any]) -> None:
     values, status = data.service_vector(registry, service, keys)
     key: Any = keys if len(keys) > 1 else next(iter(keys.values()))  # one entity: a bare key
@@ -218,7 +290,9 @@ def _raw(response: httpx.Response) -> tuple[np.ndarray, np.ndarray, list[str]]:
 CODES = {"present": 0, "missing": 1, "expired": 2}
 
 
-def _expected_raw(registry: Registry, service: str, keys: list[dict[str, Any]], dtype: Any) -> tuple[np.ndarray, list[list[int]]]:
+def _expected_raw(
+    registry: Registry, service: str, keys: list[dict[str, Any]], dtype: Any
+) -> tuple[np.ndarray, list[list[int]]]:
     vectors = [data.service_vector(registry, service, k) for k in keys]
     values = np.array([[np.nan if v is None else float(v) for v in vals] for vals, _ in vectors], dtype=dtype)
     return values, [[CODES[s] for s in status.values()] for _, status in vectors]
@@ -250,34 +324,75 @@ def test_service_vector_as_raw_numbers(client: httpx.Client, registry: Registry,
 
 
 def test_service_batch_dict_output_streams_in_input_order(client: httpx.Client, registry: Registry) -> None:
-    keys = [FRAUD_KEYS, {"user": 43, "merchant": 7, "device": "x"}, FRAUD_KEYS, {"user": 1, "merchant": "a", "device": "b"}]
+    keys = [
+        FRAUD_KEYS,
+        {"user": 43, "merchant": 7, "device": "x"},
+        FRAUD_KEYS,
+        {"user": 1, "merchant": "a", "device": "b"},
+    ]
     r = client.post("/v1/services/fraud_v1/batch", json={"keys": keys})
     assert r.status_code == 200, r.text
     for key, got in zip(keys, r.json()["results"]):
         values, status = data.service_vector(registry, "fraud_v1", key)
         assert got["key"] == key and got["status"] == status
-        flat = [got["features"][t][f] if got["features"][t] is not None else None
-                for t, _, f in (n.partition(".") for n in registry.service("fraud_v1").order(registry))]
+        flat = [
+            got["features"][t][f] if got["features"][t] is not None else None
+            for t, _, f in (n.partition(".") for n in registry.service("fraud_v1").order(registry))
+        ]
         assert flat == values
 
 
-@pytest.mark.parametrize("path, body, headers, status, kind, says", [
-    ("/v1/services/fraud_v2", {"key": FRAUD_KEYS}, {}, 404, "unknown_service",
-     "valid services: fraud_v1, fresh_merchant, user_vec"),
-    ("/v1/services/fraud_v2/batch", {"keys": []}, {}, 404, "unknown_service", "valid services: fraud_v1"),
-    ("/v1/services/fraud_v1", {"key": FRAUD_KEYS, "features": ["merchant_risk.txn_count_30d"]}, {}, 400,
-     "invalid_selection", "does not serve merchant_risk.txn_count_30d"),
-    ("/v1/services/fraud_v1", {"key": FRAUD_KEYS, "output": "numpy"}, {}, 400, "invalid_request",
-     "output must be one of dict, vector"),
-    ("/v1/services/fraud_v1", {"key": FRAUD_KEYS, "tables": ["legacy"]}, {}, 400, "invalid_request",
-     "valid fields: key, features, output"),
-    ("/v1/services/fraud_v1", {"key": FRAUD_KEYS, "output": "dict"}, {"Accept": "application/octet-stream"}, 406,
-     "not_acceptable", "carries the vector only"),
-    ("/v1/services/fraud_v1", {"key": 42}, {}, 400, "invalid_key", "reads entities user, merchant, device"),
-    ("/v1/services/user_vec/batch", {"keys": [42, "x"]}, {}, 400, "invalid_key", "keys[1]: user key"),
-])
-def test_service_errors(client: httpx.Client, path: str, body: dict[str, Any], headers: dict[str, str], status: int,
-                        kind: str, says: str) -> None:
+@pytest.mark.parametrize(
+    "path, body, headers, status, kind, says",
+    [
+        (
+            "/v1/services/fraud_v2",
+            {"key": FRAUD_KEYS},
+            {},
+            404,
+            "unknown_service",
+            "valid services: fraud_v1, fresh_merchant, user_vec",
+        ),
+        ("/v1/services/fraud_v2/batch", {"keys": []}, {}, 404, "unknown_service", "valid services: fraud_v1"),
+        (
+            "/v1/services/fraud_v1",
+            {"key": FRAUD_KEYS, "features": ["merchant_risk.txn_count_30d"]},
+            {},
+            400,
+            "invalid_selection",
+            "does not serve merchant_risk.txn_count_30d",
+        ),
+        (
+            "/v1/services/fraud_v1",
+            {"key": FRAUD_KEYS, "output": "numpy"},
+            {},
+            400,
+            "invalid_request",
+            "output must be one of dict, vector",
+        ),
+        (
+            "/v1/services/fraud_v1",
+            {"key": FRAUD_KEYS, "tables": ["legacy"]},
+            {},
+            400,
+            "invalid_request",
+            "valid fields: key, features, output",
+        ),
+        (
+            "/v1/services/fraud_v1",
+            {"key": FRAUD_KEYS, "output": "dict"},
+            {"Accept": "application/octet-stream"},
+            406,
+            "not_acceptable",
+            "carries the vector only",
+        ),
+        ("/v1/services/fraud_v1", {"key": 42}, {}, 400, "invalid_key", "reads entities user, merchant, device"),
+        ("/v1/services/user_vec/batch", {"keys": [42, "x"]}, {}, 400, "invalid_key", "keys[1]: user key"),
+    ],
+)
+def test_service_errors(
+    client: httpx.Client, path: str, body: dict[str, Any], headers: dict[str, str], status: int, kind: str, says: str
+) -> None:
     r = client.post(path, json=body, headers=headers)
     assert r.status_code == status, r.text
     assert r.json()["error"]["type"] == kind
@@ -285,9 +400,14 @@ def test_service_errors(client: httpx.Client, path: str, body: dict[str, Any], h
 
 
 def test_accept_header_negotiation(client: httpx.Client) -> None:
-    for accept, raw in [("application/octet-stream", True), ("application/json", False), ("*/*", False),
-                        ("application/json;q=0.5, application/octet-stream", True),
-                        ("application/octet-stream;q=0.1, application/json", False), ("", False)]:
+    for accept, raw in [
+        ("application/octet-stream", True),
+        ("application/json", False),
+        ("*/*", False),
+        ("application/json;q=0.5, application/octet-stream", True),
+        ("application/octet-stream;q=0.1, application/json", False),
+        ("", False),
+    ]:
         r = client.post("/v1/services/user_vec", json={"key": 42}, headers={"Accept": accept})
         assert r.status_code == 200, (accept, r.text)
         assert (r.headers["content-type"] == "application/octet-stream") is raw, accept
@@ -327,13 +447,20 @@ def test_metrics_per_service(client: httpx.Client) -> None:
     one = {"service": "user_vec", "endpoint": "/v1/services/{name}"}
     assert delta("pgfeatures_service_requests_total", **one, status="200") == 3
     assert delta("pgfeatures_service_requests_total", **one, status="400") == 1
-    assert delta("pgfeatures_service_requests_total", service="user_vec", endpoint="/v1/services/{name}/batch",
-                 status="200") == 1
+    assert (
+        delta(
+            "pgfeatures_service_requests_total", service="user_vec", endpoint="/v1/services/{name}/batch", status="200"
+        )
+        == 1
+    )
     assert delta("pgfeatures_service_request_duration_seconds_count", **one) == 4
     assert delta("pgfeatures_service_db_duration_seconds_count", service="user_vec") >= 1  # coalesced: batches of them
-    assert "service=\"nope\"" not in after  # labels only for the definitions' services
+    assert 'service="nope"' not in after  # labels only for the definitions' services
     assert delta("pgfeatures_http_requests_total", endpoint="/v1/services/{name}", status="404") == 1
     assert delta("pgfeatures_table_expired_total", table="user_stats") == 0
     client.post("/v1/features", json={"key": 44, "tables": ["user_stats"]})
-    assert metric(client.get("/metrics").text, "pgfeatures_table_expired_total", table="user_stats") \
-        - metric(after, "pgfeatures_table_expired_total", table="user_stats") == 1
+    assert (
+        metric(client.get("/metrics").text, "pgfeatures_table_expired_total", table="user_stats")
+        - metric(after, "pgfeatures_table_expired_total", table="user_stats")
+        == 1
+    )

@@ -31,9 +31,25 @@ def test_a_port_in_use_is_one_error_line_and_its_exit_code(dsn: str, tmp_path: P
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run([sys.executable, "-m", "pgfeatures.cli", "serve", "--port", str(port), "--dsn", dsn,
-                               "-d", str(definitions), "--no-prewarm"], env=serve_env(), capture_output=True, text=True,
-                              timeout=60)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pgfeatures.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--dsn",
+                dsn,
+                "-d",
+                str(definitions),
+                "--no-prewarm",
+            ],
+            env=serve_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert done.returncode == EXIT_CANNOT_LISTEN, (done.returncode, done.stdout, done.stderr)
     assert done.stdout == "", "the banner was printed although nothing can be served"
     lines = done.stderr.splitlines()
@@ -67,7 +83,12 @@ def test_the_help_says_a_request_timeout_answers_504() -> None:
     helps = {f.name: f.metadata["help"] for f in SETTINGS}
     assert "504" in helps["request_timeout"] and "503" not in helps["request_timeout"], helps["request_timeout"]
     assert "503" in helps["acquire_timeout"]  # an exhausted pool is 503 pool_exhausted
-    done = subprocess.run([sys.executable, "-m", "pgfeatures.cli", "serve", "--help"], env=serve_env(),
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "pgfeatures.cli", "serve", "--help"],
+        env=serve_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     text = " ".join(done.stdout.split())
     assert "on the database in all before 504" in text, text

@@ -28,8 +28,9 @@ def test_token_from_a_file_guards_the_api(dsn: str, tmp_path: Path, token_file: 
     definitions = data.create(dsn, f"test_tok_{tmp_path.name[-8:].lower()}".replace("-", "_"), tmp_path)
     schema = definitions.read_text().split('"')[1]
     try:
-        config = load_config({"token_file": str(token_file), "dsn": dsn, "definitions": str(definitions),
-                              "prewarm": False}, environ={})
+        config = load_config(
+            {"token_file": str(token_file), "dsn": dsn, "definitions": str(definitions), "prewarm": False}, environ={}
+        )
         assert config.bearer_token == TOKEN
         assert TOKEN not in repr(config) and TOKEN not in config.to_json()  # workers re-read the file
         assert ServerConfig.from_json(config.to_json()).bearer_token == TOKEN
@@ -52,8 +53,9 @@ def test_token_from_a_flag_is_warned_about(caplog: pytest.LogCaptureFixture) -> 
     assert "on-the-command-line" not in warnings[0]
 
 
-def test_token_from_the_environment_or_a_file_is_not_warned_about(caplog: pytest.LogCaptureFixture,
-                                                                  token_file: Path) -> None:
+def test_token_from_the_environment_or_a_file_is_not_warned_about(
+    caplog: pytest.LogCaptureFixture, token_file: Path
+) -> None:
     with caplog.at_level(logging.WARNING, logger="pgfeatures"):
         assert load_config({}, environ={"PGFEATURES_TOKEN": "t0k"}).bearer_token == "t0k"
         assert load_config({}, environ={"PGFEATURES_TOKEN_FILE": str(token_file)}).bearer_token == TOKEN

@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from pgfeatures import AsyncFeatureStore, FeatureStore, hash_key
 from pgfeatures.definitions import Registry
@@ -94,14 +92,20 @@ def store(registry, conn, dsn):
     apply_schema(conn, registry)
     now = server_now(conn)
     with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as s:
-        s.update_features_batch("user_stats", [
-            (42, {"clicks_7d": 3, "ctr_7d": 0.25, "is_new": False, "updated_at": now - 60}),
-            (43, {"clicks_7d": None, "ctr_7d": 0.5, "is_new": None, "updated_at": now - 60}),  # NULLs take defaults
-            (44, {"clicks_7d": 9, "ctr_7d": 0.75, "is_new": False, "updated_at": now - 7200}),  # older than 1h
-        ])
-        s.update_features_batch("merchant_risk", [
-            ("m-1", {"chargeback_rate": 0.125, "txn_count_30d": 2**53 + 1, "updated_at": now - 1200}),  # 20 min old
-        ])
+        s.update_features_batch(
+            "user_stats",
+            [
+                (42, {"clicks_7d": 3, "ctr_7d": 0.25, "is_new": False, "updated_at": now - 60}),
+                (43, {"clicks_7d": None, "ctr_7d": 0.5, "is_new": None, "updated_at": now - 60}),  # NULLs take defaults
+                (44, {"clicks_7d": 9, "ctr_7d": 0.75, "is_new": False, "updated_at": now - 7200}),  # older than 1h
+            ],
+        )
+        s.update_features_batch(
+            "merchant_risk",
+            [
+                ("m-1", {"chargeback_rate": 0.125, "txn_count_30d": 2**53 + 1, "updated_at": now - 1200}),  # 20 min old
+            ],
+        )
         s.update_features("dev-a", "device_seen", {"first_seen": 1_700_000_000, "risky": True, "updated_at": now})
         s.update_features(SESSION, "session_f", {"dwell": 12.5})
         s.update_features(LEGACY_KEY, "legacy", {"f0": 1.5})
@@ -121,17 +125,20 @@ def test_each_key_type_reads_back_by_its_natural_key(store):
     assert store.get_features(LEGACY_KEY.hex(), ["legacy"]) == {"legacy": {"f0": 1.5}}
 
 
-@pytest.mark.parametrize("table, key, message", [
-    ("user_stats", "abc", "user key must be an integer"),
-    ("user_stats", 2**63, "out of range for bigint"),
-    ("user_stats", True, "user key must be an integer"),
-    ("device_seen", "x" * 17, "1 to 16 characters, got 17"),
-    ("device_seen", b"dev", "device key must be a string"),
-    ("session_f", "not-a-uuid", "session key must be a UUID"),
-    ("merchant_risk", "", "must not be empty"),
-    ("merchant_risk", 1.5, "natural id must be a string, an integer or bytes"),
-    ("legacy", "ab" * 31, "64 hex characters, got 62"),
-])
+@pytest.mark.parametrize(
+    "table, key, message",
+    [
+        ("user_stats", "abc", "user key must be an integer"),
+        ("user_stats", 2**63, "out of range for bigint"),
+        ("user_stats", True, "user key must be an integer"),
+        ("device_seen", "x" * 17, "1 to 16 characters, got 17"),
+        ("device_seen", b"dev", "device key must be a string"),
+        ("session_f", "not-a-uuid", "session key must be a UUID"),
+        ("merchant_risk", "", "must not be empty"),
+        ("merchant_risk", 1.5, "natural id must be a string, an integer or bytes"),
+        ("legacy", "ab" * 31, "64 hex characters, got 62"),
+    ],
+)
 def test_bad_keys_say_what_their_entity_takes(store, table, key, message):
     with pytest.raises(KeyFormatError, match=message):
         store.get_features(key, [table])
@@ -194,19 +201,27 @@ def test_ttl_is_decided_by_the_server_with_status_expired(store, conn, schema):
     assert got[1]["user_stats"] == {"clicks_7d": 0, "ctr_7d": None, "is_new": True}  # expired: the defaults
     # at the boundary: age == ttl is served, one second older is not (server clock, whole seconds)
     now = server_now(conn)
-    store.update_features_batch("user_stats", [(50, {"ctr_7d": 1.0, "updated_at": now - 3600 + 3}),
-                                               (51, {"ctr_7d": 1.0, "updated_at": now - 3600 - 1})])
+    store.update_features_batch(
+        "user_stats",
+        [(50, {"ctr_7d": 1.0, "updated_at": now - 3600 + 3}), (51, {"ctr_7d": 1.0, "updated_at": now - 3600 - 1})],
+    )
     for strategy in Strategy:
         r50 = store.get_features(50, ["user_stats"], strategy=strategy)
         r51 = store.get_features(51, ["user_stats"], strategy=strategy)
         assert (r50.status, r51.status) == ({"user_stats": "present"}, {"user_stats": "expired"}), strategy
-        assert r50["user_stats"]["ctr_7d"] == 1.0 and r51["user_stats"] == {"clicks_7d": 0, "ctr_7d": None, "is_new": True}
+        assert r50["user_stats"]["ctr_7d"] == 1.0 and r51["user_stats"] == {
+            "clicks_7d": 0,
+            "ctr_7d": None,
+            "is_new": True,
+        }
     batch = store.get_features_batch([50, 51], ["user_stats"])
     assert [b.status["user_stats"] for b in batch] == ["present", "expired"]
 
 
 def test_ttl_without_defaults_expired_is_none_with_its_status(store, conn):
-    store.update_features("dev-old", "device_seen", {"first_seen": 1, "risky": False, "updated_at": server_now(conn) - 90000})
+    store.update_features(
+        "dev-old", "device_seen", {"first_seen": 1, "risky": False, "updated_at": server_now(conn) - 90000}
+    )
     for strategy in Strategy:
         got = store.get_features("dev-old", ["device_seen"], strategy=strategy)
         assert got == {"device_seen": None} and got.status == {"device_seen": "expired"}, strategy
@@ -225,14 +240,21 @@ def test_services_by_name(store):
     keys = {"user": 42, "merchant": "m-1", "device": "dev-a"}
     got = store.get_service("fraud_v1", keys)
     assert list(got) == ["user_stats", "merchant_risk", "device_seen"]
-    assert got == {"user_stats": {"clicks_7d": 3, "ctr_7d": 0.25, "is_new": False},
-                   "merchant_risk": {"chargeback_rate": 0.125}, "device_seen": {"first_seen": 1_700_000_000}}
+    assert got == {
+        "user_stats": {"clicks_7d": 3, "ctr_7d": 0.25, "is_new": False},
+        "merchant_risk": {"chargeback_rate": 0.125},
+        "device_seen": {"first_seen": 1_700_000_000},
+    }
     # the service's own ttl (10 minutes) applies over the tables': the 20-minute-old merchant row is expired
     fresh = store.get_service("fresh_only", keys)
     assert fresh.status == {"merchant_risk": "expired", "device_seen": "present"}
     assert fresh["merchant_risk"] == {"chargeback_rate": 0.5}
     batch = store.get_service_batch("fraud_v1", [keys, {"user": 1, "merchant": "none", "device": "d"}])
-    assert batch[0] == got and batch[1].status == {"user_stats": "missing", "merchant_risk": "missing", "device_seen": "missing"}
+    assert batch[0] == got and batch[1].status == {
+        "user_stats": "missing",
+        "merchant_risk": "missing",
+        "device_seen": "missing",
+    }
     subset = store.get_service("fraud_v1", keys, features=["user_stats.ctr_7d"])
     assert subset == {"user_stats": {"ctr_7d": 0.25}}
     with pytest.raises(UnknownServiceError, match="valid services: fraud_v1, fresh_only"):
@@ -273,17 +295,28 @@ def test_hash_key_is_the_loaders_rule():
     assert hash_key(b"\x00\x01") == hashlib.sha256(b"\x00\x01").digest()
 
 
-@pytest.mark.parametrize("snippet, message", [
-    ('[entities.u]\nkey = "int"\n[tables.t]\nentity = "u"\nfeatures = { f = "real" }', "unknown key type 'int'"),
-    ('[entities.u]\nkey = "bigint"\nhash = "sha256"\n[tables.t]\nentity = "u"\nfeatures = { f = "real" }',
-     "stores 32-byte keys"),
-    ('[tables.t]\nentity = "nobody"\nfeatures = { f = "real" }', "unknown entity 'nobody'"),
-    ('[tables.t]\nttl = "7 days"\nfeatures = { f = "real" }', "expected a duration"),
-    ('[tables.t]\nfeatures = { f = { type = "integer", default = 1.5 } }', "is not an integer"),
-    ('[tables.t]\nfeatures = { f = "real" }\n[services.s]\nfeatures = ["t.g"]', "unknown feature.*valid features: f"),
-    ('[tables.t]\nfeatures = { f = "real" }\n[services.s]\nfeatures = ["u.*"]', "unknown feature table.*valid tables: t"),
-    ('[tables.t]\nfeatures = { f = "real" }\n[services.s]\nfeatures = ["t.f", "t.*"]', "listed twice"),
-])
+@pytest.mark.parametrize(
+    "snippet, message",
+    [
+        ('[entities.u]\nkey = "int"\n[tables.t]\nentity = "u"\nfeatures = { f = "real" }', "unknown key type 'int'"),
+        (
+            '[entities.u]\nkey = "bigint"\nhash = "sha256"\n[tables.t]\nentity = "u"\nfeatures = { f = "real" }',
+            "stores 32-byte keys",
+        ),
+        ('[tables.t]\nentity = "nobody"\nfeatures = { f = "real" }', "unknown entity 'nobody'"),
+        ('[tables.t]\nttl = "7 days"\nfeatures = { f = "real" }', "expected a duration"),
+        ('[tables.t]\nfeatures = { f = { type = "integer", default = 1.5 } }', "is not an integer"),
+        (
+            '[tables.t]\nfeatures = { f = "real" }\n[services.s]\nfeatures = ["t.g"]',
+            "unknown feature.*valid features: f",
+        ),
+        (
+            '[tables.t]\nfeatures = { f = "real" }\n[services.s]\nfeatures = ["u.*"]',
+            "unknown feature table.*valid tables: t",
+        ),
+        ('[tables.t]\nfeatures = { f = "real" }\n[services.s]\nfeatures = ["t.f", "t.*"]', "listed twice"),
+    ],
+)
 def test_definition_errors_name_what_is_valid(tmp_path, snippet, message):
     path = tmp_path / "bad.toml"
     path.write_text(snippet)

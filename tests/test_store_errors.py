@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from conftest import dsn_with
 from pgfeatures import (
     AsyncFeatureStore,
     AuthenticationError,
@@ -26,8 +27,6 @@ from pgfeatures.definitions import FeatureTable, Registry, demo_registry
 from pgfeatures.errors import ConnectionSettingsError
 from pgfeatures.reader import ReaderCache
 from pgfeatures.schema import apply_schema
-
-from conftest import dsn_with
 
 KEY = bytes(32)
 
@@ -54,7 +53,9 @@ def test_open_fails_at_once_with_the_drift_not_an_outage(conn, schema, dsn):
 
 def test_isolate_serves_the_other_tables_and_names_the_broken_one(conn, schema, dsn):
     apply_schema(conn, demo_registry(n_tables=3, n_features=2, schema=schema))
-    with FeatureStore(registry_with_extra_column(schema), dsn, pool_size=2, write_pool_size=0, on_drift="isolate") as store:
+    with FeatureStore(
+        registry_with_extra_column(schema), dsn, pool_size=2, write_pool_size=0, on_drift="isolate"
+    ) as store:
         assert store.get_features(KEY, ["t00", "t02"]) == {"t00": None, "t02": None}
         with pytest.raises(SchemaDriftError, match="t01: column f9"):
             store.get_features(KEY, ["t00", "t01"])
@@ -85,8 +86,10 @@ def test_a_table_renamed_while_serving_breaks_only_its_requests(conn, schema, ds
         assert store.get_features(KEY, ["t00", "t01"]) == {"t00": None, "t01": None}
         assert "t02" in store.status()["broken_tables"]
         # every connection replaced (as after a restart): the new ones still warm up and serve t00
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgfeatures-read' "
-                     "AND datname = current_database()")
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgfeatures-read' "
+            "AND datname = current_database()"
+        )
         assert store.get_features(KEY, ["t00"]) == {"t00": None}
         assert store.get_features_batch([KEY, KEY], ["t01"]) == [{"t01": None}] * 2
         conn.execute(sql.SQL("ALTER TABLE {} RENAME TO t02").format(sql.Identifier(schema, "t02_x")))
@@ -96,7 +99,10 @@ def test_a_table_renamed_while_serving_breaks_only_its_requests(conn, schema, ds
 
 def test_a_missing_table_at_open_is_named(conn, schema, dsn):
     apply_schema(conn, demo_registry(n_tables=2, n_features=1, schema=schema))
-    with pytest.raises(SchemaDriftError, match=rf"t02: table {schema}\.t02 does not exist.*apply -d <definitions>` makes it, online \(missing tables created"):
+    with pytest.raises(
+        SchemaDriftError,
+        match=rf"t02: table {schema}\.t02 does not exist.*apply -d <definitions>` makes it, online \(missing tables created",
+    ):
         FeatureStore(demo_registry(n_tables=3, n_features=1, schema=schema), dsn, pool_size=1)
 
 
@@ -113,7 +119,9 @@ def test_with_every_table_missing_isolate_opens_and_each_read_names_the_drift(sc
 def test_statement_timeout_is_a_timeout_not_an_outage(conn, schema, dsn):
     registry = demo_registry(n_tables=1, n_features=1, schema=schema)
     apply_schema(conn, registry)
-    with FeatureStore(registry, dsn_with(dsn, options="-c statement_timeout=200"), pool_size=1, write_pool_size=0) as store:
+    with FeatureStore(
+        registry, dsn_with(dsn, options="-c statement_timeout=200"), pool_size=1, write_pool_size=0
+    ) as store:
         with psycopg.connect(dsn) as locker:  # a transaction holding the table: the read waits, then is cancelled
             locker.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema, "t00")))
             with pytest.raises(QueryTimeoutError, match="statement timeout"):
@@ -154,8 +162,9 @@ def test_async_store_isolates_a_broken_table(conn, schema, dsn):
     apply_schema(conn, demo_registry(n_tables=3, n_features=2, schema=schema))
 
     async def run():
-        async with AsyncFeatureStore(registry_with_extra_column(schema), dsn, pool_size=1, write_pool_size=0,
-                                     on_drift="isolate") as store:
+        async with AsyncFeatureStore(
+            registry_with_extra_column(schema), dsn, pool_size=1, write_pool_size=0, on_drift="isolate"
+        ) as store:
             assert await store.get_features(KEY, ["t00"]) == {"t00": None}
             with pytest.raises(SchemaDriftError, match="t01"):
                 await store.get_features(KEY, ["t01"])
@@ -218,9 +227,11 @@ def test_requests_waiting_for_a_connection_when_the_store_closes_get_store_close
         except BaseException as exc:  # noqa: BLE001 - checked below
             errors[name] = exc
 
-    threads = [threading.Thread(target=call, args=("read", lambda: store.get_features(KEY))),
-               threading.Thread(target=call, args=("batch", lambda: store.get_features_batch([KEY, KEY]))),
-               threading.Thread(target=call, args=("write", lambda: store.update_features(KEY, "t00", {"f0": 1.0})))]
+    threads = [
+        threading.Thread(target=call, args=("read", lambda: store.get_features(KEY))),
+        threading.Thread(target=call, args=("batch", lambda: store.get_features_batch([KEY, KEY]))),
+        threading.Thread(target=call, args=("write", lambda: store.update_features(KEY, "t00", {"f0": 1.0}))),
+    ]
     for t in threads:
         t.start()
     _wait_for_waiters(read_pool, 2)
@@ -284,7 +295,10 @@ def test_async_requests_racing_close_get_store_closed(conn, schema, dsn):
         await store.open()
         pool = store.read_pool
         held = await pool.getconn()
-        waiting = [asyncio.ensure_future(store.get_features(KEY)), asyncio.ensure_future(store.get_features_batch([KEY]))]
+        waiting = [
+            asyncio.ensure_future(store.get_features(KEY)),
+            asyncio.ensure_future(store.get_features_batch([KEY])),
+        ]
         while pool.get_stats().get("requests_waiting", 0) < 2:
             await asyncio.sleep(0.01)
         await store.close()
@@ -317,17 +331,24 @@ def test_apply_adds_a_missing_updated_at_as_init_creates_it(conn, schema, dsn):
         assert store.get_features(KEY) == {"t00": {"f0": 1.5}}
         assert store.update_features(KEY, "t00", {"f0": 2.5, "updated_at": 1}) == 0  # the stored row is newer
         server_now = conn.execute("SELECT now()").fetchone()[0]
-        assert store.update_features(KEY, "t00", {"f0": 3.5, "updated_at": server_now}) == 1  # a NULL stamp would skip it
+        assert (
+            store.update_features(KEY, "t00", {"f0": 3.5, "updated_at": server_now}) == 1
+        )  # a NULL stamp would skip it
         assert store.get_features(KEY) == {"t00": {"f0": 3.5}}
 
 
 def test_a_table_without_its_key_column_is_not_offered_an_alter(conn, schema, dsn):
     registry = demo_registry(n_tables=1, n_features=1, schema=schema)
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-    conn.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, f0 real, updated_at integer NOT NULL DEFAULT 0)").format(
-        sql.Identifier(schema, "t00")))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, f0 real, updated_at integer NOT NULL DEFAULT 0)").format(
+            sql.Identifier(schema, "t00")
+        )
+    )
     with pytest.raises(SchemaDriftError) as caught:
         FeatureStore(registry, dsn, pool_size=1, write_pool_size=0)
     message = str(caught.value)
     assert "column hashkey (bytea) is missing" in message
-    assert "t00 lack(s) the entity's key column: point the entity's key_column at the table's key, or recreate" in message
+    assert (
+        "t00 lack(s) the entity's key column: point the entity's key_column at the table's key, or recreate" in message
+    )

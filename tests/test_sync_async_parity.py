@@ -16,14 +16,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import async_to_sync  # noqa: E402
 
-PAIRS = [(f"pgfeatures.{src.relative_to(async_to_sync.PACKAGE).with_suffix('').as_posix().replace('/', '.')}",
-          f"pgfeatures.{dst.relative_to(async_to_sync.PACKAGE).with_suffix('').as_posix().replace('/', '.')}")
-         for src, dst in async_to_sync.pairs()]
+PAIRS = [
+    (
+        f"pgfeatures.{src.relative_to(async_to_sync.PACKAGE).with_suffix('').as_posix().replace('/', '.')}",
+        f"pgfeatures.{dst.relative_to(async_to_sync.PACKAGE).with_suffix('').as_posix().replace('/', '.')}",
+    )
+    for src, dst in async_to_sync.pairs()
+]
 
 
 def test_generated_modules_are_current():
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "async_to_sync.py"), "--check"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "async_to_sync.py"), "--check"], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -50,12 +55,19 @@ def _sync_annotation(text: str) -> str:
 
 
 def _public(module):
-    return {n: v for n, v in vars(module).items()
-            if not n.startswith("_") and getattr(v, "__module__", None) == module.__name__}
+    return {
+        n: v
+        for n, v in vars(module).items()
+        if not n.startswith("_") and getattr(v, "__module__", None) == module.__name__
+    }
 
 
 def _members(obj):
-    return {n: v for n, v in inspect.getmembers(obj) if not n.startswith("_") or n in ("__init__", "__aenter__", "__aexit__", "__enter__", "__exit__")}
+    return {
+        n: v
+        for n, v in inspect.getmembers(obj)
+        if not n.startswith("_") or n in ("__init__", "__aenter__", "__aexit__", "__enter__", "__exit__")
+    }
 
 
 def _compare(async_obj, sync_obj, where: str, problems: list[str]) -> None:
@@ -68,7 +80,9 @@ def _compare(async_obj, sync_obj, where: str, problems: list[str]) -> None:
             a_sig, s_sig = inspect.signature(async_obj), inspect.signature(sync_obj)
         except (TypeError, ValueError):
             return
-        a_params = [(p.name, p.kind, repr(p.default), _sync_annotation(str(p.annotation))) for p in a_sig.parameters.values()]
+        a_params = [
+            (p.name, p.kind, repr(p.default), _sync_annotation(str(p.annotation))) for p in a_sig.parameters.values()
+        ]
         s_params = [(p.name, p.kind, repr(p.default), str(p.annotation)) for p in s_sig.parameters.values()]
         if a_params != s_params:
             problems.append(f"{where}: parameters differ: {a_params} vs {s_params}")
@@ -87,7 +101,9 @@ def test_public_apis_agree(async_name, sync_name):
             a_members, s_members = _members(a_obj), _members(s_obj)
             assert sorted(_sync_name(n) for n in a_members) == sorted(s_members), f"{name}: members differ"
             for member, a_m in a_members.items():
-                _compare(a_m, s_members[_sync_name(member)], f"{sync_name}.{_sync_name(name)}.{_sync_name(member)}", problems)
+                _compare(
+                    a_m, s_members[_sync_name(member)], f"{sync_name}.{_sync_name(name)}.{_sync_name(member)}", problems
+                )
     assert not problems, "\n".join(problems)
 
 

@@ -65,10 +65,13 @@ def defs(conn, schema, dsn, tmp_path) -> tuple[Path, Registry]:
     now = conn.execute("SELECT now()").fetchone()[0]
     with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as store:
         for table, value in (("half_day", {"a": 1.0}), ("week", {"b": 2.0}), ("forever", {"c": 3.0})):
-            store.update_features_batch(table, [
-                (1, {**value, "updated_at": now - dt.timedelta(hours=18)}),   # past 12h, within 1d
-                (2, {**value, "updated_at": now - dt.timedelta(days=3)}),     # past 1d, within 7d
-            ])
+            store.update_features_batch(
+                table,
+                [
+                    (1, {**value, "updated_at": now - dt.timedelta(hours=18)}),  # past 12h, within 1d
+                    (2, {**value, "updated_at": now - dt.timedelta(days=3)}),  # past 1d, within 7d
+                ],
+            )
     materialize(conn, registry, "day_mat")
     return path, registry
 
@@ -81,23 +84,38 @@ def test_the_stricter_ttl_wins_unless_the_service_overrides(defs, dsn):
     with FeatureStore(registry, dsn, pool_size=1, write_pool_size=0) as store:
         for service in ("day", "day_mat"):
             # an 18 h old row of a 12 h table is not served by a 1 d service...
-            assert store.get_service(service, {"user": 1}).status == {"half_day": "expired", "week": "present",
-                                                                     "forever": "present"}, service
+            assert store.get_service(service, {"user": 1}).status == {
+                "half_day": "expired",
+                "week": "present",
+                "forever": "present",
+            }, service
             # ...and a 3 d old row of a 7 d table is (the service's 1 d is stricter)
-            assert store.get_service(service, {"user": 2}).status == {"half_day": "expired", "week": "expired",
-                                                                     "forever": "expired"}, service
-        assert store.get_service("day_override", {"user": 1}).status == {"half_day": "present", "week": "present",
-                                                                        "forever": "present"}
-        assert store.get_service("plain", {"user": 2}).status == {"half_day": "expired", "week": "present",
-                                                                 "forever": "present"}
+            assert store.get_service(service, {"user": 2}).status == {
+                "half_day": "expired",
+                "week": "expired",
+                "forever": "expired",
+            }, service
+        assert store.get_service("day_override", {"user": 1}).status == {
+            "half_day": "present",
+            "week": "present",
+            "forever": "present",
+        }
+        assert store.get_service("plain", {"user": 2}).status == {
+            "half_day": "expired",
+            "week": "present",
+            "forever": "present",
+        }
         vector = store.get_service("day_mat", {"user": 1}, output="list")
         assert vector.values == [None, 2.0, 3.0]
 
 
 def test_ttl_override_needs_a_ttl(schema):
     with pytest.raises(DefinitionError, match="ttl_override = true needs a ttl"):
-        Registry.from_dict(tomllib.loads(DEFINITIONS.format(schema=schema) + '\n[services.bad]\nfeatures = ["week.b"]\n'
-                                         'ttl_override = true\n'))
+        Registry.from_dict(
+            tomllib.loads(
+                DEFINITIONS.format(schema=schema) + '\n[services.bad]\nfeatures = ["week.b"]\nttl_override = true\n'
+            )
+        )
 
 
 def test_get_service_and_pgfeatures_tables_show_the_effective_ttl_of_every_table(defs, dsn, capsys, monkeypatch):

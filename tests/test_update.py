@@ -11,7 +11,6 @@ import psycopg
 import pyarrow as pa
 import pytest
 from psycopg import sql
-from test_load import MIXED, contents, keys_for, make_registry, snapshot
 
 from pgfeatures import AsyncFeatureStore, FeatureStore
 from pgfeatures.errors import (
@@ -26,6 +25,7 @@ from pgfeatures.errors import (
 from pgfeatures.load import load
 from pgfeatures.schema import apply_schema
 from pgfeatures.write import plan_updates
+from test_load import MIXED, contents, keys_for, make_registry, snapshot
 
 K = keys_for(range(10))
 
@@ -60,16 +60,22 @@ def test_insert_then_partial_update(store, conn, schema):
 
 
 def test_batch_with_mixed_column_sets_and_repeated_keys(store, conn, schema):
-    written = store.update_features_batch("mixed", [
-        (K[1], {"r": 1.0, "b": 2**62}),
-        (K[2], {"r": 2.0, "b": -1}),
-        (K[3], {"ok": False}),
-        (K[1], {"b": 5, "d": 0.25}),  # merged into the first K[1] entry, later values win
-    ])
+    written = store.update_features_batch(
+        "mixed",
+        [
+            (K[1], {"r": 1.0, "b": 2**62}),
+            (K[2], {"r": 2.0, "b": -1}),
+            (K[3], {"ok": False}),
+            (K[1], {"b": 5, "d": 0.25}),  # merged into the first K[1] entry, later values win
+        ],
+    )
     assert written == 3
     got = contents(conn, schema, "mixed", list(MIXED))
-    assert got == {K[1]: (1.0, 0.25, None, None, 5, None), K[2]: (2.0, None, None, None, -1, None),
-                   K[3]: (None, None, None, None, None, False)}
+    assert got == {
+        K[1]: (1.0, 0.25, None, None, 5, None),
+        K[2]: (2.0, None, None, None, -1, None),
+        K[3]: (None, None, None, None, None, False),
+    }
     assert store.update_features_batch("plain", {K[4]: {"f0": 1}, K[5]: {"f0": 2}}) == 2
     assert contents(conn, schema, "plain", ["f0", "f1"]) == {K[4]: (1.0, None), K[5]: (2.0, None)}
 
@@ -82,26 +88,37 @@ def test_one_statement_per_column_set(store):
 
 
 def test_writes_use_the_write_pool(store):
-    reads, writes = store.read_pool.get_stats().get("requests_num", 0), store.write_pool.get_stats().get("requests_num", 0)
+    reads, writes = (
+        store.read_pool.get_stats().get("requests_num", 0),
+        store.write_pool.get_stats().get("requests_num", 0),
+    )
     store.update_features(K[6], "plain", {"f0": 3.0})
     assert store.write_pool.get_stats()["requests_num"] == writes + 1
     assert store.read_pool.get_stats().get("requests_num", 0) == reads
     assert store.get_features(K[6], ["plain"], {"plain": ["f0", "f1"]}) == {"plain": {"f0": 3.0, "f1": None}}
 
 
-@pytest.mark.parametrize("table,values,error,message", [
-    ("mixed", {"r": "high"}, FeatureValueError, "mixed.r (real): 'high' is not a number"),
-    ("mixed", {"i": True}, FeatureValueError, "mixed.i (integer): True is not a number"),
-    ("mixed", {"ok": 1}, FeatureValueError, "mixed.ok (boolean): 1 is not a boolean"),
-    ("mixed", {"s": 40000}, FeatureValueError, "mixed.s (smallint): 40000 is out of range (-32768..32767)"),
-    ("mixed", {"i": 2.5}, FeatureValueError, "mixed.i (integer): 2.5 is not an integer"),
-    ("mixed", {"r": 1e39}, FeatureValueError, "mixed.r (real): 1e+39 is out of range for real"),
-    ("mixed", {"d": float("nan")}, FeatureValueError, "mixed.d (double precision): nan is NaN"),
-    ("mixed", {"updated_at": None}, FeatureValueError, "mixed.updated_at: cannot be NULL"),
-    ("mixed", {"nope": 1}, UnknownFeatureError, "unknown feature(s) in table 'mixed': nope; valid features: r, d, s, i, b, ok, updated_at"),
-    ("mixed", {}, FeatureValueError, "no values given"),
-    ("missing", {"r": 1}, UnknownTableError, "unknown feature table(s): missing"),
-])
+@pytest.mark.parametrize(
+    "table,values,error,message",
+    [
+        ("mixed", {"r": "high"}, FeatureValueError, "mixed.r (real): 'high' is not a number"),
+        ("mixed", {"i": True}, FeatureValueError, "mixed.i (integer): True is not a number"),
+        ("mixed", {"ok": 1}, FeatureValueError, "mixed.ok (boolean): 1 is not a boolean"),
+        ("mixed", {"s": 40000}, FeatureValueError, "mixed.s (smallint): 40000 is out of range (-32768..32767)"),
+        ("mixed", {"i": 2.5}, FeatureValueError, "mixed.i (integer): 2.5 is not an integer"),
+        ("mixed", {"r": 1e39}, FeatureValueError, "mixed.r (real): 1e+39 is out of range for real"),
+        ("mixed", {"d": float("nan")}, FeatureValueError, "mixed.d (double precision): nan is NaN"),
+        ("mixed", {"updated_at": None}, FeatureValueError, "mixed.updated_at: cannot be NULL"),
+        (
+            "mixed",
+            {"nope": 1},
+            UnknownFeatureError,
+            "unknown feature(s) in table 'mixed': nope; valid features: r, d, s, i, b, ok, updated_at",
+        ),
+        ("mixed", {}, FeatureValueError, "no values given"),
+        ("missing", {"r": 1}, UnknownTableError, "unknown feature table(s): missing"),
+    ],
+)
 def test_invalid_values_write_nothing(store, conn, schema, table, values, error, message):
     store.update_features(K[0], "mixed", {"r": 1.0})
     before = snapshot(conn, schema, "mixed")
@@ -113,7 +130,9 @@ def test_invalid_values_write_nothing(store, conn, schema, table, values, error,
 
 def test_a_batch_is_one_transaction(store, conn, schema):
     """A database error in the second statement of a mixed batch undoes the first; the connection stays usable."""
-    conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT small_s CHECK (s < 100)").format(sql.Identifier(schema, "mixed")))
+    conn.execute(
+        sql.SQL("ALTER TABLE {} ADD CONSTRAINT small_s CHECK (s < 100)").format(sql.Identifier(schema, "mixed"))
+    )
     before = snapshot(conn, schema, "mixed")
     with pytest.raises(DatabaseError, match="violates check constraint") as caught:
         store.update_features_batch("mixed", [(K[0], {"r": 1.0}), (K[1], {"s": 500})])
@@ -139,18 +158,28 @@ def test_async_store(dsn, conn, schema):
     async def run() -> None:
         async with AsyncFeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as store:
             await store.update_features(K[0], "plain", {"f0": 1.0, "f3": 4.0})
-            assert await store.update_features_batch("plain", [(K[0], {"f1": 2.0}), (K[1], {"f2": 3.0}), (K[2], {"f0": 5.0})]) == 3
+            assert (
+                await store.update_features_batch(
+                    "plain", [(K[0], {"f1": 2.0}), (K[1], {"f2": 3.0}), (K[2], {"f0": 5.0})]
+                )
+                == 3
+            )
             assert (await store.get_features(K[0], ["plain"]))["plain"] == {"f0": 1.0, "f1": 2.0, "f2": None, "f3": 4.0}
 
     asyncio.run(run())
     assert contents(conn, schema, "plain", ["f0", "f1", "f2", "f3"]) == {
-        K[0]: (1.0, 2.0, None, 4.0), K[1]: (None, None, 3.0, None), K[2]: (5.0, None, None, None)}
+        K[0]: (1.0, 2.0, None, 4.0),
+        K[1]: (None, None, 3.0, None),
+        K[2]: (5.0, None, None, None),
+    }
 
 
 def test_concurrent_update_during_rebuild_is_not_lost(dsn, conn, schema, store):
     """A live update racing a rebuild waits for its lock and lands in the new table."""
     n = 3000
-    data = pa.table({"hashkey": pa.array(keys_for(range(n)), pa.binary(32)), **{f"f{j}": np.zeros(n, np.float32) for j in range(4)}})
+    data = pa.table(
+        {"hashkey": pa.array(keys_for(range(n)), pa.binary(32)), **{f"f{j}": np.zeros(n, np.float32) for j in range(4)}}
+    )
     load(conn, store.registry, "plain", data)
     started = threading.Event()
 
@@ -160,8 +189,18 @@ def test_concurrent_update_during_rebuild_is_not_lost(dsn, conn, schema, store):
 
     with psycopg.connect(dsn, autocommit=True) as loader:
         done = []
-        thread = threading.Thread(target=lambda: done.append(load(loader, store.registry, "plain", data.slice(0, 1000),
-                                                                  strategy="rebuild", progress=update_when_rebuilding)))
+        thread = threading.Thread(
+            target=lambda: done.append(
+                load(
+                    loader,
+                    store.registry,
+                    "plain",
+                    data.slice(0, 1000),
+                    strategy="rebuild",
+                    progress=update_when_rebuilding,
+                )
+            )
+        )
         thread.start()
         started.wait(20)
         store.update_features(keys_for([2500])[0], "plain", {"f0": 42.0})  # waits if the rebuild holds its lock
@@ -198,7 +237,9 @@ def test_an_update_whose_connection_is_lost_after_sending_is_not_sent_again(stor
     rows = [(K[7], {"r": 2.0}), (K[8], {"s": 8})] if mixed_batch else [(K[7], {"r": 2.0})]
     outcome: list[BaseException | int] = []
     with psycopg.connect(dsn) as locker:
-        locker.execute(sql.SQL("SELECT 1 FROM {} WHERE hashkey = %s FOR UPDATE").format(sql.Identifier(schema, "mixed")), [K[7]])
+        locker.execute(
+            sql.SQL("SELECT 1 FROM {} WHERE hashkey = %s FOR UPDATE").format(sql.Identifier(schema, "mixed")), [K[7]]
+        )
         with store.write_connection() as writer:
             pid = writer.info.backend_pid
 
@@ -211,7 +252,9 @@ def test_an_update_whose_connection_is_lost_after_sending_is_not_sent_again(stor
         thread = threading.Thread(target=write)
         thread.start()
         deadline = time.monotonic() + 10
-        while not conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'", [pid]).fetchall():
+        while not conn.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'", [pid]
+        ).fetchall():
             assert time.monotonic() < deadline, "the update never waited on the lock"
             time.sleep(0.01)
         conn.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])
@@ -237,13 +280,18 @@ def test_a_load_after_its_connection_was_killed_is_retried_once(store, conn, sch
 
 
 def test_newest_wins_counts_what_it_skips(store, conn, schema):
-    store.update_features_batch("mixed", [(K[0], {"r": 1.0, "updated_at": 2000}), (K[1], {"r": 1.0, "updated_at": 2000})])
-    result = store.update_features_batch("mixed", [
-        (K[0], {"r": 2.0, "updated_at": 1999}),  # older: skipped
-        (K[1], {"r": 3.0, "updated_at": 2000}),  # same time: written
-        (K[2], {"r": 4.0, "updated_at": 5}),     # new key: written
-        (K[3], {"s": 1}),                        # no event time: stamped now, always written
-    ])
+    store.update_features_batch(
+        "mixed", [(K[0], {"r": 1.0, "updated_at": 2000}), (K[1], {"r": 1.0, "updated_at": 2000})]
+    )
+    result = store.update_features_batch(
+        "mixed",
+        [
+            (K[0], {"r": 2.0, "updated_at": 1999}),  # older: skipped
+            (K[1], {"r": 3.0, "updated_at": 2000}),  # same time: written
+            (K[2], {"r": 4.0, "updated_at": 5}),  # new key: written
+            (K[3], {"s": 1}),  # no event time: stamped now, always written
+        ],
+    )
     assert (int(result), result.skipped, result.keys) == (3, 1, 4)
     got = contents(conn, schema, "mixed", ["r", "updated_at"])
     assert got[K[0]] == (1.0, 2000) and got[K[1]] == (3.0, 2000) and got[K[2]] == (4.0, 5)
@@ -262,7 +310,9 @@ def test_racing_writers_end_with_the_newest_row(dsn, conn, schema):
         try:
             with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as store:
                 barrier.wait()
-                for i in range(offset, len(stamps), 4):  # each writer owns a quarter of the timestamps, in a shuffled order
+                for i in range(
+                    offset, len(stamps), 4
+                ):  # each writer owns a quarter of the timestamps, in a shuffled order
                     t = stamps[(i * 7) % len(stamps)]
                     store.update_features_batch("mixed", [(k, {"i": t, "updated_at": t}) for k in keys])
         except BaseException as exc:  # noqa: BLE001 - reported below

@@ -20,9 +20,9 @@ import json
 import numpy as np
 import psycopg
 import pytest
-from conftest import dsn_with
 from psycopg import sql
 
+from conftest import dsn_with
 from pgfeatures import cli, demo
 from pgfeatures.definitions import KEY_LENGTH, FeatureTable, Registry
 from pgfeatures.errors import KeyFormatError, WarmupError
@@ -53,7 +53,11 @@ def dsn(dsn: str) -> str:
 def demo_like(schema: str) -> Registry:
     """Three demo-style tables: two with a covering index, one without."""
     return Registry.of(
-        [FeatureTable.of("t00", FEATURES, True), FeatureTable.of("t01", FEATURES, True), FeatureTable.of("t02", FEATURES)],
+        [
+            FeatureTable.of("t00", FEATURES, True),
+            FeatureTable.of("t01", FEATURES, True),
+            FeatureTable.of("t02", FEATURES),
+        ],
         schema=schema,
     )
 
@@ -105,7 +109,11 @@ def flush_stats(conn: psycopg.Connection) -> None:
 def write_definitions(path, registry: Registry) -> str:
     lines = [f'schema = "{registry.schema}"']
     for t in registry.tables.values():
-        lines += [f"[tables.{t.name}]", f"covering_index = {str(t.covering_index).lower()}", f"[tables.{t.name}.features]"]
+        lines += [
+            f"[tables.{t.name}]",
+            f"covering_index = {str(t.covering_index).lower()}",
+            f"[tables.{t.name}.features]",
+        ]
         lines += [f'{f.name} = "{f.type.name}"' for f in t.features]
     path.write_text("\n".join(lines) + "\n")
     return str(path)
@@ -127,11 +135,13 @@ def test_prewarm_turns_a_cold_cache_warm(conn, registry):
     assert report.before.ratio < 0.99, report.before.as_dict()
     assert report.after.ratio >= 0.99, report.after.as_dict()
     assert report.hot_keys == len(hot)
-    sizes = dict(conn.execute(
-        """SELECT c.relname, pg_relation_size(c.oid) / current_setting('block_size')::int
+    sizes = dict(
+        conn.execute(
+            """SELECT c.relname, pg_relation_size(c.oid) / current_setting('block_size')::int
            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN ('r', 'i')""",
-        [registry.schema],
-    ).fetchall())
+            [registry.schema],
+        ).fetchall()
+    )
     assert {w.relation: w.blocks for w in report.warmed} == sizes  # every table and index, every block
     assert report.fits and report.working_set_bytes > 0
     # the probe saw the real plans: covered tables index-only, with no heap fetch after VACUUM
@@ -153,7 +163,9 @@ def test_index_read_fallback_warms_without_sequential_scans(conn, registry):
     assert rows["t02"] == ROWS - ROWS // demo.MISS_EVERY
     assert rows["t00_covering"] == rows["t00"]
     flush_stats(conn)
-    seq = conn.execute("SELECT sum(seq_tup_read) FROM pg_stat_user_tables WHERE schemaname = %s", [registry.schema]).fetchone()[0]
+    seq = conn.execute(
+        "SELECT sum(seq_tup_read) FROM pg_stat_user_tables WHERE schemaname = %s", [registry.schema]
+    ).fetchone()[0]
     assert seq == 0
 
 
@@ -175,15 +187,20 @@ def test_sync_and_async_store_warmups_agree(dsn, conn, registry):
         assert report.method == "pg_prewarm" and report.hot_keys == 30
         assert report.after.ratio >= 0.99
     assert [w.relation for w in sync_report.warmed] == [w.relation for w in async_report.warmed]
-    assert {t: p.scans for t, p in sync_report.after.tables.items()} == {t: p.scans for t, p in async_report.after.tables.items()}
+    assert {t: p.scans for t, p in sync_report.after.tables.items()} == {
+        t: p.scans for t, p in async_report.after.tables.items()
+    }
 
 
 def test_measure_reports_missing_statistics_and_broken_tables(conn, schema):
     registry = Registry.of([FeatureTable.of("t00", FEATURES), FeatureTable.of("gone", {"x": "real"})], schema=schema)
     apply_schema(conn, Registry.of([registry.table("t00")], schema=schema))
     conn.execute(sql.SQL("CREATE TABLE {} (hashkey bytea PRIMARY KEY, y real)").format(sql.Identifier(schema, "gone")))
-    conn.execute(sql.SQL("INSERT INTO {} SELECT sha256(i::text::bytea), i FROM generate_series(1, 200) i").format(
-        sql.Identifier(schema, "gone")))
+    conn.execute(
+        sql.SQL("INSERT INTO {} SELECT sha256(i::text::bytea), i FROM generate_series(1, 200) i").format(
+            sql.Identifier(schema, "gone")
+        )
+    )
     conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, "gone")))
 
     result = run(conn, measure(registry))
@@ -223,8 +240,18 @@ def test_cli_warmup_json(dsn, conn, registry, tmp_path, capsys):
     hot = tmp_path / "hot.txt"
     hot.write_text("\n".join(k.hex() for k in keys[:10]))
     evict(conn, registry)
-    code = cli.main(["warmup", "--dsn", dsn, "-d", write_definitions(tmp_path / "defs.toml", registry),
-                     "--hot-keys", str(hot), "--json"])
+    code = cli.main(
+        [
+            "warmup",
+            "--dsn",
+            dsn,
+            "-d",
+            write_definitions(tmp_path / "defs.toml", registry),
+            "--hot-keys",
+            str(hot),
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == 0
     assert out["method"] == "pg_prewarm" and out["hot_keys"] == 10

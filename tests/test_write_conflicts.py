@@ -38,8 +38,18 @@ def service(conn, schema, dsn) -> Registry:
     registry = Registry.of(tables, schema, services=[FeatureService("svc", ("t0.*", "t1.*", "t2.*"), materialize=True)])
     apply_schema(conn, registry)
     for t in tables:
-        load(conn, registry, t.name, pa.table({"user_id": pa.array(KEYS, pa.int64()), "a": pa.array([1.0] * len(KEYS), pa.float32()),
-                                               "b": pa.array([1] * len(KEYS), pa.int32())}))
+        load(
+            conn,
+            registry,
+            t.name,
+            pa.table(
+                {
+                    "user_id": pa.array(KEYS, pa.int64()),
+                    "a": pa.array([1.0] * len(KEYS), pa.float32()),
+                    "b": pa.array([1] * len(KEYS), pa.int32()),
+                }
+            ),
+        )
     materialize(conn, registry, "svc")
     return registry
 
@@ -72,8 +82,13 @@ def test_concurrent_pushes_batches_and_loads_never_deadlock(service, conn, dsn, 
             while time.monotonic() < stop:
                 keys = rng.sample(pool, 150)
                 rng.shuffle(keys)
-                data = pa.table({"user_id": pa.array(keys, pa.int64()), "a": pa.array([rng.random() for _ in keys], pa.float32()),
-                                 "b": pa.array([7] * len(keys), pa.int32())})
+                data = pa.table(
+                    {
+                        "user_id": pa.array(keys, pa.int64()),
+                        "a": pa.array([rng.random() for _ in keys], pa.float32()),
+                        "b": pa.array([7] * len(keys), pa.int32()),
+                    }
+                )
                 try:
                     load(c, service, f"t{rng.randrange(3)}", data, strategy=rng.choice(["upsert", "upsert", "rebuild"]))
                     counts["load"] += 1
@@ -123,7 +138,9 @@ def test_a_live_update_chosen_as_a_deadlock_victim_is_sent_again(service, conn, 
         thread.join(30)
     assert result == [2], result
     assert deadlocks(conn) - before == 1
-    rows = conn.execute(psycopg.sql.SQL("SELECT user_id, b FROM {} WHERE user_id IN (1, 2) ORDER BY 1").format(table)).fetchall()
+    rows = conn.execute(
+        psycopg.sql.SQL("SELECT user_id, b FROM {} WHERE user_id IN (1, 2) ORDER BY 1").format(table)
+    ).fetchall()
     assert rows == [(1, 9), (2, 9)]
     error = classify(ConflictError("rolled back", "40P01"))
     assert (error.status, error.type, error.retryable) == (503, "conflict", True)

@@ -29,6 +29,7 @@ import argparse
 import difflib
 import io
 import re
+import subprocess
 import sys
 import tokenize
 from pathlib import Path
@@ -110,7 +111,28 @@ def transform(source: str, source_name: str) -> str:
     body = "".join(lines).replace("(async source)", f"(generated from {source_name})")
     # Class names in strings and comments (string annotations, docstrings) follow the code.
     body = _ASYNC_NAME.sub(lambda m: RENAMES.get(m[0], m[0]), body)
-    return HEADER.format(source=source_name) + body
+    return formatted(HEADER.format(source=source_name) + body, source_name)
+
+
+def formatted(text: str, source_name: str) -> str:
+    """``text`` as ruff (the project's settings) sorts its imports and lays it out: the twin is shorter than
+    its source (no ``await``, no ``_async``), so lines the formatter wrapped in the source fit on one line."""
+    twin = source_name[: -len("_async.py")] + ".py"
+    for step in (["check", "--select", "I", "--fix-only", "--exit-zero"], ["format"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "ruff", *step, "--stdin-filename", twin, "-"],
+            input=text,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise SystemExit(
+                f"ruff {step[0]} failed on the twin of {source_name} (pip install ruff): {done.stderr.strip()}"
+            )
+        text = done.stdout
+    return text
 
 
 def pairs() -> list[tuple[Path, Path]]:
@@ -130,14 +152,18 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if args.check:
             stale.append(dst)
-            diff = difflib.unified_diff(current.splitlines(True), expected.splitlines(True), str(dst), f"{dst} (expected)")
+            diff = difflib.unified_diff(
+                current.splitlines(True), expected.splitlines(True), str(dst), f"{dst} (expected)"
+            )
             sys.stderr.writelines(list(diff)[:40])
         else:
             dst.write_text(expected)
             print(f"wrote {dst.relative_to(ROOT)}")
     if stale:
-        print(f"out of date (run python tools/async_to_sync.py): {', '.join(str(p.relative_to(ROOT)) for p in stale)}",
-              file=sys.stderr)
+        print(
+            f"out of date (run python tools/async_to_sync.py): {', '.join(str(p.relative_to(ROOT)) for p in stale)}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -1,11 +1,11 @@
 """pgfeatures: online feature serving on PostgreSQL, one round-trip for any number of feature tables."""
 
-from .definitions import Entity, Feature, FeatureService, FeatureTable, FeatureType, Registry, hash_key
 from .connections import Cached, CredentialProvider, EnvPassword, PasswordFile, load_provider
+from .definitions import Entity, Feature, FeatureService, FeatureTable, FeatureType, Registry, hash_key
 from .errors import (
     AuthenticationError,
-    CredentialsTimeoutError,
     ConnectionSettingsError,
+    CredentialsTimeoutError,
     DatabaseError,
     DatabaseUnavailableError,
     DefinitionError,
@@ -79,5 +79,6 @@ __all__ = [
     "UnknownFeatureError",
     "UnknownServiceError",
     "UnknownStrategyError",
-    "UnknownTableError", "WriteOutcomeUnknownError",
+    "UnknownTableError",
+    "WriteOutcomeUnknownError",
 ]

@@ -10,6 +10,7 @@ the ground truth.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import Callable
@@ -129,7 +130,9 @@ def load_demo(
     loaded = False
     for ti, table in enumerate(registry.tables.values()):
         data = table_data(ti, n_entities, len(table.features), seed)
-        if table_row_count(conn, registry.schema, table.name) == len(data.entities) and _marker_ok(conn, registry, table, n_entities, seed):
+        if table_row_count(conn, registry.schema, table.name) == len(data.entities) and _marker_ok(
+            conn, registry, table, n_entities, seed
+        ):
             if progress:
                 progress(table.name, 0)
             continue
@@ -152,7 +155,9 @@ def _marker_ok(conn: psycopg.Connection, registry: Registry, table: FeatureTable
     """Spot-check the first and last entity of a table against the generator (catches other seeds/sizes)."""
     ti = list(registry.tables).index(table.name)
     data = table_data(ti, n_entities, len(table.features), seed)
-    query = sql.SQL("SELECT {} FROM {} WHERE hashkey = %b").format(sql.Identifier(table.features[0].name), qualified(registry, table))
+    query = sql.SQL("SELECT {} FROM {} WHERE hashkey = %b").format(
+        sql.Identifier(table.features[0].name), qualified(registry, table)
+    )
     for pos in (0, -1):
         row = conn.execute(query, [entity_key(int(data.entities[pos]))], binary=True).fetchone()
         if row is None or row[0] != float(data.values[pos, 0]):
@@ -173,17 +178,25 @@ class DemoSettings:
 
     entities: int = field(default=100_000, metadata={"help": "synthetic entities"})
     requests: int = field(default=1000, metadata={"help": "timed requests per strategy and table count"})
-    table_counts: tuple[int, ...] = field(default=(10, 20, 30), metadata={"help": "tables per request, comma-separated"})
+    table_counts: tuple[int, ...] = field(
+        default=(10, 20, 30), metadata={"help": "tables per request, comma-separated"}
+    )
     seed: int = field(default=0, metadata={"help": "seed of the data and of the key choice"})
-    schema: str = field(default="demo", metadata={"help": "schema of the demo tables (loaded if absent, reused if present)"})
+    schema: str = field(
+        default="demo", metadata={"help": "schema of the demo tables (loaded if absent, reused if present)"}
+    )
 
     def __post_init__(self) -> None:
         from .errors import PgFeaturesError
 
         if self.entities < 101 or self.requests < 1:
-            raise PgFeaturesError(f"the demo needs at least 101 entities and 1 request, got {self.entities} and {self.requests}")
+            raise PgFeaturesError(
+                f"the demo needs at least 101 entities and 1 request, got {self.entities} and {self.requests}"
+            )
         if not self.table_counts or min(self.table_counts) < 1 or max(self.table_counts) > 30:
-            raise PgFeaturesError(f"table counts must be between 1 and 30 (the demo has 30 tables), got {self.table_counts}")
+            raise PgFeaturesError(
+                f"table counts must be between 1 and 30 (the demo has 30 tables), got {self.table_counts}"
+            )
 
 
 @dataclass(frozen=True)
@@ -194,7 +207,7 @@ class DemoResult:
     server_version: int
     loaded: bool  # False: the data was already there and was reused
     load_seconds: float
-    stats: dict[int, dict[str, "Stats"]]  # table count -> row name -> latency
+    stats: dict[int, dict[str, Stats]]  # table count -> row name -> latency
     sample_key: bytes
     sample: Any  # entity 1, a few features of t00 and t01
     absent: Any  # a key no table holds
@@ -204,13 +217,20 @@ class DemoResult:
         return [{"tables": count, **s.as_dict()} for count, rows in self.stats.items() for s in rows.values()]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"server_version": self.server_version, "entities": self.settings.entities,
-                "requests": self.settings.requests, "loaded": self.loaded, "load_seconds": self.load_seconds,
-                "figures": self.figures(), "sample": {"key": self.sample_key.hex(), "features": self.sample}}
+        return {
+            "server_version": self.server_version,
+            "entities": self.settings.entities,
+            "requests": self.settings.requests,
+            "loaded": self.loaded,
+            "load_seconds": self.load_seconds,
+            "figures": self.figures(),
+            "sample": {"key": self.sample_key.hex(), "features": self.sample},
+        }
 
 
-def run_demo(dsn: str, settings: DemoSettings = DemoSettings(), *,
-             progress: Callable[[str, int], None] | None = None) -> DemoResult:
+def run_demo(
+    dsn: str, settings: DemoSettings = DemoSettings(), *, progress: Callable[[str, int], None] | None = None
+) -> DemoResult:
     """Load the demo tables (unless present) and time every strategy at each table count, interleaved.
 
     ``progress(name, rows)`` is called after each table is loaded and after the final VACUUM.
@@ -235,15 +255,27 @@ def run_demo(dsn: str, settings: DemoSettings = DemoSettings(), *,
     with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as store:
         for count in settings.table_counts:
             names = list(registry.tables)[:count]
-            calls = {s.value: (lambda r: (lambda k: store.read(r, k)))(store.reader(names, strategy=s)) for s in strategies}
+            calls = {
+                s.value: (lambda r: lambda k: store.read(r, k))(store.reader(names, strategy=s)) for s in strategies
+            }
             batch = store.batch_reader(names)
             batches = [keys[i : i + 100] for i in range(0, len(keys) - 100, 100)]
             stats = measure_interleaved(calls, keys, settings.requests, seed=settings.seed)
-            stats.update(measure_interleaved({BATCH_ROW: lambda ks: store.read_batch(batch, ks)},
-                                             batches, max(50, settings.requests // 20), per={BATCH_ROW: 100}))
+            stats.update(
+                measure_interleaved(
+                    {BATCH_ROW: functools.partial(store.read_batch, batch)},
+                    batches,
+                    max(50, settings.requests // 20),
+                    per={BATCH_ROW: 100},
+                )
+            )
             results[count] = stats
         sample_key = keys[1]
-        sample = store.get_features(sample_key, ["t00", "t01"], {"t00": ["f0", "f1", "f2"], "t01": ["f0", "updated_at"]})
+        sample = store.get_features(
+            sample_key, ["t00", "t01"], {"t00": ["f0", "f1", "f2"], "t01": ["f0", "updated_at"]}
+        )
         absent = store.get_features(bytes(32), ["t00"])
         missing_in_t01 = store.get_features(keys[49], ["t01"])
-    return DemoResult(settings, server_version, loaded, load_seconds, results, sample_key, sample, absent, missing_in_t01)
+    return DemoResult(
+        settings, server_version, loaded, load_seconds, results, sample_key, sample, absent, missing_in_t01
+    )

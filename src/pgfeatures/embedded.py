@@ -30,10 +30,10 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from .errors import EmbeddedServerError
 
@@ -198,8 +198,16 @@ def _initdb() -> None:
         os.chown(data, user.pw_uid, user.pw_gid)
     data.chmod(0o700)
     _run(
-        [str(_bin_dir() / "initdb"), "-D", str(data), "--auth=trust", "--encoding=UTF8",
-         "--locale=C", "-U", "postgres"],
+        [
+            str(_bin_dir() / "initdb"),
+            "-D",
+            str(data),
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "-U",
+            "postgres",
+        ],
         timeout=120,
     )
     settings = dict(SERVER_SETTINGS, port=str(_free_port()), unix_socket_directories=f"'{data}'")
@@ -250,8 +258,17 @@ def dsn() -> str:
 
 def _start(timeout: float) -> None:
     _run(
-        [str(_bin_dir() / "pg_ctl"), "-D", str(pgdata()), "-l", str(pgdata() / "log"),
-         "-w", "-t", str(int(timeout)), "start"],
+        [
+            str(_bin_dir() / "pg_ctl"),
+            "-D",
+            str(pgdata()),
+            "-l",
+            str(pgdata() / "log"),
+            "-w",
+            "-t",
+            str(int(timeout)),
+            "start",
+        ],
         timeout=timeout + 5,
     )
 
@@ -276,9 +293,11 @@ def ensure_running(timeout: float = 60) -> str:
             except EmbeddedServerError as exc:
                 if not crashed:
                     raise
-                log.warning("the embedded PostgreSQL did not start after an unclean stop (its crash recovery can "
-                            "fail once on an unlogged relation); starting it again. First attempt: %s",
-                            " ".join(str(exc).split()))
+                log.warning(
+                    "the embedded PostgreSQL did not start after an unclean stop (its crash recovery can "
+                    "fail once on an unlogged relation); starting it again. First attempt: %s",
+                    " ".join(str(exc).split()),
+                )
                 time.sleep(0.5)  # orphaned backends of the killed postmaster may still be exiting
                 _start(timeout)
     return dsn()

@@ -63,9 +63,18 @@ LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
 def _freshness_sql(schema: str, table: str, count: bool, newest: bool) -> sql.Composed:
     """(count when asked and the table is small, else NULL; max(updated_at) when asked; the server's clock)."""
     ident = sql.Identifier(schema, table)
-    counted = sql.SQL("CASE WHEN pg_relation_size({}::regclass) < {} THEN (SELECT count(*) FROM {}) END").format(
-        sql.Literal(ident.as_string(None)), sql.Literal(COUNT_BELOW_BYTES), ident) if count else sql.SQL("NULL::int8")
-    top = sql.SQL("(SELECT max({}) FROM {})").format(sql.Identifier(UPDATED_AT), ident) if newest else sql.SQL("NULL::timestamptz")
+    counted = (
+        sql.SQL("CASE WHEN pg_relation_size({}::regclass) < {} THEN (SELECT count(*) FROM {}) END").format(
+            sql.Literal(ident.as_string(None)), sql.Literal(COUNT_BELOW_BYTES), ident
+        )
+        if count
+        else sql.SQL("NULL::int8")
+    )
+    top = (
+        sql.SQL("(SELECT max({}) FROM {})").format(sql.Identifier(UPDATED_AT), ident)
+        if newest
+        else sql.SQL("NULL::timestamptz")
+    )
     return sql.SQL("SELECT {}, {}, clock_timestamp()").format(counted, top)
 
 
@@ -109,12 +118,19 @@ class TableInfo:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "schema": self.schema,
+            "name": self.name,
+            "schema": self.schema,
             "entity": {"name": self.entity, "key_type": self.key_type, "key_column": self.key_column},
-            "features": [f.as_dict() for f in self.features], "ttl": self.ttl, "exists": self.exists,
-            "rows": self.rows, "rows_source": self.rows_source,
-            "newest_updated_at": self.newest_updated_at, "newest_age": self.newest_age, "newest_note": self.newest_note,
-            "updated_at_index": self.updated_at_index, "services": list(self.services),
+            "features": [f.as_dict() for f in self.features],
+            "ttl": self.ttl,
+            "exists": self.exists,
+            "rows": self.rows,
+            "rows_source": self.rows_source,
+            "newest_updated_at": self.newest_updated_at,
+            "newest_age": self.newest_age,
+            "newest_note": self.newest_note,
+            "updated_at_index": self.updated_at_index,
+            "services": list(self.services),
         }
 
 
@@ -138,10 +154,19 @@ class ServiceInfo:
     table_ttls: dict[str, int | None] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "features": list(self.features), "tables": list(self.tables),
-                "entities": list(self.entities), "ttl": self.ttl, "ttl_override": self.ttl_override,
-                "table_ttls": dict(self.table_ttls), "version": self.version,
-                "materialize": self.materialize, "state": self.state, "serving_tables": list(self.serving_tables)}
+        return {
+            "name": self.name,
+            "features": list(self.features),
+            "tables": list(self.tables),
+            "entities": list(self.entities),
+            "ttl": self.ttl,
+            "ttl_override": self.ttl_override,
+            "table_ttls": dict(self.table_ttls),
+            "version": self.version,
+            "materialize": self.materialize,
+            "state": self.state,
+            "serving_tables": list(self.serving_tables),
+        }
 
 
 def _services_of(registry: Registry) -> dict[str, list[str]]:
@@ -157,16 +182,21 @@ async def _bounded_async(conn: psycopg.AsyncConnection, query: sql.Composed, tim
     try:
         async with conn.transaction():
             cur = psycopg.AsyncRawCursor(conn)
-            await cur.execute(sql.SQL("SELECT set_config('statement_timeout', {}, true)").format(
-                sql.Literal(f"{max(1, int(timeout * 1000))}ms")), prepare=False)
+            await cur.execute(
+                sql.SQL("SELECT set_config('statement_timeout', {}, true)").format(
+                    sql.Literal(f"{max(1, int(timeout * 1000))}ms")
+                ),
+                prepare=False,
+            )
             await cur.execute(query, prepare=False)
             return await cur.fetchone()
     except psycopg.errors.QueryCanceled:
         return None
 
 
-async def tables_async(conn: psycopg.AsyncConnection, registry: Registry, *, timeout: float = DEFAULT_TIMEOUT,
-                       newest: bool = True) -> list[TableInfo]:
+async def tables_async(
+    conn: psycopg.AsyncConnection, registry: Registry, *, timeout: float = DEFAULT_TIMEOUT, newest: bool = True
+) -> list[TableInfo]:
     """Every feature table of ``registry``, in definition order (see the module docstring).
 
     ``newest=False`` skips ``max(updated_at)`` (and the count): catalog reads only."""
@@ -190,11 +220,18 @@ async def tables_async(conn: psycopg.AsyncConnection, registry: Registry, *, tim
                 row = await _bounded_async(conn, _freshness_sql(registry.schema, table.name, count, newest), timeout)
                 seconds = time.perf_counter() - started
                 if row is None:
-                    how = f"an index ({index})" if index else f"a scan of the whole table (no index leads with {UPDATED_AT})"
+                    how = (
+                        f"an index ({index})"
+                        if index
+                        else f"a scan of the whole table (no index leads with {UPDATED_AT})"
+                    )
                     if newest:
-                        info.update(newest_note=f"max({UPDATED_AT}) took longer than {timeout:g}s (it needs {how}, and "
-                                                "waits for any lock held on the table); see docs/doctor.md on indexing "
-                                                f"{UPDATED_AT}", newest_seconds=seconds)
+                        info.update(
+                            newest_note=f"max({UPDATED_AT}) took longer than {timeout:g}s (it needs {how}, and "
+                            "waits for any lock held on the table); see docs/doctor.md on indexing "
+                            f"{UPDATED_AT}",
+                            newest_seconds=seconds,
+                        )
                 else:
                     n, top, now = row
                     if n is not None:
@@ -204,19 +241,33 @@ async def tables_async(conn: psycopg.AsyncConnection, registry: Registry, *, tim
                         if top is None:
                             info.update(newest_note="the table is empty")
                         else:
-                            info.update(newest_updated_at=top.astimezone(datetime.timezone.utc),
-                                        newest_age=round((now - top).total_seconds(), 3))
+                            info.update(
+                                newest_updated_at=top.astimezone(datetime.UTC),
+                                newest_age=round((now - top).total_seconds(), 3),
+                            )
                             if not index:
-                                info.update(newest_note=f"measured by a scan of the whole table: no index leads with "
-                                                        f"{UPDATED_AT} (pgfeatures creates one with every table: "
-                                                        f"{freshness_index_sql(registry.schema, table, True).as_string(None)})")
+                                info.update(
+                                    newest_note=f"measured by a scan of the whole table: no index leads with "
+                                    f"{UPDATED_AT} (pgfeatures creates one with every table: "
+                                    f"{freshness_index_sql(registry.schema, table, True).as_string(None)})"
+                                )
             if "rows" not in info and live:
                 info.update(rows=int(live), rows_source="pg_stat_user_tables")
         entity = table.entity
-        out.append(TableInfo(
-            table.name, registry.schema, entity.name, entity.key_type, entity.column,
-            tuple(FeatureInfo(f.name, f.type.name, f.default) for f in table.features), table.ttl, bool(exists),
-            services=tuple(services.get(table.name, ())), **info))
+        out.append(
+            TableInfo(
+                table.name,
+                registry.schema,
+                entity.name,
+                entity.key_type,
+                entity.column,
+                tuple(FeatureInfo(f.name, f.type.name, f.default) for f in table.features),
+                table.ttl,
+                bool(exists),
+                services=tuple(services.get(table.name, ())),
+                **info,
+            )
+        )
     return out
 
 
@@ -227,9 +278,19 @@ async def services_async(conn: psycopg.AsyncConnection, registry: Registry) -> l
     for name, svc in registry.services.items():
         items = svc.resolve(registry)
         layouts = registry.layouts(name) if svc.materialize else ()
-        out.append(ServiceInfo(
-            name, svc.order(registry), tuple(t.name for t, _ in items),
-            tuple(dict.fromkeys(t.entity.name for t, _ in items)), svc.ttl, svc.version, svc.materialize,
-            states.get(name) if svc.materialize else None, tuple(layout.table_name for layout in layouts),
-            svc.ttl_override, svc.table_ttls(registry)))
+        out.append(
+            ServiceInfo(
+                name,
+                svc.order(registry),
+                tuple(t.name for t, _ in items),
+                tuple(dict.fromkeys(t.entity.name for t, _ in items)),
+                svc.ttl,
+                svc.version,
+                svc.materialize,
+                states.get(name) if svc.materialize else None,
+                tuple(layout.table_name for layout in layouts),
+                svc.ttl_override,
+                svc.table_ttls(registry),
+            )
+        )
     return out

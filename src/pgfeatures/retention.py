@@ -78,14 +78,24 @@ class ExpireResult:
     note: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"table": self.table, "age": self.age, "cutoff": self.cutoff, "deleted": self.deleted,
-                "batches": self.batches, "seconds": round(self.seconds, 3), "vacuumed": self.vacuumed, "note": self.note}
+        return {
+            "table": self.table,
+            "age": self.age,
+            "cutoff": self.cutoff,
+            "deleted": self.deleted,
+            "batches": self.batches,
+            "seconds": round(self.seconds, 3),
+            "vacuumed": self.vacuumed,
+            "note": self.note,
+        }
 
     def describe(self) -> str:
         if self.age is None:
             return f"{self.table}: {self.note}"
-        text = f"{self.table}: {self.deleted:,} row(s) deleted (older than {self.age:g}s) in {self.batches} batch(es), " \
-               f"{self.seconds:.2f}s"
+        text = (
+            f"{self.table}: {self.deleted:,} row(s) deleted (older than {self.age:g}s) in {self.batches} batch(es), "
+            f"{self.seconds:.2f}s"
+        )
         if self.vacuumed:
             text += f"; VACUUM {', '.join(self.vacuumed)}"
         return text + (f"; {self.note}" if self.note else "")
@@ -97,8 +107,14 @@ def retention_age(registry: Registry, table: FeatureTable, older_than: float | N
         return older_than
     if table.ttl is None:
         return None
-    longest = max([table.ttl] + [svc.ttl for svc in registry.services.values()
-                                 if svc.ttl_override and svc.ttl is not None and table.name in svc.table_ttls(registry)])
+    longest = max(
+        [table.ttl]
+        + [
+            svc.ttl
+            for svc in registry.services.values()
+            if svc.ttl_override and svc.ttl is not None and table.name in svc.table_ttls(registry)
+        ]
+    )
     return longest + grace
 
 
@@ -109,14 +125,18 @@ def _lock_key(schema: str, table: str) -> int:
 def _by_index(ident: sql.Identifier) -> sql.Composed:
     """One batch in ``updated_at`` order: $1 the cutoff, $2 the batch size."""
     col = sql.Identifier(UPDATED_AT)
-    return sql.SQL("DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE {c} < %s ORDER BY {c} LIMIT %s "
-                   "FOR UPDATE SKIP LOCKED))").format(t=ident, c=col)
+    return sql.SQL(
+        "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE {c} < %s ORDER BY {c} LIMIT %s "
+        "FOR UPDATE SKIP LOCKED))"
+    ).format(t=ident, c=col)
 
 
 def _by_pages(ident: sql.Identifier) -> sql.Composed:
     """One batch of a range of pages: $1 the cutoff, $2 and $3 the first and the next page's tid."""
-    return sql.SQL("DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE {c} < %s AND ctid >= %s::tid "
-                   "AND ctid < %s::tid FOR UPDATE SKIP LOCKED))").format(t=ident, c=sql.Identifier(UPDATED_AT))
+    return sql.SQL(
+        "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE {c} < %s AND ctid >= %s::tid "
+        "AND ctid < %s::tid FOR UPDATE SKIP LOCKED))"
+    ).format(t=ident, c=sql.Identifier(UPDATED_AT))
 
 
 def _batch(conn: psycopg.Connection, statement: sql.Composed, params: tuple[Any, ...]) -> int | None:
@@ -130,8 +150,15 @@ def _batch(conn: psycopg.Connection, statement: sql.Composed, params: tuple[Any,
         return None
 
 
-def _expire_table(conn: psycopg.Connection, registry: Registry, table: FeatureTable, age: float,
-                              batch_rows: int, pause: float, vacuum: bool) -> ExpireResult:
+def _expire_table(
+    conn: psycopg.Connection,
+    registry: Registry,
+    table: FeatureTable,
+    age: float,
+    batch_rows: int,
+    pause: float,
+    vacuum: bool,
+) -> ExpireResult:
     result = ExpireResult(table.name, age)
     ident = sql.Identifier(registry.schema, table.name)
     row = (conn.execute(CATALOG, [UPDATED_AT, ident.as_string(conn)])).fetchone()
@@ -177,22 +204,35 @@ def _expire_table(conn: psycopg.Connection, registry: Registry, table: FeatureTa
 
 def _vacuum(conn: psycopg.Connection, registry: Registry, table: FeatureTable, result: ExpireResult) -> None:
     """VACUUM the table and the serving tables whose rows the deletes rewrote (those that exist)."""
-    serving = [layout.table_name for layout in materialized_layouts(registry)
-               if any(t.name == table.name for t in layout.tables)]
+    serving = [
+        layout.table_name
+        for layout in materialized_layouts(registry)
+        if any(t.name == table.name for t in layout.tables)
+    ]
     names = [table.name]
     for name in serving:
-        found = (conn.execute("SELECT to_regclass(%s) IS NOT NULL",
-                                          [sql.Identifier(registry.schema, name).as_string(conn)])).fetchone()
+        found = (
+            conn.execute("SELECT to_regclass(%s) IS NOT NULL", [sql.Identifier(registry.schema, name).as_string(conn)])
+        ).fetchone()
         if found and found[0]:
             names.append(name)
-    conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(
-        sql.SQL(", ").join(sql.Identifier(registry.schema, n) for n in names)))
+    conn.execute(
+        sql.SQL("VACUUM (ANALYZE) {}").format(sql.SQL(", ").join(sql.Identifier(registry.schema, n) for n in names))
+    )
     result.vacuumed = names
 
 
-def expire(conn: psycopg.Connection, registry: Registry, *, tables: Iterable[str] | None = None,
-                       older_than: float | None = None, grace: float = DEFAULT_GRACE,
-                       batch_rows: int = DEFAULT_BATCH_ROWS, pause: float = 0.0, vacuum: bool = True) -> list[ExpireResult]:
+def expire(
+    conn: psycopg.Connection,
+    registry: Registry,
+    *,
+    tables: Iterable[str] | None = None,
+    older_than: float | None = None,
+    grace: float = DEFAULT_GRACE,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    pause: float = 0.0,
+    vacuum: bool = True,
+) -> list[ExpireResult]:
     """Delete every table's rows past its retention age (see the module docstring); one result per
     table, in definition order (or the order of ``tables``). Raises UnknownTableError for an unknown
     table, ValueError for a negative age, grace, pause or a batch below 1."""
@@ -202,11 +242,14 @@ def expire(conn: psycopg.Connection, registry: Registry, *, tables: Iterable[str
     for table in registry.resolve(tables):
         age = retention_age(registry, table, older_than, grace)
         if age is None:
-            out.append(ExpireResult(table.name, note="no ttl: its rows are kept (older_than / --older-than expires them)"))
+            out.append(
+                ExpireResult(table.name, note="no ttl: its rows are kept (older_than / --older-than expires them)")
+            )
             continue
         key = _lock_key(registry.schema, table.name)
-        got = (conn.execute("SELECT pg_try_advisory_lock(%s::integer, %s::integer)",
-                                        [EXPIRE_LOCK_SPACE, key])).fetchone()
+        got = (
+            conn.execute("SELECT pg_try_advisory_lock(%s::integer, %s::integer)", [EXPIRE_LOCK_SPACE, key])
+        ).fetchone()
         if not (got and got[0]):
             out.append(ExpireResult(table.name, age, note="another expire runs on this table: left to it"))
             continue

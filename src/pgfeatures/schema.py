@@ -47,8 +47,11 @@ def freshness_index_sql(schema: str, table: FeatureTable | str, concurrently: bo
     costs writers: an update that changes ``updated_at`` cannot be HOT (docs/doctor.md has the
     figures). ``concurrently``: for a live table (outside a transaction)."""
     return sql.SQL("CREATE INDEX {}IF NOT EXISTS {} ON {} ({})").format(
-        sql.SQL("CONCURRENTLY " if concurrently else ""), sql.Identifier(freshness_index_name(table)),
-        qualified(schema, table), sql.Identifier(UPDATED_AT))
+        sql.SQL("CONCURRENTLY " if concurrently else ""),
+        sql.Identifier(freshness_index_name(table)),
+        qualified(schema, table),
+        sql.Identifier(UPDATED_AT),
+    )
 
 
 def table_ddl(schema: str, table: FeatureTable) -> list[sql.Composed]:
@@ -101,14 +104,19 @@ def migrate_event_time_sql(schema: str, table: FeatureTable | str) -> list[sql.C
     services made before it still compute ``ts`` in seconds: rebuild those services afterwards
     (``pgfeatures materialize``; their layouts are stale anyway, see ``layout.LAYOUT_VERSION``)."""
     col = sql.Identifier(UPDATED_AT)
-    return [sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT, ALTER COLUMN {} TYPE timestamptz USING "
-                    "to_timestamp({}), ALTER COLUMN {} SET DEFAULT now()").format(qualified(schema, table), col, col, col, col),
-            freshness_index_sql(schema, table)]
+    return [
+        sql.SQL(
+            "ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT, ALTER COLUMN {} TYPE timestamptz USING "
+            "to_timestamp({}), ALTER COLUMN {} SET DEFAULT now()"
+        ).format(qualified(schema, table), col, col, col, col),
+        freshness_index_sql(schema, table),
+    ]
 
 
 def create_table_sql(schema: str, table: FeatureTable) -> sql.Composed:
     return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
-        qualified(schema, table), sql.SQL(", ").join(column_definitions(table).values()))
+        qualified(schema, table), sql.SQL(", ").join(column_definitions(table).values())
+    )
 
 
 def covering_index_sql(schema: str, table: FeatureTable, name: str | None = None) -> sql.Composed:
@@ -201,12 +209,16 @@ def table_exists(conn: psycopg.Connection, schema: str, table: str) -> bool:
 
 def expected_columns(table: FeatureTable) -> dict[str, str]:
     """Column name -> type (as ``format_type`` spells it) of the table ``create_table_sql`` makes."""
-    return {table.key_column: table.entity.live_type, **{f.name: f.type.name for f in table.features},
-            UPDATED_AT: EVENT_TIME.name}
+    return {
+        table.key_column: table.entity.live_type,
+        **{f.name: f.type.name for f in table.features},
+        UPDATED_AT: EVENT_TIME.name,
+    }
 
 
-def compare(table: FeatureTable, columns: Mapping[str, str], primary_key: Sequence[str] | None,
-            indexes: Collection[str]) -> tuple[list[str], list[str]]:
+def compare(
+    table: FeatureTable, columns: Mapping[str, str], primary_key: Sequence[str] | None, indexes: Collection[str]
+) -> tuple[list[str], list[str]]:
     """How a live table differs from its definition, from what the catalog says about it (pure):
     (what breaks reads: a missing column, another type; what only costs: an extra column, no
     primary key, no covering index)."""
@@ -216,20 +228,25 @@ def compare(table: FeatureTable, columns: Mapping[str, str], primary_key: Sequen
         if col not in columns:
             breaking.append(f"column {col} ({typ}) is missing")
         elif col == UPDATED_AT and columns[col] == LEGACY_EVENT_TIME:
-            breaking.append(f"legacy event time: column {col} is {LEGACY_EVENT_TIME} epoch seconds (as versions before "
-                            f"timestamptz event time made it), definition says {typ}")
+            breaking.append(
+                f"legacy event time: column {col} is {LEGACY_EVENT_TIME} epoch seconds (as versions before "
+                f"timestamptz event time made it), definition says {typ}"
+            )
         elif columns[col] != typ:
             breaking.append(f"column {col} is {columns[col]}, definition says {typ}")
     other += [f"column {col} ({typ}) is not in the definition" for col, typ in columns.items() if col not in expected]
     if list(primary_key or []) != [table.key_column]:
-        other.append(f"primary key is {list(primary_key) if primary_key else 'missing'}, definition says ({table.key_column})")
+        other.append(
+            f"primary key is {list(primary_key) if primary_key else 'missing'}, definition says ({table.key_column})"
+        )
     if table.covering_index and covering_index_name(table) not in indexes:
         other.append(f"covering index {covering_index_name(table)} is missing")
     return breaking, other
 
 
-def drift_problems(table: FeatureTable, columns: Mapping[str, str], primary_key: Sequence[str] | None,
-                   indexes: Collection[str]) -> list[str]:
+def drift_problems(
+    table: FeatureTable, columns: Mapping[str, str], primary_key: Sequence[str] | None, indexes: Collection[str]
+) -> list[str]:
     """How a live table differs from its definition (pure): every problem ``compare`` finds.
 
     ``columns``: name -> ``format_type`` in column order; ``primary_key``: its columns (None or
@@ -332,8 +349,11 @@ def check_catalog_row(schema: str, table: FeatureTable, row: tuple[Any, ...]) ->
         return TableCheck(table.name, (f"table {schema}.{table.name} does not exist",))
     live = dict(zip(names or (), types or ()))
     breaking, other = compare(table, live, primary_key, indexes or ())
-    migrations = (tuple(s.as_string(None) for s in migrate_event_time_sql(schema, table))
-                  if live.get(UPDATED_AT) == LEGACY_EVENT_TIME else ())
+    migrations = (
+        tuple(s.as_string(None) for s in migrate_event_time_sql(schema, table))
+        if live.get(UPDATED_AT) == LEGACY_EVENT_TIME
+        else ()
+    )
     return TableCheck(table.name, tuple(breaking), tuple(other), migrations)
 
 
@@ -348,19 +368,30 @@ def drift_error(registry: Registry, checks: dict[str, TableCheck], source: str |
     problems = {name: list(c.breaking) for name, c in checks.items() if c.breaking}
     listed = "; ".join(f"{name}: {', '.join(p)}" for name, p in problems.items())
     where = f" -d {source}" if source else " -d <definitions>"
-    hints = [f"`pgfeatures plan{where}` shows the change and `pgfeatures apply{where}` makes it, online (missing tables "
-             "created, missing columns added)"]
+    hints = [
+        f"`pgfeatures plan{where}` shows the change and `pgfeatures apply{where}` makes it, online (missing tables "
+        "created, missing columns added)"
+    ]
     if any(c.migrations for c in checks.values() if c.breaking):
-        hints.append("a legacy event time (integer updated_at) is migrated to timestamptz by the same apply (a rewrite "
-                     "of the table under an exclusive lock; the materialized services reading it are rebuilt)")
-    keyless = [n for n, p in problems.items()
-               if any(x.startswith(f"column {registry.tables[n].key_column} (") and x.endswith(" is missing") for x in p)]
+        hints.append(
+            "a legacy event time (integer updated_at) is migrated to timestamptz by the same apply (a rewrite "
+            "of the table under an exclusive lock; the materialized services reading it are rebuilt)"
+        )
+    keyless = [
+        n
+        for n, p in problems.items()
+        if any(x.startswith(f"column {registry.tables[n].key_column} (") and x.endswith(" is missing") for x in p)
+    ]
     if keyless:
-        hints.append(f"{', '.join(keyless)} lack(s) the entity's key column: point the entity's key_column at the "
-                     "table's key, or recreate the table")
+        hints.append(
+            f"{', '.join(keyless)} lack(s) the entity's key column: point the entity's key_column at the "
+            "table's key, or recreate the table"
+        )
     if any(", definition says " in p and not p.startswith("legacy event time") for ps in problems.values() for p in ps):
-        hints.append("a column of another type is altered by `pgfeatures apply --allow-destructive` (a rewrite of the "
-                     "table), or correct the definition")
+        hints.append(
+            "a column of another type is altered by `pgfeatures apply --allow-destructive` (a rewrite of the "
+            "table), or correct the definition"
+        )
     return SchemaDriftError(
         f"the database does not match the definitions (schema {registry.schema!r}): {listed}. Fix: {'; '.join(hints)}",
         problems,

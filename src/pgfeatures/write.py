@@ -69,8 +69,19 @@ from .definitions import (
 from .definitions import check_value as _check
 from .errors import EventTimeInFutureError, FeatureValueError, UnknownFeatureError
 
-__all__ = ["FLOAT32_MAX", "INF_POLICIES", "INT_RANGE", "NAN_POLICIES", "Upsert", "UpdateCount", "check_value",
-           "compile_upsert", "future_error", "key_text", "plan_updates"]
+__all__ = [
+    "FLOAT32_MAX",
+    "INF_POLICIES",
+    "INT_RANGE",
+    "NAN_POLICIES",
+    "Upsert",
+    "UpdateCount",
+    "check_value",
+    "compile_upsert",
+    "future_error",
+    "key_text",
+    "plan_updates",
+]
 
 Values = Mapping[str, Any]
 UpdateRows = Mapping[Any, Values] | Iterable[tuple[Any, Values]]
@@ -83,7 +94,7 @@ class UpdateCount(int):
     skipped: int
     keys: int
 
-    def __new__(cls, written: int, skipped: int = 0) -> "UpdateCount":
+    def __new__(cls, written: int, skipped: int = 0) -> UpdateCount:
         count = super().__new__(cls, written)
         count.skipped = skipped
         count.keys = written + skipped
@@ -110,26 +121,35 @@ class Upsert:
 
 
 @functools.lru_cache(maxsize=512)
-def compile_upsert(schema: str, table: FeatureTable, names: tuple[str, ...], newest_wins: bool = False,
-                   guarded: bool = False) -> Upsert:
+def compile_upsert(
+    schema: str, table: FeatureTable, names: tuple[str, ...], newest_wins: bool = False, guarded: bool = False
+) -> Upsert:
     """The upsert of ``names`` (features of ``table``, possibly ``updated_at``), in table order."""
     features = tuple(table.select(names))
     key = sql.Identifier(table.key_column)
     cols = [key, *(sql.Identifier(f.name) for f in features)]
-    arrays = [sql.SQL(f"$1::{table.entity.cast}[]")] + [sql.SQL(f"${i + 2}::{f.type.name}[]") for i, f in enumerate(features)]
+    arrays = [sql.SQL(f"$1::{table.entity.cast}[]")] + [
+        sql.SQL(f"${i + 2}::{f.type.name}[]") for i, f in enumerate(features)
+    ]
     sets = [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(f.name)) for f in features if f.name != UPDATED_AT]
     sets.append(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(UPDATED_AT)))
     where = sql.SQL(" WHERE t.{0} <= EXCLUDED.{0}").format(sql.Identifier(UPDATED_AT)) if newest_wins else sql.SQL("")
     n = len(features) + 2
     guard = sql.SQL(f" WHERE ${n}::timestamptz <= now() + ${n + 1}::interval") if guarded else sql.SQL("")
     query = sql.SQL("INSERT INTO {} AS t ({}) SELECT * FROM unnest({}){} ON CONFLICT ({}) DO UPDATE SET {}{}").format(
-        sql.Identifier(schema, table.name), sql.SQL(", ").join(cols), sql.SQL(", ").join(arrays), guard,
-        key, sql.SQL(", ").join(sets), where,
+        sql.Identifier(schema, table.name),
+        sql.SQL(", ").join(cols),
+        sql.SQL(", ").join(arrays),
+        guard,
+        key,
+        sql.SQL(", ").join(sets),
+        where,
     )
     if guarded:
         query = sql.SQL("WITH w AS ({} RETURNING 1) SELECT count(*), now() FROM w").format(query)
     lock = sql.SQL("SELECT FROM {} WHERE {} = ANY({}) ORDER BY {} FOR NO KEY UPDATE").format(
-        sql.Identifier(schema, table.name), key, sql.SQL(f"$1::{table.entity.cast}[]"), key)
+        sql.Identifier(schema, table.name), key, sql.SQL(f"$1::{table.entity.cast}[]"), key
+    )
     return Upsert(table.name, features, query.as_bytes(None), newest_wins, guarded, lock.as_bytes(None))
 
 
@@ -149,9 +169,16 @@ def _rows(rows: UpdateRows) -> Iterable[tuple[Any, Values]]:
     return rows.items() if isinstance(rows, Mapping) else rows
 
 
-def plan_updates(registry: Registry, table: str, rows: UpdateRows, *, nan: str = "reject", inf: str = "reject",
-                 overwrite_newer: bool = False, max_future_skew: float | None = DEFAULT_MAX_FUTURE_SKEW
-                 ) -> list[tuple[Upsert, tuple[Any, ...]]]:
+def plan_updates(
+    registry: Registry,
+    table: str,
+    rows: UpdateRows,
+    *,
+    nan: str = "reject",
+    inf: str = "reject",
+    overwrite_newer: bool = False,
+    max_future_skew: float | None = DEFAULT_MAX_FUTURE_SKEW,
+) -> list[tuple[Upsert, tuple[Any, ...]]]:
     """(compiled upsert, parameters) per set of columns written, in first-seen order.
 
     Rows that carry ``updated_at`` get the newest-wins upsert unless ``overwrite_newer``; when some
@@ -216,8 +243,9 @@ def check_skew(max_future_skew: float | None) -> dt.timedelta | None:
     if max_future_skew is None:
         return None
     if isinstance(max_future_skew, bool) or not isinstance(max_future_skew, (int, float)) or not max_future_skew >= 0:
-        raise FeatureValueError(f"max_future_skew must be a number of seconds >= 0 (or None: no bound), "
-                                f"got {max_future_skew!r}")
+        raise FeatureValueError(
+            f"max_future_skew must be a number of seconds >= 0 (or None: no bound), got {max_future_skew!r}"
+        )
     return dt.timedelta(seconds=max_future_skew)
 
 
@@ -243,5 +271,6 @@ def future_error(plans: Sequence[tuple[Upsert, tuple[Any, ...]]], now: dt.dateti
                         f"{ahead:,.3f}s ahead of the database server's clock ({rfc3339(now)}), more than "
                         f"max_future_skew ({skew.total_seconds():g}s) allows; nothing of the batch was written. An "
                         "epoch number in milliseconds given as seconds, or a writer's clock running ahead? (a row "
-                        "that far ahead would block every later event-time write of its key: newest wins)")
+                        "that far ahead would block every later event-time write of its key: newest wins)"
+                    )
     raise AssertionError("a refused batch has a row past the limit")

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 HOUR = dt.timedelta(hours=1)
 DAY = dt.timedelta(days=1)
 
@@ -33,33 +33,44 @@ CUSTOMERS = ["c-1", "c-2", "c-3", "nobody"]  # c-3: expired in driver_customer o
 def write_data(root: Path) -> None:
     """The views' Parquet files under ``root``."""
     n = len(FRESH)
-    stats = pd.DataFrame({
-        "driver_id": [*FRESH, *EXPIRED, *NULLS, 1001],  # the last: an older duplicate of 1001 (newest wins)
-        "conv": np.array([0.5, 0.25, 0.1, 0.75, np.nan, 9.0], dtype="float32"),
-        "acc": [0.125, 1e-300, 3.5, 2.0, None, 9.0],
-        "trips": pd.array([10, -20, 2**31 - 1, 40, None, 99], dtype="Int32"),
-        "lifetime": pd.array([2**62, -(2**62), 0, 4, None, 99], dtype="Int64"),
-        "active": pd.array([True, False, True, True, None, False], dtype="boolean"),
-        "event_timestamp": [NOW - HOUR * (i + 1) for i in range(n)] + [NOW - 3 * DAY, NOW - HOUR, NOW - 5 * HOUR],
-    })
+    stats = pd.DataFrame(
+        {
+            "driver_id": [*FRESH, *EXPIRED, *NULLS, 1001],  # the last: an older duplicate of 1001 (newest wins)
+            "conv": np.array([0.5, 0.25, 0.1, 0.75, np.nan, 9.0], dtype="float32"),
+            "acc": [0.125, 1e-300, 3.5, 2.0, None, 9.0],
+            "trips": pd.array([10, -20, 2**31 - 1, 40, None, 99], dtype="Int32"),
+            "lifetime": pd.array([2**62, -(2**62), 0, 4, None, 99], dtype="Int64"),
+            "active": pd.array([True, False, True, True, None, False], dtype="boolean"),
+            "event_timestamp": [NOW - HOUR * (i + 1) for i in range(n)] + [NOW - 3 * DAY, NOW - HOUR, NOW - 5 * HOUR],
+        }
+    )
     stats.loc[stats.index[-1], "event_timestamp"] = NOW - 20 * HOUR  # older than 1001's row at NOW - 1h
     stats.to_parquet(root / "driver_stats.parquet")
-    customers = pd.DataFrame({
-        "customer_id": ["c-1", "c-2", "c-3"],
-        "score": np.array([0.5, 1.5, 2.5], dtype="float32"),
-        "age": pd.array([30, 40, None], dtype="Int64"),
-        "event_timestamp": [NOW - HOUR, NOW - 10 * DAY, NOW - 2 * HOUR],
-    })
+    customers = pd.DataFrame(
+        {
+            "customer_id": ["c-1", "c-2", "c-3"],
+            "score": np.array([0.5, 1.5, 2.5], dtype="float32"),
+            "age": pd.array([30, 40, None], dtype="Int64"),
+            "event_timestamp": [NOW - HOUR, NOW - 10 * DAY, NOW - 2 * HOUR],
+        }
+    )
     customers.to_parquet(root / "customer_profile.parquet")
-    pairs = pd.DataFrame({
-        "driver_id": [1001, 1002, 1003],
-        "customer_id": ["c-1", "c-2", "c-3"],
-        "affinity": [0.9, 0.1, 0.4],
-        "event_timestamp": [NOW - HOUR, NOW - 2 * HOUR, NOW - 30 * DAY],
-    })
+    pairs = pd.DataFrame(
+        {
+            "driver_id": [1001, 1002, 1003],
+            "customer_id": ["c-1", "c-2", "c-3"],
+            "affinity": [0.9, 0.1, 0.4],
+            "event_timestamp": [NOW - HOUR, NOW - 2 * HOUR, NOW - 30 * DAY],
+        }
+    )
     pairs.to_parquet(root / "driver_customer.parquet")
-    live = pd.DataFrame({"driver_id": pd.array([], dtype="Int64"), "speed": np.array([], dtype="float32"),
-                         "event_timestamp": pd.Series([], dtype="datetime64[ns, UTC]")})
+    live = pd.DataFrame(
+        {
+            "driver_id": pd.array([], dtype="Int64"),
+            "speed": np.array([], dtype="float32"),
+            "event_timestamp": pd.Series([], dtype="datetime64[ns, UTC]"),
+        }
+    )
     live.to_parquet(root / "driver_live.parquet")
 
 
@@ -76,36 +87,68 @@ def definitions(root: Path) -> dict[str, Any]:
         return FileSource(name=f"{name}_source", path=str(root / f"{name}.parquet"), timestamp_field="event_timestamp")
 
     driver_stats = FeatureView(
-        name="driver_stats", entities=[driver], ttl=DAY, source=source("driver_stats"),
-        schema=[Field(name="driver_id", dtype=Int64), Field(name="conv", dtype=Float32), Field(name="acc", dtype=Float64),
-                Field(name="trips", dtype=Int32), Field(name="lifetime", dtype=Int64), Field(name="active", dtype=Bool)],
+        name="driver_stats",
+        entities=[driver],
+        ttl=DAY,
+        source=source("driver_stats"),
+        schema=[
+            Field(name="driver_id", dtype=Int64),
+            Field(name="conv", dtype=Float32),
+            Field(name="acc", dtype=Float64),
+            Field(name="trips", dtype=Int32),
+            Field(name="lifetime", dtype=Int64),
+            Field(name="active", dtype=Bool),
+        ],
     )
     customer_profile = FeatureView(
-        name="customer_profile", entities=[customer], ttl=dt.timedelta(0), source=source("customer_profile"),
-        schema=[Field(name="customer_id", dtype=String), Field(name="score", dtype=Float32), Field(name="age", dtype=Int64)],
+        name="customer_profile",
+        entities=[customer],
+        ttl=dt.timedelta(0),
+        source=source("customer_profile"),
+        schema=[
+            Field(name="customer_id", dtype=String),
+            Field(name="score", dtype=Float32),
+            Field(name="age", dtype=Int64),
+        ],
     )
     driver_customer = FeatureView(
-        name="driver_customer", entities=[driver, customer], ttl=7 * DAY, source=source("driver_customer"),
-        schema=[Field(name="driver_id", dtype=Int64), Field(name="customer_id", dtype=String),
-                Field(name="affinity", dtype=Float64)],
+        name="driver_customer",
+        entities=[driver, customer],
+        ttl=7 * DAY,
+        source=source("driver_customer"),
+        schema=[
+            Field(name="driver_id", dtype=Int64),
+            Field(name="customer_id", dtype=String),
+            Field(name="affinity", dtype=Float64),
+        ],
     )
     push = PushSource(name="driver_push", batch_source=source("driver_live"))
     driver_live = FeatureView(
-        name="driver_live", entities=[driver], ttl=DAY, source=push,
+        name="driver_live",
+        entities=[driver],
+        ttl=DAY,
+        source=push,
         schema=[Field(name="driver_id", dtype=Int64), Field(name="speed", dtype=Float32)],
     )
     service = FeatureService(name="driver_service", features=[driver_stats[["conv", "trips"]], customer_profile])
     request = RequestSource(name="boost", schema=[Field(name="boost", dtype=Float64)])
 
-    @on_demand_feature_view(sources=[driver_stats, request], schema=[Field(name="conv_boosted", dtype=Float64)],
-                            mode="python")
+    @on_demand_feature_view(
+        sources=[driver_stats, request], schema=[Field(name="conv_boosted", dtype=Float64)], mode="python"
+    )
     def conv_boosted(inputs: dict[str, Any]) -> dict[str, Any]:
         return {"conv_boosted": [None if c is None else c + b for c, b in zip(inputs["conv"], inputs["boost"])]}
 
     return {
-        "driver": driver, "customer": customer, "driver_stats": driver_stats, "customer_profile": customer_profile,
-        "driver_customer": driver_customer, "driver_push": push, "driver_live": driver_live,
-        "driver_service": service, "conv_boosted": conv_boosted,
+        "driver": driver,
+        "customer": customer,
+        "driver_stats": driver_stats,
+        "customer_profile": customer_profile,
+        "driver_customer": driver_customer,
+        "driver_push": push,
+        "driver_live": driver_live,
+        "driver_service": service,
+        "conv_boosted": conv_boosted,
     }
 
 
@@ -125,8 +168,9 @@ def write_config(root: Path, project: str, online_store: dict[str, Any], **extra
     return path
 
 
-def make_store(root: Path, project: str, online_store: dict[str, Any], objects: dict[str, Any] | None = None,
-               **extra: Any) -> Any:
+def make_store(
+    root: Path, project: str, online_store: dict[str, Any], objects: dict[str, Any] | None = None, **extra: Any
+) -> Any:
     """A Feast FeatureStore for a repository at ``root`` with the objects applied (``feast apply``)
     and the batch views materialized."""
     from feast import FeatureStore
@@ -142,8 +186,15 @@ def make_store(root: Path, project: str, online_store: dict[str, Any], objects: 
 
 
 ALL_FEATURES = [
-    "driver_stats:conv", "driver_stats:acc", "driver_stats:trips", "driver_stats:lifetime", "driver_stats:active",
-    "customer_profile:score", "customer_profile:age", "driver_customer:affinity", "driver_live:speed",
+    "driver_stats:conv",
+    "driver_stats:acc",
+    "driver_stats:trips",
+    "driver_stats:lifetime",
+    "driver_stats:active",
+    "customer_profile:score",
+    "customer_profile:age",
+    "driver_customer:affinity",
+    "driver_live:speed",
 ]
 
 

@@ -60,12 +60,20 @@ class _ThreadedASGITransport(httpx.BaseTransport):
             return response.status_code, response.headers.raw, await response.aread()
 
         status, headers, body = self.loop.run(call())
-        return httpx.Response(status, headers=headers, stream=httpx.ByteStream(body), request=request)  # no added Content-Length
+        return httpx.Response(
+            status, headers=headers, stream=httpx.ByteStream(body), request=request
+        )  # no added Content-Length
 
 
 @contextlib.contextmanager
-def running_app(config: ServerConfig, *, warmup: Iterable[Any] | None = (), ready_within: float = 30,
-                headers: dict[str, str] | None = None, registry: Registry | None = None) -> Iterator[httpx.Client]:
+def running_app(
+    config: ServerConfig,
+    *,
+    warmup: Iterable[Any] | None = (),
+    ready_within: float = 30,
+    headers: dict[str, str] | None = None,
+    registry: Registry | None = None,
+) -> Iterator[httpx.Client]:
     """A client of the app, once ``/readyz`` says ready. Server errors come back as responses.
 
     ``warmup``: the app's warm-up hooks (default none; None: the config's, i.e. pg_prewarm).
@@ -76,8 +84,9 @@ def running_app(config: ServerConfig, *, warmup: Iterable[Any] | None = (), read
     lifespan = app.router.lifespan_context(app)
     loop.run(lifespan.__aenter__())
     try:
-        with httpx.Client(transport=_ThreadedASGITransport(app, loop), base_url=BASE_URL, headers=headers,
-                          timeout=30) as client:
+        with httpx.Client(
+            transport=_ThreadedASGITransport(app, loop), base_url=BASE_URL, headers=headers, timeout=30
+        ) as client:
             deadline = time.monotonic() + ready_within
             while client.get("/readyz").status_code != 200:
                 if time.monotonic() > deadline:
@@ -90,9 +99,14 @@ def running_app(config: ServerConfig, *, warmup: Iterable[Any] | None = (), read
 
 
 @contextlib.asynccontextmanager
-async def app_client(config: ServerConfig, *, warmup: Iterable[Any] | None = (), ready: bool = True,
-                     ready_within: float = 30, registry: Registry | None = None,
-                     ) -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
+async def app_client(
+    config: ServerConfig,
+    *,
+    warmup: Iterable[Any] | None = (),
+    ready: bool = True,
+    ready_within: float = 30,
+    registry: Registry | None = None,
+) -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
     """The app (lifespan running) and an async client over ASGI; with ``ready``, once ready."""
     app = create_app(config, warmup=warmup, registry=registry)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)

@@ -41,6 +41,7 @@ class Proxy:
 
     def stop(self) -> None:
         """Stop listening and reset every proxied connection."""
+
         async def stop() -> None:
             assert self._server is not None
             self._server.close()
@@ -82,7 +83,7 @@ class Proxy:
         writer.transport.abort()
 
     @classmethod
-    def to(cls, dsn: str) -> "Proxy":
+    def to(cls, dsn: str) -> Proxy:
         """A started proxy in front of the server of ``dsn``."""
         from psycopg.conninfo import conninfo_to_dict
 

@@ -67,8 +67,17 @@ class ServeProcess:
     def __init__(self, *flags: str, env: Mapping[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.cmd = [sys.executable, "-m", "pgfeatures.cli", "serve", "--port", str(self.port), "--log-level", "warning",
-                    *flags]
+        self.cmd = [
+            sys.executable,
+            "-m",
+            "pgfeatures.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+            *flags,
+        ]
         drop = ("PGFEATURES_", "PROMETHEUS_MULTIPROC_DIR")
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(drop)} | dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
@@ -78,7 +87,7 @@ class ServeProcess:
         assert self.proc is not None, "not started"
         return self.proc.pid
 
-    def start(self, ready_within: float | None = 60) -> "ServeProcess":
+    def start(self, ready_within: float | None = 60) -> ServeProcess:
         """Start it; unless ``ready_within`` is None, wait until ``/readyz`` answers 200."""
         self.proc = subprocess.Popen(self.cmd, env=self.env)
         if ready_within is not None:
@@ -129,7 +138,7 @@ class ServeProcess:
                 self.proc.wait()
         return self.proc.returncode
 
-    def __enter__(self) -> "ServeProcess":
+    def __enter__(self) -> ServeProcess:
         return self if self.proc is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:

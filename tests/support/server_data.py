@@ -8,7 +8,6 @@ per table so responses have misses.
 from __future__ import annotations
 
 import datetime
-
 import hashlib
 import re
 from pathlib import Path
@@ -61,7 +60,7 @@ def rows(table: str, i: int) -> dict[str, Any] | None:
 
 
 def updated_at(i: int) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(1_700_000_000 + i, datetime.timezone.utc)
+    return datetime.datetime.fromtimestamp(1_700_000_000 + i, datetime.UTC)
 
 
 def expected(i: int, tables: tuple[str, ...] = ("profile", "stats", "flags")) -> dict[str, Any]:
@@ -90,7 +89,11 @@ def create(dsn: str, schema: str, folder: Path) -> Path:
             with conn.cursor() as cur:
                 cur.executemany(
                     stmt,
-                    [[key(i), updated_at(i), *(row[n] for n in names)] for i in range(N_KEYS) if (row := rows(table.name, i))],
+                    [
+                        [key(i), updated_at(i), *(row[n] for n in names)]
+                        for i in range(N_KEYS)
+                        if (row := rows(table.name, i))
+                    ],
                 )
     return path
 

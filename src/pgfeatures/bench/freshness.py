@@ -76,14 +76,18 @@ def _fill(conn: psycopg.Connection, registry: Registry, rows: int, variant: str)
     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
     apply_schema(conn, registry)
     conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(_ident("t_updated_at")))  # what the variant says, not init
-    conn.execute(sql.SQL(
-        "INSERT INTO {} SELECT sha256(i::text::bytea), random(), random(), random(), random(), random(), random(), "
-        "random(), random(), now() - interval '1 day' + i * interval '1 microsecond' FROM generate_series(1, {}) i"
-    ).format(_ident("t"), sql.Literal(rows)))
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} SELECT sha256(i::text::bytea), random(), random(), random(), random(), random(), random(), "
+            "random(), random(), now() - interval '1 day' + i * interval '1 microsecond' FROM generate_series(1, {}) i"
+        ).format(_ident("t"), sql.Literal(rows))
+    )
     if variant == "index":
         conn.execute(sql.SQL("CREATE INDEX t_updated_at ON {} (updated_at)").format(_ident("t")))
     if variant == "record":
-        conn.execute(sql.SQL("CREATE TABLE {} (table_name text PRIMARY KEY, newest timestamptz)").format(_ident(RECORD)))
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (table_name text PRIMARY KEY, newest timestamptz)").format(_ident(RECORD))
+        )
         conn.execute(sql.SQL("INSERT INTO {} SELECT 't', max(updated_at) FROM {}").format(_ident(RECORD), _ident("t")))
     conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(_ident("t")))
 
@@ -93,9 +97,17 @@ def _statement(registry: Registry, variant: str) -> bytes:
     upsert = compile_upsert(SCHEMA, registry.table("t"), ("f0", "updated_at"), True).statement
     if variant != "record":
         return upsert
-    return (b"WITH w AS (" + upsert + b" RETURNING t.updated_at), m AS (SELECT max(updated_at) AS newest FROM w) "
-            + sql.SQL("UPDATE {} r SET newest = m.newest FROM m WHERE r.table_name = 't' "
-                      "AND r.newest < m.newest - interval '1 second'").format(_ident(RECORD)).as_bytes(None))
+    return (
+        b"WITH w AS ("
+        + upsert
+        + b" RETURNING t.updated_at), m AS (SELECT max(updated_at) AS newest FROM w) "
+        + sql.SQL(
+            "UPDATE {} r SET newest = m.newest FROM m WHERE r.table_name = 't' "
+            "AND r.newest < m.newest - interval '1 second'"
+        )
+        .format(_ident(RECORD))
+        .as_bytes(None)
+    )
 
 
 def _updates(dsn: str, statement: bytes, rows: int, n: int, start: dt.datetime, rng: random.Random) -> float:
@@ -105,15 +117,18 @@ def _updates(dsn: str, statement: bytes, rows: int, n: int, start: dt.datetime, 
         cur = psycopg.RawCursor(conn)
         started = time.perf_counter()
         for i in range(0, n, BATCH):
-            batch = sorted(set(keys[i:i + BATCH]))
+            batch = sorted(set(keys[i : i + BATCH]))
             stamps = [start + step * (i + j) for j in range(len(batch))]
             cur.execute(statement, (batch, [rng.random() for _ in batch], stamps))
         return n / (time.perf_counter() - started)
 
 
 def _hot(conn: psycopg.Connection) -> tuple[int, int]:
-    row = one_row(conn.execute("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE schemaname = %s "
-                               "AND relname = 't'", [SCHEMA]))
+    row = one_row(
+        conn.execute(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE schemaname = %s AND relname = 't'", [SCHEMA]
+        )
+    )
     return int(row[0]), int(row[1])
 
 
@@ -126,8 +141,13 @@ def _database_ms(conn: psycopg.Connection) -> float:
     """Milliseconds PostgreSQL spent executing statements that name the scratch schema since the last
     reset (pg_stat_statements): the write's cost in the database, less noisy than wall-clock rows/s
     on a shared machine."""
-    row = one_row(conn.execute("SELECT coalesce(sum(total_exec_time), 0) FROM pg_stat_statements "
-                               "WHERE query LIKE %s AND query NOT LIKE '%%pg_stat%%'", [f"%{SCHEMA}%"]))
+    row = one_row(
+        conn.execute(
+            "SELECT coalesce(sum(total_exec_time), 0) FROM pg_stat_statements "
+            "WHERE query LIKE %s AND query NOT LIKE '%%pg_stat%%'",
+            [f"%{SCHEMA}%"],
+        )
+    )
     return float(row[0])
 
 
@@ -145,26 +165,36 @@ def _merge(conn: psycopg.Connection, registry: Registry, rows: int, n: int, rng:
 
     ids = np.array(sorted(rng.sample(range(1, rows + 1), n)))
     now = one_row(conn.execute("SELECT now()"))[0]
-    frame = pa.table({"hashkey": pa.array([_key(int(i)) for i in ids], pa.binary(32)),
-                      **{f"f{j}": pa.array(np.full(n, 0.5, np.float32)) for j in range(8)},
-                      "updated_at": pa.array([now - dt.timedelta(seconds=1)] * n, pa.timestamp("us", tz="UTC"))})
+    frame = pa.table(
+        {
+            "hashkey": pa.array([_key(int(i)) for i in ids], pa.binary(32)),
+            **{f"f{j}": pa.array(np.full(n, 0.5, np.float32)) for j in range(8)},
+            "updated_at": pa.array([now - dt.timedelta(seconds=1)] * n, pa.timestamp("us", tz="UTC")),
+        }
+    )
     _reset_statements(conn)
     summary = load(conn, registry, "t", frame, strategy="upsert", vacuum="never")
-    return {"merge_rows_per_second": round(summary.rows_per_second),
-            "merge_db_us_per_row": round(_database_ms(conn) * 1000 / n, 3)}
+    return {
+        "merge_rows_per_second": round(summary.rows_per_second),
+        "merge_db_us_per_row": round(_database_ms(conn) * 1000 / n, 3),
+    }
 
 
 def _staged_max_ms(conn: psycopg.Connection, n: int) -> float:
     """What the record's loader statement adds to a merge: max(updated_at) over the staged rows."""
     with conn.transaction():
-        conn.execute(sql.SQL("CREATE TEMP TABLE stage ON COMMIT DROP AS SELECT sha256(i::text::bytea) AS hashkey, "
-                             "now() - i * interval '1 microsecond' AS updated_at FROM generate_series(1, {}) i").format(
-            sql.Literal(n)))
+        conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE stage ON COMMIT DROP AS SELECT sha256(i::text::bytea) AS hashkey, "
+                "now() - i * interval '1 microsecond' AS updated_at FROM generate_series(1, {}) i"
+            ).format(sql.Literal(n))
+        )
         return _median_ms(conn, sql.SQL("SELECT max(updated_at) FROM stage"))
 
 
-def _variant(conn: psycopg.Connection, dsn: str, registry: Registry, variant: str, rows: int, updates: int,
-             merge_rows: int) -> dict[str, Any]:
+def _variant(
+    conn: psycopg.Connection, dsn: str, registry: Registry, variant: str, rows: int, updates: int, merge_rows: int
+) -> dict[str, Any]:
     _fill(conn, registry, rows, variant)
     rng = random.Random(7)
     statement = _statement(registry, variant)
@@ -179,11 +209,17 @@ def _variant(conn: psycopg.Connection, dsn: str, registry: Registry, variant: st
     time.sleep(1.2)  # the connection closed: its counts flush
     after = _hot(conn)
     upd, hot = after[0] - before[0], after[1] - before[1]
-    read = (sql.SQL("SELECT newest FROM {} WHERE table_name = 't'").format(_ident(RECORD)) if variant == "record"
-            else sql.SQL("SELECT max(updated_at) FROM {}").format(_ident("t")))
-    out: dict[str, Any] = {"live_updates_per_second": round(per_second), "live_db_us_per_row": round(db_ms * 1000 / updates, 3),
-                           "hot_share": round(hot / upd, 3) if upd else None,
-                           "read_newest_ms": round(_median_ms(conn, read), 3)}
+    read = (
+        sql.SQL("SELECT newest FROM {} WHERE table_name = 't'").format(_ident(RECORD))
+        if variant == "record"
+        else sql.SQL("SELECT max(updated_at) FROM {}").format(_ident("t"))
+    )
+    out: dict[str, Any] = {
+        "live_updates_per_second": round(per_second),
+        "live_db_us_per_row": round(db_ms * 1000 / updates, 3),
+        "hot_share": round(hot / upd, 3) if upd else None,
+        "read_newest_ms": round(_median_ms(conn, read), 3),
+    }
     out.update(_merge(conn, registry, rows, merge_rows, rng))
     if variant == "record":
         out["merge_extra_statement_ms"] = round(_staged_max_ms(conn, merge_rows), 3)
@@ -191,8 +227,9 @@ def _variant(conn: psycopg.Connection, dsn: str, registry: Registry, variant: st
     return out
 
 
-def run(dsn: str, rows: int, updates: int, merge_rows: int, variants: tuple[str, ...] = VARIANTS,
-        rounds: int = 1) -> dict[str, Any]:
+def run(
+    dsn: str, rows: int, updates: int, merge_rows: int, variants: tuple[str, ...] = VARIANTS, rounds: int = 1
+) -> dict[str, Any]:
     """Every variant ``rounds`` times, interleaved (the machine's load drifts); per variant the median
     of each figure over the rounds, and every round's figures."""
     registry = Registry.of([FeatureTable.of("t", {f"f{j}": "real" for j in range(8)})], schema=SCHEMA)
@@ -206,8 +243,11 @@ def run(dsn: str, rows: int, updates: int, merge_rows: int, variants: tuple[str,
         finally:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
     for variant, results in seen.items():
-        out[variant] = {k: statistics.median(r[k] for r in results if r.get(k) is not None) for k in results[0]
-                        if any(r.get(k) is not None for r in results)}
+        out[variant] = {
+            k: statistics.median(r[k] for r in results if r.get(k) is not None)
+            for k in results[0]
+            if any(r.get(k) is not None for r in results)
+        }
         out[variant]["each_round"] = results
     return out
 
@@ -221,15 +261,20 @@ def _scrape_once(conn: psycopg.Connection, registry: Registry) -> tuple[float, f
     found = tables(conn, registry, timeout=60)
     wall = (time.perf_counter() - started) * 1000
     assert all(t.newest_age is not None for t in found), [t.newest_note for t in found]
-    row = one_row(conn.execute("SELECT coalesce(sum(total_exec_time), 0) FROM pg_stat_statements "
-                               "WHERE query NOT LIKE '%%pg_stat_statements%%'"))
+    row = one_row(
+        conn.execute(
+            "SELECT coalesce(sum(total_exec_time), 0) FROM pg_stat_statements "
+            "WHERE query NOT LIKE '%%pg_stat_statements%%'"
+        )
+    )
     return float(row[0]), wall
 
 
 def scrape(dsn: str, n_tables: int, sizes: list[int], repeats: int = 5) -> dict[str, Any]:
     """The inventory's cost on ``n_tables`` tables of each size, with and without the indexes on updated_at."""
-    registry = Registry.of([FeatureTable.of(f"t{i:02d}", {f"f{j}": "real" for j in range(8)}) for i in range(n_tables)],
-                           schema=SCHEMA)
+    registry = Registry.of(
+        [FeatureTable.of(f"t{i:02d}", {f"f{j}": "real" for j in range(8)}) for i in range(n_tables)], schema=SCHEMA
+    )
     out: dict[str, Any] = {"tables": n_tables, "sizes": []}
     with psycopg.connect(dsn, autocommit=True) as conn:
         try:
@@ -238,10 +283,13 @@ def scrape(dsn: str, n_tables: int, sizes: list[int], repeats: int = 5) -> dict[
             filled = 0
             for rows in sorted(sizes):
                 for table in registry.tables.values():
-                    conn.execute(sql.SQL(
-                        "INSERT INTO {} SELECT sha256(i::text::bytea), random(), random(), random(), random(), random(), "
-                        "random(), random(), random(), now() - interval '1 day' + i * interval '1 microsecond' "
-                        "FROM generate_series({}, {}) i").format(_ident(table.name), sql.Literal(filled + 1), sql.Literal(rows)))
+                    conn.execute(
+                        sql.SQL(
+                            "INSERT INTO {} SELECT sha256(i::text::bytea), random(), random(), random(), random(), random(), "
+                            "random(), random(), random(), now() - interval '1 day' + i * interval '1 microsecond' "
+                            "FROM generate_series({}, {}) i"
+                        ).format(_ident(table.name), sql.Literal(filled + 1), sql.Literal(rows))
+                    )
                     conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(_ident(table.name)))
                 filled = rows
                 entry: dict[str, Any] = {"rows_per_table": rows}
@@ -250,14 +298,25 @@ def scrape(dsn: str, n_tables: int, sizes: list[int], repeats: int = 5) -> dict[
                         for table in registry.tables.values():
                             conn.execute(sql.SQL("DROP INDEX {}").format(_ident(f"{table.name}_updated_at")))
                     timings = [_scrape_once(conn, registry) for _ in range(repeats if variant == "index" else 2)]
-                    entry[variant] = {"database_ms": round(statistics.median(t[0] for t in timings), 2),
-                                      "wall_ms": round(statistics.median(t[1] for t in timings), 2)}
+                    entry[variant] = {
+                        "database_ms": round(statistics.median(t[0] for t in timings), 2),
+                        "wall_ms": round(statistics.median(t[1] for t in timings), 2),
+                    }
                 for table in registry.tables.values():  # back as pgfeatures makes them, for the next size
-                    conn.execute(sql.SQL("CREATE INDEX {} ON {} (updated_at)").format(
-                        sql.Identifier(f"{table.name}_updated_at"), _ident(table.name)))
-                entry["bytes"] = int(one_row(conn.execute(
-                    "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE n.nspname = %s AND c.relkind = 'r'", [SCHEMA]))[0])
+                    conn.execute(
+                        sql.SQL("CREATE INDEX {} ON {} (updated_at)").format(
+                            sql.Identifier(f"{table.name}_updated_at"), _ident(table.name)
+                        )
+                    )
+                entry["bytes"] = int(
+                    one_row(
+                        conn.execute(
+                            "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                            "WHERE n.nspname = %s AND c.relkind = 'r'",
+                            [SCHEMA],
+                        )
+                    )[0]
+                )
                 out["sizes"].append(entry)
         finally:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
@@ -281,7 +340,11 @@ def main() -> None:
         print(json.dumps(scrape(resolve_dsn(args.dsn), args.tables, sizes), indent=2))
         return
     variants = tuple(v for v in args.variants.split(",") if v)
-    print(json.dumps(run(resolve_dsn(args.dsn), args.rows, args.updates, args.merge_rows, variants, args.rounds), indent=2))
+    print(
+        json.dumps(
+            run(resolve_dsn(args.dsn), args.rows, args.updates, args.merge_rows, variants, args.rounds), indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", type=int, default=2000, help="one-client latency: timed requests per variant")
     p.add_argument("--concurrency", default="1,8,32", help="concurrent clients for the throughput runs")
@@ -55,20 +56,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window-us", type=int, default=0, help="coalescing window of the coalescing server (µs)")
     p.add_argument("--entities", type=int, default=100_000, help="demo entities keys are drawn from")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mode", choices=("standard", "batch", "memory", "services"), default="standard",
-                   help="standard: latency, throughput, coalescing; batch: single-key latency alongside big batches; "
-                        "memory: server RSS around one huge batch; services: a materialized 30-table feature service "
-                        "against the same service unmaterialized (dict and vector output)")
-    p.add_argument("--services-schema", default="bench_services",
-                   help="services mode: schema of its copy of the demo data and its two services (loaded and "
-                        "materialized once, then reused)")
+    p.add_argument(
+        "--mode",
+        choices=("standard", "batch", "memory", "services"),
+        default="standard",
+        help="standard: latency, throughput, coalescing; batch: single-key latency alongside big batches; "
+        "memory: server RSS around one huge batch; services: a materialized 30-table feature service "
+        "against the same service unmaterialized (dict and vector output)",
+    )
+    p.add_argument(
+        "--services-schema",
+        default="bench_services",
+        help="services mode: schema of its copy of the demo data and its two services (loaded and "
+        "materialized once, then reused)",
+    )
     p.add_argument("--batch-singles", type=int, default=8, help="batch mode: single-key clients")
     p.add_argument("--batch-keys", type=int, default=1000, help="batch mode: keys per batch of the batch client")
     p.add_argument("--memory-keys", type=int, default=100_000, help="memory mode: keys of the huge batch")
-    p.add_argument("--baseline-src", help="also run a server (coalescing off) from this source tree: a 'src' "
-                                          "directory, e.g. of a checkout of main; variant 'baseline'")
-    p.add_argument("--serve-flag", action="append", default=[], metavar="FLAG",
-                   help="batch/memory modes: an extra flag for the 'chunked' server, e.g. --serve-flag=--batch-chunk-keys=50")
+    p.add_argument(
+        "--baseline-src",
+        help="also run a server (coalescing off) from this source tree: a 'src' "
+        "directory, e.g. of a checkout of main; variant 'baseline'",
+    )
+    p.add_argument(
+        "--serve-flag",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="batch/memory modes: an extra flag for the 'chunked' server, e.g. --serve-flag=--batch-chunk-keys=50",
+    )
 
 
 # -- a minimal HTTP/1.1 client --------------------------------------------------------------------
@@ -82,7 +98,7 @@ class HTTPConnection:
         self.writer = writer
 
     @classmethod
-    async def open(cls, host: str, port: int) -> "HTTPConnection":
+    async def open(cls, host: str, port: int) -> HTTPConnection:
         reader, writer = await asyncio.open_connection(host, port)
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return cls(reader, writer)
@@ -103,8 +119,7 @@ class HTTPConnection:
 
 def post_request(path: str, body: bytes) -> bytes:
     return (
-        f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 
 
@@ -132,7 +147,7 @@ class ServeProcess:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("PGFEATURES_")} | dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, ready_within: float | None = 60) -> "ServeProcess":
+    def start(self, ready_within: float | None = 60) -> ServeProcess:
         """Start it; unless ``ready_within`` is None, wait until ``/readyz`` answers 200."""
         # The server's own output goes to stderr (fd 2): stdout is the benchmark's (one JSON document with --json).
         if self.output is not None:
@@ -171,7 +186,7 @@ class ServeProcess:
                 self.proc.wait()
         return self.proc.returncode
 
-    def __enter__(self) -> "ServeProcess":
+    def __enter__(self) -> ServeProcess:
         return self if self.proc is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -180,8 +195,17 @@ class ServeProcess:
 
 def serve_flags(dsn: str, *, coalesce: bool, pool_size: int, workers: int, window_us: int) -> list[str]:
     return [
-        "--dsn", dsn, "--pool-size", str(pool_size), "--workers", str(workers), "--log-level", "warning",
-        "--coalesce" if coalesce else "--no-coalesce", "--coalesce-window-us", str(window_us),
+        "--dsn",
+        dsn,
+        "--pool-size",
+        str(pool_size),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+        "--coalesce" if coalesce else "--no-coalesce",
+        "--coalesce-window-us",
+        str(window_us),
     ]
 
 
@@ -254,7 +278,9 @@ def percentile_ms(latencies_ns: Sequence[int], q: float) -> float:
     return float(np.percentile(np.asarray(latencies_ns, dtype=np.float64), q)) / 1e6 if latencies_ns else float("nan")
 
 
-async def closed_loop(calls: Sequence[Callable[[int], Awaitable[Any]]], n_keys: int, seconds: float, seed: int) -> tuple[list[int], float]:
+async def closed_loop(
+    calls: Sequence[Callable[[int], Awaitable[Any]]], n_keys: int, seconds: float, seed: int
+) -> tuple[list[int], float]:
     """Each call (one per client) runs back to back for ``seconds``; returns every latency and the elapsed time."""
     latencies: list[int] = []
     clock = time.perf_counter_ns
@@ -296,7 +322,10 @@ async def run_benchmark(args: argparse.Namespace, dsn: str, servers: dict[str, S
 
     async with AsyncFeatureStore(demo_registry(), dsn, pool_size=args.pool_size, write_pool_size=1) as store:
         reader = store.reader()
-        conns = {name: [await HTTPConnection.open("127.0.0.1", srv.port) for _ in range(most)] for name, srv in servers.items()}
+        conns = {
+            name: [await HTTPConnection.open("127.0.0.1", srv.port) for _ in range(most)]
+            for name, srv in servers.items()
+        }
 
         def library(_: int) -> Callable[[int], Awaitable[Any]]:
             return lambda i: store.read(reader, sample[i])
@@ -330,7 +359,7 @@ async def run_benchmark(args: argparse.Namespace, dsn: str, servers: dict[str, S
         per_round = max(1, args.requests // rounds)
         for name in variants:  # warm-up
             await closed_loop([variants[name](0)], len(sample), 0.2, args.seed)
-        for r in range(rounds):
+        for _ in range(rounds):
             for name, make in variants.items():
                 call = make(0)
                 order = [rng.randrange(len(sample)) for _ in range(per_round)]
@@ -353,7 +382,9 @@ async def run_benchmark(args: argparse.Namespace, dsn: str, servers: dict[str, S
             for r in range(args.rounds):
                 for name, make in variants.items():
                     before = (cpu_seconds(serving[name]), cpu_seconds(backends[name]), time.process_time())
-                    got, secs = await closed_loop([make(c) for c in range(clients)], len(sample), args.seconds, args.seed + r)
+                    got, secs = await closed_loop(
+                        [make(c) for c in range(clients)], len(sample), args.seconds, args.seed + r
+                    )
                     after = (cpu_seconds(serving[name]), cpu_seconds(backends[name]), time.process_time())
                     for part, b, a in zip(("server", "postgres", "client"), before, after):
                         cpu[name][part] += a - b
@@ -361,9 +392,18 @@ async def run_benchmark(args: argparse.Namespace, dsn: str, servers: dict[str, S
                     elapsed[name] += secs
             for name in variants:
                 n = len(lat[name])
-                through.append(Throughput(name, clients, n, elapsed[name], n / elapsed[name],
-                                          percentile_ms(lat[name], 50), percentile_ms(lat[name], 99),
-                                          {part: 1e3 * v / n for part, v in cpu[name].items()}))
+                through.append(
+                    Throughput(
+                        name,
+                        clients,
+                        n,
+                        elapsed[name],
+                        n / elapsed[name],
+                        percentile_ms(lat[name], 50),
+                        percentile_ms(lat[name], 99),
+                        {part: 1e3 * v / n for part, v in cpu[name].items()},
+                    )
+                )
         for group in conns.values():
             for conn in group:
                 conn.close()
@@ -371,7 +411,10 @@ async def run_benchmark(args: argparse.Namespace, dsn: str, servers: dict[str, S
         float32 = await float32_cost(store, reader, sample)
 
     return {
-        "latency": {name: {"n": len(v), "p50_ms": percentile_ms(v, 50), "p99_ms": percentile_ms(v, 99)} for name, v in latency.items()},
+        "latency": {
+            name: {"n": len(v), "p50_ms": percentile_ms(v, 50), "p99_ms": percentile_ms(v, 99)}
+            for name, v in latency.items()
+        },
         "throughput": [asdict(t) for t in through],
         "float32": float32,
     }
@@ -398,8 +441,12 @@ async def float32_cost(store: Any, reader: Any, sample: Sequence[bytes], n: int 
         dumps(result("k", r))
         convert += t1 - t0
         encode += clock() - t1
-    return {"plain_encode_us": 1e6 * plain / n, "convert_us": 1e6 * convert / n, "numpy_encode_us": 1e6 * encode / n,
-            "added_us": 1e6 * (convert + encode - plain) / n}
+    return {
+        "plain_encode_us": 1e6 * plain / n,
+        "convert_us": 1e6 * convert / n,
+        "numpy_encode_us": 1e6 * encode / n,
+        "added_us": 1e6 * (convert + encode - plain) / n,
+    }
 
 
 def report(figures: dict[str, Any], args: argparse.Namespace, console: Any = None) -> None:
@@ -430,14 +477,31 @@ def report(figures: dict[str, Any], args: argparse.Namespace, console: Any = Non
         table.add_column(col, justify="left" if col == "variant" else "right")
     for name, s in lat.items():
         added = name != "library"
-        table.add_row(name, f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}",
-                      f"{s['p50_ms'] - base['p50_ms']:+.3f}" if added else "", f"{s['p99_ms'] - base['p99_ms']:+.3f}" if added else "")
+        table.add_row(
+            name,
+            f"{s['p50_ms']:.3f}",
+            f"{s['p99_ms']:.3f}",
+            f"{s['p50_ms'] - base['p50_ms']:+.3f}" if added else "",
+            f"{s['p99_ms'] - base['p99_ms']:+.3f}" if added else "",
+        )
     console.print(table)
 
-    table = Table(title=f"throughput, closed loop, pool {args.pool_size}, {args.workers} worker(s), "
-                        f"{args.rounds} x {args.seconds:g} s per cell (alternating rounds)")
-    for col in ["clients", "variant", "req/s", "p50 ms", "p99 ms", "vs off",
-                "CPU ms/req: server", "postgres", "client", "total"]:
+    table = Table(
+        title=f"throughput, closed loop, pool {args.pool_size}, {args.workers} worker(s), "
+        f"{args.rounds} x {args.seconds:g} s per cell (alternating rounds)"
+    )
+    for col in [
+        "clients",
+        "variant",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "vs off",
+        "CPU ms/req: server",
+        "postgres",
+        "client",
+        "total",
+    ]:
         table.add_column(col, justify="left" if col == "variant" else "right")
     rows = figures["throughput"]
     for clients in sorted({r["clients"] for r in rows}):
@@ -446,21 +510,34 @@ def report(figures: dict[str, Any], args: argparse.Namespace, console: Any = Non
         for name, r in level.items():
             ratio = f"{r['per_second'] / off['per_second']:.2f}x" if off and name != "library" else ""
             cpu = r["cpu_ms"]
-            table.add_row(str(clients), name, f"{r['per_second']:,.0f}", f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", ratio,
-                          f"{cpu['server']:.3f}" if name != "library" else "", f"{cpu['postgres']:.3f}",
-                          f"{cpu['client']:.3f}", f"{sum(cpu.values()):.3f}")
+            table.add_row(
+                str(clients),
+                name,
+                f"{r['per_second']:,.0f}",
+                f"{r['p50_ms']:.3f}",
+                f"{r['p99_ms']:.3f}",
+                ratio,
+                f"{cpu['server']:.3f}" if name != "library" else "",
+                f"{cpu['postgres']:.3f}",
+                f"{cpu['client']:.3f}",
+                f"{sum(cpu.values()):.3f}",
+            )
         table.add_section()
     console.print(table)
     f32 = figures.get("float32")
     if f32:
-        console.print(f"real features printed as float32 (in-process, per 30-table request): conversion "
-                      f"{f32['convert_us']:.1f} µs + encoding {f32['numpy_encode_us']:.1f} µs against plain encoding "
-                      f"{f32['plain_encode_us']:.1f} µs: {f32['added_us']:+.1f} µs")
-    console.print("library = AsyncFeatureStore.read in the client process; http = POST /v1/features, coalescing off; "
-                  f"http+coalesce = coalescing on (window {args.window_us} µs). The client shares the CPU with the "
-                  f"servers and PostgreSQL ({os.cpu_count()} cores). CPU ms/req: user+system time per request of the "
-                  "server process, of the PostgreSQL backends serving it (the library's own, for 'library'), and of "
-                  "this client process; on a shared machine it is steadier than req/s.")
+        console.print(
+            f"real features printed as float32 (in-process, per 30-table request): conversion "
+            f"{f32['convert_us']:.1f} µs + encoding {f32['numpy_encode_us']:.1f} µs against plain encoding "
+            f"{f32['plain_encode_us']:.1f} µs: {f32['added_us']:+.1f} µs"
+        )
+    console.print(
+        "library = AsyncFeatureStore.read in the client process; http = POST /v1/features, coalescing off; "
+        f"http+coalesce = coalescing on (window {args.window_us} µs). The client shares the CPU with the "
+        f"servers and PostgreSQL ({os.cpu_count()} cores). CPU ms/req: user+system time per request of the "
+        "server process, of the PostgreSQL backends serving it (the library's own, for 'library'), and of "
+        "this client process; on a shared machine it is steadier than req/s."
+    )
 
 
 def main(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
@@ -476,12 +553,17 @@ def main(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
         runner: Callable[..., Any] = uvloop.run
     except ImportError:
         runner = asyncio.run
-    settings = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("func", "json", "resolved_dsn")}
+    settings = {
+        k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("func", "json", "resolved_dsn")
+    }
     if args.mode == "services":  # loads its own copy of the demo data
         from . import http_services
 
-        return {"settings": settings, "mode": args.mode,
-                **http_services.run(args, dsn, runner, lambda m: print(m, file=sys.stderr))}
+        return {
+            "settings": settings,
+            "mode": args.mode,
+            **http_services.run(args, dsn, runner, lambda m: print(m, file=sys.stderr)),
+        }
     with connect(dsn, "pgfeatures-bench-http") as conn:
         present = one_row(conn.execute("SELECT to_regclass('demo.t29') IS NOT NULL"))[0]
     if not present:
@@ -491,11 +573,14 @@ def main(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
 
         return {"settings": settings, "mode": args.mode, **http_batch.run(args, dsn, runner)}
     common = dict(pool_size=args.pool_size, workers=args.workers, window_us=args.window_us)
-    servers = {"http": ServeProcess(*serve_flags(dsn, coalesce=False, **common)),
-               "http+coalesce": ServeProcess(*serve_flags(dsn, coalesce=True, **common))}
+    servers = {
+        "http": ServeProcess(*serve_flags(dsn, coalesce=False, **common)),
+        "http+coalesce": ServeProcess(*serve_flags(dsn, coalesce=True, **common)),
+    }
     if args.baseline_src:  # coalescing off, from another source tree
-        servers["baseline"] = ServeProcess(*serve_flags(dsn, coalesce=False, **common),
-                                           env={"PYTHONPATH": os.path.abspath(args.baseline_src)})
+        servers["baseline"] = ServeProcess(
+            *serve_flags(dsn, coalesce=False, **common), env={"PYTHONPATH": os.path.abspath(args.baseline_src)}
+        )
     with contextlib.ExitStack() as stack:
         for srv in servers.values():
             stack.enter_context(srv)

@@ -86,8 +86,9 @@ class BatchClient:
         ctx = multiprocessing.get_context("spawn")
         self.go, self.idle, self.quit, self.out = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Queue()
         self.idle.set()
-        self.proc = ctx.Process(target=_batch_client, args=(url, bodies, self.go, self.idle, self.quit, self.out),
-                                daemon=True)
+        self.proc = ctx.Process(
+            target=_batch_client, args=(url, bodies, self.go, self.idle, self.quit, self.out), daemon=True
+        )
         self.proc.start()
 
     def start(self) -> None:
@@ -121,11 +122,14 @@ async def starvation(args: argparse.Namespace, servers: dict[str, ServeProcess])
     keys = entity_keys(args.entities)
     sample = [keys[rng.randrange(len(keys))] for _ in range(5000)]
     singles = [post_request("/v1/features", orjson.dumps({"key": k.hex()})) for k in sample]
-    bodies = [orjson.dumps({"keys": [keys[rng.randrange(len(keys))].hex() for _ in range(args.batch_keys)]})
-              for _ in range(4)]
+    bodies = [
+        orjson.dumps({"keys": [keys[rng.randrange(len(keys))].hex() for _ in range(args.batch_keys)]}) for _ in range(4)
+    ]
     batchers = {name: BatchClient(srv.url, bodies) for name, srv in servers.items()}
-    conns = {name: [await HTTPConnection.open("127.0.0.1", srv.port) for _ in range(args.batch_singles)]
-             for name, srv in servers.items()}
+    conns = {
+        name: [await HTTPConnection.open("127.0.0.1", srv.port) for _ in range(args.batch_singles)]
+        for name, srv in servers.items()
+    }
 
     def caller(conn: HTTPConnection) -> Callable[[int], Awaitable[Any]]:
         async def call(i: int) -> Any:
@@ -159,8 +163,11 @@ async def starvation(args: argparse.Namespace, servers: dict[str, ServeProcess])
         out[name] = {
             "alone": {"n": len(alone), "p50_ms": percentile_ms(alone, 50), "p99_ms": percentile_ms(alone, 99)},
             "with_batches": {"n": len(busy), "p50_ms": percentile_ms(busy, 50), "p99_ms": percentile_ms(busy, 99)},
-            "batches": {"n": len(batch_lat), "p50_ms": percentile_ms([int(x * 1e9) for x in batch_lat], 50),
-                        "answer_mb": answer / 1e6},
+            "batches": {
+                "n": len(batch_lat),
+                "p50_ms": percentile_ms([int(x * 1e9) for x in batch_lat], 50),
+                "answer_mb": answer / 1e6,
+            },
         }
     return out
 
@@ -211,8 +218,15 @@ def memory(args: argparse.Namespace, servers: dict[str, ServeProcess]) -> dict[s
                 c.post("/v1/features/batch", content=ordinary).raise_for_status()
             time.sleep(1)
             after = rss(srv.proc.pid)
-        out[name] = {"status": status, "error": error, "seconds": seconds, "answer_mb": size / 1e6,
-                     "rss_before_mb": before / 1e6, "rss_right_after_mb": right_after / 1e6, "rss_after_mb": after / 1e6}
+        out[name] = {
+            "status": status,
+            "error": error,
+            "seconds": seconds,
+            "answer_mb": size / 1e6,
+            "rss_before_mb": before / 1e6,
+            "rss_right_after_mb": right_after / 1e6,
+            "rss_after_mb": after / 1e6,
+        }
     return out
 
 
@@ -226,15 +240,35 @@ def report(figures: dict[str, Any], args: argparse.Namespace, console: Any = Non
     console = console or Console()
     console.width = max(console.width, 132)
     if "starvation" in figures:
-        table = Table(title=f"{args.batch_singles} single-key clients (30 tables), alone and with one client looping "
-                            f"{args.batch_keys}-key batches; pool {args.pool_size}, {args.rounds} x {args.seconds:g} s")
-        for col in ["variant", "alone p50 ms", "alone p99 ms", "with batches p50 ms", "with batches p99 ms",
-                    "p99 ratio", "batches", "batch p50 ms", "answer MB"]:
+        table = Table(
+            title=f"{args.batch_singles} single-key clients (30 tables), alone and with one client looping "
+            f"{args.batch_keys}-key batches; pool {args.pool_size}, {args.rounds} x {args.seconds:g} s"
+        )
+        for col in [
+            "variant",
+            "alone p50 ms",
+            "alone p99 ms",
+            "with batches p50 ms",
+            "with batches p99 ms",
+            "p99 ratio",
+            "batches",
+            "batch p50 ms",
+            "answer MB",
+        ]:
             table.add_column(col, justify="left" if col == "variant" else "right")
         for name, f in figures["starvation"].items():
             a, b, k = f["alone"], f["with_batches"], f["batches"]
-            table.add_row(name, f"{a['p50_ms']:.3f}", f"{a['p99_ms']:.3f}", f"{b['p50_ms']:.3f}", f"{b['p99_ms']:.3f}",
-                          f"{b['p99_ms'] / a['p99_ms']:.1f}x", str(k["n"]), f"{k['p50_ms']:.0f}", f"{k['answer_mb']:.1f}")
+            table.add_row(
+                name,
+                f"{a['p50_ms']:.3f}",
+                f"{a['p99_ms']:.3f}",
+                f"{b['p50_ms']:.3f}",
+                f"{b['p99_ms']:.3f}",
+                f"{b['p99_ms'] / a['p99_ms']:.1f}x",
+                str(k["n"]),
+                f"{k['p50_ms']:.0f}",
+                f"{k['answer_mb']:.1f}",
+            )
         console.print(table)
     if "memory" in figures:
         table = Table(title=f"server RSS around one {args.memory_keys:,}-key batch (30 tables)")
@@ -242,11 +276,20 @@ def report(figures: dict[str, Any], args: argparse.Namespace, console: Any = Non
             table.add_column(col, justify="left" if col == "variant" else "right")
         for name, f in figures["memory"].items():
             status = str(f["status"]) + (f" {f['error']}" if f["error"] else "")
-            table.add_row(name, status, f"{f['seconds']:.1f}", f"{f['answer_mb']:.1f}", f"{f['rss_before_mb']:.0f}",
-                          f"{f['rss_right_after_mb']:.0f}", f"{f['rss_after_mb']:.0f}")
+            table.add_row(
+                name,
+                status,
+                f"{f['seconds']:.1f}",
+                f"{f['answer_mb']:.1f}",
+                f"{f['rss_before_mb']:.0f}",
+                f"{f['rss_right_after_mb']:.0f}",
+                f"{f['rss_after_mb']:.0f}",
+            )
         console.print(table)
-    console.print("chunked = this tree's defaults; unchunked = one statement per batch, no bound on the batch share of "
-                  "the pool" + ("; baseline = " + args.baseline_src if args.baseline_src else ""))
+    console.print(
+        "chunked = this tree's defaults; unchunked = one statement per batch, no bound on the batch share of "
+        "the pool" + ("; baseline = " + args.baseline_src if args.baseline_src else "")
+    )
 
 
 def run(args: argparse.Namespace, dsn: str, runner: Callable[..., Any]) -> dict[str, Any]:

@@ -50,10 +50,14 @@ def registry(schema: str) -> Any:
 
     tables = demo_registry(schema=schema)
     features = tuple(f"{t}.*" for t in tables.tables)
-    return Registry.of(tables.tables.values(), schema, services=[
-        FeatureService(MATERIALIZED, features, materialize=True, description="30 tables x 8 real, materialized"),
-        FeatureService(FLEXIBLE, features, description="the same 240 features, read table by table"),
-    ])
+    return Registry.of(
+        tables.tables.values(),
+        schema,
+        services=[
+            FeatureService(MATERIALIZED, features, materialize=True, description="30 tables x 8 real, materialized"),
+            FeatureService(FLEXIBLE, features, description="the same 240 features, read table by table"),
+        ],
+    )
 
 
 def definitions_toml(reg: Any) -> str:
@@ -98,8 +102,12 @@ async def measure(args: argparse.Namespace, dsn: str, server: ServeProcess) -> d
     keys = entity_keys(args.entities)
     sample = [keys[rng.randrange(len(keys))].hex() for _ in range(5000)]
     requests = {
-        _variant(s, o): [post_request(f"/v1/services/{s}", orjson.dumps({"key": k} | ({"output": "vector"} if o == "vector" else {})))
-                         for k in sample]
+        _variant(s, o): [
+            post_request(
+                f"/v1/services/{s}", orjson.dumps({"key": k} | ({"output": "vector"} if o == "vector" else {}))
+            )
+            for k in sample
+        ]
         for s, o in VARIANTS
     }
     concurrency = [int(c) for c in args.concurrency.split(",")]
@@ -151,7 +159,9 @@ async def measure(args: argparse.Namespace, dsn: str, server: ServeProcess) -> d
         for r in range(args.rounds):
             for v in variants:
                 before = (cpu_seconds(serving), cpu_seconds(backends), time.process_time())
-                got, secs = await closed_loop([caller(v, c) for c in range(clients)], len(sample), args.seconds, args.seed + r)
+                got, secs = await closed_loop(
+                    [caller(v, c) for c in range(clients)], len(sample), args.seconds, args.seed + r
+                )
                 after = (cpu_seconds(serving), cpu_seconds(backends), time.process_time())
                 for part, b, a in zip(("server", "postgres", "client"), before, after):
                     cpu[v][part] += a - b
@@ -159,12 +169,24 @@ async def measure(args: argparse.Namespace, dsn: str, server: ServeProcess) -> d
                 elapsed[v] += secs
         for v in variants:
             n = len(lat[v])
-            through.append(Throughput(v, clients, n, elapsed[v], n / elapsed[v], percentile_ms(lat[v], 50),
-                                      percentile_ms(lat[v], 99), {part: 1e3 * x / n for part, x in cpu[v].items()}))
+            through.append(
+                Throughput(
+                    v,
+                    clients,
+                    n,
+                    elapsed[v],
+                    n / elapsed[v],
+                    percentile_ms(lat[v], 50),
+                    percentile_ms(lat[v], 99),
+                    {part: 1e3 * x / n for part, x in cpu[v].items()},
+                )
+            )
     for conn in conns:
         conn.close()
     return {
-        "latency": {v: {"n": len(x), "p50_ms": percentile_ms(x, 50), "p99_ms": percentile_ms(x, 99)} for v, x in latency.items()},
+        "latency": {
+            v: {"n": len(x), "p50_ms": percentile_ms(x, 50), "p99_ms": percentile_ms(x, 99)} for v, x in latency.items()
+        },
         "throughput": [asdict(t) for t in through],
     }
 
@@ -177,8 +199,10 @@ def ratios(figures: dict[str, Any]) -> dict[str, Any]:
     for output in ("dict", "vector"):
         mat, flex = _variant(MATERIALIZED, output), _variant(FLEXIBLE, output)
         entry: dict[str, Any] = {
-            "p50": lat[flex]["p50_ms"] / lat[mat]["p50_ms"], "p99": lat[flex]["p99_ms"] / lat[mat]["p99_ms"],
-            "throughput": {}, "cpu": {},
+            "p50": lat[flex]["p50_ms"] / lat[mat]["p50_ms"],
+            "p99": lat[flex]["p99_ms"] / lat[mat]["p99_ms"],
+            "throughput": {},
+            "cpu": {},
         }
         rows = {(r["variant"], r["clients"]): r for r in figures["throughput"]}
         for (variant, clients), r in rows.items():
@@ -186,8 +210,9 @@ def ratios(figures: dict[str, Any]) -> dict[str, Any]:
                 continue
             f = rows[flex, clients]
             entry["throughput"][clients] = r["per_second"] / f["per_second"]
-            entry["cpu"][clients] = ((f["cpu_ms"]["server"] + f["cpu_ms"]["postgres"])
-                                     / (r["cpu_ms"]["server"] + r["cpu_ms"]["postgres"]))
+            entry["cpu"][clients] = (f["cpu_ms"]["server"] + f["cpu_ms"]["postgres"]) / (
+                r["cpu_ms"]["server"] + r["cpu_ms"]["postgres"]
+            )
         out[output] = entry
     return out
 
@@ -215,25 +240,54 @@ def report(figures: dict[str, Any], args: argparse.Namespace, console: Any) -> N
     for v, s in lat.items():
         table.add_row(v, f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}")
     console.print(table)
-    table = Table(title=f"throughput, closed loop, pool {args.pool_size}, {args.workers} worker(s), "
-                        f"{args.rounds} x {args.seconds:g} s per cell (alternating rounds)")
-    for col in ["clients", "variant", "req/s", "p50 ms", "p99 ms", "CPU ms/req: server", "postgres", "client",
-                "server + postgres"]:
+    table = Table(
+        title=f"throughput, closed loop, pool {args.pool_size}, {args.workers} worker(s), "
+        f"{args.rounds} x {args.seconds:g} s per cell (alternating rounds)"
+    )
+    for col in [
+        "clients",
+        "variant",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "CPU ms/req: server",
+        "postgres",
+        "client",
+        "server + postgres",
+    ]:
         table.add_column(col, justify="left" if col == "variant" else "right")
     for clients in sorted({r["clients"] for r in f["throughput"]}):
         for r in (r for r in f["throughput"] if r["clients"] == clients):
             cpu = r["cpu_ms"]
-            table.add_row(str(clients), r["variant"], f"{r['per_second']:,.0f}", f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}",
-                          f"{cpu['server']:.3f}", f"{cpu['postgres']:.3f}", f"{cpu['client']:.3f}",
-                          f"{cpu['server'] + cpu['postgres']:.3f}")
+            table.add_row(
+                str(clients),
+                r["variant"],
+                f"{r['per_second']:,.0f}",
+                f"{r['p50_ms']:.3f}",
+                f"{r['p99_ms']:.3f}",
+                f"{cpu['server']:.3f}",
+                f"{cpu['postgres']:.3f}",
+                f"{cpu['client']:.3f}",
+                f"{cpu['server'] + cpu['postgres']:.3f}",
+            )
         table.add_section()
     console.print(table)
     table = Table(title=f"{MATERIALIZED} (materialized) against {FLEXIBLE} (table by table)")
-    for col in ["output", "p50 speed-up", "p99 speed-up", *(f"req/s x, {c} clients" for c in sorted(
-            {int(c) for r in f["ratios"].values() for c in r["throughput"]})), "CPU/req saved x (server + postgres)"]:
+    for col in [
+        "output",
+        "p50 speed-up",
+        "p99 speed-up",
+        *(f"req/s x, {c} clients" for c in sorted({int(c) for r in f["ratios"].values() for c in r["throughput"]})),
+        "CPU/req saved x (server + postgres)",
+    ]:
         table.add_column(col, justify="left" if col == "output" else "right")
     for output, r in f["ratios"].items():
         cpu = ", ".join(f"{r['cpu'][c]:.2f}x" for c in sorted(r["cpu"], key=int))
-        table.add_row(output, f"{r['p50']:.2f}x", f"{r['p99']:.2f}x",
-                      *(f"{r['throughput'][c]:.2f}x" for c in sorted(r["throughput"], key=int)), cpu)
+        table.add_row(
+            output,
+            f"{r['p50']:.2f}x",
+            f"{r['p99']:.2f}x",
+            *(f"{r['throughput'][c]:.2f}x" for c in sorted(r["throughput"], key=int)),
+            cpu,
+        )
     console.print(table)

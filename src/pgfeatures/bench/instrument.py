@@ -32,6 +32,7 @@ connection, so they never collide with psycopg's automatically prepared ones.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -67,7 +68,7 @@ class Quantiles:
     mean_ms: float
 
     @classmethod
-    def of(cls, values_ms: Sequence[float] | np.ndarray) -> "Quantiles":
+    def of(cls, values_ms: Sequence[float] | np.ndarray) -> Quantiles:
         a = np.asarray(values_ms, dtype=np.float64)
         if not len(a):
             return cls(float("nan"), float("nan"), float("nan"))
@@ -116,7 +117,9 @@ class _Prepared:
             if name not in self.names:
                 res = conn.pgconn.prepare(name, stmt)
                 if res.status != pq.ExecStatus.COMMAND_OK:
-                    raise psycopg.OperationalError(f"cannot prepare the instrumented statement: {res.error_message.decode()}")
+                    raise psycopg.OperationalError(
+                        f"cannot prepare the instrumented statement: {res.error_message.decode()}"
+                    )
                 self.names.add(name)
         return names
 
@@ -141,7 +144,9 @@ def _send(pgconn: pq.abc.PGconn, prep: _Prepared, sender: Callable[[], None]) ->
         pgconn.consume_input()
 
 
-def _collect(pgconn: pq.abc.PGconn, prep: _Prepared, clock: Callable[[], int], t: _Timer, until_sync: bool) -> list[pq.abc.PGresult]:
+def _collect(
+    pgconn: pq.abc.PGconn, prep: _Prepared, clock: Callable[[], int], t: _Timer, until_sync: bool
+) -> list[pq.abc.PGresult]:
     """Results until the connection is idle (or, in pipeline mode, until the sync); waiting and parsing timed apart."""
     t0 = clock()
     waited = 0
@@ -185,7 +190,9 @@ class InstrumentedRead:
     def __init__(self, pool: Any, reader: Reader | BatchReader):
         self.pool = pool
         self.reader = reader
-        self.statements: tuple[bytes, ...] = (reader.statement,) if isinstance(reader, BatchReader) else reader.statements
+        self.statements: tuple[bytes, ...] = (
+            (reader.statement,) if isinstance(reader, BatchReader) else reader.statements
+        )
         self.fetch = None if isinstance(reader, BatchReader) else reader.fetch
 
     def _prep(self, conn: psycopg.Connection) -> tuple[_Prepared, list[bytes]]:
@@ -241,7 +248,7 @@ class InstrumentedRead:
                 pgconn.exit_pipeline_mode()
         results = []
         for name in names:  # one name, except for sequential: one round-trip per statement
-            _send(pgconn, prep, lambda: pgconn.send_query_prepared(name, values, formats, binary))
+            _send(pgconn, prep, functools.partial(pgconn.send_query_prepared, name, values, formats, binary))
             results += _collect(pgconn, prep, clock, t, until_sync=False)
         return results
 
@@ -282,7 +289,9 @@ def _relation_times(node: dict[str, Any], out: dict[str, float]) -> None:
     """Add each scan node's inclusive time (per-loop time x loops) to its table."""
     relation = node.get("Relation Name")
     if relation is not None:
-        out[relation] = out.get(relation, 0.0) + float(node.get("Actual Total Time", 0.0)) * int(node.get("Actual Loops", 1))
+        out[relation] = out.get(relation, 0.0) + float(node.get("Actual Total Time", 0.0)) * int(
+            node.get("Actual Loops", 1)
+        )
     for child in node.get("Plans", ()):
         _relation_times(child, out)
 

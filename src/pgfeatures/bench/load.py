@@ -50,7 +50,8 @@ def read_back(conn: psycopg.Connection, schema: str, features: int) -> tuple[np.
     """(keys (n, 32), values (n, features)) of the loaded table via binary COPY, sorted by key."""
     names = [f"f{j}" for j in range(features)]
     query = sql.SQL("COPY (SELECT hashkey, {} FROM {}) TO STDOUT (FORMAT BINARY)").format(
-        sql.SQL(", ").join(map(sql.Identifier, names)), sql.Identifier(schema, LOADED))
+        sql.SQL(", ").join(map(sql.Identifier, names)), sql.Identifier(schema, LOADED)
+    )
     buffer = bytearray()
     with conn.cursor().copy(query) as copy:
         for chunk in copy:
@@ -75,7 +76,9 @@ def verify(conn: psycopg.Connection, schema: str, table: pa.Table, features: int
     values = np.stack([table.column(f"f{j}").to_numpy() for j in range(features)], axis=1)
     want_keys, want_values = _sorted(keys, values)
     got_keys, got_values = read_back(conn, schema, features)
-    if not (np.array_equal(got_keys, want_keys) and np.array_equal(got_values.view(np.uint32), want_values.view(np.uint32))):
+    if not (
+        np.array_equal(got_keys, want_keys) and np.array_equal(got_values.view(np.uint32), want_values.view(np.uint32))
+    ):
         raise AssertionError(f"read-back mismatch: {len(got_keys):,} rows in the table, {len(want_keys):,} in the file")
     return f"verified: {len(got_keys):,} rows read back bit-exact"
 
@@ -83,8 +86,17 @@ def verify(conn: psycopg.Connection, schema: str, table: pa.Table, features: int
 # -- readers (separate processes) ------------------------------------------------------------------
 
 
-def _reader(dsn: str, registry: dict[str, Any], tables: list[str], keys: bytes, seed: int, rate: float,
-            ready: Any, stop: Any, out: Any) -> None:
+def _reader(
+    dsn: str,
+    registry: dict[str, Any],
+    tables: list[str],
+    keys: bytes,
+    seed: int,
+    rate: float,
+    ready: Any,
+    stop: Any,
+    out: Any,
+) -> None:
     """Read random keys at ``rate`` reads/s (0: back to back) until ``stop``; send (starts, latencies) in ns."""
     from ..store import FeatureStore
 
@@ -119,8 +131,10 @@ def _idle_window(seconds: float) -> tuple[int, int]:
     return start, time.monotonic_ns()
 
 
-def _window_stats(name: str, samples: list[tuple[np.ndarray, np.ndarray]], windows: list[tuple[int, int]]) -> Stats | None:
-    lat = [l[(s >= a) & (s + l <= b)] for s, l in samples for a, b in windows]
+def _window_stats(
+    name: str, samples: list[tuple[np.ndarray, np.ndarray]], windows: list[tuple[int, int]]
+) -> Stats | None:
+    lat = [d[(s >= a) & (s + d <= b)] for s, d in samples for a, b in windows]
     merged = np.concatenate(lat) if lat else np.zeros(0, np.int64)
     return summarize(name, merged.tolist(), 0.0) if len(merged) else None
 
@@ -129,12 +143,28 @@ def _window_stats(name: str, samples: list[tuple[np.ndarray, np.ndarray]], windo
 
 
 def _loads(path1: Path, path2: Path, path3: Path) -> list[tuple[str, Path, dict[str, Any]]]:
-    return [("merge, every row updated", path2, {}), ("merge 5% (upsert)", path3, {}), ("replace", path1, {"mode": "replace"})]
+    return [
+        ("merge, every row updated", path2, {}),
+        ("merge 5% (upsert)", path3, {}),
+        ("replace", path1, {"mode": "replace"}),
+    ]
 
 
-def run(dsn: str, *, rows: int = 1_000_000, features: int = 8, read_tables: int = 10, readers: int = 1,
-        read_rate: float = 1000.0, idle_seconds: float = 8.0, schema: str = "bench_load", keep: bool = False, json_out: str | None = None,
-        console: Any = None, seed: int = 0) -> dict[str, Any]:
+def run(
+    dsn: str,
+    *,
+    rows: int = 1_000_000,
+    features: int = 8,
+    read_tables: int = 10,
+    readers: int = 1,
+    read_rate: float = 1000.0,
+    idle_seconds: float = 8.0,
+    schema: str = "bench_load",
+    keep: bool = False,
+    json_out: str | None = None,
+    console: Any = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Run the benchmark, printing its tables to ``console`` (rich); returns the figures (also
     written to ``json_out`` when given)."""
     from rich.console import Console
@@ -143,19 +173,33 @@ def run(dsn: str, *, rows: int = 1_000_000, features: int = 8, read_tables: int 
     console = console or Console()
     companions = [f"other_{i:02d}" for i in range(1, read_tables)]
     registry = Registry.of(
-        [FeatureTable.of(LOADED, {f"f{j}": "real" for j in range(features)}),
-         *(FeatureTable.of(n, {f"f{j}": "real" for j in range(8)}) for n in companions)], schema=schema)
+        [
+            FeatureTable.of(LOADED, {f"f{j}": "real" for j in range(features)}),
+            *(FeatureTable.of(n, {f"f{j}": "real" for j in range(8)}) for n in companions),
+        ],
+        schema=schema,
+    )
     keys = np.frombuffer(np.random.default_rng(seed).bytes(32 * rows), np.uint8).reshape(rows, 32)
     first, second = make_table(keys, features, seed + 1), make_table(keys, features, seed + 2)
     small = make_table(keys[: rows // 20], features, seed + 3)
-    results: dict[str, Any] = {"rows": rows, "features": features, "read_tables": read_tables, "readers": readers,
-                               "read_rate": read_rate}
-    with tempfile.TemporaryDirectory(prefix="pgfeatures-bench-load-") as tmp, psycopg.connect(dsn, autocommit=True) as conn:
+    results: dict[str, Any] = {
+        "rows": rows,
+        "features": features,
+        "read_tables": read_tables,
+        "readers": readers,
+        "read_rate": read_rate,
+    }
+    with (
+        tempfile.TemporaryDirectory(prefix="pgfeatures-bench-load-") as tmp,
+        psycopg.connect(dsn, autocommit=True) as conn,
+    ):
         paths = [Path(tmp) / name for name in ("first.parquet", "second.parquet", "small.parquet")]
         for table, path in zip((first, second, small), paths):
             pq.write_table(table, path)
-        console.print(f"[bold]bench-load[/bold]: {rows:,} rows x {features} real features from Parquet "
-                      f"({paths[0].stat().st_size / 1e6:.0f} MB), PostgreSQL {conn.info.server_version // 10000}, schema {schema}")
+        console.print(
+            f"[bold]bench-load[/bold]: {rows:,} rows x {features} real features from Parquet "
+            f"({paths[0].stat().st_size / 1e6:.0f} MB), PostgreSQL {conn.info.server_version // 10000}, schema {schema}"
+        )
         drop_schema(conn, schema)
         apply_schema(conn, registry)
         try:
@@ -171,22 +215,45 @@ def run(dsn: str, *, rows: int = 1_000_000, features: int = 8, read_tables: int 
             for label, path, options in plan:
                 summary = load(conn, registry, LOADED, path, **options)
                 figures.append(_figure(label, summary))
-                throughput.add_row(label, summary.strategy, f"{summary.rows_read:,}", f"{summary.seconds:.2f}",
-                                   f"{summary.rows_per_second:,.0f}", f"{summary.maintenance.split(':')[0]} {summary.maintenance_seconds:.2f}s")
+                throughput.add_row(
+                    label,
+                    summary.strategy,
+                    f"{summary.rows_read:,}",
+                    f"{summary.seconds:.2f}",
+                    f"{summary.rows_per_second:,.0f}",
+                    f"{summary.maintenance.split(':')[0]} {summary.maintenance_seconds:.2f}s",
+                )
                 if label == "merge into an empty table":
                     results["verified_first"] = verify(conn, schema, first, features)
             results["verified_last"] = verify(conn, schema, first, features)
             results["loads"] = figures
             console.print(throughput)
-            console.print(f"{results['verified_first']} after the first load; {results['verified_last']} after the replace")
+            console.print(
+                f"{results['verified_first']} after the first load; {results['verified_last']} after the replace"
+            )
 
             # 2. reads: idle, then during the same loads
             ctx = mp.get_context("spawn")
             stop, out = ctx.Event(), ctx.Queue()
             ready = [ctx.Event() for _ in range(readers)]
             sample = keys[:COMPANION_ROWS].tobytes()
-            procs = [ctx.Process(target=_reader, args=(dsn, registry.to_dict(), [LOADED, *companions], sample, seed + i,
-                                                       read_rate, ready[i], stop, out)) for i in range(readers)]
+            procs = [
+                ctx.Process(
+                    target=_reader,
+                    args=(
+                        dsn,
+                        registry.to_dict(),
+                        [LOADED, *companions],
+                        sample,
+                        seed + i,
+                        read_rate,
+                        ready[i],
+                        stop,
+                        out,
+                    ),
+                )
+                for i in range(readers)
+            ]
             for p in procs:
                 p.start()
             for event in ready:
@@ -209,7 +276,9 @@ def run(dsn: str, *, rows: int = 1_000_000, features: int = 8, read_tables: int 
                 drop_schema(conn, schema)
 
     rate = f"{read_rate:,.0f} reads/s each" if read_rate > 0 else "back to back"
-    reads = Table(title=f"read latency of a {read_tables}-table read (ms), {readers} reader process(es) at {rate}, same run")
+    reads = Table(
+        title=f"read latency of a {read_tables}-table read (ms), {readers} reader process(es) at {rate}, same run"
+    )
     for col in ("window", "reads", "p50", "p90", "p99", "p99 vs idle", "load rows/s"):
         reads.add_column(col, justify="left" if col == "window" else "right")
     idle_stats = _window_stats("idle", samples, idle)
@@ -221,13 +290,23 @@ def run(dsn: str, *, rows: int = 1_000_000, features: int = 8, read_tables: int 
         if stats is None or idle_stats is None:
             reads.add_row(label, "0", "-", "-", "-", "-", "-")
             continue
-        reads.add_row(label, f"{stats.n:,}", f"{stats.p50_ms:.3f}", f"{stats.p90_ms:.3f}", f"{stats.p99_ms:.3f}",
-                      f"{stats.p99_ms / idle_stats.p99_ms:.1f}x", f"{during.rows_per_second:,.0f}" if during else "")
-        rows_stats.append({"window": label, **stats.as_dict(),
-                           **({"load_rows_per_s": during.rows_per_second} if during else {})})
+        reads.add_row(
+            label,
+            f"{stats.n:,}",
+            f"{stats.p50_ms:.3f}",
+            f"{stats.p90_ms:.3f}",
+            f"{stats.p99_ms:.3f}",
+            f"{stats.p99_ms / idle_stats.p99_ms:.1f}x",
+            f"{during.rows_per_second:,.0f}" if during else "",
+        )
+        rows_stats.append(
+            {"window": label, **stats.as_dict(), **({"load_rows_per_s": during.rows_per_second} if during else {})}
+        )
     console.print(reads)
-    console.print("Reads use the read pool of their own process; loads use one write connection. On a 2-core machine "
-                  "the loader, its backend, the reader and its backend share two CPUs.")
+    console.print(
+        "Reads use the read pool of their own process; loads use one write connection. On a 2-core machine "
+        "the loader, its backend, the reader and its backend share two CPUs."
+    )
     results["reads"] = rows_stats
     if json_out:
         Path(json_out).write_text(json.dumps(results, indent=2))
@@ -235,6 +314,12 @@ def run(dsn: str, *, rows: int = 1_000_000, features: int = 8, read_tables: int 
 
 
 def _figure(label: str, summary: LoadSummary) -> dict[str, Any]:
-    return {"load": label, "strategy": summary.strategy, "rows": summary.rows_read, "seconds": summary.seconds,
-            "rows_per_s": summary.rows_per_second, "maintenance": summary.maintenance,
-            "maintenance_seconds": summary.maintenance_seconds}
+    return {
+        "load": label,
+        "strategy": summary.strategy,
+        "rows": summary.rows_read,
+        "seconds": summary.seconds,
+        "rows_per_s": summary.rows_per_second,
+        "maintenance": summary.maintenance,
+        "maintenance_seconds": summary.maintenance_seconds,
+    }

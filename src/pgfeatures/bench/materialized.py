@@ -46,8 +46,11 @@ MAT = "bench_mat"
 def service_registry(registry: Registry) -> Registry:
     """``registry`` plus the two services over all its tables."""
     refs = tuple(f"{t}.*" for t in registry.tables)
-    return Registry.of(registry.tables.values(), registry.schema,
-                       services=[FeatureService(FLEX, refs), FeatureService(MAT, refs, materialize=True)])
+    return Registry.of(
+        registry.tables.values(),
+        registry.schema,
+        services=[FeatureService(FLEX, refs), FeatureService(MAT, refs, materialize=True)],
+    )
 
 
 def build(conn: psycopg.Connection, registry: Registry) -> float:
@@ -85,19 +88,20 @@ def _busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / 100.0  # USER_HZ
 
 
-def throughput(registry: Registry, dsn: str, keys: Sequence[bytes], clients: Sequence[int], seconds: float,
-               seed: int = 0) -> list[dict[str, Any]]:
+def throughput(
+    registry: Registry, dsn: str, keys: Sequence[bytes], clients: Sequence[int], seconds: float, seed: int = 0
+) -> list[dict[str, Any]]:
     """Requests/s and whole-machine CPU per request, per variant and client count (rounds alternate)."""
     variants: dict[str, Callable[[AsyncFeatureStore], Callable[[bytes], Any]]] = {
-        "service": lambda s: (lambda k: s.get_service(FLEX, k)),
-        "service materialized": lambda s: (lambda k: s.get_service(MAT, k)),
-        "service vector materialized": lambda s: (lambda k: s.get_service(MAT, k, output="list")),
+        "service": lambda s: lambda k: s.get_service(FLEX, k),
+        "service materialized": lambda s: lambda k: s.get_service(MAT, k),
+        "service vector materialized": lambda s: lambda k: s.get_service(MAT, k, output="list"),
     }
     out: list[dict[str, Any]] = []
 
     async def run() -> None:
         async with AsyncFeatureStore(registry, dsn, pool_size=max(clients), write_pool_size=0) as store:
-            for name, make in variants.items():  # every pooled connection warm for every variant
+            for make in variants.values():  # every pooled connection warm for every variant
                 await measure_tasks(make(store), keys, max(clients), min(0.3, seconds), seed=seed)
             for c in clients:
                 for name, make in variants.items():
@@ -105,21 +109,28 @@ def throughput(registry: Registry, dsn: str, keys: Sequence[bytes], clients: Seq
                     t = await measure_tasks(make(store), keys, c, seconds, seed=seed)
                     busy = _busy_seconds() - busy0
                     row = t.as_dict()
-                    row.update(name=name, mode="async", clients=c,
-                               machine_cpu_ms=1e3 * busy / max(t.requests, 1))
+                    row.update(name=name, mode="async", clients=c, machine_cpu_ms=1e3 * busy / max(t.requests, 1))
                     out.append(row)
 
     asyncio.run(run())
     return out
 
 
-def cold(entities: int, requests: int, rounds: int = 2, tables: int = 30, shared_buffers: str = "32MB",
-         progress: Callable[[str], None] = print, seed: int = 0, drop_os_cache: bool = False) -> dict[str, Any]:
+def cold(
+    entities: int,
+    requests: int,
+    rounds: int = 2,
+    tables: int = 30,
+    shared_buffers: str = "32MB",
+    progress: Callable[[str], None] = print,
+    seed: int = 0,
+    drop_os_cache: bool = False,
+) -> dict[str, Any]:
     """Mean latency of the first ``requests`` requests after a restart (and, with ``drop_os_cache``
     only, with the host's OS page cache dropped before each)."""
     from ..definitions import demo_registry
-    from .clusters import Cluster
     from . import schema_effects
+    from .clusters import Cluster
 
     registry = service_registry(demo_registry(n_tables=tables, schema="cold"))
     rng = random.Random(seed)
@@ -131,11 +142,14 @@ def cold(entities: int, requests: int, rounds: int = 2, tables: int = 30, shared
             t0 = time.perf_counter()
             demo.load_demo(conn, registry, entities, seed)
             build(conn, registry)
-            size = conn.execute("SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid))) FROM pg_class c "
-                                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'cold' AND c.relkind = 'r'"
-                                ).fetchone()
-        progress(f"cold reads: {tables} tables x {entities:,} entities ({size[0] if size else '?'} with the serving rows) "
-                 f"loaded in {time.perf_counter() - t0:.0f}s, shared_buffers {shared_buffers}")
+            size = conn.execute(
+                "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid))) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'cold' AND c.relkind = 'r'"
+            ).fetchone()
+        progress(
+            f"cold reads: {tables} tables x {entities:,} entities ({size[0] if size else '?'} with the serving rows) "
+            f"loaded in {time.perf_counter() - t0:.0f}s, shared_buffers {shared_buffers}"
+        )
         means: dict[str, list[float]] = {FLEX: [], MAT: []}
         refused: str | None = None if drop_os_cache else "not asked: pass --drop-os-cache (whole host, root only)"
         drops = 0
@@ -154,8 +168,16 @@ def cold(entities: int, requests: int, rounds: int = 2, tables: int = 30, shared
                     means[service].append(1e3 * (time.perf_counter() - t) / requests)
     flex, mat = statistics.median(means[FLEX]), statistics.median(means[MAT])
     return {
-        "entities": entities, "tables": tables, "requests": requests, "rounds": rounds, "shared_buffers": shared_buffers,
-        "os_cache_dropped": refused is None, "os_cache_refused": refused, "os_cache_drops": drops,
-        "flexible_mean_ms": flex, "materialized_mean_ms": mat, "speedup": flex / mat if mat else None,
+        "entities": entities,
+        "tables": tables,
+        "requests": requests,
+        "rounds": rounds,
+        "shared_buffers": shared_buffers,
+        "os_cache_dropped": refused is None,
+        "os_cache_refused": refused,
+        "os_cache_drops": drops,
+        "flexible_mean_ms": flex,
+        "materialized_mean_ms": mat,
+        "speedup": flex / mat if mat else None,
         "rounds_ms": {k: [round(x, 3) for x in v] for k, v in means.items()},
     }

@@ -171,9 +171,18 @@ class PgBouncer:
     Raises ClusterError if PgBouncer is not installed or does not start (its log's tail).
     """
 
-    def __init__(self, cluster: Cluster, *, pool_mode: str = "transaction", auth: str = "query",
-                 users: Mapping[str, str] | None = None, settings: Mapping[str, str | int | float] | None = None,
-                 port: int | None = None, tls: bool | None = None, start: bool = True) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        *,
+        pool_mode: str = "transaction",
+        auth: str = "query",
+        users: Mapping[str, str] | None = None,
+        settings: Mapping[str, str | int | float] | None = None,
+        port: int | None = None,
+        tls: bool | None = None,
+        start: bool = True,
+    ) -> None:
         if pool_mode not in POOL_MODES:
             raise ValueError(f"pool_mode must be one of {', '.join(POOL_MODES)}, not {pool_mode!r}")
         if auth not in AUTH_MODES:
@@ -223,12 +232,17 @@ class PgBouncer:
         with self.cluster.admin() as conn:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [AUTH_USER]).fetchone()
             verb = "ALTER" if exists else "CREATE"
-            conn.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(
-                sql.Identifier(AUTH_USER), sql.Literal(self.auth_password)))
+            conn.execute(
+                sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(AUTH_USER), sql.Literal(self.auth_password)
+                )
+            )
             conn.execute(_AUTH_FUNCTION)
-            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA pgbouncer TO {}; "
-                                 "GRANT EXECUTE ON FUNCTION pgbouncer.get_auth(text) TO {}").format(
-                sql.Identifier(AUTH_USER), sql.Identifier(AUTH_USER)))
+            conn.execute(
+                sql.SQL(
+                    "GRANT USAGE ON SCHEMA pgbouncer TO {}; GRANT EXECUTE ON FUNCTION pgbouncer.get_auth(text) TO {}"
+                ).format(sql.Identifier(AUTH_USER), sql.Identifier(AUTH_USER))
+            )
 
     def _write_userlist(self) -> None:
         entries = {ADMIN_USER: self.admin_password}
@@ -261,11 +275,15 @@ class PgBouncer:
         if c.tls:
             main.update(server_tls_sslmode="require")
         if self.tls:
-            main.update(client_tls_sslmode="require", client_tls_key_file=str(self.base / "server.key"),
-                        client_tls_cert_file=str(self.base / "server.crt"))
-        text = ("; written by pgfeatures.bench.pgbouncer\n[databases]\n"
-                f"* = host=127.0.0.1 port={c.port}\n\n[pgbouncer]\n"
-                + "".join(f"{k} = {v}\n" for k, v in main.items()))
+            main.update(
+                client_tls_sslmode="require",
+                client_tls_key_file=str(self.base / "server.key"),
+                client_tls_cert_file=str(self.base / "server.crt"),
+            )
+        text = (
+            "; written by pgfeatures.bench.pgbouncer\n[databases]\n"
+            f"* = host=127.0.0.1 port={c.port}\n\n[pgbouncer]\n" + "".join(f"{k} = {v}\n" for k, v in main.items())
+        )
         self.ini.write_text(text)
         give_to_service(self.ini)
 
@@ -302,15 +320,27 @@ class PgBouncer:
 
         def listening() -> bool:
             if self.process is not None and self.process.poll() is not None:
-                raise ClusterError(f"pgbouncer exited at start (exit {self.process.returncode})\n{log_tail(self.logfile)}")
+                raise ClusterError(
+                    f"pgbouncer exited at start (exit {self.process.returncode})\n{log_tail(self.logfile)}"
+                )
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", self.port)) == 0
 
-        wait_for(listening, timeout, f"pgbouncer to listen on port {self.port}", interval=0.01,
-                 detail=lambda: log_tail(self.logfile))
+        wait_for(
+            listening,
+            timeout,
+            f"pgbouncer to listen on port {self.port}",
+            interval=0.01,
+            detail=lambda: log_tail(self.logfile),
+        )
         took = time.monotonic() - t0
-        log.info("pgbouncer (%s mode) started on port %d in front of port %d (%.2fs)", self.pool_mode, self.port,
-                 self.cluster.port, took)
+        log.info(
+            "pgbouncer (%s mode) started on port %d in front of port %d (%.2fs)",
+            self.pool_mode,
+            self.port,
+            self.cluster.port,
+            took,
+        )
         return took
 
     def is_running(self) -> bool:
@@ -357,8 +387,9 @@ class PgBouncer:
     def __enter__(self) -> PgBouncer:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -372,8 +403,9 @@ class PgBouncer:
 
     # -- connections ------------------------------------------------------------------------------
 
-    def dsn(self, user: str | None = None, password: str | None = None, *, dbname: str = "postgres",
-            **params: Any) -> str:
+    def dsn(
+        self, user: str | None = None, password: str | None = None, *, dbname: str = "postgres", **params: Any
+    ) -> str:
         """A connection string through PgBouncer for ``user`` (default: the cluster's first application
         role) with ``password`` (default: its current password); ``params``: other libpq parameters."""
         if self.tls:
@@ -384,8 +416,15 @@ class PgBouncer:
     def admin_dsn(self) -> str:
         """The admin console (database ``pgbouncer``); it speaks the simple query protocol only."""
         tls = {"sslmode": "require"} if self.tls else {}
-        return make_conninfo("", host="127.0.0.1", port=self.port, dbname="pgbouncer", user=ADMIN_USER,
-                             password=self.admin_password, **tls)
+        return make_conninfo(
+            "",
+            host="127.0.0.1",
+            port=self.port,
+            dbname="pgbouncer",
+            user=ADMIN_USER,
+            password=self.admin_password,
+            **tls,
+        )
 
     def command(self, text: str) -> list[dict[str, Any]]:
         """Run one admin console command (``SHOW POOLS``, ``RELOAD``, ``PAUSE``, ``RECONNECT`` ...); its rows.
@@ -393,8 +432,9 @@ class PgBouncer:
         Raises ClusterError if PgBouncer refuses it or cannot be reached.
         """
         try:
-            with psycopg.connect(self.admin_dsn(), autocommit=True, prepare_threshold=None, connect_timeout=5,
-                                 row_factory=dict_row) as conn:
+            with psycopg.connect(
+                self.admin_dsn(), autocommit=True, prepare_threshold=None, connect_timeout=5, row_factory=dict_row
+            ) as conn:
                 cur = conn.execute(text.encode())  # no parameters: psycopg sends a simple query
                 return list(cur.fetchall()) if cur.description else []
         except psycopg.Error as exc:

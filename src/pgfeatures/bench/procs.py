@@ -111,8 +111,14 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str, *, interval: float = 0.02,
-              detail: Callable[[], str] | None = None) -> float:
+def wait_for(
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    *,
+    interval: float = 0.02,
+    detail: Callable[[], str] | None = None,
+) -> float:
     """Poll ``check`` until it returns true; the seconds it took. Raises ClusterError naming ``what`` on timeout."""
     t0 = time.monotonic()
     while True:
@@ -156,29 +162,48 @@ def _as_service() -> dict[str, object]:
     return {"user": ids[0], "group": ids[1], "extra_groups": []}
 
 
-def run(args: Sequence[str], *, logfile: Path | None = None, timeout: float = 60,
-        env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    args: Sequence[str], *, logfile: Path | None = None, timeout: float = 60, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a server program as the service user; its output on success.
 
     Raises ClusterError with the program's output and ``logfile``'s tail when it fails or times out.
     """
     full_env = {**os.environ, **env} if env else None
     try:
-        return subprocess.run(list(args), check=True, capture_output=True, text=True, timeout=timeout,
-                              cwd="/", env=full_env, **_as_service())  # type: ignore[call-overload]
+        return subprocess.run(
+            list(args),
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd="/",
+            env=full_env,
+            **_as_service(),
+        )  # type: ignore[call-overload]
     except subprocess.CalledProcessError as exc:
         output = (exc.stderr or "").strip() or (exc.stdout or "").strip()
-        raise ClusterError(f"{Path(args[0]).name} failed (exit {exc.returncode}): {output}\n"
-                           f"{log_tail(logfile) if logfile else ''}") from exc
+        raise ClusterError(
+            f"{Path(args[0]).name} failed (exit {exc.returncode}): {output}\n{log_tail(logfile) if logfile else ''}"
+        ) from exc
     except subprocess.TimeoutExpired as exc:
-        raise ClusterError(f"{Path(args[0]).name} timed out after {timeout:g}s\n{log_tail(logfile) if logfile else ''}") from exc
+        raise ClusterError(
+            f"{Path(args[0]).name} timed out after {timeout:g}s\n{log_tail(logfile) if logfile else ''}"
+        ) from exc
 
 
 def spawn(args: Sequence[str], logfile: Path) -> subprocess.Popen[bytes]:
     """Start a long-running program as the service user, its output appended to ``logfile``."""
     with open(logfile, "ab") as out:
-        return subprocess.Popen(list(args), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                cwd="/", start_new_session=True, **_as_service())  # type: ignore[call-overload]
+        return subprocess.Popen(
+            list(args),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd="/",
+            start_new_session=True,
+            **_as_service(),
+        )  # type: ignore[call-overload]
 
 
 def give_to_service(path: Path) -> None:
@@ -198,9 +223,30 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
         raise ClusterError("TLS needs the openssl program to make a certificate (apt-get install openssl)")
     key, crt = folder / "server.key", folder / "server.crt"
     try:
-        subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                        "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(crt)],
-                       check=True, capture_output=True, text=True, timeout=30)
+        subprocess.run(
+            [
+                openssl,
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                str(key),
+                "-out",
+                str(crt),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except subprocess.CalledProcessError as exc:
         raise ClusterError(f"openssl could not make a certificate: {exc.stderr.strip()}") from exc
     for path in (key, crt):

@@ -61,7 +61,9 @@ class Link:
 
     def __post_init__(self) -> None:
         if self.delay_ms < 0 or self.jitter_ms < 0:
-            raise ValueError(f"delay and jitter must be >= 0 ms, got delay {self.delay_ms} ms, jitter {self.jitter_ms} ms")
+            raise ValueError(
+                f"delay and jitter must be >= 0 ms, got delay {self.delay_ms} ms, jitter {self.jitter_ms} ms"
+            )
 
     def sample_s(self, rng: random.Random) -> float:
         jitter = rng.uniform(0.0, self.jitter_ms) if self.jitter_ms else 0.0
@@ -229,7 +231,7 @@ class _Side(asyncio.Protocol):
 class _Session:
     """A client connection and its upstream connection, with one pipe per direction."""
 
-    def __init__(self, proxy: "LatencyProxy", loop: asyncio.AbstractEventLoop):
+    def __init__(self, proxy: LatencyProxy, loop: asyncio.AbstractEventLoop):
         stats = proxy.stats
 
         def up(n: int) -> None:
@@ -339,7 +341,7 @@ class LatencyProxy:
             await self._server.wait_closed()
             self._server = None
 
-    async def __aenter__(self) -> "LatencyProxy":
+    async def __aenter__(self) -> LatencyProxy:
         await self.start()
         return self
 
@@ -386,7 +388,7 @@ class LatencyProxy:
             self._thread.join()
             self._thread = self._loop = None
 
-    def __enter__(self) -> "LatencyProxy":
+    def __enter__(self) -> LatencyProxy:
         self.start_in_thread()
         return self
 
@@ -428,8 +430,13 @@ class ProxyProcess:
     """
 
     def __init__(
-        self, target: tuple[str, int], rtt_ms: float, jitter_ms: float = 0.0, *,
-        listen: tuple[str, int] = ("127.0.0.1", 0), seed: int = 0,
+        self,
+        target: tuple[str, int],
+        rtt_ms: float,
+        jitter_ms: float = 0.0,
+        *,
+        listen: tuple[str, int] = ("127.0.0.1", 0),
+        seed: int = 0,
     ):
         self.target = target
         self.rtt_ms = rtt_ms
@@ -442,16 +449,27 @@ class ProxyProcess:
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "pgfeatures.cli", "proxy",
-            "--target", f"{self.target[0]}:{self.target[1]}", "--listen", f"{self.listen[0]}:{self.listen[1]}",
-            "--rtt", repr(self.rtt_ms), "--jitter", repr(self.jitter_ms), "--seed", str(self.seed),
+            sys.executable,
+            "-m",
+            "pgfeatures.cli",
+            "proxy",
+            "--target",
+            f"{self.target[0]}:{self.target[1]}",
+            "--listen",
+            f"{self.listen[0]}:{self.listen[1]}",
+            "--rtt",
+            repr(self.rtt_ms),
+            "--jitter",
+            repr(self.jitter_ms),
+            "--seed",
+            str(self.seed),
         ]
 
     def dsn(self, dsn: str) -> str:
         assert self.address is not None, "proxy not started"
         return proxied_dsn(dsn, self.address)
 
-    def __enter__(self) -> "ProxyProcess":
+    def __enter__(self) -> ProxyProcess:
         # Only the ready line goes to stdout; anything else (errors) to a file, so no pipe can fill up and block the child.
         self._log = tempfile.TemporaryFile(mode="w+")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -485,7 +503,9 @@ class ProxyProcess:
 
 
 @contextlib.contextmanager
-def maybe_proxied(target: tuple[str, int], rtt_ms: float, jitter_ms: float = 0.0, seed: int = 0) -> Iterator[ProxyProcess | None]:
+def maybe_proxied(
+    target: tuple[str, int], rtt_ms: float, jitter_ms: float = 0.0, seed: int = 0
+) -> Iterator[ProxyProcess | None]:
     """A proxy process at ``rtt_ms``, or None (connect directly) when both rtt and jitter are 0."""
     if rtt_ms <= 0 and jitter_ms <= 0:
         yield None

@@ -66,8 +66,21 @@ from .reads_result import environment, evaluate, load, print_result, save
 from .runner import measure_tasks, measure_threads
 
 __all__ = [
-    "BENCH_TTL", "CLIENT_MODES", "HEADLINE_WEIGHT", "RAW_APP", "STRATEGIES", "TARGET_SAMPLES", "VARIANTS",
-    "BenchConfig", "Progress", "environment", "evaluate", "load", "print_result", "run_benchmark", "save",
+    "BENCH_TTL",
+    "CLIENT_MODES",
+    "HEADLINE_WEIGHT",
+    "RAW_APP",
+    "STRATEGIES",
+    "TARGET_SAMPLES",
+    "VARIANTS",
+    "BenchConfig",
+    "Progress",
+    "environment",
+    "evaluate",
+    "load",
+    "print_result",
+    "run_benchmark",
+    "save",
     "variant_registries",
 ]
 
@@ -111,12 +124,23 @@ class BenchConfig:
     drop_os_cache: bool = False  # empty the host's OS page cache before each cold start (root; whole host)
 
     @classmethod
-    def quick(cls, **changes: Any) -> "BenchConfig":
+    def quick(cls, **changes: Any) -> BenchConfig:
         """A smoke run of about 2 minutes (108 s measured on 2 busy cores): loopback and 20 ms, 30 tables,
         shorter rows."""
-        return replace(cls(rtts_ms=(0.0, 20.0), table_counts=(30,), row_seconds=0.3, clients=(1, 4),
-                           client_seconds=0.5, instrument=("single",), service_clients=(1, 8),
-                           cold_entities=20_000, cold_requests=300), **changes)
+        return replace(
+            cls(
+                rtts_ms=(0.0, 20.0),
+                table_counts=(30,),
+                row_seconds=0.3,
+                clients=(1, 4),
+                client_seconds=0.5,
+                instrument=("single",),
+                service_clients=(1, 8),
+                cold_entities=20_000,
+                cold_requests=300,
+            ),
+            **changes,
+        )
 
     def validate(self) -> None:
         """Raises BenchmarkError naming the bad setting and what is valid."""
@@ -125,7 +149,9 @@ class BenchConfig:
             raise BenchmarkError(f"unknown strategies {', '.join(bad)}; valid: {', '.join(STRATEGIES)}")
         bad = [s for s in self.instrument if s not in STRATEGIES or s == "parallel"]
         if bad:
-            raise BenchmarkError(f"cannot instrument {', '.join(bad)}; valid: {', '.join(s for s in STRATEGIES if s != 'parallel')}")
+            raise BenchmarkError(
+                f"cannot instrument {', '.join(bad)}; valid: {', '.join(s for s in STRATEGIES if s != 'parallel')}"
+            )
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad:
             raise BenchmarkError(f"unknown variants {', '.join(bad)}; valid: {', '.join(VARIANTS)}")
@@ -133,7 +159,9 @@ class BenchConfig:
         if bad:
             raise BenchmarkError(f"unknown client modes {', '.join(bad)}; valid: {', '.join(CLIENT_MODES)}")
         if not self.table_counts or min(self.table_counts) < 1 or max(self.table_counts) > 30:
-            raise BenchmarkError(f"table counts must be between 1 and 30 (the demo has 30 tables), got {self.table_counts}")
+            raise BenchmarkError(
+                f"table counts must be between 1 and 30 (the demo has 30 tables), got {self.table_counts}"
+            )
         if not self.rtts_ms or min(self.rtts_ms) < 0 or self.jitter_ms < 0:
             raise BenchmarkError(f"round-trips and jitter must be >= 0 ms, got {self.rtts_ms} and {self.jitter_ms}")
         if min(self.clients, default=1) < 1 or self.parallel < 1 or self.batch_size < 1 or self.explain_every < 1:
@@ -142,7 +170,6 @@ class BenchConfig:
             raise BenchmarkError("entities, sample, requests and min-requests must be >= 1")
         if self.parallel > max(self.table_counts) and "parallel" in self.strategies:
             raise BenchmarkError(f"parallel ({self.parallel}) cannot exceed the table count ({max(self.table_counts)})")
-
 
 
 # -- the whole run --------------------------------------------------------------------------------
@@ -188,8 +215,9 @@ def _distance(cfg: BenchConfig, registry: Registry, dsn: str, rtt: float, redis_
         if cfg.materialized:
             from . import materialized
 
-            services = stack.enter_context(FeatureStore(materialized.service_registry(registry), cell_dsn, pool_size=1,
-                                                        write_pool_size=0))
+            services = stack.enter_context(
+                FeatureStore(materialized.service_registry(registry), cell_dsn, pool_size=1, write_pool_size=0)
+            )
         yield Distance(rtt, cell_dsn, store, raw, par, rf, variants, unprepared, services)
 
 
@@ -211,7 +239,9 @@ def variant_registries(registry: Registry, variants: Sequence[str]) -> dict[str,
     return out
 
 
-def _throughput(cfg: BenchConfig, registry: Registry, d: Distance, names: list[str], keys: list[bytes]) -> list[dict[str, Any]]:
+def _throughput(
+    cfg: BenchConfig, registry: Registry, d: Distance, names: list[str], keys: list[bytes]
+) -> list[dict[str, Any]]:
     """Requests/s of the default read at each client count: threads on a FeatureStore, tasks on an AsyncFeatureStore."""
     out = []
     size = max(cfg.clients)
@@ -232,7 +262,9 @@ def _throughput(cfg: BenchConfig, registry: Registry, d: Distance, names: list[s
     return [{"rtt_ms": d.rtt_ms, "tables": len(names), **t} for t in out]
 
 
-def _breakdowns(cfg: BenchConfig, d: Distance, names: list[str], keys: list[bytes], batches: list[list[bytes]]) -> list[dict[str, Any]]:
+def _breakdowns(
+    cfg: BenchConfig, d: Distance, names: list[str], keys: list[bytes], batches: list[list[bytes]]
+) -> list[dict[str, Any]]:
     out = []
     store = d.store
     est_ms = d.rtt_ms + 0.8
@@ -241,7 +273,9 @@ def _breakdowns(cfg: BenchConfig, d: Distance, names: list[str], keys: list[byte
             reader: Any = store.batch_reader(names)
             plain: Callable[[Any], Any] = functools.partial(store.read_batch, reader)
             args: Sequence[Any] = batches
-            n = int(max(cfg.min_requests, min(cfg.requests // 10, cfg.row_seconds * 1e3 / (est_ms + 0.15 * cfg.batch_size))))
+            n = int(
+                max(cfg.min_requests, min(cfg.requests // 10, cfg.row_seconds * 1e3 / (est_ms + 0.15 * cfg.batch_size)))
+            )
         else:
             reader = store.reader(names, strategy=s)
             plain = functools.partial(store.read, reader)
@@ -253,13 +287,25 @@ def _breakdowns(cfg: BenchConfig, d: Distance, names: list[str], keys: list[byte
             if a != b:
                 raise BenchmarkError(f"the instrumented {s} read returned different features than the store")
 
-        b = measure_breakdown(s, store.read_pool, reader, plain, args, n, rtt_ms=d.rtt_ms,
-                              explain_every=cfg.explain_every, seed=cfg.seed, check=same)
+        b = measure_breakdown(
+            s,
+            store.read_pool,
+            reader,
+            plain,
+            args,
+            n,
+            rtt_ms=d.rtt_ms,
+            explain_every=cfg.explain_every,
+            seed=cfg.seed,
+            check=same,
+        )
         out.append(b.as_dict())
     return out
 
 
-def run_benchmark(dsn: str, cfg: BenchConfig, *, argv: Sequence[str] | None = None, progress: Progress = print) -> dict[str, Any]:
+def run_benchmark(
+    dsn: str, cfg: BenchConfig, *, argv: Sequence[str] | None = None, progress: Progress = print
+) -> dict[str, Any]:
     """Load (or reuse) the demo data, measure everything ``cfg`` asks for, and return the results.
 
     Raises BenchmarkError for a bad configuration or when strategies disagree,
@@ -271,8 +317,10 @@ def run_benchmark(dsn: str, cfg: BenchConfig, *, argv: Sequence[str] | None = No
     with psycopg.connect(dsn, autocommit=True) as conn:
         t0 = time.perf_counter()
         loaded = demo.load_demo(conn, registry, cfg.entities, cfg.seed)
-        progress(f"demo data {'loaded' if loaded else 'present'}: {len(registry.tables)} tables x 8 real, "
-                 f"{cfg.entities:,} entities in schema {cfg.schema} ({time.perf_counter() - t0:.1f}s)")
+        progress(
+            f"demo data {'loaded' if loaded else 'present'}: {len(registry.tables)} tables x 8 real, "
+            f"{cfg.entities:,} entities in schema {cfg.schema} ({time.perf_counter() - t0:.1f}s)"
+        )
         server_version = one_row(conn.execute("SHOW server_version"))[0]
         mat: dict[str, Any] = {}
         if cfg.materialized:
@@ -308,8 +356,10 @@ def run_benchmark(dsn: str, cfg: BenchConfig, *, argv: Sequence[str] | None = No
                 latency += rows
                 by = {r["name"]: r for r in rows}
                 default = next(r for r in rows if r["default"]) if any(r["default"] for r in rows) else by["raw"]
-                progress(f"rtt {rtt:g} ms, {count} tables: select1 p50 {by['select1']['p50_ms']:.3f} ms, "
-                         f"{default['name']} p50 {default['p50_ms']:.3f} ms ({time.time() - started:.0f}s)")
+                progress(
+                    f"rtt {rtt:g} ms, {count} tables: select1 p50 {by['select1']['p50_ms']:.3f} ms, "
+                    f"{default['name']} p50 {default['p50_ms']:.3f} ms ({time.time() - started:.0f}s)"
+                )
             widest = names_all[: max(cfg.table_counts)]
             if cfg.instrument:
                 breakdown += _breakdowns(cfg, d, widest, keys, batches)
@@ -324,14 +374,18 @@ def run_benchmark(dsn: str, cfg: BenchConfig, *, argv: Sequence[str] | None = No
             materialized.check_same(store, keys[:50])
         if cfg.service_clients:
             progress(f"materialized service throughput at {', '.join(map(str, cfg.service_clients))} async clients")
-            mat["throughput"] = materialized.throughput(svc_registry, dsn, keys, cfg.service_clients, cfg.client_seconds,
-                                                        cfg.seed)
+            mat["throughput"] = materialized.throughput(
+                svc_registry, dsn, keys, cfg.service_clients, cfg.client_seconds, cfg.seed
+            )
         if cfg.cold_entities:
             if cfg.drop_os_cache:
-                progress("warning: --drop-os-cache empties the OS page cache of the whole host (every process's "
-                         "cached files) before each cold start of the cold-read part")
-            mat["cold"] = materialized.cold(cfg.cold_entities, cfg.cold_requests, progress=progress, seed=cfg.seed,
-                                            drop_os_cache=cfg.drop_os_cache)
+                progress(
+                    "warning: --drop-os-cache empties the OS page cache of the whole host (every process's "
+                    "cached files) before each cold start of the cold-read part"
+                )
+            mat["cold"] = materialized.cold(
+                cfg.cold_entities, cfg.cold_requests, progress=progress, seed=cfg.seed, drop_os_cache=cfg.drop_os_cache
+            )
     result = {
         "meta": environment(dsn, server_version, redis_version, cfg, argv, started),
         "latency": latency,

@@ -67,7 +67,7 @@ class AsyncSide:
         self.loop = asyncio.new_event_loop()
         self.store = AsyncFeatureStore(registry, dsn, pool_size=pool_size, write_pool_size=1)
 
-    def __enter__(self) -> "AsyncSide":
+    def __enter__(self) -> AsyncSide:
         self.loop.run_until_complete(self.store.open())
         return self
 
@@ -116,35 +116,64 @@ def _rows(cfg: BenchConfig, d: Distance, names: list[str]) -> list[_Row]:
         cur.execute(default_stmt, (key,), prepare=True, binary=True)
         return cur.fetchone()
 
-    rows = [_Row("select1", "baseline", select1, local_ms=0.1, weight=HEADLINE_WEIGHT),
-            _Row("raw", "raw", raw, local_ms=0.3)]
+    rows = [
+        _Row("select1", "baseline", select1, local_ms=0.1, weight=HEADLINE_WEIGHT),
+        _Row("raw", "raw", raw, local_ms=0.3),
+    ]
     per_key_ms = 0.15 * count / 30
     for s in cfg.strategies:
         if s == "batch":
-            rows.append(_Row("batch", "strategy", lambda ks: store.get_features_batch(ks, names), batch=True,
-                             local_ms=per_key_ms * cfg.batch_size))
+            rows.append(
+                _Row(
+                    "batch",
+                    "strategy",
+                    lambda ks: store.get_features_batch(ks, names),
+                    batch=True,
+                    local_ms=per_key_ms * cfg.batch_size,
+                )
+            )
         elif s == "parallel":
             assert d.parallel is not None
             rows.append(_Row("parallel", "strategy", d.parallel.parallel(names, cfg.parallel), local_ms=1.0))
         else:
             strategy = Strategy(s)
             sequential = strategy is Strategy.SEQUENTIAL
-            rows.append(_Row(
-                s, "strategy", (lambda st: lambda k: store.get_features(k, names, strategy=st))(strategy),
-                round_trips=count if sequential else 1, local_ms=(0.12 * count) if sequential else 0.6,
-                default=strategy is DEFAULT_STRATEGY, weight=HEADLINE_WEIGHT if strategy is DEFAULT_STRATEGY else 1,
-            ))
+            rows.append(
+                _Row(
+                    s,
+                    "strategy",
+                    (lambda st: lambda k: store.get_features(k, names, strategy=st))(strategy),
+                    round_trips=count if sequential else 1,
+                    local_ms=(0.12 * count) if sequential else 0.6,
+                    default=strategy is DEFAULT_STRATEGY,
+                    weight=HEADLINE_WEIGHT if strategy is DEFAULT_STRATEGY else 1,
+                )
+            )
     if "entities" in d.variants:
         multi = d.variants["entities"]
         reader = multi.reader(names)
         entity_names = [e.name for e in reader.selection.entities]
-        rows.append(_Row(f"{len(entity_names)} entities", "strategy",
-                         lambda k: multi.read(reader, {e: k for e in entity_names}), local_ms=0.6))
+        rows.append(
+            _Row(
+                f"{len(entity_names)} entities",
+                "strategy",
+                lambda k: multi.read(reader, {e: k for e in entity_names}),
+                local_ms=0.6,
+            )
+        )
     if "ttl" in d.variants:
-        rows.append(_Row("ttl", "strategy", (lambda st: lambda k: st.get_features(k, names))(d.variants["ttl"]), local_ms=0.6))
+        rows.append(
+            _Row("ttl", "strategy", (lambda st: lambda k: st.get_features(k, names))(d.variants["ttl"]), local_ms=0.6)
+        )
     if "pooler" in d.variants:
-        rows.append(_Row("pooler functions", "strategy", (lambda st: lambda k: st.get_features(k, names))(d.variants["pooler"]),
-                         local_ms=0.7))
+        rows.append(
+            _Row(
+                "pooler functions",
+                "strategy",
+                (lambda st: lambda k: st.get_features(k, names))(d.variants["pooler"]),
+                local_ms=0.7,
+            )
+        )
     if d.unprepared is not None:
         plain = psycopg.RawCursor(d.unprepared)
 
@@ -157,11 +186,14 @@ def _rows(cfg: BenchConfig, d: Distance, names: list[str]) -> list[_Row]:
         from . import materialized
 
         for name, call in materialized.latency_calls(d.services).items():
-            rows.append(_Row(name, "service", call, local_ms=0.4 if "materialized" in name else 0.6,
-                             weight=HEADLINE_WEIGHT))
+            rows.append(
+                _Row(name, "service", call, local_ms=0.4 if "materialized" in name else 0.6, weight=HEADLINE_WEIGHT)
+            )
     if d.redis is not None:
         rows.append(_Row("redis", "redis", d.redis.reader(names), local_ms=0.2))
-        rows.append(_Row("redis batch", "redis", d.redis.batch_reader(names), batch=True, local_ms=0.02 * cfg.batch_size))
+        rows.append(
+            _Row("redis batch", "redis", d.redis.batch_reader(names), batch=True, local_ms=0.02 * cfg.batch_size)
+        )
     return rows
 
 
@@ -174,15 +206,23 @@ def _check_same(rows: list[_Row], key: bytes, batch: list[bytes]) -> None:
     reference = results.get("single", next(iter(results.values()), None))
     for name, got in results.items():
         if got != reference:
-            raise BenchmarkError(f"{name} returned different features than single for key {key.hex()}: {got!r} != {reference!r}")
+            raise BenchmarkError(
+                f"{name} returned different features than single for key {key.hex()}: {got!r} != {reference!r}"
+            )
 
 
 # -- one cell: one distance x one table count -----------------------------------------------------
 
 
 def measure_cell(
-    cfg: BenchConfig, d: Distance, names: list[str], keys: list[bytes], batches: list[list[bytes]],
-    local: dict[tuple[int, str], float], seed: int, target_cell: bool,
+    cfg: BenchConfig,
+    d: Distance,
+    names: list[str],
+    keys: list[bytes],
+    batches: list[list[bytes]],
+    local: dict[tuple[int, str], float],
+    seed: int,
+    target_cell: bool,
 ) -> list[dict[str, Any]]:
     rows = _rows(cfg, d, names)
     _check_same(rows, batches[0][0], batches[0])
@@ -206,9 +246,16 @@ def measure_cell(
         m = measured[row.name]
         if d.rtt_ms == 0:
             local[(len(names), row.name)] = m.stats.p50_ms * (cfg.batch_size if row.batch else 1)
-        out.append({
-            "rtt_ms": d.rtt_ms, "tables": len(names), "kind": row.kind, "default": row.default,
-            "round_trips": row.round_trips, "keys_per_call": cfg.batch_size if row.batch else 1,
-            **m.stats.as_dict(), "quantiles": [round(q, 5) for q in m.quantiles()],
-        })
+        out.append(
+            {
+                "rtt_ms": d.rtt_ms,
+                "tables": len(names),
+                "kind": row.kind,
+                "default": row.default,
+                "round_trips": row.round_trips,
+                "keys_per_call": cfg.batch_size if row.batch else 1,
+                **m.stats.as_dict(),
+                "quantiles": [round(q, 5) for q in m.quantiles()],
+            }
+        )
     return out

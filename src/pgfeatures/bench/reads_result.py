@@ -58,34 +58,69 @@ def evaluate(result: dict[str, Any]) -> list[dict[str, Any]]:
         seq = _find(rows, far, tables, "sequential")
         if seq:
             trips = seq["p50_ms"] / base["p50_ms"]
-            add(f"sequential round-trips ({far:g} ms, {tables} tables)", f"~{tables}", f"{trips:.1f}",
-                0.8 * tables <= trips <= 1.3 * tables)
+            add(
+                f"sequential round-trips ({far:g} ms, {tables} tables)",
+                f"~{tables}",
+                f"{trips:.1f}",
+                0.8 * tables <= trips <= 1.3 * tables,
+            )
     near = min((r["rtt_ms"] for r in rows), default=None)
     if near == 0:
         best = _find(rows, 0.0, tables, default)
         if best:
-            add(f"{default} p50 (loopback, {tables} tables)", "<= 0.3 ms", f"{best['p50_ms']:.3f} ms", best["p50_ms"] <= 0.3)
-            add(f"{default} client CPU (loopback, {tables} tables)", "<= 0.06 ms", f"{best['cpu_ms']:.3f} ms", best["cpu_ms"] <= 0.06)
+            add(
+                f"{default} p50 (loopback, {tables} tables)",
+                "<= 0.3 ms",
+                f"{best['p50_ms']:.3f} ms",
+                best["p50_ms"] <= 0.3,
+            )
+            add(
+                f"{default} client CPU (loopback, {tables} tables)",
+                "<= 0.06 ms",
+                f"{best['cpu_ms']:.3f} ms",
+                best["cpu_ms"] <= 0.06,
+            )
             raw = _find(rows, 0.0, tables, "raw")
             if raw:
-                add(f"library cost: {default} / raw (loopback)", "-",
-                    f"x{best['p50_ms'] / raw['p50_ms']:.2f} (CPU x{best['cpu_ms'] / raw['cpu_ms']:.2f})", None)
+                add(
+                    f"library cost: {default} / raw (loopback)",
+                    "-",
+                    f"x{best['p50_ms'] / raw['p50_ms']:.2f} (CPU x{best['cpu_ms'] / raw['cpu_ms']:.2f})",
+                    None,
+                )
             for count in sorted({r["tables"] for r in rows} - {tables}):
                 fewer = _find(rows, 0.0, count, default)
                 if fewer:
-                    add(f"{default} p50 (loopback, {count} tables)", f"< {best['p50_ms']:.3f} ms",
-                        f"{fewer['p50_ms']:.3f} ms", fewer["p50_ms"] < best["p50_ms"])
+                    add(
+                        f"{default} p50 (loopback, {count} tables)",
+                        f"< {best['p50_ms']:.3f} ms",
+                        f"{fewer['p50_ms']:.3f} ms",
+                        fewer["p50_ms"] < best["p50_ms"],
+                    )
         batch = _find(rows, 0.0, tables, "batch")
         if batch:
-            add(f"batch x{batch['keys_per_call']} per key (loopback, {tables} tables)", "<= 0.15 ms",
-                f"{batch['p50_ms']:.3f} ms", batch["p50_ms"] <= 0.15)
+            add(
+                f"batch x{batch['keys_per_call']} per key (loopback, {tables} tables)",
+                "<= 0.15 ms",
+                f"{batch['p50_ms']:.3f} ms",
+                batch["p50_ms"] <= 0.15,
+            )
         redis = _find(rows, 0.0, tables, "redis")
         if redis and best:
-            add(f"{default} / redis p50 (loopback, {tables} tables)", "-", f"x{best['p50_ms'] / redis['p50_ms']:.2f}", None)
+            add(
+                f"{default} / redis p50 (loopback, {tables} tables)",
+                "-",
+                f"x{best['p50_ms'] / redis['p50_ms']:.2f}",
+                None,
+            )
     _materialized_checks(result, add)
     for b in result.get("breakdown", []):
-        add(f"breakdown adds up ({b['label']}, {b['rtt_ms']:g} ms)", "within 5%",
-            f"{b['unattributed_pct']:+.2f}% left", b["sums_ok"])
+        add(
+            f"breakdown adds up ({b['label']}, {b['rtt_ms']:g} ms)",
+            "within 5%",
+            f"{b['unattributed_pct']:+.2f}% left",
+            b["sums_ok"],
+        )
     return checks
 
 
@@ -109,7 +144,12 @@ def _memory_gb() -> float | None:
 
 
 def environment(
-    dsn: str, server_version: str, redis_version: str | None, cfg: BenchConfig, argv: Sequence[str] | None, started: float
+    dsn: str,
+    server_version: str,
+    redis_version: str | None,
+    cfg: BenchConfig,
+    argv: Sequence[str] | None,
+    started: float,
 ) -> dict[str, Any]:
     import matplotlib
     import numpy
@@ -119,7 +159,7 @@ def environment(
 
     return {
         "command": shlex.join(argv if argv is not None else ["pgfeatures", *sys.argv[1:]]),
-        "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
+        "started": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(timespec="seconds"),
         "duration_s": round(time.time() - started, 1),
         "dsn": redact(dsn),
         "machine": {
@@ -195,8 +235,12 @@ def _materialized_checks(result: dict[str, Any], add: Callable[[str, str, str, b
     cold = result.get("materialized", {}).get("cold")
     if cold:
         how = "restart + dropped OS cache" if cold["os_cache_dropped"] else "restart (OS cache kept)"
-        add(f"cold reads ({how}), first {cold['requests']}: service / materialized mean", ">= 5x",
-            f"x{cold['speedup']:.2f}", cold["speedup"] >= 5)
+        add(
+            f"cold reads ({how}), first {cold['requests']}: service / materialized mean",
+            ">= 5x",
+            f"x{cold['speedup']:.2f}",
+            cold["speedup"] >= 5,
+        )
 
 
 def print_result(result: dict[str, Any], console: Any) -> None:
@@ -207,8 +251,12 @@ def print_result(result: dict[str, Any], console: Any) -> None:
     rows = result["latency"]
     for rtt in sorted({r["rtt_ms"] for r in rows}):
         where = "direct loopback" if rtt == 0 else f"{rtt:g} ms round-trip through the proxy"
-        t = Table(title=f"latency per request (ms), {where}", caption="* default strategy; /key: per key of a batch; "
-                  "-select1: p50 above SELECT 1's; xraw: p50 over the raw statement's", box=box.SIMPLE_HEAD)
+        t = Table(
+            title=f"latency per request (ms), {where}",
+            caption="* default strategy; /key: per key of a batch; "
+            "-select1: p50 above SELECT 1's; xraw: p50 over the raw statement's",
+            box=box.SIMPLE_HEAD,
+        )
         for col in ["row", "n", "p50", "p90", "p99", "CPU", "-select1", "xraw"]:
             t.add_column(col, justify="left" if col == "row" else "right", no_wrap=True)
         for count in sorted({r["tables"] for r in rows if r["rtt_ms"] == rtt}):
@@ -224,50 +272,94 @@ def print_result(result: dict[str, Any], console: Any) -> None:
                 x = r["p50_ms"] / raw["p50_ms"] if raw else 0.0
                 ratio = f"{x:.2f}" if x < 10 else f"{x:.0f}"
                 ratio = ratio if raw and r["kind"] == "strategy" and single else ""
-                t.add_row(label, str(r["n"]), _ms(r["p50_ms"]), _ms(r["p90_ms"]), _ms(r["p99_ms"]), _ms(r["cpu_ms"]), diff, ratio)
+                t.add_row(
+                    label,
+                    str(r["n"]),
+                    _ms(r["p50_ms"]),
+                    _ms(r["p90_ms"]),
+                    _ms(r["p99_ms"]),
+                    _ms(r["cpu_ms"]),
+                    diff,
+                    ratio,
+                )
         console.print(t)
     if result["throughput"]:
-        t = Table(title="throughput: concurrent clients reading the default strategy back to back (ms)", box=box.SIMPLE_HEAD)
+        t = Table(
+            title="throughput: concurrent clients reading the default strategy back to back (ms)", box=box.SIMPLE_HEAD
+        )
         for col in ["rtt", "tables", "mode", "clients", "req/s", "p50", "p99", "CPU/req"]:
             t.add_column(col, justify="right", no_wrap=True)
         for r in result["throughput"]:
-            t.add_row(f"{r['rtt_ms']:g}", str(r["tables"]), r["mode"], str(r["clients"]), f"{r['rps']:.0f}",
-                      f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['cpu_ms']:.3f}")
+            t.add_row(
+                f"{r['rtt_ms']:g}",
+                str(r["tables"]),
+                r["mode"],
+                str(r["clients"]),
+                f"{r['rps']:.0f}",
+                f"{r['p50_ms']:.3f}",
+                f"{r['p99_ms']:.3f}",
+                f"{r['cpu_ms']:.3f}",
+            )
         console.print(t)
     mat = result.get("materialized") or {}
     if mat.get("throughput"):
-        t = Table(title=f"feature service over every table: materialized or not, async clients, one process "
-                        f"(built in {mat.get('build_s', 0):.1f}s)", box=box.SIMPLE_HEAD)
+        t = Table(
+            title=f"feature service over every table: materialized or not, async clients, one process "
+            f"(built in {mat.get('build_s', 0):.1f}s)",
+            box=box.SIMPLE_HEAD,
+        )
         for col in ["variant", "clients", "req/s", "p50", "p99", "client CPU/req", "machine CPU/req"]:
             t.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
         for r in mat["throughput"]:
-            t.add_row(r["name"], str(r["clients"]), f"{r['rps']:.0f}", f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}",
-                      f"{r['cpu_ms']:.3f}", f"{r['machine_cpu_ms']:.3f}")
+            t.add_row(
+                r["name"],
+                str(r["clients"]),
+                f"{r['rps']:.0f}",
+                f"{r['p50_ms']:.3f}",
+                f"{r['p99_ms']:.3f}",
+                f"{r['cpu_ms']:.3f}",
+                f"{r['machine_cpu_ms']:.3f}",
+            )
         console.print(t)
     if mat.get("cold"):
         c = mat["cold"]
         how = "restart + dropped OS page cache" if c["os_cache_dropped"] else f"restart only ({c['os_cache_refused']})"
-        console.print(f"cold reads ({how}, shared_buffers {c['shared_buffers']}, {c['tables']} tables x "
-                      f"{c['entities']:,} entities): mean of the first {c['requests']} requests: service "
-                      f"{c['flexible_mean_ms']:.3f} ms, materialized {c['materialized_mean_ms']:.3f} ms "
-                      f"(x{c['speedup']:.1f})", highlight=False)
+        console.print(
+            f"cold reads ({how}, shared_buffers {c['shared_buffers']}, {c['tables']} tables x "
+            f"{c['entities']:,} entities): mean of the first {c['requests']} requests: service "
+            f"{c['flexible_mean_ms']:.3f} ms, materialized {c['materialized_mean_ms']:.3f} ms "
+            f"(x{c['speedup']:.1f})",
+            highlight=False,
+        )
     for b in result["breakdown"]:
-        t = Table(title=f"where the time goes: {b['label']}, {b['tables']} tables, {b['rtt_ms']:g} ms round-trip "
-                        f"({b['n']} requests, {b['explained']} EXPLAIN twins)", box=box.SIMPLE_HEAD)
+        t = Table(
+            title=f"where the time goes: {b['label']}, {b['tables']} tables, {b['rtt_ms']:g} ms round-trip "
+            f"({b['n']} requests, {b['explained']} EXPLAIN twins)",
+            box=box.SIMPLE_HEAD,
+        )
         for col in ["component", "p50 ms", "p99 ms", "mean ms", "share"]:
             t.add_column(col, justify="left" if col == "component" else "right", no_wrap=True)
         total = b["total"]["mean_ms"]
         for name, q in b["components"].items():
-            t.add_row(name, f"{q['p50_ms']:.3f}", f"{q['p99_ms']:.3f}", f"{q['mean_ms']:.3f}", f"{q['mean_ms'] / total:.0%}")
+            t.add_row(
+                name, f"{q['p50_ms']:.3f}", f"{q['p99_ms']:.3f}", f"{q['mean_ms']:.3f}", f"{q['mean_ms'] / total:.0%}"
+            )
         t.add_section()
-        t.add_row("total", f"{b['total']['p50_ms']:.3f}", f"{b['total']['p99_ms']:.3f}", f"{total:.3f}",
-                  f"{b['unattributed_pct']:+.1f}% left")
+        t.add_row(
+            "total",
+            f"{b['total']['p50_ms']:.3f}",
+            f"{b['total']['p99_ms']:.3f}",
+            f"{total:.3f}",
+            f"{b['unattributed_pct']:+.1f}% left",
+        )
         u = b["uninstrumented"]
         t.add_row("uninstrumented", f"{u['p50_ms']:.3f}", f"{u['p99_ms']:.3f}", f"{u['mean_ms']:.3f}", "")
         console.print(t)
         slowest = sorted(b["per_table"].items(), key=lambda kv: -kv[1]["p50_ms"])[:3]
         if slowest:
-            console.print("  slowest tables on the server (p50): " + ", ".join(f"{k} {v['p50_ms']:.3f} ms" for k, v in slowest))
+            console.print(
+                "  slowest tables on the server (p50): " + ", ".join(f"{k} {v['p50_ms']:.3f} ms" for k, v in slowest)
+            )
     for name, why in result.get("skipped", {}).items():
         console.print(f"[yellow]skipped {name}:[/yellow] {why}")
     t = Table(title="targets (issue 6)", box=box.SIMPLE_HEAD)
@@ -278,5 +370,7 @@ def print_result(result: dict[str, Any], console: Any) -> None:
         t.add_row(c["check"], c["target"], c["value"], mark)
     console.print(t)
     m = result["meta"]
-    console.print(f"{m['machine']['cpu']} x{m['machine']['cpus']}, PostgreSQL {m['versions']['postgresql']}, "
-                  f"Python {m['versions']['python']}, psycopg {m['versions']['psycopg']}; {m['duration_s']}s; command: {m['command']}")
+    console.print(
+        f"{m['machine']['cpu']} x{m['machine']['cpus']}, PostgreSQL {m['versions']['postgresql']}, "
+        f"Python {m['versions']['python']}, psycopg {m['versions']['psycopg']}; {m['duration_s']}s; command: {m['command']}"
+    )

@@ -24,9 +24,17 @@ from matplotlib.figure import Figure  # noqa: E402
 from .instrument import COMPONENTS  # noqa: E402
 
 COLORS = {
-    "select1": "#000000", "raw": "#7f7f7f", "single": "#d62728", "union": "#ff7f0e", "join": "#bcbd22",
-    "pipeline": "#1f77b4", "sequential": "#9467bd", "batch": "#2ca02c", "parallel": "#17becf",
-    "redis": "#8c564b", "redis batch": "#e377c2",
+    "select1": "#000000",
+    "raw": "#7f7f7f",
+    "single": "#d62728",
+    "union": "#ff7f0e",
+    "join": "#bcbd22",
+    "pipeline": "#1f77b4",
+    "sequential": "#9467bd",
+    "batch": "#2ca02c",
+    "parallel": "#17becf",
+    "redis": "#8c564b",
+    "redis batch": "#e377c2",
 }
 COMPONENT_COLORS = dict(zip(COMPONENTS, ["#bcbd22", "#1f77b4", "#d62728", "#c7c7c7", "#9467bd", "#ff7f0e", "#2ca02c"]))
 
@@ -36,7 +44,7 @@ def _svg(fig: Figure) -> str:
     fig.savefig(buf, format="svg", bbox_inches="tight")
     plt.close(fig)
     text = buf.getvalue()
-    return text[text.index("<svg"):]  # drop the XML prolog and doctype: the SVG is inlined in HTML
+    return text[text.index("<svg") :]  # drop the XML prolog and doctype: the SVG is inlined in HTML
 
 
 def _rtt_label(rtt: float) -> str:
@@ -57,8 +65,14 @@ def _legend(fig: Figure, axes: list[Any]) -> None:
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
-    fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
-               ncol=min(6, len(handles)), frameon=False)
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=min(6, len(handles)),
+        frameon=False,
+    )
 
 
 # -- plots ----------------------------------------------------------------------------------------
@@ -81,7 +95,11 @@ def plot_distributions(rows: list[dict[str, Any]]) -> str:
         for r in cell:
             qs = r["quantiles"]
             pct = [100 * i / (len(qs) - 1) for i in range(len(qs))]
-            style = {"label": _label(r), "color": COLORS.get(r["name"]), "lw": 2.2 if r["default"] or r["name"] == "select1" else 1.2}
+            style = {
+                "label": _label(r),
+                "color": COLORS.get(r["name"]),
+                "lw": 2.2 if r["default"] or r["name"] == "select1" else 1.2,
+            }
             top.plot(qs, pct, **style)
             if r["keys_per_call"] == 1 and r["round_trips"] == 1:
                 excess = [q - base for q in qs]
@@ -126,7 +144,9 @@ def plot_vs_rtt(rows: list[dict[str, Any]]) -> str:
         for name in dict.fromkeys(r["name"] for r in cell):
             by = {r["rtt_ms"]: r for r in cell if r["name"] == name}
             xs = [i for i, rtt in enumerate(rtts) if rtt in by]
-            ax.plot(xs, [by[rtts[i]][key] for i in xs], "o-", label=_label(next(iter(by.values()))), color=COLORS.get(name))
+            ax.plot(
+                xs, [by[rtts[i]][key] for i in xs], "o-", label=_label(next(iter(by.values()))), color=COLORS.get(name)
+            )
         ax.set_xticks(range(len(rtts)), [_rtt_label(r) for r in rtts])
         ax.set_yscale("log")
         ax.set_ylabel(f"{title} latency (ms, log)")
@@ -139,7 +159,7 @@ def plot_vs_rtt(rows: list[dict[str, Any]]) -> str:
 def plot_throughput(rows: list[dict[str, Any]]) -> str:
     fig, axes = _grid(2, 6.0, 4.0)
     styles = {"threads": "-", "async": "--"}
-    for (mode, rtt) in dict.fromkeys((r["mode"], r["rtt_ms"]) for r in rows):
+    for mode, rtt in dict.fromkeys((r["mode"], r["rtt_ms"]) for r in rows):
         pts = sorted((r["clients"], r["rps"], r["p50_ms"]) for r in rows if r["mode"] == mode and r["rtt_ms"] == rtt)
         label = f"{mode}, {_rtt_label(rtt)}"
         axes[0].plot([p[0] for p in pts], [p[1] for p in pts], "o" + styles.get(mode, "-"), label=label)
@@ -201,32 +221,63 @@ def _table(headers: Iterable[str], rows: Iterable[Iterable[Any]], cls: str = "")
 def _latency_table(rows: list[dict[str, Any]]) -> str:
     out = []
     for r in rows:
-        out.append([f"{r['rtt_ms']:g}", r["tables"], _label(r), r["n"], f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}",
-                    f"{r['p99_ms']:.3f}", f"{r['mean_ms']:.3f}", f"{r['cpu_ms']:.3f}"])
-    return _table(["RTT ms", "tables", "row", "n", "p50 ms", "p90 ms", "p99 ms", "mean ms", "client CPU ms"], out, "num")
+        out.append(
+            [
+                f"{r['rtt_ms']:g}",
+                r["tables"],
+                _label(r),
+                r["n"],
+                f"{r['p50_ms']:.3f}",
+                f"{r['p90_ms']:.3f}",
+                f"{r['p99_ms']:.3f}",
+                f"{r['mean_ms']:.3f}",
+                f"{r['cpu_ms']:.3f}",
+            ]
+        )
+    return _table(
+        ["RTT ms", "tables", "row", "n", "p50 ms", "p90 ms", "p99 ms", "mean ms", "client CPU ms"], out, "num"
+    )
 
 
 def _checks_table(checks: list[dict[str, Any]]) -> str:
-    rows = [[c["check"], c["target"], c["value"], "" if c["ok"] is None else ("PASS" if c["ok"] else "MISS")] for c in checks]
+    rows = [
+        [c["check"], c["target"], c["value"], "" if c["ok"] is None else ("PASS" if c["ok"] else "MISS")]
+        for c in checks
+    ]
     return _table(["check", "target", "this run", ""], rows, "checks")
 
 
 def _breakdown_tables(breakdowns: list[dict[str, Any]]) -> str:
     parts = []
     for b in breakdowns:
-        rows = [[c, f"{q['p50_ms']:.3f}", f"{q['p99_ms']:.3f}", f"{q['mean_ms']:.3f}"] for c, q in b["components"].items()]
-        rows.append(["total (instrumented)", f"{b['total']['p50_ms']:.3f}", f"{b['total']['p99_ms']:.3f}", f"{b['total']['mean_ms']:.3f}"])
+        rows = [
+            [c, f"{q['p50_ms']:.3f}", f"{q['p99_ms']:.3f}", f"{q['mean_ms']:.3f}"] for c, q in b["components"].items()
+        ]
+        rows.append(
+            [
+                "total (instrumented)",
+                f"{b['total']['p50_ms']:.3f}",
+                f"{b['total']['p99_ms']:.3f}",
+                f"{b['total']['mean_ms']:.3f}",
+            ]
+        )
         u = b["uninstrumented"]
         rows.append(["production read", f"{u['p50_ms']:.3f}", f"{u['p99_ms']:.3f}", f"{u['mean_ms']:.3f}"])
-        parts.append(f"<h3>{html.escape(b['label'])} @ {html.escape(_rtt_label(b['rtt_ms']))}, {b['tables']} tables: "
-                     f"{b['n']} requests, {b['explained']} EXPLAIN twins, {b['unattributed_pct']:+.2f}% unattributed</h3>")
+        parts.append(
+            f"<h3>{html.escape(b['label'])} @ {html.escape(_rtt_label(b['rtt_ms']))}, {b['tables']} tables: "
+            f"{b['n']} requests, {b['explained']} EXPLAIN twins, {b['unattributed_pct']:+.2f}% unattributed</h3>"
+        )
         parts.append(_table(["component", "p50 ms", "p99 ms", "mean ms"], rows, "num"))
     return "".join(parts)
 
 
 def _meta(meta: dict[str, Any]) -> str:
-    rows = [["command", meta["command"]], ["started", meta["started"]], ["duration", f"{meta['duration_s']} s"],
-            ["database", meta["dsn"]]]
+    rows = [
+        ["command", meta["command"]],
+        ["started", meta["started"]],
+        ["duration", f"{meta['duration_s']} s"],
+        ["database", meta["dsn"]],
+    ]
     rows += [[k, v] for k, v in meta["machine"].items()]
     rows += [[k, v] for k, v in meta["versions"].items()]
     rows += [["config", ", ".join(f"{k}={v}" for k, v in meta["config"].items())]]
@@ -257,40 +308,81 @@ def _plot(render: Callable[[], str]) -> str:
 def render(result: dict[str, Any]) -> str:
     """The whole page as a string."""
     meta, rows = result["meta"], result["latency"]
-    parts = [f"<h1>pgfeatures read benchmark</h1><p class=\"note\">{html.escape(meta['command'])} &middot; "
-             f"{html.escape(meta['started'])} &middot; {html.escape(str(meta['machine']['cpu']))} "
-             f"x{meta['machine']['cpus']} &middot; PostgreSQL {html.escape(str(meta['versions']['postgresql']))}</p>"]
+    parts = [
+        f'<h1>pgfeatures read benchmark</h1><p class="note">{html.escape(meta["command"])} &middot; '
+        f"{html.escape(meta['started'])} &middot; {html.escape(str(meta['machine']['cpu']))} "
+        f"x{meta['machine']['cpus']} &middot; PostgreSQL {html.escape(str(meta['versions']['postgresql']))}</p>"
+    ]
     parts.append(_section("Targets", _checks_table(result["checks"])))
     for name, why in result.get("skipped", {}).items():
         parts.append(f'<p class="note">skipped {html.escape(name)}: {html.escape(why)}</p>')
     if rows:
-        parts.append(_section("Latency distribution per strategy", _plot(lambda: plot_distributions(rows)),
-                              "Cumulative distribution of request latency at the largest table count. select1 is one "
-                              "round-trip on a plain connection; raw is the default statement without the library."))
+        parts.append(
+            _section(
+                "Latency distribution per strategy",
+                _plot(lambda: plot_distributions(rows)),
+                "Cumulative distribution of request latency at the largest table count. select1 is one "
+                "round-trip on a plain connection; raw is the default statement without the library.",
+            )
+        )
         parts.append(_section("Latency vs table count", _plot(lambda: plot_vs_tables(rows))))
-        parts.append(_section("Latency vs round-trip", _plot(lambda: plot_vs_rtt(rows)),
-                              "Round-trips other than loopback go through a userspace latency-injecting proxy."))
+        parts.append(
+            _section(
+                "Latency vs round-trip",
+                _plot(lambda: plot_vs_rtt(rows)),
+                "Round-trips other than loopback go through a userspace latency-injecting proxy.",
+            )
+        )
     if result["throughput"]:
-        parts.append(_section("Throughput vs concurrent clients", _plot(lambda: plot_throughput(result["throughput"])),
-                              "Clients read the default strategy back to back (closed loop) for a fixed time; "
-                              "threads share one FeatureStore, async tasks one AsyncFeatureStore."))
+        parts.append(
+            _section(
+                "Throughput vs concurrent clients",
+                _plot(lambda: plot_throughput(result["throughput"])),
+                "Clients read the default strategy back to back (closed loop) for a fixed time; "
+                "threads share one FeatureStore, async tasks one AsyncFeatureStore.",
+            )
+        )
     if result["breakdown"]:
         bd = result["breakdown"]
         loop = next((b for b in bd if b["rtt_ms"] == min(x["rtt_ms"] for x in bd)), bd[0])
-        parts.append(_section("Where the time goes", _plot(lambda: plot_breakdown(bd)) + _plot(lambda: plot_per_table(loop))
-                              + _breakdown_tables(bd),
-                              "Instrumented reads: server time from sampled EXPLAIN (ANALYZE) twins; network is the rest "
-                              "of the wait. The production read (uninstrumented) is timed alternately for comparison."))
+        parts.append(
+            _section(
+                "Where the time goes",
+                _plot(lambda: plot_breakdown(bd)) + _plot(lambda: plot_per_table(loop)) + _breakdown_tables(bd),
+                "Instrumented reads: server time from sampled EXPLAIN (ANALYZE) twins; network is the rest "
+                "of the wait. The production read (uninstrumented) is timed alternately for comparison.",
+            )
+        )
     if rows:
         parts.append(_section("Latency figures", _latency_table(rows)))
     if result["throughput"]:
-        parts.append(_section("Throughput figures", _table(
-            ["RTT ms", "tables", "mode", "clients", "requests/s", "p50 ms", "p99 ms", "CPU ms/req"],
-            [[f"{r['rtt_ms']:g}", r["tables"], r["mode"], r["clients"], f"{r['rps']:.0f}", f"{r['p50_ms']:.3f}",
-              f"{r['p99_ms']:.3f}", f"{r['cpu_ms']:.3f}"] for r in result["throughput"]], "num")))
+        parts.append(
+            _section(
+                "Throughput figures",
+                _table(
+                    ["RTT ms", "tables", "mode", "clients", "requests/s", "p50 ms", "p99 ms", "CPU ms/req"],
+                    [
+                        [
+                            f"{r['rtt_ms']:g}",
+                            r["tables"],
+                            r["mode"],
+                            r["clients"],
+                            f"{r['rps']:.0f}",
+                            f"{r['p50_ms']:.3f}",
+                            f"{r['p99_ms']:.3f}",
+                            f"{r['cpu_ms']:.3f}",
+                        ]
+                        for r in result["throughput"]
+                    ],
+                    "num",
+                ),
+            )
+        )
     parts.append(_section("Machine, versions, command", _meta(meta)))
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>pgfeatures benchmark</title>"
-            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>pgfeatures benchmark</title>'
+        f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n"
+    )
 
 
 def write_report(result: dict[str, Any], path: str | Path) -> Path:

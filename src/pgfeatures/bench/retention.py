@@ -47,11 +47,13 @@ def _fill(conn: psycopg.Connection, registry: Registry, rows: int, old: float) -
     boundary = int(rows * old)
     for table in registry.tables.values():
         # rows 1..boundary: 2 h (older than ttl + grace) and more; the others: minutes old. Keys interleave the two.
-        conn.execute(sql.SQL(
-            "INSERT INTO {} SELECT sha256(('entity:' || i)::bytea), random(), random(), random(), random(), random(), "
-            "random(), random(), random(), CASE WHEN (i * 7919) % {} < {} THEN now() - interval '2 hours' - i * "
-            "interval '1 millisecond' ELSE now() - interval '5 minutes' END FROM generate_series(1, {}) i").format(
-            sql.Identifier(SCHEMA, table.name), sql.Literal(rows), sql.Literal(boundary), sql.Literal(rows)))
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} SELECT sha256(('entity:' || i)::bytea), random(), random(), random(), random(), random(), "
+                "random(), random(), random(), CASE WHEN (i * 7919) % {} < {} THEN now() - interval '2 hours' - i * "
+                "interval '1 millisecond' ELSE now() - interval '5 minutes' END FROM generate_series(1, {}) i"
+            ).format(sql.Identifier(SCHEMA, table.name), sql.Literal(rows), sql.Literal(boundary), sql.Literal(rows))
+        )
         conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(SCHEMA, table.name)))
 
 
@@ -72,11 +74,17 @@ def _stats(samples: list[float]) -> dict[str, Any]:
         return {"n": 0}
     ordered = sorted(samples)
     p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-    return {"n": len(ordered), "p50_ms": round(statistics.median(ordered) * 1000, 3), "p99_ms": round(p99 * 1000, 3),
-            "max_ms": round(ordered[-1] * 1000, 3)}
+    return {
+        "n": len(ordered),
+        "p50_ms": round(statistics.median(ordered) * 1000, 3),
+        "p99_ms": round(p99 * 1000, 3),
+        "max_ms": round(ordered[-1] * 1000, 3),
+    }
 
 
-def run(dsn: str, n_tables: int, rows: int, old: float, seconds: float, batch_rows: int, materialized: bool) -> dict[str, Any]:
+def run(
+    dsn: str, n_tables: int, rows: int, old: float, seconds: float, batch_rows: int, materialized: bool
+) -> dict[str, Any]:
     tables = [FeatureTable.of(f"t{i:02d}", {f"f{j}": "real" for j in range(8)}, ttl=TTL) for i in range(n_tables)]
     services = [FeatureService("all", tuple(f"{t.name}.*" for t in tables), materialize=True)] if materialized else []
     registry = Registry.of(tables, schema=SCHEMA, services=services)
@@ -88,6 +96,7 @@ def run(dsn: str, n_tables: int, rows: int, old: float, seconds: float, batch_ro
                 materialize(conn, registry, "all")
             fresh = _fresh_keys(conn, rows, old)
             with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1) as store:
+
                 def read() -> None:
                     store.get_features(_key(rng.randint(1, rows)))
 
@@ -97,8 +106,10 @@ def run(dsn: str, n_tables: int, rows: int, old: float, seconds: float, batch_ro
                 reads: list[tuple[float, float]] = []
                 writes: list[tuple[float, float]] = []
                 stop = threading.Event()
-                threads = [threading.Thread(target=_loop, args=(stop, read, reads)),
-                           threading.Thread(target=_loop, args=(stop, write, writes))]
+                threads = [
+                    threading.Thread(target=_loop, args=(stop, read, reads)),
+                    threading.Thread(target=_loop, args=(stop, write, writes)),
+                ]
                 for t in threads:
                     t.start()
                 try:
@@ -115,9 +126,13 @@ def run(dsn: str, n_tables: int, rows: int, old: float, seconds: float, batch_ro
             writes_before = [d for at, d in writes if at < started]
             writes_during = [d for at, d in writes if started <= at < ended]
             return {
-                "tables": n_tables, "rows_per_table": rows, "old_share": old, "batch_rows": batch_rows,
+                "tables": n_tables,
+                "rows_per_table": rows,
+                "old_share": old,
+                "batch_rows": batch_rows,
                 "materialized": materialized,
-                "deleted": sum(r.deleted for r in results), "batches": sum(r.batches for r in results),
+                "deleted": sum(r.deleted for r in results),
+                "batches": sum(r.batches for r in results),
                 "expire_seconds": round(ended - started, 2),
                 "vacuumed": sorted({n for r in results for n in r.vacuumed}),
                 "reads": {"idle": _stats(before), "during_expire": _stats(during)},
@@ -137,8 +152,20 @@ def main() -> None:
     p.add_argument("--batch-rows", type=int, default=5000)
     p.add_argument("--materialized", action="store_true", help="a materialized service over every table")
     args = p.parse_args()
-    print(json.dumps(run(resolve_dsn(args.dsn), args.tables, args.rows, args.old, args.seconds, args.batch_rows,
-                         args.materialized), indent=2))
+    print(
+        json.dumps(
+            run(
+                resolve_dsn(args.dsn),
+                args.tables,
+                args.rows,
+                args.old,
+                args.seconds,
+                args.batch_rows,
+                args.materialized,
+            ),
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

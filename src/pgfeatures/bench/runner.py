@@ -125,7 +125,9 @@ def measure_interleaved(
     seed: int = 0,
 ) -> dict[str, Stats]:
     """Time ``n`` calls of each callable on arguments drawn from ``args``, in ``rounds`` alternating rounds."""
-    measured = run_interleaved(calls, args, max(1, n // rounds) * rounds, rounds=rounds, warmup=warmup, per=per, seed=seed)
+    measured = run_interleaved(
+        calls, args, max(1, n // rounds) * rounds, rounds=rounds, warmup=warmup, per=per, seed=seed
+    )
     return {name: m.stats for name, m in measured.items()}
 
 
@@ -155,12 +157,20 @@ def _throughput(mode: str, clients: int, lat_ns: list[int], seconds: float, cpu_
     if n == 0:
         return Throughput(mode, clients, 0, seconds, 0.0, float("nan"), float("nan"), float("nan"))
     return Throughput(
-        mode, clients, n, seconds, n / seconds,
-        float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), cpu_s * 1e3 / n,
+        mode,
+        clients,
+        n,
+        seconds,
+        n / seconds,
+        float(np.percentile(lat, 50)),
+        float(np.percentile(lat, 99)),
+        cpu_s * 1e3 / n,
     )
 
 
-def measure_threads(call: Callable[[Any], Any], args: Sequence[Any], clients: int, seconds: float, *, seed: int = 0) -> Throughput:
+def measure_threads(
+    call: Callable[[Any], Any], args: Sequence[Any], clients: int, seconds: float, *, seed: int = 0
+) -> Throughput:
     """``clients`` threads calling ``call`` back to back for ``seconds``; each thread draws its own seeded arguments.
 
     Raises the first exception a client thread hit.

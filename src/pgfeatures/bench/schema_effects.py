@@ -68,8 +68,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", type=int, default=2000, help="timed requests per variant (default 2000)")
     p.add_argument("--tables", type=int, default=30, help="tables read by the first-request case (default 30)")
     p.add_argument("--rounds", type=int, default=5, help="restarts per first-request case (default 5)")
-    p.add_argument("--drop-os-cache", action="store_true",
-                   help="also measure with the OS page cache dropped (root only; affects the whole host)")
+    p.add_argument(
+        "--drop-os-cache",
+        action="store_true",
+        help="also measure with the OS page cache dropped (root only; affects the whole host)",
+    )
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -92,8 +95,9 @@ def private_cluster() -> Iterator[Cluster]:
 
     ``dsn()`` is a superuser over loopback TCP (scram-sha-256), like the embedded server's DSN.
     """
-    with Cluster(shared_buffers=embedded.SERVER_SETTINGS["shared_buffers"], settings=BENCH_SETTINGS,
-                 name="bench-schema") as cluster:
+    with Cluster(
+        shared_buffers=embedded.SERVER_SETTINGS["shared_buffers"], settings=BENCH_SETTINGS, name="bench-schema"
+    ) as cluster:
         cluster.create_role("bench", secrets.token_urlsafe(16), superuser=True)
         yield cluster
 
@@ -118,7 +122,9 @@ def drop_os_cache() -> str | None:
 
 def narrow_registry() -> Registry:
     features = {f: "real" for f in FEATURES}
-    return Registry.of([FeatureTable.of("plain", features), FeatureTable.of("covering", features, covering_index=True)], SCHEMA)
+    return Registry.of(
+        [FeatureTable.of("plain", features), FeatureTable.of("covering", features, covering_index=True)], SCHEMA
+    )
 
 
 def _ident(name: str) -> sql.Identifier:
@@ -126,11 +132,14 @@ def _ident(name: str) -> sql.Identifier:
 
 
 WIDE_DDL = {
-    "wide_jsonb": ("hashkey bytea PRIMARY KEY, doc jsonb, updated_at timestamptz",
-                   "hashkey, jsonb_build_object({pairs}), updated_at"),
-    "wide_mixed": (f"hashkey bytea PRIMARY KEY, {', '.join(f'{f} numeric' for f in FEATURES)}, label text, updated_at timestamptz",
-                   f"hashkey, {', '.join(f'{f}::numeric' for f in FEATURES)}, 'segment-' || get_byte(hashkey, 0) % 20, "
-                   "updated_at"),
+    "wide_jsonb": (
+        "hashkey bytea PRIMARY KEY, doc jsonb, updated_at timestamptz",
+        "hashkey, jsonb_build_object({pairs}), updated_at",
+    ),
+    "wide_mixed": (
+        f"hashkey bytea PRIMARY KEY, {', '.join(f'{f} numeric' for f in FEATURES)}, label text, updated_at timestamptz",
+        f"hashkey, {', '.join(f'{f}::numeric' for f in FEATURES)}, 'segment-' || get_byte(hashkey, 0) % 20, updated_at",
+    ),
 }
 
 
@@ -145,7 +154,11 @@ def load(conn: psycopg.Connection, rows: int, n_tables: int, seed: int) -> list[
     pairs = sql.SQL(", ").join(sql.SQL("{}, {}").format(sql.Literal(f), sql.Identifier(f)) for f in FEATURES)
     for name, (columns, select_list) in WIDE_DDL.items():
         conn.execute(sql.SQL("CREATE TABLE {} (" + columns + ")").format(_ident(name)))
-        conn.execute(sql.SQL("INSERT INTO {} SELECT " + select_list + " FROM {}").format(_ident(name), _ident("plain"), pairs=pairs))
+        conn.execute(
+            sql.SQL("INSERT INTO {} SELECT " + select_list + " FROM {}").format(
+                _ident(name), _ident("plain"), pairs=pairs
+            )
+        )
     for name in ("plain", "covering", *WIDE_DDL):
         conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(_ident(name)))
     demo.load_demo(conn, cold_registry(n_tables), rows, seed)
@@ -178,8 +191,15 @@ class Measured:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "server_us": self.server_us, "blocks": self.blocks, "bytes_per_row": self.bytes_per_row,
-                "size_bytes": self.size_bytes, **self.client.as_dict(), **self.extra}
+        return {
+            "name": self.name,
+            "server_us": self.server_us,
+            "blocks": self.blocks,
+            "bytes_per_row": self.bytes_per_row,
+            "size_bytes": self.size_bytes,
+            **self.client.as_dict(),
+            **self.extra,
+        }
 
 
 def narrow_variants() -> list[Variant]:
@@ -202,7 +222,9 @@ def _as_is(row: Any) -> Any:
 def wide_variants() -> list[Variant]:
     mixed = ", ".join([*FEATURES, "label", UPDATED_AT])
     return [
-        Variant("wide_jsonb", f"SELECT doc, updated_at FROM {SCHEMA}.wide_jsonb WHERE hashkey = $1::bytea".encode(), _as_is),
+        Variant(
+            "wide_jsonb", f"SELECT doc, updated_at FROM {SCHEMA}.wide_jsonb WHERE hashkey = $1::bytea".encode(), _as_is
+        ),
         Variant("wide_mixed", f"SELECT {mixed} FROM {SCHEMA}.wide_mixed WHERE hashkey = $1::bytea".encode(), _as_is),
     ]
 
@@ -218,11 +240,15 @@ def _call(conn: psycopg.Connection, variant: Variant) -> Callable[[Any], Any]:
     return call
 
 
-def measure_requests(dsn: str, variants: Sequence[Variant], keys: Sequence[bytes], requests: int, seed: int) -> dict[str, Measured]:
+def measure_requests(
+    dsn: str, variants: Sequence[Variant], keys: Sequence[bytes], requests: int, seed: int
+) -> dict[str, Measured]:
     """Client latency (interleaved) and server time / blocks per request (pg_stat_statements) of each variant."""
     batches = [list(keys[i : i + BATCH]) for i in range(0, len(keys) - BATCH, BATCH)]
-    with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as conn, \
-            psycopg.connect(dsn, autocommit=True) as admin:
+    with (
+        psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as conn,
+        psycopg.connect(dsn, autocommit=True) as admin,
+    ):
         admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         singles = {v.name: _call(conn, v) for v in variants if not v.batch}
         multi = {v.name: _call(conn, v) for v in variants if v.batch}
@@ -234,8 +260,12 @@ def measure_requests(dsn: str, variants: Sequence[Variant], keys: Sequence[bytes
         stats = measure_interleaved(singles, keys, requests, seed=seed) if singles else {}
         if multi:
             stats.update(measure_interleaved(multi, batches, max(20, requests // 20), seed=seed))
-        server = {q: (mean_ms, calls, blocks) for q, mean_ms, calls, blocks in admin.execute(
-            "SELECT query, mean_exec_time, calls, (shared_blks_hit + shared_blks_read)::float8 / calls FROM pg_stat_statements")}
+        server = {
+            q: (mean_ms, calls, blocks)
+            for q, mean_ms, calls, blocks in admin.execute(
+                "SELECT query, mean_exec_time, calls, (shared_blks_hit + shared_blks_read)::float8 / calls FROM pg_stat_statements"
+            )
+        }
     out = {}
     for v in variants:
         mean_ms, calls, blocks = server.get(v.statement.decode(), (None, None, None))
@@ -256,11 +286,13 @@ def table_sizes(conn: psycopg.Connection, names: Sequence[str]) -> dict[str, tup
     out = {}
     for name in names:
         rel = sql.Identifier(SCHEMA, name).as_string(conn)
-        heap, total, rows = one_row(conn.execute(
-            "SELECT pg_relation_size(c.oid) + coalesce(pg_relation_size(nullif(c.reltoastrelid, 0)), 0), "
-            "pg_total_relation_size(c.oid), greatest(c.reltuples, 1) FROM pg_class c WHERE c.oid = %s::regclass",
-            [rel],
-        ))
+        heap, total, rows = one_row(
+            conn.execute(
+                "SELECT pg_relation_size(c.oid) + coalesce(pg_relation_size(nullif(c.reltoastrelid, 0)), 0), "
+                "pg_total_relation_size(c.oid), greatest(c.reltuples, 1) FROM pg_class c WHERE c.oid = %s::regclass",
+                [rel],
+            )
+        )
         out[name] = (heap / rows, total)
     return out
 
@@ -280,8 +312,9 @@ def first_requests(dsn: str, registry: Registry, keys: Sequence[bytes]) -> list[
     return times
 
 
-def measure_first_requests(cluster: Cluster, registry: Registry, keys: Sequence[bytes], rounds: int,
-                           drop: bool, seed: int) -> tuple[dict[str, dict[str, float]], str]:
+def measure_first_requests(
+    cluster: Cluster, registry: Registry, keys: Sequence[bytes], rounds: int, drop: bool, seed: int
+) -> tuple[dict[str, dict[str, float]], str]:
     rng = random.Random(seed)
     cases: list[tuple[str, bool, bool, bool]] = [  # name, restart, drop OS cache, warm up
         ("cold: PostgreSQL restarted", True, False, False),
@@ -295,9 +328,13 @@ def measure_first_requests(cluster: Cluster, registry: Registry, keys: Sequence[
             os_cache = f"could not be dropped here ({refused}): cold means PostgreSQL buffer cache cold, OS cache warm"
         else:
             os_cache = "dropped for the 'OS cache dropped' cases"
-            cases[1:1] = [("cold: restarted + OS cache dropped", True, True, False),
-                          ("cold + OS cache dropped + warmup", True, True, True)]
-    samples: dict[str, dict[str, list[float]]] = {name: {"first": [], "first_n": [], "warmup_s": []} for name, *_ in cases}
+            cases[1:1] = [
+                ("cold: restarted + OS cache dropped", True, True, False),
+                ("cold + OS cache dropped + warmup", True, True, True),
+            ]
+    samples: dict[str, dict[str, list[float]]] = {
+        name: {"first": [], "first_n": [], "warmup_s": []} for name, *_ in cases
+    }
     for _ in range(rounds):
         for name, restart, drop_cache, warm in cases:
             if restart:
@@ -320,8 +357,10 @@ def measure_first_requests(cluster: Cluster, registry: Registry, keys: Sequence[
 def main(args: argparse.Namespace, console: Console | None = None) -> dict[str, Any]:
     """Measure on a private cluster, print the tables on ``console`` (default: stdout); returns the figures."""
     console = console or Console()
-    console.print(f"[bold]pgfeatures bench-schema[/bold]: private embedded cluster, {args.rows:,} rows per table, "
-                  f"{args.requests} requests per variant, {args.tables} tables x {args.rounds} rounds for first requests")
+    console.print(
+        f"[bold]pgfeatures bench-schema[/bold]: private embedded cluster, {args.rows:,} rows per table, "
+        f"{args.requests} requests per variant, {args.tables} tables x {args.rounds} rounds for first requests"
+    )
     t0 = time.perf_counter()
     with private_cluster() as cluster:
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
@@ -331,29 +370,48 @@ def main(args: argparse.Namespace, console: Console | None = None) -> dict[str, 
             plain_bytes, covering_bytes = one_row(conn.execute(_LOOKUP_BYTES))
         console.print(f"loaded in {time.perf_counter() - t0:.1f}s")
         index = measure_requests(cluster.dsn(), narrow_variants(), keys, args.requests, args.seed)
-        rows = measure_requests(cluster.dsn(), [v for v in narrow_variants() if v.name == "plain"] + wide_variants(),
-                                keys, args.requests, args.seed)
+        rows = measure_requests(
+            cluster.dsn(),
+            [v for v in narrow_variants() if v.name == "plain"] + wide_variants(),
+            keys,
+            args.requests,
+            args.seed,
+        )
         for name, m in rows.items():
             m.bytes_per_row, m.size_bytes = sizes[name]
         for name, lookup_bytes in (("plain", plain_bytes), ("covering", covering_bytes)):
             index[name].extra["lookup_working_set_bytes"] = lookup_bytes
         cold_keys = demo.entity_keys(args.rows)
-        first, os_cache = measure_first_requests(cluster, cold_registry(args.tables), cold_keys, args.rounds,
-                                                 args.drop_os_cache, args.seed)
+        first, os_cache = measure_first_requests(
+            cluster, cold_registry(args.tables), cold_keys, args.rounds, args.drop_os_cache, args.seed
+        )
     _print(console, index, rows, first, os_cache, args, version)
-    return {"server_version": version, "rows": args.rows, "requests": args.requests, "tables": args.tables,
-            "rounds": args.rounds, "os_cache": os_cache,
-            "covering_vs_plain": [m.as_dict() for m in index.values()],
-            "row_width": [m.as_dict() for m in rows.values()],
-            "first_request": first}
+    return {
+        "server_version": version,
+        "rows": args.rows,
+        "requests": args.requests,
+        "tables": args.tables,
+        "rounds": args.rounds,
+        "os_cache": os_cache,
+        "covering_vs_plain": [m.as_dict() for m in index.values()],
+        "row_width": [m.as_dict() for m in rows.values()],
+        "first_request": first,
+    }
 
 
 def _num(x: float | None, fmt: str) -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
-def _print(console: Console, index: dict[str, Measured], rows: dict[str, Measured], first: dict[str, dict[str, float]],
-           os_cache: str, args: argparse.Namespace, version: int) -> None:
+def _print(
+    console: Console,
+    index: dict[str, Measured],
+    rows: dict[str, Measured],
+    first: dict[str, dict[str, float]],
+    os_cache: str,
+    args: argparse.Namespace,
+    version: int,
+) -> None:
     env = f"PostgreSQL {version // 10000}, Python {platform.python_version()}, loopback TCP, {args.rows:,} rows"
     t = Table(title=f"covering vs plain index: one lookup of 8 real + updated_at ({env})")
     for col in ("variant", "server us/request", "blocks/request", "client p50 ms", "client p99 ms", "lookups read"):
@@ -361,19 +419,36 @@ def _print(console: Console, index: dict[str, Measured], rows: dict[str, Measure
     for m in index.values():
         per = f" (per {BATCH} keys)" if "x" in m.name else ""
         read = m.extra.get("lookup_working_set_bytes")
-        t.add_row(m.name + per, _num(m.server_us, ".1f"), _num(m.blocks, ".1f"), f"{m.client.p50_ms:.3f}",
-                  f"{m.client.p99_ms:.3f}", f"{read / 2**20:.1f} MB" if read else "")
+        t.add_row(
+            m.name + per,
+            _num(m.server_us, ".1f"),
+            _num(m.blocks, ".1f"),
+            f"{m.client.p50_ms:.3f}",
+            f"{m.client.p99_ms:.3f}",
+            f"{read / 2**20:.1f} MB" if read else "",
+        )
     console.print(t)
     t = Table(title="narrow vs wide rows: the same values, one lookup")
     for col in ("table", "bytes/row", "size", "server us/request", "blocks/request", "client p50 ms", "client CPU ms"):
         t.add_column(col, justify="left" if col == "table" else "right")
     for m in rows.values():
-        t.add_row(m.name, _num(m.bytes_per_row, ".0f"), f"{(m.size_bytes or 0) / 2**20:.1f} MB", _num(m.server_us, ".1f"),
-                  _num(m.blocks, ".1f"), f"{m.client.p50_ms:.3f}", f"{m.client.cpu_ms:.3f}")
+        t.add_row(
+            m.name,
+            _num(m.bytes_per_row, ".0f"),
+            f"{(m.size_bytes or 0) / 2**20:.1f} MB",
+            _num(m.server_us, ".1f"),
+            _num(m.blocks, ".1f"),
+            f"{m.client.p50_ms:.3f}",
+            f"{m.client.cpu_ms:.3f}",
+        )
     console.print(t)
-    console.print("plain = 8 real + integer epoch; wide_jsonb = one jsonb document + timestamptz; "
-                  "wide_mixed = 8 numeric + text label + timestamptz")
-    t = Table(title=f"first requests of a fresh FeatureStore, {args.tables} tables per request (median of {args.rounds} rounds)")
+    console.print(
+        "plain = 8 real + integer epoch; wide_jsonb = one jsonb document + timestamptz; "
+        "wide_mixed = 8 numeric + text label + timestamptz"
+    )
+    t = Table(
+        title=f"first requests of a fresh FeatureStore, {args.tables} tables per request (median of {args.rounds} rounds)"
+    )
     for col in ("case", "first request ms", f"mean of first {FIRST_N} ms", "warm-up s"):
         t.add_column(col, justify="left" if col == "case" else "right")
     for name, f in first.items():

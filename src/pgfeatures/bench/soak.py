@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -40,7 +41,6 @@ import orjson
 import psycopg
 
 from ..definitions import demo_registry
-from ..schema import apply_schema
 from .clusters import Cluster, Replica, process_stats
 from .http import HTTPConnection, ServeProcess, percentile_ms, post_request, process_tree
 
@@ -104,7 +104,10 @@ class _Phase:
         requests = [post_request("/v1/features", b) for b in bodies]
         clients = [await HTTPConnection.open("127.0.0.1", self.server.port) for _ in range(self.cfg.concurrency)]
         steady = int(self.cfg.requests * 0.1)
-        points = [steady + int((self.cfg.requests - steady) * (i + 1) / (len(self.faults) + 1)) for i in range(len(self.faults))]
+        points = [
+            steady + int((self.cfg.requests - steady) * (i + 1) / (len(self.faults) + 1))
+            for i in range(len(self.faults))
+        ]
         faults: list[Fault] = []
         tasks = [asyncio.ensure_future(self._client(c, requests, rng.randrange(10**6))) for c in clients]
         poller = asyncio.ensure_future(self._poll_ready())
@@ -128,7 +131,9 @@ class _Phase:
             for c in clients:
                 c.close()
         for fault in faults:
-            fault.first_ok = next((s.sent + s.seconds for s in self.samples if s.sent >= fault.reachable and s.status == 200), None)
+            fault.first_ok = next(
+                (s.sent + s.seconds for s in self.samples if s.sent >= fault.reachable and s.status == 200), None
+            )
             fault.ready_again = next((t for t, ok in self.ready if t >= fault.reachable and ok), None)
         return faults, before
 
@@ -180,14 +185,24 @@ def _summarise(faults: list[Fault], samples: list[_Sample]) -> None:
 
         def stats(part: list[_Sample]) -> dict[str, Any]:
             ok = [int(s.seconds * 1e9) for s in part if s.status == 200]
-            return {"requests": len(part), "failed": sum(1 for s in part if s.status != 200),
-                    "p50_ms": percentile_ms(ok, 50) if ok else None, "p99_ms": percentile_ms(ok, 99) if ok else None}
+            return {
+                "requests": len(part),
+                "failed": sum(1 for s in part if s.status != 200),
+                "p50_ms": percentile_ms(ok, 50) if ok else None,
+                "p99_ms": percentile_ms(ok, 99) if ok else None,
+            }
 
         fault.results = {
-            "before": stats(before), "during": stats(during), "after": stats(after),
+            "before": stats(before),
+            "during": stats(during),
+            "after": stats(after),
             "down_seconds": round(fault.reachable - fault.started, 3),
-            "first_ok_after_reachable_s": None if fault.first_ok is None else round(max(0.0, fault.first_ok - fault.reachable), 3),
-            "ready_after_reachable_s": None if fault.ready_again is None else round(max(0.0, fault.ready_again - fault.reachable), 3),
+            "first_ok_after_reachable_s": None
+            if fault.first_ok is None
+            else round(max(0.0, fault.first_ok - fault.reachable), 3),
+            "ready_after_reachable_s": None
+            if fault.ready_again is None
+            else round(max(0.0, fault.ready_again - fault.reachable), 3),
         }
         previous_end = window[1]
 
@@ -197,8 +212,11 @@ def _resources(server: ServeProcess, clusters: Sequence[Cluster]) -> dict[str, A
     pids = process_tree(server.proc.pid)
     stats = [process_stats(p) for p in pids]
     conns = sum(c.connections(app) for c in clusters if c.is_running() for app in READ_APPS)
-    return {"rss_mb": round(sum(s.rss_bytes for s in stats) / 2**20, 1), "fds": sum(s.open_fds for s in stats),
-            "db_connections": conns}
+    return {
+        "rss_mb": round(sum(s.rss_bytes for s in stats) / 2**20, 1),
+        "fds": sum(s.open_fds for s in stats),
+        "db_connections": conns,
+    }
 
 
 def _wait_reachable(cluster: Cluster, timeout: float = 60) -> float:
@@ -218,8 +236,10 @@ def run_soak(cfg: SoakConfig, progress: Callable[[str], None] = print) -> dict[s
 
     registry = demo_registry(n_tables=cfg.tables, n_features=8, schema="soak")
     started = time.time()
-    with Cluster(replication=True, name="soak-primary", shared_buffers="128MB") as primary, \
-            tempfile.TemporaryDirectory(prefix="pgfeatures-soak-") as tmp:
+    with (
+        Cluster(replication=True, name="soak-primary", shared_buffers="128MB") as primary,
+        tempfile.TemporaryDirectory(prefix="pgfeatures-soak-") as tmp,
+    ):
         secret = Path(tmp) / "password"
         passwords = iter(f"soak-{i}-{random.Random(cfg.seed + i).getrandbits(32):x}" for i in range(100))
         password = next(passwords)
@@ -262,23 +282,42 @@ def run_soak(cfg: SoakConfig, progress: Callable[[str], None] = print) -> dict[s
             replica.start()
             return _wait_reachable(replica)
 
-        base = ["--definitions", str(defs), "--password-file", str(secret), "--pool-size", str(cfg.pool_size),
-                "--log-level", "warning", "--no-prewarm"]
+        base = [
+            "--definitions",
+            str(defs),
+            "--password-file",
+            str(secret),
+            "--pool-size",
+            str(cfg.pool_size),
+            "--log-level",
+            "warning",
+            "--no-prewarm",
+        ]
         phases = [
-            ("direct", ["--dsn", primary.dsn(ROLE, password="")],
-             [("restart", restart), ("kill -9", kill9), ("rotation", rotate)], [primary]),
-            ("replica", ["--dsn", primary.dsn(ROLE, password=""), "--read-dsn", replica.dsn(ROLE, password="")],
-             [("replica stop", replica_stop), ("rotation", rotate)], [primary, replica]),
+            (
+                "direct",
+                ["--dsn", primary.dsn(ROLE, password="")],
+                [("restart", restart), ("kill -9", kill9), ("rotation", rotate)],
+                [primary],
+            ),
+            (
+                "replica",
+                ["--dsn", primary.dsn(ROLE, password=""), "--read-dsn", replica.dsn(ROLE, password="")],
+                [("replica stop", replica_stop), ("rotation", rotate)],
+                [primary, replica],
+            ),
         ]
         report: dict[str, Any] = {"config": asdict(cfg), "phases": []}
         for name, flags, faults, clusters in phases:
             log = Path(tmp) / f"serve-{name}.log"
             with open(log, "wb") as output, ServeProcess(*base, *flags, output=output) as server:
-                progress(f"phase {name}: {cfg.requests:,} requests at concurrency {cfg.concurrency}, "
-                         f"faults: {', '.join(f for f, _ in faults)} (service log: {log})")
+                progress(
+                    f"phase {name}: {cfg.requests:,} requests at concurrency {cfg.concurrency}, "
+                    f"faults: {', '.join(f for f, _ in faults)} (service log: {log})"
+                )
                 phase = _Phase(name, cfg, server, faults)
                 t0 = time.monotonic()
-                done, before = asyncio.run(phase.run(lambda: _resources(server, clusters)))
+                done, before = asyncio.run(phase.run(functools.partial(_resources, server, clusters)))
                 seconds = time.monotonic() - t0
                 time.sleep(2.0)  # let the pools settle (replaced connections, probes)
                 after = _resources(server, clusters)
@@ -286,12 +325,19 @@ def run_soak(cfg: SoakConfig, progress: Callable[[str], None] = print) -> dict[s
                 in_windows = sum(f.results["during"]["failed"] for f in done)
                 total_failed = sum(1 for s in phase.samples if s.status != 200)
                 errors = [f"{s.sent - t0:.2f}s {s.status} {s.error}" for s in phase.samples if s.status != 200][:8]
-                report["phases"].append({
-                    "phase": name, "requests": len(phase.samples), "seconds": round(seconds, 1), "errors": errors,
-                    "failed": total_failed, "failed_outside_windows": total_failed - in_windows,
-                    "resources_before": before, "resources_after": after,
-                    "faults": [{"fault": f.name, **f.results} for f in done],
-                })
+                report["phases"].append(
+                    {
+                        "phase": name,
+                        "requests": len(phase.samples),
+                        "seconds": round(seconds, 1),
+                        "errors": errors,
+                        "failed": total_failed,
+                        "failed_outside_windows": total_failed - in_windows,
+                        "resources_before": before,
+                        "resources_after": after,
+                        "faults": [{"fault": f.name, **f.results} for f in done],
+                    }
+                )
     report["seconds"] = round(time.time() - started, 1)
     return report
 
@@ -309,22 +355,44 @@ def print_report(report: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
     for phase in report["phases"]:
-        table = Table(title=f"phase {phase['phase']}: {phase['requests']:,} requests in {phase['seconds']} s, "
-                            f"{phase['failed']} failed ({phase['failed_outside_windows']} outside fault windows)")
-        for col in ("fault", "down s", "failed in window", "failed after", "first ok after up s", "ready after up s",
-                    "p50/p99 before", "p50/p99 during", "p50/p99 after"):
+        table = Table(
+            title=f"phase {phase['phase']}: {phase['requests']:,} requests in {phase['seconds']} s, "
+            f"{phase['failed']} failed ({phase['failed_outside_windows']} outside fault windows)"
+        )
+        for col in (
+            "fault",
+            "down s",
+            "failed in window",
+            "failed after",
+            "first ok after up s",
+            "ready after up s",
+            "p50/p99 before",
+            "p50/p99 during",
+            "p50/p99 after",
+        ):
             table.add_column(col, justify="right")
 
         def pp(part: dict[str, Any]) -> str:
             return "-" if part["p50_ms"] is None else f"{part['p50_ms']:.2f}/{part['p99_ms']:.2f}"
 
         for f in phase["faults"]:
-            table.add_row(f["fault"], f"{f['down_seconds']:.1f}", str(f["during"]["failed"]), str(f["after"]["failed"]),
-                          str(f["first_ok_after_reachable_s"]), str(f["ready_after_reachable_s"]),
-                          pp(f["before"]), pp(f["during"]), pp(f["after"]))
+            table.add_row(
+                f["fault"],
+                f"{f['down_seconds']:.1f}",
+                str(f["during"]["failed"]),
+                str(f["after"]["failed"]),
+                str(f["first_ok_after_reachable_s"]),
+                str(f["ready_after_reachable_s"]),
+                pp(f["before"]),
+                pp(f["during"]),
+                pp(f["after"]),
+            )
         console.print(table)
         for line in phase.get("errors", []):
             console.print(f"  failed: {line}", markup=False, highlight=False)
         b, a = phase["resources_before"], phase["resources_after"]
-        console.print(f"  service RSS {b['rss_mb']} -> {a['rss_mb']} MB, fds {b['fds']} -> {a['fds']}, "
-                      f"database connections {b['db_connections']} -> {a['db_connections']}", highlight=False)
+        console.print(
+            f"  service RSS {b['rss_mb']} -> {a['rss_mb']} MB, fds {b['fds']} -> {a['fds']}, "
+            f"database connections {b['db_connections']} -> {a['db_connections']}",
+            highlight=False,
+        )

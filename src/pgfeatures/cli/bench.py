@@ -6,14 +6,27 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import Command, Flag, CliError, add_dsn, add_json, add_settings, connect, csv, dsn_of, dsn_with_credentials, given
+from .common import (
+    CliError,
+    Command,
+    Flag,
+    add_dsn,
+    add_json,
+    add_settings,
+    connect,
+    csv,
+    dsn_of,
+    dsn_with_credentials,
+    given,
+)
 from .output import Output
 
 # Help for the BenchConfig fields (pgfeatures.bench.reads has no field metadata), and the flags
 # whose names are not the field's.
 BENCH_FLAGS = {
-    "rtts_ms": Flag("round-trips in ms, 0 = direct loopback, others through a latency proxy", option="--rtt",
-                    parse=csv(float)),
+    "rtts_ms": Flag(
+        "round-trips in ms, 0 = direct loopback, others through a latency proxy", option="--rtt", parse=csv(float)
+    ),
     "jitter_ms": Flag("extra U(0, jitter) ms per round-trip through the proxy", option="--jitter"),
     "table_counts": Flag("table counts", option="--tables", parse=csv(int)),
     "strategies": Flag("strategies: sequential,pipeline,single,union,join,batch,parallel"),
@@ -32,8 +45,10 @@ BENCH_FLAGS = {
     "service_clients": Flag("async clients for the materialized-service throughput (empty to skip)", parse=csv(int)),
     "cold_entities": Flag("entities of the materialized-service cold-read test on a private cluster (0 to skip)"),
     "cold_requests": Flag("requests timed after each cold start"),
-    "drop_os_cache": Flag("also empty the OS page cache before each cold start (root only; affects the whole host: "
-                          "every process's cached files)"),
+    "drop_os_cache": Flag(
+        "also empty the OS page cache before each cold start (root only; affects the whole host: "
+        "every process's cached files)"
+    ),
     "redis_url": Flag("also measure the same data in Redis (e.g. redis://127.0.0.1:6379/0); skipped when absent"),
     "schema": Flag("schema of the demo tables (loaded if absent, reused if present)"),
     "entities": Flag("demo entities"),
@@ -49,12 +64,19 @@ def configure_bench(p: argparse.ArgumentParser) -> None:
     add_dsn(p)
     g = p.add_argument_group("what to measure (defaults: the reference run, about 2.5 minutes)")
     add_settings(g, BenchConfig, BENCH_FLAGS, skip=DATA_FIELDS)
-    g.add_argument("--quick", action="store_true",
-                   help="a ~2 min smoke run (108 s measured on 2 busy cores): loopback and 20 ms, 30 tables, short rows")
+    g.add_argument(
+        "--quick",
+        action="store_true",
+        help="a ~2 min smoke run (108 s measured on 2 busy cores): loopback and 20 ms, 30 tables, short rows",
+    )
     add_settings(p.add_argument_group("data"), BenchConfig, BENCH_FLAGS, only=DATA_FIELDS)
     o = p.add_argument_group("output")
-    o.add_argument("--save", default="pgfeatures-bench.json", metavar="FILE",
-                   help="save the results here, for --from-json (default pgfeatures-bench.json)")
+    o.add_argument(
+        "--save",
+        default="pgfeatures-bench.json",
+        metavar="FILE",
+        help="save the results here, for --from-json (default pgfeatures-bench.json)",
+    )
     o.add_argument("--report", metavar="FILE", help="write a self-contained HTML report with plots here")
     o.add_argument("--from-json", metavar="FILE", help="measure nothing: print (and --report) a saved result")
     add_json(o)
@@ -72,8 +94,9 @@ def run_bench(args: argparse.Namespace, out: Output) -> int:
         config = reads.BenchConfig.quick(**settings) if args.quick else reads.BenchConfig(**settings)
         dsn = dsn_of(args)
         connect(args, "pgfeatures-bench", dsn).close()  # a down database fails here, with a clear message
-        result = reads.run_benchmark(dsn_with_credentials(args, dsn), config, argv=["pgfeatures", *sys.argv[1:]],
-                                     progress=console.print)
+        result = reads.run_benchmark(
+            dsn_with_credentials(args, dsn), config, argv=["pgfeatures", *sys.argv[1:]], progress=console.print
+        )
         reads.save(result, args.save)
     if args.json:
         out.json(result)
@@ -136,10 +159,18 @@ def configure_proxy(p: argparse.ArgumentParser) -> None:
     add_dsn(p, credentials=False)  # the DSN only says where to forward: the proxy never logs in
     p.add_argument("--target", help="host:port to forward to (default: the host and port of --dsn)")
     p.add_argument("--listen", default="127.0.0.1:0", help="host:port to listen on (default 127.0.0.1:0, a free port)")
-    p.add_argument("--rtt", type=float, default=20.0, help="round-trip delay in ms, split evenly between directions (default 20)")
-    p.add_argument("--jitter", type=float, default=0.0, help="extra U(0, jitter) ms per round-trip, split between directions")
-    p.add_argument("--to-server-ms", type=float, help="one-way delay client -> server (overrides --rtt for that direction)")
-    p.add_argument("--to-client-ms", type=float, help="one-way delay server -> client (overrides --rtt for that direction)")
+    p.add_argument(
+        "--rtt", type=float, default=20.0, help="round-trip delay in ms, split evenly between directions (default 20)"
+    )
+    p.add_argument(
+        "--jitter", type=float, default=0.0, help="extra U(0, jitter) ms per round-trip, split between directions"
+    )
+    p.add_argument(
+        "--to-server-ms", type=float, help="one-way delay client -> server (overrides --rtt for that direction)"
+    )
+    p.add_argument(
+        "--to-client-ms", type=float, help="one-way delay server -> client (overrides --rtt for that direction)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the jitter")
 
 
@@ -153,8 +184,9 @@ def run_proxy(args: argparse.Namespace, out: Output) -> int:
         half = args.jitter / 2
         to_server = Link(args.to_server_ms, half) if args.to_server_ms is not None else None
         to_client = Link(args.to_client_ms, half) if args.to_client_ms is not None else None
-        proxy = LatencyProxy(target, args.rtt, args.jitter, listen=listen, to_server=to_server, to_client=to_client,
-                             seed=args.seed)
+        proxy = LatencyProxy(
+            target, args.rtt, args.jitter, listen=listen, to_server=to_server, to_client=to_client, seed=args.seed
+        )
     except ValueError as exc:
         raise CliError(str(exc)) from None
 
@@ -171,12 +203,32 @@ def run_proxy(args: argparse.Namespace, out: Output) -> int:
 
 
 COMMANDS = (
-    Command("bench", "read latency per strategy, table count and round-trip; throughput; breakdown; report",
-            configure_bench, run_bench, needs=("bench",)),
-    Command("bench-schema", "measure what the doctor's advice buys (private embedded cluster)",
-            configure_bench_schema, run_bench_schema, needs=("bench", "embedded")),
-    Command("bench-soak", "a bounded load test of pgfeatures serve through restarts, kill -9, password rotation and a "
-            "replica stop (private clusters)", configure_bench_soak, run_bench_soak, needs=("bench", "embedded")),
-    Command("proxy", "TCP proxy adding network latency (e.g. 20 ms round-trip) in front of PostgreSQL",
-            configure_proxy, run_proxy),
+    Command(
+        "bench",
+        "read latency per strategy, table count and round-trip; throughput; breakdown; report",
+        configure_bench,
+        run_bench,
+        needs=("bench",),
+    ),
+    Command(
+        "bench-schema",
+        "measure what the doctor's advice buys (private embedded cluster)",
+        configure_bench_schema,
+        run_bench_schema,
+        needs=("bench", "embedded"),
+    ),
+    Command(
+        "bench-soak",
+        "a bounded load test of pgfeatures serve through restarts, kill -9, password rotation and a "
+        "replica stop (private clusters)",
+        configure_bench_soak,
+        run_bench_soak,
+        needs=("bench", "embedded"),
+    ),
+    Command(
+        "proxy",
+        "TCP proxy adding network latency (e.g. 20 ms round-trip) in front of PostgreSQL",
+        configure_proxy,
+        run_proxy,
+    ),
 )

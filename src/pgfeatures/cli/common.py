@@ -84,7 +84,7 @@ class Command:
     name: str
     help: str
     configure: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace, "Output"], int | None]
+    run: Callable[[argparse.Namespace, Output], int | None]
     needs: tuple[str, ...] = ()
 
 
@@ -137,10 +137,12 @@ def missing_module(command: str, exc: ImportError, needs: Iterable[str] = ()) ->
     name = (exc.name or "").split(".")[0]
     extra = next((e for e in needs if name in EXTRAS[e]), _EXTRA_OF_MODULE.get(name))
     if extra is not None:
-        return MissingExtraError(f"pgfeatures {command} needs the {extra} extra (module {name!r} is missing): "
-                                 f"{install_hint([extra])}")
-    return MissingExtraError(f"pgfeatures {command} cannot import {name or exc}: {exc}; "
-                             f"install every extra with {install_hint(['all'])}")
+        return MissingExtraError(
+            f"pgfeatures {command} needs the {extra} extra (module {name!r} is missing): {install_hint([extra])}"
+        )
+    return MissingExtraError(
+        f"pgfeatures {command} cannot import {name or exc}: {exc}; install every extra with {install_hint(['all'])}"
+    )
 
 
 # -- shared options -------------------------------------------------------------------------------
@@ -148,29 +150,43 @@ def missing_module(command: str, exc: ImportError, needs: Iterable[str] = ()) ->
 
 def add_dsn(p: argparse.ArgumentParser, help: str | None = None, *, credentials: bool = True) -> None:
     """``--dsn``, and (for a command that logs in: ``credentials``) ``--credentials`` / ``--password-file``."""
-    p.add_argument("--dsn", help=help or "PostgreSQL connection string (default: $PGFEATURES_DSN, else the embedded server)")
+    p.add_argument(
+        "--dsn", help=help or "PostgreSQL connection string (default: $PGFEATURES_DSN, else the embedded server)"
+    )
     if credentials:
-        p.add_argument("--credentials", metavar="MODULE:CALLABLE",
-                       help="credential provider called for every new connection; it returns the password or a mapping "
-                            "of libpq parameters, which override the DSN's (rotating passwords, OAuth or IAM tokens; "
-                            f"default: ${CREDENTIALS_ENV})")
-        p.add_argument("--password-file", metavar="FILE",
-                       help=f"file holding the password, read at every new connection (default: ${PASSWORD_FILE_ENV})")
+        p.add_argument(
+            "--credentials",
+            metavar="MODULE:CALLABLE",
+            help="credential provider called for every new connection; it returns the password or a mapping "
+            "of libpq parameters, which override the DSN's (rotating passwords, OAuth or IAM tokens; "
+            f"default: ${CREDENTIALS_ENV})",
+        )
+        p.add_argument(
+            "--password-file",
+            metavar="FILE",
+            help=f"file holding the password, read at every new connection (default: ${PASSWORD_FILE_ENV})",
+        )
 
 
 def add_definitions(p: argparse.ArgumentParser, help: str | None = None) -> None:
-    p.add_argument("--definitions", "-d",
-                   help=help or f"feature-table definitions (TOML; default: ${DEFINITIONS_ENV}, else the demo layout)")
+    p.add_argument(
+        "--definitions",
+        "-d",
+        help=help or f"feature-table definitions (TOML; default: ${DEFINITIONS_ENV}, else the demo layout)",
+    )
 
 
 def add_json(p: argparse._ActionsContainer) -> None:  # a parser or an argument group
-    p.add_argument("--json", action="store_true",
-                   help="print the result as one JSON document on stdout, and nothing else there "
-                        "(messages for people go to stderr)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as one JSON document on stdout, and nothing else there "
+        "(messages for people go to stderr)",
+    )
 
 
 DEMO_LAYOUT = "the demo layout (30 tables t00..t29 x f0..f7 real, schema demo)"
-NO_DEFINITIONS = (f"no definitions given (-d/--definitions FILE or ${DEFINITIONS_ENV}): using {DEMO_LAYOUT}")
+NO_DEFINITIONS = f"no definitions given (-d/--definitions FILE or ${DEFINITIONS_ENV}): using {DEMO_LAYOUT}"
 
 
 def uses_demo_layout(args: argparse.Namespace) -> bool:
@@ -178,7 +194,7 @@ def uses_demo_layout(args: argparse.Namespace) -> bool:
     return hasattr(args, "definitions") and not args.definitions and not os.environ.get(DEFINITIONS_ENV)
 
 
-def load_registry(path: str | None) -> "Registry":
+def load_registry(path: str | None) -> Registry:
     """The definitions file given, else ``$PGFEATURES_DEFINITIONS``, else the demo layout, with a note on
     stderr saying so (and how to pass yours). Raises DefinitionError naming the file for a missing
     file, bad TOML or a bad definition."""
@@ -207,7 +223,7 @@ def dsn_of(args: argparse.Namespace, dsn: str | None = None) -> str:
     return resolved
 
 
-def credentials_of(args: argparse.Namespace) -> "CredentialProvider | None":
+def credentials_of(args: argparse.Namespace) -> CredentialProvider | None:
     """The credential provider of the command: ``--credentials`` (else ``$PGFEATURES_CREDENTIALS``),
     a ``module:callable`` loaded by ``load_provider``, or ``--password-file`` (else
     ``$PGFEATURES_PASSWORD_FILE``), a ``PasswordFile``; None: the DSN's own password (or libpq's
@@ -224,8 +240,10 @@ def credentials_of(args: argparse.Namespace) -> "CredentialProvider | None":
     spec = getattr(args, "credentials", None) or os.environ.get(CREDENTIALS_ENV) or None
     path = getattr(args, "password_file", None) or os.environ.get(PASSWORD_FILE_ENV) or None
     if spec and path:
-        raise ConfigError(f"give a credential provider (--credentials or ${CREDENTIALS_ENV}) or a password file "
-                          f"(--password-file or ${PASSWORD_FILE_ENV}), not both")
+        raise ConfigError(
+            f"give a credential provider (--credentials or ${CREDENTIALS_ENV}) or a password file "
+            f"(--password-file or ${PASSWORD_FILE_ENV}), not both"
+        )
     provider = PasswordFile(path) if path else load_provider(spec) if spec else None
     args._credentials = provider
     return provider

@@ -14,9 +14,12 @@ from .output import Output
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["start", "stop", "status", "dsn"],
-                   help="start: create the cluster if needed and start it; stop; status (exit 3 when not running); "
-                        "dsn: print the DSN of the existing cluster, without starting it (exit 3 when none exists)")
+    p.add_argument(
+        "action",
+        choices=["start", "stop", "status", "dsn"],
+        help="start: create the cluster if needed and start it; stop; status (exit 3 when not running); "
+        "dsn: print the DSN of the existing cluster, without starting it (exit 3 when none exists)",
+    )
     add_json(p)
 
 
@@ -25,18 +28,29 @@ def run(args: argparse.Namespace, out: Output) -> int:
 
     st = embedded.status()
     if args.action == "status":
-        info = {"home": str(st.home), "initialized": st.initialized, "running": st.running, "pid": st.pid,
-                "port": st.port, "dsn": st.dsn}
+        info = {
+            "home": str(st.home),
+            "initialized": st.initialized,
+            "running": st.running,
+            "pid": st.pid,
+            "port": st.port,
+            "dsn": st.dsn,
+        }
         if args.json:
             out.json(info)
         else:
-            out.say(f"home: {st.home}\ninitialized: {st.initialized}\nrunning: {st.running}"
-                    + (f" (pid {st.pid})" if st.pid else "") + (f"\ndsn: {st.dsn}" if st.dsn else ""))
+            out.say(
+                f"home: {st.home}\ninitialized: {st.initialized}\nrunning: {st.running}"
+                + (f" (pid {st.pid})" if st.pid else "")
+                + (f"\ndsn: {st.dsn}" if st.dsn else "")
+            )
         return 0 if st.running else EXIT_NOT_RUNNING
     if args.action == "dsn":
         if not st.initialized or st.dsn is None:
-            raise CliError(f"no embedded cluster in {st.home} (PGFEATURES_HOME): create and start it with "
-                           "'pgfeatures db start'", EXIT_NOT_RUNNING)
+            raise CliError(
+                f"no embedded cluster in {st.home} (PGFEATURES_HOME): create and start it with 'pgfeatures db start'",
+                EXIT_NOT_RUNNING,
+            )
         if not st.running:
             out.note("note: the embedded server is not running: start it with 'pgfeatures db start'")
         if args.json:

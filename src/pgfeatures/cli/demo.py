@@ -26,8 +26,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
     dsn = dsn_of(args)  # shown; the one with the credential merged in is not
     login = dsn_with_credentials(args, dsn)
     n_tables = len(demo_registry(schema=settings.schema).tables)
-    out.say(f"pgfeatures demo: {n_tables} tables x 8 real features, {settings.entities:,} entities, server {dsn}",
-            style="bold")
+    out.say(
+        f"pgfeatures demo: {n_tables} tables x 8 real features, {settings.entities:,} entities, server {dsn}",
+        style="bold",
+    )
     with out.progress("loading tables (COPY binary)", n_tables) as bar:
         rows = [0]
 
@@ -48,13 +50,26 @@ def run(args: argparse.Namespace, out: Output) -> int:
     for count, stats in result.stats.items():
         base = stats["sequential"].p50_ms
         for name, s in stats.items():
-            rows_shown.append([str(count), name, f"{s.p50_ms:.3f}", f"{s.p99_ms:.3f}", f"{s.mean_ms:.3f}", f"{s.cpu_ms:.3f}",
-                               f"{base / s.p50_ms:.1f}x faster" if name != "sequential" else "1.0x"])
+            rows_shown.append(
+                [
+                    str(count),
+                    name,
+                    f"{s.p50_ms:.3f}",
+                    f"{s.p99_ms:.3f}",
+                    f"{s.mean_ms:.3f}",
+                    f"{s.cpu_ms:.3f}",
+                    f"{base / s.p50_ms:.1f}x faster" if name != "sequential" else "1.0x",
+                ]
+            )
         rows_shown.append(None)
     columns = ["tables", "strategy", "p50 ms", "p99 ms", "mean ms", "client CPU ms", "p50 vs sequential"]
-    out.table(f"read latency per request, loopback TCP, PostgreSQL {result.server_version // 10000}, "
-              f"Python {platform.python_version()}, {settings.requests} requests per strategy (interleaved)",
-              columns, rows_shown[:-1], right=[c for c in columns if c != "strategy"])
+    out.table(
+        f"read latency per request, loopback TCP, PostgreSQL {result.server_version // 10000}, "
+        f"Python {platform.python_version()}, {settings.requests} requests per strategy (interleaved)",
+        columns,
+        rows_shown[:-1],
+        right=[c for c in columns if c != "strategy"],
+    )
     out.say("sequential = one round-trip per table; every other row is one round-trip per request.")
     out.say(f"\nsample read for entity 1 ({result.sample_key.hex()[:16]}...):")
     out.say(str(result.sample))
@@ -62,5 +77,12 @@ def run(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-COMMANDS = (Command("demo", "load 30 demo tables and compare read strategies at 10, 20 and 30 tables",
-                    configure, run, needs=("load",)),)
+COMMANDS = (
+    Command(
+        "demo",
+        "load 30 demo tables and compare read strategies at 10, 20 and 30 tables",
+        configure,
+        run,
+        needs=("load",),
+    ),
+)

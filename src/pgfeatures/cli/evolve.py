@@ -12,15 +12,28 @@ from .output import Output
 def _common(p: argparse.ArgumentParser) -> None:
     add_dsn(p)
     add_definitions(p)
-    p.add_argument("--allow-destructive", action="store_true",
-                   help="also make destructive changes: drop columns that are not in the definitions, alter columns of "
-                        "another type, drop the tables named with --drop-table (without it they are listed, not made)")
-    p.add_argument("--drop-table", action="append", default=[], metavar="TABLE",
-                   help="drop this table of the schema, which the definitions no longer declare (repeatable; needs "
-                        "--allow-destructive)")
-    p.add_argument("--drop-service", action="append", default=[], metavar="SERVICE",
-                   help="drop the serving rows (and triggers) of this materialized service, which the definitions do not "
-                        "declare (another definition file's are kept unless named; repeatable)")
+    p.add_argument(
+        "--allow-destructive",
+        action="store_true",
+        help="also make destructive changes: drop columns that are not in the definitions, alter columns of "
+        "another type, drop the tables named with --drop-table (without it they are listed, not made)",
+    )
+    p.add_argument(
+        "--drop-table",
+        action="append",
+        default=[],
+        metavar="TABLE",
+        help="drop this table of the schema, which the definitions no longer declare (repeatable; needs "
+        "--allow-destructive)",
+    )
+    p.add_argument(
+        "--drop-service",
+        action="append",
+        default=[],
+        metavar="SERVICE",
+        help="drop the serving rows (and triggers) of this materialized service, which the definitions do not "
+        "declare (another definition file's are kept unless named; repeatable)",
+    )
     add_json(p)
 
 
@@ -31,13 +44,19 @@ def configure_plan(p: argparse.ArgumentParser) -> None:
 
 def configure_apply(p: argparse.ArgumentParser) -> None:
     _common(p)
-    p.add_argument("--lock-timeout", type=float, default=5.0,
-                   help="seconds to wait for each lock a change needs (a long transaction on a table blocks it); on "
-                        "timeout nothing is changed and the error names who holds the lock (default 5)")
+    p.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=5.0,
+        help="seconds to wait for each lock a change needs (a long transaction on a table blocks it); on "
+        "timeout nothing is changed and the error names who holds the lock (default 5)",
+    )
 
 
-RELOAD_HINT = ("running servers serve the new definitions once reloaded: `kill -HUP <serve pid>`, or POST "
-               "/v1/admin/reload with the token; a library store: store.reload(definitions)")
+RELOAD_HINT = (
+    "running servers serve the new definitions once reloaded: `kill -HUP <serve pid>`, or POST "
+    "/v1/admin/reload with the token; a library store: store.reload(definitions)"
+)
 
 
 def run_plan(args: argparse.Namespace, out: Output) -> int:
@@ -46,8 +65,13 @@ def run_plan(args: argparse.Namespace, out: Output) -> int:
 
     registry = load_registry(args.definitions)
     with connect(args, "pgfeatures-plan") as conn:
-        found = plan_changes(conn, registry, allow_destructive=args.allow_destructive, drop_tables=args.drop_table,
-                             drop_services=args.drop_service)
+        found = plan_changes(
+            conn,
+            registry,
+            allow_destructive=args.allow_destructive,
+            drop_tables=args.drop_table,
+            drop_services=args.drop_service,
+        )
     if args.json:
         out.json({"fingerprint": registry.fingerprint, **found.to_dict()})
         return EXIT_OK
@@ -65,9 +89,15 @@ def run_apply(args: argparse.Namespace, out: Output) -> int:
 
     registry = load_registry(args.definitions)
     with connect(args, "pgfeatures-apply", timeout=10) as conn:
-        result = apply(conn, registry, allow_destructive=args.allow_destructive, drop_tables=args.drop_table,
-                       drop_services=args.drop_service,
-                       lock_timeout=args.lock_timeout, progress=None if args.json else (lambda m: out.note(m)))
+        result = apply(
+            conn,
+            registry,
+            allow_destructive=args.allow_destructive,
+            drop_tables=args.drop_table,
+            drop_services=args.drop_service,
+            lock_timeout=args.lock_timeout,
+            progress=None if args.json else (lambda m: out.note(m)),
+        )
     if args.json:
         out.json({"fingerprint": registry.fingerprint, **result.to_dict()})
         return EXIT_OK
@@ -75,8 +105,10 @@ def run_apply(args: argparse.Namespace, out: Output) -> int:
         out.say("nothing to change: the database matches the definitions")
     else:
         made = [c for c in result.plan.changes if c.kind != "note"]
-        out.say(f"applied {len(made)} change(s) in {result.seconds:.2f}s (readers waited at most "
-                f"{result.switch_seconds * 1000:.0f} ms, for the final switch)")
+        out.say(
+            f"applied {len(made)} change(s) in {result.seconds:.2f}s (readers waited at most "
+            f"{result.switch_seconds * 1000:.0f} ms, for the final switch)"
+        )
         for name, rows in result.rows.items():
             out.say(f"  built {name}: {rows:,} rows")
         for name in result.dropped_serving:
@@ -88,8 +120,18 @@ def run_apply(args: argparse.Namespace, out: Output) -> int:
 
 
 COMMANDS = (
-    Command("plan", "what differs between the definitions and the database: the changes `apply` would make, "
-                    "as prose and SQL (changes nothing)", configure_plan, run_plan),
-    Command("apply", "make the database match the definitions, online and in one transaction (additive changes; "
-                     "destructive ones with --allow-destructive)", configure_apply, run_apply),
+    Command(
+        "plan",
+        "what differs between the definitions and the database: the changes `apply` would make, "
+        "as prose and SQL (changes nothing)",
+        configure_plan,
+        run_plan,
+    ),
+    Command(
+        "apply",
+        "make the database match the definitions, online and in one transaction (additive changes; "
+        "destructive ones with --allow-destructive)",
+        configure_apply,
+        run_apply,
+    ),
 )

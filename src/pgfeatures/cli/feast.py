@@ -28,16 +28,24 @@ def run(args: argparse.Namespace, out: Output) -> int:
             raise CliError(f"{target} exists; pass --force to overwrite it")
         target.write_text(text)
     if args.json:
-        out.json({"definitions": imported.registry.to_dict(), "skipped": imported.skipped, "notes": imported.notes,
-                  "output": args.output})
+        out.json(
+            {
+                "definitions": imported.registry.to_dict(),
+                "skipped": imported.skipped,
+                "notes": imported.notes,
+                "output": args.output,
+            }
+        )
         return 0
     if not args.output:
         out.stdout.write(text)
         out.stdout.flush()
     registry = imported.registry
-    out.note(f"imported {len(registry.tables)} feature view(s), {len(registry.entities)} entit"
-             f"{'y' if len(registry.entities) == 1 else 'ies'}, {len(registry.services)} service(s) into schema "
-             f"{registry.schema}" + (f"; wrote {args.output}" if args.output else ""))
+    out.note(
+        f"imported {len(registry.tables)} feature view(s), {len(registry.entities)} entit"
+        f"{'y' if len(registry.entities) == 1 else 'ies'}, {len(registry.services)} service(s) into schema "
+        f"{registry.schema}" + (f"; wrote {args.output}" if args.output else "")
+    )
     for line in imported.skipped:
         out.note(f"not imported: {line}")
     for line in imported.notes:
@@ -45,6 +53,13 @@ def run(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-COMMANDS = (Command("import-feast", "write pgfeatures definitions (entities, tables, ttls, services) from a Feast "
-                                    "feature repository; what does not translate is listed", configure, run,
-                    needs=("feast",)),)
+COMMANDS = (
+    Command(
+        "import-feast",
+        "write pgfeatures definitions (entities, tables, ttls, services) from a Feast "
+        "feature repository; what does not translate is listed",
+        configure,
+        run,
+        needs=("feast",),
+    ),
+)

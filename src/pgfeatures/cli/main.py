@@ -28,12 +28,12 @@ from typing import Any
 from ..errors import PgFeaturesError, UnknownEntityError, UnknownFeatureError, UnknownServiceError, UnknownTableError
 from . import bench, db, demo, doctor, evolve, feast, inventory, read, schema, serve, write
 from .common import (
+    DEFINITIONS_ENV,
     DEMO_LAYOUT,
     EXIT_BROKEN_PIPE,
     EXIT_CODES,
     EXIT_ERROR,
     EXIT_INTERRUPTED,
-    DEFINITIONS_ENV,
     CliError,
     Command,
     missing_module,
@@ -43,8 +43,17 @@ from .common import (
 from .output import Output
 
 COMMANDS: tuple[Command, ...] = (
-    *db.COMMANDS, *schema.COMMANDS, *evolve.COMMANDS, *inventory.COMMANDS, *read.COMMANDS, *demo.COMMANDS,
-    *write.COMMANDS, *serve.COMMANDS, *doctor.COMMANDS, *bench.COMMANDS, *feast.COMMANDS,
+    *db.COMMANDS,
+    *schema.COMMANDS,
+    *evolve.COMMANDS,
+    *inventory.COMMANDS,
+    *read.COMMANDS,
+    *demo.COMMANDS,
+    *write.COMMANDS,
+    *serve.COMMANDS,
+    *doctor.COMMANDS,
+    *bench.COMMANDS,
+    *feast.COMMANDS,
 )
 BY_NAME = {c.name: c for c in COMMANDS}
 
@@ -89,14 +98,20 @@ class _Version(argparse.Action):
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser; with ``argv``, only the command it names is configured (None: every command)."""
-    parser = argparse.ArgumentParser(prog="pgfeatures", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="pgfeatures", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action=_Version, help="print the installed pgfeatures version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = _chosen(argv) if argv is not None else None
     for command in COMMANDS:
-        p = sub.add_parser(command.name, help=command.help, description=command.help, epilog=EXIT_CODES,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            command.name,
+            help=command.help,
+            description=command.help,
+            epilog=EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         if argv is None or command is chosen:
             command.configure(p)
         p.set_defaults(_command=command)
@@ -138,8 +153,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(out, str(exc), exc.exit_code)
     except (UnknownTableError, UnknownFeatureError, UnknownServiceError, UnknownEntityError) as exc:
         # valid names of the demo layout, when the user meant their own definitions: say where they came from
-        hint = (f"; these are the names of {DEMO_LAYOUT}, since no definitions were given: pass yours with "
-                f"-d/--definitions FILE or ${DEFINITIONS_ENV}") if uses_demo_layout(args) else ""
+        hint = (
+            (
+                f"; these are the names of {DEMO_LAYOUT}, since no definitions were given: pass yours with "
+                f"-d/--definitions FILE or ${DEFINITIONS_ENV}"
+            )
+            if uses_demo_layout(args)
+            else ""
+        )
         return fail(out, str(exc) + hint)
     except PgFeaturesError as exc:
         return fail(out, str(exc))
@@ -217,5 +238,7 @@ def _unexpected(exc: Exception, args: argparse.Namespace) -> str:
         return f"{exc.filename}: {exc.strerror or exc}"
     if os.environ.get("PGFEATURES_DEBUG"):
         traceback.print_exc()
-    return (f"internal error: {type(exc).__name__}: {exc} (a bug: please report it; "
-            "PGFEATURES_DEBUG=1 prints the traceback)")
+    return (
+        f"internal error: {type(exc).__name__}: {exc} (a bug: please report it; "
+        "PGFEATURES_DEBUG=1 prints the traceback)"
+    )

@@ -91,8 +91,16 @@ class Output:
         """The machine-readable result: one JSON document on stdout."""
         print(json.dumps(data, indent=2, default=_json_default), file=self.stdout, flush=True)
 
-    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[str] | None], *,
-              right: Sequence[str] = (), status: str | None = None, lines: bool = False) -> None:
+    def table(
+        self,
+        title: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[str] | None],
+        *,
+        right: Sequence[str] = (),
+        status: str | None = None,
+        lines: bool = False,
+    ) -> None:
         """A table for people. ``rows``: ``None`` starts a new section; ``right``: right-aligned
         columns; ``status``: the column whose pass/warn/fail cells are coloured."""
         if self._rich:
@@ -107,19 +115,23 @@ class Output:
                 if row is None:
                     t.add_section()
                     continue
-                t.add_row(*(Text(str(c), style=_STYLES.get(str(c), "") if i == coloured else "") for i, c in enumerate(row)))
+                t.add_row(
+                    *(Text(str(c), style=_STYLES.get(str(c), "") if i == coloured else "") for i, c in enumerate(row))
+                )
             self.console().print(t)
             return
         self._plain_table(title, columns, rows, right)
 
-    def _plain_table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[str] | None],
-                     right: Sequence[str]) -> None:
+    def _plain_table(
+        self, title: str, columns: Sequence[str], rows: Sequence[Sequence[str] | None], right: Sequence[str]
+    ) -> None:
         body = [list(map(str, r)) for r in rows if r is not None]
         widths = [max([len(c), *(len(r[i]) for r in body)]) for i, c in enumerate(columns)]
 
         def line(cells: Sequence[str]) -> str:
-            return "  ".join(c.rjust(w) if columns[i] in right else c.ljust(w)
-                             for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+            return "  ".join(
+                c.rjust(w) if columns[i] in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+            ).rstrip()
 
         out = [title, line(columns), "  ".join("-" * w for w in widths)]
         for row in rows:
@@ -127,15 +139,20 @@ class Output:
         print("\n".join(out), file=self.human, flush=True)
 
     @contextlib.contextmanager
-    def progress(self, description: str, total: int | None) -> Iterator["Progress"]:
+    def progress(self, description: str, total: int | None) -> Iterator[Progress]:
         """A progress bar on stderr (rich), else a line per step."""
         if self._rich:
-            from rich.progress import BarColumn, MofNCompleteColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as RichProgress
-            from rich.progress import TextColumn, TimeElapsedColumn
 
-            with RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                              console=self.console(err=True), transient=False) as bar:
+            with RichProgress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console(err=True),
+                transient=False,
+            ) as bar:
                 yield Progress(self, bar, bar.add_task(description, total=total))
             return
         self.note(description)

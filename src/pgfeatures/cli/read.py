@@ -41,24 +41,43 @@ if TYPE_CHECKING:
 _ENTITY_KEY = re.compile(r"^([a-z_][a-z0-9_]*)=(.*)$", re.DOTALL)
 _NEXT_ENTITY = re.compile(r",(?=[a-z_][a-z0-9_]*=)")
 _FLOAT32 = struct.Struct("<f")
-NO_KEY = ("no key given: pass KEY (one entity), ENTITY=KEY per entity (user=42 merchant=m-1), "
-          "or --key ENTITY=KEY[,...] per request of a batch")
+NO_KEY = (
+    "no key given: pass KEY (one entity), ENTITY=KEY per entity (user=42 merchant=m-1), "
+    "or --key ENTITY=KEY[,...] per request of a batch"
+)
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     add_dsn(p)
     add_definitions(p)
-    p.add_argument("keys", nargs="*", metavar="KEY",
-                   help="one request: ENTITY=KEY per entity it reads (user=42 merchant=m-1), or a bare key when it "
-                        "reads one entity; several bare keys: a batch, one request each")
-    p.add_argument("--key", "-k", action="append", dest="rows", metavar="ENTITY=KEY[,ENTITY=KEY...]",
-                   help="one request of a batch, with a key per entity (repeat for each request)")
+    p.add_argument(
+        "keys",
+        nargs="*",
+        metavar="KEY",
+        help="one request: ENTITY=KEY per entity it reads (user=42 merchant=m-1), or a bare key when it "
+        "reads one entity; several bare keys: a batch, one request each",
+    )
+    p.add_argument(
+        "--key",
+        "-k",
+        action="append",
+        dest="rows",
+        metavar="ENTITY=KEY[,ENTITY=KEY...]",
+        help="one request of a batch, with a key per entity (repeat for each request)",
+    )
     p.add_argument("--tables", "-t", help="comma-separated tables (default: all)")
-    p.add_argument("--features", "-f", help="comma-separated table.feature names (with --service: a subset of its features)")
+    p.add_argument(
+        "--features", "-f", help="comma-separated table.feature names (with --service: a subset of its features)"
+    )
     p.add_argument("--service", help="read this feature service (its features, order and ttl)")
-    p.add_argument("--output", "-o", choices=["features", "vector"], default="features",
-                   help="features: {table: {feature: value}}; vector (with --service): the service's flat vector "
-                        "with its names (default features)")
+    p.add_argument(
+        "--output",
+        "-o",
+        choices=["features", "vector"],
+        default="features",
+        help="features: {table: {feature: value}}; vector (with --service): the service's flat vector "
+        "with its names (default features)",
+    )
     p.add_argument("--strategy", "-s", help="read strategy of a single request (default: single)")
     add_json(p)  # the output is JSON either way; accepted so that every command takes --json
 
@@ -66,15 +85,17 @@ def configure(p: argparse.ArgumentParser) -> None:
 # -- keys -----------------------------------------------------------------------------------------
 
 
-def _entity_key(text: str, registry: "Registry", where: str) -> tuple[str, str] | None:
+def _entity_key(text: str, registry: Registry, where: str) -> tuple[str, str] | None:
     """``(entity, key)`` for ``ENTITY=KEY``; None for a bare key. Raises CliError for an unknown entity."""
     m = _ENTITY_KEY.match(text)
     if m is None:
         return None
     name, key = m.group(1), m.group(2)
     if name not in registry.entities:
-        raise CliError(f"unknown entity {name!r} in {where} {text!r}; valid entities: {', '.join(registry.entities)} "
-                       "(a bare key that contains '=' is written ENTITY=KEY)")
+        raise CliError(
+            f"unknown entity {name!r} in {where} {text!r}; valid entities: {', '.join(registry.entities)} "
+            "(a bare key that contains '=' is written ENTITY=KEY)"
+        )
     return name, key
 
 
@@ -82,20 +103,24 @@ def _request(pairs: Sequence[tuple[str, str]], where: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, key in pairs:
         if name in out:
-            raise CliError(f"entity {name!r} is given twice in {where}: a request takes one key per entity; "
-                           "for a batch, pass --key ENTITY=KEY[,ENTITY=KEY...] once per request")
+            raise CliError(
+                f"entity {name!r} is given twice in {where}: a request takes one key per entity; "
+                "for a batch, pass --key ENTITY=KEY[,ENTITY=KEY...] once per request"
+            )
         out[name] = key
     return out
 
 
-def parse_requests(registry: "Registry", keys: Sequence[str], rows: Sequence[str] | None) -> tuple[list[Any], bool]:
+def parse_requests(registry: Registry, keys: Sequence[str], rows: Sequence[str] | None) -> tuple[list[Any], bool]:
     """The requests of a command line, and whether they are one request (not a batch).
 
     Each request is a bare key (str) or ``{entity: key}``. Raises CliError for a mix of bare and
     entity keys, an entity given twice, an unknown entity, or no key at all."""
     if keys and rows:
-        raise CliError("give the keys either as arguments (one request, or a batch of bare keys) or with --key "
-                       "(one request each), not both")
+        raise CliError(
+            "give the keys either as arguments (one request, or a batch of bare keys) or with --key "
+            "(one request each), not both"
+        )
     if rows:
         requests: list[Any] = []
         for i, row in enumerate(rows):
@@ -104,8 +129,10 @@ def parse_requests(registry: "Registry", keys: Sequence[str], rows: Sequence[str
             for part in _NEXT_ENTITY.split(row):
                 pair = _entity_key(part, registry, where)
                 if pair is None:
-                    raise CliError(f"{where} {row!r}: write each key as ENTITY=KEY, comma-separated "
-                                   f"(entities: {', '.join(registry.entities)})")
+                    raise CliError(
+                        f"{where} {row!r}: write each key as ENTITY=KEY, comma-separated "
+                        f"(entities: {', '.join(registry.entities)})"
+                    )
                 pairs.append(pair)
             requests.append(_request(pairs, where))
         return requests, False
@@ -115,8 +142,10 @@ def parse_requests(registry: "Registry", keys: Sequence[str], rows: Sequence[str
     named = [p for p in parsed if p is not None]
     if named and len(named) < len(parsed):
         bare = next(k for k, p in zip(keys, parsed) if p is None)
-        raise CliError(f"bare key {bare!r} mixed with ENTITY=KEY arguments: one request takes ENTITY=KEY for each "
-                       "entity it reads; for a batch pass --key ENTITY=KEY[,...] once per request")
+        raise CliError(
+            f"bare key {bare!r} mixed with ENTITY=KEY arguments: one request takes ENTITY=KEY for each "
+            "entity it reads; for a batch pass --key ENTITY=KEY[,...] once per request"
+        )
     if named:
         return [_request(named, "the arguments")], True
     return list(keys), len(keys) == 1
@@ -129,10 +158,15 @@ def _check_keys(binder: Any, requests: Sequence[Any], single: bool) -> None:
     if len(binder.names) > 1:
         for r in requests:
             if not isinstance(r, Mapping):
-                raise CliError(f"this request reads entities {', '.join(binder.names)}: pass one key per entity, "
-                               f"as {' '.join(n + '=KEY' for n in binder.names)}"
-                               + ("" if single else " (a batch: --key " + ",".join(n + "=KEY" for n in binder.names)
-                                  + " per request)"))
+                raise CliError(
+                    f"this request reads entities {', '.join(binder.names)}: pass one key per entity, "
+                    f"as {' '.join(n + '=KEY' for n in binder.names)}"
+                    + (
+                        ""
+                        if single
+                        else " (a batch: --key " + ",".join(n + "=KEY" for n in binder.names) + " per request)"
+                    )
+                )
     for i, r in enumerate(requests):
         try:
             binder.one(r)
@@ -140,8 +174,9 @@ def _check_keys(binder: Any, requests: Sequence[Any], single: bool) -> None:
             raise KeyFormatError(str(exc) if single else f"request {i + 1} ({_shown(r)}): {exc}") from None
 
 
-def _echoed(registry: "Registry", entities: Sequence[str], request: Any) -> Any:
+def _echoed(registry: Registry, entities: Sequence[str], request: Any) -> Any:
     """A request's keys as the output shows them: a ``bigint`` key as a JSON number (as HTTP echoes it)."""
+
     def one(entity: str, key: Any) -> Any:
         return int(key) if registry.entities[entity].key_type == "bigint" else key
 
@@ -173,7 +208,7 @@ def shortest_real(x: float) -> float:
     return x
 
 
-def _real_features(registry: "Registry") -> dict[str, frozenset[str]]:
+def _real_features(registry: Registry) -> dict[str, frozenset[str]]:
     return {t.name: frozenset(f.name for f in t.features if f.type.name == "real") for t in registry.tables.values()}
 
 
@@ -202,8 +237,12 @@ def features_json(result: Any, reals: Mapping[str, frozenset[str]]) -> dict[str,
 def result_json(key: Any, result: Any, reals: Mapping[str, frozenset[str]]) -> dict[str, Any]:
     """One request's answer, as the HTTP API gives it."""
     status = dict(result.status)
-    return {"key": key, "features": features_json(result, reals), "status": status,
-            "missing": [t for t, s in status.items() if s != "present"]}
+    return {
+        "key": key,
+        "features": features_json(result, reals),
+        "status": status,
+        "missing": [t for t, s in status.items() if s != "present"],
+    }
 
 
 def vector_json(key: Any, service: str, vector: Any, reals: Mapping[str, frozenset[str]]) -> dict[str, Any]:
@@ -213,8 +252,14 @@ def vector_json(key: Any, service: str, vector: Any, reals: Mapping[str, frozens
         table, _, feature = name.partition(".")
         values.append(_short(value) if feature in reals.get(table, frozenset()) else _plain(value))
     status = dict(vector.status)
-    return {"key": key, "service": service, "names": list(vector.names), "values": values, "status": status,
-            "missing": [t for t, s in status.items() if s != "present"]}
+    return {
+        "key": key,
+        "service": service,
+        "names": list(vector.names),
+        "values": values,
+        "status": status,
+        "missing": [t for t, s in status.items() if s != "present"],
+    }
 
 
 # -- the command ----------------------------------------------------------------------------------
@@ -233,8 +278,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
     if service is not None:
         registry.service(service)  # UnknownServiceError names the valid services
         if tables is not None:
-            raise CliError(f"--tables does not apply to --service (the service {service!r} says which tables it reads); "
-                           "use -f table.feature,... to read a subset of its features")
+            raise CliError(
+                f"--tables does not apply to --service (the service {service!r} says which tables it reads); "
+                "use -f table.feature,... to read a subset of its features"
+            )
     elif args.output == "vector":
         raise CliError("--output vector needs --service NAME: a vector is in a feature service's order")
     requests, single = parse_requests(registry, args.keys, args.rows)
@@ -247,12 +294,16 @@ def run(args: argparse.Namespace, out: Output) -> int:
     _check_keys(probe.binder, requests, single)
     reals = _real_features(registry)
     vector = args.output == "vector"
-    with FeatureStore(registry, dsn_of(args), pool_size=1, write_pool_size=0, on_drift="isolate",
-                      credentials=credentials_of(args)) as store:
+    with FeatureStore(
+        registry, dsn_of(args), pool_size=1, write_pool_size=0, on_drift="isolate", credentials=credentials_of(args)
+    ) as store:
         if service is not None:
             output = "list" if vector else "dict"
-            results = ([store.get_service(service, requests[0], features, output=output)] if single
-                       else store.get_service_batch(service, requests, features, output=output))
+            results = (
+                [store.get_service(service, requests[0], features, output=output)]
+                if single
+                else store.get_service_batch(service, requests, features, output=output)
+            )
         elif single:
             results = [store.get_features(requests[0], tables, features, strategy=args.strategy)]
         else:
@@ -263,5 +314,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-COMMANDS = (Command("get", "read features (of tables or a feature service) for one request or a batch, print JSON",
-                    configure, run),)
+COMMANDS = (
+    Command(
+        "get", "read features (of tables or a feature service) for one request or a batch, print JSON", configure, run
+    ),
+)

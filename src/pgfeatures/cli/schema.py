@@ -22,9 +22,15 @@ if TYPE_CHECKING:
 def configure(p: argparse.ArgumentParser) -> None:
     add_dsn(p)
     add_definitions(p)
-    p.add_argument("--print-sql", action="store_true", help="print the DDL (tables and read functions) instead of running it")
-    p.add_argument("--no-functions", dest="functions", action="store_false",
-                   help="do not create the PL/pgSQL read functions (used behind a transaction-mode pooler)")
+    p.add_argument(
+        "--print-sql", action="store_true", help="print the DDL (tables and read functions) instead of running it"
+    )
+    p.add_argument(
+        "--no-functions",
+        dest="functions",
+        action="store_false",
+        help="do not create the PL/pgSQL read functions (used behind a transaction-mode pooler)",
+    )
     add_json(p)
 
 
@@ -32,7 +38,7 @@ def _key(table: Any) -> str:
     return f"{table.key_column} {table.entity.live_type}"
 
 
-def create_functions(conn: "psycopg.Connection", registry: "Registry") -> dict[str, Any]:
+def create_functions(conn: psycopg.Connection, registry: Registry) -> dict[str, Any]:
     """Create the missing PL/pgSQL read functions of ``registry`` (``reader.functions``): what a store
     behind a transaction-mode pooler reads through. Each is named after a hash of its statement, so
     one that exists is the same function. Returns ``{"total", "created", "present", "error"}``; a
@@ -57,19 +63,24 @@ def create_functions(conn: "psycopg.Connection", registry: "Registry") -> dict[s
                     conn.execute(f.create, prepare=False)
                     result["created"] += 1
     except psycopg.errors.InsufficientPrivilege as exc:
-        result.update(created=0, error=f"cannot create the read functions: {str(exc).strip()} (needed only behind a "
-                                        "transaction-mode pooler: run pgfeatures init as the schema's owner)")
+        result.update(
+            created=0,
+            error=f"cannot create the read functions: {str(exc).strip()} (needed only behind a "
+            "transaction-mode pooler: run pgfeatures init as the schema's owner)",
+        )
     return result
 
 
-def _describe(report: "SchemaReport", registry: "Registry") -> list[str]:
+def _describe(report: SchemaReport, registry: Registry) -> list[str]:
     lines = []
     if report.created:
         lines.append(f"created: {', '.join(report.created)}")
     for name in report.existing:
         table = registry.tables[name]
-        lines.append(f"unchanged: {name} (the existing table fits its definition: key {_key(table)}, "
-                     f"{len(table.features)} feature(s), updated_at)")
+        lines.append(
+            f"unchanged: {name} (the existing table fits its definition: key {_key(table)}, "
+            f"{len(table.features)} feature(s), updated_at)"
+        )
     for name, problems in report.drift.items():
         lines.extend(f"DRIFT {name}: {p}" for p in problems)
     return lines
@@ -94,24 +105,46 @@ def run(args: argparse.Namespace, out: Output) -> int:
     with connect(args, "pgfeatures-init") as conn:
         report = apply_schema(conn, registry, raise_on_drift=False)
         if not args.functions:
-            functions: dict[str, Any] = {"total": 0, "created": 0, "present": 0, "error": None, "skipped": "--no-functions"}
+            functions: dict[str, Any] = {
+                "total": 0,
+                "created": 0,
+                "present": 0,
+                "error": None,
+                "skipped": "--no-functions",
+            }
         elif report.drift:
-            functions = {"total": len(registry_functions(registry)), "created": 0, "present": 0, "error": None,
-                         "skipped": "schema drift: the read functions read every table"}
+            functions = {
+                "total": len(registry_functions(registry)),
+                "created": 0,
+                "present": 0,
+                "error": None,
+                "skipped": "schema drift: the read functions read every table",
+            }
         else:
             functions = create_functions(conn, registry)
         services = status(conn, registry) if any(s.materialize for s in registry.services.values()) else {}
     to_build = {name: state for name, state in services.items() if state != "built"}
-    actions = [f"pgfeatures materialize {name}" + (f" -d {args.definitions}" if args.definitions else "")
-               for name in to_build]
+    actions = [
+        f"pgfeatures materialize {name}" + (f" -d {args.definitions}" if args.definitions else "") for name in to_build
+    ]
     if args.json:
         tables = {}
         for name, table in registry.tables.items():
             state = "created" if name in report.created else "drift" if name in report.drift else "fits"
             tables[name] = {"state": state, "key": _key(table), "problems": report.drift.get(name, [])}
-        out.json({"ok": report.ok, "created": report.created, "unchanged": report.existing, "fits": report.existing,
-                  "drift": report.drift, "tables": tables, "functions": functions, "services": services,
-                  "actions": actions})
+        out.json(
+            {
+                "ok": report.ok,
+                "created": report.created,
+                "unchanged": report.existing,
+                "fits": report.existing,
+                "drift": report.drift,
+                "tables": tables,
+                "functions": functions,
+                "services": services,
+                "actions": actions,
+            }
+        )
     else:
         for line in _describe(report, registry):
             out.say(line)
@@ -120,20 +153,28 @@ def run(args: argparse.Namespace, out: Output) -> int:
         elif functions["error"]:
             out.say(f"read functions: {functions['error']}", style="warn")
         else:
-            out.say(f"read functions (for transaction-mode poolers): {functions['created']} created, "
-                    f"{functions['present']} already present, of {functions['total']}")
+            out.say(
+                f"read functions (for transaction-mode poolers): {functions['created']} created, "
+                f"{functions['present']} already present, of {functions['total']}"
+            )
         for name, state in services.items():
             if state == "built":
                 out.say(f"service {name}: serving rows built")
     for (name, state), action in zip(to_build.items(), actions):
         why = "missing" if state == "missing" else "built for another definition of the service (stale)"
-        out.say(f"service {name}: serving rows {why}; it is read table by table until you run: {action}",
-                style="warn", err=args.json)
+        out.say(
+            f"service {name}: serving rows {why}; it is read table by table until you run: {action}",
+            style="warn",
+            err=args.json,
+        )
     if not report.ok:
         where = f" -d {args.definitions}" if args.definitions else ""
-        out.say("schema drift: the tables above disagree with their definitions; init changed nothing for them. "
-                f"`pgfeatures plan{where}` shows the change, `pgfeatures apply{where}` makes it online",
-                style="fail", err=args.json)
+        out.say(
+            "schema drift: the tables above disagree with their definitions; init changed nothing for them. "
+            f"`pgfeatures plan{where}` shows the change, `pgfeatures apply{where}` makes it online",
+            style="fail",
+            err=args.json,
+        )
         return EXIT_ERROR
     return 0
 
@@ -145,13 +186,17 @@ def configure_materialize(p: argparse.ArgumentParser) -> None:
     add_dsn(p)
     add_definitions(p)
     p.add_argument("service", help="a feature service declared materialize = true")
-    p.add_argument("--lock-timeout", type=float, default=10.0,
-                   help="seconds to wait for the SHARE lock on the service's tables (writers wait while it "
-                        "builds; readers never do) (default 10)")
+    p.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the SHARE lock on the service's tables (writers wait while it "
+        "builds; readers never do) (default 10)",
+    )
     add_json(p)
 
 
-def _check_tables(conn: "psycopg.Connection", registry: "Registry", service: str, source: str | None) -> None:
+def _check_tables(conn: psycopg.Connection, registry: Registry, service: str, source: str | None) -> None:
     """Raise SchemaDriftError (naming the fix) when a table the service reads is missing or differs."""
     import psycopg
 
@@ -175,6 +220,7 @@ def _steps(out: Output, title: str) -> Iterator[Callable[[str], None]]:
         return
     console = out.console(err=True)
     with console.status(title) as spinner:
+
         def step(text: str) -> None:
             console.log(text)
             spinner.update(f"{title}: {text}")
@@ -192,8 +238,10 @@ def run_materialize(args: argparse.Namespace, out: Output) -> int:
     if not svc.materialize:
         where = f" in {args.definitions}" if args.definitions else ""
         built = [n for n, s in registry.services.items() if s.materialize]
-        raise CliError(f"service {svc.name!r} is not declared materialize = true: add materialize = true to [services.{svc.name}]{where} "
-                       f"to keep serving rows for it (materialized services: {', '.join(built) or 'none'})")
+        raise CliError(
+            f"service {svc.name!r} is not declared materialize = true: add materialize = true to [services.{svc.name}]{where} "
+            f"to keep serving rows for it (materialized services: {', '.join(built) or 'none'})"
+        )
     if args.lock_timeout <= 0:
         raise CliError(f"--lock-timeout must be positive, got {args.lock_timeout:g}")
     with connect(args, "pgfeatures-materialize", timeout=10) as conn:
@@ -202,8 +250,10 @@ def run_materialize(args: argparse.Namespace, out: Output) -> int:
             try:
                 summary = materialize(conn, registry, svc.name, progress=step, lock_timeout=args.lock_timeout)
             except psycopg.errors.LockNotAvailable:
-                raise CliError(f"could not lock the tables of {svc.name} within {args.lock_timeout:g}s: a long write or "
-                               "load holds them; nothing changed. Retry, or raise --lock-timeout") from None
+                raise CliError(
+                    f"could not lock the tables of {svc.name} within {args.lock_timeout:g}s: a long write or "
+                    "load holds them; nothing changed. Retry, or raise --lock-timeout"
+                ) from None
         state = status(conn, registry).get(svc.name)
     if args.json:
         out.json({"service": svc.name, "rows": summary.rows, "seconds": round(summary.seconds, 3), "state": state})
@@ -214,8 +264,16 @@ def run_materialize(args: argparse.Namespace, out: Output) -> int:
 
 
 COMMANDS = (
-    Command("init", "create the schema, feature tables and read functions (idempotent; exit 2 and a report on drift)",
-            configure, run),
-    Command("materialize", "build a materialized feature service's serving rows, online (readers never wait)",
-            configure_materialize, run_materialize),
+    Command(
+        "init",
+        "create the schema, feature tables and read functions (idempotent; exit 2 and a report on drift)",
+        configure,
+        run,
+    ),
+    Command(
+        "materialize",
+        "build a materialized feature service's serving rows, online (readers never wait)",
+        configure_materialize,
+        run_materialize,
+    ),
 )

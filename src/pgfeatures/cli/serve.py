@@ -10,8 +10,18 @@ from __future__ import annotations
 import argparse
 import errno
 
-from .common import (EXIT_CANNOT_LISTEN, NO_DEFINITIONS, CliError, Command, Flag, add_dsn, add_json, add_settings,
-                     dsn_with_credentials, given)
+from .common import (
+    EXIT_CANNOT_LISTEN,
+    NO_DEFINITIONS,
+    CliError,
+    Command,
+    Flag,
+    add_dsn,
+    add_json,
+    add_settings,
+    dsn_with_credentials,
+    given,
+)
 from .output import Output
 
 
@@ -37,17 +47,23 @@ def run_serve(args: argparse.Namespace, out: Output) -> int:
     try:
         sock = bind(config)  # before the banner and the embedded server: nothing is said up that cannot serve
     except OSError as exc:
-        reason = "the address is in use (another process listens there)" if exc.errno == errno.EADDRINUSE else \
-            exc.strerror or str(exc)
-        raise CliError(f"cannot listen on {address}: {reason}; choose another --port (or --host)",
-                       EXIT_CANNOT_LISTEN) from None
+        reason = (
+            "the address is in use (another process listens there)"
+            if exc.errno == errno.EADDRINUSE
+            else exc.strerror or str(exc)
+        )
+        raise CliError(
+            f"cannot listen on {address}: {reason}; choose another --port (or --host)", EXIT_CANNOT_LISTEN
+        ) from None
     try:
         config = config.replace(dsn=resolve_dsn(config.dsn))  # the embedded server starts once, here
         args.resolved_dsn = config.dsn
         port = sock.getsockname()[1]  # the one chosen, with --port 0
-        out.say(f"pgfeatures serve: http://{config.host}:{port} ({config.workers} worker(s), "
-                f"{len(registry.tables)} tables in schema {registry.schema!r}, coalescing "
-                f"{'on' if config.coalesce else 'off'})")
+        out.say(
+            f"pgfeatures serve: http://{config.host}:{port} ({config.workers} worker(s), "
+            f"{len(registry.tables)} tables in schema {registry.schema!r}, coalescing "
+            f"{'on' if config.coalesce else 'off'})"
+        )
     except BaseException:
         sock.close()
         raise
@@ -77,8 +93,18 @@ def run_bench_http(args: argparse.Namespace, out: Output) -> int:
 
 
 COMMANDS = (
-    Command("serve", "serve features over HTTP (settings: flags > PGFEATURES_<NAME> env > --config file > defaults)",
-            configure_serve, run_serve, needs=("server",)),
-    Command("bench-http", "benchmark the HTTP service against the library (demo data)",
-            configure_bench_http, run_bench_http, needs=("server", "bench")),
+    Command(
+        "serve",
+        "serve features over HTTP (settings: flags > PGFEATURES_<NAME> env > --config file > defaults)",
+        configure_serve,
+        run_serve,
+        needs=("server",),
+    ),
+    Command(
+        "bench-http",
+        "benchmark the HTTP service against the library (demo data)",
+        configure_bench_http,
+        run_bench_http,
+        needs=("server", "bench"),
+    ),
 )

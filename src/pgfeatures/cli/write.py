@@ -40,32 +40,50 @@ LOAD_FLAGS = {
     "mode": Flag("merge: upsert the rows; replace: the table becomes exactly these rows"),
     "key_column": Flag("column holding the entity key"),
     "hash_keys": Flag("the key column holds natural ids: hash them with SHA-256"),
-    "on_duplicate": Flag("a key seen twice: the row with the newest updated_at wins (equal: the later row), "
-                         "the last row wins, or the load fails", metavar="newest|last|reject"),
+    "on_duplicate": Flag(
+        "a key seen twice: the row with the newest updated_at wins (equal: the later row), "
+        "the last row wins, or the load fails",
+        metavar="newest|last|reject",
+    ),
     "nan": Flag("NaN values: fail the load, or load them as NULL"),
-    "inf": Flag("±Infinity in real/double precision columns: fail the load, or load them as they are "
-                "(JSON answers carry them as \"Infinity\"/\"-Infinity\")"),
+    "inf": Flag(
+        "±Infinity in real/double precision columns: fail the load, or load them as they are "
+        '(JSON answers carry them as "Infinity"/"-Infinity")'
+    ),
     "on_invalid": Flag("invalid values: fail the load, or skip their rows (counted as rejected)"),
     "partial": Flag("merge only the feature columns present (the others keep their values)"),
     "ignore_extra": Flag("ignore source columns the table does not have"),
     "strategy": Flag("merge by upsert or by rebuild-and-swap (auto: rebuild for large loads)"),
     "vacuum": Flag("VACUUM after the load (auto: where it pays, for index-only scans)"),
-    "updated_at": Flag("event time of rows without one: ISO 8601 with a zone, or epoch seconds (default: the load's "
-                       "transaction time on the database server)", parse=_event_time_text),
+    "updated_at": Flag(
+        "event time of rows without one: ISO 8601 with a zone, or epoch seconds (default: the load's "
+        "transaction time on the database server)",
+        parse=_event_time_text,
+    ),
     "event_time_unit": Flag("unit of epoch numbers in the updated_at column: s, ms or us", metavar="s|ms|us"),
-    "event_time_zone": Flag("time zone of updated_at values without one (timestamps without a zone, ISO strings "
-                            "without an offset), e.g. UTC; default: such values are refused", metavar="ZONE"),
-    "max_future_skew": Flag("seconds an updated_at may be ahead of the database server's clock; rows further "
-                            "ahead are invalid (see --on-invalid)", metavar="SECONDS"),
+    "event_time_zone": Flag(
+        "time zone of updated_at values without one (timestamps without a zone, ISO strings "
+        "without an offset), e.g. UTC; default: such values are refused",
+        metavar="ZONE",
+    ),
+    "max_future_skew": Flag(
+        "seconds an updated_at may be ahead of the database server's clock; rows further "
+        "ahead are invalid (see --on-invalid)",
+        metavar="SECONDS",
+    ),
     "format": Flag("file format (default: from the extension)", metavar="parquet|csv|arrow"),
-    "require_checksums": Flag("refuse, before loading anything, a file that is not page-checksummed throughout "
-                              "(Parquet written without page checksums, pyarrow's default; CSV; Arrow IPC): damage "
-                              "in it that still decodes could not be detected"),
+    "require_checksums": Flag(
+        "refuse, before loading anything, a file that is not page-checksummed throughout "
+        "(Parquet written without page checksums, pyarrow's default; CSV; Arrow IPC): damage "
+        "in it that still decodes could not be detected"
+    ),
     "batch_rows": Flag("rows per COPY batch"),
     "lock_timeout": Flag("seconds to wait for the table lock"),
     # LoadOptions.overwrite_newer (newest wins in bulk loads): the flag appears with the field.
-    "overwrite_newer": Flag("write every loaded row, even where the stored row is newer (a larger updated_at); "
-                            "default: newest wins, the newer stored row is kept"),
+    "overwrite_newer": Flag(
+        "write every loaded row, even where the stored row is newer (a larger updated_at); "
+        "default: newest wins, the newer stored row is kept"
+    ),
 }
 
 
@@ -77,7 +95,9 @@ def configure_load(p: argparse.ArgumentParser) -> None:
     add_dsn(p)
     add_definitions(p)
     p.add_argument("table")
-    p.add_argument("files", nargs="+", metavar="FILE", help="Parquet, CSV (header row) or Arrow IPC files, loaded together")
+    p.add_argument(
+        "files", nargs="+", metavar="FILE", help="Parquet, CSV (header row) or Arrow IPC files, loaded together"
+    )
     add_settings(p, LoadOptions, LOAD_FLAGS)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     add_json(p)
@@ -107,13 +127,21 @@ def configure_bench_load(p: argparse.ArgumentParser) -> None:
     p.add_argument("--read-tables", type=int, default=10, help="tables each read touches, the loaded one included")
     p.add_argument("--readers", type=int, default=1, help="reader processes (each one connection)")
     p.add_argument("--read-rate", type=float, default=1000.0, help="reads/s per reader process; 0: back to back")
-    p.add_argument("--seconds", type=float, default=8.0, help="idle read time, half before and half after the loads (default 8)")
+    p.add_argument(
+        "--seconds", type=float, default=8.0, help="idle read time, half before and half after the loads (default 8)"
+    )
     p.add_argument("--schema", default="bench_load", help="scratch schema, dropped afterwards (default bench_load)")
     p.add_argument("--keep", action="store_true", help="keep the scratch schema")
-    p.add_argument("--part", choices=("all", "loads", "write-cost"), default="all",
-                   help="loads: throughput and reads during loads; write-cost: merges into a plain table vs a table of a "
-                        "materialized 30-table service, and live-update latency (default all)")
-    p.add_argument("--service-tables", type=int, default=30, help="write-cost: tables of the materialized service (default 30)")
+    p.add_argument(
+        "--part",
+        choices=("all", "loads", "write-cost"),
+        default="all",
+        help="loads: throughput and reads during loads; write-cost: merges into a plain table vs a table of a "
+        "materialized 30-table service, and live-update latency (default all)",
+    )
+    p.add_argument(
+        "--service-tables", type=int, default=30, help="write-cost: tables of the materialized service (default 30)"
+    )
     add_json(p)
 
 
@@ -125,14 +153,30 @@ def run_bench_load(args: argparse.Namespace, out: Output) -> int:
     dsn = dsn_with_credentials(args, dsn)  # the benchmark takes a DSN: the credential is asked for once
     results: dict[str, object] = {}
     if args.part in ("all", "loads"):
-        results = run(dsn, rows=args.rows, features=args.features, read_tables=args.read_tables, readers=args.readers,
-                      read_rate=args.read_rate, idle_seconds=args.seconds, schema=args.schema, keep=args.keep,
-                      console=out.console())
+        results = run(
+            dsn,
+            rows=args.rows,
+            features=args.features,
+            read_tables=args.read_tables,
+            readers=args.readers,
+            read_rate=args.read_rate,
+            idle_seconds=args.seconds,
+            schema=args.schema,
+            keep=args.keep,
+            console=out.console(),
+        )
     if args.part in ("all", "write-cost"):
         from ..bench.write_cost import run as run_write_cost
 
-        results["write_cost"] = run_write_cost(dsn, rows=args.rows, tables=args.service_tables, features=args.features,
-                                               schema=f"{args.schema}_write", keep=args.keep, console=out.console())
+        results["write_cost"] = run_write_cost(
+            dsn,
+            rows=args.rows,
+            tables=args.service_tables,
+            features=args.features,
+            schema=f"{args.schema}_write",
+            keep=args.keep,
+            console=out.console(),
+        )
     if args.json:
         out.json(results)
     return 0
@@ -152,17 +196,38 @@ def _duration(text: str) -> float:
 def configure_expire(p: argparse.ArgumentParser) -> None:
     add_dsn(p)
     add_definitions(p)
-    p.add_argument("--table", "-t", action="append", dest="tables", metavar="TABLE",
-                   help="expire only this table (repeatable; default: every table)")
-    p.add_argument("--older-than", type=_duration, metavar="DURATION",
-                   help="delete rows older than this (e.g. 30d) instead of the table's ttl plus --grace; also for "
-                        "tables without a ttl")
-    p.add_argument("--grace", type=_duration, default=None, metavar="DURATION",
-                   help="kept beyond the ttl (default 1h): rows are expired at read from their ttl on")
-    p.add_argument("--batch-rows", type=int, default=None, metavar="N", help="rows deleted per transaction (default 5000)")
+    p.add_argument(
+        "--table",
+        "-t",
+        action="append",
+        dest="tables",
+        metavar="TABLE",
+        help="expire only this table (repeatable; default: every table)",
+    )
+    p.add_argument(
+        "--older-than",
+        type=_duration,
+        metavar="DURATION",
+        help="delete rows older than this (e.g. 30d) instead of the table's ttl plus --grace; also for "
+        "tables without a ttl",
+    )
+    p.add_argument(
+        "--grace",
+        type=_duration,
+        default=None,
+        metavar="DURATION",
+        help="kept beyond the ttl (default 1h): rows are expired at read from their ttl on",
+    )
+    p.add_argument(
+        "--batch-rows", type=int, default=None, metavar="N", help="rows deleted per transaction (default 5000)"
+    )
     p.add_argument("--pause", type=float, default=0.0, metavar="SECONDS", help="pause between batches (default 0)")
-    p.add_argument("--no-vacuum", dest="vacuum", action="store_false",
-                   help="no VACUUM after a run that deleted 10%% or more of a table")
+    p.add_argument(
+        "--no-vacuum",
+        dest="vacuum",
+        action="store_false",
+        help="no VACUUM after a run that deleted 10%% or more of a table",
+    )
     add_json(p)
 
 
@@ -175,11 +240,24 @@ def run_expire(args: argparse.Namespace, out: Output) -> int:
     if batch_rows < 1 or args.pause < 0:
         raise CliError("--batch-rows must be at least 1 and --pause at least 0")
     with connect(args, "pgfeatures-expire") as conn:
-        results = expire(conn, registry, tables=args.tables, older_than=args.older_than, grace=grace,
-                         batch_rows=batch_rows, pause=args.pause, vacuum=args.vacuum)
+        results = expire(
+            conn,
+            registry,
+            tables=args.tables,
+            older_than=args.older_than,
+            grace=grace,
+            batch_rows=batch_rows,
+            pause=args.pause,
+            vacuum=args.vacuum,
+        )
     if args.json:
-        out.json({"schema": registry.schema, "deleted": sum(r.deleted for r in results),
-                  "tables": [r.as_dict() for r in results]})
+        out.json(
+            {
+                "schema": registry.schema,
+                "deleted": sum(r.deleted for r in results),
+                "tables": [r.as_dict() for r in results],
+            }
+        )
     else:
         for r in results:
             out.say(r.describe())
@@ -188,10 +266,24 @@ def run_expire(args: argparse.Namespace, out: Output) -> int:
 
 
 COMMANDS = (
-    Command("load", "bulk-load Parquet/CSV/Arrow files into a feature table, atomically (merge or replace)",
-            configure_load, run_load, needs=("load",)),
-    Command("expire", "delete rows older than their table's ttl plus a grace period, in small batches (retention)",
-            configure_expire, run_expire),
-    Command("bench-load", "bulk-load throughput (rows/s) and read p99 idle vs during loads",
-            configure_bench_load, run_bench_load, needs=("load", "bench")),
+    Command(
+        "load",
+        "bulk-load Parquet/CSV/Arrow files into a feature table, atomically (merge or replace)",
+        configure_load,
+        run_load,
+        needs=("load",),
+    ),
+    Command(
+        "expire",
+        "delete rows older than their table's ttl plus a grace period, in small batches (retention)",
+        configure_expire,
+        run_expire,
+    ),
+    Command(
+        "bench-load",
+        "bulk-load throughput (rows/s) and read p99 idle vs during loads",
+        configure_bench_load,
+        run_bench_load,
+        needs=("load", "bench"),
+    ),
 )

@@ -52,11 +52,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Union, cast
+from typing import Any, cast
 
 from ..errors import ConfigError
 
-CredentialProvider = Callable[[], Union[str, Mapping[str, Any]]]
+CredentialProvider = Callable[[], str | Mapping[str, Any]]
 """Returns the password, or libpq connection parameters, for the next connection."""
 
 
@@ -148,7 +148,9 @@ def load_provider(spec: str) -> CredentialProvider:
     """
     module_name, colon, attr = spec.partition(":")
     if not colon or not module_name.strip() or not attr.strip():
-        raise ConfigError(f"credential provider {spec!r} must be written 'module:callable' (e.g. mycompany.features:token)")
+        raise ConfigError(
+            f"credential provider {spec!r} must be written 'module:callable' (e.g. mycompany.features:token)"
+        )
     module_name, attr = module_name.strip(), attr.strip()
     _put_cwd_on_path()
     try:
@@ -156,12 +158,15 @@ def load_provider(spec: str) -> CredentialProvider:
     except ImportError as exc:
         missing = exc.name or ""
         if isinstance(exc, ModuleNotFoundError) and (module_name == missing or module_name.startswith(missing + ".")):
-            raise ConfigError(f"credential provider {spec!r}: no module named {missing!r} (looked in the current "
-                              f"directory {os.getcwd()} and on sys.path)") from None
+            raise ConfigError(
+                f"credential provider {spec!r}: no module named {missing!r} (looked in the current "
+                f"directory {os.getcwd()} and on sys.path)"
+            ) from None
         raise ConfigError(f"credential provider {spec!r}: importing {module_name} failed: {exc}") from None
     except Exception as exc:  # the module itself raised (a bad configuration, a syntax error, ...)
-        raise ConfigError(f"credential provider {spec!r}: importing {module_name} failed: "
-                          f"{type(exc).__name__}: {exc}") from None
+        raise ConfigError(
+            f"credential provider {spec!r}: importing {module_name} failed: {type(exc).__name__}: {exc}"
+        ) from None
     target: object = module
     for part in attr.split("."):
         try:
@@ -283,8 +288,9 @@ class ProviderDeadline:
         with self._lock:
             if not call.done():
                 self._hung.add(call)
-        return CredentialProviderTimeout(f"credential provider {self.provider!r} did not answer within "
-                                         f"{self.seconds:g}s (credentials_timeout)")
+        return CredentialProviderTimeout(
+            f"credential provider {self.provider!r} did not answer within {self.seconds:g}s (credentials_timeout)"
+        )
 
     def hung_calls(self) -> int:
         """Calls that overran their deadline and have not returned yet (threads left behind)."""

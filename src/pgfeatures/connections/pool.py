@@ -97,13 +97,21 @@ def _recording_class(failures: ConnectFailures) -> type[psycopg.Connection]:
                 conn = super().connect(conninfo, **kwargs)
             except Exception as exc:
                 if failures.failed(exc):
-                    logger.warning("pgfeatures: pool %s cannot connect to %s (%s); it keeps trying",
-                                   kwargs.get("application_name"), redact(conninfo), _first_line(exc))
+                    logger.warning(
+                        "pgfeatures: pool %s cannot connect to %s (%s); it keeps trying",
+                        kwargs.get("application_name"),
+                        redact(conninfo),
+                        _first_line(exc),
+                    )
                 raise
             failed_for = failures.succeeded()
             if failed_for is not None:
-                logger.info("pgfeatures: pool %s connected to %s again (after %.1fs of failed attempts)",
-                            kwargs.get("application_name"), redact(conninfo), failed_for)
+                logger.info(
+                    "pgfeatures: pool %s connected to %s again (after %.1fs of failed attempts)",
+                    kwargs.get("application_name"),
+                    redact(conninfo),
+                    failed_for,
+                )
             return conn
 
     return RecordingConnection
@@ -135,8 +143,11 @@ def make_pool(
             return {**base, **(connection_params(credentials))}
         except Exception as exc:
             if failures.failed(exc):
-                logger.warning("pgfeatures: pool %s: the credential provider failed (%s); the pool keeps trying",
-                               application_name, _first_line(exc))
+                logger.warning(
+                    "pgfeatures: pool %s: the credential provider failed (%s); the pool keeps trying",
+                    application_name,
+                    _first_line(exc),
+                )
             raise
         finally:
             failures.answered(asking)

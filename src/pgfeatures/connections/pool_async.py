@@ -69,7 +69,9 @@ async def connect_async(
         raise unavailable(dsn, exc, connect_timeout) from exc
 
 
-async def check_connection_async(dsn: str, connect_timeout: float, credentials: CredentialProvider | None = None) -> None:
+async def check_connection_async(
+    dsn: str, connect_timeout: float, credentials: CredentialProvider | None = None
+) -> None:
     """Connect once and run ``SELECT 1``. Raises DatabaseUnavailableError / AuthenticationError with the reason."""
     conn = await connect_async(dsn, "pgfeatures-check", connect_timeout, credentials=credentials)
     try:
@@ -95,13 +97,21 @@ def _recording_class(failures: ConnectFailures) -> type[psycopg.AsyncConnection]
                 conn = await super().connect(conninfo, **kwargs)
             except Exception as exc:
                 if failures.failed(exc):
-                    logger.warning("pgfeatures: pool %s cannot connect to %s (%s); it keeps trying",
-                                   kwargs.get("application_name"), redact(conninfo), _first_line(exc))
+                    logger.warning(
+                        "pgfeatures: pool %s cannot connect to %s (%s); it keeps trying",
+                        kwargs.get("application_name"),
+                        redact(conninfo),
+                        _first_line(exc),
+                    )
                 raise
             failed_for = failures.succeeded()
             if failed_for is not None:
-                logger.info("pgfeatures: pool %s connected to %s again (after %.1fs of failed attempts)",
-                            kwargs.get("application_name"), redact(conninfo), failed_for)
+                logger.info(
+                    "pgfeatures: pool %s connected to %s again (after %.1fs of failed attempts)",
+                    kwargs.get("application_name"),
+                    redact(conninfo),
+                    failed_for,
+                )
             return conn
 
     return RecordingConnection
@@ -133,8 +143,11 @@ def make_async_pool(
             return {**base, **(await connection_params_async(credentials))}
         except Exception as exc:
             if failures.failed(exc):
-                logger.warning("pgfeatures: pool %s: the credential provider failed (%s); the pool keeps trying",
-                               application_name, _first_line(exc))
+                logger.warning(
+                    "pgfeatures: pool %s: the credential provider failed (%s); the pool keeps trying",
+                    application_name,
+                    _first_line(exc),
+                )
             raise
         finally:
             failures.answered(asking)

@@ -21,8 +21,8 @@ from psycopg_pool import PoolClosed, PoolTimeout
 from ..errors import (
     AuthenticationError,
     ConflictError,
-    CredentialsTimeoutError,
     ConnectionSettingsError,
+    CredentialsTimeoutError,
     DatabaseError,
     DatabaseUnavailableError,
     PgFeaturesError,
@@ -40,8 +40,13 @@ _AUTH = re.compile(
     r"SCRAM|channel binding",
     re.IGNORECASE,
 )
-_SCHEMA_STATES = {"42P01": "undefined table", "42703": "undefined column", "42804": "datatype mismatch",
-                  "0A000": "cached plan changed result type", "42883": "undefined function"}
+_SCHEMA_STATES = {
+    "42P01": "undefined table",
+    "42703": "undefined column",
+    "42804": "datatype mismatch",
+    "0A000": "cached plan changed result type",
+    "42883": "undefined function",
+}
 # A deadlock or a serialization failure (on a replica also a conflict with recovery): rolled back, retryable.
 CONFLICT_STATES = frozenset({"40P01", "40001"})
 # The server answered, and the settings name what it does not have (with trust or peer auth, and
@@ -52,8 +57,8 @@ _NO_DATABASE = re.compile(r'database "((?:[^"]|"")*)" does not exist')
 # libpq refusing the connection string itself, before any network I/O.
 _MALFORMED = re.compile(
     r'missing "=" after|invalid connection option|invalid URI|end of string reached|unterminated quoted string|'
-    r'invalid percent-encoded token|forbidden value %00|invalid integer value|invalid \S+ value|bad value for|'
-    r'invalid port number|could not match \d+ (?:host names|port numbers)|unexpected spaces found',
+    r"invalid percent-encoded token|forbidden value %00|invalid integer value|invalid \S+ value|bad value for|"
+    r"invalid port number|could not match \d+ (?:host names|port numbers)|unexpected spaces found",
     re.IGNORECASE,
 )
 # Class 08 (connection exception), 57P0x (admin/crash shutdown, cannot connect now), 53300 (too many connections)
@@ -102,13 +107,15 @@ def settings_error(dsn: str, exc: BaseException) -> ConnectionSettingsError | No
         name = m.group(1).replace('""', '"')
         return ConnectionSettingsError(
             f"the database server at {_where(dsn)} has no database {name!r} (dbname in the DSN {redact(dsn)}): "
-            f"create it (CREATE DATABASE, or createdb {name}) or name an existing one; the server said: {reason}")
+            f"create it (CREATE DATABASE, or createdb {name}) or name an existing one; the server said: {reason}"
+        )
     if (m := _NO_ROLE.search(reason)) is not None:
         name = m.group(1).replace('""', '"')
         return ConnectionSettingsError(
             f"the database server at {_where(dsn)} has no role {name!r} (user in the DSN {redact(dsn)}, else the "
             f"PGUSER or operating-system user): create it (CREATE ROLE ... LOGIN) or connect as an existing role; "
-            f"the server said: {reason}")
+            f"the server said: {reason}"
+        )
     if _MALFORMED.search(reason):
         return malformed_dsn(dsn, reason)
     return None
@@ -118,7 +125,8 @@ def malformed_dsn(dsn: str, reason: str) -> ConnectionSettingsError:
     """The error for a DSN libpq refuses (``reason``: libpq's words, which may quote the DSN: redacted too)."""
     return ConnectionSettingsError(
         f"the DSN {redact(dsn)!r} is malformed: {redact(reason)}; write it as key=value pairs (host=db.example.com "
-        "port=5432 dbname=features user=app) or as a URI (postgresql://app@db.example.com:5432/features)")
+        "port=5432 dbname=features user=app) or as a URI (postgresql://app@db.example.com:5432/features)"
+    )
 
 
 def check_dsn(dsn: str) -> str:
@@ -151,8 +159,13 @@ def unavailable(dsn: str, exc: BaseException, timeout: float | None = None) -> P
     return DatabaseUnavailableError(f"cannot reach the database{within} at {redact(dsn)}: {_reason(exc)}")
 
 
-def database_error(exc: BaseException, dsn: str = "", *, acquire_timeout: float | None = None,
-                   last_connect_error: BaseException | None = None) -> PgFeaturesError:
+def database_error(
+    exc: BaseException,
+    dsn: str = "",
+    *,
+    acquire_timeout: float | None = None,
+    last_connect_error: BaseException | None = None,
+) -> PgFeaturesError:
     """The typed pgfeatures error for a psycopg / psycopg_pool exception.
 
     ``last_connect_error``: the pool's latest failure to connect, if known, which tells a
@@ -169,18 +182,24 @@ def database_error(exc: BaseException, dsn: str = "", *, acquire_timeout: float 
             cause = unavailable(dsn, last_connect_error)
             kind = type(cause)
             return kind(f"no database connection{waited}: {cause}")
-        return PoolExhaustedError(f"no database connection available{waited}: every pooled connection is busy "
-                                  f"or being re-established ({exc})")
+        return PoolExhaustedError(
+            f"no database connection available{waited}: every pooled connection is busy or being re-established ({exc})"
+        )
     if not isinstance(exc, psycopg.Error):
         return DatabaseError(f"{type(exc).__name__}: {exc}")
     state = exc.sqlstate or ""
     if isinstance(exc, psycopg.errors.QueryCanceled) or state == "57014":
         return QueryTimeoutError(f"the statement was cancelled: {_reason(exc)} (statement_timeout or a cancel request)")
     if state in CONFLICT_STATES:
-        return ConflictError(f"rolled back, conflicting with a concurrent statement ({_reason(exc)}): nothing of it was "
-                             "applied; retry it", state)
+        return ConflictError(
+            f"rolled back, conflicting with a concurrent statement ({_reason(exc)}): nothing of it was "
+            "applied; retry it",
+            state,
+        )
     if state in _SCHEMA_STATES:
-        return SchemaDriftError(f"the database does not match the definitions ({_SCHEMA_STATES[state]}): {_reason(exc)}")
+        return SchemaDriftError(
+            f"the database does not match the definitions ({_SCHEMA_STATES[state]}): {_reason(exc)}"
+        )
     if isinstance(exc, (psycopg.OperationalError, psycopg.ProgrammingError)) and not state:
         settings = settings_error(dsn, exc)  # a connection attempt: no SQLSTATE, libpq's message says why
         if settings is not None:
@@ -228,7 +247,9 @@ class ConnectFailures:
         if self.error is not None:
             return self.error
         now = time.monotonic()
-        pending = [since for since in list(self._asking.values()) if now - since >= pending_for]  # a copy: workers change it
+        pending = [
+            since for since in list(self._asking.values()) if now - since >= pending_for
+        ]  # a copy: workers change it
         if not pending:
             return None
         from .credentials import CredentialProviderTimeout

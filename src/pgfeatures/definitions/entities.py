@@ -54,6 +54,7 @@ _UUID_DIGITS = r"[0-9a-fA-F]{4}(?:-?[0-9a-fA-F]{4}){7}"
 UUID_TEXT = re.compile(rf"(?:[uU][rR][nN]:[uU][uU][iI][dD]:)?(?:\{{{_UUID_DIGITS}\}}|{_UUID_DIGITS})")
 _NOT_HEX = re.compile(r"[^0-9a-fA-F]")
 
+
 def bigint_text_value(text: str) -> int | None:
     """The value of a text that ``BIGINT_TEXT`` matches, or None when it is beyond 64 bits (checked
     before ``int()``, which refuses 4,300 digits and more, leading zeros included)."""
@@ -84,8 +85,10 @@ def hash_key(natural_id: str | int | bytes) -> bytes:
         try:
             data = natural_id.encode()
         except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 form to hash
-            raise KeyFormatError(f"a natural id must be valid Unicode text: {natural_id!r} has no UTF-8 form "
-                                 f"({exc.reason} at character {exc.start})") from None
+            raise KeyFormatError(
+                f"a natural id must be valid Unicode text: {natural_id!r} has no UTF-8 form "
+                f"({exc.reason} at character {exc.start})"
+            ) from None
     elif isinstance(natural_id, int):
         data = _decimal(natural_id).encode()
     elif isinstance(natural_id, (bytes, bytearray, memoryview)):
@@ -140,19 +143,29 @@ class Entity:
     def __post_init__(self) -> None:
         check_not_reserved("entity", check_identifier("entity", self.name))
         if self.key_type not in KEY_TYPES:
-            raise DefinitionError(f"entity {self.name!r}: unknown key type {self.key_type!r} (valid: {', '.join(KEY_TYPES)})")
+            raise DefinitionError(
+                f"entity {self.name!r}: unknown key type {self.key_type!r} (valid: {', '.join(KEY_TYPES)})"
+            )
         if self.hash is not None:
             if self.hash not in HASHES:
                 raise DefinitionError(f"entity {self.name!r}: unknown hash {self.hash!r} (valid: {', '.join(HASHES)})")
             if self.key_type != "bytea32":
-                raise DefinitionError(f"entity {self.name!r}: hash = {self.hash!r} stores 32-byte keys (key = \"bytea32\"), "
-                                      f"not {self.key_type}")
+                raise DefinitionError(
+                    f'entity {self.name!r}: hash = {self.hash!r} stores 32-byte keys (key = "bytea32"), '
+                    f"not {self.key_type}"
+                )
         if not self.column:
             default = KEY_COLUMN if self.name == DEFAULT_ENTITY_NAME else f"{self.name}_id"
             object.__setattr__(self, "column", default)
         check_not_reserved("key column", check_identifier("key column", self.column))
-        if not isinstance(self.max_length, int) or isinstance(self.max_length, bool) or not 1 <= self.max_length <= 10_000:
-            raise DefinitionError(f"entity {self.name!r}: max_length must be an integer from 1 to 10000, got {self.max_length!r}")
+        if (
+            not isinstance(self.max_length, int)
+            or isinstance(self.max_length, bool)
+            or not 1 <= self.max_length <= 10_000
+        ):
+            raise DefinitionError(
+                f"entity {self.name!r}: max_length must be an integer from 1 to 10000, got {self.max_length!r}"
+            )
 
     @property
     def column_type(self) -> str:
@@ -179,7 +192,7 @@ class Entity:
             "bigint": "an integer (a signed 64-bit bigint), or its decimal text",
             "text": f"a string of 1 to {self.max_length} characters",
             "uuid": "a UUID (32 hex digits, hyphens and braces as PostgreSQL takes them, or urn:uuid:...; "
-                    "16 bytes, or uuid.UUID)",
+            "16 bytes, or uuid.UUID)",
         }[self.key_type]
 
     def parse(self, key: Any) -> Any:
@@ -213,8 +226,10 @@ class Entity:
             if value is None:
                 lo, hi = INT8_RANGE
                 text = key.strip(" \t\n\r\v\f")  # digits and a sign only: shown as the number it is
-                raise KeyFormatError(f"{self.name} key {text if len(text) <= 40 else text[:37] + '...'} is out of "
-                                     f"range for bigint ({lo}..{hi})")
+                raise KeyFormatError(
+                    f"{self.name} key {text if len(text) <= 40 else text[:37] + '...'} is out of "
+                    f"range for bigint ({lo}..{hi})"
+                )
             key = value
         if not isinstance(key, int):
             raise KeyFormatError(f"{self.name} key must be {self.accepts}, got {type(key).__name__}")
@@ -239,8 +254,10 @@ class Entity:
             try:
                 key.encode()
             except UnicodeEncodeError as exc:  # a lone surrogate: PostgreSQL's text cannot hold it
-                raise KeyFormatError(f"{self.name} key must be valid Unicode text: {key!r} has no UTF-8 form "
-                                     f"({exc.reason} at character {exc.start})") from None
+                raise KeyFormatError(
+                    f"{self.name} key must be valid Unicode text: {key!r} has no UTF-8 form "
+                    f"({exc.reason} at character {exc.start})"
+                ) from None
         return key
 
     def _uuid(self, key: Any) -> uuid.UUID:
@@ -262,15 +279,22 @@ class Entity:
         return out
 
     @classmethod
-    def from_dict(cls, name: str, spec: Any) -> "Entity":
+    def from_dict(cls, name: str, spec: Any) -> Entity:
         """From the TOML ``[entities.<name>]`` table. Raises DefinitionError naming the entity."""
         if not isinstance(spec, dict):
             raise DefinitionError(f"entity {name!r} needs a table of settings (key, column, max_length, hash)")
         unknown = set(spec) - {"key", "column", "max_length", "hash"}
         if unknown:
-            raise DefinitionError(f"entity {name!r}: unknown key(s) {', '.join(sorted(unknown))} (valid: key, column, max_length, hash)")
-        return cls(name, spec.get("key", "bytea32"), spec.get("column", ""), spec.get("max_length", DEFAULT_TEXT_LENGTH),
-                   spec.get("hash"))
+            raise DefinitionError(
+                f"entity {name!r}: unknown key(s) {', '.join(sorted(unknown))} (valid: key, column, max_length, hash)"
+            )
+        return cls(
+            name,
+            spec.get("key", "bytea32"),
+            spec.get("column", ""),
+            spec.get("max_length", DEFAULT_TEXT_LENGTH),
+            spec.get("hash"),
+        )
 
 
 DEFAULT_ENTITY = Entity(DEFAULT_ENTITY_NAME)

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..errors import FeatureValueError
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1}  # microseconds per unit of an epoch number
 MIN_MICROS = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z, the first instant a datetime holds
@@ -59,8 +59,9 @@ def rfc3339(value: dt.datetime) -> str:
 def check_unit(unit: Any) -> str:
     """``unit`` if it is one of ``UNITS``; else ValueError saying which are."""
     if unit not in UNITS:
-        raise ValueError(f"unknown event time unit {unit!r}; valid: {', '.join(UNITS)} (epoch seconds, "
-                         "milliseconds, microseconds)")
+        raise ValueError(
+            f"unknown event time unit {unit!r}; valid: {', '.join(UNITS)} (epoch seconds, milliseconds, microseconds)"
+        )
     return str(unit)
 
 
@@ -70,6 +71,7 @@ def parse_event_time(where: str, value: Any, unit: str = "s") -> dt.datetime:
     ``where`` names the column (``table.updated_at``); ``unit`` is the unit of a number. Raises
     FeatureValueError saying what was wrong and what is valid.
     """
+
     def invalid(why: str) -> FeatureValueError:
         return FeatureValueError(f"{where} (event time): {value!r} {why}")
 
@@ -80,8 +82,10 @@ def parse_event_time(where: str, value: Any, unit: str = "s") -> dt.datetime:
     elif isinstance(value, str):
         text = value.strip()
         if not _ZONE.search(text):
-            raise invalid("has no time zone: write it as ISO 8601 with a zone, e.g. 2026-05-01T12:00:00Z or "
-                          "2026-05-01T14:00:00+02:00")
+            raise invalid(
+                "has no time zone: write it as ISO 8601 with a zone, e.g. 2026-05-01T12:00:00Z or "
+                "2026-05-01T14:00:00+02:00"
+            )
         try:
             moment = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text[-1] in "Zz" else text)
         except ValueError:
@@ -89,8 +93,10 @@ def parse_event_time(where: str, value: Any, unit: str = "s") -> dt.datetime:
         if moment.tzinfo is None:
             raise invalid("has no time zone: write it as ISO 8601 with a zone, e.g. 2026-05-01T12:00:00Z")
     elif isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise invalid("is not an event time: give an aware datetime, an ISO 8601 string with a zone, or epoch "
-                      f"{'seconds' if unit == 's' else unit}")
+        raise invalid(
+            "is not an event time: give an aware datetime, an ISO 8601 string with a zone, or epoch "
+            f"{'seconds' if unit == 's' else unit}"
+        )
     else:
         number = float(value) if not isinstance(value, numbers.Integral) else int(value)
         if isinstance(number, float) and not math.isfinite(number):

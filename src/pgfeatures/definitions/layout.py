@@ -35,9 +35,15 @@ from .services import FeatureService
 from .tables import Feature, FeatureTable
 
 # Serving array per feature type: (column, element type of the array)
-GROUPS = {"real": ("r", "real"), "double precision": ("d", "double precision"), "smallint": ("d", "double precision"),
-          "integer": ("d", "double precision"), "boolean": ("d", "double precision"), "bigint": ("i", "bigint"),
-          "timestamp with time zone": ("i", "bigint")}  # event time, as epoch microseconds
+GROUPS = {
+    "real": ("r", "real"),
+    "double precision": ("d", "double precision"),
+    "smallint": ("d", "double precision"),
+    "integer": ("d", "double precision"),
+    "boolean": ("d", "double precision"),
+    "bigint": ("i", "bigint"),
+    "timestamp with time zone": ("i", "bigint"),
+}  # event time, as epoch microseconds
 GROUP_ORDER = ("r", "d", "i")
 TS = "ts"
 PREFIX = "_pgf_svc_"
@@ -104,8 +110,9 @@ def legacy_serving_table_name(service: str, entity: str) -> str:
     return f"{name[:52]}_{digest}"
 
 
-def service_layouts(service: FeatureService, items: tuple[tuple[FeatureTable, tuple[Feature, ...]], ...]
-                    ) -> tuple[EntityLayout, ...]:
+def service_layouts(
+    service: FeatureService, items: tuple[tuple[FeatureTable, tuple[Feature, ...]], ...]
+) -> tuple[EntityLayout, ...]:
     """The serving tables of ``service`` given its resolved ``items`` (``FeatureService.resolve``)."""
     by_entity: dict[str, list[tuple[FeatureTable, tuple[Feature, ...]]]] = {}
     entities: dict[str, Entity] = {}
@@ -125,11 +132,21 @@ def service_layouts(service: FeatureService, items: tuple[tuple[FeatureTable, tu
         entity = entities[name]
         shape = {
             "version": LAYOUT_VERSION,
-            "service": service.name, "entity": [entity.name, entity.key_type, entity.column],
+            "service": service.name,
+            "entity": [entity.name, entity.key_type, entity.column],
             "tables": [t.name for t, _ in parts],
             "slots": [[s.table, s.feature.name, s.feature.type.name, s.group, s.index] for s in slots],
         }
         fingerprint = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
-        out.append(EntityLayout(service.name, entity, serving_table_name(service.name, name, fingerprint),
-                                tuple(t for t, _ in parts), tuple(slots), groups, fingerprint))
+        out.append(
+            EntityLayout(
+                service.name,
+                entity,
+                serving_table_name(service.name, name, fingerprint),
+                tuple(t for t, _ in parts),
+                tuple(slots),
+                groups,
+                fingerprint,
+            )
+        )
     return tuple(out)

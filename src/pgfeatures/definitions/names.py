@@ -27,8 +27,10 @@ MAX_IDENTIFIER = 63  # bytes
 def check_not_reserved(kind: str, name: str) -> str:
     """``name`` unless it starts with the internal prefix; else DefinitionError naming the rule."""
     if name.startswith(RESERVED_PREFIX):
-        raise DefinitionError(f"invalid {kind} name {name!r}: names starting with {RESERVED_PREFIX!r} are reserved for "
-                              "pgfeatures' own objects (serving tables, triggers, staging tables)")
+        raise DefinitionError(
+            f"invalid {kind} name {name!r}: names starting with {RESERVED_PREFIX!r} are reserved for "
+            "pgfeatures' own objects (serving tables, triggers, staging tables)"
+        )
     return name
 
 

@@ -71,7 +71,9 @@ class Registry:
                 raise DefinitionError(f"table registered as {name!r} is named {table.name!r}")
             known = entities.setdefault(table.entity.name, table.entity)
             if known != table.entity:
-                raise DefinitionError(f"table {name!r}: entity {table.entity.name!r} differs from the registry's entity of that name")
+                raise DefinitionError(
+                    f"table {name!r}: entity {table.entity.name!r} differs from the registry's entity of that name"
+                )
         object.__setattr__(self, "entities", entities)
         for name, service in self.services.items():
             if name != service.name:
@@ -88,18 +90,19 @@ class Registry:
         *,
         entities: Iterable[Entity] = (),
         services: Iterable[FeatureService] = (),
-    ) -> "Registry":
+    ) -> Registry:
         tables = list(tables)
         services = list(services)
         for kind, names in (("table", [t.name for t in tables]), ("service", [s.name for s in services])):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise DefinitionError(f"duplicate {kind}(s): {', '.join(dupes)}")
-        return cls({t.name: t for t in tables}, schema, source, {e.name: e for e in entities},
-                   {s.name: s for s in services})
+        return cls(
+            {t.name: t for t in tables}, schema, source, {e.name: e for e in entities}, {s.name: s for s in services}
+        )
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "definition") -> "Registry":
+    def from_dict(cls, data: Mapping[str, Any], source: str = "definition") -> Registry:
         """Build from the TOML document's structure. Errors name the source and the table."""
         if not isinstance(data, Mapping):
             raise DefinitionError(f"{source}: expected a table of settings")
@@ -114,15 +117,20 @@ class Registry:
                 raise DefinitionError("no [tables.<name>] defined")
             tables = [_table(name, spec, entities) for name, spec in tables_data.items()]
             services = [FeatureService.from_dict(name, spec) for name, spec in _section(data, "services").items()]
-            return cls.of(tables, data.get("schema", DEFAULT_SCHEMA), source if source != "definition" else None,
-                          entities=entities.values(), services=services)
+            return cls.of(
+                tables,
+                data.get("schema", DEFAULT_SCHEMA),
+                source if source != "definition" else None,
+                entities=entities.values(),
+                services=services,
+            )
         except (DefinitionError, UnknownTableError, UnknownEntityError) as exc:
             raise DefinitionError(f"{source}: {exc}") from None
         except KeyError as exc:  # UnknownFeatureError from a service's reference
             raise DefinitionError(f"{source}: {exc}") from None
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> "Registry":
+    def from_toml(cls, path: str | Path) -> Registry:
         return cls.from_dict(read_toml(path, DefinitionError, "definition file"), source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,7 +172,7 @@ class Registry:
         except (KeyError, TypeError):
             raise UnknownServiceError([str(name)], self.services) from None
 
-    def layouts(self, service: str) -> tuple["EntityLayout", ...]:
+    def layouts(self, service: str) -> tuple[EntityLayout, ...]:
         """The serving tables of a materialized service (one per entity it reads; see layout.py)."""
         from .layout import service_layouts
 
@@ -199,7 +207,8 @@ def _check_serving_keys(registry: Registry) -> None:
                 raise DefinitionError(
                     f"service {service.name!r} is materialized, and entity {table.entity.name!r} is keyed by column "
                     f"{table.key_column!r}, a name its serving rows use for their own columns "
-                    f"({', '.join(sorted(SERVING_COLUMNS))}): rename the key column (key_column) or do not materialize")
+                    f"({', '.join(sorted(SERVING_COLUMNS))}): rename the key column (key_column) or do not materialize"
+                )
 
 
 def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -211,16 +220,20 @@ def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
 
 def _table(name: str, spec: Any, entities: Mapping[str, Entity]) -> FeatureTable:
     if not isinstance(spec, Mapping) or not isinstance(spec.get("features"), Mapping):
-        raise DefinitionError(f"table {name!r} needs a [tables.{name}.features] table of name = \"type\"")
+        raise DefinitionError(f'table {name!r} needs a [tables.{name}.features] table of name = "type"')
     valid = {"features", "covering_index", "entity", "ttl"}
     extra = set(spec) - valid
     if extra:
-        raise DefinitionError(f"table {name!r}: unknown key(s) {', '.join(sorted(extra))} (valid: {', '.join(sorted(valid))})")
+        raise DefinitionError(
+            f"table {name!r}: unknown key(s) {', '.join(sorted(extra))} (valid: {', '.join(sorted(valid))})"
+        )
     entity = DEFAULT_ENTITY
     if "entity" in spec:
         if spec["entity"] not in entities:
-            raise DefinitionError(f"table {name!r}: unknown entity {spec['entity']!r} "
-                                  f"(defined: {', '.join(entities) or 'none: add [entities.<name>]'})")
+            raise DefinitionError(
+                f"table {name!r}: unknown entity {spec['entity']!r} "
+                f"(defined: {', '.join(entities) or 'none: add [entities.<name>]'})"
+            )
         entity = entities[spec["entity"]]
     ttl = parse_duration(spec["ttl"], f"table {name!r}: ttl") if "ttl" in spec else None
     try:
@@ -230,9 +243,14 @@ def _table(name: str, spec: Any, entities: Mapping[str, Entity]) -> FeatureTable
         raise DefinitionError(message if name in message else f"table {name!r}: {message}") from None
 
 
-def demo_registry(n_tables: int = 30, n_features: int = 8, schema: str = "demo", covering_index: bool = False) -> Registry:
+def demo_registry(
+    n_tables: int = 30, n_features: int = 8, schema: str = "demo", covering_index: bool = False
+) -> Registry:
     """The demo's layout: ``t00..t29`` with ``f0..f7 real`` each, keyed by the default entity."""
     return Registry.of(
-        (FeatureTable.of(f"t{i:02d}", {f"f{j}": "real" for j in range(n_features)}, covering_index) for i in range(n_tables)),
+        (
+            FeatureTable.of(f"t{i:02d}", {f"f{j}": "real" for j in range(n_features)}, covering_index)
+            for i in range(n_tables)
+        ),
         schema=schema,
     )

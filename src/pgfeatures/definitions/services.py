@@ -49,18 +49,22 @@ class FeatureService:
     def __post_init__(self) -> None:
         check_not_reserved("service", check_identifier("service", self.name))
         if isinstance(self.features, str) or not self.features:
-            raise DefinitionError(f"service {self.name!r}: features must be a non-empty list of \"table.feature\" or \"table.*\"")
+            raise DefinitionError(
+                f'service {self.name!r}: features must be a non-empty list of "table.feature" or "table.*"'
+            )
         object.__setattr__(self, "features", tuple(self.features))
         for ref in self.features:
             table, dot, feature = str(ref).partition(".")
             if not dot or not table or not feature:
-                raise DefinitionError(f"service {self.name!r}: {ref!r} must be written \"table.feature\" or \"table.*\"")
+                raise DefinitionError(f'service {self.name!r}: {ref!r} must be written "table.feature" or "table.*"')
         if self.ttl is not None and (not isinstance(self.ttl, int) or self.ttl <= 0):
             raise DefinitionError(f"service {self.name!r}: ttl must be a positive number of seconds, got {self.ttl!r}")
         if self.ttl_override and self.ttl is None:
-            raise DefinitionError(f"service {self.name!r}: ttl_override = true needs a ttl (it replaces the tables' ttl)")
+            raise DefinitionError(
+                f"service {self.name!r}: ttl_override = true needs a ttl (it replaces the tables' ttl)"
+            )
 
-    def effective_ttl(self, table: "FeatureTable") -> int | None:
+    def effective_ttl(self, table: FeatureTable) -> int | None:
         """The TTL (seconds; None: none) this service applies to ``table``'s rows: the stricter of the
         service's and the table's, or the service's when ``ttl_override``."""
         if self.ttl is None:
@@ -69,11 +73,11 @@ class FeatureService:
             return self.ttl
         return min(self.ttl, table.ttl)
 
-    def table_ttls(self, registry: "Registry") -> dict[str, int | None]:
+    def table_ttls(self, registry: Registry) -> dict[str, int | None]:
         """``{table: effective TTL}`` for every table the service reads, in the service's order."""
         return {table.name: self.effective_ttl(table) for table, _ in self.resolve(registry)}
 
-    def resolve(self, registry: "Registry") -> tuple[tuple["FeatureTable", tuple["Feature", ...]], ...]:
+    def resolve(self, registry: Registry) -> tuple[tuple[FeatureTable, tuple[Feature, ...]], ...]:
         """The service's tables (in order of first mention) and, per table, its features in the order
         listed. Raises UnknownTableError / UnknownFeatureError / DefinitionError naming the service."""
         by_table: dict[str, list[Feature]] = {}
@@ -89,7 +93,7 @@ class FeatureService:
                 by_table.setdefault(table_name, []).append(f)
         return tuple((registry.tables[t], tuple(fs)) for t, fs in by_table.items())
 
-    def order(self, registry: "Registry") -> tuple[str, ...]:
+    def order(self, registry: Registry) -> tuple[str, ...]:
         """The service's features as ``"table.feature"``, in the service's order (the vector's order)."""
         out: list[str] = []
         for ref in self.features:
@@ -114,27 +118,36 @@ class FeatureService:
         return out
 
     @classmethod
-    def from_dict(cls, name: str, spec: Any) -> "FeatureService":
+    def from_dict(cls, name: str, spec: Any) -> FeatureService:
         """From the TOML ``[services.<name>]`` table. Raises DefinitionError naming the service."""
         if not isinstance(spec, Mapping):
-            raise DefinitionError(f"service {name!r} needs a table with features = [\"table.feature\", ...]")
+            raise DefinitionError(f'service {name!r} needs a table with features = ["table.feature", ...]')
         valid = {"features", "ttl", "ttl_override", "materialize", "version", "description"}
         unknown = set(spec) - valid
         if unknown:
-            raise DefinitionError(f"service {name!r}: unknown key(s) {', '.join(sorted(unknown))} (valid: {', '.join(sorted(valid))})")
+            raise DefinitionError(
+                f"service {name!r}: unknown key(s) {', '.join(sorted(unknown))} (valid: {', '.join(sorted(valid))})"
+            )
         features = spec.get("features")
         if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
-            raise DefinitionError(f"service {name!r}: features must be a list of \"table.feature\" or \"table.*\" strings")
+            raise DefinitionError(f'service {name!r}: features must be a list of "table.feature" or "table.*" strings')
         ttl = parse_duration(spec["ttl"], f"service {name!r}: ttl") if "ttl" in spec else None
         version = spec.get("version")
         override = spec.get("ttl_override", False)
         if not isinstance(override, bool):
             raise DefinitionError(f"service {name!r}: ttl_override must be true or false, got {override!r}")
-        return cls(name, tuple(features), ttl, bool(spec.get("materialize", False)),
-                   None if version is None else str(version), spec.get("description"), override)
+        return cls(
+            name,
+            tuple(features),
+            ttl,
+            bool(spec.get("materialize", False)),
+            None if version is None else str(version),
+            spec.get("description"),
+            override,
+        )
 
 
-def check_services(registry: "Registry", services: Iterable[FeatureService]) -> None:
+def check_services(registry: Registry, services: Iterable[FeatureService]) -> None:
     """Resolve every service against the registry (raises DefinitionError naming the service)."""
     for service in services:
         try:

@@ -40,8 +40,10 @@ class Feature:
     def __post_init__(self) -> None:
         check_not_reserved("feature", check_identifier("feature", self.name))
         if self.name in STAGE_COLUMNS:
-            raise DefinitionError(f"invalid feature name {self.name!r}: the loader's staging table uses a column of "
-                                  "that name; rename the feature")
+            raise DefinitionError(
+                f"invalid feature name {self.name!r}: the loader's staging table uses a column of "
+                "that name; rename the feature"
+            )
         if self.default is not None:
             try:
                 object.__setattr__(self, "default", check_value(f"default of {self.name}", self.type, self.default))
@@ -56,8 +58,10 @@ def _feature(name: str, spec: Any) -> Feature:
     if isinstance(spec, Mapping):
         unknown = set(spec) - {"type", "default"}
         if unknown or "type" not in spec:
-            raise DefinitionError(f"feature {name!r}: write it as \"type\" or {{ type = \"...\", default = ... }}"
-                                  + (f" (unknown key(s) {', '.join(sorted(unknown))})" if unknown else ""))
+            raise DefinitionError(
+                f'feature {name!r}: write it as "type" or {{ type = "...", default = ... }}'
+                + (f" (unknown key(s) {', '.join(sorted(unknown))})" if unknown else "")
+            )
         return Feature(name, feature_type(spec["type"]), spec.get("default"))
     if isinstance(spec, Feature):
         return spec
@@ -85,8 +89,10 @@ class FeatureTable:
         reserved = {self.entity.column, UPDATED_AT}
         for name in names:
             if name in reserved:
-                raise DefinitionError(f"table {self.name!r}: {name!r} is reserved "
-                                      f"(every table has its key column {self.entity.column} and {UPDATED_AT})")
+                raise DefinitionError(
+                    f"table {self.name!r}: {name!r} is reserved "
+                    f"(every table has its key column {self.entity.column} and {UPDATED_AT})"
+                )
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise DefinitionError(f"table {self.name!r}: duplicate feature(s) {', '.join(dupes)}")
@@ -103,7 +109,7 @@ class FeatureTable:
         *,
         entity: Entity = DEFAULT_ENTITY,
         ttl: int | None = None,
-    ) -> "FeatureTable":
+    ) -> FeatureTable:
         """Build from ``{feature: type name}`` (or ``{feature: {"type": ..., "default": ...}}``)."""
         items = features.items() if isinstance(features, Mapping) else features
         return cls(name, tuple(_feature(f, t) for f, t in items), covering_index, entity, ttl)
@@ -154,6 +160,7 @@ class FeatureTable:
         if self.ttl is not None:
             out["ttl"] = format_duration(self.ttl)
         out["features"] = {
-            f.name: f.type.name if f.default is None else {"type": f.type.name, "default": f.default} for f in self.features
+            f.name: f.type.name if f.default is None else {"type": f.type.name, "default": f.default}
+            for f in self.features
         }
         return out

@@ -33,6 +33,7 @@ def nonfinite_json(value: float) -> str:
     """The JSON form of a non-finite float: ``"Infinity"``, ``"-Infinity"`` or ``"NaN"``."""
     return "NaN" if value != value else "Infinity" if value > 0 else "-Infinity"
 
+
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -62,8 +63,15 @@ TYPES: dict[str, FeatureType] = {
 EVENT_TIME = FeatureType("timestamp with time zone", datetime, False)
 
 ALIASES = {
-    "float4": "real", "float": "double precision", "float8": "double precision", "double": "double precision",
-    "int2": "smallint", "int": "integer", "int4": "integer", "int8": "bigint", "bool": "boolean",
+    "float4": "real",
+    "float": "double precision",
+    "float8": "double precision",
+    "double": "double precision",
+    "int2": "smallint",
+    "int": "integer",
+    "int4": "integer",
+    "int8": "bigint",
+    "bool": "boolean",
 }
 
 # Wide types and why they do not belong in a hot table; the doctor reuses this advice.
@@ -109,13 +117,15 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 def parse_duration(value: Any, what: str) -> int:
     """Seconds from ``"7d"``, ``"12h"``, ``"30m"``, ``"3600s"``, ``"2w"`` or an integer. Raises DefinitionError."""
     if isinstance(value, bool):
-        raise DefinitionError(f"{what}: expected a duration such as \"7d\", \"12h\", \"3600s\", got {value!r}")
+        raise DefinitionError(f'{what}: expected a duration such as "7d", "12h", "3600s", got {value!r}')
     if isinstance(value, int):
         seconds = value
     else:
         m = _DURATION.match(str(value))
         if not m:
-            raise DefinitionError(f"{what}: expected a duration such as \"7d\", \"12h\", \"30m\", \"3600s\" or seconds, got {value!r}")
+            raise DefinitionError(
+                f'{what}: expected a duration such as "7d", "12h", "30m", "3600s" or seconds, got {value!r}'
+            )
         seconds = int(m[1]) * _UNITS[m[2]]
     if seconds <= 0:
         raise DefinitionError(f"{what}: a duration must be positive, got {value!r}")
@@ -152,8 +162,10 @@ def check_value(where: str, type_: FeatureType, value: Any, nan: str = "reject",
         raise invalid("is not a boolean (True, False or None)")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         if isinstance(value, str) and value in NONFINITE_JSON:
-            raise invalid("is not a number: it is how JSON answers carry a stored non-finite value, which writes "
-                          "refuse by default (NaN: nan='null' writes NULL; ±Infinity: inf='keep' writes it)")
+            raise invalid(
+                "is not a number: it is how JSON answers carry a stored non-finite value, which writes "
+                "refuse by default (NaN: nan='null' writes NULL; ±Infinity: inf='keep' writes it)"
+            )
         raise invalid("is not a number")
     if isinstance(value, numbers.Integral):
         number: float | int = int(value)
@@ -168,12 +180,16 @@ def check_value(where: str, type_: FeatureType, value: Any, nan: str = "reject",
         if math.isinf(number):
             if inf == "keep":
                 return number
-            raise invalid("is infinite, which this store refuses by default (inf='keep' writes it; JSON answers "
-                          "carry it as \"Infinity\")")
+            raise invalid(
+                "is infinite, which this store refuses by default (inf='keep' writes it; JSON answers "
+                'carry it as "Infinity")'
+            )
         if kind == "real" and abs(number) >= FLOAT32_OVERFLOW:
             raise invalid(f"is out of range for real (at most ±{FLOAT32_SHOWN})")
         if kind == "real" and 0 < abs(number) <= FLOAT32_ZERO:  # PostgreSQL refuses what rounds to 0 (underflow)
-            raise invalid(f"is too small for real (rounds to 0; non-zero values need a magnitude above {FLOAT32_ZERO:.2g})")
+            raise invalid(
+                f"is too small for real (rounds to 0; non-zero values need a magnitude above {FLOAT32_ZERO:.2g})"
+            )
         return number
     if isinstance(number, float):
         if not number.is_integer():

@@ -48,8 +48,27 @@ from .materialized import DEFAULT_SAMPLE, Difference, RowDifference, ServiceFact
 from .report import SERVER, Finding, Report, Status
 
 __all__ = [
-    "CHECKS", "DEFAULT_SAMPLE", "SERVER", "Column", "DeadRows", "Difference", "ServiceFacts", "Facts", "Finding", "Index", "PreparedFacts", "Report", "RowDifference", "ServerFacts",
-    "Status", "TableFacts", "diagnose", "evaluate", "gather", "materialized_facts", "prepared_facts",
+    "CHECKS",
+    "DEFAULT_SAMPLE",
+    "SERVER",
+    "Column",
+    "DeadRows",
+    "Difference",
+    "ServiceFacts",
+    "Facts",
+    "Finding",
+    "Index",
+    "PreparedFacts",
+    "Report",
+    "RowDifference",
+    "ServerFacts",
+    "Status",
+    "TableFacts",
+    "diagnose",
+    "evaluate",
+    "gather",
+    "materialized_facts",
+    "prepared_facts",
 ]
 
 

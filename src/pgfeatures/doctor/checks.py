@@ -32,7 +32,6 @@ from ..warmup import Blocks
 from .facts import Facts, ServerFacts, TableFacts
 from .report import SERVER, Finding, Report, Status
 
-
 # Thresholds. Each is explained in docs/doctor.md.
 HIT_PASS, HIT_WARN = 0.99, 0.90  # probe hit ratio per relation
 HIT_MIN_BLOCKS = 10  # a relation the probe read fewer blocks of (an empty index's metapage) is not judged
@@ -70,14 +69,32 @@ def check_schema(f: Facts) -> list[Finding]:
     out = []
     for t in f.tables.values():
         if not t.exists:
-            ddl = [sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(f.registry.schema)).as_string(None),
-                   *(statement.as_string(None) for statement in table_ddl(f.registry.schema, t.table))]
-            out.append(Finding("schema", t.subject, Status.FAIL, "table is missing",
-                               "create it: pgfeatures init (with the same --definitions)", tuple(ddl)))
+            ddl = [
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(f.registry.schema)).as_string(None),
+                *(statement.as_string(None) for statement in table_ddl(f.registry.schema, t.table)),
+            ]
+            out.append(
+                Finding(
+                    "schema",
+                    t.subject,
+                    Status.FAIL,
+                    "table is missing",
+                    "create it: pgfeatures init (with the same --definitions)",
+                    tuple(ddl),
+                )
+            )
         elif t.drift:
-            out.append(Finding("schema", t.subject, Status.FAIL, "; ".join(t.drift),
-                               "the live table differs from its definition: `pgfeatures plan` (same --definitions) "
-                               "shows the change, `pgfeatures apply` makes it online", measured={"drift": list(t.drift)}))
+            out.append(
+                Finding(
+                    "schema",
+                    t.subject,
+                    Status.FAIL,
+                    "; ".join(t.drift),
+                    "the live table differs from its definition: `pgfeatures plan` (same --definitions) "
+                    "shows the change, `pgfeatures apply` makes it online",
+                    measured={"drift": list(t.drift)},
+                )
+            )
         else:
             out.append(Finding("schema", t.subject, Status.PASS, "matches its definition"))
     return out
@@ -85,19 +102,29 @@ def check_schema(f: Facts) -> list[Finding]:
 
 def check_prepared(f: Facts) -> list[Finding]:
     p = f.prepared
-    advice = ("serving connections must be made with prepare_threshold=0 (pgfeatures pools are) and reach "
-              "PostgreSQL directly or through a pooler that keeps prepared statements (session pooling, "
-              "or PgBouncer >= 1.21 with max_prepared_statements > 0); without them every request is planned again")
+    advice = (
+        "serving connections must be made with prepare_threshold=0 (pgfeatures pools are) and reach "
+        "PostgreSQL directly or through a pooler that keeps prepared statements (session pooling, "
+        "or PgBouncer >= 1.21 with max_prepared_statements > 0); without them every request is planned again"
+    )
     if p is None or p.error:
         reason = p.error if p else "not checked"
         return [Finding("prepared", SERVER, Status.FAIL, f"could not inspect a serving connection: {reason}", advice)]
     missing = [s for s in p.expected if s not in p.prepared]
     n, k = len(p.expected), len(p.expected) - len(missing)
     measured = {
-        "expected": n, "prepared": k, "pid": p.pid, "application_name": p.application_name,
+        "expected": n,
+        "prepared": k,
+        "pid": p.pid,
+        "application_name": p.application_name,
         "statements": [
-            {"statement": s, "prepared": s in p.prepared, "generic_plans": p.plans.get(s, (None, None))[0],
-             "custom_plans": p.plans.get(s, (None, None))[1], "pg_stat_statements": p.served.get(s)}
+            {
+                "statement": s,
+                "prepared": s in p.prepared,
+                "generic_plans": p.plans.get(s, (None, None))[0],
+                "custom_plans": p.plans.get(s, (None, None))[1],
+                "pg_stat_statements": p.served.get(s),
+            }
             for s in p.expected
         ],
     }
@@ -130,7 +157,10 @@ def _blocks_ratio(row: Mapping[str, Any], prefix: str) -> float | None:
 
 def _cumulative(t: TableFacts) -> dict[str, float | None]:
     """pg_statio hit ratios since the last statistics reset: the heap, then each index."""
-    return {t.table.name: _blocks_ratio(t.statio, "heap"), **{i.name: _blocks_ratio(i.statio, "idx") for i in t.indexes}}
+    return {
+        t.table.name: _blocks_ratio(t.statio, "heap"),
+        **{i.name: _blocks_ratio(i.statio, "idx") for i in t.indexes},
+    }
 
 
 def check_cache(f: Facts) -> list[Finding]:
@@ -139,8 +169,16 @@ def check_cache(f: Facts) -> list[Finding]:
         tp = f.probe.tables.get(t.table.name)
         cumulative = _cumulative(t)
         if tp is not None and tp.error:
-            out.append(Finding("cache", t.subject, Status.WARN, f"probe failed: {tp.error}", "see the schema check",
-                               measured={"cumulative_hit_ratio": cumulative}))
+            out.append(
+                Finding(
+                    "cache",
+                    t.subject,
+                    Status.WARN,
+                    f"probe failed: {tp.error}",
+                    "see the schema check",
+                    measured={"cumulative_hit_ratio": cumulative},
+                )
+            )
             continue
         names = [t.table.name, *(i.name for i in t.indexes)]
         ratios = {n: f.probe.blocks[n].ratio for n in names if n in f.probe.blocks and f.probe.blocks[n].fetched}
@@ -156,14 +194,23 @@ def check_cache(f: Facts) -> list[Finding]:
         if status is Status.PASS:
             out.append(Finding("cache", t.subject, status, value, measured=measured))
             continue
-        fix = ("CREATE EXTENSION IF NOT EXISTS pg_prewarm",
-               *(f"SELECT pg_prewarm({_regclass(f.registry.schema, n)})" for n in names))
-        out.append(Finding(
-            "cache", t.subject, status, value,
-            "lookups read blocks from outside shared_buffers: warm the cache with 'pgfeatures warmup' "
-            "(pg_prewarm loads the table and its indexes) after every restart; if the ratio falls again "
-            "under load, the working set does not fit (see working_set)",
-            fix, measured))
+        fix = (
+            "CREATE EXTENSION IF NOT EXISTS pg_prewarm",
+            *(f"SELECT pg_prewarm({_regclass(f.registry.schema, n)})" for n in names),
+        )
+        out.append(
+            Finding(
+                "cache",
+                t.subject,
+                status,
+                value,
+                "lookups read blocks from outside shared_buffers: warm the cache with 'pgfeatures warmup' "
+                "(pg_prewarm loads the table and its indexes) after every restart; if the ratio falls again "
+                "under load, the working set does not fit (see working_set)",
+                fix,
+                measured,
+            )
+        )
     return out
 
 
@@ -180,19 +227,33 @@ def check_scans(f: Facts) -> list[Finding]:
         if seq_rows == 0:
             out.append(Finding("scans", t.subject, Status.PASS, value, measured=measured))
         elif t.pages < SMALL_TABLE_PAGES:
-            out.append(Finding("scans", t.subject, Status.PASS, value,
-                               f"a table of {t.pages} pages is scanned sequentially by choice: that is right", measured=measured))
+            out.append(
+                Finding(
+                    "scans",
+                    t.subject,
+                    Status.PASS,
+                    value,
+                    f"a table of {t.pages} pages is scanned sequentially by choice: that is right",
+                    measured=measured,
+                )
+            )
         else:
             name = t.ident
-            out.append(Finding(
-                "scans", t.subject, Status.FAIL, value,
-                f"a statement reads {t.subject} without its key index: find it in pg_stat_statements (queries "
-                f"naming the table, by shared_blks_read); lookups must filter on {t.table.key_column} = <key>; check the "
-                "primary key (schema check) and that no session turns enable_indexscan off. One-off scans (an index "
-                "build, a count(*)) are harmless; once explained, reset the counters: SELECT "
-                f"pg_stat_reset_single_table_counters({_regclass(f.registry.schema, t.table.name)}::regclass); ANALYZE {name} "
-                "(ANALYZE restores the dead-row counts the reset zeroes)",
-                measured=measured))
+            out.append(
+                Finding(
+                    "scans",
+                    t.subject,
+                    Status.FAIL,
+                    value,
+                    f"a statement reads {t.subject} without its key index: find it in pg_stat_statements (queries "
+                    f"naming the table, by shared_blks_read); lookups must filter on {t.table.key_column} = <key>; check the "
+                    "primary key (schema check) and that no session turns enable_indexscan off. One-off scans (an index "
+                    "build, a count(*)) are harmless; once explained, reset the counters: SELECT "
+                    f"pg_stat_reset_single_table_counters({_regclass(f.registry.schema, t.table.name)}::regclass); ANALYZE {name} "
+                    "(ANALYZE restores the dead-row counts the reset zeroes)",
+                    measured=measured,
+                )
+            )
     return out
 
 
@@ -204,45 +265,85 @@ def check_index_only(f: Facts) -> list[Finding]:
         kinds = sorted({s.node for s in scans})
         vm = t.vm_coverage
         vm_text = f"visibility map covers {_pct(vm)} of {t.pages:,} pages"
-        measured: dict[str, Any] = {"nodes": kinds, "vm_coverage": vm, "pages": t.pages,
-                                    "vm_source": "pg_visibility" if t.all_visible is not None else "pg_class.relallvisible"}
+        measured: dict[str, Any] = {
+            "nodes": kinds,
+            "vm_coverage": vm,
+            "pages": t.pages,
+            "vm_source": "pg_visibility" if t.all_visible is not None else "pg_class.relallvisible",
+        }
         if tp and tp.error:
-            out.append(Finding("index_only", t.subject, Status.WARN, f"probe failed: {tp.error}", "see the schema check",
-                               measured=measured))
+            out.append(
+                Finding(
+                    "index_only",
+                    t.subject,
+                    Status.WARN,
+                    f"probe failed: {tp.error}",
+                    "see the schema check",
+                    measured=measured,
+                )
+            )
             continue
         if any(s.node == "Seq Scan" for s in scans):
             # The probe disables sequential and bitmap scans: a Seq Scan here means no index can serve
             # the lookup at all, not that the planner preferred scanning a small table.
-            out.append(Finding("index_only", t.subject, Status.FAIL,
-                               f"lookups run as {', '.join(kinds)} even with sequential scans disabled",
-                               f"the key lookup can use no index: {t.subject} needs its primary key on {t.table.key_column} "
-                               "(see the schema check)", measured=measured))
+            out.append(
+                Finding(
+                    "index_only",
+                    t.subject,
+                    Status.FAIL,
+                    f"lookups run as {', '.join(kinds)} even with sequential scans disabled",
+                    f"the key lookup can use no index: {t.subject} needs its primary key on {t.table.key_column} "
+                    "(see the schema check)",
+                    measured=measured,
+                )
+            )
             continue
         ios = [s for s in scans if s.node == "Index Only Scan"]
         if not t.table.covering_index:
-            used = ", ".join(sorted({f"{s.node} using {s.index}" for s in scans})) or "no keys to explain (never analyzed)"
-            out.append(Finding("index_only", t.subject, Status.PASS, f"{used}: each found key also reads a heap page",
-                               "covering_index = true would make lookups index-only (measured effect: docs/doctor.md)",
-                               measured=measured))
+            used = (
+                ", ".join(sorted({f"{s.node} using {s.index}" for s in scans})) or "no keys to explain (never analyzed)"
+            )
+            out.append(
+                Finding(
+                    "index_only",
+                    t.subject,
+                    Status.PASS,
+                    f"{used}: each found key also reads a heap page",
+                    "covering_index = true would make lookups index-only (measured effect: docs/doctor.md)",
+                    measured=measured,
+                )
+            )
             continue
         vacuum = (_vacuum(t),)
-        why = ("index-only scans read the heap for every row on a page not marked all-visible; VACUUM marks "
-               "them, except rows newer than the oldest open transaction (see the vacuum check). Keep autovacuum "
-               "frequent on tables updated in place: ALTER TABLE "
-               f"{t.ident} SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.02)")
+        why = (
+            "index-only scans read the heap for every row on a page not marked all-visible; VACUUM marks "
+            "them, except rows newer than the oldest open transaction (see the vacuum check). Keep autovacuum "
+            "frequent on tables updated in place: ALTER TABLE "
+            f"{t.ident} SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.02)"
+        )
         if scans and not ios:
             used = ", ".join(sorted({f"{s.node} using {s.index}" for s in scans}))
-            out.append(Finding("index_only", t.subject, Status.FAIL, f"{used}, not index-only; {vm_text}",
-                               "the planner skips the covering index while the visibility map is unset: " + why,
-                               vacuum, measured))
+            out.append(
+                Finding(
+                    "index_only",
+                    t.subject,
+                    Status.FAIL,
+                    f"{used}, not index-only; {vm_text}",
+                    "the planner skips the covering index while the visibility map is unset: " + why,
+                    vacuum,
+                    measured,
+                )
+            )
             continue
         rows = sum(s.rows for s in ios)
         fetches = sum(s.heap_fetches or 0 for s in ios)
         ratio = fetches / rows if rows else 0.0
         measured.update(heap_fetches=fetches, rows=rows, heap_fetch_ratio=ratio)
         if ios:
-            value = (f"Index Only Scan using {ios[0].index}: {fetches:,.0f} heap fetches for {rows:,} rows "
-                     f"({_pct(ratio)}); {vm_text}")
+            value = (
+                f"Index Only Scan using {ios[0].index}: {fetches:,.0f} heap fetches for {rows:,} rows "
+                f"({_pct(ratio)}); {vm_text}"
+            )
         else:
             value = f"no keys to explain (never analyzed); {vm_text}"
         if ratio > HEAP_FETCH_FAIL or (not ios and vm < VM_WARN):
@@ -285,17 +386,26 @@ def check_row_width(f: Facts) -> list[Finding]:
         value = f"{per_row:,.0f} B/row on disk" + (f" ({data} B of column data)" if data is not None else "")
         if t.toast_bytes:
             value += f", {_size(t.toast_bytes)} in TOAST"
-        measured = {"bytes_per_row": per_row, "column_bytes": data, "heap_bytes": t.heap_bytes, "toast_bytes": t.toast_bytes,
-                    "wide_columns": [*variable, *fixed]}
+        measured = {
+            "bytes_per_row": per_row,
+            "column_bytes": data,
+            "heap_bytes": t.heap_bytes,
+            "toast_bytes": t.toast_bytes,
+            "wide_columns": [*variable, *fixed],
+        }
         if variable:
             status = Status.FAIL
         elif fixed:
             status = Status.WARN
         else:
-            out.append(Finding("row_width", t.subject, Status.PASS, value + "; narrow fixed-width types", measured=measured))
+            out.append(
+                Finding("row_width", t.subject, Status.PASS, value + "; narrow fixed-width types", measured=measured)
+            )
             continue
-        advice = ("; ".join([*variable, *fixed]) + ". Changing a type rewrites the table under an exclusive lock "
-                  "(ALTER TABLE ... ALTER COLUMN ... TYPE ... USING ...) and changes what readers get: plan it")
+        advice = (
+            "; ".join([*variable, *fixed]) + ". Changing a type rewrites the table under an exclusive lock "
+            "(ALTER TABLE ... ALTER COLUMN ... TYPE ... USING ...) and changes what readers get: plan it"
+        )
         out.append(Finding("row_width", t.subject, status, value, advice, measured=measured))
     return out
 
@@ -306,30 +416,55 @@ def _lookup_bytes(f: Facts, t: TableFacts) -> int:
     if tp is None or tp.error:
         return t.total_bytes
     read = _read_by_lookups(f, t)
-    return sum(i.bytes for i in t.indexes if i.name in read) + (t.heap_bytes + t.toast_bytes if t.table.name in read else 0)
+    return sum(i.bytes for i in t.indexes if i.name in read) + (
+        t.heap_bytes + t.toast_bytes if t.table.name in read else 0
+    )
 
 
 def check_working_set(f: Facts) -> list[Finding]:
     s = f.server
     total = sum(_lookup_bytes(f, t) for t in f.existing)
     stored = sum(t.total_bytes for t in f.existing)
-    value = (f"lookups read {_size(total)} of tables and indexes ({_size(stored)} stored); shared_buffers "
-             f"{_size(s.shared_buffers)}, effective_cache_size {_size(s.effective_cache_size)}")
-    measured = {"working_set_bytes": total, "stored_bytes": stored, "shared_buffers_bytes": s.shared_buffers,
-                "effective_cache_size_bytes": s.effective_cache_size}
+    value = (
+        f"lookups read {_size(total)} of tables and indexes ({_size(stored)} stored); shared_buffers "
+        f"{_size(s.shared_buffers)}, effective_cache_size {_size(s.effective_cache_size)}"
+    )
+    measured = {
+        "working_set_bytes": total,
+        "stored_bytes": stored,
+        "shared_buffers_bytes": s.shared_buffers,
+        "effective_cache_size_bytes": s.effective_cache_size,
+    }
     if total <= WORKING_SET_SHARE * s.shared_buffers:
         return [Finding("working_set", SERVER, Status.PASS, value, measured=measured)]
-    options = (f"raise shared_buffers to at least {_size(total / WORKING_SET_SHARE)} (needs a restart), "
-               "make hot tables index-only (covering_index = true: their heap then leaves the working set), or "
-               "serve reads from a replica with its own memory. Separate read and write pools do not help: "
-               "shared_buffers is one cache shared by every backend of the server")
+    options = (
+        f"raise shared_buffers to at least {_size(total / WORKING_SET_SHARE)} (needs a restart), "
+        "make hot tables index-only (covering_index = true: their heap then leaves the working set), or "
+        "serve reads from a replica with its own memory. Separate read and write pools do not help: "
+        "shared_buffers is one cache shared by every backend of the server"
+    )
     if total <= s.effective_cache_size:
-        return [Finding("working_set", SERVER, Status.WARN, value,
-                        "the working set exceeds what shared_buffers can hold for it: misses are copied from the OS "
-                        "page cache (microseconds each, and the two caches hold the same pages twice); " + options,
-                        measured=measured)]
-    return [Finding("working_set", SERVER, Status.FAIL, value,
-                    "the working set exceeds effective_cache_size too: misses go to disk; " + options, measured=measured)]
+        return [
+            Finding(
+                "working_set",
+                SERVER,
+                Status.WARN,
+                value,
+                "the working set exceeds what shared_buffers can hold for it: misses are copied from the OS "
+                "page cache (microseconds each, and the two caches hold the same pages twice); " + options,
+                measured=measured,
+            )
+        ]
+    return [
+        Finding(
+            "working_set",
+            SERVER,
+            Status.FAIL,
+            value,
+            "the working set exceeds effective_cache_size too: misses go to disk; " + options,
+            measured=measured,
+        )
+    ]
 
 
 def _dead_rows(f: Facts, t: TableFacts) -> tuple[int, int, str, str | None]:
@@ -339,12 +474,17 @@ def _dead_rows(f: Facts, t: TableFacts) -> tuple[int, int, str, str | None]:
         return t.exact.live, t.exact.dead, "pgstattuple_approx", None
     doubt = None
     if t.counted_dead_ratio > DEAD_WARN:
-        recent = (f" the last VACUUM ran {t.vacuumed_ago:,.0f}s ago, and a session's counts reach them up to a second "
-                  "after it commits, so counts of a load it vacuumed can land after that VACUUM and stay"
-                  if t.vacuumed_ago is not None and t.vacuumed_ago < STALE_SECONDS else "")
-        doubt = (f"these are pg_stat_user_tables' counters, updated lazily, and may be stale:{recent or ' they are not a count'}; "
-                 f"{f.server.pgstattuple or 'pgstattuple was not used'}. For an exact count: CREATE EXTENSION pgstattuple "
-                 "(or grant pg_stat_scan_tables) and run the doctor again")
+        recent = (
+            f" the last VACUUM ran {t.vacuumed_ago:,.0f}s ago, and a session's counts reach them up to a second "
+            "after it commits, so counts of a load it vacuumed can land after that VACUUM and stay"
+            if t.vacuumed_ago is not None and t.vacuumed_ago < STALE_SECONDS
+            else ""
+        )
+        doubt = (
+            f"these are pg_stat_user_tables' counters, updated lazily, and may be stale:{recent or ' they are not a count'}; "
+            f"{f.server.pgstattuple or 'pgstattuple was not used'}. For an exact count: CREATE EXTENSION pgstattuple "
+            "(or grant pg_stat_scan_tables) and run the doctor again"
+        )
     return t.live_rows, t.dead_rows, "pg_stat_user_tables", doubt
 
 
@@ -357,13 +497,24 @@ def check_vacuum(f: Facts) -> list[Finding]:
         scale = t.reloptions.get("autovacuum_vacuum_scale_factor", f"{f.server.vacuum_scale_factor:g}")
         last_analyze = t.stat.get("last_analyze") or t.stat.get("last_autoanalyze")
         vacuumed = t.stat.get("last_vacuum") or t.stat.get("last_autovacuum")
-        value = (f"{dead:,} dead / {live:,} live rows ({_pct(ratio)}, {source}); last vacuum {vacuumed or 'never'}, "
-                 f"last analyze {last_analyze or ('unknown' if t.analyzed else 'never')}; "
-                 f"autovacuum {'on' if enabled else 'OFF'} (scale factor {scale})")
-        measured = {"dead_rows": dead, "live_rows": live, "dead_ratio": ratio, "dead_rows_source": source,
-                    "counter_dead_rows": t.dead_rows, "counter_live_rows": t.live_rows,
-                    "autovacuum_enabled": enabled, "scale_factor": scale, "last_vacuum": vacuumed,
-                    "last_analyze": last_analyze, "seconds_since_vacuum": t.vacuumed_ago}
+        value = (
+            f"{dead:,} dead / {live:,} live rows ({_pct(ratio)}, {source}); last vacuum {vacuumed or 'never'}, "
+            f"last analyze {last_analyze or ('unknown' if t.analyzed else 'never')}; "
+            f"autovacuum {'on' if enabled else 'OFF'} (scale factor {scale})"
+        )
+        measured = {
+            "dead_rows": dead,
+            "live_rows": live,
+            "dead_ratio": ratio,
+            "dead_rows_source": source,
+            "counter_dead_rows": t.dead_rows,
+            "counter_live_rows": t.live_rows,
+            "autovacuum_enabled": enabled,
+            "scale_factor": scale,
+            "last_vacuum": vacuumed,
+            "last_analyze": last_analyze,
+            "seconds_since_vacuum": t.vacuumed_ago,
+        }
         status, advice, fix = Status.PASS, [], []
         if not enabled:
             status = Status.FAIL
@@ -376,9 +527,11 @@ def check_vacuum(f: Facts) -> list[Finding]:
             # Only a count can fail the check; counters that may be stale can only warn.
             level = Status.FAIL if ratio > DEAD_FAIL and doubt is None else Status.WARN
             status = max(status, level, key=lambda x: x.rank)
-            advice.append(f"{_pct(ratio)} of the rows are dead: lookups step over them and index-only scans visit the heap; "
-                          f"VACUUM now, and for a table updated in place lower the trigger: ALTER TABLE {t.ident} "
-                          "SET (autovacuum_vacuum_scale_factor = 0.02)")
+            advice.append(
+                f"{_pct(ratio)} of the rows are dead: lookups step over them and index-only scans visit the heap; "
+                f"VACUUM now, and for a table updated in place lower the trigger: ALTER TABLE {t.ident} "
+                "SET (autovacuum_vacuum_scale_factor = 0.02)"
+            )
             if doubt:
                 advice.append(doubt)
             fix.append(_vacuum(t))
@@ -392,22 +545,40 @@ def check_vacuum(f: Facts) -> list[Finding]:
 
 def _vacuum_server(s: ServerFacts) -> Finding:
     who, age = s.oldest_xact or ("none", 0.0)
-    value = (f"autovacuum {'on' if s.autovacuum else 'OFF'}, track_counts {'on' if s.track_counts else 'OFF'}; "
-             f"oldest open transaction: {who}" + (f", {age:,.0f}s" if s.oldest_xact else ""))
-    measured = {"autovacuum": s.autovacuum, "track_counts": s.track_counts, "oldest_xact": who, "oldest_xact_seconds": age}
+    value = (
+        f"autovacuum {'on' if s.autovacuum else 'OFF'}, track_counts {'on' if s.track_counts else 'OFF'}; "
+        f"oldest open transaction: {who}" + (f", {age:,.0f}s" if s.oldest_xact else "")
+    )
+    measured = {
+        "autovacuum": s.autovacuum,
+        "track_counts": s.track_counts,
+        "oldest_xact": who,
+        "oldest_xact_seconds": age,
+    }
     off = [name for name, on in (("autovacuum", s.autovacuum), ("track_counts", s.track_counts)) if not on]
     if off:
-        return Finding("vacuum", SERVER, Status.FAIL, value,
-                       "without autovacuum dead rows pile up and the visibility map decays; turn it back on: "
-                       + "; ".join(f"ALTER SYSTEM SET {name} = on" for name in off) + "; SELECT pg_reload_conf()",
-                       measured=measured)
+        return Finding(
+            "vacuum",
+            SERVER,
+            Status.FAIL,
+            value,
+            "without autovacuum dead rows pile up and the visibility map decays; turn it back on: "
+            + "; ".join(f"ALTER SYSTEM SET {name} = on" for name in off)
+            + "; SELECT pg_reload_conf()",
+            measured=measured,
+        )
     if age > LONG_XACT_SECONDS:
-        return Finding("vacuum", SERVER, Status.WARN, value,
-                       "VACUUM can neither remove rows that died after this transaction began nor mark newer pages "
-                       "all-visible, so index-only scans decay while it stays open: end it (pg_terminate_backend(pid) "
-                       "if it is stuck; COMMIT PREPARED / ROLLBACK PREPARED a forgotten prepared transaction). "
-                       "Replication slots (pg_replication_slots.xmin) hold VACUUM back the same way",
-                       measured=measured)
+        return Finding(
+            "vacuum",
+            SERVER,
+            Status.WARN,
+            value,
+            "VACUUM can neither remove rows that died after this transaction began nor mark newer pages "
+            "all-visible, so index-only scans decay while it stays open: end it (pg_terminate_backend(pid) "
+            "if it is stuck; COMMIT PREPARED / ROLLBACK PREPARED a forgotten prepared transaction). "
+            "Replication slots (pg_replication_slots.xmin) hold VACUUM back the same way",
+            measured=measured,
+        )
     return Finding("vacuum", SERVER, Status.PASS, value, measured=measured)
 
 
@@ -420,42 +591,76 @@ def check_materialized(f: Facts) -> list[Finding]:
     out = []
     for name, s in f.materialized.items():
         subject, rebuild = f"service {name}", f"pgfeatures materialize {name}"
-        measured: dict[str, Any] = {"state": s.state, "sampled": s.sampled, "differing": s.differing,
-                                    "examples": [e.describe() for e in s.examples],
-                                    "disabled_triggers": list(s.disabled_triggers), "missing_triggers": list(s.missing_triggers),
-                                    "command": rebuild, "full": s.full, "rows": s.rows,
-                                    "differing_per_table": dict(s.per_table)}
+        measured: dict[str, Any] = {
+            "state": s.state,
+            "sampled": s.sampled,
+            "differing": s.differing,
+            "examples": [e.describe() for e in s.examples],
+            "disabled_triggers": list(s.disabled_triggers),
+            "missing_triggers": list(s.missing_triggers),
+            "command": rebuild,
+            "full": s.full,
+            "rows": s.rows,
+            "differing_per_table": dict(s.per_table),
+        }
         if s.state in ("missing", "stale"):
             what = "missing" if s.state == "missing" else "built for another definition of the service (stale)"
-            out.append(Finding("materialized", subject, Status.WARN, f"serving rows {what}",
-                               f"reads of {name} go table by table meanwhile (correct, one lookup per table instead of "
-                               f"one per entity); build them: {rebuild}", measured=measured))
+            out.append(
+                Finding(
+                    "materialized",
+                    subject,
+                    Status.WARN,
+                    f"serving rows {what}",
+                    f"reads of {name} go table by table meanwhile (correct, one lookup per table instead of "
+                    f"one per entity); build them: {rebuild}",
+                    measured=measured,
+                )
+            )
             continue
         if s.error:
-            out.append(Finding("materialized", subject, Status.WARN, f"could not compare the serving rows: {s.error}",
-                               "see the schema check", measured=measured))
+            out.append(
+                Finding(
+                    "materialized",
+                    subject,
+                    Status.WARN,
+                    f"could not compare the serving rows: {s.error}",
+                    "see the schema check",
+                    measured=measured,
+                )
+            )
             continue
         problems, advice, fix = [], [], []
         if s.differing and s.full:
             tables = ", ".join(f"{t}: {n:,}" for t, n in s.per_table.items())
-            problems.append(f"{s.differing:,} of {s.sampled:,} keys differ from the tables ({tables}); e.g. "
-                            + "; ".join(e.describe() for e in s.examples))
+            problems.append(
+                f"{s.differing:,} of {s.sampled:,} keys differ from the tables ({tables}); e.g. "
+                + "; ".join(e.describe() for e in s.examples)
+            )
         elif s.differing:
-            problems.append(f"{s.differing:,} of {s.sampled:,} sampled keys differ from a fresh read of the tables; e.g. "
-                            + "; ".join(e.describe() for e in s.examples[:1]))
+            problems.append(
+                f"{s.differing:,} of {s.sampled:,} sampled keys differ from a fresh read of the tables; e.g. "
+                + "; ".join(e.describe() for e in s.examples[:1])
+            )
         if s.differing:
-            advice.append("the serving rows were changed behind pgfeatures' back (a trigger disabled, a session with "
-                          "session_replication_role = replica, a direct write to the serving table): reads of the "
-                          f"service return stale values. Rebuild them: {rebuild}")
+            advice.append(
+                "the serving rows were changed behind pgfeatures' back (a trigger disabled, a session with "
+                "session_replication_role = replica, a direct write to the serving table): reads of the "
+                f"service return stale values. Rebuild them: {rebuild}"
+            )
         if s.disabled_triggers:
             on = sorted({item.partition(".")[0] for item in s.disabled_triggers})
             problems.append(f"{len(s.disabled_triggers)} maintenance trigger(s) disabled on {', '.join(on)}")
-            advice.append("writes to those tables no longer reach the serving rows: enable the triggers, then rebuild "
-                          f"the rows written meanwhile: {rebuild}")
+            advice.append(
+                "writes to those tables no longer reach the serving rows: enable the triggers, then rebuild "
+                f"the rows written meanwhile: {rebuild}"
+            )
             for item in s.disabled_triggers:
                 table, _, trigger = item.partition(".")
-                fix.append(sql.SQL("ALTER TABLE {} ENABLE TRIGGER {}").format(
-                    sql.Identifier(f.registry.schema, table), sql.Identifier(trigger)).as_string(None))
+                fix.append(
+                    sql.SQL("ALTER TABLE {} ENABLE TRIGGER {}")
+                    .format(sql.Identifier(f.registry.schema, table), sql.Identifier(trigger))
+                    .as_string(None)
+                )
         if s.missing_triggers:
             on = sorted({item.partition(".")[0] for item in s.missing_triggers})
             problems.append(f"{len(s.missing_triggers)} maintenance trigger(s) missing on {', '.join(on)}")
@@ -463,29 +668,53 @@ def check_materialized(f: Facts) -> list[Finding]:
         if not s.full:
             advice.append(sample_limits(s))
         if problems:
-            out.append(Finding("materialized", subject, Status.FAIL, "; ".join(problems), "; ".join(advice),
-                               tuple(fix), measured))
+            out.append(
+                Finding(
+                    "materialized", subject, Status.FAIL, "; ".join(problems), "; ".join(advice), tuple(fix), measured
+                )
+            )
         elif s.full:
-            out.append(Finding("materialized", subject, Status.PASS,
-                               f"built; every serving row ({s.sampled:,} keys) equals the tables, values and updated_at; "
-                               "triggers in place", measured=measured))
+            out.append(
+                Finding(
+                    "materialized",
+                    subject,
+                    Status.PASS,
+                    f"built; every serving row ({s.sampled:,} keys) equals the tables, values and updated_at; "
+                    "triggers in place",
+                    measured=measured,
+                )
+            )
         else:
-            out.append(Finding("materialized", subject, Status.PASS,
-                               f"built; {s.sampled:,} sampled keys ({_share(s)}) equal a fresh read of the tables; "
-                               "triggers in place (a sample can miss a few changed keys and cannot see an updated_at "
-                               "changed within the TTL: --full compares every row)", "; ".join(advice), measured=measured))
+            out.append(
+                Finding(
+                    "materialized",
+                    subject,
+                    Status.PASS,
+                    f"built; {s.sampled:,} sampled keys ({_share(s)}) equal a fresh read of the tables; "
+                    "triggers in place (a sample can miss a few changed keys and cannot see an updated_at "
+                    "changed within the TTL: --full compares every row)",
+                    "; ".join(advice),
+                    measured=measured,
+                )
+            )
     return out
 
 
 def _share(s: Any) -> str:
-    return f"{min(1.0, s.sampled / s.rows):.1%} of about {s.rows:,} serving rows" if s.rows else "serving rows never analyzed"
+    return (
+        f"{min(1.0, s.sampled / s.rows):.1%} of about {s.rows:,} serving rows"
+        if s.rows
+        else "serving rows never analyzed"
+    )
 
 
 def sample_limits(s: Any) -> str:
     """What a sample of serving rows can and cannot detect (said with every sampled comparison)."""
-    return (f"a sample ({_share(s)}) finds drift that touches many keys, and every trigger is checked; it can miss "
-            "a few changed keys (each is compared with the probability of its share) and cannot see an updated_at "
-            "changed within the TTL (the read is the same): `pgfeatures doctor --full` compares every serving row")
+    return (
+        f"a sample ({_share(s)}) finds drift that touches many keys, and every trigger is checked; it can miss "
+        "a few changed keys (each is compared with the probability of its share) and cannot see an updated_at "
+        "changed within the TTL (the read is the same): `pgfeatures doctor --full` compares every serving row"
+    )
 
 
 CHECKS: dict[str, Callable[[Facts], list[Finding]]] = {

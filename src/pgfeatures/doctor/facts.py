@@ -235,10 +235,20 @@ def _options(reloptions: Sequence[str]) -> dict[str, str]:
 
 def _server_facts(conn: psycopg.Connection) -> ServerFacts:
     shared_buffers, cache, block_size, autovacuum, track_counts, scale_factor, extensions, threshold = one_row(
-        conn.execute(_SERVER))
+        conn.execute(_SERVER)
+    )
     oldest = conn.execute(_OLDEST_XACT).fetchone()  # None: no transaction holds VACUUM back
-    return ServerFacts(shared_buffers, cache, block_size, autovacuum, track_counts, scale_factor, frozenset(extensions),
-                       oldest, vacuum_threshold=threshold)
+    return ServerFacts(
+        shared_buffers,
+        cache,
+        block_size,
+        autovacuum,
+        track_counts,
+        scale_factor,
+        frozenset(extensions),
+        oldest,
+        vacuum_threshold=threshold,
+    )
 
 
 def _table_facts(
@@ -251,7 +261,9 @@ def _table_facts(
     indexes: dict[str, list[Index]] = {}
     for table, name, size, statio in conn.execute(_INDEXES, args):
         indexes.setdefault(table, []).append(Index(name, size, statio or {}))
-    all_visible: dict[str, int] = dict(conn.execute(_ALL_VISIBLE, args).fetchall()) if "pg_visibility" in extensions else {}
+    all_visible: dict[str, int] = (
+        dict(conn.execute(_ALL_VISIBLE, args).fetchall()) if "pg_visibility" in extensions else {}
+    )
     found = {row[0]: row[1:] for row in conn.execute(_TABLES, args)}
     facts = {}
     for name, table in registry.tables.items():
@@ -261,9 +273,24 @@ def _table_facts(
             continue
         heap, toast, total, reltuples, allvis, reloptions, stat, statio, vacuumed_ago = found[name]
         facts[name] = TableFacts(
-            table, subject, ident, True, tuple(drift(conn, registry.schema, table)), heap, toast, total, reltuples, allvis,
-            all_visible.get(name), _options(reloptions), stat or {}, statio or {},
-            tuple(columns.get(name, ())), tuple(indexes.get(name, ())), block_size, vacuumed_ago,
+            table,
+            subject,
+            ident,
+            True,
+            tuple(drift(conn, registry.schema, table)),
+            heap,
+            toast,
+            total,
+            reltuples,
+            allvis,
+            all_visible.get(name),
+            _options(reloptions),
+            stat or {},
+            statio or {},
+            tuple(columns.get(name, ())),
+            tuple(indexes.get(name, ())),
+            block_size,
+            vacuumed_ago,
         )
     return facts
 
@@ -288,7 +315,12 @@ def prepared_facts(store: FeatureStore) -> PreparedFacts:
         if _has_extension(conn, "pg_stat_statements"):
             try:
                 for query, calls, mean_ms, hit, read in conn.execute(_SERVED, (list(expected),), prepare=False):
-                    served[query] = {"calls": calls, "mean_exec_ms": mean_ms, "shared_blks_hit": hit, "shared_blks_read": read}
+                    served[query] = {
+                        "calls": calls,
+                        "mean_exec_ms": mean_ms,
+                        "shared_blks_hit": hit,
+                        "shared_blks_read": read,
+                    }
             except psycopg.Error:
                 pass  # installed but not preloaded, or not readable by this user: the check does not need it
     plans = {r[0]: (r[1], r[2]) for r in rows}
@@ -311,7 +343,9 @@ def open_store_facts(registry: Registry | None, dsn: str) -> PreparedFacts:
     if registry is None:
         return PreparedFacts((), error="no feature table is usable (see the schema check): nothing to prepare")
     try:
-        with FeatureStore(registry, dsn, pool_size=1, write_pool_size=1, read_application_name="pgfeatures-doctor") as store:
+        with FeatureStore(
+            registry, dsn, pool_size=1, write_pool_size=1, read_application_name="pgfeatures-doctor"
+        ) as store:
             return prepared_facts(store)
     except Exception as exc:  # reported as a finding: the doctor must finish its other checks
         return PreparedFacts((), error=f"{type(exc).__name__}: {exc}")
@@ -337,8 +371,9 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def count_dead_rows(conn: psycopg.Connection, tables: Mapping[str, TableFacts], extensions: frozenset[str],
-                    above: float) -> tuple[dict[str, TableFacts], str | None]:
+def count_dead_rows(
+    conn: psycopg.Connection, tables: Mapping[str, TableFacts], extensions: frozenset[str], above: float
+) -> tuple[dict[str, TableFacts], str | None]:
     """Recount live and dead rows with ``pgstattuple_approx`` for the tables whose statistics
     counters claim more than ``above`` of their rows dead (only those: the count reads every page
     not marked all-visible). Returns the tables with ``exact`` set where counted, and why the
@@ -358,8 +393,13 @@ def count_dead_rows(conn: psycopg.Connection, tables: Mapping[str, TableFacts], 
     return out, reason
 
 
-def gather(conn: psycopg.Connection, registry: Registry, hot_keys: Sequence[bytes] = (), *,
-           recount_dead_above: float | None = 0.05) -> Facts:
+def gather(
+    conn: psycopg.Connection,
+    registry: Registry,
+    hot_keys: Sequence[bytes] = (),
+    *,
+    recount_dead_above: float | None = 0.05,
+) -> Facts:
     """Read every fact the checks need but the serving connection's (``prepared`` is None), on an
     autocommit connection. The probe runs first, before anything else here touches the tables' pages.
     ``recount_dead_above``: recount dead rows where the counters claim more than this share

@@ -71,8 +71,10 @@ class Difference:
     fresh_status: str
 
     def describe(self) -> str:
-        return (f"{self.entity}={self.key}: table {self.table}: serving rows say {self.served!r} ({self.served_status}), "
-                f"the tables say {self.fresh!r} ({self.fresh_status})")
+        return (
+            f"{self.entity}={self.key}: table {self.table}: serving rows say {self.served!r} ({self.served_status}), "
+            f"the tables say {self.fresh!r} ({self.fresh_status})"
+        )
 
 
 @dataclass(frozen=True)
@@ -117,8 +119,9 @@ def _unhashed(registry: Registry) -> Registry:
     from the tables are digests already: hashing them again would find nothing)."""
     entities = {name: dataclasses.replace(e, hash=None) if e.hash else e for name, e in registry.entities.items()}
     tables = [dataclasses.replace(t, entity=entities[t.entity.name]) for t in registry.tables.values()]
-    return Registry.of(tables, registry.schema, registry.source, entities=entities.values(),
-                       services=registry.services.values())
+    return Registry.of(
+        tables, registry.schema, registry.source, entities=entities.values(), services=registry.services.values()
+    )
 
 
 def twin_registry(registry: Registry, services: Sequence[str]) -> Registry:
@@ -127,8 +130,9 @@ def twin_registry(registry: Registry, services: Sequence[str]) -> Registry:
     base = _unhashed(registry)
     chosen = [base.service(name) for name in services]
     twins = [dataclasses.replace(svc, name=_twin(svc.name), materialize=False) for svc in chosen]
-    return Registry.of(base.tables.values(), base.schema, base.source, entities=base.entities.values(),
-                       services=[*chosen, *twins])
+    return Registry.of(
+        base.tables.values(), base.schema, base.source, entities=base.entities.values(), services=[*chosen, *twins]
+    )
 
 
 def _twin(name: str) -> str:
@@ -138,8 +142,12 @@ def _twin(name: str) -> str:
 def _estimate(conn: psycopg.Connection, schema: str, relation: str) -> float:
     """The planner's row estimate of ``relation`` (-1: never analyzed)."""
     ident = sql.Identifier(schema, relation)
-    row = conn.execute(sql.SQL("SELECT reltuples::float8 FROM pg_class WHERE oid = {}::regclass").format(
-        sql.Literal(ident.as_string(conn))), prepare=False).fetchone()
+    row = conn.execute(
+        sql.SQL("SELECT reltuples::float8 FROM pg_class WHERE oid = {}::regclass").format(
+            sql.Literal(ident.as_string(conn))
+        ),
+        prepare=False,
+    ).fetchone()
     return row[0] if row else -1
 
 
@@ -152,7 +160,9 @@ def _sample(conn: psycopg.Connection, schema: str, relation: str, column: str, n
     else:  # pages at random, about 10x the keys wanted, then keys at random among them
         pct = min(100.0, 100.0 * 10 * n / rows)
         source = sql.SQL("{} TABLESAMPLE SYSTEM ({})").format(ident, sql.Literal(pct))
-    query = sql.SQL("SELECT {} FROM {} ORDER BY random() LIMIT {}").format(sql.Identifier(column), source, sql.Literal(n))
+    query = sql.SQL("SELECT {} FROM {} ORDER BY random() LIMIT {}").format(
+        sql.Identifier(column), source, sql.Literal(n)
+    )
     return [r[0] for r in conn.execute(query, prepare=False).fetchall()]
 
 
@@ -167,10 +177,16 @@ def _keys(conn: psycopg.Connection, registry: Registry, layout: EntityLayout, n:
     return out[:n]
 
 
-def _triggers(conn: psycopg.Connection, registry: Registry, layouts: Sequence[EntityLayout]) -> tuple[list[str], list[str]]:
+def _triggers(
+    conn: psycopg.Connection, registry: Registry, layouts: Sequence[EntityLayout]
+) -> tuple[list[str], list[str]]:
     """(disabled, missing) maintenance triggers of ``layouts``, as ``table.trigger``."""
-    expected = {(t.name, f"{m.trigger_name(layout, t)}_{event.lower()}") for layout in layouts for t in layout.tables
-                for event in m.EVENTS}
+    expected = {
+        (t.name, f"{m.trigger_name(layout, t)}_{event.lower()}")
+        for layout in layouts
+        for t in layout.tables
+        for event in m.EVENTS
+    }
     cur = psycopg.RawCursor(conn)
     cur.execute(_TRIGGERS, (registry.schema, sorted({name for _, name in expected})), prepare=False)
     found = {(table, name): enabled for table, name, enabled in cur.fetchall()}
@@ -191,8 +207,9 @@ def _shown(key: Any) -> str:
     return key.hex() if isinstance(key, (bytes, bytearray)) else str(key)
 
 
-def _differences(registry: Registry, service: str, requests: Sequence[Mapping[str, Any]], served: Sequence[Any],
-                 fresh: Sequence[Any]) -> dict[tuple[str, Any], Difference]:
+def _differences(
+    registry: Registry, service: str, requests: Sequence[Mapping[str, Any]], served: Sequence[Any], fresh: Sequence[Any]
+) -> dict[tuple[str, Any], Difference]:
     """{(entity, key): the first table where it differs}."""
     entity_of = {t.name: t.entity.name for t in registry.tables.values()}
     out: dict[tuple[str, Any], Difference] = {}
@@ -201,13 +218,23 @@ def _differences(registry: Registry, service: str, requests: Sequence[Mapping[st
             if _same(s[table], f[table]) and s.status[table] == f.status[table]:
                 continue
             entity = entity_of[table]
-            out.setdefault((entity, request[entity]), Difference(
-                entity, _shown(request[entity]), table, s[table], s.status[table], f[table], f.status[table]))
+            out.setdefault(
+                (entity, request[entity]),
+                Difference(
+                    entity, _shown(request[entity]), table, s[table], s.status[table], f[table], f.status[table]
+                ),
+            )
     return out
 
 
-def compare_service(store: FeatureStore, conn: psycopg.Connection, registry: Registry, service: str,
-                    sample: int = DEFAULT_SAMPLE, rng: random.Random | None = None) -> ServiceFacts:
+def compare_service(
+    store: FeatureStore,
+    conn: psycopg.Connection,
+    registry: Registry,
+    service: str,
+    sample: int = DEFAULT_SAMPLE,
+    rng: random.Random | None = None,
+) -> ServiceFacts:
     """Compare a built service's serving rows with the tables on a sample of keys (see the module
     docstring). ``store``: open on ``twin_registry(registry, [service, ...])``."""
     rng = rng or random.Random()
@@ -225,16 +252,26 @@ def compare_service(store: FeatureStore, conn: psycopg.Connection, registry: Reg
     # The serving rows as they are, whatever the store would serve (it reads a service whose triggers
     # are disabled table by table: correct for a reader, useless for this comparison).
     served = compile_materialized_batch_reader(select_service(registry, service), layouts)
-    found = _differences(registry, service, requests, store.read_batch(served, requests),
-                         store.get_service_batch(twin, requests))
+    found = _differences(
+        registry, service, requests, store.read_batch(served, requests), store.get_service_batch(twin, requests)
+    )
     if found:  # read those again: a write landing between the two reads is not drift
         again = [r for r in requests if any((e, r[e]) in found for e in r)]
-        found = _differences(registry, service, again, store.read_batch(served, again),
-                             store.get_service_batch(twin, again))
+        found = _differences(
+            registry, service, again, store.read_batch(served, again), store.get_service_batch(twin, again)
+        )
     sampled = sum(len(set(map(_shown, k))) for k in per_entity.values())
     rows = sum(max(0, int(_estimate(conn, registry.schema, layout.table_name))) for layout in layouts)
-    return ServiceFacts(service, "built", sampled, len(found), tuple(list(found.values())[:EXAMPLES]),
-                        tuple(disabled), tuple(missing), rows=rows)
+    return ServiceFacts(
+        service,
+        "built",
+        sampled,
+        len(found),
+        tuple(list(found.values())[:EXAMPLES]),
+        tuple(disabled),
+        tuple(missing),
+        rows=rows,
+    )
 
 
 def full_comparison_sql(schema: str, layout: EntityLayout, examples: int = EXAMPLES) -> sql.Composed:
@@ -248,11 +285,17 @@ def full_comparison_sql(schema: str, layout: EntityLayout, examples: int = EXAMP
     aliases = {t.name: f"t{i}" for i, t in enumerate(layout.tables)}
     keys = sql.SQL(" UNION ").join(
         sql.SQL("SELECT {} AS k FROM {}").format(sql.Identifier(t.key_column), sql.Identifier(schema, t.name))
-        for t in layout.tables)
+        for t in layout.tables
+    )
     joins = sql.SQL(" ").join(
-        sql.SQL("LEFT JOIN {} {} ON {}.{} = k.k").format(sql.Identifier(schema, t.name), sql.Identifier(aliases[t.name]),
-                                                       sql.Identifier(aliases[t.name]), sql.Identifier(t.key_column))
-        for t in layout.tables)
+        sql.SQL("LEFT JOIN {} {} ON {}.{} = k.k").format(
+            sql.Identifier(schema, t.name),
+            sql.Identifier(aliases[t.name]),
+            sql.Identifier(aliases[t.name]),
+            sql.Identifier(t.key_column),
+        )
+        for t in layout.tables
+    )
     differs = []
     for t in layout.tables:
         # The table's slice of each array and its ts entry as a build writes them from the table's row
@@ -263,16 +306,29 @@ def full_comparison_sql(schema: str, layout: EntityLayout, examples: int = EXAMP
         fresh: list[sql.Composable] = []
         for group, a, b, slots in m._slices(layout, t):
             stored.append(sql.SQL("s.{}[{}:{}]").format(sql.Identifier(group), sql.Literal(a), sql.Literal(b)))
-            fresh.append(sql.SQL("ARRAY[{}]::{}[]").format(sql.SQL(", ").join(m._value(alias, slot) for slot in slots),
-                                                          sql.SQL(layout.element_type(group))))
+            fresh.append(
+                sql.SQL("ARRAY[{}]::{}[]").format(
+                    sql.SQL(", ").join(m._value(alias, slot) for slot in slots), sql.SQL(layout.element_type(group))
+                )
+            )
         stored.append(sql.SQL("s.{}[{}]").format(sql.Identifier(TS), sql.Literal(layout.ts_index(t.name) + 1)))
         fresh.append(m.stamp_sql(alias))
-        differs.append(sql.SQL("CASE WHEN CASE WHEN s.{} IS NULL THEN {}.{} IS NOT NULL ELSE ROW({}) IS DISTINCT FROM "
-                               "ROW({}) END THEN {} END").format(
-            key, sql.Identifier(alias), sql.Identifier(t.key_column), sql.SQL(", ").join(stored),
-            sql.SQL(", ").join(fresh), sql.Literal(t.name)))
-    per_table = sql.SQL(", ").join(sql.SQL("count(*) FILTER (WHERE {} = ANY(tables))").format(sql.Literal(t.name))
-                                   for t in layout.tables)
+        differs.append(
+            sql.SQL(
+                "CASE WHEN CASE WHEN s.{} IS NULL THEN {}.{} IS NOT NULL ELSE ROW({}) IS DISTINCT FROM "
+                "ROW({}) END THEN {} END"
+            ).format(
+                key,
+                sql.Identifier(alias),
+                sql.Identifier(t.key_column),
+                sql.SQL(", ").join(stored),
+                sql.SQL(", ").join(fresh),
+                sql.Literal(t.name),
+            )
+        )
+    per_table = sql.SQL(", ").join(
+        sql.SQL("count(*) FILTER (WHERE {} = ANY(tables))").format(sql.Literal(t.name)) for t in layout.tables
+    )
     return sql.SQL(
         "WITH cmp AS MATERIALIZED (SELECT coalesce(k.k, s.{key}) AS key, s.{key} IS NULL AS unserved, "
         "array_remove(ARRAY[{differs}]::text[], NULL) AS tables "
@@ -282,8 +338,15 @@ def full_comparison_sql(schema: str, layout: EntityLayout, examples: int = EXAMP
         "ARRAY[{per_table}] AS per_table FROM cmp) c "
         "LEFT JOIN LATERAL (SELECT key, unserved, tables FROM cmp WHERE cardinality(tables) > 0 "
         "ORDER BY key LIMIT {examples}) d ON true"
-    ).format(key=key, differs=sql.SQL(", ").join(differs), keys=keys, joins=joins,
-             serving=sql.Identifier(schema, layout.table_name), per_table=per_table, examples=sql.Literal(examples))
+    ).format(
+        key=key,
+        differs=sql.SQL(", ").join(differs),
+        keys=keys,
+        joins=joins,
+        serving=sql.Identifier(schema, layout.table_name),
+        per_table=per_table,
+        examples=sql.Literal(examples),
+    )
 
 
 def compare_service_full(conn: psycopg.Connection, registry: Registry, service: str) -> ServiceFacts:
@@ -301,14 +364,30 @@ def compare_service_full(conn: psycopg.Connection, registry: Registry, service: 
         for table, n in zip(layout.tables, rows[0][5]):
             if n:
                 per_table[table.name] = per_table.get(table.name, 0) + n
-        examples += [RowDifference(layout.entity.name, _shown(bytes(k) if isinstance(k, memoryview) else k),
-                                   tuple(tables), unserved) for k, unserved, tables, *_ in rows if k is not None]
-    return ServiceFacts(service, "built", compared, differing, tuple(examples[:EXAMPLES]), tuple(disabled),
-                        tuple(missing), full=True, rows=compared, per_table=per_table)
+        examples += [
+            RowDifference(
+                layout.entity.name, _shown(bytes(k) if isinstance(k, memoryview) else k), tuple(tables), unserved
+            )
+            for k, unserved, tables, *_ in rows
+            if k is not None
+        ]
+    return ServiceFacts(
+        service,
+        "built",
+        compared,
+        differing,
+        tuple(examples[:EXAMPLES]),
+        tuple(disabled),
+        tuple(missing),
+        full=True,
+        rows=compared,
+        per_table=per_table,
+    )
 
 
-def materialized_facts(registry: Registry, dsn: str, conn: psycopg.Connection, *,
-                       sample: int = DEFAULT_SAMPLE, full: bool = False) -> dict[str, ServiceFacts]:
+def materialized_facts(
+    registry: Registry, dsn: str, conn: psycopg.Connection, *, sample: int = DEFAULT_SAMPLE, full: bool = False
+) -> dict[str, ServiceFacts]:
     """Every materialized service's facts: its state, and for a built one the comparison (see
     ``compare_service``; with ``full``, ``compare_service_full``: every serving row). A service
     that cannot be compared (a table missing, the store cannot open) has ``error`` set: the doctor
@@ -325,8 +404,11 @@ def materialized_facts(registry: Registry, dsn: str, conn: psycopg.Connection, *
         layouts = registry.layouts(name)
         state = service_state(catalog.state(layout) for layout in layouts)
         # Rows built for this definition are compared even when their triggers or guard are gone.
-        rows = all(catalog.tables.get(l.table_name) is not None and catalog.tables[l.table_name].fingerprint == l.fingerprint
-                   for l in layouts)
+        rows = all(
+            catalog.tables.get(layout.table_name) is not None
+            and catalog.tables[layout.table_name].fingerprint == layout.fingerprint
+            for layout in layouts
+        )
         out[name] = ServiceFacts(name, BUILT if rows else state.state if state.state != BUILT else MISSING)
     built = [name for name in wanted if out[name].state == BUILT]
     if not built:
@@ -340,8 +422,9 @@ def materialized_facts(registry: Registry, dsn: str, conn: psycopg.Connection, *
         return out
     twins = twin_registry(registry, built)
     try:
-        with FeatureStore(twins, dsn, pool_size=1, write_pool_size=0, on_drift="isolate",
-                          read_application_name="pgfeatures-doctor") as store:
+        with FeatureStore(
+            twins, dsn, pool_size=1, write_pool_size=0, on_drift="isolate", read_application_name="pgfeatures-doctor"
+        ) as store:
             for name in built:
                 try:
                     out[name] = compare_service(store, conn, twins, name, sample)

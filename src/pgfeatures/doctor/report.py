@@ -10,7 +10,6 @@ from typing import Any
 SERVER = "server"  # the subject of server-wide findings
 
 
-
 class Status(str, enum.Enum):
     PASS = "pass"
     WARN = "warn"
@@ -35,8 +34,13 @@ class Finding:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "check": self.check, "subject": self.subject, "status": self.status.value, "value": self.value,
-            "advice": self.advice, "fix": list(self.fix), "measured": dict(self.measured),
+            "check": self.check,
+            "subject": self.subject,
+            "status": self.status.value,
+            "value": self.value,
+            "advice": self.advice,
+            "fix": list(self.fix),
+            "measured": dict(self.measured),
         }
 
 
@@ -70,5 +74,9 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         counts = {s.value: sum(f.status is s for f in self.findings) for s in Status}
-        return {"status": self.status.value, "counts": counts, "fixes": list(self.fixes),
-                "findings": [f.as_dict() for f in self.findings]}
+        return {
+            "status": self.status.value,
+            "counts": counts,
+            "fixes": list(self.fixes),
+            "findings": [f.as_dict() for f in self.findings],
+        }

@@ -76,16 +76,25 @@ class ApplyResult:
     dropped_serving: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.plan.to_dict(), "rows": self.rows, "seconds": round(self.seconds, 3),
-                "switch_seconds": round(self.switch_seconds, 4), "dropped_serving": self.dropped_serving}
+        return {
+            **self.plan.to_dict(),
+            "rows": self.rows,
+            "seconds": round(self.seconds, 3),
+            "switch_seconds": round(self.switch_seconds, 4),
+            "dropped_serving": self.dropped_serving,
+        }
 
 
 def read_live(conn: psycopg.Connection, registry: Registry) -> Live:
     """What the database holds for ``registry``'s schema (see plan.py's ``Live``)."""
     schema = registry.schema
     cur = psycopg.RawCursor(conn)
-    cur.execute(b"SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1), "
-                      b"to_regclass(quote_ident($1) || '.' || $2) IS NOT NULL", (schema, RECORD), prepare=False)
+    cur.execute(
+        b"SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1), "
+        b"to_regclass(quote_ident($1) || '.' || $2) IS NOT NULL",
+        (schema, RECORD),
+        prepare=False,
+    )
     row = cur.fetchone()
     live = Live(schema_exists=bool(row and row[0]))
     if not live.schema_exists:
@@ -100,11 +109,22 @@ def read_live(conn: psycopg.Connection, registry: Registry) -> Live:
     return live
 
 
-def plan_changes(conn: psycopg.Connection, registry: Registry, *, allow_destructive: bool = False,
-                             drop_tables: Collection[str] = (), drop_services: Collection[str] = ()) -> Plan:
+def plan_changes(
+    conn: psycopg.Connection,
+    registry: Registry,
+    *,
+    allow_destructive: bool = False,
+    drop_tables: Collection[str] = (),
+    drop_services: Collection[str] = (),
+) -> Plan:
     """What ``apply_async`` would change (reads the catalog; changes nothing)."""
-    return make_plan(registry, read_live(conn, registry), allow_destructive=allow_destructive,
-                     drop_tables=drop_tables, drop_services=drop_services)
+    return make_plan(
+        registry,
+        read_live(conn, registry),
+        allow_destructive=allow_destructive,
+        drop_tables=drop_tables,
+        drop_services=drop_services,
+    )
 
 
 def _entities(registry: Registry, live: Live, service: str) -> list[str]:
@@ -114,9 +134,16 @@ def _entities(registry: Registry, live: Live, service: str) -> list[str]:
     return sorted({str(t.record.get("entity")) for t in live.serving.owned(service)})
 
 
-def apply(conn: psycopg.Connection, registry: Registry, *, allow_destructive: bool = False,
-                      drop_tables: Collection[str] = (), drop_services: Collection[str] = (), lock_timeout: float = 5.0,
-                      progress: Progress | None = None) -> ApplyResult:
+def apply(
+    conn: psycopg.Connection,
+    registry: Registry,
+    *,
+    allow_destructive: bool = False,
+    drop_tables: Collection[str] = (),
+    drop_services: Collection[str] = (),
+    lock_timeout: float = 5.0,
+    progress: Progress | None = None,
+) -> ApplyResult:
     """Make the database match ``registry`` in one transaction (see the module docstring).
 
     Raises ChangeBlockedError (a lock not had within ``lock_timeout``: nothing changed), MaterializeError,
@@ -127,16 +154,27 @@ def apply(conn: psycopg.Connection, registry: Registry, *, allow_destructive: bo
     schema = registry.schema
     try:
         with conn.transaction():
-            conn.execute(sql.SQL("SELECT set_config('lock_timeout', {}, true)").format(
-                sql.Literal(f"{int(lock_timeout * 1000)}ms")))
+            conn.execute(
+                sql.SQL("SELECT set_config('lock_timeout', {}, true)").format(
+                    sql.Literal(f"{int(lock_timeout * 1000)}ms")
+                )
+            )
             conn.execute(*ddl_lock(schema))  # not beside an `init` or another apply of this schema
             live = read_live(conn, registry)
-            plan = make_plan(registry, live, allow_destructive=allow_destructive, drop_tables=drop_tables,
-                             drop_services=drop_services)
+            plan = make_plan(
+                registry,
+                live,
+                allow_destructive=allow_destructive,
+                drop_tables=drop_tables,
+                drop_services=drop_services,
+            )
             result = ApplyResult(plan)
             # New objects, and indexes (SHARE locks: writers wait, readers go on), before anything is taken exclusively.
-            creating = [c for c in plan.changes if c.kind == ADDITIVE and c.action in ("create schema", "create table",
-                                                                                      "create index")]
+            creating = [
+                c
+                for c in plan.changes
+                if c.kind == ADDITIVE and c.action in ("create schema", "create table", "create index")
+            ]
             for change in creating:
                 report(change.prose)
                 for statement in change.ddl:
@@ -148,7 +186,9 @@ def apply(conn: psycopg.Connection, registry: Registry, *, allow_destructive: bo
                 for name in plan.build:
                     builds.append(b.prepare_build(conn, registry, name, absent=plan.added, progress=report))
             dropped = [(name, _entities(registry, live, name)) for name in plan.drop_serving]
-            changed = tables_written(plan) + [c.subject for c in plan.changes if c.kind == DESTRUCTIVE and c.action == "drop table"]
+            changed = tables_written(plan) + [
+                c.subject for c in plan.changes if c.kind == DESTRUCTIVE and c.action == "drop table"
+            ]
             report("taking the tables for the switch (readers go on until it has them all)")
             b.lock_for_switch(conn, schema, builds, dropped, changed, lock_timeout)
             switch = time.perf_counter()
@@ -173,7 +213,8 @@ def apply(conn: psycopg.Connection, registry: Registry, *, allow_destructive: bo
             f"cannot make the change: {exc.diag.message_primary} ({exc.diag.message_detail}): a materialized service "
             "reads what it drops or alters (a _pgf_guard_ view is that service's; another definition file's?). Take it "
             "out of that service first, or drop the service's serving rows with --drop-service NAME; nothing was "
-            "changed") from None
+            "changed"
+        ) from None
     for build in builds:
         result.rows.update(build.summary.rows)
     if builds:
@@ -185,27 +226,37 @@ def apply(conn: psycopg.Connection, registry: Registry, *, allow_destructive: bo
 def _record(conn: psycopg.Connection, registry: Registry) -> None:
     """Record the definitions applied (what ``plan`` compares ttls, defaults and versions with)."""
     table = sql.Identifier(registry.schema, RECORD)
-    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (kind text, name text, spec jsonb NOT NULL, "
-                               "applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (kind, name))").format(table))
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (kind text, name text, spec jsonb NOT NULL, "
+            "applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (kind, name))"
+        ).format(table)
+    )
     cur = psycopg.Cursor(conn)
-    cur.executemany(sql.SQL("INSERT INTO {} (kind, name, spec) VALUES (%s, %s, %s::jsonb) ON CONFLICT (kind, name) "
-                                  "DO UPDATE SET spec = EXCLUDED.spec, applied_at = now()").format(table),
-                          applied_rows(registry))
+    cur.executemany(
+        sql.SQL(
+            "INSERT INTO {} (kind, name, spec) VALUES (%s, %s, %s::jsonb) ON CONFLICT (kind, name) "
+            "DO UPDATE SET spec = EXCLUDED.spec, applied_at = now()"
+        ).format(table),
+        applied_rows(registry),
+    )
 
 
-def _blocked_message(conn: psycopg.Connection, schema: str, lock_timeout: float,
-                                 exc: BaseException) -> str:
+def _blocked_message(conn: psycopg.Connection, schema: str, lock_timeout: float, exc: BaseException) -> str:
     """Who holds the locks a change waited for, as one sentence (after the rollback)."""
     held = []
     try:
         cur = psycopg.RawCursor(conn)
         cur.execute(BLOCKERS, (schema,), prepare=False)
         for pid, table, mode, app, state, seconds, query in cur.fetchall():
-            held.append(f"pid {pid} ({app or 'no application_name'}, {state}, for {seconds}s) holds {mode} on {table}: "
-                        f"{(query or '').strip()!r}")
+            held.append(
+                f"pid {pid} ({app or 'no application_name'}, {state}, for {seconds}s) holds {mode} on {table}: "
+                f"{(query or '').strip()!r}"
+            )
     except psycopg.Error:
         pass
     who = "; ".join(held) or "a session that has finished since"
-    return (f"could not take the locks the change needs within {lock_timeout:g}s ({str(exc).strip()}); nothing was "
-            f"changed. Held by: {who}. Retry when they are released, or raise --lock-timeout")
-
+    return (
+        f"could not take the locks the change needs within {lock_timeout:g}s ({str(exc).strip()}); nothing was "
+        f"changed. Held by: {who}. Retry when they are released, or raise --lock-timeout"
+    )

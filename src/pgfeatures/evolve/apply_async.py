@@ -74,16 +74,25 @@ class ApplyResult:
     dropped_serving: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.plan.to_dict(), "rows": self.rows, "seconds": round(self.seconds, 3),
-                "switch_seconds": round(self.switch_seconds, 4), "dropped_serving": self.dropped_serving}
+        return {
+            **self.plan.to_dict(),
+            "rows": self.rows,
+            "seconds": round(self.seconds, 3),
+            "switch_seconds": round(self.switch_seconds, 4),
+            "dropped_serving": self.dropped_serving,
+        }
 
 
 async def read_live_async(conn: psycopg.AsyncConnection, registry: Registry) -> Live:
     """What the database holds for ``registry``'s schema (see plan.py's ``Live``)."""
     schema = registry.schema
     cur = psycopg.AsyncRawCursor(conn)
-    await cur.execute(b"SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1), "
-                      b"to_regclass(quote_ident($1) || '.' || $2) IS NOT NULL", (schema, RECORD), prepare=False)
+    await cur.execute(
+        b"SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1), "
+        b"to_regclass(quote_ident($1) || '.' || $2) IS NOT NULL",
+        (schema, RECORD),
+        prepare=False,
+    )
     row = await cur.fetchone()
     live = Live(schema_exists=bool(row and row[0]))
     if not live.schema_exists:
@@ -98,11 +107,22 @@ async def read_live_async(conn: psycopg.AsyncConnection, registry: Registry) -> 
     return live
 
 
-async def plan_changes_async(conn: psycopg.AsyncConnection, registry: Registry, *, allow_destructive: bool = False,
-                             drop_tables: Collection[str] = (), drop_services: Collection[str] = ()) -> Plan:
+async def plan_changes_async(
+    conn: psycopg.AsyncConnection,
+    registry: Registry,
+    *,
+    allow_destructive: bool = False,
+    drop_tables: Collection[str] = (),
+    drop_services: Collection[str] = (),
+) -> Plan:
     """What ``apply_async`` would change (reads the catalog; changes nothing)."""
-    return make_plan(registry, await read_live_async(conn, registry), allow_destructive=allow_destructive,
-                     drop_tables=drop_tables, drop_services=drop_services)
+    return make_plan(
+        registry,
+        await read_live_async(conn, registry),
+        allow_destructive=allow_destructive,
+        drop_tables=drop_tables,
+        drop_services=drop_services,
+    )
 
 
 def _entities(registry: Registry, live: Live, service: str) -> list[str]:
@@ -112,9 +132,16 @@ def _entities(registry: Registry, live: Live, service: str) -> list[str]:
     return sorted({str(t.record.get("entity")) for t in live.serving.owned(service)})
 
 
-async def apply_async(conn: psycopg.AsyncConnection, registry: Registry, *, allow_destructive: bool = False,
-                      drop_tables: Collection[str] = (), drop_services: Collection[str] = (), lock_timeout: float = 5.0,
-                      progress: Progress | None = None) -> ApplyResult:
+async def apply_async(
+    conn: psycopg.AsyncConnection,
+    registry: Registry,
+    *,
+    allow_destructive: bool = False,
+    drop_tables: Collection[str] = (),
+    drop_services: Collection[str] = (),
+    lock_timeout: float = 5.0,
+    progress: Progress | None = None,
+) -> ApplyResult:
     """Make the database match ``registry`` in one transaction (see the module docstring).
 
     Raises ChangeBlockedError (a lock not had within ``lock_timeout``: nothing changed), MaterializeError,
@@ -125,16 +152,27 @@ async def apply_async(conn: psycopg.AsyncConnection, registry: Registry, *, allo
     schema = registry.schema
     try:
         async with conn.transaction():
-            await conn.execute(sql.SQL("SELECT set_config('lock_timeout', {}, true)").format(
-                sql.Literal(f"{int(lock_timeout * 1000)}ms")))
+            await conn.execute(
+                sql.SQL("SELECT set_config('lock_timeout', {}, true)").format(
+                    sql.Literal(f"{int(lock_timeout * 1000)}ms")
+                )
+            )
             await conn.execute(*ddl_lock(schema))  # not beside an `init` or another apply of this schema
             live = await read_live_async(conn, registry)
-            plan = make_plan(registry, live, allow_destructive=allow_destructive, drop_tables=drop_tables,
-                             drop_services=drop_services)
+            plan = make_plan(
+                registry,
+                live,
+                allow_destructive=allow_destructive,
+                drop_tables=drop_tables,
+                drop_services=drop_services,
+            )
             result = ApplyResult(plan)
             # New objects, and indexes (SHARE locks: writers wait, readers go on), before anything is taken exclusively.
-            creating = [c for c in plan.changes if c.kind == ADDITIVE and c.action in ("create schema", "create table",
-                                                                                      "create index")]
+            creating = [
+                c
+                for c in plan.changes
+                if c.kind == ADDITIVE and c.action in ("create schema", "create table", "create index")
+            ]
             for change in creating:
                 report(change.prose)
                 for statement in change.ddl:
@@ -146,7 +184,9 @@ async def apply_async(conn: psycopg.AsyncConnection, registry: Registry, *, allo
                 for name in plan.build:
                     builds.append(await b.prepare_build_async(conn, registry, name, absent=plan.added, progress=report))
             dropped = [(name, _entities(registry, live, name)) for name in plan.drop_serving]
-            changed = tables_written(plan) + [c.subject for c in plan.changes if c.kind == DESTRUCTIVE and c.action == "drop table"]
+            changed = tables_written(plan) + [
+                c.subject for c in plan.changes if c.kind == DESTRUCTIVE and c.action == "drop table"
+            ]
             report("taking the tables for the switch (readers go on until it has them all)")
             await b.lock_for_switch_async(conn, schema, builds, dropped, changed, lock_timeout)
             switch = time.perf_counter()
@@ -171,7 +211,8 @@ async def apply_async(conn: psycopg.AsyncConnection, registry: Registry, *, allo
             f"cannot make the change: {exc.diag.message_primary} ({exc.diag.message_detail}): a materialized service "
             "reads what it drops or alters (a _pgf_guard_ view is that service's; another definition file's?). Take it "
             "out of that service first, or drop the service's serving rows with --drop-service NAME; nothing was "
-            "changed") from None
+            "changed"
+        ) from None
     for build in builds:
         result.rows.update(build.summary.rows)
     if builds:
@@ -183,27 +224,39 @@ async def apply_async(conn: psycopg.AsyncConnection, registry: Registry, *, allo
 async def _record_async(conn: psycopg.AsyncConnection, registry: Registry) -> None:
     """Record the definitions applied (what ``plan`` compares ttls, defaults and versions with)."""
     table = sql.Identifier(registry.schema, RECORD)
-    await conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (kind text, name text, spec jsonb NOT NULL, "
-                               "applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (kind, name))").format(table))
+    await conn.execute(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (kind text, name text, spec jsonb NOT NULL, "
+            "applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (kind, name))"
+        ).format(table)
+    )
     cur = psycopg.AsyncCursor(conn)
-    await cur.executemany(sql.SQL("INSERT INTO {} (kind, name, spec) VALUES (%s, %s, %s::jsonb) ON CONFLICT (kind, name) "
-                                  "DO UPDATE SET spec = EXCLUDED.spec, applied_at = now()").format(table),
-                          applied_rows(registry))
+    await cur.executemany(
+        sql.SQL(
+            "INSERT INTO {} (kind, name, spec) VALUES (%s, %s, %s::jsonb) ON CONFLICT (kind, name) "
+            "DO UPDATE SET spec = EXCLUDED.spec, applied_at = now()"
+        ).format(table),
+        applied_rows(registry),
+    )
 
 
-async def _blocked_message_async(conn: psycopg.AsyncConnection, schema: str, lock_timeout: float,
-                                 exc: BaseException) -> str:
+async def _blocked_message_async(
+    conn: psycopg.AsyncConnection, schema: str, lock_timeout: float, exc: BaseException
+) -> str:
     """Who holds the locks a change waited for, as one sentence (after the rollback)."""
     held = []
     try:
         cur = psycopg.AsyncRawCursor(conn)
         await cur.execute(BLOCKERS, (schema,), prepare=False)
         for pid, table, mode, app, state, seconds, query in await cur.fetchall():
-            held.append(f"pid {pid} ({app or 'no application_name'}, {state}, for {seconds}s) holds {mode} on {table}: "
-                        f"{(query or '').strip()!r}")
+            held.append(
+                f"pid {pid} ({app or 'no application_name'}, {state}, for {seconds}s) holds {mode} on {table}: "
+                f"{(query or '').strip()!r}"
+            )
     except psycopg.Error:
         pass
     who = "; ".join(held) or "a session that has finished since"
-    return (f"could not take the locks the change needs within {lock_timeout:g}s ({str(exc).strip()}); nothing was "
-            f"changed. Held by: {who}. Retry when they are released, or raise --lock-timeout")
-
+    return (
+        f"could not take the locks the change needs within {lock_timeout:g}s ({str(exc).strip()}); nothing was "
+        f"changed. Held by: {who}. Retry when they are released, or raise --lock-timeout"
+    )

@@ -21,5 +21,9 @@ See docs/feast.md.
 from .engine import PgfeaturesComputeEngine, PgfeaturesComputeEngineConfig
 from .online_store import PgfeaturesOnlineStore, PgfeaturesOnlineStoreConfig
 
-__all__ = ["PgfeaturesComputeEngine", "PgfeaturesComputeEngineConfig", "PgfeaturesOnlineStore",
-           "PgfeaturesOnlineStoreConfig"]
+__all__ = [
+    "PgfeaturesComputeEngine",
+    "PgfeaturesComputeEngineConfig",
+    "PgfeaturesOnlineStore",
+    "PgfeaturesOnlineStoreConfig",
+]

@@ -46,8 +46,9 @@ class _ArrowOutputNode(LocalOutputNode):
             return super().execute(context)
         table = self.get_single_table(context).data
         if table.num_rows and view.offline:  # the offline write, as Feast's node does it
-            context.offline_store.offline_write_batch(config=context.repo_config, feature_view=view, table=table,
-                                                      progress=lambda x: None)
+            context.offline_store.offline_write_batch(
+                config=context.repo_config, feature_view=view, table=table, progress=lambda x: None
+            )
         output = ArrowTableValue(data=table)
         context.node_outputs[self.name] = output
         if table.num_rows:

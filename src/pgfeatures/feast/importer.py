@@ -118,11 +118,15 @@ def import_repo(path: str | Path) -> FeastImport:
             continue
         stream = getattr(view, "stream_source", None)
         if stream is not None:
-            notes.append(f"feature view {view.name!r} reads the stream source {stream.name!r}: pgfeatures serves what "
-                         "Feast writes to the online store, it reads no stream itself")
+            notes.append(
+                f"feature view {view.name!r} reads the stream source {stream.name!r}: pgfeatures serves what "
+                "Feast writes to the online store, it reads no stream itself"
+            )
     for odfv in sorted(on_demand, key=lambda v: v.name):
-        result_skipped.append(f"on-demand feature view {odfv.name!r}: Feast computes it at request time; pgfeatures "
-                              "serves stored features only")
+        result_skipped.append(
+            f"on-demand feature view {odfv.name!r}: Feast computes it at request time; pgfeatures "
+            "serves stored features only"
+        )
     imported = {lay.table.name for lay in layouts}
     odfv_names = {v.name for v in on_demand}
     pg_services = []
@@ -138,7 +142,9 @@ def import_repo(path: str | Path) -> FeastImport:
         except DefinitionError as exc:
             result_skipped.append(str(exc))
     if not layouts:
-        raise DefinitionError(f"{root}: no feature view of project {project!r} can be served by pgfeatures"
-                              + (f" ({'; '.join(result_skipped)})" if result_skipped else ""))
+        raise DefinitionError(
+            f"{root}: no feature view of project {project!r} can be served by pgfeatures"
+            + (f" ({'; '.join(result_skipped)})" if result_skipped else "")
+        )
     pg_registry = registry_of(layouts, _schema(config), pg_services)
     return FeastImport(pg_registry, result_skipped, notes)

@@ -60,8 +60,9 @@ def proto_key(keys: JoinKeys, entity_key_proto: Any) -> Any:
     parts = []
     for name, kind in zip(keys.names, keys.types):
         if name not in given:
-            raise KeyFormatError(f"entity key has join keys {', '.join(given) or '(none)'}; "
-                                 f"{', '.join(keys.names)} expected")
+            raise KeyFormatError(
+                f"entity key has join keys {', '.join(given) or '(none)'}; {', '.join(keys.names)} expected"
+            )
         value = given[name]
         field = value.WhichOneof("val")
         if field is not None and field != PROTO_FIELDS[kind]:

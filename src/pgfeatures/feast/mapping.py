@@ -36,14 +36,27 @@ FEATURE_TYPES = {
     "INT64": "bigint",
     "BOOL": "boolean",
 }
-FEAST_TYPE_NAMES = {"FLOAT": "Float32", "DOUBLE": "Float64", "INT32": "Int32", "INT64": "Int64", "BOOL": "Bool",
-                    "STRING": "String", "BYTES": "Bytes", "UNIX_TIMESTAMP": "UnixTimestamp"}
+FEAST_TYPE_NAMES = {
+    "FLOAT": "Float32",
+    "DOUBLE": "Float64",
+    "INT32": "Int32",
+    "INT64": "Int64",
+    "BOOL": "Bool",
+    "STRING": "String",
+    "BYTES": "Bytes",
+    "UNIX_TIMESTAMP": "UnixTimestamp",
+}
 # Feast join key value type -> pgfeatures key type of a single-key entity.
 KEY_TYPES = {"INT64": "bigint", "INT32": "bigint", "STRING": "text", "BYTES": "bytea32"}
 # The ValueProto field each storable type travels in (feature values and join keys).
 PROTO_FIELDS = {
-    "FLOAT": "float_val", "DOUBLE": "double_val", "INT32": "int32_val", "INT64": "int64_val", "BOOL": "bool_val",
-    "STRING": "string_val", "BYTES": "bytes_val",
+    "FLOAT": "float_val",
+    "DOUBLE": "double_val",
+    "INT32": "int32_val",
+    "INT64": "int64_val",
+    "BOOL": "bool_val",
+    "STRING": "string_val",
+    "BYTES": "bytes_val",
 }
 MAX_IDENTIFIER = 63
 # The join key Feast gives entityless views; its one value is "", which no text key may be, so it
@@ -85,21 +98,24 @@ def join_keys(view_name: str, columns: Iterable[tuple[str, str]], max_length: in
     """
     pairs = sorted(columns)
     if not pairs:
-        raise DefinitionError(f"feature view {view_name!r} has no join key columns: declare each entity's join key "
-                              "in the view's schema")
+        raise DefinitionError(
+            f"feature view {view_name!r} has no join key columns: declare each entity's join key in the view's schema"
+        )
     for name, kind in pairs:
         if kind not in KEY_TYPES:
             raise DefinitionError(
                 f"feature view {view_name!r}: join key {name!r} is of Feast type {FEAST_TYPE_NAMES.get(kind, kind)}, "
-                f"which pgfeatures cannot key on (valid: {_valid_types(KEY_TYPES)})")
+                f"which pgfeatures cannot key on (valid: {_valid_types(KEY_TYPES)})"
+            )
     names = tuple(n for n, _ in pairs)
     types = tuple(t for _, t in pairs)
     try:
         if len(pairs) == 1 and names != (DUMMY_JOIN_KEY,):
             name, kind = pairs[0]
             key_type = KEY_TYPES[kind]
-            entity = Entity(_short(name), key_type, _short(name), max_length,
-                            "sha256" if key_type == "bytea32" else None)
+            entity = Entity(
+                _short(name), key_type, _short(name), max_length, "sha256" if key_type == "bytea32" else None
+            )
         else:
             joined = _short("__".join(names))
             entity = Entity(joined, "bytea32", joined, hash="sha256")
@@ -116,8 +132,10 @@ def ttl_seconds(view_name: str, ttl: timedelta | None) -> int | None:
     if total == 0:
         return None
     if total < 0 or total != int(total):
-        raise DefinitionError(f"feature view {view_name!r}: ttl {ttl} must be a whole, positive number of seconds "
-                              f"(pgfeatures compares ages in seconds)")
+        raise DefinitionError(
+            f"feature view {view_name!r}: ttl {ttl} must be a whole, positive number of seconds "
+            f"(pgfeatures compares ages in seconds)"
+        )
     return int(total)
 
 
@@ -126,7 +144,8 @@ def feature_of(view_name: str, name: str, kind: str) -> Feature:
     if kind not in FEATURE_TYPES:
         raise DefinitionError(
             f"feature view {view_name!r}: field {name!r} is of Feast type {FEAST_TYPE_NAMES.get(kind, kind)}, "
-            f"which pgfeatures cannot store (valid: {_valid_types(FEATURE_TYPES)})")
+            f"which pgfeatures cannot store (valid: {_valid_types(FEATURE_TYPES)})"
+        )
     try:
         return Feature(name, feature_type(FEATURE_TYPES[kind]))
     except DefinitionError as exc:
@@ -168,8 +187,10 @@ def service_of(service: Any) -> FeatureService:
     refs: list[str] = []
     for projection in service.feature_view_projections:
         if projection.name_alias:
-            raise DefinitionError(f"feature service {service.name!r}: view {projection.name!r} is renamed "
-                                  f"({projection.name_alias!r}), which pgfeatures services do not do")
+            raise DefinitionError(
+                f"feature service {service.name!r}: view {projection.name!r} is renamed "
+                f"({projection.name_alias!r}), which pgfeatures services do not do"
+            )
         refs.extend(f"{projection.name}.{f.name}" for f in projection.features)
     try:
         return FeatureService(service.name, tuple(refs), description=getattr(service, "description", None) or None)
@@ -185,8 +206,10 @@ def registry_of(layouts: Sequence[ViewLayout], schema: str, services: Iterable[F
         entity = layout.keys.entity
         known = entities.setdefault(entity.name, entity)
         if known != entity:
-            raise DefinitionError(f"feature view {layout.table.name!r}: join keys {', '.join(layout.keys.names)} "
-                                  f"are typed differently in another view ({known.key_type} vs {entity.key_type})")
+            raise DefinitionError(
+                f"feature view {layout.table.name!r}: join keys {', '.join(layout.keys.names)} "
+                f"are typed differently in another view ({known.key_type} vs {entity.key_type})"
+            )
     return Registry.of([lay.table for lay in layouts], schema, entities=entities.values(), services=services)
 
 

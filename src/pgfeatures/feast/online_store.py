@@ -27,7 +27,7 @@ import asyncio
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from feast import Entity as FeastEntity
@@ -102,7 +102,11 @@ def schema_of(config: RepoConfig) -> str:
     try:
         return check_identifier("schema", name)
     except DefinitionError as exc:
-        source = "online_store.db_schema" if config.online_store.db_schema else "the project name (set online_store.db_schema)"
+        source = (
+            "online_store.db_schema"
+            if config.online_store.db_schema
+            else "the project name (set online_store.db_schema)"
+        )
         raise DefinitionError(f"{source}: {exc}") from None
 
 
@@ -132,8 +136,13 @@ def _ddl_connection(config: RepoConfig) -> Any:
     """One connection to the primary for ``feast apply`` / ``teardown`` (outside the pools)."""
     settings = config.online_store
     credentials = load_provider(settings.credentials) if settings.credentials else None
-    return connect(resolve_dsn(settings.dsn), "pgfeatures-feast-apply", settings.connect_timeout,
-                   credentials=credentials, pooler=settings.pooler)
+    return connect(
+        resolve_dsn(settings.dsn),
+        "pgfeatures-feast-apply",
+        settings.connect_timeout,
+        credentials=credentials,
+        pooler=settings.pooler,
+    )
 
 
 @dataclass
@@ -223,8 +232,9 @@ class PgfeaturesOnlineStore(OnlineStore):
 
     # -- reads --------------------------------------------------------------------------------------
 
-    def _fast_context(self, registry: Any, project: str, features: Any, full_feature_names: bool,
-                      include_metadata: bool) -> tuple[Any, ...] | None:
+    def _fast_context(
+        self, registry: Any, project: str, features: Any, full_feature_names: bool, include_metadata: bool
+    ) -> tuple[Any, ...] | None:
         """Feast's resolution of the request when the one-statement fast path can answer it whole:
         plain feature views only (no on-demand views, request data, entityless views, versions,
         renamed join keys)."""
@@ -242,8 +252,9 @@ class PgfeaturesOnlineStore(OnlineStore):
                 return None
         return context
 
-    def _plan(self, config: RepoConfig, grouped_refs: Sequence[tuple[Any, Sequence[str]]], full_feature_names: bool
-              ) -> tuple[list[ViewLayout], Callable[[Any], RequestPlan]]:
+    def _plan(
+        self, config: RepoConfig, grouped_refs: Sequence[tuple[Any, Sequence[str]]], full_feature_names: bool
+    ) -> tuple[list[ViewLayout], Callable[[Any], RequestPlan]]:
         layouts = [self._layout(config, view) for view, _ in grouped_refs]
         by_name = {lay.table.name: lay for lay in layouts}
 
@@ -262,8 +273,9 @@ class PgfeaturesOnlineStore(OnlineStore):
             return compiled.plan
         return None
 
-    def _fast_request(self, context: tuple[Any, ...], plan: RequestPlan, entity_rows: Any
-                      ) -> tuple[list[Column], dict[str, list[Any]], int] | None:
+    def _fast_request(
+        self, context: tuple[Any, ...], plan: RequestPlan, entity_rows: Any
+    ) -> tuple[list[Column], dict[str, list[Any]], int] | None:
         """The join-key columns (echoed as Feast echoes them) and the request's key values, or None
         when the request needs Feast's generic path (entity names for join keys, proto values,
         missing join keys: Feast's own checks and errors)."""
@@ -293,16 +305,33 @@ class PgfeaturesOnlineStore(OnlineStore):
             return None
         return echo, request, n
 
-    def get_online_features(self, config: RepoConfig, features: Any, entity_rows: Any, registry: Any, project: str,
-                            full_feature_names: bool = False, include_feature_view_version_metadata: bool = False,
-                            ) -> OnlineResponse:
+    def get_online_features(
+        self,
+        config: RepoConfig,
+        features: Any,
+        entity_rows: Any,
+        registry: Any,
+        project: str,
+        full_feature_names: bool = False,
+        include_feature_view_version_metadata: bool = False,
+    ) -> OnlineResponse:
         """Every requested view for every entity row in one statement (see the module docstring)."""
-        context = self._fast_context(registry, project, features, full_feature_names, include_feature_view_version_metadata)
+        context = self._fast_context(
+            registry, project, features, full_feature_names, include_feature_view_version_metadata
+        )
         if context is not None:
-            key = ("sync", features.name if isinstance(features, FeastFeatureService) else tuple(features), project,
-                   full_feature_names)
+            key = (
+                "sync",
+                features.name if isinstance(features, FeastFeatureService) else tuple(features),
+                project,
+                full_feature_names,
+            )
             store = self._sync
-            plan = self._cached(key, context, store) if store is not None and self._sync_generation == self._generation else None
+            plan = (
+                self._cached(key, context, store)
+                if store is not None and self._sync_generation == self._generation
+                else None
+            )
             if plan is None:
                 layouts, compile_for = self._plan(config, context[5], full_feature_names)
                 store = self._sync_store(config, layouts)
@@ -314,20 +343,37 @@ class PgfeaturesOnlineStore(OnlineStore):
                 assert store is not None
                 found = self._execute(store, plan, values, n)
                 return PgfeaturesOnlineResponse(echo + [found[name] for name in plan.order], plan.feature_types)
-        return super().get_online_features(config, features, entity_rows, registry, project, full_feature_names,
-                                           include_feature_view_version_metadata)
+        return super().get_online_features(
+            config, features, entity_rows, registry, project, full_feature_names, include_feature_view_version_metadata
+        )
 
-    async def get_online_features_async(self, config: RepoConfig, features: Any, entity_rows: Any, registry: Any,
-                                        project: str, full_feature_names: bool = False,
-                                        include_feature_view_version_metadata: bool = False) -> OnlineResponse:
+    async def get_online_features_async(
+        self,
+        config: RepoConfig,
+        features: Any,
+        entity_rows: Any,
+        registry: Any,
+        project: str,
+        full_feature_names: bool = False,
+        include_feature_view_version_metadata: bool = False,
+    ) -> OnlineResponse:
         """``get_online_features`` on the asyncio store: one statement, no thread."""
-        context = self._fast_context(registry, project, features, full_feature_names, include_feature_view_version_metadata)
+        context = self._fast_context(
+            registry, project, features, full_feature_names, include_feature_view_version_metadata
+        )
         if context is not None:
-            key = ("async", features.name if isinstance(features, FeastFeatureService) else tuple(features), project,
-                   full_feature_names)
+            key = (
+                "async",
+                features.name if isinstance(features, FeastFeatureService) else tuple(features),
+                project,
+                full_feature_names,
+            )
             store = self._async
-            current = (store is not None and self._async_generation == self._generation
-                       and self._async_loop is asyncio.get_running_loop())
+            current = (
+                store is not None
+                and self._async_generation == self._generation
+                and self._async_loop is asyncio.get_running_loop()
+            )
             plan = self._cached(key, context, store) if current else None
             if plan is None:
                 layouts, compile_for = self._plan(config, context[5], full_feature_names)
@@ -340,11 +386,14 @@ class PgfeaturesOnlineStore(OnlineStore):
                 assert store is not None
                 found = await self._execute_async(store, plan, values, n)
                 return PgfeaturesOnlineResponse(echo + [found[name] for name in plan.order], plan.feature_types)
-        return await super().get_online_features_async(config, features, entity_rows, registry, project,
-                                                        full_feature_names, include_feature_view_version_metadata)
+        return await super().get_online_features_async(
+            config, features, entity_rows, registry, project, full_feature_names, include_feature_view_version_metadata
+        )
 
     @staticmethod
-    def _execute(store: FeatureStore, plan: RequestPlan, request: Mapping[str, Sequence[Any]], n: int) -> dict[str, Column]:
+    def _execute(
+        store: FeatureStore, plan: RequestPlan, request: Mapping[str, Sequence[Any]], n: int
+    ) -> dict[str, Column]:
         out: dict[str, Column] = {}
         for group in plan.groups:
             keys, rows = group.keys(request, n)
@@ -354,8 +403,9 @@ class PgfeaturesOnlineStore(OnlineStore):
         return out
 
     @staticmethod
-    async def _execute_async(store: AsyncFeatureStore, plan: RequestPlan, request: Mapping[str, Sequence[Any]],
-                             n: int) -> dict[str, Column]:
+    async def _execute_async(
+        store: AsyncFeatureStore, plan: RequestPlan, request: Mapping[str, Sequence[Any]], n: int
+    ) -> dict[str, Column]:
         out: dict[str, Column] = {}
         for group in plan.groups:
             keys, rows = group.keys(request, n)
@@ -365,15 +415,24 @@ class PgfeaturesOnlineStore(OnlineStore):
         return out
 
     @staticmethod
-    def _generic_request(plan: RequestPlan, join_key_values: Mapping[str, Sequence[Any]]) -> tuple[dict[str, list[Any]], int]:
-        request = {col: [proto_value(v) if isinstance(v, ValueProto) else v for v in join_key_values[col]]
-                   for col in plan.join_keys}
+    def _generic_request(
+        plan: RequestPlan, join_key_values: Mapping[str, Sequence[Any]]
+    ) -> tuple[dict[str, list[Any]], int]:
+        request = {
+            col: [proto_value(v) if isinstance(v, ValueProto) else v for v in join_key_values[col]]
+            for col in plan.join_keys
+        }
         n = len(next(iter(join_key_values.values()))) if join_key_values else 0
         return request, n
 
     @staticmethod
-    def _fill(plan: RequestPlan, found: Mapping[str, Column], response: Any, grouped_refs: Sequence[Any],
-              include_metadata: bool) -> None:
+    def _fill(
+        plan: RequestPlan,
+        found: Mapping[str, Column],
+        response: Any,
+        grouped_refs: Sequence[Any],
+        include_metadata: bool,
+    ) -> None:
         append_columns(response, [found[name] for name in plan.order])
         if include_metadata:
             existing = {m.name for m in response.metadata.feature_view_metadata}
@@ -385,9 +444,16 @@ class PgfeaturesOnlineStore(OnlineStore):
                     meta.version = getattr(view, "current_version_number", 0) or 0
                     existing.add(name)
 
-    def _read_features_per_fv(self, config: RepoConfig, grouped_refs: list[Any], join_key_values: dict[str, Any],
-                              entity_name_to_join_key_map: dict[str, str], online_features_response: Any,
-                              full_feature_names: bool, include_feature_view_version_metadata: bool) -> None:
+    def _read_features_per_fv(
+        self,
+        config: RepoConfig,
+        grouped_refs: list[Any],
+        join_key_values: dict[str, Any],
+        entity_name_to_join_key_map: dict[str, str],
+        online_features_response: Any,
+        full_feature_names: bool,
+        include_feature_view_version_metadata: bool,
+    ) -> None:
         """Feast's generic path (on-demand views, request data, ...): still one statement for all views."""
         layouts, compile_for = self._plan(config, grouped_refs, full_feature_names)
         store = self._sync_store(config, layouts)
@@ -396,9 +462,16 @@ class PgfeaturesOnlineStore(OnlineStore):
         found = self._execute(store, plan, request, n)
         self._fill(plan, found, online_features_response, grouped_refs, include_feature_view_version_metadata)
 
-    async def _read_features_per_fv_async(self, config: RepoConfig, grouped_refs: list[Any], join_key_values: dict[str, Any],
-                                          entity_name_to_join_key_map: dict[str, str], online_features_response: Any,
-                                          full_feature_names: bool, include_feature_view_version_metadata: bool) -> None:
+    async def _read_features_per_fv_async(
+        self,
+        config: RepoConfig,
+        grouped_refs: list[Any],
+        join_key_values: dict[str, Any],
+        entity_name_to_join_key_map: dict[str, str],
+        online_features_response: Any,
+        full_feature_names: bool,
+        include_feature_view_version_metadata: bool,
+    ) -> None:
         layouts, compile_for = self._plan(config, grouped_refs, full_feature_names)
         store = await self._async_store(config, layouts)
         plan = compile_for(store)
@@ -406,16 +479,22 @@ class PgfeaturesOnlineStore(OnlineStore):
         found = await self._execute_async(store, plan, request, n)
         self._fill(plan, found, online_features_response, grouped_refs, include_feature_view_version_metadata)
 
-    def _online_read_plan(self, config: RepoConfig, table: FeatureView, entity_keys: Sequence[EntityKeyProto],
-                          requested_features: Sequence[str] | None) -> tuple[ViewLayout, list[str], list[Any]]:
+    def _online_read_plan(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        entity_keys: Sequence[EntityKeyProto],
+        requested_features: Sequence[str] | None,
+    ) -> tuple[ViewLayout, list[str], list[Any]]:
         layout = self._layout(config, table)
         names = list(requested_features) if requested_features else list(layout.table.feature_names)
         keys = [proto_key(layout.keys, k) for k in entity_keys]
         return layout, names, keys
 
     @staticmethod
-    def _online_rows(layout: ViewLayout, names: Sequence[str], keys: Sequence[Any], results: Sequence[Any]
-                     ) -> list[tuple[datetime | None, dict[str, ValueProto] | None]]:
+    def _online_rows(
+        layout: ViewLayout, names: Sequence[str], keys: Sequence[Any], results: Sequence[Any]
+    ) -> list[tuple[datetime | None, dict[str, ValueProto] | None]]:
         fields = dict(layout.feature_types)
         found = iter(results)
         out: list[tuple[datetime | None, dict[str, ValueProto] | None]] = []
@@ -427,36 +506,66 @@ class PgfeaturesOnlineStore(OnlineStore):
                 out.append((None, None))
                 continue
             seconds, nanos = event_time(values[UPDATED_AT])
-            stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).replace(microsecond=nanos // 1000)
-            out.append((stamp, {n: ValueProto() if values[n] is None else ValueProto(**{PROTO_FIELDS[fields[n]]: values[n]})
-                                for n in names}))
+            stamp = datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=nanos // 1000)
+            out.append(
+                (
+                    stamp,
+                    {
+                        n: ValueProto() if values[n] is None else ValueProto(**{PROTO_FIELDS[fields[n]]: values[n]})
+                        for n in names
+                    },
+                )
+            )
         return out
 
-    def online_read(self, config: RepoConfig, table: FeatureView, entity_keys: list[EntityKeyProto],
-                    requested_features: list[str] | None = None) -> list[tuple[datetime | None, dict[str, ValueProto] | None]]:
+    def online_read(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        entity_keys: list[EntityKeyProto],
+        requested_features: list[str] | None = None,
+    ) -> list[tuple[datetime | None, dict[str, ValueProto] | None]]:
         """One view's rows for some entity keys (an expired row reads as not found)."""
         layout, names, keys = self._online_read_plan(config, table, entity_keys, requested_features)
         store = self._sync_store(config, [layout])
         given = [k for k in keys if k is not None]
-        results = store.get_features_batch({layout.keys.entity.name: given}, [layout.table.name],
-                                           {layout.table.name: [*names, UPDATED_AT]}) if given else []
+        results = (
+            store.get_features_batch(
+                {layout.keys.entity.name: given}, [layout.table.name], {layout.table.name: [*names, UPDATED_AT]}
+            )
+            if given
+            else []
+        )
         return self._online_rows(layout, names, keys, results)
 
-    async def online_read_async(self, config: RepoConfig, table: FeatureView, entity_keys: list[EntityKeyProto],
-                                requested_features: list[str] | None = None
-                                ) -> list[tuple[datetime | None, dict[str, ValueProto] | None]]:
+    async def online_read_async(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        entity_keys: list[EntityKeyProto],
+        requested_features: list[str] | None = None,
+    ) -> list[tuple[datetime | None, dict[str, ValueProto] | None]]:
         layout, names, keys = self._online_read_plan(config, table, entity_keys, requested_features)
         store = await self._async_store(config, [layout])
         given = [k for k in keys if k is not None]
-        results = await store.get_features_batch({layout.keys.entity.name: given}, [layout.table.name],
-                                                 {layout.table.name: [*names, UPDATED_AT]}) if given else []
+        results = (
+            await store.get_features_batch(
+                {layout.keys.entity.name: given}, [layout.table.name], {layout.table.name: [*names, UPDATED_AT]}
+            )
+            if given
+            else []
+        )
         return self._online_rows(layout, names, keys, results)
 
     # -- writes -------------------------------------------------------------------------------------
 
-    def online_write_batch(self, config: RepoConfig, table: FeatureView,
-                           data: list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]],
-                           progress: Callable[[int], Any] | None) -> None:
+    def online_write_batch(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        data: list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]],
+        progress: Callable[[int], Any] | None,
+    ) -> None:
         """One bulk load (COPY, one transaction, newest event time wins) of Feast's batch."""
         layout = self._layout(config, table)
         batch = arrow_batch(layout, data)
@@ -465,9 +574,13 @@ class PgfeaturesOnlineStore(OnlineStore):
         if progress:
             progress(len(data))
 
-    async def online_write_batch_async(self, config: RepoConfig, table: FeatureView,
-                                       data: list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]],
-                                       progress: Callable[[int], Any] | None) -> None:
+    async def online_write_batch_async(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        data: list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]],
+        progress: Callable[[int], Any] | None,
+    ) -> None:
         layout = self._layout(config, table)
         batch = arrow_batch(layout, data)
         if batch.num_rows:
@@ -489,8 +602,15 @@ class PgfeaturesOnlineStore(OnlineStore):
 
     # -- definitions: feast apply / teardown --------------------------------------------------------
 
-    def update(self, config: RepoConfig, tables_to_delete: Sequence[FeatureView], tables_to_keep: Sequence[FeatureView],
-               entities_to_delete: Sequence[FeastEntity], entities_to_keep: Sequence[FeastEntity], partial: bool) -> None:
+    def update(
+        self,
+        config: RepoConfig,
+        tables_to_delete: Sequence[FeatureView],
+        tables_to_keep: Sequence[FeatureView],
+        entities_to_delete: Sequence[FeastEntity],
+        entities_to_keep: Sequence[FeastEntity],
+        partial: bool,
+    ) -> None:
         """Create the tables of ``tables_to_keep`` (existing ones are checked for drift) and drop those of
         ``tables_to_delete``, in one transaction. Every view is checked before anything is created:
         DefinitionError names the view and the field that pgfeatures cannot store."""
@@ -542,10 +662,13 @@ class PgfeaturesOnlineStore(OnlineStore):
     # -- what pgfeatures does not do ----------------------------------------------------------------
 
     def retrieve_online_documents(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("pgfeatures stores no vector features (it stores Float32, Float64, Int32, Int64 and "
-                                  "Bool columns), so it has no document retrieval: use an online store with vector search")
+        raise NotImplementedError(
+            "pgfeatures stores no vector features (it stores Float32, Float64, Int32, Int64 and "
+            "Bool columns), so it has no document retrieval: use an online store with vector search"
+        )
 
     def retrieve_online_documents_v2(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("pgfeatures stores no vector features (it stores Float32, Float64, Int32, Int64 and "
-                                  "Bool columns), so it has no nearest-neighbour read: use an online store with vector search")
-
+        raise NotImplementedError(
+            "pgfeatures stores no vector features (it stores Float32, Float64, Int32, Int64 and "
+            "Bool columns), so it has no nearest-neighbour read: use an online store with vector search"
+        )

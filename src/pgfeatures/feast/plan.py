@@ -20,9 +20,8 @@ from ..definitions import UPDATED_AT
 from ..reader import EXPIRED, PRESENT, BatchReader, FeatureResult
 from .keys import entity_key, key_part
 from .mapping import JoinKeys, ViewLayout
-from .response import NOT_FOUND, OUTSIDE_MAX_AGE
+from .response import NOT_FOUND, OUTSIDE_MAX_AGE, Column
 from .response import PRESENT as FEAST_PRESENT
-from .response import Column
 
 
 def event_time(value: Any) -> tuple[int, int]:
@@ -81,8 +80,10 @@ class ReadGroup:
         Raises KeyFormatError naming a join key given a value of the wrong type."""
         per_entity: dict[str, list[Any]] = {}
         for binding in self.entities.values():
-            parts = [[key_part(name, kind, v) for v in request[col]]
-                     for name, kind, col in zip(binding.keys.names, binding.keys.types, binding.columns)]
+            parts = [
+                [key_part(name, kind, v) for v in request[col]]
+                for name, kind, col in zip(binding.keys.names, binding.keys.types, binding.columns)
+            ]
             if len(parts) == 1 and not binding.keys.composite:
                 per_entity[binding.entity] = parts[0]
             else:
@@ -114,7 +115,9 @@ class ReadGroup:
             nanos = [ns for _, ns in times] if any(ns for _, ns in times) else None
             for o in read.outputs:
                 f = o.feature
-                out[o.name] = Column(o.name, o.kind, [None if v is None else v[f] for v in values], statuses, seconds, nanos)
+                out[o.name] = Column(
+                    o.name, o.kind, [None if v is None else v[f] for v in values], statuses, seconds, nanos
+                )
         return out
 
 
@@ -131,8 +134,9 @@ class RequestPlan:
     feature_types: dict[str, Any] = field(default_factory=dict)
 
 
-def plan_request(grouped_refs: Sequence[tuple[Any, Sequence[str]]], layouts: Mapping[str, ViewLayout],
-                 full_feature_names: bool) -> RequestPlan:
+def plan_request(
+    grouped_refs: Sequence[tuple[Any, Sequence[str]]], layouts: Mapping[str, ViewLayout], full_feature_names: bool
+) -> RequestPlan:
     """The reads of a request. ``layouts``: the ViewLayout of every view in ``grouped_refs``, by name."""
     groups: list[ReadGroup] = []
     order: list[str] = []

@@ -31,8 +31,15 @@ class Column:
 
     __slots__ = ("name", "kind", "values", "statuses", "seconds", "nanos")
 
-    def __init__(self, name: str, kind: str, values: list[Any], statuses: list[Any], seconds: list[int],
-                 nanos: list[int] | None = None):
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        values: list[Any],
+        statuses: list[Any],
+        seconds: list[int],
+        nanos: list[int] | None = None,
+    ):
         self.name = name
         self.kind = kind
         self.values = values
@@ -52,7 +59,9 @@ class Column:
             if ts is None:
                 ts = stamps[(s, n)] = Timestamp(seconds=s, nanos=n)
             timestamps.append(ts)
-        return GetOnlineFeaturesResponse.FeatureVector(values=values, statuses=self.statuses, event_timestamps=timestamps)
+        return GetOnlineFeaturesResponse.FeatureVector(
+            values=values, statuses=self.statuses, event_timestamps=timestamps
+        )
 
 
 def append_columns(proto: GetOnlineFeaturesResponse, columns: list[Column]) -> None:

@@ -11,7 +11,7 @@ the view, the entity and the feature; nothing of the batch is written.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -21,7 +21,13 @@ from ..errors import FeatureValueError, KeyFormatError
 from .keys import proto_key
 from .mapping import FEAST_TYPE_NAMES, PROTO_FIELDS, ViewLayout, composite_key_text
 
-_ARROW_TYPES = {"FLOAT": pa.float32(), "DOUBLE": pa.float64(), "INT32": pa.int32(), "INT64": pa.int64(), "BOOL": pa.bool_()}
+_ARROW_TYPES = {
+    "FLOAT": pa.float32(),
+    "DOUBLE": pa.float64(),
+    "INT32": pa.int32(),
+    "INT64": pa.int64(),
+    "BOOL": pa.bool_(),
+}
 _KEY_TYPES = {"bigint": pa.int64(), "text": pa.string()}
 
 
@@ -34,7 +40,7 @@ def key_arrow_type(layout: ViewLayout) -> pa.DataType:
 
 
 def _utc(ts: datetime) -> datetime:
-    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
 
 
 def event_time_column(stamps: Sequence[datetime]) -> pa.Array:
@@ -59,7 +65,9 @@ def arrow_batch(layout: ViewLayout, data: Sequence[tuple[Any, dict[str, Any], da
     columns: dict[str, pa.Array] = {}
     key_column = layout.table.key_column
     if None in keys:
-        raise KeyFormatError(f"feature view {view!r}: a row has no value for join key(s) {', '.join(layout.keys.names)}")
+        raise KeyFormatError(
+            f"feature view {view!r}: a row has no value for join key(s) {', '.join(layout.keys.names)}"
+        )
     columns[key_column] = pa.array(keys, key_arrow_type(layout))
     for name, kind in layout.feature_types:
         expected = PROTO_FIELDS[kind]
@@ -72,8 +80,10 @@ def arrow_batch(layout: ViewLayout, data: Sequence[tuple[Any, dict[str, Any], da
             elif field == expected:
                 values.append(getattr(value, field))
             else:
-                raise FeatureValueError(f"feature view {view!r}, entity {key!r}, feature {name!r}: a {field} value where "
-                                        f"{FEAST_TYPE_NAMES[kind]} is declared")
+                raise FeatureValueError(
+                    f"feature view {view!r}, entity {key!r}, feature {name!r}: a {field} value where "
+                    f"{FEAST_TYPE_NAMES[kind]} is declared"
+                )
         columns[name] = pa.array(values, _ARROW_TYPES[kind])
     columns[UPDATED_AT] = event_time_column([data[i][2] for i in rows])
     return pa.table(columns)
@@ -111,8 +121,10 @@ def arrow_table(layout: ViewLayout, table: pa.Table, timestamp_field: str) -> pa
         try:
             columns[name] = table.column(name).cast(_ARROW_TYPES[kind])
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise FeatureValueError(f"feature view {view!r}, feature {name!r}: {table.column(name).type} values where "
-                                    f"{FEAST_TYPE_NAMES[kind]} is declared ({exc})") from None
+            raise FeatureValueError(
+                f"feature view {view!r}, feature {name!r}: {table.column(name).type} values where "
+                f"{FEAST_TYPE_NAMES[kind]} is declared ({exc})"
+            ) from None
     stamps = table.column(timestamp_field)
     if UPDATED_AT_FEATURE.type.python is int:
         micros = pc.cast(stamps.cast(pa.timestamp("us", tz="UTC")), pa.int64())

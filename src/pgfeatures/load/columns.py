@@ -16,24 +16,41 @@ from .sources import Source
 def kind_of(t: pa.DataType) -> str:
     if pa.types.is_dictionary(t):
         return kind_of(t.value_type)
-    for kind, test in (("null", pa.types.is_null), ("boolean", pa.types.is_boolean), ("integer", pa.types.is_integer),
-                       ("floating", pa.types.is_floating), ("decimal", pa.types.is_decimal),
-                       ("timestamp", pa.types.is_timestamp),
-                       ("string", lambda x: pa.types.is_string(x) or pa.types.is_large_string(x)),
-                       ("fixed binary", pa.types.is_fixed_size_binary),
-                       ("binary", lambda x: pa.types.is_binary(x) or pa.types.is_large_binary(x))):
+    for kind, test in (
+        ("null", pa.types.is_null),
+        ("boolean", pa.types.is_boolean),
+        ("integer", pa.types.is_integer),
+        ("floating", pa.types.is_floating),
+        ("decimal", pa.types.is_decimal),
+        ("timestamp", pa.types.is_timestamp),
+        ("string", lambda x: pa.types.is_string(x) or pa.types.is_large_string(x)),
+        ("fixed binary", pa.types.is_fixed_size_binary),
+        ("binary", lambda x: pa.types.is_binary(x) or pa.types.is_large_binary(x)),
+    ):
         if test(t):
             return kind
     return "other"
 
 
 _NUMERIC = {"null", "integer", "floating", "decimal"}
-ACCEPTS = {"real": _NUMERIC, "double precision": _NUMERIC, "smallint": _NUMERIC, "integer": _NUMERIC,
-            "bigint": _NUMERIC, "boolean": {"null", "boolean"}}
+ACCEPTS = {
+    "real": _NUMERIC,
+    "double precision": _NUMERIC,
+    "smallint": _NUMERIC,
+    "integer": _NUMERIC,
+    "bigint": _NUMERIC,
+    "boolean": {"null", "boolean"},
+}
 # What an updated_at column may hold: timestamps, ISO 8601 strings, epoch numbers (in event_time_unit).
 EVENT_TIME_KINDS = {"null", "integer", "floating", "decimal", "string", "timestamp"}
-_CSV_TYPES = {"real": pa.float64(), "double precision": pa.float64(), "smallint": pa.int64(), "integer": pa.int64(),
-              "bigint": pa.int64(), "boolean": pa.bool_()}
+_CSV_TYPES = {
+    "real": pa.float64(),
+    "double precision": pa.float64(),
+    "smallint": pa.int64(),
+    "integer": pa.int64(),
+    "bigint": pa.int64(),
+    "boolean": pa.bool_(),
+}
 
 
 @dataclass(frozen=True)
@@ -70,32 +87,50 @@ def plan_columns(source: Source, table: FeatureTable, options: LoadOptions) -> C
     key = options.key_column or table.key_column
     valid = [key, *table.feature_names, UPDATED_AT]
     if key not in names:
-        raise LoadInputError(f"{name}: no key column {key!r} (columns: {', '.join(names) or 'none'}); "
-                             "name the key column with key_column= (--key-column)", source=name, column=key)
+        raise LoadInputError(
+            f"{name}: no key column {key!r} (columns: {', '.join(names) or 'none'}); "
+            "name the key column with key_column= (--key-column)",
+            source=name,
+            column=key,
+        )
     entity = table.entity
     if options.hash_keys and entity.key_type != "bytea32":
-        raise LoadInputError(f"hash_keys=True (--hash-keys) hashes natural ids into 32-byte keys, but table {table.name} "
-                             f"is of entity {entity.name!r}, keyed by {entity.key_type}: its keys are {entity.accepts}")
+        raise LoadInputError(
+            f"hash_keys=True (--hash-keys) hashes natural ids into 32-byte keys, but table {table.name} "
+            f"is of entity {entity.name!r}, keyed by {entity.key_type}: its keys are {entity.accepts}"
+        )
     features = tuple(f for f in table.features if f.name in names)
     missing = [f.name for f in table.features if f.name not in names]
     if missing and not options.partial:
-        raise LoadInputError(f"{name}: missing column(s) {', '.join(missing)}; table {table.name} has "
-                             f"{', '.join(table.feature_names)} (partial=True / --partial merges only the columns present)",
-                             source=name, column=missing[0])
+        raise LoadInputError(
+            f"{name}: missing column(s) {', '.join(missing)}; table {table.name} has "
+            f"{', '.join(table.feature_names)} (partial=True / --partial merges only the columns present)",
+            source=name,
+            column=missing[0],
+        )
     if not features and UPDATED_AT not in names:
-        raise LoadInputError(f"{name}: no feature column of table {table.name} ({', '.join(table.feature_names)})", source=name)
+        raise LoadInputError(
+            f"{name}: no feature column of table {table.name} ({', '.join(table.feature_names)})", source=name
+        )
     extra = [n for n in names if n not in valid]
     if extra and not options.ignore_extra:
-        raise LoadInputError(f"{name}: unexpected column(s) {', '.join(extra)}; valid: {', '.join(valid)} "
-                             "(ignore_extra=True / --ignore-extra skips them)", source=name, column=extra[0])
+        raise LoadInputError(
+            f"{name}: unexpected column(s) {', '.join(extra)}; valid: {', '.join(valid)} "
+            "(ignore_extra=True / --ignore-extra skips them)",
+            source=name,
+            column=extra[0],
+        )
     if source.types is not None:
         _check_key_type(source, key, entity, options.hash_keys)
         for f in features:
             kind = kind_of(source.types[f.name])
             if kind not in ACCEPTS[f.type.name]:
-                raise LoadInputError(f"{name}: column {f.name!r} is {source.types[f.name]}, which cannot load into "
-                                     f"{f.type.name} (accepted: {', '.join(sorted(ACCEPTS[f.type.name]))})",
-                                     source=name, column=f.name)
+                raise LoadInputError(
+                    f"{name}: column {f.name!r} is {source.types[f.name]}, which cannot load into "
+                    f"{f.type.name} (accepted: {', '.join(sorted(ACCEPTS[f.type.name]))})",
+                    source=name,
+                    column=f.name,
+                )
         if UPDATED_AT in names:
             check_event_time_type(name, source.types[UPDATED_AT], options)
     return Columns(key, features, UPDATED_AT in names, entity)
@@ -106,17 +141,29 @@ def check_event_time_type(source: str, t: pa.DataType, options: LoadOptions) -> 
     if pa.types.is_dictionary(t):
         t = t.value_type
     if kind_of(t) not in EVENT_TIME_KINDS:
-        raise LoadInputError(f"{source}: column {UPDATED_AT!r} is {t}; event time is a timestamp, an ISO 8601 string "
-                             f"with a zone, or epoch numbers in event_time_unit (s, ms, us)", source=source, column=UPDATED_AT)
+        raise LoadInputError(
+            f"{source}: column {UPDATED_AT!r} is {t}; event time is a timestamp, an ISO 8601 string "
+            f"with a zone, or epoch numbers in event_time_unit (s, ms, us)",
+            source=source,
+            column=UPDATED_AT,
+        )
     if pa.types.is_timestamp(t) and t.tz is None and options.event_time_zone is None:
-        raise LoadInputError(f"{source}: column {UPDATED_AT!r} is {t}, with no time zone: which zone its times are in "
-                             "is not known; name it with event_time_zone= (--event-time-zone, e.g. UTC)",
-                             source=source, column=UPDATED_AT)
+        raise LoadInputError(
+            f"{source}: column {UPDATED_AT!r} is {t}, with no time zone: which zone its times are in "
+            "is not known; name it with event_time_zone= (--event-time-zone, e.g. UTC)",
+            source=source,
+            column=UPDATED_AT,
+        )
 
 
 # The source key kinds each key type takes (keys.py parses them): natural ids for hashed entities.
-KEY_KINDS = {"hashed": {"string", "integer", "binary", "fixed binary"}, "bytea32": {"string", "binary", "fixed binary"},
-             "bigint": {"integer", "string"}, "text": {"string", "integer"}, "uuid": {"string", "binary", "fixed binary"}}
+KEY_KINDS = {
+    "hashed": {"string", "integer", "binary", "fixed binary"},
+    "bytea32": {"string", "binary", "fixed binary"},
+    "bigint": {"integer", "string"},
+    "text": {"string", "integer"},
+    "uuid": {"string", "binary", "fixed binary"},
+}
 _FIXED_WIDTH = {"bytea32": KEY_LENGTH, "uuid": 16}
 
 
@@ -130,8 +177,10 @@ def _check_key_type(source: Source, key: str, entity: Entity, hash_keys: bool) -
     if kind in kinds and not (kind == "fixed binary" and width is not None and t.byte_width != width):
         return
     if entity.key_type == "bytea32" and not entity.hash:
-        what = (f"keys must be {KEY_LENGTH}-byte binary, {2 * KEY_LENGTH} hex characters, or natural ids (string, "
-                "integer, binary) with hash_keys=True (--hash-keys)")
+        what = (
+            f"keys must be {KEY_LENGTH}-byte binary, {2 * KEY_LENGTH} hex characters, or natural ids (string, "
+            "integer, binary) with hash_keys=True (--hash-keys)"
+        )
     else:
         what = f"{entity.name} keys ({entity.key_type}{', hashed' if entity.hash else ''}) are {entity.accepts}"
     raise LoadInputError(f"{source.name}: key column {key!r} is {t}; {what}", source=source.name, column=key)

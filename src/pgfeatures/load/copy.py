@@ -28,7 +28,6 @@ COPY_HEADER = SIGNATURE + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"  # no flags,
 COPY_TRAILER = b"\xff\xff"
 
 
-
 @dataclass(frozen=True)
 class VarBytes:
     """Variable-width values (text keys): ``offsets`` (n + 1, int64) into ``data`` (uint8)."""
@@ -44,7 +43,7 @@ class VarBytes:
         return np.diff(self.offsets)
 
     @classmethod
-    def from_arrow(cls, arr: pa.Array) -> "VarBytes":
+    def from_arrow(cls, arr: pa.Array) -> VarBytes:
         """The bytes of a (large_)string or (large_)binary array without NULLs (no copy)."""
         wide = pa.types.is_large_binary(arr.type) or pa.types.is_large_string(arr.type)
         dtype = np.dtype(np.int64 if wide else np.int32)
@@ -101,10 +100,15 @@ def encode_copy_rows(columns: Sequence[Column]) -> memoryview:
     bytes (and the padding) are then squeezed out with one boolean mask over the buffer.
     """
     n = len(columns[0][0])
-    padded = {j: v.padded(max(int(v.lengths.max()) if len(v) else 0, 1))
-              for j, (v, _) in enumerate(columns) if isinstance(v, VarBytes)}
-    kinds = [(padded[j][0].shape[1],) if j in padded else (v.shape[1],) if v.ndim == 2 else v.dtype
-             for j, (v, _) in enumerate(columns)]
+    padded = {
+        j: v.padded(max(int(v.lengths.max()) if len(v) else 0, 1))
+        for j, (v, _) in enumerate(columns)
+        if isinstance(v, VarBytes)
+    }
+    kinds = [
+        (padded[j][0].shape[1],) if j in padded else (v.shape[1],) if v.ndim == 2 else v.dtype
+        for j, (v, _) in enumerate(columns)
+    ]
     dtype = _row_dtype(kinds)
     template = np.zeros((), dtype)  # the field count and the lengths are the same in every row
     template["n"] = len(columns)
@@ -218,7 +222,11 @@ def _decode_rows(body: memoryview, kinds: Sequence[Any], dtype: np.dtype) -> lis
     out: list[Column] = []
     for j, (kind, size) in enumerate(zip(kinds, sizes)):
         mask = np.array(nulls[j], dtype=bool)
-        picked = raw[np.array(starts[j], dtype=np.int64)[:, None] + np.arange(size)] if starts[j] else np.zeros((0, size), np.uint8)
+        picked = (
+            raw[np.array(starts[j], dtype=np.int64)[:, None] + np.arange(size)]
+            if starts[j]
+            else np.zeros((0, size), np.uint8)
+        )
         if isinstance(kind, tuple):
             values = np.zeros((len(mask), size), np.uint8)
             values[~mask] = picked

@@ -15,11 +15,11 @@ COMMIT: a warning); and a failed VACUUM/ANALYZE after a committed load (a warnin
 
 from __future__ import annotations
 
-from psycopg.copy import QueuedLibpqWriter
 import logging
 from typing import Any
 
 import psycopg
+from psycopg.copy import QueuedLibpqWriter
 
 from ..definitions import Registry
 from ..errors import LoadInputError, LoadInterruptedError
@@ -45,8 +45,14 @@ def _execute(conn: psycopg.Connection, plan: Plan) -> None:
 
 
 def load(
-    conn: psycopg.Connection, registry: Registry, table: str, data: Any, options: LoadOptions | None = None,
-    *, progress: ProgressCallback | None = None, **changes: Any,
+    conn: psycopg.Connection,
+    registry: Registry,
+    table: str,
+    data: Any,
+    options: LoadOptions | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    **changes: Any,
 ) -> LoadSummary:
     """Load ``data`` into ``table`` in one transaction, then ANALYZE/VACUUM; returns the summary.
 
@@ -86,8 +92,15 @@ def load(
         finally:
             conn.autocommit = autocommit
     summary = job.finish_maintenance()
-    logger.info("pgfeatures: %s into %s committed: %d rows read, %d inserted, %d updated in %.1fs",
-                summary.mode, table, summary.rows_read, summary.inserted, summary.updated, summary.seconds)
+    logger.info(
+        "pgfeatures: %s into %s committed: %d rows read, %d inserted, %d updated in %.1fs",
+        summary.mode,
+        table,
+        summary.rows_read,
+        summary.inserted,
+        summary.updated,
+        summary.seconds,
+    )
     return summary
 
 

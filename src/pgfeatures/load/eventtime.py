@@ -52,9 +52,11 @@ class EventClock:
     def future(self, micros: int) -> str:
         """Why ``micros`` is refused as too far ahead."""
         ahead = (micros - self.now) / 1e6
-        return (f"{rfc3339(from_micros(micros))} is in the future: {ahead:,.3f}s ahead of the database server's clock "
-                f"({rfc3339(from_micros(self.now))}), more than max_future_skew ({self.skew:g}s, --max-future-skew) "
-                "allows (a writer's clock running ahead, or epoch numbers in another unit than event_time_unit?)")
+        return (
+            f"{rfc3339(from_micros(micros))} is in the future: {ahead:,.3f}s ahead of the database server's clock "
+            f"({rfc3339(from_micros(self.now))}), more than max_future_skew ({self.skew:g}s, --max-future-skew) "
+            "allows (a writer's clock running ahead, or epoch numbers in another unit than event_time_unit?)"
+        )
 
 
 def event_times(arr: pa.Array, clock: EventClock) -> tuple[np.ndarray, list[Problem]]:
@@ -74,22 +76,35 @@ def event_times(arr: pa.Array, clock: EventClock) -> tuple[np.ndarray, list[Prob
         micros, bad, invalid = _floats(arr, UNITS[clock.unit])
         if invalid.any():
             shown = arr
-            problems.append(Problem(UPDATED_AT, invalid, lambda i: f"{shown[i].as_py()!r} is not a finite epoch number"))
+            problems.append(
+                Problem(UPDATED_AT, invalid, lambda i: f"{shown[i].as_py()!r} is not a finite epoch number")
+            )
     elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
         micros, bad, unreadable = _strings(arr, clock)
         problems += unreadable
     else:
-        raise LoadInputError(f"column {UPDATED_AT!r} is {kind}; event time is a timestamp, an ISO 8601 string with a "
-                             "zone, or epoch numbers", column=UPDATED_AT)
+        raise LoadInputError(
+            f"column {UPDATED_AT!r} is {kind}; event time is a timestamp, an ISO 8601 string with a "
+            "zone, or epoch numbers",
+            column=UPDATED_AT,
+        )
     if nulls is not None:
         micros[nulls] = clock.default
         bad &= ~nulls
     if bad.any():
         raw = arr
         unit = {"s": "seconds", "ms": "milliseconds", "us": "microseconds"}[clock.unit]
-        problems.append(Problem(UPDATED_AT, bad, lambda i: f"{raw[i].as_py()!r} is out of range for an event time "
-                                                           f"(years 1 to 9999; epoch numbers are read as {unit}: declare "
-                                                           "another unit with event_time_unit= / --event-time-unit)"))
+        problems.append(
+            Problem(
+                UPDATED_AT,
+                bad,
+                lambda i: (
+                    f"{raw[i].as_py()!r} is out of range for an event time "
+                    f"(years 1 to 9999; epoch numbers are read as {unit}: declare "
+                    "another unit with event_time_unit= / --event-time-unit)"
+                ),
+            )
+        )
     if clock.limit is not None:
         ahead = micros > clock.limit
         if nulls is not None:
@@ -126,7 +141,9 @@ def _timestamps(arr: pa.Array, zone: str | None) -> tuple[np.ndarray, np.ndarray
         try:
             arr = pc.assume_timezone(arr, zone)
         except pa.ArrowInvalid as exc:  # a local time that does not exist, or exists twice, in the zone
-            raise LoadInputError(f"column {UPDATED_AT!r}: {exc} (event_time_zone={zone!r})", column=UPDATED_AT) from None
+            raise LoadInputError(
+                f"column {UPDATED_AT!r}: {exc} (event_time_zone={zone!r})", column=UPDATED_AT
+            ) from None
     raw = pc.cast(arr, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
     if kind.unit == "ns":
         return raw // 1_000, np.zeros(len(raw), dtype=bool)  # floored: timestamptz keeps microseconds
@@ -150,7 +167,9 @@ def _strings(arr: pa.Array, clock: EventClock) -> tuple[np.ndarray, np.ndarray, 
         try:
             values = pc.cast(pc.take(text, pa.array(picked)), pa.int64()).to_numpy(zero_copy_only=False)
         except pa.ArrowInvalid:  # more digits than an int64 holds
-            values = np.array([min(max(int(text[int(i)].as_py()), -(2**63)), 2**63 - 1) for i in picked], dtype=np.int64)
+            values = np.array(
+                [min(max(int(text[int(i)].as_py()), -(2**63)), 2**63 - 1) for i in picked], dtype=np.int64
+            )
         micros[picked], bad[picked] = _scaled(values, UNITS[clock.unit])
     if zoned.any():
         _parse(text, np.flatnonzero(zoned), pa.timestamp("us", tz="UTC"), None, micros, unreadable, reasons)
@@ -158,9 +177,11 @@ def _strings(arr: pa.Array, clock: EventClock) -> tuple[np.ndarray, np.ndarray, 
         if clock.zone is None:
             unreadable |= local
             for i in np.flatnonzero(local)[:1]:
-                reasons[int(i)] = (f"{text[int(i)].as_py()!r} has no time zone: write ISO 8601 with a zone (e.g. "
-                                   "2026-05-01T12:00:00Z or 2026-05-01T14:00:00+02:00), or name the zone of such times "
-                                   "with event_time_zone= (--event-time-zone)")
+                reasons[int(i)] = (
+                    f"{text[int(i)].as_py()!r} has no time zone: write ISO 8601 with a zone (e.g. "
+                    "2026-05-01T12:00:00Z or 2026-05-01T14:00:00+02:00), or name the zone of such times "
+                    "with event_time_zone= (--event-time-zone)"
+                )
         else:
             _parse(text, np.flatnonzero(local), pa.timestamp("us"), clock.zone, micros, unreadable, reasons)
     problems = []
@@ -174,8 +195,15 @@ def _strings(arr: pa.Array, clock: EventClock) -> tuple[np.ndarray, np.ndarray, 
     return micros, bad, problems
 
 
-def _parse(text: pa.Array, rows: np.ndarray, target: pa.DataType, zone: str | None, micros: np.ndarray,
-           unreadable: np.ndarray, reasons: dict[int, str]) -> None:
+def _parse(
+    text: pa.Array,
+    rows: np.ndarray,
+    target: pa.DataType,
+    zone: str | None,
+    micros: np.ndarray,
+    unreadable: np.ndarray,
+    reasons: dict[int, str],
+) -> None:
     """Parse ``text[rows]`` into ``micros``: vectorized by Arrow, or row by row (Python's ISO 8601
     parser, which also takes what Arrow does not, e.g. nanoseconds) when some value defeats it."""
     picked = pc.take(text, pa.array(rows))

@@ -35,8 +35,10 @@ from ..errors import CorruptFileError
 
 _PAGE_HEADER_BYTES = 64  # a PageHeader's first four fields fit in far fewer
 PAGE_CHECKSUMS = "page checksums (every data page's bytes)"
-STATISTICS_ONLY = ("column statistics only (decoded values within the recorded min/max, null counts as recorded: "
-                   "a value changed inside that range loads undetected)")
+STATISTICS_ONLY = (
+    "column statistics only (decoded values within the recorded min/max, null counts as recorded: "
+    "a value changed inside that range loads undetected)"
+)
 
 
 def has_page_checksum(header: bytes) -> bool:
@@ -88,9 +90,16 @@ def _shown(value: Any) -> str:
 
 def _comparable(t: pa.DataType) -> bool:
     """Types whose decoded min/max compare with the statistics' Python values as the writer ordered them."""
-    return (pa.types.is_integer(t) or pa.types.is_boolean(t) or t in (pa.float32(), pa.float64())
-            or pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
-            or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t))
+    return (
+        pa.types.is_integer(t)
+        or pa.types.is_boolean(t)
+        or t in (pa.float32(), pa.float64())
+        or pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_fixed_size_binary(t)
+    )
 
 
 @dataclass
@@ -114,8 +123,11 @@ class ParquetIntegrity:
     def __init__(self, name: str, path: Any, metadata: Any, schema: pa.Schema, columns: Sequence[str]):
         self.name = name
         self.metadata = metadata
-        leaf = {metadata.row_group(0).column(i).path_in_schema: i for i in range(metadata.num_columns)} \
-            if metadata.num_row_groups else {}
+        leaf = (
+            {metadata.row_group(0).column(i).path_in_schema: i for i in range(metadata.num_columns)}
+            if metadata.num_row_groups
+            else {}
+        )
         self.starts = [0]
         for g in range(metadata.num_row_groups):
             self.starts.append(self.starts[-1] + metadata.row_group(g).num_rows)
@@ -134,7 +146,11 @@ class ParquetIntegrity:
 
     @staticmethod
     def _chunk(fh: Any, column: str, meta: Any, arrow_type: pa.DataType) -> _Chunk:
-        offset = meta.dictionary_page_offset if meta.has_dictionary_page and meta.dictionary_page_offset else meta.data_page_offset
+        offset = (
+            meta.dictionary_page_offset
+            if meta.has_dictionary_page and meta.dictionary_page_offset
+            else meta.data_page_offset
+        )
         checksummed = False
         if offset is not None and offset >= 0:
             fh.seek(offset)
@@ -187,11 +203,15 @@ class ParquetIntegrity:
         if not unchecked:
             return None
         if len(unchecked) == len(self.groups[0]):
-            return (f"{self.name} carries no integrity information (no page checksums, no column statistics): "
-                    "damage that still decodes cannot be detected; write it with page checksums "
-                    "(pyarrow: write_page_checksum=True)")
-        return (f"{self.name}: column(s) {', '.join(unchecked)} carry neither page checksums nor statistics: "
-                "damage in them that still decodes cannot be detected")
+            return (
+                f"{self.name} carries no integrity information (no page checksums, no column statistics): "
+                "damage that still decodes cannot be detected; write it with page checksums "
+                "(pyarrow: write_page_checksum=True)"
+            )
+        return (
+            f"{self.name}: column(s) {', '.join(unchecked)} carry neither page checksums nor statistics: "
+            "damage in them that still decodes cannot be detected"
+        )
 
     def needs_values(self, group: int) -> bool:
         """Whether row group ``group`` has chunks verified by statistics (so decoded values matter)."""
@@ -215,15 +235,20 @@ class ParquetIntegrity:
             if lo is None:  # only NaN: min/max skip NaN, as the statistics do
                 continue
             if lo < chunk.bounds[0] or hi > chunk.bounds[1]:
-                raise self.corrupt(group, chunk.column, f"decoded values span {_shown(lo)}..{_shown(hi)}, outside the range "
-                                   f"the writer recorded ({_shown(chunk.bounds[0])}..{_shown(chunk.bounds[1])})")
+                raise self.corrupt(
+                    group,
+                    chunk.column,
+                    f"decoded values span {_shown(lo)}..{_shown(hi)}, outside the range "
+                    f"the writer recorded ({_shown(chunk.bounds[0])}..{_shown(chunk.bounds[1])})",
+                )
 
     def finish_group(self, group: int) -> None:
         """After the last batch of ``group``: the decoded null counts equal the recorded ones."""
         for chunk in self.groups[group]:
             if not chunk.checksummed and chunk.nulls is not None and chunk.nulls_seen != chunk.nulls:
-                raise self.corrupt(group, chunk.column, f"{chunk.nulls_seen:,} nulls decoded, the writer recorded "
-                                   f"{chunk.nulls:,}")
+                raise self.corrupt(
+                    group, chunk.column, f"{chunk.nulls_seen:,} nulls decoded, the writer recorded {chunk.nulls:,}"
+                )
 
     def reset(self, group: int) -> None:
         for chunk in self.groups[group]:
@@ -232,7 +257,11 @@ class ParquetIntegrity:
     def corrupt(self, group: int, column: str | None, reason: str, prefix: str = "") -> CorruptFileError:
         rows = f"rows {self.starts[group] + 1:,}..{self.starts[group + 1]:,}"
         where = f"row group {group} ({rows})" + (f", column {column!r}" if column else "")
-        error = CorruptFileError(f"{self.name}: {prefix}the file is corrupt: {where}: {reason}",
-                                 source=self.name, column=column, row=self.starts[group] + 1)
+        error = CorruptFileError(
+            f"{self.name}: {prefix}the file is corrupt: {where}: {reason}",
+            source=self.name,
+            column=column,
+            row=self.starts[group] + 1,
+        )
         error.row_group = group
         return error

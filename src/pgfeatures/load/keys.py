@@ -124,8 +124,9 @@ def key_column(arr: pa.Array, column: str, entity: Entity, hash_keys: bool) -> t
 def _hashed(arr: pa.Array, column: str, entity: Entity, valid: np.ndarray, problems: list[Problem]) -> np.ndarray:
     kind = kind_of(arr.type)
     if kind not in ("string", "binary", "fixed binary", "integer"):
-        raise LoadInputError(f"key column {column!r} is {arr.type}; natural ids to hash are strings, integers or binary",
-                             column=column)
+        raise LoadInputError(
+            f"key column {column!r} is {arr.type}; natural ids to hash are strings, integers or binary", column=column
+        )
     items = arr.to_pylist()
     if kind == "string":
         raw = [b"" if v is None else v.encode() for v in items]
@@ -145,23 +146,45 @@ def _bytea32(arr: pa.Array, column: str, entity: Entity, valid: np.ndarray, prob
     kind = kind_of(arr.type)
     if kind == "fixed binary":
         if arr.type.byte_width != KEY_LENGTH:
-            raise LoadInputError(f"key column {column!r} holds {arr.type.byte_width}-byte values; keys must be {KEY_LENGTH} "
-                                 "bytes (or use hash_keys=True / --hash-keys)", column=column)
+            raise LoadInputError(
+                f"key column {column!r} holds {arr.type.byte_width}-byte values; keys must be {KEY_LENGTH} "
+                "bytes (or use hash_keys=True / --hash-keys)",
+                column=column,
+            )
         return _fixed_binary(arr, KEY_LENGTH)
     if kind not in ("binary", "string"):
-        raise LoadInputError(f"key column {column!r} is {arr.type}; keys must be {KEY_LENGTH}-byte binary or "
-                             f"{2 * KEY_LENGTH} hex characters (or natural ids with hash_keys=True / --hash-keys)", column=column)
+        raise LoadInputError(
+            f"key column {column!r} is {arr.type}; keys must be {KEY_LENGTH}-byte binary or "
+            f"{2 * KEY_LENGTH} hex characters (or natural ids with hash_keys=True / --hash-keys)",
+            column=column,
+        )
     offsets, data = binary_parts(arr)
     lengths = np.diff(offsets)
     width = KEY_LENGTH if kind == "binary" else 2 * KEY_LENGTH
     bad_length = valid & (lengths != width)
     if bad_length.any():
         if kind == "binary":
-            problems.append(Problem(column, bad_length, lambda i: f"key is {lengths[i]} bytes; keys must be {KEY_LENGTH} "
-                                    "bytes (or natural ids with hash_keys=True / --hash-keys)"))
+            problems.append(
+                Problem(
+                    column,
+                    bad_length,
+                    lambda i: (
+                        f"key is {lengths[i]} bytes; keys must be {KEY_LENGTH} "
+                        "bytes (or natural ids with hash_keys=True / --hash-keys)"
+                    ),
+                )
+            )
         else:
-            problems.append(Problem(column, bad_length, lambda i: f"key {shown(arr[i].as_py())} is {len(arr[i].as_py())} "
-                                    f"characters; hex keys are {2 * KEY_LENGTH} (natural ids need hash_keys=True / --hash-keys)"))
+            problems.append(
+                Problem(
+                    column,
+                    bad_length,
+                    lambda i: (
+                        f"key {shown(arr[i].as_py())} is {len(arr[i].as_py())} "
+                        f"characters; hex keys are {2 * KEY_LENGTH} (natural ids need hash_keys=True / --hash-keys)"
+                    ),
+                )
+            )
     ok = valid & ~bad_length
     rows = fixed_rows(offsets, data, width, ok)
     if kind == "binary":
@@ -182,7 +205,9 @@ def _bigint(arr: pa.Array, column: str, entity: Entity, valid: np.ndarray, probl
             given = values
             over = valid & (given > hi)
             if over.any():
-                problems.append(Problem(column, over, lambda i: f"key {int(given[i])} is out of range for bigint ({lo}..{hi})"))
+                problems.append(
+                    Problem(column, over, lambda i: f"key {int(given[i])} is out of range for bigint ({lo}..{hi})")
+                )
             values = np.where(over, 0, given)
         return values.astype(np.int64)
     if kind != "string":
@@ -191,7 +216,9 @@ def _bigint(arr: pa.Array, column: str, entity: Entity, valid: np.ndarray, probl
     form = pc.match_substring_regex(arr, f"^{BIGINT_TEXT.pattern}$").fill_null(False).to_numpy(zero_copy_only=False)
     bad_form = valid & ~form
     if bad_form.any():
-        problems.append(Problem(column, bad_form, lambda i: f"key {shown(arr[i].as_py())} is not an integer; {expected}"))
+        problems.append(
+            Problem(column, bad_form, lambda i: f"key {shown(arr[i].as_py())} is not an integer; {expected}")
+        )
     ok = valid & form
     digits = pc.utf8_length(pc.utf8_ltrim(text, "+-0")).fill_null(0).to_numpy(zero_copy_only=False)
     long = ok & (digits >= 19)  # may not fit in 64 bits: checked one by one (rare)
@@ -199,8 +226,9 @@ def _bigint(arr: pa.Array, column: str, entity: Entity, valid: np.ndarray, probl
     for i in np.flatnonzero(long):
         over[i] = bigint_text_value(text[i].as_py()) is None
     if over.any():
-        problems.append(Problem(column, over, lambda i: f"key {_cut(text[i].as_py())} is out of range for bigint "
-                                f"({lo}..{hi})"))
+        problems.append(
+            Problem(column, over, lambda i: f"key {_cut(text[i].as_py())} is out of range for bigint ({lo}..{hi})")
+        )
     fine = ok & ~over
     unsigned = pc.replace_substring_regex(text, r"^\+", "")  # "+5": pyarrow's cast takes no plus sign
     return pc.cast(pc.if_else(pa.array(fine), unsigned, "0"), pa.int64()).to_numpy(zero_copy_only=False)
@@ -211,12 +239,22 @@ def _text(arr: pa.Array, column: str, entity: Entity, valid: np.ndarray, problem
     if kind == "integer":
         arr = pc.cast(arr, pa.string())
     elif kind != "string":
-        raise LoadInputError(f"key column {column!r} is {arr.type}; {entity.name} keys are {entity.accepts}", column=column)
+        raise LoadInputError(
+            f"key column {column!r} is {arr.type}; {entity.name} keys are {entity.accepts}", column=column
+        )
     lengths = pc.utf8_length(arr).fill_null(1).to_numpy(zero_copy_only=False)
     bad = valid & ((lengths < 1) | (lengths > entity.max_length))
     if bad.any():
-        problems.append(Problem(column, bad, lambda i: f"key {shown(arr[i].as_py())} is {lengths[i]} characters; "
-                                f"{entity.name} keys are 1 to {entity.max_length} characters (the entity's max_length)"))
+        problems.append(
+            Problem(
+                column,
+                bad,
+                lambda i: (
+                    f"key {shown(arr[i].as_py())} is {lengths[i]} characters; "
+                    f"{entity.name} keys are 1 to {entity.max_length} characters (the entity's max_length)"
+                ),
+            )
+        )
     nul = valid & pc.match_substring(arr, "\x00").fill_null(False).to_numpy(zero_copy_only=False)
     if nul.any():
         problems.append(Problem(column, nul, lambda i: f"{entity.name} key must not contain NUL characters"))
@@ -228,7 +266,9 @@ def _uuid(arr: pa.Array, column: str, entity: Entity, valid: np.ndarray, problem
     what = f"{entity.name} keys are {entity.accepts}"
     if kind == "fixed binary":
         if arr.type.byte_width != UUID_LENGTH:
-            raise LoadInputError(f"key column {column!r} holds {arr.type.byte_width}-byte values; {what}", column=column)
+            raise LoadInputError(
+                f"key column {column!r} holds {arr.type.byte_width}-byte values; {what}", column=column
+            )
         return _fixed_binary(arr, UUID_LENGTH)
     if kind == "binary":
         offsets, data = binary_parts(arr)
@@ -241,7 +281,9 @@ def _uuid(arr: pa.Array, column: str, entity: Entity, valid: np.ndarray, problem
         raise LoadInputError(f"key column {column!r} is {arr.type}; {what}", column=column)
     # Entity.parse's rule (PostgreSQL's uuid text, or with urn:uuid:): check the form, then keep the hex digits.
     form = pc.match_substring_regex(arr, f"^{UUID_TEXT.pattern}$").fill_null(False).to_numpy(zero_copy_only=False)
-    text = pc.replace_substring_regex(pc.replace_substring_regex(arr, "^[uU][rR][nN]:[uU][uU][iI][dD]:", ""), "[{}-]", "")
+    text = pc.replace_substring_regex(
+        pc.replace_substring_regex(arr, "^[uU][rR][nN]:[uU][uU][iI][dD]:", ""), "[{}-]", ""
+    )
     offsets, data = binary_parts(text.fill_null("") if text.null_count else text)
     ok = valid & form
     keys, _ = _from_hex(fixed_rows(offsets, data, 2 * UUID_LENGTH, ok), ok)

@@ -104,28 +104,39 @@ class LoadOptions:
     lock_timeout: float = 10.0  # seconds to wait for the table lock (rebuild and swap)
 
     def __post_init__(self) -> None:
-        for name, cls in (("mode", Mode), ("on_duplicate", OnDuplicate), ("nan", NanPolicy), ("inf", InfPolicy),
-                          ("on_invalid", OnInvalid),
-                          ("strategy", ApplyStrategy), ("vacuum", VacuumPolicy)):
+        for name, cls in (
+            ("mode", Mode),
+            ("on_duplicate", OnDuplicate),
+            ("nan", NanPolicy),
+            ("inf", InfPolicy),
+            ("on_invalid", OnInvalid),
+            ("strategy", ApplyStrategy),
+            ("vacuum", VacuumPolicy),
+        ):
             object.__setattr__(self, name, cls.parse(getattr(self, name), name))
         if self.format is not None and self.format not in FORMATS:
             raise LoadInputError(f"invalid format={self.format!r}; valid: {', '.join(FORMATS)}")
         if self.partial and (self.mode is Mode.REPLACE or self.strategy is ApplyStrategy.REBUILD):
-            raise LoadInputError("partial=True merges some columns into existing rows: it needs mode='merge' "
-                                 "and strategy 'auto' or 'upsert'")
+            raise LoadInputError(
+                "partial=True merges some columns into existing rows: it needs mode='merge' "
+                "and strategy 'auto' or 'upsert'"
+            )
         if self.batch_rows < 1 or self.lock_timeout <= 0:
             raise LoadInputError("batch_rows and lock_timeout must be positive")
         if self.event_time_unit not in UNITS:
-            raise LoadInputError(f"invalid event_time_unit={self.event_time_unit!r}; valid: {', '.join(UNITS)} "
-                                 "(epoch seconds, milliseconds, microseconds)")
+            raise LoadInputError(
+                f"invalid event_time_unit={self.event_time_unit!r}; valid: {', '.join(UNITS)} "
+                "(epoch seconds, milliseconds, microseconds)"
+            )
         if self.event_time_zone is not None:
             import zoneinfo
 
             try:
                 zoneinfo.ZoneInfo(self.event_time_zone)
             except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-                raise LoadInputError(f"invalid event_time_zone={self.event_time_zone!r}: not a time zone "
-                                     "(e.g. UTC, Europe/Paris)") from None
+                raise LoadInputError(
+                    f"invalid event_time_zone={self.event_time_zone!r}: not a time zone (e.g. UTC, Europe/Paris)"
+                ) from None
         skew = self.max_future_skew
         if skew is not None and (isinstance(skew, bool) or not isinstance(skew, (int, float)) or not skew >= 0):
             raise LoadInputError(f"invalid max_future_skew={skew!r}: seconds >= 0, or None for no bound")
@@ -190,8 +201,10 @@ class LoadSummary:
             f"rejected {self.rejected:,} | duplicates superseded {self.superseded:,}",
         ]
         if self.skipped_newer:
-            lines.append(f"skipped {self.skipped_newer:,} row(s): the stored row is newer (newest wins; "
-                         "--overwrite-newer / overwrite_newer=True writes them)")
+            lines.append(
+                f"skipped {self.skipped_newer:,} row(s): the stored row is newer (newest wins; "
+                "--overwrite-newer / overwrite_newer=True writes them)"
+            )
         if self.rows_before is not None and self.rows_after is not None:
             lines.append(f"table rows {self.rows_before:,} -> {self.rows_after:,}")
         if self.integrity:

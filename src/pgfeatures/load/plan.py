@@ -18,9 +18,9 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
+from ..connections.translate import CONFLICT_STATES
 from ..definitions import UPDATED_AT, Registry, parse_event_time, to_micros
 from ..definitions.layout import EntityLayout
-from ..connections.translate import CONFLICT_STATES
 from ..errors import FeatureValueError, LoadError, LoadInputError, LoadInterruptedError, SchemaDriftError
 from ..materialize import sql as m
 from ..schema import LEGACY_EVENT_TIME, ddl_lock, qualified, table_ddl
@@ -93,7 +93,9 @@ class Job:
     """One load: its sources, options and running state. ``plan()`` does no database I/O: it yields
     statements and COPY streams for a driver (sync or async) to run, and returns the summary."""
 
-    def __init__(self, registry: Registry, table: str, data: Any, options: LoadOptions, progress: ProgressCallback | None):
+    def __init__(
+        self, registry: Registry, table: str, data: Any, options: LoadOptions, progress: ProgressCallback | None
+    ):
         self.registry, self.table, self.options, self.progress = registry, registry.table(table), options, progress
         self.started = time.perf_counter()
         self.stamp = None  # the event time of rows without one, when the caller gives it (else the server's now())
@@ -108,7 +110,9 @@ class Job:
         self.token = secrets.token_hex(4)
         self.maintenance_started: float | None = None
         self.table_rows = 0.0  # rows in the live table before the load (estimate)
-        self.serving_layouts: list[EntityLayout] = []  # layouts of the registry's materialized services reading the table
+        self.serving_layouts: list[
+            EntityLayout
+        ] = []  # layouts of the registry's materialized services reading the table
         self.newest_wins = not options.overwrite_newer  # applies when the source carries updated_at
         try:
             if options.updated_at is not None:
@@ -125,8 +129,11 @@ class Job:
         for source, cols in zip(self.sources, self.columns):
             why = source.unverifiable(cols.source_columns) if options.require_checksums else None
             if why is not None:
-                error = LoadInputError(f"{source.name}: require_checksums (--require-checksums): {why}, so damage "
-                                       "that still decodes could not be detected; refusing to load it", source=source.name)
+                error = LoadInputError(
+                    f"{source.name}: require_checksums (--require-checksums): {why}, so damage "
+                    "that still decodes could not be detected; refusing to load it",
+                    source=source.name,
+                )
                 error.unchanged_table = self.summary.table
                 raise error
             check = source.integrity(cols.source_columns)
@@ -145,9 +152,12 @@ class Job:
         first = columns[0]
         for source, cols in zip(self.sources[1:], columns[1:]):
             if (cols.features, cols.updated_at) != (first.features, first.updated_at):
-                raise LoadInputError(f"{source.name} has columns {', '.join(cols.source_columns[1:])} but "
-                                     f"{self.sources[0].name} has {', '.join(first.source_columns[1:])}: one load takes "
-                                     "one set of columns", source=source.name)
+                raise LoadInputError(
+                    f"{source.name} has columns {', '.join(cols.source_columns[1:])} but "
+                    f"{self.sources[0].name} has {', '.join(first.source_columns[1:])}: one load takes "
+                    "one set of columns",
+                    source=source.name,
+                )
         for source in self.sources:
             if source.rows == 0:
                 raise LoadInputError(self._no_rows(source.name), source=source.name)
@@ -155,7 +165,8 @@ class Job:
 
     def _no_rows(self, name: str) -> str:
         return f"{name}: no rows; refusing to load an empty source" + (
-            " (mode='replace' would empty the table)" if self.options.mode is Mode.REPLACE else "")
+            " (mode='replace' would empty the table)" if self.options.mode is Mode.REPLACE else ""
+        )
 
     def _report(self, phase: str) -> None:
         self.phase = phase
@@ -181,8 +192,11 @@ class Job:
                     located = source.diagnose(columns.source_columns, columns.csv_types)
                     if located is not None:
                         raise located from None
-                raise LoadInputError(f"{source.name}: cannot read the rows after row {self.row:,}: {exc}",
-                                     source=source.name, row=self.row + 1) from None
+                raise LoadInputError(
+                    f"{source.name}: cannot read the rows after row {self.row:,}: {exc}",
+                    source=source.name,
+                    row=self.row + 1,
+                ) from None
             yield batch
 
     def _chunks(self) -> Iterator[bytes | memoryview]:
@@ -232,7 +246,9 @@ class Job:
             # Under schema.py's DDL locks, so a concurrent `pgfeatures init` (or another first load)
             # waits for this COMMIT instead of failing on the uncommitted catalog rows, and vice versa.
             self.phase = "creating the table"
-            found = yield Op(sql.SQL("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)"), (schema,), fetch=True)
+            found = yield Op(
+                sql.SQL("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)"), (schema,), fetch=True
+            )
             if not found[0][0]:
                 yield Op(*ddl_lock(schema))
                 yield Op(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident(schema)))
@@ -252,12 +268,16 @@ class Job:
             fix = f"`pgfeatures plan{where}` shows the change, `pgfeatures apply{where}` makes it"
             if catalog.columns.get(UPDATED_AT) == LEGACY_EVENT_TIME:
                 fix += " (it migrates the legacy event time to timestamptz)"
-            raise SchemaDriftError(f"table {summary.table} differs from its definition: {'; '.join(drift)} "
-                                   f"({fix}); nothing was loaded", problems={table.name: drift})
+            raise SchemaDriftError(
+                f"table {summary.table} differs from its definition: {'; '.join(drift)} ({fix}); nothing was loaded",
+                problems={table.name: drift},
+            )
         columns = self.columns[0]
         if columns.entity.key_type == "text" and catalog.server_encoding.upper() not in ("UTF8", "UTF-8"):
-            raise LoadError(f"cannot load text keys into {summary.table}: the database's encoding is "
-                            f"{catalog.server_encoding}, and binary COPY sends text as UTF-8")
+            raise LoadError(
+                f"cannot load text keys into {summary.table}: the database's encoding is "
+                f"{catalog.server_encoding}, and binary COPY sends text as UTF-8"
+            )
         stage = stage_table(self.token)
         yield Op(stage_ddl(stage, columns))
         self._report("reading")
@@ -268,20 +288,28 @@ class Job:
             raise LoadInputError(f"every row was rejected ({summary.rejected:,}); first: {summary.examples[0]}")
         self._report("deduplicating")
         newest = options.on_duplicate is OnDuplicate.NEWEST and columns.updated_at
-        duplicates = find_duplicates(comparable(columns.entity.key_type, self.keys), np.concatenate(self.seqs),
-                                     np.concatenate(self.stamps) if newest else None)
+        duplicates = find_duplicates(
+            comparable(columns.entity.key_type, self.keys),
+            np.concatenate(self.seqs),
+            np.concatenate(self.stamps) if newest else None,
+        )
         self.keys, self.seqs, self.stamps = [], [], []
         if duplicates is not None:
             if options.on_duplicate is OnDuplicate.REJECT:
                 where = ", ".join(self._where(int(s)) for s in duplicates.first[:3])
-                raise LoadInputError(f"duplicate keys: {duplicates.keys:,} key(s) appear more than once, the first at {where} "
-                                     "(on_duplicate='newest' / --on-duplicate newest keeps the row with the newest "
-                                     "updated_at, 'last' / --on-duplicate last the last row)",
-                                     source=self.starts[0][1] if len(self.starts) == 1 else None, column=columns.key)
+                raise LoadInputError(
+                    f"duplicate keys: {duplicates.keys:,} key(s) appear more than once, the first at {where} "
+                    "(on_duplicate='newest' / --on-duplicate newest keeps the row with the newest "
+                    "updated_at, 'last' / --on-duplicate last the last row)",
+                    source=self.starts[0][1] if len(self.starts) == 1 else None,
+                    column=columns.key,
+                )
             # ::bigint[]: psycopg sends small ints as integer[], and seq = ANY(integer[]) (a cross-type
             # operator) compares every row with every element: 172 s for 200,000 duplicates among
             # 400,000 rows. Against bigint[] PostgreSQL hashes the array: 1.7 s for the whole load.
-            yield Op(sql.SQL("DELETE FROM {} WHERE seq = ANY(%s::bigint[])").format(stage), (duplicates.superseded.tolist(),))
+            yield Op(
+                sql.SQL("DELETE FROM {} WHERE seq = ANY(%s::bigint[])").format(stage), (duplicates.superseded.tolist(),)
+            )
             summary.superseded = len(duplicates.superseded)
             unique -= summary.superseded
         summary.strategy = yield from self._choose(catalog, unique)
@@ -295,13 +323,19 @@ class Job:
                 # writes before the serving rows.
                 yield Op(*setting("lock_timeout", f"{int(options.lock_timeout * 1000)}ms"))
                 yield Op(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(live))
-                serving = [row[0] for row in (yield Op(SERVING_OF, serving_of_params(live.as_string(None)), fetch=True))]
+                serving = [
+                    row[0] for row in (yield Op(SERVING_OF, serving_of_params(live.as_string(None)), fetch=True))
+                ]
                 if serving:
-                    yield Op(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
-                        sql.SQL(", ").join(ident(schema, name) for name in serving)))
+                    yield Op(
+                        sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
+                            sql.SQL(", ").join(ident(schema, name) for name in serving)
+                        )
+                    )
             stamp = self.stamp is not None and not columns.updated_at
-            rows = yield Op(upsert_sql(live, stage, columns, self.newest_wins, stamp), (self.stamp,) if stamp else (),
-                            fetch=True)
+            rows = yield Op(
+                upsert_sql(live, stage, columns, self.newest_wins, stamp), (self.stamp,) if stamp else (), fetch=True
+            )
             summary.inserted, summary.updated = rows[0]
             summary.skipped_newer = unique - summary.inserted - summary.updated
         else:
@@ -328,17 +362,26 @@ class Job:
         blockers = catalog.swap_blockers(table)
         if options.mode is Mode.REPLACE or options.strategy is ApplyStrategy.REBUILD:
             if blockers:
-                raise LoadError(f"cannot swap in a new {self.summary.table}: it has {', '.join(blockers)}, which a new "
-                                "table would not carry over; use mode='merge' with strategy='upsert'")
+                raise LoadError(
+                    f"cannot swap in a new {self.summary.table}: it has {', '.join(blockers)}, which a new "
+                    "table would not carry over; use mode='merge' with strategy='upsert'"
+                )
             return "replace" if options.mode is Mode.REPLACE else "rebuild"
         if options.strategy is ApplyStrategy.UPSERT or options.partial:
             return "upsert"
         rows = catalog.reltuples
-        if rows < 0:  # never analyzed: ANALYZE samples it (a count(*) would be a sequential scan, which the doctor flags)
+        if (
+            rows < 0
+        ):  # never analyzed: ANALYZE samples it (a count(*) would be a sequential scan, which the doctor flags)
             live = qualified(self.registry, table)
             yield Op(sql.SQL("ANALYZE {}").format(live))
-            rows = (yield Op(sql.SQL("SELECT greatest(reltuples, 0)::float8 FROM pg_class WHERE oid = %s::regclass"),
-                             (live.as_string(None),), fetch=True))[0][0]
+            rows = (
+                yield Op(
+                    sql.SQL("SELECT greatest(reltuples, 0)::float8 FROM pg_class WHERE oid = %s::regclass"),
+                    (live.as_string(None),),
+                    fetch=True,
+                )
+            )[0][0]
             self.table_rows = rows
         if unique < max(REBUILD_MIN_ROWS, REBUILD_FRACTION * rows):
             return "upsert"
@@ -393,8 +436,11 @@ class Job:
         yield Op(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(live))
         serving = [row[0] for row in (yield Op(SERVING_OF, serving_of_params(live.as_string(None)), fetch=True))]
         if serving:
-            yield Op(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
-                sql.SQL(", ").join(ident(schema, name) for name in serving)))
+            yield Op(
+                sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
+                    sql.SQL(", ").join(ident(schema, name) for name in serving)
+                )
+            )
         path = (yield Op(sql.SQL("SELECT current_setting('search_path')"), fetch=True))[0][0]
         yield Op(*setting("search_path", ""))
         state = SwapState.from_row(((yield Op(SWAP_STATE, (live.as_string(None),), fetch=True)) or [None])[0])
@@ -431,8 +477,11 @@ class Job:
         for stmt, params in swap_sql(schema, table, new_name, catalog, state, refreshes):
             yield Op(stmt, params)
         if staged or whole:
-            summary.notes.append("materialized services: serving rows recomputed for the staged keys" if not whole
-                                 else "materialized services: the table's slice of every serving row recomputed")
+            summary.notes.append(
+                "materialized services: serving rows recomputed for the staged keys"
+                if not whole
+                else "materialized services: the table's slice of every serving row recomputed"
+            )
 
     def _built_layout(self, function: str, state: SwapState) -> EntityLayout | None:
         """The registry's layout that trigger function ``function`` keeps in step, if its triggers are all
@@ -476,8 +525,11 @@ class Job:
         # versions there, which the next large write would otherwise prune page by page, in its own
         # transaction (a full-page image per page: 600 MB of WAL in a 1M-row merge, measured).
         names = [layout.table_name for layout in self.serving_layouts]
-        serving = [ident(self.registry.schema, name) for name in names] if (
-            summary.updated + summary.inserted >= VACUUM_FRACTION * max(self.table_rows, 1)) else []
+        serving = (
+            [ident(self.registry.schema, name) for name in names]
+            if (summary.updated + summary.inserted >= VACUUM_FRACTION * max(self.table_rows, 1))
+            else []
+        )
         self.maintenance_started = time.perf_counter()
         if options.vacuum is VacuumPolicy.ALWAYS or table.covering_index or many_updates or serving:
             why = ["visibility map set, so the covering index serves index-only scans"] if table.covering_index else []
@@ -494,7 +546,9 @@ class Job:
         return sql.SQL("ANALYZE {}").format(live)
 
     def maintenance_failed(self, exc: BaseException) -> None:
-        self.summary.maintenance = f"{self.summary.maintenance.split(':')[0]} failed ({exc}); the load itself is committed"
+        self.summary.maintenance = (
+            f"{self.summary.maintenance.split(':')[0]} failed ({exc}); the load itself is committed"
+        )
 
     def finish_maintenance(self) -> LoadSummary:
         if self.maintenance_started is not None:
@@ -512,19 +566,25 @@ class Job:
         if isinstance(exc, LoadError):
             error = exc
         elif isinstance(exc, psycopg.errors.LockNotAvailable):
-            error = LoadError(f"could not lock {self.summary.table} within {self.options.lock_timeout:g}s ({where}): a "
-                              "long transaction holds it (see pg_stat_activity)")
+            error = LoadError(
+                f"could not lock {self.summary.table} within {self.options.lock_timeout:g}s ({where}): a "
+                "long transaction holds it (see pg_stat_activity)"
+            )
         elif isinstance(exc, psycopg.Error) and exc.sqlstate in CONFLICT_STATES:
             # A deadlock or serialization failure: PostgreSQL rolled the whole load back, so running it
             # again is safe (the store does, once, when the source can be read again).
-            error = LoadInterruptedError(f"the load was rolled back, conflicting with a concurrent write ({where}): {exc}")
+            error = LoadInterruptedError(
+                f"the load was rolled back, conflicting with a concurrent write ({where}): {exc}"
+            )
         elif isinstance(exc, psycopg.errors.QueryCanceled):
             error = LoadInterruptedError(f"load cancelled ({where}): {exc}")
         elif isinstance(exc, psycopg.OperationalError) and (exc.sqlstate or "08").startswith(("08", "57P")):
             # No SQLSTATE (the socket died), connection exceptions, or the server shutting the session down.
             if self.phase == "commit":
-                error = LoadInterruptedError(f"connection lost during COMMIT of the load into {self.summary.table}: it may "
-                                             f"or may not have been applied; check the table ({exc})")
+                error = LoadInterruptedError(
+                    f"connection lost during COMMIT of the load into {self.summary.table}: it may "
+                    f"or may not have been applied; check the table ({exc})"
+                )
                 error.committed = None
                 error.source_rereadable = self.rereadable
                 return error  # not "unchanged": the COMMIT may have gone through

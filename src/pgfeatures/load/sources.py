@@ -32,7 +32,9 @@ class Source:
     rows: int | None
     rereadable: bool = True  # False for one-shot streams: a second load would not see the same rows
 
-    def batches(self, columns: Sequence[str], types: Mapping[str, pa.DataType], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    def batches(
+        self, columns: Sequence[str], types: Mapping[str, pa.DataType], batch_rows: int
+    ) -> Iterator[pa.RecordBatch]:
         raise NotImplementedError
 
     def integrity(self, columns: Sequence[str]) -> ParquetIntegrity | None:
@@ -60,25 +62,38 @@ class ParquetSource(Source):
         try:
             self.file = pq.ParquetFile(path, page_checksum_verification=True)
         except (pa.ArrowException, OSError) as exc:
-            raise CorruptFileError(f"{self.name}: not a readable Parquet file (truncated, corrupt, or not Parquet): "
-                                   f"{str(exc).strip() or type(exc).__name__}", source=self.name) from None
+            raise CorruptFileError(
+                f"{self.name}: not a readable Parquet file (truncated, corrupt, or not Parquet): "
+                f"{str(exc).strip() or type(exc).__name__}",
+                source=self.name,
+            ) from None
         schema = self.file.schema_arrow
-        self.names, self.types, self.rows = schema.names, dict(zip(schema.names, schema.types)), self.file.metadata.num_rows
+        self.names, self.types, self.rows = (
+            schema.names,
+            dict(zip(schema.names, schema.types)),
+            self.file.metadata.num_rows,
+        )
         self.group: int | None = None  # the row group being read
         self._integrity: ParquetIntegrity | None = None
 
     def integrity(self, columns: Sequence[str]) -> ParquetIntegrity:
         if self._integrity is None:
-            self._integrity = ParquetIntegrity(self.name, self.path, self.file.metadata, self.file.schema_arrow, columns)
+            self._integrity = ParquetIntegrity(
+                self.name, self.path, self.file.metadata, self.file.schema_arrow, columns
+            )
         return self._integrity
 
-    def batches(self, columns: Sequence[str], types: Mapping[str, pa.DataType], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    def batches(
+        self, columns: Sequence[str], types: Mapping[str, pa.DataType], batch_rows: int
+    ) -> Iterator[pa.RecordBatch]:
         check = self.integrity(columns)
         done = 0
         for group in range(self.file.num_row_groups):
             self.group = group
             check.reset(group)
-            stream = self.file.iter_batches(batch_size=batch_rows, row_groups=[group], columns=list(columns), use_threads=True)
+            stream = self.file.iter_batches(
+                batch_size=batch_rows, row_groups=[group], columns=list(columns), use_threads=True
+            )
             while True:
                 try:
                     batch = next(stream)
@@ -110,8 +125,10 @@ class ParquetSource(Source):
         bare = self.integrity(columns).unchecksummed()
         if not bare:
             return None
-        return (f"column(s) {', '.join(bare)} have no page checksums (the writer left them out: pyarrow's default; "
-                "pyarrow.parquet.write_table(..., write_page_checksum=True) writes them)")
+        return (
+            f"column(s) {', '.join(bare)} have no page checksums (the writer left them out: pyarrow's default; "
+            "pyarrow.parquet.write_table(..., write_page_checksum=True) writes them)"
+        )
 
     def suspect(self, columns: Sequence[str]) -> LoadInputError | None:
         group, check = self.group, self._integrity
@@ -141,15 +158,20 @@ class IpcSource(Source):
             try:  # the streaming IPC format has no footer
                 self.reader, self.rows = pa.ipc.open_stream(pa.memory_map(str(path))), None
             except (pa.ArrowException, OSError) as exc:
-                raise CorruptFileError(f"{self.name}: not a readable Arrow IPC file (truncated, corrupt, or not Arrow "
-                                       f"IPC): {str(exc).strip() or type(exc).__name__}", source=self.name) from None
+                raise CorruptFileError(
+                    f"{self.name}: not a readable Arrow IPC file (truncated, corrupt, or not Arrow "
+                    f"IPC): {str(exc).strip() or type(exc).__name__}",
+                    source=self.name,
+                ) from None
         schema = self.reader.schema
         self.names, self.types = schema.names, dict(zip(schema.names, schema.types))
 
     def unverifiable(self, columns: Sequence[str]) -> str | None:
         return "Arrow IPC files carry no checksums"
 
-    def batches(self, columns: Sequence[str], types: Mapping[str, pa.DataType], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    def batches(
+        self, columns: Sequence[str], types: Mapping[str, pa.DataType], batch_rows: int
+    ) -> Iterator[pa.RecordBatch]:
         if isinstance(self.reader, pa.ipc.RecordBatchFileReader):
             stream: Iterable[pa.RecordBatch] = (self.reader.get_batch(i) for i in range(self.reader.num_record_batches))
         else:
@@ -161,8 +183,12 @@ class IpcSource(Source):
             except StopIteration:
                 return
             except (pa.ArrowException, OSError) as exc:  # a damaged message or body (IPC carries no checksums)
-                raise CorruptFileError(f"{self.name}: cannot read the rows after row {done:,}: the file is corrupt: "
-                                       f"{str(exc).strip() or type(exc).__name__}", source=self.name, row=done + 1) from None
+                raise CorruptFileError(
+                    f"{self.name}: cannot read the rows after row {done:,}: the file is corrupt: "
+                    f"{str(exc).strip() or type(exc).__name__}",
+                    source=self.name,
+                    row=done + 1,
+                ) from None
             done += batch.num_rows
             yield from pa.Table.from_batches([batch.select(list(columns))]).to_batches(max_chunksize=batch_rows)
 
@@ -182,16 +208,26 @@ class CsvSource(Source):
             self.names = reader.schema.names
             reader.close()
         except UnicodeDecodeError as exc:  # the column names are decoded as UTF-8
-            raise LoadInputError(f"{self.name}: the header row is not UTF-8 text (column name {exc.object!r}: "
-                                 f"{_undecodable(exc)}); {_UTF8_ONLY}", source=self.name) from None
+            raise LoadInputError(
+                f"{self.name}: the header row is not UTF-8 text (column name {exc.object!r}: "
+                f"{_undecodable(exc)}); {_UTF8_ONLY}",
+                source=self.name,
+            ) from None
         except (pa.ArrowException, OSError) as exc:
             raise _arrow_error(self.name, exc, "not a readable CSV file (a header row is required)") from None
 
-    def batches(self, columns: Sequence[str], types: Mapping[str, pa.DataType], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    def batches(
+        self, columns: Sequence[str], types: Mapping[str, pa.DataType], batch_rows: int
+    ) -> Iterator[pa.RecordBatch]:
         import pyarrow.csv as pcsv
 
-        convert = pcsv.ConvertOptions(column_types=dict(types), include_columns=list(columns), null_values=self.NULLS,
-                                      strings_can_be_null=True, quoted_strings_can_be_null=False)
+        convert = pcsv.ConvertOptions(
+            column_types=dict(types),
+            include_columns=list(columns),
+            null_values=self.NULLS,
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        )
         reader = pcsv.open_csv(self.path, read_options=pcsv.ReadOptions(block_size=8 << 20), convert_options=convert)
         for batch in reader:
             yield from pa.Table.from_batches([batch]).to_batches(max_chunksize=batch_rows)
@@ -205,8 +241,9 @@ class CsvSource(Source):
         import pyarrow.csv as pcsv
 
         as_bytes = {c: pa.binary() for c in columns}  # read as bytes: text that is not UTF-8 is found here too
-        convert = pcsv.ConvertOptions(column_types=as_bytes, include_columns=list(columns), null_values=self.NULLS,
-                                      strings_can_be_null=True)
+        convert = pcsv.ConvertOptions(
+            column_types=as_bytes, include_columns=list(columns), null_values=self.NULLS, strings_can_be_null=True
+        )
         start = 0
         for batch in pcsv.open_csv(self.path, convert_options=convert):
             for name in columns:
@@ -222,8 +259,13 @@ class CsvSource(Source):
                 if lo is None:
                     continue
                 row = start + lo + 1
-                return LoadInputError(f"{self.name}: row {row}, column {name!r}: {col[lo].as_py()!r} is not a valid "
-                                      f"{_CSV_KIND[str(target)]}", source=self.name, column=name, row=row)
+                return LoadInputError(
+                    f"{self.name}: row {row}, column {name!r}: {col[lo].as_py()!r} is not a valid "
+                    f"{_CSV_KIND[str(target)]}",
+                    source=self.name,
+                    column=name,
+                    row=row,
+                )
             start += batch.num_rows
         return None
 
@@ -233,16 +275,22 @@ class CsvSource(Source):
             why = "not UTF-8"
         except UnicodeDecodeError as exc:
             why = _undecodable(exc)
-        return LoadInputError(f"{self.name}: row {row}, column {column!r}: {raw!r} is not UTF-8 text ({why}); "
-                              f"{_UTF8_ONLY}", source=self.name, column=column, row=row)
+        return LoadInputError(
+            f"{self.name}: row {row}, column {column!r}: {raw!r} is not UTF-8 text ({why}); {_UTF8_ONLY}",
+            source=self.name,
+            column=column,
+            row=row,
+        )
 
 
-_UTF8_ONLY = ("pgfeatures reads CSV files as UTF-8: convert the file first, e.g. iconv -f latin1 -t utf-8 IN > OUT "
-              "(or write it as Parquet)")
+_UTF8_ONLY = (
+    "pgfeatures reads CSV files as UTF-8: convert the file first, e.g. iconv -f latin1 -t utf-8 IN > OUT "
+    "(or write it as Parquet)"
+)
 
 
 def _undecodable(exc: UnicodeDecodeError) -> str:
-    bad = exc.object[exc.start:exc.end]
+    bad = exc.object[exc.start : exc.end]
     return f"byte{'s' if len(bad) > 1 else ''} 0x{bad.hex()} at byte {exc.start + 1}"
 
 
@@ -270,18 +318,30 @@ _CSV_KIND = {"double": "number", "int64": "integer", "bool": "boolean (true/fals
 class ArrowSource(Source):
     """An in-memory table, record batch, batch reader or iterable of batches."""
 
-    def __init__(self, name: str, schema: pa.Schema, stream: Iterable[pa.RecordBatch], rows: int | None, rereadable: bool):
+    def __init__(
+        self, name: str, schema: pa.Schema, stream: Iterable[pa.RecordBatch], rows: int | None, rereadable: bool
+    ):
         self.name, self.names, self.types, self.rows = name, schema.names, dict(zip(schema.names, schema.types)), rows
         self.stream, self.rereadable = stream, rereadable
 
-    def batches(self, columns: Sequence[str], types: Mapping[str, pa.DataType], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    def batches(
+        self, columns: Sequence[str], types: Mapping[str, pa.DataType], batch_rows: int
+    ) -> Iterator[pa.RecordBatch]:
         for batch in self.stream:
             yield from pa.Table.from_batches([batch.select(list(columns))]).to_batches(max_chunksize=batch_rows)
 
 
 READERS: dict[str, Callable[[Path], Source]] = {"parquet": ParquetSource, "csv": CsvSource, "arrow": IpcSource}
-_EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".parq": "parquet", ".csv": "csv", ".arrow": "arrow",
-               ".feather": "arrow", ".ipc": "arrow", ".arrows": "arrow"}
+_EXTENSIONS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".parq": "parquet",
+    ".csv": "csv",
+    ".arrow": "arrow",
+    ".feather": "arrow",
+    ".ipc": "arrow",
+    ".arrows": "arrow",
+}
 
 
 def _file_source(path: Path, fmt: str | None) -> Source:
@@ -292,8 +352,11 @@ def _file_source(path: Path, fmt: str | None) -> Source:
             suffixes.pop()  # data.csv.gz: pyarrow decompresses CSV by extension
         fmt = _EXTENSIONS.get(suffixes[-1] if suffixes else "")
         if fmt is None:
-            raise LoadInputError(f"{name}: cannot tell the format from the extension; "
-                                 f"use one of {', '.join(sorted(_EXTENSIONS))} or pass format= (--format)", source=name)
+            raise LoadInputError(
+                f"{name}: cannot tell the format from the extension; "
+                f"use one of {', '.join(sorted(_EXTENSIONS))} or pass format= (--format)",
+                source=name,
+            )
     if not path.is_file():
         raise LoadInputError(f"{name}: no such file", source=name)
     if path.stat().st_size == 0:
@@ -334,7 +397,9 @@ def _batch_iterable_source(data: Iterable[Any], name: str) -> Source:
         yield first
         for batch in it:
             if not isinstance(batch, pa.RecordBatch) or not batch.schema.equals(first.schema):
-                raise LoadInputError(f"{name}: every item must be a RecordBatch with the first one's schema", source=name)
+                raise LoadInputError(
+                    f"{name}: every item must be a RecordBatch with the first one's schema", source=name
+                )
             yield batch
 
     return ArrowSource(name, first.schema, stream(), None, rereadable)
@@ -359,5 +424,7 @@ def _open_one(data: Any, fmt: str | None, name: str) -> Source:
         return source
     if isinstance(data, Iterable) and not isinstance(data, (bytes, str, Mapping)):
         return _batch_iterable_source(data, name)
-    raise LoadInputError(f"cannot load a {type(data).__name__}: give file paths (Parquet, CSV, Arrow), a pyarrow "
-                         "Table/RecordBatch/RecordBatchReader, a pandas or polars DataFrame, or an iterable of RecordBatches")
+    raise LoadInputError(
+        f"cannot load a {type(data).__name__}: give file paths (Parquet, CSV, Arrow), a pyarrow "
+        "Table/RecordBatch/RecordBatchReader, a pandas or polars DataFrame, or an iterable of RecordBatches"
+    )

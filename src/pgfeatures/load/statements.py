@@ -11,9 +11,15 @@ from typing import Any
 from psycopg import sql
 
 from ..definitions import UPDATED_AT, FeatureTable
-from ..schema import covering_index_name, covering_index_sql, drift_problems, freshness_index_name, freshness_index_sql, qualified
+from ..schema import (
+    covering_index_name,
+    covering_index_sql,
+    drift_problems,
+    freshness_index_name,
+    freshness_index_sql,
+    qualified,
+)
 from .columns import Columns
-
 
 CATALOG = sql.SQL("""
 SELECT c.reltuples::float8, c.relpersistence::text, pg_get_userbyid(c.relowner)::text, current_user::text,
@@ -81,11 +87,25 @@ class Catalog:
     index_tablespaces: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_row(cls, row: Sequence[Any]) -> "Catalog":
+    def from_row(cls, row: Sequence[Any]) -> Catalog:
         grants = tuple((g, p, s == "true") for g, p, s in (item.rsplit(",", 2) for item in row[10] or ()))
-        return cls(row[0], row[1], row[2], row[3], tuple(row[4] or ()), dict(zip(row[5] or (), row[6] or ())),
-                   row[7], tuple(row[8] or ()), tuple(row[9] or ()), grants, tuple(row[11] or ()),
-                   tuple(row[12] or ()), row[13], row[14], {name: spc for name, spc in row[15] or ()})
+        return cls(
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            tuple(row[4] or ()),
+            dict(zip(row[5] or (), row[6] or ())),
+            row[7],
+            tuple(row[8] or ()),
+            tuple(row[9] or ()),
+            grants,
+            tuple(row[11] or ()),
+            tuple(row[12] or ()),
+            row[13],
+            row[14],
+            {name: spc for name, spc in row[15] or ()},
+        )
 
     def drift(self, table: FeatureTable) -> list[str]:
         """How the live table differs from the definition: schema.py's comparison, on this catalog row."""
@@ -115,7 +135,9 @@ def stage_table(token: str) -> sql.Identifier:
 
 
 def stage_ddl(stage: sql.Identifier, columns: Columns) -> sql.Composed:
-    cols: list[sql.Composable] = [sql.SQL("{} {}").format(ident(columns.key_column), sql.SQL(columns.entity.column_type))]
+    cols: list[sql.Composable] = [
+        sql.SQL("{} {}").format(ident(columns.key_column), sql.SQL(columns.entity.column_type))
+    ]
     cols += [sql.SQL("{} {}").format(ident(f.name), sql.SQL(f.type.name)) for f in columns.features]
     if columns.updated_at:
         cols.append(sql.SQL("{} timestamptz").format(ident(UPDATED_AT)))
@@ -136,6 +158,7 @@ def staged_values(columns: Columns, alias: str | None = None, stamp: bool = Fals
     """The stage's columns in table order. Without updated_at in the source, each row's event time is
     the load's stamp: ``%s`` (``stamp``: given by the caller) or the transaction's ``now()`` on the
     server (never the client's clock)."""
+
     def col(name: str) -> sql.Identifier:
         return ident(alias, name) if alias else ident(name)
 
@@ -151,8 +174,9 @@ def _newer_stored(columns: Columns, newest_wins: bool) -> sql.Composable:
     return sql.SQL(" WHERE t.{0} <= EXCLUDED.{0}").format(ident(UPDATED_AT))
 
 
-def upsert_sql(live: sql.Identifier, stage: sql.Identifier, columns: Columns, newest_wins: bool = False,
-               stamp: bool = False) -> sql.Composed:
+def upsert_sql(
+    live: sql.Identifier, stage: sql.Identifier, columns: Columns, newest_wins: bool = False, stamp: bool = False
+) -> sql.Composed:
     """Merge the stage into the live table; returns one row: (inserted, updated). With ``newest_wins``
     (and updated_at in the source) a stored row with a larger updated_at is left alone: PostgreSQL
     evaluates the condition on the latest committed row version under the row lock, so concurrent
@@ -162,32 +186,55 @@ def upsert_sql(live: sql.Identifier, stage: sql.Identifier, columns: Columns, ne
         "WITH merged AS (INSERT INTO {live} AS t ({cols}) SELECT {values} FROM {stage} ORDER BY {key} "
         "ON CONFLICT ({key}) DO UPDATE SET {sets}{where} RETURNING (t.xmax = 0) AS inserted) "
         "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged"
-    ).format(live=live, cols=sql.SQL(", ").join(table_columns(columns)), values=staged_values(columns, None, stamp), stage=stage,
-             key=ident(columns.key_column), sets=sql.SQL(", ").join(sets), where=_newer_stored(columns, newest_wins))
+    ).format(
+        live=live,
+        cols=sql.SQL(", ").join(table_columns(columns)),
+        values=staged_values(columns, None, stamp),
+        stage=stage,
+        key=ident(columns.key_column),
+        sets=sql.SQL(", ").join(sets),
+        where=_newer_stored(columns, newest_wins),
+    )
 
 
-def fill_sql(new: sql.Identifier, live: sql.Identifier, stage: sql.Identifier, columns: Columns,
-             newest_wins: bool, stamp: bool = False) -> sql.Composed:
+def fill_sql(
+    new: sql.Identifier,
+    live: sql.Identifier,
+    stage: sql.Identifier,
+    columns: Columns,
+    newest_wins: bool,
+    stamp: bool = False,
+) -> sql.Composed:
     """A rebuild's first step: the staged rows into the new table, but (newest wins) not those whose
     live row has a larger updated_at: the live row is copied instead (``kept_sql``)."""
     query = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} s").format(
-        new, sql.SQL(", ").join(table_columns(columns)), staged_values(columns, "s", stamp), stage)
+        new, sql.SQL(", ").join(table_columns(columns)), staged_values(columns, "s", stamp), stage
+    )
     if newest_wins and columns.updated_at:
         query = sql.SQL("{} WHERE NOT EXISTS (SELECT FROM {} l WHERE l.{} = s.{} AND l.{} > s.{})").format(
-            query, live, ident(columns.key_column), ident(columns.key_column), ident(UPDATED_AT), ident(UPDATED_AT))
+            query, live, ident(columns.key_column), ident(columns.key_column), ident(UPDATED_AT), ident(UPDATED_AT)
+        )
     return query
 
 
-def kept_sql(new: sql.Identifier, live: sql.Identifier, stage: sql.Identifier, table: FeatureTable, columns: Columns,
-             newest_wins: bool) -> sql.Composed:
+def kept_sql(
+    new: sql.Identifier,
+    live: sql.Identifier,
+    stage: sql.Identifier,
+    table: FeatureTable,
+    columns: Columns,
+    newest_wins: bool,
+) -> sql.Composed:
     """A rebuild's second step: the live rows the load does not replace (untouched, or newer than the staged row)."""
     key = ident(table.key_column)
     cols = sql.SQL(", ").join([key, *(ident(f.name) for f in table.features), ident(UPDATED_AT)])
-    newer = (sql.SQL(" AND s.{0} >= l.{0}").format(ident(UPDATED_AT)) if newest_wins and columns.updated_at
-             else sql.SQL(""))
-    return sql.SQL("INSERT INTO {new} ({cols}) SELECT {cols} FROM {live} l WHERE NOT EXISTS "
-                   "(SELECT FROM {stage} s WHERE s.{key} = l.{key}{newer})").format(
-        new=new, cols=cols, live=live, stage=stage, key=key, newer=newer)
+    newer = (
+        sql.SQL(" AND s.{0} >= l.{0}").format(ident(UPDATED_AT)) if newest_wins and columns.updated_at else sql.SQL("")
+    )
+    return sql.SQL(
+        "INSERT INTO {new} ({cols}) SELECT {cols} FROM {live} l WHERE NOT EXISTS "
+        "(SELECT FROM {stage} s WHERE s.{key} = l.{key}{newer})"
+    ).format(new=new, cols=cols, live=live, stage=stage, key=key, newer=newer)
 
 
 # What a swap must carry over to the new table, read under the swap's ACCESS EXCLUSIVE lock (so a
@@ -235,7 +282,7 @@ class SwapState:
     functions: frozenset[str] = frozenset()
 
     @classmethod
-    def from_row(cls, row: Sequence[Any] | None) -> "SwapState":
+    def from_row(cls, row: Sequence[Any] | None) -> SwapState:
         if row is None:
             return cls()
         return cls(tuple(row[0] or ()), tuple(tuple(g) for g in row[1] or ()), frozenset(row[2] or ()))
@@ -250,8 +297,9 @@ class SwapState:
         return sorted({name.rsplit("_", 1)[0] for name in self.trigger_names})
 
 
-def swap_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog, state: SwapState,
-             refreshes: Sequence[Query]) -> list[tuple[Query, tuple[Any, ...]]]:
+def swap_sql(
+    schema: str, table: FeatureTable, new_name: str, catalog: Catalog, state: SwapState, refreshes: Sequence[Query]
+) -> list[tuple[Query, tuple[Any, ...]]]:
     """Give the new table the live one's owner and grants, then drop the live table and rename the new one
     (and its primary key and covering index) into place; move the serving-row triggers and the guard views
     of materialized services to it, and run ``refreshes`` (which recompute its slice of their rows). Run
@@ -263,19 +311,42 @@ def swap_sql(schema: str, table: FeatureTable, new_name: str, catalog: Catalog, 
     for grantee, privilege, grantable in catalog.grants:
         if privilege in _PRIVILEGES:
             to = sql.SQL("PUBLIC") if grantee == "PUBLIC" else ident(grantee)
-            ops.append((sql.SQL("GRANT {} ON {} TO {}{}").format(sql.SQL(privilege), new, to,
-                                                                  sql.SQL(" WITH GRANT OPTION" if grantable else "")), ()))
+            ops.append(
+                (
+                    sql.SQL("GRANT {} ON {} TO {}{}").format(
+                        sql.SQL(privilege), new, to, sql.SQL(" WITH GRANT OPTION" if grantable else "")
+                    ),
+                    (),
+                )
+            )
     ops.append((sql.SQL("DROP TABLE {}").format(qualified(schema, table)), ()))
     ops.append((sql.SQL("ALTER TABLE {} RENAME TO {}").format(new, ident(table.name)), ()))
-    ops.append((sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
-        qualified(schema, table), ident(f"{new_name}_pkey"), ident(catalog.primary_key or f"{table.name}_pkey")), ()))
+    ops.append(
+        (
+            sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+                qualified(schema, table), ident(f"{new_name}_pkey"), ident(catalog.primary_key or f"{table.name}_pkey")
+            ),
+            (),
+        )
+    )
     if table.covering_index:
-        ops.append((sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-            ident(schema, covering_index_name(new_name)),
-            ident(covering_index_name(table))), ()))
+        ops.append(
+            (
+                sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                    ident(schema, covering_index_name(new_name)), ident(covering_index_name(table))
+                ),
+                (),
+            )
+        )
     if freshness_index_name(table) in catalog.indexes:
-        ops.append((sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-            ident(schema, freshness_index_name(new_name)), ident(freshness_index_name(table))), ()))
+        ops.append(
+            (
+                sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                    ident(schema, freshness_index_name(new_name)), ident(freshness_index_name(table))
+                ),
+                (),
+            )
+        )
     # The definitions name the table, which now is the new one.
     ops += [(sql.SQL(definition), ()) for definition in state.triggers]
     for name, definition, comment in state.guards:
@@ -294,12 +365,16 @@ def new_table_sql(schema: str, table: FeatureTable, new_name: str, catalog: Cata
     """The new table, shaped like the live one: columns, defaults, NOT NULL and CHECK constraints,
     storage, persistence, storage parameters and tablespace. Its primary key is added after the rows are in."""
     unlogged = sql.SQL("UNLOGGED ") if catalog.persistence == "u" else sql.SQL("")
-    stmts: list[Query] = [sql.SQL(
-        "CREATE {}TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMMENTS){}"
-    ).format(unlogged, ident(schema, new_name), qualified(schema, table), _tablespace(catalog.tablespace))]
+    stmts: list[Query] = [
+        sql.SQL(
+            "CREATE {}TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMMENTS){}"
+        ).format(unlogged, ident(schema, new_name), qualified(schema, table), _tablespace(catalog.tablespace))
+    ]
     if catalog.reloptions:
-        opts = [sql.SQL("{} = {}").format(ident(*k.split(".")), sql.Literal(v))  # e.g. toast.autovacuum_enabled
-                for k, v in (o.split("=", 1) for o in catalog.reloptions)]
+        opts = [
+            sql.SQL("{} = {}").format(ident(*k.split(".")), sql.Literal(v))  # e.g. toast.autovacuum_enabled
+            for k, v in (o.split("=", 1) for o in catalog.reloptions)
+        ]
         stmts.append(sql.SQL("ALTER TABLE {} SET ({})").format(ident(schema, new_name), sql.SQL(", ").join(opts)))
     return stmts
 
@@ -309,9 +384,14 @@ def new_indexes_sql(schema: str, table: FeatureTable, new_name: str, catalog: Ca
     updated_at, each in the tablespace of the live one it replaces (named after the new table until the
     swap renames them)."""
     pkey_tablespace = catalog.index_tablespaces.get(catalog.primary_key or f"{table.name}_pkey")
-    stmts: list[Query] = [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({}){}").format(
-        ident(schema, new_name), ident(f"{new_name}_pkey"), ident(table.key_column),
-        sql.SQL(" USING INDEX") + _tablespace(pkey_tablespace) if pkey_tablespace else sql.SQL(""))]
+    stmts: list[Query] = [
+        sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({}){}").format(
+            ident(schema, new_name),
+            ident(f"{new_name}_pkey"),
+            ident(table.key_column),
+            sql.SQL(" USING INDEX") + _tablespace(pkey_tablespace) if pkey_tablespace else sql.SQL(""),
+        )
+    ]
     if table.covering_index:
         spc = catalog.index_tablespaces.get(covering_index_name(table))
         stmts.append(covering_index_sql(schema, table, new_name) + _tablespace(spc))

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..definitions import UPDATED_AT, Feature
-from ..errors import LoadInputError
 from ..definitions.types import FLOAT32_SHOWN
+from ..errors import LoadInputError
 from ..write import INT_RANGE
 from .columns import ACCEPTS, Columns, kind_of
 from .copy import encode_copy_rows, key_values, timestamptz_values
@@ -21,11 +21,19 @@ from .eventtime import EventClock, event_times
 from .keys import Keys, Problem, decoded, key_column, nulls_of, take
 from .options import MAX_EXAMPLES, InfPolicy, LoadOptions, NanPolicy, OnInvalid
 
-_NP_TYPE = {"real": np.float32, "double precision": np.float64, "smallint": np.int16, "integer": np.int32,
-            "bigint": np.int64, "boolean": np.bool_}
+_NP_TYPE = {
+    "real": np.float32,
+    "double precision": np.float64,
+    "smallint": np.int16,
+    "integer": np.int32,
+    "bigint": np.int64,
+    "boolean": np.bool_,
+}
 
-def _float_column(arr: pa.Array, column: str, type_name: str, nan: NanPolicy,
-                  inf: InfPolicy) -> tuple[np.ndarray, np.ndarray | None, list[Problem]]:
+
+def _float_column(
+    arr: pa.Array, column: str, type_name: str, nan: NanPolicy, inf: InfPolicy
+) -> tuple[np.ndarray, np.ndarray | None, list[Problem]]:
     nulls = nulls_of(arr)
     if type_name == "real" and arr.type == pa.float32():
         values = arr.to_numpy(zero_copy_only=False)
@@ -39,25 +47,41 @@ def _float_column(arr: pa.Array, column: str, type_name: str, nan: NanPolicy,
         if nan is NanPolicy.NULL:
             nulls = isnan if nulls is None else nulls | isnan
         else:
-            problems.append(Problem(column, isnan, lambda i: "NaN is not allowed (nan='null' / --nan null loads NaN as NULL)"))
+            problems.append(
+                Problem(column, isnan, lambda i: "NaN is not allowed (nan='null' / --nan null loads NaN as NULL)")
+            )
     if inf is not InfPolicy.KEEP:
         isinf = np.isinf(values)
         if isinf.any():
             given = values
-            problems.append(Problem(column, isinf, lambda i: f"{float(given[i])!r} is infinite, which this store refuses "
-                                    "by default (inf='keep' / --inf keep loads it)"))
+            problems.append(
+                Problem(
+                    column,
+                    isinf,
+                    lambda i: (
+                        f"{float(given[i])!r} is infinite, which this store refuses "
+                        "by default (inf='keep' / --inf keep loads it)"
+                    ),
+                )
+            )
     if type_name == "real" and values.dtype != np.float32:
         with np.errstate(over="ignore"):
             narrowed = values.astype(np.float32)
         over = np.isinf(narrowed) & np.isfinite(values)
         if over.any():
             wide = values
-            problems.append(Problem(column, over, lambda i: f"{float(wide[i])!r} is out of range for real (at most ±{FLOAT32_SHOWN})"))
+            problems.append(
+                Problem(
+                    column, over, lambda i: f"{float(wide[i])!r} is out of range for real (at most ±{FLOAT32_SHOWN})"
+                )
+            )
         values = narrowed
     return values, nulls, problems
 
 
-def _int_column(arr: pa.Array, column: str, type_name: str, nan: NanPolicy) -> tuple[np.ndarray, np.ndarray | None, list[Problem]]:
+def _int_column(
+    arr: pa.Array, column: str, type_name: str, nan: NanPolicy
+) -> tuple[np.ndarray, np.ndarray | None, list[Problem]]:
     lo, hi = INT_RANGE[type_name]
     nulls = nulls_of(arr)
     problems: list[Problem] = []
@@ -69,7 +93,9 @@ def _int_column(arr: pa.Array, column: str, type_name: str, nan: NanPolicy) -> t
         if info.min < lo or info.max > hi:
             bad = values > hi if info.min >= 0 else (values < lo) | (values > hi)
             if bad.any():
-                problems.append(Problem(column, bad, lambda i: f"{int(values[i])} is out of range for {type_name} ({lo}..{hi})"))
+                problems.append(
+                    Problem(column, bad, lambda i: f"{int(values[i])} is out of range for {type_name} ({lo}..{hi})")
+                )
         return values.astype(_NP_TYPE[type_name], copy=False), nulls, problems
     floats = pc.cast(arr, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
     isnan = np.isnan(floats)
@@ -79,14 +105,20 @@ def _int_column(arr: pa.Array, column: str, type_name: str, nan: NanPolicy) -> t
         if nan is NanPolicy.NULL:
             nulls = isnan if nulls is None else nulls | isnan
         else:
-            problems.append(Problem(column, isnan, lambda i: "NaN is not allowed (nan='null' / --nan null loads NaN as NULL)"))
+            problems.append(
+                Problem(column, isnan, lambda i: "NaN is not allowed (nan='null' / --nan null loads NaN as NULL)")
+            )
     finite = np.isfinite(floats)
     fraction = finite & (floats != np.trunc(np.where(finite, floats, 0)))
     if fraction.any():
-        problems.append(Problem(column, fraction, lambda i: f"{float(floats[i])!r} is not an integer ({type_name} column)"))
+        problems.append(
+            Problem(column, fraction, lambda i: f"{float(floats[i])!r} is not an integer ({type_name} column)")
+        )
     outside = np.isinf(floats) | (finite & ((floats < lo) | (floats >= hi + 1.0)))
     if outside.any():
-        problems.append(Problem(column, outside, lambda i: f"{float(floats[i])!r} is out of range for {type_name} ({lo}..{hi})"))
+        problems.append(
+            Problem(column, outside, lambda i: f"{float(floats[i])!r} is out of range for {type_name} ({lo}..{hi})")
+        )
     ok = finite & ~fraction & ~outside
     return np.where(ok, floats, 0).astype(_NP_TYPE[type_name]), nulls, problems
 
@@ -98,13 +130,15 @@ def _bool_column(arr: pa.Array, column: str) -> tuple[np.ndarray, np.ndarray | N
     return (arr.fill_null(False) if nulls is not None else arr).to_numpy(zero_copy_only=False), nulls, []
 
 
-def _feature_column(arr: pa.Array, feature: Feature, nan: NanPolicy,
-                    inf: InfPolicy = InfPolicy.REJECT) -> tuple[np.ndarray, np.ndarray | None, list[Problem]]:
+def _feature_column(
+    arr: pa.Array, feature: Feature, nan: NanPolicy, inf: InfPolicy = InfPolicy.REJECT
+) -> tuple[np.ndarray, np.ndarray | None, list[Problem]]:
     arr = decoded(arr)
     kind = kind_of(arr.type)
     if kind not in ACCEPTS[feature.type.name]:  # CSV and iterables are typed only now
-        raise LoadInputError(f"column {feature.name!r} is {arr.type}, which cannot load into {feature.type.name}",
-                             column=feature.name)
+        raise LoadInputError(
+            f"column {feature.name!r} is {arr.type}, which cannot load into {feature.type.name}", column=feature.name
+        )
     if feature.type.name in ("real", "double precision"):
         return _float_column(arr, feature.name, feature.type.name, nan, inf)
     if feature.type.name == "boolean":
@@ -125,8 +159,15 @@ class Staged:
     stamps: np.ndarray | None = None  # their event times (epoch microseconds), when the source has updated_at
 
 
-def stage_batch(batch: pa.RecordBatch, columns: Columns, options: LoadOptions, clock: EventClock,
-                 source: str, first_row: int, seq0: int) -> Staged:
+def stage_batch(
+    batch: pa.RecordBatch,
+    columns: Columns,
+    options: LoadOptions,
+    clock: EventClock,
+    source: str,
+    first_row: int,
+    seq0: int,
+) -> Staged:
     """Validate and encode one batch. ``first_row`` is the 1-based row number of its first row in ``source``;
     ``clock`` fills and checks event times (eventtime.py).
 
@@ -157,8 +198,12 @@ def stage_batch(batch: pa.RecordBatch, columns: Columns, options: LoadOptions, c
         if options.on_invalid is OnInvalid.ABORT:
             first = min(problems, key=lambda p: int(np.argmax(p.mask)))
             i = int(np.argmax(first.mask))
-            raise LoadInputError(f"{source}: row {first_row + i}, column {first.column!r}: {first.reason(i)}",
-                                 source=source, column=first.column, row=first_row + i)
+            raise LoadInputError(
+                f"{source}: row {first_row + i}, column {first.column!r}: {first.reason(i)}",
+                source=source,
+                column=first.column,
+                row=first_row + i,
+            )
         for i in np.flatnonzero(bad)[:MAX_EXAMPLES]:
             p = next(p for p in problems if p.mask[i])
             examples.append(f"{source}: row {first_row + int(i)}, column {p.column!r}: {p.reason(int(i))}")
@@ -167,6 +212,9 @@ def stage_batch(batch: pa.RecordBatch, columns: Columns, options: LoadOptions, c
         keys, seqs = take(keys, keep), seqs[keep]
         encoded = [(v[keep], None if m is None else m[keep]) for v, m in encoded]
         stamps = None if stamps is None else stamps[keep]
-    payload = (encode_copy_rows([(key_values(columns.entity.key_type, keys), None), *encoded, (seqs, None)])
-               if len(seqs) else memoryview(b""))
+    payload = (
+        encode_copy_rows([(key_values(columns.entity.key_type, keys), None), *encoded, (seqs, None)])
+        if len(seqs)
+        else memoryview(b"")
+    )
     return Staged(payload, keys, seqs, rejected, examples, stamps)

@@ -55,7 +55,9 @@ class BuildSummary:
 
     def describe(self) -> str:
         built = ", ".join(f"{name} ({n:,} rows)" for name, n in self.rows.items())
-        return f"materialized {self.service} in {self.seconds:.1f}s (switch {self.switch_seconds * 1000:.0f} ms): {built}"
+        return (
+            f"materialized {self.service} in {self.seconds:.1f}s (switch {self.switch_seconds * 1000:.0f} ms): {built}"
+        )
 
 
 @dataclass
@@ -90,8 +92,11 @@ def states(conn: psycopg.Connection, registry: Registry) -> dict[str, LayoutStat
     """Per materialized service: whether its serving rows can be read (``built``), and if not why
     (``missing``: build it; ``stale``: rebuild it): see state.py."""
     catalog = serving_catalog(conn, registry.schema)
-    return {name: service_state(catalog.state(layout) for layout in registry.layouts(name))
-            for name, svc in registry.services.items() if svc.materialize}
+    return {
+        name: service_state(catalog.state(layout) for layout in registry.layouts(name))
+        for name, svc in registry.services.items()
+        if svc.materialize
+    }
 
 
 def status(conn: psycopg.Connection, registry: Registry) -> dict[str, str]:
@@ -99,8 +104,14 @@ def status(conn: psycopg.Connection, registry: Registry) -> dict[str, str]:
     return {name: s.state for name, s in (states(conn, registry)).items()}
 
 
-def materialize(conn: psycopg.Connection, registry: Registry, service: str, *,
-                            progress: Progress | None = None, lock_timeout: float = 10.0) -> BuildSummary:
+def materialize(
+    conn: psycopg.Connection,
+    registry: Registry,
+    service: str,
+    *,
+    progress: Progress | None = None,
+    lock_timeout: float = 10.0,
+) -> BuildSummary:
     """Build (or rebuild) ``service``'s serving rows online; see the module docstring.
 
     Raises DefinitionError (unknown or not materialized service), MaterializeError (a table named like
@@ -108,8 +119,7 @@ def materialize(conn: psycopg.Connection, registry: Registry, service: str, *,
     had within ``lock_timeout``: LockNotAvailable); on any error nothing changed.
     """
     with conn.transaction():
-        lock_tables(conn, registry.schema, tables_of(materialized_layouts(registry, service)), lock_timeout,
-                                progress)
+        lock_tables(conn, registry.schema, tables_of(materialized_layouts(registry, service)), lock_timeout, progress)
         prepared = prepare_build(conn, registry, service, progress=progress)
         switch(conn, registry.schema, [prepared], progress=progress, lock_timeout=lock_timeout)
     vacuum(conn, registry.schema, prepared.layouts, progress)
@@ -122,20 +132,33 @@ def tables_of(layouts: Sequence[EntityLayout]) -> list[str]:
     return sorted({t.name for layout in layouts for t in layout.tables})
 
 
-def lock_tables(conn: psycopg.Connection, schema: str, tables: Sequence[str], lock_timeout: float,
-                            progress: Progress | None = None) -> None:
+def lock_tables(
+    conn: psycopg.Connection,
+    schema: str,
+    tables: Sequence[str],
+    lock_timeout: float,
+    progress: Progress | None = None,
+) -> None:
     """SHARE-lock ``tables`` (inside the caller's transaction): writers wait until COMMIT, readers go on."""
-    conn.execute(sql.SQL("SELECT set_config('lock_timeout', {}, true)").format(
-        sql.Literal(f"{int(lock_timeout * 1000)}ms")))
+    conn.execute(
+        sql.SQL("SELECT set_config('lock_timeout', {}, true)").format(sql.Literal(f"{int(lock_timeout * 1000)}ms"))
+    )
     if progress:
         progress(f"locking {len(tables)} feature table(s) against writes (readers go on)")
     if tables:
-        conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(
-            sql.SQL(", ").join(sql.Identifier(schema, t) for t in tables)))
+        conn.execute(
+            sql.SQL("LOCK TABLE {} IN SHARE MODE").format(sql.SQL(", ").join(sql.Identifier(schema, t) for t in tables))
+        )
 
 
-def prepare_build(conn: psycopg.Connection, registry: Registry, service: str, *,
-                              absent: Collection[tuple[str, str]] = (), progress: Progress | None = None) -> PreparedBuild:
+def prepare_build(
+    conn: psycopg.Connection,
+    registry: Registry,
+    service: str,
+    *,
+    absent: Collection[tuple[str, str]] = (),
+    progress: Progress | None = None,
+) -> PreparedBuild:
     """Fill ``service``'s new serving tables under temporary names (inside the caller's transaction,
     its tables SHARE-locked). ``absent``: ``(table, feature)`` columns that ``apply`` adds just before
     the switch (NULL in every row)."""
@@ -146,8 +169,10 @@ def prepare_build(conn: psycopg.Connection, registry: Registry, service: str, *,
     catalog = serving_catalog(conn, schema)
     for layout in layouts:
         if layout.table_name in catalog.foreign:
-            raise MaterializeError(f"cannot build {service}: a table {schema}.{layout.table_name} exists that pgfeatures did "
-                                   "not build (the _pgf_ prefix is reserved); rename or drop it, then retry")
+            raise MaterializeError(
+                f"cannot build {service}: a table {schema}.{layout.table_name} exists that pgfeatures did "
+                "not build (the _pgf_ prefix is reserved); rename or drop it, then retry"
+            )
     summary = BuildSummary(service)
     conn.execute(b"SELECT set_config('work_mem', '256MB', true), set_config('maintenance_work_mem', '512MB', true)")
     new_names = {}
@@ -159,15 +184,23 @@ def prepare_build(conn: psycopg.Connection, registry: Registry, service: str, *,
         cur = conn.execute(m.build_sql(schema, layout, new, absent))
         summary.rows[layout.table_name] = cur.rowcount
         report(f"indexing {layout.table_name} ({cur.rowcount:,} rows)")
-        conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(
-            sql.Identifier(schema, new), sql.Identifier(layout.entity.column)))
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(
+                sql.Identifier(schema, new), sql.Identifier(layout.entity.column)
+            )
+        )
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, new)))
         new_names[layout.table_name] = new
     return PreparedBuild(service, layouts, new_names, summary, started)
 
 
-def switch(conn: psycopg.Connection, schema: str, builds: Sequence[PreparedBuild],
-                       progress: Progress | None = None, lock_timeout: float = 10.0) -> None:
+def switch(
+    conn: psycopg.Connection,
+    schema: str,
+    builds: Sequence[PreparedBuild],
+    progress: Progress | None = None,
+    lock_timeout: float = 10.0,
+) -> None:
     """Switch prepared builds in (inside their transaction): drop each service's previous serving
     tables and their objects, rename the new tables into place, create their guard views, triggers and
     refresh functions. The exclusive locks this takes are held until COMMIT: callers commit at once."""
@@ -179,9 +212,14 @@ def switch(conn: psycopg.Connection, schema: str, builds: Sequence[PreparedBuild
         build.summary.switch_seconds = time.perf_counter() - started
 
 
-def lock_for_switch(conn: psycopg.Connection, schema: str, builds: Sequence[PreparedBuild],
-                                dropped: Sequence[tuple[str, Sequence[str]]], tables: Collection[str],
-                                lock_timeout: float) -> None:
+def lock_for_switch(
+    conn: psycopg.Connection,
+    schema: str,
+    builds: Sequence[PreparedBuild],
+    dropped: Sequence[tuple[str, Sequence[str]]],
+    tables: Collection[str],
+    lock_timeout: float,
+) -> None:
     """The exclusive locks a switch needs, in the order no reader can deadlock with: the serving tables
     replaced (of ``builds``, and of the ``dropped`` services, as (service, entities)), then, all at once
     or none (``sql.lock_exclusively_sql``), the tables their triggers are on, the tables the new layouts
@@ -193,16 +231,23 @@ def lock_for_switch(conn: psycopg.Connection, schema: str, builds: Sequence[Prep
     members = set(tables) | {table for old in olds for table, _ in catalog.triggers_of(old)}
     members |= {t.name for build in builds for layout in build.layouts for t in layout.tables}
     cur = psycopg.RawCursor(conn)
-    cur.execute(b"SELECT r FROM unnest($1::text[]) r WHERE to_regclass(quote_ident($2) || '.' || quote_ident(r)) "
-                      b"IS NOT NULL ORDER BY r", (sorted(members), schema), prepare=False)
+    cur.execute(
+        b"SELECT r FROM unnest($1::text[]) r WHERE to_regclass(quote_ident($2) || '.' || quote_ident(r)) "
+        b"IS NOT NULL ORDER BY r",
+        (sorted(members), schema),
+        prepare=False,
+    )
     existing = [row[0] for row in cur.fetchall()]
     # Readers of serving rows lock the serving table, then its guard view, then the tables the view reads:
     # the serving tables first then (no reader of them holds anything else once they are had), the feature
     # tables all at once or none (flexible reads lock them in any order). Never LOCK a guard view: that
     # locks every table it reads too; the DROP VIEW that follows takes the view's lock alone.
     if serving:
-        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-            sql.SQL(", ").join(sql.Identifier(schema, n) for n in serving)))
+        conn.execute(
+            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                sql.SQL(", ").join(sql.Identifier(schema, n) for n in serving)
+            )
+        )
     if existing:
         conn.execute(m.lock_exclusively_sql([sql.Identifier(schema, n) for n in existing], lock_timeout))
 
@@ -228,18 +273,26 @@ def drop_service(conn: psycopg.Connection, schema: str, service: str, entities: 
     return dropped
 
 
-def install(conn: psycopg.Connection, schema: str, builds: Sequence[PreparedBuild],
-                        progress: Progress | None = None) -> None:
+def install(
+    conn: psycopg.Connection, schema: str, builds: Sequence[PreparedBuild], progress: Progress | None = None
+) -> None:
     """The second half of ``switch_async``: the new tables renamed into place, with their guard views,
     triggers and refresh functions."""
     for build in builds:
         for layout in build.layouts:
             new = build.new_names[layout.table_name]
-            conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                sql.Identifier(schema, new), sql.Identifier(layout.table_name)))
-            conn.execute(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
-                sql.Identifier(schema, layout.table_name), sql.Identifier(f"{new}_pkey"),
-                sql.Identifier(derived(layout.table_name, "_pkey"))))
+            conn.execute(
+                sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                    sql.Identifier(schema, new), sql.Identifier(layout.table_name)
+                )
+            )
+            conn.execute(
+                sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+                    sql.Identifier(schema, layout.table_name),
+                    sql.Identifier(f"{new}_pkey"),
+                    sql.Identifier(derived(layout.table_name, "_pkey")),
+                )
+            )
             for statement in m.guard_sql(schema, layout):
                 conn.execute(statement)
             for table in layout.tables:
@@ -254,25 +307,34 @@ def drop_serving(conn: psycopg.Connection, schema: str, catalog: ServingCatalog,
     """Drop a serving table and everything that belongs to it: its triggers on the tables it reads,
     their refresh functions, its guard view."""
     for table, trigger in catalog.triggers_of(old):
-        conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger),
-                                                                           sql.Identifier(schema, table)))
+        conn.execute(
+            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), sql.Identifier(schema, table))
+        )
     functions = {trigger[: len(m.TRIGGER_PREFIX) + 20] for _, trigger in catalog.triggers_of(old)}
     for table in old.tables:
         functions.add(m.trigger_name_for(old.name, table))
     for function in sorted(functions):
         conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(schema, function)))
-        conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(schema, m.refresh_of_trigger(function))))
+        conn.execute(
+            sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(schema, m.refresh_of_trigger(function)))
+        )
     if old.legacy:  # a version before LAYOUT_VERSION 2 kept one refresh function per table, naming this table
         for table in sorted({table for table, _ in catalog.triggers_of(old)}):
-            conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
-                sql.Identifier(schema, (m.LEGACY_REFRESH_PREFIX + table)[:63])))
+            conn.execute(
+                sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
+                    sql.Identifier(schema, (m.LEGACY_REFRESH_PREFIX + table)[:63])
+                )
+            )
     else:
-        conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(schema, m.guard_name_for(old.fingerprint))))
+        conn.execute(
+            sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(schema, m.guard_name_for(old.fingerprint)))
+        )
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, old.name)))
 
 
-def vacuum(conn: psycopg.Connection, schema: str, layouts: Sequence[EntityLayout],
-                       progress: Progress | None = None) -> None:
+def vacuum(
+    conn: psycopg.Connection, schema: str, layouts: Sequence[EntityLayout], progress: Progress | None = None
+) -> None:
     """VACUUM (ANALYZE) new serving tables (outside a transaction): sets their visibility map."""
     if progress:
         progress("vacuuming the new serving tables")

@@ -53,7 +53,9 @@ class BuildSummary:
 
     def describe(self) -> str:
         built = ", ".join(f"{name} ({n:,} rows)" for name, n in self.rows.items())
-        return f"materialized {self.service} in {self.seconds:.1f}s (switch {self.switch_seconds * 1000:.0f} ms): {built}"
+        return (
+            f"materialized {self.service} in {self.seconds:.1f}s (switch {self.switch_seconds * 1000:.0f} ms): {built}"
+        )
 
 
 @dataclass
@@ -88,8 +90,11 @@ async def states_async(conn: psycopg.AsyncConnection, registry: Registry) -> dic
     """Per materialized service: whether its serving rows can be read (``built``), and if not why
     (``missing``: build it; ``stale``: rebuild it): see state.py."""
     catalog = await serving_catalog_async(conn, registry.schema)
-    return {name: service_state(catalog.state(layout) for layout in registry.layouts(name))
-            for name, svc in registry.services.items() if svc.materialize}
+    return {
+        name: service_state(catalog.state(layout) for layout in registry.layouts(name))
+        for name, svc in registry.services.items()
+        if svc.materialize
+    }
 
 
 async def status_async(conn: psycopg.AsyncConnection, registry: Registry) -> dict[str, str]:
@@ -97,8 +102,14 @@ async def status_async(conn: psycopg.AsyncConnection, registry: Registry) -> dic
     return {name: s.state for name, s in (await states_async(conn, registry)).items()}
 
 
-async def materialize_async(conn: psycopg.AsyncConnection, registry: Registry, service: str, *,
-                            progress: Progress | None = None, lock_timeout: float = 10.0) -> BuildSummary:
+async def materialize_async(
+    conn: psycopg.AsyncConnection,
+    registry: Registry,
+    service: str,
+    *,
+    progress: Progress | None = None,
+    lock_timeout: float = 10.0,
+) -> BuildSummary:
     """Build (or rebuild) ``service``'s serving rows online; see the module docstring.
 
     Raises DefinitionError (unknown or not materialized service), MaterializeError (a table named like
@@ -106,8 +117,9 @@ async def materialize_async(conn: psycopg.AsyncConnection, registry: Registry, s
     had within ``lock_timeout``: LockNotAvailable); on any error nothing changed.
     """
     async with conn.transaction():
-        await lock_tables_async(conn, registry.schema, tables_of(materialized_layouts(registry, service)), lock_timeout,
-                                progress)
+        await lock_tables_async(
+            conn, registry.schema, tables_of(materialized_layouts(registry, service)), lock_timeout, progress
+        )
         prepared = await prepare_build_async(conn, registry, service, progress=progress)
         await switch_async(conn, registry.schema, [prepared], progress=progress, lock_timeout=lock_timeout)
     await vacuum_async(conn, registry.schema, prepared.layouts, progress)
@@ -120,20 +132,33 @@ def tables_of(layouts: Sequence[EntityLayout]) -> list[str]:
     return sorted({t.name for layout in layouts for t in layout.tables})
 
 
-async def lock_tables_async(conn: psycopg.AsyncConnection, schema: str, tables: Sequence[str], lock_timeout: float,
-                            progress: Progress | None = None) -> None:
+async def lock_tables_async(
+    conn: psycopg.AsyncConnection,
+    schema: str,
+    tables: Sequence[str],
+    lock_timeout: float,
+    progress: Progress | None = None,
+) -> None:
     """SHARE-lock ``tables`` (inside the caller's transaction): writers wait until COMMIT, readers go on."""
-    await conn.execute(sql.SQL("SELECT set_config('lock_timeout', {}, true)").format(
-        sql.Literal(f"{int(lock_timeout * 1000)}ms")))
+    await conn.execute(
+        sql.SQL("SELECT set_config('lock_timeout', {}, true)").format(sql.Literal(f"{int(lock_timeout * 1000)}ms"))
+    )
     if progress:
         progress(f"locking {len(tables)} feature table(s) against writes (readers go on)")
     if tables:
-        await conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(
-            sql.SQL(", ").join(sql.Identifier(schema, t) for t in tables)))
+        await conn.execute(
+            sql.SQL("LOCK TABLE {} IN SHARE MODE").format(sql.SQL(", ").join(sql.Identifier(schema, t) for t in tables))
+        )
 
 
-async def prepare_build_async(conn: psycopg.AsyncConnection, registry: Registry, service: str, *,
-                              absent: Collection[tuple[str, str]] = (), progress: Progress | None = None) -> PreparedBuild:
+async def prepare_build_async(
+    conn: psycopg.AsyncConnection,
+    registry: Registry,
+    service: str,
+    *,
+    absent: Collection[tuple[str, str]] = (),
+    progress: Progress | None = None,
+) -> PreparedBuild:
     """Fill ``service``'s new serving tables under temporary names (inside the caller's transaction,
     its tables SHARE-locked). ``absent``: ``(table, feature)`` columns that ``apply`` adds just before
     the switch (NULL in every row)."""
@@ -144,10 +169,14 @@ async def prepare_build_async(conn: psycopg.AsyncConnection, registry: Registry,
     catalog = await serving_catalog_async(conn, schema)
     for layout in layouts:
         if layout.table_name in catalog.foreign:
-            raise MaterializeError(f"cannot build {service}: a table {schema}.{layout.table_name} exists that pgfeatures did "
-                                   "not build (the _pgf_ prefix is reserved); rename or drop it, then retry")
+            raise MaterializeError(
+                f"cannot build {service}: a table {schema}.{layout.table_name} exists that pgfeatures did "
+                "not build (the _pgf_ prefix is reserved); rename or drop it, then retry"
+            )
     summary = BuildSummary(service)
-    await conn.execute(b"SELECT set_config('work_mem', '256MB', true), set_config('maintenance_work_mem', '512MB', true)")
+    await conn.execute(
+        b"SELECT set_config('work_mem', '256MB', true), set_config('maintenance_work_mem', '512MB', true)"
+    )
     new_names = {}
     for layout in layouts:
         new = f"_pgf_new_{secrets.token_hex(6)}"
@@ -157,15 +186,23 @@ async def prepare_build_async(conn: psycopg.AsyncConnection, registry: Registry,
         cur = await conn.execute(m.build_sql(schema, layout, new, absent))
         summary.rows[layout.table_name] = cur.rowcount
         report(f"indexing {layout.table_name} ({cur.rowcount:,} rows)")
-        await conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(
-            sql.Identifier(schema, new), sql.Identifier(layout.entity.column)))
+        await conn.execute(
+            sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(
+                sql.Identifier(schema, new), sql.Identifier(layout.entity.column)
+            )
+        )
         await conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, new)))
         new_names[layout.table_name] = new
     return PreparedBuild(service, layouts, new_names, summary, started)
 
 
-async def switch_async(conn: psycopg.AsyncConnection, schema: str, builds: Sequence[PreparedBuild],
-                       progress: Progress | None = None, lock_timeout: float = 10.0) -> None:
+async def switch_async(
+    conn: psycopg.AsyncConnection,
+    schema: str,
+    builds: Sequence[PreparedBuild],
+    progress: Progress | None = None,
+    lock_timeout: float = 10.0,
+) -> None:
     """Switch prepared builds in (inside their transaction): drop each service's previous serving
     tables and their objects, rename the new tables into place, create their guard views, triggers and
     refresh functions. The exclusive locks this takes are held until COMMIT: callers commit at once."""
@@ -177,9 +214,14 @@ async def switch_async(conn: psycopg.AsyncConnection, schema: str, builds: Seque
         build.summary.switch_seconds = time.perf_counter() - started
 
 
-async def lock_for_switch_async(conn: psycopg.AsyncConnection, schema: str, builds: Sequence[PreparedBuild],
-                                dropped: Sequence[tuple[str, Sequence[str]]], tables: Collection[str],
-                                lock_timeout: float) -> None:
+async def lock_for_switch_async(
+    conn: psycopg.AsyncConnection,
+    schema: str,
+    builds: Sequence[PreparedBuild],
+    dropped: Sequence[tuple[str, Sequence[str]]],
+    tables: Collection[str],
+    lock_timeout: float,
+) -> None:
     """The exclusive locks a switch needs, in the order no reader can deadlock with: the serving tables
     replaced (of ``builds``, and of the ``dropped`` services, as (service, entities)), then, all at once
     or none (``sql.lock_exclusively_sql``), the tables their triggers are on, the tables the new layouts
@@ -191,16 +233,23 @@ async def lock_for_switch_async(conn: psycopg.AsyncConnection, schema: str, buil
     members = set(tables) | {table for old in olds for table, _ in catalog.triggers_of(old)}
     members |= {t.name for build in builds for layout in build.layouts for t in layout.tables}
     cur = psycopg.AsyncRawCursor(conn)
-    await cur.execute(b"SELECT r FROM unnest($1::text[]) r WHERE to_regclass(quote_ident($2) || '.' || quote_ident(r)) "
-                      b"IS NOT NULL ORDER BY r", (sorted(members), schema), prepare=False)
+    await cur.execute(
+        b"SELECT r FROM unnest($1::text[]) r WHERE to_regclass(quote_ident($2) || '.' || quote_ident(r)) "
+        b"IS NOT NULL ORDER BY r",
+        (sorted(members), schema),
+        prepare=False,
+    )
     existing = [row[0] for row in await cur.fetchall()]
     # Readers of serving rows lock the serving table, then its guard view, then the tables the view reads:
     # the serving tables first then (no reader of them holds anything else once they are had), the feature
     # tables all at once or none (flexible reads lock them in any order). Never LOCK a guard view: that
     # locks every table it reads too; the DROP VIEW that follows takes the view's lock alone.
     if serving:
-        await conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-            sql.SQL(", ").join(sql.Identifier(schema, n) for n in serving)))
+        await conn.execute(
+            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                sql.SQL(", ").join(sql.Identifier(schema, n) for n in serving)
+            )
+        )
     if existing:
         await conn.execute(m.lock_exclusively_sql([sql.Identifier(schema, n) for n in existing], lock_timeout))
 
@@ -215,7 +264,9 @@ async def drop_replaced_async(conn: psycopg.AsyncConnection, schema: str, builds
             build.summary.replaced.append(old.name)
 
 
-async def drop_service_async(conn: psycopg.AsyncConnection, schema: str, service: str, entities: Sequence[str]) -> list[str]:
+async def drop_service_async(
+    conn: psycopg.AsyncConnection, schema: str, service: str, entities: Sequence[str]
+) -> list[str]:
     """Drop every serving table of ``service`` (of its entities' legacy names too) and their objects:
     the service is no longer materialized. Returns the tables dropped."""
     catalog = await serving_catalog_async(conn, schema)
@@ -226,18 +277,26 @@ async def drop_service_async(conn: psycopg.AsyncConnection, schema: str, service
     return dropped
 
 
-async def install_async(conn: psycopg.AsyncConnection, schema: str, builds: Sequence[PreparedBuild],
-                        progress: Progress | None = None) -> None:
+async def install_async(
+    conn: psycopg.AsyncConnection, schema: str, builds: Sequence[PreparedBuild], progress: Progress | None = None
+) -> None:
     """The second half of ``switch_async``: the new tables renamed into place, with their guard views,
     triggers and refresh functions."""
     for build in builds:
         for layout in build.layouts:
             new = build.new_names[layout.table_name]
-            await conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                sql.Identifier(schema, new), sql.Identifier(layout.table_name)))
-            await conn.execute(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
-                sql.Identifier(schema, layout.table_name), sql.Identifier(f"{new}_pkey"),
-                sql.Identifier(derived(layout.table_name, "_pkey"))))
+            await conn.execute(
+                sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                    sql.Identifier(schema, new), sql.Identifier(layout.table_name)
+                )
+            )
+            await conn.execute(
+                sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+                    sql.Identifier(schema, layout.table_name),
+                    sql.Identifier(f"{new}_pkey"),
+                    sql.Identifier(derived(layout.table_name, "_pkey")),
+                )
+            )
             for statement in m.guard_sql(schema, layout):
                 await conn.execute(statement)
             for table in layout.tables:
@@ -248,29 +307,40 @@ async def install_async(conn: psycopg.AsyncConnection, schema: str, builds: Sequ
             progress(f"{build.service}: switched to {', '.join(layout.table_name for layout in build.layouts)}")
 
 
-async def drop_serving_async(conn: psycopg.AsyncConnection, schema: str, catalog: ServingCatalog, old: ServingTable) -> None:
+async def drop_serving_async(
+    conn: psycopg.AsyncConnection, schema: str, catalog: ServingCatalog, old: ServingTable
+) -> None:
     """Drop a serving table and everything that belongs to it: its triggers on the tables it reads,
     their refresh functions, its guard view."""
     for table, trigger in catalog.triggers_of(old):
-        await conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger),
-                                                                           sql.Identifier(schema, table)))
+        await conn.execute(
+            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), sql.Identifier(schema, table))
+        )
     functions = {trigger[: len(m.TRIGGER_PREFIX) + 20] for _, trigger in catalog.triggers_of(old)}
     for table in old.tables:
         functions.add(m.trigger_name_for(old.name, table))
     for function in sorted(functions):
         await conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(schema, function)))
-        await conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(schema, m.refresh_of_trigger(function))))
+        await conn.execute(
+            sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(schema, m.refresh_of_trigger(function)))
+        )
     if old.legacy:  # a version before LAYOUT_VERSION 2 kept one refresh function per table, naming this table
         for table in sorted({table for table, _ in catalog.triggers_of(old)}):
-            await conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
-                sql.Identifier(schema, (m.LEGACY_REFRESH_PREFIX + table)[:63])))
+            await conn.execute(
+                sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
+                    sql.Identifier(schema, (m.LEGACY_REFRESH_PREFIX + table)[:63])
+                )
+            )
     else:
-        await conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(schema, m.guard_name_for(old.fingerprint))))
+        await conn.execute(
+            sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(schema, m.guard_name_for(old.fingerprint)))
+        )
     await conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, old.name)))
 
 
-async def vacuum_async(conn: psycopg.AsyncConnection, schema: str, layouts: Sequence[EntityLayout],
-                       progress: Progress | None = None) -> None:
+async def vacuum_async(
+    conn: psycopg.AsyncConnection, schema: str, layouts: Sequence[EntityLayout], progress: Progress | None = None
+) -> None:
     """VACUUM (ANALYZE) new serving tables (outside a transaction): sets their visibility map."""
     if progress:
         progress("vacuuming the new serving tables")

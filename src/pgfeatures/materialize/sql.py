@@ -68,6 +68,7 @@ EVENTS = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
 
 # -- names: every object belongs to one layout ---------------------------------------------------
 
+
 def _short(*parts: str) -> str:
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:20]
 
@@ -93,7 +94,7 @@ def refresh_name(layout: EntityLayout, table: FeatureTable | str) -> str:
 
 def refresh_of_trigger(trigger: str) -> str:
     """The refresh function of a trigger (``_pgf_m_<h>_<event>`` or ``_pgf_m_<h>``)."""
-    return REFRESH_PREFIX + trigger[len(TRIGGER_PREFIX): len(TRIGGER_PREFIX) + 20]
+    return REFRESH_PREFIX + trigger[len(TRIGGER_PREFIX) : len(TRIGGER_PREFIX) + 20]
 
 
 def guard_name(layout: EntityLayout) -> str:
@@ -114,10 +115,16 @@ def _element(layout: EntityLayout, group: str) -> sql.SQL:
 
 # -- the serving table and what it records about itself ------------------------------------------
 
+
 def describe(layout: EntityLayout) -> dict[str, Any]:
     """What the serving table's comment records: whose rows these are (read back by ``parse_comment``)."""
-    return {"service": layout.service, "entity": layout.entity.name, "fingerprint": layout.fingerprint,
-            "tables": [t.name for t in layout.tables], "version": LAYOUT_VERSION}
+    return {
+        "service": layout.service,
+        "entity": layout.entity.name,
+        "fingerprint": layout.fingerprint,
+        "tables": [t.name for t in layout.tables],
+        "version": LAYOUT_VERSION,
+    }
 
 
 def parse_comment(comment: str | None) -> dict[str, Any] | None:
@@ -126,17 +133,19 @@ def parse_comment(comment: str | None) -> dict[str, Any] | None:
     if not comment:
         return None
     if comment.startswith(LEGACY_COMMENT_PREFIX):
-        return {"legacy": comment[len(LEGACY_COMMENT_PREFIX):].strip()}
+        return {"legacy": comment[len(LEGACY_COMMENT_PREFIX) :].strip()}
     if comment.startswith(COMMENT_PREFIX):
         try:
-            record = json.loads(comment[len(COMMENT_PREFIX):])
+            record = json.loads(comment[len(COMMENT_PREFIX) :])
         except ValueError:
             return None
         return record if isinstance(record, dict) and "fingerprint" in record else None
     return None
 
 
-def create_table_sql(schema: str, layout: EntityLayout, name: str | None = None, primary_key: bool = True) -> list[sql.Composed]:
+def create_table_sql(
+    schema: str, layout: EntityLayout, name: str | None = None, primary_key: bool = True
+) -> list[sql.Composed]:
     """CREATE TABLE of an entity's serving rows (``name``: another name, for a build to swap in;
     ``primary_key=False``: the key index is built after the rows are in, which is faster). Not
     ``IF NOT EXISTS``: a table of that name that is not this build's is an error, never reused."""
@@ -146,11 +155,20 @@ def create_table_sql(schema: str, layout: EntityLayout, name: str | None = None,
     cols = [sql.SQL("{} {}{}").format(sql.Identifier(entity.column), sql.SQL(entity.column_type), pk)]
     cols += [sql.SQL("{} {}[] NOT NULL").format(sql.Identifier(g), _element(layout, g)) for g in layout.groups]
     cols.append(sql.SQL("{} bigint[] NOT NULL").format(sql.Identifier(TS)))
-    out: list[sql.Composed] = [sql.SQL("CREATE TABLE {} ({}) WITH (fillfactor = {})").format(
-        ident, sql.SQL(", ").join(cols), sql.Literal(FILLFACTOR))]
+    out: list[sql.Composed] = [
+        sql.SQL("CREATE TABLE {} ({}) WITH (fillfactor = {})").format(
+            ident, sql.SQL(", ").join(cols), sql.Literal(FILLFACTOR)
+        )
+    ]
     # Keep the arrays in the row (no TOAST pointer to follow on a read); a 240-feature row is ~1.1 kB.
-    out.append(sql.SQL("ALTER TABLE {} {}").format(ident, sql.SQL(", ").join(
-        sql.SQL("ALTER COLUMN {} SET STORAGE MAIN").format(sql.Identifier(c)) for c in (*layout.groups, TS))))
+    out.append(
+        sql.SQL("ALTER TABLE {} {}").format(
+            ident,
+            sql.SQL(", ").join(
+                sql.SQL("ALTER COLUMN {} SET STORAGE MAIN").format(sql.Identifier(c)) for c in (*layout.groups, TS)
+            ),
+        )
+    )
     out.append(comment_sql(schema, layout, name))
     return out
 
@@ -158,10 +176,12 @@ def create_table_sql(schema: str, layout: EntityLayout, name: str | None = None,
 def comment_sql(schema: str, layout: EntityLayout, name: str | None = None) -> sql.Composed:
     return sql.SQL("COMMENT ON TABLE {} IS {}").format(
         sql.Identifier(schema, name or layout.table_name),
-        sql.Literal(COMMENT_PREFIX + json.dumps(describe(layout), sort_keys=True)))
+        sql.Literal(COMMENT_PREFIX + json.dumps(describe(layout), sort_keys=True)),
+    )
 
 
 # -- values of a serving row ---------------------------------------------------------------------
+
 
 def stamp_sql(alias: str) -> sql.Composable:
     """A row's ``ts`` entry: its updated_at in epoch microseconds (what the readers decode)."""
@@ -181,13 +201,17 @@ def _value(alias: str, slot: Slot, absent: Collection[tuple[str, str]] = ()) -> 
     return col
 
 
-def _arrays(layout: EntityLayout, aliases: Mapping[str, str | None],
-            absent: Collection[tuple[str, str]] = ()) -> list[sql.Composable]:
+def _arrays(
+    layout: EntityLayout, aliases: Mapping[str, str | None], absent: Collection[tuple[str, str]] = ()
+) -> list[sql.Composable]:
     """Each array of the serving row, built from the tables whose alias is given (NULL for the others)."""
     out: list[sql.Composable] = []
     for group in layout.groups:
-        values = [_value(a, s, absent) if (a := aliases.get(s.table)) else sql.SQL("NULL")
-                  for s in layout.slots if s.group == group]
+        values = [
+            _value(a, s, absent) if (a := aliases.get(s.table)) else sql.SQL("NULL")
+            for s in layout.slots
+            if s.group == group
+        ]
         out.append(sql.SQL("ARRAY[{}]::{}[]").format(sql.SQL(", ").join(values), _element(layout, group)))
     stamps = [stamp_sql(a) if (a := aliases.get(t.name)) else sql.SQL("NULL") for t in layout.tables]
     out.append(sql.SQL("ARRAY[{}]::int8[]").format(sql.SQL(", ").join(stamps)))
@@ -199,16 +223,24 @@ def build_sql(schema: str, layout: EntityLayout, target: str, absent: Collection
     them. ``absent``: ``(table, feature)`` columns that do not exist yet (NULL everywhere)."""
     key = sql.Identifier(layout.entity.column)
     keys = sql.SQL(" UNION ").join(
-        sql.SQL("SELECT {} FROM {}").format(key, sql.Identifier(schema, t.name)) for t in layout.tables)
+        sql.SQL("SELECT {} FROM {}").format(key, sql.Identifier(schema, t.name)) for t in layout.tables
+    )
     aliases = {t.name: f"t{i}" for i, t in enumerate(layout.tables)}
     joins = sql.SQL(" ").join(
         sql.SQL("LEFT JOIN {} {} ON {}.{} = k.{}").format(
-            sql.Identifier(schema, t.name), sql.Identifier(aliases[t.name]), sql.Identifier(aliases[t.name]), key, key)
-        for t in layout.tables)
+            sql.Identifier(schema, t.name), sql.Identifier(aliases[t.name]), sql.Identifier(aliases[t.name]), key, key
+        )
+        for t in layout.tables
+    )
     cols = [key, *(sql.Identifier(g) for g in layout.groups), sql.Identifier(TS)]
     return sql.SQL("INSERT INTO {} ({}) SELECT k.{}, {} FROM ({}) k {}").format(
-        sql.Identifier(schema, target), sql.SQL(", ").join(cols), key, sql.SQL(", ").join(_arrays(layout, aliases, absent)),
-        keys, joins)
+        sql.Identifier(schema, target),
+        sql.SQL(", ").join(cols),
+        key,
+        sql.SQL(", ").join(_arrays(layout, aliases, absent)),
+        keys,
+        joins,
+    )
 
 
 def guard_sql(schema: str, layout: EntityLayout) -> list[sql.Composed]:
@@ -217,16 +249,27 @@ def guard_sql(schema: str, layout: EntityLayout) -> list[sql.Composed]:
     cols: list[sql.Composable] = []
     for i, table in enumerate(layout.tables):
         alias = f"t{i}"
-        names = list(dict.fromkeys([layout.entity.column, *(s.feature.name for s in layout.table_slots(table.name)),
-                                    UPDATED_AT]))  # a service may list updated_at as a feature
+        names = list(
+            dict.fromkeys([layout.entity.column, *(s.feature.name for s in layout.table_slots(table.name)), UPDATED_AT])
+        )  # a service may list updated_at as a feature
         cols += [sql.SQL("{} AS {}").format(sql.Identifier(alias, n), sql.Identifier(f"{alias}_{n}")) for n in names]
-    sources = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(schema, t.name), sql.Identifier(f"t{i}"))
-                                 for i, t in enumerate(layout.tables))
+    sources = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(schema, t.name), sql.Identifier(f"t{i}"))
+        for i, t in enumerate(layout.tables)
+    )
     view = sql.Identifier(schema, guard_name(layout))
-    return [sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT {} FROM {} WHERE false").format(view, sql.SQL(", ").join(cols), sources),
-            sql.SQL("COMMENT ON VIEW {} IS {}").format(view, sql.Literal(
+    return [
+        sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT {} FROM {} WHERE false").format(
+            view, sql.SQL(", ").join(cols), sources
+        ),
+        sql.SQL("COMMENT ON VIEW {} IS {}").format(
+            view,
+            sql.Literal(
                 f"pgfeatures: materialized service {layout.service} reads these columns (serving rows "
-                f"{layout.table_name}); dropping one marks the service stale until `pgfeatures materialize` rebuilds it"))]
+                f"{layout.table_name}); dropping one marks the service stale until `pgfeatures materialize` rebuilds it"
+            ),
+        ),
+    ]
 
 
 def guarded(schema: str, layout: EntityLayout) -> sql.Composed:
@@ -235,6 +278,7 @@ def guarded(schema: str, layout: EntityLayout) -> sql.Composed:
 
 
 # -- keeping the rows in step --------------------------------------------------------------------
+
 
 def _slices(layout: EntityLayout, table: FeatureTable) -> list[tuple[str, int, int, list[Slot]]]:
     """``(array, first, last, slots)`` per array holding ``table``'s features (1-based bounds: a
@@ -253,8 +297,15 @@ def _slice_sets(layout: EntityLayout, table: FeatureTable, alias: str | None) ->
     sets: list[sql.Composable] = []
     for group, a, b, mine in _slices(layout, table):
         values = [_value(alias, s) if alias else sql.SQL("NULL") for s in mine]
-        sets.append(sql.SQL("{}[{}:{}] = ARRAY[{}]::{}[]").format(
-            sql.Identifier(group), sql.Literal(a), sql.Literal(b), sql.SQL(", ").join(values), _element(layout, group)))
+        sets.append(
+            sql.SQL("{}[{}:{}] = ARRAY[{}]::{}[]").format(
+                sql.Identifier(group),
+                sql.Literal(a),
+                sql.Literal(b),
+                sql.SQL(", ").join(values),
+                _element(layout, group),
+            )
+        )
     j = layout.ts_index(table.name) + 1
     stamp = stamp_sql(alias) if alias else sql.SQL("NULL::int8")
     sets.append(sql.SQL("{}[{}] = {}").format(sql.Identifier(TS), sql.Literal(j), stamp))
@@ -264,8 +315,11 @@ def _slice_sets(layout: EntityLayout, table: FeatureTable, alias: str | None) ->
 def _slice_sets_from_excluded(layout: EntityLayout, table: FeatureTable) -> list[sql.Composable]:
     """``r[a:b] = EXCLUDED.r[a:b]`` and ``ts[j] = EXCLUDED.ts[j]``: ``table``'s slice of a conflicting insert."""
     sets: list[sql.Composable] = [
-        sql.SQL("{g}[{a}:{b}] = EXCLUDED.{g}[{a}:{b}]").format(g=sql.Identifier(group), a=sql.Literal(a), b=sql.Literal(b))
-        for group, a, b, _ in _slices(layout, table)]
+        sql.SQL("{g}[{a}:{b}] = EXCLUDED.{g}[{a}:{b}]").format(
+            g=sql.Identifier(group), a=sql.Literal(a), b=sql.Literal(b)
+        )
+        for group, a, b, _ in _slices(layout, table)
+    ]
     j = sql.Literal(layout.ts_index(table.name) + 1)
     sets.append(sql.SQL("{g}[{j}] = EXCLUDED.{g}[{j}]").format(g=sql.Identifier(TS), j=j))
     return sets
@@ -279,9 +333,12 @@ def lock_rows_sql(schema: str, layout: EntityLayout, keys: Sequence[sql.Composab
     went ahead would then wait for these rows while this writer waited for the table."""
     key = sql.Identifier(layout.entity.column)
     union = sql.SQL(" UNION ALL ").join(sql.SQL("SELECT {} FROM {}").format(key, rel) for rel in keys)
-    return [sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(_ident(layout, schema)),
-            sql.SQL("PERFORM FROM {} s WHERE s.{} IN ({}) ORDER BY s.{} FOR NO KEY UPDATE").format(
-                _ident(layout, schema), key, union, key)]
+    return [
+        sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(_ident(layout, schema)),
+        sql.SQL("PERFORM FROM {} s WHERE s.{} IN ({}) ORDER BY s.{} FOR NO KEY UPDATE").format(
+            _ident(layout, schema), key, union, key
+        ),
+    ]
 
 
 def lock_table_sql(schema: str, layout: EntityLayout) -> sql.Composed:
@@ -295,7 +352,8 @@ def update_sql(schema: str, layout: EntityLayout, table: FeatureTable, changed: 
     which exist (``upsert_sql`` when some may not)."""
     key = sql.Identifier(layout.entity.column)
     return sql.SQL("UPDATE {} s SET {} FROM {} c WHERE s.{} = c.{}").format(
-        _ident(layout, schema), sql.SQL(", ").join(_slice_sets(layout, table, "c")), changed, key, key)
+        _ident(layout, schema), sql.SQL(", ").join(_slice_sets(layout, table, "c")), changed, key, key
+    )
 
 
 def upsert_sql(schema: str, layout: EntityLayout, table: FeatureTable, changed: sql.Composable) -> sql.Composed:
@@ -304,14 +362,23 @@ def upsert_sql(schema: str, layout: EntityLayout, table: FeatureTable, changed: 
     tables may both create a new key's serving row; the second sets its slice in the first one's."""
     key = sql.Identifier(layout.entity.column)
     cols = [key, *(sql.Identifier(g) for g in layout.groups), sql.Identifier(TS)]
-    return sql.SQL("INSERT INTO {} AS s ({}) SELECT c.{}, {} FROM {} c ORDER BY c.{} "
-                   "ON CONFLICT ({}) DO UPDATE SET {}").format(
-        _ident(layout, schema), sql.SQL(", ").join(cols), key, sql.SQL(", ").join(_arrays(layout, {table.name: "c"})),
-        changed, key, key, sql.SQL(", ").join(_slice_sets_from_excluded(layout, table)))
+    return sql.SQL(
+        "INSERT INTO {} AS s ({}) SELECT c.{}, {} FROM {} c ORDER BY c.{} ON CONFLICT ({}) DO UPDATE SET {}"
+    ).format(
+        _ident(layout, schema),
+        sql.SQL(", ").join(cols),
+        key,
+        sql.SQL(", ").join(_arrays(layout, {table.name: "c"})),
+        changed,
+        key,
+        key,
+        sql.SQL(", ").join(_slice_sets_from_excluded(layout, table)),
+    )
 
 
-def maintain_sql(schema: str, layout: EntityLayout, table: FeatureTable, changed: sql.Composable,
-                 new_keys: bool = True) -> list[sql.Composed]:
+def maintain_sql(
+    schema: str, layout: EntityLayout, table: FeatureTable, changed: sql.Composable, new_keys: bool = True
+) -> list[sql.Composed]:
     """After a write to ``table`` by a writer that holds the serving table's lock (``lock_table_sql``):
     copy the rows of ``changed`` (e.g. ``(SELECT t.* FROM s.t t WHERE ...)``) into their serving rows,
     creating those of new keys (``new_keys=False``: the writer knows there are none)."""
@@ -322,9 +389,17 @@ def clear_missing_sql(schema: str, layout: EntityLayout, table: FeatureTable) ->
     """After ``table`` was replaced: clear its slice in the serving rows of keys it no longer has."""
     key = sql.Identifier(layout.entity.column)
     j = layout.ts_index(table.name) + 1
-    return sql.SQL("UPDATE {} s SET {} WHERE s.{}[{}] IS NOT NULL AND NOT EXISTS (SELECT FROM {} t WHERE t.{} = s.{})").format(
-        _ident(layout, schema), sql.SQL(", ").join(_slice_sets(layout, table, None)), sql.Identifier(TS), sql.Literal(j),
-        sql.Identifier(schema, table.name), key, key)
+    return sql.SQL(
+        "UPDATE {} s SET {} WHERE s.{}[{}] IS NOT NULL AND NOT EXISTS (SELECT FROM {} t WHERE t.{} = s.{})"
+    ).format(
+        _ident(layout, schema),
+        sql.SQL(", ").join(_slice_sets(layout, table, None)),
+        sql.Identifier(TS),
+        sql.Literal(j),
+        sql.Identifier(schema, table.name),
+        key,
+        key,
+    )
 
 
 def _statements(statements: Sequence[sql.Composable]) -> sql.Composable:
@@ -338,9 +413,17 @@ def trigger_sql(schema: str, layout: EntityLayout, table: FeatureTable) -> list[
     name = trigger_name(layout, table)
     fn = sql.Identifier(schema, name)
     new, old = sql.Identifier("new_rows"), sql.Identifier("old_rows")
-    clear_old = sql.SQL("UPDATE {} s SET {} FROM old_rows o WHERE s.{} = o.{} AND NOT EXISTS "
-                        "(SELECT FROM {} t WHERE t.{} = o.{})").format(
-        svc, sql.SQL(", ").join(_slice_sets(layout, table, None)), key, key, sql.Identifier(schema, table.name), key, key)
+    clear_old = sql.SQL(
+        "UPDATE {} s SET {} FROM old_rows o WHERE s.{} = o.{} AND NOT EXISTS (SELECT FROM {} t WHERE t.{} = o.{})"
+    ).format(
+        svc,
+        sql.SQL(", ").join(_slice_sets(layout, table, None)),
+        key,
+        key,
+        sql.Identifier(schema, table.name),
+        key,
+        key,
+    )
     clear_all = sql.SQL("UPDATE {} s SET {}").format(svc, sql.SQL(", ").join(_slice_sets(layout, table, None)))
     # An UPDATE that changed no key (every merge, every live update) only rewrites the keys' slices:
     # their serving rows exist and no key left the table, so the anti-joins that look for keys gone
@@ -355,37 +438,53 @@ def trigger_sql(schema: str, layout: EntityLayout, table: FeatureTable) -> list[
     ).format(
         insert=_statements([upsert_sql(schema, layout, table, new)]),
         moved=keys_moved,
-        moved_keys=_statements([*lock_rows_sql(schema, layout, [old, new]), clear_old, upsert_sql(schema, layout, table, new)]),
+        moved_keys=_statements(
+            [*lock_rows_sql(schema, layout, [old, new]), clear_old, upsert_sql(schema, layout, table, new)]
+        ),
         same=_statements([*lock_rows_sql(schema, layout, [new]), update_sql(schema, layout, table, new)]),
         delete=_statements([*lock_rows_sql(schema, layout, [old]), clear_old]),
-        truncate=_statements([lock_table_sql(schema, layout), clear_all]))
-    out = [sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
-        fn, sql.Literal(body.as_string(None)))]
+        truncate=_statements([lock_table_sql(schema, layout), clear_all]),
+    )
+    out = [
+        sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
+            fn, sql.Literal(body.as_string(None))
+        )
+    ]
     target = sql.Identifier(schema, table.name)
-    for event, referencing in (("INSERT", "REFERENCING NEW TABLE AS new_rows "),
-                               ("UPDATE", "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows "),
-                               ("DELETE", "REFERENCING OLD TABLE AS old_rows "), ("TRUNCATE", "")):
-        out.append(sql.SQL("CREATE OR REPLACE TRIGGER {} AFTER {} ON {} {}FOR EACH STATEMENT EXECUTE FUNCTION {}()").format(
-            sql.Identifier(f"{name}_{event.lower()}"), sql.SQL(event), target, sql.SQL(referencing), fn))
+    for event, referencing in (
+        ("INSERT", "REFERENCING NEW TABLE AS new_rows "),
+        ("UPDATE", "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows "),
+        ("DELETE", "REFERENCING OLD TABLE AS old_rows "),
+        ("TRUNCATE", ""),
+    ):
+        out.append(
+            sql.SQL("CREATE OR REPLACE TRIGGER {} AFTER {} ON {} {}FOR EACH STATEMENT EXECUTE FUNCTION {}()").format(
+                sql.Identifier(f"{name}_{event.lower()}"), sql.SQL(event), target, sql.SQL(referencing), fn
+            )
+        )
     return out
 
 
 def refresh_sql(schema: str, layout: EntityLayout, table: FeatureTable) -> sql.Composed:
     """``_pgf_r_<h>()``: recompute ``table``'s slice in every serving row of ``layout`` (after the
     loader swapped a new table in), the serving table locked against other writers first."""
-    statements: list[sql.Composable] = [lock_table_sql(schema, layout),
-                                        *maintain_sql(schema, layout, table, whole_table(schema, table)),
-                                        clear_missing_sql(schema, layout, table)]
+    statements: list[sql.Composable] = [
+        lock_table_sql(schema, layout),
+        *maintain_sql(schema, layout, table, whole_table(schema, table)),
+        clear_missing_sql(schema, layout, table),
+    ]
     body = sql.SQL("BEGIN\n{}END").format(_statements(statements))
     return sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS void LANGUAGE plpgsql AS {}").format(
-        sql.Identifier(schema, refresh_name(layout, table)), sql.Literal(body.as_string(None)))
+        sql.Identifier(schema, refresh_name(layout, table)), sql.Literal(body.as_string(None))
+    )
 
 
 def changed_by_stage(schema: str, table: FeatureTable, stage: sql.Composable) -> sql.Composed:
     """The table's rows whose keys are in a load's staging table."""
     key = sql.Identifier(table.key_column)
     return sql.SQL("(SELECT t.* FROM {} t WHERE EXISTS (SELECT FROM {} x WHERE x.{} = t.{}))").format(
-        sql.Identifier(schema, table.name), stage, key, key)
+        sql.Identifier(schema, table.name), stage, key, key
+    )
 
 
 def whole_table(schema: str, table: FeatureTable) -> sql.Composed:
@@ -419,8 +518,8 @@ def lock_exclusively_sql(relations: Sequence[sql.Composable], timeout: float) ->
         "BEGIN\nLOOP\nBEGIN\nPERFORM set_config('lock_timeout', {}, true);\n"
         "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE;\nPERFORM set_config('lock_timeout', before, true);\nRETURN;\n"
         "EXCEPTION WHEN lock_not_available THEN\nIF clock_timestamp() >= deadline THEN RAISE; END IF;\n"
-        "PERFORM pg_sleep(0.005);\nEND;\nEND LOOP;\nEND").format(
-            sql.Literal(timeout), sql.Literal(TRY_LOCK), sql.SQL(", ").join(relations))
+        "PERFORM pg_sleep(0.005);\nEND;\nEND LOOP;\nEND"
+    ).format(sql.Literal(timeout), sql.Literal(TRY_LOCK), sql.SQL(", ").join(relations))
     return sql.SQL("DO {}").format(sql.Literal(body.as_string(None)))
 
 

@@ -63,7 +63,7 @@ class ServingCatalog:
     triggers: dict[str, dict[str, str]] = field(default_factory=dict)  # table -> {trigger: tgenabled}
 
     @classmethod
-    def from_row(cls, row: Sequence[Any] | None) -> "ServingCatalog":
+    def from_row(cls, row: Sequence[Any] | None) -> ServingCatalog:
         out = cls()
         if row is None:
             return out
@@ -86,18 +86,25 @@ class ServingCatalog:
         if found is None or found.fingerprint != layout.fingerprint:
             if layout.table_name in self.foreign:
                 return LayoutState(STALE, f"a table named {layout.table_name} exists that pgfeatures did not build")
-            if any(t.record.get("entity", layout.entity.name) == layout.entity.name
-                   for t in self.owned(layout.service, [layout.entity.name])):
+            if any(
+                t.record.get("entity", layout.entity.name) == layout.entity.name
+                for t in self.owned(layout.service, [layout.entity.name])
+            ):
                 return LayoutState(STALE, "built for another definition of the service")
             return LayoutState(MISSING, "not built")
         if m.guard_name(layout) not in self.guards:
-            return LayoutState(STALE, f"its guard view {m.guard_name(layout)} is gone (a table or column it reads was "
-                                      "dropped, or the table re-created)")
+            return LayoutState(
+                STALE,
+                f"its guard view {m.guard_name(layout)} is gone (a table or column it reads was "
+                "dropped, or the table re-created)",
+            )
         for table in layout.tables:
             have = self.triggers.get(table.name, {})
             expected = [f"{m.trigger_name(layout, table)}_{e.lower()}" for e in m.EVENTS]
             if not all(t in have for t in expected):
-                return LayoutState(STALE, f"table {table.name} lacks its maintenance triggers (dropped and re-created?)")
+                return LayoutState(
+                    STALE, f"table {table.name} lacks its maintenance triggers (dropped and re-created?)"
+                )
             if any(have[t] == "D" for t in expected):
                 return LayoutState(STALE, f"the maintenance triggers of table {table.name} are disabled")
         return LayoutState(BUILT)
@@ -105,8 +112,9 @@ class ServingCatalog:
     def owned(self, service: str, entities: Iterable[str] = ()) -> list[ServingTable]:
         """Every serving table built for ``service`` (legacy ones: by their name, for ``entities``)."""
         legacy = {legacy_serving_table_name(service, e) for e in entities}
-        return [t for t in self.tables.values()
-                if t.record.get("service") == service or (t.legacy and t.name in legacy)]
+        return [
+            t for t in self.tables.values() if t.record.get("service") == service or (t.legacy and t.name in legacy)
+        ]
 
     def triggers_of(self, serving: ServingTable) -> list[tuple[str, str]]:
         """(table, trigger) of every maintenance trigger writing ``serving``'s rows."""

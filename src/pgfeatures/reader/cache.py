@@ -49,7 +49,9 @@ class ReaderCache:
         # Built materialized services and their serving tables: read from serving rows (set by the store).
         self.materialized: dict[str, tuple[EntityLayout, ...]] = {}
 
-    def reader(self, tables: Iterable[str] | None, features: FeaturesArg, strategy: Strategy | str) -> Reader[FeatureResult]:
+    def reader(
+        self, tables: Iterable[str] | None, features: FeaturesArg, strategy: Strategy | str
+    ) -> Reader[FeatureResult]:
         return self._get(
             (request_shape(tables, features), strategy),
             lambda: compile_reader(select(self.registry, tables, features), strategy),
@@ -70,28 +72,37 @@ class ReaderCache:
                 ("materialized", service, request_shape(None, features)[1]),
                 lambda: dataclasses.replace(
                     compile_materialized_reader(select_service(self.registry, service, features), layouts),
-                    fallback=lambda: self.service_reader(service, features, strategy)),
+                    fallback=lambda: self.service_reader(service, features, strategy),
+                ),
             )
         return self._get(
             ("service", service, request_shape(None, features)[1], strategy),
             lambda: compile_reader(select_service(self.registry, service, features), strategy),
         )
 
-    def service_vector_reader(self, service: str, features: FeaturesArg, strategy: Strategy | str) -> Reader[ServiceVector]:
+    def service_vector_reader(
+        self, service: str, features: FeaturesArg, strategy: Strategy | str
+    ) -> Reader[ServiceVector]:
         """``service_reader`` decoding to a ServiceVector (the same statement)."""
         materialized = service in self.materialized
         return self._get(
             ("vector", service, request_shape(None, features)[1], strategy, materialized),
-            lambda: self._falling_back(vector_reader(self.service_reader(service, features, strategy), self._order(service)),
-                                       materialized, lambda: self.service_vector_reader(service, features, strategy)),
+            lambda: self._falling_back(
+                vector_reader(self.service_reader(service, features, strategy), self._order(service)),
+                materialized,
+                lambda: self.service_vector_reader(service, features, strategy),
+            ),
         )
 
     def service_vector_batch_reader(self, service: str, features: FeaturesArg) -> BatchReader[ServiceVector]:
         materialized = service in self.materialized
         return self._get(
             ("vector batch", service, request_shape(None, features)[1], materialized),
-            lambda: self._falling_back(vector_batch_reader(self.service_batch_reader(service, features), self._order(service)),
-                                       materialized, lambda: self.service_vector_batch_reader(service, features)),
+            lambda: self._falling_back(
+                vector_batch_reader(self.service_batch_reader(service, features), self._order(service)),
+                materialized,
+                lambda: self.service_vector_batch_reader(service, features),
+            ),
         )
 
     @staticmethod
@@ -117,7 +128,8 @@ class ReaderCache:
                 ("materialized batch", service, request_shape(None, features)[1]),
                 lambda: dataclasses.replace(
                     compile_materialized_batch_reader(select_service(self.registry, service, features), layouts),
-                    fallback=lambda: self.service_batch_reader(service, features)),
+                    fallback=lambda: self.service_batch_reader(service, features),
+                ),
             )
         return self._get(
             ("service", service, request_shape(None, features)[1], "batch"),

@@ -56,7 +56,7 @@ class Strategy(str, enum.Enum):
     SEQUENTIAL = "sequential"
 
     @classmethod
-    def parse(cls, value: "str | Strategy") -> "Strategy":
+    def parse(cls, value: str | Strategy) -> Strategy:
         try:
             return cls(value)
         except ValueError:
@@ -156,8 +156,9 @@ def _param(selection: Selection, table: FeatureTable) -> sql.Composable:
     return sql.SQL(f"${selection.entity_index(table) + 1}::{entity.cast}")
 
 
-def _subqueries(selection: Selection, key_of: Callable[[FeatureTable], sql.Composable]
-                ) -> tuple[list[sql.Composable], list[tuple[Part, ...]]]:
+def _subqueries(
+    selection: Selection, key_of: Callable[[FeatureTable], sql.Composable]
+) -> tuple[list[sql.Composable], list[tuple[Part, ...]]]:
     cols: list[sql.Composable] = []
     parts_per_table: list[tuple[Part, ...]] = []
     for (table, features), ttl in zip(selection.items, selection.ttls):
@@ -168,8 +169,11 @@ def _subqueries(selection: Selection, key_of: Callable[[FeatureTable], sql.Compo
             value: sql.Composable = part.array_sql()
             if ttl is not None:
                 value = sql.SQL("CASE WHEN {} THEN {} ELSE {} END").format(fresh_sql(ttl), value, part.empty_sql())
-            cols.append(sql.SQL("(SELECT {} FROM {} WHERE {} = {})").format(
-                value, ident, sql.Identifier(table.key_column), key_of(table)))
+            cols.append(
+                sql.SQL("(SELECT {} FROM {} WHERE {} = {})").format(
+                    value, ident, sql.Identifier(table.key_column), key_of(table)
+                )
+            )
     return cols, parts_per_table
 
 
@@ -184,7 +188,9 @@ def _lazy(selection: Selection) -> bool:
 def _compile_single(selection: Selection) -> Reader[FeatureResult]:
     cols, parts_per_table = _subqueries(selection, lambda t: _param(selection, t))
     query = sql.SQL("SELECT {}").format(sql.SQL(", ").join(cols))
-    decode = array_row_decoder(selection.tables, _decoders(selection, parts_per_table), parts_per_table, _lazy(selection))
+    decode = array_row_decoder(
+        selection.tables, _decoders(selection, parts_per_table), parts_per_table, _lazy(selection)
+    )
     return Reader(Strategy.SINGLE, selection, (query.as_bytes(None),), Fetch.ONE, decode, _binder(selection))
 
 
@@ -215,14 +221,21 @@ def _compile_union(selection: Selection) -> Reader[FeatureResult]:
                 cols.append(value)
                 if has_int8:
                     cols.append(sql.SQL("NULL::int8[]"))
-            branches.append(sql.SQL("SELECT {} FROM {} WHERE {} = {}").format(
-                sql.SQL(", ").join(cols), sql.Identifier(selection.schema, table.name),
-                sql.Identifier(table.key_column), _param(selection, table)))
+            branches.append(
+                sql.SQL("SELECT {} FROM {} WHERE {} = {}").format(
+                    sql.SQL(", ").join(cols),
+                    sql.Identifier(selection.schema, table.name),
+                    sql.Identifier(table.key_column),
+                    _param(selection, table),
+                )
+            )
             number += 1
     query = sql.SQL(" UNION ALL ").join(branches)
     decoders = _decoders(selection, parts_per_table)
-    layout = [(name, dec.from_array if b - a == 1 else dec.from_parts, a, b)
-              for name, dec, (a, b) in zip(selection.tables, decoders, spans)]
+    layout = [
+        (name, dec.from_array if b - a == 1 else dec.from_parts, a, b)
+        for name, dec, (a, b) in zip(selection.tables, decoders, spans)
+    ]
     n_parts = number
 
     def decode(rows: Sequence[Row]) -> FeatureResult:
@@ -240,7 +253,8 @@ def _compile_union(selection: Selection) -> Reader[FeatureResult]:
 
 def _compile_join(selection: Selection) -> Reader[FeatureResult]:
     keys = sql.SQL(", ").join(
-        sql.SQL(f"${i + 1}::{e.cast} AS {{}}").format(sql.Identifier(f"e{i}")) for i, e in enumerate(selection.entities))
+        sql.SQL(f"${i + 1}::{e.cast} AS {{}}").format(sql.Identifier(f"e{i}")) for i, e in enumerate(selection.entities)
+    )
     cols: list[sql.Composable] = []
     joins: list[sql.Composable] = []
     layout = []
@@ -251,9 +265,14 @@ def _compile_join(selection: Selection) -> Reader[FeatureResult]:
         cols.append(fresh_sql(ttl, alias) if ttl is not None else sql.SQL("true"))
         cols.extend(column_sql(f, alias) for f in features)
         layout.append((table.name, TableDecoder((Part(RAW, features),), features), start, len(cols)))
-        joins.append(sql.SQL("LEFT JOIN {} {} ON {} = k.{}").format(
-            sql.Identifier(selection.schema, table.name), sql.Identifier(alias),
-            sql.Identifier(alias, table.key_column), sql.Identifier(f"e{selection.entity_index(table)}")))
+        joins.append(
+            sql.SQL("LEFT JOIN {} {} ON {} = k.{}").format(
+                sql.Identifier(selection.schema, table.name),
+                sql.Identifier(alias),
+                sql.Identifier(alias, table.key_column),
+                sql.Identifier(f"e{selection.entity_index(table)}"),
+            )
+        )
     query = sql.SQL("SELECT {} FROM (SELECT {}) k {}").format(sql.SQL(", ").join(cols), keys, sql.SQL(" ").join(joins))
 
     def decode(row: Row) -> FeatureResult:
@@ -273,9 +292,16 @@ def _compile_per_table(selection: Selection, strategy: Strategy) -> Reader[Featu
         cols: list[sql.Composable] = [column_sql(f) for f in features]
         if ttl is not None:
             cols.append(fresh_sql(ttl))
-        statements.append(sql.SQL("SELECT {} FROM {} WHERE {} = {}").format(
-            sql.SQL(", ").join(cols), sql.Identifier(selection.schema, table.name),
-            sql.Identifier(table.key_column), sql.SQL(f"$1::{table.entity.cast}")).as_bytes(None))
+        statements.append(
+            sql.SQL("SELECT {} FROM {} WHERE {} = {}")
+            .format(
+                sql.SQL(", ").join(cols),
+                sql.Identifier(selection.schema, table.name),
+                sql.Identifier(table.key_column),
+                sql.SQL(f"$1::{table.entity.cast}"),
+            )
+            .as_bytes(None)
+        )
         layout.append((table.name, TableDecoder((Part(RAW, features),), features), len(features), ttl is not None))
 
     def decode(rows: Sequence[Row | None]) -> FeatureResult:
@@ -313,10 +339,15 @@ def compile_batch_reader(selection: Selection) -> BatchReader[FeatureResult]:
     entities = selection.entities
     arrays = sql.SQL(", ").join(sql.SQL(f"${i + 1}::{e.cast}[]") for i, e in enumerate(entities))
     names = sql.SQL(", ").join(sql.Identifier(f"e{i}") for i in range(len(entities)))
-    cols, parts_per_table = _subqueries(selection, lambda t: sql.SQL("k.{}").format(sql.Identifier(f"e{selection.entity_index(t)}")))
+    cols, parts_per_table = _subqueries(
+        selection, lambda t: sql.SQL("k.{}").format(sql.Identifier(f"e{selection.entity_index(t)}"))
+    )
     query = sql.SQL("SELECT {} FROM unnest({}) WITH ORDINALITY AS k({}, i) ORDER BY k.i").format(
-        sql.SQL(", ").join(cols), arrays, names)
-    decode_row = array_row_decoder(selection.tables, _decoders(selection, parts_per_table), parts_per_table, _lazy(selection))
+        sql.SQL(", ").join(cols), arrays, names
+    )
+    decode_row = array_row_decoder(
+        selection.tables, _decoders(selection, parts_per_table), parts_per_table, _lazy(selection)
+    )
 
     def decode(rows: Sequence[Row]) -> list[FeatureResult]:
         return [decode_row(row) for row in rows]

@@ -80,8 +80,12 @@ class TableDecoder:
         self.defaults = tuple(f.default for f in asked)
         self.has_defaults = any(d is not None for d in self.defaults)
         self.absent = dict(zip(self.names, self.defaults)) if self.has_defaults else None
-        self.simple = (len(parts) == 1 and self.order == tuple(range(len(flat))) and not any(self.converters)
-                       and not self.has_defaults)
+        self.simple = (
+            len(parts) == 1
+            and self.order == tuple(range(len(flat)))
+            and not any(self.converters)
+            and not self.has_defaults
+        )
 
     def not_present(self) -> TableValues:
         """The value of a missing or expired table: its defaults, or None."""
@@ -125,8 +129,12 @@ class TableDecoder:
         return PRESENT, self.values(columns)
 
 
-def array_row_decoder(names: Sequence[str], decoders: Sequence[TableDecoder],
-                      parts_per_table: Sequence[tuple[Part, ...]], lazy_status: bool) -> Callable[[Row], FeatureResult]:
+def array_row_decoder(
+    names: Sequence[str],
+    decoders: Sequence[TableDecoder],
+    parts_per_table: Sequence[tuple[Part, ...]],
+    lazy_status: bool,
+) -> Callable[[Row], FeatureResult]:
     """Decoder of one row holding each table's arrays in order (single strategy and batch rows).
 
     ``lazy_status``: no ttl and no defaults, so the status follows from None-ness and is only
@@ -139,7 +147,9 @@ def array_row_decoder(names: Sequence[str], decoders: Sequence[TableDecoder],
         layout = [(name, d.names) for name, d in zip(names, decoders)]
 
         def decode_simple(row: Row) -> FeatureResult:
-            return FeatureResult({name: None if v is None else dict(zip(fnames, v)) for (name, fnames), v in zip(layout, row)})
+            return FeatureResult(
+                {name: None if v is None else dict(zip(fnames, v)) for (name, fnames), v in zip(layout, row)}
+            )
 
         return decode_simple
     if simple:
@@ -158,8 +168,9 @@ def array_row_decoder(names: Sequence[str], decoders: Sequence[TableDecoder],
     for parts in parts_per_table:
         spans.append((pos, pos + len(parts)))
         pos += len(parts)
-    layout2 = [(name, d.from_array if b - a == 1 else d.from_parts, a, b)
-               for name, d, (a, b) in zip(names, decoders, spans)]
+    layout2 = [
+        (name, d.from_array if b - a == 1 else d.from_parts, a, b) for name, d, (a, b) in zip(names, decoders, spans)
+    ]
 
     def decode_row(row: Row) -> FeatureResult:
         values: dict[str, Any] = {}

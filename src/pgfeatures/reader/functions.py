@@ -74,9 +74,15 @@ def read_function(reader: Reader[Any] | BatchReader[Any]) -> ReadFunction | None
 def registry_readers(registry: Registry) -> list[Reader[FeatureResult] | BatchReader[FeatureResult]]:
     """The readers a store prepares at open (the full read, the full batch, every service's single and
     batch readers), compiled here without a store: what ``pgfeatures init`` gives a function form."""
-    readers: list[Reader[FeatureResult] | BatchReader[FeatureResult]] = [compile_reader(select(registry)), compile_batch_reader(select(registry))]
+    readers: list[Reader[FeatureResult] | BatchReader[FeatureResult]] = [
+        compile_reader(select(registry)),
+        compile_batch_reader(select(registry)),
+    ]
     for name in registry.services:
-        readers += [compile_reader(select_service(registry, name)), compile_batch_reader(select_service(registry, name))]
+        readers += [
+            compile_reader(select_service(registry, name)),
+            compile_batch_reader(select_service(registry, name)),
+        ]
     return readers
 
 

@@ -74,17 +74,23 @@ class KeyBinder:
             pass
         unknown = [k for k in keys if k not in self.valid]
         if unknown:
-            raise KeyFormatError(f"unknown entit{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))} "
-                                 f"in the keys; valid entities: {', '.join(self.valid)}")
+            raise KeyFormatError(
+                f"unknown entit{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))} "
+                f"in the keys; valid entities: {', '.join(self.valid)}"
+            )
         tables = ", ".join(self.needs.get(entity.name, ()))
-        raise KeyFormatError(f"no key for entity {entity.name!r}, which table(s) {tables} need; the request has keys "
-                             f"for: {', '.join(map(str, keys)) or 'nothing'}")
+        raise KeyFormatError(
+            f"no key for entity {entity.name!r}, which table(s) {tables} need; the request has keys "
+            f"for: {', '.join(map(str, keys)) or 'nothing'}"
+        )
 
     def check_unknown(self, keys: Mapping[str, Any]) -> None:
         unknown = [k for k in keys if k not in self.valid]
         if unknown:
-            raise KeyFormatError(f"unknown entit{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))} "
-                                 f"in the keys; valid entities: {', '.join(self.valid)}")
+            raise KeyFormatError(
+                f"unknown entit{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))} "
+                f"in the keys; valid entities: {', '.join(self.valid)}"
+            )
 
     def many(self, keys: Any) -> tuple[list[Any], ...]:
         """One array per entity, for a batch. ``keys``: a sequence of row keys, or ``{entity: [keys]}``."""
@@ -101,7 +107,9 @@ class KeyBinder:
                 columns.append(self._column(e, values, f"keys[{e.name!r}]"))
                 lengths.add(len(values))
             if len(lengths) > 1:
-                raise KeyFormatError(f"every entity needs the same number of keys, got {', '.join(f'{e.name}: {len(c)}' for e, c in zip(self.entities, columns))}")
+                raise KeyFormatError(
+                    f"every entity needs the same number of keys, got {', '.join(f'{e.name}: {len(c)}' for e, c in zip(self.entities, columns))}"
+                )
             return tuple(columns)
         arrays: tuple[list[Any], ...] = tuple([] for _ in self.entities)
         for i, key in enumerate(keys):

@@ -39,8 +39,9 @@ _NOW = event_time_micros_sql(sql.SQL("now()"))  # the statement's clock, in the 
 MICROS = 1_000_000
 
 
-def _plan(selection: Selection, layouts: Sequence[EntityLayout]
-          ) -> tuple[list[sql.Composable], list[sql.Composable], sql.Composable, Callable[[Row], FeatureResult]]:
+def _plan(
+    selection: Selection, layouts: Sequence[EntityLayout]
+) -> tuple[list[sql.Composable], list[sql.Composable], sql.Composable, Callable[[Row], FeatureResult]]:
     by_entity = {layout.entity.name: layout for layout in layouts}
     cols: list[sql.Composable] = [_NOW]
     joins: list[sql.Composable] = []
@@ -53,9 +54,14 @@ def _plan(selection: Selection, layouts: Sequence[EntityLayout]
         for array in (*layout.groups, TS):
             offsets[entity.name][array] = len(cols)
             cols.append(sql.Identifier(alias, array))
-        joins.append(sql.SQL("LEFT JOIN {} {} ON {} = k.{}").format(
-            sql.Identifier(selection.schema, layout.table_name), sql.Identifier(alias),
-            sql.Identifier(alias, entity.column), sql.Identifier(f"e{i}")))
+        joins.append(
+            sql.SQL("LEFT JOIN {} {} ON {} = k.{}").format(
+                sql.Identifier(selection.schema, layout.table_name),
+                sql.Identifier(alias),
+                sql.Identifier(alias, entity.column),
+                sql.Identifier(f"e{i}"),
+            )
+        )
         guards.append(guarded(selection.schema, layout))
     guard = sql.SQL(" AND ").join(guards)
     tables = []
@@ -67,10 +73,20 @@ def _plan(selection: Selection, layouts: Sequence[EntityLayout]
         for f in features:
             slot = slots[f.name]
             conv: Callable[[Any], Any] | None = (
-                bool if f.type.python is bool else int if (f.type.python is int and slot.group == "d")
-                else from_micros if f.type is EVENT_TIME else None)
+                bool
+                if f.type.python is bool
+                else int
+                if (f.type.python is int and slot.group == "d")
+                else from_micros
+                if f.type is EVENT_TIME
+                else None
+            )
             fields.append((f.name, where[slot.group], slot.index, conv, f.default))
-        absent = {name: default for name, _, _, _, default in fields} if any(f.default is not None for f in features) else None
+        absent = (
+            {name: default for name, _, _, _, default in fields}
+            if any(f.default is not None for f in features)
+            else None
+        )
         ttl_micros = None if ttl is None else ttl * MICROS
         tables.append((table.name, where[TS], layout.ts_index(table.name), ttl_micros, tuple(fields), absent))
 
@@ -104,21 +120,27 @@ def compile_materialized_reader(selection: Selection, layouts: Sequence[EntityLa
     """The single-request reader of a materialized service (or a subset of its features)."""
     cols, joins, where, decode = _plan(selection, layouts)
     keys = sql.SQL(", ").join(
-        sql.SQL(f"${i + 1}::{e.cast} AS {{}}").format(sql.Identifier(f"e{i}")) for i, e in enumerate(selection.entities))
+        sql.SQL(f"${i + 1}::{e.cast} AS {{}}").format(sql.Identifier(f"e{i}")) for i, e in enumerate(selection.entities)
+    )
     query = sql.SQL("SELECT {} FROM (SELECT {}) k {} WHERE {}").format(
-        sql.SQL(", ").join(cols), keys, sql.SQL(" ").join(joins), where)
-    return Reader(Strategy.SINGLE, selection, (query.as_bytes(None),), Fetch.ONE, decode, _binder(selection),
-                  materialized=True)
+        sql.SQL(", ").join(cols), keys, sql.SQL(" ").join(joins), where
+    )
+    return Reader(
+        Strategy.SINGLE, selection, (query.as_bytes(None),), Fetch.ONE, decode, _binder(selection), materialized=True
+    )
 
 
-def compile_materialized_batch_reader(selection: Selection, layouts: Sequence[EntityLayout]) -> BatchReader[FeatureResult]:
+def compile_materialized_batch_reader(
+    selection: Selection, layouts: Sequence[EntityLayout]
+) -> BatchReader[FeatureResult]:
     """The many-keys reader of a materialized service: rows in input order."""
     cols, joins, where, decode_row = _plan(selection, layouts)
     entities = selection.entities
     arrays = sql.SQL(", ").join(sql.SQL(f"${i + 1}::{e.cast}[]") for i, e in enumerate(entities))
     names = sql.SQL(", ").join(sql.Identifier(f"e{i}") for i in range(len(entities)))
     query = sql.SQL("SELECT {} FROM unnest({}) WITH ORDINALITY AS k({}, i) {} WHERE {} ORDER BY k.i").format(
-        sql.SQL(", ").join(cols), arrays, names, sql.SQL(" ").join(joins), where)
+        sql.SQL(", ").join(cols), arrays, names, sql.SQL(" ").join(joins), where
+    )
 
     def decode(rows: Sequence[Row]) -> list[FeatureResult]:
         return [decode_row(row) for row in rows]

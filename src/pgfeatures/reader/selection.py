@@ -92,8 +92,9 @@ def select_service(registry: Registry, service: FeatureService | str, features: 
         offered = {t.name: {f.name for f in fs} for t, fs in items}
         for table, names in wanted.items():
             if table not in offered:
-                raise DefinitionError(f"service {svc.name!r} has no features of table {table!r} "
-                                      f"(its tables: {', '.join(offered)})")
+                raise DefinitionError(
+                    f"service {svc.name!r} has no features of table {table!r} (its tables: {', '.join(offered)})"
+                )
             extra = [n for n in names if n not in offered[table]]
             if extra:
                 raise DefinitionError(f"service {svc.name!r} does not serve {', '.join(f'{table}.{n}' for n in extra)}")
@@ -113,6 +114,8 @@ def _features_by_table(features: FeaturesArg) -> dict[str, list[str]]:
     for item in features:
         table, dot, feature = item.partition(".")
         if not dot or not table or not feature:
-            raise DefinitionError(f"feature {item!r} must be written 'table.feature' (or pass a {{table: [features]}} mapping)")
+            raise DefinitionError(
+                f"feature {item!r} must be written 'table.feature' (or pass a {{table: [features]}} mapping)"
+            )
         out.setdefault(table, []).append(feature)
     return out

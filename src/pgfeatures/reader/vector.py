@@ -60,7 +60,9 @@ def vector_of(result: FeatureResult, names: ServiceOrder) -> list[Any]:
     return out
 
 
-def _fast_materialized(reader: Reader[Any] | BatchReader[Any], names: ServiceOrder) -> Callable[[Row], tuple[list[Any], dict[str, str]]] | None:
+def _fast_materialized(
+    reader: Reader[Any] | BatchReader[Any], names: ServiceOrder
+) -> Callable[[Row], tuple[list[Any], dict[str, str]]] | None:
     """The serving row's real[] as the vector: one entity, only real features, in layout order, no defaults."""
     selection = reader.selection
     if not reader.materialized or len(selection.entities) != 1 or selection.has_defaults:
@@ -71,7 +73,10 @@ def _fast_materialized(reader: Reader[Any] | BatchReader[Any], names: ServiceOrd
     if tuple(flat) != names:
         return None
     # (table, ttl in microseconds: the unit of the row's ts and now, number of features)
-    tables = [(t.name, None if ttl is None else ttl * 1_000_000, len(fs)) for (t, fs), ttl in zip(selection.items, selection.ttls)]
+    tables = [
+        (t.name, None if ttl is None else ttl * 1_000_000, len(fs))
+        for (t, fs), ttl in zip(selection.items, selection.ttls)
+    ]
     return None if not tables else _FastVector(tables).decode
 
 
@@ -95,7 +100,7 @@ class _FastVector:
                 status[name] = MISSING if stamp is None else EXPIRED
                 if values is r:
                     values = list(r)
-                values[pos:pos + n] = [None] * n
+                values[pos : pos + n] = [None] * n
             else:
                 status[name] = PRESENT
             pos += n
@@ -108,13 +113,16 @@ def vector_reader(reader: Reader[FeatureResult], order: Sequence[str]) -> Reader
     fast = _fast_materialized(reader, names) if len(reader.statements) == 1 else None
     decode_dict = reader.decode
     if fast is not None and reader.selection.tables:
+
         def decode(row: Any) -> ServiceVector:
             values, status = fast(row)
             return ServiceVector(values, status, names)
     else:
+
         def decode(row: Any) -> ServiceVector:
             result = decode_dict(row)
             return ServiceVector(vector_of(result, names), result.status, names)
+
     return reader.decoding(decode)
 
 
@@ -123,6 +131,7 @@ def vector_batch_reader(reader: BatchReader[FeatureResult], order: Sequence[str]
     names = service_order(reader, order)
     fast = _fast_materialized(reader, names)
     if fast is not None:
+
         def decode(rows: Sequence[Row]) -> list[ServiceVector]:
             out = []
             for row in rows:
@@ -134,6 +143,7 @@ def vector_batch_reader(reader: BatchReader[FeatureResult], order: Sequence[str]
 
         def decode(rows: Sequence[Row]) -> list[ServiceVector]:
             return [ServiceVector(vector_of(r, names), r.status, names) for r in decode_rows(rows)]
+
     return reader.decoding(decode)
 
 
@@ -179,8 +189,10 @@ def _numpy() -> Any:
     except ImportError:
         from ..errors import ExtraNotInstalledError
 
-        raise ExtraNotInstalledError("output='numpy' needs numpy, which the load extra brings: "
-                                     "pip install 'pgfeatures[load]' (or pip install numpy)") from None
+        raise ExtraNotInstalledError(
+            "output='numpy' needs numpy, which the load extra brings: "
+            "pip install 'pgfeatures[load]' (or pip install numpy)"
+        ) from None
     return np
 
 

@@ -114,8 +114,9 @@ def routes(service: Service) -> list[Route]:
     limit = config.max_body_bytes
     max_keys = config.max_batch_keys
 
-    async def answer_batch(reader: Any, shown: Sequence[Any], keys: Sequence[Any], encoder: Encoder,
-                           vector: bool = False) -> Response:
+    async def answer_batch(
+        reader: Any, shown: Sequence[Any], keys: Sequence[Any], encoder: Encoder, vector: bool = False
+    ) -> Response:
         """One response for a batch read in one chunk; a stream for more (a failure in the first
         chunk is still an ordinary error response)."""
         chunks = service.open_batch(reader, keys, vector)
@@ -124,8 +125,11 @@ def routes(service: Service) -> list[Route]:
             await chunks.aclose()
             body = encoder.start() + encoder.chunk(shown, first) + encoder.end()
             return Response(body, headers=encoder.headers, media_type=encoder.content_type)
-        return StreamedAnswer(BatchAnswer(shown, first, chunks, encoder), encoder.content_type,  # type: ignore[return-value]
-                              encoder.headers)
+        return StreamedAnswer(
+            BatchAnswer(shown, first, chunks, encoder),
+            encoder.content_type,  # type: ignore[return-value]
+            encoder.headers,
+        )
 
     async def features(request: Request) -> Response:
         body = parse_json(await read_body(request, limit))
@@ -200,8 +204,10 @@ def routes(service: Service) -> list[Route]:
         table = request.path_params["table"]
         service.registry.table(table)  # UnknownTableError names the valid tables
         if config.write_pool_size == 0:
-            raise ReadOnlyStoreError("this service is read-only (write_pool_size = 0): it takes no pushes; push to a "
-                                     "service with a write pool (--write-pool-size 1 or more)")
+            raise ReadOnlyStoreError(
+                "this service is read-only (write_pool_size = 0): it takes no pushes; push to a "
+                "service with a write pool (--write-pool-size 1 or more)"
+            )
         rows, overwrite = parse_push(parse_json(raw), table, service.registry, max_keys)
         del raw
         count = await service.push(table, rows, overwrite)
@@ -249,8 +255,11 @@ def routes(service: Service) -> list[Route]:
             status = "degraded" if details["broken_tables"] else "ready"
             return json_response({"status": status, **shown})
         message = {"message": state.message} if shown else {}
-        return json_response({"status": "not_ready", "reason": state.reason, **message, **shown}, 503,
-                             {"Retry-After": str(config.retry_after)})
+        return json_response(
+            {"status": "not_ready", "reason": state.reason, **message, **shown},
+            503,
+            {"Retry-After": str(config.retry_after)},
+        )
 
     async def metrics(request: Request) -> Response:
         await service.inventory.current()  # the age gauges: refreshed if due, at most every inventory_interval
@@ -291,12 +300,16 @@ def exception_handlers(service: Service, app_routes: list[Route]) -> dict[Any, A
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if exc.status_code == 404:
-            error = RequestError("not_found", f"no endpoint {request.method} {request.url.path}; endpoints: {endpoints}", 404)
+            error = RequestError(
+                "not_found", f"no endpoint {request.method} {request.url.path}; endpoints: {endpoints}", 404
+            )
         elif exc.status_code == 405:
             allowed = (exc.headers or {}).get("Allow", "")
             error = RequestError(
-                "method_not_allowed", f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}",
-                405, dict(exc.headers or {}),
+                "method_not_allowed",
+                f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}",
+                405,
+                dict(exc.headers or {}),
             )
         else:
             error = RequestError("http_error", exc.detail, exc.status_code, dict(exc.headers or {}))
@@ -308,11 +321,19 @@ def exception_handlers(service: Service, app_routes: list[Route]) -> dict[Any, A
     async def client_gone(request: Request, exc: Exception) -> Response:
         # The client left (or was cut off: a body not sent within body_timeout) before its body was
         # read. No one reads this answer but the metrics; it is not a bug to log a traceback for.
-        return error_response(RequestError("client_disconnected", "the client closed the connection before "
-                                           "sending the whole body", CLIENT_CLOSED), retry_after)
+        return error_response(
+            RequestError(
+                "client_disconnected", "the client closed the connection before sending the whole body", CLIENT_CLOSED
+            ),
+            retry_after,
+        )
 
-    return {PgFeaturesError: pgfeatures_error, HTTPException: http_error, ClientDisconnect: client_gone,
-            Exception: internal_error}
+    return {
+        PgFeaturesError: pgfeatures_error,
+        HTTPException: http_error,
+        ClientDisconnect: client_gone,
+        Exception: internal_error,
+    }
 
 
 # -- auth and timing ------------------------------------------------------------------------------
@@ -374,7 +395,9 @@ class ServiceMiddleware:
 async def _unauthorized(scope: Scope, receive: Receive, send: Send) -> None:
     response = Response(
         error_body("unauthorized", "missing or wrong bearer token: send 'Authorization: Bearer <token>'"),
-        401, {"WWW-Authenticate": "Bearer"}, media_type=JSON,
+        401,
+        {"WWW-Authenticate": "Bearer"},
+        media_type=JSON,
     )
     await response(scope, receive, send)
 

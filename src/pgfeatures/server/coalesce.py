@@ -137,8 +137,10 @@ class Coalescer:
             self._timer = None
         now = _now()
         for ident, queue in list(self._queues.items()):
-            while queue.keys and self._in_flight < self.max_in_flight and (
-                len(queue.keys) >= self.max_keys or now >= queue.since + self.window
+            while (
+                queue.keys
+                and self._in_flight < self.max_in_flight
+                and (len(queue.keys) >= self.max_keys or now >= queue.since + self.window)
             ):
                 self._send(queue)
             if not queue.keys:

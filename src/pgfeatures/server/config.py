@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..connections import check_pooler
 from ..definitions import Registry, demo_registry, read_toml
 from ..errors import ConfigError, PgFeaturesError
-from ..connections import check_pooler
 from ..reader import Strategy
 
 log = logging.getLogger("pgfeatures.server")
@@ -66,7 +66,9 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _setting(default: Any, help: str, parse: Callable[[Any], Any], *, minimum: float | None = None, secret: bool = False) -> Any:
+def _setting(
+    default: Any, help: str, parse: Callable[[Any], Any], *, minimum: float | None = None, secret: bool = False
+) -> Any:
     """A setting's field; a secret one (a DSN may hold a password) is left out of the repr, hence out of tracebacks."""
     return field(default=default, repr=not secret, metadata={"help": help, "parse": parse, "minimum": minimum})
 
@@ -86,107 +88,163 @@ class ServerConfig:
         True, "while every replica is down (or too far behind), read from the primary", _bool
     )
     max_replica_lag: float | None = _setting(
-        None, "seconds a replica may be behind the primary and still be read (default: no bound)", _number(float),
-        minimum=0
+        None,
+        "seconds a replica may be behind the primary and still be read (default: no bound)",
+        _number(float),
+        minimum=0,
     )
     credentials: str | None = _setting(
-        None, "credential provider 'module:callable', called for every new connection (rotating passwords, "
-        "OAuth or IAM tokens; see docs/production.md)", _text
+        None,
+        "credential provider 'module:callable', called for every new connection (rotating passwords, "
+        "OAuth or IAM tokens; see docs/production.md)",
+        _text,
     )
     password_file: str | None = _setting(
         None, "file holding the database password, read at every new connection (a rotated secret is picked up)", _text
     )
     credentials_timeout: float = _setting(
-        5.0, "seconds the credential provider (or password file) may take to answer before the connection attempt "
-        "fails with 503 credentials_timeout (a token endpoint that hangs)", _number(float), minimum=0.001
+        5.0,
+        "seconds the credential provider (or password file) may take to answer before the connection attempt "
+        "fails with 503 credentials_timeout (a token endpoint that hangs)",
+        _number(float),
+        minimum=0.001,
     )
     pooler: str | None = _setting(
-        None, "'transaction' behind a transaction-mode pooler (PgBouncer): nothing prepared, reads through "
-        "server-side functions; 'session' or unset: prepared statements", _text
+        None,
+        "'transaction' behind a transaction-mode pooler (PgBouncer): nothing prepared, reads through "
+        "server-side functions; 'session' or unset: prepared statements",
+        _text,
     )
     max_lifetime: float = _setting(
-        1800.0, "seconds after which a pooled database connection is replaced (credentials renewed)", _number(float),
-        minimum=1
+        1800.0,
+        "seconds after which a pooled database connection is replaced (credentials renewed)",
+        _number(float),
+        minimum=1,
     )
     definitions: str | None = _setting(None, "feature-table definitions TOML (default: the demo layout)", _text)
     pool_size: int = _setting(4, "read connections per worker", _number(int), minimum=1)
     write_pool_size: int = _setting(
-        1, "write connections per worker, for POST /v1/push (0: a read-only service, pushes are 403 read_only)",
-        _number(int), minimum=0,
+        1,
+        "write connections per worker, for POST /v1/push (0: a read-only service, pushes are 403 read_only)",
+        _number(int),
+        minimum=0,
     )
     strategy: str = _setting("single", "read strategy for single-key requests", _text)
     max_future_skew: float = _setting(
-        300.0, "seconds a pushed updated_at may be ahead of the database server's clock; a push with one further "
-        "ahead is refused whole (400 invalid_value)", _number(float), minimum=0,
+        300.0,
+        "seconds a pushed updated_at may be ahead of the database server's clock; a push with one further "
+        "ahead is refused whole (400 invalid_value)",
+        _number(float),
+        minimum=0,
     )
     prewarm: bool = _setting(
-        True, "load the feature tables and indexes into shared_buffers (pgfeatures warmup) before reporting ready", _bool
+        True,
+        "load the feature tables and indexes into shared_buffers (pgfeatures warmup) before reporting ready",
+        _bool,
     )
     max_batch_keys: int = _setting(
         1000, "most keys one batch request (or rows one push) may carry", _number(int), minimum=1
     )
     batch_chunk_keys: int = _setting(
-        50, "keys per database statement of a batch; a larger batch is read in chunks and its answer streamed",
-        _number(int), minimum=1,
+        50,
+        "keys per database statement of a batch; a larger batch is read in chunks and its answer streamed",
+        _number(int),
+        minimum=1,
     )
     batch_connections: int = _setting(
-        0, "read connections batch chunks may hold at once, so single-key reads keep the rest "
-        "(0: a quarter of the pool, at least 1)", _number(int), minimum=0,
+        0,
+        "read connections batch chunks may hold at once, so single-key reads keep the rest "
+        "(0: a quarter of the pool, at least 1)",
+        _number(int),
+        minimum=0,
     )
     inventory_interval: float = _setting(
-        15.0, "seconds between refreshes of the table inventory (GET /v1/tables: rows, age of the newest row; "
-        "the age gauges), which run only when asked for", _number(float), minimum=0,
+        15.0,
+        "seconds between refreshes of the table inventory (GET /v1/tables: rows, age of the newest row; "
+        "the age gauges), which run only when asked for",
+        _number(float),
+        minimum=0,
     )
     expire_every: float = _setting(
-        0.0, "seconds between background runs of pgfeatures expire (rows older than their table's ttl plus "
+        0.0,
+        "seconds between background runs of pgfeatures expire (rows older than their table's ttl plus "
         "expire_grace deleted in small batches, on the primary; a read-only service never expires); 0: never",
-        _number(float), minimum=0,
+        _number(float),
+        minimum=0,
     )
     expire_grace: float = _setting(
-        3600.0, "seconds rows are kept beyond their table's ttl before expire deletes them", _number(float), minimum=0,
+        3600.0,
+        "seconds rows are kept beyond their table's ttl before expire deletes them",
+        _number(float),
+        minimum=0,
     )
     coalesce: bool = _setting(False, "merge concurrent single-key requests into batched queries", _bool)
     coalesce_window_us: int = _setting(
-        0, "how long the first request of a coalesced batch waits for company, in microseconds "
-        "(0: the requests of the same event-loop iteration)", _number(int), minimum=0
+        0,
+        "how long the first request of a coalesced batch waits for company, in microseconds "
+        "(0: the requests of the same event-loop iteration)",
+        _number(int),
+        minimum=0,
     )
     coalesce_max_keys: int = _setting(16, "most keys in one coalesced query", _number(int), minimum=1)
     acquire_timeout: float = _setting(
         1.0, "seconds a request waits for a pooled connection before 503 pool_exhausted", _number(float), minimum=0.001
     )
     request_timeout: float = _setting(
-        5.0, "seconds a request may spend on the database in all before 504 query_timeout", _number(float), minimum=0.001
+        5.0,
+        "seconds a request may spend on the database in all before 504 query_timeout",
+        _number(float),
+        minimum=0.001,
     )
-    connect_timeout: float = _setting(5.0, "seconds to wait for a new database connection", _number(float), minimum=0.001)
-    retry_after: int = _setting(1, "Retry-After seconds sent with retryable (503, 504) responses", _number(int), minimum=0)
+    connect_timeout: float = _setting(
+        5.0, "seconds to wait for a new database connection", _number(float), minimum=0.001
+    )
+    retry_after: int = _setting(
+        1, "Retry-After seconds sent with retryable (503, 504) responses", _number(int), minimum=0
+    )
     token: str | None = _setting(
-        None, "bearer token required on every endpoint but /healthz and /readyz (prefer PGFEATURES_TOKEN or "
-        "--token-file: a flag is visible to every user in ps)", _text, secret=True
+        None,
+        "bearer token required on every endpoint but /healthz and /readyz (prefer PGFEATURES_TOKEN or "
+        "--token-file: a flag is visible to every user in ps)",
+        _text,
+        secret=True,
     )
     token_file: str | None = _setting(
         None, "file holding the bearer token (read at startup; surrounding whitespace ignored)", _text
     )
     probe_details: bool = _setting(
-        False, "/readyz shows its details (read targets with their hosts, tables that cannot be served, what "
-        "failed) to requests without the token too; by default only the status and a reason class", _bool
+        False,
+        "/readyz shows its details (read targets with their hosts, tables that cannot be served, what "
+        "failed) to requests without the token too; by default only the status and a reason class",
+        _bool,
     )
     graceful_timeout: float = _setting(
         30.0, "seconds to let in-flight requests finish on shutdown", _number(float), minimum=0
     )
     header_timeout: float = _setting(
-        10.0, "seconds a client may take to send a request's headers before a 408 closes the connection",
-        _number(float), minimum=0.001,
+        10.0,
+        "seconds a client may take to send a request's headers before a 408 closes the connection",
+        _number(float),
+        minimum=0.001,
     )
     body_timeout: float = _setting(
-        10.0, "seconds a client may take to send a request's body after its headers before a 408 closes the "
-        "connection", _number(float), minimum=0.001,
+        10.0,
+        "seconds a client may take to send a request's body after its headers before a 408 closes the connection",
+        _number(float),
+        minimum=0.001,
     )
     max_header_bytes: int = _setting(
-        65536, "most bytes of a request's line and headers (read before the token is checked); past it a 431 "
-        "closes the connection", _number(int), minimum=1024,
+        65536,
+        "most bytes of a request's line and headers (read before the token is checked); past it a 431 "
+        "closes the connection",
+        _number(int),
+        minimum=1024,
     )
     max_headers: int = _setting(
-        100, "most headers in one request; past it a 431 closes the connection", _number(int), minimum=8,
+        100,
+        "most headers in one request; past it a 431 closes the connection",
+        _number(int),
+        minimum=8,
     )
     keep_alive: float = _setting(
         60.0, "seconds an idle client connection is kept open (model servers reuse theirs)", _number(float), minimum=0
@@ -214,7 +272,9 @@ class ServerConfig:
         except PgFeaturesError as exc:
             raise ConfigError(str(exc)) from None
         if self.batch_connections > self.pool_size:
-            raise ConfigError(f"batch_connections ({self.batch_connections}) cannot exceed pool_size ({self.pool_size})")
+            raise ConfigError(
+                f"batch_connections ({self.batch_connections}) cannot exceed pool_size ({self.pool_size})"
+            )
         try:
             Strategy.parse(self.strategy)
         except PgFeaturesError as exc:
@@ -259,7 +319,7 @@ class ServerConfig:
         """The feature tables served. Raises DefinitionError for a bad definitions file."""
         return Registry.from_toml(self.definitions) if self.definitions else demo_registry()
 
-    def replace(self, **changes: Any) -> "ServerConfig":
+    def replace(self, **changes: Any) -> ServerConfig:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> str:
@@ -267,9 +327,8 @@ class ServerConfig:
         return json.dumps(dataclasses.asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "ServerConfig":
+    def from_json(cls, text: str) -> ServerConfig:
         return cls(**json.loads(text))
-
 
 
 def read_token_file(path: str) -> str:
@@ -324,8 +383,13 @@ def load_config(
     flags = flags or {}
     environ = os.environ if environ is None else environ
     if flags.get("token") is not None:
-        log.warning("pgfeatures: the bearer token was given as %s, which every user of this machine can read in ps; "
-                    "set %s or use %s instead", flag_name("token"), env_name("token"), flag_name("token_file"))
+        log.warning(
+            "pgfeatures: the bearer token was given as %s, which every user of this machine can read in ps; "
+            "set %s or use %s instead",
+            flag_name("token"),
+            env_name("token"),
+            flag_name("token_file"),
+        )
     config_file = config_file or environ.get(CONFIG_FILE_ENV)
     values: dict[str, Any] = read_config_file(config_file) if config_file else {}
     for f in SETTINGS:

@@ -58,7 +58,12 @@ def json_real(value: float) -> Any:
 def result(key: Any, features: Features) -> dict[str, Any]:
     """One request's answer; ``key`` as the request sent it."""
     status = features.status
-    return {"key": key, "features": features, "status": status, "missing": [t for t, s in status.items() if s != PRESENT]}
+    return {
+        "key": key,
+        "features": features,
+        "status": status,
+        "missing": [t for t, s in status.items() if s != PRESENT],
+    }
 
 
 class Float32Plan:

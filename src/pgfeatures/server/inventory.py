@@ -115,13 +115,22 @@ class Inventory:
         started = time.monotonic()
         router = self.store.router
         if router is None:  # not open yet (or closed): its DSN may not even be resolved
-            self.snapshot = Snapshot(self.snapshot.tables, self.snapshot.services, None,
-                                     "the store is not open yet (the service is warming up)")
+            self.snapshot = Snapshot(
+                self.snapshot.tables,
+                self.snapshot.services,
+                None,
+                "the store is not open yet (the service is warming up)",
+            )
             return
         dsn = str(router.order()[0].dsn)
         try:
-            conn = await connect_async(dsn, "pgfeatures-inventory", self.store.connect_timeout,
-                                       credentials=self.store.credentials, pooler=self.store.pooler)
+            conn = await connect_async(
+                dsn,
+                "pgfeatures-inventory",
+                self.store.connect_timeout,
+                credentials=self.store.credentials,
+                pooler=self.store.pooler,
+            )
             try:
                 tables = await tables_async(conn, self.registry, timeout=TABLE_TIMEOUT)
                 services = await services_async(conn, self.registry) if self.registry.services else []
@@ -176,8 +185,12 @@ class Inventory:
             entity = table.entity
             doc: dict[str, Any] = {
                 "name": table.name,
-                "entity": {"name": entity.name, "key_type": entity.key_type, "key_column": entity.column,
-                           **({"hash": entity.hash} if entity.hash else {})},
+                "entity": {
+                    "name": entity.name,
+                    "key_type": entity.key_type,
+                    "key_column": entity.column,
+                    **({"hash": entity.hash} if entity.hash else {}),
+                },
                 "covering_index": table.covering_index,
                 "features": [{"name": f.name, "type": f.type.name, "default": f.default} for f in table.features],
                 "ttl": table.ttl,
@@ -192,9 +205,15 @@ class Inventory:
             }
             tables.append(doc)
         at = snap.refreshed_at
-        return {"schema": self.registry.schema, "tables": tables,
-                "inventory": {"age": None if at is None else round(now - at, 3), "interval": self.interval,
-                              "error": snap.error}}
+        return {
+            "schema": self.registry.schema,
+            "tables": tables,
+            "inventory": {
+                "age": None if at is None else round(now - at, 3),
+                "interval": self.interval,
+                "error": snap.error,
+            },
+        }
 
     def service_state(self, name: str) -> str | None:
         """A materialized service's serving rows as last found: built, stale, missing (None: unknown or not materialized)."""

@@ -48,7 +48,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
 
-from prometheus_client import values
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -58,6 +57,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
     multiprocess,
+    values,
 )
 
 from ..definitions import Registry
@@ -68,7 +68,25 @@ disable_created_metrics()  # the *_created series double the exposition and no d
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # Loopback requests take 0.3-3 ms; the tail and timeouts reach seconds.
-LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LATENCY_BUCKETS = (
+    0.0002,
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]*_(\d+)\.db")
 
@@ -78,6 +96,8 @@ class WithStatus(Protocol):
 
     @property
     def status(self) -> Mapping[str, str]: ...
+
+
 POOL_STATS = {"requests_errors": "requests", "connections_errors": "connections", "connections_lost": "lost"}
 
 
@@ -96,57 +116,96 @@ class Metrics:
         r = self.registry
         self.requests = Counter("pgfeatures_http_requests", "HTTP requests", ["endpoint", "status"], registry=r)
         self.latency = Histogram(
-            "pgfeatures_http_request_duration_seconds", "HTTP request latency", ["endpoint"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "pgfeatures_http_request_duration_seconds",
+            "HTTP request latency",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.db_time = Histogram(
-            "pgfeatures_db_duration_seconds", "time in the store per database call (pool wait included)", ["kind"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "pgfeatures_db_duration_seconds",
+            "time in the store per database call (pool wait included)",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.db_errors = Counter("pgfeatures_db_errors", "database calls that failed", ["reason"], registry=r)
         self.batch_keys = Histogram(
             "pgfeatures_coalesced_batch_keys", "keys per coalesced query", buckets=BATCH_BUCKETS, registry=r
         )
-        self.service_requests = Counter("pgfeatures_service_requests", "HTTP requests per feature service",
-                                        ["service", "endpoint", "status"], registry=r)
+        self.service_requests = Counter(
+            "pgfeatures_service_requests",
+            "HTTP requests per feature service",
+            ["service", "endpoint", "status"],
+            registry=r,
+        )
         self.service_latency = Histogram(
-            "pgfeatures_service_request_duration_seconds", "HTTP request latency per feature service",
-            ["service", "endpoint"], buckets=LATENCY_BUCKETS, registry=r,
+            "pgfeatures_service_request_duration_seconds",
+            "HTTP request latency per feature service",
+            ["service", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.service_db_time = Histogram(
-            "pgfeatures_service_db_duration_seconds", "time in the store per database call, per feature service",
-            ["service"], buckets=LATENCY_BUCKETS, registry=r,
+            "pgfeatures_service_db_duration_seconds",
+            "time in the store per database call, per feature service",
+            ["service"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.rows = Counter("pgfeatures_table_rows", "rows found, per feature table", ["table"], registry=r)
         self.misses = Counter("pgfeatures_table_misses", "keys absent, per feature table", ["table"], registry=r)
-        self.expired = Counter("pgfeatures_table_expired", "rows older than the ttl, per feature table", ["table"], registry=r)
-        self.newest_age = Gauge(
-            "pgfeatures_table_newest_row_age_seconds", "seconds since the newest row's updated_at (an upper bound; "
-            "NaN: unknown)", ["table"], registry=r, multiprocess_mode="livemostrecent",
+        self.expired = Counter(
+            "pgfeatures_table_expired", "rows older than the ttl, per feature table", ["table"], registry=r
         )
-        self.pushed_rows = Counter("pgfeatures_push_rows", "pushed keys, written or skipped (a newer row was kept)",
-                                   ["table", "result"], registry=r)
-        self.expired_rows = Counter("pgfeatures_expired_rows", "rows deleted past their table's ttl (serve "
-                                    "--expire-every)", ["table"], registry=r)
+        self.newest_age = Gauge(
+            "pgfeatures_table_newest_row_age_seconds",
+            "seconds since the newest row's updated_at (an upper bound; NaN: unknown)",
+            ["table"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        self.pushed_rows = Counter(
+            "pgfeatures_push_rows",
+            "pushed keys, written or skipped (a newer row was kept)",
+            ["table", "result"],
+            registry=r,
+        )
+        self.expired_rows = Counter(
+            "pgfeatures_expired_rows",
+            "rows deleted past their table's ttl (serve --expire-every)",
+            ["table"],
+            registry=r,
+        )
         self.services = frozenset(services)
         self.pool_connections = Gauge(
             "pgfeatures_pool_connections", "read pool connections", ["state"], registry=r, multiprocess_mode="livesum"
         )
         self.pool_waiting = Gauge(
-            "pgfeatures_pool_requests_waiting", "requests waiting for a read connection", registry=r,
+            "pgfeatures_pool_requests_waiting",
+            "requests waiting for a read connection",
+            registry=r,
             multiprocess_mode="livesum",
         )
         self.pool_errors = Gauge(
-            "pgfeatures_pool_errors", "read pool errors since start (psycopg_pool statistics)", ["kind"], registry=r,
+            "pgfeatures_pool_errors",
+            "read pool errors since start (psycopg_pool statistics)",
+            ["kind"],
+            registry=r,
             multiprocess_mode="livesum",
         )
         self.ready = Gauge(
-            "pgfeatures_ready", "1 once warmed up (with several workers: how many are)", registry=r,
+            "pgfeatures_ready",
+            "1 once warmed up (with several workers: how many are)",
+            registry=r,
             multiprocess_mode="livesum",
         )
         self.definitions = Gauge(
-            "pgfeatures_definitions", "the fingerprint of the definitions served (with several workers: how many serve it)",
-            ["fingerprint"], registry=r, multiprocess_mode="livesum",
+            "pgfeatures_definitions",
+            "the fingerprint of the definitions served (with several workers: how many serve it)",
+            ["fingerprint"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self._fingerprint: str | None = None
         tables = list(tables)
@@ -173,7 +232,8 @@ class Metrics:
         children = self._children.get((endpoint, status))
         if children is None:
             children = self._children[endpoint, status] = (
-                self.latency.labels(endpoint), self.requests.labels(endpoint, str(status))
+                self.latency.labels(endpoint),
+                self.requests.labels(endpoint, str(status)),
             )
         children[0].observe(seconds)
         children[1].inc()
@@ -185,7 +245,8 @@ class Metrics:
         children = self._service_children.get((service, endpoint, status))
         if children is None:
             children = self._service_children[service, endpoint, status] = (
-                self.service_latency.labels(service, endpoint), self.service_requests.labels(service, endpoint, str(status))
+                self.service_latency.labels(service, endpoint),
+                self.service_requests.labels(service, endpoint, str(status)),
             )
         children[0].observe(seconds)
         children[1].inc()

@@ -63,7 +63,9 @@ def json_type(value: Any) -> str:
 def check_fields(body: Mapping[str, Any], allowed: Sequence[str], required: str | None) -> None:
     unknown = sorted(set(body) - set(allowed))
     if unknown:
-        raise RequestError("invalid_request", f"unknown field(s): {', '.join(unknown)}; valid fields: {', '.join(allowed)}")
+        raise RequestError(
+            "invalid_request", f"unknown field(s): {', '.join(unknown)}; valid fields: {', '.join(allowed)}"
+        )
     if required is not None and required not in body:
         raise RequestError("invalid_request", f"missing field {required!r}; valid fields: {', '.join(allowed)}")
 
@@ -96,12 +98,12 @@ class PackedKeys(Sequence[bytes]):
     def __getitem__(self, index: Any) -> Any:
         raw, n = self.raw, KEY_LENGTH
         if isinstance(index, slice):
-            return [raw[i * n:(i + 1) * n] for i in range(*index.indices(len(self)))]
+            return [raw[i * n : (i + 1) * n] for i in range(*index.indices(len(self)))]
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(index)
-        return raw[index * n:(index + 1) * n]
+        return raw[index * n : (index + 1) * n]
 
 
 def parse_hex_keys(texts: list[Any]) -> PackedKeys:
@@ -112,8 +114,10 @@ def parse_hex_keys(texts: list[Any]) -> PackedKeys:
         joined = "".join(texts)
     except TypeError:
         joined = ""  # a non-string: found below
-    if len(joined) == 2 * KEY_LENGTH * len(texts) and _HEX_KEYS.fullmatch(joined) and all(
-        len(t) == 2 * KEY_LENGTH for t in texts
+    if (
+        len(joined) == 2 * KEY_LENGTH * len(texts)
+        and _HEX_KEYS.fullmatch(joined)
+        and all(len(t) == 2 * KEY_LENGTH for t in texts)
     ):
         return PackedKeys(bytes.fromhex(joined))
     for i, text in enumerate(texts):
@@ -144,16 +148,20 @@ def json_key(value: Any, where: str, entity: str | None = None) -> Any:
 def _exact_integer(value: float, where: str, entity: str | None) -> int:
     if abs(value) >= EXACT_FLOAT:
         whose = f"{entity} key " if entity else ""
-        raise KeyFormatError(f"{where}: {whose}{value!r} is a number beyond ±2**53 written with a fraction or exponent, "
-                             "which JSON does not carry exactly: send the key as an integer literal, or as text")
+        raise KeyFormatError(
+            f"{where}: {whose}{value!r} is a number beyond ±2**53 written with a fraction or exponent, "
+            "which JSON does not carry exactly: send the key as an integer literal, or as text"
+        )
     return int(value)
 
 
 def _check_entity_keys(registry: Registry, keys: Mapping[str, Any], where: str) -> None:
     """Every entity named in a key object exists and its key is one it takes."""
     if not keys:
-        raise KeyFormatError(f"{where}: an object of entity keys must name at least one entity "
-                             f"(entities: {', '.join(registry.entities)})")
+        raise KeyFormatError(
+            f"{where}: an object of entity keys must name at least one entity "
+            f"(entities: {', '.join(registry.entities)})"
+        )
     for name, value in keys.items():
         entity: Entity | None = registry.entities.get(name)
         if entity is None:
@@ -224,7 +232,7 @@ def parse_features(body: Mapping[str, Any]) -> FeaturesArg:
     if not isinstance(features, dict):
         raise RequestError(
             "invalid_request",
-            f"features must be an object {{table: [feature, ...]}} or an array [\"table.feature\", ...], got {json_type(features)}",
+            f'features must be an object {{table: [feature, ...]}} or an array ["table.feature", ...], got {json_type(features)}',
         )
     if not features:
         raise RequestError("invalid_request", "features must name at least one table (omit it to read all)")
@@ -261,7 +269,13 @@ def wants_octets(accept: str | None) -> bool:
         return False
     best = {"octets": (-1.0, 0), "json": (-1.0, 0)}
     for q, order, media in _accepted(accept):
-        kind = "octets" if media == OCTET_STREAM else "json" if media in ("application/json", "application/*", "*/*") else None
+        kind = (
+            "octets"
+            if media == OCTET_STREAM
+            else "json"
+            if media in ("application/json", "application/*", "*/*")
+            else None
+        )
         if kind is not None and q > 0 and (q, order) > best[kind]:
             best[kind] = (q, order)
     return best["octets"] > best["json"]
@@ -276,9 +290,13 @@ def parse_output(body: Mapping[str, Any], accept: str | None) -> tuple[bool, boo
         raise RequestError("invalid_request", f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
     octets = wants_octets(accept)
     if octets and output == "dict":
-        raise RequestError("not_acceptable", "Accept: application/octet-stream carries the vector only: drop "
-                                             "\"output\": \"dict\" (or send \"output\": \"vector\"), or accept "
-                                             "application/json", 406)
+        raise RequestError(
+            "not_acceptable",
+            "Accept: application/octet-stream carries the vector only: drop "
+            '"output": "dict" (or send "output": "vector"), or accept '
+            "application/json",
+            406,
+        )
     return octets or output == "vector", octets
 
 
@@ -292,8 +310,10 @@ def _push_key(value: Any, entity: Entity, registry: Registry, where: str) -> Any
     if isinstance(value, Mapping):
         _check_entity_keys(registry, value, where)
         if entity.name not in value:
-            raise KeyFormatError(f"{where}: no key for entity {entity.name!r}, which this table is keyed by; "
-                                 f"the key has: {', '.join(map(str, value))}")
+            raise KeyFormatError(
+                f"{where}: no key for entity {entity.name!r}, which this table is keyed by; "
+                f"the key has: {', '.join(map(str, value))}"
+            )
         value = value[entity.name]
     try:
         entity.parse(value)
@@ -305,17 +325,23 @@ def _push_key(value: Any, entity: Entity, registry: Registry, where: str) -> Any
 def _push_features(value: Any, where: str, integers: frozenset[str]) -> Mapping[str, Any]:
     """A row's features; values of the ``integers`` features written as floats beyond ±2**53 are refused (not exact)."""
     if not isinstance(value, dict):
-        raise RequestError("invalid_request", f"{where}features must be an object {{feature: value}}, got {json_type(value)}")
+        raise RequestError(
+            "invalid_request", f"{where}features must be an object {{feature: value}}, got {json_type(value)}"
+        )
     if not value:
         raise RequestError("invalid_request", f"{where}features must set at least one feature")
     for name, v in value.items():
         if type(v) is float and abs(v) >= EXACT_FLOAT and name in integers:
-            raise FeatureValueError(f"{where}features.{name}: {v!r} is a number beyond ±2**53 written with a fraction "
-                                    "or exponent, which JSON does not carry exactly: send it as an integer literal")
+            raise FeatureValueError(
+                f"{where}features.{name}: {v!r} is a number beyond ±2**53 written with a fraction "
+                "or exponent, which JSON does not carry exactly: send it as an integer literal"
+            )
     return value
 
 
-def parse_push(body: Mapping[str, Any], table: str, registry: Registry, max_rows: int) -> tuple[list[tuple[Any, Mapping[str, Any]]], bool]:
+def parse_push(
+    body: Mapping[str, Any], table: str, registry: Registry, max_rows: int
+) -> tuple[list[tuple[Any, Mapping[str, Any]]], bool]:
     """``([(key, features), ...], overwrite_newer)`` of a push to ``table``: ``{"rows": [{"key",
     "features"}, ...]}`` or one ``{"key", "features"}``, and ``"overwrite_newer"`` (default false).
     Keys are checked here (``rows[i]: ...``); feature names and values by the store before any I/O.
@@ -328,11 +354,15 @@ def parse_push(body: Mapping[str, Any], table: str, registry: Registry, max_rows
         raise RequestError("invalid_request", f"overwrite_newer must be true or false, got {json_type(overwrite)}")
     if "rows" in body:
         if "key" in body or "features" in body:
-            raise RequestError("invalid_request", "send either \"rows\": [{\"key\", \"features\"}, ...] or one "
-                                                  "\"key\" with its \"features\", not both")
+            raise RequestError(
+                "invalid_request",
+                'send either "rows": [{"key", "features"}, ...] or one "key" with its "features", not both',
+            )
         rows = body["rows"]
         if not isinstance(rows, list):
-            raise RequestError("invalid_request", f"rows must be an array of {{\"key\", \"features\"}} objects, got {json_type(rows)}")
+            raise RequestError(
+                "invalid_request", f'rows must be an array of {{"key", "features"}} objects, got {json_type(rows)}'
+            )
         if len(rows) > max_rows:
             raise RequestError(
                 "too_many_rows",
@@ -343,18 +373,32 @@ def parse_push(body: Mapping[str, Any], table: str, registry: Registry, max_rows
         for i, row in enumerate(rows):
             where = f"rows[{i}]"
             if not isinstance(row, dict):
-                raise RequestError("invalid_request", f"{where} must be an object {{\"key\", \"features\"}}, got {json_type(row)}")
+                raise RequestError(
+                    "invalid_request", f'{where} must be an object {{"key", "features"}}, got {json_type(row)}'
+                )
             unknown = sorted(set(row) - set(PUSH_ROW_FIELDS))
             missing = [f for f in PUSH_ROW_FIELDS if f not in row]
             if unknown or missing:
-                raise RequestError("invalid_request", f"{where}: " + "; ".join(
-                    ([f"unknown field(s): {', '.join(unknown)}"] if unknown else [])
-                    + ([f"missing field(s): {', '.join(missing)}"] if missing else [])) + "; valid fields: key, features")
-            out.append((_push_key(row["key"], entity, registry, where),
-                        _push_features(row["features"], where + ".", integers)))
+                raise RequestError(
+                    "invalid_request",
+                    f"{where}: "
+                    + "; ".join(
+                        ([f"unknown field(s): {', '.join(unknown)}"] if unknown else [])
+                        + ([f"missing field(s): {', '.join(missing)}"] if missing else [])
+                    )
+                    + "; valid fields: key, features",
+                )
+            out.append(
+                (_push_key(row["key"], entity, registry, where), _push_features(row["features"], where + ".", integers))
+            )
         return out, overwrite
     missing = [f for f in PUSH_ROW_FIELDS if f not in body]
     if missing:
-        raise RequestError("invalid_request", f"missing field(s) {', '.join(missing)}: send \"rows\": [{{\"key\", "
-                                              "\"features\"}, ...], or one \"key\" with its \"features\"")
-    return [(_push_key(body["key"], entity, registry, "key"), _push_features(body["features"], "", integers))], overwrite
+        raise RequestError(
+            "invalid_request",
+            f'missing field(s) {", ".join(missing)}: send "rows": [{{"key", '
+            '"features"}, ...], or one "key" with its "features"',
+        )
+    return [
+        (_push_key(body["key"], entity, registry, "key"), _push_features(body["features"], "", integers))
+    ], overwrite

@@ -53,8 +53,10 @@ REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 def refusal(status: int, message: str) -> bytes:
     """A whole plain-text response that closes the connection."""
     body = message.encode()
-    return (b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
-            b"content-length: %d\r\n\r\n%s" % (status, REASONS[status], len(body), body))
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+        b"content-length: %d\r\n\r\n%s" % (status, REASONS[status], len(body), body)
+    )
 
 
 @functools.cache
@@ -111,8 +113,9 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             if self._refused or self.transport.is_closing():
                 return
             if self._heads_done == heads_done:  # the headers did not end within the limit: not a byte more
-                self._refuse(431, f"the request line and headers exceed {self.max_header_bytes} bytes "
-                                  "(max_header_bytes)")
+                self._refuse(
+                    431, f"the request line and headers exceed {self.max_header_bytes} bytes (max_header_bytes)"
+                )
                 return
         super().data_received(data)
 
@@ -132,8 +135,9 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._in_head = False
         self._cancel_header_timer()
         if self._header_count > self.max_headers:
-            self._refuse(431, f"the request has {self._header_count} headers, more than {self.max_headers} headers "
-                              "(max_headers)")
+            self._refuse(
+                431, f"the request has {self._header_count} headers, more than {self.max_headers} headers (max_headers)"
+            )
             return
         super().on_headers_complete()
         self._body_timer = self.loop.call_later(self.body_timeout, self._body_timed_out)
@@ -181,10 +185,14 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self.cycle is not None and self.cycle.response_complete:  # answered without the body (a 401, ...)
-            log.debug("pgfeatures: closing %s: the request's body did not end within %gs", self.client, self.body_timeout)
+            log.debug(
+                "pgfeatures: closing %s: the request's body did not end within %gs", self.client, self.body_timeout
+            )
             self.transport.close()
             return
-        self._refuse(408, f"the request body was not received within {self.body_timeout:g}s (body_timeout)", current=True)
+        self._refuse(
+            408, f"the request body was not received within {self.body_timeout:g}s (body_timeout)", current=True
+        )
 
     def _refuse(self, status: int, message: str, current: bool = False) -> None:
         """Answer ``status`` and close the connection (the answer sent whole: see ``LINGER``).

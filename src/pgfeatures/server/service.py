@@ -116,20 +116,33 @@ class Service:
         self.registry = registry
         # A broken table (missing, renamed, drifted) only breaks the requests that touch it.
         self.store = AsyncFeatureStore(
-            registry, config.dsn, read_dsns=config.read_dsns, read_fallback=config.read_fallback,
-            max_replica_lag=config.max_replica_lag, credentials=config.credential_provider(),
-            credentials_timeout=config.credentials_timeout, pooler=config.pooler,
-            max_lifetime=config.max_lifetime, strategy=config.strategy, pool_size=config.pool_size,
-            write_pool_size=config.write_pool_size, acquire_timeout=config.acquire_timeout,
-            connect_timeout=config.connect_timeout, on_drift="isolate", max_future_skew=config.max_future_skew,
+            registry,
+            config.dsn,
+            read_dsns=config.read_dsns,
+            read_fallback=config.read_fallback,
+            max_replica_lag=config.max_replica_lag,
+            credentials=config.credential_provider(),
+            credentials_timeout=config.credentials_timeout,
+            pooler=config.pooler,
+            max_lifetime=config.max_lifetime,
+            strategy=config.strategy,
+            pool_size=config.pool_size,
+            write_pool_size=config.write_pool_size,
+            acquire_timeout=config.acquire_timeout,
+            connect_timeout=config.connect_timeout,
+            on_drift="isolate",
+            max_future_skew=config.max_future_skew,
         )
         self.metrics = Metrics(registry.tables, registry.services)
         self.inventory = Inventory(self.store, registry, config.inventory_interval)
         self.coalescer: Coalescer | None = None
         if config.coalesce:
             self.coalescer = Coalescer(
-                self._read_coalesced, window=config.coalesce_window, max_keys=config.coalesce_max_keys,
-                max_in_flight=config.pool_size, on_batch=self.metrics.batch_keys.observe,
+                self._read_coalesced,
+                window=config.coalesce_window,
+                max_keys=config.coalesce_max_keys,
+                max_in_flight=config.pool_size,
+                on_batch=self.metrics.batch_keys.observe,
             )
         # Batch chunks hold at most this many read connections at once; single-key reads keep the rest.
         self._batch_slots = asyncio.Semaphore(config.batch_slots)
@@ -137,7 +150,9 @@ class Service:
         self.ready = False
         self.closing = False
         self.status = "warming up"  # why not ready, for /readyz
-        self._db_seconds = {k: self.metrics.db_time.labels(k) for k in ("single", "batch", "coalesced", "probe", "push")}
+        self._db_seconds = {
+            k: self.metrics.db_time.labels(k) for k in ("single", "batch", "coalesced", "probe", "push")
+        }
         self._service_seconds = {name: self.metrics.service_db_time.labels(name) for name in registry.services}
         self._last_ok = 0.0
         self._last_error = 0.0
@@ -218,8 +233,13 @@ class Service:
             if not self.ready or self.store.dsn is None or self.config.write_pool_size == 0:
                 continue
             try:
-                conn = await connect_async(self.store.dsn, "pgfeatures-expire", self.store.connect_timeout,
-                                           credentials=self.store.credentials, pooler=self.store.pooler)
+                conn = await connect_async(
+                    self.store.dsn,
+                    "pgfeatures-expire",
+                    self.store.connect_timeout,
+                    credentials=self.store.credentials,
+                    pooler=self.store.pooler,
+                )
                 try:
                     results = await expire_async(conn, self.registry, grace=self.config.expire_grace)
                 finally:
@@ -269,12 +289,16 @@ class Service:
 
     def reload_soon(self) -> None:
         """``reload`` in the background (SIGHUP): the outcome goes to the log."""
+
         async def run() -> None:
             try:
                 await self.reload()
             except Exception as exc:  # the previous definitions go on serving: say why, do not crash the worker
-                log.error("pgfeatures: reload failed, the previous definitions (%s) go on serving: %s",
-                          self.registry.fingerprint, exc)
+                log.error(
+                    "pgfeatures: reload failed, the previous definitions (%s) go on serving: %s",
+                    self.registry.fingerprint,
+                    exc,
+                )
 
         self._spawn(run())
 
@@ -324,7 +348,9 @@ class Service:
         """
         self._check_ready()
         if self.coalescer is not None:
-            result = await self._bounded(self.coalescer.read(reader, key), self.config.request_timeout + self.config.coalesce_window)
+            result = await self._bounded(
+                self.coalescer.read(reader, key), self.config.request_timeout + self.config.coalesce_window
+            )
         else:
             result = await self._db("single", self.store.read, reader, key, service=reader.selection.service)
         self.metrics.count((result,))
@@ -332,7 +358,9 @@ class Service:
             self._float32(reader).apply((result,))
         return result
 
-    def open_batch(self, reader: BatchReader, keys: Sequence[Any], vector: bool = False) -> AsyncGenerator[list[Any], None]:
+    def open_batch(
+        self, reader: BatchReader, keys: Sequence[Any], vector: bool = False
+    ) -> AsyncGenerator[list[Any], None]:
         """The results of many requests (keys already checked), in input order, as chunks of at most
         ``batch_chunk_keys``.
 
@@ -352,7 +380,7 @@ class Service:
         step = self.config.batch_chunk_keys
         plan = None if vector else self._float32(reader)
         for start in range(0, len(keys), step):
-            results = await self._read_chunk(reader, keys[start:start + step])
+            results = await self._read_chunk(reader, keys[start : start + step])
             self.metrics.count(results)
             if plan is not None:
                 plan.apply(results)
@@ -403,15 +431,23 @@ class Service:
         entities = list(dict.fromkeys(t.entity for t, _ in items))
         plan = self.vector_plan(self.store.readers.service_vector_batch_reader(name, None))
         doc: dict[str, Any] = {
-            "name": name, "version": svc.version, "description": svc.description,
+            "name": name,
+            "version": svc.version,
+            "description": svc.description,
             "definitions": self.registry.fingerprint,
-            "entities": [{"name": e.name, "key_type": e.key_type, **({"hash": e.hash} if e.hash else {}),
-                          "accepts": e.accepts} for e in entities],
-            "tables": [t.name for t, _ in items], "ttl": svc.ttl, "ttl_override": svc.ttl_override,
-            "table_ttls": {t.name: svc.effective_ttl(t) for t, _ in items}, "materialize": svc.materialize,
+            "entities": [
+                {"name": e.name, "key_type": e.key_type, **({"hash": e.hash} if e.hash else {}), "accepts": e.accepts}
+                for e in entities
+            ],
+            "tables": [t.name for t, _ in items],
+            "ttl": svc.ttl,
+            "ttl_override": svc.ttl_override,
+            "table_ttls": {t.name: svc.effective_ttl(t) for t, _ in items},
+            "materialize": svc.materialize,
             "state": self.inventory.service_state(name) if svc.materialize else None,
             "serving": "materialized" if name in self.store.readers.materialized else "tables",
-            "columns": len(plan.names), "dtype": plan.dtype,
+            "columns": len(plan.names),
+            "dtype": plan.dtype,
         }
         if detail:
             doc["names"] = list(plan.names)
@@ -420,7 +456,9 @@ class Service:
 
     # -- writes ------------------------------------------------------------------------------------
 
-    async def push(self, table: str, rows: Sequence[tuple[Any, Mapping[str, Any]]], overwrite_newer: bool) -> UpdateCount:
+    async def push(
+        self, table: str, rows: Sequence[tuple[Any, Mapping[str, Any]]], overwrite_newer: bool
+    ) -> UpdateCount:
         """Upsert rows of ``table`` through the store's write pool (``update_features_batch``: one
         statement per set of columns, one transaction; newest wins unless ``overwrite_newer``).
 
@@ -438,8 +476,15 @@ class Service:
     async def _read_coalesced(self, reader: Any, keys: list[Any]) -> list[Any]:
         return await self._db("coalesced", self.store.read_batch, reader, keys, service=reader.selection.service)
 
-    async def _db(self, kind: str, call: Callable[..., Awaitable[T]], *args: Any, timeout: float | None = None,
-                  service: str | None = None, write: bool = False) -> T:
+    async def _db(
+        self,
+        kind: str,
+        call: Callable[..., Awaitable[T]],
+        *args: Any,
+        timeout: float | None = None,
+        service: str | None = None,
+        write: bool = False,
+    ) -> T:
         """Run one store call in its own task, within the deadline; record success or failure
         (per feature service too, with ``service``). A ``write`` says nothing about the read path,
         so it does not count for readiness.
@@ -473,9 +518,7 @@ class Service:
                 if not task.cancelled():
                     task.exception()
                 self._failed("timeout", write)
-                raise QueryTimeoutError(
-                    f"the database did not answer within {limit:g}s (request_timeout)"
-                ) from None
+                raise QueryTimeoutError(f"the database did not answer within {limit:g}s (request_timeout)") from None
             error = self._translate(exc)
             if isinstance(error, DatabaseUnavailableError):
                 self._failed("unavailable", write)

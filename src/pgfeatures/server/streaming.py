@@ -68,8 +68,13 @@ class StreamedAnswer:
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
         except Exception as exc:
             error = classify(exc)
-            log.warning("pgfeatures: a streamed answer was cut off after %s (%d %s): %s",
-                        self.body.describe(), error.status, error.type, exc)
+            log.warning(
+                "pgfeatures: a streamed answer was cut off after %s (%d %s): %s",
+                self.body.describe(),
+                error.status,
+                error.type,
+                exc,
+            )
             return  # no final message: the connection is closed without the terminating chunk
         finally:
             gone.cancel()
@@ -86,7 +91,9 @@ class BatchAnswer:
     """A batch's answer, one piece per chunk: the first chunk (already read, so that a failure there
     was still an ordinary error response), then the rest as they are read, in ``encoder``'s form."""
 
-    def __init__(self, keys: Sequence[Any], first: list[Any], chunks: AsyncGenerator[list[Any], None], encoder: Encoder):
+    def __init__(
+        self, keys: Sequence[Any], first: list[Any], chunks: AsyncGenerator[list[Any], None], encoder: Encoder
+    ):
         self.keys = keys
         self.first = first
         self.chunks = chunks
@@ -99,11 +106,11 @@ class BatchAnswer:
     async def pieces(self) -> AsyncGenerator[bytes, None]:
         keys, encoder = self.keys, self.encoder
         try:
-            yield encoder.start() + encoder.chunk(keys[:len(self.first)], self.first)
+            yield encoder.start() + encoder.chunk(keys[: len(self.first)], self.first)
             self.sent = done = len(self.first)
             self.first = []
             async for chunk in self.chunks:
-                piece = encoder.chunk(keys[done:done + len(chunk)], chunk)
+                piece = encoder.chunk(keys[done : done + len(chunk)], chunk)
                 self.sent = done = done + len(chunk)
                 if piece:
                     yield piece

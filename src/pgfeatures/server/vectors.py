@@ -53,7 +53,9 @@ class VectorPlan:
         selection = reader.selection
         service = registry.service(selection.service)
         self.names = service_order(reader, service.order(registry))
-        self.types = tuple(registry.tables[t].feature(f).type.name for t, _, f in (n.partition(".") for n in self.names))
+        self.types = tuple(
+            registry.tables[t].feature(f).type.name for t, _, f in (n.partition(".") for n in self.names)
+        )
         self.tables = selection.tables
         self.all_real = all(t == "real" for t in self.types)
         self.reals = () if self.all_real else tuple(i for i, t in enumerate(self.types) if t == "real")
@@ -98,8 +100,12 @@ class VectorPlan:
     # -- raw -----------------------------------------------------------------------------------------
 
     def headers(self, rows: int) -> dict[str, str]:
-        return {"X-Pgfeatures-Rows": str(rows), "X-Pgfeatures-Columns": str(len(self.names)),
-                "X-Pgfeatures-Dtype": self.dtype, "X-Pgfeatures-Tables": ",".join(self.tables)}
+        return {
+            "X-Pgfeatures-Rows": str(rows),
+            "X-Pgfeatures-Columns": str(len(self.names)),
+            "X-Pgfeatures-Dtype": self.dtype,
+            "X-Pgfeatures-Tables": ",".join(self.tables),
+        }
 
     def values(self, vectors: Sequence[ServiceVector]) -> bytes:
         """The rows' values, concatenated, little-endian (None as NaN)."""

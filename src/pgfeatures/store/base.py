@@ -139,7 +139,9 @@ class Router:
         self._next_renewal()
         self.next_probe_at = min((t.next_probe for t in self.targets if t.down), default=float("inf"))
         if self.max_lag is not None:
-            self.next_probe_at = min(self.next_probe_at, min((t.next_probe for t in self.replicas), default=float("inf")))
+            self.next_probe_at = min(
+                self.next_probe_at, min((t.next_probe for t in self.replicas), default=float("inf"))
+            )
         healthy = [t for t in self.replicas if self.serving(t)]
         tail = [self.fallback] if self.fallback is not None and self.serving(self.fallback) else []
         if not healthy and not tail:
@@ -172,8 +174,13 @@ class Router:
             before = self.serving(target)
             target.lag = lag
             if self.serving(target) != before:
-                logger.warning("pgfeatures: %s is %.1fs behind the primary (max_replica_lag %gs): reads %s it",
-                               target.name, lag or 0.0, self.max_lag, "use" if self.serving(target) else "skip")
+                logger.warning(
+                    "pgfeatures: %s is %.1fs behind the primary (max_replica_lag %gs): reads %s it",
+                    target.name,
+                    lag or 0.0,
+                    self.max_lag,
+                    "use" if self.serving(target) else "skip",
+                )
                 self._rebuild()
 
     def renew_after(self, target: ReadTarget, seconds: float) -> None:
@@ -285,7 +292,7 @@ class Served:
     via_functions: dict[bytes, Any] = field(default_factory=dict)
 
     @classmethod
-    def new(cls, registry: Registry, reader_cache_size: int) -> "Served":
+    def new(cls, registry: Registry, reader_cache_size: int) -> Served:
         return cls(registry, ReaderCache(registry, max_statements=reader_cache_size), TableHealth(registry))
 
     @property
@@ -299,8 +306,9 @@ class Served:
 _DUMMY_KEYS = {"bytea32": WARMUP_KEY, "bigint": Int8(0), "text": "-", "uuid": uuid.UUID(int=0)}
 
 
-def warmup_statements(readers: Iterable[Reader[Any] | BatchReader[Any]]
-                      ) -> list[tuple[Reader[Any] | BatchReader[Any], bytes, tuple[Any, ...]]]:
+def warmup_statements(
+    readers: Iterable[Reader[Any] | BatchReader[Any]],
+) -> list[tuple[Reader[Any] | BatchReader[Any], bytes, tuple[Any, ...]]]:
     """(reader, statement, parameters) that prepare every statement of ``readers``, with parameters of
     the types real requests send (so the prepared statement is the one they use)."""
     statements: list[tuple[Reader[Any] | BatchReader[Any], bytes, tuple[Any, ...]]] = []

@@ -58,6 +58,7 @@ SLOW_WARMUP = 1.0  # seconds: a connection warm-up slower than this is logged
 
 # -- catalog inspection --------------------------------------------------------------------------
 
+
 def first_inspection(store: FeatureStore, router: Router, served: Served) -> dict[str, TableCheck]:
     """The catalog checks of ``served``'s tables, read on the first read target that answers;
     unreachable ones are marked down."""
@@ -73,12 +74,14 @@ def first_inspection(store: FeatureStore, router: Router, served: Served) -> dic
     raise errors[0]
 
 
-def inspect_target(store: FeatureStore, target: ReadTarget, tables: list[str],
-                               served: Served | None = None) -> dict[str, TableCheck]:
+def inspect_target(
+    store: FeatureStore, target: ReadTarget, tables: list[str], served: Served | None = None
+) -> dict[str, TableCheck]:
     """The catalog checks of ``tables`` (of ``served``, else what the store serves now) on ``target``,
     through a fresh connection."""
-    conn = connect(target.dsn, "pgfeatures-check", store.connect_timeout,
-                               credentials=store.credentials, pooler=store.pooler)
+    conn = connect(
+        target.dsn, "pgfeatures-check", store.connect_timeout, credentials=store.credentials, pooler=store.pooler
+    )
     try:
         return _catalog(served or store._served, conn, tables)
     except psycopg.Error as exc:
@@ -95,6 +98,7 @@ def _catalog(served: Served, conn: psycopg.Connection, tables: list[str]) -> dic
 
 # -- materialized services and read functions ----------------------------------------------------
 
+
 def find_materialized(store: FeatureStore, router: Router, served: Served) -> None:
     """Which of ``served``'s materialized services are built (their serving rows exist for these
     definitions and follow the tables): those are read from their serving rows; the others by the
@@ -104,8 +108,9 @@ def find_materialized(store: FeatureStore, router: Router, served: Served) -> No
     if not wanted:
         return
     target = next((t for t in router.targets if not t.down), router.targets[0])
-    conn = connect(target.dsn, "pgfeatures-check", store.connect_timeout,
-                               credentials=store.credentials, pooler=store.pooler)
+    conn = connect(
+        target.dsn, "pgfeatures-check", store.connect_timeout, credentials=store.credentials, pooler=store.pooler
+    )
     try:
         found = states(conn, registry)
     except psycopg.Error as exc:
@@ -118,9 +123,14 @@ def find_materialized(store: FeatureStore, router: Router, served: Served) -> No
         if state.state == "built":
             built[name] = registry.layouts(name)
         else:
-            logger.warning("pgfeatures: service %s is materialize = true but its serving rows are %s (%s): it is read "
-                           "table by table until `pgfeatures materialize %s` builds them", name, state.state, state.reason,
-                           name)
+            logger.warning(
+                "pgfeatures: service %s is materialize = true but its serving rows are %s (%s): it is read "
+                "table by table until `pgfeatures materialize %s` builds them",
+                name,
+                state.state,
+                state.reason,
+                name,
+            )
     served.readers.materialized = built
 
 
@@ -135,8 +145,9 @@ def read_functions(store: FeatureStore, router: Router, served: Served) -> dict[
     existing: set[str] = set()
     for dsn in [store.dsn or "", *(t.dsn for t in router.targets)]:
         try:
-            conn = connect(dsn, "pgfeatures-init", store.connect_timeout,
-                                       credentials=store.credentials, pooler=store.pooler)
+            conn = connect(
+                dsn, "pgfeatures-init", store.connect_timeout, credentials=store.credentials, pooler=store.pooler
+            )
         except PgFeaturesError as exc:
             logger.warning("pgfeatures: cannot check the read functions at %s: %s", target_name(dsn, "server"), exc)
             continue
@@ -151,9 +162,13 @@ def read_functions(store: FeatureStore, router: Router, served: Served) -> dict[
                     conn.execute(form.create, prepare=False)
                     existing.add(form.name)
                 except psycopg.Error as exc:
-                    logger.warning("pgfeatures: cannot create the read function %s (%s): reads of tables %s are "
-                                   "planned at every call; run `pgfeatures init` as the schema's owner",
-                                   form.name, str(exc).strip(), ", ".join(reader.tables))
+                    logger.warning(
+                        "pgfeatures: cannot create the read function %s (%s): reads of tables %s are "
+                        "planned at every call; run `pgfeatures init` as the schema's owner",
+                        form.name,
+                        str(exc).strip(),
+                        ", ".join(reader.tables),
+                    )
             break
         except psycopg.Error as exc:
             logger.warning("pgfeatures: cannot check the read functions: %s", str(exc).strip())
@@ -186,8 +201,11 @@ def prepare_served(conn: psycopg.Connection, cur: psycopg.RawCursor, served: Ser
         except psycopg.Error as exc:
             if conn.broken or not isinstance(database_error(exc), SchemaDriftError):
                 raise
-            logger.warning("pgfeatures: not prepared on a read connection (tables %s): %s",
-                           ", ".join(reader.tables), str(exc).strip())
+            logger.warning(
+                "pgfeatures: not prepared on a read connection (tables %s): %s",
+                ", ".join(reader.tables),
+                str(exc).strip(),
+            )
     setattr(conn, SERVED, served)
 
 
@@ -230,9 +248,11 @@ def prepare_everywhere(store: FeatureStore, router: Router, served: Served) -> i
 # -- the pools -----------------------------------------------------------------------------------
 
 OPEN_GRACE = 10.0  # seconds a read pool may take to fill at open, beyond connect_timeout (warm-up prepares)
-STALLED = ("its connections were opened but did not finish their warm-up (a pooler with no free server "
-           "connection, e.g. PgBouncer in session mode with default_pool_size below the clients' connections, "
-           "or a database that accepts logins but does not answer)")
+STALLED = (
+    "its connections were opened but did not finish their warm-up (a pooler with no free server "
+    "connection, e.g. PgBouncer in session mode with default_pool_size below the clients' connections, "
+    "or a database that accepts logins but does not answer)"
+)
 
 
 def open_pools(store: FeatureStore, router: Router, dsn: str) -> None:
@@ -257,17 +277,19 @@ def open_pools(store: FeatureStore, router: Router, dsn: str) -> None:
             first = router.targets[0]
             cause = first.failures.cause()
             if cause is None:  # connected, but never finished its warm-up
-                raise DatabaseUnavailableError(f"no read connection ready within {store.connect_timeout + OPEN_GRACE:g}s "
-                                               f"at {first.name}: {STALLED}")
-            raise database_error(PoolTimeout("no connection"), first.dsn, acquire_timeout=store.connect_timeout,
-                                 last_connect_error=cause)
+                raise DatabaseUnavailableError(
+                    f"no read connection ready within {store.connect_timeout + OPEN_GRACE:g}s "
+                    f"at {first.name}: {STALLED}"
+                )
+            raise database_error(
+                PoolTimeout("no connection"), first.dsn, acquire_timeout=store.connect_timeout, last_connect_error=cause
+            )
     except BaseException:
         close_pools(store, router)
         raise
 
 
-def filled_pool(store: FeatureStore, dsn: str, read: bool,
-                            failures: ConnectFailures) -> ConnectionPool | None:
+def filled_pool(store: FeatureStore, dsn: str, read: bool, failures: ConnectFailures) -> ConnectionPool | None:
     """A new read (``read``) or write pool on ``dsn`` once it holds its connections; None (and the
     pool closed) if it does not fill within the store's connect_timeout. A caller cancelled while
     it fills (a closing store, a client gone) leaves no pool behind: it is closed, then the
@@ -285,8 +307,7 @@ def filled_pool(store: FeatureStore, dsn: str, read: bool,
     return new
 
 
-def close_if_closed(store: FeatureStore, router: Router | None,
-                                *pools: ConnectionPool | None) -> bool:
+def close_if_closed(store: FeatureStore, router: Router | None, *pools: ConnectionPool | None) -> bool:
     """After a renewal installed a new pool: whether the store is still the open store it was when
     the renewal started (``router``: the read targets it had). If it closed (or closed and opened
     again) meanwhile, its close may have seen either pool, so ``pools`` (the new and the replaced
@@ -314,12 +335,16 @@ def renew_pool(store: FeatureStore, target: ReadTarget, why: str = "answers agai
     Returns whether the pool was replaced (False: the new pool did not fill, or the store closed
     meanwhile: then both pools are closed)."""
     router = store.router
-    if router is None or not any(t is target for t in router.targets):  # the store closed (or reopened) since the probe began
+    if router is None or not any(
+        t is target for t in router.targets
+    ):  # the store closed (or reopened) since the probe began
         return False
     failures = ConnectFailures()
     new = filled_pool(store, target.dsn, True, failures)
     if new is None:
-        target.renewal_failure = str(failures.cause() or f"its connections were not ready within {store.connect_timeout:g}s")
+        target.renewal_failure = str(
+            failures.cause() or f"its connections were not ready within {store.connect_timeout:g}s"
+        )
         return False
     old, target.pool, target.failures = target.pool, new, failures
     if close_if_closed(store, router, new, old):
@@ -345,8 +370,13 @@ def renew_expiring(store: FeatureStore, target: ReadTarget) -> None:
         target.renewing = False
     if not renewed and router is not None and store.router is router:
         retry = min(RENEWAL_RETRY, store.max_lifetime)
-        logger.warning("pgfeatures: %s: renewing the read pool (max_lifetime) failed (%s); its connections keep "
-                       "serving, tried again in %gs", target.name, target.renewal_failure, retry)
+        logger.warning(
+            "pgfeatures: %s: renewing the read pool (max_lifetime) failed (%s); its connections keep "
+            "serving, tried again in %gs",
+            target.name,
+            target.renewal_failure,
+            retry,
+        )
         router.renew_after(target, retry)
 
 
@@ -381,7 +411,9 @@ def renew_write_pool(store: FeatureStore, old: ConnectionPool) -> bool:
         store.write_pool = new
         if close_if_closed(store, router, new):  # a close that ran before or during the install
             return False
-    logger.info("pgfeatures: the primary %s answers again; the write pool renewed", target_name(store.dsn or "", "primary"))
+    logger.info(
+        "pgfeatures: the primary %s answers again; the write pool renewed", target_name(store.dsn or "", "primary")
+    )
     old.close(timeout=0)
     return True
 
@@ -390,8 +422,9 @@ def _filled_write_pool(store: FeatureStore) -> ConnectionPool | None:
     """A new write pool, if the primary answers a fresh connection and the pool fills; else None."""
     dsn = store.dsn or ""
     try:
-        probe = connect(dsn, store.write_application_name, store.connect_timeout,
-                                    credentials=store.credentials, pooler=store.pooler)
+        probe = connect(
+            dsn, store.write_application_name, store.connect_timeout, credentials=store.credentials, pooler=store.pooler
+        )
     except PgFeaturesError:
         return None
     probe.close()

@@ -57,6 +57,7 @@ SLOW_WARMUP = 1.0  # seconds: a connection warm-up slower than this is logged
 
 # -- catalog inspection --------------------------------------------------------------------------
 
+
 async def first_inspection_async(store: AsyncFeatureStore, router: Router, served: Served) -> dict[str, TableCheck]:
     """The catalog checks of ``served``'s tables, read on the first read target that answers;
     unreachable ones are marked down."""
@@ -72,12 +73,14 @@ async def first_inspection_async(store: AsyncFeatureStore, router: Router, serve
     raise errors[0]
 
 
-async def inspect_target_async(store: AsyncFeatureStore, target: ReadTarget, tables: list[str],
-                               served: Served | None = None) -> dict[str, TableCheck]:
+async def inspect_target_async(
+    store: AsyncFeatureStore, target: ReadTarget, tables: list[str], served: Served | None = None
+) -> dict[str, TableCheck]:
     """The catalog checks of ``tables`` (of ``served``, else what the store serves now) on ``target``,
     through a fresh connection."""
-    conn = await connect_async(target.dsn, "pgfeatures-check", store.connect_timeout,
-                               credentials=store.credentials, pooler=store.pooler)
+    conn = await connect_async(
+        target.dsn, "pgfeatures-check", store.connect_timeout, credentials=store.credentials, pooler=store.pooler
+    )
     try:
         return await _catalog_async(served or store._served, conn, tables)
     except psycopg.Error as exc:
@@ -94,6 +97,7 @@ async def _catalog_async(served: Served, conn: psycopg.AsyncConnection, tables: 
 
 # -- materialized services and read functions ----------------------------------------------------
 
+
 async def find_materialized_async(store: AsyncFeatureStore, router: Router, served: Served) -> None:
     """Which of ``served``'s materialized services are built (their serving rows exist for these
     definitions and follow the tables): those are read from their serving rows; the others by the
@@ -103,8 +107,9 @@ async def find_materialized_async(store: AsyncFeatureStore, router: Router, serv
     if not wanted:
         return
     target = next((t for t in router.targets if not t.down), router.targets[0])
-    conn = await connect_async(target.dsn, "pgfeatures-check", store.connect_timeout,
-                               credentials=store.credentials, pooler=store.pooler)
+    conn = await connect_async(
+        target.dsn, "pgfeatures-check", store.connect_timeout, credentials=store.credentials, pooler=store.pooler
+    )
     try:
         found = await states_async(conn, registry)
     except psycopg.Error as exc:
@@ -117,9 +122,14 @@ async def find_materialized_async(store: AsyncFeatureStore, router: Router, serv
         if state.state == "built":
             built[name] = registry.layouts(name)
         else:
-            logger.warning("pgfeatures: service %s is materialize = true but its serving rows are %s (%s): it is read "
-                           "table by table until `pgfeatures materialize %s` builds them", name, state.state, state.reason,
-                           name)
+            logger.warning(
+                "pgfeatures: service %s is materialize = true but its serving rows are %s (%s): it is read "
+                "table by table until `pgfeatures materialize %s` builds them",
+                name,
+                state.state,
+                state.reason,
+                name,
+            )
     served.readers.materialized = built
 
 
@@ -134,8 +144,9 @@ async def read_functions_async(store: AsyncFeatureStore, router: Router, served:
     existing: set[str] = set()
     for dsn in [store.dsn or "", *(t.dsn for t in router.targets)]:
         try:
-            conn = await connect_async(dsn, "pgfeatures-init", store.connect_timeout,
-                                       credentials=store.credentials, pooler=store.pooler)
+            conn = await connect_async(
+                dsn, "pgfeatures-init", store.connect_timeout, credentials=store.credentials, pooler=store.pooler
+            )
         except PgFeaturesError as exc:
             logger.warning("pgfeatures: cannot check the read functions at %s: %s", target_name(dsn, "server"), exc)
             continue
@@ -150,9 +161,13 @@ async def read_functions_async(store: AsyncFeatureStore, router: Router, served:
                     await conn.execute(form.create, prepare=False)
                     existing.add(form.name)
                 except psycopg.Error as exc:
-                    logger.warning("pgfeatures: cannot create the read function %s (%s): reads of tables %s are "
-                                   "planned at every call; run `pgfeatures init` as the schema's owner",
-                                   form.name, str(exc).strip(), ", ".join(reader.tables))
+                    logger.warning(
+                        "pgfeatures: cannot create the read function %s (%s): reads of tables %s are "
+                        "planned at every call; run `pgfeatures init` as the schema's owner",
+                        form.name,
+                        str(exc).strip(),
+                        ", ".join(reader.tables),
+                    )
             break
         except psycopg.Error as exc:
             logger.warning("pgfeatures: cannot check the read functions: %s", str(exc).strip())
@@ -185,8 +200,11 @@ async def prepare_served_async(conn: psycopg.AsyncConnection, cur: psycopg.Async
         except psycopg.Error as exc:
             if conn.broken or not isinstance(database_error(exc), SchemaDriftError):
                 raise
-            logger.warning("pgfeatures: not prepared on a read connection (tables %s): %s",
-                           ", ".join(reader.tables), str(exc).strip())
+            logger.warning(
+                "pgfeatures: not prepared on a read connection (tables %s): %s",
+                ", ".join(reader.tables),
+                str(exc).strip(),
+            )
     setattr(conn, SERVED, served)
 
 
@@ -229,9 +247,11 @@ async def prepare_everywhere_async(store: AsyncFeatureStore, router: Router, ser
 # -- the pools -----------------------------------------------------------------------------------
 
 OPEN_GRACE = 10.0  # seconds a read pool may take to fill at open, beyond connect_timeout (warm-up prepares)
-STALLED = ("its connections were opened but did not finish their warm-up (a pooler with no free server "
-           "connection, e.g. PgBouncer in session mode with default_pool_size below the clients' connections, "
-           "or a database that accepts logins but does not answer)")
+STALLED = (
+    "its connections were opened but did not finish their warm-up (a pooler with no free server "
+    "connection, e.g. PgBouncer in session mode with default_pool_size below the clients' connections, "
+    "or a database that accepts logins but does not answer)"
+)
 
 
 async def open_pools_async(store: AsyncFeatureStore, router: Router, dsn: str) -> None:
@@ -256,17 +276,21 @@ async def open_pools_async(store: AsyncFeatureStore, router: Router, dsn: str) -
             first = router.targets[0]
             cause = first.failures.cause()
             if cause is None:  # connected, but never finished its warm-up
-                raise DatabaseUnavailableError(f"no read connection ready within {store.connect_timeout + OPEN_GRACE:g}s "
-                                               f"at {first.name}: {STALLED}")
-            raise database_error(PoolTimeout("no connection"), first.dsn, acquire_timeout=store.connect_timeout,
-                                 last_connect_error=cause)
+                raise DatabaseUnavailableError(
+                    f"no read connection ready within {store.connect_timeout + OPEN_GRACE:g}s "
+                    f"at {first.name}: {STALLED}"
+                )
+            raise database_error(
+                PoolTimeout("no connection"), first.dsn, acquire_timeout=store.connect_timeout, last_connect_error=cause
+            )
     except BaseException:
         await close_pools_async(store, router)
         raise
 
 
-async def filled_pool_async(store: AsyncFeatureStore, dsn: str, read: bool,
-                            failures: ConnectFailures) -> AsyncConnectionPool | None:
+async def filled_pool_async(
+    store: AsyncFeatureStore, dsn: str, read: bool, failures: ConnectFailures
+) -> AsyncConnectionPool | None:
     """A new read (``read``) or write pool on ``dsn`` once it holds its connections; None (and the
     pool closed) if it does not fill within the store's connect_timeout. A caller cancelled while
     it fills (a closing store, a client gone) leaves no pool behind: it is closed, then the
@@ -284,8 +308,9 @@ async def filled_pool_async(store: AsyncFeatureStore, dsn: str, read: bool,
     return new
 
 
-async def close_if_closed_async(store: AsyncFeatureStore, router: Router | None,
-                                *pools: AsyncConnectionPool | None) -> bool:
+async def close_if_closed_async(
+    store: AsyncFeatureStore, router: Router | None, *pools: AsyncConnectionPool | None
+) -> bool:
     """After a renewal installed a new pool: whether the store is still the open store it was when
     the renewal started (``router``: the read targets it had). If it closed (or closed and opened
     again) meanwhile, its close may have seen either pool, so ``pools`` (the new and the replaced
@@ -313,12 +338,16 @@ async def renew_pool_async(store: AsyncFeatureStore, target: ReadTarget, why: st
     Returns whether the pool was replaced (False: the new pool did not fill, or the store closed
     meanwhile: then both pools are closed)."""
     router = store.router
-    if router is None or not any(t is target for t in router.targets):  # the store closed (or reopened) since the probe began
+    if router is None or not any(
+        t is target for t in router.targets
+    ):  # the store closed (or reopened) since the probe began
         return False
     failures = ConnectFailures()
     new = await filled_pool_async(store, target.dsn, True, failures)
     if new is None:
-        target.renewal_failure = str(failures.cause() or f"its connections were not ready within {store.connect_timeout:g}s")
+        target.renewal_failure = str(
+            failures.cause() or f"its connections were not ready within {store.connect_timeout:g}s"
+        )
         return False
     old, target.pool, target.failures = target.pool, new, failures
     if await close_if_closed_async(store, router, new, old):
@@ -344,8 +373,13 @@ async def renew_expiring_async(store: AsyncFeatureStore, target: ReadTarget) -> 
         target.renewing = False
     if not renewed and router is not None and store.router is router:
         retry = min(RENEWAL_RETRY, store.max_lifetime)
-        logger.warning("pgfeatures: %s: renewing the read pool (max_lifetime) failed (%s); its connections keep "
-                       "serving, tried again in %gs", target.name, target.renewal_failure, retry)
+        logger.warning(
+            "pgfeatures: %s: renewing the read pool (max_lifetime) failed (%s); its connections keep "
+            "serving, tried again in %gs",
+            target.name,
+            target.renewal_failure,
+            retry,
+        )
         router.renew_after(target, retry)
 
 
@@ -380,7 +414,9 @@ async def renew_write_pool_async(store: AsyncFeatureStore, old: AsyncConnectionP
         store.write_pool = new
         if await close_if_closed_async(store, router, new):  # a close that ran before or during the install
             return False
-    logger.info("pgfeatures: the primary %s answers again; the write pool renewed", target_name(store.dsn or "", "primary"))
+    logger.info(
+        "pgfeatures: the primary %s answers again; the write pool renewed", target_name(store.dsn or "", "primary")
+    )
     await old.close(timeout=0)
     return True
 
@@ -389,8 +425,9 @@ async def _filled_write_pool_async(store: AsyncFeatureStore) -> AsyncConnectionP
     """A new write pool, if the primary answers a fresh connection and the pool fills; else None."""
     dsn = store.dsn or ""
     try:
-        probe = await connect_async(dsn, store.write_application_name, store.connect_timeout,
-                                    credentials=store.credentials, pooler=store.pooler)
+        probe = await connect_async(
+            dsn, store.write_application_name, store.connect_timeout, credentials=store.credentials, pooler=store.pooler
+        )
     except PgFeaturesError:
         return None
     await probe.close()

@@ -23,8 +23,8 @@ open-time inspection that rechecks reuse is in ``opening_async.py``.
 
 from __future__ import annotations
 
-import threading
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -53,6 +53,7 @@ Execute = Callable[[psycopg.Connection, R, A, bool], T]
 
 # -- statements on one connection ----------------------------------------------------------------
 
+
 def execute(conn: psycopg.Connection, reader: Reader[T], params: tuple[Any, ...], prepare: bool) -> T:
     """One request's reader on ``conn``: its statement(s) in one flush (N for ``sequential``), decoded."""
     fetch = reader.fetch
@@ -76,8 +77,9 @@ def execute(conn: psycopg.Connection, reader: Reader[T], params: tuple[Any, ...]
     return reader.decode(rows)
 
 
-def execute_batch(conn: psycopg.Connection, reader: BatchReader[T], arrays: tuple[list[Any], ...],
-                              prepare: bool) -> list[T]:
+def execute_batch(
+    conn: psycopg.Connection, reader: BatchReader[T], arrays: tuple[list[Any], ...], prepare: bool
+) -> list[T]:
     """A batch reader on ``conn``: one statement for all the keys, decoded."""
     cur = getattr(conn, READ_CURSOR, None) or psycopg.RawCursor(conn)
     cur.execute(reader.statement, arrays, prepare=prepare, binary=True)
@@ -92,6 +94,7 @@ def select_one(conn: psycopg.Connection, reader: None, args: None, prepare: bool
 
 
 # -- routing and retry over the read targets -----------------------------------------------------
+
 
 def run(store: FeatureStore, execute: Execute[R, A, T], reader: R, args: A) -> T:
     """Run ``execute(conn, reader, args, prepare)`` on a read target of ``store``, moving on to the
@@ -138,8 +141,9 @@ def run(store: FeatureStore, execute: Execute[R, A, T], reader: R, args: A) -> T
                     raise database_error(exc, target.dsn) from exc
                 error = exc
                 if attempt == 0:
-                    logger.info("pgfeatures: read connection to %s lost (%s); checking the pool", target.name,
-                                str(exc).strip())
+                    logger.info(
+                        "pgfeatures: read connection to %s lost (%s); checking the pool", target.name, str(exc).strip()
+                    )
                     pool.check()
                 # Retry here if connections survived, or if there is nowhere else to go
                 # (getconn then waits for the replacement the check started).
@@ -175,14 +179,24 @@ def unavailable(store: FeatureStore, error: BaseException | None, target: ReadTa
     """The typed error for a read target that could not serve (``error``: why, if known)."""
     if error is None:
         return DatabaseUnavailableError(f"{target.name} is unavailable")
-    return database_error(error, target.dsn, acquire_timeout=store.acquire_timeout,
-                          last_connect_error=target.failures.cause(store.acquire_timeout / 2))
+    return database_error(
+        error,
+        target.dsn,
+        acquire_timeout=store.acquire_timeout,
+        last_connect_error=target.failures.cause(store.acquire_timeout / 2),
+    )
 
 
 # -- rechecks of tables that cannot be served ----------------------------------------------------
 
-def read_failed(store: FeatureStore, exc: psycopg.Error, reader: Reader[Any] | BatchReader[Any] | None,
-                            target: ReadTarget, conn: psycopg.Connection) -> PgFeaturesError:
+
+def read_failed(
+    store: FeatureStore,
+    exc: psycopg.Error,
+    reader: Reader[Any] | BatchReader[Any] | None,
+    target: ReadTarget,
+    conn: psycopg.Connection,
+) -> PgFeaturesError:
     """The error for a statement the server rejected; a missing table or column is re-checked
     in the catalog so the error (and the tables left out from now on) name it."""
     error = database_error(exc, target.dsn)
@@ -219,6 +233,7 @@ def recheck_tables(store: FeatureStore, tables: list[str]) -> dict[str, TableChe
 
 # -- probes of read targets that are down --------------------------------------------------------
 
+
 def probe_soon(store: FeatureStore) -> None:
     """Start a background probe of every read target that is down (or lagging) and due for one."""
     router = store.router
@@ -249,8 +264,9 @@ def probe_once(store: FeatureStore, router: Router, target: ReadTarget) -> None:
     if it answers, the pool's dead connections are replaced (a pool with none left is renewed) and
     the target is used again once its pool has a live connection."""
     try:
-        conn = connect(target.dsn, "pgfeatures-probe", store.connect_timeout,
-                                   credentials=store.credentials, pooler=store.pooler)
+        conn = connect(
+            target.dsn, "pgfeatures-probe", store.connect_timeout, credentials=store.credentials, pooler=store.pooler
+        )
         try:
             cur = conn.execute(LAG_QUERY, prepare=False)
             row = cur.fetchone()
@@ -270,6 +286,7 @@ def probe_once(store: FeatureStore, router: Router, target: ReadTarget) -> None:
 
 
 # -- renewals of read pools at max_lifetime ------------------------------------------------------
+
 
 def renew_soon(store: FeatureStore) -> None:
     """Start, in the background, the renewal of every read pool due for one (``max_lifetime``)."""

@@ -43,10 +43,10 @@ QueryTimeoutError, SchemaDriftError, StoreClosedError, ReadOnlyStoreError, Datab
 
 from __future__ import annotations
 
-import threading
 import contextlib
 import logging
-from collections.abc import Iterator, Iterable, Mapping, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -82,8 +82,8 @@ from ..reader import (
     Strategy,
     parse_keys,
 )
-from ..write import UpdateCount, UpdateRows, check_skew, plan_updates
 from ..reader.vector import as_numpy, check_output, stack_numpy
+from ..write import UpdateCount, UpdateRows, check_skew, plan_updates
 from .base import (
     ON_DRIFT,
     ReadTarget,
@@ -207,7 +207,9 @@ class FeatureStore:
         self.max_lifetime = max_lifetime
         self.strategy = Strategy.parse(strategy)
         if pool_size < 1 or write_pool_size < 0:
-            raise DefinitionError(f"pool_size must be at least 1 and write_pool_size at least 0, got {pool_size}, {write_pool_size}")
+            raise DefinitionError(
+                f"pool_size must be at least 1 and write_pool_size at least 0, got {pool_size}, {write_pool_size}"
+            )
         self.pool_size = pool_size
         self.write_pool_size = write_pool_size
         self.connect_timeout = connect_timeout
@@ -263,8 +265,9 @@ class FeatureStore:
 
     # -- compiled readers ---------------------------------------------------------------------------
 
-    def reader(self, tables: Iterable[str] | None = None, features: FeaturesArg = None,
-               strategy: Strategy | str | None = None) -> Reader[Features]:
+    def reader(
+        self, tables: Iterable[str] | None = None, features: FeaturesArg = None, strategy: Strategy | str | None = None
+    ) -> Reader[Features]:
         """The compiled reader for this request shape (cached). Pass it to ``read`` to skip even the
         cache lookup. Raises UnknownTableError / UnknownFeatureError naming the valid ones."""
         return self.readers.reader(tables, features, strategy or self.strategy)
@@ -366,7 +369,7 @@ class FeatureStore:
         router, self.router = self.router, None
         close_pools(self, router)
 
-    def __enter__(self) -> "FeatureStore":
+    def __enter__(self) -> FeatureStore:
         self.open()
         return self
 
@@ -405,7 +408,12 @@ class FeatureStore:
         return {
             "ready": self.ready,
             "read_targets": [
-                {"name": t.name, "up": not t.down and (router.serving(t) if router else False), "reason": t.reason, "lag": t.lag}
+                {
+                    "name": t.name,
+                    "up": not t.down and (router.serving(t) if router else False),
+                    "reason": t.reason,
+                    "lag": t.lag,
+                }
                 for t in (router.targets if router else ())
             ],
             "broken_tables": self.health.status(),
@@ -457,8 +465,12 @@ class FeatureStore:
         """The flexible twin of a materialized reader whose serving rows cannot be read (see ``read``)."""
         service = reader.selection.service or ""
         if self.readers.demote(service):
-            logger.warning("pgfeatures: the serving rows of service %s cannot be read any more (%s): it is read table by "
-                           "table until they are rebuilt and the definitions reloaded", service, str(exc).strip())
+            logger.warning(
+                "pgfeatures: the serving rows of service %s cannot be read any more (%s): it is read table by "
+                "table until they are rebuilt and the definitions reloaded",
+                service,
+                str(exc).strip(),
+            )
         assert reader.fallback is not None
         return reader.fallback()
 
@@ -545,8 +557,10 @@ class FeatureStore:
         try:
             from ..load import load
         except ImportError as exc:  # the core install: psycopg only
-            raise ExtraNotInstalledError(f"write_features needs the load extra (module {exc.name or exc!r} is missing): "
-                                         "pip install 'pgfeatures[load]'") from None
+            raise ExtraNotInstalledError(
+                f"write_features needs the load extra (module {exc.name or exc!r} is missing): "
+                "pip install 'pgfeatures[load]'"
+            ) from None
 
         for attempt in (0, 1):
             try:
@@ -555,19 +569,30 @@ class FeatureStore:
             except LoadInterruptedError as exc:
                 if attempt or not exc.retry_safe:  # committed, unknown, or a one-shot source: say so, do not guess
                     raise
-                logger.warning("pgfeatures: load into %s lost its connection before COMMIT (%s); retrying once", table, exc)
+                logger.warning(
+                    "pgfeatures: load into %s lost its connection before COMMIT (%s); retrying once", table, exc
+                )
                 write_pool(self).check()
         raise AssertionError("unreachable")
 
-    def update_features(self, key: Any, table: str, values: Mapping[str, Any], *, nan: str = "reject",
-                              inf: str = "reject", overwrite_newer: bool = False) -> UpdateCount:
+    def update_features(
+        self,
+        key: Any,
+        table: str,
+        values: Mapping[str, Any],
+        *,
+        nan: str = "reject",
+        inf: str = "reject",
+        overwrite_newer: bool = False,
+    ) -> UpdateCount:
         """Upsert some or all features of one entity, in one round-trip (see write.py). Returns 1, or 0
         when the stored row is newer than the given ``updated_at`` (newest wins). Raises as
         ``update_features_batch``."""
         return self.update_features_batch(table, [(key, values)], nan=nan, inf=inf, overwrite_newer=overwrite_newer)
 
-    def update_features_batch(self, table: str, rows: UpdateRows, *, nan: str = "reject", inf: str = "reject",
-                                    overwrite_newer: bool = False) -> UpdateCount:
+    def update_features_batch(
+        self, table: str, rows: UpdateRows, *, nan: str = "reject", inf: str = "reject", overwrite_newer: bool = False
+    ) -> UpdateCount:
         """Upsert many entities (``{key: values}`` or ``(key, values)`` pairs) in one round-trip and one
         transaction. Returns the number of distinct keys written (an int), with ``.skipped``: keys whose
         stored row was newer than the row's ``updated_at`` and was kept (newest wins; pass
@@ -587,8 +612,15 @@ class FeatureStore:
         WriteOutcomeUnknownError (a DatabaseUnavailableError): it may or may not have been applied, and
         it is not sent again.
         """
-        plans = plan_updates(self.registry, table, rows, nan=nan, inf=inf, overwrite_newer=overwrite_newer,
-                             max_future_skew=self.max_future_skew)
+        plans = plan_updates(
+            self.registry,
+            table,
+            rows,
+            nan=nan,
+            inf=inf,
+            overwrite_newer=overwrite_newer,
+            max_future_skew=self.max_future_skew,
+        )
         return apply_updates(self, plans)
 
 

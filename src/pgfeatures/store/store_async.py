@@ -80,8 +80,8 @@ from ..reader import (
     Strategy,
     parse_keys,
 )
-from ..write import UpdateCount, UpdateRows, check_skew, plan_updates
 from ..reader.vector import as_numpy, check_output, stack_numpy
+from ..write import UpdateCount, UpdateRows, check_skew, plan_updates
 from .base import (
     ON_DRIFT,
     ReadTarget,
@@ -364,7 +364,7 @@ class AsyncFeatureStore:
         router, self.router = self.router, None
         await close_pools_async(self, router)
 
-    async def __aenter__(self) -> "AsyncFeatureStore":
+    async def __aenter__(self) -> AsyncFeatureStore:
         await self.open()
         return self
 

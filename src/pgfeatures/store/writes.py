@@ -18,9 +18,9 @@ their documentation stay in ``store_async.py``; bulk loads are ``pgfeatures.load
 
 from __future__ import annotations
 
-import time
 import logging
 import random
+import time
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -43,8 +43,9 @@ def write_pool(store: FeatureStore) -> ConnectionPool:
     if store.write_pool is None:
         if store.router is None:
             raise StoreClosedError("the store is not open: call open() or use it as a context manager")
-        raise ReadOnlyStoreError("this store has no write pool (write_pool_size=0, or a read-only service): "
-                                 "it cannot write")
+        raise ReadOnlyStoreError(
+            "this store has no write pool (write_pool_size=0, or a read-only service): it cannot write"
+        )
     return store.write_pool
 
 
@@ -112,8 +113,7 @@ def write_conn(store: FeatureStore) -> tuple[ConnectionPool, psycopg.Connection]
     raise AssertionError("unreachable")
 
 
-def _getconn(store: FeatureStore,
-                         pool: ConnectionPool) -> tuple[ConnectionPool, psycopg.Connection]:
+def _getconn(store: FeatureStore, pool: ConnectionPool) -> tuple[ConnectionPool, psycopg.Connection]:
     """A connection of ``pool``, or of the pool that replaced it (a renewal closes the old pool
     under its waiters); errors as ``write_conn_async``."""
     try:
@@ -132,8 +132,12 @@ def _getconn(store: FeatureStore,
             return pool, pool.getconn()
         except (PoolTimeout, PoolClosed) as exc:
             failure = exc
-    raise database_error(failure, store.dsn or "", acquire_timeout=store.acquire_timeout,
-                         last_connect_error=store.write_failures.cause(store.acquire_timeout / 2)) from None
+    raise database_error(
+        failure,
+        store.dsn or "",
+        acquire_timeout=store.acquire_timeout,
+        last_connect_error=store.write_failures.cause(store.acquire_timeout / 2),
+    ) from None
 
 
 CONFLICT_RETRIES = 3  # a live update rolled back by a deadlock or serialization failure is sent again this often
@@ -158,7 +162,8 @@ def apply_updates(store: FeatureStore, plans: list[Any]) -> UpdateCount:
                 raise WriteOutcomeUnknownError(
                     f"the connection to the primary {redact(store.dsn or '')} was lost after the update was sent "
                     f"({str(exc).strip()}): it may or may not have been applied, and was not sent again (read the "
-                    "rows to know; a resend is harmless when the rows carry updated_at: newest wins)") from exc
+                    "rows to know; a resend is harmless when the rows carry updated_at: newest wins)"
+                ) from exc
             error = database_error(exc, store.dsn or "")
         except psycopg.Error as exc:
             error = database_error(exc, store.dsn or "")

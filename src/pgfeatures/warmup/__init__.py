@@ -60,6 +60,8 @@ from .cache_probe import (
     sample_keys,
     scan_nodes,
 )
+from .driver import run
+from .driver_async import run_async
 from .prewarm import (
     HOT_KEY_CHUNK,
     Method,
@@ -73,13 +75,38 @@ from .prewarm import (
     warmup_async,
     warmup_steps,
 )
-from .driver import run
-from .driver_async import run_async
 from .steps import Query, Rows, Steps
 
 __all__ = [
-    "HOT_KEY_CHUNK", "PROBE_KEYS", "PROBE_PLACES", "Blocks", "Method", "Probe", "Query", "Relation", "Rows", "Scan",
-    "Steps", "TableProbe", "Warmed", "WarmupReport", "connect", "existing_tables", "hot_tables", "load_hot_keys",
-    "measure", "probe", "random_keys", "relations", "run", "run_async", "sample_keys", "scan_nodes", "warm_store",
-    "warm_store_async", "warmup", "warmup_async", "warmup_steps",
+    "HOT_KEY_CHUNK",
+    "PROBE_KEYS",
+    "PROBE_PLACES",
+    "Blocks",
+    "Method",
+    "Probe",
+    "Query",
+    "Relation",
+    "Rows",
+    "Scan",
+    "Steps",
+    "TableProbe",
+    "Warmed",
+    "WarmupReport",
+    "connect",
+    "existing_tables",
+    "hot_tables",
+    "load_hot_keys",
+    "measure",
+    "probe",
+    "random_keys",
+    "relations",
+    "run",
+    "run_async",
+    "sample_keys",
+    "scan_nodes",
+    "warm_store",
+    "warm_store_async",
+    "warmup",
+    "warmup_async",
+    "warmup_steps",
 ]

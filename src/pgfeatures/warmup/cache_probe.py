@@ -219,7 +219,9 @@ def scan_nodes(plan: Any) -> list[tuple[str, Scan]]:
         stack.extend(node.get("Plans", ()))
         if "Relation Name" in node:
             rows = round(float(node.get("Actual Rows", 0)) * float(node.get("Actual Loops", 1)))
-            found.append((node["Relation Name"], Scan(node["Node Type"], node.get("Index Name"), rows, node.get("Heap Fetches"))))
+            found.append(
+                (node["Relation Name"], Scan(node["Node Type"], node.get("Index Name"), rows, node.get("Heap Fetches")))
+            )
     return found
 
 
@@ -279,8 +281,11 @@ def probe(
     for name in tables:
         statement = compile_batch_reader(select(registry, [name])).statement
         hot = source == "hot keys" and name in keys
-        lookups = list(keys[name]) if hot else random_keys(
-            registry, name, places, () if source == "hot keys" else keys.get(name, ()), rng)
+        lookups = (
+            list(keys[name])
+            if hot
+            else random_keys(registry, name, places, () if source == "hot keys" else keys.get(name, ()), rng)
+        )
         _, error = yield from _attempt(Query(statement, (lookups,), raw=True))
         pages = rng.sample(range(heap_blocks[name]), min(places, heap_blocks[name]))
         if not hot and pages and error is None:
@@ -304,8 +309,12 @@ def probe(
         for oid, (fetched, hit) in cached.items()
         if oid in start
     }
-    return Probe(source, "hot keys" if source == "hot keys" else f"{places} random keys and heap pages per table",
-                 results, {r.name: blocks[r.name] for r in rels if r.name in blocks})
+    return Probe(
+        source,
+        "hot keys" if source == "hot keys" else f"{places} random keys and heap pages per table",
+        results,
+        {r.name: blocks[r.name] for r in rels if r.name in blocks},
+    )
 
 
 def measure(registry: Registry, hot_keys: Sequence[bytes] = ()) -> Steps[Probe]:

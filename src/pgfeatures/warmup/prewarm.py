@@ -52,7 +52,7 @@ class Method(str, enum.Enum):
     READ = "read"  # full index reads only
 
     @classmethod
-    def parse(cls, value: "str | Method") -> "Method":
+    def parse(cls, value: str | Method) -> Method:
         try:
             return cls(value)
         except ValueError:
@@ -169,7 +169,9 @@ def _read_through_indexes(registry: Registry, tables: Sequence[str]) -> Steps[li
         if table.covering_index:
             columns = sql.SQL(", ").join(sql.Identifier(c) for c in (*table.feature_names, UPDATED_AT))
             yield Query(_INDEX_ONLY)
-            rows = yield Query(sql.SQL("SELECT count(s.*) FROM (SELECT {} FROM {} ORDER BY {}) s").format(columns, ident, key))
+            rows = yield Query(
+                sql.SQL("SELECT count(s.*) FROM (SELECT {} FROM {} ORDER BY {}) s").format(columns, ident, key)
+            )
             warmed.append(Warmed(covering_index_name(table), True, rows=int(rows[0][0])))
         yield Query("COMMIT")
     return warmed
@@ -184,7 +186,9 @@ def _read_hot_keys(registry: Registry, tables: Sequence[str], hot_keys: Sequence
         yield Query(statement, (list(hot_keys[start : start + HOT_KEY_CHUNK]),), raw=True)
 
 
-def warmup_steps(registry: Registry, hot_keys: Sequence[bytes] = (), method: Method = Method.AUTO) -> Steps[WarmupReport]:
+def warmup_steps(
+    registry: Registry, hot_keys: Sequence[bytes] = (), method: Method = Method.AUTO
+) -> Steps[WarmupReport]:
     """The whole warm-up as steps. Raises WarmupError when no feature table exists, or when
     ``method`` is PREWARM and pg_prewarm cannot be used."""
     t0 = time.perf_counter()
@@ -208,8 +212,16 @@ def warmup_steps(registry: Registry, hot_keys: Sequence[bytes] = (), method: Met
     yield from _read_hot_keys(registry, tables, hot_keys)
     after = yield from probe(registry, tables, keys, rels, source)
     return WarmupReport(
-        used, tuple(warmed), len(hot_keys), before, after, time.perf_counter() - t0,
-        int(working_set), int(shared_buffers), note, missing,
+        used,
+        tuple(warmed),
+        len(hot_keys),
+        before,
+        after,
+        time.perf_counter() - t0,
+        int(working_set),
+        int(shared_buffers),
+        note,
+        missing,
     )
 
 
@@ -223,22 +235,36 @@ def connect(dsn: str, application_name: str) -> psycopg.Connection:
 
 def _logged(report: WarmupReport) -> WarmupReport:
     """Log a finished warm-up: what it did (info), and what keeps the cache from being warm (warnings)."""
+
     def ratio(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.0%}"
 
     level = logging.WARNING if report.seconds > SLOW_WARMUP else logging.INFO
-    logger.log(level, "pgfeatures: warm-up (%s) of %d relation(s) and %d hot key(s) took %.1fs%s: hit ratio %s -> %s",
-               report.method, len(report.warmed), report.hot_keys, report.seconds,
-               f" (slower than {SLOW_WARMUP:g}s)" if level == logging.WARNING else "",
-               ratio(report.before.ratio), ratio(report.after.ratio))
+    logger.log(
+        level,
+        "pgfeatures: warm-up (%s) of %d relation(s) and %d hot key(s) took %.1fs%s: hit ratio %s -> %s",
+        report.method,
+        len(report.warmed),
+        report.hot_keys,
+        report.seconds,
+        f" (slower than {SLOW_WARMUP:g}s)" if level == logging.WARNING else "",
+        ratio(report.before.ratio),
+        ratio(report.after.ratio),
+    )
     if report.note:  # the fallback (index reads): slower, but it warms the same pages
         logger.info("pgfeatures: warm-up: %s", report.note)
     if not report.fits:
-        logger.warning("pgfeatures: warm-up: the tables and indexes (%d MB) do not fit in shared_buffers (%d MB): "
-                       "the last loaded evicted the first", report.working_set_bytes >> 20, report.shared_buffers_bytes >> 20)
+        logger.warning(
+            "pgfeatures: warm-up: the tables and indexes (%d MB) do not fit in shared_buffers (%d MB): "
+            "the last loaded evicted the first",
+            report.working_set_bytes >> 20,
+            report.shared_buffers_bytes >> 20,
+        )
     if report.missing:
-        logger.warning("pgfeatures: warm-up: table(s) %s do not exist (create them with 'pgfeatures init')",
-                       ", ".join(report.missing))
+        logger.warning(
+            "pgfeatures: warm-up: table(s) %s do not exist (create them with 'pgfeatures init')",
+            ", ".join(report.missing),
+        )
     return report
 
 
@@ -248,7 +274,11 @@ def _check_autocommit(conn: psycopg.Connection | psycopg.AsyncConnection) -> Non
 
 
 def warmup(
-    conn: psycopg.Connection, registry: Registry, hot_keys: Iterable[bytes | str] = (), *, method: Method | str = Method.AUTO
+    conn: psycopg.Connection,
+    registry: Registry,
+    hot_keys: Iterable[bytes | str] = (),
+    *,
+    method: Method | str = Method.AUTO,
 ) -> WarmupReport:
     """Load the registry's tables and indexes into shared_buffers, read the hot keys, report hit ratios.
 
@@ -260,14 +290,18 @@ def warmup(
 
 
 async def warmup_async(
-    conn: psycopg.AsyncConnection, registry: Registry, hot_keys: Iterable[bytes | str] = (), *, method: Method | str = Method.AUTO
+    conn: psycopg.AsyncConnection,
+    registry: Registry,
+    hot_keys: Iterable[bytes | str] = (),
+    *,
+    method: Method | str = Method.AUTO,
 ) -> WarmupReport:
     """The asyncio twin of ``warmup``."""
     _check_autocommit(conn)
     return _logged(await run_async(conn, warmup_steps(registry, parse_keys(hot_keys), Method.parse(method))))
 
 
-def warm_store(store: "FeatureStore", *, method: Method | str = Method.AUTO) -> WarmupReport:
+def warm_store(store: FeatureStore, *, method: Method | str = Method.AUTO) -> WarmupReport:
     """Warm the cache for an open store: its registry and hot keys, on a write-pool connection
     (shared_buffers is shared by every backend, so any connection warms it for the readers)."""
     assert store.write_pool is not None, "store is not open"
@@ -275,7 +309,7 @@ def warm_store(store: "FeatureStore", *, method: Method | str = Method.AUTO) -> 
         return warmup(conn, store.registry, store.hot_keys, method=method)
 
 
-async def warm_store_async(store: "AsyncFeatureStore", *, method: Method | str = Method.AUTO) -> WarmupReport:
+async def warm_store_async(store: AsyncFeatureStore, *, method: Method | str = Method.AUTO) -> WarmupReport:
     """The asyncio twin of ``warm_store``: await it before reporting ready."""
     assert store.write_pool is not None, "store is not open"
     async with store.write_pool.connection() as conn:
