@@ -449,7 +449,11 @@ class FeatureStore:
         service was rebuilt for another definition, or a table it reads was dropped) is never
         answered from other rows: its statement fails, the service is read table by table from then
         on, and this request is answered that way (one more round-trip, once)."""
-        params = reader.binder.one(key)
+        return self.read_bound(reader, reader.binder.one(key))
+
+    def read_bound(self, reader: Reader[T], params: tuple[Any, ...]) -> T:
+        """``read`` for a request whose keys were already checked and bound (``reader.binder.one(key)``):
+        a front end binds each key once. Raises as ``read``, but no KeyFormatError."""
         via = self._served.via_functions
         if via:
             reader = via.get(reader.statements[0], reader)
@@ -459,7 +463,7 @@ class FeatureStore:
             if reader.fallback is None:
                 raise
             fallback: Reader[T] = self._serving_rows_gone(reader, exc)
-        return self.read(fallback, key)
+        return self.read_bound(fallback, params)  # the flexible twin binds the same entities
 
     def _serving_rows_gone(self, reader: Reader[Any] | BatchReader[Any], exc: SchemaDriftError) -> Any:
         """The flexible twin of a materialized reader whose serving rows cannot be read (see ``read``)."""
@@ -513,7 +517,11 @@ class FeatureStore:
     def read_batch(self, reader: BatchReader[T], keys: Any) -> list[T]:
         """Run a compiled batch reader: one statement for all ``keys`` (see ``get_features_batch``).
         Raises as ``get_features``."""
-        arrays = reader.binder.many(keys)
+        return self.read_batch_bound(reader, reader.binder.many(keys))
+
+    def read_batch_bound(self, reader: BatchReader[T], arrays: tuple[list[Any], ...]) -> list[T]:
+        """``read_batch`` for keys already checked and bound (``reader.binder.many(keys)``: one array per
+        entity). Raises as ``read_batch``, but no KeyFormatError."""
         if not arrays[0]:
             return []
         via = self._served.via_functions
@@ -525,7 +533,7 @@ class FeatureStore:
             if reader.fallback is None:
                 raise
             fallback: BatchReader[T] = self._serving_rows_gone(reader, exc)
-        return self.read_batch(fallback, keys)
+        return self.read_batch_bound(fallback, arrays)
 
     def ping(self) -> None:
         """``SELECT 1`` through the read path (same targets, fallback and retry as a read).
