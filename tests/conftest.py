@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -74,3 +75,22 @@ def dsn_with(dsn: str, **changes: object) -> str:
     params = conninfo_to_dict(dsn)
     params.update({k: v for k, v in changes.items()})
     return make_conninfo("", **params)
+
+
+# -- the unit tier ---------------------------------------------------------------------------------
+
+UNIT = Path(__file__).resolve().parent / "unit"
+DATABASE_FIXTURES = frozenset({"dsn", "conn", "schema"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """tests/unit/ is the tier that runs with no PostgreSQL reachable: a test there that asks for the
+    database (directly or through another fixture) is refused at collection, not found out when the
+    database is down."""
+    wrong = [
+        f"{item.nodeid} uses {', '.join(sorted(DATABASE_FIXTURES & set(getattr(item, 'fixturenames', ()))))}"
+        for item in items
+        if UNIT in Path(str(item.path)).resolve().parents and DATABASE_FIXTURES & set(getattr(item, "fixturenames", ()))
+    ]
+    if wrong:
+        raise pytest.UsageError("tests/unit/ runs without a database; move these tests out of it: " + "; ".join(wrong))
