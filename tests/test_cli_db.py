@@ -1,7 +1,7 @@
 """``pgfeatures db dsn`` prints the DSN of an existing cluster and never starts or creates one.
 
-A private cluster in its own PGFEATURES_HOME (never the shared server), driven through real
-``python -m pgfeatures.cli db ...`` subprocesses.
+A private cluster in its own PGFEATURES_HOME (never the shared server), driven through
+``pgfeatures db ...`` commands run in-process (``cli_run.cli``); the server is a real process.
 """
 
 from __future__ import annotations

@@ -2,7 +2,10 @@
 traceback: a down database, a refused login, and the user's own mistakes (bad TOML, a missing
 file, an unknown table, a bad key, a bad option), each naming what is wrong.
 
-Real subprocesses (``python -m pgfeatures.cli``), a real PostgreSQL, a real refused port.
+The commands run in-process (``cli_run.cli``: ``main(argv)``, stdout, stderr and the exit code
+captured), against a real PostgreSQL and a real refused port; a real process (``cli_process``) where
+the process is the point: the exit code a shell sees for a refused database and for a usage error,
+a closed pipe, the installed version.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import sys
 
 import pytest
 
-from cli_run import EXTRAS_MODULES, cli, error_line
+from cli_run import EXTRAS_MODULES, cli, cli_process, error_line
 from conftest import dsn_with
 
 REFUSED = "postgresql://postgres@127.0.0.1:1/x"  # nothing listens on port 1
@@ -55,7 +58,7 @@ def test_a_refused_port_is_one_line_naming_the_server(command, defs, tmp_path):
 
 def test_the_issue_reproduction_init_with_a_refused_dsn(tmp_path):
     (tmp_path / "features.toml").write_text('[tables.a.features]\nf = "real"\n')
-    done = cli("init", "-d", str(tmp_path / "features.toml"), env={"PGFEATURES_DSN": REFUSED})
+    done = cli_process("init", "-d", str(tmp_path / "features.toml"), env={"PGFEATURES_DSN": REFUSED})
     assert "OperationalError" not in done.stderr
     assert error_line(done).startswith(
         "error: cannot reach the database within 5s at postgresql://postgres@127.0.0.1:1/x"
@@ -129,7 +132,7 @@ def test_unknown_table_bad_key_and_bad_option_say_what_is_valid(dsn, defs):
 
 
 def test_usage_errors_exit_2_without_a_traceback():
-    done = cli("load")
+    done = cli_process("load")  # argparse's own exit, as the shell sees it
     assert (
         done.returncode == 2
         and "Traceback" not in done.stderr

@@ -1,4 +1,4 @@
-"""The serving model on the command line, as real subprocesses against a real PostgreSQL:
+"""The serving model on the command line (in-process, ``cli_run.cli``) against a real PostgreSQL:
 ``get`` with one key per entity and feature services, ``tables`` (the inventory behind it, sync and
 async), ``init`` on tables pgfeatures did not create, read functions and services to build,
 ``materialize``, and ``load --overwrite-newer``."""

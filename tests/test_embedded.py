@@ -1,7 +1,7 @@
 """The embedded server: created on demand, reused, survives a killed postmaster, stops cleanly.
 
-Runs a private cluster in its own PGFEATURES_HOME (never the shared one), in
-a subprocess environment, exactly as a user's commands would.
+Runs a private cluster in its own PGFEATURES_HOME (never the shared one), driven by ``pgfeatures db``
+commands (in-process, ``cli_run.cli``) and, for the store starting the server on its own, a process.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from cli_run import cli
+
 
 @pytest.fixture(scope="module")
 def private_home():
@@ -28,11 +30,9 @@ def private_home():
 
 
 def run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PGFEATURES_DSN",)}
-    env["PGFEATURES_HOME"] = str(home)
-    return subprocess.run(
-        [sys.executable, "-m", "pgfeatures.cli", *args], env=env, capture_output=True, text=True, timeout=120
-    )
+    """``pgfeatures ARGS...`` (in-process) with ``home`` as PGFEATURES_HOME; the server it starts is
+    a daemon of its own (pg_ctl), as from a shell."""
+    return cli(*args, env={"PGFEATURES_HOME": str(home)})
 
 
 def dsn_of(home: Path) -> str:
