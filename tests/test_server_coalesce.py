@@ -99,28 +99,36 @@ def test_a_failing_batch_fails_every_request_in_it(dsn: str, schema: str, defini
 
 
 def test_a_request_cancelled_while_parked_leaves_its_batch(dsn: str, definitions: Path) -> None:
+    """No clock involved: the window is an hour, so a batch leaves only when it holds max_keys keys (the
+    cancelled ones included), and every step is an event-loop iteration."""
+
     async def run() -> tuple[list[int], list[Any], int]:
         async with opened(dsn, definitions) as store:
             seen: list[int] = []
-            coalescer = Coalescer(store.read_batch, window=0.2, max_keys=16, max_in_flight=1, on_batch=seen.append)
+            coalescer = Coalescer(store.read_batch, window=3600, max_keys=5, max_in_flight=1, on_batch=seen.append)
             reader = store.batch_reader(TABLES)
             tasks = [asyncio.ensure_future(coalescer.read(reader, data.key(i))) for i in range(4)]
-            await asyncio.sleep(0.01)  # all four parked, the window still open
+            await asyncio.sleep(0)  # one iteration: each read runs to its await, parked
+            assert not any(t.done() for t in tasks) and seen == []
             tasks[1].cancel()
+            tasks.append(asyncio.ensure_future(coalescer.read(reader, data.key(4))))  # the fifth: the batch is full
             results = await asyncio.gather(*tasks, return_exceptions=True)
             # every request of a batch cancelled while parked: no batch at all
-            lone = asyncio.ensure_future(coalescer.read(reader, data.key(5)))
-            await asyncio.sleep(0.01)
-            lone.cancel()
-            await asyncio.sleep(0.3)  # past the window
+            lone = [asyncio.ensure_future(coalescer.read(reader, data.key(i))) for i in range(5, 10)]
+            await asyncio.sleep(0)  # all five parked; the fifth has scheduled the batch's send, after this task
+            for task in lone:
+                task.cancel()
+            await asyncio.gather(*lone, return_exceptions=True)
+            for _ in range(3):  # the send ran (and found nothing to send)
+                await asyncio.sleep(0)
             batches = len(seen)
             await coalescer.close()
             return seen, results, batches
 
-    seen, results, batches = asyncio.run(run())
+    seen, results, batches = asyncio.run(asyncio.wait_for(run(), 30))
     assert isinstance(results[1], asyncio.CancelledError)
-    assert [results[i] for i in (0, 2, 3)] == [expected(i) for i in (0, 2, 3)]
-    assert seen == [3]  # the cancelled key was not sent
+    assert [results[i] for i in (0, 2, 3, 4)] == [expected(i) for i in (0, 2, 3, 4)]
+    assert seen == [4]  # the cancelled key was not sent
     assert batches == 1
 
 
@@ -156,7 +164,8 @@ def test_close_fails_parked_and_running_requests_as_shutting_down(dsn: str, defi
             running = [asyncio.ensure_future(coalescer.read(reader, data.key(i))) for i in range(2)]
             await asyncio.wait_for(gate.started.wait(), 5)
             parked = [asyncio.ensure_future(coalescer.read(reader, data.key(i))) for i in range(2, 5)]
-            await asyncio.sleep(0.01)  # the slot is taken: these wait
+            await asyncio.sleep(0)  # one iteration: each read runs to its await; the slot is taken: they wait
+            assert not any(p.done() for p in parked)
             await coalescer.close()
             results = await asyncio.gather(*running, return_exceptions=True)
             waiting = await asyncio.gather(*parked, return_exceptions=True)
