@@ -245,6 +245,7 @@ def private_home() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.mark.cluster
 def test_a_server_killed_midway_through_an_apply_comes_back_as_before(private_home, tmp_path):
     from test_embedded import dsn_of, run
     from test_load_crash import kill_postmaster

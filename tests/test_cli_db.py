@@ -15,6 +15,8 @@ import pytest
 
 from cli_run import cli, error_line
 
+pytestmark = pytest.mark.cluster
+
 
 @pytest.fixture()
 def home():

@@ -29,6 +29,8 @@ from pgfeatures.bench.procs import pid_alive, reap_orphans, wait_for
 from pgfeatures.connections import connect, unavailable
 from pgfeatures.errors import AuthenticationError, DatabaseUnavailableError
 
+pytestmark = pytest.mark.cluster
+
 needs_pgbouncer = pytest.mark.skipif(
     find_pgbouncer() is None,
     reason="PgBouncer is not installed (/usr/sbin/pgbouncer: apt-get install pgbouncer, as .ci/run does)",
@@ -269,6 +271,7 @@ def test_pgbouncer_auth_query_follows_a_rotation_without_reload(primary: Cluster
             assert opened.execute("SELECT 1").fetchone() == (1,)
 
 
+@pytest.mark.timing  # RECOVERY_BOUND
 @needs_pgbouncer
 def test_pgbouncer_auth_file_follows_a_rotation_after_rewrite_and_reload(primary: Cluster) -> None:
     primary.create_role("rotf", "old")
@@ -284,6 +287,7 @@ def test_pgbouncer_auth_file_follows_a_rotation_after_rewrite_and_reload(primary
             connect(bouncer.dsn("rotf", "old"), connect_timeout=5)
 
 
+@pytest.mark.timing  # RECOVERY_BOUND
 @needs_pgbouncer
 @pytest.mark.parametrize("mode", ["session", "transaction"])
 @pytest.mark.parametrize("fault", ["restart", "kill9"])

@@ -29,7 +29,7 @@ import pytest
 from cli_run import error_line
 from pgfeatures import AsyncFeatureStore, Cached, EnvPassword, FeatureStore, PasswordFile
 from pgfeatures.bench.clusters import Cluster
-from pgfeatures.connections import CredentialProviderError, load_provider
+from pgfeatures.connections import CredentialProviderError, credentials, load_provider
 from pgfeatures.connections.credentials import credential_params
 from pgfeatures.definitions import demo_registry
 from pgfeatures.errors import ConfigError, CredentialsTimeoutError, PgFeaturesError
@@ -129,18 +129,19 @@ def test_cached_calls_the_provider_at_most_once_per_window():
     assert repr(cached).startswith("Cached(Recording(") and repr(cached).endswith(", 3600)")
 
 
-def test_cached_asks_again_once_the_window_is_over():
+def test_cached_asks_again_once_the_window_is_over(monkeypatch):
+    # The module's clock, stepped by hand: the window's edges exactly, whatever the machine's load
+    now = [1000.0]
+    monkeypatch.setattr(credentials, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     counted = Recording(lambda: {"password": f"token-{len(counted.calls)}"})
-    cached = Cached(counted, 0.2)
+    cached = Cached(counted, 2.0)
     first = cached()
+    now[0] += 1.5
     assert cached() == first == {"password": "token-1"} and len(counted.calls) == 1  # within the window
-    deadline = time.monotonic() + 5
-    while len(counted.calls) < 2:
-        assert time.monotonic() < deadline, "Cached never asked again after its window"
-        value = cached()
-        time.sleep(0.01)
-    assert value == {"password": "token-2"}
-    assert counted.calls[1] - counted.calls[0] >= 0.2  # not before the window was over
+    now[0] += 0.5  # the window is over (2 s after the call): the next call asks again
+    assert cached() == {"password": "token-2"} and len(counted.calls) == 2
+    now[0] += 1.75
+    assert cached() == {"password": "token-2"} and len(counted.calls) == 2  # a new window from the second call
 
 
 def test_cached_under_concurrent_calls_asks_once():
@@ -356,6 +357,7 @@ def _refused(cluster: Cluster, password: str) -> bool:
     return False
 
 
+@pytest.mark.cluster
 def test_async_store_password_rotation_under_load_fails_no_request(primary: Cluster, tmp_path: Path) -> None:
     secret = tmp_path / "pg-password"
     secret.write_text("pw-1\n")
@@ -409,6 +411,7 @@ def _app_backends(cluster: Cluster) -> set[int]:
     return {int(r[0]) for r in rows}
 
 
+@pytest.mark.cluster
 def test_max_lifetime_renews_connections_through_the_provider(primary: Cluster, tmp_path: Path) -> None:
     """psycopg_pool has no lower bound on max_lifetime and expires a connection at 95-100 % of it
     (jitter), checked when the connection goes back to the pool: reads must keep coming."""
@@ -504,6 +507,8 @@ def _check_hang_errors(errors: list[BaseException], provider: Hanging, hung_for:
     assert provider.hung <= hung_for / HANG_TIMEOUT + 4, (provider.hung, hung_for)
 
 
+@pytest.mark.cluster
+@pytest.mark.timing  # back within the deadline + 2 s
 def test_a_hanging_provider_is_a_credentials_timeout_and_reads_return_within_a_probe(primary: Cluster) -> None:
     """The provider hangs (calls that hung never return), the store's connections are lost: reads
     fail with CredentialsTimeoutError naming the provider within their acquire_timeout, and once
@@ -539,6 +544,8 @@ def test_a_hanging_provider_is_a_credentials_timeout_and_reads_return_within_a_p
             provider.release()
 
 
+@pytest.mark.cluster
+@pytest.mark.timing  # back within the deadline + 2 s
 def test_async_store_a_hanging_provider_is_a_credentials_timeout_and_reads_return_within_a_probe(
     primary: Cluster,
 ) -> None:
@@ -582,6 +589,8 @@ def test_async_store_a_hanging_provider_is_a_credentials_timeout_and_reads_retur
         provider.release()
 
 
+@pytest.mark.cluster
+@pytest.mark.timing  # fails within 5 s of a 1 s deadline
 def test_opening_with_a_hanging_provider_fails_within_its_deadline(primary: Cluster) -> None:
     provider = Hanging("pw-1")
     provider.hanging.set()
@@ -615,6 +624,7 @@ class Slow:
         return self.password
 
 
+@pytest.mark.cluster
 def test_max_lifetime_renewal_fails_no_read(primary: Cluster) -> None:
     """Connections renewed by max_lifetime under a read loop, through a provider slower than the
     acquire timeout: the old connections serve until the new ones are ready, so no read fails."""
@@ -657,6 +667,7 @@ def test_max_lifetime_renewal_fails_no_read(primary: Cluster) -> None:
     assert failures == [] and reads > 100, (reads, [f"{type(e).__name__}: {e}" for e in failures[:3]])
 
 
+@pytest.mark.cluster
 def test_async_store_max_lifetime_renewal_fails_no_read(primary: Cluster) -> None:
     provider = Slow("pw-1", 1.3)
 
@@ -776,6 +787,8 @@ def _calls(directory: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+@pytest.mark.cluster
+@pytest.mark.timing  # serving within 3 s
 def test_serve_a_hanging_provider_is_503_credentials_timeout_and_serves_within_a_probe_of_it_answering(
     primary: Cluster, served: Path
 ) -> None:
@@ -815,6 +828,7 @@ def test_serve_a_hanging_provider_is_503_credentials_timeout_and_serves_within_a
         assert back < 3.0, f"serving again {back:.1f}s after the provider answered again"
 
 
+@pytest.mark.cluster
 def test_serve_max_lifetime_renewal_fails_no_request(primary: Cluster, served: Path) -> None:
     """The issue's run: connections renewed by max_lifetime while requests come, the provider (a
     healthy token endpoint) slower than serve's acquire_timeout: every request is answered."""
@@ -881,6 +895,7 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.cluster
 def test_cli_commands_log_in_through_the_provider(cli_cluster: Cluster, workdir: Path) -> None:
     assert CONSOLE_SCRIPT.exists(), "the venv's pgfeatures script (pip install -e .)"
     dsn = cli_cluster.dsn("app", password="")  # no password in the DSN: only the provider knows it
@@ -934,6 +949,7 @@ CONNECTING = {
 }
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("how", ["password-file", "credentials"])
 @pytest.mark.parametrize("command", sorted(CONNECTING))
 def test_cli_a_wrong_credential_is_one_line_naming_the_refused_login(
@@ -951,6 +967,7 @@ def test_cli_a_wrong_credential_is_one_line_naming_the_refused_login(
     assert "not-the-password" not in line
 
 
+@pytest.mark.cluster
 def test_cli_provider_problems_are_one_line(cli_cluster: Cluster, workdir: Path) -> None:
     env = {"PGFEATURES_DSN": cli_cluster.dsn("app", password=""), "PGFEATURES_DEFINITIONS": "features.toml"}
     line = error_line(pgfeatures("tables", "--password-file", "missing-file", cwd=workdir, env=env))
@@ -980,6 +997,7 @@ def test_cli_provider_problems_are_one_line(cli_cluster: Cluster, workdir: Path)
     )
 
 
+@pytest.mark.cluster
 def test_cli_a_hanging_provider_fails_within_its_deadline_naming_it(cli_cluster: Cluster, workdir: Path) -> None:
     """A provider that never answers: each command fails after the provider's deadline (5 s),
     saying so in one line, instead of waiting and then blaming a pooler."""
@@ -995,6 +1013,7 @@ def test_cli_a_hanging_provider_fails_within_its_deadline_naming_it(cli_cluster:
         assert took < 30, (command, took)
 
 
+@pytest.mark.cluster
 def test_serve_finds_the_provider_in_the_working_directory(cli_cluster: Cluster, workdir: Path) -> None:
     """The issue: ``pgfeatures serve --credentials mycompany.features:lakebase_token`` from the
     directory holding mycompany/. The service answers /readyz through the provider."""

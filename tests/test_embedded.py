@@ -19,6 +19,8 @@ import pytest
 
 from cli_run import cli
 
+pytestmark = pytest.mark.cluster
+
 
 @pytest.fixture(scope="module")
 def private_home():

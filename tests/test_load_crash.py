@@ -30,6 +30,8 @@ from pgfeatures.load import load
 from test_embedded import dsn_of, run
 from test_load import snapshot
 
+pytestmark = pytest.mark.cluster
+
 SCHEMA = "crash"
 REGISTRY = Registry.of([FeatureTable.of("t", {f"f{j}": "real" for j in range(8)})], schema=SCHEMA)
 ROWS = 400_000

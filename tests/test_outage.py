@@ -28,6 +28,8 @@ def proxy(dsn):
     p.close()
 
 
+@pytest.mark.slow
+@pytest.mark.timing  # back within 5 s of a 9 s outage
 def test_reads_recover_promptly_after_a_long_outage(conn, schema, dsn, proxy):
     registry = demo_registry(n_tables=2, n_features=1, schema=schema)
     apply_schema(conn, registry)

@@ -23,6 +23,8 @@ from pgfeatures.schema import apply_schema
 from pgfeatures.server import ServerConfig
 from support.inprocess import running_app
 
+pytestmark = pytest.mark.cluster
+
 SCHEMA = "prod"
 REGISTRY = demo_registry(n_tables=3, n_features=2, schema=SCHEMA)
 KEY = bytes(range(32))
@@ -273,6 +275,7 @@ def _function_calls(primary: Cluster) -> int:
     return int(rows[0][1])
 
 
+@pytest.mark.timing  # back within 2 s of a restart
 @needs_pgbouncer
 @pytest.mark.parametrize("mode", ["session", "transaction"])
 def test_pgbouncer_in_both_modes_with_a_restart_behind_it(
@@ -317,6 +320,7 @@ def test_pgbouncer_in_both_modes_with_a_restart_behind_it(
         assert store.get_features_batch([KEY]) == [EXPECTED]
 
 
+@pytest.mark.timing  # back within 2 s of a restart
 @needs_pgbouncer
 def test_serve_behind_pgbouncer_in_transaction_mode_rides_out_a_restart(primary: Cluster) -> None:
     """The HTTP service with ``pooler = "transaction"``: ready, reads and pushes through PgBouncer,
@@ -400,6 +404,7 @@ def _stop_read_start(primary: Cluster, read: Callable[[], object]) -> Callable[[
     return run
 
 
+@pytest.mark.timing  # back within 2 s (3.5 s without the renewal)
 def test_reads_are_back_within_a_probe_of_the_database_after_an_outage_of_seconds(primary: Cluster) -> None:
     """Down 3.3 s: psycopg_pool's reconnection attempts (1, 3, 7 s after the connections were found
     dead) would find the database up only at about 7 s; the store's probe sees it answer within
@@ -412,6 +417,7 @@ def test_reads_are_back_within_a_probe_of_the_database_after_an_outage_of_second
         assert _outage_then_back(_stop_read_start(primary, read), read) < 2.0
 
 
+@pytest.mark.timing  # back within 2 s
 def test_async_reads_are_back_within_a_probe_of_the_database_after_an_outage_of_seconds(primary: Cluster) -> None:
     async def body() -> float:
         async with AsyncFeatureStore(
@@ -427,6 +433,7 @@ def test_async_reads_are_back_within_a_probe_of_the_database_after_an_outage_of_
     assert asyncio.run(asyncio.wait_for(body(), 60)) < 2.0
 
 
+@pytest.mark.timing  # back within 2 s
 def test_writes_are_back_within_a_probe_of_the_database_after_an_outage_of_seconds(primary: Cluster) -> None:
     """The write pool, like the read pools, is renewed once the primary answers again, instead of
     waiting out psycopg_pool's reconnection backoff (1, 3, 7 s after its connections died)."""
@@ -452,6 +459,7 @@ def test_writes_are_back_within_a_probe_of_the_database_after_an_outage_of_secon
         print(f"\nwrites back {time.monotonic() - back:.2f} s after the database")
 
 
+@pytest.mark.timing  # back within 2 s
 def test_async_writes_are_back_within_a_probe_of_the_database_after_an_outage_of_seconds(primary: Cluster) -> None:
     async def body() -> float:
         async with AsyncFeatureStore(

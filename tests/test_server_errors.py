@@ -330,6 +330,7 @@ def test_an_answer_meeting_the_deadline_is_a_504_never_a_500(dsn: str, definitio
     asyncio.run(asyncio.wait_for(run(), 60))
 
 
+@pytest.mark.timing  # deadlines and a release meant to meet
 def test_requests_straddling_the_moment_a_blocked_query_returns(dsn: str, schema: str, definitions: Path) -> None:
     """Reads wait on a table lock; it is released, and the loop held for a moment, just as some of their
     deadlines pass: each request gets its features or 504 ``query_timeout``, never a 500."""

@@ -72,6 +72,8 @@ def test_a_defined_but_uncreated_table_is_named_not_warming_up_forever(conn, sch
         assert drifted.status_code == 500 and "pgfeatures apply" in drifted.json()["error"]["message"]
 
 
+@pytest.mark.cluster
+@pytest.mark.timing  # ready within 2.5 s of a restart
 @pytest.mark.parametrize("pool_size", [4, 16])
 def test_readiness_follows_a_restart_within_one_probe(tmp_path, pool_size):
     with Cluster(name="ready-restart") as cluster:
@@ -94,6 +96,7 @@ def test_readiness_follows_a_restart_within_one_probe(tmp_path, pool_size):
                 time.sleep(0.05)
 
 
+@pytest.mark.cluster
 def test_a_read_only_service_is_ready_with_the_primary_down(tmp_path):
     with Cluster(replication=True, name="ro-primary") as primary:
         primary.create_role("app", "pw")
