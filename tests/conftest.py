@@ -10,6 +10,7 @@ other's tables.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,6 +76,24 @@ def dsn_with(dsn: str, **changes: object) -> str:
     params = conninfo_to_dict(dsn)
     params.update({k: v for k, v in changes.items()})
     return make_conninfo("", **params)
+
+
+def wait_for_lock_wait(
+    dsn: str, *, pid: int | None = None, application_name: str | None = None, within: float = 10
+) -> None:
+    """Until a backend (``pid``, or any of ``application_name``) waits for a lock: the event a test of a
+    conflict waits for, instead of sleeping and hoping the other session got there."""
+    assert pid is not None or application_name is not None
+    query = (
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND (pid = %s OR application_name = %s)"
+    )
+    deadline = time.monotonic() + within
+    with psycopg.connect(dsn, autocommit=True) as c:
+        while c.execute(query, [pid, application_name]).fetchone()[0] == 0:  # type: ignore[index]
+            assert time.monotonic() < deadline, (
+                f"no backend ({pid or application_name}) waits for a lock after {within:g} s"
+            )
+            time.sleep(0.01)
 
 
 # -- the unit tier ---------------------------------------------------------------------------------

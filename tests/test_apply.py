@@ -115,18 +115,25 @@ def test_readers_of_both_definitions_are_right_through_an_apply(conn, schema, ds
                 except BaseException as exc:
                     failures.append(exc)
 
+        def answered(more: int) -> None:
+            """Until the readers have answered ``more`` requests more (they run before, during and after)."""
+            target, deadline = answers + more, time.monotonic() + 30
+            while answers < target and not failures:
+                assert time.monotonic() < deadline, f"the readers answered {answers} requests in 30 s"
+                time.sleep(0.01)
+
         threads = [threading.Thread(target=read) for _ in range(2)]
         for t in threads:
             t.start()
-        time.sleep(0.2)
+        answered(10)
         result = apply(conn, new)
         assert [c.action for c in result.plan.changes] == ["add column", "rebuild service"]
-        time.sleep(0.2)
+        answered(10)
         stop.set()
         for t in threads:
             t.join(10)
         assert not failures, failures[:3]
-        assert answers > 20
+        assert answers >= 20
         store.reload(new)
         fill(conn, schema, "t", 1, ["f0"], range(1, 10))
         got = store.get_service("s", 5)

@@ -4,12 +4,12 @@ kept in step by triggers (writes around pgfeatures too), stale definitions detec
 from __future__ import annotations
 
 import random
-import time
 
 import psycopg
 import pytest
 from psycopg import sql
 
+from conftest import wait_for_lock_wait
 from pgfeatures import FeatureStore
 from pgfeatures.definitions import Entity, FeatureService, FeatureTable, Registry
 from pgfeatures.materialize.build import materialize, status
@@ -279,8 +279,8 @@ def test_two_writers_creating_the_same_new_key_in_two_tables_both_commit(setup, 
 
         thread = threading.Thread(target=write_second)
         thread.start()
-        time.sleep(0.5)
-        assert not done  # waiting for the first writer's serving row
+        wait_for_lock_wait(dsn, pid=second.info.backend_pid)  # waiting for the first writer's serving row
+        assert not done
         first.commit()
         thread.join(10)
         assert done == [True]

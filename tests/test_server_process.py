@@ -93,6 +93,7 @@ def test_unfinished_headers_are_cut_off_with_a_408(server: ServeProcess) -> None
     assert took < CLOSED_WITHIN
 
 
+@pytest.mark.timing  # a 1.5 s silence must end before the 2 s keep-alive
 def test_a_silent_new_connection_is_closed_after_keep_alive(server: ServeProcess) -> None:
     """Like a kept-alive connection idle between requests: closed (no answer) after keep_alive."""
     with connect(server) as sock:
@@ -121,6 +122,7 @@ def test_unfinished_headers_of_a_second_request_on_a_kept_alive_connection(serve
     assert received.startswith(b"HTTP/1.1 408 "), received
 
 
+@pytest.mark.timing  # a third of the 1 s header timeout between the halves
 def test_slow_but_timely_headers_are_served(server: ServeProcess) -> None:
     raw = request()
     with connect(server) as sock:

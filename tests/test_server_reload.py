@@ -131,10 +131,17 @@ def test_sighup_reloads_a_real_serve_under_load_without_a_failed_request(conn, s
                     else:
                         answers["new" if "c" in r.json()["features"]["t"] else "old"] += 1
 
+        def answered(kind: str, at_least: int) -> None:
+            """Until ``at_least`` requests were answered by the ``kind`` definitions (under load, before and after)."""
+            deadline = time.monotonic() + 30
+            while answers[kind] < at_least and not failures:
+                assert time.monotonic() < deadline, answers
+                time.sleep(0.05)
+
         threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
         for t in threads:
             t.start()
-        time.sleep(1.0)
+        answered("old", 21)
         new = change(conn, schema, path)
         server.proc.send_signal(signal.SIGHUP)  # the supervisor with several workers, the worker itself with one
         deadline = time.monotonic() + 30
@@ -144,7 +151,7 @@ def test_sighup_reloads_a_real_serve_under_load_without_a_failed_request(conn, s
                 break
             assert time.monotonic() < deadline, metrics
             time.sleep(0.1)
-        time.sleep(1.0)
+        answered("new", 21)
         stop.set()
         for t in threads:
             t.join(30)

@@ -14,6 +14,7 @@ import psycopg
 import pyarrow as pa
 import pytest
 
+from conftest import wait_for_lock_wait
 from pgfeatures import FeatureStore
 from pgfeatures.definitions import Entity, FeatureService, FeatureTable, Registry
 from pgfeatures.errors import ConflictError
@@ -132,7 +133,7 @@ def test_a_live_update_chosen_as_a_deadlock_victim_is_sent_again(service, conn, 
 
         thread = threading.Thread(target=write)
         thread.start()
-        time.sleep(0.3)  # the update holds key 1 and waits for key 2
+        wait_for_lock_wait(dsn, application_name="pgfeatures-write")  # the update holds key 1 and waits for key 2
         other.execute(psycopg.sql.SQL("UPDATE {} SET b = 6 WHERE user_id = 1").format(table))  # the cycle
         other.rollback()
         thread.join(30)
