@@ -218,6 +218,7 @@ def _wait_for_build(dsn: str, application_name: str) -> None:
     raise AssertionError("the apply never started building")
 
 
+@pytest.mark.slow
 def test_an_apply_process_killed_midway_leaves_the_database_as_before(conn, schema, dsn, tmp_path):
     old, new = _slow_apply_setup(dsn, schema, 300_000)
     path = _definitions_file(tmp_path, schema)
@@ -252,6 +253,7 @@ def private_home() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.mark.slow
 @pytest.mark.cluster
 def test_a_server_killed_midway_through_an_apply_comes_back_as_before(private_home, tmp_path):
     from test_embedded import dsn_of, run

@@ -43,6 +43,7 @@ def dsn_of(home: Path) -> str:
     return out.stdout.strip()
 
 
+@pytest.mark.slow
 def test_lifecycle_and_stale_pid(private_home):
     assert run(private_home, "db", "status").returncode == 3  # not initialized yet
     started = run(private_home, "db", "start")

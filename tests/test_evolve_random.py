@@ -163,6 +163,7 @@ def test_random_interleavings_never_give_a_wrong_value(conn, schema, dsn, seed):
     assert seen.get("materialized", 0) > 10 and seen.get("tables", 0) > 10 and sum(seen.values()) == 320, seen
 
 
+@pytest.mark.slow
 def test_readers_running_through_random_changes_only_see_values_that_belong(conn, schema, dsn):
     rng = random.Random(7)
     current = random_registry(schema, rng)

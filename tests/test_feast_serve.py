@@ -97,6 +97,7 @@ def library(store: Any, features: Any, entities: dict[str, list[Any]]) -> Any:
     )
 
 
+@pytest.mark.slow
 def test_http_answer_equals_the_librarys(served: tuple[Any, str]) -> None:
     store, url = served
     rows = feast_repo.entity_rows()

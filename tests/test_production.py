@@ -124,6 +124,7 @@ def test_a_rotated_password_without_a_provider_is_an_authentication_error(primar
         assert "password authentication failed" in store.status()["read_targets"][0]["reason"]
 
 
+@pytest.mark.slow
 def test_replica_loss_under_load_falls_back_to_the_primary_and_comes_back(primary: Cluster) -> None:
     replica = primary.replica(name="prod-replica")
     with FeatureStore(
@@ -144,6 +145,7 @@ def test_replica_loss_under_load_falls_back_to_the_primary_and_comes_back(primar
         assert load.failures == []
 
 
+@pytest.mark.slow
 def test_reads_spread_over_replicas_and_fall_back_to_the_other_replica_then_the_primary(primary: Cluster) -> None:
     """Two replicas, one paused so it serves an older t01 than the other and the primary: which value a
     read returns tells where it ran. Zero failed reads through every step."""
@@ -186,6 +188,7 @@ def test_reads_spread_over_replicas_and_fall_back_to_the_other_replica_then_the_
     assert load.failures == [] and load.ok > 100
 
 
+@pytest.mark.slow
 def test_a_read_only_store_opens_with_the_primary_down(primary: Cluster) -> None:
     replica = primary.replica(name="prod-replica2")
     primary.stop()

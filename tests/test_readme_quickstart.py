@@ -42,6 +42,7 @@ def last_json(stdout: str) -> dict:
     return json.loads("\n".join(stdout.splitlines()[start:]))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the Quickstart's HTTP part uses curl")
 def test_the_quickstart_runs_as_written(tmp_path, schema, dsn, conn):
     kinds = [kind for kind, _ in quickstart_blocks()]

@@ -39,6 +39,7 @@ def registry(conn, schema):
     return reg
 
 
+@pytest.mark.slow
 def test_a_renewal_cancelled_while_its_pool_fills_closes_that_pool(dsn, registry):
     """The new pool's connections go through a paused proxy, so it never fills; the renewal is
     cancelled meanwhile (what close() does to a probe)."""

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import psycopg
 import pyarrow as pa
+import pytest
 from psycopg import sql
 
 from pgfeatures.definitions import FeatureTable, Registry
@@ -48,6 +49,7 @@ def rows(n: int = 50) -> pa.Table:
     )
 
 
+@pytest.mark.slow
 def test_init_and_first_load_race(dsn, schema):
     reg = registry(schema)
     rng = random.Random(7)

@@ -8,11 +8,13 @@ import argparse
 import asyncio
 
 import psycopg
+import pytest
 
 from pgfeatures.bench import http, http_services
 from pgfeatures.materialize.build import status
 
 
+@pytest.mark.slow
 def test_services_mode_runs_and_compares_like_with_like(dsn: str, schema: str) -> None:
     p = argparse.ArgumentParser()
     http.add_arguments(p)

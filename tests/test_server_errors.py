@@ -296,6 +296,7 @@ def answering_late(call, blocked_for: float):  # type: ignore[no-untyped-def]
     return late
 
 
+@pytest.mark.timing  # 3 answers of 9 within a 50 ms deadline
 @pytest.mark.parametrize("kind", ["single", "batch", "push", "probe"])
 def test_an_answer_meeting_the_deadline_is_a_504_never_a_500(dsn: str, definitions: Path, kind: str) -> None:
     """Before: a call that finished in the loop iteration where its deadline fired escaped as a bare

@@ -98,6 +98,7 @@ def test_readiness_follows_a_restart_within_one_probe(tmp_path, pool_size):
                 time.sleep(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.cluster
 def test_a_read_only_service_is_ready_with_the_primary_down(tmp_path):
     with Cluster(replication=True, name="ro-primary") as primary:

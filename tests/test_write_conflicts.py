@@ -55,6 +55,7 @@ def service(conn, schema, dsn) -> Registry:
     return registry
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("new_keys", [False, True], ids=["existing keys", "new keys too"])
 def test_concurrent_pushes_batches_and_loads_never_deadlock(service, conn, dsn, new_keys):
     """The issue's mix (7 deadlocks in 25 s on the old code): racing live updates of a few keys, batches
