@@ -84,34 +84,54 @@ class _Captured(io.StringIO):
 
 
 def cli(
-    *args: str, env: Mapping[str, str | None] | None = None, blocked: Iterable[str] = (), timeout: float = 180
+    *args: str,
+    env: Mapping[str, str | None] | None = None,
+    blocked: Iterable[str] = (),
+    timeout: float = 180,
+    cwd: str | os.PathLike[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``pgfeatures ARGS...`` in-process (with ``blocked``: as a process, see ``cli_process``);
-    ``env`` entries override the environment (None removes one). ``timeout`` applies to a process only."""
+    ``env`` entries override the environment (None removes one); ``cwd``: the working directory
+    meanwhile. ``timeout`` applies to a process only. sys.path is restored afterwards (loading a
+    credential provider puts the working directory on it, as for an ASGI app)."""
     blocked = list(blocked)
     if blocked:
-        return cli_process(*args, env=env, blocked=blocked, timeout=timeout)
+        return cli_process(*args, env=env, blocked=blocked, timeout=timeout, cwd=cwd)
     from pgfeatures.cli import main
 
     argv = [os.fspath(a) for a in args]  # a process's arguments are text: a Path becomes its path
     out, err = _Captured(), _Captured()
-    with _environ(_environment(env)), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    path = list(sys.path)
+    with (
+        _environ(_environment(env)),
+        contextlib.chdir(cwd or os.getcwd()),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
         try:
             code = main(argv)
         except SystemExit as exc:  # as the interpreter would turn it into an exit code
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            sys.path[:] = path
     return subprocess.CompletedProcess(["pgfeatures", *argv], code, out.getvalue(), err.getvalue())
 
 
 def cli_process(
-    *args: str, env: Mapping[str, str | None] | None = None, blocked: Iterable[str] = (), timeout: float = 180
+    *args: str,
+    env: Mapping[str, str | None] | None = None,
+    blocked: Iterable[str] = (),
+    timeout: float = 180,
+    cwd: str | os.PathLike[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``pgfeatures ARGS...`` as a real process, ``python -m pgfeatures.cli`` (see ``cli``)."""
     blocked = list(blocked)
     command = (
         [sys.executable, "-c", _BLOCKER, ",".join(blocked)] if blocked else [sys.executable, "-m", "pgfeatures.cli"]
     )
-    return subprocess.run([*command, *args], env=_environment(env), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [*command, *args], env=_environment(env), capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )
 
 
 def error_line(done: subprocess.CompletedProcess[str], code: int = 2) -> str:

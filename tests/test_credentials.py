@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from cli_run import error_line
+from cli_run import cli, error_line
 from pgfeatures import AsyncFeatureStore, Cached, EnvPassword, FeatureStore, PasswordFile
 from pgfeatures.bench.clusters import Cluster
 from pgfeatures.connections import CredentialProviderError, credentials, load_provider
@@ -875,6 +875,22 @@ def pgfeatures(*args: str, cwd: Path, env: Mapping[str, str | None] | None = Non
     return subprocess.run([*command, *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=180)
 
 
+def pgfeatures_in_process(
+    *args: str, cwd: Path, env: Mapping[str, str | None] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``pgfeatures`` as ``pgfeatures()`` runs it, in this process: the environment without the test run's
+    PGFEATURES_* and PG* variables, ``cwd`` the working directory, and the provider's package
+    (``mycompany``, one per test's directory) imported afresh."""
+    cleared: dict[str, str | None] = {k: None for k in os.environ if k.startswith(("PGFEATURES_", "PG"))}
+    for name in [m for m in sys.modules if m == "mycompany" or m.startswith("mycompany.")]:
+        del sys.modules[name]
+    try:
+        return cli(*args, cwd=cwd, env={**cleared, **(env or {})})
+    finally:
+        for name in [m for m in sys.modules if m == "mycompany" or m.startswith("mycompany.")]:
+            del sys.modules[name]
+
+
 @pytest.fixture(scope="module")
 def cli_cluster() -> Iterator[Cluster]:
     with Cluster(name="cred-cli") as cluster:
@@ -967,7 +983,7 @@ def test_cli_a_wrong_credential_is_one_line_naming_the_refused_login(
         if how == "password-file"
         else ["--credentials", "mycompany.features:lakebase_token"]
     )
-    line = error_line(pgfeatures(*CONNECTING[command], *flag, cwd=workdir, env=env))
+    line = error_line(pgfeatures_in_process(*CONNECTING[command], *flag, cwd=workdir, env=env))
     assert "refused the credentials" in line and 'password authentication failed for user "app"' in line, line
     assert "not-the-password" not in line
 

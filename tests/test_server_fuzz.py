@@ -62,6 +62,8 @@ from pgfeatures.definitions import Registry
 from pgfeatures.server import ServerConfig, create_app
 from support import serving_data as data
 
+pytestmark = pytest.mark.slow
+
 # Per operation and generation mode; raise it for a longer hunt.
 EXAMPLES = int(os.environ.get("PGFEATURES_FUZZ_EXAMPLES", "100"))
 # The per-service and per-table operations share most of their code: fewer examples each.
