@@ -273,6 +273,15 @@ def test_a_never_rule_counts_imports_anywhere(toy):
     assert never_violations(TOY, toy) == ["low.py imports argparse: low stays plain"]
 
 
+def test_a_never_rule_may_cover_the_whole_package(toy):
+    """As the core's rule that it never imports the benchmarks would: ``modules = ["*"]``."""
+    (toy / "mid" / "a.py").write_text("try:\n    from benchmarks import runner\nexcept ImportError:\n    pass\n")
+    rule = {"why": "the core has no benchmarks", "modules": ["*"], "imports": ["benchmarks"]}
+    assert never_violations({**TOY, "never": [rule]}, toy) == [
+        "mid/a.py imports benchmarks: the core has no benchmarks"
+    ]
+
+
 def test_what_the_map_and_the_tree_disagree_on_is_named(toy):
     (toy / "new.py").write_text("")
     (toy / "mid" / "b.py").write_text("")
