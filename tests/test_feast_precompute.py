@@ -164,3 +164,33 @@ def test_a_precomputed_service_pgfeatures_cannot_build_fails_apply_and_creates_n
         with pytest.raises(DefinitionError, match=message):
             store.apply([*base, service])
         assert objects_in(dsn, schema) == {"tables": set(), "views": set(), "triggers": set(), "functions": set()}
+
+
+def test_a_destructive_view_change_is_refused_naming_it_and_changes_nothing(repo: Any, dsn: str, schema: str) -> None:
+    from feast import FeatureService, FeatureView, Field
+    from feast.types import Float64
+
+    from pgfeatures.errors import SchemaDriftError
+
+    store, objects = repo
+    store.apply(list(objects.values()))
+    before = objects_in(dsn, schema)
+    old = objects["driver_stats"]
+    retyped = FeatureView(
+        name="driver_stats",
+        entities=[objects["driver"]],
+        ttl=old.ttl,
+        source=old.batch_source,
+        schema=[*old.entity_columns, Field(name="conv", dtype=Float64), *(f for f in old.features if f.name != "conv")],
+    )
+    service = FeatureService(name=DRIVER_VECTOR, features=[retyped[["conv", "trips"]]], precompute_online=True)
+    with pytest.raises(SchemaDriftError, match=r"column driver_stats\.conv is real, the definition says double"):
+        store.apply([retyped, service])
+    assert objects_in(dsn, schema) == before
+    with psycopg.connect(dsn) as conn:
+        kind = conn.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass AND attname = 'conv'",
+            [f"{schema}.driver_stats"],
+        ).fetchone()
+    assert kind == ("real",)
+    assert states(Path(store.repo_path), dsn) == {PRECOMPUTED: "built", DRIVER_VECTOR: "built"}

@@ -186,7 +186,8 @@ def make_changes(conn: psycopg.Connection, found: Changes, dsn: str, lock_timeou
             for change in refused:
                 problems.setdefault(change.subject.partition(".")[0], []).append(change.prose)
             raise SchemaDriftError(
-                "feast apply makes additive changes only (views, features, indexes, serving rows); "
+                "feast apply makes additive changes only (views, features, indexes, serving rows), and this "
+                "one needs destructive ones: "
                 + "; ".join(c.prose.replace(": left out; pass --allow-destructive to make it", "") for c in refused)
                 + ". Nothing was changed. To make it, apply the repository without the view (its table is "
                 "dropped), then with it again, and materialize it",
