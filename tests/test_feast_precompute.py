@@ -115,7 +115,12 @@ def test_apply_builds_precomputed_services_and_teardown_drops_them(repo: Any, ds
         schema=[*old.entity_columns, *old.features, Field(name="rating", dtype=Float32)],
     )
     views = [grown, *(objects[n] for n in feast_repo.EVERYTHING[1:])]
-    store.apply([grown, FeatureService(name=PRECOMPUTED, features=views, precompute_online=True)])
+    fresh = feast.FeatureStore(repo_path=str(root))  # another process's store: it has seen no view
+    try:
+        fresh.apply([grown, FeatureService(name=PRECOMPUTED, features=views, precompute_online=True)])
+    finally:
+        asyncio.run(fresh._get_provider().online_store.close())
+    store.refresh_registry()
     store.apply([FeatureService(name=PLAIN, features=views)])
     assert states(root, dsn) == {PRECOMPUTED: "built", DRIVER_VECTOR: "built"}
     same_answers(store, PRECOMPUTED, PLAIN)
