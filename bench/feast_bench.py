@@ -13,6 +13,10 @@
 - ``materialize``: ``FeatureStore.materialize`` (what ``feast materialize`` runs) of
   ``--materialize-rows`` rows into one view of 8 float32, into pgfeatures and into Feast's
   PostgreSQL store: rows/s.
+- ``precompute``: ``get_online_features(feature_service).to_dict()`` of a service over the 30 views with
+  ``precompute_online=True`` and of its twin without, 1 and 100 entities: on pgfeatures (the
+  precomputed one read from a materialized service's serving rows) and on Feast's Redis store (the
+  precomputed one from the vectors Feast writes after materializing), interleaved as ``latency``.
 
 Each store's data lives in its own database schema / Redis project, dropped at the end. Loopback
 only. Prints a Markdown table per part and writes the figures as JSON (``--out``).
@@ -47,6 +51,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 VIEWS, FEATURES = 30, 8
+PRECOMPUTED, PLAIN = "every_view_precomputed", "every_view"
 NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
 
@@ -64,9 +69,10 @@ def feast_postgres(dsn: str, schema: str) -> dict[str, Any]:
 
 
 def write_repo(root: Path, project: str, online: dict[str, Any], entities: int, views: int = VIEWS,
-               name: str = "v", engine: str | None = None) -> list[str]:
-    """A repository of ``views`` views x 8 float32 keyed by driver_id (Int64), data for ``entities`` ids;
-    returns the feature refs."""
+               name: str = "v", engine: str | None = None, services: bool = False) -> list[str]:
+    """A repository of ``views`` views x 8 float32 keyed by driver_id (Int64), data for ``entities`` ids
+    (``services``: with PRECOMPUTED, a service of every view with precompute_online=True, and PLAIN, its twin
+    without); returns the feature refs."""
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)
     frame = pd.DataFrame({f"f{j}": rng.random(entities, dtype=np.float32) for j in range(FEATURES)})
@@ -74,7 +80,7 @@ def write_repo(root: Path, project: str, online: dict[str, Any], entities: int, 
     frame["event_timestamp"] = pd.Timestamp(NOW - dt.timedelta(hours=1))
     frame.to_parquet(root / "data.parquet")
     lines = ["from datetime import timedelta",
-             "from feast import Entity, FeatureView, Field, FileSource, ValueType",
+             "from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType",
              "from feast.types import Float32, Int64",
              "driver = Entity(name='driver', join_keys=['driver_id'], value_type=ValueType.INT64)",
              f"src = FileSource(name='data', path={str(root / 'data.parquet')!r}, timestamp_field='event_timestamp')"]
@@ -82,6 +88,10 @@ def write_repo(root: Path, project: str, online: dict[str, Any], entities: int, 
         fields = ", ".join(f"Field(name='f{j}', dtype=Float32)" for j in range(FEATURES))
         lines.append(f"{name}{i:02d} = FeatureView(name='{name}{i:02d}', entities=[driver], ttl=timedelta(days=7), "
                      f"source=src, schema=[Field(name='driver_id', dtype=Int64), {fields}])")
+    if services:
+        every = ", ".join(f"{name}{i:02d}" for i in range(views))
+        lines.append(f"pre = FeatureService(name={PRECOMPUTED!r}, features=[{every}], precompute_online=True)")
+        lines.append(f"plain = FeatureService(name={PLAIN!r}, features=[{every}])")
     (root / "repo.py").write_text("\n".join(lines) + "\n")
     config = {"project": project, "provider": "local", "registry": str(root / "registry.db"), "online_store": online,
               "offline_store": {"type": "file"}, "entity_key_serialization_version": 3}
@@ -112,24 +122,26 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def latency(stores: dict[str, Any], refs: list[str], entities: int, batch: int, requests: int,
+def latency(stores: dict[str, Any], refs: Any, entities: int, batch: int, requests: int,
             block: int = 20) -> dict[str, Any]:
     """Calls in blocks of ``block`` per store, the stores in turn. The first call of each block is not
     counted: Feast caches a request's resolution in one process-wide cache that a call through
     another FeatureStore (another registry) clears, so a store's first call after another store's
-    pays Feast's registry walk again; in a deployment (one FeatureStore per process) no call does."""
+    pays Feast's registry walk again; in a deployment (one FeatureStore per process) no call does.
+    ``refs``: what every store is asked for, or {store name: what it is asked for}."""
     rng = random.Random(1)
+    asked = refs if isinstance(refs, dict) else dict.fromkeys(stores, refs)
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in stores}
-    for store in stores.values():  # warm: registry cache, pools, prepared statements
+    for name, store in stores.items():  # warm: registry cache, pools, prepared statements
         for _ in range(20):
-            store.get_online_features(refs, full_feature_names=True,
+            store.get_online_features(asked[name], full_feature_names=True,
                                       entity_rows=[{"driver_id": rng.randint(1, entities)} for _ in range(batch)]).to_dict()
     for _ in range(max(1, requests // block)):
         for name, store in stores.items():
             for i in range(block + 1):
                 rows = [{"driver_id": rng.randint(1, entities)} for _ in range(batch)]
                 cpu, wall = time.process_time(), time.perf_counter()
-                store.get_online_features(refs, rows, full_feature_names=True).to_dict()
+                store.get_online_features(asked[name], rows, full_feature_names=True).to_dict()
                 if i:
                     samples[name].append((time.perf_counter() - wall, time.process_time() - cpu))
     out = {}
@@ -278,10 +290,11 @@ def main() -> None:
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
     stores: dict[str, Any] = {}
     try:
-        if parts & {"latency", "serve"}:
+        if parts & {"latency", "serve", "precompute"}:
             for name, online in onlines.items():
                 root = work / name.replace(" ", "_")
-                refs = write_repo(root, f"{tag}_{name.replace(' ', '_')}", online, args.entities)
+                refs = write_repo(root, f"{tag}_{name.replace(' ', '_')}", online, args.entities,
+                                  services="precompute" in parts and name != "feast postgres")
                 stores[name] = apply(root)
                 seconds = materialize(stores[name])
                 print(f"{name}: applied and materialized {VIEWS} views x {args.entities} entities in {seconds:.1f} s",
@@ -305,6 +318,26 @@ def main() -> None:
             for batch, shares in result["profile"].items():
                 print(table(f"where a pgfeatures call's time goes, {batch} entit{'y' if batch == 1 else 'ies'} "
                             "(cProfile tottime share)", ["owner", "%"], [list(s) for s in shares]))
+        if "precompute" in parts:
+            result["precompute"] = {}
+            subjects: dict[str, Any] = {}
+            asked: dict[str, Any] = {}
+            for name in ("pgfeatures", "feast redis"):
+                if name in stores:
+                    for label, service in (("precomputed", PRECOMPUTED), ("plain", PLAIN)):
+                        subjects[f"{name}, {label}"] = stores[name]
+                        asked[f"{name}, {label}"] = stores[name].get_feature_service(service)
+            for batch, n in ((1, args.requests), (100, max(20, args.requests // 5))):
+                result["precompute"][batch] = latency(subjects, asked, args.entities, batch, n)
+            rows = []
+            for batch, by_store in result["precompute"].items():
+                ref = by_store["pgfeatures, precomputed"]["p50_ms"]
+                for name, r in by_store.items():
+                    rows.append([batch, name, r["p50_ms"], r["p99_ms"], r["cpu_ms"],
+                                 f"{ref / r['p50_ms']:.2f}x" if name != "pgfeatures, precomputed" else "1"])
+            print(table("get_online_features(feature service of 30 views x 8 float32).to_dict()",
+                        ["entities", "store, service", "p50 ms", "p99 ms", "client CPU ms",
+                         "pgfeatures precomputed p50 / this p50"], rows))
         if "serve" in parts:
             result["serve"] = {}
             for name in ("pgfeatures", "feast postgres"):

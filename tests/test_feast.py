@@ -28,7 +28,17 @@ from feast.protos.feast.serving.ServingService_pb2 import FieldStatus  # noqa: E
 
 from pgfeatures.errors import DefinitionError, FeatureValueError  # noqa: E402
 from support import feast_repo  # noqa: E402
-from support.feast_repo import ALL_FEATURES, CUSTOMERS, DRIVERS, EXPIRED, NOW, entity_rows  # noqa: E402
+from support.feast_repo import (  # noqa: E402
+    ALL_FEATURES,
+    CUSTOMERS,
+    DRIVER_VECTOR,
+    DRIVERS,
+    EXPIRED,
+    NOW,
+    PLAIN,
+    PRECOMPUTED,
+    entity_rows,
+)
 
 PRESENT, NOT_FOUND, OUTSIDE_MAX_AGE = FieldStatus.PRESENT, FieldStatus.NOT_FOUND, FieldStatus.OUTSIDE_MAX_AGE
 STORE = "pgfeatures.feast.PgfeaturesOnlineStore"
@@ -142,6 +152,113 @@ def test_single_entity_service_and_async_match(stores: Any) -> None:
     )
 
 
+def test_precomputed_service_answers_as_without_precompute_and_as_sqlite(stores: Any) -> None:
+    """A precompute_online service (every view, type, entity kind, ttl) answers exactly what the same
+    service without precompute answers, sync and async, and what sqlite answers for it (but the ttl)."""
+    sqlite, pg = stores
+    rows = entity_rows()
+    for full in (False, True):
+        ours = pg.get_online_features(pg.get_feature_service(PRECOMPUTED), rows, full_feature_names=full)
+        plain = pg.get_online_features(pg.get_feature_service(PLAIN), rows, full_feature_names=full)
+        assert ours.proto == plain.proto
+        assert ours.to_dict(include_event_timestamps=True) == plain.to_dict(include_event_timestamps=True)
+        theirs = sqlite.get_online_features(sqlite.get_feature_service(PLAIN), rows, full_feature_names=full)
+        assert check_same(rows, ours, theirs) > 0
+        ours_async = asyncio.run(
+            pg.get_online_features_async(pg.get_feature_service(PRECOMPUTED), rows, full_feature_names=full)
+        )
+        assert ours_async.proto == plain.proto
+    # Feast's generic path (entity rows as protobuf values) answers from the serving rows too, the same.
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    one = {"driver_id": [Value(int64_val=1001)], "customer_id": [Value(string_val="c-1")]}
+    generic = pg.get_online_features(pg.get_feature_service(PRECOMPUTED), one)
+    assert generic.proto == pg.get_online_features(pg.get_feature_service(PLAIN), one).proto
+
+
+def test_precomputed_service_is_read_from_its_serving_rows(stores: Any, dsn: str) -> None:
+    """The answer comes from the service's serving rows: a value written into a serving row directly (and
+    nowhere else) is what the precomputed service answers, on every path, while the service without
+    precompute still answers the table's value. Feast's own blob path is never taken."""
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from pgfeatures.feast.importer import import_repo
+    from pgfeatures.materialize.build import status
+
+    _, pg = stores
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert status(conn, import_repo(Path(pg.repo_path)).registry) == {PRECOMPUTED: "built", DRIVER_VECTOR: "built"}
+        update, select = feast_repo.serving_cell(pg.repo_path, PRECOMPUTED, "driver_id", "driver_stats", "conv")
+        assert conn.execute(select, [1001]).fetchone() == (0.5,)
+        conn.execute(update, [42.0, 1001])
+        try:
+            rows = [{"driver_id": 1001, "customer_id": "c-1"}]
+            service = pg.get_feature_service(PRECOMPUTED)
+            assert answer(pg.get_online_features(service, rows))["conv"][0][:2] == (42.0, PRESENT)
+            assert answer(asyncio.run(pg.get_online_features_async(service, rows)))["conv"][0][0] == 42.0
+            protos = {"driver_id": [Value(int64_val=1001)], "customer_id": [Value(string_val="c-1")]}
+            assert answer(pg.get_online_features(service, protos))["conv"][0][0] == 42.0
+            assert answer(pg.get_online_features(pg.get_feature_service(PLAIN), rows))["conv"][0][0] == 0.5
+        finally:
+            conn.execute(update, [0.5, 1001])
+
+
+def test_precompute_hooks_read_the_serving_rows_and_write_nothing(stores: Any, dsn: str) -> None:
+    """read_precomputed_vectors(_async) answer Feast's PrecomputedFeatureVector per entity key from the serving
+    rows (None for a key with no row); write_precomputed_vector and Feast's precompute write nothing (the
+    serving rows are kept in step by pgfeatures); a service of several entities cannot be read from the one
+    entity key per row Feast's hook passes, and says so."""
+    from feast.protos.feast.core.PrecomputedFeatureVector_pb2 import PrecomputedFeatureVector
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from pgfeatures.errors import KeyFormatError
+
+    _, pg = stores
+    store = pg._get_provider().online_store
+    keys = [EntityKey(join_keys=["driver_id"], entity_values=[Value(int64_val=d)]) for d in (1001, 1004, 1005, 9999)]
+    for blobs in (
+        store.read_precomputed_vectors(pg.config, DRIVER_VECTOR, pg.project, keys),
+        asyncio.run(store.read_precomputed_vectors_async(pg.config, DRIVER_VECTOR, pg.project, keys)),
+    ):
+        assert blobs[3] is None  # 9999: no row in any view
+        vectors = []
+        for blob in blobs[:3]:
+            vector = PrecomputedFeatureVector()
+            vector.ParseFromString(blob)
+            vectors.append(vector)
+        names = ["driver_stats__conv", "driver_stats__trips", "driver_stats__active", "driver_live__speed"]
+        assert [list(v.feature_names) for v in vectors] == [names] * 3
+        fresh, expired, nulls = vectors
+        assert fresh.values[0].float_val == 0.5 and fresh.values[1].int32_val == 10 and fresh.values[2].bool_val
+        stamps = {t.feature_view_name: t.event_timestamp.ToDatetime(dt.UTC) for t in fresh.fv_timestamps}
+        assert stamps["driver_stats"] == NOW - dt.timedelta(hours=1)
+        assert [v.WhichOneof("val") for v in expired.values[:3]] == [
+            None
+        ] * 3  # expired: no value, as get_online_features
+        assert "driver_stats" not in {t.feature_view_name for t in expired.fv_timestamps}
+        assert [v.WhichOneof("val") for v in nulls.values[:3]] == [None] * 3
+        assert "driver_stats" in {t.feature_view_name for t in nulls.fv_timestamps}  # present, its features null
+    with pytest.raises(KeyFormatError, match=r"feature service 'driver_precomputed' .*customer_id"):
+        store.read_precomputed_vectors(pg.config, PRECOMPUTED, pg.project, keys)
+    rows = entity_rows()
+    before = pg.get_online_features(pg.get_feature_service(PRECOMPUTED), rows).proto
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s",
+            [pg.config.online_store.db_schema],
+        ).fetchone()
+        junk = PrecomputedFeatureVector(feature_names=["driver_stats__conv"], values=[Value(float_val=-1.0)])
+        store.write_precomputed_vector(pg.config, DRIVER_VECTOR, pg.project, keys[0], junk.SerializeToString())
+        pg.precompute_feature_service(DRIVER_VECTOR)  # Feast's own precompute: nothing to write either
+        after = conn.execute(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s",
+            [pg.config.online_store.db_schema],
+        ).fetchone()
+    assert after == tables  # no table for Feast's blobs
+    assert pg.get_online_features(pg.get_feature_service(PRECOMPUTED), rows).proto == before
+
+
 def test_on_demand_view_takes_feasts_generic_path_and_matches(stores: Any) -> None:
     sqlite, pg = stores
     rows = [{"driver_id": d, "boost": 1.0} for d in DRIVERS]
@@ -183,6 +300,11 @@ def test_push_writes_newest_wins_and_reads_back(stores: Any) -> None:
     )
     asyncio.run(pg.push_async("driver_push", frame.assign(speed=[70.0, 80.0], event_timestamp=[NOW] * 2)))
     assert answer(pg.get_online_features(["driver_live:speed"], rows))["speed"][0][0] == 70.0
+    # The precomputed service follows every push (pgfeatures' triggers, in the write's transaction).
+    with_customer = [{"driver_id": d, "customer_id": "c-1"} for d in (1001, 1002, 1003)]
+    ours = pg.get_online_features(pg.get_feature_service(PRECOMPUTED), with_customer)
+    assert [v for v, _, _ in answer(ours)["speed"]] == [70.0, 80.0, None]
+    assert ours.proto == pg.get_online_features(pg.get_feature_service(PLAIN), with_customer).proto
 
 
 def test_tables_are_plain_pgfeatures_tables(stores: Any, dsn: str) -> None:

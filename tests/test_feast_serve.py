@@ -1,6 +1,6 @@
 """``feast serve`` on the pgfeatures online store: the HTTP answer of ``/get-online-features`` equals
-the library's, for a list of features and for a feature service (a real ``feast serve`` process on a
-loopback port, real PostgreSQL)."""
+the library's, for a list of features, a feature service and a ``precompute_online`` one (a real ``feast
+serve`` process on a loopback port, real PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def library(store: Any, features: Any, entities: dict[str, list[Any]]) -> Any:
 
 
 @pytest.mark.slow
-def test_http_answer_equals_the_librarys(served: tuple[Any, str]) -> None:
+def test_http_answer_equals_the_librarys(served: tuple[Any, str], dsn: str) -> None:
     store, url = served
     rows = feast_repo.entity_rows()
     entities = {"driver_id": [r["driver_id"] for r in rows], "customer_id": [r["customer_id"] for r in rows]}
@@ -111,3 +111,16 @@ def test_http_answer_equals_the_librarys(served: tuple[Any, str]) -> None:
     got = by_name(post(f"{url}/get-online-features", {"feature_service": "driver_service", "entities": one}))
     assert got == library(store, store.get_feature_service("driver_service"), one)
     assert got["conv"]["values"] == [0.5] and got["conv"]["statuses"] == ["PRESENT"]
+    # A precompute_online service: served from its serving rows, the same answer as without precompute.
+    for name in (feast_repo.PRECOMPUTED, feast_repo.PLAIN):
+        got = by_name(post(f"{url}/get-online-features", {"feature_service": name, "entities": entities}))
+        assert got == library(store, store.get_feature_service(name), entities)
+    # ... and the server reads it from the serving rows: a value written into a serving row alone is served.
+    update, _ = feast_repo.serving_cell(store.repo_path, feast_repo.PRECOMPUTED, "driver_id", "driver_stats", "conv")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(update, [42.0, 1001])
+        try:
+            body = {"feature_service": feast_repo.PRECOMPUTED, "entities": one}
+            assert by_name(post(f"{url}/get-online-features", body))["conv"]["values"] == [42.0]
+        finally:
+            conn.execute(update, [0.5, 1001])

@@ -5,6 +5,7 @@ through loads, never a scan of the table; and the doctor does not fail on what p
 from __future__ import annotations
 
 import hashlib
+import time
 
 import numpy as np
 import psycopg
@@ -114,3 +115,29 @@ def test_a_table_without_the_index_is_still_served_and_named(conn, schema, dsn, 
     assert info.updated_at_index is None and info.newest_age is not None  # measured by a (bounded) scan
     with FeatureStore(registry, dsn, pool_size=1, write_pool_size=0) as store:
         assert store.get_features(rows(1, 1)["hashkey"][0].as_py())["t"] is not None
+
+
+def test_the_doctor_tells_pgfeatures_own_build_scans_from_a_readers(dsn, conn, schema, healthy_server):  # noqa: F811
+    """A materialize build reads its tables whole (sequential scans): the doctor's scans check passes, naming
+    the build; a reader's sequential scan after it fails the check again."""
+    from pgfeatures.definitions import FeatureService
+    from pgfeatures.materialize.build import materialize
+
+    registry = Registry.of(
+        [FeatureTable.of("big", {"f0": "real"})],
+        schema=schema,
+        services=[FeatureService("s", ("big.*",), materialize=True)],
+    )
+    apply_schema(conn, registry)
+    load(conn, registry, "big", rows(20_000, 1))
+    with psycopg.connect(dsn, autocommit=True) as builder:
+        materialize(builder, registry, "s")
+        flush_stats(builder)
+    report = diagnose(registry, dsn)
+    scans = report.get("scans", "big")
+    assert scans.measured["seq_scan"] >= 1 and scans.status is Status.PASS, scans
+    assert "pgfeatures' own full pass (materialize s" in scans.advice
+    time.sleep(0.01)  # last_seq_scan has the statement's start time: the reader's scan must start after the build
+    conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE f0 < 0").format(sql.Identifier(schema, "big")))
+    flush_stats(conn)
+    assert diagnose(registry, dsn).get("scans", "big").status is Status.FAIL

@@ -2,8 +2,9 @@
 
 ``definitions()`` returns fresh Feast objects: entities with Int64, String and composite join keys;
 views using every Feast type pgfeatures stores (Float32, Float64, Int32, Int64, Bool), with and
-without ttl; a view fed by a push source; a feature service; an on-demand view (Feast's generic
-read path). ``write_data`` writes the Parquet files the views read: fresh rows, rows older than
+without ttl; a view fed by a push source; feature services (two with ``precompute_online=True``,
+served from pgfeatures materialized services, and a twin of one without it); an on-demand view
+(Feast's generic read path). ``write_data`` writes the Parquet files the views read: fresh rows, rows older than
 their view's ttl, rows with nulls, and older duplicates of a key (newest wins).
 """
 
@@ -28,6 +29,10 @@ NULLS = [1005]  # fresh, every feature null
 MISSING = [9999]  # no row at all
 DRIVERS = FRESH + EXPIRED + NULLS + MISSING
 CUSTOMERS = ["c-1", "c-2", "c-3", "nobody"]  # c-3: expired in driver_customer only
+PRECOMPUTED = "driver_precomputed"  # precompute_online=True over every view
+PLAIN = "driver_everything"  # the same views, without precompute_online
+DRIVER_VECTOR = "driver_vector"  # precompute_online=True, keyed by driver_id alone
+EVERYTHING = ("driver_stats", "customer_profile", "driver_customer", "driver_live")  # the views of PRECOMPUTED
 
 
 def write_data(root: Path) -> None:
@@ -131,6 +136,14 @@ def definitions(root: Path) -> dict[str, Any]:
         schema=[Field(name="driver_id", dtype=Int64), Field(name="speed", dtype=Float32)],
     )
     service = FeatureService(name="driver_service", features=[driver_stats[["conv", "trips"]], customer_profile])
+    # Every view, every type, three entities (one composite), a push-fed view: precomputed, and its twin without.
+    everything = [driver_stats, customer_profile, driver_customer, driver_live]  # EVERYTHING
+    precomputed = FeatureService(name=PRECOMPUTED, features=everything, precompute_online=True)
+    plain = FeatureService(name=PLAIN, features=everything)
+    # One entity (driver_id): what Feast's precomputed-vector hooks can address (the first view's join keys).
+    driver_vector = FeatureService(
+        name=DRIVER_VECTOR, features=[driver_stats[["conv", "trips", "active"]], driver_live], precompute_online=True
+    )
     request = RequestSource(name="boost", schema=[Field(name="boost", dtype=Float64)])
 
     @on_demand_feature_view(
@@ -148,6 +161,9 @@ def definitions(root: Path) -> dict[str, Any]:
         "driver_push": push,
         "driver_live": driver_live,
         "driver_service": service,
+        PRECOMPUTED: precomputed,
+        PLAIN: plain,
+        DRIVER_VECTOR: driver_vector,
         "conv_boosted": conv_boosted,
     }
 
@@ -201,3 +217,23 @@ ALL_FEATURES = [
 def entity_rows() -> list[dict[str, Any]]:
     """Every driver with every customer: present, expired, null and missing rows in every view."""
     return [{"driver_id": d, "customer_id": c} for d in DRIVERS for c in CUSTOMERS]
+
+
+def serving_cell(repo_path: Any, service: str, entity: str, table: str, feature: str) -> tuple[Any, Any]:
+    """(UPDATE setting one feature of one key's serving row to %s, SELECT of it; the key is the second
+    parameter) for a built materialized service of the repository (its definitions as import-feast writes
+    them): how a test shows that an answer comes from the serving rows."""
+    from psycopg import sql
+
+    from pgfeatures.feast.importer import import_repo
+
+    registry = import_repo(Path(repo_path)).registry
+    layout = next(lay for lay in registry.layouts(service) if lay.entity.name == entity)
+    slot = next(s for s in layout.slots if (s.table, s.feature.name) == (table, feature))
+    target = sql.Identifier(registry.schema, layout.table_name)
+    cell = sql.SQL("{}[{}]").format(sql.Identifier(slot.group), sql.Literal(slot.index + 1))
+    where = sql.SQL("{} = %s").format(sql.Identifier(layout.entity.column))
+    return (
+        sql.SQL("UPDATE {} SET {} = %s WHERE {}").format(target, cell, where),
+        sql.SQL("SELECT {} FROM {} WHERE {}").format(cell, target, where),
+    )

@@ -87,7 +87,7 @@ def _describe(report: SchemaReport, registry: Registry) -> list[str]:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    from ..materialize.build import status
+    from ..materialize.build import states
     from ..reader.functions import registry_functions
     from ..schema import apply_schema, ddl
 
@@ -122,7 +122,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
             }
         else:
             functions = create_functions(conn, registry)
-        services = status(conn, registry) if any(s.materialize for s in registry.services.values()) else {}
+        found = states(conn, registry) if any(s.materialize for s in registry.services.values()) else {}
+    services = {name: s.state for name, s in found.items()}
     to_build = {name: state for name, state in services.items() if state != "built"}
     actions = [
         f"pgfeatures materialize {name}" + (f" -d {args.definitions}" if args.definitions else "") for name in to_build
@@ -142,6 +143,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
                 "tables": tables,
                 "functions": functions,
                 "services": services,
+                "service_reasons": {name: s.reason for name, s in found.items() if s.reason},
                 "actions": actions,
             }
         )
@@ -161,7 +163,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
             if state == "built":
                 out.say(f"service {name}: serving rows built")
     for (name, state), action in zip(to_build.items(), actions):
-        why = "missing" if state == "missing" else "built for another definition of the service (stale)"
+        why = state if state == "missing" else f"{state} ({found[name].reason})"
         out.say(
             f"service {name}: serving rows {why}; it is read table by table until you run: {action}",
             style="warn",

@@ -226,6 +226,19 @@ def check_scans(f: Facts) -> list[Finding]:
             value += f" (last {last})"
         if seq_rows == 0:
             out.append(Finding("scans", t.subject, Status.PASS, value, measured=measured))
+        elif t.last_scan_was_ours and t.full_pass is not None:
+            at, what = t.full_pass
+            out.append(
+                Finding(
+                    "scans",
+                    t.subject,
+                    Status.PASS,
+                    value,
+                    f"the last sequential scan was pgfeatures' own full pass ({what}, {at}); readers did none since. "
+                    "(Scans before it are not told apart: reset the counters after a build to watch from a clean slate.)",
+                    measured={**measured, "own_full_pass": f"{what} at {at}"},
+                )
+            )
         elif t.pages < SMALL_TABLE_PAGES:
             out.append(
                 Finding(

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from ..connections.rows import one_row
 from ..definitions import FeatureTable, Registry
+from ..materialize.sql import FULL_PASSES
 from ..reader import BatchReader, Reader
 from ..schema import drift, qualified
 from ..store import FeatureStore
@@ -72,6 +74,10 @@ class TableFacts:
     block_size: int = 8192
     vacuumed_ago: float | None = None  # seconds since the last VACUUM (manual or auto); None: never
     exact: DeadRows | None = None  # a fresh count, when the counters were doubted and pgstattuple could be used
+    # pgfeatures' own last full pass over the table (a materialize build): (when, what), and whether the
+    # table's last sequential scan was no later than it (so that scan was pgfeatures' own)
+    full_pass: tuple[Any, str] | None = None
+    last_scan_was_ours: bool = False
 
     @property
     def pages(self) -> int:
@@ -265,6 +271,7 @@ def _table_facts(
         dict(conn.execute(_ALL_VISIBLE, args).fetchall()) if "pg_visibility" in extensions else {}
     )
     found = {row[0]: row[1:] for row in conn.execute(_TABLES, args)}
+    passes = _full_passes(conn, registry)
     facts = {}
     for name, table in registry.tables.items():
         subject, ident = f"{registry.schema}.{name}", qualified(registry, table).as_string(conn)
@@ -291,8 +298,31 @@ def _table_facts(
             tuple(indexes.get(name, ())),
             block_size,
             vacuumed_ago,
+            full_pass=(passes[name][0], passes[name][1]) if name in passes else None,
+            last_scan_was_ours=name in passes and passes[name][2],
         )
     return facts
+
+
+_FULL_PASSES = """
+SELECT p.table_name, p.at, p.what, s.last_seq_scan IS NOT NULL AND s.last_seq_scan <= p.at
+FROM {} p LEFT JOIN pg_stat_user_tables s ON s.schemaname = %s AND s.relname = p.table_name
+"""
+
+
+def _full_passes(conn: psycopg.Connection, registry: Registry) -> dict[str, tuple[Any, str, bool]]:
+    """pgfeatures' own full passes over the registry's tables (``materialize/sql.py`` FULL_PASSES): {table:
+    (when, what, whether the table's last sequential scan was no later)}; empty before the first build."""
+    name = qualified(registry.schema, FULL_PASSES).as_string(conn)
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name]).fetchone()
+    if not exists or not exists[0]:
+        return {}
+    query = sql.SQL(_FULL_PASSES).format(qualified(registry.schema, FULL_PASSES))
+    try:
+        rows = conn.execute(query, [registry.schema]).fetchall()
+    except psycopg.errors.UndefinedColumn:  # PostgreSQL before 16 has no last_seq_scan
+        return {}
+    return {table: (at, what, bool(ours)) for table, at, what, ours in rows}
 
 
 def _statements(readers: Iterable[Reader | BatchReader]) -> tuple[str, ...]:

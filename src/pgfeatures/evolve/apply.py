@@ -218,6 +218,7 @@ def apply(
     for build in builds:
         result.rows.update(build.summary.rows)
     if builds:
+        b.record_full_passes(conn, schema, builds)
         b.vacuum(conn, schema, [layout for build in builds for layout in build.layouts], report)
     result.seconds = time.perf_counter() - started
     return result

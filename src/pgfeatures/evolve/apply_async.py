@@ -216,6 +216,7 @@ async def apply_async(
     for build in builds:
         result.rows.update(build.summary.rows)
     if builds:
+        await b.record_full_passes_async(conn, schema, builds)
         await b.vacuum_async(conn, schema, [layout for build in builds for layout in build.layouts], report)
     result.seconds = time.perf_counter() - started
     return result

@@ -11,6 +11,8 @@ Install with the ``feast`` extra (``pip install 'pgfeatures[feast]'``) and set i
 - ``plan``: a Feast request compiled into pgfeatures batch reads (one statement for every view);
 - ``response``: Feast's OnlineResponse held as Python columns;
 - ``writes``: Feast's write batches as Arrow tables for pgfeatures' COPY load;
+- ``infra``: ``feast apply`` / ``feast teardown`` through ``pgfeatures apply`` (precomputed services built);
+- ``precomputed``: Feast's precomputed vectors from a materialized service's serving rows;
 - ``online_store``: the store itself and its ``online_store:`` config;
 - ``engine``: a Feast compute engine whose ``feast materialize`` writes Arrow straight to the COPY load;
 - ``importer``: ``pgfeatures import-feast``: a Feast repository's definitions as pgfeatures TOML.

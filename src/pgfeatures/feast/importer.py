@@ -3,7 +3,8 @@
 Reads the repository's ``feature_store.yaml`` and its registry (what ``feast apply`` stored) and
 maps every feature view, entity and feature service as the online store does (mapping.py), so
 ``pgfeatures serve`` or the library reads the tables the plugin wrote, without Feast's
-per-request work. What does not translate is listed with the reason, never dropped silently:
+per-request work; a service with ``precompute_online=True`` is written as the materialized service
+the plugin builds (same definition, so the same serving rows). What does not translate is listed with the reason, never dropped silently:
 on-demand feature views (Feast computes them per request), services that use them or rename a
 view, views with a type pgfeatures cannot store, stream sources (the plugin stores what Feast
 pushes; pgfeatures reads no stream).

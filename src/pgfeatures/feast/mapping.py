@@ -10,7 +10,9 @@
   keys (and the join key Feast gives entityless views) -> ``bytea32``, the SHA-256 of their
   canonical text ``composite_key_text`` (the join keys sorted by name, their values as a compact
   JSON array, e.g. ``[1001,"sf"]``).
-- A Feast **feature service** is a pgfeatures service of the same name listing its features.
+- A Feast **feature service** is a pgfeatures service of the same name listing its features; one
+  with ``precompute_online=True`` is a materialized service (``materialize = true``) that also lists
+  each view's ``updated_at``.
 
 What cannot be stored raises DefinitionError naming the feature view (or service) and the field,
 before anything is created.
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from ..definitions import Entity, Feature, FeatureService, FeatureTable, Registry, feature_type
+from ..definitions import UPDATED_AT, Entity, Feature, FeatureService, FeatureTable, Registry, feature_type
 from ..errors import DefinitionError, KeyFormatError
 
 # Feast value type name -> pgfeatures column type. Everything else is refused with this list.
@@ -178,22 +180,35 @@ def view_layout(view: Any, max_length: int = 256) -> ViewLayout:
     return ViewLayout(table, keys, tuple((f.name, f.dtype.to_value_type().name) for f in view.features))
 
 
-def service_of(service: Any) -> FeatureService:
-    """The pgfeatures service of a Feast FeatureService of plain feature views.
+def service_of(service: Any, *, renamed_views: bool = False) -> FeatureService:
+    """The pgfeatures service of a Feast FeatureService of plain feature views: its features, in its
+    order. A service with ``precompute_online=True`` is a materialized pgfeatures service (serving rows
+    kept in step by pgfeatures) that also lists each view's ``updated_at`` after the view's features:
+    a Feast answer carries every view's event time, so the serving rows hold it too.
 
+    ``renamed_views``: accept projections renamed with an alias (the Feast plugin names the answer's
+    columns itself); ``import-feast`` refuses them, pgfeatures naming a service's features by table.
     Raises DefinitionError naming the service when it cannot be one (an on-demand view, a renamed
-    projection).
+    projection, a name pgfeatures does not take).
     """
     refs: list[str] = []
+    precompute = bool(getattr(service, "precompute_online", False))
     for projection in service.feature_view_projections:
-        if projection.name_alias:
+        if projection.name_alias and not renamed_views:
             raise DefinitionError(
                 f"feature service {service.name!r}: view {projection.name!r} is renamed "
                 f"({projection.name_alias!r}), which pgfeatures services do not do"
             )
         refs.extend(f"{projection.name}.{f.name}" for f in projection.features)
+        if precompute:
+            refs.append(f"{projection.name}.{UPDATED_AT}")
     try:
-        return FeatureService(service.name, tuple(refs), description=getattr(service, "description", None) or None)
+        return FeatureService(
+            service.name,
+            tuple(dict.fromkeys(refs)),  # a view projected twice: its features once
+            materialize=precompute,
+            description=getattr(service, "description", None) or None,
+        )
     except DefinitionError as exc:
         raise DefinitionError(f"feature service {service.name!r}: {exc}") from None
 

@@ -16,16 +16,25 @@
   and one round-trip; a view's ``ttl`` is enforced in that statement on the server's clock: an
   expired row comes back as ``OUTSIDE_MAX_AGE`` with no value. The async methods are native
   (``async_supported``), so ``feast serve`` calls them without a thread pool.
+- A feature service with ``precompute_online=True`` is a pgfeatures materialized service that
+  ``feast apply`` builds (infra.py) and pgfeatures' triggers keep in step with every write: it is read
+  from its serving rows (one primary-key lookup per entity, one statement), with the same answers as
+  without precompute; Feast's precomputed-vector hooks read those rows and write nothing
+  (precomputed.py).
 
 The plugin keeps a pgfeatures store (sync, and one for the running event loop for async calls)
-whose definitions are every feature view it has seen; a view seen with a new definition reopens it.
+whose definitions are every feature view (and precomputed service) it has seen; a view or service
+seen with a new definition reopens it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import copy
+import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -39,21 +48,31 @@ from feast.online_response import OnlineResponse
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
+from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import StrictStr
 
 from ..connections import connect, load_provider, resolve_dsn
-from ..definitions import UPDATED_AT, Registry, check_identifier
-from ..errors import DefinitionError
+from ..definitions import UPDATED_AT, FeatureService, Registry, check_identifier
+from ..errors import DefinitionError, PgFeaturesError
 from ..reader import EXPIRED
-from ..schema import apply_schema, drop_tables
 from ..store import AsyncFeatureStore, FeatureStore
+from . import infra
 from .keys import key_part, proto_key, proto_value
-from .mapping import PROTO_FIELDS, ViewLayout, registry_of, view_layout
+from .mapping import PROTO_FIELDS, ViewLayout, registry_of, service_of, view_layout
 from .plan import RequestPlan, event_time, plan_request
+from .precomputed import feature_names, key_columns, vectors
 from .response import PRESENT, Column, PgfeaturesOnlineResponse, append_columns
 from .writes import arrow_batch, arrow_table
 
+logger = logging.getLogger("pgfeatures.feast")
+
 STORE_TYPE = "pgfeatures.feast.PgfeaturesOnlineStore"
+
+# The precomputed service a request on Feast's generic path reads (set around OnlineStore.get_online_features,
+# read by _read_features_per_fv, which Feast calls with the request's views but not its service).
+_SERVICE: contextvars.ContextVar[FeatureService | None] = contextvars.ContextVar(
+    "pgfeatures_feast_service", default=None
+)
 
 
 class PgfeaturesOnlineStoreConfig(FeastConfigBaseModel):
@@ -132,17 +151,32 @@ def _columnar(entity_rows: Any) -> dict[str, Any]:
     return dict(entity_rows)
 
 
-def _ddl_connection(config: RepoConfig) -> Any:
-    """One connection to the primary for ``feast apply`` / ``teardown`` (outside the pools)."""
+def _ddl_connection(config: RepoConfig, dsn: str) -> Any:
+    """One connection to the primary (``dsn``, resolved) for ``feast apply`` / ``teardown`` (outside the pools)."""
     settings = config.online_store
     credentials = load_provider(settings.credentials) if settings.credentials else None
     return connect(
-        resolve_dsn(settings.dsn),
+        dsn,
         "pgfeatures-feast-apply",
         settings.connect_timeout,
         credentials=credentials,
         pooler=settings.pooler,
     )
+
+
+def _serves(tables: Registry, service: FeatureService) -> bool:
+    """Whether ``service`` resolves against ``tables`` (a view changed since may no longer have its features)."""
+    try:
+        service.resolve(tables)
+    except PgFeaturesError:  # an unknown table or feature, a feature listed twice
+        return False
+    return True
+
+
+def _now() -> Timestamp:
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
 
 
 @dataclass
@@ -160,6 +194,7 @@ class PgfeaturesOnlineStore(OnlineStore):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._layouts: dict[str, ViewLayout] = {}
+        self._services: dict[str, FeatureService] = {}  # precomputed services, as pgfeatures services
         self._registry: Registry | None = None
         self._generation = 0
         self._sync: FeatureStore | None = None
@@ -169,6 +204,8 @@ class PgfeaturesOnlineStore(OnlineStore):
         self._async_loop: asyncio.AbstractEventLoop | None = None
         self._async_lock: asyncio.Lock | None = None
         self._compiled: dict[Any, _Compiled] = {}
+        self._feast_registry: Any = None  # the latest Feast registry a read passed (the vector hooks get none)
+        self._warned: set[str] = set()
 
     @property
     def async_supported(self) -> SupportedAsyncMethods:
@@ -176,22 +213,36 @@ class PgfeaturesOnlineStore(OnlineStore):
 
     # -- definitions and stores ---------------------------------------------------------------------
 
-    def _learn(self, config: RepoConfig, layouts: Sequence[ViewLayout]) -> tuple[Registry, int]:
-        """Add views to the definitions served (a changed view replaces its old definition)."""
+    def _learn(
+        self, config: RepoConfig, layouts: Sequence[ViewLayout], services: Iterable[FeatureService] = ()
+    ) -> tuple[Registry, int]:
+        """Add views (and precomputed services) to the definitions served (a changed one replaces its old
+        definition; a service a changed view no longer serves is let go)."""
+        services = list(services)
         with self._lock:
-            if self._registry is None or any(self._layouts.get(lay.table.name) != lay for lay in layouts):
+            if (
+                self._registry is None
+                or any(self._layouts.get(lay.table.name) != lay for lay in layouts)
+                or any(self._services.get(svc.name) != svc for svc in services)
+            ):
                 merged = dict(self._layouts)
                 merged.update((lay.table.name, lay) for lay in layouts)
-                registry = registry_of(list(merged.values()), schema_of(config))
-                self._layouts, self._registry = merged, registry
+                wanted = dict(self._services)
+                wanted.update((svc.name, svc) for svc in services)
+                tables = registry_of(list(merged.values()), schema_of(config))
+                kept = {name: svc for name, svc in wanted.items() if _serves(tables, svc)}
+                registry = registry_of(list(merged.values()), schema_of(config), kept.values())
+                self._layouts, self._services, self._registry = merged, kept, registry
                 self._generation += 1
             return self._registry, self._generation
 
     def _layout(self, config: RepoConfig, view: Any) -> ViewLayout:
         return view_layout(view, config.online_store.text_key_length)
 
-    def _sync_store(self, config: RepoConfig, layouts: Sequence[ViewLayout]) -> FeatureStore:
-        registry, generation = self._learn(config, layouts)
+    def _sync_store(
+        self, config: RepoConfig, layouts: Sequence[ViewLayout], services: Iterable[FeatureService] = ()
+    ) -> FeatureStore:
+        registry, generation = self._learn(config, layouts, services)
         store = self._sync
         if store is not None and self._sync_generation == generation:
             return store
@@ -204,8 +255,10 @@ class PgfeaturesOnlineStore(OnlineStore):
             old.close()
         return new
 
-    async def _async_store(self, config: RepoConfig, layouts: Sequence[ViewLayout]) -> AsyncFeatureStore:
-        registry, generation = self._learn(config, layouts)
+    async def _async_store(
+        self, config: RepoConfig, layouts: Sequence[ViewLayout], services: Iterable[FeatureService] = ()
+    ) -> AsyncFeatureStore:
+        registry, generation = self._learn(config, layouts, services)
         loop = asyncio.get_running_loop()
         if self._async is not None and self._async_loop is loop and self._async_generation == generation:
             return self._async
@@ -226,6 +279,11 @@ class PgfeaturesOnlineStore(OnlineStore):
         with self._lock:
             for name in names:
                 self._layouts.pop(name, None)
+            self._services = {
+                name: svc
+                for name, svc in self._services.items()
+                if not any(ref.partition(".")[0] in names for ref in svc.features)
+            }
             self._registry = None
             self._generation += 1
             self._compiled.clear()
@@ -252,16 +310,42 @@ class PgfeaturesOnlineStore(OnlineStore):
                 return None
         return context
 
+    def _precomputed(self, features: Any) -> FeatureService | None:
+        """The pgfeatures service a Feast service with ``precompute_online=True`` is read from (None: not one,
+        or one pgfeatures cannot read as a service, which ``feast apply`` refused: read from its views)."""
+        if not isinstance(features, FeastFeatureService) or not getattr(features, "precompute_online", False):
+            return None
+        try:
+            return service_of(features, renamed_views=True)
+        except DefinitionError as exc:
+            if features.name not in self._warned:
+                self._warned.add(features.name)
+                logger.warning("pgfeatures: %s; it is read from its views' tables", exc)
+            return None
+
     def _plan(
-        self, config: RepoConfig, grouped_refs: Sequence[tuple[Any, Sequence[str]]], full_feature_names: bool
+        self,
+        config: RepoConfig,
+        grouped_refs: Sequence[tuple[Any, Sequence[str]]],
+        full_feature_names: bool,
+        service: FeatureService | None = None,
     ) -> tuple[list[ViewLayout], Callable[[Any], RequestPlan]]:
         layouts = [self._layout(config, view) for view, _ in grouped_refs]
         by_name = {lay.table.name: lay for lay in layouts}
 
         def compile_for(store: Any) -> RequestPlan:
             plan = plan_request(grouped_refs, by_name, full_feature_names)
+            # A precomputed service is read from its serving rows, in one statement: possible when the store
+            # serves it (as defined now) and the request binds each of its entities once.
+            served = (
+                service is not None and len(plan.groups) == 1 and store.registry.services.get(service.name) == service
+            )
             for group in plan.groups:
-                group.reader = store.batch_reader([t.table for t in group.tables], group.features)
+                if served:
+                    assert service is not None
+                    group.reader = store.readers.service_batch_reader(service.name, group.features)
+                else:
+                    group.reader = store.batch_reader([t.table for t in group.tables], group.features)
             plan.feature_types = OnlineStore._build_feature_types(list(grouped_refs))
             return plan
 
@@ -315,7 +399,9 @@ class PgfeaturesOnlineStore(OnlineStore):
         full_feature_names: bool = False,
         include_feature_view_version_metadata: bool = False,
     ) -> OnlineResponse:
-        """Every requested view for every entity row in one statement (see the module docstring)."""
+        """Every requested view for every entity row in one statement; a precomputed service from its serving
+        rows (see the module docstring)."""
+        self._feast_registry = registry
         context = self._fast_context(
             registry, project, features, full_feature_names, include_feature_view_version_metadata
         )
@@ -333,8 +419,9 @@ class PgfeaturesOnlineStore(OnlineStore):
                 else None
             )
             if plan is None:
-                layouts, compile_for = self._plan(config, context[5], full_feature_names)
-                store = self._sync_store(config, layouts)
+                service = self._precomputed(features)
+                layouts, compile_for = self._plan(config, context[5], full_feature_names, service)
+                store = self._sync_store(config, layouts, [service] if service else [])
                 plan = compile_for(store)
                 self._compiled[key] = _Compiled(context, store, plan)
             request = self._fast_request(context, plan, entity_rows)
@@ -343,9 +430,32 @@ class PgfeaturesOnlineStore(OnlineStore):
                 assert store is not None
                 found = self._execute(store, plan, values, n)
                 return PgfeaturesOnlineResponse(echo + [found[name] for name in plan.order], plan.feature_types)
-        return super().get_online_features(
-            config, features, entity_rows, registry, project, full_feature_names, include_feature_view_version_metadata
-        )
+        service, features = self._generic(features)
+        token = _SERVICE.set(service)
+        try:
+            return super().get_online_features(
+                config,
+                features,
+                entity_rows,
+                registry,
+                project,
+                full_feature_names,
+                include_feature_view_version_metadata,
+            )
+        finally:
+            _SERVICE.reset(token)
+
+    def _generic(self, features: Any) -> tuple[FeatureService | None, Any]:
+        """For Feast's generic path: the precomputed service to read (None: none), and what to pass Feast for
+        ``features``: a precomputed service as a copy without ``precompute_online``, so that Feast reads it
+        through ``_read_features_per_fv`` (here: its serving rows) and not as precomputed vectors, whose
+        format cannot say which views are missing or expired (see precomputed.py)."""
+        service = self._precomputed(features)
+        if not getattr(features, "precompute_online", False):
+            return service, features
+        plain = copy.copy(features)
+        plain.precompute_online = False
+        return service, plain
 
     async def get_online_features_async(
         self,
@@ -358,6 +468,7 @@ class PgfeaturesOnlineStore(OnlineStore):
         include_feature_view_version_metadata: bool = False,
     ) -> OnlineResponse:
         """``get_online_features`` on the asyncio store: one statement, no thread."""
+        self._feast_registry = registry
         context = self._fast_context(
             registry, project, features, full_feature_names, include_feature_view_version_metadata
         )
@@ -376,8 +487,9 @@ class PgfeaturesOnlineStore(OnlineStore):
             )
             plan = self._cached(key, context, store) if current else None
             if plan is None:
-                layouts, compile_for = self._plan(config, context[5], full_feature_names)
-                store = await self._async_store(config, layouts)
+                service = self._precomputed(features)
+                layouts, compile_for = self._plan(config, context[5], full_feature_names, service)
+                store = await self._async_store(config, layouts, [service] if service else [])
                 plan = compile_for(store)
                 self._compiled[key] = _Compiled(context, store, plan)
             request = self._fast_request(context, plan, entity_rows)
@@ -386,9 +498,20 @@ class PgfeaturesOnlineStore(OnlineStore):
                 assert store is not None
                 found = await self._execute_async(store, plan, values, n)
                 return PgfeaturesOnlineResponse(echo + [found[name] for name in plan.order], plan.feature_types)
-        return await super().get_online_features_async(
-            config, features, entity_rows, registry, project, full_feature_names, include_feature_view_version_metadata
-        )
+        service, features = self._generic(features)
+        token = _SERVICE.set(service)
+        try:
+            return await super().get_online_features_async(
+                config,
+                features,
+                entity_rows,
+                registry,
+                project,
+                full_feature_names,
+                include_feature_view_version_metadata,
+            )
+        finally:
+            _SERVICE.reset(token)
 
     @staticmethod
     def _execute(
@@ -454,9 +577,11 @@ class PgfeaturesOnlineStore(OnlineStore):
         full_feature_names: bool,
         include_feature_view_version_metadata: bool,
     ) -> None:
-        """Feast's generic path (on-demand views, request data, ...): still one statement for all views."""
-        layouts, compile_for = self._plan(config, grouped_refs, full_feature_names)
-        store = self._sync_store(config, layouts)
+        """Feast's generic path (on-demand views, request data, ...): still one statement for all views, a
+        precomputed service's from its serving rows."""
+        service = _SERVICE.get()
+        layouts, compile_for = self._plan(config, grouped_refs, full_feature_names, service)
+        store = self._sync_store(config, layouts, [service] if service else [])
         plan = compile_for(store)
         request, n = self._generic_request(plan, join_key_values)
         found = self._execute(store, plan, request, n)
@@ -472,8 +597,9 @@ class PgfeaturesOnlineStore(OnlineStore):
         full_feature_names: bool,
         include_feature_view_version_metadata: bool,
     ) -> None:
-        layouts, compile_for = self._plan(config, grouped_refs, full_feature_names)
-        store = await self._async_store(config, layouts)
+        service = _SERVICE.get()
+        layouts, compile_for = self._plan(config, grouped_refs, full_feature_names, service)
+        store = await self._async_store(config, layouts, [service] if service else [])
         plan = compile_for(store)
         request, n = self._generic_request(plan, join_key_values)
         found = await self._execute_async(store, plan, request, n)
@@ -600,6 +726,92 @@ class PgfeaturesOnlineStore(OnlineStore):
         if batch.num_rows:
             self._sync_store(config, [layout]).write_features(layout.table.name, batch)
 
+    # -- Feast's precomputed vectors ---------------------------------------------------------------
+
+    def _vector_context(self, config: RepoConfig, name: str, project: str) -> tuple[tuple[Any, ...], Any]:
+        """Feast's resolution of the service ``name`` (as a request with full feature names: the vectors'
+        naming) and the service, from the latest registry a read passed, else one opened from ``config``."""
+        registry = self._feast_registry
+        if registry is None:
+            from feast import FeatureStore as FeastStore
+
+            with self._lock:
+                if self._feast_registry is None:
+                    repo = str(config.repo_path) if config.repo_path else None
+                    self._feast_registry = FeastStore(repo_path=repo, config=config).registry
+                registry = self._feast_registry
+        service = registry.get_feature_service(name, project, allow_cache=True)
+        context = _request_context(registry, project, service, True)
+        if context is None:
+            raise NotImplementedError("this Feast has no request resolution (utils._get_cached_request_context)")
+        return context, service
+
+    def read_precomputed_vectors(
+        self, config: RepoConfig, feature_service_name: str, project: str, entity_keys: list[EntityKeyProto]
+    ) -> list[bytes | None]:
+        """Feast's precomputed vector of each entity key (serialized; None: no row in any of the service's
+        views), built from the service's serving rows in one statement (see precomputed.py).
+
+        Raises KeyFormatError naming the service when the keys lack join keys it reads (Feast passes the
+        join keys of the service's first view only)."""
+        context, feast_service = self._vector_context(config, feature_service_name, project)
+        key = ("vectors", feature_service_name, project)
+        store = self._sync
+        plan = (
+            self._cached(key, context, store)
+            if store is not None and self._sync_generation == self._generation
+            else None
+        )
+        if plan is None:
+            service = self._precomputed(feast_service)
+            layouts, compile_for = self._plan(config, context[5], True, service)
+            store = self._sync_store(config, layouts, [service] if service else [])
+            plan = compile_for(store)
+            self._compiled[key] = _Compiled(context, store, plan)
+        request = key_columns(feature_service_name, plan, entity_keys)
+        n = len(entity_keys)
+        assert store is not None
+        found = self._execute(store, plan, request, n) if n else {}
+        return vectors(plan, found, n, _now(), feature_names(feast_service))
+
+    async def read_precomputed_vectors_async(
+        self, config: RepoConfig, feature_service_name: str, project: str, entity_keys: list[EntityKeyProto]
+    ) -> list[bytes | None]:
+        """``read_precomputed_vectors`` on the asyncio store."""
+        context, feast_service = self._vector_context(config, feature_service_name, project)
+        key = ("vectors async", feature_service_name, project)
+        store = self._async
+        current = (
+            store is not None
+            and self._async_generation == self._generation
+            and self._async_loop is asyncio.get_running_loop()
+        )
+        plan = self._cached(key, context, store) if current else None
+        if plan is None:
+            service = self._precomputed(feast_service)
+            layouts, compile_for = self._plan(config, context[5], True, service)
+            store = await self._async_store(config, layouts, [service] if service else [])
+            plan = compile_for(store)
+            self._compiled[key] = _Compiled(context, store, plan)
+        request = key_columns(feature_service_name, plan, entity_keys)
+        n = len(entity_keys)
+        assert store is not None
+        found = await self._execute_async(store, plan, request, n) if n else {}
+        return vectors(plan, found, n, _now(), feature_names(feast_service))
+
+    def write_precomputed_vector(
+        self,
+        config: RepoConfig,
+        feature_service_name: str,
+        project: str,
+        entity_key: EntityKeyProto,
+        vector_bytes: bytes,
+    ) -> None:
+        """Writes nothing: a precomputed service's serving rows are kept in step with every write by
+        pgfeatures itself, in the write's transaction, and every read of the service (vectors included) is
+        answered from them. (Feast 0.67's own batch precompute does not reach this for a store it cannot
+        scan, which is every store but Redis: it logs so and skips.)"""
+
     # -- definitions: feast apply / teardown --------------------------------------------------------
 
     def update(
@@ -611,36 +823,45 @@ class PgfeaturesOnlineStore(OnlineStore):
         entities_to_keep: Sequence[FeastEntity],
         partial: bool,
     ) -> None:
-        """Create the tables of ``tables_to_keep`` (existing ones are checked for drift) and drop those of
-        ``tables_to_delete``, in one transaction. Every view is checked before anything is created:
-        DefinitionError names the view and the field that pgfeatures cannot store."""
+        """``feast apply``: in one transaction, create the tables of ``tables_to_keep`` (additive changes to
+        existing ones made online), drop those of ``tables_to_delete``, build the services Feast applies with
+        ``precompute_online=True`` as materialized services and drop the serving rows of those it applies
+        without it or deletes (see infra.py). Every view and service is checked before anything is created:
+        DefinitionError names the view or service and the field that pgfeatures cannot take; a destructive
+        change to an existing table is refused (SchemaDriftError) and nothing changes."""
         keep = [self._layout(config, view) for view in tables_to_keep]
         dropped = [view.name for view in tables_to_delete]
         schema = schema_of(config)
         with self._lock:
-            served = dict(self._layouts) if partial else {}
-        for name in dropped:
-            served.pop(name, None)
-        served.update((lay.table.name, lay) for lay in keep)
-        registry_of(list(served.values()), schema)  # every view together: join keys typed alike
-        created = registry_of(keep, schema)
+            known = dict(self._layouts) if partial else {}
+            services = dict(self._services) if partial else {}
+        found = infra.changes(schema, keep, dropped, infra.apply_call(), lambda view: self._layout(config, view), known)
+        served = {name: lay for name, lay in known.items() if name not in dropped}
+        served.update(found.layouts)
+        tables = registry_of(list(served.values()), schema)  # every view together: join keys typed alike
+        for name in found.drop_services:
+            services.pop(name, None)
+        services.update(found.registry.services)
         self._close_stores()
-        with _ddl_connection(config) as conn, conn.transaction():
-            drop_tables(conn, schema, dropped)
-            apply_schema(conn, created)
+        dsn = resolve_dsn(config.online_store.dsn)
+        with _ddl_connection(config, dsn) as conn:
+            infra.make_changes(conn, found, dsn)
         with self._lock:
             self._layouts = served
+            self._services = {name: svc for name, svc in services.items() if _serves(tables, svc)}
             self._registry = None
             self._generation += 1
             self._compiled.clear()
 
     def teardown(self, config: RepoConfig, tables: Sequence[FeatureView], entities: Sequence[FeastEntity]) -> None:
-        """Drop the views' tables."""
+        """``feast teardown``: drop the views' tables and every materialized service reading them, in one
+        transaction."""
         names = [view.name for view in tables]
         self._close_stores()
         schema = schema_of(config)
-        with _ddl_connection(config) as conn, conn.transaction():
-            drop_tables(conn, schema, names)
+        dsn = resolve_dsn(config.online_store.dsn)
+        with _ddl_connection(config, dsn) as conn:
+            infra.teardown(conn, schema, names, dsn)
         self._forget(names)
 
     def _close_stores(self) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from ..definitions import UPDATED_AT
@@ -23,15 +23,13 @@ from .mapping import JoinKeys, ViewLayout
 from .response import NOT_FOUND, OUTSIDE_MAX_AGE, Column
 from .response import PRESENT as FEAST_PRESENT
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-def event_time(value: Any) -> tuple[int, int]:
-    """(epoch seconds, nanoseconds) of a stored ``updated_at``, whatever type pgfeatures keeps it in
-    (integer epoch seconds, or a timestamp)."""
-    if isinstance(value, datetime):
-        stamp = value.timestamp()
-        seconds = int(stamp // 1)
-        return seconds, value.microsecond * 1000
-    return int(value), 0
+
+def event_time(value: datetime) -> tuple[int, int]:
+    """(epoch seconds, nanoseconds) of a stored ``updated_at`` (a timestamptz), exactly."""
+    delta = value - _EPOCH
+    return delta.days * 86400 + delta.seconds, delta.microseconds * 1000
 
 
 @dataclass
@@ -41,6 +39,7 @@ class Output:
     name: str
     feature: str
     kind: str  # Feast ValueType name
+    view: str = ""  # the view's name in the answer (its projection's alias, if any)
 
 
 @dataclass
@@ -145,7 +144,7 @@ def plan_request(
         layout = layouts[view.name]
         prefix = view.projection.name_to_use()
         types = dict(layout.feature_types)
-        outputs = [Output(f"{prefix}__{f}" if full_feature_names else f, f, types[f]) for f in requested]
+        outputs = [Output(f"{prefix}__{f}" if full_feature_names else f, f, types[f], prefix) for f in requested]
         order.extend(o.name for o in outputs)
         mapping = getattr(view.projection, "join_key_map", None) or {}
         columns = tuple(mapping.get(k, k) for k in layout.keys.names)

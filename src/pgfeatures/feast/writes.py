@@ -3,7 +3,7 @@
 Feast hands ``online_write_batch`` a list of ``(EntityKeyProto, {feature: Value}, event time,
 created time)``. ``arrow_batch`` turns it into one Arrow table of the view's pgfeatures table:
 the key column (pgfeatures keys, see keys.py), a typed column per feature and ``updated_at`` (the
-event time, in the type pgfeatures keeps it), sorted by event time so that of two rows of one key
+event time, a UTC timestamp in microseconds), sorted by event time so that of two rows of one key
 the newest is the one kept. A value of another type than the view declares is refused, naming
 the view, the entity and the feature; nothing of the batch is written.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..definitions import UPDATED_AT, UPDATED_AT_FEATURE
+from ..definitions import UPDATED_AT
 from ..errors import FeatureValueError, KeyFormatError
 from .keys import proto_key
 from .mapping import FEAST_TYPE_NAMES, PROTO_FIELDS, ViewLayout, composite_key_text
@@ -44,10 +44,8 @@ def _utc(ts: datetime) -> datetime:
 
 
 def event_time_column(stamps: Sequence[datetime]) -> pa.Array:
-    """The event times as pgfeatures' ``updated_at`` takes them: integer epoch seconds (whole
-    seconds: a fraction is dropped), or a UTC timestamp when pgfeatures keeps one."""
-    if UPDATED_AT_FEATURE.type.python is int:
-        return pa.array([int(_utc(t).timestamp() // 1) for t in stamps], pa.int64())
+    """The event times as pgfeatures' ``updated_at`` (a timestamptz) takes them: UTC, in microseconds
+    (a naive time is taken as UTC, as Feast does)."""
     return pa.array([_utc(t) for t in stamps], pa.timestamp("us", tz="UTC"))
 
 
@@ -125,10 +123,5 @@ def arrow_table(layout: ViewLayout, table: pa.Table, timestamp_field: str) -> pa
                 f"feature view {view!r}, feature {name!r}: {table.column(name).type} values where "
                 f"{FEAST_TYPE_NAMES[kind]} is declared ({exc})"
             ) from None
-    stamps = table.column(timestamp_field)
-    if UPDATED_AT_FEATURE.type.python is int:
-        micros = pc.cast(stamps.cast(pa.timestamp("us", tz="UTC")), pa.int64())
-        columns[UPDATED_AT] = pc.floor(pc.divide(micros.cast(pa.float64()), 1e6)).cast(pa.int64())
-    else:
-        columns[UPDATED_AT] = stamps.cast(pa.timestamp("us", tz="UTC"))
+    columns[UPDATED_AT] = table.column(timestamp_field).cast(pa.timestamp("us", tz="UTC"))
     return pa.table(columns)

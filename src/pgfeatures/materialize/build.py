@@ -36,6 +36,7 @@ from ..definitions import Registry
 from ..definitions.layout import EntityLayout
 from ..definitions.names import derived
 from ..errors import DefinitionError, MaterializeError
+from ..schema import ddl_lock
 from . import sql as m
 from .state import LayoutState, ServingCatalog, ServingTable, service_state
 
@@ -122,9 +123,30 @@ def materialize(
         lock_tables(conn, registry.schema, tables_of(materialized_layouts(registry, service)), lock_timeout, progress)
         prepared = prepare_build(conn, registry, service, progress=progress)
         switch(conn, registry.schema, [prepared], progress=progress, lock_timeout=lock_timeout)
+    record_full_passes(conn, registry.schema, [prepared])
     vacuum(conn, registry.schema, prepared.layouts, progress)
     prepared.summary.seconds = time.perf_counter() - prepared.started
     return prepared.summary
+
+
+def record_full_passes(conn: psycopg.Connection, schema: str, builds: Sequence[PreparedBuild]) -> None:
+    """After the builds committed: record that they read their tables whole (``sql.FULL_PASSES``), stamped
+    after the commit, which is when PostgreSQL stamps the scans (``last_seq_scan``: the scanning
+    transaction's end), so ``pgfeatures doctor`` can tell those sequential scans were pgfeatures' own."""
+    if not builds:
+        return
+    # A backend reports its scans when it next goes idle, stamped with the end of its latest transaction: a
+    # flush forced now stamps them with this short transaction's end, before the record's time below.
+    try:
+        with conn.transaction():
+            conn.execute(b"SELECT pg_stat_force_next_flush()")
+    except psycopg.errors.UndefinedFunction:  # before PostgreSQL 15: the doctor cannot tell, and says so
+        return
+    with conn.transaction():
+        conn.execute(*ddl_lock(schema, m.FULL_PASSES))  # CREATE IF NOT EXISTS races: one at a time
+        for build in builds:
+            for statement in m.record_full_passes_sql(schema, tables_of(build.layouts), f"materialize {build.service}"):
+                conn.execute(statement)
 
 
 def tables_of(layouts: Sequence[EntityLayout]) -> list[str]:

@@ -523,6 +523,27 @@ def lock_exclusively_sql(relations: Sequence[sql.Composable], timeout: float) ->
     return sql.SQL("DO {}").format(sql.Literal(body.as_string(None)))
 
 
+# -- pgfeatures' own full passes over feature tables -----------------------------------------------
+
+FULL_PASSES = "_pgf_full_passes"  # table -> when pgfeatures last read it whole, and why (for the doctor)
+
+
+def record_full_passes_sql(schema: str, tables: Sequence[str], what: str) -> list[sql.Composed]:
+    """Record that ``what`` (e.g. ``materialize fraud_v1``) just read ``tables`` whole: a build's sequential
+    scans are pgfeatures' own, and ``pgfeatures doctor``'s scans check says so instead of failing."""
+    table = sql.Identifier(schema, FULL_PASSES)
+    rows = sql.SQL(", ").join(sql.SQL("({}, {})").format(sql.Literal(t), sql.Literal(what)) for t in tables)
+    return [
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (table_name text PRIMARY KEY, at timestamptz NOT NULL, what text NOT NULL)"
+        ).format(table),
+        sql.SQL(
+            "INSERT INTO {} AS p (table_name, what, at) SELECT v.t, v.w, clock_timestamp() FROM (VALUES {}) v(t, w) "
+            "ON CONFLICT (table_name) DO UPDATE SET at = EXCLUDED.at, what = EXCLUDED.what"
+        ).format(table, rows),
+    ]
+
+
 # -- what the catalog says -----------------------------------------------------------------------
 
 SERVING_STATE = b"""
