@@ -93,3 +93,26 @@ def test_get_command_prints_json_and_names_valid_tables(small_demo, dsn, schema,
     assert "valid tables: t00, t01, t02, t03" in capsys.readouterr().err
     assert main(["get", "--dsn", dsn, "-d", str(defs), "abc"]) == 2
     assert "64 hex characters" in capsys.readouterr().err
+
+
+def test_demo_tables_left_by_an_older_version_are_migrated_not_refused(conn, schema):
+    """A machine that ran an older demo holds its tables with integer epoch ``updated_at`` (the layout
+    before timestamptz event time). Running the demo again migrates them in place and reuses or reloads
+    them; it used to stop with 30 DRIFT lines and no way forward but hand-written ALTERs."""
+    from psycopg import sql
+
+    registry = demo_registry(n_tables=2, n_features=3, schema=schema)
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    for name in registry.tables:
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {} (hashkey bytea PRIMARY KEY, f0 real, f1 real, f2 real, updated_at integer NOT NULL)"
+            ).format(sql.Identifier(schema, name))
+        )
+    assert load_demo(conn, registry, n_entities=200, seed=0) is True
+    kind = conn.execute(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass AND attname = 'updated_at'",
+        [f"{schema}.t00"],
+    ).fetchone()
+    assert kind == ("timestamp with time zone",)
+    assert load_demo(conn, registry, n_entities=200, seed=0) is False
