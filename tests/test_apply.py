@@ -279,3 +279,18 @@ def test_a_server_killed_midway_through_an_apply_comes_back_as_before(private_ho
     with psycopg.connect(dsn, autocommit=True) as conn:
         _as_before(conn, schema, old, new)
     assert signal.SIGKILL  # (the postmaster, not the apply, was killed)
+
+
+def test_apply_with_nothing_to_change_says_so_and_takes_no_table(conn, schema, tmp_path):
+    from cli_run import cli
+
+    path = tmp_path / "d.toml"
+    path.write_text(
+        f'schema = "{schema}"\n[entities.user]\nkey = "bigint"\n[tables.t]\nentity = "user"\nfeatures = {{ a = "real" }}\n'
+    )
+    first = cli("apply", "-d", str(path), "--dsn", conn.info.dsn)
+    assert first.returncode == 0 and "applied 2 change(s)" in first.stdout and "reload" in first.stderr
+    again = cli("apply", "-d", str(path), "--dsn", conn.info.dsn)
+    assert again.returncode == 0, again
+    assert again.stdout.strip() == "nothing to change: the database matches the definitions"
+    assert "switch" not in again.stderr and "reload" not in again.stderr, again.stderr

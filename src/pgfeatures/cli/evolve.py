@@ -115,7 +115,8 @@ def run_apply(args: argparse.Namespace, out: Output) -> int:
             out.say(f"  dropped serving rows {name}")
     for change in result.plan.notes:
         out.say(f"= {change.prose}")
-    out.say(RELOAD_HINT, err=True)
+    if not result.plan.empty:
+        out.say(RELOAD_HINT, err=True)
     return EXIT_OK
 
 

@@ -167,6 +167,10 @@ async def apply_async(
                 drop_services=drop_services,
             )
             result = ApplyResult(plan)
+            if plan.empty:  # nothing to create or switch: no table is taken; the record is kept current
+                await _record_async(conn, registry)
+                result.seconds = time.perf_counter() - started
+                return result
             # New objects, and indexes (SHARE locks: writers wait, readers go on), before anything is taken exclusively.
             creating = [
                 c
