@@ -122,16 +122,18 @@ def load_demo(
 ) -> bool:
     """Create and fill the demo tables unless they already hold this data. Returns True if it loaded.
 
-    The schema is first brought to the definitions by ``apply`` (additive changes only), so demo
-    tables an older version made (integer ``updated_at``) are migrated, not refused. Each table is
-    loaded in its own transaction (TRUNCATE + COPY), then the whole schema is VACUUM ANALYZEd so the
-    visibility map is set. Raises SchemaDriftError when a table differs in a way only a destructive
-    change would fix (nothing is dropped for the demo).
+    Tables that drift from their definitions are first brought to them by ``apply`` (additive
+    changes of the tables only; services are the caller's), so demo tables an older version made
+    (integer ``updated_at``) are migrated, not refused. Each table is loaded in its own transaction
+    (TRUNCATE + COPY), then the whole schema is VACUUM ANALYZEd so the visibility map is set. Raises
+    SchemaDriftError when a table differs in a way only a destructive change would fix (nothing is
+    dropped for the demo).
     """
-    from .evolve.apply import apply
+    if apply_schema(conn, registry, raise_on_drift=False).drift:
+        from .evolve.apply import apply
 
-    apply(conn, registry)
-    apply_schema(conn, registry)  # creates nothing now; raises on what apply left (destructive) as drift
+        apply(conn, Registry(registry.tables, registry.schema, entities=registry.entities))
+        apply_schema(conn, registry)  # raises on what apply left (destructive changes) as drift
     all_keys = np.frombuffer(b"".join(entity_keys(n_entities)), dtype=f"S{KEY_LENGTH}")
     loaded = False
     for ti, table in enumerate(registry.tables.values()):
