@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import PgFeaturesError, UnknownEntityError, UnknownFeatureError, UnknownServiceError, UnknownTableError
-from . import bench, db, demo, doctor, evolve, feast, inventory, read, schema, serve, write
+from . import db, demo, doctor, evolve, feast, inventory, read, schema, serve, write
 from .common import (
     DEFINITIONS_ENV,
     DEMO_LAYOUT,
@@ -36,13 +36,15 @@ from .common import (
     EXIT_INTERRUPTED,
     CliError,
     Command,
+    MissingExtraError,
+    install_hint,
     missing_module,
     require,
     uses_demo_layout,
 )
 from .output import Output
 
-COMMANDS: tuple[Command, ...] = (
+CORE_COMMANDS: tuple[Command, ...] = (
     *db.COMMANDS,
     *schema.COMMANDS,
     *evolve.COMMANDS,
@@ -52,9 +54,46 @@ COMMANDS: tuple[Command, ...] = (
     *write.COMMANDS,
     *serve.COMMANDS,
     *doctor.COMMANDS,
-    *bench.COMMANDS,
     *feast.COMMANDS,
 )
+
+# Commands of other distributions: each entry point of this group names a tuple of ``Command``s
+# (pgfeatures-bench registers ``pgfeatures_bench.cli:COMMANDS``). The core never imports them by name.
+PLUGIN_GROUP = "pgfeatures.cli"
+# What pgfeatures-bench brings, named even when it is absent: the command then says how to get it
+# instead of argparse's "invalid choice".
+BENCH_COMMANDS = ("bench", "bench-http", "bench-load", "bench-schema", "bench-soak", "proxy")
+
+
+def _missing_bench(name: str) -> Command:
+    def configure(p: argparse.ArgumentParser) -> None:
+        pass
+
+    def run(args: argparse.Namespace, out: Output) -> int:
+        raise MissingExtraError(f"pgfeatures {name} comes with the benchmarks: {install_hint(['bench'])}")
+
+    # needs=("bench",): the extra's check fails first, before any flag is parsed, with the install hint
+    return Command(name, "(not installed: pip install 'pgfeatures[bench]')", configure, run, needs=("bench",))
+
+
+def plugin_commands() -> tuple[Command, ...]:
+    """The commands registered under ``PLUGIN_GROUP`` by installed distributions, then a stand-in for each
+    bench command none registered (it fails with the install hint). An entry point that cannot be loaded
+    (a broken install) is skipped: its commands say what to install, as if it were absent."""
+    from importlib.metadata import entry_points
+
+    found: list[Command] = []
+    for point in entry_points(group=PLUGIN_GROUP):
+        try:
+            commands = point.load()
+        except Exception:  # an import error of a half-installed plugin must not break every command
+            continue
+        found.extend(c for c in commands if isinstance(c, Command))
+    names = {c.name for c in found}
+    return (*found, *(_missing_bench(n) for n in BENCH_COMMANDS if n not in names))
+
+
+COMMANDS = CORE_COMMANDS + plugin_commands()
 BY_NAME = {c.name: c for c in COMMANDS}
 
 DESCRIPTION = "Online feature serving on PostgreSQL."
