@@ -1,7 +1,9 @@
 """The parser, the dispatch, and the one error handler of the ``pgfeatures`` command line.
 
 Only the command being run has its options configured, so ``pgfeatures --help`` and a command's
-``--help`` import nothing the command does not need. Every error a command raises ends here:
+``--help`` import nothing the command does not need. Commands of other distributions come from the
+entry point group ``pgfeatures.cli`` (pgfeatures-bench's ``bench*`` and ``proxy``); when pgfeatures-bench
+is absent its commands still exist and say how to install it. Every error a command raises ends here:
 a pgfeatures error (and, as a last resort, a psycopg error, translated by
 ``pgfeatures.connections.database_error``) becomes one line ``error: ...`` on stderr and the exit
 code ``EXIT_ERROR`` (2); a missing optional dependency names the extra to install. No traceback
