@@ -67,35 +67,41 @@ PLUGIN_GROUP = "pgfeatures.cli"
 BENCH_COMMANDS = ("bench", "bench-http", "bench-load", "bench-schema", "bench-soak", "proxy")
 
 
-def _missing_bench(name: str) -> Command:
+def _stand_in(name: str) -> Command:
+    """A bench command pgfeatures-bench did not register: ``main`` ends it before its flags are parsed."""
+
     def configure(p: argparse.ArgumentParser) -> None:
         pass
 
     def run(args: argparse.Namespace, out: Output) -> int:
-        raise MissingExtraError(f"pgfeatures {name} comes with the benchmarks: {install_hint(['bench'])}")
+        raise MissingExtraError(f"pgfeatures {name} needs the bench extra: {install_hint(['bench'])}")
 
-    # needs=("bench",): the extra's check fails first, before any flag is parsed, with the install hint
+    # needs=("bench",): when pgfeatures-bench is absent, the extra's check names it
     return Command(name, "(not installed: pip install 'pgfeatures[bench]')", configure, run, needs=("bench",))
 
 
-def plugin_commands() -> tuple[Command, ...]:
+def plugin_commands() -> tuple[tuple[Command, ...], list[str]]:
     """The commands registered under ``PLUGIN_GROUP`` by installed distributions, then a stand-in for each
-    bench command none registered (it fails with the install hint). An entry point that cannot be loaded
-    (a broken install) is skipped: its commands say what to install, as if it were absent."""
+    bench command none registered; and why each entry point that could not be loaded failed (a broken
+    install must not break every command: its commands are stand-ins that say so when run)."""
     from importlib.metadata import entry_points
 
     found: list[Command] = []
+    broken: list[str] = []
     for point in entry_points(group=PLUGIN_GROUP):
         try:
             commands = point.load()
-        except Exception:  # an import error of a half-installed plugin must not break every command
+        except Exception as exc:
+            broken.append(f"{point.value} ({getattr(point.dist, 'name', '?')}): {type(exc).__name__}: {exc}")
             continue
         found.extend(c for c in commands if isinstance(c, Command))
     names = {c.name for c in found}
-    return (*found, *(_missing_bench(n) for n in BENCH_COMMANDS if n not in names))
+    return (*found, *(_stand_in(n) for n in BENCH_COMMANDS if n not in names)), broken
 
 
-COMMANDS = CORE_COMMANDS + plugin_commands()
+PLUGINS, BROKEN_PLUGINS = plugin_commands()
+STAND_INS = {c.name for c in PLUGINS if c.help.startswith("(not installed")}
+COMMANDS = CORE_COMMANDS + PLUGINS
 BY_NAME = {c.name: c for c in COMMANDS}
 
 DESCRIPTION = "Online feature serving on PostgreSQL."
@@ -176,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command is not None:  # before its parser is configured: that may import what is missing
             require(command.name, *command.needs)
+            if command.name in STAND_INS:  # the extra imports, yet its commands are not registered
+                raise MissingExtraError(_unregistered(command.name))
         try:
             args = build_parser(argv).parse_args(argv)
         except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
@@ -209,6 +217,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(out, str(missing_module(command.name if command else "", exc, command.needs if command else ())))
     except Exception as exc:
         return fail(out, _unexpected(exc, args))
+
+
+def _unregistered(name: str) -> str:
+    if BROKEN_PLUGINS:
+        return f"pgfeatures {name}: the installed commands cannot be loaded: {'; '.join(BROKEN_PLUGINS)}"
+    return (
+        f"pgfeatures {name} is not registered (pgfeatures_bench imports, but no installed distribution "
+        f"registers it: run from a source tree?): {install_hint(['bench'])}"
+    )
 
 
 def _pipe_closed() -> int:
