@@ -207,6 +207,12 @@ def test_the_never_rules_hold():
     assert never_violations(THE_MAP, PACKAGE) == []
 
 
+def test_the_core_never_imports_the_benchmarks():
+    """pgfeatures-bench (bench/src/pgfeatures_bench) is a second distribution: a rule over the whole core forbids it."""
+    assert any(r["modules"] == ["*"] and "pgfeatures_bench" in r["imports"] for r in THE_MAP["never"])
+    assert "bench" not in THE_MAP["map"] and "bench/src/pgfeatures_bench" in THE_MAP["elsewhere"]
+
+
 # -- the checks catch what they are meant to catch -----------------------------------------------------
 
 

@@ -23,15 +23,15 @@ import pytest
 from psycopg import sql
 from rich.console import Console
 
-from pgfeatures.bench import reads, redis_baseline
-from pgfeatures.bench.instrument import COMPONENTS
-from pgfeatures.bench.report import render, write_report
-from pgfeatures.bench.runner import measure_interleaved, run_interleaved
 from pgfeatures.cli import main
 from pgfeatures.definitions import demo_registry
 from pgfeatures.demo import entity_key, expected
 from pgfeatures.errors import BenchmarkError
 from pgfeatures.store import FeatureStore
+from pgfeatures.timing import measure_interleaved, run_interleaved
+from pgfeatures_bench import reads, redis_baseline
+from pgfeatures_bench.instrument import COMPONENTS
+from pgfeatures_bench.report import render, write_report
 
 RTT = 6.0
 SLACK_MS = 2.5  # the proxy may release up to 1 ms early per hop
@@ -347,7 +347,7 @@ def test_the_os_page_cache_is_dropped_only_when_asked(tmp_path: Path, monkeypatc
     """``bench`` (and ``--quick``) ran the cold-read part with the host's page cache dropped four times
     when run as root, unasked. The drop goes to ``DROP_CACHES``, here a file of the test (nothing
     host-wide): untouched without ``drop_os_cache``, written once per cold start with it."""
-    from pgfeatures.bench import materialized, schema_effects
+    from pgfeatures_bench import materialized, schema_effects
 
     target = tmp_path / "drop_caches"
     monkeypatch.setattr(schema_effects, "DROP_CACHES", target)

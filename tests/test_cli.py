@@ -9,15 +9,17 @@ import json
 import pytest
 
 from cli_run import cli
-from pgfeatures.bench.reads import BenchConfig
 from pgfeatures.cli import build_parser, main
-from pgfeatures.cli.bench import BENCH_FLAGS
 from pgfeatures.cli.common import add_settings, given, option_name
 from pgfeatures.cli.main import COMMANDS
 from pgfeatures.cli.write import LOAD_FLAGS
 from pgfeatures.demo import DemoSettings
 from pgfeatures.load import LoadOptions
 from pgfeatures.server.config import ServerConfig
+from pgfeatures_bench.cli import BENCH_FLAGS, settings_of
+from pgfeatures_bench.http import HttpBenchConfig
+from pgfeatures_bench.reads import BenchConfig
+from pgfeatures_bench.schema_effects import SchemaBenchConfig
 
 
 def subparser(name: str):
@@ -44,6 +46,23 @@ def test_every_settings_field_is_a_flag_with_help(command, cls, helps):
         assert f.name in actions, f"{cls.__name__}.{f.name} has no flag on pgfeatures {command}"
         assert f.name in helps or "help" in f.metadata, f"{cls.__name__}.{f.name} has no help text"
         assert not actions[f.name].help.startswith(f"{cls.__name__}."), actions[f.name].help
+
+
+@pytest.mark.parametrize("command, cls", [("bench-http", HttpBenchConfig), ("bench-schema", SchemaBenchConfig)])
+def test_benchmark_settings_come_from_flags_not_a_namespace(command, cls):
+    """The benchmark gets its settings dataclass, every field a flag whose default is the field's."""
+    actions = options_of(command)
+    for f in dataclasses.fields(cls):
+        assert f.name in actions and actions[f.name].help, (
+            f"{cls.__name__}.{f.name} has no flag on pgfeatures {command}"
+        )
+    assert settings_of(build_parser([command]).parse_args([command]), cls) == cls()
+
+
+def test_bench_http_flags_parse_into_its_settings():
+    argv = ["bench-http", "--concurrency", "1,2", "--mode", "services", "--serve-flag=--no-prewarm"]
+    config = settings_of(build_parser(["bench-http"]).parse_args(argv), HttpBenchConfig)
+    assert (config.concurrency, config.mode, config.serve_flag) == ((1, 2), "services", ("--no-prewarm",))
 
 
 def test_an_unset_flag_keeps_the_dataclass_default():

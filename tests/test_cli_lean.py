@@ -49,6 +49,20 @@ def test_a_missing_extra_is_named_with_the_install_command(command, blocked, ext
     assert line == f"error: pgfeatures {command[0]} needs the {extra} extra: pip install 'pgfeatures[{extra}]'"
 
 
+@pytest.mark.parametrize("command", ["bench", "bench-http", "bench-load", "bench-schema", "bench-soak", "proxy"])
+def test_a_bench_command_without_pgfeatures_bench_says_how_to_install_it(command):
+    """pgfeatures-bench absent (its entry point cannot load): the command is still known, and says so."""
+    done = cli(command, "--quick", blocked=["pgfeatures_bench"])
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert error_line(done) == f"error: pgfeatures {command} needs the bench extra: pip install 'pgfeatures[bench]'"
+
+
+def test_help_without_pgfeatures_bench_lists_its_commands_as_not_installed():
+    done = cli("--help", blocked=["pgfeatures_bench"])
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "(not installed: pip install 'pgfeatures[bench]')" in done.stdout and "bench-http" in done.stdout
+
+
 def test_the_issue_message_for_serve_without_starlette():
     line = error_line(cli("serve", "--port", "0", blocked=["starlette"]))
     assert line == "error: pgfeatures serve needs the server extra: pip install 'pgfeatures[server]'"

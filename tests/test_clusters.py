@@ -1,4 +1,4 @@
-"""The managed-PostgreSQL test harness (``pgfeatures.bench.clusters``), against real processes.
+"""The managed-PostgreSQL test harness (``pgfeatures_bench.harness.clusters``), against real processes.
 
 Private clusters with password (scram-sha-256) logins, a streaming replica
 made with pg_basebackup, Debian's PgBouncer in session and transaction modes,
@@ -23,11 +23,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgfeatures.bench.clusters import Cluster, ClusterError, PgBouncer, Replica, process_stats
-from pgfeatures.bench.pgbouncer import find_pgbouncer
-from pgfeatures.bench.procs import pid_alive, reap_orphans, wait_for
 from pgfeatures.connections import connect, unavailable
 from pgfeatures.errors import AuthenticationError, DatabaseUnavailableError
+from pgfeatures_bench.harness.clusters import Cluster, ClusterError, PgBouncer, Replica, process_stats
+from pgfeatures_bench.harness.pgbouncer import find_pgbouncer
+from pgfeatures_bench.harness.procs import pid_alive, reap_orphans, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -128,10 +128,10 @@ def test_pgbouncer_ssl_required_is_an_authentication_error(primary: Cluster) -> 
 
 
 def test_tls_cluster_needs_a_build_with_openssl() -> None:
-    from pgfeatures.bench.procs import run
-    from pgfeatures.embedded import _bin_dir
+    from pgfeatures.embedded import server_binaries
+    from pgfeatures_bench.harness.procs import run
 
-    if "openssl" in run([str(_bin_dir() / "pg_config"), "--configure"]).stdout:
+    if "openssl" in run([str(server_binaries() / "pg_config"), "--configure"]).stdout:
         with Cluster(tls=True, name="tls") as c:
             c.create_role("app", "pw")
             assert one(c.dsn(), "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") is True
@@ -191,7 +191,7 @@ def test_crashed_backend_resets_every_connection_and_the_server_recovers(cluster
 
 def test_a_killed_owner_leaves_nothing_running() -> None:
     script = (
-        "import os; from pgfeatures.bench.clusters import Cluster, PgBouncer; c = Cluster(name='orphan');"
+        "import os; from pgfeatures_bench.harness.clusters import Cluster, PgBouncer; c = Cluster(name='orphan');"
         " c.create_role('app', 'pw'); pids = [c.pid()]; dirs = [c.base]\n"
         "if PgBouncer.available(): b = PgBouncer(c); pids.append(b.pid); dirs.append(b.base)\n"
         "print(*pids, flush=True); print(*dirs, flush=True); os._exit(0)"

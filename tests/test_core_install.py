@@ -32,6 +32,7 @@ EXTRAS = (
     "matplotlib",
     "redis",
     "httpx",
+    "pgfeatures_bench",
 )
 
 
@@ -50,6 +51,17 @@ def test_importing_pgfeatures_and_opening_a_store_load_no_extra(dsn, conn, schem
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("pgfeatures_bench") is not None, reason="pgfeatures-bench is installed here"
+)
+def test_a_bench_command_without_pgfeatures_bench_says_how_to_install_it():
+    done = subprocess.run(
+        [sys.executable, "-m", "pgfeatures.cli", "bench", "--quick"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "error: pgfeatures bench needs the bench extra: pip install 'pgfeatures[bench]'" in done.stderr
 
 
 @pytest.mark.skipif(importlib.util.find_spec("starlette") is not None, reason="the server extra is installed here")

@@ -1,7 +1,7 @@
 """Credential providers (``pgfeatures.connections.credentials``) and every way in: the built-in
 providers, ``load_provider`` (from the working directory too, as ``pgfeatures serve --credentials
 mycompany.features:token`` is run), ``credential_params``; and against real clusters
-(``pgfeatures.bench.clusters.Cluster``, scram-sha-256 logins): the async store through a password
+(``pgfeatures_bench.harness.clusters.Cluster``, scram-sha-256 logins): the async store through a password
 rotation under load, ``max_lifetime`` renewing connections through the provider, and every CLI
 command that connects logging in through ``--credentials`` / ``--password-file`` /
 ``$PGFEATURES_CREDENTIALS`` / ``$PGFEATURES_PASSWORD_FILE``, or failing with one line naming the
@@ -28,12 +28,12 @@ import pytest
 
 from cli_run import cli, error_line
 from pgfeatures import AsyncFeatureStore, Cached, EnvPassword, FeatureStore, PasswordFile
-from pgfeatures.bench.clusters import Cluster
 from pgfeatures.connections import CredentialProviderError, credentials, load_provider
 from pgfeatures.connections.credentials import credential_params
 from pgfeatures.definitions import demo_registry
 from pgfeatures.errors import ConfigError, CredentialsTimeoutError, PgFeaturesError
 from pgfeatures.schema import apply_schema
+from pgfeatures_bench.harness.clusters import Cluster
 
 SCHEMA = "cred"
 REGISTRY = demo_registry(n_tables=3, n_features=2, schema=SCHEMA)

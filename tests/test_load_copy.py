@@ -8,8 +8,8 @@ import struct
 import numpy as np
 import pytest
 
-from pgfeatures.bench.load import read_back
 from pgfeatures.load import COPY_HEADER, COPY_TRAILER, CopyFormatError, decode_copy, encode_copy_rows
+from pgfeatures_bench.load import read_back
 
 KINDS = [(32,), np.float32, np.float64, np.int16, np.int32, np.int64, np.bool_]
 SQL_TYPES = "k bytea, a real, b double precision, c smallint, d integer, e bigint, f boolean"

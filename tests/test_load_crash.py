@@ -24,9 +24,9 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
-from pgfeatures.bench.load import make_table
 from pgfeatures.definitions import FeatureTable, Registry
 from pgfeatures.load import load
+from pgfeatures_bench.load import make_table
 from test_embedded import dsn_of, run
 from test_load import snapshot
 

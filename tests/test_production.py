@@ -1,4 +1,4 @@
-"""Managed-PostgreSQL realities against real processes the tests start (``pgfeatures.bench.clusters``):
+"""Managed-PostgreSQL realities against real processes the tests start (``pgfeatures_bench.harness.clusters``):
 a password that rotates under load, a replica lost and back under load, a read-only store with the
 primary down, PgBouncer in session and transaction mode with a database restart behind it, a replica
 too far behind. Zero failed reads where the issue asks for zero."""
@@ -16,11 +16,11 @@ import psycopg
 import pytest
 
 from pgfeatures import AsyncFeatureStore, AuthenticationError, DatabaseUnavailableError, FeatureStore, PasswordFile
-from pgfeatures.bench.clusters import Cluster, PgBouncer
 from pgfeatures.cli.schema import create_functions
 from pgfeatures.definitions import demo_registry
 from pgfeatures.schema import apply_schema
 from pgfeatures.server import ServerConfig
+from pgfeatures_bench.harness.clusters import Cluster, PgBouncer
 from support.inprocess import running_app
 
 pytestmark = pytest.mark.cluster

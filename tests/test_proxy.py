@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from pgfeatures.bench.proxy import (
+from pgfeatures_bench.harness.proxy import (
     LatencyProxy,
     Link,
     ProxyProcess,

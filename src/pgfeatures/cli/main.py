@@ -1,7 +1,9 @@
 """The parser, the dispatch, and the one error handler of the ``pgfeatures`` command line.
 
 Only the command being run has its options configured, so ``pgfeatures --help`` and a command's
-``--help`` import nothing the command does not need. Every error a command raises ends here:
+``--help`` import nothing the command does not need. Commands of other distributions come from the
+entry point group ``pgfeatures.cli`` (pgfeatures-bench's ``bench*`` and ``proxy``); when pgfeatures-bench
+is absent its commands still exist and say how to install it. Every error a command raises ends here:
 a pgfeatures error (and, as a last resort, a psycopg error, translated by
 ``pgfeatures.connections.database_error``) becomes one line ``error: ...`` on stderr and the exit
 code ``EXIT_ERROR`` (2); a missing optional dependency names the extra to install. No traceback
@@ -26,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import PgFeaturesError, UnknownEntityError, UnknownFeatureError, UnknownServiceError, UnknownTableError
-from . import bench, db, demo, doctor, evolve, feast, inventory, read, schema, serve, write
+from . import db, demo, doctor, evolve, feast, inventory, read, schema, serve, write
 from .common import (
     DEFINITIONS_ENV,
     DEMO_LAYOUT,
@@ -36,13 +38,15 @@ from .common import (
     EXIT_INTERRUPTED,
     CliError,
     Command,
+    MissingExtraError,
+    install_hint,
     missing_module,
     require,
     uses_demo_layout,
 )
 from .output import Output
 
-COMMANDS: tuple[Command, ...] = (
+CORE_COMMANDS: tuple[Command, ...] = (
     *db.COMMANDS,
     *schema.COMMANDS,
     *evolve.COMMANDS,
@@ -52,9 +56,52 @@ COMMANDS: tuple[Command, ...] = (
     *write.COMMANDS,
     *serve.COMMANDS,
     *doctor.COMMANDS,
-    *bench.COMMANDS,
     *feast.COMMANDS,
 )
+
+# Commands of other distributions: each entry point of this group names a tuple of ``Command``s
+# (pgfeatures-bench registers ``pgfeatures_bench.cli:COMMANDS``). The core never imports them by name.
+PLUGIN_GROUP = "pgfeatures.cli"
+# What pgfeatures-bench brings, named even when it is absent: the command then says how to get it
+# instead of argparse's "invalid choice".
+BENCH_COMMANDS = ("bench", "bench-http", "bench-load", "bench-schema", "bench-soak", "proxy")
+
+
+def _stand_in(name: str) -> Command:
+    """A bench command pgfeatures-bench did not register: ``main`` ends it before its flags are parsed."""
+
+    def configure(p: argparse.ArgumentParser) -> None:
+        pass
+
+    def run(args: argparse.Namespace, out: Output) -> int:
+        raise MissingExtraError(f"pgfeatures {name} needs the bench extra: {install_hint(['bench'])}")
+
+    # needs=("bench",): when pgfeatures-bench is absent, the extra's check names it
+    return Command(name, "(not installed: pip install 'pgfeatures[bench]')", configure, run, needs=("bench",))
+
+
+def plugin_commands() -> tuple[tuple[Command, ...], list[str]]:
+    """The commands registered under ``PLUGIN_GROUP`` by installed distributions, then a stand-in for each
+    bench command none registered; and why each entry point that could not be loaded failed (a broken
+    install must not break every command: its commands are stand-ins that say so when run)."""
+    from importlib.metadata import entry_points
+
+    found: list[Command] = []
+    broken: list[str] = []
+    for point in entry_points(group=PLUGIN_GROUP):
+        try:
+            commands = point.load()
+        except Exception as exc:
+            broken.append(f"{point.value} ({getattr(point.dist, 'name', '?')}): {type(exc).__name__}: {exc}")
+            continue
+        found.extend(c for c in commands if isinstance(c, Command))
+    names = {c.name for c in found}
+    return (*found, *(_stand_in(n) for n in BENCH_COMMANDS if n not in names)), broken
+
+
+PLUGINS, BROKEN_PLUGINS = plugin_commands()
+STAND_INS = {c.name for c in PLUGINS if c.help.startswith("(not installed")}
+COMMANDS = CORE_COMMANDS + PLUGINS
 BY_NAME = {c.name: c for c in COMMANDS}
 
 DESCRIPTION = "Online feature serving on PostgreSQL."
@@ -135,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command is not None:  # before its parser is configured: that may import what is missing
             require(command.name, *command.needs)
+            if command.name in STAND_INS:  # the extra imports, yet its commands are not registered
+                raise MissingExtraError(_unregistered(command.name))
         try:
             args = build_parser(argv).parse_args(argv)
         except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
@@ -168,6 +217,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(out, str(missing_module(command.name if command else "", exc, command.needs if command else ())))
     except Exception as exc:
         return fail(out, _unexpected(exc, args))
+
+
+def _unregistered(name: str) -> str:
+    if BROKEN_PLUGINS:
+        return f"pgfeatures {name}: the installed commands cannot be loaded: {'; '.join(BROKEN_PLUGINS)}"
+    return (
+        f"pgfeatures {name} is not registered (pgfeatures_bench imports, but no installed distribution "
+        f"registers it: run from a source tree?): {install_hint(['bench'])}"
+    )
 
 
 def _pipe_closed() -> int:

@@ -1,4 +1,4 @@
-"""``pgfeatures serve`` (the HTTP service) and ``pgfeatures bench-http`` (what HTTP adds).
+"""``pgfeatures serve``: the HTTP service (its benchmark, ``bench-http``, comes with pgfeatures-bench).
 
 ``serve``'s flags are the fields of ``pgfeatures.server.config.ServerConfig`` (help from the
 fields' metadata, parsing by the config itself), so flags, environment variables and config-file
@@ -16,10 +16,7 @@ from .common import (
     CliError,
     Command,
     Flag,
-    add_dsn,
-    add_json,
     add_settings,
-    dsn_with_credentials,
     given,
 )
 from .output import Output
@@ -72,26 +69,6 @@ def run_serve(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-def configure_bench_http(p: argparse.ArgumentParser) -> None:
-    from ..bench.http import add_arguments
-
-    add_dsn(p)
-    add_arguments(p)
-    add_json(p)
-
-
-def run_bench_http(args: argparse.Namespace, out: Output) -> int:
-    from ..bench.http import main, report
-
-    # the servers it starts and its own stores take a DSN: the credential is asked for once, merged in
-    figures = main(args, dsn_with_credentials(args))
-    if args.json:
-        out.json(figures)
-    else:
-        report(figures, args, out.console())
-    return 0
-
-
 COMMANDS = (
     Command(
         "serve",
@@ -99,12 +76,5 @@ COMMANDS = (
         configure_serve,
         run_serve,
         needs=("server",),
-    ),
-    Command(
-        "bench-http",
-        "benchmark the HTTP service against the library (demo data)",
-        configure_bench_http,
-        run_bench_http,
-        needs=("server", "bench"),
     ),
 )

@@ -1,5 +1,5 @@
-"""``pgfeatures load`` (atomic bulk loads), ``pgfeatures expire`` (retention: rows past their ttl deleted)
-and ``pgfeatures bench-load`` (load throughput)."""
+"""``pgfeatures load`` (atomic bulk loads) and ``pgfeatures expire`` (retention: rows past their ttl
+deleted). Their benchmark, ``bench-load``, comes with pgfeatures-bench."""
 
 from __future__ import annotations
 
@@ -15,8 +15,6 @@ from .common import (
     add_json,
     add_settings,
     connect,
-    dsn_of,
-    dsn_with_credentials,
     given,
     load_registry,
 )
@@ -120,68 +118,6 @@ def run_load(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-def configure_bench_load(p: argparse.ArgumentParser) -> None:
-    add_dsn(p)
-    p.add_argument("--rows", type=int, default=1_000_000, help="rows per load (default 1000000)")
-    p.add_argument("--features", type=int, default=8, help="real features in the loaded table (default 8)")
-    p.add_argument("--read-tables", type=int, default=10, help="tables each read touches, the loaded one included")
-    p.add_argument("--readers", type=int, default=1, help="reader processes (each one connection)")
-    p.add_argument("--read-rate", type=float, default=1000.0, help="reads/s per reader process; 0: back to back")
-    p.add_argument(
-        "--seconds", type=float, default=8.0, help="idle read time, half before and half after the loads (default 8)"
-    )
-    p.add_argument("--schema", default="bench_load", help="scratch schema, dropped afterwards (default bench_load)")
-    p.add_argument("--keep", action="store_true", help="keep the scratch schema")
-    p.add_argument(
-        "--part",
-        choices=("all", "loads", "write-cost"),
-        default="all",
-        help="loads: throughput and reads during loads; write-cost: merges into a plain table vs a table of a "
-        "materialized 30-table service, and live-update latency (default all)",
-    )
-    p.add_argument(
-        "--service-tables", type=int, default=30, help="write-cost: tables of the materialized service (default 30)"
-    )
-    add_json(p)
-
-
-def run_bench_load(args: argparse.Namespace, out: Output) -> int:
-    from ..bench.load import run
-
-    dsn = dsn_of(args)
-    connect(args, "pgfeatures-bench-load", dsn).close()  # a down database fails here, with a clear message
-    dsn = dsn_with_credentials(args, dsn)  # the benchmark takes a DSN: the credential is asked for once
-    results: dict[str, object] = {}
-    if args.part in ("all", "loads"):
-        results = run(
-            dsn,
-            rows=args.rows,
-            features=args.features,
-            read_tables=args.read_tables,
-            readers=args.readers,
-            read_rate=args.read_rate,
-            idle_seconds=args.seconds,
-            schema=args.schema,
-            keep=args.keep,
-            console=out.console(),
-        )
-    if args.part in ("all", "write-cost"):
-        from ..bench.write_cost import run as run_write_cost
-
-        results["write_cost"] = run_write_cost(
-            dsn,
-            rows=args.rows,
-            tables=args.service_tables,
-            features=args.features,
-            schema=f"{args.schema}_write",
-            keep=args.keep,
-            console=out.console(),
-        )
-    if args.json:
-        out.json(results)
-    return 0
-
-
 def _duration(text: str) -> float:
     """``--older-than`` / ``--grace``: ``"12h"``, ``"7d"``, ``"3600s"`` or seconds."""
     from ..definitions import parse_duration
@@ -278,12 +214,5 @@ COMMANDS = (
         "delete rows older than their table's ttl plus a grace period, in small batches (retention)",
         configure_expire,
         run_expire,
-    ),
-    Command(
-        "bench-load",
-        "bulk-load throughput (rows/s) and read p99 idle vs during loads",
-        configure_bench_load,
-        run_bench_load,
-        needs=("load", "bench"),
     ),
 )

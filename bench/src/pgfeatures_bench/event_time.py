@@ -2,7 +2,7 @@
 versions of pgfeatures can be compared in one run (the event-time type: ``integer`` before,
 ``timestamptz`` now).
 
-``python -m pgfeatures.bench.event_time [--dsn DSN] [--compare BASE_SRC] [--rounds 3] ...`` measures, in
+``python -m pgfeatures_bench.event_time [--dsn DSN] [--compare BASE_SRC] [--rounds 3] ...`` measures, in
 its own scratch schema:
 
 - **newest-wins live updates**: ``update_features_batch`` of 100 random keys, each carrying a newer
@@ -202,7 +202,7 @@ def compare(dsn: str, base_src: str, rounds: int, args: list[str]) -> dict[str, 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m pgfeatures.bench.event_time", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m pgfeatures_bench.event_time", description=__doc__.splitlines()[0])
     p.add_argument("--dsn")
     p.add_argument("--schema", default="bench_event_time")
     p.add_argument("--rows", type=int, default=200_000)

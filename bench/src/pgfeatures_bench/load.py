@@ -30,9 +30,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from psycopg import sql
 
-from ..definitions import FeatureTable, Registry
-from ..load import LoadSummary, decode_copy, load
-from ..schema import apply_schema, drop_schema
+from pgfeatures.definitions import FeatureTable, Registry
+from pgfeatures.load import LoadSummary, decode_copy, load
+from pgfeatures.schema import apply_schema, drop_schema
+
 from .runner import Stats, summarize
 
 LOADED = "loaded"
@@ -98,7 +99,7 @@ def _reader(
     out: Any,
 ) -> None:
     """Read random keys at ``rate`` reads/s (0: back to back) until ``stop``; send (starts, latencies) in ns."""
-    from ..store import FeatureStore
+    from pgfeatures.store import FeatureStore
 
     pool = [keys[i : i + 32] for i in range(0, len(keys), 32)]
     rng = random.Random(seed)

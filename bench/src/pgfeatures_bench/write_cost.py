@@ -27,10 +27,11 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from ..definitions import FeatureService, FeatureTable, Registry
-from ..load import load
-from ..materialize.build import materialize, materialized_layouts
-from ..schema import apply_schema, drop_schema
+from pgfeatures.definitions import FeatureService, FeatureTable, Registry
+from pgfeatures.load import load
+from pgfeatures.materialize.build import materialize, materialized_layouts
+from pgfeatures.schema import apply_schema, drop_schema
+
 from .load import make_table
 from .runner import summarize
 
@@ -77,7 +78,7 @@ def run(
     from rich.console import Console
     from rich.table import Table
 
-    from ..store import FeatureStore
+    from pgfeatures.store import FeatureStore
 
     console = console or Console()
     registry = _registry(schema, tables, features)

@@ -58,8 +58,9 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from .. import embedded
-from ..connections.rows import one_row
+from pgfeatures import embedded
+from pgfeatures.connections.rows import one_row
+
 from .pgbouncer import PgBouncer
 from .procs import (
     ClusterError,
@@ -126,8 +127,7 @@ _bin_cache: list[Path] = []
 def _bin_dir() -> Path:
     """The embedded server's binaries, as the service user runs them (found once per process)."""
     if not _bin_cache:
-        with embedded._lock():  # the first call may copy the binaries where the service user can run them
-            _bin_cache.append(embedded._bin_dir())
+        _bin_cache.append(embedded.server_binaries())
     return _bin_cache[0]
 
 
@@ -142,7 +142,7 @@ def _conf_value(value: str | int | float | bool) -> str:
 def _hba(tls: bool) -> str:
     host = "hostssl" if tls else "host"
     lines = [
-        "# written by pgfeatures.bench.clusters: the admin over the unix socket, everyone else with a password",
+        "# written by pgfeatures_bench.harness.clusters: the admin over the unix socket, everyone else with a password",
         f"local   all          {ADMIN}  trust",
         f"local   replication  {ADMIN}  trust",
         "local   all          all       scram-sha-256",
@@ -257,7 +257,7 @@ class Cluster:
         settings = {**self.settings, "port": self.port, "unix_socket_directories": str(self.base)}
         path = self.data / CONF_FILE
         path.write_text(
-            "# written by pgfeatures.bench.clusters; rewritten by Cluster.configure()\n"
+            "# written by pgfeatures_bench.harness.clusters; rewritten by Cluster.configure()\n"
             + "".join(f"{k} = {_conf_value(v)}\n" for k, v in settings.items())
         )
         give_to_service(path)

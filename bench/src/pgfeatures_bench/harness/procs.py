@@ -9,7 +9,7 @@ test run killed with SIGKILL leaves nothing behind for the next one. Folders
 of live owners (other test runs on the machine) are never touched.
 
 PostgreSQL and PgBouncer both refuse to run as root: as root they run as
-pgfeatures' service user (``embedded._service_user()``), which owns the
+pgfeatures' service user (``embedded.service_user()``), which owns the
 work folder; ``/tmp`` is world-traversable, so that user reaches it.
 """
 
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .. import embedded
-from ..errors import EmbeddedServerError
+from pgfeatures import embedded
+from pgfeatures.errors import EmbeddedServerError
 
 log = logging.getLogger("pgfeatures")
 
@@ -151,7 +151,7 @@ def _start_time(pid: int) -> str | None:
 
 def service_ids() -> tuple[int, int] | None:
     """(uid, gid) that PostgreSQL and PgBouncer run as: the service user as root, else None (ourselves)."""
-    user = embedded._service_user()
+    user = embedded.service_user()
     return (user.pw_uid, user.pw_gid) if user else None
 
 

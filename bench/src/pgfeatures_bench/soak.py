@@ -40,9 +40,11 @@ from typing import Any
 import orjson
 import psycopg
 
-from ..definitions import demo_registry
-from .clusters import Cluster, Replica, process_stats
-from .http import HTTPConnection, ServeProcess, percentile_ms, post_request, process_tree
+from pgfeatures.definitions import demo_registry
+
+from .harness.clusters import Cluster, Replica, process_stats
+from .harness.serve import ServeProcess, process_tree
+from .http import HTTPConnection, percentile_ms, post_request
 
 ROLE = "app"
 AFTER = 3.0  # seconds of load after the last fault
@@ -167,7 +169,7 @@ class _Phase:
 
 
 def _key(i: int) -> bytes:
-    from .. import demo
+    from pgfeatures import demo
 
     return demo.entity_key(i)
 
@@ -247,7 +249,7 @@ def run_soak(cfg: SoakConfig, progress: Callable[[str], None] = print) -> dict[s
         secret.write_text(password)
         progress(f"loading {cfg.tables} tables x {cfg.entities:,} entities")
         with psycopg.connect(primary.admin_dsn(), autocommit=True) as conn:
-            from .. import demo
+            from pgfeatures import demo
 
             demo.load_demo(conn, registry, cfg.entities, cfg.seed)
             conn.execute(f"GRANT USAGE ON SCHEMA soak TO {ROLE}; GRANT SELECT ON ALL TABLES IN SCHEMA soak TO {ROLE}")

@@ -30,61 +30,48 @@ machine.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import functools
 import os
 import random
 import socket
-import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .harness.serve import ServeProcess, process_tree
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--requests", type=int, default=2000, help="one-client latency: timed requests per variant")
-    p.add_argument("--concurrency", default="1,8,32", help="concurrent clients for the throughput runs")
-    p.add_argument("--seconds", type=float, default=1.0, help="length of one throughput round per variant")
-    p.add_argument("--rounds", type=int, default=5, help="alternating rounds per concurrency level")
-    p.add_argument("--pool-size", type=int, default=4, help="read connections (servers and library alike)")
-    p.add_argument("--workers", type=int, default=1, help="server worker processes")
-    p.add_argument("--window-us", type=int, default=0, help="coalescing window of the coalescing server (µs)")
-    p.add_argument("--entities", type=int, default=100_000, help="demo entities keys are drawn from")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--mode",
-        choices=("standard", "batch", "memory", "services"),
-        default="standard",
-        help="standard: latency, throughput, coalescing; batch: single-key latency alongside big batches; "
-        "memory: server RSS around one huge batch; services: a materialized 30-table feature service "
-        "against the same service unmaterialized (dict and vector output)",
-    )
-    p.add_argument(
-        "--services-schema",
-        default="bench_services",
-        help="services mode: schema of its copy of the demo data and its two services (loaded and "
-        "materialized once, then reused)",
-    )
-    p.add_argument("--batch-singles", type=int, default=8, help="batch mode: single-key clients")
-    p.add_argument("--batch-keys", type=int, default=1000, help="batch mode: keys per batch of the batch client")
-    p.add_argument("--memory-keys", type=int, default=100_000, help="memory mode: keys of the huge batch")
-    p.add_argument(
-        "--baseline-src",
-        help="also run a server (coalescing off) from this source tree: a 'src' "
-        "directory, e.g. of a checkout of main; variant 'baseline'",
-    )
-    p.add_argument(
-        "--serve-flag",
-        action="append",
-        default=[],
-        metavar="FLAG",
-        help="batch/memory modes: an extra flag for the 'chunked' server, e.g. --serve-flag=--batch-chunk-keys=50",
-    )
+MODES = ("standard", "batch", "memory", "services")
+
+
+@dataclass(frozen=True)
+class HttpBenchConfig:
+    """What ``pgfeatures bench-http`` measures (``pgfeatures_bench.cli`` makes one flag per field)."""
+
+    requests: int = 2000  # one-client latency: timed requests per variant
+    concurrency: tuple[int, ...] = (1, 8, 32)  # concurrent clients for the throughput runs
+    seconds: float = 1.0  # length of one throughput round per variant
+    rounds: int = 5  # alternating rounds per concurrency level
+    pool_size: int = 4  # read connections (servers and library alike)
+    workers: int = 1  # server worker processes
+    window_us: int = 0  # coalescing window of the coalescing server (µs)
+    entities: int = 100_000  # demo entities keys are drawn from
+    seed: int = 0
+    mode: str = "standard"  # one of MODES
+    services_schema: str = "bench_services"  # services mode: its copy of the demo data and its two services
+    batch_singles: int = 8  # batch mode: single-key clients
+    batch_keys: int = 1000  # batch mode: keys per batch of the batch client
+    memory_keys: int = 100_000  # memory mode: keys of the huge batch
+    baseline_src: str | None = None  # also run a server (coalescing off) from this source tree ('baseline')
+    serve_flag: tuple[str, ...] = ()  # batch/memory modes: extra flags for the 'chunked' server
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r}: expected one of {', '.join(MODES)}")
 
 
 # -- a minimal HTTP/1.1 client --------------------------------------------------------------------
@@ -124,73 +111,6 @@ def post_request(path: str, body: bytes) -> bytes:
 
 
 # -- servers --------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServeProcess:
-    """A ``pgfeatures serve`` subprocess on a free loopback port: the benchmark's launcher (tests have their own, tests/support/serve.py).
-
-    The child's environment is this one without ``PGFEATURES_*`` variables
-    (the flags and ``env`` say everything), plus ``env``.
-    """
-
-    def __init__(self, *flags: str, env: Mapping[str, str] | None = None, output: Any = None):
-        self.output = output  # a file for the server's output (default: this process's stderr)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.cmd = [sys.executable, "-m", "pgfeatures.cli", "serve", "--port", str(self.port), *flags]
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PGFEATURES_")} | dict(env or {})
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, ready_within: float | None = 60) -> ServeProcess:
-        """Start it; unless ``ready_within`` is None, wait until ``/readyz`` answers 200."""
-        # The server's own output goes to stderr (fd 2): stdout is the benchmark's (one JSON document with --json).
-        if self.output is not None:
-            self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self.output, stderr=self.output)
-        else:
-            self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=2)
-        if ready_within is not None:
-            self.wait_ready(ready_within)
-        return self
-
-    def wait_ready(self, timeout: float) -> None:
-        import httpx
-
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"pgfeatures serve exited with {self.proc.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"pgfeatures serve did not become ready within {timeout:g} s")
-            time.sleep(0.05)
-
-    def stop(self, timeout: float = 30) -> int | None:
-        """SIGTERM (graceful: in-flight requests finish), then SIGKILL after ``timeout``; the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def __enter__(self) -> ServeProcess:
-        return self if self.proc is not None else self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def serve_flags(dsn: str, *, coalesce: bool, pool_size: int, workers: int, window_us: int) -> list[str]:
@@ -234,16 +154,6 @@ def cpu_seconds(pids: Iterable[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
-
-
-def process_tree(pid: int) -> list[int]:
-    """The process and its descendants (uvicorn's workers), from /proc/<pid>/task/*/children."""
-    out = [pid]
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            for child in children.read_text().split():
-                out.extend(process_tree(int(child)))
-    return out
 
 
 def backend_pids(dsn: str, client_pids: Iterable[int]) -> list[int]:
@@ -306,18 +216,18 @@ def as_float32(features: dict[str, Any]) -> dict[str, Any]:
     return {t: None if v is None else {f: np.float32(x) for f, x in v.items()} for t, v in features.items()}
 
 
-async def run_benchmark(args: argparse.Namespace, dsn: str, servers: dict[str, ServeProcess]) -> dict[str, Any]:
+async def run_benchmark(args: HttpBenchConfig, dsn: str, servers: dict[str, ServeProcess]) -> dict[str, Any]:
     import orjson
 
-    from ..definitions import demo_registry
-    from ..demo import entity_keys
-    from ..store import AsyncFeatureStore
+    from pgfeatures.definitions import demo_registry
+    from pgfeatures.demo import entity_keys
+    from pgfeatures.store import AsyncFeatureStore
 
     rng = random.Random(args.seed)
     keys = entity_keys(args.entities)
     sample = [keys[rng.randrange(len(keys))] for _ in range(5000)]
     requests = [post_request("/v1/features", orjson.dumps({"key": k.hex()})) for k in sample]
-    concurrency = [int(c) for c in args.concurrency.split(",")]
+    concurrency = list(args.concurrency)
     most = max(concurrency)
 
     async with AsyncFeatureStore(demo_registry(), dsn, pool_size=args.pool_size, write_pool_size=1) as store:
@@ -424,7 +334,7 @@ async def float32_cost(store: Any, reader: Any, sample: Sequence[bytes], n: int 
     """µs per request: plain JSON of a decoded 30-table result, the float32 conversion, JSON with numpy scalars."""
     import orjson
 
-    from ..server.encoding import Float32Plan, dumps, result
+    from pgfeatures.server.encoding import Float32Plan, dumps, result
 
     plan = Float32Plan(reader.selection)
     fresh = [await store.read(reader, sample[i % len(sample)]) for i in range(2 * n)]
@@ -449,7 +359,7 @@ async def float32_cost(store: Any, reader: Any, sample: Sequence[bytes], n: int 
     }
 
 
-def report(figures: dict[str, Any], args: argparse.Namespace, console: Any = None) -> None:
+def report(figures: dict[str, Any], args: HttpBenchConfig, console: Any = None) -> None:
     """Print the figures as tables on ``console`` (a rich Console; default: stdout)."""
     if figures.get("mode") == "services":
         from rich.console import Console
@@ -540,12 +450,12 @@ def report(figures: dict[str, Any], args: argparse.Namespace, console: Any = Non
     )
 
 
-def main(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
+def main(args: HttpBenchConfig, dsn: str) -> dict[str, Any]:
     """Measure (see the module docstring) and return the figures with the settings. Raises
     BenchmarkError when the demo data is missing, DatabaseUnavailableError when the database is down."""
-    from ..connections import connect
-    from ..connections.rows import one_row
-    from ..errors import BenchmarkError
+    from pgfeatures.connections import connect
+    from pgfeatures.connections.rows import one_row
+    from pgfeatures.errors import BenchmarkError
 
     try:
         import uvloop
@@ -553,9 +463,7 @@ def main(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
         runner: Callable[..., Any] = uvloop.run
     except ImportError:
         runner = asyncio.run
-    settings = {
-        k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("func", "json", "resolved_dsn")
-    }
+    settings = asdict(args)
     if args.mode == "services":  # loads its own copy of the demo data
         from . import http_services
 

@@ -19,7 +19,6 @@ timed, both services' answers are compared on sample keys (they must be equal).
 
 from __future__ import annotations
 
-import argparse
 import random
 import tempfile
 import time
@@ -28,16 +27,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .harness.serve import ServeProcess, process_tree
 from .http import (
+    HttpBenchConfig,
     HTTPConnection,
-    ServeProcess,
     Throughput,
     backend_pids,
     closed_loop,
     cpu_seconds,
     percentile_ms,
     post_request,
-    process_tree,
     serve_flags,
 )
 
@@ -46,7 +45,7 @@ VARIANTS = ((FLEXIBLE, "dict"), (MATERIALIZED, "dict"), (FLEXIBLE, "vector"), (M
 
 
 def registry(schema: str) -> Any:
-    from ..definitions import FeatureService, Registry, demo_registry
+    from pgfeatures.definitions import FeatureService, Registry, demo_registry
 
     tables = demo_registry(schema=schema)
     features = tuple(f"{t}.*" for t in tables.tables)
@@ -75,9 +74,9 @@ def definitions_toml(reg: Any) -> str:
 
 def prepare(dsn: str, schema: str, entities: int, say: Callable[[str], None]) -> Any:
     """Load the demo data into ``schema`` (unless there) and build the materialized service (unless built)."""
-    from ..connections import connect
-    from ..demo import load_demo
-    from ..materialize.build import materialize, status
+    from pgfeatures.connections import connect
+    from pgfeatures.demo import load_demo
+    from pgfeatures.materialize.build import materialize, status
 
     reg = registry(schema)
     with connect(dsn, "pgfeatures-bench-http") as conn:
@@ -93,10 +92,10 @@ def _variant(service: str, output: str) -> str:
     return f"{service} {output}"
 
 
-async def measure(args: argparse.Namespace, dsn: str, server: ServeProcess) -> dict[str, Any]:
+async def measure(args: HttpBenchConfig, dsn: str, server: ServeProcess) -> dict[str, Any]:
     import orjson
 
-    from ..demo import entity_keys
+    from pgfeatures.demo import entity_keys
 
     rng = random.Random(args.seed)
     keys = entity_keys(args.entities)
@@ -110,7 +109,7 @@ async def measure(args: argparse.Namespace, dsn: str, server: ServeProcess) -> d
         ]
         for s, o in VARIANTS
     }
-    concurrency = [int(c) for c in args.concurrency.split(",")]
+    concurrency = list(args.concurrency)
     conns = [await HTTPConnection.open("127.0.0.1", server.port) for _ in range(max(concurrency))]
 
     def caller(variant: str, client: int) -> Callable[[int], Awaitable[Any]]:
@@ -217,7 +216,7 @@ def ratios(figures: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run(args: argparse.Namespace, dsn: str, runner: Callable[..., Any], say: Callable[[str], None]) -> dict[str, Any]:
+def run(args: HttpBenchConfig, dsn: str, runner: Callable[..., Any], say: Callable[[str], None]) -> dict[str, Any]:
     reg = prepare(dsn, args.services_schema, args.entities, say)
     with tempfile.TemporaryDirectory(prefix="pgfeatures-bench-") as tmp:
         path = Path(tmp) / "services.toml"
@@ -229,7 +228,7 @@ def run(args: argparse.Namespace, dsn: str, runner: Callable[..., Any], say: Cal
     return {"services": figures}
 
 
-def report(figures: dict[str, Any], args: argparse.Namespace, console: Any) -> None:
+def report(figures: dict[str, Any], args: HttpBenchConfig, console: Any) -> None:
     from rich.table import Table
 
     f = figures["services"]

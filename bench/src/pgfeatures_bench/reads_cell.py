@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from ..definitions import Registry
-from ..errors import BenchmarkError
-from ..reader import DEFAULT_STRATEGY, Strategy
-from ..reader.decode import TableValues
-from ..store import AsyncFeatureStore, FeatureStore
+from pgfeatures.definitions import Registry
+from pgfeatures.errors import BenchmarkError
+from pgfeatures.reader import DEFAULT_STRATEGY, Strategy
+from pgfeatures.reader.decode import TableValues
+from pgfeatures.store import AsyncFeatureStore, FeatureStore
+
 from . import redis_baseline
 from .runner import run_interleaved
 

@@ -52,15 +52,16 @@ from typing import Any
 
 import psycopg
 
-from .. import demo
-from ..connections import connection_kwargs
-from ..connections.rows import one_row
-from ..definitions import Registry, demo_registry
-from ..errors import BenchmarkError
-from ..store import FeatureStore
+from pgfeatures import demo
+from pgfeatures.connections import connection_kwargs
+from pgfeatures.connections.rows import one_row
+from pgfeatures.definitions import Registry, demo_registry
+from pgfeatures.errors import BenchmarkError
+from pgfeatures.store import FeatureStore
+
 from . import redis_baseline
+from .harness.proxy import dsn_target, maybe_proxied
 from .instrument import measure_breakdown
-from .proxy import dsn_target, maybe_proxied
 from .reads_cell import HEADLINE_WEIGHT, TARGET_SAMPLES, AsyncSide, Distance, measure_cell
 from .reads_result import environment, evaluate, load, print_result, save
 from .runner import measure_tasks, measure_threads
@@ -224,7 +225,7 @@ def _distance(cfg: BenchConfig, registry: Registry, dsn: str, rtt: float, redis_
 def variant_registries(registry: Registry, variants: Sequence[str]) -> dict[str, Registry]:
     """The same tables as other definitions: split among three entities (keyed alike, so the same
     key reads the same rows), with a ttl on every table, or unchanged (for the pooler variant)."""
-    from ..definitions import Entity
+    from pgfeatures.definitions import Entity
 
     out: dict[str, Registry] = {}
     tables = list(registry.tables.values())

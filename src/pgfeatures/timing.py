@@ -1,19 +1,16 @@
-"""Timing loops: latency percentiles and client CPU per request, strategies interleaved.
+"""Interleaved timing: latency percentiles and client CPU per request, callables measured in alternating rounds.
 
-Machines here are shared and noisy, so strategies are never timed one after
-another in long blocks: ``measure_interleaved`` runs them in alternating
-rounds, so a slow patch of the machine hits every strategy alike and their
-ratios stay meaningful. ``measure_threads`` / ``measure_tasks`` measure
-throughput: concurrent callers back to back for a fixed time.
+Machines here are shared and noisy, so callables are never timed one after another in long blocks:
+``measure_interleaved`` runs them in alternating rounds, so a slow patch of the machine hits every one
+alike and their ratios stay meaningful. The demo measures its strategies with it; the benchmarks
+(pgfeatures-bench) build their throughput loops beside it. Needs numpy (the load extra).
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
-import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -129,102 +126,3 @@ def measure_interleaved(
         calls, args, max(1, n // rounds) * rounds, rounds=rounds, warmup=warmup, per=per, seed=seed
     )
     return {name: m.stats for name, m in measured.items()}
-
-
-# -- throughput -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Throughput:
-    """Requests completed by ``clients`` concurrent callers in ``seconds``."""
-
-    mode: str  # "threads" or "async"
-    clients: int
-    requests: int
-    seconds: float
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    cpu_ms: float  # client CPU per request (all threads of this process)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _throughput(mode: str, clients: int, lat_ns: list[int], seconds: float, cpu_s: float) -> Throughput:
-    lat = np.asarray(lat_ns, dtype=np.float64) / 1e6
-    n = len(lat)
-    if n == 0:
-        return Throughput(mode, clients, 0, seconds, 0.0, float("nan"), float("nan"), float("nan"))
-    return Throughput(
-        mode,
-        clients,
-        n,
-        seconds,
-        n / seconds,
-        float(np.percentile(lat, 50)),
-        float(np.percentile(lat, 99)),
-        cpu_s * 1e3 / n,
-    )
-
-
-def measure_threads(
-    call: Callable[[Any], Any], args: Sequence[Any], clients: int, seconds: float, *, seed: int = 0
-) -> Throughput:
-    """``clients`` threads calling ``call`` back to back for ``seconds``; each thread draws its own seeded arguments.
-
-    Raises the first exception a client thread hit.
-    """
-    start = threading.Barrier(clients + 1)
-    lat: list[list[int]] = [[] for _ in range(clients)]
-    errors: list[BaseException] = []
-    deadline = [0.0]
-
-    def client(i: int) -> None:
-        rng = random.Random(seed * 1000 + i)
-        out, clock = lat[i], time.perf_counter_ns
-        start.wait()
-        try:
-            while time.perf_counter() < deadline[0]:
-                a = rng.choice(args)
-                t0 = clock()
-                call(a)
-                out.append(clock() - t0)
-        except BaseException as exc:  # reported in the caller's thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
-    for t in threads:
-        t.start()
-    c0 = time.process_time()
-    t0 = time.perf_counter()
-    deadline[0] = t0 + seconds
-    start.wait()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - t0
-    if errors:
-        raise errors[0]
-    return _throughput("threads", clients, [x for xs in lat for x in xs], elapsed, time.process_time() - c0)
-
-
-async def measure_tasks(
-    call: Callable[[Any], Awaitable[Any]], args: Sequence[Any], clients: int, seconds: float, *, seed: int = 0
-) -> Throughput:
-    """``clients`` asyncio tasks awaiting ``call`` back to back for ``seconds`` on the running loop."""
-    lat: list[int] = []
-    clock = time.perf_counter_ns
-    deadline = time.perf_counter() + seconds
-
-    async def client(i: int) -> None:
-        rng = random.Random(seed * 1000 + i)
-        while time.perf_counter() < deadline:
-            a = rng.choice(args)
-            t0 = clock()
-            await call(a)
-            lat.append(clock() - t0)
-
-    c0 = time.process_time()
-    t0 = time.perf_counter()
-    await asyncio.gather(*(client(i) for i in range(clients)))
-    return _throughput("async", clients, lat, time.perf_counter() - t0, time.process_time() - c0)

@@ -1,6 +1,6 @@
 """What ``pgfeatures expire`` costs the readers and writers running beside it.
 
-``python -m pgfeatures.bench.retention [--dsn DSN] [--tables 10] [--rows 200000] [--old 0.5] [--seconds 5]
+``python -m pgfeatures_bench.retention [--dsn DSN] [--tables 10] [--rows 200000] [--old 0.5] [--seconds 5]
 [--batch-rows 5000] [--materialized]`` builds ``--tables`` tables of ``--rows`` rows (8 ``real``, ttl 1 h, as
 pgfeatures creates them: with the index on ``updated_at``), ``--old`` of each table's rows older than
 the ttl plus the grace, the others fresh (with ``--materialized``, a materialized service over all the
@@ -25,12 +25,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ..connections import resolve_dsn
-from ..definitions import FeatureService, FeatureTable, Registry
-from ..materialize.build import materialize
-from ..retention import expire
-from ..schema import apply_schema
-from ..store import FeatureStore
+from pgfeatures.connections import resolve_dsn
+from pgfeatures.definitions import FeatureService, FeatureTable, Registry
+from pgfeatures.materialize.build import materialize
+from pgfeatures.retention import expire
+from pgfeatures.schema import apply_schema
+from pgfeatures.store import FeatureStore
 
 SCHEMA = "bench_retention"
 TTL = 3600
@@ -143,7 +143,7 @@ def run(
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m pgfeatures.bench.retention", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m pgfeatures_bench.retention", description=__doc__.splitlines()[0])
     p.add_argument("--dsn")
     p.add_argument("--tables", type=int, default=10)
     p.add_argument("--rows", type=int, default=200_000)

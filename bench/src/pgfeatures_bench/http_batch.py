@@ -22,7 +22,6 @@ another source tree (e.g. a checkout of main), for a true before/after.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import multiprocessing
 import os
@@ -31,12 +30,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .http import HTTPConnection, ServeProcess, closed_loop, percentile_ms, post_request, process_tree, serve_flags
+from .harness.serve import ServeProcess, process_tree
+from .http import HttpBenchConfig, HTTPConnection, closed_loop, percentile_ms, post_request, serve_flags
 
 SINGLE_TIMEOUT = 30.0
 
 
-def variants(args: argparse.Namespace, dsn: str) -> dict[str, ServeProcess]:
+def variants(args: HttpBenchConfig, dsn: str) -> dict[str, ServeProcess]:
     """The servers to compare, not yet started."""
     common = serve_flags(dsn, coalesce=False, pool_size=args.pool_size, workers=args.workers, window_us=0)
     big = max(args.batch_keys, args.memory_keys)
@@ -113,10 +113,10 @@ class BatchClient:
 # -- batch starvation -----------------------------------------------------------------------------
 
 
-async def starvation(args: argparse.Namespace, servers: dict[str, ServeProcess]) -> dict[str, Any]:
+async def starvation(args: HttpBenchConfig, servers: dict[str, ServeProcess]) -> dict[str, Any]:
     import orjson
 
-    from ..demo import entity_keys
+    from pgfeatures.demo import entity_keys
 
     rng = random.Random(args.seed)
     keys = entity_keys(args.entities)
@@ -188,11 +188,11 @@ def rss(pid: int) -> int:
     return total
 
 
-def memory(args: argparse.Namespace, servers: dict[str, ServeProcess]) -> dict[str, Any]:
+def memory(args: HttpBenchConfig, servers: dict[str, ServeProcess]) -> dict[str, Any]:
     import httpx
     import orjson
 
-    from ..demo import entity_keys
+    from pgfeatures.demo import entity_keys
 
     rng = random.Random(args.seed)
     keys = entity_keys(args.entities)
@@ -233,7 +233,7 @@ def memory(args: argparse.Namespace, servers: dict[str, ServeProcess]) -> dict[s
 # -- report ---------------------------------------------------------------------------------------
 
 
-def report(figures: dict[str, Any], args: argparse.Namespace, console: Any = None) -> None:
+def report(figures: dict[str, Any], args: HttpBenchConfig, console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -292,7 +292,7 @@ def report(figures: dict[str, Any], args: argparse.Namespace, console: Any = Non
     )
 
 
-def run(args: argparse.Namespace, dsn: str, runner: Callable[..., Any]) -> dict[str, Any]:
+def run(args: HttpBenchConfig, dsn: str, runner: Callable[..., Any]) -> dict[str, Any]:
     servers = variants(args, dsn)
     for srv in servers.values():
         srv.start()

@@ -28,7 +28,6 @@ machine hits every variant alike; compare within one run.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import random
@@ -47,14 +46,15 @@ from psycopg import sql
 from rich.console import Console
 from rich.table import Table
 
-from .. import demo, embedded
-from ..connections.rows import one_row
-from ..definitions import KEY_LENGTH, UPDATED_AT, FeatureTable, Registry, demo_registry
-from ..reader import compile_batch_reader, compile_reader, select
-from ..schema import apply_schema
-from ..store import FeatureStore
-from ..warmup import warmup
-from .clusters import Cluster
+from pgfeatures import demo, embedded
+from pgfeatures.connections.rows import one_row
+from pgfeatures.definitions import KEY_LENGTH, UPDATED_AT, FeatureTable, Registry, demo_registry
+from pgfeatures.reader import compile_batch_reader, compile_reader, select
+from pgfeatures.schema import apply_schema
+from pgfeatures.store import FeatureStore
+from pgfeatures.warmup import warmup
+
+from .harness.clusters import Cluster
 from .runner import Stats, measure_interleaved
 
 SCHEMA = "bench"
@@ -63,17 +63,16 @@ BATCH = 100
 FIRST_N = 100  # requests timed after a restart: misses go on long after the first
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rows", type=int, default=100_000, help="rows per table (default 100000)")
-    p.add_argument("--requests", type=int, default=2000, help="timed requests per variant (default 2000)")
-    p.add_argument("--tables", type=int, default=30, help="tables read by the first-request case (default 30)")
-    p.add_argument("--rounds", type=int, default=5, help="restarts per first-request case (default 5)")
-    p.add_argument(
-        "--drop-os-cache",
-        action="store_true",
-        help="also measure with the OS page cache dropped (root only; affects the whole host)",
-    )
-    p.add_argument("--seed", type=int, default=0)
+@dataclass(frozen=True)
+class SchemaBenchConfig:
+    """What ``pgfeatures bench-schema`` measures (``pgfeatures_bench.cli`` makes one flag per field)."""
+
+    rows: int = 100_000  # rows per table
+    requests: int = 2000  # timed requests per variant
+    tables: int = 30  # tables read by the first-request case
+    rounds: int = 5  # restarts per first-request case
+    drop_os_cache: bool = False  # also measure with the OS page cache dropped (root only; affects the whole host)
+    seed: int = 0
 
 
 # -- the private cluster --------------------------------------------------------------------------
@@ -354,7 +353,7 @@ def measure_first_requests(
 # -- main -----------------------------------------------------------------------------------------
 
 
-def main(args: argparse.Namespace, console: Console | None = None) -> dict[str, Any]:
+def main(args: SchemaBenchConfig, console: Console | None = None) -> dict[str, Any]:
     """Measure on a private cluster, print the tables on ``console`` (default: stdout); returns the figures."""
     console = console or Console()
     console.print(
@@ -409,7 +408,7 @@ def _print(
     rows: dict[str, Measured],
     first: dict[str, dict[str, float]],
     os_cache: str,
-    args: argparse.Namespace,
+    args: SchemaBenchConfig,
     version: int,
 ) -> None:
     env = f"PostgreSQL {version // 10000}, Python {platform.python_version()}, loopback TCP, {args.rows:,} rows"

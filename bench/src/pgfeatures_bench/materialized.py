@@ -32,11 +32,12 @@ from typing import Any
 
 import psycopg
 
-from .. import demo
-from ..definitions import FeatureService, Registry
-from ..errors import BenchmarkError
-from ..materialize.build import materialize
-from ..store import AsyncFeatureStore, FeatureStore
+from pgfeatures import demo
+from pgfeatures.definitions import FeatureService, Registry
+from pgfeatures.errors import BenchmarkError
+from pgfeatures.materialize.build import materialize
+from pgfeatures.store import AsyncFeatureStore, FeatureStore
+
 from .runner import measure_tasks
 
 FLEX = "bench_flex"
@@ -128,9 +129,10 @@ def cold(
 ) -> dict[str, Any]:
     """Mean latency of the first ``requests`` requests after a restart (and, with ``drop_os_cache``
     only, with the host's OS page cache dropped before each)."""
-    from ..definitions import demo_registry
+    from pgfeatures.definitions import demo_registry
+
     from . import schema_effects
-    from .clusters import Cluster
+    from .harness.clusters import Cluster
 
     registry = service_registry(demo_registry(n_tables=tables, schema="cold"))
     rng = random.Random(seed)

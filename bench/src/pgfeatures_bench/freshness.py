@@ -1,7 +1,7 @@
 """What knowing the age of a table's newest row costs, three ways: a scan, an index on ``updated_at``,
 a per-table record kept by the writers.
 
-``python -m pgfeatures.bench.freshness [--dsn DSN] [--rows 1000000] [--updates 20000] [--merge-rows 100000]
+``python -m pgfeatures_bench.freshness [--dsn DSN] [--rows 1000000] [--updates 20000] [--merge-rows 100000]
 [--rounds 3]`` builds a scratch table of ``--rows`` rows (8 ``real`` features, like the demo's) per variant
 and round (the variants interleaved, medians over the rounds reported):
 
@@ -52,11 +52,11 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from ..connections import resolve_dsn
-from ..connections.rows import one_row
-from ..definitions import FeatureTable, Registry
-from ..schema import apply_schema
-from ..write import compile_upsert
+from pgfeatures.connections import resolve_dsn
+from pgfeatures.connections.rows import one_row
+from pgfeatures.definitions import FeatureTable, Registry
+from pgfeatures.schema import apply_schema
+from pgfeatures.write import compile_upsert
 
 SCHEMA = "bench_freshness"
 BATCH = 100
@@ -161,7 +161,7 @@ def _median_ms(conn: psycopg.Connection, query: sql.SQL | sql.Composed) -> float
 
 
 def _merge(conn: psycopg.Connection, registry: Registry, rows: int, n: int, rng: random.Random) -> dict[str, Any]:
-    from ..load import load
+    from pgfeatures.load import load
 
     ids = np.array(sorted(rng.sample(range(1, rows + 1), n)))
     now = one_row(conn.execute("SELECT now()"))[0]
@@ -254,7 +254,7 @@ def run(
 
 def _scrape_once(conn: psycopg.Connection, registry: Registry) -> tuple[float, float]:
     """(database ms, wall ms) of one inventory refresh of every table."""
-    from ..inventory import tables
+    from pgfeatures.inventory import tables
 
     _reset_statements(conn)
     started = time.perf_counter()
@@ -324,7 +324,7 @@ def scrape(dsn: str, n_tables: int, sizes: list[int], repeats: int = 5) -> dict[
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m pgfeatures.bench.freshness", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m pgfeatures_bench.freshness", description=__doc__.splitlines()[0])
     p.add_argument("--dsn")
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--updates", type=int, default=20_000)

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from .. import __version__
-from ..connections import redact
-from ..errors import BenchmarkError
-from ..reader import DEFAULT_STRATEGY
+from pgfeatures import __version__
+from pgfeatures.connections import redact
+from pgfeatures.errors import BenchmarkError
+from pgfeatures.reader import DEFAULT_STRATEGY
 
 if TYPE_CHECKING:
     from .reads import BenchConfig

@@ -281,7 +281,7 @@ class PgBouncer:
                 client_tls_cert_file=str(self.base / "server.crt"),
             )
         text = (
-            "; written by pgfeatures.bench.pgbouncer\n[databases]\n"
+            "; written by pgfeatures_bench.harness.pgbouncer\n[databases]\n"
             f"* = host=127.0.0.1 port={c.port}\n\n[pgbouncer]\n" + "".join(f"{k} = {v}\n" for k, v in main.items())
         )
         self.ini.write_text(text)

@@ -24,8 +24,8 @@ import numpy as np
 import redis
 from redis.typing import EncodableT, FieldT
 
-from ..definitions import Registry
-from ..demo import entity_key, table_data
+from pgfeatures.definitions import Registry
+from pgfeatures.demo import entity_key, table_data
 
 # What the readers return: plain dicts (comparable with a FeatureResult, which is one), not FeatureResults.
 Features = dict[str, dict[str, Any] | None]

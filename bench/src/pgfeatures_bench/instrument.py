@@ -48,8 +48,8 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.adapt import PyFormat, Transformer
 
-from ..connections.rows import one_row
-from ..reader import BatchReader, Fetch, Reader
+from pgfeatures.connections.rows import one_row
+from pgfeatures.reader import BatchReader, Fetch, Reader
 
 COMPONENTS = ("acquire", "send", "server", "network", "receive", "decode", "release")
 SUM_TOLERANCE = 0.05  # the components must cover the measured total within 5%

@@ -1,1 +1,0 @@
-"""The benchmark suite: timing loops, network-distance proxy, report."""
