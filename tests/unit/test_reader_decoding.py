@@ -334,25 +334,22 @@ def test_a_vector_is_the_services_order_and_equals_the_dicts_values():
 
 
 @pytest.mark.parametrize(
-    "features",
+    ("service", "features"),
     [
-        None,
-        pytest.param(
-            ["user_emb.e1"],
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug (reader/vector.py, _fast_materialized): a subset of an all-real materialized service "
-                "takes the fast path and returns the whole serving row: names ('user_emb.e1',), values [e0, e1]",
-            ),
-        ),
+        ("emb", None),
+        ("emb", ["user_emb.e1"]),  # a subset of the serving row: its slots, not the whole row
+        ("emb", ["user_emb.e1", "user_emb.e0"]),
+        ("mixed", None),  # two entities, two arrays each, conversions and defaults
+        ("mixed", ["user_stats.new", "merchant_risk.rate"]),
+        ("mixed", ["merchant_risk.n"]),
     ],
 )
-def test_the_fast_materialized_vector_equals_the_general_path(features):
-    # one entity, every feature real, no defaults: the serving row's real[] is the vector (fast); a subset
-    # of the service must give the subset's values, fast or not
-    order = REG.service("emb").order(REG)
-    sel = select_service(REG, "emb", features)
-    layouts = REG.layouts("emb")
+def test_the_materialized_vector_equals_the_general_path(service, features):
+    # the vector is decoded straight from the serving row (slots picked, no dicts); a subset of the
+    # service must give the subset's values in the service's order, defaults and status as the dicts
+    order = REG.service(service).order(REG)
+    sel = select_service(REG, service, features)
+    layouts = REG.layouts(service)
     plain: Reader[FeatureResult] = compile_materialized_reader(sel, layouts)
     vectors = vector_reader(plain, order)
     batch = vector_batch_reader(compile_materialized_batch_reader(sel, layouts), order)

@@ -68,6 +68,9 @@ class Strategy(str, enum.Enum):
 DEFAULT_STRATEGY = Strategy.SINGLE
 
 
+VectorRows = Callable[[Sequence[str]], Callable[[Any], tuple[list[Any], dict[str, str]]]]
+"""For an order of ``table.feature`` names: a decoder of one row into (values in that order, status per table)."""
+
 D = TypeVar("D", covariant=True)  # what a reader decodes to: a FeatureResult, or a ServiceVector (vector.py)
 E = TypeVar("E")
 
@@ -85,7 +88,7 @@ class Fetch(enum.Enum):
 class Reader(Generic[D]):
     """A compiled single-request reader. Build with ``compile_reader``; reuse for every request of that shape.
 
-    ``bind(keys)`` turns the request's keys into the parameters; ``param_index[i]`` is the parameter
+    ``binder`` turns the request's keys into the parameters; ``param_index[i]`` is the parameter
     statement ``i`` takes (per-table strategies: each statement takes its table's entity key only).
     ``D`` is what ``decode`` returns: a FeatureResult (``Reader[FeatureResult]``, every compiled
     reader), or a ServiceVector (``vector.vector_reader``).
@@ -102,14 +105,13 @@ class Reader(Generic[D]):
     # A materialized reader's flexible twin (same request, same result type), for when the serving
     # rows it was compiled for cannot be read any more (rebuilt for another layout, or stale).
     fallback: Callable[[], Reader[D]] | None = field(default=None, compare=False, repr=False)
+    # A decoder of this reader's row straight into a vector (``vector.vector_reader``), compiled for an order
+    # of ``table.feature`` names; None: the vector is built from the decoded result.
+    vector_rows: VectorRows | None = field(default=None, compare=False, repr=False)
 
     @property
     def tables(self) -> tuple[str, ...]:
         return self.selection.tables
-
-    @property
-    def bind(self) -> Callable[[Any], tuple[Any, ...]]:
-        return self.binder.one
 
     def decoding(self, decode: Callable[[Any], E]) -> Reader[E]:
         """This reader with another decoder: the same statements (so the same prepared statements)."""
@@ -130,6 +132,7 @@ class BatchReader(Generic[D]):
     binder: KeyBinder
     materialized: bool = False
     fallback: Callable[[], BatchReader[D]] | None = field(default=None, compare=False, repr=False)  # see Reader
+    vector_rows: VectorRows | None = field(default=None, compare=False, repr=False)  # see Reader
 
     @property
     def tables(self) -> tuple[str, ...]:

@@ -23,11 +23,12 @@ feature's default, and a table that is not present maps to its defaults or None.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 from psycopg import sql
 
-from ..definitions import EVENT_TIME, from_micros
+from ..definitions import EVENT_TIME, Feature, from_micros
 from ..definitions.layout import TS, EntityLayout
 from ..materialize.sql import guarded
 from ..schema import event_time_micros_sql
@@ -41,7 +42,7 @@ MICROS = 1_000_000
 
 def _plan(
     selection: Selection, layouts: Sequence[EntityLayout]
-) -> tuple[list[sql.Composable], list[sql.Composable], sql.Composable, Callable[[Row], FeatureResult]]:
+) -> tuple[list[sql.Composable], list[sql.Composable], sql.Composable, _Plan]:
     by_entity = {layout.entity.name: layout for layout in layouts}
     cols: list[sql.Composable] = [_NOW]
     joins: list[sql.Composable] = []
@@ -69,56 +70,169 @@ def _plan(
         layout = by_entity[table.entity.name]
         slots = {s.feature.name: s for s in layout.table_slots(table.name)}
         where = offsets[table.entity.name]
-        fields = []
-        for f in features:
-            slot = slots[f.name]
-            conv: Callable[[Any], Any] | None = (
-                bool
-                if f.type.python is bool
-                else int
-                if (f.type.python is int and slot.group == "d")
-                else from_micros
-                if f.type is EVENT_TIME
-                else None
+        fields = tuple(
+            _Field(
+                f.name, where[slots[f.name].group], slots[f.name].index, _converter(f, slots[f.name].group), f.default
             )
-            fields.append((f.name, where[slot.group], slot.index, conv, f.default))
-        absent = (
-            {name: default for name, _, _, _, default in fields}
-            if any(f.default is not None for f in features)
-            else None
+            for f in features
         )
         ttl_micros = None if ttl is None else ttl * MICROS
-        tables.append((table.name, where[TS], layout.ts_index(table.name), ttl_micros, tuple(fields), absent))
+        tables.append(_Table(table.name, where[TS], layout.ts_index(table.name), ttl_micros, fields))
+    plan = _Plan(tuple(tables))
+    return cols, joins, guard, plan
 
-    def decode(row: Row) -> FeatureResult:
-        now = row[0]
-        values: dict[str, Any] = {}
-        status: dict[str, str] = {}
-        for name, ts_col, j, ttl, fields, absent in tables:
-            stamps = row[ts_col]
-            stamp = stamps[j] if stamps is not None else None
-            if stamp is None or (ttl is not None and stamp < now - ttl):
-                status[name] = MISSING if stamp is None else EXPIRED
-                values[name] = dict(absent) if absent is not None else None
-                continue
-            status[name] = PRESENT
-            out = {}
-            for fname, col, index, conv, default in fields:
-                v = row[col][index]
-                if v is None:
-                    v = default
-                elif conv is not None:
-                    v = conv(v)
-                out[fname] = v
-            values[name] = out
-        return result(values, status)
 
-    return cols, joins, guard, decode
+class _Field(NamedTuple):
+    name: str
+    column: int  # the row's column holding the feature's array (its entity's group)
+    slot: int  # its slot in that array
+    conv: Callable[[Any], Any] | None  # the value as its feature's Python type, when the array's is not
+    default: Any
+
+
+class _Table(NamedTuple):
+    name: str
+    ts_column: int  # the row's column of its entity's ts array
+    ts_index: int  # the table's slot in it
+    ttl: int | None  # microseconds, the unit of ts and of the row's now
+    fields: tuple[_Field, ...]
+
+
+def _converter(feature: Feature, group: str) -> Callable[[Any], Any] | None:
+    if feature.type.python is bool:
+        return bool
+    if feature.type.python is int and group == "d":
+        return int
+    if feature.type is EVENT_TIME:
+        return from_micros
+    return None
+
+
+class _Plan:
+    """The decoders of one materialized read, compiled once: the dict decoder, and a vector decoder per
+    order asked (``vector``). Every table's status is decided from its ts and ttl alone, as the flexible
+    read decides it (see the module docstring)."""
+
+    def __init__(self, tables: tuple[_Table, ...]):
+        self.tables = tables
+        self.decode = self._dict_decoder()
+
+    def _dict_decoder(self) -> Callable[[Row], FeatureResult]:
+        # Per table: (name, ts column, ts slot, ttl, absent value, fields as (name, column, index, conv, default))
+        layout = [
+            (
+                t.name,
+                t.ts_column,
+                t.ts_index,
+                t.ttl,
+                {f.name: f.default for f in t.fields} if any(f.default is not None for f in t.fields) else None,
+                tuple((f.name, f.column, f.slot, f.conv, f.default) for f in t.fields),
+            )
+            for t in self.tables
+        ]
+
+        def decode(row: Row) -> FeatureResult:
+            now = row[0]
+            values: dict[str, Any] = {}
+            status: dict[str, str] = {}
+            for name, ts_col, j, ttl, absent, fields in layout:
+                stamps = row[ts_col]
+                stamp = stamps[j] if stamps is not None else None
+                if stamp is None or (ttl is not None and stamp < now - ttl):
+                    status[name] = MISSING if stamp is None else EXPIRED
+                    values[name] = dict(absent) if absent is not None else None
+                    continue
+                status[name] = PRESENT
+                out = {}
+                for fname, col, index, conv, default in fields:
+                    v = row[col][index]
+                    if v is None:
+                        v = default
+                    elif conv is not None:
+                        v = conv(v)
+                    out[fname] = v
+                values[name] = out
+            return result(values, status)
+
+        return decode
+
+    def vector(self, names: Sequence[str]) -> Callable[[Row], tuple[list[Any], dict[str, str]]]:
+        """A decoder of the row into ``(values in the order of names, status per table)``: ``names`` are
+        ``table.feature`` of this read, each once. The values are picked from the serving row's arrays by
+        precomputed slots (one C call per array); a table that is not present sets its positions to their
+        defaults (or None), a present one converts and defaults only the positions that need it."""
+        position = {name: i for i, name in enumerate(names)}
+        picks: dict[int, list[tuple[int, int]]] = {}  # array column -> [(slot, vector position)]
+        tables = []
+        for t in self.tables:
+            mine = [(position[f"{t.name}.{f.name}"], f) for f in t.fields if f"{t.name}.{f.name}" in position]
+            for pos, f in mine:
+                picks.setdefault(f.column, []).append((f.slot, pos))
+            absent = tuple((pos, f.default) for pos, f in mine)
+            convert = tuple((pos, f.conv) for pos, f in mine if f.conv is not None)
+            defaults = tuple((pos, f.default) for pos, f in mine if f.default is not None)
+            tables.append((t.name, t.ts_column, t.ts_index, t.ttl, absent, convert, defaults))
+        size = len(names)
+        groups = []
+        for column, pairs in picks.items():
+            slots = tuple(s for s, _ in pairs)
+            spots = tuple(p for _, p in pairs)
+            getter = itemgetter(*slots) if len(slots) > 1 else _one(slots[0])
+            groups.append((column, getter, spots, slots == tuple(range(size))))
+        whole = None  # the vector is one array's slots, in the vector's order: no scatter
+        if len(groups) == 1 and groups[0][2] == tuple(range(size)):
+            whole = groups[0]
+
+        def decode(row: Row) -> tuple[list[Any], dict[str, str]]:
+            now = row[0]
+            if whole is not None:
+                column, getter, _, prefix = whole
+                array = row[column]
+                if array is None:
+                    values = [None] * size
+                else:  # the serving row's first slots (the whole service, in its order): one slice
+                    values = array[:size] if prefix else list(getter(array))
+            else:
+                values = [None] * size
+                for column, getter, spots, _ in groups:
+                    array = row[column]
+                    if array is not None:
+                        for spot, v in zip(spots, getter(array)):
+                            values[spot] = v
+            status: dict[str, str] = {}
+            for name, ts_col, j, ttl, absent, convert, defaults in tables:
+                stamps = row[ts_col]
+                stamp = stamps[j] if stamps is not None else None
+                if stamp is None or (ttl is not None and stamp < now - ttl):
+                    status[name] = MISSING if stamp is None else EXPIRED
+                    for pos, default in absent:
+                        values[pos] = default
+                    continue
+                status[name] = PRESENT
+                for pos, conv in convert:
+                    v = values[pos]
+                    if v is not None:
+                        values[pos] = conv(v)
+                for pos, default in defaults:
+                    if values[pos] is None:
+                        values[pos] = default
+            return values, status
+
+        return decode
+
+
+def _one(slot: int) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """``itemgetter`` of one slot, returning a 1-tuple as ``itemgetter`` of several does."""
+
+    def pick(array: Sequence[Any]) -> tuple[Any, ...]:
+        return (array[slot],)
+
+    return pick
 
 
 def compile_materialized_reader(selection: Selection, layouts: Sequence[EntityLayout]) -> Reader[FeatureResult]:
     """The single-request reader of a materialized service (or a subset of its features)."""
-    cols, joins, where, decode = _plan(selection, layouts)
+    cols, joins, where, plan = _plan(selection, layouts)
     keys = sql.SQL(", ").join(
         sql.SQL(f"${i + 1}::{e.cast} AS {{}}").format(sql.Identifier(f"e{i}")) for i, e in enumerate(selection.entities)
     )
@@ -126,7 +240,14 @@ def compile_materialized_reader(selection: Selection, layouts: Sequence[EntityLa
         sql.SQL(", ").join(cols), keys, sql.SQL(" ").join(joins), where
     )
     return Reader(
-        Strategy.SINGLE, selection, (query.as_bytes(None),), Fetch.ONE, decode, _binder(selection), materialized=True
+        Strategy.SINGLE,
+        selection,
+        (query.as_bytes(None),),
+        Fetch.ONE,
+        plan.decode,
+        _binder(selection),
+        materialized=True,
+        vector_rows=plan.vector,
     )
 
 
@@ -134,7 +255,8 @@ def compile_materialized_batch_reader(
     selection: Selection, layouts: Sequence[EntityLayout]
 ) -> BatchReader[FeatureResult]:
     """The many-keys reader of a materialized service: rows in input order."""
-    cols, joins, where, decode_row = _plan(selection, layouts)
+    cols, joins, where, plan = _plan(selection, layouts)
+    decode_row = plan.decode
     entities = selection.entities
     arrays = sql.SQL(", ").join(sql.SQL(f"${i + 1}::{e.cast}[]") for i, e in enumerate(entities))
     names = sql.SQL(", ").join(sql.Identifier(f"e{i}") for i in range(len(entities)))
@@ -145,4 +267,6 @@ def compile_materialized_batch_reader(
     def decode(rows: Sequence[Row]) -> list[FeatureResult]:
         return [decode_row(row) for row in rows]
 
-    return BatchReader(selection, query.as_bytes(None), decode, _binder(selection), materialized=True)
+    return BatchReader(
+        selection, query.as_bytes(None), decode, _binder(selection), materialized=True, vector_rows=plan.vector
+    )
