@@ -22,7 +22,7 @@ feature's default, and a table that is not present maps to its defaults or None.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -111,47 +111,60 @@ def _converter(feature: Feature, group: str) -> Callable[[Any], Any] | None:
 class _Plan:
     """The decoders of one materialized read, compiled once: the dict decoder, and a vector decoder per
     order asked (``vector``). Every table's status is decided from its ts and ttl alone, as the flexible
-    read decides it (see the module docstring)."""
+    read decides it (see the module docstring).
+
+    The common answer (every table present) is decided per group of tables sharing an entity and a ttl,
+    with one pick of their stamps and one C-level test (``None in stamps``, ``min(stamps)``); only a row
+    where some table is missing or expired walks the tables one by one."""
 
     def __init__(self, tables: tuple[_Table, ...]):
         self.tables = tables
+        groups: dict[tuple[int, int | None], list[int]] = {}  # (ts column, ttl) -> the tables' ts slots
+        for t in tables:
+            groups.setdefault((t.ts_column, t.ttl), []).append(t.ts_index)
+        self.checks = tuple((column, _picker(slots), ttl) for (column, ttl), slots in groups.items())
+        self.all_present = {t.name: PRESENT for t in tables}
         self.decode = self._dict_decoder()
 
+    def _present(self, row: Row) -> bool:
+        """Every table of the read is present for this row (the common case, decided in a few C calls)."""
+        now = row[0]
+        for column, pick, ttl in self.checks:
+            stamps = row[column]
+            if stamps is None:
+                return False
+            got = pick(stamps)
+            if None in got or (ttl is not None and min(got) < now - ttl):
+                return False
+        return True
+
+    def _status(self, row: Row) -> Iterator[tuple[_Table, str]]:
+        """Each table's status, one by one (the rows where some table is not present)."""
+        now = row[0]
+        for t in self.tables:
+            stamps = row[t.ts_column]
+            stamp = stamps[t.ts_index] if stamps is not None else None
+            if stamp is None:
+                yield t, MISSING
+            elif t.ttl is not None and stamp < now - t.ttl:
+                yield t, EXPIRED
+            else:
+                yield t, PRESENT
+
     def _dict_decoder(self) -> Callable[[Row], FeatureResult]:
-        # Per table: (name, ts column, ts slot, ttl, absent value, fields as (name, column, index, conv, default))
-        layout = [
-            (
-                t.name,
-                t.ts_column,
-                t.ts_index,
-                t.ttl,
-                {f.name: f.default for f in t.fields} if any(f.default is not None for f in t.fields) else None,
-                tuple((f.name, f.column, f.slot, f.conv, f.default) for f in t.fields),
-            )
-            for t in self.tables
-        ]
+        makers = tuple((t.name, _values_of(t), _absent_of(t)) for t in self.tables)
+        present_everywhere = self._present
+        all_present = self.all_present
+        one_by_one = self._status
 
         def decode(row: Row) -> FeatureResult:
-            now = row[0]
+            if present_everywhere(row):
+                return result({name: make(row) for name, make, _ in makers}, dict(all_present))
             values: dict[str, Any] = {}
             status: dict[str, str] = {}
-            for name, ts_col, j, ttl, absent, fields in layout:
-                stamps = row[ts_col]
-                stamp = stamps[j] if stamps is not None else None
-                if stamp is None or (ttl is not None and stamp < now - ttl):
-                    status[name] = MISSING if stamp is None else EXPIRED
-                    values[name] = dict(absent) if absent is not None else None
-                    continue
-                status[name] = PRESENT
-                out = {}
-                for fname, col, index, conv, default in fields:
-                    v = row[col][index]
-                    if v is None:
-                        v = default
-                    elif conv is not None:
-                        v = conv(v)
-                    out[fname] = v
-                values[name] = out
+            for (_, state), (name, make, absent) in zip(one_by_one(row), makers):
+                status[name] = state
+                values[name] = make(row) if state is PRESENT else (dict(absent) if absent is not None else None)
             return result(values, status)
 
         return decode
@@ -163,7 +176,7 @@ class _Plan:
         defaults (or None), a present one converts and defaults only the positions that need it."""
         position = {name: i for i, name in enumerate(names)}
         picks: dict[int, list[tuple[int, int]]] = {}  # array column -> [(slot, vector position)]
-        tables = []
+        per_table = []
         for t in self.tables:
             mine = [(position[f"{t.name}.{f.name}"], f) for f in t.fields if f"{t.name}.{f.name}" in position]
             for pos, f in mine:
@@ -171,20 +184,23 @@ class _Plan:
             absent = tuple((pos, f.default) for pos, f in mine)
             convert = tuple((pos, f.conv) for pos, f in mine if f.conv is not None)
             defaults = tuple((pos, f.default) for pos, f in mine if f.default is not None)
-            tables.append((t.name, t.ts_column, t.ts_index, t.ttl, absent, convert, defaults))
+            per_table.append((absent, convert, defaults))
+        every_convert = tuple(c for _, convert, _ in per_table for c in convert)
+        every_default = tuple(d for _, _, defaults in per_table for d in defaults)
         size = len(names)
         groups = []
         for column, pairs in picks.items():
             slots = tuple(s for s, _ in pairs)
             spots = tuple(p for _, p in pairs)
-            getter = itemgetter(*slots) if len(slots) > 1 else _one(slots[0])
-            groups.append((column, getter, spots, slots == tuple(range(size))))
+            groups.append((column, _picker(slots), spots, slots == tuple(range(size))))
         whole = None  # the vector is one array's slots, in the vector's order: no scatter
         if len(groups) == 1 and groups[0][2] == tuple(range(size)):
             whole = groups[0]
+        present_everywhere = self._present
+        all_present = self.all_present
+        one_by_one = self._status
 
         def decode(row: Row) -> tuple[list[Any], dict[str, str]]:
-            now = row[0]
             if whole is not None:
                 column, getter, _, prefix = whole
                 array = row[column]
@@ -199,26 +215,72 @@ class _Plan:
                     if array is not None:
                         for spot, v in zip(spots, getter(array)):
                             values[spot] = v
-            status: dict[str, str] = {}
-            for name, ts_col, j, ttl, absent, convert, defaults in tables:
-                stamps = row[ts_col]
-                stamp = stamps[j] if stamps is not None else None
-                if stamp is None or (ttl is not None and stamp < now - ttl):
-                    status[name] = MISSING if stamp is None else EXPIRED
-                    for pos, default in absent:
-                        values[pos] = default
-                    continue
-                status[name] = PRESENT
-                for pos, conv in convert:
-                    v = values[pos]
-                    if v is not None:
-                        values[pos] = conv(v)
-                for pos, default in defaults:
-                    if values[pos] is None:
-                        values[pos] = default
+            if present_everywhere(row):
+                status = dict(all_present)
+                convert, defaults = every_convert, every_default
+            else:
+                status = {}
+                convert, defaults = (), ()
+                for (t, state), (absent, table_convert, table_defaults) in zip(one_by_one(row), per_table):
+                    status[t.name] = state
+                    if state is PRESENT:
+                        convert += table_convert
+                        defaults += table_defaults
+                    else:
+                        for pos, default in absent:
+                            values[pos] = default
+            for pos, conv in convert:
+                v = values[pos]
+                if v is not None:
+                    values[pos] = conv(v)
+            for pos, default in defaults:
+                if values[pos] is None:
+                    values[pos] = default
             return values, status
 
         return decode
+
+
+def _values_of(t: _Table) -> Callable[[Row], dict[str, Any]]:
+    """A present table's values from the row: one slice when its features are consecutive slots of one
+    array needing no conversion and no default, else feature by feature."""
+    fields = t.fields
+    names = tuple(f.name for f in fields)
+    column, first = fields[0].column, fields[0].slot
+    if all(
+        f.column == column and f.slot == first + i and f.conv is None and f.default is None
+        for i, f in enumerate(fields)
+    ):
+        last = first + len(fields)
+
+        def sliced(row: Row) -> dict[str, Any]:
+            return dict(zip(names, row[column][first:last]))
+
+        return sliced
+    plan = tuple((f.name, f.column, f.slot, f.conv, f.default) for f in fields)
+
+    def one_by_one(row: Row) -> dict[str, Any]:
+        out = {}
+        for name, col, slot, conv, default in plan:
+            v = row[col][slot]
+            if v is None:
+                v = default
+            elif conv is not None:
+                v = conv(v)
+            out[name] = v
+        return out
+
+    return one_by_one
+
+
+def _absent_of(t: _Table) -> dict[str, Any] | None:
+    """A missing or expired table's value: its defaults (None for features without one), or None."""
+    return {f.name: f.default for f in t.fields} if any(f.default is not None for f in t.fields) else None
+
+
+def _picker(slots: Sequence[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """``itemgetter`` of the slots, always returning a tuple (``itemgetter`` of one slot returns the item)."""
+    return itemgetter(*slots) if len(slots) > 1 else _one(slots[0])
 
 
 def _one(slot: int) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
