@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from ..definitions import EVENT_TIME, to_micros
 from .compile import BatchReader, Reader
@@ -101,7 +101,9 @@ def vector_batch_reader(reader: BatchReader[FeatureResult], order: Sequence[str]
     return reader.decoding(decode)
 
 
-OUTPUTS = ("dict", "list", "numpy")
+Output = Literal["dict", "list", "numpy"]
+"""What ``get_service`` returns: a FeatureResult (``dict``), a ServiceVector of a list or of a numpy array."""
+OUTPUTS: tuple[Output, ...] = ("dict", "list", "numpy")
 
 
 def check_output(output: str) -> None:

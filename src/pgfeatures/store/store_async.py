@@ -46,7 +46,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
@@ -80,7 +80,7 @@ from ..reader import (
     Strategy,
     parse_keys,
 )
-from ..reader.vector import as_numpy, check_output, stack_numpy
+from ..reader.vector import Output, ServiceVector, ServiceVectors, as_numpy, check_output, stack_numpy
 from ..write import UpdateCount, UpdateRows, check_skew, plan_updates
 from .base import (
     ON_DRIFT,
@@ -474,7 +474,18 @@ class AsyncFeatureStore:
         """
         return await self.read_batch(self.batch_reader(tables, features), keys)
 
-    async def get_service(self, name: str, key: Any, features: FeaturesArg = None, *, output: str = "dict") -> Any:
+    @overload
+    async def get_service(self, name: str, key: Any, features: FeaturesArg = None, *,
+                          output: Literal["dict"] = "dict") -> Features: ...
+    @overload
+    async def get_service(self, name: str, key: Any, features: FeaturesArg = None, *,
+                          output: Literal["list", "numpy"]) -> ServiceVector: ...
+    @overload
+    async def get_service(self, name: str, key: Any, features: FeaturesArg = None, *,
+                          output: Output) -> Features | ServiceVector: ...
+
+    async def get_service(self, name: str, key: Any, features: FeaturesArg = None, *,
+                          output: Output = "dict") -> Features | ServiceVector:
         """The features of the feature service ``name`` for one request's keys (as ``get_features``),
         with the service's ttl; from its serving rows when it is materialized and built.
 
@@ -490,7 +501,21 @@ class AsyncFeatureStore:
         vector = await self.read(self.readers.service_vector_reader(name, features, self.strategy), key)
         return as_numpy(vector, self.registry) if output == "numpy" else vector
 
-    async def get_service_batch(self, name: str, keys: Any, features: FeaturesArg = None, *, output: str = "dict") -> Any:
+    @overload
+    async def get_service_batch(self, name: str, keys: Any, features: FeaturesArg = None, *,
+                                output: Literal["dict"] = "dict") -> list[Features]: ...
+    @overload
+    async def get_service_batch(self, name: str, keys: Any, features: FeaturesArg = None, *,
+                                output: Literal["list"]) -> list[ServiceVector]: ...
+    @overload
+    async def get_service_batch(self, name: str, keys: Any, features: FeaturesArg = None, *,
+                                output: Literal["numpy"]) -> ServiceVectors: ...
+    @overload
+    async def get_service_batch(self, name: str, keys: Any, features: FeaturesArg = None, *,
+                                output: Output) -> list[Features] | list[ServiceVector] | ServiceVectors: ...
+
+    async def get_service_batch(self, name: str, keys: Any, features: FeaturesArg = None, *,
+                                output: Output = "dict") -> list[Features] | list[ServiceVector] | ServiceVectors:
         """``get_service`` for many rows of keys, in one round-trip (keys as for ``get_features_batch``):
         a list of results in input order, or with ``output="numpy"`` one ServiceVectors (a 2-D array,
         a row per request)."""
