@@ -22,7 +22,7 @@ feature's default, and a table that is not present maps to its defaults or None.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -123,6 +123,7 @@ class _Plan:
         for t in tables:
             groups.setdefault((t.ts_column, t.ttl), []).append(t.ts_index)
         self.checks = tuple((column, _picker(slots), ttl) for (column, ttl), slots in groups.items())
+        self.single = self.checks[0] if len(self.checks) == 1 else None
         self.all_present = {t.name: PRESENT for t in tables}
         self.decode = self._dict_decoder()
 
@@ -138,18 +139,30 @@ class _Plan:
                 return False
         return True
 
-    def _status(self, row: Row) -> Iterator[tuple[_Table, str]]:
-        """Each table's status, one by one (the rows where some table is not present)."""
+    def _status(self, row: Row) -> list[str]:
+        """Each table's status, in the read's order (the rows where some table is not present)."""
         now = row[0]
+        if self.single is not None:  # one entity, one ttl: the stamps in one pick, in the tables' order
+            column, pick, ttl = self.single
+            stamps = row[column]
+            if stamps is None:
+                return [MISSING] * len(self.tables)
+            got = pick(stamps)
+            if ttl is None:
+                return [MISSING if stamp is None else PRESENT for stamp in got]
+            cutoff = now - ttl
+            return [MISSING if stamp is None else EXPIRED if stamp < cutoff else PRESENT for stamp in got]
+        out = []
         for t in self.tables:
             stamps = row[t.ts_column]
             stamp = stamps[t.ts_index] if stamps is not None else None
             if stamp is None:
-                yield t, MISSING
+                out.append(MISSING)
             elif t.ttl is not None and stamp < now - t.ttl:
-                yield t, EXPIRED
+                out.append(EXPIRED)
             else:
-                yield t, PRESENT
+                out.append(PRESENT)
+        return out
 
     def _dict_decoder(self) -> Callable[[Row], FeatureResult]:
         makers = tuple((t.name, _values_of(t), _absent_of(t)) for t in self.tables)
@@ -162,7 +175,7 @@ class _Plan:
                 return result({name: make(row) for name, make, _ in makers}, dict(all_present))
             values: dict[str, Any] = {}
             status: dict[str, str] = {}
-            for (_, state), (name, make, absent) in zip(one_by_one(row), makers):
+            for state, (name, make, absent) in zip(one_by_one(row), makers):
                 status[name] = state
                 values[name] = make(row) if state is PRESENT else (dict(absent) if absent is not None else None)
             return result(values, status)
@@ -176,7 +189,7 @@ class _Plan:
         defaults (or None), a present one converts and defaults only the positions that need it."""
         position = {name: i for i, name in enumerate(names)}
         picks: dict[int, list[tuple[int, int]]] = {}  # array column -> [(slot, vector position)]
-        per_table = []
+        per_table = []  # (name, positions and defaults if absent, conversions and defaults if present)
         for t in self.tables:
             mine = [(position[f"{t.name}.{f.name}"], f) for f in t.fields if f"{t.name}.{f.name}" in position]
             for pos, f in mine:
@@ -184,9 +197,9 @@ class _Plan:
             absent = tuple((pos, f.default) for pos, f in mine)
             convert = tuple((pos, f.conv) for pos, f in mine if f.conv is not None)
             defaults = tuple((pos, f.default) for pos, f in mine if f.default is not None)
-            per_table.append((absent, convert, defaults))
-        every_convert = tuple(c for _, convert, _ in per_table for c in convert)
-        every_default = tuple(d for _, _, defaults in per_table for d in defaults)
+            per_table.append((t.name, absent, convert, defaults))
+        every_convert = tuple(c for _, _, convert, _ in per_table for c in convert)
+        every_default = tuple(d for _, _, _, defaults in per_table for d in defaults)
         size = len(names)
         groups = []
         for column, pairs in picks.items():
@@ -221,8 +234,8 @@ class _Plan:
             else:
                 status = {}
                 convert, defaults = (), ()
-                for (t, state), (absent, table_convert, table_defaults) in zip(one_by_one(row), per_table):
-                    status[t.name] = state
+                for state, (name, absent, table_convert, table_defaults) in zip(one_by_one(row), per_table):
+                    status[name] = state
                     if state is PRESENT:
                         convert += table_convert
                         defaults += table_defaults
