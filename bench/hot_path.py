@@ -14,7 +14,9 @@ hands out connections first-in first-out, so with 4 a sequential caller lands on
 request). Every form is first checked equal to its hand-written twin on ``--check`` keys.
 
 Reports per form: p50 and p99 latency (ms) and client CPU per request (``time.process_time``, ms), and
-each library form's ratio to its hand-written twin. Run it::
+each library form's ratio to its hand-written twin; then the decoders alone (no I/O: the same fetched
+rows decoded by the library's reader and by hand, best of 20, microseconds per request), the part of the
+per-request Python work that does not drown in a loaded machine's noise. Run it::
 
     PGFEATURES_HOME=... PYTHONPATH=src python -m pgfeatures.cli demo --requests 50   # once: the data
     PGFEATURES_HOME=... PYTHONPATH=src python bench/hot_path.py --rounds 20 --requests 200
@@ -87,11 +89,15 @@ class Hand:
         assert order == list(range(len(order))), "the service's order is the serving row's"
         self.size = len(order)
 
-    def features(self, key: bytes) -> dict[str, Any]:
+    def features_row(self, key: bytes) -> Any:
         cur = self.cur
         cur.execute(self.features_sql, (key,), prepare=True, binary=True)
-        row = cur.fetchone()
-        assert row is not None
+        return cur.fetchone()
+
+    def features(self, key: bytes) -> dict[str, Any]:
+        return self.decode_features(self.features_row(key))
+
+    def decode_features(self, row: Any) -> dict[str, Any]:
         return {name: None if v is None else dict(zip(names, v)) for (name, names), v in zip(self.tables, row)}
 
     def _serving(self, key: bytes) -> tuple[Any, Any] | None:
@@ -100,7 +106,12 @@ class Hand:
         return cur.fetchone()
 
     def service_dict(self, key: bytes) -> tuple[dict[str, Any], dict[str, str]]:
-        row = self._serving(key)
+        return self.decode_dict(self._serving(key))
+
+    def service_vector(self, key: bytes) -> tuple[list[Any], dict[str, str]]:
+        return self.decode_vector(self._serving(key))
+
+    def decode_dict(self, row: Any) -> tuple[dict[str, Any], dict[str, str]]:
         values: dict[str, Any] = {}
         status: dict[str, str] = {}
         for name, names, a, b, j in self.spans:
@@ -110,8 +121,7 @@ class Hand:
                 values[name], status[name] = dict(zip(names, row[0][a:b])), "present"
         return values, status
 
-    def service_vector(self, key: bytes) -> tuple[list[Any], dict[str, str]]:
-        row = self._serving(key)
+    def decode_vector(self, row: Any) -> tuple[list[Any], dict[str, str]]:
         if row is None:
             return [None] * self.size, {name: "missing" for name, *_ in self.spans}
         r, ts = row
@@ -172,6 +182,46 @@ def measure(forms: dict[str, Callable[[bytes], Any]], keys: list[bytes], rounds:
     return out
 
 
+def decode_only(store: FeatureStore, hand: Hand, keys: list[bytes], repeat: int = 20) -> dict[str, float]:
+    """Microseconds per request of decoding alone (no I/O): each library reader's decoder and its hand-written
+    twin over the same fetched rows (best of ``repeat``): the per-request Python work the decoders cost."""
+    readers = {
+        "get_features": store.reader(),
+        "service dict": store.readers.service_reader(MAT, None, store.strategy),
+        "service vector": store.readers.service_vector_reader(MAT, None, store.strategy),
+    }
+    lib_rows = {}
+    for name, reader in readers.items():
+        rows = []
+        with store.connection() as conn:
+            cur = psycopg.RawCursor(conn)
+            for key in keys:
+                cur.execute(reader.statements[0], (key,), binary=True)
+                rows.append(cur.fetchone())
+        lib_rows[name] = rows
+    hand_rows = {
+        "hand features": [hand.features_row(k) for k in keys],
+        "hand serving row (dict)": [hand._serving(k) for k in keys],
+    }
+    hand_rows["hand serving row (vector)"] = hand_rows["hand serving row (dict)"]
+    calls: dict[str, tuple[Callable[[Any], Any], list[Any]]] = {
+        **{n: (r.decode, lib_rows[n]) for n, r in readers.items()},
+        "hand features": (hand.decode_features, hand_rows["hand features"]),
+        "hand serving row (dict)": (hand.decode_dict, hand_rows["hand serving row (dict)"]),
+        "hand serving row (vector)": (hand.decode_vector, hand_rows["hand serving row (vector)"]),
+    }
+    out = {}
+    for name, (decode, rows) in calls.items():
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.process_time()
+            for row in rows:
+                decode(row)
+            best = min(best, time.process_time() - t0)
+        out[name] = round(1e6 * best / len(rows), 2)
+    return out
+
+
 PAIRS = [
     ("get_features", "hand features"),
     ("get_features pool=1", "hand features"),
@@ -220,6 +270,7 @@ def main() -> None:
         check(forms, hand, keys[: args.check])
         measure(forms, keys, 2, 50, args.seed)  # warm every connection and prepared statement
         got = measure(forms, keys, args.rounds, args.requests, args.seed)
+        decoding = decode_only(store, hand, keys)
     hand.conn.close()
     ratios = {
         f"{a} / {b}": {
@@ -229,7 +280,7 @@ def main() -> None:
         for a, b in PAIRS
     }
     if args.json:
-        print(json.dumps({"forms": got, "ratios": ratios}, indent=2))
+        print(json.dumps({"forms": got, "ratios": ratios, "decode_us": decoding}, indent=2))
         return
     print(f"{'form':28} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms':>8}")
     for name, row in got.items():
@@ -238,6 +289,10 @@ def main() -> None:
     print(f"{'ratio':54} {'p50':>6} {'cpu':>6}")
     for name, row in ratios.items():
         print(f"{name:54} {row['p50']:6.2f} {row['cpu']:6.2f}")
+    print()
+    print(f"{'decoding alone, no I/O (us per request)':40} {'library':>8} {'by hand':>8}")
+    for lib, by_hand in PAIRS[::2]:
+        print(f"{lib:40} {decoding[lib]:8.2f} {decoding[by_hand]:8.2f}")
 
 
 if __name__ == "__main__":

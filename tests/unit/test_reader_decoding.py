@@ -65,6 +65,9 @@ REG = Registry.of(
     services=[
         FeatureService("mixed", ("merchant_risk.rate", "user_stats.*", "merchant_risk.n"), materialize=True),
         FeatureService("emb", ("user_emb.*",), materialize=True, ttl=60),
+        # no ttl, every value a plain real: the serving read's simplest decoders (one slice, stamps' None-ness)
+        FeatureService("emb_plain", ("user_emb.*",), materialize=True),
+        FeatureService("emb_reordered", ("user_emb.e1", "user_emb.e0", "user_stats.ctr"), materialize=True),
     ],
 )
 # What each table may hold for a key: its values and its age in microseconds (a row exactly ttl old is
@@ -274,7 +277,15 @@ def test_the_batch_decodes_a_row_per_key_in_order(name):
 
 
 @pytest.mark.parametrize(
-    "service, features", [("mixed", None), ("mixed", ["user_stats.ctr", "merchant_risk.n"]), ("emb", None)]
+    "service, features",
+    [
+        ("mixed", None),
+        ("mixed", ["user_stats.ctr", "merchant_risk.n"]),
+        ("emb", None),
+        ("emb_plain", None),
+        ("emb_plain", ["user_emb.e1"]),
+        ("emb_reordered", None),
+    ],
 )
 def test_serving_rows_decode_as_the_flexible_read_does(service, features):
     sel = select_service(REG, service, features)
@@ -339,6 +350,10 @@ def test_a_vector_is_the_services_order_and_equals_the_dicts_values():
         ("emb", None),
         ("emb", ["user_emb.e1"]),  # a subset of the serving row: its slots, not the whole row
         ("emb", ["user_emb.e1", "user_emb.e0"]),
+        ("emb_plain", None),
+        ("emb_plain", ["user_emb.e1"]),
+        ("emb_reordered", None),
+        ("emb_reordered", ["user_emb.e0", "user_stats.ctr"]),
         ("mixed", None),  # two entities, two arrays each, conversions and defaults
         ("mixed", ["user_stats.new", "merchant_risk.rate"]),
         ("mixed", ["merchant_risk.n"]),

@@ -169,6 +169,9 @@ class _Plan:
         present_everywhere = self._present
         all_present = self.all_present
         one_by_one = self._status
+        plain = self._plain_dict_decoder()
+        if plain is not None:
+            return plain
 
         def decode(row: Row) -> FeatureResult:
             if present_everywhere(row):
@@ -178,6 +181,51 @@ class _Plan:
             for state, (name, make, absent) in zip(one_by_one(row), makers):
                 status[name] = state
                 values[name] = make(row) if state is PRESENT else (dict(absent) if absent is not None else None)
+            return result(values, status)
+
+        return decode
+
+    def _plain_dict_decoder(self) -> Callable[[Row], FeatureResult] | None:
+        """The decoder of the usual serving read: one entity, no ttl, every table's values a slice of one
+        array needing no conversion and no default (the demo's, an embedding's). Like the flexible read's
+        simplest decoder: one comprehension over the tables, the status from the stamps' None-ness."""
+        single = self.single
+        if single is None or single[2] is not None:
+            return None
+        spans = []
+        for t in self.tables:
+            fields = t.fields
+            column, first = fields[0].column, fields[0].slot
+            if not all(
+                f.column == column and f.slot == first + i and f.conv is None and f.default is None
+                for i, f in enumerate(fields)
+            ):
+                return None
+            spans.append((t.name, tuple(f.name for f in fields), column, first, first + len(fields)))
+        if len({column for _, _, column, _, _ in spans}) != 1:
+            return None
+        column = spans[0][2]
+        layout = tuple((name, names, a, b) for name, names, _, a, b in spans)
+        table_names = tuple(t.name for t in self.tables)
+        ts_column, pick, _ = single
+        all_present = self.all_present
+        all_missing = {t.name: MISSING for t in self.tables}
+        nothing = dict.fromkeys(table_names)
+
+        def decode(row: Row) -> FeatureResult:
+            stamps = row[ts_column]
+            if stamps is None:  # the key has no serving row
+                return result(dict(nothing), dict(all_missing))
+            got = pick(stamps)
+            array = row[column]
+            values = {
+                name: None if s is None else dict(zip(names, array[a:b])) for (name, names, a, b), s in zip(layout, got)
+            }
+            status = dict(all_present)
+            if None in got:
+                for i, stamp in enumerate(got):
+                    if stamp is None:
+                        status[table_names[i]] = MISSING
             return result(values, status)
 
         return decode
@@ -212,6 +260,40 @@ class _Plan:
         present_everywhere = self._present
         all_present = self.all_present
         one_by_one = self._status
+        single = self.single
+        if whole is not None and single is not None and not every_convert and not every_default:
+            # The usual serving read (one entity, one ttl, one array, no conversion, no default): the values
+            # one slice, every table present in a few C calls, else only the tables not present cleared.
+            column, getter, _, prefix = whole
+            ts_column, pick, ttl = single
+            all_missing = {t.name: MISSING for t in self.tables}
+            clear = []  # per table: its name, and its positions as a slice when consecutive, else one by one
+            for name, absent, _, _ in per_table:
+                positions = sorted(pos for pos, _ in absent)
+                consecutive = positions == list(range(positions[0], positions[-1] + 1))
+                clear.append((name, slice(positions[0], positions[-1] + 1) if consecutive else None, positions))
+
+            def decode_plain(row: Row) -> tuple[list[Any], dict[str, str]]:
+                array = row[column]
+                if array is None:  # the key has no serving row
+                    return [None] * size, dict(all_missing)
+                values = array[:size] if prefix else list(getter(array))
+                got = pick(row[ts_column])
+                if None not in got and (ttl is None or min(got) >= row[0] - ttl):
+                    return values, dict(all_present)
+                status = dict(all_present)
+                cutoff = None if ttl is None else row[0] - ttl
+                for (name, span, positions), stamp in zip(clear, got):
+                    if stamp is None or (cutoff is not None and stamp < cutoff):
+                        status[name] = MISSING if stamp is None else EXPIRED
+                        if span is not None:
+                            values[span] = [None] * len(positions)
+                        else:
+                            for pos in positions:
+                                values[pos] = None
+                return values, status
+
+            return decode_plain
 
         def decode(row: Row) -> tuple[list[Any], dict[str, str]]:
             if whole is not None:
