@@ -347,6 +347,32 @@ def test_a_vector_is_the_services_order_and_equals_the_dicts_values():
 @pytest.mark.parametrize(
     ("service", "features"),
     [
+        ("emb", None),  # a ttl: expired arrays are empty
+        ("emb_plain", None),  # the vector is the arrays one after the other
+        ("emb_plain", ["user_emb.e1"]),
+        ("emb_reordered", None),  # picked position by position
+        ("mixed", None),  # conversions and defaults: through the decoded result
+    ],
+)
+def test_the_flexible_vector_equals_the_decoded_result(service, features):
+    order = REG.service(service).order(REG)
+    sel = select_service(REG, service, features)
+    single = compile_reader(sel)
+    batch = compile_batch_reader(sel)
+    vectors, batch_vectors = vector_reader(single, order), vector_batch_reader(batch, order)
+    cases = combinations(sel)
+    rows = [single_row(sel, c) for c in cases]
+    for row, from_batch in zip(rows, batch_vectors.decode(rows)):
+        vec = vectors.decode(row)
+        general = single.decode(row)
+        assert vec.values == vector_of(general, vec.names) and vec.status == general.status
+        assert from_batch == vec
+    assert (single.vector_rows is None) == (service == "mixed")
+
+
+@pytest.mark.parametrize(
+    ("service", "features"),
+    [
         ("emb", None),
         ("emb", ["user_emb.e1"]),  # a subset of the serving row: its slots, not the whole row
         ("emb", ["user_emb.e1", "user_emb.e0"]),

@@ -14,7 +14,7 @@ a whole one-entity service stored in its order is one slice of the serving row's
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -52,12 +52,17 @@ def service_order(reader: Reader[Any] | BatchReader[Any], order: Sequence[str]) 
 
 def vector_of(result: FeatureResult, names: ServiceOrder) -> list[Any]:
     """The flat vector of a decoded result (the general path: any strategy, any layout)."""
-    out = []
-    for name in names:
-        table, _, feature = name.partition(".")
-        values = result[table]
-        out.append(None if values is None else values.get(feature))
-    return out
+    return _picker(names)(result)
+
+
+def _picker(names: ServiceOrder) -> Callable[[FeatureResult], list[Any]]:
+    """``vector_of`` for ``names``, compiled once: the names split into (table, feature) before any request."""
+    pairs = tuple((table, feature) for table, _, feature in (name.partition(".") for name in names))
+
+    def pick(result: FeatureResult) -> list[Any]:
+        return [None if (values := result[table]) is None else values.get(feature) for table, feature in pairs]
+
+    return pick
 
 
 def vector_reader(reader: Reader[FeatureResult], order: Sequence[str]) -> Reader[ServiceVector]:
@@ -72,10 +77,11 @@ def vector_reader(reader: Reader[FeatureResult], order: Sequence[str]) -> Reader
             return ServiceVector(values, status, names)
     else:
         decode_dict = reader.decode
+        pick = _picker(names)
 
         def decode(row: Any) -> ServiceVector:
             result = decode_dict(row)
-            return ServiceVector(vector_of(result, names), result.status, names)
+            return ServiceVector(pick(result), result.status, names)
 
     return reader.decoding(decode)
 
@@ -94,9 +100,10 @@ def vector_batch_reader(reader: BatchReader[FeatureResult], order: Sequence[str]
             return out
     else:
         decode_rows = reader.decode
+        pick = _picker(names)
 
         def decode(batch: Sequence[Row]) -> list[ServiceVector]:
-            return [ServiceVector(vector_of(r, names), r.status, names) for r in decode_rows(batch)]
+            return [ServiceVector(pick(r), r.status, names) for r in decode_rows(batch)]
 
     return reader.decoding(decode)
 
