@@ -456,7 +456,7 @@ class FeatureStore:
         a front end binds each key once. Raises as ``read``, but no KeyFormatError."""
         via = self._served.via_functions
         if via:
-            reader = via.get(reader.statements[0], reader)
+            reader = _via(via, reader.statements[0], reader)
         try:
             return run(self, execute, reader, params)
         except SchemaDriftError as exc:
@@ -560,7 +560,7 @@ class FeatureStore:
             return []
         via = self._served.via_functions
         if via:
-            reader = via.get(reader.statement, reader)
+            reader = _via(via, reader.statement, reader)
         try:
             return run(self, execute_batch, reader, arrays)
         except SchemaDriftError as exc:
@@ -664,6 +664,15 @@ class FeatureStore:
             max_future_skew=self.max_future_skew,
         )
         return apply_updates(self, plans)
+
+
+def _via(via: Mapping[bytes, Any], statement: bytes, reader: Any) -> Any:
+    """``reader`` in its function form (``pooler="transaction"``) when its statement has one, decoding as
+    ``reader`` does: a vector reader shares its statement, so its function, with the dict reader."""
+    twin = via.get(statement)
+    if twin is None:
+        return reader
+    return twin if twin.decode is reader.decode else twin.decoding(reader.decode)
 
 
 def _servable(served: Served) -> list[str] | None:

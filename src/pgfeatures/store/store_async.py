@@ -446,7 +446,7 @@ class AsyncFeatureStore:
         a front end binds each key once. Raises as ``read``, but no KeyFormatError."""
         via = self._served.via_functions
         if via:
-            reader = via.get(reader.statements[0], reader)
+            reader = _via(via, reader.statements[0], reader)
         try:
             return await run_async(self, execute_async, reader, params)
         except SchemaDriftError as exc:
@@ -537,7 +537,7 @@ class AsyncFeatureStore:
             return []
         via = self._served.via_functions
         if via:
-            reader = via.get(reader.statement, reader)
+            reader = _via(via, reader.statement, reader)
         try:
             return await run_async(self, execute_batch_async, reader, arrays)
         except SchemaDriftError as exc:
@@ -621,6 +621,15 @@ class AsyncFeatureStore:
         plans = plan_updates(self.registry, table, rows, nan=nan, inf=inf, overwrite_newer=overwrite_newer,
                              max_future_skew=self.max_future_skew)
         return await apply_updates_async(self, plans)
+
+
+def _via(via: Mapping[bytes, Any], statement: bytes, reader: Any) -> Any:
+    """``reader`` in its function form (``pooler="transaction"``) when its statement has one, decoding as
+    ``reader`` does: a vector reader shares its statement, so its function, with the dict reader."""
+    twin = via.get(statement)
+    if twin is None:
+        return reader
+    return twin if twin.decode is reader.decode else twin.decoding(reader.decode)
 
 
 def _servable(served: Served) -> list[str] | None:
