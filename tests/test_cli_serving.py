@@ -146,6 +146,43 @@ def test_get_reads_services_and_their_vectors(loaded, dsn, defs):
 
 
 @pytest.mark.parametrize(
+    "args",
+    [
+        ["user=42", "merchant=m-1"],
+        ["--service", "fraud", "user=42", "merchant=m-1"],
+        ["--service", "fraud", "-o", "vector", "--key", "user=42,merchant=m-1", "--key", "user=43,merchant=m-2"],
+        ["--service", "plain", "m-1", "m-2"],
+    ],
+)
+def test_get_compiles_each_reader_once_and_parses_each_key_once(loaded, dsn, defs, monkeypatch, args):
+    from pgfeatures.definitions import Entity, entities
+    from pgfeatures.reader import cache
+
+    compiled: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
+    for name in ("compile_reader", "compile_batch_reader", "compile_materialized_reader",
+                 "compile_materialized_batch_reader"):  # fmt: skip
+        real = getattr(cache, name)
+
+        def counted(selection, *rest, _real=real, _name=name):
+            compiled.append((_name, selection.tables, tuple(f.name for _, fs in selection.items for f in fs)))
+            return _real(selection, *rest)
+
+        monkeypatch.setattr(cache, name, counted)
+    hashed: list[object] = []
+    hash_key = entities.hash_key
+    monkeypatch.setattr(entities, "hash_key", lambda key: hashed.append(key) or hash_key(key))
+    parsed: list[object] = []
+    parse = Entity.parse
+    monkeypatch.setattr(Entity, "parse", lambda self, key: parsed.append(key) or parse(self, key))
+    get(dsn, defs, *args)
+    assert compiled and len(compiled) == len(set(compiled)), compiled  # the store warms many; none twice
+    keys = [k.partition("=")[2] if "=" in k else k for a in args if not a.startswith("-") for k in a.split(",")]
+    keys = [k for k in keys if k not in ("fraud", "plain", "vector")]
+    assert sorted(map(str, parsed)) == sorted(keys)  # every key parsed once (bigint keys come as text)
+    assert sorted(hashed) == sorted(k for k in keys if k.startswith("m-"))
+
+
+@pytest.mark.parametrize(
     "args, message",
     [
         (["foo=1"], "unknown entity 'foo' in argument 'foo=1'; valid entities: user, merchant"),

@@ -35,6 +35,11 @@ def test_transaction_mode_prepares_nothing_and_reads_the_same(conn, schema, dsn)
         assert pooled.get_features_batch(keys) == direct.get_features_batch(keys)
         assert pooled.get_service("svc", keys[0]) == direct.get_service("svc", keys[0])
         assert pooled.get_service_batch("svc", keys) == direct.get_service_batch("svc", keys)
+        # a vector shares its statement (so its function) with the dict read: it must still decode as a vector
+        vector = pooled.get_service("svc", keys[0], output="list")
+        assert vector == direct.get_service("svc", keys[0], output="list")
+        vectors = pooled.get_service_batch("svc", keys, output="list")
+        assert vectors == direct.get_service_batch("svc", keys, output="list")
         assert pooled.get_features(keys[1], ["tbl_2"]) == direct.get_features(keys[1], ["tbl_2"])  # no function form
         assert _prepared(pooled) == 0
         # the warm shapes were read through their functions

@@ -222,6 +222,82 @@ def test_bad_keys_name_the_entity_and_what_it_takes(
     assert says in r.json()["error"]["message"]
 
 
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
+    """Every key an entity parses (``Entity.parse``) and every natural id hashed (``hash_key``), in this
+    process: the app runs in it (support/inprocess.py)."""
+    from pgfeatures.definitions import Entity, entities
+
+    seen: dict[str, list[Any]] = {"parse": [], "hash": []}
+    parse, hash_key = Entity.parse, entities.hash_key
+
+    def counted_parse(self: Entity, key: Any) -> Any:
+        seen["parse"].append((self.name, key))
+        return parse(self, key)
+
+    def counted_hash(key: Any) -> bytes:
+        seen["hash"].append(key)
+        return hash_key(key)
+
+    monkeypatch.setattr(Entity, "parse", counted_parse)
+    monkeypatch.setattr(entities, "hash_key", counted_hash)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "path, body, parsed",
+    [
+        ("/v1/features", {"key": "m-1", "tables": ["merchant_risk"]}, [("merchant", "m-1")]),
+        (
+            "/v1/features",
+            {"key": {"user": 42, "merchant": 7}, "tables": ["user_stats", "merchant_risk"]},
+            [("user", 42), ("merchant", 7)],
+        ),
+        (  # an entity the request does not read is checked (once) too
+            "/v1/features",
+            {"key": {"user": 42, "merchant": "m-1"}, "tables": ["user_stats"]},
+            [("user", 42), ("merchant", "m-1")],
+        ),
+        (
+            "/v1/features/batch",
+            {"keys": ["m-1", 7], "tables": ["merchant_risk"]},
+            [("merchant", "m-1"), ("merchant", 7)],
+        ),
+        (
+            "/v1/services/fraud_v1",
+            {"key": FRAUD_KEYS},
+            [("user", 42), ("merchant", "m-1"), ("device", "dev-a")],
+        ),
+        (
+            "/v1/services/fraud_v1",
+            {"key": FRAUD_KEYS, "output": "vector"},
+            [("user", 42), ("merchant", "m-1"), ("device", "dev-a")],
+        ),
+        (
+            "/v1/services/fraud_v1/batch",
+            {"keys": [FRAUD_KEYS, {**FRAUD_KEYS, "merchant": 7}]},
+            [
+                ("user", 42),
+                ("merchant", "m-1"),
+                ("device", "dev-a"),
+                ("user", 42),
+                ("merchant", 7),
+                ("device", "dev-a"),
+            ],
+        ),
+    ],
+)
+def test_a_key_is_parsed_and_hashed_once_per_request(
+    client: httpx.Client, parses: dict[str, list[Any]], path: str, body: dict[str, Any], parsed: list[Any]
+) -> None:
+    # one binding step per request (parsing.bind_key), handed to the store as parameters (read_bound),
+    # coalesced or not: a hashed id costs one SHA-256, not one per layer
+    r = client.post(path, json=body)
+    assert r.status_code == 200, r.text
+    assert parses["parse"] == parsed
+    assert parses["hash"] == [key for entity, key in parsed if entity == "merchant"]
+
+
 # -- feature services ---------------------------------------------------------------------------
 
 

@@ -9,7 +9,8 @@ import hashlib
 import pytest
 
 from pgfeatures.definitions import Entity, FeatureTable, Registry
-from pgfeatures.errors import KeyFormatError
+from pgfeatures.definitions import entities as entities_module
+from pgfeatures.errors import KeyFormatError, UnknownEntityError
 from pgfeatures.reader import compile_batch_reader, compile_reader, parse_key, parse_keys, select
 
 USER = Entity("user", "bigint", "uid")
@@ -114,3 +115,33 @@ def test_default_entity_keys_by_position():
         parse_keys([raw, "ab"])
     with pytest.raises(KeyFormatError, match="not a single key"):
         parse_keys(raw.hex())
+
+
+def test_bind_checks_every_entity_named_and_parses_each_key_once():
+    # the wire rule (HTTP): an entity the request does not read is checked too, not ignored
+    b = binder("merchant_risk")
+    assert b.bind({"merchant": "m-1", "user": "7"}, REG.entities) == (sha("m-1"),)
+    with pytest.raises(KeyFormatError, match=r"^key: user key must be an integer"):
+        b.bind({"merchant": "m-1", "user": "x"}, REG.entities)
+    with pytest.raises(UnknownEntityError, match="unknown entity: bogus; valid entities: device, merchant, user"):
+        b.bind({"merchant": "m-1", "bogus": 1}, REG.entities)
+    with pytest.raises(
+        KeyFormatError, match=r"^keys\[3\]: no key for entity 'merchant', which table\(s\) merchant_risk"
+    ):
+        b.bind({"user": 7}, REG.entities, "keys[3]")
+    with pytest.raises(KeyFormatError, match="must name at least one entity"):
+        b.bind({}, REG.entities)
+    hashed: list[object] = []
+    original = entities_module.hash_key
+    try:
+        entities_module.hash_key = lambda key: hashed.append(key) or original(key)  # type: ignore[assignment]
+        binder("merchant_risk", "user_stats").bind({"user": 7, "merchant": "m-1"}, REG.entities)
+    finally:
+        entities_module.hash_key = original
+    assert hashed == ["m-1"]
+
+
+def test_plain_says_whether_a_front_end_may_take_hex_keys_in_one_pass():
+    assert not binder("merchant_risk").plain  # hashed
+    assert not binder("user_stats").plain  # bigint
+    assert compile_reader(select(Registry.of([FeatureTable.of("t", {"x": "real"})], schema="s"))).binder.plain

@@ -65,6 +65,9 @@ REG = Registry.of(
     services=[
         FeatureService("mixed", ("merchant_risk.rate", "user_stats.*", "merchant_risk.n"), materialize=True),
         FeatureService("emb", ("user_emb.*",), materialize=True, ttl=60),
+        # no ttl, every value a plain real: the serving read's simplest decoders (one slice, stamps' None-ness)
+        FeatureService("emb_plain", ("user_emb.*",), materialize=True),
+        FeatureService("emb_reordered", ("user_emb.e1", "user_emb.e0", "user_stats.ctr"), materialize=True),
     ],
 )
 # What each table may hold for a key: its values and its age in microseconds (a row exactly ttl old is
@@ -274,7 +277,15 @@ def test_the_batch_decodes_a_row_per_key_in_order(name):
 
 
 @pytest.mark.parametrize(
-    "service, features", [("mixed", None), ("mixed", ["user_stats.ctr", "merchant_risk.n"]), ("emb", None)]
+    "service, features",
+    [
+        ("mixed", None),
+        ("mixed", ["user_stats.ctr", "merchant_risk.n"]),
+        ("emb", None),
+        ("emb_plain", None),
+        ("emb_plain", ["user_emb.e1"]),
+        ("emb_reordered", None),
+    ],
 )
 def test_serving_rows_decode_as_the_flexible_read_does(service, features):
     sel = select_service(REG, service, features)
@@ -334,25 +345,52 @@ def test_a_vector_is_the_services_order_and_equals_the_dicts_values():
 
 
 @pytest.mark.parametrize(
-    "features",
+    ("service", "features"),
     [
-        None,
-        pytest.param(
-            ["user_emb.e1"],
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug (reader/vector.py, _fast_materialized): a subset of an all-real materialized service "
-                "takes the fast path and returns the whole serving row: names ('user_emb.e1',), values [e0, e1]",
-            ),
-        ),
+        ("emb", None),  # a ttl: expired arrays are empty
+        ("emb_plain", None),  # the vector is the arrays one after the other
+        ("emb_plain", ["user_emb.e1"]),
+        ("emb_reordered", None),  # picked position by position
+        ("mixed", None),  # conversions and defaults: through the decoded result
     ],
 )
-def test_the_fast_materialized_vector_equals_the_general_path(features):
-    # one entity, every feature real, no defaults: the serving row's real[] is the vector (fast); a subset
-    # of the service must give the subset's values, fast or not
-    order = REG.service("emb").order(REG)
-    sel = select_service(REG, "emb", features)
-    layouts = REG.layouts("emb")
+def test_the_flexible_vector_equals_the_decoded_result(service, features):
+    order = REG.service(service).order(REG)
+    sel = select_service(REG, service, features)
+    single = compile_reader(sel)
+    batch = compile_batch_reader(sel)
+    vectors, batch_vectors = vector_reader(single, order), vector_batch_reader(batch, order)
+    cases = combinations(sel)
+    rows = [single_row(sel, c) for c in cases]
+    for row, from_batch in zip(rows, batch_vectors.decode(rows)):
+        vec = vectors.decode(row)
+        general = single.decode(row)
+        assert vec.values == vector_of(general, vec.names) and vec.status == general.status
+        assert from_batch == vec
+    assert (single.vector_rows is None) == (service == "mixed")
+
+
+@pytest.mark.parametrize(
+    ("service", "features"),
+    [
+        ("emb", None),
+        ("emb", ["user_emb.e1"]),  # a subset of the serving row: its slots, not the whole row
+        ("emb", ["user_emb.e1", "user_emb.e0"]),
+        ("emb_plain", None),
+        ("emb_plain", ["user_emb.e1"]),
+        ("emb_reordered", None),
+        ("emb_reordered", ["user_emb.e0", "user_stats.ctr"]),
+        ("mixed", None),  # two entities, two arrays each, conversions and defaults
+        ("mixed", ["user_stats.new", "merchant_risk.rate"]),
+        ("mixed", ["merchant_risk.n"]),
+    ],
+)
+def test_the_materialized_vector_equals_the_general_path(service, features):
+    # the vector is decoded straight from the serving row (slots picked, no dicts); a subset of the
+    # service must give the subset's values in the service's order, defaults and status as the dicts
+    order = REG.service(service).order(REG)
+    sel = select_service(REG, service, features)
+    layouts = REG.layouts(service)
     plain: Reader[FeatureResult] = compile_materialized_reader(sel, layouts)
     vectors = vector_reader(plain, order)
     batch = vector_batch_reader(compile_materialized_batch_reader(sel, layouts), order)

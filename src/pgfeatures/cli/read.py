@@ -12,13 +12,14 @@ a batch (one request per key, one round-trip)::
 
 ``ENTITY=KEY`` names a key's entity (``[entities.<name>]``; ``entity`` for the default one). A bare
 key that itself looks like ``NAME=...`` is written ``ENTITY=KEY``. In ``--key``, a comma followed
-by ``NAME=`` starts the next entity's key. Keys are checked by their entities before any I/O.
+by ``NAME=`` starts the next entity's key. Keys are checked by their entities, and bound to the
+reader's parameters, once and before any I/O; the store compiles each reader once.
 
 The output follows the HTTP API: one request prints ``{"key", "features", "status", "missing"}``
 (``status``: per table ``present``/``missing``/``expired``; ``missing``: the tables not present),
-a batch ``{"results": [...]}`` in input order. ``--service NAME --output vector`` prints the
-service's flat vector instead of ``features``: ``{"key", "service", "names", "values", "status",
-"missing"}``. ``real`` values print as the shortest decimal that reads back as the same float32
+a batch ``{"results": [...]}`` in input order (built by ``reader/answer.py``, as the server's).
+``--service NAME --output vector`` prints the service's flat vector instead of ``features``: ``{"key",
+"service", "names", "values", "status", "missing"}``. ``real`` values print as the shortest decimal that reads back as the same float32
 (``0.11``, not ``0.10999999940395355``); a stored non-finite value prints as the string
 ``"Infinity"``, ``"-Infinity"`` or ``"NaN"``, as over HTTP (JSON has no number for it).
 """
@@ -26,21 +27,22 @@ service's flat vector instead of ``features``: ``{"key", "service", "names", "va
 from __future__ import annotations
 
 import argparse
-import math
 import re
-import struct
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..reader.answer import shortest_real
 from .common import CliError, Command, add_definitions, add_dsn, add_json, credentials_of, dsn_of, load_registry
 from .output import Output
 
 if TYPE_CHECKING:
     from ..definitions import Registry
+    from ..reader import KeyBinder
+
+__all__ = ["bind_requests", "parse_requests", "shortest_real"]
 
 _ENTITY_KEY = re.compile(r"^([a-z_][a-z0-9_]*)=(.*)$", re.DOTALL)
 _NEXT_ENTITY = re.compile(r",(?=[a-z_][a-z0-9_]*=)")
-_FLOAT32 = struct.Struct("<f")
 NO_KEY = (
     "no key given: pass KEY (one entity), ENTITY=KEY per entity (user=42 merchant=m-1), "
     "or --key ENTITY=KEY[,...] per request of a batch"
@@ -151,8 +153,9 @@ def parse_requests(registry: Registry, keys: Sequence[str], rows: Sequence[str] 
     return list(keys), len(keys) == 1
 
 
-def _check_keys(binder: Any, requests: Sequence[Any], single: bool) -> None:
-    """Check every key by its entity before any I/O, with the CLI's way of writing them in errors."""
+def bind_requests(binder: KeyBinder, requests: Sequence[Any], single: bool) -> list[tuple[Any, ...]]:
+    """Every request's keys bound to the reader's parameters, each parsed (and hashed) once, before any
+    I/O; errors in the CLI's way of writing keys. Raises CliError, KeyFormatError."""
     from ..errors import KeyFormatError
 
     if len(binder.names) > 1:
@@ -167,11 +170,13 @@ def _check_keys(binder: Any, requests: Sequence[Any], single: bool) -> None:
                         else " (a batch: --key " + ",".join(n + "=KEY" for n in binder.names) + " per request)"
                     )
                 )
+    bound = []
     for i, r in enumerate(requests):
         try:
-            binder.one(r)
+            bound.append(binder.one(r))
         except KeyFormatError as exc:
             raise KeyFormatError(str(exc) if single else f"request {i + 1} ({_shown(r)}): {exc}") from None
+    return bound
 
 
 def _echoed(registry: Registry, entities: Sequence[str], request: Any) -> Any:
@@ -189,84 +194,12 @@ def _shown(request: Any) -> str:
     return ",".join(f"{k}={v}" for k, v in request.items()) if isinstance(request, Mapping) else str(request)
 
 
-# -- values ---------------------------------------------------------------------------------------
-
-
-def shortest_real(x: float) -> float:
-    """The float with the shortest decimal form that reads back as the same float32 as ``x`` (a
-    value read from a ``real`` column): ``0.10999999940395355`` -> ``0.11``. Non-finite values as they are."""
-    if not math.isfinite(x):
-        return x
-    target = _FLOAT32.pack(x)
-    for digits in range(1, 10):  # 9 significant digits always round-trip a float32
-        candidate = float(f"{x:.{digits}g}")
-        try:
-            if _FLOAT32.pack(candidate) == target:
-                return candidate
-        except OverflowError:  # rounded past the largest float32
-            continue
-    return x
-
-
-def _real_features(registry: Registry) -> dict[str, frozenset[str]]:
-    return {t.name: frozenset(f.name for f in t.features if f.type.name == "real") for t in registry.tables.values()}
-
-
-def _short(value: Any) -> Any:
-    return shortest_real(value) if isinstance(value, float) and math.isfinite(value) else _plain(value)
-
-
-def _plain(value: Any) -> Any:
-    """A value for JSON: a non-finite float as its string (json.dumps would print a bare Infinity)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        from ..definitions import nonfinite_json
-
-        return nonfinite_json(value)
-    return value
-
-
-def features_json(result: Any, reals: Mapping[str, frozenset[str]]) -> dict[str, Any]:
-    """``{table: {feature: value} | None}`` with real values in their shortest form."""
-    out: dict[str, Any] = {}
-    for table, values in result.items():
-        real = reals.get(table, frozenset())
-        out[table] = None if values is None else {f: _short(v) if f in real else _plain(v) for f, v in values.items()}
-    return out
-
-
-def result_json(key: Any, result: Any, reals: Mapping[str, frozenset[str]]) -> dict[str, Any]:
-    """One request's answer, as the HTTP API gives it."""
-    status = dict(result.status)
-    return {
-        "key": key,
-        "features": features_json(result, reals),
-        "status": status,
-        "missing": [t for t, s in status.items() if s != "present"],
-    }
-
-
-def vector_json(key: Any, service: str, vector: Any, reals: Mapping[str, frozenset[str]]) -> dict[str, Any]:
-    """One request's service vector: the values in the service's order, their names, the status per table."""
-    values = []
-    for name, value in zip(vector.names, vector.values):
-        table, _, feature = name.partition(".")
-        values.append(_short(value) if feature in reals.get(table, frozenset()) else _plain(value))
-    status = dict(vector.status)
-    return {
-        "key": key,
-        "service": service,
-        "names": list(vector.names),
-        "values": values,
-        "status": status,
-        "missing": [t for t, s in status.items() if s != "present"],
-    }
-
-
 # -- the command ----------------------------------------------------------------------------------
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    from ..reader import ReaderCache
+    from ..reader import KeyBinder, Strategy, select, select_service
+    from ..reader.answer import Reals, answer, missing
     from ..store import FeatureStore
 
     if not args.keys and not args.rows:
@@ -284,32 +217,55 @@ def run(args: argparse.Namespace, out: Output) -> int:
             )
     elif args.output == "vector":
         raise CliError("--output vector needs --service NAME: a vector is in a feature service's order")
+    strategy = Strategy.parse(args.strategy) if args.strategy else None
     requests, single = parse_requests(registry, args.keys, args.rows)
-    # Compile and check before any I/O: unknown tables, features and services, and bad keys, fail here.
-    readers = ReaderCache(registry)
-    if service is not None:
-        probe = readers.service_reader(service, features, args.strategy or "single")
-    else:
-        probe = readers.reader(tables, features, args.strategy or "single")
-    _check_keys(probe.binder, requests, single)
-    reals = _real_features(registry)
+    # Checked and bound before any I/O: unknown tables, features and services, and bad keys, fail here. The
+    # readers are compiled once, by the store (the one a service is read by depends on what the database
+    # holds: its serving rows when built), and every key is parsed once, here.
+    selection = (
+        select_service(registry, service, features) if service is not None else select(registry, tables, features)
+    )
+    binder = KeyBinder(selection.entities, selection.known, selection.needs())
+    bound = bind_requests(binder, requests, single)
     vector = args.output == "vector"
     with FeatureStore(
         registry, dsn_of(args), pool_size=1, write_pool_size=0, on_drift="isolate", credentials=credentials_of(args)
     ) as store:
-        if service is not None:
-            output = "list" if vector else "dict"
-            results = (
-                [store.get_service(service, requests[0], features, output=output)]
-                if single
-                else store.get_service_batch(service, requests, features, output=output)
-            )
-        elif single:
-            results = [store.get_features(requests[0], tables, features, strategy=args.strategy)]
+        readers = store.readers
+        if single:
+            if service is None:
+                reader: Any = store.reader(tables, features, strategy)
+            elif vector:
+                reader = readers.service_vector_reader(service, features, strategy or store.strategy)
+            else:
+                reader = readers.service_reader(service, features, strategy or store.strategy)
+            results = [store.read_bound(reader, bound[0])]
         else:
-            results = store.get_features_batch(requests, tables, features)
-    keys = [_echoed(registry, probe.binder.names, k) for k in requests]
-    shown = [vector_json(k, service, r, reals) if vector else result_json(k, r, reals) for k, r in zip(keys, results)]
+            if service is None:
+                batch: Any = store.batch_reader(tables, features)
+            elif vector:
+                batch = readers.service_vector_batch_reader(service, features)
+            else:
+                batch = readers.service_batch_reader(service, features)
+            results = store.read_batch_bound(batch, tuple(map(list, zip(*bound))))
+    keys = [_echoed(registry, binder.names, k) for k in requests]
+    if vector:
+        names = results[0].names
+        reals = Reals(selection, names)
+        shown = [
+            {
+                "key": k,
+                "service": service,
+                "names": list(names),
+                "values": reals.vector(r.values),
+                "status": r.status,
+                "missing": missing(r.status),
+            }
+            for k, r in zip(keys, results)
+        ]
+    else:
+        reals = Reals(selection)
+        shown = [answer(k, reals.features(r), r.status) for k, r in zip(keys, results)]
     out.json(shown[0] if single else {"results": shown})
     return 0
 

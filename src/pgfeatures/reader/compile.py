@@ -36,13 +36,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from typing import Any, Generic, TypeVar
 
 from psycopg import sql
 
 from ..definitions import UPDATED_AT, FeatureTable
 from ..errors import UnknownStrategyError
-from .decode import FeatureResult, Row, TableDecoder, array_row_decoder, result
+from .decode import EXPIRED, MISSING, PRESENT, FeatureResult, Row, TableDecoder, array_row_decoder, result
 from .keys import KeyBinder
 from .selection import Selection
 from .transport import RAW, Part, column_sql, transport
@@ -68,6 +69,9 @@ class Strategy(str, enum.Enum):
 DEFAULT_STRATEGY = Strategy.SINGLE
 
 
+VectorRows = Callable[[Sequence[str]], Callable[[Any], tuple[list[Any], dict[str, str]]]]
+"""For an order of ``table.feature`` names: a decoder of one row into (values in that order, status per table)."""
+
 D = TypeVar("D", covariant=True)  # what a reader decodes to: a FeatureResult, or a ServiceVector (vector.py)
 E = TypeVar("E")
 
@@ -85,7 +89,7 @@ class Fetch(enum.Enum):
 class Reader(Generic[D]):
     """A compiled single-request reader. Build with ``compile_reader``; reuse for every request of that shape.
 
-    ``bind(keys)`` turns the request's keys into the parameters; ``param_index[i]`` is the parameter
+    ``binder`` turns the request's keys into the parameters; ``param_index[i]`` is the parameter
     statement ``i`` takes (per-table strategies: each statement takes its table's entity key only).
     ``D`` is what ``decode`` returns: a FeatureResult (``Reader[FeatureResult]``, every compiled
     reader), or a ServiceVector (``vector.vector_reader``).
@@ -102,14 +106,13 @@ class Reader(Generic[D]):
     # A materialized reader's flexible twin (same request, same result type), for when the serving
     # rows it was compiled for cannot be read any more (rebuilt for another layout, or stale).
     fallback: Callable[[], Reader[D]] | None = field(default=None, compare=False, repr=False)
+    # A decoder of this reader's row straight into a vector (``vector.vector_reader``), compiled for an order
+    # of ``table.feature`` names; None: the vector is built from the decoded result.
+    vector_rows: VectorRows | None = field(default=None, compare=False, repr=False)
 
     @property
     def tables(self) -> tuple[str, ...]:
         return self.selection.tables
-
-    @property
-    def bind(self) -> Callable[[Any], tuple[Any, ...]]:
-        return self.binder.one
 
     def decoding(self, decode: Callable[[Any], E]) -> Reader[E]:
         """This reader with another decoder: the same statements (so the same prepared statements)."""
@@ -130,6 +133,7 @@ class BatchReader(Generic[D]):
     binder: KeyBinder
     materialized: bool = False
     fallback: Callable[[], BatchReader[D]] | None = field(default=None, compare=False, repr=False)  # see Reader
+    vector_rows: VectorRows | None = field(default=None, compare=False, repr=False)  # see Reader
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -185,13 +189,54 @@ def _lazy(selection: Selection) -> bool:
     return not selection.has_ttl and not selection.has_defaults
 
 
+def _plain_vector_rows(
+    selection: Selection, decoders: Sequence[TableDecoder], parts_per_table: Sequence[tuple[Part, ...]]
+) -> VectorRows | None:
+    """For a row of one array per table whose values need nothing (no conversion, no default, in the order
+    asked): vector decoders straight from the arrays, no per-table dicts. A table's array is NULL when it
+    has no row, empty when its row expired (see the module docstring)."""
+    if not all(d.simple for d in decoders) or not all(len(p) == 1 for p in parts_per_table):
+        return None
+    tables = selection.tables
+    flat = [f"{t}.{f}" for t, d in zip(tables, decoders) for f in d.names]
+    position = {f"{t}.{f}": (i, j) for i, (t, d) in enumerate(zip(tables, decoders)) for j, f in enumerate(d.names)}
+    nones = [[None] * len(d.names) for d in decoders]  # only read (chained), never handed out
+
+    def vector_rows(names: Sequence[str]) -> Callable[[Row], tuple[list[Any], dict[str, str]]]:
+        if list(names) == flat:  # the vector is the arrays one after the other
+
+            def decode(row: Row) -> tuple[list[Any], dict[str, str]]:
+                values = list(chain.from_iterable([a if a else none for a, none in zip(row, nones)]))
+                status = {t: PRESENT if a else MISSING if a is None else EXPIRED for t, a in zip(tables, row)}
+                return values, status
+
+            return decode
+        picks = tuple(position[n] for n in names)
+
+        def pick(row: Row) -> tuple[list[Any], dict[str, str]]:
+            values = [a[j] if (a := row[i]) else None for i, j in picks]
+            status = {t: PRESENT if a else MISSING if a is None else EXPIRED for t, a in zip(tables, row)}
+            return values, status
+
+        return pick
+
+    return vector_rows
+
+
 def _compile_single(selection: Selection) -> Reader[FeatureResult]:
     cols, parts_per_table = _subqueries(selection, lambda t: _param(selection, t))
     query = sql.SQL("SELECT {}").format(sql.SQL(", ").join(cols))
-    decode = array_row_decoder(
-        selection.tables, _decoders(selection, parts_per_table), parts_per_table, _lazy(selection)
+    decoders = _decoders(selection, parts_per_table)
+    decode = array_row_decoder(selection.tables, decoders, parts_per_table, _lazy(selection))
+    return Reader(
+        Strategy.SINGLE,
+        selection,
+        (query.as_bytes(None),),
+        Fetch.ONE,
+        decode,
+        _binder(selection),
+        vector_rows=_plain_vector_rows(selection, decoders, parts_per_table),
     )
-    return Reader(Strategy.SINGLE, selection, (query.as_bytes(None),), Fetch.ONE, decode, _binder(selection))
 
 
 def _compile_union(selection: Selection) -> Reader[FeatureResult]:
@@ -345,11 +390,16 @@ def compile_batch_reader(selection: Selection) -> BatchReader[FeatureResult]:
     query = sql.SQL("SELECT {} FROM unnest({}) WITH ORDINALITY AS k({}, i) ORDER BY k.i").format(
         sql.SQL(", ").join(cols), arrays, names
     )
-    decode_row = array_row_decoder(
-        selection.tables, _decoders(selection, parts_per_table), parts_per_table, _lazy(selection)
-    )
+    decoders = _decoders(selection, parts_per_table)
+    decode_row = array_row_decoder(selection.tables, decoders, parts_per_table, _lazy(selection))
 
     def decode(rows: Sequence[Row]) -> list[FeatureResult]:
         return [decode_row(row) for row in rows]
 
-    return BatchReader(selection, query.as_bytes(None), decode, _binder(selection))
+    return BatchReader(
+        selection,
+        query.as_bytes(None),
+        decode,
+        _binder(selection),
+        vector_rows=_plain_vector_rows(selection, decoders, parts_per_table),
+    )

@@ -68,7 +68,7 @@ def result(values: dict[str, Any], status: dict[str, str] | None = None) -> Feat
 class TableDecoder:
     """Turns one table's fetched values (arrays per part, or raw columns) into ``(status, values)``."""
 
-    __slots__ = ("names", "order", "converters", "simple", "defaults", "has_defaults", "absent")
+    __slots__ = ("names", "order", "converters", "simple", "plain", "defaults", "has_defaults", "absent")
 
     def __init__(self, parts: tuple[Part, ...], asked: tuple[Feature, ...]):
         flat = [f for p in parts for f in p.features]
@@ -80,19 +80,16 @@ class TableDecoder:
         self.defaults = tuple(f.default for f in asked)
         self.has_defaults = any(d is not None for d in self.defaults)
         self.absent = dict(zip(self.names, self.defaults)) if self.has_defaults else None
-        self.simple = (
-            len(parts) == 1
-            and self.order == tuple(range(len(flat)))
-            and not any(self.converters)
-            and not self.has_defaults
-        )
+        # plain: the values arrive in the order asked and need no conversion (only defaults, if any)
+        self.plain = len(parts) == 1 and self.order == tuple(range(len(flat))) and not any(self.converters)
+        self.simple = self.plain and not self.has_defaults
 
     def not_present(self) -> TableValues:
         """The value of a missing or expired table: its defaults, or None."""
         return dict(self.absent) if self.absent is not None else None
 
     def values(self, flat: Sequence[Any]) -> dict[str, Any]:
-        if self.simple:
+        if self.simple or (self.plain and None not in flat):  # no NULL to default: one C-level zip
             return dict(zip(self.names, flat))
         out = {}
         for name, pos, conv, default in zip(self.names, self.order, self.converters, self.defaults):

@@ -2,7 +2,10 @@
 
 A request passes one key per entity it reads, ``{"user": 42, "merchant": "9f..."}``, or a bare key
 when it reads one entity only. A batch passes a list of those (one per row), or ``{entity: [keys]}``.
-Every key is checked by its entity (``Entity.parse``) before any I/O.
+Every key is checked by its entity (``Entity.parse``) before any I/O, and only once per request: a
+front end binds the request's keys (``KeyBinder.one`` / ``many``, or ``bind`` with its stricter
+rule) and hands the bound parameters to the store (``read_bound`` / ``read_batch_bound``), which
+does not parse them again (hashing a key twice would not even give the same parameter).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..definitions import Entity, parse_hash_key
-from ..errors import KeyFormatError
+from ..errors import KeyFormatError, UnknownEntityError
 
 EntityKeys = Mapping[str, Any]
 
@@ -42,7 +45,7 @@ class KeyBinder:
     entity, for the error when a key is missing.
     """
 
-    __slots__ = ("entities", "names", "valid", "needs", "one", "_single")
+    __slots__ = ("entities", "names", "valid", "needs", "one", "_single", "plain")
 
     def __init__(self, entities: Sequence[Entity], valid: Sequence[str], needs: Mapping[str, Sequence[str]]):
         self.entities = tuple(entities)
@@ -51,6 +54,9 @@ class KeyBinder:
         self.needs = needs
         self._single = self.entities[0] if len(self.entities) == 1 else None
         self.one: Callable[[Any], tuple[Any, ...]] = self._one_single if self._single is not None else self._one_many
+        # One entity of plain 32-byte keys (not hashed): a front end may take its keys as hex in one pass.
+        single = self._single
+        self.plain = single is not None and single.key_type == "bytea32" and single.hash is None
 
     def _one_single(self, key: Any) -> tuple[Any, ...]:
         entity = self._single
@@ -83,6 +89,35 @@ class KeyBinder:
             f"no key for entity {entity.name!r}, which table(s) {tables} need; the request has keys "
             f"for: {', '.join(map(str, keys)) or 'nothing'}"
         )
+
+    def bind(self, keys: Mapping[str, Any], entities: Mapping[str, Entity], where: str = "key") -> tuple[Any, ...]:
+        """The parameters of one request given as ``{entity: key}``, under the stricter rule of a wire
+        front end: every entity named must be one of ``entities`` (the registry's) and its key one it
+        takes, even an entity this request does not read. Each key is parsed (and hashed) once.
+        Raises UnknownEntityError, KeyFormatError (prefixed with ``where``)."""
+        if not keys:
+            raise KeyFormatError(
+                f"{where}: an object of entity keys must name at least one entity (entities: {', '.join(entities)})"
+            )
+        parsed: dict[str, Any] = {}
+        for name, value in keys.items():
+            entity = entities.get(name)
+            if entity is None:
+                raise UnknownEntityError([name], entities)
+            try:
+                parsed[name] = entity.parse(value)
+            except KeyFormatError as exc:
+                raise KeyFormatError(f"{where}: {exc}") from None
+        try:
+            return tuple(parsed[name] for name in self.names)
+        except KeyError:
+            pass
+        missing = next(e for e in self.entities if e.name not in parsed)
+        try:
+            self._pick(keys, missing)
+        except KeyFormatError as exc:
+            raise KeyFormatError(f"{where}: {exc}") from None
+        raise AssertionError("unreachable: an entity key is missing")  # pragma: no cover
 
     def check_unknown(self, keys: Mapping[str, Any]) -> None:
         unknown = [k for k in keys if k not in self.valid]

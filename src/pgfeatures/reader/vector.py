@@ -7,20 +7,20 @@ subset when one is asked for. A feature whose table is missing or expired, or wh
 takes its default, else None (NaN in a numpy array).
 
 The vector decoders read the same rows as the dict decoders (same statement, same prepared
-statement) and never build the per-table dicts. For a materialized service of one entity whose
-features are all ``real`` and stored in the service's order, the vector is the serving row's
-``real[]`` as fetched.
+statement). A materialized service's vector decoder is compiled from its serving rows' layout
+(``materialized._Plan.vector``): values picked by precomputed slots, never through per-table dicts;
+a whole one-entity service stored in its order is one slice of the serving row's array.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from ..definitions import EVENT_TIME, to_micros
 from .compile import BatchReader, Reader
-from .decode import EXPIRED, MISSING, PRESENT, FeatureResult, Row
+from .decode import FeatureResult, Row
 
 ServiceOrder = tuple[str, ...]
 
@@ -52,76 +52,36 @@ def service_order(reader: Reader[Any] | BatchReader[Any], order: Sequence[str]) 
 
 def vector_of(result: FeatureResult, names: ServiceOrder) -> list[Any]:
     """The flat vector of a decoded result (the general path: any strategy, any layout)."""
-    out = []
-    for name in names:
-        table, _, feature = name.partition(".")
-        values = result[table]
-        out.append(None if values is None else values.get(feature))
-    return out
+    return _picker(names)(result)
 
 
-def _fast_materialized(
-    reader: Reader[Any] | BatchReader[Any], names: ServiceOrder
-) -> Callable[[Row], tuple[list[Any], dict[str, str]]] | None:
-    """The serving row's real[] as the vector: one entity, only real features, in layout order, no defaults."""
-    selection = reader.selection
-    if not reader.materialized or len(selection.entities) != 1 or selection.has_defaults:
-        return None
-    if any(f.type.name != "real" for _, fs in selection.items for f in fs):
-        return None
-    flat = [f"{t.name}.{f.name}" for t, fs in selection.items for f in fs]
-    if tuple(flat) != names:
-        return None
-    # (table, ttl in microseconds: the unit of the row's ts and now, number of features)
-    tables = [
-        (t.name, None if ttl is None else ttl * 1_000_000, len(fs))
-        for (t, fs), ttl in zip(selection.items, selection.ttls)
-    ]
-    return None if not tables else _FastVector(tables).decode
+def _picker(names: ServiceOrder) -> Callable[[FeatureResult], list[Any]]:
+    """``vector_of`` for ``names``, compiled once: the names split into (table, feature) before any request."""
+    pairs = tuple((table, feature) for table, _, feature in (name.partition(".") for name in names))
 
+    def pick(result: FeatureResult) -> list[Any]:
+        return [None if (values := result[table]) is None else values.get(feature) for table, feature in pairs]
 
-class _FastVector:
-    """Row layout of a one-entity all-real materialized read: (now, r, ts), now and ts in epoch microseconds."""
-
-    def __init__(self, tables: list[tuple[str, int | None, int]]):
-        self.tables = tables
-        self.total = sum(n for _, _, n in tables)
-
-    def decode(self, row: Row) -> tuple[list[Any], dict[str, str]]:
-        now, r, ts = row[0], row[1], row[2]
-        status: dict[str, str] = {}
-        if r is None:
-            return [None] * self.total, {name: MISSING for name, _, _ in self.tables}
-        values = r
-        pos = 0
-        for j, (name, ttl, n) in enumerate(self.tables):
-            stamp = ts[j]
-            if stamp is None or (ttl is not None and stamp < now - ttl):
-                status[name] = MISSING if stamp is None else EXPIRED
-                if values is r:
-                    values = list(r)
-                values[pos : pos + n] = [None] * n
-            else:
-                status[name] = PRESENT
-            pos += n
-        return values, status
+    return pick
 
 
 def vector_reader(reader: Reader[FeatureResult], order: Sequence[str]) -> Reader[ServiceVector]:
-    """``reader`` with a decoder returning a ServiceVector (same statements)."""
+    """``reader`` with a decoder returning a ServiceVector (same statements): straight from the row when
+    the reader compiled a vector decoder (a materialized service's serving rows), else from the result."""
     names = service_order(reader, order)
-    fast = _fast_materialized(reader, names) if len(reader.statements) == 1 else None
-    decode_dict = reader.decode
-    if fast is not None and reader.selection.tables:
+    if reader.vector_rows is not None:
+        rows = reader.vector_rows(names)
 
         def decode(row: Any) -> ServiceVector:
-            values, status = fast(row)
+            values, status = rows(row)
             return ServiceVector(values, status, names)
     else:
+        decode_dict = reader.decode
+        pick = _picker(names)
 
         def decode(row: Any) -> ServiceVector:
             result = decode_dict(row)
-            return ServiceVector(vector_of(result, names), result.status, names)
+            return ServiceVector(pick(result), result.status, names)
 
     return reader.decoding(decode)
 
@@ -129,25 +89,28 @@ def vector_reader(reader: Reader[FeatureResult], order: Sequence[str]) -> Reader
 def vector_batch_reader(reader: BatchReader[FeatureResult], order: Sequence[str]) -> BatchReader[ServiceVector]:
     """``reader`` (a batch) with a decoder returning one ServiceVector per row."""
     names = service_order(reader, order)
-    fast = _fast_materialized(reader, names)
-    if fast is not None:
+    if reader.vector_rows is not None:
+        rows = reader.vector_rows(names)
 
-        def decode(rows: Sequence[Row]) -> list[ServiceVector]:
+        def decode(batch: Sequence[Row]) -> list[ServiceVector]:
             out = []
-            for row in rows:
-                values, status = fast(row)
+            for row in batch:
+                values, status = rows(row)
                 out.append(ServiceVector(values, status, names))
             return out
     else:
         decode_rows = reader.decode
+        pick = _picker(names)
 
-        def decode(rows: Sequence[Row]) -> list[ServiceVector]:
-            return [ServiceVector(vector_of(r, names), r.status, names) for r in decode_rows(rows)]
+        def decode(batch: Sequence[Row]) -> list[ServiceVector]:
+            return [ServiceVector(pick(r), r.status, names) for r in decode_rows(batch)]
 
     return reader.decoding(decode)
 
 
-OUTPUTS = ("dict", "list", "numpy")
+Output = Literal["dict", "list", "numpy"]
+"""What ``get_service`` returns: a FeatureResult (``dict``), a ServiceVector of a list or of a numpy array."""
+OUTPUTS: tuple[Output, ...] = ("dict", "list", "numpy")
 
 
 def check_output(output: str) -> None:

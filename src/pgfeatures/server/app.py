@@ -64,11 +64,11 @@ from .parsing import (
     SERVICE_BATCH_FIELDS,
     SERVICE_FIELDS,
     SINGLE_FIELDS,
+    bind_key,
+    bind_keys,
     check_fields,
     parse_features,
     parse_json,
-    parse_key,
-    parse_keys,
     parse_output,
     parse_push,
     parse_selection,
@@ -115,13 +115,13 @@ def routes(service: Service) -> list[Route]:
     max_keys = config.max_batch_keys
 
     async def answer_batch(
-        reader: Any, shown: Sequence[Any], keys: Sequence[Any], encoder: Encoder, vector: bool = False
+        reader: Any, shown: Sequence[Any], arrays: tuple[Sequence[Any], ...], encoder: Encoder, vector: bool = False
     ) -> Response:
         """One response for a batch read in one chunk; a stream for more (a failure in the first
         chunk is still an ordinary error response)."""
-        chunks = service.open_batch(reader, keys, vector)
+        chunks = service.open_batch(reader, arrays, vector)
         first: list[Any] = await anext(chunks, [])
-        if len(first) == len(keys):
+        if len(first) == len(shown):
             await chunks.aclose()
             body = encoder.start() + encoder.chunk(shown, first) + encoder.end()
             return Response(body, headers=encoder.headers, media_type=encoder.content_type)
@@ -136,8 +136,8 @@ def routes(service: Service) -> list[Route]:
         check_fields(body, SINGLE_FIELDS, "key")
         tables, selection = parse_selection(body)
         reader = service.features_reader(tables, selection)
-        key = parse_key(body["key"], reader.binder, service.registry)
-        return json_response(result(body["key"], await service.read_one(reader, key)))
+        params = bind_key(body["key"], reader.binder, service.registry)
+        return json_response(result(body["key"], await service.read_one(reader, params)))
 
     async def batch(request: Request) -> Response:
         body = parse_json(await read_body(request, limit))
@@ -145,9 +145,9 @@ def routes(service: Service) -> list[Route]:
         tables, selection = parse_selection(body)
         reader = service.features_batch_reader(tables, selection)
         shown = body["keys"]
-        keys = parse_keys(shown, reader.binder, service.registry, max_keys)
+        arrays = bind_keys(shown, reader.binder, service.registry, max_keys)
         del body
-        return await answer_batch(reader, shown, keys, JSONBatch())
+        return await answer_batch(reader, shown, arrays, JSONBatch())
 
     async def service_one(request: Request) -> Response:
         raw = await read_body(request, limit)
@@ -157,8 +157,8 @@ def routes(service: Service) -> list[Route]:
         check_fields(body, SERVICE_FIELDS, "key")
         vector, octets = parse_output(body, request.headers.get("accept"))
         reader = service.service_reader(name, parse_features(body), vector)
-        key = parse_key(body["key"], reader.binder, service.registry)
-        got = await service.read_one(reader, key, vector)
+        params = bind_key(body["key"], reader.binder, service.registry)
+        got = await service.read_one(reader, params, vector)
         if not vector:
             return json_response(result(body["key"], got))
         plan = service.vector_plan(reader)
@@ -175,16 +175,16 @@ def routes(service: Service) -> list[Route]:
         vector, octets = parse_output(body, request.headers.get("accept"))
         reader = service.service_batch_reader(name, parse_features(body), vector)
         shown = body["keys"]
-        keys = parse_keys(shown, reader.binder, service.registry, max_keys)
+        arrays = bind_keys(shown, reader.binder, service.registry, max_keys)
         del body, raw
         encoder: Encoder
         if not vector:
             encoder = JSONBatch()
         elif octets:
-            encoder = OctetBatch(service.vector_plan(reader), len(keys))
+            encoder = OctetBatch(service.vector_plan(reader), len(shown))
         else:
             encoder = JSONBatch(service.vector_plan(reader).rows)
-        return await answer_batch(reader, shown, keys, encoder, vector)
+        return await answer_batch(reader, shown, arrays, encoder, vector)
 
     async def services(request: Request) -> Response:
         await service.inventory.current()

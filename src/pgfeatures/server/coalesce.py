@@ -37,11 +37,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ..errors import StoreClosedError
 from ..reader import BatchReader, Features
 
-ReadBatch = Callable[[BatchReader, list[bytes]], Awaitable[list[Features]]]
+Bound = tuple[Any, ...]  # one request's statement parameters (its keys bound once: ``parsing.bind_key``)
+ReadBatch = Callable[[BatchReader, list[Bound]], Awaitable[list[Features]]]
 OnBatch = Callable[[int], None]
 
 _TIMER_RESOLUTION = 0.001
@@ -57,7 +59,7 @@ class _Queue:
     def __init__(self, reader: BatchReader, since: float):
         self.reader = reader
         self.since = since
-        self.keys: list[bytes] = []
+        self.keys: list[Bound] = []
         self.futures: list[asyncio.Future[Features]] = []
 
 
@@ -92,8 +94,8 @@ class Coalescer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
-    async def read(self, reader: BatchReader, key: bytes) -> Features:
-        """The features of one (already parsed) key, read as part of a batch of its request shape.
+    async def read(self, reader: BatchReader, key: Bound) -> Features:
+        """The features of one request (its keys already bound), read as part of a batch of its request shape.
 
         Raises what the batch's ``read_batch`` raised, or StoreClosedError once closed.
         """
@@ -165,7 +167,7 @@ class Coalescer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, reader: BatchReader, keys: list[bytes], futures: list[asyncio.Future[Features]]) -> None:
+    async def _run(self, reader: BatchReader, keys: list[Bound], futures: list[asyncio.Future[Features]]) -> None:
         try:
             results = await self._read_batch(reader, keys)
         except asyncio.CancelledError:

@@ -1,8 +1,9 @@
 """How results become JSON: the answer's shape, ``real`` features printed as float32, batches in pieces.
 
 A result is ``{"key", "features": {table: {feature: value} | null}, "status": {table: "present" |
-"missing" | "expired"}, "missing": [tables not present]}``: a table that is not present maps to
-null, or to its features' defaults when it has some, so ``status`` says which it is.
+"missing" | "expired"}, "missing": [tables not present]}`` (built by ``reader/answer.py``, as the CLI's): a
+table that is not present maps to null, or to its features' defaults when it has some, so ``status``
+says which it is.
 
 ``real`` features: the store decodes a ``real`` value into a Python float
 holding the exact float32 value, which a JSON encoder prints as the shortest
@@ -39,7 +40,8 @@ import numpy as np
 import orjson
 
 from ..definitions import nonfinite_json
-from ..reader import PRESENT, Features, Selection
+from ..reader import Features, Selection
+from ..reader.answer import answer
 
 OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_UTC_Z  # event times (aware UTC datetimes): RFC 3339, "Z"
 _F32 = np.float32
@@ -56,14 +58,8 @@ def json_real(value: float) -> Any:
 
 
 def result(key: Any, features: Features) -> dict[str, Any]:
-    """One request's answer; ``key`` as the request sent it."""
-    status = features.status
-    return {
-        "key": key,
-        "features": features,
-        "status": status,
-        "missing": [t for t, s in status.items() if s != PRESENT],
-    }
+    """One request's answer (``reader.answer``); ``key`` as the request sent it."""
+    return answer(key, features, features.status)
 
 
 class Float32Plan:

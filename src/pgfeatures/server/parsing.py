@@ -4,8 +4,9 @@ Keys. A request's ``"key"`` is a bare key (when what it reads has one entity) or
 entity keys, ``{"user": 42, "merchant": "m-1"}``; a batch's ``"keys"`` is a list of those. Each
 key is checked by its entity (``Entity.parse``, the store's own rule and error), every entity
 named in an object is checked, even one the request does not read, and a name that is no entity
-is an error: bad input never passes silently. Keys are then handed to the store as sent (the store
-parses them again when it binds them: hashing is not idempotent, so parsed keys cannot be passed).
+is an error: bad input never passes silently. Each key is parsed (and hashed) once: bound here to
+the reader's parameters (``bind_key`` / ``bind_keys``), which the service hands to the store's
+``read_bound`` / ``read_batch_bound``.
 
 Numbers. JSON does not tell ``5.0`` from ``5``, and OpenAPI's ``integer`` matches both: a key (and
 a pushed value of an integer feature) written as an integral float is taken as the integer below
@@ -28,7 +29,7 @@ import orjson
 
 from ..definitions import INT_RANGE, KEY_LENGTH, UPDATED_AT, Entity, Registry
 from ..errors import FeatureValueError, KeyFormatError, UnknownEntityError
-from ..reader import FeaturesArg
+from ..reader import FeaturesArg, KeyBinder
 from .errors import RequestError
 
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
@@ -125,12 +126,6 @@ def parse_hex_keys(texts: list[Any]) -> PackedKeys:
     raise AssertionError("unreachable: the joined keys failed but every key passed")  # pragma: no cover
 
 
-def hex_only(binder: Any) -> bool:
-    """The request reads one entity and it takes plain 32-byte keys (the fast path's condition)."""
-    entities = binder.entities
-    return len(entities) == 1 and entities[0].key_type == "bytea32" and entities[0].hash is None
-
-
 EXACT_FLOAT = 2**53  # floats hold every integer below this magnitude; 2**53 itself is also 2**53 + 1 rounded
 
 
@@ -156,7 +151,7 @@ def _exact_integer(value: float, where: str, entity: str | None) -> int:
 
 
 def _check_entity_keys(registry: Registry, keys: Mapping[str, Any], where: str) -> None:
-    """Every entity named in a key object exists and its key is one it takes."""
+    """Every entity named in a key object exists and its key is one it takes (a push's key)."""
     if not keys:
         raise KeyFormatError(
             f"{where}: an object of entity keys must name at least one entity "
@@ -172,26 +167,30 @@ def _check_entity_keys(registry: Registry, keys: Mapping[str, Any], where: str) 
             raise KeyFormatError(f"{where}: {exc}") from None
 
 
-def parse_key(value: Any, binder: Any, registry: Registry, where: str = "key") -> Any:
-    """One request's key, checked against what ``binder``'s reader reads: bytes for a 64-hex key of
-    the fast path, else the key as sent (integral floats as integers: ``json_key``). Raises
-    KeyFormatError / UnknownEntityError saying what each entity takes (or which entity key is missing)."""
+Bound = tuple[Any, ...]
+"""One request's statement parameters: one per entity its reader reads (``KeyBinder``)."""
+
+
+def bind_key(value: Any, binder: KeyBinder, registry: Registry, where: str = "key") -> Bound:
+    """One request's key bound to ``binder``'s parameters, each key parsed (and hashed) once: a 64-hex
+    key of the fast path in one regex, an object of entity keys by ``KeyBinder.bind`` (every entity
+    named checked), else ``KeyBinder.one`` (integral floats as integers first: ``json_key``).
+    Raises KeyFormatError / UnknownEntityError saying what each entity takes (or which key is missing)."""
     entities = binder.entities
     value = json_key(value, where, entities[0].name if len(entities) == 1 else None)
     if isinstance(value, Mapping):
-        _check_entity_keys(registry, value, where)
-    elif hex_only(binder):
-        return parse_hex_key(value, where)
+        return binder.bind(value, registry.entities, where)
+    if binder.plain:
+        return (parse_hex_key(value, where),)
     try:
-        binder.one(value)
+        return binder.one(value)
     except KeyFormatError as exc:
         raise KeyFormatError(f"{where}: {exc}") from None
-    return value
 
 
-def parse_keys(values: Any, binder: Any, registry: Registry, max_keys: int) -> Sequence[Any]:
-    """A batch's keys (``"keys"``: a list of keys as ``parse_key`` takes them), in order: PackedKeys on
-    the fast path (64-hex keys, one C pass), else the list as sent, every key checked
+def bind_keys(values: Any, binder: KeyBinder, registry: Registry, max_keys: int) -> tuple[Sequence[Any], ...]:
+    """A batch's keys (``"keys"``: a list of keys as ``bind_key`` takes them) bound to one array per
+    entity, in order: PackedKeys on the fast path (64-hex keys, one C pass), else every key bound once
     (``keys[i]: ...``). Raises RequestError (not a list, too many), KeyFormatError, UnknownEntityError."""
     if not isinstance(values, list):
         raise RequestError("invalid_request", f"keys must be an array of keys, got {json_type(values)}")
@@ -201,15 +200,18 @@ def parse_keys(values: Any, binder: Any, registry: Registry, max_keys: int) -> S
             f"{len(values)} keys in one request; the limit is {max_keys}: send fewer keys per request, or raise "
             "it with --max-batch-keys or PGFEATURES_MAX_BATCH_KEYS (max_batch_keys in the config file)",
         )
-    if hex_only(binder):
+    if binder.plain:
         try:
             "".join(values)
         except TypeError:
             pass  # not all strings: some are objects of entity keys (or wrong), checked one by one
         else:
-            return parse_hex_keys(values)
-    parsed = [parse_key(value, binder, registry, f"keys[{i}]") for i, value in enumerate(values)]
-    return parsed if any(p is not v for p, v in zip(parsed, values)) else values
+            return (parse_hex_keys(values),)
+    arrays: tuple[list[Any], ...] = tuple([] for _ in binder.entities)
+    for i, value in enumerate(values):
+        for array, param in zip(arrays, bind_key(value, binder, registry, f"keys[{i}]")):
+            array.append(param)
+    return arrays
 
 
 # -- selections and options -----------------------------------------------------------------------

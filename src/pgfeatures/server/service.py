@@ -337,11 +337,12 @@ class Service:
             return readers.service_vector_batch_reader(name, features)
         return readers.service_batch_reader(name, features)
 
-    async def read_one(self, reader: Any, key: Any, vector: bool = False) -> Any:
+    async def read_one(self, reader: Any, params: tuple[Any, ...], vector: bool = False) -> Any:
         """One request's features (a FeatureResult, or a ServiceVector with ``vector``), through
         ``reader`` (from ``features_reader`` / ``service_reader``): coalesced into a batch when
-        enabled, else one read. ``key``: already checked (``parsing.parse_key``). ``real`` values of a
-        FeatureResult come back as numpy.float32 scalars (exact; see ``encoding``).
+        enabled, else one read. ``params``: the request's keys bound once (``parsing.bind_key``), read
+        as they are (``read_bound``). ``real`` values of a FeatureResult come back as numpy.float32
+        scalars (exact; see ``encoding``).
 
         Raises NotReadyError, StoreClosedError, the database's typed errors (DatabaseUnavailableError,
         ...), and QueryTimeoutError after at most ``request_timeout``.
@@ -349,20 +350,20 @@ class Service:
         self._check_ready()
         if self.coalescer is not None:
             result = await self._bounded(
-                self.coalescer.read(reader, key), self.config.request_timeout + self.config.coalesce_window
+                self.coalescer.read(reader, params), self.config.request_timeout + self.config.coalesce_window
             )
         else:
-            result = await self._db("single", self.store.read, reader, key, service=reader.selection.service)
+            result = await self._db("single", self.store.read_bound, reader, params, service=reader.selection.service)
         self.metrics.count((result,))
         if not vector:
             self._float32(reader).apply((result,))
         return result
 
     def open_batch(
-        self, reader: BatchReader, keys: Sequence[Any], vector: bool = False
+        self, reader: BatchReader, arrays: tuple[Sequence[Any], ...], vector: bool = False
     ) -> AsyncGenerator[list[Any], None]:
-        """The results of many requests (keys already checked), in input order, as chunks of at most
-        ``batch_chunk_keys``.
+        """The results of many requests (keys bound once: one array per entity, ``parsing.bind_keys``),
+        in input order, as chunks of at most ``batch_chunk_keys``.
 
         Checks readiness now (raising as ``read_one`` does, before any I/O); each chunk is then one
         statement, read when the iterator asks for it. A chunk waits at most ``acquire_timeout`` for
@@ -370,23 +371,21 @@ class Service:
         ``request_timeout`` for the database.
         """
         self._check_ready()
-        return self._chunks(reader, keys, vector)
+        return self._chunks(reader, arrays, vector)
 
-    async def read_many(self, reader: BatchReader, keys: Sequence[Any], vector: bool = False) -> list[Any]:
-        """The results of many requests, in input order (all chunks, in memory)."""
-        return [r async for chunk in self.open_batch(reader, keys, vector) for r in chunk]
-
-    async def _chunks(self, reader: BatchReader, keys: Sequence[Any], vector: bool) -> AsyncGenerator[list[Any], None]:
+    async def _chunks(
+        self, reader: BatchReader, arrays: tuple[Sequence[Any], ...], vector: bool
+    ) -> AsyncGenerator[list[Any], None]:
         step = self.config.batch_chunk_keys
         plan = None if vector else self._float32(reader)
-        for start in range(0, len(keys), step):
-            results = await self._read_chunk(reader, keys[start : start + step])
+        for start in range(0, len(arrays[0]), step):
+            results = await self._read_chunk(reader, tuple(list(a[start : start + step]) for a in arrays))
             self.metrics.count(results)
             if plan is not None:
                 plan.apply(results)
             yield results
 
-    async def _read_chunk(self, reader: BatchReader, keys: Sequence[Any]) -> list[Any]:
+    async def _read_chunk(self, reader: BatchReader, arrays: tuple[list[Any], ...]) -> list[Any]:
         slots = self._batch_slots
         try:
             async with asyncio.timeout(self.config.acquire_timeout):
@@ -399,7 +398,9 @@ class Service:
                 "retry, send smaller batches, or raise --batch-connections / --pool-size"
             ) from None
         try:
-            return await self._db("batch", self.store.read_batch, reader, keys, service=reader.selection.service)
+            return await self._db(
+                "batch", self.store.read_batch_bound, reader, arrays, service=reader.selection.service
+            )
         finally:
             slots.release()
 
@@ -473,8 +474,11 @@ class Service:
         self.metrics.pushed(table, int(count), count.skipped)
         return count
 
-    async def _read_coalesced(self, reader: Any, keys: list[Any]) -> list[Any]:
-        return await self._db("coalesced", self.store.read_batch, reader, keys, service=reader.selection.service)
+    async def _read_coalesced(self, reader: Any, bound: list[tuple[Any, ...]]) -> list[Any]:
+        arrays = tuple(map(list, zip(*bound)))  # one request's parameters per row -> one array per entity
+        return await self._db(
+            "coalesced", self.store.read_batch_bound, reader, arrays, service=reader.selection.service
+        )
 
     async def _db(
         self,

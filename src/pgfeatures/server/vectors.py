@@ -35,6 +35,7 @@ import numpy as np
 
 from ..definitions import Registry, nonfinite_json
 from ..reader import EXPIRED, MISSING, PRESENT
+from ..reader.answer import vector_answer
 from ..reader.vector import ServiceVector, as_numbers, event_time_positions, service_order
 from .encoding import json_real
 
@@ -82,8 +83,8 @@ class VectorPlan:
                     given = itemgetter(*where)(values) if len(where) > 1 else (values[where[0]],)  # picked in C
                     if given.count(None) != len(given):  # a stored non-finite value: the row as a list
                         rows[i] = [None if v is None else json_real(v) for v in values]
-            return [{"key": k, "values": row, "status": v.status} for k, row, v in zip(keys, rows, vectors)]
-        return [{"key": k, "values": self._mixed(v.values), "status": v.status} for k, v in zip(keys, vectors)]
+            return [vector_answer(k, row, v.status) for k, row, v in zip(keys, rows, vectors)]
+        return [vector_answer(k, self._mixed(v.values), v.status) for k, v in zip(keys, vectors)]
 
     def _mixed(self, values: Sequence[Any]) -> list[Any]:
         out = list(values)

@@ -48,7 +48,7 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
@@ -82,7 +82,7 @@ from ..reader import (
     Strategy,
     parse_keys,
 )
-from ..reader.vector import as_numpy, check_output, stack_numpy
+from ..reader.vector import Output, ServiceVector, ServiceVectors, as_numpy, check_output, stack_numpy
 from ..write import UpdateCount, UpdateRows, check_skew, plan_updates
 from .base import (
     ON_DRIFT,
@@ -456,7 +456,7 @@ class FeatureStore:
         a front end binds each key once. Raises as ``read``, but no KeyFormatError."""
         via = self._served.via_functions
         if via:
-            reader = via.get(reader.statements[0], reader)
+            reader = _via(via, reader.statements[0], reader)
         try:
             return run(self, execute, reader, params)
         except SchemaDriftError as exc:
@@ -488,7 +488,22 @@ class FeatureStore:
         """
         return self.read_batch(self.batch_reader(tables, features), keys)
 
-    def get_service(self, name: str, key: Any, features: FeaturesArg = None, *, output: str = "dict") -> Any:
+    @overload
+    def get_service(
+        self, name: str, key: Any, features: FeaturesArg = None, *, output: Literal["dict"] = "dict"
+    ) -> Features: ...
+    @overload
+    def get_service(
+        self, name: str, key: Any, features: FeaturesArg = None, *, output: Literal["list", "numpy"]
+    ) -> ServiceVector: ...
+    @overload
+    def get_service(
+        self, name: str, key: Any, features: FeaturesArg = None, *, output: Output
+    ) -> Features | ServiceVector: ...
+
+    def get_service(
+        self, name: str, key: Any, features: FeaturesArg = None, *, output: Output = "dict"
+    ) -> Features | ServiceVector:
         """The features of the feature service ``name`` for one request's keys (as ``get_features``),
         with the service's ttl; from its serving rows when it is materialized and built.
 
@@ -504,7 +519,26 @@ class FeatureStore:
         vector = self.read(self.readers.service_vector_reader(name, features, self.strategy), key)
         return as_numpy(vector, self.registry) if output == "numpy" else vector
 
-    def get_service_batch(self, name: str, keys: Any, features: FeaturesArg = None, *, output: str = "dict") -> Any:
+    @overload
+    def get_service_batch(
+        self, name: str, keys: Any, features: FeaturesArg = None, *, output: Literal["dict"] = "dict"
+    ) -> list[Features]: ...
+    @overload
+    def get_service_batch(
+        self, name: str, keys: Any, features: FeaturesArg = None, *, output: Literal["list"]
+    ) -> list[ServiceVector]: ...
+    @overload
+    def get_service_batch(
+        self, name: str, keys: Any, features: FeaturesArg = None, *, output: Literal["numpy"]
+    ) -> ServiceVectors: ...
+    @overload
+    def get_service_batch(
+        self, name: str, keys: Any, features: FeaturesArg = None, *, output: Output
+    ) -> list[Features] | list[ServiceVector] | ServiceVectors: ...
+
+    def get_service_batch(
+        self, name: str, keys: Any, features: FeaturesArg = None, *, output: Output = "dict"
+    ) -> list[Features] | list[ServiceVector] | ServiceVectors:
         """``get_service`` for many rows of keys, in one round-trip (keys as for ``get_features_batch``):
         a list of results in input order, or with ``output="numpy"`` one ServiceVectors (a 2-D array,
         a row per request)."""
@@ -526,7 +560,7 @@ class FeatureStore:
             return []
         via = self._served.via_functions
         if via:
-            reader = via.get(reader.statement, reader)
+            reader = _via(via, reader.statement, reader)
         try:
             return run(self, execute_batch, reader, arrays)
         except SchemaDriftError as exc:
@@ -630,6 +664,15 @@ class FeatureStore:
             max_future_skew=self.max_future_skew,
         )
         return apply_updates(self, plans)
+
+
+def _via(via: Mapping[bytes, Any], statement: bytes, reader: Any) -> Any:
+    """``reader`` in its function form (``pooler="transaction"``) when its statement has one, decoding as
+    ``reader`` does: a vector reader shares its statement, so its function, with the dict reader."""
+    twin = via.get(statement)
+    if twin is None:
+        return reader
+    return twin if twin.decode is reader.decode else twin.decoding(reader.decode)
 
 
 def _servable(served: Served) -> list[str] | None:

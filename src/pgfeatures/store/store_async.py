@@ -46,7 +46,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
@@ -80,7 +80,7 @@ from ..reader import (
     Strategy,
     parse_keys,
 )
-from ..reader.vector import as_numpy, check_output, stack_numpy
+from ..reader.vector import Output, ServiceVector, ServiceVectors, as_numpy, check_output, stack_numpy
 from ..write import UpdateCount, UpdateRows, check_skew, plan_updates
 from .base import (
     ON_DRIFT,
@@ -446,7 +446,7 @@ class AsyncFeatureStore:
         a front end binds each key once. Raises as ``read``, but no KeyFormatError."""
         via = self._served.via_functions
         if via:
-            reader = via.get(reader.statements[0], reader)
+            reader = _via(via, reader.statements[0], reader)
         try:
             return await run_async(self, execute_async, reader, params)
         except SchemaDriftError as exc:
@@ -474,7 +474,18 @@ class AsyncFeatureStore:
         """
         return await self.read_batch(self.batch_reader(tables, features), keys)
 
-    async def get_service(self, name: str, key: Any, features: FeaturesArg = None, *, output: str = "dict") -> Any:
+    @overload
+    async def get_service(self, name: str, key: Any, features: FeaturesArg = None, *,
+                          output: Literal["dict"] = "dict") -> Features: ...
+    @overload
+    async def get_service(self, name: str, key: Any, features: FeaturesArg = None, *,
+                          output: Literal["list", "numpy"]) -> ServiceVector: ...
+    @overload
+    async def get_service(self, name: str, key: Any, features: FeaturesArg = None, *,
+                          output: Output) -> Features | ServiceVector: ...
+
+    async def get_service(self, name: str, key: Any, features: FeaturesArg = None, *,
+                          output: Output = "dict") -> Features | ServiceVector:
         """The features of the feature service ``name`` for one request's keys (as ``get_features``),
         with the service's ttl; from its serving rows when it is materialized and built.
 
@@ -490,7 +501,21 @@ class AsyncFeatureStore:
         vector = await self.read(self.readers.service_vector_reader(name, features, self.strategy), key)
         return as_numpy(vector, self.registry) if output == "numpy" else vector
 
-    async def get_service_batch(self, name: str, keys: Any, features: FeaturesArg = None, *, output: str = "dict") -> Any:
+    @overload
+    async def get_service_batch(self, name: str, keys: Any, features: FeaturesArg = None, *,
+                                output: Literal["dict"] = "dict") -> list[Features]: ...
+    @overload
+    async def get_service_batch(self, name: str, keys: Any, features: FeaturesArg = None, *,
+                                output: Literal["list"]) -> list[ServiceVector]: ...
+    @overload
+    async def get_service_batch(self, name: str, keys: Any, features: FeaturesArg = None, *,
+                                output: Literal["numpy"]) -> ServiceVectors: ...
+    @overload
+    async def get_service_batch(self, name: str, keys: Any, features: FeaturesArg = None, *,
+                                output: Output) -> list[Features] | list[ServiceVector] | ServiceVectors: ...
+
+    async def get_service_batch(self, name: str, keys: Any, features: FeaturesArg = None, *,
+                                output: Output = "dict") -> list[Features] | list[ServiceVector] | ServiceVectors:
         """``get_service`` for many rows of keys, in one round-trip (keys as for ``get_features_batch``):
         a list of results in input order, or with ``output="numpy"`` one ServiceVectors (a 2-D array,
         a row per request)."""
@@ -512,7 +537,7 @@ class AsyncFeatureStore:
             return []
         via = self._served.via_functions
         if via:
-            reader = via.get(reader.statement, reader)
+            reader = _via(via, reader.statement, reader)
         try:
             return await run_async(self, execute_batch_async, reader, arrays)
         except SchemaDriftError as exc:
@@ -596,6 +621,15 @@ class AsyncFeatureStore:
         plans = plan_updates(self.registry, table, rows, nan=nan, inf=inf, overwrite_newer=overwrite_newer,
                              max_future_skew=self.max_future_skew)
         return await apply_updates_async(self, plans)
+
+
+def _via(via: Mapping[bytes, Any], statement: bytes, reader: Any) -> Any:
+    """``reader`` in its function form (``pooler="transaction"``) when its statement has one, decoding as
+    ``reader`` does: a vector reader shares its statement, so its function, with the dict reader."""
+    twin = via.get(statement)
+    if twin is None:
+        return reader
+    return twin if twin.decode is reader.decode else twin.decoding(reader.decode)
 
 
 def _servable(served: Served) -> list[str] | None:

@@ -1,0 +1,102 @@
+"""The answer to a request, as every front end shows it (pure): built here once for HTTP and the CLI.
+
+One request::
+
+    {"key": <the key as sent>, "features": {table: {feature: value} | null},
+     "status": {table: "present" | "missing" | "expired"}, "missing": [tables not present]}
+
+A service's vector: ``{"key", "values": [...], "status"}`` (values in the service's order). A batch is
+``{"results": [...]}`` of those, in input order.
+
+How a value is printed is the front end's: JSON has no float32, so a ``real`` value is printed as
+the shortest decimal that reads back as the same float32 (``0.11``), and a non-finite one as its
+string (``"Infinity"``): the server does it in bulk with numpy (``server/encoding.py``), the CLI,
+which the core install runs without numpy, value by value (``shortest_real``). ``Reals`` says which
+values those are, computed once per request shape.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..definitions import nonfinite_json
+from .decode import PRESENT
+from .selection import Selection
+
+_FLOAT32 = struct.Struct("<f")
+
+
+def missing(status: Mapping[str, str]) -> list[str]:
+    """The tables of an answer that are not present (missing or expired), in the answer's order."""
+    return [t for t, s in status.items() if s != PRESENT]
+
+
+def answer(key: Any, features: Mapping[str, Any], status: Mapping[str, str]) -> dict[str, Any]:
+    """One request's answer; ``key`` as the request sent it."""
+    return {"key": key, "features": features, "status": status, "missing": missing(status)}
+
+
+def vector_answer(key: Any, values: Any, status: Mapping[str, str]) -> dict[str, Any]:
+    """One request's service vector; ``key`` as the request sent it."""
+    return {"key": key, "values": values, "status": status}
+
+
+class Reals:
+    """Which values of a request shape are ``real``: per table, and as positions of a vector in ``names``'
+    order (a non-finite value of any type prints as its string: ``plain_json``)."""
+
+    __slots__ = ("tables", "positions")
+
+    def __init__(self, selection: Selection, names: Sequence[str] = ()):
+        self.tables = {t.name: frozenset(f.name for f in fs if f.type.name == "real") for t, fs in selection.items}
+        kind = {f"{t.name}.{f.name}": f.type.name for t, fs in selection.items for f in fs}
+        self.positions = tuple(i for i, n in enumerate(names) if kind.get(n) == "real")
+
+    def features(self, result: Mapping[str, Any]) -> dict[str, Any]:
+        """``{table: {feature: value} | None}`` with real values shortest and non-finite ones as strings."""
+        out: dict[str, Any] = {}
+        for table, values in result.items():
+            if values is None:
+                out[table] = None
+                continue
+            real = self.tables.get(table, frozenset())
+            out[table] = {f: shortest_json(v) if f in real else plain_json(v) for f, v in values.items()}
+        return out
+
+    def vector(self, values: Sequence[Any]) -> list[Any]:
+        """A vector's values, printed as ``features`` prints them."""
+        out = [plain_json(v) for v in values]
+        for i in self.positions:
+            out[i] = shortest_json(values[i])
+        return out
+
+
+def shortest_real(x: float) -> float:
+    """The float with the shortest decimal form that reads back as the same float32 as ``x`` (a
+    value read from a ``real`` column): ``0.10999999940395355`` -> ``0.11``. Non-finite values as they are."""
+    if not math.isfinite(x):
+        return x
+    target = _FLOAT32.pack(x)
+    for digits in range(1, 10):  # 9 significant digits always round-trip a float32
+        candidate = float(f"{x:.{digits}g}")
+        try:
+            if _FLOAT32.pack(candidate) == target:
+                return candidate
+        except OverflowError:  # rounded past the largest float32
+            continue
+    return x
+
+
+def shortest_json(value: Any) -> Any:
+    """A ``real`` value for JSON: its shortest float32 form, a non-finite one as its string."""
+    return shortest_real(value) if isinstance(value, float) and math.isfinite(value) else plain_json(value)
+
+
+def plain_json(value: Any) -> Any:
+    """A value for JSON: a non-finite float as its string (JSON has no number for it)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return nonfinite_json(value)
+    return value
