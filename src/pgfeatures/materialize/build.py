@@ -343,8 +343,9 @@ def install(
 def _execute_all(conn: psycopg.Connection, statements: Sequence[sql.Composable]) -> None:
     """Run DDL statements (no parameters) as one message: the switch holds readers' tables exclusively,
     and a statement per round-trip made it last ~100 statements' worth of round-trips."""
-    if statements:
-        conn.execute(sql.SQL(";\n").join(statements))
+    if statements:  # simple query protocol (text, never prepared): the only one that takes several statements
+        with conn.cursor(binary=False) as cur:
+            cur.execute(sql.SQL(";\n").join(statements), prepare=False)
 
 
 def drop_serving(

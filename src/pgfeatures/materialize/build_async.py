@@ -347,8 +347,9 @@ async def install_async(
 async def _execute_all_async(conn: psycopg.AsyncConnection, statements: Sequence[sql.Composable]) -> None:
     """Run DDL statements (no parameters) as one message: the switch holds readers' tables exclusively,
     and a statement per round-trip made it last ~100 statements' worth of round-trips."""
-    if statements:
-        await conn.execute(sql.SQL(";\n").join(statements))
+    if statements:  # simple query protocol (text, never prepared): the only one that takes several statements
+        async with conn.cursor(binary=False) as cur:
+            await cur.execute(sql.SQL(";\n").join(statements), prepare=False)
 
 
 async def drop_serving_async(
