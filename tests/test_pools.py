@@ -134,3 +134,47 @@ def test_reads_can_go_to_a_replica_dsn(registry, dsn, conn, schema):
     finally:
         with psycopg.connect(replica, autocommit=True) as rc:
             rc.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def _backends_used_since(conn, app: str, since) -> set[int]:
+    """The read backends of ``app`` that ran a statement after ``since`` (a server timestamp)."""
+    rows = conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND query_start > %s", [app, since]
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+@pytest.mark.parametrize("order, used", [("lifo", 1), ("fifo", 4)])
+def test_a_sequential_caller_reuses_the_most_recent_connection(registry, dsn, conn, schema, order, used):
+    """LIFO (the default): consecutive reads land on the backend the previous read used, not on each
+    connection of the pool in turn (psycopg_pool's own order, kept by ``pool_order="fifo"``)."""
+    app = f"pgf-lifo-{schema}"
+    with FeatureStore(registry, dsn, pool_size=4, read_application_name=app, pool_order=order) as store:
+        since = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        for _ in range(12):
+            assert store.get_features(bytes(32), ["t00"]) == {"t00": None}
+        assert len(_backends_used_since(conn, app, since)) == used
+        if order == "lifo":
+            with store.connection() as c:  # the connection the next read takes: the one the reads used
+                assert _backends_used_since(conn, app, since) == {c.info.backend_pid}
+
+
+def test_concurrent_reads_still_use_every_connection(registry, dsn, conn, schema):
+    app = f"pgf-lifoc-{schema}"
+
+    async def run():
+        async with AsyncFeatureStore(registry, dsn, pool_size=4, read_application_name=app) as store:
+            assert store.pool_order == "lifo"
+            since = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+            results = await asyncio.gather(*(store.get_features(bytes(32), ["t00"]) for _ in range(40)))
+            assert results == [{"t00": None}] * 40
+            assert len(_backends_used_since(conn, app, since)) == 4
+
+    asyncio.run(run())
+
+
+def test_a_bad_pool_order_is_a_config_error(registry, dsn):
+    from pgfeatures.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pool order"):
+        FeatureStore(registry, dsn, pool_order="random", open=False)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from ..connections import ConnectFailures, connect, database_error, make_pool
+from ..connections import ConnectFailures, connect, database_error, getconn_oldest, make_pool
 from ..errors import DatabaseUnavailableError, PgFeaturesError, SchemaDriftError
 from ..materialize.build import states
 from ..reader import BatchReader
@@ -222,11 +222,12 @@ def prepare_everywhere(store: FeatureStore, router: Router, served: Served) -> i
         if pool is None or target.down:
             continue
         seen: set[int] = set()
-        # A pool hands its connections out first-in first-out: taking and returning one connection at a
-        # time goes round all of them in pool_size turns when nothing else runs, a few more when reads do.
+        # Taking the least recently used idle connection and returning it, one at a time, goes round all
+        # of them in pool_size turns when nothing else runs, a few more when reads do (a plain getconn is
+        # last-in first-out: it would hand the same connection back).
         for _ in range(3 * store.pool_size):
             try:
-                conn = pool.getconn(timeout=store.acquire_timeout)
+                conn = getconn_oldest(pool, timeout=store.acquire_timeout)
             except (PoolTimeout, PoolClosed):
                 break
             try:
@@ -457,6 +458,7 @@ def pool_settings(store: FeatureStore, read: bool, failures: ConnectFailures) ->
         "credentials": store.credentials,
         "pooler": store.pooler,
         "failures": failures,
+        "order": store.pool_order,
     }
 
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
-from ..connections import ConnectFailures, connect_async, database_error, make_async_pool
+from ..connections import ConnectFailures, connect_async, database_error, getconn_oldest_async, make_async_pool
 from ..errors import DatabaseUnavailableError, PgFeaturesError, SchemaDriftError
 from ..materialize.build_async import states_async
 from ..reader import BatchReader
@@ -221,11 +221,12 @@ async def prepare_everywhere_async(store: AsyncFeatureStore, router: Router, ser
         if pool is None or target.down:
             continue
         seen: set[int] = set()
-        # A pool hands its connections out first-in first-out: taking and returning one connection at a
-        # time goes round all of them in pool_size turns when nothing else runs, a few more when reads do.
+        # Taking the least recently used idle connection and returning it, one at a time, goes round all
+        # of them in pool_size turns when nothing else runs, a few more when reads do (a plain getconn is
+        # last-in first-out: it would hand the same connection back).
         for _ in range(3 * store.pool_size):
             try:
-                conn = await pool.getconn(timeout=store.acquire_timeout)
+                conn = await getconn_oldest_async(pool, timeout=store.acquire_timeout)
             except (PoolTimeout, PoolClosed):
                 break
             try:
@@ -465,6 +466,7 @@ def pool_settings(store: AsyncFeatureStore, read: bool, failures: ConnectFailure
         "credentials": store.credentials,
         "pooler": store.pooler,
         "failures": failures,
+        "order": store.pool_order,
     }
 
 

@@ -56,6 +56,7 @@ from ..connections import (
     WRITE_APP,
     ConnectFailures,
     CredentialProvider,
+    check_pool_order,
     check_pooler,
     database_error,
     prepares,
@@ -128,6 +129,9 @@ class AsyncFeatureStore:
     - ``pool_size`` / ``write_pool_size``: fixed pool sizes (read pool per read target); a write
       pool of 0 makes a read-only store (writes raise ReadOnlyStoreError, and the primary is not
       needed to open when replicas serve the reads).
+    - ``pool_order``: which idle connection a request takes: ``"lifo"`` (default), the most recently
+      returned, so a lightly loaded store keeps few backends hot; ``"fifo"``: psycopg_pool's own
+      order, every connection in turn (see connections/pool_async.py).
     - ``read_dsns`` (or one ``read_dsn``): read replicas, taken in turn; ``read_fallback``
       (default True): while every replica is down (or too far behind), reads go to the primary,
       and back to the replicas when they return. ``max_replica_lag``: seconds; a replica further
@@ -173,6 +177,7 @@ class AsyncFeatureStore:
         strategy: Strategy | str = DEFAULT_STRATEGY,
         pool_size: int = 4,
         write_pool_size: int = 2,
+        pool_order: str = "lifo",
         read_dsns: Sequence[str] = (),
         read_dsn: str | None = None,
         read_fallback: bool = True,
@@ -208,6 +213,7 @@ class AsyncFeatureStore:
             raise DefinitionError(f"pool_size must be at least 1 and write_pool_size at least 0, got {pool_size}, {write_pool_size}")
         self.pool_size = pool_size
         self.write_pool_size = write_pool_size
+        self.pool_order = check_pool_order(pool_order)
         self.connect_timeout = connect_timeout
         self.acquire_timeout = acquire_timeout
         self.reconnect_timeout = reconnect_timeout
