@@ -32,7 +32,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .common import CliError, Command, add_definitions, add_dsn, add_json, credentials_of, dsn_of, load_registry
+from .common import CliError, Command, add_definitions, add_dsn, add_json, dsn_of, load_registry, store_options_of
 from .output import Output
 
 if TYPE_CHECKING:
@@ -294,9 +294,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     _check_keys(probe.binder, requests, single)
     reals = _real_features(registry)
     vector = args.output == "vector"
-    with FeatureStore(
-        registry, dsn_of(args), pool_size=1, write_pool_size=0, on_drift="isolate", credentials=credentials_of(args)
-    ) as store:
+    with FeatureStore(registry, dsn_of(args), options=store_options_of(args)) as store:
         if service is not None:
             output = "list" if vector else "dict"
             results = (

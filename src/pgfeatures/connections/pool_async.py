@@ -23,7 +23,7 @@ takes the connection returned most recently, so a lightly loaded store keeps one
 caches, its CPU's caches, its prepared plans) hot instead of going round every connection of the
 pool; under concurrency every connection still serves. PgBouncer reuses server connections LIFO
 by default for the same reason. psycopg_pool itself is first-in first-out and has no setting for
-it: ``LifoConnectionPool`` takes the newest idle connection in the one place psycopg_pool picks
+it: ``_LifoPool`` takes the newest idle connection in the one place psycopg_pool picks
 one (``_get_ready_connection``, called under the pool's lock). ``order="fifo"`` keeps
 psycopg_pool's order (for comparison: ``bench/pool_order.py``).
 
@@ -135,7 +135,7 @@ POOL_ORDERS = ("lifo", "fifo")
 _OLDEST_FIRST: contextvars.ContextVar[bool] = contextvars.ContextVar("pgfeatures_oldest_first", default=False)
 
 
-class LifoConnectionPool(AsyncConnectionPool):
+class _LifoPool(AsyncConnectionPool):
     """An AsyncConnectionPool that hands out its idle connections last-in first-out (see the module).
 
     psycopg_pool keeps idle connections in a deque, returns them on the right and takes them from the
@@ -203,7 +203,7 @@ def make_async_pool(
         finally:
             failures.answered(asking)
 
-    cls = LifoConnectionPool if check_pool_order(order) == "lifo" else AsyncConnectionPool
+    cls = _LifoPool if check_pool_order(order) == "lifo" else AsyncConnectionPool
     return cls(
         dsn,
         connection_class=_recording_class(failures),

@@ -1,6 +1,8 @@
 """The feature stores (floor 5): thin I/O shells around the compiled readers.
 
-- ``store_async``: AsyncFeatureStore, the source: options, lifecycle, public methods;
+- ``options``: StoreOptions, every setting of a store, validated once (the CLI, ``serve`` and the
+  Feast plugin derive theirs from it);
+- ``store_async``: AsyncFeatureStore, the source: lifecycle, public methods;
 - ``store``: FeatureStore, generated from it (``tools/async_to_sync.py``);
 - ``opening_async`` / ``opening``: what ``open`` does: catalog inspection, materialized
   services, read functions, the pools and the warm-up of each read connection;
@@ -11,7 +13,8 @@
   served, warm-up statements.
 """
 
+from .options import StoreOptions
 from .store import FeatureStore
 from .store_async import AsyncFeatureStore
 
-__all__ = ["AsyncFeatureStore", "FeatureStore"]
+__all__ = ["AsyncFeatureStore", "FeatureStore", "StoreOptions"]

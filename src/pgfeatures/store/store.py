@@ -46,26 +46,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from ..connections import (
-    READ_APP,
-    WRITE_APP,
     ConnectFailures,
-    CredentialProvider,
-    check_pool_order,
-    check_pooler,
     database_error,
     prepares,
     resolve_dsn,
 )
-from ..connections.credentials import DEFAULT_CREDENTIALS_TIMEOUT, with_deadline
-from ..definitions import DEFAULT_MAX_FUTURE_SKEW, Registry
+from ..connections.credentials import with_deadline
+from ..definitions import Registry
 from ..errors import (
     DefinitionError,
     ExtraNotInstalledError,
@@ -74,17 +69,15 @@ from ..errors import (
     StoreClosedError,
 )
 from ..reader import (
-    DEFAULT_STRATEGY,
     BatchReader,
     Features,
     FeaturesArg,
     Reader,
     ReaderCache,
     Strategy,
-    parse_keys,
 )
 from ..reader.vector import as_numpy, check_output, stack_numpy
-from ..write import UpdateCount, UpdateRows, check_skew, plan_updates
+from ..write import UpdateCount, UpdateRows, plan_updates
 from .base import (
     ON_DRIFT,
     ReadTarget,
@@ -101,6 +94,7 @@ from .opening import (
     prepare_everywhere,
     read_functions,
 )
+from .options import DEFAULT_OPTIONS, StoreOptions, StoreSettings, hashkey_hot_keys, hot_keys_by_entity
 from .reads import execute, execute_batch, run, select_one, unavailable
 from .writes import apply_updates, write_conn, write_pool
 
@@ -127,6 +121,8 @@ class FeatureStore:
       ``$PGFEATURES_DSN``, else the embedded server (started on demand).
     - ``open``: the sync store opens in its constructor unless False; the asyncio store cannot
       open in a constructor (``open=True`` raises TypeError): ``await store.open()`` or ``async with``.
+    - ``options``: every setting below at once (a StoreOptions, see store/options.py); keyword
+      settings given too are applied on top of it.
     - ``strategy``: default read strategy (``single``; see reader.py).
     - ``pool_size`` / ``write_pool_size``: fixed pool sizes (read pool per read target); a write
       pool of 0 makes a read-only store (writes raise ReadOnlyStoreError, and the primary is not
@@ -157,7 +153,8 @@ class FeatureStore:
     - ``on_drift``: ``"raise"`` (default): ``open`` fails with a SchemaDriftError when a table or a
       column of the definitions is missing or of another type; ``"isolate"``: such tables are left
       out and only requests touching them fail (with SchemaDriftError naming the table).
-    - ``hot_keys``: read once at open, to load their pages into the cache.
+    - ``hot_keys``: read once at open, to load their pages into the cache: a list of keys when the
+      tables have one entity, else ``{entity: [keys]}``; each key is checked against its entity.
     - ``warm``: extra compiled readers prepared on every read connection (the full read and the
       full batch always are).
     - ``reader_cache_size``: most prepared statements kept per connection for compiled request
@@ -176,62 +173,38 @@ class FeatureStore:
         dsn: str | None = None,
         *,
         open: bool | None = None,
-        strategy: Strategy | str = DEFAULT_STRATEGY,
-        pool_size: int = 4,
-        write_pool_size: int = 2,
-        pool_order: str = "lifo",
-        read_dsns: Sequence[str] = (),
+        options: StoreOptions | None = None,
         read_dsn: str | None = None,
-        read_fallback: bool = True,
-        max_replica_lag: float | None = None,
-        credentials: CredentialProvider | None = None,
-        credentials_timeout: float = DEFAULT_CREDENTIALS_TIMEOUT,
-        pooler: str | None = None,
-        max_lifetime: float = 1800.0,
-        connect_timeout: float = 5.0,
-        acquire_timeout: float = 5.0,
-        reconnect_timeout: float = 10.0,
-        on_drift: str = "raise",
-        hot_keys: Iterable[bytes | str] = (),
-        warm: Iterable[Reader[Any] | BatchReader[Any]] = (),
-        reader_cache_size: int = 100,
-        read_application_name: str = READ_APP,
-        write_application_name: str = WRITE_APP,
-        max_future_skew: float | None = DEFAULT_MAX_FUTURE_SKEW,
+        **settings: Unpack[StoreSettings],
     ):
         registry = registry if isinstance(registry, Registry) else Registry.from_toml(registry)
+        options = (options or DEFAULT_OPTIONS).with_settings(read_dsn, **settings)
+        self.options = options
         self.dsn = dsn
-        if isinstance(read_dsns, str):
-            read_dsns = [read_dsns]
-        self.read_dsns = tuple(dict.fromkeys([*read_dsns, *([read_dsn] if read_dsn else [])]))
-        self.read_fallback = read_fallback
-        self.max_replica_lag = max_replica_lag
-        self.credentials = with_deadline(credentials, credentials_timeout) if credentials is not None else None
-        self.pooler = check_pooler(pooler)
+        self.read_dsns = options.read_dsns
+        self.read_fallback = options.read_fallback
+        self.max_replica_lag = options.max_replica_lag
+        credentials = options.credentials
+        self.credentials = with_deadline(credentials, options.credentials_timeout) if credentials is not None else None
+        self.pooler = options.pooler
         self._prepare = prepares(self.pooler)
-        self.max_lifetime = max_lifetime
-        self.strategy = Strategy.parse(strategy)
-        if pool_size < 1 or write_pool_size < 0:
-            raise DefinitionError(
-                f"pool_size must be at least 1 and write_pool_size at least 0, got {pool_size}, {write_pool_size}"
-            )
-        self.pool_size = pool_size
-        self.write_pool_size = write_pool_size
-        self.pool_order = check_pool_order(pool_order)
-        self.connect_timeout = connect_timeout
-        self.acquire_timeout = acquire_timeout
-        self.reconnect_timeout = reconnect_timeout
-        if on_drift not in ON_DRIFT:
-            raise DefinitionError(f"unknown on_drift {on_drift!r}; valid: {', '.join(ON_DRIFT)}")
-        self.on_drift = on_drift
-        self.read_application_name = read_application_name
-        self.write_application_name = write_application_name
-        check_skew(max_future_skew)
-        self.max_future_skew = max_future_skew
-        self.hot_keys = parse_keys(hot_keys)
-        self.reader_cache_size = reader_cache_size
-        self.extra_warm = list(warm)
-        self._served = Served.new(registry, reader_cache_size)  # see ``reload``
+        self.max_lifetime = options.max_lifetime
+        self.strategy = options.read_strategy
+        self.pool_size = options.pool_size
+        self.write_pool_size = options.write_pool_size
+        self.pool_order = options.pool_order
+        self.connect_timeout = options.connect_timeout
+        self.acquire_timeout = options.acquire_timeout
+        self.reconnect_timeout = options.reconnect_timeout
+        self.on_drift = options.on_drift
+        self.read_application_name = options.read_application_name
+        self.write_application_name = options.write_application_name
+        self.max_future_skew = options.max_future_skew
+        self.reader_cache_size = options.reader_cache_size
+        self.extra_warm = list(options.warm)
+        self._served = Served.new(registry, options.reader_cache_size)  # see ``reload``
+        self.hot_keys_by_entity = hot_keys_by_entity(registry, self._served.readers, options.hot_keys)
+        self.hot_keys = hashkey_hot_keys(registry, self.hot_keys_by_entity)  # what warm-up's cache probe reads
         self._reloading = threading.Lock()
         self.router: Router | None = None
         self.write_pool: ConnectionPool | None = None
@@ -333,8 +306,14 @@ class FeatureStore:
         open_pools(self, router, dsn)
         self.router = router
         servable = _servable(self._served)
-        if self.hot_keys and servable != []:
-            self.get_features_batch(self.hot_keys, servable)
+        for entity, keys in self.hot_keys_by_entity.items():  # per entity: one batch over its tables that can be served
+            tables = [
+                n
+                for n, t in self.registry.tables.items()
+                if t.entity.name == entity and (servable is None or n in servable)
+            ]
+            if tables:
+                self.get_features_batch(keys, tables)
         self.ready = True
 
     def reload(self, registry: Registry | str | Path, *, on_drift: str | None = None) -> str:
