@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import psycopg
 import pytest
@@ -178,3 +179,51 @@ def test_a_bad_pool_order_is_a_config_error(registry, dsn):
 
     with pytest.raises(ConfigError, match="pool order"):
         FeatureStore(registry, dsn, pool_order="random", open=False)
+
+
+def _probe_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name.startswith("pgfeatures-probe") and t.is_alive()]
+
+
+def test_sync_probes_are_tracked_and_stopped_at_close(registry, dsn):
+    """A replica that is down is probed in the background; ``close`` stops the probe and waits for it
+    (the sync store's probes are threads: tracked like the asyncio store's tasks, not left running)."""
+    from conftest import dsn_with
+
+    down = dsn_with(dsn, host="127.0.0.1", port="1")  # nothing listens there: refused at once
+    store = FeatureStore(registry, dsn, read_dsns=[down], pool_size=1, write_pool_size=0, connect_timeout=1)
+    try:
+        assert store.get_features(bytes(32), ["t00"]) == {"t00": None}  # the primary serves; the replica is probed
+        deadline = time.monotonic() + 5
+        while not _probe_threads() and time.monotonic() < deadline:
+            store.get_features(bytes(32), ["t00"])
+            time.sleep(0.05)
+        assert _probe_threads() and store.background.running() >= 1
+    finally:
+        store.close()
+    assert _probe_threads() == []
+
+
+def test_async_probes_are_cancelled_at_close(registry, dsn):
+    from conftest import dsn_with
+
+    down = dsn_with(dsn, host="127.0.0.1", port="1")
+
+    async def run():
+        store = AsyncFeatureStore(registry, dsn, read_dsns=[down], pool_size=1, write_pool_size=0, connect_timeout=1)
+        await store.open()
+        background = store.background
+        try:
+            for _ in range(100):
+                await store.get_features(bytes(32), ["t00"])
+                if background.running():
+                    break
+                await asyncio.sleep(0.05)
+            assert background.running() >= 1
+        finally:
+            await store.close()
+        assert background.running() == 0
+
+    asyncio.run(run())

@@ -31,6 +31,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from ..connections import ConnectFailures, connect, database_error, getconn_oldest, make_pool
+from ..connections.concurrency import Background
 from ..errors import DatabaseUnavailableError, PgFeaturesError, SchemaDriftError
 from ..materialize.build import states
 from ..reader import BatchReader
@@ -433,7 +434,13 @@ def _filled_write_pool(store: FeatureStore) -> ConnectionPool | None:
 
 
 def close_pools(store: FeatureStore, router: Router | None) -> None:
-    """Close the read pools of ``router``'s targets and the store's write pool (and cancel probes)."""
+    """Stop the store's probes and renewals, then close the read pools of ``router``'s targets and the
+    store's write pool."""
+    # Stopped first, and waited for: a stopped renewal closes the pool it was filling (filled_pool_async).
+    # Replaced only then (the next open starts with a background of its own): a probe stopping meanwhile
+    # sleeps on the stopped one, which returns at once.
+    store.background.stop(store.connect_timeout)
+    store.background = Background()
     pools = [t.pool for t in (router.targets if router else ()) if t.pool is not None]
     for pool in [*pools, *([store.write_pool] if store.write_pool is not None else [])]:
         pool.close()

@@ -19,7 +19,6 @@ The order of the steps, and what a failed step means, stay in ``AsyncFeatureStor
 
 from __future__ import annotations
 
-import asyncio  # async-only
 import dataclasses
 import logging
 import random
@@ -30,6 +29,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from ..connections import ConnectFailures, connect_async, database_error, getconn_oldest_async, make_async_pool
+from ..connections.concurrency import AsyncBackground
 from ..errors import DatabaseUnavailableError, PgFeaturesError, SchemaDriftError
 from ..materialize.build_async import states_async
 from ..reader import BatchReader
@@ -436,12 +436,13 @@ async def _filled_write_pool_async(store: AsyncFeatureStore) -> AsyncConnectionP
 
 
 async def close_pools_async(store: AsyncFeatureStore, router: Router | None) -> None:
-    """Close the read pools of ``router``'s targets and the store's write pool (and cancel probes)."""
-    probes = list(store._probes)  # async-only
-    for task in probes:  # async-only
-        task.cancel()  # async-only
-    # A cancelled probe closes the pool it was filling (filled_pool_async); wait until it has.  # async-only
-    await asyncio.gather(*probes, return_exceptions=True)  # async-only
+    """Stop the store's probes and renewals, then close the read pools of ``router``'s targets and the
+    store's write pool."""
+    # Stopped first, and waited for: a stopped renewal closes the pool it was filling (filled_pool_async).
+    # Replaced only then (the next open starts with a background of its own): a probe stopping meanwhile
+    # sleeps on the stopped one, which returns at once.
+    await store.background.stop(store.connect_timeout)
+    store.background = AsyncBackground()
     pools = [t.pool for t in (router.targets if router else ()) if t.pool is not None]
     for pool in [*pools, *([store.write_pool] if store.write_pool is not None else [])]:
         await pool.close()

@@ -24,7 +24,6 @@ open-time inspection that rechecks reuse is in ``opening_async.py``.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -240,7 +239,7 @@ def probe_soon(store: FeatureStore) -> None:
     if router is None:
         return
     for target in router.due_for_probe(time.monotonic()):
-        threading.Thread(target=probe, args=(store, target), daemon=True).start()
+        store.background.spawn(probe, store, target)
 
 
 def probe(store: FeatureStore, target: ReadTarget) -> None:
@@ -254,7 +253,7 @@ def probe(store: FeatureStore, target: ReadTarget) -> None:
             probe_once(store, router, target)
             if not target.down:
                 return
-            time.sleep(PROBE_INTERVAL)
+            store.background.sleep(PROBE_INTERVAL)
     finally:
         target.probing = False
 
@@ -294,4 +293,4 @@ def renew_soon(store: FeatureStore) -> None:
     if router is None:
         return
     for target in router.due_for_renewal(time.monotonic()):
-        threading.Thread(target=renew_expiring, args=(store, target), daemon=True).start()
+        store.background.spawn(renew_expiring, store, target)

@@ -21,10 +21,9 @@ open-time inspection that rechecks reuse is in ``opening_async.py``.
 
 from __future__ import annotations
 
-import asyncio  # sync: import threading
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence  # sync: from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
@@ -46,7 +45,7 @@ T = TypeVar("T")  # what a read returns (a FeatureResult, a ServiceVector, a lis
 R = TypeVar("R", bound="Reader[Any] | BatchReader[Any] | None")  # the compiled reader a read runs (None: ``ping``)
 A = TypeVar("A")  # its arguments (the bound parameters)
 # What ``run_async`` runs on a connection: ``execute_async``, ``execute_batch_async``, ``select_one_async``.
-Execute = Callable[[psycopg.AsyncConnection, R, A, bool], Awaitable[T]]  # sync: Execute = Callable[[psycopg.Connection, R, A, bool], T]
+Execute = Callable[[psycopg.AsyncConnection, R, A, bool], Awaitable[T]]
 
 
 # -- statements on one connection ----------------------------------------------------------------
@@ -223,9 +222,7 @@ def probe_soon(store: AsyncFeatureStore) -> None:
     if router is None:
         return
     for target in router.due_for_probe(time.monotonic()):
-        task = asyncio.ensure_future(probe_async(store, target))  # sync: threading.Thread(target=probe, args=(store, target), daemon=True).start()
-        store._probes.add(task)  # async-only
-        task.add_done_callback(store._probes.discard)  # async-only
+        store.background.spawn(probe_async, store, target)
 
 
 async def probe_async(store: AsyncFeatureStore, target: ReadTarget) -> None:
@@ -239,7 +236,7 @@ async def probe_async(store: AsyncFeatureStore, target: ReadTarget) -> None:
             await probe_once_async(store, router, target)
             if not target.down:
                 return
-            await asyncio.sleep(PROBE_INTERVAL)  # sync: time.sleep(PROBE_INTERVAL)
+            await store.background.sleep(PROBE_INTERVAL)
     finally:
         target.probing = False
 
@@ -277,6 +274,4 @@ def renew_soon(store: AsyncFeatureStore) -> None:
     if router is None:
         return
     for target in router.due_for_renewal(time.monotonic()):
-        task = asyncio.ensure_future(renew_expiring_async(store, target))  # sync: threading.Thread(target=renew_expiring, args=(store, target), daemon=True).start()
-        store._probes.add(task)  # async-only
-        task.add_done_callback(store._probes.discard)  # async-only
+        store.background.spawn(renew_expiring_async, store, target)

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
@@ -59,6 +58,7 @@ from ..connections import (
     prepares,
     resolve_dsn,
 )
+from ..connections.concurrency import Background, Lock, open_in_constructor, to_thread
 from ..connections.credentials import with_deadline
 from ..definitions import Registry
 from ..errors import (
@@ -205,16 +205,15 @@ class FeatureStore:
         self._served = Served.new(registry, options.reader_cache_size)  # see ``reload``
         self.hot_keys_by_entity = hot_keys_by_entity(registry, self._served.readers, options.hot_keys)
         self.hot_keys = hashkey_hot_keys(registry, self.hot_keys_by_entity)  # what warm-up's cache probe reads
-        self._reloading = threading.Lock()
+        self._reloading = Lock()
         self.router: Router | None = None
         self.write_pool: ConnectionPool | None = None
         self.write_failures = ConnectFailures()
-        self._write_renewal = threading.Lock()
+        self._write_renewal = Lock()
         self._write_probe_at = 0.0
         self.ready = False
-        self._probes: set[Any] = set()
-        if open or open is None:
-            self.open()
+        self.background = Background()  # probes and renewals: stopped at close (see ``close``)
+        open_in_constructor(self, open)
 
     # -- what it serves ------------------------------------------------------------------------------
 
@@ -297,7 +296,7 @@ class FeatureStore:
         if self.router is not None:
             return
         if not self.dsn:
-            self.dsn = resolve_dsn(None)
+            self.dsn = to_thread(resolve_dsn, None)
         dsn = self.dsn
         replicas = [ReadTarget(target_name(d, f"replica {i + 1}"), d, False) for i, d in enumerate(self.read_dsns)]
         primary = ReadTarget(target_name(dsn, "primary"), dsn, True) if not replicas or self.read_fallback else None
@@ -335,7 +334,7 @@ class FeatureStore:
         if router is None:
             raise StoreClosedError("the store is not open: call open() or use it as a context manager")
         if not isinstance(registry, Registry):
-            registry = Registry.from_toml(registry)
+            registry = to_thread(Registry.from_toml, registry)
         with self._reloading:
             if on_drift is not None and on_drift not in ON_DRIFT:
                 raise DefinitionError(f"unknown on_drift {on_drift!r}; valid: {', '.join(ON_DRIFT)}")

@@ -41,7 +41,6 @@ QueryTimeoutError, SchemaDriftError, StoreClosedError, ReadOnlyStoreError, Datab
 
 from __future__ import annotations
 
-import asyncio  # sync: import threading
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -57,6 +56,7 @@ from ..connections import (
     prepares,
     resolve_dsn,
 )
+from ..connections.concurrency import AsyncBackground, AsyncLock, open_in_constructor_async, to_thread_async
 from ..connections.credentials import with_deadline
 from ..definitions import Registry
 from ..errors import (
@@ -203,16 +203,15 @@ class AsyncFeatureStore:
         self._served = Served.new(registry, options.reader_cache_size)  # see ``reload``
         self.hot_keys_by_entity = hot_keys_by_entity(registry, self._served.readers, options.hot_keys)
         self.hot_keys = hashkey_hot_keys(registry, self.hot_keys_by_entity)  # what warm-up's cache probe reads
-        self._reloading = asyncio.Lock()  # sync: self._reloading = threading.Lock()
+        self._reloading = AsyncLock()
         self.router: Router | None = None
         self.write_pool: AsyncConnectionPool | None = None
         self.write_failures = ConnectFailures()
-        self._write_renewal = asyncio.Lock()  # sync: self._write_renewal = threading.Lock()
+        self._write_renewal = AsyncLock()
         self._write_probe_at = 0.0
         self.ready = False
-        self._probes: set[Any] = set()
-        if open:  # sync: if open or open is None:
-            raise TypeError("the asyncio store cannot open in its constructor: use `await store.open()` or `async with`")  # sync: self.open()
+        self.background = AsyncBackground()  # probes and renewals: stopped at close (see ``close``)
+        open_in_constructor_async(self, open)
 
     # -- what it serves ------------------------------------------------------------------------------
 
@@ -294,7 +293,7 @@ class AsyncFeatureStore:
         if self.router is not None:
             return
         if not self.dsn:
-            self.dsn = await asyncio.to_thread(resolve_dsn, None)  # sync: self.dsn = resolve_dsn(None)
+            self.dsn = await to_thread_async(resolve_dsn, None)
         dsn = self.dsn
         replicas = [ReadTarget(target_name(d, f"replica {i + 1}"), d, False) for i, d in enumerate(self.read_dsns)]
         primary = ReadTarget(target_name(dsn, "primary"), dsn, True) if not replicas or self.read_fallback else None
@@ -329,7 +328,7 @@ class AsyncFeatureStore:
         if router is None:
             raise StoreClosedError("the store is not open: call open() or use it as a context manager")
         if not isinstance(registry, Registry):
-            registry = await asyncio.to_thread(Registry.from_toml, registry)  # sync: registry = Registry.from_toml(registry)
+            registry = await to_thread_async(Registry.from_toml, registry)
         async with self._reloading:
             if on_drift is not None and on_drift not in ON_DRIFT:
                 raise DefinitionError(f"unknown on_drift {on_drift!r}; valid: {', '.join(ON_DRIFT)}")

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from ..connections import database_error, redact, went_away
+from ..connections.concurrency import sleep
 from ..errors import ConflictError, ReadOnlyStoreError, StoreClosedError, WriteOutcomeUnknownError
 from ..write import UpdateCount, future_error
 from .opening import renew_write_pool
@@ -172,5 +172,5 @@ def apply_updates(store: FeatureStore, plans: list[Any]) -> UpdateCount:
         if not isinstance(error, ConflictError) or attempt == CONFLICT_RETRIES:
             raise error
         logger.info("pgfeatures: a live update was rolled back by a conflicting write (%s); sending it again", error)
-        time.sleep(random.uniform(0.002, 0.02) * (attempt + 1))
+        sleep(random.uniform(0.002, 0.02) * (attempt + 1))
     raise AssertionError("unreachable")

@@ -16,7 +16,6 @@ their documentation stay in ``store_async.py``; bulk loads are ``pgfeatures.load
 
 from __future__ import annotations
 
-import asyncio  # sync: import time
 import logging
 import random
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from ..connections import database_error, redact, went_away
+from ..connections.concurrency import sleep_async
 from ..errors import ConflictError, ReadOnlyStoreError, StoreClosedError, WriteOutcomeUnknownError
 from ..write import UpdateCount, future_error
 from .opening_async import renew_write_pool_async
@@ -165,5 +165,5 @@ async def apply_updates_async(store: AsyncFeatureStore, plans: list[Any]) -> Upd
         if not isinstance(error, ConflictError) or attempt == CONFLICT_RETRIES:
             raise error
         logger.info("pgfeatures: a live update was rolled back by a conflicting write (%s); sending it again", error)
-        await asyncio.sleep(random.uniform(0.002, 0.02) * (attempt + 1))  # sync: time.sleep(random.uniform(0.002, 0.02) * (attempt + 1))
+        await sleep_async(random.uniform(0.002, 0.02) * (attempt + 1))
     raise AssertionError("unreachable")
