@@ -64,6 +64,8 @@ RENAMES = {
     "AsyncLock": "Lock",
     "AsyncEvent": "Event",
     "AsyncBackground": "Background",
+    "AsyncWritePath": "WritePath",
+    "AsyncReadRouter": "ReadRouter",
 }
 
 HEADER = (

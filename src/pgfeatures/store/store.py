@@ -25,15 +25,18 @@ the rows to the reader's decoder. Around that it owns:
   replaced before anything is sent) and never twice (lost after sending: WriteOutcomeUnknownError);
   a bulk load is retried only when nothing can have been committed and its source can be read again.
 
-This module holds the store's options, its lifecycle (``open``, ``close``, ``status``) and its
-public methods; the work behind them is in one module per concept, each an async source with a
-generated sync twin, functions taking the store:
+This module holds the store's lifecycle (``open``, ``close``, ``reload``, ``status``) and its
+public methods; it composes objects that own their state, each an async source with a generated
+sync twin:
 
-- ``opening_async.py``: what ``open`` does (catalog inspection, materialized services, read
-  functions, the pools and the warm-up of each read connection);
-- ``reads_async.py``: the read path (statements on a connection, routing and retry over the read
-  targets, rechecks of broken tables, probes of targets that are down);
-- ``writes_async.py``: the write path (the write pool, upserts and their retry);
+- ``options.py``: StoreOptions, every setting, validated once;
+- ``reads_async.py``: ``ReadRouter``, the read path: the read targets and their pools, routing
+  and retry over them, their renewal (``max_lifetime``, after an outage), the probes of targets
+  that are down, rechecks of broken tables, the warm-up of each new read connection;
+- ``writes_async.py``: ``WritePath``, the write path: the write pool (opened and closed with
+  the store, renewed after an outage), upserts and their retry;
+- ``opening_async.py``: what ``open`` and ``reload`` learn through the router (catalog
+  inspection, materialized services, read functions, statements prepared on every connection);
 - ``base.py``: what all share without I/O.
 
 Every failure is a typed error (see ``errors.py``): DatabaseUnavailableError (down), its
@@ -50,10 +53,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+from psycopg_pool import ConnectionPool
 
 from ..connections import (
-    ConnectFailures,
     database_error,
     prepares,
     resolve_dsn,
@@ -80,23 +82,19 @@ from ..reader.vector import as_numpy, check_output, stack_numpy
 from ..write import UpdateCount, UpdateRows, plan_updates
 from .base import (
     ON_DRIFT,
-    ReadTarget,
     Router,
     Served,
     TableHealth,
-    target_name,
 )
 from .opening import (
-    close_pools,
     find_materialized,
     first_inspection,
-    open_pools,
     prepare_everywhere,
     read_functions,
 )
 from .options import DEFAULT_OPTIONS, StoreOptions, StoreSettings, hashkey_hot_keys, hot_keys_by_entity
-from .reads import execute, execute_batch, run, select_one, unavailable
-from .writes import apply_updates, write_conn, write_pool
+from .reads import ReadRouter, execute, execute_batch, select_one
+from .writes import WritePath
 
 if TYPE_CHECKING:  # load imports pyarrow: only a bulk load pays for it
     from ..load import LoadSummary
@@ -206,13 +204,10 @@ class FeatureStore:
         self.hot_keys_by_entity = hot_keys_by_entity(registry, self._served.readers, options.hot_keys)
         self.hot_keys = hashkey_hot_keys(registry, self.hot_keys_by_entity)  # what warm-up's cache probe reads
         self._reloading = Lock()
-        self.router: Router | None = None
-        self.write_pool: ConnectionPool | None = None
-        self.write_failures = ConnectFailures()
-        self._write_renewal = Lock()
-        self._write_probe_at = 0.0
+        # The read path (targets, their pools, renewals and probes) and the write path own their state.
+        self.reads = ReadRouter(options, self.credentials, lambda: self._served)
+        self.writes = WritePath(options, self.credentials, self._prepare)  # owns the write pool
         self.ready = False
-        self.background = Background()  # probes and renewals: stopped at close (see ``close``)
         open_in_constructor(self, open)
 
     # -- what it serves ------------------------------------------------------------------------------
@@ -273,14 +268,14 @@ class FeatureStore:
         """Make ``served`` ready to serve: its tables checked against the live catalog (SchemaDriftError
         with ``on_drift="raise"``, default the store's), its built materialized services found, its warm
         readers compiled (and, behind a transaction-mode pooler, their functions found or created)."""
-        checks = first_inspection(self, router, served)
+        checks = first_inspection(self.reads, router, served)
         served.health.update(checks)
         if served.health.broken and (on_drift or self.on_drift) == "raise":
             raise served.health.error(served.health.broken)
-        find_materialized(self, router, served)
+        find_materialized(self.reads, router, served)
         served.warm = self._warm_readers(served)
         if not self._prepare:
-            served.via_functions = read_functions(self, router, served)
+            served.via_functions = read_functions(self.reads, router, served)
         return served
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -298,12 +293,14 @@ class FeatureStore:
         if not self.dsn:
             self.dsn = to_thread(resolve_dsn, None)
         dsn = self.dsn
-        replicas = [ReadTarget(target_name(d, f"replica {i + 1}"), d, False) for i, d in enumerate(self.read_dsns)]
-        primary = ReadTarget(target_name(dsn, "primary"), dsn, True) if not replicas or self.read_fallback else None
-        router = Router(replicas, primary, self.max_replica_lag)
+        router = self.reads.targets(dsn)
         self._served = self._compile(router, Served.new(self.registry, self.reader_cache_size))
-        open_pools(self, router, dsn)
-        self.router = router
+        self.writes.open(dsn)  # not waited for: writes are not needed to serve reads
+        try:
+            self.reads.open(router)
+        except BaseException:
+            self.writes.close()
+            raise
         servable = _servable(self._served)
         for entity, keys in self.hot_keys_by_entity.items():  # per entity: one batch over its tables that can be served
             tables = [
@@ -339,7 +336,7 @@ class FeatureStore:
             if on_drift is not None and on_drift not in ON_DRIFT:
                 raise DefinitionError(f"unknown on_drift {on_drift!r}; valid: {', '.join(ON_DRIFT)}")
             served = self._compile(router, Served.new(registry, self.reader_cache_size), on_drift)
-            prepare_everywhere(self, router, served)
+            prepare_everywhere(self.reads, router, served)
             if self.router is not router:
                 raise StoreClosedError("the store closed while reloading its definitions")
             old, self._served = self._served, served
@@ -350,8 +347,8 @@ class FeatureStore:
     def close(self) -> None:
         """Close the pools; in-flight calls finish or fail with StoreClosedError. Closing twice is harmless."""
         self.ready = False
-        router, self.router = self.router, None
-        close_pools(self, router)
+        self.reads.close()
+        self.writes.close()
 
     def __enter__(self) -> FeatureStore:
         self.open()
@@ -359,6 +356,21 @@ class FeatureStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def router(self) -> Router | None:
+        """The read targets in their routing order (None while the store is closed)."""
+        return self.reads.router
+
+    @property
+    def background(self) -> Background:
+        """The read path's background work (probes, renewals), stopped at close."""
+        return self.reads.background
+
+    @property
+    def write_pool(self) -> ConnectionPool | None:
+        """The write pool (None when the store is closed, or has none: ``write_pool_size=0``)."""
+        return self.writes.pool
 
     @property
     def read_pool(self) -> ConnectionPool | None:
@@ -369,21 +381,8 @@ class FeatureStore:
     def connection(self) -> Iterator[psycopg.Connection]:
         """A warmed read connection of the first read target that serves, with database errors
         translated (for diagnostics; reads go through ``read``/``read_batch``)."""
-        router = self.router
-        if router is None:
-            raise StoreClosedError("the store is not open: call open() or use it as a context manager")
-        target = router.order()[0]
-        pool = target.pool  # the connection goes back to the pool it came from, even if renewed meanwhile
-        try:
-            conn = pool.getconn()
-        except (PoolTimeout, PoolClosed) as exc:
-            raise unavailable(self, exc, target) from None
-        try:
+        with self.reads.connection() as conn:
             yield conn
-        except psycopg.Error as exc:
-            raise database_error(exc, target.dsn) from exc
-        finally:
-            pool.putconn(conn)
 
     def status(self) -> dict[str, Any]:
         """What the store can serve now: read targets (up or down, why, lag), tables that cannot be
@@ -442,7 +441,7 @@ class FeatureStore:
         if via:
             reader = via.get(reader.statements[0], reader)
         try:
-            return run(self, execute, reader, params)
+            return self.reads.run(execute, reader, params)
         except SchemaDriftError as exc:
             if reader.fallback is None:
                 raise
@@ -512,7 +511,7 @@ class FeatureStore:
         if via:
             reader = via.get(reader.statement, reader)
         try:
-            return run(self, execute_batch, reader, arrays)
+            return self.reads.run(execute_batch, reader, arrays)
         except SchemaDriftError as exc:
             if reader.fallback is None:
                 raise
@@ -524,7 +523,7 @@ class FeatureStore:
 
         Raises what a read would: DatabaseUnavailableError / AuthenticationError / StoreClosedError.
         """
-        run(self, select_one, None, None)
+        self.reads.run(select_one, None, None)
 
     # -- writes -------------------------------------------------------------------------------------
 
@@ -532,7 +531,7 @@ class FeatureStore:
     def write_connection(self) -> Iterator[psycopg.Connection]:
         """A write-pool connection, with database errors translated. Raises ReadOnlyStoreError
         without a write pool, DatabaseUnavailableError when the primary cannot be reached."""
-        pool, conn = write_conn(self)
+        pool, conn = self.writes.connection()
         try:
             yield conn
         except psycopg.Error as exc:
@@ -564,7 +563,7 @@ class FeatureStore:
                 logger.warning(
                     "pgfeatures: load into %s lost its connection before COMMIT (%s); retrying once", table, exc
                 )
-                write_pool(self).check()
+                self.writes.writable().check()
         raise AssertionError("unreachable")
 
     def update_features(
@@ -613,7 +612,7 @@ class FeatureStore:
             overwrite_newer=overwrite_newer,
             max_future_skew=self.max_future_skew,
         )
-        return apply_updates(self, plans)
+        return self.writes.apply(plans)
 
 
 def _servable(served: Served) -> list[str] | None:

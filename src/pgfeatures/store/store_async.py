@@ -23,15 +23,18 @@ the rows to the reader's decoder. Around that it owns:
   replaced before anything is sent) and never twice (lost after sending: WriteOutcomeUnknownError);
   a bulk load is retried only when nothing can have been committed and its source can be read again.
 
-This module holds the store's options, its lifecycle (``open``, ``close``, ``status``) and its
-public methods; the work behind them is in one module per concept, each an async source with a
-generated sync twin, functions taking the store:
+This module holds the store's lifecycle (``open``, ``close``, ``reload``, ``status``) and its
+public methods; it composes objects that own their state, each an async source with a generated
+sync twin:
 
-- ``opening_async.py``: what ``open`` does (catalog inspection, materialized services, read
-  functions, the pools and the warm-up of each read connection);
-- ``reads_async.py``: the read path (statements on a connection, routing and retry over the read
-  targets, rechecks of broken tables, probes of targets that are down);
-- ``writes_async.py``: the write path (the write pool, upserts and their retry);
+- ``options.py``: StoreOptions, every setting, validated once;
+- ``reads_async.py``: ``AsyncReadRouter``, the read path: the read targets and their pools, routing
+  and retry over them, their renewal (``max_lifetime``, after an outage), the probes of targets
+  that are down, rechecks of broken tables, the warm-up of each new read connection;
+- ``writes_async.py``: ``AsyncWritePath``, the write path: the write pool (opened and closed with
+  the store, renewed after an outage), upserts and their retry;
+- ``opening_async.py``: what ``open`` and ``reload`` learn through the router (catalog
+  inspection, materialized services, read functions, statements prepared on every connection);
 - ``base.py``: what all share without I/O.
 
 Every failure is a typed error (see ``errors.py``): DatabaseUnavailableError (down), its
@@ -48,10 +51,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from ..connections import (
-    ConnectFailures,
     database_error,
     prepares,
     resolve_dsn,
@@ -78,23 +80,19 @@ from ..reader.vector import as_numpy, check_output, stack_numpy
 from ..write import UpdateCount, UpdateRows, plan_updates
 from .base import (
     ON_DRIFT,
-    ReadTarget,
     Router,
     Served,
     TableHealth,
-    target_name,
 )
 from .opening_async import (
-    close_pools_async,
     find_materialized_async,
     first_inspection_async,
-    open_pools_async,
     prepare_everywhere_async,
     read_functions_async,
 )
 from .options import DEFAULT_OPTIONS, StoreOptions, StoreSettings, hashkey_hot_keys, hot_keys_by_entity
-from .reads_async import execute_async, execute_batch_async, run_async, select_one_async, unavailable
-from .writes_async import apply_updates_async, write_conn_async, write_pool
+from .reads_async import AsyncReadRouter, execute_async, execute_batch_async, select_one_async
+from .writes_async import AsyncWritePath
 
 if TYPE_CHECKING:  # load imports pyarrow: only a bulk load pays for it
     from ..load import LoadSummary
@@ -204,13 +202,10 @@ class AsyncFeatureStore:
         self.hot_keys_by_entity = hot_keys_by_entity(registry, self._served.readers, options.hot_keys)
         self.hot_keys = hashkey_hot_keys(registry, self.hot_keys_by_entity)  # what warm-up's cache probe reads
         self._reloading = AsyncLock()
-        self.router: Router | None = None
-        self.write_pool: AsyncConnectionPool | None = None
-        self.write_failures = ConnectFailures()
-        self._write_renewal = AsyncLock()
-        self._write_probe_at = 0.0
+        # The read path (targets, their pools, renewals and probes) and the write path own their state.
+        self.reads = AsyncReadRouter(options, self.credentials, lambda: self._served)
+        self.writes = AsyncWritePath(options, self.credentials, self._prepare)  # owns the write pool
         self.ready = False
-        self.background = AsyncBackground()  # probes and renewals: stopped at close (see ``close``)
         open_in_constructor_async(self, open)
 
     # -- what it serves ------------------------------------------------------------------------------
@@ -241,8 +236,9 @@ class AsyncFeatureStore:
 
     # -- compiled readers ---------------------------------------------------------------------------
 
-    def reader(self, tables: Iterable[str] | None = None, features: FeaturesArg = None,
-               strategy: Strategy | str | None = None) -> Reader[Features]:
+    def reader(
+        self, tables: Iterable[str] | None = None, features: FeaturesArg = None, strategy: Strategy | str | None = None
+    ) -> Reader[Features]:
         """The compiled reader for this request shape (cached). Pass it to ``read`` to skip even the
         cache lookup. Raises UnknownTableError / UnknownFeatureError naming the valid ones."""
         return self.readers.reader(tables, features, strategy or self.strategy)
@@ -270,14 +266,14 @@ class AsyncFeatureStore:
         """Make ``served`` ready to serve: its tables checked against the live catalog (SchemaDriftError
         with ``on_drift="raise"``, default the store's), its built materialized services found, its warm
         readers compiled (and, behind a transaction-mode pooler, their functions found or created)."""
-        checks = await first_inspection_async(self, router, served)
+        checks = await first_inspection_async(self.reads, router, served)
         served.health.update(checks)
         if served.health.broken and (on_drift or self.on_drift) == "raise":
             raise served.health.error(served.health.broken)
-        await find_materialized_async(self, router, served)
+        await find_materialized_async(self.reads, router, served)
         served.warm = self._warm_readers(served)
         if not self._prepare:
-            served.via_functions = await read_functions_async(self, router, served)
+            served.via_functions = await read_functions_async(self.reads, router, served)
         return served
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -295,16 +291,21 @@ class AsyncFeatureStore:
         if not self.dsn:
             self.dsn = await to_thread_async(resolve_dsn, None)
         dsn = self.dsn
-        replicas = [ReadTarget(target_name(d, f"replica {i + 1}"), d, False) for i, d in enumerate(self.read_dsns)]
-        primary = ReadTarget(target_name(dsn, "primary"), dsn, True) if not replicas or self.read_fallback else None
-        router = Router(replicas, primary, self.max_replica_lag)
+        router = self.reads.targets(dsn)
         self._served = await self._compile(router, Served.new(self.registry, self.reader_cache_size))
-        await open_pools_async(self, router, dsn)
-        self.router = router
+        await self.writes.open(dsn)  # not waited for: writes are not needed to serve reads
+        try:
+            await self.reads.open_async(router)
+        except BaseException:
+            await self.writes.close()
+            raise
         servable = _servable(self._served)
         for entity, keys in self.hot_keys_by_entity.items():  # per entity: one batch over its tables that can be served
-            tables = [n for n, t in self.registry.tables.items()
-                      if t.entity.name == entity and (servable is None or n in servable)]
+            tables = [
+                n
+                for n, t in self.registry.tables.items()
+                if t.entity.name == entity and (servable is None or n in servable)
+            ]
             if tables:
                 await self.get_features_batch(keys, tables)
         self.ready = True
@@ -333,7 +334,7 @@ class AsyncFeatureStore:
             if on_drift is not None and on_drift not in ON_DRIFT:
                 raise DefinitionError(f"unknown on_drift {on_drift!r}; valid: {', '.join(ON_DRIFT)}")
             served = await self._compile(router, Served.new(registry, self.reader_cache_size), on_drift)
-            await prepare_everywhere_async(self, router, served)
+            await prepare_everywhere_async(self.reads, router, served)
             if self.router is not router:
                 raise StoreClosedError("the store closed while reloading its definitions")
             old, self._served = self._served, served
@@ -344,8 +345,8 @@ class AsyncFeatureStore:
     async def close(self) -> None:
         """Close the pools; in-flight calls finish or fail with StoreClosedError. Closing twice is harmless."""
         self.ready = False
-        router, self.router = self.router, None
-        await close_pools_async(self, router)
+        await self.reads.close_async()
+        await self.writes.close()
 
     async def __aenter__(self) -> AsyncFeatureStore:
         await self.open()
@@ -353,6 +354,21 @@ class AsyncFeatureStore:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    @property
+    def router(self) -> Router | None:
+        """The read targets in their routing order (None while the store is closed)."""
+        return self.reads.router
+
+    @property
+    def background(self) -> AsyncBackground:
+        """The read path's background work (probes, renewals), stopped at close."""
+        return self.reads.background
+
+    @property
+    def write_pool(self) -> AsyncConnectionPool | None:
+        """The write pool (None when the store is closed, or has none: ``write_pool_size=0``)."""
+        return self.writes.pool
 
     @property
     def read_pool(self) -> AsyncConnectionPool | None:
@@ -363,21 +379,8 @@ class AsyncFeatureStore:
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
         """A warmed read connection of the first read target that serves, with database errors
         translated (for diagnostics; reads go through ``read``/``read_batch``)."""
-        router = self.router
-        if router is None:
-            raise StoreClosedError("the store is not open: call open() or use it as a context manager")
-        target = router.order()[0]
-        pool = target.pool  # the connection goes back to the pool it came from, even if renewed meanwhile
-        try:
-            conn = await pool.getconn()
-        except (PoolTimeout, PoolClosed) as exc:
-            raise unavailable(self, exc, target) from None
-        try:
+        async with self.reads.connection() as conn:
             yield conn
-        except psycopg.Error as exc:
-            raise database_error(exc, target.dsn) from exc
-        finally:
-            await pool.putconn(conn)
 
     def status(self) -> dict[str, Any]:
         """What the store can serve now: read targets (up or down, why, lag), tables that cannot be
@@ -386,7 +389,12 @@ class AsyncFeatureStore:
         return {
             "ready": self.ready,
             "read_targets": [
-                {"name": t.name, "up": not t.down and (router.serving(t) if router else False), "reason": t.reason, "lag": t.lag}
+                {
+                    "name": t.name,
+                    "up": not t.down and (router.serving(t) if router else False),
+                    "reason": t.reason,
+                    "lag": t.lag,
+                }
                 for t in (router.targets if router else ())
             ],
             "broken_tables": self.health.status(),
@@ -431,7 +439,7 @@ class AsyncFeatureStore:
         if via:
             reader = via.get(reader.statements[0], reader)
         try:
-            return await run_async(self, execute_async, reader, params)
+            return await self.reads.run_async(execute_async, reader, params)
         except SchemaDriftError as exc:
             if reader.fallback is None:
                 raise
@@ -442,8 +450,12 @@ class AsyncFeatureStore:
         """The flexible twin of a materialized reader whose serving rows cannot be read (see ``read``)."""
         service = reader.selection.service or ""
         if self.readers.demote(service):
-            logger.warning("pgfeatures: the serving rows of service %s cannot be read any more (%s): it is read table by "
-                           "table until they are rebuilt and the definitions reloaded", service, str(exc).strip())
+            logger.warning(
+                "pgfeatures: the serving rows of service %s cannot be read any more (%s): it is read table by "
+                "table until they are rebuilt and the definitions reloaded",
+                service,
+                str(exc).strip(),
+            )
         assert reader.fallback is not None
         return reader.fallback()
 
@@ -473,7 +485,9 @@ class AsyncFeatureStore:
         vector = await self.read(self.readers.service_vector_reader(name, features, self.strategy), key)
         return as_numpy(vector, self.registry) if output == "numpy" else vector
 
-    async def get_service_batch(self, name: str, keys: Any, features: FeaturesArg = None, *, output: str = "dict") -> Any:
+    async def get_service_batch(
+        self, name: str, keys: Any, features: FeaturesArg = None, *, output: str = "dict"
+    ) -> Any:
         """``get_service`` for many rows of keys, in one round-trip (keys as for ``get_features_batch``):
         a list of results in input order, or with ``output="numpy"`` one ServiceVectors (a 2-D array,
         a row per request)."""
@@ -497,7 +511,7 @@ class AsyncFeatureStore:
         if via:
             reader = via.get(reader.statement, reader)
         try:
-            return await run_async(self, execute_batch_async, reader, arrays)
+            return await self.reads.run_async(execute_batch_async, reader, arrays)
         except SchemaDriftError as exc:
             if reader.fallback is None:
                 raise
@@ -509,7 +523,7 @@ class AsyncFeatureStore:
 
         Raises what a read would: DatabaseUnavailableError / AuthenticationError / StoreClosedError.
         """
-        await run_async(self, select_one_async, None, None)
+        await self.reads.run_async(select_one_async, None, None)
 
     # -- writes -------------------------------------------------------------------------------------
 
@@ -517,7 +531,7 @@ class AsyncFeatureStore:
     async def write_connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
         """A write-pool connection, with database errors translated. Raises ReadOnlyStoreError
         without a write pool, DatabaseUnavailableError when the primary cannot be reached."""
-        pool, conn = await write_conn_async(self)
+        pool, conn = await self.writes.connection_async()
         try:
             yield conn
         except psycopg.Error as exc:
@@ -534,8 +548,10 @@ class AsyncFeatureStore:
         try:
             from ..load import load_async
         except ImportError as exc:  # the core install: psycopg only
-            raise ExtraNotInstalledError(f"write_features needs the load extra (module {exc.name or exc!r} is missing): "
-                                         "pip install 'pgfeatures[load]'") from None
+            raise ExtraNotInstalledError(
+                f"write_features needs the load extra (module {exc.name or exc!r} is missing): "
+                "pip install 'pgfeatures[load]'"
+            ) from None
 
         for attempt in (0, 1):
             try:
@@ -544,19 +560,32 @@ class AsyncFeatureStore:
             except LoadInterruptedError as exc:
                 if attempt or not exc.retry_safe:  # committed, unknown, or a one-shot source: say so, do not guess
                     raise
-                logger.warning("pgfeatures: load into %s lost its connection before COMMIT (%s); retrying once", table, exc)
-                await write_pool(self).check()
+                logger.warning(
+                    "pgfeatures: load into %s lost its connection before COMMIT (%s); retrying once", table, exc
+                )
+                await self.writes.writable().check()
         raise AssertionError("unreachable")
 
-    async def update_features(self, key: Any, table: str, values: Mapping[str, Any], *, nan: str = "reject",
-                              inf: str = "reject", overwrite_newer: bool = False) -> UpdateCount:
+    async def update_features(
+        self,
+        key: Any,
+        table: str,
+        values: Mapping[str, Any],
+        *,
+        nan: str = "reject",
+        inf: str = "reject",
+        overwrite_newer: bool = False,
+    ) -> UpdateCount:
         """Upsert some or all features of one entity, in one round-trip (see write.py). Returns 1, or 0
         when the stored row is newer than the given ``updated_at`` (newest wins). Raises as
         ``update_features_batch``."""
-        return await self.update_features_batch(table, [(key, values)], nan=nan, inf=inf, overwrite_newer=overwrite_newer)
+        return await self.update_features_batch(
+            table, [(key, values)], nan=nan, inf=inf, overwrite_newer=overwrite_newer
+        )
 
-    async def update_features_batch(self, table: str, rows: UpdateRows, *, nan: str = "reject", inf: str = "reject",
-                                    overwrite_newer: bool = False) -> UpdateCount:
+    async def update_features_batch(
+        self, table: str, rows: UpdateRows, *, nan: str = "reject", inf: str = "reject", overwrite_newer: bool = False
+    ) -> UpdateCount:
         """Upsert many entities (``{key: values}`` or ``(key, values)`` pairs) in one round-trip and one
         transaction. Returns the number of distinct keys written (an int), with ``.skipped``: keys whose
         stored row was newer than the row's ``updated_at`` and was kept (newest wins; pass
@@ -576,9 +605,16 @@ class AsyncFeatureStore:
         WriteOutcomeUnknownError (a DatabaseUnavailableError): it may or may not have been applied, and
         it is not sent again.
         """
-        plans = plan_updates(self.registry, table, rows, nan=nan, inf=inf, overwrite_newer=overwrite_newer,
-                             max_future_skew=self.max_future_skew)
-        return await apply_updates_async(self, plans)
+        plans = plan_updates(
+            self.registry,
+            table,
+            rows,
+            nan=nan,
+            inf=inf,
+            overwrite_newer=overwrite_newer,
+            max_future_skew=self.max_future_skew,
+        )
+        return await self.writes.apply_async(plans)
 
 
 def _servable(served: Served) -> list[str] | None:
