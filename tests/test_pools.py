@@ -227,3 +227,23 @@ def test_async_probes_are_cancelled_at_close(registry, dsn):
         assert background.running() == 0
 
     asyncio.run(run())
+
+
+def test_hot_keys_of_a_bigint_entity_are_read_at_open(dsn, conn, schema):
+    """``hot_keys=[42, ...]`` for tables keyed by a bigint entity: the keys of that entity, read at open
+    (they were refused as malformed 32-byte keys)."""
+    from pgfeatures.definitions import Entity, FeatureTable, Registry
+
+    user = Entity("user", "bigint")
+    registry = Registry.of((FeatureTable.of("u", [("a", "real")], entity=user),), schema=schema)
+    apply_schema(conn, registry)
+    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=0) as store:
+        with store.connection() as c:
+            c.execute("SELECT pg_stat_force_next_flush()")
+        without = index_scans(conn, schema)
+    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=0, hot_keys=[42, 7, 9]) as store:
+        assert store.hot_keys_by_entity == {"user": (42, 7, 9)}
+        with store.connection() as c:
+            c.execute("SELECT pg_stat_force_next_flush()")
+    second_open = index_scans(conn, schema) - without
+    assert second_open - without >= 3  # the same warm-up as the first open, and a lookup per hot key
