@@ -13,12 +13,13 @@
 from .credentials import Cached, CredentialProvider, CredentialProviderError, EnvPassword, PasswordFile, load_provider
 from .dsn import DSN_ENV, POOLERS, READ_APP, WRITE_APP, check_pooler, connection_kwargs, prepares, resolve_dsn
 from .liveness import went_away
-from .pool import check_connection, connect, getconn_oldest, make_pool
+from .pool import check_connection, connect, filled, getconn_oldest, make_pool
 from .pool_async import (
     POOL_ORDERS,
     check_connection_async,
     check_pool_order,
     connect_async,
+    filled_async,
     getconn_oldest_async,
     make_async_pool,
 )
@@ -45,6 +46,8 @@ __all__ = [
     "connect_async",
     "connection_kwargs",
     "database_error",
+    "filled",
+    "filled_async",
     "getconn_oldest",
     "getconn_oldest_async",
     "is_auth_failure",

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import ConfigError
 from .credentials import CredentialProvider, with_deadline
@@ -164,6 +164,22 @@ def check_pool_order(order: str) -> str:
     if order not in POOL_ORDERS:
         raise ConfigError(f"unknown pool order {order!r}; valid: {', '.join(POOL_ORDERS)}")
     return order
+
+
+def filled(pool: ConnectionPool, timeout: float) -> ConnectionPool | None:
+    """``pool`` (new, not opened) opened and holding its connections within ``timeout`` seconds; None, and
+    the pool closed, if it does not fill in time. A caller cancelled while it fills leaves no pool behind:
+    it is closed, then the cancellation goes on."""
+    pool.open(wait=False)
+    try:
+        pool.wait(timeout=timeout)
+    except PoolTimeout:
+        pool.close()
+        return None
+    except BaseException:
+        pool.close()
+        raise
+    return pool
 
 
 def make_pool(

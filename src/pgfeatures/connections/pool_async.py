@@ -39,7 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ..errors import ConfigError
 from .credentials import CredentialProvider, with_deadline
@@ -164,6 +164,22 @@ def check_pool_order(order: str) -> str:
     if order not in POOL_ORDERS:
         raise ConfigError(f"unknown pool order {order!r}; valid: {', '.join(POOL_ORDERS)}")
     return order
+
+
+async def filled_async(pool: AsyncConnectionPool, timeout: float) -> AsyncConnectionPool | None:
+    """``pool`` (new, not opened) opened and holding its connections within ``timeout`` seconds; None, and
+    the pool closed, if it does not fill in time. A caller cancelled while it fills leaves no pool behind:
+    it is closed, then the cancellation goes on."""
+    await pool.open(wait=False)
+    try:
+        await pool.wait(timeout=timeout)
+    except PoolTimeout:
+        await pool.close()
+        return None
+    except BaseException:
+        await pool.close()
+        raise
+    return pool
 
 
 def make_async_pool(

@@ -34,7 +34,15 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from ..connections import ConnectFailures, CredentialProvider, connect, database_error, make_pool, prepares
+from ..connections import (
+    ConnectFailures,
+    CredentialProvider,
+    connect,
+    database_error,
+    filled,
+    make_pool,
+    prepares,
+)
 from ..connections.concurrency import Background
 from ..errors import DatabaseUnavailableError, PgFeaturesError, SchemaDriftError, StoreClosedError
 from ..reader import BatchReader, Fetch, Reader
@@ -517,17 +525,7 @@ class ReadRouter:
         pool closed) if it does not fill within the store's connect_timeout. A caller cancelled while
         it fills (a closing store, a client gone) leaves no pool behind: it is closed, then the
         cancellation goes on."""
-        new = make_pool(dsn, **self.pool_settings(failures))
-        new.open(wait=False)
-        try:
-            new.wait(timeout=self.connect_timeout)
-        except PoolTimeout:
-            new.close()
-            return None
-        except BaseException:
-            new.close()
-            raise
-        return new
+        return filled(make_pool(dsn, **self.pool_settings(failures)), self.connect_timeout)
 
     def close_if_closed(self, router: Router | None, *pools: ConnectionPool | None) -> bool:
         """After a renewal installed a new pool: whether the store is still the open store it was when

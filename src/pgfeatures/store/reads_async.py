@@ -32,7 +32,15 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
-from ..connections import ConnectFailures, CredentialProvider, connect_async, database_error, make_async_pool, prepares
+from ..connections import (
+    ConnectFailures,
+    CredentialProvider,
+    connect_async,
+    database_error,
+    filled_async,
+    make_async_pool,
+    prepares,
+)
 from ..connections.concurrency import AsyncBackground
 from ..errors import DatabaseUnavailableError, PgFeaturesError, SchemaDriftError, StoreClosedError
 from ..reader import BatchReader, Fetch, Reader
@@ -515,17 +523,7 @@ class AsyncReadRouter:
         pool closed) if it does not fill within the store's connect_timeout. A caller cancelled while
         it fills (a closing store, a client gone) leaves no pool behind: it is closed, then the
         cancellation goes on."""
-        new = make_async_pool(dsn, **self.pool_settings(failures))
-        await new.open(wait=False)
-        try:
-            await new.wait(timeout=self.connect_timeout)
-        except PoolTimeout:
-            await new.close()
-            return None
-        except BaseException:
-            await new.close()
-            raise
-        return new
+        return await filled_async(make_async_pool(dsn, **self.pool_settings(failures)), self.connect_timeout)
 
     async def close_if_closed_async(self, router: Router | None, *pools: AsyncConnectionPool | None) -> bool:
         """After a renewal installed a new pool: whether the store is still the open store it was when

@@ -31,6 +31,7 @@ from ..connections import (
     CredentialProvider,
     connect,
     database_error,
+    filled,
     make_pool,
     redact,
     went_away,
@@ -201,17 +202,7 @@ class WritePath:
         except PgFeaturesError:
             return None
         probe.close()
-        new = self._new_pool()
-        new.open(wait=False)
-        try:
-            new.wait(timeout=o.connect_timeout)
-        except PoolTimeout:
-            new.close()
-            return None
-        except BaseException:
-            new.close()
-            raise
-        return new
+        return filled(self._new_pool(), o.connect_timeout)
 
     # -- live updates -------------------------------------------------------------------------------
 

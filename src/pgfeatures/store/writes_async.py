@@ -29,6 +29,7 @@ from ..connections import (
     CredentialProvider,
     connect_async,
     database_error,
+    filled_async,
     make_async_pool,
     redact,
     went_away,
@@ -199,17 +200,7 @@ class AsyncWritePath:
         except PgFeaturesError:
             return None
         await probe.close()
-        new = self._new_pool()
-        await new.open(wait=False)
-        try:
-            await new.wait(timeout=o.connect_timeout)
-        except PoolTimeout:
-            await new.close()
-            return None
-        except BaseException:
-            await new.close()
-            raise
-        return new
+        return await filled_async(self._new_pool(), o.connect_timeout)
 
     # -- live updates -------------------------------------------------------------------------------
 
