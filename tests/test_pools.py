@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import psycopg
 import pytest
@@ -134,3 +135,115 @@ def test_reads_can_go_to_a_replica_dsn(registry, dsn, conn, schema):
     finally:
         with psycopg.connect(replica, autocommit=True) as rc:
             rc.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def _backends_used_since(conn, app: str, since) -> set[int]:
+    """The read backends of ``app`` that ran a statement after ``since`` (a server timestamp)."""
+    rows = conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND query_start > %s", [app, since]
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+@pytest.mark.parametrize("order, used", [("lifo", 1), ("fifo", 4)])
+def test_a_sequential_caller_reuses_the_most_recent_connection(registry, dsn, conn, schema, order, used):
+    """LIFO (the default): consecutive reads land on the backend the previous read used, not on each
+    connection of the pool in turn (psycopg_pool's own order, kept by ``pool_order="fifo"``)."""
+    app = f"pgf-lifo-{schema}"
+    with FeatureStore(registry, dsn, pool_size=4, read_application_name=app, pool_order=order) as store:
+        since = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        for _ in range(12):
+            assert store.get_features(bytes(32), ["t00"]) == {"t00": None}
+        assert len(_backends_used_since(conn, app, since)) == used
+        if order == "lifo":
+            with store.connection() as c:  # the connection the next read takes: the one the reads used
+                assert _backends_used_since(conn, app, since) == {c.info.backend_pid}
+
+
+def test_concurrent_reads_still_use_every_connection(registry, dsn, conn, schema):
+    app = f"pgf-lifoc-{schema}"
+
+    async def run():
+        async with AsyncFeatureStore(registry, dsn, pool_size=4, read_application_name=app) as store:
+            assert store.pool_order == "lifo"
+            since = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+            results = await asyncio.gather(*(store.get_features(bytes(32), ["t00"]) for _ in range(40)))
+            assert results == [{"t00": None}] * 40
+            assert len(_backends_used_since(conn, app, since)) == 4
+
+    asyncio.run(run())
+
+
+def test_a_bad_pool_order_is_a_config_error(registry, dsn):
+    from pgfeatures.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pool order"):
+        FeatureStore(registry, dsn, pool_order="random", open=False)
+
+
+def _probe_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name.startswith("pgfeatures-probe") and t.is_alive()]
+
+
+def test_sync_probes_are_tracked_and_stopped_at_close(registry, dsn):
+    """A replica that is down is probed in the background; ``close`` stops the probe and waits for it
+    (the sync store's probes are threads: tracked like the asyncio store's tasks, not left running)."""
+    from conftest import dsn_with
+
+    down = dsn_with(dsn, host="127.0.0.1", port="1")  # nothing listens there: refused at once
+    store = FeatureStore(registry, dsn, read_dsns=[down], pool_size=1, write_pool_size=0, connect_timeout=1)
+    try:
+        assert store.get_features(bytes(32), ["t00"]) == {"t00": None}  # the primary serves; the replica is probed
+        deadline = time.monotonic() + 5
+        while not _probe_threads() and time.monotonic() < deadline:
+            store.get_features(bytes(32), ["t00"])
+            time.sleep(0.05)
+        assert _probe_threads() and store.background.running() >= 1
+    finally:
+        store.close()
+    assert _probe_threads() == []
+
+
+def test_async_probes_are_cancelled_at_close(registry, dsn):
+    from conftest import dsn_with
+
+    down = dsn_with(dsn, host="127.0.0.1", port="1")
+
+    async def run():
+        store = AsyncFeatureStore(registry, dsn, read_dsns=[down], pool_size=1, write_pool_size=0, connect_timeout=1)
+        await store.open()
+        background = store.background
+        try:
+            for _ in range(100):
+                await store.get_features(bytes(32), ["t00"])
+                if background.running():
+                    break
+                await asyncio.sleep(0.05)
+            assert background.running() >= 1
+        finally:
+            await store.close()
+        assert background.running() == 0
+
+    asyncio.run(run())
+
+
+def test_hot_keys_of_a_bigint_entity_are_read_at_open(dsn, conn, schema):
+    """``hot_keys=[42, ...]`` for tables keyed by a bigint entity: the keys of that entity, read at open
+    (they were refused as malformed 32-byte keys)."""
+    from pgfeatures.definitions import Entity, FeatureTable, Registry
+
+    user = Entity("user", "bigint")
+    registry = Registry.of((FeatureTable.of("u", [("a", "real")], entity=user),), schema=schema)
+    apply_schema(conn, registry)
+    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=0) as store:
+        with store.connection() as c:
+            c.execute("SELECT pg_stat_force_next_flush()")
+        without = index_scans(conn, schema)
+    with FeatureStore(registry, dsn, pool_size=1, write_pool_size=0, hot_keys=[42, 7, 9]) as store:
+        assert store.hot_keys_by_entity == {"user": (42, 7, 9)}
+        with store.connection() as c:
+            c.execute("SELECT pg_stat_force_next_flush()")
+    second_open = index_scans(conn, schema) - without
+    assert second_open - without >= 3  # the same warm-up as the first open, and a lookup per hot key

@@ -17,8 +17,6 @@ from pgfeatures import AsyncFeatureStore, FeatureStore
 from pgfeatures.connections import ConnectFailures
 from pgfeatures.definitions import demo_registry
 from pgfeatures.schema import apply_schema
-from pgfeatures.store.opening import renew_pool, renew_write_pool
-from pgfeatures.store.opening_async import filled_pool_async
 from support.proxy import Proxy
 
 
@@ -52,7 +50,7 @@ def test_a_renewal_cancelled_while_its_pool_fills_closes_that_pool(dsn, registry
 
     async def body() -> None:
         async with AsyncFeatureStore(registry, dsn, pool_size=1, write_pool_size=0, connect_timeout=30) as store:
-            task = asyncio.create_task(filled_pool_async(store, stalled, True, ConnectFailures()))
+            task = asyncio.create_task(store.reads.filled_pool_async(stalled, ConnectFailures()))
             async with asyncio.timeout(10):  # "the renewal's pool should be filling"
                 while not open_pools(marker):
                     await asyncio.sleep(0.01)
@@ -73,11 +71,11 @@ def test_a_read_renewal_of_a_closed_or_reopened_store_installs_nothing(dsn, regi
     store.open()
     target = store.router.targets[0]
     store.close()
-    assert renew_pool(store, target) is False  # closed: nothing opened
+    assert store.reads.renew_pool(target) is False  # closed: nothing opened
     store.open()
     try:
         before = len(open_pools(""))
-        assert renew_pool(store, target) is False  # the target of the store's previous life
+        assert store.reads.renew_pool(target) is False  # the target of the store's previous life
         assert len(open_pools("")) == before
         assert target.pool.closed and store.router.targets[0].pool is not target.pool
     finally:
@@ -93,7 +91,7 @@ def test_a_write_renewal_of_a_reopened_store_keeps_its_new_pool(dsn, registry):
     try:
         current = store.write_pool
         before = len(open_pools(""))
-        assert renew_write_pool(store, old) is True  # the store's pool is another than the one that failed
+        assert store.writes.renew(old) is True  # the write pool is another than the one that failed
         assert store.write_pool is current and not current.closed and len(open_pools("")) == before
     finally:
         store.close()

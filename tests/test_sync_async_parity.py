@@ -108,10 +108,12 @@ def test_public_apis_agree(async_name, sync_name):
 
 
 def test_the_stores_document_every_option():
-    from pgfeatures import AsyncFeatureStore, FeatureStore
+    from pgfeatures import AsyncFeatureStore, FeatureStore, StoreOptions
 
     for cls in (FeatureStore, AsyncFeatureStore):
-        params = [p for p in inspect.signature(cls).parameters if p not in ("self",)]
+        # The keyword settings (**settings) are StoreOptions' fields: each is documented too.
+        params = [p for p in inspect.signature(cls).parameters if p not in ("self", "settings")]
+        params += StoreOptions.names()
         assert {"pool_size", "connect_timeout", "read_dsns", "hot_keys", "credentials", "pooler"} <= set(params)
         doc = inspect.getdoc(cls) or ""
         missing = [p for p in params if f"``{p}``" not in doc]

@@ -14,10 +14,14 @@ The transformation works on tokens, so comments and layout survive:
 - a name ending in ``_async`` loses the suffix (``load_async`` -> ``load``); other
   names are renamed by ``RENAMES`` (``AsyncConnection`` -> ``Connection``,
   ``__aenter__`` -> ``__enter__``, ``asynccontextmanager`` -> ``contextmanager``, ...);
-- a line ending in ``# sync: <code>`` is replaced by ``<code>`` (same indentation),
-  for the few lines whose sync form is not a rename (``await asyncio.to_thread(f, x)``
-  -> ``f(x)``);
+- ``Awaitable[X]`` becomes ``X`` (the type of what an awaited call returns);
 - a line ending in ``# async-only`` is dropped;
+- imports the twin does not use (``asyncio``, ``Awaitable``) are removed (ruff's F401 fix);
+- what differs by more than a rename is a pair of functions written side by side in
+  ``connections/concurrency.py`` (``sleep_async``/``sleep``, ``to_thread_async``/``to_thread``,
+  ``AsyncBackground``/``Background``): the twin carries no code of its own. A line carrying code
+  in a comment (the former ``# sync: <code>`` directive) is refused: no generated line is code
+  that only a comment held, unchecked by the linters and the type checker;
 - ``Async...`` class names in ``RENAMES`` are renamed in strings and comments too (string
   annotations such as ``"AsyncFeatureStore"``, docstrings);
 - the source's docstring line ``(async source)`` becomes ``(generated from <name>_async.py)``.
@@ -59,6 +63,9 @@ RENAMES = {
     "make_async_pool": "make_pool",
     "AsyncLock": "Lock",
     "AsyncEvent": "Event",
+    "AsyncBackground": "Background",
+    "AsyncWritePath": "WritePath",
+    "AsyncReadRouter": "ReadRouter",
 }
 
 HEADER = (
@@ -66,28 +73,30 @@ HEADER = (
     "# (the async module is the source; `python tools/async_to_sync.py` regenerates this twin)\n"
 )
 
-_SYNC_DIRECTIVE = re.compile(r"^(?P<indent>\s*)(?P<code>.*?)\s*# sync: (?P<sync>.*)$")
+_SYNC_DIRECTIVE = re.compile(r"#\s*sync:")
 _ASYNC_NAME = re.compile(r"\bAsync[A-Za-z]+\b")
 _ASYNC_ONLY = re.compile(r"#\s*async-only\s*$")
 
 
-def _apply_line_directives(source: str) -> str:
+def _apply_line_directives(source: str, source_name: str = "") -> str:
+    """``source`` without its ``# async-only`` lines. Raises SystemExit for a ``# sync:`` directive."""
     out = []
-    for line in source.splitlines(keepends=True):
+    for number, line in enumerate(source.splitlines(keepends=True), 1):
         stripped = line.rstrip("\n")
         if _ASYNC_ONLY.search(stripped):
             continue
-        m = _SYNC_DIRECTIVE.match(stripped)
-        if m:
-            out.append(f"{m['indent']}{m['sync'].rstrip()}\n")
-            continue
+        if _SYNC_DIRECTIVE.search(stripped):
+            raise SystemExit(
+                f"{source_name}:{number}: a '# sync:' directive (code in a comment) is not accepted: write the two "
+                "forms as a pair in connections/concurrency.py and call the async one"
+            )
         out.append(line)
     return "".join(out)
 
 
 def transform(source: str, source_name: str) -> str:
     """The sync twin of an async module's text."""
-    text = _apply_line_directives(source)
+    text = _apply_line_directives(source, source_name)
     lines = text.splitlines(keepends=True)
     # (row, col_start, col_end, replacement): edits on one line, applied right to left
     edits: list[tuple[int, int, int, str]] = []
@@ -101,6 +110,10 @@ def transform(source: str, source_name: str) -> str:
         elif tok.string == "await":
             nxt = tokens[i + 1]
             edits.append((row, col, nxt.start[1] if nxt.start[0] == row else end, ""))
+        elif tok.string == "Awaitable" and i + 1 < len(tokens) and tokens[i + 1].string == "[":
+            close = _closing_bracket(tokens, i + 1)
+            edits.append((row, col, tokens[i + 1].end[1], ""))
+            edits.append((tokens[close].start[0], tokens[close].start[1], tokens[close].end[1], ""))
         elif tok.string in RENAMES:
             edits.append((row, col, end, RENAMES[tok.string]))
         elif tok.string.endswith("_async") and len(tok.string) > len("_async"):
@@ -114,11 +127,24 @@ def transform(source: str, source_name: str) -> str:
     return formatted(HEADER.format(source=source_name) + body, source_name)
 
 
+def _closing_bracket(tokens: list[tokenize.TokenInfo], opening: int) -> int:
+    """The index of the ``]`` that closes the ``[`` at ``opening``."""
+    depth = 0
+    for j in range(opening, len(tokens)):
+        if tokens[j].string == "[":
+            depth += 1
+        elif tokens[j].string == "]":
+            depth -= 1
+            if depth == 0:
+                return j
+    raise SystemExit(f"unbalanced brackets after Awaitable at line {tokens[opening].start[0]}")
+
+
 def formatted(text: str, source_name: str) -> str:
     """``text`` as ruff (the project's settings) sorts its imports and lays it out: the twin is shorter than
     its source (no ``await``, no ``_async``), so lines the formatter wrapped in the source fit on one line."""
     twin = source_name[: -len("_async.py")] + ".py"
-    for step in (["check", "--select", "I", "--fix-only", "--exit-zero"], ["format"]):
+    for step in (["check", "--select", "I,F401", "--fix-only", "--exit-zero"], ["format"]):
         done = subprocess.run(
             [sys.executable, "-m", "ruff", *step, "--stdin-filename", twin, "-"],
             input=text,

@@ -30,7 +30,7 @@ from .errors import (
     WriteOutcomeUnknownError,
 )
 from .reader import EXPIRED, MISSING, PRESENT, BatchReader, FeatureResult, Reader, Strategy
-from .store import AsyncFeatureStore, FeatureStore
+from .store import AsyncFeatureStore, FeatureStore, StoreOptions
 
 __version__ = "0.1.0"
 
@@ -54,6 +54,7 @@ __all__ = [
     "QueryTimeoutError",
     "ReadOnlyStoreError",
     "StoreClosedError",
+    "StoreOptions",
     "load_provider",
     "BatchReader",
     "DatabaseUnavailableError",

@@ -43,6 +43,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from .connections.concurrency import sleep
 from .definitions import UPDATED_AT, FeatureTable, Registry
 from .materialize.build import materialized_layouts
 
@@ -182,7 +183,7 @@ def _expire_table(
             if deleted < batch_rows:
                 break
             if pause:
-                time.sleep(pause)
+                sleep(pause)
     else:
         statement = _by_pages(ident)
         step = max(1, int(batch_rows * pages / reltuples)) if reltuples > 0 else 16
@@ -195,7 +196,7 @@ def _expire_table(
             result.deleted += deleted
             result.batches += 1
             if pause and deleted:
-                time.sleep(pause)
+                sleep(pause)
     result.seconds = time.perf_counter() - started
     if vacuum and result.deleted and result.deleted >= VACUUM_FRACTION * max(reltuples, 1):
         _vacuum(conn, registry, table, result)

@@ -31,7 +31,6 @@ How, so that neither reads nor writers stall:
 
 from __future__ import annotations
 
-import asyncio  # async-only
 import datetime
 import hashlib
 import time
@@ -42,6 +41,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from .connections.concurrency import sleep_async
 from .definitions import UPDATED_AT, FeatureTable, Registry
 from .materialize.build_async import materialized_layouts
 
@@ -181,7 +181,7 @@ async def _expire_table_async(
             if deleted < batch_rows:
                 break
             if pause:
-                await asyncio.sleep(pause)  # sync: time.sleep(pause)
+                await sleep_async(pause)
     else:
         statement = _by_pages(ident)
         step = max(1, int(batch_rows * pages / reltuples)) if reltuples > 0 else 16
@@ -194,7 +194,7 @@ async def _expire_table_async(
             result.deleted += deleted
             result.batches += 1
             if pause and deleted:
-                await asyncio.sleep(pause)  # sync: time.sleep(pause)
+                await sleep_async(pause)
     result.seconds = time.perf_counter() - started
     if vacuum and result.deleted and result.deleted >= VACUUM_FRACTION * max(reltuples, 1):
         await _vacuum_async(conn, registry, table, result)

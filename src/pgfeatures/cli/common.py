@@ -37,6 +37,7 @@ from ..errors import PgFeaturesError
 if TYPE_CHECKING:
     from ..connections import CredentialProvider
     from ..definitions import Registry
+    from ..store.options import StoreOptions
     from .output import Output
 
 DEFINITIONS_ENV = "PGFEATURES_DEFINITIONS"
@@ -248,6 +249,16 @@ def credentials_of(args: argparse.Namespace) -> CredentialProvider | None:
     provider = PasswordFile(path) if path else load_provider(spec) if spec else None
     args._credentials = provider
     return provider
+
+
+def store_options_of(args: argparse.Namespace, **settings: Any) -> StoreOptions:
+    """The settings of a store a command opens: the command's credential provider, one read connection,
+    no write pool, and ``on_drift="isolate"`` (a broken table fails only what touches it), with
+    ``settings`` (StoreOptions fields) on top. Raises ConfigError."""
+    from ..store.options import StoreOptions
+
+    base = StoreOptions(pool_size=1, write_pool_size=0, on_drift="isolate", credentials=credentials_of(args))
+    return base.replace(**settings) if settings else base
 
 
 def connect(args: argparse.Namespace, application_name: str, dsn: str | None = None, timeout: float = 5.0) -> Any:

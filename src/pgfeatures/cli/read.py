@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..reader.answer import shortest_real
-from .common import CliError, Command, add_definitions, add_dsn, add_json, credentials_of, dsn_of, load_registry
+from .common import CliError, Command, add_definitions, add_dsn, add_json, dsn_of, load_registry, store_options_of
 from .output import Output
 
 if TYPE_CHECKING:
@@ -228,9 +228,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     binder = KeyBinder(selection.entities, selection.known, selection.needs())
     bound = bind_requests(binder, requests, single)
     vector = args.output == "vector"
-    with FeatureStore(
-        registry, dsn_of(args), pool_size=1, write_pool_size=0, on_drift="isolate", credentials=credentials_of(args)
-    ) as store:
+    with FeatureStore(registry, dsn_of(args), options=store_options_of(args)) as store:
         readers = store.readers
         if single:
             if service is None:

@@ -13,8 +13,16 @@
 from .credentials import Cached, CredentialProvider, CredentialProviderError, EnvPassword, PasswordFile, load_provider
 from .dsn import DSN_ENV, POOLERS, READ_APP, WRITE_APP, check_pooler, connection_kwargs, prepares, resolve_dsn
 from .liveness import went_away
-from .pool import check_connection, connect, make_pool
-from .pool_async import check_connection_async, connect_async, make_async_pool
+from .pool import check_connection, connect, filled, getconn_oldest, make_pool
+from .pool_async import (
+    POOL_ORDERS,
+    check_connection_async,
+    check_pool_order,
+    connect_async,
+    filled_async,
+    getconn_oldest_async,
+    make_async_pool,
+)
 from .translate import ConnectFailures, check_dsn, database_error, is_auth_failure, redact, settings_error, unavailable
 
 __all__ = [
@@ -25,17 +33,23 @@ __all__ = [
     "DSN_ENV",
     "EnvPassword",
     "POOLERS",
+    "POOL_ORDERS",
     "PasswordFile",
     "READ_APP",
     "WRITE_APP",
     "check_connection",
     "check_connection_async",
     "check_pooler",
+    "check_pool_order",
     "check_dsn",
     "connect",
     "connect_async",
     "connection_kwargs",
     "database_error",
+    "filled",
+    "filled_async",
+    "getconn_oldest",
+    "getconn_oldest_async",
     "is_auth_failure",
     "load_provider",
     "make_async_pool",

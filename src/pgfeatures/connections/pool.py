@@ -20,19 +20,30 @@ take the connections readers need) and per-session settings. They do not
 isolate the buffer cache or CPU: shared_buffers is shared by every backend of
 the server. Real read isolation is a read replica.
 
+Idle connections are handed out last-in first-out (``order="lifo"``, the default): a request
+takes the connection returned most recently, so a lightly loaded store keeps one backend (and its
+caches, its CPU's caches, its prepared plans) hot instead of going round every connection of the
+pool; under concurrency every connection still serves. PgBouncer reuses server connections LIFO
+by default for the same reason. psycopg_pool itself is first-in first-out and has no setting for
+it: ``_LifoPool`` takes the newest idle connection in the one place psycopg_pool picks
+one (``_get_ready_connection``, called under the pool's lock). ``order="fifo"`` keeps
+psycopg_pool's order (for comparison: ``bench/pool_order.py``).
+
 A pool logs (logger ``pgfeatures.connections``) when it first fails to connect (a warning, once
 per outage, not per attempt) and when it connects again (info, with how long it had failed).
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
+from ..errors import ConfigError
 from .credentials import CredentialProvider, with_deadline
 from .dsn import connection_kwargs
 from .translate import ConnectFailures, _reason, redact, unavailable
@@ -117,6 +128,60 @@ def _recording_class(failures: ConnectFailures) -> type[psycopg.Connection]:
     return RecordingConnection
 
 
+POOL_ORDERS = ("lifo", "fifo")
+
+# Set while a caller asks for the least recently used idle connection (``getconn_oldest_async``):
+# a context variable, so it holds for that task (thread) only and never for a concurrent request.
+_OLDEST_FIRST: contextvars.ContextVar[bool] = contextvars.ContextVar("pgfeatures_oldest_first", default=False)
+
+
+class _LifoPool(ConnectionPool):
+    """An ConnectionPool that hands out its idle connections last-in first-out (see the module).
+
+    psycopg_pool keeps idle connections in a deque, returns them on the right and takes them from the
+    left; this turns the deque once (O(1)) so the newest is taken, and leaves everything else
+    (waiting clients, stats, checks, expiry) to psycopg_pool."""
+
+    def _get_ready_connection(self, timeout: float | None) -> Any:
+        if len(self._pool) > 1 and not _OLDEST_FIRST.get():
+            self._pool.rotate(1)
+        return super()._get_ready_connection(timeout)
+
+
+def getconn_oldest(pool: ConnectionPool, timeout: float | None = None) -> Any:
+    """The least recently used idle connection of ``pool`` (psycopg_pool's own order): a caller
+    that visits every connection one at a time (``prepare_everywhere``) takes them this way, since
+    last-in first-out would hand it the same connection again. Raises as ``pool.getconn``."""
+    token = _OLDEST_FIRST.set(True)
+    try:
+        return pool.getconn(timeout)
+    finally:
+        _OLDEST_FIRST.reset(token)
+
+
+def check_pool_order(order: str) -> str:
+    """``order`` if it is a pool order (``"lifo"``, ``"fifo"``); else ConfigError naming them."""
+    if order not in POOL_ORDERS:
+        raise ConfigError(f"unknown pool order {order!r}; valid: {', '.join(POOL_ORDERS)}")
+    return order
+
+
+def filled(pool: ConnectionPool, timeout: float) -> ConnectionPool | None:
+    """``pool`` (new, not opened) opened and holding its connections within ``timeout`` seconds; None, and
+    the pool closed, if it does not fill in time. A caller cancelled while it fills leaves no pool behind:
+    it is closed, then the cancellation goes on."""
+    pool.open(wait=False)
+    try:
+        pool.wait(timeout=timeout)
+    except PoolTimeout:
+        pool.close()
+        return None
+    except BaseException:
+        pool.close()
+        raise
+    return pool
+
+
 def make_pool(
     dsn: str,
     *,
@@ -130,10 +195,12 @@ def make_pool(
     credentials: CredentialProvider | None = None,
     pooler: str | None = None,
     failures: ConnectFailures | None = None,
+    order: str = "lifo",
 ) -> ConnectionPool:
     """A fixed-size pool, not yet opened. ``configure`` runs on every new connection before it
     serves; ``credentials`` is called for every new connection; ``failures`` records why
-    connections could not be made."""
+    connections could not be made; ``order``: which idle connection a request takes, the most
+    recently returned (``"lifo"``) or the least (``"fifo"``). Raises ConfigError for another order."""
     base = connection_kwargs(application_name, connect_timeout, pooler)
     failures = failures or ConnectFailures()
 
@@ -152,7 +219,8 @@ def make_pool(
         finally:
             failures.answered(asking)
 
-    return ConnectionPool(
+    cls = _LifoPool if check_pool_order(order) == "lifo" else ConnectionPool
+    return cls(
         dsn,
         connection_class=_recording_class(failures),
         kwargs=kwargs if credentials is not None else base,

@@ -55,7 +55,8 @@ from ..connections import connect, load_provider, resolve_dsn
 from ..definitions import UPDATED_AT, FeatureService, Registry, check_identifier
 from ..errors import DefinitionError, PgFeaturesError
 from ..reader import EXPIRED
-from ..store import AsyncFeatureStore, FeatureStore
+from ..store import AsyncFeatureStore, FeatureStore, StoreOptions
+from ..store.options import pick
 from . import infra
 from .keys import key_part, proto_key, proto_value
 from .mapping import PROTO_FIELDS, ViewLayout, registry_of, service_of, view_layout
@@ -97,22 +98,15 @@ class PgfeaturesOnlineStoreConfig(FeastConfigBaseModel):
 
 
 def store_options(config: PgfeaturesOnlineStoreConfig) -> dict[str, Any]:
-    """pgfeatures store keyword arguments from the Feast config."""
-    return {
-        "dsn": config.dsn,
-        "pool_size": config.pool_size,
-        "write_pool_size": config.write_pool_size,
-        "read_dsns": tuple(config.read_dsns),
-        "read_dsn": config.read_dsn,
-        "read_fallback": config.read_fallback,
-        "max_replica_lag": config.max_replica_lag,
-        "credentials": load_provider(config.credentials) if config.credentials else None,
-        "pooler": config.pooler,
-        "max_lifetime": config.max_lifetime,
-        "connect_timeout": config.connect_timeout,
-        "acquire_timeout": config.acquire_timeout,
-        "on_drift": "isolate",  # a view not applied yet fails only the requests that touch it
-    }
+    """pgfeatures store keyword arguments from the Feast config: the DSN, and StoreOptions made of every
+    setting the config holds under the store's own name (``pick``), its replicas, its provider, and
+    ``on_drift="isolate"`` (a view not applied yet fails only the requests that touch it)."""
+    read_dsns = (*config.read_dsns, *([config.read_dsn] if config.read_dsn else []))
+    credentials = load_provider(config.credentials) if config.credentials else None
+    options = StoreOptions(
+        **{**pick(config), "read_dsns": read_dsns, "credentials": credentials, "on_drift": "isolate"}
+    )
+    return {"dsn": config.dsn, "options": options}
 
 
 def schema_of(config: RepoConfig) -> str:

@@ -19,12 +19,13 @@ import logging
 from typing import Any
 
 import psycopg
-from psycopg.copy import QueuedLibpqWriter
 
+from ..connections.concurrency import to_thread
 from ..definitions import Registry
 from ..errors import LoadInputError, LoadInterruptedError
 from .options import LoadOptions, LoadSummary, ProgressCallback, load_options
 from .plan import Copy, Job, Plan, check_idle, step
+from .prefetch import copy_writer, prefetched
 
 logger = logging.getLogger("pgfeatures.load")
 
@@ -33,10 +34,10 @@ def _execute(conn: psycopg.Connection, plan: Plan) -> None:
     """Run the plan's statements and COPY streams, sending each result back into the plan."""
     cur = conn.cursor()
     result: Any = None
-    while (op := step(plan, result)) is not None:
+    while (op := to_thread(step, plan, result)) is not None:
         if isinstance(op, Copy):
-            with cur.copy(op.query, writer=QueuedLibpqWriter(cur)) as copy:
-                for chunk in op.chunks:
+            with cur.copy(op.query, writer=copy_writer(cur)) as copy:
+                for chunk in prefetched(op.chunks):
                     copy.write(chunk)
             result = cur.rowcount
         else:
@@ -68,7 +69,7 @@ def load(
     (lock timeout, swap blockers, other database errors).
     """
     check_idle(conn.info.transaction_status)
-    job = Job(registry, table, data, load_options(options, **changes), progress)
+    job = to_thread(Job, registry, table, data, load_options(options, **changes), progress)
     try:
         with conn.transaction():
             _execute(conn, job.plan())
@@ -84,13 +85,13 @@ def load(
     if statement is not None:
         autocommit = conn.autocommit
         try:
-            conn.autocommit = True  # VACUUM cannot run in a transaction block
+            conn.set_autocommit(True)  # VACUUM cannot run in a transaction block
             conn.execute(statement, prepare=False)
         except psycopg.Error as exc:
             job.maintenance_failed(exc)
             logger.warning("pgfeatures: load into %s: %s", table, job.summary.maintenance)
         finally:
-            conn.autocommit = autocommit
+            conn.set_autocommit(autocommit)
     summary = job.finish_maintenance()
     logger.info(
         "pgfeatures: %s into %s committed: %d rows read, %d inserted, %d updated in %.1fs",

@@ -13,17 +13,17 @@ COMMIT: a warning); and a failed VACUUM/ANALYZE after a committed load (a warnin
 
 from __future__ import annotations
 
-import asyncio  # sync: from psycopg.copy import QueuedLibpqWriter
 import logging
 from typing import Any
 
 import psycopg
 
+from ..connections.concurrency import to_thread_async
 from ..definitions import Registry
 from ..errors import LoadInputError, LoadInterruptedError
 from .options import LoadOptions, LoadSummary, ProgressCallback, load_options
 from .plan import Copy, Job, Plan, check_idle, step
-from .prefetch import prefetched  # async-only
+from .prefetch import copy_writer_async, prefetched_async
 
 logger = logging.getLogger("pgfeatures.load")
 
@@ -32,10 +32,10 @@ async def _execute(conn: psycopg.AsyncConnection, plan: Plan) -> None:
     """Run the plan's statements and COPY streams, sending each result back into the plan."""
     cur = conn.cursor()
     result: Any = None
-    while (op := await asyncio.to_thread(step, plan, result)) is not None:  # sync: while (op := step(plan, result)) is not None:
+    while (op := await to_thread_async(step, plan, result)) is not None:
         if isinstance(op, Copy):
-            async with cur.copy(op.query) as copy:  # sync: with cur.copy(op.query, writer=QueuedLibpqWriter(cur)) as copy:
-                async for chunk in prefetched(op.chunks):  # sync: for chunk in op.chunks:
+            async with cur.copy(op.query, writer=copy_writer_async(cur)) as copy:
+                async for chunk in prefetched_async(op.chunks):
                     await copy.write(chunk)
             result = cur.rowcount
         else:
@@ -61,7 +61,7 @@ async def load_async(
     (lock timeout, swap blockers, other database errors).
     """
     check_idle(conn.info.transaction_status)
-    job = await asyncio.to_thread(Job, registry, table, data, load_options(options, **changes), progress)  # sync: job = Job(registry, table, data, load_options(options, **changes), progress)
+    job = await to_thread_async(Job, registry, table, data, load_options(options, **changes), progress)
     try:
         async with conn.transaction():
             await _execute(conn, job.plan())
@@ -77,13 +77,13 @@ async def load_async(
     if statement is not None:
         autocommit = conn.autocommit
         try:
-            await conn.set_autocommit(True)  # sync: conn.autocommit = True  # VACUUM cannot run in a transaction block
+            await conn.set_autocommit(True)  # VACUUM cannot run in a transaction block
             await conn.execute(statement, prepare=False)
         except psycopg.Error as exc:
             job.maintenance_failed(exc)
             logger.warning("pgfeatures: load into %s: %s", table, job.summary.maintenance)
         finally:
-            await conn.set_autocommit(autocommit)  # sync: conn.autocommit = autocommit
+            await conn.set_autocommit(autocommit)
     summary = job.finish_maintenance()
     logger.info("pgfeatures: %s into %s committed: %d rows read, %d inserted, %d updated in %.1fs",
                 summary.mode, table, summary.rows_read, summary.inserted, summary.updated, summary.seconds)

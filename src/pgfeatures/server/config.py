@@ -26,12 +26,13 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..connections import check_pooler
 from ..definitions import Registry, demo_registry, read_toml
-from ..errors import ConfigError, PgFeaturesError
-from ..reader import Strategy
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..store.options import StoreOptions
 
 log = logging.getLogger("pgfeatures.server")
 
@@ -267,18 +268,28 @@ class ServerConfig:
         object.__setattr__(self, "_bearer", read_token_file(self.token_file) if self.token_file else self.token)
         if self.credentials is not None and self.password_file is not None:
             raise ConfigError("set credentials or password_file, not both")
-        try:
-            check_pooler(self.pooler)
-        except PgFeaturesError as exc:
-            raise ConfigError(str(exc)) from None
+        # The store's settings are checked by the store's own rules (pooler, strategy, ...), here at
+        # startup; the provider is loaded only when the store is made (``store_options``).
+        self._store_settings()
         if self.batch_connections > self.pool_size:
             raise ConfigError(
                 f"batch_connections ({self.batch_connections}) cannot exceed pool_size ({self.pool_size})"
             )
-        try:
-            Strategy.parse(self.strategy)
-        except PgFeaturesError as exc:
-            raise ConfigError(str(exc)) from None
+
+    def _store_settings(self) -> StoreOptions:
+        """The store settings this config holds under the store's own names (``pick``), validated, with
+        every read replica, ``on_drift="isolate"`` (a broken table fails only the requests touching it)
+        and no credential provider yet. Raises ConfigError."""
+        from ..store.options import StoreOptions, pick
+
+        return StoreOptions(
+            **{**pick(self), "read_dsns": tuple(self.read_dsns), "credentials": None, "on_drift": "isolate"}
+        )
+
+    def store_options(self) -> StoreOptions:
+        """The options of the service's store: every StoreOptions setting this config has (same name), and
+        the credential provider it names. Raises ConfigError (a provider that does not load, too)."""
+        return self._store_settings().replace(credentials=self.credential_provider())
 
     @property
     def read_dsns(self) -> list[str]:

@@ -115,24 +115,7 @@ class Service:
         self.config = config
         self.registry = registry
         # A broken table (missing, renamed, drifted) only breaks the requests that touch it.
-        self.store = AsyncFeatureStore(
-            registry,
-            config.dsn,
-            read_dsns=config.read_dsns,
-            read_fallback=config.read_fallback,
-            max_replica_lag=config.max_replica_lag,
-            credentials=config.credential_provider(),
-            credentials_timeout=config.credentials_timeout,
-            pooler=config.pooler,
-            max_lifetime=config.max_lifetime,
-            strategy=config.strategy,
-            pool_size=config.pool_size,
-            write_pool_size=config.write_pool_size,
-            acquire_timeout=config.acquire_timeout,
-            connect_timeout=config.connect_timeout,
-            on_drift="isolate",
-            max_future_skew=config.max_future_skew,
-        )
+        self.store = AsyncFeatureStore(registry, config.dsn, options=config.store_options())
         self.metrics = Metrics(registry.tables, registry.services)
         self.inventory = Inventory(self.store, registry, config.inventory_interval)
         self.coalescer: Coalescer | None = None

@@ -25,15 +25,18 @@ the rows to the reader's decoder. Around that it owns:
   replaced before anything is sent) and never twice (lost after sending: WriteOutcomeUnknownError);
   a bulk load is retried only when nothing can have been committed and its source can be read again.
 
-This module holds the store's options, its lifecycle (``open``, ``close``, ``status``) and its
-public methods; the work behind them is in one module per concept, each an async source with a
-generated sync twin, functions taking the store:
+This module holds the store's lifecycle (``open``, ``close``, ``reload``, ``status``) and its
+public methods; it composes objects that own their state, each an async source with a generated
+sync twin:
 
-- ``opening_async.py``: what ``open`` does (catalog inspection, materialized services, read
-  functions, the pools and the warm-up of each read connection);
-- ``reads_async.py``: the read path (statements on a connection, routing and retry over the read
-  targets, rechecks of broken tables, probes of targets that are down);
-- ``writes_async.py``: the write path (the write pool, upserts and their retry);
+- ``options.py``: StoreOptions, every setting, validated once;
+- ``reads_async.py``: ``ReadRouter``, the read path: the read targets and their pools, routing
+  and retry over them, their renewal (``max_lifetime``, after an outage), the probes of targets
+  that are down, rechecks of broken tables, the warm-up of each new read connection;
+- ``writes_async.py``: ``WritePath``, the write path: the write pool (opened and closed with
+  the store, renewed after an outage), upserts and their retry;
+- ``opening_async.py``: what ``open`` and ``reload`` learn through the router (catalog
+  inspection, materialized services, read functions, statements prepared on every connection);
 - ``base.py``: what all share without I/O.
 
 Every failure is a typed error (see ``errors.py``): DatabaseUnavailableError (down), its
@@ -45,26 +48,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, overload
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+from psycopg_pool import ConnectionPool
 
 from ..connections import (
-    READ_APP,
-    WRITE_APP,
-    ConnectFailures,
-    CredentialProvider,
-    check_pooler,
     database_error,
     prepares,
     resolve_dsn,
 )
-from ..connections.credentials import DEFAULT_CREDENTIALS_TIMEOUT, with_deadline
-from ..definitions import DEFAULT_MAX_FUTURE_SKEW, Registry
+from ..connections.concurrency import Background, Lock, open_in_constructor, to_thread
+from ..connections.credentials import with_deadline
+from ..definitions import Registry
 from ..errors import (
     DefinitionError,
     ExtraNotInstalledError,
@@ -73,35 +71,30 @@ from ..errors import (
     StoreClosedError,
 )
 from ..reader import (
-    DEFAULT_STRATEGY,
     BatchReader,
     Features,
     FeaturesArg,
     Reader,
     ReaderCache,
     Strategy,
-    parse_keys,
 )
 from ..reader.vector import Output, ServiceVector, ServiceVectors, as_numpy, check_output, stack_numpy
-from ..write import UpdateCount, UpdateRows, check_skew, plan_updates
+from ..write import UpdateCount, UpdateRows, plan_updates
 from .base import (
     ON_DRIFT,
-    ReadTarget,
     Router,
     Served,
     TableHealth,
-    target_name,
 )
 from .opening import (
-    close_pools,
     find_materialized,
     first_inspection,
-    open_pools,
     prepare_everywhere,
     read_functions,
 )
-from .reads import execute, execute_batch, run, select_one, unavailable
-from .writes import apply_updates, write_conn, write_pool
+from .options import DEFAULT_OPTIONS, StoreOptions, StoreSettings, hashkey_hot_keys, hot_keys_by_entity
+from .reads import ReadRouter, execute, execute_batch, select_one
+from .writes import WritePath
 
 if TYPE_CHECKING:  # load imports pyarrow: only a bulk load pays for it
     from ..load import LoadSummary
@@ -126,10 +119,15 @@ class FeatureStore:
       ``$PGFEATURES_DSN``, else the embedded server (started on demand).
     - ``open``: the sync store opens in its constructor unless False; the asyncio store cannot
       open in a constructor (``open=True`` raises TypeError): ``await store.open()`` or ``async with``.
+    - ``options``: every setting below at once (a StoreOptions, see store/options.py); keyword
+      settings given too are applied on top of it.
     - ``strategy``: default read strategy (``single``; see reader.py).
     - ``pool_size`` / ``write_pool_size``: fixed pool sizes (read pool per read target); a write
       pool of 0 makes a read-only store (writes raise ReadOnlyStoreError, and the primary is not
       needed to open when replicas serve the reads).
+    - ``pool_order``: which idle connection a request takes: ``"lifo"`` (default), the most recently
+      returned, so a lightly loaded store keeps few backends hot; ``"fifo"``: psycopg_pool's own
+      order, every connection in turn (see connections/pool_async.py).
     - ``read_dsns`` (or one ``read_dsn``): read replicas, taken in turn; ``read_fallback``
       (default True): while every replica is down (or too far behind), reads go to the primary,
       and back to the replicas when they return. ``max_replica_lag``: seconds; a replica further
@@ -153,7 +151,8 @@ class FeatureStore:
     - ``on_drift``: ``"raise"`` (default): ``open`` fails with a SchemaDriftError when a table or a
       column of the definitions is missing or of another type; ``"isolate"``: such tables are left
       out and only requests touching them fail (with SchemaDriftError naming the table).
-    - ``hot_keys``: read once at open, to load their pages into the cache.
+    - ``hot_keys``: read once at open, to load their pages into the cache: a list of keys when the
+      tables have one entity, else ``{entity: [keys]}``; each key is checked against its entity.
     - ``warm``: extra compiled readers prepared on every read connection (the full read and the
       full batch always are).
     - ``reader_cache_size``: most prepared statements kept per connection for compiled request
@@ -172,70 +171,44 @@ class FeatureStore:
         dsn: str | None = None,
         *,
         open: bool | None = None,
-        strategy: Strategy | str = DEFAULT_STRATEGY,
-        pool_size: int = 4,
-        write_pool_size: int = 2,
-        read_dsns: Sequence[str] = (),
+        options: StoreOptions | None = None,
         read_dsn: str | None = None,
-        read_fallback: bool = True,
-        max_replica_lag: float | None = None,
-        credentials: CredentialProvider | None = None,
-        credentials_timeout: float = DEFAULT_CREDENTIALS_TIMEOUT,
-        pooler: str | None = None,
-        max_lifetime: float = 1800.0,
-        connect_timeout: float = 5.0,
-        acquire_timeout: float = 5.0,
-        reconnect_timeout: float = 10.0,
-        on_drift: str = "raise",
-        hot_keys: Iterable[bytes | str] = (),
-        warm: Iterable[Reader[Any] | BatchReader[Any]] = (),
-        reader_cache_size: int = 100,
-        read_application_name: str = READ_APP,
-        write_application_name: str = WRITE_APP,
-        max_future_skew: float | None = DEFAULT_MAX_FUTURE_SKEW,
+        **settings: Unpack[StoreSettings],
     ):
         registry = registry if isinstance(registry, Registry) else Registry.from_toml(registry)
+        options = (options or DEFAULT_OPTIONS).with_settings(read_dsn, **settings)
+        self.options = options
         self.dsn = dsn
-        if isinstance(read_dsns, str):
-            read_dsns = [read_dsns]
-        self.read_dsns = tuple(dict.fromkeys([*read_dsns, *([read_dsn] if read_dsn else [])]))
-        self.read_fallback = read_fallback
-        self.max_replica_lag = max_replica_lag
-        self.credentials = with_deadline(credentials, credentials_timeout) if credentials is not None else None
-        self.pooler = check_pooler(pooler)
+        self.read_dsns = options.read_dsns
+        self.read_fallback = options.read_fallback
+        self.max_replica_lag = options.max_replica_lag
+        credentials = options.credentials
+        self.credentials = with_deadline(credentials, options.credentials_timeout) if credentials is not None else None
+        self.pooler = options.pooler
         self._prepare = prepares(self.pooler)
-        self.max_lifetime = max_lifetime
-        self.strategy = Strategy.parse(strategy)
-        if pool_size < 1 or write_pool_size < 0:
-            raise DefinitionError(
-                f"pool_size must be at least 1 and write_pool_size at least 0, got {pool_size}, {write_pool_size}"
-            )
-        self.pool_size = pool_size
-        self.write_pool_size = write_pool_size
-        self.connect_timeout = connect_timeout
-        self.acquire_timeout = acquire_timeout
-        self.reconnect_timeout = reconnect_timeout
-        if on_drift not in ON_DRIFT:
-            raise DefinitionError(f"unknown on_drift {on_drift!r}; valid: {', '.join(ON_DRIFT)}")
-        self.on_drift = on_drift
-        self.read_application_name = read_application_name
-        self.write_application_name = write_application_name
-        check_skew(max_future_skew)
-        self.max_future_skew = max_future_skew
-        self.hot_keys = parse_keys(hot_keys)
-        self.reader_cache_size = reader_cache_size
-        self.extra_warm = list(warm)
-        self._served = Served.new(registry, reader_cache_size)  # see ``reload``
-        self._reloading = threading.Lock()
-        self.router: Router | None = None
-        self.write_pool: ConnectionPool | None = None
-        self.write_failures = ConnectFailures()
-        self._write_renewal = threading.Lock()
-        self._write_probe_at = 0.0
+        self.max_lifetime = options.max_lifetime
+        self.strategy = options.read_strategy
+        self.pool_size = options.pool_size
+        self.write_pool_size = options.write_pool_size
+        self.pool_order = options.pool_order
+        self.connect_timeout = options.connect_timeout
+        self.acquire_timeout = options.acquire_timeout
+        self.reconnect_timeout = options.reconnect_timeout
+        self.on_drift = options.on_drift
+        self.read_application_name = options.read_application_name
+        self.write_application_name = options.write_application_name
+        self.max_future_skew = options.max_future_skew
+        self.reader_cache_size = options.reader_cache_size
+        self.extra_warm = list(options.warm)
+        self._served = Served.new(registry, options.reader_cache_size)  # see ``reload``
+        self.hot_keys_by_entity = hot_keys_by_entity(registry, self._served.readers, options.hot_keys)
+        self.hot_keys = hashkey_hot_keys(registry, self.hot_keys_by_entity)  # what warm-up's cache probe reads
+        self._reloading = Lock()
+        # The read path (targets, their pools, renewals and probes) and the write path own their state.
+        self.reads = ReadRouter(options, self.credentials, lambda: self._served)
+        self.writes = WritePath(options, self.credentials, self._prepare)  # owns the write pool
         self.ready = False
-        self._probes: set[Any] = set()
-        if open or open is None:
-            self.open()
+        open_in_constructor(self, open)
 
     # -- what it serves ------------------------------------------------------------------------------
 
@@ -295,14 +268,14 @@ class FeatureStore:
         """Make ``served`` ready to serve: its tables checked against the live catalog (SchemaDriftError
         with ``on_drift="raise"``, default the store's), its built materialized services found, its warm
         readers compiled (and, behind a transaction-mode pooler, their functions found or created)."""
-        checks = first_inspection(self, router, served)
+        checks = first_inspection(self.reads, router, served)
         served.health.update(checks)
         if served.health.broken and (on_drift or self.on_drift) == "raise":
             raise served.health.error(served.health.broken)
-        find_materialized(self, router, served)
+        find_materialized(self.reads, router, served)
         served.warm = self._warm_readers(served)
         if not self._prepare:
-            served.via_functions = read_functions(self, router, served)
+            served.via_functions = read_functions(self.reads, router, served)
         return served
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -318,17 +291,25 @@ class FeatureStore:
         if self.router is not None:
             return
         if not self.dsn:
-            self.dsn = resolve_dsn(None)
+            self.dsn = to_thread(resolve_dsn, None)
         dsn = self.dsn
-        replicas = [ReadTarget(target_name(d, f"replica {i + 1}"), d, False) for i, d in enumerate(self.read_dsns)]
-        primary = ReadTarget(target_name(dsn, "primary"), dsn, True) if not replicas or self.read_fallback else None
-        router = Router(replicas, primary, self.max_replica_lag)
+        router = self.reads.targets(dsn)
         self._served = self._compile(router, Served.new(self.registry, self.reader_cache_size))
-        open_pools(self, router, dsn)
-        self.router = router
+        self.writes.open(dsn)  # not waited for: writes are not needed to serve reads
+        try:
+            self.reads.open(router)
+        except BaseException:
+            self.writes.close()
+            raise
         servable = _servable(self._served)
-        if self.hot_keys and servable != []:
-            self.get_features_batch(self.hot_keys, servable)
+        for entity, keys in self.hot_keys_by_entity.items():  # per entity: one batch over its tables that can be served
+            tables = [
+                n
+                for n, t in self.registry.tables.items()
+                if t.entity.name == entity and (servable is None or n in servable)
+            ]
+            if tables:
+                self.get_features_batch(keys, tables)
         self.ready = True
 
     def reload(self, registry: Registry | str | Path, *, on_drift: str | None = None) -> str:
@@ -350,12 +331,12 @@ class FeatureStore:
         if router is None:
             raise StoreClosedError("the store is not open: call open() or use it as a context manager")
         if not isinstance(registry, Registry):
-            registry = Registry.from_toml(registry)
+            registry = to_thread(Registry.from_toml, registry)
         with self._reloading:
             if on_drift is not None and on_drift not in ON_DRIFT:
                 raise DefinitionError(f"unknown on_drift {on_drift!r}; valid: {', '.join(ON_DRIFT)}")
             served = self._compile(router, Served.new(registry, self.reader_cache_size), on_drift)
-            prepare_everywhere(self, router, served)
+            prepare_everywhere(self.reads, router, served)
             if self.router is not router:
                 raise StoreClosedError("the store closed while reloading its definitions")
             old, self._served = self._served, served
@@ -366,8 +347,8 @@ class FeatureStore:
     def close(self) -> None:
         """Close the pools; in-flight calls finish or fail with StoreClosedError. Closing twice is harmless."""
         self.ready = False
-        router, self.router = self.router, None
-        close_pools(self, router)
+        self.reads.close()
+        self.writes.close()
 
     def __enter__(self) -> FeatureStore:
         self.open()
@@ -375,6 +356,21 @@ class FeatureStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def router(self) -> Router | None:
+        """The read targets in their routing order (None while the store is closed)."""
+        return self.reads.router
+
+    @property
+    def background(self) -> Background:
+        """The read path's background work (probes, renewals), stopped at close."""
+        return self.reads.background
+
+    @property
+    def write_pool(self) -> ConnectionPool | None:
+        """The write pool (None when the store is closed, or has none: ``write_pool_size=0``)."""
+        return self.writes.pool
 
     @property
     def read_pool(self) -> ConnectionPool | None:
@@ -385,21 +381,8 @@ class FeatureStore:
     def connection(self) -> Iterator[psycopg.Connection]:
         """A warmed read connection of the first read target that serves, with database errors
         translated (for diagnostics; reads go through ``read``/``read_batch``)."""
-        router = self.router
-        if router is None:
-            raise StoreClosedError("the store is not open: call open() or use it as a context manager")
-        target = router.order()[0]
-        pool = target.pool  # the connection goes back to the pool it came from, even if renewed meanwhile
-        try:
-            conn = pool.getconn()
-        except (PoolTimeout, PoolClosed) as exc:
-            raise unavailable(self, exc, target) from None
-        try:
+        with self.reads.connection() as conn:
             yield conn
-        except psycopg.Error as exc:
-            raise database_error(exc, target.dsn) from exc
-        finally:
-            pool.putconn(conn)
 
     def status(self) -> dict[str, Any]:
         """What the store can serve now: read targets (up or down, why, lag), tables that cannot be
@@ -458,7 +441,7 @@ class FeatureStore:
         if via:
             reader = _via(via, reader.statements[0], reader)
         try:
-            return run(self, execute, reader, params)
+            return self.reads.run(execute, reader, params)
         except SchemaDriftError as exc:
             if reader.fallback is None:
                 raise
@@ -562,7 +545,7 @@ class FeatureStore:
         if via:
             reader = _via(via, reader.statement, reader)
         try:
-            return run(self, execute_batch, reader, arrays)
+            return self.reads.run(execute_batch, reader, arrays)
         except SchemaDriftError as exc:
             if reader.fallback is None:
                 raise
@@ -574,7 +557,7 @@ class FeatureStore:
 
         Raises what a read would: DatabaseUnavailableError / AuthenticationError / StoreClosedError.
         """
-        run(self, select_one, None, None)
+        self.reads.run(select_one, None, None)
 
     # -- writes -------------------------------------------------------------------------------------
 
@@ -582,7 +565,7 @@ class FeatureStore:
     def write_connection(self) -> Iterator[psycopg.Connection]:
         """A write-pool connection, with database errors translated. Raises ReadOnlyStoreError
         without a write pool, DatabaseUnavailableError when the primary cannot be reached."""
-        pool, conn = write_conn(self)
+        pool, conn = self.writes.connection()
         try:
             yield conn
         except psycopg.Error as exc:
@@ -614,7 +597,7 @@ class FeatureStore:
                 logger.warning(
                     "pgfeatures: load into %s lost its connection before COMMIT (%s); retrying once", table, exc
                 )
-                write_pool(self).check()
+                self.writes.writable().check()
         raise AssertionError("unreachable")
 
     def update_features(
@@ -663,7 +646,7 @@ class FeatureStore:
             overwrite_newer=overwrite_newer,
             max_future_skew=self.max_future_skew,
         )
-        return apply_updates(self, plans)
+        return self.writes.apply(plans)
 
 
 def _via(via: Mapping[bytes, Any], statement: bytes, reader: Any) -> Any:

@@ -23,15 +23,18 @@ the rows to the reader's decoder. Around that it owns:
   replaced before anything is sent) and never twice (lost after sending: WriteOutcomeUnknownError);
   a bulk load is retried only when nothing can have been committed and its source can be read again.
 
-This module holds the store's options, its lifecycle (``open``, ``close``, ``status``) and its
-public methods; the work behind them is in one module per concept, each an async source with a
-generated sync twin, functions taking the store:
+This module holds the store's lifecycle (``open``, ``close``, ``reload``, ``status``) and its
+public methods; it composes objects that own their state, each an async source with a generated
+sync twin:
 
-- ``opening_async.py``: what ``open`` does (catalog inspection, materialized services, read
-  functions, the pools and the warm-up of each read connection);
-- ``reads_async.py``: the read path (statements on a connection, routing and retry over the read
-  targets, rechecks of broken tables, probes of targets that are down);
-- ``writes_async.py``: the write path (the write pool, upserts and their retry);
+- ``options.py``: StoreOptions, every setting, validated once;
+- ``reads_async.py``: ``AsyncReadRouter``, the read path: the read targets and their pools, routing
+  and retry over them, their renewal (``max_lifetime``, after an outage), the probes of targets
+  that are down, rechecks of broken tables, the warm-up of each new read connection;
+- ``writes_async.py``: ``AsyncWritePath``, the write path: the write pool (opened and closed with
+  the store, renewed after an outage), upserts and their retry;
+- ``opening_async.py``: what ``open`` and ``reload`` learn through the router (catalog
+  inspection, materialized services, read functions, statements prepared on every connection);
 - ``base.py``: what all share without I/O.
 
 Every failure is a typed error (see ``errors.py``): DatabaseUnavailableError (down), its
@@ -41,28 +44,23 @@ QueryTimeoutError, SchemaDriftError, StoreClosedError, ReadOnlyStoreError, Datab
 
 from __future__ import annotations
 
-import asyncio  # sync: import threading
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, overload
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from ..connections import (
-    READ_APP,
-    WRITE_APP,
-    ConnectFailures,
-    CredentialProvider,
-    check_pooler,
     database_error,
     prepares,
     resolve_dsn,
 )
-from ..connections.credentials import DEFAULT_CREDENTIALS_TIMEOUT, with_deadline
-from ..definitions import DEFAULT_MAX_FUTURE_SKEW, Registry
+from ..connections.concurrency import AsyncBackground, AsyncLock, open_in_constructor_async, to_thread_async
+from ..connections.credentials import with_deadline
+from ..definitions import Registry
 from ..errors import (
     DefinitionError,
     ExtraNotInstalledError,
@@ -71,35 +69,30 @@ from ..errors import (
     StoreClosedError,
 )
 from ..reader import (
-    DEFAULT_STRATEGY,
     BatchReader,
     Features,
     FeaturesArg,
     Reader,
     ReaderCache,
     Strategy,
-    parse_keys,
 )
 from ..reader.vector import Output, ServiceVector, ServiceVectors, as_numpy, check_output, stack_numpy
-from ..write import UpdateCount, UpdateRows, check_skew, plan_updates
+from ..write import UpdateCount, UpdateRows, plan_updates
 from .base import (
     ON_DRIFT,
-    ReadTarget,
     Router,
     Served,
     TableHealth,
-    target_name,
 )
 from .opening_async import (
-    close_pools_async,
     find_materialized_async,
     first_inspection_async,
-    open_pools_async,
     prepare_everywhere_async,
     read_functions_async,
 )
-from .reads_async import execute_async, execute_batch_async, run_async, select_one_async, unavailable
-from .writes_async import apply_updates_async, write_conn_async, write_pool
+from .options import DEFAULT_OPTIONS, StoreOptions, StoreSettings, hashkey_hot_keys, hot_keys_by_entity
+from .reads_async import AsyncReadRouter, execute_async, execute_batch_async, select_one_async
+from .writes_async import AsyncWritePath
 
 if TYPE_CHECKING:  # load imports pyarrow: only a bulk load pays for it
     from ..load import LoadSummary
@@ -124,10 +117,15 @@ class AsyncFeatureStore:
       ``$PGFEATURES_DSN``, else the embedded server (started on demand).
     - ``open``: the sync store opens in its constructor unless False; the asyncio store cannot
       open in a constructor (``open=True`` raises TypeError): ``await store.open()`` or ``async with``.
+    - ``options``: every setting below at once (a StoreOptions, see store/options.py); keyword
+      settings given too are applied on top of it.
     - ``strategy``: default read strategy (``single``; see reader.py).
     - ``pool_size`` / ``write_pool_size``: fixed pool sizes (read pool per read target); a write
       pool of 0 makes a read-only store (writes raise ReadOnlyStoreError, and the primary is not
       needed to open when replicas serve the reads).
+    - ``pool_order``: which idle connection a request takes: ``"lifo"`` (default), the most recently
+      returned, so a lightly loaded store keeps few backends hot; ``"fifo"``: psycopg_pool's own
+      order, every connection in turn (see connections/pool_async.py).
     - ``read_dsns`` (or one ``read_dsn``): read replicas, taken in turn; ``read_fallback``
       (default True): while every replica is down (or too far behind), reads go to the primary,
       and back to the replicas when they return. ``max_replica_lag``: seconds; a replica further
@@ -151,7 +149,8 @@ class AsyncFeatureStore:
     - ``on_drift``: ``"raise"`` (default): ``open`` fails with a SchemaDriftError when a table or a
       column of the definitions is missing or of another type; ``"isolate"``: such tables are left
       out and only requests touching them fail (with SchemaDriftError naming the table).
-    - ``hot_keys``: read once at open, to load their pages into the cache.
+    - ``hot_keys``: read once at open, to load their pages into the cache: a list of keys when the
+      tables have one entity, else ``{entity: [keys]}``; each key is checked against its entity.
     - ``warm``: extra compiled readers prepared on every read connection (the full read and the
       full batch always are).
     - ``reader_cache_size``: most prepared statements kept per connection for compiled request
@@ -170,68 +169,44 @@ class AsyncFeatureStore:
         dsn: str | None = None,
         *,
         open: bool | None = None,
-        strategy: Strategy | str = DEFAULT_STRATEGY,
-        pool_size: int = 4,
-        write_pool_size: int = 2,
-        read_dsns: Sequence[str] = (),
+        options: StoreOptions | None = None,
         read_dsn: str | None = None,
-        read_fallback: bool = True,
-        max_replica_lag: float | None = None,
-        credentials: CredentialProvider | None = None,
-        credentials_timeout: float = DEFAULT_CREDENTIALS_TIMEOUT,
-        pooler: str | None = None,
-        max_lifetime: float = 1800.0,
-        connect_timeout: float = 5.0,
-        acquire_timeout: float = 5.0,
-        reconnect_timeout: float = 10.0,
-        on_drift: str = "raise",
-        hot_keys: Iterable[bytes | str] = (),
-        warm: Iterable[Reader[Any] | BatchReader[Any]] = (),
-        reader_cache_size: int = 100,
-        read_application_name: str = READ_APP,
-        write_application_name: str = WRITE_APP,
-        max_future_skew: float | None = DEFAULT_MAX_FUTURE_SKEW,
+        **settings: Unpack[StoreSettings],
     ):
         registry = registry if isinstance(registry, Registry) else Registry.from_toml(registry)
+        options = (options or DEFAULT_OPTIONS).with_settings(read_dsn, **settings)
+        self.options = options
         self.dsn = dsn
-        if isinstance(read_dsns, str):
-            read_dsns = [read_dsns]
-        self.read_dsns = tuple(dict.fromkeys([*read_dsns, *([read_dsn] if read_dsn else [])]))
-        self.read_fallback = read_fallback
-        self.max_replica_lag = max_replica_lag
-        self.credentials = with_deadline(credentials, credentials_timeout) if credentials is not None else None
-        self.pooler = check_pooler(pooler)
+        self.read_dsns = options.read_dsns
+        self.read_fallback = options.read_fallback
+        self.max_replica_lag = options.max_replica_lag
+        credentials = options.credentials
+        self.credentials = with_deadline(credentials, options.credentials_timeout) if credentials is not None else None
+        self.pooler = options.pooler
         self._prepare = prepares(self.pooler)
-        self.max_lifetime = max_lifetime
-        self.strategy = Strategy.parse(strategy)
-        if pool_size < 1 or write_pool_size < 0:
-            raise DefinitionError(f"pool_size must be at least 1 and write_pool_size at least 0, got {pool_size}, {write_pool_size}")
-        self.pool_size = pool_size
-        self.write_pool_size = write_pool_size
-        self.connect_timeout = connect_timeout
-        self.acquire_timeout = acquire_timeout
-        self.reconnect_timeout = reconnect_timeout
-        if on_drift not in ON_DRIFT:
-            raise DefinitionError(f"unknown on_drift {on_drift!r}; valid: {', '.join(ON_DRIFT)}")
-        self.on_drift = on_drift
-        self.read_application_name = read_application_name
-        self.write_application_name = write_application_name
-        check_skew(max_future_skew)
-        self.max_future_skew = max_future_skew
-        self.hot_keys = parse_keys(hot_keys)
-        self.reader_cache_size = reader_cache_size
-        self.extra_warm = list(warm)
-        self._served = Served.new(registry, reader_cache_size)  # see ``reload``
-        self._reloading = asyncio.Lock()  # sync: self._reloading = threading.Lock()
-        self.router: Router | None = None
-        self.write_pool: AsyncConnectionPool | None = None
-        self.write_failures = ConnectFailures()
-        self._write_renewal = asyncio.Lock()  # sync: self._write_renewal = threading.Lock()
-        self._write_probe_at = 0.0
+        self.max_lifetime = options.max_lifetime
+        self.strategy = options.read_strategy
+        self.pool_size = options.pool_size
+        self.write_pool_size = options.write_pool_size
+        self.pool_order = options.pool_order
+        self.connect_timeout = options.connect_timeout
+        self.acquire_timeout = options.acquire_timeout
+        self.reconnect_timeout = options.reconnect_timeout
+        self.on_drift = options.on_drift
+        self.read_application_name = options.read_application_name
+        self.write_application_name = options.write_application_name
+        self.max_future_skew = options.max_future_skew
+        self.reader_cache_size = options.reader_cache_size
+        self.extra_warm = list(options.warm)
+        self._served = Served.new(registry, options.reader_cache_size)  # see ``reload``
+        self.hot_keys_by_entity = hot_keys_by_entity(registry, self._served.readers, options.hot_keys)
+        self.hot_keys = hashkey_hot_keys(registry, self.hot_keys_by_entity)  # what warm-up's cache probe reads
+        self._reloading = AsyncLock()
+        # The read path (targets, their pools, renewals and probes) and the write path own their state.
+        self.reads = AsyncReadRouter(options, self.credentials, lambda: self._served)
+        self.writes = AsyncWritePath(options, self.credentials, self._prepare)  # owns the write pool
         self.ready = False
-        self._probes: set[Any] = set()
-        if open:  # sync: if open or open is None:
-            raise TypeError("the asyncio store cannot open in its constructor: use `await store.open()` or `async with`")  # sync: self.open()
+        open_in_constructor_async(self, open)
 
     # -- what it serves ------------------------------------------------------------------------------
 
@@ -261,8 +236,9 @@ class AsyncFeatureStore:
 
     # -- compiled readers ---------------------------------------------------------------------------
 
-    def reader(self, tables: Iterable[str] | None = None, features: FeaturesArg = None,
-               strategy: Strategy | str | None = None) -> Reader[Features]:
+    def reader(
+        self, tables: Iterable[str] | None = None, features: FeaturesArg = None, strategy: Strategy | str | None = None
+    ) -> Reader[Features]:
         """The compiled reader for this request shape (cached). Pass it to ``read`` to skip even the
         cache lookup. Raises UnknownTableError / UnknownFeatureError naming the valid ones."""
         return self.readers.reader(tables, features, strategy or self.strategy)
@@ -290,14 +266,14 @@ class AsyncFeatureStore:
         """Make ``served`` ready to serve: its tables checked against the live catalog (SchemaDriftError
         with ``on_drift="raise"``, default the store's), its built materialized services found, its warm
         readers compiled (and, behind a transaction-mode pooler, their functions found or created)."""
-        checks = await first_inspection_async(self, router, served)
+        checks = await first_inspection_async(self.reads, router, served)
         served.health.update(checks)
         if served.health.broken and (on_drift or self.on_drift) == "raise":
             raise served.health.error(served.health.broken)
-        await find_materialized_async(self, router, served)
+        await find_materialized_async(self.reads, router, served)
         served.warm = self._warm_readers(served)
         if not self._prepare:
-            served.via_functions = await read_functions_async(self, router, served)
+            served.via_functions = await read_functions_async(self.reads, router, served)
         return served
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -313,17 +289,25 @@ class AsyncFeatureStore:
         if self.router is not None:
             return
         if not self.dsn:
-            self.dsn = await asyncio.to_thread(resolve_dsn, None)  # sync: self.dsn = resolve_dsn(None)
+            self.dsn = await to_thread_async(resolve_dsn, None)
         dsn = self.dsn
-        replicas = [ReadTarget(target_name(d, f"replica {i + 1}"), d, False) for i, d in enumerate(self.read_dsns)]
-        primary = ReadTarget(target_name(dsn, "primary"), dsn, True) if not replicas or self.read_fallback else None
-        router = Router(replicas, primary, self.max_replica_lag)
+        router = self.reads.targets(dsn)
         self._served = await self._compile(router, Served.new(self.registry, self.reader_cache_size))
-        await open_pools_async(self, router, dsn)
-        self.router = router
+        await self.writes.open(dsn)  # not waited for: writes are not needed to serve reads
+        try:
+            await self.reads.open_async(router)
+        except BaseException:
+            await self.writes.close()
+            raise
         servable = _servable(self._served)
-        if self.hot_keys and servable != []:
-            await self.get_features_batch(self.hot_keys, servable)
+        for entity, keys in self.hot_keys_by_entity.items():  # per entity: one batch over its tables that can be served
+            tables = [
+                n
+                for n, t in self.registry.tables.items()
+                if t.entity.name == entity and (servable is None or n in servable)
+            ]
+            if tables:
+                await self.get_features_batch(keys, tables)
         self.ready = True
 
     async def reload(self, registry: Registry | str | Path, *, on_drift: str | None = None) -> str:
@@ -345,12 +329,12 @@ class AsyncFeatureStore:
         if router is None:
             raise StoreClosedError("the store is not open: call open() or use it as a context manager")
         if not isinstance(registry, Registry):
-            registry = await asyncio.to_thread(Registry.from_toml, registry)  # sync: registry = Registry.from_toml(registry)
+            registry = await to_thread_async(Registry.from_toml, registry)
         async with self._reloading:
             if on_drift is not None and on_drift not in ON_DRIFT:
                 raise DefinitionError(f"unknown on_drift {on_drift!r}; valid: {', '.join(ON_DRIFT)}")
             served = await self._compile(router, Served.new(registry, self.reader_cache_size), on_drift)
-            await prepare_everywhere_async(self, router, served)
+            await prepare_everywhere_async(self.reads, router, served)
             if self.router is not router:
                 raise StoreClosedError("the store closed while reloading its definitions")
             old, self._served = self._served, served
@@ -361,8 +345,8 @@ class AsyncFeatureStore:
     async def close(self) -> None:
         """Close the pools; in-flight calls finish or fail with StoreClosedError. Closing twice is harmless."""
         self.ready = False
-        router, self.router = self.router, None
-        await close_pools_async(self, router)
+        await self.reads.close_async()
+        await self.writes.close()
 
     async def __aenter__(self) -> AsyncFeatureStore:
         await self.open()
@@ -370,6 +354,21 @@ class AsyncFeatureStore:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    @property
+    def router(self) -> Router | None:
+        """The read targets in their routing order (None while the store is closed)."""
+        return self.reads.router
+
+    @property
+    def background(self) -> AsyncBackground:
+        """The read path's background work (probes, renewals), stopped at close."""
+        return self.reads.background
+
+    @property
+    def write_pool(self) -> AsyncConnectionPool | None:
+        """The write pool (None when the store is closed, or has none: ``write_pool_size=0``)."""
+        return self.writes.pool
 
     @property
     def read_pool(self) -> AsyncConnectionPool | None:
@@ -380,21 +379,8 @@ class AsyncFeatureStore:
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
         """A warmed read connection of the first read target that serves, with database errors
         translated (for diagnostics; reads go through ``read``/``read_batch``)."""
-        router = self.router
-        if router is None:
-            raise StoreClosedError("the store is not open: call open() or use it as a context manager")
-        target = router.order()[0]
-        pool = target.pool  # the connection goes back to the pool it came from, even if renewed meanwhile
-        try:
-            conn = await pool.getconn()
-        except (PoolTimeout, PoolClosed) as exc:
-            raise unavailable(self, exc, target) from None
-        try:
+        async with self.reads.connection() as conn:
             yield conn
-        except psycopg.Error as exc:
-            raise database_error(exc, target.dsn) from exc
-        finally:
-            await pool.putconn(conn)
 
     def status(self) -> dict[str, Any]:
         """What the store can serve now: read targets (up or down, why, lag), tables that cannot be
@@ -403,7 +389,12 @@ class AsyncFeatureStore:
         return {
             "ready": self.ready,
             "read_targets": [
-                {"name": t.name, "up": not t.down and (router.serving(t) if router else False), "reason": t.reason, "lag": t.lag}
+                {
+                    "name": t.name,
+                    "up": not t.down and (router.serving(t) if router else False),
+                    "reason": t.reason,
+                    "lag": t.lag,
+                }
                 for t in (router.targets if router else ())
             ],
             "broken_tables": self.health.status(),
@@ -448,7 +439,7 @@ class AsyncFeatureStore:
         if via:
             reader = _via(via, reader.statements[0], reader)
         try:
-            return await run_async(self, execute_async, reader, params)
+            return await self.reads.run_async(execute_async, reader, params)
         except SchemaDriftError as exc:
             if reader.fallback is None:
                 raise
@@ -459,8 +450,12 @@ class AsyncFeatureStore:
         """The flexible twin of a materialized reader whose serving rows cannot be read (see ``read``)."""
         service = reader.selection.service or ""
         if self.readers.demote(service):
-            logger.warning("pgfeatures: the serving rows of service %s cannot be read any more (%s): it is read table by "
-                           "table until they are rebuilt and the definitions reloaded", service, str(exc).strip())
+            logger.warning(
+                "pgfeatures: the serving rows of service %s cannot be read any more (%s): it is read table by "
+                "table until they are rebuilt and the definitions reloaded",
+                service,
+                str(exc).strip(),
+            )
         assert reader.fallback is not None
         return reader.fallback()
 
@@ -539,7 +534,7 @@ class AsyncFeatureStore:
         if via:
             reader = _via(via, reader.statement, reader)
         try:
-            return await run_async(self, execute_batch_async, reader, arrays)
+            return await self.reads.run_async(execute_batch_async, reader, arrays)
         except SchemaDriftError as exc:
             if reader.fallback is None:
                 raise
@@ -551,7 +546,7 @@ class AsyncFeatureStore:
 
         Raises what a read would: DatabaseUnavailableError / AuthenticationError / StoreClosedError.
         """
-        await run_async(self, select_one_async, None, None)
+        await self.reads.run_async(select_one_async, None, None)
 
     # -- writes -------------------------------------------------------------------------------------
 
@@ -559,7 +554,7 @@ class AsyncFeatureStore:
     async def write_connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
         """A write-pool connection, with database errors translated. Raises ReadOnlyStoreError
         without a write pool, DatabaseUnavailableError when the primary cannot be reached."""
-        pool, conn = await write_conn_async(self)
+        pool, conn = await self.writes.connection_async()
         try:
             yield conn
         except psycopg.Error as exc:
@@ -576,8 +571,10 @@ class AsyncFeatureStore:
         try:
             from ..load import load_async
         except ImportError as exc:  # the core install: psycopg only
-            raise ExtraNotInstalledError(f"write_features needs the load extra (module {exc.name or exc!r} is missing): "
-                                         "pip install 'pgfeatures[load]'") from None
+            raise ExtraNotInstalledError(
+                f"write_features needs the load extra (module {exc.name or exc!r} is missing): "
+                "pip install 'pgfeatures[load]'"
+            ) from None
 
         for attempt in (0, 1):
             try:
@@ -586,19 +583,32 @@ class AsyncFeatureStore:
             except LoadInterruptedError as exc:
                 if attempt or not exc.retry_safe:  # committed, unknown, or a one-shot source: say so, do not guess
                     raise
-                logger.warning("pgfeatures: load into %s lost its connection before COMMIT (%s); retrying once", table, exc)
-                await write_pool(self).check()
+                logger.warning(
+                    "pgfeatures: load into %s lost its connection before COMMIT (%s); retrying once", table, exc
+                )
+                await self.writes.writable().check()
         raise AssertionError("unreachable")
 
-    async def update_features(self, key: Any, table: str, values: Mapping[str, Any], *, nan: str = "reject",
-                              inf: str = "reject", overwrite_newer: bool = False) -> UpdateCount:
+    async def update_features(
+        self,
+        key: Any,
+        table: str,
+        values: Mapping[str, Any],
+        *,
+        nan: str = "reject",
+        inf: str = "reject",
+        overwrite_newer: bool = False,
+    ) -> UpdateCount:
         """Upsert some or all features of one entity, in one round-trip (see write.py). Returns 1, or 0
         when the stored row is newer than the given ``updated_at`` (newest wins). Raises as
         ``update_features_batch``."""
-        return await self.update_features_batch(table, [(key, values)], nan=nan, inf=inf, overwrite_newer=overwrite_newer)
+        return await self.update_features_batch(
+            table, [(key, values)], nan=nan, inf=inf, overwrite_newer=overwrite_newer
+        )
 
-    async def update_features_batch(self, table: str, rows: UpdateRows, *, nan: str = "reject", inf: str = "reject",
-                                    overwrite_newer: bool = False) -> UpdateCount:
+    async def update_features_batch(
+        self, table: str, rows: UpdateRows, *, nan: str = "reject", inf: str = "reject", overwrite_newer: bool = False
+    ) -> UpdateCount:
         """Upsert many entities (``{key: values}`` or ``(key, values)`` pairs) in one round-trip and one
         transaction. Returns the number of distinct keys written (an int), with ``.skipped``: keys whose
         stored row was newer than the row's ``updated_at`` and was kept (newest wins; pass
@@ -618,9 +628,16 @@ class AsyncFeatureStore:
         WriteOutcomeUnknownError (a DatabaseUnavailableError): it may or may not have been applied, and
         it is not sent again.
         """
-        plans = plan_updates(self.registry, table, rows, nan=nan, inf=inf, overwrite_newer=overwrite_newer,
-                             max_future_skew=self.max_future_skew)
-        return await apply_updates_async(self, plans)
+        plans = plan_updates(
+            self.registry,
+            table,
+            rows,
+            nan=nan,
+            inf=inf,
+            overwrite_newer=overwrite_newer,
+            max_future_skew=self.max_future_skew,
+        )
+        return await self.writes.apply_async(plans)
 
 
 def _via(via: Mapping[bytes, Any], statement: bytes, reader: Any) -> Any:

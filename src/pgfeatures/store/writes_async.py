@@ -1,9 +1,9 @@
-"""The store's write path (async source): the write pool, and the upserts of live updates.
+"""The store's write path (async source): ``AsyncWritePath``, which owns the write pool and sends
+the upserts of live updates (``writes.py``, generated, holds ``WritePath`` for the sync store).
 
-Owns, for ``store_async.AsyncFeatureStore`` (and, generated from this module by
-``tools/async_to_sync.py``, for the sync store):
-
-- **the write pool**: the store's separate pool on the primary, or ReadOnlyStoreError without one;
+- **the write pool**: the store's separate pool on the primary, opened and closed with the store,
+  renewed after an outage once the primary answers (rather than waiting out psycopg_pool's
+  reconnection backoff), or ReadOnlyStoreError without one;
 - **live updates**: the upsert plans of ``write.py`` sent in one round-trip and one transaction
   (a statement per column set, in a pipeline), on a connection known alive: one the server closed
   while idle is found before anything is sent (``connections.went_away``) and replaced. An update
@@ -16,34 +16,227 @@ their documentation stay in ``store_async.py``; bulk loads are ``pgfeatures.load
 
 from __future__ import annotations
 
-import asyncio  # sync: import time
 import logging
 import random
-from typing import TYPE_CHECKING, Any
+import time
+from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
-from ..connections import database_error, redact, went_away
-from ..errors import ConflictError, ReadOnlyStoreError, StoreClosedError, WriteOutcomeUnknownError
+from ..connections import (
+    ConnectFailures,
+    CredentialProvider,
+    connect_async,
+    database_error,
+    filled_async,
+    make_async_pool,
+    redact,
+    went_away,
+)
+from ..connections.concurrency import AsyncLock, sleep_async
+from ..errors import (
+    ConflictError,
+    PgFeaturesError,
+    ReadOnlyStoreError,
+    StoreClosedError,
+    WriteOutcomeUnknownError,
+)
 from ..write import UpdateCount, future_error
-from .opening_async import renew_write_pool_async
-
-if TYPE_CHECKING:
-    from .store_async import AsyncFeatureStore
+from .base import PROBE_INTERVAL, target_name
+from .options import StoreOptions
 
 logger = logging.getLogger("pgfeatures")
 
+CONFLICT_RETRIES = 3  # a live update rolled back by a deadlock or serialization failure is sent again this often
 
-def write_pool(store: AsyncFeatureStore) -> AsyncConnectionPool:
-    """The store's write pool. Raises StoreClosedError when the store is not open, ReadOnlyStoreError
-    when it has no write pool."""
-    if store.write_pool is None:
-        if store.router is None:
-            raise StoreClosedError("the store is not open: call open() or use it as a context manager")
-        raise ReadOnlyStoreError("this store has no write pool (write_pool_size=0, or a read-only service): "
-                                 "it cannot write")
-    return store.write_pool
+
+class AsyncWritePath:
+    """The write path of one store: its write pool on the primary (none with ``write_pool_size=0``),
+    and the live updates sent through it. Safe to share between tasks (threads, for the sync one)."""
+
+    def __init__(self, options: StoreOptions, credentials: CredentialProvider | None, prepare: bool):
+        self.options = options
+        self.credentials = credentials
+        self.prepare = prepare  # prepared statements (not behind a transaction-mode pooler)
+        self.dsn = ""
+        self.pool: AsyncConnectionPool | None = None
+        self.failures = ConnectFailures()  # why the pool could not connect, if it could not
+        self._opened: object | None = None  # a token per open (None: closed): a renewal installs into its own
+        self._renewal = AsyncLock()
+        self._probe_at = 0.0
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def open(self, dsn: str) -> None:
+        """Start the write pool on ``dsn`` (the primary), without waiting for it to fill: writes are not
+        needed to serve reads. Nothing without a write pool."""
+        self.dsn = dsn
+        self._opened = object()
+        if self.options.write_pool_size > 0:
+            self.pool = self._new_pool()
+            await self.pool.open(wait=False)
+
+    async def close(self) -> None:
+        """Close the write pool; writes fail with StoreClosedError from now on. Closing twice is harmless."""
+        self._opened = None
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            await pool.close()
+
+    def _new_pool(self) -> AsyncConnectionPool:
+        o = self.options
+        return make_async_pool(
+            self.dsn,
+            size=o.write_pool_size,
+            application_name=o.write_application_name,
+            connect_timeout=o.connect_timeout,
+            acquire_timeout=o.acquire_timeout,
+            reconnect_timeout=o.reconnect_timeout,
+            max_lifetime=o.max_lifetime,
+            credentials=self.credentials,
+            pooler=o.pooler,
+            failures=self.failures,
+            order=o.pool_order,
+        )
+
+    def writable(self) -> AsyncConnectionPool:
+        """The write pool. Raises StoreClosedError when the store is not open, ReadOnlyStoreError when
+        it has no write pool."""
+        if self.pool is None:
+            if self._opened is None:
+                raise StoreClosedError("the store is not open: call open() or use it as a context manager")
+            raise ReadOnlyStoreError(
+                "this store has no write pool (write_pool_size=0, or a read-only service): it cannot write"
+            )
+        return self.pool
+
+    # -- connections --------------------------------------------------------------------------------
+
+    async def connection_async(self) -> tuple[AsyncConnectionPool, psycopg.AsyncConnection]:
+        """The write pool and a live connection of it: a pooled connection the server closed while it
+        sat idle (found without a round-trip, ``connections.went_away``) is discarded, the pool
+        checked, and another taken, so nothing is ever sent on a dead connection that was known
+        dead. A pool that gives none (busy, closed, primary down) raises DatabaseUnavailableError
+        naming why; one that gave none because its connections died and psycopg_pool is still backing
+        off is renewed if the primary answers now (``renew_async``)."""
+        pool = self.writable()
+        size = self.options.write_pool_size
+        for attempt in range(size + 2):
+            pool, conn = await self._getconn_async(pool)
+            if attempt == size + 1 or not went_away(conn):
+                return pool, conn
+            logger.info("pgfeatures: a pooled write connection was closed by the server; taking another")
+            await conn.close()
+            await pool.putconn(conn)  # closed: the pool replaces it
+            if attempt == 0:
+                await pool.check()  # the others died too, as a rule: replace them all now
+        raise AssertionError("unreachable")
+
+    async def _getconn_async(self, pool: AsyncConnectionPool) -> tuple[AsyncConnectionPool, psycopg.AsyncConnection]:
+        """A connection of ``pool``, or of the pool that replaced it (a renewal closes the old pool
+        under its waiters); errors as ``connection_async``."""
+        try:
+            return pool, await pool.getconn()
+        except PoolTimeout as exc:
+            failure: Exception = exc
+        except PoolClosed as exc:
+            failure = exc
+        if isinstance(failure, PoolClosed):
+            renewed = self.pool is not None and self.pool is not pool
+        else:
+            renewed = self.failures.error is not None and await self.renew_async(pool)
+        if renewed:
+            pool = self.writable()
+            try:
+                return pool, await pool.getconn()
+            except (PoolTimeout, PoolClosed) as exc:
+                failure = exc
+        timeout = self.options.acquire_timeout
+        raise database_error(
+            failure, self.dsn, acquire_timeout=timeout, last_connect_error=self.failures.cause(timeout / 2)
+        ) from None
+
+    # -- renewal after an outage --------------------------------------------------------------------
+
+    async def renew_async(self, old: AsyncConnectionPool) -> bool:
+        """Replace the write pool ``old``, which gave no connection and whose last connection attempt
+        failed, once the primary answers a fresh connection: like a read pool's renewal, so writes need
+        not wait out psycopg_pool's reconnection backoff after an outage. The primary is asked at most
+        every PROBE_INTERVAL, counted from the end of the last attempt (writers that queued behind an
+        attempt do not each try again). Returns whether the write pool is now another pool than
+        ``old`` (renewed here or by a concurrent writer)."""
+        opened = self._opened
+        async with self._renewal:
+            if self.pool is not old:
+                return self.pool is not None
+            if time.monotonic() < self._probe_at:
+                return False
+            try:
+                new = await self._filled_async()
+            finally:
+                self._probe_at = time.monotonic() + PROBE_INTERVAL
+            if new is None:
+                return False
+            if self.pool is not old or self._opened is not opened or opened is None:
+                # The store closed (or closed and opened again) meanwhile: ``old`` is not ours to replace.
+                await new.close(timeout=0)
+                return False
+            self.pool = new
+        logger.info(
+            "pgfeatures: the primary %s answers again; the write pool renewed", target_name(self.dsn, "primary")
+        )
+        await old.close(timeout=0)
+        return True
+
+    async def _filled_async(self) -> AsyncConnectionPool | None:
+        """A new write pool, if the primary answers a fresh connection and the pool fills in
+        connect_timeout; else None. A caller cancelled meanwhile leaves no pool behind."""
+        o = self.options
+        try:
+            probe = await connect_async(
+                self.dsn, o.write_application_name, o.connect_timeout, credentials=self.credentials, pooler=o.pooler
+            )
+        except PgFeaturesError:
+            return None
+        await probe.close()
+        return await filled_async(self._new_pool(), o.connect_timeout)
+
+    # -- live updates -------------------------------------------------------------------------------
+
+    async def apply_async(self, plans: list[Any]) -> UpdateCount:
+        """Apply the upsert ``plans`` through the write pool, on a connection known alive
+        (``connection_async``). Sent once: a connection lost after the update was sent raises
+        WriteOutcomeUnknownError (the server may have committed it; a resend could overwrite a newer
+        write made meanwhile). An update PostgreSQL rolled back for a conflict with a concurrent write
+        (deadlock, serialization failure) certainly did not apply: it is sent again, up to
+        CONFLICT_RETRIES times after a short random pause, then raises ConflictError. Raises as
+        ``update_features_batch``."""
+        if not plans:  # no rows: nothing to send (and no plan to take the lock statement from)
+            return UpdateCount(0)
+        for attempt in range(CONFLICT_RETRIES + 1):
+            pool, conn = await self.connection_async()
+            try:
+                return await upsert_async(conn, plans, self.prepare)
+            except psycopg.OperationalError as exc:
+                if conn.broken:
+                    raise WriteOutcomeUnknownError(
+                        f"the connection to the primary {redact(self.dsn)} was lost after the update was sent "
+                        f"({str(exc).strip()}): it may or may not have been applied, and was not sent again (read "
+                        "the rows to know; a resend is harmless when the rows carry updated_at: newest wins)"
+                    ) from exc
+                error = database_error(exc, self.dsn)
+            except psycopg.Error as exc:
+                error = database_error(exc, self.dsn)
+            finally:
+                await pool.putconn(conn)
+            if not isinstance(error, ConflictError) or attempt == CONFLICT_RETRIES:
+                raise error
+            logger.info(
+                "pgfeatures: a live update was rolled back by a conflicting write (%s); sending it again", error
+            )
+            await sleep_async(random.uniform(0.002, 0.02) * (attempt + 1))
+        raise AssertionError("unreachable")
 
 
 async def upsert_async(conn: psycopg.AsyncConnection, plans: list[Any], prepare: bool) -> UpdateCount:
@@ -88,82 +281,3 @@ async def _written_async(plans: list[Any], cursors: list[Any]) -> int:
     if error is not None:
         raise error
     return sum(int(row[0]) for row in rows)
-
-
-async def write_conn_async(store: AsyncFeatureStore) -> tuple[AsyncConnectionPool, psycopg.AsyncConnection]:
-    """The store's write pool and a live connection of it: a pooled connection the server closed
-    while it sat idle (found without a round-trip, ``connections.went_away``) is discarded, the
-    pool checked, and another taken, so nothing is ever sent on a dead connection that was known
-    dead. A pool that gives none (busy, closed, primary down) raises DatabaseUnavailableError
-    naming why; one that gave none because its connections died and psycopg_pool is still backing
-    off is renewed if the primary answers now (``renew_write_pool_async``)."""
-    pool = write_pool(store)
-    for attempt in range(store.write_pool_size + 2):
-        pool, conn = await _getconn_async(store, pool)
-        if attempt == store.write_pool_size + 1 or not went_away(conn):
-            return pool, conn
-        logger.info("pgfeatures: a pooled write connection was closed by the server; taking another")
-        await conn.close()
-        await pool.putconn(conn)  # closed: the pool replaces it
-        if attempt == 0:
-            await pool.check()  # the others died too, as a rule: replace them all now
-    raise AssertionError("unreachable")
-
-
-async def _getconn_async(store: AsyncFeatureStore,
-                         pool: AsyncConnectionPool) -> tuple[AsyncConnectionPool, psycopg.AsyncConnection]:
-    """A connection of ``pool``, or of the pool that replaced it (a renewal closes the old pool
-    under its waiters); errors as ``write_conn_async``."""
-    try:
-        return pool, await pool.getconn()
-    except PoolTimeout as exc:
-        failure: Exception = exc
-    except PoolClosed as exc:
-        failure = exc
-    if isinstance(failure, PoolClosed):
-        renewed = store.write_pool is not None and store.write_pool is not pool
-    else:
-        renewed = store.write_failures.error is not None and await renew_write_pool_async(store, pool)
-    if renewed:
-        pool = write_pool(store)
-        try:
-            return pool, await pool.getconn()
-        except (PoolTimeout, PoolClosed) as exc:
-            failure = exc
-    raise database_error(failure, store.dsn or "", acquire_timeout=store.acquire_timeout,
-                         last_connect_error=store.write_failures.cause(store.acquire_timeout / 2)) from None
-
-
-CONFLICT_RETRIES = 3  # a live update rolled back by a deadlock or serialization failure is sent again this often
-
-
-async def apply_updates_async(store: AsyncFeatureStore, plans: list[Any]) -> UpdateCount:
-    """Apply the upsert ``plans`` through the store's write pool, on a connection known alive
-    (``write_conn_async``). Sent once: a connection lost after the update was sent raises
-    WriteOutcomeUnknownError (the server may have committed it; a resend could overwrite a newer
-    write made meanwhile). An update PostgreSQL rolled back for a conflict with a concurrent write
-    (deadlock, serialization failure) certainly did not apply: it is sent again, up to
-    CONFLICT_RETRIES times after a short random pause, then raises ConflictError. Raises as
-    ``update_features_batch``."""
-    if not plans:  # no rows: nothing to send (and no plan to take the lock statement from)
-        return UpdateCount(0)
-    for attempt in range(CONFLICT_RETRIES + 1):
-        pool, conn = await write_conn_async(store)
-        try:
-            return await upsert_async(conn, plans, store._prepare)
-        except psycopg.OperationalError as exc:
-            if conn.broken:
-                raise WriteOutcomeUnknownError(
-                    f"the connection to the primary {redact(store.dsn or '')} was lost after the update was sent "
-                    f"({str(exc).strip()}): it may or may not have been applied, and was not sent again (read the "
-                    "rows to know; a resend is harmless when the rows carry updated_at: newest wins)") from exc
-            error = database_error(exc, store.dsn or "")
-        except psycopg.Error as exc:
-            error = database_error(exc, store.dsn or "")
-        finally:
-            await pool.putconn(conn)
-        if not isinstance(error, ConflictError) or attempt == CONFLICT_RETRIES:
-            raise error
-        logger.info("pgfeatures: a live update was rolled back by a conflicting write (%s); sending it again", error)
-        await asyncio.sleep(random.uniform(0.002, 0.02) * (attempt + 1))  # sync: time.sleep(random.uniform(0.002, 0.02) * (attempt + 1))
-    raise AssertionError("unreachable")
