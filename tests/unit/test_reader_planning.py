@@ -202,3 +202,28 @@ def test_the_cache_is_bounded_in_prepared_statements_and_evicts_the_least_recent
     assert cache.statements == 6
     assert cache.reader(None, None, "pipeline") is a and cache.reader(["user_stats", "flags"], None, "sequential") is c
     assert cache.reader(["flags"], None, "single") is not b  # compiled again
+
+
+def test_a_materialized_readers_flexible_twin_is_compiled_ahead(monkeypatch):
+    """When its serving rows go (a definition switch), a materialized reader falls back to the flexible
+    read; that first read already waits for the switch, so the twin must not be compiled then."""
+    import pgfeatures.reader.cache as cache_module
+
+    registry = Registry.of(
+        REG.tables.values(), schema="s", services=[FeatureService("m", ("user_stats.*", "flags.on"), materialize=True)]
+    )
+    cache = ReaderCache(registry)
+    cache.materialized = {"m": tuple(registry.layouts("m"))}
+    reader = cache.service_reader("m", None, "single")
+    batch = cache.service_batch_reader("m", None)
+    assert reader.fallback is not None and batch.fallback is not None
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("compiled at fallback time")
+
+    monkeypatch.setattr(cache_module, "compile_reader", refuse)
+    monkeypatch.setattr(cache_module, "compile_batch_reader", refuse)
+    assert cache.demote("m")
+    flexible = reader.fallback()
+    assert flexible.fallback is None and cache.service_reader("m", None, "single") is flexible
+    assert cache.service_batch_reader("m", None) is batch.fallback()

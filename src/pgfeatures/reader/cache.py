@@ -48,6 +48,8 @@ class ReaderCache:
         self._lock = threading.Lock()
         # Built materialized services and their serving tables: read from serving rows (set by the store).
         self.materialized: dict[str, tuple[EntityLayout, ...]] = {}
+        # The flexible twins of materialized readers, compiled with them (see ``_twin``), by cache key.
+        self._twins: dict[Any, Any] = {}
 
     def reader(
         self, tables: Iterable[str] | None, features: FeaturesArg, strategy: Strategy | str
@@ -67,17 +69,24 @@ class ReaderCache:
         """The reader of a feature service (or of a subset of its features): from its serving rows when
         it is materialized and built (``materialized``), else the flexible read. Raises UnknownServiceError."""
         layouts = self.materialized.get(service)
+        flexible = ("service", service, request_shape(None, features)[1], strategy)
         if layouts is not None:
-            return self._get(
-                ("materialized", service, request_shape(None, features)[1]),
-                lambda: dataclasses.replace(
-                    compile_materialized_reader(select_service(self.registry, service, features), layouts),
+
+            def build() -> Reader[FeatureResult]:
+                selection = select_service(self.registry, service, features)
+                self._twin(flexible, lambda: compile_reader(selection, strategy))
+                return dataclasses.replace(
+                    compile_materialized_reader(selection, layouts),
                     fallback=lambda: self.service_reader(service, features, strategy),
-                ),
-            )
+                )
+
+            return self._get(("materialized", service, request_shape(None, features)[1]), build)
         return self._get(
-            ("service", service, request_shape(None, features)[1], strategy),
-            lambda: compile_reader(select_service(self.registry, service, features), strategy),
+            flexible,
+            lambda: (
+                self._twins.pop(flexible, None)
+                or compile_reader(select_service(self.registry, service, features), strategy)
+            ),
         )
 
     def service_vector_reader(
@@ -123,18 +132,35 @@ class ReaderCache:
 
     def service_batch_reader(self, service: str, features: FeaturesArg) -> BatchReader[FeatureResult]:
         layouts = self.materialized.get(service)
+        flexible = ("service", service, request_shape(None, features)[1], "batch")
         if layouts is not None:
-            return self._get(
-                ("materialized batch", service, request_shape(None, features)[1]),
-                lambda: dataclasses.replace(
-                    compile_materialized_batch_reader(select_service(self.registry, service, features), layouts),
+
+            def build() -> BatchReader[FeatureResult]:
+                selection = select_service(self.registry, service, features)
+                self._twin(flexible, lambda: compile_batch_reader(selection))
+                return dataclasses.replace(
+                    compile_materialized_batch_reader(selection, layouts),
                     fallback=lambda: self.service_batch_reader(service, features),
-                ),
-            )
+                )
+
+            return self._get(("materialized batch", service, request_shape(None, features)[1]), build)
         return self._get(
-            ("service", service, request_shape(None, features)[1], "batch"),
-            lambda: compile_batch_reader(select_service(self.registry, service, features)),
+            flexible,
+            lambda: (
+                self._twins.pop(flexible, None)
+                or compile_batch_reader(select_service(self.registry, service, features))
+            ),
         )
+
+    def _twin(self, key: Any, build: Callable[[], Any]) -> None:
+        """Compile a materialized reader's flexible twin now, kept aside (not in the cache, so not prepared on
+        connections) until the service is demoted: the read that finds its serving rows gone (a definition
+        switch) has already waited for the switch and re-read the catalog; it should not compile as well."""
+        try:
+            if key not in self._twins:
+                self._twins[key] = build()
+        except TypeError:  # an unhashable request shape: compiled if ever needed
+            pass
 
     def _get(self, key: Any, build: Callable[[], R]) -> R:
         try:
