@@ -138,6 +138,12 @@ def test_sighup_reloads_a_real_serve_under_load_without_a_failed_request(conn, s
                 assert time.monotonic() < deadline, answers
                 time.sleep(0.05)
 
+        # /readyz answered by one worker says nothing of the other: wait until every worker has warmed up
+        # (a request the other one took before would be a 503 not_ready, not a reload's failure).
+        deadline = time.monotonic() + 30
+        while data.metric(httpx.get(f"{server.url}/metrics", headers=AUTH).text, "pgfeatures_ready") != workers:
+            assert time.monotonic() < deadline, "the workers never all became ready"
+            time.sleep(0.05)
         threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
         for t in threads:
             t.start()
