@@ -147,15 +147,6 @@ def find_pgbouncer() -> str | None:
     return PGBOUNCER if Path(PGBOUNCER).exists() else shutil.which("pgbouncer")
 
 
-def pgbouncer_version() -> str | None:
-    """``PgBouncer 1.18.0``, or None if it is not installed."""
-    program = find_pgbouncer()
-    if not program:
-        return None
-    out = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=10)
-    return out.stdout.splitlines()[0].strip() if out.stdout else None
-
-
 def _quote_userlist(value: str) -> str:
     return '"' + value.replace('"', '""') + '"'
 
