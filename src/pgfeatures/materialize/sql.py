@@ -406,8 +406,9 @@ def _statements(statements: Sequence[sql.Composable]) -> sql.Composable:
     return sql.SQL("").join(sql.SQL("{};\n").format(st) for st in statements)
 
 
-def trigger_sql(schema: str, layout: EntityLayout, table: FeatureTable) -> list[sql.Composed]:
-    """The trigger function keeping ``layout``'s serving rows in step with ``table``, and its triggers."""
+def trigger_function_sql(schema: str, layout: EntityLayout, table: FeatureTable) -> sql.Composed:
+    """The trigger function keeping ``layout``'s serving rows in step with ``table`` (its triggers:
+    ``triggers_sql``)."""
     key = sql.Identifier(layout.entity.column)
     svc = _ident(layout, schema)
     name = trigger_name(layout, table)
@@ -445,12 +446,17 @@ def trigger_sql(schema: str, layout: EntityLayout, table: FeatureTable) -> list[
         delete=_statements([*lock_rows_sql(schema, layout, [old]), clear_old]),
         truncate=_statements([lock_table_sql(schema, layout), clear_all]),
     )
-    out = [
-        sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
-            fn, sql.Literal(body.as_string(None))
-        )
-    ]
+    return sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
+        fn, sql.Literal(body.as_string(None))
+    )
+
+
+def triggers_sql(schema: str, layout: EntityLayout, table: FeatureTable) -> list[sql.Composed]:
+    """The statement triggers on ``table`` that run ``trigger_function_sql``'s function."""
+    name = trigger_name(layout, table)
+    fn = sql.Identifier(schema, name)
     target = sql.Identifier(schema, table.name)
+    out = []
     for event, referencing in (
         ("INSERT", "REFERENCING NEW TABLE AS new_rows "),
         ("UPDATE", "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows "),

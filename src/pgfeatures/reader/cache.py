@@ -68,8 +68,9 @@ class ReaderCache:
     def service_reader(self, service: str, features: FeaturesArg, strategy: Strategy | str) -> Reader[FeatureResult]:
         """The reader of a feature service (or of a subset of its features): from its serving rows when
         it is materialized and built (``materialized``), else the flexible read. Raises UnknownServiceError."""
+        shape = request_shape(None, features)[1]
+        flexible = ("service", service, shape, strategy)
         layouts = self.materialized.get(service)
-        flexible = ("service", service, request_shape(None, features)[1], strategy)
         if layouts is not None:
 
             def build() -> Reader[FeatureResult]:
@@ -80,12 +81,11 @@ class ReaderCache:
                     fallback=lambda: self.service_reader(service, features, strategy),
                 )
 
-            return self._get(("materialized", service, request_shape(None, features)[1]), build)
+            return self._get(("materialized", service, shape), build)
         return self._get(
             flexible,
-            lambda: (
-                self._twins.pop(flexible, None)
-                or compile_reader(select_service(self.registry, service, features), strategy)
+            lambda: self._twin_or(
+                flexible, lambda: compile_reader(select_service(self.registry, service, features), strategy)
             ),
         )
 
@@ -131,8 +131,9 @@ class ReaderCache:
         return self.registry.service(service).order(self.registry)
 
     def service_batch_reader(self, service: str, features: FeaturesArg) -> BatchReader[FeatureResult]:
+        shape = request_shape(None, features)[1]
+        flexible = ("service", service, shape, "batch")
         layouts = self.materialized.get(service)
-        flexible = ("service", service, request_shape(None, features)[1], "batch")
         if layouts is not None:
 
             def build() -> BatchReader[FeatureResult]:
@@ -143,12 +144,11 @@ class ReaderCache:
                     fallback=lambda: self.service_batch_reader(service, features),
                 )
 
-            return self._get(("materialized batch", service, request_shape(None, features)[1]), build)
+            return self._get(("materialized batch", service, shape), build)
         return self._get(
             flexible,
-            lambda: (
-                self._twins.pop(flexible, None)
-                or compile_batch_reader(select_service(self.registry, service, features))
+            lambda: self._twin_or(
+                flexible, lambda: compile_batch_reader(select_service(self.registry, service, features))
             ),
         )
 
@@ -157,10 +157,19 @@ class ReaderCache:
         connections) until the service is demoted: the read that finds its serving rows gone (a definition
         switch) has already waited for the switch and re-read the catalog; it should not compile as well."""
         try:
-            if key not in self._twins:
-                self._twins[key] = build()
+            known = key in self._twins
         except TypeError:  # an unhashable request shape: compiled if ever needed
-            pass
+            return
+        if not known:
+            self._twins[key] = build()
+
+    def _twin_or(self, key: Any, build: Callable[[], R]) -> R:
+        """The twin ``_twin`` compiled for ``key`` (taken out: the cache holds it from now on), else ``build()``."""
+        try:
+            twin = self._twins.pop(key, None)
+        except TypeError:
+            twin = None
+        return cast(R, twin) if twin is not None else build()
 
     def _get(self, key: Any, build: Callable[[], R]) -> R:
         try:
