@@ -345,6 +345,43 @@ class PgfeaturesOnlineStore(OnlineStore):
 
         return layouts, compile_for
 
+    def _sync_plan(
+        self, config: RepoConfig, key: Any, context: tuple[Any, ...], features: Any, full_feature_names: bool
+    ) -> tuple[FeatureStore, RequestPlan]:
+        """The sync store and the request plan for ``key`` (compiled once per context and store generation)."""
+        store = self._sync
+        plan = (
+            self._cached(key, context, store)
+            if store is not None and self._sync_generation == self._generation
+            else None
+        )
+        if store is None or plan is None:
+            service = self._precomputed(features)
+            layouts, compile_for = self._plan(config, context[5], full_feature_names, service)
+            store = self._sync_store(config, layouts, [service] if service else [])
+            plan = compile_for(store)
+            self._compiled[key] = _Compiled(context, store, plan)
+        return store, plan
+
+    async def _async_plan(
+        self, config: RepoConfig, key: Any, context: tuple[Any, ...], features: Any, full_feature_names: bool
+    ) -> tuple[AsyncFeatureStore, RequestPlan]:
+        """``_sync_plan`` on the asyncio store (one per event loop)."""
+        store = self._async
+        current = (
+            store is not None
+            and self._async_generation == self._generation
+            and self._async_loop is asyncio.get_running_loop()
+        )
+        plan = self._cached(key, context, store) if current else None
+        if store is None or plan is None:
+            service = self._precomputed(features)
+            layouts, compile_for = self._plan(config, context[5], full_feature_names, service)
+            store = await self._async_store(config, layouts, [service] if service else [])
+            plan = compile_for(store)
+            self._compiled[key] = _Compiled(context, store, plan)
+        return store, plan
+
     def _cached(self, key: Any, context: tuple[Any, ...], store: Any) -> RequestPlan | None:
         compiled = self._compiled.get(key)
         if compiled is not None and compiled.context is context and compiled.store is store:
@@ -406,22 +443,10 @@ class PgfeaturesOnlineStore(OnlineStore):
                 project,
                 full_feature_names,
             )
-            store = self._sync
-            plan = (
-                self._cached(key, context, store)
-                if store is not None and self._sync_generation == self._generation
-                else None
-            )
-            if plan is None:
-                service = self._precomputed(features)
-                layouts, compile_for = self._plan(config, context[5], full_feature_names, service)
-                store = self._sync_store(config, layouts, [service] if service else [])
-                plan = compile_for(store)
-                self._compiled[key] = _Compiled(context, store, plan)
+            store, plan = self._sync_plan(config, key, context, features, full_feature_names)
             request = self._fast_request(context, plan, entity_rows)
             if request is not None:
                 echo, values, n = request
-                assert store is not None
                 found = self._execute(store, plan, values, n)
                 return PgfeaturesOnlineResponse(echo + [found[name] for name in plan.order], plan.feature_types)
         service, features = self._generic(features)
@@ -473,23 +498,10 @@ class PgfeaturesOnlineStore(OnlineStore):
                 project,
                 full_feature_names,
             )
-            store = self._async
-            current = (
-                store is not None
-                and self._async_generation == self._generation
-                and self._async_loop is asyncio.get_running_loop()
-            )
-            plan = self._cached(key, context, store) if current else None
-            if plan is None:
-                service = self._precomputed(features)
-                layouts, compile_for = self._plan(config, context[5], full_feature_names, service)
-                store = await self._async_store(config, layouts, [service] if service else [])
-                plan = compile_for(store)
-                self._compiled[key] = _Compiled(context, store, plan)
+            store, plan = await self._async_plan(config, key, context, features, full_feature_names)
             request = self._fast_request(context, plan, entity_rows)
             if request is not None:
                 echo, values, n = request
-                assert store is not None
                 found = await self._execute_async(store, plan, values, n)
                 return PgfeaturesOnlineResponse(echo + [found[name] for name in plan.order], plan.feature_types)
         service, features = self._generic(features)
@@ -750,21 +762,9 @@ class PgfeaturesOnlineStore(OnlineStore):
         join keys of the service's first view only)."""
         context, feast_service = self._vector_context(config, feature_service_name, project)
         key = ("vectors", feature_service_name, project)
-        store = self._sync
-        plan = (
-            self._cached(key, context, store)
-            if store is not None and self._sync_generation == self._generation
-            else None
-        )
-        if plan is None:
-            service = self._precomputed(feast_service)
-            layouts, compile_for = self._plan(config, context[5], True, service)
-            store = self._sync_store(config, layouts, [service] if service else [])
-            plan = compile_for(store)
-            self._compiled[key] = _Compiled(context, store, plan)
+        store, plan = self._sync_plan(config, key, context, feast_service, True)
         request = key_columns(feature_service_name, plan, entity_keys)
         n = len(entity_keys)
-        assert store is not None
         found = self._execute(store, plan, request, n) if n else {}
         return vectors(plan, found, n, _now(), feature_names(feast_service))
 
@@ -774,22 +774,9 @@ class PgfeaturesOnlineStore(OnlineStore):
         """``read_precomputed_vectors`` on the asyncio store."""
         context, feast_service = self._vector_context(config, feature_service_name, project)
         key = ("vectors async", feature_service_name, project)
-        store = self._async
-        current = (
-            store is not None
-            and self._async_generation == self._generation
-            and self._async_loop is asyncio.get_running_loop()
-        )
-        plan = self._cached(key, context, store) if current else None
-        if plan is None:
-            service = self._precomputed(feast_service)
-            layouts, compile_for = self._plan(config, context[5], True, service)
-            store = await self._async_store(config, layouts, [service] if service else [])
-            plan = compile_for(store)
-            self._compiled[key] = _Compiled(context, store, plan)
+        store, plan = await self._async_plan(config, key, context, feast_service, True)
         request = key_columns(feature_service_name, plan, entity_keys)
         n = len(entity_keys)
-        assert store is not None
         found = await self._execute_async(store, plan, request, n) if n else {}
         return vectors(plan, found, n, _now(), feature_names(feast_service))
 
