@@ -166,6 +166,16 @@ class EmbeddedServerError(PgFeaturesError, RuntimeError):
     """The embedded PostgreSQL could not be created, started or stopped."""
 
 
+class VectorOutputError(DefinitionError):
+    """A service read as a vector holds a feature that is not a number (a string, a list); the
+    message names them and what to do instead."""
+
+
+class ExtensionMissingError(PgFeaturesError):
+    """A definition needs a PostgreSQL extension the server does not have (pgvector for an embedding
+    stored as a vector or indexed); the message says how to install it or what to declare instead."""
+
+
 class ExtraNotInstalledError(PgFeaturesError, ImportError):
     """A call needs an optional dependency group (an extra, e.g. ``load`` for bulk loads) that is not
     installed: the core install is psycopg only. The message names the extra and the pip command."""

@@ -16,9 +16,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .definitions import EVENT_TIME, KEY_LENGTH, UPDATED_AT, FeatureTable, Registry
+from .definitions import EVENT_TIME, KEY_LENGTH, UPDATED_AT, Feature, FeatureTable, Registry
 from .definitions.names import derived
-from .errors import SchemaDriftError
+from .errors import ExtensionMissingError, SchemaDriftError
 
 LEGACY_EVENT_TIME = "integer"  # updated_at as older versions made it: epoch seconds, up to 2038
 
@@ -54,13 +54,73 @@ def freshness_index_sql(schema: str, table: FeatureTable | str, concurrently: bo
     )
 
 
-def table_ddl(schema: str, table: FeatureTable) -> list[sql.Composed]:
+_OPCLASS = {"cosine": "cosine", "l2": "l2", "ip": "ip"}
+PGVECTOR_HELP = (
+    "install pgvector on the server (Debian/Ubuntu: apt install postgresql-<version>-pgvector; managed "
+    'services: enable the `vector` extension), or declare the embedding with storage = "array" and no '
+    "index (a real[], searched exactly)"
+)
+
+
+def vector_index_name(table: FeatureTable | str, feature: str) -> str:
+    """The nearest-neighbour index of an embedding feature: ``<table>_<feature>_hnsw`` (hashed past 63 bytes)."""
+    return derived(table.name if isinstance(table, FeatureTable) else table, f"_{feature}_hnsw")
+
+
+def vector_index_sql(schema: str, table: FeatureTable, feature: Feature, name: str | None = None) -> sql.Composed:
+    """The HNSW index of an embedding feature declared with ``index = "hnsw"`` (its metric's operator class)."""
+    kind = "halfvec" if feature.type.storage == "halfvec" else "vector"
+    opclass = f"{kind}_{_OPCLASS[feature.type.metric or 'l2']}_ops"
+    return sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw ({} {})").format(
+        sql.Identifier(vector_index_name(name or table.name, feature.name)),
+        qualified(schema, name or table.name),
+        sql.Identifier(feature.name),
+        sql.SQL(opclass),
+    )
+
+
+def needs_vector(table: FeatureTable) -> list[str]:
+    """The features of ``table`` whose column or index needs pgvector."""
+    return [f.name for f in table.features if f.type.needs_vector]
+
+
+def vector_available(conn: psycopg.Connection) -> bool:
+    """Whether pgvector can be used in this database: installed, or installable here (then created,
+    ``CREATE EXTENSION IF NOT EXISTS vector``; a role that may not create it leaves it uninstalled)."""
+    row = conn.execute(
+        "SELECT (SELECT true FROM pg_extension WHERE extname = 'vector'), "
+        "(SELECT true FROM pg_available_extensions WHERE name = 'vector')"
+    ).fetchone()
+    if row and row[0]:
+        return True
+    if not row or not row[1]:
+        return False
+    try:
+        with conn.transaction():
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    except psycopg.Error:
+        return False
+    return True
+
+
+def check_vector(table: FeatureTable, has_vector: bool) -> None:
+    """Raises ExtensionMissingError when ``table`` needs pgvector and the server has none."""
+    wanting = needs_vector(table)
+    if wanting and not has_vector:
+        raise ExtensionMissingError(
+            f"table {table.name!r}: {', '.join(wanting)} need(s) the pgvector extension, which this server "
+            f"does not have: {PGVECTOR_HELP}"
+        )
+
+
+def table_ddl(schema: str, table: FeatureTable, has_vector: bool = True) -> list[sql.Composed]:
     """Every statement creating ``table`` as pgfeatures makes it: the table, its covering index (when
     asked for) and its index on ``updated_at``."""
-    out = [create_table_sql(schema, table)]
+    out = [create_table_sql(schema, table, has_vector)]
     if table.covering_index:
         out.append(covering_index_sql(schema, table))
     out.append(freshness_index_sql(schema, table))
+    out.extend(vector_index_sql(schema, table, f) for f in table.features if f.type.index is not None)
     return out
 
 
@@ -77,12 +137,16 @@ def key_column_sql(table: FeatureTable) -> sql.Composed:
     return sql.SQL("{} {} PRIMARY KEY{}").format(key, sql.SQL(entity.column_type), check)
 
 
-def column_definitions(table: FeatureTable) -> dict[str, sql.Composed]:
+def column_definitions(table: FeatureTable, has_vector: bool = True) -> dict[str, sql.Composed]:
     """Each column of the table as ``CREATE TABLE`` declares it (name, type, constraints, default),
-    by column name: the key, the features, ``updated_at``."""
+    by column name: the key, the features, ``updated_at``. ``has_vector``: an ``auto`` embedding is a
+    pgvector ``vector``, else a ``real[]``."""
     return {
         table.key_column: key_column_sql(table),
-        **{f.name: sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(f.type.name)) for f in table.features},
+        **{
+            f.name: sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(f.type.storage_name(has_vector)))
+            for f in table.features
+        },
         UPDATED_AT: sql.SQL("{} timestamptz NOT NULL DEFAULT now()").format(sql.Identifier(UPDATED_AT)),
     }
 
@@ -113,9 +177,9 @@ def migrate_event_time_sql(schema: str, table: FeatureTable | str) -> list[sql.C
     ]
 
 
-def create_table_sql(schema: str, table: FeatureTable) -> sql.Composed:
+def create_table_sql(schema: str, table: FeatureTable, has_vector: bool = True) -> sql.Composed:
     return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
-        qualified(schema, table), sql.SQL(", ").join(column_definitions(table).values())
+        qualified(schema, table), sql.SQL(", ").join(column_definitions(table, has_vector).values())
     )
 
 
@@ -223,6 +287,7 @@ def compare(
     (what breaks reads: a missing column, another type; what only costs: an extra column, no
     primary key, no covering index)."""
     expected = expected_columns(table)
+    accepted = {f.name: f.type.sql_names() for f in table.features}
     breaking, other = [], []
     for col, typ in expected.items():
         if col not in columns:
@@ -232,7 +297,7 @@ def compare(
                 f"legacy event time: column {col} is {LEGACY_EVENT_TIME} epoch seconds (as versions before "
                 f"timestamptz event time made it), definition says {typ}"
             )
-        elif columns[col] != typ:
+        elif columns[col] not in accepted.get(col, (typ,)):
             breaking.append(f"column {col} is {columns[col]}, definition says {typ}")
     other += [f"column {col} ({typ}) is not in the definition" for col, typ in columns.items() if col not in expected]
     if list(primary_key or []) != [table.key_column]:
@@ -275,6 +340,9 @@ def apply_schema(conn: psycopg.Connection, registry: Registry, *, raise_on_drift
     with another ``apply_schema`` or a first load (see ``ddl_lock``): it waits for them.
     """
     report = SchemaReport()
+    has_vector = any(f.type.kind == "embedding" for t in registry.tables.values() for f in t.features) and (
+        vector_available(conn)
+    )
     with conn.transaction():
         conn.execute(*ddl_lock(registry.schema))  # held to COMMIT: see ddl_lock
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(registry.schema)))
@@ -287,7 +355,8 @@ def apply_schema(conn: psycopg.Connection, registry: Registry, *, raise_on_drift
                 else:
                     report.existing.append(table.name)
                 continue
-            for statement in table_ddl(registry.schema, table):
+            check_vector(table, has_vector)
+            for statement in table_ddl(registry.schema, table, has_vector):
                 conn.execute(statement)
             report.created.append(table.name)
     if report.drift and raise_on_drift:

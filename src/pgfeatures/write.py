@@ -129,17 +129,25 @@ def compile_upsert(
     key = sql.Identifier(table.key_column)
     cols = [key, *(sql.Identifier(f.name) for f in features)]
     arrays = [sql.SQL(f"$1::{table.entity.cast}[]")] + [
-        sql.SQL(f"${i + 2}::{f.type.name}[]") for i, f in enumerate(features)
+        sql.SQL(f"${i + 2}::{param_type(f)}[]") for i, f in enumerate(features)
     ]
+    outputs = [sql.SQL("u.c0")] + [sql.SQL(f"u.c{i + 1}{_column_cast(f)}") for i, f in enumerate(features)]
     sets = [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(f.name)) for f in features if f.name != UPDATED_AT]
     sets.append(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(UPDATED_AT)))
     where = sql.SQL(" WHERE t.{0} <= EXCLUDED.{0}").format(sql.Identifier(UPDATED_AT)) if newest_wins else sql.SQL("")
     n = len(features) + 2
     guard = sql.SQL(f" WHERE ${n}::timestamptz <= now() + ${n + 1}::interval") if guarded else sql.SQL("")
-    query = sql.SQL("INSERT INTO {} AS t ({}) SELECT * FROM unnest({}){} ON CONFLICT ({}) DO UPDATE SET {}{}").format(
+    source = sql.SQL("unnest({})").format(sql.SQL(", ").join(arrays))
+    if any(_column_cast(f) for f in features):  # lists and embeddings travel as literals, cast per row
+        source = sql.SQL("{} FROM {} AS u({})").format(
+            sql.SQL(", ").join(outputs), source, sql.SQL(", ").join(sql.SQL(f"c{i}") for i in range(len(cols)))
+        )
+    else:
+        source = sql.SQL("* FROM {}").format(source)
+    query = sql.SQL("INSERT INTO {} AS t ({}) SELECT {}{} ON CONFLICT ({}) DO UPDATE SET {}{}").format(
         sql.Identifier(schema, table.name),
         sql.SQL(", ").join(cols),
-        sql.SQL(", ").join(arrays),
+        source,
         guard,
         key,
         sql.SQL(", ").join(sets),
@@ -151,6 +159,42 @@ def compile_upsert(
         sql.Identifier(schema, table.name), key, sql.SQL(f"$1::{table.entity.cast}[]"), key
     )
     return Upsert(table.name, features, query.as_bytes(None), newest_wins, guarded, lock.as_bytes(None))
+
+
+def param_type(feature: Feature) -> str:
+    """The element type of the array a feature's values travel in to an upsert: the column's own type,
+    ``text`` for a string (a cast to ``varchar(n)`` would truncate; the column's assignment refuses a
+    longer value instead), a list's or an embedding's array literal (``unnest`` would flatten a 2-D array)."""
+    kind = feature.type.kind
+    return "text" if kind in ("string", "list", "embedding") else feature.type.name
+
+
+def _column_cast(feature: Feature) -> str:
+    """How an upsert turns a travelled value into its column's type (the column's assignment does the rest:
+    ``text[]`` into ``varchar(n)[]`` refuses a longer element, ``real[]`` into ``vector(dim)`` checks the dim)."""
+    type_ = feature.type
+    if type_.kind == "embedding":
+        return "::real[]"
+    if type_.kind == "list":
+        assert type_.element is not None
+        return "::text[]" if type_.element.kind == "string" else f"::{type_.element.name}[]"
+    return ""
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def array_literal(values: Sequence[Any] | None) -> str | None:
+    """A checked list's PostgreSQL array literal (``{1,2.5}``, ``{"a","b \\"c\\""}``); floats by ``repr``,
+    which round-trips exactly."""
+    if values is None:
+        return None
+    return "{" + ",".join(_quoted(v) if isinstance(v, str) else repr(v) for v in values) + "}"
+
+
+def _encoder(feature: Feature) -> Any:
+    return array_literal if feature.type.kind in ("list", "embedding") else None
 
 
 def check_value(table: str, feature: Feature, value: Any, nan: str = "reject", inf: str = "reject") -> Any:
@@ -231,7 +275,14 @@ def plan_updates(
         # lock their rows in the same order, so a batch racing a load waits instead of deadlocking.
         members.sort(key=lambda member: member[0])
         upsert = compile_upsert(registry.schema, ft, names, UPDATED_AT in names and not overwrite_newer, guarded)
-        params: tuple[Any, ...] = ([k for k, _ in members], *([v[n] for _, v in members] for n in names))
+        encoders = [_encoder(f) for f in upsert.features]
+        params: tuple[Any, ...] = (
+            [k for k, _ in members],
+            *(
+                [v[n] for _, v in members] if enc is None else [enc(v[n]) for _, v in members]
+                for n, enc in zip(names, encoders)
+            ),
+        )
         if guarded:
             params += (newest, skew)
         plans.append((upsert, params))

@@ -41,7 +41,12 @@ def test_toml_round_trip(tmp_path):
 
 @pytest.mark.parametrize(
     "wide, hint",
-    [("jsonb", "one column per feature"), ("text", "codes"), ("numeric", "real or double"), ("timestamptz", "epoch")],
+    [
+        ("jsonb", "one column per feature"),
+        ("text", "declare string"),
+        ("numeric", "real or double"),
+        ("timestamp without time zone", "with time zone"),
+    ],
 )
 def test_wide_types_are_rejected_with_a_reason(wide, hint):
     with pytest.raises(DefinitionError) as err:

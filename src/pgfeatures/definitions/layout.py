@@ -6,7 +6,8 @@ A service declared ``materialize = true`` keeps, per entity it reads, one servin
         <key column> <key type> PRIMARY KEY,
         r  real[],               -- every real feature of the entity's tables, in the service's order
         d  double precision[],   -- double, smallint, integer, boolean (exact in a double)
-        i  bigint[],             -- bigint (exact only in an int8)
+        i  bigint[],             -- bigint (exact only in an int8), timestamps (epoch microseconds)
+        s  text[],               -- strings
         ts bigint[]              -- per table: its row's updated_at in epoch microseconds, NULL where the key has no row
     )
 
@@ -44,7 +45,8 @@ GROUPS = {
     "bigint": ("i", "bigint"),
     "timestamp with time zone": ("i", "bigint"),
 }  # event time, as epoch microseconds
-GROUP_ORDER = ("r", "d", "i")
+GROUP_ORDER = ("r", "d", "i", "s")
+ELEMENT_TYPES = {"r": "real", "d": "double precision", "i": "bigint", "s": "text"}
 TS = "ts"
 PREFIX = "_pgf_svc_"
 # The serving row's format, beyond the slots: part of every fingerprint (and so of the serving table's
@@ -54,6 +56,14 @@ PREFIX = "_pgf_svc_"
 LAYOUT_VERSION = 3
 SERVING_COLUMNS = frozenset({*GROUP_ORDER, TS})  # a key column may not take these names
 MAX_IDENTIFIER = 63  # bytes: PostgreSQL truncates longer names silently
+
+
+def group_of(feature: Feature) -> str:
+    """The serving array a feature's values are kept in (lists and embeddings are refused when a
+    materialized service is defined: ``registry._check_serving_keys``)."""
+    if feature.type.kind == "string":
+        return "s"
+    return GROUPS[feature.type.name][0]
 
 
 @dataclass(frozen=True)
@@ -80,7 +90,7 @@ class EntityLayout:
     fingerprint: str
 
     def element_type(self, group: str) -> str:
-        return {"r": "real", "d": "double precision", "i": "bigint"}[group]
+        return ELEMENT_TYPES[group]
 
     def size(self, group: str) -> int:
         return sum(1 for s in self.slots if s.group == group)
@@ -125,7 +135,7 @@ def service_layouts(
         slots = []
         for table, features in parts:
             for f in features:
-                group = GROUPS[f.type.name][0]
+                group = group_of(f)
                 slots.append(Slot(table.name, f, group, counters[group]))
                 counters[group] += 1
         groups = tuple(g for g in GROUP_ORDER if counters[g])

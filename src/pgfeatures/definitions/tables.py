@@ -23,7 +23,7 @@ from typing import Any
 from ..errors import DefinitionError, UnknownFeatureError
 from .entities import DEFAULT_ENTITY, Entity
 from .names import STAGE_COLUMNS, check_not_reserved
-from .types import EVENT_TIME, FeatureType, check_identifier, check_value, feature_type
+from .types import EVENT_TIME, TYPE_OPTIONS, FeatureType, check_identifier, check_value, feature_type
 
 UPDATED_AT = "updated_at"
 
@@ -44,11 +44,25 @@ class Feature:
                 f"invalid feature name {self.name!r}: the loader's staging table uses a column of "
                 "that name; rename the feature"
             )
+        if self.default is not None and self.type.kind in ("list", "embedding"):
+            raise DefinitionError(
+                f"feature {self.name!r}: a {self.type.spec} feature takes no default (a missing value is None)"
+            )
         if self.default is not None:
             try:
                 object.__setattr__(self, "default", check_value(f"default of {self.name}", self.type, self.default))
             except Exception as exc:
                 raise DefinitionError(str(exc)) from None
+
+    def to_spec(self) -> Any:
+        """How a definition file declares it: the type's name, or a table of type, options and default."""
+        options = self.type.options()
+        if self.default is None and not options:
+            return self.type.spec if self.type.kind != "scalar" else self.type.name
+        spec: dict[str, Any] = {"type": self.type.spec if self.type.kind != "scalar" else self.type.name, **options}
+        if self.default is not None:
+            spec["default"] = self.default
+        return spec
 
 
 UPDATED_AT_FEATURE = Feature(UPDATED_AT, EVENT_TIME)
@@ -56,16 +70,29 @@ UPDATED_AT_FEATURE = Feature(UPDATED_AT, EVENT_TIME)
 
 def _feature(name: str, spec: Any) -> Feature:
     if isinstance(spec, Mapping):
-        unknown = set(spec) - {"type", "default"}
+        unknown = set(spec) - {"type", "default", *TYPE_OPTIONS}
         if unknown or "type" not in spec:
             raise DefinitionError(
                 f'feature {name!r}: write it as "type" or {{ type = "...", default = ... }}'
-                + (f" (unknown key(s) {', '.join(sorted(unknown))})" if unknown else "")
+                + (
+                    f" (unknown key(s) {', '.join(sorted(unknown))}; valid: type, default, {', '.join(TYPE_OPTIONS)})"
+                    if unknown
+                    else ""
+                )
             )
-        return Feature(name, feature_type(spec["type"]), spec.get("default"))
+        options = {k: v for k, v in spec.items() if k in TYPE_OPTIONS}
+        try:
+            type_ = feature_type(spec["type"], **options)
+        except DefinitionError as exc:
+            raise DefinitionError(f"feature {name!r}: {exc}") from None
+        return Feature(name, type_, spec.get("default"))
     if isinstance(spec, Feature):
         return spec
-    return Feature(name, feature_type(spec))
+    try:
+        type_ = feature_type(spec)
+    except DefinitionError as exc:
+        raise DefinitionError(f"feature {name!r}: {exc}") from None
+    return Feature(name, type_)
 
 
 @dataclass(frozen=True)
@@ -159,8 +186,5 @@ class FeatureTable:
             out["entity"] = self.entity.name
         if self.ttl is not None:
             out["ttl"] = format_duration(self.ttl)
-        out["features"] = {
-            f.name: f.type.name if f.default is None else {"type": f.type.name, "default": f.default}
-            for f in self.features
-        }
+        out["features"] = {f.name: f.to_spec() for f in self.features}
         return out

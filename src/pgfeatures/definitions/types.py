@@ -1,7 +1,16 @@
 """Feature types: what a feature column may be, how values travel and how they are checked.
 
-Only narrow, fixed-width types are accepted: hot feature rows must stay small so that one index
-lookup touches one small heap tuple (or none, with a covering index).
+Scalars (``real``, ``double precision``, ``smallint``, ``integer``, ``bigint``, ``boolean``) are
+narrow and fixed-width: they travel in one typed array per table and keep a hot row small. The rich
+types real models need are declared explicitly and bounded, so a row's width stays known:
+
+- ``string``: ``character varying(max_length)`` (default 256 characters); a longer value is refused
+  naming the row, never truncated;
+- ``timestamp``: ``timestamp with time zone`` (an aware ``datetime``; JSON prints RFC 3339);
+- ``list<integer|bigint|real|double|string>``: a PostgreSQL array of that element type, variable
+  length, optionally at most ``max_length`` elements (checked on every write);
+- ``embedding`` of ``dim`` floats: pgvector's ``vector(dim)`` (or ``halfvec(dim)``) where the
+  extension exists, else ``real[]`` with the dimension checked on every write (``storage``).
 """
 
 from __future__ import annotations
@@ -37,16 +46,92 @@ def nonfinite_json(value: float) -> str:
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
+SCALAR = "scalar"
+STRING = "string"
+TIMESTAMP = "timestamp"
+LIST = "list"
+EMBEDDING = "embedding"
+DEFAULT_STRING_LENGTH = 256
+MAX_STRING_LENGTH = 10_485_760  # PostgreSQL's limit for varchar(n)
+MAX_DIM = 16_000  # pgvector's limit for vector(n)
+STORAGES = ("auto", "vector", "halfvec", "array")
+METRICS = ("cosine", "l2", "ip")
+INDEXES = ("hnsw",)
+LIST_ELEMENTS = ("integer", "bigint", "real", "double precision", "string")
+
+
 @dataclass(frozen=True)
 class FeatureType:
-    """A supported column type and how values travel and come back."""
+    """A supported column type and how values travel and come back.
+
+    ``kind`` is ``scalar``, ``string``, ``timestamp``, ``list`` or ``embedding``. ``max_length``: a
+    string's characters or a list's elements (None: unbounded list); ``element``: a list's element
+    type; ``dim``, ``storage``, ``index``, ``metric``: an embedding's (see the module docstring).
+    """
 
     name: str  # canonical PostgreSQL name, as format_type() prints it
     python: type
     exact_in_float8: bool  # can ride in a float8[] without loss
+    kind: str = SCALAR
+    max_length: int | None = None
+    element: FeatureType | None = None
+    dim: int | None = None
+    storage: str | None = None
+    index: str | None = None
+    metric: str | None = None
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def rich(self) -> bool:
+        """Does not fit a numeric array: travels in a row of its own (strings, lists, embeddings)."""
+        return self.kind in (STRING, LIST, EMBEDDING)
+
+    @property
+    def spec(self) -> str:
+        """How a definition names this type (``real``, ``string``, ``list<integer>``, ``embedding``)."""
+        if self.kind == LIST:
+            assert self.element is not None
+            return f"list<{'double' if self.element.name == 'double precision' else self.element.spec}>"
+        if self.kind in (STRING, TIMESTAMP, EMBEDDING):
+            return self.kind
+        return self.name
+
+    def options(self) -> dict[str, Any]:
+        """The definition's options besides ``type`` (what ``to_dict`` writes back)."""
+        out: dict[str, Any] = {}
+        if self.kind == STRING and self.max_length != DEFAULT_STRING_LENGTH:
+            out["max_length"] = self.max_length
+        if self.kind == LIST and self.max_length is not None:
+            out["max_length"] = self.max_length
+        if self.kind == EMBEDDING:
+            out["dim"] = self.dim
+            if self.storage != "auto":
+                out["storage"] = self.storage
+            if self.index is not None:
+                out["index"] = self.index
+            if self.metric is not None:
+                out["metric"] = self.metric
+        return out
+
+    def sql_names(self) -> tuple[str, ...]:
+        """Every ``format_type`` spelling a live column of this type may have (an ``auto`` embedding's
+        column is a vector where pgvector was installed when the table was made, else ``real[]``)."""
+        if self.kind == EMBEDDING and self.storage == "auto":
+            return (f"vector({self.dim})", "real[]")
+        return (self.name,)
+
+    def storage_name(self, has_vector: bool) -> str:
+        """The SQL type a new column of this type gets (``has_vector``: pgvector can be used)."""
+        if self.kind == EMBEDDING and self.storage == "auto":
+            return f"vector({self.dim})" if has_vector else "real[]"
+        return self.name
+
+    @property
+    def needs_vector(self) -> bool:
+        """Its column (or its index) needs the pgvector extension."""
+        return self.kind == EMBEDDING and (self.storage in ("vector", "halfvec") or self.index is not None)
 
 
 TYPES: dict[str, FeatureType] = {
@@ -58,9 +143,9 @@ TYPES: dict[str, FeatureType] = {
     "boolean": FeatureType("boolean", bool, True),
 }
 
-# The type of ``updated_at`` (event time: definitions/eventtime.py). Not a feature type a definition
-# may declare (yet): it travels as int8 epoch microseconds and comes back as an aware datetime.
-EVENT_TIME = FeatureType("timestamp with time zone", datetime, False)
+# The type of ``updated_at`` (event time: definitions/eventtime.py) and of ``timestamp`` features: it
+# travels as int8 epoch microseconds and comes back as an aware UTC datetime.
+EVENT_TIME = FeatureType("timestamp with time zone", datetime, False, TIMESTAMP)
 
 ALIASES = {
     "float4": "real",
@@ -72,33 +157,119 @@ ALIASES = {
     "int4": "integer",
     "int8": "bigint",
     "bool": "boolean",
+    "timestamp": "timestamp with time zone",
+    "timestamptz": "timestamp with time zone",
 }
 
 # Wide types and why they do not belong in a hot table; the doctor reuses this advice.
 WIDE_TYPES = {
-    "text": "variable-length and TOAST-able; encode categories as smallint/integer codes",
-    "varchar": "variable-length; encode categories as smallint/integer codes",
-    "character varying": "variable-length; encode categories as smallint/integer codes",
+    "text": "unbounded; declare string (character varying(max_length), 256 by default), or encode categories as smallint codes",
+    "varchar": "unbounded; declare string (character varying(max_length), 256 by default), or encode categories as smallint codes",
+    "character varying": "unbounded; declare string (character varying(max_length), 256 by default), or encode categories as smallint codes",
     "json": "parsed on every read and variable-length; one column per feature, as real/integer",
     "jsonb": "variable-length, often TOASTed; one column per feature, as real/integer",
     "numeric": "variable-length arbitrary precision, slow to decode; use real or double precision",
-    "timestamptz": "8 bytes and converted on every read; event time is the table's updated_at, other times fit integer epoch seconds",
-    "timestamp with time zone": "8 bytes and converted on every read; use integer epoch seconds",
-    "timestamp": "8 bytes and converted on every read; use integer epoch seconds",
+    "timestamp without time zone": "an instant without its zone; declare timestamp (with time zone)",
     "bytea": "variable-length; only the entity key should be bytea",
 }
+# Advice on the rich types, for the doctor's row-width check (a declared rich feature is allowed).
+RICH_ADVICE = {
+    STRING: "variable-length, bounded by max_length; a category read by every request is cheaper as a smallint code",
+    LIST: "variable-length; keep max_length small on hot tables",
+    EMBEDDING: "4 bytes per dimension (2 with halfvec); a wide embedding is best alone in its table",
+}
+_LIST_FORM = re.compile(r"^list\s*<\s*(.+?)\s*>$|^(.+?)\s*\[\]$")
+_EMBEDDING_FORM = re.compile(r"^(?:embedding|vector)\s*\(\s*(\d+)\s*\)$")
+TYPE_OPTIONS = ("max_length", "dim", "storage", "index", "metric")
 
 
-def feature_type(name: str) -> FeatureType:
-    """Resolve a type name (canonical or alias). Raises DefinitionError for wide or unknown types."""
+VALID_TYPES = ", ".join([*TYPES, "timestamp", "string", "list<integer|bigint|real|double|string>", "embedding"])
+
+
+def _positive(what: str, value: Any, limit: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise DefinitionError(f"{what} must be an integer from 1 to {limit}, got {value!r}")
+    return value
+
+
+def feature_type(name: Any, **options: Any) -> FeatureType:
+    """Resolve a type name (canonical, alias or rich form) with its options (``max_length``, ``dim``,
+    ``storage``, ``index``, ``metric``). Raises DefinitionError for wide or unknown types and for
+    options the type does not take, naming what is valid."""
+    if isinstance(name, FeatureType):
+        if options:
+            raise DefinitionError(f"type {name.spec!r} takes no options here (got {', '.join(options)})")
+        return name
     key = " ".join(str(name).strip().lower().split())
     key = ALIASES.get(key, key)
-    if key in TYPES:
-        return TYPES[key]
-    valid = ", ".join(TYPES)
+    unknown = set(options) - set(TYPE_OPTIONS)
+    if unknown:
+        raise DefinitionError(f"unknown type option(s) {', '.join(sorted(unknown))} (valid: {', '.join(TYPE_OPTIONS)})")
+
+    def takes(*allowed: str) -> None:
+        extra = [o for o in options if o not in allowed]
+        if extra:
+            valid = ", ".join(allowed) or "none"
+            raise DefinitionError(f"type {name!r} takes no option {', '.join(extra)} (valid: {valid})")
+
+    if key in TYPES or key == EVENT_TIME.name:
+        takes()
+        return TYPES.get(key, EVENT_TIME)
+    if key == "string" or re.fullmatch(r"(varchar|character varying)\(\d+\)", key):
+        takes("max_length")
+        bound = re.search(r"\((\d+)\)$", key)
+        length = _positive(
+            "string max_length",
+            options.get("max_length", int(bound[1]) if bound else DEFAULT_STRING_LENGTH),
+            MAX_STRING_LENGTH,
+        )
+        return FeatureType(f"character varying({length})", str, False, STRING, max_length=length)
+    if m := _LIST_FORM.match(key):
+        takes("max_length")
+        inner = m[1] or m[2]
+        element = feature_type(inner)
+        if element.spec not in LIST_ELEMENTS and element.name not in LIST_ELEMENTS:
+            raise DefinitionError(
+                f"type {name!r}: a list's elements must be integer, bigint, real, double or string (got {inner!r})"
+            )
+        bound = options.get("max_length")
+        elements = None if bound is None else _positive("list max_length", bound, 1_000_000)
+        return FeatureType(f"{element.name}[]", list, False, LIST, max_length=elements, element=element)
+    if key == "embedding" or (m := _EMBEDDING_FORM.match(key)):
+        takes("dim", "storage", "index", "metric")
+        dim = options.get("dim", int(m[1]) if key != "embedding" and m else None)
+        if dim is None:
+            raise DefinitionError(
+                f'type {name!r}: an embedding needs its dimension: {{ type = "embedding", dim = 384 }}'
+            )
+        dim = _positive("embedding dim", dim, MAX_DIM)
+        storage = options.get("storage", "auto")
+        if storage not in STORAGES:
+            raise DefinitionError(f"embedding storage {storage!r} is not one of {', '.join(STORAGES)}")
+        index = options.get("index")
+        if index is not None and index not in INDEXES:
+            raise DefinitionError(f"embedding index {index!r} is not one of {', '.join(INDEXES)}")
+        metric = options.get("metric")
+        if metric is not None and metric not in METRICS:
+            raise DefinitionError(f"embedding metric {metric!r} is not one of {', '.join(METRICS)}")
+        if index is not None and metric is None:
+            metric = "l2"
+        if index is not None and storage == "array":
+            raise DefinitionError('an embedding index needs pgvector: storage = "array" cannot have one')
+        sql_name = {
+            "auto": f"vector({dim})",
+            "vector": f"vector({dim})",
+            "halfvec": f"halfvec({dim})",
+            "array": "real[]",
+        }
+        return FeatureType(
+            sql_name[storage], list, False, EMBEDDING, dim=dim, storage=storage, index=index, metric=metric
+        )
     if key in WIDE_TYPES:
-        raise DefinitionError(f"type {name!r} is not allowed in a feature table: {WIDE_TYPES[key]} (valid: {valid})")
-    raise DefinitionError(f"unknown type {name!r} (valid: {valid})")
+        raise DefinitionError(
+            f"type {name!r} is not allowed in a feature table: {WIDE_TYPES[key]} (valid: {VALID_TYPES})"
+        )
+    raise DefinitionError(f"unknown type {name!r} (valid: {VALID_TYPES})")
 
 
 def check_identifier(kind: str, name: Any) -> str:
@@ -152,6 +323,10 @@ def check_value(where: str, type_: FeatureType, value: Any, nan: str = "reject",
     kind = type_.name
     if type_ is EVENT_TIME:
         return parse_event_time(where, value)
+    if type_.kind == STRING:
+        return _check_string(where, type_, value)
+    if type_.kind in (LIST, EMBEDDING):
+        return _check_list(where, type_, value)
 
     def invalid(why: str) -> FeatureValueError:
         return FeatureValueError(f"{where} ({kind}): {value!r} {why}")
@@ -199,3 +374,52 @@ def check_value(where: str, type_: FeatureType, value: Any, nan: str = "reject",
     if not lo <= number <= hi:
         raise invalid(f"is out of range ({lo}..{hi})")
     return number
+
+
+def _check_string(where: str, type_: FeatureType, value: Any) -> str:
+    if not isinstance(value, str):
+        raise FeatureValueError(f"{where} (string): {value!r} is not a string")
+    if len(value) > (type_.max_length or 0):
+        raise FeatureValueError(
+            f"{where} (string): a value of {len(value)} characters is longer than max_length {type_.max_length} "
+            f"(refused, never truncated; raise max_length in the definition): {value[:40]!r}..."
+        )
+    if "\x00" in value:
+        raise FeatureValueError(
+            f"{where} (string): {value[:40]!r} contains a NUL character, which PostgreSQL text cannot hold"
+        )
+    return value
+
+
+def _check_list(where: str, type_: FeatureType, value: Any) -> list[Any]:
+    tolist = getattr(value, "tolist", None)  # a numpy array (or an Arrow scalar's list)
+    if callable(tolist) and not isinstance(value, (list, tuple)):
+        value = tolist()
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise FeatureValueError(f"{where} ({type_.spec}): {value!r} is not a list")
+    if type_.kind == EMBEDDING:
+        if len(value) != type_.dim:
+            raise FeatureValueError(f"{where} (embedding): {len(value)} values where the embedding has dim {type_.dim}")
+        element = TYPES["real"]
+        out = []
+        for i, x in enumerate(value):
+            # An embedding element is never NULL, NaN or infinite: pgvector refuses them and no metric
+            # can rank a vector holding one.
+            if x is None or (isinstance(x, float) and not math.isfinite(x)):
+                raise FeatureValueError(
+                    f"{where} (embedding): element {i} is {x!r}; an embedding's values must be finite numbers"
+                )
+            out.append(check_value(f"{where}[{i}]", element, x))
+        return out
+    if type_.max_length is not None and len(value) > type_.max_length:
+        raise FeatureValueError(f"{where} ({type_.spec}): {len(value)} elements where max_length is {type_.max_length}")
+    assert type_.element is not None
+    element = type_.element
+    checked = []
+    for i, x in enumerate(value):
+        if x is None:
+            raise FeatureValueError(f"{where} ({type_.spec}): element {i} is None; a list's elements may not be NULL")
+        # Non-finite elements are refused whatever the policy: JSON has no number for them, and a list
+        # printed with a string among its numbers would not read back as the list stored.
+        checked.append(check_value(f"{where}[{i}]", element, x))
+    return checked

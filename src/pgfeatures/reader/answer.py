@@ -48,10 +48,11 @@ class Reals:
     """Which values of a request shape are ``real``: per table, and as positions of a vector in ``names``'
     order (a non-finite value of any type prints as its string: ``plain_json``)."""
 
-    __slots__ = ("tables", "positions")
+    __slots__ = ("tables", "positions", "lists")
 
     def __init__(self, selection: Selection, names: Sequence[str] = ()):
         self.tables = {t.name: frozenset(f.name for f in fs if f.type.name == "real") for t, fs in selection.items}
+        self.lists = {t.name: frozenset(f.name for f in fs if _real_elements(f)) for t, fs in selection.items}
         kind = {f"{t.name}.{f.name}": f.type.name for t, fs in selection.items for f in fs}
         self.positions = tuple(i for i, n in enumerate(names) if kind.get(n) == "real")
 
@@ -63,7 +64,11 @@ class Reals:
                 out[table] = None
                 continue
             real = self.tables.get(table, frozenset())
-            out[table] = {f: shortest_json(v) if f in real else plain_json(v) for f, v in values.items()}
+            lists = self.lists.get(table, frozenset())
+            out[table] = {
+                f: shortest_json(v) if f in real else shortest_list(v) if f in lists else plain_json(v)
+                for f, v in values.items()
+            }
         return out
 
     def vector(self, values: Sequence[Any]) -> list[Any]:
@@ -88,6 +93,17 @@ def shortest_real(x: float) -> float:
         except OverflowError:  # rounded past the largest float32
             continue
     return x
+
+
+def _real_elements(feature: Any) -> bool:
+    """An embedding or a list of ``real``: float32 elements (finite: writes refuse the others)."""
+    type_ = feature.type
+    return bool(type_.kind == "embedding" or (type_.kind == "list" and type_.element.name == "real"))
+
+
+def shortest_list(values: Any) -> Any:
+    """A list of ``real`` values (an embedding) for JSON, each printed shortest."""
+    return None if values is None else [shortest_real(v) for v in values]
 
 
 def shortest_json(value: Any) -> Any:

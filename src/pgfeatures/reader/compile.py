@@ -46,7 +46,7 @@ from ..errors import UnknownStrategyError
 from .decode import EXPIRED, MISSING, PRESENT, FeatureResult, Row, TableDecoder, array_row_decoder, result
 from .keys import KeyBinder
 from .selection import Selection
-from .transport import RAW, Part, column_sql, transport
+from .transport import RAW, RECORD, Part, column_sql, transport
 
 
 class Strategy(str, enum.Enum):
@@ -244,6 +244,12 @@ def _compile_union(selection: Selection) -> Reader[FeatureResult]:
     # (real[] when all are real, else float8[]); bigint parts ride in a second int8[] column,
     # present only when some table needs it.
     parts_per_table = [transport(fs) for _, fs in selection.items]
+    rich = [t.name for (t, _), parts in zip(selection.items, parts_per_table) if parts[0].array_type == RECORD]
+    if rich:
+        raise UnknownStrategyError(
+            f"strategy 'union' reads numeric features only; {', '.join(rich)} hold(s) strings, lists or "
+            "embeddings: use 'single' (the default), 'join', 'pipeline' or 'sequential'"
+        )
     float_types = {p.array_type for parts in parts_per_table for p in parts if p.array_type != "int8[]"}
     common = "float4[]" if float_types <= {"float4[]"} else "float8[]"
     has_int8 = any(p.array_type == "int8[]" for parts in parts_per_table for p in parts)

@@ -6,6 +6,11 @@ smallint, integer or boolean (all exact in a double; converted back to int/bool 
 needs two arrays, hence two subqueries (two index lookups): keep bigint out of mixed hot tables
 where you can. An epoch timestamp never rides in a ``real[]``: real is exact only up to 2^24.
 
+A table with a rich feature (a string, a list, an embedding) travels as one row value instead,
+``ROW(f1, f2, ...)``, in one subquery like an array (binary records carry each field's type, so
+psycopg decodes every field as itself; an expired row is the empty ``ROW()``). An embedding travels
+as ``real[]`` (``vector::real[]``), whatever its storage.
+
 Event time (``updated_at``, and any timestamp feature) travels as int8 epoch microseconds
 (``schema.event_time_micros_sql``) in an ``int8[]`` or as a raw column, and becomes an aware UTC
 datetime on decode (``converter``): exact, and independent of the session's ``TimeZone``.
@@ -23,6 +28,7 @@ from ..definitions import EVENT_TIME, Feature, from_micros
 from ..schema import event_time_micros_sql
 
 RAW = "raw"  # not an array: the columns themselves (join and per-table strategies)
+RECORD = "record"  # not an array: one row value holding the table's features (tables with rich features)
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,8 @@ class Part:
     features: tuple[Feature, ...]
 
     def array_sql(self, alias: str | None = None) -> sql.Composable:
+        if self.array_type == RECORD:
+            return sql.SQL("ROW({})").format(sql.SQL(", ").join(column_sql(f, alias) for f in self.features))
         element = self.array_type[:-2]
         cols = []
         for f in self.features:
@@ -48,17 +56,26 @@ class Part:
         return sql.SQL("ARRAY[{}]::{}").format(sql.SQL(", ").join(cols), sql.SQL(self.array_type))
 
     def empty_sql(self) -> sql.Composable:
-        """An empty array of this part's type: an expired row's marker (a missing row is NULL)."""
+        """An empty array of this part's type (or ``ROW()``): an expired row's marker (a missing row is NULL)."""
+        if self.array_type == RECORD:
+            return sql.SQL("ROW()")
         return sql.SQL("'{{}}'::{}").format(sql.SQL(self.array_type))
 
 
 def column_sql(feature: Feature, alias: str | None = None) -> sql.Composable:
-    """The feature's column as it travels: itself, or for event time its epoch microseconds."""
+    """The feature's column as it travels: itself, for event time its epoch microseconds, for an
+    embedding a ``real[]``."""
     col = sql.Identifier(alias, feature.name) if alias else sql.Identifier(feature.name)
-    return event_time_micros_sql(col) if feature.type is EVENT_TIME else col
+    if feature.type is EVENT_TIME:
+        return event_time_micros_sql(col)
+    if feature.type.kind == "embedding" and feature.type.storage != "array":
+        return sql.SQL("{}::real[]").format(col)
+    return col
 
 
 def transport(features: tuple[Feature, ...]) -> tuple[Part, ...]:
+    if any(f.type.rich for f in features):
+        return (Part(RECORD, features),)
     kinds = {f.type.name for f in features}
     if kinds == {"real"}:
         return (Part("float4[]", features),)
@@ -75,6 +92,8 @@ def converter(feature: Feature, array_type: str) -> Callable[[Any], Any] | None:
     """What turns a travelled value back into the feature's Python type (None: nothing to do)."""
     if feature.type is EVENT_TIME:
         return from_micros
+    if array_type in (RECORD, RAW):  # every field decoded as its own type
+        return None
     if feature.type.python is bool:
         return bool
     if feature.type.python is int and array_type == "float8[]":

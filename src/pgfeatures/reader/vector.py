@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..definitions import EVENT_TIME, to_micros
+from ..errors import VectorOutputError
 from .compile import BatchReader, Reader
 from .decode import FeatureResult, Row
 
@@ -44,10 +45,55 @@ class ServiceVectors:
     names: ServiceOrder
 
 
-def service_order(reader: Reader[Any] | BatchReader[Any], order: Sequence[str]) -> ServiceOrder:
+def _features_in(reader: Reader[Any] | BatchReader[Any], order: Sequence[str]) -> ServiceOrder:
     """``order`` (the service's ``table.feature`` list) restricted to what ``reader`` reads."""
     asked = {f"{t.name}.{f.name}" for t, fs in reader.selection.items for f in fs}
     return tuple(name for name in order if name in asked)
+
+
+def service_order(reader: Reader[Any] | BatchReader[Any], order: Sequence[str]) -> ServiceOrder:
+    """The names of a vector's values: ``order`` restricted to what ``reader`` reads, each embedding
+    flattened into its elements (``table.feature[0]``, ...). Raises VectorOutputError when a feature
+    is a string or a list: a vector holds numbers (see ``vector_layout``)."""
+    return vector_layout(reader, order)[1]
+
+
+def vector_layout(
+    reader: Reader[Any] | BatchReader[Any], order: Sequence[str]
+) -> tuple[ServiceOrder, ServiceOrder, Callable[[list[Any]], list[Any]] | None]:
+    """(the features read, in the vector's order; the vector's names; what flattens the embeddings of a
+    list of the features' values into the vector, None when there is none). Raises VectorOutputError
+    naming every feature that is a string or a list (a vector holds numbers; a request-time transform can
+    map them to numbers)."""
+    features = _features_in(reader, order)
+    kinds = {f"{t.name}.{f.name}": f.type for t, fs in reader.selection.items for f in fs}
+    wrong = [f"{n} ({kinds[n].spec})" for n in features if kinds[n].kind in ("string", "list")]
+    if wrong:
+        raise VectorOutputError(
+            f"service {reader.selection.service!r} cannot be read as a vector: {', '.join(wrong)} "
+            f"{'is not a number' if len(wrong) == 1 else 'are not numbers'}; read it as a dict (output='dict'), "
+            "list only its numeric features, or add a request-time transform that maps them to numbers"
+        )
+    dims = [kinds[n].dim if kinds[n].kind == "embedding" else 0 for n in features]
+    if not any(dims):
+        return features, features, None
+    names = tuple(
+        name for n, dim in zip(features, dims) for name in ([f"{n}[{i}]" for i in range(dim)] if dim else [n])
+    )
+    spans = tuple(dims)
+
+    def flatten(values: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        for dim, v in zip(spans, values):
+            if not dim:
+                out.append(v)
+            elif v is None:
+                out.extend([None] * dim)
+            else:
+                out.extend(v)
+        return out
+
+    return features, names, flatten
 
 
 def vector_of(result: FeatureResult, names: ServiceOrder) -> list[Any]:
@@ -68,8 +114,15 @@ def _picker(names: ServiceOrder) -> Callable[[FeatureResult], list[Any]]:
 def vector_reader(reader: Reader[FeatureResult], order: Sequence[str]) -> Reader[ServiceVector]:
     """``reader`` with a decoder returning a ServiceVector (same statements): straight from the row when
     the reader compiled a vector decoder (a materialized service's serving rows), else from the result."""
-    names = service_order(reader, order)
-    if reader.vector_rows is not None:
+    features, names, flatten = vector_layout(reader, order)
+    if flatten is not None:  # embeddings: the vector of the features, flattened
+        decode_dict = reader.decode
+        pick = _picker(features)
+
+        def decode(row: Any) -> ServiceVector:
+            result = decode_dict(row)
+            return ServiceVector(flatten(pick(result)), result.status, names)
+    elif reader.vector_rows is not None:
         rows = reader.vector_rows(names)
 
         def decode(row: Any) -> ServiceVector:
@@ -88,8 +141,14 @@ def vector_reader(reader: Reader[FeatureResult], order: Sequence[str]) -> Reader
 
 def vector_batch_reader(reader: BatchReader[FeatureResult], order: Sequence[str]) -> BatchReader[ServiceVector]:
     """``reader`` (a batch) with a decoder returning one ServiceVector per row."""
-    names = service_order(reader, order)
-    if reader.vector_rows is not None:
+    features, names, flatten = vector_layout(reader, order)
+    if flatten is not None:
+        decode_many = reader.decode
+        pick_features = _picker(features)
+
+        def decode(batch: Sequence[Row]) -> list[ServiceVector]:
+            return [ServiceVector(flatten(pick_features(r)), r.status, names) for r in decode_many(batch)]
+    elif reader.vector_rows is not None:
         rows = reader.vector_rows(names)
 
         def decode(batch: Sequence[Row]) -> list[ServiceVector]:
@@ -120,8 +179,16 @@ def check_output(output: str) -> None:
         raise DefinitionError(f"unknown output {output!r}; valid: {', '.join(OUTPUTS)}")
 
 
-def _types(names: ServiceOrder, registry: Any) -> list[str]:
-    return [registry.tables[n.partition(".")[0]].feature(n.partition(".")[2]).type.name for n in names]
+def value_types(names: ServiceOrder, registry: Any) -> list[str]:
+    """The type of each value of a vector named ``names`` (an embedding's elements are ``real``)."""
+    out = []
+    for name in names:
+        table, _, feature = name.partition(".")
+        out.append("real" if feature.endswith("]") else registry.tables[table].feature(feature).type.name)
+    return out
+
+
+_types = value_types
 
 
 def _dtype(names: ServiceOrder, registry: Any) -> Any:

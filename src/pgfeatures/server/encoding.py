@@ -57,6 +57,11 @@ def json_real(value: float) -> Any:
     return _F32(value) if value - value == 0 else nonfinite_json(value)
 
 
+def _real_elements(type_: Any) -> bool:
+    """An embedding or a list of ``real``: its elements are float32 (finite: writes refuse the others)."""
+    return type_.kind == "embedding" or (type_.kind == "list" and type_.element.name == "real")
+
+
 def result(key: Any, features: Features) -> dict[str, Any]:
     """One request's answer (``reader.answer``); ``key`` as the request sent it."""
     return answer(key, features, features.status)
@@ -66,12 +71,13 @@ class Float32Plan:
     """Which values of a request shape are ``real`` or ``double precision``, and how they become JSON:
     real values as float32 scalars, non-finite ones (either type) as their strings."""
 
-    __slots__ = ("all_real", "mixed", "doubles")
+    __slots__ = ("all_real", "mixed", "doubles", "real_lists")
 
     def __init__(self, selection: Selection):
         self.all_real: list[str] = []  # tables whose every asked feature is real
         self.mixed: list[tuple[str, tuple[str, ...]]] = []  # tables with some: (table, real feature names)
         self.doubles: list[tuple[str, tuple[str, ...]]] = []  # tables with double precision features
+        self.real_lists: list[tuple[str, tuple[str, ...]]] = []  # embeddings and list<real>: float32 arrays
         for table, features in selection.items:
             real = tuple(f.name for f in features if f.type.name == "real")
             if real and len(real) == len(features):
@@ -81,10 +87,13 @@ class Float32Plan:
             double = tuple(f.name for f in features if f.type.name == "double precision")
             if double:
                 self.doubles.append((table.name, double))
+            lists = tuple(f.name for f in features if _real_elements(f.type))
+            if lists:
+                self.real_lists.append((table.name, lists))
 
     @property
     def empty(self) -> bool:
-        return not self.all_real and not self.mixed and not self.doubles
+        return not self.all_real and not self.mixed and not self.doubles and not self.real_lists
 
     def apply(self, results: Sequence[Features]) -> None:
         """Replace, in place, every real value of these results by its numpy.float32 (exact: the
@@ -121,6 +130,13 @@ class Float32Plan:
                         v = d[name]
                         if v is not None:
                             d[name] = json_real(v)
+            for t, names in self.real_lists:  # one float32 array each: printed shortest, in C
+                d = r[t]
+                if d is not None:
+                    for name in names:
+                        v = d[name]
+                        if v is not None:
+                            d[name] = np.asarray(v, dtype=_F32)
             for t, names in self.doubles:
                 d = r[t]
                 if d is not None:

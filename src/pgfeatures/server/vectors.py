@@ -36,7 +36,7 @@ import numpy as np
 from ..definitions import Registry, nonfinite_json
 from ..reader import EXPIRED, MISSING, PRESENT
 from ..reader.answer import vector_answer
-from ..reader.vector import ServiceVector, as_numbers, event_time_positions, service_order
+from ..reader.vector import ServiceVector, as_numbers, event_time_positions, service_order, value_types
 from .encoding import json_real
 
 OCTET_STREAM = "application/octet-stream"
@@ -54,9 +54,7 @@ class VectorPlan:
         selection = reader.selection
         service = registry.service(selection.service)
         self.names = service_order(reader, service.order(registry))
-        self.types = tuple(
-            registry.tables[t].feature(f).type.name for t, _, f in (n.partition(".") for n in self.names)
-        )
+        self.types = tuple(value_types(self.names, registry))
         self.tables = selection.tables
         self.all_real = all(t == "real" for t in self.types)
         self.reals = () if self.all_real else tuple(i for i, t in enumerate(self.types) if t == "real")

@@ -1,0 +1,347 @@
+"""Strings, timestamps, lists and embeddings end to end (issue 22): definitions, ``init`` DDL and drift,
+live updates, every read path (library sync and async, every strategy, batch, services as dicts and
+vectors, HTTP, the CLI), each compared with the table read back by plain SQL, never with the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg import sql
+
+from cli_run import cli
+from pgfeatures import AsyncFeatureStore, FeatureStore
+from pgfeatures.definitions import Registry, feature_type
+from pgfeatures.errors import DefinitionError, FeatureValueError, VectorOutputError
+from pgfeatures.schema import drift
+from pgfeatures.server import ServerConfig
+from support.inprocess import running_app
+
+DEFINITIONS = """
+schema = "{schema}"
+
+[entities.user]
+key = "bigint"
+
+[tables.profile]
+entity = "user"
+[tables.profile.features]
+country = {{ type = "string", max_length = 2, default = "ZZ" }}
+last_login = "timestamp"
+merchant_categories = {{ type = "list<string>", max_length = 5 }}
+recent_ids = "list<bigint>"
+amounts = "list<real>"
+embedding = {{ type = "embedding", dim = 4 }}
+score = "real"
+
+[tables.stats]
+entity = "user"
+[tables.stats.features]
+clicks = "integer"
+first_seen = "timestamp"
+amount = "double"
+
+[services.dict_only]
+features = ["profile.*", "stats.*"]
+
+[services.ranker]
+features = ["stats.clicks", "profile.embedding", "profile.score", "stats.first_seen"]
+
+[services.served]
+materialize = true
+features = ["profile.country", "profile.last_login", "profile.score", "stats.*"]
+"""
+
+T0 = dt.datetime(2026, 5, 1, 12, 30, 15, 250000, tzinfo=dt.UTC)
+ROWS: dict[int, dict[str, dict[str, Any]]] = {
+    1: {
+        "profile": {
+            "country": "DE",
+            "last_login": T0,
+            "merchant_categories": ['grocery "fresh"', "back\\slash", "ünïcødé", ""],
+            "recent_ids": [2**40, -1, 0],
+            "amounts": [0.1, 2.5],
+            "embedding": [0.1, -0.2, 0.3, 1e-3],
+            "score": 0.25,
+        },
+        "stats": {"clicks": 3, "first_seen": "2026-01-01T00:00:00+02:00", "amount": 12.5},
+    },
+    2: {"profile": {"country": None, "merchant_categories": [], "embedding": None}},
+}
+
+
+@pytest.fixture(scope="module")
+def defs(dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    schema = f"test_rich_{uuid.uuid4().hex[:10]}"
+    path = tmp_path_factory.mktemp("rich") / "features.toml"
+    path.write_text(DEFINITIONS.format(schema=schema))
+    assert cli("init", "--dsn", dsn, "-d", str(path)).returncode == 0
+    registry = Registry.from_toml(path)
+    with FeatureStore(registry, dsn) as store:
+        store.update_features(1, "stats", ROWS[1]["stats"])  # before the build: the build copies it
+    done = cli("materialize", "served", "--dsn", dsn, "-d", str(path))
+    assert done.returncode == 0, done.stderr
+    with FeatureStore(registry, dsn) as store:  # after: the serving rows' triggers copy the rest
+        for key, tables in ROWS.items():
+            for table, values in tables.items():
+                if (key, table) != (1, "stats"):
+                    store.update_features(key, table, values)
+    yield schema, path
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture(scope="module")
+def registry(defs: tuple[str, Path]) -> Registry:
+    return Registry.from_toml(defs[1])
+
+
+def _stored(conn: psycopg.Connection, schema: str, table: str, key: int, registry: Registry) -> dict[str, Any] | None:
+    """The row as plain SQL reads it (an embedding column as text, parsed here), with defaults applied."""
+    features = registry.table(table).features
+    cols = sql.SQL(", ").join(
+        sql.SQL("{}::text").format(sql.Identifier(f.name)) if f.type.kind == "embedding" else sql.Identifier(f.name)
+        for f in features
+    )
+    row = (
+        conn.cursor(binary=True)  # real values as the float32 they are, widened
+        .execute(sql.SQL("SELECT {} FROM {} WHERE user_id = %s").format(cols, sql.Identifier(schema, table)), [key])
+        .fetchone()
+    )
+    if row is None:  # a table not present: its defaults, or None
+        return {f.name: f.default for f in features} if any(f.default is not None for f in features) else None
+    out = {}
+    for f, v in zip(features, row):
+        if f.type.kind == "embedding" and v is not None:
+            v = [float(np.float32(x)) for x in v.strip("[]{}").split(",")]
+        if isinstance(v, dt.datetime):
+            v = v.astimezone(dt.UTC)
+        out[f.name] = f.default if v is None else v
+    return out
+
+
+@pytest.fixture(scope="module")
+def truth(dsn: str, defs: tuple[str, Path], registry: Registry) -> dict[int, dict[str, Any]]:
+    with psycopg.connect(dsn) as conn:
+        return {key: {t: _stored(conn, defs[0], t, key, registry) for t in ("profile", "stats")} for key in (1, 2, 3)}
+
+
+def test_init_makes_the_columns_the_types_promise(dsn: str, defs: tuple[str, Path], registry: Registry) -> None:
+    with psycopg.connect(dsn) as conn:
+        columns = dict(
+            conn.execute(
+                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+                [f"{defs[0]}.profile"],
+            ).fetchall()
+        )
+        assert drift(conn, defs[0], registry.table("profile")) == []
+    assert columns["country"] == "character varying(2)"
+    assert columns["last_login"] == "timestamp with time zone"
+    assert columns["merchant_categories"] == "character varying(256)[]"
+    assert columns["recent_ids"] == "bigint[]"
+    assert columns["amounts"] == "real[]"
+    assert columns["embedding"] in ("vector(4)", "real[]")  # pgvector where the server has it
+
+
+def test_a_changed_max_length_is_drift(dsn: str, defs: tuple[str, Path]) -> None:
+    text = defs[1].read_text().replace("max_length = 2", "max_length = 3")
+    registry = Registry.from_dict(__import__("tomllib").loads(text))
+    with psycopg.connect(dsn) as conn:
+        problems = drift(conn, defs[0], registry.table("profile"))
+    assert problems == ["column country is character varying(2), definition says character varying(3)"]
+
+
+def test_stored_values_read_back_exactly(truth: dict[int, dict[str, Any]]) -> None:
+    profile = truth[1]["profile"]
+    assert profile is not None
+    assert profile["country"] == "DE" and profile["last_login"] == T0
+    assert profile["merchant_categories"] == ROWS[1]["profile"]["merchant_categories"]
+    assert profile["recent_ids"] == [2**40, -1, 0]
+    assert profile["embedding"] == [float(np.float32(x)) for x in ROWS[1]["profile"]["embedding"]]
+    assert truth[1]["stats"]["first_seen"] == dt.datetime(2025, 12, 31, 22, tzinfo=dt.UTC)  # type: ignore[index]
+    assert truth[2]["profile"]["country"] == "ZZ"  # type: ignore[index]  # NULL: the default
+
+
+@pytest.mark.parametrize("strategy", ["single", "join", "pipeline", "sequential"])
+def test_every_strategy_reads_what_is_stored(
+    dsn: str, registry: Registry, truth: dict[int, dict[str, Any]], strategy: str
+) -> None:
+    with FeatureStore(registry, dsn) as store:
+        for key in (1, 2, 3):
+            got = store.get_features(key, strategy=strategy)
+            assert got == truth[key]
+            assert got.status["stats"] == ("present" if truth[key]["stats"] else "missing")
+
+
+def test_union_names_what_it_cannot_read(dsn: str, registry: Registry) -> None:
+    with FeatureStore(registry, dsn) as store, pytest.raises(Exception, match="profile hold"):
+        store.get_features(1, strategy="union")
+
+
+def test_async_and_batch_reads_agree(dsn: str, registry: Registry, truth: dict[int, dict[str, Any]]) -> None:
+    async def main() -> list[Any]:
+        async with AsyncFeatureStore(registry, dsn) as store:
+            return [await store.get_features(k) for k in (1, 2, 3)] + [await store.get_features_batch([3, 1, 2])]
+
+    *singles, batch = asyncio.run(main())
+    assert singles == [truth[1], truth[2], truth[3]]
+    assert batch == [truth[3], truth[1], truth[2]]
+
+
+def test_an_embedding_is_flattened_into_a_service_vector(
+    dsn: str, registry: Registry, truth: dict[int, dict[str, Any]]
+) -> None:
+    with FeatureStore(registry, dsn) as store:
+        vector = store.get_service("ranker", 1, output="list")
+        assert vector.names == (
+            "stats.clicks",
+            "profile.embedding[0]",
+            "profile.embedding[1]",
+            "profile.embedding[2]",
+            "profile.embedding[3]",
+            "profile.score",
+            "stats.first_seen",
+        )
+        t = truth[1]
+        assert vector.values == [
+            t["stats"]["clicks"],
+            *t["profile"]["embedding"],
+            t["profile"]["score"],
+            t["stats"]["first_seen"],
+        ]
+        assert store.get_service("ranker", 2, output="list").values[1:5] == [None] * 4  # NULL embedding
+        array = store.get_service("ranker", 1, output="numpy").values
+        assert array.shape == (7,) and array[1] == np.float32(0.1)
+        rows = store.get_service_batch("ranker", [1, 3], output="numpy").values
+        assert rows.shape == (2, 7) and np.isnan(rows[1]).all()
+
+
+def test_a_service_holding_strings_refuses_vector_output_naming_them(dsn: str, registry: Registry) -> None:
+    with FeatureStore(registry, dsn) as store:
+        assert store.get_service("dict_only", 1)["profile"]["country"] == "DE"  # type: ignore[index]
+        with pytest.raises(VectorOutputError) as err:
+            store.get_service("dict_only", 1, output="list")
+    message = str(err.value)
+    assert "profile.country (string)" in message and "profile.merchant_categories (list<string>)" in message
+    assert "transform" in message
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"country": "DEU"}, "longer than max_length 2"),
+        ({"embedding": [1.0, 2.0]}, "2 values where the embedding has dim 4"),
+        ({"embedding": [1.0, float("nan"), 2.0, 3.0]}, "must be finite"),
+        ({"merchant_categories": list("abcdef")}, "6 elements where max_length is 5"),
+        ({"recent_ids": [1, None]}, "may not be NULL"),
+        ({"recent_ids": "1,2"}, "is not a list"),
+        ({"last_login": "2026-05-01T12:00:00"}, "time zone"),
+        ({"country": "a\x00"}, "NUL"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_row_and_nothing_is_written(
+    dsn: str, registry: Registry, truth: dict[int, dict[str, Any]], values: dict[str, Any], message: str
+) -> None:
+    with FeatureStore(registry, dsn) as store:
+        with pytest.raises(FeatureValueError, match=message) as err:
+            store.update_features(1, "profile", values)
+        assert "key 1" in str(err.value)
+        assert store.get_features(1) == truth[1]
+
+
+def test_http_answers_json_and_vectors(dsn: str, defs: tuple[str, Path], truth: dict[int, dict[str, Any]]) -> None:
+    config = ServerConfig(dsn=dsn, definitions=str(defs[1]), prewarm=False, pool_size=2)
+    with running_app(config) as client:
+        body = client.post("/v1/features", json={"key": 1}).json()
+        profile = body["features"]["profile"]
+        assert profile["country"] == "DE" and profile["last_login"] == "2026-05-01T12:30:15.250000Z"
+        assert profile["embedding"] == [0.1, -0.2, 0.3, 0.001]  # float32, printed shortest
+        assert profile["amounts"] == [0.1, 2.5]
+        assert profile["merchant_categories"] == truth[1]["profile"]["merchant_categories"]
+        assert profile["recent_ids"] == [2**40, -1, 0]
+        assert body["features"]["stats"]["first_seen"] == "2025-12-31T22:00:00Z"
+        vector = client.post("/v1/services/ranker", json={"key": 1, "output": "vector"})
+        assert vector.status_code == 200, vector.text
+        assert vector.json()["values"][1:6] == [0.1, -0.2, 0.3, 0.001, 0.25]
+        refused = client.post("/v1/services/dict_only", json={"key": 1, "output": "vector"})
+        assert refused.status_code == 400 and "profile.country (string)" in refused.text
+        raw = client.post("/v1/services/ranker", json={"key": 1}, headers={"Accept": "application/octet-stream"})
+        assert raw.status_code == 200 and raw.headers["x-pgfeatures-columns"] == "7"
+
+
+def test_cli_get_prints_rich_values_as_json(dsn: str, defs: tuple[str, Path]) -> None:
+    done = cli("get", "--dsn", dsn, "-d", str(defs[1]), "1", "--json")
+    assert done.returncode == 0, done.stderr
+    profile = json.loads(done.stdout)["features"]["profile"]
+    assert profile["last_login"] == "2026-05-01T12:30:15.250000Z"
+    assert profile["embedding"] == [0.1, -0.2, 0.3, 0.001]
+    assert profile["merchant_categories"][0] == 'grocery "fresh"'
+
+
+def test_definition_errors_say_what_is_valid() -> None:
+    with pytest.raises(DefinitionError, match="needs its dimension"):
+        feature_type("embedding")
+    with pytest.raises(DefinitionError, match="list's elements must be"):
+        feature_type("list<boolean>")
+    with pytest.raises(DefinitionError, match="takes no option dim"):
+        feature_type("string", dim=3)
+    with pytest.raises(DefinitionError, match="takes no default"):
+        Registry.from_dict({"tables": {"t": {"features": {"e": {"type": "embedding", "dim": 2, "default": [0, 0]}}}}})
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    text=st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=2),
+    words=st.lists(st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))), max_size=5),
+    embedding=st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=4, max_size=4),
+)
+def test_any_string_and_embedding_round_trips(
+    dsn: str, defs: tuple[str, Path], registry: Registry, text: str, words: list[str], embedding: list[float]
+) -> None:
+    values = {"country": text, "merchant_categories": words, "embedding": embedding}
+    with FeatureStore(registry, dsn) as store:
+        store.update_features(9, "profile", values)
+        got = store.get_features(9, ["profile"])["profile"]
+    with psycopg.connect(dsn) as conn:
+        stored = _stored(conn, defs[0], "profile", 9, registry)
+    assert got == stored
+    assert got is not None and got["country"] == (text or text) and got["merchant_categories"] == words
+    assert got["embedding"] == [float(np.float32(x)) for x in embedding]
+
+
+def test_a_materialized_service_serves_strings_and_timestamps_in_one_lookup(
+    dsn: str, registry: Registry, truth: dict[int, dict[str, Any]]
+) -> None:
+    names = ("country", "last_login", "score")
+    with FeatureStore(registry, dsn) as store:
+        reader = store.readers.service_reader("served", None, "single")
+        assert reader.materialized and len(reader.statements) == 1
+        for key in (1, 2, 3):
+            profile, stats = truth[key]["profile"], truth[key]["stats"]
+            expected = {"profile": None if profile is None else {n: profile[n] for n in names}, "stats": stats}
+            if profile is None:
+                expected["profile"] = {"country": "ZZ", "last_login": None, "score": None}  # the default
+            assert store.get_service("served", key) == expected
+        assert store.get_service_batch("served", [2, 1]) == [store.get_service("served", k) for k in (2, 1)]
+
+
+def test_lists_and_embeddings_in_a_materialized_service_are_refused_at_definition() -> None:
+    with pytest.raises(DefinitionError, match=r"t.e \(embedding\) cannot be held in its serving rows"):
+        Registry.from_dict(
+            {
+                "tables": {"t": {"features": {"e": {"type": "embedding", "dim": 2}, "x": "real"}}},
+                "services": {"s": {"features": ["t.*"], "materialize": True}},
+            }
+        )
