@@ -280,6 +280,25 @@ def test_http_answers_json_and_vectors(dsn: str, defs: tuple[str, Path], truth: 
         raw = client.post("/v1/services/ranker", json={"key": 1}, headers={"Accept": "application/octet-stream"})
         assert raw.status_code == 200 and raw.headers["x-pgfeatures-columns"] == "7"
 
+        pushed = {"country": "FR", "merchant_categories": ["a"], "embedding": [1, 2, 3, 4], "amounts": [0.5]}
+        done = client.post("/v1/push/profile", json={"rows": [{"key": 7, "features": pushed}]})
+        assert done.status_code == 200, done.text
+        got = client.post("/v1/features", json={"key": 7, "tables": ["profile"]}).json()["features"]["profile"]
+        assert {k: got[k] for k in pushed} == pushed
+        bad = client.post("/v1/push/profile", json={"rows": [{"key": 7, "features": {"embedding": [1, 2]}}]})
+        assert bad.status_code == 400 and "profile.embedding" in bad.text and "dim 4" in bad.text
+        assert client.post("/v1/features", json={"key": 7, "tables": ["profile"]}).json()["features"]["profile"] == got
+
+        schemas = client.get("/openapi.json").json()["components"]["schemas"]
+        values = schemas["PushFeatures.profile"]["properties"]
+        assert values["embedding"]["anyOf"][0] == {
+            "type": "array",
+            "items": values["amounts"]["anyOf"][0]["items"],
+            "minItems": 4,
+            "maxItems": 4,
+        }
+        assert values["country"]["anyOf"][0] == {"type": "string", "maxLength": 2}
+
 
 def test_cli_get_prints_rich_values_as_json(dsn: str, defs: tuple[str, Path]) -> None:
     done = cli("get", "--dsn", dsn, "-d", str(defs[1]), "1", "--json")
@@ -345,3 +364,43 @@ def test_lists_and_embeddings_in_a_materialized_service_are_refused_at_definitio
                 "services": {"s": {"features": ["t.*"], "materialize": True}},
             }
         )
+
+
+def test_the_doctor_tells_what_declared_rich_features_cost_without_failing_them(dsn: str, registry: Registry) -> None:
+    from pgfeatures.doctor import Status, diagnose
+
+    width = diagnose(registry, dsn).get("row_width", "profile")
+    assert width.status is Status.PASS, width
+    rich = width.measured["rich_columns"]
+    assert [r.split(" ")[0] for r in rich] == ["country", "merchant_categories", "recent_ids", "amounts", "embedding"]
+    assert "4 bytes per dimension" in rich[-1]
+
+
+def test_apply_adds_rich_features_to_a_live_table(dsn: str, schema: str, tmp_path: Path) -> None:
+    path = tmp_path / "f.toml"
+    path.write_text(f'schema = "{schema}"\n[tables.t.features]\nx = "real"\n')
+    assert cli("init", "--dsn", dsn, "-d", str(path)).returncode == 0
+    with FeatureStore(Registry.from_toml(path), dsn) as store:
+        store.update_features("ab" * 32, "t", {"x": 1.5})
+    path.write_text(
+        f'schema = "{schema}"\n[tables.t.features]\nx = "real"\nnick = {{ type = "string", max_length = 8 }}\n'
+        'seen = "timestamp"\ntags = "list<string>"\nvec = { type = "embedding", dim = 2, index = "hnsw" }\n'
+    )
+    plan = cli("plan", "--dsn", dsn, "-d", str(path))
+    assert plan.returncode == 0 and "nick" in plan.stdout, plan.stdout + plan.stderr
+    done = cli("apply", "--dsn", dsn, "-d", str(path))
+    assert done.returncode == 0, done.stderr
+    registry = Registry.from_toml(path)
+    with psycopg.connect(dsn) as conn:
+        assert drift(conn, schema, registry.table("t")) == []
+        indexes = [r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s", [schema])]
+    assert "t_vec_hnsw" in indexes
+    with FeatureStore(registry, dsn) as store:
+        store.update_features("ab" * 32, "t", {"nick": "neo", "seen": T0, "tags": ["x"], "vec": [0.5, 0.25]})
+        assert store.get_features("ab" * 32)["t"] == {
+            "x": 1.5,
+            "nick": "neo",
+            "seen": T0,
+            "tags": ["x"],
+            "vec": [0.5, 0.25],
+        }

@@ -306,6 +306,9 @@ def compare(
         )
     if table.covering_index and covering_index_name(table) not in indexes:
         other.append(f"covering index {covering_index_name(table)} is missing")
+    for f in table.features:
+        if f.type.index is not None and vector_index_name(table, f.name) not in indexes:
+            other.append(f"{f.type.index} index {vector_index_name(table, f.name)} of {f.name} is missing")
     return breaking, other
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from psycopg import sql
 
 from ..definitions import EVENT_TIME, UPDATED_AT, WIDE_TYPES
+from ..definitions.types import RICH_ADVICE
 from ..schema import table_ddl
 from ..warmup import Blocks
 from .facts import Facts, ServerFacts, TableFacts
@@ -383,11 +384,18 @@ def check_row_width(f: Facts) -> list[Finding]:
     for t in f.existing:
         variable: list[str] = []
         fixed: list[str] = []
+        declared: list[str] = []  # rich features the definition asks for: what they cost, not a fault
+        kinds = {feature.name: feature.type for feature in t.table.features}
         for c in t.columns:
             if c.name == t.table.key_column:  # its type is the entity's key type, not a feature's
                 continue
             base = _base_type(c.type)
             if c.name == UPDATED_AT and base == EVENT_TIME.name:  # pgfeatures' own event time, 8 bytes by design
+                continue
+            declared_type = kinds.get(c.name)
+            if declared_type is not None and declared_type.kind in RICH_ADVICE and c.type in declared_type.sql_names():
+                width = f", {c.avg_width} B on average" if c.avg_width is not None else ""
+                declared.append(f"{c.name} {declared_type.spec}{width}: {RICH_ADVICE[declared_type.kind]}")
                 continue
             if base in WIDE_TYPES:
                 (variable if c.varlena else fixed).append(f"{c.name} {c.type}: {WIDE_TYPES[base]}")
@@ -405,7 +413,10 @@ def check_row_width(f: Facts) -> list[Finding]:
             "heap_bytes": t.heap_bytes,
             "toast_bytes": t.toast_bytes,
             "wide_columns": [*variable, *fixed],
+            "rich_columns": declared,
         }
+        if declared:
+            value += "; declared rich features: " + "; ".join(declared)
         if variable:
             status = Status.FAIL
         elif fixed:

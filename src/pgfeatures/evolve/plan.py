@@ -38,6 +38,8 @@ from ..schema import (
     migrate_event_time_sql,
     qualified,
     table_ddl,
+    vector_index_name,
+    vector_index_sql,
 )
 
 ADDITIVE, DESTRUCTIVE, NOTE = "additive", "destructive", "note"
@@ -220,7 +222,15 @@ def _destructive(plan: Plan, change: Change, allowed: bool) -> None:
 def _table_changes(plan: Plan, schema: str, table: FeatureTable, found: LiveTable, allow_destructive: bool) -> None:
     expected = expected_columns(table)
     definitions = column_definitions(table)
+    accepted = {f.name: f.type.sql_names() for f in table.features}
+    strings = {f.name for f in table.features if f.type.kind == "string"}
     ident = qualified(schema, table)
+
+    def indexed(column: str) -> tuple[sql.Composed, ...]:
+        """A new embedding column's nearest-neighbour index, made with it (instant: no row has a value yet)."""
+        feature = table.feature(column) if column != UPDATED_AT else None
+        return (vector_index_sql(schema, table, feature),) if feature and feature.type.index else ()
+
     for column, type_name in expected.items():
         if column == table.key_column:
             if column not in found.columns:
@@ -244,7 +254,7 @@ def _table_changes(plan: Plan, schema: str, table: FeatureTable, found: LiveTabl
                     "read it as NULL, or its default)"
                     if column != UPDATED_AT
                     else f"add column {UPDATED_AT} to {table.name}",
-                    ((sql.SQL("ALTER TABLE {} ADD COLUMN {}").format(ident, definitions[column])),),
+                    (sql.SQL("ALTER TABLE {} ADD COLUMN {}").format(ident, definitions[column]), *indexed(column)),
                 )
             )
             plan.added.add((table.name, column))
@@ -260,7 +270,14 @@ def _table_changes(plan: Plan, schema: str, table: FeatureTable, found: LiveTabl
                     tuple(migrate_event_time_sql(schema, table)),
                 )
             )
-        elif found.columns[column] != type_name:
+        elif found.columns[column] not in accepted.get(column, (type_name,)):
+            # A string is retyped without a cast: the column's assignment refuses a longer value (the
+            # statement fails, nothing changes) where an explicit cast to varchar(n) would truncate it.
+            using = (
+                sql.SQL("")
+                if column in strings
+                else sql.SQL(" USING {}::{}").format(sql.Identifier(column), sql.SQL(type_name))
+            )
             change = Change(
                 DESTRUCTIVE,
                 "retype column",
@@ -269,12 +286,8 @@ def _table_changes(plan: Plan, schema: str, table: FeatureTable, found: LiveTabl
                 "alter its type (rewrites the table under an exclusive lock; values converted by a cast)",
                 (
                     (
-                        sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {} USING {}::{}").format(
-                            ident,
-                            sql.Identifier(column),
-                            sql.SQL(type_name),
-                            sql.Identifier(column),
-                            sql.SQL(type_name),
+                        sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}{}").format(
+                            ident, sql.Identifier(column), sql.SQL(type_name), using
                         )
                     ),
                 ),
@@ -303,6 +316,20 @@ def _table_changes(plan: Plan, schema: str, table: FeatureTable, found: LiveTabl
                 (freshness_index_sql(schema, table),),
             )
         )
+    for feature in table.features:
+        if feature.name not in found.columns:  # built with its column (indexed)
+            continue
+        if feature.type.index is not None and vector_index_name(table, feature.name) not in found.indexes:
+            plan.changes.append(
+                Change(
+                    ADDITIVE,
+                    "create index",
+                    vector_index_name(table, feature.name),
+                    f"create the {feature.type.index} index of {table.name}.{feature.name} ({feature.type.metric}; "
+                    "writers of the table wait while it builds, readers do not)",
+                    (vector_index_sql(schema, table, feature),),
+                )
+            )
     if table.covering_index and covering_index_name(table) not in found.indexes:
         plan.changes.append(
             Change(

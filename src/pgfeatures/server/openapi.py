@@ -27,7 +27,7 @@ from .. import __version__
 from ..definitions import FLOAT32_OVERFLOW, INT_RANGE, NONFINITE_JSON, UPDATED_AT, Entity, Registry
 from ..definitions.entities import INT8_RANGE, UUID_TEXT
 from ..definitions.eventtime import MAX_MICROS, MIN_MICROS
-from ..definitions.types import FLOAT32_ZERO
+from ..definitions.types import FLOAT32_ZERO, FeatureType, feature_type
 from .config import ServerConfig
 
 KEY_PATTERN = "^[0-9a-fA-F]{64}$"
@@ -43,7 +43,9 @@ VALUE = {
             "enum": list(NONFINITE_JSON),
             "description": "a stored non-finite real or double precision value (writes refuse them by default)",
         },
-        {"type": "string", "format": "date-time", "description": "an event time (updated_at), RFC 3339"},
+        {"type": "string", "format": "date-time", "description": "an event time or a timestamp feature, RFC 3339"},
+        {"type": "string", "description": "a string feature"},
+        {"type": "array", "description": "a list or an embedding feature (real elements printed as float32)"},
     ]
 }
 # Epoch seconds a pushed updated_at may be (years 1 to 9999, as parse_event_time checks; how far ahead of
@@ -54,13 +56,28 @@ DOUBLE_MAX = (
 )
 
 
-def value_schema(type_name: str, nullable: bool = True) -> dict[str, Any]:
+def value_schema(type_: FeatureType | str, nullable: bool = True) -> dict[str, Any]:
     """What a pushed value of a feature of this type may be, as the write path checks it: integers
     within the column's range, reals within float32's (and not so small they would round to 0),
-    doubles finite, booleans; and null (NULL) when ``nullable``. (Non-finite values, which JSON has
-    no number for, are refused by pushes: the strings answers carry them as are not values to write.)"""
-    if type_name == "boolean":
-        schema: dict[str, Any] = {"type": "boolean"}
+    doubles finite, booleans, strings up to max_length, RFC 3339 times, lists and embeddings of those;
+    and null (NULL) when ``nullable``. (Non-finite values, which JSON has no number for, are refused by
+    pushes: the strings answers carry them as are not values to write.)"""
+    if isinstance(type_, str):
+        type_ = feature_type(type_)
+    type_name = type_.name
+    schema: dict[str, Any]
+    if type_.kind == "string":
+        schema = {"type": "string", "maxLength": type_.max_length}
+    elif type_.kind == "timestamp":
+        schema = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "number", **EPOCH_RANGE}]}
+    elif type_.kind == "embedding":
+        schema = {"type": "array", "items": value_schema("real", False), "minItems": type_.dim, "maxItems": type_.dim}
+    elif type_.kind == "list" and type_.element is not None:
+        schema = {"type": "array", "items": value_schema(type_.element, False)}
+        if type_.max_length is not None:
+            schema["maxItems"] = type_.max_length
+    elif type_name == "boolean":
+        schema = {"type": "boolean"}
     elif type_name in INT_RANGE:
         lo, hi = INT_RANGE[type_name]
         schema = {"type": "integer", "minimum": lo, "maximum": hi}
@@ -361,7 +378,7 @@ def _service_schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]
 def _push_schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, table in registry.tables.items():
-        values: dict[str, Any] = {f.name: value_schema(f.type.name) for f in table.features}
+        values: dict[str, Any] = {f.name: value_schema(f.type) for f in table.features}
         values[UPDATED_AT] = {
             "anyOf": [{"type": "string", "format": "date-time"}, {"type": "number", **EPOCH_RANGE}],
             "description": "event time the values were true at: RFC 3339 with a zone "
