@@ -61,6 +61,14 @@ features = ["stats.clicks", "profile.embedding", "profile.score", "stats.first_s
 [services.served]
 materialize = true
 features = ["profile.country", "profile.last_login", "profile.score", "stats.*"]
+
+[services.served_all]
+materialize = true
+features = ["profile.*", "stats.*"]
+
+[services.ranker_m]
+materialize = true
+features = ["stats.clicks", "profile.embedding", "profile.score", "stats.first_seen"]
 """
 
 T0 = dt.datetime(2026, 5, 1, 12, 30, 15, 250000, tzinfo=dt.UTC)
@@ -90,8 +98,9 @@ def defs(dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
     registry = Registry.from_toml(path)
     with FeatureStore(registry, dsn) as store:
         store.update_features(1, "stats", ROWS[1]["stats"])  # before the build: the build copies it
-    done = cli("materialize", "served", "--dsn", dsn, "-d", str(path))
-    assert done.returncode == 0, done.stderr
+    for service in ("served", "served_all", "ranker_m"):
+        done = cli("materialize", service, "--dsn", dsn, "-d", str(path))
+        assert done.returncode == 0, done.stderr
     with FeatureStore(registry, dsn) as store:  # after: the serving rows' triggers copy the rest
         for key, tables in ROWS.items():
             for table, values in tables.items():
@@ -356,21 +365,35 @@ def test_a_materialized_service_serves_strings_and_timestamps_in_one_lookup(
         assert store.get_service_batch("served", [2, 1]) == [store.get_service("served", k) for k in (2, 1)]
 
 
-def test_lists_and_embeddings_in_a_materialized_service_are_refused_at_definition() -> None:
-    with pytest.raises(DefinitionError, match=r"t.e \(embedding\) cannot be held in its serving rows"):
-        Registry.from_dict(
-            {
-                "tables": {"t": {"features": {"e": {"type": "embedding", "dim": 2}, "x": "real"}}},
-                "services": {"s": {"features": ["t.*"], "materialize": True}},
-            }
-        )
+def test_a_materialized_service_serves_lists_and_embeddings_from_their_own_columns(
+    dsn: str, registry: Registry, truth: dict[int, dict[str, Any]]
+) -> None:
+    with FeatureStore(registry, dsn) as store:
+        assert store.readers.service_reader("served_all", None, "single").materialized
+        assert store.readers.service_reader("ranker_m", None, "single").materialized
+        for key in (1, 2, 3):
+            assert store.get_service("served_all", key) == truth[key]
+            assert store.get_service("served_all", key) == store.get_service("dict_only", key)
+            flexible = store.get_service("ranker", key, output="list")
+            materialized = store.get_service("ranker_m", key, output="list")
+            assert materialized.values == flexible.values and materialized.status == flexible.status
+        assert store.get_service_batch("served_all", [3, 1]) == [truth[3], truth[1]]
+        # a live update reaches the serving row's own columns through the triggers
+        store.update_features(2, "profile", {"embedding": [1, 2, 3, 4], "recent_ids": [5]})
+        got = store.get_service("served_all", 2)["profile"]
+        assert got is not None and got["embedding"] == [1.0, 2.0, 3.0, 4.0] and got["recent_ids"] == [5]
+        store.update_features(2, "profile", {"embedding": None, "recent_ids": None})
 
 
 def test_the_doctor_tells_what_declared_rich_features_cost_without_failing_them(dsn: str, registry: Registry) -> None:
     from pgfeatures.doctor import Status, diagnose
 
-    width = diagnose(registry, dsn).get("row_width", "profile")
+    report = diagnose(registry, dsn, full=True)
+    width = report.get("row_width", "profile")
     assert width.status is Status.PASS, width
+    for service in ("served", "served_all", "ranker_m"):  # serving rows compared with the tables, own columns too
+        found = report.get("materialized", f"service {service}")
+        assert found.status is Status.PASS and found.measured["full"], found
     rich = width.measured["rich_columns"]
     assert [r.split(" ")[0] for r in rich] == ["country", "merchant_categories", "recent_ids", "amounts", "embedding"]
     assert "4 bytes per dimension" in rich[-1]

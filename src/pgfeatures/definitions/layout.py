@@ -8,6 +8,7 @@ A service declared ``materialize = true`` keeps, per entity it reads, one servin
         d  double precision[],   -- double, smallint, integer, boolean (exact in a double)
         i  bigint[],             -- bigint (exact only in an int8), timestamps (epoch microseconds)
         s  text[],               -- strings
+        x0, x1, ...              -- one column per list or embedding (an array each: real[] for an embedding)
         ts bigint[]              -- per table: its row's updated_at in epoch microseconds, NULL where the key has no row
     )
 
@@ -45,7 +46,8 @@ GROUPS = {
     "bigint": ("i", "bigint"),
     "timestamp with time zone": ("i", "bigint"),
 }  # event time, as epoch microseconds
-GROUP_ORDER = ("r", "d", "i", "s")
+GROUP_ORDER = ("r", "d", "i", "s", "x")
+COLUMNS = "x"  # not one array: a column per slot (x0, x1, ...), read back as one ROW()
 ELEMENT_TYPES = {"r": "real", "d": "double precision", "i": "bigint", "s": "text"}
 TS = "ts"
 PREFIX = "_pgf_svc_"
@@ -54,16 +56,26 @@ PREFIX = "_pgf_svc_"
 # rebuilt: ``pgfeatures apply``). 1: tables named by service and entity, ts in epoch seconds; 2: named by
 # fingerprint; 3: ts in epoch microseconds (event time is a timestamptz).
 LAYOUT_VERSION = 3
-SERVING_COLUMNS = frozenset({*GROUP_ORDER, TS})  # a key column may not take these names
+SERVING_COLUMNS = frozenset({*GROUP_ORDER, TS})  # a key column may not take these names (nor x<n>)
 MAX_IDENTIFIER = 63  # bytes: PostgreSQL truncates longer names silently
 
 
 def group_of(feature: Feature) -> str:
-    """The serving array a feature's values are kept in (lists and embeddings are refused when a
-    materialized service is defined: ``registry._check_serving_keys``)."""
+    """The serving array a feature's values are kept in: ``x`` (a column of its own) for lists and embeddings."""
     if feature.type.kind == "string":
         return "s"
+    if feature.type.kind in ("list", "embedding"):
+        return COLUMNS
     return GROUPS[feature.type.name][0]
+
+
+def column_type(feature: Feature) -> str:
+    """The SQL type of a list's or an embedding's own serving column: the array it is read as."""
+    type_ = feature.type
+    if type_.kind == "embedding":
+        return "real[]"
+    assert type_.element is not None
+    return "text[]" if type_.element.kind == "string" else f"{type_.element.name}[]"
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,13 @@ class EntityLayout:
 
     def size(self, group: str) -> int:
         return sum(1 for s in self.slots if s.group == group)
+
+    def columns(self) -> tuple[tuple[str, str], ...]:
+        """Every value column of the serving row (not the key, not ``ts``): ``(name, SQL type)``, the arrays
+        then the lists' and embeddings' own columns (``x<slot>``)."""
+        out = [(g, f"{ELEMENT_TYPES[g]}[]") for g in self.groups if g != COLUMNS]
+        out += [(f"{COLUMNS}{s.index}", column_type(s.feature)) for s in self.slots if s.group == COLUMNS]
+        return tuple(out)
 
     def table_slots(self, table: str) -> tuple[Slot, ...]:
         return tuple(s for s in self.slots if s.table == table)

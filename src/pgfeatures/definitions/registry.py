@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -202,17 +203,8 @@ def _check_serving_keys(registry: Registry) -> None:
     for service in registry.services.values():
         if not service.materialize:
             continue
-        for table, features in service.resolve(registry):
-            unserved = [
-                f"{table.name}.{f.name} ({f.type.spec})" for f in features if f.type.kind in ("list", "embedding")
-            ]
-            if unserved:
-                raise DefinitionError(
-                    f"service {service.name!r} is materialized, and {', '.join(unserved)} cannot be held in its "
-                    "serving rows yet (they hold numbers, strings and timestamps): serve those features from a "
-                    "service that is not materialized (one round-trip all the same), or leave them out of this one"
-                )
-            if table.key_column in SERVING_COLUMNS:
+        for table, _ in service.resolve(registry):
+            if table.key_column in SERVING_COLUMNS or re.fullmatch(r"x\d+", table.key_column):
                 raise DefinitionError(
                     f"service {service.name!r} is materialized, and entity {table.entity.name!r} is keyed by column "
                     f"{table.key_column!r}, a name its serving rows use for their own columns "

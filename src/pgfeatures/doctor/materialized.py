@@ -36,7 +36,7 @@ import psycopg
 from psycopg import sql
 
 from ..definitions import Registry
-from ..definitions.layout import TS, EntityLayout
+from ..definitions.layout import EntityLayout
 from ..definitions.names import derived
 from ..materialize import sql as m
 from ..materialize.build import serving_catalog
@@ -302,17 +302,9 @@ def full_comparison_sql(schema: str, layout: EntityLayout, examples: int = EXAMP
         # (materialize/sql.py's own value expressions: the comparison follows how values are stored),
         # against the serving row's. A key without a serving row differs in the tables that have it.
         alias = aliases[t.name]
-        stored: list[sql.Composable] = []
-        fresh: list[sql.Composable] = []
-        for group, a, b, slots in m._slices(layout, t):
-            stored.append(sql.SQL("s.{}[{}:{}]").format(sql.Identifier(group), sql.Literal(a), sql.Literal(b)))
-            fresh.append(
-                sql.SQL("ARRAY[{}]::{}[]").format(
-                    sql.SQL(", ").join(m._value(alias, slot) for slot in slots), sql.SQL(layout.element_type(group))
-                )
-            )
-        stored.append(sql.SQL("s.{}[{}]").format(sql.Identifier(TS), sql.Literal(layout.ts_index(t.name) + 1)))
-        fresh.append(m.stamp_sql(alias))
+        pairs = m.slice_pairs(layout, t, alias)
+        stored = [a for a, _ in pairs]
+        fresh = [b for _, b in pairs]
         differs.append(
             sql.SQL(
                 "CASE WHEN CASE WHEN s.{} IS NULL THEN {}.{} IS NOT NULL ELSE ROW({}) IS DISTINCT FROM "

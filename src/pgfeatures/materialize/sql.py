@@ -52,7 +52,7 @@ from typing import Any
 from psycopg import sql
 
 from ..definitions import EVENT_TIME, UPDATED_AT, FeatureTable
-from ..definitions.layout import LAYOUT_VERSION, TS, EntityLayout, Slot
+from ..definitions.layout import COLUMNS, LAYOUT_VERSION, TS, EntityLayout, Slot, column_type
 from ..schema import event_time_micros_sql
 
 FILLFACTOR = 50  # room on each page for the updated row version: updates stay HOT (no index insert)
@@ -153,7 +153,10 @@ def create_table_sql(
     entity = layout.entity
     pk = sql.SQL(" PRIMARY KEY") if primary_key else sql.SQL(" NOT NULL")
     cols = [sql.SQL("{} {}{}").format(sql.Identifier(entity.column), sql.SQL(entity.column_type), pk)]
-    cols += [sql.SQL("{} {}[] NOT NULL").format(sql.Identifier(g), _element(layout, g)) for g in layout.groups]
+    cols += [
+        sql.SQL("{} {}{}").format(sql.Identifier(c), sql.SQL(t), sql.SQL("" if c.startswith(COLUMNS) else " NOT NULL"))
+        for c, t in layout.columns()
+    ]
     cols.append(sql.SQL("{} bigint[] NOT NULL").format(sql.Identifier(TS)))
     out: list[sql.Composed] = [
         sql.SQL("CREATE TABLE {} ({}) WITH (fillfactor = {})").format(
@@ -165,7 +168,8 @@ def create_table_sql(
         sql.SQL("ALTER TABLE {} {}").format(
             ident,
             sql.SQL(", ").join(
-                sql.SQL("ALTER COLUMN {} SET STORAGE MAIN").format(sql.Identifier(c)) for c in (*layout.groups, TS)
+                sql.SQL("ALTER COLUMN {} SET STORAGE MAIN").format(sql.Identifier(c))
+                for c in (*(c for c, _ in layout.columns()), TS)
             ),
         )
     )
@@ -194,6 +198,8 @@ def _value(alias: str, slot: Slot, absent: Collection[tuple[str, str]] = ()) -> 
     col: sql.Composable = sql.Identifier(alias, slot.feature.name)
     if slot.feature.type is EVENT_TIME:
         return event_time_micros_sql(col)
+    if slot.group == COLUMNS:  # a list or an embedding: its own column, as the array it is read as
+        return sql.SQL("{}::{}").format(col, sql.SQL(column_type(slot.feature)))
     if slot.group == "d":
         if slot.feature.type.name == "boolean":
             col = sql.SQL("{}::int").format(col)
@@ -212,6 +218,9 @@ def _arrays(
             for s in layout.slots
             if s.group == group
         ]
+        if group == COLUMNS:  # one column each
+            out.extend(values)
+            continue
         out.append(sql.SQL("ARRAY[{}]::{}[]").format(sql.SQL(", ").join(values), _element(layout, group)))
     stamps = [stamp_sql(a) if (a := aliases.get(t.name)) else sql.SQL("NULL") for t in layout.tables]
     out.append(sql.SQL("ARRAY[{}]::int8[]").format(sql.SQL(", ").join(stamps)))
@@ -232,7 +241,7 @@ def build_sql(schema: str, layout: EntityLayout, target: str, absent: Collection
         )
         for t in layout.tables
     )
-    cols = [key, *(sql.Identifier(g) for g in layout.groups), sql.Identifier(TS)]
+    cols = [key, *(sql.Identifier(c) for c, _ in layout.columns()), sql.Identifier(TS)]
     return sql.SQL("INSERT INTO {} ({}) SELECT k.{}, {} FROM ({}) k {}").format(
         sql.Identifier(schema, target),
         sql.SQL(", ").join(cols),
@@ -282,13 +291,43 @@ def guarded(schema: str, layout: EntityLayout) -> sql.Composed:
 
 def _slices(layout: EntityLayout, table: FeatureTable) -> list[tuple[str, int, int, list[Slot]]]:
     """``(array, first, last, slots)`` per array holding ``table``'s features (1-based bounds: a
-    table's slots are contiguous within each array)."""
+    table's slots are contiguous within each array); a list's or an embedding's own column is
+    ``(column, 0, 0, [its slot])``."""
     slots = layout.table_slots(table.name)
-    out = []
+    out: list[tuple[str, int, int, list[Slot]]] = []
     for group in layout.groups:
         mine = [s for s in slots if s.group == group]
-        if mine:
+        if group == COLUMNS:  # a column per slot: a "slice" of one, named by its column (x<slot>)
+            out.extend((f"{COLUMNS}{s.index}", 0, 0, [s]) for s in mine)
+        elif mine:
             out.append((group, mine[0].index + 1, mine[-1].index + 1, mine))
+    return out
+
+
+def slice_pairs(
+    layout: EntityLayout, table: FeatureTable, alias: str, serving: str = "s"
+) -> list[tuple[sql.Composable, sql.Composable]]:
+    """``(the serving row's slice, the same values from the table's row)`` per slice of ``table`` (and its ``ts``
+    entry): what the doctor compares, with the value expressions the build and the triggers write."""
+    out: list[tuple[sql.Composable, sql.Composable]] = []
+    for group, a, b, mine in _slices(layout, table):
+        if not a:  # a column of its own
+            out.append((sql.Identifier(serving, group), _value(alias, mine[0])))
+            continue
+        out.append(
+            (
+                sql.SQL("{}.{}[{}:{}]").format(
+                    sql.Identifier(serving), sql.Identifier(group), sql.Literal(a), sql.Literal(b)
+                ),
+                sql.SQL("ARRAY[{}]::{}[]").format(
+                    sql.SQL(", ").join(_value(alias, slot) for slot in mine), _element(layout, group)
+                ),
+            )
+        )
+    stamp = sql.SQL("{}.{}[{}]").format(
+        sql.Identifier(serving), sql.Identifier(TS), sql.Literal(layout.ts_index(table.name) + 1)
+    )
+    out.append((stamp, stamp_sql(alias)))
     return out
 
 
@@ -297,6 +336,9 @@ def _slice_sets(layout: EntityLayout, table: FeatureTable, alias: str | None) ->
     sets: list[sql.Composable] = []
     for group, a, b, mine in _slices(layout, table):
         values = [_value(alias, s) if alias else sql.SQL("NULL") for s in mine]
+        if not a:  # a column of its own
+            sets.append(sql.SQL("{} = {}").format(sql.Identifier(group), values[0]))
+            continue
         sets.append(
             sql.SQL("{}[{}:{}] = ARRAY[{}]::{}[]").format(
                 sql.Identifier(group),
@@ -318,6 +360,8 @@ def _slice_sets_from_excluded(layout: EntityLayout, table: FeatureTable) -> list
         sql.SQL("{g}[{a}:{b}] = EXCLUDED.{g}[{a}:{b}]").format(
             g=sql.Identifier(group), a=sql.Literal(a), b=sql.Literal(b)
         )
+        if a
+        else sql.SQL("{g} = EXCLUDED.{g}").format(g=sql.Identifier(group))
         for group, a, b, _ in _slices(layout, table)
     ]
     j = sql.Literal(layout.ts_index(table.name) + 1)
@@ -361,7 +405,7 @@ def upsert_sql(schema: str, layout: EntityLayout, table: FeatureTable, changed: 
     key order (so it locks in the order every writer does). ON CONFLICT: two writers of different
     tables may both create a new key's serving row; the second sets its slice in the first one's."""
     key = sql.Identifier(layout.entity.column)
-    cols = [key, *(sql.Identifier(g) for g in layout.groups), sql.Identifier(TS)]
+    cols = [key, *(sql.Identifier(c) for c, _ in layout.columns()), sql.Identifier(TS)]
     return sql.SQL(
         "INSERT INTO {} AS s ({}) SELECT c.{}, {} FROM {} c ORDER BY c.{} ON CONFLICT ({}) DO UPDATE SET {}"
     ).format(

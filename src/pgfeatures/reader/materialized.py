@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 from psycopg import sql
 
 from ..definitions import EVENT_TIME, Feature, from_micros
-from ..definitions.layout import TS, EntityLayout
+from ..definitions.layout import COLUMNS, TS, EntityLayout
 from ..materialize.sql import guarded
 from ..schema import event_time_micros_sql
 from .compile import BatchReader, Fetch, Reader, Strategy, _binder
@@ -54,7 +54,15 @@ def _plan(
         offsets[entity.name] = {}
         for array in (*layout.groups, TS):
             offsets[entity.name][array] = len(cols)
-            cols.append(sql.Identifier(alias, array))
+            if array == COLUMNS:  # the lists' and embeddings' own columns, as one row value (NULL: no serving row)
+                own = [sql.Identifier(alias, c) for c, _ in layout.columns() if c.startswith(COLUMNS)]
+                cols.append(
+                    sql.SQL("CASE WHEN {} IS NOT NULL THEN ROW({}) END").format(
+                        sql.Identifier(alias, TS), sql.SQL(", ").join(own)
+                    )
+                )
+            else:
+                cols.append(sql.Identifier(alias, array))
         joins.append(
             sql.SQL("LEFT JOIN {} {} ON {} = k.{}").format(
                 sql.Identifier(selection.schema, layout.table_name),
