@@ -322,7 +322,7 @@ def test_services_whose_names_join_alike_get_distinct_serving_tables():
 
 
 def test_reload_serves_the_new_definitions_and_keeps_the_old_on_error(conn, schema, dsn, tmp_path):
-    from pgfeatures.errors import DefinitionError, SchemaDriftError
+    from pgfeatures.errors import ConfigError, DefinitionError, SchemaDriftError
 
     old = two_table_service(conn, schema)
     materialize(conn, old, "s")
@@ -337,6 +337,8 @@ def test_reload_serves_the_new_definitions_and_keeps_the_old_on_error(conn, sche
         bad.write_text("[tables.t\n")
         with pytest.raises(DefinitionError, match="bad.toml"):
             store.reload(bad)
+        with pytest.raises(ConfigError, match="unknown on_drift 'ignore'; valid: raise, isolate"):
+            store.reload(old, on_drift="ignore")  # a setting, as the constructor's: ConfigError
         assert store.fingerprint == before
         assert store.get_service("s", 4, output="list").values == [value(4, 1, 1), value(4, 1, 2), value(4, 2, 1)]
         # the change made (column added, service rebuilt), then reloaded: the new layout, from its serving rows

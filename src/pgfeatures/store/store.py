@@ -64,7 +64,7 @@ from ..connections.concurrency import Background, Lock, open_in_constructor, to_
 from ..connections.credentials import with_deadline
 from ..definitions import Registry
 from ..errors import (
-    DefinitionError,
+    ConfigError,
     ExtraNotInstalledError,
     LoadInterruptedError,
     SchemaDriftError,
@@ -323,7 +323,7 @@ class FeatureStore:
         ``on_drift``: as the constructor's, for this reload (default: the store's); a service serving with
         ``"isolate"`` reloads with ``"raise"``, so definitions the database does not match are refused.
 
-        Raises DefinitionError (a file that does not load), SchemaDriftError (a table or column of the
+        Raises ConfigError (an unknown ``on_drift``), DefinitionError (a file that does not load), SchemaDriftError (a table or column of the
         new definitions is missing or of another type, with ``on_drift="raise"``),
         DatabaseUnavailableError, StoreClosedError: in every case the old definitions go on serving.
         """
@@ -333,8 +333,8 @@ class FeatureStore:
         if not isinstance(registry, Registry):
             registry = to_thread(Registry.from_toml, registry)
         with self._reloading:
-            if on_drift is not None and on_drift not in ON_DRIFT:
-                raise DefinitionError(f"unknown on_drift {on_drift!r}; valid: {', '.join(ON_DRIFT)}")
+            if on_drift is not None and on_drift not in ON_DRIFT:  # a setting, as the constructor's
+                raise ConfigError(f"unknown on_drift {on_drift!r}; valid: {', '.join(ON_DRIFT)}")
             served = self._compile(router, Served.new(registry, self.reader_cache_size), on_drift)
             prepare_everywhere(self.reads, router, served)
             if self.router is not router:

@@ -62,6 +62,7 @@ from ..connections.concurrency import AsyncBackground, AsyncLock, open_in_constr
 from ..connections.credentials import with_deadline
 from ..definitions import Registry
 from ..errors import (
+    ConfigError,
     DefinitionError,
     ExtraNotInstalledError,
     LoadInterruptedError,
@@ -321,7 +322,7 @@ class AsyncFeatureStore:
         ``on_drift``: as the constructor's, for this reload (default: the store's); a service serving with
         ``"isolate"`` reloads with ``"raise"``, so definitions the database does not match are refused.
 
-        Raises DefinitionError (a file that does not load), SchemaDriftError (a table or column of the
+        Raises ConfigError (an unknown ``on_drift``), DefinitionError (a file that does not load), SchemaDriftError (a table or column of the
         new definitions is missing or of another type, with ``on_drift="raise"``),
         DatabaseUnavailableError, StoreClosedError: in every case the old definitions go on serving.
         """
@@ -331,8 +332,8 @@ class AsyncFeatureStore:
         if not isinstance(registry, Registry):
             registry = await to_thread_async(Registry.from_toml, registry)
         async with self._reloading:
-            if on_drift is not None and on_drift not in ON_DRIFT:
-                raise DefinitionError(f"unknown on_drift {on_drift!r}; valid: {', '.join(ON_DRIFT)}")
+            if on_drift is not None and on_drift not in ON_DRIFT:  # a setting, as the constructor's
+                raise ConfigError(f"unknown on_drift {on_drift!r}; valid: {', '.join(ON_DRIFT)}")
             served = await self._compile(router, Served.new(registry, self.reader_cache_size), on_drift)
             await prepare_everywhere_async(self.reads, router, served)
             if self.router is not router:
