@@ -427,3 +427,31 @@ def test_apply_adds_rich_features_to_a_live_table(dsn: str, schema: str, tmp_pat
             "tags": ["x"],
             "vec": [0.5, 0.25],
         }
+
+
+def test_an_expired_rich_row_is_expired_on_every_path(dsn: str, schema: str, tmp_path: Path) -> None:
+    path = tmp_path / "f.toml"
+    path.write_text(
+        f'schema = "{schema}"\n[entities.user]\nkey = "bigint"\n[tables.t]\nentity = "user"\nttl = "1h"\n'
+        '[tables.t.features]\nname = { type = "string", default = "?" }\nvec = { type = "embedding", dim = 2 }\n'
+        '[services.m]\nmaterialize = true\nfeatures = ["t.*"]\n'
+    )
+    assert cli("init", "--dsn", dsn, "-d", str(path)).returncode == 0
+    assert cli("materialize", "m", "--dsn", dsn, "-d", str(path)).returncode == 0
+    registry = Registry.from_toml(path)
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+    with FeatureStore(registry, dsn) as store:
+        store.update_features(1, "t", {"name": "old", "vec": [1, 2], "updated_at": old})
+        store.update_features(2, "t", {"name": "new", "vec": [3, 4]})
+        expired = {"t": {"name": "?", "vec": None}}
+        for read in (
+            lambda k: store.get_features(k),
+            lambda k: store.get_features(k, strategy="join"),
+            lambda k: store.get_features_batch([k])[0],
+            lambda k: store.get_service("m", k),
+        ):
+            got = read(1)
+            assert got == expired and got.status == {"t": "expired"}
+            assert read(2) == {"t": {"name": "new", "vec": [3.0, 4.0]}}
+        vector = store.get_service("m", 1, ["t.vec"], output="list")
+        assert vector.values == [None, None] and vector.status == {"t": "expired"}
