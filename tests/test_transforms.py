@@ -9,10 +9,13 @@ rows the test wrote, never read back from the store.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import psycopg
 import pytest
@@ -23,7 +26,10 @@ from pgfeatures.definitions.transforms import Transform
 from pgfeatures.errors import ContextError, DefinitionError, TransformError
 from pgfeatures.materialize.build import materialize
 from pgfeatures.schema import apply_schema
+from pgfeatures.server import ServerConfig
 from support import transforms as fns
+from support.inprocess import running_app
+from support.server_data import metric
 
 TOML = """
 schema = "{schema}"
@@ -64,6 +70,12 @@ outputs = {{ amount_ratio = "double", far = "boolean" }}
 
 [services.plain]
 features = ["user_stats.clicks_7d"]
+
+[services.broken]
+features = ["user_stats.amount_avg"]
+[[services.broken.transforms]]
+function = "support.transforms:raises"
+outputs = {{ x = "double" }}
 """
 
 ROWS = {42: {"amount_avg": 50.0, "clicks_7d": 3}, 43: {"amount_avg": 4.0, "clicks_7d": 9}}
@@ -350,3 +362,148 @@ def test_offload_runs_the_function_off_the_event_loop(schema: str, tmp_path: Pat
 
     asyncio.run(run(True, reg))
     asyncio.run(run(False, registry_of(schema, tmp_path)))  # inline by default: on the loop's thread
+
+
+# -- HTTP and the CLI ----------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def http(schema: str, tmp_path: Path, dsn: str) -> Any:
+    reg = registry_of(schema, tmp_path)
+    fill(reg, dsn)
+    config = ServerConfig(
+        dsn=dsn, definitions=str(tmp_path / "features.toml"), prewarm=False, pool_size=2, batch_chunk_keys=2
+    )
+    with running_app(config) as client:
+        yield client
+
+
+def test_http_answers_outputs_as_dict_vector_and_raw(http: httpx.Client) -> None:
+    keys = {"user": 42, "merchant": "m-1"}
+    context = {"amount": 125, "lat": 52.5}  # a JSON integer is a double's value too
+    r = http.post("/v1/services/fraud_v2", json={"key": keys, "context": context})
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "key": keys,
+        "features": expected(42, "m-1", 125.0, 52.5),
+        "status": {"user_stats": "present", "merchant_risk": "present"},
+        "missing": [],
+    }
+    want = expected(42, "m-1", 125.0, 52.5)
+    values = [want[t][f] for t, _, f in (n.partition(".") for n in NAMES)]
+    r = http.post("/v1/services/fraud_v2", json={"key": keys, "context": context, "output": "vector"})
+    assert r.json() == {"key": keys, "values": values, "status": {"user_stats": "present", "merchant_risk": "present"}}
+    raw = http.post(
+        "/v1/services/fraud_v2", json={"key": keys, "context": context}, headers={"Accept": "application/octet-stream"}
+    )
+    assert raw.headers["x-pgfeatures-columns"] == str(len(NAMES)) and raw.headers["x-pgfeatures-dtype"] == "float64"
+    assert np.frombuffer(raw.content, "<f8", count=len(NAMES)).tolist() == [float(v) for v in values]
+    described = http.get("/v1/services/fraud_v2").json()
+    assert described["names"] == list(NAMES) and described["columns"] == len(NAMES)
+    assert described["context"] == {"amount": "double precision", "lat": "double precision"}
+    assert [t["name"] for t in described["transforms"]] == ["ratios", "cols"]
+    schemas = http.get("/openapi.json").json()["components"]["schemas"]
+    assert schemas["Context.fraud_v2"]["required"] == ["amount", "lat"]
+    assert "context" in schemas["BatchRequest.fraud_v2"]["properties"]
+
+
+def test_http_batch_runs_a_batch_transform_once_per_chunk(http: httpx.Client) -> None:
+    keys = [{"user": 42, "merchant": "m-1"}, {"user": 43, "merchant": "m-1"}, {"user": 7, "merchant": "m-2"}]
+    contexts = [{"amount": 125.0, "lat": 52.5}, {"amount": 8.0, "lat": 40.0}, {"amount": 1.0, "lat": 46.0}]
+    before = fns.CALLS["ratios_columns"]
+    r = http.post("/v1/services/fraud_v2/batch", json={"keys": keys, "context": contexts})  # chunks of 2: streamed
+    assert r.status_code == 200, r.text
+    got = [x["features"] for x in r.json()["results"]]
+    assert got == [expected(k["user"], k["merchant"], c["amount"], c["lat"]) for k, c in zip(keys, contexts)]
+    assert fns.CALLS["ratios_columns"] - before == 2  # once per chunk of 2 keys, not once per key
+    columns = {"amount": [c["amount"] for c in contexts], "lat": [c["lat"] for c in contexts]}
+    vectors = http.post("/v1/services/fraud_v2/batch", json={"keys": keys, "context": columns, "output": "vector"})
+    assert [v["values"][-1] for v in vectors.json()["results"]] == [True, False, True]  # cols.far
+    metrics = http.get("/metrics").text
+    assert metric(metrics, "pgfeatures_transform_duration_seconds_count", service="fraud_v2", transform="cols") >= 4
+    assert metric(metrics, "pgfeatures_transform_duration_seconds_count", service="fraud_v2", transform="ratios") >= 4
+
+
+def test_http_errors_name_the_value_and_the_transform(http: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
+    keys = {"user": 42, "merchant": "m-1"}
+    r = http.post("/v1/services/fraud_v2", json={"key": keys, "context": {"amount": 1.0}})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_context"
+    assert "missing context value(s) lat" in r.json()["error"]["message"]
+    r = http.post("/v1/services/fraud_v2", json={"key": keys, "context": {"amount": True, "lat": 1.0}})
+    assert r.status_code == 400 and "context 'amount'" in r.json()["error"]["message"]
+    r = http.post("/v1/services/fraud_v2/batch", json={"keys": [keys], "context": {"amount": [1.0], "lat": []}})
+    assert r.status_code == 400 and "context 'lat' has 0 values for 1 keys" in r.json()["error"]["message"]
+    with caplog.at_level(logging.ERROR, logger="pgfeatures.server"):
+        r = http.post("/v1/services/broken", json={"key": 42})
+    assert r.status_code == 500, r.text
+    error = r.json()["error"]
+    assert error["type"] == "transform_error" and error["retryable"] is False
+    assert "transform 'raises'" in error["message"] and "ZeroDivisionError" in error["message"]
+    assert "Traceback" not in r.text
+    logged = [rec for rec in caplog.records if rec.exc_info and "transform 'raises'" in rec.getMessage()]
+    assert logged and logged[0].exc_info is not None and logged[0].exc_info[0] is ZeroDivisionError
+
+
+def test_cli_get_takes_a_context(schema: str, tmp_path: Path, dsn: str) -> None:
+    from cli_run import cli
+
+    reg = registry_of(schema, tmp_path)
+    fill(reg, dsn)
+    path = str(tmp_path / "features.toml")
+    done = cli(
+        "get",
+        "-d",
+        path,
+        "--dsn",
+        dsn,
+        "--service",
+        "fraud_v2",
+        "user=42",
+        "merchant=m-1",
+        "-c",
+        "amount=125",
+        "--context",
+        "lat=52.5",
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["features"] == expected(42, "m-1", 125.0, 52.5)
+    vector = cli(
+        "get",
+        "-d",
+        path,
+        "--dsn",
+        dsn,
+        "--service",
+        "fraud_v2",
+        "-o",
+        "vector",
+        "--key",
+        "user=42,merchant=m-1",
+        "--key",
+        "user=7,merchant=m-1",
+        "-c",
+        "amount=1",
+        "-c",
+        "lat=50",
+    )
+    assert vector.returncode == 0, vector.stderr
+    rows = json.loads(vector.stdout)["results"]
+    assert rows[0]["names"] == list(NAMES) and rows[1]["values"][-2:] == [0.1, True]
+    bad = cli(
+        "get",
+        "-d",
+        path,
+        "--dsn",
+        dsn,
+        "--service",
+        "fraud_v2",
+        "user=42",
+        "merchant=m-1",
+        "-c",
+        "amount=x",
+        "-c",
+        "lat=1",
+    )
+    assert bad.returncode == 2 and "context 'amount'" in bad.stderr and "Traceback" not in bad.stderr
+    unknown = cli("get", "-d", path, "--dsn", dsn, "--service", "fraud_v2", "user=42", "merchant=m-1", "-c", "speed=1")
+    assert unknown.returncode == 2 and "unknown context value(s) speed; valid: amount, lat" in unknown.stderr

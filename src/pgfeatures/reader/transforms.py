@@ -46,26 +46,22 @@ _F32 = struct.Struct("<f")
 _SHOWN = 200  # characters of a transform's inputs an error message quotes
 
 
-def _checker(where: str, kind: FeatureType, nan: str) -> Callable[[Any], Any]:
+def _checker(where: str, kind: FeatureType, nan: str, null: bool = True) -> Callable[[Any], Any]:
     """A value of ``kind`` checked and normalised (``check_value``), with the common case decided by
-    one type test: the check runs on every request."""
+    one type test: the check runs on every request. ``null``: None is a value (no value), else refused."""
     name = kind.name
+
+    def slow(v: Any) -> Any:
+        if v is None and not null:
+            raise FeatureValueError(f"{where} is null: send a value")
+        v = check_value(where, kind, v, nan=nan, inf="keep")
+        return v if v is None or name != "real" else _F32.unpack(_F32.pack(v))[0]  # a real holds float32 values
+
     if name == "double precision":
-
-        def check_double(v: Any) -> Any:
-            return v if type(v) is float and v == v else check_value(where, kind, v, nan=nan, inf="keep")
-
-        return check_double
-    if name == "real":
-
-        def check_real(v: Any) -> Any:  # a real holds float32 values, as one read from a column does
-            v = check_value(where, kind, v, nan=nan, inf="keep")
-            return v if v is None else _F32.unpack(_F32.pack(v))[0]
-
-        return check_real
+        return lambda v: v if type(v) is float and v == v else slow(v)
     if name == "boolean":
-        return lambda v: v if type(v) is bool else check_value(where, kind, v, nan=nan)
-    return lambda v: check_value(where, kind, v, nan=nan, inf="keep")
+        return lambda v: v if type(v) is bool else slow(v)
+    return slow
 
 
 def _takes_status(function: Callable[..., Any]) -> bool:
@@ -186,17 +182,32 @@ class ServiceTransforms:
     type names, in vector order; ``offload``: some transform asked to run on a worker thread.
     """
 
-    __slots__ = ("service", "context_names", "context_checks", "transforms", "names", "types", "offload", "_places")
+    __slots__ = (
+        "service",
+        "context_names",
+        "context_checks",
+        "transforms",
+        "names",
+        "types",
+        "offload",
+        "_places",
+        "_pairs",
+        "_keys",
+    )
 
     def __init__(self, service: FeatureService, registry: Registry):
         self.service = service.name
         self.context_names = tuple(n for n, _ in service.context)
-        self.context_checks = tuple(_checker(f"context {n!r}", kind, "reject") for n, kind in service.context)
+        self.context_checks = tuple(
+            _checker(f"context {n!r}", kind, "reject", null=False) for n, kind in service.context
+        )
         self.transforms = tuple(CompiledTransform(service, registry, t) for t in service.transforms)
         self.names = service.output_names()
         self.types = {n: kind.name for t in service.transforms for n, (_, kind) in zip(t.output_names, t.outputs)}
         self.offload = any(t.offload for t in service.transforms)
         self._places: dict[tuple[str, ...], tuple[tuple[tuple[str, int], ...], ...]] = {}
+        self._pairs = tuple(zip(self.context_names, self.context_checks))
+        self._keys = frozenset(self.context_names)
 
     # -- context ----------------------------------------------------------------------------------
 
@@ -206,6 +217,11 @@ class ServiceTransforms:
     def context(self, values: Mapping[str, Any] | None) -> dict[str, Any]:
         """One request's context, checked: every declared name, each of its type. Raises ContextError
         naming the value (an unknown name lists the valid ones)."""
+        if type(values) is dict and values.keys() == self._keys:  # the common case, checked in one pass
+            try:
+                return {name: check(values[name]) for name, check in self._pairs}
+            except FeatureValueError:
+                pass  # said again below, naming the value
         values = {} if values is None else values
         if not isinstance(values, Mapping):
             raise ContextError(
@@ -261,8 +277,6 @@ class ServiceTransforms:
 
     def _check(self, check: Callable[[Any], Any], name: str, value: Any, row: int | None = None) -> Any:
         where = "" if row is None else f"[{row}]"
-        if value is None:
-            raise ContextError(f"service {self.service!r}: context {name!r}{where} is null: send a value")
         try:
             return check(value)
         except FeatureValueError as exc:

@@ -502,7 +502,7 @@ class AsyncFeatureStore:
         transform runs. Raises UnknownServiceError naming the valid services, ContextError for a bad
         context, TransformError for a transform that fails, and as ``get_features``.
         """
-        plan = self._transform_plan(name, features, context)
+        plan = self.transform_plan(name, features, context)
         ctx = plan.context(context) if plan is not None else None
         if output == "dict":
             found = await self.read(self.readers.service_reader(name, features, self.strategy), key)
@@ -536,7 +536,7 @@ class AsyncFeatureStore:
 
         ``context``: one object per row of keys (a list), or columns (``{name: [value per row]}``); a
         ``batch = true`` transform is called once for the whole batch, on columns. Raises as ``get_service``."""
-        plan = self._transform_plan(name, features, context)
+        plan = self.transform_plan(name, features, context)
         if output == "dict":
             reader = self.readers.service_batch_reader(name, features)
             arrays = reader.binder.many(keys)
@@ -552,13 +552,11 @@ class AsyncFeatureStore:
             vectors = await self.apply_transforms_batch(plan, vectors, columns)
         return stack_numpy(vectors, self.registry, plan.types if plan else None) if output == "numpy" else vectors
 
-    def transforms(self, name: str) -> ServiceTransforms | None:
-        """The compiled context checks and transforms of service ``name`` (None: it declares neither),
-        for front ends that read with compiled readers (``read_bound``) and then ``apply_transforms``."""
-        return self._served.transforms.get(name)
-
-    def _transform_plan(self, name: str, features: FeaturesArg, context: Any) -> ServiceTransforms | None:
-        """What runs after a read of ``name``: None when nothing does (no transforms, or a subset read).
+    def transform_plan(self, name: str, features: FeaturesArg, context: Any) -> ServiceTransforms | None:
+        """What runs after a read of service ``name`` with ``features`` (None: all) and ``context``: its compiled
+        context checks and transforms (``reader/transforms.py``: ``context``/``contexts`` check a request's
+        context, ``apply_transforms`` runs them), or None when nothing runs (the service declares none, or a
+        subset is read). For front ends that read with compiled readers (``read_bound``). No I/O.
         Raises ContextError for a context sent to a service without one, or with a subset."""
         plan = self._served.transforms.get(name)
         if plan is None:
