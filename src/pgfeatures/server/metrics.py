@@ -12,9 +12,9 @@
   ``pgfeatures_service_request_duration_seconds{service,endpoint}`` and
   ``pgfeatures_service_db_duration_seconds{service}``: the same per feature
   service (label values: the definitions' services only);
-- ``pgfeatures_transform_duration_seconds{service,transform}``: seconds per call of a feature
-  service's request-time transform (one call per request, per row of a batch, or per batch chunk for
-  a ``batch = true`` transform), its output checks included;
+- ``pgfeatures_transform_duration_seconds{service,transform}``: seconds a feature service's
+  request-time transform took, output checks included: one observation per request, or per batch
+  chunk (a ``batch = true`` transform's one call; a row-wise one's calls on the chunk's rows together);
 - ``pgfeatures_table_rows_total{table}`` / ``pgfeatures_table_misses_total{table}`` /
   ``pgfeatures_table_expired_total{table}``: per feature table, rows served,
   keys without a row, rows older than the ttl;
