@@ -42,6 +42,8 @@ EXPECTED = {
     "UnknownFeatureError": (400, "unknown_feature", False),
     "UnknownStrategyError": (400, "unknown_strategy", False),
     "FeatureValueError": (400, "invalid_value", False),
+    "ContextError": (400, "invalid_context", False),
+    "TransformError": (500, "transform_error", False),
     "EventTimeInFutureError": (400, "event_time_in_future", False),
     "DefinitionError": (400, "invalid_selection", False),
     "LoadInputError": (400, "invalid_input", False),
@@ -84,6 +86,8 @@ def instance(cls: type[PgFeaturesError]) -> PgFeaturesError:
         return cls("t", ["nope"], ["a"])  # type: ignore[call-arg]
     if cls.__name__ == "DatabaseError":
         return cls("permission denied for table t", "42501")  # type: ignore[call-arg]
+    if cls.__name__ == "TransformError":
+        return cls("transform 'r' of service 's' raised ValueError", service="s", transform="r")  # type: ignore[call-arg]
     return cls(f"what went wrong ({cls.__name__})")
 
 

@@ -1,10 +1,11 @@
 """pgfeatures: online feature serving on PostgreSQL, one round-trip for any number of feature tables."""
 
 from .connections import Cached, CredentialProvider, EnvPassword, PasswordFile, load_provider
-from .definitions import Entity, Feature, FeatureService, FeatureTable, FeatureType, Registry, hash_key
+from .definitions import Entity, Feature, FeatureService, FeatureTable, FeatureType, Registry, Transform, hash_key
 from .errors import (
     AuthenticationError,
     ConnectionSettingsError,
+    ContextError,
     CredentialsTimeoutError,
     DatabaseError,
     DatabaseUnavailableError,
@@ -22,6 +23,7 @@ from .errors import (
     ReadOnlyStoreError,
     SchemaDriftError,
     StoreClosedError,
+    TransformError,
     UnknownEntityError,
     UnknownFeatureError,
     UnknownServiceError,
@@ -40,12 +42,14 @@ __all__ = [
     "Entity",
     "FeatureResult",
     "FeatureService",
+    "Transform",
     "PRESENT",
     "hash_key",
     "AuthenticationError",
     "CredentialsTimeoutError",
     "Cached",
     "ConnectionSettingsError",
+    "ContextError",
     "CredentialProvider",
     "DatabaseError",
     "EnvPassword",
@@ -54,6 +58,7 @@ __all__ = [
     "QueryTimeoutError",
     "ReadOnlyStoreError",
     "StoreClosedError",
+    "TransformError",
     "StoreOptions",
     "load_provider",
     "BatchReader",

@@ -265,6 +265,24 @@ class FeatureValueError(PgFeaturesError, ValueError):
     """A live update carries a value its column cannot hold (wrong type, out of range, NaN)."""
 
 
+class ContextError(FeatureValueError):
+    """A feature service's request ``context`` (the caller-supplied values its transforms take) is not
+    what the service declares: an unknown name (the message lists the valid ones), a missing one, a value
+    of the wrong type, or a batch's context whose length differs from its keys'. Nothing was read."""
+
+
+class TransformError(PgFeaturesError):
+    """A feature service's request-time transform failed: it raised (``cause`` is the exception), returned
+    something other than a mapping of its outputs, missed an output or gave one a value its declared type
+    cannot hold. ``service``, ``transform`` and ``output`` (None when not about one output) name it. A bug
+    in the transform or its inputs, not an outage: not retryable. Over HTTP a 500 ``transform_error``
+    whose message names the transform (the traceback goes to the server log, never into the answer)."""
+
+    def __init__(self, message: str, *, service: str, transform: str, output: str | None = None):
+        super().__init__(message)
+        self.service, self.transform, self.output = service, transform, output
+
+
 class EventTimeInFutureError(FeatureValueError):
     """A write's event time (``updated_at``) is further ahead of the database server's clock than
     ``max_future_skew`` allows: nothing of the batch was written. (Time-dependent: no static schema can

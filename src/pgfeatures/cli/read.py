@@ -19,7 +19,9 @@ The output follows the HTTP API: one request prints ``{"key", "features", "statu
 (``status``: per table ``present``/``missing``/``expired``; ``missing``: the tables not present),
 a batch ``{"results": [...]}`` in input order (built by ``reader/answer.py``, as the server's).
 ``--service NAME --output vector`` prints the service's flat vector instead of ``features``: ``{"key",
-"service", "names", "values", "status", "missing"}``. ``real`` values print as the shortest decimal that reads back as the same float32
+"service", "names", "values", "status", "missing"}``. ``--context NAME=VALUE`` (with ``--service``) gives
+the values the service's request-time transforms take, read as their declared types; their outputs
+print beside the stored features (``{"features": {transform: {output: value}}}``, or last in a vector). ``real`` values print as the shortest decimal that reads back as the same float32
 (``0.11``, not ``0.10999999940395355``); a stored non-finite value prints as the string
 ``"Infinity"``, ``"-Infinity"`` or ``"NaN"``, as over HTTP (JSON has no number for it).
 """
@@ -79,6 +81,14 @@ def configure(p: argparse.ArgumentParser) -> None:
         default="features",
         help="features: {table: {feature: value}}; vector (with --service): the service's flat vector "
         "with its names (default features)",
+    )
+    p.add_argument(
+        "--context",
+        "-c",
+        action="append",
+        metavar="NAME=VALUE",
+        help="with --service: a value of the request context its transforms take (repeat for each; a batch "
+        "uses the same context for every request)",
     )
     p.add_argument("--strategy", "-s", help="read strategy of a single request (default: single)")
     add_json(p)  # the output is JSON either way; accepted so that every command takes --json
@@ -179,6 +189,36 @@ def bind_requests(binder: KeyBinder, requests: Sequence[Any], single: bool) -> l
     return bound
 
 
+def parse_context(registry: Registry, service: str, pairs: Sequence[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` pairs as the service's context, each value read as its declared type (``12.5``,
+    ``3``, ``true``); a value that does not read as its type, or a name the service does not declare, is
+    passed on as written, for the service's check to name. Raises CliError for a pair without ``=``."""
+    declared = dict(registry.service(service).context)
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, eq, text = pair.partition("=")
+        if not eq or not name:
+            raise CliError(
+                f"--context {pair!r}: write NAME=VALUE (context of {service}: {', '.join(declared) or 'none'})"
+            )
+        if name in out:
+            raise CliError(f"--context {name} is given twice")
+        kind = declared.get(name)
+        out[name] = text if kind is None else _typed(text, kind.name)
+    return out
+
+
+def _typed(text: str, kind: str) -> Any:
+    try:
+        if kind == "boolean":
+            return {"true": True, "false": False}.get(text.strip().lower(), text)
+        if kind in ("real", "double precision"):
+            return float(text)
+        return int(text)
+    except ValueError:
+        return text
+
+
 def _echoed(registry: Registry, entities: Sequence[str], request: Any) -> Any:
     """A request's keys as the output shows them: a ``bigint`` key as a JSON number (as HTTP echoes it)."""
 
@@ -217,6 +257,9 @@ def run(args: argparse.Namespace, out: Output) -> int:
             )
     elif args.output == "vector":
         raise CliError("--output vector needs --service NAME: a vector is in a feature service's order")
+    if args.context and service is None:
+        raise CliError("--context needs --service NAME: a context is what a feature service's transforms take")
+    context = parse_context(registry, service, args.context) if service is not None and args.context else None
     strategy = Strategy.parse(args.strategy) if args.strategy else None
     requests, single = parse_requests(registry, args.keys, args.rows)
     # Checked and bound before any I/O: unknown tables, features and services, and bad keys, fail here. The
@@ -230,6 +273,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
     vector = args.output == "vector"
     with FeatureStore(registry, dsn_of(args), options=store_options_of(args)) as store:
         readers = store.readers
+        # The transforms are compiled when the store opens; the context is checked before the read.
+        plan = store.transform_plan(service, features, context) if service is not None else None
+        if plan is not None:
+            columns = plan.contexts([context or {}] * len(bound), len(bound))
         if single:
             if service is None:
                 reader: Any = store.reader(tables, features, strategy)
@@ -238,6 +285,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
             else:
                 reader = readers.service_reader(service, features, strategy or store.strategy)
             results = [store.read_bound(reader, bound[0])]
+            if plan is not None:
+                results = [store.apply_transforms(plan, results[0], {k: v[0] for k, v in columns.items()})]
         else:
             if service is None:
                 batch: Any = store.batch_reader(tables, features)
@@ -246,10 +295,13 @@ def run(args: argparse.Namespace, out: Output) -> int:
             else:
                 batch = readers.service_batch_reader(service, features)
             results = store.read_batch_bound(batch, tuple(map(list, zip(*bound))))
+            if plan is not None:
+                results = store.apply_transforms_batch(plan, results, columns)
+    outputs = plan.types if plan is not None else None
     keys = [_echoed(registry, binder.names, k) for k in requests]
     if vector:
         names = results[0].names
-        reals = Reals(selection, names)
+        reals = Reals(selection, names, outputs)
         shown = [
             {
                 "key": k,
@@ -262,7 +314,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
             for k, r in zip(keys, results)
         ]
     else:
-        reals = Reals(selection)
+        reals = Reals(selection, (), outputs)
         shown = [answer(k, reals.features(r), r.status) for k, r in zip(keys, results)]
     out.json(shown[0] if single else {"results": shown})
     return 0

@@ -45,15 +45,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import importlib
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
+from ..definitions.callables import import_callable
 from ..errors import ConfigError
 
 CredentialProvider = Callable[[], str | Mapping[str, Any]]
@@ -140,53 +139,12 @@ def load_provider(spec: str) -> CredentialProvider:
     As ASGI servers do for an app, the current working directory is put first on ``sys.path``
     (unless it is on it already) before the import, so ``pgfeatures serve --credentials
     mycompany.features:token`` run from the directory holding ``mycompany/`` finds it, however
-    pgfeatures was started (the ``pgfeatures`` script does not put the working directory on the
-    path; ``python -m`` does).
+    pgfeatures was started (``definitions/callables.py``, which transforms use too).
 
     Raises ConfigError naming what was wrong (bad form, module not importable or failing to
     import, no such attribute, not callable).
     """
-    module_name, colon, attr = spec.partition(":")
-    if not colon or not module_name.strip() or not attr.strip():
-        raise ConfigError(
-            f"credential provider {spec!r} must be written 'module:callable' (e.g. mycompany.features:token)"
-        )
-    module_name, attr = module_name.strip(), attr.strip()
-    _put_cwd_on_path()
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        missing = exc.name or ""
-        if isinstance(exc, ModuleNotFoundError) and (module_name == missing or module_name.startswith(missing + ".")):
-            raise ConfigError(
-                f"credential provider {spec!r}: no module named {missing!r} (looked in the current "
-                f"directory {os.getcwd()} and on sys.path)"
-            ) from None
-        raise ConfigError(f"credential provider {spec!r}: importing {module_name} failed: {exc}") from None
-    except Exception as exc:  # the module itself raised (a bad configuration, a syntax error, ...)
-        raise ConfigError(
-            f"credential provider {spec!r}: importing {module_name} failed: {type(exc).__name__}: {exc}"
-        ) from None
-    target: object = module
-    for part in attr.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ConfigError(f"credential provider {spec!r}: {module_name} has no attribute {attr!r}") from None
-    if not callable(target):
-        raise ConfigError(f"credential provider {spec!r} is not callable (it is a {type(target).__name__})")
-    return cast(CredentialProvider, target)
-
-
-def _put_cwd_on_path() -> None:
-    """The working directory first on ``sys.path``, unless already there ('' and '.' count)."""
-    try:
-        cwd = os.getcwd()
-    except OSError:  # the working directory was removed
-        return
-    if cwd not in {os.path.abspath(entry) for entry in sys.path if isinstance(entry, str)}:
-        sys.path.insert(0, cwd)
-        importlib.invalidate_caches()
+    return cast(CredentialProvider, import_callable(spec, "credential provider", ConfigError))
 
 
 def credential_params(provider: CredentialProvider) -> dict[str, Any]:

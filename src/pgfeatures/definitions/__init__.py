@@ -5,6 +5,8 @@
 - ``entities``: entities and their keys (bytea32, bigint, text, uuid; hashed natural ids);
 - ``tables``: features (with defaults) and feature tables (entity, ttl);
 - ``services``: named, versioned feature services;
+- ``transforms``: their request-time transforms and request context, as declared;
+- ``callables``: callables named by import path (credential providers, transforms);
 - ``registry``: the whole, and its TOML form.
 """
 
@@ -22,6 +24,7 @@ from .eventtime import DEFAULT_MAX_FUTURE_SKEW, from_micros, parse_event_time, r
 from .registry import DEFAULT_SCHEMA, Registry, demo_registry, read_toml
 from .services import FeatureService
 from .tables import UPDATED_AT, UPDATED_AT_FEATURE, Feature, FeatureTable
+from .transforms import Transform
 from .types import (
     ALIASES,
     EVENT_TIME,
@@ -58,6 +61,7 @@ __all__ = [
     "FeatureService",
     "FeatureTable",
     "FeatureType",
+    "Transform",
     "INF_POLICIES",
     "INT_RANGE",
     "KEY_COLUMN",

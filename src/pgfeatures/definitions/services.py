@@ -8,6 +8,11 @@
     ttl_override = false  # optional: true makes ttl replace the tables' own, even where theirs is stricter
     version = "2026-11-30" # optional: published with the service
     description = "fraud model v1"
+    context = { amount = "double" }   # optional: values callers send with each request, for transforms
+
+    [[services.fraud_v1.transforms]]  # optional: features computed at request time (transforms.py)
+    function = "my_model.features:ratios"
+    outputs = { amount_ratio = "double" }
 
 The TTL that applies to a table read by a service (``effective_ttl``) is the stricter of the
 service's and the table's: a service cannot serve a 1-day-old row of a 12-hour table as present by
@@ -17,6 +22,10 @@ accident. ``ttl_override = true`` says it on purpose: the service's ttl replaces
 order (its features as listed, ``*`` expanded) is part of its definition: it is the order of the
 flat vector a model gets (``output="vector"``) and is published by ``GET /v1/services/{name}``.
 A service is compiled once and prepared on every read connection when a store opens.
+
+A transform's outputs are named ``transform.output`` and come after the stored features (``order``
+is the stored features', ``output_names`` the transforms'); a transform may not take a table's name,
+so its outputs never collide with stored features.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import DefinitionError
 from .names import check_not_reserved
+from .transforms import Transform, TypedNames, typed_names
 from .types import check_identifier, format_duration, parse_duration
 
 if TYPE_CHECKING:
@@ -45,9 +55,21 @@ class FeatureService:
     version: str | None = None
     description: str | None = None
     ttl_override: bool = False
+    context: TypedNames = ()  # a mapping {name: type} is taken too
+    transforms: tuple[Transform, ...] = ()
 
     def __post_init__(self) -> None:
         check_not_reserved("service", check_identifier("service", self.name))
+        object.__setattr__(self, "context", typed_names(f"service {self.name!r}: context", self.context))
+        if isinstance(self.transforms, Transform) or not all(isinstance(t, Transform) for t in self.transforms):
+            raise DefinitionError(f"service {self.name!r}: transforms must be a list of Transform")
+        object.__setattr__(self, "transforms", tuple(self.transforms))
+        names = [t.name for t in self.transforms]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise DefinitionError(
+                f"service {self.name!r}: transform name(s) {', '.join(twice)} used twice: give each a name = ..."
+            )
         if isinstance(self.features, str) or not self.features:
             raise DefinitionError(
                 f'service {self.name!r}: features must be a non-empty list of "table.feature" or "table.*"'
@@ -103,6 +125,40 @@ class FeatureService:
             out.extend(f"{table_name}.{n}" for n in names)
         return tuple(out)
 
+    def output_names(self) -> tuple[str, ...]:
+        """The transforms' outputs as ``"transform.output"``, in declared order (after ``order`` in the vector)."""
+        return tuple(n for t in self.transforms for n in t.output_names)
+
+    def transform_inputs(self, registry: Registry, transform: Transform) -> tuple[str, ...]:
+        """The ``table.feature`` names ``transform`` reads, in the service's order (``table.*`` expanded).
+        Raises DefinitionError for a name the service does not read."""
+        order = self.order(registry)
+        if transform.inputs is None:
+            return order
+        asked: set[str] = set()
+        for ref in transform.inputs:
+            table, _, feature = ref.partition(".")
+            found = [n for n in order if n.partition(".")[0] == table] if feature == "*" else [ref] * (ref in order)
+            if not found:
+                raise DefinitionError(
+                    f"service {self.name!r}: transform {transform.name!r}: input {ref!r} is not a feature of the "
+                    f"service (its features: {', '.join(order)})"
+                )
+            asked.update(found)
+        return tuple(n for n in order if n in asked)
+
+    def check_transforms(self, registry: Registry) -> None:
+        """The transforms against the tables: no transform takes a table's name (its outputs would share
+        the table's ``table.feature`` names), every input is a feature of the service. Raises DefinitionError."""
+        for transform in self.transforms:
+            if transform.name in registry.tables:
+                raise DefinitionError(
+                    f"service {self.name!r}: transform {transform.name!r} has the name of a feature table, so its "
+                    f"outputs ({', '.join(transform.output_names)}) would collide with stored features: rename it "
+                    "(name = ...)"
+                )
+            self.transform_inputs(registry, transform)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"features": list(self.features)}
         if self.ttl is not None:
@@ -115,6 +171,10 @@ class FeatureService:
             out["version"] = self.version
         if self.description is not None:
             out["description"] = self.description
+        if self.context:
+            out["context"] = {n: t.name for n, t in self.context}
+        if self.transforms:
+            out["transforms"] = [t.to_dict() for t in self.transforms]
         return out
 
     @classmethod
@@ -122,7 +182,7 @@ class FeatureService:
         """From the TOML ``[services.<name>]`` table. Raises DefinitionError naming the service."""
         if not isinstance(spec, Mapping):
             raise DefinitionError(f'service {name!r} needs a table with features = ["table.feature", ...]')
-        valid = {"features", "ttl", "ttl_override", "materialize", "version", "description"}
+        valid = {"features", "ttl", "ttl_override", "materialize", "version", "description", "context", "transforms"}
         unknown = set(spec) - valid
         if unknown:
             raise DefinitionError(
@@ -133,6 +193,12 @@ class FeatureService:
             raise DefinitionError(f'service {name!r}: features must be a list of "table.feature" or "table.*" strings')
         ttl = parse_duration(spec["ttl"], f"service {name!r}: ttl") if "ttl" in spec else None
         version = spec.get("version")
+        context = spec.get("context", {})
+        if not isinstance(context, Mapping):
+            raise DefinitionError(f'service {name!r}: context must be a table of name = "type"')
+        transforms = spec.get("transforms", [])
+        if not isinstance(transforms, list):
+            raise DefinitionError(f"service {name!r}: transforms must be written [[services.{name}.transforms]]")
         override = spec.get("ttl_override", False)
         if not isinstance(override, bool):
             raise DefinitionError(f"service {name!r}: ttl_override must be true or false, got {override!r}")
@@ -144,6 +210,8 @@ class FeatureService:
             None if version is None else str(version),
             spec.get("description"),
             override,
+            typed_names(f"service {name!r}: context", context),
+            tuple(Transform.from_dict(name, t) for t in transforms),
         )
 
 
@@ -152,6 +220,7 @@ def check_services(registry: Registry, services: Iterable[FeatureService]) -> No
     for service in services:
         try:
             service.resolve(registry)
+            service.check_transforms(registry)
         except DefinitionError:
             raise
         except Exception as exc:

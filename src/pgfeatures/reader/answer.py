@@ -50,10 +50,16 @@ class Reals:
 
     __slots__ = ("tables", "positions", "lists")
 
-    def __init__(self, selection: Selection, names: Sequence[str] = ()):
+    def __init__(self, selection: Selection, names: Sequence[str] = (), outputs: Mapping[str, str] | None = None):
+        """``outputs``: the type names of a service's transform outputs (``transform.output``), printed alike."""
         self.tables = {t.name: frozenset(f.name for f in fs if f.type.name == "real") for t, fs in selection.items}
         self.lists = {t.name: frozenset(f.name for f in fs if _real_elements(f)) for t, fs in selection.items}
         kind = {f"{t.name}.{f.name}": f.type.name for t, fs in selection.items for f in fs}
+        for name, type_name in (outputs or {}).items():
+            kind[name] = type_name
+            table, _, output = name.partition(".")
+            if type_name == "real":
+                self.tables[table] = self.tables.get(table, frozenset()) | {output}
         self.positions = tuple(i for i, n in enumerate(names) if kind.get(n) == "real")
 
     def features(self, result: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ a whole one-entity service stored in its order is one slice of the serving row's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -179,10 +179,14 @@ def check_output(output: str) -> None:
         raise DefinitionError(f"unknown output {output!r}; valid: {', '.join(OUTPUTS)}")
 
 
-def value_types(names: ServiceOrder, registry: Any) -> list[str]:
-    """The type of each value of a vector named ``names`` (an embedding's elements are ``real``)."""
+def value_types(names: ServiceOrder, registry: Any, outputs: Mapping[str, str] | None = None) -> list[str]:
+    """The type name of each value of a vector named ``names``: a stored feature's (an embedding's elements
+    are ``real``), or (``outputs``) a transform output's."""
     out = []
     for name in names:
+        if outputs and name in outputs:
+            out.append(outputs[name])
+            continue
         table, _, feature = name.partition(".")
         out.append("real" if feature.endswith("]") else registry.tables[table].feature(feature).type.name)
     return out
@@ -191,15 +195,18 @@ def value_types(names: ServiceOrder, registry: Any) -> list[str]:
 _types = value_types
 
 
-def _dtype(names: ServiceOrder, registry: Any) -> Any:
+def _dtype(names: ServiceOrder, registry: Any, outputs: Mapping[str, str] | None = None) -> Any:
     import numpy as np
 
-    return np.float32 if set(_types(names, registry)) <= {"real"} else np.float64
+    return np.float32 if set(_types(names, registry, outputs)) <= {"real"} else np.float64
 
 
-def event_time_positions(names: ServiceOrder, registry: Any) -> tuple[int, ...]:
-    """Where a vector holds event times (``updated_at``): as numbers they are epoch seconds."""
-    return tuple(i for i, t in enumerate(_types(names, registry)) if t == EVENT_TIME.name)
+def event_time_positions(
+    names: ServiceOrder, registry: Any, outputs: Mapping[str, str] | None = None
+) -> tuple[int, ...]:
+    """Where a vector holds event times (``updated_at``): as numbers they are epoch seconds. ``outputs``:
+    the type names of transform outputs among ``names``."""
+    return tuple(i for i, t in enumerate(_types(names, registry, outputs)) if t == EVENT_TIME.name)
 
 
 def as_numbers(values: Sequence[Any], positions: tuple[int, ...]) -> Sequence[Any]:
@@ -226,19 +233,21 @@ def _numpy() -> Any:
     return np
 
 
-def as_numpy(vector: ServiceVector, registry: Any) -> ServiceVector:
-    """The vector as a 1-D numpy array (None -> NaN)."""
+def as_numpy(vector: ServiceVector, registry: Any, outputs: Mapping[str, str] | None = None) -> ServiceVector:
+    """The vector as a 1-D numpy array (None -> NaN). ``outputs``: type names of transform outputs in it."""
     np = _numpy()
-    values = as_numbers(vector.values, event_time_positions(vector.names, registry))
-    return ServiceVector(np.array(values, dtype=_dtype(vector.names, registry)), vector.status, vector.names)
+    values = as_numbers(vector.values, event_time_positions(vector.names, registry, outputs))
+    return ServiceVector(np.array(values, dtype=_dtype(vector.names, registry, outputs)), vector.status, vector.names)
 
 
-def stack_numpy(vectors: list[ServiceVector], registry: Any) -> ServiceVectors:
-    """A batch's vectors as one 2-D numpy array."""
+def stack_numpy(
+    vectors: list[ServiceVector], registry: Any, outputs: Mapping[str, str] | None = None
+) -> ServiceVectors:
+    """A batch's vectors as one 2-D numpy array (``outputs``: as ``as_numpy``)."""
     np = _numpy()
     if not vectors:
         return ServiceVectors(np.zeros((0, 0), dtype=np.float64), [], ())
     names = vectors[0].names
-    times = event_time_positions(names, registry)
-    values = np.array([as_numbers(v.values, times) for v in vectors], dtype=_dtype(names, registry))
+    times = event_time_positions(names, registry, outputs)
+    values = np.array([as_numbers(v.values, times) for v in vectors], dtype=_dtype(names, registry, outputs))
     return ServiceVectors(values, [v.status for v in vectors], names)

@@ -4,8 +4,10 @@ Endpoints (JSON bodies, encoded with orjson; request parsing in ``parsing.py``):
 
     POST /v1/features                {"key": key, "tables"?: [...], "features"?: {...} | [...]}
     POST /v1/features/batch          {"keys": [key, ...], "tables"?: [...], "features"?: ...}
-    POST /v1/services/{name}         {"key": key, "features"?: [...], "output"?: "dict" | "vector"}
-    POST /v1/services/{name}/batch   {"keys": [key, ...], "features"?: [...], "output"?: ...}
+    POST /v1/services/{name}         {"key": key, "features"?: [...], "output"?: "dict" | "vector",
+                                      "context"?: {name: value}}  (the values its transforms take)
+    POST /v1/services/{name}/batch   {"keys": [key, ...], "features"?: [...], "output"?: ...,
+                                      "context"?: [{name: value}, ...] | {name: [value, ...]}}
     GET  /v1/services                the feature services: entities, tables, ttl, materialized state
     GET  /v1/services/{name}         the same for one, with its vector's column names and types
     POST /v1/push/{table}            {"rows": [{"key": key, "features": {...}}, ...], "overwrite_newer"?: bool}
@@ -37,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import logging
 import os
 import signal
 import time
@@ -53,7 +56,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..definitions import Registry
-from ..errors import DefinitionError, PgFeaturesError, ReadOnlyStoreError
+from ..errors import DefinitionError, PgFeaturesError, ReadOnlyStoreError, TransformError
 from .config import ServerConfig
 from .encoding import JSONBatch, dumps, result
 from .errors import JSON, RequestError, error_body, error_response
@@ -76,6 +79,8 @@ from .parsing import (
 from .service import Service, WarmupHook
 from .streaming import BatchAnswer, Encoder, StreamedAnswer
 from .vectors import OCTET_STREAM, OctetBatch
+
+log = logging.getLogger("pgfeatures.server")
 
 CLIENT_CLOSED = 499  # the status the metrics record for a request whose client left before its body was in (nginx's)
 PROBES = frozenset({"/healthz", "/readyz"})  # never behind the token: orchestrators have none
@@ -115,11 +120,16 @@ def routes(service: Service) -> list[Route]:
     max_keys = config.max_batch_keys
 
     async def answer_batch(
-        reader: Any, shown: Sequence[Any], arrays: tuple[Sequence[Any], ...], encoder: Encoder, vector: bool = False
+        reader: Any,
+        shown: Sequence[Any],
+        arrays: tuple[Sequence[Any], ...],
+        encoder: Encoder,
+        vector: bool = False,
+        transform: Any = None,
     ) -> Response:
         """One response for a batch read in one chunk; a stream for more (a failure in the first
         chunk is still an ordinary error response)."""
-        chunks = service.open_batch(reader, arrays, vector)
+        chunks = service.open_batch(reader, arrays, vector, transform)
         first: list[Any] = await anext(chunks, [])
         if len(first) == len(shown):
             await chunks.aclose()
@@ -156,12 +166,16 @@ def routes(service: Service) -> list[Route]:
         body = parse_json(raw)
         check_fields(body, SERVICE_FIELDS, "key")
         vector, octets = parse_output(body, request.headers.get("accept"))
-        reader = service.service_reader(name, parse_features(body), vector)
+        features = parse_features(body)
+        reader = service.service_reader(name, features, vector)
         params = bind_key(body["key"], reader.binder, service.registry)
-        got = await service.read_one(reader, params, vector)
+        context = body.get("context")
+        outputs = service.transform_plan(name, features, context)
+        transform = (outputs, outputs.context(context)) if outputs is not None else None
+        got = await service.read_one(reader, params, vector, transform)
         if not vector:
             return json_response(result(body["key"], got))
-        plan = service.vector_plan(reader)
+        plan = service.vector_plan(reader, outputs)
         if octets:
             return Response(plan.values([got]) + plan.status([got]), headers=plan.headers(1), media_type=OCTET_STREAM)
         return json_response(plan.rows([body["key"]], [got])[0])
@@ -173,18 +187,22 @@ def routes(service: Service) -> list[Route]:
         body = parse_json(raw)
         check_fields(body, SERVICE_BATCH_FIELDS, "keys")
         vector, octets = parse_output(body, request.headers.get("accept"))
-        reader = service.service_batch_reader(name, parse_features(body), vector)
+        features = parse_features(body)
+        reader = service.service_batch_reader(name, features, vector)
         shown = body["keys"]
         arrays = bind_keys(shown, reader.binder, service.registry, max_keys)
-        del body, raw
+        context = body.get("context")
+        outputs = service.transform_plan(name, features, context)
+        transform = (outputs, outputs.contexts(context, len(arrays[0]))) if outputs is not None else None
+        del body, raw, context
         encoder: Encoder
         if not vector:
             encoder = JSONBatch()
         elif octets:
-            encoder = OctetBatch(service.vector_plan(reader), len(shown))
+            encoder = OctetBatch(service.vector_plan(reader, outputs), len(shown))
         else:
-            encoder = JSONBatch(service.vector_plan(reader).rows)
-        return await answer_batch(reader, shown, arrays, encoder, vector)
+            encoder = JSONBatch(service.vector_plan(reader, outputs).rows)
+        return await answer_batch(reader, shown, arrays, encoder, vector, transform)
 
     async def services(request: Request) -> Response:
         await service.inventory.current()
@@ -295,6 +313,8 @@ def exception_handlers(service: Service, app_routes: list[Route]) -> dict[Any, A
     endpoints = _endpoints(app_routes)
 
     async def pgfeatures_error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, TransformError):  # the answer names the transform; its traceback is for the log only
+            log.error("pgfeatures: %s %s: %s", request.method, request.url.path, exc, exc_info=exc.__cause__ or exc)
         return error_response(exc, retry_after)
 
     async def http_error(request: Request, exc: Exception) -> Response:

@@ -42,6 +42,7 @@ import orjson
 from ..definitions import nonfinite_json
 from ..reader import Features, Selection
 from ..reader.answer import answer
+from ..reader.transforms import ServiceTransforms
 
 OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_UTC_Z  # event times (aware UTC datetimes): RFC 3339, "Z"
 _F32 = np.float32
@@ -65,6 +66,37 @@ def _real_elements(type_: Any) -> bool:
 def result(key: Any, features: Features) -> dict[str, Any]:
     """One request's answer (``reader.answer``); ``key`` as the request sent it."""
     return answer(key, features, features.status)
+
+
+def json_outputs(results: Iterable[Features], outputs: ServiceTransforms) -> None:
+    """The transforms' outputs of ``results`` (dict answers) made ready for JSON as stored values are:
+    ``real`` ones as float32 scalars (printed shortest), non-finite ones as their strings."""
+    floats = [
+        (
+            t.name,
+            [
+                (o, outputs.types[f"{t.name}.{o}"] == "real")
+                for o in t.outputs
+                if outputs.types[f"{t.name}.{o}"] in _FLOATS
+            ],
+        )
+        for t in outputs.transforms
+    ]
+    floats = [(name, outs) for name, outs in floats if outs]
+    if not floats:
+        return
+    for r in results:
+        for name, outs in floats:
+            values = r[name]
+            if values is None:
+                continue
+            for o, real in outs:
+                v = values[o]
+                if v is not None:
+                    values[o] = json_real(v) if real else v if v - v == 0 else nonfinite_json(v)
+
+
+_FLOATS = ("real", "double precision")
 
 
 class Float32Plan:

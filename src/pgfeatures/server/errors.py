@@ -32,6 +32,7 @@ from ..errors import (
     ChangeBlockedError,
     ConfigError,
     ConflictError,
+    ContextError,
     CorruptFileError,
     CredentialsTimeoutError,
     DatabaseError,
@@ -52,6 +53,7 @@ from ..errors import (
     ReadOnlyStoreError,
     SchemaDriftError,
     StoreClosedError,
+    TransformError,
     UnknownEntityError,
     UnknownFeatureError,
     UnknownServiceError,
@@ -87,7 +89,7 @@ class HTTPError:
 
 # Most specific first: AuthenticationError and PoolExhaustedError are DatabaseUnavailableErrors,
 # CredentialsTimeoutError an AuthenticationError, LoadInputError a LoadError, UnknownTableError also a
-# KeyError, KeyFormatError a ValueError.
+# KeyError, KeyFormatError a ValueError, ContextError and EventTimeInFutureError FeatureValueErrors.
 ERRORS: tuple[tuple[type[Exception], HTTPError], ...] = (
     # the request is wrong: do not retry it as it is
     (KeyFormatError, HTTPError(400, "invalid_key")),
@@ -98,6 +100,7 @@ ERRORS: tuple[tuple[type[Exception], HTTPError], ...] = (
     (UnknownFeatureError, HTTPError(400, "unknown_feature")),
     (UnknownStrategyError, HTTPError(400, "unknown_strategy")),
     (EventTimeInFutureError, HTTPError(400, "event_time_in_future")),
+    (ContextError, HTTPError(400, "invalid_context")),
     (FeatureValueError, HTTPError(400, "invalid_value")),
     (DefinitionError, HTTPError(400, "invalid_selection")),
     (LoadInputError, HTTPError(400, "invalid_input")),
@@ -124,6 +127,7 @@ ERRORS: tuple[tuple[type[Exception], HTTPError], ...] = (
     (ExtraNotInstalledError, HTTPError(500, "missing_extra")),
     (WarmupError, HTTPError(500, "warmup_failed")),
     (BenchmarkError, HTTPError(500, "benchmark_error")),
+    (TransformError, HTTPError(500, "transform_error")),
 )
 INTERNAL = HTTPError(500, "internal")
 

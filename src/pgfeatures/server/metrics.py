@@ -12,6 +12,9 @@
   ``pgfeatures_service_request_duration_seconds{service,endpoint}`` and
   ``pgfeatures_service_db_duration_seconds{service}``: the same per feature
   service (label values: the definitions' services only);
+- ``pgfeatures_transform_duration_seconds{service,transform}``: seconds a feature service's
+  request-time transform took, output checks included: one observation per request, or per batch
+  chunk (a ``batch = true`` transform's one call; a row-wise one's calls on the chunk's rows together);
 - ``pgfeatures_table_rows_total{table}`` / ``pgfeatures_table_misses_total{table}`` /
   ``pgfeatures_table_expired_total{table}``: per feature table, rows served,
   keys without a row, rows older than the ttl;
@@ -87,6 +90,23 @@ LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
+# A transform is meant to take microseconds (docs/transforms.md); a slow one reaches milliseconds.
+TRANSFORM_BUCKETS = (
+    0.000005,
+    0.00001,
+    0.00002,
+    0.00005,
+    0.0001,
+    0.0002,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    1.0,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]*_(\d+)\.db")
 
@@ -153,6 +173,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.transform_time = Histogram(
+            "pgfeatures_transform_duration_seconds",
+            "seconds per call of a feature service's request-time transform",
+            ["service", "transform"],
+            buckets=TRANSFORM_BUCKETS,
+            registry=r,
+        )
+        self._transform_children: dict[tuple[str, str], Histogram] = {}
         self.rows = Counter("pgfeatures_table_rows", "rows found, per feature table", ["table"], registry=r)
         self.misses = Counter("pgfeatures_table_misses", "keys absent, per feature table", ["table"], registry=r)
         self.expired = Counter(
@@ -250,6 +278,13 @@ class Metrics:
             )
         children[0].observe(seconds)
         children[1].inc()
+
+    def observe_transform(self, service: str, transform: str, seconds: float) -> None:
+        """One call of a service's transform (the store's ``on_transform``; labels: the definitions' own)."""
+        child = self._transform_children.get((service, transform))
+        if child is None:
+            child = self._transform_children[service, transform] = self.transform_time.labels(service, transform)
+        child.observe(seconds)
 
     def count(self, results: Iterable[WithStatus]) -> None:
         """Add rows present, missing and expired per table, from each result's ``status`` (cheap: plain

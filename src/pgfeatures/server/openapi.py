@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
-from ..definitions import FLOAT32_OVERFLOW, INT_RANGE, NONFINITE_JSON, UPDATED_AT, Entity, Registry
+from ..definitions import FLOAT32_OVERFLOW, INT_RANGE, NONFINITE_JSON, UPDATED_AT, Entity, FeatureService, Registry
 from ..definitions.entities import INT8_RANGE, UUID_TEXT
 from ..definitions.eventtime import MAX_MICROS, MIN_MICROS
 from ..definitions.types import FLOAT32_ZERO, FeatureType, feature_type
@@ -354,11 +354,34 @@ def _service_schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]
         offered = {t.name: [f.name for f in fs] for t, fs in items}
         out[f"Key.{name}"] = key_of(registry, entities)
         out[f"Features.{name}"] = _selection(offered, f"a subset of {name}'s features (null or absent: all)")
+        context: dict[str, Any] = {}
+        if svc.context or svc.transforms:  # the values its transforms take: required with the whole service
+            context = {"context": _ref(f"Context.{name}")}
+            out[f"Context.{name}"] = _context(svc)
+            out[f"Contexts.{name}"] = {
+                "description": f"{name}'s context for a batch: one object per key, or {{name: [value per key]}}",
+                "oneOf": [
+                    {"type": "array", "items": _ref(f"Context.{name}"), "maxItems": config.max_batch_keys},
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": [n for n, _ in svc.context],
+                        "properties": {
+                            n: {"type": "array", "items": value_schema(t.name, nullable=False)} for n, t in svc.context
+                        },
+                    },
+                ],
+            }
         out[f"Request.{name}"] = {
             "type": "object",
             "required": ["key"],
             "additionalProperties": False,
-            "properties": {"key": _ref(f"Key.{name}"), "features": _ref(f"Features.{name}"), "output": output},
+            "properties": {
+                "key": _ref(f"Key.{name}"),
+                "features": _ref(f"Features.{name}"),
+                "output": output,
+                **context,
+            },
             "allOf": _key_rules(registry, offered, batch=False, tables_field=False),
         }
         out[f"BatchRequest.{name}"] = {
@@ -369,10 +392,29 @@ def _service_schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]
                 "keys": {"type": "array", "items": _ref(f"Key.{name}"), "maxItems": config.max_batch_keys},
                 "features": _ref(f"Features.{name}"),
                 "output": output,
+                **({"context": _ref(f"Contexts.{name}")} if context else {}),
             },
             "allOf": _key_rules(registry, offered, batch=True, tables_field=False),
         }
     return out
+
+
+def _context(svc: FeatureService) -> dict[str, Any]:
+    """A service's request context: every declared value, of its type (400 invalid_context otherwise);
+    and what its transforms compute from it, said in the description."""
+    computed = "; ".join(
+        f"{t.name} ({t.to_dict()['function']}): " + ", ".join(f"{n} {k.name}" for n, k in t.outputs)
+        for t in svc.transforms
+    )
+    return {
+        "type": "object",
+        "description": f"the values {svc.name}'s request-time transforms take (required with the whole service; "
+        "not with a subset of its features, which runs no transform)"
+        + (f". Its transforms answer, after the stored features: {computed}" if computed else ""),
+        "additionalProperties": False,
+        "required": [n for n, _ in svc.context],
+        "properties": {n: value_schema(t.name, nullable=False) for n, t in svc.context},
+    }
 
 
 def _push_schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
@@ -571,6 +613,25 @@ def _schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
                     "description": "the vector's columns, in order",
                 },
                 "types": {"type": "array", "items": {"type": "string"}},
+                "context": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                    "description": "the request context its transforms take: {name: type}",
+                },
+                "transforms": {
+                    "type": "array",
+                    "description": "its request-time transforms, in order: their outputs come after the stored "
+                    "features in names (pseudo-table = the transform's name)",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "function", "outputs"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "function": {"type": "string"},
+                            "outputs": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
+                },
             },
         },
         "ServiceList": {
@@ -682,10 +743,10 @@ def _schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
                             "type": "string",
                             "description": "see docs/http.md: invalid_json, invalid_request, "
                             "invalid_key, unknown_entity, unknown_table, unknown_feature, unknown_service, "
-                            "invalid_selection, invalid_value, too_many_keys, too_many_rows, payload_too_large, "
+                            "invalid_selection, invalid_value, invalid_context, too_many_keys, too_many_rows, payload_too_large, "
                             "not_acceptable, unauthorized, not_found, method_not_allowed, database_unavailable, "
                             "database_auth_failed, credentials_timeout, write_outcome_unknown, pool_exhausted, query_timeout, shutting_down, not_ready, "
-                            "read_only, schema_drift, database_error, internal",
+                            "read_only, schema_drift, database_error, transform_error, internal",
                         },
                         "message": {"type": "string", "description": "what was wrong and what is valid"},
                         "retryable": {
@@ -757,6 +818,12 @@ def openapi_document(registry: Registry, config: ServerConfig) -> dict[str, Any]
     service_responses = {
         **read_responses,
         "406": _json(error, 'Accept: application/octet-stream with "output": "dict"'),
+        "500": _json(
+            error,
+            "schema_drift, database_error, ...; transform_error: a request-time transform raised, returned "
+            "something else than its declared outputs, or a value of the wrong type (the message names the "
+            "transform and the output; the traceback is in the server log)",
+        ),
     }
 
     def vector(schema: str, description: str) -> dict[str, Any]:

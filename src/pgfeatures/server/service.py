@@ -26,7 +26,10 @@ single-key reads always have the rest of the pool (``open_batch``).
 Feature services and vectors. A request names its reader (``features_reader``, ``service_reader``,
 and their batch forms): the store's compiled reader for the request shape, or its batch form when
 coalescing, decoding to FeatureResults or (``vector``) to ServiceVectors. Database time is also
-recorded per feature service.
+recorded per feature service. A service's request-time transforms (``transform_plan``) run on what the
+read returned, after the database call and outside its deadline, through the store's
+``apply_transforms`` (inline, or on a worker thread for ``offload = true``), per request, or once per
+batch chunk for a ``batch = true`` transform; their time is ``pgfeatures_transform_duration_seconds``.
 
 Writes. ``push`` runs ``update_features_batch`` on the store's write pool (``write_pool_size``; 0
 makes a read-only service whose pushes are 403 ``read_only``), under the same deadline.
@@ -69,11 +72,12 @@ from ..errors import (
     StoreClosedError,
 )
 from ..reader import BatchReader, FeaturesArg
+from ..reader.transforms import ServiceTransforms
 from ..store import AsyncFeatureStore
 from ..write import UpdateCount
 from .coalesce import Coalescer
 from .config import ServerConfig
-from .encoding import Float32Plan
+from .encoding import Float32Plan, json_outputs
 from .errors import NotReadyError, classify
 from .inventory import Inventory
 from .metrics import Metrics, worker_exited
@@ -117,6 +121,7 @@ class Service:
         # A broken table (missing, renamed, drifted) only breaks the requests that touch it.
         self.store = AsyncFeatureStore(registry, config.dsn, options=config.store_options())
         self.metrics = Metrics(registry.tables, registry.services)
+        self.store.on_transform = self.metrics.observe_transform  # each transform's time, per service
         self.inventory = Inventory(self.store, registry, config.inventory_interval)
         self.coalescer: Coalescer | None = None
         if config.coalesce:
@@ -320,7 +325,18 @@ class Service:
             return readers.service_vector_batch_reader(name, features)
         return readers.service_batch_reader(name, features)
 
-    async def read_one(self, reader: Any, params: tuple[Any, ...], vector: bool = False) -> Any:
+    def transform_plan(self, name: str, features: FeaturesArg, context: Any) -> ServiceTransforms | None:
+        """What runs after a read of service ``name`` (``AsyncFeatureStore.transform_plan``): None when nothing
+        does. Raises ContextError for a context the service does not take. No I/O."""
+        return self.store.transform_plan(name, features, context)
+
+    async def read_one(
+        self,
+        reader: Any,
+        params: tuple[Any, ...],
+        vector: bool = False,
+        transform: tuple[ServiceTransforms, Mapping[str, Any]] | None = None,
+    ) -> Any:
         """One request's features (a FeatureResult, or a ServiceVector with ``vector``), through
         ``reader`` (from ``features_reader`` / ``service_reader``): coalesced into a batch when
         enabled, else one read. ``params``: the request's keys bound once (``parsing.bind_key``), read
@@ -338,12 +354,20 @@ class Service:
         else:
             result = await self._db("single", self.store.read_bound, reader, params, service=reader.selection.service)
         self.metrics.count((result,))
+        if transform is not None:
+            result = await self.store.apply_transforms(transform[0], result, transform[1])
         if not vector:
             self._float32(reader).apply((result,))
+            if transform is not None:
+                json_outputs((result,), transform[0])
         return result
 
     def open_batch(
-        self, reader: BatchReader, arrays: tuple[Sequence[Any], ...], vector: bool = False
+        self,
+        reader: BatchReader,
+        arrays: tuple[Sequence[Any], ...],
+        vector: bool = False,
+        transform: tuple[ServiceTransforms, Mapping[str, list[Any]]] | None = None,
     ) -> AsyncGenerator[list[Any], None]:
         """The results of many requests (keys bound once: one array per entity, ``parsing.bind_keys``),
         in input order, as chunks of at most ``batch_chunk_keys``.
@@ -351,21 +375,33 @@ class Service:
         Checks readiness now (raising as ``read_one`` does, before any I/O); each chunk is then one
         statement, read when the iterator asks for it. A chunk waits at most ``acquire_timeout`` for
         one of the ``batch_slots`` connections batches may hold (PoolExhaustedError), then at most
-        ``request_timeout`` for the database.
+        ``request_timeout`` for the database. ``transform``: a service's transforms and the batch's checked
+        context as columns (``ServiceTransforms.contexts``), run on each chunk's results (a ``batch = true``
+        transform: once per chunk).
         """
         self._check_ready()
-        return self._chunks(reader, arrays, vector)
+        return self._chunks(reader, arrays, vector, transform)
 
     async def _chunks(
-        self, reader: BatchReader, arrays: tuple[Sequence[Any], ...], vector: bool
+        self,
+        reader: BatchReader,
+        arrays: tuple[Sequence[Any], ...],
+        vector: bool,
+        transform: tuple[ServiceTransforms, Mapping[str, list[Any]]] | None,
     ) -> AsyncGenerator[list[Any], None]:
         step = self.config.batch_chunk_keys
         plan = None if vector else self._float32(reader)
         for start in range(0, len(arrays[0]), step):
             results = await self._read_chunk(reader, tuple(list(a[start : start + step]) for a in arrays))
             self.metrics.count(results)
+            if transform is not None:
+                outputs, columns = transform
+                chunk = {name: column[start : start + step] for name, column in columns.items()}
+                results = await self.store.apply_transforms_batch(outputs, results, chunk)
             if plan is not None:
                 plan.apply(results)
+                if transform is not None:
+                    json_outputs(results, transform[0])
             yield results
 
     async def _read_chunk(self, reader: BatchReader, arrays: tuple[list[Any], ...]) -> list[Any]:
@@ -391,9 +427,10 @@ class Service:
         """The reader's Float32Plan (cached by reader identity; readers are cached by the store)."""
         return self._plan(reader, Float32Plan, reader.selection)
 
-    def vector_plan(self, reader: Any) -> VectorPlan:
-        """How the vectors of ``reader`` are encoded (cached by reader identity)."""
-        return self._plan(reader, VectorPlan, reader, self.registry)
+    def vector_plan(self, reader: Any, outputs: ServiceTransforms | None = None) -> VectorPlan:
+        """How the vectors of ``reader`` are encoded (cached by reader identity: a reader of a whole service
+        always runs its transforms, ``outputs``, and a reader of a subset never does)."""
+        return self._plan(reader, VectorPlan, reader, self.registry, outputs)
 
     def _plan(self, reader: Any, make: type[P], *args: Any) -> P:
         entry = self._plans.get(id(reader))
@@ -413,7 +450,8 @@ class Service:
         svc = self.registry.service(name)
         items = svc.resolve(self.registry)
         entities = list(dict.fromkeys(t.entity for t, _ in items))
-        plan = self.vector_plan(self.store.readers.service_vector_batch_reader(name, None))
+        outputs = self.store.transform_plan(name, None, None)
+        plan = self.vector_plan(self.store.readers.service_vector_batch_reader(name, None), outputs)
         doc: dict[str, Any] = {
             "name": name,
             "version": svc.version,
@@ -432,6 +470,13 @@ class Service:
             "serving": "materialized" if name in self.store.readers.materialized else "tables",
             "columns": len(plan.names),
             "dtype": plan.dtype,
+            "context": {n: t.name for n, t in svc.context},
+            "transforms": [
+                {"name": t.name, "function": outputs.transforms[i].spec, "outputs": list(t.output_names)}
+                for i, t in enumerate(svc.transforms)
+            ]
+            if outputs is not None
+            else [],
         }
         if detail:
             doc["names"] = list(plan.names)

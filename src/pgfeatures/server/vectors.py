@@ -1,7 +1,8 @@
 """A feature service's vector over HTTP: as JSON, or as raw little-endian numbers.
 
 JSON: ``{"key", "values": [...], "status": {table: "present" | "missing" | "expired"}}``, the
-values in the service's order (``GET /v1/services/{name}`` publishes it as ``names``); a missing
+values in the service's order, its transforms' outputs last (``GET /v1/services/{name}`` publishes it
+as ``names``); a missing
 value is null; ``real`` values print as the shortest decimal that reads back as the same float32;
 a stored non-finite value is the string ``"Infinity"``, ``"-Infinity"`` or ``"NaN"`` (never null).
 
@@ -36,6 +37,7 @@ import numpy as np
 from ..definitions import Registry, nonfinite_json
 from ..reader import EXPIRED, MISSING, PRESENT
 from ..reader.answer import vector_answer
+from ..reader.transforms import ServiceTransforms
 from ..reader.vector import ServiceVector, as_numbers, event_time_positions, service_order, value_types
 from .encoding import json_real
 
@@ -50,18 +52,20 @@ class VectorPlan:
 
     __slots__ = ("names", "types", "tables", "all_real", "reals", "doubles", "dtype", "_np", "_times")
 
-    def __init__(self, reader: Any, registry: Registry):
+    def __init__(self, reader: Any, registry: Registry, outputs: ServiceTransforms | None = None):
         selection = reader.selection
         service = registry.service(selection.service)
-        self.names = service_order(reader, service.order(registry))
-        self.types = tuple(value_types(self.names, registry))
+        stored = service_order(reader, service.order(registry))
+        kinds = outputs.types if outputs is not None else {}
+        self.names = stored + tuple(kinds)  # a transform's outputs come after the stored features
+        self.types = tuple(value_types(stored, registry)) + tuple(kinds.values())
         self.tables = selection.tables
         self.all_real = all(t == "real" for t in self.types)
         self.reals = () if self.all_real else tuple(i for i, t in enumerate(self.types) if t == "real")
         self.doubles = tuple(i for i, t in enumerate(self.types) if t == "double precision")
         self.dtype = "float32" if self.all_real else "float64"
         self._np = np.dtype("<f4" if self.all_real else "<f8")
-        self._times = event_time_positions(self.names, registry)  # raw: as epoch seconds
+        self._times = event_time_positions(self.names, registry, kinds)  # raw: as epoch seconds
 
     # -- JSON ----------------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from ..connections import ConnectFailures, redact
 from ..definitions import KEY_LENGTH, Registry
 from ..errors import SchemaDriftError
 from ..reader import BatchReader, Reader, ReaderCache
+from ..reader.transforms import ServiceTransforms
 from ..schema import TableCheck, check_catalog, drift_error
 
 logger = logging.getLogger("pgfeatures")
@@ -290,6 +291,9 @@ class Served:
     health: TableHealth
     warm: list[Reader[Any] | BatchReader[Any]] = field(default_factory=list)
     via_functions: dict[bytes, Any] = field(default_factory=dict)
+    # The services' compiled context checks and transforms (reader/transforms.py), by service: set when
+    # the definitions are compiled (open, reload), so a function that cannot be imported fails there.
+    transforms: dict[str, ServiceTransforms] = field(default_factory=dict)
 
     @classmethod
     def new(cls, registry: Registry, reader_cache_size: int) -> Served:

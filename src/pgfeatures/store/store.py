@@ -65,6 +65,7 @@ from ..connections.credentials import with_deadline
 from ..definitions import Registry
 from ..errors import (
     ConfigError,
+    ContextError,
     ExtraNotInstalledError,
     LoadInterruptedError,
     SchemaDriftError,
@@ -78,6 +79,7 @@ from ..reader import (
     ReaderCache,
     Strategy,
 )
+from ..reader.transforms import Observe, ServiceTransforms, compile_transforms, no_context
 from ..reader.vector import Output, ServiceVector, ServiceVectors, as_numpy, check_output, stack_numpy
 from ..write import UpdateCount, UpdateRows, plan_updates
 from .base import (
@@ -204,6 +206,8 @@ class FeatureStore:
         self.hot_keys_by_entity = hot_keys_by_entity(registry, self._served.readers, options.hot_keys)
         self.hot_keys = hashkey_hot_keys(registry, self.hot_keys_by_entity)  # what warm-up's cache probe reads
         self._reloading = Lock()
+        # Told (service, transform, seconds) after each transform call: the HTTP service's metrics set it.
+        self.on_transform: Observe | None = None
         # The read path (targets, their pools, renewals and probes) and the write path own their state.
         self.reads = ReadRouter(options, self.credentials, lambda: self._served)
         self.writes = WritePath(options, self.credentials, self._prepare)  # owns the write pool
@@ -267,7 +271,9 @@ class FeatureStore:
     def _compile(self, router: Router, served: Served, on_drift: str | None = None) -> Served:
         """Make ``served`` ready to serve: its tables checked against the live catalog (SchemaDriftError
         with ``on_drift="raise"``, default the store's), its built materialized services found, its warm
-        readers compiled (and, behind a transaction-mode pooler, their functions found or created)."""
+        readers compiled (and, behind a transaction-mode pooler, their functions found or created). Its
+        services' transforms are resolved first, before any I/O (DefinitionError naming the transform)."""
+        served.transforms = compile_transforms(served.registry)
         checks = first_inspection(self.reads, router, served)
         served.health.update(checks)
         if served.health.broken and (on_drift or self.on_drift) == "raise":
@@ -473,19 +479,43 @@ class FeatureStore:
 
     @overload
     def get_service(
-        self, name: str, key: Any, features: FeaturesArg = None, *, output: Literal["dict"] = "dict"
+        self,
+        name: str,
+        key: Any,
+        features: FeaturesArg = None,
+        *,
+        output: Literal["dict"] = "dict",
+        context: Mapping[str, Any] | None = None,
     ) -> Features: ...
     @overload
     def get_service(
-        self, name: str, key: Any, features: FeaturesArg = None, *, output: Literal["list", "numpy"]
+        self,
+        name: str,
+        key: Any,
+        features: FeaturesArg = None,
+        *,
+        output: Literal["list", "numpy"],
+        context: Mapping[str, Any] | None = None,
     ) -> ServiceVector: ...
     @overload
     def get_service(
-        self, name: str, key: Any, features: FeaturesArg = None, *, output: Output
+        self,
+        name: str,
+        key: Any,
+        features: FeaturesArg = None,
+        *,
+        output: Output,
+        context: Mapping[str, Any] | None = None,
     ) -> Features | ServiceVector: ...
 
     def get_service(
-        self, name: str, key: Any, features: FeaturesArg = None, *, output: Output = "dict"
+        self,
+        name: str,
+        key: Any,
+        features: FeaturesArg = None,
+        *,
+        output: Output = "dict",
+        context: Mapping[str, Any] | None = None,
     ) -> Features | ServiceVector:
         """The features of the feature service ``name`` for one request's keys (as ``get_features``),
         with the service's ttl; from its serving rows when it is materialized and built.
@@ -494,42 +524,111 @@ class FeatureStore:
         the service's order), ``"list"`` or ``"numpy"``: a ServiceVector, the features as one flat
         vector in the service's order (``.names``), missing values None (NaN in numpy; float32 when
         every feature is real, else float64), and ``.status`` per table.
-        Raises UnknownServiceError naming the valid services, and as ``get_features``.
+
+        ``context``: the request's values the service's transforms take (``{name: value}``, checked
+        against its declared types before any I/O). The transforms run after the read, with the
+        connection back in its pool; their outputs join the answer as ``result[transform]`` (and after
+        the stored features in a vector). A subset (``features``) is a read of stored features: no
+        transform runs. Raises UnknownServiceError naming the valid services, ContextError for a bad
+        context, TransformError for a transform that fails, and as ``get_features``.
         """
+        plan = self.transform_plan(name, features, context)
+        ctx = plan.context(context) if plan is not None else None
         if output == "dict":
-            return self.read(self.readers.service_reader(name, features, self.strategy), key)
+            found = self.read(self.readers.service_reader(name, features, self.strategy), key)
+            return found if plan is None else self.apply_transforms(plan, found, ctx)
         check_output(output)
         vector = self.read(self.readers.service_vector_reader(name, features, self.strategy), key)
-        return as_numpy(vector, self.registry) if output == "numpy" else vector
+        if plan is not None:
+            vector = self.apply_transforms(plan, vector, ctx)
+        return as_numpy(vector, self.registry, plan.types if plan else None) if output == "numpy" else vector
 
     @overload
     def get_service_batch(
-        self, name: str, keys: Any, features: FeaturesArg = None, *, output: Literal["dict"] = "dict"
+        self,
+        name: str,
+        keys: Any,
+        features: FeaturesArg = None,
+        *,
+        output: Literal["dict"] = "dict",
+        context: Any = None,
     ) -> list[Features]: ...
     @overload
     def get_service_batch(
-        self, name: str, keys: Any, features: FeaturesArg = None, *, output: Literal["list"]
+        self, name: str, keys: Any, features: FeaturesArg = None, *, output: Literal["list"], context: Any = None
     ) -> list[ServiceVector]: ...
     @overload
     def get_service_batch(
-        self, name: str, keys: Any, features: FeaturesArg = None, *, output: Literal["numpy"]
+        self, name: str, keys: Any, features: FeaturesArg = None, *, output: Literal["numpy"], context: Any = None
     ) -> ServiceVectors: ...
     @overload
     def get_service_batch(
-        self, name: str, keys: Any, features: FeaturesArg = None, *, output: Output
+        self, name: str, keys: Any, features: FeaturesArg = None, *, output: Output, context: Any = None
     ) -> list[Features] | list[ServiceVector] | ServiceVectors: ...
 
     def get_service_batch(
-        self, name: str, keys: Any, features: FeaturesArg = None, *, output: Output = "dict"
+        self, name: str, keys: Any, features: FeaturesArg = None, *, output: Output = "dict", context: Any = None
     ) -> list[Features] | list[ServiceVector] | ServiceVectors:
         """``get_service`` for many rows of keys, in one round-trip (keys as for ``get_features_batch``):
         a list of results in input order, or with ``output="numpy"`` one ServiceVectors (a 2-D array,
-        a row per request)."""
+        a row per request).
+
+        ``context``: one object per row of keys (a list), or columns (``{name: [value per row]}``); a
+        ``batch = true`` transform is called once for the whole batch, on columns. Raises as ``get_service``."""
+        plan = self.transform_plan(name, features, context)
         if output == "dict":
-            return self.read_batch(self.readers.service_batch_reader(name, features), keys)
+            reader = self.readers.service_batch_reader(name, features)
+            arrays = reader.binder.many(keys)
+            columns = plan.contexts(context, len(arrays[0])) if plan is not None else None
+            found = self.read_batch_bound(reader, arrays)
+            return found if plan is None else self.apply_transforms_batch(plan, found, columns)
         check_output(output)
-        vectors = self.read_batch(self.readers.service_vector_batch_reader(name, features), keys)
-        return stack_numpy(vectors, self.registry) if output == "numpy" else vectors
+        vreader = self.readers.service_vector_batch_reader(name, features)
+        arrays = vreader.binder.many(keys)
+        columns = plan.contexts(context, len(arrays[0])) if plan is not None else None
+        vectors = self.read_batch_bound(vreader, arrays)
+        if plan is not None:
+            vectors = self.apply_transforms_batch(plan, vectors, columns)
+        return stack_numpy(vectors, self.registry, plan.types if plan else None) if output == "numpy" else vectors
+
+    def transform_plan(self, name: str, features: FeaturesArg, context: Any) -> ServiceTransforms | None:
+        """What runs after a read of service ``name`` with ``features`` (None: all) and ``context``: its compiled
+        context checks and transforms (``reader/transforms.py``: ``context``/``contexts`` check a request's
+        context, ``apply_transforms`` runs them), or None when nothing runs (the service declares none, or a
+        subset is read). For front ends that read with compiled readers (``read_bound``). No I/O.
+        Raises ContextError for a context sent to a service without one, or with a subset."""
+        plan = self._served.transforms.get(name)
+        if plan is None:
+            if context:
+                self.registry.service(name)  # UnknownServiceError first
+                no_context(name, context)
+            return None
+        if features is not None:  # a subset is a read of stored features: a context would go unused
+            if context:
+                raise ContextError(
+                    f"service {name!r}: a read of a subset of its features (features=...) runs no transform, so it "
+                    "takes no context: read the whole service, or drop the context"
+                )
+            return None
+        return plan
+
+    def apply_transforms(self, plan: ServiceTransforms, result: T, context: Mapping[str, Any] | None) -> T:
+        """``plan``'s transforms run on one request's result (a FeatureResult or a ServiceVector) with its
+        checked ``context``: here, or on a worker thread when one of them says ``offload = true`` (the
+        asyncio store's event loop is not blocked by it). Raises TransformError."""
+        if plan.offload:
+            done: T = to_thread(plan.apply, result, context or {}, self.on_transform)
+        else:
+            done = plan.apply(result, context or {}, self.on_transform)
+        return done
+
+    def apply_transforms_batch(
+        self, plan: ServiceTransforms, results: list[T], columns: Mapping[str, list[Any]] | None
+    ) -> list[T]:
+        """``apply_transforms`` for a batch's results, with the context as columns (``plan.contexts``)."""
+        if plan.offload:
+            return to_thread(plan.apply_batch, results, columns or {}, self.on_transform)
+        return plan.apply_batch(results, columns or {}, self.on_transform)
 
     def read_batch(self, reader: BatchReader[T], keys: Any) -> list[T]:
         """Run a compiled batch reader: one statement for all ``keys`` (see ``get_features_batch``).
