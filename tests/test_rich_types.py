@@ -66,6 +66,14 @@ features = ["profile.country", "profile.last_login", "profile.score", "stats.*"]
 materialize = true
 features = ["profile.*", "stats.*"]
 
+[services.mapped]
+features = ["profile.country", "profile.score", "profile.embedding"]
+[[services.mapped.transforms]]
+function = "support.transforms:country_flag"
+name = "geo"
+inputs = ["profile.country"]
+outputs = {{ is_de = "boolean" }}
+
 [services.ranker_m]
 materialize = true
 features = ["stats.clicks", "profile.embedding", "profile.score", "stats.first_seen"]
@@ -455,3 +463,30 @@ def test_an_expired_rich_row_is_expired_on_every_path(dsn: str, schema: str, tmp
             assert read(2) == {"t": {"name": "new", "vec": [3.0, 4.0]}}
         vector = store.get_service("m", 1, ["t.vec"], output="list")
         assert vector.values == [None, None] and vector.status == {"t": "expired"}
+
+
+def test_a_transform_that_maps_a_string_to_a_number_makes_the_vector_leave_the_string_out(
+    dsn: str, registry: Registry, truth: dict[int, dict[str, Any]]
+) -> None:
+    with FeatureStore(registry, dsn) as store:
+        vector = store.get_service("mapped", 1, output="list")
+        assert vector.names == (
+            "profile.score", *(f"profile.embedding[{i}]" for i in range(4)), "geo.is_de"
+        )
+        profile = truth[1]["profile"]
+        assert vector.values == [profile["score"], *profile["embedding"], True]
+        answer = store.get_service("mapped", 1)  # the dict still holds the string
+        assert answer["profile"]["country"] == "DE" and answer["geo"] == {"is_de": True}  # type: ignore[index]
+
+
+def test_the_service_catalogue_describes_a_service_with_no_vector(dsn: str, defs: tuple[str, Path]) -> None:
+    config = ServerConfig(dsn=dsn, definitions=str(defs[1]), prewarm=False, pool_size=2)
+    with running_app(config) as client:
+        listing = client.get("/v1/services")
+        assert listing.status_code == 200, listing.text
+        one = client.get("/v1/services/dict_only").json()
+        assert one["columns"] is None and one["names"] is None and "profile.country (string)" in one["vector"]
+        ranker = client.get("/v1/services/ranker").json()
+        assert ranker["columns"] == 7 and ranker["names"][1] == "profile.embedding[0]"
+        mapped = client.get("/v1/services/mapped").json()
+        assert mapped["names"][-1] == "geo.is_de" and "profile.country" not in mapped["names"]

@@ -72,3 +72,8 @@ def three_features(context: Mapping[str, Any], features: Mapping[str, Any]) -> d
         "spread": features["t00.f1"] - features["t00.f2"] + lat,
         "big": amount > features["t00.f3"],
     }
+
+
+def country_flag(context: Mapping[str, Any], features: Mapping[str, Any]) -> dict[str, Any]:
+    """A string mapped to a number (tests/test_rich_types.py): a service's vector then leaves the string out."""
+    return {"is_de": features["profile.country"] == "DE"}

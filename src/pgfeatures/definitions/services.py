@@ -125,6 +125,20 @@ class FeatureService:
             out.extend(f"{table_name}.{n}" for n in names)
         return tuple(out)
 
+    def vector_order(self, registry: Registry) -> tuple[str, ...]:
+        """The stored features of the service's vector, in order: ``order`` without the strings and lists
+        that a transform names among its ``inputs`` (its numeric outputs stand for them in the vector; a
+        dict answer still holds them). A string or list no transform maps stays, and a vector read refuses
+        it (``VectorOutputError``)."""
+        mapped = {
+            name
+            for t in self.transforms
+            if t.inputs is not None
+            for name in self.transform_inputs(registry, t)
+            if registry.table(name.partition(".")[0]).feature(name.partition(".")[2]).type.kind in ("string", "list")
+        }
+        return tuple(name for name in self.order(registry) if name not in mapped)
+
     def output_names(self) -> tuple[str, ...]:
         """The transforms' outputs as ``"transform.output"``, in declared order (after ``order`` in the vector)."""
         return tuple(n for t in self.transforms for n in t.output_names)

@@ -97,7 +97,9 @@ class ReaderCache:
         return self._get(
             ("vector", service, request_shape(None, features)[1], strategy, materialized),
             lambda: self._falling_back(
-                vector_reader(self.service_reader(service, features, strategy), self._order(service)),
+                vector_reader(
+                    self.service_reader(service, features, strategy), self._order(service), self._kept(service)
+                ),
                 materialized,
                 lambda: self.service_vector_reader(service, features, strategy),
             ),
@@ -108,7 +110,9 @@ class ReaderCache:
         return self._get(
             ("vector batch", service, request_shape(None, features)[1], materialized),
             lambda: self._falling_back(
-                vector_batch_reader(self.service_batch_reader(service, features), self._order(service)),
+                vector_batch_reader(
+                    self.service_batch_reader(service, features), self._order(service), self._kept(service)
+                ),
                 materialized,
                 lambda: self.service_vector_batch_reader(service, features),
             ),
@@ -128,7 +132,19 @@ class ReaderCache:
             return True
 
     def _order(self, service: str) -> tuple[str, ...]:
-        return self.registry.service(service).order(self.registry)
+        return self.registry.service(service).vector_order(self.registry)
+
+    def _kept(self, service: str) -> tuple[str, ...]:
+        """The inputs of the service's transforms its vector does not hold as they are (see ``ServiceVector.kept``)."""
+        svc = self.registry.service(service)
+        plain = set(svc.vector_order(self.registry))
+        out: dict[str, None] = {}
+        for transform in svc.transforms:
+            for name in svc.transform_inputs(self.registry, transform):
+                table, _, feature = name.partition(".")
+                if name not in plain or self.registry.table(table).feature(feature).type.kind == "embedding":
+                    out[name] = None
+        return tuple(out)
 
     def service_batch_reader(self, service: str, features: FeaturesArg) -> BatchReader[FeatureResult]:
         shape = request_shape(None, features)[1]

@@ -369,14 +369,14 @@ class ServiceTransforms:
         names = vectors[0].names
         places = self._places.get(names)
         if places is None:  # where each transform's inputs are in this vector order, found once per order
-            at = {n: i for i, n in enumerate(names)}
-            places = tuple(tuple((name, at[name]) for name, _, _ in t.inputs) for t in self.transforms)
+            at = {n: i for i, n in enumerate(names)}  # an input not in the vector as it is: -1, read from ``kept``
+            places = tuple(tuple((name, at.get(name, -1)) for name, _, _ in t.inputs) for t in self.transforms)
             self._places[names] = places
         n = len(vectors)
         statuses = [v.status for v in vectors]
         extra: list[list[Any]] = [[] for _ in vectors]
         for t, where in zip(self.transforms, places):
-            rows = [{name: v.values[i] for name, i in where} for v in vectors]
+            rows = [{name: v.values[i] if i >= 0 else v.kept[name] for name, i in where} for v in vectors]  # type: ignore[index]
             for acc, values in zip(extra, self._run(t, rows, statuses, columns, n, observe)):
                 acc.extend(values)
         all_names = names + self.names

@@ -14,7 +14,7 @@ a whole one-entity service stored in its order is one slice of the serving row's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,6 +33,9 @@ class ServiceVector:
     values: Any  # list, or a numpy array (output="numpy")
     status: dict[str, str]
     names: ServiceOrder
+    # Values a service's transforms read that the vector does not hold as they are (an embedding, which the
+    # vector flattens; a string or a list a transform maps to numbers, which the vector leaves out).
+    kept: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +114,30 @@ def _picker(names: ServiceOrder) -> Callable[[FeatureResult], list[Any]]:
     return pick
 
 
-def vector_reader(reader: Reader[FeatureResult], order: Sequence[str]) -> Reader[ServiceVector]:
+def _kept(reader: Reader[Any] | BatchReader[Any], keep: Collection[str]) -> ServiceOrder:
+    """The names of ``keep`` (``table.feature``) that ``reader`` reads."""
+    read = {f"{t.name}.{f.name}" for t, fs in reader.selection.items for f in fs}
+    return tuple(n for n in keep if n in read)
+
+
+def vector_reader(
+    reader: Reader[FeatureResult], order: Sequence[str], keep: Collection[str] = ()
+) -> Reader[ServiceVector]:
     """``reader`` with a decoder returning a ServiceVector (same statements): straight from the row when
-    the reader compiled a vector decoder (a materialized service's serving rows), else from the result."""
+    the reader compiled a vector decoder (a materialized service's serving rows), else from the result.
+    ``keep``: features whose values the vector carries beside it as they are (``ServiceVector.kept``)."""
     features, names, flatten = vector_layout(reader, order)
-    if flatten is not None:  # embeddings: the vector of the features, flattened
+    kept = _kept(reader, keep)
+    if kept:  # the vector and the kept values, from the decoded result
+        decode_result = reader.decode
+        pick_all = _picker(features)
+        pick_kept = _picker(kept)
+        spread = flatten or list
+
+        def decode(row: Any) -> ServiceVector:
+            result = decode_result(row)
+            return ServiceVector(spread(pick_all(result)), result.status, names, dict(zip(kept, pick_kept(result))))
+    elif flatten is not None:  # embeddings: the vector of the features, flattened
         decode_dict = reader.decode
         pick = _picker(features)
 
@@ -139,10 +161,24 @@ def vector_reader(reader: Reader[FeatureResult], order: Sequence[str]) -> Reader
     return reader.decoding(decode)
 
 
-def vector_batch_reader(reader: BatchReader[FeatureResult], order: Sequence[str]) -> BatchReader[ServiceVector]:
-    """``reader`` (a batch) with a decoder returning one ServiceVector per row."""
+def vector_batch_reader(
+    reader: BatchReader[FeatureResult], order: Sequence[str], keep: Collection[str] = ()
+) -> BatchReader[ServiceVector]:
+    """``reader`` (a batch) with a decoder returning one ServiceVector per row (``keep``: as ``vector_reader``)."""
     features, names, flatten = vector_layout(reader, order)
-    if flatten is not None:
+    kept = _kept(reader, keep)
+    if kept:
+        decode_results = reader.decode
+        pick_all_rows = _picker(features)
+        pick_kept_rows = _picker(kept)
+        spread_rows = flatten or list
+
+        def decode(batch: Sequence[Row]) -> list[ServiceVector]:
+            return [
+                ServiceVector(spread_rows(pick_all_rows(r)), r.status, names, dict(zip(kept, pick_kept_rows(r))))
+                for r in decode_results(batch)
+            ]
+    elif flatten is not None:
         decode_many = reader.decode
         pick_features = _picker(features)
 

@@ -70,6 +70,7 @@ from ..errors import (
     PoolExhaustedError,
     QueryTimeoutError,
     StoreClosedError,
+    VectorOutputError,
 )
 from ..reader import BatchReader, FeaturesArg
 from ..reader.transforms import ServiceTransforms
@@ -451,7 +452,13 @@ class Service:
         items = svc.resolve(self.registry)
         entities = list(dict.fromkeys(t.entity for t, _ in items))
         outputs = self.store.transform_plan(name, None, None)
-        plan = self.vector_plan(self.store.readers.service_vector_batch_reader(name, None), outputs)
+        try:
+            plan: VectorPlan | None = self.vector_plan(
+                self.store.readers.service_vector_batch_reader(name, None), outputs
+            )
+            refused = None
+        except VectorOutputError as exc:  # a string or a list no transform maps: a dict answer only
+            plan, refused = None, str(exc)
         doc: dict[str, Any] = {
             "name": name,
             "version": svc.version,
@@ -468,8 +475,9 @@ class Service:
             "materialize": svc.materialize,
             "state": self.inventory.service_state(name) if svc.materialize else None,
             "serving": "materialized" if name in self.store.readers.materialized else "tables",
-            "columns": len(plan.names),
-            "dtype": plan.dtype,
+            "columns": len(plan.names) if plan is not None else None,
+            "dtype": plan.dtype if plan is not None else None,
+            **({"vector": refused} if refused is not None else {}),
             "context": {n: t.name for n, t in svc.context},
             "transforms": [
                 {"name": t.name, "function": outputs.transforms[i].spec, "outputs": list(t.output_names)}
@@ -479,8 +487,8 @@ class Service:
             else [],
         }
         if detail:
-            doc["names"] = list(plan.names)
-            doc["types"] = list(plan.types)
+            doc["names"] = list(plan.names) if plan is not None else None
+            doc["types"] = list(plan.types) if plan is not None else None
         return doc
 
     # -- writes ------------------------------------------------------------------------------------

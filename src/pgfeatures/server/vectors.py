@@ -55,7 +55,7 @@ class VectorPlan:
     def __init__(self, reader: Any, registry: Registry, outputs: ServiceTransforms | None = None):
         selection = reader.selection
         service = registry.service(selection.service)
-        stored = service_order(reader, service.order(registry))
+        stored = service_order(reader, service.vector_order(registry))
         kinds = outputs.types if outputs is not None else {}
         self.names = stored + tuple(kinds)  # a transform's outputs come after the stored features
         self.types = tuple(value_types(stored, registry)) + tuple(kinds.values())
