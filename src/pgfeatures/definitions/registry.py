@@ -203,7 +203,9 @@ def _check_serving_keys(registry: Registry) -> None:
         if not service.materialize:
             continue
         for table, features in service.resolve(registry):
-            unserved = [f"{table.name}.{f.name} ({f.type.spec})" for f in features if f.type.kind in ("list", "embedding")]
+            unserved = [
+                f"{table.name}.{f.name} ({f.type.spec})" for f in features if f.type.kind in ("list", "embedding")
+            ]
             if unserved:
                 raise DefinitionError(
                     f"service {service.name!r} is materialized, and {', '.join(unserved)} cannot be held in its "
