@@ -43,6 +43,8 @@ EXPECTED = {
     "UnknownStrategyError": (400, "unknown_strategy", False),
     "FeatureValueError": (400, "invalid_value", False),
     "EventTimeInFutureError": (400, "event_time_in_future", False),
+    "NearestError": (400, "invalid_nearest", False),
+    "ExactSearchRefusedError": (400, "exact_search_refused", False),
     "DefinitionError": (400, "invalid_selection", False),
     "LoadInputError": (400, "invalid_input", False),
     "DatabaseUnavailableError": (503, "database_unavailable", True),

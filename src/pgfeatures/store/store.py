@@ -163,6 +163,9 @@ class FeatureStore:
     - ``max_future_skew``: seconds an event time (``updated_at``) written by a live update may be
       ahead of the database server's clock (default 300); a batch with one further ahead is refused
       whole (FeatureValueError naming the row). None: no bound.
+    - ``exact_limit``: the most rows of a table an exact nearest-neighbour search may scan (``nearest``
+      without a usable HNSW index, or with ``exact=True``); past it the search is refused
+      (ExactSearchRefusedError). Default 50,000.
 
     Raises DefinitionError for bad definitions, ConfigError for bad settings (before any I/O).
     """
