@@ -294,6 +294,7 @@ def test_http_answers_json_and_vectors(dsn: str, defs: tuple[str, Path], truth: 
         assert vector.json()["values"][1:6] == [0.1, -0.2, 0.3, 0.001, 0.25]
         refused = client.post("/v1/services/dict_only", json={"key": 1, "output": "vector"})
         assert refused.status_code == 400 and "profile.country (string)" in refused.text
+        assert refused.json()["error"]["type"] == "vector_output_refused"
         raw = client.post("/v1/services/ranker", json={"key": 1}, headers={"Accept": "application/octet-stream"})
         assert raw.status_code == 200 and raw.headers["x-pgfeatures-columns"] == "7"
 
@@ -470,9 +471,7 @@ def test_a_transform_that_maps_a_string_to_a_number_makes_the_vector_leave_the_s
 ) -> None:
     with FeatureStore(registry, dsn) as store:
         vector = store.get_service("mapped", 1, output="list")
-        assert vector.names == (
-            "profile.score", *(f"profile.embedding[{i}]" for i in range(4)), "geo.is_de"
-        )
+        assert vector.names == ("profile.score", *(f"profile.embedding[{i}]" for i in range(4)), "geo.is_de")
         profile = truth[1]["profile"]
         assert vector.values == [profile["score"], *profile["embedding"], True]
         answer = store.get_service("mapped", 1)  # the dict still holds the string

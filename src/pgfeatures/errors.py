@@ -176,6 +176,18 @@ class ExtensionMissingError(PgFeaturesError):
     stored as a vector or indexed); the message says how to install it or what to declare instead."""
 
 
+class NearestError(PgFeaturesError, ValueError):
+    """A nearest-neighbour request cannot be answered as asked: the feature is not an embedding, ``k``
+    or ``ef_search`` is out of range, a ``where`` filter names a feature it cannot compare. The
+    message says what is valid."""
+
+
+class ExactSearchRefusedError(NearestError):
+    """An exact nearest-neighbour search (no usable HNSW index, or ``exact=True``) was refused: the
+    table holds more rows than the store's ``exact_limit``. Declare ``index = "hnsw"`` (pgvector) or
+    raise ``exact_limit``."""
+
+
 class ExtraNotInstalledError(PgFeaturesError, ImportError):
     """A call needs an optional dependency group (an extra, e.g. ``load`` for bulk loads) that is not
     installed: the core install is psycopg only. The message names the extra and the pip command."""

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import PgFeaturesError, UnknownEntityError, UnknownFeatureError, UnknownServiceError, UnknownTableError
-from . import db, demo, doctor, evolve, feast, inventory, read, schema, serve, write
+from . import db, demo, doctor, evolve, feast, inventory, nearest, read, schema, serve, write
 from .common import (
     DEFINITIONS_ENV,
     DEMO_LAYOUT,
@@ -52,6 +52,7 @@ CORE_COMMANDS: tuple[Command, ...] = (
     *evolve.COMMANDS,
     *inventory.COMMANDS,
     *read.COMMANDS,
+    *nearest.COMMANDS,
     *demo.COMMANDS,
     *write.COMMANDS,
     *serve.COMMANDS,

@@ -8,6 +8,14 @@ One request::
 A service's vector: ``{"key", "values": [...], "status"}`` (values in the service's order). A batch is
 ``{"results": [...]}`` of those, in input order.
 
+Nearest neighbours (``nearest_answer``)::
+
+    {"table", "feature", "metric", "search": "hnsw" | "exact", "ef_search": n | null,
+     "neighbours": [{"key", "distance", "features": {feature: value}}, ...]}
+
+with each key as the database holds it, printed as requests write keys: 32-byte keys as 64 hex
+characters (for a hashed entity, its SHA-256: the natural id is not stored), UUIDs as text.
+
 How a value is printed is the front end's: JSON has no float32, so a ``real`` value is printed as
 the shortest decimal that reads back as the same float32 (``0.11``), and a non-finite one as its
 string (``"Infinity"``): the server does it in bulk with numpy (``server/encoding.py``), the CLI,
@@ -19,11 +27,13 @@ from __future__ import annotations
 
 import math
 import struct
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..definitions import nonfinite_json
 from .decode import PRESENT
+from .nearest import Nearest
 from .selection import Selection
 
 _FLOAT32 = struct.Struct("<f")
@@ -42,6 +52,30 @@ def answer(key: Any, features: Mapping[str, Any], status: Mapping[str, str]) -> 
 def vector_answer(key: Any, values: Any, status: Mapping[str, str]) -> dict[str, Any]:
     """One request's service vector; ``key`` as the request sent it."""
     return {"key": key, "values": values, "status": status}
+
+
+def json_key(key: Any) -> Any:
+    """A key read from an entity's column as requests write it: bytes as hex, a UUID as text, else as it is."""
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        return bytes(key).hex()
+    if isinstance(key, uuid.UUID):
+        return str(key)
+    return key
+
+
+def nearest_answer(found: Nearest, features: Sequence[Any]) -> dict[str, Any]:
+    """A nearest-neighbour answer; ``features``: each neighbour's features as the front end prints them."""
+    return {
+        "table": found.table,
+        "feature": found.feature,
+        "metric": found.metric,
+        "search": found.search,
+        "ef_search": found.ef_search,
+        "neighbours": [
+            {"key": json_key(n.key), "distance": plain_json(n.distance), "features": f}
+            for n, f in zip(found.neighbours, features)
+        ],
+    }
 
 
 class Reals:

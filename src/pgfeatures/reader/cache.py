@@ -13,10 +13,11 @@ from ..definitions.layout import EntityLayout
 from .compile import BatchReader, Reader, Strategy, compile_batch_reader, compile_reader
 from .decode import FeatureResult
 from .materialized import compile_materialized_batch_reader, compile_materialized_reader
+from .nearest import NearestReader, NearestRequest, VectorFacts, compile_nearest
 from .selection import FeaturesArg, select, select_service
 from .vector import ServiceVector, vector_batch_reader, vector_reader
 
-R = TypeVar("R", bound="Reader[Any] | BatchReader[Any]")
+R = TypeVar("R", bound="Reader[Any] | BatchReader[Any] | NearestReader")
 
 
 def request_shape(tables: Iterable[str] | None, features: FeaturesArg) -> Any:
@@ -43,13 +44,15 @@ class ReaderCache:
     def __init__(self, registry: Registry, max_statements: int = 100):
         self.registry = registry
         self.max_statements = max_statements
-        self._readers: OrderedDict[Any, Reader[Any] | BatchReader[Any]] = OrderedDict()
+        self._readers: OrderedDict[Any, Reader[Any] | BatchReader[Any] | NearestReader] = OrderedDict()
         self._statements = 0
         self._lock = threading.Lock()
         # Built materialized services and their serving tables: read from serving rows (set by the store).
         self.materialized: dict[str, tuple[EntityLayout, ...]] = {}
         # The flexible twins of materialized readers, compiled with them (see ``_twin``), by cache key.
         self._twins: dict[Any, Any] = {}
+        # What the database has for each embedding searched so far, by (table, feature) (set by the store).
+        self.vector_facts: dict[tuple[str, str], VectorFacts] = {}
 
     def reader(
         self, tables: Iterable[str] | None, features: FeaturesArg, strategy: Strategy | str
@@ -63,6 +66,13 @@ class ReaderCache:
         return self._get(
             (request_shape(tables, features), "batch"),
             lambda: compile_batch_reader(select(self.registry, tables, features)),
+        )
+
+    def nearest_reader(self, request: NearestRequest, facts: VectorFacts, exact_limit: int) -> NearestReader:
+        """The nearest-neighbour statement for ``request``'s shape on a database with ``facts`` (cached)."""
+        return self._get(
+            ("nearest", request.shape, facts, exact_limit),
+            lambda: compile_nearest(self.registry.schema, request, facts, exact_limit),
         )
 
     def service_reader(self, service: str, features: FeaturesArg, strategy: Strategy | str) -> Reader[FeatureResult]:
@@ -216,5 +226,5 @@ class ReaderCache:
         return self._statements
 
 
-def _n_statements(reader: Reader[Any] | BatchReader[Any]) -> int:
-    return 1 if isinstance(reader, BatchReader) else len(reader.statements)
+def _n_statements(reader: Reader[Any] | BatchReader[Any] | NearestReader) -> int:
+    return len(reader.statements) if isinstance(reader, Reader) else 1

@@ -13,6 +13,8 @@ Endpoints (JSON bodies, encoded with orjson; request parsing in ``parsing.py``):
     POST /v1/push/{table}            {"rows": [{"key": key, "features": {...}}, ...], "overwrite_newer"?: bool}
                                      (or one {"key", "features"}) -> {"written": n, "skipped": m}
     GET  /v1/tables                  tables: entity, features, ttl, rows, age of the newest row
+    POST /v1/tables/{table}/nearest  {"feature", "query": [...], "k"?, "features"?, "where"?, "ef_search"?, "exact"?}
+                                     -> the k nearest keys, distances and features (see ``nearest.py``)
     GET  /healthz                    the process is alive
     GET  /readyz                     warmed up and the database answers (else 503), with a reason class;
                                      details (targets, broken tables, the failure) with the token
@@ -61,6 +63,7 @@ from .config import ServerConfig
 from .encoding import JSONBatch, dumps, result
 from .errors import JSON, RequestError, error_body, error_response
 from .metrics import CONTENT_TYPE
+from .nearest import nearest_route
 from .openapi import openapi_document
 from .parsing import (
     BATCH_FIELDS,
@@ -293,6 +296,7 @@ def routes(service: Service) -> list[Route]:
         Route("/v1/services/{name}/batch", service_batch, methods=["POST"]),
         Route("/v1/push/{table}", push, methods=["POST"]),
         Route("/v1/tables", tables, methods=["GET"]),
+        nearest_route(service, read_body),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/v1/admin/reload", reload, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),

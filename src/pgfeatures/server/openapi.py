@@ -24,7 +24,16 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
-from ..definitions import FLOAT32_OVERFLOW, INT_RANGE, NONFINITE_JSON, UPDATED_AT, Entity, FeatureService, Registry
+from ..definitions import (
+    FLOAT32_OVERFLOW,
+    INT_RANGE,
+    NONFINITE_JSON,
+    UPDATED_AT,
+    Entity,
+    Feature,
+    FeatureService,
+    Registry,
+)
 from ..definitions.entities import INT8_RANGE, UUID_TEXT
 from ..definitions.eventtime import MAX_MICROS, MIN_MICROS
 from ..definitions.types import FLOAT32_ZERO, FeatureType, feature_type
@@ -469,6 +478,107 @@ def _push_schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
     return out
 
 
+def _filter_value(feature: Feature) -> dict[str, Any]:
+    """What a ``where`` value of ``feature`` may be (one value, as the store checks it)."""
+    kind = feature.type.kind
+    if kind == "string":
+        return {"type": "string", "maxLength": feature.type.max_length}
+    if kind == "timestamp":
+        return {"type": "string", "format": "date-time", "description": "RFC 3339 with a zone"}
+    return value_schema(feature.type.name, nullable=False)
+
+
+def _nearest_schemas(registry: Registry) -> dict[str, Any]:
+    """A nearest-neighbour request per table with an embedding feature, and the answer."""
+    out: dict[str, Any] = {}
+    for name, table in registry.tables.items():
+        embeddings = [f for f in table.features if f.type.kind == "embedding"]
+        if not embeddings:
+            continue
+        dims = {f.type.dim or 0 for f in embeddings}
+        element = value_schema("real", nullable=False)
+        query: dict[str, Any] = {"type": "array", "items": element, "minItems": 1, "maxItems": max(dims)}
+        if len(dims) == 1:
+            query["minItems"] = query["maxItems"] = dims.pop()
+        comparable = [f for f in table.features if f.type.kind not in ("list", "embedding")]
+        where = {
+            f.name: {
+                "anyOf": [
+                    _filter_value(f),
+                    {"type": "array", "items": _filter_value(f), "minItems": 1},
+                    {"type": "null"},
+                ]
+            }
+            for f in comparable
+        }
+        out[f"Nearest.{name}"] = {
+            "type": "object",
+            "required": ["feature", "query"],
+            "additionalProperties": False,
+            "properties": {
+                "feature": {"type": "string", "enum": [f.name for f in embeddings]},
+                "query": {
+                    **query,
+                    "description": "the query vector: as many finite numbers as the feature's dim "
+                    + ", ".join(f"({f.name}: {f.type.dim})" for f in embeddings)
+                    + "; for cosine, not all zeros",
+                },
+                "k": {"type": "integer", "minimum": 1, "maximum": 1000, "description": "neighbours (default 10)"},
+                "features": {
+                    "anyOf": [
+                        {"type": "array", "items": {"type": "string", "enum": list(table.readable_names)}},
+                        {"const": "*"},
+                        {"type": "null"},
+                    ],
+                    "description": 'features of each neighbour\'s row to return ("*": all; absent: none)',
+                },
+                "where": {
+                    "type": ["object", "null"],
+                    "properties": where,
+                    "additionalProperties": False,
+                    "description": "equality filters, ANDed: a value, a list (any of), or null (IS NULL)",
+                },
+                "ef_search": {
+                    "type": ["integer", "null"],
+                    "minimum": 1,
+                    "maximum": 1000,
+                    "description": "HNSW candidates for this request, at least k (absent: the server's, at least k)",
+                },
+                "exact": {"type": "boolean", "description": "search exactly even where an HNSW index exists"},
+            },
+        }
+    if out:
+        out["NearestResult"] = {
+            "type": "object",
+            "required": ["table", "feature", "metric", "search", "ef_search", "neighbours"],
+            "properties": {
+                "table": {"type": "string"},
+                "feature": {"type": "string"},
+                "metric": {"type": "string", "enum": ["l2", "cosine", "ip"]},
+                "search": {"type": "string", "enum": ["hnsw", "exact"]},
+                "ef_search": {"type": ["integer", "null"], "description": "in effect for an HNSW search"},
+                "neighbours": {
+                    "type": "array",
+                    "description": "nearest first; rows past the table's ttl are not neighbours",
+                    "items": {
+                        "type": "object",
+                        "required": ["key", "distance", "features"],
+                        "properties": {
+                            "key": {"description": "the neighbour's key as requests write keys (32 bytes: hex)"},
+                            "distance": {
+                                "type": "number",
+                                "description": "smaller is nearer: l2 Euclidean, cosine 1 - similarity, "
+                                "ip the negative inner product",
+                            },
+                            "features": {"type": "object", "additionalProperties": VALUE},
+                        },
+                    },
+                },
+            },
+        }
+    return out
+
+
 def _schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
     tables = list(registry.tables.values())
     readable = {t.name: list(t.readable_names) for t in tables}
@@ -760,6 +870,7 @@ def _schemas(registry: Registry, config: ServerConfig) -> dict[str, Any]:
         },
         **_service_schemas(registry, config),
         **_push_schemas(registry, config),
+        **_nearest_schemas(registry),
     }
 
 
@@ -890,6 +1001,16 @@ def openapi_document(registry: Registry, config: ServerConfig) -> dict[str, Any]
                 f"Push.{name}",
             )
         }
+    for name, table in registry.tables.items():
+        if any(f.type.kind == "embedding" for f in table.features):
+            paths[f"/v1/tables/{name}/nearest"] = {
+                "post": op(
+                    f"the k rows of {name} nearest a query vector, with their distances and features (one round-trip; "
+                    "400 exact_search_refused: an exact search past the store's exact_limit)",
+                    {"200": _json(_ref("NearestResult"), "the neighbours, nearest first"), **read_responses},
+                    f"Nearest.{name}",
+                )
+            }
     paths.update(
         {
             "/v1/tables": {

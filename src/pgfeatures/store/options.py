@@ -20,6 +20,7 @@ from ..connections.credentials import DEFAULT_CREDENTIALS_TIMEOUT
 from ..definitions import DEFAULT_MAX_FUTURE_SKEW, Registry
 from ..errors import ConfigError, PgFeaturesError
 from ..reader import DEFAULT_STRATEGY, BatchReader, Reader, ReaderCache, Strategy, parse_keys
+from ..reader.nearest import DEFAULT_EXACT_LIMIT
 from ..write import check_skew
 from .base import ON_DRIFT
 
@@ -71,6 +72,11 @@ class StoreOptions:
     max_future_skew: float | None = _opt(
         DEFAULT_MAX_FUTURE_SKEW, "seconds a written updated_at may be ahead of the server's clock (None: no bound)"
     )
+    exact_limit: int = _opt(
+        DEFAULT_EXACT_LIMIT,
+        "most rows of a table an exact nearest-neighbour search scans (no usable HNSW index); past it, refused",
+        minimum=1,
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -81,7 +87,7 @@ class StoreOptions:
                 raise ConfigError(f"{f.name} must be a number, got {value!r}")
             if not value >= minimum:  # NaN too
                 raise ConfigError(f"{f.name} must be at least {minimum:g}, got {value!r}")
-        for name in ("pool_size", "write_pool_size", "reader_cache_size"):
+        for name in ("pool_size", "write_pool_size", "reader_cache_size", "exact_limit"):
             if not isinstance(getattr(self, name), int):
                 raise ConfigError(f"{name} must be an integer, got {getattr(self, name)!r}")
         try:
@@ -159,6 +165,7 @@ class StoreSettings(TypedDict, total=False):
     read_application_name: str
     write_application_name: str
     max_future_skew: float | None
+    exact_limit: int
 
 
 def hot_keys_by_entity(registry: Registry, readers: ReaderCache, hot_keys: HotKeys) -> dict[str, tuple[Any, ...]]:

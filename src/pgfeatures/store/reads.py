@@ -46,6 +46,7 @@ from ..connections import (
 from ..connections.concurrency import Background
 from ..errors import DatabaseUnavailableError, PgFeaturesError, SchemaDriftError, StoreClosedError
 from ..reader import BatchReader, Fetch, Reader
+from ..reader.nearest import NearestReader
 from ..schema import TableCheck
 from .base import (
     LAG_QUERY,
@@ -66,7 +67,9 @@ from .options import StoreOptions
 logger = logging.getLogger("pgfeatures")
 
 T = TypeVar("T")  # what a read returns (a FeatureResult, a ServiceVector, a list of them, None for ``ping``)
-R = TypeVar("R", bound="Reader[Any] | BatchReader[Any] | None")  # the compiled reader a read runs (None: ``ping``)
+R = TypeVar(
+    "R", bound="Reader[Any] | BatchReader[Any] | NearestReader | None"
+)  # the compiled reader a read runs (None: ``ping``)
 A = TypeVar("A")  # its arguments (the bound parameters)
 # What ``run_async`` runs on a connection: ``execute_async``, ``execute_batch_async``, ``select_one_async``.
 Execute = Callable[[psycopg.Connection, R, A, bool], T]
@@ -366,7 +369,7 @@ class ReadRouter:
     def read_failed(
         self,
         exc: psycopg.Error,
-        reader: Reader[Any] | BatchReader[Any] | None,
+        reader: Reader[Any] | BatchReader[Any] | NearestReader | None,
         target: ReadTarget,
         conn: psycopg.Connection,
     ) -> PgFeaturesError:

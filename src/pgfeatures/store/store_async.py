@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, overload
 
@@ -77,6 +77,7 @@ from ..reader import (
     ReaderCache,
     Strategy,
 )
+from ..reader.nearest import Nearest, check_request
 from ..reader.transforms import Observe, ServiceTransforms, compile_transforms, no_context
 from ..reader.vector import Output, ServiceVector, ServiceVectors, as_numpy, check_output, stack_numpy
 from ..write import UpdateCount, UpdateRows, plan_updates
@@ -86,6 +87,7 @@ from .base import (
     Served,
     TableHealth,
 )
+from .nearest_async import execute_nearest_async, vector_facts_async
 from .opening_async import (
     find_materialized_async,
     first_inspection_async,
@@ -161,6 +163,9 @@ class AsyncFeatureStore:
     - ``max_future_skew``: seconds an event time (``updated_at``) written by a live update may be
       ahead of the database server's clock (default 300); a batch with one further ahead is refused
       whole (FeatureValueError naming the row). None: no bound.
+    - ``exact_limit``: the most rows of a table an exact nearest-neighbour search may scan (``nearest``
+      without a usable HNSW index, or with ``exact=True``); past it the search is refused
+      (ExactSearchRefusedError). Default 50,000.
 
     Raises DefinitionError for bad definitions, ConfigError for bad settings (before any I/O).
     """
@@ -611,6 +616,44 @@ class AsyncFeatureStore:
                 raise
             fallback: BatchReader[T] = self._serving_rows_gone(reader, exc)
         return await self.read_batch_bound(fallback, arrays)
+
+    async def nearest(
+        self,
+        table: str,
+        feature: str,
+        query: Any,
+        k: int = 10,
+        *,
+        features: Sequence[str] | str | None = None,
+        where: Mapping[str, Any] | None = None,
+        ef_search: int | None = None,
+        exact: bool = False,
+    ) -> Nearest:
+        """The ``k`` keys of ``table`` whose embedding ``feature`` is nearest ``query``, nearest first, with
+        their distances (smaller is nearer: ``ip`` gives the negative inner product) and the ``features`` of
+        their rows (names, ``"*"`` for all, None for none; defaults applied as by ``get_features``), in one
+        statement and one round-trip. A row past the table's ttl is not a neighbour.
+
+        The search is ``"hnsw"`` when the feature declares ``index = "hnsw"`` and the database has that
+        index, with ``ef_search`` (k..1000; default the server's, at least ``k``) for this request only;
+        else ``"exact"`` (or with ``exact=True``): every row's distance, refused past the store's
+        ``exact_limit`` rows. ``where``: ``{feature: value | [values] | None}``, equality on the table's
+        scalar, string and timestamp features, ANDed. See ``reader/nearest.py``.
+
+        Raises UnknownTableError / UnknownFeatureError naming the valid ones, NearestError (not an embedding,
+        ``k`` or ``ef_search`` out of range, a bad ``where``), FeatureValueError (a query of the wrong dimension,
+        non-finite, or all zeros for cosine) before any I/O; ExactSearchRefusedError; and as ``get_features``.
+        """
+        request = check_request(
+            self.registry, table, feature, query, k, features=features, where=where, ef_search=ef_search, exact=exact
+        )
+        readers = self.readers
+        facts = readers.vector_facts.get((table, feature))
+        if facts is None:
+            args = (self.registry.schema, request.table, request.feature)
+            facts = readers.vector_facts[(table, feature)] = await self.reads.run_async(vector_facts_async, None, args)
+        reader = readers.nearest_reader(request, facts, self.options.exact_limit)
+        return await self.reads.run_async(execute_nearest_async, reader, reader.params(request))
 
     async def ping(self) -> None:
         """``SELECT 1`` through the read path (same targets, fallback and retry as a read).
