@@ -81,13 +81,27 @@ def definitions(reg: Registry) -> str:
 
 
 class RawClient:
-    """One keep-alive connection: a request in one write, a Content-Length answer read back."""
+    """One keep-alive connection: a request in one write, a Content-Length answer read back. A connection
+    the server closed while it was idle (its keep-alive timeout) is opened again and the request resent."""
 
     def __init__(self, port: int):
-        self.sock = socket.create_connection(("127.0.0.1", port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.port = port
+        self.sock = self._connect()
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
     def request(self, raw: bytes) -> bytes:
+        try:
+            return self._request(raw)
+        except ConnectionError:  # closed while idle: once more on a new connection
+            self.sock.close()
+            self.sock = self._connect()
+            return self._request(raw)
+
+    def _request(self, raw: bytes) -> bytes:
         self.sock.sendall(raw)
         data = b""
         while (end := data.find(b"\r\n\r\n")) < 0:
@@ -104,7 +118,7 @@ class RawClient:
     def _recv(self) -> bytes:
         chunk = self.sock.recv(1 << 16)
         if not chunk:
-            raise RuntimeError("the server closed the connection")
+            raise ConnectionResetError("the server closed the connection")
         return chunk
 
     def close(self) -> None:
@@ -138,6 +152,8 @@ class BareProcess(ServeProcess):
             "uvloop",
             "--http",
             "pgfeatures.server.protocol:HeaderTimeoutProtocol",
+            "--timeout-keep-alive",
+            "60",  # as pgfeatures serve's keep_alive: the connections idle while the other forms run
             "--no-access-log",
             "--log-level",
             "warning",
