@@ -22,14 +22,7 @@ def test_hot_path_and_serve_path_commands(
     dsn: str, schema: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     create(dsn, schema, tmp_path, entities=300, n_tables=3)
-    assert main(["bench-hot-path", "--dsn", dsn, "--schema", schema, *TINY, "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert set(result["forms"]) == {name for pair in hot_path.PAIRS for name in pair}
-    assert all(row["p50_ms"] > 0 and row["cpu_ms"] >= 0 for row in result["forms"].values())
-    assert [t["target"] for t in result["targets"]] == [t[0] for t in hot_path.TARGETS]
-    assert set(result["decode_us"]) >= {"get_features", "service dict", "service vector"}
-
-    # hot_mat is built now: the serve path reads it, through both clients, with the bare app beside.
+    # hot_mat is not built: the serve path builds it, then reads it through both clients, the bare app beside.
     assert main(["bench-serve-path", "--dsn", dsn, "--schema", schema, *TINY, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     forms = {
@@ -46,6 +39,13 @@ def test_hot_path_and_serve_path_commands(
     assert main(["bench-serve-path", "--dsn", dsn, "--schema", schema, *TINY, "--clients", "raw", "--no-bare"]) == 0
     text = capsys.readouterr().out
     assert "serve  raw" in text and "bare" not in text
+
+    assert main(["bench-hot-path", "--dsn", dsn, "--schema", schema, *TINY, "--no-build", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["forms"]) == {name for pair in hot_path.PAIRS for name in pair}
+    assert all(row["p50_ms"] > 0 and row["cpu_ms"] >= 0 for row in result["forms"].values())
+    assert [t["target"] for t in result["targets"]] == [t[0] for t in hot_path.TARGETS]
+    assert set(result["decode_us"]) >= {"get_features", "service dict", "service vector"}
 
 
 def test_serve_path_refuses_an_unknown_client() -> None:

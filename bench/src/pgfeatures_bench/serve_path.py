@@ -4,7 +4,7 @@ read of the same vector, in one run.
 
 Issue 21's target: ``POST /v1/services/{name}`` (``"output": "vector"``, one keep-alive client) p50 <=
 ``/healthz`` p50 + the library's p50 for the same read + 0.05 ms. Uses the demo data and ``hot_mat``, the
-materialized service ``pgfeatures bench-hot-path`` builds (``--build`` builds it here). One ``pgfeatures
+materialized service ``pgfeatures bench-hot-path`` builds (built here when it is not, rebuilt with ``--build``). One ``pgfeatures
 serve --workers 1``; the forms are interleaved round by round, every HTTP answer checked equal to the
 library's first; the server's CPU per request is read from ``/proc`` over each block of requests.
 
@@ -38,6 +38,7 @@ from typing import Any
 from pgfeatures import AsyncFeatureStore, FeatureStore
 from pgfeatures.definitions import Registry
 from pgfeatures.demo import entity_key
+from pgfeatures.errors import BenchmarkError
 
 from .harness.serve import ServeProcess
 from .hot_path import MAT, Hand, build, registry
@@ -56,7 +57,9 @@ class ServePathConfig:
     bare: bool = field(
         default=True, metadata={"help": "also time a bare ASGI app doing the same read, and the async library"}
     )
-    build: bool = field(default=False, metadata={"help": f"materialize the service {MAT} first"})
+    build: bool = field(
+        default=False, metadata={"help": f"materialize the service {MAT} first even if it is (it is built when not)"}
+    )
     check: int = field(default=50, metadata={"help": "keys every HTTP answer is checked equal to the library's on"})
     schema: str = field(default="demo", metadata={"help": "schema of the demo tables (pgfeatures demo loads demo)"})
     tables: int = field(default=30, metadata={"help": "demo tables read (t00...)"})
@@ -247,7 +250,7 @@ def http_forms(tag: str, port: int, clients: tuple[str, ...], stack: contextlib.
 def run(dsn: str, config: ServePathConfig) -> dict[str, Any]:
     """Measure; the result as plain data."""
     reg = registry(config.schema, config.tables)
-    if config.build:
+    if config.build or not _materialized(reg, dsn):
         build(dsn, reg)
     folder = Path(tempfile.mkdtemp(prefix="pgfeatures-serve-path-"))
     (folder / "features.toml").write_text(definitions(reg))
@@ -256,7 +259,9 @@ def run(dsn: str, config: ServePathConfig) -> dict[str, Any]:
         server = stack.enter_context(ServeProcess("--dsn", dsn, "-d", str(folder / "features.toml"), "--workers", "1"))
         store = stack.enter_context(FeatureStore(reg, dsn, write_pool_size=0))
         if MAT not in store.readers.materialized:
-            raise RuntimeError(f"{MAT} is not materialized in schema {config.schema}: run with --build")
+            raise BenchmarkError(
+                f"{MAT} is not served from its serving rows in schema {config.schema}: run with --build"
+            )
         forms: dict[str, Form] = {"library vector": timed(lambda key: store.get_service(MAT, key, output="list"))}
         pids = {}
         servers = {"serve": server}
@@ -288,21 +293,28 @@ def run(dsn: str, config: ServePathConfig) -> dict[str, Any]:
         for client in config.clients:
             health, vector = p50[f"{tag} {client} healthz"], p50[f"{tag} {client} vector"]
             floor = health + p50["library vector"]
-            floors.append(
-                {
-                    "server": tag,
-                    "client": client,
-                    "floor_ms": round(floor, 4),
-                    "above_floor_ms": round(vector - floor, 4),
-                    "target_met": vector <= floor + SLACK_MS,
-                }
-            )
+            row = {
+                "server": tag,
+                "client": client,
+                "floor_ms": round(floor, 4),
+                "above_floor_ms": round(vector - floor, 4),
+                "target_met": vector <= floor + SLACK_MS,
+            }
+            if "library vector (async)" in p50:  # the read as an asyncio server makes it
+                row["above_async_floor_ms"] = round(vector - health - p50["library vector (async)"], 4)
+            floors.append(row)
     return {
         "config": asdict(config),
         "p50_ms": p50,
         "server_cpu_ms_per_request": {name: round(v / n * 1e3, 4) for name, v in cpu.items()},
         "floors": floors,
     }
+
+
+def _materialized(reg: Registry, dsn: str) -> bool:
+    """``hot_mat``'s serving rows are built for these definitions (a store reads it from them)."""
+    with FeatureStore(reg, dsn, pool_size=1, write_pool_size=0) as store:
+        return MAT in store.readers.materialized
 
 
 def _check(servers: dict[str, ServeProcess], store: FeatureStore, config: ServePathConfig, rng: random.Random) -> None:
@@ -332,7 +344,8 @@ def report(result: dict[str, Any]) -> list[str]:
     lines += ["", f"vector p50 - (healthz p50 + library vector p50); target <= {SLACK_MS} ms (issue 21):"]
     for f in result["floors"]:
         verdict = "PASS" if f["target_met"] else "MISS"
-        lines.append(
-            f"  {f['server']:6} {f['client']:6} {f['above_floor_ms']:7.3f} ms above {f['floor_ms']:.3f}  {verdict}"
-        )
+        line = f"  {f['server']:6} {f['client']:6} {f['above_floor_ms']:7.3f} ms above {f['floor_ms']:.3f}  {verdict}"
+        if "above_async_floor_ms" in f:
+            line += f"   ({f['above_async_floor_ms']:.3f} ms above healthz + the async library's read)"
+        lines.append(line)
     return lines
