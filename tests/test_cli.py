@@ -17,9 +17,11 @@ from pgfeatures.demo import DemoSettings
 from pgfeatures.load import LoadOptions
 from pgfeatures.server.config import ServerConfig
 from pgfeatures_bench.cli import BENCH_FLAGS, settings_of
+from pgfeatures_bench.hot_path import HotPathConfig
 from pgfeatures_bench.http import HttpBenchConfig
 from pgfeatures_bench.reads import BenchConfig
 from pgfeatures_bench.schema_effects import SchemaBenchConfig
+from pgfeatures_bench.serve_path import ServePathConfig
 
 
 def subparser(name: str):
@@ -38,6 +40,8 @@ def options_of(name: str) -> dict[str, object]:
         ("bench", BenchConfig, BENCH_FLAGS),
         ("serve", ServerConfig, {}),
         ("demo", DemoSettings, {}),
+        ("bench-hot-path", HotPathConfig, {}),
+        ("bench-serve-path", ServePathConfig, {}),
     ],
 )
 def test_every_settings_field_is_a_flag_with_help(command, cls, helps):

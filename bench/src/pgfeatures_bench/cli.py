@@ -1,6 +1,7 @@
 """The ``pgfeatures bench*`` commands and ``pgfeatures proxy``, registered with the core's command line
 through the ``pgfeatures.cli`` entry point group (pgfeatures-bench's pyproject): ``bench`` (reads at
-0/2/20 ms round-trip), ``bench-http`` (the HTTP service against the library), ``bench-load`` (the
+0/2/20 ms round-trip), ``bench-http`` (the HTTP service against the library), ``bench-hot-path`` (the
+public API against the same reads by hand), ``bench-serve-path`` (``serve`` against its floor), ``bench-load`` (the
 write path), ``bench-schema`` (what the doctor's advice buys), ``bench-soak`` (``serve`` through faults)
 and ``proxy`` (the latency-injecting TCP proxy).
 
@@ -12,7 +13,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from pgfeatures.cli.common import (
     CliError,
@@ -226,6 +228,55 @@ def run_proxy(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def configure_bench_hot_path(p: argparse.ArgumentParser) -> None:
+    from .hot_path import HotPathConfig
+
+    add_dsn(p)
+    add_settings(p, HotPathConfig)
+    add_json(p)
+
+
+def run_bench_hot_path(args: argparse.Namespace, out: Output) -> int:
+    from . import hot_path
+
+    return _show(
+        hot_path.run(dsn_with_credentials(args), hot_path.HotPathConfig(**given(args, hot_path.HotPathConfig))),
+        hot_path.report,
+        args,
+        out,
+    )
+
+
+def configure_bench_serve_path(p: argparse.ArgumentParser) -> None:
+    from .serve_path import ServePathConfig
+
+    add_dsn(p)
+    add_settings(p, ServePathConfig)
+    add_json(p)
+
+
+def run_bench_serve_path(args: argparse.Namespace, out: Output) -> int:
+    from . import serve_path
+
+    try:
+        config = serve_path.ServePathConfig(**given(args, serve_path.ServePathConfig))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    return _show(serve_path.run(dsn_with_credentials(args), config), serve_path.report, args, out)
+
+
+def _show(
+    result: dict[str, Any], report: Callable[[dict[str, Any]], list[str]], args: argparse.Namespace, out: Output
+) -> int:
+    """A benchmark's result: one JSON document with ``--json``, else its report's lines."""
+    if args.json:
+        out.json(result)
+    else:
+        for line in report(result):
+            out.say(line)
+    return 0
+
+
 HTTP_MODES = ("standard", "batch", "memory", "services")  # pgfeatures_bench.http.MODES, without importing it
 
 
@@ -372,6 +423,20 @@ COMMANDS = (
         "benchmark the HTTP service against the library (demo data)",
         configure_bench_http,
         run_bench_http,
+        needs=("server", "bench"),
+    ),
+    Command(
+        "bench-hot-path",
+        "the public API against the same reads hand-written on a bare connection (issue 21's ratios)",
+        configure_bench_hot_path,
+        run_bench_hot_path,
+        needs=("bench",),
+    ),
+    Command(
+        "bench-serve-path",
+        "pgfeatures serve's vector read against GET /healthz + the library's read, and a bare ASGI app",
+        configure_bench_serve_path,
+        run_bench_serve_path,
         needs=("server", "bench"),
     ),
     Command(

@@ -38,7 +38,7 @@ import random
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -142,6 +142,23 @@ class Throughput:
     p50_ms: float
     p99_ms: float
     cpu_ms: dict[str, float]  # CPU per request: server process(es), their PostgreSQL backends, this client
+
+    @classmethod
+    def of(
+        cls, variant: str, clients: int, latencies_ns: Sequence[int], seconds: float, cpu: Mapping[str, float]
+    ) -> Throughput:
+        """One variant's closed-loop round(s): its latencies, elapsed seconds and CPU seconds per part."""
+        n = len(latencies_ns)
+        return cls(
+            variant,
+            clients,
+            n,
+            seconds,
+            n / seconds,
+            percentile_ms(latencies_ns, 50),
+            percentile_ms(latencies_ns, 99),
+            {part: 1e3 * v / n for part, v in cpu.items()},
+        )
 
 
 def cpu_seconds(pids: Iterable[int]) -> float:
@@ -301,19 +318,7 @@ async def run_benchmark(args: HttpBenchConfig, dsn: str, servers: dict[str, Serv
                     lat[name].extend(got)
                     elapsed[name] += secs
             for name in variants:
-                n = len(lat[name])
-                through.append(
-                    Throughput(
-                        name,
-                        clients,
-                        n,
-                        elapsed[name],
-                        n / elapsed[name],
-                        percentile_ms(lat[name], 50),
-                        percentile_ms(lat[name], 99),
-                        {part: 1e3 * v / n for part, v in cpu[name].items()},
-                    )
-                )
+                through.append(Throughput.of(name, clients, lat[name], elapsed[name], cpu[name]))
         for group in conns.values():
             for conn in group:
                 conn.close()

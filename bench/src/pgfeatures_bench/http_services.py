@@ -167,19 +167,7 @@ async def measure(args: HttpBenchConfig, dsn: str, server: ServeProcess) -> dict
                 lat[v].extend(got)
                 elapsed[v] += secs
         for v in variants:
-            n = len(lat[v])
-            through.append(
-                Throughput(
-                    v,
-                    clients,
-                    n,
-                    elapsed[v],
-                    n / elapsed[v],
-                    percentile_ms(lat[v], 50),
-                    percentile_ms(lat[v], 99),
-                    {part: 1e3 * x / n for part, x in cpu[v].items()},
-                )
-            )
+            through.append(Throughput.of(v, clients, lat[v], elapsed[v], cpu[v]))
     for conn in conns:
         conn.close()
     return {

@@ -34,6 +34,12 @@ numbers with ``Accept: application/octet-stream`` (see ``vectors.py``). Errors a
 
 Bearer-token auth and request timing are one pure ASGI middleware:
 Starlette's ``BaseHTTPMiddleware`` would cost a task and a queue per request.
+
+The two hot reads, ``POST /v1/features`` and ``POST /v1/services/{name}``, have a door of their own
+(``HotReads``, called by ``FeatureApp`` before Starlette's stack): the same token check, body limit,
+``Answers``, error answers and metrics as their routes, without the middleware layers, router and
+``Request`` around them. Every other request, and these two at any other method or path, goes
+through Starlette.
 """
 
 from __future__ import annotations
@@ -45,8 +51,8 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import orjson
 from starlette.applications import Starlette
@@ -103,21 +109,73 @@ BODY_LIMIT_HINT = (
 )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refused with 413 past ``limit`` bytes (checked as it streams in, not after)."""
-    length = request.headers.get("content-length", "")
+async def read_body(receive: Receive, length: str, limit: int) -> bytes:
+    """The raw body, refused with 413 past ``limit`` bytes (``length``: the Content-Length header, checked
+    first; the body checked as it streams in, not after). Raises ClientDisconnect if the client leaves
+    before the body is in (what Starlette's ``Request.stream`` raises)."""
     if length.isdigit() and int(length) > limit:
         raise RequestError("payload_too_large", f"the body is {length} bytes, over {limit}; {BODY_LIMIT_HINT}", 413)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError("payload_too_large", f"the body exceeds {limit} bytes; {BODY_LIMIT_HINT}", 413)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise RequestError("payload_too_large", f"the body exceeds {limit} bytes; {BODY_LIMIT_HINT}", 413)
+            if chunk:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
 
 
-def routes(service: Service) -> list[Route]:
+def request_body(request: Request, limit: int) -> Awaitable[bytes]:
+    return read_body(request.receive, request.headers.get("content-length", ""), limit)
+
+
+class Answers(NamedTuple):
+    """The hot reads' work from a request's raw parts to its response, shared by their Starlette routes
+    and their own door (``HotReads``): ``features(body)`` for ``POST /v1/features``, ``service(name,
+    body, accept)`` for ``POST /v1/services/{name}``."""
+
+    features: Callable[[bytes], Awaitable[Response]]
+    service: Callable[[str, bytes, str | None], Awaitable[Response]]
+
+
+def answers(service: Service) -> Answers:
+    async def features(raw: bytes) -> Response:
+        body = parse_json(raw)
+        check_fields(body, SINGLE_FIELDS, "key")
+        tables, selection = parse_selection(body)
+        reader = service.features_reader(tables, selection)
+        params = bind_key(body["key"], reader.binder, service.registry)
+        return json_response(result(body["key"], await service.read_one(reader, params)))
+
+    async def service_one(name: str, raw: bytes, accept: str | None) -> Response:
+        service.registry.service(name)  # UnknownServiceError (404) names the valid services
+        body = parse_json(raw)
+        check_fields(body, SERVICE_FIELDS, "key")
+        vector, octets = parse_output(body, accept)
+        features = parse_features(body)
+        reader = service.service_reader(name, features, vector)
+        params = bind_key(body["key"], reader.binder, service.registry)
+        context = body.get("context")
+        outputs = service.transform_plan(name, features, context)
+        transform = (outputs, outputs.context(context)) if outputs is not None else None
+        got = await service.read_one(reader, params, vector, transform)
+        if not vector:
+            return json_response(result(body["key"], got))
+        plan = service.vector_plan(reader, outputs)
+        if octets:
+            return Response(plan.values([got]) + plan.status([got]), headers=plan.headers(1), media_type=OCTET_STREAM)
+        return json_response(plan.rows([body["key"]], [got])[0])
+
+    return Answers(features, service_one)
+
+
+def routes(service: Service, hot: Answers) -> list[Route]:
     config = service.config
     limit = config.max_body_bytes
     max_keys = config.max_batch_keys
@@ -145,15 +203,10 @@ def routes(service: Service) -> list[Route]:
         )
 
     async def features(request: Request) -> Response:
-        body = parse_json(await read_body(request, limit))
-        check_fields(body, SINGLE_FIELDS, "key")
-        tables, selection = parse_selection(body)
-        reader = service.features_reader(tables, selection)
-        params = bind_key(body["key"], reader.binder, service.registry)
-        return json_response(result(body["key"], await service.read_one(reader, params)))
+        return await hot.features(await request_body(request, limit))
 
     async def batch(request: Request) -> Response:
-        body = parse_json(await read_body(request, limit))
+        body = parse_json(await request_body(request, limit))
         check_fields(body, BATCH_FIELDS, "keys")
         tables, selection = parse_selection(body)
         reader = service.features_batch_reader(tables, selection)
@@ -163,28 +216,11 @@ def routes(service: Service) -> list[Route]:
         return await answer_batch(reader, shown, arrays, JSONBatch())
 
     async def service_one(request: Request) -> Response:
-        raw = await read_body(request, limit)
-        name = request.path_params["name"]
-        service.registry.service(name)  # UnknownServiceError (404) names the valid services
-        body = parse_json(raw)
-        check_fields(body, SERVICE_FIELDS, "key")
-        vector, octets = parse_output(body, request.headers.get("accept"))
-        features = parse_features(body)
-        reader = service.service_reader(name, features, vector)
-        params = bind_key(body["key"], reader.binder, service.registry)
-        context = body.get("context")
-        outputs = service.transform_plan(name, features, context)
-        transform = (outputs, outputs.context(context)) if outputs is not None else None
-        got = await service.read_one(reader, params, vector, transform)
-        if not vector:
-            return json_response(result(body["key"], got))
-        plan = service.vector_plan(reader, outputs)
-        if octets:
-            return Response(plan.values([got]) + plan.status([got]), headers=plan.headers(1), media_type=OCTET_STREAM)
-        return json_response(plan.rows([body["key"]], [got])[0])
+        raw = await request_body(request, limit)
+        return await hot.service(request.path_params["name"], raw, request.headers.get("accept"))
 
     async def service_batch(request: Request) -> Response:
-        raw = await read_body(request, limit)
+        raw = await request_body(request, limit)
         name = request.path_params["name"]
         service.registry.service(name)
         body = parse_json(raw)
@@ -221,7 +257,7 @@ def routes(service: Service) -> list[Route]:
         return await (describe(request) if request.method in ("GET", "HEAD") else service_one(request))
 
     async def push(request: Request) -> Response:
-        raw = await read_body(request, limit)
+        raw = await request_body(request, limit)
         table = request.path_params["table"]
         service.registry.table(table)  # UnknownTableError names the valid tables
         if config.write_pool_size == 0:
@@ -296,7 +332,7 @@ def routes(service: Service) -> list[Route]:
         Route("/v1/services/{name}/batch", service_batch, methods=["POST"]),
         Route("/v1/push/{table}", push, methods=["POST"]),
         Route("/v1/tables", tables, methods=["GET"]),
-        nearest_route(service, read_body),
+        nearest_route(service, request_body),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/v1/admin/reload", reload, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
@@ -343,14 +379,7 @@ def exception_handlers(service: Service, app_routes: list[Route]) -> dict[Any, A
         return error_response(exc, retry_after)
 
     async def client_gone(request: Request, exc: Exception) -> Response:
-        # The client left (or was cut off: a body not sent within body_timeout) before its body was
-        # read. No one reads this answer but the metrics; it is not a bug to log a traceback for.
-        return error_response(
-            RequestError(
-                "client_disconnected", "the client closed the connection before sending the whole body", CLIENT_CLOSED
-            ),
-            retry_after,
-        )
+        return client_gone_response(retry_after)
 
     return {
         PgFeaturesError: pgfeatures_error,
@@ -358,6 +387,17 @@ def exception_handlers(service: Service, app_routes: list[Route]) -> dict[Any, A
         ClientDisconnect: client_gone,
         Exception: internal_error,
     }
+
+
+def client_gone_response(retry_after: int) -> Response:
+    """The answer to a request whose client left (or was cut off: a body not sent within body_timeout)
+    before its body was read. No one reads it but the metrics; it is not a bug to log a traceback for."""
+    return error_response(
+        RequestError(
+            "client_disconnected", "the client closed the connection before sending the whole body", CLIENT_CLOSED
+        ),
+        retry_after,
+    )
 
 
 # -- auth and timing ------------------------------------------------------------------------------
@@ -416,14 +456,131 @@ class ServiceMiddleware:
                     self.metrics.observe_service(name, endpoint, status, seconds)
 
 
-async def _unauthorized(scope: Scope, receive: Receive, send: Send) -> None:
-    response = Response(
+def unauthorized() -> Response:
+    return Response(
         error_body("unauthorized", "missing or wrong bearer token: send 'Authorization: Bearer <token>'"),
         401,
         {"WWW-Authenticate": "Bearer"},
         media_type=JSON,
     )
-    await response(scope, receive, send)
+
+
+async def _unauthorized(scope: Scope, receive: Receive, send: Send) -> None:
+    await unauthorized()(scope, receive, send)
+
+
+# -- the hot reads' own door ----------------------------------------------------------------------
+
+
+FEATURES_PATH = "/v1/features"
+SERVICES_PREFIX = "/v1/services/"
+SERVICE_ENDPOINT = "/v1/services/{name}"
+
+
+class HotReads:
+    """``POST /v1/features`` and ``POST /v1/services/{name}`` served straight from uvicorn's ASGI call,
+    without Starlette's middleware stack, router, ``Request`` and exception middlewares, doing what
+    they do for these two routes and no more (docs/benchmarks.md measures what it saves):
+
+    - the bearer token, checked as ``ServiceMiddleware`` checks it (401 ``unauthorized``, labelled
+      as that middleware labels a request that reached no route);
+    - the body read and bounded by ``read_body`` (413 ``payload_too_large``; ``ClientDisconnect``);
+    - the same ``Answers`` as the routes;
+    - errors answered as the exception handlers answer them: a pgfeatures error by ``error_response``,
+      a client gone by ``client_gone_response`` (499), anything else by a 500 ``internal``, then
+      raised again for uvicorn to log (as Starlette's ``ServerErrorMiddleware`` does);
+    - the request timed into the metrics under its route's path (and its service's name) with the
+      status it was answered with.
+
+    ``match`` tells the two apart from everything else (exact paths, ``POST``, no ``root_path``): any
+    other request, a trailing slash or ``/v1/services/a/b`` included, goes to Starlette as before.
+    """
+
+    __slots__ = ("answers", "metrics", "expected", "limit", "retry_after")
+
+    def __init__(self, service: Service, hot: Answers):
+        self.answers = hot
+        self.metrics = service.metrics
+        self.expected = bearer(service.config)
+        self.limit = service.config.max_body_bytes
+        self.retry_after = service.config.retry_after
+
+    @staticmethod
+    def match(scope: Scope) -> str | None:
+        """The empty string for ``POST /v1/features``, the service's name for ``POST /v1/services/{name}``,
+        None for any other request."""
+        if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
+            return None
+        path: str = scope["path"]
+        if path == FEATURES_PATH:
+            return ""
+        if path.startswith(SERVICES_PREFIX):
+            name = path[len(SERVICES_PREFIX) :]
+            if name and "/" not in name:
+                return name
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        start = time.perf_counter()
+        length, accept, authorization = "", None, None
+        for header, value in scope["headers"]:  # the first of each, as Starlette's Headers.get and authorized()
+            if header == b"content-length":
+                if not length:
+                    length = value.decode("latin-1")
+            elif header == b"accept":
+                if accept is None:
+                    accept = value.decode("latin-1")
+            elif header == b"authorization" and authorization is None:
+                authorization = value
+        expected = self.expected
+        if expected is not None and (authorization is None or not hmac.compare_digest(authorization, expected)):
+            response = unauthorized()
+            await response(scope, receive, send)
+            endpoint = "other" if name else FEATURES_PATH  # no route reached: ServiceMiddleware's label
+            self.metrics.observe_request(endpoint, response.status_code, time.perf_counter() - start)
+            return
+        endpoint = SERVICE_ENDPOINT if name else FEATURES_PATH
+        status = 500
+        try:
+            try:
+                raw = await read_body(receive, length, self.limit)
+                if name:
+                    response = await self.answers.service(name, raw, accept)
+                else:
+                    response = await self.answers.features(raw)
+            except PgFeaturesError as exc:
+                if isinstance(exc, TransformError):  # as the routes' handler: the traceback for the log only
+                    log.error("pgfeatures: POST %s: %s", scope["path"], exc, exc_info=exc.__cause__ or exc)
+                response = error_response(exc, self.retry_after)
+            except ClientDisconnect:
+                response = client_gone_response(self.retry_after)
+            status = response.status_code
+            await response(scope, receive, send)
+        except Exception as exc:
+            if status == 500:  # nothing sent yet
+                await error_response(exc, self.retry_after)(scope, receive, send)
+            raise
+        finally:
+            seconds = time.perf_counter() - start
+            self.metrics.observe_request(endpoint, status, seconds)
+            if name:
+                self.metrics.observe_service(name, endpoint, status, seconds)
+
+
+class FeatureApp(Starlette):
+    """The app: Starlette, with the hot reads served by ``HotReads`` ahead of its middleware stack."""
+
+    def __init__(self, hot: HotReads, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.hot = hot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name = HotReads.match(scope)
+        if name is None:
+            await super().__call__(scope, receive, send)
+        else:
+            scope["app"] = self
+            await self.hot(scope, receive, send, name)
 
 
 # -- factory --------------------------------------------------------------------------------------
@@ -454,7 +611,8 @@ def create_app(
     Raises DefinitionError for a bad definitions file, ConfigError for bad settings.
     """
     service = Service(config, registry or config.registry(), warmup_hooks(config) if warmup is None else warmup)
-    app_routes = routes(service)
+    hot = answers(service)
+    app_routes = routes(service, hot)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -468,7 +626,8 @@ def create_app(
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await service.stop()
 
-    app = Starlette(
+    app = FeatureApp(
+        HotReads(service, hot),
         routes=app_routes,
         middleware=[Middleware(ServiceMiddleware, service=service, endpoints=[r.path for r in app_routes])],
         exception_handlers=exception_handlers(service, app_routes),

@@ -25,6 +25,13 @@ checked) or number, and a body trickled in for ever. ``HeaderTimeoutProtocol``:
   endpoint that reads no body), the connection is closed, the rest of the
   body not waited for.
 
+A response goes out in one write where it can: uvicorn writes a response's status line and headers
+as soon as the app starts the response, and its body in a second write, so a client on loopback is
+woken twice per answer (two segments; on two shared cores, a context switch to the client and back
+between them, measured 0.04-0.3 ms). ``OneWriteTransport`` holds the head until the body's first
+write, which sends both at once; a head the app follows with no body in the same loop iteration (a
+streamed answer waiting for its first chunk) leaves at the end of that iteration, as before.
+
 A refusal is sent whole: the answer, then the end of our side of the
 connection; what the client still sends is read and dropped for at most
 ``LINGER`` seconds or ``LINGER_BYTES`` before the connection is closed, so
@@ -38,7 +45,7 @@ import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 if TYPE_CHECKING:
     from .config import ServerConfig
@@ -65,6 +72,46 @@ def configured() -> ServerConfig:
     from .runner import config_from_env
 
     return config_from_env()
+
+
+class OneWriteTransport:
+    """A response cycle's transport that sends the response's head with the first write after it (the
+    body's), in one write; held at most until the end of the loop iteration. Everything else is the
+    connection's transport's (``__getattr__``)."""
+
+    __slots__ = ("transport", "cycle", "loop", "held", "_flush")
+
+    def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle, loop: asyncio.AbstractEventLoop):
+        self.transport = transport
+        self.cycle = cycle
+        self.loop = loop
+        self.held: bytes | None = None
+        self._flush: asyncio.Handle | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            self.transport.write(held + data)
+        elif self.cycle.response_started and self._flush is None:  # the head: uvicorn's first write once started
+            self.held = data
+            self._flush = self.loop.call_soon(self.flush)
+        else:  # a 100 Continue (before the head), or the body's further writes
+            self.transport.write(data)
+
+    def flush(self) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            if not self.transport.is_closing():
+                self.transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
 
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
@@ -140,6 +187,9 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             )
             return
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.transport is self.transport:  # a request's cycle (not an upgrade)
+            cycle.transport = OneWriteTransport(self.transport, cycle, self.loop)  # type: ignore[assignment]
         self._body_timer = self.loop.call_later(self.body_timeout, self._body_timed_out)
 
     def on_body(self, body: bytes) -> None:
