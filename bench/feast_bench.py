@@ -52,7 +52,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 VIEWS, FEATURES = 30, 8
 PRECOMPUTED, PLAIN = "every_view_precomputed", "every_view"
-NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 def free_port() -> int:
@@ -63,13 +63,31 @@ def free_port() -> int:
 
 def feast_postgres(dsn: str, schema: str) -> dict[str, Any]:
     p = conninfo_to_dict(dsn)
-    return {"type": "postgres", "host": p.get("host", "127.0.0.1"), "port": int(p.get("port", 5432)),
-            "database": p.get("dbname", "postgres"), "user": p.get("user", "postgres"), "password": p.get("password", ""),
-            "db_schema": schema, "sslmode": "disable", "conn_type": "pool", "min_conn": 1, "max_conn": 8}
+    return {
+        "type": "postgres",
+        "host": p.get("host", "127.0.0.1"),
+        "port": int(p.get("port", 5432)),
+        "database": p.get("dbname", "postgres"),
+        "user": p.get("user", "postgres"),
+        "password": p.get("password", ""),
+        "db_schema": schema,
+        "sslmode": "disable",
+        "conn_type": "pool",
+        "min_conn": 1,
+        "max_conn": 8,
+    }
 
 
-def write_repo(root: Path, project: str, online: dict[str, Any], entities: int, views: int = VIEWS,
-               name: str = "v", engine: str | None = None, services: bool = False) -> list[str]:
+def write_repo(
+    root: Path,
+    project: str,
+    online: dict[str, Any],
+    entities: int,
+    views: int = VIEWS,
+    name: str = "v",
+    engine: str | None = None,
+    services: bool = False,
+) -> list[str]:
     """A repository of ``views`` views x 8 float32 keyed by driver_id (Int64), data for ``entities`` ids
     (``services``: with PRECOMPUTED, a service of every view with precompute_online=True, and PLAIN, its twin
     without); returns the feature refs."""
@@ -79,22 +97,32 @@ def write_repo(root: Path, project: str, online: dict[str, Any], entities: int, 
     frame.insert(0, "driver_id", np.arange(1, entities + 1, dtype=np.int64))
     frame["event_timestamp"] = pd.Timestamp(NOW - dt.timedelta(hours=1))
     frame.to_parquet(root / "data.parquet")
-    lines = ["from datetime import timedelta",
-             "from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType",
-             "from feast.types import Float32, Int64",
-             "driver = Entity(name='driver', join_keys=['driver_id'], value_type=ValueType.INT64)",
-             f"src = FileSource(name='data', path={str(root / 'data.parquet')!r}, timestamp_field='event_timestamp')"]
+    lines = [
+        "from datetime import timedelta",
+        "from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType",
+        "from feast.types import Float32, Int64",
+        "driver = Entity(name='driver', join_keys=['driver_id'], value_type=ValueType.INT64)",
+        f"src = FileSource(name='data', path={str(root / 'data.parquet')!r}, timestamp_field='event_timestamp')",
+    ]
     for i in range(views):
         fields = ", ".join(f"Field(name='f{j}', dtype=Float32)" for j in range(FEATURES))
-        lines.append(f"{name}{i:02d} = FeatureView(name='{name}{i:02d}', entities=[driver], ttl=timedelta(days=7), "
-                     f"source=src, schema=[Field(name='driver_id', dtype=Int64), {fields}])")
+        lines.append(
+            f"{name}{i:02d} = FeatureView(name='{name}{i:02d}', entities=[driver], ttl=timedelta(days=7), "
+            f"source=src, schema=[Field(name='driver_id', dtype=Int64), {fields}])"
+        )
     if services:
         every = ", ".join(f"{name}{i:02d}" for i in range(views))
         lines.append(f"pre = FeatureService(name={PRECOMPUTED!r}, features=[{every}], precompute_online=True)")
         lines.append(f"plain = FeatureService(name={PLAIN!r}, features=[{every}])")
     (root / "repo.py").write_text("\n".join(lines) + "\n")
-    config = {"project": project, "provider": "local", "registry": str(root / "registry.db"), "online_store": online,
-              "offline_store": {"type": "file"}, "entity_key_serialization_version": 3}
+    config = {
+        "project": project,
+        "provider": "local",
+        "registry": str(root / "registry.db"),
+        "online_store": online,
+        "offline_store": {"type": "file"},
+        "entity_key_serialization_version": 3,
+    }
     if engine:
         config["batch_engine"] = {"type": engine}
     (root / "feature_store.yaml").write_text(yaml.safe_dump(config))
@@ -105,8 +133,9 @@ def apply(root: Path) -> Any:
     """``feast apply`` of the repository (through the CLI, as a user does), then its FeatureStore."""
     from feast import FeatureStore
 
-    subprocess.run([str(Path(sys.executable).parent / "feast"), "-c", str(root), "apply"], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [str(Path(sys.executable).parent / "feast"), "-c", str(root), "apply"], check=True, stdout=subprocess.DEVNULL
+    )
     return FeatureStore(repo_path=str(root))
 
 
@@ -122,8 +151,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def latency(stores: dict[str, Any], refs: Any, entities: int, batch: int, requests: int,
-            block: int = 20) -> dict[str, Any]:
+def latency(
+    stores: dict[str, Any], refs: Any, entities: int, batch: int, requests: int, block: int = 20
+) -> dict[str, Any]:
     """Calls in blocks of ``block`` per store, the stores in turn. The first call of each block is not
     counted: Feast caches a request's resolution in one process-wide cache that a call through
     another FeatureStore (another registry) clears, so a store's first call after another store's
@@ -134,8 +164,11 @@ def latency(stores: dict[str, Any], refs: Any, entities: int, batch: int, reques
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in stores}
     for name, store in stores.items():  # warm: registry cache, pools, prepared statements
         for _ in range(20):
-            store.get_online_features(asked[name], full_feature_names=True,
-                                      entity_rows=[{"driver_id": rng.randint(1, entities)} for _ in range(batch)]).to_dict()
+            store.get_online_features(
+                asked[name],
+                full_feature_names=True,
+                entity_rows=[{"driver_id": rng.randint(1, entities)} for _ in range(batch)],
+            ).to_dict()
     for _ in range(max(1, requests // block)):
         for name, store in stores.items():
             for i in range(block + 1):
@@ -148,8 +181,12 @@ def latency(stores: dict[str, Any], refs: Any, entities: int, batch: int, reques
     for name, got in samples.items():
         walls = [w * 1000 for w, _ in got]
         cpus = [c * 1000 for _, c in got]
-        out[name] = {"p50_ms": round(pct(walls, 0.5), 3), "p99_ms": round(pct(walls, 0.99), 3),
-                     "cpu_ms": round(statistics.fmean(cpus), 3), "calls": len(got)}
+        out[name] = {
+            "p50_ms": round(pct(walls, 0.5), 3),
+            "p99_ms": round(pct(walls, 0.99), 3),
+            "cpu_ms": round(statistics.fmean(cpus), 3),
+            "calls": len(got),
+        }
     return out
 
 
@@ -181,7 +218,8 @@ def profile(store: Any, refs: list[str], entities: int, batch: int, calls: int =
         owners[owner] = owners.get(owner, 0.0) + tottime
     total = sum(owners.values())
     return sorted(((k, round(100 * v / total, 1)) for k, v in owners.items()), key=lambda kv: -kv[1])[:14] + [
-        ("total ms per call", round(1000 * total / calls, 3))]
+        ("total ms per call", round(1000 * total / calls, 3))
+    ]
 
 
 class Server:
@@ -189,11 +227,27 @@ class Server:
 
     def __init__(self, root: Path):
         self.port = free_port()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
-                                                              os.environ.get("PYTHONPATH", "")])}
-        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "feast"), "-c", str(root), "serve", "-p",
-                                      str(self.port), "--no-access-log", "--max-requests", "10000000"], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]),
+        }
+        self.proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "feast"),
+                "-c",
+                str(root),
+                "serve",
+                "-p",
+                str(self.port),
+                "--no-access-log",
+                "--max-requests",
+                "10000000",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
@@ -224,8 +278,9 @@ def throughput(port: int, refs: list[str], entities: int, clients: int, seconds:
         rng = random.Random(i)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         while time.perf_counter() < stop:
-            body = json.dumps({"features": refs, "entities": {"driver_id": [rng.randint(1, entities)]},
-                               "full_feature_names": True})
+            body = json.dumps(
+                {"features": refs, "entities": {"driver_id": [rng.randint(1, entities)]}, "full_feature_names": True}
+            )
             conn.request("POST", "/get-online-features", body, {"Content-Type": "application/json"})
             answer = conn.getresponse()
             answer.read()
@@ -264,8 +319,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000, help="1-entity calls per store (100-entity: a fifth)")
     parser.add_argument("--serve-seconds", type=float, default=10.0)
     parser.add_argument("--materialize-rows", type=int, default=1_000_000)
-    parser.add_argument("--materialize-peer-rows", type=int, default=None,
-                        help="rows for Feast's PostgreSQL store (default: --materialize-rows); its rows/s is compared")
+    parser.add_argument(
+        "--materialize-peer-rows",
+        type=int,
+        default=None,
+        help="rows for Feast's PostgreSQL store (default: --materialize-rows); its rows/s is compared",
+    )
     parser.add_argument("--parts", default="latency,serve,materialize")
     parser.add_argument("--work", default="/tmp/pgfeatures-feast-bench")
     parser.add_argument("--out", default="feast_bench.json")
@@ -274,8 +333,10 @@ def main() -> None:
     work = Path(args.work)
     tag = f"fb{os.getpid()}"
     result: dict[str, Any] = {"when": NOW.isoformat(), "entities": args.entities}
-    onlines = {"pgfeatures": {"type": "pgfeatures.feast.PgfeaturesOnlineStore", "dsn": args.dsn, "db_schema": f"{tag}_pgf"},
-               "feast postgres": feast_postgres(args.dsn, f"{tag}_fpg")}
+    onlines = {
+        "pgfeatures": {"type": "pgfeatures.feast.PgfeaturesOnlineStore", "dsn": args.dsn, "db_schema": f"{tag}_pgf"},
+        "feast postgres": feast_postgres(args.dsn, f"{tag}_fpg"),
+    }
     if args.redis:
         try:
             import redis
@@ -293,31 +354,57 @@ def main() -> None:
         if parts & {"latency", "serve", "precompute"}:
             for name, online in onlines.items():
                 root = work / name.replace(" ", "_")
-                refs = write_repo(root, f"{tag}_{name.replace(' ', '_')}", online, args.entities,
-                                  services="precompute" in parts and name != "feast postgres")
+                refs = write_repo(
+                    root,
+                    f"{tag}_{name.replace(' ', '_')}",
+                    online,
+                    args.entities,
+                    services="precompute" in parts and name != "feast postgres",
+                )
                 stores[name] = apply(root)
                 seconds = materialize(stores[name])
-                print(f"{name}: applied and materialized {VIEWS} views x {args.entities} entities in {seconds:.1f} s",
-                      file=sys.stderr)
+                print(
+                    f"{name}: applied and materialized {VIEWS} views x {args.entities} entities in {seconds:.1f} s",
+                    file=sys.stderr,
+                )
         if "latency" in parts:
             result["latency"] = {}
             for batch, n in ((1, args.requests), (100, max(20, args.requests // 5))):
                 result["latency"][batch] = latency(stores, refs, args.entities, batch, n)
                 result.setdefault("profile", {})[batch] = profile(stores["pgfeatures"], refs, args.entities, batch)
-                result.setdefault("profile_feast_postgres", {})[batch] = profile(stores["feast postgres"], refs,
-                                                                                 args.entities, batch, 100)
+                result.setdefault("profile_feast_postgres", {})[batch] = profile(
+                    stores["feast postgres"], refs, args.entities, batch, 100
+                )
             rows = []
             for batch, by_store in result["latency"].items():
                 ref = by_store["pgfeatures"]["p50_ms"]
                 for name, r in by_store.items():
-                    rows.append([batch, name, r["p50_ms"], r["p99_ms"], r["cpu_ms"],
-                                 f"{ref / r['p50_ms']:.2f}x" if name != "pgfeatures" else "1"])
-            print(table("get_online_features(...).to_dict(), 30 views x 8 float32", ["entities", "store", "p50 ms",
-                                                                                  "p99 ms", "client CPU ms",
-                                                                                  "pgfeatures p50 / this p50"], rows))
+                    rows.append(
+                        [
+                            batch,
+                            name,
+                            r["p50_ms"],
+                            r["p99_ms"],
+                            r["cpu_ms"],
+                            f"{ref / r['p50_ms']:.2f}x" if name != "pgfeatures" else "1",
+                        ]
+                    )
+            print(
+                table(
+                    "get_online_features(...).to_dict(), 30 views x 8 float32",
+                    ["entities", "store", "p50 ms", "p99 ms", "client CPU ms", "pgfeatures p50 / this p50"],
+                    rows,
+                )
+            )
             for batch, shares in result["profile"].items():
-                print(table(f"where a pgfeatures call's time goes, {batch} entit{'y' if batch == 1 else 'ies'} "
-                            "(cProfile tottime share)", ["owner", "%"], [list(s) for s in shares]))
+                print(
+                    table(
+                        f"where a pgfeatures call's time goes, {batch} entit{'y' if batch == 1 else 'ies'} "
+                        "(cProfile tottime share)",
+                        ["owner", "%"],
+                        [list(s) for s in shares],
+                    )
+                )
         if "precompute" in parts:
             result["precompute"] = {}
             subjects: dict[str, Any] = {}
@@ -333,39 +420,79 @@ def main() -> None:
             for batch, by_store in result["precompute"].items():
                 ref = by_store["pgfeatures, precomputed"]["p50_ms"]
                 for name, r in by_store.items():
-                    rows.append([batch, name, r["p50_ms"], r["p99_ms"], r["cpu_ms"],
-                                 f"{ref / r['p50_ms']:.2f}x" if name != "pgfeatures, precomputed" else "1"])
-            print(table("get_online_features(feature service of 30 views x 8 float32).to_dict()",
-                        ["entities", "store, service", "p50 ms", "p99 ms", "client CPU ms",
-                         "pgfeatures precomputed p50 / this p50"], rows))
+                    rows.append(
+                        [
+                            batch,
+                            name,
+                            r["p50_ms"],
+                            r["p99_ms"],
+                            r["cpu_ms"],
+                            f"{ref / r['p50_ms']:.2f}x" if name != "pgfeatures, precomputed" else "1",
+                        ]
+                    )
+            print(
+                table(
+                    "get_online_features(feature service of 30 views x 8 float32).to_dict()",
+                    [
+                        "entities",
+                        "store, service",
+                        "p50 ms",
+                        "p99 ms",
+                        "client CPU ms",
+                        "pgfeatures precomputed p50 / this p50",
+                    ],
+                    rows,
+                )
+            )
         if "serve" in parts:
             result["serve"] = {}
             for name in ("pgfeatures", "feast postgres"):
                 server = Server(work / name.replace(" ", "_"))
                 try:
                     throughput(server.port, refs, args.entities, 1, 2.0)  # warm
-                    result["serve"][name] = {c: throughput(server.port, refs, args.entities, c, args.serve_seconds)
-                                             for c in (1, 8)}
+                    result["serve"][name] = {
+                        c: throughput(server.port, refs, args.entities, c, args.serve_seconds) for c in (1, 8)
+                    }
                 finally:
                     server.stop()
-            rows = [[name, c, r["requests_per_s"], r["errors"]] for name, by in result["serve"].items()
-                    for c, r in by.items()]
-            print(table("feast serve (1 worker), /get-online-features of 240 features, 1 entity",
-                        ["store", "clients", "requests/s", "errors"], rows))
+            rows = [
+                [name, c, r["requests_per_s"], r["errors"]]
+                for name, by in result["serve"].items()
+                for c, r in by.items()
+            ]
+            print(
+                table(
+                    "feast serve (1 worker), /get-online-features of 240 features, 1 entity",
+                    ["store", "clients", "requests/s", "errors"],
+                    rows,
+                )
+            )
         if "materialize" in parts:
             result["materialize"] = {}
-            runs = [("pgfeatures, PgfeaturesComputeEngine", "pgfeatures", "pgfeatures.feast.PgfeaturesComputeEngine"),
-                    ("pgfeatures, Feast's local engine", "pgfeatures", None),
-                    ("feast postgres, Feast's local engine", "feast postgres", None)]
+            runs = [
+                ("pgfeatures, PgfeaturesComputeEngine", "pgfeatures", "pgfeatures.feast.PgfeaturesComputeEngine"),
+                ("pgfeatures, Feast's local engine", "pgfeatures", None),
+                ("feast postgres, Feast's local engine", "feast postgres", None),
+            ]
             for i, (label, name, engine) in enumerate(runs):
                 root = work / f"m{i}"
-                n = (args.materialize_peer_rows or args.materialize_rows) if name == "feast postgres" else args.materialize_rows
+                n = (
+                    (args.materialize_peer_rows or args.materialize_rows)
+                    if name == "feast postgres"
+                    else args.materialize_rows
+                )
                 write_repo(root, f"{tag}_m{i}", onlines[name], n, 1, "big", engine)
                 store = apply(root)
                 seconds = materialize(store)
-                result["materialize"][label] = {"rows": n, "seconds": round(seconds, 2), "rows_per_s": round(n / seconds)}
+                result["materialize"][label] = {
+                    "rows": n,
+                    "seconds": round(seconds, 2),
+                    "rows_per_s": round(n / seconds),
+                }
                 print(f"materialize {label}: {n:,} rows in {seconds:.1f} s", file=sys.stderr)
-            rows = [[name, r["rows"], r["seconds"], f"{r['rows_per_s']:,}"] for name, r in result["materialize"].items()]
+            rows = [
+                [name, r["rows"], r["seconds"], f"{r['rows_per_s']:,}"] for name, r in result["materialize"].items()
+            ]
             print(table("feast materialize, one view of 8 float32", ["store", "rows", "seconds", "rows/s"], rows))
     finally:
         for store in stores.values():

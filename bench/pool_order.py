@@ -57,7 +57,9 @@ def main() -> None:
         answers = {form: [store.get_features(k, tables) for k in check] for form, store in stores.items()}
         first = answers[forms[0]]
         assert all(a == first for a in answers.values()), "the stores answered differently"
-        assert any(r[tables[0]] is not None for r in first), f"no demo data in schema {args.schema}: run `pgfeatures demo`"
+        assert any(r[tables[0]] is not None for r in first), (
+            f"no demo data in schema {args.schema}: run `pgfeatures demo`"
+        )
 
         latencies: dict[tuple[int, str], list[float]] = {form: [] for form in forms}
         cpu: dict[tuple[int, str], float] = dict.fromkeys(forms, 0.0)
@@ -86,8 +88,10 @@ def main() -> None:
     for form in forms:
         lat = sorted(latencies[form])
         p50, p90 = statistics.median(lat), lat[int(0.9 * (len(lat) - 1))]
-        print(f"{form[0]:>9} {form[1]:>5} {p50 * 1e3:8.3f} {p90 * 1e3:8.3f} "
-              f"{cpu[form] / len(lat) * 1e3:8.3f} {p50 / base:11.2f}")
+        print(
+            f"{form[0]:>9} {form[1]:>5} {p50 * 1e3:8.3f} {p90 * 1e3:8.3f} "
+            f"{cpu[form] / len(lat) * 1e3:8.3f} {p50 / base:11.2f}"
+        )
 
 
 if __name__ == "__main__":
