@@ -104,23 +104,23 @@ def arrow_of(rows: list[dict[str, Any]], types: dict[str, pa.DataType] | None = 
 def csv_of(rows: list[dict[str, Any]], path: Path) -> Path:
     """The documented CSV form: strings quoted (an unquoted empty field is NULL, ``""`` the empty string),
     timestamps RFC 3339 with a zone, lists and embeddings JSON arrays in a field."""
-    with path.open("w", newline="") as fh:
-        out = csv.writer(fh, quoting=csv.QUOTE_NONNUMERIC)  # None: an empty unquoted field (NULL)
-        out.writerow(list(rows[0]))
-        for r in rows:
-            cells: list[Any] = []
-            for name, value in r.items():
-                if value is None:
-                    cells.append(None)
-                elif isinstance(value, list):
-                    cells.append(json.dumps(value, ensure_ascii=False))
+    lines = [",".join(rows[0])]
+    for r in rows:
+        cells: list[str] = []
+        for value in r.values():
+            if value is None:
+                cells.append("")  # unquoted: NULL
+            elif isinstance(value, (int, float)):
+                cells.append(repr(value))
+            else:
+                if isinstance(value, list):
+                    value = json.dumps(value, ensure_ascii=False)
                 elif isinstance(value, dt.datetime):
                     zone = dt.timezone(dt.timedelta(hours=2)) if r["user_id"] % 2 else dt.UTC
-                    text = value.astimezone(zone).isoformat()
-                    cells.append(text.replace("+00:00", "Z"))
-                else:
-                    cells.append(value)
-            out.writerow(cells)
+                    value = value.astimezone(zone).isoformat().replace("+00:00", "Z")
+                cells.append('"' + value.replace('"', '""') + '"')
+        lines.append(",".join(cells))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
@@ -151,8 +151,9 @@ def stored(
     for key, *values in conn.cursor(binary=True).execute(query).fetchall():
         row = {}
         for f, v in zip(features, values):
-            if f.type.kind == "embedding" and v is not None:
-                v = [float(x) for x in v.strip("[]{}").split(",")]
+            if f.type.kind == "embedding" and v is not None:  # printed shortest for its float width
+                width = np.float16 if f.type.storage == "halfvec" else np.float32
+                v = [float(width(x)) for x in v.strip("[]{}").split(",")]
             if isinstance(v, dt.datetime):
                 v = v.astimezone(dt.UTC)
             row[f.name] = v
@@ -432,7 +433,7 @@ def test_bad_rows_are_skipped_and_counted_with_on_invalid_skip(
     [
         ("2026-05-01T12:00:00", "has no time zone"),
         ("2026-05-01 12:00", "has no time zone"),
-        ("yesterday", "is not an ISO 8601 time"),
+        ("yesterday", "write ISO 8601 with a zone"),
     ],
 )
 def test_a_csv_timestamp_without_a_zone_is_refused(
@@ -469,13 +470,13 @@ def test_an_arrow_timestamp_without_a_zone_is_refused_before_any_row(
         ("[1.5]", "ids", "not an integer"),
         ('["1"]', "ids", "not an integer"),
         ("[99999999999999999999]", "ids", "out of range for bigint"),
-        ("[1, 2]", "cats", "is not a string"),
+        ("[1, 2]", "cats", "element 0 is 1, not a string"),
         ('["a", null]', "cats", "element 1 is null"),
         ("[1, 2, 3]", "emb", "3 values where the embedding has dim 4"),
         ("[1, NaN, 2, 3]", "emb", "must be finite"),
         ('[1], "x": [2]', "emb", "is not a JSON array"),
         ('[1,2,3,4]}{"v":[5,6,7,8]', "emb", "is not a JSON array"),
-        ('[1,\n2,3,"x"]', "emb", "is not a number"),
+        ('[1,\n2,3,"x"]', "emb", "element 3 is 'x', not a number"),
     ],
 )
 def test_a_bad_csv_list_is_refused_naming_row_and_column(
@@ -502,7 +503,7 @@ def test_a_bad_csv_list_is_refused_naming_row_and_column(
         ("ids", pa.list_(pa.string()), "cannot load into list<bigint>"),
         ("emb", pa.list_(pa.string()), "cannot load into embedding"),
         ("emb", pa.float32(), "cannot load into embedding"),
-        ("last_login", pa.bool_(), "event time is"),
+        ("last_login", pa.bool_(), "cannot load into timestamp: a timestamp, an ISO 8601 string"),
         ("score", pa.list_(pa.float32()), "cannot load into real"),
     ],
 )
@@ -558,3 +559,19 @@ def test_nan_in_an_embedding_is_refused_whatever_the_nan_policy(
     )
     with pytest.raises(LoadInputError, match="element 1 is nan; an embedding's values must be finite numbers"):
         load(conn, reg, "profile", table, partial=True, nan="null", inf="keep")
+
+
+def test_list_columns_are_verified_like_the_others(
+    conn: psycopg.Connection, schema: str, reg: Registry, tmp_path: Path
+) -> None:
+    """A list's pages carry checksums like any column's (require_checksums loads the file), and without
+    them its elements are checked against the statistics of its leaf, not left unchecked."""
+    path = tmp_path / "crc.parquet"
+    pq.write_table(arrow_of(ROWS[:50]), path, write_page_checksum=True)
+    summary = load(conn, reg, "profile", path, require_checksums=True)
+    assert summary.integrity[str(path)].startswith("page checksums")
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(arrow_of(ROWS[:50]), plain)
+    summary = load(conn, reg, "profile", plain)
+    assert "unchecked" not in summary.integrity[str(plain)] and not summary.notes, summary.integrity
+    assert stored(conn, schema, reg) == expected_of(ROWS[:50])
