@@ -3,7 +3,8 @@ types checked against what each column type accepts, before any row is read."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -75,6 +76,15 @@ class Columns:
     features: tuple[Feature, ...]
     updated_at: bool
     entity: Entity
+    # The live column type of each embedding feature (``vector(384)``, ``halfvec(384)``, ``real[]``, as
+    # format_type prints it: qualified where pgvector's schema is not on the search path), read from the
+    # catalog when the load starts: embeddings are staged and encoded in it (rich.py).
+    embedding_types: Mapping[str, str] = field(default_factory=dict)
+
+    def storage_of(self, feature: str) -> str:
+        """How an embedding feature's values are encoded: ``vector``, ``halfvec`` or ``array`` (real[])."""
+        live = self.embedding_types.get(feature, "real[]")
+        return "halfvec" if "halfvec(" in live else "vector" if "vector(" in live else "array"
 
     @property
     def key_column(self) -> str:

@@ -7,6 +7,7 @@ failure becomes. No database I/O happens here.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from collections.abc import Generator, Iterator
@@ -292,6 +293,8 @@ class Job:
                 f"table {summary.table} differs from its definition: {'; '.join(drift)} ({fix}); nothing was loaded",
                 problems={table.name: drift},
             )
+        embeddings = {f.name: catalog.columns[f.name] for f in table.features if f.type.kind == "embedding"}
+        self.columns = [dataclasses.replace(c, embedding_types=embeddings) for c in self.columns]
         columns = self.columns[0]
         texts = [
             f.name

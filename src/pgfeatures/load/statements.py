@@ -11,7 +11,6 @@ from typing import Any
 from psycopg import sql
 
 from ..definitions import UPDATED_AT, FeatureTable
-from ..definitions.types import EMBEDDING, FeatureType
 from ..schema import (
     covering_index_name,
     covering_index_sql,
@@ -135,17 +134,15 @@ def stage_table(token: str) -> sql.Identifier:
     return ident("pg_temp", f"_pgf_stage_{token}")
 
 
-def stage_type(type_: FeatureType) -> str:
-    """A feature's column in the stage: its own type, but ``real[]`` for an embedding (the live column's
-    ``vector``/``halfvec`` takes it by pgvector's assignment cast, as live updates send it; rich.py)."""
-    return "real[]" if type_.kind == EMBEDDING else type_.name
-
-
 def stage_ddl(stage: sql.Identifier, columns: Columns) -> sql.Composed:
     cols: list[sql.Composable] = [
         sql.SQL("{} {}").format(ident(columns.key_column), sql.SQL(columns.entity.column_type))
     ]
-    cols += [sql.SQL("{} {}").format(ident(f.name), sql.SQL(stage_type(f.type))) for f in columns.features]
+    # An embedding's stage column is the live column's type (vector, halfvec or real[]: rich.py encodes each)
+    cols += [
+        sql.SQL("{} {}").format(ident(f.name), sql.SQL(columns.embedding_types.get(f.name, f.type.name)))
+        for f in columns.features
+    ]
     if columns.updated_at:
         cols.append(sql.SQL("{} timestamptz").format(ident(UPDATED_AT)))
     cols.append(sql.SQL("seq bigint"))

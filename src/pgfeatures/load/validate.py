@@ -140,6 +140,7 @@ def _feature_column(
     inf: InfPolicy = InfPolicy.REJECT,
     clock: EventClock | None = None,
     options: LoadOptions | None = None,
+    storage: str = "array",
 ) -> tuple[Any, np.ndarray | None, list[Problem]]:
     arr = decoded(arr)
     if feature.type.kind != SCALAR:  # strings, timestamps, lists, embeddings: rich.py
@@ -147,7 +148,7 @@ def _feature_column(
         if problem is not None:  # CSV and iterables are typed only now
             raise LoadInputError(problem.removeprefix(": "), column=feature.name)
         assert clock is not None
-        return rich_column(arr, feature, clock)
+        return rich_column(arr, feature, clock, storage)
     kind = kind_of(arr.type)
     if kind not in ACCEPTS[feature.type.name]:  # CSV and iterables are typed only now
         raise LoadInputError(
@@ -205,6 +206,7 @@ def stage_batch(
                 options.inf,  # type: ignore[arg-type]
                 clock,
                 options,
+                columns.storage_of(feature.name),
             )
             encoded.append((values, nulls))
             problems += found
