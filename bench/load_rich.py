@@ -5,7 +5,8 @@ embeddings as JSON arrays), in one run, rounds interleaved.
 Each load is ``mode="replace"`` of the whole file (read, validate, encode, COPY, build the new table and
 its primary key, swap); the figure is the loader's own (``LoadSummary.seconds``), split by phase with the
 progress callback: *stage* (read, check, encode, COPY into the stage) and *apply* (fill the new table,
-index, analyze, swap). Every loaded table is compared with the file once (``count(*)`` and a checksum of
+index, analyze, swap); B/row is the loaded table's size per row (``pg_table_size``), MB/s that size loaded
+per second (a rich row is ten times a numeric one). Every loaded table is compared with the file once (``count(*)`` and a checksum of
 one column). Run it::
 
     PYTHONPATH=src python bench/load_rich.py --rows 200000 --rounds 3
@@ -130,8 +131,11 @@ def main() -> None:
         for _ in range(args.rounds):
             for (name, fmt), path in files.items():
                 results.setdefault((name, fmt), []).append(one_load(conn, reg, name, path))
-                rows = conn.execute(f"SELECT count(*) FROM {SCHEMA}.{name}").fetchone()[0]  # type: ignore[index]
+                rows, size = conn.execute(
+                    f"SELECT count(*), pg_table_size('{SCHEMA}.{name}') FROM {SCHEMA}.{name}"
+                ).fetchone()  # type: ignore[misc]
                 assert rows == results[(name, fmt)][-1]["rows"], (name, fmt, rows)
+                results[(name, fmt)][-1]["bytes"] = size / rows
         sample = conn.execute(f"SELECT name, emb::text FROM {SCHEMA}.rich WHERE user_id = 7").fetchone()
         expected = data["csv" if args.csv_rows else "parquet"]["rich"]  # the last one loaded
         want = expected.column("emb")[7].as_py()
@@ -151,17 +155,22 @@ def main() -> None:
                 "rows_per_s": round(rows / seconds),
                 "stage_s": round(statistics.median(r["stage"] for r in runs), 3),
                 "apply_s": round(statistics.median(r["apply"] for r in runs), 3),
+                "table_bytes_per_row": round(runs[-1]["bytes"]),
+                "mb_per_s": round(runs[-1]["bytes"] * rows / seconds / 1e6, 1),
             }
         )
     if args.json:
         json.dump({"embedding_column": columns.get("emb"), "results": out}, sys.stdout, indent=2)
         return
     print(f"rich: name varchar(32), emb {columns.get('emb')}; numeric: 8 real; medians of {args.rounds} rounds")
-    print(f"{'table':8} {'format':8} {'rows':>9} {'seconds':>8} {'rows/s':>10} {'stage s':>8} {'apply s':>8}")
+    print(
+        f"{'table':8} {'format':8} {'rows':>9} {'seconds':>8} {'rows/s':>10} {'stage s':>8} {'apply s':>8} "
+        f"{'B/row':>6} {'MB/s':>6}"
+    )
     for r in out:
         print(
             f"{r['table']:8} {r['format']:8} {r['rows']:>9,} {r['seconds']:>8.3f} {r['rows_per_s']:>10,} "
-            f"{r['stage_s']:>8.3f} {r['apply_s']:>8.3f}"
+            f"{r['stage_s']:>8.3f} {r['apply_s']:>8.3f} {r['table_bytes_per_row']:>6} {r['mb_per_s']:>6}"
         )
 
 

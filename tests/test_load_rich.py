@@ -21,8 +21,11 @@ import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg import sql
 
+from cli_run import cli
 from pgfeatures import AsyncFeatureStore, FeatureStore
 from pgfeatures.definitions import Registry
 from pgfeatures.errors import LoadInputError
@@ -575,3 +578,113 @@ def test_list_columns_are_verified_like_the_others(
     summary = load(conn, reg, "profile", plain)
     assert "unchecked" not in summary.integrity[str(plain)] and not summary.notes, summary.integrity
     assert stored(conn, schema, reg) == expected_of(ROWS[:50])
+
+
+TOML = """
+schema = "{schema}"
+[entities.user]
+key = "bigint"
+column = "user_id"
+[tables.profile]
+entity = "user"
+[tables.profile.features]
+country = {{ type = "string", max_length = 4 }}
+last_login = "timestamp"
+cats = {{ type = "list<string>", max_length = 5 }}
+ids = "list<bigint>"
+amounts = "list<real>"
+scores = "list<double>"
+small = "list<integer>"
+emb = {{ type = "embedding", dim = 4 }}
+score = "real"
+"""
+
+
+def test_the_cli_loads_a_csv_of_every_rich_type(conn: psycopg.Connection, schema: str, tmp_path: Path) -> None:
+    definitions = tmp_path / "features.toml"
+    definitions.write_text(TOML.format(schema=schema))
+    registry = Registry.from_toml(definitions)
+    assert [f.type for f in registry.table("profile").features] == [
+        f.type for f in registry_of(schema).table("profile").features
+    ]
+    path = csv_of(ROWS[:40], tmp_path / "rich.csv")
+    done = cli("load", "profile", str(path), "--dsn", conn.info.dsn, "-d", str(definitions), "-q")
+    assert done.returncode == 0, done.stderr
+    assert stored(conn, schema, registry) == expected_of(ROWS[:40])
+    bad = csv_of(_bad(ROWS[:40], 7, emb=[1.0, 2.0]), tmp_path / "bad.csv")
+    done = cli("load", "profile", str(bad), "--dsn", conn.info.dsn, "-d", str(definitions), "-q")
+    assert done.returncode != 0
+    assert f"{bad}: row 7, column 'emb': 2 values where the embedding has dim 4" in done.stderr, done.stderr
+    assert stored(conn, schema, registry) == expected_of(ROWS[:40])
+
+
+def test_pushes_of_rich_values_are_live_updates(conn: psycopg.Connection, schema: str, tmp_path: Path) -> None:
+    """POST /v1/push/{table} does not go through the loader: it is update_features_batch, which takes the
+    rich types as JSON values (strings, RFC 3339 times, arrays) and refuses a bad one naming the feature."""
+    from pgfeatures.server import ServerConfig
+    from support.inprocess import running_app
+
+    definitions = tmp_path / "features.toml"
+    definitions.write_text(TOML.format(schema=schema))
+    registry = Registry.from_toml(definitions)
+    apply_schema(conn, registry)
+    config = ServerConfig(dsn=conn.info.dsn, definitions=str(definitions), prewarm=False, pool_size=2)
+    row = {
+        "country": "ÄÖÜß",
+        "last_login": "2026-05-01T14:30:15.250001+02:00",
+        "cats": ["a", 'b "c"'],
+        "ids": [2**62, -1],
+        "amounts": [0.1],
+        "scores": [1e300],
+        "small": [],
+        "emb": [0.5, -0.25, 0.125, 1e-3],
+        "score": 0.5,
+    }
+    with running_app(config) as client:
+        done = client.post("/v1/push/profile", json={"key": 1, "features": row})
+        assert done.status_code == 200, done.text
+        refused = client.post("/v1/push/profile", json={"key": 2, "features": {"emb": [1, 2]}})
+        assert refused.status_code == 400 and "emb" in refused.text and "dim 4" in refused.text, refused.text
+    got = stored(conn, schema, registry)
+    assert got == {
+        1: {
+            **row,
+            "last_login": dt.datetime(2026, 5, 1, 12, 30, 15, 250001, tzinfo=dt.UTC),
+            "amounts": [float(np.float32(0.1))],
+            "emb": [0.5, -0.25, 0.125, float(np.float32(1e-3))],
+        }
+    }
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    texts=st.lists(
+        st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=4),
+        min_size=1,
+        max_size=5,
+    ),
+    floats=st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=4, max_size=4),
+)
+def test_any_strings_and_embedding_floats_load_exactly(
+    conn: psycopg.Connection, schema: str, reg: Registry, tmp_path: Path, texts: list[str], floats: list[float]
+) -> None:
+    """Any unicode (empty, at max_length, astral), any float32 (subnormals, ±0, the extremes), through
+    Arrow and CSV alike."""
+    rows = [
+        {"user_id": i, "country": text, "cats": texts, "emb": floats[i % 4 :] + floats[: i % 4]}
+        for i, text in enumerate(texts)
+    ]
+    table = pa.table(
+        {
+            "user_id": pa.array([r["user_id"] for r in rows], pa.int64()),
+            "country": pa.array([r["country"] for r in rows], pa.string()),
+            "cats": pa.array([r["cats"] for r in rows], pa.list_(pa.string())),
+            "emb": pa.array([r["emb"] for r in rows], pa.list_(pa.float32(), 4)),
+        }
+    )
+    expected = {r["user_id"]: {"country": r["country"], "cats": r["cats"], "emb": r["emb"]} for r in rows}
+    for source in (table, csv_of(rows, tmp_path / "h.csv")):
+        conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(schema, "profile")))
+        load(conn, reg, "profile", source, partial=True)
+        got = {k: {c: v[c] for c in ("country", "cats", "emb")} for k, v in stored(conn, schema, reg).items()}
+        assert got == expected

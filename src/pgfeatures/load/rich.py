@@ -76,8 +76,8 @@ def rich_column(
     type_, column = feature.type, feature.name
     arr = decoded(arr)
     if type_.kind == TIMESTAMP:
-        micros, nulls, problems = instants(arr, clock, column)
-        return timestamptz_values(micros), nulls, problems
+        micros, nulls, found = instants(arr, clock, column)
+        return timestamptz_values(micros), nulls, found
     if type_.kind == STRING:
         return _strings(arr, column, type_.max_length or 0)
     problems: list[Problem] = []
@@ -278,6 +278,10 @@ def _headers(lists: _Lists, oid: int) -> pa.Array:
     return binary_array(offsets, np.ascontiguousarray(raw).reshape(-1))
 
 
+def _after_colon(why: Callable[[int], str]) -> Callable[[int], str]:
+    return lambda e: f": {why(e)}"
+
+
 def _list(lists: _Lists, column: str, type_: FeatureType, element: str) -> tuple[pa.Array, list[Problem]]:
     problems: list[Problem] = []
     if type_.max_length is not None:
@@ -300,7 +304,7 @@ def _list(lists: _Lists, column: str, type_: FeatureType, element: str) -> tuple
             flat = pa.array([""] * len(flat), pa.string())
         assert type_.element is not None
         for mask, why in _string_checks(flat, type_.element.max_length or 0):
-            problems.append(lists.problem(column, mask, lambda e, why=why: f": {why(e)}"))
+            problems.append(lists.problem(column, mask, _after_colon(why)))
         data = flat.cast(pa.large_binary())
         offsets = np.frombuffer(data.buffers()[1], np.int64, count=len(data) + 1, offset=data.offset * 8)
         prefixes = np.diff(offsets).astype(">i4").view(np.uint8)
