@@ -346,9 +346,7 @@ def test_apply_refuses_what_pgfeatures_cannot_store_and_creates_nothing(tmp_path
             "feature view 'names': field 'label' is of Feast type Bytes",
         ),
         (
-            FeatureView(
-                name="vectors", entities=[driver], source=src, schema=[Field(name="emb", dtype=Array(Bool))]
-            ),
+            FeatureView(name="vectors", entities=[driver], source=src, schema=[Field(name="emb", dtype=Array(Bool))]),
             "feature view 'vectors': field 'emb'",
         ),
         (
