@@ -688,3 +688,27 @@ def test_any_strings_and_embedding_floats_load_exactly(
         load(conn, reg, "profile", source, partial=True)
         got = {k: {c: v[c] for c in ("country", "cats", "emb")} for k, v in stored(conn, schema, reg).items()}
         assert got == expected
+
+
+@pytest.mark.parametrize("how", [{"strategy": "upsert"}, {"strategy": "rebuild"}, {"mode": "replace"}])
+def test_a_materialized_service_of_strings_and_timestamps_follows_loads(
+    conn: psycopg.Connection, schema: str, tmp_path: Path, how: dict[str, str]
+) -> None:
+    definitions = tmp_path / "features.toml"
+    definitions.write_text(
+        TOML.format(schema=schema)
+        + '[services.served]\nmaterialize = true\nfeatures = ["profile.country", "profile.last_login", "profile.score"]\n'
+    )
+    registry = Registry.from_toml(definitions)
+    load(conn, registry, "profile", arrow_of(ROWS[:60]))
+    done = cli("materialize", "served", "--dsn", conn.info.dsn, "-d", str(definitions))
+    assert done.returncode == 0, done.stderr
+    changed = rows_of(range(40, 101), seed=3)
+    summary = load(conn, registry, "profile", arrow_of(changed), **how)
+    assert summary.strategy == how.get("strategy", "replace")
+    truth = stored(conn, schema, registry)
+    with FeatureStore(registry, conn.info.dsn) as store:
+        for key in (1, 39, 40, 77, 100, 101):
+            row = truth.get(key)
+            expected = None if row is None else {n: row[n] for n in ("country", "last_login", "score")}
+            assert store.get_service("served", key)["profile"] == expected, key
