@@ -72,10 +72,8 @@ def objects(root: Path) -> dict[str, Any]:
             Field(name="tags", dtype=Array(String)),
         ],
     )
-    plain = FeatureService(name="profile_plain", features=[view[["name", "last_seen"]]])
-    precomputed = FeatureService(
-        name="profile_precomputed", features=[view[["name", "last_seen"]]], precompute_online=True
-    )
+    plain = FeatureService(name="profile_plain", features=[view])
+    precomputed = FeatureService(name="profile_precomputed", features=[view], precompute_online=True)
     return {
         "driver": driver,
         "profile_push": push,
@@ -153,7 +151,7 @@ def test_the_columns_are_plain_pgfeatures_rich_columns(stores: Any, dsn: str) ->
     assert row is not None and row[0] == "Ada" and row[1] == NOW - DAY and row[2] == [2**40, -1]
 
 
-def test_a_precomputed_service_of_strings_and_timestamps_answers_as_without(stores: Any) -> None:
+def test_a_precomputed_service_of_every_rich_type_answers_as_without(stores: Any) -> None:
     sqlite, pg, _ = stores
     ours = pg.get_online_features(pg.get_feature_service("profile_precomputed"), ROWS)
     plain = pg.get_online_features(pg.get_feature_service("profile_plain"), ROWS)
