@@ -691,13 +691,14 @@ def test_any_strings_and_embedding_floats_load_exactly(
 
 
 @pytest.mark.parametrize("how", [{"strategy": "upsert"}, {"strategy": "rebuild"}, {"mode": "replace"}])
-def test_a_materialized_service_of_strings_and_timestamps_follows_loads(
+def test_a_materialized_service_of_rich_features_follows_loads(
     conn: psycopg.Connection, schema: str, tmp_path: Path, how: dict[str, str]
 ) -> None:
     definitions = tmp_path / "features.toml"
     definitions.write_text(
         TOML.format(schema=schema)
-        + '[services.served]\nmaterialize = true\nfeatures = ["profile.country", "profile.last_login", "profile.score"]\n'
+        + "[services.served]\nmaterialize = true\n"
+        + 'features = ["profile.country", "profile.last_login", "profile.cats", "profile.emb", "profile.score"]\n'
     )
     registry = Registry.from_toml(definitions)
     load(conn, registry, "profile", arrow_of(ROWS[:60]))
@@ -710,5 +711,5 @@ def test_a_materialized_service_of_strings_and_timestamps_follows_loads(
     with FeatureStore(registry, conn.info.dsn) as store:
         for key in (1, 39, 40, 77, 100, 101):
             row = truth.get(key)
-            expected = None if row is None else {n: row[n] for n in ("country", "last_login", "score")}
+            expected = None if row is None else {n: row[n] for n in ("country", "last_login", "cats", "emb", "score")}
             assert store.get_service("served", key)["profile"] == expected, key
