@@ -328,7 +328,7 @@ def test_tables_are_plain_pgfeatures_tables(stores: Any, dsn: str) -> None:
 
 def test_apply_refuses_what_pgfeatures_cannot_store_and_creates_nothing(tmp_path: Path, dsn: str, schema: str) -> None:
     from feast import Entity, FeatureStore, FeatureView, Field, FileSource, ValueType
-    from feast.types import Array, Float32, Float64, Int64, String
+    from feast.types import Array, Bool, Bytes, Float32, Float64, Int64
 
     feast_repo.write_data(tmp_path)
     feast_repo.write_config(tmp_path, "bad", {"type": STORE, "dsn": dsn, "db_schema": schema})
@@ -341,14 +341,12 @@ def test_apply_refuses_what_pgfeatures_cannot_store_and_creates_nothing(tmp_path
                 name="names",
                 entities=[driver],
                 source=src,
-                schema=[Field(name="driver_id", dtype=Int64), Field(name="label", dtype=String)],
+                schema=[Field(name="driver_id", dtype=Int64), Field(name="label", dtype=Bytes)],
             ),
-            "feature view 'names': field 'label' is of Feast type String",
+            "feature view 'names': field 'label' is of Feast type Bytes",
         ),
         (
-            FeatureView(
-                name="vectors", entities=[driver], source=src, schema=[Field(name="emb", dtype=Array(Float32))]
-            ),
+            FeatureView(name="vectors", entities=[driver], source=src, schema=[Field(name="emb", dtype=Array(Bool))]),
             "feature view 'vectors': field 'emb'",
         ),
         (

@@ -43,7 +43,9 @@ LOAD_FLAGS = {
         "the last row wins, or the load fails",
         metavar="newest|last|reject",
     ),
-    "nan": Flag("NaN values: fail the load, or load them as NULL"),
+    "nan": Flag(
+        "NaN values of real/double precision columns: fail the load, or load them as NULL (NaN in a list or an embedding always fails)"
+    ),
     "inf": Flag(
         "±Infinity in real/double precision columns: fail the load, or load them as they are "
         '(JSON answers carry them as "Infinity"/"-Infinity")'
@@ -58,10 +60,12 @@ LOAD_FLAGS = {
         "transaction time on the database server)",
         parse=_event_time_text,
     ),
-    "event_time_unit": Flag("unit of epoch numbers in the updated_at column: s, ms or us", metavar="s|ms|us"),
+    "event_time_unit": Flag(
+        "unit of epoch numbers in the updated_at column and timestamp features: s, ms or us", metavar="s|ms|us"
+    ),
     "event_time_zone": Flag(
-        "time zone of updated_at values without one (timestamps without a zone, ISO strings "
-        "without an offset), e.g. UTC; default: such values are refused",
+        "time zone of updated_at and timestamp-feature values without one (timestamps without a zone, ISO "
+        "strings without an offset), e.g. UTC; default: such values are refused",
         metavar="ZONE",
     ),
     "max_future_skew": Flag(
@@ -94,7 +98,11 @@ def configure_load(p: argparse.ArgumentParser) -> None:
     add_definitions(p)
     p.add_argument("table")
     p.add_argument(
-        "files", nargs="+", metavar="FILE", help="Parquet, CSV (header row) or Arrow IPC files, loaded together"
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="Parquet, CSV (header row; lists and embeddings as JSON arrays, times RFC 3339 with a zone) or Arrow "
+        "IPC files, loaded together",
     )
     add_settings(p, LoadOptions, LOAD_FLAGS)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

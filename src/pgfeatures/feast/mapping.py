@@ -2,7 +2,9 @@
 
 - A Feast **feature view** is a pgfeatures table of the same name: one typed column per feature
   (Float32 -> real, Float64 -> double precision, Int32 -> integer, Int64 -> bigint, Bool ->
-  boolean), the view's ``ttl`` as the table's ttl, the event time in ``updated_at``.
+  boolean, String -> string (256 characters at most), UnixTimestamp -> timestamp, Array(Int32 |
+  Int64 | Float32 | Float64 | String) -> list<integer | bigint | real | double | string>), the view's
+  ``ttl`` as the table's ttl, the event time in ``updated_at``.
 - The **join keys** of a view are one pgfeatures entity, named after them so that every view with
   the same join keys shares it (one key parameter per request, whatever the number of views):
   one Int64/Int32 join key -> a ``bigint`` key column of that name; one String join key -> a
@@ -37,6 +39,13 @@ FEATURE_TYPES = {
     "INT32": "integer",
     "INT64": "bigint",
     "BOOL": "boolean",
+    "STRING": "string",  # character varying(256): a longer value is refused, never truncated
+    "UNIX_TIMESTAMP": "timestamp",  # Feast carries whole epoch seconds
+    "INT32_LIST": "list<integer>",
+    "INT64_LIST": "list<bigint>",
+    "FLOAT_LIST": "list<real>",
+    "DOUBLE_LIST": "list<double>",
+    "STRING_LIST": "list<string>",
 }
 FEAST_TYPE_NAMES = {
     "FLOAT": "Float32",
@@ -47,6 +56,11 @@ FEAST_TYPE_NAMES = {
     "STRING": "String",
     "BYTES": "Bytes",
     "UNIX_TIMESTAMP": "UnixTimestamp",
+    "INT32_LIST": "Array(Int32)",
+    "INT64_LIST": "Array(Int64)",
+    "FLOAT_LIST": "Array(Float32)",
+    "DOUBLE_LIST": "Array(Float64)",
+    "STRING_LIST": "Array(String)",
 }
 # Feast join key value type -> pgfeatures key type of a single-key entity.
 KEY_TYPES = {"INT64": "bigint", "INT32": "bigint", "STRING": "text", "BYTES": "bytea32"}
@@ -59,7 +73,14 @@ PROTO_FIELDS = {
     "BOOL": "bool_val",
     "STRING": "string_val",
     "BYTES": "bytes_val",
+    "UNIX_TIMESTAMP": "unix_timestamp_val",
+    "INT32_LIST": "int32_list_val",
+    "INT64_LIST": "int64_list_val",
+    "FLOAT_LIST": "float_list_val",
+    "DOUBLE_LIST": "double_list_val",
+    "STRING_LIST": "string_list_val",
 }
+LIST_KINDS = frozenset(k for k in FEATURE_TYPES if k.endswith("_LIST"))
 MAX_IDENTIFIER = 63
 # The join key Feast gives entityless views; its one value is "", which no text key may be, so it
 # is keyed as a composite key is (the SHA-256 of '[""]').

@@ -59,10 +59,10 @@ from ..store import AsyncFeatureStore, FeatureStore, StoreOptions
 from ..store.options import pick
 from . import infra
 from .keys import key_part, proto_key, proto_value
-from .mapping import PROTO_FIELDS, ViewLayout, registry_of, service_of, view_layout
+from .mapping import ViewLayout, registry_of, service_of, view_layout
 from .plan import RequestPlan, event_time, plan_request
 from .precomputed import feature_names, key_columns, vectors
-from .response import PRESENT, Column, PgfeaturesOnlineResponse, append_columns
+from .response import PRESENT, Column, PgfeaturesOnlineResponse, append_columns, feast_value
 from .writes import arrow_batch, arrow_table
 
 logger = logging.getLogger("pgfeatures.feast")
@@ -642,10 +642,7 @@ class PgfeaturesOnlineStore(OnlineStore):
             out.append(
                 (
                     stamp,
-                    {
-                        n: ValueProto() if values[n] is None else ValueProto(**{PROTO_FIELDS[fields[n]]: values[n]})
-                        for n in names
-                    },
+                    {n: ValueProto() if values[n] is None else feast_value(fields[n], values[n]) for n in names},
                 )
             )
         return out

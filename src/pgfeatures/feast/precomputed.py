@@ -27,9 +27,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ..errors import KeyFormatError
 from .keys import proto_value
-from .mapping import PROTO_FIELDS
 from .plan import RequestPlan
-from .response import NOT_FOUND, PRESENT, Column
+from .response import NOT_FOUND, PRESENT, Column, feast_value
 
 
 def key_columns(service: str, plan: RequestPlan, entity_keys: Sequence[Any]) -> dict[str, list[Any]]:
@@ -75,7 +74,7 @@ def vectors(
         for o in outputs:
             column = found[o.name]
             value = column.values[i]
-            values.append(empty if value is None else ValueProto(**{PROTO_FIELDS[o.kind]: value}))
+            values.append(empty if value is None else feast_value(o.kind, value))
             if column.statuses[i] == PRESENT and o.view not in stamps:
                 nanos = column.nanos[i] if column.nanos else 0
                 stamps[o.view] = FeatureViewTimestamp(

@@ -10,15 +10,37 @@ and event timestamps Feast's own response would carry.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from feast.online_response import TIMESTAMP_POSTFIX, OnlineResponse
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus, GetOnlineFeaturesResponse
+from feast.protos.feast.types.Value_pb2 import DoubleList, FloatList, Int32List, Int64List, StringList
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from .mapping import PROTO_FIELDS
+from .mapping import LIST_KINDS, PROTO_FIELDS
+
+_LISTS = {
+    "INT32_LIST": Int32List,
+    "INT64_LIST": Int64List,
+    "FLOAT_LIST": FloatList,
+    "DOUBLE_LIST": DoubleList,
+    "STRING_LIST": StringList,
+}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def feast_value(kind: str, value: Any) -> ValueProto:
+    """A stored value (not None) as the Feast ``Value`` of type ``kind``: a list in its list message, a
+    timestamp as whole epoch seconds (``unix_timestamp_val``, truncated as Feast's own conversion does)."""
+    if kind in LIST_KINDS:
+        return ValueProto(**{PROTO_FIELDS[kind]: _LISTS[kind](val=value)})
+    if kind == "UNIX_TIMESTAMP":
+        return ValueProto(unix_timestamp_val=int((value - _EPOCH).total_seconds()))
+    return ValueProto(**{PROTO_FIELDS[kind]: value})
+
 
 PRESENT = FieldStatus.PRESENT
 NOT_FOUND = FieldStatus.NOT_FOUND
@@ -48,9 +70,9 @@ class Column:
         self.nanos = nanos
 
     def feature_vector(self) -> GetOnlineFeaturesResponse.FeatureVector:
-        field = PROTO_FIELDS[self.kind]
         empty = ValueProto()
-        values = [empty if v is None else ValueProto(**{field: v}) for v in self.values]
+        kind = self.kind
+        values = [empty if v is None else feast_value(kind, v) for v in self.values]
         stamps: dict[tuple[int, int], Timestamp] = {}
         nanos = self.nanos or [0] * len(self.seconds)
         timestamps = []

@@ -19,7 +19,7 @@ import pyarrow as pa
 from ..definitions import UPDATED_AT
 from ..errors import FeatureValueError, KeyFormatError
 from .keys import proto_key
-from .mapping import FEAST_TYPE_NAMES, PROTO_FIELDS, ViewLayout, composite_key_text
+from .mapping import FEAST_TYPE_NAMES, LIST_KINDS, PROTO_FIELDS, ViewLayout, composite_key_text
 
 _ARROW_TYPES = {
     "FLOAT": pa.float32(),
@@ -27,7 +27,29 @@ _ARROW_TYPES = {
     "INT32": pa.int32(),
     "INT64": pa.int64(),
     "BOOL": pa.bool_(),
+    "STRING": pa.string(),
+    "UNIX_TIMESTAMP": pa.timestamp("s", tz="UTC"),  # Feast's unix_timestamp_val: whole epoch seconds
+    "INT32_LIST": pa.list_(pa.int32()),
+    "INT64_LIST": pa.list_(pa.int64()),
+    "FLOAT_LIST": pa.list_(pa.float32()),
+    "DOUBLE_LIST": pa.list_(pa.float64()),
+    "STRING_LIST": pa.list_(pa.string()),
 }
+NULL_TIMESTAMP = -(2**63)  # Feast's NULL_TIMESTAMP_INT_VALUE (NaT as int64): a null unix_timestamp_val
+
+
+def proto_python(kind: str, value: Any) -> Any:
+    """The Python value of a Feast ``Value`` of type ``kind`` as the load takes it (a list's elements as
+    a list, a timestamp as epoch seconds, None for Feast's null timestamp)."""
+    field = value.WhichOneof("val")
+    got = getattr(value, field)
+    if kind in LIST_KINDS:
+        return list(got.val)
+    if kind == "UNIX_TIMESTAMP" and got == NULL_TIMESTAMP:
+        return None
+    return got
+
+
 _KEY_TYPES = {"bigint": pa.int64(), "text": pa.string()}
 
 
@@ -76,7 +98,7 @@ def arrow_batch(layout: ViewLayout, data: Sequence[tuple[Any, dict[str, Any], da
             if field is None:
                 values.append(None)
             elif field == expected:
-                values.append(getattr(value, field))
+                values.append(proto_python(kind, value))
             else:
                 raise FeatureValueError(
                     f"feature view {view!r}, entity {key!r}, feature {name!r}: a {field} value where "
@@ -116,8 +138,8 @@ def arrow_table(layout: ViewLayout, table: pa.Table, timestamp_field: str) -> pa
             raise KeyFormatError(f"feature view {view!r}: join key {layout.keys.names[0]!r}: {exc}") from None
     columns[layout.table.key_column] = keys
     for name, kind in layout.feature_types:
-        try:
-            columns[name] = table.column(name).cast(_ARROW_TYPES[kind])
+        try:  # a timestamp to whole seconds, as Feast stores it (a naive one is UTC, as in Feast)
+            columns[name] = table.column(name).cast(_ARROW_TYPES[kind], safe=kind != "UNIX_TIMESTAMP")
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise FeatureValueError(
                 f"feature view {view!r}, feature {name!r}: {table.column(name).type} values where "

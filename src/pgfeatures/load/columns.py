@@ -3,11 +3,13 @@ types checked against what each column type accepts, before any row is read."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from ..definitions import KEY_LENGTH, UPDATED_AT, Entity, Feature, FeatureTable
+from ..definitions.types import EMBEDDING, LIST, SCALAR, STRING, FeatureType
 from ..errors import LoadInputError
 from .options import LoadOptions
 from .sources import Source
@@ -26,6 +28,7 @@ def kind_of(t: pa.DataType) -> str:
         ("string", lambda x: pa.types.is_string(x) or pa.types.is_large_string(x)),
         ("fixed binary", pa.types.is_fixed_size_binary),
         ("binary", lambda x: pa.types.is_binary(x) or pa.types.is_large_binary(x)),
+        ("list", lambda x: pa.types.is_list(x) or pa.types.is_large_list(x) or pa.types.is_fixed_size_list(x)),
     ):
         if test(t):
             return kind
@@ -41,8 +44,19 @@ ACCEPTS = {
     "bigint": _NUMERIC,
     "boolean": {"null", "boolean"},
 }
-# What an updated_at column may hold: timestamps, ISO 8601 strings, epoch numbers (in event_time_unit).
+# What an updated_at column (or a timestamp feature's) may hold: timestamps, ISO 8601 strings, epoch
+# numbers (in event_time_unit).
 EVENT_TIME_KINDS = {"null", "integer", "floating", "decimal", "string", "timestamp"}
+# A list's (or an embedding's) elements: the kinds the element type takes. A list or an embedding may
+# also come as text holding a JSON array (CSV; rich.py parses it).
+ELEMENT_KINDS = {
+    "integer": {"null", "integer", "floating", "decimal"},
+    "bigint": {"null", "integer", "floating", "decimal"},
+    "real": {"null", "integer", "floating", "decimal"},
+    "double precision": {"null", "integer", "floating", "decimal"},
+    "string": {"null", "string"},
+    "embedding": {"null", "integer", "floating", "decimal"},
+}
 _CSV_TYPES = {
     "real": pa.float64(),
     "double precision": pa.float64(),
@@ -62,6 +76,15 @@ class Columns:
     features: tuple[Feature, ...]
     updated_at: bool
     entity: Entity
+    # The live column type of each embedding feature (``vector(384)``, ``halfvec(384)``, ``real[]``, as
+    # format_type prints it: qualified where pgvector's schema is not on the search path), read from the
+    # catalog when the load starts: embeddings are staged and encoded in it (rich.py).
+    embedding_types: Mapping[str, str] = field(default_factory=dict)
+
+    def storage_of(self, feature: str) -> str:
+        """How an embedding feature's values are encoded: ``vector``, ``halfvec`` or ``array`` (real[])."""
+        live = self.embedding_types.get(feature, "real[]")
+        return "halfvec" if "halfvec(" in live else "vector" if "vector(" in live else "array"
 
     @property
     def key_column(self) -> str:
@@ -74,8 +97,46 @@ class Columns:
 
     @property
     def csv_types(self) -> dict[str, pa.DataType]:
-        types = {self.key: pa.string(), **{f.name: _CSV_TYPES[f.type.name] for f in self.features}}
-        return {**types, UPDATED_AT: pa.string()} if self.updated_at else types  # ISO 8601 or epoch: validate.py
+        """How each CSV column is read: numbers and booleans parsed by pyarrow; keys, strings, timestamps
+        (ISO 8601 or epoch digits: eventtime.py) and lists and embeddings (JSON arrays: rich.py) as text."""
+        types = {self.key: pa.string(), **{f.name: _CSV_TYPES.get(f.type.name, pa.string()) for f in self.features}}
+        return {**types, UPDATED_AT: pa.string()} if self.updated_at else types
+
+
+def _element_spec(type_: FeatureType) -> str:
+    if type_.kind == EMBEDDING:
+        return "embedding"
+    assert type_.element is not None
+    return "string" if type_.element.kind == STRING else type_.element.name
+
+
+def column_problem(source: str, column: str, t: pa.DataType, type_: FeatureType, options: LoadOptions) -> str | None:
+    """Why a source column of Arrow type ``t`` cannot load into a feature of ``type_`` (None: it can)."""
+    kind = kind_of(t)
+    if type_.kind == SCALAR:
+        if kind in ACCEPTS[type_.name]:
+            return None
+        accepted = ", ".join(sorted(ACCEPTS[type_.name]))
+    elif type_.kind == STRING:
+        if kind in ("null", "string"):
+            return None
+        accepted = "strings"
+    elif type_.kind in (LIST, EMBEDDING):
+        if kind in ("null", "string"):
+            return None
+        value = t.value_type if kind == "list" else None
+        elements = ELEMENT_KINDS[_element_spec(type_)]
+        if value is not None and kind_of(value) in elements:
+            if type_.kind == EMBEDDING and pa.types.is_fixed_size_list(t) and t.list_size != type_.dim:
+                return (
+                    f"{source}: column {column!r} is {t}: fixed-size lists of {t.list_size} values; the embedding has "
+                    f"dim {type_.dim}"
+                )
+            return None
+        accepted = f"lists of {'numbers' if 'integer' in elements else 'strings'}, or text holding JSON arrays"
+    else:
+        return _event_time_problem(source, column, t, options, "timestamp")
+    return f"{source}: column {column!r} is {t}, which cannot load into {type_.spec} (accepted: {accepted})"
 
 
 def plan_columns(source: Source, table: FeatureTable, options: LoadOptions) -> Columns:
@@ -123,14 +184,9 @@ def plan_columns(source: Source, table: FeatureTable, options: LoadOptions) -> C
     if source.types is not None:
         _check_key_type(source, key, entity, options.hash_keys)
         for f in features:
-            kind = kind_of(source.types[f.name])
-            if kind not in ACCEPTS[f.type.name]:
-                raise LoadInputError(
-                    f"{name}: column {f.name!r} is {source.types[f.name]}, which cannot load into "
-                    f"{f.type.name} (accepted: {', '.join(sorted(ACCEPTS[f.type.name]))})",
-                    source=name,
-                    column=f.name,
-                )
+            problem = column_problem(name, f.name, source.types[f.name], f.type, options)
+            if problem is not None:
+                raise LoadInputError(problem, source=name, column=f.name)
         if UPDATED_AT in names:
             check_event_time_type(name, source.types[UPDATED_AT], options)
     return Columns(key, features, UPDATED_AT in names, entity)
@@ -138,22 +194,26 @@ def plan_columns(source: Source, table: FeatureTable, options: LoadOptions) -> C
 
 def check_event_time_type(source: str, t: pa.DataType, options: LoadOptions) -> None:
     """Raise LoadInputError unless an ``updated_at`` column of type ``t`` can be read as event time."""
+    problem = _event_time_problem(source, UPDATED_AT, t, options, "event time")
+    if problem is not None:
+        raise LoadInputError(problem, source=source, column=UPDATED_AT)
+
+
+def _event_time_problem(source: str, column: str, t: pa.DataType, options: LoadOptions, what: str) -> str | None:
+    """Why a column of type ``t`` cannot be read by the event-time rules (``updated_at``, or a timestamp feature)."""
     if pa.types.is_dictionary(t):
         t = t.value_type
     if kind_of(t) not in EVENT_TIME_KINDS:
-        raise LoadInputError(
-            f"{source}: column {UPDATED_AT!r} is {t}; event time is a timestamp, an ISO 8601 string "
-            f"with a zone, or epoch numbers in event_time_unit (s, ms, us)",
-            source=source,
-            column=UPDATED_AT,
+        return (
+            f"{source}: column {column!r} is {t}, which cannot load into {what}: a timestamp, an ISO 8601 "
+            "string with a zone, or epoch numbers in event_time_unit (s, ms, us)"
         )
     if pa.types.is_timestamp(t) and t.tz is None and options.event_time_zone is None:
-        raise LoadInputError(
-            f"{source}: column {UPDATED_AT!r} is {t}, with no time zone: which zone its times are in "
-            "is not known; name it with event_time_zone= (--event-time-zone, e.g. UTC)",
-            source=source,
-            column=UPDATED_AT,
+        return (
+            f"{source}: column {column!r} is {t}, with no time zone: which zone its times are in "
+            "is not known; name it with event_time_zone= (--event-time-zone, e.g. UTC)"
         )
+    return None
 
 
 # The source key kinds each key type takes (keys.py parses them): natural ids for hashed entities.

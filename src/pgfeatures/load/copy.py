@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 COPY_HEADER = SIGNATURE + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"  # no flags, no header extension
@@ -91,15 +92,44 @@ class CopyFormatError(ValueError):
 
 
 def encode_copy_rows(columns: Sequence[Column]) -> memoryview:
-    """Rows in PostgreSQL's binary COPY format (without header/trailer), built with numpy.
+    """Rows in PostgreSQL's binary COPY format (without header/trailer), built with numpy and Arrow.
 
     ``columns`` are (values, nulls): fixed-width numpy values (``(n, w)`` uint8 for raw bytes such
-    as keys) or ``VarBytes`` (text), and a boolean NULL mask or None. Every row is first laid out at
-    full width in one structured array (field count, then length + big-endian value per column;
-    variable-width values padded to the batch's longest); NULL fields get length -1, and their value
-    bytes (and the padding) are then squeezed out with one boolean mask over the buffer.
+    as keys or an embedding's array), ``VarBytes`` (short text: keys), or a ``large_binary`` Arrow
+    array of variable-width value bytes (strings, lists: ``rich.py``; empty at NULL rows), and a
+    boolean NULL mask or None.
+
+    Without Arrow columns every row is first laid out at full width in one structured array (field
+    count, then length + big-endian value per column; ``VarBytes`` padded to the batch's longest);
+    NULL fields get length -1, and their value bytes (and the padding) are then squeezed out with one
+    boolean mask over the buffer. Arrow columns are never padded (a list may be megabytes): the runs
+    of other columns between them are laid out as above, each Arrow column gets its 4-byte lengths,
+    and Arrow's ``binary_join_element_wise`` concatenates the pieces row by row.
     """
+    variable = [j for j, (v, _) in enumerate(columns) if isinstance(v, pa.Array)]
+    if not variable:
+        return _layout(columns, len(columns))[0]
     n = len(columns[0][0])
+    pieces: list[pa.Array] = []
+    start = 0
+    for j in [*variable, len(columns)]:
+        if j > start or start == 0:  # the first run carries the field count, even when empty
+            raw, lengths = _layout(columns[start:j], len(columns) if start == 0 else None, n)
+            pieces.append(_binary(raw, lengths, n))
+        if j < len(columns):
+            values, nulls = columns[j]
+            pieces += _variable_field(values, nulls)
+        start = j + 1
+    joined = pc.binary_join_element_wise(*pieces, pa.scalar(b"", pa.large_binary()))
+    offsets = np.frombuffer(joined.buffers()[1], np.int64, count=n + 1, offset=joined.offset * 8)
+    return memoryview(joined.buffers()[2])[int(offsets[0]) : int(offsets[-1])]
+
+
+def _layout(columns: Sequence[Column], count: int | None, n: int | None = None) -> tuple[memoryview, Any]:
+    """Fixed-width and ``VarBytes`` columns laid out row by row (with the field ``count`` first, when
+    given): the bytes, and each row's length (None: every row is the dtype's full width)."""
+    n = len(columns[0][0]) if columns else n
+    assert n is not None
     padded = {
         j: v.padded(max(int(v.lengths.max()) if len(v) else 0, 1))
         for j, (v, _) in enumerate(columns)
@@ -109,9 +139,10 @@ def encode_copy_rows(columns: Sequence[Column]) -> memoryview:
         (padded[j][0].shape[1],) if j in padded else (v.shape[1],) if v.ndim == 2 else v.dtype
         for j, (v, _) in enumerate(columns)
     ]
-    dtype = _row_dtype(kinds)
+    dtype = _row_dtype(kinds, count is not None)
     template = np.zeros((), dtype)  # the field count and the lengths are the same in every row
-    template["n"] = len(columns)
+    if count is not None:
+        template["n"] = count
     for j in range(len(columns)):
         template[f"l{j}"] = _field(dtype, j)[0].itemsize
     rows = np.empty(n, dtype)
@@ -126,7 +157,7 @@ def encode_copy_rows(columns: Sequence[Column]) -> memoryview:
             rows[f"l{j}"][nulls] = -1
     raw = rows.view(np.uint8)
     if all(nulls is None for _, nulls in columns) and not padded:
-        return raw.data
+        return raw.data, None
     keep = np.ones((n, dtype.itemsize), dtype=bool)
     for j, (_, nulls) in enumerate(columns):
         field, start = _field(dtype, j)
@@ -134,7 +165,38 @@ def encode_copy_rows(columns: Sequence[Column]) -> memoryview:
             keep[:, start : start + field.itemsize] = padded[j][1]
         if nulls is not None:
             keep[nulls, start : start + field.itemsize] = False
-    return raw.reshape(n, dtype.itemsize)[keep].data
+    return raw.reshape(n, dtype.itemsize)[keep].data, keep.sum(axis=1)
+
+
+def _binary(raw: Any, lengths: np.ndarray | None, n: int) -> pa.Array:
+    """``raw`` bytes cut into ``n`` rows (of ``lengths``, or all equal) as a ``large_binary`` array (no copy)."""
+    if lengths is None:
+        offsets = np.arange(n + 1, dtype=np.int64) * (len(raw) // n if n else 0)
+    else:
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+    return pa.Array.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(raw)])
+
+
+def binary_array(offsets: np.ndarray, data: Any) -> pa.Array:
+    """A ``large_binary`` array of the bytes ``data[offsets[i]:offsets[i + 1]]`` (no copy)."""
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    return pa.Array.from_buffers(pa.large_binary(), len(offsets) - 1, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def _variable_field(values: pa.Array, nulls: np.ndarray | None) -> list[pa.Array]:
+    """An Arrow column's fields: its 4-byte big-endian lengths (-1: NULL), then its value bytes."""
+    if values.type != pa.large_binary():
+        values = values.cast(pa.large_binary())
+    if values.null_count:
+        values = values.fill_null(pa.scalar(b"", pa.large_binary()))
+    offsets = np.frombuffer(values.buffers()[1], np.int64, count=len(values) + 1, offset=values.offset * 8)
+    lengths = np.diff(offsets).astype(">i4")
+    if nulls is not None:
+        if lengths[nulls].any():
+            values = pc.if_else(pa.array(nulls), pa.scalar(b"", pa.large_binary()), values)
+        lengths[nulls] = -1
+    return [_binary(lengths.view(np.uint8).data, None, len(lengths)), values]
 
 
 def _field(dtype: np.dtype, j: int) -> tuple[np.dtype, int]:
@@ -144,10 +206,10 @@ def _field(dtype: np.dtype, j: int) -> tuple[np.dtype, int]:
     return value, offset
 
 
-def _row_dtype(kinds: Sequence[Any]) -> np.dtype:
-    """One row at full width: field count, then (length, big-endian value) per column. A kind is a
-    numpy dtype (a scalar value) or ``(width,)`` (raw bytes, e.g. a 32-byte key)."""
-    fields: list[Any] = [("n", ">i2")]
+def _row_dtype(kinds: Sequence[Any], count: bool = True) -> np.dtype:
+    """One row at full width: field count (``count``), then (length, big-endian value) per column. A
+    kind is a numpy dtype (a scalar value) or ``(width,)`` (raw bytes, e.g. a 32-byte key)."""
+    fields: list[Any] = [("n", ">i2")] if count else []
     for j, kind in enumerate(kinds):
         value = (np.uint8, kind) if isinstance(kind, tuple) else (np.dtype(kind).newbyteorder(">"),)
         fields += [(f"l{j}", ">i4"), (f"v{j}", *value)]

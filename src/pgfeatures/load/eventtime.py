@@ -1,5 +1,6 @@
 """A batch's ``updated_at`` column as event times: int64 epoch microseconds, vectorized, with the
-rows that are invalid or too far ahead of the database server's clock.
+rows that are invalid or too far ahead of the database server's clock. A ``timestamp`` feature's
+column is read by the same rules (``instants``), its NULLs kept and no bound on the future.
 
 What a column may hold (declared, never guessed; definitions/eventtime.py has the why):
 
@@ -61,50 +62,9 @@ class EventClock:
 
 def event_times(arr: pa.Array, clock: EventClock) -> tuple[np.ndarray, list[Problem]]:
     """The column's event times (epoch microseconds; NULL takes ``clock.default``) and its problems."""
-    arr = decoded(arr)
-    nulls = nulls_of(arr)
-    n = len(arr)
-    problems: list[Problem] = []
-    kind = arr.type
-    if pa.types.is_null(kind):
-        return np.full(n, clock.default, dtype=np.int64), problems
-    if pa.types.is_timestamp(kind):
-        micros, bad = _timestamps(arr, clock.zone)
-    elif pa.types.is_integer(kind):
-        micros, bad = _scaled(_ints(arr), UNITS[clock.unit])
-    elif pa.types.is_floating(kind) or pa.types.is_decimal(kind):
-        micros, bad, invalid = _floats(arr, UNITS[clock.unit])
-        if invalid.any():
-            shown = arr
-            problems.append(
-                Problem(UPDATED_AT, invalid, lambda i: f"{shown[i].as_py()!r} is not a finite epoch number")
-            )
-    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        micros, bad, unreadable = _strings(arr, clock)
-        problems += unreadable
-    else:
-        raise LoadInputError(
-            f"column {UPDATED_AT!r} is {kind}; event time is a timestamp, an ISO 8601 string with a "
-            "zone, or epoch numbers",
-            column=UPDATED_AT,
-        )
+    micros, nulls, problems = instants(arr, clock, UPDATED_AT)
     if nulls is not None:
         micros[nulls] = clock.default
-        bad &= ~nulls
-    if bad.any():
-        raw = arr
-        unit = {"s": "seconds", "ms": "milliseconds", "us": "microseconds"}[clock.unit]
-        problems.append(
-            Problem(
-                UPDATED_AT,
-                bad,
-                lambda i: (
-                    f"{raw[i].as_py()!r} is out of range for an event time "
-                    f"(years 1 to 9999; epoch numbers are read as {unit}: declare "
-                    "another unit with event_time_unit= / --event-time-unit)"
-                ),
-            )
-        )
     if clock.limit is not None:
         ahead = micros > clock.limit
         if nulls is not None:
@@ -113,6 +73,54 @@ def event_times(arr: pa.Array, clock: EventClock) -> tuple[np.ndarray, list[Prob
             values = micros
             problems.append(Problem(UPDATED_AT, ahead, lambda i: clock.future(int(values[i]))))
     return micros, problems
+
+
+def instants(arr: pa.Array, clock: EventClock, column: str) -> tuple[np.ndarray, np.ndarray | None, list[Problem]]:
+    """A column of instants by the event-time rules (``updated_at``, or a ``timestamp`` feature): epoch
+    microseconds (0 at NULL), the NULL mask (None: no NULLs) and the problems. No default, no future bound."""
+    arr = decoded(arr)
+    nulls = nulls_of(arr)
+    n = len(arr)
+    problems: list[Problem] = []
+    kind = arr.type
+    if pa.types.is_null(kind):
+        return np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool), problems
+    what = "an event time" if column == UPDATED_AT else "a timestamp"
+    if pa.types.is_timestamp(kind):
+        micros, bad = _timestamps(arr, clock.zone, column)
+    elif pa.types.is_integer(kind):
+        micros, bad = _scaled(_ints(arr), UNITS[clock.unit])
+    elif pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        micros, bad, invalid = _floats(arr, UNITS[clock.unit])
+        if invalid.any():
+            shown = arr
+            problems.append(Problem(column, invalid, lambda i: f"{shown[i].as_py()!r} is not a finite epoch number"))
+    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        micros, bad, unreadable = _strings(arr, clock, column)
+        problems += unreadable
+    else:
+        raise LoadInputError(
+            f"column {column!r} is {kind}; {what} is a timestamp, an ISO 8601 string with a zone, or epoch numbers",
+            column=column,
+        )
+    if nulls is not None:
+        micros[nulls] = 0
+        bad &= ~nulls
+    if bad.any():
+        raw = arr
+        unit = {"s": "seconds", "ms": "milliseconds", "us": "microseconds"}[clock.unit]
+        problems.append(
+            Problem(
+                column,
+                bad,
+                lambda i: (
+                    f"{raw[i].as_py()!r} is out of range for {what} "
+                    f"(years 1 to 9999; epoch numbers are read as {unit}: declare "
+                    "another unit with event_time_unit= / --event-time-unit)"
+                ),
+            )
+        )
+    return micros, nulls, problems
 
 
 def _ints(arr: pa.Array) -> np.ndarray:
@@ -134,23 +142,21 @@ def _floats(arr: pa.Array, factor: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return np.where(invalid | bad, 0, np.round(floats)).astype(np.int64), bad, invalid
 
 
-def _timestamps(arr: pa.Array, zone: str | None) -> tuple[np.ndarray, np.ndarray]:
+def _timestamps(arr: pa.Array, zone: str | None, column: str) -> tuple[np.ndarray, np.ndarray]:
     kind = arr.type
     if kind.tz is None:
         assert zone is not None  # columns.py refuses a zoneless timestamp column without event_time_zone
         try:
             arr = pc.assume_timezone(arr, zone)
         except pa.ArrowInvalid as exc:  # a local time that does not exist, or exists twice, in the zone
-            raise LoadInputError(
-                f"column {UPDATED_AT!r}: {exc} (event_time_zone={zone!r})", column=UPDATED_AT
-            ) from None
+            raise LoadInputError(f"column {column!r}: {exc} (event_time_zone={zone!r})", column=column) from None
     raw = pc.cast(arr, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
     if kind.unit == "ns":
         return raw // 1_000, np.zeros(len(raw), dtype=bool)  # floored: timestamptz keeps microseconds
     return _scaled(raw, _ARROW_UNITS[kind.unit])
 
 
-def _strings(arr: pa.Array, clock: EventClock) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
+def _strings(arr: pa.Array, clock: EventClock, column: str) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
     """ISO 8601 strings (with a zone, or in ``clock.zone``) and strings of digits (epoch numbers)."""
     n = len(arr)
     text = pc.utf8_trim_whitespace(arr)
@@ -191,7 +197,7 @@ def _strings(arr: pa.Array, clock: EventClock) -> tuple[np.ndarray, np.ndarray, 
         def why(i: int) -> str:
             return reasons.get(i) or f"{shown[i].as_py()!r} is not an ISO 8601 time (e.g. 2026-05-01T12:00:00Z)"
 
-        problems.append(Problem(UPDATED_AT, unreadable, why))
+        problems.append(Problem(column, unreadable, why))
     return micros, bad, problems
 
 

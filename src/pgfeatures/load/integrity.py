@@ -88,6 +88,10 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
 def _comparable(t: pa.DataType) -> bool:
     """Types whose decoded min/max compare with the statistics' Python values as the writer ordered them."""
     return (
@@ -111,6 +115,7 @@ class _Chunk:
     bounds: tuple[Any, Any] | None  # recorded (min, max), when usable
     nulls: int | None  # recorded null count
     nulls_seen: int = 0
+    nested: bool = False  # a list column: bounds of its elements
 
     @property
     def checked(self) -> bool:
@@ -137,11 +142,19 @@ class ParquetIntegrity:
                 group = metadata.row_group(g)
                 chunks = []
                 for column in columns:
-                    if column not in leaf:  # nested or renamed: nothing to compare with
+                    arrow_type = schema.field(column).type
+                    element = f"{column}.list.element"  # a list's one leaf, as Arrow writes lists
+                    if column not in leaf and element in leaf and _is_list(arrow_type):
+                        # A list: its pages' checksums, and its elements within the leaf's bounds (the
+                        # leaf's null count counts NULL lists and elements alike: not compared).
+                        chunk = self._chunk(fh, column, group.column(leaf[element]), arrow_type.value_type)
+                        chunks.append(_Chunk(column, chunk.checksummed, chunk.bounds, None, nested=True))
+                        continue
+                    if column not in leaf:  # nested otherwise, or renamed: nothing to compare with
                         chunks.append(_Chunk(column, False, None, None))
                         continue
                     meta = group.column(leaf[column])
-                    chunks.append(self._chunk(fh, column, meta, schema.field(column).type))
+                    chunks.append(self._chunk(fh, column, meta, arrow_type))
                 self.groups.append(chunks)
 
     @staticmethod
@@ -230,6 +243,10 @@ class ParquetIntegrity:
                 continue
             if pa.types.is_dictionary(arr.type):
                 arr = arr.dictionary_decode()
+            if chunk.nested:
+                arr = pc.list_flatten(arr)
+                if len(arr) == arr.null_count:
+                    continue
             found = pc.min_max(arr)
             lo, hi = found["min"].as_py(), found["max"].as_py()
             if lo is None:  # only NaN: min/max skip NaN, as the statistics do

@@ -76,8 +76,9 @@ class LoadOptions:
     key_column: str | None = None  # the source column holding the entity key; default: the entity's key column
     hash_keys: bool = False  # key column holds natural ids: hash them with SHA-256 (hashed entities always are)
     on_duplicate: OnDuplicate | str = OnDuplicate.NEWEST
+    # NaN and ±Infinity in real / double precision columns (in lists and embeddings they always fail a row)
     nan: NanPolicy | str = NanPolicy.REJECT
-    inf: InfPolicy | str = InfPolicy.REJECT  # ±Infinity in real / double precision columns
+    inf: InfPolicy | str = InfPolicy.REJECT
     on_invalid: OnInvalid | str = OnInvalid.ABORT
     partial: bool = False  # merge only the feature columns present (others keep their values)
     ignore_extra: bool = False  # skip source columns the table does not have
@@ -86,9 +87,11 @@ class LoadOptions:
     # Event time for rows without one (no updated_at column, or NULL in it): an aware datetime, an ISO
     # 8601 string with a zone or epoch seconds; default: the load's transaction time on the database server.
     updated_at: Any = None
-    event_time_unit: str = "s"  # the unit of an integer (or floating) updated_at column: s, ms or us (epoch)
-    # The zone of an updated_at without one (Arrow timestamps without a time zone, ISO strings without an
-    # offset), e.g. "UTC" or "Europe/Paris"; None: such values are refused (which zone they mean is not known).
+    # The unit of epoch numbers in an integer (or floating) updated_at column or timestamp feature: s, ms or us
+    event_time_unit: str = "s"
+    # The zone of an updated_at or timestamp feature without one (Arrow timestamps without a time zone, ISO
+    # strings without an offset), e.g. "UTC" or "Europe/Paris"; None: such values are refused (which zone
+    # they mean is not known).
     event_time_zone: str | None = None
     # Seconds an event time may be ahead of the database server's clock (None: no bound); a row further
     # ahead is invalid (on_invalid: the load fails naming it, or it is skipped and counted).

@@ -7,6 +7,7 @@ failure becomes. No database I/O happens here.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from collections.abc import Generator, Iterator
@@ -21,9 +22,16 @@ from psycopg import sql
 from ..connections.translate import CONFLICT_STATES
 from ..definitions import UPDATED_AT, Registry, parse_event_time, to_micros
 from ..definitions.layout import EntityLayout
-from ..errors import FeatureValueError, LoadError, LoadInputError, LoadInterruptedError, SchemaDriftError
+from ..errors import (
+    ExtensionMissingError,
+    FeatureValueError,
+    LoadError,
+    LoadInputError,
+    LoadInterruptedError,
+    SchemaDriftError,
+)
 from ..materialize import sql as m
-from ..schema import LEGACY_EVENT_TIME, ddl_lock, qualified, table_ddl
+from ..schema import LEGACY_EVENT_TIME, check_vector, ddl_lock, qualified, table_ddl
 from .columns import Columns, plan_columns
 from .copy import COPY_HEADER, COPY_TRAILER
 from .dedupe import find_duplicates
@@ -43,6 +51,7 @@ from .options import (
     ProgressCallback,
     VacuumPolicy,
 )
+from .rich import element_of
 from .sources import CsvSource, Source, open_sources
 from .statements import (
     CATALOG,
@@ -253,7 +262,19 @@ class Job:
                 yield Op(*ddl_lock(schema))
                 yield Op(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident(schema)))
             yield Op(*ddl_lock(schema, table.name))
-            for statement in table_ddl(schema, table):
+            has_vector = False
+            if any(f.type.kind == "embedding" for f in table.features):
+                # pgvector where it is installed (`pgfeatures init` creates it where it can), else an
+                # embedding is a real[]; a load creates no extension.
+                found = yield Op(
+                    sql.SQL("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'vector')"), fetch=True
+                )
+                has_vector = bool(found[0][0])
+                try:
+                    check_vector(table, has_vector)
+                except ExtensionMissingError as exc:
+                    raise LoadError(f"cannot create {summary.table}: {exc} (or run `pgfeatures init` first)") from None
+            for statement in table_ddl(schema, table, has_vector):
                 yield Op(statement)
             rows = yield Op(CATALOG, (live.as_string(None),), fetch=True)
         catalog = Catalog.from_row(rows[0])
@@ -272,10 +293,19 @@ class Job:
                 f"table {summary.table} differs from its definition: {'; '.join(drift)} ({fix}); nothing was loaded",
                 problems={table.name: drift},
             )
+        embeddings = {f.name: catalog.columns[f.name] for f in table.features if f.type.kind == "embedding"}
+        self.columns = [dataclasses.replace(c, embedding_types=embeddings) for c in self.columns]
         columns = self.columns[0]
-        if columns.entity.key_type == "text" and catalog.server_encoding.upper() not in ("UTF8", "UTF-8"):
+        texts = [
+            f.name
+            for f in columns.features
+            if f.type.kind == "string" or (f.type.kind == "list" and element_of(f.type) == "string")
+        ]
+        if columns.entity.key_type == "text":
+            texts.insert(0, f"text keys ({columns.key_column})")
+        if texts and catalog.server_encoding.upper() not in ("UTF8", "UTF-8"):
             raise LoadError(
-                f"cannot load text keys into {summary.table}: the database's encoding is "
+                f"cannot load {', '.join(texts)} into {summary.table}: the database's encoding is "
                 f"{catalog.server_encoding}, and binary COPY sends text as UTF-8"
             )
         stage = stage_table(self.token)

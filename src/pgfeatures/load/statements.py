@@ -138,7 +138,11 @@ def stage_ddl(stage: sql.Identifier, columns: Columns) -> sql.Composed:
     cols: list[sql.Composable] = [
         sql.SQL("{} {}").format(ident(columns.key_column), sql.SQL(columns.entity.column_type))
     ]
-    cols += [sql.SQL("{} {}").format(ident(f.name), sql.SQL(f.type.name)) for f in columns.features]
+    # An embedding's stage column is the live column's type (vector, halfvec or real[]: rich.py encodes each)
+    cols += [
+        sql.SQL("{} {}").format(ident(f.name), sql.SQL(columns.embedding_types.get(f.name, f.type.name)))
+        for f in columns.features
+    ]
     if columns.updated_at:
         cols.append(sql.SQL("{} timestamptz").format(ident(UPDATED_AT)))
     cols.append(sql.SQL("seq bigint"))

@@ -1,25 +1,28 @@
 """One batch's values, checked and encoded: Arrow columns to numpy with every invalid row found
-(nulls, NaN and ±Infinity per policy, out-of-range and non-integral values, malformed keys), then the
-binary COPY rows.
-Vectorized throughout; the only per-row Python is SHA-256 of natural ids (keys.py checks the keys)."""
+(nulls, NaN and ±Infinity per policy, out-of-range and non-integral values, malformed keys; strings,
+timestamps, lists and embeddings in rich.py), then the binary COPY rows.
+Vectorized throughout; the only per-row Python is SHA-256 of natural ids (keys.py checks the keys) and,
+when Arrow's JSON reader refuses a batch of CSV lists, finding which fields are bad (rich.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..definitions import UPDATED_AT, Feature
-from ..definitions.types import FLOAT32_SHOWN
+from ..definitions.types import FLOAT32_SHOWN, SCALAR
 from ..errors import LoadInputError
 from ..write import INT_RANGE
-from .columns import ACCEPTS, Columns, kind_of
+from .columns import ACCEPTS, Columns, column_problem, kind_of
 from .copy import encode_copy_rows, key_values, timestamptz_values
 from .eventtime import EventClock, event_times
 from .keys import Keys, Problem, decoded, key_column, nulls_of, take
 from .options import MAX_EXAMPLES, InfPolicy, LoadOptions, NanPolicy, OnInvalid
+from .rich import rich_column
 
 _NP_TYPE = {
     "real": np.float32,
@@ -131,9 +134,21 @@ def _bool_column(arr: pa.Array, column: str) -> tuple[np.ndarray, np.ndarray | N
 
 
 def _feature_column(
-    arr: pa.Array, feature: Feature, nan: NanPolicy, inf: InfPolicy = InfPolicy.REJECT
-) -> tuple[np.ndarray, np.ndarray | None, list[Problem]]:
+    arr: pa.Array,
+    feature: Feature,
+    nan: NanPolicy,
+    inf: InfPolicy = InfPolicy.REJECT,
+    clock: EventClock | None = None,
+    options: LoadOptions | None = None,
+    storage: str = "array",
+) -> tuple[Any, np.ndarray | None, list[Problem]]:
     arr = decoded(arr)
+    if feature.type.kind != SCALAR:  # strings, timestamps, lists, embeddings: rich.py
+        problem = column_problem("", feature.name, arr.type, feature.type, options or LoadOptions())
+        if problem is not None:  # CSV and iterables are typed only now
+            raise LoadInputError(problem.removeprefix(": "), column=feature.name)
+        assert clock is not None
+        return rich_column(arr, feature, clock, storage)
     kind = kind_of(arr.type)
     if kind not in ACCEPTS[feature.type.name]:  # CSV and iterables are typed only now
         raise LoadInputError(
@@ -144,6 +159,11 @@ def _feature_column(
     if feature.type.name == "boolean":
         return _bool_column(arr, feature.name)
     return _int_column(arr, feature.name, feature.type.name, nan)
+
+
+def _kept(values: Any, keep: np.ndarray) -> Any:
+    """The rows ``keep`` of a column's values (a numpy array, or an Arrow array of value bytes)."""
+    return values.filter(pa.array(keep)) if isinstance(values, pa.Array) else values[keep]
 
 
 # -- one batch: validate, encode ------------------------------------------------------------------
@@ -177,9 +197,17 @@ def stage_batch(
     n = batch.num_rows
     try:
         keys, problems = key_column(batch.column(columns.key), columns.key, columns.entity, bool(options.hash_keys))
-        encoded: list[tuple[np.ndarray, np.ndarray | None]] = []
+        encoded: list[tuple[Any, np.ndarray | None]] = []
         for feature in columns.features:
-            values, nulls, found = _feature_column(batch.column(feature.name), feature, options.nan, options.inf)  # type: ignore[arg-type]
+            values, nulls, found = _feature_column(
+                batch.column(feature.name),
+                feature,
+                options.nan,  # type: ignore[arg-type]
+                options.inf,  # type: ignore[arg-type]
+                clock,
+                options,
+                columns.storage_of(feature.name),
+            )
             encoded.append((values, nulls))
             problems += found
         stamps = None
@@ -210,7 +238,7 @@ def stage_batch(
         keep = ~bad
         rejected = int(bad.sum())
         keys, seqs = take(keys, keep), seqs[keep]
-        encoded = [(v[keep], None if m is None else m[keep]) for v, m in encoded]
+        encoded = [(_kept(v, keep), None if m is None else m[keep]) for v, m in encoded]
         stamps = None if stamps is None else stamps[keep]
     payload = (
         encode_copy_rows([(key_values(columns.entity.key_type, keys), None), *encoded, (seqs, None)])
