@@ -94,3 +94,16 @@ def test_bad_requests_say_what_is_valid(kwargs: dict, error: type[Exception], wo
     args = {"feature": "emb", "query": [1, 2, 3], **kwargs}
     with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
         check_request(REGISTRY, "items", args.pop("feature"), args.pop("query"), **args)
+
+
+def test_a_declared_ef_search_is_the_default_of_a_search_at_least_k() -> None:
+    registry = Registry.from_dict(
+        {"tables": {"t": {"features": {"e": {"type": "embedding", "dim": 2, "index": "hnsw", "ef_search": 120}}}}}
+    )
+    assert registry.table("t").feature("e").type.ef_search == 120
+    assert check_request(registry, "t", "e", [1, 0], 10).ef_search == 120
+    assert check_request(registry, "t", "e", [1, 0], 200).ef_search == 200  # at least k
+    assert check_request(registry, "t", "e", [1, 0], 10, ef_search=40).ef_search == 40  # the request's own wins
+    assert check_request(REGISTRY, "items", "emb", [1, 2, 3], 5).ef_search is None  # none declared: the server's
+    with pytest.raises(Exception, match="declare index"):
+        Registry.from_dict({"tables": {"t": {"features": {"e": {"type": "embedding", "dim": 2, "ef_search": 99}}}}})

@@ -79,6 +79,7 @@ class FeatureType:
     storage: str | None = None
     index: str | None = None
     metric: str | None = None
+    ef_search: int | None = None  # an indexed embedding's default hnsw.ef_search for nearest (None: the server's)
 
     def __str__(self) -> str:
         return self.name
@@ -113,6 +114,8 @@ class FeatureType:
                 out["index"] = self.index
             if self.metric is not None:
                 out["metric"] = self.metric
+            if self.ef_search is not None:
+                out["ef_search"] = self.ef_search
         return out
 
     def sql_names(self) -> tuple[str, ...]:
@@ -180,7 +183,7 @@ RICH_ADVICE = {
 }
 _LIST_FORM = re.compile(r"^list\s*<\s*(.+?)\s*>$|^(.+?)\s*\[\]$")
 _EMBEDDING_FORM = re.compile(r"^(?:embedding|vector)\s*\(\s*(\d+)\s*\)$")
-TYPE_OPTIONS = ("max_length", "dim", "storage", "index", "metric")
+TYPE_OPTIONS = ("max_length", "dim", "storage", "index", "metric", "ef_search")
 
 
 VALID_TYPES = ", ".join([*TYPES, "timestamp", "string", "list<integer|bigint|real|double|string>", "embedding"])
@@ -236,7 +239,7 @@ def feature_type(name: Any, **options: Any) -> FeatureType:
         elements = None if bound is None else _positive("list max_length", bound, 1_000_000)
         return FeatureType(f"{element.name}[]", list, False, LIST, max_length=elements, element=element)
     if key == "embedding" or (m := _EMBEDDING_FORM.match(key)):
-        takes("dim", "storage", "index", "metric")
+        takes("dim", "storage", "index", "metric", "ef_search")
         dim = options.get("dim", int(m[1]) if key != "embedding" and m else None)
         if dim is None:
             raise DefinitionError(
@@ -254,6 +257,13 @@ def feature_type(name: Any, **options: Any) -> FeatureType:
             raise DefinitionError(f"embedding metric {metric!r} is not one of {', '.join(METRICS)}")
         if index is not None and metric is None:
             metric = "l2"
+        ef_search = options.get("ef_search")
+        if ef_search is not None:
+            if index is None:
+                raise DefinitionError(
+                    'embedding ef_search is the default of an index\'s search: declare index = "hnsw"'
+                )
+            ef_search = _positive("embedding ef_search", ef_search, 1000)
         if index is not None and storage == "array":
             raise DefinitionError('an embedding index needs pgvector: storage = "array" cannot have one')
         sql_name = {
@@ -263,7 +273,15 @@ def feature_type(name: Any, **options: Any) -> FeatureType:
             "array": "real[]",
         }
         return FeatureType(
-            sql_name[storage], list, False, EMBEDDING, dim=dim, storage=storage, index=index, metric=metric
+            sql_name[storage],
+            list,
+            False,
+            EMBEDDING,
+            dim=dim,
+            storage=storage,
+            index=index,
+            metric=metric,
+            ef_search=ef_search,
         )
     if key in WIDE_TYPES:
         raise DefinitionError(

@@ -7,7 +7,7 @@ statement, one round-trip, prepared once per request shape (table, feature, feat
 
 - **HNSW** (the feature declares ``index = "hnsw"`` and the database has such an index on the column,
   with the metric's operator class): ``ORDER BY col <op> $1 LIMIT $2`` through the index. The request's
-  ``ef_search`` (else the session's, at least ``k``) and, with pgvector 0.8 or later,
+  ``ef_search`` (else the feature's declared ``ef_search``, else the session's; at least ``k``) and, with pgvector 0.8 or later,
   ``hnsw.iterative_scan = strict_order`` (so rows dropped by the ttl or ``where`` are made up for) are
   set by ``set_config(..., true)`` in a one-row subquery the search is LATERAL-joined to: they are set
   before the index scan starts, for this statement's transaction only (reads run in autocommit).
@@ -203,6 +203,8 @@ def check_request(
     k = _integer("k", k, 1, MAX_K)
     if ef_search is not None:
         ef_search = _integer("ef_search", ef_search, k, MAX_EF_SEARCH)
+    elif f.type.ef_search is not None:  # the feature's declared default, at least k
+        ef_search = min(max(f.type.ef_search, k), MAX_EF_SEARCH)
     vector = check_value(f"query for {table}.{feature}", f.type, query)
     if vector is None:
         raise FeatureValueError(f"query for {table}.{feature} (embedding): a query vector is required, got None")
