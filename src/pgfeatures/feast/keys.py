@@ -71,3 +71,15 @@ def proto_key(keys: JoinKeys, entity_key_proto: Any) -> Any:
                 raise KeyFormatError(f"join key {name!r} takes {_ACCEPTS.get(kind, kind)}, got a {field}")
         parts.append(None if field is None else getattr(value, field))
     return entity_key(keys, parts)
+
+
+def entity_key_proto(keys: JoinKeys, key: Any) -> Any:
+    """The Feast ``EntityKeyProto`` of a stored key of a view with one join key (a row found by a search);
+    None for a view keyed by the hash of several (the hash cannot be turned back into its join keys)."""
+    if keys.composite:
+        return None
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    kind = keys.types[0]
+    return EntityKey(join_keys=[keys.names[0]], entity_values=[Value(**{PROTO_FIELDS[kind]: key})])

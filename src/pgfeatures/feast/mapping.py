@@ -162,17 +162,38 @@ def ttl_seconds(view_name: str, ttl: timedelta | None) -> int | None:
     return int(total)
 
 
-def feature_of(view_name: str, name: str, kind: str) -> Feature:
-    """The pgfeatures feature of a Feast field. Raises DefinitionError naming the view and field."""
+# Feast's vector_search_metric -> pgfeatures' embedding metric (Feast's Postgres store's names, any case).
+VECTOR_METRICS = {"l2": "l2", "cosine": "cosine", "inner_product": "ip"}
+
+
+def feature_of(view_name: str, name: str, kind: str, field: Any = None) -> Feature:
+    """The pgfeatures feature of a Feast field: a vector field (``vector_index=True``, ``vector_length``,
+    an Array(Float32 | Float64)) is an indexed ``embedding``. Raises DefinitionError naming the view and field."""
     if kind not in FEATURE_TYPES:
         raise DefinitionError(
             f"feature view {view_name!r}: field {name!r} is of Feast type {FEAST_TYPE_NAMES.get(kind, kind)}, "
             f"which pgfeatures cannot store (valid: {_valid_types(FEATURE_TYPES)})"
         )
     try:
+        if field is not None and getattr(field, "vector_index", False):
+            return Feature(name, _embedding(kind, field))
         return Feature(name, feature_type(FEATURE_TYPES[kind]))
     except DefinitionError as exc:
         raise DefinitionError(f"feature view {view_name!r}: field {name!r}: {exc}") from None
+
+
+def _embedding(kind: str, field: Any) -> Any:
+    if kind not in ("FLOAT_LIST", "DOUBLE_LIST"):
+        raise DefinitionError(f"a vector index needs an Array(Float32) or Array(Float64), not {FEAST_TYPE_NAMES[kind]}")
+    if not field.vector_length:
+        raise DefinitionError("a vector index needs its vector_length (the embedding's dimension)")
+    given = (field.vector_search_metric or "L2").lower()
+    if given not in VECTOR_METRICS:
+        raise DefinitionError(
+            f"vector_search_metric {field.vector_search_metric!r} is not one pgvector's HNSW index serves here "
+            f"(valid: L2, cosine, inner_product)"
+        )
+    return feature_type("embedding", dim=field.vector_length, index="hnsw", metric=VECTOR_METRICS[given])
 
 
 @dataclass(frozen=True)
@@ -192,7 +213,7 @@ def view_layout(view: Any, max_length: int = 256) -> ViewLayout:
     name = view.name
     columns = [(c.name, c.dtype.to_value_type().name) for c in view.entity_columns]
     keys = join_keys(name, columns, max_length)
-    features = tuple(feature_of(name, f.name, f.dtype.to_value_type().name) for f in view.features)
+    features = tuple(feature_of(name, f.name, f.dtype.to_value_type().name, f) for f in view.features)
     try:
         table = FeatureTable(name, features, entity=keys.entity, ttl=ttl_seconds(name, view.ttl))
     except DefinitionError as exc:

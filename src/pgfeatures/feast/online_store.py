@@ -58,7 +58,7 @@ from ..reader import EXPIRED
 from ..store import AsyncFeatureStore, FeatureStore, StoreOptions
 from ..store.options import pick
 from . import infra
-from .keys import key_part, proto_key, proto_value
+from .keys import entity_key_proto, key_part, proto_key, proto_value
 from .mapping import ViewLayout, registry_of, service_of, view_layout
 from .plan import RequestPlan, event_time, plan_request
 from .precomputed import feature_names, key_columns, vectors
@@ -862,12 +862,50 @@ class PgfeaturesOnlineStore(OnlineStore):
 
     def retrieve_online_documents(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(
-            "pgfeatures stores no vector features (it stores Float32, Float64, Int32, Int64 and "
-            "Bool columns), so it has no document retrieval: use an online store with vector search"
+            "pgfeatures answers Feast's document retrieval through retrieve_online_documents_v2 "
+            "(FeatureStore.retrieve_online_documents_v2): one statement, the view's ttl applied"
         )
 
-    def retrieve_online_documents_v2(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError(
-            "pgfeatures stores no vector features (it stores Float32, Float64, Int32, Int64 and "
-            "Bool columns), so it has no nearest-neighbour read: use an online store with vector search"
-        )
+    def retrieve_online_documents_v2(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        requested_features: list[str],
+        embedding: list[float] | None,
+        top_k: int,
+        distance_metric: str | None = None,
+        query_string: str | None = None,
+        filters: Any = None,
+        include_feature_view_version_metadata: bool = False,
+    ) -> list[tuple[datetime | None, EntityKeyProto | None, dict[str, ValueProto] | None]]:
+        """The ``top_k`` rows of ``table`` whose vector field (``vector_index=True``) is nearest ``embedding``,
+        by ``store.nearest``: one statement, HNSW, the view's ttl applied (an expired row is no neighbour),
+        each row's requested features and its ``distance`` (pgvector's, smaller is nearer). The metric is the
+        field's ``vector_search_metric``. A view keyed by several join keys stores their hash: its rows come
+        back without an entity key. Text search (``query_string``) and ``filters`` are not served."""
+        if query_string is not None or filters is not None or embedding is None:
+            raise NotImplementedError(
+                "pgfeatures serves vector search only (an embedding, no query_string, no filters)"
+            )
+        layout = self._layout(config, table)
+        vectors = [f.name for f in layout.table.features if f.type.kind == "embedding" and f.type.index]
+        if len(vectors) != 1:
+            raise DefinitionError(
+                f"feature view {table.name!r} has {len(vectors)} vector fields (vector_index=True); "
+                "document retrieval needs exactly one"
+            )
+        names = [n for n in requested_features if n != "distance"] or list(layout.table.feature_names)
+        store = self._sync_store(config, [layout])
+        found = store.nearest(layout.table.name, vectors[0], embedding, top_k, features=[*names, UPDATED_AT])
+        fields = dict(layout.feature_types)
+        rows: list[tuple[Any, tuple[datetime | None, EntityKeyProto | None, dict[str, ValueProto] | None]]] = []
+        for n in found:
+            values = n.features
+            row = {f: ValueProto() if values[f] is None else feast_value(fields[f], values[f]) for f in names}
+            row["distance"] = ValueProto(float_val=n.distance)
+            rows.append((n.key, (values[UPDATED_AT], entity_key_proto(layout.keys, n.key), row)))
+        # In key order: Feast places the i-th row returned at the place of the i-th smallest entity key
+        # (utils._get_unique_entities_from_values sorts them), so rows in distance order would get another
+        # row's features. The answer is in key order with each row's distance: sort by it for the ranking.
+        rows.sort(key=lambda r: r[0])
+        return [r for _, r in rows]
