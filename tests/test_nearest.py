@@ -30,7 +30,7 @@ from pgfeatures.errors import (
     UnknownFeatureError,
     UnknownTableError,
 )
-from pgfeatures.reader.nearest import VectorFacts
+from pgfeatures.reader.nearest import DEFAULT_EF_SEARCH, VectorFacts
 from pgfeatures.server import ServerConfig
 from support.inprocess import running_app
 
@@ -227,7 +227,7 @@ def _recall(store: FeatureStore, ef_search: int | None, k: int = 10) -> float:
         truth = brute_force(np.arange(1, N_DOCS + 1), DOCS.astype(np.float64), q, "l2")[0][:k]
         found = store.nearest("docs", "vec", q, k, ef_search=ef_search)
         assert found.search == "hnsw" and len(found) == k
-        assert found.ef_search == (ef_search or 40)
+        assert found.ef_search == (ef_search or DEFAULT_EF_SEARCH)
         hits += len(set(found.keys) & set(truth.tolist()))
     return hits / (k * len(DOC_QUERIES))
 

@@ -9,7 +9,7 @@ import pytest
 from pgfeatures.definitions import Registry
 from pgfeatures.errors import FeatureValueError, NearestError
 from pgfeatures.reader import ReaderCache
-from pgfeatures.reader.nearest import EXACT, HNSW, VectorFacts, check_request, compile_nearest
+from pgfeatures.reader.nearest import DEFAULT_EF_SEARCH, EXACT, HNSW, VectorFacts, check_request, compile_nearest
 
 REGISTRY = Registry.from_dict(
     {
@@ -104,6 +104,6 @@ def test_a_declared_ef_search_is_the_default_of_a_search_at_least_k() -> None:
     assert check_request(registry, "t", "e", [1, 0], 10).ef_search == 120
     assert check_request(registry, "t", "e", [1, 0], 200).ef_search == 200  # at least k
     assert check_request(registry, "t", "e", [1, 0], 10, ef_search=40).ef_search == 40  # the request's own wins
-    assert check_request(REGISTRY, "items", "emb", [1, 2, 3], 5).ef_search is None  # none declared: the server's
+    assert check_request(REGISTRY, "items", "emb", [1, 2, 3], 5).ef_search == DEFAULT_EF_SEARCH == 300  # none declared
     with pytest.raises(Exception, match="declare index"):
         Registry.from_dict({"tables": {"t": {"features": {"e": {"type": "embedding", "dim": 2, "ef_search": 99}}}}})
