@@ -489,3 +489,55 @@ def test_the_service_catalogue_describes_a_service_with_no_vector(dsn: str, defs
         assert ranker["columns"] == 7 and ranker["names"][1] == "profile.embedding[0]"
         mapped = client.get("/v1/services/mapped").json()
         assert mapped["names"][-1] == "geo.is_de" and "profile.country" not in mapped["names"]
+
+
+def test_a_transaction_pooler_store_reads_rich_features(
+    dsn: str, registry: Registry, truth: dict[int, dict[str, Any]]
+) -> None:
+    """Behind a transaction-mode pooler reads go through server-side functions, which cannot return an
+    anonymous record: a read of rich features goes unprepared instead, and answers the same."""
+    with FeatureStore(registry, dsn, pooler="transaction") as store:
+        for key in (1, 2, 3):
+            assert store.get_features(key) == truth[key]
+        assert store.get_features_batch([3, 1]) == [truth[3], truth[1]]
+        assert store.get_service("dict_only", 1) == truth[1]
+        assert store.get_service("ranker", 1, output="list").values[1:5] == truth[1]["profile"]["embedding"]
+
+
+def test_a_transform_gives_and_takes_numbers_only() -> None:
+    for part in ('context = { country = "string" }', ""):
+        outputs = '{ x = "list<real>" }' if not part else '{ x = "double" }'
+        with pytest.raises(DefinitionError, match="transforms map values to numbers"):
+            Registry.from_dict(
+                __import__("tomllib").loads(
+                    '[tables.t.features]\nx = "real"\n[services.s]\nfeatures = ["t.*"]\n'
+                    f"{part}\n[[services.s.transforms]]\n"
+                    f'function = "support.transforms:ratios"\noutputs = {outputs}\n'
+                )
+            )
+
+
+def test_a_load_refuses_times_no_read_could_return_and_vectors_no_search_could_rank(
+    dsn: str, defs: tuple[str, Path], registry: Registry, truth: dict[int, dict[str, Any]], tmp_path: Path
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cases = {
+        "offset.csv": ('user_id,last_login\n1,"9999-12-31T23:30:00-05:00"\n', "out of range for a timestamp"),
+        "norm.csv": ('user_id,embedding\n1,"[1e20, -1e20, 1, 0]"\n', "overflows float32"),
+    }
+    for name, (text, _) in cases.items():
+        (tmp_path / name).write_text(text)
+    pq.write_table(
+        pa.table({"user_id": [1], "last_login": pa.array([253402300800], pa.timestamp("s", tz="UTC"))}),
+        tmp_path / "year10000.parquet",
+    )
+    cases["year10000.parquet"] = ("", "out of range for a timestamp")
+    for name, (_, message) in cases.items():
+        done = cli("load", "--dsn", dsn, "-d", str(defs[1]), "--partial", "--key-column", "user_id", "profile",
+                   str(tmp_path / name))  # fmt: skip
+        assert done.returncode == 2 and message in done.stderr and "nothing was loaded" in done.stderr, done.stderr
+        assert "internal error" not in done.stderr
+    with FeatureStore(registry, dsn) as store:
+        assert store.get_features(1) == truth[1]

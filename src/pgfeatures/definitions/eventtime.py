@@ -105,4 +105,7 @@ def parse_event_time(where: str, value: Any, unit: str = "s") -> dt.datetime:
         if not MIN_MICROS <= scaled <= MAX_MICROS:
             raise invalid(f"is out of range as epoch {unit} (years 1 to 9999)")
         return from_micros(scaled if isinstance(scaled, int) else int(round(scaled)))
-    return moment.astimezone(UTC)
+    try:  # 9999-12-31T23:00:00-05:00 is in year 10000 in UTC: no datetime holds it, nor can a read
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise invalid("is outside years 1 to 9999 in UTC") from None

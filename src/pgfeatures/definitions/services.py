@@ -127,13 +127,12 @@ class FeatureService:
 
     def vector_order(self, registry: Registry) -> tuple[str, ...]:
         """The stored features of the service's vector, in order: ``order`` without the strings and lists
-        that a transform names among its ``inputs`` (its numeric outputs stand for them in the vector; a
-        dict answer still holds them). A string or list no transform maps stays, and a vector read refuses
+        a transform takes as inputs (named in its ``inputs``, or all of the service's when it names none: its
+        numeric outputs stand for them in the vector; a dict answer still holds them). A string or list no transform maps stays, and a vector read refuses
         it (``VectorOutputError``)."""
         mapped = {
             name
             for t in self.transforms
-            if t.inputs is not None
             for name in self.transform_inputs(registry, t)
             if registry.table(name.partition(".")[0]).feature(name.partition(".")[2]).type.kind in ("string", "list")
         }

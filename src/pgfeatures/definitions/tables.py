@@ -46,7 +46,8 @@ class Feature:
             )
         if self.default is not None and self.type.kind in ("list", "embedding"):
             raise DefinitionError(
-                f"feature {self.name!r}: a {self.type.spec} feature takes no default (a missing value is None)"
+                f"feature {self.name!r}: {'an' if self.type.spec[0] in 'aeiou' else 'a'} {self.type.spec} feature takes "
+                "no default (a missing value is None)"
             )
         if self.default is not None:
             try:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DefinitionError
-from .types import FeatureType, check_identifier, feature_type
+from .types import TYPES, FeatureType, check_identifier, feature_type
 
 TypedNames = tuple[tuple[str, FeatureType], ...]
 """Names with their declared types, in declared order (context values, a transform's outputs)."""
@@ -47,9 +47,15 @@ def typed_names(what: str, spec: Any) -> TypedNames:
     for name, kind in items:
         check_identifier(f"{what} name", name)
         try:
-            out.append((name, kind if isinstance(kind, FeatureType) else feature_type(kind)))
+            type_ = kind if isinstance(kind, FeatureType) else feature_type(kind)
         except DefinitionError as exc:
             raise DefinitionError(f"{what} {name!r}: {exc}") from None
+        if type_.kind != "scalar":  # a transform's values join vectors, which hold numbers
+            raise DefinitionError(
+                f"{what} {name!r}: {type_.spec} is not a type a transform takes or gives (valid: "
+                f"{', '.join(TYPES)}): transforms map values to numbers"
+            )
+        out.append((name, type_))
     return tuple(out)
 
 

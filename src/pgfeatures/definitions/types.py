@@ -32,6 +32,8 @@ FLOAT32_MAX = 3.4028234663852886e38  # the largest finite real, printed shortest
 FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
 FLOAT32_SHOWN = "3.4028235e+38"  # FLOAT32_MAX as the server prints it
 FLOAT32_ZERO = 2.0**-150  # the largest magnitude that rounds to a real 0 (half the smallest subnormal)
+FLOAT32_MIN_NORMAL = 2.0**-126  # the smallest normal float32
+HALF_MAX = 65504.0  # the largest finite half-precision value (pgvector's halfvec)
 INT_RANGE = {"smallint": (-(2**15), 2**15 - 1), "integer": (-(2**31), 2**31 - 1), "bigint": (-(2**63), 2**63 - 1)}
 NAN_POLICIES = ("reject", "null")
 INF_POLICIES = ("reject", "keep")  # ±Infinity: refused (JSON cannot carry it as a number), or written as it is
@@ -340,7 +342,12 @@ def check_value(where: str, type_: FeatureType, value: Any, nan: str = "reject",
         return None
     kind = type_.name
     if type_ is EVENT_TIME:
-        return parse_event_time(where, value)
+        try:
+            return parse_event_time(where, value)
+        except FeatureValueError as exc:  # a timestamp feature is not the row's event time: say which it is
+            if where.endswith(".updated_at"):
+                raise
+            raise FeatureValueError(str(exc).replace(" (event time): ", " (timestamp): ", 1)) from None
     if type_.kind == STRING:
         return _check_string(where, type_, value)
     if type_.kind in (LIST, EMBEDDING):
@@ -350,7 +357,7 @@ def check_value(where: str, type_: FeatureType, value: Any, nan: str = "reject",
         return FeatureValueError(f"{where} ({kind}): {value!r} {why}")
 
     if kind == "boolean":
-        if isinstance(value, bool) or type(value).__name__ == "bool_":
+        if isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool")):
             return bool(value)
         raise invalid("is not a boolean (True, False or None)")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -362,6 +369,8 @@ def check_value(where: str, type_: FeatureType, value: Any, nan: str = "reject",
         raise invalid("is not a number")
     if isinstance(value, numbers.Integral):
         number: float | int = int(value)
+        if kind in ("real", "double precision") and abs(number) > 2**1024:  # float() would overflow
+            raise invalid(f"is out of range for {kind}")
     else:
         number = float(value)
         if math.isnan(number):
@@ -400,12 +409,19 @@ def _check_string(where: str, type_: FeatureType, value: Any) -> str:
     if len(value) > (type_.max_length or 0):
         raise FeatureValueError(
             f"{where} (string): a value of {len(value)} characters is longer than max_length {type_.max_length} "
-            f"(refused, never truncated; raise max_length in the definition): {value[:40]!r}..."
+            f"(refused, never truncated; raise max_length in the definition): {value[:40]!r}"
+            + ("..." if len(value) > 40 else "")
         )
     if "\x00" in value:
         raise FeatureValueError(
             f"{where} (string): {value[:40]!r} contains a NUL character, which PostgreSQL text cannot hold"
         )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FeatureValueError(
+            f"{where} (string): {value[:40]!r} is not valid Unicode (a lone surrogate), which UTF-8 cannot hold"
+        ) from None
     return value
 
 
@@ -428,6 +444,23 @@ def _check_list(where: str, type_: FeatureType, value: Any) -> list[Any]:
                     f"{where} (embedding): element {i} is {x!r}; an embedding's values must be finite numbers"
                 )
             out.append(check_value(f"{where}[{i}]", element, x))
+            if type_.storage == "halfvec" and abs(out[-1]) > HALF_MAX:
+                raise FeatureValueError(
+                    f"{where} (embedding): element {i} is {x!r}, out of range for halfvec (at most ±{HALF_MAX:g})"
+                )
+        # pgvector computes distances in float32: a vector whose squared norm overflows (or, not all zero,
+        # underflows) has no distance it could rank, so it is refused rather than found in the wrong place.
+        squares = math.fsum(v * v for v in out)
+        if squares >= FLOAT32_MAX:
+            raise FeatureValueError(
+                f"{where} (embedding): its squared norm {squares:.3g} overflows float32 (at most {FLOAT32_MAX:.4g}), "
+                "in which pgvector computes distances: scale it down"
+            )
+        if 0 < squares < FLOAT32_MIN_NORMAL:
+            raise FeatureValueError(
+                f"{where} (embedding): its squared norm {squares:.3g} underflows float32 (at least "
+                f"{FLOAT32_MIN_NORMAL:.4g} when not all zero), in which pgvector computes distances: scale it up"
+            )
         return out
     if type_.max_length is not None and len(value) > type_.max_length:
         raise FeatureValueError(f"{where} ({type_.spec}): {len(value)} elements where max_length is {type_.max_length}")

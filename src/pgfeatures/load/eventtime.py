@@ -22,6 +22,7 @@ import datetime as dt
 import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -103,6 +104,9 @@ def instants(arr: pa.Array, clock: EventClock, column: str) -> tuple[np.ndarray,
             f"column {column!r} is {kind}; {what} is a timestamp, an ISO 8601 string with a zone, or epoch numbers",
             column=column,
         )
+    # Whatever the form, the instant in UTC must be one a datetime (and so a read) can hold: a string's
+    # offset or a zone can carry 9999-12-31T23:30:00-05:00 into year 10000.
+    bad |= (micros < MIN_MICROS) | (micros > MAX_MICROS)
     if nulls is not None:
         micros[nulls] = 0
         bad &= ~nulls
@@ -114,7 +118,7 @@ def instants(arr: pa.Array, clock: EventClock, column: str) -> tuple[np.ndarray,
                 column,
                 bad,
                 lambda i: (
-                    f"{raw[i].as_py()!r} is out of range for {what} "
+                    f"{_shown(raw[i])} is out of range for {what} "
                     f"(years 1 to 9999; epoch numbers are read as {unit}: declare "
                     "another unit with event_time_unit= / --event-time-unit)"
                 ),
@@ -140,6 +144,14 @@ def _floats(arr: pa.Array, factor: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     invalid = ~np.isfinite(floats)
     bad = ~invalid & ((floats < MIN_MICROS) | (floats > MAX_MICROS))
     return np.where(invalid | bad, 0, np.round(floats)).astype(np.int64), bad, invalid
+
+
+def _shown(value: Any) -> str:
+    """A value of the column as a message shows it (a timestamp past year 9999 has no datetime: its text)."""
+    try:
+        return repr(value.as_py())
+    except (OverflowError, ValueError):  # str() converts through a datetime too
+        return f"{value.cast(pa.int64()).as_py()} {getattr(value.type, 'unit', '')} since 1970-01-01T00:00:00Z"
 
 
 def _timestamps(arr: pa.Array, zone: str | None, column: str) -> tuple[np.ndarray, np.ndarray]:

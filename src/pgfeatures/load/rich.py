@@ -54,6 +54,8 @@ ELEMENT_OIDS = {"integer": 23, "bigint": 20, "real": 700, "double precision": 70
 _BIG_ENDIAN = {"integer": ">i4", "bigint": ">i8", "real": ">f4", "double precision": ">f8"}
 _NATIVE = {"integer": np.int32, "bigint": np.int64, "real": np.float32, "double precision": np.float64}
 HALF_MAX = 65504.0  # the largest finite halfvec value
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_MIN_NORMAL = 2.0**-126
 _HEADER = np.dtype([("ndim", ">i4"), ("flags", ">i4"), ("oid", ">i4"), ("size", ">i4"), ("lower", ">i4")])
 _EMPTY = pa.scalar(b"", pa.large_binary())
 CSV_LISTS = 'write lists and embeddings as JSON arrays in one field, e.g. "[1, 2.5]" or "[""a"", ""b""]" in CSV'
@@ -332,6 +334,13 @@ def _embedding_dtype(dim: int, storage: str) -> np.dtype:
     return np.dtype([("header", _HEADER), ("items", [("length", ">i4"), ("value", ">f4")], (dim,))])
 
 
+def _norm_reason(squares: np.ndarray, why: str) -> Callable[[int], str]:
+    def reason(i: int) -> str:
+        return f"its squared norm {float(squares[i]):.3g} {why}"
+
+    return reason
+
+
 def _embedding(lists: _Lists, column: str, type_: FeatureType, storage: str) -> tuple[np.ndarray, list[Problem]]:
     dim = type_.dim or 0
     problems: list[Problem] = []
@@ -359,6 +368,21 @@ def _embedding(lists: _Lists, column: str, type_: FeatureType, storage: str) -> 
         matrix[good] = values[np.repeat(good, lists.lengths)].reshape(-1, dim)
     else:
         matrix[good] = values.reshape(-1, dim)
+    # As the live path refuses it (definitions/types.py): a squared norm float32 cannot hold, which
+    # pgvector's distances are computed in, leaves a vector no search could rank.
+    squares = np.einsum("ij,ij->i", matrix.astype(np.float64), matrix.astype(np.float64))
+    for bad, why in (
+        (
+            good & (squares >= FLOAT32_MAX),
+            "overflows float32 (at most 3.403e+38), in which pgvector computes distances",
+        ),
+        (
+            good & (squares > 0) & (squares < FLOAT32_MIN_NORMAL),
+            "underflows float32 (at least 1.175e-38 when not all zero), in which pgvector computes distances",
+        ),
+    ):
+        if bad.any():
+            problems.append(Problem(column, bad, _norm_reason(squares, why)))
     rows = np.zeros(lists.n, _embedding_dtype(dim, storage))
     if storage in ("vector", "halfvec"):
         rows["dim"] = dim

@@ -9,7 +9,9 @@ calls them, so reading through ``SELECT * FROM "s"."_pgf_read_<hash>"($1)`` unpr
 nearly all of it. (A SQL-language function does not: it is inlined into the calling query, which is
 then planned at every call.)
 
-Only the single-statement forms (the ``single`` strategy and the batch) have a function form; each
+Only the single-statement forms (the ``single`` strategy and the batch) of numeric features have a
+function form (a table with a string, list or embedding travels as an anonymous record, which a function
+cannot declare as a column: such a read goes unprepared, planned at every call); each
 is named after a hash of its statement, so a changed definition gets a new function, never a stale
 one. The functions are created by ``pgfeatures init`` and, when missing, by a store opening with
 ``pooler="transaction"`` (which needs CREATE on the schema; without it the store reads unprepared).
@@ -27,7 +29,7 @@ from ..definitions import Registry
 from .compile import BatchReader, Reader, Strategy, compile_batch_reader, compile_reader
 from .decode import FeatureResult
 from .selection import select, select_service
-from .transport import transport
+from .transport import RECORD, transport
 
 FUNCTION_PREFIX = "_pgf_read_"
 
@@ -59,6 +61,8 @@ def read_function(reader: Reader[Any] | BatchReader[Any]) -> ReadFunction | None
     columns: list[sql.Composable] = []
     for _, features in selection.items:
         for part in transport(features):
+            if part.array_type == RECORD:  # an anonymous record cannot be a column a function declares:
+                return None  # a read of rich features behind a transaction pooler goes unprepared
             columns.append(sql.SQL("{} {}").format(sql.Identifier(f"c{len(columns)}"), sql.SQL(part.array_type)))
     body = b"#variable_conflict use_column\nBEGIN\nRETURN QUERY " + statement + b";\nEND"
     ident = sql.Identifier(selection.schema, name)

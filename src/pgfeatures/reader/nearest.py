@@ -439,7 +439,9 @@ def _hnsw_sql(
         distance=distance,
         cols=sql.SQL("").join(sql.SQL(", {}").format(c) for c in cols),
         table=ident,
-        where=sql.SQL(" AND ").join([*gates, *filters]),
+        # NaN sorts after every number in PostgreSQL: a distance pgvector could not compute (a zero vector
+        # under cosine, a row written around pgfeatures' checks) is no neighbour, never ranked among them.
+        where=sql.SQL(" AND ").join([*gates, *filters, sql.SQL("{} < 'NaN'::float8").format(distance)]),
     )
 
 
