@@ -426,7 +426,7 @@ def test_apply_adds_rich_features_to_a_live_table(dsn: str, schema: str, tmp_pat
     with psycopg.connect(dsn) as conn:
         assert drift(conn, schema, registry.table("t")) == []
         indexes = [r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s", [schema])]
-    assert "t_vec_hnsw" in indexes
+    assert "t_vec_hnsw_l2" in indexes
     with FeatureStore(registry, dsn) as store:
         store.update_features("ab" * 32, "t", {"nick": "neo", "seen": T0, "tags": ["x"], "vec": [0.5, 0.25]})
         assert store.get_features("ab" * 32)["t"] == {
@@ -541,3 +541,19 @@ def test_a_load_refuses_times_no_read_could_return_and_vectors_no_search_could_r
         assert "internal error" not in done.stderr
     with FeatureStore(registry, dsn) as store:
         assert store.get_features(1) == truth[1]
+
+
+def test_a_changed_metric_is_a_change_plan_shows_and_apply_makes(dsn: str, schema: str, tmp_path: Path) -> None:
+    path = tmp_path / "f.toml"
+    spec = f'schema = "{schema}"\n[tables.t.features]\nvec = {{{{ type = "embedding", dim = 2, index = "hnsw", metric = "{{}}" }}}}\n'
+    path.write_text(spec.format("ip"))
+    assert cli("init", "--dsn", dsn, "-d", str(path)).returncode == 0
+    path.write_text(spec.format("cosine"))
+    plan = cli("plan", "--dsn", dsn, "-d", str(path))
+    assert "t_vec_hnsw_cosine" in plan.stdout, plan.stdout
+    assert cli("apply", "--dsn", dsn, "-d", str(path)).returncode == 0
+    registry = Registry.from_toml(path)
+    with FeatureStore(registry, dsn) as store:
+        store.update_features("ab" * 32, "t", {"vec": [1.0, 0.0]})
+        found = store.nearest("t", "vec", [1.0, 0.5], 1)
+    assert found.search == "hnsw" and found.keys == [bytes.fromhex("ab" * 32)]

@@ -62,9 +62,15 @@ PGVECTOR_HELP = (
 )
 
 
-def vector_index_name(table: FeatureTable | str, feature: str) -> str:
-    """The nearest-neighbour index of an embedding feature: ``<table>_<feature>_hnsw`` (hashed past 63 bytes)."""
-    return derived(table.name if isinstance(table, FeatureTable) else table, f"_{feature}_hnsw")
+def vector_index_name(table: FeatureTable | str, feature: Feature | str, metric: str | None = None) -> str:
+    """The nearest-neighbour index of an embedding feature: ``<table>_<feature>_hnsw_<metric>`` (hashed past 63
+    bytes). The metric is in the name because it is in the index (its operator class): a changed metric is
+    a missing index, which ``plan`` shows and ``apply`` builds, never an index of another metric taken as it."""
+    if isinstance(feature, Feature):
+        name, metric = feature.name, feature.type.metric or "l2"
+    else:
+        name, metric = feature, metric or "l2"
+    return derived(table.name if isinstance(table, FeatureTable) else table, f"_{name}_hnsw_{metric}")
 
 
 def vector_index_sql(schema: str, table: FeatureTable, feature: Feature, name: str | None = None) -> sql.Composed:
@@ -72,7 +78,7 @@ def vector_index_sql(schema: str, table: FeatureTable, feature: Feature, name: s
     kind = "halfvec" if feature.type.storage == "halfvec" else "vector"
     opclass = f"{kind}_{_OPCLASS[feature.type.metric or 'l2']}_ops"
     return sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw ({} {})").format(
-        sql.Identifier(vector_index_name(name or table.name, feature.name)),
+        sql.Identifier(vector_index_name(name or table.name, feature)),
         qualified(schema, name or table.name),
         sql.Identifier(feature.name),
         sql.SQL(opclass),
@@ -307,8 +313,8 @@ def compare(
     if table.covering_index and covering_index_name(table) not in indexes:
         other.append(f"covering index {covering_index_name(table)} is missing")
     for f in table.features:
-        if f.type.index is not None and vector_index_name(table, f.name) not in indexes:
-            other.append(f"{f.type.index} index {vector_index_name(table, f.name)} of {f.name} is missing")
+        if f.type.index is not None and vector_index_name(table, f) not in indexes:
+            other.append(f"{f.type.index} index {vector_index_name(table, f)} of {f.name} is missing")
     return breaking, other
 
 

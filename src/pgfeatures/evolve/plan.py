@@ -319,12 +319,12 @@ def _table_changes(plan: Plan, schema: str, table: FeatureTable, found: LiveTabl
     for feature in table.features:
         if feature.name not in found.columns:  # built with its column (indexed)
             continue
-        if feature.type.index is not None and vector_index_name(table, feature.name) not in found.indexes:
+        if feature.type.index is not None and vector_index_name(table, feature) not in found.indexes:
             plan.changes.append(
                 Change(
                     ADDITIVE,
                     "create index",
-                    vector_index_name(table, feature.name),
+                    vector_index_name(table, feature),
                     f"create the {feature.type.index} index of {table.name}.{feature.name} ({feature.type.metric}; "
                     "writers of the table wait while it builds, readers do not)",
                     (vector_index_sql(schema, table, feature),),
