@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import math
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +75,14 @@ name = "geo"
 inputs = ["profile.country"]
 outputs = {{ is_de = "boolean" }}
 
+[services.served_ctx]
+materialize = true
+features = ["stats.clicks", "profile.score"]
+context = {{ basket = "double" }}
+[[services.served_ctx.transforms]]
+function = "support.transforms:basket_share"
+outputs = {{ share = "double" }}
+
 [services.ranker_m]
 materialize = true
 features = ["stats.clicks", "profile.embedding", "profile.score", "stats.first_seen"]
@@ -106,7 +115,7 @@ def defs(dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
     registry = Registry.from_toml(path)
     with FeatureStore(registry, dsn) as store:
         store.update_features(1, "stats", ROWS[1]["stats"])  # before the build: the build copies it
-    for service in ("served", "served_all", "ranker_m"):
+    for service in ("served", "served_all", "ranker_m", "served_ctx"):
         done = cli("materialize", service, "--dsn", dsn, "-d", str(path))
         assert done.returncode == 0, done.stderr
     with FeatureStore(registry, dsn) as store:  # after: the serving rows' triggers copy the rest
@@ -348,7 +357,14 @@ def test_any_string_and_embedding_round_trips(
     dsn: str, defs: tuple[str, Path], registry: Registry, text: str, words: list[str], embedding: list[float]
 ) -> None:
     values = {"country": text, "merchant_categories": words, "embedding": embedding}
+    squares = math.fsum(float(np.float32(x)) ** 2 for x in embedding)
     with FeatureStore(registry, dsn) as store:
+        before = store.get_features(9, ["profile"])
+        if squares >= 3.4028234663852886e38 or 0 < squares < 2.0**-126:  # pgvector could not rank it
+            with pytest.raises(FeatureValueError, match="squared norm"):
+                store.update_features(9, "profile", values)
+            assert store.get_features(9, ["profile"]) == before  # nothing written
+            return
         store.update_features(9, "profile", values)
         got = store.get_features(9, ["profile"])["profile"]
     with psycopg.connect(dsn) as conn:
@@ -400,7 +416,7 @@ def test_the_doctor_tells_what_declared_rich_features_cost_without_failing_them(
     report = diagnose(registry, dsn, full=True)
     width = report.get("row_width", "profile")
     assert width.status is Status.PASS, width
-    for service in ("served", "served_all", "ranker_m"):  # serving rows compared with the tables, own columns too
+    for service in ("served", "served_all", "ranker_m", "served_ctx"):  # serving rows against tables, own columns too
         found = report.get("materialized", f"service {service}")
         assert found.status is Status.PASS and found.measured["full"], found
     rich = width.measured["rich_columns"]

@@ -77,3 +77,9 @@ def three_features(context: Mapping[str, Any], features: Mapping[str, Any]) -> d
 def country_flag(context: Mapping[str, Any], features: Mapping[str, Any]) -> dict[str, Any]:
     """A string mapped to a number (tests/test_rich_types.py): a service's vector then leaves the string out."""
     return {"is_de": features["profile.country"] == "DE"}
+
+
+def basket_share(context: Mapping[str, Any], features: Mapping[str, Any]) -> dict[str, Any]:
+    """A materialized service's transform (tests/test_rich_types.py: the doctor compares it without one)."""
+    score = features["profile.score"] or 0.0
+    return {"share": context["basket"] / (context["basket"] + score + 1.0)}

@@ -125,10 +125,12 @@ def _unhashed(registry: Registry) -> Registry:
 
 
 def twin_registry(registry: Registry, services: Sequence[str]) -> Registry:
-    """A copy of ``registry`` (entities unhashed) with only ``services`` and, for each, the same
-    service not materialized, named ``<service>__doctor_flex``: read table by table."""
+    """A copy of ``registry`` (entities unhashed) with only ``services`` (without their transforms) and, for
+    each, the same service not materialized, named ``<service>__doctor_flex``: read table by table."""
     base = _unhashed(registry)
-    chosen = [base.service(name) for name in services]
+    # Stored features only: the comparison is of serving rows with tables, so no transform runs (and no
+    # request context is needed to read them).
+    chosen = [dataclasses.replace(base.service(name), context=(), transforms=()) for name in services]
     twins = [dataclasses.replace(svc, name=_twin(svc.name), materialize=False) for svc in chosen]
     return Registry.of(
         base.tables.values(), base.schema, base.source, entities=base.entities.values(), services=[*chosen, *twins]
