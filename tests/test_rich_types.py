@@ -573,3 +573,24 @@ def test_a_changed_metric_is_a_change_plan_shows_and_apply_makes(dsn: str, schem
         store.update_features("ab" * 32, "t", {"vec": [1.0, 0.0]})
         found = store.nearest("t", "vec", [1.0, 0.5], 1)
     assert found.search == "hnsw" and found.keys == [bytes.fromhex("ab" * 32)]
+
+
+def test_apply_says_when_it_left_a_change_out(dsn: str, schema: str, tmp_path: Path) -> None:
+    path = tmp_path / "f.toml"
+    spec = f'schema = "{schema}"\n[tables.t.features]\nname = {{{{ type = "string", max_length = {{}} }}}}\n'
+    path.write_text(spec.format(32))
+    assert cli("init", "--dsn", dsn, "-d", str(path)).returncode == 0
+    path.write_text(spec.format(4))
+    done = cli("apply", "--dsn", dsn, "-d", str(path))
+    assert done.returncode == 1, done.stdout + done.stderr  # the database still differs: not a success
+    assert done.stdout.startswith("nothing applied: 1 change(s) left out, they need --allow-destructive")
+    assert json.loads(cli("apply", "--dsn", dsn, "-d", str(path), "--json").stdout)["blocked"]
+    with psycopg.connect(dsn, autocommit=True) as conn:  # a value the shorter bound cannot hold
+        conn.execute(
+            sql.SQL("INSERT INTO {} (hashkey, name) VALUES (%s, 'abcde')").format(sql.Identifier(schema, "t")),
+            [bytes(32)],
+        )
+    done = cli("apply", "--dsn", dsn, "-d", str(path), "--allow-destructive")
+    assert done.returncode == 2 and "t.name" in done.stderr and "nothing was changed" in done.stderr, done.stderr
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute(sql.SQL("SELECT name FROM {}").format(sql.Identifier(schema, "t"))).fetchone() == ("abcde",)

@@ -47,7 +47,7 @@ PASSWORD_FILE_ENV = "PGFEATURES_PASSWORD_FILE"
 
 # Exit codes, documented in ``pgfeatures --help`` and the README.
 EXIT_OK = 0
-EXIT_CHECK_FAILED = 1  # doctor: a check failed
+EXIT_CHECK_FAILED = 1  # doctor: a check failed; apply: changes left out (destructive, not allowed)
 EXIT_ERROR = 2  # any error: bad input or usage, database down or refusing the login, schema drift (init), missing extra
 EXIT_NOT_RUNNING = 3  # db status: the embedded server is not running; db dsn: no embedded cluster exists
 EXIT_CANNOT_LISTEN = 4  # serve: the address is in use or cannot be listened on
@@ -56,7 +56,7 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: stdout's reader went away (`... | head`
 
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}    success
-  {EXIT_CHECK_FAILED}    doctor: a check failed
+  {EXIT_CHECK_FAILED}    doctor: a check failed; apply: changes left out (they need --allow-destructive)
   {EXIT_ERROR}    error: bad input or usage, database unreachable or login refused, schema drift (init),
        a missing extra; one line 'error: ...' on stderr says what is wrong
   {EXIT_NOT_RUNNING}    db status: the embedded server is not running; db dsn: no embedded cluster exists

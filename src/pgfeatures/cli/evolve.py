@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import EXIT_OK, Command, add_definitions, add_dsn, add_json, connect, load_registry
+from .common import EXIT_CHECK_FAILED, EXIT_OK, Command, add_definitions, add_dsn, add_json, connect, load_registry
 from .output import Output
 
 
@@ -98,10 +98,15 @@ def run_apply(args: argparse.Namespace, out: Output) -> int:
             lock_timeout=args.lock_timeout,
             progress=None if args.json else (lambda m: out.note(m)),
         )
+    # Changes left out (destructive ones without --allow-destructive): the database still differs from the
+    # definitions, so the command says so first and ends with EXIT_CHECK_FAILED, for scripts and CI.
+    left_out = len(result.plan.blocked)
     if args.json:
         out.json({"fingerprint": registry.fingerprint, **result.to_dict()})
-        return EXIT_OK
-    if result.plan.empty:
+        return EXIT_CHECK_FAILED if left_out else EXIT_OK
+    if result.plan.empty and left_out:
+        out.say(f"nothing applied: {left_out} change(s) left out, they need --allow-destructive (below)")
+    elif result.plan.empty:
         out.say("nothing to change: the database matches the definitions")
     else:
         made = [c for c in result.plan.changes if c.kind != "note"]
@@ -116,8 +121,10 @@ def run_apply(args: argparse.Namespace, out: Output) -> int:
     for change in result.plan.notes:
         out.say(f"= {change.prose}")
     if not result.plan.empty:
+        if left_out:
+            out.say(f"{left_out} change(s) left out: they need --allow-destructive (above)")
         out.say(RELOAD_HINT, err=True)
-    return EXIT_OK
+    return EXIT_CHECK_FAILED if left_out else EXIT_OK
 
 
 COMMANDS = (

@@ -82,6 +82,11 @@ def parse_where(table: FeatureTable, items: list[str]) -> dict[str, Any]:
                 f"--where {item!r}: write NAME=VALUE (features of {table.name}: {', '.join(table.feature_names)})"
             )
         feature = table.feature(name)  # UnknownFeatureError names the valid ones
+        if name in out:  # two equalities on one feature would match nothing: it is a list of values meant
+            raise CliError(
+                f"--where {name}= given twice: for any of several values write them as one JSON array, "
+                f'--where \'{name}=["a", "b"]\''
+            )
         if feature.type.kind == "string" and not text.startswith("[") and text != "null":
             out[name] = text
             continue

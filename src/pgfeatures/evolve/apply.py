@@ -31,7 +31,7 @@ import psycopg
 from psycopg import sql
 
 from ..definitions import Registry
-from ..errors import ChangeBlockedError, MaterializeError
+from ..errors import ChangeBlockedError, DatabaseError, MaterializeError
 from ..materialize import build as b
 from ..schema import ddl_lock
 from .plan import ADDITIVE, DESTRUCTIVE, Live, LiveTable, Plan, applied_rows, make_plan, tables_written
@@ -170,7 +170,8 @@ def apply(
             )
             result = ApplyResult(plan)
             if plan.empty:  # nothing to create or switch: no table is taken; the record is kept current
-                _record(conn, registry)
+                if not plan.blocked:  # not as applied while a change of them was left out
+                    _record(conn, registry)
                 result.seconds = time.perf_counter() - started
                 return result
             # New objects, and indexes (SHARE locks: writers wait, readers go on), before anything is taken exclusively.
@@ -205,10 +206,18 @@ def apply(
                     continue
                 if change.statements:
                     report(change.prose)
-                for statement in change.ddl:
-                    conn.execute(statement)
+                try:
+                    for statement in change.ddl:
+                        conn.execute(statement)
+                except psycopg.DataError as exc:  # a value the new type cannot hold (SQLSTATE 22): name where
+                    raise DatabaseError(
+                        f"{change.subject}: {exc.diag.message_primary or exc} ({change.action}); nothing was "
+                        "changed: apply is one transaction",
+                        exc.sqlstate,
+                    ) from None
             b.install(conn, schema, builds, report)
-            _record(conn, registry)
+            if not plan.blocked:  # the definitions are recorded as applied only when all of them were
+                _record(conn, registry)
             result.switch_seconds = time.perf_counter() - switch
     except psycopg.errors.LockNotAvailable as exc:
         raise ChangeBlockedError(_blocked_message(conn, schema, lock_timeout, exc)) from None

@@ -29,7 +29,7 @@ import psycopg
 from psycopg import sql
 
 from ..definitions import Registry
-from ..errors import ChangeBlockedError, MaterializeError
+from ..errors import ChangeBlockedError, DatabaseError, MaterializeError
 from ..materialize import build_async as b
 from ..schema import ddl_lock
 from .plan import ADDITIVE, DESTRUCTIVE, Live, LiveTable, Plan, applied_rows, make_plan, tables_written
@@ -168,7 +168,8 @@ async def apply_async(
             )
             result = ApplyResult(plan)
             if plan.empty:  # nothing to create or switch: no table is taken; the record is kept current
-                await _record_async(conn, registry)
+                if not plan.blocked:  # not as applied while a change of them was left out
+                    await _record_async(conn, registry)
                 result.seconds = time.perf_counter() - started
                 return result
             # New objects, and indexes (SHARE locks: writers wait, readers go on), before anything is taken exclusively.
@@ -203,10 +204,18 @@ async def apply_async(
                     continue
                 if change.statements:
                     report(change.prose)
-                for statement in change.ddl:
-                    await conn.execute(statement)
+                try:
+                    for statement in change.ddl:
+                        await conn.execute(statement)
+                except psycopg.DataError as exc:  # a value the new type cannot hold (SQLSTATE 22): name where
+                    raise DatabaseError(
+                        f"{change.subject}: {exc.diag.message_primary or exc} ({change.action}); nothing was "
+                        "changed: apply is one transaction",
+                        exc.sqlstate,
+                    ) from None
             await b.install_async(conn, schema, builds, report)
-            await _record_async(conn, registry)
+            if not plan.blocked:  # the definitions are recorded as applied only when all of them were
+                await _record_async(conn, registry)
             result.switch_seconds = time.perf_counter() - switch
     except psycopg.errors.LockNotAvailable as exc:
         raise ChangeBlockedError(await _blocked_message_async(conn, schema, lock_timeout, exc)) from None

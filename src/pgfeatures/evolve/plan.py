@@ -283,7 +283,12 @@ def _table_changes(plan: Plan, schema: str, table: FeatureTable, found: LiveTabl
                 "retype column",
                 f"{table.name}.{column}",
                 f"column {table.name}.{column} is {found.columns[column]}, the definition says {type_name}: "
-                "alter its type (rewrites the table under an exclusive lock; values converted by a cast)",
+                "alter its type (rewrites the table under an exclusive lock; "
+                + (
+                    "no cast: a value longer than the new bound fails the apply, nothing changes)"
+                    if column in strings
+                    else "values converted by a cast)"
+                ),
                 (
                     (
                         sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}{}").format(

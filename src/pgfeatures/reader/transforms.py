@@ -272,7 +272,7 @@ class ServiceTransforms:
             try:
                 rows.append(self.context(row))
             except ContextError as exc:
-                raise ContextError(f"context[{i}]: {exc}") from None
+                raise ContextError(f"context[{i}]: {exc}" if n > 1 else str(exc)) from None  # one: no index
         return {name: [r[name] for r in rows] for name in self.context_names}
 
     def _check(self, check: Callable[[Any], Any], name: str, value: Any, row: int | None = None) -> Any:
