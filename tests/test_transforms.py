@@ -440,6 +440,8 @@ def test_http_errors_name_the_value_and_the_transform(http: httpx.Client, caplog
     assert error["type"] == "transform_error" and error["retryable"] is False
     assert "transform 'raises'" in error["message"] and "ZeroDivisionError" in error["message"]
     assert "Traceback" not in r.text
+    # the function's own message and the request's values go to the log, not to every caller
+    assert "division by zero" not in r.text and "user_stats.amount_avg" in error["message"]
     logged = [rec for rec in caplog.records if rec.exc_info and "transform 'raises'" in rec.getMessage()]
     assert logged and logged[0].exc_info is not None and logged[0].exc_info[0] is ZeroDivisionError
 

@@ -290,9 +290,14 @@ class TransformError(PgFeaturesError):
     in the transform or its inputs, not an outage: not retryable. Over HTTP a 500 ``transform_error``
     whose message names the transform (the traceback goes to the server log, never into the answer)."""
 
-    def __init__(self, message: str, *, service: str, transform: str, output: str | None = None):
+    def __init__(
+        self, message: str, *, service: str, transform: str, output: str | None = None, public: str | None = None
+    ):
         super().__init__(message)
         self.service, self.transform, self.output = service, transform, output
+        # What an HTTP answer says: the message without the request's values and the function's own
+        # exception text (they go to the server's log with the traceback, not to every caller).
+        self.public = public or message
 
 
 class EventTimeInFutureError(FeatureValueError):

@@ -74,6 +74,11 @@ def _takes_status(function: Callable[..., Any]) -> bool:
     return len(positional) >= 3 or any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
+def _names(value: Any) -> str:
+    """The names of a context's or the features' values (a row's keys, or a batch's columns)."""
+    return ", ".join(map(str, value)) if isinstance(value, Mapping) else "?"
+
+
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
@@ -105,13 +110,17 @@ class CompiledTransform:
         self.status = _takes_status(function)
         self.batch = transform.batch
 
-    def _fail(self, why: str, context: Any, features: Any, output: str | None = None) -> TransformError:
+    def _fail(
+        self, why: str, context: Any, features: Any, output: str | None = None, public_why: str | None = None
+    ) -> TransformError:
+        head = f"transform {self.name!r} ({self.spec}) of service {self.service!r}"
+        names = f"inputs: context {_names(context)}, features {_names(features)}"
         return TransformError(
-            f"transform {self.name!r} ({self.spec}) of service {self.service!r} {why}; "
-            f"inputs: context {_shown(context)}, features {_shown(features)}",
+            f"{head} {why}; inputs: context {_shown(context)}, features {_shown(features)}",
             service=self.service,
             transform=self.name,
             output=output,
+            public=f"{head} {public_why or why}; {names} (their values and the traceback: the server log)",
         )
 
     def _call(self, context: Any, features: Any, status: Any) -> Any:
@@ -121,7 +130,9 @@ class CompiledTransform:
             else:
                 out = self.function(context, features)
         except Exception as exc:
-            raise self._fail(f"raised {type(exc).__name__}: {exc}", context, features) from exc
+            raise self._fail(
+                f"raised {type(exc).__name__}: {exc}", context, features, public_why=f"raised {type(exc).__name__}"
+            ) from exc
         if not isinstance(out, Mapping):
             raise self._fail(
                 f"returned {type(out).__name__}, not a mapping of its outputs ({', '.join(self.outputs)})",

@@ -161,5 +161,8 @@ def error_response(exc: BaseException, retry_after: int) -> Response:
     if error.retryable:
         headers["Retry-After"] = str(retry_after)
     extra = {"sqlstate": exc.sqlstate} if isinstance(exc, (DatabaseError, ConflictError)) and exc.sqlstate else {}
-    message = str(exc) if error is not INTERNAL else f"internal error ({type(exc).__name__}); see the server log"
+    if error is INTERNAL:
+        message = f"internal error ({type(exc).__name__}); see the server log"
+    else:
+        message = exc.public if isinstance(exc, TransformError) else str(exc)
     return Response(error_body(error.type, message, error.retryable, **extra), error.status, headers, media_type=JSON)
