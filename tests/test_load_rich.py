@@ -95,7 +95,9 @@ def rows_of(ids: range, seed: int = 0) -> list[dict[str, Any]]:
         rows.append(row)
     rows[0]["ids"] = [2**63 - 1, -(2**63), 0]
     rows[0]["country"] = "😀😀😀😀"  # 4 characters, 16 bytes: max_length counts characters
-    rows[0]["emb"] = [3.4028234663852886e38, -1.401298464324817e-45, 0.0, -0.0]
+    # The edges a search can still rank: an element whose square is just within float32 (pgvector's distances
+    # are float32: a larger squared norm is refused, tests/unit/test_rich_values.py), a subnormal, signed zeros.
+    rows[0]["emb"] = [float(np.float32(1.8e19)), -1.401298464324817e-45, 0.0, -0.0]
     return rows
 
 
@@ -669,7 +671,15 @@ def test_any_strings_and_embedding_floats_load_exactly(
     conn: psycopg.Connection, schema: str, reg: Registry, tmp_path: Path, texts: list[str], floats: list[float]
 ) -> None:
     """Any unicode (empty, at max_length, astral), any float32 (subnormals, ±0, the extremes), through
-    Arrow and CSV alike."""
+    Arrow and CSV alike; an embedding whose squared norm float32 cannot hold (pgvector could not rank it)
+    is refused by both, nothing loaded."""
+    squares = math.fsum(float(x) ** 2 for x in floats)
+    if squares >= 3.4028234663852886e38 or 0 < squares < 2.0**-126:
+        table = pa.table({"user_id": pa.array([1], pa.int64()), "emb": pa.array([floats], pa.list_(pa.float32(), 4))})
+        for source in (table, csv_of([{"user_id": 1, "emb": floats}], tmp_path / "n.csv")):
+            with pytest.raises(LoadInputError, match="squared norm"):
+                load(conn, reg, "profile", source, partial=True)
+        return
     rows = [
         {"user_id": i, "country": text, "cats": texts, "emb": floats[i % 4 :] + floats[: i % 4]}
         for i, text in enumerate(texts)

@@ -9,7 +9,7 @@ where you can. An epoch timestamp never rides in a ``real[]``: real is exact onl
 A table with a rich feature (a string, a list, an embedding) travels as one row value instead,
 ``ROW(f1, f2, ...)``, in one subquery like an array (binary records carry each field's type, so
 psycopg decodes every field as itself; an expired row is the empty ``ROW()``). An embedding travels
-as ``real[]`` (``vector::real[]``), whatever its storage.
+as stored, and becomes a list of floats on decode (``embedding_loader``).
 
 Event time (``updated_at``, and any timestamp feature) travels as int8 epoch microseconds
 (``schema.event_time_micros_sql``) in an ``int8[]`` or as a raw column, and becomes an aware UTC
@@ -18,6 +18,7 @@ datetime on decode (``converter``): exact, and independent of the session's ``Ti
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -68,9 +69,7 @@ def column_sql(feature: Feature, alias: str | None = None) -> sql.Composable:
     col = sql.Identifier(alias, feature.name) if alias else sql.Identifier(feature.name)
     if feature.type is EVENT_TIME:
         return event_time_micros_sql(col)
-    if feature.type.kind == "embedding" and feature.type.storage != "array":
-        return sql.SQL("{}::real[]").format(col)
-    return col
+    return col  # an embedding as stored: pgvector's binary form is half an array's size (``embedding_loader``)
 
 
 def transport(features: tuple[Feature, ...]) -> tuple[Part, ...]:
@@ -88,10 +87,33 @@ def transport(features: tuple[Feature, ...]) -> tuple[Part, ...]:
     return (Part("float8[]", floats), Part("int8[]", ints))
 
 
+def embedding_loader(dim: int) -> Callable[[Any], list[float]]:
+    """An embedding as it arrives, as a list of floats: pgvector's binary ``vector`` (int16 dim, int16 unused,
+    ``dim`` big-endian float4) or ``halfvec`` (the same with float2), which psycopg hands over as bytes (no
+    loader is registered for the extension's types), or a ``real[]`` it decoded already. Sending the
+    ``vector`` rather than ``vector::real[]`` halves what the server serializes and sends (measured with
+    ``EXPLAIN (ANALYZE, SERIALIZE BINARY)``: 0.22 against 0.42 ms for 30 rows of 128)."""
+    single, half = struct.Struct(f">{dim}f"), struct.Struct(f">{dim}e")
+
+    def load(value: Any) -> list[float]:
+        if isinstance(value, list):
+            return value
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            data = bytes(value)
+            unpack = single if len(data) == 4 + 4 * dim else half
+            return list(unpack.unpack_from(data, 4))
+        tolist = getattr(value, "tolist", None)  # an adapter someone registered (pgvector's numpy arrays)
+        return list(tolist() if callable(tolist) else value)
+
+    return load
+
+
 def converter(feature: Feature, array_type: str) -> Callable[[Any], Any] | None:
     """What turns a travelled value back into the feature's Python type (None: nothing to do)."""
     if feature.type is EVENT_TIME:
         return from_micros
+    if feature.type.kind == "embedding" and array_type in (RECORD, RAW):
+        return embedding_loader(feature.type.dim or 0)
     if array_type in (RECORD, RAW):  # every field decoded as its own type
         return None
     if feature.type.python is bool:
