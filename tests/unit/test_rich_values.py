@@ -51,3 +51,17 @@ def test_edges_that_hold() -> None:
     assert check_value("t.s", STRING, "\u00e9\u0301ab") == "\u00e9\u0301ab"  # 4 code points: at max_length
     with pytest.raises(FeatureValueError, match="longer than max_length 4 .*'abcde'$"):
         check_value("t.s", STRING, "abcde")  # shown whole, no "..." after a value that was not cut
+
+
+def test_without_pgvector_init_says_how_to_install_it_or_what_to_declare() -> None:
+    from pgfeatures.definitions import FeatureTable
+    from pgfeatures.errors import ExtensionMissingError
+    from pgfeatures.schema import check_vector, column_definitions
+
+    indexed = FeatureTable.of("items", {"vec": {"type": "embedding", "dim": 3, "index": "hnsw"}})
+    with pytest.raises(ExtensionMissingError, match='install pgvector .*storage = "array"'):
+        check_vector(indexed, has_vector=False)
+    plain = FeatureTable.of("items", {"vec": {"type": "embedding", "dim": 3}})
+    check_vector(plain, has_vector=False)  # an auto embedding needs no extension: a real[] column
+    assert column_definitions(plain, has_vector=False)["vec"].as_string(None) == '"vec" real[]'
+    assert column_definitions(plain, has_vector=True)["vec"].as_string(None) == '"vec" vector(3)'
