@@ -32,6 +32,7 @@ parameters; only the names (checked against the definitions) reach the SQL text,
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -167,9 +168,10 @@ class NearestRequest:
 
 
 def _integer(what: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    """``value`` as an int (any Integral: numpy's too, not a bool) within ``low..high``; else NearestError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= int(value) <= high:
         raise NearestError(f"{what} must be an integer from {low} to {high}, got {value!r}")
-    return value
+    return int(value)
 
 
 def embedding_features(table: FeatureTable) -> list[str]:
