@@ -594,3 +594,28 @@ def test_apply_says_when_it_left_a_change_out(dsn: str, schema: str, tmp_path: P
     assert done.returncode == 2 and "t.name" in done.stderr and "nothing was changed" in done.stderr, done.stderr
     with psycopg.connect(dsn) as conn:
         assert conn.execute(sql.SQL("SELECT name FROM {}").format(sql.Identifier(schema, "t"))).fetchone() == ("abcde",)
+
+
+def test_non_finite_list_elements_written_around_pgfeatures_print_as_strings_never_null(
+    dsn: str, schema: str, tmp_path: Path
+) -> None:
+    """Writes refuse NaN and ±Infinity in lists, but an application's own SQL can store them: an answer shows
+    them as their strings, as it does a stored non-finite real, never as the null that reads as NULL."""
+    path = tmp_path / "f.toml"
+    path.write_text(
+        f'schema = "{schema}"\n[entities.user]\nkey = "bigint"\n[tables.t]\nentity = "user"\n'
+        '[tables.t.features]\nr = "list<real>"\nd = "list<double>"\ne = { type = "embedding", dim = 2, storage = "array" }\n'
+    )
+    assert cli("init", "--dsn", dsn, "-d", str(path)).returncode == 0
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (user_id, r, d, e) VALUES (1, '{{NaN,1.5}}', '{{Infinity,2}}', '{{-Infinity,0}}')"
+            ).format(sql.Identifier(schema, "t"))
+        )
+    expected = {"r": ["NaN", 1.5], "d": ["Infinity", 2.0], "e": ["-Infinity", 0.0]}
+    done = cli("get", "--dsn", dsn, "-d", str(path), "1", "--json")
+    assert json.loads(done.stdout)["features"]["t"] == expected, done.stdout
+    config = ServerConfig(dsn=dsn, definitions=str(path), prewarm=False, pool_size=1)
+    with running_app(config) as client:
+        assert client.post("/v1/features", json={"key": 1}).json()["features"]["t"] == expected

@@ -106,7 +106,7 @@ class Reals:
             real = self.tables.get(table, frozenset())
             lists = self.lists.get(table, frozenset())
             out[table] = {
-                f: shortest_json(v) if f in real else shortest_list(v) if f in lists else plain_json(v)
+                f: shortest_json(v) if f in real else shortest_list(v) if f in lists else plain_value(v)
                 for f, v in values.items()
             }
         return out
@@ -142,8 +142,17 @@ def _real_elements(feature: Any) -> bool:
 
 
 def shortest_list(values: Any) -> Any:
-    """A list of ``real`` values (an embedding) for JSON, each printed shortest."""
-    return None if values is None else [shortest_real(v) for v in values]
+    """A list of ``real`` values (an embedding) for JSON, each printed shortest (a non-finite one, which only a
+    write around pgfeatures can store, as its string)."""
+    return None if values is None else [shortest_json(v) for v in values]
+
+
+def plain_value(value: Any) -> Any:
+    """A value for JSON (``plain_json``), a list's elements too (a ``list<double>`` written around pgfeatures
+    may hold a non-finite one)."""
+    if isinstance(value, list):
+        return [plain_json(v) for v in value]
+    return plain_json(value)
 
 
 def shortest_json(value: Any) -> Any:

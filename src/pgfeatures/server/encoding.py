@@ -103,13 +103,14 @@ class Float32Plan:
     """Which values of a request shape are ``real`` or ``double precision``, and how they become JSON:
     real values as float32 scalars, non-finite ones (either type) as their strings."""
 
-    __slots__ = ("all_real", "mixed", "doubles", "real_lists")
+    __slots__ = ("all_real", "mixed", "doubles", "real_lists", "double_lists")
 
     def __init__(self, selection: Selection):
         self.all_real: list[str] = []  # tables whose every asked feature is real
         self.mixed: list[tuple[str, tuple[str, ...]]] = []  # tables with some: (table, real feature names)
         self.doubles: list[tuple[str, tuple[str, ...]]] = []  # tables with double precision features
         self.real_lists: list[tuple[str, tuple[str, ...]]] = []  # embeddings and list<real>: float32 arrays
+        self.double_lists: list[tuple[str, tuple[str, ...]]] = []  # list<double>: checked for non-finite values
         for table, features in selection.items:
             real = tuple(f.name for f in features if f.type.name == "real")
             if real and len(real) == len(features):
@@ -122,10 +123,17 @@ class Float32Plan:
             lists = tuple(f.name for f in features if _real_elements(f.type))
             if lists:
                 self.real_lists.append((table.name, lists))
+            doubles = tuple(
+                f.name
+                for f in features
+                if f.type.kind == "list" and f.type.element is not None and f.type.element.name == "double precision"
+            )
+            if doubles:
+                self.double_lists.append((table.name, doubles))
 
     @property
     def empty(self) -> bool:
-        return not self.all_real and not self.mixed and not self.doubles and not self.real_lists
+        return not (self.all_real or self.mixed or self.doubles or self.real_lists or self.double_lists)
 
     def apply(self, results: Sequence[Features]) -> None:
         """Replace, in place, every real value of these results by its numpy.float32 (exact: the
@@ -168,7 +176,17 @@ class Float32Plan:
                     for name in names:
                         v = d[name]
                         if v is not None:
-                            d[name] = np.asarray(v, dtype=_F32)
+                            array = np.asarray(v, dtype=_F32)
+                            # Writes refuse non-finite elements, but a value written around pgfeatures may hold
+                            # one: as its string, never as the null orjson would print for NaN.
+                            d[name] = array if np.isfinite(array).all() else [json_real(x) for x in v]
+            for t, names in self.double_lists:
+                d = r[t]
+                if d is not None:
+                    for name in names:
+                        v = d[name]
+                        if v is not None and not all(x - x == 0 for x in v):  # inf - inf, NaN - NaN: NaN
+                            d[name] = [x if x - x == 0 else nonfinite_json(x) for x in v]
             for t, names in self.doubles:
                 d = r[t]
                 if d is not None:
