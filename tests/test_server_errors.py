@@ -351,8 +351,11 @@ def test_requests_straddling_the_moment_a_blocked_query_returns(dsn: str, schema
             body = {"key": data.hexkey(2), "tables": ["stats"]}
             assert (await c.post("/v1/features", json=body)).status_code == 200
             with psycopg.connect(dsn) as locker:
-                locker.execute(
-                    sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema, "stats"))
+                # Off the loop: the app's own tasks run on it (the inventory's refresh reads the table in a
+                # short transaction), and a lock waited for on the loop thread would wait for them forever.
+                await asyncio.to_thread(
+                    locker.execute,
+                    sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema, "stats")),
                 )
 
                 def release() -> None:
