@@ -92,6 +92,13 @@ class FeatureType:
         return self.kind in (STRING, LIST, EMBEDDING)
 
     @property
+    def float32_elements(self) -> bool:
+        """An embedding or a ``list<real>``: its elements are float32 (printed shortest as float32 in JSON)."""
+        return self.kind == EMBEDDING or (
+            self.kind == LIST and self.element is not None and self.element.name == "real"
+        )
+
+    @property
     def spec(self) -> str:
         """How a definition names this type (``real``, ``string``, ``list<integer>``, ``embedding``)."""
         if self.kind == LIST:

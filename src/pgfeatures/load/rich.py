@@ -45,7 +45,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..definitions import Feature
-from ..definitions.types import EMBEDDING, FLOAT32_SHOWN, INT_RANGE, STRING, TIMESTAMP, FeatureType
+from ..definitions.types import (
+    EMBEDDING,
+    FLOAT32_MAX,
+    FLOAT32_MIN_NORMAL,
+    FLOAT32_SHOWN,
+    HALF_MAX,
+    INT_RANGE,
+    STRING,
+    TIMESTAMP,
+    FeatureType,
+)
 from .copy import binary_array, timestamptz_values
 from .eventtime import EventClock, instants
 from .keys import Problem, decoded, nulls_of, shown
@@ -53,9 +63,6 @@ from .keys import Problem, decoded, nulls_of, shown
 ELEMENT_OIDS = {"integer": 23, "bigint": 20, "real": 700, "double precision": 701, "string": 1043}
 _BIG_ENDIAN = {"integer": ">i4", "bigint": ">i8", "real": ">f4", "double precision": ">f8"}
 _NATIVE = {"integer": np.int32, "bigint": np.int64, "real": np.float32, "double precision": np.float64}
-HALF_MAX = 65504.0  # the largest finite halfvec value
-FLOAT32_MAX = 3.4028234663852886e38
-FLOAT32_MIN_NORMAL = 2.0**-126
 _HEADER = np.dtype([("ndim", ">i4"), ("flags", ">i4"), ("oid", ">i4"), ("size", ">i4"), ("lower", ">i4")])
 _EMPTY = pa.scalar(b"", pa.large_binary())
 CSV_LISTS = 'write lists and embeddings as JSON arrays in one field, e.g. "[1, 2.5]" or "[""a"", ""b""]" in CSV'

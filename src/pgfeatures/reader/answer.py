@@ -87,7 +87,7 @@ class Reals:
     def __init__(self, selection: Selection, names: Sequence[str] = (), outputs: Mapping[str, str] | None = None):
         """``outputs``: the type names of a service's transform outputs (``transform.output``), printed alike."""
         self.tables = {t.name: frozenset(f.name for f in fs if f.type.name == "real") for t, fs in selection.items}
-        self.lists = {t.name: frozenset(f.name for f in fs if _real_elements(f)) for t, fs in selection.items}
+        self.lists = {t.name: frozenset(f.name for f in fs if f.type.float32_elements) for t, fs in selection.items}
         kind = {f"{t.name}.{f.name}": f.type.name for t, fs in selection.items for f in fs}
         for name, type_name in (outputs or {}).items():
             kind[name] = type_name
@@ -133,12 +133,6 @@ def shortest_real(x: float) -> float:
         except OverflowError:  # rounded past the largest float32
             continue
     return x
-
-
-def _real_elements(feature: Any) -> bool:
-    """An embedding or a list of ``real``: float32 elements (finite: writes refuse the others)."""
-    type_ = feature.type
-    return bool(type_.kind == "embedding" or (type_.kind == "list" and type_.element.name == "real"))
 
 
 def shortest_list(values: Any) -> Any:

@@ -58,11 +58,6 @@ def json_real(value: float) -> Any:
     return _F32(value) if value - value == 0 else nonfinite_json(value)
 
 
-def _real_elements(type_: Any) -> bool:
-    """An embedding or a list of ``real``: its elements are float32 (finite: writes refuse the others)."""
-    return type_.kind == "embedding" or (type_.kind == "list" and type_.element.name == "real")
-
-
 def result(key: Any, features: Features) -> dict[str, Any]:
     """One request's answer (``reader.answer``); ``key`` as the request sent it."""
     return answer(key, features, features.status)
@@ -120,7 +115,7 @@ class Float32Plan:
             double = tuple(f.name for f in features if f.type.name == "double precision")
             if double:
                 self.doubles.append((table.name, double))
-            lists = tuple(f.name for f in features if _real_elements(f.type))
+            lists = tuple(f.name for f in features if f.type.float32_elements)
             if lists:
                 self.real_lists.append((table.name, lists))
             doubles = tuple(
