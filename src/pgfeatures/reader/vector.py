@@ -228,13 +228,10 @@ def value_types(names: ServiceOrder, registry: Any, outputs: Mapping[str, str] |
     return out
 
 
-_types = value_types
-
-
 def _dtype(names: ServiceOrder, registry: Any, outputs: Mapping[str, str] | None = None) -> Any:
     import numpy as np
 
-    return np.float32 if set(_types(names, registry, outputs)) <= {"real"} else np.float64
+    return np.float32 if set(value_types(names, registry, outputs)) <= {"real"} else np.float64
 
 
 def event_time_positions(
@@ -242,7 +239,7 @@ def event_time_positions(
 ) -> tuple[int, ...]:
     """Where a vector holds event times (``updated_at``): as numbers they are epoch seconds. ``outputs``:
     the type names of transform outputs among ``names``."""
-    return tuple(i for i, t in enumerate(_types(names, registry, outputs)) if t == EVENT_TIME.name)
+    return tuple(i for i, t in enumerate(value_types(names, registry, outputs)) if t == EVENT_TIME.name)
 
 
 def as_numbers(values: Sequence[Any], positions: tuple[int, ...]) -> Sequence[Any]:
