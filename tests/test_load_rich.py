@@ -13,6 +13,7 @@ import csv
 import datetime as dt
 import json
 import math
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,11 @@ def stored(
             row[f.name] = v
         out[key] = row
     return out
+
+
+def listed(values: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A read's values with its embeddings (``array("f")``) as lists, as ``stored`` gives them."""
+    return None if values is None else {k: list(v) if isinstance(v, array) else v for k, v in values.items()}
 
 
 def columns_of(conn: psycopg.Connection, schema: str, table: str) -> dict[str, str]:
@@ -343,7 +349,7 @@ def test_loaded_rich_values_are_read_back_by_the_store(conn: psycopg.Connection,
     load(conn, reg, "profile", arrow_of(ROWS[:30]))
     truth = stored(conn, schema, reg)
     with FeatureStore(reg, conn.info.dsn) as store:
-        assert [store.get_features(k)["profile"] for k in (1, 2, 3)] == [truth[1], truth[2], truth[3]]
+        assert [listed(store.get_features(k)["profile"]) for k in (1, 2, 3)] == [truth[1], truth[2], truth[3]]
         assert store.write_features("profile", arrow_of(ROWS[30:40])).inserted == 10
 
 
@@ -722,4 +728,4 @@ def test_a_materialized_service_of_rich_features_follows_loads(
         for key in (1, 39, 40, 77, 100, 101):
             row = truth.get(key)
             expected = None if row is None else {n: row[n] for n in ("country", "last_login", "cats", "emb", "score")}
-            assert store.get_service("served", key)["profile"] == expected, key
+            assert listed(store.get_service("served", key)["profile"]) == expected, key

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import math
 import uuid
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -150,7 +151,7 @@ def _stored(conn: psycopg.Connection, schema: str, table: str, key: int, registr
     out = {}
     for f, v in zip(features, row):
         if f.type.kind == "embedding" and v is not None:
-            v = [float(np.float32(x)) for x in v.strip("[]{}").split(",")]
+            v = array("f", [float(x) for x in v.strip("[]{}").split(",")])  # as reads return it: float32
         if isinstance(v, dt.datetime):
             v = v.astimezone(dt.UTC)
         out[f.name] = f.default if v is None else v
@@ -195,7 +196,7 @@ def test_stored_values_read_back_exactly(truth: dict[int, dict[str, Any]]) -> No
     assert profile["country"] == "DE" and profile["last_login"] == T0
     assert profile["merchant_categories"] == ROWS[1]["profile"]["merchant_categories"]
     assert profile["recent_ids"] == [2**40, -1, 0]
-    assert profile["embedding"] == [float(np.float32(x)) for x in ROWS[1]["profile"]["embedding"]]
+    assert profile["embedding"] == array("f", ROWS[1]["profile"]["embedding"])
     assert truth[1]["stats"]["first_seen"] == dt.datetime(2025, 12, 31, 22, tzinfo=dt.UTC)  # type: ignore[index]
     assert truth[2]["profile"]["country"] == "ZZ"  # type: ignore[index]  # NULL: the default
 
@@ -371,7 +372,7 @@ def test_any_string_and_embedding_round_trips(
         stored = _stored(conn, defs[0], "profile", 9, registry)
     assert got == stored
     assert got is not None and got["country"] == (text or text) and got["merchant_categories"] == words
-    assert got["embedding"] == [float(np.float32(x)) for x in embedding]
+    assert got["embedding"] == array("f", embedding)
 
 
 def test_a_materialized_service_serves_strings_and_timestamps_in_one_lookup(
@@ -406,7 +407,7 @@ def test_a_materialized_service_serves_lists_and_embeddings_from_their_own_colum
         # a live update reaches the serving row's own columns through the triggers
         store.update_features(2, "profile", {"embedding": [1, 2, 3, 4], "recent_ids": [5]})
         got = store.get_service("served_all", 2)["profile"]
-        assert got is not None and got["embedding"] == [1.0, 2.0, 3.0, 4.0] and got["recent_ids"] == [5]
+        assert got is not None and got["embedding"] == array("f", [1, 2, 3, 4]) and got["recent_ids"] == [5]
         store.update_features(2, "profile", {"embedding": None, "recent_ids": None})
 
 
@@ -450,7 +451,7 @@ def test_apply_adds_rich_features_to_a_live_table(dsn: str, schema: str, tmp_pat
             "nick": "neo",
             "seen": T0,
             "tags": ["x"],
-            "vec": [0.5, 0.25],
+            "vec": array("f", [0.5, 0.25]),
         }
 
 
@@ -477,7 +478,7 @@ def test_an_expired_rich_row_is_expired_on_every_path(dsn: str, schema: str, tmp
         ):
             got = read(1)
             assert got == expired and got.status == {"t": "expired"}
-            assert read(2) == {"t": {"name": "new", "vec": [3.0, 4.0]}}
+            assert read(2) == {"t": {"name": "new", "vec": array("f", [3.0, 4.0])}}
         vector = store.get_service("m", 1, ["t.vec"], output="list")
         assert vector.values == [None, None] and vector.status == {"t": "expired"}
 
@@ -517,7 +518,7 @@ def test_a_transaction_pooler_store_reads_rich_features(
             assert store.get_features(key) == truth[key]
         assert store.get_features_batch([3, 1]) == [truth[3], truth[1]]
         assert store.get_service("dict_only", 1) == truth[1]
-        assert store.get_service("ranker", 1, output="list").values[1:5] == truth[1]["profile"]["embedding"]
+        assert store.get_service("ranker", 1, output="list").values[1:5] == list(truth[1]["profile"]["embedding"])
 
 
 def test_a_transform_gives_and_takes_numbers_only() -> None:

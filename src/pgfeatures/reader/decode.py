@@ -19,7 +19,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..definitions import Feature
-from .transport import Part, converter
+from .records import record_parser
+from .transport import RECORD, Part, converter
 
 PRESENT = "present"
 MISSING = "missing"
@@ -68,7 +69,7 @@ def result(values: dict[str, Any], status: dict[str, str] | None = None) -> Feat
 class TableDecoder:
     """Turns one table's fetched values (arrays per part, or raw columns) into ``(status, values)``."""
 
-    __slots__ = ("names", "order", "converters", "simple", "plain", "defaults", "has_defaults", "absent")
+    __slots__ = ("names", "order", "converters", "simple", "plain", "defaults", "has_defaults", "absent", "parse")
 
     def __init__(self, parts: tuple[Part, ...], asked: tuple[Feature, ...]):
         flat = [f for p in parts for f in p.features]
@@ -76,13 +77,19 @@ class TableDecoder:
         position = {f.name: i for i, f in enumerate(flat)}
         self.order = tuple(position[n] for n in self.names)
         array_type = {f.name: p.array_type for p in parts for f in p.features}
-        self.converters = tuple(converter(f, array_type[f.name]) for f in asked)
+        # A rich table's row value, parsed with its embeddings decoded (records.py), whether the read
+        # connection handed it over as bytes or psycopg parsed it.
+        self.parse = record_parser(parts[0].features) if parts[0].array_type == RECORD else None
+        self.converters = tuple(
+            None if self.parse is not None and f.type.kind == "embedding" else converter(f, array_type[f.name])
+            for f in asked
+        )
         self.defaults = tuple(f.default for f in asked)
         self.has_defaults = any(d is not None for d in self.defaults)
         self.absent = dict(zip(self.names, self.defaults)) if self.has_defaults else None
         # plain: the values arrive in the order asked and need no conversion (only defaults, if any)
         self.plain = len(parts) == 1 and self.order == tuple(range(len(flat))) and not any(self.converters)
-        self.simple = self.plain and not self.has_defaults
+        self.simple = self.plain and not self.has_defaults and self.parse is None
 
     def not_present(self) -> TableValues:
         """The value of a missing or expired table: its defaults, or None."""
@@ -102,9 +109,12 @@ class TableDecoder:
         return out
 
     def from_array(self, values: Sequence[Any] | None) -> tuple[str, TableValues]:
-        """A single-part table's array: None (no row), empty (expired) or the values."""
+        """A single-part table's array: None (no row), empty (expired) or the values (a rich table's
+        row value may come as bytes: parsed here)."""
         if values is None:
             return MISSING, self.not_present()
+        if self.parse is not None:
+            values = self.parse(values)
         if not values:
             return EXPIRED, self.not_present()
         return PRESENT, self.values(values)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from psycopg import sql
 
@@ -34,7 +34,11 @@ from ..materialize.sql import guarded
 from ..schema import event_time_micros_sql
 from .compile import BatchReader, Fetch, Reader, Strategy, _binder
 from .decode import EXPIRED, MISSING, PRESENT, FeatureResult, Row, result
+from .records import parse_slow
 from .selection import Selection
+from .transport import embedding_loader
+
+T = TypeVar("T")
 
 _NOW = event_time_micros_sql(sql.SQL("now()"))  # the statement's clock, in the unit of ts: epoch microseconds
 MICROS = 1_000_000
@@ -86,7 +90,8 @@ def _plan(
         )
         ttl_micros = None if ttl is None else ttl * MICROS
         tables.append(_Table(table.name, where[TS], layout.ts_index(table.name), ttl_micros, fields))
-    plan = _Plan(tuple(tables))
+    records = tuple(where[COLUMNS] for where in offsets.values() if COLUMNS in where)
+    plan = _Plan(tuple(tables), records)
     return cols, joins, guard, plan
 
 
@@ -107,6 +112,8 @@ class _Table(NamedTuple):
 
 
 def _converter(feature: Feature, group: str) -> Callable[[Any], Any] | None:
+    if feature.type.kind == "embedding":  # stored as real[] in the serving row: an array("f"), as everywhere
+        return embedding_loader(feature.type.dim or 0)
     if feature.type.python is bool:
         return bool
     if feature.type.python is int and group == "d":
@@ -125,15 +132,16 @@ class _Plan:
     with one pick of their stamps and one C-level test (``None in stamps``, ``min(stamps)``); only a row
     where some table is missing or expired walks the tables one by one."""
 
-    def __init__(self, tables: tuple[_Table, ...]):
+    def __init__(self, tables: tuple[_Table, ...], records: tuple[int, ...] = ()):
         self.tables = tables
+        self.records = records  # the row's columns holding lists and embeddings as one row value each
         groups: dict[tuple[int, int | None], list[int]] = {}  # (ts column, ttl) -> the tables' ts slots
         for t in tables:
             groups.setdefault((t.ts_column, t.ttl), []).append(t.ts_index)
         self.checks = tuple((column, _picker(slots), ttl) for (column, ttl), slots in groups.items())
         self.single = self.checks[0] if len(self.checks) == 1 else None
         self.all_present = {t.name: PRESENT for t in tables}
-        self.decode = self._dict_decoder()
+        self.decode = self._records_parsed(self._dict_decoder())
 
     def _present(self, row: Row) -> bool:
         """Every table of the read is present for this row (the common case, decided in a few C calls)."""
@@ -238,7 +246,29 @@ class _Plan:
 
         return decode
 
+    def _records_parsed(self, decode: Callable[[Row], T]) -> Callable[[Row], T]:
+        """``decode``, given the row with its row values parsed (the read cursors hand them over as bytes:
+        records.py); these hold lists and embeddings, which psycopg's record loader parses."""
+        records = self.records
+        if not records:
+            return decode
+
+        def parsed(row: Row) -> T:
+            if any(type(row[c]) is bytes for c in records):
+                fields = list(row)
+                for c in records:
+                    if type(fields[c]) is bytes:
+                        fields[c] = parse_slow(fields[c])
+                row = tuple(fields)
+            return decode(row)
+
+        return parsed
+
     def vector(self, names: Sequence[str]) -> Callable[[Row], tuple[list[Any], dict[str, str]]]:
+        """``_vector``'s decoder, given parsed row values."""
+        return self._records_parsed(self._vector(names))
+
+    def _vector(self, names: Sequence[str]) -> Callable[[Row], tuple[list[Any], dict[str, str]]]:
         """A decoder of the row into ``(values in the order of names, status per table)``: ``names`` are
         ``table.feature`` of this read, each once. The values are picked from the serving row's arrays by
         precomputed slots (one C call per array); a table that is not present sets its positions to their

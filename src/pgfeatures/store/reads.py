@@ -47,6 +47,7 @@ from ..connections.concurrency import Background
 from ..errors import DatabaseUnavailableError, PgFeaturesError, SchemaDriftError, StoreClosedError
 from ..reader import BatchReader, Fetch, Reader
 from ..reader.nearest import NearestReader
+from ..reader.records import register_record_bytes
 from ..schema import TableCheck
 from .base import (
     LAG_QUERY,
@@ -267,6 +268,8 @@ class ReadRouter:
         """
         started = time.monotonic()
         cur = psycopg.RawCursor(conn)
+        if conn.info.encoding == "utf-8":  # the compiled record parsers decode strings as UTF-8
+            register_record_bytes(cur)
         if self._prepare:
             cur.execute(READ_SESSION_SETUP)
             prepare_served(conn, cur, self.served)

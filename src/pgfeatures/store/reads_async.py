@@ -45,6 +45,7 @@ from ..connections.concurrency import AsyncBackground
 from ..errors import DatabaseUnavailableError, PgFeaturesError, SchemaDriftError, StoreClosedError
 from ..reader import BatchReader, Fetch, Reader
 from ..reader.nearest import NearestReader
+from ..reader.records import register_record_bytes
 from ..schema import TableCheck
 from .base import (
     LAG_QUERY,
@@ -263,6 +264,8 @@ class AsyncReadRouter:
         """
         started = time.monotonic()
         cur = psycopg.AsyncRawCursor(conn)
+        if conn.info.encoding == "utf-8":  # the compiled record parsers decode strings as UTF-8
+            register_record_bytes(cur)
         if self._prepare:
             await cur.execute(READ_SESSION_SETUP)
             await prepare_served_async(conn, cur, self.served)
