@@ -145,3 +145,12 @@ def test_a_vector_field_of_integers_is_refused_at_apply(tmp_path: Path) -> None:
     metric = Field(name="v", dtype=Array(Int64), vector_index=True, vector_length=4, vector_search_metric="L1")
     with pytest.raises(DefinitionError, match="L1"):
         feature_of("docs", "v", "FLOAT_LIST", metric)
+
+
+def test_get_online_features_answers_embeddings_as_lists_as_feast_does(store: Any) -> None:
+    """The library reads an embedding as array('f'); Feast's answer holds lists, in to_dict and to_arrow."""
+    fs, _ = store
+    response = fs.get_online_features(features=["docs:embedding", "docs:title"], entity_rows=[{"doc_id": 1}])
+    got = response.to_dict()["embedding"][0]
+    assert type(got) is list and got == [float(np.float32(x)) for x in VECTORS[0]]
+    assert response.to_arrow().column("embedding").to_pylist() == [got]

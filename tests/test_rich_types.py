@@ -25,7 +25,7 @@ from psycopg import sql
 from cli_run import cli
 from pgfeatures import AsyncFeatureStore, FeatureStore
 from pgfeatures.definitions import Registry, feature_type
-from pgfeatures.errors import DefinitionError, FeatureValueError, VectorOutputError
+from pgfeatures.errors import DefinitionError, FeatureValueError, SchemaDriftError, VectorOutputError
 from pgfeatures.schema import drift
 from pgfeatures.server import ServerConfig
 from support.inprocess import running_app
@@ -620,3 +620,37 @@ def test_non_finite_list_elements_written_around_pgfeatures_print_as_strings_nev
     config = ServerConfig(dsn=dsn, definitions=str(path), prewarm=False, pool_size=1)
     with running_app(config) as client:
         assert client.post("/v1/features", json={"key": 1}).json()["features"]["t"] == expected
+
+
+@pytest.mark.parametrize("stored", ["{1,NULL,3}", "{1,2}", "{{1,2,3},{4,5,6}}"])
+def test_a_stored_value_that_is_no_embedding_is_a_typed_error_on_every_path(
+    dsn: str, schema: str, tmp_path: Path, stored: str
+) -> None:
+    """A ``real[]`` embedding written around pgfeatures with a NULL element, another length or two
+    dimensions: every read says so, naming the feature, never hands back a value of another shape."""
+    path = tmp_path / "f.toml"
+    path.write_text(
+        f'schema = "{schema}"\n[entities.user]\nkey = "bigint"\n[tables.t]\nentity = "user"\n'
+        '[tables.t.features]\nx = "real"\nvec = { type = "embedding", dim = 3, storage = "array" }\n'
+        '[services.m]\nmaterialize = true\nfeatures = ["t.*"]\n[services.flex]\nfeatures = ["t.*"]\n'
+    )
+    assert cli("init", "--dsn", dsn, "-d", str(path)).returncode == 0
+    assert cli("materialize", "m", "--dsn", dsn, "-d", str(path)).returncode == 0
+    registry = Registry.from_toml(path)
+    with FeatureStore(registry, dsn) as store:
+        store.update_features(1, "t", {"x": 1.5, "vec": [1, 2, 3]})
+        assert store.get_service("m", 1) == {"t": {"x": 1.5, "vec": array("f", [1, 2, 3])}}
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("UPDATE {} SET vec = %s::real[]").format(sql.Identifier(schema, "t")), [stored])
+        reads = (
+            lambda: store.get_features(1),
+            lambda: store.get_features(1, strategy="join"),
+            lambda: store.get_features(1, strategy="pipeline"),
+            lambda: store.get_features_batch([1]),
+            lambda: store.get_service("flex", 1, output="list"),
+            lambda: store.get_service("m", 1),
+            lambda: store.get_service("m", 1, output="list"),
+        )
+        for read in reads:
+            with pytest.raises(SchemaDriftError, match="vec: a stored value .* where the definition says an embedding"):
+                read()

@@ -19,11 +19,12 @@ from hypothesis import strategies as st
 
 from pgfeatures.definitions import FeatureTable
 from pgfeatures.errors import SchemaDriftError
+from pgfeatures.reader import records
 from pgfeatures.reader.records import parse_slow, record_parser
 from pgfeatures.reader.transport import embedding_loader
 
 VECTOR_OID, HALFVEC_OID = 16390, 16500  # an extension's types: any OID from 16384 on
-FLOAT4, FLOAT8, INT2, INT4, INT8, BOOL, VARCHAR, TEXT = 700, 701, 21, 23, 20, 16, 1043, 25
+FLOAT4, FLOAT8, INT2, INT4, INT8, BOOL, VARCHAR, TEXT, BYTEA = 700, 701, 21, 23, 20, 16, 1043, 25, 17
 
 # field type -> (OID, how a value is written)
 WRITERS: dict[str, tuple[int, Any]] = {
@@ -37,6 +38,25 @@ WRITERS: dict[str, tuple[int, Any]] = {
     "string": (VARCHAR, lambda v: v.encode()),
     "embedding": (VECTOR_OID, lambda v: struct.pack(f">hh{len(v)}f", len(v), 0, *v)),
 }
+
+
+class SlowCalls:
+    """Counts the records psycopg's parser takes (the compiled parser's fallback)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.count = 0
+        real = records.parse_slow
+
+        def counted(data: Any) -> tuple[Any, ...]:
+            self.count += 1
+            return real(data)
+
+        monkeypatch.setattr(records, "parse_slow", counted)
+
+
+@pytest.fixture()
+def slow_calls(monkeypatch: pytest.MonkeyPatch) -> SlowCalls:
+    return SlowCalls(monkeypatch)
 
 
 def record(fields: list[tuple[int, bytes | None]]) -> bytes:
@@ -58,18 +78,19 @@ def expected(features: Any, data: bytes) -> tuple[Any, ...]:
     out = list(parse_slow(data))
     for i, f in enumerate(features):
         if f.type.kind == "embedding" and out[i] is not None:
-            out[i] = embedding_loader(4)(out[i])
+            out[i] = embedding_loader(features[i])(out[i])
     return tuple(out)
 
 
 SHAPE = {"a": "real", "b": "double", "s": "string", "n": "integer", "e": "embedding", "k": "bigint", "ok": "boolean"}
 
 
-def test_a_record_parses_as_psycopg_parses_it() -> None:
+def test_a_record_parses_as_psycopg_parses_it(slow_calls: SlowCalls) -> None:
     features = table(SHAPE)
     values = [0.5, 1e300, "grüße", -7, [1.0, -2.5, 0.0, 3.25], 2**40, True]
     data = record([(WRITERS[k][0], WRITERS[k][1](v)) for k, v in zip(SHAPE.values(), values)])
     got = record_parser(features)(data)
+    assert slow_calls.count == 0  # the compiled parser read it
     assert got == expected(features, data)
     assert got[4] == array("f", [1.0, -2.5, 0.0, 3.25]) and isinstance(got[4], array)
     assert got == (0.5, 1e300, "grüße", -7, array("f", [1.0, -2.5, 0.0, 3.25]), 2**40, True)
@@ -86,10 +107,11 @@ def test_a_tuple_psycopg_parsed_gets_its_embeddings_decoded() -> None:
     assert record_parser(features)(()) == ()
 
 
-def test_a_halfvec_embedding_is_decoded() -> None:
+def test_a_halfvec_embedding_is_decoded(slow_calls: SlowCalls) -> None:
     features = table({"e": "embedding"})
     data = record([(HALFVEC_OID, struct.pack(">hh4e", 4, 0, 0.5, -1.0, 65504.0, 0.0))])
     assert record_parser(features)(data) == (array("f", [0.5, -1.0, 65504.0, 0.0]),)
+    assert slow_calls.count == 0
 
 
 @pytest.mark.parametrize(
@@ -99,35 +121,47 @@ def test_a_halfvec_embedding_is_decoded() -> None:
         ([(FLOAT8, struct.pack(">d", 1.5)), (VARCHAR, b"x")], "a real column retyped double"),
         ([(FLOAT4, None), (VARCHAR, b"x")], "a NULL fixed-width field"),
         ([(FLOAT4, struct.pack(">f", 1.5)), (TEXT, b"x")], "a string column retyped text"),
-        ([(FLOAT4, struct.pack(">f", 1.5)), (VARCHAR, None)], "a NULL string"),
+        ([(FLOAT4, struct.pack(">f", 1.5)), (INT4, struct.pack(">i", 7))], "a string column retyped integer"),
+        ([(FLOAT4, struct.pack(">f", 1.5)), (BYTEA, b"\xff\xfe")], "a string column retyped bytea"),
     ],
 )
-def test_anything_unexpected_is_parsed_by_psycopg(fields: list[tuple[int, bytes | None]], why: str) -> None:
+def test_anything_unexpected_is_parsed_by_psycopg(
+    fields: list[tuple[int, bytes | None]], why: str, slow_calls: SlowCalls
+) -> None:
     features = table({"a": "real", "s": "string"})
     data = record(fields)
     got = record_parser(features)(data)
     assert got == expected(features, data), why
+    assert slow_calls.count == 1, why
     if fields[0][0] == INT4:
         assert got[0] == 1065353216 and isinstance(got[0], int)  # never the float those bits spell
 
 
-def test_a_record_of_another_shape_is_parsed_by_psycopg() -> None:
+def test_a_record_of_another_shape_is_parsed_by_psycopg(slow_calls: SlowCalls) -> None:
     features = table({"a": "real", "s": "string"})
-    for data in (
+    cases = (
         record([(FLOAT4, struct.pack(">f", 1.5))]),  # a field short
         record([(FLOAT4, struct.pack(">f", 1.5)), (VARCHAR, b"x"), (INT4, struct.pack(">i", 3))]),  # one more
         record([(INT2, struct.pack(">h", 3)), (VARCHAR, b"x")]),  # shorter field: the record is shorter
-    ):
+    )
+    for data in cases:
         assert record_parser(features)(data) == expected(features, data)
+    assert slow_calls.count == len(cases)
+    trailing = record([(FLOAT4, struct.pack(">f", 1.5)), (VARCHAR, b"x")]) + b"\x00"  # bytes after the last field
+    assert record_parser(features)(trailing) == expected(features, trailing)  # what psycopg makes of it
+    assert slow_calls.count == len(cases) + 1
 
 
-def test_an_embedding_of_another_dim_or_a_builtin_type_is_parsed_by_psycopg() -> None:
+def test_an_embedding_of_another_dim_or_a_builtin_type_is_parsed_by_psycopg(slow_calls: SlowCalls) -> None:
     features = table({"e": "embedding"})
+    vector_sized_bytea = record([(BYTEA, struct.pack(">hh4f", 4, 0, 1, 2, 3, 4))])  # a builtin type: not pgvector's
+    assert record_parser(features)(vector_sized_bytea) == expected(features, vector_sized_bytea)
+    assert slow_calls.count == 1
     three = record([(VECTOR_OID, struct.pack(">hh3f", 3, 0, 1, 2, 3))])  # the column changed under the reader
-    with pytest.raises(SchemaDriftError, match="3 dimensions where the definition says 4"):
+    with pytest.raises(SchemaDriftError, match="has 3 dimensions where the definition says an embedding of dim 4"):
         record_parser(features)(three)
     eight_halves = record([(HALFVEC_OID, struct.pack(">hh8e", 8, 0, *range(8)))])  # as long as 4 floats
-    with pytest.raises(SchemaDriftError, match="8 dimensions"):
+    with pytest.raises(SchemaDriftError, match="has 8 dimensions"):
         record_parser(features)(eight_halves)
     assert record_parser(features)(record([(VECTOR_OID, None)])) == (None,)
     elements = b"".join(struct.pack(">if", 4, x) for x in (1, 2, 3, 4))
@@ -146,13 +180,16 @@ VALUES = {
     "timestamp": st.integers(-(2**62), 2**62),
     "string": st.text(st.characters(blacklist_categories=("Cs",))),
     "embedding": st.lists(st.floats(width=32, allow_nan=False), min_size=4, max_size=4),
+    "halfvec": st.lists(st.floats(width=16, allow_nan=False), min_size=4, max_size=4),
 }
+KINDS.append("halfvec")  # an embedding column stored as halfvec
+WRITERS["halfvec"] = (HALFVEC_OID, lambda v: struct.pack(f">hh{len(v)}e", len(v), 0, *v))
 
 
 @st.composite
 def shapes_and_records(draw: st.DrawFn) -> tuple[Any, bytes]:
     kinds = draw(st.lists(st.sampled_from(KINDS), min_size=1, max_size=8))
-    features = table({f"f{i}": "timestamp" if k == "timestamp" else k for i, k in enumerate(kinds)})
+    features = table({f"f{i}": "embedding" if k == "halfvec" else k for i, k in enumerate(kinds)})
     fields = []
     for kind in kinds:
         value = draw(st.none() | VALUES[kind])
@@ -165,6 +202,15 @@ def shapes_and_records(draw: st.DrawFn) -> tuple[Any, bytes]:
 @given(shapes_and_records())
 def test_any_record_parses_as_psycopg_parses_it(case: tuple[Any, bytes]) -> None:
     features, data = case
-    got = record_parser(features)(data)
+    calls = []
+    real = records.parse_slow
+    records.parse_slow = lambda data: calls.append(data) or real(data)  # type: ignore[assignment]
+    try:
+        got = record_parser(features)(data)
+    finally:
+        records.parse_slow = real
     assert got == expected(features, data)
     assert [type(v) for v in got] == [type(v) for v in expected(features, data)]
+    fields = struct.unpack_from(">i", data)[0]
+    if fields and b"\xff\xff\xff\xff" not in data:  # no NULL (a length of -1) anywhere: the fast path read it
+        assert not calls

@@ -10,6 +10,7 @@ and event timestamps Feast's own response would carry.
 
 from __future__ import annotations
 
+from array import array
 from datetime import UTC, datetime
 from typing import Any
 
@@ -121,7 +122,10 @@ class PgfeaturesOnlineResponse(OnlineResponse):
             return super().to_dict(include_event_timestamps)
         out: dict[str, Any] = {}
         for column in self._columns:
-            out[column.name] = list(column.values)
+            if column.kind in LIST_KINDS:  # an embedding reads back as array("f"); Feast's answer holds lists
+                out[column.name] = [v.tolist() if isinstance(v, array) else v for v in column.values]
+            else:
+                out[column.name] = list(column.values)
             if include_event_timestamps:
                 out[column.name + TIMESTAMP_POSTFIX] = list(column.seconds)
         return out

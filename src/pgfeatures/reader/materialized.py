@@ -113,7 +113,7 @@ class _Table(NamedTuple):
 
 def _converter(feature: Feature, group: str) -> Callable[[Any], Any] | None:
     if feature.type.kind == "embedding":  # stored as real[] in the serving row: an array("f"), as everywhere
-        return embedding_loader(feature.type.dim or 0)
+        return embedding_loader(feature)
     if feature.type.python is bool:
         return bool
     if feature.type.python is int and group == "d":

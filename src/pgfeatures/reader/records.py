@@ -19,6 +19,7 @@ from __future__ import annotations
 import struct
 from array import array
 from collections.abc import Callable
+from enum import IntEnum
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -29,23 +30,14 @@ from psycopg.types.string import ByteaBinaryLoader
 from ..definitions import EVENT_TIME, Feature
 from .transport import SWAP, embedding_loader
 
-# Fixed-width fields: (struct code, width) by the PostgreSQL type the field travels as.
+# Fixed-width fields by the PostgreSQL type they travel as: (struct code, width, type OID).
 _FIXED = {
-    "real": ("f", 4),
-    "double precision": ("d", 8),
-    "smallint": ("h", 2),
-    "integer": ("i", 4),
-    "bigint": ("q", 8),
-    "boolean": ("?", 1),
-}
-_OIDS = {name: postgres.types[name].oid for name in ("float4", "float8", "int2", "int4", "int8", "bool")}
-_FIXED_OID = {
-    "real": _OIDS["float4"],
-    "double precision": _OIDS["float8"],
-    "smallint": _OIDS["int2"],
-    "integer": _OIDS["int4"],
-    "bigint": _OIDS["int8"],
-    "boolean": _OIDS["bool"],
+    "real": ("f", 4, postgres.types["float4"].oid),
+    "double precision": ("d", 8, postgres.types["float8"].oid),
+    "smallint": ("h", 2, postgres.types["int2"].oid),
+    "integer": ("i", 4, postgres.types["int4"].oid),
+    "bigint": ("q", 8, postgres.types["int8"].oid),
+    "boolean": ("?", 1, postgres.types["bool"].oid),
 }
 _STRING_OID = postgres.types["varchar"].oid  # a string feature's column (anything else: psycopg parses it)
 _FIRST_USER_OID = 16384  # pgvector's types are an extension's: their OIDs are never below this
@@ -67,7 +59,15 @@ def parse_slow(data: Any) -> tuple[Any, ...]:
     return tuple(_psycopg_record.load(data))
 
 
-STRING, EMBEDDING = 1, 2  # what follows a segment's fixed fields: a string, an embedding, or nothing (0)
+class _Then(IntEnum):
+    """What follows a segment's fixed-width fields."""
+
+    NOTHING = 0
+    STRING = 1
+    EMBEDDING = 2
+
+
+STRING, EMBEDDING = _Then.STRING, _Then.EMBEDDING  # module globals: no class attribute lookup per field
 
 
 class _Segment(NamedTuple):
@@ -81,7 +81,7 @@ class _Segment(NamedTuple):
     meta: Callable[[tuple[Any, ...]], Any]
     expected: Any
     values: slice
-    then: int  # 0, STRING or EMBEDDING
+    then: _Then
     dim: int
     half: struct.Struct  # an embedding's halfvec elements (empty for a string or nothing)
 
@@ -98,14 +98,14 @@ def _segments(features: tuple[Feature, ...]) -> list[_Segment] | None:
     codes, meta, expected = ["i"], [0], [len(features)]  # the first segment starts with the field count
     first, count = 0, 0
 
-    def close(then: int, dim: int = 0) -> None:
+    def close(then: _Then, dim: int = 0) -> None:
         nonlocal codes, meta, expected, first, count
         if then:
-            if then == STRING:  # a string's OID is checked; an embedding's is pgvector's, checked at parse
+            if then == _Then.STRING:  # a string's OID is checked; an embedding's is pgvector's, checked at parse
                 meta.append(len(codes))
                 expected.append(_STRING_OID)
             codes += ["I", "i"]  # the variable field's OID and length
-            if then == EMBEDDING:  # and an embedding's own header: its dim (checked) and a spare int16
+            if then == _Then.EMBEDDING:  # and an embedding's own header: its dim (checked) and a spare int16
                 codes += ["h", "h"]
         unpack = struct.Struct(">" + "".join(codes))
         segments.append(
@@ -124,15 +124,14 @@ def _segments(features: tuple[Feature, ...]) -> list[_Segment] | None:
 
     for f in features:
         if f.type is EVENT_TIME:  # travels as int8 epoch microseconds (transport.column_sql)
-            code, oid, width = "q", _OIDS["int8"], 8
+            code, width, oid = _FIXED["bigint"]
         elif f.type.name in _FIXED:
-            code, width = _FIXED[f.type.name]
-            oid = _FIXED_OID[f.type.name]
+            code, width, oid = _FIXED[f.type.name]
         elif f.type.kind == "string":
-            close(STRING)
+            close(_Then.STRING)
             continue
         elif f.type.kind == "embedding":
-            close(EMBEDDING, f.type.dim or 0)
+            close(_Then.EMBEDDING, f.type.dim or 0)
             continue
         else:
             return None
@@ -143,7 +142,7 @@ def _segments(features: tuple[Feature, ...]) -> list[_Segment] | None:
         codes += ["Q", code]
         count += 1
     if count or not segments:
-        close(0)
+        close(_Then.NOTHING)
     return segments
 
 
@@ -154,7 +153,7 @@ def record_parser(features: tuple[Feature, ...]) -> Callable[[Any], tuple[Any, .
     An empty record (``ROW()``, an expired row) is the empty tuple. A record whose fields are not
     exactly the expected types and lengths (a NULL, a retyped column) is parsed by psycopg.
     """
-    loaders = [(i, embedding_loader(f.type.dim or 0)) for i, f in enumerate(features) if f.type.kind == "embedding"]
+    loaders = [(i, embedding_loader(f)) for i, f in enumerate(features) if f.type.kind == "embedding"]
 
     def slow(data: Any) -> tuple[Any, ...]:
         return finish(parse_slow(data))
@@ -187,16 +186,18 @@ def record_parser(features: tuple[Feature, ...]) -> Callable[[Any], tuple[Any, .
                     return slow(data)
                 out += header[values]
                 pos += size
-                if then == STRING:
+                if then is STRING:
                     length = header[-1]
                     if length < 0:
                         out.append(None)
                     else:
                         out.append(data[pos : pos + length].decode())
                         pos += length
-                elif then == EMBEDDING:
-                    # (OID, length, dim, spare) read: the dim and spare are the value's first 4 bytes.
-                    # pgvector's vector is 4 + 4 * dim bytes, halfvec 4 + 2 * dim; the dim must be the definition's.
+                elif then is EMBEDDING:
+                    # (OID, length, dim, spare) read: the dim and spare are the value's first 4 bytes (for a
+                    # NULL embedding, the next field's header; a NULL embedding as the last field makes the
+                    # struct call run past the end, and psycopg parses that record). pgvector's vector is
+                    # 4 + 4 * dim bytes, halfvec 4 + 2 * dim; the dim must be the definition's.
                     length = header[-3]
                     pos -= 4
                     if length < 0:
@@ -215,7 +216,7 @@ def record_parser(features: tuple[Feature, ...]) -> Callable[[Any], tuple[Any, .
                     else:
                         return slow(data)
                     pos += length
-        except (struct.error, UnicodeDecodeError):  # psycopg's parser says what is wrong, if anything
+        except (struct.error, UnicodeDecodeError, ValueError):  # psycopg's parser says what is wrong, if anything
             return slow(data)
         if pos != len(data):
             return slow(data)

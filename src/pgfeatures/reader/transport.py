@@ -92,7 +92,7 @@ def transport(features: tuple[Feature, ...]) -> tuple[Part, ...]:
     return (Part("float8[]", floats), Part("int8[]", ints))
 
 
-def embedding_loader(dim: int) -> Callable[[Any], array[float]]:
+def embedding_loader(feature: Feature) -> Callable[[Any], array[float]]:
     """An embedding as it arrives, as an ``array.array("f")``: pgvector's binary ``vector`` (int16 dim, int16
     unused, ``dim`` big-endian float4) or ``halfvec`` (the same with float2), which psycopg hands over as bytes
     (no loader is registered for the extension's types), or a ``real[]`` it decoded already. Sending the
@@ -101,29 +101,46 @@ def embedding_loader(dim: int) -> Callable[[Any], array[float]]:
 
     Why an array of float32 rather than a list of floats: it is what is stored, exactly; it is one object
     rather than ``dim`` (making and freeing 30 lists of 128 floats cost 65 µs a request against 8 µs for
-    30 arrays); and numpy and torch take it without a copy (``numpy.asarray(v)``: float32)."""
+    30 arrays); and numpy and torch take it without a copy (``numpy.asarray(v)``: float32).
+
+    A stored value that is no embedding of the feature's dim (another dimension, a NULL element, a 2-D
+    ``real[]``: a column changed, or a row written around pgfeatures) is a SchemaDriftError naming the
+    feature, never a value of another shape (a vector output would put its elements in other features'
+    places)."""
+    dim = feature.type.dim or 0
     half = struct.Struct(f">{dim}e")
-    size = 4 + 4 * dim
+
+    def not_an_embedding(what: str) -> SchemaDriftError:
+        return SchemaDriftError(
+            f"{feature.name}: a stored value {what} where the definition says an embedding of dim {dim}: the "
+            "column was changed or the row written around pgfeatures; run pgfeatures doctor"
+        )
 
     def load(value: Any) -> array[float]:
         if isinstance(value, array):
             return value
         if isinstance(value, (bytes, bytearray, memoryview)):
             data = bytes(value)
-            if struct.unpack_from(">h", data)[0] != dim:  # the column changed under the reader
-                raise SchemaDriftError(
-                    f"an embedding arrived with {struct.unpack_from('>h', data)[0]} dimensions where the "
-                    f"definition says {dim}: the column was changed; run pgfeatures doctor"
-                )
-            if len(data) == size:  # vector: float4 elements
+            (stored_dim,) = struct.unpack_from(">h", data)
+            if stored_dim != dim:
+                raise not_an_embedding(f"has {stored_dim} dimensions")
+            if len(data) == 4 + 4 * dim:  # vector: float4 elements
                 vector = array("f")
                 vector.frombytes(data[4:])
                 if SWAP:
                     vector.byteswap()
                 return vector
-            return array("f", half.unpack_from(data, 4))  # halfvec: float2 elements
+            if len(data) == 4 + 2 * dim:  # halfvec: float2 elements
+                return array("f", half.unpack_from(data, 4))
+            raise not_an_embedding(f"of {len(data)} bytes")
         tolist = getattr(value, "tolist", None)  # an adapter someone registered (pgvector's numpy arrays)
-        return array("f", tolist() if callable(tolist) else value)
+        elements = tolist() if callable(tolist) else value
+        if len(elements) != dim:
+            raise not_an_embedding(f"has {len(elements)} elements")
+        try:
+            return array("f", elements)
+        except TypeError:  # a NULL element, or a 2-D real[]'s rows
+            raise not_an_embedding("holds a NULL or a non-number") from None
 
     return load
 
@@ -133,7 +150,7 @@ def converter(feature: Feature, array_type: str) -> Callable[[Any], Any] | None:
     if feature.type is EVENT_TIME:
         return from_micros
     if feature.type.kind == "embedding" and array_type in (RECORD, RAW):
-        return embedding_loader(feature.type.dim or 0)
+        return embedding_loader(feature)
     if array_type in (RECORD, RAW):  # every field decoded as its own type
         return None
     if feature.type.python is bool:
