@@ -172,7 +172,8 @@ def test_arrow_and_parquet_timestamp_columns_load(conn, reg, tmp_path):
     assert stamps(conn, reg) == {1: at[0], 2: at[1]}
     nanos = pa.array([1_767_225_600_000_000_999], pa.timestamp("ns", tz="Europe/Paris"))  # 2026-01-01 UTC, + 999 ns
     load(conn, reg, "t", pa.table({"uid": [3], "a": [3.0], "n": [3], "updated_at": nanos}))
-    assert stamps(conn, reg)[3] == dt.datetime(2026, 1, 1, 0, 0, 0, 0, tzinfo=UTC)  # microseconds: the ns are dropped
+    # timestamptz keeps microseconds: 999 ns round to 1 µs, as PostgreSQL rounds '...00.000000999Z'
+    assert stamps(conn, reg)[3] == dt.datetime(2026, 1, 1, 0, 0, 0, 1, tzinfo=UTC)
     naive = pa.table(
         {"uid": [4], "a": [4.0], "n": [4], "updated_at": pa.array([dt.datetime(2026, 1, 1, 12)], pa.timestamp("s"))}
     )

@@ -259,7 +259,7 @@ def test_a_partial_load_of_rich_columns_leaves_the_others(conn: psycopg.Connecti
 
 
 def test_other_arrow_forms_of_each_type(conn: psycopg.Connection, schema: str, reg: Registry) -> None:
-    """Dictionary-encoded and large strings, nanosecond timestamps in another zone (floored to microseconds),
+    """Dictionary-encoded and large strings, nanosecond timestamps in another zone (rounded to microseconds as PostgreSQL rounds them),
     ISO 8601 strings with a zone into a timestamp, large lists, fixed-size lists of doubles and variable
     lists into an embedding, integers into list<real>."""
     rows = ROWS[:40]
@@ -295,8 +295,8 @@ def test_other_arrow_forms_of_each_type(conn: psycopg.Connection, schema: str, r
     )
     load(conn, reg, "profile", nanos, partial=True)
     got = stored(conn, schema, reg)
-    assert got[1]["last_login"] == dt.datetime(2023, 11, 14, 22, 13, 20, 123456, tzinfo=dt.UTC)
-    assert got[2]["last_login"] == dt.datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC)
+    assert got[1]["last_login"] == dt.datetime(2023, 11, 14, 22, 13, 20, 123457, tzinfo=dt.UTC)  # .123456789
+    assert got[2]["last_login"] == dt.datetime(1970, 1, 1, tzinfo=dt.UTC)  # 1 ns before: .999999999 rounds up
     assert got[2]["emb"] == [0.5, 0.25, 0.125, float(np.float32(1e-3))]
 
 

@@ -37,6 +37,21 @@ MAX_MICROS = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z, the last
 DEFAULT_MAX_FUTURE_SKEW = 300.0  # seconds an event time may be ahead of the database server's clock
 
 _ZONE = re.compile(r"(Z|z|[+-]\d\d(:?\d\d)?)$")
+_SUBMICRO = re.compile(r"(?<=\d\d:\d\d:\d\d)\.(\d{7,})")  # a fraction of a second finer than microseconds
+
+
+def parse_iso(text: str) -> dt.datetime:
+    """``datetime.fromisoformat(text)`` (a trailing ``Z`` read as UTC), with a fraction of a second finer than
+    a microsecond rounded as PostgreSQL rounds it (``rint(fraction * 1e6)``), where ``fromisoformat``
+    truncates: the same text stores the same instant whether pgfeatures or SQL writes it. Raises
+    ValueError as ``fromisoformat``, OverflowError when rounding up passes year 9999."""
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    finer = _SUBMICRO.search(text)
+    if finer is None:
+        return dt.datetime.fromisoformat(text)
+    micros = round(float("0." + finer.group(1)) * 1_000_000)  # round(): to even, as C's rint
+    return dt.datetime.fromisoformat(text[: finer.start()] + text[finer.end() :]) + dt.timedelta(microseconds=micros)
 
 
 def from_micros(micros: int) -> dt.datetime:
@@ -87,9 +102,11 @@ def parse_event_time(where: str, value: Any, unit: str = "s") -> dt.datetime:
                 "2026-05-01T14:00:00+02:00"
             )
         try:
-            moment = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text[-1] in "Zz" else text)
+            moment = parse_iso(text)
         except ValueError:
             raise invalid("is not an ISO 8601 time (e.g. 2026-05-01T12:00:00Z)") from None
+        except OverflowError:
+            raise invalid("is outside years 1 to 9999 in UTC") from None
         if moment.tzinfo is None:
             raise invalid("has no time zone: write it as ISO 8601 with a zone, e.g. 2026-05-01T12:00:00Z")
     elif isinstance(value, bool) or not isinstance(value, numbers.Real):

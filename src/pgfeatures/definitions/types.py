@@ -32,6 +32,8 @@ FLOAT32_MAX = 3.4028234663852886e38  # the largest finite real, printed shortest
 FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
 FLOAT32_SHOWN = "3.4028235e+38"  # FLOAT32_MAX as the server prints it
 FLOAT32_ZERO = 2.0**-150  # the largest magnitude that rounds to a real 0 (half the smallest subnormal)
+# Why a non-zero value that rounds to a real 0 is refused (PostgreSQL refuses it as underflow), on every write path.
+REAL_UNDERFLOW = f"too small for real (rounds to 0; non-zero values need a magnitude above {FLOAT32_ZERO:.2g})"
 FLOAT32_MIN_NORMAL = 2.0**-126  # the smallest normal float32
 HALF_MAX = 65504.0  # the largest finite half-precision value (pgvector's halfvec)
 INT_RANGE = {"smallint": (-(2**15), 2**15 - 1), "integer": (-(2**31), 2**31 - 1), "bigint": (-(2**63), 2**63 - 1)}
@@ -396,9 +398,7 @@ def check_value(where: str, type_: FeatureType, value: Any, nan: str = "reject",
         if kind == "real" and abs(number) >= FLOAT32_OVERFLOW:
             raise invalid(f"is out of range for real (at most ±{FLOAT32_SHOWN})")
         if kind == "real" and 0 < abs(number) <= FLOAT32_ZERO:  # PostgreSQL refuses what rounds to 0 (underflow)
-            raise invalid(
-                f"is too small for real (rounds to 0; non-zero values need a magnitude above {FLOAT32_ZERO:.2g})"
-            )
+            raise invalid(f"is {REAL_UNDERFLOW}")
         return number
     if isinstance(number, float):
         if not number.is_integer():

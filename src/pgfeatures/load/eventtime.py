@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as dt
 import zoneinfo
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,13 +28,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..definitions import UPDATED_AT, from_micros, rfc3339
-from ..definitions.eventtime import MAX_MICROS, MIN_MICROS, UNITS, to_micros
+from ..definitions.eventtime import MAX_MICROS, MIN_MICROS, UNITS, parse_iso, to_micros
 from ..errors import LoadInputError
 from .keys import Problem, decoded, nulls_of
 
-_ARROW_UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1}  # microseconds per Arrow timestamp unit (ns: floored)
+_ARROW_UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1}  # microseconds per Arrow timestamp unit (ns: rounded)
 _DIGITS = r"^[+-]?[0-9]+$"
 _ZONED = r"(Z|z|[+-][0-9][0-9](:?[0-9][0-9])?)$"
+_FINER = r"[0-9][0-9]:[0-9][0-9]:[0-9][0-9]\.[0-9]{7}"  # a fraction of a second finer than microseconds
 
 
 @dataclass(frozen=True)
@@ -163,9 +163,18 @@ def _timestamps(arr: pa.Array, zone: str | None, column: str) -> tuple[np.ndarra
         except pa.ArrowInvalid as exc:  # a local time that does not exist, or exists twice, in the zone
             raise LoadInputError(f"column {column!r}: {exc} (event_time_zone={zone!r})", column=column) from None
     raw = pc.cast(arr, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
-    if kind.unit == "ns":
-        return raw // 1_000, np.zeros(len(raw), dtype=bool)  # floored: timestamptz keeps microseconds
+    if kind.unit == "ns":  # timestamptz keeps microseconds: rounded as PostgreSQL rounds a finer fraction
+        return nanos_to_micros(raw), np.zeros(len(raw), dtype=bool)
     return _scaled(raw, _ARROW_UNITS[kind.unit])
+
+
+def nanos_to_micros(nanos: np.ndarray) -> np.ndarray:
+    """Epoch nanoseconds as epoch microseconds, the fraction of each second rounded as PostgreSQL rounds
+    the same time written as text (``rint(fraction * 1e6)``, ``definitions.eventtime.parse_iso``), and as a
+    live update of the same pandas Timestamp stores it."""
+    seconds = nanos // 1_000_000_000  # floor: the fraction is in [0, 1) second, as the text writes it
+    fraction = (nanos - seconds * 1_000_000_000) / 1e9
+    return seconds * 1_000_000 + np.rint(fraction * 1e6).astype(np.int64)
 
 
 def _strings(arr: pa.Array, clock: EventClock, column: str) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
@@ -222,23 +231,28 @@ def _parse(
     unreadable: np.ndarray,
     reasons: dict[int, str],
 ) -> None:
-    """Parse ``text[rows]`` into ``micros``: vectorized by Arrow, or row by row (Python's ISO 8601
-    parser, which also takes what Arrow does not, e.g. nanoseconds) when some value defeats it."""
+    """Parse ``text[rows]`` into ``micros``: vectorized by Arrow, or row by row (``parse_iso``: Python's ISO
+    8601 parser, which also takes what Arrow does not) for a value finer than microseconds and for every row
+    when some value defeats Arrow."""
     picked = pc.take(text, pa.array(rows))
-    try:
-        stamps = pc.cast(picked, target)
-        if zone is not None:
-            stamps = pc.assume_timezone(stamps, zone)
-        micros[rows] = pc.cast(stamps, pa.int64()).to_numpy(zero_copy_only=False)
-        return
-    except pa.ArrowInvalid:
-        pass
-    tz: dt.tzinfo | None = zoneinfo.ZoneInfo(zone) if zone is not None else None
-    parse: Callable[[str], dt.datetime] = dt.datetime.fromisoformat
-    for i, value in zip(rows, picked.to_pylist()):
-        text_value = value[:-1] + "+00:00" if value[-1:] in ("Z", "z") else value
+    # Arrow's cast truncates a fraction of a second finer than microseconds: such rows are parsed one by one
+    # (parse_iso rounds it as PostgreSQL does), as is every row when Arrow cannot cast some value.
+    finer = pc.match_substring_regex(picked, _FINER).fill_null(False).to_numpy(zero_copy_only=False)
+    one_by_one, coarse = rows[finer], rows[~finer]
+    if len(coarse):
         try:
-            moment = parse(text_value)
+            stamps = pc.cast(pc.take(text, pa.array(coarse)), target)
+            if zone is not None:
+                stamps = pc.assume_timezone(stamps, zone)
+            micros[coarse] = pc.cast(stamps, pa.int64()).to_numpy(zero_copy_only=False)
+        except pa.ArrowInvalid:
+            one_by_one = rows
+    if not len(one_by_one):
+        return
+    tz: dt.tzinfo | None = zoneinfo.ZoneInfo(zone) if zone is not None else None
+    for i, value in zip(one_by_one, pc.take(text, pa.array(one_by_one)).to_pylist()):
+        try:
+            moment = parse_iso(value)
             if moment.tzinfo is None:
                 if tz is None:
                     raise ValueError("no time zone")

@@ -52,6 +52,7 @@ from ..definitions.types import (
     FLOAT32_SHOWN,
     HALF_MAX,
     INT_RANGE,
+    REAL_UNDERFLOW,
     STRING,
     TIMESTAMP,
     FeatureType,
@@ -269,6 +270,10 @@ def _numbers(lists: _Lists, column: str, element: str, what: str) -> tuple[np.nd
                     column, over, lambda e: f" is {float(wide[e])!r}, out of range for real (at most ±{FLOAT32_SHOWN})"
                 )
             )
+        under = (narrowed == 0) & (values != 0) & ~nonfinite  # as a live update refuses it, and PostgreSQL
+        if under.any():
+            tiny = values
+            problems.append(lists.problem(column, under, lambda e: f" is {float(tiny[e])!r}, {REAL_UNDERFLOW}"))
         values = narrowed
     values = np.where(np.isfinite(values), values, 0).astype(_NATIVE[element], copy=False)
     return values, problems

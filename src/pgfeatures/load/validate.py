@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..definitions import UPDATED_AT, Feature
-from ..definitions.types import FLOAT32_SHOWN, SCALAR
+from ..definitions.types import FLOAT32_SHOWN, REAL_UNDERFLOW, SCALAR
 from ..errors import LoadInputError
 from ..write import INT_RANGE
 from .columns import ACCEPTS, Columns, column_problem, kind_of
@@ -78,6 +78,10 @@ def _float_column(
                     column, over, lambda i: f"{float(wide[i])!r} is out of range for real (at most ±{FLOAT32_SHOWN})"
                 )
             )
+        under = (narrowed == 0) & (values != 0) & ~np.isnan(values)  # as a live update refuses it, and PostgreSQL
+        if under.any():
+            tiny = values
+            problems.append(Problem(column, under, lambda i: f"{float(tiny[i])!r} is {REAL_UNDERFLOW}"))
         values = narrowed
     return values, nulls, problems
 
