@@ -20,7 +20,7 @@ from psycopg import sql
 
 from pgfeatures import FeatureStore
 from pgfeatures.definitions import Entity, FeatureService, FeatureTable, Registry
-from pgfeatures.errors import FeatureValueError, LoadInputError
+from pgfeatures.errors import DatabaseError, FeatureValueError, LoadInputError, SchemaDriftError
 from pgfeatures.load import load
 from pgfeatures.schema import CATALOG_QUERY, apply_schema, check_catalog
 
@@ -454,3 +454,21 @@ def test_a_load_into_a_legacy_table_names_the_migration_and_loads_nothing(conn, 
         SchemaDriftError, match=r"legacy event time.*`pgfeatures apply` makes it \(it migrates the legacy event time"
     ):
         load(conn, registry, "t", pa.table({"uid": [1], "a": [1.0], "n": [1]}))
+
+
+def test_a_stored_infinite_time_is_called_what_it_is_not_drift(conn, schema) -> None:
+    """A timestamp of 'infinity' written around pgfeatures (its writes refuse it) has no datetime: a read of it
+    fails naming that, as a database error about the stored value, never as a drifted schema."""
+    registry = Registry.of(
+        [FeatureTable.of("t", {"x": "real", "seen": "timestamp"}, entity=Entity("user", key_type="bigint"))], schema
+    )
+    apply_schema(conn, registry)
+    with FeatureStore(registry, conn.info.dsn) as store:
+        store.update_features(1, "t", {"x": 1.0, "seen": "2026-01-01T00:00:00Z"})
+        conn.execute(sql.SQL("UPDATE {} SET seen = 'infinity'").format(sql.Identifier(schema, "t")))
+        for read in (lambda: store.get_features(1), lambda: store.get_features(1, ["t"], strategy="join")):
+            with pytest.raises(DatabaseError, match="infinity") as err:
+                read()
+            assert not isinstance(err.value, SchemaDriftError)
+            assert "no datetime" in str(err.value) and "NULL" in str(err.value)
+        assert store.get_features(1, features={"t": ["x"]}) == {"t": {"x": 1.0}}  # its other features still read

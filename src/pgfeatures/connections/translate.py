@@ -44,7 +44,7 @@ _SCHEMA_STATES = {
     "42P01": "undefined table",
     "42703": "undefined column",
     "42804": "datatype mismatch",
-    "0A000": "cached plan changed result type",
+    "0A000": "cached plan changed result type",  # only with that message: see _unreadable_value
     "42883": "undefined function",
 }
 # A deadlock or a serialization failure (on a replica also a conflict with recovery): rolled back, retryable.
@@ -196,7 +196,10 @@ def database_error(
             "applied; retry it",
             state,
         )
-    if state in _SCHEMA_STATES:
+    unreadable = _unreadable_value(exc)
+    if unreadable is not None:
+        return unreadable
+    if state in _SCHEMA_STATES and (state != "0A000" or "cached plan" in str(exc)):
         return SchemaDriftError(
             f"the database does not match the definitions ({_SCHEMA_STATES[state]}): {_reason(exc)}"
         )
@@ -211,6 +214,21 @@ def database_error(
     if isinstance(exc, psycopg.InterfaceError) and "closed" in str(exc):
         return DatabaseUnavailableError(f"the connection to {redact(dsn)} is closed: {_reason(exc)}")
     return DatabaseError(f"the database rejected the statement: {_reason(exc)}", state or None)
+
+
+def _unreadable_value(exc: psycopg.Error) -> DatabaseError | None:
+    """A stored value no read can return: a timestamp of ``infinity`` or ``-infinity`` (written around
+    pgfeatures, whose writes refuse it), which has no epoch microseconds and no datetime. PostgreSQL says
+    ``cannot convert infinity to bigint`` with SQLSTATE 0A000, which is also a re-planned statement's:
+    the message tells them apart. None for any other error."""
+    reason = _reason(exc)
+    if exc.sqlstate == "0A000" and "cannot convert" in reason and "infinity" in reason:
+        return DatabaseError(
+            f"a stored timestamp is infinity or -infinity, which has no datetime (the server said: {reason}): "
+            "pgfeatures never writes one; set it to a time or to NULL in the row written around pgfeatures",
+            exc.sqlstate,
+        )
+    return None
 
 
 class ConnectFailures:
