@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from cli_run import cli
+from cli_run import cli, cli_process
 from pgfeatures.cli import build_parser, main
 from pgfeatures.cli.common import add_settings, given, option_name
 from pgfeatures.cli.main import COMMANDS
@@ -142,3 +142,16 @@ def test_json_means_one_document_on_stdout(dsn, schema, tmp_path):
     assert json.loads(cli(*runs["load"]).stdout)["rows_read"] == 1
     assert json.loads(cli(*runs["get"]).stdout)["features"] == {"a": None}
     assert json.loads(cli("get", "--dsn", dsn, "-d", str(defs), "01" * 32).stdout)["features"]["a"]["f"] == 0.5
+
+
+def test_a_load_draws_no_progress_bar_when_stderr_is_not_a_terminal(dsn, schema, tmp_path):
+    """A CI log or a pipe gets the load's summary lines, not a progress bar's frames."""
+    defs = tmp_path / "f.toml"
+    defs.write_text(f'schema = "{schema}"\n[entities.user]\nkey = "bigint"\n[tables.t]\nentity = "user"\n'
+                    '[tables.t.features]\nx = "real"\n')  # fmt: skip
+    (tmp_path / "t.csv").write_text("user_id,x\n1,0.5\n2,1.5\n")
+    assert cli_process("init", "--dsn", dsn, "-d", str(defs)).returncode == 0
+    done = cli_process("load", "t", str(tmp_path / "t.csv"), "--dsn", dsn, "-d", str(defs))
+    assert done.returncode == 0, done.stderr
+    assert "inserted 2" in done.stdout + done.stderr
+    assert "━" not in done.stderr and "rows/s 0:00" not in done.stderr, done.stderr

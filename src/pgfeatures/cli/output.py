@@ -57,6 +57,10 @@ class Output:
         return self._rich
 
     @property
+    def stderr_is_terminal(self) -> bool:
+        return _isatty(self.stderr)
+
+    @property
     def human(self) -> TextIO:
         """The stream for people: stdout, or stderr under ``--json``."""
         return self.stderr if self.json_mode else self.stdout

@@ -115,7 +115,8 @@ def run_load(args: argparse.Namespace, out: Output) -> int:
 
     registry = load_registry(args.definitions)
     options = given(args, LoadOptions)
-    show = not args.quiet and out.have_rich
+    # A bar only for a person at a terminal: a pipe or a CI log would get every frame of it.
+    show = not args.quiet and out.have_rich and out.stderr_is_terminal
     with connect(args, WRITE_APP, timeout=10) as conn:
         with progress_bar(out.console(err=True) if show else None, enabled=show) as progress:
             summary = load(conn, registry, args.table, args.files, progress=progress, **options)
