@@ -67,7 +67,7 @@ def right(body: dict, key: int) -> bool:
     return all(v == key * 10 + {"a": 1, "b": 2, "c": 3}[f] for f, v in features.items())
 
 
-def test_reload_over_http_swaps_the_definitions_and_keeps_the_old_on_error(conn, schema, dsn, tmp_path):
+def test_reload_over_http_swaps_the_definitions_and_keeps_the_old_on_error(conn, schema, dsn, tmp_path, caplog):
     path = tmp_path / "features.toml"
     old = setup(conn, schema, path)
     config = ServerConfig(dsn=dsn, definitions=str(path), prewarm=False, token=TOKEN)
@@ -92,8 +92,12 @@ def test_reload_over_http_swaps_the_definitions_and_keeps_the_old_on_error(conn,
         got = client.post("/v1/services/s", json={"key": 7, "output": "vector"})
         assert got.json()["values"] == [71, 72]
         new = change(conn, schema, path)
-        done = client.post("/v1/admin/reload").json()
+        caplog.clear()
+        with caplog.at_level("INFO", logger="pgfeatures"):
+            done = client.post("/v1/admin/reload").json()
         assert done == {"fingerprint": new.fingerprint, "previous": old.fingerprint, "changed": True}
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "reloaded" in r.getMessage()]
+        assert warned == [f"pgfeatures: definitions reloaded: {old.fingerprint} -> {new.fingerprint}"]  # once
         assert client.post("/v1/services/s", json={"key": 7, "output": "vector"}).json()["values"] == [73, 72, 71]
         described = client.get("/v1/services/s").json()
         assert described["definitions"] == new.fingerprint and described["serving"] == "materialized"

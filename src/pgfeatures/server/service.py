@@ -273,7 +273,8 @@ class Service:
                 self._service_seconds = {name: self.metrics.service_db_time.labels(name) for name in new.services}
                 self.inventory.serve(new)
                 self._plans.clear()
-                log.warning("pgfeatures: definitions reloaded (%s -> %s)", previous, new.fingerprint)
+                # The store logged the change (once, at WARNING); this says the server's own state followed.
+                log.info("pgfeatures: the server serves the reloaded definitions (%s)", new.fingerprint)
             return {"fingerprint": new.fingerprint, "previous": previous, "changed": new.fingerprint != previous}
 
     def reload_soon(self) -> None:
