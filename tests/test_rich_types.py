@@ -455,16 +455,23 @@ def test_apply_adds_rich_features_to_a_live_table(dsn: str, schema: str, tmp_pat
         }
 
 
-def test_an_expired_rich_row_is_expired_on_every_path(dsn: str, schema: str, tmp_path: Path) -> None:
+def materialized_t(dsn: str, tmp_path: Path, definitions: str) -> Registry:
+    """``definitions`` (a table ``t`` and a materialized service ``m``) written, initialized and built."""
     path = tmp_path / "f.toml"
-    path.write_text(
-        f'schema = "{schema}"\n[entities.user]\nkey = "bigint"\n[tables.t]\nentity = "user"\nttl = "1h"\n'
-        '[tables.t.features]\nname = { type = "string", default = "?" }\nvec = { type = "embedding", dim = 2 }\n'
-        '[services.m]\nmaterialize = true\nfeatures = ["t.*"]\n'
-    )
+    path.write_text(definitions)
     assert cli("init", "--dsn", dsn, "-d", str(path)).returncode == 0
     assert cli("materialize", "m", "--dsn", dsn, "-d", str(path)).returncode == 0
-    registry = Registry.from_toml(path)
+    return Registry.from_toml(path)
+
+
+def test_an_expired_rich_row_is_expired_on_every_path(dsn: str, schema: str, tmp_path: Path) -> None:
+    registry = materialized_t(
+        dsn,
+        tmp_path,
+        f'schema = "{schema}"\n[entities.user]\nkey = "bigint"\n[tables.t]\nentity = "user"\nttl = "1h"\n'
+        '[tables.t.features]\nname = { type = "string", default = "?" }\nvec = { type = "embedding", dim = 2 }\n'
+        '[services.m]\nmaterialize = true\nfeatures = ["t.*"]\n',
+    )
     old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
     with FeatureStore(registry, dsn) as store:
         store.update_features(1, "t", {"name": "old", "vec": [1, 2], "updated_at": old})
@@ -628,15 +635,13 @@ def test_a_stored_value_that_is_no_embedding_is_a_typed_error_on_every_path(
 ) -> None:
     """A ``real[]`` embedding written around pgfeatures with a NULL element, another length or two
     dimensions: every read says so, naming the feature, never hands back a value of another shape."""
-    path = tmp_path / "f.toml"
-    path.write_text(
+    registry = materialized_t(
+        dsn,
+        tmp_path,
         f'schema = "{schema}"\n[entities.user]\nkey = "bigint"\n[tables.t]\nentity = "user"\n'
         '[tables.t.features]\nx = "real"\nvec = { type = "embedding", dim = 3, storage = "array" }\n'
-        '[services.m]\nmaterialize = true\nfeatures = ["t.*"]\n[services.flex]\nfeatures = ["t.*"]\n'
+        '[services.m]\nmaterialize = true\nfeatures = ["t.*"]\n[services.flex]\nfeatures = ["t.*"]\n',
     )
-    assert cli("init", "--dsn", dsn, "-d", str(path)).returncode == 0
-    assert cli("materialize", "m", "--dsn", dsn, "-d", str(path)).returncode == 0
-    registry = Registry.from_toml(path)
     with FeatureStore(registry, dsn) as store:
         store.update_features(1, "t", {"x": 1.5, "vec": [1, 2, 3]})
         assert store.get_service("m", 1) == {"t": {"x": 1.5, "vec": array("f", [1, 2, 3])}}
