@@ -11,8 +11,10 @@ fractional digits.
 from __future__ import annotations
 
 import datetime as dt
+from array import array
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import psycopg
 import pyarrow as pa
@@ -29,6 +31,7 @@ FEATURES = {
     "ts": "timestamp",
     "lr": "list<real>",
     "e": {"type": "embedding", "dim": 2},
+    "h": {"type": "embedding", "dim": 2, "storage": "halfvec"},
 }
 
 
@@ -109,3 +112,48 @@ def test_a_fraction_rounded_up_carries_into_the_next_second_and_day(conn: psycop
     expected = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     assert conn.execute("SELECT %s::timestamptz", [text]).fetchone()[0] == expected  # type: ignore[index]
     assert written_both_ways(conn, reg, "ts", text, pa.array([text])) == (expected, expected)
+
+
+@pytest.mark.parametrize("value", [1 + 2**-24, 1 + 3 * 2**-24, -(1 + 2**-24), 3.4028235e38 * (1 - 2**-26)])
+def test_a_float_between_two_reals_is_rounded_alike_in_a_list_an_embedding_and_alone(
+    conn: psycopg.Connection, reg: Registry, value: float
+) -> None:
+    """float64 to float32, ties to even, as PostgreSQL casts a double to real: not through the decimal text
+    (which rounds a float64 halfway between two reals the other way when its shortest repr falls past it)."""
+    rounded = float(np.float32(value))
+    assert written_both_ways(conn, reg, "r", value, pa.array([value])) == (rounded, rounded)
+    assert written_both_ways(conn, reg, "lr", [value], pa.array([[value]])) == ([rounded], [rounded])
+    if abs(value) < 1e19:  # else its squared norm overflows float32: refused by both (another test)
+        both = written_both_ways(conn, reg, "e", [value, 1.0], pa.array([[value, 1.0]]))
+        assert both[0] == both[1] == array("f", [rounded, 1.0]), both
+
+
+@pytest.mark.parametrize(
+    "value, stored", [(65510.0, 65504.0), (65519.9, 65504.0), (1 + 2**-11, 1.0), (1 + 3 * 2**-11, 1 + 2**-9)]
+)
+def test_a_halfvec_element_is_rounded_alike_and_refused_alike(
+    conn: psycopg.Connection, reg: Registry, value: float, stored: float
+) -> None:
+    assert written_both_ways(conn, reg, "h", [value, 1.0], pa.array([[value, 1.0]])) == (
+        array("f", [stored, 1.0]),
+        array("f", [stored, 1.0]),
+    )
+
+
+def test_a_halfvec_element_that_rounds_past_the_largest_half_is_refused_by_both(
+    conn: psycopg.Connection, reg: Registry
+) -> None:
+    live, loaded = written_both_ways(conn, reg, "h", [65520.0, 1.0], pa.array([[65520.0, 1.0]]))
+    assert isinstance(live, FeatureValueError) and "out of range for halfvec" in str(live), live
+    assert isinstance(loaded, LoadInputError) and "out of range for halfvec" in str(loaded), loaded
+
+
+def test_an_embeddings_norm_is_judged_on_the_float32_values_stored_by_both(
+    conn: psycopg.Connection, reg: Registry
+) -> None:
+    """Squared in float32's values, as pgvector computes: 1.0842021714757625e-19 is stored as 2**-63, whose
+    square is the smallest normal float32 (rankable), though the float64 value's square is below it."""
+    value = [1.0842021714757625e-19, 0.0]
+    assert float(np.float32(value[0])) == 2.0**-63
+    both = written_both_ways(conn, reg, "e", value, pa.array([value]))
+    assert both[0] == both[1] == array("f", [2.0**-63, 0.0]), both

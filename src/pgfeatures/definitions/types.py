@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 import numbers
 import re
+import struct
+from array import array
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -36,6 +38,7 @@ FLOAT32_ZERO = 2.0**-150  # the largest magnitude that rounds to a real 0 (half 
 REAL_UNDERFLOW = f"too small for real (rounds to 0; non-zero values need a magnitude above {FLOAT32_ZERO:.2g})"
 FLOAT32_MIN_NORMAL = 2.0**-126  # the smallest normal float32
 HALF_MAX = 65504.0  # the largest finite half-precision value (pgvector's halfvec)
+_HALF = struct.Struct("<e")  # a halfvec element: packing rounds to half precision, ties to even
 INT_RANGE = {"smallint": (-(2**15), 2**15 - 1), "integer": (-(2**31), 2**31 - 1), "bigint": (-(2**63), 2**63 - 1)}
 NAN_POLICIES = ("reject", "null")
 INF_POLICIES = ("reject", "keep")  # ±Infinity: refused (JSON cannot carry it as a number), or written as it is
@@ -450,13 +453,20 @@ def _check_list(where: str, type_: FeatureType, value: Any) -> list[Any]:
                 raise FeatureValueError(
                     f"{where} (embedding): element {i} is {x!r}; an embedding's values must be finite numbers"
                 )
-            out.append(check_value(f"{where}[{i}]", element, x))
-            if type_.storage == "halfvec" and abs(out[-1]) > HALF_MAX:
-                raise FeatureValueError(
-                    f"{where} (embedding): element {i} is {x!r}, out of range for halfvec (at most ±{HALF_MAX:g})"
-                )
-        # pgvector computes distances in float32: a vector whose squared norm overflows (or, not all zero,
-        # underflows) has no distance it could rank, so it is refused rather than found in the wrong place.
+            checked = check_value(f"{where}[{i}]", element, x)
+            if type_.storage == "halfvec":
+                try:
+                    checked = _HALF.unpack(_HALF.pack(checked))[0]
+                except OverflowError:  # rounds past the largest half: what a load refuses too
+                    raise FeatureValueError(
+                        f"{where} (embedding): element {i} is {x!r}, out of range for halfvec (at most ±{HALF_MAX:g})"
+                    ) from None
+            out.append(checked)
+        if type_.storage != "halfvec":
+            out = as_reals(out)
+        # pgvector computes distances in float32 (of the values stored, rounded above): a vector whose squared
+        # norm overflows (or, not all zero, underflows) has no distance it could rank, so it is refused rather
+        # than found in the wrong place.
         squares = math.fsum(v * v for v in out)
         if squares >= FLOAT32_MAX:
             raise FeatureValueError(
@@ -480,4 +490,11 @@ def _check_list(where: str, type_: FeatureType, value: Any) -> list[Any]:
         # Non-finite elements are refused whatever the policy: JSON has no number for them, and a list
         # printed with a string among its numbers would not read back as the list stored.
         checked.append(check_value(f"{where}[{i}]", element, x))
-    return checked
+    return as_reals(checked) if element.name == "real" else checked
+
+
+def as_reals(values: list[Any]) -> list[float]:
+    """Checked ``real`` values rounded to float32 (ties to even, as PostgreSQL casts a double to real and as a
+    load rounds them): a list's elements travel as decimal text, which PostgreSQL would round from the
+    decimal instead, the other way for a double halfway between two reals."""
+    return array("f", values).tolist()
