@@ -441,3 +441,17 @@ def test_load_overwrite_newer(loaded, dsn, defs, tmp_path, conn):
         )
     ).fetchone()
     assert stored == (100, 1000)
+
+
+def test_a_row_stamped_infinity_does_not_break_the_inventory(loaded, dsn, defs, conn, schema):
+    """A row whose updated_at is 'infinity' (written around pgfeatures) has no age: the newest row is the newest
+    finite one, and `pgfeatures tables` still answers."""
+    conn.execute(
+        sql.SQL("INSERT INTO {} (uid, clicks, ctr, updated_at) VALUES (99, 1, 0.5, 'infinity')").format(
+            sql.Identifier(schema, "user_stats")
+        )
+    )
+    done = cli("tables", "--dsn", dsn, "-d", defs, "--json")
+    assert done.returncode == 0, done.stderr
+    (users,) = [t for t in json.loads(done.stdout)["tables"] if t["name"] == "user_stats"]
+    assert 59 <= users["newest_age"] < 120, users

@@ -72,8 +72,10 @@ def _freshness_sql(schema: str, table: str, count: bool, newest: bool) -> sql.Co
         if count
         else sql.SQL("NULL::int8")
     )
+    # A row stamped 'infinity' (written around pgfeatures) has no age, and no datetime holds it: the newest
+    # row is the newest finite one (still an index probe: the bound is an index condition).
     top = (
-        sql.SQL("(SELECT max({}) FROM {})").format(sql.Identifier(UPDATED_AT), ident)
+        sql.SQL("(SELECT max({0}) FROM {1} WHERE {0} < 'infinity')").format(sql.Identifier(UPDATED_AT), ident)
         if newest
         else sql.SQL("NULL::timestamptz")
     )
