@@ -22,6 +22,7 @@ import pytest
 
 from pgfeatures import FeatureStore
 from pgfeatures.definitions import Registry
+from pgfeatures.definitions.eventtime import parse_iso
 from pgfeatures.errors import FeatureValueError, LoadInputError
 from pgfeatures.load import load
 from pgfeatures.schema import apply_schema
@@ -157,3 +158,33 @@ def test_an_embeddings_norm_is_judged_on_the_float32_values_stored_by_both(
     assert float(np.float32(value[0])) == 2.0**-63
     both = written_both_ways(conn, reg, "e", value, pa.array([value]))
     assert both[0] == both[1] == array("f", [2.0**-63, 0.0]), both
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["20260101T000000.0000015Z", "2026-01-01T00:00:00,0000015Z", "2026-01-01T00:00:00.0000015+05:30"],
+)
+def test_a_long_fraction_is_rounded_in_every_iso_form_by_both(
+    conn: psycopg.Connection, reg: Registry, text: str
+) -> None:
+    expected = parse_iso(text.replace(",", "."))
+    assert expected.microsecond == 2  # 1.5 µs, a tie: to even
+    assert written_both_ways(conn, reg, "ts", text, pa.array([text])) == (expected, expected)
+
+
+def test_a_time_past_year_9999_once_rounded_is_refused_alike(conn: psycopg.Connection, reg: Registry) -> None:
+    text = "9999-12-31T23:59:59.9999995Z"
+    live, loaded = written_both_ways(conn, reg, "ts", text, pa.array([text]))
+    assert isinstance(live, FeatureValueError) and "outside years 1 to 9999" in str(live), live
+    assert isinstance(loaded, LoadInputError) and "outside years 1 to 9999" in str(loaded), loaded
+
+
+def test_a_local_time_the_zone_has_twice_or_never_is_refused_in_every_form(
+    conn: psycopg.Connection, reg: Registry
+) -> None:
+    """2026-11-01T01:30 happens twice in New York, 2026-03-08T02:30 never: which instant is meant is not known,
+    whether the column is Arrow timestamps or strings (the strings' row-by-row path took the first reading)."""
+    for text in ("2026-11-01T01:30:00", "2026-11-01T01:30:00.0000005", "2026-03-08T02:30:00"):
+        with pytest.raises(LoadInputError, match="America/New_York"):
+            load(conn, reg, "t", pa.table({"user_id": [2], "ts": [text]}), key_column="user_id", partial=True,
+                 event_time_zone="America/New_York")  # fmt: skip

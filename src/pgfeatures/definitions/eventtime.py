@@ -37,7 +37,9 @@ MAX_MICROS = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z, the last
 DEFAULT_MAX_FUTURE_SKEW = 300.0  # seconds an event time may be ahead of the database server's clock
 
 _ZONE = re.compile(r"(Z|z|[+-]\d\d(:?\d\d)?)$")
-_SUBMICRO = re.compile(r"(?<=\d\d:\d\d:\d\d)\.(\d{7,})")  # a fraction of a second finer than microseconds
+# A fraction of a second finer than microseconds, after hh:mm:ss or hhmmss (ISO 8601's basic format), written
+# with a point or a comma.
+_SUBMICRO = re.compile(r"(?<=\d\d)[.,](\d{7,})")
 
 
 def parse_iso(text: str) -> dt.datetime:

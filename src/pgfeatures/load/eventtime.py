@@ -35,7 +35,7 @@ from .keys import Problem, decoded, nulls_of
 _ARROW_UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1}  # microseconds per Arrow timestamp unit (ns: rounded)
 _DIGITS = r"^[+-]?[0-9]+$"
 _ZONED = r"(Z|z|[+-][0-9][0-9](:?[0-9][0-9])?)$"
-_FINER = r"[0-9][0-9]:[0-9][0-9]:[0-9][0-9]\.[0-9]{7}"  # a fraction of a second finer than microseconds
+_FINER = r"[0-9][0-9][.,][0-9]{7}"  # a fraction of a second finer than microseconds (as parse_iso finds it)
 
 
 @dataclass(frozen=True)
@@ -257,6 +257,18 @@ def _parse(
                 if tz is None:
                     raise ValueError("no time zone")
                 moment = moment.replace(tzinfo=tz)
+                if moment.replace(fold=0).utcoffset() != moment.replace(fold=1).utcoffset():
+                    # A local time the zone has twice (clocks back) or never (clocks forward): which instant
+                    # is meant is not known, as Arrow's cast of a timestamp column says too.
+                    unreadable[i] = True
+                    reasons[int(i)] = (
+                        f"{value!r} happens twice or never in {zone} (a daylight-saving change): write it with "
+                        "its UTC offset"
+                    )
+                    continue
             micros[i] = to_micros(moment)
-        except (ValueError, OverflowError):
+        except OverflowError:
+            unreadable[i] = True
+            reasons[int(i)] = f"{value!r} is outside years 1 to 9999 in UTC"
+        except ValueError:
             unreadable[i] = True
