@@ -26,7 +26,7 @@ from cli_run import cli
 from pgfeatures import AsyncFeatureStore, FeatureStore
 from pgfeatures.definitions import Registry, feature_type
 from pgfeatures.errors import DefinitionError, FeatureValueError, SchemaDriftError, VectorOutputError
-from pgfeatures.schema import drift
+from pgfeatures.schema import apply_schema, drift
 from pgfeatures.server import ServerConfig
 from support.inprocess import running_app
 
@@ -659,3 +659,27 @@ def test_a_stored_value_that_is_no_embedding_is_a_typed_error_on_every_path(
         for read in reads:
             with pytest.raises(SchemaDriftError, match="vec: a stored value .* where the definition says an embedding"):
                 read()
+
+
+def test_a_column_retyped_to_a_domain_under_an_open_store_is_drift_not_bytes(dsn: str, schema: str) -> None:
+    registry = Registry.from_dict(
+        {
+            "schema": schema,
+            "entities": {"user": {"key": "bigint"}},
+            "tables": {"t": {"entity": "user", "features": {"x": "real", "name": {"type": "string"}}}},
+        }
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        apply_schema(conn, registry)
+        with FeatureStore(registry, dsn) as store:
+            store.update_features(1, "t", {"x": 1.5, "name": "a"})
+            assert store.get_features(1) == {"t": {"x": 1.5, "name": "a"}}
+            conn.execute(sql.SQL("CREATE DOMAIN {} AS real").format(sql.Identifier(schema, "real_d")))
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ALTER COLUMN x TYPE {}").format(
+                    sql.Identifier(schema, "t"), sql.Identifier(schema, "real_d")
+                )
+            )
+            for read in (lambda: store.get_features(1), lambda: store.get_features_batch([1])):
+                with pytest.raises(SchemaDriftError, match="x: a stored value of a type pgfeatures does not read"):
+                    read()

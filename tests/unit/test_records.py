@@ -122,7 +122,6 @@ def test_a_halfvec_embedding_is_decoded(slow_calls: SlowCalls) -> None:
         ([(FLOAT4, None), (VARCHAR, b"x")], "a NULL fixed-width field"),
         ([(FLOAT4, struct.pack(">f", 1.5)), (TEXT, b"x")], "a string column retyped text"),
         ([(FLOAT4, struct.pack(">f", 1.5)), (INT4, struct.pack(">i", 7))], "a string column retyped integer"),
-        ([(FLOAT4, struct.pack(">f", 1.5)), (BYTEA, b"\xff\xfe")], "a string column retyped bytea"),
     ],
 )
 def test_anything_unexpected_is_parsed_by_psycopg(
@@ -139,17 +138,19 @@ def test_anything_unexpected_is_parsed_by_psycopg(
 
 def test_a_record_of_another_shape_is_parsed_by_psycopg(slow_calls: SlowCalls) -> None:
     features = table({"a": "real", "s": "string"})
-    cases = (
+    for data in (
         record([(FLOAT4, struct.pack(">f", 1.5))]),  # a field short
         record([(FLOAT4, struct.pack(">f", 1.5)), (VARCHAR, b"x"), (INT4, struct.pack(">i", 3))]),  # one more
-        record([(INT2, struct.pack(">h", 3)), (VARCHAR, b"x")]),  # shorter field: the record is shorter
-    )
+    ):
+        with pytest.raises(SchemaDriftError, match="a row value of . fields where the read asked for 2"):
+            record_parser(features)(data)
+    cases = (record([(INT2, struct.pack(">h", 3)), (VARCHAR, b"x")]),)  # shorter field: the record is shorter
     for data in cases:
         assert record_parser(features)(data) == expected(features, data)
-    assert slow_calls.count == len(cases)
+    assert slow_calls.count == len(cases) + 2
     trailing = record([(FLOAT4, struct.pack(">f", 1.5)), (VARCHAR, b"x")]) + b"\x00"  # bytes after the last field
     assert record_parser(features)(trailing) == expected(features, trailing)  # what psycopg makes of it
-    assert slow_calls.count == len(cases) + 1
+    assert slow_calls.count == len(cases) + 3
 
 
 def test_an_embedding_of_another_dim_or_a_builtin_type_is_parsed_by_psycopg(slow_calls: SlowCalls) -> None:
@@ -214,3 +215,17 @@ def test_any_record_parses_as_psycopg_parses_it(case: tuple[Any, bytes]) -> None
     fields = struct.unpack_from(">i", data)[0]
     if fields and b"\xff\xff\xff\xff" not in data:  # no NULL (a length of -1) anywhere: the fast path read it
         assert not calls
+
+
+def test_a_field_of_a_type_psycopg_cannot_read_is_drift_not_bytes(slow_calls: SlowCalls) -> None:
+    """A column retyped to a domain (or any type without a loader) under a running reader: psycopg hands its
+    field over as bytes, which is no value of the feature."""
+    features = table({"a": "real", "s": "string"})
+    domain = 16999
+    for fields in (
+        [(domain, struct.pack(">f", 1.5)), (VARCHAR, b"x")],
+        [(FLOAT4, struct.pack(">f", 1.5)), (domain, b"x")],
+        [(FLOAT4, struct.pack(">f", 1.5)), (BYTEA, b"\xff\xfe")],  # a string column retyped bytea
+    ):
+        with pytest.raises(SchemaDriftError, match="a stored value of a type pgfeatures does not read"):
+            record_parser(features)(record(fields))

@@ -28,6 +28,7 @@ from psycopg.types.composite import RecordBinaryLoader
 from psycopg.types.string import ByteaBinaryLoader
 
 from ..definitions import EVENT_TIME, Feature
+from ..errors import SchemaDriftError
 from .transport import SWAP, embedding_loader
 
 # Fixed-width fields by the PostgreSQL type they travel as: (struct code, width, type OID).
@@ -158,8 +159,21 @@ def record_parser(features: tuple[Feature, ...]) -> Callable[[Any], tuple[Any, .
     def slow(data: Any) -> tuple[Any, ...]:
         return finish(parse_slow(data))
 
+    others = [(i, f) for i, f in enumerate(features) if f.type.kind != "embedding"]
+
     def finish(fields: tuple[Any, ...]) -> tuple[Any, ...]:
-        if not loaders or not fields:
+        if not fields:
+            return fields
+        if len(fields) != len(features):  # the statement names its fields: never from PostgreSQL
+            raise SchemaDriftError(f"a row value of {len(fields)} fields where the read asked for {len(features)}")
+        for i, feature in others:
+            if isinstance(fields[i], (bytes, memoryview)):  # psycopg has no loader for the field's type
+                raise SchemaDriftError(
+                    f"{feature.name}: a stored value of a type pgfeatures does not read where the definition says "
+                    f"{feature.type.spec} (a domain, or another type, given to the column under a running "
+                    "reader); run pgfeatures doctor"
+                )
+        if not loaders:
             return fields
         out = list(fields)
         for i, load in loaders:
