@@ -37,6 +37,11 @@ FLOAT32_ZERO = 2.0**-150  # the largest magnitude that rounds to a real 0 (half 
 # Why a non-zero value that rounds to a real 0 is refused (PostgreSQL refuses it as underflow), on every write path.
 REAL_UNDERFLOW = f"too small for real (rounds to 0; non-zero values need a magnitude above {FLOAT32_ZERO:.2g})"
 FLOAT32_MIN_NORMAL = 2.0**-126  # the smallest normal float32
+# Why an embedding is refused whose squared norm float32 cannot hold (pgvector ranks in float32), on every write path.
+NORM_OVERFLOWS = f"overflows float32 (at most {FLOAT32_MAX:.4g}), in which pgvector computes distances"
+NORM_UNDERFLOWS = (
+    f"underflows float32 (at least {FLOAT32_MIN_NORMAL:.4g} when not all zero), in which pgvector computes distances"
+)
 HALF_MAX = 65504.0  # the largest finite half-precision value (pgvector's halfvec)
 _HALF = struct.Struct("<e")  # a halfvec element: packing rounds to half precision, ties to even
 INT_RANGE = {"smallint": (-(2**15), 2**15 - 1), "integer": (-(2**31), 2**31 - 1), "bigint": (-(2**63), 2**63 - 1)}
@@ -470,13 +475,11 @@ def _check_list(where: str, type_: FeatureType, value: Any) -> list[Any]:
         squares = math.fsum(v * v for v in out)
         if squares >= FLOAT32_MAX:
             raise FeatureValueError(
-                f"{where} (embedding): its squared norm {squares:.3g} overflows float32 (at most {FLOAT32_MAX:.4g}), "
-                "in which pgvector computes distances: scale it down"
+                f"{where} (embedding): its squared norm {squares:.3g} {NORM_OVERFLOWS}: scale it down"
             )
         if 0 < squares < FLOAT32_MIN_NORMAL:
             raise FeatureValueError(
-                f"{where} (embedding): its squared norm {squares:.3g} underflows float32 (at least "
-                f"{FLOAT32_MIN_NORMAL:.4g} when not all zero), in which pgvector computes distances: scale it up"
+                f"{where} (embedding): its squared norm {squares:.3g} {NORM_UNDERFLOWS}: scale it up"
             )
         return out
     if type_.max_length is not None and len(value) > type_.max_length:

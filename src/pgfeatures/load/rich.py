@@ -52,6 +52,8 @@ from ..definitions.types import (
     FLOAT32_SHOWN,
     HALF_MAX,
     INT_RANGE,
+    NORM_OVERFLOWS,
+    NORM_UNDERFLOWS,
     REAL_UNDERFLOW,
     STRING,
     TIMESTAMP,
@@ -384,14 +386,8 @@ def _embedding(lists: _Lists, column: str, type_: FeatureType, storage: str) -> 
     # pgvector's distances are computed in, leaves a vector no search could rank.
     squares = np.einsum("ij,ij->i", matrix.astype(np.float64), matrix.astype(np.float64))
     for bad, why in (
-        (
-            good & (squares >= FLOAT32_MAX),
-            "overflows float32 (at most 3.403e+38), in which pgvector computes distances",
-        ),
-        (
-            good & (squares > 0) & (squares < FLOAT32_MIN_NORMAL),
-            "underflows float32 (at least 1.175e-38 when not all zero), in which pgvector computes distances",
-        ),
+        (good & (squares >= FLOAT32_MAX), NORM_OVERFLOWS),
+        (good & (squares > 0) & (squares < FLOAT32_MIN_NORMAL), NORM_UNDERFLOWS),
     ):
         if bad.any():
             problems.append(Problem(column, bad, _norm_reason(squares, why)))

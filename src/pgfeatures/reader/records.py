@@ -29,7 +29,7 @@ from psycopg.types.string import ByteaBinaryLoader
 
 from ..definitions import EVENT_TIME, Feature
 from ..errors import SchemaDriftError
-from .transport import SWAP, embedding_loader
+from .transport import embedding_loader, float4_array
 
 # Fixed-width fields by the PostgreSQL type they travel as: (struct code, width, type OID).
 _FIXED = {
@@ -220,11 +220,7 @@ def record_parser(features: tuple[Feature, ...]) -> Callable[[Any], tuple[Any, .
                     if header[-4] < _FIRST_USER_OID or header[-2] != dim:
                         return slow(data)
                     if length == 4 + 4 * dim:
-                        vector = array("f")
-                        vector.frombytes(data[pos + 4 : pos + length])
-                        if SWAP:
-                            vector.byteswap()
-                        out.append(vector)
+                        out.append(float4_array(data[pos + 4 : pos + length]))
                     elif length == 4 + 2 * dim:
                         out.append(array("f", half.unpack_from(data, pos + 4)))
                     else:

@@ -92,6 +92,15 @@ def transport(features: tuple[Feature, ...]) -> tuple[Part, ...]:
     return (Part("float8[]", floats), Part("int8[]", ints))
 
 
+def float4_array(elements: bytes) -> array[float]:
+    """pgvector's big-endian float4 elements (a binary ``vector`` past its 4-byte header) as an ``array("f")``."""
+    vector = array("f")
+    vector.frombytes(elements)
+    if SWAP:
+        vector.byteswap()
+    return vector
+
+
 def embedding_loader(feature: Feature) -> Callable[[Any], array[float]]:
     """An embedding as it arrives, as an ``array.array("f")``: pgvector's binary ``vector`` (int16 dim, int16
     unused, ``dim`` big-endian float4) or ``halfvec`` (the same with float2), which psycopg hands over as bytes
@@ -125,11 +134,7 @@ def embedding_loader(feature: Feature) -> Callable[[Any], array[float]]:
             if stored_dim != dim:
                 raise not_an_embedding(f"has {stored_dim} dimensions")
             if len(data) == 4 + 4 * dim:  # vector: float4 elements
-                vector = array("f")
-                vector.frombytes(data[4:])
-                if SWAP:
-                    vector.byteswap()
-                return vector
+                return float4_array(data[4:])
             if len(data) == 4 + 2 * dim:  # halfvec: float2 elements
                 return array("f", half.unpack_from(data, 4))
             raise not_an_embedding(f"of {len(data)} bytes")
